@@ -1,0 +1,168 @@
+//! Durable append throughput and latency of the audit log, beside the raw
+//! fdatasync rate of the same disk measured in the same run, and the speed of
+//! the offline verifier.
+//!
+//! Run with `cargo bench --bench audit_append`. Settings (environment):
+//! `AUDIT_BENCH_DIR` (folder on the disk to measure, default the temporary
+//! folder), `AUDIT_BENCH_SECS` (seconds per append run, default 4),
+//! `AUDIT_BENCH_ROUNDS` (default 3), `AUDIT_BENCH_APPENDERS` (default 64).
+//! Every figure is the median over the rounds.
+
+use passerelle::audit::verify::verify_public;
+use passerelle::audit::{AuditLog, Fact, Kind, NoteSigner, Options, Transport};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const ORIGIN: &str = "audit.example.org/bench";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Appends of 200 bytes, each followed by fdatasync, for `secs` seconds.
+fn raw_fsync_rate(dir: &Path, secs: f64) -> f64 {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        f.write_all(&[0x5a; 200]).unwrap();
+        f.sync_data().unwrap();
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+    rate
+}
+
+fn fact(thread: u64, i: u64) -> Fact {
+    let mut f = Fact::new(Kind::Delivered, chrono::Utc::now());
+    f.sender = Some("sn.consulat.casablanca".into());
+    f.recipients = vec!["ma.interieur".into(), "iom.ma".into(), "ma.dgsn".into()];
+    f.transport = Some(Transport::Rest);
+    f.event_type = Some("ma.rva.lpc.issued".into());
+    f.event_id = Some(format!("bench-{thread}-{i}"));
+    f.withheld = vec!["vulnerabilities".into(), "medical".into()];
+    f.case_id = Some(format!("RVA-2026-{:06}", (thread * 7919 + i) % 2000));
+    f.personal.native = Some(vec![b'n'; 600]);
+    f.personal.canonical = Some(vec![b'c'; 450]);
+    f.personal.documents = vec![format!("LPC{i:08}")];
+    f.identifiers.lpc = vec![format!("LPC{i:08}")];
+    f.identifiers.pnr = vec![format!("P{:05}", i % 99_999)];
+    f
+}
+
+struct Run {
+    appends_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    entries: u64,
+}
+
+fn append_run(dir: &Path, appenders: u64, secs: f64) -> Run {
+    let signer = NoteSigner::from_seed(ORIGIN, &[3; 32]).unwrap();
+    let log = AuditLog::open(dir, signer, ORIGIN, Options::default()).unwrap();
+    let stop = AtomicBool::new(false);
+    let warmup = Duration::from_millis(500);
+    let start = Instant::now();
+    let mut latencies: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..appenders)
+            .map(|t| {
+                let (log, stop) = (&log, &stop);
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let f = fact(t, i);
+                        let t0 = Instant::now();
+                        log.append(&f).unwrap();
+                        if t0.duration_since(start) >= warmup {
+                            lat.push(t0.elapsed());
+                        }
+                        i += 1;
+                    }
+                    lat
+                })
+            })
+            .collect();
+        std::thread::sleep(warmup + Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let measured = secs;
+    latencies.sort();
+    log.sync().unwrap();
+    let entries = log.latest_checkpoint().1.size;
+    log.close().unwrap();
+    Run {
+        appends_per_sec: latencies.len() as f64 / measured,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        entries,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; other arguments are ignored.
+    let base = std::env::var_os("AUDIT_BENCH_DIR").map(Into::into).unwrap_or_else(std::env::temp_dir);
+    let secs = env_or("AUDIT_BENCH_SECS", 4) as f64;
+    let rounds = env_or("AUDIT_BENCH_ROUNDS", 3).max(1);
+    let appenders = env_or("AUDIT_BENCH_APPENDERS", 64);
+    println!("audit append benchmark: {appenders} appenders, {secs} s per run, {rounds} rounds, in {}", base.display());
+
+    let (mut fsyncs, mut rates, mut p50s, mut p99s, mut ratios, mut verify_rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let before = raw_fsync_rate(dir.path(), 2.0);
+        let run = append_run(&dir.path().join("log"), appenders, secs);
+        let after = raw_fsync_rate(dir.path(), 2.0);
+        let fsync = (before + after) / 2.0;
+
+        let public = dir.path().join("log/public");
+        let verifier = NoteSigner::from_seed(ORIGIN, &[3; 32]).unwrap().verifier().clone();
+        let t0 = Instant::now();
+        let report = verify_public(&public, &verifier, None, &mut |_| {}).unwrap();
+        let verify_rate = report.checkpoint.size as f64 / t0.elapsed().as_secs_f64();
+
+        println!(
+            "round {round}: raw fdatasync {fsync:.0}/s | durable appends {:.0}/s (x{:.1} the fsync rate) | p50 {:.2} ms p99 {:.2} ms | verify {:.2} M entries/s over {} entries",
+            run.appends_per_sec,
+            run.appends_per_sec / fsync,
+            run.p50.as_secs_f64() * 1e3,
+            run.p99.as_secs_f64() * 1e3,
+            verify_rate / 1e6,
+            run.entries
+        );
+        fsyncs.push(fsync);
+        rates.push(run.appends_per_sec);
+        ratios.push(run.appends_per_sec / fsync);
+        p50s.push(run.p50.as_secs_f64() * 1e3);
+        p99s.push(run.p99.as_secs_f64() * 1e3);
+        verify_rates.push(verify_rate);
+    }
+    let rate = median(&mut rates);
+    let p99 = median(&mut p99s);
+    println!("median raw fdatasync rate:      {:.0}/s", median(&mut fsyncs));
+    println!("median durable append rate:     {rate:.0}/s ({:.1} appends per raw fsync)", median(&mut ratios));
+    println!("median append latency:          p50 {:.2} ms, p99 {p99:.2} ms", median(&mut p50s));
+    println!("median offline verify rate:     {:.2} M entries/s", median(&mut verify_rates) / 1e6);
+    println!(
+        "targets: >= 20000 appends/s: {}; p99 <= 20 ms: {}",
+        if rate >= 20_000.0 { "met" } else { "NOT met" },
+        if p99 <= 20.0 { "met" } else { "NOT met" }
+    );
+}

@@ -1,0 +1,180 @@
+//! Auditors' trails and evidence bundles, offline.
+//!
+//! This module owns the search of a copy of a log folder (through the private
+//! index key and journal) and the evidence bundle format: the matching
+//! entries, each with its `c2sp.org/tlog-proof@v1` proof, the signed
+//! checkpoint and the verifier key. It must not write to the log folder, and
+//! a bundle must never carry the searched value or any personal data.
+
+use super::checkpoint::Checkpoint;
+use super::error::{AuditError, Result};
+use super::journal;
+use super::keys::IndexKey;
+use super::leaf::Leaf;
+use super::log::{Found, Layout, Meta, Query, evidence};
+use super::note::NoteVerifier;
+use super::proof::TlogProof;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The format tag of an evidence bundle.
+pub const BUNDLE_FORMAT: &str = "passerelle.audit.bundle.v1";
+
+/// The largest bundle accepted, in bytes.
+pub const MAX_BUNDLE_LEN: usize = 256 << 20;
+
+/// The result of a search in a copy of a log folder.
+#[derive(Debug, Clone)]
+pub struct Trail {
+    /// The verified checkpoint the proofs are against.
+    pub checkpoint: Checkpoint,
+    /// Its signed text.
+    pub signed: String,
+    /// The verifier the checkpoint was checked with.
+    pub verifier: NoteVerifier,
+    /// The matching entries the checkpoint covers, with proofs.
+    pub found: Vec<Found>,
+    /// Matching entries not yet covered by a checkpoint.
+    pub pending: Vec<u64>,
+}
+
+/// Searches a copy of a log folder. The checkpoint is checked with `verifier`
+/// if given, otherwise with the key recorded in the folder's metadata.
+pub fn trail(dir: &Path, query: &Query, verifier: Option<&NoteVerifier>) -> Result<Trail> {
+    let layout = Layout::new(dir);
+    let meta = Meta::load(&layout.meta)?;
+    let verifier = match verifier {
+        Some(v) => v.clone(),
+        None => NoteVerifier::parse(&meta.verifier_key)?,
+    };
+    let cp_path = layout.public.join("checkpoint");
+    let signed = std::fs::read_to_string(&cp_path).map_err(|e| AuditError::io(&cp_path, e))?;
+    let checkpoint = Checkpoint::open(signed.as_bytes(), &verifier, Some(&meta.origin))?;
+    let tag = query.tag(&IndexKey::load(&layout.keys.join("index.key"))?);
+    let mut indices = Vec::new();
+    journal::scan(&layout.journal, |i, rec| {
+        if rec.tags.contains(&tag) {
+            indices.push(i);
+        }
+        Ok(())
+    })?;
+    let (covered, pending): (Vec<u64>, Vec<u64>) =
+        indices.into_iter().partition(|&i| i < checkpoint.size);
+    let found = evidence(&layout.public, &signed, checkpoint.size, &covered)?;
+    for f in &found {
+        f.proof.verify(&f.entry, &verifier, Some(&meta.origin))?;
+    }
+    Ok(Trail {
+        checkpoint,
+        signed,
+        verifier,
+        found,
+        pending,
+    })
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleFile {
+    format: String,
+    origin: String,
+    verifier_key: String,
+    checkpoint: String,
+    entries: Vec<BundleEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleEntry {
+    index: u64,
+    entry: String,
+    proof: String,
+}
+
+impl Trail {
+    /// The evidence bundle of this trail, as JSON.
+    pub fn to_bundle(&self) -> Result<Vec<u8>> {
+        let b = BundleFile {
+            format: BUNDLE_FORMAT.into(),
+            origin: self.checkpoint.origin.clone(),
+            verifier_key: self.verifier.to_verifier_key(),
+            checkpoint: self.signed.clone(),
+            entries: self
+                .found
+                .iter()
+                .map(|f| BundleEntry {
+                    index: f.index,
+                    entry: B64.encode(&f.entry),
+                    proof: f.proof.to_text(),
+                })
+                .collect(),
+        };
+        serde_json::to_vec_pretty(&b).map_err(|e| AuditError::Corrupt(e.to_string()))
+    }
+}
+
+/// What a verified bundle shows.
+#[derive(Debug, Clone)]
+pub struct VerifiedBundle {
+    /// The checkpoint every proof is against.
+    pub checkpoint: Checkpoint,
+    /// The verifier key used.
+    pub verifier: NoteVerifier,
+    /// Whether the key was pinned by the caller (rather than taken from the bundle).
+    pub pinned: bool,
+    /// The entries, in the bundle's order.
+    pub entries: Vec<(u64, Leaf)>,
+}
+
+/// Verifies an evidence bundle on its own. With `pinned`, the bundle's key
+/// must be that key; without, the key in the bundle is used, and the caller
+/// must compare it with the log's published key.
+pub fn verify_bundle(data: &[u8], pinned: Option<&NoteVerifier>) -> Result<VerifiedBundle> {
+    if data.len() > MAX_BUNDLE_LEN {
+        return Err(AuditError::Corrupt("bundle too large".into()));
+    }
+    let b: BundleFile = serde_json::from_slice(data)
+        .map_err(|e| AuditError::Corrupt(format!("malformed bundle: {e}")))?;
+    if b.format != BUNDLE_FORMAT {
+        return Err(AuditError::Corrupt(format!(
+            "unknown bundle format {:?}",
+            b.format
+        )));
+    }
+    let embedded = NoteVerifier::parse(&b.verifier_key)?;
+    let verifier = match pinned {
+        Some(p) if *p != embedded => {
+            return Err(AuditError::Corrupt(
+                "the bundle names another key than the one given".into(),
+            ));
+        }
+        Some(p) => p.clone(),
+        None => embedded,
+    };
+    let checkpoint = Checkpoint::open(b.checkpoint.as_bytes(), &verifier, Some(&b.origin))?;
+    let mut entries = Vec::new();
+    for e in &b.entries {
+        let entry = B64
+            .decode(&e.entry)
+            .map_err(|_| AuditError::Corrupt(format!("entry {}: bad base64", e.index)))?;
+        let proof = TlogProof::parse(&e.proof)?;
+        if proof.index != e.index || proof.checkpoint != b.checkpoint {
+            return Err(AuditError::Corrupt(format!(
+                "entry {}: proof is for another entry or checkpoint",
+                e.index
+            )));
+        }
+        proof
+            .verify(&entry, &verifier, Some(&b.origin))
+            .map_err(|err| AuditError::Corrupt(format!("entry {}: {err}", e.index)))?;
+        entries.push((e.index, Leaf::decode(&entry)?));
+    }
+    Ok(VerifiedBundle {
+        checkpoint,
+        verifier,
+        pinned: pinned.is_some(),
+        entries,
+    })
+}

@@ -1,0 +1,70 @@
+//! The error type of the audit log.
+//!
+//! This module owns [`AuditError`] and says whose fault each failure is. It
+//! must not hold any logic beyond classification.
+
+use super::checkpoint::CheckpointError;
+use super::merkle::ProofError;
+use super::note::NoteError;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// A file of the log could not be read or written (our fault; retry may help).
+    #[error("audit log I/O on {path}: {source}")]
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The log on disk is damaged or inconsistent with what it signed (our fault; no retry).
+    #[error("audit log is corrupt: {0}")]
+    Corrupt(String),
+    /// The caller handed a fact that cannot be logged (caller's fault; no retry).
+    #[error("invalid audit fact: {0}")]
+    InvalidFact(String),
+    /// The case was erased; its personal data can no longer be logged or opened.
+    #[error("case was erased")]
+    CaseErased,
+    /// The case has no keys in this log.
+    #[error("unknown case")]
+    UnknownCase,
+    /// The log has been shut down or its writer stopped.
+    #[error("audit log is closed")]
+    Closed,
+    /// A key, note or checkpoint was rejected.
+    #[error(transparent)]
+    Note(#[from] NoteError),
+    /// A checkpoint was rejected.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A proof could not be built or did not verify.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// A cryptographic operation failed (decryption of a damaged payload, no randomness).
+    #[error("cryptographic failure: {0}")]
+    Crypto(&'static str),
+}
+
+impl AuditError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        AuditError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether the failure is the caller's (bad input) rather than the log's.
+    pub fn is_caller_fault(&self) -> bool {
+        matches!(
+            self,
+            AuditError::InvalidFact(_) | AuditError::CaseErased | AuditError::UnknownCase
+        )
+    }
+}
+
+/// The result type of the audit log.
+pub type Result<T, E = AuditError> = std::result::Result<T, E>;

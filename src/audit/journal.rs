@@ -1,0 +1,294 @@
+//! The private journal: the write-ahead log of entries and their private
+//! sidecar (index tags and sealed personal material).
+//!
+//! This module owns the segment files under `private/journal/` and their
+//! record framing. A record is acknowledged only after the segment is synced,
+//! so the journal is the durable truth from which the public tiles are
+//! rebuilt after a crash. It must not decide *when* to sync (the writer
+//! does, once per group) and must never be served publicly.
+//!
+//! Segment `<start>.journal` (start index, 20 digits) holds consecutive
+//! records: `u32 length || payload || SHA-256(payload)`, and a payload is
+//! `u16 entry length || entry || u8 tag count || tags || u8 sealed? ||
+//! [case tag || nonce || u32 length || ciphertext]`.
+
+use super::error::{AuditError, Result};
+use super::keys::{Sealed, Tag, sync_dir};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The largest record payload accepted when reading (bounds memory on damaged input).
+const MAX_RECORD: usize = 4 << 20;
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The log entry (the encoded leaf).
+    pub entry: Vec<u8>,
+    /// Search tags under which the entry is indexed.
+    pub tags: Vec<Tag>,
+    /// Sealed personal material, if the fact concerned a case.
+    pub sealed: Option<Sealed>,
+}
+
+impl Record {
+    /// Appends the framed record to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let body = out.len();
+        out.extend_from_slice(&(self.entry.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.entry);
+        out.push(self.tags.len() as u8);
+        for t in &self.tags {
+            out.extend_from_slice(t);
+        }
+        match &self.sealed {
+            None => out.push(0),
+            Some(s) => {
+                out.push(1);
+                out.extend_from_slice(&s.case);
+                out.extend_from_slice(&s.nonce);
+                out.extend_from_slice(&(s.ciphertext.len() as u32).to_be_bytes());
+                out.extend_from_slice(&s.ciphertext);
+            }
+        }
+        let len = (out.len() - body) as u32;
+        out[start..body].copy_from_slice(&len.to_be_bytes());
+        let digest = Sha256::digest(&out[body..]);
+        out.extend_from_slice(&digest);
+    }
+
+    fn decode(mut p: &[u8]) -> Option<Record> {
+        fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (a, b) = (p.get(..n)?, p.get(n..)?);
+            *p = b;
+            Some(a)
+        }
+        let elen = usize::from(u16::from_be_bytes(take(&mut p, 2)?.try_into().ok()?));
+        let entry = take(&mut p, elen)?.to_vec();
+        let ntags = usize::from(take(&mut p, 1)?[0]);
+        let mut tags = Vec::with_capacity(ntags);
+        for _ in 0..ntags {
+            tags.push(take(&mut p, 32)?.try_into().ok()?);
+        }
+        let sealed = match take(&mut p, 1)?[0] {
+            0 => None,
+            1 => {
+                let case = take(&mut p, 32)?.try_into().ok()?;
+                let nonce = take(&mut p, 24)?.try_into().ok()?;
+                let clen = u32::from_be_bytes(take(&mut p, 4)?.try_into().ok()?) as usize;
+                Some(Sealed {
+                    case,
+                    nonce,
+                    ciphertext: take(&mut p, clen)?.to_vec(),
+                })
+            }
+            _ => return None,
+        };
+        p.is_empty().then_some(Record {
+            entry,
+            tags,
+            sealed,
+        })
+    }
+}
+
+fn segment_name(start: u64) -> String {
+    format!("{start:020}.journal")
+}
+
+/// Lists the segments of a journal folder, in order of start index.
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| AuditError::io(dir, e))? {
+        let e = e.map_err(|e| AuditError::io(dir, e))?;
+        let name = e.file_name();
+        let Some(start) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".journal"))
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        out.push((start, e.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The outcome of a journal scan.
+#[derive(Debug)]
+pub struct Scan {
+    /// The index the next record will get.
+    pub next: u64,
+    /// The last segment (start index and path) and its valid length, if any.
+    pub tail: Option<(u64, PathBuf, u64)>,
+}
+
+/// Reads every record in order, calling `f(index, record)`. A damaged tail
+/// in the last segment (a write that a crash cut short, never acknowledged)
+/// ends the scan; damage anywhere else is corruption.
+pub fn scan(dir: &Path, mut f: impl FnMut(u64, Record) -> Result<()>) -> Result<Scan> {
+    let segs = segments(dir)?;
+    let mut next = 0u64;
+    let mut tail = None;
+    for (i, (start, path)) in segs.iter().enumerate() {
+        let last = i + 1 == segs.len();
+        if *start != next {
+            return Err(AuditError::Corrupt(format!(
+                "journal segment {} starts at {start}, expected {next}",
+                path.display()
+            )));
+        }
+        let data = std::fs::read(path).map_err(|e| AuditError::io(path, e))?;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let record = data
+                .get(pos..pos + 4)
+                .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+                .filter(|&len| len <= MAX_RECORD)
+                .and_then(|len| {
+                    let body = data.get(pos + 4..pos + 4 + len)?;
+                    let digest = data.get(pos + 4 + len..pos + 36 + len)?;
+                    (Sha256::digest(body).as_slice() == digest).then_some((len, body))
+                })
+                .and_then(|(len, body)| Some((len, Record::decode(body)?)));
+            let Some((len, record)) = record else {
+                if last {
+                    break;
+                }
+                return Err(AuditError::Corrupt(format!(
+                    "journal segment {} is damaged at byte {pos} (entry {next})",
+                    path.display()
+                )));
+            };
+            f(next, record)?;
+            next += 1;
+            pos += 36 + len;
+        }
+        if last {
+            tail = Some((*start, path.clone(), pos as u64));
+        }
+    }
+    Ok(Scan { next, tail })
+}
+
+/// Appends records to the newest segment.
+#[derive(Debug)]
+pub struct JournalWriter {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+    segment_limit: u64,
+}
+
+impl JournalWriter {
+    /// Opens the journal for appending after a scan: the damaged tail (if
+    /// any) is cut off and synced; a fresh journal gets its first segment.
+    pub fn open(dir: &Path, scan: &Scan, segment_limit: u64) -> Result<Self> {
+        let (path, len) = match &scan.tail {
+            Some((_, path, len)) => (path.clone(), *len),
+            None => (dir.join(segment_name(0)), 0),
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| AuditError::io(&path, e))?;
+        let actual = file.metadata().map_err(|e| AuditError::io(&path, e))?.len();
+        if actual != len {
+            file.set_len(len).map_err(|e| AuditError::io(&path, e))?;
+        }
+        file.sync_all().map_err(|e| AuditError::io(&path, e))?;
+        sync_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            path,
+            file,
+            bytes: len,
+            segment_limit,
+        })
+    }
+
+    /// Writes framed records (not yet durable).
+    pub fn write(&mut self, framed: &[u8]) -> Result<()> {
+        self.file
+            .write_all(framed)
+            .map_err(|e| AuditError::io(&self.path, e))?;
+        self.bytes += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| AuditError::io(&self.path, e))
+    }
+
+    /// Starts a new segment at `next` if the current one is over its size
+    /// limit. Call only after [`Self::sync`].
+    pub fn rotate_if_full(&mut self, next: u64) -> Result<()> {
+        if self.bytes < self.segment_limit {
+            return Ok(());
+        }
+        let path = self.dir.join(segment_name(next));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| AuditError::io(&path, e))?;
+        sync_dir(&self.dir)?;
+        *self = Self {
+            dir: self.dir.clone(),
+            path,
+            file,
+            bytes: 0,
+            segment_limit: self.segment_limit,
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_tail_is_dropped_and_appending_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let scan0 = scan(dir.path(), |_, _| Ok(())).unwrap();
+        let mut w = JournalWriter::open(dir.path(), &scan0, 1 << 20).unwrap();
+        let rec = |i: u8| Record {
+            entry: vec![i; 10],
+            tags: vec![[i; 32]],
+            sealed: None,
+        };
+        let mut buf = Vec::new();
+        for i in 0..3 {
+            rec(i).encode_into(&mut buf);
+        }
+        w.write(&buf).unwrap();
+        w.write(&buf[..20]).unwrap(); // a torn fourth record
+        w.sync().unwrap();
+        drop(w);
+        let mut seen = Vec::new();
+        let s = scan(dir.path(), |i, r| {
+            seen.push((i, r));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(s.next, 3);
+        assert_eq!(seen[2].1, rec(2));
+        let mut w = JournalWriter::open(dir.path(), &s, 1 << 20).unwrap();
+        let mut buf = Vec::new();
+        rec(3).encode_into(&mut buf);
+        w.write(&buf).unwrap();
+        w.sync().unwrap();
+        assert_eq!(scan(dir.path(), |_, _| Ok(())).unwrap().next, 4);
+    }
+}

@@ -1,0 +1,462 @@
+//! Private key material of the log: the index key and the per-case keys, and
+//! the sealing (AEAD) of payloads under a case's data key.
+//!
+//! This module owns the files under `private/keys/` and the erasure of a
+//! case's keys. It must never write key material anywhere else, log it, or
+//! let it reach the public folder.
+//!
+//! `cases.keys` is a sequence of fixed 128-byte records:
+//! `tag (32) || commitment key (32) || data key (32) || SHA-256 of the first 96 bytes (32)`.
+//! The tag is `HMAC-SHA-256(index key, "case" || 0x00 || case id)`, so the
+//! file never names a case. Erasure overwrites the last 96 bytes of the
+//! record with zeros in place and syncs the file.
+
+use super::error::{AuditError, Result};
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use hmac::Mac;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+const RECORD: usize = 128;
+
+/// A 32-byte keyed-hash tag naming a searchable value without revealing it.
+pub type Tag = [u8; 32];
+
+/// What a search tag is computed over; each kind has its own domain byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagKind {
+    /// A case id.
+    Case = 1,
+    /// A laissez-passer number.
+    Lpc = 2,
+    /// A booking reference.
+    Pnr = 3,
+    /// A flight (carrier, number, date).
+    Flight = 4,
+    /// A partner's own message reference.
+    PartnerRef = 5,
+}
+
+/// The log-wide key that turns searchable values into tags.
+#[derive(Clone)]
+pub struct IndexKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexKey(..)")
+    }
+}
+
+/// Normalises a searchable value: surrounding spaces removed, ASCII upper case.
+pub fn normalise(value: &str) -> String {
+    value.trim().to_ascii_uppercase()
+}
+
+impl IndexKey {
+    /// Loads the index key from `path`, or creates it (durably) if absent.
+    pub fn load_or_create(path: &Path) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let bytes = Zeroizing::new(
+                    hex::decode(text.trim())
+                        .map_err(|_| AuditError::Corrupt("index key is not hex".into()))?,
+                );
+                let key: [u8; 32] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| AuditError::Corrupt("index key is not 32 bytes".into()))?;
+                Ok(IndexKey(Zeroizing::new(key)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                getrandom::fill(key.as_mut()).map_err(|_| AuditError::Crypto("no randomness"))?;
+                write_durably(path, hex::encode(key.as_ref()).as_bytes())?;
+                Ok(IndexKey(key))
+            }
+            Err(e) => Err(AuditError::io(path, e)),
+        }
+    }
+
+    /// Loads an existing index key (offline tools never create one).
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(AuditError::io(path, std::io::ErrorKind::NotFound.into()));
+        }
+        Self::load_or_create(path)
+    }
+
+    /// The tag of a searchable value of the given kind.
+    pub fn tag(&self, kind: TagKind, value: &str) -> Tag {
+        let mut mac = <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(self.0.as_ref())
+            .expect("HMAC accepts keys of any length");
+        mac.update(&[kind as u8, 0]);
+        mac.update(normalise(value).as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// Writes a small file durably: temporary file, sync, rename, sync of the folder.
+pub fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| AuditError::io(&tmp, e))?;
+    f.write_all(data).map_err(|e| AuditError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| AuditError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| AuditError::io(path, e))?;
+    sync_dir(dir)
+}
+
+/// Syncs a folder so that renames and new files in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| AuditError::io(dir, e))
+}
+
+/// The two keys of one case.
+#[derive(Clone)]
+pub struct CaseKeys {
+    /// The HMAC key of the case's commitments.
+    pub commit: Zeroizing<[u8; 32]>,
+    /// The AEAD key of the case's sealed payloads.
+    pub data: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for CaseKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaseKeys(..)")
+    }
+}
+
+enum Slot {
+    Live { offset: u64, keys: CaseKeys },
+    Erased,
+}
+
+/// The per-case key store.
+pub struct KeyStore {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    slots: HashMap<Tag, Slot>,
+    dirty: bool,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("path", &self.path)
+            .field("cases", &self.slots.len())
+            .finish()
+    }
+}
+
+fn check(record: &[u8]) -> [u8; 32] {
+    Sha256::digest(&record[..96]).into()
+}
+
+impl KeyStore {
+    /// Opens (or creates) the key store at `path`. A torn last record, left by
+    /// a crash before it was synced, is dropped.
+    pub fn open(path: &Path, writable: bool) -> Result<Self> {
+        let io = |e| AuditError::io(path, e);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .create(writable)
+            .open(path)
+            .map_err(io)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(io)?;
+        let mut slots = HashMap::new();
+        let mut len = 0u64;
+        let records: Vec<&[u8]> = data.chunks(RECORD).collect();
+        for (i, rec) in records.iter().enumerate() {
+            let last = i + 1 == records.len();
+            let tag: Tag = match rec.get(..32).and_then(|t| t.try_into().ok()) {
+                Some(t) if rec.len() == RECORD => t,
+                _ if last => break,
+                _ => return Err(AuditError::Corrupt("key store record torn".into())),
+            };
+            let slot = if rec[32..].iter().all(|&b| b == 0) {
+                Slot::Erased
+            } else if check(rec) == rec[96..] {
+                let mut commit = Zeroizing::new([0u8; 32]);
+                let mut dkey = Zeroizing::new([0u8; 32]);
+                commit.copy_from_slice(&rec[32..64]);
+                dkey.copy_from_slice(&rec[64..96]);
+                Slot::Live {
+                    offset: len,
+                    keys: CaseKeys { commit, data: dkey },
+                }
+            } else if last {
+                break;
+            } else {
+                return Err(AuditError::Corrupt(format!(
+                    "key store record {i} is damaged"
+                )));
+            };
+            slots.insert(tag, slot);
+            len += RECORD as u64;
+        }
+        if writable && len != data.len() as u64 {
+            file.set_len(len).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        Ok(KeyStore {
+            path: path.to_owned(),
+            file,
+            len,
+            slots,
+            dirty: false,
+        })
+    }
+
+    /// The keys of a case, if it has some.
+    pub fn get(&self, tag: &Tag) -> Result<CaseKeys> {
+        match self.slots.get(tag) {
+            Some(Slot::Live { keys, .. }) => Ok(keys.clone()),
+            Some(Slot::Erased) => Err(AuditError::CaseErased),
+            None => Err(AuditError::UnknownCase),
+        }
+    }
+
+    /// Whether the case was erased.
+    pub fn is_erased(&self, tag: &Tag) -> bool {
+        matches!(self.slots.get(tag), Some(Slot::Erased))
+    }
+
+    /// The keys of a case, created if needed. New keys are written but not
+    /// synced: [`KeyStore::sync`] must run before anything that uses them is
+    /// acknowledged (the writer does it in the same group commit).
+    pub fn get_or_create(&mut self, tag: &Tag) -> Result<CaseKeys> {
+        match self.get(tag) {
+            Err(AuditError::UnknownCase) => {}
+            other => return other,
+        }
+        let mut rec = Zeroizing::new([0u8; RECORD]);
+        rec[..32].copy_from_slice(tag);
+        getrandom::fill(&mut rec[32..96]).map_err(|_| AuditError::Crypto("no randomness"))?;
+        let c = check(rec.as_ref());
+        rec[96..].copy_from_slice(&c);
+        self.file
+            .write_all_at(rec.as_ref(), self.len)
+            .map_err(|e| AuditError::io(&self.path, e))?;
+        let mut commit = Zeroizing::new([0u8; 32]);
+        let mut data = Zeroizing::new([0u8; 32]);
+        commit.copy_from_slice(&rec[32..64]);
+        data.copy_from_slice(&rec[64..96]);
+        let keys = CaseKeys { commit, data };
+        self.slots.insert(
+            *tag,
+            Slot::Live {
+                offset: self.len,
+                keys: keys.clone(),
+            },
+        );
+        self.len += RECORD as u64;
+        self.dirty = true;
+        Ok(keys)
+    }
+
+    /// Syncs new keys to disk, if any were created since the last sync.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.dirty {
+            self.file
+                .sync_data()
+                .map_err(|e| AuditError::io(&self.path, e))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Destroys a case's keys: the record's key bytes are overwritten with
+    /// zeros in place and the file is synced. Later calls for the case fail
+    /// with [`AuditError::CaseErased`].
+    pub fn erase(&mut self, tag: &Tag) -> Result<()> {
+        let offset = match self.slots.get(tag) {
+            Some(Slot::Live { offset, .. }) => Some(*offset),
+            Some(Slot::Erased) => return Ok(()),
+            None => None,
+        };
+        let io = |e| AuditError::io(&self.path, e);
+        match offset {
+            Some(off) => self
+                .file
+                .write_all_at(&[0u8; RECORD - 32], off + 32)
+                .map_err(io)?,
+            None => {
+                // A tombstone, so that the case cannot be given new keys.
+                let mut rec = [0u8; RECORD];
+                rec[..32].copy_from_slice(tag);
+                self.file.write_all_at(&rec, self.len).map_err(io)?;
+                self.len += RECORD as u64;
+            }
+        }
+        self.file.sync_data().map_err(io)?;
+        self.slots.insert(*tag, Slot::Erased);
+        Ok(())
+    }
+}
+
+/// A payload sealed under a case's data key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The case tag (names the key).
+    pub case: Tag,
+    /// The random 24-byte XChaCha20-Poly1305 nonce.
+    pub nonce: [u8; 24],
+    /// The ciphertext with its tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// The personal material of one entry, once opened.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Opened {
+    /// The case id.
+    pub case_id: String,
+    /// The native payload.
+    pub native: Option<Vec<u8>>,
+    /// The canonical payload.
+    pub canonical: Option<Vec<u8>>,
+    /// Document numbers.
+    pub documents: Vec<String>,
+}
+
+fn put(out: &mut Vec<u8>, field: Option<&[u8]>) {
+    match field {
+        None => out.push(0),
+        Some(b) => {
+            out.push(1);
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+fn take<'a>(data: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let (&flag, rest) = data.split_first()?;
+    if flag == 0 {
+        *data = rest;
+        return Some(None);
+    }
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let field = rest.get(4..4 + len)?;
+    *data = &rest[4 + len..];
+    Some(Some(field))
+}
+
+impl Opened {
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::new());
+        put(&mut out, Some(self.case_id.as_bytes()));
+        put(&mut out, self.native.as_deref());
+        put(&mut out, self.canonical.as_deref());
+        for d in &self.documents {
+            put(&mut out, Some(d.as_bytes()));
+        }
+        out
+    }
+
+    fn decode(mut data: &[u8]) -> Option<Opened> {
+        let case_id = String::from_utf8(take(&mut data)??.to_vec()).ok()?;
+        let native = take(&mut data)?.map(<[u8]>::to_vec);
+        let canonical = take(&mut data)?.map(<[u8]>::to_vec);
+        let mut documents = Vec::new();
+        while !data.is_empty() {
+            documents.push(String::from_utf8(take(&mut data)??.to_vec()).ok()?);
+        }
+        Some(Opened {
+            case_id,
+            native,
+            canonical,
+            documents,
+        })
+    }
+}
+
+/// Seals personal material under the case's data key, bound to the leaf hash.
+pub fn seal(keys: &CaseKeys, case: Tag, aad: &[u8], opened: &Opened) -> Result<Sealed> {
+    let cipher = XChaCha20Poly1305::new_from_slice(keys.data.as_ref())
+        .map_err(|_| AuditError::Crypto("key"))?;
+    let mut nonce = [0u8; 24];
+    getrandom::fill(&mut nonce).map_err(|_| AuditError::Crypto("no randomness"))?;
+    let plain = opened.encode();
+    let ciphertext = cipher
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plain.as_slice(),
+                aad,
+            },
+        )
+        .map_err(|_| AuditError::Crypto("encryption failed"))?;
+    Ok(Sealed {
+        case,
+        nonce,
+        ciphertext,
+    })
+}
+
+/// Opens sealed material with the case's data key.
+pub fn unseal(keys: &CaseKeys, aad: &[u8], sealed: &Sealed) -> Result<Opened> {
+    let cipher = XChaCha20Poly1305::new_from_slice(keys.data.as_ref())
+        .map_err(|_| AuditError::Crypto("key"))?;
+    let plain = Zeroizing::new(
+        cipher
+            .decrypt(
+                &XNonce::from(sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad,
+                },
+            )
+            .map_err(|_| AuditError::Crypto("sealed payload does not open"))?,
+    );
+    Opened::decode(&plain).ok_or(AuditError::Crypto("sealed payload is malformed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_survive_reopen_and_erasure_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cases.keys");
+        let tag = [1u8; 32];
+        let mut ks = KeyStore::open(&path, true).unwrap();
+        let k = ks.get_or_create(&tag).unwrap();
+        ks.sync().unwrap();
+        let opened = Opened {
+            case_id: "RVA-2026-000001".into(),
+            native: Some(b"x".to_vec()),
+            ..Default::default()
+        };
+        let sealed = seal(&k, tag, b"aad", &opened).unwrap();
+        drop(ks);
+        let mut ks = KeyStore::open(&path, true).unwrap();
+        let k2 = ks.get(&tag).unwrap();
+        assert_eq!(unseal(&k2, b"aad", &sealed).unwrap(), opened);
+        assert!(unseal(&k2, b"other", &sealed).is_err());
+        ks.erase(&tag).unwrap();
+        assert!(matches!(
+            ks.get_or_create(&tag),
+            Err(AuditError::CaseErased)
+        ));
+        drop(ks);
+        let raw = std::fs::read(&path).unwrap();
+        assert!(
+            raw[32..].iter().all(|&b| b == 0),
+            "key bytes remain after erasure"
+        );
+        let ks = KeyStore::open(&path, false).unwrap();
+        assert!(ks.is_erased(&tag));
+    }
+}

@@ -1,0 +1,878 @@
+//! The live audit log: open and recover, append with group commit, publish
+//! checkpoints on a cadence, issue receipts and proofs, search, and erase.
+//!
+//! This module owns the writer and publisher threads and the recovery rules.
+//! Callers prepare their own leaves (hashing, commitments, sealing) on their
+//! own threads; the writer thread only frames, writes and syncs, once per
+//! group, and acknowledges a group only after it is durable. The publisher
+//! thread turns durable entries into tiles and a signed checkpoint at most
+//! one checkpoint interval later. Nothing here may block an async worker:
+//! [`AuditLog::append_async`] awaits a channel, never a file.
+
+use super::checkpoint::Checkpoint;
+use super::error::{AuditError, Result};
+use super::journal::{self, JournalWriter, Record};
+use super::keys::{IndexKey, KeyStore, Opened, Tag, TagKind, seal, unseal, write_durably};
+use super::leaf::{Commitments, Fact, Kind, Leaf};
+use super::merkle::{Hash, inclusion_proof, leaf_hash};
+use super::note::{NoteSigner, NoteVerifier};
+use super::proof::{Receipt, TlogProof};
+use super::publish::{Edge, publish};
+use super::tiles::{TILE_WIDTH, TileReader, entries_path, parse_bundle, tile_width};
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Tuning of a log.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often a checkpoint is signed when the log has grown (at most one second).
+    pub checkpoint_interval: Duration,
+    /// The most appends in one group commit.
+    pub max_batch: usize,
+    /// How long the writer waits for more appends before committing a group
+    /// that is not full. Zero commits whatever is queued at once.
+    pub max_delay: Duration,
+    /// Size at which a journal segment is closed and a new one started.
+    pub segment_bytes: u64,
+    /// The most appends waiting for the writer before `append` blocks.
+    pub queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            checkpoint_interval: Duration::from_millis(500),
+            max_batch: 1024,
+            max_delay: Duration::ZERO,
+            segment_bytes: 64 << 20,
+            queue: 8192,
+        }
+    }
+}
+
+/// The folders of a log: `public/` is served as static files; `private/`
+/// holds the journal, the keys and the log's metadata.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The log folder.
+    pub root: PathBuf,
+    /// `public/`: `checkpoint` and `tile/`.
+    pub public: PathBuf,
+    /// `private/journal/`.
+    pub journal: PathBuf,
+    /// `private/keys/`.
+    pub keys: PathBuf,
+    /// `private/log.json`.
+    pub meta: PathBuf,
+}
+
+impl Layout {
+    /// The layout of the log folder `root`.
+    pub fn new(root: &Path) -> Layout {
+        Layout {
+            root: root.to_owned(),
+            public: root.join("public"),
+            journal: root.join("private/journal"),
+            keys: root.join("private/keys"),
+            meta: root.join("private/log.json"),
+        }
+    }
+}
+
+/// `private/log.json`: what identifies the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// Format version of the folder (1).
+    pub format: u32,
+    /// The checkpoint origin.
+    pub origin: String,
+    /// The verifier key of the log's signing key.
+    pub verifier_key: String,
+}
+
+impl Meta {
+    /// Reads `private/log.json`.
+    pub fn load(path: &Path) -> Result<Meta> {
+        let data = std::fs::read(path).map_err(|e| AuditError::io(path, e))?;
+        serde_json::from_slice(&data)
+            .map_err(|e| AuditError::Corrupt(format!("{}: {e}", path.display())))
+    }
+}
+
+/// What an auditor can search by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// A case id.
+    Case(String),
+    /// A laissez-passer number.
+    Lpc(String),
+    /// A booking reference.
+    Pnr(String),
+    /// A flight: carrier, number and departure date.
+    Flight(super::leaf::Flight),
+    /// A partner's own message reference: partner id and reference.
+    PartnerRef(String, String),
+}
+
+/// The normalised text of a flight, as indexed.
+pub fn flight_key(f: &super::leaf::Flight) -> String {
+    format!(
+        "{}|{}|{}",
+        f.carrier.trim(),
+        f.number.trim().trim_start_matches('0'),
+        f.date
+    )
+}
+
+impl Query {
+    /// The search tag of the query under the log's index key.
+    pub fn tag(&self, key: &IndexKey) -> Tag {
+        match self {
+            Query::Case(c) => key.tag(TagKind::Case, c),
+            Query::Lpc(n) => key.tag(TagKind::Lpc, n),
+            Query::Pnr(p) => key.tag(TagKind::Pnr, p),
+            Query::Flight(f) => key.tag(TagKind::Flight, &flight_key(f)),
+            Query::PartnerRef(p, r) => {
+                key.tag(TagKind::PartnerRef, &format!("{}|{}", p.trim(), r.trim()))
+            }
+        }
+    }
+}
+
+/// One entry found by a search, with its proof against the latest checkpoint.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The entry's index.
+    pub index: u64,
+    /// The entry bytes.
+    pub entry: Vec<u8>,
+    /// The decoded leaf.
+    pub leaf: Leaf,
+    /// The inclusion proof against the latest checkpoint.
+    pub proof: TlogProof,
+}
+
+struct Committed {
+    index: u64,
+    time: String,
+}
+
+struct Pending {
+    record: Record,
+    leaf: Hash,
+    reply: oneshot::Sender<Result<Committed>>,
+}
+
+enum Msg {
+    Append(Box<Pending>),
+    Publish(oneshot::Sender<Result<()>>),
+}
+
+enum PubMsg {
+    Batch(Vec<(Vec<u8>, Hash)>),
+    Publish(oneshot::Sender<Result<()>>),
+}
+
+struct Latest {
+    checkpoint: Checkpoint,
+    signed: String,
+}
+
+struct Shared {
+    origin: String,
+    signer: NoteSigner,
+    layout: Layout,
+    index_key: IndexKey,
+    keys: Mutex<KeyStore>,
+    index: RwLock<HashMap<Tag, Vec<u64>>>,
+    latest: Mutex<Latest>,
+    published: Condvar,
+    failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn fail(&self, why: String) {
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(why);
+        }
+    }
+}
+
+/// The audit log. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct AuditLog {
+    shared: Arc<Shared>,
+    tx: Option<SyncSender<Msg>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("origin", &self.shared.origin)
+            .field("root", &self.shared.layout.root)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| AuditError::Closed)
+}
+
+impl AuditLog {
+    /// Opens the log in folder `dir`, creating it if it does not exist, and
+    /// recovers from any crash: the journal's torn tail is cut off, the
+    /// public tiles are checked against the last signed checkpoint, and
+    /// entries the checkpoint does not cover yet are published again.
+    ///
+    /// The signer's key name must equal `origin`.
+    pub fn open(
+        dir: &Path,
+        signer: NoteSigner,
+        origin: &str,
+        options: Options,
+    ) -> Result<AuditLog> {
+        if signer.verifier().name() != origin {
+            return Err(AuditError::InvalidFact(
+                "the signing key's name must be the origin".into(),
+            ));
+        }
+        let layout = Layout::new(dir);
+        for d in [&layout.public, &layout.journal, &layout.keys] {
+            std::fs::create_dir_all(d).map_err(|e| AuditError::io(d, e))?;
+        }
+        let meta = Meta {
+            format: 1,
+            origin: origin.to_owned(),
+            verifier_key: signer.verifier().to_verifier_key(),
+        };
+        match Meta::load(&layout.meta) {
+            Ok(found) if found == meta => {}
+            Ok(found) => {
+                return Err(AuditError::Corrupt(format!(
+                    "this folder belongs to log {} with key {}",
+                    found.origin, found.verifier_key
+                )));
+            }
+            Err(AuditError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                let json = serde_json::to_vec_pretty(&meta)
+                    .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+                write_durably(&layout.meta, &json)?;
+            }
+            Err(e) => return Err(e),
+        }
+        let index_key = IndexKey::load_or_create(&layout.keys.join("index.key"))?;
+        let keys = KeyStore::open(&layout.keys.join("cases.keys"), true)?;
+
+        // The last signed checkpoint, if any, and the tree's edge at its size.
+        let cp_path = layout.public.join("checkpoint");
+        let (last, signed) = match std::fs::read(&cp_path) {
+            Ok(data) => {
+                let cp = Checkpoint::open(&data, signer.verifier(), Some(origin))?;
+                (cp, String::from_utf8_lossy(&data).into_owned())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                Checkpoint {
+                    origin: origin.to_owned(),
+                    size: 0,
+                    root: Hash::empty(),
+                },
+                String::new(),
+            ),
+            Err(e) => return Err(AuditError::io(&cp_path, e)),
+        };
+        let mut edge = Edge::load(&layout.public, last.size)?;
+        if edge.root()? != last.root {
+            return Err(AuditError::Corrupt(
+                "public tiles do not match the signed checkpoint".into(),
+            ));
+        }
+
+        // Replay the journal: rebuild the index, and re-publish what the
+        // checkpoint does not cover yet.
+        let mut index: HashMap<Tag, Vec<u64>> = HashMap::new();
+        let scan = journal::scan(&layout.journal, |i, rec| {
+            for t in &rec.tags {
+                index.entry(*t).or_default().push(i);
+            }
+            if i >= last.size {
+                let h = leaf_hash(&rec.entry);
+                edge.push(rec.entry, h);
+            }
+            Ok(())
+        })?;
+        if scan.next < last.size {
+            return Err(AuditError::Corrupt(format!(
+                "the journal holds {} entries but size {} was signed",
+                scan.next, last.size
+            )));
+        }
+        let writer = JournalWriter::open(&layout.journal, &scan, options.segment_bytes)?;
+        let last_size = last.size;
+
+        let shared = Arc::new(Shared {
+            origin: origin.to_owned(),
+            signer,
+            layout,
+            index_key,
+            keys: Mutex::new(keys),
+            index: RwLock::new(index),
+            latest: Mutex::new(Latest {
+                checkpoint: last,
+                signed,
+            }),
+            published: Condvar::new(),
+            failure: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::sync_channel(options.queue.max(1));
+        let (ptx, prx) = mpsc::channel();
+        let interval = options.checkpoint_interval.min(Duration::from_secs(1));
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("audit-publisher".into())
+                .spawn(move || publisher(s, edge, prx, interval))
+                .map_err(|e| AuditError::io("audit-publisher thread", e))?,
+        );
+        let s = shared.clone();
+        let (next, opts) = (scan.next, options.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || writer_loop(s, writer, next, rx, ptx, opts))
+                .map_err(|e| AuditError::io("audit-writer thread", e))?,
+        );
+        let log = AuditLog {
+            shared,
+            tx: Some(tx),
+            threads,
+        };
+        if log.latest_checkpoint().0.is_empty() || scan.next > last_size {
+            log.sync()?;
+        }
+        Ok(log)
+    }
+
+    /// The log's origin.
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    /// The verifier of the log's key.
+    pub fn verifier(&self) -> &NoteVerifier {
+        self.shared.signer.verifier()
+    }
+
+    /// The folders of the log.
+    pub fn layout(&self) -> &Layout {
+        &self.shared.layout
+    }
+
+    /// The latest signed checkpoint: its signed text and the parsed head.
+    pub fn latest_checkpoint(&self) -> (String, Checkpoint) {
+        match self.shared.latest.lock() {
+            Ok(l) => (l.signed.clone(), l.checkpoint.clone()),
+            Err(p) => (p.get_ref().signed.clone(), p.get_ref().checkpoint.clone()),
+        }
+    }
+
+    /// Turns a fact into a journal record: validates it, computes the leaf
+    /// with its commitments, seals the personal material. Runs on the
+    /// caller's thread.
+    fn prepare(&self, fact: &Fact) -> Result<(Record, Hash)> {
+        fact.validate()?;
+        let key = &self.shared.index_key;
+        let case = fact
+            .case_id
+            .as_deref()
+            .map(|c| (c, key.tag(TagKind::Case, c)));
+        let keys = match &case {
+            Some((_, tag)) => Some(lock(&self.shared.keys)?.get_or_create(tag)?),
+            None => None,
+        };
+        let commitments = match (&case, &keys) {
+            (Some((id, _)), Some(k)) => Some(Commitments::compute(&k.commit, id, &fact.personal)),
+            _ => None,
+        };
+        let entry = Leaf::from_fact(fact, commitments).encode()?;
+        let leaf = leaf_hash(&entry);
+        let sealed = match (&case, &keys) {
+            (Some((id, tag)), Some(k)) => {
+                let p = &fact.personal;
+                let opened = Opened {
+                    case_id: (*id).to_owned(),
+                    native: p.native.clone(),
+                    canonical: p.canonical.clone(),
+                    documents: p.documents.clone(),
+                };
+                Some(seal(k, *tag, &leaf.0, &opened)?)
+            }
+            _ => None,
+        };
+        let ids = &fact.identifiers;
+        let mut tags: Vec<Tag> = case.iter().map(|(_, t)| *t).collect();
+        tags.extend(ids.lpc.iter().map(|v| key.tag(TagKind::Lpc, v)));
+        tags.extend(ids.pnr.iter().map(|v| key.tag(TagKind::Pnr, v)));
+        tags.extend(
+            ids.flights
+                .iter()
+                .map(|f| Query::Flight(f.clone()).tag(key)),
+        );
+        tags.extend(
+            ids.partner_refs
+                .iter()
+                .map(|(p, r)| Query::PartnerRef(p.clone(), r.clone()).tag(key)),
+        );
+        tags.sort_unstable();
+        tags.dedup();
+        Ok((
+            Record {
+                entry,
+                tags,
+                sealed,
+            },
+            leaf,
+        ))
+    }
+
+    fn submit(&self, record: Record, leaf: Hash) -> Result<oneshot::Receiver<Result<Committed>>> {
+        if let Some(why) = lock(&self.shared.failure)?.as_ref() {
+            return Err(AuditError::Corrupt(format!(
+                "the log stopped after a failure: {why}"
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
+        tx.send(Msg::Append(Box::new(Pending {
+            record,
+            leaf,
+            reply,
+        })))
+        .map_err(|_| AuditError::Closed)?;
+        Ok(rx)
+    }
+
+    fn receipt(&self, leaf: Hash, done: Result<Committed>) -> Result<Receipt> {
+        let c = done?;
+        Receipt::issue(
+            &self.shared.signer,
+            &self.shared.origin,
+            c.index,
+            leaf,
+            c.time,
+        )
+    }
+
+    /// Appends a fact and returns its signed receipt once the entry is
+    /// durable. Blocks the calling thread: do not call from an async worker
+    /// (use [`AuditLog::append_async`]).
+    pub fn append(&self, fact: &Fact) -> Result<Receipt> {
+        let (record, leaf) = self.prepare(fact)?;
+        let rx = self.submit(record, leaf)?;
+        self.receipt(leaf, rx.blocking_recv().map_err(|_| AuditError::Closed)?)
+    }
+
+    /// Appends a fact; the future resolves once the entry is durable. The
+    /// preparation (hashing, sealing) runs inline and is short; no file I/O
+    /// happens on the calling task, except that the first fact of a new case
+    /// may wait for the key store lock.
+    pub async fn append_async(&self, fact: &Fact) -> Result<Receipt> {
+        let (record, leaf) = self.prepare(fact)?;
+        let rx = self.submit(record, leaf)?;
+        self.receipt(leaf, rx.await.map_err(|_| AuditError::Closed)?)
+    }
+
+    /// Publishes a checkpoint covering every entry acknowledged so far, and
+    /// waits until it is written.
+    pub fn sync(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
+        tx.send(Msg::Publish(reply))
+            .map_err(|_| AuditError::Closed)?;
+        rx.blocking_recv().map_err(|_| AuditError::Closed)?
+    }
+
+    /// Waits until a checkpoint covers entry `index`, for at most `timeout`.
+    /// Returns whether it does.
+    pub fn wait_for(&self, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let Ok(mut latest) = self.shared.latest.lock() else {
+            return false;
+        };
+        while latest.checkpoint.size <= index {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            latest = match self.shared.published.wait_timeout(latest, left) {
+                Ok((l, _)) => l,
+                Err(_) => return false,
+            };
+        }
+        true
+    }
+
+    /// The `c2sp.org/tlog-proof@v1` inclusion proof of entry `index` against
+    /// the latest checkpoint, or `None` if no checkpoint covers it yet.
+    pub fn inclusion(&self, index: u64) -> Result<Option<TlogProof>> {
+        let (signed, cp) = self.latest_checkpoint();
+        if index >= cp.size {
+            return Ok(None);
+        }
+        let reader = TileReader::new(&self.shared.layout.public, cp.size);
+        let path = inclusion_proof(&reader, index, cp.size)?;
+        Ok(Some(TlogProof {
+            index,
+            path,
+            checkpoint: signed,
+        }))
+    }
+
+    /// Indices of the entries matching a query, in order (including entries
+    /// that no checkpoint covers yet).
+    pub fn lookup(&self, query: &Query) -> Vec<u64> {
+        let tag = query.tag(&self.shared.index_key);
+        self.shared
+            .index
+            .read()
+            .ok()
+            .and_then(|i| i.get(&tag).cloned())
+            .unwrap_or_default()
+    }
+
+    /// The entries matching a query that the latest checkpoint covers, each
+    /// with its inclusion proof.
+    pub fn search(&self, query: &Query) -> Result<Vec<Found>> {
+        let (signed, cp) = self.latest_checkpoint();
+        let indices: Vec<u64> = self
+            .lookup(query)
+            .into_iter()
+            .filter(|&i| i < cp.size)
+            .collect();
+        evidence(&self.shared.layout.public, &signed, cp.size, &indices)
+    }
+
+    /// Opens the personal material of a case: every sealed record of the
+    /// case, decrypted, with its commitments checked against the leaf.
+    /// Fails with [`AuditError::CaseErased`] once the case is erased.
+    pub fn open_case(&self, case_id: &str) -> Result<Vec<(u64, Opened)>> {
+        let keys = lock(&self.shared.keys)?;
+        open_case(&self.shared.layout, &self.shared.index_key, &keys, case_id)
+    }
+
+    /// Erases a case: destroys its keys (overwritten in place and synced),
+    /// then appends an `erased` leaf carrying the case's commitment, so that
+    /// auditors see where its trail ends. The log still verifies afterwards;
+    /// the case's sealed payloads and commitments can no longer be opened.
+    pub fn erase_case(&self, case_id: &str) -> Result<Receipt> {
+        let tag = self.shared.index_key.tag(TagKind::Case, case_id);
+        let commitment = {
+            let mut ks = lock(&self.shared.keys)?;
+            let c = match ks.get(&tag) {
+                Ok(k) => Some(Commitments::compute(
+                    &k.commit,
+                    case_id,
+                    &Default::default(),
+                )),
+                Err(AuditError::UnknownCase) => None,
+                Err(e) => return Err(e),
+            };
+            ks.erase(&tag)?;
+            c
+        };
+        let fact = Fact::new(Kind::Erased, Utc::now());
+        let entry = Leaf::from_fact(&fact, commitment).encode()?;
+        let leaf = leaf_hash(&entry);
+        let rx = self.submit(
+            Record {
+                entry,
+                tags: vec![tag],
+                sealed: None,
+            },
+            leaf,
+        )?;
+        self.receipt(leaf, rx.blocking_recv().map_err(|_| AuditError::Closed)?)
+    }
+
+    /// Stops accepting appends, commits what is queued, publishes a final
+    /// checkpoint and stops the threads.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown();
+        match lock(&self.shared.failure)?.as_ref() {
+            Some(why) => Err(AuditError::Corrupt(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Reads the entries at `indices` from the public folder and proves each
+/// against the checkpoint of `size` (whose signed text is `signed`).
+pub fn evidence(public: &Path, signed: &str, size: u64, indices: &[u64]) -> Result<Vec<Found>> {
+    let reader = TileReader::new(public, size);
+    let mut bundles: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+    let mut out = Vec::new();
+    for &index in indices {
+        let b = index / TILE_WIDTH;
+        if let std::collections::hash_map::Entry::Vacant(v) = bundles.entry(b) {
+            v.insert(read_bundle(public, size, b)?);
+        }
+        let entry = bundles
+            .get(&b)
+            .and_then(|e| e.get((index % TILE_WIDTH) as usize))
+            .cloned()
+            .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))?;
+        let leaf = Leaf::decode(&entry)?;
+        let path = inclusion_proof(&reader, index, size)?;
+        out.push(Found {
+            index,
+            entry,
+            leaf,
+            proof: TlogProof {
+                index,
+                path,
+                checkpoint: signed.to_owned(),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Reads entry bundle `n` of the tree of `size` entries (falling back to the
+/// full bundle when an old partial one was removed).
+pub fn read_bundle(public: &Path, size: u64, n: u64) -> Result<Vec<Vec<u8>>> {
+    let w = tile_width(size, 0, n);
+    let try_read = |width: u64| std::fs::read(public.join(entries_path(n, width)));
+    let data = match try_read(w) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && w < TILE_WIDTH => {
+            try_read(TILE_WIDTH).map_err(|e| AuditError::io(public.join(entries_path(n, w)), e))?
+        }
+        Err(e) => return Err(AuditError::io(public.join(entries_path(n, w)), e)),
+    };
+    let entries =
+        parse_bundle(&data).map_err(|e| AuditError::Corrupt(format!("bundle {n}: {e}")))?;
+    Ok(entries
+        .into_iter()
+        .take(w as usize)
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// Opens a case's sealed records from the journal (see [`AuditLog::open_case`]).
+pub fn open_case(
+    layout: &Layout,
+    index_key: &IndexKey,
+    keys: &KeyStore,
+    case_id: &str,
+) -> Result<Vec<(u64, Opened)>> {
+    let tag = index_key.tag(TagKind::Case, case_id);
+    let k = keys.get(&tag)?;
+    let mut out = Vec::new();
+    journal::scan(&layout.journal, |i, rec| {
+        let Some(sealed) = rec.sealed.as_ref().filter(|s| s.case == tag) else {
+            return Ok(());
+        };
+        let opened = unseal(&k, &leaf_hash(&rec.entry).0, sealed)?;
+        let leaf = Leaf::decode(&rec.entry)?;
+        let expect = Commitments::compute(
+            &k.commit,
+            &opened.case_id,
+            &super::leaf::Personal {
+                native: opened.native.clone(),
+                canonical: opened.canonical.clone(),
+                documents: opened.documents.clone(),
+            },
+        );
+        if leaf.commitments.as_ref() != Some(&expect) {
+            return Err(AuditError::Corrupt(format!(
+                "entry {i}: commitments do not match the sealed payload"
+            )));
+        }
+        out.push((i, opened));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn writer_loop(
+    shared: Arc<Shared>,
+    mut journal: JournalWriter,
+    mut next: u64,
+    rx: Receiver<Msg>,
+    ptx: Sender<PubMsg>,
+    opts: Options,
+) {
+    let max_batch = opts.max_batch.max(1);
+    let mut buf = Vec::new();
+    'outer: while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut publishes = Vec::new();
+        let mut take = |m: Msg, batch: &mut Vec<Box<Pending>>| match m {
+            Msg::Append(p) => batch.push(p),
+            Msg::Publish(r) => publishes.push(r),
+        };
+        take(first, &mut batch);
+        let deadline = Instant::now() + opts.max_delay;
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(m) => take(m, &mut batch),
+                Err(TryRecvError::Empty) if !opts.max_delay.is_zero() => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(m) => take(m, &mut batch),
+                        Err(_) => break,
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        // Facts for cases erased after they were prepared are refused here.
+        let mut keys = match shared.keys.lock() {
+            Ok(k) => k,
+            Err(_) => break,
+        };
+        let mut accepted = Vec::with_capacity(batch.len());
+        for p in batch {
+            match p.record.sealed.as_ref() {
+                Some(s) if keys.is_erased(&s.case) => {
+                    let _ = p.reply.send(Err(AuditError::CaseErased));
+                }
+                _ => accepted.push(p),
+            }
+        }
+        let synced_keys = keys.sync();
+        drop(keys);
+        buf.clear();
+        for p in &accepted {
+            p.record.encode_into(&mut buf);
+        }
+        let durable = synced_keys
+            .and_then(|()| journal.write(&buf))
+            .and_then(|()| journal.sync());
+        if let Err(e) = durable {
+            // Whether the group reached the disk is unknown: stop, and let
+            // recovery decide on the next open.
+            shared.fail(e.to_string());
+            for p in accepted {
+                let _ = p
+                    .reply
+                    .send(Err(AuditError::Corrupt(format!("write failed: {e}"))));
+            }
+            break 'outer;
+        }
+        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        if let Ok(mut index) = shared.index.write() {
+            for (i, p) in accepted.iter().enumerate() {
+                for t in &p.record.tags {
+                    index.entry(*t).or_default().push(next + i as u64);
+                }
+            }
+        }
+        let mut entries = Vec::with_capacity(accepted.len());
+        for p in accepted {
+            entries.push((p.record.entry, p.leaf));
+            let _ = p.reply.send(Ok(Committed {
+                index: next,
+                time: time.clone(),
+            }));
+            next += 1;
+        }
+        let _ = ptx.send(PubMsg::Batch(entries));
+        for r in publishes {
+            let _ = ptx.send(PubMsg::Publish(r));
+        }
+        if let Err(e) = journal.rotate_if_full(next) {
+            shared.fail(e.to_string());
+            break;
+        }
+    }
+}
+
+fn publisher(shared: Arc<Shared>, mut edge: Edge, rx: Receiver<PubMsg>, interval: Duration) {
+    let mut next_tick = Instant::now() + interval;
+    let do_publish = |edge: &mut Edge| -> Result<()> {
+        let last = lock(&shared.latest)?.checkpoint.clone();
+        if edge.size() == last.size && !lock(&shared.latest)?.signed.is_empty() {
+            return Ok(());
+        }
+        let (cp, signed) = publish(
+            &shared.layout.public,
+            edge,
+            &shared.signer,
+            &shared.origin,
+            &last,
+        )?;
+        let mut l = lock(&shared.latest)?;
+        *l = Latest {
+            checkpoint: cp,
+            signed,
+        };
+        shared.published.notify_all();
+        Ok(())
+    };
+    loop {
+        let msg = rx.recv_timeout(next_tick.saturating_duration_since(Instant::now()));
+        let result = match msg {
+            Ok(PubMsg::Batch(entries)) => {
+                for (e, h) in entries {
+                    edge.push(e, h);
+                }
+                Ok(())
+            }
+            Ok(PubMsg::Publish(reply)) => {
+                // Take everything already queued first, so the checkpoint covers it.
+                let mut replies = vec![reply];
+                while let Ok(m) = rx.try_recv() {
+                    match m {
+                        PubMsg::Batch(entries) => {
+                            entries.into_iter().for_each(|(e, h)| edge.push(e, h))
+                        }
+                        PubMsg::Publish(r) => replies.push(r),
+                    }
+                }
+                let r = do_publish(&mut edge);
+                let failed = r.as_ref().err().map(ToString::to_string);
+                for reply in replies {
+                    let _ = reply.send(match &failed {
+                        None => Ok(()),
+                        Some(f) => Err(AuditError::Corrupt(f.clone())),
+                    });
+                }
+                failed.map_or(Ok(()), |f| Err(AuditError::Corrupt(f)))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                next_tick = Instant::now() + interval;
+                do_publish(&mut edge)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Err(e) = do_publish(&mut edge) {
+                    shared.fail(e.to_string());
+                }
+                return;
+            }
+        };
+        if let Err(e) = result {
+            shared.fail(format!("publishing failed: {e}"));
+            return;
+        }
+    }
+}

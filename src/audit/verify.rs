@@ -1,0 +1,273 @@
+//! Offline verification of a copy of the public folder: every entry bundle,
+//! every tile, the root, the checkpoint signature, and consistency with an
+//! earlier checkpoint.
+//!
+//! This module owns the auditor's full check. It reads only the public
+//! folder and trusts nothing in it but what the verifier key signs; on the
+//! first discrepancy it names the first entry index concerned. It must not
+//! write anything.
+
+use super::checkpoint::Checkpoint;
+use super::merkle::{Hash, consistency_proof, leaf_hash, root_from, root_of, verify_consistency};
+use super::note::NoteVerifier;
+use super::tiles::{
+    TILE_HEIGHT, TILE_WIDTH, TileReader, encode_index, entries_path, parse_bundle_prefix,
+    tile_path, tile_width,
+};
+use std::fmt;
+use std::path::Path;
+
+/// The first discrepancy found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The first entry index concerned, when the damage is in a tile or bundle.
+    pub index: Option<u64>,
+    /// The file concerned, relative to the public folder.
+    pub file: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "entry {i}: {} ({})", self.reason, self.file),
+            None => write!(f, "{}: {}", self.file, self.reason),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn fail(index: Option<u64>, file: &str, reason: impl Into<String>) -> Failure {
+    Failure {
+        index,
+        file: file.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// What a successful verification established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The verified checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The earlier checkpoint shown consistent with it, if one was given.
+    pub since: Option<Checkpoint>,
+}
+
+fn read(public: &Path, rel: &str, index: Option<u64>) -> Result<Vec<u8>, Failure> {
+    std::fs::read(public.join(rel)).map_err(|e| fail(index, rel, format!("cannot read: {e}")))
+}
+
+/// Older partial versions of a tile (`<path>.p/<w>`) still on disk; each must
+/// be a prefix of the current tile.
+fn stale_partials(public: &Path, base: &str) -> Vec<(u64, String)> {
+    let dir = public.join(format!("{base}.p"));
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, String)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .map(|w: u64| (w, format!("{base}.p/{w}")))
+        .collect();
+    out.sort();
+    out
+}
+
+fn check_tile(
+    public: &Path,
+    level: u8,
+    n: u64,
+    width: u64,
+    expected: &[Hash],
+    first_entry: impl Fn(u64) -> u64,
+) -> Result<(), Failure> {
+    let mut files = vec![(width, tile_path(level, n, width))];
+    files.extend(
+        stale_partials(public, &format!("tile/{level}/{}", encode_index(n)))
+            .into_iter()
+            .filter(|(w, _)| *w != width),
+    );
+    for (w, rel) in files {
+        if w > width {
+            return Err(fail(
+                Some(first_entry(width)),
+                &rel,
+                "partial tile is wider than the tree",
+            ));
+        }
+        let data = read(public, &rel, Some(first_entry(0)))?;
+        let got: Vec<Hash> = data
+            .chunks_exact(Hash::LEN)
+            .filter_map(Hash::from_slice)
+            .collect();
+        let want = expected.get(..w as usize).unwrap_or(expected);
+        if let Some(j) = (0..w as usize).find(|&j| got.get(j) != want.get(j)) {
+            return Err(fail(
+                Some(first_entry(j as u64)),
+                &rel,
+                "tile hash does not match the data below it",
+            ));
+        }
+        if data.len() as u64 != w * 32 {
+            return Err(fail(
+                Some(first_entry(w)),
+                &rel,
+                format!("tile has {} bytes, expected {}", data.len(), w * 32),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Verifies the public folder against the verifier key. `since`, if given, is
+/// an earlier signed checkpoint that the current one must be consistent with.
+/// `progress` is called with the number of entries hashed so far.
+pub fn verify_public(
+    public: &Path,
+    verifier: &NoteVerifier,
+    since: Option<&[u8]>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Report, Failure> {
+    let cp_data = read(public, "checkpoint", None)?;
+    let cp = Checkpoint::open(&cp_data, verifier, None)
+        .map_err(|e| fail(None, "checkpoint", e.to_string()))?;
+    let size = cp.size;
+
+    // Level 0: entry bundles against leaf-hash tiles.
+    let mut upper: Vec<Hash> = Vec::new();
+    let bundles = size.div_ceil(TILE_WIDTH);
+    for k in 0..bundles {
+        let base = k * TILE_WIDTH;
+        let w = tile_width(size, 0, k);
+        let mut files = vec![(w, entries_path(k, w))];
+        files.extend(
+            stale_partials(public, &format!("tile/entries/{}", encode_index(k)))
+                .into_iter()
+                .filter(|(fw, _)| *fw != w),
+        );
+        let mut leaves: Vec<Hash> = Vec::new();
+        let mut malformed = None;
+        for (fw, rel) in files {
+            if fw > w {
+                return Err(fail(
+                    Some(base + w),
+                    &rel,
+                    "partial bundle is wider than the tree",
+                ));
+            }
+            let data = read(public, &rel, Some(base))?;
+            let (entries, complete) = parse_bundle_prefix(&data);
+            let hashes: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+            if fw == w {
+                // Damage is reported at the first entry whose hash differs
+                // from the tile, which the tile comparison below finds.
+                if !complete {
+                    malformed = Some((base + hashes.len() as u64, rel.clone()));
+                } else if hashes.len() as u64 > w {
+                    return Err(fail(
+                        Some(base + w),
+                        &rel,
+                        format!("bundle holds {} entries, expected {w}", hashes.len()),
+                    ));
+                }
+                leaves = hashes;
+            } else if let Some(j) = (0..fw as usize).find(|&j| hashes.get(j) != leaves.get(j)) {
+                return Err(fail(
+                    Some(base + j as u64),
+                    &rel,
+                    "old partial bundle differs from the current one",
+                ));
+            } else if !complete || hashes.len() as u64 != fw {
+                return Err(fail(
+                    Some(base + fw),
+                    &rel,
+                    "old partial bundle is malformed",
+                ));
+            }
+        }
+        if let Err(mut f) = check_tile(public, 0, k, w, &leaves, |j| base + j) {
+            if let Some((at, rel)) = malformed.filter(|(at, _)| Some(*at) == f.index) {
+                f = fail(Some(at), &rel, "entry bundle is malformed");
+            }
+            return Err(f);
+        }
+        if let Some((at, rel)) = malformed {
+            return Err(fail(Some(at), &rel, "entry bundle is malformed"));
+        }
+        if w == TILE_WIDTH {
+            upper.push(root_of(&leaves));
+        }
+        progress(base + w);
+    }
+
+    // Upper levels: each hash is the root of a full tile below.
+    let mut level = 1u8;
+    while !upper.is_empty() {
+        let shift = TILE_HEIGHT * u32::from(level);
+        let mut next = Vec::new();
+        for k in 0..(upper.len() as u64).div_ceil(TILE_WIDTH) {
+            let w = tile_width(size, level, k);
+            let start = (k * TILE_WIDTH) as usize;
+            let expected = upper.get(start..start + w as usize).unwrap_or_default();
+            check_tile(public, level, k, w, expected, |j| {
+                ((k * TILE_WIDTH) + j) << shift
+            })?;
+            if w == TILE_WIDTH {
+                next.push(root_of(expected));
+            }
+        }
+        upper = next;
+        level += 1;
+    }
+
+    // The root, from the tiles just verified.
+    let reader = TileReader::new(public, size);
+    let root = root_from(&reader, size).map_err(|e| fail(None, "tile", e.to_string()))?;
+    if root != cp.root {
+        return Err(fail(
+            None,
+            "checkpoint",
+            "the root of the tiles differs from the signed root",
+        ));
+    }
+
+    let since = match since {
+        None => None,
+        Some(data) => {
+            let old = Checkpoint::open(data, verifier, Some(&cp.origin))
+                .map_err(|e| fail(None, "earlier checkpoint", e.to_string()))?;
+            if old.size > size {
+                return Err(fail(
+                    None,
+                    "earlier checkpoint",
+                    "it is larger than the current one: the log was rolled back",
+                ));
+            }
+            if old.size == 0 {
+                if old.root != Hash::empty() {
+                    return Err(fail(None, "earlier checkpoint", "bad empty-tree root"));
+                }
+            } else {
+                let proof = consistency_proof(&reader, old.size, size)
+                    .map_err(|e| fail(None, "tile", e.to_string()))?;
+                verify_consistency(old.size, size, &old.root.0, &cp.root.0, &proof).map_err(
+                    |_| {
+                        fail(
+                            None,
+                            "earlier checkpoint",
+                            "not consistent with the current checkpoint: the log was rewritten",
+                        )
+                    },
+                )?;
+            }
+            Some(old)
+        }
+    };
+    Ok(Report {
+        checkpoint: cp,
+        since,
+    })
+}

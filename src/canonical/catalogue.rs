@@ -1,0 +1,59 @@
+//! The canonical event catalogue: the event types, who may send them, who receives them.
+//!
+//! This module owns reading `schemas/catalogue.toml` (embedded at build time). The catalogue is
+//! data: adding a type or changing a default recipient is an edit to that file and a schema,
+//! not to code. It does not resolve routed recipients; the gateway's routing tables do.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The prefix of every canonical event type.
+pub const TYPE_PREFIX: &str = "ma.rva.";
+
+const EMBEDDED: &str = include_str!("../../schemas/catalogue.toml");
+
+/// One catalogue entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EventType {
+    /// Roles allowed to send this type, by default.
+    pub senders: Vec<String>,
+    /// Default recipients: roles, or routed recipients such as `consulate-of-nationality`.
+    pub recipients: Vec<String>,
+}
+
+/// The catalogue: event type names (without the `ma.rva.` prefix) to their entries.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Catalogue {
+    types: BTreeMap<String, EventType>,
+}
+
+impl Catalogue {
+    /// The catalogue built into this binary.
+    pub fn embedded() -> Result<Self, toml::de::Error> {
+        toml::from_str(EMBEDDED)
+    }
+
+    /// The type names, without prefix, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    /// The entry of a type name without prefix (`lpc.issued`).
+    pub fn get(&self, name: &str) -> Option<&EventType> {
+        self.types.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_has_the_fourteen_types() {
+        let catalogue = Catalogue::embedded().unwrap();
+        assert_eq!(catalogue.names().count(), 14);
+        assert_eq!(catalogue.get("lpc.issued").unwrap().senders, ["consulate"]);
+    }
+}

@@ -1,0 +1,458 @@
+//! Schema validation of canonical events, and the field catalogue that mappings are linted
+//! against.
+//!
+//! This module owns the JSON Schemas in `schemas/` (embedded in the binary when it is built,
+//! so that a gateway always validates against the schemas it was built and tested with), their
+//! compilation (once, at start), validation with error paths and masked values, and the
+//! derivation of each event type's field tree for lint. It must not change an event.
+
+use jsonschema::{Draft, Retrieve, Uri, Validator};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::catalogue::{Catalogue, TYPE_PREFIX};
+
+/// The base URI of every canonical schema `$id`.
+pub const SCHEMA_BASE: &str = "https://schemas.passerelle.ma/v1/";
+
+/// The schema files, relative to `schemas/`, embedded at build time.
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "cloudevent.schema.json",
+        include_str!("../../schemas/cloudevent.schema.json"),
+    ),
+    (
+        "defs.schema.json",
+        include_str!("../../schemas/defs.schema.json"),
+    ),
+    (
+        "codes.schema.json",
+        include_str!("../../schemas/codes.schema.json"),
+    ),
+    (
+        "events/case.registered.schema.json",
+        include_str!("../../schemas/events/case.registered.schema.json"),
+    ),
+    (
+        "events/identification.requested.schema.json",
+        include_str!("../../schemas/events/identification.requested.schema.json"),
+    ),
+    (
+        "events/identification.completed.schema.json",
+        include_str!("../../schemas/events/identification.completed.schema.json"),
+    ),
+    (
+        "events/lpc.requested.schema.json",
+        include_str!("../../schemas/events/lpc.requested.schema.json"),
+    ),
+    (
+        "events/lpc.issued.schema.json",
+        include_str!("../../schemas/events/lpc.issued.schema.json"),
+    ),
+    (
+        "events/lpc.refused.schema.json",
+        include_str!("../../schemas/events/lpc.refused.schema.json"),
+    ),
+    (
+        "events/travel.booked.schema.json",
+        include_str!("../../schemas/events/travel.booked.schema.json"),
+    ),
+    (
+        "events/exit.authorized.schema.json",
+        include_str!("../../schemas/events/exit.authorized.schema.json"),
+    ),
+    (
+        "events/boarding.confirmed.schema.json",
+        include_str!("../../schemas/events/boarding.confirmed.schema.json"),
+    ),
+    (
+        "events/boarding.failed.schema.json",
+        include_str!("../../schemas/events/boarding.failed.schema.json"),
+    ),
+    (
+        "events/border.exit.recorded.schema.json",
+        include_str!("../../schemas/events/border.exit.recorded.schema.json"),
+    ),
+    (
+        "events/allowance.paid.schema.json",
+        include_str!("../../schemas/events/allowance.paid.schema.json"),
+    ),
+    (
+        "events/arrival.confirmed.schema.json",
+        include_str!("../../schemas/events/arrival.confirmed.schema.json"),
+    ),
+    (
+        "events/reintegration.updated.schema.json",
+        include_str!("../../schemas/events/reintegration.updated.schema.json"),
+    ),
+];
+
+/// Why the schemas could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// A schema file is not JSON.
+    #[error("schema {file}: {message}")]
+    Invalid {
+        /// The file, relative to `schemas/`.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A catalogue type has no data schema.
+    #[error("event type {0} has no schema events/{0}.schema.json")]
+    MissingType(String),
+}
+
+/// One way in which an event breaks the schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// JSON Pointer to the offending value in the event, e.g. `/data/holder/birth_date`.
+    pub path: String,
+    /// What is wrong, with the offending value masked (it may be personal data).
+    pub message: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            if self.path.is_empty() {
+                "/"
+            } else {
+                &self.path
+            },
+            self.message
+        )
+    }
+}
+
+/// What a field of the canonical model is, as far as a mapping needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldShape {
+    /// A string, number or boolean.
+    Scalar,
+    /// A list of values of one shape.
+    List(Box<FieldShape>),
+    /// An object with named properties.
+    Object(ObjectShape),
+}
+
+/// The properties of an object, and which of them are required.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectShape {
+    /// Each property's shape.
+    pub properties: BTreeMap<String, FieldShape>,
+    /// The required property names.
+    pub required: BTreeSet<String>,
+}
+
+impl ObjectShape {
+    /// Finds the shape at a dotted path below this object (`holder.family_name`).
+    pub fn find(&self, dotted: &str) -> Option<&FieldShape> {
+        let mut parts = dotted.split('.');
+        let mut shape = self.properties.get(parts.next()?)?;
+        for part in parts {
+            shape = match shape {
+                FieldShape::Object(object) => object.properties.get(part)?,
+                _ => return None,
+            };
+        }
+        Some(shape)
+    }
+}
+
+/// The compiled canonical schemas: the envelope, and the data schema of every catalogue type.
+pub struct SchemaSet {
+    envelope: Validator,
+    data: HashMap<String, Validator>,
+    shapes: HashMap<String, ObjectShape>,
+    envelope_shape: ObjectShape,
+}
+
+impl std::fmt::Debug for SchemaSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaSet")
+            .field("types", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Serves the embedded schemas to the validator by `$id`; nothing is fetched from a network.
+struct EmbeddedRetriever(HashMap<String, Value>);
+
+impl Retrieve for EmbeddedRetriever {
+    fn retrieve(
+        &self,
+        uri: &Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        self.0.get(uri.as_str()).cloned().ok_or_else(|| {
+            format!("unknown schema {uri}: only the canonical schemas are available").into()
+        })
+    }
+}
+
+impl SchemaSet {
+    /// Compiles the embedded schemas for every type of the catalogue.
+    pub fn embedded(catalogue: &Catalogue) -> Result<Self, SchemaError> {
+        let mut documents = HashMap::new();
+        for (file, text) in EMBEDDED {
+            let value: Value =
+                serde_json::from_str(text).map_err(|error| SchemaError::Invalid {
+                    file: (*file).into(),
+                    message: error.to_string(),
+                })?;
+            documents.insert(format!("{SCHEMA_BASE}{file}"), value);
+        }
+        let compile = |file: &str| -> Result<Validator, SchemaError> {
+            let schema = &documents[&format!("{SCHEMA_BASE}{file}")];
+            jsonschema::options()
+                .with_draft(Draft::Draft202012)
+                .should_validate_formats(true)
+                .with_retriever(EmbeddedRetriever(documents.clone()))
+                .build(schema)
+                .map_err(|error| SchemaError::Invalid {
+                    file: file.into(),
+                    message: error.to_string(),
+                })
+        };
+        let envelope = compile("cloudevent.schema.json")?;
+        let envelope_shape =
+            shape_of_document(&documents, &format!("{SCHEMA_BASE}cloudevent.schema.json"))?;
+        let mut data = HashMap::new();
+        let mut shapes = HashMap::new();
+        for name in catalogue.names() {
+            let file = format!("events/{name}.schema.json");
+            let id = format!("{SCHEMA_BASE}{file}");
+            if !documents.contains_key(&id) {
+                return Err(SchemaError::MissingType(name.to_owned()));
+            }
+            data.insert(name.to_owned(), compile(&file)?);
+            shapes.insert(name.to_owned(), shape_of_document(&documents, &id)?);
+        }
+        Ok(Self {
+            envelope,
+            data,
+            shapes,
+            envelope_shape,
+        })
+    }
+
+    /// Validates a whole event: the envelope, then its data against its type's schema.
+    pub fn validate(&self, event: &Value) -> Result<(), Vec<Violation>> {
+        let mut violations: Vec<Violation> = self
+            .envelope
+            .iter_errors(event)
+            .map(|e| violation(&e, ""))
+            .collect();
+        if !violations.is_empty() {
+            return Err(violations);
+        }
+        let type_name = event["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(TYPE_PREFIX))
+            .unwrap_or_default();
+        let Some(validator) = self.data.get(type_name) else {
+            return Err(vec![Violation {
+                path: "/type".into(),
+                message: "not a catalogue type".into(),
+            }]);
+        };
+        violations.extend(
+            validator
+                .iter_errors(&event["data"])
+                .map(|e| violation(&e, "/data")),
+        );
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(violations)
+        }
+    }
+
+    /// The field tree of a type's data (`lpc.issued`), for lint.
+    pub fn data_shape(&self, type_name: &str) -> Option<&ObjectShape> {
+        self.shapes.get(type_name)
+    }
+
+    /// The field tree of the envelope.
+    pub fn envelope_shape(&self) -> &ObjectShape {
+        &self.envelope_shape
+    }
+}
+
+fn violation(error: &jsonschema::ValidationError<'_>, prefix: &str) -> Violation {
+    Violation {
+        path: format!("{prefix}{}", error.instance_path()),
+        message: error.masked().to_string(),
+    }
+}
+
+/// Derives the field tree of a schema document, following `$ref` and `allOf`.
+fn shape_of_document(
+    documents: &HashMap<String, Value>,
+    id: &str,
+) -> Result<ObjectShape, SchemaError> {
+    match shape_of(documents, id, &documents[id], 0)? {
+        FieldShape::Object(object) => Ok(object),
+        _ => Err(SchemaError::Invalid {
+            file: id.into(),
+            message: "the schema does not describe an object".into(),
+        }),
+    }
+}
+
+fn shape_of(
+    documents: &HashMap<String, Value>,
+    base: &str,
+    schema: &Value,
+    depth: usize,
+) -> Result<FieldShape, SchemaError> {
+    let invalid = |message: String| SchemaError::Invalid {
+        file: base.into(),
+        message,
+    };
+    if depth > 32 {
+        return Err(invalid("$ref nesting is too deep".into()));
+    }
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let (document, pointer) = reference.split_once('#').unwrap_or((reference, ""));
+        let target_id = if document.is_empty() {
+            base.to_owned()
+        } else {
+            resolve_relative(base, document)
+        };
+        let target_document = documents
+            .get(&target_id)
+            .ok_or_else(|| invalid(format!("unresolved $ref {reference}")))?;
+        let target = target_document
+            .pointer(pointer)
+            .ok_or_else(|| invalid(format!("unresolved $ref {reference}")))?;
+        return shape_of(documents, &target_id, target, depth + 1);
+    }
+    let mut object = ObjectShape::default();
+    let mut is_object = schema.get("type").and_then(Value::as_str) == Some("object");
+    for part in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match shape_of(documents, base, part, depth + 1)? {
+            FieldShape::Object(inner) => {
+                is_object = true;
+                object.properties.extend(inner.properties);
+                object.required.extend(inner.required);
+            }
+            other if part.get("$ref").is_some() => return Ok(other),
+            _ => {}
+        }
+    }
+    if schema.get("type").and_then(Value::as_str) == Some("array") {
+        let items = schema
+            .get("items")
+            .ok_or_else(|| invalid("an array without items".into()))?;
+        return Ok(FieldShape::List(Box::new(shape_of(
+            documents,
+            base,
+            items,
+            depth + 1,
+        )?)));
+    }
+    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+        is_object = true;
+        for (name, property) in properties {
+            object.properties.insert(
+                name.clone(),
+                shape_of(documents, base, property, depth + 1)?,
+            );
+        }
+    }
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        is_object = true;
+        object
+            .required
+            .extend(required.iter().filter_map(Value::as_str).map(str::to_owned));
+    }
+    Ok(if is_object {
+        FieldShape::Object(object)
+    } else {
+        FieldShape::Scalar
+    })
+}
+
+/// Resolves a relative reference such as `../defs.schema.json` against a schema's `$id`.
+fn resolve_relative(base: &str, relative: &str) -> String {
+    let mut segments: Vec<&str> = base.split('/').collect();
+    segments.pop();
+    for part in relative.split('/') {
+        match part {
+            ".." => {
+                segments.pop();
+            }
+            "." => {}
+            other => segments.push(other),
+        }
+    }
+    segments.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schemas() -> SchemaSet {
+        SchemaSet::embedded(&Catalogue::embedded().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn resolves_relative_references() {
+        assert_eq!(
+            resolve_relative("https://x/v1/events/a.json", "../defs.schema.json"),
+            "https://x/v1/defs.schema.json"
+        );
+    }
+
+    #[test]
+    fn derives_field_shapes_through_refs_and_all_of() {
+        let schemas = schemas();
+        let shape = schemas.data_shape("lpc.issued").unwrap();
+        assert!(shape.required.contains("holder"));
+        assert_eq!(shape.find("holder.family_name"), Some(&FieldShape::Scalar));
+        assert!(matches!(
+            shape.find("holder.given_names"),
+            Some(FieldShape::List(_))
+        ));
+        let Some(FieldShape::Object(holder)) = shape.find("holder") else {
+            panic!("holder is an object")
+        };
+        assert!(holder.required.contains("birth_date") && holder.required.contains("family_name"));
+        assert_eq!(shape.find("holder.nope"), None);
+    }
+
+    #[test]
+    fn validation_masks_values_and_names_paths() {
+        let schemas = schemas();
+        let event = json!({
+            "specversion": "1.0", "id": "x", "source": "urn:partner:sn.consulat.casablanca",
+            "type": "ma.rva.lpc.refused", "subject": "RVA-2026-004230",
+            "data": {"case_id": "RVA-2026-004230", "reason": "SECRET-VALUE", "extra": 1}
+        });
+        let violations = schemas.validate(&event).unwrap_err();
+        assert!(
+            violations.iter().any(|v| v.path == "/data/reason"),
+            "{violations:?}"
+        );
+        assert!(
+            violations.iter().any(|v| v.path == "/data"),
+            "{violations:?}"
+        );
+        assert!(
+            violations
+                .iter()
+                .all(|v| !v.message.contains("SECRET-VALUE")),
+            "{violations:?}"
+        );
+    }
+}

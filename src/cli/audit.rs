@@ -1,0 +1,393 @@
+//! `passerelle audit …`: offline tools for auditors.
+//!
+//! This module owns the command-line surface of the audit log: key
+//! generation, full verification of a copy of a log folder, trails and
+//! evidence bundles. It works on files only and must not need the gateway to
+//! run. It prints ids, kinds and times, never personal data.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use passerelle::audit::bundle::{trail, verify_bundle};
+use passerelle::audit::verify::verify_public;
+use passerelle::audit::{
+    AuditLog, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options, Query, Transport,
+};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Auditor commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Generate a log signing key; print its verifier key.
+    Keygen {
+        /// The key name: the log's origin, e.g. `audit.passerelle.gov.ma/log`.
+        #[arg(long)]
+        name: String,
+        /// Where to write the private key (refuses to overwrite).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check every tile, entry bundle, the root and the checkpoint signature.
+    Verify {
+        /// The log folder (or a copy of its `public/` folder).
+        #[arg(long)]
+        log: PathBuf,
+        /// The verifier key string, or a file that holds it.
+        #[arg(long)]
+        key: String,
+        /// An earlier signed checkpoint the current one must be consistent with.
+        #[arg(long)]
+        since: Option<PathBuf>,
+    },
+    /// Print the trail of a case, LPC, PNR, flight or partner reference.
+    Trail(TrailArgs),
+    /// Check an evidence bundle on its own.
+    VerifyBundle {
+        /// The bundle file.
+        file: PathBuf,
+        /// Pin the verifier key (string or file); otherwise the bundle's own key is used.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Append synthetic facts and print each acknowledged index (for crash tests).
+    #[command(hide = true)]
+    StressAppend {
+        /// The log folder.
+        #[arg(long)]
+        log: PathBuf,
+        /// The signing key file.
+        #[arg(long)]
+        signer: PathBuf,
+        /// How many facts to append in all.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// How many appending threads.
+        #[arg(long, default_value_t = 4)]
+        threads: u64,
+        /// Checkpoint interval in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+    },
+}
+
+/// Which trail to print.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["case", "lpc", "pnr", "flight", "partner_ref"])))]
+pub struct TrailArgs {
+    /// The log folder (a copy with its `private/` part).
+    #[arg(long)]
+    log: PathBuf,
+    /// A case id.
+    #[arg(long)]
+    case: Option<String>,
+    /// A laissez-passer number.
+    #[arg(long)]
+    lpc: Option<String>,
+    /// A booking reference.
+    #[arg(long)]
+    pnr: Option<String>,
+    /// A flight as CARRIER/NUMBER/YYYY-MM-DD.
+    #[arg(long)]
+    flight: Option<String>,
+    /// A partner's message reference as PARTNER:REFERENCE.
+    #[arg(long)]
+    partner_ref: Option<String>,
+    /// Pin the verifier key (string or file) instead of the one in the folder.
+    #[arg(long)]
+    key: Option<String>,
+    /// Write an evidence bundle to this file.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+}
+
+fn verifier(key: &str) -> anyhow::Result<NoteVerifier> {
+    let text = if Path::new(key).is_file() {
+        std::fs::read_to_string(key).with_context(|| format!("reading {key}"))?
+    } else {
+        key.to_owned()
+    };
+    NoteVerifier::parse(text.trim()).context("parsing the verifier key")
+}
+
+fn read_signer(path: &Path) -> anyhow::Result<NoteSigner> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    NoteSigner::parse(&text).context("parsing the signing key")
+}
+
+impl AuditCommand {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            AuditCommand::Keygen { name, out } => keygen(&name, &out),
+            AuditCommand::Verify { log, key, since } => verify(&log, &key, since.as_deref()),
+            AuditCommand::Trail(args) => print_trail(args),
+            AuditCommand::VerifyBundle { file, key } => check_bundle(&file, key.as_deref()),
+            AuditCommand::StressAppend {
+                log,
+                signer,
+                count,
+                threads,
+                interval_ms,
+            } => stress(&log, &signer, count, threads, interval_ms),
+        }
+    }
+}
+
+fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let signer = NoteSigner::generate(name).context("generating the key")?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    f.write_all(signer.to_signer_key().as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    println!("{}", signer.verifier().to_verifier_key());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let v = verifier(key)?;
+    let public = if log.join("public/checkpoint").exists() {
+        log.join("public")
+    } else {
+        log.to_owned()
+    };
+    let since = since
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    // The size only sizes the progress bar; the checkpoint is verified below.
+    let size_hint = std::fs::read_to_string(public.join("checkpoint"))
+        .ok()
+        .and_then(|t| t.lines().nth(1).and_then(|l| l.parse().ok()))
+        .unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(size_hint);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries ({per_sec}, {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let result = verify_public(&public, &v, since.as_deref(), &mut |done| {
+        bar.set_position(done)
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(report) => {
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            let cp = &report.checkpoint;
+            println!("ok: {} size {} root {}", cp.origin, cp.size, cp.root);
+            if let Some(old) = &report.since {
+                println!(
+                    "ok: consistent with the earlier checkpoint of size {}",
+                    old.size
+                );
+            }
+            println!(
+                "hashed {} entries in {:.3} s ({:.0} entries/s)",
+                cp.size,
+                secs,
+                cp.size as f64 / secs
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            println!("FAILED: {failure}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn query(args: &TrailArgs) -> anyhow::Result<Query> {
+    if let Some(c) = &args.case {
+        return Ok(Query::Case(c.clone()));
+    }
+    if let Some(l) = &args.lpc {
+        return Ok(Query::Lpc(l.clone()));
+    }
+    if let Some(p) = &args.pnr {
+        return Ok(Query::Pnr(p.clone()));
+    }
+    if let Some(f) = &args.flight {
+        let parts: Vec<&str> = f.split('/').collect();
+        let [carrier, number, date] = parts.as_slice() else {
+            bail!("--flight takes CARRIER/NUMBER/YYYY-MM-DD")
+        };
+        let date = date.parse().context("--flight date must be YYYY-MM-DD")?;
+        return Ok(Query::Flight(Flight {
+            carrier: (*carrier).into(),
+            number: (*number).into(),
+            date,
+        }));
+    }
+    if let Some(r) = &args.partner_ref {
+        let (p, r) = r
+            .split_once(':')
+            .context("--partner-ref takes PARTNER:REFERENCE")?;
+        return Ok(Query::PartnerRef(p.into(), r.into()));
+    }
+    bail!("give one of --case, --lpc, --pnr, --flight, --partner-ref")
+}
+
+fn describe(leaf: &Leaf) -> String {
+    let mut s = format!("{:<21}", format!("{:?}", leaf.kind).to_lowercase());
+    if let Some(t) = &leaf.event_type {
+        s.push_str(&format!(" {t}"));
+    }
+    if let Some(id) = &leaf.event_id {
+        s.push_str(&format!(" id={id}"));
+    }
+    if let Some(from) = &leaf.sender {
+        s.push_str(&format!(" from={from}"));
+    }
+    if !leaf.recipients.is_empty() {
+        s.push_str(&format!(" to={}", leaf.recipients.join(",")));
+    }
+    if let Some(t) = leaf.transport {
+        s.push_str(if t == Transport::Rest {
+            " via=rest"
+        } else {
+            " via=amqp"
+        });
+    }
+    if let Some(m) = &leaf.mapping {
+        s.push_str(&format!(" mapping={}", m.id));
+    }
+    if !leaf.withheld.is_empty() {
+        s.push_str(&format!(" withheld={}", leaf.withheld.join(",")));
+    }
+    if let Some(r) = &leaf.reason {
+        s.push_str(&format!(" reason={r}"));
+    }
+    s
+}
+
+fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
+    let q = query(&args)?;
+    let pinned = args.key.as_deref().map(verifier).transpose()?;
+    let t = trail(&args.log, &q, pinned.as_ref()).context("searching the log")?;
+    println!(
+        "checkpoint {} size {} (signature verified with {})",
+        t.checkpoint.origin,
+        t.checkpoint.size,
+        t.verifier.to_verifier_key()
+    );
+    if pinned.is_none() {
+        println!(
+            "note: the key comes from the log folder; pin it with --key to rule out a substituted folder"
+        );
+    }
+    for f in &t.found {
+        println!(
+            "{:>8}  {}  {}  [proof ok]",
+            f.index,
+            f.leaf.time,
+            describe(&f.leaf)
+        );
+    }
+    if !t.pending.is_empty() {
+        println!(
+            "{} more entries are not yet covered by a checkpoint",
+            t.pending.len()
+        );
+    }
+    if t.found.is_empty() && t.pending.is_empty() {
+        println!("no entries");
+    }
+    if let Some(path) = &args.bundle {
+        std::fs::write(path, t.to_bundle()?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "bundle written to {} ({} entries)",
+            path.display(),
+            t.found.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_bundle(file: &Path, key: Option<&str>) -> anyhow::Result<ExitCode> {
+    let pinned = key.map(verifier).transpose()?;
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    match verify_bundle(&data, pinned.as_ref()) {
+        Ok(b) => {
+            println!(
+                "ok: {} entries proven in {} at size {}, key {}{}",
+                b.entries.len(),
+                b.checkpoint.origin,
+                b.checkpoint.size,
+                b.verifier.to_verifier_key(),
+                if b.pinned {
+                    ""
+                } else {
+                    " (taken from the bundle: compare it with the log's published key)"
+                }
+            );
+            for (i, leaf) in &b.entries {
+                println!("{i:>8}  {}  {}", leaf.time, describe(leaf));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn stress(
+    log: &Path,
+    signer: &Path,
+    count: u64,
+    threads: u64,
+    interval_ms: u64,
+) -> anyhow::Result<ExitCode> {
+    let signer = read_signer(signer)?;
+    let origin = signer.verifier().name().to_owned();
+    let options = Options {
+        checkpoint_interval: Duration::from_millis(interval_ms),
+        ..Options::default()
+    };
+    let log = AuditLog::open(log, signer, &origin, options).context("opening the log")?;
+    let stdout = std::sync::Mutex::new(std::io::stdout());
+    let threads = threads.max(1);
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (log, stdout) = (&log, &stdout);
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut i = t;
+                    while i < count {
+                        let mut fact = Fact::new(Kind::Received, chrono::Utc::now());
+                        fact.sender = Some("airline.at".into());
+                        fact.transport = Some(Transport::Amqp);
+                        fact.event_type = Some("ma.rva.boarding.confirmed".into());
+                        fact.event_id = Some(format!("stress-{i}"));
+                        fact.case_id = Some(format!("RVA-2026-{:06}", i % 37));
+                        fact.personal.native = Some(format!("native {i}").into_bytes());
+                        let r = log.append(&fact)?;
+                        let mut out = stdout
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("stdout poisoned"))?;
+                        writeln!(out, "ack {} stress-{i}", r.index)?;
+                        out.flush()?;
+                        i += threads;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("appender panicked"))??;
+        }
+        Ok(())
+    })?;
+    log.close()?;
+    Ok(ExitCode::SUCCESS)
+}

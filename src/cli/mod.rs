@@ -1,0 +1,4 @@
+//! Subcommands of the `passerelle` binary. Each file owns one subcommand family.
+
+pub mod audit;
+pub mod mapping;

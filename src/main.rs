@@ -1,0 +1,40 @@
+//! The `passerelle` command line: mapping tools and auditor tools.
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Passerelle, the exchange gateway of Morocco's assisted voluntary return programme.
+#[derive(Debug, Parser)]
+#[command(name = "passerelle", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Lint, test and run the partner mappings.
+    #[command(subcommand)]
+    Mapping(cli::mapping::MappingCommand),
+    /// Verify the audit log and export evidence, offline.
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Mapping(command) => command.run(),
+        Command::Audit(command) => command.run(),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

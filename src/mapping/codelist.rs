@@ -1,0 +1,286 @@
+//! Code lists: the tables that turn a partner's codes and spellings into canonical values.
+//!
+//! This module owns the shared country list (built from `codelists/countries.csv` and the
+//! programme's `codelists/aliases.toml`), the lists a mapping file declares for itself, and the
+//! normalisation that makes a lookup insensitive to accents, case, hyphens and apostrophes
+//! ("Sénégalaise", "SENEGALAISE" and "senegalaise" are one key). It does no I/O of its own
+//! beyond parsing the texts it is given.
+
+use std::collections::{BTreeMap, HashMap};
+use unicode_normalization::UnicodeNormalization;
+
+/// The name of the shared list that reads any spelling of a country into ISO 3166-1 alpha-3.
+pub const COUNTRY: &str = "country";
+/// The shared list from alpha-3 to alpha-2.
+pub const COUNTRY_ALPHA2: &str = "country.alpha2";
+/// The shared list from alpha-3 to the French feminine demonym ("SEN" to "Sénégalaise").
+pub const COUNTRY_DEMONYM_FR_F: &str = "country.demonym_fr_f";
+
+/// Why a code list could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeListError {
+    /// The countries CSV is malformed.
+    #[error("countries.csv line {line}: {message}")]
+    Csv {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The aliases file is malformed.
+    #[error("aliases.toml: {0}")]
+    Aliases(String),
+}
+
+/// One code list: normalised keys to values, and the exact table for reverse lookups.
+#[derive(Debug, Clone, Default)]
+pub struct CodeList {
+    normalised: HashMap<String, String>,
+    exact: BTreeMap<String, String>,
+}
+
+impl CodeList {
+    /// Builds a list from exact key/value pairs. Keys that normalise to the same form with
+    /// different values are ambiguous and are left out of normalised lookups.
+    pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        let mut list = Self::default();
+        let mut ambiguous = Vec::new();
+        for (key, value) in pairs {
+            let normal = normalise(&key);
+            match list.normalised.get(&normal) {
+                Some(existing) if *existing != value => ambiguous.push(normal),
+                _ => {
+                    list.normalised.insert(normal, value.clone());
+                }
+            }
+            list.exact.insert(key, value);
+        }
+        for key in ambiguous {
+            list.normalised.remove(&key);
+        }
+        list
+    }
+
+    /// Looks a partner's spelling up, insensitive to accents, case and punctuation.
+    pub fn lookup(&self, key: &str) -> Option<&str> {
+        self.normalised.get(&normalise(key)).map(String::as_str)
+    }
+
+    /// Looks an exact key up, as written in the list.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.exact.get(key).map(String::as_str)
+    }
+
+    /// Finds the key whose value is `value`, when exactly one key has it.
+    pub fn reverse(&self, value: &str) -> Option<&str> {
+        let mut keys = self
+            .exact
+            .iter()
+            .filter(|(_, v)| v.as_str() == value)
+            .map(|(k, _)| k.as_str());
+        let first = keys.next()?;
+        keys.next().is_none().then_some(first)
+    }
+
+    /// The values whose key appears more than once with different values (for lint).
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.exact.values().map(String::as_str)
+    }
+
+    /// The number of exact entries.
+    pub fn len(&self) -> usize {
+        self.exact.len()
+    }
+
+    /// True when the list has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty()
+    }
+}
+
+/// Folds a spelling to its lookup key: no accents, upper case, runs of anything that is not a
+/// letter or digit become one space.
+pub fn normalise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pending_space = false;
+    for character in text.nfd() {
+        if unicode_normalization::char::is_combining_mark(character) {
+            continue;
+        }
+        if character.is_alphanumeric() {
+            if pending_space && !out.is_empty() {
+                out.push(' ');
+            }
+            pending_space = false;
+            out.extend(character.to_uppercase());
+        } else {
+            pending_space = true;
+        }
+    }
+    out
+}
+
+/// The shared country lists, built once from the project's code list files.
+#[derive(Debug, Clone)]
+pub struct CountryLists {
+    /// Any spelling to alpha-3.
+    pub any_to_alpha3: CodeList,
+    /// Alpha-3 to alpha-2.
+    pub alpha3_to_alpha2: CodeList,
+    /// Alpha-3 to the French feminine demonym.
+    pub alpha3_to_demonym_fr_f: CodeList,
+}
+
+impl CountryLists {
+    /// Builds the lists from the text of `countries.csv` and `aliases.toml`.
+    ///
+    /// The CSV has the header `cca2,cca3,ccn3,name_en,name_fr_common,name_fr_official,
+    /// demonym_fr_m,demonym_fr_f`; official names may contain commas inside quotes.
+    pub fn build(countries_csv: &str, aliases_toml: &str) -> Result<Self, CodeListError> {
+        let mut any = Vec::new();
+        let mut alpha2 = Vec::new();
+        let mut demonyms = Vec::new();
+        let mut lines = countries_csv.lines().enumerate();
+        let header = lines.next().map(|(_, line)| line).unwrap_or_default();
+        if !header.starts_with(
+            "cca2,cca3,ccn3,name_en,name_fr_common,name_fr_official,demonym_fr_m,demonym_fr_f",
+        ) {
+            return Err(CodeListError::Csv {
+                line: 1,
+                message: "unexpected header".into(),
+            });
+        }
+        for (index, line) in lines {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields = split_csv_line(line);
+            let [
+                cca2,
+                cca3,
+                _ccn3,
+                name_en,
+                fr_common,
+                fr_official,
+                dem_m,
+                dem_f,
+            ] = fields.as_slice()
+            else {
+                return Err(CodeListError::Csv {
+                    line: index + 1,
+                    message: format!("expected 8 fields, found {}", fields.len()),
+                });
+            };
+            if cca3.len() != 3 || !cca3.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(CodeListError::Csv {
+                    line: index + 1,
+                    message: format!("{cca3:?} is not an alpha-3 code"),
+                });
+            }
+            for key in [cca2, cca3, name_en, fr_common, fr_official, dem_m, dem_f] {
+                if !key.is_empty() {
+                    any.push((key.clone(), cca3.clone()));
+                }
+            }
+            alpha2.push((cca3.clone(), cca2.clone()));
+            demonyms.push((cca3.clone(), dem_f.clone()));
+        }
+        let aliases: BTreeMap<String, BTreeMap<String, String>> = toml::from_str(aliases_toml)
+            .map_err(|error| CodeListError::Aliases(error.to_string()))?;
+        let mut any = CodeList::from_pairs(any);
+        for (key, value) in aliases.get(COUNTRY).into_iter().flatten() {
+            // Aliases are the programme's own decisions: they override ambiguous names.
+            any.normalised.insert(normalise(key), value.clone());
+            any.exact.insert(key.clone(), value.clone());
+        }
+        let mut demonyms = CodeList::from_pairs(demonyms);
+        for (key, value) in aliases.get(COUNTRY_DEMONYM_FR_F).into_iter().flatten() {
+            demonyms.normalised.insert(normalise(key), value.clone());
+            demonyms.exact.insert(key.clone(), value.clone());
+        }
+        Ok(Self {
+            any_to_alpha3: any,
+            alpha3_to_alpha2: CodeList::from_pairs(alpha2),
+            alpha3_to_demonym_fr_f: demonyms,
+        })
+    }
+}
+
+/// Splits one CSV line on commas, honouring double quotes.
+fn split_csv_line(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(character) = chars.next() {
+        match character {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            other => field.push(other),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: &str = "cca2,cca3,ccn3,name_en,name_fr_common,name_fr_official,demonym_fr_m,demonym_fr_f\n\
+        SN,SEN,686,Senegal,Sénégal,République du Sénégal,Sénégalais,Sénégalaise\n\
+        CD,COD,180,DR Congo,Congo (Rép. dém.),République démocratique du Congo,Congolais,Congolaise\n\
+        CG,COG,178,Congo,Congo,République du Congo,Congolais,Congolaise\n\
+        CI,CIV,384,Ivory Coast,Côte d'Ivoire,\"République de Côte d' Ivoire\",Ivoirien,Ivoirienne\n";
+    const ALIASES: &str = "[country]\n\"Congo RDC\" = \"COD\"\n";
+
+    #[test]
+    fn normalises_accents_case_and_punctuation() {
+        assert_eq!(normalise("Sénégalaise"), "SENEGALAISE");
+        assert_eq!(normalise("  COTE D'IVOIRE "), "COTE D IVOIRE");
+        assert_eq!(normalise("Guinée-Conakry"), normalise("GUINEE CONAKRY"));
+    }
+
+    #[test]
+    fn countries_read_every_spelling() {
+        let lists = CountryLists::build(CSV, ALIASES).unwrap();
+        for spelling in [
+            "Sénégalaise",
+            "SENEGALAISE",
+            "senegalais",
+            "SN",
+            "SEN",
+            "Sénégal",
+        ] {
+            assert_eq!(
+                lists.any_to_alpha3.lookup(spelling),
+                Some("SEN"),
+                "{spelling}"
+            );
+        }
+        assert_eq!(lists.any_to_alpha3.lookup("Côte d’Ivoire"), Some("CIV"));
+        assert_eq!(
+            lists.any_to_alpha3.lookup("Congolaise"),
+            None,
+            "ambiguous between the two Congos"
+        );
+        assert_eq!(lists.any_to_alpha3.lookup("congo rdc"), Some("COD"));
+        assert_eq!(lists.alpha3_to_alpha2.get("CIV"), Some("CI"));
+        assert_eq!(lists.alpha3_to_demonym_fr_f.get("SEN"), Some("Sénégalaise"));
+    }
+
+    #[test]
+    fn reverse_needs_a_unique_key() {
+        let list = CodeList::from_pairs([
+            ("A".into(), "x".into()),
+            ("B".into(), "x".into()),
+            ("C".into(), "y".into()),
+        ]);
+        assert_eq!(list.reverse("y"), Some("C"));
+        assert_eq!(list.reverse("x"), None);
+    }
+}

@@ -1,0 +1,222 @@
+//! Golden fixtures for mappings: sample messages and what each must become.
+//!
+//! This module owns the fixture layout and running it. For a partner `P`:
+//! - `fixtures/P/in/NAME.xml` (or `.json`) is a native message, and `NAME.expected.json` is
+//!   the canonical event it must become, or `{"ignored": …}`, or `{"error": …}`;
+//! - `fixtures/P/out/NAME.event.json` is a canonical event, `NAME.expected.xml` (or `.json`)
+//!   the native message P must receive, and `NAME.withheld.json` the fields withheld from P.
+//!
+//! Every inbound fixture is decoded twice, and the two canonical serialisations must be
+//! byte for byte the same. Running with `bless` writes the expectations instead of checking.
+
+use super::{Decoded, MappingSet, PartnerMapping, pretty_json};
+use crate::canonical::jcs;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// The outcome of one fixture.
+#[derive(Debug, Clone)]
+pub struct FixtureOutcome {
+    /// The fixture's input file.
+    pub input: PathBuf,
+    /// `None` when it passed; a unified diff or an explanation when it did not.
+    pub failure: Option<String>,
+}
+
+/// Runs every fixture of every partner in the set. With `bless`, writes the expected files
+/// from what the mappings produce now.
+pub fn run_all(set: &MappingSet, bless: bool) -> Result<Vec<FixtureOutcome>, std::io::Error> {
+    let mut outcomes = Vec::new();
+    let root = set.dir().join("fixtures");
+    for partner in set.partners() {
+        let folder = root.join(&partner.partner);
+        for input in list(&folder.join("in"), |name| !name.contains(".expected."))? {
+            outcomes.push(run_inbound(partner, &input, bless)?);
+        }
+        for input in list(&folder.join("out"), |name| name.ends_with(".event.json"))? {
+            outcomes.push(run_outbound(partner, &input, bless)?);
+        }
+    }
+    if root.is_dir() {
+        for entry in std::fs::read_dir(&root)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if set.partner(&name).is_none() {
+                outcomes.push(FixtureOutcome {
+                    input: root.join(&name),
+                    failure: Some(format!("fixtures for {name}, which has no mapping file")),
+                });
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+fn list(folder: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, std::io::Error> {
+    if !folder.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .filter(|path| path.extension().is_some_and(|e| e == "xml" || e == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// What decoding a native message gives, as JSON: the event, `{"ignored": …}` or `{"error": …}`.
+pub fn inbound_outcome(partner: &PartnerMapping, bytes: &[u8]) -> Value {
+    match partner.decode(bytes) {
+        Ok(Decoded::Event(mapped)) => mapped.event,
+        Ok(Decoded::Ignored {
+            mapping_id,
+            kind,
+            reason,
+            ..
+        }) => {
+            json!({ "ignored": { "mapping": mapping_id, "kind": kind, "reason": reason } })
+        }
+        Err(error) => json!({ "error": { "class": error.class(), "message": error.to_string() } }),
+    }
+}
+
+fn stem(input: &Path, suffix: &str) -> PathBuf {
+    let name = input
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let base = name.strip_suffix(suffix).unwrap_or(name);
+    input.with_file_name(base)
+}
+
+fn with_suffix(stem: &Path, suffix: &str) -> PathBuf {
+    let mut name = stem.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn run_inbound(
+    partner: &PartnerMapping,
+    input: &Path,
+    bless: bool,
+) -> Result<FixtureOutcome, std::io::Error> {
+    let bytes = std::fs::read(input)?;
+    let extension = input
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
+    let expected_path = with_suffix(&stem(input, &format!(".{extension}")), ".expected.json");
+    let actual = inbound_outcome(partner, &bytes);
+    let again = inbound_outcome(partner, &bytes);
+    if jcs::to_vec(&actual) != jcs::to_vec(&again) {
+        return Ok(FixtureOutcome {
+            input: input.into(),
+            failure: Some("two runs gave different bytes".into()),
+        });
+    }
+    let actual_text = pretty_json(&actual);
+    if bless {
+        std::fs::write(&expected_path, &actual_text)?;
+        return Ok(FixtureOutcome {
+            input: input.into(),
+            failure: None,
+        });
+    }
+    let failure = match std::fs::read_to_string(&expected_path) {
+        Err(_) => Some(format!("missing {}", expected_path.display())),
+        Ok(expected_text) => match serde_json::from_str::<Value>(&expected_text) {
+            Err(error) => Some(format!("{} is not JSON: {error}", expected_path.display())),
+            Ok(expected) if expected == actual => None,
+            Ok(expected) => Some(diff(&pretty_json(&expected), &actual_text)),
+        },
+    };
+    Ok(FixtureOutcome {
+        input: input.into(),
+        failure,
+    })
+}
+
+fn run_outbound(
+    partner: &PartnerMapping,
+    input: &Path,
+    bless: bool,
+) -> Result<FixtureOutcome, std::io::Error> {
+    let failed = |message: String| {
+        Ok(FixtureOutcome {
+            input: input.into(),
+            failure: Some(message),
+        })
+    };
+    let event: Value = match serde_json::from_slice(&std::fs::read(input)?) {
+        Ok(event) => event,
+        Err(error) => return failed(format!("not JSON: {error}")),
+    };
+    let base = stem(input, ".event.json");
+    let withheld_path = with_suffix(&base, ".withheld.json");
+    let encoded = match partner.encode(&event) {
+        Ok(encoded) => encoded,
+        Err(error) => return failed(error.to_string()),
+    };
+    let extension = if encoded.content_type.ends_with("xml") {
+        "xml"
+    } else {
+        "json"
+    };
+    let expected_path = with_suffix(&base, &format!(".expected.{extension}"));
+    let actual_text = if extension == "json" {
+        serde_json::from_slice::<Value>(&encoded.body)
+            .map(|v| pretty_json(&v))
+            .unwrap_or_default()
+    } else {
+        String::from_utf8_lossy(&encoded.body).into_owned()
+    };
+    let withheld_text = pretty_json(&json!(encoded.withheld));
+    if bless {
+        std::fs::write(&expected_path, &actual_text)?;
+        std::fs::write(&withheld_path, &withheld_text)?;
+        return Ok(FixtureOutcome {
+            input: input.into(),
+            failure: None,
+        });
+    }
+    let mut failures = Vec::new();
+    match std::fs::read_to_string(&expected_path) {
+        Err(_) => failures.push(format!("missing {}", expected_path.display())),
+        Ok(expected) if extension == "json" => {
+            let same = serde_json::from_str::<Value>(&expected)
+                .ok()
+                .map(|v| pretty_json(&v));
+            if same.as_deref() != Some(actual_text.as_str()) {
+                failures.push(diff(&expected, &actual_text));
+            }
+        }
+        Ok(expected) if expected != actual_text => failures.push(diff(&expected, &actual_text)),
+        Ok(_) => {}
+    }
+    match std::fs::read_to_string(&withheld_path) {
+        Err(_) => failures.push(format!("missing {}", withheld_path.display())),
+        Ok(expected) => {
+            let same =
+                serde_json::from_str::<Value>(&expected).ok() == Some(json!(encoded.withheld));
+            if !same {
+                failures.push(format!(
+                    "withheld fields differ:\n{}",
+                    diff(&expected, &withheld_text)
+                ));
+            }
+        }
+    }
+    Ok(FixtureOutcome {
+        input: input.into(),
+        failure: (!failures.is_empty()).then(|| failures.join("\n")),
+    })
+}
+
+/// A unified diff, expected first.
+fn diff(expected: &str, actual: &str) -> String {
+    similar::TextDiff::from_lines(expected, actual)
+        .unified_diff()
+        .header("expected", "actual")
+        .to_string()
+}

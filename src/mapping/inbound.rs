@@ -1,0 +1,661 @@
+//! Inbound mappings: recognising a native message's kind and turning it into a canonical event.
+//!
+//! This module owns message-kind matching, embedded-document decoding (BCBP, MRZ), field rules
+//! placed at their canonical paths, consistency checks that raise anomalies, and the lint that
+//! holds each inbound mapping against the canonical schema of its type. It does not validate
+//! the finished event (the caller does, with the compiled schemas) and knows no partner.
+
+use super::diagnostics::Issue;
+use super::path::XmlPath;
+use super::rule::{
+    CompileScope, EVENT, EvalScope, Native, NativePath, Rule, Shape, Source, as_text, same_name,
+};
+use super::spec::{CheckSpec, DecodeSpec, Format, IgnoreSpec, InboundSpec, MatchSpec, RuleSpec};
+use super::xml::XmlDocument;
+use super::{bcbp, mrz};
+use crate::canonical::schema::{FieldShape, ObjectShape};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// How a message kind is recognised.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    root: Option<(Option<String>, String)>,
+    fields: Vec<(NativePath, Vec<String>)>,
+    present: Vec<NativePath>,
+}
+
+impl Matcher {
+    /// Compiles a `match` table.
+    pub fn compile(
+        spec: &MatchSpec,
+        scope: &CompileScope<'_>,
+        span: std::ops::Range<usize>,
+    ) -> Result<Self, Vec<Issue>> {
+        let mut issues = Vec::new();
+        let root = match (&spec.root, scope.format) {
+            (Some(root), Format::Xml) => match XmlPath::compile(root.get_ref(), scope.namespaces) {
+                Ok(_) => {
+                    let (prefix, local) = match root.get_ref().split_once(':') {
+                        Some((prefix, local)) => (Some(prefix), local),
+                        None => (None, root.get_ref().as_str()),
+                    };
+                    let namespace = match (&spec.namespace, prefix) {
+                        (Some(namespace), _) => Some(namespace.get_ref().clone()),
+                        (None, Some(prefix)) => scope.namespaces.get(prefix).cloned(),
+                        (None, None) => scope.namespaces.get("").cloned(),
+                    };
+                    Some((namespace, local.to_owned()))
+                }
+                Err(error) => {
+                    issues.push(Issue::at(root.span(), error.to_string()));
+                    None
+                }
+            },
+            (Some(root), _) => {
+                issues.push(Issue::at(
+                    root.span(),
+                    "`root` only applies to XML; match JSON with `fields`".into(),
+                ));
+                None
+            }
+            (None, _) => None,
+        };
+        if spec.namespace.is_some() && spec.root.is_none() {
+            issues.push(Issue::at(
+                span.clone(),
+                "`namespace` goes with `root`".into(),
+            ));
+        }
+        let mut fields = Vec::new();
+        for (path, value) in &spec.fields {
+            let located = Spanned::new(value.span(), path.clone());
+            match scope.native(&located) {
+                Ok(compiled) => fields.push((compiled, value.get_ref().values())),
+                Err(issue) => issues.push(issue),
+            }
+        }
+        let mut present = Vec::new();
+        for path in &spec.present {
+            match scope.native(path) {
+                Ok(compiled) => present.push(compiled),
+                Err(issue) => issues.push(issue),
+            }
+        }
+        if root.is_none() && fields.is_empty() && present.is_empty() && issues.is_empty() {
+            issues.push(Issue::at(
+                span,
+                "a `match` needs a `root`, `fields` or `present`".into(),
+            ));
+        }
+        if issues.is_empty() {
+            Ok(Self {
+                root,
+                fields,
+                present,
+            })
+        } else {
+            Err(issues)
+        }
+    }
+
+    /// True when the message is of this kind.
+    pub fn matches(&self, native: Native<'_>) -> bool {
+        if let Some((namespace, local)) = &self.root {
+            match native {
+                Native::Xml(document, _)
+                    if document.root().name.is(namespace.as_deref(), local) => {}
+                _ => return false,
+            }
+        }
+        let named = BTreeMap::new();
+        let scope = EvalScope {
+            native,
+            named: &named,
+        };
+        let values = |path: &NativePath| {
+            Source::Native(path.clone())
+                .values(&scope)
+                .unwrap_or_default()
+        };
+        self.fields.iter().all(|(path, expected)| {
+            values(path)
+                .iter()
+                .any(|value| as_text(value).is_some_and(|text| expected.contains(&text)))
+        }) && self.present.iter().all(|path| !values(path).is_empty())
+    }
+}
+
+/// An embedded document decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoder {
+    Bcbp,
+    Mrz,
+}
+
+#[derive(Debug, Clone)]
+struct DecodeStep {
+    name: String,
+    source: Source,
+    label: String,
+    decoder: Decoder,
+    optional: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Check {
+    anomaly: String,
+    message: String,
+    left: Rule,
+    right: Rule,
+    by_name: bool,
+}
+
+/// One compiled inbound message kind.
+#[derive(Debug, Clone)]
+pub struct InboundMapping {
+    /// The kind's name.
+    pub name: String,
+    /// The canonical type, without prefix.
+    pub event_type: String,
+    /// How the kind is recognised.
+    pub matcher: Matcher,
+    id: Rule,
+    time: Option<Rule>,
+    decode: Vec<DecodeStep>,
+    data: Vec<(Vec<String>, Rule)>,
+    checks: Vec<Check>,
+}
+
+/// A message kind that is recognised and deliberately not used.
+#[derive(Debug, Clone)]
+pub struct IgnoreRule {
+    /// The kind's name.
+    pub name: String,
+    /// How it is recognised.
+    pub matcher: Matcher,
+    /// Why it is ignored.
+    pub reason: String,
+    kind: Option<NativePath>,
+}
+
+impl IgnoreRule {
+    /// Compiles an `[[ignore]]` table.
+    pub fn compile(
+        spec: &Spanned<IgnoreSpec>,
+        scope: &CompileScope<'_>,
+    ) -> Result<Self, Vec<Issue>> {
+        let body = spec.get_ref();
+        let matcher = Matcher::compile(&body.matcher, scope, spec.span())?;
+        let kind = match &body.kind {
+            Some(path) => Some(scope.native(path).map_err(|e| vec![e])?),
+            None => None,
+        };
+        Ok(Self {
+            name: body.name.get_ref().clone(),
+            matcher,
+            reason: body.reason.clone(),
+            kind,
+        })
+    }
+
+    /// The value naming the ignored message's kind (e.g. its `eventType`), if configured.
+    pub fn kind_of(&self, native: Native<'_>) -> Option<String> {
+        let named = BTreeMap::new();
+        let scope = EvalScope {
+            native,
+            named: &named,
+        };
+        let values = Source::Native(self.kind.clone()?).values(&scope).ok()?;
+        values.first().and_then(as_text)
+    }
+}
+
+/// Why a message failed its mapping: the path and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldFailure {
+    /// The canonical field, or `id`/`time`, being produced.
+    pub field: String,
+    /// What went wrong, naming the native path.
+    pub message: String,
+}
+
+impl InboundMapping {
+    /// Compiles an `[[inbound]]` table against the data shape of its canonical type.
+    pub fn compile(
+        spec: &Spanned<InboundSpec>,
+        scope: &CompileScope<'_>,
+        shape: &ObjectShape,
+    ) -> Result<Self, Vec<Issue>> {
+        let body = spec.get_ref();
+        let mut issues = Vec::new();
+        let matcher = Matcher::compile(&body.matcher, scope, spec.span())
+            .map_err(|e| issues.extend(e))
+            .ok();
+        let mut decoded_names = Vec::new();
+        let mut decode = Vec::new();
+        for step in &body.decode {
+            let step_scope = CompileScope {
+                decoded: &decoded_names,
+                ..*scope
+            };
+            match compile_decode(step, &step_scope) {
+                Ok(compiled) => {
+                    decoded_names.push(compiled.name.clone());
+                    decode.push(compiled);
+                }
+                Err(issue) => issues.push(issue),
+            }
+        }
+        let scope = CompileScope {
+            decoded: &decoded_names,
+            ..*scope
+        };
+        let scalar = |_: &str| Ok(Shape::One);
+        let id = scope
+            .rule(&body.id, Shape::One, &scalar)
+            .map_err(|e| issues.extend(e))
+            .ok();
+        let time = match &body.time {
+            Some(time) => scope
+                .rule(time, Shape::One, &scalar)
+                .map_err(|e| issues.extend(e))
+                .ok(),
+            None => None,
+        };
+        let mut data = Vec::new();
+        for (target, rule) in &body.data {
+            match shape.find(target) {
+                None => issues.push(Issue::at(
+                    rule.span(),
+                    format!(
+                        "{target} is not a field of canonical {} data",
+                        body.event_type.get_ref()
+                    ),
+                )),
+                Some(field_shape) => {
+                    let rule_shape = if matches!(field_shape, FieldShape::List(_)) {
+                        Shape::List
+                    } else {
+                        Shape::One
+                    };
+                    let item_shape = |name: &str| match field_shape {
+                        FieldShape::List(item) => match item.as_ref() {
+                            FieldShape::Object(object) => match object.properties.get(name) {
+                                Some(FieldShape::List(_)) => Ok(Shape::List),
+                                Some(_) => Ok(Shape::One),
+                                None => {
+                                    Err(format!("{name} is not a field of the items of {target}"))
+                                }
+                            },
+                            _ => Err(format!("the items of {target} have no fields")),
+                        },
+                        _ => Err(format!("{target} is not a list")),
+                    };
+                    match scope.rule(rule, rule_shape, &item_shape) {
+                        Ok(compiled) => {
+                            data.push((target.split('.').map(str::to_owned).collect(), compiled))
+                        }
+                        Err(more) => issues.extend(more),
+                    }
+                    if let (FieldShape::List(item), Some(fields)) =
+                        (field_shape, &rule.get_ref().fields)
+                        && let FieldShape::Object(object) = item.as_ref()
+                    {
+                        for required in object.required.iter().filter(|r| !fields.contains_key(*r))
+                        {
+                            issues.push(Issue::at(
+                                rule.span(),
+                                format!("the items of {target} need {required}, which the schema requires"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        issues.extend(missing_required(shape, "", &body.data, spec.span(), true));
+        if body.data.contains_key("anomalies") {
+            issues.push(Issue::at(
+                spec.span(),
+                "anomalies are raised by [[inbound.check]], not mapped".into(),
+            ));
+        }
+        let event_scope = CompileScope {
+            allow_event: true,
+            ..scope
+        };
+        let mut checks = Vec::new();
+        for check in &body.check {
+            match compile_check(check, &event_scope) {
+                Ok(compiled) => checks.push(compiled),
+                Err(more) => issues.extend(more),
+            }
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(Self {
+            name: body.name.get_ref().clone(),
+            event_type: body.event_type.get_ref().clone(),
+            matcher: matcher.expect("no issues"),
+            id: id.expect("no issues"),
+            time,
+            decode,
+            data,
+            checks,
+        })
+    }
+
+    /// Builds the event's `id`, `time` and `data` (with anomalies) from a native message.
+    pub fn apply(&self, native: Native<'_>) -> Result<MappedParts, FieldFailure> {
+        let mut named = BTreeMap::new();
+        let mut anomalies = Vec::new();
+        for step in &self.decode {
+            let scope = EvalScope {
+                native,
+                named: &named,
+            };
+            let values = step.source.values(&scope).map_err(|e| FieldFailure {
+                field: step.name.clone(),
+                message: e.message,
+            })?;
+            let texts: Vec<String> = values
+                .iter()
+                .filter_map(as_text)
+                .filter(|t| !t.trim().is_empty())
+                .collect();
+            if texts.is_empty() {
+                if !step.optional {
+                    return Err(FieldFailure {
+                        field: format!("${}", step.name),
+                        message: format!("{} is missing", step.label),
+                    });
+                }
+                continue;
+            }
+            match run_decoder(step, &texts) {
+                Ok((document, mut found)) => {
+                    named.insert(step.name.clone(), document);
+                    anomalies.append(&mut found);
+                }
+                Err(anomaly) => anomalies.push(anomaly),
+            }
+        }
+        let scope = EvalScope {
+            native,
+            named: &named,
+        };
+        let failure = |field: &'static str| {
+            move |e: super::rule::RuleError| FieldFailure {
+                field: field.to_owned(),
+                message: e.message,
+            }
+        };
+        let id = self.id.eval(&scope).map_err(failure("id"))?;
+        let id = id.as_ref().and_then(as_text).unwrap_or_default();
+        let time = match &self.time {
+            Some(rule) => rule
+                .eval(&scope)
+                .map_err(failure("time"))?
+                .as_ref()
+                .and_then(as_text),
+            None => None,
+        };
+        let mut data = Map::new();
+        for (target, rule) in &self.data {
+            if let Some(value) = rule.eval(&scope).map_err(|e| FieldFailure {
+                field: target.join("."),
+                message: e.message,
+            })? {
+                insert_at(&mut data, target, value);
+            }
+        }
+        if !self.checks.is_empty() {
+            let mut named = named;
+            named.insert(
+                EVENT.to_owned(),
+                json!({ "id": id, "time": time, "data": Value::Object(data.clone()) }),
+            );
+            let scope = EvalScope {
+                native,
+                named: &named,
+            };
+            for check in &self.checks {
+                let left = check.left.eval(&scope).ok().flatten();
+                let right = check.right.eval(&scope).ok().flatten();
+                if let (Some(left), Some(right)) = (left, right) {
+                    let agree = if check.by_name {
+                        same_name(&left, &right)
+                    } else {
+                        left == right
+                    };
+                    if !agree {
+                        anomalies.push(json!({
+                            "code": check.anomaly,
+                            "message": check.message,
+                            "path": format!("{} / {}", check.left.label, check.right.label),
+                        }));
+                    }
+                }
+            }
+        }
+        if !anomalies.is_empty() {
+            data.insert("anomalies".into(), Value::Array(anomalies));
+        }
+        Ok(MappedParts { id, time, data })
+    }
+}
+
+/// What an inbound mapping produces before the envelope is put around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappedParts {
+    /// The CloudEvents `id`.
+    pub id: String,
+    /// The CloudEvents `time`, if the message has one.
+    pub time: Option<String>,
+    /// The event data, anomalies included.
+    pub data: Map<String, Value>,
+}
+
+fn insert_at(data: &mut Map<String, Value>, target: &[String], value: Value) {
+    let Some((last, parents)) = target.split_last() else {
+        return;
+    };
+    let mut object = data;
+    for parent in parents {
+        let entry = object
+            .entry(parent.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        object = entry.as_object_mut().expect("made an object above");
+    }
+    object.insert(last.clone(), value);
+}
+
+/// Finds the fields the schema requires that no rule produces (or that a rule may leave out).
+fn missing_required(
+    shape: &ObjectShape,
+    prefix: &str,
+    data: &BTreeMap<String, Spanned<RuleSpec>>,
+    span: std::ops::Range<usize>,
+    parent_required: bool,
+) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    for (name, field) in &shape.properties {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        let required = shape.required.contains(name);
+        let sub_prefix = format!("{path}.");
+        let mapped_below = data.keys().any(|key| key.starts_with(&sub_prefix));
+        match data.get(&path) {
+            Some(rule)
+                if required
+                    && parent_required
+                    && rule.get_ref().optional
+                    && rule.get_ref().default.is_none() =>
+            {
+                issues.push(Issue::at(rule.span(), format!("{path} is required by the schema, so it cannot be optional without a default")));
+            }
+            Some(_) => {}
+            None if mapped_below => {
+                if let FieldShape::Object(object) = field {
+                    issues.extend(missing_required(
+                        object,
+                        &path,
+                        data,
+                        span.clone(),
+                        parent_required && required,
+                    ));
+                }
+            }
+            None if required && name != "anomalies" => {
+                issues.push(Issue::at(
+                    span.clone(),
+                    format!("nothing produces {path}, which the schema requires"),
+                ));
+            }
+            None => {}
+        }
+    }
+    issues
+}
+
+fn compile_decode(
+    spec: &Spanned<DecodeSpec>,
+    scope: &CompileScope<'_>,
+) -> Result<DecodeStep, Issue> {
+    let body = spec.get_ref();
+    let decoder = match body.decoder.get_ref().as_str() {
+        "bcbp" => Decoder::Bcbp,
+        "mrz" => Decoder::Mrz,
+        other => {
+            return Err(Issue::at(
+                body.decoder.span(),
+                format!("decoder {other:?} must be bcbp or mrz"),
+            ));
+        }
+    };
+    let name = body.name.get_ref();
+    if name == EVENT
+        || name.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(Issue::at(
+            body.name.span(),
+            format!("{name:?} cannot name a decoded document"),
+        ));
+    }
+    Ok(DecodeStep {
+        name: name.clone(),
+        source: scope.source(&body.from)?,
+        label: body.from.get_ref().clone(),
+        decoder,
+        optional: body.optional,
+    })
+}
+
+fn compile_check(spec: &Spanned<CheckSpec>, scope: &CompileScope<'_>) -> Result<Check, Vec<Issue>> {
+    let body = spec.get_ref();
+    if !body
+        .anomaly
+        .get_ref()
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_')
+    {
+        return Err(vec![Issue::at(
+            body.anomaly.span(),
+            "an anomaly code is lower case, digits, `.` and `_`".into(),
+        )]);
+    }
+    let by_name = match body.compare.as_ref().map(|c| c.get_ref().as_str()) {
+        None | Some("exact") => false,
+        Some("name") => true,
+        Some(other) => {
+            let span = body.compare.as_ref().map_or(spec.span(), |c| c.span());
+            return Err(vec![Issue::at(
+                span,
+                format!("compare {other:?} must be exact or name"),
+            )]);
+        }
+    };
+    let side = |rule: &RuleSpec| {
+        let rule = RuleSpec {
+            optional: true,
+            ..rule.clone()
+        };
+        scope.rule(&Spanned::new(spec.span(), rule), Shape::List, &|_| {
+            Err("checks cannot use `each`".into())
+        })
+    };
+    Ok(Check {
+        anomaly: body.anomaly.get_ref().clone(),
+        message: body.message.clone(),
+        left: side(&body.left)?,
+        right: side(&body.right)?,
+        by_name,
+    })
+}
+
+/// Runs a decoder; a document that cannot be read becomes an anomaly, not a failure.
+fn run_decoder(step: &DecodeStep, texts: &[String]) -> Result<(Value, Vec<Value>), Value> {
+    let unreadable = |decoder: &str, error: String| json!({ "code": format!("{decoder}.unreadable"), "message": error, "path": step.label });
+    match step.decoder {
+        Decoder::Bcbp => {
+            let [text] = texts else {
+                return Err(unreadable(
+                    "bcbp",
+                    format!("expected one boarding pass, found {}", texts.len()),
+                ));
+            };
+            let pass = bcbp::decode(text).map_err(|error| unreadable("bcbp", error.to_string()))?;
+            Ok((
+                serde_json::to_value(pass).unwrap_or(Value::Null),
+                Vec::new(),
+            ))
+        }
+        Decoder::Mrz => {
+            let lines: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let zone = mrz::decode(&lines).map_err(|error| unreadable("mrz", error.to_string()))?;
+            let failed: Vec<&str> = zone
+                .checks
+                .iter()
+                .filter(|check| !check.valid)
+                .map(|check| check.field)
+                .collect();
+            let anomalies = if failed.is_empty() {
+                Vec::new()
+            } else {
+                vec![json!({
+                    "code": "mrz.check_digit",
+                    "message": format!("MRZ check digits do not verify: {}", failed.join(", ")),
+                    "path": step.label,
+                })]
+            };
+            Ok((serde_json::to_value(zone).unwrap_or(Value::Null), anomalies))
+        }
+    }
+}
+
+/// Parses native bytes for matching and mapping.
+pub enum NativeMessage {
+    /// A parsed XML document.
+    Xml(XmlDocument),
+    /// A parsed JSON value.
+    Json(Value),
+}
+
+impl NativeMessage {
+    /// The view rules read.
+    pub fn view(&self) -> Native<'_> {
+        match self {
+            NativeMessage::Xml(document) => Native::Xml(document, document.root()),
+            NativeMessage::Json(value) => Native::Json(value),
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Loading and linting a mappings folder.
+//!
+//! This module owns reading `<dir>/*.toml` (one file per partner), the shared code lists in
+//! `<dir>/codelists/` and the need-to-know policy `<dir>/policies.toml`; compiling each file;
+//! and reporting every problem with its file, line and a clear message. A folder with a single
+//! lint error does not load: the gateway refuses to start on it.
+
+use super::codelist::{COUNTRY, COUNTRY_ALPHA2, COUNTRY_DEMONYM_FR_F, CodeList, CountryLists};
+use super::diagnostics::{Diagnostic, Issue};
+use super::inbound::{IgnoreRule, InboundMapping};
+use super::policy::Policy;
+use super::rule::CompileScope;
+use super::spec::{Format, MappingFile};
+use super::template::{Template, TemplateScope};
+use super::{DEFAULT_MAX_MESSAGE_BYTES, OutboundMapping, PartnerMapping};
+use crate::canonical::{Catalogue, SchemaSet};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The shared files every mapping depends on, relative to the mappings folder. Their bytes are
+/// part of every mapping's hash, because they change what a mapping produces.
+const SHARED_FILES: [&str; 3] = [
+    "codelists/countries.csv",
+    "codelists/aliases.toml",
+    "policies.toml",
+];
+
+/// Every partner's mapping, compiled, with the schemas they were linted against.
+#[derive(Debug, Clone)]
+pub struct MappingSet {
+    partners: BTreeMap<String, PartnerMapping>,
+    schemas: Arc<SchemaSet>,
+    dir: PathBuf,
+}
+
+impl MappingSet {
+    /// Loads and lints every mapping in a folder. On any problem, returns them all.
+    pub fn load(dir: &Path) -> Result<Self, Vec<Diagnostic>> {
+        let mut diagnostics = Vec::new();
+        let file_error = |name: &str, message: String| Diagnostic::file(&dir.join(name), message);
+        let catalogue =
+            Catalogue::embedded().map_err(|e| vec![file_error("catalogue.toml", e.to_string())])?;
+        let schemas = Arc::new(
+            SchemaSet::embedded(&catalogue)
+                .map_err(|e| vec![file_error("schemas", e.to_string())])?,
+        );
+        let mut shared = Vec::new();
+        for name in SHARED_FILES {
+            match std::fs::read(dir.join(name)) {
+                Ok(bytes) => shared.push(bytes),
+                Err(error) => diagnostics.push(file_error(
+                    name,
+                    format!("cannot read the shared file: {error}"),
+                )),
+            }
+        }
+        if !diagnostics.is_empty() {
+            return Err(diagnostics);
+        }
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let countries = CountryLists::build(&text(&shared[0]), &text(&shared[1]))
+            .map_err(|e| vec![file_error("codelists", e.to_string())])?;
+        let policy = Arc::new(
+            Policy::parse(&text(&shared[2]))
+                .map_err(|e| vec![file_error("policies.toml", e.to_string())])?,
+        );
+        let mut shared_codelists: HashMap<String, Arc<CodeList>> = HashMap::new();
+        shared_codelists.insert(COUNTRY.into(), Arc::new(countries.any_to_alpha3));
+        shared_codelists.insert(COUNTRY_ALPHA2.into(), Arc::new(countries.alpha3_to_alpha2));
+        shared_codelists.insert(
+            COUNTRY_DEMONYM_FR_F.into(),
+            Arc::new(countries.alpha3_to_demonym_fr_f),
+        );
+
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| {
+                    path.extension().is_some_and(|e| e == "toml")
+                        && path.file_name().is_some_and(|n| n != "policies.toml")
+                })
+                .collect(),
+            Err(error) => {
+                return Err(vec![Diagnostic::file(
+                    dir,
+                    format!("cannot read the mappings folder: {error}"),
+                )]);
+            }
+        };
+        files.sort();
+        if files.is_empty() {
+            return Err(vec![Diagnostic::file(
+                dir,
+                "the folder has no mapping file (*.toml)".into(),
+            )]);
+        }
+        let mut partners = BTreeMap::new();
+        for file in files {
+            let context = FileContext {
+                catalogue: &catalogue,
+                schemas: &schemas,
+                policy: &policy,
+                shared: &shared,
+                shared_codelists: &shared_codelists,
+            };
+            match load_file(&file, &context) {
+                Ok(mapping) => {
+                    if partners.contains_key(&mapping.partner) {
+                        diagnostics.push(Diagnostic::file(
+                            &file,
+                            format!("partner {} has another mapping file", mapping.partner),
+                        ));
+                    } else {
+                        partners.insert(mapping.partner.clone(), mapping);
+                    }
+                }
+                Err(mut found) => diagnostics.append(&mut found),
+            }
+        }
+        if diagnostics.is_empty() {
+            Ok(Self {
+                partners,
+                schemas,
+                dir: dir.to_path_buf(),
+            })
+        } else {
+            Err(diagnostics)
+        }
+    }
+
+    /// A partner's mapping.
+    pub fn partner(&self, partner: &str) -> Option<&PartnerMapping> {
+        self.partners.get(partner)
+    }
+
+    /// Every partner's mapping, by id.
+    pub fn partners(&self) -> impl Iterator<Item = &PartnerMapping> {
+        self.partners.values()
+    }
+
+    /// The compiled canonical schemas.
+    pub fn schemas(&self) -> &SchemaSet {
+        &self.schemas
+    }
+
+    /// The folder the mappings were loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+struct FileContext<'a> {
+    catalogue: &'a Catalogue,
+    schemas: &'a Arc<SchemaSet>,
+    policy: &'a Arc<Policy>,
+    shared: &'a [Vec<u8>],
+    shared_codelists: &'a HashMap<String, Arc<CodeList>>,
+}
+
+fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, Vec<Diagnostic>> {
+    let bytes = std::fs::read(file)
+        .map_err(|e| vec![Diagnostic::file(file, format!("cannot read: {e}"))])?;
+    let text = String::from_utf8(bytes.clone())
+        .map_err(|_| vec![Diagnostic::file(file, "the file is not UTF-8".into())])?;
+    let locate = |issue: &Issue| Diagnostic::locate(file, &text, issue);
+    let spec: MappingFile = toml::from_str(&text).map_err(|error| {
+        vec![locate(&Issue::at(
+            error.span().unwrap_or(0..0),
+            error.message().to_owned(),
+        ))]
+    })?;
+    let mut issues = Vec::new();
+    let partner = spec.partner.get_ref().clone();
+    let expected_name = format!("{partner}.toml");
+    if file.file_name().and_then(|n| n.to_str()) != Some(expected_name.as_str()) {
+        issues.push(Issue::at(
+            spec.partner.span(),
+            format!("the file for partner {partner} must be named {expected_name}"),
+        ));
+    }
+    let role = spec.role.get_ref().clone();
+    if !context.policy.knows(&role) {
+        let roles = context.policy.roles().collect::<Vec<_>>().join(", ");
+        issues.push(Issue::at(
+            spec.role.span(),
+            format!("role {role:?} has no need-to-know policy in policies.toml (roles: {roles})"),
+        ));
+    }
+    let namespaces: BTreeMap<String, String> = spec
+        .namespaces
+        .iter()
+        .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+        .collect();
+    let mut codelists = context.shared_codelists.clone();
+    for (name, list) in &spec.codelists {
+        if name.contains('.') || codelists.contains_key(name) {
+            issues.push(Issue::at(
+                list.span(),
+                format!("code list name {name:?} is taken or contains a dot"),
+            ));
+            continue;
+        }
+        codelists.insert(
+            name.clone(),
+            Arc::new(CodeList::from_pairs(list.get_ref().clone())),
+        );
+    }
+    let scope = CompileScope {
+        format: spec.format,
+        namespaces: &namespaces,
+        codelists: &codelists,
+        decoded: &[],
+        allow_event: false,
+    };
+    let known_type = |name: &toml::Spanned<String>, issues: &mut Vec<Issue>| {
+        let known = context.catalogue.get(name.get_ref()).is_some();
+        if !known {
+            issues.push(Issue::at(
+                name.span(),
+                format!(
+                    "{:?} is not a canonical event type (write it without ma.rva.)",
+                    name.get_ref()
+                ),
+            ));
+        }
+        known
+    };
+    if spec.format == Format::Cloudevents && (!spec.inbound.is_empty() || !spec.ignore.is_empty()) {
+        issues.push(Issue::at(
+            spec.partner.span(),
+            "a partner that sends canonical CloudEvents has no [[inbound]] or [[ignore]]".into(),
+        ));
+    }
+    if spec.format != Format::Cloudevents && spec.inbound.is_empty() {
+        issues.push(Issue::at(
+            spec.partner.span(),
+            "a partner with a native format needs at least one [[inbound]]".into(),
+        ));
+    }
+    let mut inbound = Vec::new();
+    for entry in &spec.inbound {
+        if !known_type(&entry.get_ref().event_type, &mut issues) {
+            continue;
+        }
+        let shape = context
+            .schemas
+            .data_shape(entry.get_ref().event_type.get_ref())
+            .expect("every catalogue type has a shape");
+        match InboundMapping::compile(entry, &scope, shape) {
+            Ok(compiled) => inbound.push(compiled),
+            Err(mut found) => issues.append(&mut found),
+        }
+    }
+    let mut ignore = Vec::new();
+    for entry in &spec.ignore {
+        match IgnoreRule::compile(entry, &scope) {
+            Ok(compiled) => ignore.push(compiled),
+            Err(mut found) => issues.append(&mut found),
+        }
+    }
+    let mut outbound = Vec::new();
+    for entry in &spec.outbound {
+        let body = entry.get_ref();
+        if !known_type(&body.event_type, &mut issues) {
+            continue;
+        }
+        let event_type = body.event_type.get_ref();
+        if outbound
+            .iter()
+            .any(|o: &OutboundMapping| &o.event_type == event_type)
+        {
+            issues.push(Issue::at(
+                body.event_type.span(),
+                format!("{event_type} already has an outbound template"),
+            ));
+            continue;
+        }
+        let withheld = |path: &str| context.policy.withholds(&role, path);
+        let template_scope = TemplateScope {
+            envelope: context.schemas.envelope_shape(),
+            data: context
+                .schemas
+                .data_shape(event_type)
+                .expect("every catalogue type has a shape"),
+            codelists: &codelists,
+            withheld: &withheld,
+        };
+        match Template::compile(
+            body.template.get_ref(),
+            body.template.span().start,
+            &template_scope,
+        ) {
+            Ok(template) => outbound.push(OutboundMapping {
+                name: body.name.get_ref().clone(),
+                event_type: event_type.clone(),
+                template,
+            }),
+            Err(mut found) => issues.append(&mut found),
+        }
+    }
+    let mut names = BTreeMap::new();
+    let all_names = spec
+        .inbound
+        .iter()
+        .map(|e| &e.get_ref().name)
+        .chain(spec.ignore.iter().map(|e| &e.get_ref().name))
+        .chain(spec.outbound.iter().map(|e| &e.get_ref().name));
+    for name in all_names {
+        let valid = !name.get_ref().is_empty()
+            && name.get_ref().chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_'
+            });
+        if !valid {
+            issues.push(Issue::at(
+                name.span(),
+                format!(
+                    "name {:?} must be lower case letters, digits, `-`, `.` or `_`",
+                    name.get_ref()
+                ),
+            ));
+        } else if names.insert(name.get_ref().clone(), ()).is_some() {
+            issues.push(Issue::at(
+                name.span(),
+                format!("name {:?} is used twice in this file", name.get_ref()),
+            ));
+        }
+    }
+    if !issues.is_empty() {
+        return Err(issues.iter().map(locate).collect());
+    }
+    let mut hasher = Sha256::new();
+    for part in std::iter::once(&bytes).chain(context.shared.iter()) {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    Ok(PartnerMapping {
+        partner,
+        role,
+        format: spec.format,
+        hash: format!("sha256:{}", hex::encode(hasher.finalize())),
+        file: file.to_path_buf(),
+        inbound,
+        ignore,
+        outbound,
+        schemas: context.schemas.clone(),
+        policy: context.policy.clone(),
+        max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+    })
+}

@@ -1,0 +1,435 @@
+//! The mapping language: every partner's native messages to canonical events, and back.
+//!
+//! A partner is described by one TOML file in the mappings folder (see `docs/mapping.md`):
+//! how each message kind it sends is recognised and read, and how each event it receives is
+//! written in its own format. This module loads and lints those files ([`MappingSet::load`]),
+//! decodes native bytes into validated canonical events ([`PartnerMapping::decode`]), and
+//! encodes events for a recipient under the need-to-know policy ([`PartnerMapping::encode`]).
+//! No partner has code of its own here: onboarding a partner is a file and its fixtures.
+
+pub mod bcbp;
+pub mod codelist;
+pub mod dates;
+pub mod diagnostics;
+pub mod fixtures;
+pub mod inbound;
+mod loader;
+pub mod mrz;
+pub mod path;
+pub mod policy;
+pub mod rule;
+pub mod spec;
+pub mod template;
+pub mod xml;
+
+pub use diagnostics::Diagnostic;
+pub use loader::MappingSet;
+pub use spec::Format;
+
+use crate::canonical::{SchemaSet, TYPE_PREFIX, Violation, jcs, partner_source};
+use inbound::{IgnoreRule, InboundMapping, NativeMessage};
+use policy::Policy;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use template::Template;
+use xml::{XmlDocument, XmlLimits};
+
+/// The largest native message accepted, by default.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// One outbound message kind.
+#[derive(Debug, Clone)]
+pub struct OutboundMapping {
+    /// The kind's name.
+    pub name: String,
+    /// The canonical type it is made from, without prefix.
+    pub event_type: String,
+    template: Template,
+}
+
+/// Everything known about one partner's messages.
+#[derive(Debug, Clone)]
+pub struct PartnerMapping {
+    /// The partner id.
+    pub partner: String,
+    /// The partner's role, which selects the need-to-know policy.
+    pub role: String,
+    /// The native format of the messages the partner sends.
+    pub format: Format,
+    /// `sha256:<hex>` over the mapping file and the shared files it depends on.
+    pub hash: String,
+    /// The file the mapping was loaded from.
+    pub file: PathBuf,
+    inbound: Vec<InboundMapping>,
+    ignore: Vec<IgnoreRule>,
+    outbound: Vec<OutboundMapping>,
+    schemas: Arc<SchemaSet>,
+    policy: Arc<Policy>,
+    max_message_bytes: usize,
+}
+
+/// The result of decoding a native message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A validated canonical event.
+    Event(MappedEvent),
+    /// A message the programme does not use, recognised as such.
+    Ignored {
+        /// `<partner>/<ignore rule name>`.
+        mapping_id: String,
+        /// The mapping's hash.
+        mapping_hash: String,
+        /// The message's own kind, when the rule names where to read it.
+        kind: Option<String>,
+        /// Why it is ignored.
+        reason: String,
+    },
+}
+
+/// A canonical event produced by a mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappedEvent {
+    /// The event, envelope and data, validated.
+    pub event: Value,
+    /// `<partner>/<message kind>`.
+    pub mapping_id: String,
+}
+
+impl MappedEvent {
+    /// The event as RFC 8785 canonical JSON.
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        jcs::to_vec(&self.event)
+    }
+}
+
+/// Why a native message could not become a canonical event. Every variant is the sending
+/// partner's fault (a 4xx, or a dead letter), and names the partner, the message kind and the
+/// path. Messages never quote personal data.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The message is larger than the limit.
+    #[error("partner {partner}: the message is larger than {limit} bytes")]
+    TooLarge {
+        /// The sender.
+        partner: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not well-formed in the partner's format, or are refused (DOCTYPE).
+    #[error("partner {partner}: malformed {format}: {message}")]
+    Malformed {
+        /// The sender.
+        partner: String,
+        /// `XML` or `JSON`.
+        format: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// No inbound or ignore rule recognises the message.
+    #[error("partner {partner}: the message is none of the known kinds ({expected})")]
+    UnknownKind {
+        /// The sender.
+        partner: String,
+        /// The kinds that were tried.
+        expected: String,
+    },
+    /// A field rule failed.
+    #[error("partner {partner}, message {kind}, field {field}: {message}")]
+    Field {
+        /// The sender.
+        partner: String,
+        /// The message kind.
+        kind: String,
+        /// The canonical field (or `id`, `time`, `$decoded`).
+        field: String,
+        /// What went wrong, naming the native path.
+        message: String,
+    },
+    /// The mapped event breaks the canonical schema.
+    #[error(
+        "partner {partner}, message {kind}: the event breaks the canonical schema: {}",
+        join(violations)
+    )]
+    Schema {
+        /// The sender.
+        partner: String,
+        /// The message kind.
+        kind: String,
+        /// Each violation, with its path.
+        violations: Vec<Violation>,
+    },
+}
+
+impl DecodeError {
+    /// A short machine-readable class: `too-large`, `malformed`, `unknown-kind`, `field`, `schema`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too-large",
+            DecodeError::Malformed { .. } => "malformed",
+            DecodeError::UnknownKind { .. } => "unknown-kind",
+            DecodeError::Field { .. } => "field",
+            DecodeError::Schema { .. } => "schema",
+        }
+    }
+}
+
+fn join(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why an event could not be written for a recipient. These are the gateway's faults or
+/// configuration gaps, never the sender's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The recipient has outbound templates, but none for this type.
+    #[error("partner {partner} has no outbound mapping for {event_type}")]
+    NoOutbound {
+        /// The recipient.
+        partner: String,
+        /// The event type.
+        event_type: String,
+    },
+    /// A template could not be rendered from the event.
+    #[error("partner {partner}, outbound {kind}: {error}")]
+    Render {
+        /// The recipient.
+        partner: String,
+        /// The outbound kind.
+        kind: String,
+        /// What failed.
+        error: template::RenderError,
+    },
+}
+
+/// An event written for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// The bytes to deliver.
+    pub body: Vec<u8>,
+    /// Their media type.
+    pub content_type: &'static str,
+    /// The data fields withheld from this recipient (`data.vulnerabilities`), by name.
+    pub withheld: Vec<String>,
+    /// `<partner>/<outbound kind>`, or `<partner>/cloudevents` for canonical recipients.
+    pub mapping_id: String,
+}
+
+impl PartnerMapping {
+    /// The inbound message kinds, in matching order.
+    pub fn inbound(&self) -> &[InboundMapping] {
+        &self.inbound
+    }
+
+    /// The outbound message kinds.
+    pub fn outbound(&self) -> &[OutboundMapping] {
+        &self.outbound
+    }
+
+    /// Whether the partner receives canonical CloudEvents rather than its own format.
+    pub fn receives_canonical(&self) -> bool {
+        self.outbound.is_empty()
+    }
+
+    /// Decodes a native message into a validated canonical event.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let partner = || self.partner.clone();
+        if bytes.len() > self.max_message_bytes {
+            return Err(DecodeError::TooLarge {
+                partner: partner(),
+                limit: self.max_message_bytes,
+            });
+        }
+        let message = match self.format {
+            Format::Xml => {
+                NativeMessage::Xml(XmlDocument::parse(bytes, XmlLimits::default()).map_err(
+                    |error| DecodeError::Malformed {
+                        partner: partner(),
+                        format: "XML",
+                        message: error.to_string(),
+                    },
+                )?)
+            }
+            Format::Json | Format::Cloudevents => {
+                NativeMessage::Json(serde_json::from_slice(bytes).map_err(|error| {
+                    DecodeError::Malformed {
+                        partner: partner(),
+                        format: "JSON",
+                        message: error.to_string(),
+                    }
+                })?)
+            }
+        };
+        if self.format == Format::Cloudevents {
+            let NativeMessage::Json(event) = message else {
+                unreachable!("parsed as JSON above")
+            };
+            return self.accept_canonical(event);
+        }
+        let native = message.view();
+        let Some(mapping) = self
+            .inbound
+            .iter()
+            .find(|mapping| mapping.matcher.matches(native))
+        else {
+            if let Some(rule) = self.ignore.iter().find(|rule| rule.matcher.matches(native)) {
+                return Ok(Decoded::Ignored {
+                    mapping_id: format!("{}/{}", self.partner, rule.name),
+                    mapping_hash: self.hash.clone(),
+                    kind: rule.kind_of(native),
+                    reason: rule.reason.clone(),
+                });
+            }
+            let expected = self
+                .inbound
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(DecodeError::UnknownKind {
+                partner: partner(),
+                expected,
+            });
+        };
+        let parts = mapping
+            .apply(native)
+            .map_err(|failure| DecodeError::Field {
+                partner: partner(),
+                kind: mapping.name.clone(),
+                field: failure.field,
+                message: failure.message,
+            })?;
+        let mapping_id = format!("{}/{}", self.partner, mapping.name);
+        let mut event = json!({
+            "specversion": "1.0",
+            "id": parts.id,
+            "source": partner_source(&self.partner),
+            "type": format!("{TYPE_PREFIX}{}", mapping.event_type),
+            "subject": parts.data.get("case_id").cloned().unwrap_or(Value::Null),
+            "datacontenttype": "application/json",
+            "dataschema": format!("{}events/{}.schema.json", crate::canonical::schema::SCHEMA_BASE, mapping.event_type),
+            "mappingid": mapping_id,
+            "mappinghash": self.hash,
+            "data": Value::Object(parts.data),
+        });
+        if let Some(time) = parts.time {
+            event["time"] = Value::String(time);
+        }
+        self.schemas
+            .validate(&event)
+            .map_err(|violations| DecodeError::Schema {
+                partner: partner(),
+                kind: mapping.name.clone(),
+                violations,
+            })?;
+        Ok(Decoded::Event(MappedEvent { event, mapping_id }))
+    }
+
+    /// Accepts a canonical event sent as such: it is validated like any other, its `source`
+    /// must be the sender, and the attributes the gateway sets must not be set already.
+    fn accept_canonical(&self, mut event: Value) -> Result<Decoded, DecodeError> {
+        let kind = "cloudevents".to_owned();
+        let field = |field: &str, message: String| DecodeError::Field {
+            partner: self.partner.clone(),
+            kind: kind.clone(),
+            field: field.into(),
+            message,
+        };
+        let Some(object) = event.as_object_mut() else {
+            return Err(field("/", "a CloudEvent is a JSON object".into()));
+        };
+        for gateway_set in ["mappingid", "mappinghash"] {
+            if object.contains_key(gateway_set) {
+                return Err(field(
+                    gateway_set,
+                    format!("{gateway_set} is set by the gateway, not by a sender"),
+                ));
+            }
+        }
+        if object
+            .get("data")
+            .and_then(|data| data.get("anomalies"))
+            .is_some()
+        {
+            return Err(field(
+                "data.anomalies",
+                "anomalies are raised by the gateway, not by a sender".into(),
+            ));
+        }
+        let source = partner_source(&self.partner);
+        if object.get("source").and_then(Value::as_str) != Some(source.as_str()) {
+            return Err(field(
+                "source",
+                format!("source must be {source}, the sender's own"),
+            ));
+        }
+        if object.get("subject") != object.get("data").and_then(|data| data.get("case_id")) {
+            return Err(field("subject", "subject must equal data.case_id".into()));
+        }
+        let mapping_id = format!("{}/{kind}", self.partner);
+        object.insert("mappingid".into(), Value::String(mapping_id.clone()));
+        object.insert("mappinghash".into(), Value::String(self.hash.clone()));
+        self.schemas
+            .validate(&event)
+            .map_err(|violations| DecodeError::Schema {
+                partner: self.partner.clone(),
+                kind,
+                violations,
+            })?;
+        Ok(Decoded::Event(MappedEvent { event, mapping_id }))
+    }
+
+    /// Writes a canonical event for this partner as recipient: its own format if it has an
+    /// outbound template for the type, canonical JSON if it receives canonical events, after
+    /// removing every field its role must not see.
+    pub fn encode(&self, event: &Value) -> Result<Encoded, EncodeError> {
+        let mut filtered = event.clone();
+        let withheld = self.policy.apply(&self.role, &mut filtered);
+        if self.receives_canonical() {
+            return Ok(Encoded {
+                body: jcs::to_vec(&filtered),
+                content_type: "application/cloudevents+json",
+                withheld,
+                mapping_id: format!("{}/cloudevents", self.partner),
+            });
+        }
+        let event_type = event["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(TYPE_PREFIX))
+            .unwrap_or_default();
+        let outbound = self
+            .outbound
+            .iter()
+            .find(|o| o.event_type == event_type)
+            .ok_or_else(|| EncodeError::NoOutbound {
+                partner: self.partner.clone(),
+                event_type: event_type.to_owned(),
+            })?;
+        let body = outbound
+            .template
+            .render(&filtered)
+            .map_err(|error| EncodeError::Render {
+                partner: self.partner.clone(),
+                kind: outbound.name.clone(),
+                error,
+            })?;
+        Ok(Encoded {
+            body,
+            content_type: outbound.template.content_type(),
+            withheld,
+            mapping_id: format!("{}/{}", self.partner, outbound.name),
+        })
+    }
+}
+
+/// JSON for humans and golden files: indented, keys sorted, a final newline.
+pub fn pretty_json(value: &Value) -> String {
+    // `serde_json::Map` keeps keys sorted, so this is deterministic.
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}

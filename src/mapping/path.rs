@@ -1,0 +1,268 @@
+//! Paths into native messages and decoded documents.
+//!
+//! This module owns the path syntax of the mapping language and its evaluation:
+//! - XML: `Titulaire/Nom`, `ci:Dossier/@numero`, `@ref`, relative to the root element, with
+//!   prefixes bound to namespace URIs by the mapping file (the message's own prefixes do not
+//!   matter); `.` is the root itself;
+//! - JSON: `flight/carrier`, `passenger/remarks`, relative to the top object; arrays met on the
+//!   way are walked item by item, so a path may yield a list;
+//! - decoded documents: `$bcbp.legs.0.pnr`, dotted, with numeric indexes.
+//!
+//! A path yields zero, one or several values. Empty strings and JSON `null` count as absent.
+
+use super::xml::{Element, XmlDocument};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The largest number of values one path may yield, so that a message cannot blow up a list.
+pub const MAX_VALUES: usize = 1_000;
+
+/// Why a path could not be compiled.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    /// The path is empty or has an empty step.
+    #[error("empty step in path {0:?}")]
+    EmptyStep(String),
+    /// A prefix is not declared in the file's `[namespaces]`.
+    #[error("namespace prefix {prefix:?} in path {path:?} is not declared in [namespaces]")]
+    UnknownPrefix {
+        /// The prefix.
+        prefix: String,
+        /// The path.
+        path: String,
+    },
+    /// An attribute step that is not last.
+    #[error("in path {0:?}, an attribute (@name) can only be the last step")]
+    AttributeNotLast(String),
+}
+
+/// One step of an XML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct XmlStep {
+    namespace: Option<String>,
+    local: String,
+}
+
+/// A compiled path into an XML document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XmlPath {
+    steps: Vec<XmlStep>,
+    attribute: Option<XmlStep>,
+}
+
+impl XmlPath {
+    /// Compiles a path, binding prefixes with the file's namespace table (key `""` is the
+    /// namespace of unprefixed element names; unprefixed attributes are in no namespace).
+    pub fn compile(path: &str, namespaces: &BTreeMap<String, String>) -> Result<Self, PathError> {
+        let mut steps = Vec::new();
+        let mut attribute = None;
+        let parts: Vec<&str> = if path == "." {
+            Vec::new()
+        } else {
+            path.split('/').collect()
+        };
+        let count = parts.len();
+        for (index, part) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                return Err(PathError::EmptyStep(path.into()));
+            }
+            let (is_attribute, name) = match part.strip_prefix('@') {
+                Some(name) => (true, name),
+                None => (false, part),
+            };
+            let (namespace, local) = match name.split_once(':') {
+                Some((prefix, local)) => {
+                    let uri = namespaces
+                        .get(prefix)
+                        .ok_or_else(|| PathError::UnknownPrefix {
+                            prefix: prefix.into(),
+                            path: path.into(),
+                        })?;
+                    (Some(uri.clone()), local)
+                }
+                None if is_attribute => (None, name),
+                None => (namespaces.get("").cloned(), name),
+            };
+            if local.is_empty() {
+                return Err(PathError::EmptyStep(path.into()));
+            }
+            let step = XmlStep {
+                namespace,
+                local: local.into(),
+            };
+            if is_attribute {
+                if index + 1 != count {
+                    return Err(PathError::AttributeNotLast(path.into()));
+                }
+                attribute = Some(step);
+            } else {
+                steps.push(step);
+            }
+        }
+        Ok(Self { steps, attribute })
+    }
+
+    /// The values at this path below the root: element texts (trimmed) or attribute values.
+    pub fn eval<'d>(&self, document: &'d XmlDocument, from: &'d Element) -> Vec<&'d str> {
+        let values = self
+            .elements(document, from)
+            .into_iter()
+            .filter_map(|element| match &self.attribute {
+                Some(attribute) => {
+                    element.attribute(attribute.namespace.as_deref(), &attribute.local)
+                }
+                None => Some(element.text.as_str()),
+            });
+        values
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+            .collect()
+    }
+
+    /// The elements at this path (for `each`); an attribute step is ignored.
+    pub fn elements<'d>(&self, document: &'d XmlDocument, from: &'d Element) -> Vec<&'d Element> {
+        let mut current: Vec<&Element> = vec![from];
+        for step in &self.steps {
+            current = current
+                .iter()
+                .flat_map(|element| {
+                    element
+                        .children
+                        .iter()
+                        .map(|&child| &document.elements[child])
+                })
+                .filter(|child| child.name.is(step.namespace.as_deref(), &step.local))
+                .take(MAX_VALUES)
+                .collect();
+        }
+        current
+    }
+}
+
+/// A compiled path into a JSON value (`/`-separated keys) or a decoded document
+/// (`.`-separated keys and indexes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPath {
+    keys: Vec<String>,
+}
+
+impl JsonPath {
+    /// Compiles a path whose steps are separated by `separator`; `.` alone is the value itself.
+    pub fn compile(path: &str, separator: char) -> Result<Self, PathError> {
+        if path == "." || path.is_empty() {
+            return Ok(Self { keys: Vec::new() });
+        }
+        let keys: Vec<String> = path.split(separator).map(str::to_owned).collect();
+        if keys.iter().any(String::is_empty) {
+            return Err(PathError::EmptyStep(path.into()));
+        }
+        Ok(Self { keys })
+    }
+
+    /// The one value at this path, walking objects by key and arrays by index only.
+    pub fn get<'v>(&self, value: &'v Value) -> Option<&'v Value> {
+        self.keys.iter().try_fold(value, |value, key| match value {
+            Value::Object(map) => map.get(key),
+            Value::Array(items) => items.get(key.parse::<usize>().ok()?),
+            _ => None,
+        })
+    }
+
+    /// The values at this path. Arrays met before the last key are walked item by item; an
+    /// array at the end is returned whole as its items.
+    pub fn eval<'v>(&self, value: &'v Value) -> Vec<&'v Value> {
+        let mut current: Vec<&Value> = vec![value];
+        for key in &self.keys {
+            let mut next = Vec::new();
+            for value in current {
+                match value {
+                    Value::Object(map) => next.extend(map.get(key)),
+                    Value::Array(items) => match key.parse::<usize>() {
+                        Ok(index) => next.extend(items.get(index)),
+                        Err(_) => next.extend(items.iter().filter_map(|item| item.get(key))),
+                    },
+                    _ => {}
+                }
+                if next.len() > MAX_VALUES {
+                    next.truncate(MAX_VALUES);
+                    break;
+                }
+            }
+            current = next;
+        }
+        current
+            .into_iter()
+            .flat_map(|value| match value {
+                Value::Array(items) => items.iter().take(MAX_VALUES).collect(),
+                other => vec![other],
+            })
+            .filter(|value| !is_absent(value))
+            .collect()
+    }
+}
+
+/// JSON `null` and empty strings count as absent.
+pub fn is_absent(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(text) => text.trim().is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::xml::XmlLimits;
+    use serde_json::json;
+
+    #[test]
+    fn xml_paths_match_namespace_uris_not_prefixes() {
+        let namespaces = BTreeMap::from([("x".to_owned(), "urn:ci".to_owned())]);
+        let document = XmlDocument::parse(
+            br#"<cons:A xmlns:cons="urn:ci" ref="R"><cons:B n="1"/><cons:B n="2"/><B n="3"/></cons:A>"#,
+            XmlLimits::default(),
+        )
+        .unwrap();
+        let root = document.root();
+        let path = XmlPath::compile("x:B/@n", &namespaces).unwrap();
+        assert_eq!(path.eval(&document, root), ["1", "2"]);
+        assert_eq!(
+            XmlPath::compile("B/@n", &namespaces)
+                .unwrap()
+                .eval(&document, root),
+            ["3"]
+        );
+        assert_eq!(
+            XmlPath::compile("@ref", &namespaces)
+                .unwrap()
+                .eval(&document, root),
+            ["R"]
+        );
+        assert!(matches!(
+            XmlPath::compile("y:B", &namespaces),
+            Err(PathError::UnknownPrefix { .. })
+        ));
+        assert!(matches!(
+            XmlPath::compile("@a/B", &namespaces),
+            Err(PathError::AttributeNotLast(_))
+        ));
+    }
+
+    #[test]
+    fn json_paths_walk_arrays() {
+        let value = json!({"a": {"b": [{"c": 1}, {"c": 2}, {"d": 3}]}, "n": null, "e": ""});
+        let path = JsonPath::compile("a/b/c", '/').unwrap();
+        assert_eq!(path.eval(&value), [&json!(1), &json!(2)]);
+        assert_eq!(
+            JsonPath::compile("a/b/1/c", '/').unwrap().eval(&value),
+            [&json!(2)]
+        );
+        assert!(JsonPath::compile("n", '/').unwrap().eval(&value).is_empty());
+        assert!(JsonPath::compile("e", '/').unwrap().eval(&value).is_empty());
+        assert_eq!(
+            JsonPath::compile("a.b.2.d", '.').unwrap().eval(&value),
+            [&json!(3)]
+        );
+    }
+}

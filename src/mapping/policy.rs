@@ -1,0 +1,171 @@
+//! The need-to-know policy: which canonical fields each recipient role never receives.
+//!
+//! This module owns reading `policies.toml` and applying it to an event before it is encoded
+//! for a recipient. Applying it returns the names of the fields that were withheld, never their
+//! values, so that the audit trail can show what a recipient did not get.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Why the policy file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file is not valid TOML of the expected shape.
+    #[error("{0}")]
+    Parse(String),
+    /// A pattern is malformed.
+    #[error("role {role}: pattern {pattern:?} must be dotted field names or `*`")]
+    Pattern {
+        /// The role.
+        role: String,
+        /// The pattern.
+        pattern: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    roles: BTreeMap<String, RoleSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleSpec {
+    withhold: Vec<String>,
+}
+
+/// The policy of every role: data field patterns withheld from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    roles: BTreeMap<String, Vec<Vec<String>>>,
+}
+
+impl Policy {
+    /// Parses `policies.toml`.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|error| PolicyError::Parse(error.to_string()))?;
+        let mut roles = BTreeMap::new();
+        for (role, spec) in file.roles {
+            let mut patterns = Vec::new();
+            for pattern in spec.withhold {
+                let steps: Vec<String> = pattern.split('.').map(str::to_owned).collect();
+                if steps
+                    .iter()
+                    .any(|step| step.is_empty() || (step.contains('*') && step != "*"))
+                {
+                    return Err(PolicyError::Pattern { role, pattern });
+                }
+                patterns.push(steps);
+            }
+            roles.insert(role, patterns);
+        }
+        Ok(Self { roles })
+    }
+
+    /// True when the policy names the role.
+    pub fn knows(&self, role: &str) -> bool {
+        self.roles.contains_key(role)
+    }
+
+    /// The roles the policy names.
+    pub fn roles(&self) -> impl Iterator<Item = &str> {
+        self.roles.keys().map(String::as_str)
+    }
+
+    /// True when a dotted data path (`person.biometrics.photo_sha256`) is withheld from the
+    /// role, or lies below a withheld field.
+    pub fn withholds(&self, role: &str, dotted: &str) -> bool {
+        let steps: Vec<&str> = dotted.split('.').collect();
+        self.roles.get(role).into_iter().flatten().any(|pattern| {
+            pattern.len() <= steps.len()
+                && pattern.iter().zip(&steps).all(|(p, s)| p == "*" || p == s)
+        })
+    }
+
+    /// Removes from an event's `data` every field withheld from the role, and returns the
+    /// paths removed (`data.vulnerabilities`), sorted. An unknown role gets nothing withheld
+    /// here; the loader refuses mappings whose role the policy does not name.
+    pub fn apply(&self, role: &str, event: &mut Value) -> Vec<String> {
+        let mut withheld = Vec::new();
+        if let (Some(patterns), Some(data)) = (
+            self.roles.get(role),
+            event.get_mut("data").and_then(Value::as_object_mut),
+        ) {
+            for pattern in patterns {
+                remove(data, pattern, "data", &mut withheld);
+            }
+        }
+        withheld.sort();
+        withheld.dedup();
+        withheld
+    }
+}
+
+fn remove(
+    object: &mut Map<String, Value>,
+    pattern: &[String],
+    at: &str,
+    withheld: &mut Vec<String>,
+) {
+    let Some((first, rest)) = pattern.split_first() else {
+        return;
+    };
+    let keys: Vec<String> = if first == "*" {
+        object.keys().cloned().collect()
+    } else {
+        vec![first.clone()]
+    };
+    for key in keys {
+        let path = format!("{at}.{key}");
+        if rest.is_empty() {
+            if object.remove(&key).is_some() {
+                withheld.push(path);
+            }
+            continue;
+        }
+        match object.get_mut(&key) {
+            Some(Value::Object(inner)) => remove(inner, rest, &path, withheld),
+            Some(Value::Array(items)) => {
+                for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                    remove(item, rest, &path, withheld);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn withholds_fields_and_names_them() {
+        let policy = Policy::parse("[roles.consulate]\nwithhold = [\"vulnerabilities\", \"*.biometrics\", \"medical\"]\n[roles.ministry]\nwithhold = []\n").unwrap();
+        let mut event = json!({"data": {"case_id": "x", "vulnerabilities": ["trafficking_victim"],
+            "person": {"family_name": "A", "biometrics": {"photo_sha256": "00"}}}});
+        let original = event.clone();
+        assert_eq!(
+            policy.apply("consulate", &mut event),
+            ["data.person.biometrics", "data.vulnerabilities"]
+        );
+        assert_eq!(
+            event,
+            json!({"data": {"case_id": "x", "person": {"family_name": "A"}}})
+        );
+        let mut unchanged = original.clone();
+        assert!(policy.apply("ministry", &mut unchanged).is_empty());
+        assert_eq!(unchanged, original);
+        assert!(policy.withholds("consulate", "person.biometrics.photo_sha256"));
+        assert!(!policy.withholds("consulate", "person.family_name"));
+    }
+
+    #[test]
+    fn refuses_partial_wildcards() {
+        assert!(Policy::parse("[roles.x]\nwithhold = [\"per*\"]\n").is_err());
+    }
+}

@@ -1,0 +1,772 @@
+//! Value rules: how one value of a canonical event is produced from a native message.
+//!
+//! This module owns the compilation of a rule (a source, then transforms in a fixed order) and
+//! its evaluation. The order is: source (`from`, `const` or `each`), `regex`, `case`, `split`,
+//! `join`, `codelist`, `date`, `datetime`, `type`, then `default` or `optional` when nothing is
+//! left, and last the shape the canonical schema expects (one value or a list). It must not
+//! know any partner: everything partner-specific arrives as rule data.
+
+use super::codelist::{CodeList, normalise};
+use super::dates::{DatePattern, is_rfc3339, leading_iso_date};
+use super::path::{JsonPath, PathError, XmlPath, is_absent};
+use super::spec::{Format, RuleSpec};
+use super::xml::{Element, XmlDocument};
+use super::{bcbp, diagnostics::Issue};
+use regex::Regex;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use toml::Spanned;
+
+/// The name under which a check reaches the canonical event being built.
+pub const EVENT: &str = "event";
+
+/// Whether a rule yields one value or a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Exactly one value.
+    One,
+    /// A list of values.
+    List,
+}
+
+/// A path into the native message.
+#[derive(Debug, Clone)]
+pub enum NativePath {
+    /// Into an XML document.
+    Xml(XmlPath),
+    /// Into a JSON document.
+    Json(JsonPath),
+}
+
+/// Where a rule's values come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A path in the native message.
+    Native(NativePath),
+    /// A path in a decoded document (`$name.path`), or in the event (`$event.path`).
+    Named(String, JsonPath),
+    /// A constant.
+    Const(Value),
+    /// One object per item found at the path.
+    Each(NativePath, Vec<(String, Rule)>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Case {
+    Upper,
+    Lower,
+    Title,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Convert {
+    String,
+    Integer,
+    Number,
+    Boolean,
+}
+
+#[derive(Debug, Clone)]
+enum DateRead {
+    Pattern(DatePattern),
+    DayOfYear(Box<Source>),
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Where the values come from.
+    pub source: Source,
+    /// A label for errors: the source path as written.
+    pub label: String,
+    regex: Option<Regex>,
+    case: Option<Case>,
+    split: Option<String>,
+    join: Option<String>,
+    codelist: Option<(String, Arc<CodeList>)>,
+    date: Option<DateRead>,
+    datetime: bool,
+    convert: Option<Convert>,
+    default: Option<Value>,
+    /// Whether the value may be absent.
+    pub optional: bool,
+    /// The shape of the result.
+    pub shape: Shape,
+}
+
+/// What a rule may refer to while it is compiled.
+pub struct CompileScope<'a> {
+    /// The native format.
+    pub format: Format,
+    /// The file's namespace prefixes.
+    pub namespaces: &'a BTreeMap<String, String>,
+    /// Every code list the file may use, by name.
+    pub codelists: &'a HashMap<String, Arc<CodeList>>,
+    /// The decoded documents declared so far.
+    pub decoded: &'a [String],
+    /// Whether `$event` may be referred to (checks only).
+    pub allow_event: bool,
+}
+
+impl CompileScope<'_> {
+    /// Compiles a source reference: a native path, `$name.path` or `$event.path`.
+    pub fn source(&self, text: &Spanned<String>) -> Result<Source, Issue> {
+        let at = |error: PathError| Issue::at(text.span(), error.to_string());
+        let reference = text.get_ref();
+        if let Some(named) = reference.strip_prefix('$') {
+            let (name, path) = named.split_once('.').unwrap_or((named, "."));
+            if name == EVENT && !self.allow_event {
+                return Err(Issue::at(
+                    text.span(),
+                    "$event can only be used in checks".into(),
+                ));
+            }
+            if name != EVENT && !self.decoded.iter().any(|declared| declared == name) {
+                return Err(Issue::at(
+                    text.span(),
+                    format!("${name} is not declared in a [[…decode]] table"),
+                ));
+            }
+            return Ok(Source::Named(
+                name.into(),
+                JsonPath::compile(path, '.').map_err(at)?,
+            ));
+        }
+        Ok(Source::Native(self.native(text)?))
+    }
+
+    /// Compiles a native path.
+    pub fn native(&self, text: &Spanned<String>) -> Result<NativePath, Issue> {
+        let at = |error: PathError| Issue::at(text.span(), error.to_string());
+        match self.format {
+            Format::Xml => Ok(NativePath::Xml(
+                XmlPath::compile(text.get_ref(), self.namespaces).map_err(at)?,
+            )),
+            Format::Json | Format::Cloudevents => Ok(NativePath::Json(
+                JsonPath::compile(text.get_ref(), '/').map_err(at)?,
+            )),
+        }
+    }
+
+    /// Compiles a rule whose result must have `shape`. Nested `each` fields are given their
+    /// shapes by `item_shape`, which answers for a field name below the list.
+    pub fn rule(
+        &self,
+        spec: &Spanned<RuleSpec>,
+        shape: Shape,
+        item_shape: &dyn Fn(&str) -> Result<Shape, String>,
+    ) -> Result<Rule, Vec<Issue>> {
+        let span = spec.span();
+        let spec = spec.get_ref();
+        let issue = |message: String| vec![Issue::at(span.clone(), message)];
+        let sources = [
+            spec.from.is_some(),
+            spec.constant.is_some(),
+            spec.each.is_some(),
+        ];
+        if sources.iter().filter(|given| **given).count() != 1 {
+            return Err(issue(
+                "a rule needs exactly one of `from`, `const` or `each`".into(),
+            ));
+        }
+        if spec.fields.is_some() != spec.each.is_some() {
+            return Err(issue("`each` and `fields` go together".into()));
+        }
+        let (source, label) = if let Some(from) = &spec.from {
+            (
+                self.source(from).map_err(|e| vec![e])?,
+                from.get_ref().clone(),
+            )
+        } else if let Some(constant) = &spec.constant {
+            (Source::Const(toml_to_json(constant)), "const".into())
+        } else {
+            let each = spec.each.as_ref().expect("checked above");
+            if shape != Shape::List {
+                return Err(issue(
+                    "`each` makes a list, but this canonical field is not a list".into(),
+                ));
+            }
+            let mut fields = Vec::new();
+            let mut issues = Vec::new();
+            for (name, field) in spec.fields.iter().flatten() {
+                match item_shape(name) {
+                    Ok(field_shape) => match self.rule(field, field_shape, &|_| {
+                        Err("nested `each` is not supported".into())
+                    }) {
+                        Ok(rule) => fields.push((name.clone(), rule)),
+                        Err(more) => issues.extend(more),
+                    },
+                    Err(message) => issues.push(Issue::at(field.span(), message)),
+                }
+            }
+            if !issues.is_empty() {
+                return Err(issues);
+            }
+            (
+                Source::Each(self.native(each).map_err(|e| vec![e])?, fields),
+                each.get_ref().clone(),
+            )
+        };
+        let regex = match &spec.regex {
+            Some(pattern) => Some(Regex::new(pattern.get_ref()).map_err(|error| {
+                vec![Issue::at(pattern.span(), format!("invalid regex: {error}"))]
+            })?),
+            None => None,
+        };
+        let case = match spec.case.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
+            None => None,
+            Some(("upper", _)) => Some(Case::Upper),
+            Some(("lower", _)) => Some(Case::Lower),
+            Some(("title", _)) => Some(Case::Title),
+            Some((other, span)) => {
+                return Err(vec![Issue::at(
+                    span,
+                    format!("case {other:?} must be upper, lower or title"),
+                )]);
+            }
+        };
+        let codelist = match &spec.codelist {
+            Some(name) => match self.codelists.get(name.get_ref()) {
+                Some(list) => Some((name.get_ref().clone(), list.clone())),
+                None => {
+                    return Err(vec![Issue::at(
+                        name.span(),
+                        format!("code list {:?} is not defined", name.get_ref()),
+                    )]);
+                }
+            },
+            None => None,
+        };
+        let date = match &spec.date {
+            Some(pattern) if pattern.get_ref() == "day-of-year" => {
+                let Some(reference) = &spec.reference else {
+                    return Err(vec![Issue::at(
+                        pattern.span(),
+                        "date = \"day-of-year\" needs a `reference`".into(),
+                    )]);
+                };
+                Some(DateRead::DayOfYear(Box::new(
+                    self.source(reference).map_err(|e| vec![e])?,
+                )))
+            }
+            Some(pattern) => Some(DateRead::Pattern(
+                DatePattern::compile(pattern.get_ref())
+                    .map_err(|e| vec![Issue::at(pattern.span(), e.to_string())])?,
+            )),
+            None => None,
+        };
+        if spec.reference.is_some() && !matches!(date, Some(DateRead::DayOfYear(_))) {
+            return Err(issue(
+                "`reference` only goes with date = \"day-of-year\"".into(),
+            ));
+        }
+        let datetime = match &spec.datetime {
+            Some(kind) if kind.get_ref() == "rfc3339" => true,
+            Some(kind) => {
+                return Err(vec![Issue::at(
+                    kind.span(),
+                    "datetime must be \"rfc3339\"".into(),
+                )]);
+            }
+            None => false,
+        };
+        let convert = match spec
+            .convert
+            .as_ref()
+            .map(|c| (c.get_ref().as_str(), c.span()))
+        {
+            None => None,
+            Some(("string", _)) => Some(Convert::String),
+            Some(("integer", _)) => Some(Convert::Integer),
+            Some(("number", _)) => Some(Convert::Number),
+            Some(("boolean", _)) => Some(Convert::Boolean),
+            Some((other, span)) => {
+                return Err(vec![Issue::at(
+                    span,
+                    format!("type {other:?} must be string, integer, number or boolean"),
+                )]);
+            }
+        };
+        Ok(Rule {
+            source,
+            label,
+            regex,
+            case,
+            split: spec.split.clone(),
+            join: spec.join.clone(),
+            codelist,
+            date,
+            datetime,
+            convert,
+            default: spec.default.as_ref().map(toml_to_json),
+            optional: spec.optional,
+            shape,
+        })
+    }
+}
+
+/// Converts a TOML constant to JSON.
+pub fn toml_to_json(value: &toml::Value) -> Value {
+    match value {
+        toml::Value::String(text) => Value::String(text.clone()),
+        toml::Value::Integer(number) => Value::from(*number),
+        toml::Value::Float(number) => {
+            serde_json::Number::from_f64(*number).map_or(Value::Null, Value::Number)
+        }
+        toml::Value::Boolean(flag) => Value::Bool(*flag),
+        toml::Value::Datetime(datetime) => Value::String(datetime.to_string()),
+        toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => Value::Object(
+            table
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// The native message a rule reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Native<'a> {
+    /// An XML document, and the element paths start from.
+    Xml(&'a XmlDocument, &'a Element),
+    /// A JSON value paths start from.
+    Json(&'a Value),
+}
+
+/// What a rule reads while it is evaluated.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalScope<'a> {
+    /// The native message.
+    pub native: Native<'a>,
+    /// Decoded documents and (in checks) the event, by name.
+    pub named: &'a BTreeMap<String, Value>,
+}
+
+/// Why a rule failed on a message. The message never quotes personal data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RuleError {
+    /// What went wrong.
+    pub message: String,
+}
+
+fn fail<T>(message: String) -> Result<T, RuleError> {
+    Err(RuleError { message })
+}
+
+impl Source {
+    /// The raw values of a source.
+    pub fn values(&self, scope: &EvalScope<'_>) -> Result<Vec<Value>, RuleError> {
+        Ok(match self {
+            Source::Native(path) => native_values(path, scope.native),
+            Source::Named(name, path) => match scope.named.get(name) {
+                Some(document) => path.eval(document).into_iter().cloned().collect(),
+                None => Vec::new(),
+            },
+            Source::Const(value) => vec![value.clone()],
+            Source::Each(path, fields) => {
+                let items: Vec<Native<'_>> = match (path, scope.native) {
+                    (NativePath::Xml(path), Native::Xml(document, element)) => path
+                        .elements(document, element)
+                        .into_iter()
+                        .map(|item| Native::Xml(document, item))
+                        .collect(),
+                    (NativePath::Json(path), Native::Json(value)) => {
+                        path.eval(value).into_iter().map(Native::Json).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let mut objects = Vec::with_capacity(items.len());
+                for item in items {
+                    let item_scope = EvalScope {
+                        native: item,
+                        named: scope.named,
+                    };
+                    let mut object = Map::new();
+                    for (name, rule) in fields {
+                        if let Some(value) = rule.eval(&item_scope).map_err(|e| RuleError {
+                            message: format!(
+                                "in each item of {}, field {name}: {}",
+                                path_label(path),
+                                e.message
+                            ),
+                        })? {
+                            object.insert(name.clone(), value);
+                        }
+                    }
+                    objects.push(Value::Object(object));
+                }
+                objects
+            }
+        })
+    }
+}
+
+fn path_label(path: &NativePath) -> &'static str {
+    match path {
+        NativePath::Xml(_) => "the repeated element",
+        NativePath::Json(_) => "the array",
+    }
+}
+
+fn native_values(path: &NativePath, native: Native<'_>) -> Vec<Value> {
+    match (path, native) {
+        (NativePath::Xml(path), Native::Xml(document, element)) => path
+            .eval(document, element)
+            .into_iter()
+            .map(|text| Value::String(text.to_owned()))
+            .collect(),
+        (NativePath::Json(path), Native::Json(value)) => {
+            path.eval(value).into_iter().cloned().collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+impl Rule {
+    /// Evaluates the rule: `Ok(None)` when the value is absent and may be.
+    pub fn eval(&self, scope: &EvalScope<'_>) -> Result<Option<Value>, RuleError> {
+        let mut values = self.source.values(scope)?;
+        values.retain(|value| !is_absent(value));
+        if let Some(regex) = &self.regex {
+            values = values
+                .iter()
+                .find_map(|value| {
+                    let text = as_text(value)?;
+                    let captures = regex.captures(&text)?;
+                    let found = captures.get(1).or_else(|| captures.get(0))?;
+                    Some(vec![Value::String(found.as_str().to_owned())])
+                })
+                .unwrap_or_default();
+        }
+        if let Some(case) = self.case {
+            values = values
+                .into_iter()
+                .map(|value| map_text(value, |text| apply_case(case, text)))
+                .collect();
+        }
+        if let Some(separator) = &self.split {
+            values = values
+                .into_iter()
+                .flat_map(|value| match value {
+                    Value::String(text) => text
+                        .split(separator.as_str())
+                        .map(str::trim)
+                        .filter(|part| !part.is_empty())
+                        .map(|part| Value::String(part.to_owned()))
+                        .collect(),
+                    other => vec![other],
+                })
+                .collect();
+        }
+        if let Some(separator) = &self.join
+            && !values.is_empty()
+        {
+            let parts: Vec<String> = values.iter().filter_map(as_text).collect();
+            values = vec![Value::String(parts.join(separator))];
+        }
+        if let Some((name, list)) = &self.codelist {
+            values = values
+                .into_iter()
+                .map(|value| {
+                    let text = as_text(&value).unwrap_or_default();
+                    match list.lookup(&text) {
+                        Some(code) => Ok(Value::String(code.to_owned())),
+                        None => fail(format!(
+                            "{:?} from {} is not in code list {name}",
+                            truncate(&text),
+                            self.label
+                        )),
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(date) = &self.date {
+            values = values
+                .into_iter()
+                .map(|value| self.read_date(date, &value, scope).map(Value::String))
+                .collect::<Result<_, _>>()?;
+        }
+        if self.datetime {
+            for value in &values {
+                if !as_text(value).is_some_and(|text| is_rfc3339(&text)) {
+                    return fail(format!("{} is not an RFC 3339 date-time", self.label));
+                }
+            }
+        }
+        if let Some(convert) = self.convert {
+            values = values
+                .into_iter()
+                .map(|value| self.convert(convert, value))
+                .collect::<Result<_, _>>()?;
+        }
+        if values.is_empty() {
+            match &self.default {
+                Some(Value::Array(items)) if self.shape == Shape::List => {
+                    values.extend(items.iter().cloned())
+                }
+                Some(default) => values.push(default.clone()),
+                None if self.optional => return Ok(None),
+                None => return fail(format!("{} is missing", self.label)),
+            }
+        }
+        match self.shape {
+            Shape::List => Ok(Some(Value::Array(values))),
+            Shape::One if values.len() == 1 => Ok(values.pop()),
+            Shape::One => fail(format!(
+                "{} has {} values where one is expected",
+                self.label,
+                values.len()
+            )),
+        }
+    }
+
+    fn read_date(
+        &self,
+        date: &DateRead,
+        value: &Value,
+        scope: &EvalScope<'_>,
+    ) -> Result<String, RuleError> {
+        match date {
+            DateRead::Pattern(pattern) => match as_text(value).and_then(|text| pattern.read(&text))
+            {
+                Some(date) => Ok(date.to_string()),
+                None => fail(format!(
+                    "{} is not a date in the expected pattern",
+                    self.label
+                )),
+            },
+            DateRead::DayOfYear(reference) => {
+                let day = match value {
+                    Value::Number(number) => number.as_u64(),
+                    Value::String(text) => text.trim().parse().ok(),
+                    _ => None,
+                };
+                let day = day.and_then(|day| u16::try_from(day).ok());
+                let reference = reference
+                    .values(scope)?
+                    .first()
+                    .and_then(as_text)
+                    .and_then(|text| leading_iso_date(&text));
+                match (day, reference) {
+                    (Some(day), Some(reference)) => match bcbp::resolve_day_of_year(day, reference)
+                    {
+                        Some(date) => Ok(date.to_string()),
+                        None => fail(format!("{} is not a day of the year", self.label)),
+                    },
+                    (None, _) => fail(format!("{} is not a day of the year", self.label)),
+                    (_, None) => fail(format!("the reference date for {} is missing", self.label)),
+                }
+            }
+        }
+    }
+
+    fn convert(&self, convert: Convert, value: Value) -> Result<Value, RuleError> {
+        let text = as_text(&value).unwrap_or_default();
+        let converted = match convert {
+            Convert::String => Some(Value::String(text)),
+            Convert::Integer => text.trim().parse::<i64>().ok().map(Value::from),
+            Convert::Number => text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number),
+            Convert::Boolean => match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "oui" => Some(Value::Bool(true)),
+                "false" | "0" | "no" | "non" => Some(Value::Bool(false)),
+                _ => None,
+            },
+        };
+        converted.ok_or_else(|| RuleError {
+            message: format!("{} cannot be read as the expected type", self.label),
+        })
+    }
+}
+
+/// Text of a scalar value: strings as they are, numbers and booleans written out.
+pub fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
+    }
+}
+
+fn map_text(value: Value, f: impl Fn(&str) -> String) -> Value {
+    match value {
+        Value::String(text) => Value::String(f(&text)),
+        other => other,
+    }
+}
+
+fn apply_case(case: Case, text: &str) -> String {
+    match case {
+        Case::Upper => text.to_uppercase(),
+        Case::Lower => text.to_lowercase(),
+        Case::Title => {
+            let mut out = String::with_capacity(text.len());
+            let mut start = true;
+            for character in text.chars() {
+                if start {
+                    out.extend(character.to_uppercase());
+                } else {
+                    out.extend(character.to_lowercase());
+                }
+                start = !character.is_alphanumeric();
+            }
+            out
+        }
+    }
+}
+
+/// Code values may be quoted in errors, but never at length.
+fn truncate(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+/// Compares two values as names: accents, case, punctuation and list boundaries ignored.
+pub fn same_name(left: &Value, right: &Value) -> bool {
+    fn flat(value: &Value) -> String {
+        match value {
+            Value::Array(items) => items.iter().map(flat).collect::<Vec<_>>().join(" "),
+            other => normalise(&as_text(other).unwrap_or_default()),
+        }
+    }
+    normalise(&flat(left)) == normalise(&flat(right))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn compile(toml_rule: &str, shape: Shape) -> Rule {
+        let spec: Spanned<RuleSpec> =
+            toml::from_str::<BTreeMap<String, Spanned<RuleSpec>>>(&format!("r = {toml_rule}"))
+                .unwrap()
+                .remove("r")
+                .unwrap();
+        let codelists = HashMap::from([(
+            "reasons".to_owned(),
+            Arc::new(CodeList::from_pairs([("DOC".into(), "documents".into())])),
+        )]);
+        let namespaces = BTreeMap::new();
+        let scope = CompileScope {
+            format: Format::Json,
+            namespaces: &namespaces,
+            codelists: &codelists,
+            decoded: &[],
+            allow_event: false,
+        };
+        scope.rule(&spec, shape, &|_| Ok(Shape::One)).unwrap()
+    }
+
+    fn eval(rule: &Rule, message: &Value) -> Result<Option<Value>, RuleError> {
+        let named = BTreeMap::new();
+        rule.eval(&EvalScope {
+            native: Native::Json(message),
+            named: &named,
+        })
+    }
+
+    #[test]
+    fn regex_picks_the_first_matching_item() {
+        let rule = compile(
+            r#"{ from = "remarks", regex = 'OSI AT (RVA-\d{4}-\d{6})' }"#,
+            Shape::One,
+        );
+        let message = json!({"remarks": ["SSR WCHR", "OSI AT RVA-2026-004211"]});
+        assert_eq!(
+            eval(&rule, &message).unwrap(),
+            Some(json!("RVA-2026-004211"))
+        );
+    }
+
+    #[test]
+    fn split_join_case_and_codelists() {
+        let split = compile(r#"{ from = "n", split = " " }"#, Shape::List);
+        assert_eq!(
+            eval(&split, &json!({"n": "Mamadou  Lamine"})).unwrap(),
+            Some(json!(["Mamadou", "Lamine"]))
+        );
+        let join = compile(r#"{ from = "n", join = " ", case = "upper" }"#, Shape::One);
+        assert_eq!(
+            eval(&join, &json!({"n": ["Aya", "Prisca"]})).unwrap(),
+            Some(json!("AYA PRISCA"))
+        );
+        let code = compile(r#"{ from = "c", codelist = "reasons" }"#, Shape::One);
+        assert_eq!(
+            eval(&code, &json!({"c": "doc"})).unwrap(),
+            Some(json!("documents"))
+        );
+        assert!(
+            eval(&code, &json!({"c": "XYZ"}))
+                .unwrap_err()
+                .message
+                .contains("not in code list reasons")
+        );
+    }
+
+    #[test]
+    fn defaults_optional_and_missing() {
+        let rule = compile(r#"{ from = "x", default = "none" }"#, Shape::One);
+        assert_eq!(eval(&rule, &json!({})).unwrap(), Some(json!("none")));
+        let rule = compile(r#"{ from = "x", optional = true }"#, Shape::One);
+        assert_eq!(eval(&rule, &json!({"x": null})).unwrap(), None);
+        let rule = compile(r#"{ from = "x" }"#, Shape::One);
+        assert_eq!(eval(&rule, &json!({})).unwrap_err().message, "x is missing");
+        assert!(
+            eval(&rule, &json!({"x": [1, 2]}))
+                .unwrap_err()
+                .message
+                .contains("2 values")
+        );
+    }
+
+    #[test]
+    fn dates_never_quote_the_value() {
+        let rule = compile(r#"{ from = "d", date = "dd/mm/yyyy" }"#, Shape::One);
+        assert_eq!(
+            eval(&rule, &json!({"d": "14/03/1998"})).unwrap(),
+            Some(json!("1998-03-14"))
+        );
+        let error = eval(&rule, &json!({"d": "1998-03-14"})).unwrap_err();
+        assert!(!error.message.contains("1998"), "{error}");
+        let doy = compile(
+            r#"{ from = "day", date = "day-of-year", reference = "ref" }"#,
+            Shape::One,
+        );
+        assert_eq!(
+            eval(&doy, &json!({"day": "324", "ref": "2026-11-20T09:41:12Z"})).unwrap(),
+            Some(json!("2026-11-20"))
+        );
+    }
+
+    #[test]
+    fn conversions() {
+        let rule = compile(r#"{ from = "n", type = "integer" }"#, Shape::One);
+        assert_eq!(
+            eval(&rule, &json!({"n": "0112"})).unwrap(),
+            Some(json!(112))
+        );
+        assert!(eval(&rule, &json!({"n": "x"})).is_err());
+        assert_eq!(
+            apply_case(Case::Title, "AYA PRISCA-MARIE"),
+            "Aya Prisca-Marie"
+        );
+    }
+
+    #[test]
+    fn names_compare_without_accents_case_or_list_boundaries() {
+        assert!(same_name(
+            &json!(["MAMADOU", "LAMINE"]),
+            &json!(["Mamadou", "Lamine"])
+        ));
+        assert!(same_name(&json!("Thiès"), &json!("THIES")));
+        assert!(!same_name(&json!("DIOP"), &json!("DIOPE")));
+    }
+}

@@ -1,0 +1,430 @@
+//! A small, bounded XML document model for partner messages.
+//!
+//! This module owns turning a partner's XML bytes into a tree of elements whose names are
+//! resolved to (namespace URI, local name), so that mappings match on the namespace and never
+//! on the prefix a partner happened to choose. It accepts UTF-8 and ISO-8859-1 input, refuses
+//! any DOCTYPE (and with it every entity declaration), and bounds depth, element count and
+//! attribute count. It must not know anything about partners or the canonical model.
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::reader::NsReader;
+use std::borrow::Cow;
+
+/// Bounds applied while parsing, so that a hostile message cannot exhaust memory or stack.
+#[derive(Debug, Clone, Copy)]
+pub struct XmlLimits {
+    /// Deepest element nesting accepted.
+    pub max_depth: usize,
+    /// Most elements accepted in one document.
+    pub max_elements: usize,
+    /// Most attributes accepted on one element.
+    pub max_attributes: usize,
+}
+
+impl Default for XmlLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 32,
+            max_elements: 10_000,
+            max_attributes: 64,
+        }
+    }
+}
+
+/// Why an XML message could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum XmlError {
+    /// The declared encoding is neither UTF-8 nor ISO-8859-1.
+    #[error("unsupported encoding {0:?}: only UTF-8 and ISO-8859-1 are accepted")]
+    UnsupportedEncoding(String),
+    /// The bytes are not valid in the declared encoding.
+    #[error(
+        "the message is not valid UTF-8 (byte {0}); declare encoding=\"ISO-8859-1\" for Latin-1"
+    )]
+    InvalidUtf8(usize),
+    /// A DOCTYPE (and so possibly entity declarations) was present.
+    #[error("DOCTYPE and entity declarations are refused")]
+    Doctype,
+    /// An entity other than the five predefined ones was referenced.
+    #[error("undefined entity reference &{0};")]
+    UndefinedEntity(String),
+    /// An element or attribute used a prefix with no namespace declaration in scope.
+    #[error("undeclared namespace prefix {0:?}")]
+    UnknownPrefix(String),
+    /// The document has no root element, or content after it.
+    #[error("{0}")]
+    Structure(&'static str),
+    /// A size bound was exceeded.
+    #[error("the message exceeds the limit of {limit} {what}")]
+    TooLarge {
+        /// What was counted.
+        what: &'static str,
+        /// The bound.
+        limit: usize,
+    },
+    /// The XML is not well-formed.
+    #[error("malformed XML at byte {position}: {message}")]
+    Malformed {
+        /// Byte offset in the decoded text.
+        position: u64,
+        /// The parser's explanation.
+        message: String,
+    },
+}
+
+/// An expanded name: namespace URI (if any) and local name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpandedName {
+    /// The namespace URI, `None` when the name is in no namespace.
+    pub namespace: Option<String>,
+    /// The local part of the name.
+    pub local: String,
+}
+
+impl ExpandedName {
+    /// True when this name has the given namespace and local name.
+    pub fn is(&self, namespace: Option<&str>, local: &str) -> bool {
+        self.local == local && self.namespace.as_deref() == namespace
+    }
+}
+
+/// One attribute of an element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribute {
+    /// The attribute's expanded name (unprefixed attributes are in no namespace).
+    pub name: ExpandedName,
+    /// The unescaped value.
+    pub value: String,
+}
+
+/// One element of the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    /// The element's expanded name.
+    pub name: ExpandedName,
+    /// Its attributes, namespace declarations excluded.
+    pub attributes: Vec<Attribute>,
+    /// Its direct character data (text and CDATA), concatenated.
+    pub text: String,
+    /// Indexes of its child elements in [`XmlDocument::elements`], in document order.
+    pub children: Vec<usize>,
+}
+
+impl Element {
+    /// The value of an attribute in no namespace, by local name.
+    pub fn attribute(&self, namespace: Option<&str>, local: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|attribute| attribute.name.is(namespace, local))
+            .map(|attribute| attribute.value.as_str())
+    }
+}
+
+/// A parsed XML document: a flat arena of elements, the root at index 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XmlDocument {
+    /// All elements in document order; index 0 is the root.
+    pub elements: Vec<Element>,
+}
+
+impl XmlDocument {
+    /// The root element.
+    pub fn root(&self) -> &Element {
+        &self.elements[0]
+    }
+
+    /// Parses raw bytes, honouring an `encoding` of UTF-8 or ISO-8859-1 in the XML declaration.
+    pub fn parse(bytes: &[u8], limits: XmlLimits) -> Result<Self, XmlError> {
+        let text = decode_bytes(bytes)?;
+        Self::parse_str(&text, limits)
+    }
+
+    /// Parses text that is already decoded.
+    pub fn parse_str(text: &str, limits: XmlLimits) -> Result<Self, XmlError> {
+        let mut reader = NsReader::from_str(text);
+        reader.config_mut().check_end_names = true;
+        reader.config_mut().check_comments = true;
+        let mut elements: Vec<Element> = Vec::new();
+        let mut open: Vec<usize> = Vec::new();
+        let mut root_closed = false;
+        loop {
+            let position = reader.buffer_position();
+            let (resolved, event) =
+                reader
+                    .read_resolved_event()
+                    .map_err(|error| XmlError::Malformed {
+                        position,
+                        message: error.to_string(),
+                    })?;
+            match event {
+                Event::Start(ref start) | Event::Empty(ref start) => {
+                    if root_closed {
+                        return Err(XmlError::Structure("content after the root element"));
+                    }
+                    if open.len() >= limits.max_depth {
+                        return Err(XmlError::TooLarge {
+                            what: "levels of nesting",
+                            limit: limits.max_depth,
+                        });
+                    }
+                    if elements.len() >= limits.max_elements {
+                        return Err(XmlError::TooLarge {
+                            what: "elements",
+                            limit: limits.max_elements,
+                        });
+                    }
+                    let name = ExpandedName {
+                        namespace: namespace_of(&resolved)?,
+                        local: start.local_name().into_inner().to_owned(),
+                    };
+                    let attributes = read_attributes(&reader, start, limits)?;
+                    let index = elements.len();
+                    elements.push(Element {
+                        name,
+                        attributes,
+                        text: String::new(),
+                        children: Vec::new(),
+                    });
+                    if let Some(&parent) = open.last() {
+                        elements[parent].children.push(index);
+                    }
+                    if matches!(event, Event::Start(_)) {
+                        open.push(index);
+                    } else if open.is_empty() {
+                        root_closed = true;
+                    }
+                }
+                Event::End(_) => {
+                    open.pop();
+                    if open.is_empty() {
+                        root_closed = true;
+                    }
+                }
+                Event::Text(text) => {
+                    let content = text.xml10_content();
+                    append_text(&mut elements, &open, &content)?;
+                }
+                Event::CData(data) => {
+                    let content = data.xml10_content();
+                    append_text(&mut elements, &open, &content)?;
+                }
+                Event::GeneralRef(reference) => {
+                    let resolved = match reference.resolve_char_ref() {
+                        Ok(Some(character)) => character.to_string(),
+                        Ok(None) => {
+                            let name = reference.xml10_content();
+                            quick_xml::escape::resolve_predefined_entity(&name)
+                                .map(str::to_owned)
+                                .ok_or_else(|| XmlError::UndefinedEntity(name.into_owned()))?
+                        }
+                        Err(error) => {
+                            return Err(XmlError::Malformed {
+                                position,
+                                message: error.to_string(),
+                            });
+                        }
+                    };
+                    append_text(&mut elements, &open, &resolved)?;
+                }
+                Event::DocType(_) => return Err(XmlError::Doctype),
+                Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+                Event::Eof => break,
+            }
+        }
+        if elements.is_empty() {
+            return Err(XmlError::Structure("the message has no root element"));
+        }
+        if !open.is_empty() {
+            return Err(XmlError::Structure("the root element is not closed"));
+        }
+        Ok(Self { elements })
+    }
+}
+
+/// Adds character data to the element that is open, refusing text outside the root.
+fn append_text(elements: &mut [Element], open: &[usize], content: &str) -> Result<(), XmlError> {
+    match open.last() {
+        Some(&index) => {
+            elements[index].text.push_str(content);
+            Ok(())
+        }
+        None if content.trim().is_empty() => Ok(()),
+        None => Err(XmlError::Structure("text outside the root element")),
+    }
+}
+
+fn namespace_of(resolved: &ResolveResult<'_>) -> Result<Option<String>, XmlError> {
+    match resolved {
+        ResolveResult::Unbound => Ok(None),
+        ResolveResult::Bound(namespace) => Ok(Some(namespace.0.to_owned())),
+        ResolveResult::Unknown(prefix) => Err(XmlError::UnknownPrefix(prefix.clone())),
+    }
+}
+
+fn read_attributes(
+    reader: &NsReader<&[u8]>,
+    start: &BytesStart<'_>,
+    limits: XmlLimits,
+) -> Result<Vec<Attribute>, XmlError> {
+    let mut attributes = Vec::new();
+    for attribute in start.attributes() {
+        let attribute = attribute.map_err(|error| XmlError::Malformed {
+            position: reader.buffer_position(),
+            message: error.to_string(),
+        })?;
+        let qualified = attribute.key.0;
+        if qualified == "xmlns" || qualified.starts_with("xmlns:") {
+            continue;
+        }
+        if attributes.len() >= limits.max_attributes {
+            return Err(XmlError::TooLarge {
+                what: "attributes on one element",
+                limit: limits.max_attributes,
+            });
+        }
+        let (resolved, local) = reader.resolver().resolve_attribute(attribute.key);
+        let value = attribute
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map_err(|error| match error {
+                quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(
+                    _,
+                    name,
+                )) => XmlError::UndefinedEntity(name),
+                other => XmlError::Malformed {
+                    position: reader.buffer_position(),
+                    message: other.to_string(),
+                },
+            })?;
+        attributes.push(Attribute {
+            name: ExpandedName {
+                namespace: namespace_of(&resolved)?,
+                local: local.into_inner().to_owned(),
+            },
+            value: value.into_owned(),
+        });
+    }
+    Ok(attributes)
+}
+
+/// Decodes the message bytes to text according to the XML declaration's `encoding`.
+///
+/// ISO-8859-1 is decoded by hand: each byte is the code point of the same value. The
+/// WHATWG tables in `encoding_rs` map the label "iso-8859-1" to windows-1252, which differs
+/// in 0x80..=0x9F, and partners who declare Latin-1 mean Latin-1.
+pub fn decode_bytes(bytes: &[u8]) -> Result<Cow<'_, str>, XmlError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match declared_encoding(bytes)?.as_deref() {
+        None | Some("utf-8") | Some("utf8") | Some("us-ascii") | Some("ascii") => {
+            std::str::from_utf8(bytes)
+                .map(Cow::Borrowed)
+                .map_err(|error| XmlError::InvalidUtf8(error.valid_up_to()))
+        }
+        Some("iso-8859-1") | Some("iso8859-1") | Some("latin1") | Some("latin-1") | Some("l1")
+        | Some("iso_8859-1") => Ok(Cow::Owned(
+            bytes.iter().map(|&byte| char::from(byte)).collect(),
+        )),
+        Some(other) => Err(XmlError::UnsupportedEncoding(other.to_owned())),
+    }
+}
+
+/// Reads the `encoding` pseudo-attribute of a leading XML declaration, lower-cased.
+fn declared_encoding(bytes: &[u8]) -> Result<Option<String>, XmlError> {
+    if !bytes.starts_with(b"<?xml") {
+        return Ok(None);
+    }
+    let end = bytes
+        .windows(2)
+        .take(256)
+        .position(|pair| pair == b"?>")
+        .ok_or(XmlError::Structure("the XML declaration is not closed"))?;
+    let declaration = String::from_utf8_lossy(&bytes[..end]);
+    let Some(at) = declaration.find("encoding") else {
+        return Ok(None);
+    };
+    let rest = declaration[at + "encoding".len()..].trim_start();
+    let rest = rest
+        .strip_prefix('=')
+        .ok_or(XmlError::Structure(
+            "malformed encoding in the XML declaration",
+        ))?
+        .trim_start();
+    let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'');
+    let quote = quote.ok_or(XmlError::Structure(
+        "malformed encoding in the XML declaration",
+    ))?;
+    let value = rest[1..].split(quote).next().ok_or(XmlError::Structure(
+        "malformed encoding in the XML declaration",
+    ))?;
+    Ok(Some(value.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<XmlDocument, XmlError> {
+        XmlDocument::parse(text.as_bytes(), XmlLimits::default())
+    }
+
+    #[test]
+    fn resolves_namespaces_whatever_the_prefix() {
+        let a = parse(r#"<ci:A xmlns:ci="urn:x" ref="1"><ci:B n="2"/></ci:A>"#).unwrap();
+        let b = parse(r#"<cons:A xmlns:cons="urn:x" ref="1"><cons:B n="2"/></cons:A>"#).unwrap();
+        assert_eq!(a, b);
+        assert!(a.root().name.is(Some("urn:x"), "A"));
+        assert_eq!(a.root().attribute(None, "ref"), Some("1"));
+    }
+
+    #[test]
+    fn reads_text_cdata_and_entities() {
+        let doc = parse("<a>x &amp; <![CDATA[<y>]]> &#233;</a>").unwrap();
+        assert_eq!(doc.root().text, "x & <y> é");
+    }
+
+    #[test]
+    fn latin1_is_decoded_byte_for_byte() {
+        let mut bytes = b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a>Thi".to_vec();
+        bytes.push(0xE8);
+        bytes.extend_from_slice(b"s</a>");
+        let doc = XmlDocument::parse(&bytes, XmlLimits::default()).unwrap();
+        assert_eq!(doc.root().text, "Thiès");
+    }
+
+    #[test]
+    fn latin1_bytes_without_declaration_are_refused() {
+        let error = XmlDocument::parse(b"<a>Thi\xE8s</a>", XmlLimits::default()).unwrap_err();
+        assert_eq!(error, XmlError::InvalidUtf8(6));
+    }
+
+    #[test]
+    fn doctype_and_entities_are_refused() {
+        let bomb = r#"<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>"#;
+        assert_eq!(parse(bomb).unwrap_err(), XmlError::Doctype);
+        assert_eq!(
+            parse("<a>&x;</a>").unwrap_err(),
+            XmlError::UndefinedEntity("x".into())
+        );
+        assert_eq!(
+            parse(r#"<a b="&x;"/>"#).unwrap_err(),
+            XmlError::UndefinedEntity("x".into())
+        );
+    }
+
+    #[test]
+    fn other_encodings_are_refused() {
+        let error = parse(r#"<?xml version="1.0" encoding="UTF-16"?><a/>"#).unwrap_err();
+        assert_eq!(error, XmlError::UnsupportedEncoding("utf-16".into()));
+    }
+
+    #[test]
+    fn bounds_and_structure_are_enforced() {
+        let deep = "<a>".repeat(40) + &"</a>".repeat(40);
+        assert!(matches!(parse(&deep), Err(XmlError::TooLarge { .. })));
+        assert!(matches!(parse("<a></b>"), Err(XmlError::Malformed { .. })));
+        assert!(matches!(parse("<a/><b/>"), Err(XmlError::Structure(_))));
+        assert!(matches!(parse(""), Err(XmlError::Structure(_))));
+        assert!(matches!(parse("<a>"), Err(XmlError::Structure(_))));
+        assert!(matches!(parse("<p:a/>"), Err(XmlError::UnknownPrefix(_))));
+    }
+}

@@ -1,0 +1,296 @@
+//! The shipped mappings against their fixtures, lint on broken mappings, the need-to-know
+//! policy, and the `passerelle mapping` command line.
+
+use passerelle::mapping::{Decoded, MappingSet, fixtures};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn mappings_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")
+}
+
+fn shipped() -> MappingSet {
+    MappingSet::load(&mappings_dir())
+        .unwrap_or_else(|diagnostics| panic!("the shipped mappings do not lint: {diagnostics:#?}"))
+}
+
+fn fixture(partner: &str, name: &str) -> Vec<u8> {
+    std::fs::read(mappings_dir().join("fixtures").join(partner).join(name)).expect("fixture")
+}
+
+#[test]
+fn every_shipped_fixture_passes() {
+    let set = shipped();
+    let outcomes = fixtures::run_all(&set, false).unwrap();
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| Some(format!("{}\n{}", o.input.display(), o.failure.as_ref()?)))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(outcomes.len() >= 50, "only {} fixtures ran", outcomes.len());
+    for partner in [
+        "ma.interieur",
+        "sn.consulat.casablanca",
+        "ci.ambassade.rabat",
+        "ma.dgsn",
+        "airline.at",
+        "iom.ma",
+        "iom.sn",
+    ] {
+        assert!(set.partner(partner).is_some(), "no mapping for {partner}");
+    }
+}
+
+#[test]
+fn the_same_bytes_give_the_same_canonical_bytes() {
+    let set = shipped();
+    let partner = set.partner("sn.consulat.casablanca").unwrap();
+    let bytes = fixture("sn.consulat.casablanca", "in/lpc-issued.xml");
+    let Decoded::Event(first) = partner.decode(&bytes).unwrap() else {
+        panic!("an event")
+    };
+    let Decoded::Event(second) = partner.decode(&bytes).unwrap() else {
+        panic!("an event")
+    };
+    assert_eq!(first.to_canonical_json(), second.to_canonical_json());
+    assert_eq!(
+        first.event["mappingid"],
+        "sn.consulat.casablanca/lpc-issued"
+    );
+    assert_eq!(first.event["mappinghash"], partner.hash.as_str());
+}
+
+#[test]
+fn latin1_and_utf8_messages_give_the_same_data() {
+    let set = shipped();
+    let partner = set.partner("sn.consulat.casablanca").unwrap();
+    let decode = |name: &str| match partner.decode(&fixture("sn.consulat.casablanca", name)) {
+        Ok(Decoded::Event(mapped)) => mapped.event["data"].clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        decode("in/lpc-issued.xml"),
+        decode("in/lpc-issued-latin1.xml")
+    );
+}
+
+#[test]
+fn a_consulate_never_receives_vulnerabilities() {
+    let set = shipped();
+    let event: serde_json::Value = serde_json::from_slice(&fixture(
+        "ci.ambassade.rabat",
+        "out/lpc-requested-vulnerable.event.json",
+    ))
+    .unwrap();
+    assert_eq!(event["data"]["vulnerabilities"][0], "trafficking_victim");
+    let encoded = set
+        .partner("ci.ambassade.rabat")
+        .unwrap()
+        .encode(&event)
+        .unwrap();
+    assert_eq!(encoded.withheld, ["data.medical", "data.vulnerabilities"]);
+    let body = String::from_utf8(encoded.body).unwrap();
+    assert!(
+        !body.contains("trafficking") && !body.contains("medical"),
+        "{body}"
+    );
+    // IOM sees everything about its own cases.
+    let iom = set.partner("iom.ma").unwrap().encode(&event).unwrap();
+    assert!(iom.withheld.is_empty());
+    assert!(
+        String::from_utf8(iom.body)
+            .unwrap()
+            .contains("trafficking_victim")
+    );
+}
+
+#[test]
+fn errors_name_partner_kind_and_path_but_no_personal_data() {
+    let set = shipped();
+    let partner = set.partner("sn.consulat.casablanca").unwrap();
+    let error = partner
+        .decode(&fixture("sn.consulat.casablanca", "in/error-bad-date.xml"))
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("sn.consulat.casablanca"), "{message}");
+    assert!(message.contains("lpc-issued"), "{message}");
+    assert!(message.contains("Titulaire/DateNaissance"), "{message}");
+    assert!(
+        !message.contains("1998") && !message.contains("DIOP"),
+        "{message}"
+    );
+}
+
+/// A copy of the shipped mappings in a scratch folder, with one file replaced.
+fn scratch_with(file: &str, text: &str) -> tempfile::TempDir {
+    let scratch = tempfile::tempdir().unwrap();
+    let source = mappings_dir();
+    for name in [
+        "policies.toml",
+        "codelists/countries.csv",
+        "codelists/aliases.toml",
+    ] {
+        let target = scratch.path().join(name);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(source.join(name), target).unwrap();
+    }
+    std::fs::write(scratch.path().join(file), text).unwrap();
+    scratch
+}
+
+const BROKEN: &str = r#"partner = "xx.consulat.test"
+role = "consulate"
+format = "xml"
+
+[[inbound]]
+name = "lpc-issued"
+type = "lpc.issued"
+match = { root = "LP" }
+id = { from = "Ref" }
+
+[inbound.data]
+case_id = { from = "Dossier" }
+"holder.family_nam" = { from = "Nom" }
+"holder.given_names" = { from = "Prenoms", split = " " }
+"holder.nationality" = { from = "Nat", codelist = "demonymes" }
+"lpc.number" = { from = "Num" }
+"lpc.issued_on" = { from = "Le", date = "dd/mm/yyyy" }
+"#;
+
+#[test]
+fn lint_names_file_line_and_problem() {
+    let scratch = scratch_with("xx.consulat.test.toml", BROKEN);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    let find = |needle: &str| {
+        diagnostics
+            .iter()
+            .find(|d| d.message.contains(needle))
+            .unwrap_or_else(|| panic!("no diagnostic about {needle:?} in {text:#?}"))
+    };
+    let unknown = find("holder.family_nam is not a field of canonical lpc.issued");
+    assert_eq!(unknown.line, 13);
+    assert!(unknown.file.ends_with("xx.consulat.test.toml"));
+    assert_eq!(find("code list \"demonymes\" is not defined").line, 15);
+    find("nothing produces lpc.expires_on, which the schema requires");
+    find("nothing produces holder.birth_date, which the schema requires");
+    find("nothing produces holder.family_name, which the schema requires");
+}
+
+#[test]
+fn lint_refuses_a_template_that_uses_a_withheld_field() {
+    let mapping = r#"partner = "xx.airline"
+role = "airline"
+format = "json"
+
+[[inbound]]
+name = "x"
+type = "allowance.paid"
+match = { fields = { t = "X" } }
+id = { from = "id" }
+
+[inbound.data]
+case_id = { from = "c" }
+"amount.amount" = { from = "a" }
+"amount.currency" = { from = "cur" }
+paid_at = { from = "at", datetime = "rfc3339" }
+
+[[outbound]]
+name = "booking"
+type = "travel.booked"
+template = '{"pnr": "{{ data.pnr }}"}'
+
+[[outbound]]
+name = "lpc"
+type = "lpc.issued"
+template = '{"holder": "{{ data.holder.family_name }}"}'
+"#;
+    let scratch = scratch_with("xx.airline.toml", mapping);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert!(
+        diagnostics[0]
+            .message
+            .contains("withheld from this recipient's role"),
+        "{diagnostics:#?}"
+    );
+    assert_eq!(diagnostics[0].line, 25);
+}
+
+fn passerelle(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_lint_and_test_pass_on_the_shipped_mappings() {
+    let lint = passerelle(&["mapping", "lint"]);
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let test = passerelle(&["mapping", "test"]);
+    assert!(
+        test.status.success(),
+        "{}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+    assert!(String::from_utf8_lossy(&test.stdout).contains("fixtures passed"));
+}
+
+#[test]
+fn cli_run_maps_both_ways_and_fails_loudly() {
+    let from = passerelle(&[
+        "mapping",
+        "run",
+        "--from",
+        "airline.at",
+        "mappings/fixtures/airline.at/in/passenger-boarded.json",
+    ]);
+    assert!(
+        from.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from.stderr)
+    );
+    let event: serde_json::Value = serde_json::from_slice(&from.stdout).unwrap();
+    assert_eq!(event["type"], "ma.rva.boarding.confirmed");
+
+    let to = passerelle(&[
+        "mapping",
+        "run",
+        "--to",
+        "ma.dgsn",
+        "mappings/fixtures/ma.dgsn/out/boarding-confirmed.event.json",
+    ]);
+    assert!(
+        to.status.success(),
+        "{}",
+        String::from_utf8_lossy(&to.stderr)
+    );
+    assert!(String::from_utf8_lossy(&to.stdout).contains("<AvisEmbarquement"));
+
+    let bad = passerelle(&[
+        "mapping",
+        "run",
+        "--from",
+        "sn.consulat.casablanca",
+        "mappings/fixtures/sn.consulat.casablanca/in/error-bad-date.xml",
+    ]);
+    assert!(!bad.status.success());
+    assert!(bad.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("holder.birth_date"));
+
+    let broken_dir = scratch_with("xx.consulat.test.toml", BROKEN);
+    let lint = passerelle(&[
+        "mapping",
+        "lint",
+        "--mappings",
+        broken_dir.path().to_str().unwrap(),
+    ]);
+    assert!(!lint.status.success());
+    assert!(String::from_utf8_lossy(&lint.stderr).contains("xx.consulat.test.toml:13:"));
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every test, and a short bounded fuzz run.
+# Run from anywhere inside the repository. As root on Debian it installs the system packages
+# the tests need; otherwise it stops and names what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+needed=()
+command -v go >/dev/null 2>&1 || needed+=(golang-go)
+[ -d /usr/share/gocode/src/golang.org/x/mod ] || needed+=(golang-golang-x-mod-dev)
+if [ ${#needed[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing ${needed[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${needed[@]}" >/dev/null
+  else
+    echo "error: the tests need the Debian packages: ${needed[*]}" >&2
+    exit 1
+  fi
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy (warnings denied)"
+cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --locked --all-targets
+cargo test --locked --doc
+echo "==> mapping lint and fixtures"
+cargo run --locked --quiet -- mapping lint
+cargo run --locked --quiet -- mapping test
+echo "==> bounded fuzz run"
+bash tools/fuzz-smoke.sh
+echo "==> all checks passed"
