@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 const ORIGIN: &str = "audit.example.org/bench";
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -34,7 +37,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Appends of 200 bytes, each followed by fdatasync, for `secs` seconds.
 fn raw_fsync_rate(dir: &Path, secs: f64) -> f64 {
     let path = dir.join("fsync-probe");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed().as_secs_f64() < secs {
@@ -100,7 +108,10 @@ fn append_run(dir: &Path, appenders: u64, secs: f64) -> Run {
             .collect();
         std::thread::sleep(warmup + Duration::from_secs_f64(secs));
         stop.store(true, Ordering::Relaxed);
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let measured = secs;
     latencies.sort();
@@ -115,16 +126,82 @@ fn append_run(dir: &Path, appenders: u64, secs: f64) -> Run {
     }
 }
 
+/// CPU time of the work an append does on the caller's thread (leaf,
+/// commitments, sealing, tags) and of signing its receipt, single-threaded.
+fn cpu_costs() -> (Duration, Duration) {
+    use passerelle::audit::Receipt;
+    use passerelle::audit::keys::{CaseKeys, IndexKey, Opened, TagKind, seal};
+    use passerelle::audit::leaf::{Commitments, Leaf};
+    use passerelle::audit::merkle::leaf_hash;
+    let dir = tempfile::tempdir().unwrap();
+    let index_key = IndexKey::load_or_create(&dir.path().join("index.key")).unwrap();
+    let keys = CaseKeys {
+        commit: [1; 32].into(),
+        data: [2; 32].into(),
+    };
+    let signer = NoteSigner::from_seed(ORIGIN, &[3; 32]).unwrap();
+    let n = 3000;
+    let t0 = Instant::now();
+    let mut hashes = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let f = fact(0, i);
+        let case = f.case_id.clone().unwrap();
+        let tag = index_key.tag(TagKind::Case, &case);
+        let c = Commitments::compute(&keys.commit, &case, &f.personal);
+        let entry = Leaf::from_fact(&f, Some(c)).encode().unwrap();
+        let h = leaf_hash(&entry);
+        let opened = Opened {
+            case_id: case,
+            native: f.personal.native.clone(),
+            canonical: f.personal.canonical.clone(),
+            documents: f.personal.documents.clone(),
+        };
+        seal(&keys, tag, &h.0, &opened).unwrap();
+        index_key.tag(TagKind::Lpc, &f.identifiers.lpc[0]);
+        index_key.tag(TagKind::Pnr, &f.identifiers.pnr[0]);
+        hashes.push(h);
+    }
+    let prepare = t0.elapsed() / n as u32;
+    // Receipts are signed once per group commit; 64 is a typical group here.
+    let t0 = Instant::now();
+    for (g, group) in hashes.chunks(64).enumerate() {
+        Receipt::issue_group(
+            &signer,
+            ORIGIN,
+            g as u64 * 64,
+            group,
+            "2026-01-01T00:00:00.000Z",
+        )
+        .unwrap();
+    }
+    (prepare, t0.elapsed() / n as u32)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; other arguments are ignored.
-    let base = std::env::var_os("AUDIT_BENCH_DIR").map(Into::into).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("AUDIT_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(std::env::temp_dir);
     let secs = env_or("AUDIT_BENCH_SECS", 4) as f64;
     let rounds = env_or("AUDIT_BENCH_ROUNDS", 3).max(1);
     let appenders = env_or("AUDIT_BENCH_APPENDERS", 64);
-    println!("audit append benchmark: {appenders} appenders, {secs} s per run, {rounds} rounds, in {}", base.display());
+    println!(
+        "audit append benchmark: {appenders} appenders, {secs} s per run, {rounds} rounds, in {}",
+        base.display()
+    );
+    let (prepare, sign) = cpu_costs();
+    println!(
+        "cpu per append on the caller's thread: prepare {prepare:?}, receipt (one signature per group of 64) {sign:?}"
+    );
 
-    let (mut fsyncs, mut rates, mut p50s, mut p99s, mut ratios, mut verify_rates) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut fsyncs, mut rates, mut p50s, mut p99s, mut ratios, mut verify_rates) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for round in 1..=rounds {
         let dir = tempfile::tempdir_in(&base).unwrap();
         let before = raw_fsync_rate(dir.path(), 2.0);
@@ -133,7 +210,10 @@ fn main() {
         let fsync = (before + after) / 2.0;
 
         let public = dir.path().join("log/public");
-        let verifier = NoteSigner::from_seed(ORIGIN, &[3; 32]).unwrap().verifier().clone();
+        let verifier = NoteSigner::from_seed(ORIGIN, &[3; 32])
+            .unwrap()
+            .verifier()
+            .clone();
         let t0 = Instant::now();
         let report = verify_public(&public, &verifier, None, &mut |_| {}).unwrap();
         let verify_rate = report.checkpoint.size as f64 / t0.elapsed().as_secs_f64();
@@ -156,10 +236,22 @@ fn main() {
     }
     let rate = median(&mut rates);
     let p99 = median(&mut p99s);
-    println!("median raw fdatasync rate:      {:.0}/s", median(&mut fsyncs));
-    println!("median durable append rate:     {rate:.0}/s ({:.1} appends per raw fsync)", median(&mut ratios));
-    println!("median append latency:          p50 {:.2} ms, p99 {p99:.2} ms", median(&mut p50s));
-    println!("median offline verify rate:     {:.2} M entries/s", median(&mut verify_rates) / 1e6);
+    println!(
+        "median raw fdatasync rate:      {:.0}/s",
+        median(&mut fsyncs)
+    );
+    println!(
+        "median durable append rate:     {rate:.0}/s ({:.1} appends per raw fsync)",
+        median(&mut ratios)
+    );
+    println!(
+        "median append latency:          p50 {:.2} ms, p99 {p99:.2} ms",
+        median(&mut p50s)
+    );
+    println!(
+        "median offline verify rate:     {:.2} M entries/s",
+        median(&mut verify_rates) / 1e6
+    );
     println!(
         "targets: >= 20000 appends/s: {}; p99 <= 20 ms: {}",
         if rate >= 20_000.0 { "met" } else { "NOT met" },

@@ -25,7 +25,8 @@
 
 use criterion::{Criterion, Throughput};
 use passerelle::canonical::{SchemaSet, jcs};
-use passerelle::mapping::rule::same_name;
+use passerelle::mapping::rule::{Native, same_name};
+use passerelle::mapping::xml::{XmlDocument, XmlLimits};
 use passerelle::mapping::{Decoded, MappingSet, PartnerMapping, mrz};
 use quick_xml::events::Event;
 use serde_json::{Map, Value, json};
@@ -60,6 +61,9 @@ const AIRLINE_SAMPLE: &str = r#"{
 /// Interleaved summary: rounds, and the time each workload runs in each round.
 const ROUNDS: usize = 15;
 const ROUND_TIME: Duration = Duration::from_millis(200);
+/// The breakdown of the engine's time on the Senegal message, measured the same way.
+const PART_ROUNDS: usize = 9;
+const PART_TIME: Duration = Duration::from_millis(100);
 
 // ------------------------------------------------------------------------------------------
 // The hand-written baseline for the Senegal consulate's LaissezPasserDelivre.
@@ -443,8 +447,18 @@ struct Workload<'a> {
     rates: Vec<f64>,
 }
 
-/// Runs the workload for about `ROUND_TIME`, returning messages per second.
-fn measure(run: &mut dyn FnMut()) -> f64 {
+impl<'a> Workload<'a> {
+    fn new(label: String, run: impl FnMut() + 'a) -> Self {
+        Self {
+            label,
+            run: Box::new(run),
+            rates: Vec::new(),
+        }
+    }
+}
+
+/// Runs the workload for about `time`, returning messages per second.
+fn measure(run: &mut dyn FnMut(), time: Duration) -> f64 {
     let start = Instant::now();
     let mut count = 0u64;
     loop {
@@ -453,7 +467,7 @@ fn measure(run: &mut dyn FnMut()) -> f64 {
         }
         count += 32;
         let elapsed = start.elapsed();
-        if elapsed >= ROUND_TIME {
+        if elapsed >= time {
             return count as f64 / elapsed.as_secs_f64();
         }
     }
@@ -530,6 +544,7 @@ fn main() {
         Err(why) => eprintln!("\n*** airline.at PASSENGER_BOARDED is NOT MEASURED: {why} ***\n"),
     }
 
+    if std::env::var("TMP_STAGE").is_ok() { breakdown(senegal, &baseline, &xml, &engine); }
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
@@ -569,50 +584,29 @@ fn main() {
     }
 
     let mut workloads = vec![
-        Workload {
-            label: format!("mapping {SENEGAL} LaissezPasserDelivre"),
-            run: Box::new(|| {
-                black_box(engine_event(senegal, black_box(&xml)).unwrap());
-            }),
-            rates: Vec::new(),
-        },
-        Workload {
-            label: "baseline hand-written quick-xml".into(),
-            run: Box::new(|| {
-                black_box(baseline.decode(black_box(&xml)).unwrap());
-            }),
-            rates: Vec::new(),
-        },
+        Workload::new(format!("mapping {SENEGAL} LaissezPasserDelivre"), || {
+            black_box(engine_event(senegal, black_box(&xml)).unwrap());
+        }),
+        Workload::new("baseline hand-written quick-xml".into(), || {
+            black_box(baseline.decode(black_box(&xml)).unwrap());
+        }),
     ];
     if let Ok(partner) = airline {
-        workloads.push(Workload {
-            label: format!("mapping {AIRLINE} PASSENGER_BOARDED"),
-            run: Box::new(move || {
-                black_box(engine_event(partner, black_box(&json_input)).unwrap());
-            }),
-            rates: Vec::new(),
-        });
+        let json_input = &json_input;
+        workloads.push(Workload::new(
+            format!("mapping {AIRLINE} PASSENGER_BOARDED"),
+            move || {
+                black_box(engine_event(partner, black_box(json_input)).unwrap());
+            },
+        ));
     }
     eprintln!(
         "\ninterleaved summary: {ROUNDS} rounds of {} ms per workload, one thread, order rotated each round...",
         ROUND_TIME.as_millis()
     );
-    for round in 0..ROUNDS {
-        let count = workloads.len();
-        for offset in 0..count {
-            let workload = &mut workloads[(round + offset) % count];
-            let rate = measure(&mut workload.run);
-            workload.rates.push(rate);
-        }
-    }
+    interleave(&mut workloads, ROUNDS, ROUND_TIME);
     let engine_rate = median(&workloads[0].rates);
     let baseline_rate = median(&workloads[1].rates);
-    let spread = |rates: &[f64]| {
-        let (low, high) = rates
-            .iter()
-            .fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
-        format!("min {low:.0}, max {high:.0}")
-    };
     println!();
     println!(
         "{}: {engine_rate:.0} msg/s (median of {ROUNDS} rounds, one core; {}; {:.2} µs/msg)",
@@ -634,7 +628,7 @@ fn main() {
         .map(|(b, e)| b / e)
         .collect();
     println!(
-        "ratio baseline/mapping: {ratio:.2}x (target <= 2x; per-round median {:.2}x){}",
+        "ratio baseline/mapping: {ratio:.2}x (target <= 2x; median of per-round ratios {:.2}x){}",
         median(&ratios),
         if ratio <= 2.0 { "" } else { "  MISSED" }
     );
@@ -661,4 +655,160 @@ fn main() {
             airline.err().unwrap_or_default()
         ),
     }
+    drop(workloads);
+    breakdown(senegal, &baseline, &xml, &engine);
+}
+
+/// Where the engine's time goes on the Senegal message, each stage alone on its own input,
+/// interleaved like the summary. The stages do not add up exactly to the whole: the whole also
+/// builds the envelope, clones a few strings and drops what it made.
+fn breakdown(senegal: &PartnerMapping, baseline: &Baseline<'_>, xml: &[u8], event: &Value) {
+    let document = XmlDocument::parse(xml, XmlLimits::default()).expect("the fixture parses");
+    let native = Native::Xml(&document, document.root());
+    let mapping = senegal
+        .inbound()
+        .iter()
+        .find(|m| m.matcher.matches(native))
+        .expect("a kind matches the fixture");
+    let message =
+        read_xml(std::str::from_utf8(xml).expect("UTF-8")).expect("the baseline reads the fixture");
+    let lines: Vec<&str> = message.lignes.iter().map(|l| l.trim()).collect();
+    let schemas = baseline.schemas;
+    if std::env::var("TMP_STAGE").as_deref() == Ok("micro") {
+        use passerelle::mapping::dates::DatePattern;
+        use passerelle::mapping::codelist::normalise;
+        let pattern = DatePattern::compile("dd/mm/yyyy").unwrap();
+        let zone = mrz::decode(&lines).unwrap();
+        let data = event["data"].clone();
+        let t = |name: &str, f: &mut dyn FnMut()| {
+            let mut rates = Vec::new();
+            for _ in 0..15 { rates.push(measure(f, Duration::from_millis(60))); }
+            let best = rates.iter().cloned().fold(0f64, f64::max);
+            println!("  best {:>7.3} µs  median {:>7.3} µs  {name}", 1e6 / best, 1e6 / median(&rates));
+        };
+        t("normalise(Sénégalaise)", &mut || { black_box(normalise(black_box("Sénégalaise"))); });
+        t("same_name(surname)", &mut || { black_box(same_name(black_box(&json!("DIOP")), &json!("DIOP"))); });
+        t("same_name(given names)", &mut || { black_box(same_name(black_box(&json!(["MAMADOU","LAMINE"])), &json!(["Mamadou","Lamine"]))); });
+        t("date read+write dd/mm/yyyy (chrono)", &mut || { let d = pattern.read(black_box("14/03/1998")).unwrap(); black_box(d.format("%Y-%m-%d").to_string()); });
+        t("iso_date hand-written", &mut || { black_box(iso_date(black_box("14/03/1998"))); });
+        t("mrz::decode alone", &mut || { black_box(mrz::decode(black_box(&lines)).unwrap()); });
+        t("serde_json::to_value(Mrz)", &mut || { black_box(serde_json::to_value(black_box(&zone)).unwrap()); });
+        t("clone of event data (the $event copy for checks)", &mut || { black_box(black_box(&data).clone()); });
+        t("clone of whole event", &mut || { black_box(black_box(event).clone()); });
+        t("json!({id,time,data}) for checks incl clone", &mut || { black_box(json!({"id": "x", "time": Value::Null, "data": black_box(&data).clone()})); });
+        t("XmlDocument drop (parse then drop) vs parse", &mut || { black_box(XmlDocument::parse(black_box(xml), XmlLimits::default()).unwrap()); });
+        t("decode_bytes only", &mut || { black_box(passerelle::mapping::xml::decode_bytes(black_box(xml)).unwrap()); });
+        t("matcher.matches", &mut || { let native = Native::Xml(black_box(&document), document.root()); black_box(mapping.matcher.matches(native)); });
+        {
+            use jsonschema::{Draft, Retrieve, Uri};
+            struct R(std::collections::HashMap<String, Value>);
+            impl Retrieve for R {
+                fn retrieve(&self, uri: &Uri<String>) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+                    self.0.get(uri.as_str()).cloned().ok_or_else(|| "nope".into())
+                }
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+            let mut docs = std::collections::HashMap::new();
+            for f in ["cloudevent.schema.json", "defs.schema.json", "codes.schema.json", "events/lpc.issued.schema.json"] {
+                docs.insert(format!("https://schemas.passerelle.ma/v1/{f}"), serde_json::from_slice::<Value>(&std::fs::read(root.join(f)).unwrap()).unwrap());
+            }
+            let compile = |f: &str| jsonschema::options().with_draft(Draft::Draft202012).should_validate_formats(true).with_retriever(R(docs.clone())).build(&docs[&format!("https://schemas.passerelle.ma/v1/{f}")]).unwrap();
+            let env = compile("cloudevent.schema.json");
+            let data = compile("events/lpc.issued.schema.json");
+            t("own validators: iter_errors envelope", &mut || { black_box(env.iter_errors(black_box(event)).count()); });
+            t("own validators: iter_errors data", &mut || { black_box(data.iter_errors(black_box(&event["data"])).count()); });
+            t("own validators: is_valid envelope", &mut || { black_box(env.is_valid(black_box(event))); });
+            t("own validators: is_valid data", &mut || { black_box(data.is_valid(black_box(&event["data"]))); });
+        }
+        t("validate", &mut || { black_box(schemas.validate(black_box(event)).unwrap()); });
+        std::process::exit(0);
+    }
+    if let Ok(stage) = std::env::var("TMP_STAGE") {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(6) {
+            for _ in 0..100 {
+                match stage.as_str() {
+                    "apply" => { let native = Native::Xml(black_box(&document), document.root()); black_box(mapping.matcher.matches(native)); black_box(mapping.apply(native).unwrap()); }
+                    "parse" => { black_box(XmlDocument::parse(black_box(xml), XmlLimits::default()).unwrap()); }
+                    "whole" => { black_box(engine_event(senegal, black_box(xml)).unwrap()); }
+                    "jcs" => { black_box(jcs::to_vec(black_box(event))); }
+                    "base" => { black_box(baseline.event(black_box(&message)).unwrap()); }
+                    _ => panic!(),
+                }
+            }
+        }
+        std::process::exit(0);
+    }
+    let mut parts = vec![
+        Workload::new("engine, whole decode".into(), || {
+            black_box(engine_event(senegal, black_box(xml)).unwrap());
+        }),
+        Workload::new("engine: XML parse (XmlDocument::parse)".into(), || {
+            black_box(XmlDocument::parse(black_box(xml), XmlLimits::default()).unwrap());
+        }),
+        Workload::new(
+            "engine: match + rules + MRZ + checks (InboundMapping::apply)".into(),
+            || {
+                let native = Native::Xml(black_box(&document), document.root());
+                black_box(mapping.matcher.matches(native));
+                black_box(mapping.apply(native).unwrap());
+            },
+        ),
+        Workload::new(
+            "  of which MRZ decode + to_value (mrz::decode)".into(),
+            || {
+                let zone = mrz::decode(black_box(&lines)).unwrap();
+                black_box(serde_json::to_value(zone).unwrap());
+            },
+        ),
+        Workload::new(
+            "both: schema validation (SchemaSet::validate)".into(),
+            || {
+                black_box(schemas.validate(black_box(event)).unwrap());
+            },
+        ),
+        Workload::new("baseline: XML read (quick-xml event loop)".into(), || {
+            black_box(read_xml(black_box(std::str::from_utf8(xml).unwrap())).unwrap());
+        }),
+        Workload::new("baseline: fields + MRZ + checks + event".into(), || {
+            black_box(baseline.event(black_box(&message)).unwrap());
+        }),
+        Workload::new(
+            "not measured above: JCS (MappedEvent::to_canonical_json)".into(),
+            || {
+                black_box(jcs::to_vec(black_box(event)));
+            },
+        ),
+    ];
+    eprintln!(
+        "\nbreakdown of the Senegal message: {PART_ROUNDS} rounds of {} ms per stage...",
+        PART_TIME.as_millis()
+    );
+    interleave(&mut parts, PART_ROUNDS, PART_TIME);
+    println!();
+    println!(
+        "breakdown, {SENEGAL} LaissezPasserDelivre (median µs/msg over {PART_ROUNDS} rounds):"
+    );
+    for part in &parts {
+        println!("  {:>7.2} µs  {}", 1e6 / median(&part.rates), part.label);
+    }
+}
+
+/// Runs every workload for `time` per round, rotating the order each round.
+fn interleave(workloads: &mut [Workload<'_>], rounds: usize, time: Duration) {
+    let count = workloads.len();
+    for round in 0..rounds {
+        for offset in 0..count {
+            let workload = &mut workloads[(round + offset) % count];
+            let rate = measure(&mut workload.run, time);
+            workload.rates.push(rate);
+        }
+    }
+}
+
+fn spread(rates: &[f64]) -> String {
+    let (low, high) = rates
+        .iter()
+        .fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+    format!("min {low:.0}, max {high:.0}")
 }

@@ -26,11 +26,19 @@ fn fact(i: u64) -> Fact {
     f
 }
 
-fn run_go(public: &Path, vkey: &str, old: &Path, evidence: &Path, skey: &Path) -> std::process::Output {
+fn run_go(
+    public: &Path,
+    vkey: &str,
+    old: &Path,
+    evidence: &Path,
+    skey: &Path,
+) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/verify.go");
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-build-cache");
     assert!(
-        Path::new(GOPATH).join("src/golang.org/x/mod/sumdb/tlog").is_dir(),
+        Path::new(GOPATH)
+            .join("src/golang.org/x/mod/sumdb/tlog")
+            .is_dir(),
         "golang.org/x/mod is missing: apt-get install -y golang-go golang-golang-x-mod-dev"
     );
     Command::new("go")
@@ -58,7 +66,10 @@ fn go_sumdb_verifies_checkpoints_tiles_and_proofs() {
     std::fs::write(&skey_file, signer.to_signer_key().as_bytes()).unwrap();
     let vkey = signer.verifier().to_verifier_key();
     let log_dir = dir.path().join("log");
-    let options = Options { checkpoint_interval: Duration::from_millis(100), ..Options::default() };
+    let options = Options {
+        checkpoint_interval: Duration::from_millis(100),
+        ..Options::default()
+    };
     let log = AuditLog::open(&log_dir, signer, ORIGIN, options).unwrap();
 
     // Old checkpoint at a size that is not a tile boundary, then grow past a
@@ -72,7 +83,11 @@ fn go_sumdb_verifies_checkpoints_tiles_and_proofs() {
     std::thread::scope(|s| {
         for t in 0..4u64 {
             let log = &log;
-            s.spawn(move || (300..1100u64).filter(|i| i % 4 == t).for_each(|i| drop(log.append(&fact(i)).unwrap())));
+            s.spawn(move || {
+                (300..1100u64)
+                    .filter(|i| i % 4 == t)
+                    .for_each(|i| drop(log.append(&fact(i)).unwrap()))
+            });
         }
     });
     log.sync().unwrap();
@@ -83,27 +98,49 @@ fn go_sumdb_verifies_checkpoints_tiles_and_proofs() {
     std::fs::create_dir(&evidence).unwrap();
     for index in [0u64, 1, 255, 256, 299, 777, cp.size - 1] {
         let proof = log.inclusion(index).unwrap().unwrap();
-        let entry = read_bundle(&public, cp.size, index / 256).unwrap()[(index % 256) as usize].clone();
-        std::fs::write(evidence.join(format!("{index}.tlog-proof")), proof.to_text()).unwrap();
+        let entry =
+            read_bundle(&public, cp.size, index / 256).unwrap()[(index % 256) as usize].clone();
+        std::fs::write(
+            evidence.join(format!("{index}.tlog-proof")),
+            proof.to_text(),
+        )
+        .unwrap();
         std::fs::write(evidence.join(format!("{index}.entry")), entry).unwrap();
     }
     let reader = TileReader::new(&public, cp.size);
-    let cons: Vec<String> = consistency_proof(&reader, 300, cp.size).unwrap().iter().map(|h| h.to_base64()).collect();
+    let cons: Vec<String> = consistency_proof(&reader, 300, cp.size)
+        .unwrap()
+        .iter()
+        .map(|h| h.to_base64())
+        .collect();
     std::fs::write(evidence.join("consistency.txt"), cons.join("\n")).unwrap();
     let verifier = log.verifier().clone();
     log.close().unwrap();
 
     let out = run_go(&public, &vkey, &old, &evidence, &skey_file);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "Go verifier failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for line in ["ok checkpoint signature", "ok root recomputed from tiles", "ok 1100 entries included",
-        "ok consistent with size 300", "ok 7 tlog-proof files", "ok consistency (Rust proof)", "ok signed a note"]
-    {
+    assert!(
+        out.status.success(),
+        "Go verifier failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "ok checkpoint signature",
+        "ok root recomputed from tiles",
+        "ok 1100 entries included",
+        "ok consistent with size 300",
+        "ok 7 tlog-proof files",
+        "ok consistency (Rust proof)",
+        "ok signed a note",
+    ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
     // A note Go signed with our signer key file verifies here.
     let go_note = std::fs::read(evidence.join("go-signed.note")).unwrap();
-    assert_eq!(Note::open(&go_note, &verifier).unwrap(), "signed by Go with the Rust key\n");
+    assert_eq!(
+        Note::open(&go_note, &verifier).unwrap(),
+        "signed by Go with the Rust key\n"
+    );
 
     // And Go notices tampering too: one flipped bit in a level-0 tile.
     let tile = public.join("tile/0/001");
@@ -111,5 +148,9 @@ fn go_sumdb_verifies_checkpoints_tiles_and_proofs() {
     data[100] ^= 1;
     std::fs::write(&tile, &data).unwrap();
     let out = run_go(&public, &vkey, &old, &evidence, &skey_file);
-    assert!(!out.status.success(), "Go accepted a tampered tile:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "Go accepted a tampered tile:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -7,7 +7,8 @@ use passerelle::audit::log::read_bundle;
 use passerelle::audit::merkle::leaf_hash;
 use passerelle::audit::verify::verify_public;
 use passerelle::audit::{
-    AuditError, AuditLog, Fact, Flight, Kind, MappingRef, NoteSigner, Options, Query, Receipt, Transport,
+    AuditError, AuditLog, Fact, Flight, Kind, MappingRef, NoteSigner, Options, Query, Receipt,
+    Transport,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +25,10 @@ fn signer() -> NoteSigner {
 }
 
 fn options() -> Options {
-    Options { checkpoint_interval: Duration::from_millis(50), ..Options::default() }
+    Options {
+        checkpoint_interval: Duration::from_millis(50),
+        ..Options::default()
+    }
 }
 
 fn case_id(i: u64) -> String {
@@ -36,30 +40,59 @@ fn fact(i: u64) -> Fact {
     let mut f = Fact::new(Kind::Delivered, "2026-05-02T08:30:00Z".parse().unwrap());
     f.sender = Some("sn.consulat.casablanca".into());
     f.recipients = vec!["ma.interieur".into(), "ma.dgsn".into()];
-    f.transport = Some(if i % 2 == 0 { Transport::Rest } else { Transport::Amqp });
+    f.transport = Some(if i.is_multiple_of(2) {
+        Transport::Rest
+    } else {
+        Transport::Amqp
+    });
     f.event_type = Some("ma.rva.lpc.issued".into());
     f.event_id = Some(format!("evt-{i}"));
-    f.mapping = Some(MappingRef { id: "sn-consulat-fr".into(), hash: "sha256:abcd".into() });
+    f.mapping = Some(MappingRef {
+        id: "sn-consulat-fr".into(),
+        hash: "sha256:abcd".into(),
+    });
     f.withheld = vec!["vulnerabilities".into(), "medical".into()];
     f.case_id = Some(case_id(i));
-    f.personal.native = Some(format!("<lpc><nom>NDIAYE Fatou</nom><ne>1999-04-0{}</ne></lpc>", i % 9).into_bytes());
+    f.personal.native = Some(
+        format!(
+            "<lpc><nom>NDIAYE Fatou</nom><ne>1999-04-0{}</ne></lpc>",
+            i % 9
+        )
+        .into_bytes(),
+    );
     f.personal.canonical = Some(format!("{{\"name\":\"NDIAYE Fatou\",\"i\":{i}}}").into_bytes());
     f.personal.documents = vec![format!("LPCSN{:05}", i % 5), "A00998877".into()];
     f.identifiers.lpc = vec![format!("LPCSN{:05}", i % 5)];
     f.identifiers.pnr = vec![format!("PNR{}X", i % 3)];
-    f.identifiers.flights =
-        vec![Flight { carrier: "AT".into(), number: "0529".into(), date: "2026-05-03".parse().unwrap() }];
+    f.identifiers.flights = vec![Flight {
+        carrier: "AT".into(),
+        number: "0529".into(),
+        date: "2026-05-03".parse().unwrap(),
+    }];
     f.identifiers.partner_refs = vec![("sn.consulat.casablanca".into(), format!("CGS/{i}"))];
     f
 }
 
-const SECRETS: &[&str] = &["NDIAYE", "Fatou", "1999-04", "RVA-2026", "LPCSN", "A00998877", "PNR0X", "CGS/"];
+const SECRETS: &[&str] = &[
+    "NDIAYE",
+    "Fatou",
+    "1999-04",
+    "RVA-2026",
+    "LPCSN",
+    "A00998877",
+    "PNR0X",
+    "CGS/",
+];
 
 fn all_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.is_dir() { out.extend(all_files(&p)) } else { out.push(p) }
+        if p.is_dir() {
+            out.extend(all_files(&p))
+        } else {
+            out.push(p)
+        }
     }
     out.sort();
     out
@@ -70,7 +103,11 @@ fn append_many(log: &AuditLog, range: std::ops::Range<u64>) -> Vec<Receipt> {
         let hs: Vec<_> = (0..4u64)
             .map(|t| {
                 let r = range.clone();
-                s.spawn(move || r.filter(|i| i % 4 == t).map(|i| log.append(&fact(i)).unwrap()).collect::<Vec<_>>())
+                s.spawn(move || {
+                    r.filter(|i| i % 4 == t)
+                        .map(|i| log.append(&fact(i)).unwrap())
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
@@ -85,17 +122,32 @@ fn receipts_proofs_and_reopening() {
     let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
     let receipts = append_many(&log, 0..300);
     let indices: Vec<u64> = receipts.iter().map(|r| r.index).collect();
-    assert_eq!(indices, (0..300).collect::<Vec<_>>(), "indices must be dense and unique");
+    assert_eq!(
+        indices,
+        (0..300).collect::<Vec<_>>(),
+        "indices must be dense and unique"
+    );
     for r in &receipts {
-        assert_eq!(Receipt::verify(&r.signed, log.verifier()).unwrap(), *r);
+        assert_eq!(Receipt::verify(&r.to_text(), log.verifier()).unwrap(), *r);
     }
-    assert!(log.wait_for(299, Duration::from_secs(5)), "a checkpoint must follow within the interval");
+    assert!(
+        log.wait_for(299, Duration::from_secs(5)),
+        "a checkpoint must follow within the interval"
+    );
     let (_, cp) = log.latest_checkpoint();
     let public = log.layout().public.clone();
     for r in receipts.iter().step_by(37) {
-        let entry = read_bundle(&public, cp.size, r.index / 256).unwrap()[(r.index % 256) as usize].clone();
-        assert_eq!(leaf_hash(&entry), r.leaf_hash, "receipt leaf hash must be the entry's");
-        let proof = log.inclusion(r.index).unwrap().expect("covered by the checkpoint");
+        let entry =
+            read_bundle(&public, cp.size, r.index / 256).unwrap()[(r.index % 256) as usize].clone();
+        assert_eq!(
+            leaf_hash(&entry),
+            r.leaf_hash,
+            "receipt leaf hash must be the entry's"
+        );
+        let proof = log
+            .inclusion(r.index)
+            .unwrap()
+            .expect("covered by the checkpoint");
         proof.verify(&entry, log.verifier(), Some(ORIGIN)).unwrap();
     }
     let first = std::fs::read(public.join("checkpoint")).unwrap();
@@ -120,7 +172,11 @@ fn receipts_proofs_and_reopening() {
 fn async_appends_are_durable_before_they_resolve() {
     let dir = tempfile::tempdir().unwrap();
     let log = std::sync::Arc::new(AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let receipts = rt.block_on(async {
         let tasks: Vec<_> = (0..64u64)
             .map(|i| {
@@ -149,7 +205,10 @@ fn search_trail_and_bundles() {
     append_many(&log, 0..40);
     log.sync().unwrap();
     let expect = |pred: &dyn Fn(u64) -> bool| -> Vec<String> {
-        (0..40).filter(|&i| pred(i)).map(|i| format!("evt-{i}")).collect()
+        (0..40)
+            .filter(|&i| pred(i))
+            .map(|i| format!("evt-{i}"))
+            .collect()
     };
     let ids = |q: &Query| -> Vec<String> {
         let mut v: Vec<String> = log
@@ -157,7 +216,9 @@ fn search_trail_and_bundles() {
             .unwrap()
             .into_iter()
             .map(|f| {
-                f.proof.verify(&f.entry, log.verifier(), Some(ORIGIN)).unwrap();
+                f.proof
+                    .verify(&f.entry, log.verifier(), Some(ORIGIN))
+                    .unwrap();
                 f.leaf.event_id.unwrap()
             })
             .collect();
@@ -165,16 +226,38 @@ fn search_trail_and_bundles() {
         v
     };
     assert_eq!(ids(&Query::Case(case_id(3))), expect(&|i| i % 5 == 3));
-    assert_eq!(ids(&Query::Case(" rva-2026-000103 ".into())), expect(&|i| i % 5 == 3), "values are normalised");
-    assert_eq!(ids(&Query::Lpc("LPCSN00002".into())), expect(&|i| i % 5 == 2));
+    assert_eq!(
+        ids(&Query::Case(" rva-2026-000103 ".into())),
+        expect(&|i| i % 5 == 3),
+        "values are normalised"
+    );
+    assert_eq!(
+        ids(&Query::Lpc("LPCSN00002".into())),
+        expect(&|i| i % 5 == 2)
+    );
     assert_eq!(ids(&Query::Pnr("PNR1X".into())), expect(&|i| i % 3 == 1));
-    let flight = Flight { carrier: "AT".into(), number: "529".into(), date: "2026-05-03".parse().unwrap() };
+    let flight = Flight {
+        carrier: "AT".into(),
+        number: "529".into(),
+        date: "2026-05-03".parse().unwrap(),
+    };
     assert_eq!(ids(&Query::Flight(flight)).len(), 40);
-    assert_eq!(ids(&Query::PartnerRef("sn.consulat.casablanca".into(), "CGS/7".into())), vec!["evt-7"]);
+    assert_eq!(
+        ids(&Query::PartnerRef(
+            "sn.consulat.casablanca".into(),
+            "CGS/7".into()
+        )),
+        vec!["evt-7"]
+    );
     assert!(ids(&Query::Lpc("LPCSN99999".into())).is_empty());
 
     // Offline, on the folder: the same trail, and a bundle that verifies alone.
-    let t = trail(dir.path(), &Query::Lpc("LPCSN00004".into()), Some(log.verifier())).unwrap();
+    let t = trail(
+        dir.path(),
+        &Query::Lpc("LPCSN00004".into()),
+        Some(log.verifier()),
+    )
+    .unwrap();
     assert_eq!(t.found.len(), 8);
     let bundle = t.to_bundle().unwrap();
     let text = String::from_utf8(bundle.clone()).unwrap();
@@ -186,7 +269,11 @@ fn search_trail_and_bundles() {
     // Any change to an entry breaks the bundle.
     let mut v: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
     let e = v["entries"][3]["entry"].as_str().unwrap().to_owned();
-    let flipped = if e.starts_with('A') { e.replacen('A', "B", 1) } else { format!("A{}", &e[1..]) };
+    let flipped = if e.starts_with('A') {
+        e.replacen('A', "B", 1)
+    } else {
+        format!("A{}", &e[1..])
+    };
     v["entries"][3]["entry"] = serde_json::Value::String(flipped);
     assert!(verify_bundle(&serde_json::to_vec(&v).unwrap(), None).is_err());
     // A bundle signed by another key is refused when the key is pinned.
@@ -201,7 +288,11 @@ fn no_personal_data_in_clear_anywhere_in_the_folder() {
     append_many(&log, 0..20);
     log.close().unwrap();
     let files = all_files(dir.path());
-    assert!(files.iter().any(|p| p.to_string_lossy().contains("tile/entries")));
+    assert!(
+        files
+            .iter()
+            .any(|p| p.to_string_lossy().contains("tile/entries"))
+    );
     for p in files {
         let data = std::fs::read(&p).unwrap();
         let text = String::from_utf8_lossy(&data);
@@ -219,13 +310,27 @@ fn erasure_keeps_the_log_verifiable_and_makes_the_case_unreadable() {
     let victim = case_id(1);
     let opened = log.open_case(&victim).unwrap();
     assert_eq!(opened.len(), 4);
-    assert!(opened.iter().all(|(_, o)| o.case_id == victim && o.native.is_some()));
+    assert!(
+        opened
+            .iter()
+            .all(|(_, o)| o.case_id == victim && o.native.is_some())
+    );
     let before: Vec<_> = log.lookup(&Query::Case(victim.clone()));
 
     let receipt = log.erase_case(&victim).unwrap();
-    assert!(matches!(log.open_case(&victim), Err(AuditError::CaseErased)));
-    assert!(matches!(log.append(&fact(1)), Err(AuditError::CaseErased)), "no new data for an erased case");
-    assert_eq!(log.open_case(&case_id(2)).unwrap().len(), 4, "other cases are untouched");
+    assert!(matches!(
+        log.open_case(&victim),
+        Err(AuditError::CaseErased)
+    ));
+    assert!(
+        matches!(log.append(&fact(1)), Err(AuditError::CaseErased)),
+        "no new data for an erased case"
+    );
+    assert_eq!(
+        log.open_case(&case_id(2)).unwrap().len(),
+        4,
+        "other cases are untouched"
+    );
     log.sync().unwrap();
     verify_public(&log.layout().public, log.verifier(), None, &mut |_| {}).unwrap();
 
@@ -244,9 +349,15 @@ fn erasure_keeps_the_log_verifiable_and_makes_the_case_unreadable() {
 
     // After reopening, the case stays erased and the key bytes are gone from disk.
     let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
-    assert!(matches!(log.open_case(&victim), Err(AuditError::CaseErased)));
+    assert!(matches!(
+        log.open_case(&victim),
+        Err(AuditError::CaseErased)
+    ));
     let keys = std::fs::read(dir.path().join("private/keys/cases.keys")).unwrap();
-    let zeroed = keys.chunks(128).filter(|r| r[32..].iter().all(|&b| b == 0)).count();
+    let zeroed = keys
+        .chunks(128)
+        .filter(|r| r[32..].iter().all(|&b| b == 0))
+        .count();
     assert_eq!(zeroed, 1, "exactly the erased case's record is zeroed");
 }
 
@@ -278,23 +389,35 @@ fn every_flipped_byte_is_caught_and_the_index_named() {
 
     let mut checked = 0;
     for path in all_files(&public) {
-        let rel = path.strip_prefix(&public).unwrap().to_string_lossy().into_owned();
+        let rel = path
+            .strip_prefix(&public)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let len = std::fs::metadata(&path).unwrap().len() as usize;
         let positions = [0, 1, len / 3, len / 2, len - 2, len - 1];
         for &pos in &positions {
-            let err = with_flip(&path, pos, || verify_public(&public, &verifier, None, &mut |_| {}))
-                .expect_err(&format!("flip at {rel}:{pos} went unnoticed"));
+            let err = with_flip(&path, pos, || {
+                verify_public(&public, &verifier, None, &mut |_| {})
+            })
+            .expect_err(&format!("flip at {rel}:{pos} went unnoticed"));
             checked += 1;
             if rel == "checkpoint" {
                 assert_eq!(err.index, None);
                 continue;
             }
-            let index = err.index.unwrap_or_else(|| panic!("{rel}:{pos}: no index named: {err}"));
+            let index = err
+                .index
+                .unwrap_or_else(|| panic!("{rel}:{pos}: no index named: {err}"));
             let parts: Vec<&str> = rel.split('/').collect();
             let tile: u64 = parts[2].trim_end_matches(".p").parse().unwrap();
             match parts[1] {
                 "0" => assert_eq!(index, tile * 256 + pos as u64 / 32, "{rel}:{pos}: {err}"),
-                "1" => assert_eq!(index, (tile * 256 + pos as u64 / 32) * 256, "{rel}:{pos}: {err}"),
+                "1" => assert_eq!(
+                    index,
+                    (tile * 256 + pos as u64 / 32) * 256,
+                    "{rel}:{pos}: {err}"
+                ),
                 "entries" => {
                     // The entry that holds the byte (or its length prefix).
                     let data = std::fs::read(&path).unwrap();
@@ -333,38 +456,107 @@ fn auditor_command_line() {
     log.close().unwrap();
     let d = dir.path().to_str().unwrap();
 
-    let out = bin().args(["audit", "verify", "--log", d, "--key", &vkey, "--since", old.to_str().unwrap()]).output().unwrap();
+    let out = bin()
+        .args([
+            "audit",
+            "verify",
+            "--log",
+            d,
+            "--key",
+            &vkey,
+            "--since",
+            old.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("size 40") && stdout.contains("consistent"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("size 40") && stdout.contains("consistent"),
+        "{stdout}"
+    );
 
     let bundle = dir.path().join("lpc.bundle.json");
     let out = bin()
-        .args(["audit", "trail", "--log", d, "--lpc", "LPCSN00003", "--bundle", bundle.to_str().unwrap()])
+        .args([
+            "audit",
+            "trail",
+            "--log",
+            d,
+            "--lpc",
+            "LPCSN00003",
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("[proof ok]").count(), 8, "{stdout}");
-    assert!(stdout.contains("withheld=vulnerabilities,medical"), "{stdout}");
+    assert!(
+        stdout.contains("withheld=vulnerabilities,medical"),
+        "{stdout}"
+    );
     for s in SECRETS {
         assert!(!stdout.contains(s), "trail prints {s}");
     }
 
-    let out = bin().args(["audit", "verify-bundle", bundle.to_str().unwrap(), "--key", &vkey]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = bin()
+        .args([
+            "audit",
+            "verify-bundle",
+            bundle.to_str().unwrap(),
+            "--key",
+            &vkey,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let tile = dir.path().join("public/tile/0/000.p/40");
-    let out = with_flip(&tile, 5 * 32 + 7, || bin().args(["audit", "verify", "--log", d, "--key", &vkey]).output().unwrap());
+    let out = with_flip(&tile, 5 * 32 + 7, || {
+        bin()
+            .args(["audit", "verify", "--log", d, "--key", &vkey])
+            .output()
+            .unwrap()
+    });
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "tampering must fail the command");
     assert!(stdout.contains("entry 5"), "{stdout}");
 
     let key_file = dir.path().join("new.key");
-    let out = bin().args(["audit", "keygen", "--name", "example.org/x", "--out", key_file.to_str().unwrap()]).output().unwrap();
+    let out = bin()
+        .args([
+            "audit",
+            "keygen",
+            "--name",
+            "example.org/x",
+            "--out",
+            key_file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("example.org/x+"));
     assert!(NoteSigner::parse(&std::fs::read_to_string(&key_file).unwrap()).is_ok());
-    let again = bin().args(["audit", "keygen", "--name", "example.org/x", "--out", key_file.to_str().unwrap()]).output().unwrap();
+    let again = bin()
+        .args([
+            "audit",
+            "keygen",
+            "--name",
+            "example.org/x",
+            "--out",
+            key_file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(!again.status.success(), "keygen must not overwrite a key");
 }

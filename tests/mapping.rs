@@ -204,6 +204,11 @@ template = '{"pnr": "{{ data.pnr }}"}'
 name = "lpc"
 type = "lpc.issued"
 template = '{"holder": "{{ data.holder.family_name }}"}'
+
+[[outbound]]
+name = "exit"
+type = "exit.authorized"
+template = '{"pv": "{{ data.pv_number }}"}'
 "#;
     let scratch = scratch_with("xx.airline.toml", mapping);
     let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
@@ -293,4 +298,57 @@ fn cli_run_maps_both_ways_and_fails_loudly() {
     ]);
     assert!(!lint.status.success());
     assert!(String::from_utf8_lossy(&lint.stderr).contains("xx.consulat.test.toml:13:"));
+}
+
+#[test]
+fn a_canonical_recipient_is_told_what_was_withheld() {
+    let mapping = r#"partner = "xx.consulat.canonical"
+role = "consulate"
+format = "json"
+
+[[inbound]]
+name = "x"
+type = "lpc.refused"
+match = { fields = { t = "X" } }
+id = { from = "id" }
+
+[inbound.data]
+case_id = { from = "c" }
+reason = { const = "other" }
+"#;
+    let scratch = scratch_with("xx.consulat.canonical.toml", mapping);
+    let set = MappingSet::load(scratch.path()).unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&fixture(
+        "ci.ambassade.rabat",
+        "out/lpc-requested-vulnerable.event.json",
+    ))
+    .unwrap();
+    let encoded = set
+        .partner("xx.consulat.canonical")
+        .unwrap()
+        .encode(&event)
+        .unwrap();
+    let delivered: serde_json::Value = serde_json::from_slice(&encoded.body).unwrap();
+    assert_eq!(delivered["withheld"], "data.medical,data.vulnerabilities");
+    assert!(delivered["data"].get("vulnerabilities").is_none());
+    shipped().schemas().validate(&delivered).unwrap();
+}
+
+#[test]
+fn lint_refuses_a_policy_pattern_that_names_no_field() {
+    let scratch = scratch_with(
+        "policies.toml",
+        "[roles.consulate]\nwithhold = [\"vulnerabilites\"]\n",
+    );
+    std::fs::copy(
+        mappings_dir().join("iom.sn.toml"),
+        scratch.path().join("iom.sn.toml"),
+    )
+    .unwrap();
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    assert!(
+        diagnostics.iter().any(|d| d.file.ends_with("policies.toml")
+            && d.message.contains("\"vulnerabilites\" is not a field")),
+        "{diagnostics:#?}"
+    );
 }

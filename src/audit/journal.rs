@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The largest record payload accepted when reading (bounds memory on damaged input).
 const MAX_RECORD: usize = 4 << 20;
@@ -181,7 +182,7 @@ pub fn scan(dir: &Path, mut f: impl FnMut(u64, Record) -> Result<()>) -> Result<
 pub struct JournalWriter {
     dir: PathBuf,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     bytes: u64,
     segment_limit: u64,
 }
@@ -208,7 +209,7 @@ impl JournalWriter {
         Ok(Self {
             dir: dir.to_owned(),
             path,
-            file,
+            file: Arc::new(file),
             bytes: len,
             segment_limit,
         })
@@ -216,11 +217,16 @@ impl JournalWriter {
 
     /// Writes framed records (not yet durable).
     pub fn write(&mut self, framed: &[u8]) -> Result<()> {
-        self.file
+        (&*self.file)
             .write_all(framed)
             .map_err(|e| AuditError::io(&self.path, e))?;
         self.bytes += framed.len() as u64;
         Ok(())
+    }
+
+    /// The current segment file, for syncing from other threads.
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
     }
 
     /// Makes everything written so far durable.
@@ -230,12 +236,14 @@ impl JournalWriter {
             .map_err(|e| AuditError::io(&self.path, e))
     }
 
-    /// Starts a new segment at `next` if the current one is over its size
-    /// limit. Call only after [`Self::sync`].
-    pub fn rotate_if_full(&mut self, next: u64) -> Result<()> {
-        if self.bytes < self.segment_limit {
-            return Ok(());
-        }
+    /// Whether the current segment has reached its size limit.
+    pub fn is_full(&self) -> bool {
+        self.bytes >= self.segment_limit
+    }
+
+    /// Starts a new segment whose first record will be entry `next`. Call
+    /// only after [`Self::sync`].
+    pub fn rotate(&mut self, next: u64) -> Result<()> {
         let path = self.dir.join(segment_name(next));
         let file = OpenOptions::new()
             .create(true)
@@ -243,13 +251,9 @@ impl JournalWriter {
             .open(&path)
             .map_err(|e| AuditError::io(&path, e))?;
         sync_dir(&self.dir)?;
-        *self = Self {
-            dir: self.dir.clone(),
-            path,
-            file,
-            bytes: 0,
-            segment_limit: self.segment_limit,
-        };
+        self.path = path;
+        self.file = Arc::new(file);
+        self.bytes = 0;
         Ok(())
     }
 }

@@ -43,6 +43,9 @@ pub struct Options {
     pub segment_bytes: u64,
     /// The most appends waiting for the writer before `append` blocks.
     pub queue: usize,
+    /// How many journal syncs may run at once. Overlapping syncs let one
+    /// group be written while earlier ones reach the disk.
+    pub sync_threads: usize,
 }
 
 impl Default for Options {
@@ -53,6 +56,7 @@ impl Default for Options {
             max_delay: Duration::ZERO,
             segment_bytes: 64 << 20,
             queue: 8192,
+            sync_threads: 4,
         }
     }
 }
@@ -159,10 +163,8 @@ pub struct Found {
     pub proof: TlogProof,
 }
 
-struct Committed {
-    index: u64,
-    time: String,
-}
+/// What the sync threads hand back to an appender: its signed receipt.
+type Committed = Receipt;
 
 struct Pending {
     record: Record,
@@ -460,14 +462,11 @@ impl AuditLog {
     }
 
     fn receipt(&self, leaf: Hash, done: Result<Committed>) -> Result<Receipt> {
-        let c = done?;
-        Receipt::issue(
-            &self.shared.signer,
-            &self.shared.origin,
-            c.index,
-            leaf,
-            c.time,
-        )
+        let r = done?;
+        if r.leaf_hash != leaf {
+            return Err(AuditError::Corrupt("receipt for another entry".into()));
+        }
+        Ok(r)
     }
 
     /// Appends a fact and returns its signed receipt once the entry is
@@ -714,6 +713,36 @@ pub fn open_case(
     Ok(out)
 }
 
+/// One group written to the journal and waiting to be synced.
+struct Group {
+    seq: u64,
+    first: u64,
+    appends: Vec<Pending>,
+    publishes: Vec<oneshot::Sender<Result<()>>>,
+}
+
+/// The state shared by the writer and the sync threads.
+struct SyncState {
+    /// The file the latest group was written to.
+    file: Arc<std::fs::File>,
+    /// Sequence number of the latest group written.
+    written: u64,
+    /// Highest group a sync was started for.
+    started: u64,
+    /// Groups written and not yet known durable, in order.
+    inflight: std::collections::VecDeque<Group>,
+    /// The writer has stopped (no more groups will come).
+    closed: bool,
+    /// A write or sync failed: nothing more is acknowledged.
+    failed: bool,
+}
+
+struct Syncer {
+    state: Mutex<SyncState>,
+    work: Condvar,
+    space: Condvar,
+}
+
 fn writer_loop(
     shared: Arc<Shared>,
     mut journal: JournalWriter,
@@ -722,13 +751,39 @@ fn writer_loop(
     ptx: Sender<PubMsg>,
     opts: Options,
 ) {
+    let syncer = Arc::new(Syncer {
+        state: Mutex::new(SyncState {
+            file: journal.file(),
+            written: 0,
+            started: 0,
+            inflight: Default::default(),
+            closed: false,
+            failed: false,
+        }),
+        work: Condvar::new(),
+        space: Condvar::new(),
+    });
+    let ptx = Arc::new(Mutex::new(ptx));
+    let mut syncers = Vec::new();
+    for n in 0..opts.sync_threads.max(1) {
+        let (sh, syncer, ptx) = (shared.clone(), syncer.clone(), ptx.clone());
+        match std::thread::Builder::new()
+            .name(format!("audit-sync-{n}"))
+            .spawn(move || sync_loop(&sh, &syncer, &ptx))
+        {
+            Ok(h) => syncers.push(h),
+            Err(e) => shared.fail(format!("cannot start a sync thread: {e}")),
+        }
+    }
+    let max_inflight = 2 * opts.sync_threads.max(1);
     let max_batch = opts.max_batch.max(1);
     let mut buf = Vec::new();
-    'outer: while let Ok(first) = rx.recv() {
+    let mut seq = 0u64;
+    while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         let mut publishes = Vec::new();
-        let mut take = |m: Msg, batch: &mut Vec<Box<Pending>>| match m {
-            Msg::Append(p) => batch.push(p),
+        let mut take = |m: Msg, batch: &mut Vec<Pending>| match m {
+            Msg::Append(p) => batch.push(*p),
             Msg::Publish(r) => publishes.push(r),
         };
         take(first, &mut batch);
@@ -745,64 +800,183 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        // Facts for cases erased after they were prepared are refused here.
-        let mut keys = match shared.keys.lock() {
-            Ok(k) => k,
-            Err(_) => break,
+        // Facts for cases erased after they were prepared are refused here;
+        // keys created for this group are synced before the group is.
+        let Ok(mut keys) = shared.keys.lock() else {
+            break;
         };
-        let mut accepted = Vec::with_capacity(batch.len());
+        let mut appends = Vec::with_capacity(batch.len());
         for p in batch {
             match p.record.sealed.as_ref() {
                 Some(s) if keys.is_erased(&s.case) => {
                     let _ = p.reply.send(Err(AuditError::CaseErased));
                 }
-                _ => accepted.push(p),
+                _ => appends.push(p),
             }
         }
         let synced_keys = keys.sync();
         drop(keys);
         buf.clear();
-        for p in &accepted {
+        for p in &appends {
             p.record.encode_into(&mut buf);
         }
-        let durable = synced_keys
-            .and_then(|()| journal.write(&buf))
-            .and_then(|()| journal.sync());
-        if let Err(e) = durable {
-            // Whether the group reached the disk is unknown: stop, and let
-            // recovery decide on the next open.
-            shared.fail(e.to_string());
-            for p in accepted {
-                let _ = p
-                    .reply
-                    .send(Err(AuditError::Corrupt(format!("write failed: {e}"))));
-            }
-            break 'outer;
+        let written = synced_keys.and_then(|()| journal.write(&buf));
+        let Ok(mut st) = syncer.state.lock() else {
+            break;
+        };
+        while st.inflight.len() >= max_inflight && !st.failed {
+            st = match syncer.space.wait(st) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         }
-        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-        if let Ok(mut index) = shared.index.write() {
-            for (i, p) in accepted.iter().enumerate() {
-                for t in &p.record.tags {
-                    index.entry(*t).or_default().push(next + i as u64);
+        if let Err(e) = written {
+            shared.fail(e.to_string());
+            st.failed = true;
+        }
+        if st.failed {
+            for p in appends {
+                let _ = p.reply.send(Err(AuditError::Corrupt(
+                    "the journal could not be written".into(),
+                )));
+            }
+            break;
+        }
+        seq += 1;
+        let count = appends.len() as u64;
+        st.inflight.push_back(Group {
+            seq,
+            first: next,
+            appends,
+            publishes,
+        });
+        st.written = seq;
+        next += count;
+        syncer.work.notify_one();
+        drop(st);
+        if journal.is_full() {
+            // The old segment is synced here, so a sync of the new one
+            // covers every group written before it.
+            let rotated = journal.sync().and_then(|()| journal.rotate(next));
+            let Ok(mut st) = syncer.state.lock() else {
+                break;
+            };
+            match rotated {
+                Ok(()) => st.file = journal.file(),
+                Err(e) => {
+                    shared.fail(e.to_string());
+                    st.failed = true;
+                    break;
                 }
             }
         }
-        let mut entries = Vec::with_capacity(accepted.len());
-        for p in accepted {
-            entries.push((p.record.entry, p.leaf));
-            let _ = p.reply.send(Ok(Committed {
-                index: next,
-                time: time.clone(),
-            }));
-            next += 1;
+    }
+    if let Ok(mut st) = syncer.state.lock() {
+        st.closed = true;
+    }
+    syncer.work.notify_all();
+    for h in syncers {
+        let _ = h.join();
+    }
+    // Groups that could not be synced are answered with an error.
+    if let Ok(mut st) = syncer.state.lock() {
+        for g in st.inflight.drain(..) {
+            for p in g.appends {
+                let _ = p.reply.send(Err(AuditError::Closed));
+            }
         }
-        let _ = ptx.send(PubMsg::Batch(entries));
-        for r in publishes {
-            let _ = ptx.send(PubMsg::Publish(r));
+    }
+}
+
+/// Syncs the journal, several at a time: a sync started after group `k` was
+/// written makes groups up to `k` durable. Groups are acknowledged, indexed
+/// and handed to the publisher strictly in order, under the state lock.
+fn sync_loop(shared: &Shared, syncer: &Syncer, ptx: &Mutex<Sender<PubMsg>>) {
+    loop {
+        let (target, file) = {
+            let Ok(mut st) = syncer.state.lock() else {
+                return;
+            };
+            while st.written == st.started && !st.closed && !st.failed {
+                st = match syncer.work.wait(st) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+            if st.failed || st.written == st.started {
+                return;
+            }
+            st.started = st.written;
+            (st.written, st.file.clone())
+        };
+        let synced = file.sync_data();
+        let Ok(mut st) = syncer.state.lock() else {
+            return;
+        };
+        if let Err(e) = synced {
+            shared.fail(format!("journal sync failed: {e}"));
+            st.failed = true;
+            for g in st.inflight.drain(..) {
+                for p in g.appends {
+                    let _ = p.reply.send(Err(AuditError::Corrupt(
+                        "the journal could not be synced".into(),
+                    )));
+                }
+            }
+            syncer.space.notify_all();
+            syncer.work.notify_all();
+            return;
         }
-        if let Err(e) = journal.rotate_if_full(next) {
-            shared.fail(e.to_string());
-            break;
+        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut done = Vec::new();
+        while st.inflight.front().is_some_and(|g| g.seq <= target) {
+            let Some(g) = st.inflight.pop_front() else {
+                break;
+            };
+            if let Ok(mut index) = shared.index.write() {
+                for (i, p) in g.appends.iter().enumerate() {
+                    for t in &p.record.tags {
+                        index.entry(*t).or_default().push(g.first + i as u64);
+                    }
+                }
+            }
+            let mut entries = Vec::with_capacity(g.appends.len());
+            let mut replies = Vec::with_capacity(g.appends.len());
+            for p in g.appends {
+                entries.push((p.record.entry, p.leaf));
+                replies.push(p.reply);
+            }
+            let leaves: Vec<Hash> = entries.iter().map(|(_, h)| *h).collect();
+            if let Ok(ptx) = ptx.lock() {
+                if !entries.is_empty() {
+                    let _ = ptx.send(PubMsg::Batch(entries));
+                }
+                for r in g.publishes {
+                    let _ = ptx.send(PubMsg::Publish(r));
+                }
+            }
+            done.push((g.first, leaves, replies));
+        }
+        syncer.space.notify_all();
+        drop(st);
+        // One signature per group, outside the lock.
+        for (first, leaves, replies) in done {
+            if leaves.is_empty() {
+                continue;
+            }
+            match Receipt::issue_group(&shared.signer, &shared.origin, first, &leaves, &time) {
+                Ok(receipts) => {
+                    for (reply, r) in replies.into_iter().zip(receipts) {
+                        let _ = reply.send(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(AuditError::Corrupt(format!("receipt: {why}"))));
+                    }
+                }
+            }
         }
     }
 }

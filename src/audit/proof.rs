@@ -7,7 +7,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::error::{AuditError, Result};
-use super::merkle::{Hash, leaf_hash, verify_inclusion};
+use super::merkle::{Hash, MemoryTree, inclusion_proof, leaf_hash, verify_inclusion};
 use super::note::{Note, NoteSigner, NoteVerifier};
 
 /// The first line of a tlog-proof.
@@ -93,6 +93,21 @@ impl TlogProof {
 }
 
 /// A receipt: the log's signed statement that an entry was durably appended.
+///
+/// The log signs once per group commit, not once per entry: the signed note
+/// (first line [`RECEIPT_HEADER`]) states the group's first index, its entry
+/// count, the RFC 6962 root of the group's leaf hashes and the time the group
+/// became durable; the receipt adds the entry's index, leaf hash and audit
+/// path inside the group. Its text form is
+///
+/// ```text
+/// passerelle.audit.receipt.v1
+/// index <n>
+/// leaf <base64 leaf hash>
+/// <base64 path hash, one a line>
+///
+/// <signed group note>
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The log's origin.
@@ -101,63 +116,151 @@ pub struct Receipt {
     pub index: u64,
     /// The RFC 6962 leaf hash of the entry.
     pub leaf_hash: Hash,
-    /// When the entry became durable, RFC 3339 UTC.
+    /// When the entry's group became durable, RFC 3339 UTC.
     pub time: String,
-    /// The receipt as a signed note.
+    /// The index of the first entry of the group.
+    pub first: u64,
+    /// The number of entries in the group.
+    pub count: u64,
+    /// The audit path of the entry within the group's tree.
+    pub path: Vec<Hash>,
+    /// The signed group note.
     pub signed: String,
 }
 
+fn group_body(origin: &str, first: u64, count: u64, root: &Hash, time: &str) -> String {
+    format!(
+        "{RECEIPT_HEADER}\n{origin}\nfirst {first}\ncount {count}\nroot {}\ntime {time}\n",
+        root.to_base64()
+    )
+}
+
+fn number(line: &str, key: &str) -> Option<u64> {
+    let v = line.strip_prefix(key)?.strip_prefix(' ')?;
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || (v.len() > 1 && v.starts_with('0'))
+    {
+        return None;
+    }
+    v.parse().ok()
+}
+
 impl Receipt {
-    fn body(origin: &str, index: u64, leaf: &Hash, time: &str) -> String {
-        format!(
-            "{RECEIPT_HEADER}\n{origin}\nindex {index}\nleaf {}\ntime {time}\n",
-            leaf.to_base64()
-        )
+    /// Issues the receipts of a group of consecutive entries starting at
+    /// `first`, with one signature by the log's key.
+    pub fn issue_group(
+        signer: &NoteSigner,
+        origin: &str,
+        first: u64,
+        leaves: &[Hash],
+        time: &str,
+    ) -> Result<Vec<Receipt>> {
+        let mut tree = MemoryTree::new();
+        for h in leaves {
+            tree.push(*h);
+        }
+        let count = leaves.len() as u64;
+        let root = tree.root(count)?;
+        let signed = signer.sign_note(&group_body(origin, first, count, &root, time))?;
+        let mut out = Vec::with_capacity(leaves.len());
+        for (i, leaf) in leaves.iter().enumerate() {
+            out.push(Receipt {
+                origin: origin.to_owned(),
+                index: first + i as u64,
+                leaf_hash: *leaf,
+                time: time.to_owned(),
+                first,
+                count,
+                path: inclusion_proof(&tree, i as u64, count)?,
+                signed: signed.clone(),
+            });
+        }
+        Ok(out)
     }
 
-    /// Issues a receipt signed by the log's key.
+    /// Issues the receipt of a single entry.
     pub fn issue(
         signer: &NoteSigner,
         origin: &str,
         index: u64,
         leaf: Hash,
-        time: String,
+        time: &str,
     ) -> Result<Receipt> {
-        let signed = signer.sign_note(&Self::body(origin, index, &leaf, &time))?;
-        Ok(Receipt {
-            origin: origin.to_owned(),
-            index,
-            leaf_hash: leaf,
-            time,
-            signed,
-        })
+        let mut r = Self::issue_group(signer, origin, index, &[leaf], time)?;
+        r.pop()
+            .ok_or_else(|| AuditError::Corrupt("no receipt".into()))
     }
 
-    /// Verifies a signed receipt and returns it.
-    pub fn verify(signed: &str, verifier: &NoteVerifier) -> Result<Receipt> {
-        let text = Note::open(signed.as_bytes(), verifier)?;
-        let bad = || AuditError::Corrupt("malformed receipt".into());
-        let lines: Vec<&str> = text.trim_end_matches('\n').split('\n').collect();
-        let [header, origin, index, leaf, time] = lines.as_slice() else {
-            return Err(bad());
+    /// The text form.
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "{RECEIPT_HEADER}\nindex {}\nleaf {}\n",
+            self.index,
+            self.leaf_hash.to_base64()
+        );
+        for h in &self.path {
+            s.push_str(&h.to_base64());
+            s.push('\n');
+        }
+        s.push('\n');
+        s.push_str(&self.signed);
+        s
+    }
+
+    /// Parses a receipt's text form and verifies it: the group note's
+    /// signature, and the entry's path to the group root.
+    pub fn verify(text: &str, verifier: &NoteVerifier) -> Result<Receipt> {
+        let bad = |m: &str| AuditError::Corrupt(format!("malformed receipt: {m}"));
+        let (head, signed) = text
+            .split_once("\n\n")
+            .ok_or_else(|| bad("no group note"))?;
+        let mut lines = head.split('\n');
+        if lines.next() != Some(RECEIPT_HEADER) {
+            return Err(bad("header"));
+        }
+        let index = lines
+            .next()
+            .and_then(|l| number(l, "index"))
+            .ok_or_else(|| bad("index"))?;
+        let leaf_hash = lines
+            .next()
+            .and_then(|l| l.strip_prefix("leaf "))
+            .and_then(Hash::from_base64)
+            .ok_or_else(|| bad("leaf"))?;
+        let path = lines
+            .take(64)
+            .map(|l| Hash::from_base64(l).ok_or_else(|| bad("path")))
+            .collect::<Result<Vec<_>>>()?;
+        let body = Note::open(signed.as_bytes(), verifier)?;
+        let g: Vec<&str> = body.trim_end_matches('\n').split('\n').collect();
+        let [header, origin, first, count, root, time] = g.as_slice() else {
+            return Err(bad("group note"));
         };
         if *header != RECEIPT_HEADER {
-            return Err(bad());
+            return Err(bad("group note header"));
         }
-        let index = index
-            .strip_prefix("index ")
-            .and_then(|i| i.parse().ok())
-            .ok_or_else(bad)?;
-        let leaf_hash = leaf
-            .strip_prefix("leaf ")
+        let first = number(first, "first").ok_or_else(|| bad("first"))?;
+        let count = number(count, "count").ok_or_else(|| bad("count"))?;
+        let root = root
+            .strip_prefix("root ")
             .and_then(Hash::from_base64)
-            .ok_or_else(bad)?;
-        let time = time.strip_prefix("time ").ok_or_else(bad)?.to_owned();
+            .ok_or_else(|| bad("root"))?;
+        let time = time
+            .strip_prefix("time ")
+            .ok_or_else(|| bad("time"))?
+            .to_owned();
+        let pos = index
+            .checked_sub(first)
+            .filter(|p| *p < count)
+            .ok_or_else(|| bad("index outside the group"))?;
+        verify_inclusion(pos, count, &leaf_hash, &path, &root)?;
         Ok(Receipt {
             origin: (*origin).to_owned(),
             index,
             leaf_hash,
             time,
+            first,
+            count,
+            path,
             signed: signed.to_owned(),
         })
     }
@@ -198,15 +301,19 @@ mod tests {
     #[test]
     fn receipts_verify_and_are_not_checkpoints() {
         let s = NoteSigner::generate("example.org/log").unwrap();
-        let r = Receipt::issue(
-            &s,
-            "example.org/log",
-            7,
-            Hash([1; 32]),
-            "2026-01-01T00:00:00Z".into(),
-        )
-        .unwrap();
-        assert_eq!(Receipt::verify(&r.signed, s.verifier()).unwrap(), r);
-        assert!(Checkpoint::open(r.signed.as_bytes(), s.verifier(), None).is_err());
+        let leaves: Vec<Hash> = (0..5u8).map(|i| leaf_hash(&[i])).collect();
+        let rs = Receipt::issue_group(&s, "example.org/log", 40, &leaves, "2026-01-01T00:00:00Z")
+            .unwrap();
+        for r in &rs {
+            assert_eq!(Receipt::verify(&r.to_text(), s.verifier()).unwrap(), *r);
+            assert!(Checkpoint::open(r.signed.as_bytes(), s.verifier(), None).is_err());
+        }
+        // Another entry's leaf, or another index, does not verify.
+        let forged = rs[1]
+            .to_text()
+            .replace(&rs[1].leaf_hash.to_base64(), &rs[2].leaf_hash.to_base64());
+        assert!(Receipt::verify(&forged, s.verifier()).is_err());
+        let moved = rs[1].to_text().replacen("index 41", "index 42", 1);
+        assert!(Receipt::verify(&moved, s.verifier()).is_err());
     }
 }

@@ -122,6 +122,69 @@ fn check_tile(
     Ok(())
 }
 
+/// Checks entry bundle `k` (and any old partial versions of it) against its
+/// level-0 tile. Returns the tile's root when the tile is full.
+fn check_bundle(public: &Path, size: u64, k: u64) -> Result<Option<Hash>, Failure> {
+    let base = k * TILE_WIDTH;
+    let w = tile_width(size, 0, k);
+    let mut files = vec![(w, entries_path(k, w))];
+    files.extend(
+        stale_partials(public, &format!("tile/entries/{}", encode_index(k)))
+            .into_iter()
+            .filter(|(fw, _)| *fw != w),
+    );
+    let mut leaves: Vec<Hash> = Vec::new();
+    let mut malformed = None;
+    for (fw, rel) in files {
+        if fw > w {
+            return Err(fail(
+                Some(base + w),
+                &rel,
+                "partial bundle is wider than the tree",
+            ));
+        }
+        let data = read(public, &rel, Some(base))?;
+        let (entries, complete) = parse_bundle_prefix(&data);
+        let hashes: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+        if fw == w {
+            // Damage is reported at the first entry whose hash differs
+            // from the tile, which the tile comparison below finds.
+            if !complete {
+                malformed = Some((base + hashes.len() as u64, rel.clone()));
+            } else if hashes.len() as u64 > w {
+                return Err(fail(
+                    Some(base + w),
+                    &rel,
+                    format!("bundle holds {} entries, expected {w}", hashes.len()),
+                ));
+            }
+            leaves = hashes;
+        } else if let Some(j) = (0..fw as usize).find(|&j| hashes.get(j) != leaves.get(j)) {
+            return Err(fail(
+                Some(base + j as u64),
+                &rel,
+                "old partial bundle differs from the current one",
+            ));
+        } else if !complete || hashes.len() as u64 != fw {
+            return Err(fail(
+                Some(base + fw),
+                &rel,
+                "old partial bundle is malformed",
+            ));
+        }
+    }
+    if let Err(mut f) = check_tile(public, 0, k, w, &leaves, |j| base + j) {
+        if let Some((at, rel)) = malformed.filter(|(at, _)| Some(*at) == f.index) {
+            f = fail(Some(at), &rel, "entry bundle is malformed");
+        }
+        return Err(f);
+    }
+    if let Some((at, rel)) = malformed {
+        return Err(fail(Some(at), &rel, "entry bundle is malformed"));
+    }
+    Ok((w == TILE_WIDTH).then(|| root_of(&leaves)))
+}
+
 /// Verifies the public folder against the verifier key. `since`, if given, is
 /// an earlier signed checkpoint that the current one must be consistent with.
 /// `progress` is called with the number of entries hashed so far.
@@ -136,71 +199,46 @@ pub fn verify_public(
         .map_err(|e| fail(None, "checkpoint", e.to_string()))?;
     let size = cp.size;
 
-    // Level 0: entry bundles against leaf-hash tiles.
+    // Level 0: entry bundles against leaf-hash tiles, hashed on every core,
+    // in chunks whose results are taken in order (so the first failure
+    // reported is the first in the log).
     let mut upper: Vec<Hash> = Vec::new();
     let bundles = size.div_ceil(TILE_WIDTH);
-    for k in 0..bundles {
-        let base = k * TILE_WIDTH;
-        let w = tile_width(size, 0, k);
-        let mut files = vec![(w, entries_path(k, w))];
-        files.extend(
-            stale_partials(public, &format!("tile/entries/{}", encode_index(k)))
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8) as u64;
+    let chunk = 32 * threads;
+    let mut k0 = 0;
+    while k0 < bundles {
+        let k1 = (k0 + chunk).min(bundles);
+        let per = (k1 - k0).div_ceil(threads);
+        let results: Vec<Result<Option<Hash>, Failure>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (a, b) = ((k0 + t * per).min(k1), (k0 + (t + 1) * per).min(k1));
+                    s.spawn(move || {
+                        (a..b)
+                            .map(|k| check_bundle(public, size, k))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
                 .into_iter()
-                .filter(|(fw, _)| *fw != w),
-        );
-        let mut leaves: Vec<Hash> = Vec::new();
-        let mut malformed = None;
-        for (fw, rel) in files {
-            if fw > w {
-                return Err(fail(
-                    Some(base + w),
-                    &rel,
-                    "partial bundle is wider than the tree",
-                ));
-            }
-            let data = read(public, &rel, Some(base))?;
-            let (entries, complete) = parse_bundle_prefix(&data);
-            let hashes: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
-            if fw == w {
-                // Damage is reported at the first entry whose hash differs
-                // from the tile, which the tile comparison below finds.
-                if !complete {
-                    malformed = Some((base + hashes.len() as u64, rel.clone()));
-                } else if hashes.len() as u64 > w {
-                    return Err(fail(
-                        Some(base + w),
-                        &rel,
-                        format!("bundle holds {} entries, expected {w}", hashes.len()),
-                    ));
-                }
-                leaves = hashes;
-            } else if let Some(j) = (0..fw as usize).find(|&j| hashes.get(j) != leaves.get(j)) {
-                return Err(fail(
-                    Some(base + j as u64),
-                    &rel,
-                    "old partial bundle differs from the current one",
-                ));
-            } else if !complete || hashes.len() as u64 != fw {
-                return Err(fail(
-                    Some(base + fw),
-                    &rel,
-                    "old partial bundle is malformed",
-                ));
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(fail(None, "tile/entries", "verifier thread failed"))]
+                    })
+                })
+                .collect()
+        });
+        for r in results {
+            if let Some(root) = r? {
+                upper.push(root);
             }
         }
-        if let Err(mut f) = check_tile(public, 0, k, w, &leaves, |j| base + j) {
-            if let Some((at, rel)) = malformed.filter(|(at, _)| Some(*at) == f.index) {
-                f = fail(Some(at), &rel, "entry bundle is malformed");
-            }
-            return Err(f);
-        }
-        if let Some((at, rel)) = malformed {
-            return Err(fail(Some(at), &rel, "entry bundle is malformed"));
-        }
-        if w == TILE_WIDTH {
-            upper.push(root_of(&leaves));
-        }
-        progress(base + w);
+        k0 = k1;
+        progress((k1 * TILE_WIDTH).min(size));
     }
 
     // Upper levels: each hash is the root of a full tile below.

@@ -6,7 +6,8 @@
 
 use chrono::NaiveDate;
 
-/// A date pattern made of `dd`, `mm`, `yyyy` or `yy`, and separators.
+/// A date pattern made of `dd`, `mm`, `yyyy`, and separators. Two-digit years are refused:
+/// no pivot year is right for both birth dates and travel dates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatePattern {
     chrono_format: String,
@@ -14,7 +15,9 @@ pub struct DatePattern {
 
 /// Why a date pattern is not valid.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("date pattern {0:?} must use dd, mm and yyyy (or yy) with separators, or be \"iso\"")]
+#[error(
+    "date pattern {0:?} must use dd, mm and yyyy with separators, or be \"iso\" (two-digit years are ambiguous)"
+)]
 pub struct DatePatternError(pub String);
 
 impl DatePattern {
@@ -32,9 +35,6 @@ impl DatePattern {
             let (token, length) = if rest.starts_with("yyyy") {
                 year = true;
                 ("%Y", 4)
-            } else if rest.starts_with("yy") {
-                year = true;
-                ("%y", 2)
             } else if rest.starts_with("dd") {
                 day = true;
                 ("%d", 2)
@@ -97,14 +97,15 @@ mod tests {
             Some(date)
         );
         assert_eq!(
-            DatePattern::compile("yymmdd").unwrap().write(date),
-            "980314"
+            DatePattern::compile("dd.mm.yyyy").unwrap().write(date),
+            "14.03.1998"
         );
     }
 
     #[test]
     fn refuses_bad_patterns() {
         assert!(DatePattern::compile("dd/mm").is_err());
+        assert!(DatePattern::compile("yymmdd").is_err());
         assert!(DatePattern::compile("dd/mm/yyyy %H").is_err());
         assert!(DatePattern::compile("ddxmmxyyyy").is_err());
     }

@@ -150,6 +150,9 @@ struct Check {
     left: Rule,
     right: Rule,
     by_name: bool,
+    /// Where the anomaly points: the event field compared (a JSON Pointer) when a side reads
+    /// the event, else the first side's reference.
+    path: String,
 }
 
 /// One compiled inbound message kind.
@@ -434,7 +437,7 @@ impl InboundMapping {
                         anomalies.push(json!({
                             "code": check.anomaly,
                             "message": check.message,
-                            "path": format!("{} / {}", check.left.label, check.right.label),
+                            "path": check.path,
                         }));
                     }
                 }
@@ -593,12 +596,21 @@ fn compile_check(spec: &Spanned<CheckSpec>, scope: &CompileScope<'_>) -> Result<
             Err("checks cannot use `each`".into())
         })
     };
+    let left = side(&body.left)?;
+    let right = side(&body.right)?;
+    let event_prefix = format!("${EVENT}.");
+    let path = [&left.label, &right.label]
+        .into_iter()
+        .find_map(|label| label.strip_prefix(&event_prefix))
+        .map(|dotted| format!("/{}", dotted.replace('.', "/")))
+        .unwrap_or_else(|| left.label.clone());
     Ok(Check {
         anomaly: body.anomaly.get_ref().clone(),
         message: body.message.clone(),
-        left: side(&body.left)?,
-        right: side(&body.right)?,
+        left,
+        right,
         by_name,
+        path,
     })
 }
 
@@ -637,7 +649,10 @@ fn run_decoder(step: &DecodeStep, texts: &[String]) -> Result<(Value, Vec<Value>
                     "path": step.label,
                 })]
             };
-            Ok((serde_json::to_value(zone).unwrap_or(Value::Null), anomalies))
+            let mut document = serde_json::to_value(zone).unwrap_or(Value::Null);
+            // The lines as read, so that a mapping copies an MRZ only once it has decoded.
+            document["lines"] = json!(lines.iter().map(|line| line.trim()).collect::<Vec<_>>());
+            Ok((document, anomalies))
         }
     }
 }

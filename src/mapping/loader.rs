@@ -13,6 +13,7 @@ use super::rule::CompileScope;
 use super::spec::{Format, MappingFile};
 use super::template::{Template, TemplateScope};
 use super::{DEFAULT_MAX_MESSAGE_BYTES, OutboundMapping, PartnerMapping};
+use crate::canonical::schema::FieldShape;
 use crate::canonical::{Catalogue, SchemaSet};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -66,6 +67,13 @@ impl MappingSet {
             Policy::parse(&text(&shared[2]))
                 .map_err(|e| vec![file_error("policies.toml", e.to_string())])?,
         );
+        let policy_issues = lint_policy(&policy, &catalogue, &schemas);
+        if !policy_issues.is_empty() {
+            return Err(policy_issues
+                .into_iter()
+                .map(|m| file_error("policies.toml", m))
+                .collect());
+        }
         let mut shared_codelists: HashMap<String, Arc<CodeList>> = HashMap::new();
         shared_codelists.insert(COUNTRY.into(), Arc::new(countries.any_to_alpha3));
         shared_codelists.insert(COUNTRY_ALPHA2.into(), Arc::new(countries.alpha3_to_alpha2));
@@ -149,6 +157,49 @@ impl MappingSet {
     /// The folder the mappings were loaded from.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Every withhold pattern must name a field of at least one event type: a misspelt pattern
+/// would otherwise withhold nothing, in silence.
+fn lint_policy(policy: &Policy, catalogue: &Catalogue, schemas: &SchemaSet) -> Vec<String> {
+    fn matches(shape: &FieldShape, steps: &[String]) -> bool {
+        let Some((first, rest)) = steps.split_first() else {
+            return true;
+        };
+        match shape {
+            FieldShape::Object(object) => object
+                .properties
+                .iter()
+                .any(|(name, inner)| (first == "*" || first == name) && matches(inner, rest)),
+            FieldShape::List(item) => matches(item, steps),
+            FieldShape::Scalar => false,
+        }
+    }
+    policy
+        .patterns()
+        .filter(|(_, steps)| {
+            !catalogue
+                .names()
+                .filter_map(|name| schemas.data_shape(name))
+                .any(|shape| matches(&FieldShape::Object(shape.clone()), steps))
+        })
+        .map(|(role, steps)| {
+            format!(
+                "role {role}: {:?} is not a field of any event type's data",
+                steps.join(".")
+            )
+        })
+        .collect()
+}
+
+/// The role a catalogue recipient stands for (`consulate-of-nationality` is a consulate).
+fn recipient_role(recipient: &str) -> &str {
+    match recipient {
+        "consulate-of-nationality" => "consulate",
+        "iom-morocco" | "iom-of-destination" => "iom",
+        "operating-airline" => "airline",
+        other => other,
     }
 }
 
@@ -299,6 +350,25 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
                 template,
             }),
             Err(mut found) => issues.append(&mut found),
+        }
+    }
+    if !spec.outbound.is_empty() {
+        // A partner that receives its own format needs a template for every type routed to it.
+        for name in context.catalogue.names() {
+            let routed = context
+                .catalogue
+                .get(name)
+                .is_some_and(|entry| entry.recipients.iter().any(|r| recipient_role(r) == role));
+            if routed
+                && !outbound
+                    .iter()
+                    .any(|o: &OutboundMapping| o.event_type == name)
+            {
+                issues.push(Issue::at(
+                    spec.role.span(),
+                    format!("the catalogue routes {name} to role {role}, but this file has no [[outbound]] for it"),
+                ));
+            }
         }
     }
     let mut names = BTreeMap::new();

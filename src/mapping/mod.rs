@@ -342,7 +342,7 @@ impl PartnerMapping {
         let Some(object) = event.as_object_mut() else {
             return Err(field("/", "a CloudEvent is a JSON object".into()));
         };
-        for gateway_set in ["mappingid", "mappinghash"] {
+        for gateway_set in ["mappingid", "mappinghash", "withheld"] {
             if object.contains_key(gateway_set) {
                 return Err(field(
                     gateway_set,
@@ -390,6 +390,10 @@ impl PartnerMapping {
         let mut filtered = event.clone();
         let withheld = self.policy.apply(&self.role, &mut filtered);
         if self.receives_canonical() {
+            if !withheld.is_empty() {
+                // The event itself says what its recipient did not get (names, never values).
+                filtered["withheld"] = Value::String(withheld.join(","));
+            }
             return Ok(Encoded {
                 body: jcs::to_vec(&filtered),
                 content_type: "application/cloudevents+json",

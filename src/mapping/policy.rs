@@ -75,6 +75,13 @@ impl Policy {
         self.roles.keys().map(String::as_str)
     }
 
+    /// Every (role, pattern) pair, patterns as their dotted steps.
+    pub fn patterns(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.roles.iter().flat_map(|(role, patterns)| {
+            patterns.iter().map(move |p| (role.as_str(), p.as_slice()))
+        })
+    }
+
     /// True when a dotted data path (`person.biometrics.photo_sha256`) is withheld from the
     /// role, or lies below a withheld field.
     pub fn withholds(&self, role: &str, dotted: &str) -> bool {

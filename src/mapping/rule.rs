@@ -430,6 +430,7 @@ impl Rule {
     pub fn eval(&self, scope: &EvalScope<'_>) -> Result<Option<Value>, RuleError> {
         let mut values = self.source.values(scope)?;
         values.retain(|value| !is_absent(value));
+        let had_source = !values.is_empty();
         if let Some(regex) = &self.regex {
             values = values
                 .iter()
@@ -509,6 +510,9 @@ impl Rule {
                 }
                 Some(default) => values.push(default.clone()),
                 None if self.optional => return Ok(None),
+                None if had_source && self.regex.is_some() => {
+                    return fail(format!("no value of {} matches the pattern", self.label));
+                }
                 None => return fail(format!("{} is missing", self.label)),
             }
         }

@@ -149,7 +149,7 @@ pub struct RuleSpec {
     /// Look the value up in a code list.
     #[serde(default)]
     pub codelist: Option<Spanned<String>>,
-    /// Read a date: `iso`, `day-of-year`, or a pattern of `dd`, `mm`, `yyyy`, `yy`.
+    /// Read a date: `iso`, `day-of-year`, or a pattern of `dd`, `mm` and `yyyy`.
     #[serde(default)]
     pub date: Option<Spanned<String>>,
     /// For `date = "day-of-year"`: where the reference date (or date-time) is read.

@@ -692,7 +692,8 @@ fn render_json(node: &JsonNode, event: &Value, item: &Value) -> Result<Option<Va
                     out.insert(key.clone(), value);
                 }
             }
-            Some(Value::Object(out))
+            // Like an XML element, an object none of whose values exists is left out.
+            (out.is_empty() == fields.is_empty()).then_some(Value::Object(out))
         }
         JsonNode::Each(expr, template) => {
             let items = match expr.eval(event, item)? {
