@@ -22,6 +22,9 @@ enum Command {
     /// Verify the audit log and export evidence, offline.
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
+    /// Development certificates and certificate identities.
+    #[command(subcommand)]
+    Certs(cli::certs::CertsCommand),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Mapping(command) => command.run(),
         Command::Audit(command) => command.run(),
+        Command::Certs(command) => command.run(),
     };
     match outcome {
         Ok(code) => code,

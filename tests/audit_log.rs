@@ -169,6 +169,44 @@ fn receipts_proofs_and_reopening() {
 }
 
 #[test]
+fn a_lost_or_rolled_back_public_checkpoint_never_shrinks_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp_path = dir.path().join("public/checkpoint");
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log, 0..50);
+    log.close().unwrap();
+    let cp50 = std::fs::read(&cp_path).unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log, 50..100);
+    log.close().unwrap();
+    let cp100 = std::fs::read(&cp_path).unwrap();
+
+    // Rolled back to an older checkpoint: the private copy wins.
+    std::fs::write(&cp_path, &cp50).unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    assert_eq!(log.latest_checkpoint().1.size, 100);
+    assert_eq!(
+        std::fs::read(&cp_path).unwrap(),
+        cp100,
+        "the public checkpoint is restored"
+    );
+    log.close().unwrap();
+
+    // Removed: the same.
+    std::fs::remove_file(&cp_path).unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    assert_eq!(log.latest_checkpoint().1.size, 100);
+    log.close().unwrap();
+    verify_public(
+        &dir.path().join("public"),
+        signer().verifier(),
+        Some(&cp50),
+        &mut |_| {},
+    )
+    .unwrap();
+}
+
+#[test]
 fn async_appends_are_durable_before_they_resolve() {
     let dir = tempfile::tempdir().unwrap();
     let log = std::sync::Arc::new(AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap());

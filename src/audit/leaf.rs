@@ -69,10 +69,10 @@ pub enum Transport {
 /// The mapping that decoded or encoded a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MappingRef {
-    /// The mapping id.
-    pub id: String,
     /// The mapping file's hash, as the mapping module writes it.
     pub hash: String,
+    /// The mapping id.
+    pub id: String,
 }
 
 /// A flight: operating carrier, number and departure date.
@@ -236,17 +236,17 @@ impl Fact {
 /// HMAC-SHA-256 commitments, hex-encoded, under a case's commitment key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commitments {
-    /// Commitment to the case id.
-    pub case: String,
-    /// Commitment to the native payload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub native: Option<String>,
     /// Commitment to the canonical payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canonical: Option<String>,
+    /// Commitment to the case id.
+    pub case: String,
     /// Commitments to each document number, in the order given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub documents: Vec<String>,
+    /// Commitment to the native payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<String>,
 }
 
 /// What a commitment is over; each purpose has its own domain label.
@@ -305,39 +305,39 @@ impl Commitments {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Leaf {
-    /// Format version, always 1 for this layout.
-    pub v: u8,
-    /// What happened.
-    pub kind: Kind,
-    /// Gateway time, RFC 3339 UTC with milliseconds.
-    pub time: String,
-    /// Sending partner id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender: Option<String>,
-    /// Receiving partner ids.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recipients: Vec<String>,
-    /// Transport.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transport: Option<Transport>,
-    /// Canonical event type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_type: Option<String>,
-    /// Event id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
-    /// Mapping id and hash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mapping: Option<MappingRef>,
-    /// Names of withheld fields.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub withheld: Vec<String>,
-    /// Reason code.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
     /// Commitments to the personal material, when the fact concerns a case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commitments: Option<Commitments>,
+    /// Event id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Canonical event type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// What happened.
+    pub kind: Kind,
+    /// Mapping id and hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<MappingRef>,
+    /// Reason code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Receiving partner ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// Sending partner id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Gateway time, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// Transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    /// Format version, always 1 for this layout.
+    pub v: u8,
+    /// Names of withheld fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
 }
 
 impl Leaf {
@@ -360,12 +360,17 @@ impl Leaf {
     }
 
     /// The entry bytes: the version byte, then RFC 8785 canonical JSON.
+    ///
+    /// The leaf types declare their fields in RFC 8785 order (all keys are
+    /// ASCII), hold no floating-point numbers, and serde_json escapes strings
+    /// as RFC 8785 does, so plain serde_json output is already canonical; a
+    /// test checks it against a general RFC 8785 canonicaliser. This is several
+    /// times faster than canonicalising a generic JSON value on every append.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let json = serde_json_canonicalizer::to_vec(self)
-            .map_err(|e| AuditError::InvalidFact(format!("leaf encoding: {e}")))?;
-        let mut out = Vec::with_capacity(json.len() + 1);
+        let mut out = Vec::with_capacity(768);
         out.push(LEAF_VERSION);
-        out.extend_from_slice(&json);
+        serde_json::to_writer(&mut out, self)
+            .map_err(|e| AuditError::InvalidFact(format!("leaf encoding: {e}")))?;
         if out.len() > MAX_ENTRY_LEN {
             return Err(AuditError::InvalidFact(format!(
                 "leaf of {} bytes is too large",
@@ -425,6 +430,34 @@ mod tests {
             assert!(!text.contains(secret), "{secret} leaked into {text}");
         }
         assert_eq!(Leaf::decode(&a).unwrap().event_id.as_deref(), Some("evt-1"));
+    }
+
+    #[test]
+    fn encoding_is_rfc8785_canonical() {
+        let mut f = sample();
+        f.mapping = Some(MappingRef {
+            id: "m\u{e9}\"/\\".into(),
+            hash: "sha256:\u{1F600}\u{7f}".into(),
+        });
+        f.reason = Some("lpc.refused".into());
+        f.withheld = vec![
+            "a\u{2028}b".into(),
+            "\u{fffd}".into(),
+            "\u{1}\t\n\u{1f}\u{8}\u{c}\r".into(),
+        ];
+        f.recipients = vec!["z".into(), "a".into()];
+        let c = Commitments::compute(&[3; 32], "RVA-2026-000001", &f.personal);
+        for leaf in [
+            Leaf::from_fact(&f, Some(c)),
+            Leaf::from_fact(&Fact::new(Kind::ConfigurationChange, f.time), None),
+        ] {
+            let ours = leaf.encode().unwrap();
+            let jcs = serde_json_canonicalizer::to_vec(&leaf).unwrap();
+            assert_eq!(ours[1..], jcs[..], "{}", String::from_utf8_lossy(&ours));
+            // And the same after a round trip through a generic JSON value.
+            let value: serde_json::Value = serde_json::from_slice(&ours[1..]).unwrap();
+            assert_eq!(serde_json_canonicalizer::to_vec(&value).unwrap(), jcs);
+        }
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Layout {
     pub keys: PathBuf,
     /// `private/log.json`.
     pub meta: PathBuf,
+    /// `private/checkpoint`: a copy of the last signed checkpoint.
+    pub last_checkpoint: PathBuf,
 }
 
 impl Layout {
@@ -86,6 +88,7 @@ impl Layout {
             journal: root.join("private/journal"),
             keys: root.join("private/keys"),
             meta: root.join("private/log.json"),
+            last_checkpoint: root.join("private/checkpoint"),
         }
     }
 }
@@ -272,23 +275,49 @@ impl AuditLog {
         let index_key = IndexKey::load_or_create(&layout.keys.join("index.key"))?;
         let keys = KeyStore::open(&layout.keys.join("cases.keys"), true)?;
 
-        // The last signed checkpoint, if any, and the tree's edge at its size.
-        let cp_path = layout.public.join("checkpoint");
-        let (last, signed) = match std::fs::read(&cp_path) {
-            Ok(data) => {
-                let cp = Checkpoint::open(&data, signer.verifier(), Some(origin))?;
-                (cp, String::from_utf8_lossy(&data).into_owned())
+        // The last signed checkpoint: the larger of the public one and the
+        // private copy (the public file may have been removed or replaced by
+        // an older one). The other must be consistent with it.
+        let read_cp = |path: &Path| -> Result<Option<(Checkpoint, String)>> {
+            match std::fs::read(path) {
+                Ok(data) => {
+                    let cp = Checkpoint::open(&data, signer.verifier(), Some(origin))?;
+                    Ok(Some((cp, String::from_utf8_lossy(&data).into_owned())))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(AuditError::io(path, e)),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
-                Checkpoint {
-                    origin: origin.to_owned(),
-                    size: 0,
-                    root: Hash::empty(),
-                },
-                String::new(),
-            ),
-            Err(e) => return Err(AuditError::io(&cp_path, e)),
         };
+        let public_cp = read_cp(&layout.public.join("checkpoint"))?;
+        let private_cp = read_cp(&layout.last_checkpoint)?;
+        let (mut older, newer) = match (public_cp, private_cp) {
+            (Some(a), Some(b)) if a.0.size >= b.0.size => (Some(b), Some(a)),
+            (Some(a), Some(b)) => (Some(a), Some(b)),
+            (a, b) => (None, a.or(b)),
+        };
+        let (last, signed) = newer.unwrap_or_else(|| {
+            let empty = Checkpoint {
+                origin: origin.to_owned(),
+                size: 0,
+                root: Hash::empty(),
+            };
+            (empty, String::new())
+        });
+        if let Some((old, _)) = older.take().filter(|(o, _)| o.size > 0) {
+            let reader = TileReader::new(&layout.public, last.size);
+            if super::merkle::root_from(&reader, old.size)? != old.root {
+                return Err(AuditError::Corrupt(format!(
+                    "the checkpoints of size {} and {} are not consistent",
+                    old.size, last.size
+                )));
+            }
+        }
+        let public_path = layout.public.join("checkpoint");
+        if !signed.is_empty()
+            && std::fs::read(&public_path).ok().as_deref() != Some(signed.as_bytes())
+        {
+            write_durably(&public_path, signed.as_bytes())?;
+        }
         let mut edge = Edge::load(&layout.public, last.size)?;
         if edge.root()? != last.root {
             return Err(AuditError::Corrupt(
@@ -570,6 +599,8 @@ impl AuditLog {
     /// then appends an `erased` leaf carrying the case's commitment, so that
     /// auditors see where its trail ends. The log still verifies afterwards;
     /// the case's sealed payloads and commitments can no longer be opened.
+    /// Blocks the calling thread (it syncs the key store and waits for the
+    /// erasure leaf to be durable).
     pub fn erase_case(&self, case_id: &str) -> Result<Receipt> {
         let tag = self.shared.index_key.tag(TagKind::Case, case_id);
         let commitment = {
@@ -994,6 +1025,7 @@ fn publisher(shared: Arc<Shared>, mut edge: Edge, rx: Receiver<PubMsg>, interval
             &shared.signer,
             &shared.origin,
             &last,
+            Some(&shared.layout.last_checkpoint),
         )?;
         let mut l = lock(&shared.latest)?;
         *l = Latest {

@@ -167,13 +167,16 @@ fn write_file(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Writes the tiles for the edge's current size, then signs and writes the
 /// checkpoint. `last` is the checkpoint signed before; the new one must not
-/// be smaller. Returns the new checkpoint and its signed text.
+/// be smaller. The signed checkpoint is also written to `private_copy`, if
+/// given, so that losing the public file cannot make the log sign a smaller
+/// tree. Returns the new checkpoint and its signed text.
 pub fn publish(
     public: &Path,
     edge: &mut Edge,
     signer: &NoteSigner,
     origin: &str,
     last: &Checkpoint,
+    private_copy: Option<&Path>,
 ) -> Result<(Checkpoint, String)> {
     if edge.size < last.size {
         return Err(AuditError::Corrupt(format!(
@@ -217,6 +220,9 @@ pub fn publish(
     }
     let signed = cp.sign(signer)?;
     write_durably(&public.join("checkpoint"), signed.as_bytes())?;
+    if let Some(copy) = private_copy {
+        write_durably(copy, signed.as_bytes())?;
+    }
     // Partial versions of tiles that are now full are no longer needed.
     for (rel, _) in edge.pending.drain(..) {
         let _ = std::fs::remove_dir_all(public.join(format!("{rel}.p")));
@@ -253,12 +259,16 @@ mod tests {
                 edge.push(e, h);
             }
             assert_eq!(edge.root().unwrap(), tree.root(n).unwrap(), "size {n}");
-            let (cp, _) = publish(dir.path(), &mut edge, &signer, "t", &last).unwrap();
+            let (cp, _) = publish(dir.path(), &mut edge, &signer, "t", &last, None).unwrap();
             last = cp;
             let reloaded = Edge::load(dir.path(), n).unwrap();
             assert_eq!(reloaded.root().unwrap(), last.root);
         }
         assert!(dir.path().join("tile/0/255").exists());
+        // Old partial tiles are gone, and readers fall back to the full tile.
+        assert!(!dir.path().join("tile/0/000.p").exists());
+        let old = crate::audit::tiles::TileReader::new(dir.path(), 255);
+        assert_eq!(root_from(&old, 255).unwrap(), tree.root(255).unwrap());
         assert!(dir.path().join("tile/2/000.p/1").exists());
     }
 }

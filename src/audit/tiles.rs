@@ -187,8 +187,19 @@ impl TileReader {
             )));
         }
         let rel = tile_path(level, index, width);
-        let data = std::fs::read(self.root.join(&rel))
-            .map_err(|e| ProofError::Source(format!("{rel}: {e}")))?;
+        let data = match std::fs::read(self.root.join(&rel)) {
+            Ok(d) => d,
+            // A partial tile is removed once the full tile exists; the
+            // full tile starts with the same hashes.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && width < TILE_WIDTH => {
+                let full = tile_path(level, index, TILE_WIDTH);
+                let mut d = std::fs::read(self.root.join(&full))
+                    .map_err(|e| ProofError::Source(format!("{rel}: {e}")))?;
+                d.truncate(width as usize * Hash::LEN);
+                d
+            }
+            Err(e) => return Err(ProofError::Source(format!("{rel}: {e}"))),
+        };
         let hashes = parse_tile(&data)
             .filter(|h| h.len() as u64 == width)
             .ok_or_else(|| ProofError::Source(format!("{rel}: wrong length {}", data.len())))?;

@@ -20,6 +20,10 @@ pub struct EventType {
     pub senders: Vec<String>,
     /// Default recipients: roles, or routed recipients such as `consulate-of-nationality`.
     pub recipients: Vec<String>,
+    /// The phases that must come first: of each inner list, at least one fact must already be
+    /// on the case's file (an event type seen, or `passport`).
+    #[serde(default)]
+    pub requires: Vec<Vec<String>>,
 }
 
 /// The catalogue: event type names (without the `ma.rva.` prefix) to their entries.

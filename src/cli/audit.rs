@@ -17,6 +17,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// Prints a line on standard output. Output cut short by the reader (as
+/// with `| head`) is not an error worth a panic; the exit status still tells.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Auditor commands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -148,7 +156,7 @@ fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
     f.write_all(signer.to_signer_key().as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
-    println!("{}", signer.verifier().to_verifier_key());
+    say!("{}", signer.verifier().to_verifier_key());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -181,14 +189,14 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
         Ok(report) => {
             let secs = start.elapsed().as_secs_f64().max(1e-9);
             let cp = &report.checkpoint;
-            println!("ok: {} size {} root {}", cp.origin, cp.size, cp.root);
+            say!("ok: {} size {} root {}", cp.origin, cp.size, cp.root);
             if let Some(old) = &report.since {
-                println!(
+                say!(
                     "ok: consistent with the earlier checkpoint of size {}",
                     old.size
                 );
             }
-            println!(
+            say!(
                 "hashed {} entries in {:.3} s ({:.0} entries/s)",
                 cp.size,
                 secs,
@@ -197,7 +205,7 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Err(failure) => {
-            println!("FAILED: {failure}");
+            say!("FAILED: {failure}");
             Ok(ExitCode::FAILURE)
         }
     }
@@ -271,19 +279,19 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     let q = query(&args)?;
     let pinned = args.key.as_deref().map(verifier).transpose()?;
     let t = trail(&args.log, &q, pinned.as_ref()).context("searching the log")?;
-    println!(
+    say!(
         "checkpoint {} size {} (signature verified with {})",
         t.checkpoint.origin,
         t.checkpoint.size,
         t.verifier.to_verifier_key()
     );
     if pinned.is_none() {
-        println!(
+        say!(
             "note: the key comes from the log folder; pin it with --key to rule out a substituted folder"
         );
     }
     for f in &t.found {
-        println!(
+        say!(
             "{:>8}  {}  {}  [proof ok]",
             f.index,
             f.leaf.time,
@@ -291,18 +299,18 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if !t.pending.is_empty() {
-        println!(
+        say!(
             "{} more entries are not yet covered by a checkpoint",
             t.pending.len()
         );
     }
     if t.found.is_empty() && t.pending.is_empty() {
-        println!("no entries");
+        say!("no entries");
     }
     if let Some(path) = &args.bundle {
         std::fs::write(path, t.to_bundle()?)
             .with_context(|| format!("writing {}", path.display()))?;
-        println!(
+        say!(
             "bundle written to {} ({} entries)",
             path.display(),
             t.found.len()
@@ -316,7 +324,7 @@ fn check_bundle(file: &Path, key: Option<&str>) -> anyhow::Result<ExitCode> {
     let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     match verify_bundle(&data, pinned.as_ref()) {
         Ok(b) => {
-            println!(
+            say!(
                 "ok: {} entries proven in {} at size {}, key {}{}",
                 b.entries.len(),
                 b.checkpoint.origin,
@@ -329,12 +337,12 @@ fn check_bundle(file: &Path, key: Option<&str>) -> anyhow::Result<ExitCode> {
                 }
             );
             for (i, leaf) in &b.entries {
-                println!("{i:>8}  {}  {}", leaf.time, describe(leaf));
+                say!("{i:>8}  {}  {}", leaf.time, describe(leaf));
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!("FAILED: {e}");
+            say!("FAILED: {e}");
             Ok(ExitCode::FAILURE)
         }
     }

@@ -1,4 +1,5 @@
 //! Subcommands of the `passerelle` binary. Each file owns one subcommand family.
 
 pub mod audit;
+pub mod certs;
 pub mod mapping;

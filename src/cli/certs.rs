@@ -1,0 +1,82 @@
+//! `passerelle certs …`: the development PKI, and the identity the gateway reads from a
+//! certificate.
+
+use anyhow::Context;
+use clap::Subcommand;
+use passerelle::tls::{self, dev};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Certificate commands.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Generate a fresh development PKI: a CA, the gateway's server and client certificates, one
+    /// client certificate per partner, revoked, expired and unknown test certificates, and the
+    /// CRL. For development and tests only: the keys are meant to be committed, so they are
+    /// public. Every run makes a new CA and overwrites the files.
+    Dev {
+        /// The folder to write.
+        #[arg(long, default_value = dev::DEFAULT_DIR)]
+        out: PathBuf,
+        /// The partners that get a client certificate, comma-separated.
+        #[arg(
+            long,
+            value_name = "ID,ID,...",
+            value_delimiter = ',',
+            default_values = dev::DEFAULT_PARTNERS
+        )]
+        partners: Vec<String>,
+    },
+    /// Print what the gateway reads from a PEM certificate to identify its holder: its URI names
+    /// and its SHA-256 fingerprint, the form the registry pins. The certificate is not verified.
+    Identity {
+        /// The certificate file (PEM; the first certificate is read).
+        file: PathBuf,
+    },
+}
+
+impl CertsCommand {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            CertsCommand::Dev { out, partners } => {
+                let partners: Vec<&str> = partners.iter().map(String::as_str).collect();
+                let pki = dev::generate_dev_pki(&out, &partners).with_context(|| {
+                    format!("generating the development PKI in {}", out.display())
+                })?;
+                for cert in &pki.certificates {
+                    let names = if cert.names.is_empty() {
+                        "(certificate authority)"
+                    } else {
+                        cert.names.as_str()
+                    };
+                    println!("{:<24} {:<40} {}", cert.name, names, cert.fingerprint);
+                }
+                println!(
+                    "wrote {} certificates, their keys and {} into {}",
+                    pki.certificates.len(),
+                    pki.crl
+                        .file_name()
+                        .map(|name| name.to_string_lossy())
+                        .unwrap_or_default(),
+                    out.display()
+                );
+                eprintln!("development only: these keys are public, never use them in production");
+                Ok(ExitCode::SUCCESS)
+            }
+            CertsCommand::Identity { file } => {
+                let certs = tls::load_certs(&file)?;
+                let identity = tls::peer_identity(&certs)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                if identity.uris.is_empty() {
+                    println!("uri: (none: the gateway cannot identify this certificate's holder)");
+                }
+                for uri in &identity.uris {
+                    println!("uri: {uri}");
+                }
+                println!("fingerprint: {}", identity.fingerprint);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! The partner registry: who the partners are, how they are recognised, what they may send,
+//! how they receive, and the routing tables.
+//!
+//! This module owns reading and validating the registry file (see `config/registry.toml`),
+//! matching a verified client certificate to a partner, authorising an event type for a
+//! sender, and resolving an event's recipients from the catalogue and the routing tables.
+//! Routing is data: no partner, country or carrier is named in this code. It does no network
+//! I/O and never reads a message body to decide who the sender is.
+
+use crate::canonical::{Catalogue, TYPE_PREFIX};
+use crate::mapping::MappingSet;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// How a partner receives the events addressed to it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Delivery {
+    /// The partner polls `GET /v1/inbox` and acknowledges each message.
+    Inbox,
+    /// The gateway POSTs to the partner's HTTPS endpoint with its client certificate.
+    Webhook {
+        /// The endpoint, `https://…`.
+        url: String,
+    },
+    /// The gateway publishes to the partner's outbound queue.
+    Amqp,
+}
+
+/// One partner's entry, as written in the registry file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerEntry {
+    /// The partner id, e.g. `sn.consulat.casablanca`.
+    pub id: String,
+    /// The partner's role: `ministry`, `consulate`, `border-police`, `airline`, `iom` or
+    /// `auditor`.
+    pub role: String,
+    /// The URI SAN its client certificate carries; defaults to `urn:partner:<id>`.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Pinned SHA-256 fingerprints (`sha256:<hex>`) of its certificates, if any.
+    #[serde(default)]
+    pub fingerprints: Vec<String>,
+    /// The event types it may send (without `ma.rva.`); by default, those the catalogue
+    /// allows its role. An entry can only narrow the default.
+    #[serde(default)]
+    pub sends: Option<Vec<String>>,
+    /// How it receives; auditors receive nothing and have none.
+    #[serde(default)]
+    pub delivery: Option<Delivery>,
+}
+
+impl PartnerEntry {
+    /// The URI SAN that identifies the partner.
+    pub fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .unwrap_or_else(|| format!("urn:partner:{}", self.id))
+    }
+}
+
+/// The routing tables.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// Nationality (ISO alpha-3) to the consulate that serves it.
+    #[serde(default)]
+    pub consulate_by_nationality: BTreeMap<String, String>,
+    /// The IOM mission in Morocco.
+    #[serde(default)]
+    pub iom_morocco: Option<String>,
+    /// Destination country (ISO alpha-3) to the IOM mission there.
+    #[serde(default)]
+    pub iom_by_destination_country: BTreeMap<String, String>,
+    /// Destination airport (IATA) to its country (ISO alpha-3), for routing by destination.
+    #[serde(default)]
+    pub airport_country: BTreeMap<String, String>,
+    /// IATA carrier code to the airline partner.
+    #[serde(default)]
+    pub airline_by_carrier: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(rename = "partner")]
+    partners: Vec<PartnerEntry>,
+    #[serde(default)]
+    routing: Routing,
+}
+
+/// Why the registry cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The file cannot be read or parsed.
+    #[error("{file}: {message}")]
+    File {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The content is inconsistent; every problem is listed.
+    #[error("the registry is not valid:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// Why a certificate or a sender is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// The certificate names no registered partner.
+    #[error("the client certificate identifies no registered partner")]
+    UnknownIdentity,
+    /// The certificate matches a partner whose pins it does not satisfy.
+    #[error("the client certificate of {0} does not match its pinned fingerprints")]
+    PinMismatch(String),
+    /// The sender's role may not send this event type.
+    #[error("partner {partner} (role {role}) may not send {event_type}")]
+    NotAllowed {
+        /// The sender.
+        partner: String,
+        /// Its role.
+        role: String,
+        /// The event type.
+        event_type: String,
+    },
+}
+
+/// The validated registry.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    partners: BTreeMap<String, PartnerEntry>,
+    by_identity: BTreeMap<String, String>,
+    allowed: BTreeMap<String, BTreeSet<String>>,
+    routing: Routing,
+    catalogue: Catalogue,
+}
+
+/// The roles the gateway knows.
+pub const ROLES: [&str; 6] = [
+    "ministry",
+    "consulate",
+    "border-police",
+    "airline",
+    "iom",
+    "auditor",
+];
+
+impl Registry {
+    /// Reads and validates a registry file against the catalogue and the loaded mappings.
+    pub fn load(
+        path: &Path,
+        catalogue: &Catalogue,
+        mappings: &MappingSet,
+    ) -> Result<Self, RegistryError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| RegistryError::File {
+            file: file.clone(),
+            message: error.to_string(),
+        })?;
+        Self::parse(&text, catalogue, mappings).map_err(|error| match error {
+            RegistryError::File { message, .. } => RegistryError::File { file, message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates registry text.
+    pub fn parse(
+        text: &str,
+        catalogue: &Catalogue,
+        mappings: &MappingSet,
+    ) -> Result<Self, RegistryError> {
+        let parsed: RegistryFile = toml::from_str(text).map_err(|error| RegistryError::File {
+            file: "registry".into(),
+            message: error.to_string(),
+        })?;
+        let mut problems = Vec::new();
+        let mut partners = BTreeMap::new();
+        let mut by_identity = BTreeMap::new();
+        let mut allowed = BTreeMap::new();
+        for entry in parsed.partners {
+            let id = entry.id.clone();
+            if !ROLES.contains(&entry.role.as_str()) {
+                problems.push(format!(
+                    "partner {id}: unknown role {:?} (roles: {})",
+                    entry.role,
+                    ROLES.join(", ")
+                ));
+            }
+            if entry.role != "auditor" {
+                match mappings.partner(&id) {
+                    None => problems.push(format!("partner {id}: no mapping file {id}.toml")),
+                    Some(mapping) if mapping.role != entry.role => problems.push(format!(
+                        "partner {id}: role {} here but {} in its mapping file",
+                        entry.role, mapping.role
+                    )),
+                    Some(_) => {}
+                }
+                if entry.delivery.is_none() {
+                    problems.push(format!(
+                        "partner {id}: no delivery mode (inbox, webhook or amqp)"
+                    ));
+                }
+            } else if entry.delivery.is_some() || entry.sends.is_some() {
+                problems.push(format!(
+                    "partner {id}: an auditor sends and receives no events"
+                ));
+            }
+            if let Some(Delivery::Webhook { url }) = &entry.delivery
+                && !url.starts_with("https://")
+            {
+                problems.push(format!("partner {id}: webhook URL must be https://"));
+            }
+            for pin in &entry.fingerprints {
+                let valid = pin.strip_prefix("sha256:").is_some_and(|hex| {
+                    hex.len() == 64
+                        && hex
+                            .bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                });
+                if !valid {
+                    problems.push(format!(
+                        "partner {id}: fingerprint {pin:?} is not sha256:<64 lower-case hex>"
+                    ));
+                }
+            }
+            let by_role: BTreeSet<String> = catalogue
+                .names()
+                .filter(|name| {
+                    catalogue
+                        .get(name)
+                        .is_some_and(|t| t.senders.contains(&entry.role))
+                })
+                .map(str::to_owned)
+                .collect();
+            let sends = match &entry.sends {
+                None => by_role,
+                Some(narrowed) => {
+                    for name in narrowed.iter().filter(|name| !by_role.contains(*name)) {
+                        problems.push(format!(
+                            "partner {id}: may not be allowed {name}: the catalogue does not allow role {} to send it",
+                            entry.role
+                        ));
+                    }
+                    narrowed.iter().cloned().collect()
+                }
+            };
+            allowed.insert(id.clone(), sends);
+            if let Some(previous) = by_identity.insert(entry.identity(), id.clone()) {
+                problems.push(format!(
+                    "partners {previous} and {id} share the identity {}",
+                    entry.identity()
+                ));
+            }
+            if partners.insert(id.clone(), entry).is_some() {
+                problems.push(format!("partner {id} is registered twice"));
+            }
+        }
+        let routing = parsed.routing;
+        let mut check_target = |table: &str, target: &str, role: &str| match partners.get(target) {
+            None => problems.push(format!(
+                "routing {table}: {target} is not a registered partner"
+            )),
+            Some(entry) if entry.role != role => problems.push(format!(
+                "routing {table}: {target} has role {}, not {role}",
+                entry.role
+            )),
+            Some(_) => {}
+        };
+        for target in routing.consulate_by_nationality.values() {
+            check_target("consulate_by_nationality", target, "consulate");
+        }
+        for target in routing
+            .iom_by_destination_country
+            .values()
+            .chain(&routing.iom_morocco)
+        {
+            check_target("iom", target, "iom");
+        }
+        for target in routing.airline_by_carrier.values() {
+            check_target("airline_by_carrier", target, "airline");
+        }
+        if routing.iom_morocco.is_none() {
+            problems.push("routing: iom_morocco is not set".into());
+        }
+        if !problems.is_empty() {
+            return Err(RegistryError::Invalid(problems));
+        }
+        Ok(Self {
+            partners,
+            by_identity,
+            allowed,
+            routing,
+            catalogue: catalogue.clone(),
+        })
+    }
+
+    /// A partner's entry.
+    pub fn partner(&self, id: &str) -> Option<&PartnerEntry> {
+        self.partners.get(id)
+    }
+
+    /// Every partner, by id.
+    pub fn partners(&self) -> impl Iterator<Item = &PartnerEntry> {
+        self.partners.values()
+    }
+
+    /// Identifies the partner from a verified certificate's URI SANs and fingerprint.
+    pub fn identify(
+        &self,
+        uri_sans: &[String],
+        fingerprint: &str,
+    ) -> Result<&PartnerEntry, AccessError> {
+        let entry = uri_sans
+            .iter()
+            .find_map(|san| self.by_identity.get(san))
+            .and_then(|id| self.partners.get(id))
+            .ok_or(AccessError::UnknownIdentity)?;
+        if !entry.fingerprints.is_empty()
+            && !entry.fingerprints.iter().any(|pin| pin == fingerprint)
+        {
+            return Err(AccessError::PinMismatch(entry.id.clone()));
+        }
+        Ok(entry)
+    }
+
+    /// Authorises a sender for an event type (`ma.rva.lpc.issued` or `lpc.issued`).
+    pub fn authorise(&self, partner: &str, event_type: &str) -> Result<(), AccessError> {
+        let name = event_type.strip_prefix(TYPE_PREFIX).unwrap_or(event_type);
+        let role = self
+            .partners
+            .get(partner)
+            .map(|p| p.role.clone())
+            .unwrap_or_default();
+        if self
+            .allowed
+            .get(partner)
+            .is_some_and(|types| types.contains(name))
+        {
+            Ok(())
+        } else {
+            Err(AccessError::NotAllowed {
+                partner: partner.into(),
+                role,
+                event_type: event_type.into(),
+            })
+        }
+    }
+
+    /// The recipients of an event, resolved from the catalogue and the routing tables, in
+    /// order and without duplicates. The sender never receives its own event. A routed
+    /// recipient that cannot be resolved (no table entry) is reported in the second list.
+    pub fn recipients(&self, sender: &str, event: &Value) -> (Vec<String>, Vec<String>) {
+        let name = event["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(TYPE_PREFIX))
+            .unwrap_or_default();
+        let data = &event["data"];
+        let mut found: Vec<String> = Vec::new();
+        let mut unresolved = Vec::new();
+        let Some(entry) = self.catalogue.get(name) else {
+            return (found, unresolved);
+        };
+        for recipient in &entry.recipients {
+            let targets: Vec<String> = match recipient.as_str() {
+                "consulate-of-nationality" => first_text(
+                    data,
+                    &["person.nationality", "holder.nationality", "nationality"],
+                )
+                .and_then(|nationality| {
+                    self.routing
+                        .consulate_by_nationality
+                        .get(&nationality)
+                        .cloned()
+                })
+                .into_iter()
+                .collect(),
+                "iom-morocco" => self.routing.iom_morocco.clone().into_iter().collect(),
+                "iom-of-destination" => first_text(data, &["flight.destination", "airport"])
+                    .and_then(|airport| self.routing.airport_country.get(&airport).cloned())
+                    .and_then(|country| {
+                        self.routing
+                            .iom_by_destination_country
+                            .get(&country)
+                            .cloned()
+                    })
+                    .into_iter()
+                    .collect(),
+                "operating-airline" => carriers(data)
+                    .into_iter()
+                    .filter_map(|carrier| self.routing.airline_by_carrier.get(&carrier).cloned())
+                    .collect(),
+                role => self
+                    .partners
+                    .values()
+                    .filter(|p| p.role == role)
+                    .map(|p| p.id.clone())
+                    .collect(),
+            };
+            if targets.is_empty() {
+                unresolved.push(recipient.clone());
+            }
+            for target in targets {
+                if target != sender && !found.contains(&target) {
+                    found.push(target);
+                }
+            }
+        }
+        (found, unresolved)
+    }
+}
+
+/// The first text found at one of several dotted paths.
+fn first_text(data: &Value, paths: &[&str]) -> Option<String> {
+    paths.iter().find_map(|path| {
+        path.split('.')
+            .try_fold(data, |value, key| value.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    })
+}
+
+/// The carriers an event names: its flight, its booking's flight, or its segments.
+fn carriers(data: &Value) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    let mut add = |value: Option<&Value>| {
+        if let Some(carrier) = value.and_then(Value::as_str)
+            && !found.iter().any(|c| c == carrier)
+        {
+            found.push(carrier.to_owned());
+        }
+    };
+    add(data.pointer("/flight/carrier"));
+    add(data.pointer("/booking/flight/carrier"));
+    for segment in data["segments"].as_array().into_iter().flatten() {
+        add(segment.get("carrier"));
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn load() -> Registry {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        Registry::load(&root.join("config/registry.toml"), &catalogue, &mappings).unwrap()
+    }
+
+    #[test]
+    fn the_sample_registry_is_valid_and_covers_every_partner() {
+        let registry = load();
+        for id in [
+            "ma.interieur",
+            "sn.consulat.casablanca",
+            "ci.ambassade.rabat",
+            "ma.dgsn",
+            "airline.at",
+            "iom.ma",
+            "iom.sn",
+            "audit.igat",
+        ] {
+            assert!(registry.partner(id).is_some(), "{id}");
+        }
+    }
+
+    #[test]
+    fn identifies_by_certificate_and_authorises_by_role() {
+        let registry = load();
+        let consulate = registry
+            .identify(&["urn:partner:sn.consulat.casablanca".into()], "sha256:00")
+            .unwrap();
+        assert_eq!(consulate.role, "consulate");
+        assert_eq!(
+            registry
+                .identify(&["urn:partner:nobody".into()], "")
+                .unwrap_err(),
+            AccessError::UnknownIdentity
+        );
+        assert!(
+            registry
+                .authorise("sn.consulat.casablanca", "ma.rva.lpc.issued")
+                .is_ok()
+        );
+        assert!(matches!(
+            registry.authorise("sn.consulat.casablanca", "ma.rva.boarding.confirmed"),
+            Err(AccessError::NotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn routes_by_nationality_destination_and_carrier() {
+        let registry = load();
+        let lpc_request =
+            json!({"type": "ma.rva.lpc.requested", "data": {"person": {"nationality": "CIV"}}});
+        assert_eq!(
+            registry.recipients("ma.interieur", &lpc_request).0,
+            ["ci.ambassade.rabat"]
+        );
+        let boarded = json!({"type": "ma.rva.boarding.confirmed", "data": {"flight": {"carrier": "AT", "destination": "DSS"}}});
+        assert_eq!(
+            registry.recipients("airline.at", &boarded).0,
+            ["ma.interieur", "iom.ma", "ma.dgsn", "iom.sn"]
+        );
+        let booked =
+            json!({"type": "ma.rva.travel.booked", "data": {"segments": [{"carrier": "AT"}]}});
+        assert_eq!(
+            registry.recipients("iom.ma", &booked).0,
+            ["ma.interieur", "ma.dgsn", "airline.at"]
+        );
+        let unknown =
+            json!({"type": "ma.rva.lpc.requested", "data": {"person": {"nationality": "NOR"}}});
+        assert_eq!(
+            registry.recipients("ma.interieur", &unknown),
+            (vec![], vec!["consulate-of-nationality".to_owned()])
+        );
+    }
+
+    #[test]
+    fn refuses_inconsistent_registries() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        let text = r#"
+[[partner]]
+id = "sn.consulat.casablanca"
+role = "airline"
+sends = ["lpc.issued"]
+delivery = { mode = "webhook", url = "http://x" }
+
+[routing]
+airline_by_carrier = { AT = "nobody" }
+"#;
+        let Err(RegistryError::Invalid(problems)) = Registry::parse(text, &catalogue, &mappings)
+        else {
+            panic!("accepted")
+        };
+        let all = problems.join("\n");
+        for needle in [
+            "role airline here but consulate",
+            "https://",
+            "does not allow role airline",
+            "nobody is not a registered",
+            "iom_morocco",
+        ] {
+            assert!(all.contains(needle), "{needle} not in {all}");
+        }
+    }
+}

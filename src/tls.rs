@@ -1,0 +1,534 @@
+//! Mutual TLS: the rustls server and client configurations, the peer's certificate identity,
+//! and certificate revocation lists (CRLs).
+//!
+//! This module owns the gateway's TLS policy:
+//!
+//! - **Versions and suites.** TLS 1.3 and TLS 1.2 only, with ephemeral (EC)DHE key exchange and
+//!   AEAD ciphers only: AES-GCM and ChaCha20-Poly1305. The list is spelled out here rather than
+//!   taken from the provider's defaults, so that a library upgrade cannot widen it.
+//! - **Client authentication.** Every client presents a certificate that chains to the partner CA
+//!   bundle, is within its validity period, has the client-authentication purpose, and is not
+//!   revoked by any configured CRL. There is no anonymous access.
+//! - **Revocation.** Every certificate in the chain, apart from the trust anchor itself, is
+//!   checked. A certificate whose status no configured CRL can tell is refused, and so is one
+//!   checked against a CRL whose `nextUpdate` has passed: a missing or stale CRL shows up as a
+//!   refused handshake, never as a silent bypass. A server configuration therefore needs at least
+//!   one CRL, and one per CA that issues client certificates (see [`server_config`]).
+//! - **Identity.** [`peer_identity`] reads the URI subject alternative names and the SHA-256
+//!   fingerprint of the verified end-entity certificate. The subject's common name is never read.
+//!
+//! It must not decide who a partner is, nor what a partner may do: matching `urn:partner:<id>`
+//! and fingerprint pins against the registry, and roles, belong to the registry. It never takes an
+//! identity from a request body, opens no socket and writes no log. [`dev`] generates the
+//! development PKI, which is for development and tests only.
+
+pub mod dev;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{CryptoProvider, ring};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use sha2::{Digest, Sha256};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use x509_parser::extensions::GeneralName;
+
+/// The protocol versions the gateway speaks, most preferred first: TLS 1.3, then TLS 1.2.
+pub static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The one application protocol negotiated through ALPN: HTTP/1.1.
+pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+
+/// The prefix of the URI subject alternative name that names a partner: `urn:partner:<id>`.
+pub const PARTNER_URI_PREFIX: &str = "urn:partner:";
+
+/// The prefix of a certificate fingerprint as [`fingerprint`] writes it: `sha256:<hex>`.
+pub const FINGERPRINT_PREFIX: &str = "sha256:";
+
+/// The files that make up one side of a mutual TLS connection.
+///
+/// Certificates and keys are PEM. CRLs may be PEM (`X509 CRL` blocks, several per file) or DER
+/// (one per file), as certificate authorities publish them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The trusted CA bundle (PEM, one or more certificates). On a server, the CAs that issue the
+    /// partners' client certificates; on a client, the CAs that issue the servers' certificates.
+    pub ca: PathBuf,
+    /// The certificate chain this side presents (PEM), end-entity certificate first.
+    pub cert: PathBuf,
+    /// The private key of `cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The revocation lists of the CAs in `ca`. Required on a server; optional on a client, where
+    /// the peer's chain is checked against them when there are some.
+    pub crls: Vec<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Names a CA bundle, a certificate chain and its key, with no CRL yet.
+    pub fn new(ca: impl Into<PathBuf>, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+            crls: Vec::new(),
+        }
+    }
+
+    /// Adds a CRL file.
+    #[must_use]
+    pub fn with_crl(mut self, crl: impl Into<PathBuf>) -> Self {
+        self.crls.push(crl.into());
+        self
+    }
+}
+
+/// Why a TLS configuration could not be built, or a peer's identity could not be read.
+///
+/// [`TlsError::is_peer_fault`] tells whose fault it is: the peer's certificate, or the gateway's
+/// own files and settings. Every error about a file names it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read the {what} file {}: {source}", path.display())]
+    Read {
+        /// What the file should hold: "CA bundle", "certificate", "private key" or "CRL".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A file is not well-formed PEM.
+    #[error("the {what} file {} is not valid PEM: {source}", path.display())]
+    Pem {
+        /// What the file should hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The PEM error.
+        source: pem::Error,
+    },
+    /// A file holds no item of the expected kind (for example a key where a certificate is due).
+    #[error("the {what} file {} holds no {what}", path.display())]
+    Empty {
+        /// What the file should hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate of the CA bundle cannot serve as a trust anchor.
+    #[error("certificate #{index} of the CA bundle {} is not a usable trust anchor: {source}", path.display())]
+    TrustAnchor {
+        /// The CA bundle.
+        path: PathBuf,
+        /// The position of the certificate in the bundle, from 1.
+        index: usize,
+        /// Why rustls refused it.
+        source: rustls::Error,
+    },
+    /// A CRL file was rejected (unparsable, or an unsupported CRL form).
+    #[error("the CRL file {} cannot be used: {source}", path.display())]
+    Crl {
+        /// The CRL file.
+        path: PathBuf,
+        /// Why the verifier refused it.
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// A server configuration was asked for without any CRL.
+    #[error(
+        "no CRL configured: client certificates must be checked against the revocation list of every CA in {}",
+        ca.display()
+    )]
+    NoCrl {
+        /// The CA bundle that needs CRLs.
+        ca: PathBuf,
+    },
+    /// The certificate verifier could not be built from the CA bundle and the CRLs.
+    #[error("the CA bundle {} and its CRLs do not make a certificate verifier: {source}", ca.display())]
+    Verifier {
+        /// The CA bundle.
+        ca: PathBuf,
+        /// Why rustls refused them.
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The certificate chain and the private key do not make a usable identity (for example the
+    /// key does not belong to the certificate, or its algorithm is not supported).
+    #[error("the certificate {} and the key {} cannot be used together: {source}", cert.display(), key.display())]
+    Identity {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// The private key file.
+        key: PathBuf,
+        /// Why rustls refused them.
+        source: rustls::Error,
+    },
+    /// rustls refused the protocol settings (a bug in this module, not in the files).
+    #[error("rustls refused the TLS protocol settings: {0}")]
+    Protocol(#[source] rustls::Error),
+    /// The peer presented no certificate.
+    #[error("the peer presented no certificate")]
+    NoPeerCertificate,
+    /// The peer's end-entity certificate cannot be parsed.
+    #[error("the peer's certificate cannot be parsed: {0}")]
+    PeerCertificate(String),
+}
+
+impl TlsError {
+    /// Whether the peer is at fault (its certificate is missing or malformed). Every other error
+    /// comes from the gateway's own files or settings.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(self, Self::NoPeerCertificate | Self::PeerCertificate(_))
+    }
+}
+
+/// The ring crypto provider restricted to the gateway's cipher suites and key exchange groups.
+///
+/// Cipher suites, in order of preference:
+///
+/// - TLS 1.3: `TLS13_AES_256_GCM_SHA384`, `TLS13_AES_128_GCM_SHA256`,
+///   `TLS13_CHACHA20_POLY1305_SHA256`;
+/// - TLS 1.2: `TLS_ECDHE_{ECDSA,RSA}_WITH_AES_256_GCM_SHA384`,
+///   `TLS_ECDHE_{ECDSA,RSA}_WITH_AES_128_GCM_SHA256`,
+///   `TLS_ECDHE_{ECDSA,RSA}_WITH_CHACHA20_POLY1305_SHA256`.
+///
+/// Key exchange: X25519, P-256 and P-384. No CBC, RC4, 3DES, NULL or static-RSA suite exists in
+/// the list, and none can be negotiated.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    use ring::cipher_suite as suite;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: vec![
+            ring::kx_group::X25519,
+            ring::kx_group::SECP256R1,
+            ring::kx_group::SECP384R1,
+        ],
+        ..ring::default_provider()
+    })
+}
+
+/// Builds the gateway's server configuration: TLS 1.3 and 1.2, AEAD suites only, a client
+/// certificate required and checked against the CA bundle and the CRLs, ALPN `http/1.1`.
+///
+/// `files.crls` must hold the revocation list of every CA that issues client certificates,
+/// intermediates included: a client certificate whose revocation status cannot be told is
+/// refused, and so is one checked against an expired CRL. To take new CRLs into account, build a
+/// new configuration and use it for new connections.
+///
+/// Session resumption is off: every connection runs a full handshake, so that every connection
+/// has its certificate checked against the validity period and the CRLs of the configuration it
+/// was accepted with. At the gateway's volume a full handshake costs little.
+///
+/// The identity of an accepted client is read with [`peer_identity`] from the connection's
+/// peer certificates.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    if files.crls.is_empty() {
+        return Err(TlsError::NoCrl {
+            ca: files.ca.clone(),
+        });
+    }
+    let provider = crypto_provider();
+    let roots = Arc::new(load_roots(&files.ca)?);
+    let crls = load_checked_crls(&files.crls, &roots, &provider)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(crls)
+        .enforce_revocation_expiration()
+        .build()
+        .map_err(|source| TlsError::Verifier {
+            ca: files.ca.clone(),
+            source,
+        })?;
+    let chain = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(TlsError::Protocol)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::Identity {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Builds a client configuration that presents `files.cert` and verifies the server against
+/// `files.ca`: for the gateway's outgoing calls (webhook delivery), and for tests and load
+/// generators that call the gateway.
+///
+/// Same versions, suites and ALPN as [`server_config`]. When `files.crls` is not empty, the
+/// server's chain is checked against them with the same policy as client certificates (unknown
+/// status and expired CRLs refused); when it is empty, the server's revocation is not checked.
+/// The server name to verify is given per connection, when connecting.
+pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = crypto_provider();
+    let roots = Arc::new(load_roots(&files.ca)?);
+    let crls = load_checked_crls(&files.crls, &roots, &provider)?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(crls)
+        .enforce_revocation_expiration()
+        .build()
+        .map_err(|source| TlsError::Verifier {
+            ca: files.ca.clone(),
+            source,
+        })?;
+    let chain = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(TlsError::Protocol)?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|source| TlsError::Identity {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The identity read from a peer's end-entity certificate.
+///
+/// It is meaningful only for a certificate that the handshake verified: read it from the
+/// connection's peer certificates once the handshake is complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// Every URI subject alternative name, in certificate order (for example
+    /// `urn:partner:ma.interieur`). Empty when the certificate has none.
+    pub uris: Vec<String>,
+    /// The SHA-256 fingerprint of the DER certificate, `sha256:` then 64 lower-case hex digits.
+    pub fingerprint: String,
+}
+
+impl PeerIdentity {
+    /// The partner ids named by `urn:partner:<id>` URIs, in certificate order. Whether a
+    /// certificate naming no partner, or several, is acceptable is the registry's decision.
+    pub fn partner_ids(&self) -> impl Iterator<Item = &str> {
+        self.uris
+            .iter()
+            .filter_map(|uri| uri.strip_prefix(PARTNER_URI_PREFIX))
+    }
+}
+
+/// Reads the identity of a peer from its certificate chain, end-entity certificate first, as
+/// rustls gives it after the handshake (`peer_certificates()`).
+///
+/// Only the end-entity certificate is read. The subject's common name is ignored.
+pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<PeerIdentity, TlsError> {
+    let end_entity = certs.first().ok_or(TlsError::NoPeerCertificate)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(end_entity)
+        .map_err(|error| TlsError::PeerCertificate(error.to_string()))?;
+    let names = parsed
+        .subject_alternative_name()
+        .map_err(|error| TlsError::PeerCertificate(error.to_string()))?;
+    let uris = names
+        .map(|extension| {
+            extension
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) => Some((*uri).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(PeerIdentity {
+        uris,
+        fingerprint: fingerprint(end_entity),
+    })
+}
+
+/// The SHA-256 fingerprint of a DER certificate: `sha256:` then 64 lower-case hex digits, the form
+/// the registry uses for pins.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    format!(
+        "{FINGERPRINT_PREFIX}{}",
+        hex::encode(Sha256::digest(cert.as_ref()))
+    )
+}
+
+/// Loads a PEM certificate chain. Fails when the file holds no certificate.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    const WHAT: &str = "certificate";
+    let bytes = read(WHAT, path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| pem_error(WHAT, path, source))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what: WHAT,
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Loads a PEM private key (the first one in the file: PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    const WHAT: &str = "private key";
+    let bytes = read(WHAT, path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| pem_error(WHAT, path, source))
+}
+
+/// Loads a PEM CA bundle into a root store. Fails when the file holds no certificate, or when
+/// one of them is not a usable trust anchor.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    const WHAT: &str = "CA bundle";
+    let bytes = read(WHAT, path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| pem_error(WHAT, path, source))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what: WHAT,
+            path: path.to_owned(),
+        });
+    }
+    let mut roots = RootCertStore::empty();
+    for (index, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|source| TlsError::TrustAnchor {
+            path: path.to_owned(),
+            index: index + 1,
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Loads the CRLs of a file: every `X509 CRL` block of a PEM file, or a single DER CRL. Fails when
+/// a PEM file holds no CRL. The CRLs are parsed, and their signatures checked, only when a
+/// verifier is built from them.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    const WHAT: &str = "CRL";
+    let bytes = read(WHAT, path)?;
+    if !bytes.starts_with(b"-----BEGIN") && bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+    }
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| pem_error(WHAT, path, source))?;
+    if crls.is_empty() {
+        return Err(TlsError::Empty {
+            what: WHAT,
+            path: path.to_owned(),
+        });
+    }
+    Ok(crls)
+}
+
+/// Loads every CRL file, and checks each file on its own with a throwaway verifier so that a bad
+/// CRL is reported with its file name.
+fn load_checked_crls(
+    paths: &[PathBuf],
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut all = Vec::new();
+    for path in paths {
+        let crls = load_crls(path)?;
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .with_crls(crls.iter().cloned())
+            .build()
+            .map_err(|source| TlsError::Crl {
+                path: path.clone(),
+                source,
+            })?;
+        all.extend(crls);
+    }
+    Ok(all)
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn pem_error(what: &'static str, path: &Path, source: pem::Error) -> TlsError {
+    match source {
+        pem::Error::NoItemsFound => TlsError::Empty {
+            what,
+            path: path.to_owned(),
+        },
+        source => TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_provider_offers_only_ecdhe_aead_suites() {
+        let provider = crypto_provider();
+        assert_eq!(provider.cipher_suites.len(), 9);
+        for suite in &provider.cipher_suites {
+            let name = format!("{:?}", suite.suite());
+            assert!(
+                name.ends_with("_GCM_SHA256")
+                    || name.ends_with("_GCM_SHA384")
+                    || name.ends_with("_CHACHA20_POLY1305_SHA256"),
+                "{name} is not an AEAD suite"
+            );
+            assert!(
+                name.starts_with("TLS13_") || name.starts_with("TLS_ECDHE_"),
+                "{name} has no ephemeral key exchange"
+            );
+        }
+    }
+
+    #[test]
+    fn no_certificate_is_the_peers_fault() {
+        let error = peer_identity(&[]).unwrap_err();
+        assert!(matches!(error, TlsError::NoPeerCertificate));
+        assert!(error.is_peer_fault());
+    }
+
+    #[test]
+    fn garbage_is_refused_as_the_peers_fault() {
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
+        let error = peer_identity(&[garbage]).unwrap_err();
+        assert!(matches!(error, TlsError::PeerCertificate(_)), "{error}");
+        assert!(error.is_peer_fault());
+    }
+
+    #[test]
+    fn partner_ids_come_from_partner_uris_only() {
+        let identity = PeerIdentity {
+            uris: vec![
+                "urn:gateway:passerelle".to_owned(),
+                "urn:partner:iom.sn".to_owned(),
+                "https://example.org/urn:partner:x".to_owned(),
+            ],
+            fingerprint: format!("{FINGERPRINT_PREFIX}{}", "0".repeat(64)),
+        };
+        assert_eq!(identity.partner_ids().collect::<Vec<_>>(), ["iom.sn"]);
+    }
+}

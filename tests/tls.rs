@@ -1,0 +1,700 @@
+//! Mutual TLS over real loopback connections, with the committed development PKI in `certs/dev`
+//! and with PKIs generated on the fly.
+//!
+//! Each handshake runs a rustls server built by `tls::server_config` on 127.0.0.1 (port 0) and a
+//! client on the same runtime. A refused client is checked on the server's side, with the reason
+//! rustls gives: in TLS 1.3 the client finishes its half of the handshake before the server has
+//! verified its certificate, so the client only learns of the refusal when it next reads.
+
+use passerelle::tls::{self, PeerIdentity, TlsError, TlsFiles, dev};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    date_time_ymd,
+};
+use rustls::pki_types::ServerName;
+use rustls::{
+    CertificateError, CipherSuite, ClientConfig, Error, PeerIncompatible, ProtocolVersion,
+};
+use rustls::{RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// No loopback handshake takes anywhere near this long; past it, the test fails.
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn dev_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(dev::DEFAULT_DIR)
+}
+
+fn dev_server() -> Arc<ServerConfig> {
+    tls::server_config(&dev::files(&dev_dir(), dev::SERVER)).expect("the dev server config")
+}
+
+fn dev_client(name: &str) -> Arc<ClientConfig> {
+    tls::client_config(&dev::files(&dev_dir(), name)).expect("the dev client config")
+}
+
+/// What the server saw of an accepted connection.
+#[derive(Debug)]
+struct Accepted {
+    identity: PeerIdentity,
+    version: Option<ProtocolVersion>,
+    suite: Option<CipherSuite>,
+    alpn: Option<Vec<u8>>,
+}
+
+/// Both ends of one connection attempt.
+struct Outcome {
+    server: io::Result<Accepted>,
+    client: io::Result<()>,
+}
+
+impl Outcome {
+    /// The accepted connection, after checking that the client got the server's reply.
+    fn accepted(self) -> Accepted {
+        let accepted = self.server.expect("the server accepts the handshake");
+        self.client.expect("the client reads the server's reply");
+        accepted
+    }
+
+    /// The rustls error that made the server refuse the client, after checking that the client
+    /// failed too.
+    fn refused(self) -> Error {
+        let error = match self.server {
+            Ok(accepted) => panic!("the server accepted {:?}", accepted.identity),
+            Err(error) => error,
+        };
+        assert!(
+            self.client.is_err(),
+            "the client did not notice the refusal"
+        );
+        rustls_error(&error).unwrap_or_else(|| panic!("not a TLS error: {error}"))
+    }
+}
+
+fn rustls_error(error: &io::Error) -> Option<Error> {
+    error.get_ref()?.downcast_ref::<Error>().cloned()
+}
+
+/// Accepts one connection with `server`, connects to it with `client` as `localhost`; the server
+/// replies `ok` to a client it accepts and closes.
+async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Outcome {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("local address");
+    let server_side = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        let mut stream = TlsAcceptor::from(server).accept(tcp).await?;
+        let (_, connection) = stream.get_ref();
+        let accepted = Accepted {
+            identity: tls::peer_identity(connection.peer_certificates().unwrap_or_default())
+                .map_err(io::Error::other)?,
+            version: connection.protocol_version(),
+            suite: connection.negotiated_cipher_suite().map(|s| s.suite()),
+            alpn: connection.alpn_protocol().map(<[u8]>::to_vec),
+        };
+        stream.write_all(b"ok").await?;
+        stream.shutdown().await?;
+        Ok(accepted)
+    });
+    let client_side = async {
+        let tcp = TcpStream::connect(address).await?;
+        let name = ServerName::try_from("localhost").expect("a server name");
+        let mut stream = TlsConnector::from(client).connect(name, tcp).await?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await?;
+        if reply == b"ok" {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("the server replied {reply:?}")))
+        }
+    };
+    let client = timeout(LIMIT, client_side).await.expect("the client hung");
+    let server = timeout(LIMIT, server_side)
+        .await
+        .expect("the server hung")
+        .expect("the server task panicked");
+    Outcome { server, client }
+}
+
+#[tokio::test]
+async fn a_partner_certificate_is_accepted_and_identified_by_its_uri() {
+    let accepted = handshake(dev_server(), dev_client("sn.consulat.casablanca"))
+        .await
+        .accepted();
+    assert_eq!(
+        accepted.identity.uris,
+        ["urn:partner:sn.consulat.casablanca"]
+    );
+    assert_eq!(
+        accepted.identity.partner_ids().collect::<Vec<_>>(),
+        ["sn.consulat.casablanca"]
+    );
+    let der = tls::load_certs(&dev_dir().join("sn.consulat.casablanca.pem")).unwrap();
+    assert_eq!(
+        accepted.identity.fingerprint,
+        format!("sha256:{}", hex::encode(Sha256::digest(&der[0])))
+    );
+    assert_eq!(accepted.version, Some(ProtocolVersion::TLSv1_3));
+    assert_eq!(accepted.alpn.as_deref(), Some(tls::ALPN_HTTP_1_1));
+}
+
+#[tokio::test]
+async fn every_committed_partner_and_the_gateway_client_are_accepted() {
+    for id in dev::DEFAULT_PARTNERS {
+        let accepted = handshake(dev_server(), dev_client(id)).await.accepted();
+        assert_eq!(accepted.identity.uris, [format!("urn:partner:{id}")]);
+    }
+    let accepted = handshake(dev_server(), dev_client(dev::GATEWAY_CLIENT))
+        .await
+        .accepted();
+    assert_eq!(accepted.identity.uris, [dev::GATEWAY_URI]);
+    assert_eq!(accepted.identity.partner_ids().count(), 0);
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused() {
+    let client = ClientConfig::builder_with_provider(tls::crypto_provider())
+        .with_protocol_versions(tls::PROTOCOL_VERSIONS)
+        .unwrap()
+        .with_root_certificates(tls::load_roots(&dev_dir().join("ca.pem")).unwrap())
+        .with_no_client_auth();
+    let error = handshake(dev_server(), Arc::new(client)).await.refused();
+    assert!(matches!(error, Error::NoCertificatesPresented), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused() {
+    let error = handshake(dev_server(), dev_client(dev::REVOKED))
+        .await
+        .refused();
+    assert!(
+        matches!(error, Error::InvalidCertificate(CertificateError::Revoked)),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused() {
+    let error = handshake(dev_server(), dev_client(dev::EXPIRED))
+        .await
+        .refused();
+    assert!(
+        matches!(
+            error,
+            Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            )
+        ),
+        "{error:?}"
+    );
+}
+
+/// The unknown certificate is valid: TLS accepts it and reports the partner id it names.
+/// Refusing it, because no registry entry has that id, is the registry's job.
+#[tokio::test]
+async fn a_valid_certificate_unknown_to_the_registry_passes_tls_with_its_identity() {
+    let accepted = handshake(dev_server(), dev_client(dev::UNKNOWN))
+        .await
+        .accepted();
+    assert_eq!(accepted.identity.uris, ["urn:partner:unknown.example"]);
+    assert_eq!(
+        accepted.identity.partner_ids().collect::<Vec<_>>(),
+        ["unknown.example"]
+    );
+}
+
+/// A CA made on the fly.
+struct OtherCa {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl OtherCa {
+    /// A CA named `common_name`, in the development CA's organisation.
+    fn new(common_name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Passerelle (development only)");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2100, 1, 1);
+        let cert_pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// Issues a client certificate for `uri` and writes it, its key and the dev CA bundle (to
+    /// trust the gateway) into `dir`.
+    fn client_files(&self, dir: &Path, uri: &str) -> TlsFiles {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2100, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join("other.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("other.key"), key.serialize_pem()).unwrap();
+        TlsFiles::new(
+            dev_dir().join("ca.pem"),
+            dir.join("other.pem"),
+            dir.join("other.key"),
+        )
+    }
+}
+
+/// The other CA takes the development CA's name, so that only its key differs.
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = OtherCa::new("Passerelle development CA");
+    let client =
+        tls::client_config(&other.client_files(dir.path(), "urn:partner:ma.interieur")).unwrap();
+    let error = handshake(dev_server(), client).await.refused();
+    assert!(
+        matches!(
+            error,
+            Error::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature
+            )
+        ),
+        "{error:?}"
+    );
+}
+
+/// A CA of the bundle whose CRL is missing: its certificates' revocation status is unknown, and
+/// unknown is refused.
+#[tokio::test]
+async fn a_certificate_whose_revocation_status_is_unknown_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = OtherCa::new("Another partner CA");
+    let bundle = dir.path().join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
+    let mut server_files = dev::files(&dev_dir(), dev::SERVER);
+    server_files.ca = bundle;
+    let server = tls::server_config(&server_files).unwrap();
+    let client = tls::client_config(&other.client_files(dir.path(), "urn:partner:iom.ma")).unwrap();
+    let error = handshake(server, client).await.refused();
+    assert!(
+        matches!(
+            error,
+            Error::InvalidCertificate(CertificateError::UnknownRevocationStatus)
+        ),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_crl_refuses_every_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
+    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let stale = CertificateRevocationListParams {
+        this_update: date_time_ymd(2021, 1, 1),
+        next_update: date_time_ymd(2021, 2, 1),
+        crl_number: SerialNumber::from_slice(&[7]),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    let crl = dir.path().join("stale.crl");
+    // DER, as CAs often publish them.
+    std::fs::write(&crl, stale.der()).unwrap();
+    let mut server_files = dev::files(&dev_dir(), dev::SERVER);
+    server_files.crls = vec![crl];
+    let server = tls::server_config(&server_files).unwrap();
+    let error = handshake(server, dev_client("iom.ma")).await.refused();
+    assert!(
+        matches!(
+            error,
+            Error::InvalidCertificate(
+                CertificateError::ExpiredRevocationList
+                    | CertificateError::ExpiredRevocationListContext { .. }
+            )
+        ),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_tls_1_2_only_client_is_accepted_with_an_ecdhe_aead_suite() {
+    let files = dev::files(&dev_dir(), "ma.dgsn");
+    let client = ClientConfig::builder_with_provider(tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(tls::load_roots(&files.ca).unwrap())
+        .with_client_auth_cert(
+            tls::load_certs(&files.cert).unwrap(),
+            tls::load_key(&files.key).unwrap(),
+        )
+        .unwrap();
+    let accepted = handshake(dev_server(), Arc::new(client)).await.accepted();
+    assert_eq!(accepted.version, Some(ProtocolVersion::TLSv1_2));
+    assert_eq!(accepted.identity.uris, ["urn:partner:ma.dgsn"]);
+    let suite = format!("{:?}", accepted.suite.unwrap());
+    assert!(
+        suite.starts_with("TLS_ECDHE_ECDSA_WITH_") && suite.contains("GCM"),
+        "{suite}"
+    );
+}
+
+/// A TLS 1.2 ClientHello record written by hand, since rustls cannot offer CBC suites or old
+/// protocol versions: `version` is the legacy version field, `suites` the offered cipher suites.
+fn client_hello(version: u16, suites: &[u16]) -> Vec<u8> {
+    fn extension(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+        out.extend(kind.to_be_bytes());
+        out.extend((data.len() as u16).to_be_bytes());
+        out.extend(data);
+    }
+    let mut extensions = Vec::new();
+    // supported_groups: x25519, secp256r1.
+    extension(&mut extensions, 0x000a, &[0, 4, 0x00, 0x1d, 0x00, 0x17]);
+    // ec_point_formats: uncompressed.
+    extension(&mut extensions, 0x000b, &[1, 0]);
+    // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256.
+    extension(&mut extensions, 0x000d, &[0, 6, 4, 3, 8, 4, 4, 1]);
+    // extended_master_secret, renegotiation_info.
+    extension(&mut extensions, 0x0017, &[]);
+    extension(&mut extensions, 0xff01, &[0]);
+
+    let mut body = Vec::new();
+    body.extend(version.to_be_bytes());
+    body.extend([0x5a; 32]); // random
+    body.push(0); // no session id
+    body.extend(((suites.len() * 2) as u16).to_be_bytes());
+    for suite in suites {
+        body.extend(suite.to_be_bytes());
+    }
+    body.extend([1, 0]); // null compression only
+    body.extend((extensions.len() as u16).to_be_bytes());
+    body.extend(extensions);
+
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01]; // handshake record
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// Sends a raw ClientHello to the dev server, and returns the server's error (if any) and the
+/// first five bytes of its answer plus two more (a record header and, for an alert, its level
+/// and description).
+async fn raw_handshake(hello: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("local address");
+    let server = dev_server();
+    let server_side = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        TlsAcceptor::from(server).accept(tcp).await.map(drop)
+    });
+    let client_side = async {
+        let mut tcp = TcpStream::connect(address).await?;
+        tcp.write_all(&hello).await?;
+        let mut answer = vec![0; 7];
+        tcp.read_exact(&mut answer).await?;
+        io::Result::Ok(answer)
+    };
+    let answer = timeout(LIMIT, client_side)
+        .await
+        .expect("the client hung")
+        .expect("the server answers");
+    let server = timeout(LIMIT, server_side)
+        .await
+        .expect("the server hung")
+        .expect("the server task panicked");
+    (server, answer)
+}
+
+/// The hand-written hello is sound: offering one ECDHE AEAD suite gets a ServerHello.
+#[tokio::test]
+async fn a_hand_written_hello_with_an_aead_suite_gets_a_server_hello() {
+    let (_, answer) = raw_handshake(client_hello(0x0303, &[0xc02b])).await;
+    assert_eq!(answer[0], 0x16, "not a handshake record: {answer:02x?}");
+    assert_eq!(answer[5], 0x02, "not a ServerHello: {answer:02x?}");
+}
+
+/// A client offering only CBC, 3DES and static-RSA suites gets a handshake_failure alert.
+#[tokio::test]
+async fn a_client_offering_only_cbc_suites_is_refused() {
+    let cbc = [
+        0xc009, 0xc00a, 0xc023, 0xc024, // ECDHE_ECDSA with AES-CBC
+        0xc013, 0xc014, 0xc027, 0xc028, // ECDHE_RSA with AES-CBC
+        0x002f, 0x0035, 0x003c, 0x003d, // RSA with AES-CBC
+        0x000a, // RSA with 3DES-EDE-CBC
+    ];
+    let (server, answer) = raw_handshake(client_hello(0x0303, &cbc)).await;
+    assert_eq!(answer[0], 0x15, "not an alert: {answer:02x?}");
+    assert_eq!(
+        answer[5..],
+        [2, 40],
+        "not a fatal handshake_failure: {answer:02x?}"
+    );
+    let error = rustls_error(&server.expect_err("the server accepted CBC suites")).unwrap();
+    assert!(
+        matches!(
+            error,
+            Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon)
+        ),
+        "{error:?}"
+    );
+}
+
+/// A TLS 1.1 client is refused, even when it offers a suite the gateway has.
+#[tokio::test]
+async fn a_tls_1_1_client_is_refused() {
+    let (server, answer) = raw_handshake(client_hello(0x0302, &[0xc02b, 0xc009])).await;
+    assert_eq!(answer[0], 0x15, "not an alert: {answer:02x?}");
+    assert_eq!(
+        answer[5..],
+        [2, 70],
+        "not a fatal protocol_version: {answer:02x?}"
+    );
+    let error = rustls_error(&server.expect_err("the server accepted TLS 1.1")).unwrap();
+    assert!(matches!(error, Error::PeerIncompatible(_)), "{error:?}");
+}
+
+#[test]
+fn the_configs_offer_only_tls_1_3_and_1_2_with_ecdhe_aead_suites() {
+    let server = dev_server();
+    let suites: Vec<String> = server
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .map(|suite| format!("{:?}", suite.suite()))
+        .collect();
+    assert_eq!(suites.len(), 9, "{suites:?}");
+    for suite in &suites {
+        assert!(
+            suite.starts_with("TLS13_AES_")
+                || suite.starts_with("TLS13_CHACHA20_POLY1305")
+                || suite.starts_with("TLS_ECDHE_"),
+            "{suite}"
+        );
+        assert!(
+            suite.contains("_GCM_") || suite.contains("CHACHA20_POLY1305"),
+            "{suite}"
+        );
+    }
+    let client = dev_client("iom.sn");
+    assert_eq!(
+        client.crypto_provider().cipher_suites.len(),
+        server.crypto_provider().cipher_suites.len()
+    );
+}
+
+#[test]
+fn a_server_without_a_crl_is_refused() {
+    let mut files = dev::files(&dev_dir(), dev::SERVER);
+    files.crls.clear();
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(matches!(error, TlsError::NoCrl { .. }), "{error}");
+    assert!(!error.is_peer_fault());
+}
+
+#[test]
+fn load_errors_name_the_file() {
+    let dir = dev_dir();
+    let missing = dir.join("nobody.pem");
+    let mut files = dev::files(&dir, dev::SERVER);
+    files.cert = missing.clone();
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(matches!(error, TlsError::Read { .. }), "{error}");
+    assert!(
+        error.to_string().contains(&missing.display().to_string()),
+        "{error}"
+    );
+
+    // A key where the CA bundle should be.
+    let mut files = dev::files(&dir, dev::SERVER);
+    files.ca = dir.join("ca.key");
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(matches!(error, TlsError::Empty { .. }), "{error}");
+    assert!(error.to_string().contains("ca.key"), "{error}");
+
+    // A certificate where the CRL should be.
+    let mut files = dev::files(&dir, dev::SERVER);
+    files.crls = vec![dir.join("ca.pem")];
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(error.to_string().contains("ca.pem"), "{error}");
+
+    // A key that is not the certificate's.
+    let mut files = dev::files(&dir, dev::SERVER);
+    files.key = dir.join("iom.sn.key");
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(matches!(error, TlsError::Identity { .. }), "{error}");
+    assert!(error.to_string().contains("iom.sn.key"), "{error}");
+}
+
+#[test]
+fn the_common_name_is_never_an_identity() {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "ma.interieur");
+    params.subject_alt_names = vec![SanType::DnsName("ma.interieur".try_into().unwrap())];
+    let cert = params.self_signed(&key).unwrap();
+    let identity = tls::peer_identity(&[cert.der().clone()]).unwrap();
+    assert!(identity.uris.is_empty(), "{identity:?}");
+    assert_eq!(identity.partner_ids().count(), 0);
+}
+
+#[test]
+fn every_uri_is_read_in_order() {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![
+        SanType::URI("urn:partner:iom.ma".try_into().unwrap()),
+        SanType::DnsName("iom.example".try_into().unwrap()),
+        SanType::URI("https://iom.example/".try_into().unwrap()),
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    let identity = tls::peer_identity(&[cert.der().clone()]).unwrap();
+    assert_eq!(
+        identity.uris,
+        ["urn:partner:iom.ma", "https://iom.example/"]
+    );
+    assert_eq!(identity.partner_ids().collect::<Vec<_>>(), ["iom.ma"]);
+}
+
+#[tokio::test]
+async fn a_generated_pki_works_and_is_new_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let pki = dev::generate_dev_pki(&out, &["iom.sn", "ma.dgsn"]).unwrap();
+    let names: Vec<&str> = pki.certificates.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ca",
+            "server",
+            "iom.sn",
+            "ma.dgsn",
+            "gateway-client",
+            "revoked",
+            "expired",
+            "unknown"
+        ]
+    );
+    for cert in &pki.certificates {
+        assert!(cert.cert.is_file() && cert.key.is_file(), "{cert:?}");
+        let der = tls::load_certs(&cert.cert).unwrap();
+        assert_eq!(tls::fingerprint(&der[0]), cert.fingerprint);
+    }
+    assert!(pki.crl.is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the CA key is readable by others: {mode:o}"
+        );
+    }
+
+    let server = tls::server_config(&dev::files(&out, dev::SERVER)).unwrap();
+    let client = tls::client_config(&dev::files(&out, "iom.sn")).unwrap();
+    let accepted = handshake(server.clone(), client.clone()).await.accepted();
+    assert_eq!(accepted.identity.uris, ["urn:partner:iom.sn"]);
+    let revoked = tls::client_config(&dev::files(&out, dev::REVOKED)).unwrap();
+    let error = handshake(server.clone(), revoked).await.refused();
+    assert!(
+        matches!(error, Error::InvalidCertificate(CertificateError::Revoked)),
+        "{error:?}"
+    );
+
+    // A fresh CA: the committed server does not know this client.
+    let mut stranger = dev::files(&out, "iom.sn");
+    stranger.ca = dev_dir().join("ca.pem");
+    stranger.crls = vec![dev_dir().join(dev::CRL_FILE)];
+    let stranger = tls::client_config(&stranger).unwrap();
+    let error = handshake(dev_server(), stranger).await.refused();
+    assert!(
+        matches!(
+            error,
+            Error::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature
+            )
+        ),
+        "{error:?}"
+    );
+
+    // Running again overwrites everything with a new CA.
+    let again = dev::generate_dev_pki(&out, &["iom.sn", "ma.dgsn"]).unwrap();
+    assert_ne!(
+        again.certificates[0].fingerprint,
+        pki.certificates[0].fingerprint
+    );
+    let roots: RootCertStore = tls::load_roots(&out.join("ca.pem")).unwrap();
+    assert_eq!(roots.len(), 1);
+    let fresh = tls::server_config(&dev::files(&out, dev::SERVER)).unwrap();
+    let client = tls::client_config(&dev::files(&out, "ma.dgsn")).unwrap();
+    handshake(fresh, client).await.accepted();
+}
+
+#[test]
+fn the_generator_refuses_unsafe_partner_ids_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let error = dev::generate_dev_pki(&out, &["iom.sn", "../escape"]).unwrap_err();
+    assert!(
+        matches!(error, dev::DevPkiError::InvalidPartnerId(_)),
+        "{error}"
+    );
+    let error = dev::generate_dev_pki(&out, &["ca"]).unwrap_err();
+    assert!(
+        matches!(error, dev::DevPkiError::ReservedPartnerId(_)),
+        "{error}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn the_committed_pki_holds_every_documented_file() {
+    let dir = dev_dir();
+    let mut stems: Vec<&str> = vec![
+        dev::CA,
+        dev::SERVER,
+        dev::GATEWAY_CLIENT,
+        dev::REVOKED,
+        dev::EXPIRED,
+        dev::UNKNOWN,
+    ];
+    stems.extend(dev::DEFAULT_PARTNERS);
+    for stem in stems {
+        for extension in ["pem", "key"] {
+            let path = dir.join(format!("{stem}.{extension}"));
+            assert!(path.is_file(), "{} is missing", path.display());
+        }
+    }
+    assert_eq!(tls::load_crls(&dir.join(dev::CRL_FILE)).unwrap().len(), 1);
+}
