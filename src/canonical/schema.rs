@@ -240,6 +240,16 @@ impl SchemaSet {
 
     /// Validates a whole event: the envelope, then its data against its type's schema.
     pub fn validate(&self, event: &Value) -> Result<(), Vec<Violation>> {
+        // The common case first: a yes/no check is about twice as fast as collecting errors.
+        let type_name = event["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(TYPE_PREFIX));
+        if let Some(validator) = type_name.and_then(|name| self.data.get(name))
+            && self.envelope.is_valid(event)
+            && validator.is_valid(&event["data"])
+        {
+            return Ok(());
+        }
         let mut violations: Vec<Violation> = self
             .envelope
             .iter_errors(event)

@@ -101,6 +101,20 @@ impl CodeList {
 /// Folds a spelling to its lookup key: no accents, upper case, runs of anything that is not a
 /// letter or digit become one space.
 pub fn normalise(text: &str) -> String {
+    if text.is_ascii() {
+        // Most codes and names are ASCII: no decomposition needed.
+        let mut out = String::with_capacity(text.len());
+        for word in text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.extend(word.chars().map(|c| c.to_ascii_uppercase()));
+        }
+        return out;
+    }
     let mut out = String::with_capacity(text.len());
     let mut pending_space = false;
     for character in text.nfd() {
@@ -241,6 +255,7 @@ mod tests {
     #[test]
     fn normalises_accents_case_and_punctuation() {
         assert_eq!(normalise("Sénégalaise"), "SENEGALAISE");
+        assert_eq!(normalise(" cote--d'ivoire "), "COTE D IVOIRE");
         assert_eq!(normalise("  COTE D'IVOIRE "), "COTE D IVOIRE");
         assert_eq!(normalise("Guinée-Conakry"), normalise("GUINEE CONAKRY"));
     }

@@ -11,6 +11,16 @@ use chrono::NaiveDate;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatePattern {
     chrono_format: String,
+    parts: Vec<Part>,
+}
+
+/// One element of a pattern, read by hand: a fixed number of digits, or a separator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Day,
+    Month,
+    Year,
+    Separator(char),
 }
 
 /// Why a date pattern is not valid.
@@ -29,39 +39,74 @@ impl DatePattern {
             pattern
         };
         let mut chrono_format = String::new();
-        let (mut day, mut month, mut year) = (false, false, false);
+        let mut parts = Vec::new();
         let mut rest = source;
         while !rest.is_empty() {
-            let (token, length) = if rest.starts_with("yyyy") {
-                year = true;
-                ("%Y", 4)
+            let (part, token, length) = if rest.starts_with("yyyy") {
+                (Part::Year, "%Y", 4)
             } else if rest.starts_with("dd") {
-                day = true;
-                ("%d", 2)
+                (Part::Day, "%d", 2)
             } else if rest.starts_with("mm") {
-                month = true;
-                ("%m", 2)
+                (Part::Month, "%m", 2)
             } else {
                 let separator = rest.chars().next().unwrap_or_default();
                 if separator.is_alphanumeric() || separator == '%' {
                     return Err(DatePatternError(pattern.into()));
                 }
                 chrono_format.push(separator);
+                parts.push(Part::Separator(separator));
                 rest = &rest[separator.len_utf8()..];
                 continue;
             };
+            if parts.contains(&part) {
+                return Err(DatePatternError(pattern.into()));
+            }
+            parts.push(part);
             chrono_format.push_str(token);
             rest = &rest[length..];
         }
-        if !(day && month && year) {
+        if ![Part::Day, Part::Month, Part::Year]
+            .iter()
+            .all(|p| parts.contains(p))
+        {
             return Err(DatePatternError(pattern.into()));
         }
-        Ok(Self { chrono_format })
+        Ok(Self {
+            chrono_format,
+            parts,
+        })
     }
 
     /// Reads a date written in this pattern.
     pub fn read(&self, text: &str) -> Option<NaiveDate> {
-        NaiveDate::parse_from_str(text.trim(), &self.chrono_format).ok()
+        // Read by hand rather than with `parse_from_str`, which re-reads the format string on
+        // every call and accepts one-digit days; every field here has its exact width.
+        let mut rest = text.trim();
+        let (mut day, mut month, mut year) = (0, 0, 0);
+        for part in &self.parts {
+            let width = match part {
+                Part::Separator(separator) => {
+                    rest = rest.strip_prefix(*separator)?;
+                    continue;
+                }
+                Part::Year => 4,
+                Part::Day | Part::Month => 2,
+            };
+            let digits = rest
+                .get(..width)
+                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))?;
+            let number: u32 = digits.parse().ok()?;
+            rest = &rest[width..];
+            match part {
+                Part::Day => day = number,
+                Part::Month => month = number,
+                _ => year = number,
+            }
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)
     }
 
     /// Writes a date in this pattern.
@@ -91,6 +136,8 @@ mod tests {
         assert_eq!(date.to_string(), "1998-03-14");
         assert_eq!(pattern.write(date), "14/03/1998");
         assert_eq!(pattern.read("31/02/1998"), None);
+        assert_eq!(pattern.read("4/03/1998"), None);
+        assert_eq!(pattern.read("14/03/19989"), None);
         assert_eq!(pattern.read("1998-03-14"), None);
         assert_eq!(
             DatePattern::compile("iso").unwrap().read("1998-03-14"),
@@ -106,6 +153,7 @@ mod tests {
     fn refuses_bad_patterns() {
         assert!(DatePattern::compile("dd/mm").is_err());
         assert!(DatePattern::compile("yymmdd").is_err());
+        assert!(DatePattern::compile("dd/mm/yyyy/dd").is_err());
         assert!(DatePattern::compile("dd/mm/yyyy %H").is_err());
         assert!(DatePattern::compile("ddxmmxyyyy").is_err());
     }

@@ -13,7 +13,8 @@ use super::rule::{
 use super::spec::{CheckSpec, DecodeSpec, Format, IgnoreSpec, InboundSpec, MatchSpec, RuleSpec};
 use super::xml::XmlDocument;
 use super::{bcbp, mrz};
-use crate::canonical::schema::{FieldShape, ObjectShape};
+use crate::canonical::TYPE_PREFIX;
+use crate::canonical::schema::{FieldShape, ObjectShape, SCHEMA_BASE};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -113,6 +114,7 @@ impl Matcher {
         let scope = EvalScope {
             native,
             named: &named,
+            event_data: None,
         };
         let values = |path: &NativePath| {
             Source::Native(path.clone())
@@ -155,6 +157,15 @@ struct Check {
     path: String,
 }
 
+/// The envelope attributes a mapping sets the same way on every event.
+#[derive(Debug, Clone)]
+pub(crate) struct Envelope {
+    pub(crate) event_type: String,
+    pub(crate) dataschema: String,
+    /// `<partner>/<name>`; the loader prefixes the partner.
+    pub(crate) mapping_id: String,
+}
+
 /// One compiled inbound message kind.
 #[derive(Debug, Clone)]
 pub struct InboundMapping {
@@ -162,6 +173,8 @@ pub struct InboundMapping {
     pub name: String,
     /// The canonical type, without prefix.
     pub event_type: String,
+    /// The envelope strings, computed once: `type`, `dataschema` and `mappingid`.
+    pub(crate) envelope: Envelope,
     /// How the kind is recognised.
     pub matcher: Matcher,
     id: Rule,
@@ -209,6 +222,7 @@ impl IgnoreRule {
         let scope = EvalScope {
             native,
             named: &named,
+            event_data: None,
         };
         let values = Source::Native(self.kind.clone()?).values(&scope).ok()?;
         values.first().and_then(as_text)
@@ -341,6 +355,14 @@ impl InboundMapping {
         Ok(Self {
             name: body.name.get_ref().clone(),
             event_type: body.event_type.get_ref().clone(),
+            envelope: Envelope {
+                event_type: format!("{TYPE_PREFIX}{}", body.event_type.get_ref()),
+                dataschema: format!(
+                    "{SCHEMA_BASE}events/{}.schema.json",
+                    body.event_type.get_ref()
+                ),
+                mapping_id: body.name.get_ref().clone(),
+            },
             matcher: matcher.expect("no issues"),
             id: id.expect("no issues"),
             time,
@@ -358,6 +380,7 @@ impl InboundMapping {
             let scope = EvalScope {
                 native,
                 named: &named,
+                event_data: None,
             };
             let values = step.source.values(&scope).map_err(|e| FieldFailure {
                 field: step.name.clone(),
@@ -388,6 +411,7 @@ impl InboundMapping {
         let scope = EvalScope {
             native,
             named: &named,
+            event_data: None,
         };
         let failure = |field: &'static str| {
             move |e: super::rule::RuleError| FieldFailure {
@@ -415,14 +439,10 @@ impl InboundMapping {
             }
         }
         if !self.checks.is_empty() {
-            let mut named = named;
-            named.insert(
-                EVENT.to_owned(),
-                json!({ "id": id, "time": time, "data": Value::Object(data.clone()) }),
-            );
             let scope = EvalScope {
                 native,
                 named: &named,
+                event_data: Some(&data),
             };
             for check in &self.checks {
                 let left = check.left.eval(&scope).ok().flatten();

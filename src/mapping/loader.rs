@@ -301,7 +301,10 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
             .data_shape(entry.get_ref().event_type.get_ref())
             .expect("every catalogue type has a shape");
         match InboundMapping::compile(entry, &scope, shape) {
-            Ok(compiled) => inbound.push(compiled),
+            Ok(mut compiled) => {
+                compiled.envelope.mapping_id = format!("{partner}/{}", compiled.name);
+                inbound.push(compiled);
+            }
             Err(mut found) => issues.append(&mut found),
         }
     }
@@ -412,6 +415,7 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
         format: spec.format,
         hash: format!("sha256:{}", hex::encode(hasher.finalize())),
         file: file.to_path_buf(),
+        source: crate::canonical::partner_source(spec.partner.get_ref()),
         inbound,
         ignore,
         outbound,

@@ -61,6 +61,8 @@ pub struct PartnerMapping {
     pub hash: String,
     /// The file the mapping was loaded from.
     pub file: PathBuf,
+    /// The partner's CloudEvents `source`, `urn:partner:<id>`.
+    pub source: String,
     inbound: Vec<InboundMapping>,
     ignore: Vec<IgnoreRule>,
     outbound: Vec<OutboundMapping>,
@@ -303,15 +305,16 @@ impl PartnerMapping {
                 field: failure.field,
                 message: failure.message,
             })?;
-        let mapping_id = format!("{}/{}", self.partner, mapping.name);
+        let envelope = &mapping.envelope;
+        let mapping_id = envelope.mapping_id.clone();
         let mut event = json!({
             "specversion": "1.0",
             "id": parts.id,
-            "source": partner_source(&self.partner),
-            "type": format!("{TYPE_PREFIX}{}", mapping.event_type),
+            "source": self.source,
+            "type": envelope.event_type,
             "subject": parts.data.get("case_id").cloned().unwrap_or(Value::Null),
             "datacontenttype": "application/json",
-            "dataschema": format!("{}events/{}.schema.json", crate::canonical::schema::SCHEMA_BASE, mapping.event_type),
+            "dataschema": envelope.dataschema,
             "mappingid": mapping_id,
             "mappinghash": self.hash,
             "data": Value::Object(parts.data),

@@ -171,8 +171,23 @@ impl JsonPath {
     /// The values at this path. Arrays met before the last key are walked item by item; an
     /// array at the end is returned whole as its items.
     pub fn eval<'v>(&self, value: &'v Value) -> Vec<&'v Value> {
+        Self::walk(&self.keys, value)
+    }
+
+    /// The values at this path inside an object (the event data being built, in checks).
+    pub fn eval_in<'v>(&self, object: &'v serde_json::Map<String, Value>) -> Vec<&'v Value> {
+        match self.keys.split_first() {
+            Some((first, rest)) => object
+                .get(first)
+                .map(|v| Self::walk(rest, v))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    fn walk<'v>(keys: &[String], value: &'v Value) -> Vec<&'v Value> {
         let mut current: Vec<&Value> = vec![value];
-        for key in &self.keys {
+        for key in keys {
             let mut next = Vec::new();
             for value in current {
                 match value {

@@ -44,8 +44,10 @@ pub enum NativePath {
 pub enum Source {
     /// A path in the native message.
     Native(NativePath),
-    /// A path in a decoded document (`$name.path`), or in the event (`$event.path`).
+    /// A path in a decoded document (`$name.path`).
     Named(String, JsonPath),
+    /// A path in the data of the event being built (`$event.data.path`, checks only).
+    EventData(JsonPath),
     /// A constant.
     Const(Value),
     /// One object per item found at the path.
@@ -120,6 +122,17 @@ impl CompileScope<'_> {
                 return Err(Issue::at(
                     text.span(),
                     "$event can only be used in checks".into(),
+                ));
+            }
+            if name == EVENT {
+                let Some(data_path) = path.strip_prefix("data.") else {
+                    return Err(Issue::at(
+                        text.span(),
+                        "checks compare event data: write $event.data.<field>".into(),
+                    ));
+                };
+                return Ok(Source::EventData(
+                    JsonPath::compile(data_path, '.').map_err(at)?,
                 ));
             }
             if name != EVENT && !self.decoded.iter().any(|declared| declared == name) {
@@ -340,8 +353,10 @@ pub enum Native<'a> {
 pub struct EvalScope<'a> {
     /// The native message.
     pub native: Native<'a>,
-    /// Decoded documents and (in checks) the event, by name.
+    /// Decoded documents, by name.
     pub named: &'a BTreeMap<String, Value>,
+    /// The data of the event being built (in checks only).
+    pub event_data: Option<&'a Map<String, Value>>,
 }
 
 /// Why a rule failed on a message. The message never quotes personal data.
@@ -365,6 +380,10 @@ impl Source {
                 Some(document) => path.eval(document).into_iter().cloned().collect(),
                 None => Vec::new(),
             },
+            Source::EventData(path) => match scope.event_data {
+                Some(data) => path.eval_in(data).into_iter().cloned().collect(),
+                None => Vec::new(),
+            },
             Source::Const(value) => vec![value.clone()],
             Source::Each(path, fields) => {
                 let items: Vec<Native<'_>> = match (path, scope.native) {
@@ -383,6 +402,7 @@ impl Source {
                     let item_scope = EvalScope {
                         native: item,
                         named: scope.named,
+                        event_data: None,
                     };
                     let mut object = Map::new();
                     for (name, rule) in fields {
@@ -674,6 +694,7 @@ mod tests {
         rule.eval(&EvalScope {
             native: Native::Json(message),
             named: &named,
+            event_data: None,
         })
     }
 

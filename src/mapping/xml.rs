@@ -10,6 +10,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// Bounds applied while parsing, so that a hostile message cannot exhaust memory or stack.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +78,7 @@ pub enum XmlError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpandedName {
     /// The namespace URI, `None` when the name is in no namespace.
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     /// The local part of the name.
     pub local: String,
 }
@@ -148,6 +149,7 @@ impl XmlDocument {
         let mut elements: Vec<Element> = Vec::new();
         let mut open: Vec<usize> = Vec::new();
         let mut root_closed = false;
+        let mut namespaces: Vec<Arc<str>> = Vec::new();
         loop {
             let position = reader.buffer_position();
             let (resolved, event) =
@@ -175,10 +177,10 @@ impl XmlDocument {
                         });
                     }
                     let name = ExpandedName {
-                        namespace: namespace_of(&resolved)?,
+                        namespace: namespace_of(&resolved, &mut namespaces)?,
                         local: start.local_name().into_inner().to_owned(),
                     };
-                    let attributes = read_attributes(&reader, start, limits)?;
+                    let attributes = read_attributes(&reader, start, limits, &mut namespaces)?;
                     let index = elements.len();
                     elements.push(Element {
                         name,
@@ -246,7 +248,12 @@ impl XmlDocument {
 fn append_text(elements: &mut [Element], open: &[usize], content: &str) -> Result<(), XmlError> {
     match open.last() {
         Some(&index) => {
-            elements[index].text.push_str(content);
+            let element = &mut elements[index];
+            // Indentation between child elements is not text: skip it rather than keep it.
+            let layout = element.text.is_empty() || !element.children.is_empty();
+            if !(layout && content.trim().is_empty()) {
+                element.text.push_str(content);
+            }
             Ok(())
         }
         None if content.trim().is_empty() => Ok(()),
@@ -254,10 +261,21 @@ fn append_text(elements: &mut [Element], open: &[usize], content: &str) -> Resul
     }
 }
 
-fn namespace_of(resolved: &ResolveResult<'_>) -> Result<Option<String>, XmlError> {
+/// Resolves a name's namespace, sharing one allocation per distinct URI in the document.
+fn namespace_of(
+    resolved: &ResolveResult<'_>,
+    seen: &mut Vec<Arc<str>>,
+) -> Result<Option<Arc<str>>, XmlError> {
     match resolved {
         ResolveResult::Unbound => Ok(None),
-        ResolveResult::Bound(namespace) => Ok(Some(namespace.0.to_owned())),
+        ResolveResult::Bound(namespace) => {
+            if let Some(known) = seen.iter().find(|known| ***known == *namespace.0) {
+                return Ok(Some(known.clone()));
+            }
+            let uri: Arc<str> = Arc::from(namespace.0);
+            seen.push(uri.clone());
+            Ok(Some(uri))
+        }
         ResolveResult::Unknown(prefix) => Err(XmlError::UnknownPrefix(prefix.clone())),
     }
 }
@@ -266,6 +284,7 @@ fn read_attributes(
     reader: &NsReader<&[u8]>,
     start: &BytesStart<'_>,
     limits: XmlLimits,
+    namespaces: &mut Vec<Arc<str>>,
 ) -> Result<Vec<Attribute>, XmlError> {
     let mut attributes = Vec::new();
     for attribute in start.attributes() {
@@ -298,7 +317,7 @@ fn read_attributes(
             })?;
         attributes.push(Attribute {
             name: ExpandedName {
-                namespace: namespace_of(&resolved)?,
+                namespace: namespace_of(&resolved, namespaces)?,
                 local: local.into_inner().to_owned(),
             },
             value: value.into_owned(),
