@@ -28,6 +28,11 @@
 //! Run with `cargo bench --bench mapping`.
 
 use criterion::{Criterion, Throughput};
+
+/// The same allocator as the `passerelle` binary, so that the figures are the gateway's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use passerelle::canonical::{SchemaSet, jcs};
 use passerelle::mapping::rule::{Native, same_name};
 use passerelle::mapping::xml::{XmlDocument, XmlLimits};

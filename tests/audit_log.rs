@@ -598,3 +598,49 @@ fn auditor_command_line() {
         .unwrap();
     assert!(!again.status.success(), "keygen must not overwrite a key");
 }
+
+#[test]
+fn since_catches_a_forked_or_rolled_back_log() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log_a = AuditLog::open(a.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log_a, 0..30);
+    log_a.close().unwrap();
+    // The same key signs another history (a fork) of a larger size.
+    let log_b = AuditLog::open(b.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log_b, 100..140);
+    log_b.close().unwrap();
+    let cp_a = std::fs::read(a.path().join("public/checkpoint")).unwrap();
+    let cp_b = std::fs::read(b.path().join("public/checkpoint")).unwrap();
+    let v = signer().verifier().clone();
+    let forked = verify_public(&b.path().join("public"), &v, Some(&cp_a), &mut |_| {}).unwrap_err();
+    assert!(forked.reason.contains("not consistent"), "{forked}");
+    let rolled_back =
+        verify_public(&a.path().join("public"), &v, Some(&cp_b), &mut |_| {}).unwrap_err();
+    assert!(rolled_back.reason.contains("rolled back"), "{rolled_back}");
+}
+
+#[test]
+fn journal_segments_rotate_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Options {
+        segment_bytes: 8 * 1024,
+        ..options()
+    };
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, small.clone()).unwrap();
+    append_many(&log, 0..120);
+    log.close().unwrap();
+    let segments = std::fs::read_dir(dir.path().join("private/journal"))
+        .unwrap()
+        .count();
+    assert!(
+        segments > 3,
+        "expected several journal segments, found {segments}"
+    );
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, small).unwrap();
+    assert_eq!(log.latest_checkpoint().1.size, 120);
+    assert_eq!(log.lookup(&Query::Case(case_id(4))).len(), 24);
+    assert_eq!(log.open_case(&case_id(4)).unwrap().len(), 24);
+    append_many(&log, 120..130);
+    log.sync().unwrap();
+    assert_eq!(log.latest_checkpoint().1.size, 130);
+}

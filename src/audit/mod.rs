@@ -13,6 +13,8 @@
 //! (journal, keys, metadata), which never leaves the gateway and its
 //! auditors.
 
+#![warn(missing_docs)]
+
 pub mod bundle;
 pub mod checkpoint;
 pub mod error;

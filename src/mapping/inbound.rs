@@ -8,7 +8,7 @@
 use super::diagnostics::Issue;
 use super::path::XmlPath;
 use super::rule::{
-    CompileScope, EVENT, EvalScope, Native, NativePath, Rule, Shape, Source, as_text, same_name,
+    CompileScope, EVENT, EvalScope, Native, NativePath, Rule, Shape, Source, as_text, same_names,
 };
 use super::spec::{CheckSpec, DecodeSpec, Format, IgnoreSpec, InboundSpec, MatchSpec, RuleSpec};
 use super::xml::XmlDocument;
@@ -445,11 +445,11 @@ impl InboundMapping {
                 event_data: Some(&data),
             };
             for check in &self.checks {
-                let left = check.left.eval(&scope).ok().flatten();
-                let right = check.right.eval(&scope).ok().flatten();
-                if let (Some(left), Some(right)) = (left, right) {
+                let left = check.left.check_values(&scope);
+                let right = check.right.check_values(&scope);
+                if !left.is_empty() && !right.is_empty() {
                     let agree = if check.by_name {
-                        same_name(&left, &right)
+                        same_names(&left, &right)
                     } else {
                         left == right
                     };
@@ -487,13 +487,14 @@ fn insert_at(data: &mut Map<String, Value>, target: &[String], value: Value) {
     };
     let mut object = data;
     for parent in parents {
-        let entry = object
-            .entry(parent.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !entry.is_object() {
-            *entry = Value::Object(Map::new());
+        // Look up before inserting, so that the key is only copied the first time.
+        if !object.get(parent).is_some_and(Value::is_object) {
+            object.insert(parent.clone(), Value::Object(Map::new()));
         }
-        object = entry.as_object_mut().expect("made an object above");
+        object = object
+            .get_mut(parent)
+            .and_then(Value::as_object_mut)
+            .expect("made an object above");
     }
     object.insert(last.clone(), value);
 }

@@ -121,21 +121,31 @@ impl XmlPath {
 
     /// The elements at this path (for `each`); an attribute step is ignored.
     pub fn elements<'d>(&self, document: &'d XmlDocument, from: &'d Element) -> Vec<&'d Element> {
-        let mut current: Vec<&Element> = vec![from];
-        for step in &self.steps {
-            current = current
-                .iter()
-                .flat_map(|element| {
-                    element
-                        .children
-                        .iter()
-                        .map(|&child| &document.elements[child])
-                })
-                .filter(|child| child.name.is(step.namespace.as_deref(), &step.local))
-                .take(MAX_VALUES)
-                .collect();
+        let mut found = Vec::new();
+        descend(document, from, &self.steps, &mut found);
+        found
+    }
+}
+
+/// Collects the elements below `element` that match `steps`, depth first, in document order,
+/// without intermediate lists (paths are evaluated for every field of every message).
+fn descend<'d>(
+    document: &'d XmlDocument,
+    element: &'d Element,
+    steps: &[XmlStep],
+    found: &mut Vec<&'d Element>,
+) {
+    let Some((step, rest)) = steps.split_first() else {
+        if found.len() < MAX_VALUES {
+            found.push(element);
         }
-        current
+        return;
+    };
+    for &child in &element.children {
+        let child = &document.elements[child];
+        if child.name.is(step.namespace.as_deref(), &step.local) {
+            descend(document, child, rest, found);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use super::xml::{Element, XmlDocument};
 use super::{bcbp, diagnostics::Issue};
 use regex::Regex;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use toml::Spanned;
@@ -446,8 +447,9 @@ fn native_values(path: &NativePath, native: Native<'_>) -> Vec<Value> {
 }
 
 impl Rule {
-    /// Evaluates the rule: `Ok(None)` when the value is absent and may be.
-    pub fn eval(&self, scope: &EvalScope<'_>) -> Result<Option<Value>, RuleError> {
+    /// The values after every transform, before `default` and the shape; and whether the
+    /// source gave anything at all.
+    fn transformed(&self, scope: &EvalScope<'_>) -> Result<(Vec<Value>, bool), RuleError> {
         let mut values = self.source.values(scope)?;
         values.retain(|value| !is_absent(value));
         let had_source = !values.is_empty();
@@ -523,6 +525,12 @@ impl Rule {
                 .map(|value| self.convert(convert, value))
                 .collect::<Result<_, _>>()?;
         }
+        Ok((values, had_source))
+    }
+
+    /// Evaluates the rule: `Ok(None)` when the value is absent and may be.
+    pub fn eval(&self, scope: &EvalScope<'_>) -> Result<Option<Value>, RuleError> {
+        let (mut values, had_source) = self.transformed(scope)?;
         if values.is_empty() {
             match &self.default {
                 Some(Value::Array(items)) if self.shape == Shape::List => {
@@ -652,15 +660,68 @@ fn truncate(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
-/// Compares two values as names: accents, case, punctuation and list boundaries ignored.
-pub fn same_name(left: &Value, right: &Value) -> bool {
-    fn flat(value: &Value) -> String {
-        match value {
-            Value::Array(items) => items.iter().map(flat).collect::<Vec<_>>().join(" "),
-            other => normalise(&as_text(other).unwrap_or_default()),
+impl Rule {
+    /// The values a check compares: borrowed from the decoded document or the event when the
+    /// rule has no transform (the common case), computed otherwise. Empty when absent or when
+    /// the rule fails: a check with a side missing is skipped.
+    pub fn check_values<'s>(&self, scope: &EvalScope<'s>) -> Vec<Cow<'s, Value>> {
+        let plain = self.regex.is_none()
+            && self.case.is_none()
+            && self.split.is_none()
+            && self.join.is_none()
+            && self.codelist.is_none()
+            && self.date.is_none()
+            && !self.datetime
+            && self.convert.is_none();
+        let borrowed = match (&self.source, plain) {
+            (Source::Named(name, path), true) => Some(
+                scope
+                    .named
+                    .get(name)
+                    .map(|d| path.eval(d))
+                    .unwrap_or_default(),
+            ),
+            (Source::EventData(path), true) => Some(
+                scope
+                    .event_data
+                    .map(|d| path.eval_in(d))
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        };
+        match borrowed {
+            Some(values) => values.into_iter().map(Cow::Borrowed).collect(),
+            None => self
+                .transformed(scope)
+                .map(|(values, _)| values)
+                .unwrap_or_default()
+                .into_iter()
+                .map(Cow::Owned)
+                .collect(),
         }
     }
-    normalise(&flat(left)) == normalise(&flat(right))
+}
+
+/// Compares two lists of values as names: accents, case, punctuation and list boundaries
+/// ignored.
+pub fn same_names(left: &[Cow<'_, Value>], right: &[Cow<'_, Value>]) -> bool {
+    let flat = |values: &[Cow<'_, Value>]| {
+        let words: Vec<String> = values.iter().map(|value| flat_name(value)).collect();
+        normalise(&words.join(" "))
+    };
+    flat(left) == flat(right)
+}
+
+fn flat_name(value: &Value) -> String {
+    match value {
+        Value::Array(items) => items.iter().map(flat_name).collect::<Vec<_>>().join(" "),
+        other => as_text(other).unwrap_or_default(),
+    }
+}
+
+/// Compares two values as names: accents, case, punctuation and list boundaries ignored.
+pub fn same_name(left: &Value, right: &Value) -> bool {
+    normalise(&flat_name(left)) == normalise(&flat_name(right))
 }
 
 #[cfg(test)]

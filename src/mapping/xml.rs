@@ -204,8 +204,16 @@ impl XmlDocument {
                     }
                 }
                 Event::Text(text) => {
-                    let content = text.xml10_content();
-                    append_text(&mut elements, &open, &content)?;
+                    // Indentation is most of the text events: skip it before normalising.
+                    let raw: &str = &text;
+                    if !raw.trim().is_empty()
+                        || open.last().is_some_and(|&i| {
+                            elements[i].children.is_empty() && !elements[i].text.is_empty()
+                        })
+                    {
+                        let content = text.xml10_content();
+                        append_text(&mut elements, &open, &content)?;
+                    }
                 }
                 Event::CData(data) => {
                     let content = data.xml10_content();
