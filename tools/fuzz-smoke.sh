@@ -118,8 +118,8 @@ for target in "${targets[@]}"; do
     grep -v -e '^#[0-9]*[[:space:]]*\(NEW\|REDUCE\|pulse\)' -e '^[[:space:]]*NEW_FUNC' \
       -e '^"' -e '^###### ' -e 'Failed to find function "__sanitizer'
   status=${PIPESTATUS[0]}
-  set -e
   if ((status != 0)); then
+    # Still under `set +e`: `head` closing a pipe early must not cut the report short.
     step "FAILED: $target (exit $status)"
     new="$(comm -13 <(echo "$before") <(find "$artifacts" -type f | sort))"
     for file in $new; do
@@ -131,6 +131,7 @@ for target in "${targets[@]}"; do
     done
     exit 1
   fi
+  set -e
   step "ok: $target ran $time_limit s without a crash; corpus now $(find "$corpus" -type f | wc -l) files"
 done
 

@@ -17,7 +17,11 @@ pub fn mappings() -> &'static MappingSet {
     SET.get_or_init(|| match MappingSet::load(Path::new(MAPPINGS_DIR)) {
         Ok(set) => set,
         Err(diagnostics) => {
-            let list = diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ");
+            let list = diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n  ");
             panic!("SETUP ERROR, not a fuzzing finding: {MAPPINGS_DIR} does not load:\n  {list}");
         }
     })
@@ -26,8 +30,14 @@ pub fn mappings() -> &'static MappingSet {
 /// Every partner whose inbound format is one of `formats`, in id order. Panics (at set-up) if
 /// there is none, so that a target never silently fuzzes nothing.
 pub fn partners(formats: &[Format]) -> Vec<&'static PartnerMapping> {
-    let found: Vec<_> = mappings().partners().filter(|p| formats.contains(&p.format)).collect();
-    assert!(!found.is_empty(), "SETUP ERROR: no partner in {MAPPINGS_DIR} sends {formats:?}");
+    let found: Vec<_> = mappings()
+        .partners()
+        .filter(|p| formats.contains(&p.format))
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "SETUP ERROR: no partner in {MAPPINGS_DIR} sends {formats:?}"
+    );
     found
 }
 
@@ -44,7 +54,10 @@ pub fn decode(partner: &PartnerMapping, bytes: &[u8]) {
         Ok(Decoded::Event(event)) => {
             let canonical = event.to_canonical_json();
             if let Err(error) = serde_json::from_slice::<serde_json::Value>(&canonical) {
-                panic!("{}: the canonical JSON of a decoded event is not JSON: {error}", event.mapping_id);
+                panic!(
+                    "{}: the canonical JSON of a decoded event is not JSON: {error}",
+                    event.mapping_id
+                );
             }
             for recipient in mappings().partners() {
                 let _ = recipient.encode(&event.event);

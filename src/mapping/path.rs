@@ -104,49 +104,67 @@ impl XmlPath {
 
     /// The values at this path below the root: element texts (trimmed) or attribute values.
     pub fn eval<'d>(&self, document: &'d XmlDocument, from: &'d Element) -> Vec<&'d str> {
-        let values = self
-            .elements(document, from)
-            .into_iter()
-            .filter_map(|element| match &self.attribute {
+        let mut found = Vec::new();
+        self.each_value(document, from, &mut |text| found.push(text));
+        found
+    }
+
+    /// Calls `visit` with each value at this path (trimmed, empty ones skipped), in document
+    /// order, without building intermediate lists.
+    pub fn each_value<'d>(
+        &self,
+        document: &'d XmlDocument,
+        from: &'d Element,
+        visit: &mut dyn FnMut(&'d str),
+    ) {
+        let mut count = 0;
+        descend(document, from, &self.steps, &mut |element| {
+            let value = match &self.attribute {
                 Some(attribute) => {
                     element.attribute(attribute.namespace.as_deref(), &attribute.local)
                 }
                 None => Some(element.text.as_str()),
-            });
-        values
-            .map(str::trim)
-            .filter(|value| !value.is_empty())
-            .collect()
+            };
+            if let Some(value) = value.map(str::trim).filter(|value| !value.is_empty()) {
+                visit(value);
+                count += 1;
+            }
+            count < MAX_VALUES
+        });
     }
 
     /// The elements at this path (for `each`); an attribute step is ignored.
     pub fn elements<'d>(&self, document: &'d XmlDocument, from: &'d Element) -> Vec<&'d Element> {
         let mut found = Vec::new();
-        descend(document, from, &self.steps, &mut found);
+        descend(document, from, &self.steps, &mut |element| {
+            found.push(element);
+            found.len() < MAX_VALUES
+        });
         found
     }
 }
 
-/// Collects the elements below `element` that match `steps`, depth first, in document order,
-/// without intermediate lists (paths are evaluated for every field of every message).
+/// Visits the elements below `element` that match `steps`, depth first, in document order,
+/// without intermediate lists (paths are evaluated for every field of every message). Stops
+/// as soon as `visit` returns false; returns false when it stopped.
 fn descend<'d>(
     document: &'d XmlDocument,
     element: &'d Element,
     steps: &[XmlStep],
-    found: &mut Vec<&'d Element>,
-) {
+    visit: &mut dyn FnMut(&'d Element) -> bool,
+) -> bool {
     let Some((step, rest)) = steps.split_first() else {
-        if found.len() < MAX_VALUES {
-            found.push(element);
-        }
-        return;
+        return visit(element);
     };
     for &child in &element.children {
         let child = &document.elements[child];
-        if child.name.is(step.namespace.as_deref(), &step.local) {
-            descend(document, child, rest, found);
+        if child.name.is(step.namespace.as_deref(), &step.local)
+            && !descend(document, child, rest, visit)
+        {
+            return false;
         }
     }
+    true
 }
 
 /// A compiled path into a JSON value (`/`-separated keys) or a decoded document

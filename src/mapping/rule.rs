@@ -434,11 +434,13 @@ fn path_label(path: &NativePath) -> &'static str {
 
 fn native_values(path: &NativePath, native: Native<'_>) -> Vec<Value> {
     match (path, native) {
-        (NativePath::Xml(path), Native::Xml(document, element)) => path
-            .eval(document, element)
-            .into_iter()
-            .map(|text| Value::String(text.to_owned()))
-            .collect(),
+        (NativePath::Xml(path), Native::Xml(document, element)) => {
+            let mut values = Vec::with_capacity(1);
+            path.each_value(document, element, &mut |text| {
+                values.push(Value::String(text.to_owned()))
+            });
+            values
+        }
         (NativePath::Json(path), Native::Json(value)) => {
             path.eval(value).into_iter().cloned().collect()
         }

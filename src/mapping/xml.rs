@@ -7,8 +7,7 @@
 //! attribute count. It must not know anything about partners or the canonical model.
 
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
-use quick_xml::reader::NsReader;
+use quick_xml::reader::Reader;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -143,22 +142,19 @@ impl XmlDocument {
 
     /// Parses text that is already decoded.
     pub fn parse_str(text: &str, limits: XmlLimits) -> Result<Self, XmlError> {
-        let mut reader = NsReader::from_str(text);
+        let mut reader = Reader::from_str(text);
         reader.config_mut().check_end_names = true;
         reader.config_mut().check_comments = true;
         let mut elements: Vec<Element> = Vec::new();
         let mut open: Vec<usize> = Vec::new();
         let mut root_closed = false;
-        let mut namespaces: Vec<Arc<str>> = Vec::new();
+        let mut scopes = Scopes::default();
         loop {
             let position = reader.buffer_position();
-            let (resolved, event) =
-                reader
-                    .read_resolved_event()
-                    .map_err(|error| XmlError::Malformed {
-                        position,
-                        message: error.to_string(),
-                    })?;
+            let event = reader.read_event().map_err(|error| XmlError::Malformed {
+                position,
+                message: error.to_string(),
+            })?;
             match event {
                 Event::Start(ref start) | Event::Empty(ref start) => {
                     if root_closed {
@@ -176,11 +172,13 @@ impl XmlDocument {
                             limit: limits.max_elements,
                         });
                     }
+                    let depth = open.len();
+                    let attributes = read_attributes(&reader, start, limits, &mut scopes, depth)?;
+                    let (namespace, local) = scopes.resolve(start.name().0, true)?;
                     let name = ExpandedName {
-                        namespace: namespace_of(&resolved, &mut namespaces)?,
-                        local: start.local_name().into_inner().to_owned(),
+                        namespace,
+                        local: local.to_owned(),
                     };
-                    let attributes = read_attributes(&reader, start, limits, &mut namespaces)?;
                     let index = elements.len();
                     elements.push(Element {
                         name,
@@ -193,12 +191,16 @@ impl XmlDocument {
                     }
                     if matches!(event, Event::Start(_)) {
                         open.push(index);
-                    } else if open.is_empty() {
-                        root_closed = true;
+                    } else {
+                        scopes.close(depth);
+                        if open.is_empty() {
+                            root_closed = true;
+                        }
                     }
                 }
                 Event::End(_) => {
                     open.pop();
+                    scopes.close(open.len());
                     if open.is_empty() {
                         root_closed = true;
                     }
@@ -269,31 +271,99 @@ fn append_text(elements: &mut [Element], open: &[usize], content: &str) -> Resul
     }
 }
 
-/// Resolves a name's namespace, sharing one allocation per distinct URI in the document.
-fn namespace_of(
-    resolved: &ResolveResult<'_>,
-    seen: &mut Vec<Arc<str>>,
-) -> Result<Option<Arc<str>>, XmlError> {
-    match resolved {
-        ResolveResult::Unbound => Ok(None),
-        ResolveResult::Bound(namespace) => {
-            if let Some(known) = seen.iter().find(|known| ***known == *namespace.0) {
-                return Ok(Some(known.clone()));
+/// The namespace declarations in scope, resolved by hand (the prefix a partner chose never
+/// matters, only the URI it is bound to), sharing one allocation per distinct URI.
+#[derive(Default)]
+struct Scopes {
+    /// (depth of the declaring element, prefix or "" for the default namespace, URI or none).
+    bindings: Vec<(usize, String, Option<Arc<str>>)>,
+    uris: Vec<Arc<str>>,
+}
+
+/// The namespace the `xml` prefix is bound to by definition.
+const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
+
+impl Scopes {
+    fn declare(&mut self, depth: usize, prefix: &str, uri: &str) -> Result<(), XmlError> {
+        let uri = if uri.is_empty() {
+            if !prefix.is_empty() {
+                return Err(XmlError::Structure(
+                    "a namespace prefix cannot be bound to an empty URI",
+                ));
             }
-            let uri: Arc<str> = Arc::from(namespace.0);
-            seen.push(uri.clone());
-            Ok(Some(uri))
+            None
+        } else if let Some(known) = self.uris.iter().find(|known| ***known == *uri) {
+            Some(known.clone())
+        } else {
+            let shared: Arc<str> = Arc::from(uri);
+            self.uris.push(shared.clone());
+            Some(shared)
+        };
+        self.bindings.push((depth, prefix.to_owned(), uri));
+        Ok(())
+    }
+
+    /// Forgets the declarations of the element at `depth`.
+    fn close(&mut self, depth: usize) {
+        while self.bindings.last().is_some_and(|(d, _, _)| *d >= depth) {
+            self.bindings.pop();
         }
-        ResolveResult::Unknown(prefix) => Err(XmlError::UnknownPrefix(prefix.clone())),
+    }
+
+    /// Splits a qualified name and resolves its prefix; unprefixed element names take the
+    /// default namespace, unprefixed attributes none.
+    fn resolve<'n>(
+        &mut self,
+        qualified: &'n str,
+        element: bool,
+    ) -> Result<(Option<Arc<str>>, &'n str), XmlError> {
+        let (prefix, local) = match qualified.split_once(':') {
+            Some((prefix, local)) => (prefix, local),
+            None if !element => return Ok((None, qualified)),
+            None => ("", qualified),
+        };
+        if prefix == "xml" {
+            let uri = self
+                .uris
+                .iter()
+                .find(|u| &***u == XML_NAMESPACE)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(XML_NAMESPACE));
+            return Ok((Some(uri), local));
+        }
+        match self.bindings.iter().rev().find(|(_, p, _)| p == prefix) {
+            Some((_, _, uri)) => Ok((uri.clone(), local)),
+            None if prefix.is_empty() => Ok((None, local)),
+            None => Err(XmlError::UnknownPrefix(prefix.to_owned())),
+        }
     }
 }
 
 fn read_attributes(
-    reader: &NsReader<&[u8]>,
+    reader: &Reader<&[u8]>,
     start: &BytesStart<'_>,
     limits: XmlLimits,
-    namespaces: &mut Vec<Arc<str>>,
+    scopes: &mut Scopes,
+    depth: usize,
 ) -> Result<Vec<Attribute>, XmlError> {
+    // Declarations first: they apply to the element's own name and attributes.
+    for attribute in start.attributes().with_checks(false) {
+        let Ok(attribute) = attribute else { continue };
+        let qualified = attribute.key.0;
+        if qualified == "xmlns" || qualified.starts_with("xmlns:") {
+            let value = attribute
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|error| XmlError::Malformed {
+                    position: reader.buffer_position(),
+                    message: error.to_string(),
+                })?;
+            scopes.declare(
+                depth,
+                qualified.strip_prefix("xmlns:").unwrap_or(""),
+                &value,
+            )?;
+        }
+    }
     let mut attributes = Vec::new();
     for attribute in start.attributes() {
         let attribute = attribute.map_err(|error| XmlError::Malformed {
@@ -310,7 +380,7 @@ fn read_attributes(
                 limit: limits.max_attributes,
             });
         }
-        let (resolved, local) = reader.resolver().resolve_attribute(attribute.key);
+        let (namespace, local) = scopes.resolve(qualified, false)?;
         let value = attribute
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|error| match error {
@@ -325,8 +395,8 @@ fn read_attributes(
             })?;
         attributes.push(Attribute {
             name: ExpandedName {
-                namespace: namespace_of(&resolved, namespaces)?,
-                local: local.into_inner().to_owned(),
+                namespace,
+                local: local.to_owned(),
             },
             value: value.into_owned(),
         });
@@ -401,6 +471,39 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.root().name.is(Some("urn:x"), "A"));
         assert_eq!(a.root().attribute(None, "ref"), Some("1"));
+    }
+
+    #[test]
+    fn namespace_scopes_nest_and_end_with_their_element() {
+        let doc = parse(
+            r#"<a xmlns="urn:d" xmlns:p="urn:p"><b xmlns=""><p:c p:x="1" xml:lang="fr"/></b><b/><p:d xmlns:p="urn:q"/><p:e/></a>"#,
+        )
+        .unwrap();
+        let names: Vec<(Option<&str>, &str)> = doc
+            .elements
+            .iter()
+            .map(|e| (e.name.namespace.as_deref(), e.name.local.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (Some("urn:d"), "a"),
+                (None, "b"),
+                (Some("urn:p"), "c"),
+                (Some("urn:d"), "b"),
+                (Some("urn:q"), "d"),
+                (Some("urn:p"), "e"),
+            ]
+        );
+        assert_eq!(doc.elements[2].attribute(Some("urn:p"), "x"), Some("1"));
+        assert_eq!(
+            doc.elements[2].attribute(Some("http://www.w3.org/XML/1998/namespace"), "lang"),
+            Some("fr")
+        );
+        assert!(matches!(
+            parse(r#"<a xmlns:p=""/>"#),
+            Err(XmlError::Structure(_))
+        ));
     }
 
     #[test]
