@@ -23,7 +23,7 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (warnings denied)"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"
-cargo test --locked --all-targets
+cargo test --locked --lib --bins --tests
 cargo test --locked --doc
 echo "==> mapping lint and fixtures"
 cargo run --locked --quiet -- mapping lint
