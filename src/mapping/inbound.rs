@@ -386,9 +386,9 @@ impl InboundMapping {
                 field: step.name.clone(),
                 message: e.message,
             })?;
-            let texts: Vec<String> = values
+            let texts: Vec<&str> = values
                 .iter()
-                .filter_map(as_text)
+                .filter_map(Value::as_str)
                 .filter(|t| !t.trim().is_empty())
                 .collect();
             if texts.is_empty() {
@@ -636,7 +636,7 @@ fn compile_check(spec: &Spanned<CheckSpec>, scope: &CompileScope<'_>) -> Result<
 }
 
 /// Runs a decoder; a document that cannot be read becomes an anomaly, not a failure.
-fn run_decoder(step: &DecodeStep, texts: &[String]) -> Result<(Value, Vec<Value>), Value> {
+fn run_decoder(step: &DecodeStep, texts: &[&str]) -> Result<(Value, Vec<Value>), Value> {
     let unreadable = |decoder: &str, error: String| json!({ "code": format!("{decoder}.unreadable"), "message": error, "path": step.label });
     match step.decoder {
         Decoder::Bcbp => {
@@ -653,8 +653,8 @@ fn run_decoder(step: &DecodeStep, texts: &[String]) -> Result<(Value, Vec<Value>
             ))
         }
         Decoder::Mrz => {
-            let lines: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let zone = mrz::decode(&lines).map_err(|error| unreadable("mrz", error.to_string()))?;
+            let lines = texts;
+            let zone = mrz::decode(lines).map_err(|error| unreadable("mrz", error.to_string()))?;
             let failed: Vec<&str> = zone
                 .checks
                 .iter()
@@ -670,12 +670,54 @@ fn run_decoder(step: &DecodeStep, texts: &[String]) -> Result<(Value, Vec<Value>
                     "path": step.label,
                 })]
             };
-            let mut document = serde_json::to_value(zone).unwrap_or(Value::Null);
+            let mut document = mrz_document(zone);
             // The lines as read, so that a mapping copies an MRZ only once it has decoded.
-            document["lines"] = json!(lines.iter().map(|line| line.trim()).collect::<Vec<_>>());
-            Ok((document, anomalies))
+            document.insert(
+                "lines".into(),
+                lines
+                    .iter()
+                    .map(|line| Value::String(line.trim().to_owned()))
+                    .collect(),
+            );
+            Ok((Value::Object(document), anomalies))
         }
     }
+}
+
+/// The decoded MRZ as the document mappings read (`$mrz.…`), its strings moved rather than
+/// copied: this runs for every laissez-passer. The field names are those of [`mrz::Mrz`].
+fn mrz_document(zone: mrz::Mrz) -> Map<String, Value> {
+    let text = |value: String| Value::String(value);
+    let optional = |value: Option<String>| value.map_or(Value::Null, Value::String);
+    let checks = zone
+        .checks
+        .iter()
+        .map(|check| json!({ "field": check.field, "valid": check.valid }))
+        .collect();
+    let format = match zone.format {
+        mrz::MrzFormat::Td1 => "TD1",
+        mrz::MrzFormat::Td3 => "TD3",
+    };
+    Map::from_iter([
+        ("format".to_owned(), Value::String(format.to_owned())),
+        ("document_code".to_owned(), text(zone.document_code)),
+        ("issuing_state".to_owned(), text(zone.issuing_state)),
+        ("surname".to_owned(), text(zone.surname)),
+        (
+            "given_names".to_owned(),
+            zone.given_names.into_iter().map(Value::String).collect(),
+        ),
+        ("document_number".to_owned(), text(zone.document_number)),
+        ("nationality".to_owned(), text(zone.nationality)),
+        ("birth_date".to_owned(), text(zone.birth_date)),
+        ("birth_date_iso".to_owned(), optional(zone.birth_date_iso)),
+        ("sex".to_owned(), text(zone.sex)),
+        ("expiry_date".to_owned(), text(zone.expiry_date)),
+        ("expiry_date_iso".to_owned(), optional(zone.expiry_date_iso)),
+        ("optional_data".to_owned(), text(zone.optional_data)),
+        ("checks".to_owned(), Value::Array(checks)),
+        ("valid".to_owned(), Value::Bool(zone.valid)),
+    ])
 }
 
 /// Parses native bytes for matching and mapping.
@@ -693,5 +735,21 @@ impl NativeMessage {
             NativeMessage::Xml(document) => Native::Xml(document, document.root()),
             NativeMessage::Json(value) => Native::Json(value),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mrz_document_has_the_decoders_own_fields() {
+        let lines = [
+            "PLSENDIOP<<MAMADOU<LAMINE<<<<<<<<<<<<<<<<<<<",
+            "LP04172635SEN9803155M2612029<<<<<<<<<<<<<<<2",
+        ];
+        let zone = mrz::decode(&lines).unwrap();
+        let expected = serde_json::to_value(&zone).unwrap();
+        assert_eq!(Value::Object(mrz_document(zone)), expected);
     }
 }
