@@ -164,6 +164,9 @@ pub(crate) struct Envelope {
     pub(crate) dataschema: String,
     /// `<partner>/<name>`; the loader prefixes the partner.
     pub(crate) mapping_id: String,
+    /// The attributes every event of this kind has, built once by the loader and copied for
+    /// each message.
+    pub(crate) constant: Map<String, Value>,
 }
 
 /// One compiled inbound message kind.
@@ -362,6 +365,7 @@ impl InboundMapping {
                     body.event_type.get_ref()
                 ),
                 mapping_id: body.name.get_ref().clone(),
+                constant: Map::new(),
             },
             matcher: matcher.expect("no issues"),
             id: id.expect("no issues"),

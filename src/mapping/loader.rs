@@ -409,13 +409,30 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
     }
+    let hash = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let source = crate::canonical::partner_source(spec.partner.get_ref());
+    for mapping in &mut inbound {
+        let envelope = &mut mapping.envelope;
+        envelope.constant = serde_json::json!({
+            "specversion": "1.0",
+            "source": source,
+            "type": envelope.event_type,
+            "datacontenttype": "application/json",
+            "dataschema": envelope.dataschema,
+            "mappingid": envelope.mapping_id,
+            "mappinghash": hash,
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    }
     Ok(PartnerMapping {
         partner,
         role,
         format: spec.format,
-        hash: format!("sha256:{}", hex::encode(hasher.finalize())),
+        hash,
         file: file.to_path_buf(),
-        source: crate::canonical::partner_source(spec.partner.get_ref()),
+        source,
         inbound,
         ignore,
         outbound,

@@ -29,7 +29,7 @@ pub use spec::Format;
 use crate::canonical::{SchemaSet, TYPE_PREFIX, Violation, jcs, partner_source};
 use inbound::{IgnoreRule, InboundMapping, NativeMessage};
 use policy::Policy;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 use template::Template;
@@ -307,21 +307,15 @@ impl PartnerMapping {
             })?;
         let envelope = &mapping.envelope;
         let mapping_id = envelope.mapping_id.clone();
-        let mut event = json!({
-            "specversion": "1.0",
-            "id": parts.id,
-            "source": self.source,
-            "type": envelope.event_type,
-            "subject": parts.data.get("case_id").cloned().unwrap_or(Value::Null),
-            "datacontenttype": "application/json",
-            "dataschema": envelope.dataschema,
-            "mappingid": mapping_id,
-            "mappinghash": self.hash,
-            "data": Value::Object(parts.data),
-        });
+        let mut attributes = envelope.constant.clone();
+        attributes.insert("id".into(), Value::String(parts.id));
+        let subject = parts.data.get("case_id").cloned().unwrap_or(Value::Null);
+        attributes.insert("subject".into(), subject);
         if let Some(time) = parts.time {
-            event["time"] = Value::String(time);
+            attributes.insert("time".into(), Value::String(time));
         }
+        attributes.insert("data".into(), Value::Object(parts.data));
+        let event = Value::Object(attributes);
         self.schemas
             .validate(&event)
             .map_err(|violations| DecodeError::Schema {

@@ -492,31 +492,32 @@ impl Rule {
             let parts: Vec<String> = values.iter().filter_map(as_text).collect();
             values = vec![Value::String(parts.join(separator))];
         }
+        // The transforms below replace each value in place: they run for every field of every
+        // message, so they borrow the text rather than copy it.
         if let Some((name, list)) = &self.codelist {
-            values = values
-                .into_iter()
-                .map(|value| {
-                    let text = as_text(&value).unwrap_or_default();
-                    match list.lookup(&text) {
-                        Some(code) => Ok(Value::String(code.to_owned())),
-                        None => fail(format!(
+            for value in values.iter_mut() {
+                let text = text_of(value).unwrap_or_default();
+                let code = match list.lookup(&text) {
+                    Some(code) => code.to_owned(),
+                    None => {
+                        return fail(format!(
                             "{:?} from {} is not in code list {name}",
                             truncate(&text),
                             self.label
-                        )),
+                        ));
                     }
-                })
-                .collect::<Result<_, _>>()?;
+                };
+                *value = Value::String(code);
+            }
         }
         if let Some(date) = &self.date {
-            values = values
-                .into_iter()
-                .map(|value| self.read_date(date, &value, scope).map(Value::String))
-                .collect::<Result<_, _>>()?;
+            for value in values.iter_mut() {
+                *value = Value::String(self.read_date(date, value, scope)?);
+            }
         }
         if self.datetime {
             for value in &values {
-                if !as_text(value).is_some_and(|text| is_rfc3339(&text)) {
+                if !text_of(value).is_some_and(|text| is_rfc3339(&text)) {
                     return fail(format!("{} is not an RFC 3339 date-time", self.label));
                 }
             }
@@ -564,7 +565,7 @@ impl Rule {
         scope: &EvalScope<'_>,
     ) -> Result<String, RuleError> {
         match date {
-            DateRead::Pattern(pattern) => match as_text(value).and_then(|text| pattern.read(&text))
+            DateRead::Pattern(pattern) => match text_of(value).and_then(|text| pattern.read(&text))
             {
                 Some(date) => Ok(date.to_string()),
                 None => fail(format!(
@@ -617,6 +618,14 @@ impl Rule {
         converted.ok_or_else(|| RuleError {
             message: format!("{} cannot be read as the expected type", self.label),
         })
+    }
+}
+
+/// Text of a scalar value, borrowed when it is a string.
+pub fn text_of(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(text) => Some(Cow::Borrowed(text)),
+        other => as_text(other).map(Cow::Owned),
     }
 }
 

@@ -145,7 +145,9 @@ impl XmlDocument {
         let mut reader = Reader::from_str(text);
         reader.config_mut().check_end_names = true;
         reader.config_mut().check_comments = true;
-        let mut elements: Vec<Element> = Vec::new();
+        // About one element per 40 bytes of a partner message: sized once, not regrown.
+        let mut elements: Vec<Element> =
+            Vec::with_capacity((text.len() / 40 + 1).min(limits.max_elements));
         let mut open: Vec<usize> = Vec::new();
         let mut root_closed = false;
         let mut scopes = Scopes::default();
