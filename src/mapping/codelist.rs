@@ -82,11 +82,6 @@ impl CodeList {
         keys.next().is_none().then_some(first)
     }
 
-    /// The values whose key appears more than once with different values (for lint).
-    pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.exact.values().map(String::as_str)
-    }
-
     /// The number of exact entries.
     pub fn len(&self) -> usize {
         self.exact.len()
