@@ -59,6 +59,19 @@ pub enum AuditCommand {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Erase a case (run by the gateway's operator, on the live log): destroy its keys and
+    /// append an `erased` leaf. The log still verifies; the case can no longer be opened.
+    Erase {
+        /// The log folder.
+        #[arg(long)]
+        log: PathBuf,
+        /// The log's signing key file.
+        #[arg(long)]
+        signer: PathBuf,
+        /// The case id.
+        #[arg(long)]
+        case: String,
+    },
     /// Append synthetic facts and print each acknowledged index (for crash tests).
     #[command(hide = true)]
     StressAppend {
@@ -133,6 +146,7 @@ impl AuditCommand {
             AuditCommand::Verify { log, key, since } => verify(&log, &key, since.as_deref()),
             AuditCommand::Trail(args) => print_trail(args),
             AuditCommand::VerifyBundle { file, key } => check_bundle(&file, key.as_deref()),
+            AuditCommand::Erase { log, signer, case } => erase(&log, &signer, &case),
             AuditCommand::StressAppend {
                 log,
                 signer,
@@ -346,6 +360,21 @@ fn check_bundle(file: &Path, key: Option<&str>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn erase(log: &Path, signer: &Path, case: &str) -> anyhow::Result<ExitCode> {
+    let signer = read_signer(signer)?;
+    let origin = signer.verifier().name().to_owned();
+    let log =
+        AuditLog::open(log, signer, &origin, Options::default()).context("opening the log")?;
+    let receipt = log.erase_case(case).context("erasing the case")?;
+    log.close().context("closing the log")?;
+    // The case id is not printed: the receipt's index is what the operator records.
+    println!(
+        "erased: its keys are destroyed; erasure recorded at index {}",
+        receipt.index
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stress(

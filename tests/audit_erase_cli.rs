@@ -1,0 +1,92 @@
+//! `passerelle audit erase`: the operator's command that erases a case on a live log.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn passerelle(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (log, key) = (scratch.path().join("log"), scratch.path().join("log.key"));
+    let keygen = passerelle(&[
+        "audit",
+        "keygen",
+        "--name",
+        "erase.test/log",
+        "--out",
+        path(&key),
+    ]);
+    assert!(
+        keygen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keygen.stderr)
+    );
+    let verifier = String::from_utf8(keygen.stdout).unwrap().trim().to_owned();
+    let append = passerelle(&[
+        "audit",
+        "stress-append",
+        "--log",
+        path(&log),
+        "--signer",
+        path(&key),
+        "--count",
+        "40",
+    ]);
+    assert!(
+        append.status.success(),
+        "{}",
+        String::from_utf8_lossy(&append.stderr)
+    );
+
+    let erase = passerelle(&[
+        "audit",
+        "erase",
+        "--log",
+        path(&log),
+        "--signer",
+        path(&key),
+        "--case",
+        "RVA-2026-000005",
+    ]);
+    assert!(
+        erase.status.success(),
+        "{}",
+        String::from_utf8_lossy(&erase.stderr)
+    );
+    let said = String::from_utf8_lossy(&erase.stdout);
+    assert!(
+        said.contains("index 40") && !said.contains("RVA-2026-000005"),
+        "{said}"
+    );
+
+    let verify = passerelle(&["audit", "verify", "--log", path(&log), "--key", &verifier]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("size 41"));
+
+    let again = passerelle(&[
+        "audit",
+        "erase",
+        "--log",
+        path(&log),
+        "--signer",
+        path(&key),
+        "--case",
+        "RVA-2026-000005",
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("erased"));
+}
