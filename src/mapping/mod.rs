@@ -26,7 +26,7 @@ pub use diagnostics::Diagnostic;
 pub use loader::MappingSet;
 pub use spec::Format;
 
-use crate::canonical::{SchemaSet, TYPE_PREFIX, Violation, jcs, partner_source};
+use crate::canonical::{SchemaSet, TYPE_PREFIX, Violation, jcs};
 use inbound::{IgnoreRule, InboundMapping, NativeMessage};
 use policy::Policy;
 use serde_json::Value;
@@ -357,7 +357,7 @@ impl PartnerMapping {
                 "anomalies are raised by the gateway, not by a sender".into(),
             ));
         }
-        let source = partner_source(&self.partner);
+        let source = &self.source;
         if object.get("source").and_then(Value::as_str) != Some(source.as_str()) {
             return Err(field(
                 "source",
