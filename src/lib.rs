@@ -3,9 +3,16 @@
 //! The crate is organised along the path a message takes. Each module owns one thing:
 #![forbid(unsafe_code)]
 
+pub mod amqp; // the AMQP transport: broker connection, queue topology, publish-confirm probe
 pub mod audit; // the signed, tamper-evident audit log (C2SP tlog-tiles)
+pub mod config; // the gateway's configuration file and its defaults
 pub mod canonical; // the canonical model: CloudEvents envelope, catalogue, schemas, JCS
+pub mod delivery; // push delivery from the outbox: retries, dead letters, webhooks
 pub mod mapping; // the mapping language: native formats to canonical events and back
+pub mod metrics; // the Prometheus metrics
 pub mod pipeline; // the one ingest path shared by every transport
 pub mod registry; // partners, identities, permissions, routing tables
+pub mod server; // the REST transport: mTLS HTTPS routes and the admin listener
+pub mod service; // a running gateway: start in order, stop gracefully
+pub mod store; // durable store: accepted messages, duplicates, case files, outbox
 pub mod tls; // mutual TLS: rustls configs, certificate identity, CRLs

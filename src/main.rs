@@ -1,4 +1,4 @@
-//! The `passerelle` command line: mapping tools and auditor tools.
+//! The `passerelle` command line: the gateway, its mapping tools and the auditors' tools.
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -30,6 +30,10 @@ enum Command {
     /// Development certificates and certificate identities.
     #[command(subcommand)]
     Certs(cli::certs::CertsCommand),
+    /// Run the gateway.
+    Serve(cli::serve::ServeArgs),
+    /// Measure the gateway under load against a floor, over mutual TLS.
+    Load(cli::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,8 @@ fn main() -> ExitCode {
         Command::Mapping(command) => command.run(),
         Command::Audit(command) => command.run(),
         Command::Certs(command) => command.run(),
+        Command::Serve(args) => args.run(),
+        Command::Load(args) => args.run(),
     };
     match outcome {
         Ok(code) => code,

@@ -46,6 +46,8 @@ pub enum Kind {
     Delivered,
     /// A recipient acknowledged a delivery.
     Acknowledged,
+    /// A delivery attempt failed; it will be tried again (the reason code says why).
+    DeliveryFailed,
     /// Delivery was given up and the message dead-lettered.
     DeadLettered,
     /// A domain check flagged an anomaly (the message is still delivered).
@@ -95,6 +97,9 @@ pub struct Personal {
     pub canonical: Option<Vec<u8>>,
     /// Document numbers (passport, LPC, ticket) mentioned by the message.
     pub documents: Vec<String>,
+    /// Keep the commitments only, without the sealed copy: for refused messages, whose
+    /// content the gateway must be able to recognise but has no reason to keep.
+    pub commit_only: bool,
 }
 
 /// Identifiers an auditor may search by. They are indexed under keyed hashes

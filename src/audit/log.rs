@@ -406,6 +406,40 @@ impl AuditLog {
         &self.shared.layout
     }
 
+    /// Issues a new receipt, signed now, for an entry already in the log (for an acceptance
+    /// whose first receipt was lost in a crash). The entry's leaf hash is checked against the
+    /// tiles, so a receipt is never issued for an entry the log does not hold.
+    pub fn reissue_receipt(&self, index: u64, leaf: Hash) -> Result<Receipt> {
+        let (_, cp) = self.latest_checkpoint();
+        if index >= cp.size {
+            return Err(AuditError::Corrupt(format!(
+                "entry {index} is not covered by a checkpoint"
+            )));
+        }
+        let entries = read_bundle(&self.shared.layout.public, cp.size, index / TILE_WIDTH)?;
+        let entry = entries
+            .get(usize::try_from(index % TILE_WIDTH).unwrap_or(usize::MAX))
+            .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))?;
+        if leaf_hash(entry) != leaf {
+            return Err(AuditError::Corrupt(format!(
+                "entry {index} does not have that leaf hash"
+            )));
+        }
+        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        Receipt::issue(&self.shared.signer, &self.shared.origin, index, leaf, &time)
+    }
+
+    /// Whether the log takes appends: open, and no writer or publisher has failed.
+    pub fn is_healthy(&self) -> bool {
+        self.tx.is_some()
+            && self
+                .shared
+                .failure
+                .lock()
+                .map(|f| f.is_none())
+                .unwrap_or(false)
+    }
+
     /// The latest signed checkpoint: its signed text and the parsed head.
     pub fn latest_checkpoint(&self) -> (String, Checkpoint) {
         match self.shared.latest.lock() {
@@ -435,6 +469,7 @@ impl AuditLog {
         let entry = Leaf::from_fact(fact, commitments).encode()?;
         let leaf = leaf_hash(&entry);
         let sealed = match (&case, &keys) {
+            _ if fact.personal.commit_only => None,
             (Some((id, tag)), Some(k)) => {
                 let p = &fact.personal;
                 let opened = Opened {
@@ -731,6 +766,7 @@ pub fn open_case(
                 native: opened.native.clone(),
                 canonical: opened.canonical.clone(),
                 documents: opened.documents.clone(),
+                commit_only: false,
             },
         );
         if leaf.commitments.as_ref() != Some(&expect) {

@@ -2,4 +2,6 @@
 
 pub mod audit;
 pub mod certs;
+pub mod load;
 pub mod mapping;
+pub mod serve;

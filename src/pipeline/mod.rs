@@ -2,6 +2,892 @@
 //! the domain, make durable, acknowledge.
 //!
 //! This module owns the order of those steps. Transports (REST, AMQP) are thin adapters
-//! around it; they must not decide anything a message means.
+//! around it: they establish who the sender is (from its certificate, or the broker's
+//! validated user id), hand over the bytes and their media type, and turn the [`Outcome`] or
+//! the [`Refusal`] into their own kind of answer. They must not decide anything a message
+//! means.
+//!
+//! The order that makes a message durable is: the audit log's `accepted` entry first, then
+//! the store's record of the message with its deliveries, both synced to disk; only then is
+//! the sender told `accepted`. A message whose audit entry or store record failed gets a
+//! "try again later" answer, and nothing that was not made durable is ever acknowledged.
 
+pub mod facts;
 pub mod sequence;
+
+use crate::audit::{self, AuditLog, Fact, Kind, MappingRef, Personal, Transport};
+use crate::canonical::{Catalogue, jcs};
+use crate::mapping::{DecodeError, Decoded, Format, MappingSet};
+use crate::metrics::Metrics;
+use crate::registry::{Delivery as DeliveryMode, Registry};
+use crate::store::{
+    AcceptedRecord, Channel, Delivery, DeliveryState, LogEntry, NewDelivery, Recorded, Store,
+};
+use chrono::{SecondsFormat, Utc};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Limits applied to every sender.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest message body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Messages a second each partner may send, sustained.
+    pub rate_per_second: u32,
+    /// Messages a partner may send in a burst above the sustained rate.
+    pub burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: crate::mapping::DEFAULT_MAX_MESSAGE_BYTES,
+            rate_per_second: 200,
+            burst: 400,
+        }
+    }
+}
+
+/// How a message's bytes are to be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// The partner's native format, or a structured-mode CloudEvent, with its media type
+    /// (parameters such as `charset` may follow it).
+    Typed(String),
+    /// A binary-mode CloudEvent: the attributes from the transport's headers (`ce-*` in
+    /// HTTP, `cloudEvents_*` in AMQP, names without prefix) and the data's media type.
+    BinaryCloudEvent {
+        /// Attribute name (`id`, `source`, `type`, …) and value.
+        attributes: Vec<(String, String)>,
+        /// The data's media type (`application/json`).
+        content_type: String,
+    },
+}
+
+/// One message handed over by a transport.
+#[derive(Debug)]
+pub struct Submission<'a> {
+    /// The sender, as the transport authenticated it.
+    pub partner: &'a str,
+    /// The transport.
+    pub transport: Transport,
+    /// The bytes received.
+    pub body: &'a [u8],
+    /// How to read them.
+    pub content: Content,
+}
+
+/// The gateway's acknowledgement of a message: what a sender keeps as proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ack {
+    /// `accepted` or `duplicate`.
+    pub status: &'static str,
+    /// The event's CloudEvents `id`.
+    pub event_id: String,
+    /// Its `source`.
+    pub source: String,
+    /// Its type.
+    pub event_type: String,
+    /// The audit log entry recording the acceptance.
+    pub log_index: u64,
+    /// That entry's RFC 6962 leaf hash, hex.
+    pub leaf_hash: String,
+    /// The log's signed receipt for the entry, in its text form.
+    pub receipt: String,
+    /// Who the event is routed to.
+    pub recipients: Vec<String>,
+    /// The codes of the anomalies the gateway found (the event is delivered anyway).
+    pub anomalies: Vec<String>,
+}
+
+/// What became of a message that was not refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted now, durably.
+    Accepted(Ack),
+    /// Accepted earlier: the original acknowledgement, nothing written again.
+    Duplicate(Ack),
+    /// A message the programme does not use, recognised as such and audited.
+    Ignored {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a message was refused. Each kind maps to one HTTP status and one dead-letter reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The bytes cannot be read (400).
+    #[error("{0}")]
+    Malformed(String),
+    /// The sender may not send this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The body is too large (413).
+    #[error("the message is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The media type is not one the sender uses (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The message does not map, or the event breaks the schema (422).
+    #[error("{message}")]
+    Unprocessable {
+        /// What failed.
+        message: String,
+        /// Where: a canonical field or a JSON Pointer.
+        path: Option<String>,
+    },
+    /// Over the sender's rate limit (429).
+    #[error("over the rate limit of partner {partner}")]
+    RateLimited {
+        /// The sender.
+        partner: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The message could not be made durable (503): nothing was accepted.
+    #[error("the gateway cannot make the message durable now: {0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The short code used in audit leaves, metrics and dead-letter headers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Malformed(_) => "malformed",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::TooLarge { .. } => "too-large",
+            Refusal::UnsupportedMediaType(_) => "unsupported-media-type",
+            Refusal::Unprocessable { .. } => "unprocessable",
+            Refusal::RateLimited { .. } => "rate-limited",
+            Refusal::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Whether the same message may succeed later (rate limit, durability), so that a
+    /// transport should ask for it again rather than dead-letter it.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Refusal::RateLimited { .. } | Refusal::Unavailable(_)
+        )
+    }
+}
+
+/// The shared state of one gateway: configuration, audit log, store, and the ingest path.
+pub struct Gateway {
+    /// The event catalogue.
+    pub catalogue: Catalogue,
+    /// The partners' mappings.
+    pub mappings: MappingSet,
+    /// The partner registry.
+    pub registry: Registry,
+    /// The audit log.
+    pub log: Arc<AuditLog>,
+    /// The durable store.
+    pub store: Arc<Store>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Woken whenever push deliveries are added or put back in line.
+    pub outbox_changed: Arc<Notify>,
+    limits: Limits,
+    rate: DefaultKeyedRateLimiter<String>,
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+/// The synthetic case under which a refused message's commitments are kept, per sender: a
+/// refused message may have no readable case id.
+fn refusal_case(partner: &str) -> String {
+    format!("refused/{partner}")
+}
+
+impl Gateway {
+    /// Puts the parts together.
+    pub fn new(
+        catalogue: Catalogue,
+        mappings: MappingSet,
+        registry: Registry,
+        log: Arc<AuditLog>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> Gateway {
+        let per_second = NonZeroU32::new(limits.rate_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        Gateway {
+            catalogue,
+            mappings,
+            registry,
+            log,
+            store,
+            metrics,
+            outbox_changed: Arc::new(Notify::new()),
+            rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            limits,
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs one message through the pipeline. Every refusal is audited (metadata and a
+    /// commitment to the payload only) before it is returned.
+    pub async fn ingest(&self, submission: Submission<'_>) -> Result<Outcome, Refusal> {
+        let started = Instant::now();
+        let transport = transport_name(submission.transport);
+        let partner = submission.partner;
+        let result = self.process(&submission).await;
+        match &result {
+            Ok(Outcome::Accepted(_)) => {
+                self.metrics.message(partner, transport, "accepted");
+                self.metrics
+                    .ingest_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Ok(Outcome::Duplicate(_)) => self.metrics.message(partner, transport, "duplicate"),
+            Ok(Outcome::Ignored { .. }) => self.metrics.message(partner, transport, "ignored"),
+            Err(refusal) => {
+                self.metrics.message(partner, transport, refusal.code());
+                // A rate-limited or undurable message is not looked at, and auditing it
+                // would defeat the purpose of refusing it; every other refusal is evidence.
+                if !refusal.is_transient() {
+                    self.audit_refusal(&submission, refusal).await?;
+                }
+            }
+        }
+        result
+    }
+
+    async fn process(&self, submission: &Submission<'_>) -> Result<Outcome, Refusal> {
+        let partner = submission.partner;
+        if let Err(not_until) = self.rate.check_key(&partner.to_owned()) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            return Err(Refusal::RateLimited {
+                partner: partner.to_owned(),
+                retry_after: wait,
+            });
+        }
+        if submission.body.len() > self.limits.max_body_bytes {
+            return Err(Refusal::TooLarge {
+                limit: self.limits.max_body_bytes,
+            });
+        }
+        let mapping = self.mappings.partner(partner).ok_or_else(|| {
+            Refusal::Forbidden(format!("partner {partner} sends no messages to the gateway"))
+        })?;
+        let structured;
+        let bytes: &[u8] = match &submission.content {
+            Content::Typed(media) => {
+                check_media_type(mapping.format, media)?;
+                submission.body
+            }
+            Content::BinaryCloudEvent {
+                attributes,
+                content_type,
+            } => {
+                check_media_type(mapping.format, "application/cloudevents+json")?;
+                structured = binary_to_structured(attributes, content_type, submission.body)?;
+                &structured
+            }
+        };
+        let decoded = mapping.decode(bytes).map_err(refusal_of)?;
+        let mut event = match decoded {
+            Decoded::Event(mapped) => mapped.event,
+            Decoded::Ignored {
+                mapping_id,
+                mapping_hash,
+                reason,
+                ..
+            } => {
+                let mut fact = Fact::new(Kind::Received, Utc::now());
+                fact.sender = Some(partner.to_owned());
+                fact.transport = Some(submission.transport);
+                fact.mapping = Some(MappingRef {
+                    id: mapping_id,
+                    hash: mapping_hash,
+                });
+                fact.reason = Some("ignored".into());
+                fact.case_id = Some(refusal_case(partner));
+                fact.personal = Personal {
+                    native: Some(submission.body.to_vec()),
+                    commit_only: true,
+                    ..Personal::default()
+                };
+                self.append(&fact).await?;
+                return Ok(Outcome::Ignored { reason });
+            }
+        };
+        let event_type = text(&event, "type");
+        let event_id = text(&event, "id");
+        let source = text(&event, "source");
+        self.registry
+            .authorise(partner, &event_type)
+            .map_err(|e| Refusal::Forbidden(e.to_string()))?;
+
+        // One message per source and reference at a time, so that a duplicate sent while the
+        // first is being made durable waits for it and gets its receipt.
+        let key = AcceptedRecord::key(&source, &event_id);
+        let slot = {
+            let mut map = self.in_flight.lock().map_err(|_| unavailable("lock"))?;
+            map.entry(key.clone()).or_default().clone()
+        };
+        let guard = slot.clone().lock_owned().await;
+        let result = self
+            .accept(submission, &mut event, &event_type, &event_id, &source)
+            .await;
+        drop(guard);
+        if let Ok(mut map) = self.in_flight.lock()
+            && Arc::strong_count(&slot) == 2
+        {
+            map.remove(&key);
+        }
+        result
+    }
+
+    async fn accept(
+        &self,
+        submission: &Submission<'_>,
+        event: &mut Value,
+        event_type: &str,
+        event_id: &str,
+        source: &str,
+    ) -> Result<Outcome, Refusal> {
+        let partner = submission.partner;
+        if let Some(record) = self
+            .store
+            .accepted(source, event_id)
+            .map_err(|e| unavailable(&e.to_string()))?
+        {
+            return Ok(Outcome::Duplicate(ack_of("duplicate", record)));
+        }
+        let case_id = facts::case_id(event);
+        let mut case_file = match &case_id {
+            Some(case) => Some(
+                self.store
+                    .case_file(case)
+                    .map_err(|e| unavailable(&e.to_string()))?,
+            ),
+            None => None,
+        };
+        // Domain checks raise anomalies on the event; they never refuse it.
+        let mut anomalies = case_file
+            .as_ref()
+            .map(|file| file.check(&self.catalogue, event))
+            .unwrap_or_default();
+        let (recipients, unresolved) = self.registry.recipients(partner, event);
+        for role in &unresolved {
+            anomalies.push(json!({
+                "code": format!("routing.unresolved_{}", role.replace('-', "_")),
+                "message": format!("no partner is configured as the {role} of this event"),
+            }));
+        }
+        if !anomalies.is_empty() {
+            let list = event["data"]
+                .as_object_mut()
+                .map(|data| data.entry("anomalies").or_insert_with(|| json!([])));
+            if let Some(Value::Array(list)) = list {
+                list.extend(anomalies);
+            }
+        }
+        let anomaly_codes: Vec<String> = event["data"]["anomalies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["code"].as_str().map(str::to_owned))
+            .collect();
+        if let Some(file) = case_file.as_mut() {
+            file.record(event);
+        }
+
+        let deliveries = self.write_for_recipients(event, &recipients);
+        let canonical = jcs::to_vec(event);
+        let (documents, identifiers) = facts::identifiers(event, partner);
+        let mapping = mapping_ref(event);
+
+        let mut accepted = Fact::new(Kind::Accepted, Utc::now());
+        accepted.sender = Some(partner.to_owned());
+        accepted.recipients = recipients.clone();
+        accepted.transport = Some(submission.transport);
+        accepted.event_type = Some(event_type.to_owned());
+        accepted.event_id = Some(event_id.to_owned());
+        accepted.mapping = mapping.clone();
+        accepted.case_id = case_id.clone();
+        accepted.personal = Personal {
+            native: Some(submission.body.to_vec()),
+            canonical: Some(canonical),
+            documents,
+            commit_only: false,
+        };
+        accepted.identifiers = identifiers;
+        let anomaly_facts: Vec<Fact> = anomaly_codes
+            .iter()
+            .map(|code| {
+                let mut fact = Fact::new(Kind::Anomaly, Utc::now());
+                fact.sender = Some(partner.to_owned());
+                fact.event_type = Some(event_type.to_owned());
+                fact.event_id = Some(event_id.to_owned());
+                fact.case_id = case_id.clone();
+                fact.reason = Some(reason_code(code));
+                fact
+            })
+            .collect();
+        let mut record = AcceptedRecord {
+            event_id: event_id.to_owned(),
+            source: source.to_owned(),
+            sender: partner.to_owned(),
+            event_type: event_type.to_owned(),
+            confirmed: false,
+            log_index: 0,
+            leaf_hash: String::new(),
+            receipt: String::new(),
+            deliveries: Vec::new(),
+            case_id: case_id.clone(),
+            recipients,
+            accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        };
+        let case = case_id.zip(case_file);
+
+        // The audit entry and the store record are written at once, each synced to disk; the
+        // deliveries are held until both are known to be durable. See `settle_unconfirmed`
+        // for a crash between the two.
+        let (logged, anomalies_logged, recorded) = tokio::join!(
+            self.append(&accepted),
+            futures_util::future::join_all(anomaly_facts.iter().map(|f| self.append(f))),
+            self.store.record_accepted(&mut record, case, deliveries),
+        );
+        let made = match (logged, recorded) {
+            (Ok(receipt), Ok(Recorded::New(made))) => {
+                if let Some(Err(refusal)) = anomalies_logged.into_iter().find(Result::is_err) {
+                    // The acceptance is logged; the message stands even though an anomaly
+                    // entry could not be written.
+                    tracing::error!(error = %refusal, "an anomaly entry was not logged");
+                }
+                let entry = LogEntry {
+                    log_index: receipt.index,
+                    leaf_hash: hex::encode(receipt.leaf_hash.0),
+                    receipt: receipt.to_text(),
+                };
+                self.store
+                    .confirm_later(&record, entry.clone(), &made)
+                    .map_err(|e| unavailable(&e.to_string()))?;
+                let mut ack = ack_of("accepted", record);
+                ack.log_index = entry.log_index;
+                ack.leaf_hash = entry.leaf_hash;
+                ack.receipt = entry.receipt;
+                ack.anomalies = anomaly_codes;
+                (ack, made)
+            }
+            (Ok(_), Ok(Recorded::Duplicate(first))) => {
+                // Only reachable when another instance shares the store: the first record
+                // stands, and this second acceptance entry is voided in the log.
+                self.void_acceptance(partner, &accepted, "duplicate").await;
+                return Ok(Outcome::Duplicate(ack_of("duplicate", first)));
+            }
+            (Err(refusal), Ok(Recorded::New(_))) => {
+                if let Err(e) = self.store.abandon(&record).await {
+                    tracing::error!(error = %e, "an unlogged message could not be withdrawn; it is settled at the next start");
+                }
+                return Err(refusal);
+            }
+            (Err(refusal), _) => return Err(refusal),
+            (Ok(_), Err(error)) => {
+                self.void_acceptance(partner, &accepted, "store-unavailable")
+                    .await;
+                return Err(unavailable(&error.to_string()));
+            }
+        };
+        let (ack, made) = made;
+        if made.iter().any(|d| d.channel != Channel::Inbox) {
+            self.outbox_changed.notify_waiters();
+        }
+        for dead in made.iter().filter(|d| d.state == DeliveryState::Dead) {
+            if let Err(e) = self
+                .audit_delivery(dead, Kind::DeadLettered, dead.last_error.clone())
+                .await
+            {
+                tracing::error!(error = %e, delivery = dead.id, "a dead letter was not logged");
+            }
+        }
+        Ok(Outcome::Accepted(ack))
+    }
+
+    /// Records in the log that an acceptance entry does not stand (the message was not kept),
+    /// so that auditors do not count it.
+    async fn void_acceptance(&self, partner: &str, accepted: &Fact, reason: &str) {
+        let mut fact = Fact::new(Kind::Rejected, Utc::now());
+        fact.sender = Some(partner.to_owned());
+        fact.transport = accepted.transport;
+        fact.event_type = accepted.event_type.clone();
+        fact.event_id = accepted.event_id.clone();
+        fact.case_id = accepted.case_id.clone();
+        fact.reason = Some(reason.to_owned());
+        if let Err(e) = self.append(&fact).await {
+            tracing::error!(error = %e, "a voided acceptance could not be logged");
+        }
+    }
+
+    /// Settles, before serving, the messages a crash left between their store record and
+    /// their audit entry: a message whose `accepted` entry is in the log is confirmed (with a
+    /// receipt issued again for that entry) and its deliveries released; any other was never
+    /// acknowledged to its sender, and is withdrawn. Blocking.
+    pub fn settle_unconfirmed(&self) -> anyhow::Result<(usize, usize)> {
+        let pending = self.store.unconfirmed()?;
+        if pending.is_empty() {
+            return Ok((0, 0));
+        }
+        // A checkpoint covering every durable entry, so that they can be read and proved.
+        self.log.sync()?;
+        let (mut confirmed, mut withdrawn) = (0, 0);
+        for record in pending {
+            let query = audit::Query::PartnerRef(record.sender.clone(), record.event_id.clone());
+            let found = self.log.search(&query)?.into_iter().find(|f| {
+                f.leaf.kind == Kind::Accepted
+                    && f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
+                    && f.leaf.sender.as_deref() == Some(record.sender.as_str())
+            });
+            match found {
+                Some(f) => {
+                    let leaf = audit::merkle::leaf_hash(&f.entry);
+                    let receipt = self.log.reissue_receipt(f.index, leaf)?;
+                    self.store.confirm_blocking(
+                        &record,
+                        LogEntry {
+                            log_index: f.index,
+                            leaf_hash: hex::encode(leaf.0),
+                            receipt: receipt.to_text(),
+                        },
+                    )?;
+                    confirmed += 1;
+                }
+                None => {
+                    self.store.abandon_blocking(&record)?;
+                    withdrawn += 1;
+                }
+            }
+        }
+        Ok((confirmed, withdrawn))
+    }
+
+    /// Writes the event for each recipient, in its format and under its need-to-know
+    /// policy. A recipient the gateway cannot write for still gets a delivery record, already
+    /// dead-lettered by the delivery workers, so that nothing disappears unnoticed.
+    fn write_for_recipients(&self, event: &Value, recipients: &[String]) -> Vec<NewDelivery> {
+        recipients
+            .iter()
+            .map(|recipient| {
+                let channel = match self.registry.partner(recipient).and_then(|p| p.delivery.as_ref())
+                {
+                    Some(DeliveryMode::Webhook { .. }) => Channel::Webhook,
+                    Some(DeliveryMode::Amqp) => Channel::Amqp,
+                    Some(DeliveryMode::Inbox) | None => Channel::Inbox,
+                };
+                match self.mappings.partner(recipient).map(|m| m.encode(event)) {
+                    Some(Ok(encoded)) => NewDelivery {
+                        recipient: recipient.clone(),
+                        channel,
+                        body: encoded.body,
+                        content_type: encoded.content_type.to_owned(),
+                        mapping_id: encoded.mapping_id,
+                        withheld: encoded.withheld,
+                        unwritable: None,
+                    },
+                    failure => {
+                        let why = match failure {
+                            Some(Err(e)) => e.to_string(),
+                            _ => format!("partner {recipient} has no mapping"),
+                        };
+                        tracing::error!(recipient = %recipient, error = %why, "cannot write an event for its recipient");
+                        NewDelivery {
+                            recipient: recipient.clone(),
+                            channel,
+                            body: Vec::new(),
+                            content_type: String::new(),
+                            mapping_id: String::new(),
+                            withheld: Vec::new(),
+                            unwritable: Some("encode-failed".into()),
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Appends a fact to the audit log, counting it; a failure is a 503.
+    pub async fn append(&self, fact: &Fact) -> Result<audit::Receipt, Refusal> {
+        match self.log.append_async(fact).await {
+            Ok(receipt) => {
+                self.metrics.audit_appends.inc();
+                Ok(receipt)
+            }
+            Err(error) => {
+                self.metrics.audit_failures.inc();
+                tracing::error!(error = %error, "audit append failed");
+                Err(unavailable(&error.to_string()))
+            }
+        }
+    }
+
+    /// Audits what became of a delivery: delivered, acknowledged, failed or dead-lettered.
+    pub async fn audit_delivery(
+        &self,
+        delivery: &Delivery,
+        kind: Kind,
+        reason: Option<String>,
+    ) -> Result<audit::Receipt, Refusal> {
+        let mut fact = Fact::new(kind, Utc::now());
+        fact.sender = self
+            .registry
+            .partners()
+            .find(|p| crate::canonical::partner_source(&p.id) == delivery.source)
+            .map(|p| p.id.clone());
+        fact.recipients = vec![delivery.recipient.clone()];
+        fact.transport = Some(match delivery.channel {
+            Channel::Amqp => Transport::Amqp,
+            Channel::Inbox | Channel::Webhook => Transport::Rest,
+        });
+        fact.event_type = Some(delivery.event_type.clone());
+        fact.event_id = Some(delivery.event_id.clone());
+        fact.mapping = self
+            .mappings
+            .partner(&delivery.recipient)
+            .filter(|_| !delivery.mapping_id.is_empty())
+            .map(|m| MappingRef {
+                id: delivery.mapping_id.clone(),
+                hash: m.hash.clone(),
+            });
+        fact.withheld = delivery.withheld.clone();
+        fact.reason = reason.map(|r| reason_code(&r));
+        fact.case_id = delivery.case_id.clone();
+        if kind == Kind::Delivered && !delivery.body.is_empty() {
+            fact.personal = Personal {
+                native: Some(delivery.body.clone()),
+                commit_only: delivery.case_id.is_none(),
+                ..Personal::default()
+            };
+        }
+        self.append(&fact).await
+    }
+
+    async fn audit_refusal(
+        &self,
+        submission: &Submission<'_>,
+        refusal: &Refusal,
+    ) -> Result<(), Refusal> {
+        let mut fact = Fact::new(Kind::Rejected, Utc::now());
+        fact.sender = Some(submission.partner.to_owned());
+        fact.transport = Some(submission.transport);
+        fact.reason = Some(refusal.code().to_owned());
+        fact.case_id = Some(refusal_case(submission.partner));
+        fact.personal = Personal {
+            native: Some(
+                submission.body[..submission.body.len().min(audit::leaf::limits::PAYLOAD_LEN)]
+                    .to_vec(),
+            ),
+            commit_only: true,
+            ..Personal::default()
+        };
+        self.append(&fact).await.map(|_| ())
+    }
+
+    /// Closes the store (committing what is queued) and the audit log (a final checkpoint).
+    /// Parts still shared elsewhere are closed when their last user drops them.
+    pub fn close(self) -> anyhow::Result<()> {
+        if let Ok(store) = Arc::try_unwrap(self.store) {
+            store.close();
+        }
+        if let Ok(log) = Arc::try_unwrap(self.log) {
+            log.close()?;
+        }
+        Ok(())
+    }
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Rest => "rest",
+        Transport::Amqp => "amqp",
+    }
+}
+
+fn unavailable(why: &str) -> Refusal {
+    Refusal::Unavailable(why.to_owned())
+}
+
+fn text(event: &Value, attribute: &str) -> String {
+    event[attribute].as_str().unwrap_or_default().to_owned()
+}
+
+fn mapping_ref(event: &Value) -> Option<MappingRef> {
+    Some(MappingRef {
+        id: event["mappingid"].as_str()?.to_owned(),
+        hash: event["mappinghash"].as_str()?.to_owned(),
+    })
+}
+
+/// An anomaly code as an audit reason code (`[a-z0-9._-]`, at most 64 bytes).
+fn reason_code(code: &str) -> String {
+    let mut reason: String = code
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '.' | '-' => c,
+            '_' => '-',
+            _ => '-',
+        })
+        .collect();
+    reason.truncate(64);
+    if reason.is_empty() {
+        reason.push_str("anomaly");
+    }
+    reason
+}
+
+fn ack_of(status: &'static str, record: AcceptedRecord) -> Ack {
+    Ack {
+        status,
+        event_id: record.event_id,
+        source: record.source,
+        event_type: record.event_type,
+        log_index: record.log_index,
+        leaf_hash: record.leaf_hash,
+        receipt: record.receipt,
+        recipients: record.recipients,
+        anomalies: Vec::new(),
+    }
+}
+
+/// The media types each format is sent with.
+pub fn media_types(format: Format) -> &'static [&'static str] {
+    match format {
+        Format::Xml => &["application/xml", "text/xml"],
+        Format::Json => &["application/json"],
+        Format::Cloudevents => &["application/cloudevents+json"],
+    }
+}
+
+fn check_media_type(format: Format, media: &str) -> Result<(), Refusal> {
+    let essence = media
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let accepted = media_types(format);
+    if accepted.contains(&essence.as_str()) {
+        Ok(())
+    } else {
+        Err(Refusal::UnsupportedMediaType(format!(
+            "this partner sends {}, not {}",
+            accepted.join(" or "),
+            if essence.is_empty() { "an untyped body" } else { &essence }
+        )))
+    }
+}
+
+/// Builds the structured form of a binary-mode CloudEvent (CloudEvents HTTP and AMQP
+/// bindings): the attributes become members, the body becomes `data`.
+fn binary_to_structured(
+    attributes: &[(String, String)],
+    content_type: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, Refusal> {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(Refusal::UnsupportedMediaType(format!(
+            "a binary-mode CloudEvent carries application/json data, not {essence}"
+        )));
+    }
+    let data: Value = serde_json::from_slice(body)
+        .map_err(|e| Refusal::Malformed(format!("the CloudEvent's data is not JSON: {e}")))?;
+    let mut event = serde_json::Map::new();
+    for (name, value) in attributes {
+        let name = name.to_ascii_lowercase();
+        if event.contains_key(&name) {
+            return Err(Refusal::Malformed(format!(
+                "the CloudEvents attribute {name} is given twice"
+            )));
+        }
+        event.insert(name, Value::String(value.clone()));
+    }
+    event.insert("datacontenttype".into(), Value::String(essence.to_owned()));
+    event.insert("data".into(), data);
+    Ok(serde_json::to_vec(&Value::Object(event)).unwrap_or_default())
+}
+
+fn refusal_of(error: DecodeError) -> Refusal {
+    match &error {
+        DecodeError::TooLarge { limit, .. } => Refusal::TooLarge { limit: *limit },
+        DecodeError::Malformed { .. } => Refusal::Malformed(error.to_string()),
+        DecodeError::UnknownKind { .. } => Refusal::Unprocessable {
+            message: error.to_string(),
+            path: None,
+        },
+        DecodeError::Field { field, .. } => Refusal::Unprocessable {
+            path: Some(field.clone()),
+            message: error.to_string(),
+        },
+        DecodeError::Schema { violations, .. } => Refusal::Unprocessable {
+            path: violations.first().map(|v| v.path.clone()),
+            message: error.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_mode_becomes_structured() {
+        let attributes = vec![
+            ("specversion".to_owned(), "1.0".to_owned()),
+            ("id".to_owned(), "X-1".to_owned()),
+        ];
+        let bytes =
+            binary_to_structured(&attributes, "application/json; charset=utf-8", b"{\"a\":1}")
+                .unwrap();
+        let event: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(event["id"], "X-1");
+        assert_eq!(event["data"]["a"], 1);
+        assert_eq!(event["datacontenttype"], "application/json");
+        assert!(matches!(
+            binary_to_structured(&attributes, "text/plain", b"x"),
+            Err(Refusal::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn media_types_are_checked_by_essence() {
+        assert!(check_media_type(Format::Xml, "application/xml; charset=ISO-8859-1").is_ok());
+        assert!(check_media_type(Format::Xml, "Text/XML").is_ok());
+        assert!(check_media_type(Format::Xml, "application/json").is_err());
+        assert!(check_media_type(Format::Json, "").is_err());
+    }
+
+    #[test]
+    fn anomaly_codes_become_reason_codes() {
+        assert_eq!(
+            reason_code("sequence.missing_lpc_requested"),
+            "sequence.missing-lpc-requested"
+        );
+    }
+}

@@ -1,0 +1,520 @@
+//! The outbound side of the AMQP transport: publish the store's due deliveries for AMQP
+//! recipients to their queues, and record each attempt.
+//!
+//! This module owns how a [`Delivery`] becomes an AMQP message ([`outbound_message`]) and what
+//! the broker's answer means for it. It follows the webhook worker
+//! ([`crate::delivery::webhook`]): the same [`RetryPolicy`], each attempt audited before the
+//! store records it, so that the evidence is never behind the state.
+//!
+//! # Publishing
+//!
+//! A delivery is published to the exchange `passerelle.outbound` with the recipient's partner
+//! id as routing key (the broker routes it to `passerelle.out.<id>`), persistent
+//! (`delivery_mode = 2`), `mandatory`, on a channel with publisher confirms. It counts as
+//! delivered only when the broker confirms it (`basic.ack`) without returning it, and is then
+//! audited `delivered`. A returned message (`basic.return`: no queue bound, reply 312
+//! `NO_ROUTE`), a `basic.nack` (a full queue with `reject-publish`, or a broker failure), a
+//! confirm that does not come within 30 s and a connection lost before the confirm are failed
+//! attempts: audited `delivery_failed` and retried under the [`RetryPolicy`], then
+//! dead-lettered in the store (audited `dead_lettered`) after its last attempt, for an operator
+//! to redeliver.
+//!
+//! # The message
+//!
+//! - `message_id` is the **event id** (the CloudEvents `id`), the same in every attempt and in
+//!   every gateway instance: the key (with `cloudEvents_source`) by which a recipient drops a
+//!   message it already has. The delivery id, which is local to one instance's store, travels
+//!   as the header [`DELIVERY_HEADER`], for support.
+//! - For a recipient that reads the canonical model (its body is a structured-mode CloudEvent,
+//!   `application/cloudevents+json`), the event goes in **binary mode**, as the AMQP binding of
+//!   CloudEvents describes it: the event's `data` is the body, `content_type` is its
+//!   `datacontenttype`, and every other attribute is a `cloudEvents_<attr>` header.
+//! - For a recipient with its own format, the body is its native message (`content_type` as its
+//!   mapping writes it), and the headers `cloudEvents_specversion`, `cloudEvents_id`,
+//!   `cloudEvents_source` and `cloudEvents_type` identify the event it carries.
+//!
+//! A crash (or a lost store write) between the broker's confirm and the store's record makes
+//! the delivery go out again: recipients drop such repeats by `message_id`.
+
+use super::connection::short_string;
+use super::probe::PERSISTENT;
+use super::topology::OUTBOUND_EXCHANGE;
+use crate::audit::Kind;
+use crate::delivery::{Next, RetryPolicy, due_in};
+use crate::pipeline::Gateway;
+use crate::registry::Delivery as DeliveryMode;
+use crate::store::{Channel as StoreChannel, Delivery, DeliveryUpdate};
+use base64::Engine;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// The header carrying the delivery id (local to the instance's store, stable across retries).
+pub const DELIVERY_HEADER: &str = "x-passerelle-delivery";
+/// The prefix of CloudEvents attribute headers (binary mode, AMQP binding of CloudEvents).
+pub const CLOUDEVENTS_PREFIX: &str = "cloudEvents_";
+/// The `app_id` property of every delivery.
+pub const APP_ID: &str = "passerelle";
+/// How long the gateway waits for the broker's confirm of a delivery.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The body and the properties of the AMQP message that carries `delivery`, published at
+/// `now` (seconds since the epoch, the `timestamp` property). See the
+/// [module documentation](self).
+pub fn outbound_message(delivery: &Delivery, now: u64) -> (Vec<u8>, BasicProperties) {
+    let mut headers: BTreeMap<ShortString, AMQPValue> = BTreeMap::new();
+    let mut put = |name: String, value: &str| {
+        if let Ok(name) = ShortString::try_new(name) {
+            headers.insert(name, AMQPValue::LongString(value.into()));
+        }
+    };
+    put(DELIVERY_HEADER.to_owned(), &delivery.id.to_string());
+    let binary = is_structured_cloudevent(&delivery.content_type)
+        .then(|| binary_mode(&delivery.body))
+        .flatten();
+    let (body, content_type) = match binary {
+        Some(event) => {
+            for (name, value) in &event.attributes {
+                put(format!("{CLOUDEVENTS_PREFIX}{name}"), value);
+            }
+            (event.data, event.content_type)
+        }
+        None => {
+            for (name, value) in [
+                ("specversion", "1.0"),
+                ("id", &delivery.event_id),
+                ("source", &delivery.source),
+                ("type", &delivery.event_type),
+            ] {
+                put(format!("{CLOUDEVENTS_PREFIX}{name}"), value);
+            }
+            (delivery.body.clone(), delivery.content_type.clone())
+        }
+    };
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(FieldTable::from(headers))
+        .with_timestamp(now)
+        .with_app_id(APP_ID.into());
+    if let Ok(media) = ShortString::try_new(content_type) {
+        properties = properties.with_content_type(media);
+    }
+    if let Ok(id) = ShortString::try_new(delivery.event_id.as_str()) {
+        properties = properties.with_message_id(id);
+    }
+    (body, properties)
+}
+
+fn is_structured_cloudevent(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .eq_ignore_ascii_case("application/cloudevents+json")
+}
+
+/// A structured-mode event taken apart for binary mode.
+#[derive(Debug, PartialEq, Eq)]
+struct BinaryEvent {
+    data: Vec<u8>,
+    content_type: String,
+    attributes: Vec<(String, String)>,
+}
+
+/// Takes a structured-mode CloudEvent (JSON) apart: `data` (or `data_base64`), its media type
+/// and the other attributes as text. `None` if the body is not a JSON object or its
+/// `data_base64` is not base64.
+fn binary_mode(body: &[u8]) -> Option<BinaryEvent> {
+    let Value::Object(mut event) = serde_json::from_slice(body).ok()? else {
+        return None;
+    };
+    let content_type = match event.remove("datacontenttype") {
+        Some(Value::String(media)) => media,
+        _ => "application/json".to_owned(),
+    };
+    let data = match (event.remove("data_base64"), event.remove("data")) {
+        (Some(Value::String(encoded)), _) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?,
+        (_, Some(Value::String(text))) if !is_json(&content_type) => text.into_bytes(),
+        (_, Some(data)) => serde_json::to_vec(&data).ok()?,
+        (_, None) => Vec::new(),
+    };
+    let attributes = event
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Value::String(text) => text,
+                other => other.to_string(),
+            };
+            (name, text)
+        })
+        .collect();
+    Some(BinaryEvent {
+        data,
+        content_type,
+        attributes,
+    })
+}
+
+fn is_json(media: &str) -> bool {
+    let essence = media
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Attempt {
+    Delivered,
+    Retry(String),
+    Dead(String),
+}
+
+/// What the broker's answer to a publish means.
+async fn settle(confirm: PublisherConfirm) -> Attempt {
+    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+        Ok(Ok(Confirmation::Ack(None))) => Attempt::Delivered,
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => Attempt::Retry(match returned.reply_code {
+            312 => "amqp.no-route".into(),
+            313 => "amqp.no-consumers".into(),
+            code => format!("amqp.returned-{code}"),
+        }),
+        Ok(Ok(Confirmation::Nack(_))) => Attempt::Retry("amqp.nack".into()),
+        Ok(Ok(_)) => Attempt::Retry("amqp.unconfirmed".into()),
+        Ok(Err(_)) => Attempt::Retry("amqp.connection-lost".into()),
+        Err(_) => Attempt::Retry("amqp.confirm-timeout".into()),
+    }
+}
+
+/// Publishes AMQP deliveries, one session (connection) at a time.
+pub(crate) struct Egress {
+    gateway: Arc<Gateway>,
+    policy: RetryPolicy,
+    in_flight: usize,
+}
+
+impl Egress {
+    /// A publisher keeping at most `in_flight` deliveries unconfirmed.
+    pub(crate) fn new(gateway: Arc<Gateway>, policy: RetryPolicy, in_flight: usize) -> Egress {
+        Egress {
+            gateway,
+            policy,
+            in_flight: in_flight.max(1),
+        }
+    }
+
+    /// Publishes due deliveries on `channel` (in confirm mode) until `stop` turns true or a
+    /// publish fails (then turns `stop` true for the whole session and returns why); in both
+    /// cases the attempts in flight are settled and recorded before it returns.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        channel: Channel,
+        stop_session: Arc<watch::Sender<bool>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mut in_flight: HashSet<u64> = HashSet::new();
+        let mut settling: JoinSet<u64> = JoinSet::new();
+        let mut failure = None;
+        'session: loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            let now = due_in(Duration::ZERO);
+            let room = self.in_flight.saturating_sub(in_flight.len());
+            if room > 0 {
+                let due = self
+                    .gateway
+                    .store
+                    .due(StoreChannel::Amqp, now, room + in_flight.len());
+                match due {
+                    Ok(due) => {
+                        let fresh: Vec<Delivery> = due
+                            .into_iter()
+                            .filter(|d| !in_flight.contains(&d.id))
+                            .take(room)
+                            .collect();
+                        for delivery in fresh {
+                            in_flight.insert(delivery.id);
+                            if !self.is_amqp_recipient(&delivery.recipient) {
+                                let attempt = Attempt::Dead("amqp.not-an-amqp-recipient".into());
+                                settling.spawn(self.clone().record(delivery, attempt));
+                                continue;
+                            }
+                            match self.publish(&channel, &delivery).await {
+                                Ok(confirm) => {
+                                    let this = self.clone();
+                                    settling.spawn(async move {
+                                        let attempt = settle(confirm).await;
+                                        this.record(delivery, attempt).await
+                                    });
+                                }
+                                Err(error) => {
+                                    let attempt = Attempt::Retry("amqp.publish-failed".into());
+                                    settling.spawn(self.clone().record(delivery, attempt));
+                                    failure = Some(format!(
+                                        "publishing to {OUTBOUND_EXCHANGE}: {error}"
+                                    ));
+                                    stop_session.send_replace(true);
+                                    break 'session;
+                                }
+                            }
+                        }
+                    }
+                    Err(error) => tracing::error!(error = %error, "reading the AMQP outbox"),
+                }
+            }
+            let wait = match self.gateway.store.next_due(StoreChannel::Amqp) {
+                Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1000)),
+                Ok(Some(_)) if in_flight.len() < self.in_flight => Duration::from_millis(10),
+                _ => Duration::from_secs(1),
+            };
+            let changed = self.gateway.outbox_changed.clone();
+            tokio::select! {
+                Some(done) = settling.join_next(), if !settling.is_empty() => {
+                    if let Ok(id) = done {
+                        in_flight.remove(&id);
+                    }
+                }
+                () = changed.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        while settling.join_next().await.is_some() {}
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn is_amqp_recipient(&self, recipient: &str) -> bool {
+        self.gateway
+            .registry
+            .partner(recipient)
+            .and_then(|partner| partner.delivery.as_ref())
+            == Some(&DeliveryMode::Amqp)
+    }
+
+    /// Sends one delivery; the confirm comes later.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+    ) -> Result<PublisherConfirm, super::AmqpError> {
+        let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        let (body, properties) = outbound_message(delivery, now);
+        Ok(channel
+            .basic_publish(
+                OUTBOUND_EXCHANGE.into(),
+                short_string(&delivery.recipient)?,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                properties,
+            )
+            .await?)
+    }
+
+    /// Audits the attempt, then records it in the store; returns the delivery id.
+    async fn record(self: Arc<Self>, delivery: Delivery, attempt: Attempt) -> u64 {
+        let g = &self.gateway;
+        let id = delivery.id;
+        let attempts = delivery.attempts + 1;
+        let (update, kind, reason, label) = match attempt {
+            Attempt::Delivered => (DeliveryUpdate::Delivered, Kind::Delivered, None, "delivered"),
+            Attempt::Retry(code) => match self.policy.next(attempts, None) {
+                Next::RetryAfter(wait) => (
+                    DeliveryUpdate::Retry {
+                        error: code.clone(),
+                        due_ms: due_in(wait),
+                    },
+                    Kind::DeliveryFailed,
+                    Some(code),
+                    "retry",
+                ),
+                Next::GiveUp => (
+                    DeliveryUpdate::Dead {
+                        error: code.clone(),
+                    },
+                    Kind::DeadLettered,
+                    Some(code),
+                    "dead",
+                ),
+            },
+            Attempt::Dead(code) => (
+                DeliveryUpdate::Dead {
+                    error: code.clone(),
+                },
+                Kind::DeadLettered,
+                Some(code),
+                "dead",
+            ),
+        };
+        // Audit first: the evidence is never behind the state.
+        if let Err(error) = g.audit_delivery(&delivery, kind, reason).await {
+            tracing::error!(delivery = id, error = %error, "auditing an AMQP delivery attempt failed; it will be tried again");
+            let _ = g
+                .store
+                .update(
+                    id,
+                    DeliveryUpdate::Retry {
+                        error: "audit-unavailable".into(),
+                        due_ms: due_in(Duration::from_secs(1)),
+                    },
+                )
+                .await;
+            return id;
+        }
+        match g.store.update(id, update).await {
+            Ok(d) => {
+                g.metrics.delivery(&d.recipient, "amqp", label);
+                let level_is_failure = label != "delivered";
+                if level_is_failure {
+                    tracing::warn!(delivery = d.id, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = ?d.last_error, attempts = d.attempts, "AMQP delivery attempt failed");
+                } else {
+                    tracing::debug!(delivery = d.id, recipient = %d.recipient, event_id = %d.event_id, attempts = d.attempts, "AMQP delivery confirmed");
+                }
+            }
+            Err(error) => {
+                tracing::error!(delivery = id, error = %error, "recording an AMQP delivery attempt failed")
+            }
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DeliveryState;
+    use serde_json::json;
+
+    fn delivery(content_type: &str, body: Vec<u8>) -> Delivery {
+        Delivery {
+            id: 42,
+            event_id: "AT-DCS-20261120-0505-000112".into(),
+            event_type: "ma.rva.boarding.confirmed".into(),
+            source: "urn:partner:airline.at".into(),
+            case_id: Some("RVA-2026-004211".into()),
+            recipient: "iom.sn".into(),
+            channel: StoreChannel::Amqp,
+            body,
+            content_type: content_type.into(),
+            mapping_id: "iom.sn/cloudevents".into(),
+            withheld: Vec::new(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            due_ms: 0,
+            last_error: None,
+            created_at: "2026-11-20T09:41:13.000Z".into(),
+        }
+    }
+
+    fn headers(properties: &BasicProperties) -> BTreeMap<String, String> {
+        properties
+            .headers()
+            .iter()
+            .flat_map(|table| table.inner())
+            .map(|(name, value)| {
+                let AMQPValue::LongString(text) = value else {
+                    panic!("{name}: not a long string")
+                };
+                (name.to_string(), text.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn canonical_recipients_get_binary_mode() {
+        let event = json!({
+            "specversion": "1.0",
+            "id": "AT-DCS-20261120-0505-000112",
+            "source": "urn:partner:airline.at",
+            "type": "ma.rva.boarding.confirmed",
+            "subject": "RVA-2026-004211",
+            "time": "2026-11-20T09:41:12Z",
+            "datacontenttype": "application/json",
+            "withheld": "data.vulnerabilities",
+            "data": {"case_id": "RVA-2026-004211", "seat": "23C"}
+        });
+        let d = delivery(
+            "application/cloudevents+json",
+            serde_json::to_vec(&event).unwrap(),
+        );
+        let (body, properties) = outbound_message(&d, 1_794_000_000);
+        let data: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(data, event["data"]);
+        assert_eq!(
+            properties.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(
+            properties.message_id().as_ref().unwrap().as_str(),
+            "AT-DCS-20261120-0505-000112"
+        );
+        assert_eq!(properties.delivery_mode(), &Some(2));
+        assert_eq!(properties.timestamp(), &Some(1_794_000_000));
+        let headers = headers(&properties);
+        assert_eq!(headers["cloudEvents_specversion"], "1.0");
+        assert_eq!(headers["cloudEvents_id"], "AT-DCS-20261120-0505-000112");
+        assert_eq!(headers["cloudEvents_source"], "urn:partner:airline.at");
+        assert_eq!(headers["cloudEvents_type"], "ma.rva.boarding.confirmed");
+        assert_eq!(headers["cloudEvents_subject"], "RVA-2026-004211");
+        assert_eq!(headers["cloudEvents_time"], "2026-11-20T09:41:12Z");
+        assert_eq!(headers["cloudEvents_withheld"], "data.vulnerabilities");
+        assert_eq!(headers[DELIVERY_HEADER], "42");
+        assert!(!headers.contains_key("cloudEvents_data"));
+        assert!(!headers.contains_key("cloudEvents_datacontenttype"));
+    }
+
+    #[test]
+    fn native_recipients_get_their_body_and_the_event_identity() {
+        let xml = b"<ci:Demande xmlns:ci=\"urn:ci:diplomatie:consulaire:2\"/>".to_vec();
+        let d = delivery("application/xml", xml.clone());
+        let (body, properties) = outbound_message(&d, 0);
+        assert_eq!(body, xml);
+        assert_eq!(
+            properties.content_type().as_ref().unwrap().as_str(),
+            "application/xml"
+        );
+        let headers = headers(&properties);
+        assert_eq!(headers.len(), 5, "{headers:?}");
+        assert_eq!(headers["cloudEvents_id"], d.event_id);
+        assert_eq!(headers["cloudEvents_source"], d.source);
+        assert_eq!(headers["cloudEvents_type"], d.event_type);
+        assert_eq!(headers["cloudEvents_specversion"], "1.0");
+    }
+
+    #[test]
+    fn binary_mode_reads_base64_data_and_falls_back_on_garbage() {
+        let event = json!({"id": "x", "datacontenttype": "application/pdf", "data_base64": "JVBERg=="});
+        let parts = binary_mode(&serde_json::to_vec(&event).unwrap()).unwrap();
+        assert_eq!(parts.data, b"%PDF");
+        assert_eq!(parts.content_type, "application/pdf");
+        assert_eq!(parts.attributes, [("id".to_owned(), "x".to_owned())]);
+        // Not JSON: sent as it is.
+        let d = delivery("application/cloudevents+json", b"not json".to_vec());
+        let (body, properties) = outbound_message(&d, 0);
+        assert_eq!(body, b"not json");
+        assert_eq!(
+            properties.content_type().as_ref().unwrap().as_str(),
+            "application/cloudevents+json"
+        );
+        assert_eq!(headers(&properties)["cloudEvents_id"], d.event_id);
+    }
+}

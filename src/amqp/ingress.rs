@@ -1,0 +1,816 @@
+//! The inbound side of the AMQP transport: consume each partner's queue `passerelle.in.<id>`,
+//! hand every message to the pipeline, and settle it with the broker according to the outcome.
+//!
+//! This module owns how an AMQP message becomes a [`Submission`] (the sender from the
+//! broker-validated `user_id`, the media type from `content_type`, a binary-mode CloudEvent
+//! from `cloudEvents_*` headers) and what the broker is told afterwards. It decides nothing a
+//! message means: that is the pipeline's work.
+//!
+//! # Settling a message
+//!
+//! | what happened | what the broker is told |
+//! |---|---|
+//! | accepted, duplicate or ignored: the audit entry and the store record are durable | `basic.ack` |
+//! | no `user_id`, or a `user_id` that is not the queue's partner (`urn:partner:<id>`) | dead-lettered, reason `missing-user-id` / `user-id-mismatch` |
+//! | unreadable `cloudEvents_*` headers | dead-lettered, reason `malformed` |
+//! | refused for good by the pipeline (mapping, schema, authorisation, media type, size) | dead-lettered, reason [`Refusal::code`] |
+//! | over the sender's rate limit | held (unacknowledged) and tried again after the limiter's delay |
+//! | the gateway could not make it durable ([`Refusal::Unavailable`]) | tried again in place with backoff, then `basic.nack` with requeue |
+//!
+//! **Dead letters carry their reason.** The gateway publishes the original bytes and
+//! properties (with publisher confirms) to the dead-letter exchange `passerelle.dlx`, routing
+//! key the partner id, with the headers [`REASON_HEADER`], [`DETAIL_HEADER`] and the others
+//! listed below, and acknowledges the original only once the broker has confirmed the dead
+//! letter. The `user_id` property cannot be kept (the broker refuses a `user_id` other than
+//! the publishing connection's user), so it travels as [`USER_ID_HEADER`]. Should that publish
+//! fail, the message is rejected without requeue and the queue's own dead-lettering takes it,
+//! with the broker's `x-death` headers but without the gateway's reason. Nothing is ever
+//! acknowledged silently, nor requeued forever: a message returned too often is dead-lettered by
+//! the quorum queue's `x-delivery-limit`.
+//!
+//! **Duplicates.** The pipeline deduplicates by the event's `source` and `id`; for a native
+//! message the id is the partner's own reference, read from the body by its mapping, which the
+//! partners also send as the AMQP `message_id`. A message delivered again (a redelivery after a
+//! lost acknowledgement, or the partner publishing it twice) is therefore answered `duplicate`,
+//! acknowledged, and processed once. The `message_id` property itself is only logged and kept
+//! on dead letters: two messages with the same `message_id` but different references in their
+//! bodies are two messages.
+//!
+//! **Concurrency and order.** Each queue has its own channel with the prefetch of the settings;
+//! the messages a consumer holds are processed concurrently (the pipeline commits them in
+//! groups) and acknowledged one by one, so their order within a prefetch window is not kept.
+
+use super::backpressure::Backpressure;
+use super::connection::{AmqpError, AmqpSettings, Backoff, consumer_channel, short_string};
+use super::probe::PERSISTENT;
+use super::topology::{DEAD_LETTER_EXCHANGE, inbound_queue, partner_user};
+use crate::audit::{Fact, Kind, Personal, Transport};
+use crate::pipeline::{Content, Gateway, Outcome, Refusal, Submission};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// The prefix of the headers the gateway sets on a dead letter.
+pub const HEADER_PREFIX: &str = "x-passerelle-";
+/// Dead-letter header: the refusal's code (`malformed`, `unprocessable`, `missing-user-id`…).
+pub const REASON_HEADER: &str = "x-passerelle-reason";
+/// Dead-letter header: what was wrong, in words (at most 1 KiB).
+pub const DETAIL_HEADER: &str = "x-passerelle-detail";
+/// Dead-letter header: where, for a mapping or schema failure (a canonical field or a JSON
+/// Pointer), when known.
+pub const PATH_HEADER: &str = "x-passerelle-path";
+/// Dead-letter header: the partner whose inbound queue held the message.
+pub const PARTNER_HEADER: &str = "x-passerelle-partner";
+/// Dead-letter header: the inbound queue that held the message.
+pub const QUEUE_HEADER: &str = "x-passerelle-queue";
+/// Dead-letter header: the message's original `user_id` property, if it had one.
+pub const USER_ID_HEADER: &str = "x-passerelle-user-id";
+/// Dead-letter header: the gateway instance that refused it (its audit log's origin).
+pub const INSTANCE_HEADER: &str = "x-passerelle-instance";
+/// Dead-letter header: when it was refused, RFC 3339 UTC.
+pub const TIME_HEADER: &str = "x-passerelle-time";
+
+/// The reason code of a message without `user_id`.
+pub const MISSING_USER_ID: &str = "missing-user-id";
+/// The reason code of a message whose `user_id` is not the queue's partner.
+pub const USER_ID_MISMATCH: &str = "user-id-mismatch";
+
+/// The longest [`DETAIL_HEADER`], in bytes.
+const MAX_DETAIL_BYTES: usize = 1024;
+/// The most `cloudEvents_*` headers a message may carry.
+const MAX_ATTRIBUTES: usize = 64;
+/// The longest value of a `cloudEvents_*` header, in bytes.
+const MAX_ATTRIBUTE_BYTES: usize = 4096;
+/// How many times a message the gateway could not make durable is tried again in place
+/// before it is returned to its queue.
+const IN_PLACE_ATTEMPTS: u32 = 3;
+/// How long the gateway waits for the broker to confirm a dead letter.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a message goes to the dead letters: the short code and the words for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The reason code ([`REASON_HEADER`]): a [`Refusal::code`], [`MISSING_USER_ID`] or
+    /// [`USER_ID_MISMATCH`].
+    pub code: &'static str,
+    /// What was wrong ([`DETAIL_HEADER`]).
+    pub detail: String,
+    /// Where, when known ([`PATH_HEADER`]).
+    pub path: Option<String>,
+}
+
+impl DeadLetter {
+    /// The dead letter of a pipeline refusal.
+    pub fn of(refusal: &Refusal) -> DeadLetter {
+        DeadLetter {
+            code: refusal.code(),
+            detail: refusal.to_string(),
+            path: match refusal {
+                Refusal::Unprocessable { path, .. } => path.clone(),
+                _ => None,
+            },
+        }
+    }
+
+    fn malformed(detail: String) -> DeadLetter {
+        DeadLetter::of(&Refusal::Malformed(detail))
+    }
+}
+
+/// Checks that a message taken from `partner`'s inbound queue was sent by `partner`: its
+/// `user_id` (which the broker has checked against the publishing connection's user) must be
+/// [`partner_user`]`(partner)`.
+pub fn check_sender(partner: &str, user_id: Option<&str>) -> Result<(), DeadLetter> {
+    let expected = partner_user(partner);
+    match user_id {
+        None => Err(DeadLetter {
+            code: MISSING_USER_ID,
+            detail: format!(
+                "the message has no user_id property: a message in the queue of {partner} must carry user_id {expected}"
+            ),
+            path: None,
+        }),
+        Some(user) if user == expected => Ok(()),
+        Some(user) => Err(DeadLetter {
+            code: USER_ID_MISMATCH,
+            detail: format!(
+                "the message was published by broker user {user} into the queue of {partner}, whose user is {expected}"
+            ),
+            path: None,
+        }),
+    }
+}
+
+/// How to read a message's body, from its AMQP properties: `content_type` gives the media
+/// type; `cloudEvents_<attr>` (or `cloudEvents:<attr>`, as in the AMQP binding of CloudEvents)
+/// headers make it a binary-mode CloudEvent, unless `content_type` is
+/// `application/cloudevents+json` (structured mode, where such headers are ignored).
+pub fn content_of(properties: &BasicProperties) -> Result<Content, DeadLetter> {
+    let content_type = properties
+        .content_type()
+        .as_ref()
+        .map(|media| media.as_str().to_owned())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence.starts_with("application/cloudevents") {
+        return Ok(Content::Typed(content_type));
+    }
+    let mut attributes = Vec::new();
+    for (name, value) in properties.headers().iter().flat_map(|h| h.inner()) {
+        let Some(attribute) = cloudevents_attribute(name.as_str()) else {
+            continue;
+        };
+        if attributes.len() == MAX_ATTRIBUTES {
+            return Err(DeadLetter::malformed(format!(
+                "more than {MAX_ATTRIBUTES} cloudEvents_* headers"
+            )));
+        }
+        let text = header_text(value).ok_or_else(|| {
+            DeadLetter::malformed(format!(
+                "the header {name} is not a UTF-8 string, a timestamp, a boolean or an integer"
+            ))
+        })?;
+        if text.len() > MAX_ATTRIBUTE_BYTES {
+            return Err(DeadLetter::malformed(format!(
+                "the header {name} is longer than {MAX_ATTRIBUTE_BYTES} bytes"
+            )));
+        }
+        attributes.push((attribute.to_owned(), text));
+    }
+    if attributes.is_empty() {
+        Ok(Content::Typed(content_type))
+    } else {
+        Ok(Content::BinaryCloudEvent {
+            attributes,
+            content_type,
+        })
+    }
+}
+
+/// The attribute name of a `cloudEvents_<attr>` or `cloudEvents:<attr>` header (the prefix in
+/// any case), or `None` for another header.
+fn cloudevents_attribute(header: &str) -> Option<&str> {
+    ["cloudEvents_", "cloudEvents:"].iter().find_map(|prefix| {
+        let head = header.get(..prefix.len())?;
+        let name = &header[prefix.len()..];
+        (head.eq_ignore_ascii_case(prefix) && !name.is_empty()).then_some(name)
+    })
+}
+
+/// A header value as CloudEvents attribute text: strings as they are, an AMQP timestamp as
+/// RFC 3339, booleans and integers in their usual form; `None` for anything else.
+fn header_text(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::LongString(text) => String::from_utf8(text.as_bytes().to_vec()).ok()?,
+        AMQPValue::ShortString(text) => text.as_str().to_owned(),
+        AMQPValue::Timestamp(seconds) => DateTime::<Utc>::from_timestamp(
+            i64::try_from(*seconds).ok()?,
+            0,
+        )?
+        .to_rfc3339_opts(SecondsFormat::Secs, true),
+        AMQPValue::Boolean(flag) => flag.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        _ => return None,
+    })
+}
+
+/// The properties of the dead letter of `original`, refused for `why` by gateway `instance`
+/// at `now`: the original's properties and headers (without `user_id`, which moves to
+/// [`USER_ID_HEADER`]), persistent, with the gateway's reason headers (which replace any the
+/// sender may have set).
+pub fn dead_letter_properties(
+    original: &BasicProperties,
+    partner: &str,
+    why: &DeadLetter,
+    instance: &str,
+    now: DateTime<Utc>,
+) -> BasicProperties {
+    // The sender's own `x-passerelle-*` headers are dropped: only the gateway writes them.
+    let mut headers: BTreeMap<ShortString, AMQPValue> = original
+        .headers()
+        .iter()
+        .flat_map(|table| table.inner())
+        .filter(|(name, _)| !name.as_str().starts_with(HEADER_PREFIX))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let mut put = |name: &str, value: &str| {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    };
+    put(REASON_HEADER, why.code);
+    put(DETAIL_HEADER, truncate(&why.detail, MAX_DETAIL_BYTES));
+    if let Some(path) = &why.path {
+        put(PATH_HEADER, truncate(path, MAX_DETAIL_BYTES));
+    }
+    put(PARTNER_HEADER, partner);
+    put(QUEUE_HEADER, &inbound_queue(partner));
+    put(INSTANCE_HEADER, instance);
+    put(
+        TIME_HEADER,
+        &now.to_rfc3339_opts(SecondsFormat::Millis, true),
+    );
+    if let Some(user) = original.user_id() {
+        put(USER_ID_HEADER, user.as_str());
+    }
+    let headers = FieldTable::from(headers);
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers);
+    if let Some(value) = original.content_type() {
+        properties = properties.with_content_type(value.clone());
+    }
+    if let Some(value) = original.content_encoding() {
+        properties = properties.with_content_encoding(value.clone());
+    }
+    if let Some(value) = original.message_id() {
+        properties = properties.with_message_id(value.clone());
+    }
+    if let Some(value) = original.correlation_id() {
+        properties = properties.with_correlation_id(value.clone());
+    }
+    if let Some(value) = original.timestamp() {
+        properties = properties.with_timestamp(*value);
+    }
+    if let Some(value) = original.kind() {
+        properties = properties.with_type(value.clone());
+    }
+    if let Some(value) = original.app_id() {
+        properties = properties.with_app_id(value.clone());
+    }
+    properties
+}
+
+/// `text` cut to at most `limit` bytes, on a character boundary.
+fn truncate(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// What to tell the broker about one message.
+enum Settle {
+    /// Processed (accepted, duplicate or ignored): acknowledge.
+    Ack(Outcome),
+    /// Refused for good: dead-letter with the reason, then acknowledge.
+    DeadLetter(DeadLetter),
+    /// Could not be made durable now: return it to its queue.
+    Requeue,
+    /// The transport is stopping: leave it unacknowledged; the broker requeues it when the
+    /// channel closes.
+    Leave,
+}
+
+/// The inbound side of one session (one connection): the consumers' shared state.
+pub(crate) struct Ingress {
+    gateway: Arc<Gateway>,
+    gate: Arc<Backpressure>,
+    /// A channel in confirm mode for dead letters.
+    dead_letters: Channel,
+    backoff: Backoff,
+    /// The gateway instance, for [`INSTANCE_HEADER`]: its audit log's origin.
+    instance: String,
+}
+
+impl Ingress {
+    /// The inbound side of a session; `dead_letters` must be in confirm mode.
+    pub(crate) fn new(
+        gateway: Arc<Gateway>,
+        gate: Arc<Backpressure>,
+        dead_letters: Channel,
+        backoff: Backoff,
+    ) -> Ingress {
+        let instance = gateway.log.origin().to_owned();
+        Ingress {
+            gateway,
+            gate,
+            dead_letters,
+            backoff,
+            instance,
+        }
+    }
+
+    /// Opens a channel with the settings' prefetch and starts consuming `partner`'s inbound
+    /// queue on it, with manual acknowledgements.
+    pub(crate) async fn open(
+        connection: &Connection,
+        settings: &AmqpSettings,
+        partner: &str,
+    ) -> Result<(Channel, Consumer), AmqpError> {
+        let channel = consumer_channel(connection, settings).await?;
+        let consumer = channel
+            .basic_consume(
+                short_string(&inbound_queue(partner))?,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer))
+    }
+
+    /// Takes `partner`'s messages from `consumer` until `stop` turns true (then cancels the
+    /// consumer and finishes the messages in hand) or the consumer fails (then turns `stop` true
+    /// for the whole session and returns why).
+    pub(crate) async fn consume(
+        self: Arc<Self>,
+        partner: String,
+        channel: Channel,
+        mut consumer: Consumer,
+        stop_session: Arc<watch::Sender<bool>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let queue = inbound_queue(&partner);
+        let mut handling: JoinSet<()> = JoinSet::new();
+        let result = loop {
+            if *stop.borrow_and_update() {
+                let _ = channel
+                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                    .await;
+                break Ok(());
+            }
+            tokio::select! {
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let this = self.clone();
+                        let partner = partner.clone();
+                        let stop = stop.clone();
+                        handling.spawn(async move { this.handle(&partner, delivery, stop).await });
+                    }
+                    Some(Err(error)) => break Err(format!("consuming {queue}: {error}")),
+                    None => break Err(format!("the consumer of {queue} was cancelled")),
+                },
+                Some(_) = handling.join_next(), if !handling.is_empty() => {}
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        // The session is gone: nothing can be acknowledged any more.
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        if result.is_err() {
+            stop_session.send_replace(true);
+        }
+        while handling.join_next().await.is_some() {}
+        result
+    }
+
+    /// Processes one message and settles it with the broker.
+    async fn handle(&self, partner: &str, delivery: Delivery, mut stop: watch::Receiver<bool>) {
+        let properties = &delivery.properties;
+        let user_id = properties.user_id().as_ref().map(ShortString::as_str);
+        let checked = check_sender(partner, user_id).and_then(|()| content_of(properties));
+        let settle = match checked {
+            Ok(content) => self.ingest(partner, &delivery.data, content, &mut stop).await,
+            Err(why) => match self.audit_refusal(partner, user_id, &why, &delivery.data).await {
+                Ok(()) => Settle::DeadLetter(why),
+                Err(_) if pause(self.backoff.delay(1), &mut stop).await => Settle::Requeue,
+                Err(_) => Settle::Leave,
+            },
+        };
+        self.settle(partner, delivery, settle).await;
+    }
+
+    /// Runs the pipeline, waiting while the gate is closed and trying again after transient
+    /// refusals.
+    async fn ingest(
+        &self,
+        partner: &str,
+        body: &[u8],
+        content: Content,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Settle {
+        let mut failures = 0u32;
+        loop {
+            if !self.gate.wait_open(stop).await {
+                return Settle::Leave;
+            }
+            let submission = Submission {
+                partner,
+                transport: Transport::Amqp,
+                body,
+                content: content.clone(),
+            };
+            match self.gateway.ingest(submission).await {
+                Ok(outcome) => return Settle::Ack(outcome),
+                Err(refusal) if !refusal.is_transient() => {
+                    return Settle::DeadLetter(DeadLetter::of(&refusal));
+                }
+                // The limiter paces this partner: the message waits for its turn, unacknowledged,
+                // and it does not count as a delivery attempt.
+                Err(Refusal::RateLimited { retry_after, .. }) => {
+                    if !pause(retry_after.max(Duration::from_millis(5)), stop).await {
+                        return Settle::Leave;
+                    }
+                }
+                Err(refusal) => {
+                    failures += 1;
+                    tracing::warn!(
+                        partner,
+                        attempt = failures,
+                        error = %refusal,
+                        "an AMQP message could not be made durable; trying again"
+                    );
+                    if !pause(self.backoff.delay(failures), stop).await {
+                        return Settle::Leave;
+                    }
+                    if failures >= IN_PLACE_ATTEMPTS {
+                        return Settle::Requeue;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the broker.
+    async fn settle(&self, partner: &str, delivery: Delivery, settle: Settle) {
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
+        match settle {
+            Settle::Ack(outcome) => {
+                let (status, event_id) = match &outcome {
+                    Outcome::Accepted(ack) => ("accepted", ack.event_id.as_str()),
+                    Outcome::Duplicate(ack) => ("duplicate", ack.event_id.as_str()),
+                    Outcome::Ignored { .. } => ("ignored", ""),
+                };
+                match delivery.acker.ack(BasicAckOptions::default()).await {
+                    Ok(true) => tracing::debug!(
+                        partner,
+                        message_id = %message_id,
+                        event_id,
+                        status,
+                        "AMQP message acknowledged"
+                    ),
+                    // Durable already: a redelivery will be answered `duplicate`.
+                    failed => tracing::warn!(
+                        partner,
+                        message_id = %message_id,
+                        event_id,
+                        status,
+                        error = ?failed.err(),
+                        "could not acknowledge a processed AMQP message; it will come back as a duplicate"
+                    ),
+                }
+            }
+            Settle::DeadLetter(why) => {
+                tracing::warn!(
+                    partner,
+                    message_id = %message_id,
+                    reason = why.code,
+                    "AMQP message refused; dead-lettering it"
+                );
+                self.dead_letter(partner, delivery, &why).await;
+            }
+            Settle::Requeue => {
+                let requeued = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await;
+                tracing::warn!(
+                    partner,
+                    message_id = %message_id,
+                    returned = matches!(requeued, Ok(true)),
+                    "AMQP message returned to its queue: the gateway cannot make it durable now"
+                );
+            }
+            Settle::Leave => {}
+        }
+    }
+
+    /// Publishes the dead letter with its reason and acknowledges the original once the broker
+    /// confirms it; if that fails, rejects the original without requeue, so that the queue's own
+    /// dead-lettering takes it.
+    async fn dead_letter(&self, partner: &str, delivery: Delivery, why: &DeadLetter) {
+        let properties =
+            dead_letter_properties(&delivery.properties, partner, why, &self.instance, Utc::now());
+        let published = async {
+            let confirm = self
+                .dead_letters
+                .basic_publish(
+                    DEAD_LETTER_EXCHANGE.into(),
+                    short_string(partner)?,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    properties,
+                )
+                .await?;
+            Ok::<_, AmqpError>(confirm.await?)
+        };
+        let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, published).await;
+        if matches!(confirmed, Ok(Ok(Confirmation::Ack(None)))) {
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // The dead letter is stored; the message comes back and is dead-lettered again.
+                tracing::warn!(partner, error = %error, "could not acknowledge a dead-lettered AMQP message");
+            }
+            return;
+        }
+        tracing::warn!(
+            partner,
+            outcome = ?confirmed.map(|c| c.map(|c| c.is_ack())),
+            "publishing a dead letter failed; rejecting the message to the queue's own dead-lettering"
+        );
+        if let Err(error) = delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+        {
+            tracing::warn!(partner, error = %error, "could not reject a refused AMQP message; it will come back");
+        }
+    }
+
+    /// Audits (and counts) a refusal made here, before the pipeline: the evidence that a
+    /// message was refused, committing to its bytes without keeping them.
+    async fn audit_refusal(
+        &self,
+        partner: &str,
+        user_id: Option<&str>,
+        why: &DeadLetter,
+        body: &[u8],
+    ) -> Result<(), Refusal> {
+        self.gateway.metrics.message(partner, "amqp", why.code);
+        // A broker user names a partner only through the broker's check; record who it was when
+        // that partner is known, nobody otherwise.
+        let sender = user_id
+            .and_then(|user| user.strip_prefix(crate::tls::PARTNER_URI_PREFIX))
+            .filter(|id| self.gateway.registry.partner(id).is_some())
+            .map(str::to_owned);
+        let mut fact = Fact::new(Kind::Rejected, Utc::now());
+        fact.sender = sender;
+        fact.transport = Some(Transport::Amqp);
+        fact.reason = Some(why.code.to_owned());
+        fact.case_id = Some(format!("refused/{partner}"));
+        fact.personal = Personal {
+            native: Some(body[..body.len().min(crate::audit::leaf::limits::PAYLOAD_LEN)].to_vec()),
+            commit_only: true,
+            ..Personal::default()
+        };
+        self.gateway.append(&fact).await.map(|_| ())
+    }
+}
+
+/// Sleeps for `wait`; `false` if `stop` turned true first.
+async fn pause(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(wait) => false,
+        _ = stop.wait_for(|stop| *stop) => true,
+    };
+    !stopped && !*stop.borrow()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::LongString;
+
+    fn header(name: &str, value: AMQPValue) -> (ShortString, AMQPValue) {
+        (name.into(), value)
+    }
+
+    fn with_headers(entries: Vec<(ShortString, AMQPValue)>) -> BasicProperties {
+        let table: BTreeMap<_, _> = entries.into_iter().collect();
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(FieldTable::from(table))
+    }
+
+    #[test]
+    fn the_sender_is_the_queues_partner() {
+        assert_eq!(
+            check_sender("ci.ambassade.rabat", Some("urn:partner:ci.ambassade.rabat")),
+            Ok(())
+        );
+        assert_eq!(
+            check_sender("ci.ambassade.rabat", None).unwrap_err().code,
+            MISSING_USER_ID
+        );
+        let mismatch = check_sender("ci.ambassade.rabat", Some("urn:partner:iom.sn")).unwrap_err();
+        assert_eq!(mismatch.code, USER_ID_MISMATCH);
+        assert!(mismatch.detail.contains("urn:partner:iom.sn"), "{mismatch:?}");
+        // The bare partner id is not the broker user.
+        assert!(check_sender("iom.sn", Some("iom.sn")).is_err());
+    }
+
+    #[test]
+    fn native_messages_are_typed_by_content_type() {
+        let properties = BasicProperties::default().with_content_type("application/xml".into());
+        assert_eq!(
+            content_of(&properties),
+            Ok(Content::Typed("application/xml".into()))
+        );
+        assert_eq!(
+            content_of(&BasicProperties::default()),
+            Ok(Content::Typed(String::new()))
+        );
+        // Other headers do not make a CloudEvent.
+        let properties = with_headers(vec![header(
+            "x-trace",
+            AMQPValue::LongString(LongString::from("abc")),
+        )]);
+        assert_eq!(
+            content_of(&properties),
+            Ok(Content::Typed("application/json".into()))
+        );
+    }
+
+    #[test]
+    fn cloudevents_headers_make_a_binary_mode_event() {
+        let properties = with_headers(vec![
+            header("cloudEvents_specversion", AMQPValue::LongString("1.0".into())),
+            header("cloudEvents:id", AMQPValue::ShortString("MI-1".into())),
+            header("CLOUDEVENTS_type", AMQPValue::LongString("ma.rva.x".into())),
+            header("cloudEvents_time", AMQPValue::Timestamp(1_794_000_000)),
+            header("x-other", AMQPValue::LongString("ignored".into())),
+        ]);
+        let Ok(Content::BinaryCloudEvent {
+            mut attributes,
+            content_type,
+        }) = content_of(&properties)
+        else {
+            panic!("not a binary-mode event")
+        };
+        attributes.sort();
+        assert_eq!(content_type, "application/json");
+        assert_eq!(
+            attributes,
+            [
+                ("id".to_owned(), "MI-1".to_owned()),
+                ("specversion".to_owned(), "1.0".to_owned()),
+                ("time".to_owned(), "2026-11-06T21:20:00Z".to_owned()),
+                ("type".to_owned(), "ma.rva.x".to_owned()),
+            ]
+        );
+        // Structured mode wins over headers.
+        let structured = properties.with_content_type("application/cloudevents+json".into());
+        assert!(matches!(content_of(&structured), Ok(Content::Typed(_))));
+    }
+
+    #[test]
+    fn unreadable_cloudevents_headers_are_malformed() {
+        let properties = with_headers(vec![header(
+            "cloudEvents_id",
+            AMQPValue::LongString(LongString::from(vec![0xff, 0xfe])),
+        )]);
+        assert_eq!(content_of(&properties).unwrap_err().code, "malformed");
+        let properties = with_headers(vec![header(
+            "cloudEvents_data",
+            AMQPValue::FieldTable(FieldTable::default()),
+        )]);
+        assert_eq!(content_of(&properties).unwrap_err().code, "malformed");
+        let long = "x".repeat(MAX_ATTRIBUTE_BYTES + 1);
+        let properties = with_headers(vec![header(
+            "cloudEvents_id",
+            AMQPValue::LongString(long.into()),
+        )]);
+        assert_eq!(content_of(&properties).unwrap_err().code, "malformed");
+        let many = (0..=MAX_ATTRIBUTES)
+            .map(|i| {
+                header(
+                    &format!("cloudEvents_x{i}"),
+                    AMQPValue::LongString("v".into()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            content_of(&with_headers(many)).unwrap_err().code,
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn dead_letters_keep_the_message_and_say_why() {
+        let original = with_headers(vec![
+            header("x-trace", AMQPValue::LongString("t-1".into())),
+            header(REASON_HEADER, AMQPValue::LongString("forged".into())),
+            header(PATH_HEADER, AMQPValue::LongString("forged".into())),
+        ])
+        .with_content_type("application/xml".into())
+        .with_message_id("ABJ-RBT-2026-0902".into())
+        .with_user_id("urn:partner:iom.sn".into())
+        .with_delivery_mode(1);
+        let why = DeadLetter {
+            code: "malformed",
+            detail: "é".repeat(MAX_DETAIL_BYTES),
+            path: None,
+        };
+        let now = DateTime::<Utc>::from_timestamp(1_794_000_000, 0).unwrap();
+        let dead = dead_letter_properties(
+            &original,
+            "ci.ambassade.rabat",
+            &why,
+            "passerelle.localhost/audit-1",
+            now,
+        );
+        assert_eq!(dead.user_id(), &None, "the broker would refuse another user's id");
+        assert_eq!(dead.delivery_mode(), &Some(PERSISTENT));
+        assert_eq!(dead.message_id().as_ref().unwrap().as_str(), "ABJ-RBT-2026-0902");
+        assert_eq!(dead.content_type().as_ref().unwrap().as_str(), "application/xml");
+        let headers = dead.headers().clone().unwrap();
+        let get = |name: &str| {
+            headers
+                .inner()
+                .get(name)
+                .and_then(header_text)
+                .unwrap_or_else(|| panic!("no header {name}"))
+        };
+        assert_eq!(get("x-trace"), "t-1");
+        assert_eq!(get(REASON_HEADER), "malformed");
+        assert!(get(DETAIL_HEADER).len() <= MAX_DETAIL_BYTES);
+        assert!(!headers.inner().contains_key(PATH_HEADER));
+        assert_eq!(get(PARTNER_HEADER), "ci.ambassade.rabat");
+        assert_eq!(get(QUEUE_HEADER), "passerelle.in.ci.ambassade.rabat");
+        assert_eq!(get(USER_ID_HEADER), "urn:partner:iom.sn");
+        assert_eq!(get(INSTANCE_HEADER), "passerelle.localhost/audit-1");
+        assert_eq!(get(TIME_HEADER), "2026-11-06T21:20:00.000Z");
+    }
+
+    #[test]
+    fn refusals_become_dead_letter_reasons() {
+        let why = DeadLetter::of(&Refusal::Unprocessable {
+            message: "no".into(),
+            path: Some("data.case_id".into()),
+        });
+        assert_eq!(why.code, "unprocessable");
+        assert_eq!(why.path.as_deref(), Some("data.case_id"));
+        assert_eq!(truncate("abc", 2), "ab");
+        assert_eq!(truncate("éé", 3), "é");
+    }
+}

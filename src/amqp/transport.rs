@@ -1,0 +1,321 @@
+//! The AMQP transport as one worker of the gateway: connect, declare the topology, consume and
+//! publish; after a lost connection, reconnect with backoff and do it all again.
+//!
+//! This module owns the life cycle of the broker connection and of the session that runs on
+//! it: which queues are consumed, when the transport counts as ready, how it stops. What a
+//! message becomes is the [`ingress`](super::ingress) and [`egress`](super::egress) modules'
+//! work; whether to pause is [`backpressure`](super::backpressure)'s.
+//!
+//! # One session per connection
+//!
+//! After each (re)connection ([`connect_with_backoff`]) the transport declares the whole
+//! topology (idempotently: a broker restarted from nothing, or a queue deleted by mistake, is
+//! put back), opens a confirm-mode channel for dead letters and one for deliveries, and one
+//! consumer channel (with the settings' prefetch) per inbound queue. The queues consumed are
+//! those of the registry's partners whose delivery mode is `amqp`, and of the partners listed in
+//! [`AmqpSettings::senders`]. The readiness flag (`amqp` in the admin listener's `/ready`) is
+//! true from then until the session ends.
+//!
+//! A session ends when the connection reports an error (a broker restart closes it with
+//! `CONNECTION_FORCED`; a dead peer is found by heartbeats), when a consumer is cancelled by the
+//! broker (its queue was deleted) or a channel fails, or at shutdown. The messages being
+//! processed then finish (their acknowledgements fail with the channel, and the broker delivers
+//! them again, to be answered `duplicate`), the deliveries awaiting a confirm are recorded as
+//! failed attempts, and the transport connects again. Nothing is lost: an inbound message is
+//! acknowledged only once durable, and a delivery counts only on its confirm.
+//!
+//! At shutdown the consumers are cancelled first, the messages in hand are finished and
+//! acknowledged, the deliveries in flight are confirmed and recorded, and the connection is
+//! closed; the messages the consumers held but had not started go back to their queues.
+
+use super::backpressure::Backpressure;
+use super::connection::{AmqpError, AmqpSettings, connect_with_backoff, publisher_channel};
+use super::egress::Egress;
+use super::ingress::Ingress;
+use super::topology::Topology;
+use crate::delivery::RetryPolicy;
+use crate::pipeline::Gateway;
+use crate::registry::Delivery as DeliveryMode;
+use futures_util::{Stream, StreamExt};
+use lapin::{Connection, Event};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long a session's tasks get to finish once it ends.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long closing the connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A session that lasted this long resets the reconnection backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+/// Why a session ended.
+enum SessionEnd {
+    /// The gateway is stopping.
+    Shutdown,
+    /// The connection or a channel failed.
+    Lost(String),
+}
+
+/// The AMQP transport: run it with [`AmqpTransport::run`] as a worker of the gateway.
+pub struct AmqpTransport {
+    gateway: Arc<Gateway>,
+    settings: AmqpSettings,
+    topology: Topology,
+    ready: Arc<AtomicBool>,
+    gate: Arc<Backpressure>,
+    egress: Arc<Egress>,
+}
+
+impl std::fmt::Debug for AmqpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpTransport")
+            .field("settings", &self.settings)
+            .field("topology", &self.topology)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpTransport {
+    /// A transport for `gateway` with `settings`; deliveries are retried under `policy`, and
+    /// `ready` tells whether the transport is connected and consuming.
+    ///
+    /// Fails when the settings are invalid, or name a sender that is not in the registry.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        settings: AmqpSettings,
+        policy: RetryPolicy,
+        ready: Arc<AtomicBool>,
+    ) -> Result<AmqpTransport, AmqpError> {
+        settings.validate()?;
+        for sender in &settings.senders {
+            if gateway.registry.partner(sender).is_none() {
+                return Err(AmqpError::Settings(format!(
+                    "amqp.senders: {sender} is not a partner of the registry"
+                )));
+            }
+        }
+        let receivers = gateway
+            .registry
+            .partners()
+            .filter(|partner| partner.delivery == Some(DeliveryMode::Amqp))
+            .map(|partner| partner.id.clone());
+        let topology = Topology::new(receivers.chain(settings.senders.iter().cloned()))?;
+        let store = gateway.store.clone();
+        let gate = Backpressure::new(move || store.pending_deliveries(), settings.max_outbox);
+        let egress = Arc::new(Egress::new(
+            gateway.clone(),
+            policy,
+            settings.publish_in_flight,
+        ));
+        ready.store(false, Ordering::Relaxed);
+        Ok(AmqpTransport {
+            gateway,
+            settings,
+            topology,
+            ready,
+            gate,
+            egress,
+        })
+    }
+
+    /// The exchanges and queues the transport declares; its partners' inbound queues are the
+    /// ones it consumes.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The inbound gate (backpressure).
+    pub fn backpressure(&self) -> Arc<Backpressure> {
+        self.gate.clone()
+    }
+
+    /// Runs until `shutdown` turns true (or its sender is dropped): connects, runs a session,
+    /// and reconnects with backoff whenever the session is lost.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let endpoint = self
+            .settings
+            .endpoint()
+            .map(|endpoint| endpoint.to_string())
+            .unwrap_or_default();
+        let mut failures: u32 = 0;
+        loop {
+            let connection = match connect_with_backoff(&self.settings, &mut shutdown).await {
+                Ok(connection) => connection,
+                Err(AmqpError::Shutdown) => break,
+                Err(error) => {
+                    // Only a change of settings or files mends this; keep trying, slowly, so
+                    // that a fixed file is picked up, and say so at every attempt.
+                    failures = failures.saturating_add(1);
+                    tracing::error!(broker = %endpoint, error = %error, "the AMQP transport cannot connect");
+                    let wait = self.settings.backoff.delay(failures.max(8));
+                    if !sleep_or_shutdown(wait, &mut shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let end = self.session(&connection, &mut shutdown).await;
+            self.ready.store(false, Ordering::Relaxed);
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "OK".into())).await;
+            match end {
+                Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::Lost(why)) => {
+                    tracing::warn!(broker = %endpoint, reason = %why, "the AMQP session was lost; reconnecting");
+                }
+                Err(error) => {
+                    tracing::warn!(broker = %endpoint, error = %error, "the AMQP session could not start; reconnecting");
+                }
+            }
+            failures = if started.elapsed() >= STABLE_SESSION {
+                1
+            } else {
+                failures.saturating_add(1)
+            };
+            if !sleep_or_shutdown(self.settings.backoff.delay(failures), &mut shutdown).await {
+                break;
+            }
+        }
+        self.ready.store(false, Ordering::Relaxed);
+        tracing::info!(broker = %endpoint, "the AMQP transport stopped");
+    }
+
+    /// One session on `connection`: declare, consume, publish, until shutdown or a failure.
+    async fn session(
+        &self,
+        connection: &Connection,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<SessionEnd, AmqpError> {
+        let events = connection.events_listener();
+        self.gate.reset();
+        let declaring = connection.create_channel().await?;
+        self.topology.declare(&declaring).await?;
+        let _ = declaring.close(200, "OK".into()).await;
+        let dead_letters = publisher_channel(connection).await?;
+        let publisher = publisher_channel(connection).await?;
+        let mut consumers = Vec::new();
+        for partner in self.topology.partners() {
+            let (channel, consumer) = Ingress::open(connection, &self.settings, partner).await?;
+            consumers.push((partner.to_owned(), channel, consumer));
+        }
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let ingress = Arc::new(Ingress::new(
+            self.gateway.clone(),
+            self.gate.clone(),
+            dead_letters,
+            self.settings.backoff,
+        ));
+        let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+        for (partner, channel, consumer) in consumers {
+            tasks.spawn(ingress.clone().consume(
+                partner,
+                channel,
+                consumer,
+                stop_tx.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        tasks.spawn(
+            self.egress
+                .clone()
+                .run(publisher, stop_tx.clone(), stop_rx.clone()),
+        );
+        tasks.spawn(watch_connection(
+            events,
+            self.gate.clone(),
+            stop_tx.clone(),
+            stop_rx.clone(),
+        ));
+        self.ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            queues = self.topology.partners().count(),
+            "the AMQP transport is consuming and publishing"
+        );
+
+        let mut stopped = stop_rx.clone();
+        let graceful = tokio::select! {
+            () = wait_for_shutdown(shutdown) => true,
+            _ = stopped.wait_for(|stop| *stop) => false,
+        };
+        self.ready.store(false, Ordering::Relaxed);
+        stop_tx.send_replace(true);
+        let drain = async {
+            let mut first_error = None;
+            while let Some(done) = tasks.join_next().await {
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => {
+                        first_error.get_or_insert(why);
+                    }
+                    Err(join) => {
+                        first_error.get_or_insert(format!("an AMQP task failed: {join}"));
+                    }
+                }
+            }
+            first_error
+        };
+        let first_error = match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
+            Ok(first_error) => first_error,
+            Err(_) => {
+                tracing::warn!("the AMQP session's tasks did not finish in time; abandoning them");
+                Some("the session's tasks did not finish in time".to_owned())
+            }
+        };
+        Ok(if graceful {
+            SessionEnd::Shutdown
+        } else {
+            SessionEnd::Lost(first_error.unwrap_or_else(|| "the session stopped".to_owned()))
+        })
+    }
+}
+
+/// Follows the connection's events: blocked and unblocked go to the gate; an error ends the
+/// session.
+async fn watch_connection(
+    events: impl Stream<Item = Event> + Send + 'static,
+    gate: Arc<Backpressure>,
+    stop_session: Arc<watch::Sender<bool>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut events = std::pin::pin!(events);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Event::ConnectionBlocked(reason)) => gate.set_blocked(Some(&reason)),
+                Some(Event::ConnectionUnblocked) => gate.set_blocked(None),
+                Some(Event::Error(error)) => {
+                    stop_session.send_replace(true);
+                    return Err(format!("connection error: {error}"));
+                }
+                Some(_) => {}
+                None => {
+                    stop_session.send_replace(true);
+                    return Err("the connection's events ended".to_owned());
+                }
+            },
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
+}
+
+/// Resolves when `true` is sent or the sender is dropped.
+async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Sleeps for `wait`; `false` if shutdown came first.
+async fn sleep_or_shutdown(wait: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(wait) => false,
+        () = wait_for_shutdown(shutdown) => true,
+    };
+    !stopped && !*shutdown.borrow()
+}

@@ -1,0 +1,337 @@
+//! `passerelle load`: drives a gateway over mutual TLS and measures it against a floor.
+//!
+//! Each round starts two gateways as child processes, one after the other, on loopback:
+//! the full pipeline, and the floor (the same TLS server answering `202` without processing).
+//! Concurrent keep-alive clients send the Senegal consulate's `LaissezPasserDelivre`, each
+//! with its own reference, for a fixed time. Rounds alternate the two so that a noisy machine
+//! affects both alike; the medians are printed, with the ratio of full to floor throughput.
+//! The gateways' peak resident memory is read from `/proc/<pid>/status` (`VmHWM`).
+
+use anyhow::{Context, bail};
+use passerelle::tls::TlsFiles;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Arguments of `passerelle load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Concurrent clients, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Seconds of measurement per run (after one second of warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Rounds; each runs the floor and the full pipeline once.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Only the full pipeline, without the floor.
+    #[arg(long)]
+    pub skip_floor: bool,
+    /// The sample message (Senegal consulate's `LaissezPasserDelivre`).
+    #[arg(
+        long,
+        default_value = "mappings/fixtures/sn.consulat.casablanca/in/lpc-issued.xml"
+    )]
+    pub message: PathBuf,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+struct RunResult {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    peak_rss_kib: u64,
+    errors: u64,
+}
+
+struct Gateway {
+    child: Child,
+    https: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The sample registry with every partner on the inbox, so that the measured work is the
+/// ingest path and nothing waits on unreachable endpoints.
+fn inbox_registry(dir: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string("config/registry.toml")
+        .context("reading config/registry.toml (run from the repository)")?;
+    let re = regex::Regex::new(r#"delivery = \{[^}]*\}"#)?;
+    let text = re.replace_all(&text, r#"delivery = { mode = "inbox" }"#);
+    let path = dir.join("registry.toml");
+    std::fs::write(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+fn start_gateway(floor: bool) -> anyhow::Result<Gateway> {
+    let dir = tempfile::tempdir()?;
+    let https = free_port()?;
+    let admin = free_port()?;
+    let registry = inbox_registry(dir.path())?;
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:{https}"
+floor_mode = {floor}
+[admin]
+listen = "127.0.0.1:{admin}"
+[paths]
+registry = "{}"
+data = "{}"
+[limits]
+rate_per_second = 1000000
+burst = 1000000
+"#,
+        registry.display(),
+        dir.path().join("data").display()
+    );
+    let config_path = dir.path().join("passerelle.toml");
+    std::fs::write(&config_path, config)?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the gateway")?;
+    let gateway = Gateway {
+        child,
+        https,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
+        if Instant::now() > deadline {
+            bail!("the gateway did not start within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(gateway)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn client(partner: &str) -> anyhow::Result<reqwest::Client> {
+    let files = TlsFiles::new(
+        "certs/dev/ca.pem",
+        format!("certs/dev/{partner}.pem"),
+        format!("certs/dev/{partner}.key"),
+    );
+    let mut tls = (*passerelle::tls::client_config(&files)?).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// Sends the ministry's LPC request for the case first, so that the consulate's LPCs arrive
+/// in order (as they would in production) rather than each raising a sequence anomaly.
+async fn prepare_case(https: u16) -> anyhow::Result<()> {
+    let body = std::fs::read("mappings/fixtures/ma.interieur/in/lpc-requested.json")?;
+    let response = client("ma.interieur")?
+        .post(format!("https://localhost:{https}/v1/messages"))
+        .header("content-type", "application/cloudevents+json")
+        .body(body)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("the case could not be prepared: {}", response.status());
+    }
+    Ok(())
+}
+
+async fn drive(
+    https: u16,
+    clients: usize,
+    seconds: u64,
+    template: Arc<String>,
+    round: usize,
+) -> anyhow::Result<(u64, Vec<Duration>, u64)> {
+    let url = format!("https://localhost:{https}/v1/messages");
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = client("sn.consulat.casablanca")?;
+        let (url, template, measuring, stop, errors) = (
+            url.clone(),
+            template.clone(),
+            measuring.clone(),
+            stop.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let reference = format!("LOAD-{round}-{c}-{n}");
+                let body = template.replace("CGSN-CASA-2026-00417", &reference);
+                let started = Instant::now();
+                let ok = client
+                    .post(&url)
+                    .header("content-type", "application/xml")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16() == 202)
+                    .unwrap_or(false);
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        latencies.push(started.elapsed());
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await?);
+    }
+    let count = latencies.len() as u64;
+    let rate_scaled = (count as f64 / elapsed.as_secs_f64()) as u64;
+    Ok((rate_scaled, latencies, errors.load(Ordering::Relaxed)))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn run_once(
+    runtime: &tokio::runtime::Runtime,
+    floor: bool,
+    args: &LoadArgs,
+    template: &Arc<String>,
+    round: usize,
+) -> anyhow::Result<RunResult> {
+    let gateway = start_gateway(floor)?;
+    let pid = gateway.child.id();
+    let https = gateway.https;
+    let (rate, mut latencies, errors) = runtime.block_on(async {
+        if !floor {
+            prepare_case(https).await?;
+        }
+        drive(https, args.clients, args.seconds, template.clone(), round).await
+    })?;
+    latencies.sort_unstable();
+    let result = RunResult {
+        rate: rate as f64,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        peak_rss_kib: peak_rss_kib(pid),
+        errors,
+    };
+    drop(gateway);
+    Ok(result)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn report(name: &str, runs: &[RunResult]) {
+    let rate = median(runs.iter().map(|r| r.rate).collect());
+    let p50 = median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect());
+    let p99 = median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
+    let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+    let errors: u64 = runs.iter().map(|r| r.errors).sum();
+    println!(
+        "{name:<14} {rate:>10.0} msg/s   p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   peak RSS {rss:>6.1} MB   errors {errors}"
+    );
+}
+
+impl LoadArgs {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let template = Arc::new(
+            std::fs::read_to_string(&self.message)
+                .with_context(|| format!("reading {}", self.message.display()))?,
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let mut full = Vec::new();
+        let mut floor = Vec::new();
+        println!(
+            "{} clients, {} s per run, {} rounds, message {}",
+            self.clients,
+            self.seconds,
+            self.rounds,
+            self.message.display()
+        );
+        for round in 0..self.rounds {
+            if !self.skip_floor {
+                let r = run_once(&runtime, true, &self, &template, round)?;
+                println!(
+                    "round {round} floor: {:.0} msg/s, p99 {:.2} ms",
+                    r.rate,
+                    r.p99.as_secs_f64() * 1e3
+                );
+                floor.push(r);
+            }
+            let r = run_once(&runtime, false, &self, &template, round)?;
+            println!(
+                "round {round} full:  {:.0} msg/s, p99 {:.2} ms, peak RSS {:.1} MB",
+                r.rate,
+                r.p99.as_secs_f64() * 1e3,
+                r.peak_rss_kib as f64 / 1024.0
+            );
+            full.push(r);
+        }
+        println!("\nmedians over {} rounds:", self.rounds);
+        if !floor.is_empty() {
+            report("floor", &floor);
+        }
+        report("full pipeline", &full);
+        if !floor.is_empty() {
+            let ratio = median(full.iter().map(|r| r.rate).collect())
+                / median(floor.iter().map(|r| r.rate).collect()).max(1.0);
+            println!("full / floor   {:.1} %", ratio * 100.0);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

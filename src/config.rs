@@ -1,0 +1,304 @@
+//! The gateway's configuration file (`passerelle serve --config FILE`).
+//!
+//! This module owns the settings, their safe defaults and their validation. Every setting has
+//! a default: an empty file starts a gateway on loopback with the development PKI, the sample
+//! registry and its data under `var/passerelle`. `config/passerelle.toml` is the documented
+//! sample; `docs/operations.md` is the reference.
+
+use crate::pipeline::Limits;
+use crate::tls::TlsFiles;
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The partner-facing HTTPS listener.
+    pub server: ServerSettings,
+    /// The admin listener (health, readiness, metrics, dead letters).
+    pub admin: AdminSettings,
+    /// TLS material.
+    pub tls: TlsSettings,
+    /// Where the registry, the mappings and the data live.
+    pub paths: PathSettings,
+    /// The audit log.
+    pub audit: AuditSettings,
+    /// Limits per sender.
+    pub limits: LimitSettings,
+    /// Push delivery (webhooks).
+    pub delivery: DeliverySettings,
+    /// The AMQP transport; absent means no AMQP.
+    pub amqp: Option<crate::amqp::AmqpSettings>,
+}
+
+/// The partner-facing HTTPS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on. Default `127.0.0.1:8443`.
+    pub listen: SocketAddr,
+    /// HTTP worker threads. Default: the number of CPUs.
+    pub workers: Option<usize>,
+    /// How long a graceful shutdown waits for requests in flight, in seconds. Default 30.
+    pub shutdown_timeout_secs: u64,
+    /// Idle keep-alive time of a connection, in seconds. Default 75.
+    pub keep_alive_secs: u64,
+    /// Answer every `POST /v1/messages` with `202` without processing: a measuring floor for
+    /// load tests only. Default false.
+    pub floor_mode: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            workers: None,
+            shutdown_timeout_secs: 30,
+            keep_alive_secs: 75,
+            floor_mode: false,
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address to listen on, plain HTTP. Default `127.0.0.1:9090`; keep it on loopback or a
+    /// management network.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// TLS material, in PEM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The CA bundle partner certificates (and webhook servers) must chain to.
+    pub ca: PathBuf,
+    /// The gateway's server certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CRLs covering every CA of the bundle. Required: a client certificate whose status is
+    /// unknown is refused.
+    pub crls: Vec<PathBuf>,
+    /// The gateway's client certificate, for webhooks and AMQP.
+    pub client_cert: PathBuf,
+    /// Its private key.
+    pub client_key: PathBuf,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        let dev = Path::new("certs/dev");
+        TlsSettings {
+            ca: dev.join("ca.pem"),
+            cert: dev.join("server.pem"),
+            key: dev.join("server.key"),
+            crls: vec![dev.join("crl.pem")],
+            client_cert: dev.join("gateway-client.pem"),
+            client_key: dev.join("gateway-client.key"),
+        }
+    }
+}
+
+impl TlsSettings {
+    /// The server's files.
+    pub fn server_files(&self) -> TlsFiles {
+        let mut files = TlsFiles::new(&self.ca, &self.cert, &self.key);
+        for crl in &self.crls {
+            files = files.with_crl(crl);
+        }
+        files
+    }
+
+    /// The gateway's client files (for webhooks): server revocation is not checked.
+    pub fn client_files(&self) -> TlsFiles {
+        TlsFiles::new(&self.ca, &self.client_cert, &self.client_key)
+    }
+}
+
+/// Where things are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathSettings {
+    /// The partner registry. Default `config/registry.toml`.
+    pub registry: PathBuf,
+    /// The mappings folder. Default `mappings`.
+    pub mappings: PathBuf,
+    /// The data folder: `store.redb` and `audit-log/`. Default `var/passerelle`.
+    pub data: PathBuf,
+}
+
+impl Default for PathSettings {
+    fn default() -> Self {
+        PathSettings {
+            registry: "config/registry.toml".into(),
+            mappings: "mappings".into(),
+            data: "var/passerelle".into(),
+        }
+    }
+}
+
+impl PathSettings {
+    /// The store file.
+    pub fn store(&self) -> PathBuf {
+        self.data.join("store.redb")
+    }
+
+    /// The audit log folder.
+    pub fn audit_log(&self) -> PathBuf {
+        self.data.join("audit-log")
+    }
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// The log's origin (checkpoint first line, and the signing key's name).
+    /// Default `passerelle.localhost/audit`.
+    pub origin: String,
+    /// The signing key (`passerelle audit keygen`). Default `<data>/audit-signing.key`.
+    pub signing_key: Option<PathBuf>,
+    /// Create the signing key if the file does not exist. Default true; set false in
+    /// production, where the key is provisioned and backed up.
+    pub create_key: bool,
+    /// Seconds between checkpoints while the log grows. Default 0.5.
+    pub checkpoint_interval_secs: f64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            origin: "passerelle.localhost/audit".into(),
+            signing_key: None,
+            create_key: true,
+            checkpoint_interval_secs: 0.5,
+        }
+    }
+}
+
+/// Limits per sender.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest message body, bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Sustained messages a second per partner. Default 200.
+    pub rate_per_second: u32,
+    /// Burst above the sustained rate. Default 400.
+    pub burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitSettings {
+            max_body_bytes: l.max_body_bytes,
+            rate_per_second: l.rate_per_second,
+            burst: l.burst,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The pipeline's limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            rate_per_second: self.rate_per_second,
+            burst: self.burst,
+        }
+    }
+}
+
+/// Push delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Attempts before a delivery is dead-lettered. Default 8.
+    pub max_attempts: u32,
+    /// First retry delay, milliseconds; doubled at each attempt, with full jitter. Default 500.
+    pub initial_backoff_ms: u64,
+    /// Longest retry delay, seconds (also caps `Retry-After`). Default 300.
+    pub max_backoff_secs: u64,
+    /// Timeout of one webhook call, seconds. Default 10.
+    pub timeout_secs: u64,
+    /// Webhook calls in flight at once. Default 16.
+    pub concurrency: usize,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            max_attempts: 8,
+            initial_backoff_ms: 500,
+            max_backoff_secs: 300,
+            timeout_secs: 10,
+            concurrency: 16,
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// The first retry delay.
+    pub fn initial_backoff(&self) -> Duration {
+        Duration::from_millis(self.initial_backoff_ms.max(1))
+    }
+
+    /// The longest retry delay.
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_secs(self.max_backoff_secs.max(1))
+    }
+}
+
+impl Config {
+    /// Reads a configuration file. Relative paths in it are taken from the current folder.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.tls.crls.is_empty() {
+            bail!("tls.crls is empty: client certificates need a revocation list");
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.rate_per_second == 0 {
+            bail!("limits.max_body_bytes and limits.rate_per_second must be positive");
+        }
+        if self.delivery.max_attempts == 0 || self.delivery.concurrency == 0 {
+            bail!("delivery.max_attempts and delivery.concurrency must be positive");
+        }
+        if !(self.audit.checkpoint_interval_secs > 0.0 && self.audit.checkpoint_interval_secs <= 1.0)
+        {
+            bail!("audit.checkpoint_interval_secs must be in (0, 1]");
+        }
+        Ok(())
+    }
+
+    /// The signing key's file.
+    pub fn signing_key(&self) -> PathBuf {
+        self.audit
+            .signing_key
+            .clone()
+            .unwrap_or_else(|| self.paths.data.join("audit-signing.key"))
+    }
+}

@@ -1,0 +1,125 @@
+//! Push delivery from the durable outbox: retry policy and the webhook worker.
+//!
+//! This module owns what happens to a delivery after the pipeline made it durable: when it is
+//! tried, how long to wait after a failure (exponential backoff with full jitter, or the
+//! recipient's `Retry-After`), when to give up (dead letter), and the audit entry of every
+//! attempt and outcome. Pull deliveries (the inbox) are served by the REST routes; AMQP
+//! deliveries by the AMQP transport, with the same [`RetryPolicy`].
+
+pub mod webhook;
+
+use crate::config::DeliverySettings;
+use std::time::Duration;
+
+/// When to try a failed delivery again, and when to give up.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts before the delivery is dead-lettered.
+    pub max_attempts: u32,
+    /// The first delay.
+    pub initial: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl From<&DeliverySettings> for RetryPolicy {
+    fn from(s: &DeliverySettings) -> Self {
+        RetryPolicy {
+            max_attempts: s.max_attempts,
+            initial: s.initial_backoff(),
+            max: s.max_backoff(),
+        }
+    }
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Try again after this delay.
+    RetryAfter(Duration),
+    /// Give up.
+    GiveUp,
+}
+
+impl RetryPolicy {
+    /// The decision after attempt number `attempts` (1 for the first) failed. `asked` is the
+    /// recipient's `Retry-After`, honoured up to the policy's longest delay.
+    pub fn next(&self, attempts: u32, asked: Option<Duration>) -> Next {
+        if attempts >= self.max_attempts {
+            return Next::GiveUp;
+        }
+        if let Some(wait) = asked {
+            return Next::RetryAfter(wait.min(self.max));
+        }
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+            .min(self.max);
+        // Full jitter: anywhere between a tenth of the delay and the delay.
+        let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX).max(1);
+        let jittered = ms / 10 + random_below(ms - ms / 10 + 1);
+        Next::RetryAfter(Duration::from_millis(jittered))
+    }
+}
+
+fn random_below(n: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return n / 2;
+    }
+    u64::from_le_bytes(bytes) % n.max(1)
+}
+
+/// Milliseconds since the epoch, `d` from now.
+pub fn due_in(d: Duration) -> u64 {
+    let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+    now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Reads a `Retry-After` value: seconds, or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backs_off_exponentially_with_jitter_then_gives_up() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        for attempt in 1..5 {
+            let Next::RetryAfter(wait) = policy.next(attempt, None) else {
+                panic!("gave up too early")
+            };
+            let ceiling = (100u64 << (attempt - 1)).min(1000);
+            assert!(wait.as_millis() as u64 <= ceiling, "{attempt}: {wait:?}");
+            assert!(wait.as_millis() as u64 >= ceiling / 10, "{attempt}: {wait:?}");
+        }
+        assert_eq!(policy.next(5, None), Next::GiveUp);
+        assert_eq!(
+            policy.next(1, Some(Duration::from_secs(60))),
+            Next::RetryAfter(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn reads_retry_after_in_both_forms() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

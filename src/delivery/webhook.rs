@@ -1,0 +1,244 @@
+//! The webhook worker: POSTs due deliveries to their recipients' HTTPS endpoints with the
+//! gateway's client certificate.
+//!
+//! A delivery counts as delivered only on a `2xx`. `410 Gone` dead-letters it at once; `408`,
+//! `425`, `429`, `5xx` and network failures are retried under the [`RetryPolicy`], honouring
+//! `Retry-After`; any other `4xx` is a refusal that retrying cannot mend, and dead-letters it
+//! for an operator to look at and redeliver. Each attempt is audited before the store records
+//! its outcome, so that the evidence is never behind the state. A crash between a recipient's
+//! `2xx` and that record makes the delivery go out again after the restart: recipients drop
+//! such repeats by the `X-Passerelle-Delivery` header (the delivery id), which never changes.
+
+use super::{Next, RetryPolicy, due_in, parse_retry_after};
+use crate::audit::Kind;
+use crate::pipeline::Gateway;
+use crate::registry::Delivery as DeliveryMode;
+use crate::store::{Channel, Delivery, DeliveryUpdate};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// The header carrying the delivery id, stable across retries.
+pub const DELIVERY_HEADER: &str = "x-passerelle-delivery";
+/// The header carrying the event id.
+pub const EVENT_ID_HEADER: &str = "x-passerelle-event-id";
+
+/// Pushes webhook deliveries until shut down.
+pub struct WebhookWorker {
+    gateway: Arc<Gateway>,
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    concurrency: usize,
+}
+
+/// The outcome of one attempt.
+enum Attempt {
+    Delivered,
+    Retry { code: String, asked: Option<Duration> },
+    Dead { code: String },
+}
+
+impl WebhookWorker {
+    /// A worker calling out with `tls` (the gateway's client certificate, the CA bundle that
+    /// recipients' servers chain to).
+    pub fn new(
+        gateway: Arc<Gateway>,
+        tls: &rustls::ClientConfig,
+        policy: RetryPolicy,
+        timeout: Duration,
+        concurrency: usize,
+    ) -> anyhow::Result<Self> {
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(WebhookWorker {
+            gateway,
+            client,
+            policy,
+            concurrency: concurrency.max(1),
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the attempts in flight.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut in_flight: HashSet<u64> = HashSet::new();
+        let mut attempts: JoinSet<u64> = JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = due_in(Duration::ZERO);
+            let room = this.concurrency.saturating_sub(in_flight.len());
+            if room > 0 {
+                match this
+                    .gateway
+                    .store
+                    .due(Channel::Webhook, now, room + in_flight.len())
+                {
+                    Ok(due) => {
+                        let fresh: Vec<Delivery> = due
+                            .into_iter()
+                            .filter(|d| !in_flight.contains(&d.id))
+                            .take(room)
+                            .collect();
+                        for d in fresh {
+                            in_flight.insert(d.id);
+                            let worker = this.clone();
+                            attempts.spawn(async move {
+                                let id = d.id;
+                                worker.attempt(d).await;
+                                id
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "reading the outbox"),
+                }
+            }
+            let wait = match this.gateway.store.next_due(Channel::Webhook) {
+                Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1000)),
+                Ok(Some(_)) if in_flight.len() < this.concurrency => Duration::from_millis(10),
+                _ => Duration::from_secs(1),
+            };
+            let changed = this.gateway.outbox_changed.clone();
+            tokio::select! {
+                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
+                    if let Ok(id) = done { in_flight.remove(&id); }
+                }
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        while let Some(done) = attempts.join_next().await {
+            let _ = done;
+        }
+    }
+
+    async fn attempt(&self, delivery: Delivery) {
+        let outcome = self.call(&delivery).await;
+        let g = &self.gateway;
+        let attempts = delivery.attempts + 1;
+        let (update, kind, reason, label) = match outcome {
+            Attempt::Delivered => (DeliveryUpdate::Delivered, Kind::Delivered, None, "delivered"),
+            Attempt::Retry { code, asked } => match self.policy.next(attempts, asked) {
+                Next::RetryAfter(wait) => (
+                    DeliveryUpdate::Retry {
+                        error: code.clone(),
+                        due_ms: due_in(wait),
+                    },
+                    Kind::DeliveryFailed,
+                    Some(code),
+                    "retry",
+                ),
+                Next::GiveUp => (
+                    DeliveryUpdate::Dead {
+                        error: code.clone(),
+                    },
+                    Kind::DeadLettered,
+                    Some(code),
+                    "dead",
+                ),
+            },
+            Attempt::Dead { code } => (
+                DeliveryUpdate::Dead {
+                    error: code.clone(),
+                },
+                Kind::DeadLettered,
+                Some(code),
+                "dead",
+            ),
+        };
+        // Audit first: the evidence is never behind the state.
+        if let Err(e) = g.audit_delivery(&delivery, kind, reason).await {
+            tracing::error!(delivery = delivery.id, error = %e, "auditing a delivery attempt failed; it will be tried again");
+            let _ = g
+                .store
+                .update(
+                    delivery.id,
+                    DeliveryUpdate::Retry {
+                        error: "audit-unavailable".into(),
+                        due_ms: due_in(Duration::from_secs(1)),
+                    },
+                )
+                .await;
+            return;
+        }
+        match g.store.update(delivery.id, update).await {
+            Ok(d) => {
+                g.metrics.delivery(&d.recipient, "webhook", label);
+                tracing::info!(delivery = d.id, recipient = %d.recipient, event_id = %d.event_id, outcome = label, attempts = d.attempts, "webhook attempt");
+            }
+            Err(e) => {
+                tracing::error!(delivery = delivery.id, error = %e, "recording a delivery attempt failed")
+            }
+        }
+    }
+
+    async fn call(&self, d: &Delivery) -> Attempt {
+        let url = match self
+            .gateway
+            .registry
+            .partner(&d.recipient)
+            .and_then(|p| p.delivery.as_ref())
+        {
+            Some(DeliveryMode::Webhook { url }) => url.clone(),
+            _ => {
+                return Attempt::Dead {
+                    code: "webhook.no-endpoint".into(),
+                };
+            }
+        };
+        let response = self
+            .client
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, &d.content_type)
+            .header(DELIVERY_HEADER, d.id.to_string())
+            .header(EVENT_ID_HEADER, &d.event_id)
+            .body(d.body.clone())
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let code = if e.is_timeout() {
+                    "webhook.timeout"
+                } else if e.is_connect() {
+                    "webhook.unreachable"
+                } else {
+                    "webhook.transport"
+                };
+                return Attempt::Retry {
+                    code: code.into(),
+                    asked: None,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let asked = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        match status {
+            200..=299 => Attempt::Delivered,
+            410 => Attempt::Dead {
+                code: "webhook.gone".into(),
+            },
+            408 | 425 | 429 | 500..=599 => Attempt::Retry {
+                code: format!("webhook.http-{status}"),
+                asked,
+            },
+            _ => Attempt::Dead {
+                code: format!("webhook.http-{status}"),
+            },
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The gateway's Prometheus metrics.
+//!
+//! This module owns the metric names and their labels. Labels carry partner ids, event types,
+//! outcomes and channels only: never a case id, a name or a document number.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of an ingested message.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    /// The sending partner.
+    pub partner: String,
+    /// `rest` or `amqp`.
+    pub transport: &'static str,
+    /// `accepted`, `duplicate`, `ignored`, or the refusal's class.
+    pub outcome: &'static str,
+}
+
+/// Labels of a delivery attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The recipient.
+    pub recipient: String,
+    /// `inbox`, `webhook` or `amqp`.
+    pub channel: &'static str,
+    /// `delivered`, `acknowledged`, `retry` or `dead`.
+    pub outcome: &'static str,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `passerelle_messages_total`: ingested messages by partner, transport and outcome.
+    pub messages: Family<MessageLabels, Counter>,
+    /// `passerelle_ingest_seconds`: time from receipt to answer, for accepted messages.
+    pub ingest_seconds: Histogram,
+    /// `passerelle_deliveries_total`: delivery outcomes by recipient, channel and outcome.
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// `passerelle_outbox_pending`: deliveries not yet delivered or acknowledged.
+    pub outbox_pending: Gauge,
+    /// `passerelle_outbox_dead`: dead-lettered deliveries.
+    pub outbox_dead: Gauge,
+    /// `passerelle_audit_appends_total`: entries appended to the audit log.
+    pub audit_appends: Counter,
+    /// `passerelle_audit_failures_total`: appends that failed (the message got a 503).
+    pub audit_failures: Counter,
+    /// `passerelle_audit_log_size`: entries covered by the latest checkpoint.
+    pub audit_log_size: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("passerelle");
+        let messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages received, by partner, transport and outcome",
+            messages.clone(),
+        );
+        let ingest_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "ingest_seconds",
+            "Time from a message's arrival to the gateway's answer",
+            ingest_seconds.clone(),
+        );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Delivery outcomes, by recipient, channel and outcome",
+            deliveries.clone(),
+        );
+        let outbox_pending = Gauge::default();
+        registry.register(
+            "outbox_pending",
+            "Deliveries not yet delivered or acknowledged",
+            outbox_pending.clone(),
+        );
+        let outbox_dead = Gauge::default();
+        registry.register(
+            "outbox_dead",
+            "Deliveries given up and dead-lettered",
+            outbox_dead.clone(),
+        );
+        let audit_appends = Counter::default();
+        registry.register(
+            "audit_appends",
+            "Entries appended to the audit log",
+            audit_appends.clone(),
+        );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_failures",
+            "Audit appends that failed",
+            audit_failures.clone(),
+        );
+        let audit_log_size = Gauge::default();
+        registry.register(
+            "audit_log_size",
+            "Entries covered by the latest signed checkpoint",
+            audit_log_size.clone(),
+        );
+        Metrics {
+            registry,
+            messages,
+            ingest_seconds,
+            deliveries,
+            outbox_pending,
+            outbox_dead,
+            audit_appends,
+            audit_failures,
+            audit_log_size,
+        }
+    }
+
+    /// Counts a message.
+    pub fn message(&self, partner: &str, transport: &'static str, outcome: &'static str) {
+        self.messages
+            .get_or_create(&MessageLabels {
+                partner: partner.to_owned(),
+                transport,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Counts a delivery outcome.
+    pub fn delivery(&self, recipient: &str, channel: &'static str, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                recipient: recipient.to_owned(),
+                channel,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

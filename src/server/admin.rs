@@ -1,0 +1,147 @@
+//! The admin listener: liveness, readiness, metrics and dead letters, in plain HTTP on a
+//! loopback or management address.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | the process is alive |
+//! | `GET /ready` | the store, the audit log and every configured broker connection are up |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /dead-letters` | dead-lettered deliveries (metadata only) |
+//! | `POST /deliveries/{id}/redeliver` | put a dead letter back in line |
+
+use crate::pipeline::Gateway;
+use crate::store::DeliveryUpdate;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Components whose state decides readiness, besides the store and the audit log.
+#[derive(Debug, Default, Clone)]
+pub struct Readiness {
+    components: Arc<std::sync::Mutex<Vec<(String, Arc<AtomicBool>)>>>,
+}
+
+impl Readiness {
+    /// Registers a component (a broker connection, say); the flag says whether it is up.
+    pub fn register(&self, name: &str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut c) = self.components.lock() {
+            c.push((name.to_owned(), flag.clone()));
+        }
+        flag
+    }
+
+    fn states(&self) -> Vec<(String, bool)> {
+        self.components
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|(n, f)| (n.clone(), f.load(Ordering::Relaxed)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+struct AdminState {
+    gateway: Arc<Gateway>,
+    readiness: Readiness,
+}
+
+/// Starts the admin listener on the current runtime; returns its address and handle.
+pub fn start(
+    gateway: Arc<Gateway>,
+    readiness: Readiness,
+    listen: SocketAddr,
+) -> anyhow::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
+    let state = web::Data::new(AdminState { gateway, readiness });
+    let listener = std::net::TcpListener::bind(listen)?;
+    let addr = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/health", web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "alive"})) }))
+            .route("/ready", web::get().to(ready))
+            .route("/metrics", web::get().to(metrics))
+            .route("/dead-letters", web::get().to(dead_letters))
+            .route("/deliveries/{id}/redeliver", web::post().to(redeliver))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok((addr, handle))
+}
+
+async fn ready(state: web::Data<AdminState>) -> HttpResponse {
+    let mut checks = vec![
+        ("store".to_owned(), state.gateway.store.is_open()),
+        ("audit_log".to_owned(), state.gateway.log.is_healthy()),
+    ];
+    checks.extend(state.readiness.states());
+    let all = checks.iter().all(|(_, up)| *up);
+    let body = serde_json::json!({
+        "ready": all,
+        "checks": checks.into_iter().map(|(n, up)| (n, serde_json::Value::Bool(up))).collect::<serde_json::Map<_, _>>(),
+    });
+    if all {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
+    let g = &state.gateway;
+    g.metrics
+        .outbox_pending
+        .set(i64::try_from(g.store.pending_deliveries()).unwrap_or(i64::MAX));
+    g.metrics
+        .audit_log_size
+        .set(i64::try_from(g.log.latest_checkpoint().1.size).unwrap_or(i64::MAX));
+    if let Ok(dead) = g.store.dead_letters() {
+        g.metrics.outbox_dead.set(i64::try_from(dead.len()).unwrap_or(i64::MAX));
+    }
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(g.metrics.render())
+}
+
+async fn dead_letters(state: web::Data<AdminState>) -> HttpResponse {
+    match state.gateway.store.dead_letters() {
+        Ok(list) => HttpResponse::Ok().json(
+            list.into_iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "id": d.id,
+                        "event_id": d.event_id,
+                        "event_type": d.event_type,
+                        "recipient": d.recipient,
+                        "channel": d.channel,
+                        "attempts": d.attempts,
+                        "last_error": d.last_error,
+                        "created_at": d.created_at,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": e.to_string()})),
+    }
+}
+
+async fn redeliver(state: web::Data<AdminState>, id: web::Path<u64>) -> HttpResponse {
+    match state.gateway.store.update(*id, DeliveryUpdate::Redeliver).await {
+        Ok(d) => {
+            state.gateway.outbox_changed.notify_waiters();
+            tracing::info!(delivery = d.id, recipient = %d.recipient, "dead letter put back in line");
+            HttpResponse::Ok().json(serde_json::json!({"id": d.id, "state": d.state}))
+        }
+        Err(crate::store::StoreError::NotFound(what)) => {
+            HttpResponse::NotFound().json(serde_json::json!({"error": format!("no such {what}: {id}")}))
+        }
+        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": e.to_string()})),
+    }
+}

@@ -1,0 +1,477 @@
+//! The partner-facing routes: ingest, inbox, receipts and the auditors' API.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /v1/messages` | any partner | submit a native message or a CloudEvent |
+//! | `GET /v1/inbox` | any partner | the deliveries waiting for the caller |
+//! | `POST /v1/inbox/{id}/ack` | the recipient | acknowledge a delivery |
+//! | `GET /v1/receipts/{event_id}` | the sender, auditors | receipt and inclusion proof |
+//! | `GET /v1/audit/log/{path}` | any partner | the C2SP tlog-tiles read API |
+//! | `GET /v1/audit/trails` | auditors | a case's (LPC's, PNR's) entries with proofs, or a bundle |
+//!
+//! The OpenAPI document `docs/openapi.yaml` describes them; a test keeps the two in step.
+
+use super::ConnectionIdentity;
+use super::problem::Problem;
+use crate::audit::bundle::Trail;
+use crate::audit::{Kind, Query, Transport};
+use crate::canonical::partner_source;
+use crate::pipeline::{Ack, Content, Gateway, Outcome, Submission};
+use crate::registry::PartnerEntry;
+use crate::store::{Channel, DeliveryState, DeliveryUpdate};
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::future::{Ready, ready};
+use tracing::Instrument;
+
+/// The routes the server exposes, as `(method, path)`: the OpenAPI document must list these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/messages"),
+    ("get", "/v1/inbox"),
+    ("post", "/v1/inbox/{id}/ack"),
+    ("get", "/v1/receipts/{event_id}"),
+    ("get", "/v1/audit/log/{path}"),
+    ("get", "/v1/audit/trails"),
+];
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/messages", web::post().to(post_message))
+        .route("/v1/inbox", web::get().to(get_inbox))
+        .route("/v1/inbox/{id}/ack", web::post().to(ack))
+        .route("/v1/receipts/{event_id}", web::get().to(get_receipt))
+        .route("/v1/audit/log/{path:.*}", web::get().to(get_log_file))
+        .route("/v1/audit/trails", web::get().to(get_trail))
+        .default_service(web::to(not_found));
+}
+
+/// The measuring floor: the same server answering `202` to every message without
+/// processing it (load tests only).
+pub fn floor(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/v1/messages",
+        web::post().to(|body: web::Bytes| async move {
+            let _ = body;
+            HttpResponse::Accepted()
+                .content_type("application/json")
+                .body(r#"{"status":"accepted"}"#)
+        }),
+    );
+}
+
+async fn not_found() -> Result<HttpResponse, Problem> {
+    Err(Problem::not_found("no such route"))
+}
+
+/// The calling partner, identified from the connection's verified client certificate.
+#[derive(Debug, Clone)]
+pub struct Caller(pub PartnerEntry);
+
+impl FromRequest for Caller {
+    type Error = Problem;
+    type Future = Ready<Result<Caller, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(identify(req))
+    }
+}
+
+fn identify(req: &HttpRequest) -> Result<Caller, Problem> {
+    let gateway = gateway(req)?;
+    let identity = req
+        .conn_data::<ConnectionIdentity>()
+        .and_then(|c| c.0.clone())
+        .ok_or_else(|| Problem::forbidden("no verified client certificate on this connection"))?;
+    gateway
+        .registry
+        .identify(&identity.uris, &identity.fingerprint)
+        .map(|entry| Caller(entry.clone()))
+        .map_err(|e| Problem::forbidden(e.to_string()))
+}
+
+fn gateway(req: &HttpRequest) -> Result<&Gateway, Problem> {
+    req.app_data::<web::Data<Gateway>>()
+        .map(|d| d.get_ref())
+        .ok_or_else(|| Problem::unavailable("the gateway is not configured"))
+}
+
+fn is_auditor(caller: &Caller) -> bool {
+    caller.0.role == "auditor"
+}
+
+/// Reads the body, up to one byte past the limit: a larger body is refused by the pipeline
+/// (and audited) without being read to its end.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, Problem> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Problem::bad_request(format!("reading the body: {e}")))?;
+        let room = (limit + 1).saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() > limit {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+fn header(req: &HttpRequest, name: &str) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn post_message(
+    req: HttpRequest,
+    caller: Caller,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let gateway = req
+        .app_data::<web::Data<Gateway>>()
+        .cloned()
+        .ok_or_else(|| Problem::unavailable("the gateway is not configured"))?;
+    let span = tracing::info_span!(
+        "message",
+        partner = %caller.0.id,
+        transport = "rest",
+        event_id = tracing::field::Empty,
+        event_type = tracing::field::Empty,
+    );
+    async move {
+        // At most one byte past the limit is read, whatever the declared length: the
+        // pipeline refuses a larger body, and audits the refusal, like any other.
+        let limit = gateway.limits().max_body_bytes;
+        let body = read_body(payload, limit).await?;
+        let content_type = header(&req, "content-type").unwrap_or_default();
+        let content = if req.headers().contains_key("ce-specversion") {
+            let attributes = req
+                .headers()
+                .iter()
+                .filter_map(|(name, value)| {
+                    let name = name.as_str().strip_prefix("ce-")?;
+                    Some((name.to_owned(), value.to_str().ok()?.to_owned()))
+                })
+                .collect();
+            Content::BinaryCloudEvent {
+                attributes,
+                content_type,
+            }
+        } else {
+            Content::Typed(content_type)
+        };
+        let outcome = gateway
+            .ingest(Submission {
+                partner: &caller.0.id,
+                transport: Transport::Rest,
+                body: &body,
+                content,
+            })
+            .await;
+        match outcome {
+            Ok(Outcome::Accepted(ack)) => Ok(answer(StatusCode::ACCEPTED, &ack)),
+            Ok(Outcome::Duplicate(ack)) => Ok(answer(StatusCode::OK, &ack)),
+            Ok(Outcome::Ignored { reason }) => {
+                tracing::info!(outcome = "ignored", "message ignored");
+                Ok(HttpResponse::Ok().json(serde_json::json!({
+                    "status": "ignored",
+                    "reason": reason,
+                })))
+            }
+            Err(refusal) => {
+                tracing::info!(outcome = refusal.code(), "message refused");
+                Err(refusal.into())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn answer(status: StatusCode, ack: &Ack) -> HttpResponse {
+    let span = tracing::Span::current();
+    span.record("event_id", ack.event_id.as_str());
+    span.record("event_type", ack.event_type.as_str());
+    tracing::info!(outcome = ack.status, log_index = ack.log_index, "message {}", ack.status);
+    HttpResponse::build(status).json(ack)
+}
+
+#[derive(Debug, Deserialize)]
+struct InboxQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// One delivery, as the inbox lists it.
+#[derive(Debug, Serialize)]
+struct InboxMessage {
+    id: u64,
+    event_id: String,
+    event_type: String,
+    source: String,
+    content_type: String,
+    body: String,
+    withheld: Vec<String>,
+    created_at: String,
+}
+
+async fn get_inbox(
+    req: HttpRequest,
+    caller: Caller,
+    query: web::Query<InboxQuery>,
+) -> Result<HttpResponse, Problem> {
+    let gateway = gateway(&req)?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let deliveries = gateway
+        .store
+        .inbox(&caller.0.id, query.after, limit)
+        .map_err(|e| Problem::unavailable(e.to_string()))?;
+    let mut messages = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        // The first fetch is the delivery: audit it, then record it (so that the evidence is
+        // never behind the state: a failure in between audits it again at the next fetch).
+        if d.state == DeliveryState::Pending {
+            gateway
+                .audit_delivery(&d, Kind::Delivered, None)
+                .await
+                .map_err(Problem::from)?;
+            gateway
+                .store
+                .update(d.id, DeliveryUpdate::Delivered)
+                .await
+                .map_err(|e| Problem::unavailable(e.to_string()))?;
+            gateway.metrics.delivery(&d.recipient, "inbox", "delivered");
+        }
+        messages.push(InboxMessage {
+            id: d.id,
+            event_id: d.event_id,
+            event_type: d.event_type,
+            source: d.source,
+            content_type: d.content_type,
+            body: String::from_utf8_lossy(&d.body).into_owned(),
+            withheld: d.withheld,
+            created_at: d.created_at,
+        });
+    }
+    let next_after = messages.last().map_or(query.after, |m| m.id);
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "messages": messages,
+        "next_after": next_after,
+    })))
+}
+
+async fn ack(
+    req: HttpRequest,
+    caller: Caller,
+    id: web::Path<u64>,
+) -> Result<HttpResponse, Problem> {
+    let gateway = gateway(&req)?;
+    let id = id.into_inner();
+    let not_yours = || Problem::not_found(format!("no delivery {id} in your inbox"));
+    let delivery = gateway
+        .store
+        .delivery_metadata(id)
+        .map_err(|e| Problem::unavailable(e.to_string()))?
+        .filter(|d| d.recipient == caller.0.id && d.channel == Channel::Inbox)
+        .ok_or_else(not_yours)?;
+    let waiting = gateway
+        .store
+        .in_inbox(&caller.0.id, id)
+        .map_err(|e| Problem::unavailable(e.to_string()))?;
+    if !waiting && delivery.state != DeliveryState::Acknowledged {
+        return Err(not_yours());
+    }
+    match delivery.state {
+        DeliveryState::Acknowledged => {}
+        DeliveryState::Dead => {
+            return Err(Problem::not_found(format!(
+                "delivery {id} is not in your inbox"
+            )));
+        }
+        DeliveryState::Pending | DeliveryState::Delivered => {
+            // Audit first, as for deliveries.
+            gateway
+                .audit_delivery(&delivery, Kind::Acknowledged, None)
+                .await
+                .map_err(Problem::from)?;
+            let acked = gateway
+                .store
+                .update(id, DeliveryUpdate::Acknowledged)
+                .await
+                .map_err(|e| Problem::unavailable(e.to_string()))?;
+            gateway
+                .metrics
+                .delivery(&acked.recipient, "inbox", "acknowledged");
+        }
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"id": id, "state": "acknowledged"})))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReceiptQuery {
+    source: Option<String>,
+}
+
+async fn get_receipt(
+    req: HttpRequest,
+    caller: Caller,
+    event_id: web::Path<String>,
+    query: web::Query<ReceiptQuery>,
+) -> Result<HttpResponse, Problem> {
+    let gateway = gateway(&req)?;
+    let own = partner_source(&caller.0.id);
+    let source = match &query.source {
+        Some(s) if *s != own && !is_auditor(&caller) => {
+            return Err(Problem::forbidden(
+                "a partner reads its own receipts only",
+            ));
+        }
+        Some(s) => s.clone(),
+        None => own,
+    };
+    let record = gateway
+        .store
+        .accepted(&source, &event_id)
+        .map_err(|e| Problem::unavailable(e.to_string()))?
+        .ok_or_else(|| Problem::not_found(format!("no accepted event {event_id} from {source}")))?;
+    let proof = gateway
+        .log
+        .inclusion(record.log_index)
+        .map_err(|e| Problem::unavailable(e.to_string()))?;
+    let mut response = HttpResponse::Ok();
+    if proof.is_none() {
+        response.insert_header(("Retry-After", "1"));
+    }
+    Ok(response.json(serde_json::json!({
+        "event_id": record.event_id,
+        "source": record.source,
+        "event_type": record.event_type,
+        "log_index": record.log_index,
+        "leaf_hash": record.leaf_hash,
+        "receipt": record.receipt,
+        "proof": proof.map(|p| p.to_text()),
+    })))
+}
+
+/// Serves `checkpoint` and `tile/…` from the log's public folder.
+async fn get_log_file(
+    req: HttpRequest,
+    _caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let gateway = gateway(&req)?;
+    let path = path.into_inner();
+    let safe = !path.is_empty()
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if !safe || !(path == "checkpoint" || path.starts_with("tile/")) {
+        return Err(Problem::not_found("no such log resource"));
+    }
+    let file = gateway.log.layout().public.join(&path);
+    let bytes = web::block(move || std::fs::read(file))
+        .await
+        .map_err(|e| Problem::unavailable(e.to_string()))?
+        .map_err(|_| Problem::not_found("no such log resource"))?;
+    let mut response = HttpResponse::Ok();
+    if path == "checkpoint" {
+        response.insert_header((CONTENT_TYPE, "text/plain; charset=utf-8"));
+        response.insert_header((CACHE_CONTROL, "no-cache"));
+    } else {
+        response.insert_header((CONTENT_TYPE, "application/octet-stream"));
+        if !path.contains(".p/") {
+            // Full tiles never change.
+            response.insert_header((CACHE_CONTROL, "public, max-age=31536000, immutable"));
+        }
+    }
+    Ok(response.body(bytes))
+}
+
+#[derive(Debug, Deserialize)]
+struct TrailQuery {
+    case: Option<String>,
+    lpc: Option<String>,
+    pnr: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn get_trail(
+    req: HttpRequest,
+    caller: Caller,
+    query: web::Query<TrailQuery>,
+) -> Result<HttpResponse, Problem> {
+    if !is_auditor(&caller) {
+        return Err(Problem::forbidden("only auditors read trails"));
+    }
+    let gateway = gateway(&req)?;
+    let q = match (&query.case, &query.lpc, &query.pnr) {
+        (Some(c), None, None) => Query::Case(c.clone()),
+        (None, Some(l), None) => Query::Lpc(l.clone()),
+        (None, None, Some(p)) => Query::Pnr(p.clone()),
+        _ => return Err(Problem::bad_request("give exactly one of case, lpc or pnr")),
+    };
+    let log = gateway.log.clone();
+    let trail = web::block(move || -> Result<Trail, crate::audit::AuditError> {
+        // One checkpoint for the whole answer: `log.search` would take the latest again, and
+        // a checkpoint signed in between would give proofs against another checkpoint than the
+        // bundle's (which then fails to verify), and entries both found and pending.
+        let (signed, checkpoint) = log.latest_checkpoint();
+        let (covered, pending): (Vec<u64>, Vec<u64>) = log
+            .lookup(&q)
+            .into_iter()
+            .partition(|&i| i < checkpoint.size);
+        let found = crate::audit::log::evidence(
+            &log.layout().public,
+            &signed,
+            checkpoint.size,
+            &covered,
+        )?;
+        Ok(Trail {
+            checkpoint,
+            signed,
+            verifier: log.verifier().clone(),
+            found,
+            pending,
+        })
+    })
+    .await
+    .map_err(|e| Problem::unavailable(e.to_string()))?
+    .map_err(|e| Problem::unavailable(e.to_string()))?;
+    if query.format.as_deref() == Some("bundle") {
+        let bundle = trail
+            .to_bundle()
+            .map_err(|e| Problem::unavailable(e.to_string()))?;
+        return Ok(HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, "application/json"))
+            .insert_header(("Content-Disposition", "attachment; filename=\"bundle.json\""))
+            .body(bundle));
+    }
+    let entries: Vec<serde_json::Value> = trail
+        .found
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "index": f.index,
+                "leaf": f.leaf,
+                "proof": f.proof.to_text(),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "checkpoint": trail.signed,
+        "verifier_key": trail.verifier.to_verifier_key(),
+        "entries": entries,
+        "pending": trail.pending,
+    })))
+}

@@ -1,0 +1,234 @@
+//! A running gateway: the parts started in order from a [`Config`], and stopped in the reverse
+//! order.
+//!
+//! This module owns the life cycle: load and lint the mappings and the registry, open the
+//! audit log and the store, start the admin listener, the delivery workers, the AMQP
+//! transport and the partner-facing server; on shutdown, stop accepting, drain the requests in
+//! flight, stop the workers, then close the store and flush the log (a final checkpoint).
+//! `passerelle serve`, `passerelle demo` and the integration tests all start a gateway here.
+
+use crate::audit::{AuditLog, NoteSigner, Options};
+use crate::canonical::Catalogue;
+use crate::config::Config;
+use crate::delivery::RetryPolicy;
+use crate::delivery::webhook::WebhookWorker;
+use crate::mapping::MappingSet;
+use crate::metrics::Metrics;
+use crate::pipeline::Gateway;
+use crate::registry::Registry;
+use crate::server::admin::Readiness;
+use crate::store::Store;
+use anyhow::{Context, anyhow};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A started gateway.
+pub struct RunningGateway {
+    /// The shared state.
+    pub gateway: Arc<Gateway>,
+    /// The partner-facing HTTPS address.
+    pub addr: SocketAddr,
+    /// The admin address.
+    pub admin_addr: SocketAddr,
+    /// Readiness of the optional components.
+    pub readiness: Readiness,
+    server: crate::server::RunningServer,
+    admin: actix_web::dev::ServerHandle,
+    stop_workers: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// Loads the signing key, creating it when allowed and missing.
+fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
+    let path = config.signing_key();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => NoteSigner::parse(&text)
+            .map_err(|e| anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.audit.create_key => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let signer = NoteSigner::generate(&config.audit.origin)
+                .map_err(|e| anyhow!("generating the signing key: {e}"))?;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(signer.to_signer_key().as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            tracing::info!(
+                key = %path.display(),
+                verifier = %signer.verifier().to_verifier_key(),
+                "created the audit log's signing key"
+            );
+            Ok(signer)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Loads the catalogue, the mappings (linted) and the registry.
+pub fn load_definitions(
+    mappings: &Path,
+    registry: &Path,
+) -> anyhow::Result<(Catalogue, MappingSet, Registry)> {
+    let catalogue = Catalogue::embedded().context("the embedded catalogue")?;
+    let mappings = MappingSet::load(mappings).map_err(|problems| {
+        anyhow!(
+            "the mappings do not load:\n  {}",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    })?;
+    let registry = Registry::load(registry, &catalogue, &mappings)?;
+    Ok((catalogue, mappings, registry))
+}
+
+impl RunningGateway {
+    /// Starts every part, on the current Tokio runtime (an actix system or a plain one).
+    pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
+        config.validate()?;
+        let (catalogue, mappings, registry) =
+            load_definitions(&config.paths.mappings, &config.paths.registry)?;
+        std::fs::create_dir_all(&config.paths.data)
+            .with_context(|| format!("creating {}", config.paths.data.display()))?;
+        let signer = signing_key(config)?;
+        let options = Options {
+            checkpoint_interval: Duration::from_secs_f64(config.audit.checkpoint_interval_secs),
+            ..Options::default()
+        };
+        let log_dir = config.paths.audit_log();
+        let origin = config.audit.origin.clone();
+        let log = tokio::task::spawn_blocking(move || {
+            AuditLog::open(&log_dir, signer, &origin, options)
+        })
+        .await?
+        .context("opening the audit log")?;
+        let store = Store::open(&config.paths.store()).context("opening the store")?;
+        let metrics = Arc::new(Metrics::new());
+        let gateway = Arc::new(Gateway::new(
+            catalogue,
+            mappings,
+            registry,
+            Arc::new(log),
+            Arc::new(store),
+            metrics,
+            config.limits.limits(),
+        ));
+        // Settle what a crash left between the store and the log, before serving.
+        let settler = gateway.clone();
+        let (confirmed, withdrawn) =
+            tokio::task::spawn_blocking(move || settler.settle_unconfirmed())
+                .await?
+                .context("settling the messages a crash interrupted")?;
+        if confirmed + withdrawn > 0 {
+            tracing::warn!(
+                confirmed,
+                withdrawn,
+                "settled messages interrupted by a crash: logged ones confirmed, others withdrawn"
+            );
+        }
+        let readiness = Readiness::default();
+        let (stop_workers, stop_rx) = watch::channel(false);
+        let mut workers = Vec::new();
+
+        let client_tls = crate::tls::client_config(&config.tls.client_files())?;
+        let webhook = WebhookWorker::new(
+            gateway.clone(),
+            &client_tls,
+            RetryPolicy::from(&config.delivery),
+            Duration::from_secs(config.delivery.timeout_secs.max(1)),
+            config.delivery.concurrency,
+        )?;
+        workers.push(tokio::spawn(webhook.run(stop_rx.clone())));
+
+        // ---- AMQP transport (src/amqp/transport.rs): consumes the partners' inbound queues and
+        // publishes AMQP deliveries; readiness `amqp` is true while connected.
+        if let Some(settings) = &config.amqp {
+            let transport = crate::amqp::AmqpTransport::new(
+                gateway.clone(),
+                settings.clone(),
+                RetryPolicy::from(&config.delivery),
+                readiness.register("amqp"),
+            )
+            .context("the AMQP settings")?;
+            workers.push(tokio::spawn(transport.run(stop_rx.clone())));
+        }
+        // ---- end of the AMQP transport
+
+        let (admin_addr, admin) =
+            crate::server::admin::start(gateway.clone(), readiness.clone(), config.admin.listen)
+                .context("starting the admin listener")?;
+        let server = crate::server::start(gateway.clone(), config)
+            .context("starting the HTTPS listener")?;
+        tracing::info!(
+            https = %server.addr,
+            admin = %admin_addr,
+            partners = gateway.registry.partners().count(),
+            "gateway started"
+        );
+        Ok(RunningGateway {
+            addr: server.addr,
+            admin_addr,
+            gateway,
+            readiness,
+            server,
+            admin,
+            stop_workers,
+            workers,
+        })
+    }
+
+    /// Adds a background task that stops with the gateway (it must watch `stop`).
+    pub fn add_worker(&mut self, task: JoinHandle<()>) {
+        self.workers.push(task);
+    }
+
+    /// A receiver that turns true when the gateway stops, for tasks given to
+    /// [`RunningGateway::add_worker`].
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop_workers.subscribe()
+    }
+
+    /// Stops gracefully: stop accepting and drain the requests in flight, stop the workers
+    /// (attempts in flight finish), then close the store and flush the audit log.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.server.handle.stop(true).await;
+        let _ = self.server.task.await;
+        let _ = self.stop_workers.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        self.admin.stop(true).await;
+        let gateway = self.gateway;
+        // The last references go with the server's workers; wait for them briefly.
+        let mut gateway = gateway;
+        for _ in 0..100 {
+            match Arc::try_unwrap(gateway) {
+                Ok(g) => {
+                    return tokio::task::spawn_blocking(move || g.close())
+                        .await?
+                        .context("closing");
+                }
+                Err(g) => {
+                    gateway = g;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        tracing::warn!("parts of the gateway are still referenced; the log is flushed on exit");
+        Ok(())
+    }
+}

@@ -1,0 +1,1135 @@
+//! The gateway's durable store: accepted messages, the duplicate index, case files and the
+//! delivery outbox.
+//!
+//! This module owns what the gateway must remember between restarts, apart from the audit log:
+//! which partner references it has already accepted (and the receipts it answered), what each
+//! recipient still has to receive, and what is known of each case's progress. It is an
+//! embedded [`redb`] database written by one thread that commits in groups: every write waits
+//! until the transaction holding it is durable (`fsync`), and many concurrent writes share one
+//! transaction, so durability costs one sync per group rather than one per message.
+//!
+//! It knows nothing of transports, mappings or the audit log: the pipeline decides, the store
+//! remembers.
+
+use crate::pipeline::sequence::CaseFile;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Accepted messages, by event id (`source` + `\n` + `id`).
+const ACCEPTED: TableDefinition<&str, &[u8]> = TableDefinition::new("accepted");
+/// Case files, by case id.
+const CASES: TableDefinition<&str, &[u8]> = TableDefinition::new("cases");
+/// Every delivery's metadata (JSON), by delivery id.
+const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+/// Every delivery's body, raw, by delivery id.
+const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+/// Deliveries waiting in a pull inbox: (recipient, delivery id).
+const INBOX: TableDefinition<(&str, u64), ()> = TableDefinition::new("inbox");
+/// Push deliveries waiting for an attempt: (due time in ms since the epoch, delivery id).
+const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
+/// Dead-lettered deliveries, by delivery id.
+const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead");
+/// Accepted messages not yet confirmed against the audit log, by key.
+const UNCONFIRMED: TableDefinition<&str, ()> = TableDefinition::new("unconfirmed");
+
+/// The store failed: the message or change it was asked to keep is not durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("store: {0}")]
+    Database(String),
+    /// The store is shut down.
+    #[error("store: closed")]
+    Closed,
+    /// The record asked for does not exist.
+    #[error("store: no such {0}")]
+    NotFound(&'static str),
+}
+
+fn db_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+/// A store result.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What the gateway answered when it accepted a message: kept so that a duplicate gets the
+/// same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedRecord {
+    /// The CloudEvents `id`.
+    pub event_id: String,
+    /// The CloudEvents `source`.
+    pub source: String,
+    /// The sending partner.
+    pub sender: String,
+    /// The event type.
+    pub event_type: String,
+    /// Whether the audit log's `accepted` entry is known to be durable, and the fields below
+    /// filled. A record is written before that is known (the two writes run at once), and
+    /// confirmed after; a record left unconfirmed by a crash is settled at start-up against
+    /// the audit log (see [`Store::unconfirmed`]).
+    pub confirmed: bool,
+    /// The audit log entry of the acceptance.
+    pub log_index: u64,
+    /// Its RFC 6962 leaf hash, hex.
+    pub leaf_hash: String,
+    /// The signed receipt, in its text form.
+    pub receipt: String,
+    /// The deliveries made for it.
+    #[serde(default)]
+    pub deliveries: Vec<u64>,
+    /// The case the event concerns.
+    pub case_id: Option<String>,
+    /// The recipients the event was routed to.
+    pub recipients: Vec<String>,
+    /// When it was accepted, RFC 3339.
+    pub accepted_at: String,
+}
+
+impl AcceptedRecord {
+    /// The duplicate-detection key: the sender's source and its own reference.
+    pub fn key(source: &str, event_id: &str) -> String {
+        format!("{source}\n{event_id}")
+    }
+}
+
+/// How a delivery reaches its recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// The recipient pulls it from `GET /v1/inbox`.
+    Inbox,
+    /// The gateway POSTs it to the recipient's endpoint.
+    Webhook,
+    /// The gateway publishes it on the recipient's queue.
+    Amqp,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting: in the inbox, or due for a push attempt.
+    Pending,
+    /// Handed to the recipient (pushed and confirmed, or fetched from the inbox).
+    Delivered,
+    /// Acknowledged by the recipient (inbox only).
+    Acknowledged,
+    /// Given up after too many attempts, or refused for good by the recipient.
+    Dead,
+}
+
+/// One message for one recipient, in the recipient's format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The delivery id, unique in the store.
+    pub id: u64,
+    /// The event it carries.
+    pub event_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The event's source.
+    pub source: String,
+    /// The case, for the audit trail of the delivery.
+    pub case_id: Option<String>,
+    /// The recipient partner id.
+    pub recipient: String,
+    /// How it is delivered.
+    pub channel: Channel,
+    /// The body, in the recipient's format. Kept in its own table, raw.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// Its media type.
+    pub content_type: String,
+    /// The outbound mapping that wrote it.
+    pub mapping_id: String,
+    /// The fields withheld from the recipient.
+    pub withheld: Vec<String>,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Push attempts made so far.
+    pub attempts: u32,
+    /// When the next push attempt is due, in ms since the epoch.
+    pub due_ms: u64,
+    /// The last failure, as a short code.
+    pub last_error: Option<String>,
+    /// When it was created, RFC 3339.
+    pub created_at: String,
+}
+
+/// A delivery to create, before the store gives it an id.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// The recipient.
+    pub recipient: String,
+    /// How it is delivered.
+    pub channel: Channel,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Its media type.
+    pub content_type: String,
+    /// The outbound mapping.
+    pub mapping_id: String,
+    /// The withheld fields.
+    pub withheld: Vec<String>,
+    /// Set when the gateway could not write the event for this recipient: the delivery is
+    /// recorded straight away as a dead letter with this error code.
+    pub unwritable: Option<String>,
+}
+
+/// The outcome of recording an accepted message.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// Recorded now, with these deliveries.
+    New(Vec<Delivery>),
+    /// The same source and reference were already accepted: nothing was written.
+    Duplicate(AcceptedRecord),
+}
+
+/// A change to a delivery.
+#[derive(Debug, Clone)]
+pub enum DeliveryUpdate {
+    /// The recipient has it (push confirmed, or fetched from the inbox).
+    Delivered,
+    /// The recipient acknowledged it.
+    Acknowledged,
+    /// An attempt failed; try again at `due_ms`.
+    Retry {
+        /// The failure, a short code.
+        error: String,
+        /// When to try again, ms since the epoch.
+        due_ms: u64,
+    },
+    /// Give up: move it to the dead letters.
+    Dead {
+        /// Why, a short code.
+        error: String,
+    },
+    /// Put a dead letter back in line, due now.
+    Redeliver,
+}
+
+/// The audit log entry that records an acceptance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its index.
+    pub log_index: u64,
+    /// Its leaf hash, hex.
+    pub leaf_hash: String,
+    /// The signed receipt, text form.
+    pub receipt: String,
+}
+
+enum Write {
+    Confirm {
+        key: String,
+        record: Vec<u8>,
+        release: Vec<Release>,
+        durable: bool,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    },
+    Abandon {
+        key: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Accept {
+        key: String,
+        record: Vec<u8>,
+        case: Option<(String, CaseFile)>,
+        deliveries: Vec<Prepared>,
+        made: Vec<Delivery>,
+        reply: oneshot::Sender<Result<Recorded>>,
+    },
+    Update {
+        id: u64,
+        update: DeliveryUpdate,
+        reply: oneshot::Sender<Result<Delivery>>,
+    },
+}
+
+/// A delivery serialised by its caller, ready for the writer.
+struct Prepared {
+    id: u64,
+    metadata: Vec<u8>,
+    body: Vec<u8>,
+    dead: bool,
+}
+
+/// A delivery to put in its channel's index when its message is confirmed.
+struct Release {
+    id: u64,
+    channel: Channel,
+    recipient: String,
+    due_ms: u64,
+}
+
+impl Release {
+    fn of(d: &Delivery) -> Release {
+        Release {
+            id: d.id,
+            channel: d.channel,
+            recipient: d.recipient.clone(),
+            due_ms: d.due_ms,
+        }
+    }
+}
+
+/// The store. Cheap to share behind an `Arc`.
+///
+/// Callers serialise what they write on their own threads; the single writer thread only
+/// checks duplicates, inserts and commits, so that it does not become the bottleneck.
+pub struct Store {
+    db: Arc<Database>,
+    tx: Option<SyncSender<Write>>,
+    writer: Option<JoinHandle<()>>,
+    pending_deliveries: Arc<AtomicU64>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn confirmed(record: &AcceptedRecord, entry: LogEntry) -> AcceptedRecord {
+    AcceptedRecord {
+        confirmed: true,
+        log_index: entry.log_index,
+        leaf_hash: entry.leaf_hash,
+        receipt: entry.receipt,
+        ..record.clone()
+    }
+}
+
+/// The most writes committed in one transaction.
+const MAX_GROUP: usize = 512;
+
+/// The page cache of the database.
+const CACHE_BYTES: usize = 32 << 20;
+
+fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Opens (or creates) the store in file `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(db_error)?;
+        }
+        // A small page cache: the working set is the recent outbox, and memory is bounded.
+        let db = Arc::new(
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)
+                .map_err(db_error)?,
+        );
+        let (next_id, pending) = {
+            let w = db.begin_write().map_err(db_error)?;
+            let mut next = 1;
+            let mut pending = 0;
+            {
+                for table in [ACCEPTED, CASES] {
+                    w.open_table(table).map_err(db_error)?;
+                }
+                w.open_table(UNCONFIRMED).map_err(db_error)?;
+                w.open_table(BODIES).map_err(db_error)?;
+                let deliveries = w.open_table(DELIVERIES).map_err(db_error)?;
+                if let Some((last, _)) = deliveries.last().map_err(db_error)? {
+                    next = last.value() + 1;
+                }
+                pending += w.open_table(INBOX).map_err(db_error)?.len().map_err(db_error)?;
+                pending += w.open_table(DUE).map_err(db_error)?.len().map_err(db_error)?;
+                w.open_table(DEAD).map_err(db_error)?;
+            }
+            w.commit().map_err(db_error)?;
+            (next, pending)
+        };
+        let pending_deliveries = Arc::new(AtomicU64::new(pending));
+        let (tx, rx) = mpsc::sync_channel(4096);
+        let writer_db = db.clone();
+        let counter = pending_deliveries.clone();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(&writer_db, rx, &counter))
+            .map_err(db_error)?;
+        Ok(Store {
+            db,
+            tx: Some(tx),
+            writer: Some(writer),
+            pending_deliveries,
+            next_id: AtomicU64::new(next_id),
+        })
+    }
+
+    fn send(&self, write: Write) -> Result<()> {
+        self.tx
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(write)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// The record of an accepted message, if its source and reference were seen.
+    pub fn accepted(&self, source: &str, event_id: &str) -> Result<Option<AcceptedRecord>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let table = r.open_table(ACCEPTED).map_err(db_error)?;
+        let key = AcceptedRecord::key(source, event_id);
+        table
+            .get(key.as_str())
+            .map_err(db_error)?
+            .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
+            .transpose()
+    }
+
+    /// Accepted messages whose audit entry was not confirmed (a crash came between the two
+    /// writes). The caller settles each against the audit log, with [`Store::confirm`] or
+    /// [`Store::abandon`], before serving.
+    pub fn unconfirmed(&self) -> Result<Vec<AcceptedRecord>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let unconfirmed = r.open_table(UNCONFIRMED).map_err(db_error)?;
+        let accepted = r.open_table(ACCEPTED).map_err(db_error)?;
+        let mut found = Vec::new();
+        for item in unconfirmed.iter().map_err(db_error)? {
+            let (key, _) = item.map_err(db_error)?;
+            if let Some(v) = accepted.get(key.value()).map_err(db_error)? {
+                found.push(serde_json::from_slice(v.value()).map_err(db_error)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Confirms an accepted message once its audit entry is durable: fills in the entry and
+    /// releases its deliveries. The change is committed without a sync of its own (it rides
+    /// on the next synced commit, or is settled again at start-up after a crash), and the call
+    /// does not wait for it.
+    pub fn confirm_later(
+        &self,
+        record: &AcceptedRecord,
+        entry: LogEntry,
+        deliveries: &[Delivery],
+    ) -> Result<()> {
+        let record = confirmed(record, entry);
+        self.send(Write::Confirm {
+            key: AcceptedRecord::key(&record.source, &record.event_id),
+            record: serde_json::to_vec(&record).map_err(db_error)?,
+            release: deliveries
+                .iter()
+                .filter(|d| d.state == DeliveryState::Pending)
+                .map(Release::of)
+                .collect(),
+            durable: false,
+            reply: None,
+        })
+    }
+
+    /// Confirms an accepted message durably and waits (start-up recovery).
+    pub fn confirm_blocking(&self, record: &AcceptedRecord, entry: LogEntry) -> Result<()> {
+        let mut release = Vec::new();
+        for id in &record.deliveries {
+            if let Some(d) = self.delivery_metadata(*id)?
+                && d.state == DeliveryState::Pending
+            {
+                release.push(Release::of(&d));
+            }
+        }
+        let record = confirmed(record, entry);
+        let (reply, rx) = oneshot::channel();
+        self.send(Write::Confirm {
+            key: AcceptedRecord::key(&record.source, &record.event_id),
+            record: serde_json::to_vec(&record).map_err(db_error)?,
+            release,
+            durable: true,
+            reply: Some(reply),
+        })?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Removes an accepted message that never reached the audit log, with its held
+    /// deliveries, durably.
+    pub async fn abandon(&self, record: &AcceptedRecord) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Write::Abandon {
+            key: AcceptedRecord::key(&record.source, &record.event_id),
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Blocking form of [`Store::abandon`].
+    pub fn abandon_blocking(&self, record: &AcceptedRecord) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Write::Abandon {
+            key: AcceptedRecord::key(&record.source, &record.event_id),
+            reply,
+        })?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// The case file of a case (empty if the case is new).
+    pub fn case_file(&self, case_id: &str) -> Result<CaseFile> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let table = r.open_table(CASES).map_err(db_error)?;
+        Ok(table
+            .get(case_id)
+            .map_err(db_error)?
+            .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Records an accepted message, its case's updated file and its deliveries, durably.
+    /// If the same source and reference were recorded meanwhile, writes nothing and returns
+    /// the first record.
+    ///
+    /// The deliveries are written but not released to their channels until the message is
+    /// confirmed ([`Store::confirm_later`]). `record.deliveries` is filled in. The deliveries
+    /// returned carry no body.
+    pub async fn record_accepted(
+        &self,
+        record: &mut AcceptedRecord,
+        case: Option<(String, CaseFile)>,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Recorded> {
+        let now = now_ms();
+        let created_at = now_rfc3339();
+        let mut prepared = Vec::with_capacity(deliveries.len());
+        let mut made = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let dead = d.unwritable.is_some();
+            let delivery = Delivery {
+                id,
+                event_id: record.event_id.clone(),
+                event_type: record.event_type.clone(),
+                source: record.source.clone(),
+                case_id: record.case_id.clone(),
+                recipient: d.recipient,
+                channel: d.channel,
+                body: Vec::new(),
+                content_type: d.content_type,
+                mapping_id: d.mapping_id,
+                withheld: d.withheld,
+                state: if dead {
+                    DeliveryState::Dead
+                } else {
+                    DeliveryState::Pending
+                },
+                attempts: 0,
+                due_ms: now,
+                last_error: d.unwritable,
+                created_at: created_at.clone(),
+            };
+            prepared.push(Prepared {
+                id,
+                metadata: serde_json::to_vec(&delivery).map_err(db_error)?,
+                body: d.body,
+                dead,
+            });
+            made.push(delivery);
+        }
+        record.confirmed = false;
+        record.deliveries = made.iter().map(|d| d.id).collect();
+        let (reply, rx) = oneshot::channel();
+        self.send(Write::Accept {
+            key: AcceptedRecord::key(&record.source, &record.event_id),
+            record: serde_json::to_vec(&*record).map_err(db_error)?,
+            case,
+            deliveries: prepared,
+            made,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Whether delivery `id` is waiting in `recipient`'s inbox (fetched or not, not yet
+    /// acknowledged).
+    pub fn in_inbox(&self, recipient: &str, id: u64) -> Result<bool> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let inbox = r.open_table(INBOX).map_err(db_error)?;
+        Ok(inbox.get((recipient, id)).map_err(db_error)?.is_some())
+    }
+
+    /// Changes a delivery, durably, and returns it as it now stands (without its body).
+    pub async fn update(&self, id: u64, update: DeliveryUpdate) -> Result<Delivery> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Write::Update { id, update, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Blocking form of [`Store::update`], for command-line tools.
+    pub fn update_blocking(&self, id: u64, update: DeliveryUpdate) -> Result<Delivery> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Write::Update { id, update, reply })?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// A delivery, with its body.
+    pub fn delivery(&self, id: u64) -> Result<Option<Delivery>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        let bodies = r.open_table(BODIES).map_err(db_error)?;
+        read_delivery(&deliveries, Some(&bodies), id)
+    }
+
+    /// A delivery, without its body.
+    pub fn delivery_metadata(&self, id: u64) -> Result<Option<Delivery>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        read_delivery(&deliveries, None, id)
+    }
+
+    /// Up to `limit` deliveries waiting in a recipient's inbox, oldest first, starting after
+    /// delivery id `after`, with their bodies.
+    pub fn inbox(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Delivery>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let inbox = r.open_table(INBOX).map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        let bodies = r.open_table(BODIES).map_err(db_error)?;
+        let mut found = Vec::new();
+        let start = after.saturating_add(1);
+        for item in inbox
+            .range((recipient, start)..=(recipient, u64::MAX))
+            .map_err(db_error)?
+        {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(db_error)?;
+            if let Some(d) = read_delivery(&deliveries, Some(&bodies), key.value().1)? {
+                found.push(d);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` push deliveries on `channel` due at or before `now_ms`, earliest first,
+    /// with their bodies.
+    pub fn due(&self, channel: Channel, now_ms: u64, limit: usize) -> Result<Vec<Delivery>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let due = r.open_table(DUE).map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        let bodies = r.open_table(BODIES).map_err(db_error)?;
+        let mut found = Vec::new();
+        for item in due.range((0, 0)..=(now_ms, u64::MAX)).map_err(db_error)? {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(db_error)?;
+            if let Some(d) = read_delivery(&deliveries, Some(&bodies), key.value().1)?
+                && d.channel == channel
+            {
+                found.push(d);
+            }
+        }
+        Ok(found)
+    }
+
+    /// When the next push delivery on `channel` is due, if any is waiting.
+    pub fn next_due(&self, channel: Channel) -> Result<Option<u64>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let due = r.open_table(DUE).map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        for item in due.iter().map_err(db_error)? {
+            let (key, _) = item.map_err(db_error)?;
+            let (at, id) = key.value();
+            if let Some(d) = read_delivery(&deliveries, None, id)?
+                && d.channel == channel
+            {
+                return Ok(Some(at));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every dead-lettered delivery (without bodies).
+    pub fn dead_letters(&self) -> Result<Vec<Delivery>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let dead = r.open_table(DEAD).map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        let mut found = Vec::new();
+        for item in dead.iter().map_err(db_error)? {
+            let (key, _) = item.map_err(db_error)?;
+            found.extend(read_delivery(&deliveries, None, key.value())?);
+        }
+        Ok(found)
+    }
+
+    /// Deliveries not yet delivered, acknowledged or dead (the outbox's depth).
+    pub fn pending_deliveries(&self) -> u64 {
+        self.pending_deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store accepts writes.
+    pub fn is_open(&self) -> bool {
+        self.writer.as_ref().is_some_and(|w| !w.is_finished())
+    }
+
+    /// Commits what is queued and stops the writer.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn read_delivery(
+    deliveries: &impl ReadableTable<u64, &'static [u8]>,
+    bodies: Option<&redb::ReadOnlyTable<u64, &'static [u8]>>,
+    id: u64,
+) -> Result<Option<Delivery>> {
+    let Some(v) = deliveries.get(id).map_err(db_error)? else {
+        return Ok(None);
+    };
+    let mut d: Delivery = serde_json::from_slice(v.value()).map_err(db_error)?;
+    if let Some(bodies) = bodies
+        && let Some(b) = bodies.get(id).map_err(db_error)?
+    {
+        d.body = b.value().to_vec();
+    }
+    Ok(Some(d))
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A reply owed to a writer, sent once its group's commit is known.
+enum Reply {
+    Accept(oneshot::Sender<Result<Recorded>>, Result<Recorded>),
+    Update(oneshot::Sender<Result<Delivery>>, Result<Delivery>),
+    Unit(Option<oneshot::Sender<Result<()>>>, Result<()>),
+}
+
+impl Reply {
+    fn send(self) {
+        match self {
+            Reply::Accept(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Reply::Update(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Reply::Unit(Some(tx), r) => {
+                let _ = tx.send(r);
+            }
+            Reply::Unit(None, _) => {}
+        }
+    }
+
+    fn fail(self, error: &StoreError) {
+        match self {
+            Reply::Accept(tx, _) => {
+                let _ = tx.send(Err(error.clone()));
+            }
+            Reply::Update(tx, _) => {
+                let _ = tx.send(Err(error.clone()));
+            }
+            Reply::Unit(Some(tx), _) => {
+                let _ = tx.send(Err(error.clone()));
+            }
+            Reply::Unit(None, _) => {
+                tracing::error!(error = %error, "a confirmation was not recorded; it is settled again at the next start");
+            }
+        }
+    }
+}
+
+impl Write {
+    /// Whether the writer waits for this write to be on disk.
+    fn needs_sync(&self) -> bool {
+        !matches!(self, Write::Confirm { durable: false, .. })
+    }
+}
+
+/// How long unsynced confirmations may wait for a synced commit before the writer syncs.
+const IDLE_SYNC: Duration = Duration::from_millis(200);
+
+fn writer_loop(db: &Database, rx: Receiver<Write>, pending: &AtomicU64) {
+    let mut unsynced = false;
+    loop {
+        let first = match rx.recv_timeout(IDLE_SYNC) {
+            Ok(w) => w,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if unsynced {
+                    match sync_empty(db) {
+                        Ok(()) => unsynced = false,
+                        Err(e) => tracing::error!(error = %e, "store sync failed"),
+                    }
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(w) => group.push(w),
+                Err(_) => break,
+            }
+        }
+        let sync = group.iter().any(Write::needs_sync);
+        let mut delta: i64 = 0;
+        match apply_group(db, group, sync, &mut delta) {
+            Ok(replies) => {
+                unsynced = !sync;
+                if delta >= 0 {
+                    pending.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+                } else {
+                    pending.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+                }
+                replies.into_iter().for_each(Reply::send);
+            }
+            Err((error, replies)) => {
+                replies.into_iter().for_each(|r| r.fail(&error));
+                // A failed commit may be transient (disk full); back off before the next group.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    if unsynced {
+        let _ = sync_empty(db);
+    }
+}
+
+/// Makes every earlier unsynced commit durable.
+fn sync_empty(db: &Database) -> Result<()> {
+    let mut txn = db.begin_write().map_err(db_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(db_error)?;
+    txn.commit().map_err(db_error)
+}
+
+type GroupResult = std::result::Result<Vec<Reply>, (StoreError, Vec<Reply>)>;
+
+/// The tables, open in one write transaction.
+struct Tables<'t> {
+    accepted: redb::Table<'t, &'static str, &'static [u8]>,
+    cases: redb::Table<'t, &'static str, &'static [u8]>,
+    deliveries: redb::Table<'t, u64, &'static [u8]>,
+    bodies: redb::Table<'t, u64, &'static [u8]>,
+    inbox: redb::Table<'t, (&'static str, u64), ()>,
+    due: redb::Table<'t, (u64, u64), ()>,
+    dead: redb::Table<'t, u64, ()>,
+    unconfirmed: redb::Table<'t, &'static str, ()>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self> {
+        Ok(Tables {
+            accepted: txn.open_table(ACCEPTED).map_err(db_error)?,
+            cases: txn.open_table(CASES).map_err(db_error)?,
+            deliveries: txn.open_table(DELIVERIES).map_err(db_error)?,
+            bodies: txn.open_table(BODIES).map_err(db_error)?,
+            inbox: txn.open_table(INBOX).map_err(db_error)?,
+            due: txn.open_table(DUE).map_err(db_error)?,
+            dead: txn.open_table(DEAD).map_err(db_error)?,
+            unconfirmed: txn.open_table(UNCONFIRMED).map_err(db_error)?,
+        })
+    }
+
+    fn delivery(&self, id: u64) -> Result<Option<Delivery>> {
+        let Some(v) = self.deliveries.get(id).map_err(db_error)? else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_slice(v.value()).map_err(db_error)?))
+    }
+
+    fn put_delivery(&mut self, d: &Delivery) -> Result<()> {
+        let bytes = serde_json::to_vec(d).map_err(db_error)?;
+        self.deliveries
+            .insert(d.id, bytes.as_slice())
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    fn record(&self, key: &str) -> Result<Option<AcceptedRecord>> {
+        self.accepted
+            .get(key)
+            .map_err(db_error)?
+            .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
+            .transpose()
+    }
+
+    /// Puts a waiting delivery where its channel looks for it.
+    fn enqueue(&mut self, d: &Delivery) -> Result<()> {
+        match d.channel {
+            Channel::Inbox => {
+                self.inbox
+                    .insert((d.recipient.as_str(), d.id), ())
+                    .map_err(db_error)?;
+            }
+            Channel::Webhook | Channel::Amqp => {
+                self.due.insert((d.due_ms, d.id), ()).map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a waiting delivery out of its channel's index.
+    fn dequeue(&mut self, d: &Delivery) -> Result<()> {
+        match d.channel {
+            Channel::Inbox => {
+                self.inbox
+                    .remove((d.recipient.as_str(), d.id))
+                    .map_err(db_error)?;
+            }
+            Channel::Webhook | Channel::Amqp => {
+                self.due.remove((d.due_ms, d.id)).map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Counters<'a> {
+    delta: &'a mut i64,
+}
+
+fn apply_group(db: &Database, group: Vec<Write>, sync: bool, delta: &mut i64) -> GroupResult {
+    let mut replies = Vec::with_capacity(group.len());
+    let mut txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => return fail(db_error(e), group),
+    };
+    let durability = if sync {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    if let Err(e) = txn.set_durability(durability) {
+        return fail(db_error(e), group);
+    }
+    {
+        let mut tables = match Tables::open(&txn) {
+            Ok(t) => t,
+            Err(e) => return fail(e, group),
+        };
+        let mut counters = Counters { delta };
+        for write in group {
+            replies.push(apply(&mut tables, &mut counters, write));
+        }
+    }
+    match txn.commit() {
+        Ok(()) => Ok(replies),
+        Err(e) => Err((db_error(e), replies)),
+    }
+}
+
+fn apply(t: &mut Tables<'_>, c: &mut Counters<'_>, write: Write) -> Reply {
+    match write {
+        Write::Accept {
+            key,
+            record,
+            case,
+            deliveries,
+            made,
+            reply,
+        } => Reply::Accept(reply, accept(t, &key, &record, case, deliveries, made)),
+        Write::Update { id, update, reply } => {
+            Reply::Update(reply, update_delivery(t, c, id, update))
+        }
+        Write::Confirm {
+            key,
+            record,
+            release,
+            reply,
+            ..
+        } => Reply::Unit(reply, confirm(t, c, &key, &record, release)),
+        Write::Abandon { key, reply } => Reply::Unit(Some(reply), abandon(t, &key)),
+    }
+}
+
+fn accept(
+    t: &mut Tables<'_>,
+    key: &str,
+    record: &[u8],
+    case: Option<(String, CaseFile)>,
+    deliveries: Vec<Prepared>,
+    made: Vec<Delivery>,
+) -> Result<Recorded> {
+    if let Some(first) = t.record(key)? {
+        return Ok(Recorded::Duplicate(first));
+    }
+    if let Some((case_id, mut file)) = case {
+        // Merge with what other messages of the group recorded.
+        if let Some(v) = t.cases.get(case_id.as_str()).map_err(db_error)? {
+            let stored: CaseFile = serde_json::from_slice(v.value()).map_err(db_error)?;
+            file.facts.extend(stored.facts);
+        }
+        let bytes = serde_json::to_vec(&file).map_err(db_error)?;
+        t.cases
+            .insert(case_id.as_str(), bytes.as_slice())
+            .map_err(db_error)?;
+    }
+    for d in deliveries {
+        t.deliveries
+            .insert(d.id, d.metadata.as_slice())
+            .map_err(db_error)?;
+        t.bodies.insert(d.id, d.body.as_slice()).map_err(db_error)?;
+        if d.dead {
+            t.dead.insert(d.id, ()).map_err(db_error)?;
+        }
+    }
+    t.accepted.insert(key, record).map_err(db_error)?;
+    t.unconfirmed.insert(key, ()).map_err(db_error)?;
+    Ok(Recorded::New(made))
+}
+
+fn confirm(
+    t: &mut Tables<'_>,
+    c: &mut Counters<'_>,
+    key: &str,
+    record: &[u8],
+    release: Vec<Release>,
+) -> Result<()> {
+    if t.unconfirmed.remove(key).map_err(db_error)?.is_none() {
+        // Confirmed already, or withdrawn.
+        return Ok(());
+    }
+    for r in release {
+        match r.channel {
+            Channel::Inbox => {
+                t.inbox
+                    .insert((r.recipient.as_str(), r.id), ())
+                    .map_err(db_error)?;
+            }
+            Channel::Webhook | Channel::Amqp => {
+                t.due.insert((r.due_ms, r.id), ()).map_err(db_error)?;
+            }
+        }
+        *c.delta += 1;
+    }
+    t.accepted.insert(key, record).map_err(db_error)?;
+    Ok(())
+}
+
+fn abandon(t: &mut Tables<'_>, key: &str) -> Result<()> {
+    let Some(record) = t.record(key)? else {
+        return Ok(());
+    };
+    if record.confirmed {
+        return Err(StoreError::Database(
+            "refusing to abandon a confirmed message".into(),
+        ));
+    }
+    for id in &record.deliveries {
+        t.deliveries.remove(*id).map_err(db_error)?;
+        t.bodies.remove(*id).map_err(db_error)?;
+        t.dead.remove(*id).map_err(db_error)?;
+    }
+    t.accepted.remove(key).map_err(db_error)?;
+    t.unconfirmed.remove(key).map_err(db_error)?;
+    Ok(())
+}
+
+fn update_delivery(
+    t: &mut Tables<'_>,
+    c: &mut Counters<'_>,
+    id: u64,
+    update: DeliveryUpdate,
+) -> Result<Delivery> {
+    let mut d = t.delivery(id)?.ok_or(StoreError::NotFound("delivery"))?;
+    let waiting = d.state == DeliveryState::Pending;
+    match update {
+        DeliveryUpdate::Delivered => match d.channel {
+            // Fetched: it stays in the inbox until acknowledged.
+            Channel::Inbox => {
+                if waiting {
+                    d.state = DeliveryState::Delivered;
+                }
+            }
+            Channel::Webhook | Channel::Amqp => {
+                if waiting {
+                    t.dequeue(&d)?;
+                    *c.delta -= 1;
+                }
+                d.state = DeliveryState::Delivered;
+                d.attempts += 1;
+            }
+        },
+        DeliveryUpdate::Acknowledged => {
+            if d.channel == Channel::Inbox
+                && matches!(d.state, DeliveryState::Pending | DeliveryState::Delivered)
+            {
+                t.dequeue(&d)?;
+                *c.delta -= 1;
+            }
+            d.state = DeliveryState::Acknowledged;
+        }
+        DeliveryUpdate::Retry { error, due_ms } => {
+            if waiting {
+                t.dequeue(&d)?;
+            } else {
+                *c.delta += 1;
+            }
+            d.attempts += 1;
+            d.last_error = Some(error);
+            d.due_ms = due_ms;
+            d.state = DeliveryState::Pending;
+            t.enqueue(&d)?;
+        }
+        DeliveryUpdate::Dead { error } => {
+            if matches!(d.state, DeliveryState::Pending | DeliveryState::Delivered)
+                && (waiting || d.channel == Channel::Inbox)
+            {
+                t.dequeue(&d)?;
+                *c.delta -= 1;
+            }
+            if d.channel != Channel::Inbox {
+                d.attempts += 1;
+            }
+            d.last_error = Some(error);
+            d.state = DeliveryState::Dead;
+            t.dead.insert(id, ()).map_err(db_error)?;
+        }
+        DeliveryUpdate::Redeliver => {
+            if d.state != DeliveryState::Dead {
+                return Err(StoreError::NotFound("dead letter"));
+            }
+            t.dead.remove(id).map_err(db_error)?;
+            d.state = DeliveryState::Pending;
+            d.attempts = 0;
+            d.due_ms = now_ms();
+            t.enqueue(&d)?;
+            *c.delta += 1;
+        }
+    }
+    t.put_delivery(&d)?;
+    Ok(d)
+}
+
+fn fail(error: StoreError, group: Vec<Write>) -> GroupResult {
+    let replies = group
+        .into_iter()
+        .map(|w| match w {
+            Write::Accept { reply, .. } => Reply::Accept(reply, Err(error.clone())),
+            Write::Update { reply, .. } => Reply::Update(reply, Err(error.clone())),
+            Write::Confirm { reply, .. } => Reply::Unit(reply, Err(error.clone())),
+            Write::Abandon { reply, .. } => Reply::Unit(Some(reply), Err(error.clone())),
+        })
+        .collect();
+    Err((error, replies))
+}

@@ -1,0 +1,1648 @@
+//! The REST gateway end to end, over real mutual-TLS connections on loopback: a gateway started
+//! in process with [`RunningGateway::start`], partners calling it with their development
+//! certificates, webhook recipients played by HTTPS receivers that require the gateway's client
+//! certificate, and the auditor checking every proof offline with the crate's own verifiers.
+//!
+//! - [`the_return_of_case_rva_2026_004211`]: the whole return, every partner in its own format;
+//!   routing, native outbound formats, need-to-know, receipts, the inbox, webhooks, AMQP outbox,
+//!   the auditors' trails and bundles.
+//! - [`refusals_are_answered_with_problems_and_audited`]: TLS refusals, unknown certificate, wrong
+//!   role, size, DOCTYPE, schema, media type, duplicates; the audit log's `rejected` entries.
+//! - [`a_partner_over_its_rate_gets_429`]: the per-partner rate limit.
+//! - [`a_webhook_down_then_up_gets_each_delivery_exactly_once`]: retries on a refused connection,
+//!   on `503` with `Retry-After`, and after the endpoint went away and came back.
+//! - [`a_dead_letter_is_listed_and_redelivered`]: dead letters and the admin's redelivery.
+//!
+//! The AMQP recipients: iom.sn is switched to the inbox in the test registry (so that its
+//! deliveries can be read over REST); ci.ambassade.rabat stays on AMQP, and its deliveries are
+//! checked as pending in the outbox (no broker runs here).
+
+#[path = "support/gateway.rs"]
+mod gateway_support;
+
+use gateway_support::{
+    Admin, Answer, Client, Receiver, RegistryChanges, VerifiedTrail, anonymous_tls, client_tls,
+    fixture, fixture_json, fixture_text, kind_of, test_config, verify_trail, wait_for,
+    write_registry,
+};
+use passerelle::audit::merkle::leaf_hash;
+use passerelle::audit::{Checkpoint, NoteVerifier, Receipt, TlogProof};
+use passerelle::config::Config;
+use passerelle::service::RunningGateway;
+use passerelle::store::{Channel, DeliveryState};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const CASE: &str = "RVA-2026-004211";
+/// The other case of the fixtures (an Ivorian woman, a trafficking victim).
+const OTHER_CASE: &str = "RVA-2026-004305";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A gateway with its data folder.
+struct TestGateway {
+    running: RunningGateway,
+    dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    async fn start(changes: &RegistryChanges, tune: impl FnOnce(&mut Config)) -> TestGateway {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let registry = write_registry(dir.path(), changes);
+        let mut config = test_config(&dir.path().join("data"), &registry);
+        tune(&mut config);
+        let running = RunningGateway::start(&config)
+            .await
+            .expect("the gateway starts");
+        TestGateway { running, dir }
+    }
+
+    fn client(&self, partner: &str) -> Client {
+        Client::new(partner, self.running.addr)
+    }
+
+    fn admin(&self) -> Admin {
+        Admin::new(self.running.admin_addr)
+    }
+
+    fn verifier(&self) -> NoteVerifier {
+        self.running.gateway.log.verifier().clone()
+    }
+
+    async fn stop(self) {
+        self.running.shutdown().await.expect("a clean shutdown");
+    }
+}
+
+/// Checks an acknowledgement: `status`, the event, and a receipt that verifies with the log's
+/// key and names the acknowledged index and leaf hash.
+fn check_ack(ack: &Value, status: &str, event_id: &str, verifier: &NoteVerifier) {
+    assert_eq!(ack["status"], status, "{ack}");
+    assert_eq!(ack["event_id"], event_id, "{ack}");
+    let index = ack["log_index"].as_u64().expect("log_index");
+    let leaf = ack["leaf_hash"].as_str().expect("leaf_hash");
+    assert_eq!(leaf.len(), 64, "a hex SHA-256: {leaf}");
+    let receipt = Receipt::verify(ack["receipt"].as_str().expect("receipt"), verifier)
+        .expect("the receipt verifies with the log's key");
+    assert_eq!(receipt.index, index);
+    assert_eq!(hex::encode(receipt.leaf_hash.0), leaf);
+    assert_eq!(receipt.origin, gateway_support::ORIGIN);
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// What a recipient must get: exactly these bytes, or this JSON value.
+#[derive(Debug, Clone)]
+enum Expect {
+    Exact(String),
+    Json(Value),
+}
+
+impl Expect {
+    fn check(&self, who: &str, event_id: &str, body: &[u8]) {
+        match self {
+            Expect::Exact(text) => assert_eq!(
+                String::from_utf8_lossy(body),
+                *text,
+                "what {who} got for {event_id}"
+            ),
+            Expect::Json(value) => {
+                let got: Value = serde_json::from_slice(body)
+                    .unwrap_or_else(|e| panic!("{who} got no JSON for {event_id}: {e}"));
+                assert_eq!(got, *value, "what {who} got for {event_id}");
+            }
+        }
+    }
+}
+
+/// How a message is sent.
+enum Body {
+    /// The partner's native format, with its media type.
+    Native(&'static str, Vec<u8>),
+    /// A structured-mode CloudEvent.
+    Structured(Value),
+    /// The same, sent in binary mode (`ce-*` headers).
+    Binary(Value),
+}
+
+struct Step {
+    sender: &'static str,
+    body: Body,
+    /// The canonical event it becomes.
+    event: Value,
+    /// Who receives it.
+    recipients: &'static [&'static str],
+}
+
+impl Step {
+    fn id(&self) -> &str {
+        self.event["id"].as_str().expect("an id")
+    }
+}
+
+/// The travel booking of case RVA-2026-004211, written from IOM Morocco's booking fixture (which
+/// is for another case): flight AT 505 CMN-DSS on 2026-11-20, PNR K7Q2XM, as the DGSN's PV and the
+/// airline's boarding message say. Returns the native message, the canonical event, and the
+/// texts that the DGSN and the airline must receive.
+fn travel_booking() -> (Vec<u8>, Value, String, Value) {
+    const ID: &str = "IOM-MA-2026-11-10-6c3d88";
+    const TICKET: &str = "147-2400012400";
+    let mut native = fixture_json("iom.ma", "in/travel-booked.json");
+    native["message_id"] = json!(ID);
+    native["case"]["rva_case_id"] = json!(CASE);
+    native["booking"]["pnr"] = json!("K7Q2XM");
+    native["booking"]["ticket_number"] = json!(TICKET);
+    let segment = &mut native["booking"]["segments"][0];
+    segment["flight_number"] = json!("505");
+    segment["to"] = json!("DSS");
+    segment["date"] = json!("2026-11-20");
+
+    let mut event = fixture_json("iom.ma", "in/travel-booked.expected.json");
+    event["id"] = json!(ID);
+    event["subject"] = json!(CASE);
+    event["data"]["case_id"] = json!(CASE);
+    event["data"]["pnr"] = json!("K7Q2XM");
+    event["data"]["ticket_number"] = json!(TICKET);
+    let segment = &mut event["data"]["segments"][0];
+    segment["number"] = json!("505");
+    segment["destination"] = json!("DSS");
+    segment["date"] = json!("2026-11-20");
+
+    let replace = |text: String| {
+        text.replace("IOM-MA-2026-11-10-5b2c77", ID)
+            .replace(OTHER_CASE, CASE)
+            .replace("R4TT9B", "K7Q2XM")
+            .replace("147-2400012399", TICKET)
+            .replace("\"525\"", "\"505\"")
+            .replace("2026-11-27", "2026-11-20")
+            .replace("ABJ", "DSS")
+    };
+    let dgsn = replace(fixture_text("ma.dgsn", "out/travel-booked.expected.xml"));
+    let airline: Value = serde_json::from_str(&replace(fixture_text(
+        "airline.at",
+        "out/travel-booked-without-names.expected.json",
+    )))
+    .expect("JSON");
+    (
+        serde_json::to_vec(&native).expect("JSON"),
+        event,
+        dgsn,
+        airline,
+    )
+}
+
+/// The ministry's LPC request for the other case, with the person's vulnerabilities and medical
+/// needs: the consulate must get neither. Built from the consulate's outbound fixture.
+fn vulnerable_lpc_request() -> (Value, Value) {
+    let mut event = fixture_json(
+        "ci.ambassade.rabat",
+        "out/lpc-requested-vulnerable.event.json",
+    );
+    let object = event.as_object_mut().expect("an event");
+    let mapping_hash =
+        fixture_json("ma.interieur", "in/lpc-requested.expected.json")["mappinghash"].clone();
+    object.remove("mappingid");
+    object.remove("mappinghash");
+    object.insert("id".into(), json!("MI-DMF-2026-000952"));
+    object.insert("source".into(), json!("urn:partner:ma.interieur"));
+    event["data"]["requested_by"] = json!("ma.interieur");
+    let mut canonical = event.clone();
+    canonical["mappingid"] = json!("ma.interieur/cloudevents");
+    canonical["mappinghash"] = mapping_hash;
+    (event, canonical)
+}
+
+#[actix_web::test]
+async fn the_return_of_case_rva_2026_004211() {
+    let started = Instant::now();
+    let dgsn = Receiver::start();
+    let airline = Receiver::start();
+    let changes = RegistryChanges::new()
+        .webhook("ma.dgsn", &dgsn.url("/notices"))
+        .webhook("airline.at", &airline.url("/programme-notices"))
+        .inbox("iom.sn");
+    let gateway = TestGateway::start(&changes, |_| {}).await;
+    let verifier = gateway.verifier();
+
+    let (booking, booking_event, booking_for_dgsn, booking_for_airline) = travel_booking();
+    let (vulnerable_request, vulnerable_event) = vulnerable_lpc_request();
+    let expected =
+        |partner: &str, name: &str| fixture_json(partner, &format!("in/{name}.expected.json"));
+    let native = |partner: &str, name: &str| fixture(partner, &format!("in/{name}"));
+    let steps = vec![
+        // Phase 1: IOM Morocco registers the case; the ministry asks the consulate to identify.
+        Step {
+            sender: "iom.ma",
+            body: Body::Native("application/json", native("iom.ma", "case-registered.json")),
+            event: expected("iom.ma", "case-registered"),
+            recipients: &["ma.interieur"],
+        },
+        Step {
+            sender: "ma.interieur",
+            body: Body::Structured(fixture_json(
+                "ma.interieur",
+                "in/identification-requested.json",
+            )),
+            event: expected("ma.interieur", "identification-requested"),
+            recipients: &["sn.consulat.casablanca"],
+        },
+        // Phase 2: identification, LPC, ticket, exit authorisation, boarding, border exit.
+        Step {
+            sender: "sn.consulat.casablanca",
+            body: Body::Native(
+                "application/xml",
+                native("sn.consulat.casablanca", "identification-result.xml"),
+            ),
+            event: expected("sn.consulat.casablanca", "identification-result"),
+            recipients: &["ma.interieur", "iom.ma"],
+        },
+        Step {
+            sender: "ma.interieur",
+            body: Body::Binary(fixture_json("ma.interieur", "in/lpc-requested.json")),
+            event: expected("ma.interieur", "lpc-requested"),
+            recipients: &["sn.consulat.casablanca"],
+        },
+        Step {
+            sender: "sn.consulat.casablanca",
+            body: Body::Native(
+                "application/xml; charset=UTF-8",
+                native("sn.consulat.casablanca", "lpc-issued.xml"),
+            ),
+            event: expected("sn.consulat.casablanca", "lpc-issued"),
+            recipients: &["ma.interieur", "iom.ma", "ma.dgsn"],
+        },
+        Step {
+            sender: "iom.ma",
+            body: Body::Native("application/json", booking),
+            event: booking_event,
+            recipients: &["ma.interieur", "ma.dgsn", "airline.at"],
+        },
+        Step {
+            sender: "ma.dgsn",
+            body: Body::Native(
+                "application/xml",
+                native("ma.dgsn", "exit-authorisation.xml"),
+            ),
+            event: expected("ma.dgsn", "exit-authorisation"),
+            recipients: &["ma.interieur", "iom.ma", "airline.at"],
+        },
+        Step {
+            sender: "airline.at",
+            body: Body::Native(
+                "application/json",
+                native("airline.at", "passenger-boarded.json"),
+            ),
+            event: expected("airline.at", "passenger-boarded"),
+            recipients: &["ma.interieur", "iom.ma", "ma.dgsn", "iom.sn"],
+        },
+        Step {
+            sender: "ma.dgsn",
+            body: Body::Native("text/xml", native("ma.dgsn", "border-exit.xml")),
+            event: expected("ma.dgsn", "border-exit"),
+            recipients: &["ma.interieur", "iom.ma"],
+        },
+        // Phase 3: arrival in Dakar and reintegration.
+        Step {
+            sender: "iom.sn",
+            body: Body::Native(
+                "application/json",
+                native("iom.sn", "arrival-confirmed.json"),
+            ),
+            event: expected("iom.sn", "arrival-confirmed"),
+            recipients: &["ma.interieur", "iom.ma"],
+        },
+        Step {
+            sender: "iom.sn",
+            body: Body::Native(
+                "application/json",
+                native("iom.sn", "reintegration-update.json"),
+            ),
+            event: expected("iom.sn", "reintegration-update"),
+            recipients: &["ma.interieur", "iom.ma"],
+        },
+        // The other case: a trafficking victim, whose LPC requests go to the Ivorian embassy
+        // (on AMQP) without her vulnerabilities.
+        Step {
+            sender: "iom.ma",
+            body: Body::Native(
+                "application/json",
+                native("iom.ma", "case-registered-vulnerable.json"),
+            ),
+            event: expected("iom.ma", "case-registered-vulnerable"),
+            recipients: &["ma.interieur"],
+        },
+        Step {
+            sender: "iom.ma",
+            body: Body::Native("application/json", native("iom.ma", "lpc-request.json")),
+            event: expected("iom.ma", "lpc-request"),
+            recipients: &["ci.ambassade.rabat"],
+        },
+        Step {
+            sender: "ma.interieur",
+            body: Body::Structured(vulnerable_request),
+            event: vulnerable_event,
+            recipients: &["ci.ambassade.rabat"],
+        },
+    ];
+    let main_case_steps = 11;
+
+    // The native texts each recipient must get, where they differ from the canonical event.
+    let mut native_out: BTreeMap<(&str, &str), Expect> = BTreeMap::new();
+    let out_text =
+        |partner: &str, name: &str| Expect::Exact(fixture_text(partner, &format!("out/{name}")));
+    native_out.insert(
+        ("sn.consulat.casablanca", "MI-DMF-2026-000925"),
+        out_text(
+            "sn.consulat.casablanca",
+            "identification-requested.expected.xml",
+        ),
+    );
+    native_out.insert(
+        ("sn.consulat.casablanca", "MI-DMF-2026-000931"),
+        out_text("sn.consulat.casablanca", "lpc-requested.expected.xml"),
+    );
+    native_out.insert(
+        ("ma.dgsn", "CGSN-CASA-2026-00417"),
+        out_text("ma.dgsn", "lpc-issued.expected.xml"),
+    );
+    native_out.insert(
+        ("ma.dgsn", "IOM-MA-2026-11-10-6c3d88"),
+        Expect::Exact(booking_for_dgsn),
+    );
+    native_out.insert(
+        ("ma.dgsn", "AT-DCS-20261120-0505-000112"),
+        out_text("ma.dgsn", "boarding-confirmed.expected.xml"),
+    );
+    native_out.insert(
+        ("airline.at", "8f0c2d8e-5a4b-4a57-9f43-0a8d2f6b1c11"),
+        Expect::Json(fixture_json(
+            "airline.at",
+            "out/exit-authorized.expected.json",
+        )),
+    );
+    native_out.insert(
+        ("airline.at", "IOM-MA-2026-11-10-6c3d88"),
+        Expect::Json(booking_for_airline),
+    );
+    let ci_request = fixture_text(
+        "ci.ambassade.rabat",
+        "out/lpc-requested-vulnerable.expected.xml",
+    );
+    native_out.insert(
+        ("ci.ambassade.rabat", "IOM-MA-2026-11-02-19aa01"),
+        Expect::Exact(ci_request.clone()),
+    );
+    native_out.insert(
+        ("ci.ambassade.rabat", "MI-DMF-2026-000952"),
+        Expect::Exact(ci_request.replace("IOM-MA-2026-11-02-19aa01", "MI-DMF-2026-000952")),
+    );
+    // The fields need-to-know withholds (all other deliveries withhold nothing).
+    let withheld: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::from([
+        (
+            ("airline.at", "8f0c2d8e-5a4b-4a57-9f43-0a8d2f6b1c11"),
+            vec!["data.person"],
+        ),
+        (
+            ("ci.ambassade.rabat", "MI-DMF-2026-000952"),
+            vec!["data.medical", "data.vulnerabilities"],
+        ),
+    ]);
+    // The canonical recipients' outbound fixtures are the canonical event itself.
+    assert_eq!(
+        fixture_json("ma.interieur", "out/boarding-confirmed.expected.json"),
+        steps[7].event
+    );
+    assert_eq!(
+        fixture_json("iom.sn", "out/boarding-confirmed.expected.json"),
+        steps[7].event
+    );
+
+    // An auditor reads the case's trail all along, while the log grows: every answer must be
+    // consistent (one checkpoint for the proofs, the bundle and the pending list).
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let auditor = gateway.client("audit.igat");
+        let verifier = verifier.clone();
+        let watching = watching.clone();
+        actix_web::rt::spawn(async move {
+            let mut reads = 0;
+            while watching.load(Ordering::Relaxed) {
+                verify_trail(&auditor, &format!("case={CASE}"), &verifier).await;
+                reads += 1;
+            }
+            reads
+        })
+    };
+
+    // ---------------------------------------------------------------- every partner sends
+    let mut acks: Vec<Value> = Vec::new();
+    for step in &steps {
+        let client = gateway.client(step.sender);
+        let reply = match &step.body {
+            Body::Native(media, bytes) => client.send(media, bytes.clone()).await,
+            Body::Structured(event) => {
+                client
+                    .send(
+                        "application/cloudevents+json; charset=utf-8",
+                        serde_json::to_vec(event).expect("JSON"),
+                    )
+                    .await
+            }
+            Body::Binary(event) => client.send_binary(event).await,
+        };
+        assert_eq!(
+            reply.status,
+            202,
+            "{} sending {}: {}",
+            step.sender,
+            step.id(),
+            reply.text()
+        );
+        let ack = reply.json();
+        check_ack(&ack, "accepted", step.id(), &verifier);
+        assert_eq!(ack["source"], format!("urn:partner:{}", step.sender));
+        assert_eq!(ack["event_type"], step.event["type"]);
+        assert_eq!(
+            strings(&ack["recipients"])
+                .into_iter()
+                .collect::<BTreeSet<_>>(),
+            set(step.recipients),
+            "recipients of {}",
+            step.id()
+        );
+        assert_eq!(
+            ack["anomalies"],
+            json!([]),
+            "{} arrived in order",
+            step.id()
+        );
+        acks.push(ack);
+    }
+    let indices: BTreeSet<u64> = acks
+        .iter()
+        .map(|a| a["log_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices.len(), steps.len(), "one log entry per message");
+
+    // Expected deliveries: (recipient, event id) -> the step.
+    let mut deliveries: BTreeMap<(&str, &str), &Step> = BTreeMap::new();
+    for step in &steps {
+        for recipient in step.recipients {
+            deliveries.insert((recipient, step.id()), step);
+        }
+    }
+    let expect_body = |recipient: &str, event_id: &str, body: &[u8]| {
+        let step = deliveries[&(recipient, event_id)];
+        match native_out.get(&(recipient, event_id)) {
+            Some(expect) => expect.check(recipient, event_id, body),
+            None => {
+                // A canonical recipient: the canonical event, nothing withheld, so no
+                // `withheld` attribute.
+                Expect::Json(step.event.clone()).check(recipient, event_id, body);
+            }
+        }
+    };
+    let expect_withheld = |recipient: &str, event_id: &str| -> Vec<String> {
+        withheld
+            .get(&(recipient, event_id))
+            .map(|w| w.iter().map(|s| (*s).to_owned()).collect())
+            .unwrap_or_default()
+    };
+
+    // ---------------------------------------------------------------- webhooks (DGSN, airline)
+    for (receiver, partner, path, media) in [
+        (&dgsn, "ma.dgsn", "/notices", "xml"),
+        (&airline, "airline.at", "/programme-notices", "json"),
+    ] {
+        let want: BTreeSet<&str> = deliveries
+            .keys()
+            .filter(|(r, _)| *r == partner)
+            .map(|(_, e)| *e)
+            .collect();
+        wait_for(&format!("the webhooks of {partner}"), WAIT, async || {
+            (receiver.accepted().len() >= want.len()).then_some(())
+        })
+        .await;
+        let got = receiver.received();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{partner}: one request per delivery, no retry"
+        );
+        let mut ids = BTreeSet::new();
+        for r in &got {
+            assert!(r.accepted());
+            assert_eq!(r.path, path);
+            assert_eq!(
+                r.client,
+                vec!["urn:gateway:passerelle".to_owned()],
+                "the gateway's certificate"
+            );
+            assert!(r.content_type.contains(media), "{}", r.content_type);
+            assert!(
+                r.delivery.parse::<u64>().is_ok(),
+                "a delivery id: {:?}",
+                r.delivery
+            );
+            assert!(
+                ids.insert(r.delivery.clone()),
+                "delivery {} twice",
+                r.delivery
+            );
+            assert!(
+                want.contains(r.event_id.as_str()),
+                "{partner} got {}",
+                r.event_id
+            );
+            expect_body(partner, &r.event_id, &r.body);
+            let text = r.text().to_lowercase();
+            for word in ["vulnerab", "trafficking", "medical", "biometric"] {
+                assert!(!text.contains(word), "{partner} got {word}: {text}");
+            }
+            if partner == "airline.at" {
+                // No identity detail of the PV or the LPC reaches the airline.
+                assert!(
+                    !text.contains("diop") && !text.contains("mamadou"),
+                    "{text}"
+                );
+            }
+        }
+        let got_events: BTreeSet<&str> = got.iter().map(|r| r.event_id.as_str()).collect();
+        assert_eq!(got_events, want);
+    }
+
+    // ---------------------------------------------------------------- inboxes
+    for partner in ["ma.interieur", "sn.consulat.casablanca", "iom.ma", "iom.sn"] {
+        let client = gateway.client(partner);
+        let messages = client.inbox(2).await;
+        let want: BTreeSet<&str> = deliveries
+            .keys()
+            .filter(|(r, _)| *r == partner)
+            .map(|(_, e)| *e)
+            .collect();
+        let got: BTreeSet<&str> = messages
+            .iter()
+            .map(|m| m["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "the inbox of {partner}");
+        assert_eq!(messages.len(), want.len());
+        for m in &messages {
+            let event_id = m["event_id"].as_str().unwrap();
+            let step = deliveries[&(partner, event_id)];
+            assert_eq!(m["event_type"], step.event["type"]);
+            assert_eq!(m["source"], format!("urn:partner:{}", step.sender));
+            assert_eq!(strings(&m["withheld"]), expect_withheld(partner, event_id));
+            let media = m["content_type"].as_str().unwrap();
+            if native_out.contains_key(&(partner, event_id)) {
+                assert!(media.contains("xml"), "{media}");
+            } else {
+                assert_eq!(media, "application/cloudevents+json");
+            }
+            expect_body(partner, event_id, m["body"].as_str().unwrap().as_bytes());
+        }
+        // Fetched again before the acknowledgement: still there, in the same order.
+        let again = client.inbox(500).await;
+        assert_eq!(
+            again.iter().map(|m| m["id"].clone()).collect::<Vec<_>>(),
+            messages.iter().map(|m| m["id"].clone()).collect::<Vec<_>>()
+        );
+        for m in &messages {
+            client.ack(m["id"].as_u64().unwrap()).await;
+        }
+        assert!(
+            client.inbox(500).await.is_empty(),
+            "{partner}: acknowledged messages leave the inbox"
+        );
+        // Acknowledging twice is harmless; another partner's delivery is not found.
+        client.ack(messages[0]["id"].as_u64().unwrap()).await;
+        let other = if partner == "iom.sn" {
+            "iom.ma"
+        } else {
+            "iom.sn"
+        };
+        let reply = gateway
+            .client(other)
+            .post(&format!("/v1/inbox/{}/ack", messages[0]["id"]))
+            .await;
+        reply.problem(404, "not-found");
+    }
+
+    watching.store(false, Ordering::Relaxed);
+    let reads = watcher
+        .await
+        .expect("the watching auditor's trails are consistent");
+    assert!(reads > 0);
+
+    // ---------------------------------------------------------------- AMQP: pending in the outbox
+    let store = &gateway.running.gateway.store;
+    let amqp: Vec<_> = store
+        .due(Channel::Amqp, u64::MAX, 100)
+        .expect("the outbox")
+        .into_iter()
+        .filter(|d| d.recipient == "ci.ambassade.rabat")
+        .collect();
+    assert_eq!(amqp.len(), 2, "{amqp:?}");
+    for d in &amqp {
+        assert_eq!(d.state, DeliveryState::Pending);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(d.case_id.as_deref(), Some(OTHER_CASE));
+        assert_eq!(
+            d.withheld,
+            expect_withheld("ci.ambassade.rabat", &d.event_id)
+        );
+        expect_body("ci.ambassade.rabat", &d.event_id, &d.body);
+        let text = String::from_utf8_lossy(&d.body).to_lowercase();
+        assert!(
+            !text.contains("trafficking") && !text.contains("vulnerab"),
+            "{text}"
+        );
+    }
+    assert!(
+        store
+            .due(Channel::Webhook, u64::MAX, 100)
+            .expect("the outbox")
+            .is_empty()
+    );
+
+    // ---------------------------------------------------------------- the auditors' trail
+    let auditor = gateway.client("audit.igat");
+    gateway
+        .client("ma.interieur")
+        .get(&format!("/v1/audit/trails?case={CASE}"))
+        .await
+        .problem(403, "forbidden");
+    auditor
+        .get(&format!("/v1/audit/trails?case={CASE}&lpc=LP0417263"))
+        .await
+        .problem(400, "malformed");
+
+    let main_steps = &steps[..main_case_steps];
+    let main_deliveries: Vec<(&str, &str)> = deliveries
+        .keys()
+        .filter(|(_, e)| main_steps.iter().any(|s| s.id() == *e))
+        .copied()
+        .collect();
+    let inbox_deliveries = main_deliveries
+        .iter()
+        .filter(|(r, _)| !["ma.dgsn", "airline.at"].contains(r))
+        .count();
+    let trail: VerifiedTrail = wait_for("a checkpoint covering the whole case", WAIT, async || {
+        let trail = verify_trail(&auditor, &format!("case={CASE}"), &verifier).await;
+        let complete = trail.pending.is_empty()
+            && trail.count("accepted") == main_case_steps
+            && trail.count("delivered") == main_deliveries.len()
+            && trail.count("acknowledged") == inbox_deliveries;
+        complete.then_some(trail)
+    })
+    .await;
+    assert_eq!(
+        trail.entries.len(),
+        main_case_steps + main_deliveries.len() + inbox_deliveries,
+        "accepted, delivered and acknowledged only: no anomaly, failure or refusal"
+    );
+    for entry in &trail.entries {
+        let leaf = &entry.leaf;
+        let event_id = leaf.event_id.as_deref().expect("an event id");
+        let text = String::from_utf8_lossy(&entry.bytes).into_owned();
+        for secret in [CASE, "DIOP", "Mamadou", "LP0417263", "K7Q2XM"] {
+            assert!(
+                !text.contains(secret),
+                "a leaf holds {secret} in clear: {text}"
+            );
+        }
+        assert!(leaf.commitments.is_some(), "{text}");
+        match kind_of(leaf).as_str() {
+            "accepted" => {
+                let step = main_steps
+                    .iter()
+                    .find(|s| s.id() == event_id)
+                    .expect("a step");
+                assert_eq!(leaf.sender.as_deref(), Some(step.sender));
+                assert_eq!(
+                    leaf.recipients.iter().cloned().collect::<BTreeSet<_>>(),
+                    set(step.recipients)
+                );
+                let ack = &acks[steps.iter().position(|s| s.id() == event_id).unwrap()];
+                assert_eq!(ack["log_index"], entry.index);
+                assert_eq!(
+                    hex::encode(leaf_hash(&entry.bytes).0),
+                    ack["leaf_hash"].as_str().unwrap(),
+                    "the acknowledged leaf hash is the logged entry's"
+                );
+            }
+            kind @ ("delivered" | "acknowledged") => {
+                let [recipient] = leaf.recipients.as_slice() else {
+                    panic!("one recipient per delivery: {text}")
+                };
+                let step = deliveries
+                    .get(&(recipient.as_str(), event_id))
+                    .unwrap_or_else(|| panic!("{kind} to {recipient} of {event_id}"));
+                assert_eq!(leaf.sender.as_deref(), Some(step.sender));
+                assert_eq!(leaf.withheld, expect_withheld(recipient, event_id));
+                if kind == "acknowledged" {
+                    assert!(!["ma.dgsn", "airline.at"].contains(&recipient.as_str()));
+                }
+            }
+            other => panic!("unexpected {other} entry: {text}"),
+        }
+    }
+    // Each delivery once, and its acknowledgement after it.
+    for (recipient, event_id) in &main_deliveries {
+        let of = |kind: &str| -> Vec<u64> {
+            trail
+                .entries
+                .iter()
+                .filter(|e| {
+                    kind_of(&e.leaf) == kind
+                        && e.leaf.event_id.as_deref() == Some(event_id)
+                        && e.leaf.recipients == [recipient.to_string()]
+                })
+                .map(|e| e.index)
+                .collect()
+        };
+        let delivered = of("delivered");
+        assert_eq!(delivered.len(), 1, "{recipient} {event_id}");
+        let acknowledged = of("acknowledged");
+        if ["ma.dgsn", "airline.at"].contains(recipient) {
+            assert!(acknowledged.is_empty());
+        } else {
+            assert_eq!(acknowledged.len(), 1, "{recipient} {event_id}");
+            assert!(acknowledged[0] > delivered[0]);
+        }
+    }
+    // The other case's trail: the vulnerable LPC request went out to nobody yet (AMQP pending).
+    let other = wait_for("the other case's trail", WAIT, async || {
+        let t = verify_trail(&auditor, &format!("case={OTHER_CASE}"), &verifier).await;
+        (t.pending.is_empty() && t.count("accepted") == 3).then_some(t)
+    })
+    .await;
+    assert_eq!(
+        other.count("delivered"),
+        1,
+        "the ministry fetched the registration"
+    );
+    assert_eq!(other.count("acknowledged"), 1);
+    // Auditors search by the partners' identifiers too.
+    let lpc = verify_trail(&auditor, "lpc=LP0417263", &verifier).await;
+    assert!(
+        lpc.entries
+            .iter()
+            .any(|e| e.leaf.event_id.as_deref() == Some("CGSN-CASA-2026-00417")),
+        "the LPC's issue is found by its number"
+    );
+    let pnr = verify_trail(&auditor, "pnr=K7Q2XM", &verifier).await;
+    let by_pnr: BTreeSet<&str> = pnr
+        .entries
+        .iter()
+        .filter(|e| kind_of(&e.leaf) == "accepted")
+        .filter_map(|e| e.leaf.event_id.as_deref())
+        .collect();
+    assert_eq!(
+        by_pnr,
+        set(&[
+            "IOM-MA-2026-11-10-6c3d88",
+            "8f0c2d8e-5a4b-4a57-9f43-0a8d2f6b1c11",
+            "AT-DCS-20261120-0505-000112"
+        ])
+        .iter()
+        .map(String::as_str)
+        .collect()
+    );
+
+    // ---------------------------------------------------------------- receipts
+    let entries: BTreeMap<u64, Vec<u8>> = trail
+        .entries
+        .iter()
+        .chain(&other.entries)
+        .map(|e| (e.index, e.bytes.clone()))
+        .collect();
+    for (step, ack) in steps.iter().zip(&acks) {
+        let sender = gateway.client(step.sender);
+        let path = format!("/v1/receipts/{}", step.id());
+        let receipt = wait_for("a receipt with its proof", WAIT, async || {
+            let reply = sender.get(&path).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            let body = reply.json();
+            if body["proof"].is_null() {
+                assert_eq!(reply.header("retry-after").as_deref(), Some("1"));
+                None
+            } else {
+                Some(body)
+            }
+        })
+        .await;
+        for field in [
+            "event_id",
+            "source",
+            "event_type",
+            "log_index",
+            "leaf_hash",
+            "receipt",
+        ] {
+            assert_eq!(receipt[field], ack[field], "{field} of {}", step.id());
+        }
+        let proof = TlogProof::parse(receipt["proof"].as_str().unwrap()).expect("a tlog-proof");
+        let index = ack["log_index"].as_u64().unwrap();
+        assert_eq!(proof.index, index);
+        proof
+            .verify(&entries[&index], &verifier, Some(gateway_support::ORIGIN))
+            .expect("the receipt's proof verifies offline");
+    }
+    let first = steps[0].id();
+    let reply = gateway
+        .client("airline.at")
+        .get(&format!("/v1/receipts/{first}?source=urn:partner:iom.ma"))
+        .await;
+    reply.problem(403, "forbidden");
+    gateway
+        .client("airline.at")
+        .get(&format!("/v1/receipts/{first}"))
+        .await
+        .problem(404, "not-found");
+    let by_auditor = auditor
+        .get(&format!("/v1/receipts/{first}?source=urn:partner:iom.ma"))
+        .await;
+    assert_eq!(by_auditor.status, 200, "{}", by_auditor.text());
+    assert_eq!(by_auditor.json()["log_index"], acks[0]["log_index"]);
+
+    // ---------------------------------------------------------------- the public log
+    let checkpoint = gateway
+        .client("iom.sn")
+        .get("/v1/audit/log/checkpoint")
+        .await;
+    assert_eq!(checkpoint.status, 200);
+    assert!(
+        checkpoint
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let cp = Checkpoint::open(&checkpoint.body, &verifier, Some(gateway_support::ORIGIN))
+        .expect("a signed checkpoint");
+    assert!(cp.size >= trail.size);
+    gateway
+        .client("iom.sn")
+        .get("/v1/audit/log/private/meta.json")
+        .await
+        .problem(404, "not-found");
+
+    // ---------------------------------------------------------------- offline, after shutdown
+    let log_dir = gateway.dir.path().join("data/audit-log");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("audit-log");
+    gateway.stop_keep(&copy).await;
+    let offline = passerelle::audit::bundle::trail(
+        &copy,
+        &passerelle::audit::Query::Case(CASE.into()),
+        Some(&verifier),
+    )
+    .expect("the log folder verifies offline");
+    assert!(offline.pending.is_empty());
+    assert_eq!(
+        offline.found.iter().map(|f| f.index).collect::<Vec<_>>(),
+        trail.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        "the offline search of {} finds the same entries",
+        log_dir.display()
+    );
+    eprintln!("the return of {CASE}: {:?}", started.elapsed());
+}
+
+impl TestGateway {
+    /// Stops the gateway and copies its audit log folder to `to`.
+    async fn stop_keep(self, to: &std::path::Path) {
+        let from = self.dir.path().join("data/audit-log");
+        self.running.shutdown().await.expect("a clean shutdown");
+        copy_dir(&from, to);
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+// ====================================================================================== refusals
+
+/// Sends a body of `len` bytes with chunked transfer encoding (no `Content-Length`), on a
+/// connection of its own; returns the status and the body of the answer.
+async fn send_chunked(
+    client_name: &str,
+    gateway: std::net::SocketAddr,
+    len: usize,
+) -> (u16, String) {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client_tls(client_name)))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut request = b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\n\
+        Content-Type: application/xml\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        .to_vec();
+    let chunk = 4096;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk);
+        request.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        request.extend(std::iter::repeat_n(b'x', n));
+        request.extend_from_slice(b"\r\n");
+        left -= n;
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    tls.write_all(&request).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    (status, text)
+}
+
+/// An error and its sources, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(" <- ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[actix_web::test]
+async fn refusals_are_answered_with_problems_and_audited() {
+    const LIMIT: usize = 64 * 1024;
+    let changes = RegistryChanges::new().sends("iom.sn", &["arrival.confirmed"]);
+    let gateway = TestGateway::start(&changes, |c| c.limits.max_body_bytes = LIMIT).await;
+    let verifier = gateway.verifier();
+    let admin = gateway.admin();
+    let addr = gateway.running.addr;
+    let appends = async || admin.metric("passerelle_audit_appends_total", &[]).await as u64;
+    assert_eq!(appends().await, 0);
+    let lpc_issued = fixture("sn.consulat.casablanca", "in/lpc-issued.xml");
+
+    // No certificate, a revoked one, an expired one: the handshake is refused, no answer.
+    for (name, tls, alert) in [
+        ("no certificate", anonymous_tls(), "CertificateRequired"),
+        ("revoked", client_tls("revoked"), "CertificateRevoked"),
+        ("expired", client_tls("expired"), "CertificateExpired"),
+    ] {
+        let client = Client::with_tls(name, tls, addr);
+        let error = match client.try_send("application/xml", lpc_issued.clone()).await {
+            Ok(reply) => panic!("{name}: answered {}", reply.status),
+            Err(error) => error_chain(&error),
+        };
+        assert!(
+            error.contains(&format!("received fatal alert: {alert}")),
+            "{name}: {error}"
+        );
+    }
+    // A valid certificate that names no partner: TLS accepts it, the registry does not.
+    let unknown = Client::new("unknown", addr);
+    unknown
+        .send("application/xml", lpc_issued.clone())
+        .await
+        .problem(403, "forbidden");
+    unknown.get("/v1/inbox").await.problem(403, "forbidden");
+    // Nothing reached the pipeline: nothing to audit.
+    assert_eq!(appends().await, 0);
+
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let ministry = gateway.client("ma.interieur");
+    let iom_sn = gateway.client("iom.sn");
+    let mut refused: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+
+    // The wrong role: the ministry may not issue an LPC; the auditor sends nothing; IOM
+    // Senegal, narrowed to arrivals in this registry, may not report reintegration.
+    let mut lpc_event = fixture_json("sn.consulat.casablanca", "in/lpc-issued.expected.json");
+    let object = lpc_event.as_object_mut().unwrap();
+    object.remove("mappingid");
+    object.remove("mappinghash");
+    object.insert("source".into(), json!("urn:partner:ma.interieur"));
+    object.insert("id".into(), json!("MI-FORGED-LPC-1"));
+    let problem = ministry
+        .send(
+            "application/cloudevents+json",
+            serde_json::to_vec(&lpc_event).unwrap(),
+        )
+        .await
+        .problem(403, "forbidden");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("lpc.issued"),
+        "{problem}"
+    );
+    refused.entry("ma.interieur").or_default().push("forbidden");
+    gateway
+        .client("audit.igat")
+        .send("application/xml", lpc_issued.clone())
+        .await
+        .problem(403, "forbidden");
+    refused.entry("audit.igat").or_default().push("forbidden");
+    iom_sn
+        .send(
+            "application/json",
+            fixture("iom.sn", "in/reintegration-update.json"),
+        )
+        .await
+        .problem(403, "forbidden");
+    refused.entry("iom.sn").or_default().push("forbidden");
+
+    // Too large, with a Content-Length and without one (chunked).
+    let mut big = b"<?xml version=\"1.0\"?><LaissezPasserDelivre>".to_vec();
+    big.resize(LIMIT + 1, b' ');
+    let problem = consulate
+        .send("application/xml", big.clone())
+        .await
+        .problem(413, "too-large");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&LIMIT.to_string())
+    );
+    refused
+        .entry("sn.consulat.casablanca")
+        .or_default()
+        .push("too-large");
+    let (status, text) = send_chunked("sn.consulat.casablanca", addr, 3 * LIMIT).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("urn:passerelle:problem:too-large"), "{text}");
+    refused
+        .entry("sn.consulat.casablanca")
+        .or_default()
+        .push("too-large");
+    // Just at the limit, the body is read and mapped (and this one is not XML).
+    let mut at_limit = vec![b' '; LIMIT];
+    at_limit[..5].copy_from_slice(b"<?xm?");
+    consulate
+        .send("application/xml", at_limit)
+        .await
+        .problem(400, "malformed");
+    refused
+        .entry("sn.consulat.casablanca")
+        .or_default()
+        .push("malformed");
+
+    // XML with a DOCTYPE.
+    let problem = consulate
+        .send(
+            "application/xml",
+            fixture("sn.consulat.casablanca", "in/error-doctype.xml"),
+        )
+        .await
+        .problem(400, "malformed");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("DOCTYPE"),
+        "{problem}"
+    );
+    refused
+        .entry("sn.consulat.casablanca")
+        .or_default()
+        .push("malformed");
+
+    // Mapping and schema failures: 422, with where.
+    let problem = consulate
+        .send(
+            "application/xml",
+            fixture("sn.consulat.casablanca", "in/error-bad-date.xml"),
+        )
+        .await
+        .problem(422, "unprocessable");
+    assert_eq!(problem["path"], "holder.birth_date");
+    refused
+        .entry("sn.consulat.casablanca")
+        .or_default()
+        .push("unprocessable");
+    let problem = ministry
+        .send(
+            "application/cloudevents+json",
+            fixture("ma.interieur", "in/error-schema.json"),
+        )
+        .await
+        .problem(422, "unprocessable");
+    assert!(
+        problem["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/data")),
+        "{problem}"
+    );
+    refused
+        .entry("ma.interieur")
+        .or_default()
+        .push("unprocessable");
+
+    // The wrong media type.
+    consulate
+        .send("application/json", lpc_issued.clone())
+        .await
+        .problem(415, "unsupported-media-type");
+    refused
+        .entry("sn.consulat.casablanca")
+        .or_default()
+        .push("unsupported-media-type");
+    ministry
+        .send(
+            "application/json",
+            fixture("ma.interieur", "in/lpc-requested.json"),
+        )
+        .await
+        .problem(415, "unsupported-media-type");
+    refused
+        .entry("ma.interieur")
+        .or_default()
+        .push("unsupported-media-type");
+
+    // One `rejected` entry per refused message, and nothing else.
+    let refusals: usize = refused.values().map(Vec::len).sum();
+    assert_eq!(appends().await, refusals as u64);
+    for (code, count) in [
+        ("forbidden", 3.0),
+        ("too-large", 2.0),
+        ("unprocessable", 2.0),
+    ] {
+        assert_eq!(
+            admin
+                .metric("passerelle_messages_total", &[("outcome", code)])
+                .await,
+            count,
+            "{code}"
+        );
+    }
+
+    // A message outside the programme is acknowledged, audited as received, not routed.
+    let reply = gateway
+        .client("airline.at")
+        .send(
+            "application/json",
+            fixture("airline.at", "in/ignored-checked-in.json"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["status"], "ignored");
+    assert_eq!(appends().await, refusals as u64 + 1);
+
+    // A duplicate gets the first answer again, with the same receipt, and adds nothing.
+    let arrival = fixture("iom.sn", "in/arrival-confirmed.json");
+    let first = iom_sn.send("application/json", arrival.clone()).await;
+    assert_eq!(first.status, 202, "{}", first.text());
+    let first = first.json();
+    check_ack(&first, "accepted", "IOM-SN-2026-11-20-a41b07", &verifier);
+    // An arrival with no boarding on file is accepted, flagged, and delivered anyway.
+    assert_eq!(
+        first["anomalies"],
+        json!(["sequence.missing_boarding_confirmed"])
+    );
+    let before = appends().await;
+    assert_eq!(before, refusals as u64 + 3, "accepted and its anomaly");
+    wait_for("a checkpoint covering every entry", WAIT, async || {
+        let size = admin.metric("passerelle_audit_log_size", &[]).await as u64;
+        (size == before).then_some(())
+    })
+    .await;
+    for _ in 0..2 {
+        let again = iom_sn.send("application/json", arrival.clone()).await;
+        assert_eq!(again.status, 200, "{}", again.text());
+        let again = again.json();
+        check_ack(&again, "duplicate", "IOM-SN-2026-11-20-a41b07", &verifier);
+        for field in [
+            "log_index",
+            "leaf_hash",
+            "receipt",
+            "event_type",
+            "source",
+            "recipients",
+        ] {
+            assert_eq!(again[field], first[field], "{field}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        appends().await,
+        before,
+        "a duplicate writes nothing to the log"
+    );
+    let checkpoint = ministry.get("/v1/audit/log/checkpoint").await;
+    let cp = Checkpoint::open(&checkpoint.body, &verifier, None).unwrap();
+    assert_eq!(cp.size, before, "the log did not grow");
+    assert_eq!(
+        admin
+            .metric(
+                "passerelle_messages_total",
+                &[("partner", "iom.sn"), ("outcome", "duplicate")]
+            )
+            .await,
+        2.0
+    );
+    // The ministry and IOM Morocco got it once.
+    assert_eq!(ministry.inbox(500).await.len(), 1);
+    assert_eq!(gateway.client("iom.ma").inbox(500).await.len(), 1);
+
+    // The auditor finds each sender's refusals, with their reasons, under `refused/<partner>`.
+    let auditor = gateway.client("audit.igat");
+    for (partner, codes) in &refused {
+        let query = format!("case=refused/{partner}");
+        let trail = wait_for("the refusals' checkpoint", WAIT, async || {
+            let t = verify_trail(&auditor, &query, &verifier).await;
+            t.pending.is_empty().then_some(t)
+        })
+        .await;
+        let mut got: Vec<String> = trail
+            .entries
+            .iter()
+            .map(|e| {
+                assert_eq!(kind_of(&e.leaf), "rejected");
+                assert_eq!(e.leaf.sender.as_deref(), Some(*partner));
+                assert!(e.leaf.event_id.is_none());
+                e.leaf.reason.clone().unwrap()
+            })
+            .collect();
+        let mut want: Vec<String> = codes.iter().map(|c| (*c).to_owned()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "the refusals of {partner}");
+    }
+    let ignored = verify_trail(&auditor, "case=refused/airline.at", &verifier).await;
+    assert_eq!(ignored.entries.len(), 1);
+    assert_eq!(kind_of(&ignored.entries[0].leaf), "received");
+    assert_eq!(ignored.entries[0].leaf.reason.as_deref(), Some("ignored"));
+    gateway.stop().await;
+}
+
+#[actix_web::test]
+async fn a_partner_over_its_rate_gets_429() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
+        c.limits.rate_per_second = 1;
+        c.limits.burst = 1;
+    })
+    .await;
+    let admin = gateway.admin();
+    let iom_sn = gateway.client("iom.sn");
+    let arrival = fixture("iom.sn", "in/arrival-confirmed.json");
+    let reintegration = fixture("iom.sn", "in/reintegration-update.json");
+    assert_eq!(iom_sn.send("application/json", arrival).await.status, 202);
+    let reply = iom_sn.send("application/json", reintegration.clone()).await;
+    let problem = reply.problem(429, "rate-limited");
+    let retry_after: u64 = reply
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(problem["retry_after"], retry_after);
+    // The limit is per partner.
+    let iom_ma = gateway.client("iom.ma");
+    assert_eq!(
+        iom_ma
+            .send(
+                "application/json",
+                fixture("iom.ma", "in/case-registered.json")
+            )
+            .await
+            .status,
+        202
+    );
+    // A rate-limited message is not looked at, and not audited (by design: auditing it would
+    // defeat the limit): the log holds the arrival, its anomaly and the registration.
+    assert_eq!(
+        admin.metric("passerelle_audit_appends_total", &[]).await,
+        3.0
+    );
+    assert_eq!(
+        admin
+            .metric(
+                "passerelle_messages_total",
+                &[("partner", "iom.sn"), ("outcome", "rate-limited")]
+            )
+            .await,
+        1.0
+    );
+    // After the wait it asked for, the same message goes through.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let reply = iom_sn.send("application/json", reintegration).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    gateway.stop().await;
+}
+
+// ====================================================================================== webhooks
+
+/// The trail entries about the delivery of `event_id` to `recipient`, as (kind, reason), in log
+/// order, once a checkpoint covers them and the last is `last`.
+async fn delivery_story(
+    gateway: &TestGateway,
+    event_id: &str,
+    recipient: &str,
+    last: &str,
+) -> Vec<(String, Option<String>)> {
+    let auditor = gateway.client("audit.igat");
+    let verifier = gateway.verifier();
+    wait_for(
+        &format!("the delivery of {event_id} in the trail"),
+        WAIT,
+        async || {
+            let trail = verify_trail(&auditor, &format!("case={CASE}"), &verifier).await;
+            let story: Vec<(String, Option<String>)> = trail
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.leaf.event_id.as_deref() == Some(event_id)
+                        && e.leaf.recipients == [recipient.to_owned()]
+                })
+                .map(|e| (kind_of(&e.leaf), e.leaf.reason.clone()))
+                .collect();
+            (trail.pending.is_empty() && story.last().is_some_and(|(k, _)| k == last))
+                .then_some(story)
+        },
+    )
+    .await
+}
+
+/// The consulate's LPC fixture under another reference.
+fn lpc_issued(reference: &str) -> Vec<u8> {
+    fixture_text("sn.consulat.casablanca", "in/lpc-issued.xml")
+        .replace("CGSN-CASA-2026-00417", reference)
+        .into_bytes()
+}
+
+#[actix_web::test]
+async fn a_webhook_down_then_up_gets_each_delivery_exactly_once() {
+    // The DGSN's endpoint: its port is chosen, but nothing listens yet.
+    let mut dgsn = Receiver::reserve();
+    let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
+    let gateway = TestGateway::start(&changes, |c| c.delivery.max_attempts = 50).await;
+    let admin = gateway.admin();
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let retries = async || {
+        admin
+            .metric(
+                "passerelle_deliveries_total",
+                &[("recipient", "ma.dgsn"), ("outcome", "retry")],
+            )
+            .await as u64
+    };
+
+    // 1. Connection refused, then the endpoint comes up.
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00417"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert!(strings(&reply.json()["recipients"]).contains(&"ma.dgsn".to_owned()));
+    wait_for("two failed attempts", WAIT, async || {
+        (retries().await >= 2).then_some(())
+    })
+    .await;
+    dgsn.up();
+    wait_for("the delivery", WAIT, async || {
+        (!dgsn.accepted().is_empty()).then_some(())
+    })
+    .await;
+    let story = delivery_story(&gateway, "CGSN-CASA-2026-00417", "ma.dgsn", "delivered").await;
+    let (last, failures) = story.split_last().unwrap();
+    assert_eq!(last.0, "delivered");
+    assert!(failures.len() >= 2, "{story:?}");
+    for (kind, reason) in failures {
+        assert_eq!(kind, "delivery_failed");
+        assert_eq!(reason.as_deref(), Some("webhook.unreachable"));
+    }
+
+    // 2. 503 with Retry-After: 1, twice, then accepted: the gateway waits as asked.
+    dgsn.script(&[
+        Answer::Fail {
+            status: 503,
+            retry_after: Some(1),
+        },
+        Answer::Fail {
+            status: 503,
+            retry_after: Some(1),
+        },
+    ]);
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00418"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait_for("the second delivery", WAIT, async || {
+        dgsn.accepted()
+            .iter()
+            .any(|r| r.event_id == "CGSN-CASA-2026-00418")
+            .then_some(())
+    })
+    .await;
+    let attempts: Vec<_> = dgsn
+        .received()
+        .into_iter()
+        .filter(|r| r.event_id == "CGSN-CASA-2026-00418")
+        .collect();
+    assert_eq!(
+        attempts.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 503, 204]
+    );
+    assert!(
+        attempts.iter().all(|r| r.delivery == attempts[0].delivery),
+        "one delivery id"
+    );
+    for pair in attempts.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(900),
+            "Retry-After honoured: {gap:?}"
+        );
+    }
+    let story = delivery_story(&gateway, "CGSN-CASA-2026-00418", "ma.dgsn", "delivered").await;
+    let failed = (
+        "delivery_failed".to_owned(),
+        Some("webhook.http-503".to_owned()),
+    );
+    assert_eq!(
+        story,
+        [failed.clone(), failed, ("delivered".to_owned(), None)]
+    );
+
+    // 3. The endpoint goes away (its keep-alive connection with it) and comes back on the
+    // same port.
+    dgsn.down().await;
+    let before = retries().await;
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00419"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait_for("a failed attempt", WAIT, async || {
+        (retries().await > before).then_some(())
+    })
+    .await;
+    dgsn.up();
+    wait_for("the third delivery", WAIT, async || {
+        dgsn.accepted()
+            .iter()
+            .any(|r| r.event_id == "CGSN-CASA-2026-00419")
+            .then_some(())
+    })
+    .await;
+    let story = delivery_story(&gateway, "CGSN-CASA-2026-00419", "ma.dgsn", "delivered").await;
+    assert!(
+        story.len() >= 2
+            && story[..story.len() - 1]
+                .iter()
+                .all(|(k, _)| k == "delivery_failed"),
+        "{story:?}"
+    );
+
+    // Exactly once: one 2xx per delivery id, and nothing left to push.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let accepted = dgsn.accepted();
+    let ids: BTreeSet<&str> = accepted.iter().map(|r| r.delivery.as_str()).collect();
+    assert_eq!(accepted.len(), 3, "{accepted:?}");
+    assert_eq!(ids.len(), 3);
+    for r in &accepted {
+        assert_eq!(r.client, vec!["urn:gateway:passerelle".to_owned()]);
+        assert!(r.text().starts_with("<?xml"), "{}", r.text());
+    }
+    assert!(
+        gateway
+            .running
+            .gateway
+            .store
+            .due(Channel::Webhook, u64::MAX, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 0.0);
+    gateway.stop().await;
+    dgsn.down().await;
+}
+
+#[actix_web::test]
+async fn a_dead_letter_is_listed_and_redelivered() {
+    let dgsn = Receiver::start();
+    dgsn.answer(Answer::Fail {
+        status: 500,
+        retry_after: None,
+    });
+    let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
+    let gateway = TestGateway::start(&changes, |c| c.delivery.max_attempts = 2).await;
+    let admin = gateway.admin();
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00417"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+
+    let dead = wait_for("a dead letter", WAIT, async || {
+        let list = admin.get("/dead-letters").await.json();
+        let list = list.as_array().unwrap().clone();
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter = &dead[0];
+    assert_eq!(letter["recipient"], "ma.dgsn");
+    assert_eq!(letter["channel"], "webhook");
+    assert_eq!(letter["event_id"], "CGSN-CASA-2026-00417");
+    assert_eq!(letter["attempts"], 2);
+    assert_eq!(letter["last_error"], "webhook.http-500");
+    assert!(letter.get("body").is_none(), "metadata only");
+    let id = letter["id"].as_u64().unwrap();
+    assert_eq!(dgsn.received().len(), 2, "max_attempts = 2");
+    assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 1.0);
+
+    // Redelivering what is not a dead letter is refused, and leaves it where it was.
+    let pending = gateway
+        .running
+        .gateway
+        .store
+        .inbox("iom.ma", 0, 10)
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].state, DeliveryState::Pending);
+    assert_eq!(
+        admin
+            .post(&format!("/deliveries/{}/redeliver", pending[0].id))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(admin.post("/deliveries/999999/redeliver").await.status, 404);
+    let inbox = gateway.client("iom.ma").inbox(500).await;
+    assert_eq!(inbox.len(), 1, "the delivery is still in the inbox");
+    assert_eq!(inbox[0]["id"], pending[0].id);
+
+    // The endpoint is fixed; the operator puts the dead letter back in line.
+    dgsn.answer(Answer::Accept);
+    let reply = admin.post(&format!("/deliveries/{id}/redeliver")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["state"], "pending");
+    wait_for("the redelivery", WAIT, async || {
+        (!dgsn.accepted().is_empty()).then_some(())
+    })
+    .await;
+    let received = dgsn.received();
+    assert_eq!(
+        received.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [500, 500, 204]
+    );
+    assert!(received.iter().all(|r| r.delivery == id.to_string()));
+    let story = delivery_story(&gateway, "CGSN-CASA-2026-00417", "ma.dgsn", "delivered").await;
+    let failed = |reason: &str| Some(reason.to_owned());
+    assert_eq!(
+        story,
+        [
+            ("delivery_failed".to_owned(), failed("webhook.http-500")),
+            ("dead_lettered".to_owned(), failed("webhook.http-500")),
+            ("delivered".to_owned(), None),
+        ]
+    );
+    assert!(
+        admin
+            .get("/dead-letters")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 0.0);
+    // Delivered now: not a dead letter any more.
+    assert_eq!(
+        admin
+            .post(&format!("/deliveries/{id}/redeliver"))
+            .await
+            .status,
+        404
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dgsn.accepted().len(), 1, "delivered once");
+    // The admin listener's other routes.
+    assert_eq!(admin.get("/health").await.status, 200);
+    let ready = admin.get("/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["ready"], true);
+    gateway.stop().await;
+}

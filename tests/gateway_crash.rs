@@ -1,0 +1,360 @@
+//! `kill -9` under load: the gateway binary (`passerelle serve`) is killed while a dozen
+//! clients are sending, then started again on the same configuration and data. Every message
+//! that was answered `2xx` before the kill must be in the audit log (its receipt is served, with
+//! an inclusion proof that verifies offline once a checkpoint covers it) and in its recipient's
+//! inbox. Messages in flight at the kill may or may not have been accepted; none may appear
+//! twice.
+
+#[path = "support/gateway.rs"]
+mod gateway_support;
+
+use gateway_support::{
+    Admin, Client, ORIGIN, RegistryChanges, config_file, fixture_text, free_port, root, wait_for,
+    write_registry,
+};
+use passerelle::audit::merkle::{Hash, verify_inclusion};
+use passerelle::audit::{Checkpoint, NoteSigner, NoteVerifier, Receipt, TlogProof};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Concurrent senders.
+const CLIENTS: usize = 12;
+/// How long they send before the kill.
+const LOAD: Duration = Duration::from_secs(2);
+/// The whole test's bound.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A running `passerelle serve`, killed with `SIGKILL` when dropped.
+struct Gateway {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Gateway {
+    fn spawn(config: &Path, log: PathBuf) -> Gateway {
+        let stderr = std::fs::File::create(&log).expect("the gateway's log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .current_dir(root())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("starting passerelle serve");
+        Gateway { child, log }
+    }
+
+    /// Waits until the admin listener says ready.
+    async fn ready(&mut self, admin: &Admin) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(reply) = admin.try_get("/ready").await
+                && reply.status == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the gateway exited with {status}:\n{}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway is not ready:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`, and reap it.
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let status = self.child.wait().expect("reaping the gateway");
+        assert!(!status.success(), "killed, not exited: {status}");
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the gateway answered for one message.
+#[derive(Debug, Clone)]
+struct Acked {
+    index: u64,
+    leaf: String,
+    receipt: String,
+}
+
+/// What the senders saw.
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// Reference -> what the gateway acknowledged, for every message answered `2xx`.
+    accepted: Mutex<BTreeMap<String, Acked>>,
+    /// Requests that got no answer (in flight at the kill).
+    lost: AtomicUsize,
+    /// Answers other than `2xx` (there must be none).
+    other: Mutex<Vec<String>>,
+}
+
+/// One sender: unique laissez-passer notices from the Senegalese consulate, one at a time, until
+/// `stop`.
+async fn sender(n: usize, gateway: SocketAddr, stop: Arc<AtomicBool>, out: Arc<Outcomes>) {
+    let client = Client::new("sn.consulat.casablanca", gateway);
+    let template = fixture_text("sn.consulat.casablanca", "in/lpc-issued.xml");
+    let mut seq = 0;
+    while !stop.load(Ordering::SeqCst) {
+        seq += 1;
+        // The consulate's own reference is the event id, hence the deduplication key.
+        let reference = format!("CGSN-CASA-2026-1{n:02}{seq:04}");
+        let body = template.replace("CGSN-CASA-2026-00417", &reference);
+        match client.try_send("application/xml", body).await {
+            Ok(reply) if reply.status == 202 => {
+                let ack = reply.json();
+                assert_eq!(ack["event_id"], reference.as_str());
+                let acked = Acked {
+                    index: ack["log_index"].as_u64().expect("log_index"),
+                    leaf: ack["leaf_hash"].as_str().expect("leaf_hash").to_owned(),
+                    receipt: ack["receipt"].as_str().expect("receipt").to_owned(),
+                };
+                out.accepted
+                    .lock()
+                    .expect("outcomes")
+                    .insert(reference, acked);
+            }
+            Ok(reply) => out.other.lock().expect("outcomes").push(format!(
+                "{}: {}",
+                reply.status,
+                reply.text()
+            )),
+            Err(_) => {
+                out.lost.fetch_add(1, Ordering::SeqCst);
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Checks the receipt of `reference` as its sender sees it after the restart: the same log
+/// entry as acknowledged before the kill, a receipt for it, and an inclusion proof in a signed
+/// checkpoint. A message whose store record was not yet confirmed at the kill is settled at
+/// start-up with a receipt issued again for its entry: the receipt served may then differ from
+/// the one acknowledged, and is verified in full. Signatures are costly in a debug build: each
+/// distinct checkpoint is verified once (`checkpoints`), and an unchanged receipt only when
+/// `full`. Returns whether the receipt was issued again.
+async fn check_receipt(
+    client: &Client,
+    reference: &str,
+    acked: &Acked,
+    verifier: &NoteVerifier,
+    checkpoints: &mut HashMap<String, Checkpoint>,
+    full: bool,
+) -> bool {
+    let reply = client.get(&format!("/v1/receipts/{reference}")).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{reference} after the restart: {}",
+        reply.text()
+    );
+    let body = reply.json();
+    assert_eq!(body["log_index"], acked.index, "{reference}");
+    assert_eq!(body["leaf_hash"], acked.leaf.as_str(), "{reference}");
+    let served = body["receipt"].as_str().expect("receipt");
+    let reissued = served != acked.receipt;
+    let mut texts = vec![];
+    if full || reissued {
+        texts.push(served);
+    }
+    if full && reissued {
+        texts.push(acked.receipt.as_str());
+    }
+    for text in texts {
+        let receipt = Receipt::verify(text, verifier)
+            .unwrap_or_else(|e| panic!("{reference}: the receipt does not verify: {e}"));
+        assert_eq!(receipt.index, acked.index);
+        assert_eq!(hex::encode(receipt.leaf_hash.0), acked.leaf);
+    }
+    let proof = TlogProof::parse(
+        body["proof"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{reference}: no proof, though a checkpoint covers it")),
+    )
+    .expect("a tlog-proof");
+    assert_eq!(proof.index, acked.index);
+    let checkpoint = checkpoints
+        .entry(proof.checkpoint.clone())
+        .or_insert_with(|| {
+            Checkpoint::open(proof.checkpoint.as_bytes(), verifier, Some(ORIGIN))
+                .expect("a signed checkpoint")
+        });
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(&acked.leaf, &mut hash).expect("a hex leaf hash");
+    verify_inclusion(
+        acked.index,
+        checkpoint.size,
+        &Hash(hash),
+        &proof.path,
+        &checkpoint.root,
+    )
+    .unwrap_or_else(|e| panic!("{reference}: the inclusion proof fails: {e:?}"));
+}
+
+async fn scenario() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    // The DGSN (a recipient of LPC notices) polls its inbox here, so that no webhook is tried.
+    let registry = write_registry(dir.path(), &RegistryChanges::new().inbox("ma.dgsn"));
+    let data = dir.path().join("data");
+    let https = free_port();
+    let admin_port = std::iter::repeat_with(free_port)
+        .find(|p| *p != https)
+        .expect("another free port");
+    let config = config_file(dir.path(), &registry, &data, https, admin_port);
+    let addr = SocketAddr::from(([127, 0, 0, 1], https));
+    let admin = Admin::new(SocketAddr::from(([127, 0, 0, 1], admin_port)));
+
+    let mut gateway = Gateway::spawn(&config, dir.path().join("first.log"));
+    gateway.ready(&admin).await;
+
+    // Load, then kill -9 with requests in flight.
+    let stop = Arc::new(AtomicBool::new(false));
+    let out = Arc::new(Outcomes::default());
+    let senders: Vec<_> = (0..CLIENTS)
+        .map(|n| tokio::spawn(sender(n, addr, stop.clone(), out.clone())))
+        .collect();
+    tokio::time::sleep(LOAD).await;
+    let before_kill = out.accepted.lock().unwrap().len();
+    stop.store(true, Ordering::SeqCst);
+    gateway.kill();
+    for s in senders {
+        s.await.expect("a sender");
+    }
+    let accepted = std::mem::take(&mut *out.accepted.lock().unwrap());
+    let lost = out.lost.load(Ordering::SeqCst);
+    let other = out.other.lock().unwrap().clone();
+    assert!(
+        other.is_empty(),
+        "answers other than 202 before the kill: {other:?}"
+    );
+    assert!(
+        accepted.len() >= 20,
+        "too little load to mean anything: {} accepted",
+        accepted.len()
+    );
+    assert!(accepted.len() >= before_kill);
+    eprintln!(
+        "{} messages accepted in {LOAD:?} by {CLIENTS} senders, {lost} in flight at the kill",
+        accepted.len()
+    );
+
+    // Start again on the same configuration and data.
+    let mut gateway = Gateway::spawn(&config, dir.path().join("second.log"));
+    gateway.ready(&admin).await;
+    let restarted = Instant::now();
+    let key = std::fs::read_to_string(data.join("audit-signing.key")).expect("the signing key");
+    let verifier = NoteSigner::parse(&key)
+        .expect("a signing key")
+        .verifier()
+        .clone();
+
+    // Every 2xx'd message is in the log, and a checkpoint soon covers it.
+    let consulate = Client::new("sn.consulat.casablanca", addr);
+    let last = accepted.values().map(|a| a.index).max().unwrap_or_default();
+    wait_for(
+        "a checkpoint covering every acknowledged message",
+        Duration::from_secs(10),
+        async || {
+            let reply = consulate.get("/v1/audit/log/checkpoint").await;
+            let cp = Checkpoint::open(&reply.body, &verifier, Some(ORIGIN)).expect("a checkpoint");
+            (cp.size > last).then_some(())
+        },
+    )
+    .await;
+    let items: Vec<(String, Acked)> = accepted.clone().into_iter().collect();
+    let chunks: Vec<Vec<(String, Acked)>> = items
+        .chunks(items.len().div_ceil(4).max(1))
+        .map(<[_]>::to_vec)
+        .collect();
+    let checks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let client = Client::new("sn.consulat.casablanca", addr);
+            let verifier = verifier.clone();
+            tokio::spawn(async move {
+                let mut checkpoints = HashMap::new();
+                let mut reissued = 0;
+                for (n, (reference, acked)) in chunk.iter().enumerate() {
+                    let full = n % 16 == 0 || n + 1 == chunk.len();
+                    if check_receipt(&client, reference, acked, &verifier, &mut checkpoints, full)
+                        .await
+                    {
+                        reissued += 1;
+                    }
+                }
+                reissued
+            })
+        })
+        .collect();
+    let mut reissued = 0;
+    for c in checks {
+        reissued += c.await.expect("the receipts check");
+    }
+    let receipts_checked = restarted.elapsed();
+
+    // Every 2xx'd message is in the ministry's inbox, once.
+    let ministry = Client::new("ma.interieur", addr);
+    let messages = ministry.inbox(500).await;
+    let mut in_inbox = BTreeSet::new();
+    for m in &messages {
+        let id = m["event_id"].as_str().expect("an event id").to_owned();
+        assert_eq!(m["event_type"], "ma.rva.lpc.issued");
+        assert!(in_inbox.insert(id.clone()), "{id} delivered twice");
+    }
+    let missing: Vec<&String> = accepted.keys().filter(|r| !in_inbox.contains(*r)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages are missing from the ministry's inbox: {:?}",
+        missing.len(),
+        accepted.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        in_inbox.len() <= accepted.len() + lost,
+        "more deliveries ({}) than messages sent ({} + {lost})",
+        in_inbox.len(),
+        accepted.len()
+    );
+    eprintln!(
+        "after the restart: {} receipts checked ({reissued} issued again) in \
+         {receipts_checked:?}, {} inbox messages read; {:?} in all",
+        accepted.len(),
+        messages.len(),
+        started.elapsed()
+    );
+    drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_message_survives_a_kill_9() {
+    tokio::time::timeout(LIMIT, scenario())
+        .await
+        .unwrap_or_else(|_| panic!("the crash test took more than {LIMIT:?}"));
+}
