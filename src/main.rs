@@ -32,6 +32,8 @@ enum Command {
     Certs(cli::certs::CertsCommand),
     /// Run the gateway.
     Serve(cli::serve::ServeArgs),
+    /// Play the complete return of a case through a gateway on loopback, then audit it.
+    Demo(cli::demo::DemoArgs),
     /// Measure the gateway under load against a floor, over mutual TLS.
     Load(cli::load::LoadArgs),
 }
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Audit(command) => command.run(),
         Command::Certs(command) => command.run(),
         Command::Serve(args) => args.run(),
+        Command::Demo(args) => args.run(),
         Command::Load(args) => args.run(),
     };
     match outcome {

@@ -256,8 +256,14 @@ fn query(args: &TrailArgs) -> anyhow::Result<Query> {
     bail!("give one of --case, --lpc, --pnr, --flight, --partner-ref")
 }
 
-fn describe(leaf: &Leaf) -> String {
-    let mut s = format!("{:<21}", format!("{:?}", leaf.kind).to_lowercase());
+/// One line describing a leaf, for timelines.
+pub fn describe(leaf: &Leaf) -> String {
+    // The kind's name as the leaf spells it (`delivery_failed`).
+    let kind = serde_json::to_value(leaf.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut s = format!("{kind:<15}");
     if let Some(t) = &leaf.event_type {
         s.push_str(&format!(" {t}"));
     }

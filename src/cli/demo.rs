@@ -1,0 +1,473 @@
+//! `passerelle demo`: the complete return of case RVA-2026-004211, played by every partner
+//! against a gateway started on loopback.
+//!
+//! The gateway runs in this process with the development PKI, the sample registry and its
+//! storage under `var/demo`. Each partner is a real client: an HTTPS client with its own
+//! certificate, a webhook endpoint that requires the gateway's client certificate, or an AMQP
+//! client of a private RabbitMQ broker when one is installed. At the end the auditor's
+//! certificate reads the case's trail, the evidence bundle is verified offline, and the
+//! timeline is printed with each entry's verification status.
+
+use anyhow::{Context, bail};
+use passerelle::audit::bundle::verify_bundle;
+use passerelle::config::Config;
+use passerelle::service::RunningGateway;
+use passerelle::tls::TlsFiles;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Arguments of `passerelle demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its gateway's data, registry and evidence (emptied first).
+    #[arg(long, default_value = "var/demo")]
+    pub dir: PathBuf,
+}
+
+/// The case the demo plays.
+const CASE: &str = "RVA-2026-004211";
+
+/// The marker that says a folder belongs to the demo and may be emptied.
+const MARKER: &str = ".passerelle-demo";
+
+/// One message of the story: who sends what.
+struct Step {
+    partner: &'static str,
+    file: &'static str,
+    content_type: &'static str,
+    what: &'static str,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        partner: "ma.interieur",
+        file: "demo/ministry-case-registered.json",
+        content_type: "application/cloudevents+json",
+        what: "the ministry registers the case",
+    },
+    Step {
+        partner: "ma.interieur",
+        file: "mappings/fixtures/ma.interieur/in/identification-requested.json",
+        content_type: "application/cloudevents+json",
+        what: "the ministry asks the consulate to identify the person",
+    },
+    Step {
+        partner: "ma.interieur",
+        file: "mappings/fixtures/ma.interieur/in/lpc-requested.json",
+        content_type: "application/cloudevents+json",
+        what: "the ministry asks for a laissez-passer",
+    },
+    Step {
+        partner: "sn.consulat.casablanca",
+        file: "mappings/fixtures/sn.consulat.casablanca/in/identification-result.xml",
+        content_type: "application/xml",
+        what: "the consulate identifies the person (its XML)",
+    },
+    Step {
+        partner: "sn.consulat.casablanca",
+        file: "mappings/fixtures/sn.consulat.casablanca/in/lpc-issued.xml",
+        content_type: "application/xml",
+        what: "the consulate issues the laissez-passer (its XML, with MRZ)",
+    },
+    Step {
+        partner: "iom.ma",
+        file: "demo/iom-ma-travel-booked.json",
+        content_type: "application/json",
+        what: "IOM Morocco books the flight",
+    },
+    Step {
+        partner: "ma.dgsn",
+        file: "mappings/fixtures/ma.dgsn/in/exit-authorisation.xml",
+        content_type: "application/xml",
+        what: "the DGSN authorises the exit",
+    },
+    Step {
+        partner: "airline.at",
+        file: "mappings/fixtures/airline.at/in/passenger-boarded.json",
+        content_type: "application/json",
+        what: "the airline confirms boarding (with the boarding pass barcode)",
+    },
+    Step {
+        partner: "ma.dgsn",
+        file: "mappings/fixtures/ma.dgsn/in/border-exit.xml",
+        content_type: "application/xml",
+        what: "the border post records the exit",
+    },
+    Step {
+        partner: "iom.sn",
+        file: "mappings/fixtures/iom.sn/in/arrival-confirmed.json",
+        content_type: "application/json",
+        what: "IOM Senegal confirms the arrival",
+    },
+    Step {
+        partner: "iom.sn",
+        file: "mappings/fixtures/iom.sn/in/reintegration-update.json",
+        content_type: "application/json",
+        what: "IOM Senegal reports on reintegration",
+    },
+];
+
+/// What a webhook endpoint received.
+#[derive(Debug, Clone)]
+struct Received {
+    recipient: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+type Inbox = Arc<Mutex<Vec<Received>>>;
+
+/// A partner's webhook endpoint: HTTPS on loopback, requiring the gateway's certificate.
+fn start_webhook_endpoint(
+    recipient: &'static str,
+    received: Inbox,
+) -> anyhow::Result<(u16, actix_web::dev::ServerHandle)> {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+    let tls = passerelle::tls::server_config(
+        &TlsFiles::new(
+            "certs/dev/ca.pem",
+            "certs/dev/server.pem",
+            "certs/dev/server.key",
+        )
+        .with_crl("certs/dev/crl.pem"),
+    )?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        let received = received.clone();
+        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+            let received = received.clone();
+            async move {
+                let content_type = req
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Ok(mut r) = received.lock() {
+                    r.push(Received {
+                        recipient: recipient.to_owned(),
+                        content_type,
+                        body: body.to_vec(),
+                    });
+                }
+                HttpResponse::Ok().finish()
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen_rustls_0_23(listener, (*tls).clone())?
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok((port, handle))
+}
+
+/// An HTTPS client presenting `partner`'s certificate.
+fn client(partner: &str) -> anyhow::Result<reqwest::Client> {
+    let files = TlsFiles::new(
+        "certs/dev/ca.pem",
+        format!("certs/dev/{partner}.pem"),
+        format!("certs/dev/{partner}.key"),
+    );
+    let mut tls = (*passerelle::tls::client_config(&files)?).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// The sample registry, with the webhook endpoints on loopback and, without a broker, the
+/// AMQP partners on the inbox.
+fn demo_registry(
+    dir: &Path,
+    webhooks: &[(&str, u16)],
+    amqp_fallback: bool,
+) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let text = std::fs::read_to_string("config/registry.toml")
+        .context("reading config/registry.toml (run the demo from the repository)")?;
+    let mut registry: toml::Table = toml::from_str(&text)?;
+    let mut moved = Vec::new();
+    if let Some(toml::Value::Array(partners)) = registry.get_mut("partner") {
+        for partner in partners.iter_mut().filter_map(toml::Value::as_table_mut) {
+            let id = partner
+                .get("id")
+                .and_then(toml::Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let Some(delivery) = partner
+                .get_mut("delivery")
+                .and_then(toml::Value::as_table_mut)
+            else {
+                continue;
+            };
+            if let Some((_, port)) = webhooks.iter().find(|(p, _)| *p == id) {
+                delivery.insert(
+                    "url".into(),
+                    toml::Value::String(format!("https://localhost:{port}/{id}")),
+                );
+            }
+            if amqp_fallback && delivery.get("mode").and_then(toml::Value::as_str) == Some("amqp")
+            {
+                delivery.insert("mode".into(), toml::Value::String("inbox".into()));
+                moved.push(id);
+            }
+        }
+    }
+    let path = dir.join("registry.toml");
+    std::fs::write(&path, toml::to_string(&registry)?)?;
+    Ok((path, moved))
+}
+
+/// What a pushed message is: its XML root element, or its JSON `noticeType`.
+fn message_kind(body: &[u8]) -> String {
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
+        return json["noticeType"].as_str().unwrap_or("JSON").to_owned();
+    }
+    String::from_utf8_lossy(body)
+        .split('<')
+        .find(|t| !t.is_empty() && !t.starts_with('?'))
+        .and_then(|t| t.split([' ', '>']).next())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        if !dir.join(MARKER).exists() {
+            bail!(
+                "{} exists and is not a demo folder; choose another with --dir",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(MARKER), "Passerelle demo data; emptied by every run.\n")?;
+    Ok(())
+}
+
+impl DemoArgs {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        if !Path::new("config/registry.toml").exists() || !Path::new("certs/dev/ca.pem").exists()
+        {
+            bail!("run the demo from the repository's root (it uses config/, certs/dev/, mappings/)");
+        }
+        prepare_dir(&self.dir)?;
+        actix_web::rt::System::new().block_on(play(self.dir))
+    }
+}
+
+async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    println!("Passerelle demo: the return of case {CASE}\n");
+
+    let received: Inbox = Arc::default();
+    let (dgsn_port, dgsn) = start_webhook_endpoint("ma.dgsn", received.clone())?;
+    let (airline_port, airline) = start_webhook_endpoint("airline.at", received.clone())?;
+
+    // AMQP partners talk to a broker when one is installed; otherwise they use REST.
+    let broker: Option<String> = None;
+    let (registry, moved) = demo_registry(
+        &dir,
+        &[("ma.dgsn", dgsn_port), ("airline.at", airline_port)],
+        broker.is_none(),
+    )?;
+    if !moved.is_empty() {
+        println!(
+            "RabbitMQ is not installed here (Debian package rabbitmq-server): the AMQP partners \
+             ({}) use REST instead.\n",
+            moved.join(", ")
+        );
+    }
+
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse()?;
+    config.admin.listen = "127.0.0.1:0".parse()?;
+    config.paths.registry = registry;
+    config.paths.data = dir.join("data");
+    config.delivery.initial_backoff_ms = 100;
+    let gateway = RunningGateway::start(&config).await?;
+    let base = format!("https://localhost:{}", gateway.addr.port());
+    println!(
+        "gateway: https://{} (mutual TLS, development PKI), admin http://{}, data in {}\n",
+        gateway.addr,
+        gateway.admin_addr,
+        dir.join("data").display()
+    );
+
+    // 1. Every partner sends its part of the story.
+    println!("1. The partners send their messages");
+    for (n, step) in STEPS.iter().enumerate() {
+        let body = std::fs::read(step.file).with_context(|| format!("reading {}", step.file))?;
+        let response = client(step.partner)?
+            .post(format!("{base}/v1/messages"))
+            .header("content-type", step.content_type)
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let ack: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!(
+                "step {}: {} answered {status}: {}",
+                n + 1,
+                step.partner,
+                ack["detail"].as_str().unwrap_or_default()
+            );
+        }
+        let recipients: Vec<&str> = ack["recipients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .collect();
+        let anomalies: Vec<&str> = ack["anomalies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .collect();
+        println!(
+            "   {:>2}. {:<24} {} -> {} ({}), logged at index {}{}",
+            n + 1,
+            step.partner,
+            step.what,
+            status.as_u16(),
+            ack["event_type"].as_str().unwrap_or_default(),
+            ack["log_index"],
+            if anomalies.is_empty() {
+                String::new()
+            } else {
+                format!(", anomalies: {}", anomalies.join(", "))
+            }
+        );
+        println!("        routed to: {}", recipients.join(", "));
+    }
+
+    // 2. Every recipient gets its messages, in its own format.
+    println!("\n2. The recipients receive them, each in its own format");
+    let mut inbox_partners = vec!["ma.interieur", "sn.consulat.casablanca", "iom.ma"];
+    inbox_partners.extend(moved.iter().map(String::as_str));
+    for partner in &inbox_partners {
+        if *partner == "ci.ambassade.rabat" {
+            // Not part of a Senegalese national's return.
+            continue;
+        }
+        let http = client(partner)?;
+        let inbox: serde_json::Value = http
+            .get(format!("{base}/v1/inbox?limit=500"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let messages = inbox["messages"].as_array().cloned().unwrap_or_default();
+        for m in &messages {
+            http.post(format!("{base}/v1/inbox/{}/ack", m["id"]))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        let formats: std::collections::BTreeSet<&str> = messages
+            .iter()
+            .filter_map(|m| m["content_type"].as_str())
+            .collect();
+        let withheld: std::collections::BTreeSet<String> = messages
+            .iter()
+            .flat_map(|m| m["withheld"].as_array().cloned().unwrap_or_default())
+            .filter_map(|w| w.as_str().map(str::to_owned))
+            .collect();
+        println!(
+            "   {:<24} inbox: {} message(s) ({}), acknowledged{}",
+            partner,
+            messages.len(),
+            formats.into_iter().collect::<Vec<_>>().join(", "),
+            if withheld.is_empty() {
+                String::new()
+            } else {
+                format!("; withheld from it: {}", withheld.into_iter().collect::<Vec<_>>().join(", "))
+            }
+        );
+    }
+    if let Some(broker) = &broker {
+        println!("   (AMQP partners read their queues on {broker})");
+    }
+    // Webhook deliveries are pushed by the gateway; wait until the outbox is empty.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gateway.gateway.store.pending_deliveries() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pushed = received.lock().map(|r| r.clone()).unwrap_or_default();
+    for recipient in ["ma.dgsn", "airline.at"] {
+        let mine: Vec<&Received> = pushed.iter().filter(|r| r.recipient == recipient).collect();
+        let kinds: std::collections::BTreeSet<String> = mine
+            .iter()
+            .map(|r| format!("{} {}", r.content_type, message_kind(&r.body)))
+            .collect();
+        println!(
+            "   {:<24} webhook: {} message(s) pushed ({})",
+            recipient,
+            mine.len(),
+            kinds.into_iter().collect::<Vec<_>>().join("; ")
+        );
+    }
+    let left = gateway.gateway.store.pending_deliveries();
+    if left > 0 {
+        println!("   {left} deliveries are still waiting");
+    }
+
+    // 3. The auditor reads the case's trail and verifies it offline.
+    println!("\n3. The auditor reads the trail of case {CASE}");
+    let log = gateway.gateway.log.clone();
+    let verifier = log.verifier().clone();
+    tokio::task::spawn_blocking(move || log.sync()).await??;
+    let auditor = client("audit.igat")?;
+    let bundle = auditor
+        .get(format!("{base}/v1/audit/trails?case={CASE}&format=bundle"))
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    let bundle_path = dir.join(format!("evidence-{CASE}.json"));
+    std::fs::write(&bundle_path, &bundle)?;
+    let verified = verify_bundle(&bundle, Some(&verifier)).context("verifying the bundle")?;
+    println!(
+        "   checkpoint: {} entries, signed by {}",
+        verified.checkpoint.size,
+        verifier.to_verifier_key()
+    );
+    for (index, leaf) in &verified.entries {
+        println!(
+            "   {index:>5}  {}  {}  [inclusion proof and signature verified]",
+            leaf.time,
+            super::audit::describe(leaf)
+        );
+    }
+    println!(
+        "\n   {} entries for the case, every one verified against the signed checkpoint.",
+        verified.entries.len()
+    );
+    println!("   Evidence bundle: {}", bundle_path.display());
+    println!(
+        "   Check it yourself: passerelle audit verify-bundle {} --key '{}'",
+        bundle_path.display(),
+        verifier.to_verifier_key()
+    );
+
+    gateway.shutdown().await?;
+    dgsn.stop(true).await;
+    airline.stop(true).await;
+    println!(
+        "\nThe demo took {:.1} s. Run it again at will: it starts from an empty {}.",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
