@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 needed=()
 command -v go >/dev/null 2>&1 || needed+=(golang-go)
 [ -d /usr/share/gocode/src/golang.org/x/mod ] || needed+=(golang-golang-x-mod-dev)
+# The AMQP tests start their own private RabbitMQ broker.
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 \
+  || needed+=(rabbitmq-server)
 if [ ${#needed[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing ${needed[*]}"
