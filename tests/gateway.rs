@@ -444,6 +444,7 @@ async fn the_return_of_case_rva_2026_004211() {
             while watching.load(Ordering::Relaxed) {
                 verify_trail(&auditor, &format!("case={CASE}"), &verifier).await;
                 reads += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             reads
         })

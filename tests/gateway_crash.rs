@@ -215,6 +215,7 @@ async fn check_receipt(
         &checkpoint.root,
     )
     .unwrap_or_else(|e| panic!("{reference}: the inclusion proof fails: {e:?}"));
+    reissued
 }
 
 async fn scenario() {

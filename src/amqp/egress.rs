@@ -263,9 +263,8 @@ impl Egress {
                                 Err(error) => {
                                     let attempt = Attempt::Retry("amqp.publish-failed".into());
                                     settling.spawn(self.clone().record(delivery, attempt));
-                                    failure = Some(format!(
-                                        "publishing to {OUTBOUND_EXCHANGE}: {error}"
-                                    ));
+                                    failure =
+                                        Some(format!("publishing to {OUTBOUND_EXCHANGE}: {error}"));
                                     stop_session.send_replace(true);
                                     break 'session;
                                 }
@@ -336,7 +335,12 @@ impl Egress {
         let id = delivery.id;
         let attempts = delivery.attempts + 1;
         let (update, kind, reason, label) = match attempt {
-            Attempt::Delivered => (DeliveryUpdate::Delivered, Kind::Delivered, None, "delivered"),
+            Attempt::Delivered => (
+                DeliveryUpdate::Delivered,
+                Kind::Delivered,
+                None,
+                "delivered",
+            ),
             Attempt::Retry(code) => match self.policy.next(attempts, None) {
                 Next::RetryAfter(wait) => (
                     DeliveryUpdate::Retry {
@@ -502,7 +506,8 @@ mod tests {
 
     #[test]
     fn binary_mode_reads_base64_data_and_falls_back_on_garbage() {
-        let event = json!({"id": "x", "datacontenttype": "application/pdf", "data_base64": "JVBERg=="});
+        let event =
+            json!({"id": "x", "datacontenttype": "application/pdf", "data_base64": "JVBERg=="});
         let parts = binary_mode(&serde_json::to_vec(&event).unwrap()).unwrap();
         assert_eq!(parts.data, b"%PDF");
         assert_eq!(parts.content_type, "application/pdf");

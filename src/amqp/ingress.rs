@@ -219,11 +219,10 @@ fn header_text(value: &AMQPValue) -> Option<String> {
     Some(match value {
         AMQPValue::LongString(text) => String::from_utf8(text.as_bytes().to_vec()).ok()?,
         AMQPValue::ShortString(text) => text.as_str().to_owned(),
-        AMQPValue::Timestamp(seconds) => DateTime::<Utc>::from_timestamp(
-            i64::try_from(*seconds).ok()?,
-            0,
-        )?
-        .to_rfc3339_opts(SecondsFormat::Secs, true),
+        AMQPValue::Timestamp(seconds) => {
+            DateTime::<Utc>::from_timestamp(i64::try_from(*seconds).ok()?, 0)?
+                .to_rfc3339_opts(SecondsFormat::Secs, true)
+        }
         AMQPValue::Boolean(flag) => flag.to_string(),
         AMQPValue::ShortShortInt(n) => n.to_string(),
         AMQPValue::ShortShortUInt(n) => n.to_string(),
@@ -427,8 +426,14 @@ impl Ingress {
         let user_id = properties.user_id().as_ref().map(ShortString::as_str);
         let checked = check_sender(partner, user_id).and_then(|()| content_of(properties));
         let settle = match checked {
-            Ok(content) => self.ingest(partner, &delivery.data, content, &mut stop).await,
-            Err(why) => match self.audit_refusal(partner, user_id, &why, &delivery.data).await {
+            Ok(content) => {
+                self.ingest(partner, &delivery.data, content, &mut stop)
+                    .await
+            }
+            Err(why) => match self
+                .audit_refusal(partner, user_id, &why, &delivery.data)
+                .await
+            {
                 Ok(()) => Settle::DeadLetter(why),
                 Err(_) if pause(self.backoff.delay(1), &mut stop).await => Settle::Requeue,
                 Err(_) => Settle::Leave,
@@ -554,8 +559,13 @@ impl Ingress {
     /// confirms it; if that fails, rejects the original without requeue, so that the queue's own
     /// dead-lettering takes it.
     async fn dead_letter(&self, partner: &str, delivery: Delivery, why: &DeadLetter) {
-        let properties =
-            dead_letter_properties(&delivery.properties, partner, why, &self.instance, Utc::now());
+        let properties = dead_letter_properties(
+            &delivery.properties,
+            partner,
+            why,
+            &self.instance,
+            Utc::now(),
+        );
         let published = async {
             let confirm = self
                 .dead_letters
@@ -664,7 +674,10 @@ mod tests {
         );
         let mismatch = check_sender("ci.ambassade.rabat", Some("urn:partner:iom.sn")).unwrap_err();
         assert_eq!(mismatch.code, USER_ID_MISMATCH);
-        assert!(mismatch.detail.contains("urn:partner:iom.sn"), "{mismatch:?}");
+        assert!(
+            mismatch.detail.contains("urn:partner:iom.sn"),
+            "{mismatch:?}"
+        );
         // The bare partner id is not the broker user.
         assert!(check_sender("iom.sn", Some("iom.sn")).is_err());
     }
@@ -694,7 +707,10 @@ mod tests {
     #[test]
     fn cloudevents_headers_make_a_binary_mode_event() {
         let properties = with_headers(vec![
-            header("cloudEvents_specversion", AMQPValue::LongString("1.0".into())),
+            header(
+                "cloudEvents_specversion",
+                AMQPValue::LongString("1.0".into()),
+            ),
             header("cloudEvents:id", AMQPValue::ShortString("MI-1".into())),
             header("CLOUDEVENTS_type", AMQPValue::LongString("ma.rva.x".into())),
             header("cloudEvents_time", AMQPValue::Timestamp(1_794_000_000)),
@@ -779,10 +795,20 @@ mod tests {
             "passerelle.localhost/audit-1",
             now,
         );
-        assert_eq!(dead.user_id(), &None, "the broker would refuse another user's id");
+        assert_eq!(
+            dead.user_id(),
+            &None,
+            "the broker would refuse another user's id"
+        );
         assert_eq!(dead.delivery_mode(), &Some(PERSISTENT));
-        assert_eq!(dead.message_id().as_ref().unwrap().as_str(), "ABJ-RBT-2026-0902");
-        assert_eq!(dead.content_type().as_ref().unwrap().as_str(), "application/xml");
+        assert_eq!(
+            dead.message_id().as_ref().unwrap().as_str(),
+            "ABJ-RBT-2026-0902"
+        );
+        assert_eq!(
+            dead.content_type().as_ref().unwrap().as_str(),
+            "application/xml"
+        );
         let headers = dead.headers().clone().unwrap();
         let get = |name: &str| {
             headers

@@ -56,11 +56,11 @@ pub mod probe;
 pub mod topology;
 pub mod transport;
 
+pub use backpressure::Backpressure;
 pub use connection::{
     AmqpAuth, AmqpError, AmqpSettings, Backoff, Endpoint, connect, connect_with_backoff,
     consumer_channel, publisher_channel,
 };
-pub use backpressure::Backpressure;
 pub use egress::outbound_message;
 pub use ingress::{DeadLetter, check_sender, content_of, dead_letter_properties};
 pub use probe::{declare_probe_queue, publish_confirm_rate};

@@ -415,8 +415,12 @@ impl Gateway {
             .flatten()
             .filter_map(|a| a["code"].as_str().map(str::to_owned))
             .collect();
+        // The case file is written only when the event adds a fact to it.
+        let mut case_changed = false;
         if let Some(file) = case_file.as_mut() {
+            let before = file.facts.len();
             file.record(event);
+            case_changed = file.facts.len() != before;
         }
 
         let deliveries = self.write_for_recipients(event, &recipients);
@@ -465,7 +469,7 @@ impl Gateway {
             recipients,
             accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
         };
-        let case = case_id.zip(case_file);
+        let case = case_id.zip(case_file).filter(|_| case_changed);
 
         // The audit entry and the store record are written at once, each synced to disk; the
         // deliveries are held until both are known to be durable. See `settle_unconfirmed`
@@ -501,7 +505,7 @@ impl Gateway {
                 // Only reachable when another instance shares the store: the first record
                 // stands, and this second acceptance entry is voided in the log.
                 self.void_acceptance(partner, &accepted, "duplicate").await;
-                return Ok(Outcome::Duplicate(ack_of("duplicate", first)));
+                return Ok(Outcome::Duplicate(ack_of("duplicate", *first)));
             }
             (Err(refusal), Ok(Recorded::New(_))) => {
                 if let Err(e) = self.store.abandon(&record).await {

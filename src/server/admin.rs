@@ -16,10 +16,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// A named component and whether it is up.
+type Component = (String, Arc<AtomicBool>);
+
 /// Components whose state decides readiness, besides the store and the audit log.
 #[derive(Debug, Default, Clone)]
 pub struct Readiness {
-    components: Arc<std::sync::Mutex<Vec<(String, Arc<AtomicBool>)>>>,
+    components: Arc<std::sync::Mutex<Vec<Component>>>,
 }
 
 impl Readiness {

@@ -193,7 +193,7 @@ pub enum Recorded {
     /// Recorded now, with these deliveries.
     New(Vec<Delivery>),
     /// The same source and reference were already accepted: nothing was written.
-    Duplicate(AcceptedRecord),
+    Duplicate(Box<AcceptedRecord>),
 }
 
 /// A change to a delivery.
@@ -716,7 +716,9 @@ impl Drop for Store {
     }
 }
 
-/// A reply owed to a writer, sent once its group's commit is known.
+/// A reply owed to a writer, sent once its group's commit is known. Replies live only for
+/// one group, so their size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Reply {
     Accept(oneshot::Sender<Result<Recorded>>, Result<Recorded>),
     Update(oneshot::Sender<Result<Delivery>>, Result<Delivery>),
@@ -971,7 +973,7 @@ fn accept(
     made: Vec<Delivery>,
 ) -> Result<Recorded> {
     if let Some(first) = t.record(key)? {
-        return Ok(Recorded::Duplicate(first));
+        return Ok(Recorded::Duplicate(Box::new(first)));
     }
     if let Some((case_id, mut file)) = case {
         // Merge with what other messages of the group recorded.

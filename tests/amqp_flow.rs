@@ -1,0 +1,1332 @@
+//! The AMQP adapter end to end: gateways started in process with [`RunningGateway::start`] and an
+//! `[amqp]` configuration, a real RabbitMQ broker (`tests/support/rabbit.rs`) with TLS and SASL
+//! EXTERNAL, and partners connecting to it with their development certificates.
+//!
+//! - [`the_cote_divoire_flow_end_to_end`]: the embassy's XML over AMQP reaches the ministry's
+//!   inbox; the ministry's LPC request reaches the embassy's queue in its XML dialect, without
+//!   the person's vulnerabilities; a redelivered message is processed once; the airline's
+//!   irregular-operations feed reaches IOM Senegal's queue as a binary-mode CloudEvent.
+//! - [`refusals_are_dead_lettered_and_failed_publishes_retried`]: bad XML, an unknown message
+//!   kind, a missing `user_id` and another partner's `user_id` are dead-lettered with reason
+//!   headers and audited; a delivery nacked by a full queue, or returned for want of a queue, is
+//!   retried and never counted delivered until the broker takes it.
+//! - [`a_full_outbox_pauses_consumption`]: backpressure.
+//! - [`a_broker_restart_loses_nothing`]: messages in and out before, during and after a restart.
+//! - [`two_instances_share_the_queues`]: competing consumers, nothing lost or doubled, one
+//!   audit-log shard per instance, each verified.
+//!
+//! The tests that keep the broker running share one broker (started by the first of them), each
+//! in a virtual host of its own, so that their gateways do not consume each other's messages.
+//! The restart test has a broker of its own. These tests need RabbitMQ
+//! (`apt-get install rabbitmq-server`): without it they fail, saying so.
+
+#[path = "support/gateway.rs"]
+mod gateway_support;
+#[path = "support/rabbit.rs"]
+mod rabbit;
+
+use gateway_support::{
+    Admin, Client, RegistryChanges, fixture, fixture_json, fixture_text, metric, test_config,
+    wait_for, write_registry,
+};
+use lapin::message::Delivery as Message;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use passerelle::amqp::{
+    self, AmqpAuth, AmqpSettings, Backoff, DEAD_LETTER_QUEUE, INBOUND_EXCHANGE, Topology,
+    inbound_queue, outbound_queue, partner_permissions, partner_user,
+};
+use passerelle::audit::{Kind, Query, Transport};
+use passerelle::config::Config;
+use passerelle::service::RunningGateway;
+use passerelle::store::{Channel as StoreChannel, Delivery, DeliveryState};
+use passerelle::tls::dev;
+use rabbit::Broker;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const EMBASSY: &str = "ci.ambassade.rabat";
+const EMBASSY_SOURCE: &str = "urn:partner:ci.ambassade.rabat";
+/// The broker user of the gateway's client certificate.
+const GATEWAY_USER: &str = "urn:gateway:passerelle";
+/// The partners with a broker user in these tests.
+const PARTNERS: [&str; 3] = [EMBASSY, "iom.sn", "airline.at"];
+/// The virtual hosts of the tests that share the broker.
+const SHARED_VHOSTS: [&str; 4] = ["flow", "refusals", "backpressure", "pair"];
+const WAIT: Duration = Duration::from_secs(30);
+
+// ------------------------------------------------------------------------------------ broker
+
+/// The broker shared by every test but the restart test, with its users and virtual hosts.
+fn shared() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let broker = Broker::start();
+        define(&broker, &SHARED_VHOSTS);
+        broker
+    })
+}
+
+async fn broker() -> &'static Broker {
+    blocking(shared).await
+}
+
+/// Runs a blocking harness call off the async runtime's threads.
+async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+/// Creates, in one `rabbitmqctl import_definitions`, the broker users of the gateway and the
+/// partners (no password: they log in with their certificates) and `vhosts`, with the
+/// gateway's permissions (everything), each partner's ([`partner_permissions`]) and the test
+/// administrator's.
+fn define(broker: &Broker, vhosts: &[&str]) {
+    let mut users = vec![json!({"name": GATEWAY_USER, "password_hash": "", "tags": []})];
+    for partner in PARTNERS {
+        users.push(json!({"name": partner_user(partner), "password_hash": "", "tags": []}));
+    }
+    let mut permissions = Vec::new();
+    for vhost in vhosts {
+        for user in [GATEWAY_USER, broker.admin().0] {
+            permissions.push(json!({"user": user, "vhost": vhost,
+                "configure": ".*", "write": ".*", "read": ".*"}));
+        }
+        for partner in PARTNERS {
+            let p = partner_permissions(partner);
+            permissions.push(json!({"user": partner_user(partner), "vhost": vhost,
+                "configure": p.configure, "write": p.write, "read": p.read}));
+        }
+    }
+    let definitions = json!({
+        "users": users,
+        "vhosts": vhosts.iter().map(|name| json!({"name": name})).collect::<Vec<_>>(),
+        "permissions": permissions,
+    });
+    let path = broker.dir().join("definitions.json");
+    std::fs::write(&path, definitions.to_string()).expect("writing the definitions");
+    broker.rabbitmqctl(&["import_definitions", &path.display().to_string()]);
+}
+
+fn vhost_path(vhost: &str) -> String {
+    if vhost == "/" {
+        "%2f".to_owned()
+    } else {
+        vhost.to_owned()
+    }
+}
+
+/// The gateway's `[amqp]` settings: its client certificate (EXTERNAL), fast reconnection, and
+/// the airline as an AMQP sender.
+fn gateway_settings(broker: &Broker, vhost: &str) -> AmqpSettings {
+    AmqpSettings {
+        auth: AmqpAuth::External,
+        tls: Some(dev::files(&rabbit::dev_certs_dir(), "gateway-client")),
+        connection_name: "passerelle-test".to_owned(),
+        prefetch: 16,
+        backoff: Backoff {
+            initial_ms: 100,
+            max_ms: 1_000,
+        },
+        senders: vec!["airline.at".to_owned()],
+        ..AmqpSettings::new(format!(
+            "amqps://127.0.0.1:{}/{}",
+            broker.amqps_port(),
+            vhost_path(vhost)
+        ))
+    }
+}
+
+/// A partner's connection, with its certificate.
+async fn partner_connection(broker: &Broker, vhost: &str, partner: &str) -> Connection {
+    amqp::connect(&AmqpSettings {
+        auth: AmqpAuth::External,
+        tls: Some(dev::files(&rabbit::dev_certs_dir(), partner)),
+        connection_name: format!("test-{partner}"),
+        ..AmqpSettings::new(format!(
+            "amqps://127.0.0.1:{}/{}",
+            broker.amqps_port(),
+            vhost_path(vhost)
+        ))
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{partner} connects: {error}"))
+}
+
+/// The administrator's connection (PLAIN over plain AMQP).
+async fn admin_connection(broker: &Broker, vhost: &str) -> Connection {
+    let (user, password) = broker.admin();
+    amqp::connect(&AmqpSettings {
+        auth: AmqpAuth::Plain {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        },
+        connection_name: "test-admin".to_owned(),
+        ..AmqpSettings::new(format!(
+            "amqp://127.0.0.1:{}/{}",
+            broker.amqp_port(),
+            vhost_path(vhost)
+        ))
+    })
+    .await
+    .expect("the administrator connects")
+}
+
+/// Publishes persistently, `mandatory`, and waits for the broker's confirm.
+async fn publish(
+    channel: &Channel,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Confirmation {
+    channel
+        .basic_publish(
+            INBOUND_EXCHANGE.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties.with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("the broker's confirm")
+}
+
+/// What a partner sets on a native message.
+fn native(partner: &str, message_id: &str, content_type: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_user_id(partner_user(partner).into())
+        .with_message_id(message_id.into())
+        .with_content_type(content_type.into())
+}
+
+/// Publishes a native message as `partner` into its own queue, and checks the confirm.
+async fn send(channel: &Channel, partner: &str, message_id: &str, media: &str, body: &[u8]) {
+    let confirmation = publish(channel, partner, body, native(partner, message_id, media)).await;
+    assert_eq!(
+        confirmation,
+        Confirmation::Ack(None),
+        "publishing {message_id}"
+    );
+}
+
+/// Takes one message from `queue` (acknowledged), if there is one.
+async fn take(channel: &Channel, queue: &str) -> Option<Message> {
+    let got = channel
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .unwrap_or_else(|error| panic!("basic.get on {queue}: {error}"))?;
+    got.delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
+    Some(got.delivery)
+}
+
+/// Takes messages from `queue` until their `message_id`s cover `ids` (or panics after
+/// [`WAIT`]), then for `grace` more, to catch any repeat; returns them all.
+async fn take_until(
+    channel: &Channel,
+    queue: &str,
+    ids: &BTreeSet<String>,
+    grace: Duration,
+) -> Vec<Message> {
+    let deadline = Instant::now() + WAIT;
+    let mut taken: Vec<Message> = Vec::new();
+    let mut covered_at: Option<Instant> = None;
+    loop {
+        match take(channel, queue).await {
+            Some(message) => taken.push(message),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        let seen: BTreeSet<String> = taken.iter().map(message_id).collect();
+        if covered_at.is_none() && ids.is_subset(&seen) {
+            covered_at = Some(Instant::now());
+        }
+        if covered_at.is_some_and(|at| at.elapsed() >= grace) {
+            return taken;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{queue}: after {WAIT:?}, still missing {:?}",
+            ids.difference(&seen).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn message_id(message: &Message) -> String {
+    message
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// The text value of a message header.
+fn header(message: &Message, name: &str) -> Option<String> {
+    match message.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// The number of messages (ready and unacknowledged) in a queue.
+fn queue_depth(broker: &Broker, vhost: &str, queue: &str) -> u64 {
+    let output = broker.rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        vhost,
+        "name",
+        "messages",
+        "--formatter",
+        "json",
+    ]);
+    let queues: Vec<Value> =
+        serde_json::from_str(&output).unwrap_or_else(|error| panic!("{error}: {output}"));
+    queues
+        .iter()
+        .find(|q| q["name"] == queue)
+        .and_then(|q| q["messages"].as_u64())
+        .unwrap_or_else(|| panic!("no queue {queue} in {output}"))
+}
+
+// ----------------------------------------------------------------------------------- gateway
+
+/// A gateway with its data folder.
+struct TestGateway {
+    running: RunningGateway,
+    dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Starts a gateway on `vhost` with audit origin `origin` and waits until its AMQP transport
+    /// is ready. The DGSN and the airline receive by inbox (no webhook receivers here).
+    async fn start(
+        broker: &Broker,
+        vhost: &str,
+        origin: &str,
+        tune: impl FnOnce(&mut Config),
+    ) -> TestGateway {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let changes = RegistryChanges::new().inbox("ma.dgsn").inbox("airline.at");
+        let registry = write_registry(dir.path(), &changes);
+        let mut config = test_config(&dir.path().join("data"), &registry);
+        config.audit.origin = origin.to_owned();
+        config.amqp = Some(gateway_settings(broker, vhost));
+        tune(&mut config);
+        let running = RunningGateway::start(&config)
+            .await
+            .expect("the gateway starts");
+        let gateway = TestGateway { running, dir };
+        gateway.wait_ready(true).await;
+        gateway
+    }
+
+    fn admin(&self) -> Admin {
+        Admin::new(self.running.admin_addr)
+    }
+
+    /// The AMQP readiness flag as `/ready` reports it.
+    async fn amqp_ready(&self) -> Option<bool> {
+        let reply = self.admin().try_get("/ready").await.ok()?;
+        reply.json()["checks"]["amqp"].as_bool()
+    }
+
+    async fn wait_ready(&self, ready: bool) {
+        wait_for(&format!("amqp ready = {ready}"), WAIT, async || {
+            (self.amqp_ready().await == Some(ready)).then_some(())
+        })
+        .await;
+    }
+
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let reply = self.admin().get("/metrics").await;
+        metric(&reply.text(), name, labels)
+    }
+
+    /// POSTs a structured-mode CloudEvent as the ministry; expects `202`.
+    async fn post_as_ministry(&self, event: &Value) {
+        let reply = Client::new("ma.interieur", self.running.addr)
+            .send(
+                "application/cloudevents+json",
+                serde_json::to_vec(event).expect("JSON"),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+    }
+
+    /// Whether this gateway accepted the embassy's message with reference `reference`.
+    fn accepted(&self, reference: &str) -> bool {
+        self.running
+            .gateway
+            .store
+            .accepted(EMBASSY_SOURCE, reference)
+            .expect("the store")
+            .is_some()
+    }
+
+    /// Every delivery in the store.
+    fn deliveries(&self) -> Vec<Delivery> {
+        let store = &self.running.gateway.store;
+        (1..)
+            .map_while(|id| store.delivery(id).expect("the store"))
+            .collect()
+    }
+
+    /// The delivery of `event_id` to `recipient`.
+    fn delivery(&self, recipient: &str, event_id: &str) -> Delivery {
+        self.deliveries()
+            .into_iter()
+            .find(|d| d.recipient == recipient && d.event_id == event_id)
+            .unwrap_or_else(|| panic!("no delivery of {event_id} to {recipient}"))
+    }
+
+    /// The audit entries of a query, once those the latest checkpoint covers satisfy `done`.
+    async fn audit(
+        &self,
+        query: Query,
+        done: impl Fn(&[passerelle::audit::Leaf]) -> bool,
+    ) -> Vec<passerelle::audit::Leaf> {
+        wait_for(&format!("audit entries for {query:?}"), WAIT, async || {
+            let found = self.running.gateway.log.search(&query).expect("search");
+            let leaves: Vec<_> = found.into_iter().map(|f| f.leaf).collect();
+            done(&leaves).then_some(leaves)
+        })
+        .await
+    }
+
+    async fn stop(self) -> tempfile::TempDir {
+        self.running.shutdown().await.expect("a clean shutdown");
+        self.dir
+    }
+}
+
+// ---------------------------------------------------------------------------------- messages
+
+/// The embassy's LaissezPasser DELIVRE with its own reference.
+fn lpc_issued(reference: &str) -> Vec<u8> {
+    fixture_text(EMBASSY, "in/lpc-issued.xml")
+        .replace("ABJ-RBT-2026-0902", reference)
+        .into_bytes()
+}
+
+/// The ministry's LPC request for the Ivorian trafficking victim of the fixtures (so routed to
+/// the embassy, without her vulnerabilities and medical data), with event id `id`.
+fn lpc_request(id: &str) -> Value {
+    let mut event = fixture_json(EMBASSY, "out/lpc-requested-vulnerable.event.json");
+    let object = event.as_object_mut().expect("an event");
+    object.remove("mappingid");
+    object.remove("mappinghash");
+    event["id"] = json!(id);
+    event["source"] = json!("urn:partner:ma.interieur");
+    event["data"]["requested_by"] = json!("ma.interieur");
+    event
+}
+
+/// What the embassy must receive for [`lpc_request`]`(id)`: its `<ci:Demande>`.
+fn demande(id: &str) -> String {
+    fixture_text(EMBASSY, "out/lpc-requested-vulnerable.expected.xml")
+        .replace("IOM-MA-2026-11-02-19aa01", id)
+}
+
+/// A canonical event without the anomalies the gateway may add to its data.
+fn without_anomalies(mut event: Value) -> Value {
+    if let Some(data) = event["data"].as_object_mut() {
+        data.remove("anomalies");
+    }
+    if let Some(data) = event.as_object_mut() {
+        data.remove("anomalies");
+    }
+    event
+}
+
+/// Checks one delivery on the embassy's queue.
+fn check_demande(message: &Message) {
+    let id = message_id(message);
+    assert_eq!(
+        String::from_utf8_lossy(&message.data),
+        demande(&id),
+        "the embassy's Demande for {id}"
+    );
+    let text = String::from_utf8_lossy(&message.data).to_lowercase();
+    assert!(!text.contains("trafficking") && !text.contains("vulnerab"));
+    assert_eq!(
+        message
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("application/xml")
+    );
+    assert_eq!(message.properties.delivery_mode(), &Some(2));
+    assert_eq!(
+        header(message, "cloudEvents_id").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        header(message, "cloudEvents_type").as_deref(),
+        Some("ma.rva.lpc.requested")
+    );
+    assert_eq!(
+        header(message, "cloudEvents_source").as_deref(),
+        Some("urn:partner:ma.interieur")
+    );
+    assert_eq!(
+        header(message, "cloudEvents_specversion").as_deref(),
+        Some("1.0")
+    );
+}
+
+// ------------------------------------------------------------------------------------- tests
+
+/// (a) The Côte d'Ivoire flow: the embassy publishes its XML with its certificate; the ministry
+/// finds the canonical events in its inbox; the ministry's LPC request reaches the embassy's
+/// queue in its dialect; a message published twice is processed once; the airline's AMQP feed
+/// reaches IOM Senegal in binary mode.
+#[actix_web::test]
+async fn the_cote_divoire_flow_end_to_end() {
+    let broker = broker().await;
+    let gateway = TestGateway::start(broker, "flow", gateway_support::ORIGIN, |_| {}).await;
+
+    // The embassy publishes an identification and a laissez-passer.
+    let embassy = partner_connection(broker, "flow", EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let identification = fixture(EMBASSY, "in/identification.xml");
+    let issued = fixture(EMBASSY, "in/lpc-issued.xml");
+    send(
+        &channel,
+        EMBASSY,
+        "ABJ-RBT-2026-0871",
+        "application/xml",
+        &identification,
+    )
+    .await;
+    send(
+        &channel,
+        EMBASSY,
+        "ABJ-RBT-2026-0902",
+        "application/xml; charset=UTF-8",
+        &issued,
+    )
+    .await;
+
+    // The ministry finds both canonical events in its inbox.
+    let ministry = Client::new("ma.interieur", gateway.running.addr);
+    let inbox = wait_for("the ministry's inbox", WAIT, async || {
+        let messages = ministry.inbox(100).await;
+        (messages.len() >= 2).then_some(messages)
+    })
+    .await;
+    let by_id: BTreeMap<String, Value> = inbox
+        .iter()
+        .map(|m| (m["event_id"].as_str().unwrap().to_owned(), m.clone()))
+        .collect();
+    assert_eq!(by_id.len(), 2, "{inbox:?}");
+    for (id, name) in [
+        ("ABJ-RBT-2026-0871", "identification"),
+        ("ABJ-RBT-2026-0902", "lpc-issued"),
+    ] {
+        let message = &by_id[id];
+        assert_eq!(message["source"], EMBASSY_SOURCE);
+        let event: Value =
+            serde_json::from_str(message["body"].as_str().unwrap()).expect("a canonical event");
+        assert_eq!(
+            without_anomalies(event),
+            fixture_json(EMBASSY, &format!("in/{name}.expected.json")),
+            "the canonical event of {id}"
+        );
+    }
+    // Audited as received over AMQP, from the embassy.
+    let accepted: Vec<_> = gateway
+        .audit(
+            Query::PartnerRef(EMBASSY.into(), "ABJ-RBT-2026-0902".into()),
+            |leaves| leaves.iter().any(|leaf| leaf.kind == Kind::Accepted),
+        )
+        .await
+        .into_iter()
+        .filter(|leaf| leaf.kind == Kind::Accepted)
+        .collect();
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].transport, Some(Transport::Amqp));
+    assert_eq!(accepted[0].sender.as_deref(), Some(EMBASSY));
+
+    // The same message again (a partner's retry, or a redelivery): acknowledged, processed once.
+    send(
+        &channel,
+        EMBASSY,
+        "ABJ-RBT-2026-0902",
+        "application/xml",
+        &issued,
+    )
+    .await;
+    let duplicate = [
+        ("partner", EMBASSY),
+        ("transport", "amqp"),
+        ("outcome", "duplicate"),
+    ];
+    wait_for("the duplicate", WAIT, async || {
+        (gateway
+            .metric("passerelle_messages_total", &duplicate)
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    let accepted = [
+        ("partner", EMBASSY),
+        ("transport", "amqp"),
+        ("outcome", "accepted"),
+    ];
+    assert_eq!(
+        gateway.metric("passerelle_messages_total", &accepted).await,
+        2.0
+    );
+    assert!(
+        ministry.inbox(100).await.len() == 2,
+        "the duplicate made no new delivery"
+    );
+    wait_for("the inbound queue to empty", WAIT, async || {
+        let depth = blocking(move || queue_depth(broker, "flow", &inbound_queue(EMBASSY))).await;
+        (depth == 0).then_some(())
+    })
+    .await;
+
+    // The ministry asks the embassy for a laissez-passer; the embassy's queue gets its Demande.
+    gateway
+        .post_as_ministry(&lpc_request("MI-DMF-2026-000952"))
+        .await;
+    let embassy_in = embassy.create_channel().await.expect("a channel");
+    let ids = BTreeSet::from(["MI-DMF-2026-000952".to_owned()]);
+    let got = take_until(
+        &embassy_in,
+        &outbound_queue(EMBASSY),
+        &ids,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    check_demande(&got[0]);
+    let delivery = gateway.delivery(EMBASSY, "MI-DMF-2026-000952");
+    assert_eq!(delivery.channel, StoreChannel::Amqp);
+    assert_eq!(delivery.state, DeliveryState::Delivered);
+    assert_eq!(delivery.attempts, 1);
+    assert_eq!(delivery.withheld, ["data.medical", "data.vulnerabilities"]);
+    let is_delivery = |leaf: &passerelle::audit::Leaf| {
+        leaf.kind == Kind::Delivered && leaf.event_id.as_deref() == Some("MI-DMF-2026-000952")
+    };
+    let delivered: Vec<_> = gateway
+        .audit(Query::Case("RVA-2026-004305".into()), |leaves| {
+            leaves.iter().any(is_delivery)
+        })
+        .await
+        .into_iter()
+        .filter(is_delivery)
+        .collect();
+    assert_eq!(delivered.len(), 1, "one delivered entry");
+    assert_eq!(delivered[0].recipients, [EMBASSY]);
+    assert_eq!(delivered[0].transport, Some(Transport::Amqp));
+
+    // The airline's departure control publishes a boarding over AMQP (irregular operations):
+    // IOM Senegal gets the canonical event in binary mode.
+    let airline = partner_connection(broker, "flow", "airline.at").await;
+    let airline_channel = amqp::publisher_channel(&airline).await.expect("a channel");
+    send(
+        &airline_channel,
+        "airline.at",
+        "AT-DCS-20261120-0505-000112",
+        "application/json",
+        &fixture("airline.at", "in/passenger-boarded.json"),
+    )
+    .await;
+    let iom = partner_connection(broker, "flow", "iom.sn").await;
+    let iom_channel = iom.create_channel().await.expect("a channel");
+    let ids = BTreeSet::from(["AT-DCS-20261120-0505-000112".to_owned()]);
+    let got = take_until(
+        &iom_channel,
+        &outbound_queue("iom.sn"),
+        &ids,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    let message = &got[0];
+    let expected = fixture_json("iom.sn", "out/boarding-confirmed.expected.json");
+    let data: Value = serde_json::from_slice(&message.data).expect("the event's data as the body");
+    assert_eq!(
+        without_anomalies(json!({"data": data}))["data"],
+        expected["data"]
+    );
+    assert_eq!(
+        message
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("application/json")
+    );
+    for attribute in [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "dataschema",
+    ] {
+        assert_eq!(
+            header(message, &format!("cloudEvents_{attribute}")),
+            expected[attribute].as_str().map(str::to_owned),
+            "cloudEvents_{attribute}"
+        );
+    }
+    assert_eq!(
+        gateway
+            .metric(
+                "passerelle_deliveries_total",
+                &[("channel", "amqp"), ("outcome", "delivered")]
+            )
+            .await,
+        2.0
+    );
+
+    for connection in [embassy, airline, iom] {
+        connection.close(200, "OK".into()).await.expect("close");
+    }
+    gateway.stop().await;
+}
+
+/// (b) Refused messages are dead-lettered with their reason, and audited; failed publishes
+/// (a nack from a full queue, a return for want of a queue) are retried, never counted
+/// delivered, and delivered once the queue takes them.
+#[actix_web::test]
+async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
+    const VHOST: &str = "refusals";
+    let broker = broker().await;
+    let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |config| {
+        config.delivery.max_attempts = 1_000;
+    })
+    .await;
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+
+    // Bad XML; a well-formed message of no known kind; no user_id.
+    let bad_xml =
+        b"<ci:LaissezPasser xmlns:ci=\"urn:ci:diplomatie:consulaire:2\" ref=\"X\"><ci:Dossier"
+            .to_vec();
+    send(&channel, EMBASSY, "bad-xml", "application/xml", &bad_xml).await;
+    let unknown = fixture(EMBASSY, "in/error-wrong-namespace.xml");
+    send(
+        &channel,
+        EMBASSY,
+        "unknown-kind",
+        "application/xml",
+        &unknown,
+    )
+    .await;
+    let anonymous = BasicProperties::default()
+        .with_message_id("no-user-id".into())
+        .with_content_type("application/xml".into());
+    let issued = lpc_issued("ABJ-RBT-2026-7001");
+    assert_eq!(
+        publish(&channel, EMBASSY, &issued, anonymous).await,
+        Confirmation::Ack(None)
+    );
+    // IOM Senegal may write to the inbound exchange, and the broker checks that user_id is its
+    // own; but it routes into the embassy's queue: the gateway refuses to take it as the
+    // embassy's.
+    let iom = partner_connection(broker, VHOST, "iom.sn").await;
+    let iom_channel = amqp::publisher_channel(&iom).await.expect("a channel");
+    let forged = native("iom.sn", "not-the-embassy", "application/xml").with_headers(
+        FieldTable::from(BTreeMap::from([(
+            "x-passerelle-reason".into(),
+            AMQPValue::LongString("forged".into()),
+        )])),
+    );
+    assert_eq!(
+        publish(
+            &iom_channel,
+            EMBASSY,
+            &lpc_issued("ABJ-RBT-2026-7002"),
+            forged
+        )
+        .await,
+        Confirmation::Ack(None)
+    );
+
+    // The dead letters, with their reasons.
+    let admin = admin_connection(broker, VHOST).await;
+    let admin_channel = admin.create_channel().await.expect("a channel");
+    let expected = BTreeMap::from([
+        (
+            "bad-xml",
+            ("malformed", bad_xml.clone(), Some(partner_user(EMBASSY))),
+        ),
+        (
+            "unknown-kind",
+            (
+                "unprocessable",
+                unknown.clone(),
+                Some(partner_user(EMBASSY)),
+            ),
+        ),
+        ("no-user-id", ("missing-user-id", issued.clone(), None)),
+        (
+            "not-the-embassy",
+            (
+                "user-id-mismatch",
+                lpc_issued("ABJ-RBT-2026-7002"),
+                Some(partner_user("iom.sn")),
+            ),
+        ),
+    ]);
+    let ids: BTreeSet<String> = expected.keys().map(|id| (*id).to_owned()).collect();
+    let dead = take_until(
+        &admin_channel,
+        DEAD_LETTER_QUEUE,
+        &ids,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(
+        dead.len(),
+        4,
+        "{:?}",
+        dead.iter().map(message_id).collect::<Vec<_>>()
+    );
+    for message in &dead {
+        let id = message_id(message);
+        let (reason, body, user) = &expected[id.as_str()];
+        assert_eq!(&message.data, body, "{id}: the original bytes");
+        assert_eq!(
+            header(message, "x-passerelle-reason").as_deref(),
+            Some(*reason),
+            "{id}"
+        );
+        assert!(
+            header(message, "x-passerelle-detail").is_some_and(|d| !d.is_empty()),
+            "{id}"
+        );
+        assert_eq!(
+            header(message, "x-passerelle-partner").as_deref(),
+            Some(EMBASSY)
+        );
+        assert_eq!(
+            header(message, "x-passerelle-queue"),
+            Some(inbound_queue(EMBASSY))
+        );
+        assert_eq!(
+            header(message, "x-passerelle-user-id"),
+            user.clone(),
+            "{id}"
+        );
+        assert_eq!(
+            header(message, "x-passerelle-instance").as_deref(),
+            Some(gateway_support::ORIGIN)
+        );
+        assert_eq!(message.routing_key.as_str(), EMBASSY);
+        assert_eq!(message.properties.user_id(), &None);
+        assert_eq!(
+            message
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some("application/xml")
+        );
+    }
+    // Every refusal is in the audit log, and nothing stayed in the queue.
+    let rejected: BTreeSet<String> = gateway
+        .audit(Query::Case(format!("refused/{EMBASSY}")), |leaves| {
+            leaves
+                .iter()
+                .filter(|leaf| leaf.kind == Kind::Rejected)
+                .count()
+                >= 4
+        })
+        .await
+        .into_iter()
+        .filter(|leaf| leaf.kind == Kind::Rejected)
+        .filter_map(|leaf| leaf.reason)
+        .collect();
+    assert_eq!(
+        rejected,
+        BTreeSet::from(
+            [
+                "malformed",
+                "unprocessable",
+                "missing-user-id",
+                "user-id-mismatch"
+            ]
+            .map(str::to_owned)
+        )
+    );
+    assert!(!gateway.accepted("ABJ-RBT-2026-7001") && !gateway.accepted("ABJ-RBT-2026-7002"));
+    wait_for("the inbound queue to empty", WAIT, async || {
+        let depth = blocking(move || queue_depth(broker, VHOST, &inbound_queue(EMBASSY))).await;
+        (depth == 0).then_some(())
+    })
+    .await;
+
+    // A full outbound queue: the broker nacks; the delivery is retried, not counted delivered.
+    let out = outbound_queue(EMBASSY);
+    let pattern = format!("^{}$", regex::escape(&out));
+    blocking(move || {
+        broker.rabbitmqctl(&[
+            "set_policy",
+            "-p",
+            VHOST,
+            "--apply-to",
+            "queues",
+            "full",
+            &pattern,
+            r#"{"max-length": 0}"#,
+        ])
+    })
+    .await;
+    let retries = |recipient: &'static str| {
+        [
+            ("recipient", recipient),
+            ("channel", "amqp"),
+            ("outcome", "retry"),
+        ]
+    };
+    let delivered = [
+        ("recipient", EMBASSY),
+        ("channel", "amqp"),
+        ("outcome", "delivered"),
+    ];
+    // The policy applies asynchronously: wait until a publish is refused.
+    gateway
+        .post_as_ministry(&lpc_request("MI-DMF-2026-800001"))
+        .await;
+    wait_for("nacked attempts", WAIT, async || {
+        (gateway
+            .metric("passerelle_deliveries_total", &retries(EMBASSY))
+            .await
+            >= 2.0)
+            .then_some(())
+    })
+    .await;
+    let failed = gateway.delivery(EMBASSY, "MI-DMF-2026-800001");
+    assert_eq!(failed.state, DeliveryState::Pending);
+    assert_eq!(failed.last_error.as_deref(), Some("amqp.nack"));
+    assert!(failed.attempts >= 2);
+    assert_eq!(
+        gateway
+            .metric("passerelle_deliveries_total", &delivered)
+            .await,
+        0.0
+    );
+    let embassy_in = embassy.create_channel().await.expect("a channel");
+    assert!(
+        take(&embassy_in, &out).await.is_none(),
+        "nothing reached the queue"
+    );
+    blocking(move || broker.rabbitmqctl(&["clear_policy", "-p", VHOST, "full"])).await;
+    let ids = BTreeSet::from(["MI-DMF-2026-800001".to_owned()]);
+    let got = take_until(&embassy_in, &out, &ids, Duration::from_millis(500)).await;
+    assert_eq!(got.len(), 1, "delivered once");
+    check_demande(&got[0]);
+    wait_for("the delivered record", WAIT, async || {
+        (gateway.delivery(EMBASSY, "MI-DMF-2026-800001").state == DeliveryState::Delivered)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        gateway
+            .metric("passerelle_deliveries_total", &delivered)
+            .await,
+        1.0
+    );
+    let trail: Vec<_> = gateway
+        .audit(Query::Case("RVA-2026-004305".into()), |leaves| {
+            leaves.iter().any(|leaf| {
+                leaf.kind == Kind::Delivered
+                    && leaf.event_id.as_deref() == Some("MI-DMF-2026-800001")
+            })
+        })
+        .await
+        .into_iter()
+        .filter(|leaf| leaf.event_id.as_deref() == Some("MI-DMF-2026-800001"))
+        .collect();
+    let failures = trail
+        .iter()
+        .filter(|l| l.kind == Kind::DeliveryFailed && l.reason.as_deref() == Some("amqp.nack"))
+        .count();
+    assert!(failures >= 2, "{trail:?}");
+    assert_eq!(
+        trail.iter().filter(|l| l.kind == Kind::Delivered).count(),
+        1,
+        "{trail:?}"
+    );
+
+    // No queue at all: the message comes back (mandatory, NO_ROUTE), and is retried until the
+    // queue is declared again.
+    admin_channel
+        .queue_delete(out.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete the embassy's queue");
+    let before = gateway
+        .metric("passerelle_deliveries_total", &retries(EMBASSY))
+        .await;
+    gateway
+        .post_as_ministry(&lpc_request("MI-DMF-2026-800002"))
+        .await;
+    wait_for("returned attempts", WAIT, async || {
+        (gateway
+            .metric("passerelle_deliveries_total", &retries(EMBASSY))
+            .await
+            >= before + 2.0)
+            .then_some(())
+    })
+    .await;
+    let failed = gateway.delivery(EMBASSY, "MI-DMF-2026-800002");
+    assert_eq!(failed.state, DeliveryState::Pending);
+    assert_eq!(failed.last_error.as_deref(), Some("amqp.no-route"));
+    assert_eq!(
+        gateway
+            .metric("passerelle_deliveries_total", &delivered)
+            .await,
+        1.0
+    );
+    Topology::new([EMBASSY])
+        .expect("topology")
+        .declare(&admin_channel)
+        .await
+        .expect("declare the queue again");
+    let ids = BTreeSet::from(["MI-DMF-2026-800002".to_owned()]);
+    let got = take_until(&embassy_in, &out, &ids, Duration::from_millis(500)).await;
+    assert_eq!(got.len(), 1, "delivered once");
+    check_demande(&got[0]);
+
+    for connection in [embassy, iom, admin] {
+        connection.close(200, "OK".into()).await.expect("close");
+    }
+    gateway.stop().await;
+}
+
+/// (e) Backpressure: with the outbox over its bound, the gateway stops taking messages, which
+/// wait in their queue; once the deliveries are acknowledged, it takes them all.
+#[actix_web::test]
+async fn a_full_outbox_pauses_consumption() {
+    const VHOST: &str = "backpressure";
+    const COUNT: usize = 6;
+    let broker = broker().await;
+    // Each laissez-passer makes three inbox deliveries (ministry, IOM Morocco, DGSN).
+    let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |config| {
+        if let Some(amqp) = config.amqp.as_mut() {
+            amqp.max_outbox = 6;
+            amqp.prefetch = 1;
+        }
+    })
+    .await;
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let references: Vec<String> = (0..COUNT).map(|i| format!("ABJ-RBT-BP-{i:04}")).collect();
+    for reference in &references {
+        send(
+            &channel,
+            EMBASSY,
+            reference,
+            "application/xml",
+            &lpc_issued(reference),
+        )
+        .await;
+    }
+    // Two messages fill the outbox; the rest wait.
+    wait_for("two acceptances", WAIT, async || {
+        (references.iter().filter(|r| gateway.accepted(r)).count() >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let taken = references.iter().filter(|r| gateway.accepted(r)).count();
+    assert!(
+        taken < COUNT,
+        "the gateway kept consuming with a full outbox"
+    );
+    assert!(gateway.running.gateway.store.pending_deliveries() >= 6);
+    let waiting = blocking(move || queue_depth(broker, VHOST, &inbound_queue(EMBASSY))).await;
+    assert_eq!(
+        waiting as usize,
+        COUNT - taken,
+        "the others wait in the queue"
+    );
+
+    // The recipients take and acknowledge their messages: the outbox drains, consumption resumes.
+    let drain = async || {
+        for partner in ["ma.interieur", "iom.ma", "ma.dgsn"] {
+            let client = Client::new(partner, gateway.running.addr);
+            for message in client.inbox(100).await {
+                client.ack(message["id"].as_u64().expect("an id")).await;
+            }
+        }
+    };
+    wait_for("every message taken", WAIT, async || {
+        drain().await;
+        references.iter().all(|r| gateway.accepted(r)).then_some(())
+    })
+    .await;
+    embassy.close(200, "OK".into()).await.expect("close");
+    gateway.stop().await;
+}
+
+/// (c) A broker restart in mid-stream: the embassy's messages before and after it, the
+/// ministry's requests before, during and after it; every one accepted, every delivery on the
+/// embassy's queue (a repeat only with the same `message_id` and body); readiness false while
+/// the broker is away.
+#[actix_web::test]
+async fn a_broker_restart_loses_nothing() {
+    const VHOST: &str = "restart";
+    const BEFORE: usize = 20;
+    const AFTER: usize = 20;
+    const REQUESTS: usize = 10;
+    let broker = blocking(|| {
+        let broker = Broker::start();
+        define(&broker, &[VHOST]);
+        broker
+    })
+    .await;
+    let gateway = TestGateway::start(&broker, VHOST, gateway_support::ORIGIN, |_| {}).await;
+    let references: Vec<String> = (0..BEFORE + AFTER)
+        .map(|i| format!("ABJ-RBT-RS-{i:04}"))
+        .collect();
+    let requests: Vec<String> = (0..3 * REQUESTS)
+        .map(|i| format!("MI-DMF-2026-9{i:05}"))
+        .collect();
+
+    // Before: the embassy publishes, the ministry asks.
+    let embassy = partner_connection(&broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    for reference in &references[..BEFORE] {
+        send(
+            &channel,
+            EMBASSY,
+            reference,
+            "application/xml",
+            &lpc_issued(reference),
+        )
+        .await;
+    }
+    for id in &requests[..REQUESTS] {
+        gateway.post_as_ministry(&lpc_request(id)).await;
+    }
+    drop(channel);
+
+    // The broker restarts while the ministry keeps asking.
+    let restart = tokio::task::spawn_blocking(move || {
+        let mut broker = broker;
+        broker.restart();
+        broker
+    });
+    let mut saw_not_ready = false;
+    let mut next = REQUESTS;
+    while !restart.is_finished() {
+        if next < 2 * REQUESTS {
+            gateway
+                .post_as_ministry(&lpc_request(&requests[next]))
+                .await;
+            next += 1;
+        }
+        saw_not_ready |= gateway.amqp_ready().await == Some(false);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let broker = match restart.await {
+        Ok(broker) => broker,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    };
+    assert!(
+        saw_not_ready,
+        "readiness went false while the broker was away"
+    );
+    for id in &requests[next..2 * REQUESTS] {
+        gateway.post_as_ministry(&lpc_request(id)).await;
+    }
+    gateway.wait_ready(true).await;
+
+    // After: the embassy reconnects and publishes the rest; the ministry asks again.
+    let embassy = partner_connection(&broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    for reference in &references[BEFORE..] {
+        send(
+            &channel,
+            EMBASSY,
+            reference,
+            "application/xml",
+            &lpc_issued(reference),
+        )
+        .await;
+    }
+    for id in &requests[2 * REQUESTS..] {
+        gateway.post_as_ministry(&lpc_request(id)).await;
+    }
+
+    // Every message in was accepted.
+    wait_for("every message accepted", WAIT, async || {
+        references.iter().all(|r| gateway.accepted(r)).then_some(())
+    })
+    .await;
+    // Every request reached the embassy's queue; a repeat is the same message.
+    let inbox = embassy.create_channel().await.expect("a channel");
+    let ids: BTreeSet<String> = requests.iter().cloned().collect();
+    let got = take_until(
+        &inbox,
+        &outbound_queue(EMBASSY),
+        &ids,
+        Duration::from_secs(1),
+    )
+    .await;
+    for message in &got {
+        check_demande(message);
+    }
+    let repeats = got.len() - ids.len();
+    eprintln!(
+        "[amqp_flow] restart: {} messages in, {} deliveries out, {repeats} repeated",
+        references.len(),
+        ids.len()
+    );
+    let (broker, depths) = blocking(move || {
+        let depths = [inbound_queue(EMBASSY), DEAD_LETTER_QUEUE.to_owned()]
+            .map(|queue| queue_depth(&broker, VHOST, &queue));
+        (broker, depths)
+    })
+    .await;
+    assert_eq!(
+        depths,
+        [0, 0],
+        "nothing left in the inbound queue, no dead letter"
+    );
+    embassy.close(200, "OK".into()).await.expect("close");
+    gateway.stop().await;
+    drop(broker);
+}
+
+/// (d) Two gateway instances on one broker, each with its own store and audit-log shard, compete
+/// for the same queues: each message is accepted by exactly one of them, each delivery is
+/// published once, and each shard verifies against its own key.
+#[actix_web::test]
+async fn two_instances_share_the_queues() {
+    const VHOST: &str = "pair";
+    const MESSAGES: usize = 40;
+    const REQUESTS: usize = 10;
+    let broker = broker().await;
+    let first = TestGateway::start(broker, VHOST, "passerelle.localhost/audit-1", |_| {}).await;
+    let second = TestGateway::start(broker, VHOST, "passerelle.localhost/audit-2", |_| {}).await;
+    let instances = [&first, &second];
+
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let references: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("ABJ-RBT-PR-{i:04}"))
+        .collect();
+    for reference in &references {
+        send(
+            &channel,
+            EMBASSY,
+            reference,
+            "application/xml",
+            &lpc_issued(reference),
+        )
+        .await;
+    }
+    let requests: Vec<String> = (0..REQUESTS)
+        .map(|i| format!("MI-DMF-2026-7{i:05}"))
+        .collect();
+    for (i, id) in requests.iter().enumerate() {
+        instances[i % 2].post_as_ministry(&lpc_request(id)).await;
+    }
+
+    // Each message accepted by exactly one instance.
+    wait_for("every message accepted", WAIT, async || {
+        references
+            .iter()
+            .all(|r| instances.iter().any(|g| g.accepted(r)))
+            .then_some(())
+    })
+    .await;
+    let mut per_instance = [0usize; 2];
+    for reference in &references {
+        let by: Vec<usize> = (0..2)
+            .filter(|&i| instances[i].accepted(reference))
+            .collect();
+        assert_eq!(by.len(), 1, "{reference} accepted by instances {by:?}");
+        per_instance[by[0]] += 1;
+    }
+    eprintln!("[amqp_flow] two instances: accepted {per_instance:?}");
+    assert!(
+        per_instance.iter().all(|&n| n > 0),
+        "both instances consumed: {per_instance:?}"
+    );
+    // The same in the audit logs: one `accepted` entry per reference, across both shards.
+    for reference in &references {
+        let mut entries = 0;
+        for gateway in instances {
+            if gateway.accepted(reference) {
+                let query = Query::PartnerRef(EMBASSY.into(), reference.clone());
+                entries += gateway
+                    .audit(query, |leaves| {
+                        leaves.iter().any(|leaf| leaf.kind == Kind::Accepted)
+                    })
+                    .await
+                    .iter()
+                    .filter(|leaf| leaf.kind == Kind::Accepted)
+                    .count();
+            } else {
+                let query = Query::PartnerRef(EMBASSY.into(), reference.clone());
+                let found = gateway.running.gateway.log.search(&query).expect("search");
+                assert!(found.is_empty(), "{reference} in the other shard");
+            }
+        }
+        assert_eq!(entries, 1, "{reference}");
+    }
+
+    // Each delivery published once.
+    let inbox = embassy.create_channel().await.expect("a channel");
+    let ids: BTreeSet<String> = requests.iter().cloned().collect();
+    let got = take_until(
+        &inbox,
+        &outbound_queue(EMBASSY),
+        &ids,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(
+        got.len(),
+        REQUESTS,
+        "{:?}",
+        got.iter().map(message_id).collect::<Vec<_>>()
+    );
+    for message in &got {
+        check_demande(message);
+    }
+    embassy.close(200, "OK".into()).await.expect("close");
+
+    // Each shard verifies against its own key and names its own origin.
+    let verifiers = [
+        first.running.gateway.log.verifier().clone(),
+        second.running.gateway.log.verifier().clone(),
+    ];
+    let first_dir = first.stop().await;
+    let second_dir = second.stop().await;
+    for ((dir, verifier), origin) in [first_dir, second_dir].iter().zip(&verifiers).zip([
+        "passerelle.localhost/audit-1",
+        "passerelle.localhost/audit-2",
+    ]) {
+        let public = dir.path().join("data/audit-log/public");
+        let report = passerelle::audit::verify::verify_public(&public, verifier, None, &mut |_| {})
+            .unwrap_or_else(|failure| panic!("{origin}: {failure}"));
+        assert_eq!(report.checkpoint.origin, origin);
+        assert!(report.checkpoint.size > 0);
+    }
+}
