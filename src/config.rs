@@ -195,7 +195,9 @@ impl Default for AuditSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
-    /// Largest message body, bytes. Default 1 MiB.
+    /// Largest message body, bytes. Default 1 MiB, which is also the mappings' own limit: a
+    /// larger value lets bigger bodies through the transport, but the mappings still refuse
+    /// messages over 1 MiB.
     pub max_body_bytes: usize,
     /// Sustained messages a second per partner. Default 200.
     pub rate_per_second: u32,

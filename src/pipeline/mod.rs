@@ -748,13 +748,13 @@ fn mapping_ref(event: &Value) -> Option<MappingRef> {
     })
 }
 
-/// An anomaly code as an audit reason code (`[a-z0-9._-]`, at most 64 bytes).
+/// A code as an audit reason code (`[a-z0-9._-]`, at most 64 bytes): anomaly codes keep
+/// their spelling; any other character becomes `-`.
 fn reason_code(code: &str) -> String {
     let mut reason: String = code
         .chars()
         .map(|c| match c {
-            'a'..='z' | '0'..='9' | '.' | '-' => c,
-            '_' => '-',
+            'a'..='z' | '0'..='9' | '.' | '-' | '_' => c,
             _ => '-',
         })
         .collect();
@@ -891,7 +891,8 @@ mod tests {
     fn anomaly_codes_become_reason_codes() {
         assert_eq!(
             reason_code("sequence.missing_lpc_requested"),
-            "sequence.missing-lpc-requested"
+            "sequence.missing_lpc_requested"
         );
+        assert_eq!(reason_code("webhook.http 503"), "webhook.http-503");
     }
 }

@@ -54,7 +54,14 @@ pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningSe
     let mut server = HttpServer::new(move || {
         let app = App::new()
             .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(usize::MAX));
+            .app_data(web::PayloadConfig::new(usize::MAX))
+            // Bad query strings and path values are answered as problems too.
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                problem::Problem::bad_request(format!("the query string: {e}")).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                problem::Problem::not_found(format!("the path: {e}")).into()
+            }));
         if floor {
             app.configure(routes::floor)
         } else {
