@@ -6,7 +6,9 @@
 //! recipient still has to receive, and what is known of each case's progress. It is an
 //! embedded [`redb`] database written by one thread that commits in groups: every write waits
 //! until the transaction holding it is durable (`fsync`), and many concurrent writes share one
-//! transaction, so durability costs one sync per group rather than one per message.
+//! transaction, so durability costs one sync per group rather than one per message. The one
+//! exception is the confirmation of an accepted message, which rides on the next synced commit
+//! (and is settled again at start-up if a crash loses it).
 //!
 //! It knows nothing of transports, mappings or the audit log: the pipeline decides, the store
 //! remembers.
@@ -63,7 +65,8 @@ fn db_error(error: impl std::fmt::Display) -> StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// What the gateway answered when it accepted a message: kept so that a duplicate gets the
-/// same answer.
+/// same answer (the same log index and leaf hash; after a crash that lost the confirmation,
+/// a receipt issued again for the same entry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcceptedRecord {
     /// The CloudEvents `id`.
