@@ -43,6 +43,17 @@ pub struct Trail {
 /// Searches a copy of a log folder. The checkpoint is checked with `verifier`
 /// if given, otherwise with the key recorded in the folder's metadata.
 pub fn trail(dir: &Path, query: &Query, verifier: Option<&NoteVerifier>) -> Result<Trail> {
+    trail_with_progress(dir, query, verifier, &mut |_, _| {})
+}
+
+/// [`trail`], calling `progress(stage, entries)` as it goes: stage `scan` with the number of
+/// journal records read so far, then stage `prove` with the number of entries proved.
+pub fn trail_with_progress(
+    dir: &Path,
+    query: &Query,
+    verifier: Option<&NoteVerifier>,
+    progress: &mut dyn FnMut(&'static str, u64),
+) -> Result<Trail> {
     let layout = Layout::new(dir);
     let meta = Meta::load(&layout.meta)?;
     let verifier = match verifier {
@@ -58,13 +69,17 @@ pub fn trail(dir: &Path, query: &Query, verifier: Option<&NoteVerifier>) -> Resu
         if rec.tags.contains(&tag) {
             indices.push(i);
         }
+        if i % 4096 == 0 {
+            progress("scan", i);
+        }
         Ok(())
     })?;
     let (covered, pending): (Vec<u64>, Vec<u64>) =
         indices.into_iter().partition(|&i| i < checkpoint.size);
     let found = evidence(&layout.public, &signed, checkpoint.size, &covered)?;
-    for f in &found {
+    for (n, f) in found.iter().enumerate() {
         f.proof.verify(&f.entry, &verifier, Some(&meta.origin))?;
+        progress("prove", n as u64 + 1);
     }
     Ok(Trail {
         checkpoint,

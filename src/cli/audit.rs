@@ -7,7 +7,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use passerelle::audit::bundle::{trail, verify_bundle};
+use passerelle::audit::bundle::{trail_with_progress, verify_bundle};
 use passerelle::audit::verify::verify_public;
 use passerelle::audit::{
     AuditLog, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options, Query, Transport,
@@ -298,7 +298,22 @@ pub fn describe(leaf: &Leaf) -> String {
 fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     let q = query(&args)?;
     let pinned = args.key.as_deref().map(verifier).transpose()?;
-    let t = trail(&args.log, &q, pinned.as_ref()).context("searching the log")?;
+    // A spinner on standard error while the journal is scanned and the proofs checked (hidden
+    // when standard error is not a terminal).
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let t = trail_with_progress(&args.log, &q, pinned.as_ref(), &mut |stage, n| {
+        spinner.set_message(match stage {
+            "scan" => format!("searching the journal: {n} records read"),
+            _ => format!("checking inclusion proofs: {n} entries"),
+        });
+        spinner.tick();
+    })
+    .context("searching the log")?;
+    spinner.finish_and_clear();
     say!(
         "checkpoint {} size {} (signature verified with {})",
         t.checkpoint.origin,
