@@ -36,7 +36,7 @@
 //! A crash (or a lost store write) between the broker's confirm and the store's record makes
 //! the delivery go out again: recipients drop such repeats by `message_id`.
 
-use super::connection::short_string;
+use super::connection::{publisher_channel, short_string};
 use super::probe::PERSISTENT;
 use super::topology::OUTBOUND_EXCHANGE;
 use crate::audit::Kind;
@@ -47,10 +47,11 @@ use crate::store::{Channel as StoreChannel, Delivery, DeliveryUpdate};
 use base64::Engine;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -63,6 +64,8 @@ pub const CLOUDEVENTS_PREFIX: &str = "cloudEvents_";
 pub const APP_ID: &str = "passerelle";
 /// How long the gateway waits for the broker's confirm of a delivery.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// The failure code of a delivery the broker nacked.
+const NACKED: &str = "amqp.nack";
 
 /// The body and the properties of the AMQP message that carries `delivery`, published at
 /// `now` (seconds since the epoch, the `timestamp` property). See the
@@ -191,7 +194,7 @@ async fn settle(confirm: PublisherConfirm) -> Attempt {
             313 => "amqp.no-consumers".into(),
             code => format!("amqp.returned-{code}"),
         }),
-        Ok(Ok(Confirmation::Nack(_))) => Attempt::Retry("amqp.nack".into()),
+        Ok(Ok(Confirmation::Nack(_))) => Attempt::Retry(NACKED.into()),
         Ok(Ok(_)) => Attempt::Retry("amqp.unconfirmed".into()),
         Ok(Err(_)) => Attempt::Retry("amqp.connection-lost".into()),
         Err(_) => Attempt::Retry("amqp.confirm-timeout".into()),
@@ -215,21 +218,46 @@ impl Egress {
         }
     }
 
-    /// Publishes due deliveries on `channel` (in confirm mode) until `stop` turns true or a
-    /// publish fails (then turns `stop` true for the whole session and returns why); in both
-    /// cases the attempts in flight are settled and recorded before it returns.
+    /// Publishes due deliveries on a confirm-mode channel of `connection` until `stop` turns
+    /// true or a publish fails (then turns `stop` true for the whole session and returns why); in
+    /// both cases the attempts in flight are settled and recorded before it returns.
+    ///
+    /// After a `basic.nack`, the channel is replaced by a new one as soon as nothing is in flight
+    /// on it: a RabbitMQ quorum queue over its length limit tells each publishing channel to
+    /// reject, and a channel told so keeps rejecting if the limit is then lifted (the queue only
+    /// lifts the rejection when it drains below a limit it still has).
     pub(crate) async fn run(
         self: Arc<Self>,
-        channel: Channel,
+        connection: Arc<Connection>,
         stop_session: Arc<watch::Sender<bool>>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let mut in_flight: HashSet<u64> = HashSet::new();
         let mut settling: JoinSet<u64> = JoinSet::new();
+        let nacked = Arc::new(AtomicBool::new(false));
         let mut failure = None;
+        let mut channel = match publisher_channel(&connection).await {
+            Ok(channel) => channel,
+            Err(error) => {
+                stop_session.send_replace(true);
+                return Err(format!("opening the publisher channel: {error}"));
+            }
+        };
         'session: loop {
             if *stop.borrow_and_update() {
                 break;
+            }
+            if in_flight.is_empty() && nacked.swap(false, Ordering::Relaxed) {
+                let _ = channel.close(200, "OK".into()).await;
+                channel = match publisher_channel(&connection).await {
+                    Ok(channel) => channel,
+                    Err(error) => {
+                        failure = Some(format!("reopening the publisher channel: {error}"));
+                        stop_session.send_replace(true);
+                        break;
+                    }
+                };
+                tracing::debug!("AMQP publisher channel replaced after a nack");
             }
             let now = due_in(Duration::ZERO);
             let room = self.in_flight.saturating_sub(in_flight.len());
@@ -255,8 +283,12 @@ impl Egress {
                             match self.publish(&channel, &delivery).await {
                                 Ok(confirm) => {
                                     let this = self.clone();
+                                    let nacked = nacked.clone();
                                     settling.spawn(async move {
                                         let attempt = settle(confirm).await;
+                                        if attempt == Attempt::Retry(NACKED.into()) {
+                                            nacked.store(true, Ordering::Relaxed);
+                                        }
                                         this.record(delivery, attempt).await
                                     });
                                 }

@@ -157,6 +157,7 @@ impl AmqpTransport {
                     continue;
                 }
             };
+            let connection = Arc::new(connection);
             let started = Instant::now();
             let end = self.session(&connection, &mut shutdown).await;
             self.ready.store(false, Ordering::Relaxed);
@@ -186,7 +187,7 @@ impl AmqpTransport {
     /// One session on `connection`: declare, consume, publish, until shutdown or a failure.
     async fn session(
         &self,
-        connection: &Connection,
+        connection: &Arc<Connection>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<SessionEnd, AmqpError> {
         let events = connection.events_listener();
@@ -195,7 +196,6 @@ impl AmqpTransport {
         self.topology.declare(&declaring).await?;
         let _ = declaring.close(200, "OK".into()).await;
         let dead_letters = publisher_channel(connection).await?;
-        let publisher = publisher_channel(connection).await?;
         let mut consumers = Vec::new();
         for partner in self.topology.partners() {
             let (channel, consumer) = Ingress::open(connection, &self.settings, partner).await?;
@@ -223,7 +223,7 @@ impl AmqpTransport {
         tasks.spawn(
             self.egress
                 .clone()
-                .run(publisher, stop_tx.clone(), stop_rx.clone()),
+                .run(connection.clone(), stop_tx.clone(), stop_rx.clone()),
         );
         tasks.spawn(watch_connection(
             events,

@@ -1,7 +1,7 @@
 //! Push delivery from the durable outbox: retry policy and the webhook worker.
 //!
 //! This module owns what happens to a delivery after the pipeline made it durable: when it is
-//! tried, how long to wait after a failure (exponential backoff with full jitter, or the
+//! tried, how long to wait after a failure (exponential backoff with jitter, or the
 //! recipient's `Retry-After`), when to give up (dead letter), and the audit entry of every
 //! attempt and outcome. Pull deliveries (the inbox) are served by the REST routes; AMQP
 //! deliveries by the AMQP transport, with the same [`RetryPolicy`].
@@ -55,9 +55,10 @@ impl RetryPolicy {
             .initial
             .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
             .min(self.max);
-        // Full jitter: anywhere between a tenth of the delay and the delay.
+        // Jitter between half the delay and the delay: retries of many deliveries spread out,
+        // and the total time before giving up stays predictable.
         let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX).max(1);
-        let jittered = ms / 10 + random_below(ms - ms / 10 + 1);
+        let jittered = ms / 2 + random_below(ms - ms / 2 + 1);
         Next::RetryAfter(Duration::from_millis(jittered))
     }
 }
@@ -104,7 +105,7 @@ mod tests {
             };
             let ceiling = (100u64 << (attempt - 1)).min(1000);
             assert!(wait.as_millis() as u64 <= ceiling, "{attempt}: {wait:?}");
-            assert!(wait.as_millis() as u64 >= ceiling / 10, "{attempt}: {wait:?}");
+            assert!(wait.as_millis() as u64 >= ceiling / 2, "{attempt}: {wait:?}");
         }
         assert_eq!(policy.next(5, None), Next::GiveUp);
         assert_eq!(
