@@ -205,6 +205,7 @@ impl RunningGateway {
     /// Stops gracefully: stop accepting and drain the requests in flight, stop the workers
     /// (attempts in flight finish), then close the store and flush the audit log.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.readiness.set_draining();
         self.server.handle.stop(true).await;
         let _ = self.server.task.await;
         let _ = self.stop_workers.send(true);

@@ -23,6 +23,7 @@ type Component = (String, Arc<AtomicBool>);
 #[derive(Debug, Default, Clone)]
 pub struct Readiness {
     components: Arc<std::sync::Mutex<Vec<Component>>>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -33,6 +34,12 @@ impl Readiness {
             c.push((name.to_owned(), flag.clone()));
         }
         flag
+    }
+
+    /// Marks the gateway as stopping: `/ready` answers 503 from now on, so that load
+    /// balancers stop sending it work while it drains.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     fn states(&self) -> Vec<(String, bool)> {
@@ -85,6 +92,10 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
         ("audit_log".to_owned(), state.gateway.log.is_healthy()),
     ];
     checks.extend(state.readiness.states());
+    checks.push((
+        "accepting".to_owned(),
+        !state.readiness.draining.load(Ordering::Relaxed),
+    ));
     let all = checks.iter().all(|(_, up)| *up);
     let body = serde_json::json!({
         "ready": all,
