@@ -10,7 +10,8 @@
 //!   kind, a missing `user_id` and another partner's `user_id` are dead-lettered with reason
 //!   headers and audited; a delivery nacked by a full queue, or returned for want of a queue, is
 //!   retried and never counted delivered until the broker takes it.
-//! - [`a_full_outbox_pauses_consumption`]: backpressure.
+//! - [`a_full_outbox_pauses_consumption`]: with the outbox over its bound, the gateway takes no
+//!   more messages until it drains (backpressure).
 //! - [`a_broker_restart_loses_nothing`]: messages in and out before, during and after a restart.
 //! - [`two_instances_share_the_queues`]: competing consumers, nothing lost or doubled, one
 //!   audit-log shard per instance, each verified.
@@ -30,7 +31,9 @@ use gateway_support::{
     wait_for, write_registry,
 };
 use lapin::message::Delivery as Message;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use passerelle::amqp::{
@@ -282,24 +285,20 @@ fn header(message: &Message, name: &str) -> Option<String> {
     }
 }
 
-/// The number of messages (ready and unacknowledged) in a queue.
-fn queue_depth(broker: &Broker, vhost: &str, queue: &str) -> u64 {
-    let output = broker.rabbitmqctl(&[
-        "list_queues",
-        "-p",
-        vhost,
-        "name",
-        "messages",
-        "--formatter",
-        "json",
-    ]);
-    let queues: Vec<Value> =
-        serde_json::from_str(&output).unwrap_or_else(|error| panic!("{error}: {output}"));
-    queues
-        .iter()
-        .find(|q| q["name"] == queue)
-        .and_then(|q| q["messages"].as_u64())
-        .unwrap_or_else(|| panic!("no queue {queue} in {output}"))
+/// The number of messages ready in a queue (not counting those a consumer holds).
+async fn ready(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("passive declaration of {queue}: {error}"))
+        .message_count()
 }
 
 // ----------------------------------------------------------------------------------- gateway
@@ -597,11 +596,6 @@ async fn the_cote_divoire_flow_end_to_end() {
         ministry.inbox(100).await.len() == 2,
         "the duplicate made no new delivery"
     );
-    wait_for("the inbound queue to empty", WAIT, async || {
-        let depth = blocking(move || queue_depth(broker, "flow", &inbound_queue(EMBASSY))).await;
-        (depth == 0).then_some(())
-    })
-    .await;
 
     // The ministry asks the embassy for a laissez-passer; the embassy's queue gets its Demande.
     gateway
@@ -701,10 +695,18 @@ async fn the_cote_divoire_flow_end_to_end() {
         2.0
     );
 
+    gateway.stop().await;
+    // Every message was acknowledged: none went back to its queue when the gateway left.
+    for partner in [EMBASSY, "airline.at"] {
+        assert_eq!(
+            ready(&embassy_in, &inbound_queue(partner)).await,
+            0,
+            "{partner}"
+        );
+    }
     for connection in [embassy, airline, iom] {
         connection.close(200, "OK".into()).await.expect("close");
     }
-    gateway.stop().await;
 }
 
 /// (b) Refused messages are dead-lettered with their reason, and audited; failed publishes
@@ -873,13 +875,9 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
         )
     );
     assert!(!gateway.accepted("ABJ-RBT-2026-7001") && !gateway.accepted("ABJ-RBT-2026-7002"));
-    wait_for("the inbound queue to empty", WAIT, async || {
-        let depth = blocking(move || queue_depth(broker, VHOST, &inbound_queue(EMBASSY))).await;
-        (depth == 0).then_some(())
-    })
-    .await;
 
-    // A full outbound queue: the broker nacks; the delivery is retried, not counted delivered.
+    // A full outbound queue (one message, and a policy of one at most): the broker nacks; the
+    // delivery is retried, not counted delivered.
     let out = outbound_queue(EMBASSY);
     let pattern = format!("^{}$", regex::escape(&out));
     blocking(move || {
@@ -891,10 +889,56 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
             "queues",
             "full",
             &pattern,
-            r#"{"max-length": 0}"#,
+            r#"{"max-length": 1}"#,
         ])
     })
     .await;
+    let queue = out.clone();
+    wait_for("the policy to apply", WAIT, async || {
+        let queue = queue.clone();
+        let policy = blocking(move || {
+            let output = broker.rabbitmqctl(&[
+                "list_queues",
+                "-p",
+                VHOST,
+                "name",
+                "policy",
+                "--formatter",
+                "json",
+            ]);
+            let queues: Vec<Value> = serde_json::from_str(&output).expect("JSON");
+            queues
+                .iter()
+                .find(|q| q["name"] == queue.as_str())
+                .map(|q| q["policy"].clone())
+        })
+        .await;
+        (policy == Some(json!("full"))).then_some(())
+    })
+    .await;
+    // Quorum queues check the limit asynchronously: fill the queue until the broker refuses.
+    let filling = amqp::publisher_channel(&admin).await.expect("a channel");
+    let mut fillers = BTreeSet::new();
+    for i in 0..10 {
+        let id = format!("filler-{i}");
+        let confirmation = filling
+            .basic_publish(
+                passerelle::amqp::OUTBOUND_EXCHANGE.into(),
+                EMBASSY.into(),
+                BasicPublishOptions::default(),
+                b"filler",
+                BasicProperties::default().with_message_id(id.as_str().into()),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        if confirmation.is_nack() {
+            break;
+        }
+        fillers.insert(id);
+    }
+    assert!(fillers.len() < 10, "the queue never refused a message");
     let retries = |recipient: &'static str| {
         [
             ("recipient", recipient),
@@ -930,15 +974,17 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
         0.0
     );
     let embassy_in = embassy.create_channel().await.expect("a channel");
-    assert!(
-        take(&embassy_in, &out).await.is_none(),
-        "nothing reached the queue"
+    assert_eq!(
+        ready(&admin_channel, &out).await as usize,
+        fillers.len(),
+        "only the fillers are in the queue"
     );
     blocking(move || broker.rabbitmqctl(&["clear_policy", "-p", VHOST, "full"])).await;
-    let ids = BTreeSet::from(["MI-DMF-2026-800001".to_owned()]);
+    let mut ids = fillers.clone();
+    ids.insert("MI-DMF-2026-800001".to_owned());
     let got = take_until(&embassy_in, &out, &ids, Duration::from_millis(500)).await;
-    assert_eq!(got.len(), 1, "delivered once");
-    check_demande(&got[0]);
+    assert_eq!(got.len(), fillers.len() + 1, "delivered once");
+    check_demande(got.last().expect("the request"));
     wait_for("the delivered record", WAIT, async || {
         (gateway.delivery(EMBASSY, "MI-DMF-2026-800001").state == DeliveryState::Delivered)
             .then_some(())
@@ -1011,10 +1057,12 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
     assert_eq!(got.len(), 1, "delivered once");
     check_demande(&got[0]);
 
+    gateway.stop().await;
+    // The refused messages were all settled: none went back to the queue.
+    assert_eq!(ready(&admin_channel, &inbound_queue(EMBASSY)).await, 0);
     for connection in [embassy, iom, admin] {
         connection.close(200, "OK".into()).await.expect("close");
     }
-    gateway.stop().await;
 }
 
 /// (e) Backpressure: with the outbox over its bound, the gateway stops taking messages, which
@@ -1057,11 +1105,11 @@ async fn a_full_outbox_pauses_consumption() {
         "the gateway kept consuming with a full outbox"
     );
     assert!(gateway.running.gateway.store.pending_deliveries() >= 6);
-    let waiting = blocking(move || queue_depth(broker, VHOST, &inbound_queue(EMBASSY))).await;
-    assert_eq!(
-        waiting as usize,
-        COUNT - taken,
-        "the others wait in the queue"
+    // The others wait in the queue (the consumer holds one, unprocessed).
+    let waiting = ready(&channel, &inbound_queue(EMBASSY)).await as usize;
+    assert!(
+        (COUNT - taken - 1..=COUNT - taken).contains(&waiting),
+        "{waiting} messages waiting, {taken} taken"
     );
 
     // The recipients take and acknowledge their messages: the outbox drains, consumption resumes.
@@ -1089,7 +1137,7 @@ async fn a_full_outbox_pauses_consumption() {
 #[actix_web::test]
 async fn a_broker_restart_loses_nothing() {
     const VHOST: &str = "restart";
-    const BEFORE: usize = 20;
+    const BEFORE: usize = 40;
     const AFTER: usize = 20;
     const REQUESTS: usize = 10;
     let broker = blocking(|| {
@@ -1098,7 +1146,13 @@ async fn a_broker_restart_loses_nothing() {
         broker
     })
     .await;
-    let gateway = TestGateway::start(&broker, VHOST, gateway_support::ORIGIN, |_| {}).await;
+    // The embassy's rate limit paces the gateway (20 a second after a burst of 10), so that the
+    // restart comes while most of its messages are still queued or held.
+    let gateway = TestGateway::start(&broker, VHOST, gateway_support::ORIGIN, |config| {
+        config.limits.rate_per_second = 20;
+        config.limits.burst = 10;
+    })
+    .await;
     let references: Vec<String> = (0..BEFORE + AFTER)
         .map(|i| format!("ABJ-RBT-RS-{i:04}"))
         .collect();
@@ -1123,6 +1177,14 @@ async fn a_broker_restart_loses_nothing() {
         gateway.post_as_ministry(&lpc_request(id)).await;
     }
     drop(channel);
+    let accepted_before = references[..BEFORE]
+        .iter()
+        .filter(|r| gateway.accepted(r))
+        .count();
+    assert!(
+        accepted_before < BEFORE,
+        "the restart comes in mid-stream ({accepted_before} of {BEFORE} accepted)"
+    );
 
     // The broker restarts while the ministry keeps asking.
     let restart = tokio::task::spawn_blocking(move || {
@@ -1192,23 +1254,26 @@ async fn a_broker_restart_loses_nothing() {
     }
     let repeats = got.len() - ids.len();
     eprintln!(
-        "[amqp_flow] restart: {} messages in, {} deliveries out, {repeats} repeated",
+        "[amqp_flow] restart: {} messages in ({accepted_before} accepted before the restart), \
+         {} deliveries out, {repeats} repeated",
         references.len(),
         ids.len()
     );
-    let (broker, depths) = blocking(move || {
-        let depths = [inbound_queue(EMBASSY), DEAD_LETTER_QUEUE.to_owned()]
-            .map(|queue| queue_depth(&broker, VHOST, &queue));
-        (broker, depths)
-    })
-    .await;
+    gateway.stop().await;
     assert_eq!(
-        depths,
-        [0, 0],
-        "nothing left in the inbound queue, no dead letter"
+        ready(&inbox, &inbound_queue(EMBASSY)).await,
+        0,
+        "nothing left behind"
+    );
+    let admin = admin_connection(&broker, VHOST).await;
+    let admin_channel = admin.create_channel().await.expect("a channel");
+    assert_eq!(
+        ready(&admin_channel, DEAD_LETTER_QUEUE).await,
+        0,
+        "no dead letter"
     );
     embassy.close(200, "OK".into()).await.expect("close");
-    gateway.stop().await;
+    admin.close(200, "OK".into()).await.expect("close");
     drop(broker);
 }
 

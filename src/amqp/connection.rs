@@ -756,6 +756,35 @@ mod tests {
         plain.validate().unwrap();
     }
 
+    #[test]
+    fn transport_settings_have_safe_defaults_and_bounds() {
+        let settings: AmqpSettings = toml::from_str(
+            r#"
+            url = "amqp://localhost/%2f"
+            auth = { mechanism = "plain", user = "u", password = "p" }
+            senders = ["airline.at"]
+            max_outbox = 1000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(settings.senders, ["airline.at"]);
+        assert_eq!(settings.max_outbox, 1000);
+        assert_eq!(settings.publish_in_flight, DEFAULT_PUBLISH_IN_FLIGHT);
+        settings.validate().unwrap();
+        for broken in [
+            AmqpSettings {
+                max_outbox: 0,
+                ..settings.clone()
+            },
+            AmqpSettings {
+                publish_in_flight: 0,
+                ..settings.clone()
+            },
+        ] {
+            assert!(matches!(broken.validate(), Err(AmqpError::Settings(_))));
+        }
+    }
+
     #[tokio::test]
     async fn connect_with_backoff_retries_until_shutdown() {
         // A port with nothing listening: every attempt fails at once.

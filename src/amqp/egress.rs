@@ -260,8 +260,10 @@ impl Egress {
                 tracing::debug!("AMQP publisher channel replaced after a nack");
             }
             let now = due_in(Duration::ZERO);
+            // Every read of the outbox also reads the deliveries in flight (they stay due until
+            // recorded): refill the window in batches, not one delivery at a time.
             let room = self.in_flight.saturating_sub(in_flight.len());
-            if room > 0 {
+            if room > 0 && (in_flight.is_empty() || room >= self.refill_at()) {
                 let due = self
                     .gateway
                     .store
@@ -308,7 +310,11 @@ impl Egress {
             }
             let wait = match self.gateway.store.next_due(StoreChannel::Amqp) {
                 Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1000)),
-                Ok(Some(_)) if in_flight.len() < self.in_flight => Duration::from_millis(10),
+                Ok(Some(_))
+                    if self.in_flight.saturating_sub(in_flight.len()) >= self.refill_at() =>
+                {
+                    Duration::from_millis(10)
+                }
                 _ => Duration::from_secs(1),
             };
             let changed = self.gateway.outbox_changed.clone();
@@ -316,6 +322,11 @@ impl Egress {
                 Some(done) = settling.join_next(), if !settling.is_empty() => {
                     if let Ok(id) = done {
                         in_flight.remove(&id);
+                    }
+                    while let Some(done) = settling.try_join_next() {
+                        if let Ok(id) = done {
+                            in_flight.remove(&id);
+                        }
                     }
                 }
                 () = changed.notified() => {}
@@ -329,6 +340,11 @@ impl Egress {
         }
         while settling.join_next().await.is_some() {}
         failure.map_or(Ok(()), Err)
+    }
+
+    /// The free room in the window at which it is refilled: half of it.
+    fn refill_at(&self) -> usize {
+        (self.in_flight / 2).max(1)
     }
 
     fn is_amqp_recipient(&self, recipient: &str) -> bool {
