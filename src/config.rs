@@ -272,8 +272,8 @@ impl DeliverySettings {
 impl Config {
     /// Reads a configuration file. Relative paths in it are taken from the current folder.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let config: Config =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         config.validate()?;
@@ -291,7 +291,8 @@ impl Config {
         if self.delivery.max_attempts == 0 || self.delivery.concurrency == 0 {
             bail!("delivery.max_attempts and delivery.concurrency must be positive");
         }
-        if !(self.audit.checkpoint_interval_secs > 0.0 && self.audit.checkpoint_interval_secs <= 1.0)
+        if !(self.audit.checkpoint_interval_secs > 0.0
+            && self.audit.checkpoint_interval_secs <= 1.0)
         {
             bail!("audit.checkpoint_interval_secs must be in (0, 1]");
         }

@@ -5,8 +5,8 @@
 
 pub mod amqp; // the AMQP transport: broker connection, queue topology, publish-confirm probe
 pub mod audit; // the signed, tamper-evident audit log (C2SP tlog-tiles)
-pub mod config; // the gateway's configuration file and its defaults
 pub mod canonical; // the canonical model: CloudEvents envelope, catalogue, schemas, JCS
+pub mod config; // the gateway's configuration file and its defaults
 pub mod delivery; // push delivery from the outbox: retries, dead letters, webhooks
 pub mod mapping; // the mapping language: native formats to canonical events and back
 pub mod metrics; // the Prometheus metrics

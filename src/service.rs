@@ -47,8 +47,7 @@ pub struct RunningGateway {
 fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     let path = config.signing_key();
     match std::fs::read_to_string(&path) {
-        Ok(text) => NoteSigner::parse(&text)
-            .map_err(|e| anyhow!("{}: {e}", path.display())),
+        Ok(text) => NoteSigner::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.audit.create_key => {
             use std::os::unix::fs::OpenOptionsExt;
             let signer = NoteSigner::generate(&config.audit.origin)
@@ -111,11 +110,10 @@ impl RunningGateway {
         };
         let log_dir = config.paths.audit_log();
         let origin = config.audit.origin.clone();
-        let log = tokio::task::spawn_blocking(move || {
-            AuditLog::open(&log_dir, signer, &origin, options)
-        })
-        .await?
-        .context("opening the audit log")?;
+        let log =
+            tokio::task::spawn_blocking(move || AuditLog::open(&log_dir, signer, &origin, options))
+                .await?
+                .context("opening the audit log")?;
         let store = Store::open(&config.paths.store()).context("opening the store")?;
         let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(Gateway::new(
@@ -171,8 +169,8 @@ impl RunningGateway {
         let (admin_addr, admin) =
             crate::server::admin::start(gateway.clone(), readiness.clone(), config.admin.listen)
                 .context("starting the admin listener")?;
-        let server = crate::server::start(gateway.clone(), config)
-            .context("starting the HTTPS listener")?;
+        let server =
+            crate::server::start(gateway.clone(), config).context("starting the HTTPS listener")?;
         tracing::info!(
             https = %server.addr,
             admin = %admin_addr,

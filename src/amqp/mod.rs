@@ -11,6 +11,7 @@
 //! | [`egress`] | deliveries: the AMQP message of a delivery, publish with confirms, retries, audit |
 //! | [`backpressure`] | when the consumers pause (connection blocked, outbox full) |
 //! | [`probe`] | the broker's raw publish-confirm rate, the benchmark's baseline |
+//! | [`broker`] | a private RabbitMQ node on loopback, for the tests, the benchmark and the demo |
 //!
 //! `docs/amqp.md` is the operator's guide: broker configuration, dead letters, duplicates,
 //! several instances.
@@ -49,6 +50,7 @@
 //! (`Confirmation::Ack(Some(returned))`, reply code 312 `NO_ROUTE`) instead of vanishing.
 
 pub mod backpressure;
+pub mod broker;
 pub mod connection;
 pub mod egress;
 pub mod ingress;

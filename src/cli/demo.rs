@@ -9,6 +9,13 @@
 //! timeline is printed with each entry's verification status.
 
 use anyhow::{Context, bail};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::{BasicProperties, Confirmation};
+use passerelle::amqp::broker::{self, Broker};
+use passerelle::amqp::topology::{
+    INBOUND_EXCHANGE, outbound_queue, partner_permissions, partner_user,
+};
+use passerelle::amqp::{AmqpAuth, AmqpSettings};
 use passerelle::audit::bundle::verify_bundle;
 use passerelle::config::Config;
 use passerelle::service::RunningGateway;
@@ -211,8 +218,7 @@ fn demo_registry(
                     toml::Value::String(format!("https://localhost:{port}/{id}")),
                 );
             }
-            if amqp_fallback && delivery.get("mode").and_then(toml::Value::as_str) == Some("amqp")
-            {
+            if amqp_fallback && delivery.get("mode").and_then(toml::Value::as_str) == Some("amqp") {
                 delivery.insert("mode".into(), toml::Value::String("inbox".into()));
                 moved.push(id);
             }
@@ -221,6 +227,200 @@ fn demo_registry(
     let path = dir.join("registry.toml");
     std::fs::write(&path, toml::to_string(&registry)?)?;
     Ok((path, moved))
+}
+
+/// Starts a private RabbitMQ node with the broker users of the gateway and the AMQP
+/// partners, if RabbitMQ is installed and starts.
+async fn start_broker() -> Option<Broker> {
+    if !broker::is_installed() {
+        return None;
+    }
+    println!("Starting a private RabbitMQ broker on loopback for the AMQP partners...");
+    let started = tokio::task::spawn_blocking(|| {
+        let broker = Broker::try_start()?;
+        define_users(&broker)?;
+        Ok::<_, String>(broker)
+    })
+    .await;
+    match started {
+        Ok(Ok(broker)) => {
+            println!(
+                "RabbitMQ is up (amqps://127.0.0.1:{}), in {:.1} s.\n",
+                broker.amqps_port(),
+                broker.start_time().as_secs_f64()
+            );
+            Some(broker)
+        }
+        Ok(Err(why)) => {
+            println!("RabbitMQ did not start: {}", why.trim());
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The broker users: the gateway, and each AMQP partner, named by their certificates' URI
+/// (SASL EXTERNAL), with the permissions `docs/amqp.md` lists.
+fn define_users(broker: &Broker) -> Result<(), String> {
+    let gateway = "urn:gateway:passerelle";
+    let mut users = vec![serde_json::json!({"name": gateway, "password_hash": "", "tags": []})];
+    let mut permissions = vec![serde_json::json!({"user": gateway, "vhost": "/",
+        "configure": ".*", "write": ".*", "read": ".*"})];
+    for partner in ["ci.ambassade.rabat", "iom.sn"] {
+        let p = partner_permissions(partner);
+        users.push(
+            serde_json::json!({"name": partner_user(partner), "password_hash": "", "tags": []}),
+        );
+        permissions.push(
+            serde_json::json!({"user": partner_user(partner), "vhost": "/",
+            "configure": p.configure, "write": p.write, "read": p.read}),
+        );
+    }
+    let definitions = serde_json::json!({"users": users, "permissions": permissions});
+    let path = broker.dir().join("definitions.json");
+    std::fs::write(&path, definitions.to_string()).map_err(|e| e.to_string())?;
+    std::panic::catch_unwind(|| {
+        broker.rabbitmqctl(&["import_definitions", &path.display().to_string()])
+    })
+    .map(|_| ())
+    .map_err(|_| "the broker users could not be defined".to_owned())
+}
+
+/// Waits until the gateway's AMQP connection is up.
+async fn wait_until_ready(gateway: &RunningGateway) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if gateway.readiness.all_up() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway's AMQP connection did not come up within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A partner's AMQP connection, with its certificate.
+async fn partner_connection(broker: &Broker, partner: &str) -> anyhow::Result<lapin::Connection> {
+    Ok(passerelle::amqp::connect(&AmqpSettings {
+        auth: AmqpAuth::External,
+        tls: Some(passerelle::tls::dev::files(Path::new("certs/dev"), partner)),
+        connection_name: format!("demo-{partner}"),
+        ..AmqpSettings::new(format!("amqps://127.0.0.1:{}/%2f", broker.amqps_port()))
+    })
+    .await?)
+}
+
+/// What the demo prints of an AMQP message's acceptance.
+struct AmqpAck {
+    event_type: String,
+    log_index: u64,
+    recipients: Vec<String>,
+}
+
+/// Publishes a partner's message on AMQP, as the partner, and waits until the gateway has
+/// accepted it (AMQP senders get no answer: their message is acknowledged on the queue).
+async fn send_over_amqp(
+    broker: &Broker,
+    gateway: &RunningGateway,
+    step: &Step,
+    body: &[u8],
+) -> anyhow::Result<AmqpAck> {
+    let g = &gateway.gateway;
+    let event = match g
+        .mappings
+        .partner(step.partner)
+        .context("no mapping for the partner")?
+        .decode(body)?
+    {
+        passerelle::mapping::Decoded::Event(mapped) => mapped.event,
+        passerelle::mapping::Decoded::Ignored { .. } => bail!("{} is ignored", step.file),
+    };
+    let (source, id) = (
+        event["source"].as_str().unwrap_or_default().to_owned(),
+        event["id"].as_str().unwrap_or_default().to_owned(),
+    );
+    let connection = partner_connection(broker, step.partner).await?;
+    let channel = passerelle::amqp::publisher_channel(&connection).await?;
+    let confirmation = channel
+        .basic_publish(
+            INBOUND_EXCHANGE.into(),
+            step.partner.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            BasicProperties::default()
+                .with_user_id(partner_user(step.partner).into())
+                .with_message_id(id.clone().into())
+                .with_content_type(step.content_type.into())
+                .with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    if !matches!(confirmation, Confirmation::Ack(None)) {
+        bail!("the broker did not take {}: {confirmation:?}", step.file);
+    }
+    let _ = connection.close(200, "done".into()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(record) = g.store.accepted(&source, &id)?
+            && record.confirmed
+        {
+            return Ok(AmqpAck {
+                event_type: record.event_type,
+                log_index: record.log_index,
+                recipients: record.recipients,
+            });
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway did not accept {} within 30 s", step.file);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads what waits on a partner's outbound queue, as the partner: each message's content
+/// type and CloudEvents type.
+async fn read_queue(broker: &Broker, partner: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let connection = partner_connection(broker, partner).await?;
+    let channel = connection.create_channel().await?;
+    let mut taken = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        match channel
+            .basic_get(
+                outbound_queue(partner).as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await?
+        {
+            Some(message) => {
+                let props = &message.delivery.properties;
+                let content_type = props
+                    .content_type()
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                let kind = props
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("cloudEvents_type").cloned())
+                    .map(|v| match v {
+                        lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default();
+                taken.push((content_type, kind));
+            }
+            // Empty again after something came: that is all for now.
+            None if !taken.is_empty() => break,
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(taken)
 }
 
 /// What a pushed message is: its XML root element, or its JSON `noticeType`.
@@ -247,16 +447,20 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join(MARKER), "Passerelle demo data; emptied by every run.\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "Passerelle demo data; emptied by every run.\n",
+    )?;
     Ok(())
 }
 
 impl DemoArgs {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        if !Path::new("config/registry.toml").exists() || !Path::new("certs/dev/ca.pem").exists()
-        {
-            bail!("run the demo from the repository's root (it uses config/, certs/dev/, mappings/)");
+        if !Path::new("config/registry.toml").exists() || !Path::new("certs/dev/ca.pem").exists() {
+            bail!(
+                "run the demo from the repository's root (it uses config/, certs/dev/, mappings/)"
+            );
         }
         prepare_dir(&self.dir)?;
         actix_web::rt::System::new().block_on(play(self.dir))
@@ -271,8 +475,9 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     let (dgsn_port, dgsn) = start_webhook_endpoint("ma.dgsn", received.clone())?;
     let (airline_port, airline) = start_webhook_endpoint("airline.at", received.clone())?;
 
-    // AMQP partners talk to a broker when one is installed; otherwise they use REST.
-    let broker: Option<String> = None;
+    // AMQP partners talk to a private broker when RabbitMQ is installed; otherwise they use
+    // REST, and the demo says so.
+    let broker = start_broker().await;
     let (registry, moved) = demo_registry(
         &dir,
         &[("ma.dgsn", dgsn_port), ("airline.at", airline_port)],
@@ -280,11 +485,16 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     )?;
     if !moved.is_empty() {
         println!(
-            "RabbitMQ is not installed here (Debian package rabbitmq-server): the AMQP partners \
+            "RabbitMQ is not available here (Debian package rabbitmq-server): the AMQP partners \
              ({}) use REST instead.\n",
             moved.join(", ")
         );
     }
+    let amqp_partners: Vec<&str> = if broker.is_some() {
+        vec!["ci.ambassade.rabat", "iom.sn"]
+    } else {
+        Vec::new()
+    };
 
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse()?;
@@ -292,7 +502,21 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     config.paths.registry = registry;
     config.paths.data = dir.join("data");
     config.delivery.initial_backoff_ms = 100;
+    if let Some(broker) = &broker {
+        config.amqp = Some(AmqpSettings {
+            auth: AmqpAuth::External,
+            tls: Some(passerelle::tls::dev::files(
+                Path::new("certs/dev"),
+                "gateway-client",
+            )),
+            connection_name: "passerelle-demo".to_owned(),
+            ..AmqpSettings::new(format!("amqps://127.0.0.1:{}/%2f", broker.amqps_port()))
+        });
+    }
     let gateway = RunningGateway::start(&config).await?;
+    if broker.is_some() {
+        wait_until_ready(&gateway).await?;
+    }
     let base = format!("https://localhost:{}", gateway.addr.port());
     println!(
         "gateway: https://{} (mutual TLS, development PKI), admin http://{}, data in {}\n",
@@ -305,6 +529,22 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     println!("1. The partners send their messages");
     for (n, step) in STEPS.iter().enumerate() {
         let body = std::fs::read(step.file).with_context(|| format!("reading {}", step.file))?;
+        if let Some(broker) = broker
+            .as_ref()
+            .filter(|_| amqp_partners.contains(&step.partner))
+        {
+            let ack = send_over_amqp(broker, &gateway, step, &body).await?;
+            println!(
+                "   {:>2}. {:<24} {} -> published on AMQP, accepted ({}), logged at index {}",
+                n + 1,
+                step.partner,
+                step.what,
+                ack.event_type,
+                ack.log_index
+            );
+            println!("        routed to: {}", ack.recipients.join(", "));
+            continue;
+        }
         let response = client(step.partner)?
             .post(format!("{base}/v1/messages"))
             .header("content-type", step.content_type)
@@ -391,12 +631,29 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
             if withheld.is_empty() {
                 String::new()
             } else {
-                format!("; withheld from it: {}", withheld.into_iter().collect::<Vec<_>>().join(", "))
+                format!(
+                    "; withheld from it: {}",
+                    withheld.into_iter().collect::<Vec<_>>().join(", ")
+                )
             }
         );
     }
     if let Some(broker) = &broker {
-        println!("   (AMQP partners read their queues on {broker})");
+        // The Côte d'Ivoire embassy has no part in a Senegalese national's return.
+        for partner in amqp_partners.iter().filter(|p| **p != "ci.ambassade.rabat") {
+            let taken = read_queue(broker, partner).await?;
+            let kinds: std::collections::BTreeSet<String> = taken
+                .iter()
+                .map(|(content_type, kind)| format!("{content_type} {kind}"))
+                .collect();
+            println!(
+                "   {:<24} AMQP queue {}: {} message(s) ({})",
+                partner,
+                outbound_queue(partner),
+                taken.len(),
+                kinds.into_iter().collect::<Vec<_>>().join("; ")
+            );
+        }
     }
     // Webhook deliveries are pushed by the gateway; wait until the outbox is empty.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -464,6 +721,9 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     gateway.shutdown().await?;
     dgsn.stop(true).await;
     airline.stop(true).await;
+    if let Some(mut broker) = broker {
+        tokio::task::spawn_blocking(move || broker.stop()).await?;
+    }
     println!(
         "\nThe demo took {:.1} s. Run it again at will: it starts from an empty {}.",
         started.elapsed().as_secs_f64(),

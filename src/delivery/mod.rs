@@ -105,7 +105,10 @@ mod tests {
             };
             let ceiling = (100u64 << (attempt - 1)).min(1000);
             assert!(wait.as_millis() as u64 <= ceiling, "{attempt}: {wait:?}");
-            assert!(wait.as_millis() as u64 >= ceiling / 2, "{attempt}: {wait:?}");
+            assert!(
+                wait.as_millis() as u64 >= ceiling / 2,
+                "{attempt}: {wait:?}"
+            );
         }
         assert_eq!(policy.next(5, None), Next::GiveUp);
         assert_eq!(

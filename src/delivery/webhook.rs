@@ -36,8 +36,13 @@ pub struct WebhookWorker {
 /// The outcome of one attempt.
 enum Attempt {
     Delivered,
-    Retry { code: String, asked: Option<Duration> },
-    Dead { code: String },
+    Retry {
+        code: String,
+        asked: Option<Duration>,
+    },
+    Dead {
+        code: String,
+    },
 }
 
 impl WebhookWorker {
@@ -127,7 +132,12 @@ impl WebhookWorker {
         let g = &self.gateway;
         let attempts = delivery.attempts + 1;
         let (update, kind, reason, label) = match outcome {
-            Attempt::Delivered => (DeliveryUpdate::Delivered, Kind::Delivered, None, "delivered"),
+            Attempt::Delivered => (
+                DeliveryUpdate::Delivered,
+                Kind::Delivered,
+                None,
+                "delivered",
+            ),
             Attempt::Retry { code, asked } => match self.policy.next(attempts, asked) {
                 Next::RetryAfter(wait) => (
                     DeliveryUpdate::Retry {

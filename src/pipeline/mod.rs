@@ -176,10 +176,7 @@ impl Refusal {
     /// Whether the same message may succeed later (rate limit, durability), so that a
     /// transport should ask for it again rather than dead-letter it.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Refusal::RateLimited { .. } | Refusal::Unavailable(_)
-        )
+        matches!(self, Refusal::RateLimited { .. } | Refusal::Unavailable(_))
     }
 }
 
@@ -293,7 +290,9 @@ impl Gateway {
             });
         }
         let mapping = self.mappings.partner(partner).ok_or_else(|| {
-            Refusal::Forbidden(format!("partner {partner} sends no messages to the gateway"))
+            Refusal::Forbidden(format!(
+                "partner {partner} sends no messages to the gateway"
+            ))
         })?;
         let structured;
         let bytes: &[u8] = match &submission.content {
@@ -802,7 +801,11 @@ fn check_media_type(format: Format, media: &str) -> Result<(), Refusal> {
         Err(Refusal::UnsupportedMediaType(format!(
             "this partner sends {}, not {}",
             accepted.join(" or "),
-            if essence.is_empty() { "an untyped body" } else { &essence }
+            if essence.is_empty() {
+                "an untyped body"
+            } else {
+                &essence
+            }
         )))
     }
 }

@@ -42,6 +42,11 @@ impl Readiness {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Whether every registered component is up.
+    pub fn all_up(&self) -> bool {
+        self.states().iter().all(|(_, up)| *up)
+    }
+
     fn states(&self) -> Vec<(String, bool)> {
         self.components
             .lock()
@@ -71,7 +76,12 @@ pub fn start(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .route("/health", web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "alive"})) }))
+            .route(
+                "/health",
+                web::get().to(|| async {
+                    HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
+                }),
+            )
             .route("/ready", web::get().to(ready))
             .route("/metrics", web::get().to(metrics))
             .route("/dead-letters", web::get().to(dead_letters))
@@ -117,7 +127,9 @@ async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
         .audit_log_size
         .set(i64::try_from(g.log.latest_checkpoint().1.size).unwrap_or(i64::MAX));
     if let Ok(dead) = g.store.dead_letters() {
-        g.metrics.outbox_dead.set(i64::try_from(dead.len()).unwrap_or(i64::MAX));
+        g.metrics
+            .outbox_dead
+            .set(i64::try_from(dead.len()).unwrap_or(i64::MAX));
     }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
@@ -142,20 +154,28 @@ async fn dead_letters(state: web::Data<AdminState>) -> HttpResponse {
                 })
                 .collect::<Vec<_>>(),
         ),
-        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": e.to_string()})),
+        Err(e) => {
+            HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": e.to_string()}))
+        }
     }
 }
 
 async fn redeliver(state: web::Data<AdminState>, id: web::Path<u64>) -> HttpResponse {
-    match state.gateway.store.update(*id, DeliveryUpdate::Redeliver).await {
+    match state
+        .gateway
+        .store
+        .update(*id, DeliveryUpdate::Redeliver)
+        .await
+    {
         Ok(d) => {
             state.gateway.outbox_changed.notify_waiters();
             tracing::info!(delivery = d.id, recipient = %d.recipient, "dead letter put back in line");
             HttpResponse::Ok().json(serde_json::json!({"id": d.id, "state": d.state}))
         }
-        Err(crate::store::StoreError::NotFound(what)) => {
-            HttpResponse::NotFound().json(serde_json::json!({"error": format!("no such {what}: {id}")}))
+        Err(crate::store::StoreError::NotFound(what)) => HttpResponse::NotFound()
+            .json(serde_json::json!({"error": format!("no such {what}: {id}")})),
+        Err(e) => {
+            HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": e.to_string()}))
         }
-        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": e.to_string()})),
     }
 }

@@ -31,7 +31,12 @@ pub struct Problem {
 
 impl Problem {
     /// A problem of the given status; `code` names it under `urn:passerelle:problem:`.
-    pub fn new(status: StatusCode, code: &str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Problem {
             kind: format!("urn:passerelle:problem:{code}"),
             title,
@@ -54,7 +59,12 @@ impl Problem {
 
     /// 400.
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, "malformed", "Malformed request", detail)
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "Malformed request",
+            detail,
+        )
     }
 
     /// 503.

@@ -195,7 +195,12 @@ fn answer(status: StatusCode, ack: &Ack) -> HttpResponse {
     let span = tracing::Span::current();
     span.record("event_id", ack.event_id.as_str());
     span.record("event_type", ack.event_type.as_str());
-    tracing::info!(outcome = ack.status, log_index = ack.log_index, "message {}", ack.status);
+    tracing::info!(
+        outcome = ack.status,
+        log_index = ack.log_index,
+        "message {}",
+        ack.status
+    );
     HttpResponse::build(status).json(ack)
 }
 
@@ -327,9 +332,7 @@ async fn get_receipt(
     let own = partner_source(&caller.0.id);
     let source = match &query.source {
         Some(s) if *s != own && !is_auditor(&caller) => {
-            return Err(Problem::forbidden(
-                "a partner reads its own receipts only",
-            ));
+            return Err(Problem::forbidden("a partner reads its own receipts only"));
         }
         Some(s) => s.clone(),
         None => own,
@@ -431,12 +434,8 @@ async fn get_trail(
             .lookup(&q)
             .into_iter()
             .partition(|&i| i < checkpoint.size);
-        let found = crate::audit::log::evidence(
-            &log.layout().public,
-            &signed,
-            checkpoint.size,
-            &covered,
-        )?;
+        let found =
+            crate::audit::log::evidence(&log.layout().public, &signed, checkpoint.size, &covered)?;
         Ok(Trail {
             checkpoint,
             signed,
@@ -454,7 +453,10 @@ async fn get_trail(
             .map_err(|e| Problem::unavailable(e.to_string()))?;
         return Ok(HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, "application/json"))
-            .insert_header(("Content-Disposition", "attachment; filename=\"bundle.json\""))
+            .insert_header((
+                "Content-Disposition",
+                "attachment; filename=\"bundle.json\"",
+            ))
             .body(bundle));
     }
     let entries: Vec<serde_json::Value> = trail

@@ -356,8 +356,16 @@ impl Store {
                 if let Some((last, _)) = deliveries.last().map_err(db_error)? {
                     next = last.value() + 1;
                 }
-                pending += w.open_table(INBOX).map_err(db_error)?.len().map_err(db_error)?;
-                pending += w.open_table(DUE).map_err(db_error)?.len().map_err(db_error)?;
+                pending += w
+                    .open_table(INBOX)
+                    .map_err(db_error)?
+                    .len()
+                    .map_err(db_error)?;
+                pending += w
+                    .open_table(DUE)
+                    .map_err(db_error)?
+                    .len()
+                    .map_err(db_error)?;
                 w.open_table(DEAD).map_err(db_error)?;
             }
             w.commit().map_err(db_error)?;
