@@ -39,11 +39,10 @@
 use super::connection::{publisher_channel, short_string};
 use super::probe::PERSISTENT;
 use super::topology::OUTBOUND_EXCHANGE;
-use crate::audit::Kind;
-use crate::delivery::{Next, RetryPolicy, due_in};
+use crate::delivery::{self, RetryPolicy, due_in, record_attempt};
 use crate::pipeline::Gateway;
 use crate::registry::Delivery as DeliveryMode;
-use crate::store::{Channel as StoreChannel, Delivery, DeliveryUpdate};
+use crate::store::{Channel as StoreChannel, Delivery};
 use base64::Engine;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -379,74 +378,13 @@ impl Egress {
 
     /// Audits the attempt, then records it in the store; returns the delivery id.
     async fn record(self: Arc<Self>, delivery: Delivery, attempt: Attempt) -> u64 {
-        let g = &self.gateway;
-        let id = delivery.id;
-        let attempts = delivery.attempts + 1;
-        let (update, kind, reason, label) = match attempt {
-            Attempt::Delivered => (
-                DeliveryUpdate::Delivered,
-                Kind::Delivered,
-                None,
-                "delivered",
-            ),
-            Attempt::Retry(code) => match self.policy.next(attempts, None) {
-                Next::RetryAfter(wait) => (
-                    DeliveryUpdate::Retry {
-                        error: code.clone(),
-                        due_ms: due_in(wait),
-                    },
-                    Kind::DeliveryFailed,
-                    Some(code),
-                    "retry",
-                ),
-                Next::GiveUp => (
-                    DeliveryUpdate::Dead {
-                        error: code.clone(),
-                    },
-                    Kind::DeadLettered,
-                    Some(code),
-                    "dead",
-                ),
-            },
-            Attempt::Dead(code) => (
-                DeliveryUpdate::Dead {
-                    error: code.clone(),
-                },
-                Kind::DeadLettered,
-                Some(code),
-                "dead",
-            ),
+        let attempt = match attempt {
+            Attempt::Delivered => delivery::Attempt::Delivered,
+            Attempt::Retry(code) => delivery::Attempt::Retry { code, asked: None },
+            Attempt::Dead(code) => delivery::Attempt::Dead { code },
         };
-        // Audit first: the evidence is never behind the state.
-        if let Err(error) = g.audit_delivery(&delivery, kind, reason).await {
-            tracing::error!(delivery = id, error = %error, "auditing an AMQP delivery attempt failed; it will be tried again");
-            let _ = g
-                .store
-                .update(
-                    id,
-                    DeliveryUpdate::Retry {
-                        error: "audit-unavailable".into(),
-                        due_ms: due_in(Duration::from_secs(1)),
-                    },
-                )
-                .await;
-            return id;
-        }
-        match g.store.update(id, update).await {
-            Ok(d) => {
-                g.metrics.delivery(&d.recipient, "amqp", label);
-                let level_is_failure = label != "delivered";
-                if level_is_failure {
-                    tracing::warn!(delivery = d.id, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = ?d.last_error, attempts = d.attempts, "AMQP delivery attempt failed");
-                } else {
-                    tracing::debug!(delivery = d.id, recipient = %d.recipient, event_id = %d.event_id, attempts = d.attempts, "AMQP delivery confirmed");
-                }
-            }
-            Err(error) => {
-                tracing::error!(delivery = id, error = %error, "recording an AMQP delivery attempt failed")
-            }
-        }
-        id
+        record_attempt(&self.gateway, &self.policy, &delivery, attempt, "amqp").await;
+        delivery.id
     }
 }
 

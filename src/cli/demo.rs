@@ -173,21 +173,6 @@ fn start_webhook_endpoint(
     Ok((port, handle))
 }
 
-/// An HTTPS client presenting `partner`'s certificate.
-fn client(partner: &str) -> anyhow::Result<reqwest::Client> {
-    let files = TlsFiles::new(
-        "certs/dev/ca.pem",
-        format!("certs/dev/{partner}.pem"),
-        format!("certs/dev/{partner}.key"),
-    );
-    let mut tls = (*passerelle::tls::client_config(&files)?).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
 /// The sample registry, with the webhook endpoints on loopback and, without a broker, the
 /// AMQP partners on the inbox.
 fn demo_registry(
@@ -545,7 +530,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
             println!("        routed to: {}", ack.recipients.join(", "));
             continue;
         }
-        let response = client(step.partner)?
+        let response = super::partner_client(step.partner)?
             .post(format!("{base}/v1/messages"))
             .header("content-type", step.content_type)
             .body(body)
@@ -599,7 +584,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
             // Not part of a Senegalese national's return.
             continue;
         }
-        let http = client(partner)?;
+        let http = super::partner_client(partner)?;
         let inbox: serde_json::Value = http
             .get(format!("{base}/v1/inbox?limit=500"))
             .send()
@@ -684,7 +669,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     let log = gateway.gateway.log.clone();
     let verifier = log.verifier().clone();
     tokio::task::spawn_blocking(move || log.sync()).await??;
-    let auditor = client("audit.igat")?;
+    let auditor = super::partner_client("audit.igat")?;
     let bundle = auditor
         .get(format!("{base}/v1/audit/trails?case={CASE}&format=bundle"))
         .send()

@@ -8,7 +8,6 @@
 //! The gateways' peak resident memory is read from `/proc/<pid>/status` (`VmHWM`).
 
 use anyhow::{Context, bail};
-use passerelle::tls::TlsFiles;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -137,26 +136,11 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn client(partner: &str) -> anyhow::Result<reqwest::Client> {
-    let files = TlsFiles::new(
-        "certs/dev/ca.pem",
-        format!("certs/dev/{partner}.pem"),
-        format!("certs/dev/{partner}.key"),
-    );
-    let mut tls = (*passerelle::tls::client_config(&files)?).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
 /// Sends the ministry's LPC request for the case first, so that the consulate's LPCs arrive
 /// in order (as they would in production) rather than each raising a sequence anomaly.
 async fn prepare_case(https: u16) -> anyhow::Result<()> {
     let body = std::fs::read("mappings/fixtures/ma.interieur/in/lpc-requested.json")?;
-    let response = client("ma.interieur")?
+    let response = super::partner_client("ma.interieur")?
         .post(format!("https://localhost:{https}/v1/messages"))
         .header("content-type", "application/cloudevents+json")
         .body(body)
@@ -181,7 +165,7 @@ async fn drive(
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let client = client("sn.consulat.casablanca")?;
+        let client = super::partner_client("sn.consulat.casablanca")?;
         let (url, template, measuring, stop, errors) = (
             url.clone(),
             template.clone(),

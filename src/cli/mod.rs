@@ -6,3 +6,20 @@ pub mod demo;
 pub mod load;
 pub mod mapping;
 pub mod serve;
+
+/// An HTTPS client presenting the development certificate of `partner` (`certs/dev/`), for the
+/// command-line tools that play partners: one keep-alive connection, HTTP/1.1.
+pub fn partner_client(partner: &str) -> anyhow::Result<reqwest::Client> {
+    let files = passerelle::tls::TlsFiles::new(
+        "certs/dev/ca.pem",
+        format!("certs/dev/{partner}.pem"),
+        format!("certs/dev/{partner}.key"),
+    );
+    let mut tls = (*passerelle::tls::client_config(&files)?).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .pool_max_idle_per_host(1)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?)
+}

@@ -8,8 +8,98 @@
 
 pub mod webhook;
 
+use crate::audit::Kind;
 use crate::config::DeliverySettings;
+use crate::pipeline::Gateway;
+use crate::store::{Delivery, DeliveryUpdate};
 use std::time::Duration;
+
+/// What one push attempt came to, whatever the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The recipient has it (a `2xx`, or a clean publisher confirm).
+    Delivered,
+    /// A failure that may pass: try again, after `asked` if the recipient said when.
+    Retry {
+        /// Why, a short code (`webhook.http-503`, `amqp.nack`).
+        code: String,
+        /// The recipient's `Retry-After`, if any.
+        asked: Option<Duration>,
+    },
+    /// A failure that retrying cannot mend: dead-letter it.
+    Dead {
+        /// Why, a short code.
+        code: String,
+    },
+}
+
+/// Records a push attempt: audits it first (so that the evidence is never behind the
+/// state), then changes the delivery in the store under the retry policy, and counts it.
+/// When the audit append fails, the delivery is put back in line for a second later and
+/// nothing else changes. Returns the delivery as it now stands, when recorded.
+pub async fn record_attempt(
+    gateway: &Gateway,
+    policy: &RetryPolicy,
+    delivery: &Delivery,
+    attempt: Attempt,
+    channel: &'static str,
+) -> Option<Delivery> {
+    let (update, kind, reason, label) = match attempt {
+        Attempt::Delivered => (
+            DeliveryUpdate::Delivered,
+            Kind::Delivered,
+            None,
+            "delivered",
+        ),
+        Attempt::Retry { code, asked } => match policy.next(delivery.attempts + 1, asked) {
+            Next::RetryAfter(wait) => (
+                DeliveryUpdate::Retry {
+                    error: code.clone(),
+                    due_ms: due_in(wait),
+                },
+                Kind::DeliveryFailed,
+                Some(code),
+                "retry",
+            ),
+            Next::GiveUp => (
+                DeliveryUpdate::Dead {
+                    error: code.clone(),
+                },
+                Kind::DeadLettered,
+                Some(code),
+                "dead",
+            ),
+        },
+        Attempt::Dead { code } => (
+            DeliveryUpdate::Dead {
+                error: code.clone(),
+            },
+            Kind::DeadLettered,
+            Some(code),
+            "dead",
+        ),
+    };
+    if let Err(error) = gateway.audit_delivery(delivery, kind, reason).await {
+        tracing::error!(delivery = delivery.id, channel, error = %error, "auditing a delivery attempt failed; it will be tried again");
+        let again = DeliveryUpdate::Retry {
+            error: "audit-unavailable".into(),
+            due_ms: due_in(Duration::from_secs(1)),
+        };
+        let _ = gateway.store.update(delivery.id, again).await;
+        return None;
+    }
+    match gateway.store.update(delivery.id, update).await {
+        Ok(d) => {
+            gateway.metrics.delivery(&d.recipient, channel, label);
+            tracing::info!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = ?d.last_error, attempts = d.attempts, "delivery attempt");
+            Some(d)
+        }
+        Err(error) => {
+            tracing::error!(delivery = delivery.id, channel, error = %error, "recording a delivery attempt failed");
+            None
+        }
+    }
+}
 
 /// When to try a failed delivery again, and when to give up.
 #[derive(Debug, Clone)]

@@ -9,11 +9,10 @@
 //! `2xx` and that record makes the delivery go out again after the restart: recipients drop
 //! such repeats by the `X-Passerelle-Delivery` header (the delivery id), which never changes.
 
-use super::{Next, RetryPolicy, due_in, parse_retry_after};
-use crate::audit::Kind;
+use super::{Attempt, RetryPolicy, due_in, parse_retry_after, record_attempt};
 use crate::pipeline::Gateway;
 use crate::registry::Delivery as DeliveryMode;
-use crate::store::{Channel, Delivery, DeliveryUpdate};
+use crate::store::{Channel, Delivery};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,18 +30,6 @@ pub struct WebhookWorker {
     client: reqwest::Client,
     policy: RetryPolicy,
     concurrency: usize,
-}
-
-/// The outcome of one attempt.
-enum Attempt {
-    Delivered,
-    Retry {
-        code: String,
-        asked: Option<Duration>,
-    },
-    Dead {
-        code: String,
-    },
 }
 
 impl WebhookWorker {
@@ -129,67 +116,7 @@ impl WebhookWorker {
 
     async fn attempt(&self, delivery: Delivery) {
         let outcome = self.call(&delivery).await;
-        let g = &self.gateway;
-        let attempts = delivery.attempts + 1;
-        let (update, kind, reason, label) = match outcome {
-            Attempt::Delivered => (
-                DeliveryUpdate::Delivered,
-                Kind::Delivered,
-                None,
-                "delivered",
-            ),
-            Attempt::Retry { code, asked } => match self.policy.next(attempts, asked) {
-                Next::RetryAfter(wait) => (
-                    DeliveryUpdate::Retry {
-                        error: code.clone(),
-                        due_ms: due_in(wait),
-                    },
-                    Kind::DeliveryFailed,
-                    Some(code),
-                    "retry",
-                ),
-                Next::GiveUp => (
-                    DeliveryUpdate::Dead {
-                        error: code.clone(),
-                    },
-                    Kind::DeadLettered,
-                    Some(code),
-                    "dead",
-                ),
-            },
-            Attempt::Dead { code } => (
-                DeliveryUpdate::Dead {
-                    error: code.clone(),
-                },
-                Kind::DeadLettered,
-                Some(code),
-                "dead",
-            ),
-        };
-        // Audit first: the evidence is never behind the state.
-        if let Err(e) = g.audit_delivery(&delivery, kind, reason).await {
-            tracing::error!(delivery = delivery.id, error = %e, "auditing a delivery attempt failed; it will be tried again");
-            let _ = g
-                .store
-                .update(
-                    delivery.id,
-                    DeliveryUpdate::Retry {
-                        error: "audit-unavailable".into(),
-                        due_ms: due_in(Duration::from_secs(1)),
-                    },
-                )
-                .await;
-            return;
-        }
-        match g.store.update(delivery.id, update).await {
-            Ok(d) => {
-                g.metrics.delivery(&d.recipient, "webhook", label);
-                tracing::info!(delivery = d.id, recipient = %d.recipient, event_id = %d.event_id, outcome = label, attempts = d.attempts, "webhook attempt");
-            }
-            Err(e) => {
-                tracing::error!(delivery = delivery.id, error = %e, "recording a delivery attempt failed")
-            }
-        }
+        record_attempt(&self.gateway, &self.policy, &delivery, outcome, "webhook").await;
     }
 
     async fn call(&self, d: &Delivery) -> Attempt {
