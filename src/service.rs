@@ -189,17 +189,6 @@ impl RunningGateway {
         })
     }
 
-    /// Adds a background task that stops with the gateway (it must watch `stop`).
-    pub fn add_worker(&mut self, task: JoinHandle<()>) {
-        self.workers.push(task);
-    }
-
-    /// A receiver that turns true when the gateway stops, for tasks given to
-    /// [`RunningGateway::add_worker`].
-    pub fn stop_signal(&self) -> watch::Receiver<bool> {
-        self.stop_workers.subscribe()
-    }
-
     /// Stops gracefully: stop accepting and drain the requests in flight, stop the workers
     /// (attempts in flight finish), then close the store and flush the audit log.
     pub async fn shutdown(self) -> anyhow::Result<()> {

@@ -19,7 +19,6 @@ use passerelle::amqp::{AmqpAuth, AmqpSettings};
 use passerelle::audit::bundle::verify_bundle;
 use passerelle::config::Config;
 use passerelle::service::RunningGateway;
-use passerelle::tls::TlsFiles;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -132,14 +131,10 @@ fn start_webhook_endpoint(
     received: Inbox,
 ) -> anyhow::Result<(u16, actix_web::dev::ServerHandle)> {
     use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-    let tls = passerelle::tls::server_config(
-        &TlsFiles::new(
-            "certs/dev/ca.pem",
-            "certs/dev/server.pem",
-            "certs/dev/server.key",
-        )
-        .with_crl("certs/dev/crl.pem"),
-    )?;
+    let tls = passerelle::tls::server_config(&passerelle::tls::dev::files(
+        Path::new("certs/dev"),
+        "server",
+    ))?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let server = HttpServer::new(move || {

@@ -583,13 +583,6 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Blocking form of [`Store::update`], for command-line tools.
-    pub fn update_blocking(&self, id: u64, update: DeliveryUpdate) -> Result<Delivery> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Write::Update { id, update, reply })?;
-        rx.blocking_recv().map_err(|_| StoreError::Closed)?
-    }
-
     /// A delivery, with its body.
     pub fn delivery(&self, id: u64) -> Result<Option<Delivery>> {
         let r = self.db.begin_read().map_err(db_error)?;
