@@ -1028,15 +1028,16 @@ async fn refusals_are_answered_with_problems_and_audited() {
             "{name}: {error}"
         );
     }
-    // A valid certificate that names no partner: TLS accepts it, the registry does not.
+    // A valid certificate that names no partner: TLS accepts it, the registry does not. Its
+    // message is refused and audited under the certificate's fingerprint; reading an inbox
+    // is refused too, and is not a message.
     let unknown = Client::new("unknown", addr);
     unknown
         .send("application/xml", lpc_issued.clone())
         .await
         .problem(403, "forbidden");
     unknown.get("/v1/inbox").await.problem(403, "forbidden");
-    // Nothing reached the pipeline: nothing to audit.
-    assert_eq!(appends().await, 0);
+    assert_eq!(appends().await, 1);
 
     let consulate = gateway.client("sn.consulat.casablanca");
     let ministry = gateway.client("ma.interieur");
@@ -1183,11 +1184,12 @@ async fn refusals_are_answered_with_problems_and_audited() {
         .or_default()
         .push("unsupported-media-type");
 
-    // One `rejected` entry per refused message, and nothing else.
-    let refusals: usize = refused.values().map(Vec::len).sum();
+    // One `rejected` entry per refused message (and the unregistered certificate's), and
+    // nothing else.
+    let refusals: usize = refused.values().map(Vec::len).sum::<usize>() + 1;
     assert_eq!(appends().await, refusals as u64);
     for (code, count) in [
-        ("forbidden", 3.0),
+        ("forbidden", 4.0),
         ("too-large", 2.0),
         ("unprocessable", 2.0),
     ] {
@@ -1292,6 +1294,19 @@ async fn refusals_are_answered_with_problems_and_audited() {
         want.sort();
         assert_eq!(got, want, "the refusals of {partner}");
     }
+    // The unregistered certificate's message, under its fingerprint, with a commitment to
+    // the payload it sent.
+    let unregistered = verify_trail(&auditor, "case=refused/unregistered", &verifier).await;
+    assert_eq!(unregistered.entries.len(), 1);
+    let leaf = &unregistered.entries[0].leaf;
+    assert_eq!(kind_of(leaf), "rejected");
+    assert_eq!(leaf.reason.as_deref(), Some("forbidden"));
+    let sender = leaf.sender.as_deref().unwrap();
+    assert!(
+        sender.starts_with("sha256:") && sender.len() == 71,
+        "{sender}"
+    );
+    assert!(leaf.commitments.is_some());
     let ignored = verify_trail(&auditor, "case=refused/airline.at", &verifier).await;
     assert_eq!(ignored.entries.len(), 1);
     assert_eq!(kind_of(&ignored.entries[0].leaf), "received");

@@ -207,6 +207,10 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// The name under which messages from certificates the registry does not know are counted
+/// and their refusals kept (`refused/unregistered`).
+pub const UNREGISTERED: &str = "unregistered";
+
 /// The synthetic case under which a refused message's commitments are kept, per sender: a
 /// refused message may have no readable case id.
 fn refusal_case(partner: &str) -> String {
@@ -696,11 +700,53 @@ impl Gateway {
         submission: &Submission<'_>,
         refusal: &Refusal,
     ) -> Result<(), Refusal> {
+        self.audit_refusal_in(submission, refusal, refusal_case(submission.partner))
+            .await
+    }
+
+    /// Refuses a message sent with a certificate that the partner CA signed but the registry
+    /// does not know, and audits the refusal like any other. The sender is recorded by the
+    /// certificate's fingerprint, never by a partner id the certificate merely claims, and
+    /// the refusal goes in the trail `refused/unregistered`. Returns what to answer: the
+    /// refusal, or a 503 if it could not be audited.
+    pub async fn refuse_unregistered(
+        &self,
+        fingerprint: &str,
+        body: &[u8],
+        why: String,
+    ) -> Refusal {
+        let refusal = Refusal::Forbidden(why);
+        self.metrics.message(
+            UNREGISTERED,
+            transport_name(Transport::Rest),
+            refusal.code(),
+        );
+        let submission = Submission {
+            partner: fingerprint,
+            transport: Transport::Rest,
+            body,
+            content: Content::Typed(String::new()),
+        };
+        match self
+            .audit_refusal_in(&submission, &refusal, refusal_case(UNREGISTERED))
+            .await
+        {
+            Ok(()) => refusal,
+            Err(failure) => failure,
+        }
+    }
+
+    async fn audit_refusal_in(
+        &self,
+        submission: &Submission<'_>,
+        refusal: &Refusal,
+        case_id: String,
+    ) -> Result<(), Refusal> {
         let mut fact = Fact::new(Kind::Rejected, Utc::now());
         fact.sender = Some(submission.partner.to_owned());
         fact.transport = Some(submission.transport);
         fact.reason = Some(refusal.code().to_owned());
-        fact.case_id = Some(refusal_case(submission.partner));
+        fact.case_id = Some(case_id);
         fact.personal = Personal {
             native: Some(
                 submission.body[..submission.body.len().min(audit::leaf::limits::PAYLOAD_LEN)]

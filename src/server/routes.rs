@@ -93,6 +93,37 @@ fn identify(req: &HttpRequest) -> Result<Caller, Problem> {
         .map_err(|e| Problem::forbidden(e.to_string()))
 }
 
+/// Answers a message whose connection identifies no partner. A certificate that the partner
+/// CA signed but the registry does not know is a refused message like any other, and is
+/// audited (under its fingerprint) before the answer; a connection without a verified
+/// certificate never gets this far (the TLS handshake refuses it).
+async fn refuse_unregistered(
+    req: &HttpRequest,
+    gateway: &Gateway,
+    payload: web::Payload,
+    problem: Problem,
+) -> Problem {
+    let Some(identity) = req
+        .conn_data::<ConnectionIdentity>()
+        .and_then(|c| c.0.clone())
+    else {
+        return problem;
+    };
+    let body = match read_body(payload, gateway.limits().max_body_bytes).await {
+        Ok(body) => body,
+        Err(unreadable) => return unreadable,
+    };
+    let why = problem.detail.clone();
+    tracing::info!(
+        outcome = "forbidden",
+        "message from an unregistered certificate refused"
+    );
+    gateway
+        .refuse_unregistered(&identity.fingerprint, &body, why)
+        .await
+        .into()
+}
+
 fn gateway(req: &HttpRequest) -> Result<&Gateway, Problem> {
     req.app_data::<web::Data<Gateway>>()
         .map(|d| d.get_ref())
@@ -127,13 +158,17 @@ fn header(req: &HttpRequest, name: &str) -> Option<String> {
 
 async fn post_message(
     req: HttpRequest,
-    caller: Caller,
+    caller: Result<Caller, Problem>,
     payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
     let gateway = req
         .app_data::<web::Data<Gateway>>()
         .cloned()
         .ok_or_else(|| Problem::unavailable("the gateway is not configured"))?;
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(problem) => return Err(refuse_unregistered(&req, &gateway, payload, problem).await),
+    };
     let span = tracing::info_span!(
         "message",
         partner = %caller.0.id,
