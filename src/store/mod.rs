@@ -16,6 +16,7 @@
 use crate::pipeline::sequence::CaseFile;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    TableHandle,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -36,8 +37,11 @@ const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// Deliveries waiting in a pull inbox: (recipient, delivery id).
 const INBOX: TableDefinition<(&str, u64), ()> = TableDefinition::new("inbox");
-/// Push deliveries waiting for an attempt: (due time in ms since the epoch, delivery id).
-const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
+/// Push deliveries waiting for an attempt: (channel code, due time in ms since the epoch,
+/// delivery id), so that each channel's worker finds its own without reading the other's.
+const DUE: TableDefinition<(u8, u64, u64), ()> = TableDefinition::new("due_by_channel");
+/// The due index of earlier versions, keyed without the channel: moved into [`DUE`] at open.
+const DUE_UNKEYED: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
 /// Dead-lettered deliveries, by delivery id.
 const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead");
 /// Accepted messages not yet confirmed against the audit log, by key.
@@ -116,6 +120,17 @@ pub enum Channel {
     Webhook,
     /// The gateway publishes it on the recipient's queue.
     Amqp,
+}
+
+impl Channel {
+    /// The channel's code in the due index (stable: it is on disk).
+    fn due_code(self) -> u8 {
+        match self {
+            Channel::Inbox => 0,
+            Channel::Webhook => 1,
+            Channel::Amqp => 2,
+        }
+    }
 }
 
 /// Where a delivery stands.
@@ -346,6 +361,7 @@ impl Store {
             let w = db.begin_write().map_err(db_error)?;
             let mut next = 1;
             let mut pending = 0;
+            migrate_unkeyed_due(&w)?;
             {
                 for table in [ACCEPTED, CASES] {
                     w.open_table(table).map_err(db_error)?;
@@ -629,17 +645,15 @@ impl Store {
         let due = r.open_table(DUE).map_err(db_error)?;
         let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
         let bodies = r.open_table(BODIES).map_err(db_error)?;
+        let code = channel.due_code();
         let mut found = Vec::new();
-        for item in due.range((0, 0)..=(now_ms, u64::MAX)).map_err(db_error)? {
-            if found.len() >= limit {
-                break;
-            }
+        for item in due
+            .range((code, 0, 0)..=(code, now_ms, u64::MAX))
+            .map_err(db_error)?
+            .take(limit)
+        {
             let (key, _) = item.map_err(db_error)?;
-            if let Some(d) = read_delivery(&deliveries, Some(&bodies), key.value().1)?
-                && d.channel == channel
-            {
-                found.push(d);
-            }
+            found.extend(read_delivery(&deliveries, Some(&bodies), key.value().2)?);
         }
         Ok(found)
     }
@@ -648,17 +662,14 @@ impl Store {
     pub fn next_due(&self, channel: Channel) -> Result<Option<u64>> {
         let r = self.db.begin_read().map_err(db_error)?;
         let due = r.open_table(DUE).map_err(db_error)?;
-        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
-        for item in due.iter().map_err(db_error)? {
-            let (key, _) = item.map_err(db_error)?;
-            let (at, id) = key.value();
-            if let Some(d) = read_delivery(&deliveries, None, id)?
-                && d.channel == channel
-            {
-                return Ok(Some(at));
-            }
-        }
-        Ok(None)
+        let code = channel.due_code();
+        let first = due
+            .range((code, 0, 0)..=(code, u64::MAX, u64::MAX))
+            .map_err(db_error)?
+            .next()
+            .transpose()
+            .map_err(db_error)?;
+        Ok(first.map(|(key, _)| key.value().1))
     }
 
     /// Every dead-lettered delivery (without bodies).
@@ -695,6 +706,33 @@ impl Store {
             let _ = w.join();
         }
     }
+}
+
+/// Moves the entries of the due index of earlier versions (keyed without the channel) into
+/// the channel-keyed one, and removes the old table.
+fn migrate_unkeyed_due(w: &redb::WriteTransaction) -> Result<()> {
+    let exists = w
+        .list_tables()
+        .map_err(db_error)?
+        .any(|t| t.name() == DUE_UNKEYED.name());
+    if !exists {
+        return Ok(());
+    }
+    {
+        let old = w.open_table(DUE_UNKEYED).map_err(db_error)?;
+        let deliveries = w.open_table(DELIVERIES).map_err(db_error)?;
+        let mut due = w.open_table(DUE).map_err(db_error)?;
+        for item in old.iter().map_err(db_error)? {
+            let (key, _) = item.map_err(db_error)?;
+            let (at, id) = key.value();
+            if let Some(d) = read_delivery(&deliveries, None, id)? {
+                due.insert((d.channel.due_code(), at, id), ())
+                    .map_err(db_error)?;
+            }
+        }
+    }
+    w.delete_table(DUE_UNKEYED).map_err(db_error)?;
+    Ok(())
 }
 
 fn read_delivery(
@@ -837,7 +875,7 @@ struct Tables<'t> {
     deliveries: redb::Table<'t, u64, &'static [u8]>,
     bodies: redb::Table<'t, u64, &'static [u8]>,
     inbox: redb::Table<'t, (&'static str, u64), ()>,
-    due: redb::Table<'t, (u64, u64), ()>,
+    due: redb::Table<'t, (u8, u64, u64), ()>,
     dead: redb::Table<'t, u64, ()>,
     unconfirmed: redb::Table<'t, &'static str, ()>,
 }
@@ -888,7 +926,9 @@ impl<'t> Tables<'t> {
                     .map_err(db_error)?;
             }
             Channel::Webhook | Channel::Amqp => {
-                self.due.insert((d.due_ms, d.id), ()).map_err(db_error)?;
+                self.due
+                    .insert((d.channel.due_code(), d.due_ms, d.id), ())
+                    .map_err(db_error)?;
             }
         }
         Ok(())
@@ -903,7 +943,9 @@ impl<'t> Tables<'t> {
                     .map_err(db_error)?;
             }
             Channel::Webhook | Channel::Amqp => {
-                self.due.remove((d.due_ms, d.id)).map_err(db_error)?;
+                self.due
+                    .remove((d.channel.due_code(), d.due_ms, d.id))
+                    .map_err(db_error)?;
             }
         }
         Ok(())
@@ -1023,7 +1065,9 @@ fn confirm(
                     .map_err(db_error)?;
             }
             Channel::Webhook | Channel::Amqp => {
-                t.due.insert((r.due_ms, r.id), ()).map_err(db_error)?;
+                t.due
+                    .insert((r.channel.due_code(), r.due_ms, r.id), ())
+                    .map_err(db_error)?;
             }
         }
         *c.delta += 1;
@@ -1138,4 +1182,153 @@ fn fail(error: StoreError, group: Vec<Write>) -> GroupResult {
         })
         .collect();
     Err((error, replies))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn new_delivery(recipient: &str, channel: Channel) -> NewDelivery {
+        NewDelivery {
+            recipient: recipient.into(),
+            channel,
+            body: b"{}".to_vec(),
+            content_type: "application/json".into(),
+            mapping_id: format!("{recipient}/test"),
+            withheld: Vec::new(),
+            unwritable: None,
+        }
+    }
+
+    fn record(event_id: &str) -> AcceptedRecord {
+        AcceptedRecord {
+            event_id: event_id.into(),
+            source: "urn:partner:test".into(),
+            sender: "test".into(),
+            event_type: "test".into(),
+            confirmed: false,
+            log_index: 0,
+            leaf_hash: String::new(),
+            receipt: String::new(),
+            deliveries: Vec::new(),
+            case_id: None,
+            recipients: Vec::new(),
+            accepted_at: now_rfc3339(),
+        }
+    }
+
+    /// Records and confirms one message with the given deliveries; returns them.
+    async fn accept(store: &Store, event_id: &str, deliveries: Vec<NewDelivery>) -> Vec<Delivery> {
+        let mut record = record(event_id);
+        let Recorded::New(made) = store
+            .record_accepted(&mut record, None, deliveries)
+            .await
+            .unwrap()
+        else {
+            panic!("{event_id} was taken for a duplicate");
+        };
+        let entry = LogEntry {
+            log_index: 0,
+            leaf_hash: String::new(),
+            receipt: String::new(),
+        };
+        store.confirm_later(&record, entry, &made).unwrap();
+        made
+    }
+
+    #[tokio::test]
+    async fn each_push_channel_reads_only_its_own_due_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        // A backlog on AMQP, then one webhook delivery due later than all of it.
+        for n in 0..50 {
+            accept(
+                &store,
+                &format!("a{n}"),
+                vec![new_delivery("q", Channel::Amqp)],
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let webhook = accept(&store, "w", vec![new_delivery("h", Channel::Webhook)]).await;
+        // The confirmations are written in order after the records: wait for the last.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.next_due(Channel::Webhook).unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the webhook delivery was never released"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        assert_eq!(
+            store.next_due(Channel::Webhook).unwrap(),
+            Some(webhook[0].due_ms)
+        );
+        let due = store.due(Channel::Webhook, now_ms(), 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, webhook[0].id);
+        assert_eq!(due[0].body, b"{}");
+        let amqp = store.due(Channel::Amqp, now_ms(), 10).unwrap();
+        assert_eq!(amqp.len(), 10, "limited to 10");
+        assert!(amqp.iter().all(|d| d.channel == Channel::Amqp));
+        assert!(store.next_due(Channel::Amqp).unwrap().unwrap() <= webhook[0].due_ms);
+        // Nothing on the inbox channel is in the due index.
+        assert_eq!(store.next_due(Channel::Inbox).unwrap(), None);
+    }
+
+    #[test]
+    fn the_unkeyed_due_index_of_earlier_versions_is_migrated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let delivery = |id: u64, channel: Channel| Delivery {
+            id,
+            event_id: format!("e{id}"),
+            event_type: "test".into(),
+            source: "urn:partner:test".into(),
+            case_id: None,
+            recipient: "r".into(),
+            channel,
+            body: Vec::new(),
+            content_type: "application/json".into(),
+            mapping_id: "r/test".into(),
+            withheld: Vec::new(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            due_ms: 1000 + id,
+            last_error: None,
+            created_at: now_rfc3339(),
+        };
+        {
+            let db = Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut deliveries = w.open_table(DELIVERIES).unwrap();
+                let mut old = w.open_table(DUE_UNKEYED).unwrap();
+                for (id, channel) in [(1, Channel::Webhook), (2, Channel::Amqp)] {
+                    let d = delivery(id, channel);
+                    let json = serde_json::to_vec(&d).unwrap();
+                    deliveries.insert(id, json.as_slice()).unwrap();
+                    old.insert((d.due_ms, id), ()).unwrap();
+                }
+            }
+            w.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.pending_deliveries(), 2);
+        assert_eq!(store.next_due(Channel::Webhook).unwrap(), Some(1001));
+        assert_eq!(store.next_due(Channel::Amqp).unwrap(), Some(1002));
+        let webhook = store.due(Channel::Webhook, u64::MAX, 10).unwrap();
+        assert_eq!(webhook.iter().map(|d| d.id).collect::<Vec<_>>(), [1]);
+        store.close();
+        let db = Database::open(&path).unwrap();
+        let r = db.begin_read().unwrap();
+        assert!(
+            r.list_tables()
+                .unwrap()
+                .all(|t| t.name() != DUE_UNKEYED.name()),
+            "the old table is gone"
+        );
+    }
 }
