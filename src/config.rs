@@ -98,6 +98,9 @@ pub struct TlsSettings {
     pub client_cert: PathBuf,
     /// Its private key.
     pub client_key: PathBuf,
+    /// How often the CRL files are checked for a change, and read again when they changed,
+    /// in seconds. Default 60.
+    pub crl_refresh_secs: u64,
 }
 
 impl Default for TlsSettings {
@@ -110,6 +113,7 @@ impl Default for TlsSettings {
             crls: vec![dev.join("crl.pem")],
             client_cert: dev.join("gateway-client.pem"),
             client_key: dev.join("gateway-client.key"),
+            crl_refresh_secs: 60,
         }
     }
 }

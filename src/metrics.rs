@@ -51,6 +51,16 @@ pub struct Metrics {
     pub audit_failures: Counter,
     /// `passerelle_audit_log_size`: entries covered by the latest checkpoint.
     pub audit_log_size: Gauge,
+    /// `passerelle_crl_reloads_total`: CRL files read again after they changed, by outcome
+    /// (`loaded`, or `failed` while the previous CRLs stay in use).
+    pub crl_reloads: Family<OutcomeLabels, Counter>,
+}
+
+/// A label set with only an outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What happened.
+    pub outcome: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,7 +127,14 @@ impl Metrics {
             "Entries covered by the latest signed checkpoint",
             audit_log_size.clone(),
         );
+        let crl_reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "crl_reloads",
+            "CRL files read again after they changed, by outcome",
+            crl_reloads.clone(),
+        );
         Metrics {
+            crl_reloads,
             registry,
             messages,
             ingest_seconds,

@@ -171,6 +171,12 @@ impl RunningGateway {
                 .context("starting the admin listener")?;
         let server =
             crate::server::start(gateway.clone(), config).context("starting the HTTPS listener")?;
+        workers.push(tokio::spawn(refresh_crls(
+            server.client_verifier.clone(),
+            gateway.metrics.clone(),
+            Duration::from_secs(config.tls.crl_refresh_secs.max(1)),
+            stop_rx.clone(),
+        )));
         tracing::info!(
             https = %server.addr,
             admin = %admin_addr,
@@ -218,5 +224,42 @@ impl RunningGateway {
         }
         tracing::warn!("parts of the gateway are still referenced; the log is flushed on exit");
         Ok(())
+    }
+}
+
+/// Reads the CRL files again whenever they change, until told to stop, so that a CRL a CA
+/// publishes before the current one expires is taken without a restart. A file that cannot be
+/// used is reported (log and metric) and the CRLs in use stay.
+async fn refresh_crls(
+    verifier: Arc<crate::tls::ClientVerifier>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let v = verifier.clone();
+        let outcome = match tokio::task::spawn_blocking(move || v.reload_if_changed()).await {
+            Ok(Ok(false)) => continue,
+            Ok(Ok(true)) => {
+                tracing::info!(files = verifier.crl_files().len(), "CRLs read again");
+                "loaded"
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "a changed CRL could not be used; the previous CRLs stay in use");
+                "failed"
+            }
+            Err(error) => {
+                tracing::error!(%error, "the CRL refresh failed");
+                "failed"
+            }
+        };
+        metrics
+            .crl_reloads
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .inc();
     }
 }

@@ -13,7 +13,8 @@
 //!   checked. A certificate whose status no configured CRL can tell is refused, and so is one
 //!   checked against a CRL whose `nextUpdate` has passed: a missing or stale CRL shows up as a
 //!   refused handshake, never as a silent bypass. A server configuration therefore needs at least
-//!   one CRL, and one per CA that issues client certificates (see [`server_config`]).
+//!   one CRL, and one per CA that issues client certificates (see [`server_config`]). The
+//!   server's CRLs can be read again while it runs ([`ClientVerifier`]).
 //! - **Identity.** [`peer_identity`] reads the URI subject alternative names and the SHA-256
 //!   fingerprint of the verified end-entity certificate. The subject's common name is never read.
 //!
@@ -25,15 +26,21 @@
 pub mod dev;
 
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedProtocolVersion,
+};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 use x509_parser::extensions::GeneralName;
 
 /// The protocol versions the gateway speaks, most preferred first: TLS 1.3, then TLS 1.2.
@@ -226,8 +233,8 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 ///
 /// `files.crls` must hold the revocation list of every CA that issues client certificates,
 /// intermediates included: a client certificate whose revocation status cannot be told is
-/// refused, and so is one checked against an expired CRL. To take new CRLs into account, build a
-/// new configuration and use it for new connections.
+/// refused, and so is one checked against an expired CRL. To take new CRLs into account while
+/// serving, use [`server_config_with_verifier`] and [`ClientVerifier::reload_if_changed`].
 ///
 /// Session resumption is off: every connection runs a full handshake, so that every connection
 /// has its certificate checked against the validity period and the CRLs of the configuration it
@@ -236,28 +243,22 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// The identity of an accepted client is read with [`peer_identity`] from the connection's
 /// peer certificates.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    if files.crls.is_empty() {
-        return Err(TlsError::NoCrl {
-            ca: files.ca.clone(),
-        });
-    }
+    server_config_with_verifier(files).map(|(config, _)| config)
+}
+
+/// Like [`server_config`], and also returns the configuration's client-certificate verifier,
+/// whose CRLs can be read again while the server runs ([`ClientVerifier::reload_if_changed`]).
+pub fn server_config_with_verifier(
+    files: &TlsFiles,
+) -> Result<(Arc<ServerConfig>, Arc<ClientVerifier>), TlsError> {
     let provider = crypto_provider();
-    let roots = Arc::new(load_roots(&files.ca)?);
-    let crls = load_checked_crls(&files.crls, &roots, &provider)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .with_crls(crls)
-        .enforce_revocation_expiration()
-        .build()
-        .map_err(|source| TlsError::Verifier {
-            ca: files.ca.clone(),
-            source,
-        })?;
+    let verifier = Arc::new(ClientVerifier::new(files, provider.clone())?);
     let chain = load_certs(&files.cert)?;
     let key = load_key(&files.key)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(TlsError::Protocol)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(|source| TlsError::Identity {
             cert: files.cert.clone(),
@@ -267,7 +268,158 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
+}
+
+/// The server's client-certificate verifier: the CA bundle and CRLs of [`server_config`], with
+/// CRLs that can be read again while the server runs.
+///
+/// CAs publish a new CRL before the current one's `nextUpdate`, and an expired CRL refuses
+/// every client, so a long-running gateway must take new CRLs without a restart.
+/// [`ClientVerifier::reload_if_changed`] rebuilds the verifier when a CRL file changed; each
+/// handshake uses the verifier current when it starts. The CA bundle is read once: a new CA
+/// needs a restart (the CA names the server sends as hints are fixed at start).
+///
+/// Written here, rather than taken from rustls, because rustls verifiers are immutable: this
+/// only swaps one rustls verifier for another behind the trait.
+pub struct ClientVerifier {
+    ca: PathBuf,
+    crls: Vec<PathBuf>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    hints: Vec<DistinguishedName>,
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// The modification times of the CRL files when they were last read.
+    read_at: Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl std::fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("ca", &self.ca)
+            .field("crls", &self.crls)
+            .finish_non_exhaustive()
+    }
+}
+
+fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+impl ClientVerifier {
+    fn new(files: &TlsFiles, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        if files.crls.is_empty() {
+            return Err(TlsError::NoCrl {
+                ca: files.ca.clone(),
+            });
+        }
+        let roots = Arc::new(load_roots(&files.ca)?);
+        let read_at = modified(&files.crls);
+        let verifier = build_client_verifier(&files.ca, &files.crls, &roots, &provider)?;
+        Ok(ClientVerifier {
+            ca: files.ca.clone(),
+            crls: files.crls.clone(),
+            hints: verifier.root_hint_subjects().to_vec(),
+            roots,
+            provider,
+            current: RwLock::new(verifier),
+            read_at: Mutex::new(read_at),
+        })
+    }
+
+    /// Reads the CRL files again if any changed since they were last read, and uses them for
+    /// the handshakes that start from then on. Returns whether it did. On an error (a CRL that
+    /// cannot be read, parsed, or is not signed by a CA of the bundle) the CRLs in use stay,
+    /// and the same files are tried again at the next call.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = modified(&self.crls);
+        let mut read_at = self.read_at.lock().unwrap_or_else(|p| p.into_inner());
+        if *read_at == now {
+            return Ok(false);
+        }
+        let verifier = build_client_verifier(&self.ca, &self.crls, &self.roots, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        *read_at = now;
+        Ok(true)
+    }
+
+    /// The CRL files it reads.
+    pub fn crl_files(&self) -> &[PathBuf] {
+        &self.crls
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn build_client_verifier(
+    ca: &Path,
+    crl_files: &[PathBuf],
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let crls = load_checked_crls(crl_files, roots, provider)?;
+    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(crls)
+        .enforce_revocation_expiration()
+        .build()
+        .map_err(|source| TlsError::Verifier {
+            ca: ca.to_path_buf(),
+            source,
+        })
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
 }
 
 /// Builds a client configuration that presents `files.cert` and verifies the server against

@@ -698,3 +698,87 @@ fn the_committed_pki_holds_every_documented_file() {
     }
     assert_eq!(tls::load_crls(&dir.join(dev::CRL_FILE)).unwrap().len(), 1);
 }
+
+/// The serial number of a certificate file of the development PKI.
+fn serial_of(name: &str) -> SerialNumber {
+    let pem = std::fs::read(dev_dir().join(format!("{name}.pem"))).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    SerialNumber::from_slice(cert.raw_serial())
+}
+
+/// A CRL of the development CA, valid now, revoking the given certificates.
+fn dev_crl(number: u8, revoked: &[&str]) -> String {
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
+    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    CertificateRevocationListParams {
+        this_update: date_time_ymd(2021, 1, 1),
+        next_update: date_time_ymd(2099, 1, 1),
+        crl_number: SerialNumber::from_slice(&[number]),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|name| rcgen::RevokedCertParams {
+                serial_number: serial_of(name),
+                revocation_time: date_time_ymd(2021, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+fn is_revoked(error: &Error) -> bool {
+    matches!(error, Error::InvalidCertificate(CertificateError::Revoked))
+}
+
+/// A CA publishes a new CRL: the running server's verifier reads it again, and the next
+/// handshake of a newly revoked certificate is refused; a CRL that cannot be used is refused
+/// and the CRLs in use stay.
+#[tokio::test]
+async fn a_new_crl_is_taken_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let crl = dir.path().join("partners.crl");
+    std::fs::write(&crl, dev_crl(10, &[dev::REVOKED])).unwrap();
+    let mut files = dev::files(&dev_dir(), dev::SERVER);
+    files.crls = vec![crl.clone()];
+    let (server, verifier) = tls::server_config_with_verifier(&files).unwrap();
+
+    handshake(server.clone(), dev_client("iom.ma"))
+        .await
+        .accepted();
+    assert!(!verifier.reload_if_changed().unwrap(), "nothing changed");
+
+    // IOM Morocco's certificate is revoked by the CA's next CRL.
+    std::fs::write(&crl, dev_crl(11, &[dev::REVOKED, "iom.ma"])).unwrap();
+    assert!(verifier.reload_if_changed().unwrap());
+    let error = handshake(server.clone(), dev_client("iom.ma"))
+        .await
+        .refused();
+    assert!(is_revoked(&error), "{error:?}");
+    handshake(server.clone(), dev_client("ma.interieur"))
+        .await
+        .accepted();
+
+    // A damaged file is reported, and the CRL read last stays in use.
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nnot a CRL\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    assert!(verifier.reload_if_changed().is_err());
+    let error = handshake(server.clone(), dev_client("iom.ma"))
+        .await
+        .refused();
+    assert!(is_revoked(&error), "{error:?}");
+    handshake(server.clone(), dev_client("ma.interieur"))
+        .await
+        .accepted();
+}

@@ -37,6 +37,8 @@ fn on_connect(connection: &dyn Any, extensions: &mut Extensions) {
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Its client-certificate verifier, whose CRLs can be read again while it runs.
+    pub client_verifier: Arc<crate::tls::ClientVerifier>,
     /// Stops it.
     pub handle: ServerHandle,
     /// Resolves when it has stopped.
@@ -45,7 +47,8 @@ pub struct RunningServer {
 
 /// Starts the partner-facing HTTPS server on the current runtime.
 pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningServer> {
-    let tls = crate::tls::server_config(&config.tls.server_files())?;
+    let (tls, client_verifier) =
+        crate::tls::server_config_with_verifier(&config.tls.server_files())?;
     let tls = (*tls).clone();
     let floor = config.server.floor_mode;
     let data = web::Data::from(gateway);
@@ -79,6 +82,7 @@ pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningSe
     let handle = server.handle();
     Ok(RunningServer {
         addr,
+        client_verifier,
         handle,
         task: tokio::spawn(server),
     })
