@@ -32,6 +32,9 @@ enum Command {
     Certs(cli::certs::CertsCommand),
     /// Run the gateway.
     Serve(cli::serve::ServeArgs),
+    /// List the dead letters of a running gateway, and redeliver them.
+    #[command(subcommand)]
+    Deliveries(cli::deliveries::DeliveriesCommand),
     /// Play the complete return of a case through a gateway on loopback, then audit it.
     Demo(cli::demo::DemoArgs),
     /// Measure the gateway under load against a floor, over mutual TLS.
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Audit(command) => command.run(),
         Command::Certs(command) => command.run(),
         Command::Serve(args) => args.run(),
+        Command::Deliveries(command) => command.run(),
         Command::Demo(args) => args.run(),
         Command::Load(args) => args.run(),
     };

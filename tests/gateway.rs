@@ -1610,11 +1610,56 @@ async fn a_dead_letter_is_listed_and_redelivered() {
     assert_eq!(inbox.len(), 1, "the delivery is still in the inbox");
     assert_eq!(inbox[0]["id"], pending[0].id);
 
+    // The operator's command lists the same dead letter, and refuses to redeliver what is
+    // not one.
+    let admin_url = format!("http://{}", gateway.running.admin_addr);
+    let listed = passerelle_cli(&["deliveries", "dead", "--admin", &admin_url]).await;
+    assert!(listed.status.success(), "{listed:?}");
+    let table = String::from_utf8(listed.stdout).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with(&id.to_string()))
+        .unwrap_or_else(|| panic!("no row for {id} in:\n{table}"));
+    for column in [
+        "ma.dgsn",
+        "webhook",
+        "webhook.http-500",
+        "CGSN-CASA-2026-00417",
+    ] {
+        assert!(row.contains(column), "{column} in {row}");
+    }
+    assert!(table.contains("1 dead letter(s)"), "{table}");
+    let pending_id = pending[0].id.to_string();
+    let refused = passerelle_cli(&[
+        "deliveries",
+        "redeliver",
+        &pending_id,
+        "--admin",
+        &admin_url,
+    ])
+    .await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8(refused.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("delivery {pending_id}: not redelivered (404")),
+        "{stderr}"
+    );
+
     // The endpoint is fixed; the operator puts the dead letter back in line.
     dgsn.answer(Answer::Accept);
-    let reply = admin.post(&format!("/deliveries/{id}/redeliver")).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.json()["state"], "pending");
+    let redelivered = passerelle_cli(&[
+        "deliveries",
+        "redeliver",
+        &id.to_string(),
+        "--admin",
+        &admin_url,
+    ])
+    .await;
+    assert!(redelivered.status.success(), "{redelivered:?}");
+    assert_eq!(
+        String::from_utf8(redelivered.stdout).unwrap(),
+        format!("delivery {id}: back in line\n")
+    );
     wait_for("the redelivery", WAIT, async || {
         (!dgsn.accepted().is_empty()).then_some(())
     })
@@ -1661,4 +1706,17 @@ async fn a_dead_letter_is_listed_and_redelivered() {
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["ready"], true);
     gateway.stop().await;
+}
+
+/// Runs the `passerelle` binary with `args`, off the test's runtime, and returns its output.
+async fn passerelle_cli(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
+            .args(&args)
+            .output()
+            .expect("the passerelle binary runs")
+    })
+    .await
+    .unwrap()
 }

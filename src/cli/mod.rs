@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod certs;
+pub mod deliveries;
 pub mod demo;
 pub mod load;
 pub mod mapping;

@@ -631,7 +631,7 @@ impl Gateway {
                             content_type: String::new(),
                             mapping_id: String::new(),
                             withheld: Vec::new(),
-                            unwritable: Some("encode-failed".into()),
+                            unwritable: Some(crate::store::UNWRITABLE.into()),
                         }
                     }
                 }

@@ -174,6 +174,9 @@ async fn redeliver(state: web::Data<AdminState>, id: web::Path<u64>) -> HttpResp
         }
         Err(crate::store::StoreError::NotFound(what)) => HttpResponse::NotFound()
             .json(serde_json::json!({"error": format!("no such {what}: {id}")})),
+        Err(refused @ crate::store::StoreError::Refused(_)) => {
+            HttpResponse::Conflict().json(serde_json::json!({"error": refused.to_string()}))
+        }
         Err(e) => {
             HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": e.to_string()}))
         }

@@ -59,6 +59,9 @@ pub enum StoreError {
     /// The record asked for does not exist.
     #[error("store: no such {0}")]
     NotFound(&'static str),
+    /// The change asked for cannot be made to this record; the reason says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn db_error(error: impl std::fmt::Display) -> StoreError {
@@ -184,6 +187,10 @@ pub struct Delivery {
     /// When it was created, RFC 3339.
     pub created_at: String,
 }
+
+/// The error code of a delivery created dead because the gateway could not write the event
+/// for its recipient: it has no body, and cannot be redelivered.
+pub const UNWRITABLE: &str = "encode-failed";
 
 /// A delivery to create, before the store gives it an id.
 #[derive(Debug, Clone)]
@@ -1159,6 +1166,13 @@ fn update_delivery(
             if d.state != DeliveryState::Dead {
                 return Err(StoreError::NotFound("dead letter"));
             }
+            if d.last_error.as_deref() == Some(UNWRITABLE) {
+                return Err(StoreError::Refused(format!(
+                    "delivery {id} has no body: the gateway could not write the event for {} \
+                     ({UNWRITABLE}); fix the mapping and ask the sender for a new message",
+                    d.recipient
+                )));
+            }
             t.dead.remove(id).map_err(db_error)?;
             d.state = DeliveryState::Pending;
             d.attempts = 0;
@@ -1276,6 +1290,25 @@ mod tests {
         assert!(store.next_due(Channel::Amqp).unwrap().unwrap() <= webhook[0].due_ms);
         // Nothing on the inbox channel is in the due index.
         assert_eq!(store.next_due(Channel::Inbox).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_could_not_be_written_is_not_redelivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let mut unwritable = new_delivery("ma.dgsn", Channel::Webhook);
+        unwritable.body = Vec::new();
+        unwritable.unwritable = Some(UNWRITABLE.into());
+        let made = accept(&store, "e1", vec![unwritable]).await;
+        assert_eq!(made[0].state, DeliveryState::Dead);
+        assert_eq!(store.dead_letters().unwrap().len(), 1);
+        match store.update(made[0].id, DeliveryUpdate::Redeliver).await {
+            Err(StoreError::Refused(why)) => assert!(why.contains("no body"), "{why}"),
+            other => panic!("redelivered: {other:?}"),
+        }
+        // It stays a dead letter, out of the due index.
+        assert_eq!(store.dead_letters().unwrap().len(), 1);
+        assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
     }
 
     #[test]

@@ -1,0 +1,165 @@
+//! `passerelle deliveries`: the store's dead letters, listed and put back in line, through a
+//! running gateway's admin listener.
+//!
+//! The running gateway holds its store open, so these commands ask it rather than open the
+//! store themselves. The admin listener is found in the gateway's configuration file, or given.
+
+use anyhow::{Context, bail};
+use passerelle::config::Config;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Where the admin listener is.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The gateway's configuration file, to read the admin listener's address from. Without
+    /// it, and without --admin, the default address (127.0.0.1:9090).
+    #[arg(long, conflicts_with = "admin")]
+    pub config: Option<PathBuf>,
+    /// The admin listener's base URL, such as http://127.0.0.1:9090.
+    #[arg(long)]
+    pub admin: Option<String>,
+}
+
+impl AdminArgs {
+    fn base_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.admin {
+            return Ok(url.trim_end_matches('/').to_owned());
+        }
+        let config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        Ok(format!("http://{}", config.admin.listen))
+    }
+}
+
+/// `passerelle deliveries …`
+#[derive(Debug, clap::Subcommand)]
+pub enum DeliveriesCommand {
+    /// List the dead letters: deliveries the gateway gave up, with their last error.
+    Dead {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the admin listener's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in line: each is tried again at once (or reappears in its
+    /// recipient's inbox), with its attempt count at zero. Fix the cause first.
+    Redeliver {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The delivery ids (as `deliveries dead` lists them).
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+}
+
+/// A plain-HTTP client for the admin listener. reqwest is built without a default TLS
+/// provider, and needs one installed even when it never makes a TLS connection.
+fn client() -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// The `error` of an admin listener's JSON answer, or its text.
+fn error_of(text: &str) -> String {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.trim().to_owned())
+}
+
+impl DeliveriesCommand {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            match self {
+                DeliveriesCommand::Dead { admin, json } => dead(&admin.base_url()?, json).await,
+                DeliveriesCommand::Redeliver { admin, ids } => {
+                    redeliver(&admin.base_url()?, &ids).await
+                }
+            }
+        })
+    }
+}
+
+async fn dead(base: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let url = format!("{base}/dead-letters");
+    let response = client()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("asking {url} (is the gateway running?)"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("{url} answered {status}: {}", error_of(&text));
+    }
+    if json {
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: Vec<Value> = serde_json::from_str(&text).context("the dead-letter list")?;
+    if list.is_empty() {
+        println!("no dead letters");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>8}  {:<22} {:<8} {:>8}  {:<26} {:<24} event",
+        "id", "recipient", "channel", "attempts", "last error", "created"
+    );
+    for d in &list {
+        let text = |key: &str| d[key].as_str().unwrap_or("-").to_owned();
+        println!(
+            "{:>8}  {:<22} {:<8} {:>8}  {:<26} {:<24} {} {}",
+            d["id"],
+            text("recipient"),
+            text("channel"),
+            d["attempts"],
+            text("last_error"),
+            text("created_at"),
+            text("event_type"),
+            text("event_id"),
+        );
+    }
+    println!("{} dead letter(s)", list.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn redeliver(base: &str, ids: &[u64]) -> anyhow::Result<ExitCode> {
+    let client = client()?;
+    let mut failed = 0;
+    for id in ids {
+        let url = format!("{base}/deliveries/{id}/redeliver");
+        let response = client
+            .post(&url)
+            .send()
+            .await
+            .with_context(|| format!("asking {url} (is the gateway running?)"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if status.is_success() {
+            println!("delivery {id}: back in line");
+        } else {
+            failed += 1;
+            eprintln!(
+                "delivery {id}: not redelivered ({status}): {}",
+                error_of(&text)
+            );
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
