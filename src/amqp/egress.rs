@@ -41,6 +41,7 @@ use super::probe::PERSISTENT;
 use super::topology::OUTBOUND_EXCHANGE;
 use crate::delivery::{self, RetryPolicy, due_in, record_attempt};
 use crate::pipeline::Gateway;
+use crate::pipeline::media_essence;
 use crate::registry::Delivery as DeliveryMode;
 use crate::store::{Channel as StoreChannel, Delivery};
 use base64::Engine;
@@ -114,12 +115,7 @@ pub fn outbound_message(delivery: &Delivery, now: u64) -> (Vec<u8>, BasicPropert
 }
 
 fn is_structured_cloudevent(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .eq_ignore_ascii_case("application/cloudevents+json")
+    media_essence(content_type) == "application/cloudevents+json"
 }
 
 /// A structured-mode event taken apart for binary mode.
@@ -167,12 +163,7 @@ fn binary_mode(body: &[u8]) -> Option<BinaryEvent> {
 }
 
 fn is_json(media: &str) -> bool {
-    let essence = media
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = media_essence(media);
     essence == "application/json" || essence.ends_with("+json")
 }
 
@@ -266,14 +257,9 @@ impl Egress {
                 let due = self
                     .gateway
                     .store
-                    .due(StoreChannel::Amqp, now, room + in_flight.len());
+                    .due_except(StoreChannel::Amqp, now, &in_flight, room);
                 match due {
-                    Ok(due) => {
-                        let fresh: Vec<Delivery> = due
-                            .into_iter()
-                            .filter(|d| !in_flight.contains(&d.id))
-                            .take(room)
-                            .collect();
+                    Ok(fresh) => {
                         for delivery in fresh {
                             in_flight.insert(delivery.id);
                             if !self.is_amqp_recipient(&delivery.recipient) {

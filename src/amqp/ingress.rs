@@ -162,12 +162,7 @@ pub fn content_of(properties: &BasicProperties) -> Result<Content, DeadLetter> {
         .as_ref()
         .map(|media| media.as_str().to_owned())
         .unwrap_or_default();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = crate::pipeline::media_essence(&content_type);
     if essence.starts_with("application/cloudevents") {
         return Ok(Content::Typed(content_type));
     }

@@ -67,6 +67,19 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// Sends a request to the admin listener at `url`; returns the status and the body.
+async fn ask(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> anyhow::Result<(reqwest::StatusCode, String)> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("asking {url} (is the gateway running?)"))?;
+    let status = response.status();
+    Ok((status, response.text().await?))
+}
+
 /// The `error` of an admin listener's JSON answer, or its text.
 fn error_of(text: &str) -> String {
     serde_json::from_str::<Value>(text)
@@ -94,13 +107,7 @@ impl DeliveriesCommand {
 
 async fn dead(base: &str, json: bool) -> anyhow::Result<ExitCode> {
     let url = format!("{base}/dead-letters");
-    let response = client()?
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("asking {url} (is the gateway running?)"))?;
-    let status = response.status();
-    let text = response.text().await?;
+    let (status, text) = ask(client()?.get(&url), &url).await?;
     if !status.is_success() {
         bail!("{url} answered {status}: {}", error_of(&text));
     }
@@ -140,13 +147,7 @@ async fn redeliver(base: &str, ids: &[u64]) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for id in ids {
         let url = format!("{base}/deliveries/{id}/redeliver");
-        let response = client
-            .post(&url)
-            .send()
-            .await
-            .with_context(|| format!("asking {url} (is the gateway running?)"))?;
-        let status = response.status();
-        let text = response.text().await?;
+        let (status, text) = ask(client.post(&url), &url).await?;
         if status.is_success() {
             println!("delivery {id}: back in line");
         } else {

@@ -73,14 +73,9 @@ impl WebhookWorker {
                 match this
                     .gateway
                     .store
-                    .due(Channel::Webhook, now, room + in_flight.len())
+                    .due_except(Channel::Webhook, now, &in_flight, room)
                 {
-                    Ok(due) => {
-                        let fresh: Vec<Delivery> = due
-                            .into_iter()
-                            .filter(|d| !in_flight.contains(&d.id))
-                            .take(room)
-                            .collect();
+                    Ok(fresh) => {
                         for d in fresh {
                             in_flight.insert(d.id);
                             let worker = this.clone();

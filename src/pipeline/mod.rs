@@ -833,13 +833,19 @@ pub fn media_types(format: Format) -> &'static [&'static str] {
     }
 }
 
-fn check_media_type(format: Format, media: &str) -> Result<(), Refusal> {
-    let essence = media
+/// A media type's essence: the type and subtype, without parameters, in lower case
+/// (`Application/XML; charset=utf-8` is `application/xml`).
+pub fn media_essence(media: &str) -> String {
+    media
         .split(';')
         .next()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+fn check_media_type(format: Format, media: &str) -> Result<(), Refusal> {
+    let essence = media_essence(media);
     let accepted = media_types(format);
     if accepted.contains(&essence.as_str()) {
         Ok(())

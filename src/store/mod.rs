@@ -290,7 +290,8 @@ struct Prepared {
     dead: bool,
 }
 
-/// A delivery to put in its channel's index when its message is confirmed.
+/// Where a waiting delivery sits in its channel's index: put there when its message is
+/// confirmed (or it is due again), taken out when it leaves the line.
 struct Release {
     id: u64,
     channel: Channel,
@@ -665,6 +666,24 @@ impl Store {
         Ok(found)
     }
 
+    /// Up to `room` push deliveries on `channel` due at or before `now_ms`, earliest first,
+    /// with their bodies, leaving out those in `in_flight` (a worker's attempts under way:
+    /// they stay due until their outcome is recorded).
+    pub fn due_except(
+        &self,
+        channel: Channel,
+        now_ms: u64,
+        in_flight: &std::collections::HashSet<u64>,
+        room: usize,
+    ) -> Result<Vec<Delivery>> {
+        Ok(self
+            .due(channel, now_ms, room + in_flight.len())?
+            .into_iter()
+            .filter(|d| !in_flight.contains(&d.id))
+            .take(room)
+            .collect())
+    }
+
     /// When the next push delivery on `channel` is due, if any is waiting.
     pub fn next_due(&self, channel: Channel) -> Result<Option<u64>> {
         let r = self.db.begin_read().map_err(db_error)?;
@@ -925,7 +944,7 @@ impl<'t> Tables<'t> {
     }
 
     /// Puts a waiting delivery where its channel looks for it.
-    fn enqueue(&mut self, d: &Delivery) -> Result<()> {
+    fn enqueue(&mut self, d: &Release) -> Result<()> {
         match d.channel {
             Channel::Inbox => {
                 self.inbox
@@ -942,7 +961,7 @@ impl<'t> Tables<'t> {
     }
 
     /// Takes a waiting delivery out of its channel's index.
-    fn dequeue(&mut self, d: &Delivery) -> Result<()> {
+    fn dequeue(&mut self, d: &Release) -> Result<()> {
         match d.channel {
             Channel::Inbox => {
                 self.inbox
@@ -1064,19 +1083,8 @@ fn confirm(
         // Confirmed already, or withdrawn.
         return Ok(());
     }
-    for r in release {
-        match r.channel {
-            Channel::Inbox => {
-                t.inbox
-                    .insert((r.recipient.as_str(), r.id), ())
-                    .map_err(db_error)?;
-            }
-            Channel::Webhook | Channel::Amqp => {
-                t.due
-                    .insert((r.channel.due_code(), r.due_ms, r.id), ())
-                    .map_err(db_error)?;
-            }
-        }
+    for r in &release {
+        t.enqueue(r)?;
         *c.delta += 1;
     }
     t.accepted.insert(key, record).map_err(db_error)?;
@@ -1120,7 +1128,7 @@ fn update_delivery(
             }
             Channel::Webhook | Channel::Amqp => {
                 if waiting {
-                    t.dequeue(&d)?;
+                    t.dequeue(&Release::of(&d))?;
                     *c.delta -= 1;
                 }
                 d.state = DeliveryState::Delivered;
@@ -1131,14 +1139,14 @@ fn update_delivery(
             if d.channel == Channel::Inbox
                 && matches!(d.state, DeliveryState::Pending | DeliveryState::Delivered)
             {
-                t.dequeue(&d)?;
+                t.dequeue(&Release::of(&d))?;
                 *c.delta -= 1;
             }
             d.state = DeliveryState::Acknowledged;
         }
         DeliveryUpdate::Retry { error, due_ms } => {
             if waiting {
-                t.dequeue(&d)?;
+                t.dequeue(&Release::of(&d))?;
             } else {
                 *c.delta += 1;
             }
@@ -1146,13 +1154,13 @@ fn update_delivery(
             d.last_error = Some(error);
             d.due_ms = due_ms;
             d.state = DeliveryState::Pending;
-            t.enqueue(&d)?;
+            t.enqueue(&Release::of(&d))?;
         }
         DeliveryUpdate::Dead { error } => {
             if matches!(d.state, DeliveryState::Pending | DeliveryState::Delivered)
                 && (waiting || d.channel == Channel::Inbox)
             {
-                t.dequeue(&d)?;
+                t.dequeue(&Release::of(&d))?;
                 *c.delta -= 1;
             }
             if d.channel != Channel::Inbox {
@@ -1177,7 +1185,7 @@ fn update_delivery(
             d.state = DeliveryState::Pending;
             d.attempts = 0;
             d.due_ms = now_ms();
-            t.enqueue(&d)?;
+            t.enqueue(&Release::of(&d))?;
             *c.delta += 1;
         }
     }
