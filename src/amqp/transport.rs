@@ -192,15 +192,26 @@ impl AmqpTransport {
     ) -> Result<SessionEnd, AmqpError> {
         let events = connection.events_listener();
         self.gate.reset();
-        let declaring = connection.create_channel().await?;
-        self.topology.declare(&declaring).await?;
-        let _ = declaring.close(200, "OK".into()).await;
-        let dead_letters = publisher_channel(connection).await?;
-        let mut consumers = Vec::new();
-        for partner in self.topology.partners() {
-            let (channel, consumer) = Ingress::open(connection, &self.settings, partner).await?;
-            consumers.push((partner.to_owned(), channel, consumer));
-        }
+        // A broker that accepted the connection can still leave a declaration or a consumer
+        // unanswered (while it is starting or stopping, or under a partition); the setup gets
+        // the same time limit as the connection, so that readiness never waits on it forever.
+        let limit = Duration::from_secs(self.settings.connect_timeout_secs.max(1));
+        let setup = async {
+            let declaring = connection.create_channel().await?;
+            self.topology.declare(&declaring).await?;
+            let _ = declaring.close(200, "OK".into()).await;
+            let dead_letters = publisher_channel(connection).await?;
+            let mut consumers = Vec::new();
+            for partner in self.topology.partners() {
+                let (channel, consumer) =
+                    Ingress::open(connection, &self.settings, partner).await?;
+                consumers.push((partner.to_owned(), channel, consumer));
+            }
+            Ok::<_, AmqpError>((dead_letters, consumers))
+        };
+        let (dead_letters, consumers) = tokio::time::timeout(limit, setup)
+            .await
+            .map_err(|_| AmqpError::SetupTimeout(limit))??;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);

@@ -169,8 +169,10 @@ pub fn write_registry(dir: &Path, changes: &RegistryChanges) -> PathBuf {
 
 /// A configuration for an in-process test gateway: both listeners on 127.0.0.1 port 0, the
 /// development PKI, the crate's mappings, `registry`, data in `data`, fast retries (50 ms
-/// doubling up to 1 s, 10 attempts) and rate limits that no test reaches.
+/// doubling up to 1 s, 10 attempts) and rate limits that no test reaches. It also sends the
+/// gateway's logs to the test's output ([`capture_logs`]).
 pub fn test_config(data: &Path, registry: &Path) -> Config {
+    capture_logs();
     let dev = dev_dir();
     let mut config = Config::default();
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -193,6 +195,21 @@ pub fn test_config(data: &Path, registry: &Path) -> Config {
     config.delivery.max_attempts = 10;
     config.delivery.timeout_secs = 5;
     config
+}
+
+/// Installs a log subscriber that writes the in-process gateway's logs through the test
+/// harness, which keeps them with each test's output and shows them when the test fails. The
+/// filter is `RUST_LOG`, or else warnings, plus the AMQP transport's connection events (connected,
+/// consuming, lost), which tell how a failing broker test got where it did. Calling it again is
+/// harmless.
+pub fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,passerelle::amqp=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
 }
 
 /// The same settings as [`test_config`], as a TOML file for `passerelle serve --config`, with
