@@ -1677,6 +1677,7 @@ async fn a_dead_letter_is_listed_and_redelivered() {
         [
             ("delivery_failed".to_owned(), failed("webhook.http-500")),
             ("dead_lettered".to_owned(), failed("webhook.http-500")),
+            ("redelivered".to_owned(), Some("operator".to_owned())),
             ("delivered".to_owned(), None),
         ]
     );

@@ -50,6 +50,8 @@ pub enum Kind {
     DeliveryFailed,
     /// Delivery was given up and the message dead-lettered.
     DeadLettered,
+    /// An operator put a dead-lettered delivery back in line.
+    Redelivered,
     /// A domain check flagged an anomaly (the message is still delivered).
     Anomaly,
     /// A case's keys were destroyed: its personal data can no longer be opened.

@@ -11,7 +11,7 @@ pub mod webhook;
 use crate::audit::Kind;
 use crate::config::DeliverySettings;
 use crate::pipeline::Gateway;
-use crate::store::{Delivery, DeliveryUpdate};
+use crate::store::{Delivery, DeliveryUpdate, StoreError};
 use std::time::Duration;
 
 /// What one push attempt came to, whatever the channel.
@@ -100,6 +100,38 @@ pub async fn record_attempt(
         }
     }
 }
+
+/// Why a dead letter was not put back in line.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeliverError {
+    /// It is not a dead letter (`NotFound`), it cannot be redelivered (`Refused`), or the store
+    /// failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log could not record the redelivery, so it was not made.
+    #[error("the redelivery could not be audited: {0}")]
+    Audit(String),
+}
+
+/// Puts dead letter `id` back in line at an operator's request, due now. Like an attempt, it
+/// is audited first (`redelivered`, reason `operator`) and then recorded, so that the evidence
+/// is never behind the state; the attempts that follow are audited as usual. Redeliveries are
+/// made one at a time, so that two requests for the same dead letter log one entry.
+pub async fn redeliver(gateway: &Gateway, id: u64) -> Result<Delivery, RedeliverError> {
+    let _one_at_a_time = gateway.redeliveries.lock().await;
+    let dead = gateway.store.redeliverable(id)?;
+    gateway
+        .audit_delivery(&dead, Kind::Redelivered, Some(OPERATOR.into()))
+        .await
+        .map_err(|refusal| RedeliverError::Audit(refusal.to_string()))?;
+    let back = gateway.store.update(id, DeliveryUpdate::Redeliver).await?;
+    gateway.outbox_changed.notify_waiters();
+    tracing::info!(delivery = back.id, recipient = %back.recipient, "dead letter put back in line");
+    Ok(back)
+}
+
+/// The reason recorded on a `redelivered` entry.
+const OPERATOR: &str = "operator";
 
 /// When to try a failed delivery again, and when to give up.
 #[derive(Debug, Clone)]

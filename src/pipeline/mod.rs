@@ -196,6 +196,9 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Woken whenever push deliveries are added or put back in line.
     pub outbox_changed: Arc<Notify>,
+    /// Held while an operator's redelivery is audited and recorded (see
+    /// [`crate::delivery::redeliver`]).
+    pub(crate) redeliveries: tokio::sync::Mutex<()>,
     limits: Limits,
     rate: DefaultKeyedRateLimiter<String>,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -238,6 +241,7 @@ impl Gateway {
             store,
             metrics,
             outbox_changed: Arc::new(Notify::new()),
+            redeliveries: tokio::sync::Mutex::new(()),
             rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             limits,
             in_flight: Mutex::new(HashMap::new()),

@@ -9,8 +9,9 @@
 //! | `GET /dead-letters` | dead-lettered deliveries (metadata only) |
 //! | `POST /deliveries/{id}/redeliver` | put a dead letter back in line |
 
+use crate::delivery::{self, RedeliverError};
 use crate::pipeline::Gateway;
-use crate::store::DeliveryUpdate;
+use crate::store::StoreError;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -161,20 +162,11 @@ async fn dead_letters(state: web::Data<AdminState>) -> HttpResponse {
 }
 
 async fn redeliver(state: web::Data<AdminState>, id: web::Path<u64>) -> HttpResponse {
-    match state
-        .gateway
-        .store
-        .update(*id, DeliveryUpdate::Redeliver)
-        .await
-    {
-        Ok(d) => {
-            state.gateway.outbox_changed.notify_waiters();
-            tracing::info!(delivery = d.id, recipient = %d.recipient, "dead letter put back in line");
-            HttpResponse::Ok().json(serde_json::json!({"id": d.id, "state": d.state}))
-        }
-        Err(crate::store::StoreError::NotFound(what)) => HttpResponse::NotFound()
+    match delivery::redeliver(&state.gateway, *id).await {
+        Ok(d) => HttpResponse::Ok().json(serde_json::json!({"id": d.id, "state": d.state})),
+        Err(RedeliverError::Store(StoreError::NotFound(what))) => HttpResponse::NotFound()
             .json(serde_json::json!({"error": format!("no such {what}: {id}")})),
-        Err(refused @ crate::store::StoreError::Refused(_)) => {
+        Err(RedeliverError::Store(refused @ StoreError::Refused(_))) => {
             HttpResponse::Conflict().json(serde_json::json!({"error": refused.to_string()}))
         }
         Err(e) => {

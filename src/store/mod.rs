@@ -615,6 +615,17 @@ impl Store {
         read_delivery(&deliveries, Some(&bodies), id)
     }
 
+    /// The dead letter `id`, without its body, if [`DeliveryUpdate::Redeliver`] would take it:
+    /// `NotFound` when it is not a dead letter, `Refused` when it has no body. The update checks
+    /// again, so a redelivery raced by another stays refused.
+    pub fn redeliverable(&self, id: u64) -> Result<Delivery> {
+        let d = self
+            .delivery_metadata(id)?
+            .ok_or(StoreError::NotFound("delivery"))?;
+        check_redeliverable(&d)?;
+        Ok(d)
+    }
+
     /// A delivery, without its body.
     pub fn delivery_metadata(&self, id: u64) -> Result<Option<Delivery>> {
         let r = self.db.begin_read().map_err(db_error)?;
@@ -1171,16 +1182,7 @@ fn update_delivery(
             t.dead.insert(id, ()).map_err(db_error)?;
         }
         DeliveryUpdate::Redeliver => {
-            if d.state != DeliveryState::Dead {
-                return Err(StoreError::NotFound("dead letter"));
-            }
-            if d.last_error.as_deref() == Some(UNWRITABLE) {
-                return Err(StoreError::Refused(format!(
-                    "delivery {id} has no body: the gateway could not write the event for {} \
-                     ({UNWRITABLE}); fix the mapping and ask the sender for a new message",
-                    d.recipient
-                )));
-            }
+            check_redeliverable(&d)?;
             t.dead.remove(id).map_err(db_error)?;
             d.state = DeliveryState::Pending;
             d.attempts = 0;
@@ -1191,6 +1193,21 @@ fn update_delivery(
     }
     t.put_delivery(&d)?;
     Ok(d)
+}
+
+/// Whether a delivery can be put back in line: only a dead letter, and only one with a body.
+fn check_redeliverable(d: &Delivery) -> Result<()> {
+    if d.state != DeliveryState::Dead {
+        return Err(StoreError::NotFound("dead letter"));
+    }
+    if d.last_error.as_deref() == Some(UNWRITABLE) {
+        return Err(StoreError::Refused(format!(
+            "delivery {} has no body: the gateway could not write the event for {} \
+             ({UNWRITABLE}); fix the mapping and ask the sender for a new message",
+            d.id, d.recipient
+        )));
+    }
+    Ok(())
 }
 
 fn fail(error: StoreError, group: Vec<Write>) -> GroupResult {
@@ -1310,6 +1327,15 @@ mod tests {
         let made = accept(&store, "e1", vec![unwritable]).await;
         assert_eq!(made[0].state, DeliveryState::Dead);
         assert_eq!(store.dead_letters().unwrap().len(), 1);
+        // The check made before the redelivery is audited refuses it as the update does.
+        match store.redeliverable(made[0].id) {
+            Err(StoreError::Refused(why)) => assert!(why.contains("no body"), "{why}"),
+            other => panic!("redeliverable: {other:?}"),
+        }
+        assert!(matches!(
+            store.redeliverable(made[0].id + 1),
+            Err(StoreError::NotFound(_))
+        ));
         match store.update(made[0].id, DeliveryUpdate::Redeliver).await {
             Err(StoreError::Refused(why)) => assert!(why.contains("no body"), "{why}"),
             other => panic!("redelivered: {other:?}"),
