@@ -523,17 +523,26 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 /// Loads a PEM certificate chain. Fails when the file holds no certificate.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     const WHAT: &str = "certificate";
-    let bytes = read(WHAT, path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    every_pem_block(WHAT, path, &read(WHAT, path)?)
+}
+
+/// Every PEM block of type `T` in `bytes` (read from `path`); an error names `what` and the
+/// file, and so does a file that holds none.
+fn every_pem_block<T: PemObject>(
+    what: &'static str,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<T>, TlsError> {
+    let blocks = T::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| pem_error(WHAT, path, source))?;
-    if certs.is_empty() {
+        .map_err(|source| pem_error(what, path, source))?;
+    if blocks.is_empty() {
         return Err(TlsError::Empty {
-            what: WHAT,
+            what,
             path: path.to_owned(),
         });
     }
-    Ok(certs)
+    Ok(blocks)
 }
 
 /// Loads a PEM private key (the first one in the file: PKCS#8, PKCS#1 or SEC1).
@@ -547,16 +556,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// one of them is not a usable trust anchor.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     const WHAT: &str = "CA bundle";
-    let bytes = read(WHAT, path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| pem_error(WHAT, path, source))?;
-    if certs.is_empty() {
-        return Err(TlsError::Empty {
-            what: WHAT,
-            path: path.to_owned(),
-        });
-    }
+    let certs: Vec<CertificateDer<'static>> = every_pem_block(WHAT, path, &read(WHAT, path)?)?;
     let mut roots = RootCertStore::empty();
     for (index, cert) in certs.into_iter().enumerate() {
         roots.add(cert).map_err(|source| TlsError::TrustAnchor {
@@ -577,16 +577,7 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     if !bytes.starts_with(b"-----BEGIN") && bytes.first() == Some(&0x30) {
         return Ok(vec![CertificateRevocationListDer::from(bytes)]);
     }
-    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| pem_error(WHAT, path, source))?;
-    if crls.is_empty() {
-        return Err(TlsError::Empty {
-            what: WHAT,
-            path: path.to_owned(),
-        });
-    }
-    Ok(crls)
+    every_pem_block(WHAT, path, &bytes)
 }
 
 /// Loads every CRL file, and checks each file on its own with a throwaway verifier so that a bad

@@ -222,6 +222,20 @@ async fn send(channel: &Channel, partner: &str, message_id: &str, media: &str, b
     );
 }
 
+/// Publishes the embassy's laissez-passer under each of `references`, each confirmed.
+async fn send_lpcs(channel: &Channel, references: &[String]) {
+    for reference in references {
+        send(
+            channel,
+            EMBASSY,
+            reference,
+            "application/xml",
+            &lpc_issued(reference),
+        )
+        .await;
+    }
+}
+
 /// Takes one message from `queue` (acknowledged), if there is one.
 async fn take(channel: &Channel, queue: &str) -> Option<Message> {
     let got = channel
@@ -1083,16 +1097,7 @@ async fn a_full_outbox_pauses_consumption() {
     let embassy = partner_connection(broker, VHOST, EMBASSY).await;
     let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
     let references: Vec<String> = (0..COUNT).map(|i| format!("ABJ-RBT-BP-{i:04}")).collect();
-    for reference in &references {
-        send(
-            &channel,
-            EMBASSY,
-            reference,
-            "application/xml",
-            &lpc_issued(reference),
-        )
-        .await;
-    }
+    send_lpcs(&channel, &references).await;
     // Two messages fill the outbox; the rest wait.
     wait_for("two acceptances", WAIT, async || {
         (references.iter().filter(|r| gateway.accepted(r)).count() >= 2).then_some(())
@@ -1164,16 +1169,7 @@ async fn a_broker_restart_loses_nothing() {
     // Before: the embassy publishes, the ministry asks.
     let embassy = partner_connection(&broker, VHOST, EMBASSY).await;
     let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
-    for reference in &references[..BEFORE] {
-        send(
-            &channel,
-            EMBASSY,
-            reference,
-            "application/xml",
-            &lpc_issued(reference),
-        )
-        .await;
-    }
+    send_lpcs(&channel, &references[..BEFORE]).await;
     for id in &requests[..REQUESTS] {
         gateway.post_as_ministry(&lpc_request(id)).await;
     }
@@ -1221,16 +1217,7 @@ async fn a_broker_restart_loses_nothing() {
     // After: the embassy reconnects and publishes the rest; the ministry asks again.
     let embassy = partner_connection(&broker, VHOST, EMBASSY).await;
     let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
-    for reference in &references[BEFORE..] {
-        send(
-            &channel,
-            EMBASSY,
-            reference,
-            "application/xml",
-            &lpc_issued(reference),
-        )
-        .await;
-    }
+    send_lpcs(&channel, &references[BEFORE..]).await;
     for id in &requests[2 * REQUESTS..] {
         gateway.post_as_ministry(&lpc_request(id)).await;
     }
@@ -1296,16 +1283,7 @@ async fn two_instances_share_the_queues() {
     let references: Vec<String> = (0..MESSAGES)
         .map(|i| format!("ABJ-RBT-PR-{i:04}"))
         .collect();
-    for reference in &references {
-        send(
-            &channel,
-            EMBASSY,
-            reference,
-            "application/xml",
-            &lpc_issued(reference),
-        )
-        .await;
-    }
+    send_lpcs(&channel, &references).await;
     let requests: Vec<String> = (0..REQUESTS)
         .map(|i| format!("MI-DMF-2026-7{i:05}"))
         .collect();

@@ -5,7 +5,10 @@
 //! Concurrent keep-alive clients send the Senegal consulate's `LaissezPasserDelivre`, each
 //! with its own reference, for a fixed time. Rounds alternate the two so that a noisy machine
 //! affects both alike; the medians are printed, with the ratio of full to floor throughput.
-//! The gateways' peak resident memory is read from `/proc/<pid>/status` (`VmHWM`).
+//! The gateways' peak resident memory is read from `/proc/<pid>/status` (`VmHWM`), and the CPU
+//! time that the gateway and this load generator spent during the measurement from
+//! `/proc/<pid>/stat`, to give the CPU cost of one message on each side. It ends with the
+//! targets: the full pipeline at 50 % of the floor or more, p99 under 25 ms, RSS under 200 MB.
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -45,6 +48,37 @@ struct RunResult {
     p99: Duration,
     peak_rss_kib: u64,
     errors: u64,
+    /// CPU time of the gateway per message, in microseconds.
+    gateway_cpu_us: f64,
+    /// CPU time of the load generator per message, in microseconds.
+    generator_cpu_us: f64,
+}
+
+/// The targets the command checks.
+const TARGET_RATIO: f64 = 0.50;
+const TARGET_P99_MS: f64 = 25.0;
+const TARGET_RSS_MB: f64 = 200.0;
+
+/// The CPU time a process has used so far (user and system, every thread), from
+/// `/proc/<pid>/stat`; zero when it cannot be read.
+fn cpu_time(pid: u32) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| cpu_ticks(&stat))
+        .unwrap_or(0);
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+/// The user and system clock ticks of a `/proc/<pid>/stat` line (its fields 14 and 15).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it,
+    // where utime and stime are the 12th and 13th fields.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 struct Gateway {
@@ -152,13 +186,24 @@ async fn prepare_case(https: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What [`drive`] measured: messages a second, the latencies, errors, and the CPU time the
+/// gateway and the generator used during the measurement.
+struct Driven {
+    rate: u64,
+    latencies: Vec<Duration>,
+    errors: u64,
+    gateway_cpu: Duration,
+    generator_cpu: Duration,
+}
+
 async fn drive(
     https: u16,
+    gateway_pid: u32,
     clients: usize,
     seconds: u64,
     template: Arc<String>,
     round: usize,
-) -> anyhow::Result<(u64, Vec<Duration>, u64)> {
+) -> anyhow::Result<Driven> {
     let url = format!("https://localhost:{https}/v1/messages");
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -201,19 +246,28 @@ async fn drive(
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let generator_pid = std::process::id();
+    let cpu_before = (cpu_time(gateway_pid), cpu_time(generator_pid));
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let gateway_cpu = cpu_time(gateway_pid).saturating_sub(cpu_before.0);
+    let generator_cpu = cpu_time(generator_pid).saturating_sub(cpu_before.1);
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await?);
     }
     let count = latencies.len() as u64;
-    let rate_scaled = (count as f64 / elapsed.as_secs_f64()) as u64;
-    Ok((rate_scaled, latencies, errors.load(Ordering::Relaxed)))
+    Ok(Driven {
+        rate: (count as f64 / elapsed.as_secs_f64()) as u64,
+        latencies,
+        errors: errors.load(Ordering::Relaxed),
+        gateway_cpu,
+        generator_cpu,
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -234,19 +288,30 @@ fn run_once(
     let gateway = start_gateway(floor)?;
     let pid = gateway.child.id();
     let https = gateway.https;
-    let (rate, mut latencies, errors) = runtime.block_on(async {
+    let mut driven = runtime.block_on(async {
         if !floor {
             prepare_case(https).await?;
         }
-        drive(https, args.clients, args.seconds, template.clone(), round).await
+        drive(
+            https,
+            pid,
+            args.clients,
+            args.seconds,
+            template.clone(),
+            round,
+        )
+        .await
     })?;
-    latencies.sort_unstable();
+    driven.latencies.sort_unstable();
+    let messages = driven.latencies.len().max(1) as f64;
     let result = RunResult {
-        rate: rate as f64,
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
+        rate: driven.rate as f64,
+        p50: percentile(&driven.latencies, 0.50),
+        p99: percentile(&driven.latencies, 0.99),
         peak_rss_kib: peak_rss_kib(pid),
-        errors,
+        errors: driven.errors,
+        gateway_cpu_us: driven.gateway_cpu.as_secs_f64() * 1e6 / messages,
+        generator_cpu_us: driven.generator_cpu.as_secs_f64() * 1e6 / messages,
     };
     drop(gateway);
     Ok(result)
@@ -257,15 +322,41 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-fn report(name: &str, runs: &[RunResult]) {
+/// The medians of a set of runs (the peak RSS is the highest), printed as one line.
+struct Summary {
+    rate: f64,
+    p99_ms: f64,
+    rss_mb: f64,
+    gateway_cpu_us: f64,
+    generator_cpu_us: f64,
+}
+
+fn report(name: &str, runs: &[RunResult]) -> Summary {
     let rate = median(runs.iter().map(|r| r.rate).collect());
     let p50 = median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect());
     let p99 = median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
     let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
     let errors: u64 = runs.iter().map(|r| r.errors).sum();
+    let gateway_cpu = median(runs.iter().map(|r| r.gateway_cpu_us).collect());
+    let generator_cpu = median(runs.iter().map(|r| r.generator_cpu_us).collect());
     println!(
         "{name:<14} {rate:>10.0} msg/s   p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   peak RSS {rss:>6.1} MB   errors {errors}"
     );
+    println!(
+        "{:<14} CPU per message: gateway {gateway_cpu:.0} µs, load generator {generator_cpu:.0} µs",
+        ""
+    );
+    Summary {
+        rate,
+        p99_ms: p99,
+        rss_mb: rss,
+        gateway_cpu_us: gateway_cpu,
+        generator_cpu_us: generator_cpu,
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
 }
 
 impl LoadArgs {
@@ -307,15 +398,60 @@ impl LoadArgs {
             full.push(r);
         }
         println!("\nmedians over {} rounds:", self.rounds);
-        if !floor.is_empty() {
-            report("floor", &floor);
+        let floor = (!floor.is_empty()).then(|| report("floor", &floor));
+        let full = report("full pipeline", &full);
+        println!("\ntargets:");
+        if let Some(floor) = floor {
+            let ratio = full.rate / floor.rate.max(1.0);
+            println!(
+                "  full pipeline at {:.0} % of the floor or more: {:.1} %, {}",
+                TARGET_RATIO * 100.0,
+                ratio * 100.0,
+                verdict(ratio >= TARGET_RATIO)
+            );
+            // When the machine's cores are the limit, the target rate leaves this much CPU
+            // per message to the gateway once the generator has taken its share.
+            let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+            let budget = cores * 1e6 / (TARGET_RATIO * floor.rate).max(1.0) - full.generator_cpu_us;
+            println!(
+                "    on {cores} cores, that rate leaves about {budget:.0} µs of gateway CPU per \
+                 message; the full pipeline uses {:.0} µs",
+                full.gateway_cpu_us
+            );
         }
-        report("full pipeline", &full);
-        if !floor.is_empty() {
-            let ratio = median(full.iter().map(|r| r.rate).collect())
-                / median(floor.iter().map(|r| r.rate).collect()).max(1.0);
-            println!("full / floor   {:.1} %", ratio * 100.0);
-        }
+        println!(
+            "  p99 under {TARGET_P99_MS} ms: {:.2} ms, {}",
+            full.p99_ms,
+            verdict(full.p99_ms < TARGET_P99_MS)
+        );
+        println!(
+            "  peak RSS under {TARGET_RSS_MB} MB: {:.1} MB, {}",
+            full.rss_mb,
+            verdict(full.rss_mb < TARGET_RSS_MB)
+        );
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_a_command_name_with_spaces() {
+        let stat = "4242 (passerelle serve) S 1 4242 4242 0 -1 4194560 2310 0 0 0 \
+                    731 96 0 0 20 0 9 0 123456 1000000 5000 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(731 + 96));
+        assert_eq!(cpu_ticks("4242 (short"), None);
+    }
+
+    #[test]
+    fn this_process_has_used_cpu_time() {
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time(std::process::id()) > Duration::ZERO);
     }
 }
