@@ -11,11 +11,8 @@ pub mod serve;
 /// An HTTPS client presenting the development certificate of `partner` (`certs/dev/`), for the
 /// command-line tools that play partners: one keep-alive connection, HTTP/1.1.
 pub fn partner_client(partner: &str) -> anyhow::Result<reqwest::Client> {
-    let files = passerelle::tls::TlsFiles::new(
-        "certs/dev/ca.pem",
-        format!("certs/dev/{partner}.pem"),
-        format!("certs/dev/{partner}.key"),
-    );
+    use passerelle::tls::dev;
+    let files = dev::files(std::path::Path::new(dev::DEFAULT_DIR), partner);
     let mut tls = (*passerelle::tls::client_config(&files)?).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(reqwest::Client::builder()
