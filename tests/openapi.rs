@@ -6,11 +6,15 @@
 //! - `docs/admin-openapi.yaml` says `openapi: 3.1.x` and its local `$ref`s resolve;
 //! - `docs/asyncapi.yaml` names the broker's exchanges and queues as `src/amqp/topology.rs`
 //!   does;
+//! - the audit log's kinds of fact (`passerelle::audit::Kind`) are each listed in
+//!   `docs/openapi.yaml`, `docs/audit.md` and the kinds table of `docs/auditor.md`, and nothing
+//!   else is listed there;
 //! - `config/passerelle.toml` loads with `Config::load`, holds exactly the defaults, and mentions
 //!   every setting of every section (as a key, or as a commented-out `# key = …` line).
 //!
 //! YAML is read with `serde_norway`, a maintained fork of `serde_yaml`.
 
+use passerelle::audit::Kind;
 use passerelle::config::Config;
 use passerelle::server::routes::ROUTES;
 use serde_norway::Value;
@@ -352,4 +356,93 @@ fn the_sample_configuration_points_at_files_that_exist() {
             file.display()
         );
     }
+}
+
+/// Every kind of fact, as the leaf spells it. The `match` makes this fail to compile when a
+/// kind is added, so that the documents are checked for it too.
+fn every_kind() -> BTreeSet<String> {
+    let kinds = [
+        Kind::Received,
+        Kind::Accepted,
+        Kind::Rejected,
+        Kind::Delivered,
+        Kind::Acknowledged,
+        Kind::DeliveryFailed,
+        Kind::DeadLettered,
+        Kind::Redelivered,
+        Kind::Anomaly,
+        Kind::Erased,
+        Kind::ConfigurationChange,
+    ];
+    for kind in kinds {
+        match kind {
+            Kind::Received
+            | Kind::Accepted
+            | Kind::Rejected
+            | Kind::Delivered
+            | Kind::Acknowledged
+            | Kind::DeliveryFailed
+            | Kind::DeadLettered
+            | Kind::Redelivered
+            | Kind::Anomaly
+            | Kind::Erased
+            | Kind::ConfigurationChange => {}
+        }
+    }
+    kinds
+        .iter()
+        .map(|kind| {
+            serde_json::to_value(kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .expect("a kind serialises as a string")
+        })
+        .collect()
+}
+
+/// The back-quoted words of `line`.
+fn quoted(line: &str) -> BTreeSet<String> {
+    line.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_documents_list_every_kind_of_audit_fact() {
+    let kinds = every_kind();
+
+    // The leaf schema of the REST API.
+    let openapi = std::fs::read_to_string(root().join("docs/openapi.yaml")).unwrap();
+    let listed: BTreeSet<String> = openapi
+        .lines()
+        .find(|l| l.trim_start().starts_with("enum: [received,"))
+        .expect("the kind enum in docs/openapi.yaml")
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list.split(',').map(|k| k.trim().to_owned()).collect())
+        .unwrap();
+    assert_eq!(listed, kinds, "docs/openapi.yaml");
+
+    // The leaf format's field table.
+    let audit = std::fs::read_to_string(root().join("docs/audit.md")).unwrap();
+    let row = audit
+        .lines()
+        .find(|l| l.starts_with("| `kind` |"))
+        .expect("the `kind` row in docs/audit.md");
+    let listed: BTreeSet<String> = quoted(row).into_iter().filter(|k| k != "kind").collect();
+    assert_eq!(listed, kinds, "docs/audit.md");
+
+    // The auditor's table of kinds: one row each.
+    let auditor = std::fs::read_to_string(root().join("docs/auditor.md")).unwrap();
+    let table: BTreeSet<String> = auditor
+        .lines()
+        .skip_while(|l| !l.starts_with("| `kind` | written when |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('|').nth(1).map(quoted))
+        .flatten()
+        .collect();
+    assert_eq!(table, kinds, "docs/auditor.md");
 }

@@ -146,8 +146,8 @@ pub struct AmqpSettings {
     /// The heartbeat proposed to the broker, in seconds (the broker may lower it; 0 disables
     /// heartbeats). Default [`DEFAULT_HEARTBEAT_SECS`].
     pub heartbeat_secs: u16,
-    /// The time limit of one connection attempt, in seconds, and then of the session's setup on
-    /// it (declaring the topology and opening the consumers). Default
+    /// The time limit of one connection attempt, in seconds, and then of each step of the
+    /// session's setup on it (a channel, the declarations, each consumer). Default
     /// [`DEFAULT_CONNECT_TIMEOUT_SECS`]; at least 1.
     pub connect_timeout_secs: u64,
     /// The connection name the broker shows. Default [`DEFAULT_CONNECTION_NAME`].
@@ -425,10 +425,15 @@ pub enum AmqpError {
         /// The time limit.
         timeout: Duration,
     },
-    /// Declaring the topology and opening the consumers on a new connection took longer than
-    /// [`AmqpSettings::connect_timeout_secs`].
-    #[error("setting up the AMQP session (declarations and consumers) took longer than {0:?}")]
-    SetupTimeout(Duration),
+    /// A step of a new session's setup (a channel, the declarations, a consumer) took longer
+    /// than [`AmqpSettings::connect_timeout_secs`].
+    #[error("setting up the AMQP session: {step} took longer than {limit:?}")]
+    SetupTimeout {
+        /// Which step.
+        step: &'static str,
+        /// The time limit.
+        limit: Duration,
+    },
     /// Shutdown was requested before a connection could be made.
     #[error("shutdown requested before the AMQP connection was established")]
     Shutdown,

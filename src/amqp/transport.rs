@@ -193,25 +193,44 @@ impl AmqpTransport {
         let events = connection.events_listener();
         self.gate.reset();
         // A broker that accepted the connection can still leave a declaration or a consumer
-        // unanswered (while it is starting or stopping, or under a partition); the setup gets
-        // the same time limit as the connection, so that readiness never waits on it forever.
+        // unanswered (while it is starting or stopping, or under a partition): each step of the
+        // setup gets the connection's time limit, so that readiness never waits on one forever,
+        // and a larger topology does not shorten the time each step gets. Shutdown cuts it short.
         let limit = Duration::from_secs(self.settings.connect_timeout_secs.max(1));
         let setup = async {
-            let declaring = connection.create_channel().await?;
-            self.topology.declare(&declaring).await?;
-            let _ = declaring.close(200, "OK".into()).await;
-            let dead_letters = publisher_channel(connection).await?;
+            let declaring = within(limit, "opening a channel", async {
+                Ok(connection.create_channel().await?)
+            })
+            .await?;
+            within(
+                limit,
+                "declaring the topology",
+                self.topology.declare(&declaring),
+            )
+            .await?;
+            let _ = tokio::time::timeout(limit, declaring.close(200, "OK".into())).await;
+            let dead_letters = within(
+                limit,
+                "opening the dead-letter channel",
+                publisher_channel(connection),
+            )
+            .await?;
             let mut consumers = Vec::new();
             for partner in self.topology.partners() {
-                let (channel, consumer) =
-                    Ingress::open(connection, &self.settings, partner).await?;
+                let (channel, consumer) = within(
+                    limit,
+                    "opening a consumer",
+                    Ingress::open(connection, &self.settings, partner),
+                )
+                .await?;
                 consumers.push((partner.to_owned(), channel, consumer));
             }
             Ok::<_, AmqpError>((dead_letters, consumers))
         };
-        let (dead_letters, consumers) = tokio::time::timeout(limit, setup)
-            .await
-            .map_err(|_| AmqpError::SetupTimeout(limit))??;
+        let (dead_letters, consumers) = tokio::select! {
+            setup = setup => setup?,
+            () = wait_for_shutdown(shutdown) => return Ok(SessionEnd::Shutdown),
+        };
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
@@ -314,6 +333,17 @@ async fn watch_connection(
     }
 }
 
+/// Runs `step` of a session's setup within `limit`.
+async fn within<T>(
+    limit: Duration,
+    step: &'static str,
+    work: impl Future<Output = Result<T, AmqpError>>,
+) -> Result<T, AmqpError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| AmqpError::SetupTimeout { step, limit })?
+}
+
 /// Resolves when `true` is sent or the sender is dropped.
 async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -329,4 +359,32 @@ async fn sleep_or_shutdown(wait: Duration, shutdown: &mut watch::Receiver<bool>)
         () = wait_for_shutdown(shutdown) => true,
     };
     !stopped && !*shutdown.borrow()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_setup_step_that_never_ends_fails_with_its_name() {
+        let limit = Duration::from_millis(20);
+        let stuck = within(
+            limit,
+            "declaring the topology",
+            std::future::pending::<Result<(), AmqpError>>(),
+        );
+        match stuck.await {
+            Err(AmqpError::SetupTimeout { step, limit: l }) => {
+                assert_eq!(step, "declaring the topology");
+                assert_eq!(l, limit);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A step that ends in time gives its own result, error or not.
+        assert_eq!(within(limit, "a step", async { Ok(7) }).await.unwrap(), 7);
+        let failed = within(limit, "a step", async {
+            Err::<(), _>(AmqpError::Topology("bad".into()))
+        });
+        assert!(matches!(failed.await, Err(AmqpError::Topology(_))));
+    }
 }

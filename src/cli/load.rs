@@ -60,14 +60,14 @@ const TARGET_P99_MS: f64 = 25.0;
 const TARGET_RSS_MB: f64 = 200.0;
 
 /// The CPU time a process has used so far (user and system, every thread), from
-/// `/proc/<pid>/stat`; zero when it cannot be read.
-fn cpu_time(pid: u32) -> Duration {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| cpu_ticks(&stat))
-        .unwrap_or(0);
+/// `/proc/<pid>/stat`. Fails when the process is gone or the file cannot be read.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (has the process stopped?)"))?;
+    let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}"))?;
     let per_second = rustix::param::clock_ticks_per_second().max(1);
-    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 /// The user and system clock ticks of a `/proc/<pid>/stat` line (its fields 14 and 15).
@@ -247,14 +247,14 @@ async fn drive(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let generator_pid = std::process::id();
-    let cpu_before = (cpu_time(gateway_pid), cpu_time(generator_pid));
+    let cpu_before = (cpu_time(gateway_pid)?, cpu_time(generator_pid)?);
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    let gateway_cpu = cpu_time(gateway_pid).saturating_sub(cpu_before.0);
-    let generator_cpu = cpu_time(generator_pid).saturating_sub(cpu_before.1);
+    let gateway_cpu = cpu_time(gateway_pid)?.saturating_sub(cpu_before.0);
+    let generator_cpu = cpu_time(generator_pid)?.saturating_sub(cpu_before.1);
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for t in tasks {
@@ -452,6 +452,7 @@ mod tests {
         while spin.elapsed() < Duration::from_millis(50) {
             x = std::hint::black_box(x.wrapping_add(1));
         }
-        assert!(cpu_time(std::process::id()) > Duration::ZERO);
+        assert!(cpu_time(std::process::id()).unwrap() > Duration::ZERO);
+        assert!(cpu_time(u32::MAX).is_err(), "no such process");
     }
 }

@@ -658,7 +658,8 @@ impl Gateway {
         }
     }
 
-    /// Audits what became of a delivery: delivered, acknowledged, failed or dead-lettered.
+    /// Audits what became of a delivery: delivered, acknowledged, failed, dead-lettered, or put
+    /// back in line by an operator.
     pub async fn audit_delivery(
         &self,
         delivery: &Delivery,
