@@ -19,6 +19,7 @@ use redb::{
     TableHandle,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -660,6 +661,20 @@ impl Store {
     /// Up to `limit` push deliveries on `channel` due at or before `now_ms`, earliest first,
     /// with their bodies.
     pub fn due(&self, channel: Channel, now_ms: u64, limit: usize) -> Result<Vec<Delivery>> {
+        self.due_except(channel, now_ms, &HashSet::new(), limit)
+    }
+
+    /// Up to `room` push deliveries on `channel` due at or before `now_ms`, earliest first,
+    /// with their bodies, leaving out those in `in_flight` (a worker's attempts under way:
+    /// they stay due until their outcome is recorded). Those are skipped in the index, before
+    /// their records and bodies are read.
+    pub fn due_except(
+        &self,
+        channel: Channel,
+        now_ms: u64,
+        in_flight: &HashSet<u64>,
+        room: usize,
+    ) -> Result<Vec<Delivery>> {
         let r = self.db.begin_read().map_err(db_error)?;
         let due = r.open_table(DUE).map_err(db_error)?;
         let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
@@ -669,30 +684,17 @@ impl Store {
         for item in due
             .range((code, 0, 0)..=(code, now_ms, u64::MAX))
             .map_err(db_error)?
-            .take(limit)
         {
+            if found.len() >= room {
+                break;
+            }
             let (key, _) = item.map_err(db_error)?;
-            found.extend(read_delivery(&deliveries, Some(&bodies), key.value().2)?);
+            let id = key.value().2;
+            if !in_flight.contains(&id) {
+                found.extend(read_delivery(&deliveries, Some(&bodies), id)?);
+            }
         }
         Ok(found)
-    }
-
-    /// Up to `room` push deliveries on `channel` due at or before `now_ms`, earliest first,
-    /// with their bodies, leaving out those in `in_flight` (a worker's attempts under way:
-    /// they stay due until their outcome is recorded).
-    pub fn due_except(
-        &self,
-        channel: Channel,
-        now_ms: u64,
-        in_flight: &std::collections::HashSet<u64>,
-        room: usize,
-    ) -> Result<Vec<Delivery>> {
-        Ok(self
-            .due(channel, now_ms, room + in_flight.len())?
-            .into_iter()
-            .filter(|d| !in_flight.contains(&d.id))
-            .take(room)
-            .collect())
     }
 
     /// When the next push delivery on `channel` is due, if any is waiting.
@@ -1312,6 +1314,15 @@ mod tests {
         let amqp = store.due(Channel::Amqp, now_ms(), 10).unwrap();
         assert_eq!(amqp.len(), 10, "limited to 10");
         assert!(amqp.iter().all(|d| d.channel == Channel::Amqp));
+        // Deliveries in flight are left out, and the room is filled from the ones after them.
+        let in_flight: HashSet<u64> = amqp[..3].iter().map(|d| d.id).collect();
+        let fresh = store
+            .due_except(Channel::Amqp, now_ms(), &in_flight, 5)
+            .unwrap();
+        assert_eq!(
+            fresh.iter().map(|d| d.id).collect::<Vec<_>>(),
+            amqp[3..8].iter().map(|d| d.id).collect::<Vec<_>>()
+        );
         assert!(store.next_due(Channel::Amqp).unwrap().unwrap() <= webhook[0].due_ms);
         // Nothing on the inbox channel is in the due index.
         assert_eq!(store.next_due(Channel::Inbox).unwrap(), None);
