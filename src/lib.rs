@@ -8,6 +8,7 @@ pub mod audit; // the signed, tamper-evident audit log (C2SP tlog-tiles)
 pub mod canonical; // the canonical model: CloudEvents envelope, catalogue, schemas, JCS
 pub mod config; // the gateway's configuration file and its defaults
 pub mod delivery; // push delivery from the outbox: retries, dead letters, webhooks
+pub mod loopback; // free loopback ports for the servers tests and the load generator start
 pub mod mapping; // the mapping language: native formats to canonical events and back
 pub mod metrics; // the Prometheus metrics
 pub mod pipeline; // the one ingest path shared by every transport

@@ -12,6 +12,8 @@
 //! - [`a_webhook_down_then_up_gets_each_delivery_exactly_once`]: retries on a refused connection,
 //!   on `503` with `Retry-After`, and after the endpoint went away and came back.
 //! - [`a_dead_letter_is_listed_and_redelivered`]: dead letters and the admin's redelivery.
+//! - [`a_delivery_that_could_not_be_written_is_refused_redelivery`]: a dead letter that
+//!   redelivery cannot mend (`409`).
 //!
 //! The AMQP recipients: iom.sn is switched to the inbox in the test registry (so that its
 //! deliveries can be read over REST); ci.ambassade.rabat stays on AMQP, and its deliveries are
@@ -22,7 +24,7 @@ mod gateway_support;
 
 use gateway_support::{
     Admin, Answer, Client, Receiver, RegistryChanges, VerifiedTrail, anonymous_tls, client_tls,
-    fixture, fixture_json, fixture_text, kind_of, test_config, verify_trail, wait_for,
+    fixture, fixture_json, fixture_text, kind_of, root, test_config, verify_trail, wait_for,
     write_registry,
 };
 use passerelle::audit::merkle::leaf_hash;
@@ -1707,6 +1709,94 @@ async fn a_dead_letter_is_listed_and_redelivered() {
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["ready"], true);
     gateway.stop().await;
+}
+
+#[actix_web::test]
+async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
+    // The DGSN's mappings with a code list that lacks the issuing post of the consulate's
+    // laissez-passer: the gateway accepts the message but cannot write it for the DGSN.
+    let mappings = tempfile::tempdir().expect("a temporary folder");
+    copy_folder(&root().join("mappings"), mappings.path());
+    let dgsn_mappings = mappings.path().join("ma.dgsn.toml");
+    let text = std::fs::read_to_string(&dgsn_mappings).unwrap();
+    let post = r#"poste="{{ data.lpc.issuing_post }}""#;
+    assert!(
+        text.contains(post),
+        "the DGSN's notice names the issuing post"
+    );
+    let unwritable = text.replace(
+        post,
+        r#"poste="{{ data.lpc.issuing_post | lookup('document_types') }}""#,
+    );
+    std::fs::write(&dgsn_mappings, unwritable).unwrap();
+
+    let changes = RegistryChanges::new().inbox("ma.dgsn");
+    let gateway = TestGateway::start(&changes, |c| {
+        c.paths.mappings = mappings.path().to_owned();
+    })
+    .await;
+    let admin = gateway.admin();
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00901"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+
+    let dead = admin.get("/dead-letters").await.json();
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["recipient"], "ma.dgsn");
+    assert_eq!(dead[0]["last_error"], "encode-failed");
+    assert_eq!(dead[0]["attempts"], 0);
+    let id = dead[0]["id"].as_u64().unwrap();
+
+    // Putting it back in line would only fail again: the admin route answers 409 and says why,
+    // the operator's command reports it, and the dead letter stays where it was.
+    let refused = admin.post(&format!("/deliveries/{id}/redeliver")).await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    let why = refused.json()["error"].as_str().unwrap().to_owned();
+    assert!(why.contains("encode-failed"), "{why}");
+    let admin_url = format!("http://{}", gateway.running.admin_addr);
+    let command = passerelle_cli(&[
+        "deliveries",
+        "redeliver",
+        &id.to_string(),
+        "--admin",
+        &admin_url,
+    ])
+    .await;
+    assert!(!command.status.success());
+    let stderr = String::from_utf8(command.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("delivery {id}: not redelivered (409")),
+        "{stderr}"
+    );
+    let still = admin.get("/dead-letters").await.json();
+    assert_eq!(still.as_array().unwrap().len(), 1, "{still}");
+    assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 1.0);
+    let story = delivery_story(&gateway, "CGSN-CASA-2026-00901", "ma.dgsn", "dead_lettered").await;
+    assert_eq!(
+        story,
+        [("dead_lettered".to_owned(), Some("encode-failed".to_owned()))],
+        "no redelivered entry for a refused redelivery"
+    );
+    // The other recipients got theirs.
+    assert_eq!(gateway.client("iom.ma").inbox(500).await.len(), 1);
+    gateway.stop().await;
+}
+
+/// Copies the folder `from`, with its subfolders, into `to`.
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 /// Runs the `passerelle` binary with `args`, off the test's runtime, and returns its output.

@@ -9,7 +9,7 @@
 mod gateway_support;
 
 use gateway_support::{
-    Admin, Client, ORIGIN, RegistryChanges, config_file, fixture_text, free_port, root, wait_for,
+    Admin, Client, ORIGIN, RegistryChanges, config_file, fixture_text, root, wait_for,
     write_registry,
 };
 use passerelle::audit::merkle::{Hash, verify_inclusion};
@@ -224,10 +224,7 @@ async fn scenario() {
     // The DGSN (a recipient of LPC notices) polls its inbox here, so that no webhook is tried.
     let registry = write_registry(dir.path(), &RegistryChanges::new().inbox("ma.dgsn"));
     let data = dir.path().join("data");
-    let https = free_port();
-    let admin_port = std::iter::repeat_with(free_port)
-        .find(|p| *p != https)
-        .expect("another free port");
+    let [https, admin_port] = passerelle::loopback::free_ports();
     let config = config_file(dir.path(), &registry, &data, https, admin_port);
     let addr = SocketAddr::from(([127, 0, 0, 1], https));
     let admin = Admin::new(SocketAddr::from(([127, 0, 0, 1], admin_port)));

@@ -67,7 +67,7 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -175,7 +175,7 @@ impl Broker {
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let node = format!("rabbit-{}-{n}@localhost", std::process::id());
-        let [amqp_port, amqps_port, dist_port, epmd_port] = free_ports();
+        let [amqp_port, amqps_port, dist_port, epmd_port] = crate::loopback::free_ports();
         let dir = tempfile::Builder::new()
             .prefix("passerelle-rabbit-")
             .tempdir()
@@ -738,52 +738,6 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
         })
 }
 
-/// Four distinct free ports on 127.0.0.1 (the listeners are held until all four are chosen).
-///
-/// They are drawn below the kernel's ephemeral range (`ip_local_port_range`) when there is room,
-/// because a port from that range, free when chosen, can be given to any outgoing connection
-/// of the machine before the broker binds it (`eaddrinuse` at boot). Without room there, the
-/// kernel picks them.
-fn free_ports() -> [u16; 4] {
-    let mut listeners: Vec<TcpListener> = Vec::with_capacity(4);
-    if let Some(below) = ephemeral_floor().filter(|&low| low > LOWEST_PORT + 1024) {
-        let span = u32::from(below - LOWEST_PORT);
-        for _ in 0..1000 {
-            if listeners.len() == 4 {
-                break;
-            }
-            let mut draw = [0u8; 4];
-            getrandom::fill(&mut draw).expect("the system's random number generator");
-            let offset = u32::from_le_bytes(draw) % span;
-            let port = LOWEST_PORT + u16::try_from(offset).unwrap_or(0);
-            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-                listeners.push(listener);
-            }
-        }
-    }
-    while listeners.len() < 4 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1"));
-    }
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("local address").port())
-        .collect();
-    [ports[0], ports[1], ports[2], ports[3]]
-}
-
-/// The lowest port [`free_ports`] draws from.
-const LOWEST_PORT: u16 = 10_000;
-
-/// The first port of the kernel's ephemeral range, if it can be read.
-fn ephemeral_floor() -> Option<u16> {
-    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// The start-up time limit.
 fn start_timeout() -> Duration {
     std::env::var(START_TIMEOUT_ENV)
@@ -913,22 +867,4 @@ fn percent_encode(text: &str) -> String {
         }
     }
     encoded
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_ports_are_distinct_and_outside_the_ephemeral_range() {
-        let ports = free_ports();
-        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
-        assert_eq!(distinct.len(), 4, "{ports:?}");
-        if let Some(low) = ephemeral_floor().filter(|&low| low > LOWEST_PORT + 1024) {
-            assert!(
-                ports.iter().all(|&p| (LOWEST_PORT..low).contains(&p)),
-                "{ports:?} should be below {low}"
-            );
-        }
-    }
 }

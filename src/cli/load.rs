@@ -94,12 +94,6 @@ impl Drop for Gateway {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The sample registry with every partner on the inbox, so that the measured work is the
 /// ingest path and nothing waits on unreachable endpoints.
 fn inbox_registry(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -114,8 +108,7 @@ fn inbox_registry(dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn start_gateway(floor: bool) -> anyhow::Result<Gateway> {
     let dir = tempfile::tempdir()?;
-    let https = free_port()?;
-    let admin = free_port()?;
+    let [https, admin] = passerelle::loopback::free_ports();
     let registry = inbox_registry(dir.path())?;
     let config = format!(
         r#"[server]

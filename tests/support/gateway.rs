@@ -71,12 +71,9 @@ pub fn fixture_text(partner: &str, name: &str) -> String {
     String::from_utf8(fixture(partner, name)).expect("a UTF-8 fixture")
 }
 
-/// A free loopback port: bound, then released.
+/// A free loopback port: bound, then released (see [`passerelle::loopback`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    passerelle::loopback::free_port()
 }
 
 // ------------------------------------------------------------------------------------ registry
