@@ -1,4 +1,5 @@
-//! `passerelle audit erase`: the operator's command that erases a case on a live log.
+//! `passerelle audit erase`: the operator's command that erases a case, with the gateway
+//! stopped (it is refused while another process writes the log).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -47,6 +48,31 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
         "{}",
         String::from_utf8_lossy(&append.stderr)
     );
+
+    // While another process writes the log (here, this test holds its writer lock as a running
+    // gateway would), the erasure is refused and says why.
+    let held = std::fs::File::options()
+        .write(true)
+        .open(log.join("private/writer.lock"))
+        .unwrap();
+    held.lock().unwrap();
+    let refused = passerelle(&[
+        "audit",
+        "erase",
+        "--log",
+        path(&log),
+        "--signer",
+        path(&key),
+        "--case",
+        "RVA-2026-000005",
+    ]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("open for writing in another process") && why.contains("stop it first"),
+        "{why}"
+    );
+    drop(held);
 
     let erase = passerelle(&[
         "audit",

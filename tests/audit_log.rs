@@ -169,6 +169,33 @@ fn receipts_proofs_and_reopening() {
 }
 
 #[test]
+fn one_process_at_a_time_writes_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log, 0..3);
+    // A second writer (another gateway, or an erasure beside a running one) is refused and
+    // changes nothing.
+    let journal = std::fs::read_dir(dir.path().join("private/journal"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>();
+    match AuditLog::open(dir.path(), signer(), ORIGIN, options()) {
+        Err(AuditError::InUse(root)) => assert_eq!(root, dir.path()),
+        other => panic!("a second writer was not refused: {other:?}"),
+    }
+    let after = std::fs::read_dir(dir.path().join("private/journal"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(journal, after);
+    // Once the first is closed, the log opens again, with what it held.
+    log.close().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    assert_eq!(log.latest_checkpoint().1.size, 3);
+    log.close().unwrap();
+}
+
+#[test]
 fn a_lost_or_rolled_back_public_checkpoint_never_shrinks_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let cp_path = dir.path().join("public/checkpoint");

@@ -34,6 +34,11 @@ pub enum AuditError {
     /// The log has been shut down or its writer stopped.
     #[error("audit log is closed")]
     Closed,
+    /// Another process has the log open for writing (a running gateway, or another command).
+    #[error(
+        "the audit log in {0} is open for writing in another process (a running gateway?); stop it first"
+    )]
+    InUse(PathBuf),
     /// A key, note or checkpoint was rejected.
     #[error(transparent)]
     Note(#[from] NoteError),

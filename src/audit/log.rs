@@ -220,6 +220,8 @@ pub struct AuditLog {
     shared: Arc<Shared>,
     tx: Option<SyncSender<Msg>>,
     threads: Vec<JoinHandle<()>>,
+    /// `private/writer.lock`, locked for the log's life (released after the threads stop).
+    _writer_lock: std::fs::File,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -228,6 +230,25 @@ impl std::fmt::Debug for AuditLog {
             .field("origin", &self.shared.origin)
             .field("root", &self.shared.layout.root)
             .finish()
+    }
+}
+
+/// Takes the log's writer lock (`private/writer.lock`), so that one process at a time writes
+/// the journal, the keys and the tiles: a second gateway, or `passerelle audit erase` beside a
+/// running one, is refused instead of writing beside it. The kernel releases the lock when the
+/// process ends, however it ends.
+fn lock_for_writing(layout: &Layout) -> Result<std::fs::File> {
+    let path = layout.root.join("private/writer.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| AuditError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::InUse(layout.root.clone())),
+        Err(std::fs::TryLockError::Error(e)) => Err(AuditError::io(&path, e)),
     }
 }
 
@@ -257,6 +278,7 @@ impl AuditLog {
         for d in [&layout.public, &layout.journal, &layout.keys] {
             std::fs::create_dir_all(d).map_err(|e| AuditError::io(d, e))?;
         }
+        let writer_lock = lock_for_writing(&layout)?;
         let meta = Meta {
             format: 1,
             origin: origin.to_owned(),
@@ -389,6 +411,7 @@ impl AuditLog {
             shared,
             tx: Some(tx),
             threads,
+            _writer_lock: writer_lock,
         };
         if log.latest_checkpoint().0.is_empty() || scan.next > last_size {
             log.sync()?;

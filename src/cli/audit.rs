@@ -59,8 +59,9 @@ pub enum AuditCommand {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Erase a case (run by the gateway's operator, on the live log): destroy its keys and
-    /// append an `erased` leaf. The log still verifies; the case can no longer be opened.
+    /// Erase a case (run by the gateway's operator, with the gateway stopped: the command is
+    /// refused while another process writes the log): destroy its keys and append an `erased`
+    /// leaf. The log still verifies; the case can no longer be opened.
     Erase {
         /// The log folder.
         #[arg(long)]
