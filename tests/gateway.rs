@@ -11,6 +11,8 @@
 //! - [`a_partner_over_its_rate_gets_429`]: the per-partner rate limit.
 //! - [`a_webhook_down_then_up_gets_each_delivery_exactly_once`]: retries on a refused connection,
 //!   on `503` with `Retry-After`, and after the endpoint went away and came back.
+//! - [`duplicates_sent_at_once_get_the_original_receipt`]: concurrent duplicates, and a
+//!   message left unconfirmed by a failure, settled by the sender's next attempt.
 //! - [`a_dead_letter_is_listed_and_redelivered`]: dead letters and the admin's redelivery.
 //! - [`a_delivery_that_could_not_be_written_is_refused_redelivery`]: a dead letter that
 //!   redelivery cannot mend (`409`).
@@ -31,7 +33,7 @@ use passerelle::audit::merkle::leaf_hash;
 use passerelle::audit::{Checkpoint, NoteVerifier, Receipt, TlogProof};
 use passerelle::config::Config;
 use passerelle::service::RunningGateway;
-use passerelle::store::{Channel, DeliveryState};
+use passerelle::store::{AcceptedRecord, Channel, DeliveryState};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -1186,6 +1188,13 @@ async fn refusals_are_answered_with_problems_and_audited() {
         .or_default()
         .push("unsupported-media-type");
 
+    // A known route with the wrong method, and an unknown route: problems too, not audited
+    // (no message was submitted).
+    let wrong_method = consulate.get("/v1/messages").await;
+    wrong_method.problem(405, "method-not-allowed");
+    assert_eq!(wrong_method.header("allow").as_deref(), Some("POST"));
+    consulate.get("/v1/nowhere").await.problem(404, "not-found");
+
     // One `rejected` entry per refused message (and the unregistered certificate's), and
     // nothing else.
     let refusals: usize = refused.values().map(Vec::len).sum::<usize>() + 1;
@@ -1558,6 +1567,85 @@ async fn a_webhook_down_then_up_gets_each_delivery_exactly_once() {
 }
 
 #[actix_web::test]
+async fn duplicates_sent_at_once_get_the_original_receipt() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let verifier = gateway.verifier();
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let message = lpc_issued("CGSN-CASA-2026-00950");
+    let replies = futures_util::future::join_all(
+        (0..12).map(|_| consulate.send("application/xml", message.clone())),
+    )
+    .await;
+    let first: Vec<Value> = replies
+        .iter()
+        .filter(|r| r.status == 202)
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(first.len(), 1, "one acceptance: {replies:?}");
+    let first = &first[0];
+    check_ack(first, "accepted", "CGSN-CASA-2026-00950", &verifier);
+    for reply in replies.iter().filter(|r| r.status != 202) {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let again = reply.json();
+        check_ack(&again, "duplicate", "CGSN-CASA-2026-00950", &verifier);
+        for field in ["log_index", "leaf_hash", "receipt"] {
+            assert_eq!(again[field], first[field], "{field}");
+        }
+    }
+    // The receipt is served at once, for the same entry.
+    let receipt = consulate.get("/v1/receipts/CGSN-CASA-2026-00950").await;
+    assert_eq!(receipt.status, 200, "{}", receipt.text());
+    assert_eq!(receipt.json()["log_index"], first["log_index"]);
+    assert_eq!(receipt.json()["receipt"], first["receipt"]);
+
+    // A message left recorded but unconfirmed (as when its audit append and its withdrawal
+    // both failed, and it was answered 503): no receipt is served for it, and the sender's
+    // next attempt settles it against the log (where it is not) and is accepted anew.
+    let source = first["source"].as_str().unwrap().to_owned();
+    let mut left = AcceptedRecord {
+        event_id: "CGSN-CASA-2026-00951".into(),
+        source: source.clone(),
+        sender: "sn.consulat.casablanca".into(),
+        event_type: first["event_type"].as_str().unwrap().into(),
+        confirmed: false,
+        log_index: 0,
+        leaf_hash: String::new(),
+        receipt: String::new(),
+        deliveries: Vec::new(),
+        case_id: None,
+        recipients: Vec::new(),
+        accepted_at: "2026-11-20T10:00:00.000Z".into(),
+    };
+    let store = &gateway.running.gateway.store;
+    store
+        .record_accepted(&mut left, None, Vec::new())
+        .await
+        .expect("recorded");
+    let unsettled = consulate.get("/v1/receipts/CGSN-CASA-2026-00951").await;
+    assert_eq!(unsettled.status, 503, "{}", unsettled.text());
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00951"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let ack = reply.json();
+    check_ack(&ack, "accepted", "CGSN-CASA-2026-00951", &verifier);
+    let record = store
+        .accepted(&source, "CGSN-CASA-2026-00951")
+        .unwrap()
+        .expect("the record");
+    assert!(record.confirmed);
+    assert_eq!(Some(record.log_index), ack["log_index"].as_u64());
+    let recipients = ack["recipients"].as_array().unwrap().len();
+    assert!(recipients > 0);
+    assert_eq!(
+        record.deliveries.len(),
+        recipients,
+        "the new acceptance's deliveries"
+    );
+    gateway.stop().await;
+}
+
+#[actix_web::test]
 async fn a_dead_letter_is_listed_and_redelivered() {
     let dgsn = Receiver::start();
     dgsn.answer(Answer::Fail {
@@ -1716,7 +1804,7 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     // The DGSN's mappings with a code list that lacks the issuing post of the consulate's
     // laissez-passer: the gateway accepts the message but cannot write it for the DGSN.
     let mappings = tempfile::tempdir().expect("a temporary folder");
-    copy_folder(&root().join("mappings"), mappings.path());
+    copy_dir(&root().join("mappings"), mappings.path());
     let dgsn_mappings = mappings.path().join("ma.dgsn.toml");
     let text = std::fs::read_to_string(&dgsn_mappings).unwrap();
     let post = r#"poste="{{ data.lpc.issuing_post }}""#;
@@ -1783,20 +1871,6 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     // The other recipients got theirs.
     assert_eq!(gateway.client("iom.ma").inbox(500).await.len(), 1);
     gateway.stop().await;
-}
-
-/// Copies the folder `from`, with its subfolders, into `to`.
-fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_folder(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// Runs the `passerelle` binary with `args`, off the test's runtime, and returns its output.

@@ -385,7 +385,16 @@ impl Gateway {
             .accepted(source, event_id)
             .map_err(|e| unavailable(&e.to_string()))?
         {
-            return Ok(Outcome::Duplicate(ack_of("duplicate", record)));
+            if record.confirmed {
+                return Ok(Outcome::Duplicate(ack_of("duplicate", record)));
+            }
+            // An earlier attempt of this message stopped between its two writes (its audit
+            // append failed, and so did its withdrawal); it was answered 503. Settle it now,
+            // as at start-up: a duplicate of what the log holds, or else withdrawn and
+            // accepted anew below.
+            if let Some(confirmed) = self.settle_now(record).await? {
+                return Ok(Outcome::Duplicate(ack_of("duplicate", confirmed)));
+            }
         }
         let case_id = facts::case_id(event);
         let mut case_file = match &case_id {
@@ -570,33 +579,28 @@ impl Gateway {
         self.log.sync()?;
         let (mut confirmed, mut withdrawn) = (0, 0);
         for record in pending {
-            let query = audit::Query::PartnerRef(record.sender.clone(), record.event_id.clone());
-            let found = self.log.search(&query)?.into_iter().find(|f| {
-                f.leaf.kind == Kind::Accepted
-                    && f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
-                    && f.leaf.sender.as_deref() == Some(record.sender.as_str())
-            });
-            match found {
-                Some(f) => {
-                    let leaf = audit::merkle::leaf_hash(&f.entry);
-                    let receipt = self.log.reissue_receipt(f.index, leaf)?;
-                    self.store.confirm_blocking(
-                        &record,
-                        LogEntry {
-                            log_index: f.index,
-                            leaf_hash: hex::encode(leaf.0),
-                            receipt: receipt.to_text(),
-                        },
-                    )?;
-                    confirmed += 1;
-                }
-                None => {
-                    self.store.abandon_blocking(&record)?;
-                    withdrawn += 1;
-                }
+            match settle(&self.log, &self.store, &record)? {
+                Some(_) => confirmed += 1,
+                None => withdrawn += 1,
             }
         }
         Ok((confirmed, withdrawn))
+    }
+
+    /// Settles one unconfirmed message while serving (see [`Gateway::settle_unconfirmed`]),
+    /// off the async workers: its confirmed record, or `None` once it is withdrawn.
+    async fn settle_now(&self, record: AcceptedRecord) -> Result<Option<AcceptedRecord>, Refusal> {
+        let (log, store) = (self.log.clone(), self.store.clone());
+        tokio::task::spawn_blocking(move || {
+            log.sync()?;
+            settle(&log, &store, &record)
+        })
+        .await
+        .map_err(|e| unavailable(&e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "an unconfirmed message could not be settled");
+            unavailable("an earlier attempt of this message is not settled yet")
+        })
     }
 
     /// Writes the event for each recipient, in its format and under its need-to-know
@@ -774,6 +778,41 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// Settles one message left between its store record and its audit entry, against the log
+/// (which must have a checkpoint covering its durable entries): confirmed with a receipt
+/// issued again when the log holds its `accepted` entry, withdrawn otherwise. Blocking.
+fn settle(
+    log: &AuditLog,
+    store: &Store,
+    record: &AcceptedRecord,
+) -> anyhow::Result<Option<AcceptedRecord>> {
+    let query = audit::Query::PartnerRef(record.sender.clone(), record.event_id.clone());
+    let found = log.search(&query)?.into_iter().find(|f| {
+        f.leaf.kind == Kind::Accepted
+            && f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
+            && f.leaf.sender.as_deref() == Some(record.sender.as_str())
+    });
+    let Some(found) = found else {
+        store.abandon_blocking(record)?;
+        return Ok(None);
+    };
+    let leaf = audit::merkle::leaf_hash(&found.entry);
+    let receipt = log.reissue_receipt(found.index, leaf)?;
+    store.confirm_blocking(
+        record,
+        LogEntry {
+            log_index: found.index,
+            leaf_hash: hex::encode(leaf.0),
+            receipt: receipt.to_text(),
+        },
+    )?;
+    let confirmed = store
+        .accepted(&record.source, &record.event_id)?
+        .filter(|r| r.confirmed)
+        .ok_or_else(|| anyhow::anyhow!("the confirmed record is not in the store"))?;
+    Ok(Some(confirmed))
 }
 
 fn transport_name(t: Transport) -> &'static str {

@@ -22,7 +22,7 @@ use crate::store::{Channel, DeliveryState, DeliveryUpdate};
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::future::{Ready, ready};
@@ -40,13 +40,41 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/messages", web::post().to(post_message))
-        .route("/v1/inbox", web::get().to(get_inbox))
-        .route("/v1/inbox/{id}/ack", web::post().to(ack))
-        .route("/v1/receipts/{event_id}", web::get().to(get_receipt))
-        .route("/v1/audit/log/{path:.*}", web::get().to(get_log_file))
-        .route("/v1/audit/trails", web::get().to(get_trail))
+    cfg.service(only("/v1/messages", "POST", web::post().to(post_message)))
+        .service(only("/v1/inbox", "GET", web::get().to(get_inbox)))
+        .service(only("/v1/inbox/{id}/ack", "POST", web::post().to(ack)))
+        .service(only(
+            "/v1/receipts/{event_id}",
+            "GET",
+            web::get().to(get_receipt),
+        ))
+        .service(only(
+            "/v1/audit/log/{path:.*}",
+            "GET",
+            web::get().to(get_log_file),
+        ))
+        .service(only("/v1/audit/trails", "GET", web::get().to(get_trail)))
         .default_service(web::to(not_found));
+}
+
+/// A route that takes one method: any other is answered `405` as a problem, with `Allow`.
+fn only(path: &str, allow: &'static str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move || async move {
+            let mut response = Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("this route takes {allow} only"),
+            )
+            .error_response();
+            response.headers_mut().insert(
+                actix_web::http::header::ALLOW,
+                actix_web::http::header::HeaderValue::from_static(allow),
+            );
+            response
+        }))
 }
 
 /// The measuring floor: the same server answering `202` to every message without
@@ -377,6 +405,13 @@ async fn get_receipt(
         .accepted(&source, &event_id)
         .map_err(|e| Problem::unavailable(e.to_string()))?
         .ok_or_else(|| Problem::not_found(format!("no accepted event {event_id} from {source}")))?;
+    if !record.confirmed {
+        // Only after a failure between its two writes; it is settled by the next attempt of
+        // the same message, or at the next start.
+        return Err(Problem::unavailable(format!(
+            "the acceptance of event {event_id} is not settled yet"
+        )));
+    }
     let proof = gateway
         .log
         .inclusion(record.log_index)

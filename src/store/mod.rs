@@ -19,11 +19,11 @@ use redb::{
     TableHandle,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -293,6 +293,7 @@ struct Prepared {
 
 /// Where a waiting delivery sits in its channel's index: put there when its message is
 /// confirmed (or it is due again), taken out when it leaves the line.
+#[derive(Clone)]
 struct Release {
     id: u64,
     channel: Channel,
@@ -321,7 +322,16 @@ pub struct Store {
     writer: Option<JoinHandle<()>>,
     pending_deliveries: Arc<AtomicU64>,
     next_id: AtomicU64,
+    confirming: Confirming,
+    /// Set while the writer's commits fail, cleared by the next that succeeds.
+    failing: Arc<AtomicBool>,
 }
+
+/// Confirmations queued by [`Store::confirm_later`] and not committed yet, by key: until the
+/// writer commits one, [`Store::accepted`] answers from here, so that a duplicate or a receipt
+/// asked for in the meantime gets the confirmed record (with its log entry), never the
+/// unconfirmed one on disk.
+type Confirming = Arc<Mutex<HashMap<String, AcceptedRecord>>>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -397,12 +407,18 @@ impl Store {
             (next, pending)
         };
         let pending_deliveries = Arc::new(AtomicU64::new(pending));
+        let confirming = Confirming::default();
+        let failing = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(4096);
-        let writer_db = db.clone();
-        let counter = pending_deliveries.clone();
+        let writer = Writer {
+            db: db.clone(),
+            pending: pending_deliveries.clone(),
+            confirming: confirming.clone(),
+            failing: failing.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&writer_db, rx, &counter))
+            .spawn(move || writer.run(rx))
             .map_err(db_error)?;
         Ok(Store {
             db,
@@ -410,6 +426,8 @@ impl Store {
             writer: Some(writer),
             pending_deliveries,
             next_id: AtomicU64::new(next_id),
+            confirming,
+            failing,
         })
     }
 
@@ -421,11 +439,16 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// The record of an accepted message, if its source and reference were seen.
+    /// The record of an accepted message, if its source and reference were seen: confirmed
+    /// (with its audit log entry) once its confirmation is queued, even before the writer has
+    /// committed it.
     pub fn accepted(&self, source: &str, event_id: &str) -> Result<Option<AcceptedRecord>> {
+        let key = AcceptedRecord::key(source, event_id);
+        if let Some(record) = self.confirming().get(&key) {
+            return Ok(Some(record.clone()));
+        }
         let r = self.db.begin_read().map_err(db_error)?;
         let table = r.open_table(ACCEPTED).map_err(db_error)?;
-        let key = AcceptedRecord::key(source, event_id);
         table
             .get(key.as_str())
             .map_err(db_error)?
@@ -453,7 +476,8 @@ impl Store {
     /// Confirms an accepted message once its audit entry is durable: fills in the entry and
     /// releases its deliveries. The change is committed without a sync of its own (it rides
     /// on the next synced commit, or is settled again at start-up after a crash), and the call
-    /// does not wait for it.
+    /// does not wait for it; a commit that fails is tried again with the next. Meanwhile
+    /// [`Store::accepted`] answers with the confirmed record.
     pub fn confirm_later(
         &self,
         record: &AcceptedRecord,
@@ -461,9 +485,12 @@ impl Store {
         deliveries: &[Delivery],
     ) -> Result<()> {
         let record = confirmed(record, entry);
-        self.send(Write::Confirm {
-            key: AcceptedRecord::key(&record.source, &record.event_id),
-            record: serde_json::to_vec(&record).map_err(db_error)?,
+        let key = AcceptedRecord::key(&record.source, &record.event_id);
+        let bytes = serde_json::to_vec(&record).map_err(db_error)?;
+        self.confirming().insert(key.clone(), record);
+        let sent = self.send(Write::Confirm {
+            key: key.clone(),
+            record: bytes,
             release: deliveries
                 .iter()
                 .filter(|d| d.state == DeliveryState::Pending)
@@ -471,7 +498,17 @@ impl Store {
                 .collect(),
             durable: false,
             reply: None,
-        })
+        });
+        if sent.is_err() {
+            self.confirming().remove(&key);
+        }
+        sent
+    }
+
+    fn confirming(&self) -> std::sync::MutexGuard<'_, HashMap<String, AcceptedRecord>> {
+        // The map is only inserted into and removed from; a panic elsewhere cannot leave it
+        // half-changed, so a poisoned lock is still sound.
+        self.confirming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Confirms an accepted message durably and waits (start-up recovery).
@@ -729,9 +766,10 @@ impl Store {
         self.pending_deliveries.load(Ordering::Relaxed)
     }
 
-    /// Whether the store accepts writes.
+    /// Whether the store accepts writes: its writer runs, and its last commit succeeded.
     pub fn is_open(&self) -> bool {
         self.writer.as_ref().is_some_and(|w| !w.is_finished())
+            && !self.failing.load(Ordering::Relaxed)
     }
 
     /// Commits what is queued and stops the writer.
@@ -834,7 +872,7 @@ impl Reply {
                 let _ = tx.send(Err(error.clone()));
             }
             Reply::Unit(None, _) => {
-                tracing::error!(error = %error, "a confirmation was not recorded; it is settled again at the next start");
+                tracing::warn!(error = %error, "a confirmation was not recorded; it is tried again");
             }
         }
     }
@@ -845,55 +883,129 @@ impl Write {
     fn needs_sync(&self) -> bool {
         !matches!(self, Write::Confirm { durable: false, .. })
     }
+
+    /// A copy of this write if it is a confirmation that nobody waits for: kept by the writer
+    /// until its commit succeeds, to be tried again if it fails.
+    fn unsynced_confirm(&self) -> Option<Write> {
+        match self {
+            Write::Confirm {
+                key,
+                record,
+                release,
+                durable: false,
+                reply: None,
+            } => Some(Write::Confirm {
+                key: key.clone(),
+                record: record.clone(),
+                release: release.clone(),
+                durable: false,
+                reply: None,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// How long unsynced confirmations may wait for a synced commit before the writer syncs.
 const IDLE_SYNC: Duration = Duration::from_millis(200);
 
-fn writer_loop(db: &Database, rx: Receiver<Write>, pending: &AtomicU64) {
-    let mut unsynced = false;
-    loop {
-        let first = match rx.recv_timeout(IDLE_SYNC) {
-            Ok(w) => w,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if unsynced {
-                    match sync_empty(db) {
-                        Ok(()) => unsynced = false,
-                        Err(e) => tracing::error!(error = %e, "store sync failed"),
+/// The writer thread's side of the store.
+struct Writer {
+    db: Arc<Database>,
+    pending: Arc<AtomicU64>,
+    confirming: Confirming,
+    failing: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(self, rx: Receiver<Write>) {
+        let db = &*self.db;
+        let mut unsynced = false;
+        // Confirmations whose commit failed, tried again first in the next group.
+        let mut retry: Vec<Write> = Vec::new();
+        let mut closing = false;
+        loop {
+            let mut group = std::mem::take(&mut retry);
+            if group.is_empty() {
+                match rx.recv_timeout(IDLE_SYNC) {
+                    Ok(w) => group.push(w),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if unsynced {
+                            match sync_empty(db) {
+                                Ok(()) => unsynced = false,
+                                Err(e) => tracing::error!(error = %e, "store sync failed"),
+                            }
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(w) => group.push(w),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        closing = true;
+                        break;
                     }
                 }
-                continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(w) => group.push(w),
-                Err(_) => break,
+            let sync = group.iter().any(Write::needs_sync);
+            let confirms: Vec<Write> = group.iter().filter_map(Write::unsynced_confirm).collect();
+            let mut delta: i64 = 0;
+            match apply_group(db, group, sync, &mut delta) {
+                Ok(replies) => {
+                    self.failing.store(false, Ordering::Relaxed);
+                    unsynced = !sync;
+                    if delta >= 0 {
+                        self.pending
+                            .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+                    } else {
+                        self.pending
+                            .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+                    }
+                    self.committed(&confirms);
+                    replies.into_iter().for_each(Reply::send);
+                }
+                Err((error, replies)) => {
+                    self.failing.store(true, Ordering::Relaxed);
+                    tracing::error!(error = %error, "a store commit failed");
+                    replies.into_iter().for_each(|r| r.fail(&error));
+                    if closing {
+                        if !confirms.is_empty() {
+                            tracing::error!(
+                                count = confirms.len(),
+                                "confirmations were not recorded before the store closed; they are settled at the next start"
+                            );
+                        }
+                        break;
+                    }
+                    retry = confirms;
+                    // A failed commit may be transient (disk full); back off before the next.
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            if closing && retry.is_empty() {
+                break;
             }
         }
-        let sync = group.iter().any(Write::needs_sync);
-        let mut delta: i64 = 0;
-        match apply_group(db, group, sync, &mut delta) {
-            Ok(replies) => {
-                unsynced = !sync;
-                if delta >= 0 {
-                    pending.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-                } else {
-                    pending.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-                }
-                replies.into_iter().for_each(Reply::send);
-            }
-            Err((error, replies)) => {
-                replies.into_iter().for_each(|r| r.fail(&error));
-                // A failed commit may be transient (disk full); back off before the next group.
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if unsynced {
+            let _ = sync_empty(db);
         }
     }
-    if unsynced {
-        let _ = sync_empty(db);
+
+    /// Forgets the queued confirmations that are now committed: readers find them on disk.
+    fn committed(&self, confirms: &[Write]) {
+        if confirms.is_empty() {
+            return;
+        }
+        let mut map = self.confirming.lock().unwrap_or_else(|p| p.into_inner());
+        for write in confirms {
+            if let Write::Confirm { key, .. } = write {
+                map.remove(key);
+            }
+        }
     }
 }
 
@@ -1326,6 +1438,45 @@ mod tests {
         assert!(store.next_due(Channel::Amqp).unwrap().unwrap() <= webhook[0].due_ms);
         // Nothing on the inbox channel is in the due index.
         assert_eq!(store.next_due(Channel::Inbox).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_queued_confirmation_is_read_before_it_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let mut first = record("e1");
+        let Recorded::New(made) = store
+            .record_accepted(
+                &mut first,
+                None,
+                vec![new_delivery("iom.ma", Channel::Inbox)],
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("e1 was taken for a duplicate");
+        };
+        let unconfirmed = store.accepted("urn:partner:test", "e1").unwrap().unwrap();
+        assert!(!unconfirmed.confirmed);
+        let entry = LogEntry {
+            log_index: 7,
+            leaf_hash: "ab".repeat(32),
+            receipt: "receipt".into(),
+        };
+        store.confirm_later(&first, entry, &made).unwrap();
+        // At once, committed or not: the confirmed record, never the unconfirmed one.
+        let read = store.accepted("urn:partner:test", "e1").unwrap().unwrap();
+        assert!(read.confirmed);
+        assert_eq!(read.log_index, 7);
+        assert_eq!(read.receipt, "receipt");
+        // Once committed, from the disk, the same; and the delivery is released.
+        store.close();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let read = store.accepted("urn:partner:test", "e1").unwrap().unwrap();
+        assert!(read.confirmed);
+        assert_eq!(read.log_index, 7);
+        assert!(store.unconfirmed().unwrap().is_empty());
+        assert_eq!(store.inbox("iom.ma", 0, 10).unwrap().len(), 1);
     }
 
     #[tokio::test]
