@@ -8,7 +8,8 @@
 //!   the auditors' trails and bundles.
 //! - [`refusals_are_answered_with_problems_and_audited`]: TLS refusals, unknown certificate, wrong
 //!   role, size, DOCTYPE, schema, media type, duplicates; the audit log's `rejected` entries.
-//! - [`a_partner_over_its_rate_gets_429`]: the per-partner rate limit.
+//! - [`a_partner_over_its_rate_gets_429`]: the per-partner rate limit, and the one that
+//!   unregistered certificates share.
 //! - [`a_webhook_down_then_up_gets_each_delivery_exactly_once`]: retries on a refused connection,
 //!   on `503` with `Retry-After`, and after the endpoint went away and came back.
 //! - [`duplicates_sent_at_once_get_the_original_receipt`]: concurrent duplicates, and a
@@ -1369,6 +1370,31 @@ async fn a_partner_over_its_rate_gets_429() {
             .metric(
                 "passerelle_messages_total",
                 &[("partner", "iom.sn"), ("outcome", "rate-limited")]
+            )
+            .await,
+        1.0
+    );
+    // Certificates the registry does not know share one limit: the first message is refused
+    // and audited, the next is over the limit, answered 429 and not audited.
+    let unknown = Client::new("unknown", gateway.running.addr);
+    let message = fixture("iom.sn", "in/arrival-confirmed.json");
+    unknown
+        .send("application/json", message.clone())
+        .await
+        .problem(403, "forbidden");
+    unknown
+        .send("application/json", message)
+        .await
+        .problem(429, "rate-limited");
+    assert_eq!(
+        admin.metric("passerelle_audit_appends_total", &[]).await,
+        4.0
+    );
+    assert_eq!(
+        admin
+            .metric(
+                "passerelle_messages_total",
+                &[("partner", "unregistered"), ("outcome", "rate-limited")]
             )
             .await,
         1.0

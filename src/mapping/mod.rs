@@ -208,6 +208,25 @@ pub enum EncodeError {
     },
 }
 
+impl EncodeError {
+    /// The error without the event's values, for logs: a rendering failure's message may
+    /// quote the value it could not write (a code missing from a code list), which can be
+    /// personal data; the placeholder names the field instead.
+    pub fn without_values(&self) -> String {
+        match self {
+            EncodeError::NoOutbound { .. } => self.to_string(),
+            EncodeError::Render {
+                partner,
+                kind,
+                error,
+            } => format!(
+                "partner {partner}, outbound {kind}: {} cannot be written",
+                error.placeholder
+            ),
+        }
+    }
+}
+
 /// An event written for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
@@ -433,4 +452,29 @@ pub fn pretty_json(value: &Value) -> String {
     let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
     text.push('\n');
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encode_error_for_logs_names_the_field_not_its_value() {
+        let error = EncodeError::Render {
+            partner: "ma.dgsn".into(),
+            kind: "lpc-notice".into(),
+            error: template::RenderError {
+                placeholder: "{{ data.holder.nationality | lookup('countries') }}".into(),
+                message: "\"Atlante\" has no entry in code list countries".into(),
+            },
+        };
+        assert!(
+            error.to_string().contains("Atlante"),
+            "the full error says it"
+        );
+        let logged = error.without_values();
+        assert!(!logged.contains("Atlante"), "{logged}");
+        assert!(logged.contains("data.holder.nationality"), "{logged}");
+        assert!(logged.contains("ma.dgsn") && logged.contains("lpc-notice"));
+    }
 }

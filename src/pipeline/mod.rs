@@ -248,6 +248,20 @@ impl Gateway {
         }
     }
 
+    /// Takes one message from `key`'s rate limit (a partner id, or [`UNREGISTERED`]).
+    fn check_rate(&self, key: &str) -> Result<(), Refusal> {
+        let Err(not_until) = self.rate.check_key(&key.to_owned()) else {
+            return Ok(());
+        };
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        Err(Refusal::RateLimited {
+            partner: key.to_owned(),
+            retry_after: wait,
+        })
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -283,15 +297,7 @@ impl Gateway {
 
     async fn process(&self, submission: &Submission<'_>) -> Result<Outcome, Refusal> {
         let partner = submission.partner;
-        if let Err(not_until) = self.rate.check_key(&partner.to_owned()) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            return Err(Refusal::RateLimited {
-                partner: partner.to_owned(),
-                retry_after: wait,
-            });
-        }
+        self.check_rate(partner)?;
         if submission.body.len() > self.limits.max_body_bytes {
             return Err(Refusal::TooLarge {
                 limit: self.limits.max_body_bytes,
@@ -525,7 +531,7 @@ impl Gateway {
             }
             (Err(refusal), Ok(Recorded::New(_))) => {
                 if let Err(e) = self.store.abandon(&record).await {
-                    tracing::error!(error = %e, "an unlogged message could not be withdrawn; it is settled at the next start");
+                    tracing::error!(error = %e, "an unlogged message could not be withdrawn; it is settled at its next attempt or the next start");
                 }
                 return Err(refusal);
             }
@@ -628,7 +634,7 @@ impl Gateway {
                     },
                     failure => {
                         let why = match failure {
-                            Some(Err(e)) => e.to_string(),
+                            Some(Err(e)) => e.without_values(),
                             _ => format!("partner {recipient} has no mapping"),
                         };
                         tracing::error!(recipient = %recipient, error = %why, "cannot write an event for its recipient");
@@ -718,18 +724,25 @@ impl Gateway {
     /// certificate's fingerprint, never by a partner id the certificate merely claims, and
     /// the refusal goes in the trail `refused/unregistered`. Returns what to answer: the
     /// refusal, or a 503 if it could not be audited.
+    ///
+    /// Every unregistered certificate shares one rate limit (a partner's), so that
+    /// certificates the CA signed for others cannot drive the log's synced appends beyond
+    /// what one partner may: over it, the answer is `429`, counted and not audited.
     pub async fn refuse_unregistered(
         &self,
         fingerprint: &str,
         body: &[u8],
         why: String,
     ) -> Refusal {
+        let transport = transport_name(Transport::Rest);
+        if let Err(limited) = self.check_rate(UNREGISTERED) {
+            self.metrics
+                .message(UNREGISTERED, transport, limited.code());
+            return limited;
+        }
         let refusal = Refusal::Forbidden(why);
-        self.metrics.message(
-            UNREGISTERED,
-            transport_name(Transport::Rest),
-            refusal.code(),
-        );
+        self.metrics
+            .message(UNREGISTERED, transport, refusal.code());
         let submission = Submission {
             partner: fingerprint,
             transport: Transport::Rest,
