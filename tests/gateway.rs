@@ -27,8 +27,8 @@ mod gateway_support;
 
 use gateway_support::{
     Admin, Answer, Client, Receiver, RegistryChanges, VerifiedTrail, anonymous_tls, client_tls,
-    fixture, fixture_json, fixture_text, kind_of, root, test_config, verify_trail, wait_for,
-    write_registry,
+    copy_dir, fixture, fixture_json, fixture_text, kind_of, mappings_unwritable_for_dgsn,
+    test_config, verify_trail, wait_for, write_registry,
 };
 use passerelle::audit::merkle::leaf_hash;
 use passerelle::audit::{Checkpoint, NoteVerifier, Receipt, TlogProof};
@@ -937,19 +937,6 @@ impl TestGateway {
     }
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 // ====================================================================================== refusals
 
 /// Sends a body of `len` bytes with chunked transfer encoding (no `Content-Length`), on a
@@ -1829,24 +1816,11 @@ async fn a_dead_letter_is_listed_and_redelivered() {
 async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     // The DGSN's mappings with a code list that lacks the issuing post of the consulate's
     // laissez-passer: the gateway accepts the message but cannot write it for the DGSN.
-    let mappings = tempfile::tempdir().expect("a temporary folder");
-    copy_dir(&root().join("mappings"), mappings.path());
-    let dgsn_mappings = mappings.path().join("ma.dgsn.toml");
-    let text = std::fs::read_to_string(&dgsn_mappings).unwrap();
-    let post = r#"poste="{{ data.lpc.issuing_post }}""#;
-    assert!(
-        text.contains(post),
-        "the DGSN's notice names the issuing post"
-    );
-    let unwritable = text.replace(
-        post,
-        r#"poste="{{ data.lpc.issuing_post | lookup('document_types') }}""#,
-    );
-    std::fs::write(&dgsn_mappings, unwritable).unwrap();
-
+    let scratch = tempfile::tempdir().expect("a temporary folder");
+    let mappings = mappings_unwritable_for_dgsn(scratch.path());
     let changes = RegistryChanges::new().inbox("ma.dgsn");
     let gateway = TestGateway::start(&changes, |c| {
-        c.paths.mappings = mappings.path().to_owned();
+        c.paths.mappings = mappings.clone();
     })
     .await;
     let admin = gateway.admin();

@@ -9,15 +9,13 @@
 mod gateway_support;
 
 use gateway_support::{
-    Admin, Client, ORIGIN, RegistryChanges, config_file, fixture_text, root, wait_for,
+    Admin, Client, ORIGIN, RegistryChanges, ServedGateway, config_file, fixture_text, wait_for,
     write_registry,
 };
 use passerelle::audit::merkle::{Hash, verify_inclusion};
 use passerelle::audit::{Checkpoint, NoteSigner, NoteVerifier, Receipt, TlogProof};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,69 +26,6 @@ const CLIENTS: usize = 12;
 const LOAD: Duration = Duration::from_secs(2);
 /// The whole test's bound.
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A running `passerelle serve`, killed with `SIGKILL` when dropped.
-struct Gateway {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Gateway {
-    fn spawn(config: &Path, log: PathBuf) -> Gateway {
-        let stderr = std::fs::File::create(&log).expect("the gateway's log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .current_dir(root())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("starting passerelle serve");
-        Gateway { child, log }
-    }
-
-    /// Waits until the admin listener says ready.
-    async fn ready(&mut self, admin: &Admin) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(reply) = admin.try_get("/ready").await
-                && reply.status == 200
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the gateway exited with {status}:\n{}", self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway is not ready:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// `kill -9`, and reap it.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let status = self.child.wait().expect("reaping the gateway");
-        assert!(!status.success(), "killed, not exited: {status}");
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What the gateway answered for one message.
 #[derive(Debug, Clone)]
@@ -229,7 +164,7 @@ async fn scenario() {
     let addr = SocketAddr::from(([127, 0, 0, 1], https));
     let admin = Admin::new(SocketAddr::from(([127, 0, 0, 1], admin_port)));
 
-    let mut gateway = Gateway::spawn(&config, dir.path().join("first.log"));
+    let mut gateway = ServedGateway::spawn(&config, dir.path().join("first.log"), "warn");
     gateway.ready(&admin).await;
 
     // Load, then kill -9 with requests in flight.
@@ -264,7 +199,7 @@ async fn scenario() {
     );
 
     // Start again on the same configuration and data.
-    let mut gateway = Gateway::spawn(&config, dir.path().join("second.log"));
+    let mut gateway = ServedGateway::spawn(&config, dir.path().join("second.log"), "warn");
     gateway.ready(&admin).await;
     let restarted = Instant::now();
     let key = std::fs::read_to_string(data.join("audit-signing.key")).expect("the signing key");

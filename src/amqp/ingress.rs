@@ -60,6 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// The prefix of the headers the gateway sets on a dead letter.
 pub const HEADER_PREFIX: &str = "x-passerelle-";
@@ -394,7 +395,19 @@ impl Ingress {
                         let this = self.clone();
                         let partner = partner.clone();
                         let stop = stop.clone();
-                        handling.spawn(async move { this.handle(&partner, delivery, stop).await });
+                        // One span per message, as on REST; the pipeline records the event's
+                        // id and type on it once decoded.
+                        let span = tracing::info_span!(
+                            "message",
+                            partner = %partner,
+                            transport = "amqp",
+                            event_id = tracing::field::Empty,
+                            event_type = tracing::field::Empty,
+                        );
+                        handling.spawn(
+                            async move { this.handle(&partner, delivery, stop).await }
+                                .instrument(span),
+                        );
                     }
                     Some(Err(error)) => break Err(format!("consuming {queue}: {error}")),
                     None => break Err(format!("the consumer of {queue} was cancelled")),

@@ -40,9 +40,10 @@ impl ServeArgs {
             let running = RunningGateway::start(&config)
                 .await
                 .context("starting the gateway")?;
-            eprintln!(
-                "passerelle: serving partners on https://{} and admin on http://{}",
-                running.addr, running.admin_addr
+            tracing::info!(
+                partners = %format!("https://{}", running.addr),
+                admin = %format!("http://{}", running.admin_addr),
+                "serving"
             );
             wait_for_signal().await?;
             tracing::info!("stopping: draining requests in flight");

@@ -91,7 +91,7 @@ pub async fn record_attempt(
     match gateway.store.update(delivery.id, update).await {
         Ok(d) => {
             gateway.metrics.delivery(&d.recipient, channel, label);
-            tracing::info!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = ?d.last_error, attempts = d.attempts, "delivery attempt");
+            tracing::info!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = d.last_error.as_deref().unwrap_or_default(), attempts = d.attempts, "delivery attempt");
             Some(d)
         }
         Err(error) => {

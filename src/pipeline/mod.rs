@@ -353,6 +353,11 @@ impl Gateway {
         let event_type = text(&event, "type");
         let event_id = text(&event, "id");
         let source = text(&event, "source");
+        // The transport's span for this message (see `server::routes` and `amqp::ingress`)
+        // names the event from here on, for every line logged while it is processed.
+        let span = tracing::Span::current();
+        span.record("event_id", event_id.as_str());
+        span.record("event_type", event_type.as_str());
         self.registry
             .authorise(partner, &event_type)
             .map_err(|e| Refusal::Forbidden(e.to_string()))?;

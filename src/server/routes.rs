@@ -255,9 +255,7 @@ async fn post_message(
 }
 
 fn answer(status: StatusCode, ack: &Ack) -> HttpResponse {
-    let span = tracing::Span::current();
-    span.record("event_id", ack.event_id.as_str());
-    span.record("event_type", ack.event_type.as_str());
+    // The pipeline has recorded the event's id and type on the message's span.
     tracing::info!(
         outcome = ack.status,
         log_index = ack.log_index,

@@ -21,6 +21,7 @@
 //! - [`Receiver`]: a partner's webhook endpoint (HTTPS that requires the gateway's client
 //!   certificate) that records every request and can be told to fail, or be taken down and
 //!   brought up again on the same port;
+//! - [`ServedGateway`]: the `passerelle serve` binary as a child process, its logs in a file;
 //! - [`verify_trail`]: an auditor's trail fetched from the gateway and every proof in it checked
 //!   offline with the crate's verifiers.
 #![allow(dead_code)]
@@ -38,6 +39,7 @@ use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -74,6 +76,123 @@ pub fn fixture_text(partner: &str, name: &str) -> String {
 /// A free loopback port: bound, then released (see [`passerelle::loopback`]).
 pub fn free_port() -> u16 {
     passerelle::loopback::free_port()
+}
+
+// -------------------------------------------------------------------------------- mappings
+
+/// Copies the folder `from`, with its subfolders, into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A copy of the crate's mappings in `dir/mappings`, in which the DGSN's laissez-passer notice
+/// looks the issuing post up in a code list that lacks it: the gateway accepts the consulate's
+/// laissez-passer but cannot write it for the DGSN (an `encode-failed` dead letter). Returns
+/// the copy's path.
+pub fn mappings_unwritable_for_dgsn(dir: &Path) -> PathBuf {
+    let mappings = dir.join("mappings");
+    copy_dir(&root().join("mappings"), &mappings);
+    let dgsn = mappings.join("ma.dgsn.toml");
+    let text = std::fs::read_to_string(&dgsn).unwrap();
+    let post = r#"poste="{{ data.lpc.issuing_post }}""#;
+    assert!(
+        text.contains(post),
+        "the DGSN's notice names the issuing post"
+    );
+    let unwritable = text.replace(
+        post,
+        r#"poste="{{ data.lpc.issuing_post | lookup('document_types') }}""#,
+    );
+    std::fs::write(&dgsn, unwritable).unwrap();
+    mappings
+}
+
+// ------------------------------------------------------------------------- the gateway binary
+
+/// A running `passerelle serve` child process, its JSON logs (standard error) in a file; killed
+/// with `SIGKILL` when dropped.
+pub struct ServedGateway {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ServedGateway {
+    /// Starts `passerelle serve --config config` from the crate's folder, with `RUST_LOG` set
+    /// to `filter`, its standard error written to `log`.
+    pub fn spawn(config: &Path, log: PathBuf, filter: &str) -> ServedGateway {
+        let stderr = std::fs::File::create(&log).expect("the gateway's log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .current_dir(root())
+            .env("RUST_LOG", filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("starting passerelle serve");
+        ServedGateway { child, log }
+    }
+
+    /// Waits until the admin listener says ready.
+    pub async fn ready(&mut self, admin: &Admin) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(reply) = admin.try_get("/ready").await
+                && reply.status == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the gateway exited with {status}:\n{}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway is not ready:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`, and reap it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let status = self.child.wait().expect("reaping the gateway");
+        assert!(!status.success(), "killed, not exited: {status}");
+    }
+
+    /// `SIGTERM` (a graceful shutdown), and waits for it to exit; panics if it fails.
+    pub fn terminate(&mut self) {
+        let pid =
+            rustix::process::Pid::from_raw(i32::try_from(self.child.id()).expect("a process id"))
+                .expect("a process id");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let status = self.child.wait().expect("waiting for the gateway");
+        assert!(status.success(), "{status}:\n{}", self.stderr());
+    }
+
+    /// What it has written to standard error so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServedGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // ------------------------------------------------------------------------------------ registry

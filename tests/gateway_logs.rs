@@ -1,0 +1,172 @@
+//! The gateway's logs: the `passerelle serve` binary, at `RUST_LOG=debug`, is taken through an
+//! acceptance, a duplicate, refusals (a value outside a code list, a DOCTYPE, an unregistered
+//! certificate), a recipient it cannot write for and a webhook that is down, then stopped
+//! gracefully. Every line must be JSON; each message's lines carry its span (partner,
+//! transport, event id and type); and no personal value of the messages may appear anywhere.
+
+#[path = "support/gateway.rs"]
+mod gateway_support;
+
+use gateway_support::{
+    Admin, Client, Receiver, RegistryChanges, ServedGateway, config_file, fixture_text,
+    mappings_unwritable_for_dgsn, root, wait_for, write_registry,
+};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What the consulate's laissez-passer says of its holder, and what a refused copy adds: none
+/// of it may be logged.
+const PERSONAL: &[&str] = &[
+    "DIOP",
+    "Mamadou",
+    "MAMADOU",
+    "Lamine",
+    "14/03/1998",
+    "1998-03-14",
+    "Thiès",
+    "Sénégalaise",
+    "LP0417263",
+    "PLSENDIOP",
+    "9803145",
+    "Atlantide",
+];
+
+#[actix_web::test]
+async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    // IOM Morocco's endpoint is down, so that attempts are retried and logged; the DGSN's
+    // mapping lacks a code the laissez-passer needs, so that its delivery cannot be written.
+    let iom = Receiver::reserve();
+    let registry = write_registry(
+        dir.path(),
+        &RegistryChanges::new()
+            .webhook("iom.ma", &iom.url("/rva"))
+            .inbox("ma.dgsn"),
+    );
+    let mappings = mappings_unwritable_for_dgsn(dir.path());
+    let [https, admin_port] = passerelle::loopback::free_ports();
+    let config = config_file(
+        dir.path(),
+        &registry,
+        &dir.path().join("data"),
+        https,
+        admin_port,
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let crate_mappings = toml::Value::from(root().join("mappings").display().to_string());
+    let copied = toml::Value::from(mappings.display().to_string());
+    std::fs::write(
+        &config,
+        text.replace(&crate_mappings.to_string(), &copied.to_string()),
+    )
+    .unwrap();
+    let admin = Admin::new(SocketAddr::from(([127, 0, 0, 1], admin_port)));
+    let log = dir.path().join("gateway.log");
+    let mut gateway = ServedGateway::spawn(&config, log.clone(), "debug");
+    gateway.ready(&admin).await;
+
+    let addr = SocketAddr::from(([127, 0, 0, 1], https));
+    let consulate = Client::new("sn.consulat.casablanca", addr);
+    let lpc = fixture_text("sn.consulat.casablanca", "in/lpc-issued.xml");
+    let accepted = consulate.send("application/xml", lpc.clone()).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let again = consulate.send("application/xml", lpc.clone()).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    let outside = lpc
+        .replace("CGSN-CASA-2026-00417", "CGSN-CASA-2026-00418")
+        .replace("Sénégalaise", "Atlantide");
+    let refused = consulate.send("application/xml", outside).await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(
+        refused.text().contains("Atlantide"),
+        "the sender is told which value: {}",
+        refused.text()
+    );
+    let doctype = lpc.replacen(
+        "<LaissezPasserDelivre",
+        "<!DOCTYPE x [<!ENTITY e \"DIOP\">]><LaissezPasserDelivre",
+        1,
+    );
+    let refused = consulate.send("application/xml", doctype).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let unknown = Client::new("unknown", addr);
+    assert_eq!(unknown.send("application/xml", lpc).await.status, 403);
+    wait_for(
+        "two attempts at IOM Morocco's endpoint",
+        Duration::from_secs(10),
+        async || {
+            let attempts = gateway
+                .stderr()
+                .lines()
+                .filter(|l| l.contains("delivery attempt") && l.contains("iom.ma"))
+                .count();
+            (attempts >= 2).then_some(())
+        },
+    )
+    .await;
+    gateway.terminate();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+        })
+        .collect();
+    for value in PERSONAL {
+        let found: Vec<&str> = text.lines().filter(|l| l.contains(value)).collect();
+        assert!(found.is_empty(), "{value} is logged:\n{}", found.join("\n"));
+    }
+    let message = |line: &Value| {
+        line["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let accepted = lines
+        .iter()
+        .find(|l| message(l) == "message accepted")
+        .expect("the acceptance is logged");
+    let span = &accepted["span"];
+    assert_eq!(span["name"], "message");
+    assert_eq!(span["partner"], "sn.consulat.casablanca");
+    assert_eq!(span["transport"], "rest");
+    assert_eq!(span["event_id"], "CGSN-CASA-2026-00417");
+    assert_eq!(span["event_type"], "ma.rva.lpc.issued");
+    let duplicate = lines
+        .iter()
+        .find(|l| message(l) == "message duplicate")
+        .expect("the duplicate is logged");
+    assert_eq!(duplicate["span"]["event_id"], "CGSN-CASA-2026-00417");
+    // The line that says an event could not be written names the field, inside the span.
+    let unwritable = lines
+        .iter()
+        .find(|l| message(l) == "cannot write an event for its recipient")
+        .expect("the unwritable delivery is logged");
+    assert_eq!(unwritable["span"]["event_id"], "CGSN-CASA-2026-00417");
+    assert!(
+        unwritable["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("data.lpc.issuing_post")),
+        "{unwritable}"
+    );
+    let attempt = lines
+        .iter()
+        .find(|l| message(l) == "delivery attempt")
+        .expect("the delivery attempts are logged");
+    assert_eq!(attempt["fields"]["recipient"], "iom.ma");
+    assert_eq!(attempt["fields"]["outcome"], "retry");
+    assert!(
+        attempt["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("webhook.")),
+        "{attempt}"
+    );
+    for refusal in ["unprocessable", "malformed", "forbidden"] {
+        assert!(
+            lines.iter().any(|l| l["fields"]["outcome"] == refusal),
+            "a {refusal} refusal is logged"
+        );
+    }
+}
