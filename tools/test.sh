@@ -14,6 +14,8 @@ command -v go >/dev/null 2>&1 || needed+=(golang-go)
 if [ ${#needed[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing ${needed[*]}"
+    # A fresh image has empty package lists: read them first.
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${needed[@]}" >/dev/null
   else
     echo "error: the tests need the Debian packages: ${needed[*]}" >&2
