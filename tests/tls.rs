@@ -148,7 +148,8 @@ async fn a_partner_certificate_is_accepted_and_identified_by_its_uri() {
 
 #[tokio::test]
 async fn every_committed_partner_and_the_gateway_client_are_accepted() {
-    for id in dev::DEFAULT_PARTNERS {
+    for id in registry_partners() {
+        let id = id.as_str();
         let accepted = handshake(dev_server(), dev_client(id)).await.accepted();
         assert_eq!(accepted.identity.uris, [format!("urn:partner:{id}")]);
     }
@@ -689,7 +690,9 @@ fn the_committed_pki_holds_every_documented_file() {
         dev::EXPIRED,
         dev::UNKNOWN,
     ];
-    stems.extend(dev::DEFAULT_PARTNERS);
+    let partners = registry_partners();
+    assert!(partners.len() >= 8, "{partners:?}");
+    stems.extend(partners.iter().map(String::as_str));
     for stem in stems {
         for extension in ["pem", "key"] {
             let path = dir.join(format!("{stem}.{extension}"));
@@ -780,4 +783,47 @@ async fn only_iom_ma_is_revoked(server: &Arc<ServerConfig>) {
     handshake(server.clone(), dev_client("ma.interieur"))
         .await
         .accepted();
+}
+
+/// The partners of the sample registry: the committed development PKI has a client
+/// certificate for each (`passerelle certs dev` issues one per registry partner).
+fn registry_partners() -> Vec<String> {
+    passerelle::registry::Registry::partner_ids(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/registry.toml"),
+    )
+    .expect("the sample registry")
+}
+
+#[test]
+fn certs_dev_issues_one_client_certificate_per_registry_partner() {
+    let scratch = tempfile::tempdir().unwrap();
+    let registry = scratch.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        "[[partner]]\nid = \"iom.sn\"\nrole = \"iom\"\n\n\
+         [[partner]]\nid = \"gn.consulat.rabat\"\nrole = \"consulate\"\n",
+    )
+    .unwrap();
+    let out = scratch.path().join("pki");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["certs", "dev", "--out"])
+        .arg(&out)
+        .arg("--registry")
+        .arg(&registry)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for id in ["iom.sn", "gn.consulat.rabat"] {
+        let der = tls::load_certs(&out.join(format!("{id}.pem"))).unwrap();
+        let identity = tls::peer_identity(&der).unwrap();
+        assert_eq!(identity.uris, [format!("urn:partner:{id}")]);
+    }
+    assert!(
+        !out.join("ma.dgsn.pem").exists(),
+        "only the registry's partners"
+    );
 }

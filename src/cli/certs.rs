@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
+use passerelle::registry::Registry;
 use passerelle::tls::{self, dev};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,21 +12,19 @@ use std::process::ExitCode;
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Generate a fresh development PKI: a CA, the gateway's server and client certificates, one
-    /// client certificate per partner, revoked, expired and unknown test certificates, and the
-    /// CRL. For development and tests only: the keys are meant to be committed, so they are
-    /// public. Every run makes a new CA and overwrites the files.
+    /// client certificate per partner of the registry, revoked, expired and unknown test
+    /// certificates, and the CRL. For development and tests only: the keys are meant to be
+    /// committed, so they are public. Every run makes a new CA and overwrites the files.
     Dev {
         /// The folder to write.
         #[arg(long, default_value = dev::DEFAULT_DIR)]
         out: PathBuf,
-        /// The partners that get a client certificate, comma-separated.
-        #[arg(
-            long,
-            value_name = "ID,ID,...",
-            value_delimiter = ',',
-            default_values = dev::DEFAULT_PARTNERS
-        )]
-        partners: Vec<String>,
+        /// The registry whose partners get a client certificate.
+        #[arg(long, default_value = "config/registry.toml")]
+        registry: PathBuf,
+        /// Instead of the registry's partners, these, comma-separated.
+        #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
+        partners: Option<Vec<String>>,
     },
     /// Print what the gateway reads from a PEM certificate to identify its holder: its URI names
     /// and its SHA-256 fingerprint, the form the registry pins. The certificate is not verified.
@@ -39,7 +38,20 @@ impl CertsCommand {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            CertsCommand::Dev { out, partners } => {
+            CertsCommand::Dev {
+                out,
+                registry,
+                partners,
+            } => {
+                let partners = match partners {
+                    Some(partners) => partners,
+                    None => Registry::partner_ids(&registry).with_context(|| {
+                        format!(
+                            "reading the partners of {} (or name them with --partners)",
+                            registry.display()
+                        )
+                    })?,
+                };
                 let partners: Vec<&str> = partners.iter().map(String::as_str).collect();
                 let pki = dev::generate_dev_pki(&out, &partners).with_context(|| {
                     format!("generating the development PKI in {}", out.display())

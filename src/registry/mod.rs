@@ -167,6 +167,21 @@ impl Registry {
         })
     }
 
+    /// The partner ids of a registry file, in its order, read without validating the rest
+    /// (for tools that need only the ids, such as the development PKI).
+    pub fn partner_ids(path: &Path) -> Result<Vec<String>, RegistryError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| RegistryError::File {
+            file: file.clone(),
+            message: error.to_string(),
+        })?;
+        let parsed: RegistryFile = toml::from_str(&text).map_err(|error| RegistryError::File {
+            file,
+            message: error.to_string(),
+        })?;
+        Ok(parsed.partners.into_iter().map(|p| p.id).collect())
+    }
+
     /// Parses and validates registry text.
     pub fn parse(
         text: &str,
