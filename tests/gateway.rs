@@ -321,6 +321,13 @@ async fn the_return_of_case_rva_2026_004211() {
             event: expected("ma.dgsn", "border-exit"),
             recipients: &["ma.interieur", "iom.ma"],
         },
+        // IOM Morocco's pre-departure allowance, for the ministry's records.
+        Step {
+            sender: "iom.ma",
+            body: Body::Native("application/json", native("iom.ma", "allowance-paid.json")),
+            event: expected("iom.ma", "allowance-paid"),
+            recipients: &["ma.interieur"],
+        },
         // Phase 3: arrival in Dakar and reintegration.
         Step {
             sender: "iom.sn",
@@ -364,7 +371,7 @@ async fn the_return_of_case_rva_2026_004211() {
             recipients: &["ci.ambassade.rabat"],
         },
     ];
-    let main_case_steps = 11;
+    let main_case_steps = 12;
 
     // The native texts each recipient must get, where they differ from the canonical event.
     let mut native_out: BTreeMap<(&str, &str), Expect> = BTreeMap::new();

@@ -102,6 +102,12 @@ const STEPS: &[Step] = &[
         what: "the border post records the exit",
     },
     Step {
+        partner: "iom.ma",
+        file: "mappings/fixtures/iom.ma/in/allowance-paid.json",
+        content_type: "application/json",
+        what: "IOM Morocco pays the pre-departure allowance",
+    },
+    Step {
         partner: "iom.sn",
         file: "mappings/fixtures/iom.sn/in/arrival-confirmed.json",
         content_type: "application/json",
