@@ -15,6 +15,20 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `passerelle audit erase` of `case` on the log in `log`, signed with `key`.
+fn erase_case(log: &Path, key: &Path, case: &str) -> Output {
+    passerelle(&[
+        "audit",
+        "erase",
+        "--log",
+        path(log),
+        "--signer",
+        path(key),
+        "--case",
+        case,
+    ])
+}
+
 #[test]
 fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
     let scratch = tempfile::tempdir().unwrap();
@@ -56,16 +70,7 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
         .open(log.join("private/writer.lock"))
         .unwrap();
     held.lock().unwrap();
-    let refused = passerelle(&[
-        "audit",
-        "erase",
-        "--log",
-        path(&log),
-        "--signer",
-        path(&key),
-        "--case",
-        "RVA-2026-000005",
-    ]);
+    let refused = erase_case(&log, &key, "RVA-2026-000005");
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -74,16 +79,7 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
     );
     drop(held);
 
-    let erase = passerelle(&[
-        "audit",
-        "erase",
-        "--log",
-        path(&log),
-        "--signer",
-        path(&key),
-        "--case",
-        "RVA-2026-000005",
-    ]);
+    let erase = erase_case(&log, &key, "RVA-2026-000005");
     assert!(
         erase.status.success(),
         "{}",
@@ -103,16 +99,7 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
     );
     assert!(String::from_utf8_lossy(&verify.stdout).contains("size 41"));
 
-    let again = passerelle(&[
-        "audit",
-        "erase",
-        "--log",
-        path(&log),
-        "--signer",
-        path(&key),
-        "--case",
-        "RVA-2026-000005",
-    ]);
+    let again = erase_case(&log, &key, "RVA-2026-000005");
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("erased"));
 }

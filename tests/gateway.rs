@@ -1740,20 +1740,7 @@ async fn a_dead_letter_is_listed_and_redelivered() {
     }
     assert!(table.contains("1 dead letter(s)"), "{table}");
     let pending_id = pending[0].id.to_string();
-    let refused = passerelle_cli(&[
-        "deliveries",
-        "redeliver",
-        &pending_id,
-        "--admin",
-        &admin_url,
-    ])
-    .await;
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8(refused.stderr).unwrap();
-    assert!(
-        stderr.contains(&format!("delivery {pending_id}: not redelivered (404")),
-        "{stderr}"
-    );
+    redelivery_refused_by_cli(&admin_url, &pending_id, 404).await;
 
     // The endpoint is fixed; the operator puts the dead letter back in line.
     dgsn.answer(Answer::Accept);
@@ -1852,20 +1839,7 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     let why = refused.json()["error"].as_str().unwrap().to_owned();
     assert!(why.contains("encode-failed"), "{why}");
     let admin_url = format!("http://{}", gateway.running.admin_addr);
-    let command = passerelle_cli(&[
-        "deliveries",
-        "redeliver",
-        &id.to_string(),
-        "--admin",
-        &admin_url,
-    ])
-    .await;
-    assert!(!command.status.success());
-    let stderr = String::from_utf8(command.stderr).unwrap();
-    assert!(
-        stderr.contains(&format!("delivery {id}: not redelivered (409")),
-        "{stderr}"
-    );
+    redelivery_refused_by_cli(&admin_url, &id.to_string(), 409).await;
     let still = admin.get("/dead-letters").await.json();
     assert_eq!(still.as_array().unwrap().len(), 1, "{still}");
     assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 1.0);
@@ -1878,6 +1852,18 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     // The other recipients got theirs.
     assert_eq!(gateway.client("iom.ma").inbox(500).await.len(), 1);
     gateway.stop().await;
+}
+
+/// Runs `passerelle deliveries redeliver ID` against the admin listener, and checks that it
+/// fails and reports the listener's `status`.
+async fn redelivery_refused_by_cli(admin_url: &str, id: &str, status: u16) {
+    let refused = passerelle_cli(&["deliveries", "redeliver", id, "--admin", admin_url]).await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8(refused.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("delivery {id}: not redelivered ({status}")),
+        "{stderr}"
+    );
 }
 
 /// Runs the `passerelle` binary with `args`, off the test's runtime, and returns its output.
