@@ -31,7 +31,7 @@ use gateway_support::{
     test_config, verify_trail, wait_for, write_registry,
 };
 use passerelle::audit::merkle::leaf_hash;
-use passerelle::audit::{Checkpoint, NoteVerifier, Receipt, TlogProof};
+use passerelle::audit::{Checkpoint, Fact, Kind, NoteVerifier, Receipt, TlogProof, Transport};
 use passerelle::config::Config;
 use passerelle::service::RunningGateway;
 use passerelle::store::{AcceptedRecord, Channel, DeliveryState};
@@ -1368,18 +1368,25 @@ async fn a_partner_over_its_rate_gets_429() {
             .await,
         1.0
     );
-    // Certificates the registry does not know share one limit: the first message is refused
-    // and audited, the next is over the limit, answered 429 and not audited.
+    // Certificates the registry does not know share one limit: of two messages sent at once,
+    // one is refused and audited, the other is over the limit, answered 429 and not audited.
     let unknown = Client::new("unknown", gateway.running.addr);
     let message = fixture("iom.sn", "in/arrival-confirmed.json");
-    unknown
-        .send("application/json", message.clone())
-        .await
-        .problem(403, "forbidden");
-    unknown
-        .send("application/json", message)
-        .await
-        .problem(429, "rate-limited");
+    let (first, second) = futures_util::join!(
+        unknown.send("application/json", message.clone()),
+        unknown.send("application/json", message),
+    );
+    let mut statuses = [first.status, second.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [403, 429], "{first:?} {second:?}");
+    for reply in [&first, &second] {
+        let code = if reply.status == 403 {
+            "forbidden"
+        } else {
+            "rate-limited"
+        };
+        reply.problem(reply.status, code);
+    }
     assert_eq!(
         admin.metric("passerelle_audit_appends_total", &[]).await,
         4.0
@@ -1662,6 +1669,58 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
         recipients,
         "the new acceptance's deliveries"
     );
+
+    // A message whose acceptance the log holds, after an earlier acceptance the log voided,
+    // while its record was left unconfirmed (a lost confirmation): the sender's next attempt
+    // confirms it against the acceptance that stands, and is answered as a duplicate of it.
+    let reference = "CGSN-CASA-2026-00952";
+    let log = &gateway.running.gateway.log;
+    let acceptance = || {
+        let mut fact = Fact::new(Kind::Accepted, chrono::Utc::now());
+        fact.sender = Some("sn.consulat.casablanca".into());
+        fact.recipients = vec!["ma.interieur".into()];
+        fact.transport = Some(Transport::Rest);
+        fact.event_type = Some("ma.rva.lpc.issued".into());
+        fact.event_id = Some(reference.into());
+        fact.identifiers.partner_refs = vec![("sn.consulat.casablanca".into(), reference.into())];
+        fact
+    };
+    let voided = log.append_async(&acceptance()).await.unwrap();
+    let mut void = Fact::new(Kind::Rejected, chrono::Utc::now());
+    void.sender = Some("sn.consulat.casablanca".into());
+    void.event_type = Some("ma.rva.lpc.issued".into());
+    void.event_id = Some(reference.into());
+    void.reason = Some("store-unavailable".into());
+    void.identifiers.partner_refs = vec![("sn.consulat.casablanca".into(), reference.into())];
+    log.append_async(&void).await.unwrap();
+    let standing = log.append_async(&acceptance()).await.unwrap();
+    assert!(standing.index > voided.index);
+    let mut lost = AcceptedRecord {
+        event_id: reference.into(),
+        ..left.clone()
+    };
+    lost.deliveries = Vec::new();
+    store
+        .record_accepted(&mut lost, None, Vec::new())
+        .await
+        .expect("recorded");
+    let reply = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let ack = reply.json();
+    check_ack(&ack, "duplicate", reference, &verifier);
+    assert_eq!(
+        ack["log_index"], standing.index,
+        "the acceptance that stands"
+    );
+    assert_eq!(ack["leaf_hash"], hex::encode(standing.leaf_hash.0));
+    let record = store
+        .accepted(&source, reference)
+        .unwrap()
+        .expect("the record");
+    assert!(record.confirmed);
+    assert_eq!(record.log_index, standing.index);
     gateway.stop().await;
 }
 

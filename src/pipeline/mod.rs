@@ -572,6 +572,9 @@ impl Gateway {
         fact.event_id = accepted.event_id.clone();
         fact.case_id = accepted.case_id.clone();
         fact.reason = Some(reason.to_owned());
+        // Indexed like the acceptance it voids, so that a search by the sender's reference
+        // (the settling of unconfirmed messages, the auditors' trails) finds both.
+        fact.identifiers = accepted.identifiers.clone();
         if let Err(e) = self.append(&fact).await {
             tracing::error!(error = %e, "a voided acceptance could not be logged");
         }
@@ -591,18 +594,38 @@ impl Gateway {
         let (mut confirmed, mut withdrawn) = (0, 0);
         for record in pending {
             match settle(&self.log, &self.store, &record)? {
-                Some(_) => confirmed += 1,
+                Some(record) => {
+                    for dead in self.dead_letters_of(&record) {
+                        let fact =
+                            self.delivery_fact(&dead, Kind::DeadLettered, dead.last_error.clone());
+                        self.log.append(&fact)?;
+                        self.metrics.audit_appends.inc();
+                    }
+                    confirmed += 1;
+                }
                 None => withdrawn += 1,
             }
         }
         Ok((confirmed, withdrawn))
     }
 
+    /// The deliveries of an accepted message that were dead letters from the start (the
+    /// gateway could not write them): their `dead_lettered` entries follow the confirmation.
+    fn dead_letters_of(&self, record: &AcceptedRecord) -> Vec<Delivery> {
+        record
+            .deliveries
+            .iter()
+            .filter_map(|id| self.store.delivery_metadata(*id).ok().flatten())
+            .filter(|d| d.state == DeliveryState::Dead)
+            .collect()
+    }
+
     /// Settles one unconfirmed message while serving (see [`Gateway::settle_unconfirmed`]),
-    /// off the async workers: its confirmed record, or `None` once it is withdrawn.
+    /// off the async workers: its confirmed record (its push deliveries woken, its dead
+    /// letters audited), or `None` once it is withdrawn.
     async fn settle_now(&self, record: AcceptedRecord) -> Result<Option<AcceptedRecord>, Refusal> {
         let (log, store) = (self.log.clone(), self.store.clone());
-        tokio::task::spawn_blocking(move || {
+        let settled = tokio::task::spawn_blocking(move || {
             log.sync()?;
             settle(&log, &store, &record)
         })
@@ -611,7 +634,19 @@ impl Gateway {
         .map_err(|e| {
             tracing::error!(error = %e, "an unconfirmed message could not be settled");
             unavailable("an earlier attempt of this message is not settled yet")
-        })
+        })?;
+        if let Some(record) = &settled {
+            self.outbox_changed.notify_waiters();
+            for dead in self.dead_letters_of(record) {
+                if let Err(e) = self
+                    .audit_delivery(&dead, Kind::DeadLettered, dead.last_error.clone())
+                    .await
+                {
+                    tracing::error!(error = %e, delivery = dead.id, "a dead letter was not logged");
+                }
+            }
+        }
+        Ok(settled)
     }
 
     /// Writes the event for each recipient, in its format and under its need-to-know
@@ -681,6 +716,12 @@ impl Gateway {
         kind: Kind,
         reason: Option<String>,
     ) -> Result<audit::Receipt, Refusal> {
+        let fact = self.delivery_fact(delivery, kind, reason);
+        self.append(&fact).await
+    }
+
+    /// The audit fact of a delivery event.
+    fn delivery_fact(&self, delivery: &Delivery, kind: Kind, reason: Option<String>) -> Fact {
         let mut fact = Fact::new(kind, Utc::now());
         fact.sender = self
             .registry
@@ -712,7 +753,7 @@ impl Gateway {
                 ..Personal::default()
             };
         }
-        self.append(&fact).await
+        fact
     }
 
     async fn audit_refusal(
@@ -807,12 +848,25 @@ fn settle(
     record: &AcceptedRecord,
 ) -> anyhow::Result<Option<AcceptedRecord>> {
     let query = audit::Query::PartnerRef(record.sender.clone(), record.event_id.clone());
-    let found = log.search(&query)?.into_iter().find(|f| {
-        f.leaf.kind == Kind::Accepted
-            && f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
+    let mut found = log.search(&query)?;
+    found.sort_by_key(|f| f.index);
+    // The acceptances of this message that still stand: a `rejected` entry with reason
+    // `duplicate` or `store-unavailable` voids the acceptance just before it. The latest that
+    // stands is this record's.
+    let mut standing = Vec::new();
+    for f in found.into_iter().filter(|f| {
+        f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
             && f.leaf.sender.as_deref() == Some(record.sender.as_str())
-    });
-    let Some(found) = found else {
+    }) {
+        match (f.leaf.kind, f.leaf.reason.as_deref()) {
+            (Kind::Accepted, _) => standing.push(f),
+            (Kind::Rejected, Some("duplicate" | "store-unavailable")) => {
+                standing.pop();
+            }
+            _ => {}
+        }
+    }
+    let Some(found) = standing.pop() else {
         store.abandon_blocking(record)?;
         return Ok(None);
     };

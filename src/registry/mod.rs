@@ -198,6 +198,11 @@ impl Registry {
         let mut allowed = BTreeMap::new();
         for entry in parsed.partners {
             let id = entry.id.clone();
+            if id == crate::pipeline::UNREGISTERED {
+                problems.push(format!(
+                    "partner {id}: the id is reserved for certificates the registry does not know"
+                ));
+            }
             if !ROLES.contains(&entry.role.as_str()) {
                 problems.push(format!(
                     "partner {id}: unknown role {:?} (roles: {})",
@@ -482,6 +487,23 @@ mod tests {
             "audit.igat",
         ] {
             assert!(registry.partner(id).is_some(), "{id}");
+        }
+    }
+
+    #[test]
+    fn the_id_of_unregistered_certificates_is_reserved() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        let text = "[[partner]]\nid = \"unregistered\"\nrole = \"auditor\"\n";
+        match Registry::parse(text, &catalogue, &mappings) {
+            Err(RegistryError::Invalid(problems)) => {
+                assert!(
+                    problems.iter().any(|p| p.contains("reserved")),
+                    "{problems:?}"
+                )
+            }
+            other => panic!("accepted: {other:?}"),
         }
     }
 

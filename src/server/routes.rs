@@ -142,14 +142,14 @@ async fn refuse_unregistered(
         Err(unreadable) => return unreadable,
     };
     let why = problem.detail.clone();
+    let refusal = gateway
+        .refuse_unregistered(&identity.fingerprint, &body, why)
+        .await;
     tracing::info!(
-        outcome = "forbidden",
+        outcome = refusal.code(),
         "message from an unregistered certificate refused"
     );
-    gateway
-        .refuse_unregistered(&identity.fingerprint, &body, why)
-        .await
-        .into()
+    refusal.into()
 }
 
 fn gateway(req: &HttpRequest) -> Result<&Gateway, Problem> {

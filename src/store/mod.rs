@@ -293,7 +293,6 @@ struct Prepared {
 
 /// Where a waiting delivery sits in its channel's index: put there when its message is
 /// confirmed (or it is due again), taken out when it leaves the line.
-#[derive(Clone)]
 struct Release {
     id: u64,
     channel: Channel,
@@ -325,6 +324,9 @@ pub struct Store {
     confirming: Confirming,
     /// Set while the writer's commits fail, cleared by the next that succeeds.
     failing: Arc<AtomicBool>,
+    /// Held by a test to stop the writer before it applies its next group.
+    #[cfg(test)]
+    hold: Arc<Mutex<()>>,
 }
 
 /// Confirmations queued by [`Store::confirm_later`] and not committed yet, by key: until the
@@ -409,12 +411,16 @@ impl Store {
         let pending_deliveries = Arc::new(AtomicU64::new(pending));
         let confirming = Confirming::default();
         let failing = Arc::new(AtomicBool::new(false));
+        #[cfg(test)]
+        let hold = Arc::new(Mutex::new(()));
         let (tx, rx) = mpsc::sync_channel(4096);
         let writer = Writer {
             db: db.clone(),
             pending: pending_deliveries.clone(),
             confirming: confirming.clone(),
             failing: failing.clone(),
+            #[cfg(test)]
+            hold: hold.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -428,6 +434,8 @@ impl Store {
             next_id: AtomicU64::new(next_id),
             confirming,
             failing,
+            #[cfg(test)]
+            hold,
         })
     }
 
@@ -476,8 +484,9 @@ impl Store {
     /// Confirms an accepted message once its audit entry is durable: fills in the entry and
     /// releases its deliveries. The change is committed without a sync of its own (it rides
     /// on the next synced commit, or is settled again at start-up after a crash), and the call
-    /// does not wait for it; a commit that fails is tried again with the next. Meanwhile
-    /// [`Store::accepted`] answers with the confirmed record.
+    /// does not wait for it. Until it is committed, [`Store::accepted`] answers with the
+    /// confirmed record; if its commit fails, the store reports itself not ready
+    /// ([`Store::is_open`]) and the record is settled at the next start.
     pub fn confirm_later(
         &self,
         record: &AcceptedRecord,
@@ -871,9 +880,8 @@ impl Reply {
             Reply::Unit(Some(tx), _) => {
                 let _ = tx.send(Err(error.clone()));
             }
-            Reply::Unit(None, _) => {
-                tracing::warn!(error = %error, "a confirmation was not recorded; it is tried again");
-            }
+            // A confirmation nobody waits for: the group's failure is logged once, above.
+            Reply::Unit(None, _) => {}
         }
     }
 }
@@ -882,27 +890,6 @@ impl Write {
     /// Whether the writer waits for this write to be on disk.
     fn needs_sync(&self) -> bool {
         !matches!(self, Write::Confirm { durable: false, .. })
-    }
-
-    /// A copy of this write if it is a confirmation that nobody waits for: kept by the writer
-    /// until its commit succeeds, to be tried again if it fails.
-    fn unsynced_confirm(&self) -> Option<Write> {
-        match self {
-            Write::Confirm {
-                key,
-                record,
-                release,
-                durable: false,
-                reply: None,
-            } => Some(Write::Confirm {
-                key: key.clone(),
-                record: record.clone(),
-                release: release.clone(),
-                durable: false,
-                reply: None,
-            }),
-            _ => None,
-        }
     }
 }
 
@@ -915,46 +902,53 @@ struct Writer {
     pending: Arc<AtomicU64>,
     confirming: Confirming,
     failing: Arc<AtomicBool>,
+    #[cfg(test)]
+    hold: Arc<Mutex<()>>,
 }
 
 impl Writer {
     fn run(self, rx: Receiver<Write>) {
         let db = &*self.db;
         let mut unsynced = false;
-        // Confirmations whose commit failed, tried again first in the next group.
-        let mut retry: Vec<Write> = Vec::new();
-        let mut closing = false;
         loop {
-            let mut group = std::mem::take(&mut retry);
-            if group.is_empty() {
-                match rx.recv_timeout(IDLE_SYNC) {
-                    Ok(w) => group.push(w),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if unsynced {
-                            match sync_empty(db) {
-                                Ok(()) => unsynced = false,
-                                Err(e) => tracing::error!(error = %e, "store sync failed"),
+            let first = match rx.recv_timeout(IDLE_SYNC) {
+                Ok(w) => w,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if unsynced {
+                        match sync_empty(db) {
+                            Ok(()) => unsynced = false,
+                            Err(e) => {
+                                self.failing.store(true, Ordering::Relaxed);
+                                tracing::error!(error = %e, "store sync failed");
                             }
                         }
-                        continue;
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    continue;
                 }
-            }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
                     Ok(w) => group.push(w),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        closing = true;
-                        break;
-                    }
+                    Err(_) => break,
                 }
             }
             let sync = group.iter().any(Write::needs_sync);
-            let confirms: Vec<Write> = group.iter().filter_map(Write::unsynced_confirm).collect();
+            let confirmed_keys: Vec<String> = group
+                .iter()
+                .filter_map(|w| match w {
+                    Write::Confirm { key, .. } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect();
+            #[cfg(test)]
+            let held = self.hold.lock();
             let mut delta: i64 = 0;
-            match apply_group(db, group, sync, &mut delta) {
+            let applied = apply_group(db, group, sync, &mut delta);
+            #[cfg(test)]
+            drop(held);
+            match applied {
                 Ok(replies) => {
                     self.failing.store(false, Ordering::Relaxed);
                     unsynced = !sync;
@@ -965,29 +959,23 @@ impl Writer {
                         self.pending
                             .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
                     }
-                    self.committed(&confirms);
+                    self.committed(&confirmed_keys);
                     replies.into_iter().for_each(Reply::send);
                 }
                 Err((error, replies)) => {
+                    // The database refuses every later write after an I/O failure, until it
+                    // is reopened: the store reports itself not ready, and the confirmations
+                    // of this group stay answered from memory (see `Confirming`) until the
+                    // next start settles them against the audit log.
                     self.failing.store(true, Ordering::Relaxed);
-                    tracing::error!(error = %error, "a store commit failed");
+                    tracing::error!(
+                        error = %error,
+                        writes = replies.len(),
+                        "a store commit failed; what it held is refused or settled at the next start"
+                    );
                     replies.into_iter().for_each(|r| r.fail(&error));
-                    if closing {
-                        if !confirms.is_empty() {
-                            tracing::error!(
-                                count = confirms.len(),
-                                "confirmations were not recorded before the store closed; they are settled at the next start"
-                            );
-                        }
-                        break;
-                    }
-                    retry = confirms;
-                    // A failed commit may be transient (disk full); back off before the next.
                     std::thread::sleep(Duration::from_millis(50));
                 }
-            }
-            if closing && retry.is_empty() {
-                break;
             }
         }
         if unsynced {
@@ -996,15 +984,13 @@ impl Writer {
     }
 
     /// Forgets the queued confirmations that are now committed: readers find them on disk.
-    fn committed(&self, confirms: &[Write]) {
-        if confirms.is_empty() {
+    fn committed(&self, keys: &[String]) {
+        if keys.is_empty() {
             return;
         }
         let mut map = self.confirming.lock().unwrap_or_else(|p| p.into_inner());
-        for write in confirms {
-            if let Write::Confirm { key, .. } = write {
-                map.remove(key);
-            }
+        for key in keys {
+            map.remove(key);
         }
     }
 }
@@ -1463,20 +1449,29 @@ mod tests {
             leaf_hash: "ab".repeat(32),
             receipt: "receipt".into(),
         };
+        // The writer is held before it can commit the confirmation: the record on disk is
+        // still unconfirmed, and the store answers with the confirmation it has queued.
+        let held = store.hold.lock().unwrap();
         store.confirm_later(&first, entry, &made).unwrap();
-        // At once, committed or not: the confirmed record, never the unconfirmed one.
         let read = store.accepted("urn:partner:test", "e1").unwrap().unwrap();
         assert!(read.confirmed);
         assert_eq!(read.log_index, 7);
         assert_eq!(read.receipt, "receipt");
-        // Once committed, from the disk, the same; and the delivery is released.
-        store.close();
-        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        assert_eq!(store.unconfirmed().unwrap().len(), 1, "not committed yet");
+        drop(held);
+        // Once committed, the map forgets it and the disk says the same; the delivery is
+        // released.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !store.confirming().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(store.unconfirmed().unwrap().is_empty());
         let read = store.accepted("urn:partner:test", "e1").unwrap().unwrap();
         assert!(read.confirmed);
         assert_eq!(read.log_index, 7);
-        assert!(store.unconfirmed().unwrap().is_empty());
         assert_eq!(store.inbox("iom.ma", 0, 10).unwrap().len(), 1);
+        assert!(store.is_open());
     }
 
     #[tokio::test]

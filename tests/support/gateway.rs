@@ -172,13 +172,24 @@ impl ServedGateway {
         assert!(!status.success(), "killed, not exited: {status}");
     }
 
-    /// `SIGTERM` (a graceful shutdown), and waits for it to exit; panics if it fails.
+    /// `SIGTERM` (a graceful shutdown), and waits up to 30 s for it to exit; panics if it fails
+    /// or does not stop.
     pub fn terminate(&mut self) {
         let pid =
             rustix::process::Pid::from_raw(i32::try_from(self.child.id()).expect("a process id"))
                 .expect("a process id");
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-        let status = self.child.wait().expect("waiting for the gateway");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the gateway") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the gateway did not stop within 30 s:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(status.success(), "{status}:\n{}", self.stderr());
     }
 
