@@ -8,6 +8,8 @@
 //!   the auditors' trails and bundles.
 //! - [`refusals_are_answered_with_problems_and_audited`]: TLS refusals, unknown certificate, wrong
 //!   role, size, DOCTYPE, schema, media type, duplicates; the audit log's `rejected` entries.
+//! - [`every_documented_route_is_served`]: the router serves every route of `ROUTES`, which
+//!   `tests/openapi.rs` checks against the OpenAPI document.
 //! - [`a_partner_over_its_rate_gets_429`]: the per-partner rate limit, and the one that
 //!   unregistered certificates share.
 //! - [`a_webhook_down_then_up_gets_each_delivery_exactly_once`]: retries on a refused connection,
@@ -33,6 +35,7 @@ use gateway_support::{
 use passerelle::audit::merkle::leaf_hash;
 use passerelle::audit::{Checkpoint, Fact, Kind, NoteVerifier, Receipt, TlogProof, Transport};
 use passerelle::config::Config;
+use passerelle::server::routes::ROUTES;
 use passerelle::service::RunningGateway;
 use passerelle::store::{AcceptedRecord, Channel, DeliveryState};
 use serde_json::{Value, json};
@@ -1317,6 +1320,33 @@ async fn refusals_are_answered_with_problems_and_audited() {
     assert_eq!(ignored.entries.len(), 1);
     assert_eq!(kind_of(&ignored.entries[0].leaf), "received");
     assert_eq!(ignored.entries[0].leaf.reason.as_deref(), Some("ignored"));
+    gateway.stop().await;
+}
+
+#[actix_web::test]
+async fn every_documented_route_is_served() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    // Every route the OpenAPI document is checked against (`ROUTES`) is served by the router:
+    // none falls through to the unknown-route problem or a 405.
+    let auditor = gateway.client("audit.igat");
+    for (method, path) in ROUTES {
+        let concrete = path
+            .replace("{id}", "1")
+            .replace("{event_id}", "no-such-event")
+            .replace("{path}", "checkpoint");
+        let reply = match *method {
+            "get" => auditor.get(&concrete).await,
+            "post" => auditor.post(&concrete).await,
+            other => panic!("a method the test does not send: {other}"),
+        };
+        assert_ne!(reply.status, 405, "{method} {path}: {}", reply.text());
+        assert!(
+            !reply.text().contains("no such route"),
+            "{method} {path} is not routed: {}",
+            reply.text()
+        );
+    }
+
     gateway.stop().await;
 }
 

@@ -9,7 +9,8 @@
 //! | `GET /v1/audit/log/{path}` | any partner | the C2SP tlog-tiles read API |
 //! | `GET /v1/audit/trails` | auditors | a case's (LPC's, PNR's) entries with proofs, or a bundle |
 //!
-//! The OpenAPI document `docs/openapi.yaml` describes them; a test keeps the two in step.
+//! The OpenAPI document `docs/openapi.yaml` describes them: `tests/openapi.rs` checks it against
+//! [`ROUTES`], and `tests/gateway.rs` checks that the router serves every route of [`ROUTES`].
 
 use super::ConnectionIdentity;
 use super::problem::Problem;
