@@ -872,7 +872,7 @@ fn settle(
     };
     let leaf = audit::merkle::leaf_hash(&found.entry);
     let receipt = log.reissue_receipt(found.index, leaf)?;
-    store.confirm_blocking(
+    let confirmed = store.confirm_blocking(
         record,
         LogEntry {
             log_index: found.index,
@@ -880,10 +880,6 @@ fn settle(
             receipt: receipt.to_text(),
         },
     )?;
-    let confirmed = store
-        .accepted(&record.source, &record.event_id)?
-        .filter(|r| r.confirmed)
-        .ok_or_else(|| anyhow::anyhow!("the confirmed record is not in the store"))?;
     Ok(Some(confirmed))
 }
 

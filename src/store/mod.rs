@@ -520,8 +520,13 @@ impl Store {
         self.confirming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Confirms an accepted message durably and waits (start-up recovery).
-    pub fn confirm_blocking(&self, record: &AcceptedRecord, entry: LogEntry) -> Result<()> {
+    /// Confirms an accepted message durably and waits (the settling of unconfirmed messages);
+    /// returns the confirmed record.
+    pub fn confirm_blocking(
+        &self,
+        record: &AcceptedRecord,
+        entry: LogEntry,
+    ) -> Result<AcceptedRecord> {
         let mut release = Vec::new();
         for id in &record.deliveries {
             if let Some(d) = self.delivery_metadata(*id)?
@@ -539,7 +544,8 @@ impl Store {
             durable: true,
             reply: Some(reply),
         })?;
-        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+        rx.blocking_recv().map_err(|_| StoreError::Closed)??;
+        Ok(record)
     }
 
     /// Removes an accepted message that never reached the audit log, with its held
