@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every test, and a short bounded fuzz run.
-# Run from anywhere inside the repository. As root on Debian it installs the system packages
-# the tests need; otherwise it stops and names what is missing.
+# Run from anywhere inside the repository, as root. On Debian it installs the system packages
+# the tests need; elsewhere it stops and names what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The disk-full tests (tests/gateway_disk_full.rs) mount small tmpfs filesystems of their own.
+if [ "$(id -u)" != 0 ]; then
+  echo "error: the tests run as root: the disk-full tests mount small tmpfs filesystems" >&2
+  exit 1
+fi
 
 needed=()
 command -v go >/dev/null 2>&1 || needed+=(golang-go)
@@ -12,7 +18,7 @@ command -v go >/dev/null 2>&1 || needed+=(golang-go)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 \
   || needed+=(rabbitmq-server)
 if [ ${#needed[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
     echo "==> installing ${needed[*]}"
     # A fresh image has empty package lists: read them first.
     DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -22,6 +22,11 @@ pub enum AuditError {
     /// The log on disk is damaged or inconsistent with what it signed (our fault; no retry).
     #[error("audit log is corrupt: {0}")]
     Corrupt(String),
+    /// The log stopped writing after a failure (a full disk, a failed sync or publication):
+    /// it refuses every append until it is reopened, which runs its recovery (our fault; a
+    /// retry after the restart may succeed).
+    #[error("audit log stopped after a failure, until it is reopened: {0}")]
+    Stopped(String),
     /// The caller handed a fact that cannot be logged (caller's fault; no retry).
     #[error("invalid audit fact: {0}")]
     InvalidFact(String),

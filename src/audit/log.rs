@@ -538,9 +538,7 @@ impl AuditLog {
 
     fn submit(&self, record: Record, leaf: Hash) -> Result<oneshot::Receiver<Result<Committed>>> {
         if let Some(why) = lock(&self.shared.failure)?.as_ref() {
-            return Err(AuditError::Corrupt(format!(
-                "the log stopped after a failure: {why}"
-            )));
+            return Err(AuditError::Stopped(why.clone()));
         }
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
@@ -699,7 +697,7 @@ impl AuditLog {
     pub fn close(mut self) -> Result<()> {
         self.shutdown();
         match lock(&self.shared.failure)?.as_ref() {
-            Some(why) => Err(AuditError::Corrupt(why.clone())),
+            Some(why) => Err(AuditError::Stopped(why.clone())),
             None => Ok(()),
         }
     }
@@ -931,7 +929,7 @@ fn writer_loop(
         }
         if st.failed {
             for p in appends {
-                let _ = p.reply.send(Err(AuditError::Corrupt(
+                let _ = p.reply.send(Err(AuditError::Stopped(
                     "the journal could not be written".into(),
                 )));
             }
@@ -1013,7 +1011,7 @@ fn sync_loop(shared: &Shared, syncer: &Syncer, ptx: &Mutex<Sender<PubMsg>>) {
             st.failed = true;
             for g in st.inflight.drain(..) {
                 for p in g.appends {
-                    let _ = p.reply.send(Err(AuditError::Corrupt(
+                    let _ = p.reply.send(Err(AuditError::Stopped(
                         "the journal could not be synced".into(),
                     )));
                 }
@@ -1124,10 +1122,10 @@ fn publisher(shared: Arc<Shared>, mut edge: Edge, rx: Receiver<PubMsg>, interval
                 for reply in replies {
                     let _ = reply.send(match &failed {
                         None => Ok(()),
-                        Some(f) => Err(AuditError::Corrupt(f.clone())),
+                        Some(f) => Err(AuditError::Stopped(f.clone())),
                     });
                 }
-                failed.map_or(Ok(()), |f| Err(AuditError::Corrupt(f)))
+                failed.map_or(Ok(()), |f| Err(AuditError::Stopped(f)))
             }
             Err(RecvTimeoutError::Timeout) => {
                 next_tick = Instant::now() + interval;

@@ -826,16 +826,23 @@ impl Gateway {
         self.append(&fact).await.map(|_| ())
     }
 
-    /// Closes the store (committing what is queued) and the audit log (a final checkpoint).
-    /// Parts still shared elsewhere are closed when their last user drops them.
+    /// Closes the store (committing what is queued) and the audit log (a final checkpoint),
+    /// both even when one fails; fails when either does. Parts still shared elsewhere are
+    /// closed when their last user drops them.
     pub fn close(self) -> anyhow::Result<()> {
-        if let Ok(store) = Arc::try_unwrap(self.store) {
-            store.close();
+        let store = match Arc::try_unwrap(self.store) {
+            Ok(store) => store.close().map_err(anyhow::Error::from),
+            Err(_) => Ok(()),
+        };
+        let log = match Arc::try_unwrap(self.log) {
+            Ok(log) => log.close().map_err(anyhow::Error::from),
+            Err(_) => Ok(()),
+        };
+        match (store, log) {
+            (Err(store), Err(log)) => Err(anyhow::anyhow!("{store:#}; {log:#}")),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
         }
-        if let Ok(log) = Arc::try_unwrap(self.log) {
-            log.close()?;
-        }
-        Ok(())
     }
 }
 

@@ -787,9 +787,18 @@ impl Store {
             && !self.failing.load(Ordering::Relaxed)
     }
 
-    /// Commits what is queued and stops the writer.
-    pub fn close(mut self) {
+    /// Commits what is queued and stops the writer. Fails when the store was failing when it
+    /// stopped (its last commit or sync failed): what the failed commits held is settled at
+    /// the next start (see [`Store::unconfirmed`]).
+    pub fn close(mut self) -> Result<()> {
         self.shutdown();
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StoreError::Database(
+                "the store's last commit or sync failed; what it held is settled at the next start"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn shutdown(&mut self) {
@@ -984,8 +993,9 @@ impl Writer {
                 }
             }
         }
-        if unsynced {
-            let _ = sync_empty(db);
+        if unsynced && let Err(e) = sync_empty(db) {
+            self.failing.store(true, Ordering::Relaxed);
+            tracing::error!(error = %e, "the store's last sync failed");
         }
     }
 
@@ -1551,7 +1561,7 @@ mod tests {
         assert_eq!(store.next_due(Channel::Amqp).unwrap(), Some(1002));
         let webhook = store.due(Channel::Webhook, u64::MAX, 10).unwrap();
         assert_eq!(webhook.iter().map(|d| d.id).collect::<Vec<_>>(), [1]);
-        store.close();
+        store.close().unwrap();
         let db = Database::open(&path).unwrap();
         let r = db.begin_read().unwrap();
         assert!(

@@ -39,7 +39,7 @@ use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -175,22 +175,28 @@ impl ServedGateway {
     /// `SIGTERM` (a graceful shutdown), and waits up to 30 s for it to exit; panics if it fails
     /// or does not stop.
     pub fn terminate(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "{status}:\n{}", self.stderr());
+    }
+
+    /// `SIGTERM` (a graceful shutdown), and waits up to 30 s for it to exit; returns how it
+    /// exited, and panics if it does not stop.
+    pub fn stop(&mut self) -> ExitStatus {
         let pid =
             rustix::process::Pid::from_raw(i32::try_from(self.child.id()).expect("a process id"))
                 .expect("a process id");
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
+        loop {
             if let Some(status) = self.child.try_wait().expect("waiting for the gateway") {
-                break status;
+                return status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!("the gateway did not stop within 30 s:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "{status}:\n{}", self.stderr());
+        }
     }
 
     /// What it has written to standard error so far.
