@@ -1670,12 +1670,13 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
         receipt: String::new(),
         deliveries: Vec::new(),
         case_id: None,
+        case_facts: Vec::new(),
         recipients: Vec::new(),
         accepted_at: "2026-11-20T10:00:00.000Z".into(),
     };
     let store = &gateway.running.gateway.store;
     store
-        .record_accepted(&mut left, None, Vec::new())
+        .record_accepted(&mut left, Vec::new())
         .await
         .expect("recorded");
     let unsettled = consulate.get("/v1/receipts/CGSN-CASA-2026-00951").await;
@@ -1731,7 +1732,7 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
     };
     lost.deliveries = Vec::new();
     store
-        .record_accepted(&mut lost, None, Vec::new())
+        .record_accepted(&mut lost, Vec::new())
         .await
         .expect("recorded");
     let reply = consulate

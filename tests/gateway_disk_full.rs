@@ -12,6 +12,8 @@ use gateway_support::{
     Admin, Client, RegistryChanges, ServedGateway, config_file, fixture_text, write_registry,
 };
 use passerelle::audit::NoteSigner;
+use passerelle::pipeline::sequence::CaseFile;
+use passerelle::store::Store;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,10 +135,24 @@ impl Setup {
     }
 }
 
-/// The consulate's laissez-passer notice under its own reference.
-fn notice(reference: &str) -> String {
+/// The case of the sample notice.
+const CASE: &str = "RVA-2026-004211";
+/// The case of the notices sent against a full disk.
+const OTHER_CASE: &str = "RVA-2026-009001";
+
+/// The consulate's laissez-passer notice under its own reference, for `case`.
+fn notice(reference: &str, case: &str) -> String {
     fixture_text("sn.consulat.casablanca", "in/lpc-issued.xml")
         .replace("CGSN-CASA-2026-00417", reference)
+        .replace(CASE, case)
+}
+
+/// The case file of `case` in the store of the stopped gateway.
+fn case_file(data: &Path, case: &str) -> CaseFile {
+    let store = Store::open(&data.join("store.redb")).expect("the store opens");
+    let file = store.case_file(case).expect("the case file");
+    store.close().expect("the store closes");
+    file
 }
 
 async fn scenario(part: OnSmallFs) {
@@ -144,7 +160,7 @@ async fn scenario(part: OnSmallFs) {
     let (mut gateway, admin) = setup.start("first.log").await;
     let client = setup.client();
     let before = "CGSN-CASA-2026-20001";
-    let first = client.send("application/xml", notice(before)).await;
+    let first = client.send("application/xml", notice(before, CASE)).await;
     assert_eq!(first.status, 202, "{}", first.text());
     let acked = first.json();
 
@@ -152,7 +168,9 @@ async fn scenario(part: OnSmallFs) {
     let mut refused = Vec::new();
     for n in 0..AGAINST_FULL {
         let reference = format!("CGSN-CASA-2026-2100{n}");
-        let reply = client.send("application/xml", notice(&reference)).await;
+        let reply = client
+            .send("application/xml", notice(&reference, OTHER_CASE))
+            .await;
         assert!(
             reply.status == 503 || reply.status == 202,
             "{part:?} full, {reference}: {} {}",
@@ -197,6 +215,10 @@ async fn scenario(part: OnSmallFs) {
     assert_eq!(stopped.code(), Some(1), "{}", gateway.stderr());
 
     std::fs::remove_file(filler).expect("making room");
+    // The refused notices put nothing on their case's file: the laissez-passer they announced
+    // is not on file, and cannot hide the anomaly of a boarding without one.
+    let data = setup.dir.path().join("data");
+    assert_eq!(case_file(&data, OTHER_CASE), CaseFile::default());
     let (mut gateway, _admin) = setup.start("second.log").await;
     let kept = client.get(&format!("/v1/receipts/{before}")).await;
     assert_eq!(kept.status, 200, "{}", kept.text());
@@ -212,14 +234,18 @@ async fn scenario(part: OnSmallFs) {
             "{reference} was refused, and has no receipt: {}",
             unknown.text()
         );
-        let again = client.send("application/xml", notice(reference)).await;
+        let again = client
+            .send("application/xml", notice(reference, OTHER_CASE))
+            .await;
         assert_eq!(
             again.status,
             202,
             "{reference} sent again: {}",
             again.text()
         );
-        let twice = client.send("application/xml", notice(reference)).await;
+        let twice = client
+            .send("application/xml", notice(reference, OTHER_CASE))
+            .await;
         assert_eq!(
             twice.status,
             200,
@@ -228,9 +254,9 @@ async fn scenario(part: OnSmallFs) {
         );
     }
     gateway.terminate();
+    assert!(case_file(&data, OTHER_CASE).is_firm("lpc.issued"));
 
     // The log, torn or not by the full disk, still verifies offline, entry by entry.
-    let data = setup.dir.path().join("data");
     let signer = std::fs::read_to_string(data.join("audit-signing.key")).unwrap();
     let verifier = NoteSigner::parse(&signer)
         .unwrap()

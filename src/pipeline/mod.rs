@@ -25,6 +25,7 @@ use crate::store::{
 };
 use chrono::{SecondsFormat, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sequence::CaseFile;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -408,7 +409,7 @@ impl Gateway {
             }
         }
         let case_id = facts::case_id(event);
-        let mut case_file = match &case_id {
+        let case_file = match &case_id {
             Some(case) => Some(
                 self.store
                     .case_file(case)
@@ -442,13 +443,10 @@ impl Gateway {
             .flatten()
             .filter_map(|a| a["code"].as_str().map(str::to_owned))
             .collect();
-        // The case file is written only when the event adds a fact to it.
-        let mut case_changed = false;
-        if let Some(file) = case_file.as_mut() {
-            let before = file.facts.len();
-            file.record(event);
-            case_changed = file.facts.len() != before;
-        }
+        // The case file is written only when the event records a fact not yet firm on it.
+        let case_facts = case_file
+            .map(|file| file.not_firm(CaseFile::facts_of(event)))
+            .unwrap_or_default();
 
         let deliveries = self.write_for_recipients(event, &recipients);
         let canonical = jcs::to_vec(event);
@@ -493,10 +491,10 @@ impl Gateway {
             receipt: String::new(),
             deliveries: Vec::new(),
             case_id: case_id.clone(),
+            case_facts,
             recipients,
             accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
         };
-        let case = case_id.zip(case_file).filter(|_| case_changed);
 
         // The audit entry and the store record are written at once, each synced to disk; the
         // deliveries are held until both are known to be durable. See `settle_unconfirmed`
@@ -504,7 +502,7 @@ impl Gateway {
         let (logged, anomalies_logged, recorded) = tokio::join!(
             self.append(&accepted),
             futures_util::future::join_all(anomaly_facts.iter().map(|f| self.append(f))),
-            self.store.record_accepted(&mut record, case, deliveries),
+            self.store.record_accepted(&mut record, deliveries),
         );
         let made = match (logged, recorded) {
             (Ok(receipt), Ok(Recorded::New(made))) => {

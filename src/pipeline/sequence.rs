@@ -8,16 +8,28 @@
 use crate::canonical::{Catalogue, TYPE_PREFIX};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The fact that a case has a passport on file.
 pub const PASSPORT: &str = "passport";
 
 /// What is known of a case's progress: the facts recorded so far.
+///
+/// A fact is put on file by an accepted message before that message is confirmed against the
+/// audit log, since the next message may arrive at once. Until then it is provisional: it is
+/// kept with the keys of the unconfirmed messages that put it there, and it is taken off again
+/// if they are all withdrawn (their audit entry could not be written), so that a message that
+/// was never accepted cannot hide a later `sequence.*` anomaly. It is firm once one of them is
+/// confirmed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseFile {
-    /// Event types seen (without prefix), and `passport` when one is on file.
+    /// Event types seen (without prefix), and `passport` when one is on file: firm and
+    /// provisional facts alike.
     pub facts: BTreeSet<String>,
+    /// The provisional facts, each with the duplicate-detection keys of the unconfirmed
+    /// messages that put it on file. (Case files written before this was kept have none.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provisional: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl CaseFile {
@@ -43,18 +55,72 @@ impl CaseFile {
             .collect()
     }
 
-    /// Records an accepted event's facts.
-    pub fn record(&mut self, event: &Value) {
-        let name = event_name(event);
-        self.facts.insert(name.to_owned());
+    /// The facts an event puts on its case's file: its type, and `passport` when it carries
+    /// one.
+    pub fn facts_of(event: &Value) -> Vec<String> {
+        let mut facts = vec![event_name(event).to_owned()];
         let documents = event["data"]["travel_documents"].as_array();
         if documents
             .into_iter()
             .flatten()
             .any(|d| d["type"] == PASSPORT)
         {
-            self.facts.insert(PASSPORT.to_owned());
+            facts.push(PASSPORT.to_owned());
         }
+        facts
+    }
+
+    /// Whether `fact` is on file for good: recorded, and by a confirmed message.
+    pub fn is_firm(&self, fact: &str) -> bool {
+        self.facts.contains(fact) && !self.provisional.contains_key(fact)
+    }
+
+    /// Of `facts`, those not yet on file for good: what a message must record.
+    pub fn not_firm(&self, facts: Vec<String>) -> Vec<String> {
+        facts.into_iter().filter(|f| !self.is_firm(f)).collect()
+    }
+
+    /// Records `facts` for the unconfirmed message `key`: each one not yet firm becomes, or
+    /// stays, provisional with `key` among its messages.
+    pub fn record(&mut self, key: &str, facts: &[String]) {
+        for fact in facts {
+            if self.is_firm(fact) {
+                continue;
+            }
+            self.facts.insert(fact.clone());
+            self.provisional
+                .entry(fact.clone())
+                .or_default()
+                .insert(key.to_owned());
+        }
+    }
+
+    /// Message `key` is confirmed: the facts it put on file are firm. Returns whether the file
+    /// changed.
+    pub fn confirm(&mut self, key: &str) -> bool {
+        let before = self.provisional.len();
+        self.provisional.retain(|_, keys| !keys.contains(key));
+        self.provisional.len() != before
+    }
+
+    /// Message `key` is withdrawn: it no longer stands for the facts it put on file, and a fact
+    /// that no other unconfirmed message stands for is taken off. Returns whether the file
+    /// changed.
+    pub fn withdraw(&mut self, key: &str) -> bool {
+        let mut changed = false;
+        let facts = &mut self.facts;
+        self.provisional.retain(|fact, keys| {
+            if !keys.remove(key) {
+                return true;
+            }
+            changed = true;
+            if keys.is_empty() {
+                facts.remove(fact);
+                return false;
+            }
+            true
+        });
+        changed
     }
 }
 
@@ -97,7 +163,8 @@ mod tests {
             "exit.authorized",
         ] {
             assert!(file.check(&catalogue, &event(name)).is_empty(), "{name}");
-            file.record(&event(name));
+            file.record(name, &CaseFile::facts_of(&event(name)));
+            file.confirm(name);
         }
         assert!(
             file.check(&catalogue, &event("boarding.confirmed"))
@@ -109,12 +176,60 @@ mod tests {
     fn a_passport_on_file_stands_for_the_lpc() {
         let catalogue = Catalogue::embedded().unwrap();
         let mut file = CaseFile::default();
-        file.record(&json!({"type": "ma.rva.case.registered",
-            "data": {"travel_documents": [{"type": "passport", "number": "A1234567"}]}}));
-        file.record(&event("exit.authorized"));
+        let registered = json!({"type": "ma.rva.case.registered",
+            "data": {"travel_documents": [{"type": "passport", "number": "A1234567"}]}});
+        file.record("a", &CaseFile::facts_of(&registered));
+        file.record("b", &CaseFile::facts_of(&event("exit.authorized")));
         assert!(
             file.check(&catalogue, &event("boarding.confirmed"))
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_withdrawn_message_takes_off_only_the_facts_no_other_message_stands_for() {
+        let catalogue = Catalogue::embedded().unwrap();
+        let issued = CaseFile::facts_of(&event("lpc.issued"));
+        let mut file = CaseFile::default();
+        file.record("first", &issued);
+        assert!(file.withdraw("first"));
+        assert_eq!(file, CaseFile::default());
+
+        // Two unconfirmed messages stand for the same fact: it stays while one of them does.
+        file.record("first", &issued);
+        file.record("second", &issued);
+        assert!(file.withdraw("first"));
+        assert!(file.facts.contains("lpc.issued"));
+        assert!(!file.is_firm("lpc.issued"));
+        assert!(file.confirm("second"));
+        assert!(file.is_firm("lpc.issued"));
+        assert!(
+            !file.withdraw("second"),
+            "a confirmed message is not withdrawn"
+        );
+        assert!(file.facts.contains("lpc.issued"));
+
+        // A firm fact is not recorded again, and the sequence check sees both kinds alike.
+        assert!(file.not_firm(issued.clone()).is_empty());
+        file.record("third", &CaseFile::facts_of(&event("exit.authorized")));
+        assert!(
+            file.check(&catalogue, &event("boarding.confirmed"))
+                .is_empty()
+        );
+        assert!(file.withdraw("third"));
+        assert_eq!(
+            file.check(&catalogue, &event("boarding.confirmed")).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_case_file_written_before_provisional_facts_reads_as_firm() {
+        let file: CaseFile = serde_json::from_str(r#"{"facts":["lpc.issued"]}"#).unwrap();
+        assert!(file.is_firm("lpc.issued"));
+        assert_eq!(
+            serde_json::to_string(&file).unwrap(),
+            r#"{"facts":["lpc.issued"]}"#
         );
     }
 }

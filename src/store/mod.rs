@@ -101,6 +101,11 @@ pub struct AcceptedRecord {
     pub deliveries: Vec<u64>,
     /// The case the event concerns.
     pub case_id: Option<String>,
+    /// The facts this message put on its case's file that were not yet firm there: they are
+    /// provisional until it is confirmed, and taken off again if it is withdrawn (see
+    /// [`CaseFile`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub case_facts: Vec<String>,
     /// The recipients the event was routed to.
     pub recipients: Vec<String>,
     /// When it was accepted, RFC 3339.
@@ -260,6 +265,8 @@ enum Write {
     Confirm {
         key: String,
         record: Vec<u8>,
+        /// The case whose provisional facts this message stands for, if any.
+        case: Option<String>,
         release: Vec<Release>,
         durable: bool,
         reply: Option<oneshot::Sender<Result<()>>>,
@@ -271,7 +278,8 @@ enum Write {
     Accept {
         key: String,
         record: Vec<u8>,
-        case: Option<(String, CaseFile)>,
+        /// The case, and the facts to record on its file.
+        case: Option<(String, Vec<String>)>,
         deliveries: Vec<Prepared>,
         made: Vec<Delivery>,
         reply: oneshot::Sender<Result<Recorded>>,
@@ -339,6 +347,14 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
     }
+}
+
+/// The case whose file holds facts that `record`'s message put there provisionally.
+fn provisional_case(record: &AcceptedRecord) -> Option<String> {
+    record
+        .case_id
+        .clone()
+        .filter(|_| !record.case_facts.is_empty())
 }
 
 fn confirmed(record: &AcceptedRecord, entry: LogEntry) -> AcceptedRecord {
@@ -496,10 +512,12 @@ impl Store {
         let record = confirmed(record, entry);
         let key = AcceptedRecord::key(&record.source, &record.event_id);
         let bytes = serde_json::to_vec(&record).map_err(db_error)?;
+        let case = provisional_case(&record);
         self.confirming().insert(key.clone(), record);
         let sent = self.send(Write::Confirm {
             key: key.clone(),
             record: bytes,
+            case,
             release: deliveries
                 .iter()
                 .filter(|d| d.state == DeliveryState::Pending)
@@ -540,6 +558,7 @@ impl Store {
         self.send(Write::Confirm {
             key: AcceptedRecord::key(&record.source, &record.event_id),
             record: serde_json::to_vec(&record).map_err(db_error)?,
+            case: provisional_case(&record),
             release,
             durable: true,
             reply: Some(reply),
@@ -581,7 +600,8 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Records an accepted message, its case's updated file and its deliveries, durably.
+    /// Records an accepted message, the facts it puts on its case's file
+    /// (`record.case_facts`, provisional until it is confirmed) and its deliveries, durably.
     /// If the same source and reference were recorded meanwhile, writes nothing and returns
     /// the first record.
     ///
@@ -591,7 +611,6 @@ impl Store {
     pub async fn record_accepted(
         &self,
         record: &mut AcceptedRecord,
-        case: Option<(String, CaseFile)>,
         deliveries: Vec<NewDelivery>,
     ) -> Result<Recorded> {
         let now = now_ms();
@@ -637,7 +656,7 @@ impl Store {
         self.send(Write::Accept {
             key: AcceptedRecord::key(&record.source, &record.event_id),
             record: serde_json::to_vec(&*record).map_err(db_error)?,
-            case,
+            case: provisional_case(record).map(|case| (case, record.case_facts.clone())),
             deliveries: prepared,
             made,
             reply,
@@ -1062,6 +1081,24 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
+    /// A case's file as it stands in this transaction (empty if the case is new).
+    fn case_file(&self, case_id: &str) -> Result<CaseFile> {
+        self.cases
+            .get(case_id)
+            .map_err(db_error)?
+            .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    fn put_case_file(&mut self, case_id: &str, file: &CaseFile) -> Result<()> {
+        let bytes = serde_json::to_vec(file).map_err(db_error)?;
+        self.cases
+            .insert(case_id, bytes.as_slice())
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     fn record(&self, key: &str) -> Result<Option<AcceptedRecord>> {
         self.accepted
             .get(key)
@@ -1155,10 +1192,11 @@ fn apply(t: &mut Tables<'_>, c: &mut Counters<'_>, write: Write) -> Reply {
         Write::Confirm {
             key,
             record,
+            case,
             release,
             reply,
             ..
-        } => Reply::Unit(reply, confirm(t, c, &key, &record, release)),
+        } => Reply::Unit(reply, confirm(t, c, &key, &record, case, release)),
         Write::Abandon { key, reply } => Reply::Unit(Some(reply), abandon(t, &key)),
     }
 }
@@ -1167,23 +1205,19 @@ fn accept(
     t: &mut Tables<'_>,
     key: &str,
     record: &[u8],
-    case: Option<(String, CaseFile)>,
+    case: Option<(String, Vec<String>)>,
     deliveries: Vec<Prepared>,
     made: Vec<Delivery>,
 ) -> Result<Recorded> {
     if let Some(first) = t.record(key)? {
         return Ok(Recorded::Duplicate(Box::new(first)));
     }
-    if let Some((case_id, mut file)) = case {
-        // Merge with what other messages of the group recorded.
-        if let Some(v) = t.cases.get(case_id.as_str()).map_err(db_error)? {
-            let stored: CaseFile = serde_json::from_slice(v.value()).map_err(db_error)?;
-            file.facts.extend(stored.facts);
-        }
-        let bytes = serde_json::to_vec(&file).map_err(db_error)?;
-        t.cases
-            .insert(case_id.as_str(), bytes.as_slice())
-            .map_err(db_error)?;
+    if let Some((case_id, facts)) = case {
+        // Recorded on the file as it stands now, with what earlier messages of the group put
+        // there.
+        let mut file = t.case_file(&case_id)?;
+        file.record(key, &facts);
+        t.put_case_file(&case_id, &file)?;
     }
     for d in deliveries {
         t.deliveries
@@ -1204,11 +1238,18 @@ fn confirm(
     c: &mut Counters<'_>,
     key: &str,
     record: &[u8],
+    case: Option<String>,
     release: Vec<Release>,
 ) -> Result<()> {
     if t.unconfirmed.remove(key).map_err(db_error)?.is_none() {
         // Confirmed already, or withdrawn.
         return Ok(());
+    }
+    if let Some(case_id) = case {
+        let mut file = t.case_file(&case_id)?;
+        if file.confirm(key) {
+            t.put_case_file(&case_id, &file)?;
+        }
     }
     for r in &release {
         t.enqueue(r)?;
@@ -1226,6 +1267,12 @@ fn abandon(t: &mut Tables<'_>, key: &str) -> Result<()> {
         return Err(StoreError::Database(
             "refusing to abandon a confirmed message".into(),
         ));
+    }
+    if let Some(case_id) = provisional_case(&record) {
+        let mut file = t.case_file(&case_id)?;
+        if file.withdraw(key) {
+            t.put_case_file(&case_id, &file)?;
+        }
     }
     for id in &record.deliveries {
         t.deliveries.remove(*id).map_err(db_error)?;
@@ -1368,6 +1415,7 @@ mod tests {
             receipt: String::new(),
             deliveries: Vec::new(),
             case_id: None,
+            case_facts: Vec::new(),
             recipients: Vec::new(),
             accepted_at: now_rfc3339(),
         }
@@ -1377,7 +1425,7 @@ mod tests {
     async fn accept(store: &Store, event_id: &str, deliveries: Vec<NewDelivery>) -> Vec<Delivery> {
         let mut record = record(event_id);
         let Recorded::New(made) = store
-            .record_accepted(&mut record, None, deliveries)
+            .record_accepted(&mut record, deliveries)
             .await
             .unwrap()
         else {
@@ -1443,16 +1491,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_withdrawn_message_takes_its_provisional_facts_off_the_case_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let case = "RVA-2026-000001";
+        let with_fact = |event_id: &str| {
+            let mut r = record(event_id);
+            r.case_id = Some(case.into());
+            r.case_facts = vec!["lpc.issued".into()];
+            r
+        };
+        let mut withdrawn = with_fact("e1");
+        store
+            .record_accepted(&mut withdrawn, Vec::new())
+            .await
+            .unwrap();
+        assert!(store.case_file(case).unwrap().facts.contains("lpc.issued"));
+        store.abandon(&withdrawn).await.unwrap();
+        assert_eq!(store.case_file(case).unwrap(), CaseFile::default());
+
+        let mut kept = with_fact("e2");
+        store.record_accepted(&mut kept, Vec::new()).await.unwrap();
+        let entry = LogEntry {
+            log_index: 3,
+            leaf_hash: "cd".repeat(32),
+            receipt: "receipt".into(),
+        };
+        store.confirm_later(&kept, entry, &[]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.case_file(case).unwrap().is_firm("lpc.issued") {
+            assert!(Instant::now() < deadline, "the confirmation is committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let kept = store.accepted("urn:partner:test", "e2").unwrap().unwrap();
+        // Withdrawing a confirmed message is refused, and its facts stay.
+        assert!(store.abandon(&kept).await.is_err());
+        assert!(store.case_file(case).unwrap().is_firm("lpc.issued"));
+    }
+
+    #[tokio::test]
     async fn a_queued_confirmation_is_read_before_it_is_committed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
         let mut first = record("e1");
         let Recorded::New(made) = store
-            .record_accepted(
-                &mut first,
-                None,
-                vec![new_delivery("iom.ma", Channel::Inbox)],
-            )
+            .record_accepted(&mut first, vec![new_delivery("iom.ma", Channel::Inbox)])
             .await
             .unwrap()
         else {
