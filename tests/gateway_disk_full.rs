@@ -1,9 +1,12 @@
 //! A full disk: the `passerelle serve` binary runs with its audit log, or its store, on a small
 //! filesystem of its own (a `tmpfs` the test mounts, so the test runs as root), which the test
-//! then fills. A message the gateway cannot make durable must be answered `503`, never `2xx`;
-//! the gateway must say it is not ready; and once there is room again and the gateway has been
-//! restarted, every message it acknowledged is still there with its receipt, and every message
-//! it refused is accepted when its sender sends it again, once.
+//! then fills. A message the gateway cannot make durable must be answered `503`, never `2xx`,
+//! and so must every message after it; the gateway must say it is not ready, and why; a
+//! graceful stop exits with status 1. A refused notice must leave nothing on its case's file,
+//! so that a later event of the case is flagged for the want of it. Once there is room again
+//! and the gateway has been restarted, every message it acknowledged is still there with its
+//! entry, every message it refused is accepted when its sender sends it again, once, and the
+//! log verifies offline.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
@@ -14,6 +17,7 @@ use gateway_support::{
 use passerelle::audit::NoteSigner;
 use passerelle::pipeline::sequence::CaseFile;
 use passerelle::store::Store;
+use serde_json::Value;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,8 +25,10 @@ use std::process::Command;
 
 /// The size of the small filesystem.
 const SMALL_FS: &str = "size=8m";
-/// How many messages are sent against a full disk.
-const AGAINST_FULL: usize = 6;
+/// The most messages sent against a full disk before one must be refused.
+const MAX_AGAINST_FULL: usize = 200;
+/// How many refusals are asked for (every message after the first refusal must be refused).
+const AFTER_REFUSAL: usize = 4;
 
 /// A `tmpfs` mounted on a folder for the life of the value; unmounted when dropped.
 struct SmallFs {
@@ -84,11 +90,12 @@ enum OnSmallFs {
 /// One gateway's folder: the configuration, the data folder with the chosen part of it on a
 /// small filesystem.
 struct Setup {
+    // Unmounted before the folder that holds the mount point is removed (fields drop in order).
+    small: SmallFs,
     dir: tempfile::TempDir,
     config: PathBuf,
     https: u16,
     admin: u16,
-    small: SmallFs,
 }
 
 impl Setup {
@@ -137,14 +144,17 @@ impl Setup {
 
 /// The case of the sample notice.
 const CASE: &str = "RVA-2026-004211";
-/// The case of the notices sent against a full disk.
-const OTHER_CASE: &str = "RVA-2026-009001";
 
 /// The consulate's laissez-passer notice under its own reference, for `case`.
 fn notice(reference: &str, case: &str) -> String {
     fixture_text("sn.consulat.casablanca", "in/lpc-issued.xml")
         .replace("CGSN-CASA-2026-00417", reference)
         .replace(CASE, case)
+}
+
+/// The border police's exit authorisation for `case`.
+fn exit_authorisation(case: &str) -> String {
+    fixture_text("ma.dgsn", "in/exit-authorisation.xml").replace(CASE, case)
 }
 
 /// The case file of `case` in the store of the stopped gateway.
@@ -155,40 +165,72 @@ fn case_file(data: &Path, case: &str) -> CaseFile {
     file
 }
 
+/// A notice sent against the full disk: its reference, its own case, and what it was answered
+/// (the acknowledgement of a `202`, or `None` for a `503`).
+struct Sent {
+    reference: String,
+    case: String,
+    ack: Option<Value>,
+}
+
 async fn scenario(part: OnSmallFs) {
     let setup = Setup::new(part);
     let (mut gateway, admin) = setup.start("first.log").await;
     let client = setup.client();
-    let before = "CGSN-CASA-2026-20001";
-    let first = client.send("application/xml", notice(before, CASE)).await;
+    let first = client
+        .send("application/xml", notice("CGSN-CASA-2026-20000", CASE))
+        .await;
     assert_eq!(first.status, 202, "{}", first.text());
-    let acked = first.json();
+    let mut sent = vec![Sent {
+        reference: "CGSN-CASA-2026-20000".into(),
+        case: CASE.into(),
+        ack: Some(first.json()),
+    }];
 
+    // Space already allocated may take a few more messages: send until the first refusal, and
+    // a few after it, each notice for a case of its own.
     let filler = setup.small.fill();
-    let mut refused = Vec::new();
-    for n in 0..AGAINST_FULL {
-        let reference = format!("CGSN-CASA-2026-2100{n}");
+    let mut after_refusal = 0;
+    for n in 1..=MAX_AGAINST_FULL {
+        let reference = format!("CGSN-CASA-2026-2{n:04}");
+        let case = format!("RVA-2026-09{n:04}");
         let reply = client
-            .send("application/xml", notice(&reference, OTHER_CASE))
+            .send("application/xml", notice(&reference, &case))
             .await;
-        assert!(
-            reply.status == 503 || reply.status == 202,
-            "{part:?} full, {reference}: {} {}",
-            reply.status,
-            reply.text()
-        );
-        if reply.status == 503 {
-            let problem = reply.problem(503, "unavailable");
-            assert!(
-                reply.header("retry-after").is_some(),
-                "a 503 says when to try again: {problem}"
-            );
-            refused.push(reference);
+        let ack = match reply.status {
+            202 => {
+                assert_eq!(
+                    after_refusal,
+                    0,
+                    "{part:?}: a 202 after a 503: {}",
+                    reply.text()
+                );
+                Some(reply.json())
+            }
+            503 => {
+                let problem = reply.problem(503, "unavailable");
+                assert!(
+                    reply.header("retry-after").is_some(),
+                    "a 503 says when to try again: {problem}"
+                );
+                after_refusal += 1;
+                None
+            }
+            other => panic!("{part:?} full, {reference}: {other} {}", reply.text()),
+        };
+        sent.push(Sent {
+            reference,
+            case,
+            ack,
+        });
+        if after_refusal == AFTER_REFUSAL {
+            break;
         }
     }
-    assert!(
-        !refused.is_empty(),
-        "with the {part:?} on a full disk, some message must be refused:\n{}",
+    assert_eq!(
+        after_refusal,
+        AFTER_REFUSAL,
+        "with the {part:?} on a full disk, {MAX_AGAINST_FULL} messages were accepted:\n{}",
         gateway.stderr()
     );
     let ready = admin.get("/ready").await;
@@ -209,52 +251,99 @@ async fn scenario(part: OnSmallFs) {
         logged.contains("No space left on device"),
         "the cause is logged:\n{logged}"
     );
-    assert!(!logged.contains("corrupt"), "{logged}");
+    assert!(!logged.to_lowercase().contains("corrupt"), "{logged}");
     // A graceful stop still stops, and says that not everything could be closed cleanly.
     let stopped = gateway.stop();
     assert_eq!(stopped.code(), Some(1), "{}", gateway.stderr());
 
     std::fs::remove_file(filler).expect("making room");
-    // The refused notices put nothing on their case's file: the laissez-passer they announced
-    // is not on file, and cannot hide the anomaly of a boarding without one.
+    // A refused notice put nothing on its case's file; an acknowledged one did.
     let data = setup.dir.path().join("data");
-    assert_eq!(case_file(&data, OTHER_CASE), CaseFile::default());
+    for s in &sent {
+        let file = case_file(&data, &s.case);
+        match s.ack {
+            Some(_) => assert!(
+                file.facts.contains("lpc.issued"),
+                "{}: {file:?}",
+                s.reference
+            ),
+            None => assert_eq!(file, CaseFile::default(), "{}", s.reference),
+        }
+    }
+
     let (mut gateway, _admin) = setup.start("second.log").await;
-    let kept = client.get(&format!("/v1/receipts/{before}")).await;
-    assert_eq!(kept.status, 200, "{}", kept.text());
-    // Its receipt may have been issued again (its confirmation in the store may have been
-    // lost with the disk), for the same entry.
-    assert_eq!(kept.json()["log_index"], acked["log_index"]);
-    assert_eq!(kept.json()["leaf_hash"], acked["leaf_hash"]);
-    for reference in &refused {
-        let unknown = client.get(&format!("/v1/receipts/{reference}")).await;
+    // Every acknowledged notice kept its entry. Its receipt may have been issued again (its
+    // confirmation in the store may have been lost with the disk), for the same entry.
+    for s in sent.iter().filter(|s| s.ack.is_some()) {
+        let acked = s.ack.as_ref().unwrap();
+        let kept = client.get(&format!("/v1/receipts/{}", s.reference)).await;
+        assert_eq!(kept.status, 200, "{}: {}", s.reference, kept.text());
+        assert_eq!(
+            kept.json()["log_index"],
+            acked["log_index"],
+            "{}",
+            s.reference
+        );
+        assert_eq!(
+            kept.json()["leaf_hash"],
+            acked["leaf_hash"],
+            "{}",
+            s.reference
+        );
+    }
+    let refused: Vec<&Sent> = sent.iter().filter(|s| s.ack.is_none()).collect();
+    // The laissez-passer a refused notice announced is not on file: the border police's exit
+    // authorisation for its case is flagged for the want of one.
+    let police = Client::new("ma.dgsn", SocketAddr::from(([127, 0, 0, 1], setup.https)));
+    let exit = police
+        .send("application/xml", exit_authorisation(&refused[0].case))
+        .await;
+    assert_eq!(exit.status, 202, "{}", exit.text());
+    let anomalies = exit.json()["anomalies"].clone();
+    assert!(
+        anomalies
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c == "sequence.missing_lpc_issued")),
+        "{anomalies}"
+    );
+    for s in &refused {
+        let unknown = client.get(&format!("/v1/receipts/{}", s.reference)).await;
         assert_eq!(
             unknown.status,
             404,
-            "{reference} was refused, and has no receipt: {}",
+            "{} was refused, and has no receipt: {}",
+            s.reference,
             unknown.text()
         );
         let again = client
-            .send("application/xml", notice(reference, OTHER_CASE))
+            .send("application/xml", notice(&s.reference, &s.case))
             .await;
         assert_eq!(
             again.status,
             202,
-            "{reference} sent again: {}",
+            "{} sent again: {}",
+            s.reference,
             again.text()
         );
         let twice = client
-            .send("application/xml", notice(reference, OTHER_CASE))
+            .send("application/xml", notice(&s.reference, &s.case))
             .await;
         assert_eq!(
             twice.status,
             200,
-            "{reference} a third time: {}",
+            "{} a third time: {}",
+            s.reference,
             twice.text()
         );
     }
     gateway.terminate();
-    assert!(case_file(&data, OTHER_CASE).is_firm("lpc.issued"));
+    for s in &refused {
+        assert!(
+            case_file(&data, &s.case).is_firm("lpc.issued"),
+            "{}",
+            s.reference
+        );
+    }
 
     // The log, torn or not by the full disk, still verifies offline, entry by entry.
     let signer = std::fs::read_to_string(data.join("audit-signing.key")).unwrap();

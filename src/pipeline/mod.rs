@@ -826,15 +826,15 @@ impl Gateway {
 
     /// Closes the store (committing what is queued) and the audit log (a final checkpoint),
     /// both even when one fails; fails when either does. Parts still shared elsewhere are
-    /// closed when their last user drops them.
+    /// closed when their last user drops them; this fails if one of them has already failed.
     pub fn close(self) -> anyhow::Result<()> {
         let store = match Arc::try_unwrap(self.store) {
             Ok(store) => store.close().map_err(anyhow::Error::from),
-            Err(_) => Ok(()),
+            Err(store) => still_shared("store", store.is_open()),
         };
         let log = match Arc::try_unwrap(self.log) {
             Ok(log) => log.close().map_err(anyhow::Error::from),
-            Err(_) => Ok(()),
+            Err(log) => still_shared("audit log", log.is_healthy()),
         };
         match (store, log) {
             (Err(store), Err(log)) => Err(anyhow::anyhow!("{store:#}; {log:#}")),
@@ -842,6 +842,17 @@ impl Gateway {
             (Ok(()), Ok(())) => Ok(()),
         }
     }
+}
+
+/// What closing a part that is still shared elsewhere says: nothing if it is sound, an error
+/// if it has failed (it is then dropped by its last user without being closed cleanly).
+fn still_shared(part: &str, sound: bool) -> anyhow::Result<()> {
+    if sound {
+        return Ok(());
+    }
+    Err(anyhow::anyhow!(
+        "the {part} had failed, and is still in use elsewhere: it was not closed cleanly"
+    ))
 }
 
 /// Settles one message left between its store record and its audit entry, against the log

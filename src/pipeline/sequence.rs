@@ -19,8 +19,9 @@ pub const PASSPORT: &str = "passport";
 /// audit log, since the next message may arrive at once. Until then it is provisional: it is
 /// kept with the keys of the unconfirmed messages that put it there, and it is taken off again
 /// if they are all withdrawn (their audit entry could not be written), so that a message that
-/// was never accepted cannot hide a later `sequence.*` anomaly. It is firm once one of them is
-/// confirmed.
+/// was never accepted does not hide the `sequence.*` anomaly of an event checked after the
+/// withdrawal. It is firm once one of them is confirmed. An event checked before the
+/// withdrawal is checked against the file as it stood.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseFile {
     /// Event types seen (without prefix), and `passport` when one is on file: firm and

@@ -807,8 +807,8 @@ impl Store {
     }
 
     /// Commits what is queued and stops the writer. Fails when the store was failing when it
-    /// stopped (its last commit or sync failed): what the failed commits held is settled at
-    /// the next start (see [`Store::unconfirmed`]).
+    /// stopped (its last commit or sync failed, or its writer panicked): what the failed
+    /// commits held is settled at the next start (see [`Store::unconfirmed`]).
     pub fn close(mut self) -> Result<()> {
         self.shutdown();
         if self.failing.load(Ordering::Relaxed) {
@@ -822,8 +822,11 @@ impl Store {
 
     fn shutdown(&mut self) {
         self.tx = None;
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
+        if let Some(w) = self.writer.take()
+            && w.join().is_err()
+        {
+            // The writer panicked: what it held may not be committed.
+            self.failing.store(true, Ordering::Relaxed);
         }
     }
 }
