@@ -446,6 +446,10 @@ pub enum AmqpError {
     /// An operation on an open connection or channel failed.
     #[error("AMQP operation failed: {0}")]
     Broker(#[from] lapin::Error),
+    /// The channel was lost (its connection failed, or it was closed) while an answer was
+    /// awaited on it.
+    #[error("the AMQP channel was lost before the broker answered")]
+    Lost,
 }
 
 impl AmqpError {
@@ -643,6 +647,37 @@ pub async fn publisher_channel(connection: &Connection) -> Result<Channel, AmqpE
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
+}
+
+/// How long one call on the broker may take when the gateway waits on it to move on: an
+/// acknowledgement, a cancel, a publish handed to the connection, a channel closed. After a
+/// lost connection such a call may never be answered, and a session that waited on it would
+/// never end, nor the transport reconnect.
+pub(crate) const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a call on the broker within [`BROKER_CALL_TIMEOUT`]; a call that takes longer fails
+/// with a message that says so.
+pub(crate) async fn bounded<T, E: fmt::Display>(
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(BROKER_CALL_TIMEOUT, call).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(_) => Err(format!(
+            "no answer from the broker within {} s",
+            BROKER_CALL_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// How often [`channel_lost`] looks at the channel.
+const LOST_POLL: Duration = Duration::from_millis(100);
+
+/// Resolves once `channel` is no longer open (its connection was lost, or it was closed): a
+/// publisher confirm awaited on it will not come.
+pub(crate) async fn channel_lost(channel: &Channel) {
+    while channel.status().connected() {
+        tokio::time::sleep(LOST_POLL).await;
+    }
 }
 
 /// A short string for lapin, or a topology error when longer than 255 bytes.

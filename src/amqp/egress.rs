@@ -36,7 +36,7 @@
 //! A crash (or a lost store write) between the broker's confirm and the store's record makes
 //! the delivery go out again: recipients drop such repeats by `message_id`.
 
-use super::connection::{publisher_channel, short_string};
+use super::connection::{bounded, channel_lost, publisher_channel, short_string};
 use super::probe::PERSISTENT;
 use super::topology::OUTBOUND_EXCHANGE;
 use crate::delivery::{self, RetryPolicy, due_in, record_attempt};
@@ -175,9 +175,16 @@ enum Attempt {
     Dead(String),
 }
 
-/// What the broker's answer to a publish means.
-async fn settle(confirm: PublisherConfirm) -> Attempt {
-    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+/// What the broker's answer to a publish on `channel` means. A confirm cannot come once the
+/// channel is gone: the attempt is then a failed one at once (`amqp.connection-lost`), so that
+/// the session ends and the transport reconnects without waiting for the confirm timeout.
+async fn settle(confirm: PublisherConfirm, channel: &Channel) -> Attempt {
+    let answered = tokio::select! {
+        biased;
+        answered = tokio::time::timeout(CONFIRM_TIMEOUT, confirm) => answered,
+        () = channel_lost(channel) => return Attempt::Retry("amqp.connection-lost".into()),
+    };
+    match answered {
         Ok(Ok(Confirmation::Ack(None))) => Attempt::Delivered,
         Ok(Ok(Confirmation::Ack(Some(returned)))) => Attempt::Retry(match returned.reply_code {
             312 => "amqp.no-route".into(),
@@ -238,7 +245,7 @@ impl Egress {
                 break;
             }
             if in_flight.is_empty() && nacked.swap(false, Ordering::Relaxed) {
-                let _ = channel.close(200, "OK".into()).await;
+                let _ = bounded(channel.close(200, "OK".into())).await;
                 channel = match publisher_channel(&connection).await {
                     Ok(channel) => channel,
                     Err(error) => {
@@ -271,8 +278,9 @@ impl Egress {
                                 Ok(confirm) => {
                                     let this = self.clone();
                                     let nacked = nacked.clone();
+                                    let channel = channel.clone();
                                     settling.spawn(async move {
-                                        let attempt = settle(confirm).await;
+                                        let attempt = settle(confirm, &channel).await;
                                         if attempt == Attempt::Retry(NACKED.into()) {
                                             nacked.store(true, Ordering::Relaxed);
                                         }
@@ -348,18 +356,20 @@ impl Egress {
     ) -> Result<PublisherConfirm, super::AmqpError> {
         let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
         let (body, properties) = outbound_message(delivery, now);
-        Ok(channel
-            .basic_publish(
-                OUTBOUND_EXCHANGE.into(),
-                short_string(&delivery.recipient)?,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &body,
-                properties,
-            )
-            .await?)
+        let publish = channel.basic_publish(
+            OUTBOUND_EXCHANGE.into(),
+            short_string(&delivery.recipient)?,
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &body,
+            properties,
+        );
+        match tokio::time::timeout(super::connection::BROKER_CALL_TIMEOUT, publish).await {
+            Ok(confirm) => Ok(confirm?),
+            Err(_) => Err(super::AmqpError::Lost),
+        }
     }
 
     /// Audits the attempt, then records it in the store; returns the delivery id.

@@ -41,7 +41,9 @@
 //! groups) and acknowledged one by one, so their order within a prefetch window is not kept.
 
 use super::backpressure::Backpressure;
-use super::connection::{AmqpError, AmqpSettings, Backoff, consumer_channel, short_string};
+use super::connection::{
+    AmqpError, AmqpSettings, Backoff, bounded, channel_lost, consumer_channel, short_string,
+};
 use super::probe::PERSISTENT;
 use super::topology::{DEAD_LETTER_EXCHANGE, inbound_queue, partner_user};
 use crate::audit::{Fact, Kind, Personal, Transport};
@@ -384,9 +386,9 @@ impl Ingress {
         let mut handling: JoinSet<()> = JoinSet::new();
         let result = loop {
             if *stop.borrow_and_update() {
-                let _ = channel
-                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                    .await;
+                let _ =
+                    bounded(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()))
+                        .await;
                 break Ok(());
             }
             tokio::select! {
@@ -516,7 +518,7 @@ impl Ingress {
                     Outcome::Duplicate(ack) => ("duplicate", ack.event_id.as_str()),
                     Outcome::Ignored { .. } => ("ignored", ""),
                 };
-                match delivery.acker.ack(BasicAckOptions::default()).await {
+                match bounded(delivery.acker.ack(BasicAckOptions::default())).await {
                     Ok(true) => tracing::debug!(
                         partner,
                         message_id = %message_id,
@@ -530,7 +532,7 @@ impl Ingress {
                         message_id = %message_id,
                         event_id,
                         status,
-                        error = ?failed.err(),
+                        error = %failed.err().unwrap_or_default(),
                         "could not acknowledge a processed AMQP message; it will come back as a duplicate"
                     ),
                 }
@@ -545,13 +547,11 @@ impl Ingress {
                 self.dead_letter(partner, delivery, &why).await;
             }
             Settle::Requeue => {
-                let requeued = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await;
+                let requeued = bounded(delivery.acker.nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                }))
+                .await;
                 tracing::warn!(
                     partner,
                     message_id = %message_id,
@@ -590,9 +590,14 @@ impl Ingress {
                 .await?;
             Ok::<_, AmqpError>(confirm.await?)
         };
-        let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, published).await;
+        // A confirm cannot come once the channel is gone: stop waiting for it then.
+        let confirmed = tokio::select! {
+            biased;
+            confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, published) => confirmed,
+            () = channel_lost(&self.dead_letters) => Ok(Err(AmqpError::Lost)),
+        };
         if matches!(confirmed, Ok(Ok(Confirmation::Ack(None)))) {
-            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+            if let Err(error) = bounded(delivery.acker.ack(BasicAckOptions::default())).await {
                 // The dead letter is stored; the message comes back and is dead-lettered again.
                 tracing::warn!(partner, error = %error, "could not acknowledge a dead-lettered AMQP message");
             }
@@ -603,10 +608,8 @@ impl Ingress {
             outcome = ?confirmed.map(|c| c.map(|c| c.is_ack())),
             "publishing a dead letter failed; rejecting the message to the queue's own dead-lettering"
         );
-        if let Err(error) = delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await
+        if let Err(error) =
+            bounded(delivery.acker.reject(BasicRejectOptions { requeue: false })).await
         {
             tracing::warn!(partner, error = %error, "could not reject a refused AMQP message; it will come back");
         }
