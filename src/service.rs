@@ -223,13 +223,7 @@ impl RunningGateway {
             }
         }
         tracing::warn!("parts of the gateway are still referenced; the log is flushed on exit");
-        if !gateway.store.is_open() || !gateway.log.is_healthy() {
-            anyhow::bail!(
-                "closing: the store or the audit log had failed, and parts of the gateway are \
-                 still in use: they were not closed cleanly"
-            );
-        }
-        Ok(())
+        gateway.check_still_shared().context("closing")
     }
 }
 

@@ -836,11 +836,25 @@ impl Gateway {
             Ok(log) => log.close().map_err(anyhow::Error::from),
             Err(log) => still_shared("audit log", log.is_healthy()),
         };
-        match (store, log) {
-            (Err(store), Err(log)) => Err(anyhow::anyhow!("{store:#}; {log:#}")),
-            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-            (Ok(()), Ok(())) => Ok(()),
-        }
+        either_failed(store, log)
+    }
+
+    /// While parts of the gateway are still in use elsewhere: fails if the store or the audit
+    /// log has failed (they will then be dropped without being closed cleanly).
+    pub fn check_still_shared(&self) -> anyhow::Result<()> {
+        either_failed(
+            still_shared("store", self.store.is_open()),
+            still_shared("audit log", self.log.is_healthy()),
+        )
+    }
+}
+
+/// The outcome of closing the store and the log: both failures when both failed.
+fn either_failed(store: anyhow::Result<()>, log: anyhow::Result<()>) -> anyhow::Result<()> {
+    match (store, log) {
+        (Err(store), Err(log)) => Err(anyhow::anyhow!("{store:#}; {log:#}")),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => Ok(()),
     }
 }
 

@@ -82,18 +82,21 @@ impl CaseFile {
     }
 
     /// Records `facts` for the unconfirmed message `key`: each one not yet firm becomes, or
-    /// stays, provisional with `key` among its messages.
-    pub fn record(&mut self, key: &str, facts: &[String]) {
+    /// stays, provisional with `key` among its messages. Returns whether the file changed.
+    pub fn record(&mut self, key: &str, facts: &[String]) -> bool {
+        let mut changed = false;
         for fact in facts {
             if self.is_firm(fact) {
                 continue;
             }
             self.facts.insert(fact.clone());
-            self.provisional
+            changed |= self
+                .provisional
                 .entry(fact.clone())
                 .or_default()
                 .insert(key.to_owned());
         }
+        changed
     }
 
     /// Message `key` is confirmed: the facts it put on file are firm. Returns whether the file

@@ -591,13 +591,7 @@ impl Store {
     /// The case file of a case (empty if the case is new).
     pub fn case_file(&self, case_id: &str) -> Result<CaseFile> {
         let r = self.db.begin_read().map_err(db_error)?;
-        let table = r.open_table(CASES).map_err(db_error)?;
-        Ok(table
-            .get(case_id)
-            .map_err(db_error)?
-            .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
-            .transpose()?
-            .unwrap_or_default())
+        read_case_file(&r.open_table(CASES).map_err(db_error)?, case_id)
     }
 
     /// Records an accepted message, the facts it puts on its case's file
@@ -858,6 +852,19 @@ fn migrate_unkeyed_due(w: &redb::WriteTransaction) -> Result<()> {
     Ok(())
 }
 
+/// A case's file in `cases` (empty if the case is new), in a read or a write transaction.
+fn read_case_file(
+    cases: &impl ReadableTable<&'static str, &'static [u8]>,
+    case_id: &str,
+) -> Result<CaseFile> {
+    cases
+        .get(case_id)
+        .map_err(db_error)?
+        .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
 fn read_delivery(
     deliveries: &impl ReadableTable<u64, &'static [u8]>,
     bodies: Option<&redb::ReadOnlyTable<u64, &'static [u8]>>,
@@ -1084,21 +1091,20 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// A case's file as it stands in this transaction (empty if the case is new).
-    fn case_file(&self, case_id: &str) -> Result<CaseFile> {
-        self.cases
-            .get(case_id)
-            .map_err(db_error)?
-            .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
-            .transpose()
-            .map(Option::unwrap_or_default)
-    }
-
-    fn put_case_file(&mut self, case_id: &str, file: &CaseFile) -> Result<()> {
-        let bytes = serde_json::to_vec(file).map_err(db_error)?;
-        self.cases
-            .insert(case_id, bytes.as_slice())
-            .map_err(db_error)?;
+    /// Applies `change` to a case's file as it stands in this transaction, and writes the file
+    /// back when `change` says it changed it.
+    fn change_case_file(
+        &mut self,
+        case_id: &str,
+        change: impl FnOnce(&mut CaseFile) -> bool,
+    ) -> Result<()> {
+        let mut file = read_case_file(&self.cases, case_id)?;
+        if change(&mut file) {
+            let bytes = serde_json::to_vec(&file).map_err(db_error)?;
+            self.cases
+                .insert(case_id, bytes.as_slice())
+                .map_err(db_error)?;
+        }
         Ok(())
     }
 
@@ -1218,9 +1224,7 @@ fn accept(
     if let Some((case_id, facts)) = case {
         // Recorded on the file as it stands now, with what earlier messages of the group put
         // there.
-        let mut file = t.case_file(&case_id)?;
-        file.record(key, &facts);
-        t.put_case_file(&case_id, &file)?;
+        t.change_case_file(&case_id, |file| file.record(key, &facts))?;
     }
     for d in deliveries {
         t.deliveries
@@ -1249,10 +1253,7 @@ fn confirm(
         return Ok(());
     }
     if let Some(case_id) = case {
-        let mut file = t.case_file(&case_id)?;
-        if file.confirm(key) {
-            t.put_case_file(&case_id, &file)?;
-        }
+        t.change_case_file(&case_id, |file| file.confirm(key))?;
     }
     for r in &release {
         t.enqueue(r)?;
@@ -1272,10 +1273,7 @@ fn abandon(t: &mut Tables<'_>, key: &str) -> Result<()> {
         ));
     }
     if let Some(case_id) = provisional_case(&record) {
-        let mut file = t.case_file(&case_id)?;
-        if file.withdraw(key) {
-            t.put_case_file(&case_id, &file)?;
-        }
+        t.change_case_file(&case_id, |file| file.withdraw(key))?;
     }
     for id in &record.deliveries {
         t.deliveries.remove(*id).map_err(db_error)?;
