@@ -171,6 +171,11 @@ impl RunningGateway {
                 .context("starting the admin listener")?;
         let server =
             crate::server::start(gateway.clone(), config).context("starting the HTTPS listener")?;
+        workers.push(tokio::spawn(audit_rate_refusals(
+            gateway.clone(),
+            RATE_REFUSAL_SUMMARIES,
+            stop_rx.clone(),
+        )));
         workers.push(tokio::spawn(refresh_crls(
             server.client_verifier.clone(),
             gateway.metrics.clone(),
@@ -224,6 +229,35 @@ impl RunningGateway {
         }
         tracing::warn!("parts of the gateway are still referenced; the log is flushed on exit");
         gateway.check_still_shared().context("closing")
+    }
+}
+
+/// How often the rate-limited refusals are audited, one summary per sender.
+const RATE_REFUSAL_SUMMARIES: Duration = Duration::from_secs(1);
+
+/// Audits the rate-limited refusals every `every`, and once more when told to stop (the
+/// gateway's close audits any refused after that). A summary that cannot be appended is kept
+/// for the next round.
+async fn audit_rate_refusals(
+    gateway: Arc<Gateway>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = stop.changed() => true,
+        };
+        match gateway.audit_rate_refusals().await {
+            Ok(0) => {}
+            Ok(refusals) => tracing::info!(refusals, "rate-limited refusals audited"),
+            Err(error) => {
+                tracing::error!(%error, "rate-limited refusals could not be audited; they are kept for the next round")
+            }
+        }
+        if stopping {
+            return;
+        }
     }
 }
 

@@ -33,7 +33,10 @@ use gateway_support::{
     test_config, verify_trail, wait_for, write_registry,
 };
 use passerelle::audit::merkle::leaf_hash;
-use passerelle::audit::{Checkpoint, Fact, Kind, NoteVerifier, Receipt, TlogProof, Transport};
+use passerelle::audit::{
+    AuditLog, Checkpoint, Fact, Kind, NoteSigner, NoteVerifier, Options, Query, Receipt, TlogProof,
+    Transport,
+};
 use passerelle::config::Config;
 use passerelle::server::routes::ROUTES;
 use passerelle::service::RunningGateway;
@@ -1383,12 +1386,9 @@ async fn a_partner_over_its_rate_gets_429() {
             .status,
         202
     );
-    // A rate-limited message is not looked at, and not audited (by design: auditing it would
-    // defeat the limit): the log holds the arrival, its anomaly and the registration.
-    assert_eq!(
-        admin.metric("passerelle_audit_appends_total", &[]).await,
-        3.0
-    );
+    // A rate-limited message is not looked at, and not audited on its own (that would let a
+    // sender over its limit drive the log's synced appends): it is tallied, and the tally is
+    // audited within about a second as one `rejected` summary with a count.
     assert_eq!(
         admin
             .metric(
@@ -1398,8 +1398,19 @@ async fn a_partner_over_its_rate_gets_429() {
             .await,
         1.0
     );
+    let auditor = gateway.client("audit.igat");
+    let verifier = gateway.verifier();
+    let summary = rate_limited_summary(&auditor, &verifier, "refused/iom.sn").await;
+    assert_eq!(summary.sender.as_deref(), Some("iom.sn"));
+    assert_eq!(summary.count, Some(1));
+    // The log holds the arrival, its anomaly, the registration and the summary.
+    assert_eq!(
+        admin.metric("passerelle_audit_appends_total", &[]).await,
+        4.0
+    );
     // Certificates the registry does not know share one limit: of two messages sent at once,
-    // one is refused and audited, the other is over the limit, answered 429 and not audited.
+    // one is refused and audited, the other is over the limit, answered 429 and summarised
+    // under `unregistered`.
     let unknown = Client::new("unknown", gateway.running.addr);
     let message = fixture("iom.sn", "in/arrival-confirmed.json");
     let (first, second) = futures_util::join!(
@@ -1417,9 +1428,12 @@ async fn a_partner_over_its_rate_gets_429() {
         };
         reply.problem(reply.status, code);
     }
+    let summary = rate_limited_summary(&auditor, &verifier, "refused/unregistered").await;
+    assert_eq!(summary.sender.as_deref(), Some("unregistered"));
+    assert_eq!(summary.count, Some(1));
     assert_eq!(
         admin.metric("passerelle_audit_appends_total", &[]).await,
-        4.0
+        6.0
     );
     assert_eq!(
         admin
@@ -1432,9 +1446,74 @@ async fn a_partner_over_its_rate_gets_429() {
     );
     // After the wait it asked for, the same message goes through.
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
-    let reply = iom_sn.send("application/json", reintegration).await;
+    let reply = iom_sn.send("application/json", reintegration.clone()).await;
     assert_eq!(reply.status, 202, "{}", reply.text());
-    gateway.stop().await;
+
+    // Refusals just before a stop are audited by the stop: two more, then stop at once.
+    for _ in 0..2 {
+        let reply = iom_sn.send("application/json", reintegration.clone()).await;
+        reply.problem(429, "rate-limited");
+    }
+    let TestGateway { running, dir } = gateway;
+    running.shutdown().await.expect("a clean shutdown");
+    let data = dir.path().join("data");
+    let signer = NoteSigner::parse(
+        &std::fs::read_to_string(data.join("audit-signing.key")).expect("the signing key"),
+    )
+    .expect("a signing key");
+    let log = AuditLog::open(
+        &data.join("audit-log"),
+        signer,
+        gateway_support::ORIGIN,
+        Options::default(),
+    )
+    .expect("the log opens again");
+    let counts: Vec<Option<u64>> = log
+        .search(&Query::Case("refused/iom.sn".into()))
+        .expect("the sender's refusals")
+        .into_iter()
+        .filter(|found| found.leaf.reason.as_deref() == Some("rate-limited"))
+        .map(|found| found.leaf.count)
+        .collect();
+    // The first summary, then the last two refusals (in one summary, or two if a round of
+    // summaries fell between them).
+    assert_eq!(counts.first(), Some(&Some(1)), "{counts:?}");
+    let last: u64 = counts[1..].iter().map(|n| n.expect("a count")).sum();
+    assert_eq!(last, 2, "{counts:?}");
+    log.close().expect("the log closes");
+}
+
+/// The one `rate-limited` summary in `case`'s trail, once a checkpoint covers it: a REST
+/// refusal with a commitment to the refused bodies and no event.
+async fn rate_limited_summary(
+    auditor: &Client,
+    verifier: &NoteVerifier,
+    case: &str,
+) -> passerelle::audit::Leaf {
+    let query = format!("case={case}");
+    let trail = wait_for("the rate-limited summary", WAIT, async || {
+        let trail = verify_trail(auditor, &query, verifier).await;
+        let found = trail
+            .entries
+            .iter()
+            .any(|e| e.leaf.reason.as_deref() == Some("rate-limited"));
+        (found && trail.pending.is_empty()).then_some(trail)
+    })
+    .await;
+    let summaries: Vec<&passerelle::audit::Leaf> = trail
+        .entries
+        .iter()
+        .map(|e| &e.leaf)
+        .filter(|leaf| leaf.reason.as_deref() == Some("rate-limited"))
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    let leaf = summaries[0];
+    assert_eq!(kind_of(leaf), "rejected");
+    assert_eq!(leaf.transport, Some(Transport::Rest));
+    assert!(leaf.event_id.is_none());
+    let commitments = leaf.commitments.as_ref().expect("commitments");
+    assert!(commitments.native.is_some(), "{commitments:?}");
+    leaf.clone()
 }
 
 // ====================================================================================== webhooks

@@ -144,6 +144,9 @@ pub struct Fact {
     pub reason: Option<String>,
     /// The case this fact concerns. Never logged in clear.
     pub case_id: Option<String>,
+    /// How many messages the fact stands for, when it is a summary (the `rejected` summary
+    /// of a sender's rate-limited messages). `None` for a fact about one message.
+    pub count: Option<u64>,
     /// Personal material, committed and encrypted under the case's keys.
     pub personal: Personal,
     /// Identifiers for the auditors' index.
@@ -165,6 +168,7 @@ impl Fact {
             withheld: Vec::new(),
             reason: None,
             case_id: None,
+            count: None,
             personal: Personal::default(),
             identifiers: Identifiers::default(),
         }
@@ -235,6 +239,12 @@ impl Fact {
         }
         if self.kind == Kind::Erased {
             return bad("erasure leaves are written by the log itself".into());
+        }
+        if self
+            .count
+            .is_some_and(|n| n == 0 || self.kind != Kind::Rejected)
+        {
+            return bad("only a rejected fact summarises messages, and at least one".into());
         }
         Ok(())
     }
@@ -315,6 +325,9 @@ pub struct Leaf {
     /// Commitments to the personal material, when the fact concerns a case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commitments: Option<Commitments>,
+    /// How many messages the leaf stands for, when it is a summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// Event id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
@@ -362,6 +375,7 @@ impl Leaf {
             mapping: fact.mapping.clone(),
             withheld: fact.withheld.clone(),
             reason: fact.reason.clone(),
+            count: fact.count,
             commitments,
         }
     }

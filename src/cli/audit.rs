@@ -293,6 +293,9 @@ pub fn describe(leaf: &Leaf) -> String {
     if let Some(r) = &leaf.reason {
         s.push_str(&format!(" reason={r}"));
     }
+    if let Some(n) = leaf.count {
+        s.push_str(&format!(" count={n}"));
+    }
     s
 }
 

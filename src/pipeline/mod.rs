@@ -13,6 +13,7 @@
 //! "try again later" answer, and nothing that was not made durable is ever acknowledged.
 
 pub mod facts;
+pub mod rate_refusals;
 pub mod sequence;
 
 use crate::audit::{self, AuditLog, Fact, Kind, MappingRef, Personal, Transport};
@@ -23,8 +24,10 @@ use crate::registry::{Delivery as DeliveryMode, Registry};
 use crate::store::{
     AcceptedRecord, Channel, Delivery, DeliveryState, LogEntry, NewDelivery, Recorded, Store,
 };
+use anyhow::Context;
 use chrono::{SecondsFormat, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rate_refusals::RateRefusals;
 use sequence::CaseFile;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -202,6 +205,7 @@ pub struct Gateway {
     pub(crate) redeliveries: tokio::sync::Mutex<()>,
     limits: Limits,
     rate: DefaultKeyedRateLimiter<String>,
+    rate_refusals: RateRefusals,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -244,6 +248,7 @@ impl Gateway {
             outbox_changed: Arc::new(Notify::new()),
             redeliveries: tokio::sync::Mutex::new(()),
             rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            rate_refusals: RateRefusals::default(),
             limits,
             in_flight: Mutex::new(HashMap::new()),
         }
@@ -268,8 +273,10 @@ impl Gateway {
         &self.limits
     }
 
-    /// Runs one message through the pipeline. Every refusal is audited (metadata and a
-    /// commitment to the payload only) before it is returned.
+    /// Runs one message through the pipeline. Every refusal for good is audited (metadata
+    /// and a commitment to the payload only) before it is returned; a rate-limited one is
+    /// tallied for its sender's next summary ([`Gateway::audit_rate_refusals`]); one that
+    /// could not be made durable is not audited.
     pub async fn ingest(&self, submission: Submission<'_>) -> Result<Outcome, Refusal> {
         let started = Instant::now();
         let transport = transport_name(submission.transport);
@@ -286,10 +293,18 @@ impl Gateway {
             Ok(Outcome::Ignored { .. }) => self.metrics.message(partner, transport, "ignored"),
             Err(refusal) => {
                 self.metrics.message(partner, transport, refusal.code());
-                // A rate-limited or undurable message is not looked at, and auditing it
-                // would defeat the purpose of refusing it; every other refusal is evidence.
-                if !refusal.is_transient() {
-                    self.audit_refusal(&submission, refusal).await?;
+                match refusal {
+                    // Tallied, and audited in a summary (see `rate_refusals`). Over AMQP the
+                    // message is not refused: it waits in its queue for the limit.
+                    Refusal::RateLimited { .. } if submission.transport == Transport::Rest => {
+                        self.rate_refusals
+                            .record(partner, submission.body, Utc::now());
+                    }
+                    // A message that could not be made durable is not audited: the log or
+                    // the store is what failed (a store failure after the log's entry voids
+                    // that entry, see `accept`).
+                    _ if refusal.is_transient() => {}
+                    _ => self.audit_refusal(&submission, refusal).await?,
                 }
             }
         }
@@ -771,7 +786,8 @@ impl Gateway {
     ///
     /// Every unregistered certificate shares one rate limit (a partner's), so that
     /// certificates the CA signed for others cannot drive the log's synced appends beyond
-    /// what one partner may: over it, the answer is `429`, counted and not audited.
+    /// what one partner may: over it, the answer is `429`, audited in a summary under
+    /// `refused/unregistered` (see [`Gateway::audit_rate_refusals`]).
     pub async fn refuse_unregistered(
         &self,
         fingerprint: &str,
@@ -782,6 +798,7 @@ impl Gateway {
         if let Err(limited) = self.check_rate(UNREGISTERED) {
             self.metrics
                 .message(UNREGISTERED, transport, limited.code());
+            self.rate_refusals.record(UNREGISTERED, body, Utc::now());
             return limited;
         }
         let refusal = Refusal::Forbidden(why);
@@ -824,10 +841,48 @@ impl Gateway {
         self.append(&fact).await.map(|_| ())
     }
 
-    /// Closes the store (committing what is queued) and the audit log (a final checkpoint),
-    /// both even when one fails; fails when either does. Parts still shared elsewhere are
-    /// closed when their last user drops them; this fails if one of them has already failed.
+    /// Audits the rate-limited refusals tallied since the last call, one `rejected` summary
+    /// per sender (see [`rate_refusals`]). Returns how many refusals the summaries stand for.
+    /// On a failed append, that summary and the ones after it are kept for the next call.
+    pub async fn audit_rate_refusals(&self) -> Result<usize, Refusal> {
+        let mut tallies = self.rate_refusals.take().into_iter();
+        let mut audited = 0;
+        while let Some(tally) = tallies.next() {
+            let fact = tally.fact(refusal_case(&tally.sender), Utc::now());
+            if let Err(failure) = self.append(&fact).await {
+                self.rate_refusals
+                    .restore(std::iter::once(tally).chain(tallies).collect());
+                return Err(failure);
+            }
+            audited += tally.digests.len();
+        }
+        Ok(audited)
+    }
+
+    /// The blocking form of [`Gateway::audit_rate_refusals`], for the last summaries at close.
+    fn audit_rate_refusals_blocking(&self) -> anyhow::Result<usize> {
+        let mut audited = 0;
+        for tally in self.rate_refusals.take() {
+            let fact = tally.fact(refusal_case(&tally.sender), Utc::now());
+            self.log.append(&fact).with_context(|| {
+                format!(
+                    "auditing {} rate-limited refusals of {}",
+                    tally.digests.len(),
+                    tally.sender
+                )
+            })?;
+            self.metrics.audit_appends.inc();
+            audited += tally.digests.len();
+        }
+        Ok(audited)
+    }
+
+    /// Audits the last rate-limited refusals, then closes the store (committing what is
+    /// queued) and the audit log (a final checkpoint), both even when one fails; fails when
+    /// any of these does. Parts still shared elsewhere are closed when their last user drops
+    /// them; this fails if one of them has already failed.
     pub fn close(self) -> anyhow::Result<()> {
+        let summaries = self.audit_rate_refusals_blocking();
         let store = match Arc::try_unwrap(self.store) {
             Ok(store) => store.close().map_err(anyhow::Error::from),
             Err(store) => still_shared("store", store.is_open()),
@@ -836,7 +891,7 @@ impl Gateway {
             Ok(log) => log.close().map_err(anyhow::Error::from),
             Err(log) => still_shared("audit log", log.is_healthy()),
         };
-        either_failed(store, log)
+        either_failed(either_failed(store, log), summaries.map(|_| ()))
     }
 
     /// While parts of the gateway are still in use elsewhere: fails if the store or the audit
