@@ -19,6 +19,8 @@
 //! - [`a_dead_letter_is_listed_and_redelivered`]: dead letters and the admin's redelivery.
 //! - [`a_delivery_that_could_not_be_written_is_refused_redelivery`]: a dead letter that
 //!   redelivery cannot mend (`409`).
+//! - [`only_the_mappings_in_force_are_used`]: the registry's `mappings`, inbound (`403`) and
+//!   outbound (a dead delivery).
 //!
 //! The AMQP recipients: iom.sn is switched to the inbox in the test registry (so that its
 //! deliveries can be read over REST); ci.ambassade.rabat stays on AMQP, and its deliveries are
@@ -2020,6 +2022,72 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     );
     // The other recipients got theirs.
     assert_eq!(gateway.client("iom.ma").inbox(500).await.len(), 1);
+    gateway.stop().await;
+}
+
+#[actix_web::test]
+async fn only_the_mappings_in_force_are_used() {
+    // IOM Senegal may send only arrivals, and the DGSN's laissez-passer notice is not in force.
+    let changes = RegistryChanges::new()
+        .inbox("ma.dgsn")
+        .mappings(
+            "iom.sn",
+            &["iom.sn/arrival-confirmed", "iom.sn/cloudevents"],
+        )
+        .mappings(
+            "ma.dgsn",
+            &[
+                "ma.dgsn/boarding-notice",
+                "ma.dgsn/booking-notice",
+                "ma.dgsn/border-exit",
+                "ma.dgsn/exit-authorisation",
+                "ma.dgsn/no-boarding-notice",
+            ],
+        );
+    let gateway = TestGateway::start(&changes, |_| {}).await;
+    let admin = gateway.admin();
+    let iom_sn = gateway.client("iom.sn");
+    let reply = iom_sn
+        .send(
+            "application/json",
+            fixture("iom.sn", "in/reintegration-update.json"),
+        )
+        .await;
+    let problem = reply.problem(403, "forbidden");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mapping iom.sn/reintegration-update is not in force for partner iom.sn"),
+        "{problem}"
+    );
+    let reply = iom_sn
+        .send(
+            "application/json",
+            fixture("iom.sn", "in/arrival-confirmed.json"),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+
+    // The consulate's laissez-passer is accepted; the DGSN's copy cannot be written under a
+    // mapping in force, so its delivery is created dead and audited, and the others get theirs.
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00902"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let dead = admin.get("/dead-letters").await.json();
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["recipient"], "ma.dgsn");
+    assert_eq!(dead[0]["last_error"], "encode-failed");
+    let story = delivery_story(&gateway, "CGSN-CASA-2026-00902", "ma.dgsn", "dead_lettered").await;
+    assert_eq!(
+        story,
+        [("dead_lettered".to_owned(), Some("encode-failed".to_owned()))]
+    );
+    assert!(gateway.client("ma.dgsn").inbox(500).await.is_empty());
+    assert_eq!(gateway.client("iom.ma").inbox(500).await.len(), 2);
     gateway.stop().await;
 }
 

@@ -232,11 +232,18 @@ fn passerelle(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn cli_lint_and_test_pass_on_the_shipped_mappings() {
-    let lint = passerelle(&["mapping", "lint"]);
+    let lint = passerelle(&["mapping", "lint", "--ids"]);
     assert!(
         lint.status.success(),
         "{}",
         String::from_utf8_lossy(&lint.stderr)
+    );
+    // With `--ids`, each partner's mapping ids, as the registry names them.
+    let listed = String::from_utf8_lossy(&lint.stdout);
+    assert!(
+        listed.lines().any(|line| line
+            == "iom.sn: iom.sn/arrival-confirmed iom.sn/cloudevents iom.sn/reintegration-update"),
+        "{listed}"
     );
     let test = passerelle(&["mapping", "test"]);
     assert!(

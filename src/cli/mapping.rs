@@ -15,6 +15,9 @@ pub enum MappingCommand {
         /// The mappings folder.
         #[arg(long, default_value = "mappings")]
         mappings: PathBuf,
+        /// Then list each partner's mapping ids, as the registry's `mappings` names them.
+        #[arg(long)]
+        ids: bool,
     },
     /// Run every fixture, native to canonical and canonical to native, and diff the results.
     Test {
@@ -50,7 +53,7 @@ impl MappingCommand {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            MappingCommand::Lint { mappings } => {
+            MappingCommand::Lint { mappings, ids } => {
                 let Some(set) = load(&mappings) else {
                     return Ok(ExitCode::FAILURE);
                 };
@@ -60,6 +63,11 @@ impl MappingCommand {
                 println!(
                     "{partners} partners, {inbound} inbound and {outbound} outbound message kinds: no problem found"
                 );
+                if ids {
+                    for partner in set.partners() {
+                        println!("{}: {}", partner.partner, partner.mapping_ids().join(" "));
+                    }
+                }
                 Ok(ExitCode::SUCCESS)
             }
             MappingCommand::Test { mappings, bless } => {

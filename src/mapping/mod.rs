@@ -30,6 +30,7 @@ use crate::canonical::{SchemaSet, TYPE_PREFIX, Violation, jcs};
 use inbound::{IgnoreRule, InboundMapping, NativeMessage};
 use policy::Policy;
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use template::Template;
@@ -254,6 +255,25 @@ impl PartnerMapping {
     /// Whether the partner receives canonical CloudEvents rather than its own format.
     pub fn receives_canonical(&self) -> bool {
         self.outbound.is_empty()
+    }
+
+    /// Every mapping id this file defines, as decoding and encoding name them
+    /// (`<partner>/<kind>`): its inbound, ignored and outbound kinds, and
+    /// `<partner>/cloudevents` when the partner sends or reads canonical events. Sorted.
+    pub fn mapping_ids(&self) -> Vec<String> {
+        let canonical = (self.format == Format::Cloudevents || self.receives_canonical())
+            .then_some("cloudevents");
+        let kinds = self
+            .inbound
+            .iter()
+            .map(|m| m.name.as_str())
+            .chain(self.ignore.iter().map(|rule| rule.name.as_str()))
+            .chain(self.outbound.iter().map(|m| m.name.as_str()))
+            .chain(canonical);
+        let ids: BTreeSet<String> = kinds
+            .map(|kind| format!("{}/{kind}", self.partner))
+            .collect();
+        ids.into_iter().collect()
     }
 
     /// Decodes a native message into a validated canonical event.

@@ -340,6 +340,13 @@ impl Gateway {
             }
         };
         let decoded = mapping.decode(bytes).map_err(refusal_of)?;
+        let mapping_id = match &decoded {
+            Decoded::Event(mapped) => &mapped.mapping_id,
+            Decoded::Ignored { mapping_id, .. } => mapping_id,
+        };
+        self.registry
+            .check_mapping(partner, mapping_id)
+            .map_err(|e| Refusal::Forbidden(e.to_string()))?;
         let mut event = match decoded {
             Decoded::Event(mapped) => mapped.event,
             Decoded::Ignored {
@@ -663,7 +670,8 @@ impl Gateway {
     }
 
     /// Writes the event for each recipient, in its format and under its need-to-know
-    /// policy. A recipient the gateway cannot write for still gets a delivery record, already
+    /// policy. A recipient the gateway cannot write for (its mapping fails, or the registry
+    /// does not put that mapping in force for it) still gets a delivery record, already
     /// dead-lettered by the delivery workers, so that nothing disappears unnoticed.
     fn write_for_recipients(&self, event: &Value, recipients: &[String]) -> Vec<NewDelivery> {
         recipients
@@ -675,7 +683,15 @@ impl Gateway {
                     Some(DeliveryMode::Amqp) => Channel::Amqp,
                     Some(DeliveryMode::Inbox) | None => Channel::Inbox,
                 };
-                match self.mappings.partner(recipient).map(|m| m.encode(event)) {
+                let written = self.mappings.partner(recipient).map(|m| {
+                    m.encode(event).map_err(|e| e.without_values()).and_then(|encoded| {
+                        self.registry
+                            .check_mapping(recipient, &encoded.mapping_id)
+                            .map(|()| encoded)
+                            .map_err(|e| e.to_string())
+                    })
+                });
+                match written {
                     Some(Ok(encoded)) => NewDelivery {
                         recipient: recipient.clone(),
                         channel,
@@ -687,7 +703,7 @@ impl Gateway {
                     },
                     failure => {
                         let why = match failure {
-                            Some(Err(e)) => e.without_values(),
+                            Some(Err(why)) => why,
                             _ => format!("partner {recipient} has no mapping"),
                         };
                         tracing::error!(recipient = %recipient, error = %why, "cannot write an event for its recipient");

@@ -48,6 +48,14 @@ pub struct PartnerEntry {
     /// allows its role. An entry can only narrow the default.
     #[serde(default)]
     pub sends: Option<Vec<String>>,
+    /// The mapping ids in force for it (`<partner>/<kind>`, as its mapping file names its
+    /// inbound, ignored and outbound kinds, and `<partner>/cloudevents` for a partner that
+    /// sends or reads canonical events); by default, every mapping of its file. A message
+    /// whose mapping is not listed is refused (`403`); an event for this partner whose
+    /// outbound mapping is not listed is not written for it (its delivery is created dead,
+    /// `mapping-not-in-force`). Auditors have none.
+    #[serde(default)]
+    pub mappings: Option<Vec<String>>,
     /// How it receives; auditors receive nothing and have none.
     #[serde(default)]
     pub delivery: Option<Delivery>,
@@ -117,6 +125,15 @@ pub enum AccessError {
     /// The certificate matches a partner whose pins it does not satisfy.
     #[error("the client certificate of {0} does not match its pinned fingerprints")]
     PinMismatch(String),
+    /// The message was decoded with a mapping the registry does not put in force for its
+    /// sender.
+    #[error("mapping {mapping_id} is not in force for partner {partner}")]
+    MappingNotInForce {
+        /// The sender.
+        partner: String,
+        /// The mapping id.
+        mapping_id: String,
+    },
     /// The sender's role may not send this event type.
     #[error("partner {partner} (role {role}) may not send {event_type}")]
     NotAllowed {
@@ -135,6 +152,8 @@ pub struct Registry {
     partners: BTreeMap<String, PartnerEntry>,
     by_identity: BTreeMap<String, String>,
     allowed: BTreeMap<String, BTreeSet<String>>,
+    /// The mapping ids in force for each partner with a mapping file.
+    mappings_in_force: BTreeMap<String, BTreeSet<String>>,
     routing: Routing,
     catalogue: Catalogue,
 }
@@ -196,6 +215,7 @@ impl Registry {
         let mut partners = BTreeMap::new();
         let mut by_identity = BTreeMap::new();
         let mut allowed = BTreeMap::new();
+        let mut mappings_in_force = BTreeMap::new();
         for entry in parsed.partners {
             let id = entry.id.clone();
             if id == crate::pipeline::UNREGISTERED {
@@ -217,14 +237,35 @@ impl Registry {
                         "partner {id}: role {} here but {} in its mapping file",
                         entry.role, mapping.role
                     )),
-                    Some(_) => {}
+                    Some(mapping) => {
+                        let defined = mapping.mapping_ids();
+                        let in_force = match &entry.mappings {
+                            None => defined,
+                            Some(listed) => {
+                                if listed.is_empty() {
+                                    problems.push(format!(
+                                        "partner {id}: mappings lists no mapping (leave it out to put every mapping of {id}.toml in force)"
+                                    ));
+                                }
+                                for unknown in listed.iter().filter(|m| !defined.contains(m)) {
+                                    problems.push(format!(
+                                        "partner {id}: mapping {unknown} is not defined by {id}.toml (it defines {})",
+                                        defined.join(", ")
+                                    ));
+                                }
+                                listed.clone()
+                            }
+                        };
+                        mappings_in_force.insert(id.clone(), in_force.into_iter().collect());
+                    }
                 }
                 if entry.delivery.is_none() {
                     problems.push(format!(
                         "partner {id}: no delivery mode (inbox, webhook or amqp)"
                     ));
                 }
-            } else if entry.delivery.is_some() || entry.sends.is_some() {
+            } else if entry.delivery.is_some() || entry.sends.is_some() || entry.mappings.is_some()
+            {
                 problems.push(format!(
                     "partner {id}: an auditor sends and receives no events"
                 ));
@@ -313,6 +354,7 @@ impl Registry {
             partners,
             by_identity,
             allowed,
+            mappings_in_force,
             routing,
             catalogue: catalogue.clone(),
         })
@@ -366,6 +408,23 @@ impl Registry {
                 partner: partner.into(),
                 role,
                 event_type: event_type.into(),
+            })
+        }
+    }
+
+    /// Checks that a mapping (`<partner>/<kind>`, as decoding and encoding name it) is in
+    /// force for a partner.
+    pub fn check_mapping(&self, partner: &str, mapping_id: &str) -> Result<(), AccessError> {
+        if self
+            .mappings_in_force
+            .get(partner)
+            .is_some_and(|ids| ids.contains(mapping_id))
+        {
+            Ok(())
+        } else {
+            Err(AccessError::MappingNotInForce {
+                partner: partner.into(),
+                mapping_id: mapping_id.into(),
             })
         }
     }
@@ -585,6 +644,93 @@ airline_by_carrier = { AT = "nobody" }
             "does not allow role airline",
             "nobody is not a registered",
             "iom_morocco",
+        ] {
+            assert!(all.contains(needle), "{needle} not in {all}");
+        }
+    }
+
+    #[test]
+    fn the_mappings_in_force_are_those_listed_or_every_one_of_the_file() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        // The sample lists every mapping of each file.
+        let registry = load();
+        for partner in registry.partners().filter(|p| p.role != "auditor") {
+            let defined = mappings.partner(&partner.id).unwrap().mapping_ids();
+            assert_eq!(partner.mappings.as_ref(), Some(&defined), "{}", partner.id);
+        }
+        let text = r#"
+[[partner]]
+id = "iom.sn"
+role = "iom"
+mappings = ["iom.sn/arrival-confirmed", "iom.sn/cloudevents"]
+delivery = { mode = "inbox" }
+
+[[partner]]
+id = "iom.ma"
+role = "iom"
+delivery = { mode = "inbox" }
+
+[routing]
+iom_morocco = "iom.ma"
+"#;
+        let registry = Registry::parse(text, &catalogue, &mappings).unwrap();
+        assert!(
+            registry
+                .check_mapping("iom.sn", "iom.sn/arrival-confirmed")
+                .is_ok()
+        );
+        assert_eq!(
+            registry
+                .check_mapping("iom.sn", "iom.sn/reintegration-update")
+                .unwrap_err()
+                .to_string(),
+            "mapping iom.sn/reintegration-update is not in force for partner iom.sn"
+        );
+        // Left out: every mapping of the partner's own file, and no other partner's.
+        assert!(
+            registry
+                .check_mapping("iom.ma", "iom.ma/case-registered")
+                .is_ok()
+        );
+        assert!(
+            registry
+                .check_mapping("iom.ma", "iom.sn/cloudevents")
+                .is_err()
+        );
+
+        let text = r#"
+[[partner]]
+id = "iom.sn"
+role = "iom"
+mappings = ["iom.sn/arrival-confirmed", "iom.ma/case-registered", "iom.sn/nothing"]
+delivery = { mode = "inbox" }
+
+[[partner]]
+id = "iom.ma"
+role = "iom"
+mappings = []
+delivery = { mode = "inbox" }
+
+[[partner]]
+id = "audit.igat"
+role = "auditor"
+mappings = ["iom.ma/case-registered"]
+
+[routing]
+iom_morocco = "iom.ma"
+"#;
+        let Err(RegistryError::Invalid(problems)) = Registry::parse(text, &catalogue, &mappings)
+        else {
+            panic!("accepted")
+        };
+        let all = problems.join("\n");
+        for needle in [
+            "partner iom.sn: mapping iom.ma/case-registered is not defined by iom.sn.toml",
+            "partner iom.sn: mapping iom.sn/nothing is not defined by iom.sn.toml (it defines iom.sn/arrival-confirmed, iom.sn/cloudevents, iom.sn/reintegration-update)",
+            "partner iom.ma: mappings lists no mapping",
+            "partner audit.igat: an auditor sends and receives no events",
         ] {
             assert!(all.contains(needle), "{needle} not in {all}");
         }

@@ -223,6 +223,8 @@ pub struct RegistryChanges {
     pub inbox: Vec<String>,
     /// Partners whose `sends` list is replaced.
     pub sends: Vec<(String, Vec<String>)>,
+    /// Partners whose `mappings` list (the mapping ids in force) is replaced.
+    pub mappings: Vec<(String, Vec<String>)>,
 }
 
 impl RegistryChanges {
@@ -248,6 +250,15 @@ impl RegistryChanges {
         self.sends.push((
             partner.to_owned(),
             types.iter().map(|t| (*t).to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// Only these mapping ids (`<partner>/<kind>`) are in force for `partner`.
+    pub fn mappings(mut self, partner: &str, ids: &[&str]) -> Self {
+        self.mappings.push((
+            partner.to_owned(),
+            ids.iter().map(|id| (*id).to_owned()).collect(),
         ));
         self
     }
@@ -278,10 +289,12 @@ pub fn write_registry(dir: &Path, changes: &RegistryChanges) -> PathBuf {
             entry.insert("delivery".into(), delivery.into());
             seen.push(id.clone());
         }
-        if let Some((_, types)) = changes.sends.iter().find(|(p, _)| *p == id) {
-            let list: Vec<toml::Value> = types.iter().map(|t| t.as_str().into()).collect();
-            entry.insert("sends".into(), list.into());
-            seen.push(id.clone());
+        for (key, lists) in [("sends", &changes.sends), ("mappings", &changes.mappings)] {
+            if let Some((_, items)) = lists.iter().find(|(p, _)| *p == id) {
+                let list: Vec<toml::Value> = items.iter().map(|t| t.as_str().into()).collect();
+                entry.insert(key.into(), list.into());
+                seen.push(id.clone());
+            }
         }
     }
     for id in changes
@@ -290,6 +303,7 @@ pub fn write_registry(dir: &Path, changes: &RegistryChanges) -> PathBuf {
         .map(|(p, _)| p)
         .chain(&changes.inbox)
         .chain(changes.sends.iter().map(|(p, _)| p))
+        .chain(changes.mappings.iter().map(|(p, _)| p))
     {
         assert!(seen.contains(id), "no partner {id} in the sample registry");
     }
