@@ -228,6 +228,9 @@ impl RunningGateway {
             }
         }
         tracing::warn!("parts of the gateway are still referenced; the log is flushed on exit");
+        if let Err(error) = gateway.audit_rate_refusals().await {
+            tracing::error!(%error, "the last rate-limited refusals could not be audited");
+        }
         gateway.check_still_shared().context("closing")
     }
 }

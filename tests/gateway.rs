@@ -1405,11 +1405,12 @@ async fn a_partner_over_its_rate_gets_429() {
     let summary = rate_limited_summary(&auditor, &verifier, "refused/iom.sn").await;
     assert_eq!(summary.sender.as_deref(), Some("iom.sn"));
     assert_eq!(summary.count, Some(1));
-    // The log holds the arrival, its anomaly, the registration and the summary.
-    assert_eq!(
-        admin.metric("passerelle_audit_appends_total", &[]).await,
-        4.0
-    );
+    // The log holds the arrival, its anomaly, the registration and the summary (counted once
+    // its append returns, a moment after the trail shows it).
+    wait_for("four appends counted", WAIT, async || {
+        (admin.metric("passerelle_audit_appends_total", &[]).await == 4.0).then_some(())
+    })
+    .await;
     // Certificates the registry does not know share one limit: of two messages sent at once,
     // one is refused and audited, the other is over the limit, answered 429 and summarised
     // under `unregistered`.
@@ -1433,10 +1434,10 @@ async fn a_partner_over_its_rate_gets_429() {
     let summary = rate_limited_summary(&auditor, &verifier, "refused/unregistered").await;
     assert_eq!(summary.sender.as_deref(), Some("unregistered"));
     assert_eq!(summary.count, Some(1));
-    assert_eq!(
-        admin.metric("passerelle_audit_appends_total", &[]).await,
-        6.0
-    );
+    wait_for("six appends counted", WAIT, async || {
+        (admin.metric("passerelle_audit_appends_total", &[]).await == 6.0).then_some(())
+    })
+    .await;
     assert_eq!(
         admin
             .metric(
@@ -2080,14 +2081,41 @@ async fn only_the_mappings_in_force_are_used() {
     let dead = dead.as_array().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["recipient"], "ma.dgsn");
-    assert_eq!(dead[0]["last_error"], "encode-failed");
+    assert_eq!(dead[0]["last_error"], "mapping-not-in-force");
     let story = delivery_story(&gateway, "CGSN-CASA-2026-00902", "ma.dgsn", "dead_lettered").await;
     assert_eq!(
         story,
-        [("dead_lettered".to_owned(), Some("encode-failed".to_owned()))]
+        [(
+            "dead_lettered".to_owned(),
+            Some("mapping-not-in-force".to_owned())
+        )]
+    );
+    // Nothing to put back in line: the registry has to change first.
+    let id = dead[0]["id"].as_u64().unwrap();
+    let refused = admin.post(&format!("/deliveries/{id}/redeliver")).await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    let why = refused.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        why.contains("mapping-not-in-force") && why.contains("in force in the registry"),
+        "{why}"
     );
     assert!(gateway.client("ma.dgsn").inbox(500).await.is_empty());
     assert_eq!(gateway.client("iom.ma").inbox(500).await.len(), 2);
+
+    // The refusal is audited like any other.
+    let auditor = gateway.client("audit.igat");
+    let verifier = gateway.verifier();
+    let trail = wait_for("the refusal's checkpoint", WAIT, async || {
+        let trail = verify_trail(&auditor, "case=refused/iom.sn", &verifier).await;
+        (!trail.entries.is_empty() && trail.pending.is_empty()).then_some(trail)
+    })
+    .await;
+    let reasons: Vec<Option<&str>> = trail
+        .entries
+        .iter()
+        .map(|e| e.leaf.reason.as_deref())
+        .collect();
+    assert_eq!(reasons, [Some("forbidden")]);
     gateway.stop().await;
 }
 

@@ -30,6 +30,9 @@ pub mod limits {
     pub const IDENTIFIERS: usize = 16;
     /// Largest native or canonical payload, in bytes.
     pub const PAYLOAD_LEN: usize = 1 << 20;
+    /// Largest number of messages one fact stands for: the largest integer that RFC 8785
+    /// (I-JSON) writes exactly.
+    pub const COUNT: u64 = (1 << 53) - 1;
 }
 
 /// The kind of fact a leaf records.
@@ -242,9 +245,9 @@ impl Fact {
         }
         if self
             .count
-            .is_some_and(|n| n == 0 || self.kind != Kind::Rejected)
+            .is_some_and(|n| n == 0 || n > limits::COUNT || self.kind != Kind::Rejected)
         {
-            return bad("only a rejected fact summarises messages, and at least one".into());
+            return bad("only a rejected fact summarises messages, at least one".into());
         }
         Ok(())
     }
@@ -467,6 +470,7 @@ mod tests {
             "\u{1}\t\n\u{1f}\u{8}\u{c}\r".into(),
         ];
         f.recipients = vec!["z".into(), "a".into()];
+        f.count = Some(limits::COUNT);
         let c = Commitments::compute(&[3; 32], "RVA-2026-000001", &f.personal);
         for leaf in [
             Leaf::from_fact(&f, Some(c)),
@@ -500,5 +504,15 @@ mod tests {
         let mut f = sample();
         f.case_id = None;
         assert!(f.validate().is_err());
+        // Only a rejected fact summarises messages, and within the exact integers of JSON.
+        let mut f = sample();
+        f.count = Some(2);
+        assert!(f.validate().is_err());
+        f.kind = Kind::Rejected;
+        f.validate().unwrap();
+        for bad in [0, limits::COUNT + 1] {
+            f.count = Some(bad);
+            assert!(f.validate().is_err(), "{bad}");
+        }
     }
 }

@@ -24,7 +24,6 @@ use crate::registry::{Delivery as DeliveryMode, Registry};
 use crate::store::{
     AcceptedRecord, Channel, Delivery, DeliveryState, LogEntry, NewDelivery, Recorded, Store,
 };
-use anyhow::Context;
 use chrono::{SecondsFormat, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rate_refusals::RateRefusals;
@@ -683,16 +682,20 @@ impl Gateway {
                     Some(DeliveryMode::Amqp) => Channel::Amqp,
                     Some(DeliveryMode::Inbox) | None => Channel::Inbox,
                 };
-                let written = self.mappings.partner(recipient).map(|m| {
-                    m.encode(event).map_err(|e| e.without_values()).and_then(|encoded| {
-                        self.registry
-                            .check_mapping(recipient, &encoded.mapping_id)
-                            .map(|()| encoded)
-                            .map_err(|e| e.to_string())
-                    })
-                });
+                let written = match self.mappings.partner(recipient).map(|m| m.encode(event)) {
+                    Some(Ok(encoded)) => self
+                        .registry
+                        .check_mapping(recipient, &encoded.mapping_id)
+                        .map(|()| encoded)
+                        .map_err(|e| (crate::store::NOT_IN_FORCE, e.to_string())),
+                    Some(Err(e)) => Err((crate::store::UNWRITABLE, e.without_values())),
+                    None => Err((
+                        crate::store::UNWRITABLE,
+                        format!("partner {recipient} has no mapping"),
+                    )),
+                };
                 match written {
-                    Some(Ok(encoded)) => NewDelivery {
+                    Ok(encoded) => NewDelivery {
                         recipient: recipient.clone(),
                         channel,
                         body: encoded.body,
@@ -701,11 +704,7 @@ impl Gateway {
                         withheld: encoded.withheld,
                         unwritable: None,
                     },
-                    failure => {
-                        let why = match failure {
-                            Some(Err(why)) => why,
-                            _ => format!("partner {recipient} has no mapping"),
-                        };
+                    Err((code, why)) => {
                         tracing::error!(recipient = %recipient, error = %why, "cannot write an event for its recipient");
                         NewDelivery {
                             recipient: recipient.clone(),
@@ -714,7 +713,7 @@ impl Gateway {
                             content_type: String::new(),
                             mapping_id: String::new(),
                             withheld: Vec::new(),
-                            unwritable: Some(crate::store::UNWRITABLE.into()),
+                            unwritable: Some(code.into()),
                         }
                     }
                 }
@@ -860,7 +859,7 @@ impl Gateway {
     /// Audits the rate-limited refusals tallied since the last call, one `rejected` summary
     /// per sender (see [`rate_refusals`]). Returns how many refusals the summaries stand for.
     /// On a failed append, that summary and the ones after it are kept for the next call.
-    pub async fn audit_rate_refusals(&self) -> Result<usize, Refusal> {
+    pub async fn audit_rate_refusals(&self) -> Result<u64, Refusal> {
         let mut tallies = self.rate_refusals.take().into_iter();
         let mut audited = 0;
         while let Some(tally) = tallies.next() {
@@ -870,27 +869,36 @@ impl Gateway {
                     .restore(std::iter::once(tally).chain(tallies).collect());
                 return Err(failure);
             }
-            audited += tally.digests.len();
+            audited += tally.count;
         }
         Ok(audited)
     }
 
-    /// The blocking form of [`Gateway::audit_rate_refusals`], for the last summaries at close.
-    fn audit_rate_refusals_blocking(&self) -> anyhow::Result<usize> {
-        let mut audited = 0;
+    /// The blocking form of [`Gateway::audit_rate_refusals`], for the last summaries at close:
+    /// tries every sender's, and fails with the number of refusals left unaudited.
+    fn audit_rate_refusals_blocking(&self) -> anyhow::Result<u64> {
+        let (mut audited, mut lost) = (0, 0);
+        let mut first_failure = None;
         for tally in self.rate_refusals.take() {
             let fact = tally.fact(refusal_case(&tally.sender), Utc::now());
-            self.log.append(&fact).with_context(|| {
-                format!(
-                    "auditing {} rate-limited refusals of {}",
-                    tally.digests.len(),
-                    tally.sender
-                )
-            })?;
-            self.metrics.audit_appends.inc();
-            audited += tally.digests.len();
+            match self.log.append(&fact) {
+                Ok(_) => {
+                    self.metrics.audit_appends.inc();
+                    audited += tally.count;
+                }
+                Err(error) => {
+                    self.metrics.audit_failures.inc();
+                    lost += tally.count;
+                    first_failure.get_or_insert(error);
+                }
+            }
         }
-        Ok(audited)
+        match first_failure {
+            None => Ok(audited),
+            Some(error) => Err(anyhow::anyhow!(
+                "{lost} rate-limited refusals could not be audited: {error}"
+            )),
+        }
     }
 
     /// Audits the last rate-limited refusals, then closes the store (committing what is
@@ -911,11 +919,23 @@ impl Gateway {
     }
 
     /// While parts of the gateway are still in use elsewhere: fails if the store or the audit
-    /// log has failed (they will then be dropped without being closed cleanly).
+    /// log has failed (they will then be dropped without being closed cleanly), or if
+    /// rate-limited refusals are still waiting to be audited.
     pub fn check_still_shared(&self) -> anyhow::Result<()> {
+        let pending = self.rate_refusals.pending();
+        let summaries = if pending == 0 {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "{pending} rate-limited refusals could not be audited"
+            ))
+        };
         either_failed(
-            still_shared("store", self.store.is_open()),
-            still_shared("audit log", self.log.is_healthy()),
+            either_failed(
+                still_shared("store", self.store.is_open()),
+                still_shared("audit log", self.log.is_healthy()),
+            ),
+            summaries,
         )
     }
 }

@@ -1,7 +1,7 @@
 //! The audit of rate-limited refusals: one summary a sender per interval, not one entry a
 //! message.
 //!
-//! A message over its sender's rate limit is answered `429` without being read. Auditing
+//! A message over its sender's rate limit is answered `429` without being decoded. Auditing
 //! each one as an entry of its own would let a sender over its limit drive the log's synced
 //! appends, and grow the permanent log, as fast as it can send: the very load the limit is
 //! there to refuse. So each refusal is tallied here, per rate-limit key (a partner id, or
@@ -9,19 +9,21 @@
 //! `rate-limited` and the number of messages it stands for (`count`). The gateway audits the
 //! tallies about once a second and when it stops (see [`super::Gateway::audit_rate_refusals`]).
 //!
-//! The summary's `native` commitment is over the SHA-256 digests of the refused bodies,
-//! sorted and concatenated, so that a sender who kept what it sent can show which of its
-//! messages a summary stands for, without the gateway keeping any of them. A tally holds at
-//! most [`MAX_DIGESTS`] digests, so that the commitment stays within a fact's payload bound;
-//! a full tally is set aside, whole, for the next audit, and a new one begins.
+//! The summary's `native` commitment is over the SHA-256 digests of the refused bodies (of
+//! the bytes received), sorted and concatenated, so that a sender who kept what it sent can
+//! show which of its messages a summary stands for, without the gateway keeping any of them.
+//! Memory is bounded whatever a sender does and however long the log is unavailable: each
+//! sender has one tally, which keeps the digests of its first [`MAX_DIGESTS`] refusals (so
+//! that the commitment stays within a fact's payload bound) and only counts the others.
 
 use crate::audit::leaf::{Fact, Kind, Personal, Transport, limits};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// The most refusals one summary stands for: their digests fill a fact's largest payload.
+/// The most refusals whose digests one summary commits to: they fill a fact's largest
+/// payload. A summary that stands for more counts them all and commits to these first ones.
 pub const MAX_DIGESTS: usize = limits::PAYLOAD_LEN / 32;
 
 /// The refusals of one sender since its last summary.
@@ -31,7 +33,10 @@ pub struct Tally {
     pub sender: String,
     /// When the first of them was refused.
     pub since: DateTime<Utc>,
-    /// The SHA-256 digest of each refused body, in the order refused.
+    /// How many were refused.
+    pub count: u64,
+    /// The SHA-256 digest of each of the first [`MAX_DIGESTS`] refused bodies, in the order
+    /// refused.
     pub digests: Vec<[u8; 32]>,
 }
 
@@ -45,7 +50,7 @@ impl Tally {
         fact.sender = Some(self.sender.clone());
         fact.transport = Some(Transport::Rest);
         fact.reason = Some("rate-limited".to_owned());
-        fact.count = Some(self.digests.len() as u64);
+        fact.count = Some(self.count);
         fact.case_id = Some(case);
         fact.personal = Personal {
             native: Some(sorted.concat()),
@@ -54,76 +59,70 @@ impl Tally {
         };
         fact
     }
+
+    /// Adds `other`'s refusals (of the same sender) to these.
+    fn merge(&mut self, other: Tally) {
+        self.since = self.since.min(other.since);
+        self.count += other.count;
+        let room = MAX_DIGESTS.saturating_sub(self.digests.len());
+        self.digests.extend(other.digests.into_iter().take(room));
+    }
 }
 
-/// The rate-limited refusals not yet audited.
+/// The rate-limited refusals not yet audited, one tally per sender.
 #[derive(Debug, Default)]
 pub struct RateRefusals {
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// The open tally of each sender.
-    open: HashMap<String, Tally>,
-    /// Tallies closed (full, or put back after a failed audit), oldest first.
-    closed: VecDeque<Tally>,
+    tallies: Mutex<HashMap<String, Tally>>,
 }
 
 impl RateRefusals {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn tallies(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tally>> {
         // A panic while the lock was held leaves at worst a tally one refusal short; the
         // tallies are still worth auditing.
-        self.state
+        self.tallies
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Tallies one refused body of `sender`'s.
     pub fn record(&self, sender: &str, body: &[u8], now: DateTime<Utc>) {
-        let digest: [u8; 32] = Sha256::digest(body).into();
-        let mut state = self.state();
-        let State { open, closed } = &mut *state;
-        let tally = open.entry(sender.to_owned()).or_insert_with(|| Tally {
+        let mut tallies = self.tallies();
+        let tally = tallies.entry(sender.to_owned()).or_insert_with(|| Tally {
             sender: sender.to_owned(),
             since: now,
+            count: 0,
             digests: Vec::new(),
         });
-        tally.digests.push(digest);
-        if tally.digests.len() >= MAX_DIGESTS
-            && let Some(full) = open.remove(sender)
-        {
-            closed.push_back(full);
+        tally.count += 1;
+        if tally.digests.len() < MAX_DIGESTS {
+            tally.digests.push(Sha256::digest(body).into());
         }
     }
 
-    /// Takes every tally, closed ones first, leaving nothing behind.
+    /// Takes every tally, oldest first, leaving none behind.
     pub fn take(&self) -> Vec<Tally> {
-        let mut state = self.state();
-        let mut all: Vec<Tally> = state.closed.drain(..).collect();
-        let mut open: Vec<Tally> = state.open.drain().map(|(_, tally)| tally).collect();
-        open.sort_by_key(|tally| tally.since);
-        all.extend(open);
+        let mut all: Vec<Tally> = self.tallies().drain().map(|(_, tally)| tally).collect();
+        all.sort_by_key(|tally| tally.since);
         all
     }
 
-    /// Puts back tallies that could not be audited, to be audited first next time.
+    /// Puts back tallies that could not be audited, each merged with what its sender was
+    /// refused since.
     pub fn restore(&self, tallies: Vec<Tally>) {
-        let mut state = self.state();
-        for tally in tallies.into_iter().rev() {
-            state.closed.push_front(tally);
+        let mut open = self.tallies();
+        for tally in tallies {
+            match open.get_mut(&tally.sender) {
+                Some(newer) => newer.merge(tally),
+                None => {
+                    open.insert(tally.sender.clone(), tally);
+                }
+            }
         }
     }
 
     /// How many refusals wait to be audited.
-    pub fn pending(&self) -> usize {
-        let state = self.state();
-        state
-            .open
-            .values()
-            .chain(&state.closed)
-            .map(|t| t.digests.len())
-            .sum()
+    pub fn pending(&self) -> u64 {
+        self.tallies().values().map(|t| t.count).sum()
     }
 }
 
@@ -133,6 +132,10 @@ mod tests {
 
     fn at(second: u32) -> DateTime<Utc> {
         format!("2026-11-29T10:00:{second:02}Z").parse().unwrap()
+    }
+
+    fn digest(body: &[u8]) -> [u8; 32] {
+        Sha256::digest(body).into()
     }
 
     #[test]
@@ -153,24 +156,22 @@ mod tests {
         assert_eq!(fact.reason.as_deref(), Some("rate-limited"));
         assert_eq!(fact.sender.as_deref(), Some("iom.sn"));
         assert!(fact.personal.commit_only);
-        let mut digests: Vec<[u8; 32]> = [b"first".as_slice(), b"second"]
-            .iter()
-            .map(|b| Sha256::digest(b).into())
-            .collect();
+        let mut digests = [digest(b"first"), digest(b"second")];
         digests.sort_unstable();
         assert_eq!(fact.personal.native, Some(digests.concat()));
     }
 
     #[test]
-    fn a_full_tally_is_set_aside_and_a_new_one_begins() {
+    fn past_the_digest_bound_refusals_are_counted_only() {
         let refusals = RateRefusals::default();
-        for _ in 0..MAX_DIGESTS + 1 {
+        for _ in 0..MAX_DIGESTS + 5 {
             refusals.record("iom.sn", b"again", at(0));
         }
         let tallies = refusals.take();
-        let sizes: Vec<usize> = tallies.iter().map(|t| t.digests.len()).collect();
-        assert_eq!(sizes, [MAX_DIGESTS, 1]);
-        // The full one's commitment is within a fact's bounds.
+        assert_eq!(tallies.len(), 1);
+        assert_eq!(tallies[0].count, MAX_DIGESTS as u64 + 5);
+        assert_eq!(tallies[0].digests.len(), MAX_DIGESTS);
+        // The commitment is within a fact's bounds.
         tallies[0]
             .fact("refused/iom.sn".into(), at(1))
             .validate()
@@ -178,15 +179,35 @@ mod tests {
     }
 
     #[test]
-    fn tallies_put_back_come_first_and_lose_nothing() {
+    fn tallies_put_back_merge_with_newer_ones_and_lose_nothing() {
         let refusals = RateRefusals::default();
         refusals.record("iom.sn", b"one", at(0));
+        refusals.record("iom.ma", b"two", at(1));
         let failed = refusals.take();
-        refusals.record("iom.sn", b"two", at(5));
+        refusals.record("iom.sn", b"three", at(5));
         refusals.restore(failed);
+        assert_eq!(refusals.pending(), 3);
         let tallies = refusals.take();
-        let counts: Vec<(DateTime<Utc>, usize)> =
-            tallies.iter().map(|t| (t.since, t.digests.len())).collect();
-        assert_eq!(counts, [(at(0), 1), (at(5), 1)]);
+        let summary: Vec<(&str, DateTime<Utc>, u64, usize)> = tallies
+            .iter()
+            .map(|t| (t.sender.as_str(), t.since, t.count, t.digests.len()))
+            .collect();
+        assert_eq!(summary, [("iom.sn", at(0), 2, 2), ("iom.ma", at(1), 1, 1)]);
+    }
+
+    #[test]
+    fn a_tally_put_back_again_and_again_stays_bounded() {
+        let refusals = RateRefusals::default();
+        for round in 0..3 {
+            for _ in 0..MAX_DIGESTS {
+                refusals.record("iom.sn", b"flood", at(round));
+            }
+            let failed = refusals.take();
+            refusals.restore(failed);
+        }
+        let tallies = refusals.take();
+        assert_eq!(tallies.len(), 1);
+        assert_eq!(tallies[0].count, 3 * MAX_DIGESTS as u64);
+        assert_eq!(tallies[0].digests.len(), MAX_DIGESTS);
     }
 }

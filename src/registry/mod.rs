@@ -53,7 +53,7 @@ pub struct PartnerEntry {
     /// sends or reads canonical events); by default, every mapping of its file. A message
     /// whose mapping is not listed is refused (`403`); an event for this partner whose
     /// outbound mapping is not listed is not written for it (its delivery is created dead,
-    /// `mapping-not-in-force`). Auditors have none.
+    /// [`crate::store::NOT_IN_FORCE`]). Auditors have none.
     #[serde(default)]
     pub mappings: Option<Vec<String>>,
     /// How it receives; auditors receive nothing and have none.

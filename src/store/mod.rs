@@ -198,6 +198,10 @@ pub struct Delivery {
 /// for its recipient: it has no body, and cannot be redelivered.
 pub const UNWRITABLE: &str = "encode-failed";
 
+/// The error code of a delivery created dead because the registry does not put in force the
+/// recipient's mapping for the event: it has no body, and cannot be redelivered.
+pub const NOT_IN_FORCE: &str = "mapping-not-in-force";
+
 /// A delivery to create, before the store gives it an id.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -1364,14 +1368,18 @@ fn check_redeliverable(d: &Delivery) -> Result<()> {
     if d.state != DeliveryState::Dead {
         return Err(StoreError::NotFound("dead letter"));
     }
-    if d.last_error.as_deref() == Some(UNWRITABLE) {
-        return Err(StoreError::Refused(format!(
-            "delivery {} has no body: the gateway could not write the event for {} \
-             ({UNWRITABLE}); fix the mapping and ask the sender for a new message",
-            d.id, d.recipient
-        )));
-    }
-    Ok(())
+    let fix = match d.last_error.as_deref() {
+        Some(UNWRITABLE) => "fix the mapping",
+        Some(NOT_IN_FORCE) => "put the mapping in force in the registry",
+        _ => return Ok(()),
+    };
+    Err(StoreError::Refused(format!(
+        "delivery {} has no body: the gateway did not write the event for {} ({}); {fix} \
+         and ask the sender for a new message",
+        d.id,
+        d.recipient,
+        d.last_error.as_deref().unwrap_or_default()
+    )))
 }
 
 fn fail(error: StoreError, group: Vec<Write>) -> GroupResult {
