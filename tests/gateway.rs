@@ -2062,6 +2062,10 @@ async fn only_the_mappings_in_force_are_used() {
             .contains("mapping iom.sn/reintegration-update is not in force for partner iom.sn"),
         "{problem}"
     );
+    // Refused before any field is read: a broken one of that kind gets the same answer.
+    let broken = fixture_text("iom.sn", "in/reintegration-update.json").replace("SEWING", "??");
+    let reply = iom_sn.send("application/json", broken).await;
+    reply.problem(403, "forbidden");
     let reply = iom_sn
         .send(
             "application/json",
@@ -2115,7 +2119,7 @@ async fn only_the_mappings_in_force_are_used() {
         .iter()
         .map(|e| e.leaf.reason.as_deref())
         .collect();
-    assert_eq!(reasons, [Some("forbidden")]);
+    assert_eq!(reasons, [Some("forbidden"), Some("forbidden")]);
     gateway.stop().await;
 }
 

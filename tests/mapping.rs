@@ -178,6 +178,20 @@ fn lint_names_file_line_and_problem() {
 }
 
 #[test]
+fn lint_reserves_the_kind_name_of_canonical_events() {
+    // `<partner>/cloudevents` is the mapping id of canonical events, which the registry's
+    // `mappings` name: no kind of a mapping file may take it.
+    let text = BROKEN.replace(r#"name = "lpc-issued""#, r#"name = "cloudevents""#);
+    let scratch = scratch_with("xx.consulat.test.toml", &text);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let reserved = diagnostics
+        .iter()
+        .find(|d| d.message.contains("reserved for canonical events"))
+        .unwrap_or_else(|| panic!("no diagnostic about the reserved name in {diagnostics:#?}"));
+    assert_eq!(reserved.line, 6);
+}
+
+#[test]
 fn lint_refuses_a_template_that_uses_a_withheld_field() {
     let mapping = r#"partner = "xx.airline"
 role = "airline"

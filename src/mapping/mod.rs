@@ -162,10 +162,20 @@ pub enum DecodeError {
         /// Each violation, with its path.
         violations: Vec<Violation>,
     },
+    /// The message is of a kind whose mapping is not in force for its sender (see
+    /// [`PartnerMapping::decode_in_force`]).
+    #[error("mapping {mapping_id} is not in force for partner {partner}")]
+    NotInForce {
+        /// The sender.
+        partner: String,
+        /// The mapping id of the kind, `<partner>/<kind>`.
+        mapping_id: String,
+    },
 }
 
 impl DecodeError {
-    /// A short machine-readable class: `too-large`, `malformed`, `unknown-kind`, `field`, `schema`.
+    /// A short machine-readable class: `too-large`, `malformed`, `unknown-kind`, `field`,
+    /// `schema`, `not-in-force`.
     pub fn class(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too-large",
@@ -173,6 +183,7 @@ impl DecodeError {
             DecodeError::UnknownKind { .. } => "unknown-kind",
             DecodeError::Field { .. } => "field",
             DecodeError::Schema { .. } => "schema",
+            DecodeError::NotInForce { .. } => "not-in-force",
         }
     }
 }
@@ -278,7 +289,28 @@ impl PartnerMapping {
 
     /// Decodes a native message into a validated canonical event.
     pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        self.decode_in_force(bytes, &|_| true)
+    }
+
+    /// Decodes a native message into a validated canonical event, provided that the mapping
+    /// of its kind is in force (`in_force` is asked with the mapping id as soon as the kind
+    /// is recognised, before any field is read): otherwise [`DecodeError::NotInForce`].
+    pub fn decode_in_force(
+        &self,
+        bytes: &[u8],
+        in_force: &dyn Fn(&str) -> bool,
+    ) -> Result<Decoded, DecodeError> {
         let partner = || self.partner.clone();
+        let check = |mapping_id: String| {
+            if in_force(&mapping_id) {
+                Ok(mapping_id)
+            } else {
+                Err(DecodeError::NotInForce {
+                    partner: partner(),
+                    mapping_id,
+                })
+            }
+        };
         if bytes.len() > self.max_message_bytes {
             return Err(DecodeError::TooLarge {
                 partner: partner(),
@@ -309,6 +341,7 @@ impl PartnerMapping {
             let NativeMessage::Json(event) = message else {
                 unreachable!("parsed as JSON above")
             };
+            check(format!("{}/cloudevents", self.partner))?;
             return self.accept_canonical(event);
         }
         let native = message.view();
@@ -319,7 +352,7 @@ impl PartnerMapping {
         else {
             if let Some(rule) = self.ignore.iter().find(|rule| rule.matcher.matches(native)) {
                 return Ok(Decoded::Ignored {
-                    mapping_id: format!("{}/{}", self.partner, rule.name),
+                    mapping_id: check(format!("{}/{}", self.partner, rule.name))?,
                     mapping_hash: self.hash.clone(),
                     kind: rule.kind_of(native),
                     reason: rule.reason.clone(),
@@ -336,6 +369,7 @@ impl PartnerMapping {
                 expected,
             });
         };
+        check(mapping.envelope.mapping_id.clone())?;
         let parts = mapping
             .apply(native)
             .map_err(|failure| DecodeError::Field {

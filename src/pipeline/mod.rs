@@ -338,14 +338,12 @@ impl Gateway {
                 &structured
             }
         };
-        let decoded = mapping.decode(bytes).map_err(refusal_of)?;
-        let mapping_id = match &decoded {
-            Decoded::Event(mapped) => &mapped.mapping_id,
-            Decoded::Ignored { mapping_id, .. } => mapping_id,
-        };
-        self.registry
-            .check_mapping(partner, mapping_id)
-            .map_err(|e| Refusal::Forbidden(e.to_string()))?;
+        // A kind whose mapping the registry does not put in force is refused before any of
+        // its fields is read.
+        let in_force = |mapping_id: &str| self.registry.check_mapping(partner, mapping_id).is_ok();
+        let decoded = mapping
+            .decode_in_force(bytes, &in_force)
+            .map_err(refusal_of)?;
         let mut event = match decoded {
             Decoded::Event(mapped) => mapped.event,
             Decoded::Ignored {
@@ -1141,6 +1139,7 @@ fn refusal_of(error: DecodeError) -> Refusal {
             path: violations.first().map(|v| v.path.clone()),
             message: error.to_string(),
         },
+        DecodeError::NotInForce { .. } => Refusal::Forbidden(error.to_string()),
     }
 }
 

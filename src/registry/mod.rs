@@ -253,6 +253,7 @@ impl Registry {
                                         defined.join(", ")
                                     ));
                                 }
+                                warn_of_unwritable(mapping, listed);
                                 listed.clone()
                             }
                         };
@@ -489,6 +490,29 @@ impl Registry {
             }
         }
         (found, unresolved)
+    }
+}
+
+/// Warns, at load, of the event types a partner is routed but will not be written for because
+/// `listed` (its `mappings`) leaves out the kind that writes them: such deliveries are created
+/// dead. A deliberate choice is allowed; an oversight should be seen before the first event.
+fn warn_of_unwritable(mapping: &crate::mapping::PartnerMapping, listed: &[String]) {
+    let partner = &mapping.partner;
+    let left_out = |kind: &str| !listed.iter().any(|id| *id == format!("{partner}/{kind}"));
+    if mapping.receives_canonical() {
+        if left_out("cloudevents") {
+            tracing::warn!(%partner, "the registry leaves {partner}/cloudevents out of its mappings: every event routed to it will be dead-lettered (mapping-not-in-force)");
+        }
+        return;
+    }
+    for outbound in mapping.outbound().iter().filter(|o| left_out(&o.name)) {
+        tracing::warn!(
+            %partner,
+            event_type = %outbound.event_type,
+            "the registry leaves {partner}/{} out of its mappings: {} events routed to it will be dead-lettered (mapping-not-in-force)",
+            outbound.name,
+            outbound.event_type
+        );
     }
 }
 
