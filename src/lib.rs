@@ -7,6 +7,7 @@ pub mod amqp; // the AMQP transport: broker connection, queue topology, publish-
 pub mod audit; // the signed, tamper-evident audit log (C2SP tlog-tiles)
 pub mod canonical; // the canonical model: CloudEvents envelope, catalogue, schemas, JCS
 pub mod config; // the gateway's configuration file and its defaults
+pub mod cpu; // CPU time of a process, for the load generator and the benchmarks
 pub mod delivery; // push delivery from the outbox: retries, dead letters, webhooks
 pub mod loopback; // free loopback ports for the servers tests and the load generator start
 pub mod mapping; // the mapping language: native formats to canonical events and back

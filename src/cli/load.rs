@@ -59,28 +59,6 @@ const TARGET_RATIO: f64 = 0.50;
 const TARGET_P99_MS: f64 = 25.0;
 const TARGET_RSS_MB: f64 = 200.0;
 
-/// The CPU time a process has used so far (user and system, every thread), from
-/// `/proc/<pid>/stat`. Fails when the process is gone or the file cannot be read.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {path} (has the process stopped?)"))?;
-    let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}"))?;
-    let per_second = rustix::param::clock_ticks_per_second().max(1);
-    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
-}
-
-/// The user and system clock ticks of a `/proc/<pid>/stat` line (its fields 14 and 15).
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it,
-    // where utime and stime are the 12th and 13th fields.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some(user + system)
-}
-
 struct Gateway {
     child: Child,
     https: u16,
@@ -240,14 +218,17 @@ async fn drive(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let generator_pid = std::process::id();
-    let cpu_before = (cpu_time(gateway_pid)?, cpu_time(generator_pid)?);
+    let cpu_before = (
+        passerelle::cpu::cpu_time(gateway_pid)?,
+        passerelle::cpu::cpu_time(generator_pid)?,
+    );
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    let gateway_cpu = cpu_time(gateway_pid)?.saturating_sub(cpu_before.0);
-    let generator_cpu = cpu_time(generator_pid)?.saturating_sub(cpu_before.1);
+    let gateway_cpu = passerelle::cpu::cpu_time(gateway_pid)?.saturating_sub(cpu_before.0);
+    let generator_cpu = passerelle::cpu::cpu_time(generator_pid)?.saturating_sub(cpu_before.1);
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for t in tasks {
@@ -423,29 +404,5 @@ impl LoadArgs {
             verdict(full.rss_mb < TARGET_RSS_MB)
         );
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_ticks_are_read_after_a_command_name_with_spaces() {
-        let stat = "4242 (passerelle serve) S 1 4242 4242 0 -1 4194560 2310 0 0 0 \
-                    731 96 0 0 20 0 9 0 123456 1000000 5000 18446744073709551615";
-        assert_eq!(cpu_ticks(stat), Some(731 + 96));
-        assert_eq!(cpu_ticks("4242 (short"), None);
-    }
-
-    #[test]
-    fn this_process_has_used_cpu_time() {
-        let spin = Instant::now();
-        let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(50) {
-            x = std::hint::black_box(x.wrapping_add(1));
-        }
-        assert!(cpu_time(std::process::id()).unwrap() > Duration::ZERO);
-        assert!(cpu_time(u32::MAX).is_err(), "no such process");
     }
 }

@@ -1,0 +1,52 @@
+//! CPU time of a process, read from `/proc`: the load generator and the benchmarks measure
+//! what one message costs in CPU, beside what it costs in wall time.
+
+use anyhow::Context;
+use std::time::Duration;
+
+/// The CPU time a process has used so far (user and system, every thread), from
+/// `/proc/<pid>/stat`. Fails when the process is gone or the file cannot be read.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (has the process stopped?)"))?;
+    let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}"))?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// The user and system clock ticks of a `/proc/<pid>/stat` line (its fields 14 and 15).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it,
+    // where utime and stime are the 12th and 13th fields.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn cpu_ticks_are_read_after_a_command_name_with_spaces() {
+        let stat = "4242 (passerelle serve) S 1 4242 4242 0 -1 4194560 2310 0 0 0 \
+                    731 96 0 0 20 0 9 0 123456 1000000 5000 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(731 + 96));
+        assert_eq!(cpu_ticks("4242 (short"), None);
+    }
+
+    #[test]
+    fn this_process_has_used_cpu_time() {
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time(std::process::id()).unwrap() > Duration::ZERO);
+        assert!(cpu_time(u32::MAX).is_err(), "no such process");
+    }
+}
