@@ -2,20 +2,28 @@
 //! of the same bytes measured in the same run.
 //!
 //! Each message is what the load test's laissez-passer makes: its accepted record (with a
-//! receipt) and four deliveries with their bodies, recorded with [`Store::record_accepted`]
-//! (one synced, group-committed transaction) and confirmed with [`Store::confirm_later`]
-//! (unsynced), by many concurrent writers. The baseline writes the same serialised bytes to
-//! an append-only file: the record and its deliveries as one synced group-committed append,
-//! then a small unsynced confirmation, the least any durable store of these messages must
-//! do. The ratio of the two CPU costs per message says how much of the store's cost is its
-//! B-tree bookkeeping rather than the bytes and the syncs.
+//! receipt) and one delivery for each recipient the registry routes it to, with the body the
+//! mappings write for that recipient (the Senegal consulate's `LaissezPasserDelivre` fixture,
+//! encoded once at start). It is recorded with [`Store::record_accepted`] (one synced,
+//! group-committed transaction) and confirmed with [`Store::confirm_later`] (unsynced), by
+//! many concurrent writers. The baseline writes the same serialised values to an append-only
+//! file (the record with its delivery ids, each delivery's metadata and body) as one synced
+//! group-committed append, then the confirmed record unsynced: the least any durable store
+//! of these messages must write. The difference of the two CPU costs per message is what the
+//! store spends beyond the bytes and the syncs: its B-tree writes, and the bookkeeping around
+//! them (the duplicate lookup, the copies it hands back, the queued confirmation).
 //!
 //! Run with `cargo bench --bench store`. Settings (environment): `STORE_BENCH_DIR` (folder on
 //! the disk to measure, default the temporary folder), `STORE_BENCH_SECS` (seconds per run,
 //! default 4), `STORE_BENCH_ROUNDS` (default 3), `STORE_BENCH_WRITERS` (default 64). Every
-//! figure is the median over the rounds, which alternate the two.
+//! figure is the median over the rounds, which alternate which of the two runs first.
 
-use passerelle::store::{AcceptedRecord, Channel, LogEntry, NewDelivery, Recorded, Store};
+use passerelle::canonical::Catalogue;
+use passerelle::mapping::{Decoded, MappingSet};
+use passerelle::registry::Registry;
+use passerelle::store::{
+    AcceptedRecord, Channel, Delivery, DeliveryState, LogEntry, NewDelivery, Recorded, Store,
+};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,9 +32,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Recipients and body sizes of the load test's message.
-const RECIPIENTS: [&str; 4] = ["ma.interieur", "iom.ma", "ma.dgsn", "iom.sn"];
-const BODY_BYTES: usize = 1_200;
+/// The load test's message, and who sends it.
+const MESSAGE: &str = "mappings/fixtures/sn.consulat.casablanca/in/lpc-issued.xml";
+const SENDER: &str = "sn.consulat.casablanca";
 /// The most writes in one group, as in the store.
 const MAX_GROUP: usize = 512;
 
@@ -42,11 +50,45 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn record(writer: u64, n: u64) -> AcceptedRecord {
+/// The deliveries the gateway writes for the load test's message: one per recipient the
+/// sample registry routes it to, in that recipient's format.
+fn load_test_deliveries() -> Vec<NewDelivery> {
+    let catalogue = Catalogue::embedded().expect("the catalogue");
+    let mappings = MappingSet::load(Path::new("mappings")).expect("the mappings");
+    let registry = Registry::load(Path::new("config/registry.toml"), &catalogue, &mappings)
+        .expect("the sample registry");
+    let bytes = std::fs::read(MESSAGE).expect("the load test's message");
+    let sender = mappings.partner(SENDER).expect("the sender's mappings");
+    let Decoded::Event(mapped) = sender.decode(&bytes).expect("the message decodes") else {
+        panic!("the load test's message is ignored")
+    };
+    let (recipients, _) = registry.recipients(SENDER, &mapped.event);
+    recipients
+        .iter()
+        .map(|recipient| {
+            let encoded = mappings
+                .partner(recipient)
+                .expect("the recipient's mappings")
+                .encode(&mapped.event)
+                .expect("the event encodes");
+            NewDelivery {
+                recipient: recipient.clone(),
+                channel: Channel::Inbox,
+                body: encoded.body,
+                content_type: encoded.content_type.to_owned(),
+                mapping_id: encoded.mapping_id,
+                withheld: encoded.withheld,
+                unwritable: None,
+            }
+        })
+        .collect()
+}
+
+fn record(writer: u64, n: u64, recipients: &[NewDelivery]) -> AcceptedRecord {
     AcceptedRecord {
         event_id: format!("BENCH-{writer}-{n}"),
-        source: "urn:partner:sn.consulat.casablanca".into(),
-        sender: "sn.consulat.casablanca".into(),
+        source: format!("urn:partner:{SENDER}"),
+        sender: SENDER.into(),
         event_type: "ma.rva.lpc.issued".into(),
         confirmed: false,
         log_index: 0,
@@ -55,24 +97,9 @@ fn record(writer: u64, n: u64) -> AcceptedRecord {
         deliveries: Vec::new(),
         case_id: Some("RVA-2026-004211".into()),
         case_facts: Vec::new(),
-        recipients: RECIPIENTS.iter().map(|r| (*r).to_owned()).collect(),
+        recipients: recipients.iter().map(|d| d.recipient.clone()).collect(),
         accepted_at: "2026-11-29T10:00:00.000Z".into(),
     }
-}
-
-fn deliveries() -> Vec<NewDelivery> {
-    RECIPIENTS
-        .iter()
-        .map(|recipient| NewDelivery {
-            recipient: (*recipient).to_owned(),
-            channel: Channel::Inbox,
-            body: vec![b'x'; BODY_BYTES],
-            content_type: "application/xml".into(),
-            mapping_id: format!("{recipient}/lpc-notice"),
-            withheld: vec!["data.vulnerabilities".into()],
-            unwritable: None,
-        })
-        .collect()
 }
 
 /// A receipt-sized log entry.
@@ -90,14 +117,19 @@ struct Run {
     cpu_us: f64,
 }
 
-/// Runs `writers` tasks, each repeating `one` with its own numbers, for `secs` seconds (after
-/// half a second of warm-up), and measures.
-fn drive<F, Fut>(runtime: &tokio::runtime::Runtime, writers: u64, secs: f64, one: F) -> Run
+/// Runs `writers` tasks, each repeating `write_one_message` with its own writer number and
+/// message number, for `secs` seconds (after half a second of warm-up), and measures.
+fn drive<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    writers: u64,
+    secs: f64,
+    write_one_message: F,
+) -> Run
 where
     F: Fn(u64, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let one = Arc::new(one);
+    let one = Arc::new(write_one_message);
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     runtime.block_on(async {
@@ -136,16 +168,25 @@ where
     })
 }
 
-fn run_store(runtime: &tokio::runtime::Runtime, dir: &Path, writers: u64, secs: f64) -> Run {
-    let path = dir.join("bench-store.redb");
+/// The settings of one run.
+struct Setting<'a> {
+    dir: &'a Path,
+    writers: u64,
+    secs: f64,
+    deliveries: Arc<Vec<NewDelivery>>,
+}
+
+fn run_store(runtime: &tokio::runtime::Runtime, setting: &Setting<'_>) -> Run {
+    let path = setting.dir.join("bench-store.redb");
     let store = Arc::new(Store::open(&path).expect("the store opens"));
     let writer_store = store.clone();
-    let run = drive(runtime, writers, secs, move |w, n| {
-        let store = writer_store.clone();
+    let deliveries = setting.deliveries.clone();
+    let run = drive(runtime, setting.writers, setting.secs, move |w, n| {
+        let (store, deliveries) = (writer_store.clone(), deliveries.clone());
         async move {
-            let mut record = record(w, n);
+            let mut record = record(w, n, &deliveries);
             let Recorded::New(made) = store
-                .record_accepted(&mut record, deliveries())
+                .record_accepted(&mut record, deliveries.to_vec())
                 .await
                 .expect("recorded")
             else {
@@ -202,30 +243,48 @@ fn journal_writer(path: &Path, rx: mpsc::Receiver<Append>) {
     }
 }
 
-fn run_journal(runtime: &tokio::runtime::Runtime, dir: &Path, writers: u64, secs: f64) -> Run {
-    let path = dir.join("bench-journal");
+fn run_journal(runtime: &tokio::runtime::Runtime, setting: &Setting<'_>) -> Run {
+    let path = setting.dir.join("bench-journal");
     let (tx, rx) = mpsc::sync_channel::<Append>(4096);
     let writer = {
         let path = path.clone();
         std::thread::spawn(move || journal_writer(&path, rx))
     };
     let sender = tx.clone();
-    let run = drive(runtime, writers, secs, move |w, n| {
-        let tx = sender.clone();
+    let deliveries = setting.deliveries.clone();
+    let next_id = Arc::new(AtomicU64::new(1));
+    let run = drive(runtime, setting.writers, setting.secs, move |w, n| {
+        let (tx, deliveries, next_id) = (sender.clone(), deliveries.clone(), next_id.clone());
         async move {
-            // The same bytes the store is given: the record and each delivery's metadata and
-            // body, serialised, in one synced append; then the confirmed record, unsynced.
-            let mut record = record(w, n);
+            // What the store is given, as it serialises it: the record with its delivery ids,
+            // and each delivery's metadata and body, in one synced append; then the
+            // confirmed record, unsynced.
+            let mut record = record(w, n, &deliveries);
+            let made: Vec<Delivery> = deliveries
+                .iter()
+                .map(|d| Delivery {
+                    id: next_id.fetch_add(1, Ordering::Relaxed),
+                    event_id: record.event_id.clone(),
+                    event_type: record.event_type.clone(),
+                    source: record.source.clone(),
+                    case_id: record.case_id.clone(),
+                    recipient: d.recipient.clone(),
+                    channel: d.channel,
+                    body: Vec::new(),
+                    content_type: d.content_type.clone(),
+                    mapping_id: d.mapping_id.clone(),
+                    withheld: d.withheld.clone(),
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    due_ms: 1_795_000_000_000,
+                    last_error: None,
+                    created_at: record.accepted_at.clone(),
+                })
+                .collect();
+            record.deliveries = made.iter().map(|d| d.id).collect();
             let mut bytes = serde_json::to_vec(&record).expect("a record");
-            for d in deliveries() {
-                let metadata = serde_json::json!({
-                    "recipient": d.recipient,
-                    "channel": d.channel,
-                    "content_type": d.content_type,
-                    "mapping_id": d.mapping_id,
-                    "withheld": d.withheld,
-                });
-                serde_json::to_writer(&mut bytes, &metadata).expect("a delivery");
+            for (metadata, d) in made.iter().zip(deliveries.iter()) {
+                serde_json::to_writer(&mut bytes, metadata).expect("a delivery");
                 bytes.extend_from_slice(&d.body);
             }
             let (reply, synced) = oneshot::channel();
@@ -259,16 +318,33 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
+    let deliveries = load_test_deliveries();
+    let sizes: Vec<String> = deliveries
+        .iter()
+        .map(|d| format!("{} {} bytes", d.recipient, d.body.len()))
+        .collect();
     println!(
-        "{writers} writers, {secs} s per run, {rounds} rounds, {} deliveries of {BODY_BYTES} bytes a message, in {}",
-        RECIPIENTS.len(),
-        scratch.path().display()
+        "{writers} writers, {secs} s per run, {rounds} rounds, in {}; each message: {} deliveries ({})",
+        scratch.path().display(),
+        deliveries.len(),
+        sizes.join(", ")
     );
+    let setting = Setting {
+        dir: scratch.path(),
+        writers,
+        secs,
+        deliveries: Arc::new(deliveries),
+    };
     let (mut store_rate, mut store_cpu, mut journal_rate, mut journal_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        let journal = run_journal(&runtime, scratch.path(), writers, secs);
-        let store = run_store(&runtime, scratch.path(), writers, secs);
+        let (store, journal) = if round % 2 == 0 {
+            let journal = run_journal(&runtime, &setting);
+            (run_store(&runtime, &setting), journal)
+        } else {
+            let store = run_store(&runtime, &setting);
+            (store, run_journal(&runtime, &setting))
+        };
         println!(
             "round {round}: store {:.0} msg/s, {:.0} µs CPU a message; journal {:.0} msg/s, {:.0} µs",
             store.rate, store.cpu_us, journal.rate, journal.cpu_us

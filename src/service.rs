@@ -173,7 +173,7 @@ impl RunningGateway {
             crate::server::start(gateway.clone(), config).context("starting the HTTPS listener")?;
         workers.push(tokio::spawn(audit_rate_refusals(
             gateway.clone(),
-            RATE_REFUSAL_SUMMARIES,
+            RATE_REFUSAL_SUMMARY_INTERVAL,
             stop_rx.clone(),
         )));
         workers.push(tokio::spawn(refresh_crls(
@@ -236,7 +236,7 @@ impl RunningGateway {
 }
 
 /// How often the rate-limited refusals are audited, one summary per sender.
-const RATE_REFUSAL_SUMMARIES: Duration = Duration::from_secs(1);
+const RATE_REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Audits the rate-limited refusals every `every`, and once more when told to stop (the
 /// gateway's close audits any refused after that). A summary that cannot be appended is kept

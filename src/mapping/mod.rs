@@ -301,7 +301,7 @@ impl PartnerMapping {
         in_force: &dyn Fn(&str) -> bool,
     ) -> Result<Decoded, DecodeError> {
         let partner = || self.partner.clone();
-        let check = |mapping_id: String| {
+        let require_in_force = |mapping_id: String| {
             if in_force(&mapping_id) {
                 Ok(mapping_id)
             } else {
@@ -341,7 +341,7 @@ impl PartnerMapping {
             let NativeMessage::Json(event) = message else {
                 unreachable!("parsed as JSON above")
             };
-            check(format!("{}/cloudevents", self.partner))?;
+            require_in_force(format!("{}/cloudevents", self.partner))?;
             return self.accept_canonical(event);
         }
         let native = message.view();
@@ -352,7 +352,7 @@ impl PartnerMapping {
         else {
             if let Some(rule) = self.ignore.iter().find(|rule| rule.matcher.matches(native)) {
                 return Ok(Decoded::Ignored {
-                    mapping_id: check(format!("{}/{}", self.partner, rule.name))?,
+                    mapping_id: require_in_force(format!("{}/{}", self.partner, rule.name))?,
                     mapping_hash: self.hash.clone(),
                     kind: rule.kind_of(native),
                     reason: rule.reason.clone(),
@@ -369,7 +369,7 @@ impl PartnerMapping {
                 expected,
             });
         };
-        check(mapping.envelope.mapping_id.clone())?;
+        require_in_force(mapping.envelope.mapping_id.clone())?;
         let parts = mapping
             .apply(native)
             .map_err(|failure| DecodeError::Field {

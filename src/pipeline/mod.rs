@@ -340,7 +340,7 @@ impl Gateway {
         };
         // A kind whose mapping the registry does not put in force is refused before any of
         // its fields is read.
-        let in_force = |mapping_id: &str| self.registry.check_mapping(partner, mapping_id).is_ok();
+        let in_force = |mapping_id: &str| self.registry.mapping_in_force(partner, mapping_id);
         let decoded = mapping
             .decode_in_force(bytes, &in_force)
             .map_err(refusal_of)?;
@@ -681,11 +681,20 @@ impl Gateway {
                     Some(DeliveryMode::Inbox) | None => Channel::Inbox,
                 };
                 let written = match self.mappings.partner(recipient).map(|m| m.encode(event)) {
-                    Some(Ok(encoded)) => self
-                        .registry
-                        .check_mapping(recipient, &encoded.mapping_id)
-                        .map(|()| encoded)
-                        .map_err(|e| (crate::store::NOT_IN_FORCE, e.to_string())),
+                    Some(Ok(encoded))
+                        if !self
+                            .registry
+                            .mapping_in_force(recipient, &encoded.mapping_id) =>
+                    {
+                        Err((
+                            crate::store::NOT_IN_FORCE,
+                            format!(
+                                "mapping {} is not in force for partner {recipient}",
+                                encoded.mapping_id
+                            ),
+                        ))
+                    }
+                    Some(Ok(encoded)) => Ok(encoded),
                     Some(Err(e)) => Err((crate::store::UNWRITABLE, e.without_values())),
                     None => Err((
                         crate::store::UNWRITABLE,

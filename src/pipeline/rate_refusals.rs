@@ -60,7 +60,7 @@ impl Tally {
         fact
     }
 
-    /// Adds `other`'s refusals (of the same sender) to these.
+    /// Adds `other`'s refusals (of the same sender, refused after these) to these.
     fn merge(&mut self, other: Tally) {
         self.since = self.since.min(other.since);
         self.count += other.count;
@@ -106,17 +106,15 @@ impl RateRefusals {
         all
     }
 
-    /// Puts back tallies that could not be audited, each merged with what its sender was
-    /// refused since.
+    /// Puts back tallies that could not be audited, each with what its sender was refused
+    /// since added after it (so that the digests kept are still those of the first refusals).
     pub fn restore(&self, tallies: Vec<Tally>) {
         let mut open = self.tallies();
-        for tally in tallies {
-            match open.get_mut(&tally.sender) {
-                Some(newer) => newer.merge(tally),
-                None => {
-                    open.insert(tally.sender.clone(), tally);
-                }
+        for mut tally in tallies {
+            if let Some(newer) = open.remove(&tally.sender) {
+                tally.merge(newer);
             }
+            open.insert(tally.sender.clone(), tally);
         }
     }
 
@@ -193,6 +191,8 @@ mod tests {
             .map(|t| (t.sender.as_str(), t.since, t.count, t.digests.len()))
             .collect();
         assert_eq!(summary, [("iom.sn", at(0), 2, 2), ("iom.ma", at(1), 1, 1)]);
+        // The older refusals' digests come first, so that a full tally keeps the first ones.
+        assert_eq!(tallies[0].digests, [digest(b"one"), digest(b"three")]);
     }
 
     #[test]
