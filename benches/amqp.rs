@@ -25,6 +25,10 @@ mod gateway_support;
 #[path = "../tests/support/rabbit.rs"]
 mod rabbit;
 
+#[path = "support/figures.rs"]
+mod figures;
+
+use figures::{env_or, median};
 use lapin::options::{BasicPublishOptions, QueuePurgeOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
 use passerelle::amqp::{
@@ -44,19 +48,6 @@ const EMBASSY: &str = "ci.ambassade.rabat";
 const BORDER_POLICE: &str = "ma.dgsn";
 const GATEWAY_USER: &str = "urn:gateway:passerelle";
 const PROBE_QUEUE: &str = "passerelle.bench.probe";
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// The broker users (certificate logins) of the gateway and the embassy, with their permissions
 /// on the default virtual host.

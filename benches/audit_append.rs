@@ -8,6 +8,10 @@
 //! `AUDIT_BENCH_ROUNDS` (default 3), `AUDIT_BENCH_APPENDERS` (default 64).
 //! Every figure is the median over the rounds.
 
+#[path = "support/figures.rs"]
+mod figures;
+
+use figures::{env_or, median};
 use passerelle::audit::verify::verify_public;
 use passerelle::audit::{AuditLog, Fact, Kind, NoteSigner, Options, Transport};
 use std::io::Write;
@@ -18,18 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const ORIGIN: &str = "audit.example.org/bench";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -313,18 +305,18 @@ fn main() {
             report.checkpoint.size
         );
     }
-    let fsync = median(&mut fsyncs);
+    let fsync = median(&fsyncs);
     println!("median raw fdatasync rate (one writer, 200-byte appends): {fsync:.0}/s");
     for (_, name, runs) in &results {
-        let rate = median(&mut runs.iter().map(|r| r.appends_per_sec).collect::<Vec<_>>());
+        let rate = median(&runs.iter().map(|r| r.appends_per_sec).collect::<Vec<_>>());
         let p50 = median(
-            &mut runs
+            &runs
                 .iter()
                 .map(|r| r.p50.as_secs_f64() * 1e3)
                 .collect::<Vec<_>>(),
         );
         let p99 = median(
-            &mut runs
+            &runs
                 .iter()
                 .map(|r| r.p99.as_secs_f64() * 1e3)
                 .collect::<Vec<_>>(),
@@ -338,6 +330,6 @@ fn main() {
     }
     println!(
         "median offline verify rate: {:.2} M entries/s",
-        median(&mut verify_rates) / 1e6
+        median(&verify_rates) / 1e6
     );
 }

@@ -18,6 +18,10 @@
 //! default 4), `STORE_BENCH_ROUNDS` (default 3), `STORE_BENCH_WRITERS` (default 64). Every
 //! figure is the median over the rounds, which alternate which of the two runs first.
 
+#[path = "support/figures.rs"]
+mod figures;
+
+use figures::{env_or, median};
 use passerelle::canonical::Catalogue;
 use passerelle::mapping::{Decoded, MappingSet};
 use passerelle::registry::Registry;
@@ -37,18 +41,6 @@ const MESSAGE: &str = "mappings/fixtures/sn.consulat.casablanca/in/lpc-issued.xm
 const SENDER: &str = "sn.consulat.casablanca";
 /// The most writes in one group, as in the store.
 const MAX_GROUP: usize = 512;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// The deliveries the gateway writes for the load test's message: one per recipient the
 /// sample registry routes it to, in that recipient's format.
@@ -354,8 +346,8 @@ fn main() {
         journal_rate.push(journal.rate);
         journal_cpu.push(journal.cpu_us);
     }
-    let (sr, sc) = (median(&mut store_rate), median(&mut store_cpu));
-    let (jr, jc) = (median(&mut journal_rate), median(&mut journal_cpu));
+    let (sr, sc) = (median(&store_rate), median(&store_cpu));
+    let (jr, jc) = (median(&journal_rate), median(&journal_cpu));
     println!("medians over {rounds} rounds:");
     println!("store    {sr:>8.0} msg/s   CPU a message {sc:>6.0} µs");
     println!("journal  {jr:>8.0} msg/s   CPU a message {jc:>6.0} µs");

@@ -1990,19 +1990,9 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     })
     .await;
     let admin = gateway.admin();
-    let consulate = gateway.client("sn.consulat.casablanca");
-    let reply = consulate
-        .send("application/xml", lpc_issued("CGSN-CASA-2026-00901"))
-        .await;
-    assert_eq!(reply.status, 202, "{}", reply.text());
-
-    let dead = admin.get("/dead-letters").await.json();
-    let dead = dead.as_array().unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0]["recipient"], "ma.dgsn");
-    assert_eq!(dead[0]["last_error"], "encode-failed");
-    assert_eq!(dead[0]["attempts"], 0);
-    let id = dead[0]["id"].as_u64().unwrap();
+    let dead = dead_for_the_dgsn(&gateway, "CGSN-CASA-2026-00901", "encode-failed").await;
+    assert_eq!(dead["attempts"], 0);
+    let id = dead["id"].as_u64().unwrap();
 
     // Putting it back in line would only fail again: the admin route answers 409 and says why,
     // the operator's command reports it, and the dead letter stays where it was.
@@ -2076,16 +2066,7 @@ async fn only_the_mappings_in_force_are_used() {
 
     // The consulate's laissez-passer is accepted; the DGSN's copy cannot be written under a
     // mapping in force, so its delivery is created dead and audited, and the others get theirs.
-    let consulate = gateway.client("sn.consulat.casablanca");
-    let reply = consulate
-        .send("application/xml", lpc_issued("CGSN-CASA-2026-00902"))
-        .await;
-    assert_eq!(reply.status, 202, "{}", reply.text());
-    let dead = admin.get("/dead-letters").await.json();
-    let dead = dead.as_array().unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0]["recipient"], "ma.dgsn");
-    assert_eq!(dead[0]["last_error"], "mapping-not-in-force");
+    let dead = dead_for_the_dgsn(&gateway, "CGSN-CASA-2026-00902", "mapping-not-in-force").await;
     let story = delivery_story(&gateway, "CGSN-CASA-2026-00902", "ma.dgsn", "dead_lettered").await;
     assert_eq!(
         story,
@@ -2095,7 +2076,7 @@ async fn only_the_mappings_in_force_are_used() {
         )]
     );
     // Nothing to put back in line: the registry has to change first.
-    let id = dead[0]["id"].as_u64().unwrap();
+    let id = dead["id"].as_u64().unwrap();
     let refused = admin.post(&format!("/deliveries/{id}/redeliver")).await;
     assert_eq!(refused.status, 409, "{}", refused.text());
     let why = refused.json()["error"].as_str().unwrap().to_owned();
@@ -2121,6 +2102,22 @@ async fn only_the_mappings_in_force_are_used() {
         .collect();
     assert_eq!(reasons, [Some("forbidden"), Some("forbidden")]);
     gateway.stop().await;
+}
+
+/// Sends the consulate's laissez-passer `reference`, which is accepted, and returns the one
+/// dead letter there then is: the DGSN's, created dead with `reason`.
+async fn dead_for_the_dgsn(gateway: &TestGateway, reference: &str, reason: &str) -> Value {
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let dead = gateway.admin().get("/dead-letters").await.json();
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["recipient"], "ma.dgsn");
+    assert_eq!(dead[0]["last_error"], reason);
+    dead[0].clone()
 }
 
 /// Runs `passerelle deliveries redeliver ID` against the admin listener, and checks that it

@@ -624,11 +624,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn refuses_inconsistent_registries() {
+    /// Every problem the registry `text` has, one a line; panics if it loads.
+    fn problems_of(text: &str) -> String {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mappings = MappingSet::load(&root.join("mappings")).unwrap();
         let catalogue = Catalogue::embedded().unwrap();
+        let Err(RegistryError::Invalid(problems)) = Registry::parse(text, &catalogue, &mappings)
+        else {
+            panic!("accepted")
+        };
+        problems.join("\n")
+    }
+
+    #[test]
+    fn refuses_inconsistent_registries() {
         let text = r#"
 [[partner]]
 id = "sn.consulat.casablanca"
@@ -639,11 +648,7 @@ delivery = { mode = "webhook", url = "http://x" }
 [routing]
 airline_by_carrier = { AT = "nobody" }
 "#;
-        let Err(RegistryError::Invalid(problems)) = Registry::parse(text, &catalogue, &mappings)
-        else {
-            panic!("accepted")
-        };
-        let all = problems.join("\n");
+        let all = problems_of(text);
         for needle in [
             "role airline here but consulate",
             "https://",
@@ -709,11 +714,7 @@ mappings = ["iom.ma/case-registered"]
 [routing]
 iom_morocco = "iom.ma"
 "#;
-        let Err(RegistryError::Invalid(problems)) = Registry::parse(text, &catalogue, &mappings)
-        else {
-            panic!("accepted")
-        };
-        let all = problems.join("\n");
+        let all = problems_of(text);
         for needle in [
             "partner iom.sn: mapping iom.ma/case-registered is not defined by iom.sn.toml",
             "partner iom.sn: mapping iom.sn/nothing is not defined by iom.sn.toml (it defines iom.sn/arrival-confirmed, iom.sn/cloudevents, iom.sn/reintegration-update)",
