@@ -211,9 +211,13 @@ impl RunningGateway {
             let _ = w.await;
         }
         self.admin.stop(true).await;
-        let gateway = self.gateway;
+        let mut gateway = self.gateway;
+        // The worker audited the rate-limited refusals as it stopped; those it could not are
+        // tried once more, and reported by the close if they fail again.
+        if let Err(error) = gateway.audit_rate_refusals().await {
+            tracing::error!(%error, "the last rate-limited refusals could not be audited");
+        }
         // The last references go with the server's workers; wait for them briefly.
-        let mut gateway = gateway;
         for _ in 0..100 {
             match Arc::try_unwrap(gateway) {
                 Ok(g) => {
@@ -228,9 +232,6 @@ impl RunningGateway {
             }
         }
         tracing::warn!("parts of the gateway are still referenced; the log is flushed on exit");
-        if let Err(error) = gateway.audit_rate_refusals().await {
-            tracing::error!(%error, "the last rate-limited refusals could not be audited");
-        }
         gateway.check_still_shared().context("closing")
     }
 }
@@ -239,8 +240,8 @@ impl RunningGateway {
 const RATE_REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Audits the rate-limited refusals every `every`, and once more when told to stop (the
-/// gateway's close audits any refused after that). A summary that cannot be appended is kept
-/// for the next round.
+/// shutdown tries again any it could not). A summary that cannot be appended is kept for the
+/// next round.
 async fn audit_rate_refusals(
     gateway: Arc<Gateway>,
     every: Duration,

@@ -1400,17 +1400,8 @@ async fn a_partner_over_its_rate_gets_429() {
             .await,
         1.0
     );
-    let auditor = gateway.client("audit.igat");
-    let verifier = gateway.verifier();
-    let summary = rate_limited_summary(&auditor, &verifier, "refused/iom.sn").await;
-    assert_eq!(summary.sender.as_deref(), Some("iom.sn"));
-    assert_eq!(summary.count, Some(1));
-    // The log holds the arrival, its anomaly, the registration and the summary (counted once
-    // its append returns, a moment after the trail shows it).
-    wait_for("four appends counted", WAIT, async || {
-        (admin.metric("passerelle_audit_appends_total", &[]).await == 4.0).then_some(())
-    })
-    .await;
+    // The log holds the arrival, its anomaly, the registration and the summary.
+    one_refusal_summarised(&gateway, "iom.sn", 4.0).await;
     // Certificates the registry does not know share one limit: of two messages sent at once,
     // one is refused and audited, the other is over the limit, answered 429 and summarised
     // under `unregistered`.
@@ -1431,13 +1422,7 @@ async fn a_partner_over_its_rate_gets_429() {
         };
         reply.problem(reply.status, code);
     }
-    let summary = rate_limited_summary(&auditor, &verifier, "refused/unregistered").await;
-    assert_eq!(summary.sender.as_deref(), Some("unregistered"));
-    assert_eq!(summary.count, Some(1));
-    wait_for("six appends counted", WAIT, async || {
-        (admin.metric("passerelle_audit_appends_total", &[]).await == 6.0).then_some(())
-    })
-    .await;
+    one_refusal_summarised(&gateway, "unregistered", 6.0).await;
     assert_eq!(
         admin
             .metric(
@@ -1486,16 +1471,15 @@ async fn a_partner_over_its_rate_gets_429() {
     log.close().expect("the log closes");
 }
 
-/// The one `rate-limited` summary in `case`'s trail, once a checkpoint covers it: a REST
-/// refusal with a commitment to the refused bodies and no event.
-async fn rate_limited_summary(
-    auditor: &Client,
-    verifier: &NoteVerifier,
-    case: &str,
-) -> passerelle::audit::Leaf {
-    let query = format!("case={case}");
+/// Checks that `sender`'s trail (`refused/<sender>`) holds one `rate-limited` summary, once a
+/// checkpoint covers it: a REST refusal of one message, with a commitment to its body and no
+/// event; and that the log then counts `appends` appends in all (the summary is counted once
+/// its append returns, a moment after the trail shows it).
+async fn one_refusal_summarised(gateway: &TestGateway, sender: &str, appends: f64) {
+    let (auditor, verifier) = (gateway.client("audit.igat"), gateway.verifier());
+    let query = format!("case=refused/{sender}");
     let trail = wait_for("the rate-limited summary", WAIT, async || {
-        let trail = verify_trail(auditor, &query, verifier).await;
+        let trail = verify_trail(&auditor, &query, &verifier).await;
         let found = trail
             .entries
             .iter()
@@ -1514,9 +1498,15 @@ async fn rate_limited_summary(
     assert_eq!(kind_of(leaf), "rejected");
     assert_eq!(leaf.transport, Some(Transport::Rest));
     assert!(leaf.event_id.is_none());
+    assert_eq!(leaf.sender.as_deref(), Some(sender));
+    assert_eq!(leaf.count, Some(1));
     let commitments = leaf.commitments.as_ref().expect("commitments");
     assert!(commitments.native.is_some(), "{commitments:?}");
-    leaf.clone()
+    let admin = gateway.admin();
+    wait_for("the appends counted", WAIT, async || {
+        (admin.metric("passerelle_audit_appends_total", &[]).await == appends).then_some(())
+    })
+    .await;
 }
 
 // ====================================================================================== webhooks

@@ -394,11 +394,13 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
                     name.get_ref()
                 ),
             ));
-        } else if name.get_ref() == "cloudevents" {
-            // `<partner>/cloudevents` is the mapping id of canonical events sent or received.
+        } else if name.get_ref() == super::CANONICAL_KIND {
             issues.push(Issue::at(
                 name.span(),
-                "name \"cloudevents\" is reserved for canonical events".to_owned(),
+                format!(
+                    "name {:?} is reserved for canonical events",
+                    super::CANONICAL_KIND
+                ),
             ));
         } else if names.insert(name.get_ref().clone(), ()).is_some() {
             issues.push(Issue::at(

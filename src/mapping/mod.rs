@@ -239,6 +239,10 @@ impl EncodeError {
     }
 }
 
+/// The kind name of canonical CloudEvents, sent or received as such: no kind of a mapping
+/// file may take it.
+pub const CANONICAL_KIND: &str = "cloudevents";
+
 /// An event written for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
@@ -268,12 +272,18 @@ impl PartnerMapping {
         self.outbound.is_empty()
     }
 
-    /// Every mapping id this file defines, as decoding and encoding name them
-    /// (`<partner>/<kind>`): its inbound, ignored and outbound kinds, and
-    /// `<partner>/cloudevents` when the partner sends or reads canonical events. Sorted.
+    /// The mapping id of one of the partner's kinds, `<partner>/<kind>`, as decoding,
+    /// encoding, the audit log and the registry's `mappings` name it.
+    pub fn mapping_id(&self, kind: &str) -> String {
+        format!("{}/{kind}", self.partner)
+    }
+
+    /// Every mapping id this file defines ([`PartnerMapping::mapping_id`]): its inbound,
+    /// ignored and outbound kinds, and [`CANONICAL_KIND`] when the partner sends or reads
+    /// canonical events. Sorted.
     pub fn mapping_ids(&self) -> Vec<String> {
         let canonical = (self.format == Format::Cloudevents || self.receives_canonical())
-            .then_some("cloudevents");
+            .then_some(CANONICAL_KIND);
         let kinds = self
             .inbound
             .iter()
@@ -281,9 +291,7 @@ impl PartnerMapping {
             .chain(self.ignore.iter().map(|rule| rule.name.as_str()))
             .chain(self.outbound.iter().map(|m| m.name.as_str()))
             .chain(canonical);
-        let ids: BTreeSet<String> = kinds
-            .map(|kind| format!("{}/{kind}", self.partner))
-            .collect();
+        let ids: BTreeSet<String> = kinds.map(|kind| self.mapping_id(kind)).collect();
         ids.into_iter().collect()
     }
 
@@ -341,7 +349,7 @@ impl PartnerMapping {
             let NativeMessage::Json(event) = message else {
                 unreachable!("parsed as JSON above")
             };
-            require_in_force(format!("{}/cloudevents", self.partner))?;
+            require_in_force(self.mapping_id(CANONICAL_KIND))?;
             return self.accept_canonical(event);
         }
         let native = message.view();
@@ -352,7 +360,7 @@ impl PartnerMapping {
         else {
             if let Some(rule) = self.ignore.iter().find(|rule| rule.matcher.matches(native)) {
                 return Ok(Decoded::Ignored {
-                    mapping_id: require_in_force(format!("{}/{}", self.partner, rule.name))?,
+                    mapping_id: require_in_force(self.mapping_id(&rule.name))?,
                     mapping_hash: self.hash.clone(),
                     kind: rule.kind_of(native),
                     reason: rule.reason.clone(),
@@ -402,7 +410,7 @@ impl PartnerMapping {
     /// Accepts a canonical event sent as such: it is validated like any other, its `source`
     /// must be the sender, and the attributes the gateway sets must not be set already.
     fn accept_canonical(&self, mut event: Value) -> Result<Decoded, DecodeError> {
-        let kind = "cloudevents".to_owned();
+        let kind = CANONICAL_KIND.to_owned();
         let field = |field: &str, message: String| DecodeError::Field {
             partner: self.partner.clone(),
             kind: kind.clone(),
@@ -440,7 +448,7 @@ impl PartnerMapping {
         if object.get("subject") != object.get("data").and_then(|data| data.get("case_id")) {
             return Err(field("subject", "subject must equal data.case_id".into()));
         }
-        let mapping_id = format!("{}/{kind}", self.partner);
+        let mapping_id = self.mapping_id(&kind);
         object.insert("mappingid".into(), Value::String(mapping_id.clone()));
         object.insert("mappinghash".into(), Value::String(self.hash.clone()));
         self.schemas
@@ -468,7 +476,7 @@ impl PartnerMapping {
                 body: jcs::to_vec(&filtered),
                 content_type: "application/cloudevents+json",
                 withheld,
-                mapping_id: format!("{}/cloudevents", self.partner),
+                mapping_id: self.mapping_id(CANONICAL_KIND),
             });
         }
         let event_type = event["type"]
@@ -495,7 +503,7 @@ impl PartnerMapping {
             body,
             content_type: outbound.template.content_type(),
             withheld,
-            mapping_id: format!("{}/{}", self.partner, outbound.name),
+            mapping_id: self.mapping_id(&outbound.name),
         })
     }
 }

@@ -881,39 +881,13 @@ impl Gateway {
         Ok(audited)
     }
 
-    /// The blocking form of [`Gateway::audit_rate_refusals`], for the last summaries at close:
-    /// tries every sender's, and fails with the number of refusals left unaudited.
-    fn audit_rate_refusals_blocking(&self) -> anyhow::Result<u64> {
-        let (mut audited, mut lost) = (0, 0);
-        let mut first_failure = None;
-        for tally in self.rate_refusals.take() {
-            let fact = tally.fact(refusal_case(&tally.sender), Utc::now());
-            match self.log.append(&fact) {
-                Ok(_) => {
-                    self.metrics.audit_appends.inc();
-                    audited += tally.count;
-                }
-                Err(error) => {
-                    self.metrics.audit_failures.inc();
-                    lost += tally.count;
-                    first_failure.get_or_insert(error);
-                }
-            }
-        }
-        match first_failure {
-            None => Ok(audited),
-            Some(error) => Err(anyhow::anyhow!(
-                "{lost} rate-limited refusals could not be audited: {error}"
-            )),
-        }
-    }
-
-    /// Audits the last rate-limited refusals, then closes the store (committing what is
-    /// queued) and the audit log (a final checkpoint), both even when one fails; fails when
-    /// any of these does. Parts still shared elsewhere are closed when their last user drops
-    /// them; this fails if one of them has already failed.
+    /// Closes the store (committing what is queued) and the audit log (a final checkpoint),
+    /// both even when one fails; fails when either does, or when rate-limited refusals are
+    /// left unaudited (the caller audits the last ones first, see
+    /// [`Gateway::audit_rate_refusals`]). Parts still shared elsewhere are closed when their
+    /// last user drops them; this fails if one of them has already failed.
     pub fn close(self) -> anyhow::Result<()> {
-        let summaries = self.audit_rate_refusals_blocking();
+        let summaries = self.unaudited_refusals();
         let store = match Arc::try_unwrap(self.store) {
             Ok(store) => store.close().map_err(anyhow::Error::from),
             Err(store) => still_shared("store", store.is_open()),
@@ -922,35 +896,38 @@ impl Gateway {
             Ok(log) => log.close().map_err(anyhow::Error::from),
             Err(log) => still_shared("audit log", log.is_healthy()),
         };
-        either_failed(either_failed(store, log), summaries.map(|_| ()))
+        either_failed(either_failed(store, log), summaries)
     }
 
     /// While parts of the gateway are still in use elsewhere: fails if the store or the audit
     /// log has failed (they will then be dropped without being closed cleanly), or if
     /// rate-limited refusals are still waiting to be audited.
     pub fn check_still_shared(&self) -> anyhow::Result<()> {
-        let pending = self.rate_refusals.pending();
-        let summaries = if pending == 0 {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!(
-                "{pending} rate-limited refusals could not be audited"
-            ))
-        };
         either_failed(
             either_failed(
                 still_shared("store", self.store.is_open()),
                 still_shared("audit log", self.log.is_healthy()),
             ),
-            summaries,
+            self.unaudited_refusals(),
         )
+    }
+
+    /// Fails with their number when rate-limited refusals are still waiting to be audited.
+    fn unaudited_refusals(&self) -> anyhow::Result<()> {
+        match self.rate_refusals.pending() {
+            0 => Ok(()),
+            pending => Err(anyhow::anyhow!(
+                "{pending} rate-limited refusals could not be audited"
+            )),
+        }
     }
 }
 
-/// The outcome of closing the store and the log: both failures when both failed.
-fn either_failed(store: anyhow::Result<()>, log: anyhow::Result<()>) -> anyhow::Result<()> {
-    match (store, log) {
-        (Err(store), Err(log)) => Err(anyhow::anyhow!("{store:#}; {log:#}")),
+/// The outcome of two closing steps (the store, the log, the last summaries): both failures
+/// when both failed.
+fn either_failed(first: anyhow::Result<()>, second: anyhow::Result<()>) -> anyhow::Result<()> {
+    match (first, second) {
+        (Err(first), Err(second)) => Err(anyhow::anyhow!("{first:#}; {second:#}")),
         (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
         (Ok(()), Ok(())) => Ok(()),
     }

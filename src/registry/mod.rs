@@ -480,21 +480,25 @@ impl Registry {
 /// dead. A deliberate choice is allowed; an oversight should be seen before the first event.
 fn warn_of_unwritable(mapping: &crate::mapping::PartnerMapping, listed: &[String]) {
     let partner = &mapping.partner;
-    let left_out = |kind: &str| !listed.iter().any(|id| *id == format!("{partner}/{kind}"));
+    let left_out = |kind: &str| {
+        let id = mapping.mapping_id(kind);
+        (!listed.contains(&id)).then_some(id)
+    };
     if mapping.receives_canonical() {
-        if left_out("cloudevents") {
-            tracing::warn!(%partner, "the registry leaves {partner}/cloudevents out of its mappings: every event routed to it will be dead-lettered (mapping-not-in-force)");
+        if let Some(id) = left_out(crate::mapping::CANONICAL_KIND) {
+            tracing::warn!(%partner, "the registry leaves {id} out of its mappings: every event routed to it will be dead-lettered (mapping-not-in-force)");
         }
         return;
     }
-    for outbound in mapping.outbound().iter().filter(|o| left_out(&o.name)) {
-        tracing::warn!(
-            %partner,
-            event_type = %outbound.event_type,
-            "the registry leaves {partner}/{} out of its mappings: {} events routed to it will be dead-lettered (mapping-not-in-force)",
-            outbound.name,
-            outbound.event_type
-        );
+    for outbound in mapping.outbound() {
+        if let Some(id) = left_out(&outbound.name) {
+            tracing::warn!(
+                %partner,
+                event_type = %outbound.event_type,
+                "the registry leaves {id} out of its mappings: {} events routed to it will be dead-lettered (mapping-not-in-force)",
+                outbound.event_type
+            );
+        }
     }
 }
 
