@@ -54,6 +54,16 @@ pub struct Metrics {
     /// `passerelle_crl_reloads_total`: CRL files read again after they changed, by outcome
     /// (`loaded`, or `failed` while the previous CRLs stay in use).
     pub crl_reloads: Family<OutcomeLabels, Counter>,
+    /// `passerelle_tls_refused_certificates_total`: client certificates that the TLS handshake
+    /// refused, by reason (`certificate-revoked`, `certificate-expired`, ...).
+    pub tls_refused_certificates: Family<ReasonLabels, Counter>,
+}
+
+/// A label set with only a reason code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: &'static str,
 }
 
 /// A label set with only an outcome.
@@ -133,8 +143,15 @@ impl Metrics {
             "CRL files read again after they changed, by outcome",
             crl_reloads.clone(),
         );
+        let tls_refused_certificates = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tls_refused_certificates",
+            "Client certificates the TLS handshake refused, by reason",
+            tls_refused_certificates.clone(),
+        );
         Metrics {
             crl_reloads,
+            tls_refused_certificates,
             registry,
             messages,
             ingest_seconds,

@@ -171,9 +171,9 @@ impl RunningGateway {
                 .context("starting the admin listener")?;
         let server =
             crate::server::start(gateway.clone(), config).context("starting the HTTPS listener")?;
-        workers.push(tokio::spawn(audit_rate_refusals(
+        workers.push(tokio::spawn(audit_refusal_summaries(
             gateway.clone(),
-            RATE_REFUSAL_SUMMARY_INTERVAL,
+            REFUSAL_SUMMARY_INTERVAL,
             stop_rx.clone(),
         )));
         workers.push(tokio::spawn(refresh_crls(
@@ -212,10 +212,10 @@ impl RunningGateway {
         }
         self.admin.stop(true).await;
         let mut gateway = self.gateway;
-        // The worker audited the rate-limited refusals as it stopped; those it could not are
+        // The worker audited the summarised refusals as it stopped; those it could not are
         // tried once more, and reported by the close if they fail again.
-        if let Err(error) = gateway.audit_rate_refusals().await {
-            tracing::error!(%error, "the last rate-limited refusals could not be audited");
+        if let Err(error) = gateway.audit_refusal_summaries().await {
+            tracing::error!(%error, "the last summarised refusals could not be audited");
         }
         // The last references go with the server's workers; wait for them briefly.
         for _ in 0..100 {
@@ -236,13 +236,14 @@ impl RunningGateway {
     }
 }
 
-/// How often the rate-limited refusals are audited, one summary per sender.
-const RATE_REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the summarised refusals (rate-limited messages, refused certificates) are
+/// audited, one summary per sender and reason.
+const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Audits the rate-limited refusals every `every`, and once more when told to stop (the
+/// Audits the summarised refusals every `every`, and once more when told to stop (the
 /// shutdown tries again any it could not). A summary that cannot be appended is kept for the
 /// next round.
-async fn audit_rate_refusals(
+async fn audit_refusal_summaries(
     gateway: Arc<Gateway>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
@@ -252,11 +253,11 @@ async fn audit_rate_refusals(
             _ = tokio::time::sleep(every) => false,
             _ = stop.changed() => true,
         };
-        match gateway.audit_rate_refusals().await {
+        match gateway.audit_refusal_summaries().await {
             Ok(0) => {}
-            Ok(refusals) => tracing::info!(refusals, "rate-limited refusals audited"),
+            Ok(refusals) => tracing::info!(refusals, "summarised refusals audited"),
             Err(error) => {
-                tracing::error!(%error, "rate-limited refusals could not be audited; they are kept for the next round")
+                tracing::error!(%error, "summarised refusals could not be audited; they are kept for the next round")
             }
         }
         if stopping {

@@ -20,7 +20,9 @@
 //!
 //! It must not decide who a partner is, nor what a partner may do: matching `urn:partner:<id>`
 //! and fingerprint pins against the registry, and roles, belong to the registry. It never takes an
-//! identity from a request body, opens no socket and writes no log. [`dev`] generates the
+//! identity from a request body, opens no socket and writes no log: the certificates a handshake
+//! refuses are reported to whoever asked ([`ClientVerifier::report_refusals_to`]), which audits
+//! them. [`dev`] generates the
 //! development PKI, which is for development and tests only.
 
 pub mod dev;
@@ -33,13 +35,13 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme, SupportedProtocolVersion,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme, SupportedProtocolVersion,
 };
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 use x509_parser::extensions::GeneralName;
 
@@ -291,6 +293,8 @@ pub struct ClientVerifier {
     current: RwLock<Arc<dyn ClientCertVerifier>>,
     /// The modification times of the CRL files when they were last read.
     read_at: Mutex<Vec<Option<SystemTime>>>,
+    /// Told of each certificate a handshake refuses, once set.
+    observer: OnceLock<Arc<dyn CertificateRefusals>>,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -327,7 +331,21 @@ impl ClientVerifier {
             provider,
             current: RwLock::new(verifier),
             read_at: Mutex::new(read_at),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Tells `observer` of every client certificate a handshake refuses from now on. Set once:
+    /// a second call returns `false` and changes nothing.
+    pub fn report_refusals_to(&self, observer: Arc<dyn CertificateRefusals>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Passes a refusal of `certificate` on to the observer, if there is one.
+    fn refused(&self, certificate: &CertificateDer<'_>, reason: CertificateRefusal) {
+        if let Some(observer) = self.observer.get() {
+            observer.refused(certificate, reason);
+        }
     }
 
     /// Reads the CRL files again if any changed since they were last read, and uses them for
@@ -397,6 +415,7 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.current()
             .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|error| self.refused(end_entity, CertificateRefusal::of(error)))
     }
 
     fn verify_tls12_signature(
@@ -405,7 +424,9 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls12_signature(message, cert, dss)
+        self.current()
+            .verify_tls12_signature(message, cert, dss)
+            .inspect_err(|_| self.refused(cert, CertificateRefusal::KeyNotProved))
     }
 
     fn verify_tls13_signature(
@@ -414,12 +435,92 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls13_signature(message, cert, dss)
+        self.current()
+            .verify_tls13_signature(message, cert, dss)
+            .inspect_err(|_| self.refused(cert, CertificateRefusal::KeyNotProved))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.current().supported_verify_schemes()
     }
+}
+
+/// Why a handshake refused a client certificate, as the audit trail names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertificateRefusal {
+    /// A configured CRL revokes it (or a certificate of its chain).
+    Revoked,
+    /// Past its validity period.
+    Expired,
+    /// Before its validity period.
+    NotYetValid,
+    /// It chains to no CA of the bundle.
+    UnknownIssuer,
+    /// No configured CRL tells its status, or the CRL that does is past its `nextUpdate`.
+    RevocationUnknown,
+    /// A signature of its chain does not verify.
+    BadSignature,
+    /// It is not for client authentication.
+    InvalidPurpose,
+    /// The client did not prove that it holds the certificate's key.
+    KeyNotProved,
+    /// Any other reason: a malformed certificate, an unsupported algorithm, an unknown
+    /// critical extension.
+    Invalid,
+}
+
+impl CertificateRefusal {
+    /// Classifies the error a verification of the certificate and its chain returned.
+    fn of(error: &rustls::Error) -> CertificateRefusal {
+        let rustls::Error::InvalidCertificate(error) = error else {
+            return CertificateRefusal::Invalid;
+        };
+        match error {
+            CertificateError::Revoked => CertificateRefusal::Revoked,
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                CertificateRefusal::Expired
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                CertificateRefusal::NotYetValid
+            }
+            CertificateError::UnknownIssuer => CertificateRefusal::UnknownIssuer,
+            CertificateError::UnknownRevocationStatus
+            | CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => {
+                CertificateRefusal::RevocationUnknown
+            }
+            CertificateError::BadSignature => CertificateRefusal::BadSignature,
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                CertificateRefusal::InvalidPurpose
+            }
+            _ => CertificateRefusal::Invalid,
+        }
+    }
+
+    /// The reason code the audit trail records: `certificate-revoked`, `certificate-expired`,
+    /// and so on.
+    pub fn code(self) -> &'static str {
+        match self {
+            CertificateRefusal::Revoked => "certificate-revoked",
+            CertificateRefusal::Expired => "certificate-expired",
+            CertificateRefusal::NotYetValid => "certificate-not-yet-valid",
+            CertificateRefusal::UnknownIssuer => "certificate-unknown-issuer",
+            CertificateRefusal::RevocationUnknown => "certificate-revocation-unknown",
+            CertificateRefusal::BadSignature => "certificate-bad-signature",
+            CertificateRefusal::InvalidPurpose => "certificate-invalid-purpose",
+            CertificateRefusal::KeyNotProved => "certificate-key-not-proved",
+            CertificateRefusal::Invalid => "certificate-invalid",
+        }
+    }
+}
+
+/// Told of each client certificate that a handshake refuses (see
+/// [`ClientVerifier::report_refusals_to`]). Called on the handshake's thread: it must be quick
+/// and must not block. A handshake without any certificate is refused before a verifier sees
+/// it, so it is not reported.
+pub trait CertificateRefusals: Send + Sync {
+    /// `certificate` (DER) was refused, for `reason`.
+    fn refused(&self, certificate: &CertificateDer<'_>, reason: CertificateRefusal);
 }
 
 /// Builds a client configuration that presents `files.cert` and verifies the server against

@@ -916,6 +916,22 @@ async fn the_return_of_case_rva_2026_004211() {
     let cp = Checkpoint::open(&checkpoint.body, &verifier, Some(gateway_support::ORIGIN))
         .expect("a signed checkpoint");
     assert!(cp.size >= trail.size);
+    // HEAD answers the GET's headers without the body.
+    let head = gateway
+        .client("iom.sn")
+        .head("/v1/audit/log/checkpoint")
+        .await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    for name in ["content-type", "cache-control"] {
+        assert_eq!(head.header(name), checkpoint.header(name), "{name}");
+    }
+    let missing = gateway
+        .client("iom.sn")
+        .head("/v1/audit/log/tile/9/999")
+        .await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.is_empty());
     gateway
         .client("iom.sn")
         .get("/v1/audit/log/private/meta.json")
@@ -1035,6 +1051,37 @@ async fn refusals_are_answered_with_problems_and_audited() {
             "{name}: {error}"
         );
     }
+    // The refused certificates are audited in summaries under `refused/unverified`, one per
+    // reason, committing to the certificates' digests; a handshake without a certificate is
+    // refused before any certificate can be seen.
+    let summaries = refused_certificates_summarised(&gateway, 2).await;
+    for (reason, name) in [
+        ("certificate-expired", "expired"),
+        ("certificate-revoked", "revoked"),
+    ] {
+        let leaf = summaries
+            .iter()
+            .find(|leaf| leaf.reason.as_deref() == Some(reason))
+            .unwrap_or_else(|| panic!("no summary of the {name} certificate: {summaries:?}"));
+        assert_eq!(kind_of(leaf), "rejected");
+        assert_eq!(
+            leaf.sender.as_deref(),
+            Some(passerelle::pipeline::UNVERIFIED)
+        );
+        assert_eq!(leaf.transport, Some(Transport::Rest));
+        assert_eq!(leaf.count, Some(1));
+        assert!(leaf.event_id.is_none());
+        let commitments = leaf.commitments.as_ref().expect("commitments");
+        assert!(commitments.native.is_some(), "{commitments:?}");
+        let counted = admin
+            .metric(
+                "passerelle_tls_refused_certificates_total",
+                &[("reason", reason)],
+            )
+            .await;
+        assert_eq!(counted, 1.0, "{reason}");
+    }
+    assert_eq!(appends().await, 2);
     // A valid certificate that names no partner: TLS accepts it, the registry does not. Its
     // message is refused and audited under the certificate's fingerprint; reading an inbox
     // is refused too, and is not a message.
@@ -1044,7 +1091,7 @@ async fn refusals_are_answered_with_problems_and_audited() {
         .await
         .problem(403, "forbidden");
     unknown.get("/v1/inbox").await.problem(403, "forbidden");
-    assert_eq!(appends().await, 1);
+    assert_eq!(appends().await, 3);
 
     let consulate = gateway.client("sn.consulat.casablanca");
     let ministry = gateway.client("ma.interieur");
@@ -1198,9 +1245,9 @@ async fn refusals_are_answered_with_problems_and_audited() {
     assert_eq!(wrong_method.header("allow").as_deref(), Some("POST"));
     consulate.get("/v1/nowhere").await.problem(404, "not-found");
 
-    // One `rejected` entry per refused message (and the unregistered certificate's), and
-    // nothing else.
-    let refusals: usize = refused.values().map(Vec::len).sum::<usize>() + 1;
+    // One `rejected` entry per refused message (and the unregistered certificate's), the two
+    // summaries of refused certificates, and nothing else.
+    let refusals: usize = refused.values().map(Vec::len).sum::<usize>() + 3;
     assert_eq!(appends().await, refusals as u64);
     for (code, count) in [
         ("forbidden", 4.0),
@@ -1342,6 +1389,11 @@ async fn every_documented_route_is_served() {
         let reply = match *method {
             "get" => auditor.get(&concrete).await,
             "post" => auditor.post(&concrete).await,
+            // No body to tell a route from the unknown-route problem: the file is there.
+            "head" => {
+                assert_eq!(auditor.head(&concrete).await.status, 200, "{path}");
+                continue;
+            }
             other => panic!("a method the test does not send: {other}"),
         };
         assert_ne!(reply.status, 405, "{method} {path}: {}", reply.text());
@@ -1475,6 +1527,22 @@ async fn a_partner_over_its_rate_gets_429() {
 /// checkpoint covers it: a REST refusal of one message, with a commitment to its body and no
 /// event; and that the log then counts `appends` appends in all (the summary is counted once
 /// its append returns, a moment after the trail shows it).
+/// The summaries of refused certificates in the trail `refused/unverified`, once there are
+/// `count` of them and a checkpoint covers them all.
+async fn refused_certificates_summarised(
+    gateway: &TestGateway,
+    count: usize,
+) -> Vec<passerelle::audit::Leaf> {
+    let (auditor, verifier) = (gateway.client("audit.igat"), gateway.verifier());
+    let query = format!("case=refused/{}", passerelle::pipeline::UNVERIFIED);
+    wait_for("the summaries of refused certificates", WAIT, async || {
+        let trail = verify_trail(&auditor, &query, &verifier).await;
+        (trail.entries.len() == count && trail.pending.is_empty())
+            .then(|| trail.entries.into_iter().map(|e| e.leaf).collect())
+    })
+    .await
+}
+
 async fn one_refusal_summarised(gateway: &TestGateway, sender: &str, appends: f64) {
     let (auditor, verifier) = (gateway.client("audit.igat"), gateway.verifier());
     let query = format!("case=refused/{sender}");

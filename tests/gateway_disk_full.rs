@@ -2,7 +2,7 @@
 //! filesystem of its own (a `tmpfs` the test mounts, so the test runs as root), which the test
 //! then fills. A message the gateway cannot make durable must be answered `503`, never `2xx`,
 //! and so must every message after it; the gateway must say it is not ready, and why; a
-//! graceful stop exits with status 1. A refused notice must leave nothing on its case's file,
+//! graceful stop exits with status 1, and says what it could not audit. A refused notice must leave nothing on its case's file,
 //! so that a later event of the case is flagged for the want of it. Once there is room again
 //! and the gateway has been restarted, every message it acknowledged is still there with its
 //! entry, every message it refused is accepted when its sender sends it again, once, and the
@@ -12,7 +12,8 @@
 mod gateway_support;
 
 use gateway_support::{
-    Admin, Client, RegistryChanges, ServedGateway, config_file, fixture_text, write_registry,
+    Admin, Client, RegistryChanges, ServedGateway, client_tls, config_file, fixture_text,
+    write_registry,
 };
 use passerelle::audit::NoteSigner;
 use passerelle::pipeline::sequence::CaseFile;
@@ -252,9 +253,36 @@ async fn scenario(part: OnSmallFs) {
         "the cause is logged:\n{logged}"
     );
     assert!(!logged.to_lowercase().contains("corrupt"), "{logged}");
+    if let OnSmallFs::AuditLog = part {
+        // A certificate the handshake refuses is tallied for a summary, which the full log
+        // cannot take: kept for the next round, tried again at the stop, and reported then.
+        let revoked = Client::with_tls(
+            "revoked",
+            client_tls("revoked"),
+            SocketAddr::from(([127, 0, 0, 1], setup.https)),
+        );
+        let refused = revoked
+            .try_send("application/xml", notice("CGSN-CASA-2026-29999", CASE))
+            .await;
+        assert!(refused.is_err(), "the revoked certificate was answered");
+        let counted = admin
+            .metric(
+                "passerelle_tls_refused_certificates_total",
+                &[("reason", "certificate-revoked")],
+            )
+            .await;
+        assert_eq!(counted, 1.0);
+    }
     // A graceful stop still stops, and says that not everything could be closed cleanly.
     let stopped = gateway.stop();
     assert_eq!(stopped.code(), Some(1), "{}", gateway.stderr());
+    if let OnSmallFs::AuditLog = part {
+        let logged = gateway.stderr();
+        assert!(
+            logged.contains("1 summarised refusals (rate-limited messages, refused certificates) could not be audited"),
+            "the unaudited summary is reported at the stop:\n{logged}"
+        );
+    }
 
     std::fs::remove_file(filler).expect("making room");
     // A refused notice put nothing on its case's file; an acknowledged one did.

@@ -738,6 +738,70 @@ fn dev_crl(number: u8, revoked: &[&str]) -> String {
     .unwrap()
 }
 
+/// Remembers the refusals a verifier reports.
+#[derive(Default)]
+struct Reported(std::sync::Mutex<Vec<(Vec<u8>, tls::CertificateRefusal)>>);
+
+impl tls::CertificateRefusals for Reported {
+    fn refused(
+        &self,
+        certificate: &rustls::pki_types::CertificateDer<'_>,
+        reason: tls::CertificateRefusal,
+    ) {
+        self.0.lock().unwrap().push((certificate.to_vec(), reason));
+    }
+}
+
+/// The end-entity certificate (DER) of the committed development PKI's `name`.
+fn dev_certificate(name: &str) -> Vec<u8> {
+    tls::load_certs(&dev::files(&dev_dir(), name).cert).unwrap()[0].to_vec()
+}
+
+/// Each refused certificate is reported with its reason; accepted ones, and handshakes with no
+/// certificate, are not.
+#[tokio::test]
+async fn refused_certificates_are_reported_with_their_reason() {
+    let (server, verifier) =
+        tls::server_config_with_verifier(&dev::files(&dev_dir(), dev::SERVER)).unwrap();
+    let reported = Arc::new(Reported::default());
+    assert!(verifier.report_refusals_to(reported.clone()));
+    assert!(
+        !verifier.report_refusals_to(Arc::new(Reported::default())),
+        "set once"
+    );
+    handshake(server.clone(), dev_client(dev::REVOKED))
+        .await
+        .refused();
+    handshake(server.clone(), dev_client(dev::EXPIRED))
+        .await
+        .refused();
+    handshake(server.clone(), dev_client("iom.ma"))
+        .await
+        .accepted();
+    let anonymous = ClientConfig::builder_with_provider(tls::crypto_provider())
+        .with_protocol_versions(tls::PROTOCOL_VERSIONS)
+        .unwrap()
+        .with_root_certificates(tls::load_roots(&dev_dir().join("ca.pem")).unwrap())
+        .with_no_client_auth();
+    handshake(server, Arc::new(anonymous)).await.refused();
+    let reported = reported.0.lock().unwrap().clone();
+    assert_eq!(
+        reported,
+        [
+            (
+                dev_certificate(dev::REVOKED),
+                tls::CertificateRefusal::Revoked
+            ),
+            (
+                dev_certificate(dev::EXPIRED),
+                tls::CertificateRefusal::Expired
+            ),
+        ]
+    );
+    assert_eq!(reported[0].1.code(), "certificate-revoked");
+    assert_eq!(reported[1].1.code(), "certificate-expired");
+}
+
 fn is_revoked(error: &Error) -> bool {
     matches!(error, Error::InvalidCertificate(CertificateError::Revoked))
 }

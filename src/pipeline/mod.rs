@@ -13,7 +13,7 @@
 //! "try again later" answer, and nothing that was not made durable is ever acknowledged.
 
 pub mod facts;
-pub mod rate_refusals;
+pub mod refusal_summaries;
 pub mod sequence;
 
 use crate::audit::{self, AuditLog, Fact, Kind, MappingRef, Personal, Transport};
@@ -26,7 +26,7 @@ use crate::store::{
 };
 use chrono::{SecondsFormat, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use rate_refusals::RateRefusals;
+use refusal_summaries::RefusalSummaries;
 use sequence::CaseFile;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -204,7 +204,7 @@ pub struct Gateway {
     pub(crate) redeliveries: tokio::sync::Mutex<()>,
     limits: Limits,
     rate: DefaultKeyedRateLimiter<String>,
-    rate_refusals: RateRefusals,
+    refusal_summaries: RefusalSummaries,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -217,6 +217,10 @@ impl std::fmt::Debug for Gateway {
 /// The name under which messages from certificates the registry does not know are counted
 /// and their refusals kept (`refused/unregistered`).
 pub const UNREGISTERED: &str = "unregistered";
+
+/// The name under which client certificates that the TLS handshake refused are counted and
+/// their refusals kept (`refused/unverified`): a refused certificate proves no identity.
+pub const UNVERIFIED: &str = "unverified";
 
 /// The synthetic case under which a refused message's commitments are kept, per sender: a
 /// refused message may have no readable case id.
@@ -247,7 +251,7 @@ impl Gateway {
             outbox_changed: Arc::new(Notify::new()),
             redeliveries: tokio::sync::Mutex::new(()),
             rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
-            rate_refusals: RateRefusals::default(),
+            refusal_summaries: RefusalSummaries::default(),
             limits,
             in_flight: Mutex::new(HashMap::new()),
         }
@@ -274,7 +278,7 @@ impl Gateway {
 
     /// Runs one message through the pipeline. Every refusal for good is audited (metadata
     /// and a commitment to the payload only) before it is returned; a rate-limited one is
-    /// tallied for its sender's next summary ([`Gateway::audit_rate_refusals`]); one that
+    /// tallied for its sender's next summary ([`Gateway::audit_refusal_summaries`]); one that
     /// could not be made durable is not audited.
     pub async fn ingest(&self, submission: Submission<'_>) -> Result<Outcome, Refusal> {
         let started = Instant::now();
@@ -293,11 +297,15 @@ impl Gateway {
             Err(refusal) => {
                 self.metrics.message(partner, transport, refusal.code());
                 match refusal {
-                    // Tallied, and audited in a summary (see `rate_refusals`). Over AMQP the
+                    // Tallied, and audited in a summary (see `refusal_summaries`). Over AMQP the
                     // message is not refused: it waits in its queue for the limit.
                     Refusal::RateLimited { .. } if submission.transport == Transport::Rest => {
-                        self.rate_refusals
-                            .record(partner, submission.body, Utc::now());
+                        self.refusal_summaries.record(
+                            partner,
+                            refusal_summaries::RATE_LIMITED,
+                            submission.body,
+                            Utc::now(),
+                        );
                     }
                     // A message that could not be made durable is not audited: the log or
                     // the store is what failed (a store failure after the log's entry voids
@@ -809,7 +817,7 @@ impl Gateway {
     /// Every unregistered certificate shares one rate limit (a partner's), so that
     /// certificates the CA signed for others cannot drive the log's synced appends beyond
     /// what one partner may: over it, the answer is `429`, audited in a summary under
-    /// `refused/unregistered` (see [`Gateway::audit_rate_refusals`]).
+    /// `refused/unregistered` (see [`Gateway::audit_refusal_summaries`]).
     pub async fn refuse_unregistered(
         &self,
         fingerprint: &str,
@@ -820,7 +828,12 @@ impl Gateway {
         if let Err(limited) = self.check_rate(UNREGISTERED) {
             self.metrics
                 .message(UNREGISTERED, transport, limited.code());
-            self.rate_refusals.record(UNREGISTERED, body, Utc::now());
+            self.refusal_summaries.record(
+                UNREGISTERED,
+                refusal_summaries::RATE_LIMITED,
+                body,
+                Utc::now(),
+            );
             return limited;
         }
         let refusal = Refusal::Forbidden(why);
@@ -863,16 +876,17 @@ impl Gateway {
         self.append(&fact).await.map(|_| ())
     }
 
-    /// Audits the rate-limited refusals tallied since the last call, one `rejected` summary
-    /// per sender (see [`rate_refusals`]). Returns how many refusals the summaries stand for.
+    /// Audits the refusals tallied since the last call (rate-limited messages, refused
+    /// certificates), one `rejected` summary per sender and reason (see
+    /// [`refusal_summaries`]). Returns how many refusals the summaries stand for.
     /// On a failed append, that summary and the ones after it are kept for the next call.
-    pub async fn audit_rate_refusals(&self) -> Result<u64, Refusal> {
-        let mut tallies = self.rate_refusals.take().into_iter();
+    pub async fn audit_refusal_summaries(&self) -> Result<u64, Refusal> {
+        let mut tallies = self.refusal_summaries.take().into_iter();
         let mut audited = 0;
         while let Some(tally) = tallies.next() {
             let fact = tally.fact(refusal_case(&tally.sender), Utc::now());
             if let Err(failure) = self.append(&fact).await {
-                self.rate_refusals
+                self.refusal_summaries
                     .restore(std::iter::once(tally).chain(tallies).collect());
                 return Err(failure);
             }
@@ -882,9 +896,9 @@ impl Gateway {
     }
 
     /// Closes the store (committing what is queued) and the audit log (a final checkpoint),
-    /// both even when one fails; fails when either does, or when rate-limited refusals are
+    /// both even when one fails; fails when either does, or when summarised refusals are
     /// left unaudited (the caller audits the last ones first, see
-    /// [`Gateway::audit_rate_refusals`]). Parts still shared elsewhere are closed when their
+    /// [`Gateway::audit_refusal_summaries`]). Parts still shared elsewhere are closed when their
     /// last user drops them; this fails if one of them has already failed.
     pub fn close(self) -> anyhow::Result<()> {
         let summaries = self.unaudited_refusals();
@@ -901,7 +915,7 @@ impl Gateway {
 
     /// While parts of the gateway are still in use elsewhere: fails if the store or the audit
     /// log has failed (they will then be dropped without being closed cleanly), or if
-    /// rate-limited refusals are still waiting to be audited.
+    /// summarised refusals are still waiting to be audited.
     pub fn check_still_shared(&self) -> anyhow::Result<()> {
         either_failed(
             either_failed(
@@ -912,14 +926,34 @@ impl Gateway {
         )
     }
 
-    /// Fails with their number when rate-limited refusals are still waiting to be audited.
+    /// Fails with their number when summarised refusals are still waiting to be audited.
     fn unaudited_refusals(&self) -> anyhow::Result<()> {
-        match self.rate_refusals.pending() {
+        match self.refusal_summaries.pending() {
             0 => Ok(()),
             pending => Err(anyhow::anyhow!(
-                "{pending} rate-limited refusals could not be audited"
+                "{pending} summarised refusals (rate-limited messages, refused certificates) could not be audited"
             )),
         }
+    }
+}
+
+/// Certificates that the TLS handshake refuses are counted and tallied for a summary under
+/// [`UNVERIFIED`] (see [`refusal_summaries`]). Quick and non-blocking: it runs on the
+/// handshake's thread.
+impl crate::tls::CertificateRefusals for Gateway {
+    fn refused(
+        &self,
+        certificate: &rustls::pki_types::CertificateDer<'_>,
+        reason: crate::tls::CertificateRefusal,
+    ) {
+        self.metrics
+            .tls_refused_certificates
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: reason.code(),
+            })
+            .inc();
+        self.refusal_summaries
+            .record(UNVERIFIED, reason.code(), certificate, Utc::now());
     }
 }
 

@@ -214,6 +214,11 @@ impl Registry {
                     "partner {id}: the id is reserved for certificates the registry does not know"
                 ));
             }
+            if id == crate::pipeline::UNVERIFIED {
+                problems.push(format!(
+                    "partner {id}: the id is reserved for certificates the TLS handshake refuses"
+                ));
+            }
             if !ROLES.contains(&entry.role.as_str()) {
                 problems.push(format!(
                     "partner {id}: unknown role {:?} (roles: {})",
@@ -560,19 +565,21 @@ mod tests {
     }
 
     #[test]
-    fn the_id_of_unregistered_certificates_is_reserved() {
+    fn the_ids_of_unregistered_and_refused_certificates_are_reserved() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mappings = MappingSet::load(&root.join("mappings")).unwrap();
         let catalogue = Catalogue::embedded().unwrap();
-        let text = "[[partner]]\nid = \"unregistered\"\nrole = \"auditor\"\n";
-        match Registry::parse(text, &catalogue, &mappings) {
-            Err(RegistryError::Invalid(problems)) => {
-                assert!(
-                    problems.iter().any(|p| p.contains("reserved")),
-                    "{problems:?}"
-                )
+        for id in [crate::pipeline::UNREGISTERED, crate::pipeline::UNVERIFIED] {
+            let text = format!("[[partner]]\nid = \"{id}\"\nrole = \"auditor\"\n");
+            match Registry::parse(&text, &catalogue, &mappings) {
+                Err(RegistryError::Invalid(problems)) => {
+                    assert!(
+                        problems.iter().any(|p| p.contains("reserved")),
+                        "{id}: {problems:?}"
+                    )
+                }
+                other => panic!("{id} accepted: {other:?}"),
             }
-            other => panic!("accepted: {other:?}"),
         }
     }
 

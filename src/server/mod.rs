@@ -49,6 +49,8 @@ pub struct RunningServer {
 pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningServer> {
     let (tls, client_verifier) =
         crate::tls::server_config_with_verifier(&config.tls.server_files())?;
+    // Refused certificates are audited in summaries (see `pipeline::refusal_summaries`).
+    client_verifier.report_refusals_to(gateway.clone());
     let tls = (*tls).clone();
     let floor = config.server.floor_mode;
     let data = web::Data::from(gateway);

@@ -6,7 +6,7 @@
 //! | `GET /v1/inbox` | any partner | the deliveries waiting for the caller |
 //! | `POST /v1/inbox/{id}/ack` | the recipient | acknowledge a delivery |
 //! | `GET /v1/receipts/{event_id}` | the sender, auditors | receipt and inclusion proof |
-//! | `GET /v1/audit/log/{path}` | any partner | the C2SP tlog-tiles read API |
+//! | `GET`, `HEAD /v1/audit/log/{path}` | any partner | the C2SP tlog-tiles read API |
 //! | `GET /v1/audit/trails` | auditors | a case's (LPC's, PNR's) entries with proofs, or a bundle |
 //!
 //! The OpenAPI document `docs/openapi.yaml` describes them: `tests/openapi.rs` checks it against
@@ -36,6 +36,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/inbox/{id}/ack"),
     ("get", "/v1/receipts/{event_id}"),
     ("get", "/v1/audit/log/{path}"),
+    ("head", "/v1/audit/log/{path}"),
     ("get", "/v1/audit/trails"),
 ];
 
@@ -49,11 +50,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "GET",
             web::get().to(get_receipt),
         ))
-        .service(only(
-            "/v1/audit/log/{path:.*}",
-            "GET",
-            web::get().to(get_log_file),
-        ))
+        // HEAD too, as static file servers answer it: the headers of the GET, no body.
+        .service(
+            only(
+                "/v1/audit/log/{path:.*}",
+                "GET, HEAD",
+                web::get().to(get_log_file),
+            )
+            .route(web::head().to(get_log_file)),
+        )
         .service(only("/v1/audit/trails", "GET", web::get().to(get_trail)))
         .default_service(web::to(not_found));
 }

@@ -585,6 +585,17 @@ impl Client {
         read(response).await
     }
 
+    /// HEADs a path.
+    pub async fn head(&self, path: &str) -> Reply {
+        let response = self
+            .http
+            .head(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{} HEAD {path}: {e:?}", self.name));
+        read(response).await
+    }
+
     /// POSTs an empty body to a path.
     pub async fn post(&self, path: &str) -> Reply {
         let response = self
