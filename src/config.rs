@@ -207,6 +207,9 @@ pub struct LimitSettings {
     pub rate_per_second: u32,
     /// Burst above the sustained rate. Default 400.
     pub burst: u32,
+    /// Seconds during which client certificates refused at the TLS handshake are tallied before
+    /// their summary is audited. Default 60.
+    pub refused_certificate_summary_secs: u64,
 }
 
 impl Default for LimitSettings {
@@ -216,6 +219,7 @@ impl Default for LimitSettings {
             max_body_bytes: l.max_body_bytes,
             rate_per_second: l.rate_per_second,
             burst: l.burst,
+            refused_certificate_summary_secs: l.refused_certificate_summary_secs,
         }
     }
 }
@@ -227,6 +231,7 @@ impl LimitSettings {
             max_body_bytes: self.max_body_bytes,
             rate_per_second: self.rate_per_second,
             burst: self.burst,
+            refused_certificate_summary_secs: self.refused_certificate_summary_secs,
         }
     }
 }
@@ -291,6 +296,9 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 || self.limits.rate_per_second == 0 {
             bail!("limits.max_body_bytes and limits.rate_per_second must be positive");
+        }
+        if !(1..=86_400).contains(&self.limits.refused_certificate_summary_secs) {
+            bail!("limits.refused_certificate_summary_secs must be from 1 to 86400 (a day)");
         }
         if self.delivery.max_attempts == 0 || self.delivery.concurrency == 0 {
             bail!("delivery.max_attempts and delivery.concurrency must be positive");

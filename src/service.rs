@@ -14,7 +14,7 @@ use crate::delivery::RetryPolicy;
 use crate::delivery::webhook::WebhookWorker;
 use crate::mapping::MappingSet;
 use crate::metrics::Metrics;
-use crate::pipeline::Gateway;
+use crate::pipeline::{Gateway, Summaries};
 use crate::registry::Registry;
 use crate::server::admin::Readiness;
 use crate::store::Store;
@@ -214,7 +214,7 @@ impl RunningGateway {
         let mut gateway = self.gateway;
         // The worker audited the summarised refusals as it stopped; those it could not are
         // tried once more, and reported by the close if they fail again.
-        if let Err(error) = gateway.audit_refusal_summaries().await {
+        if let Err(error) = gateway.audit_refusal_summaries(Summaries::All).await {
             tracing::error!(%error, "the last summarised refusals could not be audited");
         }
         // The last references go with the server's workers; wait for them briefly.
@@ -236,12 +236,12 @@ impl RunningGateway {
     }
 }
 
-/// How often the summarised refusals (rate-limited messages, refused certificates) are
-/// audited, one summary per sender and reason.
+/// How often the summarised refusals that are due (rate-limited messages at once, refused
+/// certificates once their tally is old enough) are audited, one summary per sender and reason.
 const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Audits the summarised refusals every `every`, and once more when told to stop (the
-/// shutdown tries again any it could not). A summary that cannot be appended is kept for the
+/// Audits the summarised refusals that are due every `every`, and all of them when told to
+/// stop (the shutdown tries again any it could not). A summary that cannot be appended is kept for the
 /// next round.
 async fn audit_refusal_summaries(
     gateway: Arc<Gateway>,
@@ -253,7 +253,12 @@ async fn audit_refusal_summaries(
             _ = tokio::time::sleep(every) => false,
             _ = stop.changed() => true,
         };
-        match gateway.audit_refusal_summaries().await {
+        let which = if stopping {
+            Summaries::All
+        } else {
+            Summaries::Due
+        };
+        match gateway.audit_refusal_summaries(which).await {
             Ok(0) => {}
             Ok(refusals) => tracing::info!(refusals, "summarised refusals audited"),
             Err(error) => {

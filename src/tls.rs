@@ -21,8 +21,7 @@
 //! It must not decide who a partner is, nor what a partner may do: matching `urn:partner:<id>`
 //! and fingerprint pins against the registry, and roles, belong to the registry. It never takes an
 //! identity from a request body, opens no socket and writes no log: the certificates a handshake
-//! refuses are reported to whoever asked ([`ClientVerifier::report_refusals_to`]), which audits
-//! them. [`dev`] generates the
+//! refuses are reported to an observer ([`server_config_with_verifier`]), which audits them. [`dev`] generates the
 //! development PKI, which is for development and tests only.
 
 pub mod dev;
@@ -41,7 +40,7 @@ use rustls::{
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 use x509_parser::extensions::GeneralName;
 
@@ -245,16 +244,18 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// The identity of an accepted client is read with [`peer_identity`] from the connection's
 /// peer certificates.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config_with_verifier(files).map(|(config, _)| config)
+    server_config_with_verifier(files, None).map(|(config, _)| config)
 }
 
 /// Like [`server_config`], and also returns the configuration's client-certificate verifier,
 /// whose CRLs can be read again while the server runs ([`ClientVerifier::reload_if_changed`]).
+/// The verifier tells `observer`, if given, of every client certificate a handshake refuses.
 pub fn server_config_with_verifier(
     files: &TlsFiles,
+    observer: Option<Arc<dyn CertificateRefusalObserver>>,
 ) -> Result<(Arc<ServerConfig>, Arc<ClientVerifier>), TlsError> {
     let provider = crypto_provider();
-    let verifier = Arc::new(ClientVerifier::new(files, provider.clone())?);
+    let verifier = Arc::new(ClientVerifier::new(files, provider.clone(), observer)?);
     let chain = load_certs(&files.cert)?;
     let key = load_key(&files.key)?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -293,8 +294,8 @@ pub struct ClientVerifier {
     current: RwLock<Arc<dyn ClientCertVerifier>>,
     /// The modification times of the CRL files when they were last read.
     read_at: Mutex<Vec<Option<SystemTime>>>,
-    /// Told of each certificate a handshake refuses, once set.
-    observer: OnceLock<Arc<dyn CertificateRefusals>>,
+    /// Told of each certificate a handshake refuses.
+    observer: Option<Arc<dyn CertificateRefusalObserver>>,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -314,7 +315,11 @@ fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
 }
 
 impl ClientVerifier {
-    fn new(files: &TlsFiles, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+    fn new(
+        files: &TlsFiles,
+        provider: Arc<CryptoProvider>,
+        observer: Option<Arc<dyn CertificateRefusalObserver>>,
+    ) -> Result<Self, TlsError> {
         if files.crls.is_empty() {
             return Err(TlsError::NoCrl {
                 ca: files.ca.clone(),
@@ -331,19 +336,13 @@ impl ClientVerifier {
             provider,
             current: RwLock::new(verifier),
             read_at: Mutex::new(read_at),
-            observer: OnceLock::new(),
+            observer,
         })
     }
 
-    /// Tells `observer` of every client certificate a handshake refuses from now on. Set once:
-    /// a second call returns `false` and changes nothing.
-    pub fn report_refusals_to(&self, observer: Arc<dyn CertificateRefusals>) -> bool {
-        self.observer.set(observer).is_ok()
-    }
-
     /// Passes a refusal of `certificate` on to the observer, if there is one.
-    fn refused(&self, certificate: &CertificateDer<'_>, reason: CertificateRefusal) {
-        if let Some(observer) = self.observer.get() {
+    fn report(&self, certificate: &CertificateDer<'_>, reason: CertificateRefusal) {
+        if let Some(observer) = &self.observer {
             observer.refused(certificate, reason);
         }
     }
@@ -415,7 +414,7 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.current()
             .verify_client_cert(end_entity, intermediates, now)
-            .inspect_err(|error| self.refused(end_entity, CertificateRefusal::of(error)))
+            .inspect_err(|error| self.report(end_entity, CertificateRefusal::from(error)))
     }
 
     fn verify_tls12_signature(
@@ -426,7 +425,7 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.current()
             .verify_tls12_signature(message, cert, dss)
-            .inspect_err(|_| self.refused(cert, CertificateRefusal::KeyNotProved))
+            .inspect_err(|_| self.report(cert, CertificateRefusal::KeyNotProved))
     }
 
     fn verify_tls13_signature(
@@ -437,7 +436,7 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.current()
             .verify_tls13_signature(message, cert, dss)
-            .inspect_err(|_| self.refused(cert, CertificateRefusal::KeyNotProved))
+            .inspect_err(|_| self.report(cert, CertificateRefusal::KeyNotProved))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -469,9 +468,9 @@ pub enum CertificateRefusal {
     Invalid,
 }
 
-impl CertificateRefusal {
+impl From<&rustls::Error> for CertificateRefusal {
     /// Classifies the error a verification of the certificate and its chain returned.
-    fn of(error: &rustls::Error) -> CertificateRefusal {
+    fn from(error: &rustls::Error) -> CertificateRefusal {
         let rustls::Error::InvalidCertificate(error) = error else {
             return CertificateRefusal::Invalid;
         };
@@ -496,7 +495,9 @@ impl CertificateRefusal {
             _ => CertificateRefusal::Invalid,
         }
     }
+}
 
+impl CertificateRefusal {
     /// The reason code the audit trail records: `certificate-revoked`, `certificate-expired`,
     /// and so on.
     pub fn code(self) -> &'static str {
@@ -515,10 +516,11 @@ impl CertificateRefusal {
 }
 
 /// Told of each client certificate that a handshake refuses (see
-/// [`ClientVerifier::report_refusals_to`]). Called on the handshake's thread: it must be quick
-/// and must not block. A handshake without any certificate is refused before a verifier sees
-/// it, so it is not reported.
-pub trait CertificateRefusals: Send + Sync {
+/// [`server_config_with_verifier`]). Called on the handshake's thread: it must be quick and
+/// must not block. A handshake without any certificate is refused before a verifier sees it,
+/// so it is not reported. The certificate is refused before the client has proved that it
+/// holds its key: it tells what a client presented, not who the client is.
+pub trait CertificateRefusalObserver: Send + Sync {
     /// `certificate` (DER) was refused, for `reason`.
     fn refused(&self, certificate: &CertificateDer<'_>, reason: CertificateRefusal);
 }

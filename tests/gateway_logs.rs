@@ -1,8 +1,9 @@
 //! The gateway's logs: the `passerelle serve` binary, at `RUST_LOG=debug`, is taken through an
 //! acceptance, a duplicate, refusals (a value outside a code list, a DOCTYPE, an unregistered
 //! certificate), a recipient it cannot write for and a webhook that is down, then stopped
-//! gracefully. Every line must be JSON; each message's lines carry its span (partner,
-//! transport, event id and type); and no personal value of the messages may appear anywhere.
+//! gracefully (closing what it holds itself). Every line must be JSON; each message's lines
+//! carry its span (partner, transport, event id and type); and no personal value of the
+//! messages may appear anywhere.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
@@ -169,4 +170,12 @@ async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
             "a {refusal} refusal is logged"
         );
     }
+    // The graceful stop closed the store and the log itself: nothing held on to the gateway.
+    assert!(lines.iter().any(|l| message(l) == "stopped"), "{text}");
+    let held: Vec<String> = lines
+        .iter()
+        .map(message)
+        .filter(|m| m.contains("still referenced"))
+        .collect();
+    assert!(held.is_empty(), "{held:?}");
 }

@@ -742,7 +742,7 @@ fn dev_crl(number: u8, revoked: &[&str]) -> String {
 #[derive(Default)]
 struct Reported(std::sync::Mutex<Vec<(Vec<u8>, tls::CertificateRefusal)>>);
 
-impl tls::CertificateRefusals for Reported {
+impl tls::CertificateRefusalObserver for Reported {
     fn refused(
         &self,
         certificate: &rustls::pki_types::CertificateDer<'_>,
@@ -757,24 +757,63 @@ fn dev_certificate(name: &str) -> Vec<u8> {
     tls::load_certs(&dev::files(&dev_dir(), name).cert).unwrap()[0].to_vec()
 }
 
+/// Presents a certificate and signs the handshake with another key: the client does not prove
+/// that it holds the certificate's key.
+#[derive(Debug)]
+struct WrongKey(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for WrongKey {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client that presents `name`'s development certificate and signs with a fresh key.
+fn client_with_wrong_key(name: &str) -> Arc<ClientConfig> {
+    let provider = tls::crypto_provider();
+    let chain = tls::load_certs(&dev::files(&dev_dir(), name).cert).unwrap();
+    let other = KeyPair::generate().unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(other.serialize_der()).unwrap();
+    let signer = provider.key_provider.load_private_key(key).unwrap();
+    let certified = rustls::sign::CertifiedKey::new(chain, signer);
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(tls::PROTOCOL_VERSIONS)
+        .unwrap()
+        .with_root_certificates(tls::load_roots(&dev_dir().join("ca.pem")).unwrap())
+        .with_client_cert_resolver(Arc::new(WrongKey(Arc::new(certified))));
+    config.alpn_protocols = vec![tls::ALPN_HTTP_1_1.to_vec()];
+    Arc::new(config)
+}
+
 /// Each refused certificate is reported with its reason; accepted ones, and handshakes with no
 /// certificate, are not.
 #[tokio::test]
 async fn refused_certificates_are_reported_with_their_reason() {
-    let (server, verifier) =
-        tls::server_config_with_verifier(&dev::files(&dev_dir(), dev::SERVER)).unwrap();
     let reported = Arc::new(Reported::default());
-    assert!(verifier.report_refusals_to(reported.clone()));
-    assert!(
-        !verifier.report_refusals_to(Arc::new(Reported::default())),
-        "set once"
-    );
-    handshake(server.clone(), dev_client(dev::REVOKED))
-        .await
-        .refused();
-    handshake(server.clone(), dev_client(dev::EXPIRED))
-        .await
-        .refused();
+    let (server, _) = tls::server_config_with_verifier(
+        &dev::files(&dev_dir(), dev::SERVER),
+        Some(reported.clone()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = OtherCa::new("Another CA");
+    let other_files = other_ca.client_files(dir.path(), "urn:partner:ma.interieur");
+    for client in [
+        dev_client(dev::REVOKED),
+        dev_client(dev::EXPIRED),
+        tls::client_config(&other_files).unwrap(),
+        client_with_wrong_key("iom.ma"),
+    ] {
+        handshake(server.clone(), client).await.refused();
+    }
     handshake(server.clone(), dev_client("iom.ma"))
         .await
         .accepted();
@@ -784,22 +823,30 @@ async fn refused_certificates_are_reported_with_their_reason() {
         .with_root_certificates(tls::load_roots(&dev_dir().join("ca.pem")).unwrap())
         .with_no_client_auth();
     handshake(server, Arc::new(anonymous)).await.refused();
-    let reported = reported.0.lock().unwrap().clone();
+    let other_certificate = tls::load_certs(&other_files.cert).unwrap()[0].to_vec();
+    use tls::CertificateRefusal::{Expired, KeyNotProved, Revoked, UnknownIssuer};
     assert_eq!(
-        reported,
+        *reported.0.lock().unwrap(),
         [
-            (
-                dev_certificate(dev::REVOKED),
-                tls::CertificateRefusal::Revoked
-            ),
-            (
-                dev_certificate(dev::EXPIRED),
-                tls::CertificateRefusal::Expired
-            ),
+            (dev_certificate(dev::REVOKED), Revoked),
+            (dev_certificate(dev::EXPIRED), Expired),
+            (other_certificate, UnknownIssuer),
+            (dev_certificate("iom.ma"), KeyNotProved),
         ]
     );
-    assert_eq!(reported[0].1.code(), "certificate-revoked");
-    assert_eq!(reported[1].1.code(), "certificate-expired");
+    let codes: Vec<&str> = [Revoked, Expired, UnknownIssuer, KeyNotProved]
+        .into_iter()
+        .map(tls::CertificateRefusal::code)
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "certificate-revoked",
+            "certificate-expired",
+            "certificate-unknown-issuer",
+            "certificate-key-not-proved"
+        ]
+    );
 }
 
 fn is_revoked(error: &Error) -> bool {
@@ -816,7 +863,7 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
     std::fs::write(&crl, dev_crl(10, &[dev::REVOKED])).unwrap();
     let mut files = dev::files(&dev_dir(), dev::SERVER);
     files.crls = vec![crl.clone()];
-    let (server, verifier) = tls::server_config_with_verifier(&files).unwrap();
+    let (server, verifier) = tls::server_config_with_verifier(&files, None).unwrap();
 
     handshake(server.clone(), dev_client("iom.ma"))
         .await

@@ -45,6 +45,11 @@ pub struct Limits {
     pub rate_per_second: u32,
     /// Messages a partner may send in a burst above the sustained rate.
     pub burst: u32,
+    /// How long the refusals of client certificates at the TLS handshake are tallied before
+    /// their summaries are audited, in seconds (see [`refusal_summaries`]): anyone who can
+    /// connect can have a certificate refused, so they are summarised less often than
+    /// rate-limited messages.
+    pub refused_certificate_summary_secs: u64,
 }
 
 impl Default for Limits {
@@ -53,6 +58,7 @@ impl Default for Limits {
             max_body_bytes: crate::mapping::DEFAULT_MAX_MESSAGE_BYTES,
             rate_per_second: 200,
             burst: 400,
+            refused_certificate_summary_secs: 60,
         }
     }
 }
@@ -204,7 +210,7 @@ pub struct Gateway {
     pub(crate) redeliveries: tokio::sync::Mutex<()>,
     limits: Limits,
     rate: DefaultKeyedRateLimiter<String>,
-    refusal_summaries: RefusalSummaries,
+    refusal_summaries: Arc<RefusalSummaries>,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -251,7 +257,7 @@ impl Gateway {
             outbox_changed: Arc::new(Notify::new()),
             redeliveries: tokio::sync::Mutex::new(()),
             rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
-            refusal_summaries: RefusalSummaries::default(),
+            refusal_summaries: Arc::default(),
             limits,
             in_flight: Mutex::new(HashMap::new()),
         }
@@ -876,12 +882,30 @@ impl Gateway {
         self.append(&fact).await.map(|_| ())
     }
 
-    /// Audits the refusals tallied since the last call (rate-limited messages, refused
-    /// certificates), one `rejected` summary per sender and reason (see
-    /// [`refusal_summaries`]). Returns how many refusals the summaries stand for.
-    /// On a failed append, that summary and the ones after it are kept for the next call.
-    pub async fn audit_refusal_summaries(&self) -> Result<u64, Refusal> {
-        let mut tallies = self.refusal_summaries.take().into_iter();
+    /// The refusals waiting for their summaries: where the server's certificate verifier
+    /// tallies the certificates it refuses.
+    pub fn refusal_summaries(&self) -> Arc<RefusalSummaries> {
+        self.refusal_summaries.clone()
+    }
+
+    /// Audits the refusals tallied (rate-limited messages, refused certificates), one
+    /// `rejected` summary per sender and reason (see [`refusal_summaries`]): those that are
+    /// due, or all of them. Rate-limited messages are due at once; refused certificates once
+    /// the first of a tally is [`Limits::refused_certificate_summary_secs`] old. Returns how
+    /// many refusals the summaries stand for. On a failed append, that summary and the ones
+    /// after it are kept for the next call.
+    pub async fn audit_refusal_summaries(&self, which: Summaries) -> Result<u64, Refusal> {
+        let now = Utc::now();
+        let hold = chrono::Duration::seconds(
+            i64::try_from(self.limits.refused_certificate_summary_secs).unwrap_or(i64::MAX),
+        );
+        let due = |tally: &refusal_summaries::Tally| match which {
+            Summaries::All => true,
+            Summaries::Due => {
+                tally.sender != UNVERIFIED || now.signed_duration_since(tally.since) >= hold
+            }
+        };
+        let mut tallies = self.refusal_summaries.take_due(due).into_iter();
         let mut audited = 0;
         while let Some(tally) = tallies.next() {
             let fact = tally.fact(refusal_case(&tally.sender), Utc::now());
@@ -931,30 +955,19 @@ impl Gateway {
         match self.refusal_summaries.pending() {
             0 => Ok(()),
             pending => Err(anyhow::anyhow!(
-                "{pending} summarised refusals (rate-limited messages, refused certificates) could not be audited"
+                "summarised refusals (rate-limited messages, refused certificates) could not be audited: {pending}"
             )),
         }
     }
 }
 
-/// Certificates that the TLS handshake refuses are counted and tallied for a summary under
-/// [`UNVERIFIED`] (see [`refusal_summaries`]). Quick and non-blocking: it runs on the
-/// handshake's thread.
-impl crate::tls::CertificateRefusals for Gateway {
-    fn refused(
-        &self,
-        certificate: &rustls::pki_types::CertificateDer<'_>,
-        reason: crate::tls::CertificateRefusal,
-    ) {
-        self.metrics
-            .tls_refused_certificates
-            .get_or_create(&crate::metrics::ReasonLabels {
-                reason: reason.code(),
-            })
-            .inc();
-        self.refusal_summaries
-            .record(UNVERIFIED, reason.code(), certificate, Utc::now());
-    }
+/// Which summarised refusals [`Gateway::audit_refusal_summaries`] audits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Summaries {
+    /// Those that are due.
+    Due,
+    /// All of them, as when the gateway stops.
+    All,
 }
 
 /// The outcome of two closing steps (the store, the log, the last summaries): both failures

@@ -104,6 +104,8 @@ impl RefusalSummaries {
     /// Tallies one refusal of `sender`'s for `reason`: `refused` is the refused body, or the
     /// refused certificate (DER).
     pub fn record(&self, sender: &str, reason: &'static str, refused: &[u8], now: DateTime<Utc>) {
+        // Hashed before the lock is taken: refused bodies may be up to the size limit.
+        let digest: [u8; 32] = Sha256::digest(refused).into();
         let mut tallies = self.tallies();
         let tally = tallies
             .entry((sender.to_owned(), reason))
@@ -116,15 +118,26 @@ impl RefusalSummaries {
             });
         tally.count += 1;
         if tally.digests.len() < MAX_DIGESTS {
-            tally.digests.push(Sha256::digest(refused).into());
+            tally.digests.push(digest);
         }
     }
 
     /// Takes every tally, oldest first, leaving none behind.
     pub fn take(&self) -> Vec<Tally> {
-        let mut all: Vec<Tally> = self.tallies().drain().map(|(_, tally)| tally).collect();
-        all.sort_by_key(|tally| tally.since);
-        all
+        self.take_due(|_| true)
+    }
+
+    /// Takes the tallies that `due` says are due, oldest first, leaving the others.
+    pub fn take_due(&self, due: impl Fn(&Tally) -> bool) -> Vec<Tally> {
+        let mut tallies = self.tallies();
+        let keys: Vec<(String, &'static str)> = tallies
+            .iter()
+            .filter(|(_, tally)| due(tally))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut taken: Vec<Tally> = keys.iter().filter_map(|key| tallies.remove(key)).collect();
+        taken.sort_by_key(|tally| tally.since);
+        taken
     }
 
     /// Puts back tallies that could not be audited, each with what its sender was refused

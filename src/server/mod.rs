@@ -10,10 +10,14 @@ pub mod problem;
 pub mod routes;
 
 use crate::config::Config;
-use crate::pipeline::Gateway;
-use crate::tls::{PeerIdentity, peer_identity};
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::pipeline::refusal_summaries::RefusalSummaries;
+use crate::pipeline::{Gateway, UNVERIFIED};
+use crate::tls::{CertificateRefusal, CertificateRefusalObserver, PeerIdentity, peer_identity};
 use actix_web::dev::{Extensions, ServerHandle};
 use actix_web::{App, HttpServer, web};
+use chrono::Utc;
+use rustls::pki_types::CertificateDer;
 use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +37,28 @@ fn on_connect(connection: &dyn Any, extensions: &mut Extensions) {
     extensions.insert(ConnectionIdentity(identity));
 }
 
+/// Counts each client certificate that the TLS handshake refuses, and tallies it for a
+/// summary under [`UNVERIFIED`] (see [`crate::pipeline::refusal_summaries`]). It holds only
+/// the tallies and the metrics, not the gateway, so that the server's verifier does not keep
+/// the gateway from being closed when it stops.
+struct RefusedCertificateAudit {
+    summaries: Arc<RefusalSummaries>,
+    metrics: Arc<Metrics>,
+}
+
+impl CertificateRefusalObserver for RefusedCertificateAudit {
+    fn refused(&self, certificate: &CertificateDer<'_>, reason: CertificateRefusal) {
+        self.metrics
+            .tls_refused_certificates
+            .get_or_create(&ReasonLabels {
+                reason: reason.code(),
+            })
+            .inc();
+        self.summaries
+            .record(UNVERIFIED, reason.code(), certificate, Utc::now());
+    }
+}
+
 /// A running partner-facing server.
 pub struct RunningServer {
     /// The address it listens on.
@@ -47,10 +73,13 @@ pub struct RunningServer {
 
 /// Starts the partner-facing HTTPS server on the current runtime.
 pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningServer> {
-    let (tls, client_verifier) =
-        crate::tls::server_config_with_verifier(&config.tls.server_files())?;
     // Refused certificates are audited in summaries (see `pipeline::refusal_summaries`).
-    client_verifier.report_refusals_to(gateway.clone());
+    let observer = Arc::new(RefusedCertificateAudit {
+        summaries: gateway.refusal_summaries(),
+        metrics: gateway.metrics.clone(),
+    });
+    let (tls, client_verifier) =
+        crate::tls::server_config_with_verifier(&config.tls.server_files(), Some(observer))?;
     let tls = (*tls).clone();
     let floor = config.server.floor_mode;
     let data = web::Data::from(gateway);

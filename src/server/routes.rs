@@ -63,7 +63,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-/// A route that takes one method: any other is answered `405` as a problem, with `Allow`.
+/// A resource with its route: any method the resource does not route is answered `405` as a
+/// problem, with `Allow` (which lists the methods it routes).
 fn only(path: &str, allow: &'static str, route: actix_web::Route) -> actix_web::Resource {
     web::resource(path)
         .route(route)
