@@ -576,34 +576,27 @@ impl Client {
 
     /// GETs a path (with its query).
     pub async fn get(&self, path: &str) -> Reply {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{} GET {path}: {e:?}", self.name));
-        read(response).await
+        self.call(reqwest::Method::GET, path).await
     }
 
     /// HEADs a path.
     pub async fn head(&self, path: &str) -> Reply {
-        let response = self
-            .http
-            .head(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{} HEAD {path}: {e:?}", self.name));
-        read(response).await
+        self.call(reqwest::Method::HEAD, path).await
     }
 
     /// POSTs an empty body to a path.
     pub async fn post(&self, path: &str) -> Reply {
+        self.call(reqwest::Method::POST, path).await
+    }
+
+    /// Sends a request without a body to a path, and reads the answer.
+    async fn call(&self, method: reqwest::Method, path: &str) -> Reply {
         let response = self
             .http
-            .post(format!("{}{path}", self.base))
+            .request(method.clone(), format!("{}{path}", self.base))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{} POST {path}: {e:?}", self.name));
+            .unwrap_or_else(|e| panic!("{} {method} {path}: {e:?}", self.name));
         read(response).await
     }
 
