@@ -1237,6 +1237,24 @@ async fn refusals_are_answered_with_problems_and_audited() {
         .entry("ma.interieur")
         .or_default()
         .push("unprocessable");
+    // An id the audit log cannot name the message by: 422 on `id`, not a 503 to send again.
+    let request = fixture_json("ma.interieur", "in/lpc-requested.json");
+    for id in ["MI-DMF\u{7}-2026-000932", &"é".repeat(120)] {
+        let mut event = request.clone();
+        event["id"] = json!(id);
+        let problem = ministry
+            .send(
+                "application/cloudevents+json",
+                serde_json::to_vec(&event).unwrap(),
+            )
+            .await
+            .problem(422, "unprocessable");
+        assert_eq!(problem["path"], "id", "{problem}");
+        refused
+            .entry("ma.interieur")
+            .or_default()
+            .push("unprocessable");
+    }
 
     // The wrong media type.
     consulate
@@ -1273,7 +1291,7 @@ async fn refusals_are_answered_with_problems_and_audited() {
     for (code, count) in [
         ("forbidden", 4.0),
         ("too-large", 2.0),
-        ("unprocessable", 2.0),
+        ("unprocessable", 4.0),
     ] {
         assert_eq!(
             admin
@@ -1474,10 +1492,10 @@ async fn a_partner_over_its_rate_gets_429() {
         1.0
     );
     // The log holds the arrival, its anomaly, the registration and the summary.
-    one_refusal_summarised(&gateway, "iom.sn", 4.0).await;
+    one_refusal_summarised(&gateway, "refused/iom.sn", "iom.sn", 4.0).await;
     // Certificates the registry does not know share one limit: of two messages sent at once,
     // one is refused and audited, the other is over the limit, answered 429 and summarised
-    // under `unregistered`.
+    // under `refused/unregistered`, with the certificate's fingerprint as its sender.
     let unknown = Client::new("unknown", gateway.running.addr);
     let message = fixture("iom.sn", "in/arrival-confirmed.json");
     let (first, second) = futures_util::join!(
@@ -1495,7 +1513,16 @@ async fn a_partner_over_its_rate_gets_429() {
         };
         reply.problem(reply.status, code);
     }
-    one_refusal_summarised(&gateway, "unregistered", 6.0).await;
+    let certificate = passerelle::tls::load_certs(
+        &passerelle::tls::dev::files(
+            &gateway_support::root().join(passerelle::tls::dev::DEFAULT_DIR),
+            passerelle::tls::dev::UNKNOWN,
+        )
+        .cert,
+    )
+    .unwrap();
+    let fingerprint = passerelle::tls::fingerprint(&certificate[0]);
+    one_refusal_summarised(&gateway, "refused/unregistered", &fingerprint, 6.0).await;
     assert_eq!(
         admin
             .metric(
@@ -1560,13 +1587,13 @@ async fn refused_certificates_summarised(
     .await
 }
 
-/// Checks that `sender`'s trail (`refused/<sender>`) holds one `rate-limited` summary, once a
-/// checkpoint covers it: a REST refusal of one message, with a commitment to its body and no
+/// Checks that the trail of `case` holds one `rate-limited` summary, of `sender`'s refusals,
+/// once a checkpoint covers it: a REST refusal of one message, with a commitment to its body and no
 /// event; and that the log then counts `appends` appends in all (the summary is counted once
 /// its append returns, a moment after the trail shows it).
-async fn one_refusal_summarised(gateway: &TestGateway, sender: &str, appends: f64) {
+async fn one_refusal_summarised(gateway: &TestGateway, case: &str, sender: &str, appends: f64) {
     let (auditor, verifier) = (gateway.client("audit.igat"), gateway.verifier());
-    let query = format!("case=refused/{sender}");
+    let query = format!("case={case}");
     let trail = wait_for("the rate-limited summary", WAIT, async || {
         let trail = verify_trail(&auditor, &query, &verifier).await;
         let found = trail

@@ -211,7 +211,8 @@ pub struct Gateway {
     limits: Limits,
     rate: DefaultKeyedRateLimiter<String>,
     refusal_summaries: Arc<RefusalSummaries>,
-    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One queue per source and reference of the messages being accepted.
+    in_flight: InFlightMap,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -232,6 +233,18 @@ pub const UNVERIFIED: &str = "unverified";
 /// refused message may have no readable case id.
 fn refusal_case(partner: &str) -> String {
     format!("refused/{partner}")
+}
+
+/// The case of a summary of `sender`'s refusals: the sender's refusal case, except that the
+/// refusals of an unregistered certificate (whose sender is its fingerprint) are kept with
+/// its other refusals, under `refused/unregistered`. No partner id has the fingerprint's
+/// `sha256:` prefix, since a partner id has no `:`.
+fn summary_case(sender: &str) -> String {
+    if sender.starts_with(crate::tls::FINGERPRINT_PREFIX) {
+        refusal_case(UNREGISTERED)
+    } else {
+        refusal_case(sender)
+    }
 }
 
 impl Gateway {
@@ -387,6 +400,19 @@ impl Gateway {
         let event_type = text(&event, "type");
         let event_id = text(&event, "id");
         let source = text(&event, "source");
+        // The id names the message in the audit log and in the duplicate index, which take
+        // short identifiers only: a longer one, or one with control characters, is the
+        // sender's to mend (the schema counts characters, the log bytes).
+        if event_id.len() > audit::leaf::limits::ID_LEN || event_id.chars().any(char::is_control) {
+            return Err(Refusal::Unprocessable {
+                message: format!(
+                    "the id must be at most {} bytes long (UTF-8), without control characters; it has {} bytes",
+                    audit::leaf::limits::ID_LEN,
+                    event_id.len()
+                ),
+                path: Some("id".into()),
+            });
+        }
         // The transport's span for this message (see `server::routes` and `amqp::ingress`)
         // names the event from here on, for every line logged while it is processed.
         let span = tracing::Span::current();
@@ -398,22 +424,12 @@ impl Gateway {
 
         // One message per source and reference at a time, so that a duplicate sent while the
         // first is being made durable waits for it and gets its receipt.
-        let key = AcceptedRecord::key(&source, &event_id);
-        let slot = {
-            let mut map = self.in_flight.lock().map_err(|_| unavailable("lock"))?;
-            map.entry(key.clone()).or_default().clone()
-        };
-        let guard = slot.clone().lock_owned().await;
-        let result = self
-            .accept(submission, &mut event, &event_type, &event_id, &source)
-            .await;
-        drop(guard);
-        if let Ok(mut map) = self.in_flight.lock()
-            && Arc::strong_count(&slot) == 2
-        {
-            map.remove(&key);
-        }
-        result
+        // The turn is released and the place left when `place` drops, also when this future
+        // is dropped.
+        let mut place = InFlight::join(&self.in_flight, AcceptedRecord::key(&source, &event_id))?;
+        place.wait_turn().await;
+        self.accept(submission, &mut event, &event_type, &event_id, &source)
+            .await
     }
 
     async fn accept(
@@ -501,6 +517,15 @@ impl Gateway {
             commit_only: false,
         };
         accepted.identifiers = identifiers;
+        // What the event puts in its audit entry (its case id, its identifiers) must fit the
+        // log's bounds: an event that does not is refused as the sender's to mend, before
+        // anything is written, rather than failing the append as if the log were down.
+        if let Err(error) = accepted.validate() {
+            return Err(Refusal::Unprocessable {
+                message: format!("the event cannot be recorded in the audit log: {error}"),
+                path: None,
+            });
+        }
         let anomaly_facts: Vec<Fact> = anomaly_codes
             .iter()
             .map(|code| {
@@ -822,8 +847,9 @@ impl Gateway {
     ///
     /// Every unregistered certificate shares one rate limit (a partner's), so that
     /// certificates the CA signed for others cannot drive the log's synced appends beyond
-    /// what one partner may: over it, the answer is `429`, audited in a summary under
-    /// `refused/unregistered` (see [`Gateway::audit_refusal_summaries`]).
+    /// what one partner may: over it, the answer is `429`, audited in a summary per
+    /// certificate (its sender the fingerprint, as above) under `refused/unregistered` (see
+    /// [`Gateway::audit_refusal_summaries`]).
     pub async fn refuse_unregistered(
         &self,
         fingerprint: &str,
@@ -835,7 +861,7 @@ impl Gateway {
             self.metrics
                 .message(UNREGISTERED, transport, limited.code());
             self.refusal_summaries.record(
-                UNREGISTERED,
+                fingerprint,
                 refusal_summaries::RATE_LIMITED,
                 body,
                 Utc::now(),
@@ -908,7 +934,7 @@ impl Gateway {
         let mut tallies = self.refusal_summaries.take_due(due).into_iter();
         let mut audited = 0;
         while let Some(tally) = tallies.next() {
-            let fact = tally.fact(refusal_case(&tally.sender), Utc::now());
+            let fact = tally.fact(summary_case(&tally.sender), Utc::now());
             if let Err(failure) = self.append(&fact).await {
                 self.refusal_summaries
                     .restore(std::iter::once(tally).chain(tallies).collect());
@@ -957,6 +983,56 @@ impl Gateway {
             pending => Err(anyhow::anyhow!(
                 "summarised refusals (rate-limited messages, refused certificates) could not be audited: {pending}"
             )),
+        }
+    }
+}
+
+/// The one-at-a-time queue of the messages with one source and reference.
+type InFlightMap = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A message's place in the queue of its source and reference.
+/// When the last one waiting there leaves, the queue is removed, also when its request was
+/// dropped half-way (a client gone, a stop), so that the map does not grow.
+struct InFlight<'g> {
+    map: &'g InFlightMap,
+    key: String,
+    slot: Arc<tokio::sync::Mutex<()>>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<'g> InFlight<'g> {
+    /// Joins the queue of `key`, creating it if it is the first.
+    fn join(map: &'g InFlightMap, key: String) -> Result<InFlight<'g>, Refusal> {
+        let slot = map
+            .lock()
+            .map_err(|_| unavailable("lock"))?
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Ok(InFlight {
+            map,
+            key,
+            slot,
+            turn: None,
+        })
+    }
+
+    /// Waits until the messages ahead in the queue are done; the turn is held until this drops.
+    async fn wait_turn(&mut self) {
+        self.turn = Some(self.slot.clone().lock_owned().await);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // The turn goes first, with its reference to the queue. Then, under the map's lock,
+        // where every other place is taken: the map's own reference and this one are all
+        // that is left when no one else waits.
+        self.turn = None;
+        if let Ok(mut map) = self.map.lock()
+            && Arc::strong_count(&self.slot) == 2
+        {
+            map.remove(&self.key);
         }
     }
 }
@@ -1179,6 +1255,40 @@ fn refusal_of(error: DecodeError) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request dropped while it waits its turn, or while it holds it, leaves no queue behind.
+    #[tokio::test]
+    async fn a_dropped_request_leaves_no_queue_behind() {
+        let map = InFlightMap::default();
+        let mut first = InFlight::join(&map, "k".into()).unwrap();
+        first.wait_turn().await;
+        let waiting = async {
+            let mut second = InFlight::join(&map, "k".into()).unwrap();
+            second.wait_turn().await;
+            unreachable!("the first holds the turn");
+        };
+        // The second waits, and is dropped (as a request whose client went away).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting)
+                .await
+                .is_err()
+        );
+        assert_eq!(map.lock().unwrap().len(), 1, "the first still holds it");
+        drop(first);
+        assert!(map.lock().unwrap().is_empty());
+        // Dropped while holding its turn, the same.
+        let request = async {
+            let mut third = InFlight::join(&map, "k".into()).unwrap();
+            third.wait_turn().await;
+            std::future::pending::<()>().await;
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), request)
+                .await
+                .is_err()
+        );
+        assert!(map.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn binary_mode_becomes_structured() {

@@ -11,9 +11,11 @@
 //! stands for (`count`). The gateway audits the tallies about once a second and when it
 //! stops (see [`super::Gateway::audit_refusal_summaries`]).
 //!
-//! - **Rate-limited messages** are tallied under the rate-limit key (a partner id, or
-//!   [`super::UNREGISTERED`]) with reason `rate-limited`, and each refusal's digest is the
-//!   SHA-256 of the refused body (of the bytes received).
+//! - **Rate-limited messages** are tallied under their sender (a partner id, or for a
+//!   certificate the registry does not know its fingerprint) with reason `rate-limited`, and
+//!   each refusal's digest is the SHA-256 of the refused body (of the bytes received). The
+//!   certificates the registry does not know are those the partner CA issued for others: a
+//!   bounded set.
 //! - **Refused certificates** are tallied under [`super::UNVERIFIED`] with the handshake's
 //!   reason (`certificate-revoked`, `certificate-expired`, ... see
 //!   [`crate::tls::CertificateRefusal`]), and each refusal's digest is the SHA-256 of the
@@ -43,7 +45,7 @@ pub const RATE_LIMITED: &str = "rate-limited";
 /// The refusals of one sender, for one reason, since their last summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tally {
-    /// The rate-limit key (a partner id, or [`super::UNREGISTERED`]), or
+    /// A partner id, or the fingerprint of a certificate the registry does not know, or
     /// [`super::UNVERIFIED`] for refused certificates.
     pub sender: String,
     /// The reason code: [`RATE_LIMITED`], or a refused certificate's.

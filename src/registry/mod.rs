@@ -149,6 +149,26 @@ pub struct Registry {
     catalogue: Catalogue,
 }
 
+/// The longest partner id accepted (a DNS name's limit).
+pub const MAX_PARTNER_ID_LEN: usize = 253;
+
+/// Whether `id` is a well-formed partner id: a dotted name of lowercase letters, digits and
+/// inner hyphens (`sn.consulat.casablanca`), at most [`MAX_PARTNER_ID_LEN`] long. Partner ids
+/// name files (mappings, certificates), URNs and audit cases, so they are kept to this; it
+/// also keeps them apart from the other senders the audit log names (`sha256:` fingerprints).
+pub fn is_well_formed_partner_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_PARTNER_ID_LEN
+        && id.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
 /// The roles the gateway knows.
 pub const ROLES: [&str; 6] = [
     "ministry",
@@ -209,6 +229,11 @@ impl Registry {
         let mut mappings_in_force = BTreeMap::new();
         for entry in parsed.partners {
             let id = entry.id.clone();
+            if !is_well_formed_partner_id(&id) {
+                problems.push(format!(
+                    "partner {id:?}: an id is a dotted name of lowercase letters, digits and inner hyphens, at most {MAX_PARTNER_ID_LEN} long"
+                ));
+            }
             if id == crate::pipeline::UNREGISTERED {
                 problems.push(format!(
                     "partner {id}: the id is reserved for certificates the registry does not know"
@@ -581,6 +606,32 @@ mod tests {
                 other => panic!("{id} accepted: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn malformed_partner_ids_are_refused() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        for id in [
+            "sha256:00ff",
+            "Upper.case",
+            "../escape",
+            "a..b",
+            "-dash",
+            "",
+        ] {
+            let text = format!("[[partner]]\nid = \"{id}\"\nrole = \"auditor\"\n");
+            match Registry::parse(&text, &catalogue, &mappings) {
+                Err(RegistryError::Invalid(problems)) => assert!(
+                    problems.iter().any(|p| p.contains("dotted name")),
+                    "{id}: {problems:?}"
+                ),
+                other => panic!("{id:?} accepted: {other:?}"),
+            }
+        }
+        assert!(is_well_formed_partner_id("sn.consulat.casablanca"));
+        assert!(is_well_formed_partner_id("audit.igat"));
     }
 
     #[test]

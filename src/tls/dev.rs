@@ -41,8 +41,6 @@ pub const GATEWAY_URI: &str = "urn:gateway:passerelle";
 
 /// File stems that a partner id may not take.
 const RESERVED: [&str; 7] = [CA, SERVER, GATEWAY_CLIENT, REVOKED, EXPIRED, UNKNOWN, "crl"];
-/// The longest partner id accepted (a DNS name's limit).
-const MAX_PARTNER_ID_LEN: usize = 253;
 /// How long the CA is valid, in days.
 const CA_DAYS: i64 = 20 * 365;
 /// How long the other certificates and the CRL are valid, in days.
@@ -276,17 +274,7 @@ pub fn generate_dev_pki(out: &Path, partners: &[&str]) -> Result<DevPki, DevPkiE
 fn validate_partner_ids(partners: &[&str]) -> Result<(), DevPkiError> {
     let mut seen = std::collections::BTreeSet::new();
     for &id in partners {
-        let well_formed = !id.is_empty()
-            && id.len() <= MAX_PARTNER_ID_LEN
-            && id.split('.').all(|label| {
-                !label.is_empty()
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            });
-        if !well_formed {
+        if !crate::registry::is_well_formed_partner_id(id) {
             return Err(DevPkiError::InvalidPartnerId(id.to_owned()));
         }
         if RESERVED.contains(&id) {
