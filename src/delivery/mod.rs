@@ -36,7 +36,9 @@ pub enum Attempt {
 /// Records a push attempt: audits it first (so that the evidence is never behind the
 /// state), then changes the delivery in the store under the retry policy, and counts it.
 /// When the audit append fails, the delivery is put back in line for a second later and
-/// nothing else changes. Returns the delivery as it now stands, when recorded.
+/// nothing else changes (the attempt is not counted against the retry policy). Returns the
+/// delivery as it now stands, when recorded; `None` tells the caller that the attempt is not
+/// on record, and that it should hold the delivery back rather than try it again at once.
 pub async fn record_attempt(
     gateway: &Gateway,
     policy: &RetryPolicy,
@@ -81,8 +83,7 @@ pub async fn record_attempt(
     };
     if let Err(error) = gateway.audit_delivery(delivery, kind, reason).await {
         tracing::error!(delivery = delivery.id, channel, error = %error, "auditing a delivery attempt failed; it will be tried again");
-        let again = DeliveryUpdate::Retry {
-            error: "audit-unavailable".into(),
+        let again = DeliveryUpdate::Postpone {
             due_ms: due_in(Duration::from_secs(1)),
         };
         let _ = gateway.store.update(delivery.id, again).await;

@@ -13,9 +13,9 @@ use super::{Attempt, RetryPolicy, due_in, parse_retry_after, record_attempt};
 use crate::pipeline::Gateway;
 use crate::registry::Delivery as DeliveryMode;
 use crate::store::{Channel, Delivery};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -23,6 +23,9 @@ use tokio::task::JoinSet;
 pub const DELIVERY_HEADER: &str = "x-passerelle-delivery";
 /// The header carrying the event id.
 pub const EVENT_ID_HEADER: &str = "x-passerelle-event-id";
+
+/// How long a delivery whose attempt could not be recorded waits before it is tried again.
+const HOLD_BACK: Duration = Duration::from_secs(5);
 
 /// Pushes webhook deliveries until shut down.
 pub struct WebhookWorker {
@@ -59,21 +62,30 @@ impl WebhookWorker {
     }
 
     /// Runs until `shutdown` turns true, then finishes the attempts in flight.
+    ///
+    /// No delivery is attempted while the store or the audit log is failing: an attempt
+    /// could not be recorded, and would be made again. A delivery whose attempt could not be
+    /// recorded all the same is held back for [`HOLD_BACK`] before it is tried again, so that
+    /// a recipient does not get the same delivery in a tight loop.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut in_flight: HashSet<u64> = HashSet::new();
-        let mut attempts: JoinSet<u64> = JoinSet::new();
+        let mut held: HashMap<u64, Instant> = HashMap::new();
+        let mut attempts: JoinSet<(u64, bool)> = JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let now = due_in(Duration::ZERO);
+            held.retain(|_, until| *until > Instant::now());
+            let recordable = this.gateway.store.is_open() && this.gateway.log.is_healthy();
             let room = this.concurrency.saturating_sub(in_flight.len());
-            if room > 0 {
+            if room > 0 && recordable {
+                let skip: HashSet<u64> = in_flight.iter().chain(held.keys()).copied().collect();
                 match this
                     .gateway
                     .store
-                    .due_except(Channel::Webhook, now, &in_flight, room)
+                    .due_except(Channel::Webhook, now, &skip, room)
                 {
                     Ok(fresh) => {
                         for d in fresh {
@@ -81,8 +93,7 @@ impl WebhookWorker {
                             let worker = this.clone();
                             attempts.spawn(async move {
                                 let id = d.id;
-                                worker.attempt(d).await;
-                                id
+                                (id, worker.attempt(d).await)
                             });
                         }
                     }
@@ -90,14 +101,27 @@ impl WebhookWorker {
                 }
             }
             let wait = match this.gateway.store.next_due(Channel::Webhook) {
+                _ if !recordable => Duration::from_secs(1),
                 Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1000)),
+                // What is due and not in flight may be held back: wake when the first is let go.
+                Ok(Some(_)) if !held.is_empty() => held
+                    .values()
+                    .min()
+                    .map(|until| until.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default()
+                    .clamp(Duration::from_millis(10), Duration::from_secs(1)),
                 Ok(Some(_)) if in_flight.len() < this.concurrency => Duration::from_millis(10),
                 _ => Duration::from_secs(1),
             };
             let changed = this.gateway.outbox_changed.clone();
             tokio::select! {
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    if let Ok(id) = done { in_flight.remove(&id); }
+                    if let Ok((id, recorded)) = done {
+                        in_flight.remove(&id);
+                        if !recorded {
+                            held.insert(id, Instant::now() + HOLD_BACK);
+                        }
+                    }
                 }
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -109,9 +133,12 @@ impl WebhookWorker {
         }
     }
 
-    async fn attempt(&self, delivery: Delivery) {
+    /// Makes one attempt and records it; returns whether it is on record.
+    async fn attempt(&self, delivery: Delivery) -> bool {
         let outcome = self.call(&delivery).await;
-        record_attempt(&self.gateway, &self.policy, &delivery, outcome, "webhook").await;
+        record_attempt(&self.gateway, &self.policy, &delivery, outcome, "webhook")
+            .await
+            .is_some()
     }
 
     async fn call(&self, d: &Delivery) -> Attempt {

@@ -252,6 +252,13 @@ pub enum DeliveryUpdate {
     },
     /// Put a dead letter back in line, due now.
     Redeliver,
+    /// An attempt was made but could not be recorded (the audit log refused it): try again
+    /// at `due_ms`, without counting the attempt or changing anything else. Only a delivery
+    /// still waiting is moved.
+    Postpone {
+        /// When to try again, ms since the epoch.
+        due_ms: u64,
+    },
 }
 
 /// The audit log entry that records an acceptance.
@@ -1349,6 +1356,14 @@ fn update_delivery(
             d.state = DeliveryState::Dead;
             t.dead.insert(id, ()).map_err(db_error)?;
         }
+        DeliveryUpdate::Postpone { due_ms } => {
+            if !waiting || d.channel == Channel::Inbox {
+                return Ok(d);
+            }
+            t.dequeue(&Release::of(&d))?;
+            d.due_ms = due_ms;
+            t.enqueue(&Release::of(&d))?;
+        }
         DeliveryUpdate::Redeliver => {
             check_redeliverable(&d)?;
             t.dead.remove(id).map_err(db_error)?;
@@ -1607,6 +1622,50 @@ mod tests {
         }
         // It stays a dead letter, out of the due index.
         assert_eq!(store.dead_letters().unwrap().len(), 1);
+        assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
+    }
+
+    /// An attempt that could not be recorded moves a waiting delivery later, and nothing else:
+    /// no attempt is counted, no error kept; a delivery no longer waiting is left alone.
+    #[tokio::test]
+    async fn a_postponed_delivery_counts_no_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let made = accept(&store, "e1", vec![new_delivery("iom.ma", Channel::Webhook)]).await;
+        let id = made[0].id;
+        let failed = store
+            .update(
+                id,
+                DeliveryUpdate::Retry {
+                    error: "webhook.http-503".into(),
+                    due_ms: 1_000,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(failed.attempts, 1);
+        let later = now_ms() + 60_000;
+        let postponed = store
+            .update(id, DeliveryUpdate::Postpone { due_ms: later })
+            .await
+            .unwrap();
+        assert_eq!(postponed.attempts, 1);
+        assert_eq!(postponed.last_error.as_deref(), Some("webhook.http-503"));
+        assert_eq!(postponed.state, DeliveryState::Pending);
+        assert_eq!(store.next_due(Channel::Webhook).unwrap(), Some(later));
+        assert!(
+            store
+                .due(Channel::Webhook, now_ms(), 10)
+                .unwrap()
+                .is_empty()
+        );
+        // Delivered meanwhile: a late postponement changes nothing.
+        store.update(id, DeliveryUpdate::Delivered).await.unwrap();
+        let after = store
+            .update(id, DeliveryUpdate::Postpone { due_ms: 5 })
+            .await
+            .unwrap();
+        assert_eq!(after.state, DeliveryState::Delivered);
         assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
     }
 
