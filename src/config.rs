@@ -210,6 +210,10 @@ pub struct LimitSettings {
     /// Seconds during which client certificates refused at the TLS handshake are tallied before
     /// their summary is audited. Default 60.
     pub refused_certificate_summary_secs: u64,
+    /// Request bodies read at once, over every connection. Default 64.
+    pub bodies_in_flight: usize,
+    /// Seconds a request body may take to arrive. Default 30.
+    pub body_read_secs: u64,
 }
 
 impl Default for LimitSettings {
@@ -220,6 +224,8 @@ impl Default for LimitSettings {
             rate_per_second: l.rate_per_second,
             burst: l.burst,
             refused_certificate_summary_secs: l.refused_certificate_summary_secs,
+            bodies_in_flight: l.bodies_in_flight,
+            body_read_secs: l.body_read_secs,
         }
     }
 }
@@ -232,6 +238,8 @@ impl LimitSettings {
             rate_per_second: self.rate_per_second,
             burst: self.burst,
             refused_certificate_summary_secs: self.refused_certificate_summary_secs,
+            bodies_in_flight: self.bodies_in_flight,
+            body_read_secs: self.body_read_secs,
         }
     }
 }
@@ -299,6 +307,9 @@ impl Config {
         }
         if !(1..=86_400).contains(&self.limits.refused_certificate_summary_secs) {
             bail!("limits.refused_certificate_summary_secs must be from 1 to 86400 (a day)");
+        }
+        if self.limits.bodies_in_flight == 0 || self.limits.body_read_secs == 0 {
+            bail!("limits.bodies_in_flight and limits.body_read_secs must be positive");
         }
         if self.delivery.max_attempts == 0 || self.delivery.concurrency == 0 {
             bail!("delivery.max_attempts and delivery.concurrency must be positive");

@@ -21,6 +21,10 @@
 //!   redelivery cannot mend (`409`).
 //! - [`only_the_mappings_in_force_are_used`]: the registry's `mappings`, inbound (`403`) and
 //!   outbound (a dead delivery).
+//! - [`an_inbox_read_and_acknowledged_twice_at_once_is_audited_once`]: concurrent inbox reads
+//!   and acknowledgements.
+//! - [`a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in`]: bodies read a
+//!   bounded number at a time, each within a time limit.
 //!
 //! The AMQP recipients: iom.sn is switched to the inbox in the test registry (so that its
 //! deliveries can be read over REST); ci.ambassade.rabat stays on AMQP, and its deliveries are
@@ -1809,6 +1813,91 @@ async fn a_webhook_down_then_up_gets_each_delivery_exactly_once() {
     assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 0.0);
     gateway.stop().await;
     dgsn.down().await;
+}
+
+/// Bodies are read a bounded number at a time, each within a time limit: a client that sends
+/// its headers and then stalls holds its turn only until its time is up, and is answered 400;
+/// a message sent meanwhile waits its turn and is accepted.
+#[actix_web::test]
+async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
+        c.limits.bodies_in_flight = 1;
+        c.limits.body_read_secs = 1;
+    })
+    .await;
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(client_tls("sn.consulat.casablanca")));
+    let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut slow = connector.connect(name, tcp).await.unwrap();
+    slow.write_all(
+        b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
+          Content-Length: 1000\r\n\r\n<LaissezPasser",
+    )
+    .await
+    .unwrap();
+    slow.flush().await.unwrap();
+    // The slow body has the only turn; the next message waits for it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00980"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "accepted after {:?}, before the slow body's time was up",
+        started.elapsed()
+    );
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, slow.read_to_end(&mut answer))
+        .await
+        .expect("the slow client is answered")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    gateway.stop().await;
+}
+
+/// Two reads of one inbox at once, and two acknowledgements of one delivery at once, audit
+/// the delivery `delivered` once and `acknowledged` once.
+#[actix_web::test]
+async fn an_inbox_read_and_acknowledged_twice_at_once_is_audited_once() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reference = "CGSN-CASA-2026-00970";
+    let reply = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let ministry = gateway.client("ma.interieur");
+    let reads =
+        futures_util::future::join_all((0..4).map(|_| ministry.get("/v1/inbox?after=0"))).await;
+    let mut ids = BTreeSet::new();
+    for read in &reads {
+        assert_eq!(read.status, 200, "{}", read.text());
+        for message in read.json()["messages"].as_array().unwrap() {
+            if message["event_id"] == reference {
+                ids.insert(message["id"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = *ids.first().unwrap();
+    let path = format!("/v1/inbox/{id}/ack");
+    let acks = futures_util::future::join_all((0..4).map(|_| ministry.post(&path))).await;
+    for ack in &acks {
+        assert_eq!(ack.status, 200, "{}", ack.text());
+    }
+    let story = delivery_story(&gateway, reference, "ma.interieur", "acknowledged").await;
+    let kinds: Vec<&str> = story.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["delivered", "acknowledged"]);
+    gateway.stop().await;
 }
 
 #[actix_web::test]

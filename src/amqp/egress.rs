@@ -230,7 +230,8 @@ impl Egress {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let mut in_flight: HashSet<u64> = HashSet::new();
-        let mut settling: JoinSet<u64> = JoinSet::new();
+        let mut settling: JoinSet<(u64, bool)> = JoinSet::new();
+        let mut held = delivery::HeldBack::default();
         let nacked = Arc::new(AtomicBool::new(false));
         let mut failure = None;
         let mut channel = match publisher_channel(&connection).await {
@@ -260,11 +261,15 @@ impl Egress {
             // Every read of the outbox also reads the deliveries in flight (they stay due until
             // recorded): refill the window in batches, not one delivery at a time.
             let room = self.in_flight.saturating_sub(in_flight.len());
-            if room > 0 && (in_flight.is_empty() || room >= self.refill_at()) {
+            // Nothing is published while an attempt could not be recorded; what could not be
+            // recorded all the same is held back a while (see `delivery::HeldBack`).
+            let skip = held.and(&in_flight);
+            let recordable = delivery::can_record(&self.gateway);
+            if recordable && room > 0 && (in_flight.is_empty() || room >= self.refill_at()) {
                 let due = self
                     .gateway
                     .store
-                    .due_except(StoreChannel::Amqp, now, &in_flight, room);
+                    .due_except(StoreChannel::Amqp, now, &skip, room);
                 match due {
                     Ok(fresh) => {
                         for delivery in fresh {
@@ -302,7 +307,12 @@ impl Egress {
                 }
             }
             let wait = match self.gateway.store.next_due(StoreChannel::Amqp) {
+                _ if !recordable => Duration::from_secs(1),
                 Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1000)),
+                Ok(Some(_)) if skip.len() > in_flight.len() => held
+                    .next_release()
+                    .unwrap_or_default()
+                    .clamp(Duration::from_millis(10), Duration::from_secs(1)),
                 Ok(Some(_))
                     if self.in_flight.saturating_sub(in_flight.len()) >= self.refill_at() =>
                 {
@@ -313,12 +323,13 @@ impl Egress {
             let changed = self.gateway.outbox_changed.clone();
             tokio::select! {
                 Some(done) = settling.join_next(), if !settling.is_empty() => {
-                    if let Ok(id) = done {
+                    for (id, recorded) in std::iter::once(done)
+                        .chain(std::iter::from_fn(|| settling.try_join_next()))
+                        .flatten()
+                    {
                         in_flight.remove(&id);
-                    }
-                    while let Some(done) = settling.try_join_next() {
-                        if let Ok(id) = done {
-                            in_flight.remove(&id);
+                        if !recorded {
+                            held.hold(id);
                         }
                     }
                 }
@@ -372,15 +383,18 @@ impl Egress {
         }
     }
 
-    /// Audits the attempt, then records it in the store; returns the delivery id.
-    async fn record(self: Arc<Self>, delivery: Delivery, attempt: Attempt) -> u64 {
+    /// Audits the attempt, then records it in the store; returns the delivery id, and whether
+    /// the attempt is on record.
+    async fn record(self: Arc<Self>, delivery: Delivery, attempt: Attempt) -> (u64, bool) {
         let attempt = match attempt {
             Attempt::Delivered => delivery::Attempt::Delivered,
             Attempt::Retry(code) => delivery::Attempt::Retry { code, asked: None },
             Attempt::Dead(code) => delivery::Attempt::Dead { code },
         };
-        record_attempt(&self.gateway, &self.policy, &delivery, attempt, "amqp").await;
-        delivery.id
+        let recorded = record_attempt(&self.gateway, &self.policy, &delivery, attempt, "amqp")
+            .await
+            .is_some();
+        (delivery.id, recorded)
     }
 }
 

@@ -12,7 +12,8 @@ use crate::audit::Kind;
 use crate::config::DeliverySettings;
 use crate::pipeline::Gateway;
 use crate::store::{Delivery, DeliveryUpdate, StoreError};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// What one push attempt came to, whatever the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +32,45 @@ pub enum Attempt {
         /// Why, a short code.
         code: String,
     },
+}
+
+/// How long a delivery whose attempt could not be recorded waits before it is tried again.
+pub const HOLD_BACK: Duration = Duration::from_secs(5);
+
+/// Whether an attempt could be recorded now: the store and the audit log are both working.
+/// The push workers attempt nothing while they are not, since an attempt that cannot be
+/// recorded would be made again.
+pub fn can_record(gateway: &Gateway) -> bool {
+    gateway.store.is_open() && gateway.log.is_healthy()
+}
+
+/// The deliveries a push worker holds back because their last attempt could not be recorded
+/// (see [`record_attempt`]), each until [`HOLD_BACK`] has passed, so that a recipient does not
+/// get the same delivery in a tight loop.
+#[derive(Debug, Default)]
+pub struct HeldBack(HashMap<u64, Instant>);
+
+impl HeldBack {
+    /// Holds `id` back from now.
+    pub fn hold(&mut self, id: u64) {
+        self.0.insert(id, Instant::now() + HOLD_BACK);
+    }
+
+    /// Lets go of those whose time is up, and returns `also` with the ids still held: what the
+    /// worker must not take from the outbox.
+    pub fn and(&mut self, also: &HashSet<u64>) -> HashSet<u64> {
+        let now = Instant::now();
+        self.0.retain(|_, until| *until > now);
+        also.iter().chain(self.0.keys()).copied().collect()
+    }
+
+    /// How long until the first one is let go, when any is held.
+    pub fn next_release(&self) -> Option<Duration> {
+        self.0
+            .values()
+            .min()
+            .map(|until| until.saturating_duration_since(Instant::now()))
+    }
 }
 
 /// Records a push attempt: audits it first (so that the evidence is never behind the

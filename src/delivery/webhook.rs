@@ -9,13 +9,15 @@
 //! `2xx` and that record makes the delivery go out again after the restart: recipients drop
 //! such repeats by the `X-Passerelle-Delivery` header (the delivery id), which never changes.
 
-use super::{Attempt, RetryPolicy, due_in, parse_retry_after, record_attempt};
+use super::{
+    Attempt, HeldBack, RetryPolicy, can_record, due_in, parse_retry_after, record_attempt,
+};
 use crate::pipeline::Gateway;
 use crate::registry::Delivery as DeliveryMode;
 use crate::store::{Channel, Delivery};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -23,9 +25,6 @@ use tokio::task::JoinSet;
 pub const DELIVERY_HEADER: &str = "x-passerelle-delivery";
 /// The header carrying the event id.
 pub const EVENT_ID_HEADER: &str = "x-passerelle-event-id";
-
-/// How long a delivery whose attempt could not be recorded waits before it is tried again.
-const HOLD_BACK: Duration = Duration::from_secs(5);
 
 /// Pushes webhook deliveries until shut down.
 pub struct WebhookWorker {
@@ -65,23 +64,22 @@ impl WebhookWorker {
     ///
     /// No delivery is attempted while the store or the audit log is failing: an attempt
     /// could not be recorded, and would be made again. A delivery whose attempt could not be
-    /// recorded all the same is held back for [`HOLD_BACK`] before it is tried again, so that
+    /// recorded all the same is held back for [`super::HOLD_BACK`] before it is tried again, so that
     /// a recipient does not get the same delivery in a tight loop.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut in_flight: HashSet<u64> = HashSet::new();
-        let mut held: HashMap<u64, Instant> = HashMap::new();
+        let mut held = HeldBack::default();
         let mut attempts: JoinSet<(u64, bool)> = JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let now = due_in(Duration::ZERO);
-            held.retain(|_, until| *until > Instant::now());
-            let recordable = this.gateway.store.is_open() && this.gateway.log.is_healthy();
+            let skip = held.and(&in_flight);
+            let recordable = can_record(&this.gateway);
             let room = this.concurrency.saturating_sub(in_flight.len());
             if room > 0 && recordable {
-                let skip: HashSet<u64> = in_flight.iter().chain(held.keys()).copied().collect();
                 match this
                     .gateway
                     .store
@@ -104,10 +102,8 @@ impl WebhookWorker {
                 _ if !recordable => Duration::from_secs(1),
                 Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1000)),
                 // What is due and not in flight may be held back: wake when the first is let go.
-                Ok(Some(_)) if !held.is_empty() => held
-                    .values()
-                    .min()
-                    .map(|until| until.saturating_duration_since(Instant::now()))
+                Ok(Some(_)) if skip.len() > in_flight.len() => held
+                    .next_release()
                     .unwrap_or_default()
                     .clamp(Duration::from_millis(10), Duration::from_secs(1)),
                 Ok(Some(_)) if in_flight.len() < this.concurrency => Duration::from_millis(10),
@@ -119,7 +115,7 @@ impl WebhookWorker {
                     if let Ok((id, recorded)) = done {
                         in_flight.remove(&id);
                         if !recorded {
-                            held.insert(id, Instant::now() + HOLD_BACK);
+                            held.hold(id);
                         }
                     }
                 }

@@ -50,6 +50,11 @@ pub struct Limits {
     /// connect can have a certificate refused, so they are summarised less often than
     /// rate-limited messages.
     pub refused_certificate_summary_secs: u64,
+    /// How many request bodies may be read at once, over every connection: with the size
+    /// limit, this bounds the memory that bodies arriving slowly can hold.
+    pub bodies_in_flight: usize,
+    /// How long a request body may take to arrive, in seconds, once its headers have.
+    pub body_read_secs: u64,
 }
 
 impl Default for Limits {
@@ -59,6 +64,8 @@ impl Default for Limits {
             rate_per_second: 200,
             burst: 400,
             refused_certificate_summary_secs: 60,
+            bodies_in_flight: 64,
+            body_read_secs: 30,
         }
     }
 }
@@ -213,6 +220,11 @@ pub struct Gateway {
     refusal_summaries: Arc<RefusalSummaries>,
     /// One queue per source and reference of the messages being accepted.
     in_flight: InFlightMap,
+    /// One permit per request body being read (see [`Gateway::body_permit`]).
+    body_permits: Arc<tokio::sync::Semaphore>,
+    /// One lock per recipient, held while its inbox is read or acknowledged (see
+    /// [`Gateway::inbox_turn`]).
+    inbox_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -271,8 +283,10 @@ impl Gateway {
             redeliveries: tokio::sync::Mutex::new(()),
             rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             refusal_summaries: Arc::default(),
+            body_permits: Arc::new(tokio::sync::Semaphore::new(limits.bodies_in_flight.max(1))),
             limits,
             in_flight: Mutex::new(HashMap::new()),
+            inbox_turns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -906,6 +920,31 @@ impl Gateway {
             ..Personal::default()
         };
         self.append(&fact).await.map(|_| ())
+    }
+
+    /// Waits for a permit to read one request body, held until it drops (see
+    /// [`Limits::bodies_in_flight`]).
+    pub async fn body_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        self.body_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| unavailable("the gateway is stopping"))
+    }
+
+    /// Waits for `recipient`'s turn at its inbox, held until the guard drops: reading the
+    /// inbox and acknowledging audit a delivery's change before they record it, so that two
+    /// requests at once must not both audit the same change. One lock per recipient (a
+    /// registered partner, so a bounded set).
+    pub async fn inbox_turn(&self, recipient: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .inbox_turns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(recipient.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// The refusals waiting for their summaries: where the server's certificate verifier

@@ -27,6 +27,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::future::{Ready, ready};
+use std::time::Duration;
 use tracing::Instrument;
 
 /// The routes the server exposes, as `(method, path)`: the OpenAPI document must list these.
@@ -144,7 +145,7 @@ async fn refuse_unregistered(
     else {
         return problem;
     };
-    let body = match read_body(payload, gateway.limits().max_body_bytes).await {
+    let body = match read_body(gateway, payload).await {
         Ok(body) => body,
         Err(unreadable) => return unreadable,
     };
@@ -169,19 +170,31 @@ fn is_auditor(caller: &Caller) -> bool {
     caller.0.role == "auditor"
 }
 
-/// Reads the body, up to one byte past the limit: a larger body is refused by the pipeline
-/// (and audited) without being read to its end.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, Problem> {
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Problem::bad_request(format!("reading the body: {e}")))?;
-        let room = (limit + 1).saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() > limit {
-            break;
+/// Reads the body, up to one byte past the size limit: a larger body is refused by the
+/// pipeline (and audited) without being read to its end. Bodies are read a bounded number at
+/// a time, each within a time limit (see [`crate::pipeline::Limits`]), so that clients
+/// sending slowly cannot make the gateway hold more than that many bodies; one that does not
+/// arrive in time is answered `400`.
+async fn read_body(gateway: &Gateway, mut payload: web::Payload) -> Result<Vec<u8>, Problem> {
+    let limits = gateway.limits();
+    let (limit, seconds) = (limits.max_body_bytes, limits.body_read_secs);
+    let _permit = gateway.body_permit().await.map_err(Problem::from)?;
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| Problem::bad_request(format!("reading the body: {e}")))?;
+            let room = (limit + 1).saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() > limit {
+                break;
+            }
         }
-    }
-    Ok(body)
+        Ok(body)
+    };
+    tokio::time::timeout(Duration::from_secs(seconds.max(1)), read)
+        .await
+        .map_err(|_| Problem::bad_request(format!("the body did not arrive within {seconds} s")))?
 }
 
 fn header(req: &HttpRequest, name: &str) -> Option<String> {
@@ -214,8 +227,7 @@ async fn post_message(
     async move {
         // At most one byte past the limit is read, whatever the declared length: the
         // pipeline refuses a larger body, and audits the refusal, like any other.
-        let limit = gateway.limits().max_body_bytes;
-        let body = read_body(payload, limit).await?;
+        let body = read_body(&gateway, payload).await?;
         let content_type = header(&req, "content-type").unwrap_or_default();
         let content = if req.headers().contains_key("ce-specversion") {
             let attributes = req
@@ -300,6 +312,8 @@ async fn get_inbox(
 ) -> Result<HttpResponse, Problem> {
     let gateway = gateway(&req)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    // One request at a time per inbox: a delivery is audited `delivered` once.
+    let _turn = gateway.inbox_turn(&caller.0.id).await;
     let deliveries = gateway
         .store
         .inbox(&caller.0.id, query.after, limit)
@@ -346,6 +360,8 @@ async fn ack(
     let gateway = gateway(&req)?;
     let id = id.into_inner();
     let not_yours = || Problem::not_found(format!("no delivery {id} in your inbox"));
+    // Read and changed in the inbox's turn: a delivery is audited `acknowledged` once.
+    let _turn = gateway.inbox_turn(&caller.0.id).await;
     let delivery = gateway
         .store
         .delivery_metadata(id)
