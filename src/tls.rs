@@ -21,8 +21,8 @@
 //! It must not decide who a partner is, nor what a partner may do: matching `urn:partner:<id>`
 //! and fingerprint pins against the registry, and roles, belong to the registry. It never takes an
 //! identity from a request body, opens no socket and writes no log: the certificates a handshake
-//! refuses are reported to an observer ([`server_config_with_verifier`]), which audits them. [`dev`] generates the
-//! development PKI, which is for development and tests only.
+//! refuses are reported to an observer ([`server_config_with_verifier`]), which audits them.
+//! [`dev`] generates the development PKI, which is for development and tests only.
 
 pub mod dev;
 

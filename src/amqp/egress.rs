@@ -306,14 +306,11 @@ impl Egress {
                     Err(error) => tracing::error!(error = %error, "reading the AMQP outbox"),
                 }
             }
-            let wait = match self.gateway.store.next_due(StoreChannel::Amqp) {
+            let wait = match (self.gateway.store.next_due(StoreChannel::Amqp), held.wait()) {
                 _ if !recordable => Duration::from_secs(1),
-                Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1000)),
-                Ok(Some(_)) if skip.len() > in_flight.len() => held
-                    .next_release()
-                    .unwrap_or_default()
-                    .clamp(Duration::from_millis(10), Duration::from_secs(1)),
-                Ok(Some(_))
+                (Ok(Some(at)), _) if at > now => Duration::from_millis((at - now).min(1000)),
+                (Ok(Some(_)), Some(until_released)) => until_released,
+                (Ok(Some(_)), None)
                     if self.in_flight.saturating_sub(in_flight.len()) >= self.refill_at() =>
                 {
                     Duration::from_millis(10)

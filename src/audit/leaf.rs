@@ -33,6 +33,12 @@ pub mod limits {
     /// Largest number of messages one fact stands for: the largest integer that RFC 8785
     /// (I-JSON) writes exactly.
     pub const COUNT: u64 = (1 << 53) - 1;
+
+    /// Whether `id` can be an identifier of a fact (partner id, event type, event id, mapping
+    /// id, field name): not empty, at most [`ID_LEN`] bytes, no control characters.
+    pub fn fits_identifier(id: &str) -> bool {
+        !id.is_empty() && id.len() <= ID_LEN && !id.chars().any(char::is_control)
+    }
 }
 
 /// The kind of fact a leaf records.
@@ -189,7 +195,7 @@ impl Fact {
             .chain(&self.withheld)
             .chain(self.mapping.iter().flat_map(|m| [&m.id, &m.hash]));
         for id in ids {
-            if id.is_empty() || id.len() > limits::ID_LEN || id.chars().any(char::is_control) {
+            if !limits::fits_identifier(id) {
                 return bad(format!(
                     "identifier of {} bytes or with control characters",
                     id.len()

@@ -64,12 +64,14 @@ impl HeldBack {
         also.iter().chain(self.0.keys()).copied().collect()
     }
 
-    /// How long until the first one is let go, when any is held.
-    pub fn next_release(&self) -> Option<Duration> {
-        self.0
-            .values()
-            .min()
-            .map(|until| until.saturating_duration_since(Instant::now()))
+    /// How long a worker with due deliveries it may not take should wait: until the first
+    /// held one is let go (between 10 ms and a second), or `None` when none is held.
+    pub fn wait(&self) -> Option<Duration> {
+        self.0.values().min().map(|until| {
+            until
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(10), Duration::from_secs(1))
+        })
     }
 }
 

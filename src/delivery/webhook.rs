@@ -98,15 +98,14 @@ impl WebhookWorker {
                     Err(e) => tracing::error!(error = %e, "reading the outbox"),
                 }
             }
-            let wait = match this.gateway.store.next_due(Channel::Webhook) {
+            let wait = match (this.gateway.store.next_due(Channel::Webhook), held.wait()) {
                 _ if !recordable => Duration::from_secs(1),
-                Ok(Some(at)) if at > now => Duration::from_millis((at - now).min(1000)),
+                (Ok(Some(at)), _) if at > now => Duration::from_millis((at - now).min(1000)),
                 // What is due and not in flight may be held back: wake when the first is let go.
-                Ok(Some(_)) if skip.len() > in_flight.len() => held
-                    .next_release()
-                    .unwrap_or_default()
-                    .clamp(Duration::from_millis(10), Duration::from_secs(1)),
-                Ok(Some(_)) if in_flight.len() < this.concurrency => Duration::from_millis(10),
+                (Ok(Some(_)), Some(until_released)) => until_released,
+                (Ok(Some(_)), None) if in_flight.len() < this.concurrency => {
+                    Duration::from_millis(10)
+                }
                 _ => Duration::from_secs(1),
             };
             let changed = this.gateway.outbox_changed.clone();

@@ -219,12 +219,12 @@ pub struct Gateway {
     rate: DefaultKeyedRateLimiter<String>,
     refusal_summaries: Arc<RefusalSummaries>,
     /// One queue per source and reference of the messages being accepted.
-    in_flight: InFlightMap,
+    in_flight: TurnQueues,
     /// One permit per request body being read (see [`Gateway::body_permit`]).
     body_permits: Arc<tokio::sync::Semaphore>,
-    /// One lock per recipient, held while its inbox is read or acknowledged (see
-    /// [`Gateway::inbox_turn`]).
-    inbox_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One queue per recipient, whose turn is held while its inbox is read or acknowledged
+    /// (see [`Gateway::inbox_turn`]).
+    inbox_turns: TurnQueues,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -417,7 +417,7 @@ impl Gateway {
         // The id names the message in the audit log and in the duplicate index, which take
         // short identifiers only: a longer one, or one with control characters, is the
         // sender's to mend (the schema counts characters, the log bytes).
-        if event_id.len() > audit::leaf::limits::ID_LEN || event_id.chars().any(char::is_control) {
+        if !audit::leaf::limits::fits_identifier(&event_id) {
             return Err(Refusal::Unprocessable {
                 message: format!(
                     "the id must be at most {} bytes long (UTF-8), without control characters; it has {} bytes",
@@ -440,7 +440,7 @@ impl Gateway {
         // first is being made durable waits for it and gets its receipt.
         // The turn is released and the place left when `place` drops, also when this future
         // is dropped.
-        let mut place = InFlight::join(&self.in_flight, AcceptedRecord::key(&source, &event_id))?;
+        let mut place = Turn::join(&self.in_flight, AcceptedRecord::key(&source, &event_id))?;
         place.wait_turn().await;
         self.accept(submission, &mut event, &event_type, &event_id, &source)
             .await
@@ -932,19 +932,13 @@ impl Gateway {
             .map_err(|_| unavailable("the gateway is stopping"))
     }
 
-    /// Waits for `recipient`'s turn at its inbox, held until the guard drops: reading the
-    /// inbox and acknowledging audit a delivery's change before they record it, so that two
-    /// requests at once must not both audit the same change. One lock per recipient (a
-    /// registered partner, so a bounded set).
-    pub async fn inbox_turn(&self, recipient: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .inbox_turns
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(recipient.to_owned())
-            .or_default()
-            .clone();
-        lock.lock_owned().await
+    /// Waits for `recipient`'s turn at its inbox, held until it drops: reading the inbox and
+    /// acknowledging audit a delivery's change before they record it, so that two requests at
+    /// once must not both audit the same change.
+    pub(crate) async fn inbox_turn(&self, recipient: &str) -> Result<Turn<'_>, Refusal> {
+        let mut turn = Turn::join(&self.inbox_turns, recipient.to_owned())?;
+        turn.wait_turn().await;
+        Ok(turn)
     }
 
     /// The refusals waiting for their summaries: where the server's certificate verifier
@@ -1026,29 +1020,30 @@ impl Gateway {
     }
 }
 
-/// The one-at-a-time queue of the messages with one source and reference.
-type InFlightMap = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+/// One-at-a-time queues, one per key: the messages with one source and reference, or the
+/// requests at one recipient's inbox.
+type TurnQueues = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
-/// A message's place in the queue of its source and reference.
-/// When the last one waiting there leaves, the queue is removed, also when its request was
-/// dropped half-way (a client gone, a stop), so that the map does not grow.
-struct InFlight<'g> {
-    map: &'g InFlightMap,
+/// A place in the queue of one key (see [`TurnQueues`]). When the last one waiting there
+/// leaves, the queue is removed, also when its request was dropped half-way (a client gone, a
+/// stop), so that the map does not grow.
+pub(crate) struct Turn<'g> {
+    map: &'g TurnQueues,
     key: String,
     slot: Arc<tokio::sync::Mutex<()>>,
     turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-impl<'g> InFlight<'g> {
+impl<'g> Turn<'g> {
     /// Joins the queue of `key`, creating it if it is the first.
-    fn join(map: &'g InFlightMap, key: String) -> Result<InFlight<'g>, Refusal> {
+    fn join(map: &'g TurnQueues, key: String) -> Result<Turn<'g>, Refusal> {
         let slot = map
             .lock()
             .map_err(|_| unavailable("lock"))?
             .entry(key.clone())
             .or_default()
             .clone();
-        Ok(InFlight {
+        Ok(Turn {
             map,
             key,
             slot,
@@ -1062,7 +1057,7 @@ impl<'g> InFlight<'g> {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Turn<'_> {
     fn drop(&mut self) {
         // The turn goes first, with its reference to the queue. Then, under the map's lock,
         // where every other place is taken: the map's own reference and this one are all
@@ -1298,11 +1293,11 @@ mod tests {
     /// A request dropped while it waits its turn, or while it holds it, leaves no queue behind.
     #[tokio::test]
     async fn a_dropped_request_leaves_no_queue_behind() {
-        let map = InFlightMap::default();
-        let mut first = InFlight::join(&map, "k".into()).unwrap();
+        let map = TurnQueues::default();
+        let mut first = Turn::join(&map, "k".into()).unwrap();
         first.wait_turn().await;
         let waiting = async {
-            let mut second = InFlight::join(&map, "k".into()).unwrap();
+            let mut second = Turn::join(&map, "k".into()).unwrap();
             second.wait_turn().await;
             unreachable!("the first holds the turn");
         };
@@ -1317,7 +1312,7 @@ mod tests {
         assert!(map.lock().unwrap().is_empty());
         // Dropped while holding its turn, the same.
         let request = async {
-            let mut third = InFlight::join(&map, "k".into()).unwrap();
+            let mut third = Turn::join(&map, "k".into()).unwrap();
             third.wait_turn().await;
             std::future::pending::<()>().await;
         };

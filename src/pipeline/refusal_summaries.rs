@@ -125,7 +125,8 @@ impl RefusalSummaries {
     }
 
     /// Takes every tally, oldest first, leaving none behind.
-    pub fn take(&self) -> Vec<Tally> {
+    #[cfg(test)]
+    fn take(&self) -> Vec<Tally> {
         self.take_due(|_| true)
     }
 

@@ -313,7 +313,7 @@ async fn get_inbox(
     let gateway = gateway(&req)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
     // One request at a time per inbox: a delivery is audited `delivered` once.
-    let _turn = gateway.inbox_turn(&caller.0.id).await;
+    let _turn = gateway.inbox_turn(&caller.0.id).await?;
     let deliveries = gateway
         .store
         .inbox(&caller.0.id, query.after, limit)
@@ -361,7 +361,7 @@ async fn ack(
     let id = id.into_inner();
     let not_yours = || Problem::not_found(format!("no delivery {id} in your inbox"));
     // Read and changed in the inbox's turn: a delivery is audited `acknowledged` once.
-    let _turn = gateway.inbox_turn(&caller.0.id).await;
+    let _turn = gateway.inbox_turn(&caller.0.id).await?;
     let delivery = gateway
         .store
         .delivery_metadata(id)
