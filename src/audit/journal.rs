@@ -11,17 +11,33 @@
 //! records: `u32 length || payload || SHA-256(payload)`, and a payload is
 //! `u16 entry length || entry || u8 tag count || tags || u8 sealed? ||
 //! [case tag || nonce || u32 length || ciphertext]`.
+//!
+//! The segment being written is filled with zeros ahead of its records (see
+//! [`RESERVE`]), so that a sync writes the new records' blocks and not the
+//! file system's bookkeeping for a file that grew. A reader stops at the first
+//! record that does not check, as it does at a torn tail; a segment is cut to
+//! its records' length when the next one is started, and at open.
 
 use super::error::{AuditError, Result};
 use super::keys::{Sealed, Tag, sync_dir};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The largest record payload accepted when reading (bounds memory on damaged input).
 const MAX_RECORD: usize = 4 << 20;
+
+/// How far ahead of its records the segment being written is filled with zeros.
+///
+/// On ext4, `fdatasync` of a file that grew since the last sync also commits the file
+/// system's journal (the new size and blocks), while a sync of blocks that were already
+/// allocated and written writes only them. Measured on the development machine with groups
+/// of twelve 600-byte records: about 185 µs of kernel CPU and 420 µs of wall time a sync when
+/// appending, against 70 µs and 175 µs when overwriting zeros written beforehand. The zeros
+/// cost one extra write of this size every few thousand entries.
+const RESERVE: u64 = 1 << 20;
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,23 +199,23 @@ pub struct JournalWriter {
     dir: PathBuf,
     path: PathBuf,
     file: Arc<File>,
+    /// The length of the records written to the segment.
     bytes: u64,
+    /// The length of the segment file: its records, then zeros.
+    reserved: u64,
     segment_limit: u64,
 }
 
 impl JournalWriter {
-    /// Opens the journal for appending after a scan: the damaged tail (if
-    /// any) is cut off and synced; a fresh journal gets its first segment.
+    /// Opens the journal for appending after a scan: the damaged tail or the
+    /// zeros after the last record (if any) are cut off and synced; a fresh
+    /// journal gets its first segment.
     pub fn open(dir: &Path, scan: &Scan, segment_limit: u64) -> Result<Self> {
         let (path, len) = match &scan.tail {
             Some((_, path, len)) => (path.clone(), *len),
             None => (dir.join(segment_name(0)), 0),
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| AuditError::io(&path, e))?;
+        let file = open_segment(&path)?;
         let actual = file.metadata().map_err(|e| AuditError::io(&path, e))?.len();
         if actual != len {
             file.set_len(len).map_err(|e| AuditError::io(&path, e))?;
@@ -211,16 +227,35 @@ impl JournalWriter {
             path,
             file: Arc::new(file),
             bytes: len,
+            reserved: len,
             segment_limit,
         })
     }
 
-    /// Writes framed records (not yet durable).
+    /// Writes framed records after the last ones (not yet durable).
     pub fn write(&mut self, framed: &[u8]) -> Result<()> {
-        (&*self.file)
-            .write_all(framed)
+        let end = self.bytes + framed.len() as u64;
+        if end > self.reserved {
+            self.reserve(end + RESERVE)?;
+        }
+        self.file
+            .write_all_at(framed, self.bytes)
             .map_err(|e| AuditError::io(&self.path, e))?;
-        self.bytes += framed.len() as u64;
+        self.bytes = end;
+        Ok(())
+    }
+
+    /// Fills the segment with zeros up to `len` bytes. The next sync makes them durable
+    /// with the records written into them.
+    fn reserve(&mut self, len: u64) -> Result<()> {
+        let zeros = vec![0u8; 1 << 20];
+        while self.reserved < len {
+            let n = (len - self.reserved).min(zeros.len() as u64) as usize;
+            self.file
+                .write_all_at(&zeros[..n], self.reserved)
+                .map_err(|e| AuditError::io(&self.path, e))?;
+            self.reserved += n as u64;
+        }
         Ok(())
     }
 
@@ -242,20 +277,33 @@ impl JournalWriter {
     }
 
     /// Starts a new segment whose first record will be entry `next`. Call
-    /// only after [`Self::sync`].
+    /// only after [`Self::sync`]. The finished segment is first cut to its
+    /// records, so that only the last segment can end in anything else.
     pub fn rotate(&mut self, next: u64) -> Result<()> {
+        self.file
+            .set_len(self.bytes)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| AuditError::io(&self.path, e))?;
         let path = self.dir.join(segment_name(next));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| AuditError::io(&path, e))?;
+        let file = open_segment(&path)?;
         sync_dir(&self.dir)?;
         self.path = path;
         self.file = Arc::new(file);
         self.bytes = 0;
+        self.reserved = 0;
         Ok(())
     }
+}
+
+/// Opens (or creates) a segment for writing at chosen offsets.
+fn open_segment(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| AuditError::io(path, e))
 }
 
 #[cfg(test)]
@@ -294,5 +342,63 @@ mod tests {
         w.write(&buf).unwrap();
         w.sync().unwrap();
         assert_eq!(scan(dir.path(), |_, _| Ok(())).unwrap().next, 4);
+    }
+
+    #[test]
+    fn zeros_ahead_of_the_records_end_a_scan_and_finished_segments_keep_only_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = |start: u64| {
+            std::fs::metadata(dir.path().join(segment_name(start)))
+                .unwrap()
+                .len()
+        };
+        let framed = |i: u8| {
+            let mut buf = Vec::new();
+            Record {
+                entry: vec![i; 10],
+                tags: vec![],
+                sealed: None,
+            }
+            .encode_into(&mut buf);
+            buf
+        };
+        let count = || scan(dir.path(), |_, _| Ok(())).unwrap();
+        let mut w = JournalWriter::open(dir.path(), &count(), 1 << 20).unwrap();
+        let three = [framed(0), framed(1), framed(2)].concat();
+        w.write(&three).unwrap();
+        w.sync().unwrap();
+        assert_eq!(
+            len(0),
+            three.len() as u64 + RESERVE,
+            "zeros follow the records"
+        );
+        // What a reader finds while the segment is being written, or after a crash.
+        let s = count();
+        assert_eq!(s.next, 3);
+        assert_eq!(s.tail.as_ref().unwrap().2, three.len() as u64);
+
+        w.rotate(3).unwrap();
+        assert_eq!(
+            len(0),
+            three.len() as u64,
+            "a finished segment ends with its records"
+        );
+        w.write(&framed(3)).unwrap();
+        w.sync().unwrap();
+        drop(w);
+
+        let s = count();
+        assert_eq!(s.next, 4);
+        let mut w = JournalWriter::open(dir.path(), &s, 1 << 20).unwrap();
+        assert_eq!(len(3), framed(3).len() as u64, "opening cuts the zeros off");
+        w.write(&framed(4)).unwrap();
+        w.sync().unwrap();
+        let mut seen = Vec::new();
+        scan(dir.path(), |i, r| {
+            seen.push((i, r.entry[0]));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]);
     }
 }
