@@ -6,14 +6,15 @@
 //! leave nothing on its case's file, so that a later event of the case is flagged for the want
 //! of it. Once there is room again and the gateway has been restarted, every message it
 //! acknowledged is still there with its entry, every message it refused is accepted when its
-//! sender sends it again, once, and the log verifies offline.
+//! sender sends it again, once, and the log verifies offline. While the log cannot record a
+//! delivery attempt, no webhook delivery is attempted; after the restart each arrives once.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
 
 use gateway_support::{
-    Admin, Client, RegistryChanges, ServedGateway, client_tls, config_file, fixture_text,
-    write_registry,
+    Admin, Client, Receiver, RegistryChanges, ServedGateway, client_tls, config_file, fixture_text,
+    wait_for, write_registry,
 };
 use passerelle::audit::NoteSigner;
 use passerelle::pipeline::sequence::CaseFile;
@@ -23,6 +24,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// The size of the small filesystem.
 const SMALL_FS: &str = "size=8m";
@@ -100,9 +102,14 @@ struct Setup {
 }
 
 impl Setup {
+    /// The sample registry with every recipient on the inbox.
     fn new(part: OnSmallFs) -> Setup {
+        Setup::with_registry(part, &RegistryChanges::new().inbox("ma.dgsn"))
+    }
+
+    fn with_registry(part: OnSmallFs, changes: &RegistryChanges) -> Setup {
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let registry = write_registry(dir.path(), &RegistryChanges::new().inbox("ma.dgsn"));
+        let registry = write_registry(dir.path(), changes);
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let small = SmallFs::mount(&dir.path().join("small"));
@@ -401,4 +408,112 @@ async fn a_full_disk_under_the_audit_log_refuses_with_503_and_loses_nothing() {
 #[actix_web::test]
 async fn a_full_disk_under_the_store_refuses_with_503_and_loses_nothing() {
     scenario(OnSmallFs::Store).await;
+}
+
+/// While the audit log cannot record a delivery attempt, the webhook worker makes none: a
+/// delivery that comes due then is neither pushed nor counted, however long it waits, and it
+/// arrives once after a restart with room again. (An attempt that could not be recorded would
+/// be made again, and the recipient would get the message in a loop.)
+#[actix_web::test]
+async fn a_webhook_delivery_waits_while_its_attempt_cannot_be_audited() {
+    let mut dgsn = Receiver::reserve();
+    let setup = Setup::with_registry(
+        OnSmallFs::AuditLog,
+        &RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices")),
+    );
+    let (mut gateway, admin) = setup.start("first.log").await;
+    let client = setup.client();
+    let attempts = async || {
+        let failed = admin
+            .metric(
+                "passerelle_deliveries_total",
+                &[("recipient", "ma.dgsn"), ("outcome", "retry")],
+            )
+            .await;
+        let delivered = admin
+            .metric(
+                "passerelle_deliveries_total",
+                &[("recipient", "ma.dgsn"), ("outcome", "delivered")],
+            )
+            .await;
+        failed + delivered
+    };
+
+    // A notice for the police, whose endpoint is down: its delivery fails, and is due again
+    // within a second (the test configuration's longest backoff).
+    let first = "CGSN-CASA-2026-30000";
+    let reply = client.send("application/xml", notice(first, CASE)).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait_for("a failed attempt", Duration::from_secs(10), async || {
+        (attempts().await >= 1.0).then_some(())
+    })
+    .await;
+
+    // The disk fills; the first message the log cannot take stops it.
+    let filler = setup.small.fill();
+    let mut accepted = vec![first.to_owned()];
+    let mut refused = Vec::new();
+    for n in 1..=MAX_AGAINST_FULL {
+        let reference = format!("CGSN-CASA-2026-3{n:04}");
+        let reply = client
+            .send(
+                "application/xml",
+                notice(&reference, &format!("RVA-2026-08{n:04}")),
+            )
+            .await;
+        match reply.status {
+            202 => accepted.push(reference),
+            503 => {
+                refused.push(reference);
+                break;
+            }
+            other => panic!("{reference}: {other} {}", reply.text()),
+        }
+    }
+    assert_eq!(refused.len(), 1, "the full log never refused a message");
+    let ready = admin.get("/ready").await;
+    assert_eq!(
+        ready.json()["checks"]["audit_log"],
+        false,
+        "{}",
+        ready.text()
+    );
+
+    // The endpoint comes up. For three times the longest backoff, nothing is pushed to it and
+    // no attempt is counted.
+    let counted = attempts().await;
+    dgsn.up();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pushed: Vec<String> = dgsn.received().into_iter().map(|r| r.event_id).collect();
+    assert!(
+        pushed.is_empty(),
+        "pushed while the attempt could not be audited: {pushed:?}"
+    );
+    assert_eq!(attempts().await, counted);
+    assert_eq!(gateway.stop().code(), Some(1), "{}", gateway.stderr());
+
+    // With room again, after a restart, each accepted notice reaches the police once, and the
+    // refused one does not.
+    std::fs::remove_file(filler).expect("making room");
+    let (mut gateway, _admin) = setup.start("second.log").await;
+    wait_for("the deliveries", Duration::from_secs(20), async || {
+        let got = dgsn.accepted();
+        accepted
+            .iter()
+            .all(|reference| got.iter().any(|r| &r.event_id == reference))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = dgsn.accepted();
+    for reference in &accepted {
+        let times = got.iter().filter(|r| &r.event_id == reference).count();
+        assert_eq!(times, 1, "{reference} was delivered {times} times");
+    }
+    assert!(
+        !got.iter().any(|r| r.event_id == refused[0]),
+        "the refused notice was delivered"
+    );
+    gateway.terminate();
+    dgsn.down().await;
 }
