@@ -284,6 +284,8 @@ enum Write {
     },
     Abandon {
         key: String,
+        /// The record of the attempt to withdraw, as it was written.
+        attempt: Box<AcceptedRecord>,
         reply: oneshot::Sender<Result<()>>,
     },
     Accept {
@@ -579,11 +581,18 @@ impl Store {
     }
 
     /// Removes an accepted message that never reached the audit log, with its held
-    /// deliveries, durably.
+    /// deliveries, durably: the attempt `record` records, and only it. When the store holds
+    /// another attempt of the same message by then, that one is left alone.
+    ///
+    /// A settlement runs on a blocking thread and outlives a request that is dropped while it
+    /// waits; a later attempt of the same message may meanwhile have settled the first and
+    /// recorded itself anew. Withdrawing by key alone would then remove the later attempt's
+    /// record and deliveries while its acceptance goes on to the log and is answered `202`.
     pub async fn abandon(&self, record: &AcceptedRecord) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.send(Write::Abandon {
             key: AcceptedRecord::key(&record.source, &record.event_id),
+            attempt: Box::new(record.clone()),
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -594,6 +603,7 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.send(Write::Abandon {
             key: AcceptedRecord::key(&record.source, &record.event_id),
+            attempt: Box::new(record.clone()),
             reply,
         })?;
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
@@ -1217,7 +1227,11 @@ fn apply(t: &mut Tables<'_>, c: &mut Counters<'_>, write: Write) -> Reply {
             reply,
             ..
         } => Reply::Unit(reply, confirm(t, c, &key, &record, case, release)),
-        Write::Abandon { key, reply } => Reply::Unit(Some(reply), abandon(t, &key)),
+        Write::Abandon {
+            key,
+            attempt,
+            reply,
+        } => Reply::Unit(Some(reply), abandon(t, &key, &attempt)),
     }
 }
 
@@ -1274,10 +1288,14 @@ fn confirm(
     Ok(())
 }
 
-fn abandon(t: &mut Tables<'_>, key: &str) -> Result<()> {
+fn abandon(t: &mut Tables<'_>, key: &str, attempt: &AcceptedRecord) -> Result<()> {
     let Some(record) = t.record(key)? else {
         return Ok(());
     };
+    if record != *attempt {
+        // Another attempt of the message, recorded since (see `Store::abandon`).
+        return Ok(());
+    }
     if record.confirmed {
         return Err(StoreError::Database(
             "refusing to abandon a confirmed message".into(),
@@ -1551,6 +1569,34 @@ mod tests {
         // Withdrawing a confirmed message is refused, and its facts stay.
         assert!(store.abandon(&kept).await.is_err());
         assert!(store.case_file(case).unwrap().is_firm("lpc.issued"));
+    }
+
+    /// A settlement that outlived its request withdraws the attempt it read, never a later
+    /// attempt of the same message recorded meanwhile.
+    #[tokio::test]
+    async fn withdrawing_an_attempt_leaves_a_later_attempt_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let inbox = || vec![new_delivery("ma.dgsn", Channel::Inbox)];
+        let mut first = record("e1");
+        store.record_accepted(&mut first, inbox()).await.unwrap();
+        // Settled by a later request: withdrawn, then recorded anew.
+        store.abandon(&first).await.unwrap();
+        assert_eq!(store.accepted("urn:partner:test", "e1").unwrap(), None);
+        assert_eq!(store.delivery(first.deliveries[0]).unwrap(), None);
+        let mut second = record("e1");
+        second.accepted_at = "2026-11-29T21:00:00.000Z".into();
+        store.record_accepted(&mut second, inbox()).await.unwrap();
+
+        // The first settlement's withdrawal, late: the second attempt stays, with its delivery.
+        store.abandon(&first).await.unwrap();
+        let kept = store.accepted("urn:partner:test", "e1").unwrap();
+        assert_eq!(kept.as_ref(), Some(&second));
+        assert!(store.delivery(second.deliveries[0]).unwrap().is_some());
+        // Its own withdrawal still works.
+        store.abandon(&second).await.unwrap();
+        assert_eq!(store.accepted("urn:partner:test", "e1").unwrap(), None);
+        assert_eq!(store.delivery(second.deliveries[0]).unwrap(), None);
     }
 
     #[tokio::test]
