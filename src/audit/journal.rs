@@ -216,11 +216,7 @@ impl JournalWriter {
             None => (dir.join(segment_name(0)), 0),
         };
         let file = open_segment(&path)?;
-        let actual = file.metadata().map_err(|e| AuditError::io(&path, e))?.len();
-        if actual != len {
-            file.set_len(len).map_err(|e| AuditError::io(&path, e))?;
-        }
-        file.sync_all().map_err(|e| AuditError::io(&path, e))?;
+        cut(&file, &path, len)?;
         sync_dir(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -248,7 +244,7 @@ impl JournalWriter {
     /// Fills the segment with zeros up to `len` bytes. The next sync makes them durable
     /// with the records written into them.
     fn reserve(&mut self, len: u64) -> Result<()> {
-        let zeros = vec![0u8; 1 << 20];
+        let zeros = vec![0u8; RESERVE as usize];
         while self.reserved < len {
             let n = (len - self.reserved).min(zeros.len() as u64) as usize;
             self.file
@@ -276,14 +272,11 @@ impl JournalWriter {
         self.bytes >= self.segment_limit
     }
 
-    /// Starts a new segment whose first record will be entry `next`. Call
-    /// only after [`Self::sync`]. The finished segment is first cut to its
-    /// records, so that only the last segment can end in anything else.
+    /// Starts a new segment whose first record will be entry `next`. The
+    /// finished segment is first cut to its records and synced, so that only
+    /// the last segment can end in anything else.
     pub fn rotate(&mut self, next: u64) -> Result<()> {
-        self.file
-            .set_len(self.bytes)
-            .and_then(|()| self.file.sync_all())
-            .map_err(|e| AuditError::io(&self.path, e))?;
+        cut(&self.file, &self.path, self.bytes)?;
         let path = self.dir.join(segment_name(next));
         let file = open_segment(&path)?;
         sync_dir(&self.dir)?;
@@ -293,6 +286,19 @@ impl JournalWriter {
         self.reserved = 0;
         Ok(())
     }
+
+    /// Cuts the segment to its records and syncs it: the end of a log closed
+    /// in good order.
+    pub fn finish(self) -> Result<()> {
+        cut(&self.file, &self.path, self.bytes)
+    }
+}
+
+/// Cuts a segment to `len` bytes (its records) and syncs it with its length.
+fn cut(file: &File, path: &Path, len: u64) -> Result<()> {
+    file.set_len(len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| AuditError::io(path, e))
 }
 
 /// Opens (or creates) a segment for writing at chosen offsets.
@@ -400,5 +406,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]);
+        w.finish().unwrap();
+        assert_eq!(
+            len(3),
+            (framed(3).len() + framed(4).len()) as u64,
+            "a journal closed in good order keeps no zeros"
+        );
     }
 }

@@ -53,8 +53,9 @@ pub struct Options {
     pub sync_threads: usize,
     /// The least time between the starts of two syncs of one sync thread. A sync costs the
     /// kernel about the same CPU however few entries it covers, and each synced group gets a
-    /// signature of its own: spacing them out makes fewer, larger groups. It adds at most this
-    /// to an append's wait, which the pipeline overlaps with the store's commit.
+    /// signature of its own: spacing them out makes fewer, larger groups. It adds up to this
+    /// to an append's wait (an acceptance waits for the store's commit meanwhile; a delivery
+    /// attempt's record does not), so keep it to a few milliseconds.
     pub sync_spacing: Duration,
 }
 
@@ -495,8 +496,9 @@ impl AuditLog {
         let keys = match &case {
             Some((_, tag)) => {
                 let created = lock(&self.shared.keys)?.get_or_create(tag);
-                // A key the store could not write stops the log, as a journal write would:
-                // the disk is full or failing, and readiness must say so.
+                // A key the store could not write stops the log, as a failed journal write
+                // does: the disk is full or failing, and readiness must say so. Appends
+                // already queued are still written.
                 if let Err(e @ AuditError::Io { .. }) = &created {
                     self.shared.fail(e.to_string());
                 }
@@ -963,9 +965,9 @@ fn writer_loop(
         syncer.work.notify_one();
         drop(st);
         if journal.is_full() {
-            // The old segment is synced here, so a sync of the new one
-            // covers every group written before it.
-            let rotated = journal.sync().and_then(|()| journal.rotate(next));
+            // The old segment is synced by the rotation, so a sync of the new
+            // one covers every group written before it.
+            let rotated = journal.rotate(next);
             let Ok(mut st) = syncer.state.lock() else {
                 break;
             };
@@ -987,12 +989,19 @@ fn writer_loop(
         let _ = h.join();
     }
     // Groups that could not be synced are answered with an error.
+    let mut failed = true;
     if let Ok(mut st) = syncer.state.lock() {
+        failed = st.failed;
         for g in st.inflight.drain(..) {
             for p in g.appends {
                 let _ = p.reply.send(Err(AuditError::Closed));
             }
         }
+    }
+    // A log closed in good order leaves its last segment without the zeros
+    // reserved after its records; after a failure, the next open cuts them.
+    if !failed && let Err(e) = journal.finish() {
+        shared.fail(e.to_string());
     }
 }
 

@@ -275,6 +275,11 @@ pub struct LogEntry {
 enum Write {
     Confirm {
         key: String,
+        /// When set, the unconfirmed record of the attempt to confirm: a settlement may outlive
+        /// its request (see [`Store::abandon`]), and confirms nothing if another attempt of the
+        /// message was recorded since. The pipeline's own confirmation holds the message's
+        /// turn, and needs no such check.
+        attempt: Option<Box<AcceptedRecord>>,
         record: Vec<u8>,
         /// The case whose provisional facts this message stands for, if any.
         case: Option<String>,
@@ -283,7 +288,6 @@ enum Write {
         reply: Option<oneshot::Sender<Result<()>>>,
     },
     Abandon {
-        key: String,
         /// The record of the attempt to withdraw, as it was written.
         attempt: Box<AcceptedRecord>,
         reply: oneshot::Sender<Result<()>>,
@@ -529,6 +533,7 @@ impl Store {
         self.confirming().insert(key.clone(), record);
         let sent = self.send(Write::Confirm {
             key: key.clone(),
+            attempt: None,
             record: bytes,
             case,
             release: deliveries
@@ -566,10 +571,12 @@ impl Store {
                 release.push(Release::of(&d));
             }
         }
+        let attempt = Box::new(record.clone());
         let record = confirmed(record, entry);
         let (reply, rx) = oneshot::channel();
         self.send(Write::Confirm {
             key: AcceptedRecord::key(&record.source, &record.event_id),
+            attempt: Some(attempt),
             record: serde_json::to_vec(&record).map_err(db_error)?,
             case: provisional_case(&record),
             release,
@@ -582,31 +589,33 @@ impl Store {
 
     /// Removes an accepted message that never reached the audit log, with its held
     /// deliveries, durably: the attempt `record` records, and only it. When the store holds
-    /// another attempt of the same message by then, that one is left alone.
+    /// another attempt of the same message by then, nothing is removed and the answer is
+    /// [`StoreError::Refused`].
     ///
     /// A settlement runs on a blocking thread and outlives a request that is dropped while it
     /// waits; a later attempt of the same message may meanwhile have settled the first and
     /// recorded itself anew. Withdrawing by key alone would then remove the later attempt's
     /// record and deliveries while its acceptance goes on to the log and is answered `202`.
     pub async fn abandon(&self, record: &AcceptedRecord) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Write::Abandon {
-            key: AcceptedRecord::key(&record.source, &record.event_id),
-            attempt: Box::new(record.clone()),
-            reply,
-        })?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.send_abandon(record)?
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// Blocking form of [`Store::abandon`].
     pub fn abandon_blocking(&self, record: &AcceptedRecord) -> Result<()> {
+        self.send_abandon(record)?
+            .blocking_recv()
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    fn send_abandon(&self, record: &AcceptedRecord) -> Result<oneshot::Receiver<Result<()>>> {
         let (reply, rx) = oneshot::channel();
         self.send(Write::Abandon {
-            key: AcceptedRecord::key(&record.source, &record.event_id),
             attempt: Box::new(record.clone()),
             reply,
         })?;
-        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+        Ok(rx)
     }
 
     /// The case file of a case (empty if the case is new).
@@ -1221,17 +1230,17 @@ fn apply(t: &mut Tables<'_>, c: &mut Counters<'_>, write: Write) -> Reply {
         }
         Write::Confirm {
             key,
+            attempt,
             record,
             case,
             release,
             reply,
             ..
-        } => Reply::Unit(reply, confirm(t, c, &key, &record, case, release)),
-        Write::Abandon {
-            key,
-            attempt,
+        } => Reply::Unit(
             reply,
-        } => Reply::Unit(Some(reply), abandon(t, &key, &attempt)),
+            confirm(t, c, &key, attempt.as_deref(), &record, case, release),
+        ),
+        Write::Abandon { attempt, reply } => Reply::Unit(Some(reply), abandon(t, &attempt)),
     }
 }
 
@@ -1265,14 +1274,28 @@ fn accept(
     Ok(Recorded::New(made))
 }
 
+/// Refuses a change meant for `attempt` when the store holds another attempt of its message.
+fn same_attempt(t: &Tables<'_>, key: &str, attempt: &AcceptedRecord) -> Result<()> {
+    match t.record(key)? {
+        Some(stored) if stored != *attempt && !stored.confirmed => Err(StoreError::Refused(
+            "another attempt of this message was recorded since".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn confirm(
     t: &mut Tables<'_>,
     c: &mut Counters<'_>,
     key: &str,
+    attempt: Option<&AcceptedRecord>,
     record: &[u8],
     case: Option<String>,
     release: Vec<Release>,
 ) -> Result<()> {
+    if let Some(attempt) = attempt {
+        same_attempt(t, key, attempt)?;
+    }
     if t.unconfirmed.remove(key).map_err(db_error)?.is_none() {
         // Confirmed already, or withdrawn.
         return Ok(());
@@ -1288,14 +1311,13 @@ fn confirm(
     Ok(())
 }
 
-fn abandon(t: &mut Tables<'_>, key: &str, attempt: &AcceptedRecord) -> Result<()> {
+fn abandon(t: &mut Tables<'_>, attempt: &AcceptedRecord) -> Result<()> {
+    let key = AcceptedRecord::key(&attempt.source, &attempt.event_id);
+    let key = key.as_str();
     let Some(record) = t.record(key)? else {
         return Ok(());
     };
-    if record != *attempt {
-        // Another attempt of the message, recorded since (see `Store::abandon`).
-        return Ok(());
-    }
+    same_attempt(t, key, attempt)?;
     if record.confirmed {
         return Err(StoreError::Database(
             "refusing to abandon a confirmed message".into(),
@@ -1571,12 +1593,12 @@ mod tests {
         assert!(store.case_file(case).unwrap().is_firm("lpc.issued"));
     }
 
-    /// A settlement that outlived its request withdraws the attempt it read, never a later
-    /// attempt of the same message recorded meanwhile.
+    /// A settlement that outlived its request withdraws or confirms the attempt it read, never
+    /// a later attempt of the same message recorded meanwhile.
     #[tokio::test]
     async fn withdrawing_an_attempt_leaves_a_later_attempt_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
         let inbox = || vec![new_delivery("ma.dgsn", Channel::Inbox)];
         let mut first = record("e1");
         store.record_accepted(&mut first, inbox()).await.unwrap();
@@ -1588,8 +1610,22 @@ mod tests {
         second.accepted_at = "2026-11-29T21:00:00.000Z".into();
         store.record_accepted(&mut second, inbox()).await.unwrap();
 
-        // The first settlement's withdrawal, late: the second attempt stays, with its delivery.
-        store.abandon(&first).await.unwrap();
+        // The first settlement's withdrawal, late: refused, and the second attempt stays with
+        // its delivery; so does a late confirmation of the first.
+        assert!(matches!(
+            store.abandon(&first).await,
+            Err(StoreError::Refused(_))
+        ));
+        let entry = LogEntry {
+            log_index: 7,
+            leaf_hash: "ab".repeat(32),
+            receipt: "receipt".into(),
+        };
+        let late = {
+            let (store, first) = (store.clone(), first.clone());
+            tokio::task::spawn_blocking(move || store.confirm_blocking(&first, entry))
+        };
+        assert!(matches!(late.await.unwrap(), Err(StoreError::Refused(_))));
         let kept = store.accepted("urn:partner:test", "e1").unwrap();
         assert_eq!(kept.as_ref(), Some(&second));
         assert!(store.delivery(second.deliveries[0]).unwrap().is_some());
