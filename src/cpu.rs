@@ -1,7 +1,8 @@
-//! CPU time of a process, read from `/proc`: the load generator and the benchmarks measure
-//! what one message costs in CPU, beside what it costs in wall time.
+//! CPU time of a process, and of its threads by part, read from `/proc`: the load generator
+//! and the benchmarks measure what one message costs in CPU, beside what it costs in wall time.
 
 use anyhow::Context;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The CPU time a process has used so far (user and system, every thread), from
@@ -13,6 +14,45 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}"))?;
     let per_second = rustix::param::clock_ticks_per_second().max(1);
     Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// The CPU time each of a process's threads has used so far, added up by the part of the
+/// program it belongs to (see [`thread_part`]), from `/proc/<pid>/task/*/stat`. A thread
+/// that ends between the listing and the reading is left out.
+pub fn cpu_time_by_part(pid: u32) -> anyhow::Result<BTreeMap<&'static str, Duration>> {
+    let dir = format!("/proc/{pid}/task");
+    let per_second = rustix::param::clock_ticks_per_second().max(1) as f64;
+    let mut parts = BTreeMap::new();
+    for task in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let path = task.with_context(|| format!("listing {dir}"))?.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let (Some(name), Some(ticks)) = (thread_name(&stat), cpu_ticks(&stat)) else {
+            continue;
+        };
+        *parts.entry(thread_part(name)).or_default() +=
+            Duration::from_secs_f64(ticks as f64 / per_second);
+    }
+    Ok(parts)
+}
+
+/// The part of the gateway a thread belongs to, from its name.
+pub fn thread_part(name: &str) -> &'static str {
+    if name.starts_with("actix-rt") {
+        "HTTP workers"
+    } else if name.starts_with("store-") {
+        "store writer"
+    } else if name.starts_with("audit-") {
+        "audit log"
+    } else {
+        "other"
+    }
+}
+
+/// The thread name of a `/proc/<pid>/stat` line (field 2, without its parentheses).
+fn thread_name(stat: &str) -> Option<&str> {
+    Some(&stat[stat.find('(')? + 1..stat.rfind(')')?])
 }
 
 /// The user and system clock ticks of a `/proc/<pid>/stat` line (its fields 14 and 15).
@@ -37,6 +77,22 @@ mod tests {
                     731 96 0 0 20 0 9 0 123456 1000000 5000 18446744073709551615";
         assert_eq!(cpu_ticks(stat), Some(731 + 96));
         assert_eq!(cpu_ticks("4242 (short"), None);
+        assert_eq!(thread_name(stat), Some("passerelle serve"));
+    }
+
+    #[test]
+    fn threads_are_grouped_by_the_part_they_belong_to() {
+        assert_eq!(thread_part("actix-rt|system"), "HTTP workers");
+        assert_eq!(thread_part("store-writer"), "store writer");
+        assert_eq!(thread_part("audit-sync-0"), "audit log");
+        assert_eq!(thread_part("passerelle"), "other");
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let parts = cpu_time_by_part(std::process::id()).unwrap();
+        assert!(parts.values().any(|t| *t > Duration::ZERO), "{parts:?}");
     }
 
     #[test]

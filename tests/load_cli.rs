@@ -21,6 +21,7 @@ fn the_load_command_reports_every_figure_and_target() {
         "round 0 full:",
         "medians over 1 rounds:",
         "CPU per message: gateway",
+        "gateway threads (µs): HTTP workers",
         "targets:",
         "full pipeline at 50 % of the floor or more:",
         "p99 under 25 ms:",

@@ -7,10 +7,12 @@
 //! affects both alike; the medians are printed, with the ratio of full to floor throughput.
 //! The gateways' peak resident memory is read from `/proc/<pid>/status` (`VmHWM`), and the CPU
 //! time that the gateway and this load generator spent during the measurement from
-//! `/proc/<pid>/stat`, to give the CPU cost of one message on each side. It ends with the
+//! `/proc/<pid>/stat`, to give the CPU cost of one message on each side, and the gateway's by
+//! the part of it that spent it (HTTP workers, store writer, audit log). It ends with the
 //! targets: the full pipeline at 50 % of the floor or more, p99 under 25 ms, RSS under 200 MB.
 
 use anyhow::{Context, bail};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -52,6 +54,8 @@ struct RunResult {
     gateway_cpu_us: f64,
     /// CPU time of the load generator per message, in microseconds.
     generator_cpu_us: f64,
+    /// CPU time of the gateway per message, in microseconds, by the part of it that spent it.
+    gateway_parts_us: BTreeMap<&'static str, f64>,
 }
 
 /// The targets the command checks.
@@ -165,6 +169,7 @@ struct Driven {
     errors: u64,
     gateway_cpu: Duration,
     generator_cpu: Duration,
+    gateway_parts: BTreeMap<&'static str, Duration>,
 }
 
 async fn drive(
@@ -221,6 +226,7 @@ async fn drive(
     let cpu_before = (
         passerelle::cpu::cpu_time(gateway_pid)?,
         passerelle::cpu::cpu_time(generator_pid)?,
+        passerelle::cpu::cpu_time_by_part(gateway_pid)?,
     );
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
@@ -229,6 +235,10 @@ async fn drive(
     let elapsed = started.elapsed();
     let gateway_cpu = passerelle::cpu::cpu_time(gateway_pid)?.saturating_sub(cpu_before.0);
     let generator_cpu = passerelle::cpu::cpu_time(generator_pid)?.saturating_sub(cpu_before.1);
+    let mut gateway_parts = passerelle::cpu::cpu_time_by_part(gateway_pid)?;
+    for (part, used) in &mut gateway_parts {
+        *used = used.saturating_sub(cpu_before.2.get(part).copied().unwrap_or_default());
+    }
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for t in tasks {
@@ -241,6 +251,7 @@ async fn drive(
         errors: errors.load(Ordering::Relaxed),
         gateway_cpu,
         generator_cpu,
+        gateway_parts,
     })
 }
 
@@ -286,6 +297,11 @@ fn run_once(
         errors: driven.errors,
         gateway_cpu_us: driven.gateway_cpu.as_secs_f64() * 1e6 / messages,
         generator_cpu_us: driven.generator_cpu.as_secs_f64() * 1e6 / messages,
+        gateway_parts_us: driven
+            .gateway_parts
+            .iter()
+            .map(|(part, used)| (*part, used.as_secs_f64() * 1e6 / messages))
+            .collect(),
     };
     drop(gateway);
     Ok(result)
@@ -320,6 +336,22 @@ fn report(name: &str, runs: &[RunResult]) -> Summary {
         "{:<14} CPU per message: gateway {gateway_cpu:.0} µs, load generator {generator_cpu:.0} µs",
         ""
     );
+    let parts: BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|r| r.gateway_parts_us.keys().copied())
+        .collect();
+    let by_part: Vec<String> = parts
+        .into_iter()
+        .map(|part| {
+            let used = median(
+                runs.iter()
+                    .map(|r| r.gateway_parts_us.get(part).copied().unwrap_or(0.0))
+                    .collect(),
+            );
+            format!("{part} {used:.0}")
+        })
+        .collect();
+    println!("{:<14} gateway threads (µs): {}", "", by_part.join(", "));
     Summary {
         rate,
         p99_ms: p99,
