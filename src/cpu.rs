@@ -12,8 +12,13 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(&path)
         .with_context(|| format!("reading {path} (has the process stopped?)"))?;
     let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}"))?;
+    Ok(ticks_to_time(ticks))
+}
+
+/// Clock ticks as time.
+fn ticks_to_time(ticks: u64) -> Duration {
     let per_second = rustix::param::clock_ticks_per_second().max(1);
-    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
 /// The CPU time each of a process's threads has used so far, added up by the part of the
@@ -21,7 +26,6 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 /// that ends between the listing and the reading is left out.
 pub fn cpu_time_by_part(pid: u32) -> anyhow::Result<BTreeMap<&'static str, Duration>> {
     let dir = format!("/proc/{pid}/task");
-    let per_second = rustix::param::clock_ticks_per_second().max(1) as f64;
     let mut parts = BTreeMap::new();
     for task in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
         let path = task.with_context(|| format!("listing {dir}"))?.path();
@@ -31,8 +35,7 @@ pub fn cpu_time_by_part(pid: u32) -> anyhow::Result<BTreeMap<&'static str, Durat
         let (Some(name), Some(ticks)) = (thread_name(&stat), cpu_ticks(&stat)) else {
             continue;
         };
-        *parts.entry(thread_part(name)).or_default() +=
-            Duration::from_secs_f64(ticks as f64 / per_second);
+        *parts.entry(thread_part(name)).or_default() += ticks_to_time(ticks);
     }
     Ok(parts)
 }

@@ -1274,10 +1274,11 @@ fn accept(
     Ok(Recorded::New(made))
 }
 
-/// Refuses a change meant for `attempt` when the store holds another attempt of its message.
-fn same_attempt(t: &Tables<'_>, key: &str, attempt: &AcceptedRecord) -> Result<()> {
-    match t.record(key)? {
-        Some(stored) if stored != *attempt && !stored.confirmed => Err(StoreError::Refused(
+/// Refuses a change meant for `attempt` when the store holds another attempt of its message
+/// (`stored`, the record the store holds under its key).
+fn same_attempt(stored: Option<&AcceptedRecord>, attempt: &AcceptedRecord) -> Result<()> {
+    match stored {
+        Some(stored) if stored != attempt && !stored.confirmed => Err(StoreError::Refused(
             "another attempt of this message was recorded since".into(),
         )),
         _ => Ok(()),
@@ -1294,7 +1295,7 @@ fn confirm(
     release: Vec<Release>,
 ) -> Result<()> {
     if let Some(attempt) = attempt {
-        same_attempt(t, key, attempt)?;
+        same_attempt(t.record(key)?.as_ref(), attempt)?;
     }
     if t.unconfirmed.remove(key).map_err(db_error)?.is_none() {
         // Confirmed already, or withdrawn.
@@ -1317,7 +1318,7 @@ fn abandon(t: &mut Tables<'_>, attempt: &AcceptedRecord) -> Result<()> {
     let Some(record) = t.record(key)? else {
         return Ok(());
     };
-    same_attempt(t, key, attempt)?;
+    same_attempt(Some(&record), attempt)?;
     if record.confirmed {
         return Err(StoreError::Database(
             "refusing to abandon a confirmed message".into(),
