@@ -36,15 +36,17 @@
 //! A crash (or a lost store write) between the broker's confirm and the store's record makes
 //! the delivery go out again: recipients drop such repeats by `message_id`.
 
+use super::confirms::{Answer, Confirms, Outcome, Returned};
 use super::connection::{bounded, channel_lost, publisher_channel, short_string};
 use super::probe::PERSISTENT;
 use super::topology::OUTBOUND_EXCHANGE;
-use crate::delivery::{self, RetryPolicy, due_in, record_attempt};
+use crate::delivery::{self, KeyedTasks, RetryPolicy, due_in, record_attempt};
 use crate::pipeline::Gateway;
 use crate::pipeline::media_essence;
 use crate::registry::Delivery as DeliveryMode;
 use crate::store::{Channel as StoreChannel, Delivery};
 use base64::Engine;
+use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
@@ -54,7 +56,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// The header carrying the delivery id (local to the instance's store, stable across retries).
 pub const DELIVERY_HEADER: &str = "x-passerelle-delivery";
@@ -175,26 +176,42 @@ enum Attempt {
     Dead(String),
 }
 
-/// What the broker's answer to a publish on `channel` means. A confirm cannot come once the
+/// What the broker's answer to a publish on `channel` says. A confirm cannot come once the
 /// channel is gone: the attempt is then a failed one at once (`amqp.connection-lost`), so that
 /// the session ends and the transport reconnects without waiting for the confirm timeout.
-async fn settle(confirm: PublisherConfirm, channel: &Channel) -> Attempt {
+/// A returned message that comes with the confirm may be another publish's; [`Confirms`]
+/// matches it to its delivery.
+async fn settle(confirm: PublisherConfirm, channel: &Channel) -> Answer {
     let answered = tokio::select! {
         biased;
         answered = tokio::time::timeout(CONFIRM_TIMEOUT, confirm) => answered,
-        () = channel_lost(channel) => return Attempt::Retry("amqp.connection-lost".into()),
+        () = channel_lost(channel) => return Answer::Failed("amqp.connection-lost".into(), None),
     };
     match answered {
-        Ok(Ok(Confirmation::Ack(None))) => Attempt::Delivered,
-        Ok(Ok(Confirmation::Ack(Some(returned)))) => Attempt::Retry(match returned.reply_code {
-            312 => "amqp.no-route".into(),
-            313 => "amqp.no-consumers".into(),
-            code => format!("amqp.returned-{code}"),
-        }),
-        Ok(Ok(Confirmation::Nack(_))) => Attempt::Retry(NACKED.into()),
-        Ok(Ok(_)) => Attempt::Retry("amqp.unconfirmed".into()),
-        Ok(Err(_)) => Attempt::Retry("amqp.connection-lost".into()),
-        Err(_) => Attempt::Retry("amqp.confirm-timeout".into()),
+        Ok(Ok(Confirmation::Ack(returned))) => Answer::Acked(returned.map(|r| returned_of(&r))),
+        Ok(Ok(Confirmation::Nack(returned))) => {
+            Answer::Failed(NACKED.into(), returned.map(|r| returned_of(&r)))
+        }
+        Ok(Ok(_)) => Answer::Failed("amqp.unconfirmed".into(), None),
+        Ok(Err(_)) => Answer::Failed("amqp.connection-lost".into(), None),
+        Err(_) => Answer::Failed("amqp.confirm-timeout".into(), None),
+    }
+}
+
+/// The delivery a returned message names, and the broker's reason.
+fn returned_of(message: &BasicReturnMessage) -> Returned {
+    let delivery = message
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(DELIVERY_HEADER))
+        .and_then(|value| match value {
+            AMQPValue::LongString(text) => text.to_string().parse().ok(),
+            _ => None,
+        });
+    Returned {
+        delivery,
+        code: message.reply_code,
     }
 }
 
@@ -230,7 +247,10 @@ impl Egress {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let mut in_flight: HashSet<u64> = HashSet::new();
-        let mut settling: JoinSet<(u64, bool)> = JoinSet::new();
+        // Confirms being awaited, answers held until certain, and attempts being recorded.
+        let mut settling: KeyedTasks<(u64, u64), (Delivery, Answer)> = KeyedTasks::default();
+        let mut confirms: Confirms<Option<Delivery>> = Confirms::default();
+        let mut recording: KeyedTasks<u64, bool> = KeyedTasks::default();
         let mut held = delivery::HeldBack::default();
         let nacked = Arc::new(AtomicBool::new(false));
         let mut failure = None;
@@ -265,7 +285,14 @@ impl Egress {
             // recorded all the same is held back a while (see `delivery::HeldBack`).
             let skip = held.and(&in_flight);
             let recordable = delivery::can_record(&self.gateway);
-            if recordable && room > 0 && (in_flight.is_empty() || room >= self.refill_at()) {
+            // Nothing more goes on a channel the broker has nacked: it is replaced once its
+            // publishes are answered.
+            let usable = !nacked.load(Ordering::Relaxed);
+            if recordable
+                && usable
+                && room > 0
+                && (in_flight.is_empty() || room >= self.refill_at())
+            {
                 let due = self
                     .gateway
                     .store
@@ -276,25 +303,27 @@ impl Egress {
                             in_flight.insert(delivery.id);
                             if !self.is_amqp_recipient(&delivery.recipient) {
                                 let attempt = Attempt::Dead("amqp.not-an-amqp-recipient".into());
-                                settling.spawn(self.clone().record(delivery, attempt));
+                                recording
+                                    .spawn(delivery.id, self.clone().record(delivery, attempt));
                                 continue;
                             }
                             match self.publish(&channel, &delivery).await {
                                 Ok(confirm) => {
-                                    let this = self.clone();
+                                    let number = confirms.published();
                                     let nacked = nacked.clone();
                                     let channel = channel.clone();
-                                    settling.spawn(async move {
-                                        let attempt = settle(confirm, &channel).await;
-                                        if attempt == Attempt::Retry(NACKED.into()) {
+                                    settling.spawn((number, delivery.id), async move {
+                                        let answer = settle(confirm, &channel).await;
+                                        if matches!(&answer, Answer::Failed(code, _) if code == NACKED) {
                                             nacked.store(true, Ordering::Relaxed);
                                         }
-                                        this.record(delivery, attempt).await
+                                        (delivery, answer)
                                     });
                                 }
                                 Err(error) => {
                                     let attempt = Attempt::Retry("amqp.publish-failed".into());
-                                    settling.spawn(self.clone().record(delivery, attempt));
+                                    recording
+                                        .spawn(delivery.id, self.clone().record(delivery, attempt));
                                     failure =
                                         Some(format!("publishing to {OUTBOUND_EXCHANGE}: {error}"));
                                     stop_session.send_replace(true);
@@ -320,12 +349,19 @@ impl Egress {
             let changed = self.gateway.outbox_changed.clone();
             tokio::select! {
                 Some(done) = settling.join_next(), if !settling.is_empty() => {
-                    for (id, recorded) in std::iter::once(done)
+                    for answered in std::iter::once(done)
                         .chain(std::iter::from_fn(|| settling.try_join_next()))
-                        .flatten()
+                    {
+                        self.count(&mut confirms, &mut recording, &mut in_flight, answered);
+                    }
+                }
+                Some(done) = recording.join_next(), if !recording.is_empty() => {
+                    for (id, recorded) in std::iter::once(done)
+                        .chain(std::iter::from_fn(|| recording.try_join_next()))
                     {
                         in_flight.remove(&id);
-                        if !recorded {
+                        // A failed task's attempt may or may not be on record: held back too.
+                        if recorded != Some(true) {
                             held.hold(id);
                         }
                     }
@@ -339,8 +375,47 @@ impl Egress {
                 }
             }
         }
-        while settling.join_next().await.is_some() {}
+        while let Some(answered) = settling.join_next().await {
+            self.count(&mut confirms, &mut recording, &mut in_flight, answered);
+        }
+        debug_assert!(
+            confirms.is_empty(),
+            "every answer is counted once all are collected"
+        );
+        while recording.join_next().await.is_some() {}
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Takes a confirm's answer, and records the attempts it makes certain.
+    fn count(
+        self: &Arc<Self>,
+        confirms: &mut Confirms<Option<Delivery>>,
+        recording: &mut KeyedTasks<u64, bool>,
+        in_flight: &mut HashSet<u64>,
+        ((number, id), answered): ((u64, u64), Option<(Delivery, Answer)>),
+    ) {
+        let certain = match answered {
+            Some((delivery, answer)) => confirms.answered(number, id, Some(delivery), answer),
+            // The task awaiting the confirm failed: nothing is known of the publish, and its
+            // delivery is let go, to be published again.
+            None => {
+                in_flight.remove(&id);
+                confirms.answered(
+                    number,
+                    id,
+                    None,
+                    Answer::Failed("amqp.unknown".into(), None),
+                )
+            }
+        };
+        for (delivery, outcome) in certain {
+            let Some(delivery) = delivery else { continue };
+            let attempt = match outcome {
+                Outcome::Delivered => Attempt::Delivered,
+                Outcome::Failed(code) => Attempt::Retry(code),
+            };
+            recording.spawn(delivery.id, self.clone().record(delivery, attempt));
+        }
     }
 
     /// The free room in the window at which it is refilled: half of it.
@@ -380,18 +455,17 @@ impl Egress {
         }
     }
 
-    /// Audits the attempt, then records it in the store; returns the delivery id, and whether
-    /// the attempt is on record.
-    async fn record(self: Arc<Self>, delivery: Delivery, attempt: Attempt) -> (u64, bool) {
+    /// Audits the attempt, then records it in the store; returns whether the attempt is on
+    /// record.
+    async fn record(self: Arc<Self>, delivery: Delivery, attempt: Attempt) -> bool {
         let attempt = match attempt {
             Attempt::Delivered => delivery::Attempt::Delivered,
             Attempt::Retry(code) => delivery::Attempt::Retry { code, asked: None },
             Attempt::Dead(code) => delivery::Attempt::Dead { code },
         };
-        let recorded = record_attempt(&self.gateway, &self.policy, &delivery, attempt, "amqp")
+        record_attempt(&self.gateway, &self.policy, &delivery, attempt, "amqp")
             .await
-            .is_some();
-        (delivery.id, recorded)
+            .is_some()
     }
 }
 

@@ -51,6 +51,7 @@
 
 pub mod backpressure;
 pub mod broker;
+mod confirms;
 pub mod connection;
 pub mod egress;
 pub mod ingress;

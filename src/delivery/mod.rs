@@ -13,7 +13,9 @@ use crate::config::DeliverySettings;
 use crate::pipeline::Gateway;
 use crate::store::{Delivery, DeliveryUpdate, StoreError};
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
 
 /// What one push attempt came to, whatever the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +74,62 @@ impl HeldBack {
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(10), Duration::from_secs(1))
         })
+    }
+}
+
+/// Tasks that each work on one delivery, keyed, so that a task that fails (panics) still gives
+/// its key back: the worker then lets go of its delivery instead of keeping it in flight, and
+/// it is attempted again.
+pub struct KeyedTasks<K, T> {
+    set: JoinSet<T>,
+    keys: HashMap<tokio::task::Id, K>,
+}
+
+impl<K, T: Send + 'static> Default for KeyedTasks<K, T> {
+    fn default() -> Self {
+        KeyedTasks {
+            set: JoinSet::new(),
+            keys: HashMap::new(),
+        }
+    }
+}
+
+impl<K, T: Send + 'static> KeyedTasks<K, T> {
+    /// Runs `task` for `key`.
+    pub fn spawn(&mut self, key: K, task: impl Future<Output = T> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.keys.insert(handle.id(), key);
+    }
+
+    /// Whether no task is running.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// The next task to end, with its key; `None` in place of its output if it failed.
+    pub async fn join_next(&mut self) -> Option<(K, Option<T>)> {
+        let done = self.set.join_next_with_id().await?;
+        self.keyed(done)
+    }
+
+    /// A task that has already ended, if any.
+    pub fn try_join_next(&mut self) -> Option<(K, Option<T>)> {
+        let done = self.set.try_join_next_with_id()?;
+        self.keyed(done)
+    }
+
+    fn keyed(
+        &mut self,
+        done: Result<(tokio::task::Id, T), tokio::task::JoinError>,
+    ) -> Option<(K, Option<T>)> {
+        let (id, output) = match done {
+            Ok((id, output)) => (id, Some(output)),
+            Err(error) => {
+                tracing::error!(error = %error, "a delivery task failed");
+                (error.id(), None)
+            }
+        };
+        self.keys.remove(&id).map(|key| (key, output))
     }
 }
 
@@ -208,14 +266,22 @@ pub enum Next {
 
 impl RetryPolicy {
     /// The decision after attempt number `attempts` (1 for the first) failed. `asked` is the
-    /// recipient's `Retry-After`, honoured up to the policy's longest delay.
+    /// recipient's `Retry-After`, honoured up to the policy's longest delay. It never shortens
+    /// the backoff: a `Retry-After: 0`, or a date already past (a clock a little behind), would
+    /// otherwise spend every attempt within seconds and dead-letter the delivery.
     pub fn next(&self, attempts: u32, asked: Option<Duration>) -> Next {
         if attempts >= self.max_attempts {
             return Next::GiveUp;
         }
-        if let Some(wait) = asked {
-            return Next::RetryAfter(wait.min(self.max));
-        }
+        let backoff = self.backoff(attempts);
+        Next::RetryAfter(match asked {
+            Some(wait) => wait.min(self.max).max(backoff),
+            None => backoff,
+        })
+    }
+
+    /// The jittered exponential delay after attempt number `attempts`.
+    fn backoff(&self, attempts: u32) -> Duration {
         let exp = self
             .initial
             .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
@@ -224,7 +290,7 @@ impl RetryPolicy {
         // and the total time before giving up stays predictable.
         let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX).max(1);
         let jittered = ms / 2 + random_below(ms - ms / 2 + 1);
-        Next::RetryAfter(Duration::from_millis(jittered))
+        Duration::from_millis(jittered)
     }
 }
 
@@ -279,6 +345,32 @@ mod tests {
         assert_eq!(
             policy.next(1, Some(Duration::from_secs(60))),
             Next::RetryAfter(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn a_retry_after_never_shortens_the_backoff() {
+        let policy = RetryPolicy {
+            max_attempts: 24,
+            initial: Duration::from_millis(400),
+            max: Duration::from_secs(5),
+        };
+        for attempt in 1..10 {
+            let floor = Duration::from_millis((400u64 << (attempt - 1)).min(5000) / 2);
+            for asked in [Duration::ZERO, Duration::from_millis(10)] {
+                let Next::RetryAfter(wait) = policy.next(attempt, Some(asked)) else {
+                    panic!("gave up too early")
+                };
+                assert!(
+                    wait >= floor,
+                    "attempt {attempt}, asked {asked:?}: {wait:?}"
+                );
+            }
+        }
+        // A longer wait asked for is honoured, up to the longest delay.
+        assert_eq!(
+            policy.next(1, Some(Duration::from_secs(3))),
+            Next::RetryAfter(Duration::from_secs(3))
         );
     }
 

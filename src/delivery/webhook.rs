@@ -10,7 +10,8 @@
 //! such repeats by the `X-Passerelle-Delivery` header (the delivery id), which never changes.
 
 use super::{
-    Attempt, HeldBack, RetryPolicy, can_record, due_in, parse_retry_after, record_attempt,
+    Attempt, HeldBack, KeyedTasks, RetryPolicy, can_record, due_in, parse_retry_after,
+    record_attempt,
 };
 use crate::pipeline::Gateway;
 use crate::registry::Delivery as DeliveryMode;
@@ -19,7 +20,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// The header carrying the delivery id, stable across retries.
 pub const DELIVERY_HEADER: &str = "x-passerelle-delivery";
@@ -70,7 +70,7 @@ impl WebhookWorker {
         let this = Arc::new(self);
         let mut in_flight: HashSet<u64> = HashSet::new();
         let mut held = HeldBack::default();
-        let mut attempts: JoinSet<(u64, bool)> = JoinSet::new();
+        let mut attempts: KeyedTasks<u64, bool> = KeyedTasks::default();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -89,10 +89,7 @@ impl WebhookWorker {
                         for d in fresh {
                             in_flight.insert(d.id);
                             let worker = this.clone();
-                            attempts.spawn(async move {
-                                let id = d.id;
-                                (id, worker.attempt(d).await)
-                            });
+                            attempts.spawn(d.id, async move { worker.attempt(d).await });
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "reading the outbox"),
@@ -110,17 +107,22 @@ impl WebhookWorker {
             };
             let changed = this.gateway.outbox_changed.clone();
             tokio::select! {
-                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    if let Ok((id, recorded)) = done {
-                        in_flight.remove(&id);
-                        if !recorded {
-                            held.hold(id);
-                        }
+                Some((id, recorded)) = attempts.join_next(), if !attempts.is_empty() => {
+                    in_flight.remove(&id);
+                    // A failed task's attempt may or may not be on record: held back too.
+                    if recorded != Some(true) {
+                        held.hold(id);
                     }
                 }
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => {
+                    // The stop's sender is gone: nothing can stop the worker any more, and
+                    // `changed` would answer at once on every turn.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
             }
         }
         while let Some(done) = attempts.join_next().await {
