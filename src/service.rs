@@ -138,6 +138,15 @@ impl RunningGateway {
                 "settled messages interrupted by a crash: logged ones confirmed, others withdrawn"
             );
         }
+        let withdrawn = crate::delivery::withdraw_erased(&gateway)
+            .await
+            .context("withdrawing the deliveries of erased cases")?;
+        if withdrawn > 0 {
+            tracing::warn!(
+                withdrawn,
+                "deliveries of erased cases withdrawn: dead letters without their bodies"
+            );
+        }
         let readiness = Readiness::default();
         let (stop_workers, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();

@@ -672,6 +672,12 @@ impl AuditLog {
         open_case(&self.shared.layout, &self.shared.index_key, &keys, case_id)
     }
 
+    /// Whether `case_id` was erased (see [`AuditLog::erase_case`]).
+    pub fn is_case_erased(&self, case_id: &str) -> Result<bool> {
+        let tag = self.shared.index_key.tag(TagKind::Case, case_id);
+        Ok(lock(&self.shared.keys)?.is_erased(&tag))
+    }
+
     /// Erases a case: destroys its keys (overwritten in place and synced),
     /// then appends an `erased` leaf carrying the case's commitment, so that
     /// auditors see where its trail ends. The log still verifies afterwards;

@@ -133,6 +133,37 @@ impl<K, T: Send + 'static> KeyedTasks<K, T> {
     }
 }
 
+/// Takes out of line the waiting deliveries of erased cases, and returns how many.
+///
+/// A case is erased with the gateway stopped (`passerelle audit erase`); its deliveries still
+/// waiting would go out with the erased data, and no attempt of theirs could be audited. Each
+/// is audited first (`dead_lettered`, reason `case-erased`, without the case), then kept as a
+/// dead letter whose body is deleted and which cannot be redelivered. Runs at start, before
+/// the delivery workers.
+pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
+    let mut withdrawn = 0;
+    for delivery in gateway.store.waiting()? {
+        let Some(case) = delivery.case_id.as_deref() else {
+            continue;
+        };
+        if !gateway.log.is_case_erased(case)? {
+            continue;
+        }
+        gateway
+            .audit_erased_delivery(&delivery)
+            .await
+            .map_err(|refusal| {
+                anyhow::anyhow!("auditing a delivery of an erased case: {refusal}")
+            })?;
+        gateway
+            .store
+            .update(delivery.id, DeliveryUpdate::Erased)
+            .await?;
+        withdrawn += 1;
+    }
+    Ok(withdrawn)
+}
+
 /// Records a push attempt: audits it first (so that the evidence is never behind the
 /// state), then changes the delivery in the store under the retry policy, and counts it.
 /// When the audit append fails, the delivery is put back in line for a second later and

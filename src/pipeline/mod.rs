@@ -808,6 +808,22 @@ impl Gateway {
         self.append(&fact).await
     }
 
+    /// Audits that a delivery of an erased case was withdrawn without an attempt
+    /// (`dead_lettered`, reason [`crate::store::CASE_ERASED`]). The entry does not name the
+    /// case: the log writes nothing more under an erased case.
+    pub async fn audit_erased_delivery(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<audit::Receipt, Refusal> {
+        let mut fact = self.delivery_fact(
+            delivery,
+            Kind::DeadLettered,
+            Some(crate::store::CASE_ERASED.into()),
+        );
+        fact.case_id = None;
+        self.append(&fact).await
+    }
+
     /// The audit fact of a delivery event.
     fn delivery_fact(&self, delivery: &Delivery, kind: Kind, reason: Option<String>) -> Fact {
         let mut fact = Fact::new(kind, Utc::now());

@@ -202,6 +202,10 @@ pub const UNWRITABLE: &str = "encode-failed";
 /// recipient's mapping for the event: it has no body, and cannot be redelivered.
 pub const NOT_IN_FORCE: &str = "mapping-not-in-force";
 
+/// The error code of a delivery withdrawn because its case was erased: its body is deleted,
+/// and it cannot be redelivered.
+pub const CASE_ERASED: &str = "case-erased";
+
 /// A delivery to create, before the store gives it an id.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -252,6 +256,9 @@ pub enum DeliveryUpdate {
     },
     /// Put a dead letter back in line, due now.
     Redeliver,
+    /// Its case was erased: take it out of line without an attempt, delete its body, and keep
+    /// it as a dead letter that cannot be redelivered ([`CASE_ERASED`]).
+    Erased,
     /// An attempt was made but could not be recorded (the audit log refused it): try again
     /// at `due_ms`, without counting the attempt or changing anything else. Only a delivery
     /// still waiting is moved.
@@ -804,6 +811,24 @@ impl Store {
             .transpose()
             .map_err(db_error)?;
         Ok(first.map(|(key, _)| key.value().1))
+    }
+
+    /// Every delivery waiting to go out, in an inbox or due to be pushed (without bodies).
+    pub fn waiting(&self) -> Result<Vec<Delivery>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let inbox = r.open_table(INBOX).map_err(db_error)?;
+        let due = r.open_table(DUE).map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        let mut found = Vec::new();
+        for item in inbox.iter().map_err(db_error)? {
+            let (key, _) = item.map_err(db_error)?;
+            found.extend(read_delivery(&deliveries, None, key.value().1)?);
+        }
+        for item in due.iter().map_err(db_error)? {
+            let (key, _) = item.map_err(db_error)?;
+            found.extend(read_delivery(&deliveries, None, key.value().2)?);
+        }
+        Ok(found)
     }
 
     /// Every dead-lettered delivery (without bodies).
@@ -1384,18 +1409,14 @@ fn update_delivery(
             t.enqueue(&Release::of(&d))?;
         }
         DeliveryUpdate::Dead { error } => {
-            if matches!(d.state, DeliveryState::Pending | DeliveryState::Delivered)
-                && (waiting || d.channel == Channel::Inbox)
-            {
-                t.dequeue(&Release::of(&d))?;
-                *c.delta -= 1;
-            }
             if d.channel != Channel::Inbox {
                 d.attempts += 1;
             }
-            d.last_error = Some(error);
-            d.state = DeliveryState::Dead;
-            t.dead.insert(id, ()).map_err(db_error)?;
+            bury(t, c, &mut d, waiting, error)?;
+        }
+        DeliveryUpdate::Erased => {
+            bury(t, c, &mut d, waiting, CASE_ERASED.into())?;
+            t.bodies.remove(id).map_err(db_error)?;
         }
         DeliveryUpdate::Postpone { due_ms } => {
             if !waiting || d.channel == Channel::Inbox {
@@ -1420,6 +1441,27 @@ fn update_delivery(
 }
 
 /// Whether a delivery can be put back in line: only a dead letter, and only one with a body.
+/// Moves a delivery to the dead letters with `error`, out of the line it waits in (`waiting`:
+/// it was pending when read).
+fn bury(
+    t: &mut Tables<'_>,
+    c: &mut Counters<'_>,
+    d: &mut Delivery,
+    waiting: bool,
+    error: String,
+) -> Result<()> {
+    if matches!(d.state, DeliveryState::Pending | DeliveryState::Delivered)
+        && (waiting || d.channel == Channel::Inbox)
+    {
+        t.dequeue(&Release::of(d))?;
+        *c.delta -= 1;
+    }
+    d.last_error = Some(error);
+    d.state = DeliveryState::Dead;
+    t.dead.insert(d.id, ()).map_err(db_error)?;
+    Ok(())
+}
+
 fn check_redeliverable(d: &Delivery) -> Result<()> {
     if d.state != DeliveryState::Dead {
         return Err(StoreError::NotFound("dead letter"));
@@ -1427,6 +1469,12 @@ fn check_redeliverable(d: &Delivery) -> Result<()> {
     let fix = match d.last_error.as_deref() {
         Some(UNWRITABLE) => "fix the mapping",
         Some(NOT_IN_FORCE) => "put the mapping in force in the registry",
+        Some(CASE_ERASED) => {
+            return Err(StoreError::Refused(format!(
+                "delivery {} has no body: its case was erased",
+                d.id
+            )));
+        }
         _ => return Ok(()),
     };
     Err(StoreError::Refused(format!(
@@ -1553,6 +1601,46 @@ mod tests {
         assert!(store.next_due(Channel::Amqp).unwrap().unwrap() <= webhook[0].due_ms);
         // Nothing on the inbox channel is in the due index.
         assert_eq!(store.next_due(Channel::Inbox).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_erased_delivery_leaves_its_line_and_its_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let made = accept(
+            &store,
+            "e",
+            vec![
+                new_delivery("inbox", Channel::Inbox),
+                new_delivery("hook", Channel::Webhook),
+            ],
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.waiting().unwrap().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the deliveries were never released"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.pending_deliveries(), 2);
+        for d in &made {
+            let erased = store.update(d.id, DeliveryUpdate::Erased).await.unwrap();
+            assert_eq!(erased.state, DeliveryState::Dead);
+            assert_eq!(erased.last_error.as_deref(), Some(CASE_ERASED));
+            assert_eq!(erased.attempts, 0, "no attempt was made");
+            assert!(store.delivery(d.id).unwrap().unwrap().body.is_empty());
+            assert!(matches!(
+                store.redeliverable(d.id),
+                Err(StoreError::Refused(_))
+            ));
+        }
+        assert!(store.waiting().unwrap().is_empty());
+        assert!(store.inbox("inbox", 0, 10).unwrap().is_empty());
+        assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
+        assert_eq!(store.pending_deliveries(), 0);
+        assert_eq!(store.dead_letters().unwrap().len(), 2);
     }
 
     #[tokio::test]
