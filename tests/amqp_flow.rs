@@ -27,8 +27,8 @@ mod gateway_support;
 mod rabbit;
 
 use gateway_support::{
-    Admin, Client, RegistryChanges, fixture, fixture_json, fixture_text, metric, test_config,
-    wait_for, write_registry,
+    Admin, Client, RegistryChanges, SmallFs, fixture, fixture_json, fixture_text, metric,
+    test_config, wait_for, write_registry,
 };
 use lapin::message::Delivery as Message;
 use lapin::options::{
@@ -58,7 +58,7 @@ const GATEWAY_USER: &str = "urn:gateway:passerelle";
 /// The partners with a broker user in these tests.
 const PARTNERS: [&str; 3] = [EMBASSY, "iom.sn", "airline.at"];
 /// The virtual hosts of the tests that share the broker.
-const SHARED_VHOSTS: [&str; 4] = ["flow", "refusals", "backpressure", "pair"];
+const SHARED_VHOSTS: [&str; 5] = ["flow", "refusals", "backpressure", "pair", "disk"];
 const WAIT: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------------------------------ broker
@@ -333,6 +333,18 @@ impl TestGateway {
         tune: impl FnOnce(&mut Config),
     ) -> TestGateway {
         let dir = tempfile::tempdir().expect("a temporary folder");
+        TestGateway::start_in(broker, vhost, origin, dir, tune).await
+    }
+
+    /// Starts a gateway as [`TestGateway::start`] does, in folder `dir` (which may hold the data
+    /// of an earlier gateway).
+    async fn start_in(
+        broker: &Broker,
+        vhost: &str,
+        origin: &str,
+        dir: tempfile::TempDir,
+        tune: impl FnOnce(&mut Config),
+    ) -> TestGateway {
         let changes = RegistryChanges::new().inbox("ma.dgsn").inbox("airline.at");
         let registry = write_registry(dir.path(), &changes);
         let mut config = test_config(&dir.path().join("data"), &registry);
@@ -423,6 +435,13 @@ impl TestGateway {
     async fn stop(self) -> tempfile::TempDir {
         self.running.shutdown().await.expect("a clean shutdown");
         self.dir
+    }
+
+    /// Stops the gateway, whether or not it can flush what it holds; returns its folder, and
+    /// how the stop went.
+    async fn stop_anyhow(self) -> (tempfile::TempDir, anyhow::Result<()>) {
+        let stopped = self.running.shutdown().await;
+        (self.dir, stopped)
     }
 }
 
@@ -1133,6 +1152,99 @@ async fn a_full_outbox_pauses_consumption() {
     .await;
     embassy.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
+}
+
+/// A full disk under the audit log: while the log cannot make a message durable, the
+/// embassy's messages wait in their queue, unacknowledged; none is returned to the queue again
+/// and again until the broker's delivery limit dead-letters it. After a restart with room
+/// again, each is accepted once.
+#[actix_web::test]
+async fn a_full_disk_holds_messages_rather_than_dead_lettering_them() {
+    const VHOST: &str = "disk";
+    const COUNT: usize = 4;
+    // Longer than the broker's delivery limit (5) times the gateway's tries in place before it
+    // returns a message (at most 3.5 s): had the gateway returned them, they would be
+    // dead-lettered by now.
+    const OUTAGE: Duration = Duration::from_secs(20);
+    let broker = broker().await;
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let small = SmallFs::mount(&dir.path().join("small"));
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(small.path.join("audit-log")).expect("the log's folder");
+    std::fs::create_dir_all(&data).expect("the data folder");
+    std::os::unix::fs::symlink(small.path.join("audit-log"), data.join("audit-log"))
+        .expect("the log on the small filesystem");
+    let tune = |config: &mut Config| {
+        if let Some(amqp) = config.amqp.as_mut() {
+            amqp.prefetch = 2;
+        }
+    };
+    let gateway = TestGateway::start_in(broker, VHOST, gateway_support::ORIGIN, dir, tune).await;
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let first = "ABJ-RBT-DF-0000".to_owned();
+    send_lpcs(&channel, std::slice::from_ref(&first)).await;
+    wait_for("the first acceptance", WAIT, async || {
+        gateway.accepted(&first).then_some(())
+    })
+    .await;
+
+    // The log stops at its first write that finds no room. Its journal has room reserved
+    // ahead, so that is the publication of a checkpoint: one more message makes one. Whether
+    // that message is accepted before the log stops depends on timing; the others are sent
+    // once it has stopped.
+    let filler = small.fill();
+    let trigger = "ABJ-RBT-DF-0099".to_owned();
+    send_lpcs(&channel, std::slice::from_ref(&trigger)).await;
+    wait_for("the log reported down", WAIT, async || {
+        let reply = gateway.admin().try_get("/ready").await.ok()?;
+        (reply.json()["checks"]["audit_log"] == false).then_some(())
+    })
+    .await;
+    let references: Vec<String> = (1..=COUNT).map(|i| format!("ABJ-RBT-DF-{i:04}")).collect();
+    send_lpcs(&channel, &references).await;
+    tokio::time::sleep(OUTAGE).await;
+    assert_eq!(
+        ready(&channel, DEAD_LETTER_QUEUE).await,
+        0,
+        "messages were dead-lettered during the outage"
+    );
+    assert!(references.iter().all(|r| !gateway.accepted(r)));
+    let waiting = ready(&channel, &inbound_queue(EMBASSY)).await as usize;
+    assert!(
+        waiting >= COUNT - 2,
+        "{waiting} messages in the queue: more than the prefetch taken out"
+    );
+    let (dir, stopped) = gateway.stop_anyhow().await;
+    assert!(stopped.is_err(), "a stop with the log down said nothing");
+
+    // Room again, and a restart: every message is accepted, once.
+    std::fs::remove_file(filler).expect("removing the filler");
+    let gateway = TestGateway::start_in(broker, VHOST, gateway_support::ORIGIN, dir, tune).await;
+    wait_for("every message accepted", WAIT, async || {
+        references.iter().all(|r| gateway.accepted(r)).then_some(())
+    })
+    .await;
+    let deliveries = gateway.deliveries();
+    wait_for(
+        "the message sent as the disk filled accepted",
+        WAIT,
+        async || gateway.accepted(&trigger).then_some(()),
+    )
+    .await;
+    for reference in references.iter().chain([&first, &trigger]) {
+        let made = deliveries
+            .iter()
+            .filter(|d| &d.event_id == reference)
+            .count();
+        assert_eq!(made, 3, "{reference}: {made} deliveries");
+    }
+    assert_eq!(ready(&channel, DEAD_LETTER_QUEUE).await, 0);
+    embassy.close(200, "OK".into()).await.expect("close");
+    let dir = gateway.stop().await;
+    // The small filesystem is unmounted before the folder that holds it is removed.
+    drop(small);
+    drop(dir);
 }
 
 /// (c) A broker restart in mid-stream: the embassy's messages before and after it, the

@@ -13,75 +13,22 @@
 mod gateway_support;
 
 use gateway_support::{
-    Admin, Client, Receiver, RegistryChanges, ServedGateway, client_tls, config_file, fixture_text,
-    wait_for, write_registry,
+    Admin, Client, Receiver, RegistryChanges, ServedGateway, SmallFs, client_tls, config_file,
+    fixture_text, wait_for, write_registry,
 };
 use passerelle::audit::NoteSigner;
 use passerelle::pipeline::sequence::CaseFile;
 use passerelle::store::Store;
 use serde_json::Value;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The size of the small filesystem.
-const SMALL_FS: &str = "size=8m";
 /// The most messages sent against a full disk before one must be refused.
 const MAX_AGAINST_FULL: usize = 200;
 /// How many refusals are asked for (every message after the first refusal must be refused).
 const AFTER_REFUSAL: usize = 4;
-
-/// A `tmpfs` mounted on a folder for the life of the value; unmounted when dropped.
-struct SmallFs {
-    path: PathBuf,
-}
-
-impl SmallFs {
-    /// Mounts a fresh `tmpfs` of [`SMALL_FS`] on `path` (created if missing).
-    fn mount(path: &Path) -> SmallFs {
-        std::fs::create_dir_all(path).expect("the mount point");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", SMALL_FS, "tmpfs"])
-            .arg(path)
-            .status()
-            .expect("running mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs on {} failed ({status}): this test fills a small filesystem of its \
-             own, and must run as root",
-            path.display()
-        );
-        SmallFs {
-            path: path.to_owned(),
-        }
-    }
-
-    /// Writes a file that takes every byte left; returns its path.
-    fn fill(&self) -> PathBuf {
-        let filler = self.path.join("filler");
-        let mut file = std::fs::File::create(&filler).expect("the filler file");
-        let chunk = vec![0u8; 64 * 1024];
-        loop {
-            match file.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-                Err(e) => panic!("filling {}: {e}", self.path.display()),
-            }
-        }
-        // Whatever is left is less than a chunk: take it a byte at a time.
-        while file.write(&[0]).is_ok_and(|n| n == 1) {}
-        filler
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 /// What lives on the small filesystem.
 #[derive(Debug, Clone, Copy)]

@@ -5,9 +5,12 @@
 //! pipeline. They may not while the broker has blocked the gateway's connection
 //! (`connection.blocked`: a memory or disk alarm, so that the deliveries the message would
 //! create could not be published either), nor while the store's outbox is deeper than
-//! [`AmqpSettings::max_outbox`](super::AmqpSettings::max_outbox). It resumes once the
-//! connection is unblocked and the outbox has drained below nine tenths of the bound (so that
-//! it does not flap around one value).
+//! [`AmqpSettings::max_outbox`](super::AmqpSettings::max_outbox), nor while the store or the
+//! audit log cannot make a message durable (after an I/O failure they stay so until a
+//! restart: a message handed over would only be returned to its queue, again and again, until
+//! the broker's delivery limit dead-letters it). It resumes once the connection is unblocked,
+//! the outbox has drained below nine tenths of the bound (so that it does not flap around one
+//! value), and the store and the log are sound.
 //!
 //! Pausing costs no memory: a paused consumer simply does not process (nor acknowledge) the
 //! deliveries it holds, and the broker sends no more than the channel's prefetch. The messages
@@ -22,13 +25,16 @@ use tokio::sync::watch;
 /// How often a paused consumer looks again.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The inbound gate: open, or closed by a blocked connection or a deep outbox.
+/// The inbound gate: open, or closed by a blocked connection, a deep outbox, or a store or log
+/// that cannot make a message durable.
 pub struct Backpressure {
     depth: Box<dyn Fn() -> u64 + Send + Sync>,
+    durable: Box<dyn Fn() -> bool + Send + Sync>,
     high: u64,
     low: u64,
     blocked: AtomicBool,
     over: AtomicBool,
+    down: AtomicBool,
 }
 
 impl std::fmt::Debug for Backpressure {
@@ -44,17 +50,41 @@ impl std::fmt::Debug for Backpressure {
 
 impl Backpressure {
     /// A gate that closes when `depth()` (the outbox's depth) reaches `max` (at least 1), and
-    /// opens again below nine tenths of it.
-    pub fn new(depth: impl Fn() -> u64 + Send + Sync + 'static, max: u64) -> Arc<Self> {
+    /// opens again below nine tenths of it; it is also closed while `durable()` (whether the
+    /// store and the log can make a message durable) is false.
+    pub fn new(
+        depth: impl Fn() -> u64 + Send + Sync + 'static,
+        max: u64,
+        durable: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Arc<Self> {
         let high = max.max(1);
         let low = (high - high / 10).max(1);
         Arc::new(Backpressure {
             depth: Box::new(depth),
+            durable: Box::new(durable),
             high,
             low,
             blocked: AtomicBool::new(false),
             over: AtomicBool::new(false),
+            down: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the store or the log cannot make a message durable now.
+    pub fn is_down(&self) -> bool {
+        let down = !(self.durable)();
+        if self.down.swap(down, Ordering::Relaxed) != down {
+            if down {
+                tracing::warn!(
+                    "the store or the audit log cannot make a message durable; inbound consumption paused"
+                );
+            } else {
+                tracing::info!(
+                    "the store and the audit log are sound; inbound consumption resumed"
+                );
+            }
+        }
+        down
     }
 
     /// Records that the broker blocked (`Some(reason)`) or unblocked (`None`) the connection.
@@ -102,9 +132,10 @@ impl Backpressure {
 
     /// Whether a consumer may process its next message now.
     pub fn is_open(&self) -> bool {
-        // Both are evaluated, so that the outbox state and its log lines stay current.
+        // All are evaluated, so that the states and their log lines stay current.
         let over = self.is_over();
-        !over && !self.is_blocked()
+        let down = self.is_down();
+        !over && !down && !self.is_blocked()
     }
 
     /// Waits until the gate is open; `false` if `stop` turned true first.
@@ -142,7 +173,7 @@ mod tests {
     fn closes_at_the_bound_and_opens_below_nine_tenths() {
         let depth = Arc::new(AtomicU64::new(0));
         let reader = depth.clone();
-        let gate = Backpressure::new(move || reader.load(Ordering::Relaxed), 100);
+        let gate = Backpressure::new(move || reader.load(Ordering::Relaxed), 100, || true);
         assert!(gate.is_open());
         depth.store(99, Ordering::Relaxed);
         assert!(gate.is_open());
@@ -158,9 +189,22 @@ mod tests {
         assert!(gate.is_open());
     }
 
+    #[test]
+    fn closes_while_nothing_can_be_made_durable() {
+        let sound = Arc::new(AtomicBool::new(true));
+        let reader = sound.clone();
+        let gate = Backpressure::new(|| 0, 100, move || reader.load(Ordering::Relaxed));
+        assert!(gate.is_open());
+        sound.store(false, Ordering::Relaxed);
+        assert!(!gate.is_open());
+        assert!(gate.is_down());
+        sound.store(true, Ordering::Relaxed);
+        assert!(gate.is_open());
+    }
+
     #[tokio::test]
     async fn a_closed_gate_gives_way_to_shutdown() {
-        let gate = Backpressure::new(|| 10, 1);
+        let gate = Backpressure::new(|| 10, 1, || true);
         let (stop_tx, mut stop) = watch::channel(false);
         let waiter = tokio::spawn(async move { gate.wait_open(&mut stop).await });
         tokio::time::sleep(Duration::from_millis(120)).await;

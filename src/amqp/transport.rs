@@ -104,7 +104,12 @@ impl AmqpTransport {
             .map(|partner| partner.id.clone());
         let topology = Topology::new(receivers.chain(settings.senders.iter().cloned()))?;
         let store = gateway.store.clone();
-        let gate = Backpressure::new(move || store.pending_deliveries(), settings.max_outbox);
+        let sound = gateway.clone();
+        let gate = Backpressure::new(
+            move || store.pending_deliveries(),
+            settings.max_outbox,
+            move || crate::delivery::can_record(&sound),
+        );
         let egress = Arc::new(Egress::new(
             gateway.clone(),
             policy,

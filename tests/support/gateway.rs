@@ -23,7 +23,8 @@
 //!   brought up again on the same port;
 //! - [`ServedGateway`]: the `passerelle serve` binary as a child process, its logs in a file;
 //! - [`verify_trail`]: an auditor's trail fetched from the gateway and every proof in it checked
-//!   offline with the crate's verifiers.
+//!   offline with the crate's verifiers;
+//! - [`SmallFs`]: a small `tmpfs` (the tests run as root) that a test fills, for a full disk.
 #![allow(dead_code)]
 
 use actix_web::dev::{Extensions, ServerHandle};
@@ -37,6 +38,7 @@ use passerelle::tls::{self, dev};
 use serde_json::Value;
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -1097,5 +1099,59 @@ pub async fn verify_trail(auditor: &Client, query: &str, verifier: &NoteVerifier
         entries,
         pending,
         size,
+    }
+}
+
+/// The size of a [`SmallFs`].
+const SMALL_FS: &str = "size=8m";
+
+/// A `tmpfs` mounted on a folder for the life of the value; unmounted when dropped.
+pub struct SmallFs {
+    /// Where it is mounted.
+    pub path: PathBuf,
+}
+
+impl SmallFs {
+    /// Mounts a fresh `tmpfs` of [`SMALL_FS`] on `path` (created if missing).
+    pub fn mount(path: &Path) -> SmallFs {
+        std::fs::create_dir_all(path).expect("the mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", SMALL_FS, "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs on {} failed ({status}): this test fills a small filesystem of its \
+             own, and must run as root",
+            path.display()
+        );
+        SmallFs {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Writes a file that takes every byte left; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("the filler file");
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling {}: {e}", self.path.display()),
+            }
+        }
+        // Whatever is left is less than a chunk: take it a byte at a time.
+        while file.write(&[0]).is_ok_and(|n| n == 1) {}
+        filler
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
