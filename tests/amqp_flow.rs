@@ -58,7 +58,14 @@ const GATEWAY_USER: &str = "urn:gateway:passerelle";
 /// The partners with a broker user in these tests.
 const PARTNERS: [&str; 3] = [EMBASSY, "iom.sn", "airline.at"];
 /// The virtual hosts of the tests that share the broker.
-const SHARED_VHOSTS: [&str; 5] = ["flow", "refusals", "backpressure", "pair", "disk"];
+const SHARED_VHOSTS: [&str; 6] = [
+    "flow",
+    "refusals",
+    "backpressure",
+    "pair",
+    "disk",
+    "headers",
+];
 const WAIT: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------------------------------ broker
@@ -1151,6 +1158,69 @@ async fn a_full_outbox_pauses_consumption() {
     })
     .await;
     embassy.close(200, "OK".into()).await.expect("close");
+    gateway.stop().await;
+}
+
+/// A refused message whose headers come close to the broker's frame size: its dead letter
+/// leaves out the headers that do not fit, and says so, rather than making a frame the broker
+/// refuses (which would close the gateway's connection, again at each redelivery).
+#[actix_web::test]
+async fn a_dead_letter_of_a_message_with_huge_headers_fits_its_frame() {
+    // A dead letter the broker refuses closes the gateway's connection, and the scenario would
+    // wait on it without end.
+    tokio::time::timeout(Duration::from_secs(90), huge_headers())
+        .await
+        .expect("the scenario ends within 90 s");
+}
+
+async fn huge_headers() {
+    const VHOST: &str = "headers";
+    let broker = broker().await;
+    let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |_| {}).await;
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    // Headers that just fit the broker's 128 KiB frames, so that the broker takes the message;
+    // they would not with the gateway's own headers added.
+    let huge = FieldTable::from(BTreeMap::from([(
+        "x-huge".into(),
+        AMQPValue::LongString("h".repeat(127 * 1024 + 512).into()),
+    )]));
+    let properties = native(EMBASSY, "huge-headers", "application/xml").with_headers(huge);
+    assert_eq!(
+        publish(&channel, EMBASSY, b"<not-xml", properties).await,
+        Confirmation::Ack(None)
+    );
+    let admin = admin_connection(broker, VHOST).await;
+    let admin_channel = admin.create_channel().await.expect("a channel");
+    let ids = BTreeSet::from(["huge-headers".to_owned()]);
+    let dead = take_until(
+        &admin_channel,
+        DEAD_LETTER_QUEUE,
+        &ids,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], "x-passerelle-reason").as_deref(),
+        Some("malformed")
+    );
+    assert_eq!(
+        header(&dead[0], "x-passerelle-headers-dropped").as_deref(),
+        Some("1")
+    );
+    assert_eq!(header(&dead[0], "x-huge"), None);
+    assert_eq!(dead[0].data, b"<not-xml");
+    // The connection stayed up: the next message goes through on it.
+    assert_eq!(gateway.amqp_ready().await, Some(true));
+    let next = "ABJ-RBT-HH-0001".to_owned();
+    send_lpcs(&channel, std::slice::from_ref(&next)).await;
+    wait_for("the next message accepted", WAIT, async || {
+        gateway.accepted(&next).then_some(())
+    })
+    .await;
+    embassy.close(200, "OK".into()).await.expect("close");
+    admin.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
 }
 

@@ -83,6 +83,16 @@ pub const USER_ID_HEADER: &str = "x-passerelle-user-id";
 pub const INSTANCE_HEADER: &str = "x-passerelle-instance";
 /// Dead-letter header: when it was refused, RFC 3339 UTC.
 pub const TIME_HEADER: &str = "x-passerelle-time";
+/// How many of the sender's headers a dead letter leaves out for want of room (see
+/// [`MAX_COPIED_HEADERS_BYTES`]); absent when none is.
+pub const DROPPED_HEADERS_HEADER: &str = "x-passerelle-headers-dropped";
+
+/// The most bytes of the sender's own headers (as encoded in a field table) that a dead letter
+/// carries. A message's properties travel in one frame, which the broker's `frame_max` bounds
+/// (128 KiB by default), and the dead letter adds the gateway's headers (up to about 2.5 KiB):
+/// a sender's headers close to the bound would make a frame the broker refuses, and it closes
+/// the gateway's whole connection for it.
+const MAX_COPIED_HEADERS_BYTES: usize = 64 * 1024;
 
 /// The reason code of a message without `user_id`.
 pub const MISSING_USER_ID: &str = "missing-user-id";
@@ -233,6 +243,32 @@ fn header_text(value: &AMQPValue) -> Option<String> {
     })
 }
 
+/// The size of a value in an AMQP 0-9-1 field table: its type octet and its payload. Written
+/// here because lapin encodes values but does not say how long an encoding is.
+fn encoded_len(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::Void => 0,
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::ShortString(text) => 1 + text.as_str().len(),
+        AMQPValue::LongString(text) => 4 + text.as_bytes().len(),
+        AMQPValue::ByteArray(bytes) => 4 + bytes.as_slice().len(),
+        AMQPValue::FieldArray(values) => {
+            4 + values.as_slice().iter().map(encoded_len).sum::<usize>()
+        }
+        AMQPValue::FieldTable(table) => {
+            4 + table
+                .inner()
+                .iter()
+                .map(|(name, value)| 1 + name.as_str().len() + encoded_len(value))
+                .sum::<usize>()
+        }
+    }
+}
+
 /// The properties of the dead letter of `original`, refused for `why` by gateway `instance`
 /// at `now`: the original's properties and headers (without `user_id`, which moves to
 /// [`USER_ID_HEADER`]), persistent, with the gateway's reason headers (which replace any the
@@ -244,17 +280,29 @@ pub fn dead_letter_properties(
     instance: &str,
     now: DateTime<Utc>,
 ) -> BasicProperties {
-    // The sender's own `x-passerelle-*` headers are dropped: only the gateway writes them.
-    let mut headers: BTreeMap<ShortString, AMQPValue> = original
-        .headers()
-        .iter()
-        .flat_map(|table| table.inner())
-        .filter(|(name, _)| !name.as_str().starts_with(HEADER_PREFIX))
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect();
+    // The sender's own `x-passerelle-*` headers are dropped: only the gateway writes them. The
+    // others are copied, in name order, as far as the budget goes.
+    let mut headers: BTreeMap<ShortString, AMQPValue> = BTreeMap::new();
+    let mut room = MAX_COPIED_HEADERS_BYTES;
+    let mut dropped = 0usize;
+    for (name, value) in original.headers().iter().flat_map(|table| table.inner()) {
+        if name.as_str().starts_with(HEADER_PREFIX) {
+            continue;
+        }
+        let size = 1 + name.as_str().len() + encoded_len(value);
+        if size > room {
+            dropped += 1;
+            continue;
+        }
+        room -= size;
+        headers.insert(name.clone(), value.clone());
+    }
     let mut put = |name: &str, value: &str| {
         headers.insert(name.into(), AMQPValue::LongString(value.into()));
     };
+    if dropped > 0 {
+        put(DROPPED_HEADERS_HEADER, &dropped.to_string());
+    }
     put(REASON_HEADER, why.code);
     put(DETAIL_HEADER, truncate(&why.detail, MAX_DETAIL_BYTES));
     if let Some(path) = &why.path {
@@ -837,6 +885,63 @@ mod tests {
         assert_eq!(get(USER_ID_HEADER), "urn:partner:iom.sn");
         assert_eq!(get(INSTANCE_HEADER), "passerelle.localhost/audit-1");
         assert_eq!(get(TIME_HEADER), "2026-11-06T21:20:00.000Z");
+    }
+
+    #[test]
+    fn a_dead_letter_carries_the_senders_headers_up_to_its_budget() {
+        let big = |n: usize| AMQPValue::LongString("h".repeat(n).into());
+        let original = with_headers(vec![
+            header("a-first", big(40 * 1024)),
+            header("b-second", big(40 * 1024)),
+            header("c-small", AMQPValue::LongString("kept".into())),
+            header(
+                "d-nested",
+                AMQPValue::FieldArray(vec![AMQPValue::LongInt(1), big(10)].into()),
+            ),
+        ]);
+        let why = DeadLetter {
+            code: "malformed",
+            detail: "no".into(),
+            path: None,
+        };
+        let now = DateTime::<Utc>::from_timestamp(1_794_000_000, 0).unwrap();
+        let dead = dead_letter_properties(&original, "ci.ambassade.rabat", &why, "i", now);
+        let headers = dead.headers().clone().unwrap();
+        let names: Vec<&str> = headers
+            .inner()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| !k.starts_with(HEADER_PREFIX))
+            .collect();
+        assert_eq!(names, ["a-first", "c-small", "d-nested"]);
+        assert_eq!(
+            headers
+                .inner()
+                .get(DROPPED_HEADERS_HEADER)
+                .and_then(header_text),
+            Some("1".into())
+        );
+        // The encoded sizes the budget counts: type octet, then the payload.
+        assert_eq!(
+            encoded_len(&AMQPValue::LongString("kept".into())),
+            1 + 4 + 4
+        );
+        assert_eq!(
+            encoded_len(&AMQPValue::FieldArray(
+                vec![AMQPValue::LongInt(1), AMQPValue::Boolean(true)].into()
+            )),
+            1 + 4 + (1 + 4) + (1 + 1)
+        );
+        // Without anything left out, no count is added.
+        let dead = dead_letter_properties(&with_headers(vec![]), "p", &why, "i", now);
+        assert!(
+            !dead
+                .headers()
+                .as_ref()
+                .unwrap()
+                .inner()
+                .contains_key(DROPPED_HEADERS_HEADER)
+        );
     }
 
     #[test]
