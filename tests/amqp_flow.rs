@@ -288,6 +288,12 @@ async fn take_until(
     }
 }
 
+/// Takes the dead letters until their `message_id`s cover `ids`, and a little longer for any
+/// repeat.
+async fn take_dead_letters(channel: &Channel, ids: &BTreeSet<String>) -> Vec<Message> {
+    take_until(channel, DEAD_LETTER_QUEUE, ids, Duration::from_millis(300)).await
+}
+
 fn message_id(message: &Message) -> String {
     message
         .properties
@@ -834,13 +840,7 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
         ),
     ]);
     let ids: BTreeSet<String> = expected.keys().map(|id| (*id).to_owned()).collect();
-    let dead = take_until(
-        &admin_channel,
-        DEAD_LETTER_QUEUE,
-        &ids,
-        Duration::from_millis(300),
-    )
-    .await;
+    let dead = take_dead_letters(&admin_channel, &ids).await;
     assert_eq!(
         dead.len(),
         4,
@@ -1193,13 +1193,7 @@ async fn huge_headers() {
     let admin = admin_connection(broker, VHOST).await;
     let admin_channel = admin.create_channel().await.expect("a channel");
     let ids = BTreeSet::from(["huge-headers".to_owned()]);
-    let dead = take_until(
-        &admin_channel,
-        DEAD_LETTER_QUEUE,
-        &ids,
-        Duration::from_millis(300),
-    )
-    .await;
+    let dead = take_dead_letters(&admin_channel, &ids).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         header(&dead[0], "x-passerelle-reason").as_deref(),

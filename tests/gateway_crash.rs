@@ -8,10 +8,7 @@
 #[path = "support/gateway.rs"]
 mod gateway_support;
 
-use gateway_support::{
-    Admin, Client, ORIGIN, RegistryChanges, ServedGateway, config_file, fixture_text, wait_for,
-    write_registry,
-};
+use gateway_support::{Client, ORIGIN, RegistryChanges, ServedSetup, fixture_text, wait_for};
 use passerelle::audit::merkle::{Hash, verify_inclusion};
 use passerelle::audit::{Checkpoint, NoteSigner, NoteVerifier, Receipt, TlogProof};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -155,17 +152,10 @@ async fn check_receipt(
 
 async fn scenario() {
     let started = Instant::now();
-    let dir = tempfile::tempdir().expect("a temporary folder");
     // The DGSN (a recipient of LPC notices) polls its inbox here, so that no webhook is tried.
-    let registry = write_registry(dir.path(), &RegistryChanges::new().inbox("ma.dgsn"));
-    let data = dir.path().join("data");
-    let [https, admin_port] = passerelle::loopback::free_ports();
-    let config = config_file(dir.path(), &registry, &data, https, admin_port);
-    let addr = SocketAddr::from(([127, 0, 0, 1], https));
-    let admin = Admin::new(SocketAddr::from(([127, 0, 0, 1], admin_port)));
-
-    let mut gateway = ServedGateway::spawn(&config, dir.path().join("first.log"), "warn");
-    gateway.ready(&admin).await;
+    let setup = ServedSetup::new(&RegistryChanges::new().inbox("ma.dgsn"));
+    let (addr, data) = (setup.addr, &setup.data);
+    let mut gateway = setup.start("first.log", "warn").await;
 
     // Load, then kill -9 with requests in flight.
     let stop = Arc::new(AtomicBool::new(false));
@@ -199,8 +189,7 @@ async fn scenario() {
     );
 
     // Start again on the same configuration and data.
-    let mut gateway = ServedGateway::spawn(&config, dir.path().join("second.log"), "warn");
-    gateway.ready(&admin).await;
+    let gateway = setup.start("second.log", "warn").await;
     let restarted = Instant::now();
     let key = std::fs::read_to_string(data.join("audit-signing.key")).expect("the signing key");
     let verifier = NoteSigner::parse(&key)

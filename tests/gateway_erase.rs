@@ -6,12 +6,9 @@
 #[path = "support/gateway.rs"]
 mod gateway_support;
 
-use gateway_support::{
-    Admin, Client, RegistryChanges, ServedGateway, config_file, fixture_text, write_registry,
-};
+use gateway_support::{Client, RegistryChanges, ServedSetup, fixture_text};
 use passerelle::audit::{Kind, Leaf, journal};
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::process::Command;
 
 /// The case of the consulate's sample, erased by the test.
@@ -49,18 +46,11 @@ async fn inbox_cases(dgsn: &Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
-    let dir = tempfile::tempdir().expect("a temporary folder");
     // The DGSN, a recipient of laissez-passer notices, reads its inbox; the other recipients
     // keep the sample registry's delivery (their endpoints are down: their deliveries wait).
-    let registry = write_registry(dir.path(), &RegistryChanges::new().inbox("ma.dgsn"));
-    let data = dir.path().join("data");
-    let [https, admin_port] = passerelle::loopback::free_ports();
-    let config = config_file(dir.path(), &registry, &data, https, admin_port);
-    let addr = SocketAddr::from(([127, 0, 0, 1], https));
-    let admin = Admin::new(SocketAddr::from(([127, 0, 0, 1], admin_port)));
-
-    let mut gateway = ServedGateway::spawn(&config, dir.path().join("first.log"), "warn");
-    gateway.ready(&admin).await;
+    let setup = ServedSetup::new(&RegistryChanges::new().inbox("ma.dgsn"));
+    let (addr, data, admin) = (setup.addr, &setup.data, &setup.admin);
+    let mut gateway = setup.start("first.log", "warn").await;
     let consulate = Client::new("sn.consulat.casablanca", addr);
     for (case, reference) in [
         (ERASED, "CGSN-CASA-2026-00501"),
@@ -90,8 +80,7 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         String::from_utf8_lossy(&erase.stderr)
     );
 
-    let mut gateway = ServedGateway::spawn(&config, dir.path().join("second.log"), "info");
-    gateway.ready(&admin).await;
+    let mut gateway = setup.start("second.log", "info").await;
     // The erased case's notice is gone from the inbox; the other case's stays.
     assert_eq!(inbox_cases(&dgsn).await, [KEPT]);
 

@@ -120,6 +120,47 @@ pub fn mappings_unwritable_for_dgsn(dir: &Path) -> PathBuf {
 
 // ------------------------------------------------------------------------- the gateway binary
 
+/// A `passerelle serve` set-up in a temporary folder: the sample registry with some changes, a
+/// configuration file on free loopback ports, the data folder, and how to reach the gateway.
+pub struct ServedSetup {
+    /// The folder that holds everything.
+    pub dir: tempfile::TempDir,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The data folder (`paths.data`).
+    pub data: PathBuf,
+    /// The HTTPS listener.
+    pub addr: SocketAddr,
+    /// The admin listener.
+    pub admin: Admin,
+}
+
+impl ServedSetup {
+    /// A set-up of the sample registry with `changes`.
+    pub fn new(changes: &RegistryChanges) -> ServedSetup {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let registry = write_registry(dir.path(), changes);
+        let data = dir.path().join("data");
+        let [https, admin] = passerelle::loopback::free_ports();
+        let config = config_file(dir.path(), &registry, &data, https, admin);
+        ServedSetup {
+            config,
+            data,
+            addr: SocketAddr::from(([127, 0, 0, 1], https)),
+            admin: Admin::new(SocketAddr::from(([127, 0, 0, 1], admin))),
+            dir,
+        }
+    }
+
+    /// Starts the gateway, its log in file `log` of the folder, with `RUST_LOG` `filter`, and
+    /// waits until it is ready.
+    pub async fn start(&self, log: &str, filter: &str) -> ServedGateway {
+        let mut gateway = ServedGateway::spawn(&self.config, self.dir.path().join(log), filter);
+        gateway.ready(&self.admin).await;
+        gateway
+    }
+}
+
 /// A running `passerelle serve` child process, its JSON logs (standard error) in a file; killed
 /// with `SIGKILL` when dropped.
 pub struct ServedGateway {
