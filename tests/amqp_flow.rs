@@ -58,13 +58,14 @@ const GATEWAY_USER: &str = "urn:gateway:passerelle";
 /// The partners with a broker user in these tests.
 const PARTNERS: [&str; 3] = [EMBASSY, "iom.sn", "airline.at"];
 /// The virtual hosts of the tests that share the broker.
-const SHARED_VHOSTS: [&str; 6] = [
+const SHARED_VHOSTS: [&str; 7] = [
     "flow",
     "refusals",
     "backpressure",
     "pair",
     "disk",
     "headers",
+    "pace",
 ];
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -1158,6 +1159,61 @@ async fn a_full_outbox_pauses_consumption() {
     })
     .await;
     embassy.close(200, "OK".into()).await.expect("close");
+    gateway.stop().await;
+}
+
+/// Refusals before the pipeline (here, IOM Senegal publishing into the embassy's queue) are
+/// paced by the sender's rate limit like its messages, so that a sender cannot flood the audit
+/// log with them; the embassy's own message is not held up by them.
+#[actix_web::test]
+async fn refusals_before_the_pipeline_are_paced_by_the_senders_rate() {
+    const VHOST: &str = "pace";
+    const FLOOD: usize = 12;
+    const RATE: u32 = 4;
+    let broker = broker().await;
+    let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |config| {
+        config.limits.rate_per_second = RATE;
+        config.limits.burst = 1;
+    })
+    .await;
+    let iom = partner_connection(broker, VHOST, "iom.sn").await;
+    let iom_channel = amqp::publisher_channel(&iom).await.expect("a channel");
+    let started = Instant::now();
+    let ids: BTreeSet<String> = (0..FLOOD).map(|i| format!("forged-{i:02}")).collect();
+    for id in &ids {
+        let forged = native("iom.sn", id, "application/xml");
+        assert_eq!(
+            publish(&iom_channel, EMBASSY, b"<x/>", forged).await,
+            Confirmation::Ack(None)
+        );
+    }
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let own = "ABJ-RBT-PC-0001".to_owned();
+    send_lpcs(&channel, std::slice::from_ref(&own)).await;
+
+    let admin = admin_connection(broker, VHOST).await;
+    let admin_channel = admin.create_channel().await.expect("a channel");
+    let dead = take_dead_letters(&admin_channel, &ids).await;
+    let paced = started.elapsed();
+    assert_eq!(dead.len(), FLOOD);
+    assert!(
+        dead.iter()
+            .all(|m| header(m, "x-passerelle-reason").as_deref() == Some("user-id-mismatch"))
+    );
+    // One at once, then RATE a second.
+    let least = Duration::from_millis(1000 * (FLOOD as u64 - 2) / u64::from(RATE));
+    assert!(
+        paced >= least,
+        "{FLOOD} refusals in {paced:?}: not paced at {RATE} a second"
+    );
+    wait_for("the embassy's own message accepted", WAIT, async || {
+        gateway.accepted(&own).then_some(())
+    })
+    .await;
+    for connection in [iom, embassy, admin] {
+        connection.close(200, "OK".into()).await.expect("close");
+    }
     gateway.stop().await;
 }
 

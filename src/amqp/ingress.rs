@@ -49,7 +49,7 @@ use super::topology::{DEAD_LETTER_EXCHANGE, inbound_queue, partner_user};
 use crate::audit::{Fact, Kind, Personal, Transport};
 use crate::pipeline::{Content, Gateway, Outcome, Refusal, Submission};
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -58,6 +58,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -454,9 +455,25 @@ impl Ingress {
                             event_id = tracing::field::Empty,
                             event_type = tracing::field::Empty,
                         );
+                        // Should the handling panic, the message is returned to its queue
+                        // rather than held unsettled until the session ends (the broker's
+                        // delivery limit ends a message that makes it panic every time).
+                        let acker = delivery.acker.clone();
                         handling.spawn(
-                            async move { this.handle(&partner, delivery, stop).await }
-                                .instrument(span),
+                            async move {
+                                let handled = AssertUnwindSafe(this.handle(&partner, delivery, stop))
+                                    .catch_unwind()
+                                    .await;
+                                if handled.is_err() {
+                                    tracing::error!("handling an AMQP message failed; it is returned to its queue");
+                                    let _ = bounded(acker.nack(BasicNackOptions {
+                                        multiple: false,
+                                        requeue: true,
+                                    }))
+                                    .await;
+                                }
+                            }
+                            .instrument(span),
                         );
                     }
                     Some(Err(error)) => break Err(format!("consuming {queue}: {error}")),
@@ -488,14 +505,23 @@ impl Ingress {
                 self.ingest(partner, &delivery.data, content, &mut stop)
                     .await
             }
-            Err(why) => match self
-                .audit_refusal(partner, user_id, &why, &delivery.data)
-                .await
-            {
-                Ok(()) => Settle::DeadLetter(why),
-                Err(_) if pause(self.backoff.delay(1), &mut stop).await => Settle::Requeue,
-                Err(_) => Settle::Leave,
-            },
+            Err(why) => {
+                // Refused before the pipeline, which paces each partner: paced here too, by
+                // the broker user's partner, so that a sender cannot flood the audit log with
+                // refusals on another partner's queue.
+                if !self.wait_for_rate(user_id, &mut stop).await {
+                    Settle::Leave
+                } else {
+                    match self
+                        .audit_refusal(partner, user_id, &why, &delivery.data)
+                        .await
+                    {
+                        Ok(()) => Settle::DeadLetter(why),
+                        Err(_) if pause(self.backoff.delay(1), &mut stop).await => Settle::Requeue,
+                        Err(_) => Settle::Leave,
+                    }
+                }
+            }
         };
         self.settle(partner, delivery, settle).await;
     }
@@ -665,6 +691,28 @@ impl Ingress {
 
     /// Audits (and counts) a refusal made here, before the pipeline: the evidence that a
     /// message was refused, committing to its bytes without keeping them.
+    /// Waits for the rate limit of the partner that broker user `user_id` names (or of the
+    /// unregistered, when it names none); `false` if `stop` turned true first.
+    async fn wait_for_rate(&self, user_id: Option<&str>, stop: &mut watch::Receiver<bool>) -> bool {
+        let key = self
+            .known_sender(user_id)
+            .unwrap_or_else(|| crate::pipeline::UNREGISTERED.to_owned());
+        while let Err(Refusal::RateLimited { retry_after, .. }) = self.gateway.check_rate(&key) {
+            if !pause(retry_after.max(Duration::from_millis(5)), stop).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The registry partner that broker user `user_id` names, if any.
+    fn known_sender(&self, user_id: Option<&str>) -> Option<String> {
+        user_id
+            .and_then(|user| user.strip_prefix(crate::tls::PARTNER_URI_PREFIX))
+            .filter(|id| self.gateway.registry.partner(id).is_some())
+            .map(str::to_owned)
+    }
+
     async fn audit_refusal(
         &self,
         partner: &str,
@@ -675,10 +723,7 @@ impl Ingress {
         self.gateway.metrics.message(partner, "amqp", why.code);
         // A broker user names a partner only through the broker's check; record who it was when
         // that partner is known, nobody otherwise.
-        let sender = user_id
-            .and_then(|user| user.strip_prefix(crate::tls::PARTNER_URI_PREFIX))
-            .filter(|id| self.gateway.registry.partner(id).is_some())
-            .map(str::to_owned);
+        let sender = self.known_sender(user_id);
         let mut fact = Fact::new(Kind::Rejected, Utc::now());
         fact.sender = sender;
         fact.transport = Some(Transport::Amqp);

@@ -291,7 +291,7 @@ impl Gateway {
     }
 
     /// Takes one message from `key`'s rate limit (a partner id, or [`UNREGISTERED`]).
-    fn check_rate(&self, key: &str) -> Result<(), Refusal> {
+    pub(crate) fn check_rate(&self, key: &str) -> Result<(), Refusal> {
         let Err(not_until) = self.rate.check_key(&key.to_owned()) else {
             return Ok(());
         };
