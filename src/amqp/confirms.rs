@@ -90,8 +90,11 @@ impl<T> Default for Confirms<T> {
 }
 
 impl<T> Confirms<T> {
-    /// Notes a publish; the number returned goes with its answer to [`Confirms::answered`].
-    pub(crate) fn published(&mut self) -> u64 {
+    /// Notes a publish of `delivery`; the number returned goes with its answer to
+    /// [`Confirms::answered`]. A return of an earlier publish of the same delivery that came
+    /// too late to count (after its confirm timed out) is forgotten.
+    pub(crate) fn published(&mut self, delivery: u64) -> u64 {
+        self.returned.remove(&delivery);
         self.last_published += 1;
         self.unanswered.insert(self.last_published);
         self.last_published
@@ -170,8 +173,8 @@ mod tests {
         // B is delivered.
         for a_first in [true, false] {
             let mut confirms = Confirms::default();
-            let a = confirms.published();
-            let b = confirms.published();
+            let a = confirms.published(7);
+            let b = confirms.published(8);
             let mut counted = Vec::new();
             let answers = [
                 (a, 7, "A", Answer::Acked(None)),
@@ -201,15 +204,15 @@ mod tests {
     #[test]
     fn an_answer_waits_for_every_publish_made_before_it_was_collected() {
         let mut confirms = Confirms::default();
-        let first = confirms.published();
-        let second = confirms.published();
+        let first = confirms.published(1);
+        let second = confirms.published(2);
         // The second is acked first: the first's confirm may still carry its return.
         assert!(
             confirms
                 .answered(second, 2, 2, Answer::Acked(None))
                 .is_empty()
         );
-        let third = confirms.published();
+        let third = confirms.published(3);
         // The first's answer releases the second's; its own waits for the third, published
         // before it was collected.
         assert_eq!(
@@ -229,11 +232,11 @@ mod tests {
     #[test]
     fn a_return_is_forgotten_once_its_delivery_is_counted() {
         let mut confirms = Confirms::default();
-        let n = confirms.published();
+        let n = confirms.published(5);
         let counted = confirms.answered(n, 5, (), Answer::Acked(no_route(5)));
         assert_eq!(counted, vec![((), Outcome::Failed("amqp.no-route".into()))]);
         // The delivery's next attempt is not failed by its earlier return.
-        let n = confirms.published();
+        let n = confirms.published(5);
         assert_eq!(
             confirms.answered(n, 5, (), Answer::Acked(None)),
             vec![((), Outcome::Delivered)]
@@ -241,9 +244,33 @@ mod tests {
     }
 
     #[test]
+    fn a_return_that_comes_too_late_does_not_fail_a_later_publish() {
+        let mut confirms = Confirms::default();
+        // Delivery 4's confirm timed out; the broker's return of it came later, with
+        // delivery 6's confirm.
+        let n = confirms.published(4);
+        let timed_out = Answer::Failed("amqp.confirm-timeout".into(), None);
+        assert_eq!(
+            confirms.answered(n, 4, 4, timed_out),
+            vec![(4, Outcome::Failed("amqp.confirm-timeout".into()))]
+        );
+        let n = confirms.published(6);
+        assert_eq!(
+            confirms.answered(n, 6, 6, Answer::Acked(no_route(4))),
+            vec![(6, Outcome::Delivered)]
+        );
+        // Delivery 4 is published again, and taken this time.
+        let n = confirms.published(4);
+        assert_eq!(
+            confirms.answered(n, 4, 4, Answer::Acked(None)),
+            vec![(4, Outcome::Delivered)]
+        );
+    }
+
+    #[test]
     fn unreadable_headers_fail_the_confirms_own_delivery() {
         let mut confirms = Confirms::default();
-        let n = confirms.published();
+        let n = confirms.published(9);
         let returned = Some(Returned {
             delivery: None,
             code: 313,

@@ -67,6 +67,8 @@ pub const APP_ID: &str = "passerelle";
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// The failure code of a delivery the broker nacked.
 const NACKED: &str = "amqp.nack";
+/// The failure code of a publish the broker did not confirm within [`CONFIRM_TIMEOUT`].
+const CONFIRM_TIMED_OUT: &str = "amqp.confirm-timeout";
 
 /// The body and the properties of the AMQP message that carries `delivery`, published at
 /// `now` (seconds since the epoch, the `timestamp` property). See the
@@ -194,7 +196,7 @@ async fn settle(confirm: PublisherConfirm, channel: &Channel) -> Answer {
         }
         Ok(Ok(_)) => Answer::Failed("amqp.unconfirmed".into(), None),
         Ok(Err(_)) => Answer::Failed("amqp.connection-lost".into(), None),
-        Err(_) => Answer::Failed("amqp.confirm-timeout".into(), None),
+        Err(_) => Answer::Failed(CONFIRM_TIMED_OUT.into(), None),
     }
 }
 
@@ -239,7 +241,10 @@ impl Egress {
     /// After a `basic.nack`, the channel is replaced by a new one as soon as nothing is in flight
     /// on it: a RabbitMQ quorum queue over its length limit tells each publishing channel to
     /// reject, and a channel told so keeps rejecting if the limit is then lifted (the queue only
-    /// lifts the rejection when it drains below a limit it still has).
+    /// lifts the rejection when it drains below a limit it still has). So is a channel that
+    /// left a confirm unanswered for [`CONFIRM_TIMEOUT`]: the late answer, and a returned
+    /// message with it, could no longer be matched. Nothing more is published on a channel to
+    /// replace.
     pub(crate) async fn run(
         self: Arc<Self>,
         connection: Arc<Connection>,
@@ -252,7 +257,7 @@ impl Egress {
         let mut confirms: Confirms<Option<Delivery>> = Confirms::default();
         let mut recording: KeyedTasks<u64, bool> = KeyedTasks::default();
         let mut held = delivery::HeldBack::default();
-        let nacked = Arc::new(AtomicBool::new(false));
+        let to_replace = Arc::new(AtomicBool::new(false));
         let mut failure = None;
         let mut channel = match publisher_channel(&connection).await {
             Ok(channel) => channel,
@@ -265,7 +270,7 @@ impl Egress {
             if *stop.borrow_and_update() {
                 break;
             }
-            if in_flight.is_empty() && nacked.swap(false, Ordering::Relaxed) {
+            if in_flight.is_empty() && to_replace.swap(false, Ordering::Relaxed) {
                 let _ = bounded(channel.close(200, "OK".into())).await;
                 channel = match publisher_channel(&connection).await {
                     Ok(channel) => channel,
@@ -275,7 +280,9 @@ impl Egress {
                         break;
                     }
                 };
-                tracing::debug!("AMQP publisher channel replaced after a nack");
+                tracing::debug!(
+                    "AMQP publisher channel replaced after a nack or an unanswered confirm"
+                );
             }
             let now = due_in(Duration::ZERO);
             // Every read of the outbox also reads the deliveries in flight (they stay due until
@@ -285,9 +292,9 @@ impl Egress {
             // recorded all the same is held back a while (see `delivery::HeldBack`).
             let skip = held.and(&in_flight);
             let recordable = delivery::can_record(&self.gateway);
-            // Nothing more goes on a channel the broker has nacked: it is replaced once its
+            // Nothing more goes on a channel to replace (see above): it is replaced once its
             // publishes are answered.
-            let usable = !nacked.load(Ordering::Relaxed);
+            let usable = !to_replace.load(Ordering::Relaxed);
             if recordable
                 && usable
                 && room > 0
@@ -309,13 +316,16 @@ impl Egress {
                             }
                             match self.publish(&channel, &delivery).await {
                                 Ok(confirm) => {
-                                    let number = confirms.published();
-                                    let nacked = nacked.clone();
+                                    let number = confirms.published(delivery.id);
+                                    let to_replace = to_replace.clone();
                                     let channel = channel.clone();
                                     settling.spawn((number, delivery.id), async move {
                                         let answer = settle(confirm, &channel).await;
-                                        if matches!(&answer, Answer::Failed(code, _) if code == NACKED) {
-                                            nacked.store(true, Ordering::Relaxed);
+                                        // A channel that nacked, or left a confirm
+                                        // unanswered (its late answer, and any return with
+                                        // it, would go astray), is replaced.
+                                        if matches!(&answer, Answer::Failed(code, _) if code == NACKED || code == CONFIRM_TIMED_OUT) {
+                                            to_replace.store(true, Ordering::Relaxed);
                                         }
                                         (delivery, answer)
                                     });
@@ -352,7 +362,7 @@ impl Egress {
                     for answered in std::iter::once(done)
                         .chain(std::iter::from_fn(|| settling.try_join_next()))
                     {
-                        self.count(&mut confirms, &mut recording, &mut in_flight, answered);
+                        self.count(&mut confirms, &mut recording, &mut in_flight, &mut held, answered);
                     }
                 }
                 Some(done) = recording.join_next(), if !recording.is_empty() => {
@@ -376,7 +386,13 @@ impl Egress {
             }
         }
         while let Some(answered) = settling.join_next().await {
-            self.count(&mut confirms, &mut recording, &mut in_flight, answered);
+            self.count(
+                &mut confirms,
+                &mut recording,
+                &mut in_flight,
+                &mut held,
+                answered,
+            );
         }
         debug_assert!(
             confirms.is_empty(),
@@ -392,14 +408,16 @@ impl Egress {
         confirms: &mut Confirms<Option<Delivery>>,
         recording: &mut KeyedTasks<u64, bool>,
         in_flight: &mut HashSet<u64>,
+        held: &mut delivery::HeldBack,
         ((number, id), answered): ((u64, u64), Option<(Delivery, Answer)>),
     ) {
         let certain = match answered {
             Some((delivery, answer)) => confirms.answered(number, id, Some(delivery), answer),
             // The task awaiting the confirm failed: nothing is known of the publish, and its
-            // delivery is let go, to be published again.
+            // delivery is let go, held back a while before it is published again.
             None => {
                 in_flight.remove(&id);
+                held.hold(id);
                 confirms.answered(
                     number,
                     id,

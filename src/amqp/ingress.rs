@@ -506,21 +506,8 @@ impl Ingress {
                     .await
             }
             Err(why) => {
-                // Refused before the pipeline, which paces each partner: paced here too, by
-                // the broker user's partner, so that a sender cannot flood the audit log with
-                // refusals on another partner's queue.
-                if !self.wait_for_rate(user_id, &mut stop).await {
-                    Settle::Leave
-                } else {
-                    match self
-                        .audit_refusal(partner, user_id, &why, &delivery.data)
-                        .await
-                    {
-                        Ok(()) => Settle::DeadLetter(why),
-                        Err(_) if pause(self.backoff.delay(1), &mut stop).await => Settle::Requeue,
-                        Err(_) => Settle::Leave,
-                    }
-                }
+                self.refuse(partner, user_id, why, &delivery.data, &mut stop)
+                    .await
             }
         };
         self.settle(partner, delivery, settle).await;
@@ -689,20 +676,49 @@ impl Ingress {
         }
     }
 
-    /// Audits (and counts) a refusal made here, before the pipeline: the evidence that a
-    /// message was refused, committing to its bytes without keeping them.
-    /// Waits for the rate limit of the partner that broker user `user_id` names (or of the
-    /// unregistered, when it names none); `false` if `stop` turned true first.
-    async fn wait_for_rate(&self, user_id: Option<&str>, stop: &mut watch::Receiver<bool>) -> bool {
-        let key = self
+    /// Refuses a message before the pipeline (no `user_id`, another partner's, unreadable
+    /// headers): audits the refusal, then dead-letters the message.
+    ///
+    /// Such refusals count against the rate limit of the partner the broker user names (or of
+    /// all unregistered senders together), as its messages do. Over it, the message is
+    /// dead-lettered at once and tallied in a summary that is audited later, instead of one
+    /// audit entry each: a sender cannot flood the audit log with refusals on another partner's
+    /// queue, nor hold up that queue by waiting there for its own limit. While the store or the
+    /// log is down, the message waits at the gate like any other.
+    async fn refuse(
+        &self,
+        partner: &str,
+        user_id: Option<&str>,
+        why: DeadLetter,
+        body: &[u8],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Settle {
+        let sender = self
             .known_sender(user_id)
             .unwrap_or_else(|| crate::pipeline::UNREGISTERED.to_owned());
-        while let Err(Refusal::RateLimited { retry_after, .. }) = self.gateway.check_rate(&key) {
-            if !pause(retry_after.max(Duration::from_millis(5)), stop).await {
-                return false;
+        loop {
+            if !self.gate.wait_open(stop).await {
+                return Settle::Leave;
+            }
+            if self.gateway.check_rate(&sender).is_err() {
+                self.gateway.metrics.message(partner, "amqp", why.code);
+                self.gateway.refusal_summaries().record(
+                    &sender,
+                    why.code,
+                    Transport::Amqp,
+                    body,
+                    Utc::now(),
+                );
+                return Settle::DeadLetter(why);
+            }
+            match self.audit_refusal(partner, user_id, &why, body).await {
+                Ok(()) => return Settle::DeadLetter(why),
+                // The log went down meanwhile: wait at the gate.
+                Err(_) if self.gate.is_down() => {}
+                Err(_) if pause(self.backoff.delay(1), stop).await => return Settle::Requeue,
+                Err(_) => return Settle::Leave,
             }
         }
-        true
     }
 
     /// The registry partner that broker user `user_id` names, if any.
@@ -713,6 +729,8 @@ impl Ingress {
             .map(str::to_owned)
     }
 
+    /// Audits (and counts) a refusal made here, before the pipeline: the evidence that a
+    /// message was refused, committing to its bytes without keeping them.
     async fn audit_refusal(
         &self,
         partner: &str,

@@ -336,6 +336,7 @@ impl Gateway {
                         self.refusal_summaries.record(
                             partner,
                             refusal_summaries::RATE_LIMITED,
+                            Transport::Rest,
                             submission.body,
                             Utc::now(),
                         );
@@ -893,6 +894,7 @@ impl Gateway {
             self.refusal_summaries.record(
                 fingerprint,
                 refusal_summaries::RATE_LIMITED,
+                Transport::Rest,
                 body,
                 Utc::now(),
             );

@@ -6,7 +6,7 @@
 //! decoded, and a handshake is refused before any request. Auditing each as an entry of its
 //! own would let that client drive the log's synced appends, and grow the permanent log, as
 //! fast as it can send: the very load the limit is there to refuse, and the very client the
-//! handshake keeps out. So each refusal is tallied here, per sender and reason, and each
+//! handshake keeps out. So each refusal is tallied here, per sender, reason and transport, and each
 //! tally is audited as one `rejected` fact with that reason and the number of refusals it
 //! stands for (`count`). The gateway audits the tallies about once a second and when it
 //! stops (see [`super::Gateway::audit_refusal_summaries`]).
@@ -21,6 +21,10 @@
 //!   [`crate::tls::CertificateRefusal`]), and each refusal's digest is the SHA-256 of the
 //!   certificate (DER): its fingerprint. A handshake without any certificate is not seen, so
 //!   not tallied.
+//! - **AMQP messages refused before the pipeline** (no `user_id`, another partner's, unreadable
+//!   headers) over the rate of the partner their broker user names are tallied under that
+//!   partner (or [`super::UNREGISTERED`]) with their own reason, transport `amqp`; they are
+//!   dead-lettered, not refused to a client.
 //!
 //! The summary's `native` commitment is over the digests, sorted and concatenated, so that a
 //! sender who kept what it sent can show which of its messages or certificates a summary
@@ -48,8 +52,11 @@ pub struct Tally {
     /// A partner id, or the fingerprint of a certificate the registry does not know, or
     /// [`super::UNVERIFIED`] for refused certificates.
     pub sender: String,
-    /// The reason code: [`RATE_LIMITED`], or a refused certificate's.
+    /// The reason code: [`RATE_LIMITED`], a refused certificate's, or that of an AMQP message
+    /// refused before the pipeline over its sender's rate.
     pub reason: &'static str,
+    /// The transport the refused messages (or certificates) came by.
+    pub transport: Transport,
     /// When the first of them was refused.
     pub since: DateTime<Utc>,
     /// How many were refused.
@@ -67,7 +74,7 @@ impl Tally {
         sorted.sort_unstable();
         let mut fact = Fact::new(Kind::Rejected, now);
         fact.sender = Some(self.sender.clone());
-        fact.transport = Some(Transport::Rest);
+        fact.transport = Some(self.transport);
         fact.reason = Some(self.reason.to_owned());
         fact.count = Some(self.count);
         fact.case_id = Some(case);
@@ -88,14 +95,17 @@ impl Tally {
     }
 }
 
-/// The refusals not yet audited, one tally per sender and reason.
+/// What a tally counts refusals by: sender, reason and transport.
+type Key = (String, &'static str, Transport);
+
+/// The refusals not yet audited, one tally per sender, reason and transport.
 #[derive(Debug, Default)]
 pub struct RefusalSummaries {
-    tallies: Mutex<HashMap<(String, &'static str), Tally>>,
+    tallies: Mutex<HashMap<Key, Tally>>,
 }
 
 impl RefusalSummaries {
-    fn tallies(&self) -> std::sync::MutexGuard<'_, HashMap<(String, &'static str), Tally>> {
+    fn tallies(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Tally>> {
         // A panic while the lock was held leaves at worst a tally one refusal short; the
         // tallies are still worth auditing.
         self.tallies
@@ -103,17 +113,25 @@ impl RefusalSummaries {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Tallies one refusal of `sender`'s for `reason`: `refused` is the refused body, or the
-    /// refused certificate (DER).
-    pub fn record(&self, sender: &str, reason: &'static str, refused: &[u8], now: DateTime<Utc>) {
+    /// Tallies one refusal of `sender`'s for `reason`, of what came by `transport`: `refused` is
+    /// the refused body, or the refused certificate (DER).
+    pub fn record(
+        &self,
+        sender: &str,
+        reason: &'static str,
+        transport: Transport,
+        refused: &[u8],
+        now: DateTime<Utc>,
+    ) {
         // Hashed before the lock is taken: refused bodies may be up to the size limit.
         let digest: [u8; 32] = Sha256::digest(refused).into();
         let mut tallies = self.tallies();
         let tally = tallies
-            .entry((sender.to_owned(), reason))
+            .entry((sender.to_owned(), reason, transport))
             .or_insert_with(|| Tally {
                 sender: sender.to_owned(),
                 reason,
+                transport,
                 since: now,
                 count: 0,
                 digests: Vec::new(),
@@ -133,7 +151,7 @@ impl RefusalSummaries {
     /// Takes the tallies that `due` says are due, oldest first, leaving the others.
     pub fn take_due(&self, due: impl Fn(&Tally) -> bool) -> Vec<Tally> {
         let mut tallies = self.tallies();
-        let keys: Vec<(String, &'static str)> = tallies
+        let keys: Vec<Key> = tallies
             .iter()
             .filter(|(_, tally)| due(tally))
             .map(|(key, _)| key.clone())
@@ -149,7 +167,7 @@ impl RefusalSummaries {
     pub fn restore(&self, tallies: Vec<Tally>) {
         let mut open = self.tallies();
         for mut tally in tallies {
-            let key = (tally.sender.clone(), tally.reason);
+            let key = (tally.sender.clone(), tally.reason, tally.transport);
             if let Some(newer) = open.remove(&key) {
                 tally.merge(newer);
             }
@@ -178,9 +196,15 @@ mod tests {
     #[test]
     fn a_summary_counts_and_commits_to_every_refused_body() {
         let refusals = RefusalSummaries::default();
-        refusals.record("iom.sn", RATE_LIMITED, b"second", at(2));
-        refusals.record("iom.sn", RATE_LIMITED, b"first", at(3));
-        refusals.record("ma.interieur", RATE_LIMITED, b"other", at(1));
+        refusals.record("iom.sn", RATE_LIMITED, Transport::Rest, b"second", at(2));
+        refusals.record("iom.sn", RATE_LIMITED, Transport::Rest, b"first", at(3));
+        refusals.record(
+            "ma.interieur",
+            RATE_LIMITED,
+            Transport::Rest,
+            b"other",
+            at(1),
+        );
         assert_eq!(refusals.pending(), 3);
         let tallies = refusals.take();
         assert_eq!(refusals.pending(), 0);
@@ -201,9 +225,27 @@ mod tests {
     #[test]
     fn each_reason_of_a_sender_has_its_own_summary() {
         let refusals = RefusalSummaries::default();
-        refusals.record("unverified", "certificate-revoked", b"cert one", at(1));
-        refusals.record("unverified", "certificate-expired", b"cert two", at(2));
-        refusals.record("unverified", "certificate-revoked", b"cert one", at(3));
+        refusals.record(
+            "unverified",
+            "certificate-revoked",
+            Transport::Rest,
+            b"cert one",
+            at(1),
+        );
+        refusals.record(
+            "unverified",
+            "certificate-expired",
+            Transport::Rest,
+            b"cert two",
+            at(2),
+        );
+        refusals.record(
+            "unverified",
+            "certificate-revoked",
+            Transport::Rest,
+            b"cert one",
+            at(3),
+        );
         let tallies = refusals.take();
         let summary: Vec<(&str, u64)> = tallies.iter().map(|t| (t.reason, t.count)).collect();
         assert_eq!(
@@ -218,7 +260,13 @@ mod tests {
             Some([digest(b"cert one"), digest(b"cert one")].concat())
         );
         // Put back, each merges only with newer refusals for its own reason.
-        refusals.record("unverified", "certificate-expired", b"cert three", at(5));
+        refusals.record(
+            "unverified",
+            "certificate-expired",
+            Transport::Rest,
+            b"cert three",
+            at(5),
+        );
         refusals.restore(tallies);
         let summary: Vec<(&str, u64)> = refusals
             .take()
@@ -235,7 +283,7 @@ mod tests {
     fn past_the_digest_bound_refusals_are_counted_only() {
         let refusals = RefusalSummaries::default();
         for _ in 0..MAX_DIGESTS + 5 {
-            refusals.record("iom.sn", RATE_LIMITED, b"again", at(0));
+            refusals.record("iom.sn", RATE_LIMITED, Transport::Rest, b"again", at(0));
         }
         let tallies = refusals.take();
         assert_eq!(tallies.len(), 1);
@@ -251,10 +299,10 @@ mod tests {
     #[test]
     fn tallies_put_back_merge_with_newer_ones_and_lose_nothing() {
         let refusals = RefusalSummaries::default();
-        refusals.record("iom.sn", RATE_LIMITED, b"one", at(0));
-        refusals.record("iom.ma", RATE_LIMITED, b"two", at(1));
+        refusals.record("iom.sn", RATE_LIMITED, Transport::Rest, b"one", at(0));
+        refusals.record("iom.ma", RATE_LIMITED, Transport::Rest, b"two", at(1));
         let failed = refusals.take();
-        refusals.record("iom.sn", RATE_LIMITED, b"three", at(5));
+        refusals.record("iom.sn", RATE_LIMITED, Transport::Rest, b"three", at(5));
         refusals.restore(failed);
         assert_eq!(refusals.pending(), 3);
         let tallies = refusals.take();
@@ -272,7 +320,7 @@ mod tests {
         let refusals = RefusalSummaries::default();
         for round in 0..3 {
             for _ in 0..MAX_DIGESTS {
-                refusals.record("iom.sn", RATE_LIMITED, b"flood", at(round));
+                refusals.record("iom.sn", RATE_LIMITED, Transport::Rest, b"flood", at(round));
             }
             let failed = refusals.take();
             refusals.restore(failed);

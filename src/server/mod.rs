@@ -54,8 +54,13 @@ impl CertificateRefusalObserver for RefusedCertificateAudit {
                 reason: reason.code(),
             })
             .inc();
-        self.summaries
-            .record(UNVERIFIED, reason.code(), certificate, Utc::now());
+        self.summaries.record(
+            UNVERIFIED,
+            reason.code(),
+            crate::audit::Transport::Rest,
+            certificate,
+            Utc::now(),
+        );
     }
 }
 

@@ -1440,7 +1440,6 @@ fn update_delivery(
     Ok(d)
 }
 
-/// Whether a delivery can be put back in line: only a dead letter, and only one with a body.
 /// Moves a delivery to the dead letters with `error`, out of the line it waits in (`waiting`:
 /// it was pending when read).
 fn bury(
@@ -1462,6 +1461,7 @@ fn bury(
     Ok(())
 }
 
+/// Whether a delivery can be put back in line: only a dead letter, and only one with a body.
 fn check_redeliverable(d: &Delivery) -> Result<()> {
     if d.state != DeliveryState::Dead {
         return Err(StoreError::NotFound("dead letter"));
