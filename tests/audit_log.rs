@@ -233,6 +233,30 @@ fn a_lost_or_rolled_back_public_checkpoint_never_shrinks_the_log() {
     .unwrap();
 }
 
+/// Keys lost from a log that holds entries are not silently made anew: the log refuses to
+/// open until they are restored.
+#[test]
+fn a_log_with_entries_does_not_open_without_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log, 0..5);
+    log.close().unwrap();
+    for name in ["index.key", "cases.keys"] {
+        let path = dir.path().join("private/keys").join(name);
+        let kept = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        match AuditLog::open(dir.path(), signer(), ORIGIN, options()) {
+            Err(AuditError::Corrupt(why)) => assert!(why.contains(name), "{why}"),
+            other => panic!("opened without {name}: {:?}", other.map(|_| ())),
+        }
+        assert!(!path.exists(), "{name} was made anew");
+        std::fs::write(&path, kept).unwrap();
+    }
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    assert_eq!(log.latest_checkpoint().1.size, 5);
+    log.close().unwrap();
+}
+
 #[test]
 fn async_appends_are_durable_before_they_resolve() {
     let dir = tempfile::tempdir().unwrap();

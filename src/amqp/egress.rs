@@ -369,11 +369,7 @@ impl Egress {
                     for (id, recorded) in std::iter::once(done)
                         .chain(std::iter::from_fn(|| recording.try_join_next()))
                     {
-                        in_flight.remove(&id);
-                        // A failed task's attempt may or may not be on record: held back too.
-                        if recorded != Some(true) {
-                            held.hold(id);
-                        }
+                        held.settle(&mut in_flight, id, recorded);
                     }
                 }
                 () = changed.notified() => {}
@@ -416,8 +412,7 @@ impl Egress {
             // The task awaiting the confirm failed: nothing is known of the publish, and its
             // delivery is let go, held back a while before it is published again.
             None => {
-                in_flight.remove(&id);
-                held.hold(id);
+                held.settle(in_flight, id, None);
                 confirms.answered(
                     number,
                     id,

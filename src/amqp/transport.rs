@@ -197,6 +197,12 @@ impl AmqpTransport {
     ) -> Result<SessionEnd, AmqpError> {
         let events = connection.events_listener();
         self.gate.reset();
+        // A `connection.blocked` that came before the listener above was taken is not among its
+        // events; the connection's status has it.
+        if connection.status().blocked() {
+            self.gate
+                .set_blocked(Some("blocked before the session started"));
+        }
         // A broker that accepted the connection can still leave a declaration or a consumer
         // unanswered (while it is starting or stopping, or under a partition): each step of the
         // setup gets the connection's time limit, so that readiness never waits on one forever,

@@ -166,12 +166,17 @@ impl KeyStore {
     /// a crash before it was synced, is dropped.
     pub fn open(path: &Path, writable: bool) -> Result<Self> {
         let io = |e| AuditError::io(path, e);
+        let created = writable && !path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .write(writable)
             .create(writable)
             .open(path)
             .map_err(io)?;
+        if created {
+            // The file's name must outlast a power cut, as the keys written into it do.
+            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        }
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(io)?;
         let mut slots = HashMap::new();
@@ -230,6 +235,11 @@ impl KeyStore {
     /// Whether the case was erased.
     pub fn is_erased(&self, tag: &Tag) -> bool {
         matches!(self.slots.get(tag), Some(Slot::Erased))
+    }
+
+    /// Whether any case was ever erased.
+    pub fn any_erased(&self) -> bool {
+        self.slots.values().any(|slot| matches!(slot, Slot::Erased))
     }
 
     /// The keys of a case, created if needed. New keys are written but not
@@ -445,6 +455,7 @@ mod tests {
         let k2 = ks.get(&tag).unwrap();
         assert_eq!(unseal(&k2, b"aad", &sealed).unwrap(), opened);
         assert!(unseal(&k2, b"other", &sealed).is_err());
+        assert!(!ks.any_erased());
         ks.erase(&tag).unwrap();
         assert!(matches!(
             ks.get_or_create(&tag),
@@ -458,5 +469,6 @@ mod tests {
         );
         let ks = KeyStore::open(&path, false).unwrap();
         assert!(ks.is_erased(&tag));
+        assert!(ks.any_erased());
     }
 }

@@ -306,6 +306,22 @@ impl AuditLog {
             }
             Err(e) => return Err(e),
         }
+        // A log that has signed a checkpoint has made its keys (they are made before its
+        // first checkpoint): new keys in place of lost ones would open none of its sealed
+        // payloads, give its cases new tags, and leave the old keys of a case erased later
+        // wherever a copy of them is.
+        if layout.last_checkpoint.exists() || layout.public.join("checkpoint").exists() {
+            for name in ["index.key", "cases.keys"] {
+                let path = layout.keys.join(name);
+                if !path.exists() {
+                    return Err(AuditError::Corrupt(format!(
+                        "{} is missing, and the log holds entries made under it: restore it \
+                         (a backup of private/keys) before opening the log",
+                        path.display()
+                    )));
+                }
+            }
+        }
         let index_key = IndexKey::load_or_create(&layout.keys.join("index.key"))?;
         let keys = KeyStore::open(&layout.keys.join("cases.keys"), true)?;
 
@@ -678,27 +694,30 @@ impl AuditLog {
         Ok(lock(&self.shared.keys)?.is_erased(&tag))
     }
 
-    /// Erases a case: destroys its keys (overwritten in place and synced),
-    /// then appends an `erased` leaf carrying the case's commitment, so that
-    /// auditors see where its trail ends. The log still verifies afterwards;
-    /// the case's sealed payloads and commitments can no longer be opened.
-    /// Blocks the calling thread (it syncs the key store and waits for the
-    /// erasure leaf to be durable).
+    /// Whether any case was ever erased.
+    pub fn any_case_erased(&self) -> Result<bool> {
+        Ok(lock(&self.shared.keys)?.any_erased())
+    }
+
+    /// Erases a case: appends an `erased` leaf carrying the case's commitment, so that
+    /// auditors see where its trail ends, then destroys its keys (overwritten in place and
+    /// synced). The log still verifies afterwards; the case's sealed payloads and commitments
+    /// can no longer be opened. Blocks the calling thread (it waits for the erasure leaf to be
+    /// durable, and syncs the key store).
+    ///
+    /// The leaf comes first because it needs the keys: an erasure cut short between the two
+    /// (a crash, a failed sync) leaves the keys in place, and running it again appends a second
+    /// `erased` leaf and destroys them. The other way round, the leaf could never be written.
     pub fn erase_case(&self, case_id: &str) -> Result<Receipt> {
         let tag = self.shared.index_key.tag(TagKind::Case, case_id);
-        let commitment = {
-            let mut ks = lock(&self.shared.keys)?;
-            let c = match ks.get(&tag) {
-                Ok(k) => Some(Commitments::compute(
-                    &k.commit,
-                    case_id,
-                    &Default::default(),
-                )),
-                Err(AuditError::UnknownCase) => None,
-                Err(e) => return Err(e),
-            };
-            ks.erase(&tag)?;
-            c
+        let commitment = match lock(&self.shared.keys)?.get(&tag) {
+            Ok(k) => Some(Commitments::compute(
+                &k.commit,
+                case_id,
+                &Default::default(),
+            )),
+            Err(AuditError::UnknownCase) => None,
+            Err(e) => return Err(e),
         };
         let fact = Fact::new(Kind::Erased, Utc::now());
         let entry = Leaf::from_fact(&fact, commitment).encode()?;
@@ -711,7 +730,9 @@ impl AuditLog {
             },
             leaf,
         )?;
-        self.receipt(leaf, rx.blocking_recv().map_err(|_| AuditError::Closed)?)
+        let receipt = self.receipt(leaf, rx.blocking_recv().map_err(|_| AuditError::Closed)?)?;
+        lock(&self.shared.keys)?.erase(&tag)?;
+        Ok(receipt)
     }
 
     /// Stops accepting appends, commits what is queued, publishes a final

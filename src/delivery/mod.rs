@@ -58,6 +58,16 @@ impl HeldBack {
         self.0.insert(id, Instant::now() + HOLD_BACK);
     }
 
+    /// Takes `id` out of flight once the task attempting it has ended: `recorded` is whether
+    /// its attempt is on record (`None` when the task failed). One not on record may have
+    /// reached the recipient or not, so it is held back before it is attempted again.
+    pub fn settle(&mut self, in_flight: &mut HashSet<u64>, id: u64, recorded: Option<bool>) {
+        in_flight.remove(&id);
+        if recorded != Some(true) {
+            self.hold(id);
+        }
+    }
+
     /// Lets go of those whose time is up, and returns `also` with the ids still held: what the
     /// worker must not take from the outbox.
     pub fn and(&mut self, also: &HashSet<u64>) -> HashSet<u64> {
@@ -142,6 +152,10 @@ impl<K, T: Send + 'static> KeyedTasks<K, T> {
 /// the delivery workers.
 pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
     let mut withdrawn = 0;
+    // Reading every waiting delivery is only worth it once some case was erased.
+    if !gateway.log.any_case_erased()? {
+        return Ok(withdrawn);
+    }
     for delivery in gateway.store.waiting()? {
         let Some(case) = delivery.case_id.as_deref() else {
             continue;

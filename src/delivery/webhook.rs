@@ -108,11 +108,7 @@ impl WebhookWorker {
             let changed = this.gateway.outbox_changed.clone();
             tokio::select! {
                 Some((id, recorded)) = attempts.join_next(), if !attempts.is_empty() => {
-                    in_flight.remove(&id);
-                    // A failed task's attempt may or may not be on record: held back too.
-                    if recorded != Some(true) {
-                        held.hold(id);
-                    }
+                    held.settle(&mut in_flight, id, recorded);
                 }
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
