@@ -1,7 +1,7 @@
 //! A case erased while the gateway is stopped (`passerelle audit erase`): at the next start its
 //! deliveries still waiting are withdrawn without an attempt. They never reach a recipient,
 //! stay as dead letters without their bodies, cannot be redelivered, and are audited; the
-//! deliveries of other cases go on as before.
+//! deliveries of other cases go on as before. A later message for the erased case is refused.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
@@ -83,6 +83,18 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
     let mut gateway = setup.start("second.log", "info").await;
     // The erased case's notice is gone from the inbox; the other case's stays.
     assert_eq!(inbox_cases(&dgsn).await, [KEPT]);
+
+    // A new message for the erased case is refused for good (not a 503 to retry forever); the
+    // other case still takes messages.
+    let late = consulate
+        .send("application/xml", notice(ERASED, "CGSN-CASA-2026-00503"))
+        .await;
+    assert_eq!(late.status, 422, "{}", late.text());
+    assert!(late.text().contains("erased"), "{}", late.text());
+    let kept = consulate
+        .send("application/xml", notice(KEPT, "CGSN-CASA-2026-00504"))
+        .await;
+    assert_eq!(kept.status, 202, "{}", kept.text());
 
     // Every delivery of the erased case is a dead letter that cannot be redelivered.
     let dead = admin.get("/dead-letters").await;

@@ -28,7 +28,8 @@ pub mod limits {
     pub const DOCUMENTS: usize = 16;
     /// Most searchable identifiers of one kind in one fact.
     pub const IDENTIFIERS: usize = 16;
-    /// Largest native or canonical payload, in bytes.
+    /// Largest native or canonical payload that is sealed beside the log, in bytes (one kept
+    /// as its commitment only may be larger).
     pub const PAYLOAD_LEN: usize = 1 << 20;
     /// Largest number of messages one fact stands for: the largest integer that RFC 8785
     /// (I-JSON) writes exactly.
@@ -218,10 +219,13 @@ impl Fact {
         if p.documents.len() > limits::DOCUMENTS {
             return bad("too many document numbers".into());
         }
-        if [&p.native, &p.canonical]
-            .into_iter()
-            .flatten()
-            .any(|b| b.len() > limits::PAYLOAD_LEN)
+        // The bound is on what is sealed and kept beside the log; a payload kept as its
+        // commitment only may be of any size.
+        if !p.commit_only
+            && [&p.native, &p.canonical]
+                .into_iter()
+                .flatten()
+                .any(|b| b.len() > limits::PAYLOAD_LEN)
         {
             return bad("payload too large".into());
         }
@@ -443,6 +447,15 @@ mod tests {
         f.personal.native = Some(b"<lpc><nom>DIALLO Aminata</nom></lpc>".to_vec());
         f.personal.documents = vec!["LPC-SN-778812".into()];
         f
+    }
+
+    #[test]
+    fn only_a_sealed_payload_is_bounded() {
+        let mut f = sample();
+        f.personal.native = Some(vec![b'x'; limits::PAYLOAD_LEN + 1]);
+        assert!(matches!(f.validate(), Err(AuditError::InvalidFact(_))));
+        f.personal.commit_only = true;
+        f.validate().unwrap();
     }
 
     #[test]

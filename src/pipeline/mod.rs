@@ -272,6 +272,7 @@ impl Gateway {
     ) -> Gateway {
         let per_second = NonZeroU32::new(limits.rate_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let outbox_changed = store.released();
         Gateway {
             catalogue,
             mappings,
@@ -279,7 +280,7 @@ impl Gateway {
             log,
             store,
             metrics,
-            outbox_changed: Arc::new(Notify::new()),
+            outbox_changed,
             redeliveries: tokio::sync::Mutex::new(()),
             rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             refusal_summaries: Arc::default(),
@@ -473,6 +474,21 @@ impl Gateway {
             }
         }
         let case_id = facts::case_id(event);
+        // An erased case takes no more messages: the log can write nothing more under it (its
+        // keys are gone), so this is the sender's to know, not an outage to retry.
+        if let Some(case) = &case_id
+            && self
+                .log
+                .is_case_erased(case)
+                .map_err(|e| unavailable(&e.to_string()))?
+        {
+            return Err(Refusal::Unprocessable {
+                message: "the event's case was erased from the audit log; the gateway takes \
+                          no more messages for it"
+                    .into(),
+                path: Some("/subject".into()),
+            });
+        }
         let case_file = match &case_id {
             Some(case) => Some(
                 self.store
@@ -600,9 +616,16 @@ impl Gateway {
                 (ack, made)
             }
             (Ok(_), Ok(Recorded::Duplicate(first))) => {
-                // Only reachable when another instance shares the store: the first record
-                // stands, and this second acceptance entry is voided in the log.
+                // Only reachable when another instance shares the store (one instance holds
+                // the message's turn until its attempt is settled): the first record stands,
+                // and this second acceptance entry is voided in the log.
                 self.void_acceptance(partner, &accepted, "duplicate").await;
+                if !first.confirmed {
+                    // That attempt is still being made durable, and has no receipt yet.
+                    return Err(unavailable(
+                        "another attempt of this message is being recorded",
+                    ));
+                }
                 return Ok(Outcome::Duplicate(ack_of("duplicate", *first)));
             }
             (Err(refusal), Ok(Recorded::New(_))) => {
@@ -618,10 +641,8 @@ impl Gateway {
                 return Err(unavailable(&error.to_string()));
             }
         };
+        // The push workers are woken by the store once the confirmation is committed.
         let (ack, made) = made;
-        if made.iter().any(|d| d.channel != Channel::Inbox) {
-            self.outbox_changed.notify_waiters();
-        }
         for dead in made.iter().filter(|d| d.state == DeliveryState::Dead) {
             if let Err(e) = self
                 .audit_delivery(dead, Kind::DeadLettered, dead.last_error.clone())
@@ -851,10 +872,15 @@ impl Gateway {
         fact.withheld = delivery.withheld.clone();
         fact.reason = reason.map(|r| reason_code(&r));
         fact.case_id = delivery.case_id.clone();
-        if kind == Kind::Delivered && !delivery.body.is_empty() {
+        // The body is committed to under its case's keys (every accepted event names its case,
+        // the schema requires a `subject`).
+        if kind == Kind::Delivered && !delivery.body.is_empty() && delivery.case_id.is_some() {
             fact.personal = Personal {
                 native: Some(delivery.body.clone()),
-                commit_only: delivery.case_id.is_none(),
+                // A body larger than the log seals (a recipient's encoding can be larger than
+                // what the sender sent) is kept as its commitment only: the delivery is still
+                // on record, and the recipient's copy can be checked against it.
+                commit_only: delivery.body.len() > audit::leaf::limits::PAYLOAD_LEN,
                 ..Personal::default()
             };
         }

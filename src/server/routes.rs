@@ -245,14 +245,29 @@ async fn post_message(
         } else {
             Content::Typed(content_type)
         };
-        let outcome = gateway
-            .ingest(Submission {
-                partner: &caller.0.id,
-                transport: Transport::Rest,
-                body: &body,
-                content,
-            })
-            .await;
+        let partner = caller.0.id.clone();
+        let ingest = {
+            let gateway = gateway.clone();
+            async move {
+                gateway
+                    .ingest(Submission {
+                        partner: &partner,
+                        transport: Transport::Rest,
+                        body: &body,
+                        content,
+                    })
+                    .await
+            }
+        };
+        // The pipeline runs to its end even when the client goes away: once its two writes are
+        // under way, the message must be confirmed or withdrawn, and hold its turn until then,
+        // so that the client's retry waits for it and gets its receipt.
+        let outcome = actix_web::rt::spawn(ingest.in_current_span())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "the pipeline failed on a message");
+                Problem::unavailable("the message could not be processed; send it again")
+            })?;
         match outcome {
             Ok(Outcome::Accepted(ack)) => Ok(answer(StatusCode::ACCEPTED, &ack)),
             Ok(Outcome::Duplicate(ack)) => Ok(answer(StatusCode::OK, &ack)),

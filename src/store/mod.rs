@@ -26,7 +26,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 /// Accepted messages, by event id (`source` + `\n` + `id`).
 const ACCEPTED: TableDefinition<&str, &[u8]> = TableDefinition::new("accepted");
@@ -63,10 +63,18 @@ pub enum StoreError {
     /// The change asked for cannot be made to this record; the reason says why.
     #[error("{0}")]
     Refused(String),
+    /// A stored record could not be read back (damaged, or not in this version's format).
+    /// Only the writes that read it fail; the others of their group are committed.
+    #[error("store: a stored record could not be read: {0}")]
+    Unreadable(String),
 }
 
 fn db_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Database(error.to_string())
+}
+
+fn unreadable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unreadable(error.to_string())
 }
 
 /// A store result.
@@ -356,6 +364,8 @@ pub struct Store {
     confirming: Confirming,
     /// Set while the writer's commits fail, cleared by the next that succeeds.
     failing: Arc<AtomicBool>,
+    /// Notified once a commit has put push deliveries in line (see [`Store::released`]).
+    released: Arc<Notify>,
     /// Held by a test to stop the writer before it applies its next group.
     #[cfg(test)]
     hold: Arc<Mutex<()>>,
@@ -451,6 +461,7 @@ impl Store {
         let pending_deliveries = Arc::new(AtomicU64::new(pending));
         let confirming = Confirming::default();
         let failing = Arc::new(AtomicBool::new(false));
+        let released = Arc::new(Notify::new());
         #[cfg(test)]
         let hold = Arc::new(Mutex::new(()));
         let (tx, rx) = mpsc::sync_channel(4096);
@@ -459,6 +470,7 @@ impl Store {
             pending: pending_deliveries.clone(),
             confirming: confirming.clone(),
             failing: failing.clone(),
+            released: released.clone(),
             #[cfg(test)]
             hold: hold.clone(),
         };
@@ -474,9 +486,17 @@ impl Store {
             next_id: AtomicU64::new(next_id),
             confirming,
             failing,
+            released,
             #[cfg(test)]
             hold,
         })
+    }
+
+    /// Notified (`notify_waiters`) each time a commit has put push deliveries in line: the
+    /// confirmation of an accepted message, which [`Store::confirm_later`] only queues. The
+    /// push workers wait on it, so that they find those deliveries due when they wake.
+    pub fn released(&self) -> Arc<Notify> {
+        self.released.clone()
     }
 
     fn send(&self, write: Write) -> Result<()> {
@@ -500,7 +520,7 @@ impl Store {
         table
             .get(key.as_str())
             .map_err(db_error)?
-            .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
+            .map(|v| serde_json::from_slice(v.value()).map_err(unreadable))
             .transpose()
     }
 
@@ -515,7 +535,7 @@ impl Store {
         for item in unconfirmed.iter().map_err(db_error)? {
             let (key, _) = item.map_err(db_error)?;
             if let Some(v) = accepted.get(key.value()).map_err(db_error)? {
-                found.push(serde_json::from_slice(v.value()).map_err(db_error)?);
+                found.push(serde_json::from_slice(v.value()).map_err(unreadable)?);
             }
         }
         Ok(found)
@@ -915,7 +935,7 @@ fn read_case_file(
     cases
         .get(case_id)
         .map_err(db_error)?
-        .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
+        .map(|v| serde_json::from_slice(v.value()).map_err(unreadable))
         .transpose()
         .map(Option::unwrap_or_default)
 }
@@ -928,7 +948,7 @@ fn read_delivery(
     let Some(v) = deliveries.get(id).map_err(db_error)? else {
         return Ok(None);
     };
-    let mut d: Delivery = serde_json::from_slice(v.value()).map_err(db_error)?;
+    let mut d: Delivery = serde_json::from_slice(v.value()).map_err(unreadable)?;
     if let Some(bodies) = bodies
         && let Some(b) = bodies.get(id).map_err(db_error)?
     {
@@ -964,8 +984,25 @@ impl Reply {
             Reply::Unit(Some(tx), r) => {
                 let _ = tx.send(r);
             }
-            Reply::Unit(None, _) => {}
+            Reply::Unit(None, Ok(())) => {}
+            // A queued confirmation that could not be written: its message stays unconfirmed
+            // and is settled against the audit log at the next start.
+            Reply::Unit(None, Err(error)) => tracing::error!(
+                error = %error,
+                "a confirmation could not be written; its message is settled at the next start"
+            ),
         }
+    }
+
+    /// The database's own error this write met, if any: one that leaves the transaction's
+    /// state unknown (a write may have been half made), unlike a refusal or an unreadable
+    /// record, which each write meets before it changes anything.
+    fn database_error(&self) -> Option<&StoreError> {
+        let error = match self {
+            Reply::Accept(_, Err(e)) | Reply::Update(_, Err(e)) | Reply::Unit(_, Err(e)) => e,
+            _ => return None,
+        };
+        matches!(error, StoreError::Database(_)).then_some(error)
     }
 
     fn fail(self, error: &StoreError) {
@@ -1001,6 +1038,7 @@ struct Writer {
     pending: Arc<AtomicU64>,
     confirming: Confirming,
     failing: Arc<AtomicBool>,
+    released: Arc<Notify>,
     #[cfg(test)]
     hold: Arc<Mutex<()>>,
 }
@@ -1034,6 +1072,10 @@ impl Writer {
                 }
             }
             let sync = group.iter().any(Write::needs_sync);
+            let releases_push = group.iter().any(|w| {
+                matches!(w, Write::Confirm { release, .. }
+                    if release.iter().any(|r| r.channel != Channel::Inbox))
+            });
             let confirmed_keys: Vec<String> = group
                 .iter()
                 .filter_map(|w| match w {
@@ -1060,6 +1102,9 @@ impl Writer {
                     }
                     self.committed(&confirmed_keys);
                     replies.into_iter().for_each(Reply::send);
+                    if releases_push {
+                        self.released.notify_waiters();
+                    }
                 }
                 Err((error, replies)) => {
                     // The database refuses every later write after an I/O failure, until it
@@ -1135,7 +1180,7 @@ impl<'t> Tables<'t> {
         let Some(v) = self.deliveries.get(id).map_err(db_error)? else {
             return Ok(None);
         };
-        Ok(Some(serde_json::from_slice(v.value()).map_err(db_error)?))
+        Ok(Some(serde_json::from_slice(v.value()).map_err(unreadable)?))
     }
 
     fn put_delivery(&mut self, d: &Delivery) -> Result<()> {
@@ -1167,7 +1212,7 @@ impl<'t> Tables<'t> {
         self.accepted
             .get(key)
             .map_err(db_error)?
-            .map(|v| serde_json::from_slice(v.value()).map_err(db_error))
+            .map(|v| serde_json::from_slice(v.value()).map_err(unreadable))
             .transpose()
     }
 
@@ -1230,8 +1275,20 @@ fn apply_group(db: &Database, group: Vec<Write>, sync: bool, delta: &mut i64) ->
             Err(e) => return fail(e, group),
         };
         let mut counters = Counters { delta };
-        for write in group {
-            replies.push(apply(&mut tables, &mut counters, write));
+        let mut writes = group.into_iter();
+        while let Some(write) = writes.next() {
+            let reply = apply(&mut tables, &mut counters, write);
+            // A database error can come after part of its write was made: committing the
+            // group would keep that part (a delivery in no line, a message neither confirmed
+            // nor waiting to be). The whole group is dropped instead, uncommitted.
+            if let Some(error) = reply.database_error().cloned() {
+                replies.push(reply);
+                drop(tables);
+                let _ = txn.abort();
+                replies.extend(failed(&error, writes));
+                return Err((error, replies));
+            }
+            replies.push(reply);
         }
     }
     match txn.commit() {
@@ -1322,13 +1379,15 @@ fn confirm(
     if let Some(attempt) = attempt {
         same_attempt(t.record(key)?.as_ref(), attempt)?;
     }
-    if t.unconfirmed.remove(key).map_err(db_error)?.is_none() {
+    if t.unconfirmed.get(key).map_err(db_error)?.is_none() {
         // Confirmed already, or withdrawn.
         return Ok(());
     }
+    // The case file is read (and may be found unreadable) before anything is changed.
     if let Some(case_id) = case {
         t.change_case_file(&case_id, |file| file.confirm(key))?;
     }
+    t.unconfirmed.remove(key).map_err(db_error)?;
     for r in &release {
         t.enqueue(r)?;
         *c.delta += 1;
@@ -1345,7 +1404,7 @@ fn abandon(t: &mut Tables<'_>, attempt: &AcceptedRecord) -> Result<()> {
     };
     same_attempt(Some(&record), attempt)?;
     if record.confirmed {
-        return Err(StoreError::Database(
+        return Err(StoreError::Refused(
             "refusing to abandon a confirmed message".into(),
         ));
     }
@@ -1487,7 +1546,13 @@ fn check_redeliverable(d: &Delivery) -> Result<()> {
 }
 
 fn fail(error: StoreError, group: Vec<Write>) -> GroupResult {
-    let replies = group
+    let replies = failed(&error, group);
+    Err((error, replies))
+}
+
+/// The replies of writes that failed with `error` before they were applied.
+fn failed(error: &StoreError, writes: impl IntoIterator<Item = Write>) -> Vec<Reply> {
+    writes
         .into_iter()
         .map(|w| match w {
             Write::Accept { reply, .. } => Reply::Accept(reply, Err(error.clone())),
@@ -1495,8 +1560,7 @@ fn fail(error: StoreError, group: Vec<Write>) -> GroupResult {
             Write::Confirm { reply, .. } => Reply::Unit(reply, Err(error.clone())),
             Write::Abandon { reply, .. } => Reply::Unit(Some(reply), Err(error.clone())),
         })
-        .collect();
-    Err((error, replies))
+        .collect()
 }
 
 #[cfg(test)]
@@ -1722,6 +1786,112 @@ mod tests {
         store.abandon(&second).await.unwrap();
         assert_eq!(store.accepted("urn:partner:test", "e1").unwrap(), None);
         assert_eq!(store.delivery(second.deliveries[0]).unwrap(), None);
+    }
+
+    /// A write that fails on a record it cannot read changes nothing, and the other writes of
+    /// its group are committed: a confirmation whose case file is damaged leaves its message
+    /// waiting to be settled, rather than taking it off that list with its deliveries unreleased.
+    #[tokio::test]
+    async fn a_confirmation_that_fails_on_its_case_file_leaves_its_message_to_settle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let case = "RVA-2026-000002";
+        let mut damaged = record("e1");
+        damaged.case_id = Some(case.into());
+        damaged.case_facts = vec!["lpc.issued".into()];
+        let inbox = || vec![new_delivery("iom.ma", Channel::Inbox)];
+        let mut sound = record("e2");
+        let mut made = Vec::new();
+        for r in [&mut damaged, &mut sound] {
+            let Recorded::New(m) = store.record_accepted(r, inbox()).await.unwrap() else {
+                panic!("taken for a duplicate");
+            };
+            made.push(m);
+        }
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(CASES)
+            .unwrap()
+            .insert(case, b"not a case file".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+
+        // Both confirmations in one group.
+        let held = store.hold.lock().unwrap();
+        for (r, m) in [&damaged, &sound].into_iter().zip(&made) {
+            let entry = LogEntry {
+                log_index: 1,
+                leaf_hash: "ab".repeat(32),
+                receipt: "receipt".into(),
+            };
+            store.confirm_later(r, entry, m).unwrap();
+        }
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.confirming().is_empty() {
+            assert!(Instant::now() < deadline, "never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let waiting: Vec<_> = store
+            .unconfirmed()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        assert_eq!(waiting, ["e1"], "the damaged one waits to be settled");
+        let released: Vec<_> = store
+            .inbox("iom.ma", 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.event_id)
+            .collect();
+        assert_eq!(released, ["e2"]);
+        assert!(
+            store
+                .accepted("urn:partner:test", "e2")
+                .unwrap()
+                .unwrap()
+                .confirmed
+        );
+        assert!(store.is_open(), "an unreadable record fails its write only");
+    }
+
+    /// The push workers are woken once the deliveries are in line, not when their release is
+    /// only queued: a worker that looked before the commit would find nothing and sleep.
+    #[tokio::test]
+    async fn push_deliveries_are_due_when_their_release_is_notified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let released = store.released();
+        let notified = released.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut record = record("e1");
+        let Recorded::New(made) = store
+            .record_accepted(&mut record, vec![new_delivery("h", Channel::Webhook)])
+            .await
+            .unwrap()
+        else {
+            panic!("e1 was taken for a duplicate");
+        };
+        let held = store.hold.lock().unwrap();
+        let entry = LogEntry {
+            log_index: 0,
+            leaf_hash: String::new(),
+            receipt: String::new(),
+        };
+        store.confirm_later(&record, entry, &made).unwrap();
+        assert!(
+            store
+                .due(Channel::Webhook, u64::MAX, 10)
+                .unwrap()
+                .is_empty()
+        );
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), notified)
+            .await
+            .expect("the release was never notified");
+        assert_eq!(store.due(Channel::Webhook, u64::MAX, 10).unwrap().len(), 1);
     }
 
     #[tokio::test]
