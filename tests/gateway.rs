@@ -1864,6 +1864,49 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
     gateway.stop().await;
 }
 
+/// A partner reads at most half of the bodies at once: its stalled bodies cannot hold up
+/// another partner's messages.
+#[actix_web::test]
+async fn a_partners_stalled_bodies_leave_room_for_the_others() {
+    use tokio::io::AsyncWriteExt;
+    let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
+        c.limits.bodies_in_flight = 2;
+        c.limits.body_read_secs = 5;
+    })
+    .await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls("ma.dgsn")));
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut slow = connector.connect(name, tcp).await.unwrap();
+        slow.write_all(
+            b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
+              Content-Length: 1000\r\n\r\n<LaissezPasser",
+        )
+        .await
+        .unwrap();
+        slow.flush().await.unwrap();
+        stalled.push(slow);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00981"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the other partner's message waited {:?} for the stalled bodies",
+        started.elapsed()
+    );
+    drop(stalled);
+    gateway.stop().await;
+}
+
 /// Two reads of one inbox at once, and two acknowledgements of one delivery at once, audit
 /// the delivery `delivered` once and `acknowledged` once.
 #[actix_web::test]

@@ -378,9 +378,16 @@ impl AuditLog {
         // Replay the journal: rebuild the index, and re-publish what the
         // checkpoint does not cover yet.
         let mut index: HashMap<Tag, Vec<u64>> = HashMap::new();
+        // A partial entry bundle found damaged is put back from the journal, whose records
+        // are checked on their own; the public files are copies.
+        let restore_from = edge.bundle_to_restore();
+        let mut restored = Vec::new();
         let scan = journal::scan(&layout.journal, |i, rec| {
             for t in &rec.tags {
                 index.entry(*t).or_default().push(i);
+            }
+            if restore_from.is_some_and(|from| (from..last.size).contains(&i)) {
+                restored.push(rec.entry.clone());
             }
             if i >= last.size {
                 let h = leaf_hash(&rec.entry);
@@ -393,6 +400,13 @@ impl AuditLog {
                 "the journal holds {} entries but size {} was signed",
                 scan.next, last.size
             )));
+        }
+        if let Some(from) = restore_from {
+            tracing::warn!(
+                first_entry = from,
+                "the public partial entry bundle was missing or damaged; put back from the journal"
+            );
+            edge.restore_bundle(&layout.public, restored)?;
         }
         let writer = JournalWriter::open(&layout.journal, &scan, options.segment_bytes)?;
         let last_size = last.size;
@@ -871,12 +885,17 @@ struct SyncState {
     closed: bool,
     /// A write or sync failed: nothing more is acknowledged.
     failed: bool,
+    /// Syncs of the journal under way: the sync threads', and the one that cuts a finished
+    /// segment (see [`sync_loop`] for why a sync that succeeded waits for the others).
+    syncing: usize,
 }
 
 struct Syncer {
     state: Mutex<SyncState>,
     work: Condvar,
     space: Condvar,
+    /// Notified each time a sync ends.
+    settled: Condvar,
 }
 
 fn writer_loop(
@@ -895,9 +914,11 @@ fn writer_loop(
             inflight: Default::default(),
             closed: false,
             failed: false,
+            syncing: 0,
         }),
         work: Condvar::new(),
         space: Condvar::new(),
+        settled: Condvar::new(),
     });
     let ptx = Arc::new(Mutex::new(ptx));
     let mut syncers = Vec::new();
@@ -994,10 +1015,16 @@ fn writer_loop(
         if journal.is_full() {
             // The old segment is synced by the rotation, so a sync of the new
             // one covers every group written before it.
+            match syncer.state.lock() {
+                Ok(mut st) => st.syncing += 1,
+                Err(_) => break,
+            }
             let rotated = journal.rotate(next);
             let Ok(mut st) = syncer.state.lock() else {
                 break;
             };
+            st.syncing -= 1;
+            syncer.settled.notify_all();
             match rotated {
                 Ok(()) => st.file = journal.file(),
                 Err(e) => {
@@ -1058,6 +1085,7 @@ fn sync_loop(shared: &Shared, syncer: &Syncer, ptx: &Mutex<Sender<PubMsg>>, spac
                 return;
             }
             st.started = st.written;
+            st.syncing += 1;
             (st.written, st.file.clone())
         };
         last_start = Some(Instant::now());
@@ -1065,6 +1093,23 @@ fn sync_loop(shared: &Shared, syncer: &Syncer, ptx: &Mutex<Sender<PubMsg>>, spac
         let Ok(mut st) = syncer.state.lock() else {
             return;
         };
+        st.syncing -= 1;
+        syncer.settled.notify_all();
+        // Syncs of one open file share its error report: when two overlap (two sync threads,
+        // or one and the cut of a segment), the kernel tells the write-back error to one of
+        // them only, and the other succeeds. So a sync that succeeded acknowledges nothing
+        // until every sync under way has ended, and then only if none failed.
+        if synced.is_ok() {
+            while st.syncing > 0 && !st.failed {
+                st = match syncer.settled.wait(st) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+            if st.failed {
+                return;
+            }
+        }
         if let Err(e) = synced {
             shared.fail(format!("journal sync failed: {e}"));
             st.failed = true;

@@ -9,7 +9,7 @@
 use super::checkpoint::Checkpoint;
 use super::error::{AuditError, Result};
 use super::keys::{sync_dir, write_durably};
-use super::merkle::{Hash, HashSource, ProofError, root_from, root_of};
+use super::merkle::{Hash, HashSource, ProofError, leaf_hash, root_from, root_of};
 use super::note::NoteSigner;
 use super::tiles::{
     TILE_HEIGHT, TILE_WIDTH, encode_bundle, entries_path, parse_bundle, parse_tile, tile_path,
@@ -65,20 +65,54 @@ impl Edge {
         }
         let w = size % TILE_WIDTH;
         if w > 0 {
+            // A partial bundle that is missing, unreadable, or not the entries its tile hashes
+            // is left empty here: the log puts it back from its journal (see
+            // [`Edge::restore_bundle`]). Tiles are checked against the signed root instead.
             let rel = entries_path(size / TILE_WIDTH, w);
-            let data = std::fs::read(public.join(&rel))
-                .map_err(|e| AuditError::io(public.join(&rel), e))?;
-            let entries =
-                parse_bundle(&data).map_err(|e| AuditError::Corrupt(format!("{rel}: {e}")))?;
-            if entries.len() as u64 != w {
-                return Err(AuditError::Corrupt(format!(
-                    "{rel} holds {} entries",
-                    entries.len()
-                )));
+            if let Ok(data) = std::fs::read(public.join(&rel))
+                && let Ok(entries) = parse_bundle(&data)
+                && entries.len() as u64 == w
+                && entries
+                    .iter()
+                    .zip(&e.levels[0])
+                    .all(|(entry, hash)| leaf_hash(entry) == *hash)
+            {
+                e.bundle = entries.into_iter().map(<[u8]>::to_vec).collect();
             }
-            e.bundle = entries.into_iter().map(<[u8]>::to_vec).collect();
         }
         Ok(e)
+    }
+
+    /// The index of the first entry of the partial entry bundle, when its file must be put
+    /// back (it was missing, unreadable, or held other entries than its tile hashes).
+    pub fn bundle_to_restore(&self) -> Option<u64> {
+        let w = self.size % TILE_WIDTH;
+        (w > 0 && self.bundle.len() as u64 != w).then_some(self.size - w)
+    }
+
+    /// Puts back the partial entry bundle from `entries` (read from the journal, from
+    /// [`Edge::bundle_to_restore`] on), after checking them against its tile, and writes its
+    /// file durably.
+    pub fn restore_bundle(&mut self, public: &Path, entries: Vec<Vec<u8>>) -> Result<()> {
+        let w = self.size % TILE_WIDTH;
+        let rel = entries_path(self.size / TILE_WIDTH, w);
+        if entries.len() as u64 != w
+            || !entries
+                .iter()
+                .zip(&self.levels[0])
+                .all(|(entry, hash)| leaf_hash(entry) == *hash)
+        {
+            return Err(AuditError::Corrupt(format!(
+                "{rel} cannot be put back: the journal's entries do not match its tile"
+            )));
+        }
+        let path = public.join(&rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
+        }
+        write_durably(&path, &encode_bundle(entries.iter().map(Vec::as_slice)))?;
+        self.bundle = entries;
+        Ok(())
     }
 
     /// Appends one entry and its leaf hash.

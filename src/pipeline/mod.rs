@@ -51,7 +51,8 @@ pub struct Limits {
     /// rate-limited messages.
     pub refused_certificate_summary_secs: u64,
     /// How many request bodies may be read at once, over every connection: with the size
-    /// limit, this bounds the memory that bodies arriving slowly can hold.
+    /// limit, this bounds the memory that bodies arriving slowly can hold. One partner reads
+    /// at most half of them at once, the unregistered certificates one eighth.
     pub bodies_in_flight: usize,
     /// How long a request body may take to arrive, in seconds, once its headers have.
     pub body_read_secs: u64,
@@ -222,6 +223,9 @@ pub struct Gateway {
     in_flight: TurnQueues,
     /// One permit per request body being read (see [`Gateway::body_permit`]).
     body_permits: Arc<tokio::sync::Semaphore>,
+    /// Each sender's share of those permits, by partner id (or [`UNREGISTERED`]), made at its
+    /// first request: a bounded set, the registry's partners.
+    body_shares: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// One queue per recipient, whose turn is held while its inbox is read or acknowledged
     /// (see [`Gateway::inbox_turn`]).
     inbox_turns: TurnQueues,
@@ -231,6 +235,14 @@ impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").finish_non_exhaustive()
     }
+}
+
+/// Leave to read one request body: the sender's share, and the gateway's (see
+/// [`Gateway::body_permit`]).
+#[derive(Debug)]
+pub struct BodyPermit {
+    _own: tokio::sync::OwnedSemaphorePermit,
+    _shared: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The name under which messages from certificates the registry does not know are counted
@@ -285,6 +297,7 @@ impl Gateway {
             rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             refusal_summaries: Arc::default(),
             body_permits: Arc::new(tokio::sync::Semaphore::new(limits.bodies_in_flight.max(1))),
+            body_shares: Mutex::new(HashMap::new()),
             limits,
             in_flight: Mutex::new(HashMap::new()),
             inbox_turns: Mutex::new(HashMap::new()),
@@ -966,14 +979,39 @@ impl Gateway {
         self.append(&fact).await.map(|_| ())
     }
 
-    /// Waits for a permit to read one request body, held until it drops (see
-    /// [`Limits::bodies_in_flight`]).
-    pub async fn body_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
-        self.body_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| unavailable("the gateway is stopping"))
+    /// Waits for a permit to read one request body of `sender`'s (a partner id, or
+    /// [`UNREGISTERED`]), held until it drops (see [`Limits::bodies_in_flight`]).
+    ///
+    /// A sender holds at most half of the permits, and the certificates the registry does not
+    /// know one eighth between them, so that one client sending its bodies slowly (or many
+    /// such connections) cannot stop every other partner's messages. The wait is bounded by
+    /// twice [`Limits::body_read_secs`]; `None` when it ran out (or the gateway is stopping).
+    pub async fn body_permit(&self, sender: &str) -> Option<BodyPermit> {
+        let total = self.limits.bodies_in_flight.max(1);
+        let share = self
+            .body_shares
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(sender.to_owned())
+            .or_insert_with(|| {
+                let share = if sender == UNREGISTERED {
+                    total / 8
+                } else {
+                    total / 2
+                };
+                Arc::new(tokio::sync::Semaphore::new(share.max(1)))
+            })
+            .clone();
+        let wait = async {
+            let own = share.acquire_owned().await.ok()?;
+            let shared = self.body_permits.clone().acquire_owned().await.ok()?;
+            Some(BodyPermit {
+                _own: own,
+                _shared: shared,
+            })
+        };
+        let limit = Duration::from_secs(self.limits.body_read_secs.max(1) * 2);
+        tokio::time::timeout(limit, wait).await.ok().flatten()
     }
 
     /// Waits for `recipient`'s turn at its inbox, held until it drops: reading the inbox and

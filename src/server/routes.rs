@@ -17,7 +17,7 @@ use super::problem::Problem;
 use crate::audit::bundle::Trail;
 use crate::audit::{Kind, Query, Transport};
 use crate::canonical::partner_source;
-use crate::pipeline::{Ack, Content, Gateway, Outcome, Submission};
+use crate::pipeline::{Ack, Content, Gateway, Outcome, Submission, UNREGISTERED};
 use crate::registry::PartnerEntry;
 use crate::store::{Channel, DeliveryState, DeliveryUpdate};
 use actix_web::dev::Payload;
@@ -145,7 +145,7 @@ async fn refuse_unregistered(
     else {
         return problem;
     };
-    let body = match read_body(gateway, payload).await {
+    let body = match read_body(gateway, UNREGISTERED, payload).await {
         Ok(body) => body,
         Err(unreadable) => return unreadable,
     };
@@ -174,11 +174,23 @@ fn is_auditor(caller: &Caller) -> bool {
 /// pipeline (and audited) without being read to its end. Bodies are read a bounded number at
 /// a time, each within a time limit (see [`crate::pipeline::Limits`]), so that clients
 /// sending slowly cannot make the gateway hold more than that many bodies; one that does not
-/// arrive in time is answered `400`.
-async fn read_body(gateway: &Gateway, mut payload: web::Payload) -> Result<Vec<u8>, Problem> {
+/// arrive in time is answered `400`. `sender` (a partner id, or [`UNREGISTERED`]) reads within
+/// its share of them; a request that waits for its turn longer than twice the time limit is
+/// answered `503`.
+async fn read_body(
+    gateway: &Gateway,
+    sender: &str,
+    mut payload: web::Payload,
+) -> Result<Vec<u8>, Problem> {
     let limits = gateway.limits();
     let (limit, seconds) = (limits.max_body_bytes, limits.body_read_secs);
-    let _permit = gateway.body_permit().await.map_err(Problem::from)?;
+    let _permit = gateway.body_permit(sender).await.ok_or_else(|| {
+        Problem::unavailable(format!(
+            "too many request bodies are being read; this one's turn did not come within {} s, \
+             send it again",
+            seconds.max(1) * 2
+        ))
+    })?;
     let read = async {
         let mut body = Vec::new();
         while let Some(chunk) = payload.next().await {
@@ -227,7 +239,7 @@ async fn post_message(
     async move {
         // At most one byte past the limit is read, whatever the declared length: the
         // pipeline refuses a larger body, and audits the refusal, like any other.
-        let body = read_body(&gateway, payload).await?;
+        let body = read_body(&gateway, &caller.0.id, payload).await?;
         let content_type = header(&req, "content-type").unwrap_or_default();
         let content = if req.headers().contains_key("ce-specversion") {
             let attributes = req
