@@ -251,6 +251,13 @@ fn files_beyond_the_signed_tree_do_not_fail_verification() {
     // The signed part is still checked.
     std::fs::write(public.join("tile/0/000.p/10"), [7u8; 10 * 32]).unwrap();
     assert!(verify_public(&public, signer().verifier(), None, &mut |_| {}).is_err());
+    // A file larger than any the log writes is refused without being read whole.
+    std::fs::write(public.join("checkpoint"), vec![b'x'; 32 << 20]).unwrap();
+    let failure = verify_public(&public, signer().verifier(), None, &mut |_| {}).unwrap_err();
+    assert!(
+        failure.to_string().contains("larger than any file"),
+        "{failure}"
+    );
 }
 
 /// A partial entry bundle found damaged or missing at open is put back from the journal,

@@ -51,6 +51,17 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether the record is within the bound that reading applies: a larger one would be
+    /// written, and then taken for a torn tail at the next open.
+    pub fn fits(&self) -> bool {
+        let sealed = self
+            .sealed
+            .as_ref()
+            .map_or(0, |s| s.case.len() + s.nonce.len() + 4 + s.ciphertext.len());
+        let body = 2 + self.entry.len() + 1 + self.tags.len() * 32 + 1 + sealed;
+        body <= MAX_RECORD && self.entry.len() <= usize::from(u16::MAX) && self.tags.len() <= 255
+    }
+
     /// Appends the framed record to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
@@ -317,6 +328,42 @@ fn open_segment(path: &Path) -> Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is written must read back: a record over the reading bound is refused before it
+    /// is written, rather than taken for a torn tail at the next open.
+    #[test]
+    fn only_records_that_read_back_fit() {
+        let sealed = |len: usize| Record {
+            entry: vec![1; 100],
+            tags: vec![[2; 32]],
+            sealed: Some(Sealed {
+                case: [3; 32],
+                nonce: [4; 24],
+                ciphertext: vec![5; len],
+            }),
+        };
+        let largest = MAX_RECORD - (2 + 100 + 1 + 32 + 1 + 32 + 24 + 4);
+        let fits = sealed(largest);
+        assert!(fits.fits());
+        let mut framed = Vec::new();
+        fits.encode_into(&mut framed);
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(
+            dir.path(),
+            &scan(dir.path(), |_, _| Ok(())).unwrap(),
+            1 << 30,
+        )
+        .unwrap();
+        w.write(&framed).unwrap();
+        let mut read = Vec::new();
+        scan(dir.path(), |_, r| {
+            read.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(read, [fits]);
+        assert!(!sealed(largest + 1).fits());
+    }
 
     #[test]
     fn torn_tail_is_dropped_and_appending_resumes() {

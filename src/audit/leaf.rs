@@ -216,8 +216,10 @@ impl Fact {
             return bad("reason must be a short code of [a-z0-9._-]".into());
         }
         let p = &self.personal;
-        if p.documents.len() > limits::DOCUMENTS {
-            return bad("too many document numbers".into());
+        if p.documents.len() > limits::DOCUMENTS
+            || p.documents.iter().any(|d| d.len() > limits::ID_LEN)
+        {
+            return bad("too many document numbers, or one too long".into());
         }
         // The bound is on what is sealed and kept beside the log; a payload kept as its
         // commitment only may be of any size.
@@ -447,6 +449,13 @@ mod tests {
         f.personal.native = Some(b"<lpc><nom>DIALLO Aminata</nom></lpc>".to_vec());
         f.personal.documents = vec!["LPC-SN-778812".into()];
         f
+    }
+
+    #[test]
+    fn document_numbers_are_short() {
+        let mut f = sample();
+        f.personal.documents = vec!["X".repeat(limits::ID_LEN + 1)];
+        assert!(matches!(f.validate(), Err(AuditError::InvalidFact(_))));
     }
 
     #[test]

@@ -586,6 +586,11 @@ impl AuditLog {
         if let Some(why) = lock(&self.shared.failure)?.as_ref() {
             return Err(AuditError::Stopped(why.clone()));
         }
+        if !record.fits() {
+            return Err(AuditError::InvalidFact(
+                "the entry and its sealed payloads are larger than a journal record".into(),
+            ));
+        }
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
         tx.send(Msg::Append(Box::new(Pending {

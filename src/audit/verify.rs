@@ -56,8 +56,28 @@ pub struct Report {
     pub since: Option<Checkpoint>,
 }
 
+/// The largest public file: a full entry bundle (256 entries of at most 65,535 bytes, each
+/// with its 2-byte length). Tiles and checkpoints are much smaller.
+const MAX_PUBLIC_FILE: u64 = 256 * (2 + 65_535);
+
+/// Reads a public file, refusing one larger than any the log writes: the folder may come from
+/// anywhere, and a huge file (or a link to an endless one) must not exhaust memory.
 fn read(public: &Path, rel: &str, index: Option<u64>) -> Result<Vec<u8>, Failure> {
-    std::fs::read(public.join(rel)).map_err(|e| fail(index, rel, format!("cannot read: {e}")))
+    use std::io::Read;
+    let cannot = |e: std::io::Error| fail(index, rel, format!("cannot read: {e}"));
+    let file = std::fs::File::open(public.join(rel)).map_err(cannot)?;
+    let mut data = Vec::new();
+    file.take(MAX_PUBLIC_FILE + 1)
+        .read_to_end(&mut data)
+        .map_err(cannot)?;
+    if data.len() as u64 > MAX_PUBLIC_FILE {
+        return Err(fail(
+            index,
+            rel,
+            format!("larger than any file of the log ({MAX_PUBLIC_FILE} bytes)"),
+        ));
+    }
+    Ok(data)
 }
 
 /// Older partial versions of a tile (`<path>.p/<w>`) still on disk; each must

@@ -7,12 +7,12 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use passerelle::audit::bundle::{trail_with_progress, verify_bundle};
+use passerelle::audit::bundle::{MAX_BUNDLE_LEN, trail_with_progress, verify_bundle};
 use passerelle::audit::verify::verify_public;
 use passerelle::audit::{
     AuditLog, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options, Query, Transport,
 };
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -360,7 +360,12 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
 
 fn check_bundle(file: &Path, key: Option<&str>) -> anyhow::Result<ExitCode> {
     let pinned = key.map(verifier).transpose()?;
-    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    // Read no further than the largest bundle: a huge file (or a link to an endless one) is
+    // refused without filling memory.
+    let mut data = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_BUNDLE_LEN as u64 + 1).read_to_end(&mut data))
+        .with_context(|| format!("reading {}", file.display()))?;
     match verify_bundle(&data, pinned.as_ref()) {
         Ok(b) => {
             say!(

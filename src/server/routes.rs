@@ -19,7 +19,7 @@ use crate::audit::{Kind, Query, Transport};
 use crate::canonical::partner_source;
 use crate::pipeline::{Ack, Content, Gateway, Outcome, Submission, UNREGISTERED};
 use crate::registry::PartnerEntry;
-use crate::store::{Channel, DeliveryState, DeliveryUpdate};
+use crate::store::{Channel, Delivery, DeliveryState, DeliveryUpdate};
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -345,23 +345,48 @@ async fn get_inbox(
         .store
         .inbox(&caller.0.id, query.after, limit)
         .map_err(|e| Problem::unavailable(e.to_string()))?;
-    let mut messages = Vec::with_capacity(deliveries.len());
-    for d in deliveries {
-        // The first fetch is the delivery: audit it, then record it (so that the evidence is
-        // never behind the state: a failure in between audits it again at the next fetch).
-        if d.state == DeliveryState::Pending {
-            gateway
-                .audit_delivery(&d, Kind::Delivered, None)
-                .await
-                .map_err(Problem::from)?;
-            gateway
-                .store
-                .update(d.id, DeliveryUpdate::Delivered)
-                .await
-                .map_err(|e| Problem::unavailable(e.to_string()))?;
-            gateway.metrics.delivery(&d.recipient, "inbox", "delivered");
-        }
-        messages.push(InboxMessage {
+    // The first fetch is the delivery: audit it, then record it (so that the evidence is never
+    // behind the state: a failure in between audits it again at the next fetch). The page's
+    // entries are appended at once, and share the log's syncs; so are their records, which
+    // share the store's commits.
+    let first_fetches: Vec<&Delivery> = deliveries
+        .iter()
+        .filter(|d| d.state == DeliveryState::Pending)
+        .collect();
+    let audited = futures_util::future::join_all(
+        first_fetches
+            .iter()
+            .map(|d| gateway.audit_delivery(d, Kind::Delivered, None)),
+    )
+    .await;
+    let mut failure = None;
+    let to_record: Vec<&Delivery> = first_fetches
+        .iter()
+        .zip(audited)
+        .filter_map(|(d, audited)| match audited {
+            Ok(_) => Some(*d),
+            Err(refusal) => {
+                failure.get_or_insert(refusal);
+                None
+            }
+        })
+        .collect();
+    let recorded = futures_util::future::join_all(
+        to_record
+            .iter()
+            .map(|d| gateway.store.update(d.id, DeliveryUpdate::Delivered)),
+    )
+    .await;
+    for (d, recorded) in to_record.iter().zip(recorded) {
+        recorded.map_err(|e| Problem::unavailable(e.to_string()))?;
+        gateway.metrics.delivery(&d.recipient, "inbox", "delivered");
+    }
+    if let Some(refusal) = failure {
+        return Err(refusal.into());
+    }
+    let messages: Vec<InboxMessage> = deliveries
+        .into_iter()
+        .map(|d| InboxMessage {
             id: d.id,
             event_id: d.event_id,
             event_type: d.event_type,
@@ -370,8 +395,8 @@ async fn get_inbox(
             body: String::from_utf8_lossy(&d.body).into_owned(),
             withheld: d.withheld,
             created_at: d.created_at,
-        });
-    }
+        })
+        .collect();
     let next_after = messages.last().map_or(query.after, |m| m.id);
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "messages": messages,

@@ -864,6 +864,13 @@ impl Store {
         Ok(found)
     }
 
+    /// How many deliveries are dead letters, without reading them (the metrics' gauge).
+    pub fn dead_letter_count(&self) -> Result<u64> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let dead = r.open_table(DEAD).map_err(db_error)?;
+        dead.len().map_err(db_error)
+    }
+
     /// Deliveries not yet delivered, acknowledged or dead (the outbox's depth).
     pub fn pending_deliveries(&self) -> u64 {
         self.pending_deliveries.load(Ordering::Relaxed)
@@ -1705,6 +1712,7 @@ mod tests {
         assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
         assert_eq!(store.pending_deliveries(), 0);
         assert_eq!(store.dead_letters().unwrap().len(), 2);
+        assert_eq!(store.dead_letter_count().unwrap(), 2);
     }
 
     #[tokio::test]
