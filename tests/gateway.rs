@@ -1815,31 +1815,42 @@ async fn a_webhook_down_then_up_gets_each_delivery_exactly_once() {
     dgsn.down().await;
 }
 
+/// A request of `partner`'s whose headers announce a body of 1,000 bytes, of which it sends a
+/// few and then nothing more.
+async fn stalled_body(
+    gateway: &TestGateway,
+    partner: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(partner)));
+    let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stalled = connector.connect(name, tcp).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
+              Content-Length: 1000\r\n\r\n<LaissezPasser",
+        )
+        .await
+        .unwrap();
+    stalled.flush().await.unwrap();
+    stalled
+}
+
 /// Bodies are read a bounded number at a time, each within a time limit: a client that sends
 /// its headers and then stalls holds its turn only until its time is up, and is answered 400;
 /// a message sent meanwhile waits its turn and is accepted.
 #[actix_web::test]
 async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
         c.limits.bodies_in_flight = 1;
         c.limits.body_read_secs = 1;
     })
     .await;
-    let connector =
-        tokio_rustls::TlsConnector::from(Arc::new(client_tls("sn.consulat.casablanca")));
-    let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut slow = connector.connect(name, tcp).await.unwrap();
-    slow.write_all(
-        b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
-          Content-Length: 1000\r\n\r\n<LaissezPasser",
-    )
-    .await
-    .unwrap();
-    slow.flush().await.unwrap();
+    let mut slow = stalled_body(&gateway, "sn.consulat.casablanca").await;
     // The slow body has the only turn; the next message waits for it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
@@ -1868,28 +1879,14 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
 /// another partner's messages.
 #[actix_web::test]
 async fn a_partners_stalled_bodies_leave_room_for_the_others() {
-    use tokio::io::AsyncWriteExt;
     let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
         c.limits.bodies_in_flight = 2;
         c.limits.body_read_secs = 5;
     })
     .await;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls("ma.dgsn")));
     let mut stalled = Vec::new();
     for _ in 0..2 {
-        let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
-            .await
-            .unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut slow = connector.connect(name, tcp).await.unwrap();
-        slow.write_all(
-            b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
-              Content-Length: 1000\r\n\r\n<LaissezPasser",
-        )
-        .await
-        .unwrap();
-        slow.flush().await.unwrap();
-        stalled.push(slow);
+        stalled.push(stalled_body(&gateway, "ma.dgsn").await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();

@@ -381,8 +381,11 @@ async fn get_inbox(
         recorded.map_err(|e| Problem::unavailable(e.to_string()))?;
         gateway.metrics.delivery(&d.recipient, "inbox", "delivered");
     }
-    if let Some(refusal) = failure {
-        return Err(refusal.into());
+    if failure.is_some() {
+        // The audit log could not record the delivery (its error is logged where it failed).
+        return Err(Problem::unavailable(
+            "the inbox could not be read: the audit log cannot record deliveries now; try again",
+        ));
     }
     let messages: Vec<InboxMessage> = deliveries
         .into_iter()
@@ -439,7 +442,12 @@ async fn ack(
             gateway
                 .audit_delivery(&delivery, Kind::Acknowledged, None)
                 .await
-                .map_err(Problem::from)?;
+                .map_err(|_| {
+                    Problem::unavailable(
+                        "the acknowledgement was not recorded: the audit log cannot record it \
+                         now; try again",
+                    )
+                })?;
             let acked = gateway
                 .store
                 .update(id, DeliveryUpdate::Acknowledged)
