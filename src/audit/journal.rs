@@ -289,7 +289,19 @@ impl JournalWriter {
     /// finished segment is first cut to its records and synced, so that only
     /// the last segment can end in anything else.
     pub fn rotate(&mut self, next: u64) -> Result<()> {
-        cut(&self.file, &self.path, self.bytes)?;
+        self.finish_segment()?;
+        self.start_segment(next)
+    }
+
+    /// The first half of [`JournalWriter::rotate`]: cuts the segment being written to its
+    /// records and syncs it. Its failure is a failed sync of the journal.
+    pub fn finish_segment(&mut self) -> Result<()> {
+        cut(&self.file, &self.path, self.bytes)
+    }
+
+    /// The second half of [`JournalWriter::rotate`]: starts the segment whose first record
+    /// will be entry `next`.
+    pub fn start_segment(&mut self, next: u64) -> Result<()> {
         let path = self.dir.join(segment_name(next));
         let file = open_segment(&path)?;
         sync_dir(&self.dir)?;

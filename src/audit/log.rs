@@ -306,24 +306,6 @@ impl AuditLog {
             }
             Err(e) => return Err(e),
         }
-        // A log that has signed a checkpoint has made its keys (they are made before its
-        // first checkpoint): new keys in place of lost ones would open none of its sealed
-        // payloads, give its cases new tags, and leave the old keys of a case erased later
-        // wherever a copy of them is.
-        if layout.last_checkpoint.exists() || layout.public.join("checkpoint").exists() {
-            for name in ["index.key", "cases.keys"] {
-                let path = layout.keys.join(name);
-                if !path.exists() {
-                    return Err(AuditError::Corrupt(format!(
-                        "{} is missing, and the log holds entries made under it: restore it \
-                         (a backup of private/keys) before opening the log",
-                        path.display()
-                    )));
-                }
-            }
-        }
-        let index_key = IndexKey::load_or_create(&layout.keys.join("index.key"))?;
-        let keys = KeyStore::open(&layout.keys.join("cases.keys"), true)?;
 
         // The last signed checkpoint: the larger of the public one and the
         // private copy (the public file may have been removed or replaced by
@@ -353,6 +335,25 @@ impl AuditLog {
             };
             (empty, String::new())
         });
+        // A log that has signed entries made its keys before them: new keys in place of lost
+        // ones would open none of its sealed payloads, give its cases new tags, and leave the
+        // old keys of a case erased later wherever a copy of them is. (A log with a signed
+        // size of 0 may have lost a `cases.keys` whose folder earlier versions did not sync;
+        // it has nothing sealed under it.)
+        if last.size > 0 {
+            for name in ["index.key", "cases.keys"] {
+                let path = layout.keys.join(name);
+                if !path.exists() {
+                    return Err(AuditError::Corrupt(format!(
+                        "{} is missing, and the log holds entries made under it: restore it \
+                         (a backup of private/keys) before opening the log",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let index_key = IndexKey::load_or_create(&layout.keys.join("index.key"))?;
+        let keys = KeyStore::open(&layout.keys.join("cases.keys"), true)?;
         if let Some((old, _)) = older.take().filter(|(o, _)| o.size > 0) {
             let reader = TileReader::new(&layout.public, last.size);
             if super::merkle::root_from(&reader, old.size)? != old.root {
@@ -380,18 +381,18 @@ impl AuditLog {
         let mut index: HashMap<Tag, Vec<u64>> = HashMap::new();
         // A partial entry bundle found damaged is put back from the journal, whose records
         // are checked on their own; the public files are copies.
+        // The entries past the signed size are added to the edge after that.
         let restore_from = edge.bundle_to_restore();
         let mut restored = Vec::new();
+        let mut unsigned = Vec::new();
         let scan = journal::scan(&layout.journal, |i, rec| {
             for t in &rec.tags {
                 index.entry(*t).or_default().push(i);
             }
-            if restore_from.is_some_and(|from| (from..last.size).contains(&i)) {
-                restored.push(rec.entry.clone());
-            }
             if i >= last.size {
-                let h = leaf_hash(&rec.entry);
-                edge.push(rec.entry, h);
+                unsigned.push(rec.entry);
+            } else if restore_from.is_some_and(|from| i >= from) {
+                restored.push(rec.entry);
             }
             Ok(())
         })?;
@@ -407,6 +408,10 @@ impl AuditLog {
                 "the public partial entry bundle was missing or damaged; put back from the journal"
             );
             edge.restore_bundle(&layout.public, restored)?;
+        }
+        for entry in unsigned {
+            let h = leaf_hash(&entry);
+            edge.push(entry, h);
         }
         let writer = JournalWriter::open(&layout.journal, &scan, options.segment_bytes)?;
         let last_size = last.size;
@@ -890,6 +895,9 @@ struct SyncState {
     closed: bool,
     /// A write or sync failed: nothing more is acknowledged.
     failed: bool,
+    /// A sync failed (of a sync thread, or the cut of a finished segment): what a sync under
+    /// way at the same time made durable is not acknowledged either.
+    sync_failed: bool,
     /// Syncs of the journal under way: the sync threads', and the one that cuts a finished
     /// segment (see [`sync_loop`] for why a sync that succeeded waits for the others).
     syncing: usize,
@@ -919,6 +927,7 @@ fn writer_loop(
             inflight: Default::default(),
             closed: false,
             failed: false,
+            sync_failed: false,
             syncing: 0,
         }),
         work: Condvar::new(),
@@ -1024,12 +1033,21 @@ fn writer_loop(
                 Ok(mut st) => st.syncing += 1,
                 Err(_) => break,
             }
-            let rotated = journal.rotate(next);
+            let finished = journal.finish_segment();
+            match syncer.state.lock() {
+                Ok(mut st) => {
+                    st.syncing -= 1;
+                    if finished.is_err() {
+                        st.sync_failed = true;
+                    }
+                }
+                Err(_) => break,
+            }
+            syncer.settled.notify_all();
+            let rotated = finished.and_then(|()| journal.start_segment(next));
             let Ok(mut st) = syncer.state.lock() else {
                 break;
             };
-            st.syncing -= 1;
-            syncer.settled.notify_all();
             match rotated {
                 Ok(()) => st.file = journal.file(),
                 Err(e) => {
@@ -1104,20 +1122,22 @@ fn sync_loop(shared: &Shared, syncer: &Syncer, ptx: &Mutex<Sender<PubMsg>>, spac
         // or one and the cut of a segment), the kernel tells the write-back error to one of
         // them only, and the other succeeds. So a sync that succeeded acknowledges nothing
         // until every sync under way has ended, and then only if none failed.
+        // (A failed write stops the log too, but what this sync made durable is acknowledged.)
         if synced.is_ok() {
-            while st.syncing > 0 && !st.failed {
+            while st.syncing > 0 && !st.sync_failed {
                 st = match syncer.settled.wait(st) {
                     Ok(s) => s,
                     Err(_) => return,
                 };
             }
-            if st.failed {
+            if st.sync_failed {
                 return;
             }
         }
         if let Err(e) = synced {
             shared.fail(format!("journal sync failed: {e}"));
             st.failed = true;
+            st.sync_failed = true;
             for g in st.inflight.drain(..) {
                 for p in g.appends {
                     let _ = p.reply.send(Err(AuditError::Stopped(

@@ -60,8 +60,9 @@ pub enum AuditCommand {
         key: Option<String>,
     },
     /// Erase a case (run by the gateway's operator, with the gateway stopped: the command is
-    /// refused while another process writes the log): destroy its keys and append an `erased`
-    /// leaf. The log still verifies; the case can no longer be opened.
+    /// refused while another process writes the log): append an `erased` leaf, then destroy
+    /// the case's keys. The log still verifies; the case can no longer be opened. One cut
+    /// short can be run again.
     Erase {
         /// The log folder.
         #[arg(long)]

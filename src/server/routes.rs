@@ -332,6 +332,9 @@ struct InboxMessage {
     created_at: String,
 }
 
+/// How many of an inbox page's first fetches are audited at once.
+const AUDITS_AT_ONCE: usize = 16;
+
 async fn get_inbox(
     req: HttpRequest,
     caller: Caller,
@@ -347,17 +350,20 @@ async fn get_inbox(
         .map_err(|e| Problem::unavailable(e.to_string()))?;
     // The first fetch is the delivery: audit it, then record it (so that the evidence is never
     // behind the state: a failure in between audits it again at the next fetch). The page's
-    // entries are appended at once, and share the log's syncs; so are their records, which
-    // share the store's commits.
+    // entries are appended together (up to `AUDITS_AT_ONCE` at a time), and share the log's
+    // syncs; so are their records, which share the store's commits.
     let first_fetches: Vec<&Delivery> = deliveries
         .iter()
         .filter(|d| d.state == DeliveryState::Pending)
         .collect();
-    let audited = futures_util::future::join_all(
+    // At most `AUDITS_AT_ONCE` at a time: each holds a copy of its body, sealed.
+    let audited: Vec<_> = futures_util::stream::iter(
         first_fetches
             .iter()
             .map(|d| gateway.audit_delivery(d, Kind::Delivered, None)),
     )
+    .buffered(AUDITS_AT_ONCE)
+    .collect()
     .await;
     let mut failure = None;
     let to_record: Vec<&Delivery> = first_fetches

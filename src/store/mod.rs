@@ -939,12 +939,21 @@ fn read_case_file(
     cases: &impl ReadableTable<&'static str, &'static [u8]>,
     case_id: &str,
 ) -> Result<CaseFile> {
-    cases
-        .get(case_id)
-        .map_err(db_error)?
-        .map(|v| serde_json::from_slice(v.value()).map_err(unreadable))
-        .transpose()
-        .map(Option::unwrap_or_default)
+    let Some(stored) = cases.get(case_id).map_err(db_error)? else {
+        return Ok(CaseFile::default());
+    };
+    // A case file only feeds the sequence checks: one that cannot be read starts afresh (the
+    // next change writes a new one), so that it holds back neither the case's messages nor
+    // their deliveries. The checks may then flag steps the lost file had seen.
+    Ok(
+        serde_json::from_slice(stored.value()).unwrap_or_else(|error| {
+            tracing::error!(
+                error = %error,
+                "a case file could not be read; the case's sequence checks start afresh"
+            );
+            CaseFile::default()
+        }),
+    )
 }
 
 fn read_delivery(
@@ -1796,64 +1805,109 @@ mod tests {
         assert_eq!(store.delivery(second.deliveries[0]).unwrap(), None);
     }
 
-    /// A write that fails on a record it cannot read changes nothing, and the other writes of
-    /// its group are committed: a confirmation whose case file is damaged leaves its message
-    /// waiting to be settled, rather than taking it off that list with its deliveries unreleased.
+    /// A case file that cannot be read holds nothing back: the case's next message is recorded
+    /// and confirmed, its deliveries released, and its file written afresh.
     #[tokio::test]
-    async fn a_confirmation_that_fails_on_its_case_file_leaves_its_message_to_settle() {
+    async fn a_damaged_case_file_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
         let case = "RVA-2026-000002";
-        let mut damaged = record("e1");
-        damaged.case_id = Some(case.into());
-        damaged.case_facts = vec!["lpc.issued".into()];
-        let inbox = || vec![new_delivery("iom.ma", Channel::Inbox)];
-        let mut sound = record("e2");
-        let mut made = Vec::new();
-        for r in [&mut damaged, &mut sound] {
-            let Recorded::New(m) = store.record_accepted(r, inbox()).await.unwrap() else {
-                panic!("taken for a duplicate");
-            };
-            made.push(m);
-        }
         let txn = store.db.begin_write().unwrap();
         txn.open_table(CASES)
             .unwrap()
             .insert(case, b"not a case file".as_slice())
             .unwrap();
         txn.commit().unwrap();
+        assert_eq!(store.case_file(case).unwrap(), CaseFile::default());
 
-        // Both confirmations in one group.
-        let held = store.hold.lock().unwrap();
-        for (r, m) in [&damaged, &sound].into_iter().zip(&made) {
-            let entry = LogEntry {
-                log_index: 1,
-                leaf_hash: "ab".repeat(32),
-                receipt: "receipt".into(),
-            };
-            store.confirm_later(r, entry, m).unwrap();
-        }
-        drop(held);
+        let mut next = record("e1");
+        next.case_id = Some(case.into());
+        next.case_facts = vec!["lpc.issued".into()];
+        let Recorded::New(made) = store
+            .record_accepted(&mut next, vec![new_delivery("iom.ma", Channel::Inbox)])
+            .await
+            .unwrap()
+        else {
+            panic!("taken for a duplicate");
+        };
+        let entry = LogEntry {
+            log_index: 1,
+            leaf_hash: "ab".repeat(32),
+            receipt: "receipt".into(),
+        };
+        store.confirm_later(&next, entry, &made).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !store.confirming().is_empty() {
             assert!(Instant::now() < deadline, "never committed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        assert!(store.unconfirmed().unwrap().is_empty());
+        assert_eq!(store.inbox("iom.ma", 0, 10).unwrap().len(), 1);
+        assert!(store.case_file(case).unwrap().is_firm("lpc.issued"));
+    }
 
-        let waiting: Vec<_> = store
-            .unconfirmed()
+    /// A write that fails on a record it cannot read changes nothing, and the other writes of
+    /// its group are committed: only the database's own errors drop a whole group.
+    // The test holds the writer on purpose while the update's task queues its write.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn an_unreadable_record_fails_its_own_write_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
+        let damaged = accept(&store, "e0", vec![new_delivery("iom.ma", Channel::Inbox)]).await;
+        let mut sound = record("e2");
+        let Recorded::New(made) = store
+            .record_accepted(&mut sound, vec![new_delivery("iom.ma", Channel::Inbox)])
+            .await
             .unwrap()
-            .into_iter()
-            .map(|r| r.event_id)
-            .collect();
-        assert_eq!(waiting, ["e1"], "the damaged one waits to be settled");
-        let released: Vec<_> = store
-            .inbox("iom.ma", 0, 10)
+        else {
+            panic!("taken for a duplicate");
+        };
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(DELIVERIES)
             .unwrap()
-            .into_iter()
-            .map(|d| d.event_id)
-            .collect();
-        assert_eq!(released, ["e2"]);
+            .insert(damaged[0].id, b"not a delivery".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+
+        // The writer is held on a first write; the update and the confirmation queued meanwhile
+        // make its next group together.
+        let mut first = record("e1");
+        let Recorded::New(first_made) =
+            store.record_accepted(&mut first, Vec::new()).await.unwrap()
+        else {
+            panic!("taken for a duplicate");
+        };
+        let held = store.hold.lock().unwrap();
+        let entry = LogEntry {
+            log_index: 1,
+            leaf_hash: "ab".repeat(32),
+            receipt: "receipt".into(),
+        };
+        store.confirm_later(&first, entry, &first_made).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let update = {
+            let store = store.clone();
+            let id = damaged[0].id;
+            tokio::spawn(async move { store.update(id, DeliveryUpdate::Delivered).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let entry = LogEntry {
+            log_index: 2,
+            leaf_hash: "cd".repeat(32),
+            receipt: "receipt".into(),
+        };
+        store.confirm_later(&sound, entry, &made).unwrap();
+        drop(held);
+        assert!(matches!(
+            update.await.unwrap(),
+            Err(StoreError::Unreadable(_))
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.confirming().is_empty() {
+            assert!(Instant::now() < deadline, "never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert!(
             store
                 .accepted("urn:partner:test", "e2")
