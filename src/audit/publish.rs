@@ -71,16 +71,21 @@ impl Edge {
             let rel = entries_path(size / TILE_WIDTH, w);
             if let Ok(data) = std::fs::read(public.join(&rel))
                 && let Ok(entries) = parse_bundle(&data)
-                && entries.len() as u64 == w
-                && entries
-                    .iter()
-                    .zip(&e.levels[0])
-                    .all(|(entry, hash)| leaf_hash(entry) == *hash)
+                && e.is_partial_bundle(&entries)
             {
                 e.bundle = entries.into_iter().map(<[u8]>::to_vec).collect();
             }
         }
         Ok(e)
+    }
+
+    /// Whether `entries` are those the partial level-0 tile hashes, all of them.
+    fn is_partial_bundle(&self, entries: &[impl AsRef<[u8]>]) -> bool {
+        entries.len() as u64 == self.size % TILE_WIDTH
+            && entries
+                .iter()
+                .zip(&self.levels[0])
+                .all(|(entry, hash)| leaf_hash(entry.as_ref()) == *hash)
     }
 
     /// The index of the first entry of the partial entry bundle, when its file must be put
@@ -96,12 +101,7 @@ impl Edge {
     pub fn restore_bundle(&mut self, public: &Path, entries: Vec<Vec<u8>>) -> Result<()> {
         let w = self.size % TILE_WIDTH;
         let rel = entries_path(self.size / TILE_WIDTH, w);
-        if entries.len() as u64 != w
-            || !entries
-                .iter()
-                .zip(&self.levels[0])
-                .all(|(entry, hash)| leaf_hash(entry) == *hash)
-        {
+        if !self.is_partial_bundle(&entries) {
             return Err(AuditError::Corrupt(format!(
                 "{rel} cannot be put back: the journal's entries do not match its tile"
             )));

@@ -1399,7 +1399,8 @@ fn confirm(
         // Confirmed already, or withdrawn.
         return Ok(());
     }
-    // The case file is read (and may be found unreadable) before anything is changed.
+    // Everything is read before anything is changed: the message leaves the unconfirmed list
+    // last.
     if let Some(case_id) = case {
         t.change_case_file(&case_id, |file| file.confirm(key))?;
     }
@@ -1611,6 +1612,15 @@ mod tests {
             case_facts: Vec::new(),
             recipients: Vec::new(),
             accepted_at: now_rfc3339(),
+        }
+    }
+
+    /// Waits until the writer has committed every queued confirmation.
+    async fn until_confirmations_committed(store: &Store) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.confirming().is_empty() {
+            assert!(Instant::now() < deadline, "never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -1836,11 +1846,7 @@ mod tests {
             receipt: "receipt".into(),
         };
         store.confirm_later(&next, entry, &made).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !store.confirming().is_empty() {
-            assert!(Instant::now() < deadline, "never committed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_confirmations_committed(&store).await;
         assert!(store.unconfirmed().unwrap().is_empty());
         assert_eq!(store.inbox("iom.ma", 0, 10).unwrap().len(), 1);
         assert!(store.case_file(case).unwrap().is_firm("lpc.issued"));
@@ -1903,11 +1909,7 @@ mod tests {
             update.await.unwrap(),
             Err(StoreError::Unreadable(_))
         ));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !store.confirming().is_empty() {
-            assert!(Instant::now() < deadline, "never committed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_confirmations_committed(&store).await;
         assert!(
             store
                 .accepted("urn:partner:test", "e2")
@@ -1987,11 +1989,7 @@ mod tests {
         drop(held);
         // Once committed, the map forgets it and the disk says the same; the delivery is
         // released.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !store.confirming().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "never committed");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        until_confirmations_committed(&store).await;
         assert!(store.unconfirmed().unwrap().is_empty());
         let read = store.accepted("urn:partner:test", "e1").unwrap().unwrap();
         assert!(read.confirmed);
