@@ -1,15 +1,20 @@
 //! A case erased while the gateway is stopped (`passerelle audit erase`): at the next start its
-//! deliveries still waiting are withdrawn without an attempt. They never reach a recipient,
-//! stay as dead letters without their bodies, cannot be redelivered, and are audited; the
-//! deliveries of other cases go on as before. A later message for the erased case is refused.
+//! deliveries still waiting, and its dead letters, are withdrawn without an attempt. They never
+//! reach a recipient, stay as dead letters without their bodies, cannot be redelivered, and are
+//! audited; the deliveries of other cases go on as before. Its completed deliveries held no
+//! body already. A later message for the erased case is refused.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
 
-use gateway_support::{Client, RegistryChanges, ServedSetup, fixture_text};
+use gateway_support::{
+    Answer, Client, Receiver, RegistryChanges, ServedSetup, fixture_text, wait_for,
+};
 use passerelle::audit::{Kind, Leaf, journal};
+use passerelle::store::{Delivery, DeliveryState, Store};
 use serde_json::Value;
 use std::process::Command;
+use std::time::Duration;
 
 /// The case of the consulate's sample, erased by the test.
 const ERASED: &str = "RVA-2026-004211";
@@ -44,11 +49,32 @@ async fn inbox_cases(dgsn: &Client) -> Vec<String> {
     cases
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Every delivery in the store of the stopped gateway whose data folder is `data`.
+fn stored_deliveries(data: &std::path::Path) -> Vec<Delivery> {
+    let store = Store::open(&data.join("store.redb")).expect("the store");
+    let all = (1..)
+        .map_while(|id| store.delivery(id).expect("a delivery"))
+        .collect();
+    store.close().expect("closing the store");
+    all
+}
+
+#[actix_web::test]
 async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
-    // The DGSN, a recipient of laissez-passer notices, reads its inbox; the other recipients
-    // keep the sample registry's delivery (their endpoints are down: their deliveries wait).
-    let setup = ServedSetup::new(&RegistryChanges::new().inbox("ma.dgsn"));
+    // The recipients of laissez-passer notices: the DGSN reads its inbox; the ministry's
+    // endpoint refuses them for good (410: dead letters); IOM Morocco's takes them.
+    let ministry = Receiver::start();
+    ministry.answer(Answer::Fail {
+        status: 410,
+        retry_after: None,
+    });
+    let iom = Receiver::start();
+    let setup = ServedSetup::new(
+        &RegistryChanges::new()
+            .inbox("ma.dgsn")
+            .webhook("ma.interieur", &ministry.url("/notices"))
+            .webhook("iom.ma", &iom.url("/notices")),
+    );
     let (addr, data, admin) = (setup.addr, &setup.data, &setup.admin);
     let mut gateway = setup.start("first.log", "warn").await;
     let consulate = Client::new("sn.consulat.casablanca", addr);
@@ -63,8 +89,29 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
     }
     let dgsn = Client::new("ma.dgsn", addr);
     assert_eq!(inbox_cases(&dgsn).await, [ERASED, KEPT]);
+    wait_for(
+        "IOM Morocco to take both notices",
+        Duration::from_secs(20),
+        async || (iom.accepted().len() == 2).then_some(()),
+    )
+    .await;
+    wait_for(
+        "the ministry's two dead letters",
+        Duration::from_secs(20),
+        async || {
+            let dead = admin.get("/dead-letters").await.json();
+            (dead.as_array()?.len() == 2).then_some(())
+        },
+    )
+    .await;
     let exit = gateway.stop();
     assert!(exit.success(), "the gateway's exit: {exit:?}");
+    // What was delivered keeps no body; what waits or may be redelivered does.
+    for d in stored_deliveries(data) {
+        assert_eq!(d.body.is_empty(), !d.holds_body(), "{d:?}");
+        let completed = d.recipient == "iom.ma";
+        assert_eq!(d.holds_body(), !completed, "{d:?}");
+    }
 
     let erase = Command::new(env!("CARGO_BIN_EXE_passerelle"))
         .args(["audit", "erase", "--log"])
@@ -96,7 +143,8 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         .await;
     assert_eq!(kept.status, 202, "{}", kept.text());
 
-    // Every delivery of the erased case is a dead letter that cannot be redelivered.
+    // Every delivery of the erased case that held a body is a dead letter that cannot be
+    // redelivered: the DGSN's waiting in its inbox, and the ministry's dead letter.
     let dead = admin.get("/dead-letters").await;
     assert_eq!(dead.status, 200, "{}", dead.text());
     let dead = dead.json();
@@ -106,10 +154,12 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         .iter()
         .filter(|d| d["event_id"] == "CGSN-CASA-2026-00501")
         .collect();
-    assert!(
-        erased.iter().any(|d| d["recipient"] == "ma.dgsn"),
-        "the DGSN's delivery of the erased case is not a dead letter: {dead}"
-    );
+    let mut withdrawn: Vec<&str> = erased
+        .iter()
+        .filter_map(|d| d["recipient"].as_str())
+        .collect();
+    withdrawn.sort();
+    assert_eq!(withdrawn, ["ma.dgsn", "ma.interieur"], "{dead}");
     for d in &erased {
         assert_eq!(d["last_error"], "case-erased", "{d}");
         let id = d["id"].as_u64().expect("a delivery id");
@@ -128,6 +178,18 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
     // The withdrawal was audited, one entry a delivery, before the gateway served.
     let exit = gateway.stop();
     assert!(exit.success(), "the gateway's exit: {exit:?}");
+    for d in stored_deliveries(data) {
+        if d.event_id == "CGSN-CASA-2026-00501" {
+            assert!(d.body.is_empty(), "{d:?}");
+            assert!(!d.holds_body(), "{d:?}");
+            let state = if d.recipient == "iom.ma" {
+                DeliveryState::Delivered
+            } else {
+                DeliveryState::Dead
+            };
+            assert_eq!(d.state, state, "{d:?}");
+        }
+    }
     let logged = gateway.stderr();
     let line = logged
         .lines()

@@ -143,20 +143,30 @@ impl<K, T: Send + 'static> KeyedTasks<K, T> {
     }
 }
 
-/// Takes out of line the waiting deliveries of erased cases, and returns how many.
+/// Takes out of line the deliveries of erased cases that still hold a body, and returns how
+/// many.
 ///
 /// A case is erased with the gateway stopped (`passerelle audit erase`); its deliveries still
-/// waiting would go out with the erased data, and no attempt of theirs could be audited. Each
-/// is audited first (`dead_lettered`, reason `case-erased`, without the case), then kept as a
-/// dead letter whose body is deleted and which cannot be redelivered. Runs at start, before
-/// the delivery workers.
+/// waiting would go out with the erased data, and no attempt of theirs could be audited; its
+/// dead letters could be put back in line, and would keep that data in the store. Each is
+/// audited first (`dead_lettered`, reason `case-erased`, without the case), then kept as a
+/// dead letter whose body is deleted and which cannot be redelivered. Completed deliveries
+/// hold no body (the store deletes it on completion). Runs at start, before the delivery
+/// workers.
 pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
     let mut withdrawn = 0;
     // Reading every waiting delivery is only worth it once some case was erased.
     if !gateway.log.any_case_erased()? {
         return Ok(withdrawn);
     }
-    for delivery in gateway.store.waiting()? {
+    let with_bodies = gateway.store.waiting()?.into_iter().chain(
+        gateway
+            .store
+            .dead_letters()?
+            .into_iter()
+            .filter(Delivery::holds_body),
+    );
+    for delivery in with_bodies {
         let Some(case) = delivery.case_id.as_deref() else {
             continue;
         };

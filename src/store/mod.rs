@@ -10,6 +10,10 @@
 //! exception is the confirmation of an accepted message, which rides on the next synced commit
 //! (and is settled again at start-up if a crash loses it).
 //!
+//! A delivery's body, which holds the message's personal data, is kept only while it may still
+//! be needed: it is deleted once the delivery completes (pushed and confirmed, or acknowledged
+//! from an inbox); the audit log holds the evidence of what was delivered.
+//!
 //! It knows nothing of transports, mappings or the audit log: the pipeline decides, the store
 //! remembers.
 
@@ -47,6 +51,11 @@ const DUE_UNKEYED: TableDefinition<(u64, u64), ()> = TableDefinition::new("due")
 const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead");
 /// Accepted messages not yet confirmed against the audit log, by key.
 const UNCONFIRMED: TableDefinition<&str, ()> = TableDefinition::new("unconfirmed");
+/// Changes of format made to the store at open, by name, each made once.
+const FORMAT: TableDefinition<&str, ()> = TableDefinition::new("format");
+/// The change of [`FORMAT`] that deleted the bodies earlier versions kept of completed
+/// deliveries (see [`delete_completed_bodies`]).
+const COMPLETED_BODIES_DELETED: &str = "completed-bodies-deleted";
 
 /// The store failed: the message or change it was asked to keep is not durable.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -200,6 +209,19 @@ pub struct Delivery {
     pub last_error: Option<String>,
     /// When it was created, RFC 3339.
     pub created_at: String,
+}
+
+impl Delivery {
+    /// Whether the store holds its body: it is waiting, or a dead letter that can be put back
+    /// in line. The bodies of completed deliveries are deleted, and some dead letters never
+    /// had one (see [`DeliveryUpdate::Redeliver`]).
+    pub fn holds_body(&self) -> bool {
+        match self.state {
+            DeliveryState::Pending => true,
+            DeliveryState::Dead => check_redeliverable(self).is_ok(),
+            DeliveryState::Delivered | DeliveryState::Acknowledged => !completed(self),
+        }
+    }
 }
 
 /// The error code of a delivery created dead because the gateway could not write the event
@@ -433,6 +455,7 @@ impl Store {
             let mut next = 1;
             let mut pending = 0;
             migrate_unkeyed_due(&w)?;
+            delete_completed_bodies(&w)?;
             {
                 for table in [ACCEPTED, CASES] {
                     w.open_table(table).map_err(db_error)?;
@@ -931,6 +954,57 @@ fn migrate_unkeyed_due(w: &redb::WriteTransaction) -> Result<()> {
         }
     }
     w.delete_table(DUE_UNKEYED).map_err(db_error)?;
+    Ok(())
+}
+
+/// Whether a delivery is done with: pushed and confirmed, or acknowledged from an inbox. Its
+/// body then serves nothing (the audit log holds the evidence of what was delivered), and
+/// the store deletes it: the bodies hold the personal data of the message.
+fn completed(d: &Delivery) -> bool {
+    match d.state {
+        DeliveryState::Acknowledged => true,
+        DeliveryState::Delivered => d.channel != Channel::Inbox,
+        DeliveryState::Pending | DeliveryState::Dead => false,
+    }
+}
+
+/// Deletes, once, the bodies that earlier versions kept of completed deliveries (see
+/// [`completed`]). A delivery whose record cannot be read keeps its body.
+fn delete_completed_bodies(w: &redb::WriteTransaction) -> Result<()> {
+    let mut format = w.open_table(FORMAT).map_err(db_error)?;
+    if format
+        .get(COMPLETED_BODIES_DELETED)
+        .map_err(db_error)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let deliveries = w.open_table(DELIVERIES).map_err(db_error)?;
+    let mut bodies = w.open_table(BODIES).map_err(db_error)?;
+    let mut done = Vec::new();
+    let mut unreadable = 0_u64;
+    for item in bodies.iter().map_err(db_error)? {
+        let id = item.map_err(db_error)?.0.value();
+        match read_delivery(&deliveries, None, id) {
+            Ok(Some(d)) if completed(&d) => done.push(id),
+            Ok(_) => {}
+            Err(StoreError::Unreadable(_)) => unreadable += 1,
+            Err(error) => return Err(error),
+        }
+    }
+    for id in &done {
+        bodies.remove(*id).map_err(db_error)?;
+    }
+    if !done.is_empty() || unreadable > 0 {
+        tracing::info!(
+            deleted = done.len(),
+            kept_unreadable = unreadable,
+            "bodies of completed deliveries deleted"
+        );
+    }
+    format
+        .insert(COMPLETED_BODIES_DELETED, ())
+        .map_err(db_error)?;
     Ok(())
 }
 
@@ -1512,6 +1586,9 @@ fn update_delivery(
             *c.delta += 1;
         }
     }
+    if completed(&d) {
+        t.bodies.remove(id).map_err(db_error)?;
+    }
     t.put_delivery(&d)?;
     Ok(d)
 }
@@ -1732,6 +1809,105 @@ mod tests {
         assert_eq!(store.pending_deliveries(), 0);
         assert_eq!(store.dead_letters().unwrap().len(), 2);
         assert_eq!(store.dead_letter_count().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_completed_delivery_keeps_no_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let made = accept(
+            &store,
+            "e",
+            vec![
+                new_delivery("inbox", Channel::Inbox),
+                new_delivery("hook", Channel::Webhook),
+                new_delivery("broker", Channel::Amqp),
+                new_delivery("gone", Channel::Webhook),
+            ],
+        )
+        .await;
+        until_confirmations_committed(&store).await;
+        let body = |id: u64| store.delivery(id).unwrap().unwrap().body;
+        let [inbox, hook, broker, gone] = [made[0].id, made[1].id, made[2].id, made[3].id];
+
+        // Fetched from the inbox: it may be fetched again until acknowledged.
+        let fetched = store
+            .update(inbox, DeliveryUpdate::Delivered)
+            .await
+            .unwrap();
+        assert!(fetched.holds_body());
+        assert_eq!(body(inbox), b"{}");
+        let acked = store
+            .update(inbox, DeliveryUpdate::Acknowledged)
+            .await
+            .unwrap();
+        assert!(!acked.holds_body());
+        assert!(body(inbox).is_empty());
+
+        for id in [hook, broker] {
+            let pushed = store.update(id, DeliveryUpdate::Delivered).await.unwrap();
+            assert_eq!(pushed.state, DeliveryState::Delivered);
+            assert!(!pushed.holds_body());
+            assert!(body(id).is_empty());
+        }
+
+        // A dead letter keeps its body, to be put back in line.
+        let dead = DeliveryUpdate::Dead {
+            error: "http-410".into(),
+        };
+        let dead = store.update(gone, dead).await.unwrap();
+        assert!(dead.holds_body());
+        assert_eq!(body(gone), b"{}");
+        store.redeliverable(gone).unwrap();
+    }
+
+    #[tokio::test]
+    async fn bodies_earlier_versions_kept_of_completed_deliveries_are_deleted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        let made = accept(
+            &store,
+            "e",
+            vec![
+                new_delivery("inbox", Channel::Inbox),
+                new_delivery("hook", Channel::Webhook),
+                new_delivery("waiting", Channel::Webhook),
+            ],
+        )
+        .await;
+        until_confirmations_committed(&store).await;
+        store
+            .update(made[0].id, DeliveryUpdate::Acknowledged)
+            .await
+            .unwrap();
+        store
+            .update(made[1].id, DeliveryUpdate::Delivered)
+            .await
+            .unwrap();
+        store.close().unwrap();
+        // As an earlier version left it: every body kept, and no record of the change.
+        {
+            let db = Database::open(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut bodies = w.open_table(BODIES).unwrap();
+                for d in &made {
+                    bodies.insert(d.id, b"old".as_slice()).unwrap();
+                }
+                w.open_table(FORMAT)
+                    .unwrap()
+                    .remove(COMPLETED_BODIES_DELETED)
+                    .unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let body = |id: u64| store.delivery(id).unwrap().unwrap().body;
+        assert!(body(made[0].id).is_empty(), "acknowledged");
+        assert!(body(made[1].id).is_empty(), "pushed");
+        assert_eq!(body(made[2].id), b"old", "still waiting");
+        assert_eq!(store.pending_deliveries(), 1);
     }
 
     #[tokio::test]
