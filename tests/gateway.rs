@@ -2248,6 +2248,47 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     );
     // The other recipients got theirs.
     assert_eq!(gateway.client("iom.ma").inbox(500).await.len(), 1);
+
+    // The list comes a page at a time, by delivery id.
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00902"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let ids = |path: &str| {
+        let admin = admin.clone();
+        let path = path.to_owned();
+        async move {
+            let reply = admin.get(&path).await;
+            assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+            reply
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let both = ids("/dead-letters").await;
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(both[0], id);
+    assert!(both[1] > id);
+    assert_eq!(ids("/dead-letters?limit=1").await, [id]);
+    assert_eq!(
+        ids(&format!("/dead-letters?after={id}&limit=1")).await,
+        [both[1]]
+    );
+    assert!(
+        ids(&format!("/dead-letters?after={}", both[1]))
+            .await
+            .is_empty()
+    );
+    for bad in ["limit=0", "limit=1001", "limit=many", "after=-1", "page=2"] {
+        let reply = admin.get(&format!("/dead-letters?{bad}")).await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.text());
+        assert!(reply.json()["error"].is_string(), "{bad}");
+    }
     gateway.stop().await;
 }
 

@@ -6,6 +6,7 @@
 
 use anyhow::{Context, bail};
 use passerelle::config::Config;
+use passerelle::server::admin::DEAD_LETTER_PAGE;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,17 +106,38 @@ impl DeliveriesCommand {
     }
 }
 
-async fn dead(base: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let url = format!("{base}/dead-letters");
-    let (status, text) = ask(client()?.get(&url), &url).await?;
-    if !status.is_success() {
-        bail!("{url} answered {status}: {}", error_of(&text));
+/// Every dead letter, read from the admin listener a page at a time.
+async fn all_dead_letters(base: &str) -> anyhow::Result<Vec<Value>> {
+    let client = client()?;
+    let mut list: Vec<Value> = Vec::new();
+    loop {
+        let after = list.last().map_or(0, |d| d["id"].as_u64().unwrap_or(0));
+        let url = format!("{base}/dead-letters?after={after}&limit={DEAD_LETTER_PAGE}");
+        let (status, text) = ask(client.get(&url), &url).await?;
+        if !status.is_success() {
+            bail!("{url} answered {status}: {}", error_of(&text));
+        }
+        let page: Vec<Value> = serde_json::from_str(&text).context("the dead-letter list")?;
+        let full = page.len() == DEAD_LETTER_PAGE;
+        if page
+            .iter()
+            .any(|d| d["id"].as_u64().is_none_or(|id| id <= after))
+        {
+            bail!("{url} answered a page out of order");
+        }
+        list.extend(page);
+        if !full {
+            return Ok(list);
+        }
     }
+}
+
+async fn dead(base: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let list = all_dead_letters(base).await?;
     if json {
-        println!("{text}");
+        println!("{}", Value::Array(list));
         return Ok(ExitCode::SUCCESS);
     }
-    let list: Vec<Value> = serde_json::from_str(&text).context("the dead-letter list")?;
     if list.is_empty() {
         println!("no dead letters");
         return Ok(ExitCode::SUCCESS);

@@ -159,13 +159,14 @@ pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
     if !gateway.log.any_case_erased()? {
         return Ok(withdrawn);
     }
-    let with_bodies = gateway.store.waiting()?.into_iter().chain(
-        gateway
-            .store
-            .dead_letters()?
-            .into_iter()
-            .filter(Delivery::holds_body),
-    );
+    let mut with_bodies = gateway.store.waiting()?;
+    let mut after = 0;
+    loop {
+        let page = gateway.store.dead_letters(after, 1000)?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        with_bodies.extend(page.into_iter().filter(Delivery::holds_body));
+    }
     for delivery in with_bodies {
         let Some(case) = delivery.case_id.as_deref() else {
             continue;

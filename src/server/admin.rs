@@ -6,7 +6,7 @@
 //! | `GET /health` | the process is alive |
 //! | `GET /ready` | the store, the audit log and every configured broker connection are up |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /dead-letters` | dead-lettered deliveries (metadata only) |
+//! | `GET /dead-letters?after=&limit=` | dead-lettered deliveries (metadata only), a page at a time |
 //! | `POST /deliveries/{id}/redeliver` | put a dead letter back in line |
 
 use crate::delivery::{self, RedeliverError};
@@ -139,8 +139,39 @@ async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
         .body(g.metrics.render())
 }
 
-async fn dead_letters(state: web::Data<AdminState>) -> HttpResponse {
-    match state.gateway.store.dead_letters() {
+/// The largest page of `GET /dead-letters`, and its default.
+pub const DEAD_LETTER_PAGE: usize = 1000;
+
+/// The query of `GET /dead-letters`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterPage {
+    /// List those after this delivery id.
+    #[serde(default)]
+    after: u64,
+    /// At most this many.
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    state: web::Data<AdminState>,
+    query: Result<web::Query<DeadLetterPage>, actix_web::Error>,
+) -> HttpResponse {
+    let page = match query {
+        Ok(q) => q.into_inner(),
+        Err(e) => {
+            return HttpResponse::BadRequest().json(serde_json::json!({
+                "error": format!("the query takes after (a delivery id) and limit (1 to {DEAD_LETTER_PAGE}): {e}")
+            }));
+        }
+    };
+    let limit = page.limit.unwrap_or(DEAD_LETTER_PAGE);
+    if !(1..=DEAD_LETTER_PAGE).contains(&limit) {
+        return HttpResponse::BadRequest().json(serde_json::json!({
+            "error": format!("limit must be 1 to {DEAD_LETTER_PAGE}, not {limit}")
+        }));
+    }
+    match state.gateway.store.dead_letters(page.after, limit) {
         Ok(list) => HttpResponse::Ok().json(
             list.into_iter()
                 .map(|d| {

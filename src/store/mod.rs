@@ -874,13 +874,17 @@ impl Store {
         Ok(found)
     }
 
-    /// Every dead-lettered delivery (without bodies).
-    pub fn dead_letters(&self) -> Result<Vec<Delivery>> {
+    /// Up to `limit` dead-lettered deliveries (without bodies), by delivery id, starting after
+    /// delivery id `after`.
+    pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<Delivery>> {
         let r = self.db.begin_read().map_err(db_error)?;
         let dead = r.open_table(DEAD).map_err(db_error)?;
         let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
         let mut found = Vec::new();
-        for item in dead.iter().map_err(db_error)? {
+        for item in dead.range(after.saturating_add(1)..).map_err(db_error)? {
+            if found.len() >= limit {
+                break;
+            }
             let (key, _) = item.map_err(db_error)?;
             found.extend(read_delivery(&deliveries, None, key.value())?);
         }
@@ -1807,8 +1811,18 @@ mod tests {
         assert!(store.inbox("inbox", 0, 10).unwrap().is_empty());
         assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
         assert_eq!(store.pending_deliveries(), 0);
-        assert_eq!(store.dead_letters().unwrap().len(), 2);
+        assert_eq!(store.dead_letters(0, 10).unwrap().len(), 2);
         assert_eq!(store.dead_letter_count().unwrap(), 2);
+        let page = |after, limit| -> Vec<u64> {
+            let dead = store.dead_letters(after, limit).unwrap();
+            dead.iter().map(|d| d.id).collect()
+        };
+        let (first, second) = (made[0].id, made[1].id);
+        assert_eq!(page(0, 1), [first]);
+        assert_eq!(page(first, 1), [second]);
+        assert_eq!(page(first, 10), [second]);
+        assert!(page(second, 10).is_empty());
+        assert!(page(0, 0).is_empty());
     }
 
     #[tokio::test]
@@ -2183,7 +2197,7 @@ mod tests {
         unwritable.unwritable = Some(UNWRITABLE.into());
         let made = accept(&store, "e1", vec![unwritable]).await;
         assert_eq!(made[0].state, DeliveryState::Dead);
-        assert_eq!(store.dead_letters().unwrap().len(), 1);
+        assert_eq!(store.dead_letters(0, 10).unwrap().len(), 1);
         // The check made before the redelivery is audited refuses it as the update does.
         match store.redeliverable(made[0].id) {
             Err(StoreError::Refused(why)) => assert!(why.contains("no body"), "{why}"),
@@ -2198,7 +2212,7 @@ mod tests {
             other => panic!("redelivered: {other:?}"),
         }
         // It stays a dead letter, out of the due index.
-        assert_eq!(store.dead_letters().unwrap().len(), 1);
+        assert_eq!(store.dead_letters(0, 10).unwrap().len(), 1);
         assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
     }
 
