@@ -40,7 +40,7 @@ use passerelle::amqp::{
     self, AmqpAuth, AmqpSettings, Backoff, DEAD_LETTER_QUEUE, INBOUND_EXCHANGE, Topology,
     inbound_queue, outbound_queue, partner_permissions, partner_user,
 };
-use passerelle::audit::{Kind, Leaf, Query, Transport, journal};
+use passerelle::audit::{Kind, Leaf, Query, Receipt, TlogProof, Transport, journal};
 use passerelle::config::Config;
 use passerelle::service::RunningGateway;
 use passerelle::store::{Channel as StoreChannel, Delivery, DeliveryState};
@@ -607,6 +607,39 @@ async fn the_cote_divoire_flow_end_to_end() {
     assert_eq!(accepted.len(), 1);
     assert_eq!(accepted[0].transport, Some(Transport::Amqp));
     assert_eq!(accepted[0].sender.as_deref(), Some(EMBASSY));
+
+    // The embassy gets no receipt over AMQP; with the same certificate it reads its signed
+    // receipt and the inclusion proof over HTTPS, and checks them offline.
+    let found = gateway
+        .running
+        .gateway
+        .log
+        .search(&Query::PartnerRef(
+            EMBASSY.into(),
+            "ABJ-RBT-2026-0902".into(),
+        ))
+        .expect("search")
+        .into_iter()
+        .find(|f| f.leaf.kind == Kind::Accepted)
+        .expect("the accepted entry, covered by a checkpoint");
+    let embassy_rest = Client::new(EMBASSY, gateway.running.addr);
+    let receipt = wait_for("the embassy's receipt with its proof", WAIT, async || {
+        let reply = embassy_rest.get("/v1/receipts/ABJ-RBT-2026-0902").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let body = reply.json();
+        (!body["proof"].is_null()).then_some(body)
+    })
+    .await;
+    assert_eq!(receipt["source"], EMBASSY_SOURCE);
+    assert_eq!(receipt["log_index"], found.index);
+    let verifier = gateway.running.gateway.log.verifier().clone();
+    let signed = Receipt::verify(receipt["receipt"].as_str().unwrap(), &verifier)
+        .expect("the signed receipt verifies");
+    assert_eq!(signed.index, found.index);
+    let proof = TlogProof::parse(receipt["proof"].as_str().unwrap()).expect("a tlog-proof");
+    proof
+        .verify(&found.entry, &verifier, Some(gateway_support::ORIGIN))
+        .expect("the proof verifies offline");
 
     // The same message again (a partner's retry, or a redelivery): acknowledged, processed once.
     send(

@@ -12,6 +12,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 needed=()
+# A C compiler for the crates with C code (ring, mimalloc); a C++ one for the fuzz run's libFuzzer.
+{ command -v cc && command -v c++; } >/dev/null 2>&1 || needed+=(build-essential)
 command -v go >/dev/null 2>&1 || needed+=(golang-go)
 [ -d /usr/share/gocode/src/golang.org/x/mod ] || needed+=(golang-golang-x-mod-dev)
 # The AMQP tests start their own private RabbitMQ broker.
@@ -28,6 +30,19 @@ if [ ${#needed[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+# rustfmt and clippy: a minimal rustup profile lacks them.
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      echo "==> installing the Rust component $component"
+      rustup component add "$component"
+    else
+      echo "error: the tests need the Rust component $component" >&2
+      exit 1
+    fi
+  fi
+done
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

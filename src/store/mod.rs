@@ -558,7 +558,13 @@ impl Store {
         for item in unconfirmed.iter().map_err(db_error)? {
             let (key, _) = item.map_err(db_error)?;
             if let Some(v) = accepted.get(key.value()).map_err(db_error)? {
-                found.push(serde_json::from_slice(v.value()).map_err(unreadable)?);
+                // Named, so that the operator can find the record the start stopped at.
+                let (source, event_id) = key.value().split_once('\n').unwrap_or(("", ""));
+                found.push(serde_json::from_slice(v.value()).map_err(|e| {
+                    unreadable(format!(
+                        "the accepted record of event {event_id:?} from {source}: {e}"
+                    ))
+                })?);
             }
         }
         Ok(found)
@@ -2046,6 +2052,30 @@ mod tests {
     /// its group are committed: only the database's own errors drop a whole group.
     // The test holds the writer on purpose while the update's task queues its write.
     #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn an_unreadable_unconfirmed_record_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let mut held = record("REF-0042");
+        store.record_accepted(&mut held, Vec::new()).await.unwrap();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(ACCEPTED)
+            .unwrap()
+            .insert(
+                AcceptedRecord::key(&held.source, &held.event_id).as_str(),
+                b"not a record".as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+        let error = store.unconfirmed().unwrap_err();
+        assert!(matches!(error, StoreError::Unreadable(_)), "{error:?}");
+        let text = error.to_string();
+        assert!(
+            text.contains("\"REF-0042\"") && text.contains("urn:partner:test"),
+            "{text}"
+        );
+    }
+
     #[tokio::test]
     async fn an_unreadable_record_fails_its_own_write_only() {
         let dir = tempfile::tempdir().unwrap();
