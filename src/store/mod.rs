@@ -2048,10 +2048,7 @@ mod tests {
         assert!(store.case_file(case).unwrap().is_firm("lpc.issued"));
     }
 
-    /// A write that fails on a record it cannot read changes nothing, and the other writes of
-    /// its group are committed: only the database's own errors drop a whole group.
-    // The test holds the writer on purpose while the update's task queues its write.
-    #[allow(clippy::await_holding_lock)]
+    /// A held record the start cannot read stops it, named for the operator.
     #[tokio::test]
     async fn an_unreadable_unconfirmed_record_is_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -2076,6 +2073,10 @@ mod tests {
         );
     }
 
+    /// A write that fails on a record it cannot read changes nothing, and the other writes of
+    /// its group are committed: only the database's own errors drop a whole group.
+    // The test holds the writer on purpose while the update's task queues its write.
+    #[allow(clippy::await_holding_lock)]
     #[tokio::test]
     async fn an_unreadable_record_fails_its_own_write_only() {
         let dir = tempfile::tempdir().unwrap();
