@@ -58,17 +58,17 @@ fn load_test_deliveries() -> Vec<NewDelivery> {
     recipients
         .iter()
         .map(|recipient| {
-            let encoded = mappings
+            let mapping = mappings
                 .partner(recipient)
-                .expect("the recipient's mappings")
-                .encode(&mapped.event)
-                .expect("the event encodes");
+                .expect("the recipient's mappings");
+            let encoded = mapping.encode(&mapped.event).expect("the event encodes");
             NewDelivery {
                 recipient: recipient.clone(),
                 channel: Channel::Inbox,
                 body: encoded.body,
                 content_type: encoded.content_type.to_owned(),
                 mapping_id: encoded.mapping_id,
+                mapping_hash: mapping.hash.clone(),
                 withheld: encoded.withheld,
                 unwritable: None,
             }
@@ -265,6 +265,7 @@ fn run_journal(runtime: &tokio::runtime::Runtime, setting: &Setting<'_>) -> Run 
                     body: Vec::new(),
                     content_type: d.content_type.clone(),
                     mapping_id: d.mapping_id.clone(),
+                    mapping_hash: d.mapping_hash.clone(),
                     withheld: d.withheld.clone(),
                     state: DeliveryState::Pending,
                     attempts: 0,

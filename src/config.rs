@@ -258,7 +258,8 @@ pub struct DeliverySettings {
     pub max_backoff_secs: u64,
     /// Timeout of one webhook call, seconds. Default 10.
     pub timeout_secs: u64,
-    /// Webhook calls in flight at once. Default 16.
+    /// Webhook calls in flight at once; one recipient has at most a quarter of them (at
+    /// least one). Default 16.
     pub concurrency: usize,
 }
 

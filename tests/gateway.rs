@@ -2073,6 +2073,112 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
 }
 
 #[actix_web::test]
+async fn a_delivery_is_audited_with_the_mapping_that_wrote_it() {
+    // The DGSN's mapping changes between the write of a notice and its delivery (a restart
+    // with an edited mapping): the `delivered` entry names the mapping as it wrote the body.
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let mappings = dir.path().join("mappings");
+    copy_dir(&gateway_support::root().join("mappings"), &mappings);
+    let registry = write_registry(dir.path(), &RegistryChanges::new().inbox("ma.dgsn"));
+    let mut config = test_config(&dir.path().join("data"), &registry);
+    config.paths.mappings = mappings.clone();
+
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the gateway starts");
+    let written_with = running
+        .gateway
+        .mappings
+        .partner("ma.dgsn")
+        .unwrap()
+        .hash
+        .clone();
+    let reply = Client::new("sn.consulat.casablanca", running.addr)
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00700"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    running.shutdown().await.expect("a clean shutdown");
+
+    let file = mappings.join("ma.dgsn.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("\n# Edited after the notice was written.\n");
+    std::fs::write(&file, text).unwrap();
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the gateway starts again");
+    let now_loaded = running
+        .gateway
+        .mappings
+        .partner("ma.dgsn")
+        .unwrap()
+        .hash
+        .clone();
+    assert_ne!(
+        now_loaded, written_with,
+        "the edit changes the mapping's hash"
+    );
+    let inbox = Client::new("ma.dgsn", running.addr).inbox(10).await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    let delivered = wait_for("the delivered entry", WAIT, async || {
+        let found = running
+            .gateway
+            .log
+            .search(&Query::Case(CASE.into()))
+            .expect("search");
+        found
+            .into_iter()
+            .map(|f| f.leaf)
+            .find(|leaf| leaf.kind == Kind::Delivered && leaf.recipients == ["ma.dgsn".to_owned()])
+    })
+    .await;
+    let mapping = delivered.mapping.expect("the mapping that wrote it");
+    assert_eq!(mapping.hash, written_with);
+    running.shutdown().await.expect("a clean shutdown");
+}
+
+#[actix_web::test]
+async fn a_recipient_whose_endpoint_hangs_leaves_room_for_the_others() {
+    // The DGSN's endpoint takes connections and never answers: each call runs into the 5 s
+    // timeout. The ministry's answers at once. Four calls in flight at most, one a recipient.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let hanging_url = format!(
+        "https://localhost:{}/notices",
+        hanging.local_addr().unwrap().port()
+    );
+    let ministry = Receiver::start();
+    let changes = RegistryChanges::new()
+        .webhook("ma.dgsn", &hanging_url)
+        .webhook("ma.interieur", &ministry.url("/notices"));
+    let gateway = TestGateway::start(&changes, |c| c.delivery.concurrency = 4).await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let sent = Instant::now();
+    for n in 0..6 {
+        let reply = consulate
+            .send(
+                "application/xml",
+                lpc_issued(&format!("CGSN-CASA-2026-0060{n}")),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+    }
+    // Each notice goes to both. Were the DGSN's calls to take every slot, the ministry's last
+    // notices would wait for their timeouts.
+    wait_for(
+        "the ministry's six notices",
+        Duration::from_secs(4),
+        async || (ministry.accepted().len() == 6).then_some(()),
+    )
+    .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        sent.elapsed()
+    );
+    drop(hanging);
+    gateway.stop().await;
+}
+
+#[actix_web::test]
 async fn a_dead_letter_is_listed_and_redelivered() {
     let dgsn = Receiver::start();
     dgsn.answer(Answer::Fail {

@@ -295,18 +295,25 @@ impl Egress {
             // Nothing more goes on a channel to replace (see above): it is replaced once its
             // publishes are answered.
             let usable = !to_replace.load(Ordering::Relaxed);
+            // When to look again, unless a confirm, a record or a new delivery comes first.
+            let mut wait = Duration::from_secs(1);
             if recordable
                 && usable
                 && room > 0
                 && (in_flight.is_empty() || room >= self.refill_at())
             {
+                // The broker takes every recipient's messages alike: no recipient's share is
+                // bounded here (a recipient without a queue answers at once).
                 let due = self
                     .gateway
                     .store
-                    .due_except(StoreChannel::Amqp, now, &skip, room);
+                    .due_for(StoreChannel::Amqp, now, &skip, room, |_| usize::MAX);
                 match due {
-                    Ok(fresh) => {
-                        for delivery in fresh {
+                    Ok(look) => {
+                        if let Some(at) = look.next_ms {
+                            wait = wait.min(Duration::from_millis(at.saturating_sub(now)));
+                        }
+                        for delivery in look.taken {
                             in_flight.insert(delivery.id);
                             if !self.is_amqp_recipient(&delivery.recipient) {
                                 let attempt = Attempt::Dead("amqp.not-an-amqp-recipient".into());
@@ -345,17 +352,9 @@ impl Egress {
                     Err(error) => tracing::error!(error = %error, "reading the AMQP outbox"),
                 }
             }
-            let wait = match (self.gateway.store.next_due(StoreChannel::Amqp), held.wait()) {
-                _ if !recordable => Duration::from_secs(1),
-                (Ok(Some(at)), _) if at > now => Duration::from_millis((at - now).min(1000)),
-                (Ok(Some(_)), Some(until_released)) => until_released,
-                (Ok(Some(_)), None)
-                    if self.in_flight.saturating_sub(in_flight.len()) >= self.refill_at() =>
-                {
-                    Duration::from_millis(10)
-                }
-                _ => Duration::from_secs(1),
-            };
+            if recordable && let Some(until_released) = held.wait() {
+                wait = wait.min(until_released);
+            }
             let changed = self.gateway.outbox_changed.clone();
             tokio::select! {
                 Some(done) = settling.join_next(), if !settling.is_empty() => {
@@ -500,6 +499,7 @@ mod tests {
             body,
             content_type: content_type.into(),
             mapping_id: "iom.sn/cloudevents".into(),
+            mapping_hash: String::new(),
             withheld: Vec::new(),
             state: DeliveryState::Pending,
             attempts: 0,

@@ -169,7 +169,15 @@ async fn redeliver(base: &str, ids: &[u64]) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for id in ids {
         let url = format!("{base}/deliveries/{id}/redeliver");
-        let (status, text) = ask(client.post(&url), &url).await?;
+        // A failed request fails this id only: the others are still tried, and reported.
+        let (status, text) = match ask(client.post(&url), &url).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                failed += 1;
+                eprintln!("delivery {id}: not redelivered: {error:#}");
+                continue;
+            }
+        };
         if status.is_success() {
             println!("delivery {id}: back in line");
         } else {

@@ -8,6 +8,9 @@
 //! its outcome, so that the evidence is never behind the state. A crash between a recipient's
 //! `2xx` and that record makes the delivery go out again after the restart: recipients drop
 //! such repeats by the `X-Passerelle-Delivery` header (the delivery id), which never changes.
+//!
+//! One recipient has at most a quarter of the calls in flight (at least one): a recipient
+//! whose endpoint hangs, or that has a backlog, leaves the other calls to the others.
 
 use super::{
     Attempt, HeldBack, KeyedTasks, RetryPolicy, can_record, due_in, parse_retry_after,
@@ -16,7 +19,7 @@ use super::{
 use crate::pipeline::Gateway;
 use crate::registry::Delivery as DeliveryMode;
 use crate::store::{Channel, Delivery};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -25,6 +28,10 @@ use tokio::sync::watch;
 pub const DELIVERY_HEADER: &str = "x-passerelle-delivery";
 /// The header carrying the event id.
 pub const EVENT_ID_HEADER: &str = "x-passerelle-event-id";
+
+/// The share of the calls in flight that one recipient may have: `concurrency` divided by
+/// this, and at least one.
+const RECIPIENT_SHARE: usize = 4;
 
 /// Pushes webhook deliveries until shut down.
 pub struct WebhookWorker {
@@ -69,6 +76,9 @@ impl WebhookWorker {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut in_flight: HashSet<u64> = HashSet::new();
+        // The recipient of each attempt in flight.
+        let mut recipient_of: HashMap<u64, String> = HashMap::new();
+        let per_recipient = (this.concurrency / RECIPIENT_SHARE).max(1);
         let mut held = HeldBack::default();
         let mut attempts: KeyedTasks<u64, bool> = KeyedTasks::default();
         loop {
@@ -79,36 +89,40 @@ impl WebhookWorker {
             let skip = held.and(&in_flight);
             let recordable = can_record(&this.gateway);
             let room = this.concurrency.saturating_sub(in_flight.len());
+            // When to look again, unless an attempt ends or a new delivery comes first.
+            let mut wait = Duration::from_secs(1);
             if room > 0 && recordable {
+                let allowance = |recipient: &str| {
+                    let busy = recipient_of.values().filter(|r| *r == recipient).count();
+                    per_recipient.saturating_sub(busy)
+                };
                 match this
                     .gateway
                     .store
-                    .due_except(Channel::Webhook, now, &skip, room)
+                    .due_for(Channel::Webhook, now, &skip, room, allowance)
                 {
-                    Ok(fresh) => {
-                        for d in fresh {
+                    Ok(look) => {
+                        for d in look.taken {
                             in_flight.insert(d.id);
+                            recipient_of.insert(d.id, d.recipient.clone());
                             let worker = this.clone();
                             attempts.spawn(d.id, async move { worker.attempt(d).await });
+                        }
+                        if let Some(at) = look.next_ms {
+                            wait = wait.min(Duration::from_millis(at.saturating_sub(now)));
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "reading the outbox"),
                 }
             }
-            let wait = match (this.gateway.store.next_due(Channel::Webhook), held.wait()) {
-                _ if !recordable => Duration::from_secs(1),
-                (Ok(Some(at)), _) if at > now => Duration::from_millis((at - now).min(1000)),
-                // What is due and not in flight may be held back: wake when the first is let go.
-                (Ok(Some(_)), Some(until_released)) => until_released,
-                (Ok(Some(_)), None) if in_flight.len() < this.concurrency => {
-                    Duration::from_millis(10)
-                }
-                _ => Duration::from_secs(1),
-            };
+            if recordable && let Some(until_released) = held.wait() {
+                wait = wait.min(until_released);
+            }
             let changed = this.gateway.outbox_changed.clone();
             tokio::select! {
                 Some((id, recorded)) = attempts.join_next(), if !attempts.is_empty() => {
                     held.settle(&mut in_flight, id, recorded);
+                    recipient_of.remove(&id);
                 }
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}

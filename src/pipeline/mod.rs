@@ -768,7 +768,8 @@ impl Gateway {
                     Some(DeliveryMode::Amqp) => Channel::Amqp,
                     Some(DeliveryMode::Inbox) | None => Channel::Inbox,
                 };
-                let written = match self.mappings.partner(recipient).map(|m| m.encode(event)) {
+                let mapping = self.mappings.partner(recipient);
+                let written = match mapping.map(|m| m.encode(event)) {
                     Some(Ok(encoded))
                         if !self
                             .registry
@@ -796,6 +797,7 @@ impl Gateway {
                         body: encoded.body,
                         content_type: encoded.content_type.to_owned(),
                         mapping_id: encoded.mapping_id,
+                        mapping_hash: mapping.map(|m| m.hash.clone()).unwrap_or_default(),
                         withheld: encoded.withheld,
                         unwritable: None,
                     },
@@ -807,6 +809,7 @@ impl Gateway {
                             body: Vec::new(),
                             content_type: String::new(),
                             mapping_id: String::new(),
+                            mapping_hash: String::new(),
                             withheld: Vec::new(),
                             unwritable: Some(code.into()),
                         }
@@ -874,14 +877,23 @@ impl Gateway {
         });
         fact.event_type = Some(delivery.event_type.clone());
         fact.event_id = Some(delivery.event_id.clone());
-        fact.mapping = self
-            .mappings
-            .partner(&delivery.recipient)
-            .filter(|_| !delivery.mapping_id.is_empty())
-            .map(|m| MappingRef {
+        // The mapping that wrote the body, as it was then. A delivery recorded without its
+        // mapping's hash (by an earlier version) is audited with the mapping now loaded.
+        fact.mapping = if delivery.mapping_id.is_empty() {
+            None
+        } else if !delivery.mapping_hash.is_empty() {
+            Some(MappingRef {
                 id: delivery.mapping_id.clone(),
-                hash: m.hash.clone(),
-            });
+                hash: delivery.mapping_hash.clone(),
+            })
+        } else {
+            self.mappings
+                .partner(&delivery.recipient)
+                .map(|m| MappingRef {
+                    id: delivery.mapping_id.clone(),
+                    hash: m.hash.clone(),
+                })
+        };
         fact.withheld = delivery.withheld.clone();
         fact.reason = reason.map(|r| reason_code(&r));
         fact.case_id = delivery.case_id.clone();

@@ -42,10 +42,15 @@ const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// Deliveries waiting in a pull inbox: (recipient, delivery id).
 const INBOX: TableDefinition<(&str, u64), ()> = TableDefinition::new("inbox");
-/// Push deliveries waiting for an attempt: (channel code, due time in ms since the epoch,
-/// delivery id), so that each channel's worker finds its own without reading the other's.
-const DUE: TableDefinition<(u8, u64, u64), ()> = TableDefinition::new("due_by_channel");
-/// The due index of earlier versions, keyed without the channel: moved into [`DUE`] at open.
+/// Push deliveries waiting for an attempt: (channel code, recipient, due time in ms since the
+/// epoch, delivery id), so that each channel's worker finds its own without reading the
+/// other's, and takes each recipient's in turn: a recipient with a backlog does not hold up
+/// the others (see [`Store::due_for`]).
+const DUE: TableDefinition<(u8, &str, u64, u64), ()> = TableDefinition::new("due_by_recipient");
+/// The due index of earlier versions, keyed without the recipient: moved into [`DUE`] at open.
+const DUE_BY_CHANNEL: TableDefinition<(u8, u64, u64), ()> = TableDefinition::new("due_by_channel");
+/// The due index of still earlier versions, keyed without the channel: moved into [`DUE`] at
+/// open.
 const DUE_UNKEYED: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
 /// Dead-lettered deliveries, by delivery id.
 const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead");
@@ -197,6 +202,10 @@ pub struct Delivery {
     pub content_type: String,
     /// The outbound mapping that wrote it.
     pub mapping_id: String,
+    /// That mapping's hash when it wrote the body (`sha256:<hex>`; empty when the delivery
+    /// has no body from a mapping, and in records of earlier versions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mapping_hash: String,
     /// The fields withheld from the recipient.
     pub withheld: Vec<String>,
     /// Where it stands.
@@ -224,6 +233,17 @@ impl Delivery {
     }
 }
 
+/// What a push worker should attempt, and when to look again (see [`Store::due_for`]).
+#[derive(Debug, Default)]
+pub struct DueLook {
+    /// The deliveries to attempt now, with their bodies.
+    pub taken: Vec<Delivery>,
+    /// The earliest time, in ms since the epoch, at which a delivery of a recipient with
+    /// allowance left falls due, if one is waiting. Until then, only an attempt's outcome, a
+    /// delivery held back let go, or a new delivery changes what there is to attempt.
+    pub next_ms: Option<u64>,
+}
+
 /// The error code of a delivery created dead because the gateway could not write the event
 /// for its recipient: it has no body, and cannot be redelivered.
 pub const UNWRITABLE: &str = "encode-failed";
@@ -249,6 +269,8 @@ pub struct NewDelivery {
     pub content_type: String,
     /// The outbound mapping.
     pub mapping_id: String,
+    /// Its hash.
+    pub mapping_hash: String,
     /// The withheld fields.
     pub withheld: Vec<String>,
     /// Set when the gateway could not write the event for this recipient: the delivery is
@@ -454,7 +476,7 @@ impl Store {
             let w = db.begin_write().map_err(db_error)?;
             let mut next = 1;
             let mut pending = 0;
-            migrate_unkeyed_due(&w)?;
+            migrate_due(&w)?;
             delete_completed_bodies(&w)?;
             {
                 for table in [ACCEPTED, CASES] {
@@ -711,6 +733,7 @@ impl Store {
                 body: Vec::new(),
                 content_type: d.content_type,
                 mapping_id: d.mapping_id,
+                mapping_hash: d.mapping_hash,
                 withheld: d.withheld,
                 state: if dead {
                     DeliveryState::Dead
@@ -809,43 +832,72 @@ impl Store {
         Ok(found)
     }
 
-    /// Up to `limit` push deliveries on `channel` due at or before `now_ms`, earliest first,
-    /// with their bodies.
+    /// Up to `limit` push deliveries on `channel` due at or before `now_ms`, with their bodies,
+    /// each recipient's earliest first (see [`Store::due_for`]).
     pub fn due(&self, channel: Channel, now_ms: u64, limit: usize) -> Result<Vec<Delivery>> {
-        self.due_except(channel, now_ms, &HashSet::new(), limit)
+        Ok(self
+            .due_for(channel, now_ms, &HashSet::new(), limit, |_| usize::MAX)?
+            .taken)
     }
 
-    /// Up to `room` push deliveries on `channel` due at or before `now_ms`, earliest first,
-    /// with their bodies, leaving out those in `in_flight` (a worker's attempts under way:
-    /// they stay due until their outcome is recorded). Those are skipped in the index, before
-    /// their records and bodies are read.
-    pub fn due_except(
+    /// What a push worker on `channel` should attempt now: up to `room` deliveries due at or
+    /// before `now_ms`, with their bodies, leaving out those in `skip` (attempts under way,
+    /// which stay due until their outcome is recorded, and deliveries held back).
+    ///
+    /// The recipients are taken in turn, each its earliest first and at most
+    /// `allowance(recipient)` of them (what it may have in flight besides those it has), so
+    /// that a recipient with a backlog, or one whose attempts hang, leaves room for the others.
+    /// A recipient with no allowance costs one look in the index, whatever its backlog.
+    pub fn due_for(
         &self,
         channel: Channel,
         now_ms: u64,
-        in_flight: &HashSet<u64>,
+        skip: &HashSet<u64>,
         room: usize,
-    ) -> Result<Vec<Delivery>> {
+        mut allowance: impl FnMut(&str) -> usize,
+    ) -> Result<DueLook> {
         let r = self.db.begin_read().map_err(db_error)?;
         let due = r.open_table(DUE).map_err(db_error)?;
         let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
         let bodies = r.open_table(BODIES).map_err(db_error)?;
         let code = channel.due_code();
-        let mut found = Vec::new();
-        for item in due
-            .range((code, 0, 0)..=(code, now_ms, u64::MAX))
-            .map_err(db_error)?
-        {
-            if found.len() >= room {
+        let mut look = DueLook::default();
+        let mut next_recipient = String::new();
+        while look.taken.len() < room {
+            let Some(recipient) = first_recipient_from(&due, code, &next_recipient)? else {
                 break;
+            };
+            let mut left = allowance(&recipient);
+            if left > 0 {
+                for item in due
+                    .range(
+                        (code, recipient.as_str(), 0, 0)
+                            ..=(code, recipient.as_str(), u64::MAX, u64::MAX),
+                    )
+                    .map_err(db_error)?
+                {
+                    let (_, _, at, id) = item.map_err(db_error)?.0.value();
+                    if at > now_ms {
+                        look.next_ms = Some(look.next_ms.map_or(at, |next| next.min(at)));
+                        break;
+                    }
+                    if skip.contains(&id) {
+                        continue;
+                    }
+                    if left == 0 || look.taken.len() >= room {
+                        break;
+                    }
+                    if let Some(d) = read_delivery(&deliveries, Some(&bodies), id)? {
+                        look.taken.push(d);
+                        left -= 1;
+                    }
+                }
             }
-            let (key, _) = item.map_err(db_error)?;
-            let id = key.value().2;
-            if !in_flight.contains(&id) {
-                found.extend(read_delivery(&deliveries, Some(&bodies), id)?);
-            }
+            // The least recipient above this one.
+            next_recipient = recipient;
+            next_recipient.push('\0');
         }
-        Ok(found)
+        Ok(look)
     }
 
     /// When the next push delivery on `channel` is due, if any is waiting.
@@ -853,13 +905,26 @@ impl Store {
         let r = self.db.begin_read().map_err(db_error)?;
         let due = r.open_table(DUE).map_err(db_error)?;
         let code = channel.due_code();
-        let first = due
-            .range((code, 0, 0)..=(code, u64::MAX, u64::MAX))
-            .map_err(db_error)?
-            .next()
-            .transpose()
-            .map_err(db_error)?;
-        Ok(first.map(|(key, _)| key.value().1))
+        let mut next: Option<u64> = None;
+        let mut from = String::new();
+        while let Some(recipient) = first_recipient_from(&due, code, &from)? {
+            let first = due
+                .range(
+                    (code, recipient.as_str(), 0, 0)
+                        ..=(code, recipient.as_str(), u64::MAX, u64::MAX),
+                )
+                .map_err(db_error)?
+                .next()
+                .transpose()
+                .map_err(db_error)?;
+            if let Some((key, _)) = first {
+                let at = key.value().2;
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            from = recipient;
+            from.push('\0');
+        }
+        Ok(next)
     }
 
     /// Every delivery waiting to go out, in an inbox or due to be pushed (without bodies).
@@ -875,7 +940,7 @@ impl Store {
         }
         for item in due.iter().map_err(db_error)? {
             let (key, _) = item.map_err(db_error)?;
-            found.extend(read_delivery(&deliveries, None, key.value().2)?);
+            found.extend(read_delivery(&deliveries, None, key.value().3)?);
         }
         Ok(found)
     }
@@ -940,30 +1005,72 @@ impl Store {
     }
 }
 
-/// Moves the entries of the due index of earlier versions (keyed without the channel) into
-/// the channel-keyed one, and removes the old table.
-fn migrate_unkeyed_due(w: &redb::WriteTransaction) -> Result<()> {
-    let exists = w
+/// The recipient of the first entry on channel `code` of the due index at or after recipient
+/// `from`, if any.
+fn first_recipient_from(
+    due: &redb::ReadOnlyTable<(u8, &'static str, u64, u64), ()>,
+    code: u8,
+    from: &str,
+) -> Result<Option<String>> {
+    let first = due
+        .range((code, from, 0, 0)..)
+        .map_err(db_error)?
+        .next()
+        .transpose()
+        .map_err(db_error)?;
+    Ok(first.and_then(|(key, _)| {
+        let (channel, recipient, _, _) = key.value();
+        (channel == code).then(|| recipient.to_owned())
+    }))
+}
+
+/// Moves the entries of the due indexes of earlier versions (keyed without the channel, or
+/// without the recipient) into [`DUE`], and removes the old tables.
+fn migrate_due(w: &redb::WriteTransaction) -> Result<()> {
+    let names: Vec<String> = w
         .list_tables()
         .map_err(db_error)?
-        .any(|t| t.name() == DUE_UNKEYED.name());
-    if !exists {
+        .map(|t| t.name().to_owned())
+        .collect();
+    let has = |name: &str| names.iter().any(|n| n == name);
+    let (unkeyed, by_channel) = (has(DUE_UNKEYED.name()), has(DUE_BY_CHANNEL.name()));
+    if !unkeyed && !by_channel {
         return Ok(());
     }
+    // (due time, delivery id) of every old entry.
+    let mut old: Vec<(u64, u64)> = Vec::new();
+    if unkeyed {
+        let table = w.open_table(DUE_UNKEYED).map_err(db_error)?;
+        for item in table.iter().map_err(db_error)? {
+            old.push(item.map_err(db_error)?.0.value());
+        }
+    }
+    if by_channel {
+        let table = w.open_table(DUE_BY_CHANNEL).map_err(db_error)?;
+        for item in table.iter().map_err(db_error)? {
+            let (_, at, id) = item.map_err(db_error)?.0.value();
+            old.push((at, id));
+        }
+    }
     {
-        let old = w.open_table(DUE_UNKEYED).map_err(db_error)?;
         let deliveries = w.open_table(DELIVERIES).map_err(db_error)?;
         let mut due = w.open_table(DUE).map_err(db_error)?;
-        for item in old.iter().map_err(db_error)? {
-            let (key, _) = item.map_err(db_error)?;
-            let (at, id) = key.value();
+        for (at, id) in old {
             if let Some(d) = read_delivery(&deliveries, None, id)? {
-                due.insert((d.channel.due_code(), at, id), ())
+                due.insert((d.channel.due_code(), d.recipient.as_str(), at, id), ())
                     .map_err(db_error)?;
             }
         }
     }
-    w.delete_table(DUE_UNKEYED).map_err(db_error)?;
+    for (there, table) in [
+        (unkeyed, DUE_UNKEYED.name()),
+        (by_channel, DUE_BY_CHANNEL.name()),
+    ] {
+        if there {
+            let definition: TableDefinition<(), ()> = TableDefinition::new(table);
+            w.delete_table(definition).map_err(db_error)?;
+        }
+    }
     Ok(())
 }
 
@@ -1257,7 +1364,7 @@ struct Tables<'t> {
     deliveries: redb::Table<'t, u64, &'static [u8]>,
     bodies: redb::Table<'t, u64, &'static [u8]>,
     inbox: redb::Table<'t, (&'static str, u64), ()>,
-    due: redb::Table<'t, (u8, u64, u64), ()>,
+    due: redb::Table<'t, (u8, &'static str, u64, u64), ()>,
     dead: redb::Table<'t, u64, ()>,
     unconfirmed: redb::Table<'t, &'static str, ()>,
 }
@@ -1326,7 +1433,10 @@ impl<'t> Tables<'t> {
             }
             Channel::Webhook | Channel::Amqp => {
                 self.due
-                    .insert((d.channel.due_code(), d.due_ms, d.id), ())
+                    .insert(
+                        (d.channel.due_code(), d.recipient.as_str(), d.due_ms, d.id),
+                        (),
+                    )
                     .map_err(db_error)?;
             }
         }
@@ -1343,7 +1453,7 @@ impl<'t> Tables<'t> {
             }
             Channel::Webhook | Channel::Amqp => {
                 self.due
-                    .remove((d.channel.due_code(), d.due_ms, d.id))
+                    .remove((d.channel.due_code(), d.recipient.as_str(), d.due_ms, d.id))
                     .map_err(db_error)?;
             }
         }
@@ -1679,6 +1789,7 @@ mod tests {
             body: b"{}".to_vec(),
             content_type: "application/json".into(),
             mapping_id: format!("{recipient}/test"),
+            mapping_hash: "sha256:00".into(),
             withheld: Vec::new(),
             unwritable: None,
         }
@@ -1769,8 +1880,9 @@ mod tests {
         // Deliveries in flight are left out, and the room is filled from the ones after them.
         let in_flight: HashSet<u64> = amqp[..3].iter().map(|d| d.id).collect();
         let fresh = store
-            .due_except(Channel::Amqp, now_ms(), &in_flight, 5)
-            .unwrap();
+            .due_for(Channel::Amqp, now_ms(), &in_flight, 5, |_| usize::MAX)
+            .unwrap()
+            .taken;
         assert_eq!(
             fresh.iter().map(|d| d.id).collect::<Vec<_>>(),
             amqp[3..8].iter().map(|d| d.id).collect::<Vec<_>>()
@@ -1778,6 +1890,106 @@ mod tests {
         assert!(store.next_due(Channel::Amqp).unwrap().unwrap() <= webhook[0].due_ms);
         // Nothing on the inbox channel is in the due index.
         assert_eq!(store.next_due(Channel::Inbox).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_recipients_backlog_leaves_room_for_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        // A backlog for one recipient, due first, then one delivery for each of two others.
+        let mut backlog = Vec::new();
+        for n in 0..20 {
+            let made = accept(
+                &store,
+                &format!("b{n}"),
+                vec![new_delivery("slow", Channel::Webhook)],
+            )
+            .await;
+            backlog.push(made[0].id);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let other = accept(
+            &store,
+            "o",
+            vec![
+                new_delivery("fast", Channel::Webhook),
+                new_delivery("quick", Channel::Webhook),
+            ],
+        )
+        .await;
+        until_confirmations_committed(&store).await;
+        let now = now_ms();
+        let ids = |look: &DueLook| look.taken.iter().map(|d| d.id).collect::<Vec<_>>();
+
+        // Without a bound, the earliest come first, each recipient's in order.
+        let look = store
+            .due_for(Channel::Webhook, now, &HashSet::new(), 100, |_| usize::MAX)
+            .unwrap();
+        assert_eq!(look.taken.len(), 22);
+        let slow: Vec<u64> = look
+            .taken
+            .iter()
+            .filter(|d| d.recipient == "slow")
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(slow, backlog);
+        assert_eq!(look.next_ms, None, "nothing is due later");
+
+        // Two each at most: the backlog takes two, the others theirs, within the room.
+        let look = store
+            .due_for(Channel::Webhook, now, &HashSet::new(), 5, |_| 2)
+            .unwrap();
+        let mut taken = ids(&look);
+        taken.sort();
+        let mut expected = vec![backlog[0], backlog[1], other[0].id, other[1].id];
+        expected.sort();
+        assert_eq!(taken, expected);
+
+        // The backlog's first two in flight, and no allowance left for it: only the others
+        // are taken, and its next ones are not read.
+        let in_flight: HashSet<u64> = backlog[..2].iter().copied().collect();
+        let look = store
+            .due_for(Channel::Webhook, now, &in_flight, 16, |r| {
+                if r == "slow" { 0 } else { 4 }
+            })
+            .unwrap();
+        let mut taken = ids(&look);
+        taken.sort();
+        assert_eq!(taken, [other[0].id, other[1].id]);
+        // With room for one, one recipient's only.
+        let look = store
+            .due_for(Channel::Webhook, now, &in_flight, 1, |_| 4)
+            .unwrap();
+        assert_eq!(look.taken.len(), 1);
+
+        // A delivery due later tells when to look again, unless its recipient has no
+        // allowance left.
+        store
+            .update(
+                other[0].id,
+                DeliveryUpdate::Retry {
+                    error: "webhook.http-503".into(),
+                    due_ms: now + 60_000,
+                },
+            )
+            .await
+            .unwrap();
+        let look = store
+            .due_for(Channel::Webhook, now, &HashSet::new(), 100, |_| 100)
+            .unwrap();
+        assert_eq!(look.next_ms, Some(now + 60_000));
+        assert!(!ids(&look).contains(&other[0].id));
+        let look = store
+            .due_for(Channel::Webhook, now, &HashSet::new(), 100, |r| {
+                usize::from(r != "fast")
+            })
+            .unwrap();
+        assert_eq!(look.next_ms, None);
+        let first = store.delivery_metadata(backlog[0]).unwrap().unwrap();
+        assert_eq!(
+            store.next_due(Channel::Webhook).unwrap(),
+            Some(first.due_ms)
+        );
     }
 
     #[tokio::test]
@@ -2292,7 +2504,7 @@ mod tests {
     }
 
     #[test]
-    fn the_unkeyed_due_index_of_earlier_versions_is_migrated_at_open() {
+    fn the_due_indexes_of_earlier_versions_are_migrated_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
         let delivery = |id: u64, channel: Channel| Delivery {
@@ -2306,6 +2518,7 @@ mod tests {
             body: Vec::new(),
             content_type: "application/json".into(),
             mapping_id: "r/test".into(),
+            mapping_hash: String::new(),
             withheld: Vec::new(),
             state: DeliveryState::Pending,
             attempts: 0,
@@ -2318,30 +2531,38 @@ mod tests {
             let w = db.begin_write().unwrap();
             {
                 let mut deliveries = w.open_table(DELIVERIES).unwrap();
-                let mut old = w.open_table(DUE_UNKEYED).unwrap();
+                let mut unkeyed = w.open_table(DUE_UNKEYED).unwrap();
+                let mut by_channel = w.open_table(DUE_BY_CHANNEL).unwrap();
                 for (id, channel) in [(1, Channel::Webhook), (2, Channel::Amqp)] {
                     let d = delivery(id, channel);
                     let json = serde_json::to_vec(&d).unwrap();
                     deliveries.insert(id, json.as_slice()).unwrap();
-                    old.insert((d.due_ms, id), ()).unwrap();
+                    unkeyed.insert((d.due_ms, id), ()).unwrap();
                 }
+                // The index of the version in between, keyed by channel.
+                let d = delivery(3, Channel::Webhook);
+                let json = serde_json::to_vec(&d).unwrap();
+                deliveries.insert(3, json.as_slice()).unwrap();
+                by_channel
+                    .insert((Channel::Webhook.due_code(), d.due_ms, 3), ())
+                    .unwrap();
             }
             w.commit().unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.pending_deliveries(), 2);
+        assert_eq!(store.pending_deliveries(), 3);
         assert_eq!(store.next_due(Channel::Webhook).unwrap(), Some(1001));
         assert_eq!(store.next_due(Channel::Amqp).unwrap(), Some(1002));
         let webhook = store.due(Channel::Webhook, u64::MAX, 10).unwrap();
-        assert_eq!(webhook.iter().map(|d| d.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(webhook.iter().map(|d| d.id).collect::<Vec<_>>(), [1, 3]);
         store.close().unwrap();
         let db = Database::open(&path).unwrap();
         let r = db.begin_read().unwrap();
         assert!(
             r.list_tables()
                 .unwrap()
-                .all(|t| t.name() != DUE_UNKEYED.name()),
-            "the old table is gone"
+                .all(|t| t.name() != DUE_UNKEYED.name() && t.name() != DUE_BY_CHANNEL.name()),
+            "the old tables are gone"
         );
     }
 }
