@@ -310,6 +310,7 @@ impl Egress {
                     .due_for(StoreChannel::Amqp, now, &skip, room, |_| usize::MAX);
                 match due {
                     Ok(look) => {
+                        held.set_aside_unreadable(&look.unreadable, "amqp");
                         if let Some(at) = look.next_ms {
                             wait = wait.min(Duration::from_millis(at.saturating_sub(now)));
                         }

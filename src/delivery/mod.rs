@@ -39,6 +39,10 @@ pub enum Attempt {
 /// How long a delivery whose attempt could not be recorded waits before it is tried again.
 pub const HOLD_BACK: Duration = Duration::from_secs(5);
 
+/// How long a due delivery whose record cannot be read back is left aside before the worker
+/// looks at it again (and reports it again).
+pub const UNREADABLE_HOLD: Duration = Duration::from_secs(600);
+
 /// Whether an attempt could be recorded now: the store and the audit log are both working.
 /// The push workers attempt nothing while they are not, since an attempt that cannot be
 /// recorded would be made again.
@@ -56,6 +60,16 @@ impl HeldBack {
     /// Holds `id` back from now.
     pub fn hold(&mut self, id: u64) {
         self.0.insert(id, Instant::now() + HOLD_BACK);
+    }
+
+    /// Sets aside the due deliveries whose records cannot be read back (damaged), reporting
+    /// each, so that the others on the channel still go out. They stay in line, unsent, and
+    /// are reported again every [`UNREADABLE_HOLD`] until the store is repaired.
+    pub fn set_aside_unreadable(&mut self, unreadable: &[(u64, String)], channel: &'static str) {
+        for (id, why) in unreadable {
+            tracing::error!(delivery = id, channel, error = %why, "a due delivery cannot be read back from the store; it stays in line, unsent, and the others go on");
+            self.0.insert(*id, Instant::now() + UNREADABLE_HOLD);
+        }
     }
 
     /// Takes `id` out of flight once the task attempting it has ended: `recorded` is whether

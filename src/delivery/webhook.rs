@@ -102,6 +102,7 @@ impl WebhookWorker {
                     .due_for(Channel::Webhook, now, &skip, room, allowance)
                 {
                     Ok(look) => {
+                        held.set_aside_unreadable(&look.unreadable, "webhook");
                         for d in look.taken {
                             in_flight.insert(d.id);
                             recipient_of.insert(d.id, d.recipient.clone());

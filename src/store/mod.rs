@@ -242,6 +242,9 @@ pub struct DueLook {
     /// allowance left falls due, if one is waiting. Until then, only an attempt's outcome, a
     /// delivery held back let go, or a new delivery changes what there is to attempt.
     pub next_ms: Option<u64>,
+    /// Due deliveries whose records cannot be read back (damaged), with why: left in line,
+    /// for the worker to set aside and report, so that they do not stop the others.
+    pub unreadable: Vec<(u64, String)>,
 }
 
 /// The error code of a delivery created dead because the gateway could not write the event
@@ -887,9 +890,14 @@ impl Store {
                     if left == 0 || look.taken.len() >= room {
                         break;
                     }
-                    if let Some(d) = read_delivery(&deliveries, Some(&bodies), id)? {
-                        look.taken.push(d);
-                        left -= 1;
+                    match read_delivery(&deliveries, Some(&bodies), id) {
+                        Ok(Some(d)) => {
+                            look.taken.push(d);
+                            left -= 1;
+                        }
+                        Ok(None) => {}
+                        Err(StoreError::Unreadable(why)) => look.unreadable.push((id, why)),
+                        Err(error) => return Err(error),
                     }
                 }
             }
@@ -1990,6 +1998,39 @@ mod tests {
             store.next_due(Channel::Webhook).unwrap(),
             Some(first.due_ms)
         );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_due_delivery_does_not_stop_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let made = accept(
+            &store,
+            "e",
+            vec![
+                new_delivery("a", Channel::Webhook),
+                new_delivery("b", Channel::Webhook),
+            ],
+        )
+        .await;
+        until_confirmations_committed(&store).await;
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(DELIVERIES)
+            .unwrap()
+            .insert(made[0].id, b"not a delivery".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let look = store
+            .due_for(Channel::Webhook, now_ms(), &HashSet::new(), 10, |_| 10)
+            .unwrap();
+        assert_eq!(
+            look.taken.iter().map(|d| d.id).collect::<Vec<_>>(),
+            [made[1].id]
+        );
+        assert_eq!(look.unreadable.len(), 1);
+        assert_eq!(look.unreadable[0].0, made[0].id);
+        // It stays in line, for a repaired store.
+        assert_eq!(store.pending_deliveries(), 2);
     }
 
     #[tokio::test]
