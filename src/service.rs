@@ -138,6 +138,16 @@ impl RunningGateway {
                 "settled messages interrupted by a crash: logged ones confirmed, others withdrawn"
             );
         }
+        let owed = gateway
+            .audit_owed_dead_letters()
+            .await
+            .context("auditing the deliveries created dead")?;
+        if owed > 0 {
+            tracing::warn!(
+                owed,
+                "dead letters logged at start: their entries were owed (a failed append, or a crash)"
+            );
+        }
         let withdrawn = crate::delivery::withdraw_erased(&gateway)
             .await
             .context("withdrawing the deliveries of erased cases")?;

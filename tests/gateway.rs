@@ -46,7 +46,7 @@ use passerelle::audit::{
 use passerelle::config::Config;
 use passerelle::server::routes::ROUTES;
 use passerelle::service::RunningGateway;
-use passerelle::store::{AcceptedRecord, Channel, DeliveryState};
+use passerelle::store::{AcceptedRecord, Channel, DeliveryState, LogEntry, NewDelivery, Recorded};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -2133,6 +2133,101 @@ async fn a_delivery_is_audited_with_the_mapping_that_wrote_it() {
     .await;
     let mapping = delivered.mapping.expect("the mapping that wrote it");
     assert_eq!(mapping.hash, written_with);
+    running.shutdown().await.expect("a clean shutdown");
+}
+
+#[actix_web::test]
+async fn a_dead_letter_whose_entry_is_owed_is_logged_at_the_next_start() {
+    // The DGSN's mapping cannot write the consulate's notice: its delivery is created dead.
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let mappings = mappings_unwritable_for_dgsn(dir.path());
+    let registry = write_registry(dir.path(), &RegistryChanges::new().inbox("ma.dgsn"));
+    let mut config = test_config(&dir.path().join("data"), &registry);
+    config.paths.mappings = mappings;
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the gateway starts");
+    let store = running.gateway.store.clone();
+
+    // Sent as usual: its dead_lettered entry is written, and nothing is owed.
+    let reply = Client::new("sn.consulat.casablanca", running.addr)
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00710"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait_for("the dead letter's entry", WAIT, async || {
+        store.owed_audits().unwrap().is_empty().then_some(())
+    })
+    .await;
+
+    // A message confirmed in the store whose dead letter's entry was never written, as a
+    // crash right after the confirmation leaves it.
+    let mut record = AcceptedRecord {
+        event_id: "CGSN-CASA-2026-00711".into(),
+        source: "urn:partner:sn.consulat.casablanca".into(),
+        sender: "sn.consulat.casablanca".into(),
+        event_type: "ma.rva.lpc.issued".into(),
+        confirmed: false,
+        log_index: 0,
+        leaf_hash: String::new(),
+        receipt: String::new(),
+        deliveries: Vec::new(),
+        case_id: Some(CASE.into()),
+        case_facts: Vec::new(),
+        recipients: vec!["ma.dgsn".into()],
+        accepted_at: "2026-11-30T05:00:00.000Z".into(),
+    };
+    let dead = NewDelivery {
+        recipient: "ma.dgsn".into(),
+        channel: Channel::Inbox,
+        body: Vec::new(),
+        content_type: String::new(),
+        mapping_id: String::new(),
+        mapping_hash: String::new(),
+        withheld: Vec::new(),
+        unwritable: Some("encode-failed".into()),
+    };
+    let Recorded::New(made) = store
+        .record_accepted(&mut record, vec![dead])
+        .await
+        .unwrap()
+    else {
+        panic!("taken for a duplicate");
+    };
+    let entry = LogEntry {
+        log_index: 0,
+        leaf_hash: String::new(),
+        receipt: String::new(),
+    };
+    store.confirm_later(&record, entry, &made).unwrap();
+    let owed: Vec<u64> = store.owed_audits().unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(owed, [made[0].id]);
+    running.shutdown().await.expect("a clean shutdown");
+    drop(store);
+
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the gateway starts again");
+    assert!(running.gateway.store.owed_audits().unwrap().is_empty());
+    let logged = wait_for("the owed entry", WAIT, async || {
+        let found = running
+            .gateway
+            .log
+            .search(&Query::Case(CASE.into()))
+            .expect("search");
+        let leaves: Vec<_> = found
+            .into_iter()
+            .map(|f| f.leaf)
+            .filter(|leaf| {
+                leaf.kind == Kind::DeadLettered
+                    && leaf.event_id.as_deref() == Some("CGSN-CASA-2026-00711")
+            })
+            .collect();
+        (!leaves.is_empty()).then_some(leaves)
+    })
+    .await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0].recipients, ["ma.dgsn".to_owned()]);
+    assert_eq!(logged[0].reason.as_deref(), Some("encode-failed"));
     running.shutdown().await.expect("a clean shutdown");
 }
 

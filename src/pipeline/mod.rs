@@ -22,7 +22,8 @@ use crate::mapping::{DecodeError, Decoded, Format, MappingSet};
 use crate::metrics::Metrics;
 use crate::registry::{Delivery as DeliveryMode, Registry};
 use crate::store::{
-    AcceptedRecord, Channel, Delivery, DeliveryState, LogEntry, NewDelivery, Recorded, Store,
+    AcceptedRecord, Channel, Delivery, DeliveryState, DeliveryUpdate, LogEntry, NewDelivery,
+    Recorded, Store,
 };
 use chrono::{SecondsFormat, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -657,12 +658,7 @@ impl Gateway {
         // The push workers are woken by the store once the confirmation is committed.
         let (ack, made) = made;
         for dead in made.iter().filter(|d| d.state == DeliveryState::Dead) {
-            if let Err(e) = self
-                .audit_delivery(dead, Kind::DeadLettered, dead.last_error.clone())
-                .await
-            {
-                tracing::error!(error = %e, delivery = dead.id, "a dead letter was not logged");
-            }
+            self.audit_created_dead(dead).await;
         }
         Ok(Outcome::Accepted(ack))
     }
@@ -698,16 +694,10 @@ impl Gateway {
         self.log.sync()?;
         let (mut confirmed, mut withdrawn) = (0, 0);
         for record in pending {
+            // The dead letters of a confirmed message are audited next, with those owed from
+            // before ([`Gateway::audit_owed_dead_letters`]).
             match settle(&self.log, &self.store, &record)? {
-                Some(record) => {
-                    for dead in self.dead_letters_of(&record) {
-                        let fact =
-                            self.delivery_fact(&dead, Kind::DeadLettered, dead.last_error.clone());
-                        self.log.append(&fact)?;
-                        self.metrics.audit_appends.inc();
-                    }
-                    confirmed += 1;
-                }
+                Some(_) => confirmed += 1,
                 None => withdrawn += 1,
             }
         }
@@ -743,12 +733,7 @@ impl Gateway {
         if let Some(record) = &settled {
             self.outbox_changed.notify_waiters();
             for dead in self.dead_letters_of(record) {
-                if let Err(e) = self
-                    .audit_delivery(&dead, Kind::DeadLettered, dead.last_error.clone())
-                    .await
-                {
-                    tracing::error!(error = %e, delivery = dead.id, "a dead letter was not logged");
-                }
+                self.audit_created_dead(&dead).await;
             }
         }
         Ok(settled)
@@ -853,13 +838,67 @@ impl Gateway {
         &self,
         delivery: &Delivery,
     ) -> Result<audit::Receipt, Refusal> {
-        let mut fact = self.delivery_fact(
-            delivery,
-            Kind::DeadLettered,
-            Some(crate::store::CASE_ERASED.into()),
-        );
+        self.audit_dead_without_case(delivery, crate::store::CASE_ERASED.into())
+            .await
+    }
+
+    /// Audits a delivery of an erased case as `dead_lettered` with `reason`, naming no case:
+    /// nothing more is written under an erased case.
+    async fn audit_dead_without_case(
+        &self,
+        delivery: &Delivery,
+        reason: String,
+    ) -> Result<audit::Receipt, Refusal> {
+        let mut fact = self.delivery_fact(delivery, Kind::DeadLettered, Some(reason));
         fact.case_id = None;
         self.append(&fact).await
+    }
+
+    /// Audits a delivery created dead (`dead_lettered`, with its reason), then records in the
+    /// store that its entry is no longer owed. A failure leaves it owed, and the next start
+    /// audits it ([`Gateway::audit_owed_dead_letters`]).
+    async fn audit_created_dead(&self, dead: &Delivery) {
+        if let Err(e) = self
+            .audit_delivery(dead, Kind::DeadLettered, dead.last_error.clone())
+            .await
+        {
+            tracing::error!(error = %e, delivery = dead.id, "a dead letter was not logged; the next start logs it");
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .update(dead.id, DeliveryUpdate::DeadLetterAudited)
+            .await
+        {
+            tracing::error!(error = %e, delivery = dead.id, "a logged dead letter is still marked owed; the next start logs it again");
+        }
+    }
+
+    /// Audits, before serving, the deliveries created dead whose `dead_lettered` entries are
+    /// owed: the append after their message's confirmation failed, or a crash came first (or
+    /// the crash settled by [`Gateway::settle_unconfirmed`], which runs before). Returns how
+    /// many. A delivery of an erased case is audited without its case. A delivery may be
+    /// audited twice, when a crash came between its entry and the store's record of it.
+    pub async fn audit_owed_dead_letters(&self) -> anyhow::Result<usize> {
+        let owed = self.store.owed_audits()?;
+        for dead in &owed {
+            let erased = match &dead.case_id {
+                Some(case) => self.log.is_case_erased(case)?,
+                None => false,
+            };
+            let reason = dead.last_error.clone();
+            let logged = if erased {
+                self.audit_dead_without_case(dead, reason.unwrap_or_default())
+                    .await
+            } else {
+                self.audit_delivery(dead, Kind::DeadLettered, reason).await
+            };
+            logged.map_err(|refusal| anyhow::anyhow!("auditing a dead letter: {refusal}"))?;
+            self.store
+                .update(dead.id, DeliveryUpdate::DeadLetterAudited)
+                .await?;
+        }
+        Ok(owed.len())
     }
 
     /// The audit fact of a delivery event.

@@ -56,6 +56,9 @@ const DUE_UNKEYED: TableDefinition<(u64, u64), ()> = TableDefinition::new("due")
 const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead");
 /// Accepted messages not yet confirmed against the audit log, by key.
 const UNCONFIRMED: TableDefinition<&str, ()> = TableDefinition::new("unconfirmed");
+/// Deliveries created dead (the gateway could not write the event for their recipient) whose
+/// `dead_lettered` audit entry is not yet known to be in the log: the start audits them.
+const OWED: TableDefinition<u64, ()> = TableDefinition::new("dead_letter_audit_owed");
 /// Changes of format made to the store at open, by name, each made once.
 const FORMAT: TableDefinition<&str, ()> = TableDefinition::new("format");
 /// The change of [`FORMAT`] that deleted the bodies earlier versions kept of completed
@@ -321,6 +324,9 @@ pub enum DeliveryUpdate {
         /// When to try again, ms since the epoch.
         due_ms: u64,
     },
+    /// The `dead_lettered` entry of a delivery created dead is in the audit log: nothing is
+    /// owed for it any more (see [`Store::owed_audits`]). Changes nothing else.
+    DeadLetterAudited,
 }
 
 /// The audit log entry that records an acceptance.
@@ -502,6 +508,7 @@ impl Store {
                     .len()
                     .map_err(db_error)?;
                 w.open_table(DEAD).map_err(db_error)?;
+                w.open_table(OWED).map_err(db_error)?;
             }
             w.commit().map_err(db_error)?;
             (next, pending)
@@ -970,6 +977,21 @@ impl Store {
         Ok(found)
     }
 
+    /// The deliveries created dead whose `dead_lettered` audit entry is not known to be in the
+    /// log (without bodies): the append that follows their message's confirmation failed, or
+    /// a crash came first. The start audits them.
+    pub fn owed_audits(&self) -> Result<Vec<Delivery>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let owed = r.open_table(OWED).map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        let mut found = Vec::new();
+        for item in owed.iter().map_err(db_error)? {
+            let (key, _) = item.map_err(db_error)?;
+            found.extend(read_delivery(&deliveries, None, key.value())?);
+        }
+        Ok(found)
+    }
+
     /// How many deliveries are dead letters, without reading them (the metrics' gauge).
     pub fn dead_letter_count(&self) -> Result<u64> {
         let r = self.db.begin_read().map_err(db_error)?;
@@ -1374,6 +1396,7 @@ struct Tables<'t> {
     inbox: redb::Table<'t, (&'static str, u64), ()>,
     due: redb::Table<'t, (u8, &'static str, u64, u64), ()>,
     dead: redb::Table<'t, u64, ()>,
+    owed: redb::Table<'t, u64, ()>,
     unconfirmed: redb::Table<'t, &'static str, ()>,
 }
 
@@ -1387,6 +1410,7 @@ impl<'t> Tables<'t> {
             inbox: txn.open_table(INBOX).map_err(db_error)?,
             due: txn.open_table(DUE).map_err(db_error)?,
             dead: txn.open_table(DEAD).map_err(db_error)?,
+            owed: txn.open_table(OWED).map_err(db_error)?,
             unconfirmed: txn.open_table(UNCONFIRMED).map_err(db_error)?,
         })
     }
@@ -1567,6 +1591,7 @@ fn accept(
         t.bodies.insert(d.id, d.body.as_slice()).map_err(db_error)?;
         if d.dead {
             t.dead.insert(d.id, ()).map_err(db_error)?;
+            t.owed.insert(d.id, ()).map_err(db_error)?;
         }
     }
     t.accepted.insert(key, record).map_err(db_error)?;
@@ -1634,6 +1659,7 @@ fn abandon(t: &mut Tables<'_>, attempt: &AcceptedRecord) -> Result<()> {
         t.deliveries.remove(*id).map_err(db_error)?;
         t.bodies.remove(*id).map_err(db_error)?;
         t.dead.remove(*id).map_err(db_error)?;
+        t.owed.remove(*id).map_err(db_error)?;
     }
     t.accepted.remove(key).map_err(db_error)?;
     t.unconfirmed.remove(key).map_err(db_error)?;
@@ -1695,6 +1721,10 @@ fn update_delivery(
         DeliveryUpdate::Erased => {
             bury(t, c, &mut d, waiting, CASE_ERASED.into())?;
             t.bodies.remove(id).map_err(db_error)?;
+        }
+        DeliveryUpdate::DeadLetterAudited => {
+            t.owed.remove(id).map_err(db_error)?;
+            return Ok(d);
         }
         DeliveryUpdate::Postpone { due_ms } => {
             if !waiting || d.channel == Channel::Inbox {
