@@ -257,6 +257,8 @@ impl Egress {
         let mut confirms: Confirms<Option<Delivery>> = Confirms::default();
         let mut recording: KeyedTasks<u64, bool> = KeyedTasks::default();
         let mut held = delivery::HeldBack::default();
+        // The recipient the last look ended with: the next starts after it.
+        let mut turn = String::new();
         let to_replace = Arc::new(AtomicBool::new(false));
         let mut failure = None;
         let mut channel = match publisher_channel(&connection).await {
@@ -284,6 +286,12 @@ impl Egress {
                     "AMQP publisher channel replaced after a nack or an unanswered confirm"
                 );
             }
+            // Listening before the outbox is read: a delivery released meanwhile wakes the
+            // worker at once.
+            let changed = self.gateway.outbox_changed.clone();
+            let released = changed.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
             let now = due_in(Duration::ZERO);
             // Every read of the outbox also reads the deliveries in flight (they stay due until
             // recorded): refill the window in batches, not one delivery at a time.
@@ -297,6 +305,7 @@ impl Egress {
             let usable = !to_replace.load(Ordering::Relaxed);
             // When to look again, unless a confirm, a record or a new delivery comes first.
             let mut wait = Duration::from_secs(1);
+            let mut next_ms = None;
             if recordable
                 && usable
                 && room > 0
@@ -304,16 +313,17 @@ impl Egress {
             {
                 // The broker takes every recipient's messages alike: no recipient's share is
                 // bounded here (a recipient without a queue answers at once).
-                let due = self
-                    .gateway
-                    .store
-                    .due_for(StoreChannel::Amqp, now, &skip, room, |_| usize::MAX);
+                let due =
+                    self.gateway
+                        .store
+                        .due_for(StoreChannel::Amqp, now, &skip, room, &turn, |_| usize::MAX);
                 match due {
                     Ok(look) => {
                         held.set_aside_unreadable(&look.unreadable, "amqp");
-                        if let Some(at) = look.next_ms {
-                            wait = wait.min(Duration::from_millis(at.saturating_sub(now)));
+                        if let Some(last) = look.last {
+                            turn = last;
                         }
+                        next_ms = look.next_ms;
                         for delivery in look.taken {
                             in_flight.insert(delivery.id);
                             if !self.is_amqp_recipient(&delivery.recipient) {
@@ -353,10 +363,14 @@ impl Egress {
                     Err(error) => tracing::error!(error = %error, "reading the AMQP outbox"),
                 }
             }
+            // Counted after the publishes, which take their time.
+            if let Some(at) = next_ms {
+                let from_now = at.saturating_sub(due_in(Duration::ZERO));
+                wait = wait.min(Duration::from_millis(from_now));
+            }
             if recordable && let Some(until_released) = held.wait() {
                 wait = wait.min(until_released);
             }
-            let changed = self.gateway.outbox_changed.clone();
             tokio::select! {
                 Some(done) = settling.join_next(), if !settling.is_empty() => {
                     for answered in std::iter::once(done)
@@ -372,7 +386,7 @@ impl Egress {
                         held.settle(&mut in_flight, id, recorded);
                     }
                 }
-                () = changed.notified() => {}
+                () = &mut released => {}
                 () = tokio::time::sleep(wait) => {}
                 changed = stop.changed() => {
                     if changed.is_err() {

@@ -79,12 +79,20 @@ impl WebhookWorker {
         // The recipient of each attempt in flight.
         let mut recipient_of: HashMap<u64, String> = HashMap::new();
         let per_recipient = (this.concurrency / RECIPIENT_SHARE).max(1);
+        // The recipient the last look ended with: the next starts after it.
+        let mut turn = String::new();
         let mut held = HeldBack::default();
         let mut attempts: KeyedTasks<u64, bool> = KeyedTasks::default();
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            // Listening before the outbox is read: a delivery released meanwhile wakes the
+            // worker at once.
+            let changed = this.gateway.outbox_changed.clone();
+            let released = changed.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
             let now = due_in(Duration::ZERO);
             let skip = held.and(&in_flight);
             let recordable = can_record(&this.gateway);
@@ -96,13 +104,19 @@ impl WebhookWorker {
                     let busy = recipient_of.values().filter(|r| *r == recipient).count();
                     per_recipient.saturating_sub(busy)
                 };
-                match this
-                    .gateway
-                    .store
-                    .due_for(Channel::Webhook, now, &skip, room, allowance)
-                {
+                match this.gateway.store.due_for(
+                    Channel::Webhook,
+                    now,
+                    &skip,
+                    room,
+                    &turn,
+                    allowance,
+                ) {
                     Ok(look) => {
                         held.set_aside_unreadable(&look.unreadable, "webhook");
+                        if let Some(last) = look.last {
+                            turn = last;
+                        }
                         for d in look.taken {
                             in_flight.insert(d.id);
                             recipient_of.insert(d.id, d.recipient.clone());
@@ -110,7 +124,8 @@ impl WebhookWorker {
                             attempts.spawn(d.id, async move { worker.attempt(d).await });
                         }
                         if let Some(at) = look.next_ms {
-                            wait = wait.min(Duration::from_millis(at.saturating_sub(now)));
+                            let from_now = at.saturating_sub(due_in(Duration::ZERO));
+                            wait = wait.min(Duration::from_millis(from_now));
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "reading the outbox"),
@@ -119,13 +134,12 @@ impl WebhookWorker {
             if recordable && let Some(until_released) = held.wait() {
                 wait = wait.min(until_released);
             }
-            let changed = this.gateway.outbox_changed.clone();
             tokio::select! {
                 Some((id, recorded)) = attempts.join_next(), if !attempts.is_empty() => {
                     held.settle(&mut in_flight, id, recorded);
                     recipient_of.remove(&id);
                 }
-                _ = changed.notified() => {}
+                () = &mut released => {}
                 _ = tokio::time::sleep(wait) => {}
                 changed = shutdown.changed() => {
                     // The stop's sender is gone: nothing can stop the worker any more, and

@@ -248,6 +248,9 @@ pub struct DueLook {
     /// Due deliveries whose records cannot be read back (damaged), with why: left in line,
     /// for the worker to set aside and report, so that they do not stop the others.
     pub unreadable: Vec<(u64, String)>,
+    /// The recipient of the last delivery taken, if any: where the next look's turn starts
+    /// after.
+    pub last: Option<String>,
 }
 
 /// The error code of a delivery created dead because the gateway could not write the event
@@ -846,7 +849,7 @@ impl Store {
     /// each recipient's earliest first (see [`Store::due_for`]).
     pub fn due(&self, channel: Channel, now_ms: u64, limit: usize) -> Result<Vec<Delivery>> {
         Ok(self
-            .due_for(channel, now_ms, &HashSet::new(), limit, |_| usize::MAX)?
+            .due_for(channel, now_ms, &HashSet::new(), limit, "", |_| usize::MAX)?
             .taken)
     }
 
@@ -854,7 +857,9 @@ impl Store {
     /// before `now_ms`, with their bodies, leaving out those in `skip` (attempts under way,
     /// which stay due until their outcome is recorded, and deliveries held back).
     ///
-    /// The recipients are taken in turn, each its earliest first and at most
+    /// The recipients are taken in turn, starting with the one after `start_after` (the
+    /// [`DueLook::last`] of the worker's previous look, so that every recipient gets its turn
+    /// at the room) and coming round; each gives its earliest first, and at most
     /// `allowance(recipient)` of them (what it may have in flight besides those it has), so
     /// that a recipient with a backlog, or one whose attempts hang, leaves room for the others.
     /// A recipient with no allowance costs one look in the index, whatever its backlog.
@@ -864,6 +869,7 @@ impl Store {
         now_ms: u64,
         skip: &HashSet<u64>,
         room: usize,
+        start_after: &str,
         mut allowance: impl FnMut(&str) -> usize,
     ) -> Result<DueLook> {
         let r = self.db.begin_read().map_err(db_error)?;
@@ -872,10 +878,21 @@ impl Store {
         let bodies = r.open_table(BODIES).map_err(db_error)?;
         let code = channel.due_code();
         let mut look = DueLook::default();
-        let mut next_recipient = String::new();
+        // The least recipient id above `start_after`: the turn starts there, runs to the last
+        // recipient, then comes round from the first up to `start_after` included.
+        let first_turn = format!("{start_after}\0");
+        let mut next_recipient = first_turn.clone();
+        let mut came_round = false;
         while look.taken.len() < room {
-            let Some(recipient) = first_recipient_from(&due, code, &next_recipient)? else {
-                break;
+            let recipient = match first_recipient_from(&due, code, &next_recipient)? {
+                Some(r) if came_round && r >= first_turn => break,
+                Some(r) => r,
+                None if !came_round => {
+                    came_round = true;
+                    next_recipient.clear();
+                    continue;
+                }
+                None => break,
             };
             let mut left = allowance(&recipient);
             if left > 0 {
@@ -900,6 +917,7 @@ impl Store {
                     match read_delivery(&deliveries, Some(&bodies), id) {
                         Ok(Some(d)) => {
                             look.taken.push(d);
+                            look.last = Some(recipient.clone());
                             left -= 1;
                         }
                         Ok(None) => {}
@@ -1086,7 +1104,13 @@ fn migrate_due(w: &redb::WriteTransaction) -> Result<()> {
         let deliveries = w.open_table(DELIVERIES).map_err(db_error)?;
         let mut due = w.open_table(DUE).map_err(db_error)?;
         for (at, id) in old {
-            if let Some(d) = read_delivery(&deliveries, None, id)? {
+            let named = |error| match error {
+                StoreError::Unreadable(why) => StoreError::Unreadable(format!(
+                    "delivery {id}, while moving the due index of an earlier version: {why}"
+                )),
+                other => other,
+            };
+            if let Some(d) = read_delivery(&deliveries, None, id).map_err(named)? {
                 due.insert((d.channel.due_code(), d.recipient.as_str(), at, id), ())
                     .map_err(db_error)?;
             }
@@ -1918,7 +1942,7 @@ mod tests {
         // Deliveries in flight are left out, and the room is filled from the ones after them.
         let in_flight: HashSet<u64> = amqp[..3].iter().map(|d| d.id).collect();
         let fresh = store
-            .due_for(Channel::Amqp, now_ms(), &in_flight, 5, |_| usize::MAX)
+            .due_for(Channel::Amqp, now_ms(), &in_flight, 5, "", |_| usize::MAX)
             .unwrap()
             .taken;
         assert_eq!(
@@ -1959,9 +1983,11 @@ mod tests {
         let now = now_ms();
         let ids = |look: &DueLook| look.taken.iter().map(|d| d.id).collect::<Vec<_>>();
 
-        // Without a bound, the earliest come first, each recipient's in order.
+        // Without a bound, every due delivery, each recipient's earliest first.
         let look = store
-            .due_for(Channel::Webhook, now, &HashSet::new(), 100, |_| usize::MAX)
+            .due_for(Channel::Webhook, now, &HashSet::new(), 100, "", |_| {
+                usize::MAX
+            })
             .unwrap();
         assert_eq!(look.taken.len(), 22);
         let slow: Vec<u64> = look
@@ -1975,7 +2001,7 @@ mod tests {
 
         // Two each at most: the backlog takes two, the others theirs, within the room.
         let look = store
-            .due_for(Channel::Webhook, now, &HashSet::new(), 5, |_| 2)
+            .due_for(Channel::Webhook, now, &HashSet::new(), 5, "", |_| 2)
             .unwrap();
         let mut taken = ids(&look);
         taken.sort();
@@ -1984,21 +2010,30 @@ mod tests {
         assert_eq!(taken, expected);
 
         // The backlog's first two in flight, and no allowance left for it: only the others
-        // are taken, and its next ones are not read.
+        // are taken.
         let in_flight: HashSet<u64> = backlog[..2].iter().copied().collect();
         let look = store
-            .due_for(Channel::Webhook, now, &in_flight, 16, |r| {
+            .due_for(Channel::Webhook, now, &in_flight, 16, "", |r| {
                 if r == "slow" { 0 } else { 4 }
             })
             .unwrap();
         let mut taken = ids(&look);
         taken.sort();
         assert_eq!(taken, [other[0].id, other[1].id]);
-        // With room for one, one recipient's only.
-        let look = store
-            .due_for(Channel::Webhook, now, &in_flight, 1, |_| 4)
-            .unwrap();
-        assert_eq!(look.taken.len(), 1);
+        // With room for one, each look starts after the recipient the last one ended with,
+        // and comes round.
+        let mut turn = String::new();
+        let mut served = Vec::new();
+        for _ in 0..4 {
+            let look = store
+                .due_for(Channel::Webhook, now, &in_flight, 1, &turn, |_| 4)
+                .unwrap();
+            assert_eq!(look.taken.len(), 1);
+            turn = look.last.expect("the recipient served");
+            assert_eq!(look.taken[0].recipient, turn);
+            served.push(turn.clone());
+        }
+        assert_eq!(served, ["fast", "quick", "slow", "fast"]);
 
         // A delivery due later tells when to look again, unless its recipient has no
         // allowance left.
@@ -2013,12 +2048,12 @@ mod tests {
             .await
             .unwrap();
         let look = store
-            .due_for(Channel::Webhook, now, &HashSet::new(), 100, |_| 100)
+            .due_for(Channel::Webhook, now, &HashSet::new(), 100, "", |_| 100)
             .unwrap();
         assert_eq!(look.next_ms, Some(now + 60_000));
         assert!(!ids(&look).contains(&other[0].id));
         let look = store
-            .due_for(Channel::Webhook, now, &HashSet::new(), 100, |r| {
+            .due_for(Channel::Webhook, now, &HashSet::new(), 100, "", |r| {
                 usize::from(r != "fast")
             })
             .unwrap();
@@ -2051,7 +2086,7 @@ mod tests {
             .unwrap();
         txn.commit().unwrap();
         let look = store
-            .due_for(Channel::Webhook, now_ms(), &HashSet::new(), 10, |_| 10)
+            .due_for(Channel::Webhook, now_ms(), &HashSet::new(), 10, "", |_| 10)
             .unwrap();
         assert_eq!(
             look.taken.iter().map(|d| d.id).collect::<Vec<_>>(),
