@@ -2086,13 +2086,11 @@ async fn a_delivery_is_audited_with_the_mapping_that_wrote_it() {
     let running = RunningGateway::start(&config)
         .await
         .expect("the gateway starts");
-    let written_with = running
-        .gateway
-        .mappings
-        .partner("ma.dgsn")
-        .unwrap()
-        .hash
-        .clone();
+    let dgsn_mapping = |running: &RunningGateway| {
+        let mapping = running.gateway.mappings.partner("ma.dgsn").unwrap();
+        mapping.hash.clone()
+    };
+    let written_with = dgsn_mapping(&running);
     let reply = Client::new("sn.consulat.casablanca", running.addr)
         .send("application/xml", lpc_issued("CGSN-CASA-2026-00700"))
         .await;
@@ -2106,13 +2104,7 @@ async fn a_delivery_is_audited_with_the_mapping_that_wrote_it() {
     let running = RunningGateway::start(&config)
         .await
         .expect("the gateway starts again");
-    let now_loaded = running
-        .gateway
-        .mappings
-        .partner("ma.dgsn")
-        .unwrap()
-        .hash
-        .clone();
+    let now_loaded = dgsn_mapping(&running);
     assert_ne!(
         now_loaded, written_with,
         "the edit changes the mapping's hash"

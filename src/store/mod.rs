@@ -1884,6 +1884,16 @@ mod tests {
         }
     }
 
+    /// Overwrites delivery `id`'s record with bytes that cannot be read back.
+    fn damage_delivery(store: &Store, id: u64) {
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(DELIVERIES)
+            .unwrap()
+            .insert(id, b"not a delivery".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
     /// Records and confirms one message with the given deliveries; returns them.
     async fn accept(store: &Store, event_id: &str, deliveries: Vec<NewDelivery>) -> Vec<Delivery> {
         let mut record = record(event_id);
@@ -2079,12 +2089,7 @@ mod tests {
         )
         .await;
         until_confirmations_committed(&store).await;
-        let txn = store.db.begin_write().unwrap();
-        txn.open_table(DELIVERIES)
-            .unwrap()
-            .insert(made[0].id, b"not a delivery".as_slice())
-            .unwrap();
-        txn.commit().unwrap();
+        damage_delivery(&store, made[0].id);
         let look = store
             .due_for(Channel::Webhook, now_ms(), &HashSet::new(), 10, "", |_| 10)
             .unwrap();
@@ -2408,12 +2413,7 @@ mod tests {
         else {
             panic!("taken for a duplicate");
         };
-        let txn = store.db.begin_write().unwrap();
-        txn.open_table(DELIVERIES)
-            .unwrap()
-            .insert(damaged[0].id, b"not a delivery".as_slice())
-            .unwrap();
-        txn.commit().unwrap();
+        damage_delivery(&store, damaged[0].id);
 
         // The writer is held on a first write; the update and the confirmation queued meanwhile
         // make its next group together.
