@@ -286,12 +286,8 @@ impl Egress {
                     "AMQP publisher channel replaced after a nack or an unanswered confirm"
                 );
             }
-            // Listening before the outbox is read: a delivery released meanwhile wakes the
-            // worker at once.
             let changed = self.gateway.outbox_changed.clone();
-            let released = changed.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
+            let mut released = delivery::listen(&changed);
             let now = due_in(Duration::ZERO);
             // Every read of the outbox also reads the deliveries in flight (they stay due until
             // recorded): refill the window in batches, not one delivery at a time.
@@ -303,8 +299,6 @@ impl Egress {
             // Nothing more goes on a channel to replace (see above): it is replaced once its
             // publishes are answered.
             let usable = !to_replace.load(Ordering::Relaxed);
-            // When to look again, unless a confirm, a record or a new delivery comes first.
-            let mut wait = Duration::from_secs(1);
             let mut next_ms = None;
             if recordable
                 && usable
@@ -364,13 +358,7 @@ impl Egress {
                 }
             }
             // Counted after the publishes, which take their time.
-            if let Some(at) = next_ms {
-                let from_now = at.saturating_sub(due_in(Duration::ZERO));
-                wait = wait.min(Duration::from_millis(from_now));
-            }
-            if recordable && let Some(until_released) = held.wait() {
-                wait = wait.min(until_released);
-            }
+            let wait = held.until_next_look(next_ms, recordable);
             tokio::select! {
                 Some(done) = settling.join_next(), if !settling.is_empty() => {
                     for answered in std::iter::once(done)

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, bail};
 use passerelle::config::Config;
-use passerelle::server::admin::DEAD_LETTER_PAGE;
+use passerelle::store::DEAD_LETTER_PAGE;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;

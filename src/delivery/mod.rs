@@ -11,10 +11,13 @@ pub mod webhook;
 use crate::audit::Kind;
 use crate::config::DeliverySettings;
 use crate::pipeline::Gateway;
-use crate::store::{Delivery, DeliveryUpdate, StoreError};
+use crate::store::{DEAD_LETTER_PAGE, Delivery, DeliveryUpdate, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio::task::JoinSet;
 
 /// What one push attempt came to, whatever the channel.
@@ -90,15 +93,32 @@ impl HeldBack {
         also.iter().chain(self.0.keys()).copied().collect()
     }
 
-    /// How long a worker with due deliveries it may not take should wait: until the first
-    /// held one is let go (between 10 ms and a second), or `None` when none is held.
-    pub fn wait(&self) -> Option<Duration> {
-        self.0.values().min().map(|until| {
-            until
+    /// How long a push worker waits before it looks at its line again, unless an attempt
+    /// ends or a new delivery comes first: until `next_ms` (the next due time its look found,
+    /// ms since the epoch), or, while attempts can be recorded (`recordable`), until the first
+    /// delivery held back is let go (10 ms at least); a second at most.
+    pub fn until_next_look(&self, next_ms: Option<u64>, recordable: bool) -> Duration {
+        let mut wait = Duration::from_secs(1);
+        if let Some(at) = next_ms {
+            let from_now = at.saturating_sub(due_in(Duration::ZERO));
+            wait = wait.min(Duration::from_millis(from_now));
+        }
+        if recordable && let Some(until) = self.0.values().min() {
+            let released = until
                 .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(10), Duration::from_secs(1))
-        })
+                .max(Duration::from_millis(10));
+            wait = wait.min(released);
+        }
+        wait
     }
+}
+
+/// Starts listening for `released` (the outbox's new deliveries) before a push worker reads
+/// its line, so that a delivery released meanwhile wakes the worker at once.
+pub fn listen(released: &Notify) -> Pin<Box<Notified<'_>>> {
+    let mut notified = Box::pin(released.notified());
+    notified.as_mut().enable();
+    notified
 }
 
 /// Tasks that each work on one delivery, keyed, so that a task that fails (panics) still gives
@@ -176,7 +196,7 @@ pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
     let mut with_bodies = gateway.store.waiting()?;
     let mut after = 0;
     loop {
-        let page = gateway.store.dead_letters(after, 1000)?;
+        let page = gateway.store.dead_letters(after, DEAD_LETTER_PAGE)?;
         let Some(last) = page.last() else { break };
         after = last.id;
         with_bodies.extend(page.into_iter().filter(Delivery::holds_body));

@@ -13,7 +13,7 @@
 //! whose endpoint hangs, or that has a backlog, leaves the other calls to the others.
 
 use super::{
-    Attempt, HeldBack, KeyedTasks, RetryPolicy, can_record, due_in, parse_retry_after,
+    Attempt, HeldBack, KeyedTasks, RetryPolicy, can_record, due_in, listen, parse_retry_after,
     record_attempt,
 };
 use crate::pipeline::Gateway;
@@ -87,18 +87,13 @@ impl WebhookWorker {
             if *shutdown.borrow() {
                 break;
             }
-            // Listening before the outbox is read: a delivery released meanwhile wakes the
-            // worker at once.
             let changed = this.gateway.outbox_changed.clone();
-            let released = changed.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
+            let mut released = listen(&changed);
             let now = due_in(Duration::ZERO);
             let skip = held.and(&in_flight);
             let recordable = can_record(&this.gateway);
             let room = this.concurrency.saturating_sub(in_flight.len());
-            // When to look again, unless an attempt ends or a new delivery comes first.
-            let mut wait = Duration::from_secs(1);
+            let mut next_ms = None;
             if room > 0 && recordable {
                 let allowance = |recipient: &str| {
                     let busy = recipient_of.values().filter(|r| *r == recipient).count();
@@ -123,17 +118,12 @@ impl WebhookWorker {
                             let worker = this.clone();
                             attempts.spawn(d.id, async move { worker.attempt(d).await });
                         }
-                        if let Some(at) = look.next_ms {
-                            let from_now = at.saturating_sub(due_in(Duration::ZERO));
-                            wait = wait.min(Duration::from_millis(from_now));
-                        }
+                        next_ms = look.next_ms;
                     }
                     Err(e) => tracing::error!(error = %e, "reading the outbox"),
                 }
             }
-            if recordable && let Some(until_released) = held.wait() {
-                wait = wait.min(until_released);
-            }
+            let wait = held.until_next_look(next_ms, recordable);
             tokio::select! {
                 Some((id, recorded)) = attempts.join_next(), if !attempts.is_empty() => {
                     held.settle(&mut in_flight, id, recorded);

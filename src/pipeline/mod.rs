@@ -854,24 +854,33 @@ impl Gateway {
         self.append(&fact).await
     }
 
-    /// Audits a delivery created dead (`dead_lettered`, with its reason), then records in the
-    /// store that its entry is no longer owed. A failure leaves it owed, and the next start
-    /// audits it ([`Gateway::audit_owed_dead_letters`]).
+    /// Audits a delivery created dead, and logs a failure: it is then still owed, and the next
+    /// start audits it ([`Gateway::audit_owed_dead_letters`]).
     async fn audit_created_dead(&self, dead: &Delivery) {
-        if let Err(e) = self
-            .audit_delivery(dead, Kind::DeadLettered, dead.last_error.clone())
-            .await
-        {
-            tracing::error!(error = %e, delivery = dead.id, "a dead letter was not logged; the next start logs it");
-            return;
+        if let Err(e) = self.audit_owed(dead).await {
+            tracing::error!(error = %e, delivery = dead.id, "a dead letter's entry is still owed; the next start logs it");
         }
-        if let Err(e) = self
-            .store
+    }
+
+    /// Audits a delivery created dead (`dead_lettered`, with its reason; without its case if
+    /// the case was erased), then records in the store that its entry is no longer owed.
+    async fn audit_owed(&self, dead: &Delivery) -> anyhow::Result<()> {
+        let erased = match &dead.case_id {
+            Some(case) => self.log.is_case_erased(case)?,
+            None => false,
+        };
+        let reason = dead.last_error.clone();
+        let logged = if erased {
+            self.audit_dead_without_case(dead, reason.unwrap_or_default())
+                .await
+        } else {
+            self.audit_delivery(dead, Kind::DeadLettered, reason).await
+        };
+        logged.map_err(|refusal| anyhow::anyhow!("auditing a dead letter: {refusal}"))?;
+        self.store
             .update(dead.id, DeliveryUpdate::DeadLetterAudited)
-            .await
-        {
-            tracing::error!(error = %e, delivery = dead.id, "a logged dead letter is still marked owed; the next start logs it again");
-        }
+            .await?;
+        Ok(())
     }
 
     /// Audits, before serving, the deliveries created dead whose `dead_lettered` entries are
@@ -882,21 +891,7 @@ impl Gateway {
     pub async fn audit_owed_dead_letters(&self) -> anyhow::Result<usize> {
         let owed = self.store.owed_audits()?;
         for dead in &owed {
-            let erased = match &dead.case_id {
-                Some(case) => self.log.is_case_erased(case)?,
-                None => false,
-            };
-            let reason = dead.last_error.clone();
-            let logged = if erased {
-                self.audit_dead_without_case(dead, reason.unwrap_or_default())
-                    .await
-            } else {
-                self.audit_delivery(dead, Kind::DeadLettered, reason).await
-            };
-            logged.map_err(|refusal| anyhow::anyhow!("auditing a dead letter: {refusal}"))?;
-            self.store
-                .update(dead.id, DeliveryUpdate::DeadLetterAudited)
-                .await?;
+            self.audit_owed(dead).await?;
         }
         Ok(owed.len())
     }

@@ -11,7 +11,7 @@
 
 use crate::delivery::{self, RedeliverError};
 use crate::pipeline::Gateway;
-use crate::store::StoreError;
+use crate::store::{DEAD_LETTER_PAGE, StoreError};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -138,9 +138,6 @@ async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(g.metrics.render())
 }
-
-/// The largest page of `GET /dead-letters`, and its default.
-pub const DEAD_LETTER_PAGE: usize = 1000;
 
 /// The query of `GET /dead-letters`.
 #[derive(Debug, serde::Deserialize)]
