@@ -84,8 +84,11 @@ impl Checkpoint {
         Ok(signer.sign_note(&self.body())?)
     }
 
-    /// Verifies a signed checkpoint against the trusted key and the expected
-    /// origin (when given) and returns it.
+    /// Verifies a signed checkpoint against the trusted key and returns it.
+    ///
+    /// Its origin must be the key's name, as this log names its key (tlog-checkpoint lets the
+    /// two differ, but a checkpoint the log's key signed under another origin is not the
+    /// log's), and `origin` as well when given.
     pub fn open(
         signed: &[u8],
         verifier: &NoteVerifier,
@@ -93,13 +96,13 @@ impl Checkpoint {
     ) -> Result<Checkpoint, CheckpointError> {
         let text = Note::open(signed, verifier)?;
         let cp = Checkpoint::parse_body(&text)?;
-        if let Some(expected) = origin
-            && cp.origin != expected
-        {
-            return Err(CheckpointError::Origin {
-                expected: expected.to_owned(),
-                found: cp.origin,
-            });
+        for expected in [Some(verifier.name()), origin].into_iter().flatten() {
+            if cp.origin != expected {
+                return Err(CheckpointError::Origin {
+                    expected: expected.to_owned(),
+                    found: cp.origin,
+                });
+            }
         }
         Ok(cp)
     }
@@ -128,5 +131,22 @@ mod tests {
         );
         assert!(Checkpoint::parse_body("o\n1\nBwcH\n").is_err());
         assert!(Checkpoint::parse_body("o\n1\n").is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_under_another_origin_than_the_keys_name_is_refused() {
+        let s = NoteSigner::generate("example.org/log").unwrap();
+        let elsewhere = Checkpoint {
+            origin: "example.org/other".into(),
+            size: 42,
+            root: Hash([7; 32]),
+        };
+        let signed = s.sign_note(&elsewhere.body()).unwrap();
+        for expected in [None, Some("example.org/other")] {
+            assert!(matches!(
+                Checkpoint::open(signed.as_bytes(), s.verifier(), expected),
+                Err(CheckpointError::Origin { .. })
+            ));
+        }
     }
 }

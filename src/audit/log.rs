@@ -732,17 +732,18 @@ impl AuditLog {
     /// The leaf comes first because it needs the keys: an erasure cut short between the two
     /// (a crash, a failed sync) leaves the keys in place, and running it again appends a second
     /// `erased` leaf and destroys them. The other way round, the leaf could never be written.
+    ///
+    /// A case this log has no keys for (never logged, or a mistyped id) is refused with
+    /// [`AuditError::UnknownCase`], and one already erased with [`AuditError::CaseErased`]:
+    /// nothing is appended.
     pub fn erase_case(&self, case_id: &str) -> Result<Receipt> {
         let tag = self.shared.index_key.tag(TagKind::Case, case_id);
-        let commitment = match lock(&self.shared.keys)?.get(&tag) {
-            Ok(k) => Some(Commitments::compute(
-                &k.commit,
-                case_id,
-                &Default::default(),
-            )),
-            Err(AuditError::UnknownCase) => None,
-            Err(e) => return Err(e),
-        };
+        let keys = lock(&self.shared.keys)?.get(&tag)?;
+        let commitment = Some(Commitments::compute(
+            &keys.commit,
+            case_id,
+            &Default::default(),
+        ));
         let fact = Fact::new(Kind::Erased, Utc::now());
         let entry = Leaf::from_fact(&fact, commitment).encode()?;
         let leaf = leaf_hash(&entry);

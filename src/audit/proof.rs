@@ -238,6 +238,11 @@ impl Receipt {
         if *header != RECEIPT_HEADER {
             return Err(bad("group note header"));
         }
+        // The log names its key after its origin: a group note of the key under another
+        // origin is not the log's.
+        if *origin != verifier.name() {
+            return Err(bad("group note origin is not the key's name"));
+        }
         let first = number(first, "first").ok_or_else(|| bad("first"))?;
         let count = number(count, "count").ok_or_else(|| bad("count"))?;
         let root = root
@@ -315,5 +320,11 @@ mod tests {
         assert!(Receipt::verify(&forged, s.verifier()).is_err());
         let moved = rs[1].to_text().replacen("index 41", "index 42", 1);
         assert!(Receipt::verify(&moved, s.verifier()).is_err());
+        // A group the key signed under another origin is not the log's.
+        let elsewhere =
+            Receipt::issue_group(&s, "example.org/other", 40, &leaves, "2026-01-01T00:00:00Z")
+                .unwrap();
+        let refused = Receipt::verify(&elsewhere[0].to_text(), s.verifier()).unwrap_err();
+        assert!(refused.to_string().contains("origin"), "{refused}");
     }
 }

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use passerelle::audit::bundle::{MAX_BUNDLE_LEN, trail_with_progress, verify_bundle};
 use passerelle::audit::verify::verify_public;
 use passerelle::audit::{
-    AuditLog, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options, Query, Transport,
+    AuditError, AuditLog, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options, Query, Transport,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -398,7 +398,16 @@ fn erase(log: &Path, signer: &Path, case: &str) -> anyhow::Result<ExitCode> {
     let origin = signer.verifier().name().to_owned();
     let log =
         AuditLog::open(log, signer, &origin, Options::default()).context("opening the log")?;
-    let receipt = log.erase_case(case).context("erasing the case")?;
+    let receipt = match log.erase_case(case) {
+        Err(AuditError::UnknownCase) => bail!(
+            "this log has no case with that id (nothing was ever logged under it): nothing \
+             erased; check the id"
+        ),
+        Err(AuditError::CaseErased) => {
+            bail!("that case is already erased: nothing appended")
+        }
+        other => other.context("erasing the case")?,
+    };
     log.close().context("closing the log")?;
     // The case id is not printed: the receipt's index is what the operator records.
     println!(

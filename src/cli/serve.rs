@@ -15,17 +15,52 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Structured JSON logs on standard error, filtered by `RUST_LOG` (default `info`).
+/// Structured JSON logs on standard error, filtered by `RUST_LOG` (default `info`), with the
+/// targets of [`CAPPED_TARGETS`] held to their level whatever `RUST_LOG` says.
 pub fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let _ = tracing_subscriber::registry()
+        .with(json_logs(filter, std::io::stderr))
+        .try_init();
+}
+
+/// Libraries whose events can carry a message's contents, and the most verbose level at which
+/// they are logged. lapin logs a message the broker returns (an outbound queue deleted, say) in
+/// full at `warn`, body and headers, and the frames it reads and writes at `trace`: personal
+/// data, which no log may hold. Its errors name no contents.
+const CAPPED_TARGETS: &[(&str, tracing::Level)] = &[("lapin", tracing::Level::ERROR)];
+
+/// Whether an event or span may be logged at all, before `RUST_LOG` is asked.
+fn within_caps(meta: &tracing::Metadata<'_>) -> bool {
+    CAPPED_TARGETS.iter().all(|(crate_name, most_verbose)| {
+        let target = meta.target();
+        let theirs = target
+            .strip_prefix(crate_name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"));
+        !theirs || meta.level() <= most_verbose
+    })
+}
+
+/// The JSON log layer: one object a line, with the current span, written to `writer`.
+fn json_logs<S, W>(
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    tracing_subscriber::fmt::layer()
         .json()
         .with_current_span(true)
         .with_span_list(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(writer)
+        .with_filter(filter_fn(within_caps).and(filter))
 }
 
 impl ServeArgs {
@@ -63,4 +98,48 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// What the layer writes, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lapin_logs_only_its_errors_whatever_rust_log_asks() {
+        let written = Written::default();
+        let writer = written.clone();
+        // An operator asking for everything, and for lapin's frames in particular.
+        let filter = tracing_subscriber::EnvFilter::new("trace,lapin=trace,lapin::channels=trace");
+        let subscriber =
+            tracing_subscriber::registry().with(json_logs(filter, move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            // As lapin logs a returned message, and a frame.
+            tracing::warn!(target: "lapin::returned_messages", message = "DIOP Mamadou", "Server returned us a message");
+            tracing::trace!(target: "lapin::channels", frame = "LP0417263", "will handle frame");
+            tracing::error!(target: "lapin::channels", "Connection error");
+            tracing::debug!(target: "lapinou", "another crate's event");
+            tracing::info!(target: "passerelle::amqp", "the gateway's own event");
+        });
+        let logged = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        assert!(!logged.contains("DIOP") && !logged.contains("LP0417263"), "{logged}");
+        for kept in ["Connection error", "another crate's event", "the gateway's own event"] {
+            assert!(logged.contains(kept), "{kept} missing from {logged}");
+        }
+    }
 }
