@@ -696,7 +696,10 @@ async fn the_cote_divoire_flow_end_to_end() {
     assert_eq!(delivery.channel, StoreChannel::Amqp);
     assert_eq!(delivery.state, DeliveryState::Delivered);
     assert_eq!(delivery.attempts, 1);
-    assert_eq!(delivery.withheld, ["data.medical", "data.vulnerabilities"]);
+    assert_eq!(
+        delivery.withheld,
+        ["data.*.biometrics", "data.medical", "data.vulnerabilities"]
+    );
     let is_delivery = |leaf: &passerelle::audit::Leaf| {
         leaf.kind == Kind::Delivered && leaf.event_id.as_deref() == Some("MI-DMF-2026-000952")
     };

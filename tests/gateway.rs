@@ -435,16 +435,22 @@ async fn the_return_of_case_rva_2026_004211() {
         ("ci.ambassade.rabat", "MI-DMF-2026-000952"),
         Expect::Exact(ci_request.replace("IOM-MA-2026-11-02-19aa01", "MI-DMF-2026-000952")),
     );
-    // The fields need-to-know withholds (all other deliveries withhold nothing).
-    let withheld: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::from([
-        (
-            ("airline.at", "8f0c2d8e-5a4b-4a57-9f43-0a8d2f6b1c11"),
-            vec!["data.person"],
-        ),
-        (
-            ("ci.ambassade.rabat", "MI-DMF-2026-000952"),
-            vec!["data.medical", "data.vulnerabilities"],
-        ),
+    // The fields need-to-know withholds from each recipient's role, named alike in every
+    // delivery to it whatever the event held: the vulnerable returnee's request to her embassy
+    // names what the other's to his consulate names (the other roles are refused nothing).
+    const CONSULAR: &[&str] = &["data.*.biometrics", "data.medical", "data.vulnerabilities"];
+    const AIRLINE: &[&str] = &[
+        "data.*.biometrics",
+        "data.holder",
+        "data.medical",
+        "data.person",
+        "data.vulnerabilities",
+    ];
+    let withheld: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        ("airline.at", AIRLINE),
+        ("ci.ambassade.rabat", CONSULAR),
+        ("sn.consulat.casablanca", CONSULAR),
+        ("ma.dgsn", CONSULAR),
     ]);
     // The canonical recipients' outbound fixtures are the canonical event itself.
     assert_eq!(
@@ -542,9 +548,9 @@ async fn the_return_of_case_rva_2026_004211() {
             }
         }
     };
-    let expect_withheld = |recipient: &str, event_id: &str| -> Vec<String> {
+    let expect_withheld = |recipient: &str, _event_id: &str| -> Vec<String> {
         withheld
-            .get(&(recipient, event_id))
+            .get(recipient)
             .map(|w| w.iter().map(|s| (*s).to_owned()).collect())
             .unwrap_or_default()
     };

@@ -88,7 +88,10 @@ fn a_consulate_never_receives_vulnerabilities() {
         .unwrap()
         .encode(&event)
         .unwrap();
-    assert_eq!(encoded.withheld, ["data.medical", "data.vulnerabilities"]);
+    assert_eq!(
+        encoded.withheld,
+        ["data.*.biometrics", "data.medical", "data.vulnerabilities"]
+    );
     let body = String::from_utf8(encoded.body).unwrap();
     assert!(
         !body.contains("trafficking") && !body.contains("medical"),
@@ -350,7 +353,10 @@ reason = { const = "other" }
         .encode(&event)
         .unwrap();
     let delivered: serde_json::Value = serde_json::from_slice(&encoded.body).unwrap();
-    assert_eq!(delivered["withheld"], "data.medical,data.vulnerabilities");
+    assert_eq!(
+        delivered["withheld"],
+        "data.*.biometrics,data.medical,data.vulnerabilities"
+    );
     assert!(delivered["data"].get("vulnerabilities").is_none());
     shipped().schemas().validate(&delivered).unwrap();
 }

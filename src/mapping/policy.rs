@@ -1,8 +1,8 @@
 //! The need-to-know policy: which canonical fields each recipient role never receives.
 //!
 //! This module owns reading `policies.toml` and applying it to an event before it is encoded
-//! for a recipient. Applying it returns the names of the fields that were withheld, never their
-//! values, so that the audit trail can show what a recipient did not get.
+//! for a recipient. Applying it returns the names of the fields the recipient's role is refused,
+//! never their values, so that the audit trail can show what a recipient did not get.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -22,7 +22,28 @@ pub enum PolicyError {
         /// The pattern.
         pattern: String,
     },
+    /// A role's list is longer than a delivery's audit entry or canonical event can name.
+    #[error(
+        "role {role}: {count} patterns of {bytes} bytes in all; a delivery names them all, and \
+         can name at most {MOST_PATTERNS} in {MOST_LISTED_BYTES} bytes (its audit entry, its \
+         event's `withheld` attribute)"
+    )]
+    TooLong {
+        /// The role.
+        role: String,
+        /// How many patterns it has.
+        count: usize,
+        /// Their length, written as the `withheld` attribute.
+        bytes: usize,
+    },
 }
+
+/// The most withheld names one delivery's audit entry holds
+/// ([`crate::audit::leaf::limits::WITHHELD`]).
+const MOST_PATTERNS: usize = crate::audit::leaf::limits::WITHHELD;
+/// The longest `withheld` attribute of a canonical event (its schema's `maxLength`); each name
+/// is then also within the audit entry's identifier length.
+const MOST_LISTED_BYTES: usize = 2000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +81,18 @@ impl Policy {
                 }
                 patterns.push(steps);
             }
+            let bytes = patterns
+                .iter()
+                .map(|steps| "data.".len() + steps.join(".").len())
+                .sum::<usize>()
+                + patterns.len().saturating_sub(1);
+            if patterns.len() > MOST_PATTERNS || bytes > MOST_LISTED_BYTES {
+                return Err(PolicyError::TooLong {
+                    role,
+                    count: patterns.len(),
+                    bytes,
+                });
+            }
             roles.insert(role, patterns);
         }
         Ok(Self { roles })
@@ -93,30 +126,44 @@ impl Policy {
     }
 
     /// Removes from an event's `data` every field withheld from the role, and returns the
-    /// paths removed (`data.vulnerabilities`), sorted. An unknown role gets nothing withheld
+    /// role's withheld paths ([`Policy::withheld_from`]). An unknown role gets nothing withheld
     /// here; the loader refuses mappings whose role the policy does not name.
     pub fn apply(&self, role: &str, event: &mut Value) -> Vec<String> {
-        let mut withheld = Vec::new();
         if let (Some(patterns), Some(data)) = (
             self.roles.get(role),
             event.get_mut("data").and_then(Value::as_object_mut),
         ) {
             for pattern in patterns {
-                remove(data, pattern, "data", &mut withheld);
+                remove(data, pattern);
             }
         }
+        self.withheld_from(role)
+    }
+
+    /// The paths withheld from the role (`data.*.biometrics`, `data.medical`), as the policy
+    /// writes them, sorted: what a delivery to the role records, and its canonical event's
+    /// `withheld` attribute says.
+    ///
+    /// They are the same for every event, whatever it holds. Naming only the fields an event
+    /// had would tell the recipient, and every reader of the public log, what it was meant not
+    /// to learn: that the person has a medical record, or a vulnerability.
+    pub fn withheld_from(&self, role: &str) -> Vec<String> {
+        let mut withheld: Vec<String> = self
+            .roles
+            .get(role)
+            .into_iter()
+            .flatten()
+            .map(|steps| format!("data.{}", steps.join(".")))
+            .collect();
         withheld.sort();
         withheld.dedup();
         withheld
     }
 }
 
-fn remove(
-    object: &mut Map<String, Value>,
-    pattern: &[String],
-    at: &str,
-    withheld: &mut Vec<String>,
-) {
+/// Removes the fields a pattern (its dotted steps) reaches in `object`, inside lists of objects
+/// too.
+fn remove(object: &mut Map<String, Value>, pattern: &[String]) {
     let Some((first, rest)) = pattern.split_first() else {
         return;
     };
@@ -126,18 +173,15 @@ fn remove(
         vec![first.clone()]
     };
     for key in keys {
-        let path = format!("{at}.{key}");
         if rest.is_empty() {
-            if object.remove(&key).is_some() {
-                withheld.push(path);
-            }
+            object.remove(&key);
             continue;
         }
         match object.get_mut(&key) {
-            Some(Value::Object(inner)) => remove(inner, rest, &path, withheld),
+            Some(Value::Object(inner)) => remove(inner, rest),
             Some(Value::Array(items)) => {
                 for item in items.iter_mut().filter_map(Value::as_object_mut) {
-                    remove(item, rest, &path, withheld);
+                    remove(item, rest);
                 }
             }
             _ => {}
@@ -156,14 +200,16 @@ mod tests {
         let mut event = json!({"data": {"case_id": "x", "vulnerabilities": ["trafficking_victim"],
             "person": {"family_name": "A", "biometrics": {"photo_sha256": "00"}}}});
         let original = event.clone();
-        assert_eq!(
-            policy.apply("consulate", &mut event),
-            ["data.person.biometrics", "data.vulnerabilities"]
-        );
+        let refused = ["data.*.biometrics", "data.medical", "data.vulnerabilities"];
+        assert_eq!(policy.apply("consulate", &mut event), refused);
         assert_eq!(
             event,
             json!({"data": {"case_id": "x", "person": {"family_name": "A"}}})
         );
+        // An event without any of them names the same: what it lacked is not told either.
+        let mut bare = json!({"data": {"case_id": "y"}});
+        assert_eq!(policy.apply("consulate", &mut bare), refused);
+        assert_eq!(bare, json!({"data": {"case_id": "y"}}));
         let mut unchanged = original.clone();
         assert!(policy.apply("ministry", &mut unchanged).is_empty());
         assert_eq!(unchanged, original);
@@ -174,5 +220,18 @@ mod tests {
     #[test]
     fn refuses_partial_wildcards() {
         assert!(Policy::parse("[roles.x]\nwithhold = [\"per*\"]\n").is_err());
+    }
+
+    #[test]
+    fn refuses_a_list_longer_than_a_delivery_can_name() {
+        let list = |n: usize, name: &str| {
+            let patterns: Vec<String> = (0..n).map(|i| format!("\"{name}{i}\"")).collect();
+            format!("[roles.x]\nwithhold = [{}]\n", patterns.join(", "))
+        };
+        assert!(Policy::parse(&list(MOST_PATTERNS, "f")).is_ok());
+        let many = Policy::parse(&list(MOST_PATTERNS + 1, "f")).unwrap_err();
+        assert!(matches!(many, PolicyError::TooLong { count: 65, .. }), "{many}");
+        let long = Policy::parse(&list(20, &"f".repeat(100))).unwrap_err();
+        assert!(matches!(long, PolicyError::TooLong { count: 20, .. }), "{long}");
     }
 }
