@@ -58,10 +58,11 @@ const GATEWAY_USER: &str = "urn:gateway:passerelle";
 /// The partners with a broker user in these tests.
 const PARTNERS: [&str; 3] = [EMBASSY, "iom.sn", "airline.at"];
 /// The virtual hosts of the tests that share the broker.
-const SHARED_VHOSTS: [&str; 7] = [
+const SHARED_VHOSTS: [&str; 8] = [
     "flow",
     "refusals",
     "backpressure",
+    "giveback",
     "pair",
     "disk",
     "headers",
@@ -1194,6 +1195,72 @@ async fn a_full_outbox_pauses_consumption() {
         references.iter().all(|r| gateway.accepted(r)).then_some(())
     })
     .await;
+    embassy.close(200, "OK".into()).await.expect("close");
+    gateway.stop().await;
+}
+
+/// A pause that lasts: once intake has been paused for `held_return_secs`, the consumer is
+/// cancelled and the message it held goes back to the queue (none waits in the gateway's hands
+/// for the broker's `consumer_timeout`, and none is dead-lettered); once the outbox drains, the
+/// queue is consumed again and every message is taken, once.
+#[actix_web::test]
+async fn a_long_pause_gives_the_held_messages_back_to_their_queue() {
+    const VHOST: &str = "giveback";
+    const COUNT: usize = 5;
+    let broker = broker().await;
+    let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |config| {
+        if let Some(amqp) = config.amqp.as_mut() {
+            amqp.max_outbox = 6;
+            amqp.prefetch = 2;
+            amqp.held_return_secs = 2;
+        }
+    })
+    .await;
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let references: Vec<String> = (0..COUNT).map(|i| format!("ABJ-RBT-GB-{i:04}")).collect();
+    send_lpcs(&channel, &references).await;
+    wait_for("two acceptances", WAIT, async || {
+        (references.iter().filter(|r| gateway.accepted(r)).count() >= 2).then_some(())
+    })
+    .await;
+    // Every message not taken goes back to the queue: the consumer holds none.
+    let queue = inbound_queue(EMBASSY);
+    let taken = wait_for("the held messages given back", WAIT, async || {
+        let taken = references.iter().filter(|r| gateway.accepted(r)).count();
+        (ready(&channel, &queue).await as usize == COUNT - taken).then_some(taken)
+    })
+    .await;
+    assert!(taken < COUNT, "the gateway kept consuming with a full outbox");
+    // Still paused: none comes back to the gateway, and none is dead-lettered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ready(&channel, &queue).await as usize, COUNT - taken);
+    assert_eq!(ready(&channel, DEAD_LETTER_QUEUE).await, 0);
+
+    // The recipients drain the outbox: the queue is consumed again.
+    let drain = async || {
+        for partner in ["ma.interieur", "iom.ma", "ma.dgsn"] {
+            let client = Client::new(partner, gateway.running.addr);
+            for message in client.inbox(100).await {
+                client.ack(message["id"].as_u64().expect("an id")).await;
+            }
+        }
+    };
+    wait_for("every message taken", WAIT, async || {
+        drain().await;
+        references.iter().all(|r| gateway.accepted(r)).then_some(())
+    })
+    .await;
+    for reference in &references {
+        let made = gateway
+            .deliveries()
+            .iter()
+            .filter(|d| &d.event_id == reference)
+            .count();
+        assert_eq!(made, 3, "{reference}: {made} deliveries");
+    }
+    assert_eq!(ready(&channel, &queue).await, 0);
+    assert_eq!(ready(&channel, DEAD_LETTER_QUEUE).await, 0);
     embassy.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
 }

@@ -38,6 +38,9 @@ pub const DEFAULT_CONNECTION_NAME: &str = "passerelle";
 pub const DEFAULT_MAX_OUTBOX: u64 = 50_000;
 /// The default number of published deliveries awaiting their publisher confirm at once.
 pub const DEFAULT_PUBLISH_IN_FLIGHT: usize = 64;
+/// The default of [`AmqpSettings::held_return_secs`]: ten minutes, a third of RabbitMQ's
+/// default `consumer_timeout`.
+pub const DEFAULT_HELD_RETURN_SECS: u64 = 600;
 
 /// How the gateway authenticates to the broker.
 ///
@@ -125,6 +128,7 @@ impl Backoff {
 /// senders = ["airline.at"]
 /// max_outbox = 50000
 /// publish_in_flight = 64
+/// held_return_secs = 600
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -166,6 +170,13 @@ pub struct AmqpSettings {
     /// How many deliveries the gateway keeps published but not yet confirmed by the broker.
     /// Default [`DEFAULT_PUBLISH_IN_FLIGHT`]; at least 1.
     pub publish_in_flight: usize,
+    /// Once intake has been paused this long (seconds; see
+    /// [`Backpressure`](super::backpressure::Backpressure)), each paused consumer is cancelled
+    /// and the messages it holds are returned to their queue, to be consumed again when intake
+    /// resumes. Keep it under the broker's `consumer_timeout` (30 minutes by default), which
+    /// would otherwise close the channel of a consumer that holds messages that long. Default
+    /// [`DEFAULT_HELD_RETURN_SECS`]; at least 1.
+    pub held_return_secs: u64,
 }
 
 impl Default for AmqpSettings {
@@ -182,6 +193,7 @@ impl Default for AmqpSettings {
             senders: Vec::new(),
             max_outbox: DEFAULT_MAX_OUTBOX,
             publish_in_flight: DEFAULT_PUBLISH_IN_FLIGHT,
+            held_return_secs: DEFAULT_HELD_RETURN_SECS,
         }
     }
 }
@@ -257,6 +269,9 @@ impl AmqpSettings {
         }
         if self.publish_in_flight == 0 {
             return invalid("publish_in_flight must be at least 1");
+        }
+        if self.held_return_secs == 0 {
+            return invalid("held_return_secs must be at least 1");
         }
         Ok(endpoint)
     }

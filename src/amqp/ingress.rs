@@ -367,6 +367,9 @@ enum Settle {
     DeadLetter(DeadLetter),
     /// Could not be made durable now: return it to its queue.
     Requeue,
+    /// Held at the closed gate until its consumer was cancelled: return it to its queue, where
+    /// it waits until intake resumes.
+    GiveBack,
     /// The transport is stopping: leave it unacknowledged; the broker requeues it when the
     /// channel closes.
     Leave,
@@ -379,8 +382,25 @@ pub(crate) struct Ingress {
     /// A channel in confirm mode for dead letters.
     dead_letters: Channel,
     backoff: Backoff,
+    /// How long the gate may stay closed before a consumer is cancelled and gives back what it
+    /// holds ([`super::AmqpSettings::held_return_secs`]).
+    held_return: Duration,
     /// The gateway instance, for [`INSTANCE_HEADER`]: its audit log's origin.
     instance: String,
+}
+
+/// How often a consumer looks at the gate, to cancel itself when it has been closed for
+/// [`Ingress::held_return`] and to consume again once it opens.
+const GATE_LOOK: Duration = Duration::from_millis(250);
+
+/// How a wait at the gate ended.
+enum AtGate {
+    /// The gate is open: go on.
+    Open,
+    /// The transport is stopping.
+    Stopping,
+    /// The consumer was cancelled while the gate stayed closed: give the message back.
+    GiveBack,
 }
 
 impl Ingress {
@@ -390,6 +410,7 @@ impl Ingress {
         gate: Arc<Backpressure>,
         dead_letters: Channel,
         backoff: Backoff,
+        held_return: Duration,
     ) -> Ingress {
         let instance = gateway.log.origin().to_owned();
         Ingress {
@@ -397,6 +418,7 @@ impl Ingress {
             gate,
             dead_letters,
             backoff,
+            held_return,
             instance,
         }
     }
@@ -409,43 +431,61 @@ impl Ingress {
         partner: &str,
     ) -> Result<(Channel, Consumer), AmqpError> {
         let channel = consumer_channel(connection, settings).await?;
-        let consumer = channel
-            .basic_consume(
-                short_string(&inbound_queue(partner))?,
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = start_consuming(&channel, partner).await?;
         Ok((channel, consumer))
     }
 
     /// Takes `partner`'s messages from `consumer` until `stop` turns true (then cancels the
     /// consumer and finishes the messages in hand) or the consumer fails (then turns `stop` true
     /// for the whole session and returns why).
+    ///
+    /// While the gate is closed, the messages in hand wait at it, unacknowledged. Once it has
+    /// been closed for [`Ingress::held_return`], the consumer is cancelled, so that the broker
+    /// sends no more, and the messages in hand are given back to the queue: held longer, they
+    /// would meet the broker's `consumer_timeout`, which closes the channel and hands them back
+    /// anyway, again every half hour, each time counting towards their delivery limit. Once the
+    /// gate opens, the queue is consumed again.
     pub(crate) async fn consume(
         self: Arc<Self>,
         partner: String,
         channel: Channel,
-        mut consumer: Consumer,
+        consumer: Consumer,
         stop_session: Arc<watch::Sender<bool>>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let queue = inbound_queue(&partner);
         let mut handling: JoinSet<()> = JoinSet::new();
+        // `None` once the consumer cancelled for a closed gate has ended.
+        let mut consumer = Some(consumer);
+        // Whether the consumer was cancelled for a closed gate and has not ended yet.
+        let mut cancelling = false;
+        let mut closed_since: Option<std::time::Instant> = None;
+        let (give_back, given_back) = watch::channel(false);
+        let mut gate_look = tokio::time::interval(GATE_LOOK);
+        gate_look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             if *stop.borrow_and_update() {
-                let _ =
-                    bounded(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()))
-                        .await;
+                if let Some(consumer) = consumer.as_ref().filter(|_| !cancelling) {
+                    let _ = bounded(
+                        channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+                    )
+                    .await;
+                }
                 break Ok(());
             }
+            let next_delivery = async {
+                match consumer.as_mut() {
+                    Some(consumer) => consumer.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                next = consumer.next() => match next {
+                next = next_delivery => match next {
                     Some(Ok(delivery)) => {
                         let this = self.clone();
                         let partner = partner.clone();
                         let stop = stop.clone();
+                        let given_back = given_back.clone();
                         // One span per message, as on REST; the pipeline records the event's
                         // id and type on it once decoded.
                         let span = tracing::info_span!(
@@ -461,7 +501,7 @@ impl Ingress {
                         let acker = delivery.acker.clone();
                         handling.spawn(
                             async move {
-                                let handled = AssertUnwindSafe(this.handle(&partner, delivery, stop))
+                                let handled = AssertUnwindSafe(this.handle(&partner, delivery, stop, given_back))
                                     .catch_unwind()
                                     .await;
                                 if handled.is_err() {
@@ -477,9 +517,50 @@ impl Ingress {
                         );
                     }
                     Some(Err(error)) => break Err(format!("consuming {queue}: {error}")),
+                    // The end of the consumer cancelled for a closed gate: what it delivered is
+                    // in hand, and goes back.
+                    None if cancelling => {
+                        consumer = None;
+                        cancelling = false;
+                        give_back.send_replace(true);
+                        tracing::warn!(
+                            partner = %partner,
+                            held_secs = self.held_return.as_secs(),
+                            "intake paused this long: the messages held from this partner's queue are returned to it until intake resumes"
+                        );
+                    }
                     None => break Err(format!("the consumer of {queue} was cancelled")),
                 },
                 Some(_) = handling.join_next(), if !handling.is_empty() => {}
+                _ = gate_look.tick() => {
+                    if self.gate.is_open() {
+                        closed_since = None;
+                        if consumer.is_none() {
+                            match bounded(start_consuming(&channel, &partner)).await {
+                                Ok(again) => {
+                                    consumer = Some(again);
+                                    give_back.send_replace(false);
+                                    tracing::info!(partner = %partner, "intake resumed: consuming the partner's queue again");
+                                }
+                                Err(error) => break Err(format!("consuming {queue} again: {error}")),
+                            }
+                        }
+                    } else {
+                        let since = *closed_since.get_or_insert_with(std::time::Instant::now);
+                        if let Some(held) = consumer.as_ref().filter(|_| !cancelling)
+                            && since.elapsed() >= self.held_return
+                        {
+                            if let Err(error) = bounded(
+                                channel.basic_cancel(held.tag(), BasicCancelOptions::default()),
+                            )
+                            .await
+                            {
+                                break Err(format!("cancelling the consumer of {queue}: {error}"));
+                            }
+                            cancelling = true;
+                        }
+                    }
+                }
                 changed = stop.changed() => {
                     if changed.is_err() {
                         // The session is gone: nothing can be acknowledged any more.
@@ -495,22 +576,56 @@ impl Ingress {
         result
     }
 
-    /// Processes one message and settles it with the broker.
-    async fn handle(&self, partner: &str, delivery: Delivery, mut stop: watch::Receiver<bool>) {
+    /// Processes one message and settles it with the broker. `given_back` turns true when the
+    /// consumer was cancelled for a closed gate: the message, if it waits at the gate, goes back.
+    async fn handle(
+        &self,
+        partner: &str,
+        delivery: Delivery,
+        mut stop: watch::Receiver<bool>,
+        mut given_back: watch::Receiver<bool>,
+    ) {
         let properties = &delivery.properties;
         let user_id = properties.user_id().as_ref().map(ShortString::as_str);
         let checked = check_sender(partner, user_id).and_then(|()| content_of(properties));
         let settle = match checked {
             Ok(content) => {
-                self.ingest(partner, &delivery.data, content, &mut stop)
+                self.ingest(partner, &delivery.data, content, &mut stop, &mut given_back)
                     .await
             }
             Err(why) => {
-                self.refuse(partner, user_id, why, &delivery.data, &mut stop)
-                    .await
+                self.refuse(
+                    partner,
+                    user_id,
+                    why,
+                    &delivery.data,
+                    &mut stop,
+                    &mut given_back,
+                )
+                .await
             }
         };
         self.settle(partner, delivery, settle).await;
+    }
+
+    /// Waits until the gate is open, the transport stops, or the consumer is cancelled for a
+    /// closed gate.
+    async fn wait_at_gate(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        given_back: &mut watch::Receiver<bool>,
+    ) -> AtGate {
+        if *given_back.borrow_and_update() {
+            return AtGate::GiveBack;
+        }
+        tokio::select! {
+            open = self.gate.wait_open(stop) => if open { AtGate::Open } else { AtGate::Stopping },
+            returned = given_back.wait_for(|given| *given) => match returned {
+                Ok(_) => AtGate::GiveBack,
+                // The consumer's loop is gone, so is the session: leave the message.
+                Err(_) => AtGate::Stopping,
+            },
+        }
     }
 
     /// Runs the pipeline, waiting while the gate is closed and trying again after transient
@@ -521,11 +636,14 @@ impl Ingress {
         body: &[u8],
         content: Content,
         stop: &mut watch::Receiver<bool>,
+        given_back: &mut watch::Receiver<bool>,
     ) -> Settle {
         let mut failures = 0u32;
         loop {
-            if !self.gate.wait_open(stop).await {
-                return Settle::Leave;
+            match self.wait_at_gate(stop, given_back).await {
+                AtGate::Open => {}
+                AtGate::Stopping => return Settle::Leave,
+                AtGate::GiveBack => return Settle::GiveBack,
             }
             let submission = Submission {
                 partner,
@@ -620,6 +738,19 @@ impl Ingress {
                     "AMQP message returned to its queue: the gateway cannot make it durable now"
                 );
             }
+            Settle::GiveBack => {
+                let returned = bounded(delivery.acker.nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                }))
+                .await;
+                tracing::debug!(
+                    partner,
+                    message_id = %message_id,
+                    returned = matches!(returned, Ok(true)),
+                    "AMQP message held at the closed gate returned to its queue"
+                );
+            }
             Settle::Leave => {}
         }
     }
@@ -692,13 +823,16 @@ impl Ingress {
         why: DeadLetter,
         body: &[u8],
         stop: &mut watch::Receiver<bool>,
+        given_back: &mut watch::Receiver<bool>,
     ) -> Settle {
         let sender = self
             .known_sender(user_id)
             .unwrap_or_else(|| crate::pipeline::UNREGISTERED.to_owned());
         loop {
-            if !self.gate.wait_open(stop).await {
-                return Settle::Leave;
+            match self.wait_at_gate(stop, given_back).await {
+                AtGate::Open => {}
+                AtGate::Stopping => return Settle::Leave,
+                AtGate::GiveBack => return Settle::GiveBack,
             }
             if self.gateway.check_rate(&sender).is_err() {
                 self.gateway.metrics.message(partner, "amqp", why.code);
@@ -754,6 +888,18 @@ impl Ingress {
         };
         self.gateway.append(&fact).await.map(|_| ())
     }
+}
+
+/// Starts consuming `partner`'s inbound queue on `channel`, with manual acknowledgements.
+async fn start_consuming(channel: &Channel, partner: &str) -> Result<Consumer, AmqpError> {
+    Ok(channel
+        .basic_consume(
+            short_string(&inbound_queue(partner))?,
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
 }
 
 /// Sleeps for `wait`; `false` if `stop` turned true first.

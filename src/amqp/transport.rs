@@ -250,6 +250,7 @@ impl AmqpTransport {
             self.gate.clone(),
             dead_letters,
             self.settings.backoff,
+            Duration::from_secs(self.settings.held_return_secs),
         ));
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
         for (partner, channel, consumer) in consumers {
