@@ -36,6 +36,7 @@
 //! A crash (or a lost store write) between the broker's confirm and the store's record makes
 //! the delivery go out again: recipients drop such repeats by `message_id`.
 
+use super::backpressure::Backpressure;
 use super::confirms::{Answer, Confirms, Outcome, Returned};
 use super::connection::{bounded, channel_lost, publisher_channel, short_string};
 use super::probe::PERSISTENT;
@@ -222,15 +223,24 @@ pub(crate) struct Egress {
     gateway: Arc<Gateway>,
     policy: RetryPolicy,
     in_flight: usize,
+    /// The inbound gate, for whether the broker has blocked the connection.
+    gate: Arc<Backpressure>,
 }
 
 impl Egress {
-    /// A publisher keeping at most `in_flight` deliveries unconfirmed.
-    pub(crate) fn new(gateway: Arc<Gateway>, policy: RetryPolicy, in_flight: usize) -> Egress {
+    /// A publisher keeping at most `in_flight` deliveries unconfirmed, and publishing nothing
+    /// while `gate` says the broker has blocked the connection.
+    pub(crate) fn new(
+        gateway: Arc<Gateway>,
+        policy: RetryPolicy,
+        in_flight: usize,
+        gate: Arc<Backpressure>,
+    ) -> Egress {
         Egress {
             gateway,
             policy,
             in_flight: in_flight.max(1),
+            gate,
         }
     }
 
@@ -261,7 +271,7 @@ impl Egress {
         let mut turn = String::new();
         let to_replace = Arc::new(AtomicBool::new(false));
         let mut failure = None;
-        let mut channel = match publisher_channel(&connection).await {
+        let mut channel = match bounded(publisher_channel(&connection)).await {
             Ok(channel) => channel,
             Err(error) => {
                 stop_session.send_replace(true);
@@ -274,7 +284,7 @@ impl Egress {
             }
             if in_flight.is_empty() && to_replace.swap(false, Ordering::Relaxed) {
                 let _ = bounded(channel.close(200, "OK".into())).await;
-                channel = match publisher_channel(&connection).await {
+                channel = match bounded(publisher_channel(&connection)).await {
                     Ok(channel) => channel,
                     Err(error) => {
                         failure = Some(format!("reopening the publisher channel: {error}"));
@@ -297,8 +307,11 @@ impl Egress {
             let skip = held.and(&in_flight);
             let recordable = delivery::can_record(&self.gateway);
             // Nothing more goes on a channel to replace (see above): it is replaced once its
-            // publishes are answered.
-            let usable = !to_replace.load(Ordering::Relaxed);
+            // publishes are answered. Nor on a connection the broker has blocked (a memory or
+            // disk alarm): it reads nothing more until the alarm clears, so each publish would
+            // wait out its confirm's time limit, be counted a failed attempt, and perhaps be
+            // routed all the same once the alarm clears, and then again.
+            let usable = !to_replace.load(Ordering::Relaxed) && !self.gate.is_blocked();
             let mut next_ms = None;
             if recordable
                 && usable

@@ -114,6 +114,7 @@ impl AmqpTransport {
             gateway.clone(),
             policy,
             settings.publish_in_flight,
+            gate.clone(),
         ));
         ready.store(false, Ordering::Relaxed);
         Ok(AmqpTransport {
