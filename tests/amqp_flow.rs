@@ -1231,7 +1231,10 @@ async fn a_long_pause_gives_the_held_messages_back_to_their_queue() {
         (ready(&channel, &queue).await as usize == COUNT - taken).then_some(taken)
     })
     .await;
-    assert!(taken < COUNT, "the gateway kept consuming with a full outbox");
+    assert!(
+        taken < COUNT,
+        "the gateway kept consuming with a full outbox"
+    );
     // Still paused: none comes back to the gateway, and none is dead-lettered.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(ready(&channel, &queue).await as usize, COUNT - taken);

@@ -107,7 +107,10 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
     let mistyped = erase_case(&log, &key, "RVA-2026-00005");
     assert!(!mistyped.status.success());
     let why = String::from_utf8_lossy(&mistyped.stderr);
-    assert!(why.contains("no case with that id") && why.contains("nothing"), "{why}");
+    assert!(
+        why.contains("no case with that id") && why.contains("nothing"),
+        "{why}"
+    );
     let verify = passerelle(&["audit", "verify", "--log", path(&log), "--key", &verifier]);
     assert!(verify.status.success());
     assert!(String::from_utf8_lossy(&verify.stdout).contains("size 41"));

@@ -2,7 +2,7 @@
 //! reopening, search, trails and bundles, privacy of the public files,
 //! erasure, tamper detection, and the auditor's command line.
 
-use passerelle::audit::bundle::{trail, verify_bundle};
+use passerelle::audit::bundle::{case_entries_missing, trail, verify_bundle};
 use passerelle::audit::log::read_bundle;
 use passerelle::audit::merkle::leaf_hash;
 use passerelle::audit::verify::verify_public;
@@ -444,6 +444,67 @@ fn search_trail_and_bundles() {
     assert!(verify_bundle(&bundle, Some(other.verifier())).is_err());
 }
 
+/// A case's trail checked for completeness against the public log alone: complete as the log
+/// gives it, even against a later copy of the folder; an entry left out is named; entries
+/// given twice, or of several cases, are refused.
+#[test]
+fn a_case_bundle_is_checked_complete_against_the_public_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    // Over one full entry bundle (256 entries), and into a second, partial one.
+    append_many(&log, 0..300);
+    log.sync().unwrap();
+    let public = dir.path().join("public");
+    let t = trail(dir.path(), &Query::Case(case_id(3)), Some(log.verifier())).unwrap();
+    assert_eq!(t.checkpoint.size, 300);
+    assert_eq!(t.found.len(), 60);
+    let bundle = t.to_bundle().unwrap();
+    let verified = verify_bundle(&bundle, Some(log.verifier())).unwrap();
+    let complete = case_entries_missing(&verified, &public, &mut |_| {}).unwrap();
+    assert_eq!((complete.in_log, complete.missing.len()), (60, 0));
+
+    // The log grows, and its copy no longer has the partial bundle the checkpoint left: the
+    // bundle is still complete up to its own checkpoint.
+    append_many(&log, 300..320);
+    log.sync().unwrap();
+    std::fs::remove_file(public.join("tile/entries/001.p/44")).unwrap();
+    let complete = case_entries_missing(&verified, &public, &mut |_| {}).unwrap();
+    assert_eq!((complete.in_log, complete.missing.len()), (60, 0));
+
+    // An entry of the case left out of the bundle (the rest still proves its inclusion).
+    let mut edited: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    let left_out = edited["entries"][59]["index"].as_u64().unwrap();
+    edited["entries"].as_array_mut().unwrap().remove(59);
+    let partial = verify_bundle(&serde_json::to_vec(&edited).unwrap(), None).unwrap();
+    let found = case_entries_missing(&partial, &public, &mut |_| {}).unwrap();
+    assert_eq!(found.missing, [left_out]);
+
+    // An entry given twice is refused.
+    let mut doubled: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    let first = doubled["entries"][0].clone();
+    doubled["entries"].as_array_mut().unwrap().push(first);
+    let refused = verify_bundle(&serde_json::to_vec(&doubled).unwrap(), None).unwrap_err();
+    assert!(refused.to_string().contains("twice"), "{refused}");
+
+    // A trail of several cases (a flight's) is not one case's trail.
+    let flight = Flight {
+        carrier: "AT".into(),
+        number: "529".into(),
+        date: "2026-05-03".parse().unwrap(),
+    };
+    let several = trail(dir.path(), &Query::Flight(flight), Some(log.verifier())).unwrap();
+    let several = verify_bundle(&several.to_bundle().unwrap(), None).unwrap();
+    let refused = case_entries_missing(&several, &public, &mut |_| {}).unwrap_err();
+    assert!(refused.to_string().contains("5 cases"), "{refused}");
+
+    // A copy whose entries are not those the checkpoint signs is refused.
+    let damaged = public.join("tile/entries/000");
+    let out = with_flip(&damaged, 100, || {
+        case_entries_missing(&verified, &public, &mut |_| {}).map(|_| ())
+    });
+    assert!(out.is_err());
+}
+
 #[test]
 fn no_personal_data_in_clear_anywhere_in_the_folder() {
     let dir = tempfile::tempdir().unwrap();
@@ -682,6 +743,25 @@ fn auditor_command_line() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // The LPC's entries are all its case's: the bundle is complete in the log.
+    let out = bin()
+        .args([
+            "audit",
+            "verify-bundle",
+            bundle.to_str().unwrap(),
+            "--key",
+            &vkey,
+            "--complete-in",
+            d,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("complete: the log holds 8 entries of the case up to size 40"),
+        "{stdout}"
     );
 
     let tile = dir.path().join("public/tile/0/000.p/40");

@@ -170,7 +170,14 @@ pub fn verify_bundle(data: &[u8], pinned: Option<&NoteVerifier>) -> Result<Verif
     };
     let checkpoint = Checkpoint::open(b.checkpoint.as_bytes(), &verifier, Some(&b.origin))?;
     let mut entries = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for e in &b.entries {
+        if !seen.insert(e.index) {
+            return Err(AuditError::Corrupt(format!(
+                "entry {}: given twice in the bundle",
+                e.index
+            )));
+        }
         let entry = B64
             .decode(&e.entry)
             .map_err(|_| AuditError::Corrupt(format!("entry {}: bad base64", e.index)))?;
@@ -191,5 +198,86 @@ pub fn verify_bundle(data: &[u8], pinned: Option<&NoteVerifier>) -> Result<Verif
         verifier,
         pinned: pinned.is_some(),
         entries,
+    })
+}
+
+/// What [`case_entries_missing`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseCompleteness {
+    /// The case commitment the bundle's entries share.
+    pub case: String,
+    /// How many entries of the log, up to the bundle's checkpoint, carry it.
+    pub in_log: u64,
+    /// Those missing from the bundle, by index.
+    pub missing: Vec<u64>,
+}
+
+/// Checks a verified case trail's bundle against a copy of the log's public folder: every
+/// entry that the bundle's checkpoint signs and that carries the case commitment of the
+/// bundle's entries must be in the bundle.
+///
+/// A bundle proves that its entries are in the log; only this shows that none of the case's
+/// entries was left out (the trail is found through the gateway's private index, which an
+/// auditor cannot see). It needs only public data: the case commitment is in clear in each of
+/// the case's entries. The folder may be a later copy: the entries read are checked against the
+/// bundle's own checkpoint. `progress` is called with the number of entries read so far.
+///
+/// Refused for a bundle whose entries carry no case commitment, or several: it is not one
+/// case's trail (a trail by LPC number or PNR holds entries of its search, not all of a case's).
+pub fn case_entries_missing(
+    bundle: &VerifiedBundle,
+    public: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<CaseCompleteness> {
+    let cases: std::collections::BTreeSet<&str> = bundle
+        .entries
+        .iter()
+        .filter_map(|(_, leaf)| leaf.commitments.as_ref().map(|c| c.case.as_str()))
+        .collect();
+    let case = match cases.len() {
+        1 => cases.into_iter().next().unwrap_or_default().to_owned(),
+        0 => {
+            return Err(AuditError::InvalidFact(
+                "no entry of the bundle names a case: completeness is checked for a case's trail"
+                    .into(),
+            ));
+        }
+        n => {
+            return Err(AuditError::InvalidFact(format!(
+                "the bundle's entries belong to {n} cases: completeness is checked for one case's trail"
+            )));
+        }
+    };
+    let given: std::collections::BTreeSet<u64> =
+        bundle.entries.iter().map(|(index, _)| *index).collect();
+    let mut in_log = 0u64;
+    let mut missing = Vec::new();
+    let mut undecodable = None;
+    super::verify::scan_signed_entries(
+        public,
+        &bundle.checkpoint,
+        &mut |index, entry| match Leaf::decode(entry) {
+            Ok(leaf) => {
+                if leaf.commitments.is_some_and(|c| c.case == case) {
+                    in_log += 1;
+                    if !given.contains(&index) {
+                        missing.push(index);
+                    }
+                }
+            }
+            Err(error) => {
+                undecodable.get_or_insert((index, error));
+            }
+        },
+        progress,
+    )
+    .map_err(|failure| AuditError::Corrupt(failure.to_string()))?;
+    if let Some((index, error)) = undecodable {
+        return Err(AuditError::Corrupt(format!("entry {index}: {error}")));
+    }
+    Ok(CaseCompleteness {
+        case,
+        in_log,
+        missing,
     })
 }

@@ -325,3 +325,64 @@ pub fn verify_public(
         since,
     })
 }
+
+/// Reads the first `checkpoint.size` entries of a copy of the public folder, calling
+/// `each(index, entry)` in order, and checks that their Merkle root is the checkpoint's, so that
+/// they are the very entries it signs, whatever else the folder holds (it may be a later copy,
+/// whose tiles have grown). `progress` is called with the number of entries read so far.
+///
+/// The entries are handed over before the root is checked: a caller must act on them only once
+/// this returns `Ok`.
+pub fn scan_signed_entries(
+    public: &Path,
+    checkpoint: &Checkpoint,
+    each: &mut dyn FnMut(u64, &[u8]),
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), Failure> {
+    let size = checkpoint.size;
+    let mut leaves: Vec<Hash> = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    for k in 0..size.div_ceil(TILE_WIDTH) {
+        let base = k * TILE_WIDTH;
+        let w = tile_width(size, 0, k);
+        // The bundle as the checkpoint's size left it, or a wider one that has it as its
+        // prefix: the full bundle, or a later partial one.
+        let mut candidates = vec![entries_path(k, w), entries_path(k, TILE_WIDTH)];
+        candidates.extend(
+            stale_partials(public, &format!("tile/entries/{}", encode_index(k)))
+                .into_iter()
+                .filter(|(fw, _)| *fw > w)
+                .map(|(_, rel)| rel),
+        );
+        let Some((rel, data)) = candidates.iter().find_map(|rel| {
+            let data = read(public, rel, Some(base)).ok()?;
+            Some((rel, data))
+        }) else {
+            return Err(fail(
+                Some(base),
+                &entries_path(k, w),
+                "no entry bundle holds these entries",
+            ));
+        };
+        let (entries, _) = parse_bundle_prefix(&data);
+        if (entries.len() as u64) < w {
+            return Err(fail(
+                Some(base + entries.len() as u64),
+                rel,
+                "entry bundle is malformed or short",
+            ));
+        }
+        for (j, entry) in entries.iter().take(w as usize).enumerate() {
+            each(base + j as u64, entry);
+            leaves.push(leaf_hash(entry));
+        }
+        progress(base + w);
+    }
+    if root_of(&leaves) != checkpoint.root {
+        return Err(fail(
+            None,
+            "tile/entries",
+            "the entries' root differs from the signed root",
+        ));
+    }
+    Ok(())
+}

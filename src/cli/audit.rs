@@ -7,10 +7,13 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use passerelle::audit::bundle::{MAX_BUNDLE_LEN, trail_with_progress, verify_bundle};
+use passerelle::audit::bundle::{
+    MAX_BUNDLE_LEN, VerifiedBundle, case_entries_missing, trail_with_progress, verify_bundle,
+};
 use passerelle::audit::verify::verify_public;
 use passerelle::audit::{
-    AuditError, AuditLog, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options, Query, Transport,
+    AuditError, AuditLog, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options, Query,
+    Transport,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -58,6 +61,10 @@ pub enum AuditCommand {
         /// Pin the verifier key (string or file); otherwise the bundle's own key is used.
         #[arg(long)]
         key: Option<String>,
+        /// For a case's trail: a copy of the log folder (or of its `public/` folder) in which
+        /// to check that the bundle leaves out none of the case's entries up to its checkpoint.
+        #[arg(long)]
+        complete_in: Option<PathBuf>,
     },
     /// Erase a case (run by the gateway's operator, with the gateway stopped: the command is
     /// refused while another process writes the log): append an `erased` leaf, then destroy
@@ -147,7 +154,11 @@ impl AuditCommand {
             AuditCommand::Keygen { name, out } => keygen(&name, &out),
             AuditCommand::Verify { log, key, since } => verify(&log, &key, since.as_deref()),
             AuditCommand::Trail(args) => print_trail(args),
-            AuditCommand::VerifyBundle { file, key } => check_bundle(&file, key.as_deref()),
+            AuditCommand::VerifyBundle {
+                file,
+                key,
+                complete_in,
+            } => check_bundle(&file, key.as_deref(), complete_in.as_deref()),
             AuditCommand::Erase { log, signer, case } => erase(&log, &signer, &case),
             AuditCommand::StressAppend {
                 log,
@@ -176,13 +187,29 @@ fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let v = verifier(key)?;
-    let public = if log.join("public/checkpoint").exists() {
+/// The public folder of `log`: the log folder's `public/`, or `log` itself when it is a copy of
+/// that folder alone.
+fn public_folder(log: &Path) -> PathBuf {
+    if log.join("public/checkpoint").exists() {
         log.join("public")
     } else {
         log.to_owned()
-    };
+    }
+}
+
+/// A progress bar over `len` entries.
+fn entries_bar(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries ({per_sec}, {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let v = verifier(key)?;
+    let public = public_folder(log);
     let since = since
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
@@ -191,11 +218,7 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
         .ok()
         .and_then(|t| t.lines().nth(1).and_then(|l| l.parse().ok()))
         .unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(size_hint);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries ({per_sec}, {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = entries_bar(size_hint);
     let start = Instant::now();
     let result = verify_public(&public, &v, since.as_deref(), &mut |done| {
         bar.set_position(done)
@@ -359,7 +382,11 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_bundle(file: &Path, key: Option<&str>) -> anyhow::Result<ExitCode> {
+fn check_bundle(
+    file: &Path,
+    key: Option<&str>,
+    complete_in: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let pinned = key.map(verifier).transpose()?;
     // Read no further than the largest bundle: a huge file (or a link to an endless one) is
     // refused without filling memory.
@@ -384,7 +411,42 @@ fn check_bundle(file: &Path, key: Option<&str>) -> anyhow::Result<ExitCode> {
             for (i, leaf) in &b.entries {
                 say!("{i:>8}  {}  {}", leaf.time, describe(leaf));
             }
+            match complete_in {
+                None => Ok(ExitCode::SUCCESS),
+                Some(log) => check_case_complete(&b, &public_folder(log)),
+            }
+        }
+        Err(e) => {
+            say!("FAILED: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Checks that a verified case bundle leaves out none of the case's entries in `public`.
+fn check_case_complete(bundle: &VerifiedBundle, public: &Path) -> anyhow::Result<ExitCode> {
+    let bar = entries_bar(bundle.checkpoint.size);
+    let found = case_entries_missing(bundle, public, &mut |done| bar.set_position(done));
+    bar.finish_and_clear();
+    match found {
+        Ok(found) if found.missing.is_empty() => {
+            say!(
+                "complete: the log holds {} entries of the case up to size {}, all in the bundle",
+                found.in_log,
+                bundle.checkpoint.size
+            );
             Ok(ExitCode::SUCCESS)
+        }
+        Ok(found) => {
+            let listed: Vec<String> = found.missing.iter().map(u64::to_string).collect();
+            say!(
+                "INCOMPLETE: the log holds {} entries of the case up to size {}; the bundle leaves out {}: {}",
+                found.in_log,
+                bundle.checkpoint.size,
+                found.missing.len(),
+                listed.join(", ")
+            );
+            Ok(ExitCode::FAILURE)
         }
         Err(e) => {
             say!("FAILED: {e}");

@@ -137,8 +137,15 @@ mod tests {
             tracing::info!(target: "passerelle::amqp", "the gateway's own event");
         });
         let logged = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
-        assert!(!logged.contains("DIOP") && !logged.contains("LP0417263"), "{logged}");
-        for kept in ["Connection error", "another crate's event", "the gateway's own event"] {
+        assert!(
+            !logged.contains("DIOP") && !logged.contains("LP0417263"),
+            "{logged}"
+        );
+        for kept in [
+            "Connection error",
+            "another crate's event",
+            "the gateway's own event",
+        ] {
             assert!(logged.contains(kept), "{kept} missing from {logged}");
         }
     }

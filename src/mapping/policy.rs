@@ -230,8 +230,14 @@ mod tests {
         };
         assert!(Policy::parse(&list(MOST_PATTERNS, "f")).is_ok());
         let many = Policy::parse(&list(MOST_PATTERNS + 1, "f")).unwrap_err();
-        assert!(matches!(many, PolicyError::TooLong { count: 65, .. }), "{many}");
+        assert!(
+            matches!(many, PolicyError::TooLong { count: 65, .. }),
+            "{many}"
+        );
         let long = Policy::parse(&list(20, &"f".repeat(100))).unwrap_err();
-        assert!(matches!(long, PolicyError::TooLong { count: 20, .. }), "{long}");
+        assert!(
+            matches!(long, PolicyError::TooLong { count: 20, .. }),
+            "{long}"
+        );
     }
 }
