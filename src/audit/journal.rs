@@ -221,12 +221,16 @@ impl JournalWriter {
     /// Opens the journal for appending after a scan: the damaged tail or the
     /// zeros after the last record (if any) are cut off and synced; a fresh
     /// journal gets its first segment.
+    ///
+    /// Bytes other than zeros that the cut removes are first kept beside the segment, in
+    /// `<segment>.cut-at-<offset>` (see [`keep_cut_bytes`]).
     pub fn open(dir: &Path, scan: &Scan, segment_limit: u64) -> Result<Self> {
         let (path, len) = match &scan.tail {
             Some((_, path, len)) => (path.clone(), *len),
             None => (dir.join(segment_name(0)), 0),
         };
         let file = open_segment(&path)?;
+        keep_cut_bytes(&file, &path, len)?;
         cut(&file, &path, len)?;
         sync_dir(dir)?;
         Ok(Self {
@@ -320,6 +324,41 @@ impl JournalWriter {
 }
 
 /// Cuts a segment to `len` bytes (its records) and syncs it with its length.
+/// Before a segment is cut to `len`, copies what the cut removes, up to its last byte other than
+/// zero, into `<segment>.cut-at-<len>` beside it, synced, and says so in the log.
+///
+/// After a crash, those bytes are records the crash cut short, never acknowledged (an entry is
+/// acknowledged once its segment is synced). But a record damaged on the disk after it was
+/// synced ends the scan just the same, and the records after it would be cut with it: kept,
+/// they can still be examined and recovered. The scan ignores these files (they do not end in
+/// `.journal`); the operator removes them once examined.
+fn keep_cut_bytes(file: &File, path: &Path, len: u64) -> Result<()> {
+    let io = |e| AuditError::io(path, e);
+    let total = file.metadata().map_err(io)?.len();
+    if total <= len {
+        return Ok(());
+    }
+    let mut removed = vec![0u8; usize::try_from(total - len).unwrap_or(usize::MAX)];
+    file.read_exact_at(&mut removed, len).map_err(io)?;
+    let Some(last) = removed.iter().rposition(|&b| b != 0) else {
+        return Ok(());
+    };
+    removed.truncate(last + 1);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".cut-at-{len}"));
+    let kept = path.with_file_name(name);
+    super::keys::write_durably(&kept, &removed)?;
+    tracing::warn!(
+        segment = %path.display(),
+        offset = len,
+        bytes = removed.len(),
+        kept = %kept.display(),
+        "the journal ended in a record that does not check: most often a write a crash cut short, \
+         never acknowledged; the bytes cut off are kept beside the segment for examination"
+    );
+    Ok(())
+}
+
 fn cut(file: &File, path: &Path, len: u64) -> Result<()> {
     file.set_len(len)
         .and_then(|()| file.sync_all())
@@ -403,12 +442,36 @@ mod tests {
         .unwrap();
         assert_eq!(s.next, 3);
         assert_eq!(seen[2].1, rec(2));
+        let kept = |dir: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.contains(".cut-at-"))
+                .collect();
+            names.sort();
+            names
+        };
         let mut w = JournalWriter::open(dir.path(), &s, 1 << 20).unwrap();
+        // The torn record is cut off, and kept beside the segment (without the zeros after it).
+        let at = buf.len();
+        let name = format!("{}.cut-at-{at}", segment_name(0));
+        assert_eq!(kept(dir.path()), [name.clone()]);
+        let torn = &buf[..20];
+        let written = torn.iter().rposition(|&b| b != 0).unwrap() + 1;
+        assert_eq!(
+            std::fs::read(dir.path().join(&name)).unwrap(),
+            &torn[..written]
+        );
         let mut buf = Vec::new();
         rec(3).encode_into(&mut buf);
         w.write(&buf).unwrap();
         w.sync().unwrap();
-        assert_eq!(scan(dir.path(), |_, _| Ok(())).unwrap().next, 4);
+        drop(w);
+        let s = scan(dir.path(), |_, _| Ok(())).unwrap();
+        assert_eq!(s.next, 4);
+        // A journal that ends in zeros alone keeps nothing more.
+        JournalWriter::open(dir.path(), &s, 1 << 20).unwrap();
+        assert_eq!(kept(dir.path()), [name]);
     }
 
     #[test]
