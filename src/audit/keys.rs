@@ -146,6 +146,9 @@ pub struct KeyStore {
     len: u64,
     slots: HashMap<Tag, Slot>,
     dirty: bool,
+    /// A last record that does not check, found at open and not yet cut off: the tag it names,
+    /// when its tag bytes are whole (see [`KeyStore::cut_damaged_tail`]).
+    damaged_tail: Option<Option<Tag>>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -162,8 +165,9 @@ fn check(record: &[u8]) -> [u8; 32] {
 }
 
 impl KeyStore {
-    /// Opens (or creates) the key store at `path`. A torn last record, left by
-    /// a crash before it was synced, is dropped.
+    /// Opens (or creates) the key store at `path`. A last record that does not check (torn
+    /// by a crash before it was synced) is left out; [`KeyStore::cut_damaged_tail`] decides
+    /// whether it may be cut off.
     pub fn open(path: &Path, writable: bool) -> Result<Self> {
         let io = |e| AuditError::io(path, e);
         let created = writable && !path.exists();
@@ -181,12 +185,17 @@ impl KeyStore {
         file.read_to_end(&mut data).map_err(io)?;
         let mut slots = HashMap::new();
         let mut len = 0u64;
+        let mut damaged_tail = None;
         let records: Vec<&[u8]> = data.chunks(RECORD).collect();
         for (i, rec) in records.iter().enumerate() {
             let last = i + 1 == records.len();
-            let tag: Tag = match rec.get(..32).and_then(|t| t.try_into().ok()) {
+            let whole_tag: Option<Tag> = rec.get(..32).and_then(|t| t.try_into().ok());
+            let tag: Tag = match whole_tag {
                 Some(t) if rec.len() == RECORD => t,
-                _ if last => break,
+                _ if last => {
+                    damaged_tail = Some(whole_tag);
+                    break;
+                }
                 _ => return Err(AuditError::Corrupt("key store record torn".into())),
             };
             let slot = if rec[32..].iter().all(|&b| b == 0) {
@@ -201,6 +210,7 @@ impl KeyStore {
                     keys: CaseKeys { commit, data: dkey },
                 }
             } else if last {
+                damaged_tail = Some(Some(tag));
                 break;
             } else {
                 return Err(AuditError::Corrupt(format!(
@@ -210,9 +220,8 @@ impl KeyStore {
             slots.insert(tag, slot);
             len += RECORD as u64;
         }
-        if writable && len != data.len() as u64 {
-            file.set_len(len).map_err(io)?;
-            file.sync_all().map_err(io)?;
+        if len == data.len() as u64 {
+            damaged_tail = None;
         }
         Ok(KeyStore {
             path: path.to_owned(),
@@ -220,7 +229,34 @@ impl KeyStore {
             len,
             slots,
             dirty: false,
+            damaged_tail,
         })
+    }
+
+    /// Cuts off a last record that does not check, found at open, unless `in_journal` says its
+    /// case has entries in the journal.
+    ///
+    /// A crash can tear only a record that was never synced, and new keys are synced before
+    /// any entry made under them is written: so a case with entries had its keys synced, and a
+    /// damaged record of its keys is damage on the disk, not a crash. Cut off, the keys would
+    /// be made anew, with other commitments, and the case's sealed payloads could never be
+    /// opened: the store is refused instead, to be restored from a backup.
+    pub fn cut_damaged_tail(&mut self, in_journal: impl Fn(&Tag) -> bool) -> Result<()> {
+        let Some(tag) = self.damaged_tail else {
+            return Ok(());
+        };
+        if tag.as_ref().is_some_and(in_journal) {
+            return Err(AuditError::Corrupt(format!(
+                "the last record of {} is damaged, and the journal holds entries of its case: \
+                 its keys would be lost; restore the file from a backup of private/keys",
+                self.path.display()
+            )));
+        }
+        let io = |e| AuditError::io(&self.path, e);
+        self.file.set_len(self.len).map_err(io)?;
+        self.file.sync_all().map_err(io)?;
+        self.damaged_tail = None;
+        Ok(())
     }
 
     /// The keys of a case, if it has some.
@@ -470,5 +506,34 @@ mod tests {
         let ks = KeyStore::open(&path, false).unwrap();
         assert!(ks.is_erased(&tag));
         assert!(ks.any_erased());
+    }
+
+    #[test]
+    fn a_damaged_last_record_is_cut_off_only_if_no_entry_was_made_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cases.keys");
+        let (first, last) = ([1u8; 32], [2u8; 32]);
+        let mut ks = KeyStore::open(&path, true).unwrap();
+        ks.get_or_create(&first).unwrap();
+        ks.get_or_create(&last).unwrap();
+        ks.sync().unwrap();
+        drop(ks);
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[RECORD + 40] ^= 1;
+        std::fs::write(&path, &raw).unwrap();
+
+        // Its case has entries: the keys would be lost, and the store is refused, untouched.
+        let mut ks = KeyStore::open(&path, true).unwrap();
+        let refused = ks.cut_damaged_tail(|tag| *tag == last).unwrap_err();
+        assert!(refused.to_string().contains("restore"), "{refused}");
+        assert_eq!(std::fs::read(&path).unwrap(), raw);
+        drop(ks);
+
+        // Its case has none (a crash tore keys never used): cut off, and made anew if needed.
+        let mut ks = KeyStore::open(&path, true).unwrap();
+        ks.cut_damaged_tail(|tag| *tag == first).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), RECORD as u64);
+        assert!(ks.get(&first).is_ok());
+        assert!(matches!(ks.get(&last), Err(AuditError::UnknownCase)));
     }
 }

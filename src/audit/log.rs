@@ -353,7 +353,7 @@ impl AuditLog {
             }
         }
         let index_key = IndexKey::load_or_create(&layout.keys.join("index.key"))?;
-        let keys = KeyStore::open(&layout.keys.join("cases.keys"), true)?;
+        let mut keys = KeyStore::open(&layout.keys.join("cases.keys"), true)?;
         if let Some((old, _)) = older.take().filter(|(o, _)| o.size > 0) {
             let reader = TileReader::new(&layout.public, last.size);
             if super::merkle::root_from(&reader, old.size)? != old.root {
@@ -413,6 +413,7 @@ impl AuditLog {
             let h = leaf_hash(&entry);
             edge.push(entry, h);
         }
+        keys.cut_damaged_tail(|tag| index.contains_key(tag))?;
         let writer = JournalWriter::open(&layout.journal, &scan, options.segment_bytes)?;
         let last_size = last.size;
 
