@@ -455,7 +455,7 @@ mod tests {
         // The torn record is cut off, and kept beside the segment (without the zeros after it).
         let at = buf.len();
         let name = format!("{}.cut-at-{at}", segment_name(0));
-        assert_eq!(kept(dir.path()), [name.clone()]);
+        assert_eq!(kept(dir.path()), std::slice::from_ref(&name));
         let torn = &buf[..20];
         let written = torn.iter().rposition(|&b| b != 0).unwrap() + 1;
         assert_eq!(
