@@ -47,8 +47,11 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// Idle keep-alive time of a connection, in seconds. Default 75.
     pub keep_alive_secs: u64,
-    /// Answer every `POST /v1/messages` with `202` without processing: a measuring floor for
-    /// load tests only. Default false.
+    /// Answer every `POST /v1/messages` with `202` without processing: the measuring floor of
+    /// `passerelle load`, set only by its hidden `serve --measuring-floor` flag, never by a
+    /// settings file (a gateway that acknowledges what it does not keep must not be one
+    /// setting away).
+    #[serde(skip)]
     pub floor_mode: bool,
 }
 
@@ -329,5 +332,20 @@ impl Config {
             .signing_key
             .clone()
             .unwrap_or_else(|| self.paths.data.join("audit-signing.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_settings_file_makes_a_gateway_a_measuring_floor() {
+        let refused = toml::from_str::<Config>("[server]\nfloor_mode = true\n").unwrap_err();
+        assert!(
+            refused.to_string().contains("unknown field `floor_mode`"),
+            "{refused}"
+        );
+        assert!(!Config::default().server.floor_mode);
     }
 }

@@ -95,7 +95,6 @@ fn start_gateway(floor: bool) -> anyhow::Result<Gateway> {
     let config = format!(
         r#"[server]
 listen = "127.0.0.1:{https}"
-floor_mode = {floor}
 [admin]
 listen = "127.0.0.1:{admin}"
 [paths]
@@ -110,9 +109,12 @@ burst = 1000000
     );
     let config_path = dir.path().join("passerelle.toml");
     std::fs::write(&config_path, config)?;
-    let child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--config"])
-        .arg(&config_path)
+    let mut serve = Command::new(std::env::current_exe()?);
+    serve.args(["serve", "--config"]).arg(&config_path);
+    if floor {
+        serve.arg("--measuring-floor");
+    }
+    let child = serve
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

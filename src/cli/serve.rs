@@ -13,6 +13,10 @@ pub struct ServeArgs {
     /// its default: loopback, the development PKI, the sample registry, data in var/passerelle.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Answer every message with 202 without processing, recording or keeping it: the
+    /// measuring floor of `passerelle load`, which starts the gateway with it. Never otherwise.
+    #[arg(long, hide = true)]
+    pub measuring_floor: bool,
 }
 
 /// Structured JSON logs on standard error, filtered by `RUST_LOG` (default `info`), with the
@@ -67,10 +71,11 @@ impl ServeArgs {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         init_logging();
-        let config = match &self.config {
+        let mut config = match &self.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
+        config.server.floor_mode = self.measuring_floor;
         actix_web::rt::System::new().block_on(async move {
             let running = RunningGateway::start(&config)
                 .await

@@ -87,13 +87,26 @@ pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningSe
         crate::tls::server_config_with_verifier(&config.tls.server_files(), Some(observer))?;
     let tls = (*tls).clone();
     let floor = config.server.floor_mode;
+    if floor {
+        tracing::warn!(
+            "MEASURING FLOOR: every POST /v1/messages is answered 202 and nothing is processed, \
+             recorded or kept; for passerelle load only"
+        );
+    }
+    // The floor reads each body whole (the pipeline streams it under its own limit): no more
+    // than a message may be.
+    let floor_body_limit = config.limits.max_body_bytes.saturating_add(1);
     let data = web::Data::from(gateway);
     let listener = std::net::TcpListener::bind(config.server.listen)?;
     let addr = listener.local_addr()?;
     let mut server = HttpServer::new(move || {
         let app = App::new()
             .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(usize::MAX))
+            .app_data(web::PayloadConfig::new(if floor {
+                floor_body_limit
+            } else {
+                usize::MAX
+            }))
             // Bad query strings and path values are answered as problems too.
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 problem::Problem::bad_request(format!("the query string: {e}")).into()
