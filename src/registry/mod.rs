@@ -125,6 +125,12 @@ pub enum AccessError {
     /// The certificate matches a partner whose pins it does not satisfy.
     #[error("the client certificate of {0} does not match its pinned fingerprints")]
     PinMismatch(String),
+    /// The certificate names more than one registered partner.
+    #[error(
+        "the client certificate names several registered partners ({}): a certificate must identify one",
+        .0.join(", ")
+    )]
+    Ambiguous(Vec<String>),
     /// The sender's role may not send this event type.
     #[error("partner {partner} (role {role}) may not send {event_type}")]
     NotAllowed {
@@ -392,15 +398,26 @@ impl Registry {
         self.partners.values()
     }
 
-    /// Identifies the partner from a verified certificate's URI SANs and fingerprint.
+    /// Identifies the partner from a verified certificate's URI SANs and fingerprint. A
+    /// certificate whose SANs name two registered partners identifies neither: which one it
+    /// acted as must not depend on the order of its SANs.
     pub fn identify(
         &self,
         uri_sans: &[String],
         fingerprint: &str,
     ) -> Result<&PartnerEntry, AccessError> {
-        let entry = uri_sans
+        let named: BTreeSet<&String> = uri_sans
             .iter()
-            .find_map(|san| self.by_identity.get(san))
+            .filter_map(|san| self.by_identity.get(san))
+            .collect();
+        if named.len() > 1 {
+            return Err(AccessError::Ambiguous(
+                named.into_iter().cloned().collect(),
+            ));
+        }
+        let entry = named
+            .into_iter()
+            .next()
             .and_then(|id| self.partners.get(id))
             .ok_or(AccessError::UnknownIdentity)?;
         if !entry.fingerprints.is_empty()
@@ -647,6 +664,20 @@ mod tests {
                 .unwrap_err(),
             AccessError::UnknownIdentity
         );
+        // Two partners in one certificate: neither, whatever the order.
+        for sans in [
+            ["urn:partner:iom.ma", "urn:partner:ma.interieur"],
+            ["urn:partner:ma.interieur", "urn:partner:iom.ma"],
+        ] {
+            let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
+            assert_eq!(
+                registry.identify(&sans, "").unwrap_err(),
+                AccessError::Ambiguous(vec!["iom.ma".into(), "ma.interieur".into()])
+            );
+        }
+        // The same partner named twice is that partner.
+        let twice = ["urn:partner:iom.ma".to_owned(), "urn:partner:iom.ma".to_owned()];
+        assert_eq!(registry.identify(&twice, "").unwrap().id, "iom.ma");
         assert!(
             registry
                 .authorise("sn.consulat.casablanca", "ma.rva.lpc.issued")
