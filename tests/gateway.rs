@@ -1946,6 +1946,38 @@ async fn an_inbox_read_and_acknowledged_twice_at_once_is_audited_once() {
     gateway.stop().await;
 }
 
+/// A delivery acknowledged without ever being listed (its id known otherwise) was received all
+/// the same: the trail says `delivered`, then `acknowledged`.
+#[actix_web::test]
+async fn an_inbox_delivery_acknowledged_unread_is_audited_delivered_first() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reference = "CGSN-CASA-2026-00971";
+    let reply = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let id = wait_for("the ministry's delivery", WAIT, async || {
+        gateway
+            .running
+            .gateway
+            .store
+            .waiting()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.event_id == reference && d.recipient == "ma.interieur")
+            .map(|d| d.id)
+    })
+    .await;
+    let ministry = gateway.client("ma.interieur");
+    let ack = ministry.post(&format!("/v1/inbox/{id}/ack")).await;
+    assert_eq!(ack.status, 200, "{}", ack.text());
+    let story = delivery_story(&gateway, reference, "ma.interieur", "acknowledged").await;
+    let kinds: Vec<&str> = story.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["delivered", "acknowledged"]);
+    gateway.stop().await;
+}
+
 #[actix_web::test]
 async fn duplicates_sent_at_once_get_the_original_receipt() {
     let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;

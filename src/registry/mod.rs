@@ -411,9 +411,7 @@ impl Registry {
             .filter_map(|san| self.by_identity.get(san))
             .collect();
         if named.len() > 1 {
-            return Err(AccessError::Ambiguous(
-                named.into_iter().cloned().collect(),
-            ));
+            return Err(AccessError::Ambiguous(named.into_iter().cloned().collect()));
         }
         let entry = named
             .into_iter()
@@ -676,7 +674,10 @@ mod tests {
             );
         }
         // The same partner named twice is that partner.
-        let twice = ["urn:partner:iom.ma".to_owned(), "urn:partner:iom.ma".to_owned()];
+        let twice = [
+            "urn:partner:iom.ma".to_owned(),
+            "urn:partner:iom.ma".to_owned(),
+        ];
         assert_eq!(registry.identify(&twice, "").unwrap().id, "iom.ma");
         assert!(
             registry

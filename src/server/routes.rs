@@ -444,6 +444,33 @@ async fn ack(
             )));
         }
         DeliveryState::Pending | DeliveryState::Delivered => {
+            // Acknowledged without ever being listed (its id guessed or known otherwise): it
+            // was received all the same, and the evidence says so first, with the body it was
+            // given, as a first fetch does.
+            if delivery.state == DeliveryState::Pending {
+                let whole = gateway
+                    .store
+                    .delivery(id)
+                    .map_err(|e| Problem::unavailable(e.to_string()))?
+                    .ok_or_else(not_yours)?;
+                gateway
+                    .audit_delivery(&whole, Kind::Delivered, None)
+                    .await
+                    .map_err(|_| {
+                        Problem::unavailable(
+                            "the acknowledgement was not recorded: the audit log cannot record \
+                             it now; try again",
+                        )
+                    })?;
+                gateway
+                    .store
+                    .update(id, DeliveryUpdate::Delivered)
+                    .await
+                    .map_err(|e| Problem::unavailable(e.to_string()))?;
+                gateway
+                    .metrics
+                    .delivery(&delivery.recipient, "inbox", "delivered");
+            }
             // Audit first, as for deliveries.
             gateway
                 .audit_delivery(&delivery, Kind::Acknowledged, None)
