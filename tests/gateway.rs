@@ -2343,7 +2343,8 @@ async fn a_dead_letter_is_listed_and_redelivered() {
         .gateway
         .store
         .inbox("iom.ma", 0, 10)
-        .unwrap();
+        .unwrap()
+        .deliveries;
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].state, DeliveryState::Pending);
     assert_eq!(

@@ -332,6 +332,14 @@ struct InboxMessage {
     created_at: String,
 }
 
+/// One page of an inbox, as it is answered.
+#[derive(Debug, Serialize)]
+struct InboxPage {
+    messages: Vec<InboxMessage>,
+    /// Where the next page starts after: the last delivery the page looked at.
+    next_after: u64,
+}
+
 /// How many of an inbox page's first fetches are audited at once.
 const AUDITS_AT_ONCE: usize = 16;
 
@@ -344,10 +352,18 @@ async fn get_inbox(
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
     // One request at a time per inbox: a delivery is audited `delivered` once.
     let _turn = gateway.inbox_turn(&caller.0.id).await?;
-    let deliveries = gateway
+    let page = gateway
         .store
         .inbox(&caller.0.id, query.after, limit)
         .map_err(|e| Problem::unavailable(e.to_string()))?;
+    for (delivery, why) in &page.unreadable {
+        tracing::error!(
+            delivery,
+            error = %why,
+            "an inbox delivery's record cannot be read back; passed over, the others are listed"
+        );
+    }
+    let deliveries = page.deliveries;
     // The first fetch is the delivery: audit it, then record it (so that the evidence is never
     // behind the state: a failure in between audits it again at the next fetch). The page's
     // entries are appended together (up to `AUDITS_AT_ONCE` at a time), and share the log's
@@ -406,11 +422,11 @@ async fn get_inbox(
             created_at: d.created_at,
         })
         .collect();
-    let next_after = messages.last().map_or(query.after, |m| m.id);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "messages": messages,
-        "next_after": next_after,
-    })))
+    let next_after = page.last_seen.unwrap_or(query.after);
+    Ok(HttpResponse::Ok().json(InboxPage {
+        messages,
+        next_after,
+    }))
 }
 
 async fn ack(

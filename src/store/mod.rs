@@ -240,6 +240,23 @@ impl Delivery {
 /// (and its default), and the start's withdrawal of erased cases' deliveries.
 pub const DEAD_LETTER_PAGE: usize = 1000;
 
+/// The most body bytes one inbox page holds, unless its first message alone is larger: a page
+/// of the most messages (500) of the largest bodies would otherwise be hundreds of MiB, held
+/// in memory, in several copies, until the client has read it.
+pub const INBOX_PAGE_BYTES: usize = 8 << 20;
+
+/// One page of an inbox (see [`Store::inbox`]).
+#[derive(Debug, Default)]
+pub struct InboxPage {
+    /// The deliveries, oldest first, with their bodies.
+    pub deliveries: Vec<Delivery>,
+    /// The last delivery id the page looked at, read or not: where the next page starts after.
+    pub last_seen: Option<u64>,
+    /// Deliveries whose records cannot be read back (damaged), with why: passed over, so that
+    /// one does not stop the inbox, and left in it, for the caller to report.
+    pub unreadable: Vec<(u64, String)>,
+}
+
 /// What a push worker should attempt, and when to look again (see [`Store::due_for`]).
 #[derive(Debug, Default)]
 pub struct DueLook {
@@ -826,27 +843,40 @@ impl Store {
     }
 
     /// Up to `limit` deliveries waiting in a recipient's inbox, oldest first, starting after
-    /// delivery id `after`, with their bodies.
-    pub fn inbox(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Delivery>> {
+    /// delivery id `after`, with their bodies: no more than [`INBOX_PAGE_BYTES`] of bodies,
+    /// unless the first alone is larger. A delivery whose record cannot be read is passed over
+    /// and named in [`InboxPage::unreadable`].
+    pub fn inbox(&self, recipient: &str, after: u64, limit: usize) -> Result<InboxPage> {
         let r = self.db.begin_read().map_err(db_error)?;
         let inbox = r.open_table(INBOX).map_err(db_error)?;
         let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
         let bodies = r.open_table(BODIES).map_err(db_error)?;
-        let mut found = Vec::new();
+        let mut page = InboxPage::default();
+        let mut bytes = 0usize;
         let start = after.saturating_add(1);
         for item in inbox
             .range((recipient, start)..=(recipient, u64::MAX))
             .map_err(db_error)?
         {
-            if found.len() >= limit {
+            if page.deliveries.len() >= limit {
                 break;
             }
-            let (key, _) = item.map_err(db_error)?;
-            if let Some(d) = read_delivery(&deliveries, Some(&bodies), key.value().1)? {
-                found.push(d);
+            let id = item.map_err(db_error)?.0.value().1;
+            match read_delivery(&deliveries, Some(&bodies), id) {
+                Ok(Some(d)) => {
+                    bytes = bytes.saturating_add(d.body.len());
+                    if bytes > INBOX_PAGE_BYTES && !page.deliveries.is_empty() {
+                        break;
+                    }
+                    page.deliveries.push(d);
+                }
+                Ok(None) => {}
+                Err(StoreError::Unreadable(why)) => page.unreadable.push((id, why)),
+                Err(error) => return Err(error),
             }
+            page.last_seen = Some(id);
         }
-        Ok(found)
+        Ok(page)
     }
 
     /// Up to `limit` push deliveries on `channel` due at or before `now_ms`, with their bodies,
@@ -2093,6 +2123,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_inbox_page_holds_a_bounded_weight_and_passes_over_an_unreadable_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        // Five messages of 3 MiB each, and one whose record is damaged.
+        let mut made = Vec::new();
+        for n in 0..6 {
+            let mut delivery = new_delivery("inbox", Channel::Inbox);
+            delivery.body = vec![b'x'; 3 << 20];
+            made.extend(accept(&store, &format!("e{n}"), vec![delivery]).await);
+        }
+        until_confirmations_committed(&store).await;
+        damage_delivery(&store, made[1].id);
+        let ids = |page: &InboxPage| page.deliveries.iter().map(|d| d.id).collect::<Vec<_>>();
+        // 8 MiB a page: two bodies, the damaged record passed over and named.
+        let first = store.inbox("inbox", 0, 500).unwrap();
+        assert_eq!(ids(&first), [made[0].id, made[2].id]);
+        assert_eq!(first.unreadable.len(), 1);
+        assert_eq!(first.unreadable[0].0, made[1].id);
+        assert_eq!(first.last_seen, Some(made[2].id));
+        let second = store.inbox("inbox", made[2].id, 500).unwrap();
+        assert_eq!(ids(&second), [made[3].id, made[4].id]);
+        // A page always holds one message, however large.
+        let one = store.inbox("inbox", made[4].id, 1).unwrap();
+        assert_eq!(ids(&one), [made[5].id]);
+        let mut huge = new_delivery("big", Channel::Inbox);
+        huge.body = vec![b'y'; INBOX_PAGE_BYTES + 1];
+        let big = accept(&store, "huge", vec![huge]).await;
+        until_confirmations_committed(&store).await;
+        assert_eq!(ids(&store.inbox("big", 0, 500).unwrap()), [big[0].id]);
+    }
+
+    #[tokio::test]
     async fn an_erased_delivery_leaves_its_line_and_its_body() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
@@ -2126,7 +2188,7 @@ mod tests {
             ));
         }
         assert!(store.waiting().unwrap().is_empty());
-        assert!(store.inbox("inbox", 0, 10).unwrap().is_empty());
+        assert!(store.inbox("inbox", 0, 10).unwrap().deliveries.is_empty());
         assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
         assert_eq!(store.pending_deliveries(), 0);
         assert_eq!(store.dead_letters(0, 10).unwrap().len(), 2);
@@ -2356,7 +2418,7 @@ mod tests {
         store.confirm_later(&next, entry, &made).unwrap();
         until_confirmations_committed(&store).await;
         assert!(store.unconfirmed().unwrap().is_empty());
-        assert_eq!(store.inbox("iom.ma", 0, 10).unwrap().len(), 1);
+        assert_eq!(store.inbox("iom.ma", 0, 10).unwrap().deliveries.len(), 1);
         assert!(store.case_file(case).unwrap().is_firm("lpc.issued"));
     }
 
@@ -2522,7 +2584,7 @@ mod tests {
         let read = store.accepted("urn:partner:test", "e1").unwrap().unwrap();
         assert!(read.confirmed);
         assert_eq!(read.log_index, 7);
-        assert_eq!(store.inbox("iom.ma", 0, 10).unwrap().len(), 1);
+        assert_eq!(store.inbox("iom.ma", 0, 10).unwrap().deliveries.len(), 1);
         assert!(store.is_open());
     }
 
