@@ -40,6 +40,7 @@ use rustls::{
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 use x509_parser::extensions::GeneralName;
@@ -296,6 +297,9 @@ pub struct ClientVerifier {
     read_at: Mutex<Vec<Option<SystemTime>>>,
     /// Told of each certificate a handshake refuses.
     observer: Option<Arc<dyn CertificateRefusalObserver>>,
+    /// How many times the CRLs were read again: a connection verified under an earlier
+    /// generation has its certificate checked again ([`ClientVerifier::recheck`]).
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -337,6 +341,7 @@ impl ClientVerifier {
             current: RwLock::new(verifier),
             read_at: Mutex::new(read_at),
             observer,
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -359,8 +364,26 @@ impl ClientVerifier {
         }
         let verifier = build_client_verifier(&self.ca, &self.crls, &self.roots, &self.provider)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        self.generation.fetch_add(1, Ordering::Release);
         *read_at = now;
         Ok(true)
+    }
+
+    /// How many times the CRLs were read again since start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Verifies a connection's certificate chain (end-entity first, as the handshake received
+    /// it) again, against the CRLs in use now and at this time: a connection outlives the
+    /// handshake that checked it, and its certificate may since have been revoked or have
+    /// expired. A refusal is reported like a handshake's.
+    pub fn recheck(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let (end_entity, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(|_| ())
     }
 
     /// The CRL files it reads.
@@ -572,6 +595,8 @@ pub struct PeerIdentity {
     pub uris: Vec<String>,
     /// The SHA-256 fingerprint of the DER certificate, `sha256:` then 64 lower-case hex digits.
     pub fingerprint: String,
+    /// The end of the certificate's validity, in seconds since the epoch.
+    pub not_after: i64,
 }
 
 impl PeerIdentity {
@@ -611,6 +636,7 @@ pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<PeerIdentity, TlsEr
     Ok(PeerIdentity {
         uris,
         fingerprint: fingerprint(end_entity),
+        not_after: parsed.validity().not_after.timestamp(),
     })
 }
 
@@ -774,6 +800,7 @@ mod tests {
                 "https://example.org/urn:partner:x".to_owned(),
             ],
             fingerprint: format!("{FINGERPRINT_PREFIX}{}", "0".repeat(64)),
+            not_after: 0,
         };
         assert_eq!(identity.partner_ids().collect::<Vec<_>>(), ["iom.sn"]);
     }

@@ -32,6 +32,8 @@
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
+#[path = "support/pki.rs"]
+mod pki;
 
 use gateway_support::{
     Admin, Answer, Client, Receiver, RegistryChanges, VerifiedTrail, anonymous_tls, client_tls,
@@ -1943,6 +1945,59 @@ async fn an_inbox_read_and_acknowledged_twice_at_once_is_audited_once() {
     let story = delivery_story(&gateway, reference, "ma.interieur", "acknowledged").await;
     let kinds: Vec<&str> = story.iter().map(|(kind, _)| kind.as_str()).collect();
     assert_eq!(kinds, ["delivered", "acknowledged"]);
+    gateway.stop().await;
+}
+
+/// A certificate revoked while its connection is kept alive: once the gateway has read the new
+/// CRL, that connection's next requests are refused (with an answer, which shows the connection
+/// was kept: a new one would be refused at the handshake).
+#[actix_web::test]
+async fn a_certificate_revoked_while_connected_is_refused_on_its_open_connection() {
+    let crls = tempfile::tempdir().expect("a temporary folder");
+    let crl = crls.path().join("crl.pem");
+    std::fs::write(&crl, pki::dev_crl(10, &["revoked"])).expect("the first CRL");
+    let gateway = TestGateway::start(&RegistryChanges::new(), |config| {
+        config.tls.crls = vec![crl.clone()];
+        config.tls.crl_refresh_secs = 1;
+    })
+    .await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00980"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+
+    std::fs::write(
+        &crl,
+        pki::dev_crl(11, &["revoked", "sn.consulat.casablanca"]),
+    )
+    .expect("the CRL that revokes the consulate");
+    let mut attempt = 0;
+    let refused = wait_for(
+        "the consulate refused on its connection",
+        WAIT,
+        async || {
+            attempt += 1;
+            let reference = format!("CGSN-CASA-2026-{:05}", 981 + attempt);
+            let reply = consulate
+                .send("application/xml", lpc_issued(&reference))
+                .await;
+            (reply.status != 202).then_some(reply)
+        },
+    )
+    .await;
+    let problem = refused.problem(403, "forbidden");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no longer valid")),
+        "{problem}"
+    );
+    let inbox = consulate.get("/v1/inbox").await;
+    assert_eq!(inbox.status, 403, "{}", inbox.text());
+    // The others go on.
+    let ministry = gateway.client("ma.interieur");
+    assert_eq!(ministry.get("/v1/inbox").await.status, 200);
     gateway.stop().await;
 }
 

@@ -6,7 +6,11 @@
 //! rustls gives: in TLS 1.3 the client finishes its half of the handshake before the server has
 //! verified its certificate, so the client only learns of the refusal when it next reads.
 
+#[path = "support/pki.rs"]
+mod pki;
+
 use passerelle::tls::{self, PeerIdentity, TlsError, TlsFiles, dev};
+use pki::dev_crl;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -700,42 +704,6 @@ fn the_committed_pki_holds_every_documented_file() {
         }
     }
     assert_eq!(tls::load_crls(&dir.join(dev::CRL_FILE)).unwrap().len(), 1);
-}
-
-/// The serial number of a certificate file of the development PKI.
-fn serial_of(name: &str) -> SerialNumber {
-    let pem = std::fs::read(dev_dir().join(format!("{name}.pem"))).unwrap();
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
-    let cert = pem.parse_x509().unwrap();
-    SerialNumber::from_slice(cert.raw_serial())
-}
-
-/// A CRL of the development CA, valid now, revoking the given certificates.
-fn dev_crl(number: u8, revoked: &[&str]) -> String {
-    let ca_key =
-        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
-    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
-    CertificateRevocationListParams {
-        this_update: date_time_ymd(2021, 1, 1),
-        next_update: date_time_ymd(2099, 1, 1),
-        crl_number: SerialNumber::from_slice(&[number]),
-        issuing_distribution_point: None,
-        revoked_certs: revoked
-            .iter()
-            .map(|name| rcgen::RevokedCertParams {
-                serial_number: serial_of(name),
-                revocation_time: date_time_ymd(2021, 1, 1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&issuer)
-    .unwrap()
-    .pem()
-    .unwrap()
 }
 
 /// Remembers the refusals a verifier reports.

@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::pipeline::refusal_summaries::RefusalSummaries;
 use crate::pipeline::{Gateway, UNVERIFIED};
-use crate::tls::{CertificateRefusal, CertificateRefusalObserver, PeerIdentity, peer_identity};
+use crate::tls::{
+    CertificateRefusal, CertificateRefusalObserver, ClientVerifier, PeerIdentity, peer_identity,
+};
 use actix_web::dev::{Extensions, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use chrono::Utc;
@@ -21,20 +23,61 @@ use rustls::pki_types::CertificateDer;
 use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The identity read from a connection's verified client certificate.
 #[derive(Debug, Clone)]
-pub struct ConnectionIdentity(pub Option<PeerIdentity>);
+pub struct ConnectionIdentity(pub Option<VerifiedPeer>);
 
-/// Reads the verified client certificate when a TLS connection is set up.
-fn on_connect(connection: &dyn Any, extensions: &mut Extensions) {
+/// A connection's client certificate, verified by its handshake, and kept to be verified again
+/// while the connection lasts (see [`VerifiedPeer::still_valid`]).
+#[derive(Debug, Clone)]
+pub struct VerifiedPeer {
+    /// What the certificate says.
+    pub identity: PeerIdentity,
+    /// The chain the handshake verified, end-entity first.
+    chain: Arc<Vec<CertificateDer<'static>>>,
+    /// The generation of the CRLs the chain was last verified under
+    /// ([`ClientVerifier::generation`]).
+    checked: Arc<AtomicU64>,
+}
+
+impl VerifiedPeer {
+    /// Whether the certificate is still valid: verified again when the CRLs were read again
+    /// since it was last verified, or once it has expired. A connection outlives the handshake
+    /// that checked it, so that a certificate revoked (or expired) since would otherwise go on
+    /// being accepted on a connection kept alive.
+    pub fn still_valid(&self, verifier: &ClientVerifier) -> Result<(), rustls::Error> {
+        let generation = verifier.generation();
+        let expired = Utc::now().timestamp() >= self.identity.not_after;
+        if !expired && self.checked.load(Ordering::Acquire) == generation {
+            return Ok(());
+        }
+        verifier.recheck(&self.chain)?;
+        self.checked.store(generation, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Reads the verified client certificate when a TLS connection is set up, noting the CRLs'
+/// generation. (Were they read again between the handshake and this call, the certificate is
+/// verified again at the next generation only: a window of microseconds.)
+fn on_connect(verifier: &ClientVerifier, connection: &dyn Any, extensions: &mut Extensions) {
     type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
-    let identity = connection
+    let generation = verifier.generation();
+    let peer = connection
         .downcast_ref::<Tls>()
         .and_then(|tls| tls.get_ref().1.peer_certificates())
-        .and_then(|certs| peer_identity(certs).ok());
-    extensions.insert(ConnectionIdentity(identity));
+        .and_then(|certs| {
+            let identity = peer_identity(certs).ok()?;
+            Some(VerifiedPeer {
+                identity,
+                chain: Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()),
+                checked: Arc::new(AtomicU64::new(generation)),
+            })
+        });
+    extensions.insert(ConnectionIdentity(peer));
 }
 
 /// Counts each client certificate that the TLS handshake refuses, and tallies it for a
@@ -97,11 +140,14 @@ pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningSe
     // than a message may be.
     let floor_body_limit = config.limits.max_body_bytes.saturating_add(1);
     let data = web::Data::from(gateway);
+    let verifier = web::Data::from(client_verifier.clone());
+    let connect_verifier = client_verifier.clone();
     let listener = std::net::TcpListener::bind(config.server.listen)?;
     let addr = listener.local_addr()?;
     let mut server = HttpServer::new(move || {
         let app = App::new()
             .app_data(data.clone())
+            .app_data(verifier.clone())
             .app_data(web::PayloadConfig::new(if floor {
                 floor_body_limit
             } else {
@@ -120,7 +166,7 @@ pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningSe
             app.configure(routes::configure)
         }
     })
-    .on_connect(on_connect)
+    .on_connect(move |connection, extensions| on_connect(&connect_verifier, connection, extensions))
     .keep_alive(Duration::from_secs(config.server.keep_alive_secs))
     .shutdown_timeout(config.server.shutdown_timeout_secs)
     .disable_signals();

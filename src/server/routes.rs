@@ -20,6 +20,7 @@ use crate::canonical::partner_source;
 use crate::pipeline::{Ack, Content, Gateway, Outcome, Submission, UNREGISTERED};
 use crate::registry::PartnerEntry;
 use crate::store::{Channel, Delivery, DeliveryState, DeliveryUpdate};
+use crate::tls::ClientVerifier;
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -118,10 +119,20 @@ impl FromRequest for Caller {
 
 fn identify(req: &HttpRequest) -> Result<Caller, Problem> {
     let gateway = gateway(req)?;
-    let identity = req
+    let peer = req
         .conn_data::<ConnectionIdentity>()
         .and_then(|c| c.0.clone())
         .ok_or_else(|| Problem::forbidden("no verified client certificate on this connection"))?;
+    let verifier = req
+        .app_data::<web::Data<ClientVerifier>>()
+        .ok_or_else(|| Problem::unavailable("the gateway is not configured"))?;
+    peer.still_valid(verifier).map_err(|error| {
+        Problem::forbidden(format!(
+            "the client certificate of this connection is no longer valid ({error}): connect \
+             again with a valid one"
+        ))
+    })?;
+    let identity = &peer.identity;
     gateway
         .registry
         .identify(&identity.uris, &identity.fingerprint)
@@ -142,6 +153,7 @@ async fn refuse_unregistered(
     let Some(identity) = req
         .conn_data::<ConnectionIdentity>()
         .and_then(|c| c.0.clone())
+        .map(|peer| peer.identity)
     else {
         return problem;
     };

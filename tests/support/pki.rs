@@ -1,0 +1,54 @@
+//! Revocation lists of the committed development PKI (`certs/dev`), made on the fly by tests
+//! that revoke a certificate.
+//!
+//! Include it from an integration test with
+//!
+//! ```ignore
+//! #[path = "support/pki.rs"]
+//! mod pki;
+//! ```
+#![allow(dead_code)] // each test file uses the part of the harness it needs
+
+use rcgen::{CertificateRevocationListParams, Issuer, KeyPair, SerialNumber, date_time_ymd};
+use std::path::PathBuf;
+
+/// The committed development PKI.
+fn dev_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs/dev")
+}
+
+/// The serial number of a certificate file of the development PKI.
+pub fn serial_of(name: &str) -> SerialNumber {
+    let pem = std::fs::read(dev_dir().join(format!("{name}.pem"))).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    SerialNumber::from_slice(cert.raw_serial())
+}
+
+/// A CRL of the development CA, valid now, revoking the given certificates.
+pub fn dev_crl(number: u8, revoked: &[&str]) -> String {
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
+    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    CertificateRevocationListParams {
+        this_update: date_time_ymd(2021, 1, 1),
+        next_update: date_time_ymd(2099, 1, 1),
+        crl_number: SerialNumber::from_slice(&[number]),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|name| rcgen::RevokedCertParams {
+                serial_number: serial_of(name),
+                revocation_time: date_time_ymd(2021, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
