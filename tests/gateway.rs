@@ -2576,6 +2576,14 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
         assert_eq!(reply.status, 400, "{bad}: {}", reply.text());
         assert!(reply.json()["error"].is_string(), "{bad}");
     }
+    // A delivery id that is not one, and a route that does not exist: JSON errors as well.
+    for reply in [
+        admin.post("/deliveries/abc/redeliver").await,
+        admin.get("/no-such-route").await,
+    ] {
+        assert_eq!(reply.status, 404, "{}", reply.text());
+        assert!(reply.json()["error"].is_string(), "{}", reply.text());
+    }
     gateway.stop().await;
 }
 

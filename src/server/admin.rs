@@ -77,6 +77,16 @@ pub fn start(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            // A delivery id that is not a number, and a route that does not exist, are answered
+            // in the listener's JSON errors too.
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                let answer = HttpResponse::NotFound()
+                    .json(serde_json::json!({"error": format!("the path: {e}")}));
+                actix_web::error::InternalError::from_response(e, answer).into()
+            }))
+            .default_service(web::to(|| async {
+                HttpResponse::NotFound().json(serde_json::json!({"error": "no such route"}))
+            }))
             .route(
                 "/health",
                 web::get().to(|| async {

@@ -344,6 +344,18 @@ struct InboxMessage {
     created_at: String,
 }
 
+/// The inbox's turn (one request at a time per inbox). Only a poisoned lock refuses it: that
+/// is the gateway's failure, and nothing about a message that could not be made durable.
+async fn inbox_turn<'g>(
+    gateway: &'g Gateway,
+    recipient: &str,
+) -> Result<crate::pipeline::Turn<'g>, Problem> {
+    gateway
+        .inbox_turn(recipient)
+        .await
+        .map_err(|_| Problem::unavailable("the inbox cannot be read now; try again"))
+}
+
 /// One page of an inbox, as it is answered.
 #[derive(Debug, Serialize)]
 struct InboxPage {
@@ -363,7 +375,7 @@ async fn get_inbox(
     let gateway = gateway(&req)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
     // One request at a time per inbox: a delivery is audited `delivered` once.
-    let _turn = gateway.inbox_turn(&caller.0.id).await?;
+    let _turn = inbox_turn(gateway, &caller.0.id).await?;
     let page = gateway
         .store
         .inbox(&caller.0.id, query.after, limit)
@@ -450,7 +462,7 @@ async fn ack(
     let id = id.into_inner();
     let not_yours = || Problem::not_found(format!("no delivery {id} in your inbox"));
     // Read and changed in the inbox's turn: a delivery is audited `acknowledged` once.
-    let _turn = gateway.inbox_turn(&caller.0.id).await?;
+    let _turn = inbox_turn(gateway, &caller.0.id).await?;
     let delivery = gateway
         .store
         .delivery_metadata(id)
