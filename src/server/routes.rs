@@ -624,6 +624,11 @@ async fn get_log_file(
     Ok(response.body(bytes))
 }
 
+/// The most entries one trail answer holds: each is read, proved and written out (a few KiB
+/// apiece, in several copies) before the answer goes. A real case has tens; a search that
+/// matches more is refused, and read offline from a copy of the log.
+const MOST_TRAIL_ENTRIES: usize = 2000;
+
 #[derive(Debug, Deserialize)]
 struct TrailQuery {
     case: Option<String>,
@@ -649,15 +654,21 @@ async fn get_trail(
         _ => return Err(Problem::bad_request("give exactly one of case, lpc or pnr")),
     };
     let log = gateway.log.clone();
+    let matched = log.lookup(&q);
+    if matched.len() > MOST_TRAIL_ENTRIES {
+        return Err(Problem::bad_request(format!(
+            "this search matches {} entries, more than the {MOST_TRAIL_ENTRIES} one answer \
+             holds: read it from a copy of the log with `passerelle audit trail`",
+            matched.len()
+        )));
+    }
     let trail = web::block(move || -> Result<Trail, crate::audit::AuditError> {
         // One checkpoint for the whole answer: `log.search` would take the latest again, and
         // a checkpoint signed in between would give proofs against another checkpoint than the
         // bundle's (which then fails to verify), and entries both found and pending.
         let (signed, checkpoint) = log.latest_checkpoint();
-        let (covered, pending): (Vec<u64>, Vec<u64>) = log
-            .lookup(&q)
-            .into_iter()
-            .partition(|&i| i < checkpoint.size);
+        let (covered, pending): (Vec<u64>, Vec<u64>) =
+            matched.into_iter().partition(|&i| i < checkpoint.size);
         let found =
             crate::audit::log::evidence(&log.layout().public, &signed, checkpoint.size, &covered)?;
         Ok(Trail {
