@@ -1206,7 +1206,9 @@ async fn a_full_outbox_pauses_consumption() {
 #[actix_web::test]
 async fn a_long_pause_gives_the_held_messages_back_to_their_queue() {
     const VHOST: &str = "giveback";
-    const COUNT: usize = 5;
+    // Enough that some are left however late the outbox's depth catches up with acceptances
+    // on a busy machine (the gate is a bound, not a count).
+    const COUNT: usize = 10;
     let broker = broker().await;
     let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |config| {
         if let Some(amqp) = config.amqp.as_mut() {

@@ -1717,6 +1717,9 @@ fn update_delivery(
 ) -> Result<Delivery> {
     let mut d = t.delivery(id)?.ok_or(StoreError::NotFound("delivery"))?;
     let waiting = d.state == DeliveryState::Pending;
+    if !applies(&d, &update) {
+        return Ok(d);
+    }
     match update {
         DeliveryUpdate::Delivered => match d.channel {
             // Fetched: it stays in the inbox until acknowledged.
@@ -1792,6 +1795,27 @@ fn update_delivery(
     }
     t.put_delivery(&d)?;
     Ok(d)
+}
+
+/// Whether `update` applies to the delivery as it stands. A push attempt's outcome applies to a
+/// delivery still waiting; an acknowledgement to an inbox delivery not yet acknowledged; an
+/// erasure to one that still holds its body or is a dead letter. Anything else comes too late
+/// (the delivery left the line meanwhile: delivered, dead-lettered, withdrawn, put back by a
+/// redelivery under a new attempt) and changes nothing: a stale outcome must not move a
+/// delivery back into a line it left, nor bury one that was delivered.
+fn applies(d: &Delivery, update: &DeliveryUpdate) -> bool {
+    let waiting = d.state == DeliveryState::Pending;
+    let fetched = d.channel == Channel::Inbox && d.state == DeliveryState::Delivered;
+    match update {
+        DeliveryUpdate::Delivered => waiting,
+        DeliveryUpdate::Retry { .. } => waiting && d.channel != Channel::Inbox,
+        DeliveryUpdate::Dead { .. } => waiting || fetched,
+        DeliveryUpdate::Acknowledged => d.channel == Channel::Inbox && (waiting || fetched),
+        DeliveryUpdate::Erased => waiting || fetched || d.state == DeliveryState::Dead,
+        DeliveryUpdate::Redeliver
+        | DeliveryUpdate::Postpone { .. }
+        | DeliveryUpdate::DeadLetterAudited => true,
+    }
 }
 
 /// Moves a delivery to the dead letters with `error`, out of the line it waits in (`waiting`:
@@ -2152,6 +2176,70 @@ mod tests {
         let big = accept(&store, "huge", vec![huge]).await;
         until_confirmations_committed(&store).await;
         assert_eq!(ids(&store.inbox("big", 0, 500).unwrap()), [big[0].id]);
+    }
+
+    #[tokio::test]
+    async fn an_outcome_that_comes_too_late_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let made = accept(
+            &store,
+            "e",
+            vec![
+                new_delivery("delivered", Channel::Webhook),
+                new_delivery("dead", Channel::Webhook),
+                new_delivery("inbox", Channel::Inbox),
+            ],
+        )
+        .await;
+        until_confirmations_committed(&store).await;
+        let (delivered, dead, inbox) = (made[0].id, made[1].id, made[2].id);
+        let retry = || DeliveryUpdate::Retry {
+            error: "webhook.timeout".into(),
+            due_ms: 0,
+        };
+        let bury = || DeliveryUpdate::Dead {
+            error: "webhook.gone".into(),
+        };
+        store
+            .update(delivered, DeliveryUpdate::Delivered)
+            .await
+            .unwrap();
+        store.update(dead, bury()).await.unwrap();
+        store
+            .update(inbox, DeliveryUpdate::Acknowledged)
+            .await
+            .unwrap();
+        assert_eq!(store.pending_deliveries(), 0);
+
+        // A delivered push is not put back in line, nor buried.
+        for late in [retry(), bury()] {
+            let d = store.update(delivered, late).await.unwrap();
+            assert_eq!((d.state, d.attempts), (DeliveryState::Delivered, 1));
+        }
+        // A dead letter is not delivered, nor put back in line, by a late outcome; it stays
+        // a dead letter that can be redelivered.
+        for late in [DeliveryUpdate::Delivered, retry()] {
+            let d = store.update(dead, late).await.unwrap();
+            assert_eq!(d.state, DeliveryState::Dead);
+        }
+        store.redeliverable(dead).unwrap();
+        // An acknowledged inbox delivery stays acknowledged.
+        for late in [bury(), DeliveryUpdate::Delivered] {
+            let d = store.update(inbox, late).await.unwrap();
+            assert_eq!(d.state, DeliveryState::Acknowledged);
+        }
+        assert_eq!(store.pending_deliveries(), 0);
+        assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
+        assert_eq!(
+            store
+                .dead_letters(0, DEAD_LETTER_PAGE)
+                .unwrap()
+                .iter()
+                .map(|d| d.id)
+                .collect::<Vec<_>>(),
+            [dead]
+        );
     }
 
     #[tokio::test]
