@@ -410,6 +410,7 @@ struct Prepared {
 
 /// Where a waiting delivery sits in its channel's index: put there when its message is
 /// confirmed (or it is due again), taken out when it leaves the line.
+#[derive(Clone)]
 struct Release {
     id: u64,
     channel: Channel,
@@ -446,6 +447,9 @@ pub struct Store {
     /// Held by a test to stop the writer before it applies its next group.
     #[cfg(test)]
     hold: Arc<Mutex<()>>,
+    /// Set by a test to make the writer's next group fail as a database error would.
+    #[cfg(test)]
+    fail_next_group: Arc<AtomicBool>,
 }
 
 /// Confirmations queued by [`Store::confirm_later`] and not committed yet, by key: until the
@@ -543,6 +547,8 @@ impl Store {
         let released = Arc::new(Notify::new());
         #[cfg(test)]
         let hold = Arc::new(Mutex::new(()));
+        #[cfg(test)]
+        let fail_next_group = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(4096);
         let writer = Writer {
             db: db.clone(),
@@ -552,6 +558,8 @@ impl Store {
             released: released.clone(),
             #[cfg(test)]
             hold: hold.clone(),
+            #[cfg(test)]
+            fail_next_group: fail_next_group.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -568,6 +576,8 @@ impl Store {
             released,
             #[cfg(test)]
             hold,
+            #[cfg(test)]
+            fail_next_group,
         })
     }
 
@@ -1307,7 +1317,35 @@ impl Write {
     fn needs_sync(&self) -> bool {
         !matches!(self, Write::Confirm { durable: false, .. })
     }
+
+    /// A copy of a queued confirmation (one nobody waits for), to be written again should its
+    /// group fail; `None` for any other write, whose waiter is told of the failure instead.
+    fn carried(&self) -> Option<Write> {
+        match self {
+            Write::Confirm {
+                key,
+                attempt,
+                record,
+                case,
+                release,
+                reply: None,
+                ..
+            } => Some(Write::Confirm {
+                key: key.clone(),
+                attempt: attempt.clone(),
+                record: record.clone(),
+                case: case.clone(),
+                release: release.clone(),
+                durable: true,
+                reply: None,
+            }),
+            _ => None,
+        }
+    }
 }
+
+/// How long the queued confirmations of a failed group wait before they are written again.
+const CARRIED_RETRY: Duration = Duration::from_secs(1);
 
 /// How long unsynced confirmations may wait for a synced commit before the writer syncs.
 const IDLE_SYNC: Duration = Duration::from_millis(200);
@@ -1321,14 +1359,34 @@ struct Writer {
     released: Arc<Notify>,
     #[cfg(test)]
     hold: Arc<Mutex<()>>,
+    #[cfg(test)]
+    fail_next_group: Arc<AtomicBool>,
 }
 
 impl Writer {
     fn run(self, rx: Receiver<Write>) {
         let db = &*self.db;
         let mut unsynced = false;
+        // The queued confirmations of a failed group: nobody waits for them, and their messages
+        // were answered already, so they are written again, in a group of their own (should
+        // one of them be what fails, it does not fail the others' writes), until they are on
+        // disk. Until then the store reports itself failing.
+        let mut carried: Vec<Write> = Vec::new();
+        let mut carried_since = std::time::Instant::now();
         loop {
-            let first = match rx.recv_timeout(IDLE_SYNC) {
+            if !carried.is_empty() && carried_since.elapsed() >= CARRIED_RETRY {
+                let group = std::mem::take(&mut carried);
+                if let Err(again) = self.commit(db, group, true) {
+                    carried = again;
+                    carried_since = std::time::Instant::now();
+                }
+            }
+            let wait = if carried.is_empty() {
+                IDLE_SYNC
+            } else {
+                IDLE_SYNC.min(CARRIED_RETRY.saturating_sub(carried_since.elapsed()))
+            };
+            let first = match rx.recv_timeout(wait) {
                 Ok(w) => w,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if unsynced {
@@ -1352,59 +1410,99 @@ impl Writer {
                 }
             }
             let sync = group.iter().any(Write::needs_sync);
-            let releases_push = group.iter().any(|w| {
-                matches!(w, Write::Confirm { release, .. }
-                    if release.iter().any(|r| r.channel != Channel::Inbox))
-            });
-            let confirmed_keys: Vec<String> = group
-                .iter()
-                .filter_map(|w| match w {
-                    Write::Confirm { key, .. } => Some(key.clone()),
-                    _ => None,
-                })
-                .collect();
-            #[cfg(test)]
-            let held = self.hold.lock();
-            let mut delta: i64 = 0;
-            let applied = apply_group(db, group, sync, &mut delta);
-            #[cfg(test)]
-            drop(held);
-            match applied {
-                Ok(replies) => {
-                    self.failing.store(false, Ordering::Relaxed);
-                    unsynced = !sync;
-                    if delta >= 0 {
-                        self.pending
-                            .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-                    } else {
-                        self.pending
-                            .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            match self.commit(db, group, sync) {
+                Ok(()) => unsynced = !sync,
+                Err(again) => {
+                    if carried.is_empty() {
+                        carried_since = std::time::Instant::now();
                     }
-                    self.committed(&confirmed_keys);
-                    replies.into_iter().for_each(Reply::send);
-                    if releases_push {
-                        self.released.notify_waiters();
-                    }
-                }
-                Err((error, replies)) => {
-                    // The database refuses every later write after an I/O failure, until it
-                    // is reopened: the store reports itself not ready, and the confirmations
-                    // of this group stay answered from memory (see `Confirming`) until the
-                    // next start settles them against the audit log.
-                    self.failing.store(true, Ordering::Relaxed);
-                    tracing::error!(
-                        error = %error,
-                        writes = replies.len(),
-                        "a store commit failed; what it held is refused or settled at the next start"
-                    );
-                    replies.into_iter().for_each(|r| r.fail(&error));
-                    std::thread::sleep(Duration::from_millis(50));
+                    carried.extend(again);
                 }
             }
+            if !carried.is_empty() {
+                self.failing.store(true, Ordering::Relaxed);
+            }
+        }
+        // Stopping: one last try for the confirmations still carried (the next start settles
+        // them otherwise).
+        if !carried.is_empty() && self.commit(db, carried, true).is_ok() {
+            unsynced = false;
         }
         if unsynced && let Err(e) = sync_empty(db) {
             self.failing.store(true, Ordering::Relaxed);
             tracing::error!(error = %e, "the store's last sync failed");
+        }
+    }
+
+    /// Applies one group and answers its writes. On a failure, returns copies of its queued
+    /// confirmations, to be written again (see [`Write::carried`]).
+    fn commit(
+        &self,
+        db: &Database,
+        group: Vec<Write>,
+        sync: bool,
+    ) -> std::result::Result<(), Vec<Write>> {
+        let releases_push = group.iter().any(|w| {
+            matches!(w, Write::Confirm { release, .. }
+                if release.iter().any(|r| r.channel != Channel::Inbox))
+        });
+        let confirmed_keys: Vec<String> = group
+            .iter()
+            .filter_map(|w| match w {
+                Write::Confirm { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let carried: Vec<Write> = group.iter().filter_map(Write::carried).collect();
+        #[cfg(test)]
+        let held = self.hold.lock();
+        let mut delta: i64 = 0;
+        #[cfg(test)]
+        let applied = if self.fail_next_group.swap(false, Ordering::Relaxed) {
+            fail(StoreError::Database("failed by a test".into()), group)
+        } else {
+            apply_group(db, group, sync, &mut delta)
+        };
+        #[cfg(not(test))]
+        let applied = apply_group(db, group, sync, &mut delta);
+        #[cfg(test)]
+        drop(held);
+        match applied {
+            Ok(replies) => {
+                self.failing.store(false, Ordering::Relaxed);
+                if delta >= 0 {
+                    self.pending
+                        .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+                } else {
+                    self.pending
+                        .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+                }
+                self.committed(&confirmed_keys);
+                replies.into_iter().for_each(Reply::send);
+                if releases_push {
+                    self.released.notify_waiters();
+                }
+                Ok(())
+            }
+            Err((error, replies)) => {
+                // After an I/O failure the database refuses every later write until it is
+                // reopened: the store reports itself not ready, the queued confirmations stay
+                // answered from memory (see `Confirming`), are written again while the
+                // gateway runs, and are settled against the audit log at the next start
+                // otherwise. After another failure (a damaged page met on the way, say), they
+                // are written again on their own, and the other writes are refused to their
+                // callers.
+                self.failing.store(true, Ordering::Relaxed);
+                tracing::error!(
+                    error = %error,
+                    writes = replies.len(),
+                    confirmations_kept = carried.len(),
+                    "a store commit failed; its confirmations are written again, its other writes refused"
+                );
+                replies.into_iter().for_each(|r| r.fail(&error));
+                std::thread::sleep(Duration::from_millis(50));
+                Err(carried)
+            }
         }
     }
 
@@ -2240,6 +2338,48 @@ mod tests {
                 .collect::<Vec<_>>(),
             [dead]
         );
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_whose_group_failed_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let mut record = record("e");
+        let Recorded::New(made) = store
+            .record_accepted(&mut record, vec![new_delivery("hook", Channel::Webhook)])
+            .await
+            .unwrap()
+        else {
+            panic!("taken for a duplicate");
+        };
+        store.fail_next_group.store(true, Ordering::Relaxed);
+        let entry = LogEntry {
+            log_index: 7,
+            leaf_hash: String::new(),
+            receipt: String::new(),
+        };
+        store.confirm_later(&record, entry, &made).unwrap();
+        // The group fails: the store says so, and the message is answered from memory.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.is_open() {
+            assert!(Instant::now() < deadline, "the failure was not reported");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            store
+                .accepted(&record.source, "e")
+                .unwrap()
+                .unwrap()
+                .confirmed
+        );
+        // Written again a second later: on disk, the delivery in line, the store sound.
+        until_confirmations_committed(&store).await;
+        assert!(store.is_open());
+        assert_eq!(store.pending_deliveries(), 1);
+        let due = store.due(Channel::Webhook, now_ms(), 10).unwrap();
+        assert_eq!(due.iter().map(|d| d.id).collect::<Vec<_>>(), [made[0].id]);
+        let r = store.db.begin_read().unwrap();
+        assert!(r.open_table(UNCONFIRMED).unwrap().is_empty().unwrap());
     }
 
     #[tokio::test]
