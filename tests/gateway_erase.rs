@@ -234,4 +234,10 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         .collect();
     expected.sort();
     assert_eq!(audited, expected);
+
+    // The store remembers that one erased case was dealt with: the next starts read the
+    // waiting deliveries again only once another case is erased.
+    let store = Store::open(&data.join("store.redb")).expect("the store");
+    assert_eq!(store.erasures_withdrawn().expect("the mark"), 1);
+    store.close().expect("closing the store");
 }

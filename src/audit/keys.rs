@@ -275,7 +275,15 @@ impl KeyStore {
 
     /// Whether any case was ever erased.
     pub fn any_erased(&self) -> bool {
-        self.slots.values().any(|slot| matches!(slot, Slot::Erased))
+        self.erased() > 0
+    }
+
+    /// How many cases were erased.
+    pub fn erased(&self) -> u64 {
+        self.slots
+            .values()
+            .filter(|slot| matches!(slot, Slot::Erased))
+            .count() as u64
     }
 
     /// The keys of a case, created if needed. New keys are written but not

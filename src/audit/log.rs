@@ -724,6 +724,11 @@ impl AuditLog {
         Ok(lock(&self.shared.keys)?.any_erased())
     }
 
+    /// How many cases were erased (see [`AuditLog::erase_case`]).
+    pub fn erased_cases(&self) -> Result<u64> {
+        Ok(lock(&self.shared.keys)?.erased())
+    }
+
     /// Erases a case: appends an `erased` leaf carrying the case's commitment, so that
     /// auditors see where its trail ends, then destroys its keys (overwritten in place and
     /// synced). The log still verifies afterwards; the case's sealed payloads and commitments

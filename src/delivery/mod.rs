@@ -187,10 +187,15 @@ impl<K, T: Send + 'static> KeyedTasks<K, T> {
 /// dead letter whose body is deleted and which cannot be redelivered. Completed deliveries
 /// hold no body (the store deletes it on completion). Runs at start, before the delivery
 /// workers.
+///
+/// It reads every waiting delivery and dead letter, so it runs only when a case was erased
+/// since it last ran to its end (the store keeps the count of erased cases it has seen): an
+/// erased case takes no new message, and its dead letters cannot be put back in line, so
+/// nothing of it comes back once withdrawn.
 pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
     let mut withdrawn = 0;
-    // Reading every waiting delivery is only worth it once some case was erased.
-    if !gateway.log.any_case_erased()? {
+    let erased = gateway.log.erased_cases()?;
+    if erased <= gateway.store.erasures_withdrawn()? {
         return Ok(withdrawn);
     }
     let mut with_bodies = gateway.store.waiting()?;
@@ -220,6 +225,7 @@ pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
             .await?;
         withdrawn += 1;
     }
+    gateway.store.mark_erasures_withdrawn(erased)?;
     Ok(withdrawn)
 }
 

@@ -61,6 +61,10 @@ const UNCONFIRMED: TableDefinition<&str, ()> = TableDefinition::new("unconfirmed
 const OWED: TableDefinition<u64, ()> = TableDefinition::new("dead_letter_audit_owed");
 /// Changes of format made to the store at open, by name, each made once.
 const FORMAT: TableDefinition<&str, ()> = TableDefinition::new("format");
+/// Counts the start keeps between runs (see [`Store::erasures_withdrawn`]).
+const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks");
+/// The number of erased cases whose deliveries the start has withdrawn.
+const ERASURES_WITHDRAWN: &str = "erasures-withdrawn";
 /// The change of [`FORMAT`] that deleted the bodies earlier versions kept of completed
 /// deliveries (see [`delete_completed_bodies`]).
 const COMPLETED_BODIES_DELETED: &str = "completed-bodies-deleted";
@@ -1044,6 +1048,35 @@ impl Store {
         let r = self.db.begin_read().map_err(db_error)?;
         let dead = r.open_table(DEAD).map_err(db_error)?;
         dead.len().map_err(db_error)
+    }
+
+    /// How many erased cases the start had withdrawn the deliveries of, when it last did
+    /// (see [`Store::mark_erasures_withdrawn`]); 0 if it never did.
+    pub fn erasures_withdrawn(&self) -> Result<u64> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let marks = match r.open_table(MARKS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(error) => return Err(db_error(error)),
+        };
+        Ok(marks
+            .get(ERASURES_WITHDRAWN)
+            .map_err(db_error)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Records, synced, that the deliveries of `erased` erased cases are withdrawn, so that
+    /// the next starts look for them again only once a further case is erased. Written in a
+    /// transaction of its own, outside the writer thread (redb runs write transactions one at
+    /// a time), by the start, before the workers.
+    pub fn mark_erasures_withdrawn(&self, erased: u64) -> Result<()> {
+        let mut w = self.db.begin_write().map_err(db_error)?;
+        w.set_durability(Durability::Immediate).map_err(db_error)?;
+        w.open_table(MARKS)
+            .map_err(db_error)?
+            .insert(ERASURES_WITHDRAWN, erased)
+            .map_err(db_error)?;
+        w.commit().map_err(db_error)
     }
 
     /// Deliveries not yet delivered, acknowledged or dead (the outbox's depth).
