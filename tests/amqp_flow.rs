@@ -37,8 +37,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use passerelle::amqp::{
-    self, AmqpAuth, AmqpSettings, Backoff, DEAD_LETTER_QUEUE, INBOUND_EXCHANGE, Topology,
-    inbound_queue, outbound_queue, partner_permissions, partner_user,
+    self, AmqpAuth, AmqpSettings, Backoff, DEAD_LETTER_QUEUE, INBOUND_EXCHANGE, inbound_queue,
+    outbound_queue, partner_permissions, partner_user,
 };
 use passerelle::audit::{Kind, Leaf, Query, Receipt, TlogProof, Transport, journal};
 use passerelle::config::Config;
@@ -1096,43 +1096,50 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
         "{trail:?}"
     );
 
-    // No queue at all: the message comes back (mandatory, NO_ROUTE), and is retried until the
-    // queue is declared again.
+    // No queue at all (deleted while the gateway stays connected): the message comes back
+    // (mandatory, NO_ROUTE), the attempt is recorded as failed, and the gateway declares its
+    // queues again itself; the next attempt reaches the embassy, once.
     admin_channel
         .queue_delete(out.as_str().into(), QueueDeleteOptions::default())
         .await
         .expect("delete the embassy's queue");
-    let before = gateway
-        .metric("passerelle_deliveries_total", &retries(EMBASSY))
-        .await;
     gateway
         .post_as_ministry(&lpc_request("MI-DMF-2026-800002"))
         .await;
-    wait_for("returned attempts", WAIT, async || {
-        (gateway
-            .metric("passerelle_deliveries_total", &retries(EMBASSY))
+    wait_for("the queue declared again", WAIT, async || {
+        let probe = admin.create_channel().await.ok()?;
+        let found = probe
+            .queue_declare(
+                out.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
             .await
-            >= before + 2.0)
-            .then_some(())
+            .is_ok();
+        found.then_some(())
     })
     .await;
-    let failed = gateway.delivery(EMBASSY, "MI-DMF-2026-800002");
-    assert_eq!(failed.state, DeliveryState::Pending);
-    assert_eq!(failed.last_error.as_deref(), Some("amqp.no-route"));
-    assert_eq!(
-        gateway
-            .metric("passerelle_deliveries_total", &delivered)
-            .await,
-        1.0
-    );
-    Topology::new([EMBASSY])
-        .expect("topology")
-        .declare(&admin_channel)
-        .await
-        .expect("declare the queue again");
     let ids = BTreeSet::from(["MI-DMF-2026-800002".to_owned()]);
     let got = take_until(&embassy_in, &out, &ids, Duration::from_millis(500)).await;
     assert_eq!(got.len(), 1, "delivered once");
+    let trail: Vec<passerelle::audit::Leaf> = gateway
+        .audit(Query::Case("RVA-2026-004305".into()), |leaves| {
+            leaves.iter().any(|l| {
+                l.kind == Kind::Delivered && l.event_id.as_deref() == Some("MI-DMF-2026-800002")
+            })
+        })
+        .await
+        .into_iter()
+        .filter(|leaf| leaf.event_id.as_deref() == Some("MI-DMF-2026-800002"))
+        .collect();
+    assert!(
+        trail.iter().any(|l| l.kind == Kind::DeliveryFailed
+            && l.reason.as_deref() == Some("amqp.no-route")),
+        "{trail:?}"
+    );
     check_demande(&got[0]);
 
     gateway.stop().await;

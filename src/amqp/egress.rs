@@ -40,7 +40,7 @@ use super::backpressure::Backpressure;
 use super::confirms::{Answer, Confirms, Outcome, Returned};
 use super::connection::{bounded, channel_lost, publisher_channel, short_string};
 use super::probe::PERSISTENT;
-use super::topology::OUTBOUND_EXCHANGE;
+use super::topology::{OUTBOUND_EXCHANGE, Topology};
 use crate::delivery::{self, KeyedTasks, RetryPolicy, due_in, record_attempt};
 use crate::pipeline::Gateway;
 use crate::pipeline::media_essence;
@@ -68,6 +68,8 @@ pub const APP_ID: &str = "passerelle";
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// The failure code of a delivery the broker nacked.
 const NACKED: &str = "amqp.nack";
+/// The failure code of a delivery the broker returned: no queue is bound for its recipient.
+const NO_ROUTE: &str = "amqp.no-route";
 /// The failure code of a publish the broker did not confirm within [`CONFIRM_TIMEOUT`].
 const CONFIRM_TIMED_OUT: &str = "amqp.confirm-timeout";
 
@@ -225,7 +227,14 @@ pub(crate) struct Egress {
     in_flight: usize,
     /// The inbound gate, for whether the broker has blocked the connection.
     gate: Arc<Backpressure>,
+    /// The exchanges and queues, declared again when a delivery finds no queue.
+    topology: Topology,
+    /// Set when a delivery to an AMQP recipient found no queue (`amqp.no-route`).
+    no_route: AtomicBool,
 }
+
+/// How long after declaring the topology again egress waits before it may do so again.
+const REDECLARE_EVERY: Duration = Duration::from_secs(5);
 
 impl Egress {
     /// A publisher keeping at most `in_flight` deliveries unconfirmed, and publishing nothing
@@ -235,12 +244,38 @@ impl Egress {
         policy: RetryPolicy,
         in_flight: usize,
         gate: Arc<Backpressure>,
+        topology: Topology,
     ) -> Egress {
         Egress {
             gateway,
             policy,
             in_flight: in_flight.max(1),
             gate,
+            topology,
+            no_route: AtomicBool::new(false),
+        }
+    }
+
+    /// Declares the topology again on a channel of its own, after a delivery found no queue:
+    /// a recipient's queue deleted while the connection stays up would otherwise be declared
+    /// again only at the next reconnection, and each delivery to it would spend its attempts
+    /// meanwhile. Idempotent; a failure is logged, and tried again after the next miss.
+    async fn redeclare(&self, connection: &Connection) {
+        let declared = bounded(async {
+            let channel = publisher_channel(connection).await?;
+            let declared = self.topology.declare(&channel).await;
+            let _ = channel.close(200, "OK".into()).await;
+            declared
+        })
+        .await;
+        match declared {
+            Ok(()) => tracing::warn!(
+                "a delivery found no queue for its recipient; the exchanges and queues are declared again"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "a delivery found no queue for its recipient, and declaring the queues again failed"
+            ),
         }
     }
 
@@ -278,9 +313,16 @@ impl Egress {
                 return Err(format!("opening the publisher channel: {error}"));
             }
         };
+        let mut declared_at: Option<std::time::Instant> = None;
         'session: loop {
             if *stop.borrow_and_update() {
                 break;
+            }
+            if declared_at.is_none_or(|at| at.elapsed() >= REDECLARE_EVERY)
+                && self.no_route.swap(false, Ordering::Relaxed)
+            {
+                self.redeclare(&connection).await;
+                declared_at = Some(std::time::Instant::now());
             }
             if in_flight.is_empty() && to_replace.swap(false, Ordering::Relaxed) {
                 let _ = bounded(channel.close(200, "OK".into())).await;
@@ -438,6 +480,9 @@ impl Egress {
         };
         for (delivery, outcome) in certain {
             let Some(delivery) = delivery else { continue };
+            if matches!(&outcome, Outcome::Failed(code) if code == NO_ROUTE) {
+                self.no_route.store(true, Ordering::Relaxed);
+            }
             let attempt = match outcome {
                 Outcome::Delivered => Attempt::Delivered,
                 Outcome::Failed(code) => Attempt::Retry(code),

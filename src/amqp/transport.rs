@@ -115,6 +115,7 @@ impl AmqpTransport {
             policy,
             settings.publish_in_flight,
             gate.clone(),
+            topology.clone(),
         ));
         ready.store(false, Ordering::Relaxed);
         Ok(AmqpTransport {
