@@ -407,6 +407,44 @@ impl TestGateway {
         assert_eq!(reply.status, 202, "{}", reply.text());
     }
 
+    /// The embassy sends `count` laissez-passer (references `ABJ-RBT-<tag>-0000`, …) to a
+    /// gateway whose outbox takes two: returns once two are accepted, with the embassy's
+    /// connection, its publishing channel and the references.
+    async fn fill_the_outbox(
+        &self,
+        broker: &Broker,
+        vhost: &str,
+        tag: &str,
+        count: usize,
+    ) -> (Connection, Channel, Vec<String>) {
+        let embassy = partner_connection(broker, vhost, EMBASSY).await;
+        let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+        let references: Vec<String> = (0..count)
+            .map(|i| format!("ABJ-RBT-{tag}-{i:04}"))
+            .collect();
+        send_lpcs(&channel, &references).await;
+        wait_for("two acceptances", WAIT, async || {
+            (references.iter().filter(|r| self.accepted(r)).count() >= 2).then_some(())
+        })
+        .await;
+        (embassy, channel, references)
+    }
+
+    /// The recipients of the laissez-passer take and acknowledge their messages, again and
+    /// again, until every one of `references` is accepted.
+    async fn drain_inboxes_until_taken(&self, references: &[String]) {
+        wait_for("every message taken", WAIT, async || {
+            for partner in ["ma.interieur", "iom.ma", "ma.dgsn"] {
+                let client = Client::new(partner, self.running.addr);
+                for message in client.inbox(100).await {
+                    client.ack(message["id"].as_u64().expect("an id")).await;
+                }
+            }
+            references.iter().all(|r| self.accepted(r)).then_some(())
+        })
+        .await;
+    }
+
     /// Whether this gateway accepted the embassy's message with reference `reference`.
     fn accepted(&self, reference: &str) -> bool {
         self.running
@@ -1165,15 +1203,8 @@ async fn a_full_outbox_pauses_consumption() {
         }
     })
     .await;
-    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
-    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
-    let references: Vec<String> = (0..COUNT).map(|i| format!("ABJ-RBT-BP-{i:04}")).collect();
-    send_lpcs(&channel, &references).await;
     // Two messages fill the outbox; the rest wait.
-    wait_for("two acceptances", WAIT, async || {
-        (references.iter().filter(|r| gateway.accepted(r)).count() >= 2).then_some(())
-    })
-    .await;
+    let (embassy, channel, references) = gateway.fill_the_outbox(broker, VHOST, "BP", COUNT).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let taken = references.iter().filter(|r| gateway.accepted(r)).count();
     assert!(
@@ -1189,19 +1220,7 @@ async fn a_full_outbox_pauses_consumption() {
     );
 
     // The recipients take and acknowledge their messages: the outbox drains, consumption resumes.
-    let drain = async || {
-        for partner in ["ma.interieur", "iom.ma", "ma.dgsn"] {
-            let client = Client::new(partner, gateway.running.addr);
-            for message in client.inbox(100).await {
-                client.ack(message["id"].as_u64().expect("an id")).await;
-            }
-        }
-    };
-    wait_for("every message taken", WAIT, async || {
-        drain().await;
-        references.iter().all(|r| gateway.accepted(r)).then_some(())
-    })
-    .await;
+    gateway.drain_inboxes_until_taken(&references).await;
     embassy.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
 }
@@ -1225,14 +1244,7 @@ async fn a_long_pause_gives_the_held_messages_back_to_their_queue() {
         }
     })
     .await;
-    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
-    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
-    let references: Vec<String> = (0..COUNT).map(|i| format!("ABJ-RBT-GB-{i:04}")).collect();
-    send_lpcs(&channel, &references).await;
-    wait_for("two acceptances", WAIT, async || {
-        (references.iter().filter(|r| gateway.accepted(r)).count() >= 2).then_some(())
-    })
-    .await;
+    let (embassy, channel, references) = gateway.fill_the_outbox(broker, VHOST, "GB", COUNT).await;
     // Every message not taken goes back to the queue: the consumer holds none.
     let queue = inbound_queue(EMBASSY);
     let taken = wait_for("the held messages given back", WAIT, async || {
@@ -1250,19 +1262,7 @@ async fn a_long_pause_gives_the_held_messages_back_to_their_queue() {
     assert_eq!(ready(&channel, DEAD_LETTER_QUEUE).await, 0);
 
     // The recipients drain the outbox: the queue is consumed again.
-    let drain = async || {
-        for partner in ["ma.interieur", "iom.ma", "ma.dgsn"] {
-            let client = Client::new(partner, gateway.running.addr);
-            for message in client.inbox(100).await {
-                client.ack(message["id"].as_u64().expect("an id")).await;
-            }
-        }
-    };
-    wait_for("every message taken", WAIT, async || {
-        drain().await;
-        references.iter().all(|r| gateway.accepted(r)).then_some(())
-    })
-    .await;
+    gateway.drain_inboxes_until_taken(&references).await;
     for reference in &references {
         let made = gateway
             .deliveries()

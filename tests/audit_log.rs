@@ -73,6 +73,16 @@ fn fact(i: u64) -> Fact {
     f
 }
 
+/// The flight every fact of [`fact`] names, as an auditor searches for it (the number without
+/// its leading zero: searches normalise it).
+fn searched_flight() -> Flight {
+    Flight {
+        carrier: "AT".into(),
+        number: "529".into(),
+        date: "2026-05-03".parse().unwrap(),
+    }
+}
+
 const SECRETS: &[&str] = &[
     "NDIAYE",
     "Fatou",
@@ -399,11 +409,7 @@ fn search_trail_and_bundles() {
         expect(&|i| i % 5 == 2)
     );
     assert_eq!(ids(&Query::Pnr("PNR1X".into())), expect(&|i| i % 3 == 1));
-    let flight = Flight {
-        carrier: "AT".into(),
-        number: "529".into(),
-        date: "2026-05-03".parse().unwrap(),
-    };
+    let flight = searched_flight();
     assert_eq!(ids(&Query::Flight(flight)).len(), 40);
     assert_eq!(
         ids(&Query::PartnerRef(
@@ -487,11 +493,7 @@ fn a_case_bundle_is_checked_complete_against_the_public_log() {
     assert!(refused.to_string().contains("twice"), "{refused}");
 
     // A trail of several cases (a flight's) is not one case's trail.
-    let flight = Flight {
-        carrier: "AT".into(),
-        number: "529".into(),
-        date: "2026-05-03".parse().unwrap(),
-    };
+    let flight = searched_flight();
     let several = trail(dir.path(), &Query::Flight(flight), Some(log.verifier())).unwrap();
     let several = verify_bundle(&several.to_bundle().unwrap(), None).unwrap();
     let refused = case_entries_missing(&several, &public, &mut |_| {}).unwrap_err();
