@@ -300,6 +300,8 @@ pub struct ClientVerifier {
     /// How many times the CRLs were read again: a connection verified under an earlier
     /// generation has its certificate checked again ([`ClientVerifier::recheck`]).
     generation: AtomicU64,
+    /// When they were last read again, in ms since the epoch (0: never since start).
+    reloaded_at_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -309,6 +311,13 @@ impl std::fmt::Debug for ClientVerifier {
             .field("crls", &self.crls)
             .finish_non_exhaustive()
     }
+}
+
+/// Now, in ms since the epoch.
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
@@ -342,6 +351,7 @@ impl ClientVerifier {
             read_at: Mutex::new(read_at),
             observer,
             generation: AtomicU64::new(0),
+            reloaded_at_ms: AtomicU64::new(0),
         })
     }
 
@@ -364,9 +374,18 @@ impl ClientVerifier {
         }
         let verifier = build_client_verifier(&self.ca, &self.crls, &self.roots, &self.provider)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::Release);
         *read_at = now;
         Ok(true)
+    }
+
+    /// Whether the CRLs were read again less than `span` ago: a connection whose handshake
+    /// may have been verified with the CRLs read before cannot take the current generation
+    /// for its own.
+    pub fn reloaded_within(&self, span: std::time::Duration) -> bool {
+        let at = self.reloaded_at_ms.load(Ordering::Acquire);
+        at != 0 && epoch_ms().saturating_sub(at) < span.as_millis() as u64
     }
 
     /// How many times the CRLs were read again since start.
@@ -377,12 +396,14 @@ impl ClientVerifier {
     /// Verifies a connection's certificate chain (end-entity first, as the handshake received
     /// it) again, against the CRLs in use now and at this time: a connection outlives the
     /// handshake that checked it, and its certificate may since have been revoked or have
-    /// expired. A refusal is reported like a handshake's.
+    /// expired. A refusal here is not reported to the observer, which counts handshakes: the
+    /// request it refuses is answered, and a message it carries is audited, by the server.
     pub fn recheck(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
         let (end_entity, intermediates) = chain
             .split_first()
             .ok_or(rustls::Error::NoCertificatesPresented)?;
-        self.verify_client_cert(end_entity, intermediates, UnixTime::now())
+        self.current()
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
             .map(|_| ())
     }
 

@@ -318,7 +318,9 @@ impl Egress {
             if *stop.borrow_and_update() {
                 break;
             }
+            // Not while the broker blocks the connection: it would read nothing of it.
             if declared_at.is_none_or(|at| at.elapsed() >= REDECLARE_EVERY)
+                && !self.gate.is_blocked()
                 && self.no_route.swap(false, Ordering::Relaxed)
             {
                 self.redeclare(&connection).await;

@@ -423,15 +423,23 @@ impl Ingress {
         }
     }
 
-    /// Opens a channel with the settings' prefetch and starts consuming `partner`'s inbound
-    /// queue on it, with manual acknowledgements.
+    /// Opens a channel with the settings' prefetch and, when `consume_now` (intake is not
+    /// paused), starts consuming `partner`'s inbound queue on it, with manual
+    /// acknowledgements. A session that starts while intake is paused takes nothing: its
+    /// consumer starts once intake resumes ([`Ingress::consume`]), so that a reconnection
+    /// during a long pause does not take messages only to give them back.
     pub(crate) async fn open(
         connection: &Connection,
         settings: &AmqpSettings,
         partner: &str,
-    ) -> Result<(Channel, Consumer), AmqpError> {
+        consume_now: bool,
+    ) -> Result<(Channel, Option<Consumer>), AmqpError> {
         let channel = consumer_channel(connection, settings).await?;
-        let consumer = start_consuming(&channel, partner).await?;
+        let consumer = if consume_now {
+            Some(start_consuming(&channel, partner).await?)
+        } else {
+            None
+        };
         Ok((channel, consumer))
     }
 
@@ -449,14 +457,14 @@ impl Ingress {
         self: Arc<Self>,
         partner: String,
         channel: Channel,
-        consumer: Consumer,
+        mut consumer: Option<Consumer>,
         stop_session: Arc<watch::Sender<bool>>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let queue = inbound_queue(&partner);
         let mut handling: JoinSet<()> = JoinSet::new();
-        // `None` once the consumer cancelled for a closed gate has ended.
-        let mut consumer = Some(consumer);
+        // `None` while intake is paused: not started yet (see `Ingress::open`), or cancelled
+        // for a closed gate and ended.
         // Whether the consumer was cancelled for a closed gate and has not ended yet.
         let mut cancelling = false;
         let mut closed_since: Option<std::time::Instant> = None;
@@ -547,8 +555,12 @@ impl Ingress {
                         }
                     } else {
                         let since = *closed_since.get_or_insert_with(std::time::Instant::now);
+                        // A broker that blocks the connection reads nothing from it, a cancel
+                        // included, until its alarm clears: the messages stay held meanwhile
+                        // (its own `consumer_timeout` hands them back should the alarm last).
                         if let Some(held) = consumer.as_ref().filter(|_| !cancelling)
                             && since.elapsed() >= self.held_return
+                            && !self.gate.is_blocked()
                         {
                             if let Err(error) = bounded(
                                 channel.basic_cancel(held.tag(), BasicCancelOptions::default()),

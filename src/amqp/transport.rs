@@ -233,7 +233,7 @@ impl AmqpTransport {
                 let (channel, consumer) = within(
                     limit,
                     "opening a consumer",
-                    Ingress::open(connection, &self.settings, partner),
+                    Ingress::open(connection, &self.settings, partner, self.gate.is_open()),
                 )
                 .await?;
                 consumers.push((partner.to_owned(), channel, consumer));

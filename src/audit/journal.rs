@@ -344,9 +344,20 @@ fn keep_cut_bytes(file: &File, path: &Path, len: u64) -> Result<()> {
         return Ok(());
     };
     removed.truncate(last + 1);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".cut-at-{len}"));
-    let kept = path.with_file_name(name);
+    // A name of its own: an earlier recovery's kept bytes, not examined yet, are never
+    // overwritten.
+    let base = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let kept = (0u32..)
+        .map(|n| match n {
+            0 => path.with_file_name(format!("{base}.cut-at-{len}")),
+            n => path.with_file_name(format!("{base}.cut-at-{len}.{n}")),
+        })
+        .find(|candidate| !candidate.exists())
+        .unwrap_or_else(|| path.with_file_name(format!("{base}.cut-at-{len}.last")));
     super::keys::write_durably(&kept, &removed)?;
     tracing::warn!(
         segment = %path.display(),

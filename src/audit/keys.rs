@@ -139,6 +139,15 @@ enum Slot {
     Erased,
 }
 
+/// A last record of the key store that does not check.
+#[derive(Debug, Clone, Copy)]
+struct DamagedTail {
+    /// The tag it names, when its tag bytes are there (they may be damaged too).
+    tag: Option<Tag>,
+    /// Whether it has all its bytes.
+    whole: bool,
+}
+
 /// The per-case key store.
 pub struct KeyStore {
     path: PathBuf,
@@ -146,9 +155,9 @@ pub struct KeyStore {
     len: u64,
     slots: HashMap<Tag, Slot>,
     dirty: bool,
-    /// A last record that does not check, found at open and not yet cut off: the tag it names,
-    /// when its tag bytes are whole (see [`KeyStore::cut_damaged_tail`]).
-    damaged_tail: Option<Option<Tag>>,
+    /// A last record that does not check, found at open and not yet cut off (see
+    /// [`KeyStore::cut_damaged_tail`]).
+    damaged_tail: Option<DamagedTail>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -193,7 +202,10 @@ impl KeyStore {
             let tag: Tag = match whole_tag {
                 Some(t) if rec.len() == RECORD => t,
                 _ if last => {
-                    damaged_tail = Some(whole_tag);
+                    damaged_tail = Some(DamagedTail {
+                        tag: whole_tag,
+                        whole: false,
+                    });
                     break;
                 }
                 _ => return Err(AuditError::Corrupt("key store record torn".into())),
@@ -210,7 +222,10 @@ impl KeyStore {
                     keys: CaseKeys { commit, data: dkey },
                 }
             } else if last {
-                damaged_tail = Some(Some(tag));
+                damaged_tail = Some(DamagedTail {
+                    tag: Some(tag),
+                    whole: true,
+                });
                 break;
             } else {
                 return Err(AuditError::Corrupt(format!(
@@ -233,22 +248,22 @@ impl KeyStore {
         })
     }
 
-    /// Cuts off a last record that does not check, found at open, unless `in_journal` says its
-    /// case has entries in the journal.
+    /// Cuts off a last record that does not check, found at open: one a crash cut short.
     ///
     /// A crash can tear only a record that was never synced, and new keys are synced before
-    /// any entry made under them is written: so a case with entries had its keys synced, and a
-    /// damaged record of its keys is damage on the disk, not a crash. Cut off, the keys would
-    /// be made anew, with other commitments, and the case's sealed payloads could never be
-    /// opened: the store is refused instead, to be restored from a backup.
+    /// any entry made under them is written; a crash leaves such a record short (the file
+    /// grows only once its bytes are written). A record with all its bytes that does not check,
+    /// or one whose case `in_journal` says has entries, is damage on the disk instead: cut off,
+    /// its keys would be made anew, with other commitments, and the case's sealed payloads
+    /// could never be opened. The store is refused then, to be restored from a backup.
     pub fn cut_damaged_tail(&mut self, in_journal: impl Fn(&Tag) -> bool) -> Result<()> {
-        let Some(tag) = self.damaged_tail else {
+        let Some(tail) = self.damaged_tail else {
             return Ok(());
         };
-        if tag.as_ref().is_some_and(in_journal) {
+        if tail.whole || tail.tag.as_ref().is_some_and(in_journal) {
             return Err(AuditError::Corrupt(format!(
-                "the last record of {} is damaged, and the journal holds entries of its case: \
-                 its keys would be lost; restore the file from a backup of private/keys",
+                "the last record of {} is damaged on the disk (not cut short by a crash): the \
+                 keys of a case would be lost; restore the file from a backup of private/keys",
                 self.path.display()
             )));
         }
@@ -517,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_last_record_is_cut_off_only_if_no_entry_was_made_under_it() {
+    fn only_a_last_record_cut_short_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cases.keys");
         let (first, last) = ([1u8; 32], [2u8; 32]);
@@ -526,18 +541,27 @@ mod tests {
         ks.get_or_create(&last).unwrap();
         ks.sync().unwrap();
         drop(ks);
-        let mut raw = std::fs::read(&path).unwrap();
-        raw[RECORD + 40] ^= 1;
-        std::fs::write(&path, &raw).unwrap();
+        let written = std::fs::read(&path).unwrap();
 
-        // Its case has entries: the keys would be lost, and the store is refused, untouched.
+        // A whole record damaged (in its keys, or in its tag): damage on the disk, refused
+        // whatever the journal holds, and the file left untouched.
+        for at in [RECORD + 40, RECORD + 3] {
+            let mut damaged = written.clone();
+            damaged[at] ^= 1;
+            std::fs::write(&path, &damaged).unwrap();
+            let mut ks = KeyStore::open(&path, true).unwrap();
+            let refused = ks.cut_damaged_tail(|_| false).unwrap_err();
+            assert!(refused.to_string().contains("restore"), "{refused}");
+            assert_eq!(std::fs::read(&path).unwrap(), damaged);
+        }
+
+        // A record cut short whose case has entries: refused too.
+        std::fs::write(&path, &written[..RECORD + 60]).unwrap();
         let mut ks = KeyStore::open(&path, true).unwrap();
-        let refused = ks.cut_damaged_tail(|tag| *tag == last).unwrap_err();
-        assert!(refused.to_string().contains("restore"), "{refused}");
-        assert_eq!(std::fs::read(&path).unwrap(), raw);
+        assert!(ks.cut_damaged_tail(|tag| *tag == last).is_err());
         drop(ks);
 
-        // Its case has none (a crash tore keys never used): cut off, and made anew if needed.
+        // Cut short, no entry made under it (a crash tore keys never used): cut off.
         let mut ks = KeyStore::open(&path, true).unwrap();
         ks.cut_damaged_tail(|tag| *tag == first).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), RECORD as u64);

@@ -8,7 +8,9 @@
 //! write anything.
 
 use super::checkpoint::Checkpoint;
-use super::merkle::{Hash, consistency_proof, leaf_hash, root_from, root_of, verify_consistency};
+use super::merkle::{
+    Hash, consistency_proof, leaf_hash, node_hash, root_from, root_of, verify_consistency,
+};
 use super::note::NoteVerifier;
 use super::tiles::{
     TILE_HEIGHT, TILE_WIDTH, TileReader, encode_index, entries_path, parse_bundle_prefix,
@@ -340,7 +342,7 @@ pub fn scan_signed_entries(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), Failure> {
     let size = checkpoint.size;
-    let mut leaves: Vec<Hash> = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    let mut root = RunningRoot::default();
     for k in 0..size.div_ceil(TILE_WIDTH) {
         let base = k * TILE_WIDTH;
         let w = tile_width(size, 0, k);
@@ -373,11 +375,11 @@ pub fn scan_signed_entries(
         }
         for (j, entry) in entries.iter().take(w as usize).enumerate() {
             each(base + j as u64, entry);
-            leaves.push(leaf_hash(entry));
+            root.push(leaf_hash(entry));
         }
         progress(base + w);
     }
-    if root_of(&leaves) != checkpoint.root {
+    if root.root() != checkpoint.root {
         return Err(fail(
             None,
             "tile/entries",
@@ -385,4 +387,52 @@ pub fn scan_signed_entries(
         ));
     }
     Ok(())
+}
+
+/// The RFC 6962 root of leaves taken one at a time, in memory of the logarithm of their
+/// number: the roots of the perfect subtrees so far, the largest first. (A log of millions of
+/// entries is read without holding a hash for each.)
+#[derive(Default)]
+struct RunningRoot(Vec<(Hash, u64)>);
+
+impl RunningRoot {
+    fn push(&mut self, leaf: Hash) {
+        let mut node = (leaf, 1u64);
+        while let Some(&(top, size)) = self.0.last() {
+            if size != node.1 {
+                break;
+            }
+            self.0.pop();
+            node = (node_hash(&top, &node.0), size * 2);
+        }
+        self.0.push(node);
+    }
+
+    /// The root of the leaves pushed so far: the subtrees folded from the smallest.
+    fn root(&self) -> Hash {
+        let mut subtrees = self.0.iter().rev();
+        let Some(&(mut root, _)) = subtrees.next() else {
+            return Hash::empty();
+        };
+        for (left, _) in subtrees {
+            root = node_hash(left, &root);
+        }
+        root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_root_is_the_trees_root() {
+        let leaves: Vec<Hash> = (0u32..300).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut running = RunningRoot::default();
+        assert_eq!(running.root(), root_of(&[]));
+        for (n, leaf) in leaves.iter().enumerate() {
+            running.push(*leaf);
+            assert_eq!(running.root(), root_of(&leaves[..=n]), "{} leaves", n + 1);
+        }
+    }
 }

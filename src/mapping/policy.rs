@@ -14,8 +14,12 @@ pub enum PolicyError {
     /// The file is not valid TOML of the expected shape.
     #[error("{0}")]
     Parse(String),
-    /// A pattern is malformed.
-    #[error("role {role}: pattern {pattern:?} must be dotted field names or `*`")]
+    /// A pattern is malformed, or longer than one delivery's audit entry can name.
+    #[error(
+        "role {role}: pattern {pattern:?} must be dotted field names (a-z, 0-9, _) or `*`, of at \
+         most {} bytes with its `data.`",
+        crate::audit::leaf::limits::ID_LEN
+    )]
     Pattern {
         /// The role.
         role: String,
@@ -41,8 +45,7 @@ pub enum PolicyError {
 /// The most withheld names one delivery's audit entry holds
 /// ([`crate::audit::leaf::limits::WITHHELD`]).
 const MOST_PATTERNS: usize = crate::audit::leaf::limits::WITHHELD;
-/// The longest `withheld` attribute of a canonical event (its schema's `maxLength`); each name
-/// is then also within the audit entry's identifier length.
+/// The longest `withheld` attribute of a canonical event (its schema's `maxLength`).
 const MOST_LISTED_BYTES: usize = 2000;
 
 #[derive(Debug, Deserialize)]
@@ -73,9 +76,17 @@ impl Policy {
             let mut patterns = Vec::new();
             for pattern in spec.withhold {
                 let steps: Vec<String> = pattern.split('.').map(str::to_owned).collect();
-                if steps
-                    .iter()
-                    .any(|step| step.is_empty() || (step.contains('*') && step != "*"))
+                // As the canonical `withheld` attribute's schema, and the audit entry's
+                // identifiers, take them.
+                let field_name = |step: &String| {
+                    step == "*"
+                        || (!step.is_empty()
+                            && step
+                                .bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+                };
+                if !steps.iter().all(field_name)
+                    || "data.".len() + pattern.len() > crate::audit::leaf::limits::ID_LEN
                 {
                     return Err(PolicyError::Pattern { role, pattern });
                 }
@@ -220,6 +231,20 @@ mod tests {
     #[test]
     fn refuses_partial_wildcards() {
         assert!(Policy::parse("[roles.x]\nwithhold = [\"per*\"]\n").is_err());
+    }
+
+    #[test]
+    fn refuses_names_a_delivery_could_not_carry() {
+        let long = "f".repeat(196);
+        for pattern in ["Medical", "person.Name", "a-b", "a..b", long.as_str()] {
+            let text = format!("[roles.x]\nwithhold = [\"{pattern}\"]\n");
+            assert!(
+                matches!(Policy::parse(&text), Err(PolicyError::Pattern { .. })),
+                "{pattern}"
+            );
+        }
+        let longest = "f".repeat(195);
+        assert!(Policy::parse(&format!("[roles.x]\nwithhold = [\"{longest}\"]\n")).is_ok());
     }
 
     #[test]

@@ -60,12 +60,23 @@ impl VerifiedPeer {
     }
 }
 
+/// How long before a connection is set up a CRL reload may have come after its handshake's
+/// certificate check: longer than any handshake may take (actix's limit is 3 s).
+const HANDSHAKE_SPAN: Duration = Duration::from_secs(60);
+
 /// Reads the verified client certificate when a TLS connection is set up, noting the CRLs'
-/// generation. (Were they read again between the handshake and this call, the certificate is
-/// verified again at the next generation only: a window of microseconds.)
+/// generation it was verified under. Were the CRLs read again shortly before, the handshake
+/// may have used the earlier ones: the connection's first request verifies it again.
 fn on_connect(verifier: &ClientVerifier, connection: &dyn Any, extensions: &mut Extensions) {
     type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    // The generation first: a reload it counts has its time already set (see
+    // `ClientVerifier::reload_if_changed`).
     let generation = verifier.generation();
+    let generation = if verifier.reloaded_within(HANDSHAKE_SPAN) {
+        u64::MAX
+    } else {
+        generation
+    };
     let peer = connection
         .downcast_ref::<Tls>()
         .and_then(|tls| tls.get_ref().1.peer_certificates())

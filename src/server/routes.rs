@@ -654,6 +654,12 @@ async fn get_trail(
         _ => return Err(Problem::bad_request("give exactly one of case, lpc or pnr")),
     };
     let log = gateway.log.clone();
+    // One checkpoint for the whole answer, taken before the search: `log.search` would take
+    // the latest again, and a checkpoint signed in between would give proofs against another
+    // checkpoint than the bundle's (which then fails to verify), entries both found and
+    // pending, or a bundle whose checkpoint covers an entry of the case that the search, made
+    // before it, did not find.
+    let (signed, checkpoint) = log.latest_checkpoint();
     let matched = log.lookup(&q);
     if matched.len() > MOST_TRAIL_ENTRIES {
         return Err(Problem::bad_request(format!(
@@ -663,10 +669,6 @@ async fn get_trail(
         )));
     }
     let trail = web::block(move || -> Result<Trail, crate::audit::AuditError> {
-        // One checkpoint for the whole answer: `log.search` would take the latest again, and
-        // a checkpoint signed in between would give proofs against another checkpoint than the
-        // bundle's (which then fails to verify), and entries both found and pending.
-        let (signed, checkpoint) = log.latest_checkpoint();
         let (covered, pending): (Vec<u64>, Vec<u64>) =
             matched.into_iter().partition(|&i| i < checkpoint.size);
         let found =

@@ -1401,18 +1401,22 @@ impl Writer {
         let db = &*self.db;
         let mut unsynced = false;
         // The queued confirmations of a failed group: nobody waits for them, and their messages
-        // were answered already, so they are written again, in a group of their own (should
-        // one of them be what fails, it does not fail the others' writes), until they are on
-        // disk. Until then the store reports itself failing.
+        // were answered already, so they are written again, each in a group of its own (should
+        // one of them be what fails, it fails neither the others nor new writes), until they
+        // are on disk. Until then the store reports itself failing.
         let mut carried: Vec<Write> = Vec::new();
         let mut carried_since = std::time::Instant::now();
         loop {
             if !carried.is_empty() && carried_since.elapsed() >= CARRIED_RETRY {
-                let group = std::mem::take(&mut carried);
-                if let Err(again) = self.commit(db, group, true) {
-                    carried = again;
-                    carried_since = std::time::Instant::now();
+                let mut still = Vec::new();
+                for write in std::mem::take(&mut carried) {
+                    if let Err(again) = self.commit(db, vec![write], true) {
+                        still.extend(again);
+                    }
                 }
+                carried = still;
+                carried_since = std::time::Instant::now();
+                self.failing.store(!carried.is_empty(), Ordering::Relaxed);
             }
             let wait = if carried.is_empty() {
                 IDLE_SYNC
@@ -1443,18 +1447,21 @@ impl Writer {
                 }
             }
             let sync = group.iter().any(Write::needs_sync);
-            match self.commit(db, group, sync) {
-                Ok(()) => unsynced = !sync,
+            let failed = match self.commit(db, group, sync) {
+                Ok(()) => {
+                    unsynced = !sync;
+                    false
+                }
                 Err(again) => {
                     if carried.is_empty() {
                         carried_since = std::time::Instant::now();
                     }
                     carried.extend(again);
+                    true
                 }
-            }
-            if !carried.is_empty() {
-                self.failing.store(true, Ordering::Relaxed);
-            }
+            };
+            self.failing
+                .store(failed || !carried.is_empty(), Ordering::Relaxed);
         }
         // Stopping: one last try for the confirmations still carried (the next start settles
         // them otherwise).
@@ -1502,7 +1509,6 @@ impl Writer {
         drop(held);
         match applied {
             Ok(replies) => {
-                self.failing.store(false, Ordering::Relaxed);
                 if delta >= 0 {
                     self.pending
                         .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
@@ -1524,7 +1530,7 @@ impl Writer {
                 // gateway runs, and are settled against the audit log at the next start
                 // otherwise. After another failure (a damaged page met on the way, say), they
                 // are written again on their own, and the other writes are refused to their
-                // callers.
+                // callers. The store reports itself failing before they hear of it.
                 self.failing.store(true, Ordering::Relaxed);
                 tracing::error!(
                     error = %error,
