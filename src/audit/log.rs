@@ -719,11 +719,6 @@ impl AuditLog {
         Ok(lock(&self.shared.keys)?.is_erased(&tag))
     }
 
-    /// Whether any case was ever erased.
-    pub fn any_case_erased(&self) -> Result<bool> {
-        Ok(lock(&self.shared.keys)?.any_erased())
-    }
-
     /// How many cases were erased (see [`AuditLog::erase_case`]).
     pub fn erased_cases(&self) -> Result<u64> {
         Ok(lock(&self.shared.keys)?.erased())
