@@ -514,11 +514,7 @@ impl Ingress {
                                     .await;
                                 if handled.is_err() {
                                     tracing::error!("handling an AMQP message failed; it is returned to its queue");
-                                    let _ = bounded(acker.nack(BasicNackOptions {
-                                        multiple: false,
-                                        requeue: true,
-                                    }))
-                                    .await;
+                                    return_to_queue(&acker).await;
                                 }
                             }
                             .instrument(span),
@@ -738,28 +734,20 @@ impl Ingress {
                 self.dead_letter(partner, delivery, &why).await;
             }
             Settle::Requeue => {
-                let requeued = bounded(delivery.acker.nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                }))
-                .await;
+                let returned = return_to_queue(&delivery.acker).await;
                 tracing::warn!(
                     partner,
                     message_id = %message_id,
-                    returned = matches!(requeued, Ok(true)),
+                    returned,
                     "AMQP message returned to its queue: the gateway cannot make it durable now"
                 );
             }
             Settle::GiveBack => {
-                let returned = bounded(delivery.acker.nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                }))
-                .await;
+                let returned = return_to_queue(&delivery.acker).await;
                 tracing::debug!(
                     partner,
                     message_id = %message_id,
-                    returned = matches!(returned, Ok(true)),
+                    returned,
                     "AMQP message held at the closed gate returned to its queue"
                 );
             }
@@ -900,6 +888,16 @@ impl Ingress {
         };
         self.gateway.append(&fact).await.map(|_| ())
     }
+}
+
+/// Returns a message to its queue (`basic.nack` with requeue); whether the broker took it.
+async fn return_to_queue(acker: &lapin::Acker) -> bool {
+    let nacked = bounded(acker.nack(BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    }))
+    .await;
+    matches!(nacked, Ok(true))
 }
 
 /// Starts consuming `partner`'s inbound queue on `channel`, with manual acknowledgements.

@@ -493,45 +493,55 @@ async fn ack(
                     .delivery(id)
                     .map_err(|e| Problem::unavailable(e.to_string()))?
                     .ok_or_else(not_yours)?;
-                gateway
-                    .audit_delivery(&whole, Kind::Delivered, None)
-                    .await
-                    .map_err(|_| {
-                        Problem::unavailable(
-                            "the acknowledgement was not recorded: the audit log cannot record \
-                             it now; try again",
-                        )
-                    })?;
-                gateway
-                    .store
-                    .update(id, DeliveryUpdate::Delivered)
-                    .await
-                    .map_err(|e| Problem::unavailable(e.to_string()))?;
-                gateway
-                    .metrics
-                    .delivery(&delivery.recipient, "inbox", "delivered");
+                record_inbox_step(gateway, &whole, InboxStep::Delivered).await?;
             }
-            // Audit first, as for deliveries.
-            gateway
-                .audit_delivery(&delivery, Kind::Acknowledged, None)
-                .await
-                .map_err(|_| {
-                    Problem::unavailable(
-                        "the acknowledgement was not recorded: the audit log cannot record it \
-                         now; try again",
-                    )
-                })?;
-            let acked = gateway
-                .store
-                .update(id, DeliveryUpdate::Acknowledged)
-                .await
-                .map_err(|e| Problem::unavailable(e.to_string()))?;
-            gateway
-                .metrics
-                .delivery(&acked.recipient, "inbox", "acknowledged");
+            record_inbox_step(gateway, &delivery, InboxStep::Acknowledged).await?;
         }
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({"id": id, "state": "acknowledged"})))
+}
+
+/// A step of an inbox delivery that its acknowledgement records.
+#[derive(Debug, Clone, Copy)]
+enum InboxStep {
+    Delivered,
+    Acknowledged,
+}
+
+/// Records a step of an inbox delivery in its acknowledgement (`delivered`, when it was never
+/// listed, then `acknowledged`): audited first, as every delivery step, then changed in the
+/// store, and counted.
+async fn record_inbox_step(
+    gateway: &Gateway,
+    delivery: &Delivery,
+    step: InboxStep,
+) -> Result<(), Problem> {
+    let (kind, update, label) = match step {
+        InboxStep::Delivered => (Kind::Delivered, DeliveryUpdate::Delivered, "delivered"),
+        InboxStep::Acknowledged => (
+            Kind::Acknowledged,
+            DeliveryUpdate::Acknowledged,
+            "acknowledged",
+        ),
+    };
+    gateway
+        .audit_delivery(delivery, kind, None)
+        .await
+        .map_err(|_| {
+            Problem::unavailable(
+                "the acknowledgement was not recorded: the audit log cannot record it now; try \
+                 again",
+            )
+        })?;
+    gateway
+        .store
+        .update(delivery.id, update)
+        .await
+        .map_err(|e| Problem::unavailable(e.to_string()))?;
+    gateway
+        .metrics
+        .delivery(&delivery.recipient, "inbox", label);
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
