@@ -217,6 +217,8 @@ pub struct LimitSettings {
     pub bodies_in_flight: usize,
     /// Seconds a request body may take to arrive. Default 30.
     pub body_read_secs: u64,
+    /// REST messages in the gateway at once, over every connection. Default 128.
+    pub messages_in_flight: usize,
 }
 
 impl Default for LimitSettings {
@@ -229,6 +231,7 @@ impl Default for LimitSettings {
             refused_certificate_summary_secs: l.refused_certificate_summary_secs,
             bodies_in_flight: l.bodies_in_flight,
             body_read_secs: l.body_read_secs,
+            messages_in_flight: l.messages_in_flight,
         }
     }
 }
@@ -243,6 +246,7 @@ impl LimitSettings {
             refused_certificate_summary_secs: self.refused_certificate_summary_secs,
             bodies_in_flight: self.bodies_in_flight,
             body_read_secs: self.body_read_secs,
+            messages_in_flight: self.messages_in_flight,
         }
     }
 }
@@ -312,8 +316,14 @@ impl Config {
         if !(1..=86_400).contains(&self.limits.refused_certificate_summary_secs) {
             bail!("limits.refused_certificate_summary_secs must be from 1 to 86400 (a day)");
         }
-        if self.limits.bodies_in_flight == 0 || self.limits.body_read_secs == 0 {
-            bail!("limits.bodies_in_flight and limits.body_read_secs must be positive");
+        if self.limits.bodies_in_flight == 0
+            || self.limits.body_read_secs == 0
+            || self.limits.messages_in_flight == 0
+        {
+            bail!(
+                "limits.bodies_in_flight, limits.body_read_secs and limits.messages_in_flight \
+                 must be positive"
+            );
         }
         if self.delivery.max_attempts == 0 || self.delivery.concurrency == 0 {
             bail!("delivery.max_attempts and delivery.concurrency must be positive");

@@ -18,3 +18,4 @@ pub mod server; // the REST transport: mTLS HTTPS routes and the admin listener
 pub mod service; // a running gateway: start in order, stop gracefully
 pub mod store; // durable store: accepted messages, duplicates, case files, outbox
 pub mod tls; // mutual TLS: rustls configs, certificate identity, CRLs
+pub mod write_queue; // bounded queues from async tasks to the store's and the log's writer threads

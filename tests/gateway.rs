@@ -597,6 +597,12 @@ async fn the_return_of_case_rva_2026_004211() {
                 "delivery {} twice",
                 r.delivery
             );
+            // The key by which the recipient drops repeats, whatever instance delivers.
+            assert!(
+                r.source.starts_with("urn:partner:"),
+                "the event's source: {:?}",
+                r.source
+            );
             assert!(
                 want.contains(r.event_id.as_str()),
                 "{partner} got {}",
@@ -1753,6 +1759,12 @@ async fn a_webhook_down_then_up_gets_each_delivery_exactly_once() {
         attempts.iter().all(|r| r.delivery == attempts[0].delivery),
         "one delivery id"
     );
+    assert!(
+        attempts
+            .iter()
+            .all(|r| r.source == "urn:partner:sn.consulat.casablanca"),
+        "the source and event id, by which the recipient drops repeats"
+    );
     for pair in attempts.windows(2) {
         let gap = pair[1].at - pair[0].at;
         assert!(
@@ -1909,6 +1921,73 @@ async fn a_partners_stalled_bodies_leave_room_for_the_others() {
         started.elapsed()
     );
     drop(stalled);
+    gateway.stop().await;
+}
+
+/// A partner has a bounded number of messages in the gateway at once, from before their body
+/// is read until they are answered: with its places taken (here by bodies that stall), its
+/// next message waits for one to be given back, even while bodies could still be read.
+#[actix_web::test]
+async fn a_partners_messages_in_the_gateway_are_bounded() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
+        c.limits.messages_in_flight = 4;
+        c.limits.body_read_secs = 1;
+    })
+    .await;
+    let partner = "sn.consulat.casablanca";
+    // A partner holds half of the places.
+    let stalled = [
+        stalled_body(&gateway, partner).await,
+        stalled_body(&gateway, partner).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let reply = gateway
+        .client(partner)
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00982"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "accepted after {:?}, while the partner's places were all taken",
+        started.elapsed()
+    );
+    drop(stalled);
+    gateway.stop().await;
+}
+
+/// A search that matches more entries than one answer holds is refused, with a pointer to the
+/// offline tool, rather than read, proved and written out in the gateway.
+#[actix_web::test]
+async fn a_trail_too_long_for_one_answer_is_refused() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let log = &gateway.running.gateway.log;
+    let case = "RVA-2026-007777";
+    let entry = |n: usize| {
+        let mut fact = Fact::new(Kind::Accepted, chrono::Utc::now());
+        fact.sender = Some("ma.interieur".into());
+        fact.transport = Some(Transport::Rest);
+        fact.event_type = Some("ma.rva.case.registered".into());
+        fact.event_id = Some(format!("MI-LOAD-{n}"));
+        fact.case_id = Some(case.into());
+        fact
+    };
+    let facts: Vec<Fact> = (0..2001).map(entry).collect();
+    for chunk in facts.chunks(250) {
+        for appended in
+            futures_util::future::join_all(chunk.iter().map(|f| log.append_async(f))).await
+        {
+            appended.expect("appended");
+        }
+    }
+    let problem = gateway
+        .client("audit.igat")
+        .get(&format!("/v1/audit/trails?case={case}"))
+        .await
+        .problem(400, "malformed");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("2001 entries"), "{problem}");
+    assert!(detail.contains("passerelle audit trail"), "{problem}");
     gateway.stop().await;
 }
 
@@ -2391,6 +2470,17 @@ async fn a_dead_letter_is_listed_and_redelivered() {
     let id = letter["id"].as_u64().unwrap();
     assert_eq!(dgsn.received().len(), 2, "max_attempts = 2");
     assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 1.0);
+
+    // A web page in a browser on the operator's machine cannot redeliver it: the listener
+    // takes no changes from pages.
+    let from_a_page = admin
+        .post_from(
+            &format!("/deliveries/{id}/redeliver"),
+            Some("http://example.org"),
+        )
+        .await;
+    assert_eq!(from_a_page.status, 403, "{}", from_a_page.text());
+    assert_eq!(dgsn.received().len(), 2, "not redelivered");
 
     // Redelivering what is not a dead letter is refused, and leaves it where it was.
     let pending = gateway

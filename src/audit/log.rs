@@ -19,11 +19,12 @@ use super::note::{NoteSigner, NoteVerifier};
 use super::proof::{Receipt, TlogProof};
 use super::publish::{Edge, publish};
 use super::tiles::{TILE_WIDTH, TileReader, entries_path, parse_bundle, tile_width};
+use crate::write_queue::{WriteQueue, WriteQueueReceiver, write_queue};
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,7 +42,8 @@ pub struct Options {
     pub max_delay: Duration,
     /// Size at which a journal segment is closed and a new one started.
     pub segment_bytes: u64,
-    /// The most appends waiting for the writer before `append` blocks.
+    /// The most appends waiting for the writer: beyond it, `append` blocks its thread and
+    /// `append_async` waits without blocking it.
     pub queue: usize,
     /// How many journal syncs may run at once. Overlapping syncs let one
     /// group be written while earlier ones reach the disk, but each sync costs
@@ -225,7 +227,7 @@ impl Shared {
 /// The audit log. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct AuditLog {
     shared: Arc<Shared>,
-    tx: Option<SyncSender<Msg>>,
+    tx: Option<WriteQueue<Msg>>,
     threads: Vec<JoinHandle<()>>,
     /// `private/writer.lock`, locked for the log's life (released after the threads stop).
     _writer_lock: std::fs::File,
@@ -431,7 +433,7 @@ impl AuditLog {
             published: Condvar::new(),
             failure: Mutex::new(None),
         });
-        let (tx, rx) = mpsc::sync_channel(options.queue.max(1));
+        let (tx, rx) = write_queue(options.queue);
         let (ptx, prx) = mpsc::channel();
         let interval = options.checkpoint_interval.min(Duration::from_secs(1));
         let mut threads = Vec::new();
@@ -588,7 +590,12 @@ impl AuditLog {
         ))
     }
 
-    fn submit(&self, record: Record, leaf: Hash) -> Result<oneshot::Receiver<Result<Committed>>> {
+    /// The append of `record`, and where its outcome comes, once the log is known to take it.
+    fn pending(
+        &self,
+        record: Record,
+        leaf: Hash,
+    ) -> Result<(Msg, oneshot::Receiver<Result<Committed>>)> {
         if let Some(why) = lock(&self.shared.failure)?.as_ref() {
             return Err(AuditError::Stopped(why.clone()));
         }
@@ -598,14 +605,29 @@ impl AuditLog {
             ));
         }
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
-        tx.send(Msg::Append(Box::new(Pending {
+        let append = Msg::Append(Box::new(Pending {
             record,
             leaf,
             reply,
-        })))
-        .map_err(|_| AuditError::Closed)?;
+        }));
+        Ok((append, rx))
+    }
+
+    /// Queues an append from a thread that may block.
+    fn submit_blocking(
+        &self,
+        record: Record,
+        leaf: Hash,
+    ) -> Result<oneshot::Receiver<Result<Committed>>> {
+        let (append, rx) = self.pending(record, leaf)?;
+        self.queue()?
+            .send_blocking(append)
+            .map_err(|_| AuditError::Closed)?;
         Ok(rx)
+    }
+
+    fn queue(&self) -> Result<&WriteQueue<Msg>> {
+        self.tx.as_ref().ok_or(AuditError::Closed)
     }
 
     fn receipt(&self, leaf: Hash, done: Result<Committed>) -> Result<Receipt> {
@@ -621,7 +643,7 @@ impl AuditLog {
     /// (use [`AuditLog::append_async`]).
     pub fn append(&self, fact: &Fact) -> Result<Receipt> {
         let (record, leaf) = self.prepare(fact)?;
-        let rx = self.submit(record, leaf)?;
+        let rx = self.submit_blocking(record, leaf)?;
         self.receipt(leaf, rx.blocking_recv().map_err(|_| AuditError::Closed)?)
     }
 
@@ -631,7 +653,12 @@ impl AuditLog {
     /// may wait for the key store lock.
     pub async fn append_async(&self, fact: &Fact) -> Result<Receipt> {
         let (record, leaf) = self.prepare(fact)?;
-        let rx = self.submit(record, leaf)?;
+        let (append, rx) = self.pending(record, leaf)?;
+        // Waits for room in the queue without blocking the task's thread.
+        self.queue()?
+            .send(append)
+            .await
+            .map_err(|_| AuditError::Closed)?;
         self.receipt(leaf, rx.await.map_err(|_| AuditError::Closed)?)
     }
 
@@ -639,8 +666,8 @@ impl AuditLog {
     /// waits until it is written.
     pub fn sync(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
-        tx.send(Msg::Publish(reply))
+        self.queue()?
+            .send_blocking(Msg::Publish(reply))
             .map_err(|_| AuditError::Closed)?;
         rx.blocking_recv().map_err(|_| AuditError::Closed)?
     }
@@ -748,7 +775,7 @@ impl AuditLog {
         let fact = Fact::new(Kind::Erased, Utc::now());
         let entry = Leaf::from_fact(&fact, commitment).encode()?;
         let leaf = leaf_hash(&entry);
-        let rx = self.submit(
+        let rx = self.submit_blocking(
             Record {
                 entry,
                 tags: vec![tag],
@@ -917,7 +944,7 @@ fn writer_loop(
     shared: Arc<Shared>,
     mut journal: JournalWriter,
     mut next: u64,
-    rx: Receiver<Msg>,
+    rx: WriteQueueReceiver<Msg>,
     ptx: Sender<PubMsg>,
     opts: Options,
 ) {
@@ -953,7 +980,7 @@ fn writer_loop(
     let max_batch = opts.max_batch.max(1);
     let mut buf = Vec::new();
     let mut seq = 0u64;
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.recv() {
         let mut batch = Vec::new();
         let mut publishes = Vec::new();
         let mut take = |m: Msg, batch: &mut Vec<Pending>| match m {

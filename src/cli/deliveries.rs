@@ -63,7 +63,9 @@ pub enum DeliveriesCommand {
 /// provider, and needs one installed even when it never makes a TLS connection.
 fn client() -> anyhow::Result<reqwest::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The admin listener is on this host: never through a proxy from the environment.
     Ok(reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()?)
 }

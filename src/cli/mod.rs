@@ -16,6 +16,7 @@ pub fn partner_client(partner: &str) -> anyhow::Result<reqwest::Client> {
     let mut tls = (*passerelle::tls::client_config(&files)?).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(reqwest::Client::builder()
+        .no_proxy()
         .use_preconfigured_tls(tls)
         .pool_max_idle_per_host(1)
         .timeout(std::time::Duration::from_secs(30))

@@ -7,7 +7,11 @@
 //! for an operator to look at and redeliver. Each attempt is audited before the store records
 //! its outcome, so that the evidence is never behind the state. A crash between a recipient's
 //! `2xx` and that record makes the delivery go out again after the restart: recipients drop
-//! such repeats by the `X-Passerelle-Delivery` header (the delivery id), which never changes.
+//! such repeats by the event's source and id (`X-Passerelle-Source`, `X-Passerelle-Event-Id`),
+//! which name one message whatever instance of the gateway delivers it. The delivery id
+//! (`X-Passerelle-Delivery`) never changes across retries either, but it is one instance's
+//! number, for support only: another instance, or a store restored from a backup, can give
+//! the same number to another message.
 //!
 //! One recipient has at most a quarter of the calls in flight (at least one): a recipient
 //! whose endpoint hangs, or that has a backlog, leaves the other calls to the others.
@@ -24,10 +28,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The header carrying the delivery id, stable across retries.
+/// The header carrying the delivery id, stable across retries (for support: unique only in
+/// the store of the instance that sends it).
 pub const DELIVERY_HEADER: &str = "x-passerelle-delivery";
 /// The header carrying the event id.
 pub const EVENT_ID_HEADER: &str = "x-passerelle-event-id";
+/// The header carrying the event's source: with the event id, the key by which a recipient
+/// drops repeats.
+pub const SOURCE_HEADER: &str = "x-passerelle-source";
 
 /// The share of the calls in flight that one recipient may have: `concurrency` divided by
 /// this, and at least one.
@@ -53,7 +61,10 @@ impl WebhookWorker {
     ) -> anyhow::Result<Self> {
         let mut tls = tls.clone();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No proxy from the environment (`HTTPS_PROXY` and the like): a recipient's personal
+        // data goes to its endpoint directly, never through a host the registry does not name.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .use_preconfigured_tls(tls)
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -173,6 +184,7 @@ impl WebhookWorker {
             .header(reqwest::header::CONTENT_TYPE, &d.content_type)
             .header(DELIVERY_HEADER, d.id.to_string())
             .header(EVENT_ID_HEADER, &d.event_id)
+            .header(SOURCE_HEADER, &d.source)
             .body(d.body.clone())
             .send()
             .await;

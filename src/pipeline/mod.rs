@@ -15,6 +15,7 @@
 pub mod facts;
 pub mod refusal_summaries;
 pub mod sequence;
+pub mod shares;
 
 use crate::audit::{self, AuditLog, Fact, Kind, MappingRef, Personal, Transport};
 use crate::canonical::{Catalogue, jcs};
@@ -31,6 +32,7 @@ use refusal_summaries::RefusalSummaries;
 use sequence::CaseFile;
 use serde::Serialize;
 use serde_json::{Value, json};
+use shares::{FairShares, SharePermit};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,12 @@ pub struct Limits {
     pub bodies_in_flight: usize,
     /// How long a request body may take to arrive, in seconds, once its headers have.
     pub body_read_secs: u64,
+    /// How many REST messages may be in the gateway at once, over every connection, from
+    /// before their body is read until they are answered (or, when their client went away,
+    /// until they are made durable or given up). With the size limit, this bounds the memory
+    /// the messages hold while a slow disk holds up their writes. One partner holds at most
+    /// half of them, the unregistered certificates one eighth between them.
+    pub messages_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +76,7 @@ impl Default for Limits {
             refused_certificate_summary_secs: 60,
             bodies_in_flight: 64,
             body_read_secs: 30,
+            messages_in_flight: 128,
         }
     }
 }
@@ -223,10 +232,9 @@ pub struct Gateway {
     /// One queue per source and reference of the messages being accepted.
     in_flight: TurnQueues,
     /// One permit per request body being read (see [`Gateway::body_permit`]).
-    body_permits: Arc<tokio::sync::Semaphore>,
-    /// Each sender's share of those permits, by partner id (or [`UNREGISTERED`]), made at its
-    /// first request: a bounded set, the registry's partners.
-    body_shares: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    bodies: FairShares,
+    /// One permit per REST message in the gateway (see [`Gateway::message_permit`]).
+    messages: FairShares,
     /// One queue per recipient, whose turn is held while its inbox is read or acknowledged
     /// (see [`Gateway::inbox_turn`]).
     inbox_turns: TurnQueues,
@@ -236,14 +244,6 @@ impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").finish_non_exhaustive()
     }
-}
-
-/// Leave to read one request body: the sender's share, and the gateway's (see
-/// [`Gateway::body_permit`]).
-#[derive(Debug)]
-pub struct BodyPermit {
-    _own: tokio::sync::OwnedSemaphorePermit,
-    _shared: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The name under which messages from certificates the registry does not know are counted
@@ -297,8 +297,8 @@ impl Gateway {
             redeliveries: tokio::sync::Mutex::new(()),
             rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             refusal_summaries: Arc::default(),
-            body_permits: Arc::new(tokio::sync::Semaphore::new(limits.bodies_in_flight.max(1))),
-            body_shares: Mutex::new(HashMap::new()),
+            bodies: FairShares::new(limits.bodies_in_flight),
+            messages: FairShares::new(limits.messages_in_flight),
             limits,
             in_flight: Mutex::new(HashMap::new()),
             inbox_turns: Mutex::new(HashMap::new()),
@@ -1032,32 +1032,20 @@ impl Gateway {
     /// know one eighth between them, so that one client sending its bodies slowly (or many
     /// such connections) cannot stop every other partner's messages. The wait is bounded by
     /// twice [`Limits::body_read_secs`]; `None` when it ran out (or the gateway is stopping).
-    pub async fn body_permit(&self, sender: &str) -> Option<BodyPermit> {
-        let total = self.limits.bodies_in_flight.max(1);
-        let share = self
-            .body_shares
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(sender.to_owned())
-            .or_insert_with(|| {
-                let share = if sender == UNREGISTERED {
-                    total / 8
-                } else {
-                    total / 2
-                };
-                Arc::new(tokio::sync::Semaphore::new(share.max(1)))
-            })
-            .clone();
-        let wait = async {
-            let own = share.acquire_owned().await.ok()?;
-            let shared = self.body_permits.clone().acquire_owned().await.ok()?;
-            Some(BodyPermit {
-                _own: own,
-                _shared: shared,
-            })
-        };
-        let limit = Duration::from_secs(self.limits.body_read_secs.max(1) * 2);
-        tokio::time::timeout(limit, wait).await.ok().flatten()
+    pub async fn body_permit(&self, sender: &str) -> Option<SharePermit> {
+        self.bodies.acquire(sender, self.permit_wait()).await
+    }
+
+    /// Waits for a permit to bring one REST message of `sender`'s into the gateway, to be held
+    /// until it is answered and its processing is over (see [`Limits::messages_in_flight`]).
+    /// Shared and bounded in time like [`Gateway::body_permit`].
+    pub async fn message_permit(&self, sender: &str) -> Option<SharePermit> {
+        self.messages.acquire(sender, self.permit_wait()).await
+    }
+
+    /// How long a request waits for a permit before it is answered `503`.
+    fn permit_wait(&self) -> Duration {
+        Duration::from_secs(self.limits.body_read_secs.max(1) * 2)
     }
 
     /// Waits for `recipient`'s turn at its inbox, held until it drops: reading the inbox and

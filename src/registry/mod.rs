@@ -299,9 +299,9 @@ impl Registry {
                 ));
             }
             if let Some(Delivery::Webhook { url }) = &entry.delivery
-                && !url.starts_with("https://")
+                && let Err(why) = check_webhook_url(url)
             {
-                problems.push(format!("partner {id}: webhook URL must be https://"));
+                problems.push(format!("partner {id}: webhook URL {url:?} {why}"));
             }
             for pin in &entry.fingerprints {
                 let valid = pin.strip_prefix("sha256:").is_some_and(|hex| {
@@ -575,6 +575,20 @@ fn carriers(data: &Value) -> Vec<String> {
     found
 }
 
+/// Why a webhook URL cannot be called, if it cannot: it must parse, be `https://`, and name a
+/// host. (A URL that does not would fail every attempt, each one retried as if the endpoint
+/// were down, until the delivery is dead-lettered an hour later.)
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
+    if parsed.scheme() != "https" {
+        return Err("must be https://".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("names no host".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,6 +766,23 @@ airline_by_carrier = { AT = "nobody" }
         ] {
             assert!(all.contains(needle), "{needle} not in {all}");
         }
+    }
+
+    #[test]
+    fn a_webhook_url_must_be_one_that_can_be_called() {
+        for (url, why) in [
+            ("http://dgsn.example/notices", "must be https://"),
+            ("https://", "is not a URL"),
+            ("notices", "is not a URL"),
+        ] {
+            let problem = check_webhook_url(url).unwrap_err();
+            assert!(problem.contains(why), "{url}: {problem}");
+        }
+        assert_eq!(
+            check_webhook_url("https://dgsn.example:8443/notices"),
+            Ok(())
+        );
+        assert_eq!(check_webhook_url("https://127.0.0.1:8443/notices"), Ok(()));
     }
 
     #[test]

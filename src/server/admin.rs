@@ -12,7 +12,7 @@
 use crate::delivery::{self, RedeliverError};
 use crate::pipeline::Gateway;
 use crate::store::{DEAD_LETTER_PAGE, StoreError};
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,7 +201,20 @@ async fn dead_letters(
     }
 }
 
-async fn redeliver(state: web::Data<AdminState>, id: web::Path<u64>) -> HttpResponse {
+async fn redeliver(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    id: web::Path<u64>,
+) -> HttpResponse {
+    // The listener has no credentials of its own (it is on loopback, for the operators of
+    // this host). A browser on this host would still send it a page's form or `fetch`, with
+    // the page's `Origin`: a change asked that way is refused, so that no web page can
+    // redeliver what an operator left dead. The command line sends no `Origin`.
+    if req.headers().contains_key(actix_web::http::header::ORIGIN) {
+        return HttpResponse::Forbidden().json(serde_json::json!({
+            "error": "the admin listener takes no changes from web pages (the request has an Origin)"
+        }));
+    }
     match delivery::redeliver(&state.gateway, *id).await {
         Ok(d) => HttpResponse::Ok().json(serde_json::json!({"id": d.id, "state": d.state})),
         Err(RedeliverError::Store(StoreError::NotFound(what))) => HttpResponse::NotFound()

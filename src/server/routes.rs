@@ -17,6 +17,7 @@ use super::problem::Problem;
 use crate::audit::bundle::Trail;
 use crate::audit::{Kind, Query, Transport};
 use crate::canonical::partner_source;
+use crate::pipeline::shares::SharePermit;
 use crate::pipeline::{Ack, Content, Gateway, Outcome, Submission, UNREGISTERED};
 use crate::registry::PartnerEntry;
 use crate::store::{Channel, Delivery, DeliveryState, DeliveryUpdate};
@@ -157,6 +158,10 @@ async fn refuse_unregistered(
     else {
         return problem;
     };
+    let _place = match message_permit(gateway, UNREGISTERED).await {
+        Ok(place) => place,
+        Err(busy) => return busy,
+    };
     let body = match read_body(gateway, UNREGISTERED, payload).await {
         Ok(body) => body,
         Err(unreadable) => return unreadable,
@@ -180,6 +185,19 @@ fn gateway(req: &HttpRequest) -> Result<&Gateway, Problem> {
 
 fn is_auditor(caller: &Caller) -> bool {
     caller.0.role == "auditor"
+}
+
+/// Waits for a place for one more message of `sender`'s (see
+/// [`crate::pipeline::Limits::messages_in_flight`]); one that does not come within twice the
+/// body time limit is answered `503`.
+async fn message_permit(gateway: &Gateway, sender: &str) -> Result<SharePermit, Problem> {
+    let seconds = gateway.limits().body_read_secs.max(1) * 2;
+    gateway.message_permit(sender).await.ok_or_else(|| {
+        Problem::unavailable(format!(
+            "too many messages are being processed; this one's turn did not come within \
+             {seconds} s, send it again"
+        ))
+    })
 }
 
 /// Reads the body, up to one byte past the size limit: a larger body is refused by the
@@ -249,6 +267,11 @@ async fn post_message(
         event_type = tracing::field::Empty,
     );
     async move {
+        // The message's place in the gateway, taken before its body is read and held until
+        // its processing is over, also when its client goes away (it moves into the task
+        // below): the messages waiting for a slow disk are bounded in number, and so is the
+        // memory their bodies hold.
+        let place = message_permit(&gateway, &caller.0.id).await?;
         // At most one byte past the limit is read, whatever the declared length: the
         // pipeline refuses a larger body, and audits the refusal, like any other.
         let body = read_body(&gateway, &caller.0.id, payload).await?;
@@ -273,6 +296,7 @@ async fn post_message(
         let ingest = {
             let gateway = gateway.clone();
             async move {
+                let _place = place;
                 gateway
                     .ingest(Submission {
                         partner: &partner,

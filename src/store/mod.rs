@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc;
+
+use crate::write_queue::{WriteQueue, WriteQueueReceiver, write_queue};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -439,7 +441,7 @@ impl Release {
 /// checks duplicates, inserts and commits, so that it does not become the bottleneck.
 pub struct Store {
     db: Arc<Database>,
-    tx: Option<SyncSender<Write>>,
+    tx: Option<WriteQueue<Write>>,
     writer: Option<JoinHandle<()>>,
     pending_deliveries: Arc<AtomicU64>,
     next_id: AtomicU64,
@@ -486,8 +488,22 @@ fn confirmed(record: &AcceptedRecord, entry: LogEntry) -> AcceptedRecord {
     }
 }
 
+/// The write that withdraws the attempt `record` records, and where its outcome comes.
+fn abandoning(record: &AcceptedRecord) -> (Write, oneshot::Receiver<Result<()>>) {
+    let (reply, rx) = oneshot::channel();
+    let write = Write::Abandon {
+        attempt: Box::new(record.clone()),
+        reply,
+    };
+    (write, rx)
+}
+
 /// The most writes committed in one transaction.
 const MAX_GROUP: usize = 512;
+
+/// The most writes queued for the writer. The HTTP workers' tasks wait for room without
+/// blocking their thread (see [`crate::write_queue`]).
+const WRITE_QUEUE: usize = 4096;
 
 /// The page cache of the database.
 const CACHE_BYTES: usize = 32 << 20;
@@ -553,7 +569,7 @@ impl Store {
         let hold = Arc::new(Mutex::new(()));
         #[cfg(test)]
         let fail_next_group = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::sync_channel(4096);
+        let (tx, rx) = write_queue(WRITE_QUEUE);
         let writer = Writer {
             db: db.clone(),
             pending: pending_deliveries.clone(),
@@ -592,12 +608,32 @@ impl Store {
         self.released.clone()
     }
 
-    fn send(&self, write: Write) -> Result<()> {
-        self.tx
-            .as_ref()
-            .ok_or(StoreError::Closed)?
+    /// Queues a write, waiting without blocking the thread while the queue is full.
+    async fn send(&self, write: Write) -> Result<()> {
+        self.queue()?
             .send(write)
+            .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues a write that nobody waits for, without waiting for room: one that finds the
+    /// queue full is handed to a task of its own (see [`WriteQueue::send_detached`]), so that
+    /// dropping the caller's future cannot lose it.
+    fn send_detached(&self, write: Write) -> Result<()> {
+        self.queue()?
+            .send_detached(write)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues a write from a thread that may block.
+    fn send_blocking(&self, write: Write) -> Result<()> {
+        self.queue()?
+            .send_blocking(write)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    fn queue(&self) -> Result<&WriteQueue<Write>> {
+        self.tx.as_ref().ok_or(StoreError::Closed)
     }
 
     /// The record of an accepted message, if its source and reference were seen: confirmed
@@ -657,7 +693,7 @@ impl Store {
         let bytes = serde_json::to_vec(&record).map_err(db_error)?;
         let case = provisional_case(&record);
         self.confirming().insert(key.clone(), record);
-        let sent = self.send(Write::Confirm {
+        let sent = self.send_detached(Write::Confirm {
             key: key.clone(),
             attempt: None,
             record: bytes,
@@ -700,7 +736,7 @@ impl Store {
         let attempt = Box::new(record.clone());
         let record = confirmed(record, entry);
         let (reply, rx) = oneshot::channel();
-        self.send(Write::Confirm {
+        self.send_blocking(Write::Confirm {
             key: AcceptedRecord::key(&record.source, &record.event_id),
             attempt: Some(attempt),
             record: serde_json::to_vec(&record).map_err(db_error)?,
@@ -723,25 +759,16 @@ impl Store {
     /// recorded itself anew. Withdrawing by key alone would then remove the later attempt's
     /// record and deliveries while its acceptance goes on to the log and is answered `202`.
     pub async fn abandon(&self, record: &AcceptedRecord) -> Result<()> {
-        self.send_abandon(record)?
-            .await
-            .map_err(|_| StoreError::Closed)?
+        let (write, rx) = abandoning(record);
+        self.send(write).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Blocking form of [`Store::abandon`].
     pub fn abandon_blocking(&self, record: &AcceptedRecord) -> Result<()> {
-        self.send_abandon(record)?
-            .blocking_recv()
-            .map_err(|_| StoreError::Closed)?
-    }
-
-    fn send_abandon(&self, record: &AcceptedRecord) -> Result<oneshot::Receiver<Result<()>>> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Write::Abandon {
-            attempt: Box::new(record.clone()),
-            reply,
-        })?;
-        Ok(rx)
+        let (write, rx) = abandoning(record);
+        self.send_blocking(write)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// The case file of a case (empty if the case is new).
@@ -811,7 +838,8 @@ impl Store {
             deliveries: prepared,
             made,
             reply,
-        })?;
+        })
+        .await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -826,7 +854,7 @@ impl Store {
     /// Changes a delivery, durably, and returns it as it now stands (without its body).
     pub async fn update(&self, id: u64, update: DeliveryUpdate) -> Result<Delivery> {
         let (reply, rx) = oneshot::channel();
-        self.send(Write::Update { id, update, reply })?;
+        self.send(Write::Update { id, update, reply }).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -999,11 +1027,11 @@ impl Store {
         let mut found = Vec::new();
         for item in inbox.iter().map_err(db_error)? {
             let (key, _) = item.map_err(db_error)?;
-            found.extend(read_delivery(&deliveries, None, key.value().1)?);
+            found.extend(read_listed(&deliveries, key.value().1)?);
         }
         for item in due.iter().map_err(db_error)? {
             let (key, _) = item.map_err(db_error)?;
-            found.extend(read_delivery(&deliveries, None, key.value().3)?);
+            found.extend(read_listed(&deliveries, key.value().3)?);
         }
         Ok(found)
     }
@@ -1031,7 +1059,7 @@ impl Store {
                 break;
             }
             let (key, _) = item.map_err(db_error)?;
-            found.extend(read_delivery(&deliveries, None, key.value())?);
+            found.extend(read_listed(&deliveries, key.value())?);
         }
         Ok(found)
     }
@@ -1280,6 +1308,26 @@ fn read_delivery(
     Ok(Some(d))
 }
 
+/// A delivery of a list (waiting, dead letters, owed audits), without its body: one whose
+/// record cannot be read back (damaged) is reported and passed over, so that the others are
+/// still listed (the lists feed the start, the operators' listing and the erasures).
+fn read_listed(
+    deliveries: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<Delivery>> {
+    match read_delivery(deliveries, None, id) {
+        Err(StoreError::Unreadable(why)) => {
+            tracing::error!(
+                delivery = id,
+                error = %why,
+                "a delivery's record cannot be read back; passed over, the others are listed"
+            );
+            Ok(None)
+        }
+        read => read,
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         self.shutdown();
@@ -1397,7 +1445,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, rx: Receiver<Write>) {
+    fn run(self, rx: WriteQueueReceiver<Write>) {
         let db = &*self.db;
         let mut unsynced = false;
         // The queued confirmations of a failed group: nobody waits for them, and their messages
@@ -2853,6 +2901,36 @@ mod tests {
         assert_eq!(read.log_index, 7);
         assert_eq!(store.inbox("iom.ma", 0, 10).unwrap().deliveries.len(), 1);
         assert!(store.is_open());
+    }
+
+    /// A damaged record is passed over by the lists the start, the erasures and the operators
+    /// read (waiting deliveries, dead letters), which still list the others.
+    #[tokio::test]
+    async fn the_lists_pass_over_a_damaged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let waiting = accept(
+            &store,
+            "waiting",
+            vec![
+                new_delivery("iom.ma", Channel::Inbox),
+                new_delivery("ma.dgsn", Channel::Webhook),
+            ],
+        )
+        .await;
+        let mut dead = Vec::new();
+        for n in 0..2 {
+            let mut unwritable = new_delivery("ma.dgsn", Channel::Webhook);
+            unwritable.unwritable = Some(UNWRITABLE.into());
+            dead.extend(accept(&store, &format!("dead{n}"), vec![unwritable]).await);
+        }
+        until_confirmations_committed(&store).await;
+        damage_delivery(&store, waiting[0].id);
+        damage_delivery(&store, dead[0].id);
+        let ids = |list: Vec<Delivery>| list.iter().map(|d| d.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.waiting().unwrap()), [waiting[1].id]);
+        assert_eq!(ids(store.dead_letters(0, 10).unwrap()), [dead[1].id]);
+        assert_eq!(ids(store.dead_letters(0, 1).unwrap()), [dead[1].id]);
     }
 
     #[tokio::test]

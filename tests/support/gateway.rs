@@ -715,9 +715,16 @@ impl Admin {
 
     /// POSTs to a path.
     pub async fn post(&self, path: &str) -> Reply {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
+        self.post_from(path, None).await
+    }
+
+    /// POSTs to a path as a web page at `origin` would (its browser adds `Origin`).
+    pub async fn post_from(&self, path: &str, origin: Option<&str>) -> Reply {
+        let mut request = self.http.post(format!("{}{path}", self.base));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let response = request
             .send()
             .await
             .unwrap_or_else(|e| panic!("admin POST {path}: {e:?}"));
@@ -803,6 +810,8 @@ pub struct Received {
     pub delivery: String,
     /// `X-Passerelle-Event-Id`.
     pub event_id: String,
+    /// `X-Passerelle-Source`.
+    pub source: String,
     /// `Content-Type`.
     pub content_type: String,
     /// The body.
@@ -870,6 +879,7 @@ async fn receive(
         path: req.path().to_owned(),
         delivery: header("x-passerelle-delivery"),
         event_id: header("x-passerelle-event-id"),
+        source: header("x-passerelle-source"),
         content_type: header("content-type"),
         body: body.to_vec(),
         client: req
