@@ -1956,6 +1956,48 @@ async fn a_partners_messages_in_the_gateway_are_bounded() {
     gateway.stop().await;
 }
 
+/// A laissez-passer issued by a consulate that the routing tables do not give the holder's
+/// nationality is accepted and delivered, flagged, and does not put an LPC on its case's file.
+#[actix_web::test]
+async fn a_laissez_passer_from_another_nationalitys_consulate_is_flagged_and_not_on_file() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let case = "RVA-2026-008888";
+    let body = fixture_text("sn.consulat.casablanca", "in/lpc-issued.xml")
+        .replace("CGSN-CASA-2026-00417", "CGSN-CASA-2026-00983")
+        .replace("RVA-2026-004211", case)
+        .replace("Sénégalaise", "Ivoirienne");
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", body.into_bytes())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let ack = reply.json();
+    let anomalies: Vec<&str> = ack["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        anomalies.contains(&"scope.not_the_consulate_of_nationality"),
+        "{ack}"
+    );
+    assert!(
+        !ack["recipients"].as_array().unwrap().is_empty(),
+        "delivered"
+    );
+    let file = gateway.running.gateway.store.case_file(case).unwrap();
+    assert!(file.facts.is_empty(), "{:?}", file.facts);
+    // The consulate of the holder's nationality is not flagged.
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00984"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert!(!reply.text().contains("scope."), "{}", reply.text());
+    gateway.stop().await;
+}
+
 /// A search that matches more entries than one answer holds is refused, with a pointer to the
 /// offline tool, rather than read, proved and written out in the gateway.
 #[actix_web::test]

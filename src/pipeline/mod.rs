@@ -523,6 +523,10 @@ impl Gateway {
                 "message": format!("no partner is configured as the {role} of this event"),
             }));
         }
+        let out_of_scope = self.registry.out_of_scope(partner, event);
+        if let Some((code, message)) = &out_of_scope {
+            anomalies.push(json!({ "code": code, "message": message }));
+        }
         if !anomalies.is_empty() {
             let list = event["data"]
                 .as_object_mut()
@@ -537,8 +541,10 @@ impl Gateway {
             .flatten()
             .filter_map(|a| a["code"].as_str().map(str::to_owned))
             .collect();
-        // The case file is written only when the event records a fact not yet firm on it.
+        // The case file is written only when the event records a fact not yet firm on it, and
+        // never by a sender speaking outside its scope.
         let case_facts = case_file
+            .filter(|_| out_of_scope.is_none())
             .map(|file| file.not_firm(CaseFile::facts_of(event)))
             .unwrap_or_default();
 

@@ -40,10 +40,16 @@ impl CaseFile {
         let Some(entry) = catalogue.get(name) else {
             return Vec::new();
         };
+        // A passport the event itself shows (the border police's PV, drawn up on sight of it)
+        // meets a requirement for one as a passport on file does.
+        let shows_passport = carries_passport(event);
+        let on_file = |fact: &String| {
+            self.facts.contains(fact) || (shows_passport && fact.as_str() == PASSPORT)
+        };
         entry
             .requires
             .iter()
-            .filter(|alternatives| !alternatives.iter().any(|fact| self.facts.contains(fact)))
+            .filter(|alternatives| !alternatives.iter().any(on_file))
             .map(|alternatives| {
                 json!({
                     "code": format!("sequence.missing_{}", alternatives[0].replace('.', "_")),
@@ -57,15 +63,10 @@ impl CaseFile {
     }
 
     /// The facts an event puts on its case's file: its type, and `passport` when it carries
-    /// one.
+    /// one (a registration's `travel_documents`, a PV's `travel_document`).
     pub fn facts_of(event: &Value) -> Vec<String> {
         let mut facts = vec![event_name(event).to_owned()];
-        let documents = event["data"]["travel_documents"].as_array();
-        if documents
-            .into_iter()
-            .flatten()
-            .any(|d| d["type"] == PASSPORT)
-        {
+        if carries_passport(event) {
             facts.push(PASSPORT.to_owned());
         }
         facts
@@ -128,6 +129,18 @@ impl CaseFile {
     }
 }
 
+/// Whether the event names a passport the person holds: among a registration's
+/// `travel_documents`, or as the `travel_document` a PV was drawn up on.
+fn carries_passport(event: &Value) -> bool {
+    let data = &event["data"];
+    data["travel_documents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(&data["travel_document"]))
+        .any(|d| d["type"] == PASSPORT)
+}
+
 fn event_name(event: &Value) -> &str {
     event["type"]
         .as_str()
@@ -188,6 +201,31 @@ mod tests {
             file.check(&catalogue, &event("boarding.confirmed"))
                 .is_empty()
         );
+    }
+
+    /// A passport first known from the border police's PV: the PV is not flagged for want of
+    /// an LPC, and the boarding after it is not either.
+    #[test]
+    fn a_passport_shown_on_the_pv_stands_for_the_lpc() {
+        let catalogue = Catalogue::embedded().unwrap();
+        let mut file = CaseFile::default();
+        for name in ["case.registered", "travel.booked"] {
+            file.record(name, &CaseFile::facts_of(&event(name)));
+        }
+        let pv = json!({"type": "ma.rva.exit.authorized",
+            "data": {"travel_document": {"type": "passport", "number": "A1234567"}}});
+        assert_eq!(file.check(&catalogue, &pv), Vec::<Value>::new());
+        file.record("pv", &CaseFile::facts_of(&pv));
+        assert_eq!(
+            file.check(&catalogue, &event("boarding.confirmed")),
+            Vec::<Value>::new()
+        );
+        // A PV on an LPC that is not on file is still flagged.
+        let on_lpc = json!({"type": "ma.rva.exit.authorized",
+            "data": {"travel_document": {"type": "lpc", "number": "LP0417263"}}});
+        let mut other = CaseFile::default();
+        other.record("booked", &CaseFile::facts_of(&event("travel.booked")));
+        assert_eq!(other.check(&catalogue, &on_lpc).len(), 1);
     }
 
     #[test]

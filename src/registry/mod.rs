@@ -91,6 +91,53 @@ pub struct Routing {
     pub airline_by_carrier: BTreeMap<String, String>,
 }
 
+impl Routing {
+    /// The codes of the tables that are not in the form events carry them, each a problem: an
+    /// entry keyed `sen`, `Senegal` or `dss` would load, never match, and leave every event it
+    /// was meant for unrouted.
+    fn malformed_codes(&self) -> Vec<String> {
+        let country = |code: &str| code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase());
+        let airport = country;
+        let carrier = |code: &str| {
+            code.len() == 2
+                && code
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        };
+        let mut problems = Vec::new();
+        let mut check = |table: &str, code: &str, valid: bool, form: &str| {
+            if !valid {
+                problems.push(format!("routing {table}: {code:?} is not {form}"));
+            }
+        };
+        const ALPHA3: &str = "an ISO 3166 alpha-3 country code in capitals (SEN)";
+        for code in self.consulate_by_nationality.keys() {
+            check("consulate_by_nationality", code, country(code), ALPHA3);
+        }
+        for code in self.iom_by_destination_country.keys() {
+            check("iom_by_destination_country", code, country(code), ALPHA3);
+        }
+        for (code, to) in &self.airport_country {
+            check(
+                "airport_country",
+                code,
+                airport(code),
+                "an IATA airport code in capitals (DSS)",
+            );
+            check("airport_country", to, country(to), ALPHA3);
+        }
+        for code in self.airline_by_carrier.keys() {
+            check(
+                "airline_by_carrier",
+                code,
+                carrier(code),
+                "an IATA carrier code of two capitals or digits (AT)",
+            );
+        }
+        problems
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
@@ -375,6 +422,7 @@ impl Registry {
         if routing.iom_morocco.is_none() {
             problems.push("routing: iom_morocco is not set".into());
         }
+        problems.extend(routing.malformed_codes());
         if !problems.is_empty() {
             return Err(RegistryError::Invalid(problems));
         }
@@ -455,6 +503,55 @@ impl Registry {
         self.mappings_in_force
             .get(partner)
             .is_some_and(|ids| ids.contains(mapping_id))
+    }
+
+    /// Whether `sender` speaks outside its scope in `event`, with the anomaly code and its
+    /// message: a consulate issuing a laissez-passer to a holder whose nationality the routing
+    /// tables give another consulate (or none), an airline reporting a boarding on flights of
+    /// carriers the tables give another airline (or none). Such an event is accepted and
+    /// delivered, flagged, and does not count on its case's file (a consulate's typing error
+    /// in a case id must not put an LPC on another person's case).
+    pub fn out_of_scope(&self, sender: &str, event: &Value) -> Option<(String, String)> {
+        let name = event["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(TYPE_PREFIX))
+            .unwrap_or_default();
+        let data = &event["data"];
+        match name {
+            "lpc.issued" => {
+                let nationality = first_text(data, &["holder.nationality"])?;
+                let consulate = self.routing.consulate_by_nationality.get(&nationality);
+                (consulate.map(String::as_str) != Some(sender)).then(|| {
+                    (
+                        "scope.not_the_consulate_of_nationality".to_owned(),
+                        format!(
+                            "the routing tables give nationality {nationality} {}, not the sender",
+                            consulate.map_or("no consulate".to_owned(), |c| format!("to {c}"))
+                        ),
+                    )
+                })
+            }
+            "boarding.confirmed" | "boarding.failed" => {
+                let carriers = carriers(data);
+                let ours = carriers.iter().any(|carrier| {
+                    self.routing
+                        .airline_by_carrier
+                        .get(carrier)
+                        .map(String::as_str)
+                        == Some(sender)
+                });
+                (!carriers.is_empty() && !ours).then(|| {
+                    (
+                        "scope.not_the_operating_airline".to_owned(),
+                        format!(
+                            "the routing tables do not give carrier {} to the sender",
+                            carriers.join(", ")
+                        ),
+                    )
+                })
+            }
+            _ => None,
+        }
     }
 
     /// The recipients of an event, resolved from the catalogue and the routing tables, in
@@ -754,7 +851,9 @@ sends = ["lpc.issued"]
 delivery = { mode = "webhook", url = "http://x" }
 
 [routing]
-airline_by_carrier = { AT = "nobody" }
+airline_by_carrier = { AT = "nobody", "Royal Air Maroc" = "nobody" }
+consulate_by_nationality = { sen = "sn.consulat.casablanca" }
+airport_country = { Dakar = "Senegal" }
 "#;
         let all = problems_of(text);
         for needle in [
@@ -763,6 +862,10 @@ airline_by_carrier = { AT = "nobody" }
             "does not allow role airline",
             "nobody is not a registered",
             "iom_morocco",
+            r#"airline_by_carrier: "Royal Air Maroc" is not an IATA carrier code"#,
+            r#"consulate_by_nationality: "sen" is not an ISO 3166 alpha-3"#,
+            r#"airport_country: "Dakar" is not an IATA airport code"#,
+            r#"airport_country: "Senegal" is not an ISO 3166 alpha-3"#,
         ] {
             assert!(all.contains(needle), "{needle} not in {all}");
         }
