@@ -91,6 +91,8 @@ fn record(writer: u64, n: u64, recipients: &[NewDelivery]) -> AcceptedRecord {
         case_facts: Vec::new(),
         recipients: recipients.iter().map(|d| d.recipient.clone()).collect(),
         accepted_at: "2026-11-29T10:00:00.000Z".into(),
+        // What the pipeline keeps: a SHA-256, hex.
+        content: "0".repeat(64),
     }
 }
 

@@ -1998,6 +1998,50 @@ async fn a_laissez_passer_from_another_nationalitys_consulate_is_flagged_and_not
     gateway.stop().await;
 }
 
+/// A message under a reference already used for another message is refused (`409`, audited),
+/// not answered as a repeat: its sender would take it for accepted. A repeat sent again later,
+/// even regenerated with another send time, is still a repeat.
+#[actix_web::test]
+async fn another_message_under_a_used_reference_is_refused_as_a_conflict() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reference = "CGSN-CASA-2026-00985";
+    let first = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(first.status, 202, "{}", first.text());
+    let again = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["log_index"], first.json()["log_index"]);
+    // The same reference, another laissez-passer number.
+    let other = String::from_utf8(lpc_issued(reference))
+        .unwrap()
+        .replace("<Numero>LP0417263</Numero>", "<Numero>LP0417264</Numero>");
+    let conflict = consulate.send("application/xml", other.into_bytes()).await;
+    let problem = conflict.problem(409, "conflict");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(reference),
+        "{problem}"
+    );
+    wait_for("the conflict's audit entry", WAIT, async || {
+        gateway
+            .running
+            .gateway
+            .log
+            .search(&Query::Case("refused/sn.consulat.casablanca".into()))
+            .expect("the log is searchable")
+            .into_iter()
+            .find(|found| {
+                found.leaf.kind == Kind::Rejected
+                    && found.leaf.reason.as_deref() == Some("conflict")
+            })
+    })
+    .await;
+    gateway.stop().await;
+}
+
 /// A search that matches more entries than one answer holds is refused, with a pointer to the
 /// offline tool, rather than read, proved and written out in the gateway.
 #[actix_web::test]
@@ -2204,6 +2248,7 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
         case_facts: Vec::new(),
         recipients: Vec::new(),
         accepted_at: "2026-11-20T10:00:00.000Z".into(),
+        content: String::new(),
     };
     let store = &gateway.running.gateway.store;
     store
@@ -2381,6 +2426,7 @@ async fn a_dead_letter_whose_entry_is_owed_is_logged_at_the_next_start() {
         case_facts: Vec::new(),
         recipients: vec!["ma.dgsn".into()],
         accepted_at: "2026-11-30T05:00:00.000Z".into(),
+        content: String::new(),
     };
     let dead = NewDelivery {
         recipient: "ma.dgsn".into(),

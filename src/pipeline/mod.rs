@@ -181,6 +181,10 @@ pub enum Refusal {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The source and reference name a message already accepted that says something else
+    /// (409): the sender reused a reference.
+    #[error("{0}")]
+    Conflict(String),
     /// The message could not be made durable (503): nothing was accepted.
     #[error("the gateway cannot make the message durable now: {0}")]
     Unavailable(String),
@@ -196,6 +200,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType(_) => "unsupported-media-type",
             Refusal::Unprocessable { .. } => "unprocessable",
             Refusal::RateLimited { .. } => "rate-limited",
+            Refusal::Conflict(_) => "conflict",
             Refusal::Unavailable(_) => "unavailable",
         }
     }
@@ -471,20 +476,21 @@ impl Gateway {
         source: &str,
     ) -> Result<Outcome, Refusal> {
         let partner = submission.partner;
+        let content = content_digest(event);
         if let Some(record) = self
             .store
             .accepted(source, event_id)
             .map_err(|e| unavailable(&e.to_string()))?
         {
             if record.confirmed {
-                return Ok(Outcome::Duplicate(ack_of("duplicate", record)));
+                return repeat_of(record, &content);
             }
             // An earlier attempt of this message stopped between its two writes (its audit
             // append failed, and so did its withdrawal); it was answered 503. Settle it now,
             // as at start-up: a duplicate of what the log holds, or else withdrawn and
             // accepted anew below.
             if let Some(confirmed) = self.settle_now(record).await? {
-                return Ok(Outcome::Duplicate(ack_of("duplicate", confirmed)));
+                return repeat_of(confirmed, &content);
             }
         }
         let case_id = facts::case_id(event);
@@ -603,6 +609,7 @@ impl Gateway {
             case_facts,
             recipients,
             accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            content,
         };
 
         // The audit entry and the store record are written at once, each synced to disk; the
@@ -1304,6 +1311,30 @@ fn reason_code(code: &str) -> String {
         reason.push_str("anomaly");
     }
     reason
+}
+
+/// A digest of what an event says: its type and its data as the sender's message gave them
+/// (before the gateway adds its anomalies), hex SHA-256 of their canonical JSON. The envelope's
+/// other attributes are left out: a sender's retry may carry a new `time`, and the mapping's
+/// id and hash change with a new version of the mapping, without being another message.
+pub fn content_digest(event: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let said = json!({ "type": event["type"], "data": event["data"] });
+    hex::encode(Sha256::digest(jcs::to_vec(&said)))
+}
+
+/// The answer to a message whose source and reference were accepted before: a repeat gets
+/// the first answer; another message under a reference already used is refused, since
+/// answering it as a repeat would tell its sender it was accepted when it was not.
+fn repeat_of(first: AcceptedRecord, content: &str) -> Result<Outcome, Refusal> {
+    if !first.content.is_empty() && first.content != content {
+        return Err(Refusal::Conflict(format!(
+            "the reference {} was used for another message, accepted on {} (log index {}); \
+             send this one under a reference of its own",
+            first.event_id, first.accepted_at, first.log_index
+        )));
+    }
+    Ok(Outcome::Duplicate(ack_of("duplicate", first)))
 }
 
 fn ack_of(status: &'static str, record: AcceptedRecord) -> Ack {

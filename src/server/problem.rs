@@ -139,6 +139,12 @@ impl From<Refusal> for Problem {
                 p.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
                 p
             }
+            Refusal::Conflict(_) => Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "The reference names another message",
+                detail,
+            ),
             Refusal::Unavailable(_) => Problem::unavailable(
                 "the message could not be made durable; it was not accepted, send it again",
             ),

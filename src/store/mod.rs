@@ -141,6 +141,12 @@ pub struct AcceptedRecord {
     pub recipients: Vec<String>,
     /// When it was accepted, RFC 3339.
     pub accepted_at: String,
+    /// A digest of what the message says (its type and data, see
+    /// [`crate::pipeline::content_digest`]), by which a later message under the same source
+    /// and reference is told a repeat from another message. Empty in records written before
+    /// it was kept: those are taken for repeats.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content: String,
 }
 
 impl AcceptedRecord {
@@ -2100,6 +2106,7 @@ mod tests {
             case_facts: Vec::new(),
             recipients: Vec::new(),
             accepted_at: now_rfc3339(),
+            content: String::new(),
         }
     }
 
