@@ -593,10 +593,19 @@ impl Registry {
                     })
                     .into_iter()
                     .collect(),
-                "operating-airline" => carriers(data)
-                    .into_iter()
-                    .filter_map(|carrier| self.routing.airline_by_carrier.get(&carrier).cloned())
-                    .collect(),
+                "operating-airline" => {
+                    let carriers = carriers(data);
+                    let airlines: Vec<String> = carriers
+                        .iter()
+                        .filter_map(|carrier| self.routing.airline_by_carrier.get(carrier).cloned())
+                        .collect();
+                    // A carrier with no airline in the tables (a connection on an airline that
+                    // is not a partner) is not informed: flagged, though the others are.
+                    if airlines.len() < carriers.len() && !airlines.is_empty() {
+                        unresolved.push(recipient.clone());
+                    }
+                    airlines
+                }
                 role => self
                     .partners
                     .values()
@@ -826,6 +835,21 @@ mod tests {
         assert_eq!(
             registry.recipients("ma.interieur", &unknown),
             (vec![], vec!["consulate-of-nationality".to_owned()])
+        );
+        // A connection on a carrier that is no partner: the partner airline is informed, and
+        // the other is flagged.
+        let connecting = json!({"type": "ma.rva.travel.booked",
+            "data": {"segments": [{"carrier": "AT"}, {"carrier": "HF"}]}});
+        assert_eq!(
+            registry.recipients("iom.ma", &connecting),
+            (
+                vec![
+                    "ma.interieur".to_owned(),
+                    "ma.dgsn".to_owned(),
+                    "airline.at".to_owned()
+                ],
+                vec!["operating-airline".to_owned()]
+            )
         );
     }
 
