@@ -441,6 +441,12 @@ async fn the_return_of_case_rva_2026_004211() {
     // delivery to it whatever the event held: the vulnerable returnee's request to her embassy
     // names what the other's to his consulate names (the other roles are refused nothing).
     const CONSULAR: &[&str] = &["data.*.biometrics", "data.medical", "data.vulnerabilities"];
+    const BORDER_POLICE: &[&str] = &[
+        "data.*.biometrics",
+        "data.medical",
+        "data.reason_text",
+        "data.vulnerabilities",
+    ];
     const AIRLINE: &[&str] = &[
         "data.*.biometrics",
         "data.holder",
@@ -452,7 +458,7 @@ async fn the_return_of_case_rva_2026_004211() {
         ("airline.at", AIRLINE),
         ("ci.ambassade.rabat", CONSULAR),
         ("sn.consulat.casablanca", CONSULAR),
-        ("ma.dgsn", CONSULAR),
+        ("ma.dgsn", BORDER_POLICE),
     ]);
     // The canonical recipients' outbound fixtures are the canonical event itself.
     assert_eq!(

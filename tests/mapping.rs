@@ -1,7 +1,7 @@
 //! The shipped mappings against their fixtures, lint on broken mappings, the need-to-know
 //! policy, and the `passerelle mapping` command line.
 
-use passerelle::mapping::{Decoded, MappingSet, fixtures};
+use passerelle::mapping::{DecodeError, Decoded, MappingSet, fixtures};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -377,5 +377,226 @@ fn lint_refuses_a_policy_pattern_that_names_no_field() {
         diagnostics.iter().any(|d| d.file.ends_with("policies.toml")
             && d.message.contains("\"vulnerabilites\" is not a field")),
         "{diagnostics:#?}"
+    );
+}
+
+/// Decodes a shipped fixture, expecting a field error: (field, message).
+fn field_error(partner: &str, name: &str) -> (String, String) {
+    let set = shipped();
+    match set
+        .partner(partner)
+        .unwrap()
+        .decode(&fixture(partner, name))
+    {
+        Err(DecodeError::Field { field, message, .. }) => (field, message),
+        other => panic!("{partner} {name}: expected a field error, got {other:?}"),
+    }
+}
+
+/// Decodes a shipped fixture, expecting an event: its data.
+fn event_data(partner: &str, name: &str) -> serde_json::Value {
+    let set = shipped();
+    match set
+        .partner(partner)
+        .unwrap()
+        .decode(&fixture(partner, name))
+    {
+        Ok(Decoded::Event(mapped)) => mapped.event["data"].clone(),
+        other => panic!("{partner} {name}: expected an event, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_pnr_naming_two_cases_is_refused_rather_than_booked_to_the_first() {
+    // A family on one PNR: the remarks are the PNR's, so the event cannot say whose it is.
+    let (field, message) = field_error("airline.at", "in/error-two-cases-on-one-pnr.json");
+    assert_eq!(field, "case_id");
+    assert!(message.contains("passenger/remarks"), "{message}");
+    assert!(message.contains("different results"), "{message}");
+    assert!(!message.contains("RVA-2026"), "{message}");
+    // The same case named twice is still one case.
+    let data = event_data("airline.at", "in/passenger-boarded-case-remark-twice.json");
+    assert_eq!(data["case_id"], "RVA-2026-004211");
+}
+
+#[test]
+fn a_case_id_that_runs_on_is_not_read_as_a_shorter_one() {
+    let (field, message) = field_error("airline.at", "in/error-case-id-runs-on.json");
+    assert_eq!(field, "case_id");
+    assert_eq!(message, "no value of passenger/remarks matches the pattern");
+}
+
+#[test]
+fn no_recipient_without_a_need_for_health_data_learns_of_a_medical_offload() {
+    // Every partner of a role the catalogue routes boarding.failed to (its routed recipients
+    // stand for their roles): the recipients the registry's routing picks, and more.
+    let catalogue = passerelle::canonical::Catalogue::embedded().unwrap();
+    let roles: Vec<&str> = catalogue
+        .get("boarding.failed")
+        .unwrap()
+        .recipients
+        .iter()
+        .map(|recipient| match recipient.as_str() {
+            "consulate-of-nationality" => "consulate",
+            "iom-morocco" | "iom-of-destination" => "iom",
+            "operating-airline" => "airline",
+            role => role,
+        })
+        .collect();
+    let text = "Unwell at the gate, not fit to fly";
+    let mut event: serde_json::Value =
+        serde_json::from_slice(&fixture("ma.dgsn", "out/boarding-failed.event.json")).unwrap();
+    event["data"]["reason"] = "medical".into();
+    event["data"]["reason_text"] = text.into();
+    let set = shipped();
+    let (mut refused, mut entitled) = (Vec::new(), Vec::new());
+    for partner in set.partners().filter(|p| roles.contains(&p.role.as_str())) {
+        let encoded = partner.encode(&event).unwrap();
+        let mut body = String::from_utf8(encoded.body).unwrap();
+        if partner.receives_canonical() {
+            // The `withheld` attribute names `data.medical` on every delivery to such a role;
+            // that is the policy, not this person's health.
+            let mut delivered: serde_json::Value = serde_json::from_str(&body).unwrap();
+            delivered.as_object_mut().unwrap().remove("withheld");
+            body = delivered.to_string();
+        }
+        let lower = body.to_lowercase();
+        let told = lower.contains("medical") || lower.contains(&text.to_lowercase());
+        if encoded.withheld.iter().any(|w| w == "data.medical") {
+            assert!(
+                !told,
+                "{} learns of a medical offload: {body}",
+                partner.partner
+            );
+            refused.push(partner.partner.clone());
+        } else {
+            assert!(
+                body.contains("\"reason\":\"medical\"") && body.contains(text),
+                "{} needs the reason: {body}",
+                partner.partner
+            );
+            entitled.push(partner.partner.clone());
+        }
+    }
+    assert_eq!(refused, ["ma.dgsn"]);
+    assert_eq!(entitled, ["iom.ma", "iom.sn", "ma.interieur"]);
+}
+
+#[test]
+fn control_characters_are_refused_at_decode_naming_the_field() {
+    // A character reference in XML.
+    let (field, message) = field_error("sn.consulat.casablanca", "in/error-control-reference.xml");
+    assert_eq!(field, "holder.given_names");
+    assert!(message.starts_with("Titulaire/Prenoms contains the control character U+0001"));
+    // A C1 control from an ISO-8859-1 byte (0x92, a Windows-1252 apostrophe).
+    let (field, message) = field_error("sn.consulat.casablanca", "in/error-latin1-c1-control.xml");
+    assert_eq!(field, "holder.family_name");
+    assert!(message.starts_with("Titulaire/Nom contains the control character U+0092"));
+    // A JSON escape.
+    let (field, message) = field_error("iom.ma", "in/error-nul-character.json");
+    assert_eq!(field, "person.birth_place");
+    assert!(message.starts_with("beneficiary/place_of_birth contains the control character"));
+    // A canonical sender: the canonical path.
+    let (field, message) = field_error("ma.interieur", "in/error-control-character.json");
+    assert_eq!(field, "data.person.family_name");
+    assert!(message.contains("U+001B"), "{message}");
+    // Raw C0 bytes in XML, in an attribute (the DGSN).
+    let set = shipped();
+    let dgsn = String::from_utf8(fixture("ma.dgsn", "in/exit-authorisation.xml")).unwrap();
+    let raw = dgsn.replace("nom=\"DIOP\"", "nom=\"DI\u{7}OP\"");
+    match set.partner("ma.dgsn").unwrap().decode(raw.as_bytes()) {
+        Err(DecodeError::Field { field, message, .. }) => {
+            assert_eq!(field, "person.family_name");
+            assert!(message.starts_with("Etranger/@nom contains"), "{message}");
+            assert!(!message.contains("DI"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Tab, line feed and carriage return are text.
+    let spaced = dgsn.replace(
+        "<Service>Préfecture",
+        "<Service>\tPréfecture\r\n de police\n",
+    );
+    assert!(
+        set.partner("ma.dgsn")
+            .unwrap()
+            .decode(spaced.as_bytes())
+            .is_ok()
+    );
+}
+
+#[test]
+fn iom_vulnerabilities_must_be_sent_even_when_there_are_none() {
+    for name in [
+        "in/error-vulnerabilities-missing.json",
+        "in/error-vulnerabilities-null.json",
+    ] {
+        let (field, message) = field_error("iom.ma", name);
+        assert_eq!(field, "vulnerabilities", "{name}");
+        assert_eq!(message, "vulnerabilities is missing", "{name}");
+    }
+    // `[]` says "none": a value, kept as such.
+    let data = event_data("iom.ma", "in/case-registered.json");
+    assert_eq!(data["vulnerabilities"], serde_json::json!([]));
+}
+
+#[test]
+fn json_with_a_key_given_twice_is_malformed() {
+    let set = shipped();
+    let malformed = |partner: &str, bytes: &[u8]| match set.partner(partner).unwrap().decode(bytes)
+    {
+        Err(error @ DecodeError::Malformed { .. }) => error.to_string(),
+        other => panic!("{partner}: expected malformed JSON, got {other:?}"),
+    };
+    let message = malformed("iom.ma", &fixture("iom.ma", "in/error-duplicate-key.json"));
+    assert!(
+        message.contains("the key vulnerabilities is given twice"),
+        "{message}"
+    );
+    // At any depth, in any JSON partner's messages.
+    let airline = String::from_utf8(fixture("airline.at", "in/passenger-boarded.json")).unwrap();
+    let nested = airline.replace(r#""seat": "23C","#, r#""seat": "23C", "seat": "1A","#);
+    let message = malformed("airline.at", nested.as_bytes());
+    assert!(
+        message.contains("the key passenger/seat is given twice"),
+        "{message}"
+    );
+    // And in canonical events.
+    let ministry =
+        String::from_utf8(fixture("ma.interieur", "in/identification-requested.json")).unwrap();
+    let twice = ministry.replace(r#""sex": "M","#, r#""sex": "M", "given_names": ["Awa"],"#);
+    let message = malformed("ma.interieur", twice.as_bytes());
+    assert!(
+        message.contains("the key data/person/given_names is given twice"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_optional_regex_rule_refuses_a_value_it_cannot_read() {
+    // `vol="AT 505"` is there, but neither rule reading it can: the error names it, rather
+    // than leaving the flight out and failing later on another path.
+    let (field, message) = field_error("ma.dgsn", "in/error-flight-with-space.xml");
+    assert_eq!(field, "booking.flight.carrier");
+    assert_eq!(message, "no value of Billet/@vol matches the pattern");
+}
+
+#[test]
+fn an_event_type_is_read_without_surrounding_space_and_never_ignored_for_its_case() {
+    let data = event_data("airline.at", "in/passenger-boarded-type-with-space.json");
+    assert_eq!(data["case_id"], "RVA-2026-004211");
+    let (field, message) = field_error("airline.at", "in/error-event-type-case.json");
+    assert_eq!(field, "eventType");
+    assert!(message.contains("\"PASSENGER_BOARDED\""), "{message}");
+    // Other departure-control events are still acknowledged and not routed.
+    let set = shipped();
+    let checked_in = set
+        .partner("airline.at")
+        .unwrap()
+        .decode(&fixture("airline.at", "in/ignored-checked-in.json"))
+        .unwrap();
+    assert!(
+        matches!(checked_in, Decoded::Ignored { .. }),
+        "{checked_in:?}"
     );
 }

@@ -7,6 +7,7 @@
 pub mod catalogue;
 pub mod jcs;
 pub mod schema;
+pub mod text;
 
 pub use catalogue::{Catalogue, TYPE_PREFIX};
 pub use schema::{SchemaSet, Violation};

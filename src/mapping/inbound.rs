@@ -9,6 +9,7 @@ use super::diagnostics::Issue;
 use super::path::XmlPath;
 use super::rule::{
     CompileScope, EVENT, EvalScope, Native, NativePath, Rule, Shape, Source, as_text, same_names,
+    text_of,
 };
 use super::spec::{CheckSpec, DecodeSpec, Format, IgnoreSpec, InboundSpec, MatchSpec, RuleSpec};
 use super::xml::XmlDocument;
@@ -23,8 +24,34 @@ use toml::Spanned;
 #[derive(Debug, Clone)]
 pub struct Matcher {
     root: Option<(Option<String>, String)>,
-    fields: Vec<(NativePath, Vec<String>)>,
+    /// (the path as written, the path, the values accepted there).
+    fields: Vec<(String, NativePath, Vec<String>)>,
     present: Vec<NativePath>,
+}
+
+/// How a matcher compares a value with the values it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// Equal once surrounding white space is removed (XML values are trimmed when read).
+    Trimmed,
+    /// Equal once surrounding white space is removed and case is ignored.
+    AnyCase,
+}
+
+impl Compare {
+    fn accepts(self, value: &Value, expected: &[String]) -> bool {
+        let Some(text) = text_of(value) else {
+            return false;
+        };
+        let text = text.trim();
+        match self {
+            Compare::Trimmed => expected.iter().any(|e| e == text),
+            Compare::AnyCase => {
+                let folded = text.to_lowercase();
+                expected.iter().any(|e| e.to_lowercase() == folded)
+            }
+        }
+    }
 }
 
 impl Matcher {
@@ -73,7 +100,7 @@ impl Matcher {
         for (path, value) in &spec.fields {
             let located = Spanned::new(value.span(), path.clone());
             match scope.native(&located) {
-                Ok(compiled) => fields.push((compiled, value.get_ref().values())),
+                Ok(compiled) => fields.push((path.clone(), compiled, value.get_ref().values())),
                 Err(issue) => issues.push(issue),
             }
         }
@@ -101,8 +128,46 @@ impl Matcher {
         }
     }
 
-    /// True when the message is of this kind.
+    /// True when the message is of this kind. Values are compared without their surrounding
+    /// white space, and case matters.
     pub fn matches(&self, native: Native<'_>) -> bool {
+        self.test(native, Compare::Trimmed)
+    }
+
+    /// When the message is not of this kind, but would be if case were ignored: the path (as
+    /// the mapping writes it) of the first value that differs only in case, and the values
+    /// accepted there. Such a message is refused rather than ignored, so that a partner's
+    /// `passenger_boarded` is not taken for an event outside the programme.
+    pub fn near_miss(&self, native: Native<'_>) -> Option<(&str, &[String])> {
+        if self.test(native, Compare::Trimmed) || !self.test(native, Compare::AnyCase) {
+            return None;
+        }
+        let values = Self::values_at(native);
+        self.fields
+            .iter()
+            .find(|(_, path, expected)| {
+                !values(path)
+                    .iter()
+                    .any(|value| Compare::Trimmed.accepts(value, expected))
+            })
+            .map(|(label, _, expected)| (label.as_str(), expected.as_slice()))
+    }
+
+    fn values_at(native: Native<'_>) -> impl Fn(&NativePath) -> Vec<Value> + '_ {
+        move |path: &NativePath| {
+            let named = BTreeMap::new();
+            let scope = EvalScope {
+                native,
+                named: &named,
+                event_data: None,
+            };
+            Source::Native(path.clone())
+                .values(&scope)
+                .unwrap_or_default()
+        }
+    }
+
+    fn test(&self, native: Native<'_>, compare: Compare) -> bool {
         if let Some((namespace, local)) = &self.root {
             match native {
                 Native::Xml(document, _)
@@ -110,21 +175,11 @@ impl Matcher {
                 _ => return false,
             }
         }
-        let named = BTreeMap::new();
-        let scope = EvalScope {
-            native,
-            named: &named,
-            event_data: None,
-        };
-        let values = |path: &NativePath| {
-            Source::Native(path.clone())
-                .values(&scope)
-                .unwrap_or_default()
-        };
-        self.fields.iter().all(|(path, expected)| {
+        let values = Self::values_at(native);
+        self.fields.iter().all(|(_, path, expected)| {
             values(path)
                 .iter()
-                .any(|value| as_text(value).is_some_and(|text| expected.contains(&text)))
+                .any(|value| compare.accepts(value, expected))
         }) && self.present.iter().all(|path| !values(path).is_empty())
     }
 }
@@ -228,7 +283,10 @@ impl IgnoreRule {
             event_data: None,
         };
         let values = Source::Native(self.kind.clone()?).values(&scope).ok()?;
-        values.first().and_then(as_text)
+        values
+            .first()
+            .and_then(as_text)
+            .map(|text| text.trim().to_owned())
     }
 }
 
@@ -471,6 +529,43 @@ impl InboundMapping {
             data.insert("anomalies".into(), Value::Array(anomalies));
         }
         Ok(MappedParts { id, time, data })
+    }
+
+    /// Names a place in the events this kind makes, given as the path from the top of the
+    /// event (`["data", "holder", "given_names", "1"]`): the canonical field (dotted, from the
+    /// top of `data`, or `id`, `time`), and the native path its rule reads, as the mapping
+    /// writes it. A place no rule fills (an anomaly) is named by its canonical path only.
+    pub fn locate(&self, path: &[String]) -> (String, String) {
+        let dotted = |steps: &[String]| steps.join(".");
+        match path {
+            [first] if first == "id" => ("id".into(), self.id.label.clone()),
+            [first] if first == "time" => match &self.time {
+                Some(rule) => ("time".into(), rule.label.clone()),
+                None => ("time".into(), "time".into()),
+            },
+            [first, rest @ ..] if first == "data" => {
+                let found = self
+                    .data
+                    .iter()
+                    .find(|(target, _)| rest.starts_with(target));
+                match found {
+                    Some((target, rule)) => {
+                        let label = match (&rule.source, rest.get(target.len() + 1)) {
+                            (Source::Each(_, fields), Some(name)) => {
+                                fields.iter().find(|(field, _)| field == name).map_or_else(
+                                    || rule.label.clone(),
+                                    |(_, field)| format!("{}/{}", rule.label, field.label),
+                                )
+                            }
+                            _ => rule.label.clone(),
+                        };
+                        (dotted(target), label)
+                    }
+                    None => (dotted(rest), format!("data.{}", dotted(rest))),
+                }
+            }
+            other => (dotted(other), dotted(other)),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod dates;
 pub mod diagnostics;
 pub mod fixtures;
 pub mod inbound;
+pub mod json;
 mod loader;
 pub mod mrz;
 pub mod path;
@@ -26,7 +27,7 @@ pub use diagnostics::Diagnostic;
 pub use loader::MappingSet;
 pub use spec::Format;
 
-use crate::canonical::{SchemaSet, TYPE_PREFIX, Violation, jcs};
+use crate::canonical::{SchemaSet, TYPE_PREFIX, Violation, jcs, text};
 use inbound::{IgnoreRule, InboundMapping, NativeMessage};
 use policy::Policy;
 use serde_json::Value;
@@ -336,7 +337,7 @@ impl PartnerMapping {
                 )?)
             }
             Format::Json | Format::Cloudevents => {
-                NativeMessage::Json(serde_json::from_slice(bytes).map_err(|error| {
+                NativeMessage::Json(json::from_slice(bytes).map_err(|error| {
                     DecodeError::Malformed {
                         partner: partner(),
                         format: "JSON",
@@ -358,6 +359,27 @@ impl PartnerMapping {
             .iter()
             .find(|mapping| mapping.matcher.matches(native))
         else {
+            // A value that names a kind but for its case is a mistake to report, not a message
+            // to ignore: an airline's `passenger_boarded` is boarding evidence.
+            if let Some((mapping, path, expected)) = self.inbound.iter().find_map(|mapping| {
+                let (path, expected) = mapping.matcher.near_miss(native)?;
+                Some((mapping, path, expected))
+            }) {
+                let expected = expected
+                    .iter()
+                    .map(|value| format!("{value:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                return Err(DecodeError::Field {
+                    partner: partner(),
+                    kind: mapping.name.clone(),
+                    field: path.to_owned(),
+                    message: format!(
+                        "{path} differs from {expected} only in case; the message is neither \
+                         mapped nor ignored"
+                    ),
+                });
+            }
             if let Some(rule) = self.ignore.iter().find(|rule| rule.matcher.matches(native)) {
                 return Ok(Decoded::Ignored {
                     mapping_id: require_in_force(self.mapping_id(&rule.name))?,
@@ -397,6 +419,15 @@ impl PartnerMapping {
         }
         attributes.insert("data".into(), Value::Object(parts.data));
         let event = Value::Object(attributes);
+        if let Some(found) = text::find_refused(&event) {
+            let (field, label) = mapping.locate(&found.path);
+            return Err(DecodeError::Field {
+                partner: partner(),
+                kind: mapping.name.clone(),
+                field,
+                message: refused_message(&label, &found),
+            });
+        }
         self.schemas
             .validate(&event)
             .map_err(|violations| DecodeError::Schema {
@@ -417,6 +448,11 @@ impl PartnerMapping {
             field: field.into(),
             message,
         };
+        if let Some(found) = text::find_refused(&event) {
+            let path = found.path.join(".");
+            let path = if path.is_empty() { "/".into() } else { path };
+            return Err(field(&path, refused_message(&path, &found)));
+        }
         let Some(object) = event.as_object_mut() else {
             return Err(field("/", "a CloudEvent is a JSON object".into()));
         };
@@ -506,6 +542,19 @@ impl PartnerMapping {
             mapping_id: self.mapping_id(&outbound.name),
         })
     }
+}
+
+/// Why a string was refused: what the character is, never the text around it.
+fn refused_message(path: &str, found: &text::RefusedCharacter) -> String {
+    let place = if found.in_name {
+        format!("a member name in {path}")
+    } else {
+        path.to_owned()
+    };
+    format!(
+        "{place} contains {}, which no canonical value may hold",
+        found.describe()
+    )
 }
 
 /// JSON for humans and golden files: indented, keys sorted, a final newline.

@@ -213,7 +213,27 @@ impl JsonPath {
         }
     }
 
+    /// True when the path leads to an empty array (`[]`): the sender wrote an empty list,
+    /// which is not the same as leaving the key out or sending `null`.
+    pub fn ends_in_empty_array(&self, value: &Value) -> bool {
+        Self::reach(&self.keys, value)
+            .into_iter()
+            .any(|found| found.as_array().is_some_and(Vec::is_empty))
+    }
+
     fn walk<'v>(keys: &[String], value: &'v Value) -> Vec<&'v Value> {
+        Self::reach(keys, value)
+            .into_iter()
+            .flat_map(|value| match value {
+                Value::Array(items) => items.iter().take(MAX_VALUES).collect(),
+                other => vec![other],
+            })
+            .filter(|value| !is_absent(value))
+            .collect()
+    }
+
+    /// The values the keys lead to, arrays at the end left whole.
+    fn reach<'v>(keys: &[String], value: &'v Value) -> Vec<&'v Value> {
         let mut current: Vec<&Value> = vec![value];
         for key in keys {
             let mut next = Vec::new();
@@ -234,13 +254,6 @@ impl JsonPath {
             current = next;
         }
         current
-            .into_iter()
-            .flat_map(|value| match value {
-                Value::Array(items) => items.iter().take(MAX_VALUES).collect(),
-                other => vec![other],
-            })
-            .filter(|value| !is_absent(value))
-            .collect()
     }
 }
 

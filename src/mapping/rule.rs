@@ -423,6 +423,20 @@ impl Source {
             }
         })
     }
+
+    /// True when a path source leads to an empty array (JSON, or a decoded document).
+    fn ends_in_empty_list(&self, scope: &EvalScope<'_>) -> bool {
+        match (self, scope.native) {
+            (Source::Native(NativePath::Json(path)), Native::Json(value)) => {
+                path.ends_in_empty_array(value)
+            }
+            (Source::Named(name, path), _) => scope
+                .named
+                .get(name)
+                .is_some_and(|document| path.ends_in_empty_array(document)),
+            _ => false,
+        }
+    }
 }
 
 fn path_label(path: &NativePath) -> &'static str {
@@ -456,15 +470,7 @@ impl Rule {
         values.retain(|value| !is_absent(value));
         let had_source = !values.is_empty();
         if let Some(regex) = &self.regex {
-            values = values
-                .iter()
-                .find_map(|value| {
-                    let text = as_text(value)?;
-                    let captures = regex.captures(&text)?;
-                    let found = captures.get(1).or_else(|| captures.get(0))?;
-                    Some(vec![Value::String(found.as_str().to_owned())])
-                })
-                .unwrap_or_default();
+            values = self.pick(regex, &values)?.into_iter().collect();
         }
         if let Some(case) = self.case {
             values = values
@@ -531,9 +537,51 @@ impl Rule {
         Ok((values, had_source))
     }
 
+    /// Picks the one result of `regex` among the values: group 1 of each match, or the whole
+    /// match if there is no group. Values that do not match are dropped, but at least one must
+    /// match when any is present, even for an optional rule: a value that is there and cannot
+    /// be read must not pass for a value that is absent. Values whose results are the same
+    /// count once; several different results fail the message rather than keep the first.
+    fn pick(&self, regex: &Regex, values: &[Value]) -> Result<Option<Value>, RuleError> {
+        let mut picked: Option<String> = None;
+        for value in values {
+            let Some(text) = text_of(value) else {
+                continue;
+            };
+            let Some(captures) = regex.captures(&text) else {
+                continue;
+            };
+            let Some(found) = captures.get(1).or_else(|| captures.get(0)) else {
+                continue;
+            };
+            match &picked {
+                None => picked = Some(found.as_str().to_owned()),
+                Some(previous) if previous == found.as_str() => {}
+                Some(_) => {
+                    return fail(format!(
+                        "{} has several values that match the pattern with different results, \
+                         where one is expected",
+                        self.label
+                    ));
+                }
+            }
+        }
+        if picked.is_none() && !values.is_empty() {
+            return fail(format!("no value of {} matches the pattern", self.label));
+        }
+        Ok(picked.map(Value::String))
+    }
+
     /// Evaluates the rule: `Ok(None)` when the value is absent and may be.
     pub fn eval(&self, scope: &EvalScope<'_>) -> Result<Option<Value>, RuleError> {
         let (mut values, had_source) = self.transformed(scope)?;
+        if values.is_empty() && !had_source && self.shape == Shape::List {
+            // An empty list the sender wrote out (`[]`) says "none": it is a value, unlike a
+            // missing key or `null`, and no default replaces it.
+            if self.source.ends_in_empty_list(scope) {
+                return Ok(Some(Value::Array(Vec::new())));
+            }
+        }
         if values.is_empty() {
             match &self.default {
                 Some(Value::Array(items)) if self.shape == Shape::List => {
@@ -541,9 +589,6 @@ impl Rule {
                 }
                 Some(default) => values.push(default.clone()),
                 None if self.optional => return Ok(None),
-                None if had_source && self.regex.is_some() => {
-                    return fail(format!("no value of {} matches the pattern", self.label));
-                }
                 None => return fail(format!("{} is missing", self.label)),
             }
         }
@@ -771,7 +816,7 @@ mod tests {
     }
 
     #[test]
-    fn regex_picks_the_first_matching_item() {
+    fn regex_picks_the_one_result_among_the_values() {
         let rule = compile(
             r#"{ from = "remarks", regex = 'OSI AT (RVA-\d{4}-\d{6})' }"#,
             Shape::One,
@@ -781,6 +826,71 @@ mod tests {
             eval(&rule, &message).unwrap(),
             Some(json!("RVA-2026-004211"))
         );
+        // The same result twice is one result.
+        let twice = json!({"remarks": ["OSI AT RVA-2026-004211", "OSI AT RVA-2026-004211"]});
+        assert_eq!(eval(&rule, &twice).unwrap(), Some(json!("RVA-2026-004211")));
+    }
+
+    #[test]
+    fn regex_refuses_several_different_results() {
+        for shape in [Shape::One, Shape::List] {
+            let rule = compile(
+                r#"{ from = "remarks", regex = 'OSI AT (RVA-\d{4}-\d{6})', optional = true }"#,
+                shape,
+            );
+            let family = json!({"remarks": ["OSI AT RVA-2026-004211", "OSI AT RVA-2026-004212"]});
+            let error = eval(&rule, &family).unwrap_err();
+            assert_eq!(
+                error.message,
+                "remarks has several values that match the pattern with different results, \
+                 where one is expected"
+            );
+        }
+    }
+
+    #[test]
+    fn an_optional_regex_rule_fails_on_a_value_it_cannot_read() {
+        let rule = compile(
+            r#"{ from = "vol", regex = '^([A-Z0-9]{2})[0-9]', optional = true }"#,
+            Shape::One,
+        );
+        assert_eq!(
+            eval(&rule, &json!({"vol": "AT505"})).unwrap(),
+            Some(json!("AT"))
+        );
+        assert_eq!(eval(&rule, &json!({})).unwrap(), None);
+        assert_eq!(
+            eval(&rule, &json!({"vol": "AT 505"})).unwrap_err().message,
+            "no value of vol matches the pattern"
+        );
+        let defaulted = compile(
+            r#"{ from = "vol", regex = '^([A-Z0-9]{2})[0-9]', default = "XX" }"#,
+            Shape::One,
+        );
+        assert!(eval(&defaulted, &json!({"vol": "AT 505"})).is_err());
+    }
+
+    #[test]
+    fn an_empty_list_sent_is_a_value_and_a_missing_one_is_not() {
+        let rule = compile(r#"{ from = "v", codelist = "reasons" }"#, Shape::List);
+        assert_eq!(eval(&rule, &json!({"v": []})).unwrap(), Some(json!([])));
+        assert_eq!(
+            eval(&rule, &json!({"v": ["DOC"]})).unwrap(),
+            Some(json!(["documents"]))
+        );
+        for absent in [json!({}), json!({"v": null}), json!({"v": [null, ""]})] {
+            assert_eq!(eval(&rule, &absent).unwrap_err().message, "v is missing");
+        }
+        // No default replaces what the sender said.
+        let defaulted = compile(r#"{ from = "v", default = ["x"] }"#, Shape::List);
+        assert_eq!(
+            eval(&defaulted, &json!({"v": []})).unwrap(),
+            Some(json!([]))
+        );
+        assert_eq!(eval(&defaulted, &json!({})).unwrap(), Some(json!(["x"])));
+        // A single value is not a list: `[]` there is simply absent.
+        let one = compile(r#"{ from = "v", optional = true }"#, Shape::One);
+        assert_eq!(eval(&one, &json!({"v": []})).unwrap(), None);
     }
 
     #[test]

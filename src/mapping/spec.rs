@@ -134,7 +134,8 @@ pub struct RuleSpec {
     /// The fields of each item, relative to the item.
     #[serde(default)]
     pub fields: Option<BTreeMap<String, Spanned<RuleSpec>>>,
-    /// A regular expression: the first item that matches, group 1 if any, else the match.
+    /// A regular expression that picks one value: group 1 of each match if any, else the match.
+    /// Items that do not match are dropped; none matching, or several different results, fail.
     #[serde(default)]
     pub regex: Option<Spanned<String>>,
     /// `upper`, `lower` or `title`.

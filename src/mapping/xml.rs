@@ -9,6 +9,7 @@
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Bounds applied while parsing, so that a hostile message cannot exhaust memory or stack.
@@ -273,13 +274,25 @@ fn append_text(elements: &mut [Element], open: &[usize], content: &str) -> Resul
     }
 }
 
+/// One namespace binding: the depth of the declaring element, and the URI (none for
+/// `xmlns=""`, which undeclares the default namespace).
+type Binding = (usize, Option<Arc<str>>);
+
 /// The namespace declarations in scope, resolved by hand (the prefix a partner chose never
 /// matters, only the URI it is bound to), sharing one allocation per distinct URI.
+///
+/// Every look-up is a hash look-up, so that a message with many declarations costs time in
+/// proportion to its size, never to the square of it.
 #[derive(Default)]
 struct Scopes {
-    /// (depth of the declaring element, prefix or "" for the default namespace, URI or none).
-    bindings: Vec<(usize, String, Option<Arc<str>>)>,
-    uris: Vec<Arc<str>>,
+    /// For each prefix ("" for the default namespace), its bindings from the outermost to the
+    /// innermost: (depth of the declaring element, URI or none).
+    bindings: HashMap<String, Vec<Binding>>,
+    /// The prefixes declared, in document order, with the depth of the declaring element, so
+    /// that closing an element forgets its declarations.
+    declared: Vec<(usize, String)>,
+    /// Every URI declared so far, shared by the names that use it.
+    uris: HashSet<Arc<str>>,
 }
 
 /// The namespace the `xml` prefix is bound to by definition.
@@ -294,21 +307,33 @@ impl Scopes {
                 ));
             }
             None
-        } else if let Some(known) = self.uris.iter().find(|known| ***known == *uri) {
+        } else if let Some(known) = self.uris.get(uri) {
             Some(known.clone())
         } else {
             let shared: Arc<str> = Arc::from(uri);
-            self.uris.push(shared.clone());
+            self.uris.insert(shared.clone());
             Some(shared)
         };
-        self.bindings.push((depth, prefix.to_owned(), uri));
+        self.bindings
+            .entry(prefix.to_owned())
+            .or_default()
+            .push((depth, uri));
+        self.declared.push((depth, prefix.to_owned()));
         Ok(())
     }
 
     /// Forgets the declarations of the element at `depth`.
     fn close(&mut self, depth: usize) {
-        while self.bindings.last().is_some_and(|(d, _, _)| *d >= depth) {
-            self.bindings.pop();
+        while self.declared.last().is_some_and(|(d, _)| *d >= depth) {
+            let Some((_, prefix)) = self.declared.pop() else {
+                break;
+            };
+            if let Some(stack) = self.bindings.get_mut(&prefix) {
+                stack.pop();
+                if stack.is_empty() {
+                    self.bindings.remove(&prefix);
+                }
+            }
         }
     }
 
@@ -327,14 +352,13 @@ impl Scopes {
         if prefix == "xml" {
             let uri = self
                 .uris
-                .iter()
-                .find(|u| &***u == XML_NAMESPACE)
+                .get(XML_NAMESPACE)
                 .cloned()
                 .unwrap_or_else(|| Arc::from(XML_NAMESPACE));
             return Ok((Some(uri), local));
         }
-        match self.bindings.iter().rev().find(|(_, p, _)| p == prefix) {
-            Some((_, _, uri)) => Ok((uri.clone(), local)),
+        match self.bindings.get(prefix).and_then(|stack| stack.last()) {
+            Some((_, uri)) => Ok((uri.clone(), local)),
             None if prefix.is_empty() => Ok((None, local)),
             None => Err(XmlError::UnknownPrefix(prefix.to_owned())),
         }
@@ -348,6 +372,19 @@ fn read_attributes(
     scopes: &mut Scopes,
     depth: usize,
 ) -> Result<Vec<Attribute>, XmlError> {
+    // Namespace declarations are attributes too, and count toward the bound: checked before
+    // any of them is read, so that an element with thousands of them is refused at once.
+    let count = start
+        .attributes()
+        .with_checks(false)
+        .take(limits.max_attributes + 1)
+        .count();
+    if count > limits.max_attributes {
+        return Err(XmlError::TooLarge {
+            what: "attributes on one element",
+            limit: limits.max_attributes,
+        });
+    }
     // Declarations first: they apply to the element's own name and attributes.
     for attribute in start.attributes().with_checks(false) {
         let Ok(attribute) = attribute else { continue };
@@ -375,12 +412,6 @@ fn read_attributes(
         let qualified = attribute.key.0;
         if qualified == "xmlns" || qualified.starts_with("xmlns:") {
             continue;
-        }
-        if attributes.len() >= limits.max_attributes {
-            return Err(XmlError::TooLarge {
-                what: "attributes on one element",
-                limit: limits.max_attributes,
-            });
         }
         let (namespace, local) = scopes.resolve(qualified, false)?;
         let value = attribute
@@ -547,6 +578,58 @@ mod tests {
     fn other_encodings_are_refused() {
         let error = parse(r#"<?xml version="1.0" encoding="UTF-16"?><a/>"#).unwrap_err();
         assert_eq!(error, XmlError::UnsupportedEncoding("utf-16".into()));
+    }
+
+    #[test]
+    fn namespace_declarations_count_as_attributes() {
+        // One root with 45,000 distinct declarations: refused at once, as too many attributes,
+        // before any of them is bound.
+        let mut root = String::from("<a");
+        for i in 0..45_000 {
+            root.push_str(&format!(" xmlns:p{i}=\"urn:x:{i}\""));
+        }
+        root.push_str("/>");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            parse(&root).unwrap_err(),
+            XmlError::TooLarge {
+                what: "attributes on one element",
+                limit: 64
+            }
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Declarations and attributes share the bound.
+        let mixed = (0..32)
+            .map(|i| format!(" xmlns:p{i}=\"urn:x:{i}\" a{i}=\"v\""))
+            .collect::<String>();
+        assert!(parse(&format!("<a{mixed}/>")).is_ok());
+        let over = format!("<a{mixed} extra=\"v\"/>");
+        assert!(matches!(parse(&over), Err(XmlError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn many_distinct_namespaces_cost_linear_time() {
+        // About 1 MiB of siblings, each declaring 60 URIs never seen before: with a linear
+        // search of the known URIs this is billions of comparisons.
+        let mut text = String::from("<a>");
+        let mut next = 0;
+        while text.len() < 1_000_000 {
+            text.push_str("<b");
+            for _ in 0..60 {
+                text.push_str(&format!(" xmlns:p{next}=\"u{next}\""));
+                next += 1;
+            }
+            text.push_str("/>");
+        }
+        text.push_str("</a>");
+        let started = std::time::Instant::now();
+        let document = parse(&text).unwrap();
+        assert!(document.elements.len() > 500);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < std::time::Duration::from_secs(10),
+            "{next} declarations took {elapsed:?}"
+        );
     }
 
     #[test]

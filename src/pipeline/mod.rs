@@ -1402,7 +1402,9 @@ fn binary_to_structured(
             "a binary-mode CloudEvent carries application/json data, not {essence}"
         )));
     }
-    let data: Value = serde_json::from_slice(body)
+    // Read as every JSON message is, refusing a key given twice (which would otherwise keep
+    // its last value without a word).
+    let data: Value = crate::mapping::json::from_slice(body)
         .map_err(|e| Refusal::Malformed(format!("the CloudEvent's data is not JSON: {e}")))?;
     let mut event = serde_json::Map::new();
     for (name, value) in attributes {
@@ -1494,6 +1496,15 @@ mod tests {
             binary_to_structured(&attributes, "text/plain", b"x"),
             Err(Refusal::UnsupportedMediaType(_))
         ));
+        // A key given twice is refused, not read as its last value.
+        match binary_to_structured(
+            &attributes,
+            "application/json",
+            br#"{"vulnerabilities":["VOT"],"vulnerabilities":[]}"#,
+        ) {
+            Err(Refusal::Malformed(why)) => assert!(why.contains("vulnerabilities"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
