@@ -376,7 +376,8 @@ async fn the_return_of_case_rva_2026_004211() {
             sender: "iom.ma",
             body: Body::Native("application/json", native("iom.ma", "lpc-request.json")),
             event: expected("iom.ma", "lpc-request"),
-            recipients: &["ci.ambassade.rabat"],
+            // The ministry sees every message of every case, IOM's requests too.
+            recipients: &["ci.ambassade.rabat", "ma.interieur"],
         },
         Step {
             sender: "ma.interieur",
@@ -830,7 +831,8 @@ async fn the_return_of_case_rva_2026_004211() {
             assert!(acknowledged[0] > delivered[0]);
         }
     }
-    // The other case's trail: the vulnerable LPC request went out to nobody yet (AMQP pending).
+    // The other case's trail: the LPC requests went out to no embassy yet (AMQP pending); the
+    // ministry fetched the registration and IOM's request.
     let other = wait_for("the other case's trail", WAIT, async || {
         let t = verify_trail(&auditor, &format!("case={OTHER_CASE}"), &verifier).await;
         (t.pending.is_empty() && t.count("accepted") == 3).then_some(t)
@@ -838,10 +840,10 @@ async fn the_return_of_case_rva_2026_004211() {
     .await;
     assert_eq!(
         other.count("delivered"),
-        1,
-        "the ministry fetched the registration"
+        2,
+        "the ministry fetched the registration and IOM's request"
     );
-    assert_eq!(other.count("acknowledged"), 1);
+    assert_eq!(other.count("acknowledged"), 2);
     // Auditors search by the partners' identifiers too.
     let lpc = verify_trail(&auditor, "lpc=LP0417263", &verifier).await;
     assert!(
