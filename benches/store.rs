@@ -93,6 +93,7 @@ fn record(writer: u64, n: u64, recipients: &[NewDelivery]) -> AcceptedRecord {
         accepted_at: "2026-11-29T10:00:00.000Z".into(),
         // What the pipeline keeps: a SHA-256, hex.
         content: "0".repeat(64),
+        content_mapping: format!("sha256:{}", "0".repeat(64)),
     }
 }
 

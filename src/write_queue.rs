@@ -37,7 +37,8 @@ impl<T> Clone for WriteQueue<T> {
 
 /// The writer's end of a write queue.
 pub struct WriteQueueReceiver<T> {
-    rx: Receiver<T>,
+    /// Always `Some` but in `drop`, which must close the channel before it wakes the senders.
+    rx: Option<Receiver<T>>,
     room: Arc<Notify>,
 }
 
@@ -50,7 +51,7 @@ pub fn write_queue<T>(capacity: usize) -> (WriteQueue<T>, WriteQueueReceiver<T>)
             tx,
             room: room.clone(),
         },
-        WriteQueueReceiver { rx, room },
+        WriteQueueReceiver { rx: Some(rx), room },
     )
 }
 
@@ -109,23 +110,29 @@ impl<T> WriteQueue<T> {
 impl<T> WriteQueueReceiver<T> {
     /// Waits for the next item; `None` once every sender is gone.
     pub fn recv(&self) -> Option<T> {
-        let item = self.rx.recv().ok();
+        let item = self.rx().recv().ok();
         self.made_room(item.is_some());
         item
     }
 
     /// Waits at most `timeout` for the next item.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        let item = self.rx.recv_timeout(timeout);
+        let item = self.rx().recv_timeout(timeout);
         self.made_room(item.is_ok());
         item
     }
 
     /// The next item if one is queued.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        let item = self.rx.try_recv();
+        let item = self.rx().try_recv();
         self.made_room(item.is_ok());
         item
+    }
+
+    fn rx(&self) -> &Receiver<T> {
+        self.rx
+            .as_ref()
+            .expect("the channel is only closed when the receiver drops")
     }
 
     fn made_room(&self, took: bool) {
@@ -136,8 +143,10 @@ impl<T> WriteQueueReceiver<T> {
 }
 
 impl<T> Drop for WriteQueueReceiver<T> {
-    /// Wakes the senders waiting for room, so that they find the queue closed.
+    /// Closes the channel, then wakes the senders waiting for room, so that they find it
+    /// closed (woken before, one could find the queue still full and wait again, for good).
     fn drop(&mut self) {
+        drop(self.rx.take());
         self.room.notify_waiters();
     }
 }
@@ -218,6 +227,26 @@ mod tests {
         }
         taken.sort_unstable();
         assert_eq!(taken, (0..200).collect::<Vec<_>>());
+    }
+
+    /// A sender waiting for room when the writer's end goes finds the queue closed, every time.
+    #[test]
+    fn a_sender_waiting_for_room_learns_that_the_writer_is_gone() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        for _ in 0..200 {
+            let (queue, writer) = write_queue::<u32>(1);
+            queue.send_blocking(1).unwrap();
+            let waiting = runtime.spawn(async move { queue.send(2).await });
+            std::thread::yield_now();
+            drop(writer);
+            let outcome = runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), waiting).await });
+            assert_eq!(outcome.expect("the sender is told").unwrap(), Err(Closed));
+        }
     }
 
     #[test]

@@ -2257,6 +2257,7 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
         recipients: Vec::new(),
         accepted_at: "2026-11-20T10:00:00.000Z".into(),
         content: String::new(),
+        content_mapping: String::new(),
     };
     let store = &gateway.running.gateway.store;
     store
@@ -2435,6 +2436,7 @@ async fn a_dead_letter_whose_entry_is_owed_is_logged_at_the_next_start() {
         recipients: vec!["ma.dgsn".into()],
         accepted_at: "2026-11-30T05:00:00.000Z".into(),
         content: String::new(),
+        content_mapping: String::new(),
     };
     let dead = NewDelivery {
         recipient: "ma.dgsn".into(),

@@ -119,6 +119,21 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| AuditError::io(dir, e))
 }
 
+/// The sync of keys written to the key file (see [`KeyStore::unsynced`]).
+pub struct KeySync {
+    file: File,
+    path: PathBuf,
+}
+
+impl KeySync {
+    /// Syncs the key file's data to disk.
+    pub fn sync(self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| AuditError::io(&self.path, e))
+    }
+}
+
 /// The two keys of one case.
 #[derive(Clone)]
 pub struct CaseKeys {
@@ -327,6 +342,25 @@ impl KeyStore {
         self.len += RECORD as u64;
         self.dirty = true;
         Ok(keys)
+    }
+
+    /// What syncing the keys created since the last sync takes, to be done without holding
+    /// the store (and so its lock): `None` when there are none. The keys count as synced from
+    /// here on; a failure of the sync must stop whatever relies on them (the writer fails the
+    /// log).
+    pub fn unsynced(&mut self) -> Result<Option<KeySync>> {
+        if !self.dirty {
+            return Ok(None);
+        }
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| AuditError::io(&self.path, e))?;
+        self.dirty = false;
+        Ok(Some(KeySync {
+            file,
+            path: self.path.clone(),
+        }))
     }
 
     /// Syncs new keys to disk, if any were created since the last sync.

@@ -12,7 +12,7 @@
 use super::checkpoint::Checkpoint;
 use super::error::{AuditError, Result};
 use super::journal::{self, JournalWriter, Record};
-use super::keys::{IndexKey, KeyStore, Opened, Tag, TagKind, seal, unseal, write_durably};
+use super::keys::{IndexKey, KeyStore, KeySync, Opened, Tag, TagKind, seal, unseal, write_durably};
 use super::leaf::{Commitments, Fact, Kind, Leaf};
 use super::merkle::{Hash, inclusion_proof, leaf_hash};
 use super::note::{NoteSigner, NoteVerifier};
@@ -1002,7 +1002,8 @@ fn writer_loop(
             }
         }
         // Facts for cases erased after they were prepared are refused here;
-        // keys created for this group are synced before the group is.
+        // keys created for this group are synced before the group is, outside the key store's
+        // lock, which the HTTP workers take for every message with a case.
         let Ok(mut keys) = shared.keys.lock() else {
             break;
         };
@@ -1015,8 +1016,9 @@ fn writer_loop(
                 _ => appends.push(p),
             }
         }
-        let synced_keys = keys.sync();
+        let key_sync = keys.unsynced();
         drop(keys);
+        let synced_keys = key_sync.and_then(|pending| pending.map_or(Ok(()), KeySync::sync));
         buf.clear();
         for p in &appends {
             p.record.encode_into(&mut buf);

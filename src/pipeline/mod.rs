@@ -476,7 +476,10 @@ impl Gateway {
         source: &str,
     ) -> Result<Outcome, Refusal> {
         let partner = submission.partner;
-        let content = content_digest(event);
+        let content = Said {
+            digest: content_digest(event),
+            mapping: text(event, "mappinghash"),
+        };
         if let Some(record) = self
             .store
             .accepted(source, event_id)
@@ -609,7 +612,8 @@ impl Gateway {
             case_facts,
             recipients,
             accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            content,
+            content: content.digest.clone(),
+            content_mapping: content.mapping.clone(),
         };
 
         // The audit entry and the store record are written at once, each synced to disk; the
@@ -653,7 +657,7 @@ impl Gateway {
                         "another attempt of this message is being recorded",
                     ));
                 }
-                return Ok(Outcome::Duplicate(ack_of("duplicate", *first)));
+                return repeat_of(*first, &content);
             }
             (Err(refusal), Ok(Recorded::New(_))) => {
                 if let Err(e) = self.store.abandon(&record).await {
@@ -1323,11 +1327,22 @@ pub fn content_digest(event: &Value) -> String {
     hex::encode(Sha256::digest(jcs::to_vec(&said)))
 }
 
+/// What a message says, to tell a repeat from another message under the same reference.
+struct Said {
+    /// [`content_digest`] of the event.
+    digest: String,
+    /// The hash of the mapping that read it.
+    mapping: String,
+}
+
 /// The answer to a message whose source and reference were accepted before: a repeat gets
 /// the first answer; another message under a reference already used is refused, since
-/// answering it as a repeat would tell its sender it was accepted when it was not.
-fn repeat_of(first: AcceptedRecord, content: &str) -> Result<Outcome, Refusal> {
-    if !first.content.is_empty() && first.content != content {
+/// answering it as a repeat would tell its sender it was accepted when it was not. Only
+/// messages read by the same version of their mapping are compared (another version may write
+/// the same message otherwise), and records from before digests were kept are not.
+fn repeat_of(first: AcceptedRecord, content: &Said) -> Result<Outcome, Refusal> {
+    let comparable = !first.content.is_empty() && first.content_mapping == content.mapping;
+    if comparable && first.content != content.digest {
         return Err(Refusal::Conflict(format!(
             "the reference {} was used for another message, accepted on {} (log index {}); \
              send this one under a reference of its own",

@@ -144,7 +144,9 @@ fn identify(req: &HttpRequest) -> Result<Caller, Problem> {
 /// Answers a message whose connection identifies no partner. A certificate that the partner
 /// CA signed but the registry does not know is a refused message like any other, and is
 /// audited (under its fingerprint) before the answer; a connection without a verified
-/// certificate never gets this far (the TLS handshake refuses it).
+/// certificate never gets this far (the TLS handshake refuses it). When such certificates
+/// already have their share of the messages in the gateway, the answer is `503`, unaudited,
+/// like a body that never arrives: no message was read.
 async fn refuse_unregistered(
     req: &HttpRequest,
     gateway: &Gateway,

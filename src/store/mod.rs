@@ -147,6 +147,10 @@ pub struct AcceptedRecord {
     /// it was kept: those are taken for repeats.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub content: String,
+    /// The hash of the mapping that read the message: a message read by another version of
+    /// its mapping may say the same in other words, and is not compared.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_mapping: String,
 }
 
 impl AcceptedRecord {
@@ -837,15 +841,17 @@ impl Store {
         record.confirmed = false;
         record.deliveries = made.iter().map(|d| d.id).collect();
         let (reply, rx) = oneshot::channel();
-        self.send(Write::Accept {
+        // Queued at once even when the queue is full (then by a task of its own): the audit
+        // log's entry for the message is written beside this record, and a caller dropped
+        // while it waited for room would leave that entry with no record to settle it against.
+        self.send_detached(Write::Accept {
             key: AcceptedRecord::key(&record.source, &record.event_id),
             record: serde_json::to_vec(&*record).map_err(db_error)?,
             case: provisional_case(record).map(|case| (case, record.case_facts.clone())),
             deliveries: prepared,
             made,
             reply,
-        })
-        .await?;
+        })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1040,6 +1046,35 @@ impl Store {
             found.extend(read_listed(&deliveries, key.value().3)?);
         }
         Ok(found)
+    }
+
+    /// The ids of the waiting deliveries and dead letters whose record cannot be read back
+    /// (damaged): [`Store::waiting`] and [`Store::dead_letters`] pass them over, and a sweep
+    /// that must see every one of them (the withdrawal of erased cases' deliveries) is not
+    /// done while any is left.
+    pub fn unreadable_listed(&self) -> Result<Vec<u64>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let inbox = r.open_table(INBOX).map_err(db_error)?;
+        let due = r.open_table(DUE).map_err(db_error)?;
+        let dead = r.open_table(DEAD).map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        let mut ids = Vec::new();
+        for item in inbox.iter().map_err(db_error)? {
+            ids.push(item.map_err(db_error)?.0.value().1);
+        }
+        for item in due.iter().map_err(db_error)? {
+            ids.push(item.map_err(db_error)?.0.value().3);
+        }
+        for item in dead.iter().map_err(db_error)? {
+            ids.push(item.map_err(db_error)?.0.value());
+        }
+        let mut unreadable = Vec::new();
+        for id in ids {
+            if let Err(StoreError::Unreadable(_)) = read_delivery(&deliveries, None, id) {
+                unreadable.push(id);
+            }
+        }
+        Ok(unreadable)
     }
 
     /// Up to `limit` dead-lettered deliveries (without bodies), by delivery id, starting after
@@ -2107,6 +2142,7 @@ mod tests {
             recipients: Vec::new(),
             accepted_at: now_rfc3339(),
             content: String::new(),
+            content_mapping: String::new(),
         }
     }
 
@@ -2938,6 +2974,10 @@ mod tests {
         assert_eq!(ids(store.waiting().unwrap()), [waiting[1].id]);
         assert_eq!(ids(store.dead_letters(0, 10).unwrap()), [dead[1].id]);
         assert_eq!(ids(store.dead_letters(0, 1).unwrap()), [dead[1].id]);
+        // And they are named, for the sweeps that must see every delivery.
+        let mut unreadable = store.unreadable_listed().unwrap();
+        unreadable.sort_unstable();
+        assert_eq!(unreadable, [waiting[0].id, dead[0].id]);
     }
 
     #[tokio::test]
