@@ -10,6 +10,15 @@ use std::collections::BTreeMap;
 /// The prefix of every canonical event type.
 pub const TYPE_PREFIX: &str = "ma.rva.";
 
+/// The catalogue name of an event's type (`lpc.issued` for `ma.rva.lpc.issued`); empty when
+/// the event has no type of the catalogue's form.
+pub fn type_name(event: &serde_json::Value) -> &str {
+    event["type"]
+        .as_str()
+        .and_then(|t| t.strip_prefix(TYPE_PREFIX))
+        .unwrap_or_default()
+}
+
 const EMBEDDED: &str = include_str!("../../schemas/catalogue.toml");
 
 /// One catalogue entry.

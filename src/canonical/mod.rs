@@ -9,7 +9,7 @@ pub mod jcs;
 pub mod schema;
 pub mod text;
 
-pub use catalogue::{Catalogue, TYPE_PREFIX};
+pub use catalogue::{Catalogue, TYPE_PREFIX, type_name};
 pub use schema::{SchemaSet, Violation};
 
 /// The CloudEvents `source` of a partner: `urn:partner:<partner id>`.

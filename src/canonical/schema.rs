@@ -258,11 +258,7 @@ impl SchemaSet {
         if !violations.is_empty() {
             return Err(violations);
         }
-        let type_name = event["type"]
-            .as_str()
-            .and_then(|t| t.strip_prefix(TYPE_PREFIX))
-            .unwrap_or_default();
-        let Some(validator) = self.data.get(type_name) else {
+        let Some(validator) = self.data.get(super::catalogue::type_name(event)) else {
             return Err(vec![Violation {
                 path: "/type".into(),
                 message: "not a catalogue type".into(),

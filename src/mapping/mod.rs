@@ -27,7 +27,7 @@ pub use diagnostics::Diagnostic;
 pub use loader::MappingSet;
 pub use spec::Format;
 
-use crate::canonical::{SchemaSet, TYPE_PREFIX, Violation, jcs, text};
+use crate::canonical::{SchemaSet, Violation, jcs, text, type_name};
 use inbound::{IgnoreRule, InboundMapping, NativeMessage};
 use policy::Policy;
 use serde_json::Value;
@@ -515,10 +515,7 @@ impl PartnerMapping {
                 mapping_id: self.mapping_id(CANONICAL_KIND),
             });
         }
-        let event_type = event["type"]
-            .as_str()
-            .and_then(|t| t.strip_prefix(TYPE_PREFIX))
-            .unwrap_or_default();
+        let event_type = type_name(event);
         let outbound = self
             .outbound
             .iter()

@@ -5,7 +5,7 @@
 //! `requires` lists. An event out of order is never refused: it gets a `sequence.*` anomaly,
 //! and is delivered like any other. The rules are data in `schemas/catalogue.toml`.
 
-use crate::canonical::{Catalogue, TYPE_PREFIX};
+use crate::canonical::{Catalogue, type_name};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,7 +36,7 @@ pub struct CaseFile {
 impl CaseFile {
     /// The anomalies an event raises against this file, one per unmet requirement.
     pub fn check(&self, catalogue: &Catalogue, event: &Value) -> Vec<Value> {
-        let name = event_name(event);
+        let name = type_name(event);
         let Some(entry) = catalogue.get(name) else {
             return Vec::new();
         };
@@ -65,7 +65,7 @@ impl CaseFile {
     /// The facts an event puts on its case's file: its type, and `passport` when it carries
     /// one (a registration's `travel_documents`, a PV's `travel_document`).
     pub fn facts_of(event: &Value) -> Vec<String> {
-        let mut facts = vec![event_name(event).to_owned()];
+        let mut facts = vec![type_name(event).to_owned()];
         if carries_passport(event) {
             facts.push(PASSPORT.to_owned());
         }
@@ -139,13 +139,6 @@ fn carries_passport(event: &Value) -> bool {
         .flatten()
         .chain(std::iter::once(&data["travel_document"]))
         .any(|d| d["type"] == PASSPORT)
-}
-
-fn event_name(event: &Value) -> &str {
-    event["type"]
-        .as_str()
-        .and_then(|t| t.strip_prefix(TYPE_PREFIX))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

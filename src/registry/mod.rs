@@ -7,7 +7,7 @@
 //! Routing is data: no partner, country or carrier is named in this code. It does no network
 //! I/O and never reads a message body to decide who the sender is.
 
-use crate::canonical::{Catalogue, TYPE_PREFIX};
+use crate::canonical::{Catalogue, TYPE_PREFIX, type_name};
 use crate::mapping::MappingSet;
 use serde::Deserialize;
 use serde_json::Value;
@@ -512,10 +512,7 @@ impl Registry {
     /// delivered, flagged, and does not count on its case's file (a consulate's typing error
     /// in a case id must not put an LPC on another person's case).
     pub fn out_of_scope(&self, sender: &str, event: &Value) -> Option<(String, String)> {
-        let name = event["type"]
-            .as_str()
-            .and_then(|t| t.strip_prefix(TYPE_PREFIX))
-            .unwrap_or_default();
+        let name = type_name(event);
         let data = &event["data"];
         match name {
             "lpc.issued" => {
@@ -558,10 +555,7 @@ impl Registry {
     /// order and without duplicates. The sender never receives its own event. A routed
     /// recipient that cannot be resolved (no table entry) is reported in the second list.
     pub fn recipients(&self, sender: &str, event: &Value) -> (Vec<String>, Vec<String>) {
-        let name = event["type"]
-            .as_str()
-            .and_then(|t| t.strip_prefix(TYPE_PREFIX))
-            .unwrap_or_default();
+        let name = type_name(event);
         let data = &event["data"];
         let mut found: Vec<String> = Vec::new();
         let mut unresolved = Vec::new();

@@ -193,13 +193,19 @@ fn is_auditor(caller: &Caller) -> bool {
 /// [`crate::pipeline::Limits::messages_in_flight`]); one that does not come within twice the
 /// body time limit is answered `503`.
 async fn message_permit(gateway: &Gateway, sender: &str) -> Result<SharePermit, Problem> {
-    let seconds = gateway.limits().body_read_secs.max(1) * 2;
-    gateway.message_permit(sender).await.ok_or_else(|| {
-        Problem::unavailable(format!(
-            "too many messages are being processed; this one's turn did not come within \
-             {seconds} s, send it again"
-        ))
-    })
+    gateway
+        .message_permit(sender)
+        .await
+        .ok_or_else(|| no_turn(gateway, "messages are being processed"))
+}
+
+/// The answer to a request whose turn (for a place, for its body to be read) did not come
+/// within [`Gateway::permit_wait`]: `too many <what>`.
+fn no_turn(gateway: &Gateway, what: &str) -> Problem {
+    Problem::unavailable(format!(
+        "too many {what}; this one's turn did not come within {} s, send it again",
+        gateway.permit_wait().as_secs()
+    ))
 }
 
 /// Reads the body, up to one byte past the size limit: a larger body is refused by the
@@ -216,13 +222,10 @@ async fn read_body(
 ) -> Result<Vec<u8>, Problem> {
     let limits = gateway.limits();
     let (limit, seconds) = (limits.max_body_bytes, limits.body_read_secs);
-    let _permit = gateway.body_permit(sender).await.ok_or_else(|| {
-        Problem::unavailable(format!(
-            "too many request bodies are being read; this one's turn did not come within {} s, \
-             send it again",
-            seconds.max(1) * 2
-        ))
-    })?;
+    let _permit = gateway
+        .body_permit(sender)
+        .await
+        .ok_or_else(|| no_turn(gateway, "request bodies are being read"))?;
     let read = async {
         let mut body = Vec::new();
         while let Some(chunk) = payload.next().await {

@@ -18,6 +18,7 @@
 //! remembers.
 
 use crate::pipeline::sequence::CaseFile;
+use crate::write_queue::{WriteQueue, WriteQueueReceiver, write_queue};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     TableHandle,
@@ -27,8 +28,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-
-use crate::write_queue::{WriteQueue, WriteQueueReceiver, write_queue};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -1033,17 +1032,10 @@ impl Store {
     /// Every delivery waiting to go out, in an inbox or due to be pushed (without bodies).
     pub fn waiting(&self) -> Result<Vec<Delivery>> {
         let r = self.db.begin_read().map_err(db_error)?;
-        let inbox = r.open_table(INBOX).map_err(db_error)?;
-        let due = r.open_table(DUE).map_err(db_error)?;
         let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
         let mut found = Vec::new();
-        for item in inbox.iter().map_err(db_error)? {
-            let (key, _) = item.map_err(db_error)?;
-            found.extend(read_listed(&deliveries, key.value().1)?);
-        }
-        for item in due.iter().map_err(db_error)? {
-            let (key, _) = item.map_err(db_error)?;
-            found.extend(read_listed(&deliveries, key.value().3)?);
+        for id in waiting_ids(&r)? {
+            found.extend(read_listed(&deliveries, id)?);
         }
         Ok(found)
     }
@@ -1054,17 +1046,9 @@ impl Store {
     /// done while any is left.
     pub fn unreadable_listed(&self) -> Result<Vec<u64>> {
         let r = self.db.begin_read().map_err(db_error)?;
-        let inbox = r.open_table(INBOX).map_err(db_error)?;
-        let due = r.open_table(DUE).map_err(db_error)?;
         let dead = r.open_table(DEAD).map_err(db_error)?;
         let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
-        let mut ids = Vec::new();
-        for item in inbox.iter().map_err(db_error)? {
-            ids.push(item.map_err(db_error)?.0.value().1);
-        }
-        for item in due.iter().map_err(db_error)? {
-            ids.push(item.map_err(db_error)?.0.value().3);
-        }
+        let mut ids = waiting_ids(&r)?;
         for item in dead.iter().map_err(db_error)? {
             ids.push(item.map_err(db_error)?.0.value());
         }
@@ -1347,6 +1331,20 @@ fn read_delivery(
         d.body = b.value().to_vec();
     }
     Ok(Some(d))
+}
+
+/// The ids of the deliveries waiting to go out: in the inboxes, then in the push line.
+fn waiting_ids(r: &redb::ReadTransaction) -> Result<Vec<u64>> {
+    let inbox = r.open_table(INBOX).map_err(db_error)?;
+    let due = r.open_table(DUE).map_err(db_error)?;
+    let mut ids = Vec::new();
+    for item in inbox.iter().map_err(db_error)? {
+        ids.push(item.map_err(db_error)?.0.value().1);
+    }
+    for item in due.iter().map_err(db_error)? {
+        ids.push(item.map_err(db_error)?.0.value().3);
+    }
+    Ok(ids)
 }
 
 /// A delivery of a list (waiting, dead letters, owed audits), without its body: one whose
