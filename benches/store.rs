@@ -54,7 +54,7 @@ fn load_test_deliveries() -> Vec<NewDelivery> {
     let Decoded::Event(mapped) = sender.decode(&bytes).expect("the message decodes") else {
         panic!("the load test's message is ignored")
     };
-    let (recipients, _) = registry.recipients(SENDER, &mapped.event);
+    let (recipients, _) = registry.recipients(SENDER, &mapped.event, &[]);
     recipients
         .iter()
         .map(|recipient| {

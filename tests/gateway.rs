@@ -2006,6 +2006,66 @@ async fn a_laissez_passer_from_another_nationalitys_consulate_is_flagged_and_not
     gateway.stop().await;
 }
 
+/// The first leg of a connecting journey lands in another country than the person's. Its
+/// boarding goes to the IOM mission where the booking on file ends, not to the mission of the
+/// leg's arrival; without a booking on file, the leg's arrival is all there is to go by.
+#[actix_web::test]
+async fn the_first_leg_of_a_connecting_journey_reaches_the_mission_of_its_end() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let case = "RVA-2026-008890";
+    let mut booking = fixture_json("iom.ma", "in/travel-booked.json");
+    booking["message_id"] = json!("IOM-MA-2026-11-10-connect");
+    booking["case"]["rva_case_id"] = json!(case);
+    booking["booking"]["pnr"] = json!("C0NN3X");
+    booking["booking"]["segments"] = json!([
+        {"carrier": "AT", "flight_number": "525", "from": "CMN", "to": "ABJ", "date": "2026-11-27"},
+        {"carrier": "AT", "flight_number": "511", "from": "ABJ", "to": "DSS", "date": "2026-11-28"}
+    ]);
+    let reply = gateway
+        .client("iom.ma")
+        .send("application/json", serde_json::to_vec(&booking).unwrap())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+
+    let boarded = |reference: &str, pnr: &str| {
+        let mut message = fixture_json("airline.at", "in/passenger-boarded-without-bcbp.json");
+        message["eventId"] = json!(reference);
+        message["flight"]["number"] = json!("525");
+        message["flight"]["destination"] = json!("ABJ");
+        message["passenger"]["pnr"] = json!(pnr);
+        message["passenger"]["remarks"] = json!([format!("OSI AT {case}")]);
+        serde_json::to_vec(&message).unwrap()
+    };
+    let airline = gateway.client("airline.at");
+    let reply = airline
+        .send("application/json", boarded("AT-DCS-CONNECT-1", "C0NN3X"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let ack = reply.json();
+    assert!(
+        strings(&ack["recipients"]).contains(&"iom.sn".to_owned()),
+        "{ack}"
+    );
+    assert!(!reply.text().contains("routing.unresolved"), "{ack}");
+
+    // Another booking reference, with nothing on file: the leg's arrival (Abidjan), whose
+    // country has no mission in the tables, is flagged; Senegal's mission is not told.
+    let reply = airline
+        .send("application/json", boarded("AT-DCS-CONNECT-2", "N0B00K"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let ack = reply.json();
+    assert!(
+        !strings(&ack["recipients"]).contains(&"iom.sn".to_owned()),
+        "{ack}"
+    );
+    assert!(
+        strings(&ack["anomalies"]).contains(&"routing.unresolved_iom_of_destination".to_owned()),
+        "{ack}"
+    );
+    gateway.stop().await;
+}
+
 /// A message under a reference already used for another message is refused (`409`, audited),
 /// not answered as a repeat: its sender would take it for accepted. A repeat sent again later,
 /// even regenerated with another send time, is still a repeat.

@@ -239,5 +239,7 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
     // waiting deliveries again only once another case is erased.
     let store = Store::open(&data.join("store.redb")).expect("the store");
     assert_eq!(store.erasures_withdrawn().expect("the mark"), 1);
+    // The erased case's file is gone with it; the kept case's stays.
+    assert_eq!(store.cases_on_file().expect("the case files"), [KEPT]);
     store.close().expect("closing the store");
 }

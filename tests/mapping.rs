@@ -480,6 +480,21 @@ fn no_recipient_without_a_need_for_health_data_learns_of_a_medical_offload() {
     }
     assert_eq!(refused, ["ma.dgsn"]);
     assert_eq!(entitled, ["iom.ma", "iom.sn", "ma.interieur"]);
+
+    // The policy itself, not the DGSN's template, keeps it from the role: a border-police
+    // partner that received canonical events would get `other` and no text.
+    let policy = passerelle::mapping::policy::Policy::parse(
+        &std::fs::read_to_string(mappings_dir().join("policies.toml")).unwrap(),
+    )
+    .unwrap();
+    let mut canonical = event.clone();
+    let withheld = policy.apply("border-police", &mut canonical);
+    assert_eq!(canonical["data"]["reason"], "other");
+    assert!(canonical["data"].get("reason_text").is_none());
+    assert!(withheld.contains(&"data.reason_text".to_owned()));
+    let mut ministry = event.clone();
+    policy.apply("ministry", &mut ministry);
+    assert_eq!(ministry["data"]["reason"], "medical");
 }
 
 #[test]

@@ -183,6 +183,29 @@ pub struct Found {
 /// What the sync threads hand back to an appender: its signed receipt.
 type Committed = Receipt;
 
+/// An append queued by [`AuditLog::queue_append`].
+#[must_use = "the entry is not known to be durable until `durable` answers"]
+pub struct QueuedAppend {
+    leaf: Hash,
+    rx: oneshot::Receiver<Result<Committed>>,
+}
+
+impl QueuedAppend {
+    /// Waits until the entry is durable, and returns its signed receipt.
+    pub async fn durable(self) -> Result<Receipt> {
+        receipt_for(self.leaf, self.rx.await.map_err(|_| AuditError::Closed)?)
+    }
+}
+
+/// The receipt of the entry whose leaf hash is `leaf`, from the writer's answer.
+fn receipt_for(leaf: Hash, done: Result<Committed>) -> Result<Receipt> {
+    let r = done?;
+    if r.leaf_hash != leaf {
+        return Err(AuditError::Corrupt("receipt for another entry".into()));
+    }
+    Ok(r)
+}
+
 struct Pending {
     record: Record,
     leaf: Hash,
@@ -631,11 +654,7 @@ impl AuditLog {
     }
 
     fn receipt(&self, leaf: Hash, done: Result<Committed>) -> Result<Receipt> {
-        let r = done?;
-        if r.leaf_hash != leaf {
-            return Err(AuditError::Corrupt("receipt for another entry".into()));
-        }
-        Ok(r)
+        receipt_for(leaf, done)
     }
 
     /// Appends a fact and returns its signed receipt once the entry is
@@ -652,6 +671,12 @@ impl AuditLog {
     /// happens on the calling task, except that the first fact of a new case
     /// may wait for the key store lock.
     pub async fn append_async(&self, fact: &Fact) -> Result<Receipt> {
+        self.queue_append(fact).await?.durable().await
+    }
+
+    /// Queues a fact for appending, as [`AuditLog::append_async`] does, and returns once it
+    /// is in the writer's queue: entries are written in the order they were queued.
+    pub async fn queue_append(&self, fact: &Fact) -> Result<QueuedAppend> {
         let (record, leaf) = self.prepare(fact)?;
         let (append, rx) = self.pending(record, leaf)?;
         // Waits for room in the queue without blocking the task's thread.
@@ -659,7 +684,7 @@ impl AuditLog {
             .send(append)
             .await
             .map_err(|_| AuditError::Closed)?;
-        self.receipt(leaf, rx.await.map_err(|_| AuditError::Closed)?)
+        Ok(QueuedAppend { leaf, rx })
     }
 
     /// Publishes a checkpoint covering every entry acknowledged so far, and

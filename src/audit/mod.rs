@@ -32,7 +32,7 @@ pub mod verify;
 pub use checkpoint::Checkpoint;
 pub use error::{AuditError, Result};
 pub use leaf::{Fact, Flight, Identifiers, Kind, Leaf, MappingRef, Personal, Transport};
-pub use log::{AuditLog, Found, Options, Query};
+pub use log::{AuditLog, Found, Options, Query, QueuedAppend};
 pub use merkle::Hash;
 pub use note::{NoteSigner, NoteVerifier};
 pub use proof::{Receipt, TlogProof};

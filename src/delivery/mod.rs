@@ -185,8 +185,8 @@ impl<K, T: Send + 'static> KeyedTasks<K, T> {
 /// dead letters could be put back in line, and would keep that data in the store. Each is
 /// audited first (`dead_lettered`, reason `case-erased`, without the case), then kept as a
 /// dead letter whose body is deleted and which cannot be redelivered. Completed deliveries
-/// hold no body (the store deletes it on completion). Runs at start, before the delivery
-/// workers.
+/// hold no body (the store deletes it on completion). The case's file is deleted too. Runs at
+/// start, before the delivery workers.
 ///
 /// It reads every waiting delivery and dead letter, so it runs only when a case was erased
 /// since it last ran to its end (the store keeps the count of erased cases it has seen): an
@@ -224,6 +224,12 @@ pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
             .update(delivery.id, DeliveryUpdate::Erased)
             .await?;
         withdrawn += 1;
+    }
+    // An erased case's file goes too: it would keep the references of its bookings.
+    for case in gateway.store.cases_on_file()? {
+        if gateway.log.is_case_erased(&case)? {
+            gateway.store.forget_case_file(&case).await?;
+        }
     }
     // A delivery whose record cannot be read back was passed over: it may be an erased case's,
     // with its body. The sweep runs again at the next start, until the store is repaired.

@@ -1,8 +1,13 @@
-//! The need-to-know policy: which canonical fields each recipient role never receives.
+//! The need-to-know policy: which canonical fields each recipient role never receives, and which
+//! values it receives only in a neutral form.
 //!
 //! This module owns reading `policies.toml` and applying it to an event before it is encoded
 //! for a recipient. Applying it returns the names of the fields the recipient's role is refused,
 //! never their values, so that the audit trail can show what a recipient did not get.
+//!
+//! A value made neutral (a medical offload told to the border police as `other`) is applied to
+//! the canonical event itself, so that it holds for every format the role is written in:
+//! canonical events and every partner's template alike.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -58,12 +63,43 @@ struct PolicyFile {
 #[serde(deny_unknown_fields)]
 struct RoleSpec {
     withhold: Vec<String>,
+    /// Dotted field path to the values the role receives in a neutral form (value to its
+    /// neutral form).
+    #[serde(default)]
+    neutral: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-/// The policy of every role: data field patterns withheld from it.
+/// What one role is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RolePolicy {
+    /// Field patterns withheld, as dotted steps.
+    withhold: Vec<Vec<String>>,
+    /// Field patterns, as dotted steps, whose listed values are replaced by a neutral one.
+    neutral: Vec<(Vec<String>, BTreeMap<String, String>)>,
+}
+
+/// The policy of every role: data field patterns withheld from it, and values it gets only in
+/// a neutral form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
-    roles: BTreeMap<String, Vec<Vec<String>>>,
+    roles: BTreeMap<String, RolePolicy>,
+}
+
+/// The dotted steps of a pattern, if each is a field name as the canonical `withheld`
+/// attribute's schema and the audit entry's identifiers take them (a-z, 0-9, `_`), or `*`, and
+/// the whole fits a delivery's audit entry.
+fn pattern_steps(pattern: &str) -> Option<Vec<String>> {
+    let field_name = |step: &str| {
+        step == "*"
+            || (!step.is_empty()
+                && step
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+    };
+    let steps: Vec<String> = pattern.split('.').map(str::to_owned).collect();
+    (steps.iter().all(|step| field_name(step))
+        && "data.".len() + pattern.len() <= crate::audit::leaf::limits::ID_LEN)
+        .then_some(steps)
 }
 
 impl Policy {
@@ -75,22 +111,17 @@ impl Policy {
         for (role, spec) in file.roles {
             let mut patterns = Vec::new();
             for pattern in spec.withhold {
-                let steps: Vec<String> = pattern.split('.').map(str::to_owned).collect();
-                // As the canonical `withheld` attribute's schema, and the audit entry's
-                // identifiers, take them.
-                let field_name = |step: &String| {
-                    step == "*"
-                        || (!step.is_empty()
-                            && step
-                                .bytes()
-                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
-                };
-                if !steps.iter().all(field_name)
-                    || "data.".len() + pattern.len() > crate::audit::leaf::limits::ID_LEN
-                {
-                    return Err(PolicyError::Pattern { role, pattern });
+                match pattern_steps(&pattern) {
+                    Some(steps) => patterns.push(steps),
+                    None => return Err(PolicyError::Pattern { role, pattern }),
                 }
-                patterns.push(steps);
+            }
+            let mut neutral = Vec::new();
+            for (pattern, values) in spec.neutral {
+                match pattern_steps(&pattern) {
+                    Some(steps) => neutral.push((steps, values)),
+                    None => return Err(PolicyError::Pattern { role, pattern }),
+                }
             }
             let bytes = patterns
                 .iter()
@@ -104,7 +135,13 @@ impl Policy {
                     bytes,
                 });
             }
-            roles.insert(role, patterns);
+            roles.insert(
+                role,
+                RolePolicy {
+                    withhold: patterns,
+                    neutral,
+                },
+            );
         }
         Ok(Self { roles })
     }
@@ -119,10 +156,15 @@ impl Policy {
         self.roles.keys().map(String::as_str)
     }
 
-    /// Every (role, pattern) pair, patterns as their dotted steps.
+    /// Every (role, pattern) pair, withheld and neutral alike, patterns as their dotted steps.
     pub fn patterns(&self) -> impl Iterator<Item = (&str, &[String])> {
-        self.roles.iter().flat_map(|(role, patterns)| {
-            patterns.iter().map(move |p| (role.as_str(), p.as_slice()))
+        self.roles.iter().flat_map(|(role, policy)| {
+            let neutral = policy.neutral.iter().map(|(steps, _)| steps);
+            policy
+                .withhold
+                .iter()
+                .chain(neutral)
+                .map(move |p| (role.as_str(), p.as_slice()))
         })
     }
 
@@ -130,22 +172,30 @@ impl Policy {
     /// role, or lies below a withheld field.
     pub fn withholds(&self, role: &str, dotted: &str) -> bool {
         let steps: Vec<&str> = dotted.split('.').collect();
-        self.roles.get(role).into_iter().flatten().any(|pattern| {
-            pattern.len() <= steps.len()
-                && pattern.iter().zip(&steps).all(|(p, s)| p == "*" || p == s)
-        })
+        self.roles
+            .get(role)
+            .into_iter()
+            .flat_map(|policy| &policy.withhold)
+            .any(|pattern| {
+                pattern.len() <= steps.len()
+                    && pattern.iter().zip(&steps).all(|(p, s)| p == "*" || p == s)
+            })
     }
 
-    /// Removes from an event's `data` every field withheld from the role, and returns the
-    /// role's withheld paths ([`Policy::withheld_from`]). An unknown role gets nothing withheld
-    /// here; the loader refuses mappings whose role the policy does not name.
+    /// Removes from an event's `data` every field withheld from the role, puts the neutral
+    /// form in place of each value the role gets only in that form, and returns the role's
+    /// withheld paths ([`Policy::withheld_from`]). An unknown role gets nothing withheld here;
+    /// the loader refuses mappings whose role the policy does not name.
     pub fn apply(&self, role: &str, event: &mut Value) -> Vec<String> {
-        if let (Some(patterns), Some(data)) = (
+        if let (Some(policy), Some(data)) = (
             self.roles.get(role),
             event.get_mut("data").and_then(Value::as_object_mut),
         ) {
-            for pattern in patterns {
+            for pattern in &policy.withhold {
                 remove(data, pattern);
+            }
+            for (pattern, values) in &policy.neutral {
+                neutralise(data, pattern, values);
             }
         }
         self.withheld_from(role)
@@ -163,7 +213,7 @@ impl Policy {
             .roles
             .get(role)
             .into_iter()
-            .flatten()
+            .flat_map(|policy| &policy.withhold)
             .map(|steps| format!("data.{}", steps.join(".")))
             .collect();
         withheld.sort();
@@ -175,6 +225,44 @@ impl Policy {
 /// Removes the fields a pattern (its dotted steps) reaches in `object`, inside lists of objects
 /// too.
 fn remove(object: &mut Map<String, Value>, pattern: &[String]) {
+    reach(object, pattern, &mut |parent, key| {
+        parent.remove(key);
+    });
+}
+
+/// Replaces each value a pattern reaches, inside lists too, that `values` gives a neutral form.
+fn neutralise(
+    object: &mut Map<String, Value>,
+    pattern: &[String],
+    values: &BTreeMap<String, String>,
+) {
+    reach(
+        object,
+        pattern,
+        &mut |parent, key| match parent.get_mut(key) {
+            Some(Value::Array(items)) => items
+                .iter_mut()
+                .for_each(|item| neutral_value(item, values)),
+            Some(item) => neutral_value(item, values),
+            None => {}
+        },
+    );
+}
+
+fn neutral_value(value: &mut Value, values: &BTreeMap<String, String>) {
+    if let Some(neutral) = value.as_str().and_then(|text| values.get(text)) {
+        *value = Value::String(neutral.clone());
+    }
+}
+
+/// Calls `last` with the object holding each field a pattern (its dotted steps) reaches in
+/// `object`, and the field's name; the steps before the last go into objects, and into lists
+/// of objects.
+fn reach(
+    object: &mut Map<String, Value>,
+    pattern: &[String],
+    last: &mut dyn FnMut(&mut Map<String, Value>, &str),
+) {
     let Some((first, rest)) = pattern.split_first() else {
         return;
     };
@@ -185,14 +273,14 @@ fn remove(object: &mut Map<String, Value>, pattern: &[String]) {
     };
     for key in keys {
         if rest.is_empty() {
-            object.remove(&key);
+            last(object, &key);
             continue;
         }
         match object.get_mut(&key) {
-            Some(Value::Object(inner)) => remove(inner, rest),
+            Some(Value::Object(inner)) => reach(inner, rest, last),
             Some(Value::Array(items)) => {
                 for item in items.iter_mut().filter_map(Value::as_object_mut) {
-                    remove(item, rest);
+                    reach(item, rest, last);
                 }
             }
             _ => {}
@@ -226,6 +314,34 @@ mod tests {
         assert_eq!(unchanged, original);
         assert!(policy.withholds("consulate", "person.biometrics.photo_sha256"));
         assert!(!policy.withholds("consulate", "person.family_name"));
+    }
+
+    #[test]
+    fn gives_listed_values_in_their_neutral_form_only() {
+        let policy = Policy::parse(
+            "[roles.border-police]\nwithhold = [\"reason_text\"]\n\
+             [roles.border-police.neutral]\nreason = { medical = \"other\" }\n\
+             \"*.codes\" = { b = \"z\" }\n",
+        )
+        .unwrap();
+        let mut event = json!({"data": {"reason": "medical", "reason_text": "unwell",
+            "person": {"codes": ["a", "b"]}}});
+        assert_eq!(
+            policy.apply("border-police", &mut event),
+            ["data.reason_text"],
+            "a neutral value is no withheld field"
+        );
+        assert_eq!(
+            event,
+            json!({"data": {"reason": "other", "person": {"codes": ["a", "z"]}}})
+        );
+        let mut other = json!({"data": {"reason": "documents"}});
+        policy.apply("border-police", &mut other);
+        assert_eq!(other, json!({"data": {"reason": "documents"}}));
+        assert!(
+            Policy::parse("[roles.x]\nwithhold = []\nneutral = { \"Reason\" = { a = \"b\" } }\n")
+                .is_err()
+        );
     }
 
     #[test]

@@ -236,6 +236,8 @@ pub struct Gateway {
     refusal_summaries: Arc<RefusalSummaries>,
     /// One queue per source and reference of the messages being accepted.
     in_flight: TurnQueues,
+    /// One queue per case: a message's case file is read, and its writes queued, in turn.
+    cases_in_turn: TurnQueues,
     /// One permit per request body being read (see [`Gateway::body_permit`]).
     bodies: FairShares,
     /// One permit per REST message in the gateway (see [`Gateway::message_permit`]).
@@ -306,6 +308,7 @@ impl Gateway {
             messages: FairShares::new(limits.messages_in_flight),
             limits,
             in_flight: Mutex::new(HashMap::new()),
+            cases_in_turn: Mutex::new(HashMap::new()),
             inbox_turns: Mutex::new(HashMap::new()),
         }
     }
@@ -512,6 +515,18 @@ impl Gateway {
                 path: Some("/subject".into()),
             });
         }
+        // The messages of one case are checked in turn, each against the case's file with
+        // the facts of every message of the case queued before it, so that an event is flagged
+        // against the messages that precede it in the log, and only those. The turn is held
+        // until the message's audit entry and store record are queued (not until they are
+        // durable).
+        let mut case_turn = match &case_id {
+            Some(case) => Some(Turn::join(&self.cases_in_turn, case.clone())?),
+            None => None,
+        };
+        if let Some(turn) = &mut case_turn {
+            turn.wait_turn().await;
+        }
         let case_file = match &case_id {
             Some(case) => Some(
                 self.store
@@ -525,7 +540,11 @@ impl Gateway {
             .as_ref()
             .map(|file| file.check(&self.catalogue, event))
             .unwrap_or_default();
-        let (recipients, unresolved) = self.registry.recipients(partner, event);
+        let journey_ends = match (&case_file, event["data"]["pnr"].as_str()) {
+            (Some(file), Some(pnr)) => file.journey_ends(pnr),
+            _ => Vec::new(),
+        };
+        let (recipients, unresolved) = self.registry.recipients(partner, event, &journey_ends);
         for role in &unresolved {
             anomalies.push(json!({
                 "code": format!("routing.unresolved_{}", role.replace('-', "_")),
@@ -618,11 +637,28 @@ impl Gateway {
 
         // The audit entry and the store record are written at once, each synced to disk; the
         // deliveries are held until both are known to be durable. See `settle_unconfirmed`
-        // for a crash between the two.
+        // for a crash between the two. Both are queued before the case's turn passes on.
+        let logged = self.queue_append(&accepted).await?;
+        let mut anomalies_queued = Vec::with_capacity(anomaly_facts.len());
+        for fact in &anomaly_facts {
+            anomalies_queued.push(self.queue_append(fact).await);
+        }
+        let recorded = self.store.queue_accepted(&mut record, deliveries);
+        drop(case_turn);
+        let recorded = async {
+            match recorded {
+                Ok(queued) => queued.recorded().await,
+                Err(error) => Err(error),
+            }
+        };
         let (logged, anomalies_logged, recorded) = tokio::join!(
-            self.append(&accepted),
-            futures_util::future::join_all(anomaly_facts.iter().map(|f| self.append(f))),
-            self.store.record_accepted(&mut record, deliveries),
+            self.appended(Ok(logged)),
+            futures_util::future::join_all(
+                anomalies_queued
+                    .into_iter()
+                    .map(|queued| self.appended(queued))
+            ),
+            recorded,
         );
         let made = match (logged, recorded) {
             (Ok(receipt), Ok(Recorded::New(made))) => {
@@ -823,17 +859,37 @@ impl Gateway {
 
     /// Appends a fact to the audit log, counting it; a failure is a 503.
     pub async fn append(&self, fact: &Fact) -> Result<audit::Receipt, Refusal> {
-        match self.log.append_async(fact).await {
+        let queued = self.queue_append(fact).await;
+        self.appended(queued).await
+    }
+
+    /// Queues an audit append ([`AuditLog::queue_append`]); a failure is counted and logged
+    /// as a failed append.
+    async fn queue_append(&self, fact: &Fact) -> Result<audit::QueuedAppend, Refusal> {
+        self.log
+            .queue_append(fact)
+            .await
+            .map_err(|error| self.append_failed(&error))
+    }
+
+    /// The receipt of a queued append, once it is durable.
+    async fn appended(
+        &self,
+        queued: Result<audit::QueuedAppend, Refusal>,
+    ) -> Result<audit::Receipt, Refusal> {
+        match queued?.durable().await {
             Ok(receipt) => {
                 self.metrics.audit_appends.inc();
                 Ok(receipt)
             }
-            Err(error) => {
-                self.metrics.audit_failures.inc();
-                tracing::error!(error = %error, "audit append failed");
-                Err(unavailable(&error.to_string()))
-            }
+            Err(error) => Err(self.append_failed(&error)),
         }
+    }
+
+    fn append_failed(&self, error: &audit::AuditError) -> Refusal {
+        self.metrics.audit_failures.inc();
+        tracing::error!(error = %error, "audit append failed");
+        unavailable(&error.to_string())
     }
 
     /// Audits what became of a delivery: delivered, acknowledged, failed, dead-lettered, or put
@@ -1153,8 +1209,8 @@ impl Gateway {
     }
 }
 
-/// One-at-a-time queues, one per key: the messages with one source and reference, or the
-/// requests at one recipient's inbox.
+/// One-at-a-time queues, one per key: the messages with one source and reference, the
+/// messages of one case, or the requests at one recipient's inbox.
 type TurnQueues = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
 /// A place in the queue of one key (see [`TurnQueues`]). When the last one waiting there

@@ -554,7 +554,15 @@ impl Registry {
     /// The recipients of an event, resolved from the catalogue and the routing tables, in
     /// order and without duplicates. The sender never receives its own event. A routed
     /// recipient that cannot be resolved (no table entry) is reported in the second list.
-    pub fn recipients(&self, sender: &str, event: &Value) -> (Vec<String>, Vec<String>) {
+    ///
+    /// `journey_ends` are the airports where the event's booking ends, from its case's file
+    /// (see [`Registry::iom_of_destination`]); empty when none is on file.
+    pub fn recipients(
+        &self,
+        sender: &str,
+        event: &Value,
+        journey_ends: &[String],
+    ) -> (Vec<String>, Vec<String>) {
         let name = type_name(event);
         let data = &event["data"];
         let mut found: Vec<String> = Vec::new();
@@ -577,16 +585,7 @@ impl Registry {
                 .into_iter()
                 .collect(),
                 "iom-morocco" => self.routing.iom_morocco.clone().into_iter().collect(),
-                "iom-of-destination" => first_text(data, &["flight.destination", "airport"])
-                    .and_then(|airport| self.routing.airport_country.get(&airport).cloned())
-                    .and_then(|country| {
-                        self.routing
-                            .iom_by_destination_country
-                            .get(&country)
-                            .cloned()
-                    })
-                    .into_iter()
-                    .collect(),
+                "iom-of-destination" => self.iom_of_destination(data, journey_ends),
                 "operating-airline" => {
                     let carriers = carriers(data);
                     let airlines: Vec<String> = carriers
@@ -617,6 +616,42 @@ impl Registry {
             }
         }
         (found, unresolved)
+    }
+}
+
+impl Registry {
+    /// The IOM mission of the country the person travels to.
+    ///
+    /// That is the country of the airport where the booking's journey ends (`journey_ends`),
+    /// when it is on file: a boarding names only the leg boarded, and the first leg of a
+    /// connecting journey lands in another country, whose mission must not learn of the
+    /// person. Without a booking on file, it is the event's own destination. Journey ends that
+    /// lead to more than one mission (a booking changed to another destination) resolve to
+    /// none, and the event is flagged unresolved rather than sent to a mission that may not
+    /// need it.
+    fn iom_of_destination(&self, data: &Value, journey_ends: &[String]) -> Vec<String> {
+        let airports = if journey_ends.is_empty() {
+            first_text(data, &["flight.destination", "airport"])
+                .into_iter()
+                .collect()
+        } else {
+            journey_ends.to_vec()
+        };
+        let missions: Vec<Option<&String>> = airports
+            .iter()
+            .map(|airport| {
+                self.routing
+                    .airport_country
+                    .get(airport)
+                    .and_then(|country| self.routing.iom_by_destination_country.get(country))
+            })
+            .collect();
+        match missions.split_first() {
+            Some((Some(first), rest)) if rest.iter().all(|m| *m == Some(*first)) => {
+                vec![(*first).clone()]
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -810,32 +845,61 @@ mod tests {
         let lpc_request =
             json!({"type": "ma.rva.lpc.requested", "data": {"person": {"nationality": "CIV"}}});
         assert_eq!(
-            registry.recipients("ma.interieur", &lpc_request).0,
+            registry.recipients("ma.interieur", &lpc_request, &[]).0,
             ["ci.ambassade.rabat"]
         );
         let boarded = json!({"type": "ma.rva.boarding.confirmed", "data": {"flight": {"carrier": "AT", "destination": "DSS"}}});
         assert_eq!(
-            registry.recipients("airline.at", &boarded).0,
+            registry.recipients("airline.at", &boarded, &[]).0,
             ["ma.interieur", "iom.ma", "ma.dgsn", "iom.sn"]
         );
         let booked =
             json!({"type": "ma.rva.travel.booked", "data": {"segments": [{"carrier": "AT"}]}});
         assert_eq!(
-            registry.recipients("iom.ma", &booked).0,
+            registry.recipients("iom.ma", &booked, &[]).0,
             ["ma.interieur", "ma.dgsn", "airline.at"]
         );
         let unknown =
             json!({"type": "ma.rva.lpc.requested", "data": {"person": {"nationality": "NOR"}}});
         assert_eq!(
-            registry.recipients("ma.interieur", &unknown),
+            registry.recipients("ma.interieur", &unknown, &[]),
             (vec![], vec!["consulate-of-nationality".to_owned()])
+        );
+        // The first leg of a connecting journey: the mission of the country where the booking
+        // on file ends, not of the airport the leg lands at; with no booking on file, the leg's.
+        let first_leg = json!({"type": "ma.rva.boarding.confirmed",
+            "data": {"flight": {"carrier": "AT", "destination": "ABJ"}}});
+        assert_eq!(
+            registry
+                .recipients("airline.at", &first_leg, &["DSS".to_owned()])
+                .0,
+            ["ma.interieur", "iom.ma", "ma.dgsn", "iom.sn"]
+        );
+        assert_eq!(
+            registry.recipients("airline.at", &boarded, &["ABJ".to_owned()]),
+            (
+                vec!["ma.interieur".into(), "iom.ma".into(), "ma.dgsn".into()],
+                vec!["iom-of-destination".to_owned()]
+            )
+        );
+        // A booking changed to another destination: no mission is sure, none is told.
+        let changed = ["DSS".to_owned(), "BZV".to_owned()];
+        assert_eq!(
+            registry.recipients("airline.at", &boarded, &changed).1,
+            ["iom-of-destination"]
+        );
+        assert_eq!(
+            registry
+                .recipients("airline.at", &boarded, &["DSS".into(), "DKR".into()])
+                .0,
+            ["ma.interieur", "iom.ma", "ma.dgsn", "iom.sn"]
         );
         // A connection on a carrier that is no partner: the partner airline is informed, and
         // the other is flagged.
         let connecting = json!({"type": "ma.rva.travel.booked",
             "data": {"segments": [{"carrier": "AT"}, {"carrier": "HF"}]}});
         assert_eq!(
-            registry.recipients("iom.ma", &connecting),
+            registry.recipients("iom.ma", &connecting, &[]),
             (
                 vec![
                     "ma.interieur".to_owned(),

@@ -394,6 +394,11 @@ enum Write {
         durable: bool,
         reply: Option<oneshot::Sender<Result<()>>>,
     },
+    /// Deletes a case's file.
+    ForgetCase {
+        case_id: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Abandon {
         /// The record of the attempt to withdraw, as it was written.
         attempt: Box<AcceptedRecord>,
@@ -455,6 +460,7 @@ pub struct Store {
     pending_deliveries: Arc<AtomicU64>,
     next_id: AtomicU64,
     confirming: Confirming,
+    queued_facts: QueuedFacts,
     /// Set while the writer's commits fail, cleared by the next that succeeds.
     failing: Arc<AtomicBool>,
     /// Notified once a commit has put push deliveries in line (see [`Store::released`]).
@@ -472,6 +478,32 @@ pub struct Store {
 /// asked for in the meantime gets the confirmed record (with its log entry), never the
 /// unconfirmed one on disk.
 type Confirming = Arc<Mutex<HashMap<String, AcceptedRecord>>>;
+
+/// The facts that accepted messages queued with [`Store::queue_accepted`] put on their case's
+/// file, by case, each with its message's key, until the writer has committed them (or failed
+/// to): [`Store::case_file`] adds them to the file on disk, so that the next message of a case
+/// is checked against every message of the case queued before it, not only those committed.
+type QueuedFacts = Arc<Mutex<FactsByCase>>;
+
+/// Per case, each queued message's key and the facts it puts on the file.
+type FactsByCase = HashMap<String, Vec<(String, Vec<String>)>>;
+
+fn lock_queued(queued: &QueuedFacts) -> std::sync::MutexGuard<'_, FactsByCase> {
+    // Entries are only pushed and taken out whole; a panic elsewhere cannot leave one
+    // half-written, so a poisoned lock is still sound.
+    queued.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An accepted message queued for the writer ([`Store::queue_accepted`]).
+#[must_use = "the record is not known to be written until `recorded` answers"]
+pub struct QueuedRecord(oneshot::Receiver<Result<Recorded>>);
+
+impl QueuedRecord {
+    /// Waits until the record is committed, or refused.
+    pub async fn recorded(self) -> Result<Recorded> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -572,6 +604,7 @@ impl Store {
         };
         let pending_deliveries = Arc::new(AtomicU64::new(pending));
         let confirming = Confirming::default();
+        let queued_facts = QueuedFacts::default();
         let failing = Arc::new(AtomicBool::new(false));
         let released = Arc::new(Notify::new());
         #[cfg(test)]
@@ -583,6 +616,7 @@ impl Store {
             db: db.clone(),
             pending: pending_deliveries.clone(),
             confirming: confirming.clone(),
+            queued_facts: queued_facts.clone(),
             failing: failing.clone(),
             released: released.clone(),
             #[cfg(test)]
@@ -601,6 +635,7 @@ impl Store {
             pending_deliveries,
             next_id: AtomicU64::new(next_id),
             confirming,
+            queued_facts,
             failing,
             released,
             #[cfg(test)]
@@ -780,10 +815,21 @@ impl Store {
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// The case file of a case (empty if the case is new).
+    /// The case file of a case (empty if the case is new), with the provisional facts of the
+    /// accepted messages queued for it and not committed yet.
     pub fn case_file(&self, case_id: &str) -> Result<CaseFile> {
+        // The queued facts are read first: the writer takes them out only once their commit
+        // is visible, so a fact is in one or the other (or both) whenever it is read.
+        let queued = lock_queued(&self.queued_facts)
+            .get(case_id)
+            .cloned()
+            .unwrap_or_default();
         let r = self.db.begin_read().map_err(db_error)?;
-        read_case_file(&r.open_table(CASES).map_err(db_error)?, case_id)
+        let mut file = read_case_file(&r.open_table(CASES).map_err(db_error)?, case_id)?;
+        for (key, facts) in &queued {
+            file.record(key, facts);
+        }
+        Ok(file)
     }
 
     /// Records an accepted message, the facts it puts on its case's file
@@ -799,6 +845,16 @@ impl Store {
         record: &mut AcceptedRecord,
         deliveries: Vec<NewDelivery>,
     ) -> Result<Recorded> {
+        self.queue_accepted(record, deliveries)?.recorded().await
+    }
+
+    /// Queues what [`Store::record_accepted`] writes, without waiting: the facts it puts on
+    /// its case's file are in [`Store::case_file`] from now on.
+    pub fn queue_accepted(
+        &self,
+        record: &mut AcceptedRecord,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<QueuedRecord> {
         let now = now_ms();
         let created_at = now_rfc3339();
         let mut prepared = Vec::with_capacity(deliveries.len());
@@ -840,18 +896,32 @@ impl Store {
         record.confirmed = false;
         record.deliveries = made.iter().map(|d| d.id).collect();
         let (reply, rx) = oneshot::channel();
+        let key = AcceptedRecord::key(&record.source, &record.event_id);
+        let case = provisional_case(record).map(|case| (case, record.case_facts.clone()));
+        let bytes = serde_json::to_vec(&*record).map_err(db_error)?;
+        if let Some((case_id, facts)) = &case {
+            lock_queued(&self.queued_facts)
+                .entry(case_id.clone())
+                .or_default()
+                .push((key.clone(), facts.clone()));
+        }
         // Queued at once even when the queue is full (then by a task of its own): the audit
         // log's entry for the message is written beside this record, and a caller dropped
         // while it waited for room would leave that entry with no record to settle it against.
-        self.send_detached(Write::Accept {
-            key: AcceptedRecord::key(&record.source, &record.event_id),
-            record: serde_json::to_vec(&*record).map_err(db_error)?,
-            case: provisional_case(record).map(|case| (case, record.case_facts.clone())),
+        let sent = self.send_detached(Write::Accept {
+            key: key.clone(),
+            record: bytes,
+            case: case.clone(),
             deliveries: prepared,
             made,
             reply,
-        })?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        });
+        if sent.is_err()
+            && let Some((case_id, _)) = &case
+        {
+            forget_queued(&self.queued_facts, case_id, &key);
+        }
+        sent.map(|()| QueuedRecord(rx))
     }
 
     /// Whether delivery `id` is waiting in `recipient`'s inbox (fetched or not, not yet
@@ -1101,6 +1171,31 @@ impl Store {
         let r = self.db.begin_read().map_err(db_error)?;
         let dead = r.open_table(DEAD).map_err(db_error)?;
         dead.len().map_err(db_error)
+    }
+
+    /// The ids of the cases that have a case file, in order.
+    pub fn cases_on_file(&self) -> Result<Vec<String>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let cases = r.open_table(CASES).map_err(db_error)?;
+        let mut ids = Vec::new();
+        for item in cases.iter().map_err(db_error)? {
+            let (case_id, _) = item.map_err(db_error)?;
+            ids.push(case_id.value().to_owned());
+        }
+        Ok(ids)
+    }
+
+    /// Deletes a case's file, durably: an erased case's, which takes no more messages, so
+    /// that what it recorded (the steps seen, its bookings' references and destinations)
+    /// does not outlive the erasure.
+    pub async fn forget_case_file(&self, case_id: &str) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Write::ForgetCase {
+            case_id: case_id.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// How many erased cases the start had withdrawn the deliveries of, when it last did
@@ -1475,6 +1570,7 @@ struct Writer {
     db: Arc<Database>,
     pending: Arc<AtomicU64>,
     confirming: Confirming,
+    queued_facts: QueuedFacts,
     failing: Arc<AtomicBool>,
     released: Arc<Notify>,
     #[cfg(test)]
@@ -1581,6 +1677,17 @@ impl Writer {
             })
             .collect();
         let carried: Vec<Write> = group.iter().filter_map(Write::carried).collect();
+        let accepted: Vec<(String, String)> = group
+            .iter()
+            .filter_map(|w| match w {
+                Write::Accept {
+                    key,
+                    case: Some((case_id, _)),
+                    ..
+                } => Some((case_id.clone(), key.clone())),
+                _ => None,
+            })
+            .collect();
         #[cfg(test)]
         let held = self.hold.lock();
         let mut delta: i64 = 0;
@@ -1604,6 +1711,7 @@ impl Writer {
                         .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
                 }
                 self.committed(&confirmed_keys);
+                self.settled_facts(&accepted);
                 replies.into_iter().for_each(Reply::send);
                 if releases_push {
                     self.released.notify_waiters();
@@ -1625,10 +1733,19 @@ impl Writer {
                     confirmations_kept = carried.len(),
                     "a store commit failed; its confirmations are written again, its other writes refused"
                 );
+                self.settled_facts(&accepted);
                 replies.into_iter().for_each(|r| r.fail(&error));
                 std::thread::sleep(Duration::from_millis(50));
                 Err(carried)
             }
+        }
+    }
+
+    /// Forgets the queued facts of the accepted messages of a group that was committed, or
+    /// failed: readers find them on disk, or they were never written.
+    fn settled_facts(&self, accepted: &[(String, String)]) {
+        for (case_id, key) in accepted {
+            forget_queued(&self.queued_facts, case_id, key);
         }
     }
 
@@ -1640,6 +1757,19 @@ impl Writer {
         let mut map = self.confirming.lock().unwrap_or_else(|p| p.into_inner());
         for key in keys {
             map.remove(key);
+        }
+    }
+}
+
+/// Takes the queued facts of message `key` off its case's list.
+fn forget_queued(queued: &QueuedFacts, case_id: &str, key: &str) {
+    let mut map = lock_queued(queued);
+    if let Some(list) = map.get_mut(case_id) {
+        if let Some(at) = list.iter().position(|(k, _)| k == key) {
+            list.remove(at);
+        }
+        if list.is_empty() {
+            map.remove(case_id);
         }
     }
 }
@@ -1832,6 +1962,13 @@ fn apply(t: &mut Tables<'_>, c: &mut Counters<'_>, write: Write) -> Reply {
             confirm(t, c, &key, attempt.as_deref(), &record, case, release),
         ),
         Write::Abandon { attempt, reply } => Reply::Unit(Some(reply), abandon(t, &attempt)),
+        Write::ForgetCase { case_id, reply } => Reply::Unit(
+            Some(reply),
+            t.cases
+                .remove(case_id.as_str())
+                .map(|_| ())
+                .map_err(db_error),
+        ),
     }
 }
 
@@ -2101,7 +2238,9 @@ fn failed(error: &StoreError, writes: impl IntoIterator<Item = Write>) -> Vec<Re
             Write::Accept { reply, .. } => Reply::Accept(reply, Err(error.clone())),
             Write::Update { reply, .. } => Reply::Update(reply, Err(error.clone())),
             Write::Confirm { reply, .. } => Reply::Unit(reply, Err(error.clone())),
-            Write::Abandon { reply, .. } => Reply::Unit(Some(reply), Err(error.clone())),
+            Write::Abandon { reply, .. } | Write::ForgetCase { reply, .. } => {
+                Reply::Unit(Some(reply), Err(error.clone()))
+            }
         })
         .collect()
 }
@@ -2697,6 +2836,42 @@ mod tests {
         // Withdrawing a confirmed message is refused, and its facts stay.
         assert!(store.abandon(&kept).await.is_err());
         assert!(store.case_file(case).unwrap().is_firm("lpc.issued"));
+    }
+
+    /// The facts of a message queued for the writer are on its case's file before they are
+    /// committed, so that the next message of the case is checked against it; a group that
+    /// fails takes them off again.
+    #[tokio::test]
+    async fn a_queued_message_is_on_its_case_file_before_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let case = "RVA-2026-000002";
+        let mut issued = record("e1");
+        issued.case_id = Some(case.into());
+        issued.case_facts = vec!["lpc.issued".into()];
+        let held = store.hold.lock().unwrap();
+        let queued = store.queue_accepted(&mut issued, Vec::new()).unwrap();
+        let file = store.case_file(case).unwrap();
+        assert!(file.facts.contains("lpc.issued"), "{file:?}");
+        assert!(!file.is_firm("lpc.issued"));
+        drop(held);
+        assert!(matches!(queued.recorded().await, Ok(Recorded::New(_))));
+        assert!(store.case_file(case).unwrap().facts.contains("lpc.issued"));
+        assert!(
+            lock_queued(&store.queued_facts).is_empty(),
+            "forgotten once committed"
+        );
+
+        // A group that fails: its facts were never written, and are no longer read.
+        let other = "RVA-2026-000003";
+        let mut failed = record("e2");
+        failed.case_id = Some(other.into());
+        failed.case_facts = vec!["lpc.issued".into()];
+        store.fail_next_group.store(true, Ordering::Relaxed);
+        let queued = store.queue_accepted(&mut failed, Vec::new()).unwrap();
+        assert!(queued.recorded().await.is_err());
+        assert_eq!(store.case_file(other).unwrap(), CaseFile::default());
+        assert!(lock_queued(&store.queued_facts).is_empty());
     }
 
     /// A settlement that outlived its request withdraws or confirms the attempt it read, never
