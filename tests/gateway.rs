@@ -2027,18 +2027,18 @@ async fn the_first_leg_of_a_connecting_journey_reaches_the_mission_of_its_end() 
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
 
-    let boarded = |reference: &str, pnr: &str| {
+    let boarded = |reference: &str, case: &str| {
         let mut message = fixture_json("airline.at", "in/passenger-boarded-without-bcbp.json");
         message["eventId"] = json!(reference);
         message["flight"]["number"] = json!("525");
         message["flight"]["destination"] = json!("ABJ");
-        message["passenger"]["pnr"] = json!(pnr);
+        message["passenger"]["pnr"] = json!("C0NN3X");
         message["passenger"]["remarks"] = json!([format!("OSI AT {case}")]);
         serde_json::to_vec(&message).unwrap()
     };
     let airline = gateway.client("airline.at");
     let reply = airline
-        .send("application/json", boarded("AT-DCS-CONNECT-1", "C0NN3X"))
+        .send("application/json", boarded("AT-DCS-CONNECT-1", case))
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     let ack = reply.json();
@@ -2048,10 +2048,13 @@ async fn the_first_leg_of_a_connecting_journey_reaches_the_mission_of_its_end() 
     );
     assert!(!reply.text().contains("routing.unresolved"), "{ack}");
 
-    // Another booking reference, with nothing on file: the leg's arrival (Abidjan), whose
-    // country has no mission in the tables, is flagged; Senegal's mission is not told.
+    // A case with no booking on file: the leg's arrival (Abidjan), whose country has no
+    // mission in the tables, is flagged; Senegal's mission is not told.
     let reply = airline
-        .send("application/json", boarded("AT-DCS-CONNECT-2", "N0B00K"))
+        .send(
+            "application/json",
+            boarded("AT-DCS-CONNECT-2", "RVA-2026-008891"),
+        )
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     let ack = reply.json();

@@ -241,5 +241,6 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
     assert_eq!(store.erasures_withdrawn().expect("the mark"), 1);
     // The erased case's file is gone with it; the kept case's stays.
     assert_eq!(store.cases_on_file().expect("the case files"), [KEPT]);
+    assert_eq!(store.case_files_forgotten().expect("the mark"), 1);
     store.close().expect("closing the store");
 }

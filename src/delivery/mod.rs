@@ -195,6 +195,16 @@ impl<K, T: Send + 'static> KeyedTasks<K, T> {
 pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
     let mut withdrawn = 0;
     let erased = gateway.log.erased_cases()?;
+    // An erased case's file goes too (the steps seen, its bookings' destinations): with its
+    // own count, so that the files of cases erased before files were deleted go as well.
+    if erased > gateway.store.case_files_forgotten()? {
+        for case in gateway.store.cases_on_file()? {
+            if gateway.log.is_case_erased(&case)? {
+                gateway.store.forget_case_file(&case).await?;
+            }
+        }
+        gateway.store.mark_case_files_forgotten(erased)?;
+    }
     if erased <= gateway.store.erasures_withdrawn()? {
         return Ok(withdrawn);
     }
@@ -224,12 +234,6 @@ pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
             .update(delivery.id, DeliveryUpdate::Erased)
             .await?;
         withdrawn += 1;
-    }
-    // An erased case's file goes too: it would keep the references of its bookings.
-    for case in gateway.store.cases_on_file()? {
-        if gateway.log.is_case_erased(&case)? {
-            gateway.store.forget_case_file(&case).await?;
-        }
     }
     // A delivery whose record cannot be read back was passed over: it may be an erased case's,
     // with its body. The sweep runs again at the next start, until the store is repaired.

@@ -516,10 +516,11 @@ impl Gateway {
             });
         }
         // The messages of one case are checked in turn, each against the case's file with
-        // the facts of every message of the case queued before it, so that an event is flagged
-        // against the messages that precede it in the log, and only those. The turn is held
-        // until the message's audit entry and store record are queued (not until they are
-        // durable).
+        // the facts of every message of the case queued before it (whose audit entries come
+        // before its own in the log), not only those already committed. The turn is held until
+        // the message's audit entry and store record are queued, not until they are durable: a
+        // message checked meanwhile counts an earlier one's facts even if that one is then
+        // withdrawn (see `CaseFile`).
         let mut case_turn = match &case_id {
             Some(case) => Some(Turn::join(&self.cases_in_turn, case.clone())?),
             None => None,
@@ -540,10 +541,10 @@ impl Gateway {
             .as_ref()
             .map(|file| file.check(&self.catalogue, event))
             .unwrap_or_default();
-        let journey_ends = match (&case_file, event["data"]["pnr"].as_str()) {
-            (Some(file), Some(pnr)) => file.journey_ends(pnr),
-            _ => Vec::new(),
-        };
+        let journey_ends = case_file
+            .as_ref()
+            .map(CaseFile::journey_ends)
+            .unwrap_or_default();
         let (recipients, unresolved) = self.registry.recipients(partner, event, &journey_ends);
         for role in &unresolved {
             anomalies.push(json!({
@@ -638,12 +639,14 @@ impl Gateway {
         // The audit entry and the store record are written at once, each synced to disk; the
         // deliveries are held until both are known to be durable. See `settle_unconfirmed`
         // for a crash between the two. Both are queued before the case's turn passes on.
+        // The record is queued with no wait after the acceptance entry is: a request dropped
+        // in between would leave that entry with no record to settle it against.
         let logged = self.queue_append(&accepted).await?;
+        let recorded = self.store.queue_accepted(&mut record, deliveries);
         let mut anomalies_queued = Vec::with_capacity(anomaly_facts.len());
         for fact in &anomaly_facts {
             anomalies_queued.push(self.queue_append(fact).await);
         }
-        let recorded = self.store.queue_accepted(&mut record, deliveries);
         drop(case_turn);
         let recorded = async {
             match recorded {

@@ -1,7 +1,7 @@
 //! Sequence checks: does an event arrive in the order the programme's phases impose?
 //!
 //! This module owns the facts kept on a case's file (the event types seen, whether a passport is
-//! on file, and where each booking's journey ends) and the comparison of an incoming event with the catalogue's
+//! on file, and where the case's bookings end) and the comparison of an incoming event with the catalogue's
 //! `requires` lists. An event out of order is never refused: it gets a `sequence.*` anomaly,
 //! and is delivered like any other. The rules are data in `schemas/catalogue.toml`.
 
@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The fact that a case has a passport on file.
 pub const PASSPORT: &str = "passport";
 
-/// The prefix of the fact that a booking's journey ends at an airport:
-/// `journey-end:<PNR>:<IATA>`, from the last segment of a `travel.booked`. A boarding names only
-/// the leg boarded, so routing to the destination's IOM mission reads the journey's end here.
+/// The prefix of the fact that a booking of the case ends at an airport: `journey-end:<IATA>`,
+/// from the last segment of a `travel.booked`. A boarding names only the leg boarded, so
+/// routing to the destination's IOM mission reads the journey's end here. The booking's
+/// reference is not kept: the file, and the records of the messages that put facts on it, would
+/// otherwise hold it after the case's erasure.
 const JOURNEY_END: &str = "journey-end:";
 
 /// What is known of a case's progress: the facts recorded so far.
@@ -29,8 +31,8 @@ const JOURNEY_END: &str = "journey-end:";
 /// withdrawal is checked against the file as it stood.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseFile {
-    /// Event types seen (without prefix), `passport` when one is on file, and each booking's
-    /// journey end (`journey-end:<PNR>:<IATA>`): firm and provisional facts alike.
+    /// Event types seen (without prefix), `passport` when one is on file, and where each of the
+    /// case's bookings ends (`journey-end:<IATA>`): firm and provisional facts alike.
     pub facts: BTreeSet<String>,
     /// The provisional facts, each with the duplicate-detection keys of the unconfirmed
     /// messages that put it on file. (Case files written before this was kept have none.)
@@ -69,8 +71,7 @@ impl CaseFile {
 
     /// The facts an event puts on its case's file: its type, `passport` when it carries one (a
     /// registration's `travel_documents`, a PV's `travel_document`), and where its booking's
-    /// journey ends when it lists the booking's segments (`pnr` and `segments`, in travel
-    /// order).
+    /// journey ends when it lists the booking's `segments` (in travel order).
     pub fn facts_of(event: &Value) -> Vec<String> {
         let data = &event["data"];
         let mut facts = vec![type_name(event).to_owned()];
@@ -81,20 +82,18 @@ impl CaseFile {
             .as_array()
             .and_then(|segments| segments.last())
             .and_then(|last| last["destination"].as_str());
-        if let (Some(pnr), Some(airport)) = (data["pnr"].as_str(), journey_end) {
-            facts.push(format!("{JOURNEY_END}{pnr}:{airport}"));
+        if let Some(airport) = journey_end {
+            facts.push(format!("{JOURNEY_END}{airport}"));
         }
         facts
     }
 
-    /// The airports where the journeys booked under `pnr` end, as the case's bookings gave
-    /// them: one, unless the booking was changed to another destination; none when no booking
-    /// under it is on file.
-    pub fn journey_ends(&self, pnr: &str) -> Vec<String> {
-        let prefix = format!("{JOURNEY_END}{pnr}:");
+    /// The airports where the case's bookings end: one, unless a booking was changed to
+    /// another destination; none when no booking is on file.
+    pub fn journey_ends(&self) -> Vec<String> {
         self.facts
             .iter()
-            .filter_map(|fact| fact.strip_prefix(&prefix))
+            .filter_map(|fact| fact.strip_prefix(JOURNEY_END))
             .map(str::to_owned)
             .collect()
     }
@@ -293,8 +292,13 @@ mod tests {
         let mut file = CaseFile::default();
         file.record("registered", &CaseFile::facts_of(&event("case.registered")));
         file.record("booked", &CaseFile::facts_of(&booked));
-        assert_eq!(file.journey_ends("K7Q2XM"), ["BZV"]);
-        assert!(file.journey_ends("R4TT9B").is_empty());
+        assert_eq!(file.journey_ends(), ["BZV"]);
+        assert!(CaseFile::default().journey_ends().is_empty());
+        assert!(
+            file.facts.iter().all(|fact| !fact.contains("K7Q2XM")),
+            "the booking's reference is not kept: {:?}",
+            file.facts
+        );
         // The journey's end is no event type: no requirement is met or missed by it.
         let catalogue = Catalogue::embedded().unwrap();
         assert!(file.check(&catalogue, &booked).is_empty());

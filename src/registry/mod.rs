@@ -555,7 +555,7 @@ impl Registry {
     /// order and without duplicates. The sender never receives its own event. A routed
     /// recipient that cannot be resolved (no table entry) is reported in the second list.
     ///
-    /// `journey_ends` are the airports where the event's booking ends, from its case's file
+    /// `journey_ends` are the airports where the case's bookings end, from its case's file
     /// (see [`Registry::iom_of_destination`]); empty when none is on file.
     pub fn recipients(
         &self,
@@ -622,13 +622,13 @@ impl Registry {
 impl Registry {
     /// The IOM mission of the country the person travels to.
     ///
-    /// That is the country of the airport where the booking's journey ends (`journey_ends`),
-    /// when it is on file: a boarding names only the leg boarded, and the first leg of a
+    /// That is the country of the airport where the case's booking ends (`journey_ends`),
+    /// when one is on file: a boarding names only the leg boarded, and the first leg of a
     /// connecting journey lands in another country, whose mission must not learn of the
     /// person. Without a booking on file, it is the event's own destination. Journey ends that
-    /// lead to more than one mission (a booking changed to another destination) resolve to
-    /// none, and the event is flagged unresolved rather than sent to a mission that may not
-    /// need it.
+    /// lead to different missions, or to none (a booking changed to another destination),
+    /// resolve to none, and the event is flagged unresolved rather than sent to a mission that
+    /// may not need it.
     fn iom_of_destination(&self, data: &Value, journey_ends: &[String]) -> Vec<String> {
         let airports = if journey_ends.is_empty() {
             first_text(data, &["flight.destination", "airport"])

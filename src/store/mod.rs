@@ -66,6 +66,8 @@ const FORMAT: TableDefinition<&str, ()> = TableDefinition::new("format");
 const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks");
 /// The number of erased cases whose deliveries the start has withdrawn.
 const ERASURES_WITHDRAWN: &str = "erasures-withdrawn";
+/// The number of erased cases whose case files the start has deleted.
+const CASE_FILES_FORGOTTEN: &str = "case-files-forgotten";
 /// The change of [`FORMAT`] that deleted the bodies earlier versions kept of completed
 /// deliveries (see [`delete_completed_bodies`]).
 const COMPLETED_BODIES_DELETED: &str = "completed-bodies-deleted";
@@ -1201,16 +1203,29 @@ impl Store {
     /// How many erased cases the start had withdrawn the deliveries of, when it last did
     /// (see [`Store::mark_erasures_withdrawn`]); 0 if it never did.
     pub fn erasures_withdrawn(&self) -> Result<u64> {
+        self.mark(ERASURES_WITHDRAWN)
+    }
+
+    /// How many erased cases the start had deleted the case files of, when it last did (see
+    /// [`Store::mark_case_files_forgotten`]); 0 if it never did.
+    pub fn case_files_forgotten(&self) -> Result<u64> {
+        self.mark(CASE_FILES_FORGOTTEN)
+    }
+
+    /// Records, synced, that the case files of `erased` erased cases are deleted, as
+    /// [`Store::mark_erasures_withdrawn`] does for their deliveries.
+    pub fn mark_case_files_forgotten(&self, erased: u64) -> Result<()> {
+        self.set_mark(CASE_FILES_FORGOTTEN, erased)
+    }
+
+    fn mark(&self, name: &str) -> Result<u64> {
         let r = self.db.begin_read().map_err(db_error)?;
         let marks = match r.open_table(MARKS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(error) => return Err(db_error(error)),
         };
-        Ok(marks
-            .get(ERASURES_WITHDRAWN)
-            .map_err(db_error)?
-            .map_or(0, |v| v.value()))
+        Ok(marks.get(name).map_err(db_error)?.map_or(0, |v| v.value()))
     }
 
     /// Records, synced, that the deliveries of `erased` erased cases are withdrawn, so that
@@ -1218,11 +1233,15 @@ impl Store {
     /// transaction of its own, outside the writer thread (redb runs write transactions one at
     /// a time), by the start, before the workers.
     pub fn mark_erasures_withdrawn(&self, erased: u64) -> Result<()> {
+        self.set_mark(ERASURES_WITHDRAWN, erased)
+    }
+
+    fn set_mark(&self, name: &str, value: u64) -> Result<()> {
         let mut w = self.db.begin_write().map_err(db_error)?;
         w.set_durability(Durability::Immediate).map_err(db_error)?;
         w.open_table(MARKS)
             .map_err(db_error)?
-            .insert(ERASURES_WITHDRAWN, erased)
+            .insert(name, value)
             .map_err(db_error)?;
         w.commit().map_err(db_error)
     }
