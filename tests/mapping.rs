@@ -380,6 +380,53 @@ fn lint_refuses_a_policy_pattern_that_names_no_field() {
     );
 }
 
+#[test]
+fn lint_refuses_a_neutral_form_outside_the_fields_values() {
+    for (neutral, named) in [
+        // A misspelt value would replace nothing.
+        (
+            "reason = { medicl = \"other\" }",
+            "\"medicl\" is not a value of any event type's reason",
+        ),
+        // A neutral form the schema does not take would write events no one can read.
+        (
+            "reason = { medical = \"unspecified\" }",
+            "\"unspecified\" is not a value of boarding.failed's reason",
+        ),
+        // A misspelt field.
+        (
+            "raison = { medical = \"other\" }",
+            "\"raison\" is not a field",
+        ),
+    ] {
+        let scratch = scratch_with(
+            "policies.toml",
+            &format!(
+                "[roles.border-police]\nwithhold = []\n[roles.border-police.neutral]\n{neutral}\n"
+            ),
+        );
+        let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+        assert!(
+            diagnostics
+                .iter()
+                .any(|d| d.file.ends_with("policies.toml") && d.message.contains(named)),
+            "{neutral}: {diagnostics:#?}"
+        );
+    }
+    let scratch = scratch_with(
+        "policies.toml",
+        "[roles.border-police]\nwithhold = []\n[roles.border-police.neutral]\nreason = { medical = \"other\" }\n",
+    );
+    if let Err(diagnostics) = MappingSet::load(scratch.path()) {
+        assert!(
+            diagnostics
+                .iter()
+                .all(|d| !d.file.ends_with("policies.toml")),
+            "{diagnostics:#?}"
+        );
+    }
+}
+
 /// Decodes a shipped fixture, expecting a field error: (field, message).
 fn field_error(partner: &str, name: &str) -> (String, String) {
     let set = shipped();

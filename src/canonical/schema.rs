@@ -132,6 +132,8 @@ impl std::fmt::Display for Violation {
 pub enum FieldShape {
     /// A string, number or boolean.
     Scalar,
+    /// A string that takes one of the listed values (the schema's `enum`).
+    Choice(BTreeSet<String>),
     /// A list of values of one shape.
     List(Box<FieldShape>),
     /// An object with named properties.
@@ -380,10 +382,14 @@ fn shape_of(
             .required
             .extend(required.iter().filter_map(Value::as_str).map(str::to_owned));
     }
-    Ok(if is_object {
-        FieldShape::Object(object)
-    } else {
-        FieldShape::Scalar
+    let choices = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .map(|values| values.iter().filter_map(Value::as_str).map(str::to_owned));
+    Ok(match (is_object, choices) {
+        (true, _) => FieldShape::Object(object),
+        (false, Some(choices)) => FieldShape::Choice(choices.collect()),
+        (false, None) => FieldShape::Scalar,
     })
 }
 
@@ -426,6 +432,11 @@ mod tests {
         let shape = schemas.data_shape("lpc.issued").unwrap();
         assert!(shape.required.contains("holder"));
         assert_eq!(shape.find("holder.family_name"), Some(&FieldShape::Scalar));
+        let failed = schemas.data_shape("boarding.failed").unwrap();
+        let Some(FieldShape::Choice(reasons)) = failed.find("reason") else {
+            panic!("the reason is a choice: {:?}", failed.find("reason"));
+        };
+        assert!(reasons.contains("medical") && reasons.contains("other"));
         assert!(matches!(
             shape.find("holder.given_names"),
             Some(FieldShape::List(_))

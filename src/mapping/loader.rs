@@ -16,7 +16,7 @@ use super::{DEFAULT_MAX_MESSAGE_BYTES, OutboundMapping, PartnerMapping};
 use crate::canonical::schema::FieldShape;
 use crate::canonical::{Catalogue, SchemaSet};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -160,29 +160,22 @@ impl MappingSet {
     }
 }
 
-/// Every withhold pattern must name a field of at least one event type: a misspelt pattern
-/// would otherwise withhold nothing, in silence.
+/// Every withhold or neutral pattern must name a field of at least one event type: a misspelt
+/// pattern would otherwise withhold nothing, in silence. A neutral form given for a field that
+/// takes listed values must replace one of them with another: a misspelt value would replace
+/// nothing, and a neutral form outside the list would write events their recipients cannot
+/// read.
 fn lint_policy(policy: &Policy, catalogue: &Catalogue, schemas: &SchemaSet) -> Vec<String> {
-    fn matches(shape: &FieldShape, steps: &[String]) -> bool {
-        let Some((first, rest)) = steps.split_first() else {
-            return true;
-        };
-        match shape {
-            FieldShape::Object(object) => object
-                .properties
-                .iter()
-                .any(|(name, inner)| (first == "*" || first == name) && matches(inner, rest)),
-            FieldShape::List(item) => matches(item, steps),
-            FieldShape::Scalar => false,
-        }
-    }
-    policy
+    let shapes: Vec<(&str, FieldShape)> = catalogue
+        .names()
+        .filter_map(|name| Some((name, FieldShape::Object(schemas.data_shape(name)?.clone()))))
+        .collect();
+    let mut issues: Vec<String> = policy
         .patterns()
         .filter(|(_, steps)| {
-            !catalogue
-                .names()
-                .filter_map(|name| schemas.data_shape(name))
-                .any(|shape| matches(&FieldShape::Object(shape.clone()), steps))
+            !shapes
+                .iter()
+                .any(|(_, shape)| !fields_at(shape, steps).is_empty())
         })
         .map(|(role, steps)| {
             format!(
@@ -190,7 +183,64 @@ fn lint_policy(policy: &Policy, catalogue: &Catalogue, schemas: &SchemaSet) -> V
                 steps.join(".")
             )
         })
-        .collect()
+        .collect();
+    for (role, steps, values) in policy.neutral_forms() {
+        let path = steps.join(".");
+        let fields: Vec<(&str, &FieldShape)> = shapes
+            .iter()
+            .flat_map(|(event_type, shape)| {
+                fields_at(shape, steps)
+                    .into_iter()
+                    .map(move |field| (*event_type, field))
+            })
+            .collect();
+        for (value, neutral) in values {
+            // Where the field takes any value, nothing can be checked.
+            let open = fields
+                .iter()
+                .any(|(_, field)| !matches!(field, FieldShape::Choice(_)));
+            let taken_by: Vec<(&str, &BTreeSet<String>)> = fields
+                .iter()
+                .filter_map(|(event_type, field)| match field {
+                    FieldShape::Choice(choices) if choices.contains(value) => {
+                        Some((*event_type, choices))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if taken_by.is_empty() && !open && !fields.is_empty() {
+                issues.push(format!(
+                    "role {role}: neutral {path:?}: {value:?} is not a value of any event type's {path}"
+                ));
+            }
+            for (event_type, choices) in taken_by {
+                if !choices.contains(neutral) {
+                    issues.push(format!(
+                        "role {role}: neutral {path:?}: {neutral:?} is not a value of {event_type}'s {path}"
+                    ));
+                }
+            }
+        }
+    }
+    issues
+}
+
+/// The shapes of the fields a pattern (its dotted steps, `*` for any name) reaches below
+/// `shape`, inside lists too.
+fn fields_at<'s>(shape: &'s FieldShape, steps: &[String]) -> Vec<&'s FieldShape> {
+    let Some((first, rest)) = steps.split_first() else {
+        return vec![shape];
+    };
+    match shape {
+        FieldShape::Object(object) => object
+            .properties
+            .iter()
+            .filter(|(name, _)| first == "*" || first == *name)
+            .flat_map(|(_, inner)| fields_at(inner, rest))
+            .collect(),
+        FieldShape::List(item) => fields_at(item, steps),
+        FieldShape::Scalar | FieldShape::Choice(_) => Vec::new(),
+    }
 }
 
 /// The role a catalogue recipient stands for (`consulate-of-nationality` is a consulate).

@@ -168,6 +168,19 @@ impl Policy {
         })
     }
 
+    /// Every role's neutral forms: (role, pattern as its dotted steps, value to its neutral
+    /// form).
+    pub fn neutral_forms(
+        &self,
+    ) -> impl Iterator<Item = (&str, &[String], &BTreeMap<String, String>)> {
+        self.roles.iter().flat_map(|(role, policy)| {
+            policy
+                .neutral
+                .iter()
+                .map(move |(steps, values)| (role.as_str(), steps.as_slice(), values))
+        })
+    }
+
     /// True when a dotted data path (`person.biometrics.photo_sha256`) is withheld from the
     /// role, or lies below a withheld field.
     pub fn withholds(&self, role: &str, dotted: &str) -> bool {
