@@ -488,9 +488,15 @@ fn a_case_bundle_is_checked_complete_against_the_public_log() {
     // An entry given twice is refused.
     let mut doubled: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
     let first = doubled["entries"][0].clone();
-    doubled["entries"].as_array_mut().unwrap().push(first);
+    doubled["entries"].as_array_mut().unwrap().insert(1, first);
     let refused = verify_bundle(&serde_json::to_vec(&doubled).unwrap(), None).unwrap_err();
     assert!(refused.to_string().contains("twice"), "{refused}");
+
+    // So is one out of the log's order: it would read as another timeline.
+    let mut swapped: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    swapped["entries"].as_array_mut().unwrap().swap(0, 1);
+    let refused = verify_bundle(&serde_json::to_vec(&swapped).unwrap(), None).unwrap_err();
+    assert!(refused.to_string().contains("out of order"), "{refused}");
 
     // A trail of several cases (a flight's) is not one case's trail.
     let flight = searched_flight();
@@ -677,7 +683,10 @@ fn auditor_command_line() {
     log.sync().unwrap();
     let vkey = log.verifier().to_verifier_key();
     let old = dir.path().join("old-checkpoint");
-    std::fs::copy(dir.path().join("public/checkpoint"), &old).unwrap();
+    // Saved as a tool that adds a newline of its own would (`jq -r`): the note is read as is.
+    let mut saved = std::fs::read(dir.path().join("public/checkpoint")).unwrap();
+    saved.push(b'\n');
+    std::fs::write(&old, saved).unwrap();
     append_many(&log, 30..40);
     log.close().unwrap();
     let d = dir.path().to_str().unwrap();

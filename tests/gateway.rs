@@ -36,9 +36,9 @@ mod gateway_support;
 mod pki;
 
 use gateway_support::{
-    Admin, Answer, Client, Receiver, RegistryChanges, VerifiedTrail, anonymous_tls, client_tls,
-    copy_dir, fixture, fixture_json, fixture_text, kind_of, mappings_unwritable_for_dgsn,
-    test_config, verify_trail, wait_for, write_registry,
+    Admin, Answer, Client, Entry, Receiver, RegistryChanges, VerifiedTrail, anonymous_tls,
+    client_tls, copy_dir, fixture, fixture_json, fixture_text, kind_of,
+    mappings_unwritable_for_dgsn, test_config, verify_trail, wait_for, write_registry,
 };
 use passerelle::audit::merkle::leaf_hash;
 use passerelle::audit::{
@@ -852,6 +852,21 @@ async fn the_return_of_case_rva_2026_004211() {
             .any(|e| e.leaf.event_id.as_deref() == Some("CGSN-CASA-2026-00417")),
         "the LPC's issue is found by its number"
     );
+    // With the whole story of the message that names it: who received it, and when they
+    // acknowledged it, as in the case's trail.
+    let of_the_issue = |entries: &[Entry]| -> BTreeSet<u64> {
+        entries
+            .iter()
+            .filter(|e| e.leaf.event_id.as_deref() == Some("CGSN-CASA-2026-00417"))
+            .map(|e| e.index)
+            .collect()
+    };
+    assert_eq!(of_the_issue(&lpc.entries), of_the_issue(&trail.entries));
+    let kinds: BTreeSet<String> = lpc.entries.iter().map(|e| kind_of(&e.leaf)).collect();
+    assert!(
+        kinds.contains("delivered") && kinds.contains("acknowledged"),
+        "{kinds:?}"
+    );
     let pnr = verify_trail(&auditor, "pnr=K7Q2XM", &verifier).await;
     let by_pnr: BTreeSet<&str> = pnr
         .entries
@@ -993,6 +1008,22 @@ async fn the_return_of_case_rva_2026_004211() {
         trail.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
         "the offline search of {} finds the same entries",
         log_dir.display()
+    );
+    // Offline too, a laissez-passer's trail holds every entry of the message that names it.
+    let offline_lpc = passerelle::audit::bundle::trail(
+        &copy,
+        &passerelle::audit::Query::Lpc("LP0417263".into()),
+        Some(&verifier),
+    )
+    .expect("the LPC's trail offline");
+    let online_lpc: Vec<u64> = lpc.entries.iter().map(|e| e.index).collect();
+    assert_eq!(
+        offline_lpc
+            .found
+            .iter()
+            .map(|f| f.index)
+            .collect::<Vec<_>>(),
+        online_lpc
     );
     eprintln!("the return of {CASE}: {:?}", started.elapsed());
 }

@@ -11,12 +11,13 @@ use super::error::{AuditError, Result};
 use super::journal;
 use super::keys::IndexKey;
 use super::leaf::Leaf;
-use super::log::{Found, Layout, Meta, Query, evidence};
+use super::log::{Found, Layout, Meta, Query, evidence, message_tag};
 use super::note::NoteVerifier;
 use super::proof::TlogProof;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The format tag of an evidence bundle.
@@ -63,17 +64,44 @@ pub fn trail_with_progress(
     let cp_path = layout.public.join("checkpoint");
     let signed = std::fs::read_to_string(&cp_path).map_err(|e| AuditError::io(&cp_path, e))?;
     let checkpoint = Checkpoint::open(signed.as_bytes(), &verifier, Some(&meta.origin))?;
-    let tag = query.tag(&IndexKey::load(&layout.keys.join("index.key"))?);
+    let key = IndexKey::load(&layout.keys.join("index.key"))?;
+    let tag = query.tag(&key);
     let mut indices = Vec::new();
+    let mut messages = BTreeSet::new();
     journal::scan(&layout.journal, |i, rec| {
         if rec.tags.contains(&tag) {
             indices.push(i);
+            if query.widens() {
+                messages.extend(message_tag(&key, &Leaf::decode(&rec.entry)?));
+            }
         }
         if i % 4096 == 0 {
             progress("scan", i);
         }
         Ok(())
     })?;
+    // Every entry of the messages found (see [`Query::widens`]), in a second pass: a message's
+    // deliveries and acknowledgements come after its acceptance, and may be anywhere after it.
+    if !messages.is_empty() {
+        let found: BTreeSet<u64> = indices.iter().copied().collect();
+        indices.clear();
+        journal::scan(&layout.journal, |i, rec| {
+            let of_a_message = || -> Result<bool> {
+                if rec.tags.iter().any(|t| messages.contains(t)) {
+                    return Ok(true);
+                }
+                Ok(message_tag(&key, &Leaf::decode(&rec.entry)?)
+                    .is_some_and(|t| messages.contains(&t)))
+            };
+            if found.contains(&i) || of_a_message()? {
+                indices.push(i);
+            }
+            if i % 4096 == 0 {
+                progress("scan", i);
+            }
+            Ok(())
+        })?;
+    }
     let (covered, pending): (Vec<u64>, Vec<u64>) =
         indices.into_iter().partition(|&i| i < checkpoint.size);
     let found = evidence(&layout.public, &signed, checkpoint.size, &covered)?;
@@ -161,22 +189,35 @@ pub fn verify_bundle(data: &[u8], pinned: Option<&NoteVerifier>) -> Result<Verif
     let embedded = NoteVerifier::parse(&b.verifier_key)?;
     let verifier = match pinned {
         Some(p) if *p != embedded => {
-            return Err(AuditError::Corrupt(
-                "the bundle names another key than the one given".into(),
-            ));
+            return Err(AuditError::Corrupt(format!(
+                "the bundle is signed for key {}, not the one given",
+                embedded.to_verifier_key()
+            )));
         }
         Some(p) => p.clone(),
         None => embedded,
     };
     let checkpoint = Checkpoint::open(b.checkpoint.as_bytes(), &verifier, Some(&b.origin))?;
     let mut entries = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
+    let mut last: Option<u64> = None;
     for e in &b.entries {
-        if !seen.insert(e.index) {
-            return Err(AuditError::Corrupt(format!(
-                "entry {}: given twice in the bundle",
-                e.index
-            )));
+        // A bundle lists its entries in the log's order, each once: one out of order would be
+        // read as a timeline it is not.
+        match last {
+            Some(before) if e.index == before => {
+                return Err(AuditError::Corrupt(format!(
+                    "entry {}: given twice in the bundle",
+                    e.index
+                )));
+            }
+            Some(before) if e.index < before => {
+                return Err(AuditError::Corrupt(format!(
+                    "entry {}: out of order (after entry {before}); a bundle lists its entries \
+                     in the log's order",
+                    e.index
+                )));
+            }
+            _ => last = Some(e.index),
         }
         let entry = B64
             .decode(&e.entry)

@@ -22,7 +22,7 @@ use super::tiles::{TILE_WIDTH, TileReader, entries_path, parse_bundle, tile_widt
 use crate::write_queue::{WriteQueue, WriteQueueReceiver, write_queue};
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -153,6 +153,15 @@ pub fn flight_key(f: &super::leaf::Flight) -> String {
 }
 
 impl Query {
+    /// Whether a trail of this query is widened to every entry of the messages it finds (see
+    /// [`message_tag`]): a laissez-passer number, a booking reference or a flight is named by a
+    /// message's `accepted` entry only, and its deliveries, acknowledgements and anomalies
+    /// belong to the same trail. A case's entries all name the case, and a partner's reference
+    /// is the message itself.
+    pub fn widens(&self) -> bool {
+        matches!(self, Query::Lpc(_) | Query::Pnr(_) | Query::Flight(_))
+    }
+
     /// The search tag of the query under the log's index key.
     pub fn tag(&self, key: &IndexKey) -> Tag {
         match self {
@@ -165,6 +174,16 @@ impl Query {
             }
         }
     }
+}
+
+/// The search tag of the message an entry concerns (its sender's reference, as
+/// [`Query::PartnerRef`]), when the entry names one: a message's acceptance, its deliveries,
+/// their outcomes and acknowledgements, its anomalies and its refusal all do. Entries written
+/// by earlier versions carry the tag on their acceptance only; it is derived from the leaf
+/// where the journal lacks it.
+pub fn message_tag(key: &IndexKey, leaf: &Leaf) -> Option<Tag> {
+    let (sender, event_id) = (leaf.sender.as_deref()?, leaf.event_id.as_deref()?);
+    Some(Query::PartnerRef(sender.to_owned(), event_id.to_owned()).tag(key))
 }
 
 /// One entry found by a search, with its proof against the latest checkpoint.
@@ -414,6 +433,13 @@ impl AuditLog {
             for t in &rec.tags {
                 index.entry(*t).or_default().push(i);
             }
+            // The message's tag on entries written before every entry carried it.
+            if let Ok(leaf) = Leaf::decode(&rec.entry)
+                && let Some(tag) = message_tag(&index_key, &leaf)
+                && !rec.tags.contains(&tag)
+            {
+                index.entry(tag).or_default().push(i);
+            }
             if i >= last.size {
                 unsigned.push(rec.entry);
             } else if restore_from.is_some_and(|from| i >= from) {
@@ -601,6 +627,9 @@ impl AuditLog {
                 .iter()
                 .map(|(p, r)| Query::PartnerRef(p.clone(), r.clone()).tag(key)),
         );
+        if let (Some(sender), Some(event_id)) = (&fact.sender, &fact.event_id) {
+            tags.push(Query::PartnerRef(sender.clone(), event_id.clone()).tag(key));
+        }
         tags.sort_unstable();
         tags.dedup();
         Ok((
@@ -736,25 +765,64 @@ impl AuditLog {
     /// Indices of the entries matching a query, in order (including entries
     /// that no checkpoint covers yet).
     pub fn lookup(&self, query: &Query) -> Vec<u64> {
-        let tag = query.tag(&self.shared.index_key);
-        self.shared
-            .index
-            .read()
-            .ok()
-            .and_then(|i| i.get(&tag).cloned())
-            .unwrap_or_default()
+        self.lookup_tag(&query.tag(&self.shared.index_key))
     }
 
     /// The entries matching a query that the latest checkpoint covers, each
     /// with its inclusion proof.
+    ///
+    /// A query that [`Query::widens`] finds every entry of the messages it names, in order.
     pub fn search(&self, query: &Query) -> Result<Vec<Found>> {
         let (signed, cp) = self.latest_checkpoint();
         let indices: Vec<u64> = self
-            .lookup(query)
+            .trail_indices(query, cp.size)?
             .into_iter()
             .filter(|&i| i < cp.size)
             .collect();
         evidence(&self.shared.layout.public, &signed, cp.size, &indices)
+    }
+
+    /// The entries of a query's trail, in order: those indexed under its tag and, for a query
+    /// that [`Query::widens`], every entry of the messages that those of them covered by the
+    /// checkpoint of `size` name (read from the public tiles: an entry past it names its
+    /// message only once a checkpoint covers it).
+    pub fn trail_indices(&self, query: &Query, size: u64) -> Result<Vec<u64>> {
+        let matched = self.lookup(query);
+        if !query.widens() {
+            return Ok(matched);
+        }
+        let public = &self.shared.layout.public;
+        let mut bundles: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        let mut messages = BTreeSet::new();
+        for &index in matched.iter().filter(|&&i| i < size) {
+            let n = index / TILE_WIDTH;
+            let bundle = match bundles.entry(n) {
+                std::collections::hash_map::Entry::Occupied(read) => read.into_mut(),
+                std::collections::hash_map::Entry::Vacant(unread) => {
+                    unread.insert(read_bundle(public, size, n)?)
+                }
+            };
+            let entry = usize::try_from(index % TILE_WIDTH)
+                .ok()
+                .and_then(|at| bundle.get(at))
+                .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))?;
+            messages.extend(message_tag(&self.shared.index_key, &Leaf::decode(entry)?));
+        }
+        let mut indices: BTreeSet<u64> = matched.into_iter().collect();
+        for tag in &messages {
+            indices.extend(self.lookup_tag(tag));
+        }
+        Ok(indices.into_iter().collect())
+    }
+
+    /// The entries indexed under a search tag.
+    fn lookup_tag(&self, tag: &Tag) -> Vec<u64> {
+        self.shared
+            .index
+            .read()
+            .ok()
+            .and_then(|i| i.get(tag).cloned())
+            .unwrap_or_default()
     }
 
     /// Opens the personal material of a case: every sealed record of the

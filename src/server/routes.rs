@@ -699,7 +699,14 @@ async fn get_trail(
     // pending, or a bundle whose checkpoint covers an entry of the case that the search, made
     // before it, did not find.
     let (signed, checkpoint) = log.latest_checkpoint();
-    let matched = log.lookup(&q);
+    let matched = {
+        let log = log.clone();
+        let size = checkpoint.size;
+        web::block(move || log.trail_indices(&q, size))
+            .await
+            .map_err(|e| Problem::unavailable(e.to_string()))?
+            .map_err(|e| Problem::unavailable(e.to_string()))?
+    };
     if matched.len() > MOST_TRAIL_ENTRIES {
         return Err(Problem::bad_request(format!(
             "this search matches {} entries, more than the {MOST_TRAIL_ENTRIES} one answer \
