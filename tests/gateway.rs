@@ -893,6 +893,7 @@ async fn the_return_of_case_rva_2026_004211() {
         .chain(&other.entries)
         .map(|e| (e.index, e.bytes.clone()))
         .collect();
+    let mut receipts = Vec::new();
     for (step, ack) in steps.iter().zip(&acks) {
         let sender = gateway.client(step.sender);
         let path = format!("/v1/receipts/{}", step.id());
@@ -924,6 +925,57 @@ async fn the_return_of_case_rva_2026_004211() {
         proof
             .verify(&entries[&index], &verifier, Some(gateway_support::ORIGIN))
             .expect("the receipt's proof verifies offline");
+        receipts.push(receipt);
+    }
+    // A sender, or an auditor, checks a receipt and its proof with the command line too.
+    let receipt = receipts.last().expect("a receipt");
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let receipt_file = write("receipt", receipt["receipt"].as_str().unwrap());
+    let proof_file = write("proof", receipt["proof"].as_str().unwrap());
+    let key = verifier.to_verifier_key();
+    let checked = passerelle_cli(&[
+        "audit",
+        "verify-receipt",
+        &receipt_file,
+        "--key",
+        &key,
+        "--proof",
+        &proof_file,
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}");
+    assert!(stdout.contains("ok: receipt for entry"), "{stdout}");
+    assert!(stdout.contains("is in"), "{stdout}");
+    // A receipt whose index was changed, and a proof of another entry, are refused.
+    let forged = write(
+        "forged",
+        &receipt["receipt"].as_str().unwrap().replacen(
+            &format!("index {}", receipt["log_index"]),
+            &format!("index {}", receipt["log_index"].as_u64().unwrap() + 1),
+            1,
+        ),
+    );
+    let other_proof = write("other", receipts[0]["proof"].as_str().unwrap());
+    for (file, proof) in [(&forged, &proof_file), (&receipt_file, &other_proof)] {
+        let refused = passerelle_cli(&[
+            "audit",
+            "verify-receipt",
+            file,
+            "--key",
+            &key,
+            "--proof",
+            proof,
+        ])
+        .await;
+        let stdout = String::from_utf8_lossy(&refused.stdout);
+        assert_eq!(refused.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains("FAILED"), "{stdout}");
     }
     let first = steps[0].id();
     let reply = gateway

@@ -86,8 +86,19 @@ impl TlogProof {
         verifier: &NoteVerifier,
         origin: Option<&str>,
     ) -> Result<Checkpoint> {
+        self.verify_leaf(&leaf_hash(entry), verifier, origin)
+    }
+
+    /// Verifies the checkpoint's signature and that the entry whose RFC 6962 leaf hash is
+    /// `leaf` (a receipt's) is at the proof's index in it. Returns the checkpoint.
+    pub fn verify_leaf(
+        &self,
+        leaf: &Hash,
+        verifier: &NoteVerifier,
+        origin: Option<&str>,
+    ) -> Result<Checkpoint> {
         let cp = Checkpoint::open(self.checkpoint.as_bytes(), verifier, origin)?;
-        verify_inclusion(self.index, cp.size, &leaf_hash(entry), &self.path, &cp.root)?;
+        verify_inclusion(self.index, cp.size, leaf, &self.path, &cp.root)?;
         Ok(cp)
     }
 }

@@ -1,8 +1,8 @@
 //! `passerelle audit …`: offline tools for auditors.
 //!
 //! This module owns the command-line surface of the audit log: key
-//! generation, full verification of a copy of a log folder, trails and
-//! evidence bundles. It works on files only and must not need the gateway to
+//! generation, full verification of a copy of a log folder, trails,
+//! evidence bundles and receipts. It works on files only and must not need the gateway to
 //! run. It prints ids, kinds and times, never personal data.
 
 use anyhow::{Context, bail};
@@ -13,7 +13,7 @@ use passerelle::audit::bundle::{
 use passerelle::audit::verify::verify_public;
 use passerelle::audit::{
     AuditError, AuditLog, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options, Query,
-    Transport,
+    Receipt, TlogProof, Transport,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -65,6 +65,19 @@ pub enum AuditCommand {
         /// to check that the bundle leaves out none of the case's entries up to its checkpoint.
         #[arg(long)]
         complete_in: Option<PathBuf>,
+    },
+    /// Check a receipt (a `202`'s `receipt`, or `GET /v1/receipts/{event_id}`'s), and, with
+    /// `--proof`, that its entry is in the signed log.
+    VerifyReceipt {
+        /// The receipt's text, in a file.
+        file: PathBuf,
+        /// The log's verifier key (string or file).
+        #[arg(long)]
+        key: String,
+        /// The entry's `c2sp.org/tlog-proof@v1` inclusion proof (the `proof` of
+        /// `GET /v1/receipts/{event_id}`), in a file.
+        #[arg(long)]
+        proof: Option<PathBuf>,
     },
     /// Erase a case (run by the gateway's operator, with the gateway stopped: the command is
     /// refused while another process writes the log): append an `erased` leaf, then destroy
@@ -159,6 +172,9 @@ impl AuditCommand {
                 key,
                 complete_in,
             } => check_bundle(&file, key.as_deref(), complete_in.as_deref()),
+            AuditCommand::VerifyReceipt { file, key, proof } => {
+                check_receipt(&file, &key, proof.as_deref())
+            }
             AuditCommand::Erase { log, signer, case } => erase(&log, &signer, &case),
             AuditCommand::StressAppend {
                 log,
@@ -432,6 +448,61 @@ fn check_bundle(
         }
         Err(e) => {
             say!("FAILED: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Checks a receipt, and the inclusion proof of its entry when one is given.
+fn check_receipt(file: &Path, key: &str, proof: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let v = verifier(key)?;
+    let read = |path: &Path| {
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
+            .with_context(|| format!("reading {}", path.display()))?;
+        anyhow::Ok(text)
+    };
+    let receipt = match Receipt::verify(&read(file)?, &v) {
+        Ok(receipt) => receipt,
+        Err(e) => {
+            say!("FAILED: receipt: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    say!(
+        "ok: receipt for entry {} (leaf {}) of {}, durable at {}",
+        receipt.index,
+        receipt.leaf_hash.to_base64(),
+        receipt.origin,
+        receipt.time
+    );
+    let Some(proof) = proof else {
+        say!("not checked: that the entry is in the public log (give --proof)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let checked = TlogProof::parse(&read(proof)?).and_then(|proof| {
+        if proof.index != receipt.index {
+            return Err(AuditError::Corrupt(format!(
+                "the proof is for entry {}, the receipt for entry {}",
+                proof.index, receipt.index
+            )));
+        }
+        proof.verify_leaf(&receipt.leaf_hash, &v, Some(&receipt.origin))
+    });
+    match checked {
+        Ok(checkpoint) => {
+            say!(
+                "ok: entry {} is in {} at size {} (root {})",
+                receipt.index,
+                checkpoint.origin,
+                checkpoint.size,
+                checkpoint.root
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            say!("FAILED: proof: {e}");
             Ok(ExitCode::FAILURE)
         }
     }
