@@ -350,6 +350,13 @@ pub fn describe(leaf: &Leaf) -> String {
 fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     let q = query(&args)?;
     let pinned = args.key.as_deref().map(verifier).transpose()?;
+    if !args.log.join("private").is_dir() {
+        bail!(
+            "{} has no private/ folder: a trail is searched with the log's index key, so it \
+             needs a copy of the whole log folder (public/ and private/), not of public/ alone",
+            args.log.display()
+        );
+    }
     // A spinner on standard error while the journal is scanned and the proofs checked (hidden
     // when standard error is not a terminal).
     let spinner = indicatif::ProgressBar::new_spinner();
