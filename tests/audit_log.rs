@@ -453,6 +453,61 @@ fn search_trail_and_bundles() {
 /// A case's trail checked for completeness against the public log alone: complete as the log
 /// gives it, even against a later copy of the folder; an entry left out is named; entries
 /// given twice, or of several cases, are refused.
+/// A trail by LPC number holds every entry of the message that names it (its deliveries and
+/// acknowledgements, which do not name the number), and none of another message whose
+/// reference differs only in case, online and offline alike.
+#[test]
+fn a_trail_by_identifier_holds_its_messages_whole_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    let entry = |kind: Kind, event_id: &str, lpc: Option<&str>| {
+        let mut f = Fact::new(kind, "2026-05-02T08:30:00Z".parse().unwrap());
+        f.sender = Some("sn.consulat.casablanca".into());
+        f.event_type = Some("ma.rva.lpc.issued".into());
+        f.event_id = Some(event_id.into());
+        f.case_id = Some(case_id(1));
+        if kind != Kind::Accepted {
+            f.recipients = vec!["ma.dgsn".into()];
+        }
+        f.identifiers.lpc = lpc.into_iter().map(str::to_owned).collect();
+        log.append(&f).unwrap().index
+    };
+    let accepted = entry(Kind::Accepted, "evt-7a", Some("LPCSN00777"));
+    let other = entry(Kind::Accepted, "EVT-7A", Some("LPCSN00778"));
+    let delivered = entry(Kind::Delivered, "evt-7a", None);
+    let others_delivery = entry(Kind::Delivered, "EVT-7A", None);
+    let acknowledged = entry(Kind::Acknowledged, "evt-7a", None);
+    log.sync().unwrap();
+    let query = Query::Lpc("LPCSN00777".into());
+    let online: Vec<u64> = log
+        .search(&query)
+        .unwrap()
+        .iter()
+        .map(|f| f.index)
+        .collect();
+    assert_eq!(online, [accepted, delivered, acknowledged]);
+    let offline = trail(dir.path(), &query, Some(log.verifier())).unwrap();
+    let offline: Vec<u64> = offline.found.iter().map(|f| f.index).collect();
+    assert_eq!(offline, online);
+    let theirs: Vec<u64> = log
+        .search(&Query::Lpc("LPCSN00778".into()))
+        .unwrap()
+        .iter()
+        .map(|f| f.index)
+        .collect();
+    assert_eq!(theirs, [other, others_delivery]);
+    // Reopened, the index is rebuilt from the journal alike.
+    log.close().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    let reopened: Vec<u64> = log
+        .search(&query)
+        .unwrap()
+        .iter()
+        .map(|f| f.index)
+        .collect();
+    assert_eq!(reopened, [accepted, delivered, acknowledged]);
+}
+
 #[test]
 fn a_case_bundle_is_checked_complete_against_the_public_log() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use super::error::{AuditError, Result};
 use super::journal;
 use super::keys::IndexKey;
 use super::leaf::Leaf;
-use super::log::{Found, Layout, Meta, Query, evidence, message_tag};
+use super::log::{Found, Layout, MessageName, Meta, Query, evidence};
 use super::note::NoteVerifier;
 use super::proof::TlogProof;
 use base64::Engine as _;
@@ -66,13 +66,24 @@ pub fn trail_with_progress(
     let checkpoint = Checkpoint::open(signed.as_bytes(), &verifier, Some(&meta.origin))?;
     let key = IndexKey::load(&layout.keys.join("index.key"))?;
     let tag = query.tag(&key);
+    // A partner reference is a message's tag: entries of earlier versions carry it on the
+    // acceptance only, and the others are found by the message their leaf names.
+    let by_message = match query {
+        Query::PartnerRef(..) => Some(tag),
+        _ => None,
+    };
     let mut indices = Vec::new();
     let mut messages = BTreeSet::new();
     journal::scan(&layout.journal, |i, rec| {
-        if rec.tags.contains(&tag) {
+        let named = rec.tags.contains(&tag)
+            || by_message.is_some_and(|tag| {
+                MessageName::of_entry(&rec.entry).is_some_and(|m| m.tag(&key) == tag)
+            });
+        if named {
             indices.push(i);
-            if query.widens() {
-                messages.extend(message_tag(&key, &Leaf::decode(&rec.entry)?));
+            // Widened from the entries the checkpoint covers, as the running gateway does.
+            if query.widens() && i < checkpoint.size {
+                messages.extend(MessageName::of_entry(&rec.entry));
             }
         }
         if i % 4096 == 0 {
@@ -80,20 +91,17 @@ pub fn trail_with_progress(
         }
         Ok(())
     })?;
-    // Every entry of the messages found (see [`Query::widens`]), in a second pass: a message's
-    // deliveries and acknowledgements come after its acceptance, and may be anywhere after it.
+    // Every entry of the messages found (see [`Query::widens`]), exactly as named, in a second
+    // pass: a message's deliveries and acknowledgements come after its acceptance, anywhere.
     if !messages.is_empty() {
         let found: BTreeSet<u64> = indices.iter().copied().collect();
         indices.clear();
         journal::scan(&layout.journal, |i, rec| {
-            let of_a_message = || -> Result<bool> {
-                if rec.tags.iter().any(|t| messages.contains(t)) {
-                    return Ok(true);
-                }
-                Ok(message_tag(&key, &Leaf::decode(&rec.entry)?)
-                    .is_some_and(|t| messages.contains(&t)))
+            let of_a_message = || {
+                i < checkpoint.size
+                    && MessageName::of_entry(&rec.entry).is_some_and(|m| messages.contains(&m))
             };
-            if found.contains(&i) || of_a_message()? {
+            if found.contains(&i) || of_a_message() {
                 indices.push(i);
             }
             if i % 4096 == 0 {

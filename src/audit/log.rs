@@ -154,7 +154,7 @@ pub fn flight_key(f: &super::leaf::Flight) -> String {
 
 impl Query {
     /// Whether a trail of this query is widened to every entry of the messages it finds (see
-    /// [`message_tag`]): a laissez-passer number, a booking reference or a flight is named by a
+    /// [`MessageName`]): a laissez-passer number, a booking reference or a flight is named by a
     /// message's `accepted` entry only, and its deliveries, acknowledgements and anomalies
     /// belong to the same trail. A case's entries all name the case, and a partner's reference
     /// is the message itself.
@@ -176,14 +176,50 @@ impl Query {
     }
 }
 
-/// The search tag of the message an entry concerns (its sender's reference, as
-/// [`Query::PartnerRef`]), when the entry names one: a message's acceptance, its deliveries,
-/// their outcomes and acknowledgements, its anomalies and its refusal all do. Entries written
-/// by earlier versions carry the tag on their acceptance only; it is derived from the leaf
-/// where the journal lacks it.
-pub fn message_tag(key: &IndexKey, leaf: &Leaf) -> Option<Tag> {
-    let (sender, event_id) = (leaf.sender.as_deref()?, leaf.event_id.as_deref()?);
-    Some(Query::PartnerRef(sender.to_owned(), event_id.to_owned()).tag(key))
+/// The message an entry concerns, as its leaf names it: its sender and event id, exactly.
+/// A message's acceptance (and the `rejected` entry that voids one), its anomalies, and each
+/// of its deliveries' attempts, outcomes and acknowledgements name it; refusals of messages
+/// that were never read, summaries and erasures do not.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MessageName {
+    /// The sending partner's id.
+    pub sender: String,
+    /// The event id (the sender's reference).
+    pub event_id: String,
+}
+
+impl MessageName {
+    /// The message an entry's bytes name, read without decoding the rest of the leaf (the
+    /// journal's replay reads every entry).
+    pub fn of_entry(entry: &[u8]) -> Option<MessageName> {
+        #[derive(Deserialize)]
+        struct Names<'a> {
+            #[serde(borrow)]
+            sender: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            event_id: Option<std::borrow::Cow<'a, str>>,
+        }
+        let names: Names<'_> = serde_json::from_slice(entry.get(1..)?).ok()?;
+        Some(MessageName {
+            sender: names.sender?.into_owned(),
+            event_id: names.event_id?.into_owned(),
+        })
+    }
+
+    /// The message a decoded leaf names.
+    pub fn of_leaf(leaf: &Leaf) -> Option<MessageName> {
+        Some(MessageName {
+            sender: leaf.sender.clone()?,
+            event_id: leaf.event_id.clone()?,
+        })
+    }
+
+    /// Its search tag: its sender's reference, as [`Query::PartnerRef`]. Every entry that
+    /// names the message carries it; entries written by earlier versions carry it on the
+    /// acceptance only, and it is derived from the leaf where the journal lacks it.
+    pub fn tag(&self, key: &IndexKey) -> Tag {
+        Query::PartnerRef(self.sender.clone(), self.event_id.clone()).tag(key)
+    }
 }
 
 /// One entry found by a search, with its proof against the latest checkpoint.
@@ -434,11 +470,11 @@ impl AuditLog {
                 index.entry(*t).or_default().push(i);
             }
             // The message's tag on entries written before every entry carried it.
-            if let Ok(leaf) = Leaf::decode(&rec.entry)
-                && let Some(tag) = message_tag(&index_key, &leaf)
-                && !rec.tags.contains(&tag)
-            {
-                index.entry(tag).or_default().push(i);
+            if let Some(message) = MessageName::of_entry(&rec.entry) {
+                let tag = message.tag(&index_key);
+                if !rec.tags.contains(&tag) {
+                    index.entry(tag).or_default().push(i);
+                }
             }
             if i >= last.size {
                 unsigned.push(rec.entry);
@@ -628,7 +664,11 @@ impl AuditLog {
                 .map(|(p, r)| Query::PartnerRef(p.clone(), r.clone()).tag(key)),
         );
         if let (Some(sender), Some(event_id)) = (&fact.sender, &fact.event_id) {
-            tags.push(Query::PartnerRef(sender.clone(), event_id.clone()).tag(key));
+            let message = MessageName {
+                sender: sender.clone(),
+                event_id: event_id.clone(),
+            };
+            tags.push(message.tag(key));
         }
         tags.sort_unstable();
         tags.dedup();
@@ -786,31 +826,34 @@ impl AuditLog {
     /// that [`Query::widens`], every entry of the messages that those of them covered by the
     /// checkpoint of `size` name (read from the public tiles: an entry past it names its
     /// message only once a checkpoint covers it).
+    ///
+    /// Entries are added only when they name one of those messages exactly: tags are of
+    /// normalised values, and `evt-7a` and `EVT-7A` from one sender are two messages.
     pub fn trail_indices(&self, query: &Query, size: u64) -> Result<Vec<u64>> {
         let matched = self.lookup(query);
         if !query.widens() {
             return Ok(matched);
         }
-        let public = &self.shared.layout.public;
-        let mut bundles: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        let mut entries = EntryReader::new(&self.shared.layout.public, size);
         let mut messages = BTreeSet::new();
         for &index in matched.iter().filter(|&&i| i < size) {
-            let n = index / TILE_WIDTH;
-            let bundle = match bundles.entry(n) {
-                std::collections::hash_map::Entry::Occupied(read) => read.into_mut(),
-                std::collections::hash_map::Entry::Vacant(unread) => {
-                    unread.insert(read_bundle(public, size, n)?)
-                }
-            };
-            let entry = usize::try_from(index % TILE_WIDTH)
-                .ok()
-                .and_then(|at| bundle.get(at))
-                .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))?;
-            messages.extend(message_tag(&self.shared.index_key, &Leaf::decode(entry)?));
+            messages.extend(MessageName::of_entry(entries.get(index)?));
+        }
+        let mut candidates = BTreeSet::new();
+        for message in &messages {
+            candidates.extend(
+                self.lookup_tag(&message.tag(&self.shared.index_key))
+                    .into_iter()
+                    .filter(|&i| i < size),
+            );
         }
         let mut indices: BTreeSet<u64> = matched.into_iter().collect();
-        for tag in &messages {
-            indices.extend(self.lookup_tag(tag));
+        for index in candidates {
+            if !indices.contains(&index)
+                && MessageName::of_entry(entries.get(index)?).is_some_and(|m| messages.contains(&m))
+            {
+                indices.insert(index);
+            }
         }
         Ok(indices.into_iter().collect())
     }
@@ -902,6 +945,37 @@ impl AuditLog {
 impl Drop for AuditLog {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Reads entries from the public entry bundles of a log of `size` entries, keeping the last
+/// bundle read (entries read in order read each bundle once).
+struct EntryReader<'p> {
+    public: &'p Path,
+    size: u64,
+    bundle: Option<(u64, Vec<Vec<u8>>)>,
+}
+
+impl<'p> EntryReader<'p> {
+    fn new(public: &'p Path, size: u64) -> Self {
+        EntryReader {
+            public,
+            size,
+            bundle: None,
+        }
+    }
+
+    /// The bytes of entry `index`.
+    fn get(&mut self, index: u64) -> Result<&[u8]> {
+        let n = index / TILE_WIDTH;
+        if self.bundle.as_ref().is_none_or(|(read, _)| *read != n) {
+            self.bundle = Some((n, read_bundle(self.public, self.size, n)?));
+        }
+        self.bundle
+            .as_ref()
+            .and_then(|(_, entries)| entries.get(usize::try_from(index % TILE_WIDTH).ok()?))
+            .map(Vec::as_slice)
+            .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))
     }
 }
 

@@ -699,6 +699,17 @@ async fn get_trail(
     // pending, or a bundle whose checkpoint covers an entry of the case that the search, made
     // before it, did not find.
     let (signed, checkpoint) = log.latest_checkpoint();
+    let too_many = |matched: usize| {
+        Problem::bad_request(format!(
+            "this search matches {matched} entries, more than the {MOST_TRAIL_ENTRIES} one answer \
+             holds: read it from a copy of the log with `passerelle audit trail`"
+        ))
+    };
+    // Refused before the messages it names are read, when it matches too many already.
+    let named = log.lookup(&q).len();
+    if named > MOST_TRAIL_ENTRIES {
+        return Err(too_many(named));
+    }
     let matched = {
         let log = log.clone();
         let size = checkpoint.size;
@@ -708,11 +719,7 @@ async fn get_trail(
             .map_err(|e| Problem::unavailable(e.to_string()))?
     };
     if matched.len() > MOST_TRAIL_ENTRIES {
-        return Err(Problem::bad_request(format!(
-            "this search matches {} entries, more than the {MOST_TRAIL_ENTRIES} one answer \
-             holds: read it from a copy of the log with `passerelle audit trail`",
-            matched.len()
-        )));
+        return Err(too_many(matched.len()));
     }
     let trail = web::block(move || -> Result<Trail, crate::audit::AuditError> {
         let (covered, pending): (Vec<u64>, Vec<u64>) =
