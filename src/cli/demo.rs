@@ -699,9 +699,11 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     );
     println!("   Evidence bundle: {}", bundle_path.display());
     println!(
-        "   Check it yourself: passerelle audit verify-bundle {} --key '{}'",
+        "   Check it yourself, with that none of the case's entries is left out:\n   \
+         passerelle audit verify-bundle {} --key '{}' --complete-in {}",
         bundle_path.display(),
-        verifier.to_verifier_key()
+        verifier.to_verifier_key(),
+        dir.join("data/audit-log").display()
     );
 
     gateway.shutdown().await?;
