@@ -886,6 +886,30 @@ async fn the_return_of_case_rva_2026_004211() {
         .collect()
     );
 
+    // By the police's PV number, and by IOM's case number: the messages that name them, whole.
+    let accepted_ids = |trail: &VerifiedTrail| -> BTreeSet<String> {
+        trail
+            .entries
+            .iter()
+            .filter(|e| kind_of(&e.leaf) == "accepted")
+            .filter_map(|e| e.leaf.event_id.clone())
+            .collect()
+    };
+    let pv = verify_trail(&auditor, "pv=DGSN/SE/CASA/2026/7741", &verifier).await;
+    assert_eq!(
+        accepted_ids(&pv),
+        set(&[
+            "8f0c2d8e-5a4b-4a57-9f43-0a8d2f6b1c11",
+            "0b7f9b7e-2d1e-4b61-8f4e-6a3c2e9d4f02"
+        ])
+    );
+    assert!(
+        pv.count("delivered") > 0,
+        "the PV's deliveries are in its trail"
+    );
+    let iom_case = verify_trail(&auditor, "iom_case=SN1-2026-01377", &verifier).await;
+    assert_eq!(accepted_ids(&iom_case), set(&["IOM-SN-2026-11-20-a41b07"]));
+
     // ---------------------------------------------------------------- receipts
     let entries: BTreeMap<u64, Vec<u8>> = trail
         .entries

@@ -41,6 +41,10 @@ pub enum TagKind {
     Flight = 4,
     /// A partner's own message reference.
     PartnerRef = 5,
+    /// A police PV number (an exit authorisation's, or a border exit record's).
+    Pv = 6,
+    /// An IOM case number.
+    IomCase = 7,
 }
 
 /// The log-wide key that turns searchable values into tags.

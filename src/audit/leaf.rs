@@ -126,6 +126,10 @@ pub struct Identifiers {
     pub flights: Vec<Flight>,
     /// Partners' own message references, as `(partner id, reference)`.
     pub partner_refs: Vec<(String, String)>,
+    /// Police PV numbers.
+    pub pv: Vec<String>,
+    /// IOM case numbers.
+    pub iom_case: Vec<String>,
 }
 
 /// One fact, as the pipeline hands it to the log.
@@ -246,6 +250,8 @@ impl Fact {
             i.pnr.len(),
             i.flights.len(),
             i.partner_refs.len(),
+            i.pv.len(),
+            i.iom_case.len(),
         ]
         .iter()
         .any(|&n| n > limits::IDENTIFIERS)

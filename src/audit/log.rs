@@ -140,6 +140,10 @@ pub enum Query {
     Flight(super::leaf::Flight),
     /// A partner's own message reference: partner id and reference.
     PartnerRef(String, String),
+    /// A police PV number.
+    Pv(String),
+    /// An IOM case number.
+    IomCase(String),
 }
 
 /// The normalised text of a flight, as indexed.
@@ -159,7 +163,10 @@ impl Query {
     /// belong to the same trail. A case's entries all name the case, and a partner's reference
     /// is the message itself.
     pub fn widens(&self) -> bool {
-        matches!(self, Query::Lpc(_) | Query::Pnr(_) | Query::Flight(_))
+        matches!(
+            self,
+            Query::Lpc(_) | Query::Pnr(_) | Query::Flight(_) | Query::Pv(_) | Query::IomCase(_)
+        )
     }
 
     /// The search tag of the query under the log's index key.
@@ -172,6 +179,8 @@ impl Query {
             Query::PartnerRef(p, r) => {
                 key.tag(TagKind::PartnerRef, &format!("{}|{}", p.trim(), r.trim()))
             }
+            Query::Pv(n) => key.tag(TagKind::Pv, n),
+            Query::IomCase(n) => key.tag(TagKind::IomCase, n),
         }
     }
 }
@@ -653,6 +662,8 @@ impl AuditLog {
         let mut tags: Vec<Tag> = case.iter().map(|(_, t)| *t).collect();
         tags.extend(ids.lpc.iter().map(|v| key.tag(TagKind::Lpc, v)));
         tags.extend(ids.pnr.iter().map(|v| key.tag(TagKind::Pnr, v)));
+        tags.extend(ids.pv.iter().map(|v| key.tag(TagKind::Pv, v)));
+        tags.extend(ids.iom_case.iter().map(|v| key.tag(TagKind::IomCase, v)));
         tags.extend(
             ids.flights
                 .iter()

@@ -52,7 +52,7 @@ pub enum AuditCommand {
         #[arg(long)]
         since: Option<PathBuf>,
     },
-    /// Print the trail of a case, LPC, PNR, flight or partner reference.
+    /// Print the trail of a case, LPC, PNR, PV, IOM case number, flight or partner reference.
     Trail(TrailArgs),
     /// Check an evidence bundle on its own.
     VerifyBundle {
@@ -117,7 +117,7 @@ pub enum AuditCommand {
 
 /// Which trail to print.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["case", "lpc", "pnr", "flight", "partner_ref"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["case", "lpc", "pnr", "pv", "iom_case", "flight", "partner_ref"])))]
 pub struct TrailArgs {
     /// The log folder (a copy with its `private/` part).
     #[arg(long)]
@@ -131,6 +131,12 @@ pub struct TrailArgs {
     /// A booking reference.
     #[arg(long)]
     pnr: Option<String>,
+    /// A police PV number (an exit authorisation's or a border exit record's).
+    #[arg(long)]
+    pv: Option<String>,
+    /// An IOM case number.
+    #[arg(long)]
+    iom_case: Option<String>,
     /// A flight as CARRIER/NUMBER/YYYY-MM-DD.
     #[arg(long)]
     flight: Option<String>,
@@ -284,6 +290,12 @@ fn query(args: &TrailArgs) -> anyhow::Result<Query> {
     if let Some(p) = &args.pnr {
         return Ok(Query::Pnr(p.clone()));
     }
+    if let Some(p) = &args.pv {
+        return Ok(Query::Pv(p.clone()));
+    }
+    if let Some(n) = &args.iom_case {
+        return Ok(Query::IomCase(n.clone()));
+    }
     if let Some(f) = &args.flight {
         let parts: Vec<&str> = f.split('/').collect();
         let [carrier, number, date] = parts.as_slice() else {
@@ -302,7 +314,7 @@ fn query(args: &TrailArgs) -> anyhow::Result<Query> {
             .context("--partner-ref takes PARTNER:REFERENCE")?;
         return Ok(Query::PartnerRef(p.into(), r.into()));
     }
-    bail!("give one of --case, --lpc, --pnr, --flight, --partner-ref")
+    bail!("give one of --case, --lpc, --pnr, --pv, --iom-case, --flight, --partner-ref")
 }
 
 /// One line describing a leaf, for timelines.

@@ -2,8 +2,9 @@
 //! the identifiers auditors search by.
 //!
 //! This module owns reading those out of an event's data. It reads field names the canonical
-//! schemas define (`pnr`, `flight`, `lpc.number`, `travel_documents[].number`) wherever they
-//! appear, so that a new event type that uses them is indexed without a change here.
+//! schemas define (`pnr`, `pv_number`, `iom_case_number`, `flight`, `lpc.number`,
+//! `travel_documents[].number`) wherever they appear, so that a new event type that uses them
+//! is indexed without a change here.
 
 use crate::audit::{Flight, Identifiers};
 use chrono::NaiveDate;
@@ -26,7 +27,13 @@ pub fn identifiers(event: &Value, sender: &str) -> (Vec<String>, Identifiers) {
     if let Some(id) = event["id"].as_str() {
         ids.partner_refs.push((sender.to_owned(), id.to_owned()));
     }
-    for list in [&mut documents, &mut ids.lpc, &mut ids.pnr] {
+    for list in [
+        &mut documents,
+        &mut ids.lpc,
+        &mut ids.pnr,
+        &mut ids.pv,
+        &mut ids.iom_case,
+    ] {
         list.sort();
         list.dedup();
         list.truncate(crate::audit::leaf::limits::IDENTIFIERS);
@@ -55,10 +62,14 @@ fn walk(value: &Value, key: Option<&str>, documents: &mut Vec<String>, ids: &mut
                 documents.push(n.to_owned());
             }
             for (k, v) in map {
-                if k == "pnr"
-                    && let Some(p) = v.as_str()
-                {
-                    ids.pnr.push(p.to_owned());
+                let list = match k.as_str() {
+                    "pnr" => Some(&mut ids.pnr),
+                    "pv_number" => Some(&mut ids.pv),
+                    "iom_case_number" => Some(&mut ids.iom_case),
+                    _ => None,
+                };
+                if let (Some(list), Some(value)) = (list, v.as_str()) {
+                    list.push(value.to_owned());
                 }
                 walk(v, Some(k), documents, ids);
             }
@@ -92,6 +103,7 @@ mod tests {
             "data": {
                 "lpc": {"number": "LP1"},
                 "travel_documents": [{"type": "passport", "number": "P1"}],
+                "pv_number": "DGSN/SE/CASA/2026/7741", "iom_case_number": "MA-2026-0042",
                 "booking": {"pnr": "ABC123", "flights": [
                     {"carrier": "AT", "number": "529", "date": "2026-11-20"}]}
             }
@@ -101,6 +113,8 @@ mod tests {
         assert_eq!(documents, ["LP1", "P1"]);
         assert_eq!(ids.lpc, ["LP1"]);
         assert_eq!(ids.pnr, ["ABC123"]);
+        assert_eq!(ids.pv, ["DGSN/SE/CASA/2026/7741"]);
+        assert_eq!(ids.iom_case, ["MA-2026-0042"]);
         assert_eq!(ids.flights.len(), 1);
         assert_eq!(ids.partner_refs, [("iom.ma".into(), "REF-1".into())]);
     }

@@ -673,6 +673,8 @@ struct TrailQuery {
     case: Option<String>,
     lpc: Option<String>,
     pnr: Option<String>,
+    pv: Option<String>,
+    iom_case: Option<String>,
     #[serde(default)]
     format: Option<String>,
 }
@@ -686,11 +688,18 @@ async fn get_trail(
         return Err(Problem::forbidden("only auditors read trails"));
     }
     let gateway = gateway(&req)?;
-    let q = match (&query.case, &query.lpc, &query.pnr) {
-        (Some(c), None, None) => Query::Case(c.clone()),
-        (None, Some(l), None) => Query::Lpc(l.clone()),
-        (None, None, Some(p)) => Query::Pnr(p.clone()),
-        _ => return Err(Problem::bad_request("give exactly one of case, lpc or pnr")),
+    let given = [
+        query.case.clone().map(Query::Case),
+        query.lpc.clone().map(Query::Lpc),
+        query.pnr.clone().map(Query::Pnr),
+        query.pv.clone().map(Query::Pv),
+        query.iom_case.clone().map(Query::IomCase),
+    ];
+    let mut given = given.into_iter().flatten();
+    let (Some(q), None) = (given.next(), given.next()) else {
+        return Err(Problem::bad_request(
+            "give exactly one of case, lpc, pnr, pv or iom_case",
+        ));
     };
     let log = gateway.log.clone();
     // One checkpoint for the whole answer, taken before the search: `log.search` would take
