@@ -215,14 +215,6 @@ impl MessageName {
         })
     }
 
-    /// The message a decoded leaf names.
-    pub fn of_leaf(leaf: &Leaf) -> Option<MessageName> {
-        Some(MessageName {
-            sender: leaf.sender.clone()?,
-            event_id: leaf.event_id.clone()?,
-        })
-    }
-
     /// Its search tag: its sender's reference, as [`Query::PartnerRef`]. Every entry that
     /// names the message carries it; entries written by earlier versions carry it on the
     /// acceptance only, and it is derived from the leaf where the journal lacks it.
@@ -733,17 +725,13 @@ impl AuditLog {
         self.tx.as_ref().ok_or(AuditError::Closed)
     }
 
-    fn receipt(&self, leaf: Hash, done: Result<Committed>) -> Result<Receipt> {
-        receipt_for(leaf, done)
-    }
-
     /// Appends a fact and returns its signed receipt once the entry is
     /// durable. Blocks the calling thread: do not call from an async worker
     /// (use [`AuditLog::append_async`]).
     pub fn append(&self, fact: &Fact) -> Result<Receipt> {
         let (record, leaf) = self.prepare(fact)?;
         let rx = self.submit_blocking(record, leaf)?;
-        self.receipt(leaf, rx.blocking_recv().map_err(|_| AuditError::Closed)?)
+        receipt_for(leaf, rx.blocking_recv().map_err(|_| AuditError::Closed)?)
     }
 
     /// Appends a fact; the future resolves once the entry is durable. The
@@ -930,7 +918,7 @@ impl AuditLog {
             },
             leaf,
         )?;
-        let receipt = self.receipt(leaf, rx.blocking_recv().map_err(|_| AuditError::Closed)?)?;
+        let receipt = receipt_for(leaf, rx.blocking_recv().map_err(|_| AuditError::Closed)?)?;
         lock(&self.shared.keys)?.erase(&tag)?;
         Ok(receipt)
     }
