@@ -15,10 +15,13 @@
 //! - [`a_broker_restart_loses_nothing`]: messages in and out before, during and after a restart.
 //! - [`two_instances_share_the_queues`]: competing consumers, nothing lost or doubled, one
 //!   audit-log shard per instance, each verified.
+//! - [`a_broker_alarm_holds_deliveries_until_it_clears`]: while a memory alarm blocks the
+//!   gateway's connection, deliveries wait in the outbox, with no attempt counted, and go out
+//!   once it clears.
 //!
 //! The tests that keep the broker running share one broker (started by the first of them), each
 //! in a virtual host of its own, so that their gateways do not consume each other's messages.
-//! The restart test has a broker of its own. These tests need RabbitMQ
+//! The restart and alarm tests have a broker of their own. These tests need RabbitMQ
 //! (`apt-get install rabbitmq-server`): without it they fail, saying so.
 
 #[path = "support/gateway.rs"]
@@ -72,7 +75,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------------------------------ broker
 
-/// The broker shared by every test but the restart test, with its users and virtual hosts.
+/// The broker shared by every test but the restart and alarm tests, with its users and virtual
+/// hosts.
 fn shared() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
     BROKER.get_or_init(|| {
@@ -1735,4 +1739,107 @@ async fn two_instances_share_the_queues() {
         assert_eq!(report.checkpoint.origin, origin);
         assert!(report.checkpoint.size > 0);
     }
+}
+
+/// (g) A memory alarm on the broker blocks the gateway's publishing connection. The gateway goes
+/// on accepting messages over HTTPS, keeps their deliveries in its outbox while the alarm lasts,
+/// and publishes every one once it clears: nothing lost, nothing dead-lettered, and no delivery
+/// counted failed for the alarm.
+#[actix_web::test]
+async fn a_broker_alarm_holds_deliveries_until_it_clears() {
+    const VHOST: &str = "alarm";
+    const REQUESTS: usize = 12;
+    let broker = std::sync::Arc::new(
+        blocking(|| {
+            let broker = Broker::start();
+            define(&broker, &[VHOST]);
+            broker
+        })
+        .await,
+    );
+    let set_watermark = |fraction: &'static str| {
+        let broker = broker.clone();
+        blocking(move || broker.rabbitmqctl(&["set_vm_memory_high_watermark", fraction]))
+    };
+    let gateway = TestGateway::start(&broker, VHOST, gateway_support::ORIGIN, |_| {}).await;
+    let requests: Vec<String> = (0..REQUESTS)
+        .map(|i| format!("MI-DMF-2026-6{i:05}"))
+        .collect();
+    let embassy = partner_connection(&broker, VHOST, EMBASSY).await;
+    let inbox = embassy.create_channel().await.expect("a channel");
+
+    // Before the alarm, a request reaches the embassy.
+    gateway.post_as_ministry(&lpc_request(&requests[0])).await;
+    let first: BTreeSet<String> = requests[..1].iter().cloned().collect();
+    let before = take_until(&inbox, &outbound_queue(EMBASSY), &first, Duration::ZERO).await;
+    assert_eq!(before.len(), 1);
+
+    // A watermark of 0 raises the memory alarm at once: the broker blocks every connection that
+    // publishes. The ministry's requests are still accepted, durably, over HTTPS. The alarm
+    // lasts longer than a confirm's time limit: a delivery published meanwhile would be counted
+    // a failed attempt.
+    set_watermark("0").await;
+    let raised = Instant::now();
+    for id in &requests[1..] {
+        gateway.post_as_ministry(&lpc_request(id)).await;
+    }
+    tokio::time::sleep(
+        (amqp::egress::CONFIRM_TIMEOUT + Duration::from_secs(3)).saturating_sub(raised.elapsed()),
+    )
+    .await;
+    assert_eq!(
+        ready(&inbox, &outbound_queue(EMBASSY)).await,
+        0,
+        "nothing is published while the alarm lasts"
+    );
+    for id in &requests[1..] {
+        let held = gateway.delivery(EMBASSY, id);
+        assert_eq!(held.state, DeliveryState::Pending, "{held:?}");
+    }
+
+    // The alarm clears: every request reaches the embassy, none is counted a failed attempt, and
+    // nothing is dead-lettered.
+    set_watermark("0.4").await;
+    let ids: BTreeSet<String> = requests[1..].iter().cloned().collect();
+    let got = take_until(
+        &inbox,
+        &outbound_queue(EMBASSY),
+        &ids,
+        Duration::from_secs(1),
+    )
+    .await;
+    for message in &got {
+        check_demande(message);
+    }
+    let repeats = got.len() - ids.len();
+    eprintln!(
+        "[amqp_flow] alarm: {} requests held, {} published after it, {repeats} repeated",
+        ids.len(),
+        got.len()
+    );
+    wait_for("every delivery confirmed", WAIT, async || {
+        requests
+            .iter()
+            .all(|id| gateway.delivery(EMBASSY, id).state == DeliveryState::Delivered)
+            .then_some(())
+    })
+    .await;
+    for id in &requests {
+        let delivery = gateway.delivery(EMBASSY, id);
+        assert_eq!(
+            (delivery.attempts, delivery.last_error.as_deref()),
+            (1, None),
+            "{delivery:?}"
+        );
+    }
+    let admin = admin_connection(&broker, VHOST).await;
+    let admin_channel = admin.create_channel().await.expect("a channel");
+    assert_eq!(
+        ready(&admin_channel, DEAD_LETTER_QUEUE).await,
+        0,
+        "no dead letter"
+    );
+    gateway.stop().await;
+    embassy.close(200, "OK".into()).await.expect("close");
+    admin.close(200, "OK".into()).await.expect("close");
 }

@@ -560,6 +560,20 @@ fn a_case_bundle_is_checked_complete_against_the_public_log() {
     let refused = case_entries_missing(&several, &public, &mut |_| {}).unwrap_err();
     assert!(refused.to_string().contains("5 cases"), "{refused}");
 
+    // An empty bundle (a search that found nothing) names no case to check.
+    let empty = trail(
+        dir.path(),
+        &Query::Case("RVA-NONE".into()),
+        Some(log.verifier()),
+    )
+    .unwrap();
+    let empty = verify_bundle(&empty.to_bundle().unwrap(), None).unwrap();
+    let refused = case_entries_missing(&empty, &public, &mut |_| {}).unwrap_err();
+    assert!(
+        refused.to_string().contains("holds no entries"),
+        "{refused}"
+    );
+
     // A copy whose entries are not those the checkpoint signs is refused.
     let damaged = public.join("tile/entries/000");
     let out = with_flip(&damaged, 100, || {

@@ -14,7 +14,8 @@
 //! delivered only when the broker confirms it (`basic.ack`) without returning it, and is then
 //! audited `delivered`. A returned message (`basic.return`: no queue bound, reply 312
 //! `NO_ROUTE`), a `basic.nack` (a full queue with `reject-publish`, or a broker failure), a
-//! confirm that does not come within 30 s and a connection lost before the confirm are failed
+//! confirm that does not come within 30 s (not counting the time the broker blocks the
+//! connection) and a connection lost before the confirm are failed
 //! attempts: audited `delivery_failed` and retried under the [`RetryPolicy`], then
 //! dead-lettered in the store (audited `dead_lettered`) after its last attempt, for an operator
 //! to redeliver.
@@ -65,7 +66,7 @@ pub const CLOUDEVENTS_PREFIX: &str = "cloudEvents_";
 /// The `app_id` property of every delivery.
 pub const APP_ID: &str = "passerelle";
 /// How long the gateway waits for the broker's confirm of a delivery.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// The failure code of a delivery the broker nacked.
 const NACKED: &str = "amqp.nack";
 /// The failure code of a delivery the broker returned: no queue is bound for its recipient.
@@ -186,20 +187,54 @@ enum Attempt {
 /// the session ends and the transport reconnects without waiting for the confirm timeout.
 /// A returned message that comes with the confirm may be another publish's; [`Confirms`]
 /// matches it to its delivery.
-async fn settle(confirm: PublisherConfirm, channel: &Channel) -> Answer {
+///
+/// The time limit counts only the time the connection was not blocked (see
+/// [`confirmed_within`]).
+async fn settle(confirm: PublisherConfirm, channel: &Channel, gate: &Backpressure) -> Answer {
     let answered = tokio::select! {
         biased;
-        answered = tokio::time::timeout(CONFIRM_TIMEOUT, confirm) => answered,
+        answered = confirmed_within(CONFIRM_TIMEOUT, confirm, gate) => answered,
         () = channel_lost(channel) => return Answer::Failed("amqp.connection-lost".into(), None),
     };
     match answered {
-        Ok(Ok(Confirmation::Ack(returned))) => Answer::Acked(returned.map(|r| returned_of(&r))),
-        Ok(Ok(Confirmation::Nack(returned))) => {
+        Some(Ok(Confirmation::Ack(returned))) => Answer::Acked(returned.map(|r| returned_of(&r))),
+        Some(Ok(Confirmation::Nack(returned))) => {
             Answer::Failed(NACKED.into(), returned.map(|r| returned_of(&r)))
         }
-        Ok(Ok(_)) => Answer::Failed("amqp.unconfirmed".into(), None),
-        Ok(Err(_)) => Answer::Failed("amqp.connection-lost".into(), None),
-        Err(_) => Answer::Failed(CONFIRM_TIMED_OUT.into(), None),
+        Some(Ok(_)) => Answer::Failed("amqp.unconfirmed".into(), None),
+        Some(Err(_)) => Answer::Failed("amqp.connection-lost".into(), None),
+        None => Answer::Failed(CONFIRM_TIMED_OUT.into(), None),
+    }
+}
+
+/// How often a confirm wait looks whether the broker still blocks the connection.
+const BLOCKED_LOOK: Duration = Duration::from_millis(250);
+
+/// Waits for `confirm` until it has waited `limit` while the connection was not blocked (then
+/// `None`). RabbitMQ tells a connection that it blocks it (a memory or disk alarm) only when the
+/// connection publishes: the publish that learns of it is held unread until the alarm clears,
+/// and is then routed and confirmed. Counted against the limit, an alarm longer than it would
+/// make that publish a failed attempt, published again after the alarm: a repeat. The time the
+/// connection is blocked is therefore not counted; a connection lost meanwhile ends the wait
+/// (see [`settle`]).
+async fn confirmed_within<F: std::future::Future>(
+    limit: Duration,
+    confirm: F,
+    gate: &Backpressure,
+) -> Option<F::Output> {
+    let mut confirm = std::pin::pin!(confirm);
+    let mut unblocked = Duration::ZERO;
+    loop {
+        let look = BLOCKED_LOOK.min(limit.saturating_sub(unblocked));
+        if let Ok(answered) = tokio::time::timeout(look, &mut confirm).await {
+            return Some(answered);
+        }
+        if !gate.is_blocked() {
+            unblocked += look;
+            if unblocked >= limit {
+                return None;
+            }
+        }
     }
 }
 
@@ -388,8 +423,9 @@ impl Egress {
                                     let number = confirms.published(delivery.id);
                                     let to_replace = to_replace.clone();
                                     let channel = channel.clone();
+                                    let gate = self.gate.clone();
                                     settling.spawn((number, delivery.id), async move {
-                                        let answer = settle(confirm, &channel).await;
+                                        let answer = settle(confirm, &channel, &gate).await;
                                         // A channel that nacked, or left a confirm
                                         // unanswered (its late answer, and any return with
                                         // it, would go astray), is replaced.

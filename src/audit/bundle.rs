@@ -285,6 +285,13 @@ pub fn case_entries_missing(
         .collect();
     let case = match cases.len() {
         1 => cases.into_iter().next().unwrap_or_default().to_owned(),
+        0 if bundle.entries.is_empty() => {
+            return Err(AuditError::InvalidFact(
+                "the bundle holds no entries, so it names no case whose completeness could be \
+                 checked (the search that made it found nothing)"
+                    .into(),
+            ));
+        }
         0 => {
             return Err(AuditError::InvalidFact(
                 "no entry of the bundle names a case: completeness is checked for a case's trail"
