@@ -75,6 +75,39 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     }
 }
 
+/// Creates the data folder, or checks the one there: it holds personal data (the store's
+/// messages and deliveries, the audit log's case keys), so only the gateway's user may enter it.
+/// A folder others may read or enter is closed to them (mode 0700), and the log says so.
+fn private_folder(data: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .with_context(|| format!("creating the data folder {}", data.display()))?;
+    let mode = std::fs::metadata(data)
+        .with_context(|| format!("reading the data folder {}", data.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "closing the data folder {} to other users (it holds personal data)",
+                    data.display()
+                )
+            },
+        )?;
+        tracing::warn!(
+            folder = %data.display(),
+            was = format!("{:o}", mode & 0o777),
+            "the data folder was open to other users; it holds personal data, so it is now \
+             closed to them (mode 700)"
+        );
+    }
+    Ok(())
+}
+
 /// Loads the catalogue, the mappings (linted) and the registry.
 pub fn load_definitions(
     mappings: &Path,
@@ -101,8 +134,7 @@ impl RunningGateway {
         config.validate()?;
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
-        std::fs::create_dir_all(&config.paths.data)
-            .with_context(|| format!("creating {}", config.paths.data.display()))?;
+        private_folder(&config.paths.data)?;
         let signer = signing_key(config)?;
         let options = Options {
             checkpoint_interval: Duration::from_secs_f64(config.audit.checkpoint_interval_secs),

@@ -148,6 +148,15 @@ pub enum TlsError {
         /// Why the verifier refused it.
         source: rustls::server::VerifierBuilderError,
     },
+    /// A CRL is not signed by a CA of the bundle (webpki would check its signature only when it
+    /// first used it for a certificate, and then refuse every certificate it is about).
+    #[error("the CRL file {} cannot be used: {reason}", path.display())]
+    CrlIssuer {
+        /// The CRL file.
+        path: PathBuf,
+        /// Whose CRL it is, and why it was refused.
+        reason: String,
+    },
     /// A server configuration was asked for without any CRL.
     #[error(
         "no CRL configured: client certificates must be checked against the revocation list of every CA in {}",
@@ -426,7 +435,7 @@ fn build_client_verifier(
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let crls = load_checked_crls(crl_files, roots, provider)?;
+    let crls = load_checked_crls(ca, crl_files, roots, provider)?;
     WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -580,7 +589,7 @@ pub trait CertificateRefusalObserver: Send + Sync {
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crypto_provider();
     let roots = Arc::new(load_roots(&files.ca)?);
-    let crls = load_checked_crls(&files.crls, &roots, &provider)?;
+    let crls = load_checked_crls(&files.ca, &files.crls, &roots, &provider)?;
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -730,16 +739,25 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     every_pem_block(WHAT, path, &bytes)
 }
 
-/// Loads every CRL file, and checks each file on its own with a throwaway verifier so that a bad
-/// CRL is reported with its file name.
+/// Loads every CRL file, checks that each CRL is signed by a CA of the bundle `ca`, and checks
+/// each file on its own with a throwaway verifier, so that a bad CRL is reported with its file
+/// name.
 fn load_checked_crls(
+    ca: &Path,
     paths: &[PathBuf],
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let cas = load_certs(ca)?;
     let mut all = Vec::new();
     for path in paths {
         let crls = load_crls(path)?;
+        for crl in &crls {
+            signed_by_a_ca(crl, &cas).map_err(|reason| TlsError::CrlIssuer {
+                path: path.clone(),
+                reason,
+            })?;
+        }
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .with_crls(crls.iter().cloned())
             .build()
@@ -750,6 +768,40 @@ fn load_checked_crls(
         all.extend(crls);
     }
     Ok(all)
+}
+
+/// Checks that `crl` is signed by one of `cas`. rustls's verifier checks a CRL's signature only
+/// when it consults the CRL for a certificate: a CRL of another CA of the same name (a CA
+/// re-created, a file copied from the wrong environment) would be taken at load, and then fail
+/// every handshake of the CA's certificates. Refused here instead, the CRLs in use stay.
+fn signed_by_a_ca(
+    crl: &CertificateRevocationListDer<'_>,
+    cas: &[CertificateDer<'_>],
+) -> Result<(), String> {
+    let (_, crl) = x509_parser::parse_x509_crl(crl.as_ref())
+        .map_err(|error| format!("it is not a CRL that can be read: {error}"))?;
+    let mut named = false;
+    for ca in cas {
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
+            continue;
+        };
+        if ca.subject().as_raw() != crl.issuer().as_raw() {
+            continue;
+        }
+        named = true;
+        if crl.verify_signature(ca.public_key()).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(if named {
+        format!(
+            "it names {} as its issuer, but that CA of the bundle did not sign it (a CRL of \
+             another CA of the same name?)",
+            crl.issuer()
+        )
+    } else {
+        format!("its issuer, {}, is no CA of the bundle", crl.issuer())
+    })
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

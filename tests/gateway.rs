@@ -3073,3 +3073,27 @@ async fn passerelle_cli(args: &[&str]) -> std::process::Output {
     .await
     .unwrap()
 }
+
+/// The data folder holds personal data: a new one is made for the gateway's user alone, and one
+/// open to other users is closed to them at start.
+#[actix_web::test]
+async fn the_data_folder_is_closed_to_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let registry = write_registry(dir.path(), &RegistryChanges::new());
+    let data = dir.path().join("new/data");
+    let running = RunningGateway::start(&test_config(&data, &registry))
+        .await
+        .expect("the gateway starts");
+    assert_eq!(mode(&data), 0o700);
+    running.shutdown().await.expect("a clean shutdown");
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let running = RunningGateway::start(&test_config(&data, &registry))
+        .await
+        .expect("the gateway starts again");
+    assert_eq!(mode(&data), 0o700);
+    running.shutdown().await.expect("a clean shutdown");
+}

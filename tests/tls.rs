@@ -10,7 +10,7 @@
 mod pki;
 
 use passerelle::tls::{self, PeerIdentity, TlsError, TlsFiles, dev};
-use pki::dev_crl;
+use pki::{dev_crl, impostor_crl};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -851,6 +851,16 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
     .unwrap();
     assert!(verifier.reload_if_changed().is_err());
     only_iom_ma_is_revoked(&server).await;
+
+    // So is a CRL in the CA's name that the CA did not sign (another CA of the same name): taken,
+    // it would refuse every certificate of the CA.
+    std::fs::write(&crl, impostor_crl(12, &[dev::REVOKED])).unwrap();
+    let error = verifier.reload_if_changed().unwrap_err();
+    assert!(error.to_string().contains("did not sign it"), "{error}");
+    only_iom_ma_is_revoked(&server).await;
+    // And at start.
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(matches!(error, TlsError::CrlIssuer { .. }), "{error}");
 }
 
 /// IOM Morocco's handshake is refused as revoked; the ministry's is accepted.

@@ -29,6 +29,16 @@ pub fn serial_of(name: &str) -> SerialNumber {
 pub fn dev_crl(number: u8, revoked: &[&str]) -> String {
     let ca_key =
         KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
+    crl_signed_with(ca_key, number, revoked)
+}
+
+/// A CRL in the development CA's name, as [`dev_crl`], but signed with another key: the CRL of
+/// another CA of the same name.
+pub fn impostor_crl(number: u8, revoked: &[&str]) -> String {
+    crl_signed_with(KeyPair::generate().unwrap(), number, revoked)
+}
+
+fn crl_signed_with(ca_key: KeyPair, number: u8, revoked: &[&str]) -> String {
     let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
     CertificateRevocationListParams {
