@@ -310,23 +310,32 @@ impl Config {
         if self.tls.crls.is_empty() {
             bail!("tls.crls is empty: client certificates need a revocation list");
         }
-        if self.limits.max_body_bytes == 0 || self.limits.rate_per_second == 0 {
-            bail!("limits.max_body_bytes and limits.rate_per_second must be positive");
+        let positive = [
+            ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
+            (
+                "limits.rate_per_second",
+                u64::from(self.limits.rate_per_second),
+            ),
+            (
+                "limits.bodies_in_flight",
+                self.limits.bodies_in_flight as u64,
+            ),
+            ("limits.body_read_secs", self.limits.body_read_secs),
+            (
+                "limits.messages_in_flight",
+                self.limits.messages_in_flight as u64,
+            ),
+            (
+                "delivery.max_attempts",
+                u64::from(self.delivery.max_attempts),
+            ),
+            ("delivery.concurrency", self.delivery.concurrency as u64),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            bail!("{key} is 0: it must be positive");
         }
         if !(1..=86_400).contains(&self.limits.refused_certificate_summary_secs) {
             bail!("limits.refused_certificate_summary_secs must be from 1 to 86400 (a day)");
-        }
-        if self.limits.bodies_in_flight == 0
-            || self.limits.body_read_secs == 0
-            || self.limits.messages_in_flight == 0
-        {
-            bail!(
-                "limits.bodies_in_flight, limits.body_read_secs and limits.messages_in_flight \
-                 must be positive"
-            );
-        }
-        if self.delivery.max_attempts == 0 || self.delivery.concurrency == 0 {
-            bail!("delivery.max_attempts and delivery.concurrency must be positive");
         }
         if !(self.audit.checkpoint_interval_secs > 0.0
             && self.audit.checkpoint_interval_secs <= 1.0)

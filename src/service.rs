@@ -114,6 +114,25 @@ pub fn load_definitions(
     registry: &Path,
 ) -> anyhow::Result<(Catalogue, MappingSet, Registry)> {
     let catalogue = Catalogue::embedded().context("the embedded catalogue")?;
+    for (path, what, key) in [
+        (mappings, "mappings folder", "paths.mappings"),
+        (registry, "partner registry", "paths.registry"),
+    ] {
+        if !path.exists() {
+            let here = std::env::current_dir()
+                .map(|d| {
+                    format!(
+                        " (relative paths are read from the working folder, {})",
+                        d.display()
+                    )
+                })
+                .unwrap_or_default();
+            anyhow::bail!(
+                "the {what} {} does not exist: check {key}{here}",
+                path.display()
+            );
+        }
+    }
     let mappings = MappingSet::load(mappings).map_err(|problems| {
         anyhow!(
             "the mappings do not load:\n  {}",
@@ -219,9 +238,18 @@ impl RunningGateway {
 
         let (admin_addr, admin) =
             crate::server::admin::start(gateway.clone(), readiness.clone(), config.admin.listen)
-                .context("starting the admin listener")?;
-        let server =
-            crate::server::start(gateway.clone(), config).context("starting the HTTPS listener")?;
+                .with_context(|| {
+                    format!(
+                        "starting the admin listener on {} (admin.listen)",
+                        config.admin.listen
+                    )
+                })?;
+        let server = crate::server::start(gateway.clone(), config).with_context(|| {
+            format!(
+                "starting the HTTPS listener on {} (server.listen)",
+                config.server.listen
+            )
+        })?;
         workers.push(tokio::spawn(audit_refusal_summaries(
             gateway.clone(),
             REFUSAL_SUMMARY_INTERVAL,

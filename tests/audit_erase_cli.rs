@@ -114,4 +114,32 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
     let verify = passerelle(&["audit", "verify", "--log", path(&log), "--key", &verifier]);
     assert!(verify.status.success());
     assert!(String::from_utf8_lossy(&verify.stdout).contains("size 41"));
+
+    // A folder that holds no log (here the log's parent) is refused, naming the log below it,
+    // and no log is started there.
+    let wrong = erase_case(scratch.path(), &key, "RVA-2026-000006");
+    assert!(!wrong.status.success());
+    let why = String::from_utf8_lossy(&wrong.stderr);
+    assert!(why.contains("holds no audit log"), "{why}");
+    assert!(!scratch.path().join("private").exists());
+    assert!(!scratch.path().join("public").exists());
+
+    // A key of another log is refused, naming both logs.
+    let other_key = scratch.path().join("other.key");
+    let keygen = passerelle(&[
+        "audit",
+        "keygen",
+        "--name",
+        "erase.test/log",
+        "--out",
+        path(&other_key),
+    ]);
+    assert!(keygen.status.success());
+    let other = erase_case(&log, &other_key, "RVA-2026-000006");
+    assert!(!other.status.success());
+    let why = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        why.contains("holds the log erase.test/log signed with key") && why.contains("not the log"),
+        "{why}"
+    );
 }

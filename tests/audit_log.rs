@@ -784,6 +784,18 @@ fn auditor_command_line() {
         "{stdout}"
     );
 
+    // The signing key given by mistake for the verifier key is named for what it is, and not
+    // echoed.
+    let private = signer().to_signer_key();
+    let out = bin()
+        .args(["audit", "verify", "--log", d, "--key", &private])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is a signing key"), "{stderr}");
+    assert!(!stderr.contains(private.as_str()), "{stderr}");
+
     let bundle = dir.path().join("lpc.bundle.json");
     let out = bin()
         .args([

@@ -1798,6 +1798,35 @@ fn lpc_issued(reference: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// An endpoint whose certificate the gateway does not accept (here an expired one) fails its
+/// attempts as `webhook.tls`, not as an unreachable endpoint: the operator is sent to the
+/// certificates, not to the network.
+#[actix_web::test]
+async fn an_endpoint_with_a_certificate_refused_fails_as_tls() {
+    let mut dgsn = Receiver::reserve().presenting("expired");
+    dgsn.up();
+    let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
+    let gateway = TestGateway::start(&changes, |c| c.delivery.max_attempts = 50).await;
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00418"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let story = delivery_story(
+        &gateway,
+        "CGSN-CASA-2026-00418",
+        "ma.dgsn",
+        "delivery_failed",
+    )
+    .await;
+    assert_eq!(
+        story.last().and_then(|(_, reason)| reason.as_deref()),
+        Some("webhook.tls"),
+        "{story:?}"
+    );
+    assert!(dgsn.received().is_empty(), "no request got through");
+}
+
 #[actix_web::test]
 async fn a_webhook_down_then_up_gets_each_delivery_exactly_once() {
     // The DGSN's endpoint: its port is chosen, but nothing listens yet.

@@ -44,6 +44,25 @@ pub enum AuditError {
         "the audit log in {0} is open for writing in another process (a running gateway?); stop it first"
     )]
     InUse(PathBuf),
+    /// The folder holds a log of another origin or key than the one it was opened with (a
+    /// changed `audit.origin`, another instance's key, a key rotated without a new folder).
+    #[error(
+        "{folder} holds the log {found_origin} signed with key {found_key}, not the log \
+         {origin} of key {key}: the origin and signing key are those the log was created with, \
+         and a new origin or key starts a new log folder"
+    )]
+    OtherLog {
+        /// The log's folder.
+        folder: PathBuf,
+        /// The origin the folder's log was created with.
+        found_origin: String,
+        /// Its verifier key.
+        found_key: String,
+        /// The origin it was opened with.
+        origin: String,
+        /// The verifier key of the signing key it was opened with.
+        key: String,
+    },
     /// A key, note or checkpoint was rejected.
     #[error(transparent)]
     Note(#[from] NoteError),

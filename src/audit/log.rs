@@ -358,9 +358,11 @@ impl AuditLog {
         options: Options,
     ) -> Result<AuditLog> {
         if signer.verifier().name() != origin {
-            return Err(AuditError::InvalidFact(
-                "the signing key's name must be the origin".into(),
-            ));
+            return Err(AuditError::InvalidFact(format!(
+                "the signing key is named {}, and the log's origin is {origin}: a log's key \
+                 bears its origin's name",
+                signer.verifier().name()
+            )));
         }
         let layout = Layout::new(dir);
         for d in [&layout.public, &layout.journal, &layout.keys] {
@@ -375,10 +377,13 @@ impl AuditLog {
         match Meta::load(&layout.meta) {
             Ok(found) if found == meta => {}
             Ok(found) => {
-                return Err(AuditError::Corrupt(format!(
-                    "this folder belongs to log {} with key {}",
-                    found.origin, found.verifier_key
-                )));
+                return Err(AuditError::OtherLog {
+                    folder: dir.to_owned(),
+                    found_origin: found.origin,
+                    found_key: found.verifier_key,
+                    origin: meta.origin,
+                    key: meta.verifier_key,
+                });
             }
             Err(AuditError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 let json = serde_json::to_vec_pretty(&meta)

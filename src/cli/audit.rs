@@ -157,6 +157,13 @@ fn verifier(key: &str) -> anyhow::Result<NoteVerifier> {
     } else {
         key.to_owned()
     };
+    if text.trim_start().starts_with("PRIVATE+KEY+") {
+        bail!(
+            "the key given is a signing key, which stays with the gateway: give the verifier \
+             key (the line `audit keygen` printed, or `verifier_key` in the log's \
+             private/log.json)"
+        );
+    }
     NoteVerifier::parse(text.trim()).context("parsing the verifier key")
 }
 
@@ -232,6 +239,20 @@ fn entries_bar(len: u64) -> indicatif::ProgressBar {
 fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCode> {
     let v = verifier(key)?;
     let public = public_folder(log);
+    if !public.join("checkpoint").exists() {
+        // Not a log that failed its check: no log at all where the command looked.
+        let nested = log.join("audit-log");
+        let hint = if public_folder(&nested).join("checkpoint").exists() {
+            format!(" (the log of that data folder is {})", nested.display())
+        } else {
+            String::new()
+        };
+        bail!(
+            "{} holds no log: give a log folder, or a copy of its public/ folder, with a \
+             checkpoint file{hint}",
+            log.display()
+        );
+    }
     // A signed note ends with one newline; a checkpoint saved by a tool that adds another (say
     // `jq -r .checkpoint bundle.json`) is read as the note it holds.
     let since = since
@@ -559,7 +580,27 @@ fn check_case_complete(bundle: &VerifiedBundle, public: &Path) -> anyhow::Result
     }
 }
 
+/// Refuses a folder that holds no log: opening it for writing would start a new, empty log
+/// there, signed with the real key, and the command would then report on the wrong log.
+fn existing_log(log: &Path) -> anyhow::Result<()> {
+    if log.join("private/log.json").is_file() {
+        return Ok(());
+    }
+    let nested = log.join("audit-log");
+    let hint = if nested.join("private/log.json").is_file() {
+        format!(" (the log of that data folder is {})", nested.display())
+    } else {
+        String::new()
+    };
+    bail!(
+        "{} holds no audit log (no private/log.json): give the log's folder, the gateway's \
+         <data>/audit-log{hint}",
+        log.display()
+    )
+}
+
 fn erase(log: &Path, signer: &Path, case: &str) -> anyhow::Result<ExitCode> {
+    existing_log(log)?;
     let signer = read_signer(signer)?;
     let origin = signer.verifier().name().to_owned();
     let log =

@@ -19,7 +19,8 @@ pub struct AdminArgs {
     /// it, and without --admin, the default address (127.0.0.1:9090).
     #[arg(long, conflicts_with = "admin")]
     pub config: Option<PathBuf>,
-    /// The admin listener's base URL, such as http://127.0.0.1:9090.
+    /// The admin listener's base URL, such as http://127.0.0.1:9090 (or its address alone,
+    /// 127.0.0.1:9090).
     #[arg(long)]
     pub admin: Option<String>,
 }
@@ -27,7 +28,13 @@ pub struct AdminArgs {
 impl AdminArgs {
     fn base_url(&self) -> anyhow::Result<String> {
         if let Some(url) = &self.admin {
-            return Ok(url.trim_end_matches('/').to_owned());
+            let url = url.trim_end_matches('/');
+            // The listener's address as the configuration writes it (`127.0.0.1:9090`) is
+            // taken for what it means: the admin listener speaks plain HTTP.
+            if !url.contains("://") {
+                return Ok(format!("http://{url}"));
+            }
+            return Ok(url.to_owned());
         }
         let config = match &self.config {
             Some(path) => Config::load(path)?,
@@ -152,10 +159,11 @@ async fn dead(base: &str, json: bool) -> anyhow::Result<ExitCode> {
         let text = |key: &str| d[key].as_str().unwrap_or("-").to_owned();
         println!(
             "{:>8}  {:<22} {:<8} {:>8}  {:<26} {:<24} {} {}",
-            d["id"],
+            // As text: a JSON value's Display ignores the width.
+            d["id"].to_string(),
             text("recipient"),
             text("channel"),
-            d["attempts"],
+            d["attempts"].to_string(),
             text("last_error"),
             text("created_at"),
             text("event_type"),

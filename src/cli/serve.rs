@@ -24,11 +24,19 @@ pub struct ServeArgs {
 pub fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, refused) = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, None),
+        Err(error) => (tracing_subscriber::EnvFilter::new("info"), Some(error)),
+    };
     let _ = tracing_subscriber::registry()
         .with(json_logs(filter, std::io::stderr))
         .try_init();
+    // Unset is the default; set but unusable is a mistake to say, not to pass over.
+    if let Some(error) = refused
+        && std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty())
+    {
+        tracing::warn!(error = %error, "RUST_LOG cannot be read; logging at info");
+    }
 }
 
 /// Libraries whose events can carry a message's contents, and the most verbose level at which

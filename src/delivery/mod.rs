@@ -309,7 +309,12 @@ pub async fn record_attempt(
     match gateway.store.update(delivery.id, update).await {
         Ok(d) => {
             gateway.metrics.delivery(&d.recipient, channel, label);
-            tracing::info!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = d.last_error.as_deref().unwrap_or_default(), attempts = d.attempts, "delivery attempt");
+            if label == "dead" {
+                // Given up: an operator must act (`deliveries dead`, then a redelivery).
+                tracing::warn!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = d.last_error.as_deref().unwrap_or_default(), attempts = d.attempts, "delivery dead-lettered");
+            } else {
+                tracing::info!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = d.last_error.as_deref().unwrap_or_default(), attempts = d.attempts, "delivery attempt");
+            }
             Some(d)
         }
         Err(error) => {

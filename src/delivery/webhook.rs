@@ -191,13 +191,26 @@ impl WebhookWorker {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
+                let tls = tls_failure(&e);
                 let code = if e.is_timeout() {
                     "webhook.timeout"
+                } else if tls.is_some() {
+                    "webhook.tls"
                 } else if e.is_connect() {
                     "webhook.unreachable"
                 } else {
                     "webhook.transport"
                 };
+                // The code is what the store and the audit log keep; the operator needs the
+                // cause too (a refused connection, a name that does not resolve, a certificate
+                // the CA bundle does not trust). It names the endpoint, never the message.
+                tracing::warn!(
+                    delivery = d.id,
+                    recipient = %d.recipient,
+                    code,
+                    cause = %error_chain(&e),
+                    "a webhook call failed"
+                );
                 return Attempt::Retry {
                     code: code.into(),
                     asked: None,
@@ -224,4 +237,40 @@ impl WebhookWorker {
             },
         }
     }
+}
+
+/// The TLS error under a failed call, if it is one: the endpoint's certificate not trusted by
+/// the CA bundle, expired, revoked or not for its name, or a handshake it refused.
+fn tls_failure(error: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An I/O error's `source` is its inner error's source, skipping the inner error itself
+        // (the TLS error sits inside an I/O error, inside another): step into the inner one.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// A failed call's error with its causes, `outer: inner: …`.
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = std::error::Error::source(error);
+    while let Some(e) = next {
+        let cause = e.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        next = e.source();
+    }
+    text
 }

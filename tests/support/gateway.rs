@@ -910,6 +910,8 @@ async fn receive(
 pub struct Receiver {
     /// Its port, kept while it is down.
     pub port: u16,
+    /// The development certificate it presents (`server` unless [`Receiver::presenting`]).
+    certificate: String,
     state: web::Data<Mutex<ReceiverState>>,
     server: Option<ServerHandle>,
 }
@@ -919,6 +921,7 @@ impl Receiver {
     pub fn reserve() -> Receiver {
         Receiver {
             port: free_port(),
+            certificate: dev::SERVER.to_owned(),
             state: web::Data::new(Mutex::new(ReceiverState {
                 answer: Answer::Accept,
                 script: VecDeque::new(),
@@ -935,6 +938,13 @@ impl Receiver {
         receiver
     }
 
+    /// The receiver presents development certificate `name` (for example `expired`) instead
+    /// of the server certificate, once up.
+    pub fn presenting(mut self, name: &str) -> Receiver {
+        self.certificate = name.to_owned();
+        self
+    }
+
     /// The URL of `path` on this receiver.
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)
@@ -943,7 +953,8 @@ impl Receiver {
     /// Starts listening on its port (on the current actix system).
     pub fn up(&mut self) {
         assert!(self.server.is_none(), "the receiver is already up");
-        let tls = tls::server_config(&dev::files(&dev_dir(), dev::SERVER)).expect("server TLS");
+        let tls =
+            tls::server_config(&dev::files(&dev_dir(), &self.certificate)).expect("server TLS");
         // The port was released by `reserve` or `down`; bind it again, waiting for the
         // previous listener to be gone.
         let deadline = Instant::now() + Duration::from_secs(5);
