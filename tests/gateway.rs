@@ -3126,3 +3126,184 @@ async fn the_data_folder_is_closed_to_other_users() {
     assert_eq!(mode(&data), 0o700);
     running.shutdown().await.expect("a clean shutdown");
 }
+
+/// A partner is told what to fix: binary-mode headers are read as the CloudEvents HTTP binding
+/// says, a body sent with a content coding is refused, a missing member is named, a message of
+/// no known kind is told what it has, and query and path parameters are named. Every refused
+/// message is audited.
+#[actix_web::test]
+async fn refusals_say_what_to_fix() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let admin = gateway.admin();
+    let ministry = gateway.client("ma.interieur");
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let event = fixture_json("ma.interieur", "in/identification-requested.json");
+    let data = serde_json::to_vec(&event["data"]).unwrap();
+    let attributes: Vec<(String, String)> = event
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| !["data", "datacontenttype", "id"].contains(&name.as_str()))
+        .map(|(name, value)| (format!("ce-{name}"), value.as_str().unwrap().to_owned()))
+        .collect();
+    let binary = async |id: &str, extra: &[(&str, &str)]| {
+        let mut headers: Vec<(&str, &str)> = attributes
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        headers.push(("ce-id", id));
+        headers.extend_from_slice(extra);
+        ministry
+            .send_with_headers("application/json", &headers, data.clone())
+            .await
+    };
+
+    // Header values are percent-decoded.
+    let accepted = binary("MI-PCT%2D0001", &[]).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    assert_eq!(accepted.json()["event_id"], "MI-PCT-0001");
+    // One that does not decode to UTF-8, and a datacontenttype that contradicts the content
+    // type, are refused.
+    let problem = binary("MI-PCT-%FF", &[]).await.problem(400, "malformed");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("ce-id"),
+        "{problem}"
+    );
+    let problem = binary("MI-PCT-0002", &[("ce-datacontenttype", "application/xml")])
+        .await
+        .problem(400, "malformed");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("application/xml"),
+        "{problem}"
+    );
+    // `ce-*` headers without `ce-specversion` are not read as another kind of message.
+    let problem = ministry
+        .send_with_headers(
+            "application/json",
+            &[("ce-id", "MI-PCT-0003")],
+            data.clone(),
+        )
+        .await
+        .problem(400, "malformed");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no ce-specversion"),
+        "{problem}"
+    );
+    // A missing attribute is named where it is missing.
+    let mut without_id = event.clone();
+    without_id.as_object_mut().unwrap().remove("id");
+    let problem = ministry
+        .send(
+            "application/cloudevents+json",
+            serde_json::to_vec(&without_id).unwrap(),
+        )
+        .await
+        .problem(422, "unprocessable");
+    assert_eq!(problem["path"], "/id", "{problem}");
+
+    // A native partner sending binary-mode headers, or a compressed body.
+    let lpc = lpc_issued("CGSN-CASA-2026-00419");
+    let problem = consulate
+        .send_with_headers(
+            "application/json",
+            &[("ce-specversion", "1.0"), ("ce-id", "X-1")],
+            lpc.clone(),
+        )
+        .await
+        .problem(415, "unsupported-media-type");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not binary-mode CloudEvents"),
+        "{problem}"
+    );
+    let problem = consulate
+        .send_with_headers("application/xml", &[("content-encoding", "gzip")], lpc)
+        .await
+        .problem(415, "unsupported-media-type");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Encoding gzip"),
+        "{problem}"
+    );
+    // A field that breaks the schema is named by the path of the sender's message it was read
+    // from.
+    let long_number = String::from_utf8(lpc_issued("CGSN-CASA-2026-00420"))
+        .unwrap()
+        .replace(
+            "<Numero>LP0417263</Numero>",
+            &format!("<Numero>{}</Numero>", "7".repeat(40)),
+        );
+    let problem = consulate
+        .send("application/xml", long_number)
+        .await
+        .problem(422, "unprocessable");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("(read from Document/Numero)"),
+        "{problem}"
+    );
+    // A message of no known kind is told what it has.
+    let problem = consulate
+        .send("application/xml", "<LaissezPasserRefuse xmlns=\"urn:x\"/>")
+        .await
+        .problem(422, "unprocessable");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the root element is LaissezPasserRefuse in namespace urn:x"),
+        "{problem}"
+    );
+
+    // Every refused message went through the pipeline, which audits each refusal: three
+    // malformed, one unprocessable from the ministry and two from the consulate, two of an
+    // unsupported type.
+    for (code, count) in [
+        ("malformed", 3.0),
+        ("unprocessable", 3.0),
+        ("unsupported-media-type", 2.0),
+    ] {
+        assert_eq!(
+            admin
+                .metric("passerelle_messages_total", &[("outcome", code)])
+                .await,
+            count,
+            "{code}"
+        );
+    }
+
+    // Query and path parameters are named.
+    let problem = ministry
+        .get("/v1/inbox?after=abc")
+        .await
+        .problem(400, "malformed");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("after must be a whole number"),
+        "{problem}"
+    );
+    let problem = ministry
+        .post("/v1/inbox/abc/ack")
+        .await
+        .problem(404, "not-found");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/inbox/abc/ack"),
+        "{problem}"
+    );
+    gateway.stop().await;
+}

@@ -290,8 +290,18 @@ impl SchemaSet {
 }
 
 fn violation(error: &jsonschema::ValidationError<'_>, prefix: &str) -> Violation {
+    let mut path = format!("{prefix}{}", error.instance_path());
+    // A missing member is where the sender must look, not the object that lacks it. (A
+    // property name is schema text, not the sender's data.)
+    if let jsonschema::error::ValidationErrorKind::Required {
+        property: Value::String(name),
+    } = error.kind()
+    {
+        path.push('/');
+        path.push_str(&name.replace('~', "~0").replace('/', "~1"));
+    }
     Violation {
-        path: format!("{prefix}{}", error.instance_path()),
+        path,
         message: error.masked().to_string(),
     }
 }

@@ -153,6 +153,42 @@ impl Matcher {
             .map(|(label, _, expected)| (label.as_str(), expected.as_slice()))
     }
 
+    /// What the message has where this kind looks: its root element (XML), and the values of
+    /// the fields it matches on, for a sender told that its message is of no known kind. The
+    /// values are the sender's own, sent back to it only.
+    pub fn seen(&self, native: Native<'_>, said: &mut Vec<String>) {
+        if self.root.is_some()
+            && let Native::Xml(document, _) = native
+        {
+            let name = &document.root().name;
+            let root = match &name.namespace {
+                Some(namespace) => format!(
+                    "the root element is {} in namespace {namespace}",
+                    name.local
+                ),
+                None => format!("the root element is {} (in no namespace)", name.local),
+            };
+            if !said.contains(&root) {
+                said.push(root);
+            }
+        }
+        let values = Self::values_at(native);
+        for (label, path, _) in &self.fields {
+            if said.iter().any(|s| s.starts_with(&format!("{label} "))) {
+                continue;
+            }
+            let found = values(path);
+            said.push(match found.as_slice() {
+                [] => format!("{label} is missing"),
+                [one] => format!("{label} is {}", shown(one)),
+                many => format!(
+                    "{label} is {}",
+                    many.iter().map(shown).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
+
     fn values_at(native: Native<'_>) -> impl Fn(&NativePath) -> Vec<Value> + '_ {
         move |path: &NativePath| {
             let named = BTreeMap::new();
@@ -181,6 +217,17 @@ impl Matcher {
                 .iter()
                 .any(|value| compare.accepts(value, expected))
         }) && self.present.iter().all(|path| !values(path).is_empty())
+    }
+}
+
+/// A value as a sender is told it was read: text quoted, at most 60 characters of it.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(text) if text.chars().count() > 60 => {
+            format!("{:?}…", text.chars().take(60).collect::<String>())
+        }
+        Value::String(text) => format!("{text:?}"),
+        other => other.to_string(),
     }
 }
 
@@ -432,6 +479,36 @@ impl InboundMapping {
             data,
             checks,
         })
+    }
+
+    /// The native path (as the mapping writes it) that a field of the mapped event was read
+    /// from, for a schema violation at JSON Pointer `pointer` (`/id`, `/subject`,
+    /// `/data/holder/birth_date`, `/data/segments/0/date`): the rule of that field, or of the
+    /// nearest field that holds it. `None` for what no rule of this kind wrote.
+    pub fn source_of(&self, pointer: &str) -> Option<&str> {
+        let mut segments = pointer.split('/').skip(1);
+        match segments.next()? {
+            "id" => Some(self.id.label.as_str()),
+            "time" => self.time.as_ref().map(|rule| rule.label.as_str()),
+            "subject" => self.data_rule(&["case_id".to_owned()]),
+            "data" => {
+                let path: Vec<String> = segments
+                    .filter(|segment| segment.parse::<usize>().is_err())
+                    .map(|segment| segment.replace("~1", "/").replace("~0", "~"))
+                    .collect();
+                (1..=path.len())
+                    .rev()
+                    .find_map(|len| self.data_rule(&path[..len]))
+            }
+            _ => None,
+        }
+    }
+
+    fn data_rule(&self, path: &[String]) -> Option<&str> {
+        self.data
+            .iter()
+            .find(|(target, _)| target.as_slice() == path)
+            .map(|(_, rule)| rule.label.as_str())
     }
 
     /// Builds the event's `id`, `time` and `data` (with anomalies) from a native message.

@@ -131,10 +131,13 @@ pub enum DecodeError {
         message: String,
     },
     /// No inbound or ignore rule recognises the message.
-    #[error("partner {partner}: the message is none of the known kinds ({expected})")]
+    #[error("partner {partner}: the message is none of the known kinds ({expected}): {seen}")]
     UnknownKind {
         /// The sender.
         partner: String,
+        /// What the message has where the kinds are told apart (its root element, the values
+        /// of the fields the kinds match on).
+        seen: String,
         /// The kinds that were tried.
         expected: String,
     },
@@ -394,9 +397,17 @@ impl PartnerMapping {
                 .map(|m| m.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ");
+            let mut seen = Vec::new();
+            for mapping in &self.inbound {
+                mapping.matcher.seen(native, &mut seen);
+            }
+            if seen.is_empty() {
+                seen.push("nothing that tells its kind".into());
+            }
             return Err(DecodeError::UnknownKind {
                 partner: partner(),
                 expected,
+                seen: seen.join("; "),
             });
         };
         require_in_force(mapping.envelope.mapping_id.clone())?;
@@ -428,13 +439,20 @@ impl PartnerMapping {
                 message: refused_message(&label, &found),
             });
         }
-        self.schemas
-            .validate(&event)
-            .map_err(|violations| DecodeError::Schema {
+        self.schemas.validate(&event).map_err(|mut violations| {
+            // The sender knows its own message, not the canonical one: each violation names
+            // the native path its field was read from.
+            for violation in &mut violations {
+                if let Some(source) = mapping.source_of(&violation.path) {
+                    violation.message = format!("{} (read from {source})", violation.message);
+                }
+            }
+            DecodeError::Schema {
                 partner: partner(),
                 kind: mapping.name.clone(),
                 violations,
-            })?;
+            }
+        })?;
         Ok(Decoded::Event(MappedEvent { event, mapping_id }))
     }
 

@@ -95,6 +95,10 @@ pub enum Content {
         /// The data's media type (`application/json`).
         content_type: String,
     },
+    /// The transport could already tell that the message cannot be read (a header that does
+    /// not decode, a content coding the gateway does not read). It is refused as any other
+    /// message that cannot be read: counted against the sender's rate, and audited.
+    Unreadable(Refusal),
 }
 
 /// One message handed over by a transport.
@@ -398,10 +402,17 @@ impl Gateway {
                 attributes,
                 content_type,
             } => {
-                check_media_type(mapping.format, "application/cloudevents+json")?;
+                if mapping.format != Format::Cloudevents {
+                    return Err(Refusal::UnsupportedMediaType(format!(
+                        "this partner sends {}, not binary-mode CloudEvents (CloudEvents \
+                         attribute headers)",
+                        media_types(mapping.format).join(" or ")
+                    )));
+                }
                 structured = binary_to_structured(attributes, content_type, submission.body)?;
                 &structured
             }
+            Content::Unreadable(refusal) => return Err(refusal.clone()),
         };
         // A kind whose mapping the registry does not put in force is refused before any of
         // its fields is read.
@@ -1453,18 +1464,21 @@ fn check_media_type(format: Format, media: &str) -> Result<(), Refusal> {
     let essence = media_essence(media);
     let accepted = media_types(format);
     if accepted.contains(&essence.as_str()) {
-        Ok(())
-    } else {
-        Err(Refusal::UnsupportedMediaType(format!(
-            "this partner sends {}, not {}",
-            accepted.join(" or "),
-            if essence.is_empty() {
-                "an untyped body"
-            } else {
-                &essence
-            }
-        )))
+        return Ok(());
     }
+    let given = if essence.is_empty() {
+        "an untyped body"
+    } else {
+        &essence
+    };
+    Err(Refusal::UnsupportedMediaType(match format {
+        Format::Cloudevents => format!(
+            "this partner sends CloudEvents: application/cloudevents+json (structured mode), \
+             or the event's data as application/json with its attributes in headers, \
+             ce-specversion among them (binary mode); not {given}"
+        ),
+        _ => format!("this partner sends {}, not {given}", accepted.join(" or ")),
+    }))
 }
 
 /// Builds the structured form of a binary-mode CloudEvent (CloudEvents HTTP and AMQP
@@ -1490,6 +1504,15 @@ fn binary_to_structured(
         if event.contains_key(&name) {
             return Err(Refusal::Malformed(format!(
                 "the CloudEvents attribute {name} is given twice"
+            )));
+        }
+        // In binary mode the data's media type is the message's content type; an attribute
+        // that says otherwise is a contradiction, not a detail to overwrite.
+        if name == "datacontenttype" && !media_essence(value).eq_ignore_ascii_case(essence) {
+            return Err(Refusal::Malformed(format!(
+                "the datacontenttype attribute says {}, but the data is sent as {essence}: in \
+                 binary mode the content type is the data's media type",
+                media_essence(value)
             )));
         }
         event.insert(name, Value::String(value.clone()));

@@ -168,8 +168,13 @@ pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningSe
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 problem::Problem::bad_request(format!("the query string: {e}")).into()
             }))
-            .app_data(web::PathConfig::default().error_handler(|e, _| {
-                problem::Problem::not_found(format!("the path: {e}")).into()
+            .app_data(web::PathConfig::default().error_handler(|e, req| {
+                // "Path deserialize error: can not parse "abc" to a u64": the resource does
+                // not exist; the parser's words are kept after its own prefix.
+                let why = e.to_string();
+                let why = why.strip_prefix("Path deserialize error: ").unwrap_or(&why);
+                problem::Problem::not_found(format!("no such resource {} ({why})", req.path()))
+                    .into()
             }));
         if floor {
             app.configure(routes::floor)

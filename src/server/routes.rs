@@ -18,7 +18,7 @@ use crate::audit::bundle::Trail;
 use crate::audit::{Kind, Query, Transport};
 use crate::canonical::partner_source;
 use crate::pipeline::shares::SharePermit;
-use crate::pipeline::{Ack, Content, Gateway, Outcome, Submission, UNREGISTERED};
+use crate::pipeline::{Ack, Content, Gateway, Outcome, Refusal, Submission, UNREGISTERED};
 use crate::registry::PartnerEntry;
 use crate::store::{Channel, Delivery, DeliveryState, DeliveryUpdate};
 use crate::tls::ClientVerifier;
@@ -244,6 +244,57 @@ async fn read_body(
         .map_err(|_| Problem::bad_request(format!("the body did not arrive within {seconds} s")))?
 }
 
+/// How to read a request's body. A body sent with a content coding (`Content-Encoding: gzip`)
+/// is refused: the gateway reads, commits to and audits bodies as sent. `ce-specversion` makes
+/// the request a binary-mode CloudEvent, whose `ce-*` header values are percent-decoded, as the
+/// CloudEvents HTTP binding (3.1.3.2) asks; `ce-*` headers without it are a mistake to say.
+fn content_of(req: &HttpRequest) -> Content {
+    let content_type = header(req, "content-type").unwrap_or_default();
+    let unreadable = |why: String| Content::Unreadable(Refusal::Malformed(why));
+    if let Some(coding) = req.headers().get("content-encoding") {
+        let coding = String::from_utf8_lossy(coding.as_bytes()).trim().to_owned();
+        if !coding.eq_ignore_ascii_case("identity") {
+            return Content::Unreadable(Refusal::UnsupportedMediaType(format!(
+                "the body is sent with Content-Encoding {coding}, which the gateway does not \
+                 decode: send it without a content coding"
+            )));
+        }
+    }
+    let ce_headers: Vec<_> = req
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str().strip_prefix("ce-")?, value)))
+        .collect();
+    if !req.headers().contains_key("ce-specversion") {
+        if let Some((name, _)) = ce_headers.first() {
+            return unreadable(format!(
+                "the request has a ce-{name} header but no ce-specversion: a binary-mode \
+                 CloudEvent gives its attributes in ce-* headers, ce-specversion among them"
+            ));
+        }
+        return Content::Typed(content_type);
+    }
+    let mut attributes = Vec::with_capacity(ce_headers.len());
+    for (name, value) in ce_headers {
+        let decoded = value.to_str().ok().and_then(|text| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8()
+                .ok()
+        });
+        let Some(decoded) = decoded else {
+            return unreadable(format!(
+                "the ce-{name} header is not percent-encoded UTF-8 (CloudEvents HTTP binding: \
+                 characters outside printable ASCII, and %, are sent as %XX)"
+            ));
+        };
+        attributes.push((name.to_owned(), decoded.into_owned()));
+    }
+    Content::BinaryCloudEvent {
+        attributes,
+        content_type,
+    }
+}
+
 fn header(req: &HttpRequest, name: &str) -> Option<String> {
     req.headers()
         .get(name)
@@ -280,23 +331,7 @@ async fn post_message(
         // At most one byte past the limit is read, whatever the declared length: the
         // pipeline refuses a larger body, and audits the refusal, like any other.
         let body = read_body(&gateway, &caller.0.id, payload).await?;
-        let content_type = header(&req, "content-type").unwrap_or_default();
-        let content = if req.headers().contains_key("ce-specversion") {
-            let attributes = req
-                .headers()
-                .iter()
-                .filter_map(|(name, value)| {
-                    let name = name.as_str().strip_prefix("ce-")?;
-                    Some((name.to_owned(), value.to_str().ok()?.to_owned()))
-                })
-                .collect();
-            Content::BinaryCloudEvent {
-                attributes,
-                content_type,
-            }
-        } else {
-            Content::Typed(content_type)
-        };
+        let content = content_of(&req);
         let partner = caller.0.id.clone();
         let ingest = {
             let gateway = gateway.clone();
@@ -352,12 +387,26 @@ fn answer(status: StatusCode, ack: &Ack) -> HttpResponse {
     HttpResponse::build(status).json(ack)
 }
 
+/// The inbox's query, read as text so that a value that is not a number is refused naming its
+/// parameter (the query decoder's own error names neither).
 #[derive(Debug, Deserialize)]
 struct InboxQuery {
-    #[serde(default)]
-    after: u64,
-    #[serde(default)]
-    limit: Option<usize>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// Reads parameter `name` as a whole number, `None` when it is absent.
+fn whole_number<T: std::str::FromStr>(
+    value: Option<&str>,
+    name: &str,
+) -> Result<Option<T>, Problem> {
+    value
+        .map(|text| {
+            text.parse().map_err(|_| {
+                Problem::bad_request(format!("{name} must be a whole number, not {text:?}"))
+            })
+        })
+        .transpose()
 }
 
 /// One delivery, as the inbox lists it.
@@ -402,12 +451,15 @@ async fn get_inbox(
     query: web::Query<InboxQuery>,
 ) -> Result<HttpResponse, Problem> {
     let gateway = gateway(&req)?;
-    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let after: u64 = whole_number(query.after.as_deref(), "after")?.unwrap_or(0);
+    let limit = whole_number::<usize>(query.limit.as_deref(), "limit")?
+        .unwrap_or(50)
+        .clamp(1, 500);
     // One request at a time per inbox: a delivery is audited `delivered` once.
     let _turn = inbox_turn(gateway, &caller.0.id).await?;
     let page = gateway
         .store
-        .inbox(&caller.0.id, query.after, limit)
+        .inbox(&caller.0.id, after, limit)
         .map_err(|e| Problem::unavailable(e.to_string()))?;
     for (delivery, why) in &page.unreadable {
         tracing::error!(
@@ -475,7 +527,7 @@ async fn get_inbox(
             created_at: d.created_at,
         })
         .collect();
-    let next_after = page.last_seen.unwrap_or(query.after);
+    let next_after = page.last_seen.unwrap_or(after);
     Ok(HttpResponse::Ok().json(InboxPage {
         messages,
         next_after,

@@ -586,6 +586,28 @@ impl Client {
         Ok(read(response).await)
     }
 
+    /// POSTs a message with extra headers (`ce-*`, `content-encoding`…).
+    pub async fn send_with_headers(
+        &self,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/messages", self.base))
+            .header("content-type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{} sending: {e:?}", self.name));
+        read(response).await
+    }
+
     /// POSTs a message.
     pub async fn send(&self, content_type: &str, body: impl Into<reqwest::Body>) -> Reply {
         self.try_send(content_type, body)
