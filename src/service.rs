@@ -71,6 +71,15 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
             );
             Ok(signer)
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e).with_context(|| {
+            format!(
+                "reading the audit log's signing key {}: with audit.create_key = false it must \
+                 be provisioned there (`passerelle audit keygen --name {} --out {}`)",
+                path.display(),
+                config.audit.origin,
+                path.display()
+            )
+        }),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
@@ -80,6 +89,12 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
 /// A folder others may read or enter is closed to them (mode 0700), and the log says so.
 fn private_folder(data: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if data.exists() && !data.is_dir() {
+        anyhow::bail!(
+            "the data folder {} (paths.data) is a file, not a folder",
+            data.display()
+        );
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

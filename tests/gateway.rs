@@ -3282,6 +3282,18 @@ async fn refusals_say_what_to_fix() {
         );
     }
 
+    // A partner that does not receive by inbox is told so, rather than polling an inbox that
+    // stays empty: the auditor receives nothing.
+    let problem = gateway
+        .client("audit.igat")
+        .get("/v1/inbox")
+        .await
+        .problem(409, "conflict");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("has no inbox"),
+        "{problem}"
+    );
+
     // Query and path parameters are named.
     let problem = ministry
         .get("/v1/inbox?after=abc")

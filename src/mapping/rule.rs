@@ -399,7 +399,7 @@ impl Source {
                     _ => Vec::new(),
                 };
                 let mut objects = Vec::with_capacity(items.len());
-                for item in items {
+                for (at, item) in items.into_iter().enumerate() {
                     let item_scope = EvalScope {
                         native: item,
                         named: scope.named,
@@ -408,8 +408,10 @@ impl Source {
                     let mut object = Map::new();
                     for (name, rule) in fields {
                         if let Some(value) = rule.eval(&item_scope).map_err(|e| RuleError {
+                            // The item's position, from 1, as a sender counts them.
                             message: format!(
-                                "in each item of {}, field {name}: {}",
+                                "in item {} of {}, field {name}: {}",
+                                at + 1,
                                 path_label(path),
                                 e.message
                             ),

@@ -469,6 +469,27 @@ async fn get_inbox(
         );
     }
     let deliveries = page.deliveries;
+    // A partner that does not receive by inbox would otherwise poll an inbox that stays empty
+    // and never learn why. (Deliveries left from before a change of delivery mode are listed.)
+    if deliveries.is_empty() && after == 0 {
+        let elsewhere = match &caller.0.delivery {
+            Some(crate::registry::Delivery::Inbox) => None,
+            Some(crate::registry::Delivery::Webhook { .. }) => {
+                Some("its messages are posted to its webhook")
+            }
+            Some(crate::registry::Delivery::Amqp) => {
+                Some("its messages are published to its AMQP queue")
+            }
+            None => Some("it receives no messages"),
+        };
+        if let Some(elsewhere) = elsewhere {
+            return Err(Refusal::Conflict(format!(
+                "partner {} has no inbox: {elsewhere} (its delivery mode in the registry)",
+                caller.0.id
+            ))
+            .into());
+        }
+    }
     // The first fetch is the delivery: audit it, then record it (so that the evidence is never
     // behind the state: a failure in between audits it again at the next fetch). The page's
     // entries are appended together (up to `AUDITS_AT_ONCE` at a time), and share the log's
