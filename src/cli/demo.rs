@@ -449,6 +449,10 @@ impl DemoArgs {
             );
         }
         prepare_dir(&self.dir)?;
+        // The gateway's errors (a broker it cannot reach, a file it cannot use) on standard
+        // error, so that a demo that fails says why; RUST_LOG asks for more. (The AMQP client
+        // library's own errors are left out: it reports the demo's orderly close as one.)
+        super::serve::init_logging_from("error,lapin=off");
         actix_web::rt::System::new().block_on(play(self.dir))
     }
 }

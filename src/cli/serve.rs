@@ -22,11 +22,16 @@ pub struct ServeArgs {
 /// Structured JSON logs on standard error, filtered by `RUST_LOG` (default `info`), with the
 /// targets of [`CAPPED_TARGETS`] held to their level whatever `RUST_LOG` says.
 pub fn init_logging() {
+    init_logging_from("info");
+}
+
+/// [`init_logging`], at level `default` when `RUST_LOG` is unset.
+pub fn init_logging_from(default: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let (filter, refused) = match tracing_subscriber::EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, None),
-        Err(error) => (tracing_subscriber::EnvFilter::new("info"), Some(error)),
+        Err(error) => (tracing_subscriber::EnvFilter::new(default), Some(error)),
     };
     let _ = tracing_subscriber::registry()
         .with(json_logs(filter, std::io::stderr))
@@ -35,7 +40,7 @@ pub fn init_logging() {
     if let Some(error) = refused
         && std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty())
     {
-        tracing::warn!(error = %error, "RUST_LOG cannot be read; logging at info");
+        tracing::warn!(error = %error, default, "RUST_LOG cannot be read; logging at the default level");
     }
 }
 
