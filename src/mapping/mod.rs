@@ -500,7 +500,12 @@ impl PartnerMapping {
             ));
         }
         if object.get("subject") != object.get("data").and_then(|data| data.get("case_id")) {
-            return Err(field("subject", "subject must equal data.case_id".into()));
+            let what = if object.get("subject").is_none() {
+                "subject is missing: it must equal data.case_id"
+            } else {
+                "subject must equal data.case_id"
+            };
+            return Err(field("subject", what.into()));
         }
         let mapping_id = self.mapping_id(&kind);
         object.insert("mappingid".into(), Value::String(mapping_id.clone()));
