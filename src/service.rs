@@ -105,20 +105,23 @@ fn private_folder(data: &Path) -> anyhow::Result<()> {
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).with_context(
-            || {
-                format!(
-                    "closing the data folder {} to other users (it holds personal data)",
-                    data.display()
-                )
-            },
-        )?;
-        tracing::warn!(
-            folder = %data.display(),
-            was = format!("{:o}", mode & 0o777),
-            "the data folder was open to other users; it holds personal data, so it is now \
-             closed to them (mode 700)"
-        );
+        match std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)) {
+            Ok(()) => tracing::warn!(
+                folder = %data.display(),
+                was = format!("{:o}", mode & 0o777),
+                "the data folder was open to other users; it holds personal data, so it is now \
+                 closed to them (mode 700)"
+            ),
+            // Not the folder's owner (a volume mounted for a group, say): its permissions are
+            // the platform's to set; say so rather than refuse to start.
+            Err(error) => tracing::warn!(
+                folder = %data.display(),
+                mode = format!("{:o}", mode & 0o777),
+                error = %error,
+                "the data folder is open to other users and cannot be closed to them; it holds \
+                 personal data: restrict it to the gateway's user"
+            ),
+        }
     }
     Ok(())
 }

@@ -299,6 +299,8 @@ pub struct ClientVerifier {
     ca: PathBuf,
     crls: Vec<PathBuf>,
     roots: Arc<RootCertStore>,
+    /// The CA bundle's certificates as read at start, which sign the CRLs read later.
+    ca_certs: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
     hints: Vec<DistinguishedName>,
     current: RwLock<Arc<dyn ClientCertVerifier>>,
@@ -348,13 +350,15 @@ impl ClientVerifier {
             });
         }
         let roots = Arc::new(load_roots(&files.ca)?);
+        let ca_certs = load_certs(&files.ca)?;
         let read_at = modified(&files.crls);
-        let verifier = build_client_verifier(&files.ca, &files.crls, &roots, &provider)?;
+        let verifier = build_client_verifier(&files.ca, &files.crls, &roots, &ca_certs, &provider)?;
         Ok(ClientVerifier {
             ca: files.ca.clone(),
             crls: files.crls.clone(),
             hints: verifier.root_hint_subjects().to_vec(),
             roots,
+            ca_certs,
             provider,
             current: RwLock::new(verifier),
             read_at: Mutex::new(read_at),
@@ -381,7 +385,13 @@ impl ClientVerifier {
         if *read_at == now {
             return Ok(false);
         }
-        let verifier = build_client_verifier(&self.ca, &self.crls, &self.roots, &self.provider)?;
+        let verifier = build_client_verifier(
+            &self.ca,
+            &self.crls,
+            &self.roots,
+            &self.ca_certs,
+            &self.provider,
+        )?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
         self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::Release);
@@ -433,9 +443,10 @@ fn build_client_verifier(
     ca: &Path,
     crl_files: &[PathBuf],
     roots: &Arc<RootCertStore>,
+    ca_certs: &[CertificateDer<'_>],
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let crls = load_checked_crls(ca, crl_files, roots, provider)?;
+    let crls = load_checked_crls(ca_certs, crl_files, roots, provider)?;
     WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -589,7 +600,7 @@ pub trait CertificateRefusalObserver: Send + Sync {
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crypto_provider();
     let roots = Arc::new(load_roots(&files.ca)?);
-    let crls = load_checked_crls(&files.ca, &files.crls, &roots, &provider)?;
+    let crls = load_checked_crls(&load_certs(&files.ca)?, &files.crls, &roots, &provider)?;
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -739,21 +750,20 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     every_pem_block(WHAT, path, &bytes)
 }
 
-/// Loads every CRL file, checks that each CRL is signed by a CA of the bundle `ca`, and checks
-/// each file on its own with a throwaway verifier, so that a bad CRL is reported with its file
-/// name.
+/// Loads every CRL file, checks that each CRL in the name of a CA of the bundle (`cas`) is
+/// signed by it, and checks each file on its own with a throwaway verifier, so that a bad CRL
+/// is reported with its file name.
 fn load_checked_crls(
-    ca: &Path,
+    cas: &[CertificateDer<'_>],
     paths: &[PathBuf],
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let cas = load_certs(ca)?;
     let mut all = Vec::new();
     for path in paths {
         let crls = load_crls(path)?;
         for crl in &crls {
-            signed_by_a_ca(crl, &cas).map_err(|reason| TlsError::CrlIssuer {
+            signed_by_its_ca(crl, cas).map_err(|reason| TlsError::CrlIssuer {
                 path: path.clone(),
                 reason,
             })?;
@@ -770,11 +780,16 @@ fn load_checked_crls(
     Ok(all)
 }
 
-/// Checks that `crl` is signed by one of `cas`. rustls's verifier checks a CRL's signature only
-/// when it consults the CRL for a certificate: a CRL of another CA of the same name (a CA
-/// re-created, a file copied from the wrong environment) would be taken at load, and then fail
-/// every handshake of the CA's certificates. Refused here instead, the CRLs in use stay.
-fn signed_by_a_ca(
+/// Checks that a CRL in the name of a CA of the bundle is signed by it. rustls's verifier
+/// checks a CRL's signature only when it consults the CRL for a certificate: a CRL of another
+/// CA of the same name (a CA re-created, a file copied from the wrong environment) would be
+/// taken at load, and then fail every handshake of the CA's certificates. Refused here instead,
+/// the CRLs in use stay.
+///
+/// A CRL whose issuer is no CA of the bundle is let through: it is an intermediate CA's (sent
+/// by clients in their chains, not kept in the bundle), which the verifier checks against the
+/// intermediate when a chain goes through it.
+fn signed_by_its_ca(
     crl: &CertificateRevocationListDer<'_>,
     cas: &[CertificateDer<'_>],
 ) -> Result<(), String> {
@@ -793,15 +808,15 @@ fn signed_by_a_ca(
             return Ok(());
         }
     }
-    Err(if named {
-        format!(
+    if named {
+        Err(format!(
             "it names {} as its issuer, but that CA of the bundle did not sign it (a CRL of \
              another CA of the same name?)",
             crl.issuer()
-        )
+        ))
     } else {
-        format!("its issuer, {}, is no CA of the bundle", crl.issuer())
-    })
+        Ok(())
+    }
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

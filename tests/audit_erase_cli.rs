@@ -29,24 +29,29 @@ fn erase_case(log: &Path, key: &Path, case: &str) -> Output {
     ])
 }
 
-#[test]
-fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
-    let scratch = tempfile::tempdir().unwrap();
-    let (log, key) = (scratch.path().join("log"), scratch.path().join("log.key"));
-    let keygen = passerelle(&[
+/// A new signing key of log `erase.test/log` in `out`; returns its verifier key.
+fn keygen(out: &Path) -> String {
+    let made = passerelle(&[
         "audit",
         "keygen",
         "--name",
         "erase.test/log",
         "--out",
-        path(&key),
+        path(out),
     ]);
     assert!(
-        keygen.status.success(),
+        made.status.success(),
         "{}",
-        String::from_utf8_lossy(&keygen.stderr)
+        String::from_utf8_lossy(&made.stderr)
     );
-    let verifier = String::from_utf8(keygen.stdout).unwrap().trim().to_owned();
+    String::from_utf8(made.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (log, key) = (scratch.path().join("log"), scratch.path().join("log.key"));
+    let verifier = keygen(&key);
     let append = passerelle(&[
         "audit",
         "stress-append",
@@ -126,15 +131,7 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
 
     // A key of another log is refused, naming both logs.
     let other_key = scratch.path().join("other.key");
-    let keygen = passerelle(&[
-        "audit",
-        "keygen",
-        "--name",
-        "erase.test/log",
-        "--out",
-        path(&other_key),
-    ]);
-    assert!(keygen.status.success());
+    keygen(&other_key);
     let other = erase_case(&log, &other_key, "RVA-2026-000006");
     assert!(!other.status.success());
     let why = String::from_utf8_lossy(&other.stderr);

@@ -1421,19 +1421,15 @@ async fn refusals_are_answered_with_problems_and_audited() {
     // summaries of refused certificates, and nothing else.
     let refusals: usize = refused.values().map(Vec::len).sum::<usize>() + 3;
     assert_eq!(appends().await, refusals as u64);
-    for (code, count) in [
-        ("forbidden", 4.0),
-        ("too-large", 2.0),
-        ("unprocessable", 4.0),
-    ] {
-        assert_eq!(
-            admin
-                .metric("passerelle_messages_total", &[("outcome", code)])
-                .await,
-            count,
-            "{code}"
-        );
-    }
+    outcomes_counted(
+        &admin,
+        &[
+            ("forbidden", 4.0),
+            ("too-large", 2.0),
+            ("unprocessable", 4.0),
+        ],
+    )
+    .await;
 
     // A message outside the programme is acknowledged, audited as received, not routed.
     let reply = gateway
@@ -1789,6 +1785,25 @@ async fn delivery_story(
         },
     )
     .await
+}
+
+/// Checks that a problem's detail says `words`.
+fn says(problem: &Value, words: &str) {
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(words), "{problem}");
+}
+
+/// Checks `passerelle_messages_total` for each of `counts`' outcomes.
+async fn outcomes_counted(admin: &Admin, counts: &[(&str, f64)]) {
+    for (code, count) in counts {
+        assert_eq!(
+            admin
+                .metric("passerelle_messages_total", &[("outcome", code)])
+                .await,
+            *count,
+            "{code}"
+        );
+    }
 }
 
 /// The consulate's LPC fixture under another reference.
@@ -3133,7 +3148,9 @@ async fn the_data_folder_is_closed_to_other_users() {
 /// message is audited.
 #[actix_web::test]
 async fn refusals_say_what_to_fix() {
-    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let dgsn = Receiver::reserve();
+    let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
+    let gateway = TestGateway::start(&changes, |_| {}).await;
     let admin = gateway.admin();
     let ministry = gateway.client("ma.interieur");
     let consulate = gateway.client("sn.consulat.casablanca");
@@ -3158,27 +3175,21 @@ async fn refusals_say_what_to_fix() {
             .await
     };
 
-    // Header values are percent-decoded.
+    // Header values are unquoted, then percent-decoded.
     let accepted = binary("MI-PCT%2D0001", &[]).await;
     assert_eq!(accepted.status, 202, "{}", accepted.text());
     assert_eq!(accepted.json()["event_id"], "MI-PCT-0001");
+    let accepted = binary("\"MI-PCT-0004\"", &[]).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    assert_eq!(accepted.json()["event_id"], "MI-PCT-0004");
     // One that does not decode to UTF-8, and a datacontenttype that contradicts the content
     // type, are refused.
     let problem = binary("MI-PCT-%FF", &[]).await.problem(400, "malformed");
-    assert!(
-        problem["detail"].as_str().unwrap().contains("ce-id"),
-        "{problem}"
-    );
+    says(&problem, "ce-id");
     let problem = binary("MI-PCT-0002", &[("ce-datacontenttype", "application/xml")])
         .await
         .problem(400, "malformed");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("application/xml"),
-        "{problem}"
-    );
+    says(&problem, "application/xml");
     // `ce-*` headers without `ce-specversion` are not read as another kind of message.
     let problem = ministry
         .send_with_headers(
@@ -3188,13 +3199,7 @@ async fn refusals_say_what_to_fix() {
         )
         .await
         .problem(400, "malformed");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("no ce-specversion"),
-        "{problem}"
-    );
+    says(&problem, "no ce-specversion");
     // A missing attribute is named where it is missing.
     let mut without_id = event.clone();
     without_id.as_object_mut().unwrap().remove("id");
@@ -3217,24 +3222,19 @@ async fn refusals_say_what_to_fix() {
         )
         .await
         .problem(415, "unsupported-media-type");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("not binary-mode CloudEvents"),
-        "{problem}"
-    );
+    says(&problem, "not binary-mode CloudEvents");
     let problem = consulate
-        .send_with_headers("application/xml", &[("content-encoding", "gzip")], lpc)
+        .send_with_headers(
+            "application/xml",
+            &[
+                ("content-encoding", "identity"),
+                ("content-encoding", "gzip"),
+            ],
+            lpc,
+        )
         .await
         .problem(415, "unsupported-media-type");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("Content-Encoding gzip"),
-        "{problem}"
-    );
+    says(&problem, "Content-Encoding gzip");
     // A field that breaks the schema is named by the path of the sender's message it was read
     // from.
     let long_number = String::from_utf8(lpc_issued("CGSN-CASA-2026-00420"))
@@ -3247,13 +3247,7 @@ async fn refusals_say_what_to_fix() {
         .send("application/xml", long_number)
         .await
         .problem(422, "unprocessable");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("(read from Document/Numero)"),
-        "{problem}"
-    );
+    says(&problem, "(read from Document/Numero)");
     // A message of no known kind is told what it has.
     let problem = consulate
         .send("application/xml", "<LaissezPasserRefuse xmlns=\"urn:x\"/>")
@@ -3265,57 +3259,81 @@ async fn refusals_say_what_to_fix() {
         "{problem}"
     );
 
-    // Every refused message went through the pipeline, which audits each refusal: three
-    // malformed, one unprocessable from the ministry and two from the consulate, two of an
-    // unsupported type.
-    for (code, count) in [
-        ("malformed", 3.0),
-        ("unprocessable", 3.0),
-        ("unsupported-media-type", 2.0),
+    // Every refused message is audited, with its reason, in its sender's refusal trail: three
+    // malformed and one unprocessable from the ministry; two of an unsupported type and two
+    // unprocessable from the consulate.
+    for (partner, expected) in [
+        (
+            "ma.interieur",
+            vec!["malformed", "malformed", "malformed", "unprocessable"],
+        ),
+        (
+            "sn.consulat.casablanca",
+            vec![
+                "unprocessable",
+                "unprocessable",
+                "unsupported-media-type",
+                "unsupported-media-type",
+            ],
+        ),
     ] {
-        assert_eq!(
-            admin
-                .metric("passerelle_messages_total", &[("outcome", code)])
-                .await,
-            count,
-            "{code}"
-        );
+        let reasons = wait_for("the refusals' entries", WAIT, async || {
+            let found = gateway
+                .running
+                .gateway
+                .log
+                .search(&Query::Case(format!("refused/{partner}")))
+                .expect("search");
+            let mut reasons: Vec<String> = found
+                .into_iter()
+                .filter(|f| f.leaf.kind == Kind::Rejected)
+                .filter_map(|f| f.leaf.reason)
+                .collect();
+            reasons.sort();
+            (reasons.len() >= expected.len()).then_some(reasons)
+        })
+        .await;
+        assert_eq!(reasons, expected, "{partner}");
     }
+    outcomes_counted(
+        &admin,
+        &[
+            ("malformed", 3.0),
+            ("unprocessable", 3.0),
+            ("unsupported-media-type", 2.0),
+        ],
+    )
+    .await;
 
     // A partner that does not receive by inbox is told so, rather than polling an inbox that
-    // stays empty: the auditor receives nothing.
-    let problem = gateway
-        .client("audit.igat")
-        .get("/v1/inbox")
-        .await
-        .problem(409, "conflict");
-    assert!(
-        problem["detail"].as_str().unwrap().contains("has no inbox"),
-        "{problem}"
-    );
+    // stays empty: the auditor receives nothing, the DGSN receives by webhook here.
+    for (partner, how) in [
+        ("audit.igat", "it receives no messages"),
+        ("ma.dgsn", "posted to its webhook"),
+    ] {
+        let problem = gateway
+            .client(partner)
+            .get("/v1/inbox")
+            .await
+            .problem(409, "conflict");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("has no inbox") && detail.contains(how),
+            "{problem}"
+        );
+        assert_eq!(problem["title"], "The caller receives no messages by inbox");
+    }
 
     // Query and path parameters are named.
     let problem = ministry
         .get("/v1/inbox?after=abc")
         .await
         .problem(400, "malformed");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("after must be a whole number"),
-        "{problem}"
-    );
+    says(&problem, "after must be a whole number");
     let problem = ministry
         .post("/v1/inbox/abc/ack")
         .await
         .problem(404, "not-found");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("/v1/inbox/abc/ack"),
-        "{problem}"
-    );
+    says(&problem, "/v1/inbox/abc/ack");
     gateway.stop().await;
 }

@@ -10,7 +10,7 @@
 mod pki;
 
 use passerelle::tls::{self, PeerIdentity, TlsError, TlsFiles, dev};
-use pki::{dev_crl, impostor_crl};
+use pki::{crl_of_another_ca, dev_crl, impostor_crl};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -861,6 +861,15 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
     // And at start.
     let error = tls::server_config(&files).unwrap_err();
     assert!(matches!(error, TlsError::CrlIssuer { .. }), "{error}");
+
+    // A CRL of a CA that is not in the bundle (an intermediate's, checked against the
+    // intermediate when a chain goes through it) is taken beside the CA's own.
+    let intermediate = dir.path().join("intermediate.crl");
+    std::fs::write(&intermediate, crl_of_another_ca("Partner Issuing CA 1")).unwrap();
+    std::fs::write(&crl, dev_crl(13, &[dev::REVOKED, "iom.ma"])).unwrap();
+    files.crls = vec![crl.clone(), intermediate];
+    let (server, _) = tls::server_config_with_verifier(&files, None).unwrap();
+    only_iom_ma_is_revoked(&server).await;
 }
 
 /// IOM Morocco's handshake is refused as revoked; the ministry's is accepted.

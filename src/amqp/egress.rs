@@ -188,12 +188,17 @@ enum Attempt {
 /// A returned message that comes with the confirm may be another publish's; [`Confirms`]
 /// matches it to its delivery.
 ///
-/// The time limit counts only the time the connection was not blocked (see
-/// [`confirmed_within`]).
-async fn settle(confirm: PublisherConfirm, channel: &Channel, gate: &Backpressure) -> Answer {
+/// The time limit counts only the time the connection was not blocked, until the session stops
+/// (see [`confirmed_within`]).
+async fn settle(
+    confirm: PublisherConfirm,
+    channel: &Channel,
+    gate: &Backpressure,
+    stopping: &watch::Receiver<bool>,
+) -> Answer {
     let answered = tokio::select! {
         biased;
-        answered = confirmed_within(CONFIRM_TIMEOUT, confirm, gate) => answered,
+        answered = confirmed_within(CONFIRM_TIMEOUT, confirm, gate, stopping) => answered,
         () = channel_lost(channel) => return Answer::Failed("amqp.connection-lost".into(), None),
     };
     match answered {
@@ -215,12 +220,14 @@ const BLOCKED_LOOK: Duration = Duration::from_millis(250);
 /// connection publishes: the publish that learns of it is held unread until the alarm clears,
 /// and is then routed and confirmed. Counted against the limit, an alarm longer than it would
 /// make that publish a failed attempt, published again after the alarm: a repeat. The time the
-/// connection is blocked is therefore not counted; a connection lost meanwhile ends the wait
-/// (see [`settle`]).
+/// connection is blocked is therefore not counted, unless the session is stopping (`stopping`
+/// true), whose end must not wait for an alarm; a connection lost meanwhile ends the wait (see
+/// [`settle`]).
 async fn confirmed_within<F: std::future::Future>(
     limit: Duration,
     confirm: F,
     gate: &Backpressure,
+    stopping: &watch::Receiver<bool>,
 ) -> Option<F::Output> {
     let mut confirm = std::pin::pin!(confirm);
     let mut unblocked = Duration::ZERO;
@@ -229,7 +236,7 @@ async fn confirmed_within<F: std::future::Future>(
         if let Ok(answered) = tokio::time::timeout(look, &mut confirm).await {
             return Some(answered);
         }
-        if !gate.is_blocked() {
+        if !gate.is_blocked() || *stopping.borrow() {
             unblocked += look;
             if unblocked >= limit {
                 return None;
@@ -424,8 +431,10 @@ impl Egress {
                                     let to_replace = to_replace.clone();
                                     let channel = channel.clone();
                                     let gate = self.gate.clone();
+                                    let stopping = stop.clone();
                                     settling.spawn((number, delivery.id), async move {
-                                        let answer = settle(confirm, &channel, &gate).await;
+                                        let answer =
+                                            settle(confirm, &channel, &gate, &stopping).await;
                                         // A channel that nacked, or left a confirm
                                         // unanswered (its late answer, and any return with
                                         // it, would go astray), is replaced.

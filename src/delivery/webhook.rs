@@ -260,9 +260,10 @@ fn tls_failure(error: &reqwest::Error) -> Option<&rustls::Error> {
     None
 }
 
-/// A failed call's error with its causes, `outer: inner: …`.
+/// A failed call's causes, `sending the request: inner: …`. The error's own text is left out:
+/// it quotes the endpoint's URL, which may carry a token or a password.
 fn error_chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
+    let mut text = String::from("sending the request");
     let mut next = std::error::Error::source(error);
     while let Some(e) = next {
         let cause = e.to_string();

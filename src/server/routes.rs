@@ -251,9 +251,15 @@ async fn read_body(
 fn content_of(req: &HttpRequest) -> Content {
     let content_type = header(req, "content-type").unwrap_or_default();
     let unreadable = |why: String| Content::Unreadable(Refusal::Malformed(why));
-    if let Some(coding) = req.headers().get("content-encoding") {
-        let coding = String::from_utf8_lossy(coding.as_bytes()).trim().to_owned();
-        if !coding.eq_ignore_ascii_case("identity") {
+    // Every Content-Encoding header, each a list of codings.
+    let codings = req.headers().get_all("content-encoding").flat_map(|value| {
+        String::from_utf8_lossy(value.as_bytes())
+            .split(',')
+            .map(|coding| coding.trim().to_owned())
+            .collect::<Vec<_>>()
+    });
+    for coding in codings {
+        if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
             return Content::Unreadable(Refusal::UnsupportedMediaType(format!(
                 "the body is sent with Content-Encoding {coding}, which the gateway does not \
                  decode: send it without a content coding"
@@ -277,9 +283,11 @@ fn content_of(req: &HttpRequest) -> Content {
     let mut attributes = Vec::with_capacity(ce_headers.len());
     for (name, value) in ce_headers {
         let decoded = value.to_str().ok().and_then(|text| {
-            percent_encoding::percent_decode_str(text)
+            let text = unquoted(text)?;
+            percent_encoding::percent_decode_str(&text)
                 .decode_utf8()
                 .ok()
+                .map(|decoded| decoded.into_owned())
         });
         let Some(decoded) = decoded else {
             return unreadable(format!(
@@ -287,12 +295,31 @@ fn content_of(req: &HttpRequest) -> Content {
                  characters outside printable ASCII, and %, are sent as %XX)"
             ));
         };
-        attributes.push((name.to_owned(), decoded.into_owned()));
+        attributes.push((name.to_owned(), decoded));
     }
     Content::BinaryCloudEvent {
         attributes,
         content_type,
     }
+}
+
+/// A header value with an RFC 9110 quoted-string undone (`"A B"` is `A B`, `\x` is `x`), as
+/// the CloudEvents HTTP binding asks before percent-decoding; a value that is not quoted is
+/// itself. `None` for a quoted string left open, or with text after its closing quote.
+fn unquoted(value: &str) -> Option<String> {
+    let Some(inner) = value.strip_prefix('"') else {
+        return Some(value.to_owned());
+    };
+    let mut text = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => text.push(chars.next()?),
+            '"' => return chars.next().is_none().then_some(text),
+            c => text.push(c),
+        }
+    }
+    None
 }
 
 fn header(req: &HttpRequest, name: &str) -> Option<String> {
@@ -483,11 +510,15 @@ async fn get_inbox(
             None => Some("it receives no messages"),
         };
         if let Some(elsewhere) = elsewhere {
-            return Err(Refusal::Conflict(format!(
-                "partner {} has no inbox: {elsewhere} (its delivery mode in the registry)",
-                caller.0.id
-            ))
-            .into());
+            return Err(Problem::new(
+                actix_web::http::StatusCode::CONFLICT,
+                "conflict",
+                "The caller receives no messages by inbox",
+                format!(
+                    "partner {} has no inbox: {elsewhere} (its delivery mode in the registry)",
+                    caller.0.id
+                ),
+            ));
         }
     }
     // The first fetch is the delivery: audit it, then record it (so that the evidence is never

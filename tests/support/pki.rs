@@ -38,6 +38,34 @@ pub fn impostor_crl(number: u8, revoked: &[&str]) -> String {
     crl_signed_with(KeyPair::generate().unwrap(), number, revoked)
 }
 
+/// A CRL of another CA, named `name`, that the development bundle does not hold (an
+/// intermediate CA's, say), revoking nothing.
+pub fn crl_of_another_ca(name: &str) -> String {
+    let key = KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let issuer = Issuer::new(params, key);
+    CertificateRevocationListParams {
+        this_update: date_time_ymd(2021, 1, 1),
+        next_update: date_time_ymd(2099, 1, 1),
+        crl_number: SerialNumber::from_slice(&[1]),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
 fn crl_signed_with(ca_key: KeyPair, number: u8, revoked: &[&str]) -> String {
     let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
