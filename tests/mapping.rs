@@ -589,17 +589,37 @@ fn control_characters_are_refused_at_decode_naming_the_field() {
 
 #[test]
 fn iom_vulnerabilities_must_be_sent_even_when_there_are_none() {
-    for name in [
-        "in/error-vulnerabilities-missing.json",
-        "in/error-vulnerabilities-null.json",
+    // Refused, saying how the value is missing.
+    for (name, how) in [
+        ("in/error-vulnerabilities-missing.json", "is missing"),
+        ("in/error-vulnerabilities-null.json", "is null"),
     ] {
         let (field, message) = field_error("iom.ma", name);
         assert_eq!(field, "vulnerabilities", "{name}");
-        assert_eq!(message, "vulnerabilities is missing", "{name}");
+        assert_eq!(message, format!("vulnerabilities {how}"), "{name}");
     }
     // `[]` says "none": a value, kept as such.
     let data = event_data("iom.ma", "in/case-registered.json");
     assert_eq!(data["vulnerabilities"], serde_json::json!([]));
+}
+
+#[test]
+fn a_required_list_of_items_given_empty_is_said_empty() {
+    let mut booking: serde_json::Value =
+        serde_json::from_slice(&fixture("iom.ma", "in/travel-booked.json")).unwrap();
+    booking["booking"]["segments"] = serde_json::json!([]);
+    let set = shipped();
+    match set
+        .partner("iom.ma")
+        .unwrap()
+        .decode(&serde_json::to_vec(&booking).unwrap())
+    {
+        Err(DecodeError::Field { field, message, .. }) => {
+            assert_eq!(field, "segments");
+            assert!(message.ends_with("is empty"), "{message}");
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
 }
 
 #[test]

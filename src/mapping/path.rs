@@ -232,6 +232,12 @@ impl JsonPath {
             .collect()
     }
 
+    /// What the path leads to as written, `null`s, blank strings and arrays at the end
+    /// included: for telling a sender how a value it must give was missing.
+    pub fn reached<'v>(&self, value: &'v Value) -> Vec<&'v Value> {
+        Self::reach(&self.keys, value)
+    }
+
     /// The values the keys lead to, arrays at the end left whole.
     fn reach<'v>(keys: &[String], value: &'v Value) -> Vec<&'v Value> {
         let mut current: Vec<&Value> = vec![value];

@@ -574,6 +574,28 @@ impl Rule {
         Ok(picked.map(Value::String))
     }
 
+    /// How a required value that gave nothing is missing, for the sender: `is null`, `is
+    /// empty` (blank text, or an empty list), or `is missing` (absent).
+    fn how_missing(&self, scope: &EvalScope<'_>) -> &'static str {
+        let written: Vec<&Value> = match (&self.source, scope.native) {
+            (Source::Native(NativePath::Json(path)), Native::Json(value))
+            | (Source::Each(NativePath::Json(path), _), Native::Json(value)) => path.reached(value),
+            _ => Vec::new(),
+        };
+        let blank = |value: &&Value| match value {
+            Value::String(text) => text.trim().is_empty(),
+            Value::Array(items) => items.is_empty(),
+            _ => false,
+        };
+        if written.iter().any(|value| value.is_null()) {
+            "is null"
+        } else if !written.is_empty() && written.iter().all(blank) {
+            "is empty"
+        } else {
+            "is missing"
+        }
+    }
+
     /// Evaluates the rule: `Ok(None)` when the value is absent and may be.
     pub fn eval(&self, scope: &EvalScope<'_>) -> Result<Option<Value>, RuleError> {
         let (mut values, had_source) = self.transformed(scope)?;
@@ -591,7 +613,7 @@ impl Rule {
                 }
                 Some(default) => values.push(default.clone()),
                 None if self.optional => return Ok(None),
-                None => return fail(format!("{} is missing", self.label)),
+                None => return fail(format!("{} {}", self.label, self.how_missing(scope))),
             }
         }
         match self.shape {
@@ -880,9 +902,19 @@ mod tests {
             eval(&rule, &json!({"v": ["DOC"]})).unwrap(),
             Some(json!(["documents"]))
         );
-        for absent in [json!({}), json!({"v": null}), json!({"v": [null, ""]})] {
-            assert_eq!(eval(&rule, &absent).unwrap_err().message, "v is missing");
+        // Absent, each way said as it is.
+        for (absent, said) in [
+            (json!({}), "v is missing"),
+            (json!({"v": null}), "v is null"),
+            (json!({"v": [null, ""]}), "v is missing"),
+        ] {
+            assert_eq!(eval(&rule, &absent).unwrap_err().message, said);
         }
+        let one = compile(r#"{ from = "v" }"#, Shape::One);
+        assert_eq!(
+            eval(&one, &json!({"v": "  "})).unwrap_err().message,
+            "v is empty"
+        );
         // No default replaces what the sender said.
         let defaulted = compile(r#"{ from = "v", default = ["x"] }"#, Shape::List);
         assert_eq!(
