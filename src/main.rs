@@ -9,6 +9,7 @@ mod cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
+use passerelle::error_text::each_cause_once;
 use std::process::ExitCode;
 
 /// Passerelle, the exchange gateway of Morocco's assisted voluntary return programme.
@@ -55,26 +56,11 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", error_text(&error));
+            eprintln!(
+                "error: {}",
+                each_cause_once(error.chain().map(ToString::to_string))
+            );
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes, `outer: inner: …`, each cause said once: many errors already end
-/// with their cause's text (`cannot read the file x: No such file or directory`), which the
-/// chain would otherwise repeat.
-fn error_text(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let cause = cause.to_string();
-        if text.ends_with(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    text
 }

@@ -349,8 +349,8 @@ impl ClientVerifier {
                 ca: files.ca.clone(),
             });
         }
-        let roots = Arc::new(load_roots(&files.ca)?);
-        let ca_certs = load_certs(&files.ca)?;
+        let (ca_certs, roots) = load_ca_bundle(&files.ca)?;
+        let roots = Arc::new(roots);
         let read_at = modified(&files.crls);
         let verifier = build_client_verifier(&files.ca, &files.crls, &roots, &ca_certs, &provider)?;
         Ok(ClientVerifier {
@@ -599,8 +599,9 @@ pub trait CertificateRefusalObserver: Send + Sync {
 /// The server name to verify is given per connection, when connecting.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crypto_provider();
-    let roots = Arc::new(load_roots(&files.ca)?);
-    let crls = load_checked_crls(&load_certs(&files.ca)?, &files.crls, &roots, &provider)?;
+    let (ca_certs, roots) = load_ca_bundle(&files.ca)?;
+    let roots = Arc::new(roots);
+    let crls = load_checked_crls(&ca_certs, &files.crls, &roots, &provider)?;
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -725,17 +726,25 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// Loads a PEM CA bundle into a root store. Fails when the file holds no certificate, or when
 /// one of them is not a usable trust anchor.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    load_ca_bundle(path).map(|(_, roots)| roots)
+}
+
+/// Reads a PEM CA bundle once: its certificates (which sign the CRLs, see
+/// [`signed_by_its_ca`]) and the root store made of them, as [`load_roots`] does.
+fn load_ca_bundle(path: &Path) -> Result<(Vec<CertificateDer<'static>>, RootCertStore), TlsError> {
     const WHAT: &str = "CA bundle";
     let certs: Vec<CertificateDer<'static>> = every_pem_block(WHAT, path, &read(WHAT, path)?)?;
     let mut roots = RootCertStore::empty();
-    for (index, cert) in certs.into_iter().enumerate() {
-        roots.add(cert).map_err(|source| TlsError::TrustAnchor {
-            path: path.to_owned(),
-            index: index + 1,
-            source,
-        })?;
+    for (index, cert) in certs.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|source| TlsError::TrustAnchor {
+                path: path.to_owned(),
+                index: index + 1,
+                source,
+            })?;
     }
-    Ok(roots)
+    Ok((certs, roots))
 }
 
 /// Loads the CRLs of a file: every `X509 CRL` block of a PEM file, or a single DER CRL. Fails when

@@ -241,12 +241,9 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
     let public = public_folder(log);
     if !public.join("checkpoint").exists() {
         // Not a log that failed its check: no log at all where the command looked.
-        let nested = log.join("audit-log");
-        let hint = if public_folder(&nested).join("checkpoint").exists() {
-            format!(" (the log of that data folder is {})", nested.display())
-        } else {
-            String::new()
-        };
+        let hint = nested_log_hint(log, |nested| {
+            public_folder(nested).join("checkpoint").exists()
+        });
         bail!(
             "{} holds no log: give a log folder, or a copy of its public/ folder, with a \
              checkpoint file{hint}",
@@ -580,18 +577,25 @@ fn check_case_complete(bundle: &VerifiedBundle, public: &Path) -> anyhow::Result
     }
 }
 
-/// Refuses a folder that holds no log: opening it for writing would start a new, empty log
-/// there, signed with the real key, and the command would then report on the wrong log.
-fn existing_log(log: &Path) -> anyhow::Result<()> {
-    if log.join("private/log.json").is_file() {
-        return Ok(());
-    }
-    let nested = log.join("audit-log");
-    let hint = if nested.join("private/log.json").is_file() {
+/// For a folder given where a log was expected: when it is a gateway's data folder, whose
+/// `audit-log/` holds a log (`has_log`), a hint naming that log; otherwise nothing.
+fn nested_log_hint(folder: &Path, has_log: impl Fn(&Path) -> bool) -> String {
+    let nested = folder.join("audit-log");
+    if has_log(&nested) {
         format!(" (the log of that data folder is {})", nested.display())
     } else {
         String::new()
-    };
+    }
+}
+
+/// Refuses a folder that holds no log: opening it for writing would start a new, empty log
+/// there, signed with the real key, and the command would then report on the wrong log.
+fn existing_log(log: &Path) -> anyhow::Result<()> {
+    let has_log = |folder: &Path| folder.join("private/log.json").is_file();
+    if has_log(log) {
+        return Ok(());
+    }
+    let hint = nested_log_hint(log, has_log);
     bail!(
         "{} holds no audit log (no private/log.json): give the log's folder, the gateway's \
          <data>/audit-log{hint}",

@@ -263,15 +263,8 @@ fn tls_failure(error: &reqwest::Error) -> Option<&rustls::Error> {
 /// A failed call's causes, `sending the request: inner: …`. The error's own text is left out:
 /// it quotes the endpoint's URL, which may carry a token or a password.
 fn error_chain(error: &reqwest::Error) -> String {
-    let mut text = String::from("sending the request");
-    let mut next = std::error::Error::source(error);
-    while let Some(e) = next {
-        let cause = e.to_string();
-        if !text.ends_with(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        next = e.source();
-    }
-    text
+    let causes = std::iter::successors(std::error::Error::source(error), |e| e.source());
+    crate::error_text::each_cause_once(
+        std::iter::once("sending the request".to_owned()).chain(causes.map(ToString::to_string)),
+    )
 }
