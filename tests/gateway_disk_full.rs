@@ -19,7 +19,7 @@ use gateway_support::{
 use passerelle::audit::NoteSigner;
 use passerelle::pipeline::sequence::CaseFile;
 use passerelle::store::Store;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -200,6 +200,11 @@ async fn scenario(part: OnSmallFs) {
         OnSmallFs::Store => "store",
     };
     assert_eq!(ready.json()["checks"][check], false, "{}", ready.text());
+    // Only a restart reopens the failed part: liveness says so, for a supervisor to act on.
+    let health = admin.get("/health").await;
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert_eq!(health.json()["status"], "failed", "{}", health.text());
+    assert_eq!(health.json()["failed"], json!([check]), "{}", health.text());
     // The operator is told why, and not that anything is corrupt.
     let logged = gateway.stderr();
     assert!(

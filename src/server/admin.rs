@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /health` | the process is alive |
+//! | `GET /health` | the process is alive, and its store and audit log have not failed for good |
 //! | `GET /ready` | the store, the audit log and every configured broker connection are up |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /dead-letters?after=&limit=` | dead-lettered deliveries (metadata only), a page at a time |
@@ -87,12 +87,7 @@ pub fn start(
             .default_service(web::to(|| async {
                 HttpResponse::NotFound().json(serde_json::json!({"error": "no such route"}))
             }))
-            .route(
-                "/health",
-                web::get().to(|| async {
-                    HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
-                }),
-            )
+            .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
             .route("/metrics", web::get().to(metrics))
             .route("/dead-letters", web::get().to(dead_letters))
@@ -105,6 +100,30 @@ pub fn start(
     let handle = server.handle();
     tokio::spawn(server);
     Ok((addr, handle))
+}
+
+/// Liveness. The store and the audit log do not recover by themselves from a write that
+/// failed (a full disk, a failed sync): a restart is what reopens them, runs the log's
+/// recovery and settles what the store held. A gateway in that state is therefore reported
+/// failed, so that a supervisor that restarts failed processes restarts it; `/ready` says
+/// which part is down either way.
+async fn health(state: web::Data<AdminState>) -> HttpResponse {
+    let failed: Vec<&str> = [
+        ("store", state.gateway.store.is_open()),
+        ("audit_log", state.gateway.log.is_healthy()),
+    ]
+    .into_iter()
+    .filter_map(|(part, up)| (!up).then_some(part))
+    .collect();
+    if failed.is_empty() {
+        return HttpResponse::Ok().json(serde_json::json!({"status": "alive"}));
+    }
+    HttpResponse::ServiceUnavailable().json(serde_json::json!({
+        "status": "failed",
+        "failed": failed,
+        "detail": "a write failed and the gateway accepts no message until it is restarted; \
+                   its log says the cause: mend it (make room on the disk, say), then restart",
+    }))
 }
 
 async fn ready(state: web::Data<AdminState>) -> HttpResponse {
