@@ -450,6 +450,157 @@ fn search_trail_and_bundles() {
     assert!(verify_bundle(&bundle, Some(other.verifier())).is_err());
 }
 
+/// An offline trail reads the private part, which no signature covers: a journal cut short,
+/// damaged or rearranged, or an index key that is not the log's, is said, rather than giving a
+/// short or empty trail; a public checkpoint behind the private copy is said, and the trail is
+/// proven against the latter, as the gateway would restore it.
+#[test]
+fn an_offline_trail_checks_the_private_part_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log, 0..30);
+    log.close().unwrap();
+    let cp30 = std::fs::read(dir.path().join("public/checkpoint")).unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log, 30..60);
+    let verifier = log.verifier().clone();
+    log.close().unwrap();
+    let query = Query::Case(case_id(3));
+    let whole = trail(dir.path(), &query, Some(&verifier)).unwrap();
+    assert_eq!(whole.found.len(), 12);
+    assert_eq!(whole.public_behind, None);
+
+    let copies = tempfile::tempdir().unwrap();
+    let copy = |name: &str| -> PathBuf {
+        let to = copies.path().join(name);
+        let status = Command::new("cp")
+            .args(["-r", dir.path().to_str().unwrap(), to.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        to
+    };
+    let journal = |folder: &Path| folder.join("private/journal/00000000000000000000.journal");
+    let fails = |folder: &Path, says: &str| {
+        let error = trail(folder, &query, Some(&verifier))
+            .map(|t| t.found.len())
+            .expect_err("the trail is refused");
+        assert!(error.to_string().contains(says), "{error}");
+        error
+    };
+
+    // A byte flipped in an early record: the journal reads as cut short there.
+    let flipped = copy("flipped");
+    let mut data = std::fs::read(journal(&flipped)).unwrap();
+    data[200] ^= 0x01;
+    std::fs::write(journal(&flipped), &data).unwrap();
+    let error = fails(&flipped, "but the checkpoint signs 60");
+    assert!(matches!(error, AuditError::Corrupt(_)), "{error}");
+
+    // Cut short.
+    let cut = copy("cut");
+    let data = std::fs::read(journal(&cut)).unwrap();
+    std::fs::write(journal(&cut), &data[..data.len() / 2]).unwrap();
+    fails(&cut, "but the checkpoint signs 60");
+
+    // Its first two records swapped, each whole and checking: not the entries signed.
+    let swapped = copy("swapped");
+    let data = std::fs::read(journal(&swapped)).unwrap();
+    let record_len =
+        |at: usize| 36 + u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+    let (first, second) = (record_len(0), record_len(record_len(0)));
+    let mut rearranged = data[first..first + second].to_vec();
+    rearranged.extend_from_slice(&data[..first]);
+    rearranged.extend_from_slice(&data[first + second..]);
+    std::fs::write(journal(&swapped), &rearranged).unwrap();
+    fails(&swapped, "are not those the checkpoint signs");
+
+    // Another log's index key in place of this one's: nothing would match.
+    let other_key = copy("other-key");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = AuditLog::open(elsewhere.path(), signer(), ORIGIN, options()).unwrap();
+    other.close().unwrap();
+    std::fs::copy(
+        elsewhere.path().join("private/keys/index.key"),
+        other_key.join("private/keys/index.key"),
+    )
+    .unwrap();
+    let error = fails(
+        &other_key,
+        "is not the index key this log's entries were indexed with",
+    );
+    assert!(matches!(error, AuditError::OtherIndexKey { .. }), "{error}");
+
+    // The public checkpoint rolled back: the private copy signs every entry, and says so.
+    let behind = copy("behind");
+    std::fs::write(behind.join("public/checkpoint"), &cp30).unwrap();
+    let t = trail(&behind, &query, Some(&verifier)).unwrap();
+    assert_eq!(t.public_behind, Some(30));
+    assert_eq!(t.checkpoint.size, 60);
+    assert_eq!(t.found.len(), 12);
+    assert!(t.pending.is_empty());
+
+    // The command line says FAILED, and exits 1, as `verify` does.
+    let out = bin()
+        .args(["audit", "trail", "--log", cut.to_str().unwrap(), "--case"])
+        .arg(case_id(3))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.starts_with("FAILED: "), "{stdout}");
+    let out = bin()
+        .args([
+            "audit",
+            "trail",
+            "--log",
+            behind.to_str().unwrap(),
+            "--case",
+        ])
+        .arg(case_id(3))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("public/checkpoint signs 30 entries only, private/checkpoint 60"),
+        "{stdout}"
+    );
+    // `verify` of the whole folder fails on it, naming both sizes; of its public part alone, it
+    // verifies what that part signs.
+    let vkey = verifier.to_verifier_key();
+    let verify = |folder: &Path| {
+        let out = bin()
+            .args([
+                "audit",
+                "verify",
+                "--log",
+                folder.to_str().unwrap(),
+                "--key",
+            ])
+            .arg(&vkey)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = verify(&behind);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("public/checkpoint signs 30 entries, but the log signed 60"),
+        "{stdout}"
+    );
+    let (code, stdout) = verify(&behind.join("public"));
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("size 30"), "{stdout}");
+    std::fs::remove_file(behind.join("public/checkpoint")).unwrap();
+    let (code, stdout) = verify(&behind);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("public/checkpoint is missing"), "{stdout}");
+}
+
 /// A case's trail checked for completeness against the public log alone: complete as the log
 /// gives it, even against a later copy of the folder; an entry left out is named; entries
 /// given twice, or of several cases, are refused.
@@ -523,6 +674,15 @@ fn a_case_bundle_is_checked_complete_against_the_public_log() {
     let verified = verify_bundle(&bundle, Some(log.verifier())).unwrap();
     let complete = case_entries_missing(&verified, &public, &mut |_| {}).unwrap();
     assert_eq!((complete.in_log, complete.missing.len()), (60, 0));
+    let copies = tempfile::tempdir().unwrap();
+    let old_copy = copies.path().join("public-300");
+    assert!(
+        Command::new("cp")
+            .args(["-r", public.to_str().unwrap(), old_copy.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
 
     // The log grows, and its copy no longer has the partial bundle the checkpoint left: the
     // bundle is still complete up to its own checkpoint.
@@ -573,6 +733,19 @@ fn a_case_bundle_is_checked_complete_against_the_public_log() {
         refused.to_string().contains("holds no entries"),
         "{refused}"
     );
+
+    // A copy older than the bundle cannot tell, and says so; so does a folder with no log.
+    let later = trail(dir.path(), &Query::Case(case_id(3)), Some(log.verifier())).unwrap();
+    let later = verify_bundle(&later.to_bundle().unwrap(), None).unwrap();
+    let refused = case_entries_missing(&later, &old_copy, &mut |_| {}).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("signs 300 entries, fewer than the bundle's checkpoint (320)"),
+        "{refused}"
+    );
+    let refused = case_entries_missing(&later, copies.path(), &mut |_| {}).unwrap_err();
+    assert!(refused.to_string().contains("holds no log"), "{refused}");
 
     // A copy whose entries are not those the checkpoint signs is refused.
     let damaged = public.join("tile/entries/000");
@@ -795,6 +968,36 @@ fn auditor_command_line() {
     assert!(!out.status.success());
     assert!(stderr.contains("is a signing key"), "{stderr}");
     assert!(!stderr.contains(private.as_str()), "{stderr}");
+    // A key file that does not exist, and the folder's metadata given as a key, are said for
+    // what they are.
+    let missing = dir.path().join("no-such.key");
+    let metadata = dir.path().join("private/log.json");
+    for (key, says) in [
+        (missing.to_str().unwrap(), "no such file"),
+        (
+            metadata.to_str().unwrap(),
+            "is a log folder's metadata, not a key",
+        ),
+    ] {
+        let out = bin()
+            .args(["audit", "verify", "--log", d, "--key", key])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+
+    // A malformed search value is a usage error, as the guide says: exit status 2.
+    for (option, value) in [("--flight", "AT505"), ("--partner-ref", "CGS/7")] {
+        let out = bin()
+            .args(["audit", "trail", "--log", d, option, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("takes "), "{stderr}");
+    }
 
     let bundle = dir.path().join("lpc.bundle.json");
     let out = bin()

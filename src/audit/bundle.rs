@@ -12,8 +12,10 @@ use super::journal;
 use super::keys::IndexKey;
 use super::leaf::Leaf;
 use super::log::{Found, Layout, MessageName, Meta, Query, evidence};
+use super::merkle::{RunningRoot, consistency_proof, leaf_hash, verify_consistency};
 use super::note::NoteVerifier;
 use super::proof::TlogProof;
+use super::tiles::TileReader;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,9 @@ pub struct Trail {
     pub found: Vec<Found>,
     /// Matching entries not yet covered by a checkpoint.
     pub pending: Vec<u64>,
+    /// The size `public/checkpoint` signs, when `private/checkpoint` signs more (the proofs are
+    /// then against the latter).
+    pub public_behind: Option<u64>,
 }
 
 /// Searches a copy of a log folder. The checkpoint is checked with `verifier`
@@ -61,10 +66,10 @@ pub fn trail_with_progress(
         Some(v) => v.clone(),
         None => NoteVerifier::parse(&meta.verifier_key)?,
     };
-    let cp_path = layout.public.join("checkpoint");
-    let signed = std::fs::read_to_string(&cp_path).map_err(|e| AuditError::io(&cp_path, e))?;
-    let checkpoint = Checkpoint::open(signed.as_bytes(), &verifier, Some(&meta.origin))?;
-    let key = IndexKey::load(&layout.keys.join("index.key"))?;
+    let latest = latest_signed(&layout, &verifier, &meta.origin)?;
+    let (checkpoint, signed) = (latest.checkpoint, latest.signed);
+    let key_path = layout.keys.join("index.key");
+    let key = IndexKey::load(&key_path)?;
     let tag = query.tag(&key);
     // A partner reference is a message's tag: entries of earlier versions carry it on the
     // acceptance only, and the others are found by the message their leaf names.
@@ -74,7 +79,16 @@ pub fn trail_with_progress(
     };
     let mut indices = Vec::new();
     let mut messages = BTreeSet::new();
-    journal::scan(&layout.journal, |i, rec| {
+    // The search reads the private journal, which no signature covers: its entries are
+    // checked to be the ones the checkpoint signs, and its tags to be made with this key, so
+    // that a damaged journal or a wrong key is said rather than giving a short trail.
+    let mut journal_root = RunningRoot::default();
+    let mut key_check = KeyCheck::default();
+    let scan = journal::scan(&layout.journal, |i, rec| {
+        if i < checkpoint.size {
+            journal_root.push(leaf_hash(&rec.entry));
+        }
+        key_check.check(&rec, &key);
         let named = rec.tags.contains(&tag)
             || by_message.is_some_and(|tag| {
                 MessageName::of_entry(&rec.entry).is_some_and(|m| m.tag(&key) == tag)
@@ -91,6 +105,31 @@ pub fn trail_with_progress(
         }
         Ok(())
     })?;
+    if scan.next < checkpoint.size {
+        return Err(AuditError::Corrupt(format!(
+            "the private journal ({}) holds {} entries, but the checkpoint signs {}: it is \
+             damaged or cut short at entry {}, and a trail read from it would leave entries out",
+            layout.journal.display(),
+            scan.next,
+            checkpoint.size,
+            scan.next
+        )));
+    }
+    if journal_root.root() != checkpoint.root {
+        return Err(AuditError::Corrupt(format!(
+            "the first {} entries of the private journal ({}) are not those the checkpoint \
+             signs (their root differs): it was altered, and a trail read from it cannot be \
+             trusted",
+            checkpoint.size,
+            layout.journal.display()
+        )));
+    }
+    if key_check.wrong_key() {
+        return Err(AuditError::OtherIndexKey {
+            path: key_path,
+            checked: key_check.naming,
+        });
+    }
     // Every entry of the messages found (see [`Query::widens`]), exactly as named, in a second
     // pass: a message's deliveries and acknowledgements come after its acceptance, anywhere.
     if !messages.is_empty() {
@@ -112,9 +151,18 @@ pub fn trail_with_progress(
     }
     let (covered, pending): (Vec<u64>, Vec<u64>) =
         indices.into_iter().partition(|&i| i < checkpoint.size);
-    let found = evidence(&layout.public, &signed, checkpoint.size, &covered)?;
+    let altered = |what: String, e: AuditError| {
+        AuditError::Corrupt(format!(
+            "{what}: {e}; the public part (its tiles or entry bundles) does not match the signed \
+             checkpoint: `passerelle audit verify` names the file"
+        ))
+    };
+    let found = evidence(&layout.public, &signed, checkpoint.size, &covered)
+        .map_err(|e| altered("proving the entries found".into(), e))?;
     for (n, f) in found.iter().enumerate() {
-        f.proof.verify(&f.entry, &verifier, Some(&meta.origin))?;
+        f.proof
+            .verify(&f.entry, &verifier, Some(&meta.origin))
+            .map_err(|e| altered(format!("entry {}", f.index), e))?;
         progress("prove", n as u64 + 1);
     }
     Ok(Trail {
@@ -123,7 +171,131 @@ pub fn trail_with_progress(
         verifier,
         found,
         pending,
+        public_behind: latest.public_behind,
     })
+}
+
+/// The last tree a log folder signed, and whether its public copy is behind it.
+struct LatestSigned {
+    checkpoint: Checkpoint,
+    signed: String,
+    /// The size the public checkpoint signs, when the private copy signs more.
+    public_behind: Option<u64>,
+}
+
+/// The larger of the folder's two signed checkpoints, as the gateway takes it when it opens
+/// the log (see audit.md, "Checkpoints"): `public/checkpoint`, and its copy
+/// `private/checkpoint`, which is written after it. A public copy behind the private one (a
+/// rolled-back file, or a copy of the folder taken in two steps) must be consistent with it;
+/// the entries it does not cover are still signed, by the private copy.
+fn latest_signed(layout: &Layout, verifier: &NoteVerifier, origin: &str) -> Result<LatestSigned> {
+    let read = |path: &Path| -> Result<Option<(Checkpoint, String)>> {
+        match std::fs::read_to_string(path) {
+            Ok(signed) => {
+                let checkpoint = Checkpoint::open(signed.as_bytes(), verifier, Some(origin))
+                    .map_err(|e| AuditError::Corrupt(format!("{}: {e}", path.display())))?;
+                Ok(Some((checkpoint, signed)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(AuditError::io(path, e)),
+        }
+    };
+    let public_path = layout.public.join("checkpoint");
+    let public = read(&public_path)?;
+    let private = read(&layout.last_checkpoint)?;
+    let (public, private) = match (public, private) {
+        (Some(public), Some(private)) => (public, private),
+        (Some((checkpoint, signed)), None) => {
+            return Ok(LatestSigned {
+                checkpoint,
+                signed,
+                public_behind: None,
+            });
+        }
+        (None, _) => {
+            return Err(AuditError::Corrupt(format!(
+                "{} is missing: the log's public part holds no signed checkpoint",
+                public_path.display()
+            )));
+        }
+    };
+    let (older, newer) = if public.0.size >= private.0.size {
+        (&private.0, &public.0)
+    } else {
+        (&public.0, &private.0)
+    };
+    let consistent = if older.size == newer.size {
+        older.root == newer.root
+    } else if older.size == 0 {
+        true
+    } else {
+        let tiles = TileReader::new(&layout.public, newer.size);
+        consistency_proof(&tiles, older.size, newer.size)
+            .map(|proof| {
+                verify_consistency(older.size, newer.size, &older.root.0, &newer.root.0, &proof)
+                    .is_ok()
+            })
+            .map_err(|e| {
+                AuditError::Corrupt(format!(
+                    "proving {} (size {}) consistent with {} (size {}): {e}",
+                    public_path.display(),
+                    public.0.size,
+                    layout.last_checkpoint.display(),
+                    private.0.size
+                ))
+            })?
+    };
+    if !consistent {
+        return Err(AuditError::Corrupt(format!(
+            "{} (size {}) and {} (size {}) sign two different histories",
+            public_path.display(),
+            public.0.size,
+            layout.last_checkpoint.display(),
+            private.0.size
+        )));
+    }
+    let public_behind = (public.0.size < private.0.size).then_some(public.0.size);
+    let (checkpoint, signed) = if public_behind.is_some() {
+        private
+    } else {
+        public
+    };
+    Ok(LatestSigned {
+        checkpoint,
+        signed,
+        public_behind,
+    })
+}
+
+/// Whether a folder's index key is the one its entries were indexed with. Every entry that
+/// names a message carries that message's tag, except the non-acceptance entries of early
+/// versions: a key under which none of the first entries naming a message carries its tag
+/// is another key. A key under which any does is this log's.
+#[derive(Debug, Default)]
+struct KeyCheck {
+    /// Entries naming a message checked so far.
+    naming: u64,
+    /// Whether one of them carried its tag.
+    matched: bool,
+}
+
+impl KeyCheck {
+    /// Enough entries to tell: early versions tagged every acceptance.
+    const ENOUGH: u64 = 256;
+
+    fn check(&mut self, record: &journal::Record, key: &IndexKey) {
+        if self.matched || self.naming >= Self::ENOUGH {
+            return;
+        }
+        if let Some(message) = MessageName::of_entry(&record.entry) {
+            self.naming += 1;
+            self.matched = record.tags.contains(&message.tag(key));
+        }
+    }
+
+    fn wrong_key(&self) -> bool {
+        self.naming > 0 && !self.matched
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -184,12 +356,12 @@ pub struct VerifiedBundle {
 /// must compare it with the log's published key.
 pub fn verify_bundle(data: &[u8], pinned: Option<&NoteVerifier>) -> Result<VerifiedBundle> {
     if data.len() > MAX_BUNDLE_LEN {
-        return Err(AuditError::Corrupt("bundle too large".into()));
+        return Err(AuditError::Evidence("bundle too large".into()));
     }
     let b: BundleFile = serde_json::from_slice(data)
-        .map_err(|e| AuditError::Corrupt(format!("malformed bundle: {e}")))?;
+        .map_err(|e| AuditError::Evidence(format!("malformed bundle: {e}")))?;
     if b.format != BUNDLE_FORMAT {
-        return Err(AuditError::Corrupt(format!(
+        return Err(AuditError::Evidence(format!(
             "unknown bundle format {:?}",
             b.format
         )));
@@ -197,7 +369,7 @@ pub fn verify_bundle(data: &[u8], pinned: Option<&NoteVerifier>) -> Result<Verif
     let embedded = NoteVerifier::parse(&b.verifier_key)?;
     let verifier = match pinned {
         Some(p) if *p != embedded => {
-            return Err(AuditError::Corrupt(format!(
+            return Err(AuditError::Evidence(format!(
                 "the bundle is signed for key {}, not the one given",
                 embedded.to_verifier_key()
             )));
@@ -213,13 +385,13 @@ pub fn verify_bundle(data: &[u8], pinned: Option<&NoteVerifier>) -> Result<Verif
         // read as a timeline it is not.
         match last {
             Some(before) if e.index == before => {
-                return Err(AuditError::Corrupt(format!(
+                return Err(AuditError::Evidence(format!(
                     "entry {}: given twice in the bundle",
                     e.index
                 )));
             }
             Some(before) if e.index < before => {
-                return Err(AuditError::Corrupt(format!(
+                return Err(AuditError::Evidence(format!(
                     "entry {}: out of order (after entry {before}); a bundle lists its entries \
                      in the log's order",
                     e.index
@@ -229,17 +401,17 @@ pub fn verify_bundle(data: &[u8], pinned: Option<&NoteVerifier>) -> Result<Verif
         }
         let entry = B64
             .decode(&e.entry)
-            .map_err(|_| AuditError::Corrupt(format!("entry {}: bad base64", e.index)))?;
+            .map_err(|_| AuditError::Evidence(format!("entry {}: bad base64", e.index)))?;
         let proof = TlogProof::parse(&e.proof)?;
         if proof.index != e.index || proof.checkpoint != b.checkpoint {
-            return Err(AuditError::Corrupt(format!(
+            return Err(AuditError::Evidence(format!(
                 "entry {}: proof is for another entry or checkpoint",
                 e.index
             )));
         }
         proof
             .verify(&entry, &verifier, Some(&b.origin))
-            .map_err(|err| AuditError::Corrupt(format!("entry {}: {err}", e.index)))?;
+            .map_err(|err| AuditError::Evidence(format!("entry {}: {err}", e.index)))?;
         entries.push((e.index, Leaf::decode(&entry)?));
     }
     Ok(VerifiedBundle {
@@ -286,24 +458,25 @@ pub fn case_entries_missing(
     let case = match cases.len() {
         1 => cases.into_iter().next().unwrap_or_default().to_owned(),
         0 if bundle.entries.is_empty() => {
-            return Err(AuditError::InvalidFact(
+            return Err(AuditError::Evidence(
                 "the bundle holds no entries, so it names no case whose completeness could be \
                  checked (the search that made it found nothing)"
                     .into(),
             ));
         }
         0 => {
-            return Err(AuditError::InvalidFact(
+            return Err(AuditError::Evidence(
                 "no entry of the bundle names a case: completeness is checked for a case's trail"
                     .into(),
             ));
         }
         n => {
-            return Err(AuditError::InvalidFact(format!(
+            return Err(AuditError::Evidence(format!(
                 "the bundle's entries belong to {n} cases: completeness is checked for one case's trail"
             )));
         }
     };
+    copy_covers_bundle(public, bundle)?;
     let given: std::collections::BTreeSet<u64> =
         bundle.entries.iter().map(|(index, _)| *index).collect();
     let mut in_log = 0u64;
@@ -327,7 +500,13 @@ pub fn case_entries_missing(
         },
         progress,
     )
-    .map_err(|failure| AuditError::Corrupt(failure.to_string()))?;
+    .map_err(|failure| {
+        AuditError::Corrupt(format!(
+            "reading the copy's first {} entries, which the bundle's checkpoint signs: \
+             {failure}; the copy is incomplete or altered, or the log signed two histories",
+            bundle.checkpoint.size
+        ))
+    })?;
     if let Some((index, error)) = undecodable {
         return Err(AuditError::Corrupt(format!("entry {index}: {error}")));
     }
@@ -336,4 +515,50 @@ pub fn case_entries_missing(
         in_log,
         missing,
     })
+}
+
+/// Whether a copy of a log's public folder can tell a bundle's completeness: it must be a copy
+/// of the bundle's log (its checkpoint signed with the bundle's key) that signs at least the
+/// entries the bundle's checkpoint does. Said plainly, rather than as a missing entry bundle.
+fn copy_covers_bundle(public: &Path, bundle: &VerifiedBundle) -> Result<()> {
+    let path = public.join("checkpoint");
+    let signed = match std::fs::read(&path) {
+        Ok(signed) => signed,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AuditError::Evidence(format!(
+                "{} holds no log (no checkpoint file): give a copy of the log's public/ folder, \
+                 or of the whole log folder",
+                public.display()
+            )));
+        }
+        Err(e) => return Err(AuditError::io(&path, e)),
+    };
+    let copy = Checkpoint::open(&signed, &bundle.verifier, Some(&bundle.checkpoint.origin))
+        .map_err(|e| {
+            AuditError::Evidence(format!(
+                "{}: not a checkpoint of the bundle's log ({}, key {}): {e}; it is a copy of \
+                 another log, or altered",
+                path.display(),
+                bundle.checkpoint.origin,
+                bundle.verifier.to_verifier_key()
+            ))
+        })?;
+    if copy.size == bundle.checkpoint.size && copy.root != bundle.checkpoint.root {
+        return Err(AuditError::Evidence(format!(
+            "the copy of the log in {} and the bundle's checkpoint sign two different trees of \
+             {} entries with the same key: the log signed two histories",
+            public.display(),
+            copy.size
+        )));
+    }
+    if copy.size < bundle.checkpoint.size {
+        return Err(AuditError::Evidence(format!(
+            "the copy of the log in {} signs {} entries, fewer than the bundle's checkpoint \
+             ({}): check the bundle against a copy at least as recent as it",
+            public.display(),
+            copy.size,
+            bundle.checkpoint.size
+        )));
+    }
+    Ok(())
 }

@@ -27,6 +27,11 @@ pub enum AuditError {
     /// retry after the restart may succeed).
     #[error("audit log stopped after a failure, until it is reopened: {0}")]
     Stopped(String),
+    /// A bundle, receipt or proof handed in to be checked is malformed, does not check, or
+    /// cannot be checked as asked (the evidence's fault, or a sign of its tampering; not the
+    /// log's).
+    #[error("{0}")]
+    Evidence(String),
     /// The caller handed a fact that cannot be logged (caller's fault; no retry).
     #[error("invalid audit fact: {0}")]
     InvalidFact(String),
@@ -63,6 +68,19 @@ pub enum AuditError {
         /// The verifier key of the signing key it was opened with.
         key: String,
     },
+    /// The folder's index key is not the one its log's entries were indexed with (a key
+    /// replaced or damaged): a search with it would find nothing.
+    #[error(
+        "{path} is not the index key this log's entries were indexed with (none of the first \
+         {checked} entries that name a message carries that message's tag under it): a search \
+         with it would find nothing; restore the log's own key (a backup of private/keys)"
+    )]
+    OtherIndexKey {
+        /// The key file.
+        path: PathBuf,
+        /// How many entries were checked.
+        checked: u64,
+    },
     /// A key, note or checkpoint was rejected.
     #[error(transparent)]
     Note(#[from] NoteError),
@@ -90,7 +108,10 @@ impl AuditError {
     pub fn is_caller_fault(&self) -> bool {
         matches!(
             self,
-            AuditError::InvalidFact(_) | AuditError::CaseErased | AuditError::UnknownCase
+            AuditError::InvalidFact(_)
+                | AuditError::Evidence(_)
+                | AuditError::CaseErased
+                | AuditError::UnknownCase
         )
     }
 }

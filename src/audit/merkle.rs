@@ -420,9 +420,53 @@ pub fn verify_consistency(
     }
 }
 
+/// The RFC 6962 root of leaves taken one at a time, in memory of the logarithm of their
+/// number: the roots of the perfect subtrees so far, the largest first. (A log of millions of
+/// entries is read without holding a hash for each.)
+#[derive(Debug, Default)]
+pub struct RunningRoot(Vec<(Hash, u64)>);
+
+impl RunningRoot {
+    /// Takes the next leaf.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (leaf, 1u64);
+        while let Some(&(top, size)) = self.0.last() {
+            if size != node.1 {
+                break;
+            }
+            self.0.pop();
+            node = (node_hash(&top, &node.0), size * 2);
+        }
+        self.0.push(node);
+    }
+
+    /// The root of the leaves pushed so far: the subtrees folded from the smallest.
+    pub fn root(&self) -> Hash {
+        let mut subtrees = self.0.iter().rev();
+        let Some(&(mut root, _)) = subtrees.next() else {
+            return Hash::empty();
+        };
+        for (left, _) in subtrees {
+            root = node_hash(left, &root);
+        }
+        root
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_running_root_is_the_trees_root() {
+        let leaves: Vec<Hash> = (0u32..300).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut running = RunningRoot::default();
+        assert_eq!(running.root(), root_of(&[]));
+        for (n, leaf) in leaves.iter().enumerate() {
+            running.push(*leaf);
+            assert_eq!(running.root(), root_of(&leaves[..=n]), "{} leaves", n + 1);
+        }
+    }
     use proptest::prelude::*;
 
     fn tree(n: u64) -> (MemoryTree, Vec<Hash>) {

@@ -360,10 +360,24 @@ impl Note {
             good = true;
         }
         if good {
-            Ok(note.text)
-        } else {
-            Err(NoteError::Unsigned(verifier.name.clone()))
+            return Ok(note.text);
         }
+        // Say whose signatures the note does carry: another key of the same name is most often
+        // a key given for the wrong log, or a log whose key was replaced.
+        let signers: Vec<String> = note
+            .signatures
+            .iter()
+            .map(|s| format!("{}+{:08x}", s.name, s.id))
+            .collect();
+        let found = if signers.is_empty() {
+            "it carries no signature".to_owned()
+        } else {
+            format!("it is signed by {} only", signers.join(", "))
+        };
+        Err(NoteError::Unsigned(format!(
+            "{}+{:08x} ({found})",
+            verifier.name, verifier.id
+        )))
     }
 }
 
@@ -385,10 +399,18 @@ mod tests {
             Err(NoteError::BadSignature(_))
         ));
         let other = NoteSigner::generate("example.org/log").unwrap();
-        assert!(matches!(
-            Note::open(note.as_bytes(), other.verifier()),
-            Err(NoteError::Unsigned(_))
-        ));
+        let refused = Note::open(note.as_bytes(), other.verifier()).unwrap_err();
+        assert!(matches!(refused, NoteError::Unsigned(_)));
+        // Both key ids are named: the one asked for, and the one the note is signed by.
+        let id = |key: &NoteVerifier| key.to_verifier_key().split('+').nth(1).unwrap().to_owned();
+        let said = refused.to_string();
+        assert!(
+            said.contains(&format!(
+                "not signed by example.org/log+{}",
+                id(other.verifier())
+            )) && said.contains(&format!("signed by example.org/log+{} only", id(&v))),
+            "{said}"
+        );
     }
 
     #[test]

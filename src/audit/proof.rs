@@ -41,7 +41,7 @@ impl TlogProof {
 
     /// Parses the text form (an `extra` line, if present, is ignored: it is not authenticated).
     pub fn parse(text: &str) -> Result<TlogProof> {
-        let bad = |m: &str| AuditError::Corrupt(format!("malformed tlog-proof: {m}"));
+        let bad = |m: &str| AuditError::Evidence(format!("malformed tlog-proof: {m}"));
         let rest = text
             .strip_prefix(PROOF_HEADER)
             .and_then(|r| r.strip_prefix('\n'))
@@ -220,7 +220,7 @@ impl Receipt {
     /// Parses a receipt's text form and verifies it: the group note's
     /// signature, and the entry's path to the group root.
     pub fn verify(text: &str, verifier: &NoteVerifier) -> Result<Receipt> {
-        let bad = |m: &str| AuditError::Corrupt(format!("malformed receipt: {m}"));
+        let bad = |m: &str| AuditError::Evidence(format!("malformed receipt: {m}"));
         let (head, signed) = text
             .split_once("\n\n")
             .ok_or_else(|| bad("no group note"))?;

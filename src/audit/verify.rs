@@ -9,7 +9,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::merkle::{
-    Hash, consistency_proof, leaf_hash, node_hash, root_from, root_of, verify_consistency,
+    Hash, RunningRoot, consistency_proof, leaf_hash, root_from, root_of, verify_consistency,
 };
 use super::note::NoteVerifier;
 use super::tiles::{
@@ -124,20 +124,31 @@ fn check_tile(
             .chunks_exact(Hash::LEN)
             .filter_map(Hash::from_slice)
             .collect();
-        let want = expected.get(..w as usize).unwrap_or(expected);
-        if let Some(j) = (0..w as usize).find(|&j| got.get(j) != want.get(j)) {
-            return Err(fail(
-                Some(first_entry(j as u64)),
-                &rel,
-                "tile hash does not match the data below it",
-            ));
-        }
         if data.len() as u64 != w * 32 {
             return Err(fail(
-                Some(first_entry(w)),
+                Some(first_entry((data.len() as u64 / 32).min(w))),
                 &rel,
-                format!("tile has {} bytes, expected {}", data.len(), w * 32),
+                format!(
+                    "tile has {} bytes, expected {} (cut short, or grown)",
+                    data.len(),
+                    w * 32
+                ),
             ));
+        }
+        let want = expected.get(..w as usize).unwrap_or(expected);
+        if let Some(j) = (0..w as usize).find(|&j| got.get(j) != want.get(j)) {
+            let below = if level == 0 {
+                format!(
+                    "the entry's hash in this tile differs from the hash of the entry in its \
+                     entry bundle (tile/entries/{}): one of the two was changed",
+                    encode_index(n)
+                )
+            } else {
+                "a hash in this tile differs from the root of the tile below it: one of the two \
+                 was changed"
+                    .to_owned()
+            };
+            return Err(fail(Some(first_entry(j as u64)), &rel, below));
         }
     }
     Ok(())
@@ -181,7 +192,11 @@ fn check_bundle(public: &Path, size: u64, k: u64) -> Result<Option<Hash>, Failur
             return Err(fail(
                 Some(base + j as u64),
                 &rel,
-                "old partial bundle differs from the current one",
+                format!(
+                    "this older partial bundle and the current one ({}) hold different entries \
+                     here: one of the two was changed",
+                    entries_path(k, w)
+                ),
             ));
         } else if !complete || hashes.len() as u64 != fw {
             return Err(fail(
@@ -387,52 +402,4 @@ pub fn scan_signed_entries(
         ));
     }
     Ok(())
-}
-
-/// The RFC 6962 root of leaves taken one at a time, in memory of the logarithm of their
-/// number: the roots of the perfect subtrees so far, the largest first. (A log of millions of
-/// entries is read without holding a hash for each.)
-#[derive(Default)]
-struct RunningRoot(Vec<(Hash, u64)>);
-
-impl RunningRoot {
-    fn push(&mut self, leaf: Hash) {
-        let mut node = (leaf, 1u64);
-        while let Some(&(top, size)) = self.0.last() {
-            if size != node.1 {
-                break;
-            }
-            self.0.pop();
-            node = (node_hash(&top, &node.0), size * 2);
-        }
-        self.0.push(node);
-    }
-
-    /// The root of the leaves pushed so far: the subtrees folded from the smallest.
-    fn root(&self) -> Hash {
-        let mut subtrees = self.0.iter().rev();
-        let Some(&(mut root, _)) = subtrees.next() else {
-            return Hash::empty();
-        };
-        for (left, _) in subtrees {
-            root = node_hash(left, &root);
-        }
-        root
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_running_root_is_the_trees_root() {
-        let leaves: Vec<Hash> = (0u32..300).map(|i| leaf_hash(&i.to_be_bytes())).collect();
-        let mut running = RunningRoot::default();
-        assert_eq!(running.root(), root_of(&[]));
-        for (n, leaf) in leaves.iter().enumerate() {
-            running.push(*leaf);
-            assert_eq!(running.root(), root_of(&leaves[..=n]), "{} leaves", n + 1);
-        }
-    }
 }

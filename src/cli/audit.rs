@@ -12,8 +12,8 @@ use passerelle::audit::bundle::{
 };
 use passerelle::audit::verify::verify_public;
 use passerelle::audit::{
-    AuditError, AuditLog, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options, Query,
-    Receipt, TlogProof, Transport,
+    AuditError, AuditLog, Checkpoint, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options,
+    Query, Receipt, TlogProof, Transport,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ pub enum AuditCommand {
         since: Option<PathBuf>,
     },
     /// Print the trail of a case, LPC, PNR, PV, IOM case number, flight or partner reference.
-    Trail(TrailArgs),
+    Trail(Box<TrailArgs>),
     /// Check an evidence bundle on its own.
     VerifyBundle {
         /// The bundle file.
@@ -138,11 +138,11 @@ pub struct TrailArgs {
     #[arg(long)]
     iom_case: Option<String>,
     /// A flight as CARRIER/NUMBER/YYYY-MM-DD.
-    #[arg(long)]
-    flight: Option<String>,
+    #[arg(long, value_parser = flight_arg)]
+    flight: Option<Flight>,
     /// A partner's message reference as PARTNER:REFERENCE.
-    #[arg(long)]
-    partner_ref: Option<String>,
+    #[arg(long, value_parser = partner_ref_arg)]
+    partner_ref: Option<(String, String)>,
     /// Pin the verifier key (string or file) instead of the one in the folder.
     #[arg(long)]
     key: Option<String>,
@@ -157,6 +157,20 @@ fn verifier(key: &str) -> anyhow::Result<NoteVerifier> {
     } else {
         key.to_owned()
     };
+    if text.trim().is_empty() {
+        bail!("the verifier key given is empty");
+    }
+    if serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v["verifier_key"].is_string())
+    {
+        bail!(
+            "{key} is a log folder's metadata, not a key: give the verifier key the operator \
+             published (the `verifier_key` in that file is the folder's own claim; compare it \
+             with the published key before pinning it)"
+        );
+    }
+    if !Path::new(key).exists() && !key.contains('+') {
+        bail!("{key}: no such file, and not a verifier key (name+id+key) either");
+    }
     if text.trim_start().starts_with("PRIVATE+KEY+") {
         bail!(
             "the key given is a signing key, which stays with the gateway: give the verifier \
@@ -179,7 +193,7 @@ impl AuditCommand {
         match self {
             AuditCommand::Keygen { name, out } => keygen(&name, &out),
             AuditCommand::Verify { log, key, since } => verify(&log, &key, since.as_deref()),
-            AuditCommand::Trail(args) => print_trail(args),
+            AuditCommand::Trail(args) => print_trail(*args),
             AuditCommand::VerifyBundle {
                 file,
                 key,
@@ -226,6 +240,40 @@ fn public_folder(log: &Path) -> PathBuf {
     }
 }
 
+/// What is wrong when a whole log folder's private copy of its checkpoint signs another tree
+/// than its public checkpoint `public` (just verified): more entries, or the same number with
+/// another root. A private copy behind the public one is a normal state (a crash between the two
+/// writes), checked by the gateway when it opens the log.
+fn private_copy_ahead(copy: &Path, verifier: &NoteVerifier, public: &Checkpoint) -> Option<String> {
+    let data = match std::fs::read(copy) {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(format!("reading {}: {e}", copy.display())),
+    };
+    let private = match Checkpoint::open(&data, verifier, Some(&public.origin)) {
+        Ok(private) => private,
+        Err(e) => return Some(format!("{}: {e}", copy.display())),
+    };
+    if private.size > public.size {
+        return Some(format!(
+            "public/checkpoint signs {} entries, but the log signed {} ({}): the public part \
+             was rolled back, or copied before the private part, and hides the entries after \
+             {}; the gateway restores it when it next opens the log",
+            public.size,
+            private.size,
+            copy.display(),
+            public.size
+        ));
+    }
+    (private.size == public.size && private.root != public.root).then(|| {
+        format!(
+            "public/checkpoint and {} sign two different trees of {} entries",
+            copy.display(),
+            public.size
+        )
+    })
+}
+
 /// A progress bar over `len` entries.
 fn entries_bar(len: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
@@ -239,6 +287,16 @@ fn entries_bar(len: u64) -> indicatif::ProgressBar {
 fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCode> {
     let v = verifier(key)?;
     let public = public_folder(log);
+    let private_copy = log.join("private/checkpoint");
+    if !public.join("checkpoint").exists() && private_copy.exists() {
+        say!(
+            "FAILED: {} is missing: the log's public part has no signed checkpoint, although the \
+             log signed one ({}); the gateway restores it when it next opens the log",
+            log.join("public/checkpoint").display(),
+            private_copy.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     if !public.join("checkpoint").exists() {
         // Not a log that failed its check: no log at all where the command looked.
         let hint = nested_log_hint(log, |nested| {
@@ -289,6 +347,13 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
                 secs,
                 cp.size as f64 / secs
             );
+            // The log writes each checkpoint to public/, then copies it to private/: in a
+            // whole folder, a private copy that signs more is a public part rolled back (or
+            // copied before the private part), which hides entries the log signed.
+            if let Some(failure) = private_copy_ahead(&private_copy, &v, cp) {
+                say!("FAILED: {failure}");
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(failure) => {
@@ -296,6 +361,31 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `--flight CARRIER/NUMBER/YYYY-MM-DD`, read by the command line's parser so that a malformed
+/// one is a usage error (exit status 2).
+fn flight_arg(text: &str) -> Result<Flight, String> {
+    let parts: Vec<&str> = text.split('/').collect();
+    let [carrier, number, date] = parts.as_slice() else {
+        return Err("takes CARRIER/NUMBER/YYYY-MM-DD, for example AT/505/2026-11-20".into());
+    };
+    let date = date
+        .parse()
+        .map_err(|_| format!("the date {date:?} is not YYYY-MM-DD"))?;
+    Ok(Flight {
+        carrier: (*carrier).into(),
+        number: (*number).into(),
+        date,
+    })
+}
+
+/// `--partner-ref PARTNER:REFERENCE`, as [`flight_arg`].
+fn partner_ref_arg(text: &str) -> Result<(String, String), String> {
+    let (partner, reference) = text
+        .split_once(':')
+        .ok_or("takes PARTNER:REFERENCE, for example sn.consulat.casablanca:CGS/2026/0420")?;
+    Ok((partner.into(), reference.into()))
 }
 
 fn query(args: &TrailArgs) -> anyhow::Result<Query> {
@@ -315,24 +405,30 @@ fn query(args: &TrailArgs) -> anyhow::Result<Query> {
         return Ok(Query::IomCase(n.clone()));
     }
     if let Some(f) = &args.flight {
-        let parts: Vec<&str> = f.split('/').collect();
-        let [carrier, number, date] = parts.as_slice() else {
-            bail!("--flight takes CARRIER/NUMBER/YYYY-MM-DD")
-        };
-        let date = date.parse().context("--flight date must be YYYY-MM-DD")?;
-        return Ok(Query::Flight(Flight {
-            carrier: (*carrier).into(),
-            number: (*number).into(),
-            date,
-        }));
+        return Ok(Query::Flight(f.clone()));
     }
-    if let Some(r) = &args.partner_ref {
-        let (p, r) = r
-            .split_once(':')
-            .context("--partner-ref takes PARTNER:REFERENCE")?;
-        return Ok(Query::PartnerRef(p.into(), r.into()));
+    if let Some((p, r)) = &args.partner_ref {
+        return Ok(Query::PartnerRef(p.clone(), r.clone()));
     }
     bail!("give one of --case, --lpc, --pnr, --pv, --iom-case, --flight, --partner-ref")
+}
+
+/// `1 entry`, `2 entries`.
+fn entries(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Whether a search failed on a check of the log (damage, tampering, a key that is not the
+/// log's) rather than on reading it.
+fn failed_check(error: &AuditError) -> bool {
+    matches!(
+        error,
+        AuditError::Corrupt(_)
+            | AuditError::OtherIndexKey { .. }
+            | AuditError::Proof(_)
+            | AuditError::Checkpoint(_)
+            | AuditError::Note(_)
+    )
 }
 
 /// One line describing a leaf, for timelines.
@@ -394,21 +490,39 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
         indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
-    let t = trail_with_progress(&args.log, &q, pinned.as_ref(), &mut |stage, n| {
+    let searched = trail_with_progress(&args.log, &q, pinned.as_ref(), &mut |stage, n| {
         spinner.set_message(match stage {
             "scan" => format!("searching the journal: {n} records read"),
             _ => format!("checking inclusion proofs: {n} entries"),
         });
         spinner.tick();
-    })
-    .context("searching the log")?;
+    });
     spinner.finish_and_clear();
+    let t = match searched {
+        Ok(t) => t,
+        // A check that failed is the auditor's finding, said as `verify` says its own; a
+        // folder that cannot be read is an error.
+        Err(e) if failed_check(&e) => {
+            say!("FAILED: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("searching the log")),
+    };
     say!(
         "checkpoint {} size {} (signature verified with {})",
         t.checkpoint.origin,
         t.checkpoint.size,
         t.verifier.to_verifier_key()
     );
+    if let Some(public) = t.public_behind {
+        say!(
+            "note: public/checkpoint signs {public} entries only, private/checkpoint {}, \
+             consistent with it: the public part is behind (rolled back, or copied before the \
+             private part; the gateway restores it when it next opens the log); the proofs are \
+             against the latter",
+            t.checkpoint.size
+        );
+    }
     if pinned.is_none() {
         say!(
             "note: the key comes from the log folder; pin it with --key to rule out a substituted folder"
@@ -424,8 +538,8 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     }
     if !t.pending.is_empty() {
         say!(
-            "{} more entries are not yet covered by a checkpoint",
-            t.pending.len()
+            "{} not yet covered by a checkpoint",
+            entries(t.pending.len(), "more entry is", "more entries are")
         );
     }
     if t.found.is_empty() && t.pending.is_empty() {
@@ -435,9 +549,9 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, t.to_bundle()?)
             .with_context(|| format!("writing {}", path.display()))?;
         say!(
-            "bundle written to {} ({} entries)",
+            "bundle written to {} ({})",
             path.display(),
-            t.found.len()
+            entries(t.found.len(), "entry", "entries")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -458,8 +572,8 @@ fn check_bundle(
     match verify_bundle(&data, pinned.as_ref()) {
         Ok(b) => {
             say!(
-                "ok: {} entries proven in {} at size {}, key {}{}",
-                b.entries.len(),
+                "ok: {} proven in {} at size {}, key {}{}",
+                entries(b.entries.len(), "entry", "entries"),
                 b.checkpoint.origin,
                 b.checkpoint.size,
                 b.verifier.to_verifier_key(),
@@ -553,8 +667,8 @@ fn check_case_complete(bundle: &VerifiedBundle, public: &Path) -> anyhow::Result
     match found {
         Ok(found) if found.missing.is_empty() => {
             say!(
-                "complete: the log holds {} entries of the case up to size {}, all in the bundle",
-                found.in_log,
+                "complete: the log holds {} of the case up to size {}, all in the bundle",
+                entries(found.in_log as usize, "entry", "entries"),
                 bundle.checkpoint.size
             );
             Ok(ExitCode::SUCCESS)
@@ -562,8 +676,8 @@ fn check_case_complete(bundle: &VerifiedBundle, public: &Path) -> anyhow::Result
         Ok(found) => {
             let listed: Vec<String> = found.missing.iter().map(u64::to_string).collect();
             say!(
-                "INCOMPLETE: the log holds {} entries of the case up to size {}; the bundle leaves out {}: {}",
-                found.in_log,
+                "INCOMPLETE: the log holds {} of the case up to size {}; the bundle leaves out {}: {}",
+                entries(found.in_log as usize, "entry", "entries"),
                 bundle.checkpoint.size,
                 found.missing.len(),
                 listed.join(", ")

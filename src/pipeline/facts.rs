@@ -2,9 +2,10 @@
 //! the identifiers auditors search by.
 //!
 //! This module owns reading those out of an event's data. It reads field names the canonical
-//! schemas define (`pnr`, `pv_number`, `iom_case_number`, `flight`, `lpc.number`,
-//! `travel_documents[].number`) wherever they appear, so that a new event type that uses them
-//! is indexed without a change here.
+//! schemas define (`pnr`, `pv_number`, `iom_case_number`, `flight`, the `number` of an `lpc`,
+//! a `travel_document` or the items of `travel_documents`, and `ticket_number`) wherever they
+//! appear, so that a new event type that uses them is indexed without a change here. A test
+//! checks that every document number the schemas define is under one of these names.
 
 use crate::audit::{Flight, Identifiers};
 use chrono::NaiveDate;
@@ -44,6 +45,12 @@ pub fn identifiers(event: &Value, sender: &str) -> (Vec<String>, Identifiers) {
     (documents, ids)
 }
 
+/// The members whose object's `number` is a document number (a laissez-passer, a passport).
+const DOCUMENT_OBJECTS: &[&str] = &["lpc", "travel_document", "travel_documents"];
+
+/// The members that are document numbers themselves (an e-ticket).
+const DOCUMENT_NUMBERS: &[&str] = &["ticket_number"];
+
 fn walk(value: &Value, key: Option<&str>, documents: &mut Vec<String>, ids: &mut Identifiers) {
     match value {
         Value::Object(map) => {
@@ -56,12 +63,17 @@ fn walk(value: &Value, key: Option<&str>, documents: &mut Vec<String>, ids: &mut
                 ids.lpc.push(n.to_owned());
                 documents.push(n.to_owned());
             }
-            if matches!(key, Some("travel_documents" | "ticket"))
+            if key.is_some_and(|key| key != "lpc" && DOCUMENT_OBJECTS.contains(&key))
                 && let Some(n) = map.get("number").and_then(Value::as_str)
             {
                 documents.push(n.to_owned());
             }
             for (k, v) in map {
+                if DOCUMENT_NUMBERS.contains(&k.as_str())
+                    && let Some(n) = v.as_str()
+                {
+                    documents.push(n.to_owned());
+                }
                 let list = match k.as_str() {
                     "pnr" => Some(&mut ids.pnr),
                     "pv_number" => Some(&mut ids.pv),
@@ -117,5 +129,78 @@ mod tests {
         assert_eq!(ids.iom_case, ["MA-2026-0042"]);
         assert_eq!(ids.flights.len(), 1);
         assert_eq!(ids.partner_refs, [("iom.ma".into(), "REF-1".into())]);
+    }
+
+    #[test]
+    fn a_travel_document_and_a_ticket_are_documents() {
+        let event = json!({
+            "data": {
+                "travel_document": {"type": "passport", "number": "A00998877"},
+                "ticket_number": "147-2400012345"
+            }
+        });
+        let (documents, _) = identifiers(&event, "airline.at");
+        assert_eq!(documents, ["147-2400012345", "A00998877"]);
+    }
+
+    /// Every document number the canonical schemas define is found: each member whose schema
+    /// is a `travel_document` (or a list of them), each object holding a `document_number`, and
+    /// each ticket number is under a name [`walk`] reads.
+    #[test]
+    fn every_document_number_of_the_schemas_is_read() {
+        fn visit(name: Option<&str>, schema: &Value, found: &mut Vec<(String, &'static str)>) {
+            let refers = |s: &Value, to: &str| {
+                [s, &s["items"]]
+                    .iter()
+                    .any(|s| s["$ref"].as_str().is_some_and(|r| r.ends_with(to)))
+            };
+            if let Some(name) = name {
+                if refers(schema, "/travel_document") {
+                    found.push((name.to_owned(), "object"));
+                }
+                if schema["properties"]["number"]["$ref"]
+                    .as_str()
+                    .is_some_and(|r| r.ends_with("/document_number"))
+                {
+                    found.push((name.to_owned(), "object"));
+                }
+                if name.contains("ticket") {
+                    found.push((name.to_owned(), "number"));
+                }
+            }
+            match schema {
+                Value::Object(map) => {
+                    for (k, v) in map {
+                        if k == "properties" {
+                            for (p, s) in v.as_object().into_iter().flatten() {
+                                visit(Some(p), s, found);
+                            }
+                        } else {
+                            visit(None, v, found);
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|v| visit(None, v, found)),
+                _ => {}
+            }
+        }
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/events");
+        let mut found = Vec::new();
+        let mut schemas = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            schemas.push(serde_json::from_str::<Value>(&text).unwrap());
+        }
+        for schema in &schemas {
+            visit(None, schema, &mut found);
+        }
+        assert!(found.len() >= 4, "{found:?}");
+        for (name, kind) in found {
+            let known = match kind {
+                "object" => DOCUMENT_OBJECTS.contains(&name.as_str()),
+                _ => DOCUMENT_NUMBERS.contains(&name.as_str()),
+            };
+            assert!(known, "{name} holds a document number that is not read");
+        }
     }
 }

@@ -845,6 +845,8 @@ async fn get_trail(
             verifier: log.verifier().clone(),
             found,
             pending,
+            // The running log restored its public checkpoint when it opened.
+            public_behind: None,
         })
     })
     .await
