@@ -2054,6 +2054,71 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
     gateway.stop().await;
 }
 
+/// A body whose declared length is over the limit is refused at once, `413`, from its headers:
+/// it is not waited for, even when none of it comes, and takes no turn to be read.
+#[actix_web::test]
+async fn a_body_announced_over_the_limit_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
+        c.limits.bodies_in_flight = 1;
+    })
+    .await;
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let connector =
+            tokio_rustls::TlsConnector::from(Arc::new(client_tls("sn.consulat.casablanca")));
+        let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = connector.connect(name, tcp).await.unwrap();
+        let request = format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
+             {expect}Content-Length: 5000000000\r\n\r\n"
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        client.flush().await.unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = client.read(&mut buffer).await {
+                answer.extend_from_slice(&buffer[..n]);
+                if n == 0 || String::from_utf8_lossy(&answer).contains("too-large") {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("answered without waiting for the body");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.contains("HTTP/1.1 413"), "{expect:?}: {answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered after {:?}",
+            started.elapsed()
+        );
+    }
+    // Both refusals are audited, as any refusal is.
+    let refused = wait_for("the refusals' entries", WAIT, async || {
+        let found = gateway
+            .running
+            .gateway
+            .log
+            .search(&Query::Case("refused/sn.consulat.casablanca".into()))
+            .expect("search");
+        (found.len() >= 2).then_some(found)
+    })
+    .await;
+    assert!(
+        refused
+            .iter()
+            .all(|f| f.leaf.reason.as_deref() == Some("too-large")),
+        "{:?}",
+        refused.iter().map(|f| &f.leaf.reason).collect::<Vec<_>>()
+    );
+    gateway.stop().await;
+}
+
 /// A partner reads at most half of the bodies at once: its stalled bodies cannot hold up
 /// another partner's messages.
 #[actix_web::test]
@@ -3186,6 +3251,23 @@ async fn refusals_say_what_to_fix() {
     // type, are refused.
     let problem = binary("MI-PCT-%FF", &[]).await.problem(400, "malformed");
     says(&problem, "ce-id");
+    // An id with a character that does not show as itself is refused, the character named:
+    // it would make two references that read alike differ, or turn a log line around.
+    for (id, named) in [
+        (
+            "MI-PCT-%E2%80%8B0005",
+            "the invisible format character U+200B",
+        ),
+        (
+            "MI-PCT-%E2%80%AE0006",
+            "the invisible format character U+202E",
+        ),
+        ("MI-PCT-%0A0007", "the control character U+000A"),
+        ("MI-PCT-%E2%80%A80008", "the line separator U+2028"),
+    ] {
+        let problem = binary(id, &[]).await.problem(422, "unprocessable");
+        says(&problem, named);
+    }
     let problem = binary("MI-PCT-0002", &[("ce-datacontenttype", "application/xml")])
         .await
         .problem(400, "malformed");
@@ -3200,6 +3282,21 @@ async fn refusals_say_what_to_fix() {
         .await
         .problem(400, "malformed");
     says(&problem, "no ce-specversion");
+    // A % that begins no escape is not taken as it is.
+    let problem = binary("MI-PCT-%4", &[]).await.problem(400, "malformed");
+    says(&problem, "ce-id");
+    // Data sent as text rather than as an object is said to be so.
+    let mut text_data = event.clone();
+    text_data["id"] = json!("MI-PCT-0009");
+    text_data["data"] = json!(text_data["data"].to_string());
+    let problem = ministry
+        .send(
+            "application/cloudevents+json",
+            serde_json::to_vec(&text_data).unwrap(),
+        )
+        .await
+        .problem(422, "unprocessable");
+    says(&problem, "the data must be a JSON object");
     // A missing attribute is named where it is missing.
     let mut without_id = event.clone();
     without_id.as_object_mut().unwrap().remove("id");
@@ -3259,13 +3356,13 @@ async fn refusals_say_what_to_fix() {
         "{problem}"
     );
 
-    // Every refused message is audited, with its reason, in its sender's refusal trail: three
-    // malformed and one unprocessable from the ministry; two of an unsupported type and two
+    // Every refused message is audited, with its reason, in its sender's refusal trail: four
+    // malformed and six unprocessable from the ministry; two of an unsupported type and two
     // unprocessable from the consulate.
     for (partner, expected) in [
         (
             "ma.interieur",
-            vec!["malformed", "malformed", "malformed", "unprocessable"],
+            [vec!["malformed"; 4], vec!["unprocessable"; 6]].concat(),
         ),
         (
             "sn.consulat.casablanca",
@@ -3298,8 +3395,8 @@ async fn refusals_say_what_to_fix() {
     outcomes_counted(
         &admin,
         &[
-            ("malformed", 3.0),
-            ("unprocessable", 3.0),
+            ("malformed", 4.0),
+            ("unprocessable", 8.0),
             ("unsupported-media-type", 2.0),
         ],
     )
@@ -3330,6 +3427,11 @@ async fn refusals_say_what_to_fix() {
         .await
         .problem(400, "malformed");
     says(&problem, "after must be a whole number");
+    let problem = ministry
+        .get("/v1/inbox?after=99999999999999999999")
+        .await
+        .problem(400, "malformed");
+    says(&problem, "after is too large");
     let problem = ministry
         .post("/v1/inbox/abc/ack")
         .await

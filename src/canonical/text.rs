@@ -32,6 +32,38 @@ pub fn first_refused(text: &str) -> Option<char> {
     text.chars().find(|character| is_refused(*character))
 }
 
+/// The first character of a reference (an event id) that does not show as itself: a control
+/// character, a format character (zero-width spaces and joiners, bidirectional overrides, the
+/// byte order mark, soft hyphens) or a line or paragraph separator. Such a character makes two
+/// references that read alike differ, or turns a line of the gateway's log around.
+pub fn first_unprintable(reference: &str) -> Option<char> {
+    use unicode_general_category::{GeneralCategory, get_general_category};
+    if reference.bytes().all(|byte| (0x20..0x7F).contains(&byte)) {
+        return None;
+    }
+    reference.chars().find(|&character| {
+        matches!(
+            get_general_category(character),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+    })
+}
+
+/// What kind of character [`first_unprintable`] found, to name it.
+pub fn kind_of(character: char) -> &'static str {
+    use unicode_general_category::{GeneralCategory, get_general_category};
+    match get_general_category(character) {
+        GeneralCategory::Control => "the control character",
+        GeneralCategory::Format => "the invisible format character",
+        GeneralCategory::LineSeparator => "the line separator",
+        GeneralCategory::ParagraphSeparator => "the paragraph separator",
+        _ => "the character",
+    }
+}
+
 /// Where a refused character was found in a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedCharacter {
@@ -112,6 +144,23 @@ fn walk<'v>(value: &'v Value, path: &mut Vec<Step<'v>>) -> Option<RefusedCharact
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_with_characters_that_do_not_show_are_found() {
+        assert_eq!(first_unprintable("CGSN-CASA-2026-00417"), None);
+        assert_eq!(first_unprintable("RÉF-2026/ü"), None);
+        for (reference, found) in [
+            ("A\nB", '\n'),
+            ("A\u{200B}B", '\u{200B}'),
+            ("A\u{202E}B", '\u{202E}'),
+            ("\u{FEFF}AB", '\u{FEFF}'),
+            ("A\u{2028}B", '\u{2028}'),
+            ("A\u{AD}B", '\u{AD}'),
+        ] {
+            assert_eq!(first_unprintable(reference), Some(found), "{reference:?}");
+        }
+        assert_eq!(kind_of('\u{202E}'), "the invisible format character");
+    }
     use serde_json::json;
 
     #[test]

@@ -19,11 +19,17 @@ pub struct ServeArgs {
     pub measuring_floor: bool,
 }
 
-/// Structured JSON logs on standard error, filtered by `RUST_LOG` (default `info`), with the
-/// targets of [`CAPPED_TARGETS`] held to their level whatever `RUST_LOG` says.
+/// Structured JSON logs on standard error, filtered by `RUST_LOG` (default [`DEFAULT_LOG`]),
+/// with the targets of [`CAPPED_TARGETS`] held to their level whatever `RUST_LOG` says.
 pub fn init_logging() {
-    init_logging_from("info");
+    init_logging_from(DEFAULT_LOG);
 }
+
+/// The log filter when `RUST_LOG` is unset: `info`, without the HTTP library's connection
+/// errors. It logs at `error`, with no partner named, each request any client sends malformed
+/// (a bad header, a bad chunk size), which it answers `400` itself: one certificate holder could
+/// fill the operators' error log with them, and there is nothing for the operators to mend.
+pub const DEFAULT_LOG: &str = "info,actix_http::h1::dispatcher=off";
 
 /// [`init_logging`], at level `default` when `RUST_LOG` is unset.
 pub fn init_logging_from(default: &str) {
@@ -166,5 +172,26 @@ mod tests {
         ] {
             assert!(logged.contains(kept), "{kept} missing from {logged}");
         }
+    }
+
+    #[test]
+    fn by_default_a_clients_malformed_request_is_not_an_error_in_the_log() {
+        let written = Written::default();
+        let writer = written.clone();
+        let filter = tracing_subscriber::EnvFilter::new(DEFAULT_LOG);
+        let subscriber =
+            tracing_subscriber::registry().with(json_logs(filter, move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            // As the HTTP library logs a request it could not parse.
+            tracing::error!(target: "actix_http::h1::dispatcher", "stream error: request parse error: invalid Header provided");
+            tracing::info!(target: "passerelle::server::routes", "message accepted");
+            tracing::warn!(target: "actix_server::worker", "a worker stopped");
+        });
+        let logged = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        assert!(!logged.contains("stream error"), "{logged}");
+        assert!(
+            logged.contains("message accepted") && logged.contains("a worker stopped"),
+            "{logged}"
+        );
     }
 }

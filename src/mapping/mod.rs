@@ -192,6 +192,15 @@ impl DecodeError {
     }
 }
 
+/// Whether a message's bytes look like UTF-16: a UTF-16 byte order mark, or a zero byte in
+/// either of the first two (XML and JSON begin with an ASCII character, which UTF-16 writes
+/// beside a zero byte; UTF-8 text holds no zero byte there).
+fn looks_like_utf16(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\xFF\xFE")
+        || bytes.starts_with(b"\xFE\xFF")
+        || bytes.iter().take(2).any(|&byte| byte == 0)
+}
+
 fn join(violations: &[Violation]) -> String {
     violations
         .iter()
@@ -341,10 +350,21 @@ impl PartnerMapping {
             }
             Format::Json | Format::Cloudevents => {
                 NativeMessage::Json(json::from_slice(bytes).map_err(|error| {
+                    // JSON is UTF-8 without a byte order mark (RFC 8259, section 8.1): said as
+                    // such, rather than as a syntax error at its first byte.
+                    let message = if looks_like_utf16(bytes) {
+                        "the body is in UTF-16: send JSON in UTF-8 (RFC 8259, section 8.1)".into()
+                    } else if bytes.starts_with(b"\xEF\xBB\xBF") {
+                        "the body starts with a byte order mark (EF BB BF): send JSON without \
+                         it (RFC 8259, section 8.1)"
+                            .into()
+                    } else {
+                        error.to_string()
+                    };
                     DecodeError::Malformed {
                         partner: partner(),
                         format: "JSON",
-                        message: error.to_string(),
+                        message,
                     }
                 })?)
             }
@@ -355,6 +375,16 @@ impl PartnerMapping {
             };
             require_in_force(self.mapping_id(CANONICAL_KIND))?;
             return self.accept_canonical(event);
+        }
+        // A native JSON message is one object: a list of them (even of one) is not a message.
+        if let NativeMessage::Json(value) = &message
+            && !value.is_object()
+        {
+            return Err(DecodeError::Malformed {
+                partner: partner(),
+                format: "JSON",
+                message: "a message is one JSON object; send each message on its own".into(),
+            });
         }
         let native = message.view();
         let Some(mapping) = self
@@ -490,6 +520,23 @@ impl PartnerMapping {
             return Err(field(
                 "data.anomalies",
                 "anomalies are raised by the gateway, not by a sender".into(),
+            ));
+        }
+        // The canonical data is a JSON object: one sent as text, or as `data_base64`, is said as
+        // such rather than as the missing members the checks below would find.
+        if object.contains_key("data_base64") {
+            return Err(field(
+                "data_base64",
+                "the data must be a JSON object in `data`, not base64 in `data_base64`".into(),
+            ));
+        }
+        if let Some(data) = object.get("data")
+            && !data.is_object()
+        {
+            return Err(field(
+                "data",
+                "the data must be a JSON object (the event's members), not text or another value"
+                    .into(),
             ));
         }
         let source = &self.source;

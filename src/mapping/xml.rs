@@ -39,6 +39,9 @@ pub enum XmlError {
     /// The declared encoding is neither UTF-8 nor ISO-8859-1.
     #[error("unsupported encoding {0:?}: only UTF-8 and ISO-8859-1 are accepted")]
     UnsupportedEncoding(String),
+    /// The message is in UTF-16 (a byte order mark, or zero bytes between ASCII ones).
+    #[error("the message is in UTF-16: send it in UTF-8 (or ISO-8859-1, declared)")]
+    Utf16,
     /// The bytes are not valid in the declared encoding.
     #[error(
         "the message is not valid UTF-8 (byte {0}); declare encoding=\"ISO-8859-1\" for Latin-1"
@@ -443,6 +446,9 @@ fn read_attributes(
 /// WHATWG tables in `encoding_rs` map the label "iso-8859-1" to windows-1252, which differs
 /// in 0x80..=0x9F, and partners who declare Latin-1 mean Latin-1.
 pub fn decode_bytes(bytes: &[u8]) -> Result<Cow<'_, str>, XmlError> {
+    if super::looks_like_utf16(bytes) {
+        return Err(XmlError::Utf16);
+    }
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     match declared_encoding(bytes)?.as_deref() {
         None | Some("utf-8") | Some("utf8") | Some("us-ascii") | Some("ascii") => {
@@ -558,6 +564,13 @@ mod tests {
     fn latin1_bytes_without_declaration_are_refused() {
         let error = XmlDocument::parse(b"<a>Thi\xE8s</a>", XmlLimits::default()).unwrap_err();
         assert_eq!(error, XmlError::InvalidUtf8(6));
+        let utf16: Vec<u8> = "\u{FEFF}<a/>"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(decode_bytes(&utf16).unwrap_err(), XmlError::Utf16);
+        let without_mark: Vec<u8> = "<a/>".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert_eq!(decode_bytes(&without_mark).unwrap_err(), XmlError::Utf16);
     }
 
     #[test]

@@ -449,18 +449,31 @@ impl Gateway {
         let event_type = text(&event, "type");
         let event_id = text(&event, "id");
         let source = text(&event, "source");
-        // The id names the message in the audit log and in the duplicate index, which take
-        // short identifiers only: a longer one, or one with control characters, is the
-        // sender's to mend (the schema counts characters, the log bytes).
+        // The id names the message in the audit log, the duplicate index and the gateway's
+        // log lines, which take short identifiers that show as themselves: a longer one, or one
+        // with a character that does not show (which would make two references that read alike
+        // differ, or turn a log line around), is the sender's to mend (the schema counts
+        // characters, the log bytes). References are compared exactly, byte for byte.
+        let id_refused = |message: String| Refusal::Unprocessable {
+            message,
+            path: Some("id".into()),
+        };
+        if event_id.len() > audit::leaf::limits::ID_LEN {
+            return Err(id_refused(format!(
+                "the id must be at most {} bytes long (UTF-8); it has {} bytes",
+                audit::leaf::limits::ID_LEN,
+                event_id.len()
+            )));
+        }
+        if let Some(character) = crate::canonical::text::first_unprintable(&event_id) {
+            return Err(id_refused(format!(
+                "the id holds {} U+{:04X}: a reference must be text that shows as itself",
+                crate::canonical::text::kind_of(character),
+                u32::from(character)
+            )));
+        }
         if !audit::leaf::limits::fits_identifier(&event_id) {
-            return Err(Refusal::Unprocessable {
-                message: format!(
-                    "the id must be at most {} bytes long (UTF-8), without control characters; it has {} bytes",
-                    audit::leaf::limits::ID_LEN,
-                    event_id.len()
-                ),
-                path: Some("id".into()),
-            });
+            return Err(id_refused("the id is empty".into()));
         }
         // The transport's span for this message (see `server::routes` and `amqp::ingress`)
         // names the event from here on, for every line logged while it is processed.
@@ -1466,10 +1479,13 @@ fn check_media_type(format: Format, media: &str) -> Result<(), Refusal> {
     if accepted.contains(&essence.as_str()) {
         return Ok(());
     }
-    let given = if essence.is_empty() {
-        "an untyped body"
-    } else {
-        &essence
+    let given = match essence.as_str() {
+        "" => "an untyped body".to_owned(),
+        // application/json is taken in binary mode: what is missing is the headers.
+        "application/json" if format == Format::Cloudevents => {
+            "application/json without ce-specversion and the other ce-* headers".to_owned()
+        }
+        _ => essence.clone(),
     };
     Err(Refusal::UnsupportedMediaType(match format {
         Format::Cloudevents => format!(

@@ -164,9 +164,14 @@ async fn refuse_unregistered(
         Ok(place) => place,
         Err(busy) => return busy,
     };
-    let body = match read_body(gateway, UNREGISTERED, payload).await {
-        Ok(body) => body,
-        Err(unreadable) => return unreadable,
+    // A body announced over the limit is not waited for: the refusal commits to no bytes.
+    let body = if declared_over_limit(req, gateway.limits().max_body_bytes) {
+        Vec::new()
+    } else {
+        match read_body(gateway, UNREGISTERED, payload).await {
+            Ok(body) => body,
+            Err(unreadable) => return unreadable,
+        }
     };
     let why = problem.detail.clone();
     let refusal = gateway
@@ -229,8 +234,7 @@ async fn read_body(
     let read = async {
         let mut body = Vec::new();
         while let Some(chunk) = payload.next().await {
-            let chunk =
-                chunk.map_err(|e| Problem::bad_request(format!("reading the body: {e}")))?;
+            let chunk = chunk.map_err(|e| Problem::bad_request(body_error(&e)))?;
             let room = (limit + 1).saturating_sub(body.len());
             body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if body.len() > limit {
@@ -242,6 +246,28 @@ async fn read_body(
     tokio::time::timeout(Duration::from_secs(seconds.max(1)), read)
         .await
         .map_err(|_| Problem::bad_request(format!("the body did not arrive within {seconds} s")))?
+}
+
+/// What was wrong with a body that could not be read, in the sender's terms.
+fn body_error(error: &actix_web::error::PayloadError) -> String {
+    use actix_web::error::PayloadError;
+    match error {
+        PayloadError::Incomplete(_) => "the body ended before its declared length \
+                                        (Content-Length), or its chunked transfer coding is \
+                                        malformed"
+            .into(),
+        PayloadError::Overflow => "the body is longer than its declared length".into(),
+        other => format!("reading the body: {other}"),
+    }
+}
+
+/// Whether the request announces (`Content-Length`) a body longer than `limit` bytes.
+fn declared_over_limit(req: &HttpRequest, limit: usize) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .is_some_and(|declared| declared > limit as u64)
 }
 
 /// How to read a request's body. A body sent with a content coding (`Content-Encoding: gzip`)
@@ -284,6 +310,15 @@ fn content_of(req: &HttpRequest) -> Content {
     for (name, value) in ce_headers {
         let decoded = value.to_str().ok().and_then(|text| {
             let text = unquoted(text)?;
+            // Every % must begin an escape: the decoder would keep a broken one as it is.
+            let escapes_whole = text.match_indices('%').all(|(at, _)| {
+                text.as_bytes()
+                    .get(at + 1..at + 3)
+                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            });
+            if !escapes_whole {
+                return None;
+            }
             percent_encoding::percent_decode_str(&text)
                 .decode_utf8()
                 .ok()
@@ -355,10 +390,18 @@ async fn post_message(
         // below): the messages waiting for a slow disk are bounded in number, and so is the
         // memory their bodies hold.
         let place = message_permit(&gateway, &caller.0.id).await?;
-        // At most one byte past the limit is read, whatever the declared length: the
-        // pipeline refuses a larger body, and audits the refusal, like any other.
-        let body = read_body(&gateway, &caller.0.id, payload).await?;
-        let content = content_of(&req);
+        // A body whose declared length is over the limit is refused from its headers, without
+        // waiting for it or taking a turn to read it; otherwise at most one byte past the limit
+        // is read, whatever the declared length. Either way the pipeline refuses it (`413`) and
+        // audits the refusal, like any other, committing to the bytes read (none, in the first
+        // case).
+        let limit = gateway.limits().max_body_bytes;
+        let (body, content) = if declared_over_limit(&req, limit) {
+            (Vec::new(), Content::Unreadable(Refusal::TooLarge { limit }))
+        } else {
+            let body = read_body(&gateway, &caller.0.id, payload).await?;
+            (body, content_of(&req))
+        };
         let partner = caller.0.id.clone();
         let ingest = {
             let gateway = gateway.clone();
@@ -430,7 +473,14 @@ fn whole_number<T: std::str::FromStr>(
     value
         .map(|text| {
             text.parse().map_err(|_| {
-                Problem::bad_request(format!("{name} must be a whole number, not {text:?}"))
+                // Digits alone that do not parse are a number too large for the parameter.
+                Problem::bad_request(
+                    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                        format!("{name} is too large: {text}")
+                    } else {
+                        format!("{name} must be a whole number, not {text:?}")
+                    },
+                )
             })
         })
         .transpose()
