@@ -226,6 +226,14 @@ impl RunningGateway {
                 "deliveries of erased cases withdrawn: dead letters without their bodies"
             );
         }
+        let forgotten = crate::delivery::forget_erased_case_ids(&gateway)
+            .context("taking the ids of erased cases off the store's records")?;
+        if forgotten > 0 {
+            tracing::info!(
+                records = forgotten,
+                "ids of erased cases taken off the store's records"
+            );
+        }
         let readiness = Readiness::default();
         let (stop_workers, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();

@@ -176,10 +176,24 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         "a delivery of the kept case was withdrawn: {dead}"
     );
 
+    // A repeat of the erased case's message is still answered with its receipt.
+    let repeat = consulate
+        .send("application/xml", notice(ERASED, "CGSN-CASA-2026-00501"))
+        .await;
+    assert_eq!(repeat.status, 200, "{}", repeat.text());
+    assert_eq!(repeat.json()["status"], "duplicate", "{}", repeat.text());
+
     // The withdrawal was audited, one entry a delivery, before the gateway served.
     let exit = gateway.stop();
     assert!(exit.success(), "the gateway's exit: {exit:?}");
     for d in stored_deliveries(data) {
+        // The erased case's id is off its deliveries' records; the kept case's stays.
+        let case = if d.event_id == "CGSN-CASA-2026-00501" {
+            None
+        } else {
+            Some(KEPT.to_owned())
+        };
+        assert_eq!(d.case_id, case, "{d:?}");
         if d.event_id == "CGSN-CASA-2026-00501" {
             assert!(d.body.is_empty(), "{d:?}");
             assert!(!d.holds_body(), "{d:?}");
@@ -242,5 +256,29 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
     // The erased case's file is gone with it; the kept case's stays.
     assert_eq!(store.cases_on_file().expect("the case files"), [KEPT]);
     assert_eq!(store.case_files_forgotten().expect("the mark"), 1);
+    // So is the erased case's id, off the records of its message and its deliveries.
+    let source = "urn:partner:sn.consulat.casablanca";
+    let record = store
+        .accepted(source, "CGSN-CASA-2026-00501")
+        .expect("reading the record")
+        .expect("the erased case's message is still on record");
+    assert_eq!(record.case_id, None, "{record:?}");
+    assert!(
+        record.confirmed && record.case_facts.is_empty(),
+        "{record:?}"
+    );
+    let kept = store
+        .accepted(source, "CGSN-CASA-2026-00502")
+        .expect("reading the record")
+        .expect("the kept case's message");
+    assert_eq!(kept.case_id.as_deref(), Some(KEPT));
+    assert_eq!(store.case_ids_forgotten().expect("the mark"), 1);
     store.close().expect("closing the store");
+    let line = logged
+        .lines()
+        .find(|l| l.contains("ids of erased cases taken off the store's records"))
+        .unwrap_or_else(|| panic!("no forgetting logged: {logged}"));
+    let line: Value = serde_json::from_str(line).expect("a JSON log line");
+    // The message's record and its three deliveries.
+    assert_eq!(line["fields"]["records"].as_u64(), Some(4), "{line}");
 }

@@ -177,6 +177,39 @@ impl<K, T: Send + 'static> KeyedTasks<K, T> {
     }
 }
 
+/// Takes the ids of erased cases off the store's records (see [`crate::store::Store::forget_case_ids`]),
+/// once the deliveries of every erased case are withdrawn ([`withdraw_erased`], which finds them
+/// by case id), and returns how many records were changed. Runs at start, after
+/// [`withdraw_erased`] and before the delivery workers, and reads every record, so only once a
+/// further case is erased; a record that cannot be read back makes it run again at the next
+/// start, until the store is repaired.
+pub fn forget_erased_case_ids(gateway: &Gateway) -> anyhow::Result<usize> {
+    let erased = gateway.log.erased_cases()?;
+    if erased <= gateway.store.case_ids_forgotten()?
+        || erased > gateway.store.erasures_withdrawn()?
+    {
+        return Ok(0);
+    }
+    let mut erased_cases = std::collections::HashSet::new();
+    for case in gateway.store.recorded_case_ids()? {
+        if gateway.log.is_case_erased(&case)? {
+            erased_cases.insert(case);
+        }
+    }
+    let forgotten = gateway.store.forget_case_ids(&erased_cases)?;
+    if forgotten.unreadable_records == 0 && forgotten.unreadable_deliveries.is_empty() {
+        gateway.store.mark_case_ids_forgotten(erased)?;
+    } else {
+        tracing::error!(
+            records = forgotten.unreadable_records,
+            deliveries = ?forgotten.unreadable_deliveries,
+            "records that cannot be read back were passed over when taking erased cases' ids off \
+             the store; it runs again at the next start"
+        );
+    }
+    Ok(forgotten.records + forgotten.deliveries)
+}
+
 /// Takes out of line the deliveries of erased cases that still hold a body, and returns how
 /// many.
 ///

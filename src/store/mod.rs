@@ -68,6 +68,8 @@ const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks");
 const ERASURES_WITHDRAWN: &str = "erasures-withdrawn";
 /// The number of erased cases whose case files the start has deleted.
 const CASE_FILES_FORGOTTEN: &str = "case-files-forgotten";
+/// The number of erased cases whose ids the start has taken off the store's records.
+const CASE_IDS_FORGOTTEN: &str = "case-ids-forgotten";
 /// The change of [`FORMAT`] that deleted the bodies earlier versions kept of completed
 /// deliveries (see [`delete_completed_bodies`]).
 const COMPLETED_BODIES_DELETED: &str = "completed-bodies-deleted";
@@ -103,6 +105,19 @@ fn unreadable(error: impl std::fmt::Display) -> StoreError {
 
 /// A store result.
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What [`Store::forget_case_ids`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ForgottenCaseIds {
+    /// Accepted messages' records whose case id was taken off.
+    pub records: usize,
+    /// Deliveries' records whose case id was taken off.
+    pub deliveries: usize,
+    /// Accepted messages' records that could not be read back, passed over.
+    pub unreadable_records: usize,
+    /// Deliveries whose record could not be read back, passed over.
+    pub unreadable_deliveries: Vec<u64>,
+}
 
 /// What the gateway answered when it accepted a message: kept so that a duplicate gets the
 /// same answer (the same log index and leaf hash; after a crash that lost the confirmation,
@@ -1216,6 +1231,152 @@ impl Store {
     /// [`Store::mark_erasures_withdrawn`] does for their deliveries.
     pub fn mark_case_files_forgotten(&self, erased: u64) -> Result<()> {
         self.set_mark(CASE_FILES_FORGOTTEN, erased)
+    }
+
+    /// How many erased cases the start had taken the ids of off the records, when it last
+    /// did (see [`Store::forget_case_ids`]); 0 if it never did.
+    pub fn case_ids_forgotten(&self) -> Result<u64> {
+        self.mark(CASE_IDS_FORGOTTEN)
+    }
+
+    /// Records, synced, that the ids of `erased` erased cases are off the records, as
+    /// [`Store::mark_erasures_withdrawn`] does for their deliveries.
+    pub fn mark_case_ids_forgotten(&self, erased: u64) -> Result<()> {
+        self.set_mark(CASE_IDS_FORGOTTEN, erased)
+    }
+
+    /// The case ids on the accepted messages' and deliveries' records (those that can be read
+    /// back), each once.
+    pub fn recorded_case_ids(&self) -> Result<HashSet<String>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let mut cases = HashSet::new();
+        for item in r
+            .open_table(ACCEPTED)
+            .map_err(db_error)?
+            .iter()
+            .map_err(db_error)?
+        {
+            let (_, value) = item.map_err(db_error)?;
+            if let Ok(record) = serde_json::from_slice::<AcceptedRecord>(value.value()) {
+                cases.extend(record.case_id);
+            }
+        }
+        for item in r
+            .open_table(DELIVERIES)
+            .map_err(db_error)?
+            .iter()
+            .map_err(db_error)?
+        {
+            let (_, value) = item.map_err(db_error)?;
+            if let Ok(delivery) = serde_json::from_slice::<Delivery>(value.value()) {
+                cases.extend(delivery.case_id);
+            }
+        }
+        Ok(cases)
+    }
+
+    /// Takes the case id (and the case's provisional facts) off every accepted message's and
+    /// delivery's record of the `erased` cases, durably, and says how many records of each were
+    /// changed. Once a case is erased, the log can no longer tie its entries to the case id:
+    /// the store's records would still list, under it, which partners sent and received what
+    /// and when. Nothing needs the id afterwards (an erased case takes no more messages, its
+    /// deliveries are withdrawn first, and a repeat of one of its messages is answered from the
+    /// rest of the record).
+    ///
+    /// It reads every record, so the start runs it only once a further case is erased, and
+    /// after the withdrawal of the erased cases' deliveries, which finds them by case id.
+    /// Written in transactions of its own, outside the writer thread, by the start, before the
+    /// workers. A record that cannot be read back is passed over, and counted.
+    pub fn forget_case_ids(&self, erased: &HashSet<String>) -> Result<ForgottenCaseIds> {
+        let mut records = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut forgotten = ForgottenCaseIds::default();
+        {
+            let r = self.db.begin_read().map_err(db_error)?;
+            for item in r
+                .open_table(ACCEPTED)
+                .map_err(db_error)?
+                .iter()
+                .map_err(db_error)?
+            {
+                let (key, value) = item.map_err(db_error)?;
+                match serde_json::from_slice::<AcceptedRecord>(value.value()) {
+                    Ok(record) => {
+                        if record.case_id.as_ref().is_some_and(|c| erased.contains(c)) {
+                            records.push(key.value().to_owned());
+                        }
+                    }
+                    Err(_) => forgotten.unreadable_records += 1,
+                }
+            }
+            for item in r
+                .open_table(DELIVERIES)
+                .map_err(db_error)?
+                .iter()
+                .map_err(db_error)?
+            {
+                let (id, value) = item.map_err(db_error)?;
+                match serde_json::from_slice::<Delivery>(value.value()) {
+                    Ok(delivery) => {
+                        if delivery
+                            .case_id
+                            .as_ref()
+                            .is_some_and(|c| erased.contains(c))
+                        {
+                            deliveries.push(id.value());
+                        }
+                    }
+                    Err(_) => forgotten.unreadable_deliveries.push(id.value()),
+                }
+            }
+        }
+        // In transactions of a bounded size: a store of many erased messages is not rewritten
+        // in one.
+        const BATCH: usize = 1024;
+        for keys in records.chunks(BATCH) {
+            let mut w = self.db.begin_write().map_err(db_error)?;
+            w.set_durability(Durability::Immediate).map_err(db_error)?;
+            {
+                let mut table = w.open_table(ACCEPTED).map_err(db_error)?;
+                for key in keys {
+                    let Some(value) = table.get(key.as_str()).map_err(db_error)? else {
+                        continue;
+                    };
+                    let mut record: AcceptedRecord =
+                        serde_json::from_slice(value.value()).map_err(unreadable)?;
+                    drop(value);
+                    record.case_id = None;
+                    record.case_facts.clear();
+                    let bytes = serde_json::to_vec(&record).map_err(db_error)?;
+                    table
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(db_error)?;
+                    forgotten.records += 1;
+                }
+            }
+            w.commit().map_err(db_error)?;
+        }
+        for ids in deliveries.chunks(BATCH) {
+            let mut w = self.db.begin_write().map_err(db_error)?;
+            w.set_durability(Durability::Immediate).map_err(db_error)?;
+            {
+                let mut table = w.open_table(DELIVERIES).map_err(db_error)?;
+                for &id in ids {
+                    let Some(value) = table.get(id).map_err(db_error)? else {
+                        continue;
+                    };
+                    let mut delivery: Delivery =
+                        serde_json::from_slice(value.value()).map_err(unreadable)?;
+                    drop(value);
+                    delivery.case_id = None;
+                    let bytes = serde_json::to_vec(&delivery).map_err(db_error)?;
+                    table.insert(id, bytes.as_slice()).map_err(db_error)?;
+                    forgotten.deliveries += 1;
+                }
+            }
+            w.commit().map_err(db_error)?;
+        }
+        Ok(forgotten)
     }
 
     fn mark(&self, name: &str) -> Result<u64> {
