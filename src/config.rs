@@ -47,6 +47,8 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// Idle keep-alive time of a connection, in seconds. Default 75.
     pub keep_alive_secs: u64,
+    /// Connections one client certificate may hold open at once. Default 64.
+    pub connections_per_certificate: usize,
     /// Answer every `POST /v1/messages` with `202` without processing: the measuring floor of
     /// `passerelle load`, set only by its hidden `serve --measuring-floor` flag, never by a
     /// settings file (a gateway that acknowledges what it does not keep must not be one
@@ -62,6 +64,7 @@ impl Default for ServerSettings {
             workers: None,
             shutdown_timeout_secs: 30,
             keep_alive_secs: 75,
+            connections_per_certificate: 64,
             floor_mode: false,
         }
     }
@@ -330,6 +333,10 @@ impl Config {
                 u64::from(self.delivery.max_attempts),
             ),
             ("delivery.concurrency", self.delivery.concurrency as u64),
+            (
+                "server.connections_per_certificate",
+                self.server.connections_per_certificate as u64,
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             bail!("{key} is 0: it must be positive");

@@ -461,6 +461,17 @@ fn an_offline_trail_checks_the_private_part_it_reads() {
     append_many(&log, 0..30);
     log.close().unwrap();
     let cp30 = std::fs::read(dir.path().join("public/checkpoint")).unwrap();
+    let early = tempfile::tempdir().unwrap();
+    let public30 = early.path().join("public");
+    assert!(
+        Command::new("cp")
+            .args(["-r"])
+            .arg(dir.path().join("public"))
+            .arg(&public30)
+            .status()
+            .unwrap()
+            .success()
+    );
     let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
     append_many(&log, 30..60);
     let verifier = log.verifier().clone();
@@ -539,6 +550,24 @@ fn an_offline_trail_checks_the_private_part_it_reads() {
     assert_eq!(t.checkpoint.size, 60);
     assert_eq!(t.found.len(), 12);
     assert!(t.pending.is_empty());
+
+    // A copy whose public part was taken before the log grew, and its private part after: the
+    // public part cannot prove the private copy's tree, so the trail is proven against what it
+    // can, and says so.
+    let grew = copy("grew");
+    std::fs::remove_dir_all(grew.join("public")).unwrap();
+    assert!(
+        Command::new("cp")
+            .args(["-r"])
+            .arg(&public30)
+            .arg(grew.join("public"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t = trail(&grew, &query, Some(&verifier)).unwrap();
+    assert_eq!((t.checkpoint.size, t.private_ahead), (30, Some(60)));
+    assert_eq!((t.found.len(), t.pending.len()), (6, 6));
 
     // The command line says FAILED, and exits 1, as `verify` does.
     let out = bin()

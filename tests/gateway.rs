@@ -2063,6 +2063,10 @@ async fn a_body_announced_over_the_limit_is_refused_at_once() {
         c.limits.bodies_in_flight = 1;
     })
     .await;
+    // The only turn to read a body is held by another message whose body stalls: a refusal
+    // that waited for a turn would wait a minute.
+    let _stalled = stalled_body(&gateway, "sn.consulat.casablanca").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     for expect in ["", "Expect: 100-continue\r\n"] {
         let connector =
             tokio_rustls::TlsConnector::from(Arc::new(client_tls("sn.consulat.casablanca")));
@@ -2077,7 +2081,6 @@ async fn a_body_announced_over_the_limit_is_refused_at_once() {
         );
         client.write_all(request.as_bytes()).await.unwrap();
         client.flush().await.unwrap();
-        let started = Instant::now();
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), async {
             let mut buffer = [0u8; 4096];
@@ -2092,11 +2095,6 @@ async fn a_body_announced_over_the_limit_is_refused_at_once() {
         .expect("answered without waiting for the body");
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.contains("HTTP/1.1 413"), "{expect:?}: {answer}");
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "answered after {:?}",
-            started.elapsed()
-        );
     }
     // Both refusals are audited, as any refusal is.
     let refused = wait_for("the refusals' entries", WAIT, async || {
@@ -2116,6 +2114,102 @@ async fn a_body_announced_over_the_limit_is_refused_at_once() {
         "{:?}",
         refused.iter().map(|f| &f.leaf.reason).collect::<Vec<_>>()
     );
+    gateway.stop().await;
+}
+
+/// A connection of `partner`'s, set up (the TLS handshake done) and idle.
+async fn connection_of(
+    gateway: &TestGateway,
+    partner: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(partner)));
+    let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Sends `GET /v1/inbox` on `connection` and returns the whole answer (its head, and the body
+/// its `Content-Length` announces), or what came before the connection closed.
+async fn inbox_on(
+    connection: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    connection
+        .write_all(b"GET /v1/inbox HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    connection.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let whole = |answer: &[u8]| {
+        let text = String::from_utf8_lossy(answer);
+        let Some(end) = text.find("\r\n\r\n") else {
+            return false;
+        };
+        let length = text[..end]
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        answer.len() >= end + 4 + length
+    };
+    tokio::time::timeout(WAIT, async {
+        let mut buffer = [0u8; 4096];
+        while !whole(&answer) {
+            match connection.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client certificate holds at most `server.connections_per_certificate` connections: a
+/// further one is answered `503` and closed, a place given back (a connection closed) is taken
+/// again, and another certificate's connections are not counted against it.
+#[actix_web::test]
+async fn a_certificate_holds_a_bounded_number_of_connections() {
+    let gateway = TestGateway::start(&RegistryChanges::new().inbox("ma.dgsn"), |c| {
+        c.server.connections_per_certificate = 2;
+    })
+    .await;
+    let mut first = connection_of(&gateway, "ma.dgsn").await;
+    let mut second = connection_of(&gateway, "ma.dgsn").await;
+    assert!(inbox_on(&mut first).await.starts_with("HTTP/1.1 200"));
+    assert!(inbox_on(&mut second).await.starts_with("HTTP/1.1 200"));
+    let mut third = connection_of(&gateway, "ma.dgsn").await;
+    let answer = inbox_on(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("server.connections_per_certificate"),
+        "{answer}"
+    );
+    // Another partner's certificate has places of its own.
+    let mut other = connection_of(&gateway, "ma.interieur").await;
+    assert!(inbox_on(&mut other).await.starts_with("HTTP/1.1 "));
+    assert!(!inbox_on(&mut other).await.starts_with("HTTP/1.1 503"));
+    // A connection closed gives its place back.
+    drop(first);
+    drop(third);
+    let mut again = wait_for("a place given back", WAIT, async || {
+        let mut connection = connection_of(&gateway, "ma.dgsn").await;
+        let answer = inbox_on(&mut connection).await;
+        answer.starts_with("HTTP/1.1 200").then_some(connection)
+    })
+    .await;
+    assert!(inbox_on(&mut again).await.starts_with("HTTP/1.1 200"));
+    assert!(inbox_on(&mut second).await.starts_with("HTTP/1.1 200"));
     gateway.stop().await;
 }
 

@@ -12,7 +12,7 @@ use super::journal;
 use super::keys::IndexKey;
 use super::leaf::Leaf;
 use super::log::{Found, Layout, MessageName, Meta, Query, evidence};
-use super::merkle::{RunningRoot, consistency_proof, leaf_hash, verify_consistency};
+use super::merkle::{RunningRoot, consistency_proof, leaf_hash, root_from, verify_consistency};
 use super::note::NoteVerifier;
 use super::proof::TlogProof;
 use super::tiles::TileReader;
@@ -44,6 +44,9 @@ pub struct Trail {
     /// The size `public/checkpoint` signs, when `private/checkpoint` signs more (the proofs are
     /// then against the latter).
     pub public_behind: Option<u64>,
+    /// The size `private/checkpoint` signs, when it signs more than the public part has the
+    /// tiles for (the proofs are then against `public/checkpoint`).
+    pub private_ahead: Option<u64>,
 }
 
 /// Searches a copy of a log folder. The checkpoint is checked with `verifier`
@@ -172,22 +175,32 @@ pub fn trail_with_progress(
         found,
         pending,
         public_behind: latest.public_behind,
+        private_ahead: latest.private_ahead,
     })
 }
 
-/// The last tree a log folder signed, and whether its public copy is behind it.
+/// The last tree a log folder signed that its public part can prove, and what to say of its
+/// two checkpoints.
 struct LatestSigned {
     checkpoint: Checkpoint,
     signed: String,
-    /// The size the public checkpoint signs, when the private copy signs more.
+    /// The size the public checkpoint signs, when the private copy signs more and the proofs
+    /// are against the latter.
     public_behind: Option<u64>,
+    /// The size the private copy signs, when it signs more than the public part has the tiles
+    /// for (a copy taken while the log grew, its public part first): the proofs are then
+    /// against the public checkpoint.
+    private_ahead: Option<u64>,
 }
 
 /// The larger of the folder's two signed checkpoints, as the gateway takes it when it opens
-/// the log (see audit.md, "Checkpoints"): `public/checkpoint`, and its copy
-/// `private/checkpoint`, which is written after it. A public copy behind the private one (a
-/// rolled-back file, or a copy of the folder taken in two steps) must be consistent with it;
-/// the entries it does not cover are still signed, by the private copy.
+/// the log (see audit.md, "Checkpoints and their cadence"): `public/checkpoint`, and its copy
+/// `private/checkpoint`, which the log writes after it. The private copy is read first, so
+/// that on a folder the gateway is writing, the public checkpoint read after it is never
+/// behind it. A public checkpoint behind the private copy (a rolled-back file) must be
+/// consistent with it, and the entries it does not cover are still signed, by the private
+/// copy; when the public part lacks the tiles of the private copy's tree (a copy taken while
+/// the log grew), the public checkpoint is taken, and the difference said.
 fn latest_signed(layout: &Layout, verifier: &NoteVerifier, origin: &str) -> Result<LatestSigned> {
     let read = |path: &Path| -> Result<Option<(Checkpoint, String)>> {
         match std::fs::read_to_string(path) {
@@ -200,70 +213,82 @@ fn latest_signed(layout: &Layout, verifier: &NoteVerifier, origin: &str) -> Resu
             Err(e) => Err(AuditError::io(path, e)),
         }
     };
-    let public_path = layout.public.join("checkpoint");
-    let public = read(&public_path)?;
     let private = read(&layout.last_checkpoint)?;
-    let (public, private) = match (public, private) {
-        (Some(public), Some(private)) => (public, private),
-        (Some((checkpoint, signed)), None) => {
-            return Ok(LatestSigned {
-                checkpoint,
-                signed,
-                public_behind: None,
-            });
-        }
-        (None, _) => {
+    let public_path = layout.public.join("checkpoint");
+    let Some((public, public_signed)) = read(&public_path)? else {
+        return Err(AuditError::Corrupt(format!(
+            "{} is missing: the log's public part holds no signed checkpoint",
+            public_path.display()
+        )));
+    };
+    let as_public = |private_ahead| LatestSigned {
+        checkpoint: public.clone(),
+        signed: public_signed.clone(),
+        public_behind: None,
+        private_ahead,
+    };
+    let Some((private, private_signed)) = private else {
+        return Ok(as_public(None));
+    };
+    let two_histories = || {
+        AuditError::Corrupt(format!(
+            "{} (size {}) and {} (size {}) sign two different histories",
+            public_path.display(),
+            public.size,
+            layout.last_checkpoint.display(),
+            private.size
+        ))
+    };
+    let (older, newer) = if public.size >= private.size {
+        (&private, &public)
+    } else {
+        (&public, &private)
+    };
+    if older.size == newer.size {
+        return if older.root == newer.root {
+            Ok(as_public(None))
+        } else {
+            Err(two_histories())
+        };
+    }
+    // The public part must hold the tiles of the larger tree (a copy taken while the log grew
+    // may not hold the private copy's), and they prove the smaller tree consistent with it.
+    let tiles = TileReader::new(&layout.public, newer.size);
+    match root_from(&tiles, newer.size) {
+        Ok(root) if root == newer.root => {}
+        Ok(_) => return Err(two_histories()),
+        Err(_) if newer.size == private.size => return Ok(as_public(Some(private.size))),
+        Err(e) => {
             return Err(AuditError::Corrupt(format!(
-                "{} is missing: the log's public part holds no signed checkpoint",
+                "{}: the public part's tiles for it cannot be read: {e}",
                 public_path.display()
             )));
         }
-    };
-    let (older, newer) = if public.0.size >= private.0.size {
-        (&private.0, &public.0)
-    } else {
-        (&public.0, &private.0)
-    };
-    let consistent = if older.size == newer.size {
-        older.root == newer.root
-    } else if older.size == 0 {
-        true
-    } else {
-        let tiles = TileReader::new(&layout.public, newer.size);
-        consistency_proof(&tiles, older.size, newer.size)
-            .map(|proof| {
-                verify_consistency(older.size, newer.size, &older.root.0, &newer.root.0, &proof)
-                    .is_ok()
-            })
-            .map_err(|e| {
-                AuditError::Corrupt(format!(
-                    "proving {} (size {}) consistent with {} (size {}): {e}",
-                    public_path.display(),
-                    public.0.size,
-                    layout.last_checkpoint.display(),
-                    private.0.size
-                ))
-            })?
-    };
-    if !consistent {
-        return Err(AuditError::Corrupt(format!(
-            "{} (size {}) and {} (size {}) sign two different histories",
-            public_path.display(),
-            public.0.size,
-            layout.last_checkpoint.display(),
-            private.0.size
-        )));
     }
-    let public_behind = (public.0.size < private.0.size).then_some(public.0.size);
-    let (checkpoint, signed) = if public_behind.is_some() {
-        private
-    } else {
-        public
-    };
+    if older.size > 0 {
+        let consistent = consistency_proof(&tiles, older.size, newer.size).map_err(|e| {
+            AuditError::Corrupt(format!("proving the two checkpoints consistent: {e}"))
+        })?;
+        if verify_consistency(
+            older.size,
+            newer.size,
+            &older.root.0,
+            &newer.root.0,
+            &consistent,
+        )
+        .is_err()
+        {
+            return Err(two_histories());
+        }
+    }
+    if public.size >= private.size {
+        return Ok(as_public(None));
+    }
     Ok(LatestSigned {
-        checkpoint,
-        signed,
-        public_behind,
+        checkpoint: private,
+        signed: private_signed,
+        public_behind: Some(public.size),
+        private_ahead: None,
     })
 }
 
@@ -521,6 +546,16 @@ pub fn case_entries_missing(
 /// of the bundle's log (its checkpoint signed with the bundle's key) that signs at least the
 /// entries the bundle's checkpoint does. Said plainly, rather than as a missing entry bundle.
 fn copy_covers_bundle(public: &Path, bundle: &VerifiedBundle) -> Result<()> {
+    // In a whole folder, the private copy of the checkpoint may sign more than the public one
+    // (a public part rolled back): a trail is proven against the larger, and so is checked
+    // here. It is read first, as the log writes it second.
+    let private = public
+        .parent()
+        .map(|folder| folder.join("private/checkpoint"))
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|signed| {
+            Checkpoint::open(&signed, &bundle.verifier, Some(&bundle.checkpoint.origin)).ok()
+        });
     let path = public.join("checkpoint");
     let signed = match std::fs::read(&path) {
         Ok(signed) => signed,
@@ -543,6 +578,10 @@ fn copy_covers_bundle(public: &Path, bundle: &VerifiedBundle) -> Result<()> {
                 bundle.verifier.to_verifier_key()
             ))
         })?;
+    let copy = match private {
+        Some(private) if private.size > copy.size => private,
+        _ => copy,
+    };
     if copy.size == bundle.checkpoint.size && copy.root != bundle.checkpoint.root {
         return Err(AuditError::Evidence(format!(
             "the copy of the log in {} and the bundle's checkpoint sign two different trees of \

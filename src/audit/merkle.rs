@@ -456,6 +456,7 @@ impl RunningRoot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn the_running_root_is_the_trees_root() {
@@ -467,7 +468,6 @@ mod tests {
             assert_eq!(running.root(), root_of(&leaves[..=n]), "{} leaves", n + 1);
         }
     }
-    use proptest::prelude::*;
 
     fn tree(n: u64) -> (MemoryTree, Vec<Hash>) {
         let mut t = MemoryTree::new();

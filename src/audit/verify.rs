@@ -140,8 +140,8 @@ fn check_tile(
             let below = if level == 0 {
                 format!(
                     "the entry's hash in this tile differs from the hash of the entry in its \
-                     entry bundle (tile/entries/{}): one of the two was changed",
-                    encode_index(n)
+                     entry bundle ({}): one of the two was changed",
+                    entries_path(n, width)
                 )
             } else {
                 "a hash in this tile differs from the root of the tile below it: one of the two \

@@ -33,8 +33,9 @@ pub fn first_refused(text: &str) -> Option<char> {
 }
 
 /// The first character of a reference (an event id) that does not show as itself: a control
-/// character, a format character (zero-width spaces and joiners, bidirectional overrides, the
-/// byte order mark, soft hyphens) or a line or paragraph separator. Such a character makes two
+/// character, a format character (zero-width spaces, bidirectional marks and overrides, the
+/// byte order mark, soft hyphens; not the zero-width non-joiner and joiner, which some scripts
+/// need) or a line or paragraph separator. Such a character makes two
 /// references that read alike differ, or turns a line of the gateway's log around.
 pub fn first_unprintable(reference: &str) -> Option<char> {
     use unicode_general_category::{GeneralCategory, get_general_category};
@@ -42,13 +43,16 @@ pub fn first_unprintable(reference: &str) -> Option<char> {
         return None;
     }
     reference.chars().find(|&character| {
-        matches!(
-            get_general_category(character),
-            GeneralCategory::Control
-                | GeneralCategory::Format
-                | GeneralCategory::LineSeparator
-                | GeneralCategory::ParagraphSeparator
-        )
+        // The zero-width non-joiner and joiner shape Arabic, Persian and Indic text: they are
+        // part of how such a reference is written.
+        !matches!(character, '\u{200C}' | '\u{200D}')
+            && matches!(
+                get_general_category(character),
+                GeneralCategory::Control
+                    | GeneralCategory::Format
+                    | GeneralCategory::LineSeparator
+                    | GeneralCategory::ParagraphSeparator
+            )
     })
 }
 
@@ -144,11 +148,13 @@ fn walk<'v>(value: &'v Value, path: &mut Vec<Step<'v>>) -> Option<RefusedCharact
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn references_with_characters_that_do_not_show_are_found() {
         assert_eq!(first_unprintable("CGSN-CASA-2026-00417"), None);
         assert_eq!(first_unprintable("RÉF-2026/ü"), None);
+        assert_eq!(first_unprintable("می\u{200C}خواهم-1"), None);
         for (reference, found) in [
             ("A\nB", '\n'),
             ("A\u{200B}B", '\u{200B}'),
@@ -161,7 +167,6 @@ mod tests {
         }
         assert_eq!(kind_of('\u{202E}'), "the invisible format character");
     }
-    use serde_json::json;
 
     #[test]
     fn refuses_c0_c1_and_the_two_noncharacters_only() {

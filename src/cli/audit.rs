@@ -240,12 +240,18 @@ fn public_folder(log: &Path) -> PathBuf {
     }
 }
 
-/// What is wrong when a whole log folder's private copy of its checkpoint signs another tree
-/// than its public checkpoint `public` (just verified): more entries, or the same number with
-/// another root. A private copy behind the public one is a normal state (a crash between the two
-/// writes), checked by the gateway when it opens the log.
-fn private_copy_ahead(copy: &Path, verifier: &NoteVerifier, public: &Checkpoint) -> Option<String> {
-    let data = match std::fs::read(copy) {
+/// What is wrong when a whole log folder's private copy of its checkpoint (`read` from `copy`
+/// before the public one) signs another tree than its public checkpoint `public` (just
+/// verified): more entries, or the same number with another root. A private copy behind the
+/// public one is a normal state (a crash between the two writes), checked by the gateway when
+/// it opens the log.
+fn private_copy_ahead(
+    copy: &Path,
+    read: std::io::Result<Vec<u8>>,
+    verifier: &NoteVerifier,
+    public: &Checkpoint,
+) -> Option<String> {
+    let data = match read {
         Ok(data) => data,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => return Some(format!("reading {}: {e}", copy.display())),
@@ -324,6 +330,10 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
         .ok()
         .and_then(|t| t.lines().nth(1).and_then(|l| l.parse().ok()))
         .unwrap_or(0);
+    // The private copy is read before the public checkpoint: the log writes each checkpoint
+    // to public/ first, then to private/, so that a running gateway's public checkpoint read
+    // after its private copy is never behind it.
+    let private_data = std::fs::read(&private_copy);
     let bar = entries_bar(size_hint);
     let start = Instant::now();
     let result = verify_public(&public, &v, since.as_deref(), &mut |done| {
@@ -350,7 +360,7 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
             // The log writes each checkpoint to public/, then copies it to private/: in a
             // whole folder, a private copy that signs more is a public part rolled back (or
             // copied before the private part), which hides entries the log signed.
-            if let Some(failure) = private_copy_ahead(&private_copy, &v, cp) {
+            if let Some(failure) = private_copy_ahead(&private_copy, private_data, &v, cp) {
                 say!("FAILED: {failure}");
                 return Ok(ExitCode::FAILURE);
             }
@@ -514,6 +524,15 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
         t.checkpoint.size,
         t.verifier.to_verifier_key()
     );
+    if let Some(private) = t.private_ahead {
+        say!(
+            "note: private/checkpoint signs {private} entries, but the public part holds the \
+             tiles of {} only: the copy was taken while the log grew (its public part first); \
+             the proofs are against public/checkpoint, and later entries are counted as not yet \
+             covered",
+            t.checkpoint.size
+        );
+    }
     if let Some(public) = t.public_behind {
         say!(
             "note: public/checkpoint signs {public} entries only, private/checkpoint {}, \

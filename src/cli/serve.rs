@@ -25,11 +25,50 @@ pub fn init_logging() {
     init_logging_from(DEFAULT_LOG);
 }
 
-/// The log filter when `RUST_LOG` is unset: `info`, without the HTTP library's connection
-/// errors. It logs at `error`, with no partner named, each request any client sends malformed
-/// (a bad header, a bad chunk size), which it answers `400` itself: one certificate holder could
-/// fill the operators' error log with them, and there is nothing for the operators to mend.
-pub const DEFAULT_LOG: &str = "info,actix_http::h1::dispatcher=off";
+/// The log filter when `RUST_LOG` is unset.
+pub const DEFAULT_LOG: &str = "info";
+
+/// The target of the HTTP library's connection errors.
+const HTTP_DISPATCHER: &str = "actix_http::h1::dispatcher";
+
+/// Leaves out the HTTP library's lines for requests a client sent malformed (a bad header,
+/// say), whatever `RUST_LOG` says. The library answers them `400` itself, and logs
+/// each at `error` without naming the client: one certificate holder could fill the operators'
+/// error log with them, and there is nothing for the operators to mend. Its other errors (a
+/// response that could not be written, say) are kept.
+struct WithoutClientParseErrors;
+
+impl<S> tracing_subscriber::layer::Filter<S> for WithoutClientParseErrors {
+    fn enabled(
+        &self,
+        _: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        /// Whether the event's message says a request could not be parsed.
+        struct ParseError(bool);
+        impl tracing::field::Visit for ParseError {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}").starts_with("stream error: request parse error");
+                }
+            }
+        }
+        if event.metadata().target() != HTTP_DISPATCHER {
+            return true;
+        }
+        let mut found = ParseError(false);
+        event.record(&mut found);
+        !found.0
+    }
+}
 
 /// [`init_logging`], at level `default` when `RUST_LOG` is unset.
 pub fn init_logging_from(default: &str) {
@@ -83,7 +122,11 @@ where
         .with_current_span(true)
         .with_span_list(false)
         .with_writer(writer)
-        .with_filter(filter_fn(within_caps).and(filter))
+        .with_filter(
+            filter_fn(within_caps)
+                .and(filter)
+                .and(WithoutClientParseErrors),
+        )
 }
 
 impl ServeArgs {
@@ -182,16 +225,21 @@ mod tests {
         let subscriber =
             tracing_subscriber::registry().with(json_logs(filter, move || writer.clone()));
         tracing::subscriber::with_default(subscriber, || {
-            // As the HTTP library logs a request it could not parse.
-            tracing::error!(target: "actix_http::h1::dispatcher", "stream error: request parse error: invalid Header provided");
+            // As the HTTP library logs a request it could not parse, and another error.
+            let error = "invalid Header provided";
+            tracing::error!(target: "actix_http::h1::dispatcher", "stream error: request parse error: {}", error);
+            tracing::error!(target: "actix_http::h1::dispatcher", "Response payload stream error: {}", "closed");
             tracing::info!(target: "passerelle::server::routes", "message accepted");
             tracing::warn!(target: "actix_server::worker", "a worker stopped");
         });
         let logged = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
-        assert!(!logged.contains("stream error"), "{logged}");
-        assert!(
-            logged.contains("message accepted") && logged.contains("a worker stopped"),
-            "{logged}"
-        );
+        assert!(!logged.contains("request parse error"), "{logged}");
+        for kept in [
+            "Response payload stream error",
+            "message accepted",
+            "a worker stopped",
+        ] {
+            assert!(logged.contains(kept), "{kept} missing from {logged}");
+        }
     }
 }

@@ -45,8 +45,9 @@ pub fn identifiers(event: &Value, sender: &str) -> (Vec<String>, Identifiers) {
     (documents, ids)
 }
 
-/// The members whose object's `number` is a document number (a laissez-passer, a passport).
-const DOCUMENT_OBJECTS: &[&str] = &["lpc", "travel_document", "travel_documents"];
+/// The members whose object's `number` is a document number: a passport or laissez-passer the
+/// person travels on (an `lpc`'s number is read with the identifiers, above).
+const DOCUMENT_OBJECTS: &[&str] = &["travel_document", "travel_documents"];
 
 /// The members that are document numbers themselves (an e-ticket).
 const DOCUMENT_NUMBERS: &[&str] = &["ticket_number"];
@@ -63,7 +64,7 @@ fn walk(value: &Value, key: Option<&str>, documents: &mut Vec<String>, ids: &mut
                 ids.lpc.push(n.to_owned());
                 documents.push(n.to_owned());
             }
-            if key.is_some_and(|key| key != "lpc" && DOCUMENT_OBJECTS.contains(&key))
+            if key.is_some_and(|key| DOCUMENT_OBJECTS.contains(&key))
                 && let Some(n) = map.get("number").and_then(Value::as_str)
             {
                 documents.push(n.to_owned());
@@ -197,7 +198,7 @@ mod tests {
         assert!(found.len() >= 4, "{found:?}");
         for (name, kind) in found {
             let known = match kind {
-                "object" => DOCUMENT_OBJECTS.contains(&name.as_str()),
+                "object" => name == "lpc" || DOCUMENT_OBJECTS.contains(&name.as_str()),
                 _ => DOCUMENT_NUMBERS.contains(&name.as_str()),
             };
             assert!(known, "{name} holds a document number that is not read");

@@ -1483,7 +1483,9 @@ fn check_media_type(format: Format, media: &str) -> Result<(), Refusal> {
         "" => "an untyped body".to_owned(),
         // application/json is taken in binary mode: what is missing is the headers.
         "application/json" if format == Format::Cloudevents => {
-            "application/json without ce-specversion and the other ce-* headers".to_owned()
+            "application/json without the CloudEvents attributes (ce-* headers over HTTPS, \
+             cloudEvents_* properties over AMQP)"
+                .to_owned()
         }
         _ => essence.clone(),
     };

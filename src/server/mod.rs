@@ -21,9 +21,10 @@ use actix_web::{App, HttpServer, web};
 use chrono::Utc;
 use rustls::pki_types::CertificateDer;
 use std::any::Any;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The identity read from a connection's verified client certificate.
@@ -60,6 +61,69 @@ impl VerifiedPeer {
     }
 }
 
+/// The connections each client certificate holds open, by fingerprint, so that one
+/// certificate holder cannot hold more than its share of the server's connections (and of the
+/// memory their buffers hold). Counted when a connection is set up, and let go when it ends
+/// (see [`ConnectionSlot`]).
+#[derive(Debug)]
+struct ConnectionCounts {
+    per_certificate: Mutex<HashMap<String, usize>>,
+    most: usize,
+}
+
+impl ConnectionCounts {
+    /// A place for one more connection of `fingerprint`'s, or `None` when it holds the most.
+    fn take(self: &Arc<Self>, fingerprint: &str) -> Option<ConnectionSlot> {
+        let mut counts = self
+            .per_certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let held = counts.entry(fingerprint.to_owned()).or_default();
+        if *held >= self.most {
+            return None;
+        }
+        *held += 1;
+        Some(ConnectionSlot {
+            counts: self.clone(),
+            fingerprint: fingerprint.to_owned(),
+        })
+    }
+}
+
+/// One connection's place among its certificate's, given back when the connection ends (its
+/// extensions are dropped with it).
+#[derive(Debug)]
+struct ConnectionSlot {
+    counts: Arc<ConnectionCounts>,
+    fingerprint: String,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .per_certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = counts.get_mut(&self.fingerprint) {
+            *held -= 1;
+            if *held == 0 {
+                counts.remove(&self.fingerprint);
+            }
+        }
+    }
+}
+
+/// Marks a connection set up while its certificate held the most connections it may: each of
+/// its requests is answered `503`, and the connection closed.
+#[derive(Debug, Clone)]
+struct OverConnectionLimit {
+    /// The most connections a certificate may hold.
+    most: usize,
+    /// The certificate's SHA-256 fingerprint, for the operators.
+    fingerprint: String,
+}
+
 /// How long before a connection is set up a CRL reload may have come after its handshake's
 /// certificate check: longer than any handshake may take (actix's limit is 3 s).
 const HANDSHAKE_SPAN: Duration = Duration::from_secs(60);
@@ -67,7 +131,12 @@ const HANDSHAKE_SPAN: Duration = Duration::from_secs(60);
 /// Reads the verified client certificate when a TLS connection is set up, noting the CRLs'
 /// generation it was verified under. Were the CRLs read again shortly before, the handshake
 /// may have used the earlier ones: the connection's first request verifies it again.
-fn on_connect(verifier: &ClientVerifier, connection: &dyn Any, extensions: &mut Extensions) {
+fn on_connect(
+    verifier: &ClientVerifier,
+    counts: &Arc<ConnectionCounts>,
+    connection: &dyn Any,
+    extensions: &mut Extensions,
+) {
     type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
     // The generation first: a reload it counts has its time already set (see
     // `ClientVerifier::reload_if_changed`).
@@ -88,7 +157,47 @@ fn on_connect(verifier: &ClientVerifier, connection: &dyn Any, extensions: &mut 
                 checked: Arc::new(AtomicU64::new(generation)),
             })
         });
+    if let Some(peer) = &peer {
+        match counts.take(&peer.identity.fingerprint) {
+            Some(slot) => {
+                extensions.insert(slot);
+            }
+            None => {
+                extensions.insert(OverConnectionLimit {
+                    most: counts.most,
+                    fingerprint: peer.identity.fingerprint.clone(),
+                });
+            }
+        }
+    }
     extensions.insert(ConnectionIdentity(peer));
+}
+
+/// Answers every request of a connection set up over its certificate's limit `503`, with
+/// `Connection: close`, before any route reads it: the client is told to use the connections
+/// it has. Not audited, like the other `503`s of a full share: no message was read.
+async fn refuse_over_limit(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let Some(over) = req.conn_data::<OverConnectionLimit>().cloned() else {
+        return next.call(req).await.map(|r| r.map_into_boxed_body());
+    };
+    let most = over.most;
+    tracing::warn!(
+        certificate = %over.fingerprint,
+        limit = most,
+        "a request refused: its connection is one more than its client certificate may hold"
+    );
+    let problem = problem::Problem::unavailable(format!(
+        "this client certificate already holds {most} connections, the most it may \
+         (server.connections_per_certificate): send on those it has (they are kept alive)"
+    ));
+    let mut response = actix_web::ResponseError::error_response(&problem);
+    response
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    Ok(req.into_response(response))
 }
 
 /// Counts each client certificate that the TLS handshake refuses, and tallies it for a
@@ -153,10 +262,15 @@ pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningSe
     let data = web::Data::from(gateway);
     let verifier = web::Data::from(client_verifier.clone());
     let connect_verifier = client_verifier.clone();
+    let connection_counts = Arc::new(ConnectionCounts {
+        per_certificate: Mutex::new(HashMap::new()),
+        most: config.server.connections_per_certificate.max(1),
+    });
     let listener = std::net::TcpListener::bind(config.server.listen)?;
     let addr = listener.local_addr()?;
     let mut server = HttpServer::new(move || {
         let app = App::new()
+            .wrap(actix_web::middleware::from_fn(refuse_over_limit))
             .app_data(data.clone())
             .app_data(verifier.clone())
             .app_data(web::PayloadConfig::new(if floor {
@@ -182,7 +296,14 @@ pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningSe
             app.configure(routes::configure)
         }
     })
-    .on_connect(move |connection, extensions| on_connect(&connect_verifier, connection, extensions))
+    .on_connect(move |connection, extensions| {
+        on_connect(
+            &connect_verifier,
+            &connection_counts,
+            connection,
+            extensions,
+        )
+    })
     .keep_alive(Duration::from_secs(config.server.keep_alive_secs))
     .shutdown_timeout(config.server.shutdown_timeout_secs)
     .disable_signals();

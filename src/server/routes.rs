@@ -252,11 +252,13 @@ async fn read_body(
 fn body_error(error: &actix_web::error::PayloadError) -> String {
     use actix_web::error::PayloadError;
     match error {
-        PayloadError::Incomplete(_) => "the body ended before its declared length \
-                                        (Content-Length), or its chunked transfer coding is \
-                                        malformed"
-            .into(),
-        PayloadError::Overflow => "the body is longer than its declared length".into(),
+        PayloadError::Incomplete(_) => {
+            "the connection closed before the whole body (its Content-Length, or its last chunk) \
+             had come"
+                .into()
+        }
+        // The HTTP library's name for a chunked transfer coding it cannot read.
+        PayloadError::EncodingCorrupted => "the body's chunked transfer coding is malformed".into(),
         other => format!("reading the body: {other}"),
     }
 }
@@ -897,6 +899,7 @@ async fn get_trail(
             pending,
             // The running log restored its public checkpoint when it opened.
             public_behind: None,
+            private_ahead: None,
         })
     })
     .await
