@@ -1122,14 +1122,8 @@ async fn send_chunked(
     gateway: std::net::SocketAddr,
     len: usize,
 ) -> (u16, String) {
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(gateway).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client_tls(client_name)))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = connection_of(gateway, client_name).await;
     let mut request = b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\n\
         Content-Type: application/xml\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         .to_vec();
@@ -2001,12 +1995,7 @@ async fn stalled_body(
     partner: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(partner)));
-    let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stalled = connector.connect(name, tcp).await.unwrap();
+    let mut stalled = connection_of(gateway.running.addr, partner).await;
     stalled
         .write_all(
             b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
@@ -2068,13 +2057,7 @@ async fn a_body_announced_over_the_limit_is_refused_at_once() {
     let _stalled = stalled_body(&gateway, "sn.consulat.casablanca").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for expect in ["", "Expect: 100-continue\r\n"] {
-        let connector =
-            tokio_rustls::TlsConnector::from(Arc::new(client_tls("sn.consulat.casablanca")));
-        let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
-            .await
-            .unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut client = connector.connect(name, tcp).await.unwrap();
+        let mut client = connection_of(gateway.running.addr, "sn.consulat.casablanca").await;
         let request = format!(
             "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
              {expect}Content-Length: 5000000000\r\n\r\n"
@@ -2117,15 +2100,14 @@ async fn a_body_announced_over_the_limit_is_refused_at_once() {
     gateway.stop().await;
 }
 
-/// A connection of `partner`'s, set up (the TLS handshake done) and idle.
+/// A connection of `partner`'s to the gateway at `addr`, set up (the TLS handshake done) and
+/// idle.
 async fn connection_of(
-    gateway: &TestGateway,
+    addr: std::net::SocketAddr,
     partner: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(partner)));
-    let tcp = tokio::net::TcpStream::connect(gateway.running.addr)
-        .await
-        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     connector.connect(name, tcp).await.unwrap()
 }
@@ -2180,11 +2162,11 @@ async fn a_certificate_holds_a_bounded_number_of_connections() {
         c.server.connections_per_certificate = 2;
     })
     .await;
-    let mut first = connection_of(&gateway, "ma.dgsn").await;
-    let mut second = connection_of(&gateway, "ma.dgsn").await;
+    let mut first = connection_of(gateway.running.addr, "ma.dgsn").await;
+    let mut second = connection_of(gateway.running.addr, "ma.dgsn").await;
     assert!(inbox_on(&mut first).await.starts_with("HTTP/1.1 200"));
     assert!(inbox_on(&mut second).await.starts_with("HTTP/1.1 200"));
-    let mut third = connection_of(&gateway, "ma.dgsn").await;
+    let mut third = connection_of(gateway.running.addr, "ma.dgsn").await;
     let answer = inbox_on(&mut third).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(
@@ -2196,14 +2178,14 @@ async fn a_certificate_holds_a_bounded_number_of_connections() {
         "{answer}"
     );
     // Another partner's certificate has places of its own.
-    let mut other = connection_of(&gateway, "ma.interieur").await;
+    let mut other = connection_of(gateway.running.addr, "ma.interieur").await;
     assert!(inbox_on(&mut other).await.starts_with("HTTP/1.1 "));
     assert!(!inbox_on(&mut other).await.starts_with("HTTP/1.1 503"));
     // A connection closed gives its place back.
     drop(first);
     drop(third);
     let mut again = wait_for("a place given back", WAIT, async || {
-        let mut connection = connection_of(&gateway, "ma.dgsn").await;
+        let mut connection = connection_of(gateway.running.addr, "ma.dgsn").await;
         let answer = inbox_on(&mut connection).await;
         answer.starts_with("HTTP/1.1 200").then_some(connection)
     })
