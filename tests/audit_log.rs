@@ -1052,6 +1052,19 @@ fn auditor_command_line() {
     for s in SECRETS {
         assert!(!stdout.contains(s), "trail prints {s}");
     }
+    // A bundle is not written over another.
+    let written = std::fs::read(&bundle).unwrap();
+    let again = bin()
+        .args(["audit", "trail", "--log", d, "--case"])
+        .arg(case_id(1))
+        .arg("--bundle")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("exists already"), "{stderr}");
+    assert_eq!(std::fs::read(&bundle).unwrap(), written);
 
     let out = bin()
         .args([

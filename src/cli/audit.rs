@@ -146,7 +146,7 @@ pub struct TrailArgs {
     /// Pin the verifier key (string or file) instead of the one in the folder.
     #[arg(long)]
     key: Option<String>,
-    /// Write an evidence bundle to this file.
+    /// Write an evidence bundle to this file (a new one: an existing file is not written over).
     #[arg(long)]
     bundle: Option<PathBuf>,
 }
@@ -565,7 +565,23 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
         say!("no entries");
     }
     if let Some(path) = &args.bundle {
-        std::fs::write(path, t.to_bundle()?)
+        // A bundle is evidence: one already there (an earlier trail's) is not written over.
+        let bundle = t.to_bundle()?;
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+                "{} exists already: a bundle is not written over another; give a new name, or \
+                 remove the old file first",
+                path.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+        };
+        file.write_all(&bundle)
+            .and_then(|()| file.sync_all())
             .with_context(|| format!("writing {}", path.display()))?;
         say!(
             "bundle written to {} ({})",
