@@ -11,7 +11,7 @@ use super::error::{AuditError, Result};
 use super::journal;
 use super::keys::IndexKey;
 use super::leaf::Leaf;
-use super::log::{Found, Layout, MessageName, Meta, Query, evidence};
+use super::log::{Found, Layout, MessageName, Meta, Query, evidence, read_signed_checkpoint};
 use super::merkle::{RunningRoot, consistency_proof, leaf_hash, root_from, verify_consistency};
 use super::note::NoteVerifier;
 use super::proof::TlogProof;
@@ -202,17 +202,7 @@ struct LatestSigned {
 /// copy; when the public part lacks the tiles of the private copy's tree (a copy taken while
 /// the log grew), the public checkpoint is taken, and the difference said.
 fn latest_signed(layout: &Layout, verifier: &NoteVerifier, origin: &str) -> Result<LatestSigned> {
-    let read = |path: &Path| -> Result<Option<(Checkpoint, String)>> {
-        match std::fs::read_to_string(path) {
-            Ok(signed) => {
-                let checkpoint = Checkpoint::open(signed.as_bytes(), verifier, Some(origin))
-                    .map_err(|e| AuditError::Corrupt(format!("{}: {e}", path.display())))?;
-                Ok(Some((checkpoint, signed)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(AuditError::io(path, e)),
-        }
-    };
+    let read = |path: &Path| read_signed_checkpoint(path, verifier, origin);
     let private = read(&layout.last_checkpoint)?;
     let public_path = layout.public.join("checkpoint");
     let Some((public, public_signed)) = read(&public_path)? else {

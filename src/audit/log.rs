@@ -396,16 +396,7 @@ impl AuditLog {
         // The last signed checkpoint: the larger of the public one and the
         // private copy (the public file may have been removed or replaced by
         // an older one). The other must be consistent with it.
-        let read_cp = |path: &Path| -> Result<Option<(Checkpoint, String)>> {
-            match std::fs::read(path) {
-                Ok(data) => {
-                    let cp = Checkpoint::open(&data, signer.verifier(), Some(origin))?;
-                    Ok(Some((cp, String::from_utf8_lossy(&data).into_owned())))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(AuditError::io(path, e)),
-            }
-        };
+        let read_cp = |path: &Path| read_signed_checkpoint(path, signer.verifier(), origin);
         let public_cp = read_cp(&layout.public.join("checkpoint"))?;
         let private_cp = read_cp(&layout.last_checkpoint)?;
         let (mut older, newer) = match (public_cp, private_cp) {
@@ -980,6 +971,27 @@ impl<'p> EntryReader<'p> {
             .and_then(|(_, entries)| entries.get(usize::try_from(index % TILE_WIDTH).ok()?))
             .map(Vec::as_slice)
             .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))
+    }
+}
+
+/// Reads the signed checkpoint at `path` (the public one, or the private copy), verified
+/// against the log's key and origin, with its signed text; `None` when there is no file.
+pub fn read_signed_checkpoint(
+    path: &Path,
+    verifier: &NoteVerifier,
+    origin: &str,
+) -> Result<Option<(Checkpoint, String)>> {
+    match std::fs::read(path) {
+        Ok(data) => {
+            let checkpoint = Checkpoint::open(&data, verifier, Some(origin))
+                .map_err(|e| AuditError::Corrupt(format!("{}: {e}", path.display())))?;
+            Ok(Some((
+                checkpoint,
+                String::from_utf8_lossy(&data).into_owned(),
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AuditError::io(path, e)),
     }
 }
 

@@ -165,13 +165,9 @@ async fn refuse_unregistered(
         Err(busy) => return busy,
     };
     // A body announced over the limit is not waited for: the refusal commits to no bytes.
-    let body = if declared_over_limit(req, gateway.limits().max_body_bytes) {
-        Vec::new()
-    } else {
-        match read_body(gateway, UNREGISTERED, payload).await {
-            Ok(body) => body,
-            Err(unreadable) => return unreadable,
-        }
+    let body = match read_body(req, gateway, UNREGISTERED, payload).await {
+        Ok(body) => body.unwrap_or_default(),
+        Err(unreadable) => return unreadable,
     };
     let why = problem.detail.clone();
     let refusal = gateway
@@ -220,13 +216,20 @@ fn no_turn(gateway: &Gateway, what: &str) -> Problem {
 /// arrive in time is answered `400`. `sender` (a partner id, or [`UNREGISTERED`]) reads within
 /// its share of them; a request that waits for its turn longer than twice the time limit is
 /// answered `503`.
+///
+/// `None` when the request's `Content-Length` announces a body over the limit: it is neither
+/// waited for nor given a turn, and the refusal commits to no bytes.
 async fn read_body(
+    req: &HttpRequest,
     gateway: &Gateway,
     sender: &str,
     mut payload: web::Payload,
-) -> Result<Vec<u8>, Problem> {
+) -> Result<Option<Vec<u8>>, Problem> {
     let limits = gateway.limits();
     let (limit, seconds) = (limits.max_body_bytes, limits.body_read_secs);
+    if declared_over_limit(req, limit) {
+        return Ok(None);
+    }
     let _permit = gateway
         .body_permit(sender)
         .await
@@ -246,6 +249,7 @@ async fn read_body(
     tokio::time::timeout(Duration::from_secs(seconds.max(1)), read)
         .await
         .map_err(|_| Problem::bad_request(format!("the body did not arrive within {seconds} s")))?
+        .map(Some)
 }
 
 /// What was wrong with a body that could not be read, in the sender's terms.
@@ -397,12 +401,12 @@ async fn post_message(
         // is read, whatever the declared length. Either way the pipeline refuses it (`413`) and
         // audits the refusal, like any other, committing to the bytes read (none, in the first
         // case).
-        let limit = gateway.limits().max_body_bytes;
-        let (body, content) = if declared_over_limit(&req, limit) {
-            (Vec::new(), Content::Unreadable(Refusal::TooLarge { limit }))
-        } else {
-            let body = read_body(&gateway, &caller.0.id, payload).await?;
-            (body, content_of(&req))
+        let (body, content) = match read_body(&req, &gateway, &caller.0.id, payload).await? {
+            Some(body) => (body, content_of(&req)),
+            None => {
+                let limit = gateway.limits().max_body_bytes;
+                (Vec::new(), Content::Unreadable(Refusal::TooLarge { limit }))
+            }
         };
         let partner = caller.0.id.clone();
         let ingest = {

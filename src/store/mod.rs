@@ -1250,28 +1250,12 @@ impl Store {
     pub fn recorded_case_ids(&self) -> Result<HashSet<String>> {
         let r = self.db.begin_read().map_err(db_error)?;
         let mut cases = HashSet::new();
-        for item in r
-            .open_table(ACCEPTED)
-            .map_err(db_error)?
-            .iter()
-            .map_err(db_error)?
-        {
-            let (_, value) = item.map_err(db_error)?;
-            if let Ok(record) = serde_json::from_slice::<AcceptedRecord>(value.value()) {
-                cases.extend(record.case_id);
-            }
-        }
-        for item in r
-            .open_table(DELIVERIES)
-            .map_err(db_error)?
-            .iter()
-            .map_err(db_error)?
-        {
-            let (_, value) = item.map_err(db_error)?;
-            if let Ok(delivery) = serde_json::from_slice::<Delivery>(value.value()) {
-                cases.extend(delivery.case_id);
-            }
-        }
+        each_record(&r, ACCEPTED, |_, record: Option<AcceptedRecord>| {
+            cases.extend(record.and_then(|r| r.case_id));
+        })?;
+        each_record(&r, DELIVERIES, |_, delivery: Option<Delivery>| {
+            cases.extend(delivery.and_then(|d| d.case_id));
+        })?;
         Ok(cases)
     }
 
@@ -1293,90 +1277,87 @@ impl Store {
         let mut forgotten = ForgottenCaseIds::default();
         {
             let r = self.db.begin_read().map_err(db_error)?;
-            for item in r
-                .open_table(ACCEPTED)
-                .map_err(db_error)?
-                .iter()
-                .map_err(db_error)?
-            {
-                let (key, value) = item.map_err(db_error)?;
-                match serde_json::from_slice::<AcceptedRecord>(value.value()) {
-                    Ok(record) => {
-                        if record.case_id.as_ref().is_some_and(|c| erased.contains(c)) {
-                            records.push(key.value().to_owned());
-                        }
-                    }
-                    Err(_) => forgotten.unreadable_records += 1,
-                }
-            }
-            for item in r
-                .open_table(DELIVERIES)
-                .map_err(db_error)?
-                .iter()
-                .map_err(db_error)?
-            {
-                let (id, value) = item.map_err(db_error)?;
-                match serde_json::from_slice::<Delivery>(value.value()) {
-                    Ok(delivery) => {
-                        if delivery
-                            .case_id
-                            .as_ref()
-                            .is_some_and(|c| erased.contains(c))
-                        {
-                            deliveries.push(id.value());
-                        }
-                    }
-                    Err(_) => forgotten.unreadable_deliveries.push(id.value()),
-                }
-            }
+            let of_erased =
+                |case_id: &Option<String>| case_id.as_ref().is_some_and(|c| erased.contains(c));
+            each_record(
+                &r,
+                ACCEPTED,
+                |key, record: Option<AcceptedRecord>| match record {
+                    Some(record) if of_erased(&record.case_id) => records.push(key.to_owned()),
+                    Some(_) => {}
+                    None => forgotten.unreadable_records += 1,
+                },
+            )?;
+            each_record(
+                &r,
+                DELIVERIES,
+                |id, delivery: Option<Delivery>| match delivery {
+                    Some(delivery) if of_erased(&delivery.case_id) => deliveries.push(id),
+                    Some(_) => {}
+                    None => forgotten.unreadable_deliveries.push(id),
+                },
+            )?;
         }
-        // In transactions of a bounded size: a store of many erased messages is not rewritten
-        // in one.
-        const BATCH: usize = 1024;
-        for keys in records.chunks(BATCH) {
-            let mut w = self.db.begin_write().map_err(db_error)?;
-            w.set_durability(Durability::Immediate).map_err(db_error)?;
-            {
-                let mut table = w.open_table(ACCEPTED).map_err(db_error)?;
-                for key in keys {
-                    let Some(value) = table.get(key.as_str()).map_err(db_error)? else {
-                        continue;
-                    };
-                    let mut record: AcceptedRecord =
-                        serde_json::from_slice(value.value()).map_err(unreadable)?;
-                    drop(value);
-                    record.case_id = None;
-                    record.case_facts.clear();
-                    let bytes = serde_json::to_vec(&record).map_err(db_error)?;
-                    table
-                        .insert(key.as_str(), bytes.as_slice())
-                        .map_err(db_error)?;
-                    forgotten.records += 1;
-                }
-            }
-            w.commit().map_err(db_error)?;
-        }
-        for ids in deliveries.chunks(BATCH) {
-            let mut w = self.db.begin_write().map_err(db_error)?;
-            w.set_durability(Durability::Immediate).map_err(db_error)?;
-            {
-                let mut table = w.open_table(DELIVERIES).map_err(db_error)?;
-                for &id in ids {
-                    let Some(value) = table.get(id).map_err(db_error)? else {
-                        continue;
-                    };
-                    let mut delivery: Delivery =
-                        serde_json::from_slice(value.value()).map_err(unreadable)?;
-                    drop(value);
-                    delivery.case_id = None;
-                    let bytes = serde_json::to_vec(&delivery).map_err(db_error)?;
-                    table.insert(id, bytes.as_slice()).map_err(db_error)?;
-                    forgotten.deliveries += 1;
-                }
-            }
-            w.commit().map_err(db_error)?;
-        }
+        forgotten.records = self.rewrite_records(
+            ACCEPTED,
+            &records,
+            String::as_str,
+            |record: &mut AcceptedRecord| {
+                record.case_id = None;
+                record.case_facts.clear();
+            },
+        )?;
+        forgotten.deliveries = self.rewrite_records(
+            DELIVERIES,
+            &deliveries,
+            |&id| id,
+            |delivery: &mut Delivery| {
+                delivery.case_id = None;
+            },
+        )?;
         Ok(forgotten)
+    }
+
+    /// Rewrites the records of `table` under `keys` with `change`, synced, in transactions of
+    /// a bounded size (a store of many records to change is not rewritten in one), and says
+    /// how many it changed; a key with no record any more is passed over. For the start's
+    /// own passes, outside the writer thread (redb runs write transactions one at a time).
+    fn rewrite_records<K, O, T>(
+        &self,
+        table: TableDefinition<K, &[u8]>,
+        keys: &[O],
+        key_of: impl for<'k> Fn(&'k O) -> K::SelfType<'k>,
+        change: impl Fn(&mut T),
+    ) -> Result<usize>
+    where
+        K: redb::Key + 'static,
+        T: Serialize + serde::de::DeserializeOwned,
+    {
+        const BATCH: usize = 1024;
+        let mut changed = 0;
+        for batch in keys.chunks(BATCH) {
+            let mut w = self.db.begin_write().map_err(db_error)?;
+            w.set_durability(Durability::Immediate).map_err(db_error)?;
+            {
+                let mut records = w.open_table(table).map_err(db_error)?;
+                for key in batch {
+                    let Some(value) = records.get(key_of(key)).map_err(db_error)? else {
+                        continue;
+                    };
+                    let mut record: T =
+                        serde_json::from_slice(value.value()).map_err(unreadable)?;
+                    drop(value);
+                    change(&mut record);
+                    let bytes = serde_json::to_vec(&record).map_err(db_error)?;
+                    records
+                        .insert(key_of(key), bytes.as_slice())
+                        .map_err(db_error)?;
+                    changed += 1;
+                }
+            }
+            w.commit().map_err(db_error)?;
+        }
+        Ok(changed)
     }
 
     fn mark(&self, name: &str) -> Result<u64> {
@@ -2072,6 +2053,29 @@ impl<'t> Tables<'t> {
 
 struct Counters<'a> {
     delta: &'a mut i64,
+}
+
+/// Calls `each` with every record of `table` in key order, read back (`None` for one that
+/// cannot be).
+fn each_record<K, T>(
+    r: &redb::ReadTransaction,
+    table: TableDefinition<K, &[u8]>,
+    mut each: impl FnMut(K::SelfType<'_>, Option<T>),
+) -> Result<()>
+where
+    K: redb::Key + 'static,
+    T: serde::de::DeserializeOwned,
+{
+    for item in r
+        .open_table(table)
+        .map_err(db_error)?
+        .iter()
+        .map_err(db_error)?
+    {
+        let (key, value) = item.map_err(db_error)?;
+        each(key.value(), serde_json::from_slice(value.value()).ok());
+    }
+    Ok(())
 }
 
 fn apply_group(db: &Database, group: Vec<Write>, sync: bool, delta: &mut i64) -> GroupResult {
