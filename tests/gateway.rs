@@ -2405,10 +2405,11 @@ async fn another_message_under_a_used_reference_is_refused_as_a_conflict() {
     gateway.stop().await;
 }
 
-/// A search that matches more entries than one answer holds is refused, with a pointer to the
-/// offline tool, rather than read, proved and written out in the gateway.
+/// A case's trail longer than one answer is read in pages, each past the last entry of the one
+/// before; a bundle, which holds a whole trail, is refused for it, with a pointer to the offline
+/// tool, rather than read, proved and written out in the gateway.
 #[actix_web::test]
-async fn a_trail_too_long_for_one_answer_is_refused() {
+async fn a_trail_longer_than_one_answer_is_read_in_pages() {
     let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
     let log = &gateway.running.gateway.log;
     let case = "RVA-2026-007777";
@@ -2422,21 +2423,86 @@ async fn a_trail_too_long_for_one_answer_is_refused() {
         fact
     };
     let facts: Vec<Fact> = (0..2001).map(entry).collect();
+    let mut appended_at = Vec::new();
     for chunk in facts.chunks(250) {
         for appended in
             futures_util::future::join_all(chunk.iter().map(|f| log.append_async(f))).await
         {
-            appended.expect("appended");
+            appended_at.push(appended.expect("appended").index);
         }
     }
-    let problem = gateway
-        .client("audit.igat")
-        .get(&format!("/v1/audit/trails?case={case}"))
+    appended_at.sort_unstable();
+    let auditor = gateway.client("audit.igat");
+    // A page's indices, covered by its checkpoint or pending, and where the next one starts.
+    let page = async |query: &str| {
+        let reply = auditor.get(&format!("/v1/audit/trails?{query}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let body = reply.json();
+        let mut indices: Vec<u64> = body["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["index"].as_u64().expect("an index"))
+            .chain(
+                body["pending"]
+                    .as_array()
+                    .expect("pending")
+                    .iter()
+                    .map(|i| i.as_u64().expect("an index")),
+            )
+            .collect();
+        indices.sort_unstable();
+        (indices, body["next_after"].as_u64())
+    };
+
+    let (first, next) = page(&format!("case={case}")).await;
+    assert_eq!(first, appended_at[..2000]);
+    assert_eq!(next, Some(appended_at[1999]));
+    let (rest, next) = page(&format!("case={case}&after={}", appended_at[1999])).await;
+    assert_eq!(rest, appended_at[2000..]);
+    assert_eq!(next, None);
+
+    // Smaller pages, followed to the end, give the whole trail once, in order.
+    let mut read = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let query = match after {
+            Some(after) => format!("case={case}&limit=700&after={after}"),
+            None => format!("case={case}&limit=700"),
+        };
+        let (indices, next) = page(&query).await;
+        assert!(indices.len() <= 700, "{}", indices.len());
+        read.extend(indices);
+        pages += 1;
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(read, appended_at);
+
+    let problem = auditor
+        .get(&format!("/v1/audit/trails?case={case}&format=bundle"))
         .await
         .problem(400, "malformed");
     let detail = problem["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("2001 entries"), "{problem}");
     assert!(detail.contains("passerelle audit trail"), "{problem}");
+    for query in [
+        "limit=0",
+        "limit=2001",
+        "limit=many",
+        "after=-1",
+        "format=bundle&after=3",
+        "format=bundle&limit=5",
+    ] {
+        auditor
+            .get(&format!("/v1/audit/trails?case={case}&{query}"))
+            .await
+            .problem(400, "malformed");
+    }
     gateway.stop().await;
 }
 

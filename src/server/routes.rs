@@ -823,9 +823,12 @@ async fn get_log_file(
     Ok(response.body(bytes))
 }
 
-/// The most entries one trail answer holds: each is read, proved and written out (a few KiB
-/// apiece, in several copies) before the answer goes. A real case has tens; a search that
-/// matches more is refused, and read offline from a copy of the log.
+/// The most entries one trail answer (a page, or a bundle) holds: each is read, proved and
+/// written out (a few KiB apiece, in several copies) before the answer goes. A real case has
+/// tens; a longer trail (a sender's refusals) is read page by page. A bundle holds a whole
+/// trail, and a search by anything but the case reads every message it names to find the
+/// rest of their entries: those that match more are refused, and read offline from a copy of
+/// the log.
 const MOST_TRAIL_ENTRIES: usize = 2000;
 
 #[derive(Debug, Deserialize)]
@@ -837,6 +840,10 @@ struct TrailQuery {
     iom_case: Option<String>,
     #[serde(default)]
     format: Option<String>,
+    /// The page's entries are those past this log index.
+    after: Option<u64>,
+    /// The most entries of the page (1 to [`MOST_TRAIL_ENTRIES`]).
+    limit: Option<usize>,
 }
 
 async fn get_trail(
@@ -861,6 +868,20 @@ async fn get_trail(
             "give exactly one of case, lpc, pnr, pv or iom_case",
         ));
     };
+    let bundle = query.format.as_deref() == Some("bundle");
+    if bundle && (query.after.is_some() || query.limit.is_some()) {
+        return Err(Problem::bad_request(
+            "a bundle holds a whole trail: ask for it without after or limit",
+        ));
+    }
+    let limit = query.limit.unwrap_or(MOST_TRAIL_ENTRIES);
+    if !(1..=MOST_TRAIL_ENTRIES).contains(&limit) {
+        return Err(Problem::bad_request(format!(
+            "limit must be from 1 to {MOST_TRAIL_ENTRIES}; it is {limit}"
+        )));
+    }
+    // Only a trail read in pages may be longer than one answer.
+    let whole_trail_at_once = bundle || q.widens();
     let log = gateway.log.clone();
     // One checkpoint for the whole answer, taken before the search: `log.search` would take
     // the latest again, and a checkpoint signed in between would give proofs against another
@@ -870,13 +891,18 @@ async fn get_trail(
     let (signed, checkpoint) = log.latest_checkpoint();
     let too_many = |matched: usize| {
         Problem::bad_request(format!(
-            "this search matches {matched} entries, more than the {MOST_TRAIL_ENTRIES} one answer \
-             holds: read it from a copy of the log with `passerelle audit trail`"
+            "this search matches {matched} entries, more than the {MOST_TRAIL_ENTRIES} one {} \
+             holds: read it from a copy of the log with `passerelle audit trail`",
+            if bundle {
+                "bundle"
+            } else {
+                "search by anything but the case"
+            }
         ))
     };
     // Refused before the messages it names are read, when it matches too many already.
     let named = log.lookup(&q).len();
-    if named > MOST_TRAIL_ENTRIES {
+    if whole_trail_at_once && named > MOST_TRAIL_ENTRIES {
         return Err(too_many(named));
     }
     let matched = {
@@ -887,9 +913,11 @@ async fn get_trail(
             .map_err(|e| Problem::unavailable(e.to_string()))?
             .map_err(|e| Problem::unavailable(e.to_string()))?
     };
-    if matched.len() > MOST_TRAIL_ENTRIES {
+    if whole_trail_at_once && matched.len() > MOST_TRAIL_ENTRIES {
         return Err(too_many(matched.len()));
     }
+    // The trail's indices are in the log's order.
+    let (matched, next_after) = trail_page(matched, query.after, limit);
     let trail = web::block(move || -> Result<Trail, crate::audit::AuditError> {
         let (covered, pending): (Vec<u64>, Vec<u64>) =
             matched.into_iter().partition(|&i| i < checkpoint.size);
@@ -909,7 +937,7 @@ async fn get_trail(
     .await
     .map_err(|e| Problem::unavailable(e.to_string()))?
     .map_err(|e| Problem::unavailable(e.to_string()))?;
-    if query.format.as_deref() == Some("bundle") {
+    if bundle {
         let bundle = trail
             .to_bundle()
             .map_err(|e| Problem::unavailable(e.to_string()))?;
@@ -937,5 +965,20 @@ async fn get_trail(
         "verifier_key": trail.verifier.to_verifier_key(),
         "entries": entries,
         "pending": trail.pending,
+        "next_after": next_after,
     })))
+}
+
+/// The page of a trail (its log indices, in order) past `after`, at most `limit` long, and the
+/// `after` of the next page when more of the trail follows.
+fn trail_page(indices: Vec<u64>, after: Option<u64>, limit: usize) -> (Vec<u64>, Option<u64>) {
+    let start = after.map_or(0, |after| indices.partition_point(|&i| i <= after));
+    let mut page: Vec<u64> = indices[start..].iter().copied().take(limit + 1).collect();
+    let next_after = if page.len() > limit {
+        page.truncate(limit);
+        page.last().copied()
+    } else {
+        None
+    };
+    (page, next_after)
 }
