@@ -87,8 +87,14 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
 /// Creates the data folder, or checks the one there: it holds personal data (the store's
 /// messages and deliveries, the audit log's case keys), so only the gateway's user may enter it.
 /// A folder others may read or enter is closed to them (mode 0700), and the log says so.
+///
+/// Every file and folder the gateway creates from then on is its user's alone (the process's
+/// file mode creation mask is set to 077): the case keys, the index key and the journals stay
+/// closed to others also in a copy of the folder, or where the data folder itself cannot be
+/// closed.
 fn private_folder(data: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     if data.exists() && !data.is_dir() {
         anyhow::bail!(
             "the data folder {} (paths.data) is a file, not a folder",

@@ -3326,7 +3326,9 @@ async fn passerelle_cli(args: &[&str]) -> std::process::Output {
 }
 
 /// The data folder holds personal data: a new one is made for the gateway's user alone, and one
-/// open to other users is closed to them at start.
+/// open to other users is closed to them at start. So is every file and folder the gateway
+/// makes in it (the case keys, the index key, the journals, the store), so that a copy of it,
+/// or of its audit log, is closed too.
 #[actix_web::test]
 async fn the_data_folder_is_closed_to_other_users() {
     use std::os::unix::fs::PermissionsExt;
@@ -3340,6 +3342,30 @@ async fn the_data_folder_is_closed_to_other_users() {
         .expect("the gateway starts");
     assert_eq!(mode(&data), 0o700);
     running.shutdown().await.expect("a clean shutdown");
+    let mut folders = vec![data.clone()];
+    let mut seen = Vec::new();
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(
+                mode(&path) & 0o077,
+                0,
+                "{} is open to others",
+                path.display()
+            );
+            if path.is_dir() {
+                folders.push(path.clone());
+            }
+            seen.push(path);
+        }
+    }
+    for made in ["cases.keys", "index.key", "store.redb"] {
+        assert!(
+            seen.iter()
+                .any(|p| p.file_name().is_some_and(|n| n == made)),
+            "{made} among {seen:?}"
+        );
+    }
 
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let running = RunningGateway::start(&test_config(&data, &registry))
