@@ -12,9 +12,10 @@
 //! - **Revocation.** Every certificate in the chain, apart from the trust anchor itself, is
 //!   checked. A certificate whose status no configured CRL can tell is refused, and so is one
 //!   checked against a CRL whose `nextUpdate` has passed: a missing or stale CRL shows up as a
-//!   refused handshake, never as a silent bypass. A server configuration therefore needs at least
-//!   one CRL, and one per CA that issues client certificates (see [`server_config`]). The
-//!   server's CRLs can be read again while it runs ([`ClientVerifier`]).
+//!   refused handshake, never as a silent bypass. A server configuration therefore needs a
+//!   current CRL of every CA of its bundle, and refuses to be built without (see
+//!   [`server_config`]): a CRL missing or stale from the start would refuse every certificate of
+//!   its CA. The server's CRLs can be read again while it runs ([`ClientVerifier`]).
 //! - **Identity.** [`peer_identity`] reads the URI subject alternative names and the SHA-256
 //!   fingerprint of the verified end-entity certificate. The subject's common name is never read.
 //!
@@ -156,6 +157,33 @@ pub enum TlsError {
         path: PathBuf,
         /// Whose CRL it is, and why it was refused.
         reason: String,
+    },
+    /// A CRL is past its `nextUpdate`: taken, it would refuse every certificate of its CA.
+    #[error(
+        "the CRL file {} cannot be used: the CRL of {issuer} was to be replaced by {next_update}; \
+         fetch the CA's current CRL",
+        path.display()
+    )]
+    CrlExpired {
+        /// The CRL file.
+        path: PathBuf,
+        /// The CA that issued the CRL.
+        issuer: String,
+        /// When the CRL stopped being current (its `nextUpdate`), RFC 3339.
+        next_update: String,
+    },
+    /// A CA of the bundle has no CRL among the CRL files: every certificate it issued would be
+    /// refused, its revocation status unknown.
+    #[error(
+        "no CRL file holds a CRL of {ca_name}, a CA of the bundle {}: every certificate it issued \
+         would be refused; add its CRL to tls.crls",
+        ca.display()
+    )]
+    CaWithoutCrl {
+        /// The CA bundle.
+        ca: PathBuf,
+        /// The CA's subject.
+        ca_name: String,
     },
     /// A server configuration was asked for without any CRL.
     #[error(
@@ -377,21 +405,29 @@ impl ClientVerifier {
 
     /// Reads the CRL files again if any changed since they were last read, and uses them for
     /// the handshakes that start from then on. Returns whether it did. On an error (a CRL that
-    /// cannot be read, parsed, or is not signed by a CA of the bundle) the CRLs in use stay,
-    /// and the same files are tried again at the next call.
+    /// cannot be read or parsed, is not signed by a CA of the bundle or is past its
+    /// `nextUpdate`, or a CA of the bundle left without a CRL) the CRLs in use stay, and the
+    /// files are tried again once they change again: each change is reported once.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = modified(&self.crls);
         let mut read_at = self.read_at.lock().unwrap_or_else(|p| p.into_inner());
         if *read_at == now {
             return Ok(false);
         }
-        let verifier = build_client_verifier(
+        let built = build_client_verifier(
             &self.ca,
             &self.crls,
             &self.roots,
             &self.ca_certs,
             &self.provider,
-        )?;
+        );
+        let verifier = match built {
+            Ok(verifier) => verifier,
+            Err(error) => {
+                *read_at = now;
+                return Err(error);
+            }
+        };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
         self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::Release);
@@ -446,7 +482,7 @@ fn build_client_verifier(
     ca_certs: &[CertificateDer<'_>],
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let crls = load_checked_crls(ca_certs, crl_files, roots, provider)?;
+    let crls = load_checked_crls(ca, ca_certs, crl_files, roots, provider)?;
     WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -601,7 +637,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crypto_provider();
     let (ca_certs, roots) = load_ca_bundle(&files.ca)?;
     let roots = Arc::new(roots);
-    let crls = load_checked_crls(&ca_certs, &files.crls, &roots, &provider)?;
+    let crls = load_checked_crls(&files.ca, &ca_certs, &files.crls, &roots, &provider)?;
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -760,15 +796,23 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 }
 
 /// Loads every CRL file, checks that each CRL in the name of a CA of the bundle (`cas`) is
-/// signed by it, and checks each file on its own with a throwaway verifier, so that a bad CRL
-/// is reported with its file name.
+/// signed by it and still current (before its `nextUpdate`), checks each file on its own with a
+/// throwaway verifier, so that a bad CRL is reported with its file name, and checks that every
+/// CA of the bundle (`ca`) has a CRL. Any of these taken wrong would refuse every certificate
+/// of a CA: refused here instead, at start, or while the CRLs in use stay.
 fn load_checked_crls(
+    ca: &Path,
     cas: &[CertificateDer<'_>],
     paths: &[PathBuf],
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    if paths.is_empty() {
+        // No revocation checking at all (see `client_config`).
+        return Ok(Vec::new());
+    }
     let mut all = Vec::new();
+    let mut issuers = Vec::new();
     for path in paths {
         let crls = load_crls(path)?;
         for crl in &crls {
@@ -776,6 +820,21 @@ fn load_checked_crls(
                 path: path.clone(),
                 reason,
             })?;
+            // Read again here: `signed_by_its_ca` has refused a CRL it cannot read.
+            if let Ok((_, parsed)) = x509_parser::parse_x509_crl(crl.as_ref()) {
+                if let Some(next_update) = parsed.next_update()
+                    && next_update.timestamp() <= UnixTime::now().as_secs() as i64
+                {
+                    return Err(TlsError::CrlExpired {
+                        path: path.clone(),
+                        issuer: parsed.issuer().to_string(),
+                        next_update: next_update
+                            .to_rfc2822()
+                            .unwrap_or_else(|_| next_update.timestamp().to_string()),
+                    });
+                }
+                issuers.push(parsed.issuer().as_raw().to_vec());
+            }
         }
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .with_crls(crls.iter().cloned())
@@ -785,6 +844,20 @@ fn load_checked_crls(
                 source,
             })?;
         all.extend(crls);
+    }
+    for cert in cas {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+            continue;
+        };
+        if !issuers
+            .iter()
+            .any(|issuer| issuer == cert.subject().as_raw())
+        {
+            return Err(TlsError::CaWithoutCrl {
+                ca: ca.to_path_buf(),
+                ca_name: cert.subject().to_string(),
+            });
+        }
     }
     Ok(all)
 }

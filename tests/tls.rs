@@ -284,20 +284,48 @@ async fn a_certificate_from_another_ca_is_refused() {
     );
 }
 
-/// A CA of the bundle whose CRL is missing: its certificates' revocation status is unknown, and
-/// unknown is refused.
+/// An intermediate CA whose CRL is missing: the certificates it issued have an unknown
+/// revocation status, and unknown is refused. (A CA of the bundle without its CRL is refused
+/// at start, see `a_ca_of_the_bundle_without_a_crl_is_refused_at_start`.)
 #[tokio::test]
 async fn a_certificate_whose_revocation_status_is_unknown_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let other = OtherCa::new("Another partner CA");
-    let bundle = dir.path().join("bundle.pem");
-    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
-    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
-    let mut server_files = dev::files(&dev_dir(), dev::SERVER);
-    server_files.ca = bundle;
-    let server = tls::server_config(&server_files).unwrap();
-    let client = tls::client_config(&other.client_files(dir.path(), "urn:partner:iom.ma")).unwrap();
-    let error = handshake(server, client).await.refused();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
+    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    let dev_ca = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let intermediate_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Partner Issuing CA 1");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = date_time_ymd(2100, 1, 1);
+    let intermediate_pem = params.signed_by(&intermediate_key, &dev_ca).unwrap().pem();
+    let intermediate = Issuer::new(params, intermediate_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI("urn:partner:iom.ma".try_into().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = date_time_ymd(2100, 1, 1);
+    let leaf = params.signed_by(&key, &intermediate).unwrap();
+    std::fs::write(
+        dir.path().join("chain.pem"),
+        format!("{}{intermediate_pem}", leaf.pem()),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("leaf.key"), key.serialize_pem()).unwrap();
+    let client = tls::client_config(&TlsFiles::new(
+        dev_dir().join("ca.pem"),
+        dir.path().join("chain.pem"),
+        dir.path().join("leaf.key"),
+    ))
+    .unwrap();
+    let error = handshake(dev_server(), client).await.refused();
     assert!(
         matches!(
             error,
@@ -307,29 +335,49 @@ async fn a_certificate_whose_revocation_status_is_unknown_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_stale_crl_refuses_every_client() {
-    let dir = tempfile::tempdir().unwrap();
+/// The dev CA's CRL, revoking nothing, current until `next_update`, in DER as CAs often
+/// publish them.
+fn dev_crl_until(next_update: time::OffsetDateTime) -> Vec<u8> {
     let ca_key =
         KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
     let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
-    let stale = CertificateRevocationListParams {
+    CertificateRevocationListParams {
         this_update: date_time_ymd(2021, 1, 1),
-        next_update: date_time_ymd(2021, 2, 1),
+        next_update,
         crl_number: SerialNumber::from_slice(&[7]),
         issuing_distribution_point: None,
         revoked_certs: Vec::new(),
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     }
     .signed_by(&issuer)
-    .unwrap();
+    .unwrap()
+    .der()
+    .to_vec()
+}
+
+/// A CRL past its `nextUpdate` would refuse every certificate of its CA: it is refused at
+/// start, and one that goes stale while the server runs refuses every client (a CA that stops
+/// publishing CRLs leaves no certificate's status known).
+#[tokio::test]
+async fn a_stale_crl_refuses_every_client() {
+    let dir = tempfile::tempdir().unwrap();
     let crl = dir.path().join("stale.crl");
-    // DER, as CAs often publish them.
-    std::fs::write(&crl, stale.der()).unwrap();
+    std::fs::write(&crl, dev_crl_until(date_time_ymd(2021, 2, 1))).unwrap();
     let mut server_files = dev::files(&dev_dir(), dev::SERVER);
-    server_files.crls = vec![crl];
+    server_files.crls = vec![crl.clone()];
+    let error = tls::server_config(&server_files).unwrap_err();
+    assert!(matches!(error, TlsError::CrlExpired { .. }), "{error}");
+    assert!(error.to_string().contains("stale.crl"), "{error}");
+
+    // Current for three more seconds.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    std::fs::write(&crl, dev_crl_until(soon)).unwrap();
     let server = tls::server_config(&server_files).unwrap();
+    handshake(server.clone(), dev_client("iom.ma"))
+        .await
+        .accepted();
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let error = handshake(server, dev_client("iom.ma")).await.refused();
     assert!(
         matches!(
@@ -341,6 +389,30 @@ async fn a_stale_crl_refuses_every_client() {
         ),
         "{error:?}"
     );
+}
+
+/// Every CA of the bundle must have a CRL: without one, every certificate it issued would be
+/// refused, its status unknown. A configuration whose CRLs are all another CA's is refused.
+#[test]
+fn a_ca_of_the_bundle_without_a_crl_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.crl");
+    std::fs::write(&other, crl_of_another_ca("Partner Issuing CA 1")).unwrap();
+    let mut files = dev::files(&dev_dir(), dev::SERVER);
+    files.crls = vec![other];
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(matches!(error, TlsError::CaWithoutCrl { .. }), "{error}");
+    assert!(error.to_string().contains("tls.crls"), "{error}");
+
+    // A bundle of two CAs with the CRL of only one: the other is named.
+    let other = OtherCa::new("Another partner CA");
+    let bundle = dir.path().join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
+    let mut files = dev::files(&dev_dir(), dev::SERVER);
+    files.ca = bundle;
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(error.to_string().contains("Another partner CA"), "{error}");
 }
 
 #[tokio::test]
@@ -861,6 +933,19 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
     // And at start.
     let error = tls::server_config(&files).unwrap_err();
     assert!(matches!(error, TlsError::CrlIssuer { .. }), "{error}");
+
+    // So is a CRL past its nextUpdate, which would refuse every certificate of the CA; a
+    // failed change is reported once, not at every check until the file changes again.
+    std::fs::write(&crl, dev_crl_until(date_time_ymd(2021, 2, 1))).unwrap();
+    let error = verifier.reload_if_changed().unwrap_err();
+    assert!(matches!(error, TlsError::CrlExpired { .. }), "{error}");
+    assert!(!verifier.reload_if_changed().unwrap(), "reported once");
+    only_iom_ma_is_revoked(&server).await;
+    // So is a set of files that leaves a CA of the bundle without a CRL.
+    std::fs::write(&crl, crl_of_another_ca("Partner Issuing CA 1")).unwrap();
+    let error = verifier.reload_if_changed().unwrap_err();
+    assert!(matches!(error, TlsError::CaWithoutCrl { .. }), "{error}");
+    only_iom_ma_is_revoked(&server).await;
 
     // A CRL of a CA that is not in the bundle (an intermediate's, checked against the
     // intermediate when a chain goes through it) is taken beside the CA's own.
