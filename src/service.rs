@@ -84,6 +84,28 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     }
 }
 
+/// Refuses to run with an audit log that does not hold every entry the store's records name:
+/// a log restored from an older copy than the store. Its next appends would take the indices
+/// of the receipts the store answers duplicates and `GET /v1/receipts` with, and grow the log
+/// along another history than the one already signed and handed out.
+fn log_not_behind_store(log: &AuditLog, store: &Store) -> anyhow::Result<()> {
+    let highest = store
+        .highest_log_index()
+        .context("reading the store's highest audit log index")?;
+    if let Some(highest) = highest
+        && highest >= log.entries_at_open()
+    {
+        anyhow::bail!(
+            "the audit log holds {} entries, but the store records a receipt for entry {highest}: \
+             the log is older than the store (restored from an older copy?). Restore the store \
+             and the log from the same backup; never let the log go backwards (see Backup and \
+             restore in the operations guide)",
+            log.entries_at_open()
+        );
+    }
+    Ok(())
+}
+
 /// Creates the data folder, or checks the one there: it holds personal data (the store's
 /// messages and deliveries, the audit log's case keys), so only the gateway's user may enter it.
 /// A folder others may read or enter is closed to them (mode 0700), and the log says so.
@@ -190,6 +212,7 @@ impl RunningGateway {
                 .await?
                 .context("opening the audit log")?;
         let store = Store::open(&config.paths.store()).context("opening the store")?;
+        log_not_behind_store(&log, &store)?;
         let metrics = Arc::new(Metrics::new());
         let gateway = Arc::new(Gateway::new(
             catalogue,

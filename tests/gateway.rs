@@ -3325,6 +3325,57 @@ async fn passerelle_cli(args: &[&str]) -> std::process::Output {
     .unwrap()
 }
 
+/// An audit log restored from an older copy than the store is refused at start: its next
+/// entries would take the indices of receipts already handed out (the store answers duplicates
+/// and `GET /v1/receipts` with them), along another history. The log and the store of one
+/// backup start.
+#[actix_web::test]
+async fn a_log_older_than_the_store_is_refused_at_start() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let data = gateway.dir.path().join("data");
+    let registry = gateway.dir.path().join("registry.toml");
+    let config = test_config(&data, &registry);
+    let backup = gateway.dir.path().join("backup");
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00990"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let TestGateway { running, dir } = gateway;
+    running.shutdown().await.expect("a clean shutdown");
+    copy_dir(&data, &backup);
+
+    // A second message, then the log put back as it was before it, the store kept.
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the gateway starts");
+    let reply = Client::new("sn.consulat.casablanca", running.addr)
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00991"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    running.shutdown().await.expect("a clean shutdown");
+    std::fs::remove_dir_all(data.join("audit-log")).unwrap();
+    copy_dir(&backup.join("audit-log"), &data.join("audit-log"));
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("a log older than the store is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(error.contains("older than the store"), "{error}");
+
+    // The store and the log of the same backup start, and serve the first receipt.
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&backup, &data);
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the backup starts");
+    let receipt = Client::new("sn.consulat.casablanca", running.addr)
+        .get("/v1/receipts/CGSN-CASA-2026-00990")
+        .await;
+    assert_eq!(receipt.status, 200, "{}", receipt.text());
+    running.shutdown().await.expect("a clean shutdown");
+    drop(dir);
+}
+
 /// The data folder holds personal data: a new one is made for the gateway's user alone, and one
 /// open to other users is closed to them at start. So is every file and folder the gateway
 /// makes in it (the case keys, the index key, the journals, the store), so that a copy of it,

@@ -310,6 +310,8 @@ pub struct AuditLog {
     threads: Vec<JoinHandle<()>>,
     /// `private/writer.lock`, locked for the log's life (released after the threads stop).
     _writer_lock: std::fs::File,
+    /// How many entries the journal held when the log was opened.
+    entries_at_open: u64,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -539,11 +541,18 @@ impl AuditLog {
             tx: Some(tx),
             threads,
             _writer_lock: writer_lock,
+            entries_at_open: next,
         };
         if log.latest_checkpoint().0.is_empty() || scan.next > last_size {
             log.sync()?;
         }
         Ok(log)
+    }
+
+    /// How many entries the log held when it was opened (signed or not yet): the index of its
+    /// first append.
+    pub fn entries_at_open(&self) -> u64 {
+        self.entries_at_open
     }
 
     /// The log's origin.

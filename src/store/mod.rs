@@ -70,6 +70,8 @@ const ERASURES_WITHDRAWN: &str = "erasures-withdrawn";
 const CASE_FILES_FORGOTTEN: &str = "case-files-forgotten";
 /// The number of erased cases whose ids the start has taken off the store's records.
 const CASE_IDS_FORGOTTEN: &str = "case-ids-forgotten";
+/// The `marks` key of the highest audit log index a confirmed record names.
+const HIGHEST_LOG_INDEX: &str = "highest-log-index";
 /// The change of [`FORMAT`] that deleted the bodies earlier versions kept of completed
 /// deliveries (see [`delete_completed_bodies`]).
 const COMPLETED_BODIES_DELETED: &str = "completed-bodies-deleted";
@@ -405,6 +407,8 @@ enum Write {
         /// turn, and needs no such check.
         attempt: Option<Box<AcceptedRecord>>,
         record: Vec<u8>,
+        /// The audit log index of the message's acceptance entry, which the record names.
+        log_index: u64,
         /// The case whose provisional facts this message stands for, if any.
         case: Option<String>,
         release: Vec<Release>,
@@ -749,6 +753,7 @@ impl Store {
         entry: LogEntry,
         deliveries: &[Delivery],
     ) -> Result<()> {
+        let log_index = entry.log_index;
         let record = confirmed(record, entry);
         let key = AcceptedRecord::key(&record.source, &record.event_id);
         let bytes = serde_json::to_vec(&record).map_err(db_error)?;
@@ -758,6 +763,7 @@ impl Store {
             key: key.clone(),
             attempt: None,
             record: bytes,
+            log_index,
             case,
             release: deliveries
                 .iter()
@@ -801,6 +807,7 @@ impl Store {
             key: AcceptedRecord::key(&record.source, &record.event_id),
             attempt: Some(attempt),
             record: serde_json::to_vec(&record).map_err(db_error)?,
+            log_index: record.log_index,
             case: provisional_case(&record),
             release,
             durable: true,
@@ -1360,6 +1367,39 @@ impl Store {
         Ok(changed)
     }
 
+    /// The highest audit log index that a confirmed message's record names (its acceptance
+    /// entry), or `None` when no message is confirmed. The audit log must hold that entry:
+    /// one with fewer entries was restored from an older copy than the store, and would give
+    /// the indices of the receipts the store serves to other entries. Kept as a mark by each
+    /// commit that confirms messages; a store written before the mark was kept is read
+    /// through once, and the mark set.
+    pub fn highest_log_index(&self) -> Result<Option<u64>> {
+        {
+            let r = self.db.begin_read().map_err(db_error)?;
+            match r.open_table(MARKS) {
+                Ok(marks) => {
+                    if let Some(index) = marks.get(HIGHEST_LOG_INDEX).map_err(db_error)? {
+                        return Ok(Some(index.value()));
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(error) => return Err(db_error(error)),
+            }
+        }
+        let r = self.db.begin_read().map_err(db_error)?;
+        let mut highest = None;
+        each_record(&r, ACCEPTED, |_, record: Option<AcceptedRecord>| {
+            if let Some(record) = record.filter(|r| r.confirmed) {
+                highest = highest.max(Some(record.log_index));
+            }
+        })?;
+        drop(r);
+        if let Some(index) = highest {
+            self.set_mark(HIGHEST_LOG_INDEX, index)?;
+        }
+        Ok(highest)
+    }
+
     fn mark(&self, name: &str) -> Result<u64> {
         let r = self.db.begin_read().map_err(db_error)?;
         let marks = match r.open_table(MARKS) {
@@ -1702,6 +1742,7 @@ impl Write {
                 key,
                 attempt,
                 record,
+                log_index,
                 case,
                 release,
                 reply: None,
@@ -1710,6 +1751,7 @@ impl Write {
                 key: key.clone(),
                 attempt: attempt.clone(),
                 record: record.clone(),
+                log_index: *log_index,
                 case: case.clone(),
                 release: release.clone(),
                 durable: true,
@@ -2053,6 +2095,8 @@ impl<'t> Tables<'t> {
 
 struct Counters<'a> {
     delta: &'a mut i64,
+    /// The highest audit log index the group's confirmations name.
+    highest_log_index: Option<u64>,
 }
 
 /// Calls `each` with every record of `table` in key order, read back (`None` for one that
@@ -2078,6 +2122,20 @@ where
     Ok(())
 }
 
+/// Raises the store's mark of the highest audit log index a confirmed record names to
+/// `index`, if it is lower (see [`Store::highest_log_index`]).
+fn raise_highest_log_index(txn: &redb::WriteTransaction, index: u64) -> Result<()> {
+    let mut marks = txn.open_table(MARKS).map_err(db_error)?;
+    let marked = marks
+        .get(HIGHEST_LOG_INDEX)
+        .map_err(db_error)?
+        .map(|v| v.value());
+    if marked.is_none_or(|marked| marked < index) {
+        marks.insert(HIGHEST_LOG_INDEX, index).map_err(db_error)?;
+    }
+    Ok(())
+}
+
 fn apply_group(db: &Database, group: Vec<Write>, sync: bool, delta: &mut i64) -> GroupResult {
     let mut replies = Vec::with_capacity(group.len());
     let mut txn = match db.begin_write() {
@@ -2097,7 +2155,10 @@ fn apply_group(db: &Database, group: Vec<Write>, sync: bool, delta: &mut i64) ->
             Ok(t) => t,
             Err(e) => return fail(e, group),
         };
-        let mut counters = Counters { delta };
+        let mut counters = Counters {
+            delta,
+            highest_log_index: None,
+        };
         let mut writes = group.into_iter();
         while let Some(write) = writes.next() {
             let reply = apply(&mut tables, &mut counters, write);
@@ -2112,6 +2173,13 @@ fn apply_group(db: &Database, group: Vec<Write>, sync: bool, delta: &mut i64) ->
                 return Err((error, replies));
             }
             replies.push(reply);
+        }
+        if let Some(index) = counters.highest_log_index
+            && let Err(error) = raise_highest_log_index(&txn, index)
+        {
+            drop(tables);
+            let _ = txn.abort();
+            return Err((error, replies));
         }
     }
     match txn.commit() {
@@ -2137,14 +2205,18 @@ fn apply(t: &mut Tables<'_>, c: &mut Counters<'_>, write: Write) -> Reply {
             key,
             attempt,
             record,
+            log_index,
             case,
             release,
             reply,
             ..
-        } => Reply::Unit(
-            reply,
-            confirm(t, c, &key, attempt.as_deref(), &record, case, release),
-        ),
+        } => {
+            let confirmed = confirm(t, c, &key, attempt.as_deref(), &record, case, release);
+            if confirmed.is_ok() {
+                c.highest_log_index = c.highest_log_index.max(Some(log_index));
+            }
+            Reply::Unit(reply, confirmed)
+        }
         Write::Abandon { attempt, reply } => Reply::Unit(Some(reply), abandon(t, &attempt)),
         Write::ForgetCase { case_id, reply } => Reply::Unit(
             Some(reply),
