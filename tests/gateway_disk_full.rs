@@ -212,7 +212,17 @@ async fn scenario(part: OnSmallFs) {
         "the cause is logged:\n{logged}"
     );
     assert!(!logged.to_lowercase().contains("corrupt"), "{logged}");
+    // Once, not at every retry of the failed part (several a second).
+    let store_failures = logged
+        .lines()
+        .filter(|line| line.contains("store sync failed") || line.contains("store commit failed"))
+        .count();
+    assert!(store_failures <= 2, "{store_failures} lines:\n{logged}");
     if let OnSmallFs::AuditLog = part {
+        assert!(
+            logged.contains("the audit log failed"),
+            "the log's failure is said when it happens:\n{logged}"
+        );
         // A certificate the handshake refuses is tallied for a summary, which the full log
         // cannot take: kept for the next round, tried again at the stop, and reported then.
         let revoked = Client::with_tls(

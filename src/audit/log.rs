@@ -296,9 +296,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records the log's first failure, after which it takes no more appends, and says it in
+    /// the gateway's log once (the later ones follow from it).
     fn fail(&self, why: String) {
-        if let Ok(mut f) = self.failure.lock() {
-            f.get_or_insert(why);
+        if let Ok(mut f) = self.failure.lock()
+            && f.is_none()
+        {
+            tracing::error!(
+                cause = %why,
+                "the audit log failed: it takes no more appends until the gateway is restarted"
+            );
+            *f = Some(why);
         }
     }
 }

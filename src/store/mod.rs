@@ -640,6 +640,7 @@ impl Store {
             queued_facts: queued_facts.clone(),
             failing: failing.clone(),
             released: released.clone(),
+            failures: Mutex::new(RepeatedFailures::default()),
             #[cfg(test)]
             hold: hold.clone(),
             #[cfg(test)]
@@ -1776,13 +1777,74 @@ struct Writer {
     queued_facts: QueuedFacts,
     failing: Arc<AtomicBool>,
     released: Arc<Notify>,
+    /// The failed commits and syncs, so that a failing disk is said once a minute, not at
+    /// every retry.
+    failures: Mutex<RepeatedFailures>,
     #[cfg(test)]
     hold: Arc<Mutex<()>>,
     #[cfg(test)]
     fail_next_group: Arc<AtomicBool>,
 }
 
+/// How often a store that keeps failing is said again in the log.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The writer's failures since the last one logged: a disk that stays full or broken fails
+/// every commit and every retry (several a second), and the log says so once a minute, with
+/// the count of those it did not say, rather than at each.
+#[derive(Debug, Default)]
+struct RepeatedFailures {
+    last_logged: Option<std::time::Instant>,
+    unsaid: u64,
+}
+
+impl RepeatedFailures {
+    /// Counts one failure; `Some(unsaid)` when it is to be logged, with the number of failures
+    /// left unsaid since the last line.
+    fn failed(&mut self) -> Option<u64> {
+        match self.last_logged {
+            Some(at) if at.elapsed() < FAILURE_LOG_EVERY => {
+                self.unsaid += 1;
+                None
+            }
+            _ => {
+                self.last_logged = Some(std::time::Instant::now());
+                Some(std::mem::take(&mut self.unsaid))
+            }
+        }
+    }
+
+    /// Whether the store had failed since it last succeeded (and now succeeds again).
+    fn recovered(&mut self) -> bool {
+        let had_failed = self.last_logged.is_some();
+        *self = RepeatedFailures::default();
+        had_failed
+    }
+}
+
 impl Writer {
+    fn failures(&self) -> std::sync::MutexGuard<'_, RepeatedFailures> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logs a commit or sync failure, unless one was logged less than a minute ago.
+    fn report_failure(&self, error: &dyn std::fmt::Display, what: &str) {
+        if let Some(unsaid) = self.failures().failed() {
+            tracing::error!(
+                error = %error,
+                failures_not_logged_since_the_last = unsaid,
+                "{what}; the store is said failing again in a minute if it still is"
+            );
+        }
+    }
+
+    /// Says in the log that the store writes again, if it had failed.
+    fn report_success(&self) {
+        if self.failures().recovered() {
+            tracing::warn!("the store commits and syncs again");
+        }
+    }
+
     fn run(self, rx: WriteQueueReceiver<Write>) {
         let db = &*self.db;
         let mut unsynced = false;
@@ -1814,10 +1876,13 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if unsynced {
                         match sync_empty(db) {
-                            Ok(()) => unsynced = false,
+                            Ok(()) => {
+                                unsynced = false;
+                                self.report_success();
+                            }
                             Err(e) => {
                                 self.failing.store(true, Ordering::Relaxed);
-                                tracing::error!(error = %e, "store sync failed");
+                                self.report_failure(&e, "store sync failed");
                             }
                         }
                     }
@@ -1919,6 +1984,7 @@ impl Writer {
                 if releases_push {
                     self.released.notify_waiters();
                 }
+                self.report_success();
                 Ok(())
             }
             Err((error, replies)) => {
@@ -1930,11 +1996,10 @@ impl Writer {
                 // are written again on their own, and the other writes are refused to their
                 // callers. The store reports itself failing before they hear of it.
                 self.failing.store(true, Ordering::Relaxed);
-                tracing::error!(
-                    error = %error,
-                    writes = replies.len(),
-                    confirmations_kept = carried.len(),
-                    "a store commit failed; its confirmations are written again, its other writes refused"
+                self.report_failure(
+                    &error,
+                    "a store commit failed; its confirmations are written again, its other \
+                     writes refused",
                 );
                 self.settled_facts(&accepted);
                 replies.into_iter().for_each(|r| r.fail(&error));
@@ -2505,6 +2570,22 @@ fn failed(error: &StoreError, writes: impl IntoIterator<Item = Write>) -> Vec<Re
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn a_failing_store_is_said_once_a_minute_and_its_recovery_once() {
+        let mut failures = RepeatedFailures::default();
+        assert!(!failures.recovered(), "nothing had failed");
+        assert_eq!(failures.failed(), Some(0), "the first failure is said");
+        for _ in 0..5 {
+            assert_eq!(failures.failed(), None, "the next ones within a minute are not");
+        }
+        // A minute on, the next one is said, with those that were not.
+        failures.last_logged = Some(Instant::now() - FAILURE_LOG_EVERY);
+        assert_eq!(failures.failed(), Some(5));
+        assert!(failures.recovered(), "the recovery is said");
+        assert!(!failures.recovered(), "once");
+        assert_eq!(failures.failed(), Some(0), "a new failure is said at once");
+    }
 
     fn new_delivery(recipient: &str, channel: Channel) -> NewDelivery {
         NewDelivery {
