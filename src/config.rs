@@ -337,6 +337,7 @@ impl Config {
                 "server.connections_per_certificate",
                 self.server.connections_per_certificate as u64,
             ),
+            ("tls.crl_refresh_secs", self.tls.crl_refresh_secs),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             bail!("{key} is 0: it must be positive");
@@ -373,5 +374,14 @@ mod tests {
             "{refused}"
         );
         assert!(!Config::default().server.floor_mode);
+    }
+
+    #[test]
+    fn a_crl_refresh_of_zero_seconds_is_refused() {
+        let mut config = Config::default();
+        assert!(config.validate().is_ok());
+        config.tls.crl_refresh_secs = 0;
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(refused.contains("tls.crl_refresh_secs"), "{refused}");
     }
 }

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub audit_failures: Counter,
     /// `passerelle_audit_log_size`: entries covered by the latest checkpoint.
     pub audit_log_size: Gauge,
+    /// `passerelle_crl_next_update_timestamp_seconds`: the earliest `nextUpdate` of the CRLs in
+    /// use, in seconds since the epoch (0 when none of them has one).
+    pub crl_next_update: Gauge,
     /// `passerelle_crl_reloads_total`: CRL files read again after they changed, by outcome
     /// (`loaded`, or `failed` while the previous CRLs stay in use).
     pub crl_reloads: Family<OutcomeLabels, Counter>,
@@ -143,6 +146,12 @@ impl Metrics {
             "CRL files read again after they changed, by outcome",
             crl_reloads.clone(),
         );
+        let crl_next_update = Gauge::default();
+        registry.register(
+            "crl_next_update_timestamp_seconds",
+            "The earliest nextUpdate of the CRLs in use, in seconds since the epoch (0: none has one)",
+            crl_next_update.clone(),
+        );
         let tls_refused_certificates = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "tls_refused_certificates",
@@ -150,6 +159,7 @@ impl Metrics {
             tls_refused_certificates.clone(),
         );
         Metrics {
+            crl_next_update,
             crl_reloads,
             tls_refused_certificates,
             registry,

@@ -50,6 +50,23 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
         Ok(text) => NoteSigner::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.audit.create_key => {
             use std::os::unix::fs::OpenOptionsExt;
+            // A log that has signed checkpoints was signed with the key that is missing: a new
+            // key cannot extend it (the log refuses to open), and would sit where the lost one
+            // must be put back.
+            let layout = crate::audit::log::Layout::new(&config.paths.audit_log());
+            if let Some(signed) = [layout.public.join("checkpoint"), layout.last_checkpoint]
+                .into_iter()
+                .find(|checkpoint| checkpoint.exists())
+            {
+                anyhow::bail!(
+                    "the audit log's signing key {} is missing, and the log at {} is signed \
+                     with it ({} exists): restore the key from its backup (a new key cannot \
+                     extend that log), or start a new log in another folder",
+                    path.display(),
+                    layout.root.display(),
+                    signed.display()
+                );
+            }
             let signer = NoteSigner::generate(&config.audit.origin)
                 .map_err(|e| anyhow!("generating the signing key: {e}"))?;
             if let Some(parent) = path.parent() {
@@ -82,6 +99,21 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
         }),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Builds the TLS configurations once before anything is created in the data folder, so that
+/// a mistake in the TLS files stops the start at once, naming the settings as well as the file.
+fn check_tls_settings(config: &Config) -> anyhow::Result<()> {
+    crate::tls::check_own_certificate(&config.tls.cert)
+        .and_then(|()| crate::tls::server_config(&config.tls.server_files()))
+        .context("the HTTPS listener's TLS files (tls.ca, tls.cert, tls.key, tls.crls)")?;
+    crate::tls::check_own_certificate(&config.tls.client_cert)
+        .and_then(|()| crate::tls::client_config(&config.tls.client_files()))
+        .context(
+            "the TLS files of the gateway's webhook calls (tls.ca, tls.client_cert, \
+             tls.client_key)",
+        )?;
+    Ok(())
 }
 
 /// Refuses to run with an audit log that does not hold every entry the store's records name:
@@ -199,6 +231,7 @@ impl RunningGateway {
         config.validate()?;
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
+        check_tls_settings(config)?;
         private_folder(&config.paths.data)?;
         let signer = signing_key(config)?;
         let options = Options {
@@ -313,7 +346,7 @@ impl RunningGateway {
         workers.push(tokio::spawn(refresh_crls(
             server.client_verifier.clone(),
             gateway.metrics.clone(),
-            Duration::from_secs(config.tls.crl_refresh_secs.max(1)),
+            Duration::from_secs(config.tls.crl_refresh_secs),
             stop_rx.clone(),
         )));
         tracing::info!(
@@ -414,7 +447,25 @@ async fn refresh_crls(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Whether the CRLs in use were found past their nextUpdate (said once, until new ones come).
+    let mut said_stale = false;
     loop {
+        let next_update = verifier.next_update();
+        metrics
+            .crl_next_update
+            .set(next_update.map_or(0, |secs| i64::try_from(secs).unwrap_or(i64::MAX)));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let stale = next_update.is_some_and(|secs| secs <= now);
+        if stale && !said_stale {
+            tracing::error!(
+                next_update = next_update.unwrap_or_default(),
+                "a CRL in use is past its nextUpdate: every client certificate of its CA is \
+                 refused until a current CRL replaces it"
+            );
+        }
+        said_stale = stale;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,

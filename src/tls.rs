@@ -185,6 +185,34 @@ pub enum TlsError {
         /// The CA's subject.
         ca_name: String,
     },
+    /// A certificate of the CA bundle is no CA (its basic constraints do not say `cA`): taken
+    /// as a trust anchor, it would let whoever holds its key vouch for clients.
+    #[error(
+        "certificate #{index} of the CA bundle {} ({subject}) is not a CA certificate",
+        path.display()
+    )]
+    NotCa {
+        /// The CA bundle.
+        path: PathBuf,
+        /// The position of the certificate in the bundle, from 1.
+        index: usize,
+        /// The certificate's subject.
+        subject: String,
+    },
+    /// The gateway's own certificate is outside its validity period: every peer would refuse
+    /// it.
+    #[error(
+        "the certificate {} is valid from {not_before} to {not_after}, not now: renew it",
+        path.display()
+    )]
+    OwnCertificateOutOfDate {
+        /// The certificate file.
+        path: PathBuf,
+        /// Its `notBefore`.
+        not_before: String,
+        /// Its `notAfter`.
+        not_after: String,
+    },
     /// A server configuration was asked for without any CRL.
     #[error(
         "no CRL configured: client certificates must be checked against the revocation list of every CA in {}",
@@ -341,6 +369,8 @@ pub struct ClientVerifier {
     generation: AtomicU64,
     /// When they were last read again, in ms since the epoch (0: never since start).
     reloaded_at_ms: AtomicU64,
+    /// The earliest `nextUpdate` of the CRLs in use, in seconds since the epoch (0: none).
+    next_update_secs: AtomicU64,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -378,9 +408,22 @@ impl ClientVerifier {
             });
         }
         let (ca_certs, roots) = load_ca_bundle(&files.ca)?;
+        for (index, cert) in ca_certs.iter().enumerate() {
+            let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+                continue;
+            };
+            if !parsed.is_ca() {
+                return Err(TlsError::NotCa {
+                    path: files.ca.clone(),
+                    index: index + 1,
+                    subject: parsed.subject().to_string(),
+                });
+            }
+        }
         let roots = Arc::new(roots);
         let read_at = modified(&files.crls);
-        let verifier = build_client_verifier(&files.ca, &files.crls, &roots, &ca_certs, &provider)?;
+        let (verifier, next_update) =
+            build_client_verifier(&files.ca, &files.crls, &roots, &ca_certs, &provider)?;
         Ok(ClientVerifier {
             ca: files.ca.clone(),
             crls: files.crls.clone(),
@@ -393,6 +436,7 @@ impl ClientVerifier {
             observer,
             generation: AtomicU64::new(0),
             reloaded_at_ms: AtomicU64::new(0),
+            next_update_secs: AtomicU64::new(next_update.unwrap_or(0)),
         })
     }
 
@@ -421,14 +465,16 @@ impl ClientVerifier {
             &self.ca_certs,
             &self.provider,
         );
-        let verifier = match built {
-            Ok(verifier) => verifier,
+        let (verifier, next_update) = match built {
+            Ok(built) => built,
             Err(error) => {
                 *read_at = now;
                 return Err(error);
             }
         };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        self.next_update_secs
+            .store(next_update.unwrap_or(0), Ordering::Release);
         self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::Release);
         *read_at = now;
@@ -462,6 +508,12 @@ impl ClientVerifier {
             .map(|_| ())
     }
 
+    /// The earliest `nextUpdate` of the CRLs in use, in seconds since the epoch; `None` when
+    /// none of them has one. Past it, every certificate of that CRL's CA is refused.
+    pub fn next_update(&self) -> Option<u64> {
+        Some(self.next_update_secs.load(Ordering::Acquire)).filter(|&secs| secs != 0)
+    }
+
     /// The CRL files it reads.
     pub fn crl_files(&self) -> &[PathBuf] {
         &self.crls
@@ -475,22 +527,31 @@ impl ClientVerifier {
     }
 }
 
+/// The verifier of the CA bundle and the CRL files, and the earliest `nextUpdate` of the CRLs
+/// (seconds since the epoch; `None` when none has one).
 fn build_client_verifier(
     ca: &Path,
     crl_files: &[PathBuf],
     roots: &Arc<RootCertStore>,
     ca_certs: &[CertificateDer<'_>],
     provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+) -> Result<(Arc<dyn ClientCertVerifier>, Option<u64>), TlsError> {
     let crls = load_checked_crls(ca, ca_certs, crl_files, roots, provider)?;
-    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+    let next_update = crls
+        .iter()
+        .filter_map(|crl| x509_parser::parse_x509_crl(crl.as_ref()).ok())
+        .filter_map(|(_, crl)| crl.next_update())
+        .map(|time| u64::try_from(time.timestamp()).unwrap_or(0))
+        .min();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
         .build()
         .map_err(|source| TlsError::Verifier {
             ca: ca.to_path_buf(),
             source,
-        })
+        })?;
+    Ok((verifier, next_update))
 }
 
 impl ClientCertVerifier for ClientVerifier {
@@ -660,6 +721,30 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
         })?;
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Checks that the gateway's own certificate (the first of the chain in `path`) is within its
+/// validity period: the server's, and the client certificate it presents to webhook endpoints
+/// and brokers. An expired one would make every peer refuse the gateway, with nothing in the
+/// gateway's log to say why.
+pub fn check_own_certificate(path: &Path) -> Result<(), TlsError> {
+    let chain = load_certs(path)?;
+    let Some(Ok((_, cert))) = chain
+        .first()
+        .map(|cert| x509_parser::parse_x509_certificate(cert.as_ref()))
+    else {
+        // Refused, with its reason, when the configuration is built.
+        return Ok(());
+    };
+    let validity = cert.validity();
+    if !validity.is_valid() {
+        return Err(TlsError::OwnCertificateOutOfDate {
+            path: path.to_owned(),
+            not_before: validity.not_before.to_string(),
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The identity read from a peer's end-entity certificate.

@@ -36,9 +36,9 @@ mod gateway_support;
 mod pki;
 
 use gateway_support::{
-    Admin, Answer, Client, Entry, Receiver, RegistryChanges, VerifiedTrail, anonymous_tls,
-    client_tls, copy_dir, fixture, fixture_json, fixture_text, kind_of,
-    mappings_unwritable_for_dgsn, test_config, verify_trail, wait_for, write_registry,
+    Admin, Answer, Client, Entry, Receiver, RegistryChanges, ServedGateway, ServedSetup,
+    VerifiedTrail, anonymous_tls, client_tls, copy_dir, fixture, fixture_json, fixture_text,
+    kind_of, mappings_unwritable_for_dgsn, test_config, verify_trail, wait_for, write_registry,
 };
 use passerelle::audit::merkle::leaf_hash;
 use passerelle::audit::{
@@ -2560,6 +2560,12 @@ async fn a_certificate_revoked_while_connected_is_refused_on_its_open_connection
         .send("application/xml", lpc_issued("CGSN-CASA-2026-00980"))
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
+    // When the CRL in use stops being current (its nextUpdate, 2099-01-01), for an alert.
+    let next_update = gateway
+        .admin()
+        .metric("passerelle_crl_next_update_timestamp_seconds", &[])
+        .await;
+    assert_eq!(next_update, 4_070_908_800.0);
 
     std::fs::write(
         &crl,
@@ -3325,10 +3331,87 @@ async fn passerelle_cli(args: &[&str]) -> std::process::Output {
     .unwrap()
 }
 
+/// A TLS file that cannot be used stops the start before anything is made in the data
+/// folder, naming the setting as well as the file.
+#[actix_web::test]
+async fn a_tls_file_that_cannot_be_used_stops_the_start_naming_the_setting() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let registry = write_registry(dir.path(), &RegistryChanges::new());
+    let data = dir.path().join("data");
+    let mut config = test_config(&data, &registry);
+    config.tls.ca = dir.path().join("missing-ca.pem");
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("a missing CA bundle is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("tls.ca") && error.contains("missing-ca.pem"),
+        "{error}"
+    );
+    assert!(!data.exists(), "nothing is made in the data folder");
+
+    let mut config = test_config(&data, &registry);
+    config.tls.client_cert = gateway_support::dev_dir().join("expired.pem");
+    config.tls.client_key = gateway_support::dev_dir().join("expired.key");
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("an expired client certificate is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("tls.client_cert") && error.contains("renew it"),
+        "{error}"
+    );
+    assert!(!data.exists(), "nothing is made in the data folder");
+}
+
+/// A start that fails says why in the JSON log like everything else (then once more in plain
+/// text), so that a log pipeline does not lose the most important line.
+#[actix_web::test]
+async fn a_failed_start_is_logged_as_json() {
+    let setup = ServedSetup::new(&RegistryChanges::new());
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let crl = gateway_support::dev_dir()
+        .join("crl.pem")
+        .display()
+        .to_string();
+    assert!(text.contains(&crl), "{text}");
+    std::fs::write(
+        &setup.config,
+        text.replace(&crl, "/nonexistent/partners.crl"),
+    )
+    .unwrap();
+    let mut gateway = ServedGateway::spawn(
+        &setup.config,
+        setup.data.with_file_name("failed.log"),
+        "info",
+    );
+    let status = gateway.exited(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1));
+    let logged = gateway.stderr();
+    let line = logged
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "the gateway stopped on an error")
+        .unwrap_or_else(|| panic!("no JSON line says why:\n{logged}"));
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let error = line["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("tls.crls") && error.contains("partners.crl"),
+        "{line}"
+    );
+    assert!(
+        logged
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("error: ")),
+        "{logged}"
+    );
+}
+
 /// An audit log restored from an older copy than the store is refused at start: its next
 /// entries would take the indices of receipts already handed out (the store answers duplicates
-/// and `GET /v1/receipts` with them), along another history. The log and the store of one
-/// backup start.
+/// and `GET /v1/receipts` with them), along another history. So is a log whose signing key was
+/// lost. The log and the store of one backup start.
 #[actix_web::test]
 async fn a_log_older_than_the_store_is_refused_at_start() {
     let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
@@ -3361,6 +3444,18 @@ async fn a_log_older_than_the_store_is_refused_at_start() {
     };
     let error = format!("{error:#}");
     assert!(error.contains("older than the store"), "{error}");
+
+    // A lost signing key is not replaced by a new one beside a log signed with it: the start
+    // says to restore it, and leaves nothing where it must go.
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&backup, &data);
+    std::fs::remove_file(data.join("audit-signing.key")).unwrap();
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("a log without its signing key is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(error.contains("restore the key"), "{error}");
+    assert!(!data.join("audit-signing.key").exists());
 
     // The store and the log of the same backup start, and serve the first receipt.
     std::fs::remove_dir_all(&data).unwrap();

@@ -373,7 +373,11 @@ async fn a_stale_crl_refuses_every_client() {
     // Current for three more seconds.
     let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
     std::fs::write(&crl, dev_crl_until(soon)).unwrap();
-    let server = tls::server_config(&server_files).unwrap();
+    let (server, verifier) = tls::server_config_with_verifier(&server_files, None).unwrap();
+    assert_eq!(
+        verifier.next_update(),
+        Some(u64::try_from(soon.unix_timestamp()).unwrap())
+    );
     handshake(server.clone(), dev_client("iom.ma"))
         .await
         .accepted();
@@ -389,6 +393,27 @@ async fn a_stale_crl_refuses_every_client() {
         ),
         "{error:?}"
     );
+}
+
+/// A CA bundle holding a certificate that is no CA is refused when the configuration is built,
+/// and the gateway's own certificate out of date before, rather than making every handshake
+/// fail.
+#[test]
+fn a_leaf_in_the_ca_bundle_and_an_expired_server_certificate_are_refused() {
+    let mut files = dev::files(&dev_dir(), dev::SERVER);
+    files.ca = dev_dir().join("server.pem");
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(matches!(error, TlsError::NotCa { index: 1, .. }), "{error}");
+
+    // The gateway checks its own certificates before it builds its configurations (a test
+    // endpoint may present an expired one on purpose).
+    let error = tls::check_own_certificate(&dev_dir().join("expired.pem")).unwrap_err();
+    assert!(
+        matches!(error, TlsError::OwnCertificateOutOfDate { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("expired.pem"), "{error}");
+    tls::check_own_certificate(&dev_dir().join("server.pem")).unwrap();
 }
 
 /// Every CA of the bundle must have a CRL: without one, every certificate it issued would be

@@ -130,9 +130,22 @@ where
 }
 
 impl ServeArgs {
-    /// Runs the command.
+    /// Runs the command. An error that stops the gateway (at start, or at a stop that could
+    /// not close everything cleanly) is logged as a JSON line like the rest, before the command
+    /// line prints it.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         init_logging();
+        let served = self.serve();
+        if let Err(error) = &served {
+            tracing::error!(
+                error = %passerelle::error_text::each_cause_once(error.chain().map(ToString::to_string)),
+                "the gateway stopped on an error"
+            );
+        }
+        served
+    }
+
+    fn serve(self) -> anyhow::Result<ExitCode> {
         let mut config = match &self.config {
             Some(path) => Config::load(path)?,
             None => Config::default(),

@@ -2577,7 +2577,11 @@ mod tests {
         assert!(!failures.recovered(), "nothing had failed");
         assert_eq!(failures.failed(), Some(0), "the first failure is said");
         for _ in 0..5 {
-            assert_eq!(failures.failed(), None, "the next ones within a minute are not");
+            assert_eq!(
+                failures.failed(),
+                None,
+                "the next ones within a minute are not"
+            );
         }
         // A minute on, the next one is said, with those that were not.
         failures.last_logged = Some(Instant::now() - FAILURE_LOG_EVERY);

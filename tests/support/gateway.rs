@@ -242,6 +242,23 @@ impl ServedGateway {
         }
     }
 
+    /// Waits up to `within` for it to exit by itself; returns how it exited, and panics if it
+    /// does not.
+    pub fn exited(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the gateway") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What it has written to standard error so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
