@@ -61,7 +61,7 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
                 anyhow::bail!(
                     "the audit log's signing key {} is missing, and the log at {} is signed \
                      with it ({} exists): restore the key from its backup (a new key cannot \
-                     extend that log), or start a new log in another folder",
+                     extend that log), or start a new log (a new paths.data, with a new store)",
                     path.display(),
                     layout.root.display(),
                     signed.display()
@@ -447,20 +447,18 @@ async fn refresh_crls(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Whether the CRLs in use were found past their nextUpdate (said once, until new ones come).
-    let mut said_stale = false;
+    // The stale CRLs in use already said in the log (each once, until it changes).
+    let mut said_stale: Vec<String> = Vec::new();
     loop {
-        let next_update = verifier.next_update();
-        metrics
-            .crl_next_update
-            .set(next_update.map_or(0, |secs| i64::try_from(secs).unwrap_or(i64::MAX)));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let stale = next_update.is_some_and(|secs| secs <= now);
-        if stale && !said_stale {
+        metrics.crl_next_update.set(
+            verifier
+                .next_update()
+                .map_or(0, |secs| i64::try_from(secs).unwrap_or(i64::MAX)),
+        );
+        let stale = verifier.stale_crls();
+        for crl in stale.iter().filter(|crl| !said_stale.contains(crl)) {
             tracing::error!(
-                next_update = next_update.unwrap_or_default(),
+                crl = %crl,
                 "a CRL in use is past its nextUpdate: every client certificate of its CA is \
                  refused until a current CRL replaces it"
             );

@@ -12,10 +12,10 @@
 //! - **Revocation.** Every certificate in the chain, apart from the trust anchor itself, is
 //!   checked. A certificate whose status no configured CRL can tell is refused, and so is one
 //!   checked against a CRL whose `nextUpdate` has passed: a missing or stale CRL shows up as a
-//!   refused handshake, never as a silent bypass. A server configuration therefore needs a
-//!   current CRL of every CA of its bundle, and refuses to be built without (see
-//!   [`server_config`]): a CRL missing or stale from the start would refuse every certificate of
-//!   its CA. The server's CRLs can be read again while it runs ([`ClientVerifier`]).
+//!   refused handshake, never as a silent bypass. A server configuration therefore needs a CRL
+//!   of every CA of its bundle, and refuses to be built without (see [`server_config`]): a CA
+//!   without one would have every certificate it issued refused. The server's CRLs can be read
+//!   again while it runs ([`ClientVerifier`]), and say which of them are stale.
 //! - **Identity.** [`peer_identity`] reads the URI subject alternative names and the SHA-256
 //!   fingerprint of the verified end-entity certificate. The subject's common name is never read.
 //!
@@ -158,7 +158,8 @@ pub enum TlsError {
         /// Whose CRL it is, and why it was refused.
         reason: String,
     },
-    /// A CRL is past its `nextUpdate`: taken, it would refuse every certificate of its CA.
+    /// A CRL is past its `nextUpdate`: it refuses every certificate of its CA. A reload that
+    /// would replace a current CRL by such a one is refused.
     #[error(
         "the CRL file {} cannot be used: the CRL of {issuer} was to be replaced by {next_update}; \
          fetch the CA's current CRL",
@@ -185,8 +186,9 @@ pub enum TlsError {
         /// The CA's subject.
         ca_name: String,
     },
-    /// A certificate of the CA bundle is no CA (its basic constraints do not say `cA`): taken
-    /// as a trust anchor, it would let whoever holds its key vouch for clients.
+    /// A certificate of the CA bundle is no CA (a version 3 certificate whose basic
+    /// constraints do not say `cA`): taken as a trust anchor, it would let whoever holds its key
+    /// vouch for clients.
     #[error(
         "certificate #{index} of the CA bundle {} ({subject}) is not a CA certificate",
         path.display()
@@ -369,8 +371,35 @@ pub struct ClientVerifier {
     generation: AtomicU64,
     /// When they were last read again, in ms since the epoch (0: never since start).
     reloaded_at_ms: AtomicU64,
-    /// The earliest `nextUpdate` of the CRLs in use, in seconds since the epoch (0: none).
-    next_update_secs: AtomicU64,
+    /// The CRLs in use: each one's issuer, file and `nextUpdate`.
+    in_use: RwLock<Vec<CrlInUse>>,
+    /// The last failed reload reported, so that the same failure is reported once while the
+    /// files are tried again at each call.
+    last_failure: Mutex<Option<String>>,
+}
+
+/// One CRL of the set in use: whose it is, where it was read, and until when it is current.
+#[derive(Debug, Clone)]
+struct CrlInUse {
+    /// The issuer's name (DER).
+    issuer: Vec<u8>,
+    /// The issuer's name, for people.
+    issuer_name: String,
+    /// The file it was read from.
+    path: PathBuf,
+    /// Its `nextUpdate`, in seconds since the epoch; `None` when it has none.
+    next_update: Option<u64>,
+}
+
+impl CrlInUse {
+    fn stale_at(&self, now: u64) -> bool {
+        self.next_update.is_some_and(|next| next <= now)
+    }
+}
+
+/// Now, in seconds since the epoch.
+fn epoch_secs() -> u64 {
+    UnixTime::now().as_secs()
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -412,7 +441,15 @@ impl ClientVerifier {
             let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
                 continue;
             };
-            if !parsed.is_ca() {
+            // A certificate whose basic constraints say it is no CA, or a version 3 one without
+            // them (RFC 5280 asks them of every CA certificate); a version 1 root, which has no
+            // extensions, is taken, as the verifier takes it.
+            let not_a_ca = match parsed.basic_constraints() {
+                Ok(Some(constraints)) => !constraints.value.ca,
+                Ok(None) => parsed.version() == x509_parser::x509::X509Version::V3,
+                Err(_) => false,
+            };
+            if not_a_ca {
                 return Err(TlsError::NotCa {
                     path: files.ca.clone(),
                     index: index + 1,
@@ -422,7 +459,7 @@ impl ClientVerifier {
         }
         let roots = Arc::new(roots);
         let read_at = modified(&files.crls);
-        let (verifier, next_update) =
+        let (verifier, in_use) =
             build_client_verifier(&files.ca, &files.crls, &roots, &ca_certs, &provider)?;
         Ok(ClientVerifier {
             ca: files.ca.clone(),
@@ -436,7 +473,8 @@ impl ClientVerifier {
             observer,
             generation: AtomicU64::new(0),
             reloaded_at_ms: AtomicU64::new(0),
-            next_update_secs: AtomicU64::new(next_update.unwrap_or(0)),
+            in_use: RwLock::new(in_use),
+            last_failure: Mutex::new(None),
         })
     }
 
@@ -448,10 +486,14 @@ impl ClientVerifier {
     }
 
     /// Reads the CRL files again if any changed since they were last read, and uses them for
-    /// the handshakes that start from then on. Returns whether it did. On an error (a CRL that
-    /// cannot be read or parsed, is not signed by a CA of the bundle or is past its
-    /// `nextUpdate`, or a CA of the bundle left without a CRL) the CRLs in use stay, and the
-    /// files are tried again once they change again: each change is reported once.
+    /// the handshakes that start from then on. Returns whether it did.
+    ///
+    /// A change is refused, and the CRLs in use stay, when a CRL cannot be read or parsed, is
+    /// in the name of a CA of the bundle without its signature, leaves a CA of the bundle
+    /// without a CRL, or would replace a CA's current CRL by one past its `nextUpdate` (which
+    /// would refuse every certificate of that CA). A CRL that was stale already may stay
+    /// stale: the other CAs' new CRLs are taken all the same. A refused change is tried again
+    /// at each call, and reported once (`Ok(false)` while it fails the same way).
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = modified(&self.crls);
         let mut read_at = self.read_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -464,21 +506,47 @@ impl ClientVerifier {
             &self.roots,
             &self.ca_certs,
             &self.provider,
-        );
-        let (verifier, next_update) = match built {
+        )
+        .and_then(|(verifier, in_use)| {
+            self.refuse_newly_stale(&in_use)?;
+            Ok((verifier, in_use))
+        });
+        let mut last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        let (verifier, in_use) = match built {
             Ok(built) => built,
             Err(error) => {
-                *read_at = now;
+                let said = error.to_string();
+                if last_failure.as_deref() == Some(said.as_str()) {
+                    return Ok(false);
+                }
+                *last_failure = Some(said);
                 return Err(error);
             }
         };
+        *last_failure = None;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
-        self.next_update_secs
-            .store(next_update.unwrap_or(0), Ordering::Release);
+        *self.in_use.write().unwrap_or_else(|p| p.into_inner()) = in_use;
         self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::Release);
         *read_at = now;
         Ok(true)
+    }
+
+    /// Refuses a new set of CRLs in which a CA whose CRL in use is current has only stale
+    /// ones.
+    fn refuse_newly_stale(&self, new: &[CrlInUse]) -> Result<(), TlsError> {
+        let now = epoch_secs();
+        let in_use = self.in_use.read().unwrap_or_else(|p| p.into_inner());
+        let current = |set: &[CrlInUse], issuer: &[u8]| {
+            set.iter()
+                .any(|crl| crl.issuer == issuer && !crl.stale_at(now))
+        };
+        for crl in new.iter().filter(|crl| crl.stale_at(now)) {
+            if current(&in_use, &crl.issuer) && !current(new, &crl.issuer) {
+                return Err(crl_expired(crl));
+            }
+        }
+        Ok(())
     }
 
     /// Whether the CRLs were read again less than `span` ago: a connection whose handshake
@@ -511,7 +579,25 @@ impl ClientVerifier {
     /// The earliest `nextUpdate` of the CRLs in use, in seconds since the epoch; `None` when
     /// none of them has one. Past it, every certificate of that CRL's CA is refused.
     pub fn next_update(&self) -> Option<u64> {
-        Some(self.next_update_secs.load(Ordering::Acquire)).filter(|&secs| secs != 0)
+        self.in_use
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|crl| crl.next_update)
+            .min()
+    }
+
+    /// The CRLs in use that are past their `nextUpdate`, each said with its file and its CA:
+    /// every certificate of that CA is refused until a current CRL replaces it.
+    pub fn stale_crls(&self) -> Vec<String> {
+        let now = epoch_secs();
+        self.in_use
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|crl| crl.stale_at(now))
+            .map(|crl| crl_expired(crl).to_string())
+            .collect()
     }
 
     /// The CRL files it reads.
@@ -527,22 +613,15 @@ impl ClientVerifier {
     }
 }
 
-/// The verifier of the CA bundle and the CRL files, and the earliest `nextUpdate` of the CRLs
-/// (seconds since the epoch; `None` when none has one).
+/// The verifier of the CA bundle and the CRL files, and the CRLs it uses.
 fn build_client_verifier(
     ca: &Path,
     crl_files: &[PathBuf],
     roots: &Arc<RootCertStore>,
     ca_certs: &[CertificateDer<'_>],
     provider: &Arc<CryptoProvider>,
-) -> Result<(Arc<dyn ClientCertVerifier>, Option<u64>), TlsError> {
-    let crls = load_checked_crls(ca, ca_certs, crl_files, roots, provider)?;
-    let next_update = crls
-        .iter()
-        .filter_map(|crl| x509_parser::parse_x509_crl(crl.as_ref()).ok())
-        .filter_map(|(_, crl)| crl.next_update())
-        .map(|time| u64::try_from(time.timestamp()).unwrap_or(0))
-        .min();
+) -> Result<(Arc<dyn ClientCertVerifier>, Vec<CrlInUse>), TlsError> {
+    let (crls, in_use) = load_checked_crls(ca, ca_certs, crl_files, roots, provider)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -551,7 +630,24 @@ fn build_client_verifier(
             ca: ca.to_path_buf(),
             source,
         })?;
-    Ok((verifier, next_update))
+    Ok((verifier, in_use))
+}
+
+/// The error that says a CRL is past its `nextUpdate`.
+fn crl_expired(crl: &CrlInUse) -> TlsError {
+    let next_update = crl.next_update.unwrap_or_default();
+    TlsError::CrlExpired {
+        path: crl.path.clone(),
+        issuer: crl.issuer_name.clone(),
+        next_update: i64::try_from(next_update)
+            .ok()
+            .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+            .and_then(|time| {
+                time.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| next_update.to_string()),
+    }
 }
 
 impl ClientCertVerifier for ClientVerifier {
@@ -698,7 +794,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crypto_provider();
     let (ca_certs, roots) = load_ca_bundle(&files.ca)?;
     let roots = Arc::new(roots);
-    let crls = load_checked_crls(&files.ca, &ca_certs, &files.crls, &roots, &provider)?;
+    let (crls, _) = load_checked_crls(&files.ca, &ca_certs, &files.crls, &roots, &provider)?;
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -881,23 +977,23 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 }
 
 /// Loads every CRL file, checks that each CRL in the name of a CA of the bundle (`cas`) is
-/// signed by it and still current (before its `nextUpdate`), checks each file on its own with a
-/// throwaway verifier, so that a bad CRL is reported with its file name, and checks that every
-/// CA of the bundle (`ca`) has a CRL. Any of these taken wrong would refuse every certificate
-/// of a CA: refused here instead, at start, or while the CRLs in use stay.
+/// signed by it, checks each file on its own with a throwaway verifier, so that a bad CRL is
+/// reported with its file name, and checks that every CA of the bundle (`ca`) has a CRL. Any of
+/// these taken wrong would refuse every certificate of a CA: refused here instead, at start, or
+/// while the CRLs in use stay. Returns the CRLs, and what each is (see [`CrlInUse`]).
 fn load_checked_crls(
     ca: &Path,
     cas: &[CertificateDer<'_>],
     paths: &[PathBuf],
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
-) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<CrlInUse>), TlsError> {
     if paths.is_empty() {
         // No revocation checking at all (see `client_config`).
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut all = Vec::new();
-    let mut issuers = Vec::new();
+    let mut in_use = Vec::new();
     for path in paths {
         let crls = load_crls(path)?;
         for crl in &crls {
@@ -907,18 +1003,14 @@ fn load_checked_crls(
             })?;
             // Read again here: `signed_by_its_ca` has refused a CRL it cannot read.
             if let Ok((_, parsed)) = x509_parser::parse_x509_crl(crl.as_ref()) {
-                if let Some(next_update) = parsed.next_update()
-                    && next_update.timestamp() <= UnixTime::now().as_secs() as i64
-                {
-                    return Err(TlsError::CrlExpired {
-                        path: path.clone(),
-                        issuer: parsed.issuer().to_string(),
-                        next_update: next_update
-                            .to_rfc2822()
-                            .unwrap_or_else(|_| next_update.timestamp().to_string()),
-                    });
-                }
-                issuers.push(parsed.issuer().as_raw().to_vec());
+                in_use.push(CrlInUse {
+                    issuer: parsed.issuer().as_raw().to_vec(),
+                    issuer_name: parsed.issuer().to_string(),
+                    path: path.clone(),
+                    next_update: parsed
+                        .next_update()
+                        .map(|time| u64::try_from(time.timestamp()).unwrap_or(0)),
+                });
             }
         }
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -934,9 +1026,9 @@ fn load_checked_crls(
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
             continue;
         };
-        if !issuers
+        if !in_use
             .iter()
-            .any(|issuer| issuer == cert.subject().as_raw())
+            .any(|crl| crl.issuer == cert.subject().as_raw())
         {
             return Err(TlsError::CaWithoutCrl {
                 ca: ca.to_path_buf(),
@@ -944,7 +1036,7 @@ fn load_checked_crls(
             });
         }
     }
-    Ok(all)
+    Ok((all, in_use))
 }
 
 /// Checks that a CRL in the name of a CA of the bundle is signed by it. rustls's verifier

@@ -356,9 +356,9 @@ fn dev_crl_until(next_update: time::OffsetDateTime) -> Vec<u8> {
     .to_vec()
 }
 
-/// A CRL past its `nextUpdate` would refuse every certificate of its CA: it is refused at
-/// start, and one that goes stale while the server runs refuses every client (a CA that stops
-/// publishing CRLs leaves no certificate's status known).
+/// A CRL past its `nextUpdate` refuses every certificate of its CA (a CA that stops publishing
+/// CRLs leaves no certificate's status known), whether it was stale at start or went stale
+/// while the server ran; the verifier says which CRL is stale, with its file and its CA.
 #[tokio::test]
 async fn a_stale_crl_refuses_every_client() {
     let dir = tempfile::tempdir().unwrap();
@@ -366,9 +366,24 @@ async fn a_stale_crl_refuses_every_client() {
     std::fs::write(&crl, dev_crl_until(date_time_ymd(2021, 2, 1))).unwrap();
     let mut server_files = dev::files(&dev_dir(), dev::SERVER);
     server_files.crls = vec![crl.clone()];
-    let error = tls::server_config(&server_files).unwrap_err();
-    assert!(matches!(error, TlsError::CrlExpired { .. }), "{error}");
-    assert!(error.to_string().contains("stale.crl"), "{error}");
+    let (server, verifier) = tls::server_config_with_verifier(&server_files, None).unwrap();
+    let stale = verifier.stale_crls();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert!(
+        stale[0].contains("stale.crl") && stale[0].contains("Passerelle development CA"),
+        "{stale:?}"
+    );
+    let error = handshake(server, dev_client("iom.ma")).await.refused();
+    assert!(
+        matches!(
+            error,
+            Error::InvalidCertificate(
+                CertificateError::ExpiredRevocationList
+                    | CertificateError::ExpiredRevocationListContext { .. }
+            )
+        ),
+        "{error:?}"
+    );
 
     // Current for three more seconds.
     let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
@@ -378,6 +393,7 @@ async fn a_stale_crl_refuses_every_client() {
         verifier.next_update(),
         Some(u64::try_from(soon.unix_timestamp()).unwrap())
     );
+    assert!(verifier.stale_crls().is_empty());
     handshake(server.clone(), dev_client("iom.ma"))
         .await
         .accepted();
@@ -414,6 +430,43 @@ fn a_leaf_in_the_ca_bundle_and_an_expired_server_certificate_are_refused() {
     );
     assert!(error.to_string().contains("expired.pem"), "{error}");
     tls::check_own_certificate(&dev_dir().join("server.pem")).unwrap();
+}
+
+/// One CA's CRL that is stale already does not stop the other CAs' new CRLs from being taken:
+/// a revocation by another CA applies at the next reload.
+#[tokio::test]
+async fn a_stale_crl_of_one_ca_does_not_hold_back_another_cas_new_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = OtherCa::new("Another partner CA");
+    let bundle = dir.path().join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
+    let others = dir.path().join("other.crl");
+    let stale = CertificateRevocationListParams {
+        this_update: date_time_ymd(2021, 1, 1),
+        next_update: date_time_ymd(2021, 2, 1),
+        crl_number: SerialNumber::from_slice(&[3]),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&other.issuer)
+    .unwrap();
+    std::fs::write(&others, stale.der()).unwrap();
+    let ours = dir.path().join("dev.crl");
+    std::fs::write(&ours, dev_crl(20, &[dev::REVOKED])).unwrap();
+    let mut files = dev::files(&dev_dir(), dev::SERVER);
+    files.ca = bundle;
+    files.crls = vec![ours.clone(), others];
+    let (server, verifier) = tls::server_config_with_verifier(&files, None).unwrap();
+    assert_eq!(verifier.stale_crls().len(), 1);
+    handshake(server.clone(), dev_client("iom.ma"))
+        .await
+        .accepted();
+
+    std::fs::write(&ours, dev_crl(21, &[dev::REVOKED, "iom.ma"])).unwrap();
+    assert!(verifier.reload_if_changed().unwrap());
+    only_iom_ma_is_revoked(&server).await;
 }
 
 /// Every CA of the bundle must have a CRL: without one, every certificate it issued would be

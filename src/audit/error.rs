@@ -87,6 +87,14 @@ pub enum AuditError {
     /// A checkpoint was rejected.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A checkpoint file was rejected (signed by another key, of another origin, malformed).
+    #[error("{}: {source}", path.display())]
+    CheckpointFile {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Why it was rejected.
+        source: CheckpointError,
+    },
     /// A proof could not be built or did not verify.
     #[error(transparent)]
     Proof(#[from] ProofError),

@@ -870,6 +870,32 @@ impl AuditLog {
         Ok(indices.into_iter().collect())
     }
 
+    /// How many entries are indexed under a query's tag (see [`AuditLog::lookup`]), without
+    /// copying them.
+    pub fn lookup_count(&self, query: &Query) -> usize {
+        let tag = query.tag(&self.shared.index_key);
+        self.shared
+            .index
+            .read()
+            .map(|index| index.get(&tag).map_or(0, Vec::len))
+            .unwrap_or(0)
+    }
+
+    /// At most `take` of the entries indexed under a query's tag, in order, past the index
+    /// `after` (from the first without it): a page of a long list, copied alone.
+    pub fn lookup_page(&self, query: &Query, after: Option<u64>, take: usize) -> Vec<u64> {
+        let tag = query.tag(&self.shared.index_key);
+        let Ok(index) = self.shared.index.read() else {
+            return Vec::new();
+        };
+        let Some(entries) = index.get(&tag) else {
+            return Vec::new();
+        };
+        // The entries of a tag are indexed in the log's order.
+        let start = after.map_or(0, |after| entries.partition_point(|&i| i <= after));
+        entries[start..].iter().copied().take(take).collect()
+    }
+
     /// The entries indexed under a search tag.
     fn lookup_tag(&self, tag: &Tag) -> Vec<u64> {
         self.shared
@@ -1000,8 +1026,12 @@ pub fn read_signed_checkpoint(
 ) -> Result<Option<(Checkpoint, String)>> {
     match std::fs::read(path) {
         Ok(data) => {
-            let checkpoint = Checkpoint::open(&data, verifier, Some(origin))
-                .map_err(|e| AuditError::Corrupt(format!("{}: {e}", path.display())))?;
+            let checkpoint = Checkpoint::open(&data, verifier, Some(origin)).map_err(|source| {
+                AuditError::CheckpointFile {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
             Ok(Some((
                 checkpoint,
                 String::from_utf8_lossy(&data).into_owned(),

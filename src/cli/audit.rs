@@ -437,6 +437,7 @@ fn failed_check(error: &AuditError) -> bool {
             | AuditError::OtherIndexKey { .. }
             | AuditError::Proof(_)
             | AuditError::Checkpoint(_)
+            | AuditError::CheckpointFile { .. }
             | AuditError::Note(_)
     )
 }

@@ -891,27 +891,31 @@ async fn get_trail(
     let (signed, checkpoint) = log.latest_checkpoint();
     let too_many = |matched: usize| {
         Problem::bad_request(format!(
-            "this search matches {matched} entries, more than the {MOST_TRAIL_ENTRIES} one {} \
-             holds: read it from a copy of the log with `passerelle audit trail`",
+            "this search matches {matched} entries, more than the {MOST_TRAIL_ENTRIES} {}: read \
+             it from a copy of the log with `passerelle audit trail`",
             if bundle {
-                "bundle"
+                "one bundle holds"
             } else {
-                "search by anything but the case"
+                "a search by anything but the case may match"
             }
         ))
     };
     // Refused before the messages it names are read, when it matches too many already.
-    let named = log.lookup(&q).len();
+    let named = log.lookup_count(&q);
     if whole_trail_at_once && named > MOST_TRAIL_ENTRIES {
         return Err(too_many(named));
     }
-    let matched = {
+    let matched = if whole_trail_at_once {
         let log = log.clone();
         let size = checkpoint.size;
         web::block(move || log.trail_indices(&q, size))
             .await
             .map_err(|e| Problem::unavailable(e.to_string()))?
             .map_err(|e| Problem::unavailable(e.to_string()))?
+    } else {
+        // A case's trail is its indexed entries: only the page's are copied (and one more, to
+        // tell whether another page follows), however long the trail.
+        log.lookup_page(&q, query.after, limit + 1)
     };
     if whole_trail_at_once && matched.len() > MOST_TRAIL_ENTRIES {
         return Err(too_many(matched.len()));

@@ -1838,7 +1838,8 @@ impl Writer {
         }
     }
 
-    /// Says in the log that the store writes again, if it had failed.
+    /// Says in the log that the store writes again, if it had failed: called once every write
+    /// it failed is made.
     fn report_success(&self) {
         if self.failures().recovered() {
             tracing::warn!("the store commits and syncs again");
@@ -1865,6 +1866,9 @@ impl Writer {
                 carried = still;
                 carried_since = std::time::Instant::now();
                 self.failing.store(!carried.is_empty(), Ordering::Relaxed);
+                if carried.is_empty() {
+                    self.report_success();
+                }
             }
             let wait = if carried.is_empty() {
                 IDLE_SYNC
@@ -1878,7 +1882,9 @@ impl Writer {
                         match sync_empty(db) {
                             Ok(()) => {
                                 unsynced = false;
-                                self.report_success();
+                                if carried.is_empty() {
+                                    self.report_success();
+                                }
                             }
                             Err(e) => {
                                 self.failing.store(true, Ordering::Relaxed);
@@ -1901,6 +1907,11 @@ impl Writer {
             let failed = match self.commit(db, group, sync) {
                 Ok(()) => {
                     unsynced = !sync;
+                    // Recovered only once the confirmations carried from a failed group are
+                    // written too.
+                    if carried.is_empty() {
+                        self.report_success();
+                    }
                     false
                 }
                 Err(again) => {
@@ -1984,7 +1995,6 @@ impl Writer {
                 if releases_push {
                     self.released.notify_waiters();
                 }
-                self.report_success();
                 Ok(())
             }
             Err((error, replies)) => {
@@ -3089,6 +3099,59 @@ mod tests {
         assert!(dead.holds_body());
         assert_eq!(body(gone), b"{}");
         store.redeliverable(gone).unwrap();
+    }
+
+    /// The highest log index the confirmed records name is kept as a mark by the commits that
+    /// confirm; a store written before the mark was kept is read through once, and the mark set.
+    #[tokio::test]
+    async fn the_highest_log_index_of_the_confirmed_records_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.highest_log_index().unwrap(), None);
+        for (event_id, log_index) in [("a", 7), ("b", 41), ("c", 12)] {
+            let mut record = record(event_id);
+            let Recorded::New(made) = store
+                .record_accepted(&mut record, Vec::new())
+                .await
+                .unwrap()
+            else {
+                panic!("{event_id} was taken for a duplicate");
+            };
+            let entry = LogEntry {
+                log_index,
+                leaf_hash: String::new(),
+                receipt: String::new(),
+            };
+            store.confirm_later(&record, entry, &made).unwrap();
+        }
+        until_confirmations_committed(&store).await;
+        assert_eq!(store.highest_log_index().unwrap(), Some(41));
+        // An unconfirmed record names no entry yet.
+        let mut unconfirmed = record("d");
+        unconfirmed.log_index = 99;
+        store
+            .record_accepted(&mut unconfirmed, Vec::new())
+            .await
+            .unwrap();
+        store.close().unwrap();
+        // As an earlier version left it: no mark.
+        {
+            let db = Database::open(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(MARKS)
+                .unwrap()
+                .remove(HIGHEST_LOG_INDEX)
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.highest_log_index().unwrap(), Some(41));
+        assert_eq!(
+            store.mark(HIGHEST_LOG_INDEX).unwrap(),
+            41,
+            "the mark is set again"
+        );
     }
 
     #[tokio::test]
