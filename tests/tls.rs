@@ -356,6 +356,20 @@ fn dev_crl_until(next_update: time::OffsetDateTime) -> Vec<u8> {
     .to_vec()
 }
 
+/// Checks that a handshake was refused for a CRL past its `nextUpdate`.
+fn refused_for_a_stale_crl(error: Error) {
+    assert!(
+        matches!(
+            error,
+            Error::InvalidCertificate(
+                CertificateError::ExpiredRevocationList
+                    | CertificateError::ExpiredRevocationListContext { .. }
+            )
+        ),
+        "{error:?}"
+    );
+}
+
 /// A CRL past its `nextUpdate` refuses every certificate of its CA (a CA that stops publishing
 /// CRLs leaves no certificate's status known), whether it was stale at start or went stale
 /// while the server ran; the verifier says which CRL is stale, with its file and its CA.
@@ -373,17 +387,7 @@ async fn a_stale_crl_refuses_every_client() {
         stale[0].contains("stale.crl") && stale[0].contains("Passerelle development CA"),
         "{stale:?}"
     );
-    let error = handshake(server, dev_client("iom.ma")).await.refused();
-    assert!(
-        matches!(
-            error,
-            Error::InvalidCertificate(
-                CertificateError::ExpiredRevocationList
-                    | CertificateError::ExpiredRevocationListContext { .. }
-            )
-        ),
-        "{error:?}"
-    );
+    refused_for_a_stale_crl(handshake(server, dev_client("iom.ma")).await.refused());
 
     // Current for three more seconds.
     let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
@@ -398,17 +402,7 @@ async fn a_stale_crl_refuses_every_client() {
         .await
         .accepted();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let error = handshake(server, dev_client("iom.ma")).await.refused();
-    assert!(
-        matches!(
-            error,
-            Error::InvalidCertificate(
-                CertificateError::ExpiredRevocationList
-                    | CertificateError::ExpiredRevocationListContext { .. }
-            )
-        ),
-        "{error:?}"
-    );
+    refused_for_a_stale_crl(handshake(server, dev_client("iom.ma")).await.refused());
 }
 
 /// A CA bundle holding a certificate that is no CA is refused when the configuration is built,
