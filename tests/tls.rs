@@ -220,12 +220,45 @@ async fn a_valid_certificate_unknown_to_the_registry_passes_tls_with_its_identit
 struct OtherCa {
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// Issued by the development CA, whose bundle clients are checked against.
+    intermediate: bool,
+}
+
+/// The development CA, to issue certificates and CRLs with.
+fn dev_ca_issuer() -> Issuer<'static, KeyPair> {
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
+    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap()
 }
 
 impl OtherCa {
     /// A CA named `common_name`, in the development CA's organisation.
     fn new(common_name: &str) -> Self {
         let key = KeyPair::generate().unwrap();
+        let params = Self::params(common_name);
+        let cert_pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+            intermediate: false,
+        }
+    }
+
+    /// An intermediate CA named `common_name`, issued by the development CA: the chains of the
+    /// certificates it issues go through it to the development CA.
+    fn intermediate(common_name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let params = Self::params(common_name);
+        let cert_pem = params.signed_by(&key, &dev_ca_issuer()).unwrap().pem();
+        Self {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+            intermediate: true,
+        }
+    }
+
+    fn params(common_name: &str) -> CertificateParams {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
@@ -238,15 +271,11 @@ impl OtherCa {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = date_time_ymd(2020, 1, 1);
         params.not_after = date_time_ymd(2100, 1, 1);
-        let cert_pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            cert_pem,
-            issuer: Issuer::new(params, key),
-        }
+        params
     }
 
-    /// Issues a client certificate for `uri` and writes it, its key and the dev CA bundle (to
-    /// trust the gateway) into `dir`.
+    /// Issues a client certificate for `uri` and writes it (followed by this CA's certificate,
+    /// for an intermediate), its key and the dev CA bundle (to trust the gateway) into `dir`.
     fn client_files(&self, dir: &Path, uri: &str) -> TlsFiles {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
@@ -255,7 +284,12 @@ impl OtherCa {
         params.not_before = date_time_ymd(2020, 1, 1);
         params.not_after = date_time_ymd(2100, 1, 1);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        std::fs::write(dir.join("other.pem"), cert.pem()).unwrap();
+        let chain = if self.intermediate {
+            format!("{}{}", cert.pem(), self.cert_pem)
+        } else {
+            cert.pem()
+        };
+        std::fs::write(dir.join("other.pem"), chain).unwrap();
         std::fs::write(dir.join("other.key"), key.serialize_pem()).unwrap();
         TlsFiles::new(
             dev_dir().join("ca.pem"),
@@ -290,41 +324,9 @@ async fn a_certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn a_certificate_whose_revocation_status_is_unknown_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let ca_key =
-        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
-    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
-    let dev_ca = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
-    let intermediate_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Partner Issuing CA 1");
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.not_before = date_time_ymd(2020, 1, 1);
-    params.not_after = date_time_ymd(2100, 1, 1);
-    let intermediate_pem = params.signed_by(&intermediate_key, &dev_ca).unwrap().pem();
-    let intermediate = Issuer::new(params, intermediate_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI("urn:partner:iom.ma".try_into().unwrap())];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_before = date_time_ymd(2020, 1, 1);
-    params.not_after = date_time_ymd(2100, 1, 1);
-    let leaf = params.signed_by(&key, &intermediate).unwrap();
-    std::fs::write(
-        dir.path().join("chain.pem"),
-        format!("{}{intermediate_pem}", leaf.pem()),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("leaf.key"), key.serialize_pem()).unwrap();
-    let client = tls::client_config(&TlsFiles::new(
-        dev_dir().join("ca.pem"),
-        dir.path().join("chain.pem"),
-        dir.path().join("leaf.key"),
-    ))
-    .unwrap();
+    let intermediate = OtherCa::intermediate("Partner Issuing CA 1");
+    let client =
+        tls::client_config(&intermediate.client_files(dir.path(), "urn:partner:iom.ma")).unwrap();
     let error = handshake(dev_server(), client).await.refused();
     assert!(
         matches!(
@@ -338,10 +340,6 @@ async fn a_certificate_whose_revocation_status_is_unknown_is_refused() {
 /// The dev CA's CRL, revoking nothing, current until `next_update`, in DER as CAs often
 /// publish them.
 fn dev_crl_until(next_update: time::OffsetDateTime) -> Vec<u8> {
-    let ca_key =
-        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
-    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
     CertificateRevocationListParams {
         this_update: date_time_ymd(2021, 1, 1),
         next_update,
@@ -350,7 +348,7 @@ fn dev_crl_until(next_update: time::OffsetDateTime) -> Vec<u8> {
         revoked_certs: Vec::new(),
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     }
-    .signed_by(&issuer)
+    .signed_by(&dev_ca_issuer())
     .unwrap()
     .der()
     .to_vec()
