@@ -101,9 +101,11 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     }
 }
 
-/// Builds the TLS configurations once before anything is created in the data folder, so that
-/// a mistake in the TLS files stops the start at once, naming the settings as well as the file.
-fn check_tls_settings(config: &Config) -> anyhow::Result<()> {
+/// Builds the TLS configurations before anything is created in the data folder, so that a
+/// mistake in the TLS files stops the start at once, naming the settings as well as the file.
+/// Returns the webhook calls' client configuration; the server's is built again by the server,
+/// with its observer of refused certificates.
+fn check_tls_settings(config: &Config) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     crate::tls::check_own_certificate(&config.tls.cert)
         .and_then(|()| crate::tls::server_config(&config.tls.server_files()))
         .context("the HTTPS listener's TLS files (tls.ca, tls.cert, tls.key, tls.crls)")?;
@@ -112,8 +114,7 @@ fn check_tls_settings(config: &Config) -> anyhow::Result<()> {
         .context(
             "the TLS files of the gateway's webhook calls (tls.ca, tls.client_cert, \
              tls.client_key)",
-        )?;
-    Ok(())
+        )
 }
 
 /// Refuses to run with an audit log that does not hold every entry the store's records name:
@@ -231,7 +232,7 @@ impl RunningGateway {
         config.validate()?;
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
-        check_tls_settings(config)?;
+        let client_tls = check_tls_settings(config)?;
         private_folder(&config.paths.data)?;
         let signer = signing_key(config)?;
         let options = Options {
@@ -300,7 +301,6 @@ impl RunningGateway {
         let (stop_workers, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();
 
-        let client_tls = crate::tls::client_config(&config.tls.client_files())?;
         let webhook = WebhookWorker::new(
             gateway.clone(),
             &client_tls,
