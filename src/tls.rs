@@ -397,11 +397,6 @@ impl CrlInUse {
     }
 }
 
-/// Now, in seconds since the epoch.
-fn epoch_secs() -> u64 {
-    UnixTime::now().as_secs()
-}
-
 impl std::fmt::Debug for ClientVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientVerifier")
@@ -535,7 +530,7 @@ impl ClientVerifier {
     /// Refuses a new set of CRLs in which a CA whose CRL in use is current has only stale
     /// ones.
     fn refuse_newly_stale(&self, new: &[CrlInUse]) -> Result<(), TlsError> {
-        let now = epoch_secs();
+        let now = UnixTime::now().as_secs();
         let in_use = self.in_use.read().unwrap_or_else(|p| p.into_inner());
         let current = |set: &[CrlInUse], issuer: &[u8]| {
             set.iter()
@@ -590,7 +585,7 @@ impl ClientVerifier {
     /// The CRLs in use that are past their `nextUpdate`, each said with its file and its CA:
     /// every certificate of that CA is refused until a current CRL replaces it.
     pub fn stale_crls(&self) -> Vec<String> {
-        let now = epoch_secs();
+        let now = UnixTime::now().as_secs();
         self.in_use
             .read()
             .unwrap_or_else(|p| p.into_inner())
