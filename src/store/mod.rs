@@ -1375,17 +1375,8 @@ impl Store {
     /// commit that confirms messages; a store written before the mark was kept is read
     /// through once, and the mark set.
     pub fn highest_log_index(&self) -> Result<Option<u64>> {
-        {
-            let r = self.db.begin_read().map_err(db_error)?;
-            match r.open_table(MARKS) {
-                Ok(marks) => {
-                    if let Some(index) = marks.get(HIGHEST_LOG_INDEX).map_err(db_error)? {
-                        return Ok(Some(index.value()));
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(error) => return Err(db_error(error)),
-            }
+        if let Some(index) = self.mark_if_set(HIGHEST_LOG_INDEX)? {
+            return Ok(Some(index));
         }
         let r = self.db.begin_read().map_err(db_error)?;
         let mut highest = None;
@@ -1401,14 +1392,20 @@ impl Store {
         Ok(highest)
     }
 
+    /// A mark's value; 0 if it was never set.
     fn mark(&self, name: &str) -> Result<u64> {
+        Ok(self.mark_if_set(name)?.unwrap_or(0))
+    }
+
+    /// A mark's value, if it was ever set.
+    fn mark_if_set(&self, name: &str) -> Result<Option<u64>> {
         let r = self.db.begin_read().map_err(db_error)?;
         let marks = match r.open_table(MARKS) {
             Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(error) => return Err(db_error(error)),
         };
-        Ok(marks.get(name).map_err(db_error)?.map_or(0, |v| v.value()))
+        Ok(marks.get(name).map_err(db_error)?.map(|v| v.value()))
     }
 
     /// Records, synced, that the deliveries of `erased` erased cases are withdrawn, so that
