@@ -18,7 +18,7 @@
 //!   message left unconfirmed by a failure, settled by the sender's next attempt.
 //! - [`a_dead_letter_is_listed_and_redelivered`]: dead letters and the admin's redelivery.
 //! - [`a_delivery_that_could_not_be_written_is_refused_redelivery`]: a dead letter that
-//!   redelivery cannot mend (`409`).
+//!   redelivery cannot mend (`409`), discarded instead.
 //! - [`only_the_mappings_in_force_are_used`]: the registry's `mappings`, inbound (`403`) and
 //!   outbound (a dead delivery).
 //! - [`an_inbox_read_and_acknowledged_twice_at_once_is_audited_once`]: concurrent inbox reads
@@ -3194,11 +3194,87 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     // A delivery id that is not one, and a route that does not exist: JSON errors as well.
     for reply in [
         admin.post("/deliveries/abc/redeliver").await,
+        admin.post("/deliveries/abc/discard").await,
         admin.get("/no-such-route").await,
     ] {
         assert_eq!(reply.status, 404, "{}", reply.text());
         assert!(reply.json()["error"].is_string(), "{}", reply.text());
     }
+
+    // What cannot be redelivered can be discarded, and is: by the operator's command, and by
+    // the admin route (not from a web page). Each is audited, then out of the dead letters.
+    let second = both[1];
+    delivery_story(&gateway, "CGSN-CASA-2026-00902", "ma.dgsn", "dead_lettered").await;
+    let from_a_page = admin
+        .post_from(
+            &format!("/deliveries/{second}/discard"),
+            Some("http://example.org"),
+        )
+        .await;
+    assert_eq!(from_a_page.status, 403, "{}", from_a_page.text());
+    let discarded = passerelle_cli(&[
+        "deliveries",
+        "discard",
+        &id.to_string(),
+        "--admin",
+        &admin_url,
+    ])
+    .await;
+    assert!(discarded.status.success(), "{discarded:?}");
+    assert_eq!(
+        String::from_utf8(discarded.stdout).unwrap(),
+        format!("delivery {id}: discarded\n")
+    );
+    let reply = admin.post(&format!("/deliveries/{second}/discard")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["state"], "discarded");
+    assert!(ids("/dead-letters").await.is_empty());
+    assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 0.0);
+    let counted = [("recipient", "ma.dgsn"), ("outcome", "discarded")];
+    assert_eq!(
+        admin.metric("passerelle_deliveries_total", &counted).await,
+        2.0
+    );
+    for reference in ["CGSN-CASA-2026-00901", "CGSN-CASA-2026-00902"] {
+        let story = delivery_story(&gateway, reference, "ma.dgsn", "discarded").await;
+        assert_eq!(
+            story,
+            [
+                ("dead_lettered".to_owned(), Some("encode-failed".to_owned())),
+                ("discarded".to_owned(), Some("operator".to_owned())),
+            ],
+            "{reference}"
+        );
+    }
+    // Once discarded, it is no dead letter: neither discarded again nor redelivered.
+    assert_eq!(
+        admin
+            .post(&format!("/deliveries/{id}/discard"))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        admin
+            .post(&format!("/deliveries/{id}/redeliver"))
+            .await
+            .status,
+        404
+    );
+    let again = passerelle_cli(&[
+        "deliveries",
+        "discard",
+        &id.to_string(),
+        "--admin",
+        &admin_url,
+    ])
+    .await;
+    assert!(!again.status.success());
+    let stderr = String::from_utf8(again.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("delivery {id}: not discarded (404")),
+        "{stderr}"
+    );
     gateway.stop().await;
 }
 

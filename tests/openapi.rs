@@ -204,6 +204,7 @@ fn admin_openapi_is_a_valid_31_document() {
         ("get", "/metrics"),
         ("get", "/dead-letters"),
         ("post", "/deliveries/{id}/redeliver"),
+        ("post", "/deliveries/{id}/discard"),
     ] {
         assert!(
             documented.contains(&(method.to_owned(), path.to_owned())),
@@ -370,6 +371,7 @@ fn every_kind() -> BTreeSet<String> {
         Kind::DeliveryFailed,
         Kind::DeadLettered,
         Kind::Redelivered,
+        Kind::Discarded,
         Kind::Anomaly,
         Kind::Erased,
         Kind::ConfigurationChange,
@@ -384,6 +386,7 @@ fn every_kind() -> BTreeSet<String> {
             | Kind::DeliveryFailed
             | Kind::DeadLettered
             | Kind::Redelivered
+            | Kind::Discarded
             | Kind::Anomaly
             | Kind::Erased
             | Kind::ConfigurationChange => {}

@@ -62,6 +62,8 @@ pub enum Kind {
     DeadLettered,
     /// An operator put a dead-lettered delivery back in line.
     Redelivered,
+    /// An operator gave a dead-lettered delivery up for good: it will not be delivered.
+    Discarded,
     /// A domain check flagged an anomaly (the message is still delivered).
     Anomaly,
     /// A case's keys were destroyed: its personal data can no longer be opened.

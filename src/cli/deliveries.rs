@@ -1,5 +1,5 @@
-//! `passerelle deliveries`: the store's dead letters, listed and put back in line, through a
-//! running gateway's admin listener.
+//! `passerelle deliveries`: the store's dead letters, listed, put back in line or discarded,
+//! through a running gateway's admin listener.
 //!
 //! The running gateway holds its store open, so these commands ask it rather than open the
 //! store themselves. The admin listener is found in the gateway's configuration file, or given.
@@ -64,6 +64,49 @@ pub enum DeliveriesCommand {
         #[arg(required = true)]
         ids: Vec<u64>,
     },
+    /// Give dead letters up for good: each leaves the dead letters, its body is deleted, and
+    /// it is never delivered. The audit log records it (`discarded`). Any dead letter can be
+    /// discarded, those that cannot be redelivered among them.
+    Discard {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The delivery ids (as `deliveries dead` lists them).
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+}
+
+/// An operator's change to dead letters.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Redeliver,
+    Discard,
+}
+
+impl Change {
+    /// The admin listener's route for it, after `/deliveries/{id}/`.
+    fn route(self) -> &'static str {
+        match self {
+            Change::Redeliver => "redeliver",
+            Change::Discard => "discard",
+        }
+    }
+
+    /// What is said of a dead letter it was made to.
+    fn done(self) -> &'static str {
+        match self {
+            Change::Redeliver => "back in line",
+            Change::Discard => "discarded",
+        }
+    }
+
+    /// What is said of a dead letter it was not made to.
+    fn not_done(self) -> &'static str {
+        match self {
+            Change::Redeliver => "not redelivered",
+            Change::Discard => "not discarded",
+        }
+    }
 }
 
 /// A plain-HTTP client for the admin listener. reqwest is built without a default TLS
@@ -108,7 +151,10 @@ impl DeliveriesCommand {
             match self {
                 DeliveriesCommand::Dead { admin, json } => dead(&admin.base_url()?, json).await,
                 DeliveriesCommand::Redeliver { admin, ids } => {
-                    redeliver(&admin.base_url()?, &ids).await
+                    change(&admin.base_url()?, &ids, Change::Redeliver).await
+                }
+                DeliveriesCommand::Discard { admin, ids } => {
+                    change(&admin.base_url()?, &ids, Change::Discard).await
                 }
             }
         })
@@ -174,26 +220,28 @@ async fn dead(base: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn redeliver(base: &str, ids: &[u64]) -> anyhow::Result<ExitCode> {
+/// Makes `change` to each dead letter of `ids`; fails if it was not made to one of them.
+async fn change(base: &str, ids: &[u64], change: Change) -> anyhow::Result<ExitCode> {
     let client = client()?;
     let mut failed = 0;
     for id in ids {
-        let url = format!("{base}/deliveries/{id}/redeliver");
+        let url = format!("{base}/deliveries/{id}/{}", change.route());
         // A failed request fails this id only: the others are still tried, and reported.
         let (status, text) = match ask(client.post(&url), &url).await {
             Ok(answer) => answer,
             Err(error) => {
                 failed += 1;
-                eprintln!("delivery {id}: not redelivered: {error:#}");
+                eprintln!("delivery {id}: {}: {error:#}", change.not_done());
                 continue;
             }
         };
         if status.is_success() {
-            println!("delivery {id}: back in line");
+            println!("delivery {id}: {}", change.done());
         } else {
             failed += 1;
             eprintln!(
-                "delivery {id}: not redelivered ({status}): {}",
+                "delivery {id}: {} ({status}): {}",
+                change.not_done(),
                 error_of(&text)
             );
         }

@@ -357,37 +357,61 @@ pub async fn record_attempt(
     }
 }
 
-/// Why a dead letter was not put back in line.
+/// Why an operator's change to a dead letter was not made.
 #[derive(Debug, thiserror::Error)]
-pub enum RedeliverError {
-    /// It is not a dead letter (`NotFound`), it cannot be redelivered (`Refused`), or the store
-    /// failed.
+pub enum DeadLetterError {
+    /// It is not a dead letter (`NotFound`), the change cannot be made to it (`Refused`), or
+    /// the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The audit log could not record the redelivery, so it was not made.
-    #[error("the redelivery could not be audited: {0}")]
+    /// The audit log could not record the change, so it was not made.
+    #[error("the change could not be audited: {0}")]
     Audit(String),
 }
 
 /// Puts dead letter `id` back in line at an operator's request, due now. Like an attempt, it
 /// is audited first (`redelivered`, reason `operator`) and then recorded, so that the evidence
-/// is never behind the state; the attempts that follow are audited as usual. Redeliveries are
-/// made one at a time, so that two requests for the same dead letter log one entry.
-pub async fn redeliver(gateway: &Gateway, id: u64) -> Result<Delivery, RedeliverError> {
-    let _one_at_a_time = gateway.redeliveries.lock().await;
+/// is never behind the state; the attempts that follow are audited as usual. Operators'
+/// changes are made one at a time, so that two requests for the same dead letter log one
+/// entry.
+pub async fn redeliver(gateway: &Gateway, id: u64) -> Result<Delivery, DeadLetterError> {
+    let _one_at_a_time = gateway.dead_letter_changes.lock().await;
     let dead = gateway.store.redeliverable(id)?;
-    gateway
-        .audit_delivery(&dead, Kind::Redelivered, Some(OPERATOR.into()))
-        .await
-        .map_err(|refusal| RedeliverError::Audit(refusal.to_string()))?;
+    audit_operator_change(gateway, &dead, Kind::Redelivered).await?;
     let back = gateway.store.update(id, DeliveryUpdate::Redeliver).await?;
     gateway.outbox_changed.notify_waiters();
     tracing::info!(delivery = back.id, recipient = %back.recipient, "dead letter put back in line");
     Ok(back)
 }
 
-/// The reason recorded on a `redelivered` entry.
-const OPERATOR: &str = "operator";
+/// Gives dead letter `id` up for good at an operator's request: it leaves the dead letters
+/// and its body is deleted. Any dead letter can be discarded, those that cannot be redelivered
+/// (no body: `encode-failed`, `mapping-not-in-force`, `case-erased`) among them. Audited
+/// first (`discarded`, reason `operator`), then recorded, one change at a time as
+/// [`redeliver`] is.
+pub async fn discard(gateway: &Gateway, id: u64) -> Result<Delivery, DeadLetterError> {
+    let _one_at_a_time = gateway.dead_letter_changes.lock().await;
+    let dead = gateway.store.discardable(id)?;
+    audit_operator_change(gateway, &dead, Kind::Discarded).await?;
+    let gone = gateway.store.update(id, DeliveryUpdate::Discard).await?;
+    gateway
+        .metrics
+        .delivery(&gone.recipient, gone.channel.name(), "discarded");
+    tracing::info!(delivery = gone.id, recipient = %gone.recipient, "dead letter discarded");
+    Ok(gone)
+}
+
+async fn audit_operator_change(
+    gateway: &Gateway,
+    dead: &Delivery,
+    kind: Kind,
+) -> Result<(), DeadLetterError> {
+    gateway
+        .audit_operator_change(dead, kind)
+        .await
+        .map(drop)
+        .map_err(|refusal| DeadLetterError::Audit(refusal.to_string()))
+}
 
 /// When to try a failed delivery again, and when to give up.
 #[derive(Debug, Clone)]

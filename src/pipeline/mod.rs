@@ -232,9 +232,9 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Woken whenever push deliveries are added or put back in line.
     pub outbox_changed: Arc<Notify>,
-    /// Held while an operator's redelivery is audited and recorded (see
-    /// [`crate::delivery::redeliver`]).
-    pub(crate) redeliveries: tokio::sync::Mutex<()>,
+    /// Held while an operator's change to a dead letter is audited and recorded (see
+    /// [`crate::delivery::redeliver`] and [`crate::delivery::discard`]).
+    pub(crate) dead_letter_changes: tokio::sync::Mutex<()>,
     limits: Limits,
     rate: DefaultKeyedRateLimiter<String>,
     refusal_summaries: Arc<RefusalSummaries>,
@@ -264,6 +264,10 @@ pub const UNREGISTERED: &str = "unregistered";
 /// The name under which client certificates that the TLS handshake refused are counted and
 /// their refusals kept (`refused/unverified`): a refused certificate proves no identity.
 pub const UNVERIFIED: &str = "unverified";
+
+/// The reason recorded on the entries of an operator's changes to dead letters (`redelivered`,
+/// `discarded`).
+const OPERATOR: &str = "operator";
 
 /// The synthetic case under which a refused message's commitments are kept, per sender: a
 /// refused message may have no readable case id.
@@ -305,7 +309,7 @@ impl Gateway {
             store,
             metrics,
             outbox_changed,
-            redeliveries: tokio::sync::Mutex::new(()),
+            dead_letter_changes: tokio::sync::Mutex::new(()),
             rate: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             refusal_summaries: Arc::default(),
             bodies: FairShares::new(limits.bodies_in_flight),
@@ -919,8 +923,7 @@ impl Gateway {
         unavailable(&error.to_string())
     }
 
-    /// Audits what became of a delivery: delivered, acknowledged, failed, dead-lettered, or put
-    /// back in line by an operator.
+    /// Audits what became of a delivery: delivered, acknowledged, failed or dead-lettered.
     pub async fn audit_delivery(
         &self,
         delivery: &Delivery,
@@ -928,6 +931,25 @@ impl Gateway {
         reason: Option<String>,
     ) -> Result<audit::Receipt, Refusal> {
         let fact = self.delivery_fact(delivery, kind, reason);
+        self.append(&fact).await
+    }
+
+    /// Audits an operator's change to a dead letter (`kind`, reason `operator`). The entry
+    /// names the case unless it was erased: nothing more is written under an erased case.
+    pub async fn audit_operator_change(
+        &self,
+        delivery: &Delivery,
+        kind: Kind,
+    ) -> Result<audit::Receipt, Refusal> {
+        let mut fact = self.delivery_fact(delivery, kind, Some(OPERATOR.into()));
+        if let Some(case) = &delivery.case_id
+            && self
+                .log
+                .is_case_erased(case)
+                .map_err(|error| self.append_failed(&error))?
+        {
+            fact.case_id = None;
+        }
         self.append(&fact).await
     }
 

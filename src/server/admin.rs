@@ -8,8 +8,9 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /dead-letters?after=&limit=` | dead-lettered deliveries (metadata only), a page at a time |
 //! | `POST /deliveries/{id}/redeliver` | put a dead letter back in line |
+//! | `POST /deliveries/{id}/discard` | give a dead letter up for good |
 
-use crate::delivery::{self, RedeliverError};
+use crate::delivery::{self, DeadLetterError};
 use crate::pipeline::Gateway;
 use crate::store::{DEAD_LETTER_PAGE, StoreError};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -92,6 +93,7 @@ pub fn start(
             .route("/metrics", web::get().to(metrics))
             .route("/dead-letters", web::get().to(dead_letters))
             .route("/deliveries/{id}/redeliver", web::post().to(redeliver))
+            .route("/deliveries/{id}/discard", web::post().to(discard))
     })
     .workers(1)
     .disable_signals()
@@ -225,20 +227,49 @@ async fn redeliver(
     state: web::Data<AdminState>,
     id: web::Path<u64>,
 ) -> HttpResponse {
-    // The listener has no credentials of its own (it is on loopback, for the operators of
-    // this host). A browser on this host would still send it a page's form or `fetch`, with
-    // the page's `Origin`: a change asked that way is refused, so that no web page can
-    // redeliver what an operator left dead. The command line sends no `Origin`.
-    if req.headers().contains_key(actix_web::http::header::ORIGIN) {
-        return HttpResponse::Forbidden().json(serde_json::json!({
-            "error": "the admin listener takes no changes from web pages (the request has an Origin)"
-        }));
+    if let Some(refused) = refuse_web_pages(&req) {
+        return refused;
     }
-    match delivery::redeliver(&state.gateway, *id).await {
+    dead_letter_changed(*id, delivery::redeliver(&state.gateway, *id).await)
+}
+
+async fn discard(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    id: web::Path<u64>,
+) -> HttpResponse {
+    if let Some(refused) = refuse_web_pages(&req) {
+        return refused;
+    }
+    dead_letter_changed(*id, delivery::discard(&state.gateway, *id).await)
+}
+
+/// The listener has no credentials of its own (it is on loopback, for the operators of this
+/// host). A browser on this host would still send it a page's form or `fetch`, with the page's
+/// `Origin`: a change asked that way is refused, so that no web page can redeliver or discard
+/// what an operator left dead. The command line sends no `Origin`.
+fn refuse_web_pages(req: &HttpRequest) -> Option<HttpResponse> {
+    req.headers()
+        .contains_key(actix_web::http::header::ORIGIN)
+        .then(|| {
+            HttpResponse::Forbidden().json(serde_json::json!({
+                "error": "the admin listener takes no changes from web pages (the request has an Origin)"
+            }))
+        })
+}
+
+/// The answer to an operator's change to dead letter `id`: the delivery's new state, `404`
+/// when it is not a dead letter, `409` when the change cannot be made to it, `503` when the
+/// store or the audit log failed.
+fn dead_letter_changed(
+    id: u64,
+    changed: Result<crate::store::Delivery, DeadLetterError>,
+) -> HttpResponse {
+    match changed {
         Ok(d) => HttpResponse::Ok().json(serde_json::json!({"id": d.id, "state": d.state})),
-        Err(RedeliverError::Store(StoreError::NotFound(what))) => HttpResponse::NotFound()
+        Err(DeadLetterError::Store(StoreError::NotFound(what))) => HttpResponse::NotFound()
             .json(serde_json::json!({"error": format!("no such {what}: {id}")})),
-        Err(RedeliverError::Store(refused @ StoreError::Refused(_))) => {
+        Err(DeadLetterError::Store(refused @ StoreError::Refused(_))) => {
             HttpResponse::Conflict().json(serde_json::json!({"error": refused.to_string()}))
         }
         Err(e) => {

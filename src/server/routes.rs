@@ -667,7 +667,7 @@ async fn ack(
     }
     match delivery.state {
         DeliveryState::Acknowledged => {}
-        DeliveryState::Dead => {
+        DeliveryState::Dead | DeliveryState::Discarded => {
             return Err(Problem::not_found(format!(
                 "delivery {id} is not in your inbox"
             )));

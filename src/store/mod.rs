@@ -191,6 +191,15 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// The channel's name, as the metrics and the admin listener write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Inbox => "inbox",
+            Channel::Webhook => "webhook",
+            Channel::Amqp => "amqp",
+        }
+    }
+
     /// The channel's code in the due index (stable: it is on disk).
     fn due_code(self) -> u8 {
         match self {
@@ -213,6 +222,8 @@ pub enum DeliveryState {
     Acknowledged,
     /// Given up after too many attempts, or refused for good by the recipient.
     Dead,
+    /// A dead letter an operator discarded: it will not be delivered. Its body is deleted.
+    Discarded,
 }
 
 /// One message for one recipient, in the recipient's format.
@@ -266,6 +277,7 @@ impl Delivery {
             DeliveryState::Pending => true,
             DeliveryState::Dead => check_redeliverable(self).is_ok(),
             DeliveryState::Delivered | DeliveryState::Acknowledged => !completed(self),
+            DeliveryState::Discarded => false,
         }
     }
 }
@@ -372,6 +384,10 @@ pub enum DeliveryUpdate {
     },
     /// Put a dead letter back in line, due now.
     Redeliver,
+    /// Give a dead letter up for good, at an operator's request: out of the dead letters,
+    /// its body deleted ([`DeliveryState::Discarded`]). Refused while its `dead_lettered`
+    /// entry is owed (see [`Store::owed_audits`]), so that the log says it died first.
+    Discard,
     /// Its case was erased: take it out of line without an attempt, delete its body, and keep
     /// it as a dead letter that cannot be redelivered ([`CASE_ERASED`]).
     Erased,
@@ -983,6 +999,18 @@ impl Store {
         Ok(d)
     }
 
+    /// The dead letter `id`, without its body, if [`DeliveryUpdate::Discard`] would take it:
+    /// `NotFound` when it is not a dead letter, `Refused` while its `dead_lettered` entry is
+    /// owed. The update checks again.
+    pub fn discardable(&self, id: u64) -> Result<Delivery> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        let owed = r.open_table(OWED).map_err(db_error)?;
+        let d = read_delivery(&deliveries, None, id)?.ok_or(StoreError::NotFound("delivery"))?;
+        check_discardable(&d, owed.get(id).map_err(db_error)?.is_some())?;
+        Ok(d)
+    }
+
     /// A delivery, without its body.
     pub fn delivery_metadata(&self, id: u64) -> Result<Option<Delivery>> {
         let r = self.db.begin_read().map_err(db_error)?;
@@ -1544,6 +1572,7 @@ fn completed(d: &Delivery) -> bool {
     match d.state {
         DeliveryState::Acknowledged => true,
         DeliveryState::Delivered => d.channel != Channel::Inbox,
+        DeliveryState::Discarded => true,
         DeliveryState::Pending | DeliveryState::Dead => false,
     }
 }
@@ -2478,6 +2507,11 @@ fn update_delivery(
             t.enqueue(&Release::of(&d))?;
             *c.delta += 1;
         }
+        DeliveryUpdate::Discard => {
+            check_discardable(&d, t.owed.get(id).map_err(db_error)?.is_some())?;
+            t.dead.remove(id).map_err(db_error)?;
+            d.state = DeliveryState::Discarded;
+        }
     }
     if completed(&d) {
         t.bodies.remove(id).map_err(db_error)?;
@@ -2502,6 +2536,7 @@ fn applies(d: &Delivery, update: &DeliveryUpdate) -> bool {
         DeliveryUpdate::Acknowledged => d.channel == Channel::Inbox && (waiting || fetched),
         DeliveryUpdate::Erased => waiting || fetched || d.state == DeliveryState::Dead,
         DeliveryUpdate::Redeliver
+        | DeliveryUpdate::Discard
         | DeliveryUpdate::Postpone { .. }
         | DeliveryUpdate::DeadLetterAudited => true,
     }
@@ -2551,6 +2586,22 @@ fn check_redeliverable(d: &Delivery) -> Result<()> {
         d.recipient,
         d.last_error.as_deref().unwrap_or_default()
     )))
+}
+
+/// Whether [`DeliveryUpdate::Discard`] takes `d`: a dead letter (any, with a body or not)
+/// whose `dead_lettered` entry is not `owed`.
+fn check_discardable(d: &Delivery, owed: bool) -> Result<()> {
+    if d.state != DeliveryState::Dead {
+        return Err(StoreError::NotFound("dead letter"));
+    }
+    if owed {
+        return Err(StoreError::Refused(format!(
+            "delivery {} died moments ago and its dead_lettered entry is not yet in the audit \
+             log; ask again in a few seconds",
+            d.id
+        )));
+    }
+    Ok(())
 }
 
 fn fail(error: StoreError, group: Vec<Write>) -> GroupResult {
@@ -3579,6 +3630,84 @@ mod tests {
         }
         // It stays a dead letter, out of the due index.
         assert_eq!(store.dead_letters(0, 10).unwrap().len(), 1);
+        assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
+    }
+
+    /// Any dead letter can be discarded, one without a body once its `dead_lettered` entry is
+    /// logged: it leaves the dead letters, its body is deleted, and nothing moves it again.
+    #[tokio::test]
+    async fn a_dead_letter_is_discarded_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let mut unwritable = new_delivery("ma.dgsn", Channel::Webhook);
+        unwritable.body = Vec::new();
+        unwritable.unwritable = Some(UNWRITABLE.into());
+        let made = accept(
+            &store,
+            "e1",
+            vec![unwritable, new_delivery("iom.ma", Channel::Webhook)],
+        )
+        .await;
+        let (bodiless, pushed) = (made[0].id, made[1].id);
+        // Not a dead letter yet.
+        assert!(matches!(
+            store.discardable(pushed),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.update(pushed, DeliveryUpdate::Discard).await,
+            Err(StoreError::NotFound(_))
+        ));
+        // Created dead, its entry still owed: the log must say it died before it is discarded.
+        for refused in [
+            store.discardable(bodiless).map(drop),
+            store
+                .update(bodiless, DeliveryUpdate::Discard)
+                .await
+                .map(drop),
+        ] {
+            match refused {
+                Err(StoreError::Refused(why)) => assert!(why.contains("not yet"), "{why}"),
+                other => panic!("discarded while owed: {other:?}"),
+            }
+        }
+        store
+            .update(bodiless, DeliveryUpdate::DeadLetterAudited)
+            .await
+            .unwrap();
+        let dead = DeliveryUpdate::Dead {
+            error: "webhook.gone".into(),
+        };
+        store.update(pushed, dead).await.unwrap();
+        assert_eq!(store.dead_letter_count().unwrap(), 2);
+        assert!(!store.delivery(pushed).unwrap().unwrap().body.is_empty());
+
+        for id in [bodiless, pushed] {
+            assert_eq!(store.discardable(id).unwrap().id, id);
+            let gone = store.update(id, DeliveryUpdate::Discard).await.unwrap();
+            assert_eq!(gone.state, DeliveryState::Discarded);
+            assert!(!gone.holds_body());
+        }
+        assert_eq!(store.dead_letter_count().unwrap(), 0);
+        assert!(store.dead_letters(0, 10).unwrap().is_empty());
+        let kept = store.delivery(pushed).unwrap().unwrap();
+        assert_eq!(kept.state, DeliveryState::Discarded);
+        assert!(
+            kept.body.is_empty(),
+            "the body of a discarded delivery is deleted"
+        );
+        // Nothing brings it back: not a second discard, a redelivery or an erasure.
+        assert!(matches!(
+            store.update(pushed, DeliveryUpdate::Discard).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.redeliverable(pushed),
+            Err(StoreError::NotFound(_))
+        ));
+        let erased = store.update(pushed, DeliveryUpdate::Erased).await.unwrap();
+        assert_eq!(erased.state, DeliveryState::Discarded);
+        assert_eq!(store.dead_letter_count().unwrap(), 0);
         assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
     }
 
