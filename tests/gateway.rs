@@ -1061,6 +1061,30 @@ async fn the_return_of_case_rva_2026_004211() {
         .head("/v1/audit/log/tile/9/999")
         .await;
     assert_eq!(missing.status, 404);
+    // A partner reads the hash tiles its proofs need; the entries, which would let it follow
+    // other partners' messages of the case, are the auditors' (a missing one too: the answer
+    // does not say which exist).
+    let partial = |tile: &str| {
+        if cp.size >= 256 {
+            format!("/v1/audit/log/tile/{tile}/000")
+        } else {
+            format!("/v1/audit/log/tile/{tile}/000.p/{}", cp.size)
+        }
+    };
+    assert_eq!(
+        gateway.client("iom.sn").get(&partial("0")).await.status,
+        200
+    );
+    for entries in [partial("entries"), "/v1/audit/log/tile/entries/999".into()] {
+        gateway
+            .client("iom.sn")
+            .get(&entries)
+            .await
+            .problem(403, "forbidden");
+    }
+    let bundle = auditor.get(&partial("entries")).await;
+    assert_eq!(bundle.status, 200, "{}", bundle.text());
+    assert!(!bundle.body.is_empty());
     gateway
         .client("iom.sn")
         .get("/v1/audit/log/private/meta.json")

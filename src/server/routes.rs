@@ -784,14 +784,25 @@ async fn get_receipt(
     })))
 }
 
-/// Serves `checkpoint` and `tile/…` from the log's public folder.
+/// Serves `checkpoint` and `tile/…` from the log's public folder. The checkpoint and the hash
+/// tiles, which every partner needs to check its receipts' proofs and that the log only grows,
+/// are served to any partner; the entry bundles (`tile/entries/…`) only to auditors. An entry
+/// names its event, sender, recipients and event type, and every entry of a case carries the
+/// same case commitment: a partner reading them could follow, from an event id it knows, every
+/// step of a case, other partners' messages among them.
 async fn get_log_file(
     req: HttpRequest,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let gateway = gateway(&req)?;
     let path = path.into_inner();
+    if path.starts_with("tile/entries/") && !is_auditor(&caller) {
+        return Err(Problem::forbidden(
+            "the log's entry bundles are for auditors; a partner reads the checkpoint and the \
+             hash tiles, and its own receipts",
+        ));
+    }
     let safe = !path.is_empty()
         && path.split('/').all(|seg| {
             !seg.is_empty()
