@@ -267,11 +267,17 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         record.confirmed && record.case_facts.is_empty(),
         "{record:?}"
     );
+    // Nor does it keep the digest of what the message said, which would confirm a guess.
+    assert!(
+        record.content.is_empty() && record.content_mapping.is_empty(),
+        "{record:?}"
+    );
     let kept = store
         .accepted(source, "CGSN-CASA-2026-00502")
         .expect("reading the record")
         .expect("the kept case's message");
     assert_eq!(kept.case_id.as_deref(), Some(KEPT));
+    assert!(!kept.content.is_empty(), "{kept:?}");
     assert_eq!(store.case_ids_forgotten().expect("the mark"), 1);
     store.close().expect("closing the store");
     let line = logged

@@ -1295,8 +1295,8 @@ impl Store {
         Ok(cases)
     }
 
-    /// Takes the case id (and the case's provisional facts) off every accepted message's and
-    /// delivery's record of the `erased` cases, durably, and says how many records of each were
+    /// Takes the case id (and the case's provisional facts, and the digest of each message's
+    /// content) off every accepted message's and delivery's record of the `erased` cases, durably, and says how many records of each were
     /// changed. Once a case is erased, the log can no longer tie its entries to the case id:
     /// the store's records would still list, under it, which partners sent and received what
     /// and when. Nothing needs the id afterwards (an erased case takes no more messages, its
@@ -1341,6 +1341,12 @@ impl Store {
             |record: &mut AcceptedRecord| {
                 record.case_id = None;
                 record.case_facts.clear();
+                // The digest of the event, unkeyed, would confirm a guess of what the message
+                // said (an allowance of one of a few amounts, a refusal of one of a few
+                // reasons). Without it a repeat is taken for a repeat, whatever it says: the
+                // case takes no new message either way.
+                record.content.clear();
+                record.content_mapping.clear();
             },
         )?;
         forgotten.deliveries = self.rewrite_records(
