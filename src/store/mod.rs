@@ -101,8 +101,22 @@ fn db_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Database(error.to_string())
 }
 
-fn unreadable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unreadable(error.to_string())
+fn unreadable(error: serde_json::Error) -> StoreError {
+    StoreError::Unreadable(why_unreadable(&error))
+}
+
+/// Why a stored record could not be read, without its content: serde_json's own message may
+/// quote a value of the record (`invalid type: string "…"`), records hold personal data, and
+/// the reason goes to the log and into `503` answers.
+fn why_unreadable(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match error.classify() {
+        Category::Io => "it could not be read",
+        Category::Syntax => "it is not well-formed JSON",
+        Category::Data => "its fields are not those of a record of this version",
+        Category::Eof => "it is cut short",
+    };
+    format!("{what} (line {}, column {})", error.line(), error.column())
 }
 
 /// A store result.
@@ -749,8 +763,9 @@ impl Store {
                 // Named, so that the operator can find the record the start stopped at.
                 let (source, event_id) = key.value().split_once('\n').unwrap_or(("", ""));
                 found.push(serde_json::from_slice(v.value()).map_err(|e| {
-                    unreadable(format!(
-                        "the accepted record of event {event_id:?} from {source}: {e}"
+                    StoreError::Unreadable(format!(
+                        "the accepted record of event {event_id:?} from {source}: {}",
+                        why_unreadable(&e)
                     ))
                 })?);
             }
@@ -3637,6 +3652,26 @@ mod tests {
         // It stays a dead letter, out of the due index.
         assert_eq!(store.dead_letters(0, 10).unwrap().len(), 1);
         assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
+    }
+
+    /// A record that cannot be read is said without its values: serde_json's message would
+    /// quote the one it stopped at.
+    #[test]
+    fn an_unreadable_record_is_said_without_its_values() {
+        let damaged = br#"{"id":1,"event_id":"E","attempts":"DIOP Awa"}"#;
+        let error = serde_json::from_slice::<Delivery>(damaged).unwrap_err();
+        assert!(
+            error.to_string().contains("DIOP"),
+            "serde_json quotes it: {error}"
+        );
+        let said = unreadable(error).to_string();
+        assert!(!said.contains("DIOP"), "{said}");
+        assert!(
+            said.contains("not those of a record") && said.contains("line 1"),
+            "{said}"
+        );
+        let cut = serde_json::from_slice::<Delivery>(br#"{"id":1,"event_id":"DI"#).unwrap_err();
+        assert!(unreadable(cut).to_string().contains("cut short"));
     }
 
     /// Any dead letter can be discarded, one without a body once its `dead_lettered` entry is
