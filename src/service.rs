@@ -226,6 +226,38 @@ pub fn load_definitions(
     Ok((catalogue, mappings, registry))
 }
 
+/// Rewrites the store's file once the start's erasure pass has changed it (see
+/// [`Store::rewrite_file`]): deleted bodies and records stay in a database file's free pages
+/// until they are reused. The gateway then works on the new file.
+async fn rewrite_store_after_erasures(
+    gateway: &mut Arc<Gateway>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    if !gateway.store.rewrite_due()? {
+        return Ok(());
+    }
+    let gateway = Arc::get_mut(gateway)
+        .context("the store's file cannot be rewritten: the gateway is already shared")?;
+    let old = gateway.store.clone();
+    let from = path.to_owned();
+    let rewritten = tokio::task::spawn_blocking(move || old.rewrite_file(&from))
+        .await?
+        .context("rewriting the store's file after an erasure")?;
+    let fresh = Store::open(path).context("opening the rewritten store")?;
+    let old = gateway.replace_store(Arc::new(fresh));
+    Arc::try_unwrap(old)
+        .map_err(|_| anyhow!("the store's old file is still in use after its rewrite"))?
+        .close()
+        .context("closing the store's old file")?;
+    tracing::info!(
+        rows = rewritten.rows,
+        bytes_before = rewritten.bytes_before,
+        bytes_after = rewritten.bytes_after,
+        "the store's file rewritten without what the erasures deleted"
+    );
+    Ok(())
+}
+
 impl RunningGateway {
     /// Starts every part, on the current Tokio runtime (an actix system or a plain one).
     pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
@@ -248,7 +280,7 @@ impl RunningGateway {
         let store = Store::open(&config.paths.store()).context("opening the store")?;
         log_not_behind_store(&log, &store)?;
         let metrics = Arc::new(Metrics::new());
-        let gateway = Arc::new(Gateway::new(
+        let mut gateway = Arc::new(Gateway::new(
             catalogue,
             mappings,
             registry,
@@ -297,6 +329,7 @@ impl RunningGateway {
                 "ids of erased cases taken off the store's records"
             );
         }
+        rewrite_store_after_erasures(&mut gateway, &config.paths.store()).await?;
         let readiness = Readiness::default();
         let (stop_workers, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();

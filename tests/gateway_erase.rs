@@ -205,7 +205,23 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
             assert_eq!(d.state, state, "{d:?}");
         }
     }
+    // Nor is anything of the erased case left in the store's file: what the start deleted
+    // was in its free pages until the file was rewritten.
+    let file = std::fs::read(data.join("store.redb")).expect("the store's file");
+    let holds = |text: &str| file.windows(text.len()).any(|w| w == text.as_bytes());
+    assert!(holds(KEPT), "the kept case is in the store");
+    assert!(
+        !holds(ERASED),
+        "the erased case's id is still in the store's file"
+    );
+    assert!(!data.join("store.redb.rewrite").exists());
     let logged = gateway.stderr();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("the store's file rewritten without what the erasures deleted"))
+        .unwrap_or_else(|| panic!("no rewrite logged: {logged}"));
+    let line: Value = serde_json::from_str(line).expect("a JSON log line");
+    assert!(line["fields"]["rows"].as_u64() > Some(0), "{line}");
     let line = logged
         .lines()
         .find(|l| l.contains("deliveries of erased cases withdrawn"))

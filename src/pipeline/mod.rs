@@ -321,6 +321,14 @@ impl Gateway {
         }
     }
 
+    /// Puts `store` in the place of the gateway's store, which it returns: for the start, once
+    /// the store's file was rewritten (see [`Store::rewrite_file`]), before anything else uses
+    /// the gateway.
+    pub fn replace_store(&mut self, store: Arc<Store>) -> Arc<Store> {
+        self.outbox_changed = store.released();
+        std::mem::replace(&mut self.store, store)
+    }
+
     /// Takes one message from `key`'s rate limit (a partner id, or [`UNREGISTERED`]).
     pub(crate) fn check_rate(&self, key: &str) -> Result<(), Refusal> {
         let Err(not_until) = self.rate.check_key(&key.to_owned()) else {

@@ -17,6 +17,10 @@
 //! It knows nothing of transports, mappings or the audit log: the pipeline decides, the store
 //! remembers.
 
+mod rewrite;
+
+pub use rewrite::Rewritten;
+
 use crate::pipeline::sequence::CaseFile;
 use crate::write_queue::{WriteQueue, WriteQueueReceiver, write_queue};
 use redb::{
@@ -2646,7 +2650,7 @@ fn failed(error: &StoreError, writes: impl IntoIterator<Item = Write>) -> Vec<Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::time::Instant;
 
@@ -2670,7 +2674,7 @@ mod tests {
         assert_eq!(failures.failed(), Some(0), "a new failure is said at once");
     }
 
-    fn new_delivery(recipient: &str, channel: Channel) -> NewDelivery {
+    pub(super) fn new_delivery(recipient: &str, channel: Channel) -> NewDelivery {
         NewDelivery {
             recipient: recipient.into(),
             channel,
@@ -2723,7 +2727,11 @@ mod tests {
     }
 
     /// Records and confirms one message with the given deliveries; returns them.
-    async fn accept(store: &Store, event_id: &str, deliveries: Vec<NewDelivery>) -> Vec<Delivery> {
+    pub(super) async fn accept(
+        store: &Store,
+        event_id: &str,
+        deliveries: Vec<NewDelivery>,
+    ) -> Vec<Delivery> {
         let mut record = record(event_id);
         let Recorded::New(made) = store
             .record_accepted(&mut record, deliveries)
