@@ -265,6 +265,9 @@ impl RunningGateway {
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
         let client_tls = check_tls_settings(config)?;
+        if let Some(settings) = &config.amqp {
+            crate::amqp::check_settings(settings, &registry).context("the AMQP settings")?;
+        }
         private_folder(&config.paths.data)?;
         let signer = signing_key(config)?;
         let options = Options {

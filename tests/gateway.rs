@@ -3462,6 +3462,39 @@ async fn a_tls_file_that_cannot_be_used_stops_the_start_naming_the_setting() {
         "{error}"
     );
     assert!(!data.exists(), "nothing is made in the data folder");
+
+    // Nor an AMQP setting that cannot be used: no broker is asked, nothing is made.
+    for (change, words) in [
+        (
+            (|a: &mut passerelle::amqp::AmqpSettings| a.prefetch = 0)
+                as fn(&mut passerelle::amqp::AmqpSettings),
+            "prefetch must be at least 1",
+        ),
+        (
+            |a: &mut passerelle::amqp::AmqpSettings| a.senders = vec!["nobody.example".into()],
+            "nobody.example is not a partner",
+        ),
+    ] {
+        let mut config = test_config(&data, &registry);
+        let mut amqp = passerelle::amqp::AmqpSettings {
+            auth: passerelle::amqp::AmqpAuth::Plain {
+                user: "gateway".into(),
+                password: "not-asked".into(),
+            },
+            ..passerelle::amqp::AmqpSettings::new("amqp://127.0.0.1:9/%2f")
+        };
+        change(&mut amqp);
+        config.amqp = Some(amqp);
+        let Err(error) = RunningGateway::start(&config).await else {
+            panic!("AMQP settings that cannot be used are refused");
+        };
+        let error = format!("{error:#}");
+        assert!(error.contains(words), "{error}");
+        assert!(
+            !data.exists(),
+            "nothing is made in the data folder: {error}"
+        );
+    }
 }
 
 /// A start that fails says why in the JSON log like everything else (then once more in plain

@@ -32,7 +32,8 @@ pub const DEFAULT_PREFETCH: u16 = 64;
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 30;
 /// The default time limit of one connection attempt (TCP, TLS and AMQP handshakes), in seconds.
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
-/// The default connection name shown by the broker (`rabbitmqctl list_connections name`).
+/// The default connection name shown by the broker (its client property `connection_name`:
+/// `rabbitmqctl list_connections name client_properties`).
 pub const DEFAULT_CONNECTION_NAME: &str = "passerelle";
 /// The default outbox depth at which the gateway stops taking messages from its inbound queues.
 pub const DEFAULT_MAX_OUTBOX: u64 = 50_000;

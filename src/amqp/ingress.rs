@@ -696,7 +696,7 @@ impl Ingress {
             .properties
             .message_id()
             .as_ref()
-            .map(|id| id.as_str().to_owned())
+            .map(|id| loggable_message_id(id.as_str()))
             .unwrap_or_default();
         match settle {
             Settle::Ack(outcome) => {
@@ -706,7 +706,8 @@ impl Ingress {
                     Outcome::Ignored { .. } => ("ignored", ""),
                 };
                 match bounded(delivery.acker.ack(BasicAckOptions::default())).await {
-                    Ok(true) => tracing::debug!(
+                    // At INFO, as the REST routes log each message they take.
+                    Ok(true) => tracing::info!(
                         partner,
                         message_id = %message_id,
                         event_id,
@@ -924,6 +925,22 @@ async fn pause(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     !stopped && !*stop.borrow()
 }
 
+/// A message's `message_id` as the log may show it. The sender sets it, and the gateway reads
+/// it before anything else of the message: one that does not look like a reference (letters,
+/// digits and `.` `_` `-` `:` `/` `#` only, at most 200 bytes), such as a name and a birth date
+/// put there by mistake, is logged by its length alone, since logs carry no personal data.
+fn loggable_message_id(id: &str) -> String {
+    let reference_like = id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/#".contains(&b));
+    if reference_like {
+        id.to_owned()
+    } else {
+        format!("(not logged: {} bytes that are not a reference)", id.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -938,6 +955,25 @@ mod tests {
         BasicProperties::default()
             .with_content_type("application/json".into())
             .with_headers(FieldTable::from(table))
+    }
+
+    #[test]
+    fn a_message_id_that_is_not_a_reference_is_not_logged() {
+        for reference in ["ABJ-RBT-2026-0902", "urn:x/1#2", "IOM_MA.2026"] {
+            assert_eq!(loggable_message_id(reference), reference);
+        }
+        for mistake in [
+            "KOUASSI Aya 1999-07-21 CI2655120",
+            "Kouassi\u{e9}",
+            &"A".repeat(201),
+        ] {
+            let logged = loggable_message_id(mistake);
+            assert!(logged.starts_with("(not logged: "), "{logged}");
+            assert!(
+                !logged.contains("KOUASSI") && !logged.contains("AAAA"),
+                "{logged}"
+            );
+        }
     }
 
     #[test]

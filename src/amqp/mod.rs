@@ -71,4 +71,4 @@ pub use topology::{
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, INBOUND_EXCHANGE, OUTBOUND_EXCHANGE, Permissions,
     QueueLimits, Topology, inbound_queue, outbound_queue, partner_permissions, partner_user,
 };
-pub use transport::AmqpTransport;
+pub use transport::{AmqpTransport, check_settings};

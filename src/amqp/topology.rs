@@ -63,7 +63,8 @@ pub const DEAD_LETTER_QUEUE: &str = "passerelle.dead";
 pub const INBOUND_QUEUE_PREFIX: &str = "passerelle.in.";
 /// The prefix of outbound queue names.
 pub const OUTBOUND_QUEUE_PREFIX: &str = "passerelle.out.";
-/// How many times a message may be delivered before it is dead-lettered, by default.
+/// How many times a message may be returned to its queue (requeued, or left unacknowledged by a
+/// consumer that went away) before the next return dead-letters it, by default.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 /// The prefix of the broker user of a partner ([`partner_user`]).
 pub const PARTNER_USER_PREFIX: &str = crate::tls::PARTNER_URI_PREFIX;
@@ -114,7 +115,8 @@ pub fn partner_permissions(partner: &str) -> Permissions {
 /// (`x-overflow = reject-publish`); unset, the broker's memory and disk alarms are the only limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
-    /// `x-delivery-limit`: deliveries before a message is dead-lettered. `None`: unlimited.
+    /// `x-delivery-limit`: returns (requeues) a message may have; the next dead-letters it.
+    /// `None`: unlimited.
     pub delivery_limit: Option<u32>,
     /// `x-max-length`: ready messages per queue. `None`: unlimited.
     pub max_length: Option<u32>,

@@ -35,7 +35,7 @@ use super::ingress::Ingress;
 use super::topology::Topology;
 use crate::delivery::RetryPolicy;
 use crate::pipeline::Gateway;
-use crate::registry::Delivery as DeliveryMode;
+use crate::registry::{Delivery as DeliveryMode, Registry};
 use futures_util::{Stream, StreamExt};
 use lapin::{Connection, Event};
 use std::sync::Arc;
@@ -78,6 +78,25 @@ impl std::fmt::Debug for AmqpTransport {
     }
 }
 
+/// Checks the AMQP settings against the registry, and returns the topology they give: the
+/// start calls it before it makes anything in the data folder, so that a mistake there stops
+/// the start with nothing made.
+pub fn check_settings(settings: &AmqpSettings, registry: &Registry) -> Result<Topology, AmqpError> {
+    settings.validate()?;
+    for sender in &settings.senders {
+        if registry.partner(sender).is_none() {
+            return Err(AmqpError::Settings(format!(
+                "amqp.senders: {sender} is not a partner of the registry"
+            )));
+        }
+    }
+    let receivers = registry
+        .partners()
+        .filter(|partner| partner.delivery == Some(DeliveryMode::Amqp))
+        .map(|partner| partner.id.clone());
+    Topology::new(receivers.chain(settings.senders.iter().cloned()))
+}
+
 impl AmqpTransport {
     /// A transport for `gateway` with `settings`; deliveries are retried under `policy`, and
     /// `ready` tells whether the transport is connected and consuming.
@@ -89,20 +108,7 @@ impl AmqpTransport {
         policy: RetryPolicy,
         ready: Arc<AtomicBool>,
     ) -> Result<AmqpTransport, AmqpError> {
-        settings.validate()?;
-        for sender in &settings.senders {
-            if gateway.registry.partner(sender).is_none() {
-                return Err(AmqpError::Settings(format!(
-                    "amqp.senders: {sender} is not a partner of the registry"
-                )));
-            }
-        }
-        let receivers = gateway
-            .registry
-            .partners()
-            .filter(|partner| partner.delivery == Some(DeliveryMode::Amqp))
-            .map(|partner| partner.id.clone());
-        let topology = Topology::new(receivers.chain(settings.senders.iter().cloned()))?;
+        let topology = check_settings(&settings, &gateway.registry)?;
         let store = gateway.store.clone();
         let sound = gateway.clone();
         let gate = Backpressure::new(

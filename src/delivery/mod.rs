@@ -345,6 +345,9 @@ pub async fn record_attempt(
             if label == "dead" {
                 // Given up: an operator must act (`deliveries dead`, then a redelivery).
                 tracing::warn!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = d.last_error.as_deref().unwrap_or_default(), attempts = d.attempts, "delivery dead-lettered");
+            } else if label == "delivered" {
+                // The record keeps the last failure's code; this attempt had none.
+                tracing::info!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, attempts = d.attempts, "delivery attempt");
             } else {
                 tracing::info!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = d.last_error.as_deref().unwrap_or_default(), attempts = d.attempts, "delivery attempt");
             }

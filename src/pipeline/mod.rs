@@ -1538,8 +1538,13 @@ fn binary_to_structured(
 ) -> Result<Vec<u8>, Refusal> {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {
+        let given = if essence.is_empty() {
+            "an untyped body (no content type)"
+        } else {
+            essence
+        };
         return Err(Refusal::UnsupportedMediaType(format!(
-            "a binary-mode CloudEvent carries application/json data, not {essence}"
+            "a binary-mode CloudEvent carries application/json data, not {given}"
         )));
     }
     // Read as every JSON message is, refusing a key given twice (which would otherwise keep
@@ -1645,6 +1650,15 @@ mod tests {
             binary_to_structured(&attributes, "text/plain", b"x"),
             Err(Refusal::UnsupportedMediaType(_))
         ));
+        match binary_to_structured(&attributes, "", b"{}") {
+            Err(Refusal::UnsupportedMediaType(why)) => {
+                assert!(
+                    why.ends_with("not an untyped body (no content type)"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         // A key given twice is refused, not read as its last value.
         match binary_to_structured(
             &attributes,
