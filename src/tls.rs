@@ -173,11 +173,12 @@ pub enum TlsError {
         /// When the CRL stopped being current (its `nextUpdate`), RFC 3339.
         next_update: String,
     },
-    /// A CA of the bundle has no CRL among the CRL files: every certificate it issued would be
-    /// refused, its revocation status unknown.
+    /// A CA of the bundle has no CRL among the CRL files signed by its key: every certificate it
+    /// issued would be refused, its revocation status unknown.
     #[error(
-        "no CRL file holds a CRL of {ca_name}, a CA of the bundle {}: every certificate it issued \
-         would be refused; add its CRL to tls.crls",
+        "no CRL file holds a CRL signed by {ca_name}, a CA of the bundle {}: every certificate it \
+         issued would be refused; add its CRL to tls.crls (a CA re-keyed under the same name \
+         needs a CRL of each key)",
         ca.display()
     )]
     CaWithoutCrl {
@@ -1017,14 +1018,20 @@ fn load_checked_crls(
             })?;
         all.extend(crls);
     }
+    // Covered by a CRL that the CA signed, not only one in its name: a CA re-keyed under the
+    // same name is another CA, and the verifier refuses its certificates against a CRL that
+    // its key did not sign.
     for cert in cas {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
             continue;
         };
-        if !in_use
-            .iter()
-            .any(|crl| crl.issuer == cert.subject().as_raw())
-        {
+        let signed_by_it = |crl: &CertificateRevocationListDer<'_>| {
+            x509_parser::parse_x509_crl(crl.as_ref()).is_ok_and(|(_, crl)| {
+                crl.issuer().as_raw() == cert.subject().as_raw()
+                    && crl.verify_signature(cert.public_key()).is_ok()
+            })
+        };
+        if !all.iter().any(signed_by_it) {
             return Err(TlsError::CaWithoutCrl {
                 ca: ca.to_path_buf(),
                 ca_name: cert.subject().to_string(),

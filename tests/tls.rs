@@ -274,6 +274,22 @@ impl OtherCa {
         params
     }
 
+    /// This CA's CRL, revoking nothing, current until 2099, in DER.
+    fn crl(&self) -> Vec<u8> {
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2021, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
+
     /// Issues a client certificate for `uri` and writes it (followed by this CA's certificate,
     /// for an intermediate), its key and the dev CA bundle (to trust the gateway) into `dir`.
     fn client_files(&self, dir: &Path, uri: &str) -> TlsFiles {
@@ -480,9 +496,24 @@ fn a_ca_of_the_bundle_without_a_crl_is_refused_at_start() {
     let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
     std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
     let mut files = dev::files(&dev_dir(), dev::SERVER);
-    files.ca = bundle;
+    files.ca = bundle.clone();
     let error = tls::server_config(&files).unwrap_err();
     assert!(error.to_string().contains("Another partner CA"), "{error}");
+
+    // A CA re-keyed under the same name is another CA: the CRL of the old key does not cover
+    // the new one, whose certificates the verifier would refuse, the CRL's signature not its.
+    let (old, new) = (OtherCa::new("Re-keyed CA"), OtherCa::new("Re-keyed CA"));
+    std::fs::write(&bundle, format!("{dev_ca}{}{}", old.cert_pem, new.cert_pem)).unwrap();
+    let old_crl = dir.path().join("old.crl");
+    std::fs::write(&old_crl, old.crl()).unwrap();
+    files.crls = vec![dev_dir().join("crl.pem"), old_crl.clone()];
+    let error = tls::server_config(&files).unwrap_err();
+    assert!(matches!(error, TlsError::CaWithoutCrl { .. }), "{error}");
+    assert!(error.to_string().contains("Re-keyed CA"), "{error}");
+    let new_crl = dir.path().join("new.crl");
+    std::fs::write(&new_crl, new.crl()).unwrap();
+    files.crls.push(new_crl);
+    tls::server_config(&files).expect("each key has its CRL");
 }
 
 #[tokio::test]
