@@ -176,12 +176,23 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         "a delivery of the kept case was withdrawn: {dead}"
     );
 
-    // A repeat of the erased case's message is still answered with its receipt.
+    // A repeat of the erased case's message is refused as a new message for the case: the
+    // store no longer keeps what it said, to tell a repeat of it from another message.
     let repeat = consulate
         .send("application/xml", notice(ERASED, "CGSN-CASA-2026-00501"))
         .await;
-    assert_eq!(repeat.status, 200, "{}", repeat.text());
-    assert_eq!(repeat.json()["status"], "duplicate", "{}", repeat.text());
+    assert_eq!(repeat.status, 422, "{}", repeat.text());
+    assert!(repeat.text().contains("erased"), "{}", repeat.text());
+    // Its reference, sent again for another case, is not taken for a repeat of it either.
+    let reused = consulate
+        .send("application/xml", notice(KEPT, "CGSN-CASA-2026-00501"))
+        .await;
+    assert_eq!(reused.status, 409, "{}", reused.text());
+    assert!(
+        reused.text().contains("a case since erased"),
+        "{}",
+        reused.text()
+    );
 
     // The withdrawal was audited, one entry a delivery, before the gateway served.
     let exit = gateway.stop();
@@ -284,10 +295,8 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         "{record:?}"
     );
     // Nor does it keep the digest of what the message said, which would confirm a guess.
-    assert!(
-        record.content.is_empty() && record.content_mapping.is_empty(),
-        "{record:?}"
-    );
+    assert_eq!(record.content, passerelle::store::FORGOTTEN_CONTENT);
+    assert!(record.content_mapping.is_empty(), "{record:?}");
     let kept = store
         .accepted(source, "CGSN-CASA-2026-00502")
         .expect("reading the record")

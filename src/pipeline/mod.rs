@@ -519,6 +519,24 @@ impl Gateway {
             digest: content_digest(event),
             mapping: text(event, "mappinghash"),
         };
+        let case_id = facts::case_id(event);
+        // An erased case takes no more messages: the log can write nothing more under it (its
+        // keys are gone), so this is the sender's to know, not an outage to retry. Checked
+        // before the duplicates: the store no longer keeps what an erased case's messages
+        // said, to tell a repeat of one from another message.
+        if let Some(case) = &case_id
+            && self
+                .log
+                .is_case_erased(case)
+                .map_err(|e| unavailable(&e.to_string()))?
+        {
+            return Err(Refusal::Unprocessable {
+                message: "the event's case was erased from the audit log; the gateway takes \
+                          no more messages for it, repeats of its messages among them"
+                    .into(),
+                path: Some("/subject".into()),
+            });
+        }
         if let Some(record) = self
             .store
             .accepted(source, event_id)
@@ -534,22 +552,6 @@ impl Gateway {
             if let Some(confirmed) = self.settle_now(record).await? {
                 return repeat_of(confirmed, &content);
             }
-        }
-        let case_id = facts::case_id(event);
-        // An erased case takes no more messages: the log can write nothing more under it (its
-        // keys are gone), so this is the sender's to know, not an outage to retry.
-        if let Some(case) = &case_id
-            && self
-                .log
-                .is_case_erased(case)
-                .map_err(|e| unavailable(&e.to_string()))?
-        {
-            return Err(Refusal::Unprocessable {
-                message: "the event's case was erased from the audit log; the gateway takes \
-                          no more messages for it"
-                    .into(),
-                path: Some("/subject".into()),
-            });
         }
         // The messages of one case are checked in turn, each against the case's file with
         // the facts of every message of the case queued before it (whose audit entries come
@@ -1458,6 +1460,15 @@ struct Said {
 /// messages read by the same version of their mapping are compared (another version may write
 /// the same message otherwise), and records from before digests were kept are not.
 fn repeat_of(first: AcceptedRecord, content: &Said) -> Result<Outcome, Refusal> {
+    if first.content == crate::store::FORGOTTEN_CONTENT {
+        // The message under this reference was of a case since erased (a repeat of it is
+        // refused before, for its case): this one, of another case, cannot be told from it.
+        return Err(Refusal::Conflict(format!(
+            "the reference {} was used for a message of a case since erased, accepted on {}; \
+             send this one under a reference of its own",
+            first.event_id, first.accepted_at
+        )));
+    }
     let comparable = !first.content.is_empty() && first.content_mapping == content.mapping;
     if comparable && first.content != content.digest {
         return Err(Refusal::Conflict(format!(

@@ -92,8 +92,10 @@ pub fn start(
             .route("/ready", web::get().to(ready))
             .route("/metrics", web::get().to(metrics))
             .route("/dead-letters", web::get().to(dead_letters))
-            .route("/deliveries/{id}/redeliver", web::post().to(redeliver))
-            .route("/deliveries/{id}/discard", web::post().to(discard))
+            .route(
+                "/deliveries/{id}/{change}",
+                web::post().to(change_dead_letter),
+            )
     })
     .workers(1)
     .disable_signals()
@@ -222,26 +224,26 @@ async fn dead_letters(
     }
 }
 
-async fn redeliver(
+/// `POST /deliveries/{id}/redeliver` and `POST /deliveries/{id}/discard`: an operator's
+/// change to a dead letter.
+async fn change_dead_letter(
     req: HttpRequest,
     state: web::Data<AdminState>,
-    id: web::Path<u64>,
+    path: web::Path<(u64, String)>,
 ) -> HttpResponse {
+    let (id, change) = path.into_inner();
+    if !matches!(change.as_str(), "redeliver" | "discard") {
+        return HttpResponse::NotFound().json(serde_json::json!({"error": "no such route"}));
+    }
     if let Some(refused) = refuse_web_pages(&req) {
         return refused;
     }
-    dead_letter_changed(*id, delivery::redeliver(&state.gateway, *id).await)
-}
-
-async fn discard(
-    req: HttpRequest,
-    state: web::Data<AdminState>,
-    id: web::Path<u64>,
-) -> HttpResponse {
-    if let Some(refused) = refuse_web_pages(&req) {
-        return refused;
-    }
-    dead_letter_changed(*id, delivery::discard(&state.gateway, *id).await)
+    let changed = if change == "redeliver" {
+        delivery::redeliver(&state.gateway, id).await
+    } else {
+        delivery::discard(&state.gateway, id).await
+    };
+    dead_letter_changed(id, changed)
 }
 
 /// The listener has no credentials of its own (it is on loopback, for the operators of this

@@ -79,6 +79,13 @@ const HIGHEST_LOG_INDEX: &str = "highest-log-index";
 /// The change of [`FORMAT`] that deleted the bodies earlier versions kept of completed
 /// deliveries (see [`delete_completed_bodies`]).
 const COMPLETED_BODIES_DELETED: &str = "completed-bodies-deleted";
+/// The change of [`FORMAT`] that forgot what the messages of cases erased under earlier
+/// versions said (see [`forget_erased_content`]).
+const ERASED_CONTENT_FORGOTTEN: &str = "erased-content-forgotten";
+
+/// The [`AcceptedRecord::content`] of a message whose case was erased, in place of its
+/// digest (see [`Store::forget_case_ids`]).
+pub const FORGOTTEN_CONTENT: &str = "forgotten";
 
 /// The store failed: the message or change it was asked to keep is not durable.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -180,7 +187,8 @@ pub struct AcceptedRecord {
     /// A digest of what the message says (its type and data, see
     /// [`crate::pipeline::content_digest`]), by which a later message under the same source
     /// and reference is told a repeat from another message. Empty in records written before
-    /// it was kept: those are taken for repeats.
+    /// it was kept: those are taken for repeats. [`FORGOTTEN_CONTENT`] once the case was
+    /// erased: no later message is taken for a repeat of it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub content: String,
     /// The hash of the mapping that read the message: a message read by another version of
@@ -631,6 +639,7 @@ impl Store {
             let mut pending = 0;
             migrate_due(&w)?;
             delete_completed_bodies(&w)?;
+            forget_erased_content(&w)?;
             {
                 for table in [ACCEPTED, CASES] {
                     w.open_table(table).map_err(db_error)?;
@@ -1362,9 +1371,8 @@ impl Store {
                 record.case_facts.clear();
                 // The digest of the event, unkeyed, would confirm a guess of what the message
                 // said (an allowance of one of a few amounts, a refusal of one of a few
-                // reasons). Without it a repeat is taken for a repeat, whatever it says: the
-                // case takes no new message either way.
-                record.content.clear();
+                // reasons).
+                record.content = FORGOTTEN_CONTENT.into();
                 record.content_mapping.clear();
             },
         )?;
@@ -1638,6 +1646,46 @@ fn delete_completed_bodies(w: &redb::WriteTransaction) -> Result<()> {
     }
     format
         .insert(COMPLETED_BODIES_DELETED, ())
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Forgets, once, the digests of content that earlier versions kept on the records of
+/// erased cases' messages (see [`Store::forget_case_ids`]): those are the records without a
+/// case id, since every accepted event names its case. A record that cannot be read is left.
+fn forget_erased_content(w: &redb::WriteTransaction) -> Result<()> {
+    let mut format = w.open_table(FORMAT).map_err(db_error)?;
+    if format
+        .get(ERASED_CONTENT_FORGOTTEN)
+        .map_err(db_error)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut accepted = w.open_table(ACCEPTED).map_err(db_error)?;
+    let mut changed = Vec::new();
+    for item in accepted.iter().map_err(db_error)? {
+        let (key, value) = item.map_err(db_error)?;
+        let Ok(mut record) = serde_json::from_slice::<AcceptedRecord>(value.value()) else {
+            continue;
+        };
+        if record.case_id.is_none()
+            && !record.content.is_empty()
+            && record.content != FORGOTTEN_CONTENT
+        {
+            record.content = FORGOTTEN_CONTENT.into();
+            record.content_mapping.clear();
+            let value = serde_json::to_vec(&record).map_err(db_error)?;
+            changed.push((key.value().to_owned(), value));
+        }
+    }
+    for (key, value) in &changed {
+        accepted
+            .insert(key.as_str(), value.as_slice())
+            .map_err(db_error)?;
+    }
+    format
+        .insert(ERASED_CONTENT_FORGOTTEN, ())
         .map_err(db_error)?;
     Ok(())
 }
@@ -3660,6 +3708,51 @@ pub(super) mod tests {
         // It stays a dead letter, out of the due index.
         assert_eq!(store.dead_letters(0, 10).unwrap().len(), 1);
         assert_eq!(store.next_due(Channel::Webhook).unwrap(), None);
+    }
+
+    /// Records of erased cases' messages written by earlier versions, without a case id but
+    /// with the digest of their content, lose the digest once, at open.
+    #[tokio::test]
+    async fn an_erased_cases_digest_kept_by_an_earlier_version_is_forgotten_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        accept(&store, "erased", Vec::new()).await;
+        accept(&store, "kept", Vec::new()).await;
+        store.close().unwrap();
+        {
+            // As an earlier version left it: the case id taken off, the digest kept.
+            let db = redb::Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut accepted = w.open_table(ACCEPTED).unwrap();
+                for (event_id, case_id) in [("erased", None), ("kept", Some("RVA-1"))] {
+                    let key = AcceptedRecord::key("urn:partner:test", event_id);
+                    let mut record: AcceptedRecord = serde_json::from_slice(
+                        accepted.get(key.as_str()).unwrap().unwrap().value(),
+                    )
+                    .unwrap();
+                    record.case_id = case_id.map(str::to_owned);
+                    record.content = "sha256:00".into();
+                    let value = serde_json::to_vec(&record).unwrap();
+                    accepted.insert(key.as_str(), value.as_slice()).unwrap();
+                }
+                w.open_table(FORMAT)
+                    .unwrap()
+                    .remove(ERASED_CONTENT_FORGOTTEN)
+                    .unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let erased = store
+            .accepted("urn:partner:test", "erased")
+            .unwrap()
+            .unwrap();
+        assert_eq!(erased.content, FORGOTTEN_CONTENT);
+        let kept = store.accepted("urn:partner:test", "kept").unwrap().unwrap();
+        assert_eq!(kept.content, "sha256:00");
+        store.close().unwrap();
     }
 
     /// A record that cannot be read is said without its values: serde_json's message would
