@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Gateway, Summaries};
 use crate::registry::Registry;
 use crate::server::admin::Readiness;
-use crate::store::Store;
+use crate::store::{RewriteError, Store};
 use anyhow::{Context, anyhow};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -240,9 +240,21 @@ async fn rewrite_store_after_erasures(
         .context("the store's file cannot be rewritten: the gateway is already shared")?;
     let old = gateway.store.clone();
     let from = path.to_owned();
-    let rewritten = tokio::task::spawn_blocking(move || old.rewrite_file(&from))
-        .await?
-        .context("rewriting the store's file after an erasure")?;
+    let rewritten = match tokio::task::spawn_blocking(move || old.rewrite_file(&from)).await? {
+        Ok(rewritten) => rewritten,
+        // The store goes on with its file: an erasure's leftovers in its free pages are no
+        // reason to stop serving. Tried again at the next start.
+        Err(RewriteError::NotMade(error)) => {
+            tracing::error!(
+                error = %error,
+                "the store's file could not be rewritten after an erasure: what the erasure \
+                 deleted stays in its free pages until the next start rewrites it (it needs \
+                 free space of about the store's size)"
+            );
+            return Ok(());
+        }
+        Err(error) => return Err(error).context("rewriting the store's file after an erasure"),
+    };
     let fresh = Store::open(path).context("opening the rewritten store")?;
     let old = gateway.replace_store(Arc::new(fresh));
     Arc::try_unwrap(old)

@@ -1075,12 +1075,18 @@ async fn the_return_of_case_rva_2026_004211() {
         gateway.client("iom.sn").get(&partial("0")).await.status,
         200
     );
-    for entries in [partial("entries"), "/v1/audit/log/tile/entries/999".into()] {
+    for entries in [
+        partial("entries"),
+        "/v1/audit/log/tile/entries/999".into(),
+        "/v1/audit/log/tile/Entries/000".into(),
+    ] {
         gateway
             .client("iom.sn")
             .get(&entries)
             .await
             .problem(403, "forbidden");
+        let head = gateway.client("iom.sn").head(&entries).await;
+        assert_eq!(head.status, 403, "HEAD {entries}");
     }
     let bundle = auditor.get(&partial("entries")).await;
     assert_eq!(bundle.status, 200, "{}", bundle.text());

@@ -175,6 +175,12 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
             .all(|d| d["event_id"] != "CGSN-CASA-2026-00502" || d["last_error"] != "case-erased"),
         "a delivery of the kept case was withdrawn: {dead}"
     );
+    // It can be discarded, and its entry names no case either.
+    let discarded_id = erased[0]["id"].as_u64().expect("a delivery id");
+    let discarded = admin
+        .post(&format!("/deliveries/{discarded_id}/discard"))
+        .await;
+    assert_eq!(discarded.status, 200, "{}", discarded.text());
 
     // A repeat of the erased case's message is refused as a new message for the case: the
     // store no longer keeps what it said, to tell a repeat of it from another message.
@@ -210,6 +216,8 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
             assert!(!d.holds_body(), "{d:?}");
             let state = if d.recipient == "iom.ma" {
                 DeliveryState::Delivered
+            } else if d.id == discarded_id {
+                DeliveryState::Discarded
             } else {
                 DeliveryState::Dead
             };
@@ -244,14 +252,20 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         "{line}"
     );
     let mut audited = Vec::new();
+    let mut discards = Vec::new();
     journal::scan(&data.join("audit-log/private/journal"), |_, record| {
         let leaf = Leaf::decode(&record.entry)?;
         if leaf.kind == Kind::DeadLettered && leaf.reason.as_deref() == Some("case-erased") {
             audited.push(leaf);
+        } else if leaf.kind == Kind::Discarded {
+            discards.push(leaf);
         }
         Ok(())
     })
     .expect("reading the audit log's journal");
+    assert_eq!(discards.len(), 1, "{discards:?}");
+    assert!(discards[0].commitments.is_none(), "{:?}", discards[0]);
+    assert_eq!(discards[0].reason.as_deref(), Some("operator"));
     let mut audited: Vec<(String, String)> = audited
         .into_iter()
         .map(|leaf| {

@@ -514,7 +514,7 @@ impl Ingress {
                                     .await;
                                 if handled.is_err() {
                                     tracing::error!("handling an AMQP message failed; it is returned to its queue");
-                                    return_to_queue(&acker).await;
+                                    return_failed(&acker).await;
                                 }
                             }
                             .instrument(span),
@@ -706,14 +706,11 @@ impl Ingress {
                     Outcome::Ignored { .. } => ("ignored", ""),
                 };
                 match bounded(delivery.acker.ack(BasicAckOptions::default())).await {
-                    // At INFO, as the REST routes log each message they take.
-                    Ok(true) => tracing::info!(
-                        partner,
-                        message_id = %message_id,
-                        event_id,
-                        status,
-                        "AMQP message acknowledged"
-                    ),
+                    // At INFO, as the REST routes log each message they take; by its event id,
+                    // the partner's reference, which the pipeline has read.
+                    Ok(true) => {
+                        tracing::info!(partner, event_id, status, "AMQP message acknowledged")
+                    }
                     // Durable already: a redelivery will be answered `duplicate`.
                     failed => tracing::warn!(
                         partner,
@@ -735,7 +732,7 @@ impl Ingress {
                 self.dead_letter(partner, delivery, &why).await;
             }
             Settle::Requeue => {
-                let returned = return_to_queue(&delivery.acker).await;
+                let returned = return_failed(&delivery.acker).await;
                 tracing::warn!(
                     partner,
                     message_id = %message_id,
@@ -744,7 +741,7 @@ impl Ingress {
                 );
             }
             Settle::GiveBack => {
-                let returned = return_to_queue(&delivery.acker).await;
+                let returned = return_unprocessed(&delivery.acker).await;
                 tracing::debug!(
                     partner,
                     message_id = %message_id,
@@ -891,8 +888,18 @@ impl Ingress {
     }
 }
 
-/// Returns a message to its queue (`basic.nack` with requeue); whether the broker took it.
-async fn return_to_queue(acker: &lapin::Acker) -> bool {
+/// Returns a message to its queue, its processing failed (`basic.reject` with requeue);
+/// whether the broker took it. RabbitMQ counts each such return towards the queue's
+/// `x-delivery-limit`, so that a message that fails every time ends in the dead letters.
+async fn return_failed(acker: &lapin::Acker) -> bool {
+    let rejected = bounded(acker.reject(BasicRejectOptions { requeue: true })).await;
+    matches!(rejected, Ok(true))
+}
+
+/// Gives a message back to its queue unprocessed (`basic.nack` with requeue), as the gate held
+/// it; whether the broker took it. RabbitMQ 4.3 and later do not count it towards the queue's
+/// `x-delivery-limit` (earlier versions count every return alike).
+async fn return_unprocessed(acker: &lapin::Acker) -> bool {
     let nacked = bounded(acker.nack(BasicNackOptions {
         multiple: false,
         requeue: true,
@@ -925,10 +932,11 @@ async fn pause(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     !stopped && !*stop.borrow()
 }
 
-/// A message's `message_id` as the log may show it. The sender sets it, and the gateway reads
-/// it before anything else of the message: one that does not look like a reference (letters,
-/// digits and `.` `_` `-` `:` `/` `#` only, at most 200 bytes), such as a name and a birth date
-/// put there by mistake, is logged by its length alone, since logs carry no personal data.
+/// A message's `message_id` as the log may show it. The sender sets it, and the gateway logs it
+/// when it cannot say more of the message (a refusal, a return): one that does not look like a
+/// reference (letters, digits and `.` `_` `-` `:` `/` `#` only, at most 200 bytes), such as a
+/// name and a birth date put there with spaces, is logged by its length alone. A rough guard
+/// only: `DIOP_Awa` looks like a reference.
 fn loggable_message_id(id: &str) -> String {
     let reference_like = id.len() <= 200
         && id

@@ -220,28 +220,28 @@ async fn dead(base: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Makes `change` to each dead letter of `ids`; fails if it was not made to one of them.
-async fn change(base: &str, ids: &[u64], change: Change) -> anyhow::Result<ExitCode> {
+/// Makes `what` change to each dead letter of `ids`; fails if it was not made to one of them.
+async fn change(base: &str, ids: &[u64], what: Change) -> anyhow::Result<ExitCode> {
     let client = client()?;
     let mut failed = 0;
     for id in ids {
-        let url = format!("{base}/deliveries/{id}/{}", change.route());
+        let url = format!("{base}/deliveries/{id}/{}", what.route());
         // A failed request fails this id only: the others are still tried, and reported.
         let (status, text) = match ask(client.post(&url), &url).await {
             Ok(answer) => answer,
             Err(error) => {
                 failed += 1;
-                eprintln!("delivery {id}: {}: {error:#}", change.not_done());
+                eprintln!("delivery {id}: {}: {error:#}", what.not_done());
                 continue;
             }
         };
         if status.is_success() {
-            println!("delivery {id}: {}", change.done());
+            println!("delivery {id}: {}", what.done());
         } else {
             failed += 1;
             eprintln!(
                 "delivery {id}: {} ({status}): {}",
-                change.not_done(),
+                what.not_done(),
                 error_of(&text)
             );
         }

@@ -956,7 +956,7 @@ impl Gateway {
             && self
                 .log
                 .is_case_erased(case)
-                .map_err(|error| self.append_failed(&error))?
+                .map_err(|error| unavailable(&error.to_string()))?
         {
             fact.case_id = None;
         }

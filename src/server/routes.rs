@@ -6,7 +6,7 @@
 //! | `GET /v1/inbox` | any partner | the deliveries waiting for the caller |
 //! | `POST /v1/inbox/{id}/ack` | the recipient | acknowledge a delivery |
 //! | `GET /v1/receipts/{event_id}` | the sender, auditors | receipt and inclusion proof |
-//! | `GET`, `HEAD /v1/audit/log/{path}` | any partner | the C2SP tlog-tiles read API |
+//! | `GET`, `HEAD /v1/audit/log/{path}` | any partner (entry bundles: auditors) | the C2SP tlog-tiles read API |
 //! | `GET /v1/audit/trails` | auditors | a case's (LPC's, PNR's) entries with proofs, or a bundle |
 //!
 //! The OpenAPI document `docs/openapi.yaml` describes them: `tests/openapi.rs` checks it against
@@ -797,12 +797,6 @@ async fn get_log_file(
 ) -> Result<HttpResponse, Problem> {
     let gateway = gateway(&req)?;
     let path = path.into_inner();
-    if path.starts_with("tile/entries/") && !is_auditor(&caller) {
-        return Err(Problem::forbidden(
-            "the log's entry bundles are for auditors; a partner reads the checkpoint and the \
-             hash tiles, and its own receipts",
-        ));
-    }
     let safe = !path.is_empty()
         && path.split('/').all(|seg| {
             !seg.is_empty()
@@ -814,6 +808,20 @@ async fn get_log_file(
         });
     if !safe || !(path == "checkpoint" || path.starts_with("tile/")) {
         return Err(Problem::not_found("no such log resource"));
+    }
+    // What a partner may read is named, rather than what it may not: the checkpoint and the
+    // hash tiles, `tile/<level>/…`.
+    let for_partners = path == "checkpoint"
+        || path.strip_prefix("tile/").is_some_and(|rest| {
+            rest.split('/')
+                .next()
+                .is_some_and(|level| !level.is_empty() && level.bytes().all(|b| b.is_ascii_digit()))
+        });
+    if !for_partners && !is_auditor(&caller) {
+        return Err(Problem::forbidden(
+            "the log's entry bundles are for auditors; a partner reads the checkpoint and the \
+             hash tiles, and its own receipts",
+        ));
     }
     let file = gateway.log.layout().public.join(&path);
     let bytes = web::block(move || std::fs::read(file))
@@ -827,8 +835,13 @@ async fn get_log_file(
     } else {
         response.insert_header((CONTENT_TYPE, "application/octet-stream"));
         if !path.contains(".p/") {
-            // Full tiles never change.
-            response.insert_header((CACHE_CONTROL, "public, max-age=31536000, immutable"));
+            // Full tiles never change. The entry bundles are the auditors': no shared cache
+            // may keep one to serve it to others.
+            let scope = if for_partners { "public" } else { "private" };
+            response.insert_header((
+                CACHE_CONTROL,
+                format!("{scope}, max-age=31536000, immutable"),
+            ));
         }
     }
     Ok(response.body(bytes))

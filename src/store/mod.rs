@@ -19,7 +19,7 @@
 
 mod rewrite;
 
-pub use rewrite::Rewritten;
+pub use rewrite::{RewriteError, Rewritten};
 
 use crate::pipeline::sequence::CaseFile;
 use crate::write_queue::{WriteQueue, WriteQueueReceiver, write_queue};
@@ -1704,7 +1704,7 @@ fn read_case_file(
     Ok(
         serde_json::from_slice(stored.value()).unwrap_or_else(|error| {
             tracing::error!(
-                error = %error,
+                error = %why_unreadable(&error),
                 "a case file could not be read; the case's sequence checks start afresh"
             );
             CaseFile::default()
@@ -2669,8 +2669,9 @@ fn check_discardable(d: &Delivery, owed: bool) -> Result<()> {
     }
     if owed {
         return Err(StoreError::Refused(format!(
-            "delivery {} died moments ago and its dead_lettered entry is not yet in the audit \
-             log; ask again in a few seconds",
+            "the dead_lettered entry of delivery {} is not yet in the audit log (it is written \
+             moments after the delivery is created dead, or at the next start if the log failed \
+             then); ask again once it is",
             d.id
         )));
     }
@@ -2735,7 +2736,7 @@ pub(super) mod tests {
         }
     }
 
-    fn record(event_id: &str) -> AcceptedRecord {
+    pub(super) fn record(event_id: &str) -> AcceptedRecord {
         AcceptedRecord {
             event_id: event_id.into(),
             source: "urn:partner:test".into(),
