@@ -239,8 +239,7 @@ async fn rewrite_store_after_erasures(
     let gateway = Arc::get_mut(gateway)
         .context("the store's file cannot be rewritten: the gateway is already shared")?;
     let old = gateway.store.clone();
-    let from = path.to_owned();
-    let rewritten = match tokio::task::spawn_blocking(move || old.rewrite_file(&from)).await? {
+    let rewritten = match tokio::task::spawn_blocking(move || old.rewrite_file()).await? {
         Ok(rewritten) => rewritten,
         // The store goes on with its file: an erasure's leftovers in its free pages are no
         // reason to stop serving. Tried again at the next start.

@@ -412,7 +412,7 @@ impl Egress {
                         .due_for(StoreChannel::Amqp, now, &skip, room, &turn, |_| usize::MAX);
                 match due {
                     Ok(look) => {
-                        held.set_aside_unreadable(&look.unreadable, "amqp");
+                        held.set_aside_unreadable(&look.unreadable, StoreChannel::Amqp.name());
                         if let Some(last) = look.last {
                             turn = last;
                         }
@@ -583,9 +583,15 @@ impl Egress {
             Attempt::Retry(code) => delivery::Attempt::Retry { code, asked: None },
             Attempt::Dead(code) => delivery::Attempt::Dead { code },
         };
-        record_attempt(&self.gateway, &self.policy, &delivery, attempt, "amqp")
-            .await
-            .is_some()
+        record_attempt(
+            &self.gateway,
+            &self.policy,
+            &delivery,
+            attempt,
+            StoreChannel::Amqp.name(),
+        )
+        .await
+        .is_some()
     }
 }
 

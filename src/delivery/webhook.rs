@@ -119,7 +119,7 @@ impl WebhookWorker {
                     allowance,
                 ) {
                     Ok(look) => {
-                        held.set_aside_unreadable(&look.unreadable, "webhook");
+                        held.set_aside_unreadable(&look.unreadable, Channel::Webhook.name());
                         if let Some(last) = look.last {
                             turn = last;
                         }
@@ -159,9 +159,15 @@ impl WebhookWorker {
     /// Makes one attempt and records it; returns whether it is on record.
     async fn attempt(&self, delivery: Delivery) -> bool {
         let outcome = self.call(&delivery).await;
-        record_attempt(&self.gateway, &self.policy, &delivery, outcome, "webhook")
-            .await
-            .is_some()
+        record_attempt(
+            &self.gateway,
+            &self.policy,
+            &delivery,
+            outcome,
+            Channel::Webhook.name(),
+        )
+        .await
+        .is_some()
     }
 
     async fn call(&self, d: &Delivery) -> Attempt {

@@ -614,7 +614,9 @@ async fn get_inbox(
     .await;
     for (d, recorded) in to_record.iter().zip(recorded) {
         recorded.map_err(|e| Problem::unavailable(e.to_string()))?;
-        gateway.metrics.delivery(&d.recipient, "inbox", "delivered");
+        gateway
+            .metrics
+            .delivery(&d.recipient, Channel::Inbox.name(), "delivered");
     }
     if failure.is_some() {
         // The audit log could not record the delivery (its error is logged where it failed).
@@ -729,7 +731,7 @@ async fn record_inbox_step(
         .map_err(|e| Problem::unavailable(e.to_string()))?;
     gateway
         .metrics
-        .delivery(&delivery.recipient, "inbox", label);
+        .delivery(&delivery.recipient, Channel::Inbox.name(), label);
     Ok(())
 }
 

@@ -518,6 +518,8 @@ impl Release {
 /// checks duplicates, inserts and commits, so that it does not become the bottleneck.
 pub struct Store {
     db: Arc<Database>,
+    /// The file it was opened from.
+    path: std::path::PathBuf,
     tx: Option<WriteQueue<Write>>,
     writer: Option<JoinHandle<()>>,
     pending_deliveries: Arc<AtomicU64>,
@@ -695,6 +697,7 @@ impl Store {
             .map_err(db_error)?;
         Ok(Store {
             db,
+            path: path.to_owned(),
             tx: Some(tx),
             writer: Some(writer),
             pending_deliveries,

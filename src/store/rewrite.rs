@@ -57,15 +57,16 @@ impl Store {
         Ok(self.mark(CASE_IDS_FORGOTTEN)? > self.mark(FILE_REWRITTEN)?)
     }
 
-    /// Copies every table into a new file beside `path` (the file this store was opened
-    /// from), synced, then puts it in the old file's place and syncs the folder.
+    /// Copies every table into a new file beside the store's own, synced, then puts it in the
+    /// old file's place and syncs the folder.
     ///
     /// The store itself goes on reading and writing the old file, which no longer has a name:
-    /// call it at start, when nothing writes, then close this store and open `path` again.
+    /// call it at start, when nothing writes, then close this store and open its file again.
     /// A failure (a full disk, say) removes the copy and leaves the old file, with the rewrite
     /// still due; so does a crash, and a copy left by it is replaced at the next try. A table
     /// the rewrite does not know (of a later version) fails it, rather than be left behind.
-    pub fn rewrite_file(&self, path: &Path) -> std::result::Result<Rewritten, RewriteError> {
+    pub fn rewrite_file(&self) -> std::result::Result<Rewritten, RewriteError> {
+        let path = self.path.as_path();
         let copy_path = copy_path(path);
         remove_copy(&copy_path).map_err(RewriteError::NotMade)?;
         let rewritten = self.write_copy(&copy_path).and_then(|rows| {
@@ -312,7 +313,7 @@ mod tests {
         }
         std::fs::write(copy_path(&path), b"left by a crash").unwrap();
 
-        let rewritten = store.rewrite_file(&path).unwrap();
+        let rewritten = store.rewrite_file().unwrap();
         store.close().unwrap();
         assert!(rewritten.rows > 0, "{rewritten:?}");
         assert!(!holds(&path, "DIOP Awa"));
@@ -353,7 +354,7 @@ mod tests {
             w.commit().unwrap();
         }
         let before = std::fs::read(&path).unwrap();
-        match store.rewrite_file(&path) {
+        match store.rewrite_file() {
             Err(RewriteError::NotMade(StoreError::Refused(why))) => {
                 assert!(why.contains("of-a-later-version"), "{why}")
             }
