@@ -33,7 +33,7 @@ enum Command {
     Certs(cli::certs::CertsCommand),
     /// Run the gateway.
     Serve(cli::serve::ServeArgs),
-    /// List the dead letters of a running gateway, and redeliver them.
+    /// List the dead letters of a running gateway, redeliver them or discard them.
     #[command(subcommand)]
     Deliveries(cli::deliveries::DeliveriesCommand),
     /// Play the complete return of a case through a gateway on loopback, then audit it.

@@ -149,7 +149,7 @@ fn log_not_behind_store(log: &AuditLog, store: &Store) -> anyhow::Result<()> {
 /// closed.
 fn private_folder(data: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    keep_new_files_private();
     if data.exists() && !data.is_dir() {
         anyhow::bail!(
             "the data folder {} (paths.data) is a file, not a folder",
@@ -185,6 +185,59 @@ fn private_folder(data: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Makes every file and folder this process creates from now on its user's alone (the file
+/// mode creation mask 077): the gateway, and the commands that write into its data folder
+/// (`passerelle audit erase`).
+pub fn keep_new_files_private() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Closes to other users every file and folder under `data` that is open to them (made by an
+/// earlier version, by a command run with another file mode creation mask, or restored from a
+/// copy), and says how many it closed. Symbolic links are not followed. One that cannot be
+/// closed (not the gateway user's) is said, and left.
+fn close_what_is_open(data: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut folders = vec![data.to_owned()];
+    let mut closed = 0_u64;
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.is_dir() {
+                folders.push(path.clone());
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o077 == 0 {
+                continue;
+            }
+            let private = std::fs::Permissions::from_mode(mode & 0o700);
+            match std::fs::set_permissions(&path, private) {
+                Ok(()) => closed += 1,
+                Err(error) => tracing::warn!(
+                    file = %path.display(),
+                    error = %error,
+                    "a file of the data folder is open to other users and cannot be closed to them"
+                ),
+            }
+        }
+    }
+    if closed > 0 {
+        tracing::warn!(
+            closed,
+            "files of the data folder were open to other users; they are now closed to them"
+        );
+    }
 }
 
 /// Loads the catalogue, the mappings (linted) and the registry.
@@ -280,6 +333,7 @@ impl RunningGateway {
             crate::amqp::check_settings(settings, &registry).context("the AMQP settings")?;
         }
         private_folder(&config.paths.data)?;
+        close_what_is_open(&config.paths.data);
         let signer = signing_key(config)?;
         let options = Options {
             checkpoint_interval: Duration::from_secs_f64(config.audit.checkpoint_interval_secs),

@@ -95,6 +95,18 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
         said.contains("index 40") && !said.contains("RVA-2026-000005"),
         "{said}"
     );
+    // What it wrote is closed to other users, whatever the shell's file mode creation mask:
+    // the entry bundle names events, senders and recipients.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for made in ["public/tile/entries/000.p/41", "public/checkpoint"] {
+            let mode = std::fs::metadata(log.join(made))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{made}: {mode:o}");
+        }
+    }
 
     let verify = passerelle(&["audit", "verify", "--log", path(&log), "--key", &verifier]);
     assert!(
@@ -108,14 +120,30 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already erased"));
 
-    // A mistyped id erases nothing, says so, and appends nothing.
-    let mistyped = erase_case(&log, &key, "RVA-2026-00005");
-    assert!(!mistyped.status.success());
-    let why = String::from_utf8_lossy(&mistyped.stderr);
+    // A mistyped id erases nothing, says so, and appends nothing: one of no case, one not
+    // written as a case id (the log would find the keys of `rva-…` but not match its entries),
+    // and the gateway's trail of a partner's refusals, which is no case.
+    let unknown = erase_case(&log, &key, "RVA-2026-999999");
+    assert!(!unknown.status.success());
+    let why = String::from_utf8_lossy(&unknown.stderr);
     assert!(
         why.contains("no case with that id") && why.contains("nothing"),
         "{why}"
     );
+    for not_a_case in [
+        "RVA-2026-00005",
+        "rva-2026-000006",
+        " RVA-2026-000006",
+        "refused/sn.consulat.casablanca",
+    ] {
+        let refused = erase_case(&log, &key, not_a_case);
+        assert!(!refused.status.success(), "{not_a_case}");
+        let why = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            why.contains("is not a case id") && why.contains("nothing erased"),
+            "{why}"
+        );
+    }
     let verify = passerelle(&["audit", "verify", "--log", path(&log), "--key", &verifier]);
     assert!(verify.status.success());
     assert!(String::from_utf8_lossy(&verify.stdout).contains("size 41"));

@@ -3652,11 +3652,31 @@ async fn the_data_folder_is_closed_to_other_users() {
         );
     }
 
+    // A folder, and files in it, left open to others (by a command run with another mask, or
+    // restored from a copy) are closed at the next start.
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let opened = [
+        data.join("store.redb"),
+        data.join("audit-log/public/checkpoint"),
+        data.join("audit-log/private"),
+    ];
+    for path in &opened {
+        let open = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(open)).unwrap();
+    }
     let running = RunningGateway::start(&test_config(&data, &registry))
         .await
         .expect("the gateway starts again");
     assert_eq!(mode(&data), 0o700);
+    for path in &opened {
+        assert_eq!(
+            mode(path) & 0o077,
+            0,
+            "{} is open to others",
+            path.display()
+        );
+    }
+    assert_eq!(mode(&data.join("audit-log/private")), 0o700);
     running.shutdown().await.expect("a clean shutdown");
 }
 

@@ -253,16 +253,30 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
     );
     let mut audited = Vec::new();
     let mut discards = Vec::new();
+    let mut refused = Vec::new();
     journal::scan(&data.join("audit-log/private/journal"), |_, record| {
         let leaf = Leaf::decode(&record.entry)?;
         if leaf.kind == Kind::DeadLettered && leaf.reason.as_deref() == Some("case-erased") {
             audited.push(leaf);
         } else if leaf.kind == Kind::Discarded {
             discards.push(leaf);
+        } else if leaf.kind == Kind::Rejected && leaf.reason.as_deref() == Some("unprocessable") {
+            refused.push(leaf);
         }
         Ok(())
     })
     .expect("reading the audit log's journal");
+    // The two messages refused for the erased case (a new one and a repeat, with other bytes)
+    // commit to no bytes: the log keeps nothing a guess of them could be tested against.
+    let natives: Vec<_> = refused
+        .iter()
+        .map(|leaf| leaf.commitments.as_ref().and_then(|c| c.native.clone()))
+        .collect();
+    assert_eq!(natives.len(), 2, "{refused:?}");
+    assert!(
+        natives[0].is_some() && natives[0] == natives[1],
+        "{natives:?}"
+    );
     assert_eq!(discards.len(), 1, "{discards:?}");
     assert!(discards[0].commitments.is_none(), "{:?}", discards[0]);
     assert_eq!(discards[0].reason.as_deref(), Some("operator"));

@@ -132,6 +132,7 @@ impl DeadLetter {
             detail: refusal.to_string(),
             path: match refusal {
                 Refusal::Unprocessable { path, .. } => path.clone(),
+                Refusal::CaseErased => Some("/subject".into()),
                 _ => None,
             },
         }

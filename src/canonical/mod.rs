@@ -12,6 +12,17 @@ pub mod text;
 pub use catalogue::{Catalogue, TYPE_PREFIX, type_name};
 pub use schema::{SchemaSet, Violation};
 
+/// Whether `id` is a programme case id as the canonical schema writes it, `RVA-YYYY-NNNNNN`
+/// (`schemas/defs.schema.json`, `case_id`), capitals included.
+pub fn is_case_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() == 15
+        && id.starts_with("RVA-")
+        && bytes[4..8].iter().all(u8::is_ascii_digit)
+        && bytes[8] == b'-'
+        && bytes[9..].iter().all(u8::is_ascii_digit)
+}
+
 /// The CloudEvents `source` of a partner: `urn:partner:<partner id>`.
 pub fn partner_source(partner_id: &str) -> String {
     format!("urn:partner:{partner_id}")

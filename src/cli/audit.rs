@@ -754,7 +754,19 @@ fn existing_log(log: &Path) -> anyhow::Result<()> {
 }
 
 fn erase(log: &Path, signer: &Path, case: &str) -> anyhow::Result<ExitCode> {
+    // The log keeps a case's keys under its id's normal form but commits to the id as the
+    // messages wrote it: an id written another way would find the keys and sign an `erased`
+    // entry that the case's other entries do not match. And the gateway's own trails of
+    // refusals (`refused/<partner>`) are no case: erased, they would refuse every later
+    // refusal's entry.
+    if !passerelle::canonical::is_case_id(case) {
+        bail!(
+            "{case:?} is not a case id: a case id is RVA-YYYY-NNNNNN, written as the messages \
+             write it (capitals); nothing erased"
+        );
+    }
     existing_log(log)?;
+    passerelle::service::keep_new_files_private();
     let signer = read_signer(signer)?;
     let origin = signer.verifier().name().to_owned();
     let log =

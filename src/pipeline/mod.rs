@@ -185,6 +185,15 @@ pub enum Refusal {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The event's case was erased (422, code `unprocessable`, path `/subject`): the gateway
+    /// takes no more messages for it. Its refusal is audited with no commitment to the bytes,
+    /// which would let whoever holds the log's private part test a guess of what a message of
+    /// the erased case said.
+    #[error(
+        "the event's case was erased from the audit log; the gateway takes no more messages for \
+         it, repeats of its messages among them"
+    )]
+    CaseErased,
     /// The source and reference name a message already accepted that says something else
     /// (409): the sender reused a reference.
     #[error("{0}")]
@@ -202,7 +211,7 @@ impl Refusal {
             Refusal::Forbidden(_) => "forbidden",
             Refusal::TooLarge { .. } => "too-large",
             Refusal::UnsupportedMediaType(_) => "unsupported-media-type",
-            Refusal::Unprocessable { .. } => "unprocessable",
+            Refusal::Unprocessable { .. } | Refusal::CaseErased => "unprocessable",
             Refusal::RateLimited { .. } => "rate-limited",
             Refusal::Conflict(_) => "conflict",
             Refusal::Unavailable(_) => "unavailable",
@@ -530,12 +539,7 @@ impl Gateway {
                 .is_case_erased(case)
                 .map_err(|e| unavailable(&e.to_string()))?
         {
-            return Err(Refusal::Unprocessable {
-                message: "the event's case was erased from the audit log; the gateway takes \
-                          no more messages for it, repeats of its messages among them"
-                    .into(),
-                path: Some("/subject".into()),
-            });
+            return Err(Refusal::CaseErased);
         }
         if let Some(record) = self
             .store
@@ -1146,11 +1150,13 @@ impl Gateway {
         fact.transport = Some(submission.transport);
         fact.reason = Some(refusal.code().to_owned());
         fact.case_id = Some(case_id);
+        let committed = if *refusal == Refusal::CaseErased {
+            &[][..]
+        } else {
+            &submission.body[..submission.body.len().min(audit::leaf::limits::PAYLOAD_LEN)]
+        };
         fact.personal = Personal {
-            native: Some(
-                submission.body[..submission.body.len().min(audit::leaf::limits::PAYLOAD_LEN)]
-                    .to_vec(),
-            ),
+            native: Some(committed.to_vec()),
             commit_only: true,
             ..Personal::default()
         };

@@ -101,6 +101,18 @@ impl ResponseError for Problem {
     }
 }
 
+/// A `422`: the message does not map to a valid event, at `path` when known.
+fn unprocessable(detail: String, path: Option<String>) -> Problem {
+    let mut p = Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unprocessable",
+        "The message does not map to a valid event",
+        detail,
+    );
+    p.path = path;
+    p
+}
+
 impl From<Refusal> for Problem {
     fn from(refusal: Refusal) -> Self {
         let detail = refusal.to_string();
@@ -119,16 +131,8 @@ impl From<Refusal> for Problem {
                 "Unsupported media type",
                 detail,
             ),
-            Refusal::Unprocessable { path, .. } => {
-                let mut p = Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unprocessable",
-                    "The message does not map to a valid event",
-                    detail,
-                );
-                p.path = path;
-                p
-            }
+            Refusal::Unprocessable { path, .. } => unprocessable(detail, path),
+            Refusal::CaseErased => unprocessable(detail, Some("/subject".into())),
             Refusal::RateLimited { retry_after, .. } => {
                 let mut p = Problem::new(
                     StatusCode::TOO_MANY_REQUESTS,
