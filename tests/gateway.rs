@@ -3083,14 +3083,7 @@ async fn a_dead_letter_is_listed_and_redelivered() {
 
     // The endpoint is fixed; the operator puts the dead letter back in line.
     dgsn.answer(Answer::Accept);
-    let redelivered = passerelle_cli(&[
-        "deliveries",
-        "redeliver",
-        &id.to_string(),
-        "--admin",
-        &admin_url,
-    ])
-    .await;
+    let redelivered = deliveries_cli("redeliver", id, &admin_url).await;
     assert!(redelivered.status.success(), "{redelivered:?}");
     assert_eq!(
         String::from_utf8(redelivered.stdout).unwrap(),
@@ -3242,14 +3235,7 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
         )
         .await;
     assert_eq!(from_a_page.status, 403, "{}", from_a_page.text());
-    let discarded = passerelle_cli(&[
-        "deliveries",
-        "discard",
-        &id.to_string(),
-        "--admin",
-        &admin_url,
-    ])
-    .await;
+    let discarded = deliveries_cli("discard", id, &admin_url).await;
     assert!(discarded.status.success(), "{discarded:?}");
     assert_eq!(
         String::from_utf8(discarded.stdout).unwrap(),
@@ -3291,14 +3277,7 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
             .status,
         404
     );
-    let again = passerelle_cli(&[
-        "deliveries",
-        "discard",
-        &id.to_string(),
-        "--admin",
-        &admin_url,
-    ])
-    .await;
+    let again = deliveries_cli("discard", id, &admin_url).await;
     assert!(!again.status.success());
     let stderr = String::from_utf8(again.stderr).unwrap();
     assert!(
@@ -3422,6 +3401,11 @@ async fn redelivery_refused_by_cli(admin_url: &str, id: &str, status: u16) {
         stderr.contains(&format!("delivery {id}: not redelivered ({status}")),
         "{stderr}"
     );
+}
+
+/// Runs `passerelle deliveries <change> <id>` against the admin listener at `admin_url`.
+async fn deliveries_cli(change: &str, id: u64, admin_url: &str) -> std::process::Output {
+    passerelle_cli(&["deliveries", change, &id.to_string(), "--admin", admin_url]).await
 }
 
 /// Runs the `passerelle` binary with `args`, off the test's runtime, and returns its output.
