@@ -10,7 +10,7 @@
 mod pki;
 
 use passerelle::tls::{self, PeerIdentity, TlsError, TlsFiles, dev};
-use pki::{crl_of_another_ca, dev_crl, impostor_crl};
+use pki::{crl_of_another_ca, dev_crl, empty_crl_of, impostor_crl};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -276,18 +276,7 @@ impl OtherCa {
 
     /// This CA's CRL, revoking nothing, current until 2099, in DER.
     fn crl(&self) -> Vec<u8> {
-        CertificateRevocationListParams {
-            this_update: date_time_ymd(2021, 1, 1),
-            next_update: date_time_ymd(2099, 1, 1),
-            crl_number: SerialNumber::from_slice(&[1]),
-            issuing_distribution_point: None,
-            revoked_certs: Vec::new(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&self.issuer)
-        .unwrap()
-        .der()
-        .to_vec()
+        empty_crl_of(&self.issuer).der().to_vec()
     }
 
     /// Issues a client certificate for `uri` and writes it (followed by this CA's certificate,

@@ -51,7 +51,11 @@ pub fn crl_of_another_ca(name: &str) -> String {
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
-    let issuer = Issuer::new(params, key);
+    empty_crl_of(&Issuer::new(params, key)).pem().unwrap()
+}
+
+/// A CRL of `issuer`, revoking nothing, current until 2099.
+pub fn empty_crl_of(issuer: &Issuer<'_, KeyPair>) -> rcgen::CertificateRevocationList {
     CertificateRevocationListParams {
         this_update: date_time_ymd(2021, 1, 1),
         next_update: date_time_ymd(2099, 1, 1),
@@ -60,9 +64,7 @@ pub fn crl_of_another_ca(name: &str) -> String {
         revoked_certs: Vec::new(),
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     }
-    .signed_by(&issuer)
-    .unwrap()
-    .pem()
+    .signed_by(issuer)
     .unwrap()
 }
 
