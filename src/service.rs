@@ -146,7 +146,7 @@ fn log_not_behind_store(log: &AuditLog, store: &Store) -> anyhow::Result<()> {
 /// Every file and folder the gateway creates from then on is its user's alone (the process's
 /// file mode creation mask is set to 077): the case keys, the index key and the journals stay
 /// closed to others also in a copy of the folder, or where the data folder itself cannot be
-/// closed.
+/// closed. Those already in it and open to others are closed too.
 fn private_folder(data: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     keep_new_files_private();
@@ -184,6 +184,7 @@ fn private_folder(data: &Path) -> anyhow::Result<()> {
             ),
         }
     }
+    close_what_is_open(data);
     Ok(())
 }
 
@@ -333,7 +334,6 @@ impl RunningGateway {
             crate::amqp::check_settings(settings, &registry).context("the AMQP settings")?;
         }
         private_folder(&config.paths.data)?;
-        close_what_is_open(&config.paths.data);
         let signer = signing_key(config)?;
         let options = Options {
             checkpoint_interval: Duration::from_secs_f64(config.audit.checkpoint_interval_secs),

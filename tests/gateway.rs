@@ -3028,13 +3028,7 @@ async fn a_dead_letter_is_listed_and_redelivered() {
 
     // A web page in a browser on the operator's machine cannot redeliver it: the listener
     // takes no changes from pages.
-    let from_a_page = admin
-        .post_from(
-            &format!("/deliveries/{id}/redeliver"),
-            Some("http://example.org"),
-        )
-        .await;
-    assert_eq!(from_a_page.status, 403, "{}", from_a_page.text());
+    refused_from_a_web_page(&admin, &format!("/deliveries/{id}/redeliver")).await;
     assert_eq!(dgsn.received().len(), 2, "not redelivered");
 
     // Redelivering what is not a dead letter is refused, and leaves it where it was.
@@ -3228,13 +3222,7 @@ async fn a_delivery_that_could_not_be_written_is_refused_redelivery() {
     // the admin route (not from a web page). Each is audited, then out of the dead letters.
     let second = both[1];
     delivery_story(&gateway, "CGSN-CASA-2026-00902", "ma.dgsn", "dead_lettered").await;
-    let from_a_page = admin
-        .post_from(
-            &format!("/deliveries/{second}/discard"),
-            Some("http://example.org"),
-        )
-        .await;
-    assert_eq!(from_a_page.status, 403, "{}", from_a_page.text());
+    refused_from_a_web_page(&admin, &format!("/deliveries/{second}/discard")).await;
     let discarded = deliveries_cli("discard", id, &admin_url).await;
     assert!(discarded.status.success(), "{discarded:?}");
     assert_eq!(
@@ -3401,6 +3389,13 @@ async fn redelivery_refused_by_cli(admin_url: &str, id: &str, status: u16) {
         stderr.contains(&format!("delivery {id}: not redelivered ({status}")),
         "{stderr}"
     );
+}
+
+/// Checks that the admin listener refuses a change asked by a web page (`POST path` with an
+/// `Origin`).
+async fn refused_from_a_web_page(admin: &Admin, path: &str) {
+    let from_a_page = admin.post_from(path, Some("http://example.org")).await;
+    assert_eq!(from_a_page.status, 403, "{}", from_a_page.text());
 }
 
 /// Runs `passerelle deliveries <change> <id>` against the admin listener at `admin_url`.

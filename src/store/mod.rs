@@ -198,6 +198,14 @@ pub struct AcceptedRecord {
 }
 
 impl AcceptedRecord {
+    /// Replaces the digest of what the message said with [`FORGOTTEN_CONTENT`], once its case
+    /// is erased: the digest, unkeyed, would confirm a guess of it (an allowance of one of a few
+    /// amounts, a refusal of one of a few reasons).
+    fn forget_content(&mut self) {
+        self.content = FORGOTTEN_CONTENT.into();
+        self.content_mapping.clear();
+    }
+
     /// The duplicate-detection key: the sender's source and its own reference.
     pub fn key(source: &str, event_id: &str) -> String {
         format!("{source}\n{event_id}")
@@ -1327,7 +1335,8 @@ impl Store {
     }
 
     /// Takes the case id (and the case's provisional facts, and the digest of each message's
-    /// content) off every accepted message's and delivery's record of the `erased` cases, durably, and says how many records of each were
+    /// content) off every accepted message's and delivery's record of the `erased` cases,
+    /// durably, and says how many records of each were
     /// changed. Once a case is erased, the log can no longer tie its entries to the case id:
     /// the store's records would still list, under it, which partners sent and received what
     /// and when. Nothing needs the id afterwards (an erased case takes no more messages, its
@@ -1372,11 +1381,7 @@ impl Store {
             |record: &mut AcceptedRecord| {
                 record.case_id = None;
                 record.case_facts.clear();
-                // The digest of the event, unkeyed, would confirm a guess of what the message
-                // said (an allowance of one of a few amounts, a refusal of one of a few
-                // reasons).
-                record.content = FORGOTTEN_CONTENT.into();
-                record.content_mapping.clear();
+                record.forget_content();
             },
         )?;
         forgotten.deliveries = self.rewrite_records(
@@ -1616,39 +1621,50 @@ fn completed(d: &Delivery) -> bool {
 /// Deletes, once, the bodies that earlier versions kept of completed deliveries (see
 /// [`completed`]). A delivery whose record cannot be read keeps its body.
 fn delete_completed_bodies(w: &redb::WriteTransaction) -> Result<()> {
-    let mut format = w.open_table(FORMAT).map_err(db_error)?;
-    if format
-        .get(COMPLETED_BODIES_DELETED)
+    once(w, COMPLETED_BODIES_DELETED, || {
+        let deliveries = w.open_table(DELIVERIES).map_err(db_error)?;
+        let mut bodies = w.open_table(BODIES).map_err(db_error)?;
+        let mut done = Vec::new();
+        let mut unreadable = 0_u64;
+        for item in bodies.iter().map_err(db_error)? {
+            let id = item.map_err(db_error)?.0.value();
+            match read_delivery(&deliveries, None, id) {
+                Ok(Some(d)) if completed(&d) => done.push(id),
+                Ok(_) => {}
+                Err(StoreError::Unreadable(_)) => unreadable += 1,
+                Err(error) => return Err(error),
+            }
+        }
+        for id in &done {
+            bodies.remove(*id).map_err(db_error)?;
+        }
+        if !done.is_empty() || unreadable > 0 {
+            tracing::info!(
+                deleted = done.len(),
+                kept_unreadable = unreadable,
+                "bodies of completed deliveries deleted"
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Makes the change of [`FORMAT`] named `change` with `make`, in `w`, unless an earlier open
+/// made it, and records it as made.
+fn once(w: &redb::WriteTransaction, change: &str, make: impl FnOnce() -> Result<()>) -> Result<()> {
+    let made = w
+        .open_table(FORMAT)
         .map_err(db_error)?
-        .is_some()
-    {
+        .get(change)
+        .map_err(db_error)?
+        .is_some();
+    if made {
         return Ok(());
     }
-    let deliveries = w.open_table(DELIVERIES).map_err(db_error)?;
-    let mut bodies = w.open_table(BODIES).map_err(db_error)?;
-    let mut done = Vec::new();
-    let mut unreadable = 0_u64;
-    for item in bodies.iter().map_err(db_error)? {
-        let id = item.map_err(db_error)?.0.value();
-        match read_delivery(&deliveries, None, id) {
-            Ok(Some(d)) if completed(&d) => done.push(id),
-            Ok(_) => {}
-            Err(StoreError::Unreadable(_)) => unreadable += 1,
-            Err(error) => return Err(error),
-        }
-    }
-    for id in &done {
-        bodies.remove(*id).map_err(db_error)?;
-    }
-    if !done.is_empty() || unreadable > 0 {
-        tracing::info!(
-            deleted = done.len(),
-            kept_unreadable = unreadable,
-            "bodies of completed deliveries deleted"
-        );
-    }
-    format
-        .insert(COMPLETED_BODIES_DELETED, ())
+    make()?;
+    w.open_table(FORMAT)
+        .map_err(db_error)?
+        .insert(change, ())
         .map_err(db_error)?;
     Ok(())
 }
@@ -1657,40 +1673,30 @@ fn delete_completed_bodies(w: &redb::WriteTransaction) -> Result<()> {
 /// erased cases' messages (see [`Store::forget_case_ids`]): those are the records without a
 /// case id, since every accepted event names its case. A record that cannot be read is left.
 fn forget_erased_content(w: &redb::WriteTransaction) -> Result<()> {
-    let mut format = w.open_table(FORMAT).map_err(db_error)?;
-    if format
-        .get(ERASED_CONTENT_FORGOTTEN)
-        .map_err(db_error)?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let mut accepted = w.open_table(ACCEPTED).map_err(db_error)?;
-    let mut changed = Vec::new();
-    for item in accepted.iter().map_err(db_error)? {
-        let (key, value) = item.map_err(db_error)?;
-        let Ok(mut record) = serde_json::from_slice::<AcceptedRecord>(value.value()) else {
-            continue;
-        };
-        if record.case_id.is_none()
-            && !record.content.is_empty()
-            && record.content != FORGOTTEN_CONTENT
-        {
-            record.content = FORGOTTEN_CONTENT.into();
-            record.content_mapping.clear();
-            let value = serde_json::to_vec(&record).map_err(db_error)?;
-            changed.push((key.value().to_owned(), value));
+    once(w, ERASED_CONTENT_FORGOTTEN, || {
+        let mut accepted = w.open_table(ACCEPTED).map_err(db_error)?;
+        let mut changed = Vec::new();
+        for item in accepted.iter().map_err(db_error)? {
+            let (key, value) = item.map_err(db_error)?;
+            let Ok(mut record) = serde_json::from_slice::<AcceptedRecord>(value.value()) else {
+                continue;
+            };
+            if record.case_id.is_none()
+                && !record.content.is_empty()
+                && record.content != FORGOTTEN_CONTENT
+            {
+                record.forget_content();
+                let value = serde_json::to_vec(&record).map_err(db_error)?;
+                changed.push((key.value().to_owned(), value));
+            }
         }
-    }
-    for (key, value) in &changed {
-        accepted
-            .insert(key.as_str(), value.as_slice())
-            .map_err(db_error)?;
-    }
-    format
-        .insert(ERASED_CONTENT_FORGOTTEN, ())
-        .map_err(db_error)?;
-    Ok(())
+        for (key, value) in &changed {
+            accepted
+                .insert(key.as_str(), value.as_slice())
+                .map_err(db_error)?;
+        }
+        Ok(())
+    })
 }
 
 /// A case's file in `cases` (empty if the case is new), in a read or a write transaction.
