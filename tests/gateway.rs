@@ -1473,11 +1473,10 @@ async fn refusals_are_answered_with_problems_and_audited() {
     assert_eq!(first.status, 202, "{}", first.text());
     let first = first.json();
     check_ack(&first, "accepted", "IOM-SN-2026-11-20-a41b07", &verifier);
-    // An arrival with no boarding on file is accepted, flagged, and delivered anyway.
-    assert_eq!(
-        first["anomalies"],
-        json!(["sequence.missing_boarding_confirmed"])
-    );
+    // An arrival with no boarding on file is accepted, flagged, and delivered anyway. The flag
+    // is for the ministry and the auditors: the sender's acknowledgement does not say what the
+    // case's file holds.
+    assert_eq!(first["anomalies"], json!([]));
     let before = appends().await;
     assert_eq!(before, refusals as u64 + 3, "accepted and its anomaly");
     wait_for("a checkpoint covering every entry", WAIT, async || {
@@ -1519,8 +1518,14 @@ async fn refusals_are_answered_with_problems_and_audited() {
             .await,
         2.0
     );
-    // The ministry and IOM Morocco got it once.
-    assert_eq!(ministry.inbox(500).await.len(), 1);
+    // The ministry and IOM Morocco got it once, the ministry with its flag.
+    let delivered = ministry.inbox(500).await;
+    assert_eq!(delivered.len(), 1);
+    let event: Value = serde_json::from_str(delivered[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        event["data"]["anomalies"][0]["code"],
+        "sequence.missing_boarding_confirmed"
+    );
     assert_eq!(gateway.client("iom.ma").inbox(500).await.len(), 1);
 
     // The auditor finds each sender's refusals, with their reasons, under `refused/<partner>`.
@@ -2312,6 +2317,11 @@ async fn a_laissez_passer_from_another_nationalitys_consulate_is_flagged_and_not
         anomalies.contains(&"scope.not_the_consulate_of_nationality"),
         "{ack}"
     );
+    // The case has no request on file, but that is not the sender's to learn.
+    assert!(
+        !anomalies.iter().any(|code| code.starts_with("sequence.")),
+        "{ack}"
+    );
     assert!(
         !ack["recipients"].as_array().unwrap().is_empty(),
         "delivered"
@@ -3049,6 +3059,11 @@ async fn a_dead_letter_is_listed_and_redelivered() {
         404
     );
     assert_eq!(admin.post("/deliveries/999999/redeliver").await.status, 404);
+    // A change asked with the wrong method is told which one the route takes.
+    let wrong_method = admin.get("/deliveries/999999/discard").await;
+    assert_eq!(wrong_method.status, 405, "{}", wrong_method.text());
+    assert_eq!(wrong_method.header("allow").as_deref(), Some("POST"));
+    assert_eq!(admin.post("/metrics").await.status, 405);
     let inbox = gateway.client("iom.ma").inbox(500).await;
     assert_eq!(inbox.len(), 1, "the delivery is still in the inbox");
     assert_eq!(inbox[0]["id"], pending[0].id);

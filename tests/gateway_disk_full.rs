@@ -296,11 +296,27 @@ async fn scenario(part: OnSmallFs) {
         .send("application/xml", exit_authorisation(&refused[0].case))
         .await;
     assert_eq!(exit.status, 202, "{}", exit.text());
-    let anomalies = exit.json()["anomalies"].clone();
+    // The flag is for the ministry, which finds it on the event it is delivered.
+    let exit_id = exit.json()["event_id"].clone();
+    let ministry = Client::new(
+        "ma.interieur",
+        SocketAddr::from(([127, 0, 0, 1], setup.https)),
+    );
+    let exit_delivered = wait_for(
+        "the exit authorisation in the ministry's inbox",
+        Duration::from_secs(10),
+        async || {
+            let delivered = ministry.inbox(500).await;
+            delivered.into_iter().find(|m| m["event_id"] == exit_id)
+        },
+    )
+    .await;
+    let event: Value = serde_json::from_str(exit_delivered["body"].as_str().unwrap()).unwrap();
+    let anomalies = event["data"]["anomalies"].clone();
     assert!(
         anomalies
             .as_array()
-            .is_some_and(|a| a.iter().any(|c| c == "sequence.missing_lpc_issued")),
+            .is_some_and(|a| a.iter().any(|c| c["code"] == "sequence.missing_lpc_issued")),
         "{anomalies}"
     );
     for s in &refused {

@@ -588,16 +588,27 @@ impl Gateway {
             .map(CaseFile::journey_ends)
             .unwrap_or_default();
         let (recipients, unresolved) = self.registry.recipients(partner, event, &journey_ends);
-        for role in &unresolved {
-            anomalies.push(json!({
-                "code": format!("routing.unresolved_{}", role.replace('-', "_")),
-                "message": format!("no partner is configured as the {role} of this event"),
-            }));
-        }
+        let mut raised_by_routing: Vec<Value> = unresolved
+            .iter()
+            .map(|role| {
+                json!({
+                    "code": format!("routing.unresolved_{}", role.replace('-', "_")),
+                    "message": format!("no partner is configured as the {role} of this event"),
+                })
+            })
+            .collect();
         let out_of_scope = self.registry.out_of_scope(partner, event);
         if let Some((code, message)) = &out_of_scope {
-            anomalies.push(json!({ "code": code, "message": message }));
+            raised_by_routing.push(json!({ "code": code, "message": message }));
         }
+        // The sender's acknowledgement lists what its message and the routing tables raise
+        // (the mapping's checks, routing, scope), never what the case's file does. The
+        // sequence anomalies are for the ministry and the auditors: the event carries them,
+        // and each is audited. In an acknowledgement they would tell any sender whether a case
+        // it has no part in exists, and how far it has gone.
+        let mut told_to_sender = codes_of(listed_anomalies(event));
+        told_to_sender.extend(codes_of(&raised_by_routing));
+        anomalies.append(&mut raised_by_routing);
         if !anomalies.is_empty() {
             let list = event["data"]
                 .as_object_mut()
@@ -606,12 +617,7 @@ impl Gateway {
                 list.extend(anomalies);
             }
         }
-        let anomaly_codes: Vec<String> = event["data"]["anomalies"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["code"].as_str().map(str::to_owned))
-            .collect();
+        let anomaly_codes = codes_of(listed_anomalies(event));
         // The case file is written only when the event records a fact not yet firm on it, and
         // never by a sender speaking outside its scope.
         let case_facts = case_file
@@ -724,7 +730,7 @@ impl Gateway {
                 ack.log_index = entry.log_index;
                 ack.leaf_hash = entry.leaf_hash;
                 ack.receipt = entry.receipt;
-                ack.anomalies = anomaly_codes;
+                ack.anomalies = told_to_sender;
                 (ack, made)
             }
             (Ok(_), Ok(Recorded::Duplicate(first))) => {
@@ -993,6 +999,14 @@ impl Gateway {
     /// Audits a delivery created dead, and logs a failure: it is then still owed, and the next
     /// start audits it ([`Gateway::audit_owed_dead_letters`]).
     async fn audit_created_dead(&self, dead: &Delivery) {
+        // The ERROR line that says why the event could not be written came before the
+        // delivery had an id; this one gives the operator the id to act on.
+        tracing::warn!(
+            delivery = dead.id,
+            recipient = %dead.recipient,
+            reason = dead.last_error.as_deref().unwrap_or_default(),
+            "a delivery was created dead; see `passerelle deliveries dead`"
+        );
         if let Err(e) = self.audit_owed(dead).await {
             tracing::error!(error = %e, delivery = dead.id, "a dead letter's entry is still owed; the next start logs it");
         }
@@ -1419,6 +1433,21 @@ fn mapping_ref(event: &Value) -> Option<MappingRef> {
         id: event["mappingid"].as_str()?.to_owned(),
         hash: event["mappinghash"].as_str()?.to_owned(),
     })
+}
+
+/// The anomalies an event's data lists (none when it has no `anomalies`).
+fn listed_anomalies(event: &Value) -> &[Value] {
+    event["data"]["anomalies"]
+        .as_array()
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The codes of the anomalies a list (an event's `data.anomalies`) holds, in order.
+fn codes_of(anomalies: &[Value]) -> Vec<String> {
+    anomalies
+        .iter()
+        .filter_map(|a| a["code"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// A code as an audit reason code (`[a-z0-9._-]`, at most 64 bytes): anomaly codes keep

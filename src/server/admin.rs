@@ -88,14 +88,15 @@ pub fn start(
             .default_service(web::to(|| async {
                 HttpResponse::NotFound().json(serde_json::json!({"error": "no such route"}))
             }))
-            .route("/health", web::get().to(health))
-            .route("/ready", web::get().to(ready))
-            .route("/metrics", web::get().to(metrics))
-            .route("/dead-letters", web::get().to(dead_letters))
-            .route(
+            .service(only("/health", "GET", web::get().to(health)))
+            .service(only("/ready", "GET", web::get().to(ready)))
+            .service(only("/metrics", "GET", web::get().to(metrics)))
+            .service(only("/dead-letters", "GET", web::get().to(dead_letters)))
+            .service(only(
                 "/deliveries/{id}/{change}",
+                "POST",
                 web::post().to(change_dead_letter),
-            )
+            ))
     })
     .workers(1)
     .disable_signals()
@@ -104,6 +105,18 @@ pub fn start(
     let handle = server.handle();
     tokio::spawn(server);
     Ok((addr, handle))
+}
+
+/// A resource with its route: any other method is answered `405`, in the listener's JSON
+/// errors, with `Allow`.
+fn only(path: &str, allow: &'static str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move || async move {
+            HttpResponse::MethodNotAllowed()
+                .insert_header((actix_web::http::header::ALLOW, allow))
+                .json(serde_json::json!({"error": format!("this route takes {allow} only")}))
+        }))
 }
 
 /// Liveness. The store and the audit log do not recover by themselves from a write that
