@@ -117,26 +117,34 @@ fn check_tls_settings(config: &Config) -> anyhow::Result<Arc<rustls::ClientConfi
         )
 }
 
-/// Refuses to run with an audit log that does not hold every entry the store's records name:
-/// a log restored from an older copy than the store. Its next appends would take the indices
-/// of the receipts the store answers duplicates and `GET /v1/receipts` with, and grow the log
-/// along another history than the one already signed and handed out.
+/// Refuses to run with an audit log that does not hold every entry the store knows of: a log
+/// restored from an older copy than the store. Its next appends would take the indices of the
+/// receipts the store answers duplicates and `GET /v1/receipts` with, or of entries already
+/// signed in checkpoints handed out, and grow the log along another history than the one
+/// already signed.
 fn log_not_behind_store(log: &AuditLog, store: &Store) -> anyhow::Result<()> {
+    let entries = log.entries_at_open();
     let highest = store
         .highest_log_index()
         .context("reading the store's highest audit log index")?;
-    if let Some(highest) = highest
-        && highest >= log.entries_at_open()
+    let known = if let Some(highest) = highest
+        && highest >= entries
     {
-        anyhow::bail!(
-            "the audit log holds {} entries, but the store records a receipt for entry {highest}: \
-             the log is older than the store (restored from an older copy?). Restore the store \
-             and the log from the same backup; never let the log go backwards (see Backup and \
-             restore in the operations guide)",
-            log.entries_at_open()
-        );
-    }
-    Ok(())
+        format!("the store records a receipt for entry {highest}")
+    } else {
+        let signed = store
+            .signed_log_size()
+            .context("reading the store's mark of the log's signed size")?;
+        if signed <= entries {
+            return Ok(());
+        }
+        format!("the log had signed a checkpoint of {signed} entries when this store last noted it")
+    };
+    anyhow::bail!(
+        "the audit log holds {entries} entries, but {known}: the log is older than the store \
+         (restored from an older copy?). Restore the store and the log from the same backup; \
+         never let the log go backwards (see Backup and restore in the operations guide)"
+    )
 }
 
 /// Creates the data folder, or checks the one there: it holds personal data (the store's
@@ -444,6 +452,11 @@ impl RunningGateway {
             REFUSAL_SUMMARY_INTERVAL,
             stop_rx.clone(),
         )));
+        workers.push(tokio::spawn(note_signed_log_size(
+            gateway.clone(),
+            SIGNED_SIZE_NOTE_INTERVAL,
+            stop_rx.clone(),
+        )));
         workers.push(tokio::spawn(refresh_crls(
             server.client_verifier.clone(),
             gateway.metrics.clone(),
@@ -531,6 +544,40 @@ async fn audit_refusal_summaries(
             Ok(refusals) => tracing::info!(refusals, "summarised refusals audited"),
             Err(error) => {
                 tracing::error!(%error, "summarised refusals could not be audited; they are kept for the next round")
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// How often the store notes the audit log's signed size.
+const SIGNED_SIZE_NOTE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Notes in the store, every `every` and when told to stop, the size of the audit log's
+/// latest checkpoint, when it grew: the start refuses a log smaller than that (a log restored
+/// from an older copy than the store, which would sign again, along another history, entries
+/// that checkpoints already handed out cover). A note that fails is logged and tried again at
+/// the next round.
+async fn note_signed_log_size(
+    gateway: Arc<Gateway>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut noted = 0;
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = stop.changed() => true,
+        };
+        let size = gateway.log.latest_checkpoint().1.size;
+        if size > noted {
+            match gateway.store.note_signed_log_size(size).await {
+                Ok(()) => noted = size,
+                Err(error) => {
+                    tracing::error!(%error, "the store could not note the audit log's signed size")
+                }
             }
         }
         if stopping {

@@ -3543,8 +3543,8 @@ async fn a_failed_start_is_logged_as_json() {
 
 /// An audit log restored from an older copy than the store is refused at start: its next
 /// entries would take the indices of receipts already handed out (the store answers duplicates
-/// and `GET /v1/receipts` with them), along another history. So is a log whose signing key was
-/// lost. The log and the store of one backup start.
+/// and `GET /v1/receipts` with them), or of entries that checkpoints already handed out
+/// cover, along another history. So is a log whose signing key was lost. The log and the store of one backup start.
 #[actix_web::test]
 async fn a_log_older_than_the_store_is_refused_at_start() {
     let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
@@ -3577,6 +3577,34 @@ async fn a_log_older_than_the_store_is_refused_at_start() {
     };
     let error = format!("{error:#}");
     assert!(error.contains("older than the store"), "{error}");
+
+    // So is a log that holds every entry the store's receipts name but not the entries signed
+    // since (here a refusal's): checkpoints covering them may have been handed out.
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&backup, &data);
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the backup starts");
+    let signed_before = running.gateway.log.latest_checkpoint().1.size;
+    let reply = Client::new("sn.consulat.casablanca", running.addr)
+        .send("application/xml", b"<not-xml".to_vec())
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    wait_for("a checkpoint covering the refusal", WAIT, async || {
+        (running.gateway.log.latest_checkpoint().1.size > signed_before).then_some(())
+    })
+    .await;
+    running.shutdown().await.expect("a clean shutdown");
+    std::fs::remove_dir_all(data.join("audit-log")).unwrap();
+    copy_dir(&backup.join("audit-log"), &data.join("audit-log"));
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("a log older than the store's note of its signed size is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("older than the store") && error.contains("signed a checkpoint of"),
+        "{error}"
+    );
 
     // A lost signing key is not replaced by a new one beside a log signed with it: the start
     // says to restore it, and leaves nothing where it must go.

@@ -76,6 +76,9 @@ const CASE_FILES_FORGOTTEN: &str = "case-files-forgotten";
 const CASE_IDS_FORGOTTEN: &str = "case-ids-forgotten";
 /// The `marks` key of the highest audit log index a confirmed record names.
 const HIGHEST_LOG_INDEX: &str = "highest-log-index";
+/// The `marks` key of the size of the largest checkpoint the audit log had signed, as the
+/// gateway last noted it (see [`Store::note_signed_log_size`]).
+const SIGNED_LOG_SIZE: &str = "signed-log-size";
 /// The change of [`FORMAT`] that deleted the bodies earlier versions kept of completed
 /// deliveries (see [`delete_completed_bodies`]).
 const COMPLETED_BODIES_DELETED: &str = "completed-bodies-deleted";
@@ -468,6 +471,11 @@ enum Write {
     /// Deletes a case's file.
     ForgetCase {
         case_id: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Raises the mark of the audit log's signed size.
+    SignedLogSize {
+        size: u64,
         reply: oneshot::Sender<Result<()>>,
     },
     Abandon {
@@ -1288,6 +1296,24 @@ impl Store {
         })
         .await?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Notes, durably, that the audit log has signed a checkpoint of `size` entries (the
+    /// mark only rises). Such a checkpoint may have been handed out: a log with fewer entries
+    /// is older than this store, and refused at start (see [`Store::signed_log_size`]).
+    pub async fn note_signed_log_size(&self, size: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Write::SignedLogSize { size, reply }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The size of the largest checkpoint the audit log had signed when the gateway last
+    /// noted it ([`Store::note_signed_log_size`]); 0 if it never did. Acceptances are not the
+    /// only entries: the deliveries', the acknowledgements' and the refusals' entries grow the
+    /// log too, and a log restored from before them would be signed again along another
+    /// history, though it holds every entry the store's receipts name.
+    pub fn signed_log_size(&self) -> Result<u64> {
+        self.mark(SIGNED_LOG_SIZE)
     }
 
     /// How many erased cases the start had withdrawn the deliveries of, when it last did
@@ -2280,6 +2306,8 @@ struct Counters<'a> {
     delta: &'a mut i64,
     /// The highest audit log index the group's confirmations name.
     highest_log_index: Option<u64>,
+    /// The largest signed size of the audit log the group notes.
+    signed_log_size: Option<u64>,
 }
 
 /// Calls `each` with every record of `table` in key order, read back (`None` for one that
@@ -2305,16 +2333,13 @@ where
     Ok(())
 }
 
-/// Raises the store's mark of the highest audit log index a confirmed record names to
-/// `index`, if it is lower (see [`Store::highest_log_index`]).
-fn raise_highest_log_index(txn: &redb::WriteTransaction, index: u64) -> Result<()> {
+/// Raises mark `name` to `value`, if it is lower or not set: the marks of the audit log that
+/// the store knows of ([`Store::highest_log_index`], [`Store::signed_log_size`]) only rise.
+fn raise_mark(txn: &redb::WriteTransaction, name: &str, value: u64) -> Result<()> {
     let mut marks = txn.open_table(MARKS).map_err(db_error)?;
-    let marked = marks
-        .get(HIGHEST_LOG_INDEX)
-        .map_err(db_error)?
-        .map(|v| v.value());
-    if marked.is_none_or(|marked| marked < index) {
-        marks.insert(HIGHEST_LOG_INDEX, index).map_err(db_error)?;
+    let marked = marks.get(name).map_err(db_error)?.map(|v| v.value());
+    if marked.is_none_or(|marked| marked < value) {
+        marks.insert(name, value).map_err(db_error)?;
     }
     Ok(())
 }
@@ -2341,6 +2366,7 @@ fn apply_group(db: &Database, group: Vec<Write>, sync: bool, delta: &mut i64) ->
         let mut counters = Counters {
             delta,
             highest_log_index: None,
+            signed_log_size: None,
         };
         let mut writes = group.into_iter();
         while let Some(write) = writes.next() {
@@ -2357,9 +2383,14 @@ fn apply_group(db: &Database, group: Vec<Write>, sync: bool, delta: &mut i64) ->
             }
             replies.push(reply);
         }
-        if let Some(index) = counters.highest_log_index
-            && let Err(error) = raise_highest_log_index(&txn, index)
-        {
+        let raised = [
+            (HIGHEST_LOG_INDEX, counters.highest_log_index),
+            (SIGNED_LOG_SIZE, counters.signed_log_size),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .try_for_each(|(name, value)| raise_mark(&txn, name, value));
+        if let Err(error) = raised {
             drop(tables);
             let _ = txn.abort();
             return Err((error, replies));
@@ -2408,6 +2439,10 @@ fn apply(t: &mut Tables<'_>, c: &mut Counters<'_>, write: Write) -> Reply {
                 .map(|_| ())
                 .map_err(db_error),
         ),
+        Write::SignedLogSize { size, reply } => {
+            c.signed_log_size = c.signed_log_size.max(Some(size));
+            Reply::Unit(Some(reply), Ok(()))
+        }
     }
 }
 
@@ -2700,9 +2735,9 @@ fn failed(error: &StoreError, writes: impl IntoIterator<Item = Write>) -> Vec<Re
             Write::Accept { reply, .. } => Reply::Accept(reply, Err(error.clone())),
             Write::Update { reply, .. } => Reply::Update(reply, Err(error.clone())),
             Write::Confirm { reply, .. } => Reply::Unit(reply, Err(error.clone())),
-            Write::Abandon { reply, .. } | Write::ForgetCase { reply, .. } => {
-                Reply::Unit(Some(reply), Err(error.clone()))
-            }
+            Write::Abandon { reply, .. }
+            | Write::ForgetCase { reply, .. }
+            | Write::SignedLogSize { reply, .. } => Reply::Unit(Some(reply), Err(error.clone())),
         })
         .collect()
 }
@@ -3262,6 +3297,12 @@ pub(super) mod tests {
         }
         until_confirmations_committed(&store).await;
         assert_eq!(store.highest_log_index().unwrap(), Some(41));
+        // The log's signed size, as the gateway notes it, only rises too.
+        assert_eq!(store.signed_log_size().unwrap(), 0);
+        for size in [50, 120, 80] {
+            store.note_signed_log_size(size).await.unwrap();
+        }
+        assert_eq!(store.signed_log_size().unwrap(), 120);
         // An unconfirmed record names no entry yet.
         let mut unconfirmed = record("d");
         unconfirmed.log_index = 99;
