@@ -89,6 +89,9 @@ pub struct Backoff {
     pub max_ms: u64,
 }
 
+/// The smallest longest delay between connection attempts, in milliseconds.
+pub const MIN_BACKOFF_CEILING_MS: u64 = 1_000;
+
 impl Default for Backoff {
     fn default() -> Self {
         Self {
@@ -273,6 +276,20 @@ impl AmqpSettings {
         }
         if self.held_return_secs == 0 {
             return invalid("held_return_secs must be at least 1");
+        }
+        // Attempts that follow each other with no pause would flood the broker and the log
+        // while it is down: the delays must grow to a second at least.
+        if self.backoff.initial_ms == 0 {
+            return invalid("backoff.initial_ms must be at least 1");
+        }
+        if self.backoff.max_ms < MIN_BACKOFF_CEILING_MS {
+            return Err(AmqpError::Settings(format!(
+                "backoff.max_ms must be at least {MIN_BACKOFF_CEILING_MS}, not {}",
+                self.backoff.max_ms
+            )));
+        }
+        if self.backoff.initial_ms > self.backoff.max_ms {
+            return invalid("backoff.initial_ms must not be more than backoff.max_ms");
         }
         Ok(endpoint)
     }
@@ -844,6 +861,36 @@ mod tests {
         ] {
             assert!(matches!(broken.validate(), Err(AmqpError::Settings(_))));
         }
+        // Reconnection delays must grow to a second at least.
+        for (initial_ms, max_ms, named) in [
+            (0, 30_000, "backoff.initial_ms"),
+            (0, 0, "backoff.initial_ms"),
+            (500, 0, "backoff.max_ms"),
+            (10, 999, "backoff.max_ms"),
+            (
+                5_000,
+                2_000,
+                "backoff.initial_ms must not be more than backoff.max_ms",
+            ),
+        ] {
+            let broken = AmqpSettings {
+                backoff: Backoff { initial_ms, max_ms },
+                ..settings.clone()
+            };
+            let Err(AmqpError::Settings(message)) = broken.validate() else {
+                panic!("backoff {initial_ms}..{max_ms} was taken");
+            };
+            assert!(message.contains(named), "{message}");
+        }
+        AmqpSettings {
+            backoff: Backoff {
+                initial_ms: 1,
+                max_ms: MIN_BACKOFF_CEILING_MS,
+            },
+            ..settings.clone()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[tokio::test]
