@@ -141,6 +141,9 @@ impl Metrics {
             audit_log_size.clone(),
         );
         let crl_reloads = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["loaded", "failed"] {
+            let _ = crl_reloads.get_or_create(&OutcomeLabels { outcome });
+        }
         registry.register(
             "crl_reloads",
             "CRL files read again after they changed, by outcome",
@@ -153,6 +156,11 @@ impl Metrics {
             crl_next_update.clone(),
         );
         let tls_refused_certificates = Family::<ReasonLabels, Counter>::default();
+        for refusal in crate::tls::CertificateRefusal::ALL {
+            let _ = tls_refused_certificates.get_or_create(&ReasonLabels {
+                reason: refusal.code(),
+            });
+        }
         registry.register(
             "tls_refused_certificates",
             "Client certificates the TLS handshake refused, by reason",
@@ -171,6 +179,41 @@ impl Metrics {
             audit_appends,
             audit_failures,
             audit_log_size,
+        }
+    }
+
+    /// Creates at zero the series of `partner`'s messages over `transport` with each of
+    /// `outcomes`. Operators alert on increases, and Prometheus sees none in a series that
+    /// appears with its first count: the series an alert may watch are there from the start.
+    pub fn messages_start_at_zero<'a>(
+        &self,
+        partner: &str,
+        transport: &'static str,
+        outcomes: impl IntoIterator<Item = &'a &'static str>,
+    ) {
+        for outcome in outcomes {
+            let _ = self.messages.get_or_create(&MessageLabels {
+                partner: partner.to_owned(),
+                transport,
+                outcome,
+            });
+        }
+    }
+
+    /// Creates at zero the series of `recipient`'s deliveries over `channel` with each of
+    /// `outcomes` (see [`Metrics::messages_start_at_zero`]).
+    pub fn deliveries_start_at_zero(
+        &self,
+        recipient: &str,
+        channel: &'static str,
+        outcomes: &[&'static str],
+    ) {
+        for &outcome in outcomes {
+            let _ = self.deliveries.get_or_create(&DeliveryLabels {
+                recipient: recipient.to_owned(),
+                channel,
+                outcome,
+            });
         }
     }
 

@@ -751,6 +751,19 @@ impl From<&rustls::Error> for CertificateRefusal {
 }
 
 impl CertificateRefusal {
+    /// Every reason, in the order of their codes' documentation.
+    pub const ALL: [CertificateRefusal; 9] = [
+        CertificateRefusal::Revoked,
+        CertificateRefusal::Expired,
+        CertificateRefusal::NotYetValid,
+        CertificateRefusal::UnknownIssuer,
+        CertificateRefusal::RevocationUnknown,
+        CertificateRefusal::BadSignature,
+        CertificateRefusal::InvalidPurpose,
+        CertificateRefusal::KeyNotProved,
+        CertificateRefusal::Invalid,
+    ];
+
     /// The reason code the audit trail records: `certificate-revoked`, `certificate-expired`,
     /// and so on.
     pub fn code(self) -> &'static str {

@@ -3934,3 +3934,73 @@ async fn refusals_say_what_to_fix() {
     says(&problem, "/v1/inbox/abc/ack");
     gateway.stop().await;
 }
+
+/// The series that operators alert on are there, at zero, from the start: Prometheus sees no
+/// increase in a series that appears with its first count.
+#[actix_web::test]
+async fn the_series_alerts_watch_start_at_zero() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let text = gateway.admin().get("/metrics").await.text();
+    let at_zero = |name: &str, labels: &[(&str, &str)]| {
+        text.lines().any(|line| {
+            line.strip_prefix(name).is_some_and(|rest| {
+                rest.starts_with('{')
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                    && rest.ends_with("} 0")
+            })
+        })
+    };
+    for (name, labels) in [
+        (
+            "passerelle_messages_total",
+            &[
+                ("partner", "sn.consulat.casablanca"),
+                ("transport", "rest"),
+                ("outcome", "unavailable"),
+            ][..],
+        ),
+        (
+            "passerelle_messages_total",
+            &[
+                ("partner", "airline.at"),
+                ("transport", "rest"),
+                ("outcome", "rate-limited"),
+            ],
+        ),
+        (
+            "passerelle_deliveries_total",
+            &[
+                ("recipient", "ma.dgsn"),
+                ("channel", "webhook"),
+                ("outcome", "dead"),
+            ],
+        ),
+        (
+            "passerelle_deliveries_total",
+            &[
+                ("recipient", "ma.interieur"),
+                ("channel", "inbox"),
+                ("outcome", "acknowledged"),
+            ],
+        ),
+        ("passerelle_crl_reloads_total", &[("outcome", "failed")]),
+        (
+            "passerelle_tls_refused_certificates_total",
+            &[("reason", "certificate-revoked")],
+        ),
+    ] {
+        assert!(
+            at_zero(name, labels),
+            "{name} {labels:?} is not at 0:\n{text}"
+        );
+    }
+    // Only partners that send have message series, and only those that receive have
+    // delivery series.
+    assert!(
+        !text.contains("passerelle_messages_total{partner=\"audit.igat\""),
+        "{text}"
+    );
+    gateway.stop().await;
+}

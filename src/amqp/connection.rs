@@ -908,7 +908,7 @@ mod tests {
             },
             backoff: Backoff {
                 initial_ms: 10,
-                max_ms: 40,
+                max_ms: MIN_BACKOFF_CEILING_MS,
             },
             ..AmqpSettings::new(format!("amqp://127.0.0.1:{port}/%2f"))
         };

@@ -109,6 +109,19 @@ impl AmqpTransport {
         ready: Arc<AtomicBool>,
     ) -> Result<AmqpTransport, AmqpError> {
         let topology = check_settings(&settings, &gateway.registry)?;
+        for partner in topology.partners() {
+            gateway.metrics.messages_start_at_zero(
+                partner,
+                "amqp",
+                crate::pipeline::MESSAGE_OUTCOMES
+                    .iter()
+                    .chain(&crate::pipeline::Refusal::CODES)
+                    .chain(&[
+                        super::ingress::MISSING_USER_ID,
+                        super::ingress::USER_ID_MISMATCH,
+                    ]),
+            );
+        }
         let store = gateway.store.clone();
         let sound = gateway.clone();
         let gate = Backpressure::new(

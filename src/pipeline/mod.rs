@@ -204,6 +204,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every code [`Refusal::code`] gives.
+    pub const CODES: [&'static str; 8] = [
+        "malformed",
+        "forbidden",
+        "too-large",
+        "unsupported-media-type",
+        "unprocessable",
+        "rate-limited",
+        "conflict",
+        "unavailable",
+    ];
+
     /// The short code used in audit leaves, metrics and dead-letter headers.
     pub fn code(&self) -> &'static str {
         match self {
@@ -270,6 +282,10 @@ impl std::fmt::Debug for Gateway {
 /// and their refusals kept (`refused/unregistered`).
 pub const UNREGISTERED: &str = "unregistered";
 
+/// The outcomes of a message that was not refused, as `passerelle_messages_total` counts
+/// them (a refusal counts as its [`Refusal::code`]).
+pub const MESSAGE_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "ignored"];
+
 /// The name under which client certificates that the TLS handshake refused are counted and
 /// their refusals kept (`refused/unverified`): a refused certificate proves no identity.
 pub const UNVERIFIED: &str = "unverified";
@@ -310,6 +326,29 @@ impl Gateway {
         let per_second = NonZeroU32::new(limits.rate_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let outbox_changed = store.released();
+        for partner in registry.partners() {
+            if mappings.partner(&partner.id).is_some() {
+                metrics.messages_start_at_zero(
+                    &partner.id,
+                    "rest",
+                    MESSAGE_OUTCOMES.iter().chain(&Refusal::CODES),
+                );
+            }
+            if let Some(mode) = &partner.delivery {
+                let (channel, outcomes) = match mode {
+                    DeliveryMode::Inbox => (Channel::Inbox, &["delivered", "acknowledged"][..]),
+                    DeliveryMode::Webhook { .. } => (
+                        Channel::Webhook,
+                        &["delivered", "retry", "dead", "discarded"][..],
+                    ),
+                    DeliveryMode::Amqp => (
+                        Channel::Amqp,
+                        &["delivered", "retry", "dead", "discarded"][..],
+                    ),
+                };
+                metrics.deliveries_start_at_zero(&partner.id, channel.name(), outcomes);
+            }
+        }
         Gateway {
             catalogue,
             mappings,
@@ -1722,6 +1761,42 @@ mod tests {
         assert!(check_media_type(Format::Xml, "Text/XML").is_ok());
         assert!(check_media_type(Format::Xml, "application/json").is_err());
         assert!(check_media_type(Format::Json, "").is_err());
+    }
+
+    #[test]
+    fn every_refusal_code_is_listed() {
+        let refusals = [
+            Refusal::Malformed(String::new()),
+            Refusal::Forbidden(String::new()),
+            Refusal::TooLarge { limit: 1 },
+            Refusal::UnsupportedMediaType(String::new()),
+            Refusal::Unprocessable {
+                message: String::new(),
+                path: None,
+            },
+            Refusal::CaseErased,
+            Refusal::RateLimited {
+                partner: String::new(),
+                retry_after: Duration::ZERO,
+            },
+            Refusal::Conflict(String::new()),
+            Refusal::Unavailable(String::new()),
+        ];
+        for refusal in &refusals {
+            // A variant added to the enum must be added here too.
+            match refusal {
+                Refusal::Malformed(_)
+                | Refusal::Forbidden(_)
+                | Refusal::TooLarge { .. }
+                | Refusal::UnsupportedMediaType(_)
+                | Refusal::Unprocessable { .. }
+                | Refusal::CaseErased
+                | Refusal::RateLimited { .. }
+                | Refusal::Conflict(_)
+                | Refusal::Unavailable(_) => {}
+            }
+            assert!(Refusal::CODES.contains(&refusal.code()), "{refusal:?}");
+        }
     }
 
     #[test]

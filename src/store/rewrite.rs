@@ -268,9 +268,11 @@ mod tests {
         let path = dir.path().join("store.redb");
         let store = Store::open(&path).unwrap();
         assert!(!store.rewrite_due().unwrap());
+        // Large enough (many pages) that the commits which follow, reusing a freed page or two
+        // for their own writes, cannot overwrite all of it.
         let mut gone = new_delivery("iom.ma", Channel::Webhook);
         gone.body = "DIOP Awa, born 1998-03-14 in Thiès. "
-            .repeat(200)
+            .repeat(5_000)
             .into_bytes();
         let mut kept = new_delivery("ma.dgsn", Channel::Inbox);
         kept.body = b"{\"still\":\"waiting\"}".to_vec();
