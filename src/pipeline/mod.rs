@@ -642,8 +642,8 @@ impl Gateway {
         }
         // The sender's acknowledgement lists what its message and the routing tables raise
         // (the mapping's checks, routing, scope), never what the case's file does. The
-        // sequence anomalies are for the ministry and the auditors: the event carries them,
-        // and each is audited. In an acknowledgement they would tell any sender whether a case
+        // sequence anomalies are for the event's recipients and the auditors: the event
+        // carries them, and each is audited. In an acknowledgement they would tell any sender whether a case
         // it has no part in exists, and how far it has gone.
         let mut told_to_sender = codes_of(listed_anomalies(event));
         told_to_sender.extend(codes_of(&raised_by_routing));
