@@ -40,6 +40,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// Address to listen on. Default `127.0.0.1:8443`.
+    #[serde(deserialize_with = "socket_address")]
     pub listen: SocketAddr,
     /// HTTP worker threads. Default: the number of CPUs.
     pub workers: Option<usize>,
@@ -76,6 +77,7 @@ impl Default for ServerSettings {
 pub struct AdminSettings {
     /// Address to listen on, plain HTTP. Default `127.0.0.1:9090`; keep it on loopback or a
     /// management network.
+    #[serde(deserialize_with = "socket_address")]
     pub listen: SocketAddr,
 }
 
@@ -313,6 +315,13 @@ impl Config {
         if self.tls.crls.is_empty() {
             bail!("tls.crls is empty: client certificates need a revocation list");
         }
+        if !crate::audit::note::is_valid_key_name(&self.audit.origin) {
+            bail!(
+                "audit.origin {:?} is not a log name: it must be non-empty, with no space and \
+                 no `+` (for example audit.passerelle.gov.ma/log-1)",
+                self.audit.origin
+            );
+        }
         let positive = [
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             (
@@ -362,6 +371,19 @@ impl Config {
     }
 }
 
+/// Reads a listener's address: an IP address and a port. Said so when it is not one, a host
+/// name in particular, which the standard parser's own message ("invalid socket address
+/// syntax") does not explain.
+fn socket_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address and port, such as 127.0.0.1:8443 or [::1]:8443 \
+             (a host name is not taken: the listener binds to one address)"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +396,29 @@ mod tests {
             "{refused}"
         );
         assert!(!Config::default().server.floor_mode);
+    }
+
+    #[test]
+    fn a_listener_takes_an_ip_address_and_a_port() {
+        let config: Config = toml::from_str(
+            "[server]\nlisten = \"[::1]:8443\"\n[admin]\nlisten = \"127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.server.listen, "[::1]:8443".parse().unwrap());
+        assert_eq!(config.admin.listen, "127.0.0.1:9".parse().unwrap());
+        for (text, words) in [
+            (
+                "[server]\nlisten = \"localhost:8443\"\n",
+                "\"localhost:8443\" is not an IP address and port",
+            ),
+            (
+                "[admin]\nlisten = \"127.0.0.1\"\n",
+                "a host name is not taken",
+            ),
+        ] {
+            let refused = toml::from_str::<Config>(text).unwrap_err().to_string();
+            assert!(refused.contains(words), "{refused}");
+        }
     }
 
     #[test]

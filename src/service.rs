@@ -43,51 +43,29 @@ pub struct RunningGateway {
     workers: Vec<JoinHandle<()>>,
 }
 
-/// Loads the signing key, creating it when allowed and missing.
-fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
+/// Reads the signing key, if it is there, before anything is made in the data folder: a key
+/// that cannot be read, that is named for another origin, or that is missing where it cannot
+/// be created stops the start at once. `None` when it is to be created
+/// ([`create_signing_key`]).
+fn existing_signing_key(config: &Config) -> anyhow::Result<Option<NoteSigner>> {
     let path = config.signing_key();
     match std::fs::read_to_string(&path) {
-        Ok(text) => NoteSigner::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.audit.create_key => {
-            use std::os::unix::fs::OpenOptionsExt;
-            // A log that has signed checkpoints was signed with the key that is missing: a new
-            // key cannot extend it (the log refuses to open), and would sit where the lost one
-            // must be put back.
-            let layout = crate::audit::log::Layout::new(&config.paths.audit_log());
-            if let Some(signed) = [layout.public.join("checkpoint"), layout.last_checkpoint]
-                .into_iter()
-                .find(|checkpoint| checkpoint.exists())
-            {
+        Ok(text) => {
+            let signer = NoteSigner::parse(&text)
+                .map_err(|e| anyhow!("{} (audit.signing_key): {e}", path.display()))?;
+            let name = signer.verifier().name();
+            if name != config.audit.origin {
                 anyhow::bail!(
-                    "the audit log's signing key {} is missing, and the log at {} is signed \
-                     with it ({} exists): restore the key from its backup (a new key cannot \
-                     extend that log), or start a new log (a new paths.data, with a new store)",
+                    "the signing key {} (audit.signing_key) is named {name}, and audit.origin \
+                     is {}: a log's key bears its origin's name. Set audit.origin to the \
+                     key's name, or point audit.signing_key to the key made for this origin",
                     path.display(),
-                    layout.root.display(),
-                    signed.display()
+                    config.audit.origin
                 );
             }
-            let signer = NoteSigner::generate(&config.audit.origin)
-                .map_err(|e| anyhow!("generating the signing key: {e}"))?;
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(signer.to_signer_key().as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            tracing::info!(
-                key = %path.display(),
-                verifier = %signer.verifier().to_verifier_key(),
-                "created the audit log's signing key"
-            );
-            Ok(signer)
+            Ok(Some(signer))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.audit.create_key => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e).with_context(|| {
             format!(
                 "reading the audit log's signing key {}: with audit.create_key = false it must \
@@ -99,6 +77,49 @@ fn signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
         }),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Creates the signing key (`audit.create_key`), unless a log signed with a lost one is there.
+fn create_signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
+    let path = config.signing_key();
+    use std::os::unix::fs::OpenOptionsExt;
+    // A log that has signed checkpoints was signed with the key that is missing: a new
+    // key cannot extend it (the log refuses to open), and would sit where the lost one
+    // must be put back.
+    let layout = crate::audit::log::Layout::new(&config.paths.audit_log());
+    if let Some(signed) = [layout.public.join("checkpoint"), layout.last_checkpoint]
+        .into_iter()
+        .find(|checkpoint| checkpoint.exists())
+    {
+        anyhow::bail!(
+            "the audit log's signing key {} is missing, and the log at {} is signed \
+             with it ({} exists): restore the key from its backup (a new key cannot \
+             extend that log), or start a new log (a new paths.data, with a new store)",
+            path.display(),
+            layout.root.display(),
+            signed.display()
+        );
+    }
+    let signer = NoteSigner::generate(&config.audit.origin)
+        .map_err(|e| anyhow!("generating the signing key: {e}"))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(signer.to_signer_key().as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    tracing::info!(
+        key = %path.display(),
+        verifier = %signer.verifier().to_verifier_key(),
+        "created the audit log's signing key"
+    );
+    Ok(signer)
 }
 
 /// Builds the TLS configurations before anything is created in the data folder, so that a
@@ -341,8 +362,12 @@ impl RunningGateway {
         if let Some(settings) = &config.amqp {
             crate::amqp::check_settings(settings, &registry).context("the AMQP settings")?;
         }
+        let existing_key = existing_signing_key(config)?;
         private_folder(&config.paths.data)?;
-        let signer = signing_key(config)?;
+        let signer = match existing_key {
+            Some(signer) => signer,
+            None => create_signing_key(config)?,
+        };
         let options = Options {
             checkpoint_interval: Duration::from_secs_f64(config.audit.checkpoint_interval_secs),
             ..Options::default()

@@ -3495,6 +3495,45 @@ async fn a_tls_file_that_cannot_be_used_stops_the_start_naming_the_setting() {
             "nothing is made in the data folder: {error}"
         );
     }
+
+    // Audit settings that cannot be used: an origin that is not a log name, a key named for
+    // another origin, a key that must be there and is not.
+    let key = dir.path().join("log-2.key");
+    std::fs::write(
+        &key,
+        passerelle::audit::NoteSigner::generate("audit.example.ma/log-2")
+            .unwrap()
+            .to_signer_key(),
+    )
+    .unwrap();
+    type AuditChange = fn(&mut passerelle::config::AuditSettings, &std::path::Path);
+    let cases: [(AuditChange, &str); 3] = [
+        (|audit, _| audit.origin = String::new(), "audit.origin \"\""),
+        (
+            |audit, key| {
+                audit.origin = "audit.example.ma/log-3".into();
+                audit.signing_key = Some(key.to_owned());
+            },
+            "is named audit.example.ma/log-2, and audit.origin is audit.example.ma/log-3",
+        ),
+        (
+            |audit, _| audit.create_key = false,
+            "with audit.create_key = false it must be provisioned",
+        ),
+    ];
+    for (change, words) in cases {
+        let mut config = test_config(&data, &registry);
+        change(&mut config.audit, &key);
+        let Err(error) = RunningGateway::start(&config).await else {
+            panic!("audit settings that cannot be used are refused ({words})");
+        };
+        let error = format!("{error:#}");
+        assert!(error.contains(words), "{error}");
+        assert!(
+            !data.exists(),
+            "nothing is made in the data folder: {error}"
+        );
+    }
 }
 
 /// A start that fails says why in the JSON log like everything else (then once more in plain
