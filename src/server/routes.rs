@@ -175,6 +175,7 @@ async fn refuse_unregistered(
         .await;
     tracing::info!(
         outcome = refusal.code(),
+        certificate = %identity.fingerprint,
         "message from an unregistered certificate refused"
     );
     refusal.into()
