@@ -12,6 +12,19 @@ use chrono::NaiveDate;
 pub struct DatePattern {
     chrono_format: String,
     parts: Vec<Part>,
+    /// The pattern as written (`iso` as `yyyy-mm-dd`), for messages.
+    source: String,
+}
+
+/// Why a text is not a date in a pattern. Neither says the text: it may be a birth date.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DateReadError {
+    /// The text is not written in the pattern (other digits, other separators).
+    #[error("is not a date in the pattern {0}")]
+    NotInPattern(String),
+    /// The text is written in the pattern, but names no day of the calendar (31/02).
+    #[error("is written in the pattern {0} but is no day of the calendar")]
+    NoSuchDay(String),
 }
 
 /// One element of a pattern, read by hand: a fixed number of digits, or a separator.
@@ -74,11 +87,34 @@ impl DatePattern {
         Ok(Self {
             chrono_format,
             parts,
+            source: source.to_owned(),
         })
+    }
+
+    /// The pattern as written (`iso` as `yyyy-mm-dd`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Reads a date written in this pattern, saying why it cannot.
+    pub fn read_or_explain(&self, text: &str) -> Result<NaiveDate, DateReadError> {
+        let (year, month, day) = self
+            .fields(text)
+            .ok_or_else(|| DateReadError::NotInPattern(self.source.clone()))?;
+        i32::try_from(year)
+            .ok()
+            .and_then(|year| NaiveDate::from_ymd_opt(year, month, day))
+            .ok_or_else(|| DateReadError::NoSuchDay(self.source.clone()))
     }
 
     /// Reads a date written in this pattern.
     pub fn read(&self, text: &str) -> Option<NaiveDate> {
+        self.read_or_explain(text).ok()
+    }
+
+    /// The year, month and day a text written in this pattern gives, whether or not they
+    /// name a day of the calendar.
+    fn fields(&self, text: &str) -> Option<(u32, u32, u32)> {
         // Read by hand rather than with `parse_from_str`, which re-reads the format string on
         // every call and accepts one-digit days; every field here has its exact width.
         let mut rest = text.trim();
@@ -106,7 +142,7 @@ impl DatePattern {
         if !rest.is_empty() {
             return None;
         }
-        NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)
+        Some((year, month, day))
     }
 
     /// Writes a date in this pattern.
@@ -136,6 +172,21 @@ mod tests {
         assert_eq!(date.to_string(), "1998-03-14");
         assert_eq!(pattern.write(date), "14/03/1998");
         assert_eq!(pattern.read("31/02/1998"), None);
+        assert_eq!(
+            pattern
+                .read_or_explain("31/02/1998")
+                .unwrap_err()
+                .to_string(),
+            "is written in the pattern dd/mm/yyyy but is no day of the calendar"
+        );
+        assert_eq!(
+            DatePattern::compile("iso")
+                .unwrap()
+                .read_or_explain("14/03/1998")
+                .unwrap_err()
+                .to_string(),
+            "is not a date in the pattern yyyy-mm-dd"
+        );
         assert_eq!(pattern.read("4/03/1998"), None);
         assert_eq!(pattern.read("14/03/19989"), None);
         assert_eq!(pattern.read("1998-03-14"), None);

@@ -7,7 +7,7 @@
 //! know any partner: everything partner-specific arrives as rule data.
 
 use super::codelist::{CodeList, normalise};
-use super::dates::{DatePattern, is_rfc3339, leading_iso_date};
+use super::dates::{DatePattern, DateReadError, is_rfc3339, leading_iso_date};
 use super::path::{JsonPath, PathError, XmlPath, is_absent};
 use super::spec::{Format, RuleSpec};
 use super::xml::{Element, XmlDocument};
@@ -634,14 +634,16 @@ impl Rule {
         scope: &EvalScope<'_>,
     ) -> Result<String, RuleError> {
         match date {
-            DateRead::Pattern(pattern) => match text_of(value).and_then(|text| pattern.read(&text))
-            {
-                Some(date) => Ok(date.to_string()),
-                None => fail(format!(
-                    "{} is not a date in the expected pattern",
-                    self.label
-                )),
-            },
+            DateRead::Pattern(pattern) => {
+                let read = match text_of(value) {
+                    Some(text) => pattern.read_or_explain(&text),
+                    None => Err(DateReadError::NotInPattern(pattern.source().to_owned())),
+                };
+                match read {
+                    Ok(date) => Ok(date.to_string()),
+                    Err(why) => fail(format!("{} {why}", self.label)),
+                }
+            }
             DateRead::DayOfYear(reference) => {
                 let day = match value {
                     Value::Number(number) => number.as_u64(),
