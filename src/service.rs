@@ -363,6 +363,14 @@ impl RunningGateway {
             crate::amqp::check_settings(settings, &registry).context("the AMQP settings")?;
         }
         let existing_key = existing_signing_key(config)?;
+        // The listeners' addresses are taken before anything is made or changed in the data
+        // folder: an address in use stops the start with the folder as it was.
+        let bind = |address: std::net::SocketAddr, setting: &str| {
+            std::net::TcpListener::bind(address)
+                .with_context(|| format!("listening on {address} ({setting})"))
+        };
+        let partners_listener = bind(config.server.listen, "server.listen")?;
+        let admin_listener = bind(config.admin.listen, "admin.listen")?;
         private_folder(&config.paths.data)?;
         let signer = match existing_key {
             Some(signer) => signer,
@@ -459,19 +467,20 @@ impl RunningGateway {
         // ---- end of the AMQP transport
 
         let (admin_addr, admin) =
-            crate::server::admin::start(gateway.clone(), readiness.clone(), config.admin.listen)
+            crate::server::admin::start(gateway.clone(), readiness.clone(), admin_listener)
                 .with_context(|| {
                     format!(
                         "starting the admin listener on {} (admin.listen)",
                         config.admin.listen
                     )
                 })?;
-        let server = crate::server::start(gateway.clone(), config).with_context(|| {
-            format!(
-                "starting the HTTPS listener on {} (server.listen)",
-                config.server.listen
-            )
-        })?;
+        let server = crate::server::start(gateway.clone(), config, partners_listener)
+            .with_context(|| {
+                format!(
+                    "starting the HTTPS listener on {} (server.listen)",
+                    config.server.listen
+                )
+            })?;
         workers.push(tokio::spawn(audit_refusal_summaries(
             gateway.clone(),
             REFUSAL_SUMMARY_INTERVAL,

@@ -3534,6 +3534,36 @@ async fn a_tls_file_that_cannot_be_used_stops_the_start_naming_the_setting() {
             "nothing is made in the data folder: {error}"
         );
     }
+
+    // An address in use, also with a data folder there already: nothing in it is changed.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = test_config(&data, &registry);
+    config.admin.listen = taken.local_addr().unwrap();
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("an address in use is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(error.contains("(admin.listen)"), "{error}");
+    assert!(
+        !data.exists(),
+        "nothing is made in the data folder: {error}"
+    );
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut config = test_config(&data, &registry);
+    config.server.listen = taken.local_addr().unwrap();
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("an address in use is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(error.contains("(server.listen)"), "{error}");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "{error}");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data).unwrap().permissions())
+            & 0o777,
+        0o755,
+        "the folder is left as it was"
+    );
 }
 
 /// A start that fails says why in the JSON log like everything else (then once more in plain

@@ -70,10 +70,9 @@ struct AdminState {
 pub fn start(
     gateway: Arc<Gateway>,
     readiness: Readiness,
-    listen: SocketAddr,
+    listener: std::net::TcpListener,
 ) -> anyhow::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
     let state = web::Data::new(AdminState { gateway, readiness });
-    let listener = std::net::TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let server = HttpServer::new(move || {
         App::new()

@@ -240,7 +240,11 @@ pub struct RunningServer {
 }
 
 /// Starts the partner-facing HTTPS server on the current runtime.
-pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningServer> {
+pub fn start(
+    gateway: Arc<Gateway>,
+    config: &Config,
+    listener: std::net::TcpListener,
+) -> anyhow::Result<RunningServer> {
     // Refused certificates are audited in summaries (see `pipeline::refusal_summaries`).
     let observer = Arc::new(RefusedCertificateAudit {
         summaries: gateway.refusal_summaries(),
@@ -266,7 +270,6 @@ pub fn start(gateway: Arc<Gateway>, config: &Config) -> anyhow::Result<RunningSe
         per_certificate: Mutex::new(HashMap::new()),
         most: config.server.connections_per_certificate.max(1),
     });
-    let listener = std::net::TcpListener::bind(config.server.listen)?;
     let addr = listener.local_addr()?;
     let mut server = HttpServer::new(move || {
         let app = App::new()
