@@ -4073,3 +4073,23 @@ async fn the_series_alerts_watch_start_at_zero() {
     );
     gateway.stop().await;
 }
+
+/// A reference the audit log cannot take is refused naming the native field it was read from,
+/// as the mapping's own refusals are: the sender knows its message, not the canonical event.
+#[actix_web::test]
+async fn a_reference_too_long_is_named_as_the_sender_writes_it() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    // 155 characters, which the schema takes, but 305 bytes, which the log does not.
+    let long = format!("CGSN-{}", "é".repeat(150));
+    let problem = consulate
+        .send("application/xml", lpc_issued(&long))
+        .await
+        .problem(422, "unprocessable");
+    says(
+        &problem,
+        "partner sn.consulat.casablanca, message lpc-issued, field id: Reference must be at \
+         most 200 bytes long (UTF-8); it has 305 bytes",
+    );
+    gateway.stop().await;
+}

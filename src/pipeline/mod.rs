@@ -480,8 +480,14 @@ impl Gateway {
         let decoded = mapping
             .decode_in_force(bytes, &in_force)
             .map_err(refusal_of)?;
-        let mut event = match decoded {
-            Decoded::Event(mapped) => mapped.event,
+        let (mut event, kind) = match decoded {
+            Decoded::Event(mapped) => {
+                let kind = mapped
+                    .mapping_id
+                    .rsplit_once('/')
+                    .map_or(String::new(), |(_, kind)| kind.to_owned());
+                (mapped.event, kind)
+            }
             Decoded::Ignored {
                 mapping_id,
                 mapping_hash,
@@ -514,26 +520,34 @@ impl Gateway {
         // with a character that does not show (which would make two references that read alike
         // differ, or turn a log line around), is the sender's to mend (the schema counts
         // characters, the log bytes). References are compared exactly, byte for byte.
-        let id_refused = |message: String| Refusal::Unprocessable {
-            message,
+        // Said as the mapping's other refusals are, naming the native field the id was read
+        // from (a native partner knows its own message, not the canonical one).
+        let read_from = mapping
+            .inbound()
+            .iter()
+            .find(|inbound| inbound.name == kind)
+            .and_then(|inbound| inbound.source_of("/id"))
+            .unwrap_or("the id");
+        let id_refused = |what: String| Refusal::Unprocessable {
+            message: format!("partner {partner}, message {kind}, field id: {read_from} {what}"),
             path: Some("id".into()),
         };
         if event_id.len() > audit::leaf::limits::ID_LEN {
             return Err(id_refused(format!(
-                "the id must be at most {} bytes long (UTF-8); it has {} bytes",
+                "must be at most {} bytes long (UTF-8); it has {} bytes",
                 audit::leaf::limits::ID_LEN,
                 event_id.len()
             )));
         }
         if let Some(character) = crate::canonical::text::first_unprintable(&event_id) {
             return Err(id_refused(format!(
-                "the id holds {} U+{:04X}: a reference must be text that shows as itself",
+                "holds {} U+{:04X}: a reference must be text that shows as itself",
                 crate::canonical::text::kind_of(character),
                 u32::from(character)
             )));
         }
         if !audit::leaf::limits::fits_identifier(&event_id) {
-            return Err(id_refused("the id is empty".into()));
+            return Err(id_refused("is empty".into()));
         }
         // The transport's span for this message (see `server::routes` and `amqp::ingress`)
         // names the event from here on, for every line logged while it is processed.
