@@ -122,6 +122,26 @@ fn create_signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     Ok(signer)
 }
 
+/// Warns of settings that are for development only: a server certificate issued by the
+/// development CA (whose keys are public in the project's copy), and an admin listener, which
+/// has no authentication, on an address other than loopback.
+fn warn_of_development_settings(config: &Config) {
+    if crate::tls::issued_by_development_ca(&config.tls.cert) {
+        tracing::warn!(
+            cert = %config.tls.cert.display(),
+            "tls.cert is issued by the development CA of `passerelle certs dev`: for development \
+             and tests only, never in production"
+        );
+    }
+    if !config.admin.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.admin.listen,
+            "admin.listen is not a loopback address: the admin listener has no authentication; \
+             only operators and monitoring must reach it"
+        );
+    }
+}
+
 /// Builds the TLS configurations before anything is created in the data folder, so that a
 /// mistake in the TLS files stops the start at once, naming the settings as well as the file.
 /// Returns the webhook calls' client configuration; the server's is built again by the server,
@@ -359,6 +379,7 @@ impl RunningGateway {
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
         let client_tls = check_tls_settings(config)?;
+        warn_of_development_settings(config);
         if let Some(settings) = &config.amqp {
             crate::amqp::check_settings(settings, &registry).context("the AMQP settings")?;
         }

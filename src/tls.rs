@@ -852,6 +852,23 @@ pub fn check_own_certificate(path: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// Whether the first certificate in `path` was issued by the development CA of
+/// `passerelle certs dev` ([`dev::DEV_CA_NAME`]). `false` when it cannot be read (the
+/// configuration's own checks refuse it then).
+pub fn issued_by_development_ca(path: &Path) -> bool {
+    let Ok(chain) = load_certs(path) else {
+        return false;
+    };
+    chain
+        .first()
+        .and_then(|cert| x509_parser::parse_x509_certificate(cert.as_ref()).ok())
+        .is_some_and(|(_, cert)| {
+            cert.issuer()
+                .iter_common_name()
+                .any(|name| name.as_str().is_ok_and(|name| name == dev::DEV_CA_NAME))
+        })
+}
+
 /// The identity read from a peer's end-entity certificate.
 ///
 /// It is meaningful only for a certificate that the handshake verified: read it from the
@@ -1165,5 +1182,22 @@ mod tests {
             not_after: 0,
         };
         assert_eq!(identity.partner_ids().collect::<Vec<_>>(), ["iom.sn"]);
+    }
+
+    #[test]
+    fn the_development_ca_is_recognised() {
+        let dev = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/dev");
+        assert!(issued_by_development_ca(&dev.join("server.pem")));
+        assert!(issued_by_development_ca(&dev.join("gateway-client.pem")));
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Another CA");
+        std::fs::write(&other, params.self_signed(&key).unwrap().pem()).unwrap();
+        assert!(!issued_by_development_ca(&other));
+        assert!(!issued_by_development_ca(&dir.path().join("missing.pem")));
     }
 }

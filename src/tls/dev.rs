@@ -120,6 +120,10 @@ pub struct DevPki {
     pub crl: PathBuf,
 }
 
+/// The common name of the development CA. It and what it issues are for development and tests
+/// only: the project's own copy, in `certs/dev`, is public.
+pub const DEV_CA_NAME: &str = "Passerelle development CA";
+
 /// Generates a fresh development PKI into `out`, creating the folder when needed.
 ///
 /// It writes `ca.pem`/`ca.key` (an ECDSA P-256 CA, valid 20 years, that may sign end-entity
@@ -143,7 +147,7 @@ pub fn generate_dev_pki(out: &Path, partners: &[&str]) -> Result<DevPki, DevPkiE
     ca_params.distinguished_name = rcgen::DistinguishedName::new();
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "Passerelle development CA");
+        .push(DnType::CommonName, DEV_CA_NAME);
     ca_params
         .distinguished_name
         .push(DnType::OrganizationName, "Passerelle (development only)");
