@@ -65,41 +65,46 @@ fn existing_signing_key(config: &Config) -> anyhow::Result<Option<NoteSigner>> {
             }
             Ok(Some(signer))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.audit.create_key => Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e).with_context(|| {
-            format!(
-                "reading the audit log's signing key {}: with audit.create_key = false it must \
-                 be provisioned there (`passerelle audit keygen --name {} --out {}`)",
-                path.display(),
-                config.audit.origin,
-                path.display()
-            )
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A log that has signed checkpoints was signed with the key that is missing: a new
+            // key cannot extend it (the log refuses to open), and would sit where the lost one
+            // must be put back.
+            let layout = crate::audit::log::Layout::new(&config.paths.audit_log());
+            if let Some(signed) = [layout.public.join("checkpoint"), layout.last_checkpoint]
+                .into_iter()
+                .find(|checkpoint| checkpoint.exists())
+            {
+                anyhow::bail!(
+                    "the audit log's signing key {} is missing, and the log at {} is signed \
+                     with it ({} exists): restore the key from its backup (a new key cannot \
+                     extend that log), or start a new log (a new paths.data, with a new store)",
+                    path.display(),
+                    layout.root.display(),
+                    signed.display()
+                );
+            }
+            if config.audit.create_key {
+                return Ok(None);
+            }
+            Err(e).with_context(|| {
+                format!(
+                    "reading the audit log's signing key {}: with audit.create_key = false it \
+                     must be provisioned there (`passerelle audit keygen --name {} --out {}`)",
+                    path.display(),
+                    config.audit.origin,
+                    path.display()
+                )
+            })
+        }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
-/// Creates the signing key (`audit.create_key`), unless a log signed with a lost one is there.
+/// Creates the signing key (`audit.create_key`; [`existing_signing_key`] has checked that no
+/// signed log needs a lost one).
 fn create_signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
-    let path = config.signing_key();
     use std::os::unix::fs::OpenOptionsExt;
-    // A log that has signed checkpoints was signed with the key that is missing: a new
-    // key cannot extend it (the log refuses to open), and would sit where the lost one
-    // must be put back.
-    let layout = crate::audit::log::Layout::new(&config.paths.audit_log());
-    if let Some(signed) = [layout.public.join("checkpoint"), layout.last_checkpoint]
-        .into_iter()
-        .find(|checkpoint| checkpoint.exists())
-    {
-        anyhow::bail!(
-            "the audit log's signing key {} is missing, and the log at {} is signed \
-             with it ({} exists): restore the key from its backup (a new key cannot \
-             extend that log), or start a new log (a new paths.data, with a new store)",
-            path.display(),
-            layout.root.display(),
-            signed.display()
-        );
-    }
+    let path = config.signing_key();
     let signer = NoteSigner::generate(&config.audit.origin)
         .map_err(|e| anyhow!("generating the signing key: {e}"))?;
     if let Some(parent) = path.parent() {
@@ -121,6 +126,40 @@ fn create_signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     );
     Ok(signer)
 }
+
+/// Binds a socket to a listener's address without listening on it yet: an address another
+/// listener serves on stops the start here, and connections are refused, not left waiting,
+/// until the listener serves ([`listen`]). (Another socket bound with `SO_REUSEADDR` and not
+/// listening does not: that conflict shows when listening.) The start may take long (a journal replayed, the store's file
+/// rewritten after an erasure); a load balancer's checks must fail meanwhile.
+fn reserve_address(
+    address: std::net::SocketAddr,
+    setting: &str,
+) -> anyhow::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let reserve = || -> std::io::Result<Socket> {
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        // As the standard library's listeners do: a restarted gateway takes its address back
+        // at once, while connections of the last run linger in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        Ok(socket)
+    };
+    reserve().with_context(|| format!("taking the address {address} ({setting})"))
+}
+
+/// Starts listening on an address [`reserve_address`] took.
+pub(crate) fn listen(socket: socket2::Socket) -> std::io::Result<std::net::TcpListener> {
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The listeners' queue of connections not yet accepted (actix-web's default).
+const LISTEN_BACKLOG: i32 = 2048;
 
 /// Warns of settings that are for development only: a server certificate issued by the
 /// development CA (whose keys are public in the project's copy), and an admin listener, which
@@ -386,12 +425,8 @@ impl RunningGateway {
         let existing_key = existing_signing_key(config)?;
         // The listeners' addresses are taken before anything is made or changed in the data
         // folder: an address in use stops the start with the folder as it was.
-        let bind = |address: std::net::SocketAddr, setting: &str| {
-            std::net::TcpListener::bind(address)
-                .with_context(|| format!("listening on {address} ({setting})"))
-        };
-        let partners_listener = bind(config.server.listen, "server.listen")?;
-        let admin_listener = bind(config.admin.listen, "admin.listen")?;
+        let partners_address = reserve_address(config.server.listen, "server.listen")?;
+        let admin_address = reserve_address(config.admin.listen, "admin.listen")?;
         private_folder(&config.paths.data)?;
         let signer = match existing_key {
             Some(signer) => signer,
@@ -488,15 +523,15 @@ impl RunningGateway {
         // ---- end of the AMQP transport
 
         let (admin_addr, admin) =
-            crate::server::admin::start(gateway.clone(), readiness.clone(), admin_listener)
+            crate::server::admin::start(gateway.clone(), readiness.clone(), admin_address)
                 .with_context(|| {
                     format!(
                         "starting the admin listener on {} (admin.listen)",
                         config.admin.listen
                     )
                 })?;
-        let server = crate::server::start(gateway.clone(), config, partners_listener)
-            .with_context(|| {
+        let server =
+            crate::server::start(gateway.clone(), config, partners_address).with_context(|| {
                 format!(
                     "starting the HTTPS listener on {} (server.listen)",
                     config.server.listen
@@ -552,6 +587,21 @@ impl RunningGateway {
         // tried once more, and reported by the close if they fail again.
         if let Err(error) = gateway.audit_refusal_summaries(Summaries::All).await {
             tracing::error!(%error, "the last summarised refusals could not be audited");
+        }
+        // Nothing is appended from here on: the checkpoint that covers every entry is the
+        // log's last, and the store notes it (see `note_signed_log_size`).
+        let log = gateway.log.clone();
+        match tokio::task::spawn_blocking(move || log.sync()).await {
+            Ok(Ok(())) => {
+                let size = gateway.log.latest_checkpoint().1.size;
+                if let Err(error) = gateway.store.note_signed_log_size(size).await {
+                    tracing::error!(%error, "the store could not note the audit log's last signed size");
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "the audit log could not sign its last checkpoint");
+            }
+            Err(error) => tracing::error!(%error, "signing the audit log's last checkpoint"),
         }
         // The last references go with the server's workers; wait for them briefly.
         for _ in 0..100 {
@@ -621,6 +671,8 @@ async fn note_signed_log_size(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut noted = 0;
+    // A store that fails says so itself; this says it once until a note is made again.
+    let mut failing = false;
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(every) => false,
@@ -629,10 +681,15 @@ async fn note_signed_log_size(
         let size = gateway.log.latest_checkpoint().1.size;
         if size > noted {
             match gateway.store.note_signed_log_size(size).await {
-                Ok(()) => noted = size,
-                Err(error) => {
-                    tracing::error!(%error, "the store could not note the audit log's signed size")
+                Ok(()) => {
+                    noted = size;
+                    failing = false;
                 }
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::error!(%error, "the store could not note the audit log's signed size; tried again every round");
+                }
+                Err(_) => {}
             }
         }
         if stopping {
@@ -691,5 +748,28 @@ async fn refresh_crls(
             .crl_reloads
             .get_or_create(&crate::metrics::OutcomeLabels { outcome })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reserved address is the gateway's, but refuses connections until it is listened on.
+    #[test]
+    fn a_reserved_address_refuses_connections_until_listened_on() {
+        let reserved = reserve_address("127.0.0.1:0".parse().unwrap(), "server.listen").unwrap();
+        let address = reserved.local_addr().unwrap().as_socket().unwrap();
+        let refused = std::net::TcpStream::connect(address).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        let listener = listen(reserved).unwrap();
+        std::net::TcpStream::connect(address).unwrap();
+        // An address another listener serves on cannot be taken.
+        let taken = reserve_address(address, "admin.listen").unwrap_err();
+        assert!(
+            format!("{taken:#}").contains(&format!("{address} (admin.listen)")),
+            "{taken:#}"
+        );
+        drop(listener);
     }
 }

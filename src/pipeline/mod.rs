@@ -655,7 +655,7 @@ impl Gateway {
             raised_by_routing.push(json!({ "code": code, "message": message }));
         }
         // The sender's acknowledgement lists what its message and the routing tables raise
-        // (the mapping's checks, routing, scope), never what the case's file does. The
+        // (the mapping's checks, routing, scope), not the case file's sequence checks. The
         // sequence anomalies are for the event's recipients and the auditors: the event
         // carries them, and each is audited. In an acknowledgement they would tell any sender whether a case
         // it has no part in exists, and how far it has gone.

@@ -70,9 +70,10 @@ struct AdminState {
 pub fn start(
     gateway: Arc<Gateway>,
     readiness: Readiness,
-    listener: std::net::TcpListener,
+    address: socket2::Socket,
 ) -> anyhow::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
     let state = web::Data::new(AdminState { gateway, readiness });
+    let listener = crate::service::listen(address)?;
     let addr = listener.local_addr()?;
     let server = HttpServer::new(move || {
         App::new()

@@ -243,7 +243,7 @@ pub struct RunningServer {
 pub fn start(
     gateway: Arc<Gateway>,
     config: &Config,
-    listener: std::net::TcpListener,
+    address: socket2::Socket,
 ) -> anyhow::Result<RunningServer> {
     // Refused certificates are audited in summaries (see `pipeline::refusal_summaries`).
     let observer = Arc::new(RefusedCertificateAudit {
@@ -270,6 +270,7 @@ pub fn start(
         per_certificate: Mutex::new(HashMap::new()),
         most: config.server.connections_per_certificate.max(1),
     });
+    let listener = crate::service::listen(address)?;
     let addr = listener.local_addr()?;
     let mut server = HttpServer::new(move || {
         let app = App::new()
