@@ -127,40 +127,6 @@ fn create_signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     Ok(signer)
 }
 
-/// Binds a socket to a listener's address without listening on it yet: an address another
-/// listener serves on stops the start here, and connections are refused, not left waiting,
-/// until the listener serves ([`listen`]). (Another socket bound with `SO_REUSEADDR` and not
-/// listening does not: that conflict shows when listening.) The start may take long (a journal replayed, the store's file
-/// rewritten after an erasure); a load balancer's checks must fail meanwhile.
-fn reserve_address(
-    address: std::net::SocketAddr,
-    setting: &str,
-) -> anyhow::Result<socket2::Socket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let reserve = || -> std::io::Result<Socket> {
-        let socket = Socket::new(
-            Domain::for_address(address),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        // As the standard library's listeners do: a restarted gateway takes its address back
-        // at once, while connections of the last run linger in TIME_WAIT.
-        socket.set_reuse_address(true)?;
-        socket.bind(&address.into())?;
-        Ok(socket)
-    };
-    reserve().with_context(|| format!("taking the address {address} ({setting})"))
-}
-
-/// Starts listening on an address [`reserve_address`] took.
-pub(crate) fn listen(socket: socket2::Socket) -> std::io::Result<std::net::TcpListener> {
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// The listeners' queue of connections not yet accepted (actix-web's default).
-const LISTEN_BACKLOG: i32 = 2048;
-
 /// Warns of settings that are for development only: a server certificate issued by the
 /// development CA (whose keys are public in the project's copy), and an admin listener, which
 /// has no authentication, on an address other than loopback.
@@ -425,8 +391,9 @@ impl RunningGateway {
         let existing_key = existing_signing_key(config)?;
         // The listeners' addresses are taken before anything is made or changed in the data
         // folder: an address in use stops the start with the folder as it was.
-        let partners_address = reserve_address(config.server.listen, "server.listen")?;
-        let admin_address = reserve_address(config.admin.listen, "admin.listen")?;
+        let partners_address =
+            crate::server::reserve_address(config.server.listen, "server.listen")?;
+        let admin_address = crate::server::reserve_address(config.admin.listen, "admin.listen")?;
         private_folder(&config.paths.data)?;
         let signer = match existing_key {
             Some(signer) => signer,
@@ -660,11 +627,12 @@ async fn audit_refusal_summaries(
 /// How often the store notes the audit log's signed size.
 const SIGNED_SIZE_NOTE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Notes in the store, every `every` and when told to stop, the size of the audit log's
-/// latest checkpoint, when it grew: the start refuses a log smaller than that (a log restored
-/// from an older copy than the store, which would sign again, along another history, entries
-/// that checkpoints already handed out cover). A note that fails is logged and tried again at
-/// the next round.
+/// Notes in the store, every `every` until told to stop, the size of the audit log's latest
+/// checkpoint, when it grew: the start refuses a log smaller than that (a log restored from an
+/// older copy than the store, which would sign again, along another history, entries that
+/// checkpoints already handed out cover). The stop notes the log's last checkpoint itself
+/// ([`RunningGateway::shutdown`]). A note that fails is logged and tried again at the next
+/// round.
 async fn note_signed_log_size(
     gateway: Arc<Gateway>,
     every: Duration,
@@ -674,10 +642,10 @@ async fn note_signed_log_size(
     // A store that fails says so itself; this says it once until a note is made again.
     let mut failing = false;
     loop {
-        let stopping = tokio::select! {
-            _ = tokio::time::sleep(every) => false,
-            _ = stop.changed() => true,
-        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
         let size = gateway.log.latest_checkpoint().1.size;
         if size > noted {
             match gateway.store.note_signed_log_size(size).await {
@@ -691,9 +659,6 @@ async fn note_signed_log_size(
                 }
                 Err(_) => {}
             }
-        }
-        if stopping {
-            return;
         }
     }
 }
@@ -748,28 +713,5 @@ async fn refresh_crls(
             .crl_reloads
             .get_or_create(&crate::metrics::OutcomeLabels { outcome })
             .inc();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A reserved address is the gateway's, but refuses connections until it is listened on.
-    #[test]
-    fn a_reserved_address_refuses_connections_until_listened_on() {
-        let reserved = reserve_address("127.0.0.1:0".parse().unwrap(), "server.listen").unwrap();
-        let address = reserved.local_addr().unwrap().as_socket().unwrap();
-        let refused = std::net::TcpStream::connect(address).unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-        let listener = listen(reserved).unwrap();
-        std::net::TcpStream::connect(address).unwrap();
-        // An address another listener serves on cannot be taken.
-        let taken = reserve_address(address, "admin.listen").unwrap_err();
-        assert!(
-            format!("{taken:#}").contains(&format!("{address} (admin.listen)")),
-            "{taken:#}"
-        );
-        drop(listener);
     }
 }

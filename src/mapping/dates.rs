@@ -97,7 +97,7 @@ impl DatePattern {
     }
 
     /// Reads a date written in this pattern, saying why it cannot.
-    pub fn read_or_explain(&self, text: &str) -> Result<NaiveDate, DateReadError> {
+    pub fn read(&self, text: &str) -> Result<NaiveDate, DateReadError> {
         let (year, month, day) = self
             .fields(text)
             .ok_or_else(|| DateReadError::NotInPattern(self.source.clone()))?;
@@ -105,11 +105,6 @@ impl DatePattern {
             .ok()
             .and_then(|year| NaiveDate::from_ymd_opt(year, month, day))
             .ok_or_else(|| DateReadError::NoSuchDay(self.source.clone()))
-    }
-
-    /// Reads a date written in this pattern.
-    pub fn read(&self, text: &str) -> Option<NaiveDate> {
-        self.read_or_explain(text).ok()
     }
 
     /// The year, month and day a text written in this pattern gives, whether or not they
@@ -171,28 +166,25 @@ mod tests {
         let date = pattern.read("14/03/1998").unwrap();
         assert_eq!(date.to_string(), "1998-03-14");
         assert_eq!(pattern.write(date), "14/03/1998");
-        assert_eq!(pattern.read("31/02/1998"), None);
+        assert!(pattern.read("31/02/1998").is_err());
         assert_eq!(
-            pattern
-                .read_or_explain("31/02/1998")
-                .unwrap_err()
-                .to_string(),
+            pattern.read("31/02/1998").unwrap_err().to_string(),
             "is written in the pattern dd/mm/yyyy but is no day of the calendar"
         );
         assert_eq!(
             DatePattern::compile("iso")
                 .unwrap()
-                .read_or_explain("14/03/1998")
+                .read("14/03/1998")
                 .unwrap_err()
                 .to_string(),
             "is not a date in the pattern yyyy-mm-dd"
         );
-        assert_eq!(pattern.read("4/03/1998"), None);
-        assert_eq!(pattern.read("14/03/19989"), None);
-        assert_eq!(pattern.read("1998-03-14"), None);
+        assert!(pattern.read("4/03/1998").is_err());
+        assert!(pattern.read("14/03/19989").is_err());
+        assert!(pattern.read("1998-03-14").is_err());
         assert_eq!(
             DatePattern::compile("iso").unwrap().read("1998-03-14"),
-            Some(date)
+            Ok(date)
         );
         assert_eq!(
             DatePattern::compile("dd.mm.yyyy").unwrap().write(date),

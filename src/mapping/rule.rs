@@ -636,7 +636,7 @@ impl Rule {
         match date {
             DateRead::Pattern(pattern) => {
                 let read = match text_of(value) {
-                    Some(text) => pattern.read_or_explain(&text),
+                    Some(text) => pattern.read(&text),
                     None => Err(DateReadError::NotInPattern(pattern.source().to_owned())),
                 };
                 match read {

@@ -334,17 +334,12 @@ impl Gateway {
                     MESSAGE_OUTCOMES.iter().chain(&Refusal::CODES),
                 );
             }
-            if let Some(mode) = &partner.delivery {
-                let (channel, outcomes) = match mode {
-                    DeliveryMode::Inbox => (Channel::Inbox, &["delivered", "acknowledged"][..]),
-                    DeliveryMode::Webhook { .. } => (
-                        Channel::Webhook,
-                        &["delivered", "retry", "dead", "discarded"][..],
-                    ),
-                    DeliveryMode::Amqp => (
-                        Channel::Amqp,
-                        &["delivered", "retry", "dead", "discarded"][..],
-                    ),
+            if partner.delivery.is_some() {
+                let channel = channel_of(partner.delivery.as_ref());
+                let outcomes: &[&str] = if channel == Channel::Inbox {
+                    &["delivered", "acknowledged"]
+                } else {
+                    &["delivered", "retry", "dead", "discarded"]
                 };
                 metrics.deliveries_start_at_zero(&partner.id, channel.name(), outcomes);
             }
@@ -904,12 +899,11 @@ impl Gateway {
         recipients
             .iter()
             .map(|recipient| {
-                let channel = match self.registry.partner(recipient).and_then(|p| p.delivery.as_ref())
-                {
-                    Some(DeliveryMode::Webhook { .. }) => Channel::Webhook,
-                    Some(DeliveryMode::Amqp) => Channel::Amqp,
-                    Some(DeliveryMode::Inbox) | None => Channel::Inbox,
-                };
+                let channel = channel_of(
+                    self.registry
+                        .partner(recipient)
+                        .and_then(|p| p.delivery.as_ref()),
+                );
                 let mapping = self.mappings.partner(recipient);
                 let written = match mapping.map(|m| m.encode(event)) {
                     Some(Ok(encoded))
@@ -1486,6 +1480,16 @@ fn mapping_ref(event: &Value) -> Option<MappingRef> {
         id: event["mappingid"].as_str()?.to_owned(),
         hash: event["mappinghash"].as_str()?.to_owned(),
     })
+}
+
+/// The channel of a recipient's deliveries, from its registry entry's delivery mode (the inbox
+/// when it names none).
+fn channel_of(delivery: Option<&DeliveryMode>) -> Channel {
+    match delivery {
+        Some(DeliveryMode::Webhook { .. }) => Channel::Webhook,
+        Some(DeliveryMode::Amqp) => Channel::Amqp,
+        Some(DeliveryMode::Inbox) | None => Channel::Inbox,
+    }
 }
 
 /// The anomalies an event's data lists (none when it has no `anomalies`).

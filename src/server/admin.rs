@@ -73,7 +73,7 @@ pub fn start(
     address: socket2::Socket,
 ) -> anyhow::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
     let state = web::Data::new(AdminState { gateway, readiness });
-    let listener = crate::service::listen(address)?;
+    let listener = super::listen(address)?;
     let addr = listener.local_addr()?;
     let server = HttpServer::new(move || {
         App::new()

@@ -18,6 +18,7 @@ use crate::tls::{
 };
 use actix_web::dev::{Extensions, ServerHandle};
 use actix_web::{App, HttpServer, web};
+use anyhow::Context;
 use chrono::Utc;
 use rustls::pki_types::CertificateDer;
 use std::any::Any;
@@ -239,6 +240,41 @@ pub struct RunningServer {
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// Binds a socket to a listener's address without listening on it yet, for the start to take
+/// the address before it touches the data folder: an address another listener serves on
+/// stops the start there, and connections are refused, not left waiting, until the listener
+/// serves ([`listen`]). (Another socket bound with `SO_REUSEADDR` and not listening does not:
+/// that conflict shows when listening.) The start may take long (a journal replayed, the
+/// store's file rewritten after an erasure); a load balancer's checks must fail meanwhile.
+pub fn reserve_address(
+    address: std::net::SocketAddr,
+    setting: &str,
+) -> anyhow::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let reserve = || -> std::io::Result<Socket> {
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        // As the standard library's listeners do: a restarted gateway takes its address back
+        // at once, while connections of the last run linger in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        Ok(socket)
+    };
+    reserve().with_context(|| format!("taking the address {address} ({setting})"))
+}
+
+/// Starts listening on an address [`reserve_address`] took.
+fn listen(socket: socket2::Socket) -> std::io::Result<std::net::TcpListener> {
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The listeners' queue of connections not yet accepted (actix-web's default).
+const LISTEN_BACKLOG: i32 = 2048;
+
 /// Starts the partner-facing HTTPS server on the current runtime.
 pub fn start(
     gateway: Arc<Gateway>,
@@ -270,7 +306,7 @@ pub fn start(
         per_certificate: Mutex::new(HashMap::new()),
         most: config.server.connections_per_certificate.max(1),
     });
-    let listener = crate::service::listen(address)?;
+    let listener = listen(address)?;
     let addr = listener.local_addr()?;
     let mut server = HttpServer::new(move || {
         let app = App::new()
@@ -322,4 +358,27 @@ pub fn start(
         handle,
         task: tokio::spawn(server),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reserved address is the gateway's, but refuses connections until it is listened on.
+    #[test]
+    fn a_reserved_address_refuses_connections_until_listened_on() {
+        let reserved = reserve_address("127.0.0.1:0".parse().unwrap(), "server.listen").unwrap();
+        let address = reserved.local_addr().unwrap().as_socket().unwrap();
+        let refused = std::net::TcpStream::connect(address).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        let listener = listen(reserved).unwrap();
+        std::net::TcpStream::connect(address).unwrap();
+        // An address another listener serves on cannot be taken.
+        let taken = reserve_address(address, "admin.listen").unwrap_err();
+        assert!(
+            format!("{taken:#}").contains(&format!("{address} (admin.listen)")),
+            "{taken:#}"
+        );
+        drop(listener);
+    }
 }
