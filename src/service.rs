@@ -384,6 +384,10 @@ impl RunningGateway {
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
         let client_tls = check_tls_settings(config)?;
+        let issuers = crate::tls::load_issuers(&config.tls.ca).context("the CA bundle (tls.ca)")?;
+        registry
+            .check_issuers(&issuers.subjects().collect())
+            .context("the partner registry's issuers, against the CA bundle (tls.ca)")?;
         warn_of_development_settings(config);
         if let Some(settings) = &config.amqp {
             crate::amqp::check_settings(settings, &registry).context("the AMQP settings")?;

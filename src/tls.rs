@@ -18,6 +18,7 @@
 //!   again while it runs ([`ClientVerifier`]), and say which of them are stale.
 //! - **Identity.** [`peer_identity`] reads the URI subject alternative names and the SHA-256
 //!   fingerprint of the verified end-entity certificate. The subject's common name is never read.
+//!   [`issuers`] tells which CA of the bundle a chain leads to, for partners bound to their CA.
 //!
 //! It must not decide who a partner is, nor what a partner may do: matching `urn:partner:<id>`
 //! and fingerprint pins against the registry, and roles, belong to the registry. It never takes an
@@ -26,7 +27,9 @@
 //! [`dev`] generates the development PKI, which is for development and tests only.
 
 pub mod dev;
+pub mod issuers;
 
+use issuers::Issuers;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, ring};
@@ -140,6 +143,14 @@ pub enum TlsError {
         index: usize,
         /// Why rustls refused it.
         source: rustls::Error,
+    },
+    /// A certificate of the CA bundle whose names cannot be read.
+    #[error("certificate #{index} of the CA bundle {} cannot be parsed: its subject name cannot be read", path.display())]
+    UnreadableCa {
+        /// The CA bundle.
+        path: PathBuf,
+        /// The position of the certificate in the bundle, from 1.
+        index: usize,
     },
     /// A CRL file was rejected (unparsable, or an unsupported CRL form).
     #[error("the CRL file {} cannot be used: {source}", path.display())]
@@ -377,6 +388,8 @@ pub struct ClientVerifier {
     /// The last failed reload reported, so that the same failure is reported once while the
     /// files are tried again at each call.
     last_failure: Mutex<Option<String>>,
+    /// The bundle's CAs by name, to tell which one issued a chain.
+    issuers: Issuers,
 }
 
 /// One CRL of the set in use: whose it is, where it was read, and until when it is current.
@@ -453,6 +466,7 @@ impl ClientVerifier {
                 });
             }
         }
+        let issuers = Issuers::new(&files.ca, &ca_certs, &provider)?;
         let roots = Arc::new(roots);
         let read_at = modified(&files.crls);
         let (verifier, in_use) =
@@ -471,6 +485,7 @@ impl ClientVerifier {
             reloaded_at_ms: AtomicU64::new(0),
             in_use: RwLock::new(in_use),
             last_failure: Mutex::new(None),
+            issuers,
         })
     }
 
@@ -570,6 +585,12 @@ impl ClientVerifier {
         self.current()
             .verify_client_cert(end_entity, intermediates, UnixTime::now())
             .map(|_| ())
+    }
+
+    /// Whether a connection's chain (end-entity first) leads to the bundle's CA named
+    /// `subject` (see [`issuers`]). Revocation is not checked again here.
+    pub fn issued_by(&self, subject: &str, chain: &[CertificateDer<'_>]) -> bool {
+        self.issuers.issued(subject, chain)
     }
 
     /// The earliest `nextUpdate` of the CRLs in use, in seconds since the epoch; `None` when
@@ -964,6 +985,12 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     const WHAT: &str = "private key";
     let bytes = read(WHAT, path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| pem_error(WHAT, path, source))
+}
+
+/// The CAs of the PEM CA bundle at `path`, by subject name (see [`issuers`]).
+pub fn load_issuers(path: &Path) -> Result<Issuers, TlsError> {
+    let (certs, _) = load_ca_bundle(path)?;
+    Issuers::new(path, &certs, &crypto_provider())
 }
 
 /// Loads a PEM CA bundle into a root store. Fails when the file holds no certificate, or when

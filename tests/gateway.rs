@@ -37,8 +37,9 @@ mod pki;
 
 use gateway_support::{
     Admin, Answer, Client, Entry, Receiver, RegistryChanges, ServedGateway, ServedSetup,
-    VerifiedTrail, anonymous_tls, client_tls, copy_dir, fixture, fixture_json, fixture_text,
-    kind_of, mappings_unwritable_for_dgsn, test_config, verify_trail, wait_for, write_registry,
+    VerifiedTrail, anonymous_tls, client_tls, copy_dir, dev_dir, fixture, fixture_json,
+    fixture_text, kind_of, mappings_unwritable_for_dgsn, test_config, verify_trail, wait_for,
+    write_registry,
 };
 use passerelle::audit::merkle::leaf_hash;
 use passerelle::audit::{
@@ -1569,6 +1570,90 @@ async fn refusals_are_answered_with_problems_and_audited() {
     assert_eq!(ignored.entries.len(), 1);
     assert_eq!(kind_of(&ignored.entries[0].leaf), "received");
     assert_eq!(ignored.entries[0].leaf.reason.as_deref(), Some("ignored"));
+    gateway.stop().await;
+}
+
+/// With the CAs of two institutions in the bundle, each entry names the CA that issues its
+/// partner's certificates. A certificate that another CA of the bundle issued in the ministry's
+/// name, or the auditor's, is refused (its message audited under its fingerprint), and the
+/// ministry's own goes on. Without the entries' issuers, such a bundle stops the start.
+#[actix_web::test]
+async fn a_certificate_naming_a_partner_from_another_ca_of_the_bundle_is_refused() {
+    let pki_dir = tempfile::tempdir().expect("a temporary folder");
+    let other = pki::OtherCa::new("Another institution's CA");
+    let bundle = pki_dir.path().join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).expect("the dev CA");
+    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).expect("the bundle");
+    let other_crl = pki_dir.path().join("other.crl");
+    std::fs::write(&other_crl, other.crl()).expect("the other CA's CRL");
+    let two_cas = |config: &mut Config| {
+        config.tls.ca = bundle.clone();
+        config.tls.crls.push(other_crl.clone());
+    };
+
+    let unbound = tempfile::tempdir().expect("a temporary folder");
+    let registry = write_registry(unbound.path(), &RegistryChanges::new());
+    let mut config = test_config(&unbound.path().join("data"), &registry);
+    two_cas(&mut config);
+    let refused = format!(
+        "{:#}",
+        RunningGateway::start(&config).await.err().expect("refused")
+    );
+    assert!(
+        refused.contains("partner ma.interieur: the CA bundle (tls.ca) holds 2 CAs")
+            && refused.contains("issuer"),
+        "{refused}"
+    );
+    assert!(!unbound.path().join("data").exists(), "{refused}");
+
+    let dev_ca_name = "CN=Passerelle development CA, O=Passerelle (development only)";
+    let gateway =
+        TestGateway::start(&RegistryChanges::new().issuer_of_all(dev_ca_name), two_cas).await;
+    let verifier = gateway.verifier();
+    let impostor_of = |partner: &str| {
+        let dir = pki_dir.path().join(partner);
+        std::fs::create_dir(&dir).expect("a folder");
+        let files = other.client_files(&dir, &format!("urn:partner:{partner}"));
+        let tls = passerelle::tls::client_config(&files).expect("the impostor's TLS");
+        let certs = passerelle::tls::load_certs(&files.cert).expect("its certificate");
+        let fingerprint = passerelle::tls::fingerprint(&certs[0]);
+        let client = Client::with_tls(partner, (*tls).clone(), gateway.running.addr);
+        (client, fingerprint)
+    };
+    let (ministry_impostor, fingerprint) = impostor_of("ma.interieur");
+    let inbox = ministry_impostor.get("/v1/inbox").await;
+    let problem = inbox.problem(403, "forbidden");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("names ma.interieur, but was not issued by its CA")),
+        "{problem}"
+    );
+    let sent = ministry_impostor
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00990"))
+        .await;
+    sent.problem(403, "forbidden");
+    let (auditor_impostor, _) = impostor_of("audit.igat");
+    let trail = auditor_impostor
+        .get("/v1/audit/trails?case=RVA-2026-004211")
+        .await;
+    trail.problem(403, "forbidden");
+
+    // The partners' own certificates go on.
+    assert_eq!(
+        gateway.client("ma.interieur").get("/v1/inbox").await.status,
+        200
+    );
+    let auditor = gateway.client("audit.igat");
+    let unregistered = wait_for("the refusal's checkpoint", WAIT, async || {
+        let t = verify_trail(&auditor, "case=refused/unregistered", &verifier).await;
+        (t.pending.is_empty() && !t.entries.is_empty()).then_some(t)
+    })
+    .await;
+    assert_eq!(unregistered.entries.len(), 1);
+    let leaf = &unregistered.entries[0].leaf;
+    assert_eq!(kind_of(leaf), "rejected");
+    assert_eq!(leaf.sender.as_deref(), Some(fingerprint.as_str()));
     gateway.stop().await;
 }
 

@@ -9,11 +9,10 @@
 #[path = "support/pki.rs"]
 mod pki;
 
-use passerelle::tls::{self, PeerIdentity, TlsError, TlsFiles, dev};
-use pki::{crl_of_another_ca, dev_crl, empty_crl_of, impostor_crl};
+use passerelle::tls::{self, PeerIdentity, TlsError, dev};
+use pki::{OtherCa, crl_of_another_ca, dev_ca_issuer, dev_crl, impostor_crl};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, CertificateRevocationListParams, DnType, KeyPair, SanType, SerialNumber,
     date_time_ymd,
 };
 use rustls::pki_types::ServerName;
@@ -214,94 +213,6 @@ async fn a_valid_certificate_unknown_to_the_registry_passes_tls_with_its_identit
         accepted.identity.partner_ids().collect::<Vec<_>>(),
         ["unknown.example"]
     );
-}
-
-/// A CA made on the fly.
-struct OtherCa {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-    /// Issued by the development CA, whose bundle clients are checked against.
-    intermediate: bool,
-}
-
-/// The development CA, to issue certificates and CRLs with.
-fn dev_ca_issuer() -> Issuer<'static, KeyPair> {
-    let ca_key =
-        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
-    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
-    Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap()
-}
-
-impl OtherCa {
-    /// A CA named `common_name`, in the development CA's organisation.
-    fn new(common_name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let params = Self::params(common_name);
-        let cert_pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            cert_pem,
-            issuer: Issuer::new(params, key),
-            intermediate: false,
-        }
-    }
-
-    /// An intermediate CA named `common_name`, issued by the development CA: the chains of the
-    /// certificates it issues go through it to the development CA.
-    fn intermediate(common_name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let params = Self::params(common_name);
-        let cert_pem = params.signed_by(&key, &dev_ca_issuer()).unwrap().pem();
-        Self {
-            cert_pem,
-            issuer: Issuer::new(params, key),
-            intermediate: true,
-        }
-    }
-
-    fn params(common_name: &str) -> CertificateParams {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Passerelle (development only)");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = date_time_ymd(2020, 1, 1);
-        params.not_after = date_time_ymd(2100, 1, 1);
-        params
-    }
-
-    /// This CA's CRL, revoking nothing, current until 2099, in DER.
-    fn crl(&self) -> Vec<u8> {
-        empty_crl_of(&self.issuer).der().to_vec()
-    }
-
-    /// Issues a client certificate for `uri` and writes it (followed by this CA's certificate,
-    /// for an intermediate), its key and the dev CA bundle (to trust the gateway) into `dir`.
-    fn client_files(&self, dir: &Path, uri: &str) -> TlsFiles {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = date_time_ymd(2020, 1, 1);
-        params.not_after = date_time_ymd(2100, 1, 1);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let chain = if self.intermediate {
-            format!("{}{}", cert.pem(), self.cert_pem)
-        } else {
-            cert.pem()
-        };
-        std::fs::write(dir.join("other.pem"), chain).unwrap();
-        std::fs::write(dir.join("other.key"), key.serialize_pem()).unwrap();
-        TlsFiles::new(
-            dev_dir().join("ca.pem"),
-            dir.join("other.pem"),
-            dir.join("other.key"),
-        )
-    }
 }
 
 /// The other CA takes the development CA's name, so that only its key differs.

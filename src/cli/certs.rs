@@ -26,8 +26,9 @@ pub enum CertsCommand {
         #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
         partners: Option<Vec<String>>,
     },
-    /// Print what the gateway reads from a PEM certificate to identify its holder: its URI names
-    /// and its SHA-256 fingerprint, the form the registry pins. The certificate is not verified.
+    /// Print what the gateway reads from a PEM certificate to identify its holder: its URI names,
+    /// its SHA-256 fingerprint (the form the registry pins) and the CA its chain leads to (the
+    /// form of the registry's `issuer`). The certificate is not verified.
     Identity {
         /// The certificate file (PEM; the first certificate is read).
         file: PathBuf,
@@ -87,6 +88,12 @@ impl CertsCommand {
                     println!("uri: {uri}");
                 }
                 println!("fingerprint: {}", identity.fingerprint);
+                // The CA the file's chain leads to (the last certificate's issuer, above any
+                // intermediate the file holds), in the form the registry's `issuer` takes (see
+                // `tls::issuers`).
+                if let Some(issuer) = certs.last().and_then(tls::issuers::issuer_name) {
+                    println!("issuer: {issuer}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
         }

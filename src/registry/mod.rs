@@ -44,6 +44,13 @@ pub struct PartnerEntry {
     /// Pinned SHA-256 fingerprints (`sha256:<hex>`) of its certificates, if any.
     #[serde(default)]
     pub fingerprints: Vec<String>,
+    /// The subject name of the CA of the bundle (`tls.ca`) that issues its certificates, as
+    /// `passerelle certs identity` prints it (`issuer:`). A certificate naming this partner
+    /// must chain to that CA: another CA of the bundle cannot issue one. Required of every
+    /// entry without `fingerprints` when the bundle holds more than one CA
+    /// ([`Registry::check_issuers`]).
+    #[serde(default)]
+    pub issuer: Option<String>,
     /// The event types it may send (without `ma.rva.`); by default, those the catalogue
     /// allows its role. An entry can only narrow the default.
     #[serde(default)]
@@ -172,6 +179,17 @@ pub enum AccessError {
     /// The certificate matches a partner whose pins it does not satisfy.
     #[error("the client certificate of {0} does not match its pinned fingerprints")]
     PinMismatch(String),
+    /// The certificate names a partner whose CA did not issue it.
+    #[error(
+        "the client certificate names {partner}, but was not issued by its CA ({issuer}): \
+         only that CA issues {partner}'s certificates"
+    )]
+    WrongIssuer {
+        /// The partner the certificate names.
+        partner: String,
+        /// The CA that issues that partner's certificates.
+        issuer: String,
+    },
     /// The certificate names more than one registered partner.
     #[error(
         "the client certificate names several registered partners ({}): a certificate must identify one",
@@ -472,6 +490,49 @@ impl Registry {
             return Err(AccessError::PinMismatch(entry.id.clone()));
         }
         Ok(entry)
+    }
+
+    /// Checks every entry's `issuer` against the subject names of the CA bundle's CAs: each
+    /// must name one of them. When the bundle holds more than one CA, an entry without pinned
+    /// fingerprints must name its CA: otherwise any CA of the bundle could issue a certificate
+    /// that names its partner, and act as it.
+    pub fn check_issuers(&self, ca_subjects: &BTreeSet<&str>) -> Result<(), RegistryError> {
+        let known = || {
+            ca_subjects
+                .iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut problems = Vec::new();
+        for entry in self.partners.values() {
+            match &entry.issuer {
+                Some(issuer) if !ca_subjects.contains(issuer.as_str()) => problems.push(format!(
+                    "partner {}: issuer {issuer:?} is not the subject name of a CA of the bundle \
+                     (tls.ca), whose CAs are {}",
+                    entry.id,
+                    known()
+                )),
+                None if ca_subjects.len() > 1 && entry.fingerprints.is_empty() => {
+                    problems.push(format!(
+                        "partner {}: the CA bundle (tls.ca) holds {} CAs, so the entry must name \
+                         the one that issues its certificates (issuer = one of {}), or pin them \
+                         (fingerprints): otherwise any of them could issue a certificate that \
+                         acts as {}",
+                        entry.id,
+                        ca_subjects.len(),
+                        known(),
+                        entry.id
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RegistryError::Invalid(problems))
+        }
     }
 
     /// Authorises a sender for an event type (`ma.rva.lpc.issued` or `lpc.issued`).
@@ -796,6 +857,45 @@ mod tests {
         }
         assert!(is_well_formed_partner_id("sn.consulat.casablanca"));
         assert!(is_well_formed_partner_id("audit.igat"));
+    }
+
+    #[test]
+    fn each_entry_names_its_ca_when_the_bundle_holds_several() {
+        let mut registry = load();
+        for entry in registry.partners.values_mut() {
+            match entry.id.as_str() {
+                "ma.interieur" => {}
+                "iom.ma" => entry.fingerprints = vec![format!("sha256:{}", "0".repeat(64))],
+                _ => entry.issuer = Some("CN=A".into()),
+            }
+        }
+        // One CA: no entry need name it.
+        registry.check_issuers(&BTreeSet::from(["CN=A"])).unwrap();
+        // Two: the unpinned entry without an issuer is named, the pinned one is not.
+        let Err(RegistryError::Invalid(problems)) =
+            registry.check_issuers(&BTreeSet::from(["CN=A", "CN=B"]))
+        else {
+            panic!("two CAs and an entry without its issuer were accepted");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("partner ma.interieur: the CA bundle (tls.ca) holds 2 CAs"),
+            "{problems:?}"
+        );
+        // An issuer that is no CA of the bundle is named, with the bundle's CAs.
+        registry.partners.get_mut("ma.interieur").unwrap().issuer = Some("CN=C".into());
+        let Err(RegistryError::Invalid(problems)) =
+            registry.check_issuers(&BTreeSet::from(["CN=A", "CN=B"]))
+        else {
+            panic!("an issuer that is no CA of the bundle was accepted");
+        };
+        assert_eq!(
+            problems,
+            [
+                "partner ma.interieur: issuer \"CN=C\" is not the subject name of a CA of the \
+                 bundle (tls.ca), whose CAs are \"CN=A\", \"CN=B\""
+            ]
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The identity read from a connection's verified client certificate.
@@ -43,6 +43,8 @@ pub struct VerifiedPeer {
     /// The generation of the CRLs the chain was last verified under
     /// ([`ClientVerifier::generation`]).
     checked: Arc<AtomicU64>,
+    /// Whether the chain leads to the CA its partner's entry names (`issuer`), once asked.
+    issued: Arc<OnceLock<bool>>,
 }
 
 impl VerifiedPeer {
@@ -59,6 +61,15 @@ impl VerifiedPeer {
         verifier.recheck(&self.chain)?;
         self.checked.store(generation, Ordering::Release);
         Ok(())
+    }
+
+    /// Whether the certificate was issued by the bundle's CA named `issuer`. Asked once a
+    /// connection: its certificate, and the registry entry it names, do not change while it is
+    /// open.
+    pub fn issued_by(&self, verifier: &ClientVerifier, issuer: &str) -> bool {
+        *self
+            .issued
+            .get_or_init(|| verifier.issued_by(issuer, &self.chain))
     }
 }
 
@@ -156,6 +167,7 @@ fn on_connect(
                 identity,
                 chain: Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()),
                 checked: Arc::new(AtomicU64::new(generation)),
+                issued: Arc::new(OnceLock::new()),
             })
         });
     if let Some(peer) = &peer {

@@ -19,7 +19,7 @@ use crate::audit::{Kind, Query, Transport};
 use crate::canonical::partner_source;
 use crate::pipeline::shares::SharePermit;
 use crate::pipeline::{Ack, Content, Gateway, Outcome, Refusal, Submission, UNREGISTERED};
-use crate::registry::PartnerEntry;
+use crate::registry::{AccessError, PartnerEntry};
 use crate::store::{Channel, Delivery, DeliveryState, DeliveryUpdate};
 use crate::tls::ClientVerifier;
 use actix_web::dev::Payload;
@@ -134,11 +134,20 @@ fn identify(req: &HttpRequest) -> Result<Caller, Problem> {
         ))
     })?;
     let identity = &peer.identity;
-    gateway
+    let entry = gateway
         .registry
         .identify(&identity.uris, &identity.fingerprint)
-        .map(|entry| Caller(entry.clone()))
-        .map_err(|e| Problem::forbidden(e.to_string()))
+        .map_err(|e| Problem::forbidden(e.to_string()))?;
+    if let Some(issuer) = &entry.issuer
+        && !peer.issued_by(verifier, issuer)
+    {
+        let wrong = AccessError::WrongIssuer {
+            partner: entry.id.clone(),
+            issuer: issuer.clone(),
+        };
+        return Err(Problem::forbidden(wrong.to_string()));
+    }
+    Ok(Caller(entry.clone()))
 }
 
 /// Answers a message whose connection identifies no partner. A certificate that the partner

@@ -285,6 +285,8 @@ pub struct RegistryChanges {
     pub sends: Vec<(String, Vec<String>)>,
     /// Partners whose `mappings` list (the mapping ids in force) is replaced.
     pub mappings: Vec<(String, Vec<String>)>,
+    /// The CA every partner's entry names as the issuer of its certificates.
+    pub issuer: Option<String>,
 }
 
 impl RegistryChanges {
@@ -314,6 +316,12 @@ impl RegistryChanges {
         self
     }
 
+    /// Every partner's certificates are issued by the CA of the bundle named `subject`.
+    pub fn issuer_of_all(mut self, subject: &str) -> Self {
+        self.issuer = Some(subject.to_owned());
+        self
+    }
+
     /// Only these mapping ids (`<partner>/<kind>`) are in force for `partner`.
     pub fn mappings(mut self, partner: &str, ids: &[&str]) -> Self {
         self.mappings.push((
@@ -336,6 +344,9 @@ pub fn write_registry(dir: &Path, changes: &RegistryChanges) -> PathBuf {
     for partner in partners.iter_mut() {
         let entry = partner.as_table_mut().expect("a partner table");
         let id = entry["id"].as_str().expect("an id").to_owned();
+        if let Some(issuer) = &changes.issuer {
+            entry.insert("issuer".into(), issuer.as_str().into());
+        }
         if let Some((_, url)) = changes.webhooks.iter().find(|(p, _)| *p == id) {
             let mut delivery = toml::Table::new();
             delivery.insert("mode".into(), "webhook".into());

@@ -1,5 +1,5 @@
 //! Revocation lists of the committed development PKI (`certs/dev`), made on the fly by tests
-//! that revoke a certificate.
+//! that revoke a certificate, and other CAs made on the fly.
 //!
 //! Include it from an integration test with
 //!
@@ -9,8 +9,13 @@
 //! ```
 #![allow(dead_code)] // each test file uses the part of the harness it needs
 
-use rcgen::{CertificateRevocationListParams, Issuer, KeyPair, SerialNumber, date_time_ymd};
-use std::path::PathBuf;
+use passerelle::tls::TlsFiles;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    date_time_ymd,
+};
+use std::path::{Path, PathBuf};
 
 /// The committed development PKI.
 fn dev_dir() -> PathBuf {
@@ -91,4 +96,94 @@ fn crl_signed_with(ca_key: KeyPair, number: u8, revoked: &[&str]) -> String {
     .unwrap()
     .pem()
     .unwrap()
+}
+
+/// A CA made on the fly.
+pub struct OtherCa {
+    /// Its certificate, PEM.
+    pub cert_pem: String,
+    /// Its name and key, to issue with.
+    pub issuer: Issuer<'static, KeyPair>,
+    /// Issued by the development CA, whose bundle clients are checked against.
+    intermediate: bool,
+}
+
+/// The development CA, to issue certificates and CRLs with.
+pub fn dev_ca_issuer() -> Issuer<'static, KeyPair> {
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
+    let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap()
+}
+
+impl OtherCa {
+    /// A CA named `common_name`, in the development CA's organisation.
+    pub fn new(common_name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let params = Self::params(common_name);
+        let cert_pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+            intermediate: false,
+        }
+    }
+
+    /// An intermediate CA named `common_name`, issued by the development CA: the chains of the
+    /// certificates it issues go through it to the development CA.
+    pub fn intermediate(common_name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let params = Self::params(common_name);
+        let cert_pem = params.signed_by(&key, &dev_ca_issuer()).unwrap().pem();
+        Self {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+            intermediate: true,
+        }
+    }
+
+    fn params(common_name: &str) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Passerelle (development only)");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2100, 1, 1);
+        params
+    }
+
+    /// This CA's CRL, revoking nothing, current until 2099, in DER.
+    pub fn crl(&self) -> Vec<u8> {
+        empty_crl_of(&self.issuer).der().to_vec()
+    }
+
+    /// Issues a client certificate for `uri` and writes it (followed by this CA's certificate,
+    /// for an intermediate), its key and the dev CA bundle (to trust the gateway) into `dir`.
+    pub fn client_files(&self, dir: &Path, uri: &str) -> TlsFiles {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2100, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let chain = if self.intermediate {
+            format!("{}{}", cert.pem(), self.cert_pem)
+        } else {
+            cert.pem()
+        };
+        std::fs::write(dir.join("other.pem"), chain).unwrap();
+        std::fs::write(dir.join("other.key"), key.serialize_pem()).unwrap();
+        TlsFiles::new(
+            dev_dir().join("ca.pem"),
+            dir.join("other.pem"),
+            dir.join("other.key"),
+        )
+    }
 }
