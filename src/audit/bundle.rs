@@ -74,12 +74,10 @@ pub fn trail_with_progress(
     let key_path = layout.keys.join("index.key");
     let key = IndexKey::load(&key_path)?;
     let tag = query.tag(&key);
-    // A partner reference is a message's tag: entries of earlier versions carry it on the
-    // acceptance only, and the others are found by the message their leaf names.
-    let by_message = match query {
-        Query::PartnerRef(..) => Some(tag),
-        _ => None,
-    };
+    // A partner reference names one message (see `Query::message`): its entries are found by
+    // the names their leaves hold, also those of earlier versions, which carry its tag on the
+    // acceptance only.
+    let by_message = query.message();
     let mut indices = Vec::new();
     let mut messages = BTreeSet::new();
     // The search reads the private journal, which no signature covers: its entries are
@@ -92,10 +90,10 @@ pub fn trail_with_progress(
             journal_root.push(leaf_hash(&rec.entry));
         }
         key_check.check(&rec, &key);
-        let named = rec.tags.contains(&tag)
-            || by_message.is_some_and(|tag| {
-                MessageName::of_entry(&rec.entry).is_some_and(|m| m.tag(&key) == tag)
-            });
+        let named = match &by_message {
+            Some(message) => MessageName::of_entry(&rec.entry).as_ref() == Some(message),
+            None => rec.tags.contains(&tag),
+        };
         if named {
             indices.push(i);
             // Widened from the entries the checkpoint covers, as the running gateway does.

@@ -169,6 +169,20 @@ impl Query {
         )
     }
 
+    /// The one message a partner reference names: the entries whose leaf names exactly that
+    /// sender and id. Its tag, like the others, is of the normalised (upper-cased) value, so it
+    /// also finds the entries of a reference that differs only in case, which is another
+    /// message: searches keep those that name this one. `None` for the other queries.
+    pub fn message(&self) -> Option<MessageName> {
+        match self {
+            Query::PartnerRef(partner, reference) => Some(MessageName {
+                sender: partner.trim().to_owned(),
+                event_id: reference.trim().to_owned(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The search tag of the query under the log's index key.
     pub fn tag(&self, key: &IndexKey) -> Tag {
         match self {
@@ -843,6 +857,20 @@ impl AuditLog {
     /// normalised values, and `evt-7a` and `EVT-7A` from one sender are two messages.
     pub fn trail_indices(&self, query: &Query, size: u64) -> Result<Vec<u64>> {
         let matched = self.lookup(query);
+        if let Some(message) = query.message() {
+            // An entry past `size` is kept, as pending: it cannot be read before a checkpoint
+            // covers it.
+            let mut entries = EntryReader::new(&self.shared.layout.public, size);
+            let mut exact = Vec::with_capacity(matched.len());
+            for index in matched {
+                if index >= size
+                    || MessageName::of_entry(entries.get(index)?).as_ref() == Some(&message)
+                {
+                    exact.push(index);
+                }
+            }
+            return Ok(exact);
+        }
         if !query.widens() {
             return Ok(matched);
         }
