@@ -960,8 +960,15 @@ async fn the_return_of_case_rva_2026_004211() {
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_owned()
     };
-    let receipt_file = write("receipt", receipt["receipt"].as_str().unwrap());
-    let proof_file = write("proof", receipt["proof"].as_str().unwrap());
+    // Saved as `jq -r` saves them, with a newline after the note's own.
+    let receipt_file = write(
+        "receipt",
+        &format!("{}\n", receipt["receipt"].as_str().unwrap()),
+    );
+    let proof_file = write(
+        "proof",
+        &format!("{}\n", receipt["proof"].as_str().unwrap()),
+    );
     let key = verifier.to_verifier_key();
     let checked = passerelle_cli(&[
         "audit",
@@ -987,7 +994,13 @@ async fn the_return_of_case_rva_2026_004211() {
         ),
     );
     let other_proof = write("other", receipts[0]["proof"].as_str().unwrap());
-    for (file, proof) in [(&forged, &proof_file), (&receipt_file, &other_proof)] {
+    // What `jq .proof` saves of an answer given before a checkpoint covered the entry.
+    let no_proof = write("null", "null\n");
+    for (file, proof, why) in [
+        (&forged, &proof_file, "FAILED: receipt"),
+        (&receipt_file, &other_proof, "not of the receipt's entry"),
+        (&receipt_file, &no_proof, "holds null, not a proof"),
+    ] {
         let refused = passerelle_cli(&[
             "audit",
             "verify-receipt",
@@ -1000,7 +1013,7 @@ async fn the_return_of_case_rva_2026_004211() {
         .await;
         let stdout = String::from_utf8_lossy(&refused.stdout);
         assert_eq!(refused.status.code(), Some(1), "{stdout}");
-        assert!(stdout.contains("FAILED"), "{stdout}");
+        assert!(stdout.contains(why), "{stdout}");
     }
     let first = steps[0].id();
     let reply = gateway

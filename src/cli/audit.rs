@@ -314,17 +314,13 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
             log.display()
         );
     }
-    // A signed note ends with one newline; a checkpoint saved by a tool that adds another (say
-    // `jq -r .checkpoint bundle.json`) is read as the note it holds.
     let since = since
-        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
-        .transpose()?
-        .map(|mut note| {
-            while note.ends_with(b"\n\n") {
-                note.pop();
-            }
-            note
-        });
+        .map(|p| {
+            std::fs::read(p)
+                .map(one_final_newline)
+                .with_context(|| format!("reading {}", p.display()))
+        })
+        .transpose()?;
     // The size only sizes the progress bar; the checkpoint is verified below.
     let size_hint = std::fs::read_to_string(public.join("checkpoint"))
         .ok()
@@ -640,15 +636,25 @@ fn check_bundle(
     }
 }
 
+/// A signed note ends with one newline. A note saved by a tool that adds another (say
+/// `jq -r .checkpoint bundle.json`, or `jq -r .receipt`) is read as the note it holds.
+fn one_final_newline(mut note: Vec<u8>) -> Vec<u8> {
+    while note.ends_with(b"\n\n") {
+        note.pop();
+    }
+    note
+}
+
 /// Checks a receipt, and the inclusion proof of its entry when one is given.
 fn check_receipt(file: &Path, key: &str, proof: Option<&Path>) -> anyhow::Result<ExitCode> {
     let v = verifier(key)?;
     let read = |path: &Path| {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         std::fs::File::open(path)
-            .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
+            .and_then(|f| f.take(1 << 20).read_to_end(&mut bytes))
             .with_context(|| format!("reading {}", path.display()))?;
-        anyhow::Ok(text)
+        String::from_utf8(one_final_newline(bytes))
+            .with_context(|| format!("{} is not text", path.display()))
     };
     let receipt = match Receipt::verify(&read(file)?, &v) {
         Ok(receipt) => receipt,
@@ -668,15 +674,35 @@ fn check_receipt(file: &Path, key: &str, proof: Option<&Path>) -> anyhow::Result
         say!("not checked: that the entry is in the public log (give --proof)");
         return Ok(ExitCode::SUCCESS);
     };
-    let checked = TlogProof::parse(&read(proof)?).and_then(|proof| {
-        if proof.index != receipt.index {
-            return Err(AuditError::Corrupt(format!(
-                "the proof is for entry {}, the receipt for entry {}",
-                proof.index, receipt.index
-            )));
+    let proof_text = read(proof)?;
+    if proof_text.trim() == "null" {
+        // What `jq .proof` writes of an answer given before a checkpoint covered the entry.
+        say!(
+            "FAILED: proof: {} holds null, not a proof: no checkpoint covered the entry yet when \
+             it was asked for; ask again (GET /v1/receipts/{{event_id}} answers with a proof once \
+             one does)",
+            proof.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let proof = match TlogProof::parse(&proof_text) {
+        Ok(parsed) if parsed.index != receipt.index => {
+            say!(
+                "FAILED: proof: {} is the proof of entry {}, not of the receipt's entry {}: give \
+                 the proof of the same event",
+                proof.display(),
+                parsed.index,
+                receipt.index
+            );
+            return Ok(ExitCode::FAILURE);
         }
-        proof.verify_leaf(&receipt.leaf_hash, &v, Some(&receipt.origin))
-    });
+        Ok(parsed) => parsed,
+        Err(e) => {
+            say!("FAILED: proof: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let checked = proof.verify_leaf(&receipt.leaf_hash, &v, Some(&receipt.origin));
     match checked {
         Ok(checkpoint) => {
             say!(
