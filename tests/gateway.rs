@@ -175,6 +175,17 @@ impl Step {
     }
 }
 
+/// The recipients a step's acknowledgement names: all but the IOM mission of the destination
+/// of a boarding (Senegal's), which the case's booking decides and its sender is not told of.
+fn told_to_sender(step: &Step) -> BTreeSet<String> {
+    let booking_decides = step.event["type"] == "ma.rva.boarding.confirmed";
+    step.recipients
+        .iter()
+        .filter(|r| !(booking_decides && **r == "iom.sn"))
+        .map(|r| (*r).to_owned())
+        .collect()
+}
+
 /// The travel booking of case RVA-2026-004211, written from IOM Morocco's booking fixture (which
 /// is for another case): flight AT 505 CMN-DSS on 2026-11-20, PNR K7Q2XM, as the DGSN's PV and the
 /// airline's boarding message say. Returns the native message, the canonical event, and the
@@ -522,7 +533,7 @@ async fn the_return_of_case_rva_2026_004211() {
             strings(&ack["recipients"])
                 .into_iter()
                 .collect::<BTreeSet<_>>(),
-            set(step.recipients),
+            told_to_sender(step),
             "recipients of {}",
             step.id()
         );
@@ -2441,7 +2452,7 @@ async fn a_laissez_passer_from_another_nationalitys_consulate_is_flagged_and_not
 /// leg's arrival; without a booking on file, the leg's arrival is all there is to go by.
 #[actix_web::test]
 async fn the_first_leg_of_a_connecting_journey_reaches_the_mission_of_its_end() {
-    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let gateway = TestGateway::start(&RegistryChanges::new().inbox("iom.sn"), |_| {}).await;
     let case = "RVA-2026-008890";
     let mut booking = fixture_json("iom.ma", "in/travel-booked.json");
     booking["message_id"] = json!("IOM-MA-2026-11-10-connect");
@@ -2471,12 +2482,7 @@ async fn the_first_leg_of_a_connecting_journey_reaches_the_mission_of_its_end() 
         .send("application/json", boarded("AT-DCS-CONNECT-1", case))
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
-    let ack = reply.json();
-    assert!(
-        strings(&ack["recipients"]).contains(&"iom.sn".to_owned()),
-        "{ack}"
-    );
-    assert!(!reply.text().contains("routing.unresolved"), "{ack}");
+    let booked = reply.json();
 
     // A case with no booking on file: the leg's arrival (Abidjan), whose country has no
     // mission in the tables, is flagged; Senegal's mission is not told.
@@ -2487,14 +2493,46 @@ async fn the_first_leg_of_a_connecting_journey_reaches_the_mission_of_its_end() 
         )
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
-    let ack = reply.json();
-    assert!(
-        !strings(&ack["recipients"]).contains(&"iom.sn".to_owned()),
-        "{ack}"
+    let unbooked = reply.json();
+
+    // The airline is told the same of both: neither the mission the booking decides, nor that
+    // none could be found. Otherwise any sender could learn whether a case is booked, and
+    // where to.
+    for ack in [&booked, &unbooked] {
+        assert_eq!(
+            strings(&ack["recipients"]),
+            ["ma.interieur", "iom.ma", "ma.dgsn"],
+            "{ack}"
+        );
+        assert_eq!(ack["anomalies"], json!([]), "{ack}");
+    }
+    let senegal: Vec<String> = gateway
+        .client("iom.sn")
+        .inbox(500)
+        .await
+        .iter()
+        .filter_map(|d| d["event_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        senegal,
+        ["AT-DCS-CONNECT-1"],
+        "Senegal's mission gets the booked case's boarding"
     );
+    let ministry = gateway.client("ma.interieur").inbox(500).await;
+    let flagged: Value = ministry
+        .iter()
+        .find(|d| d["event_id"] == "AT-DCS-CONNECT-2")
+        .and_then(|d| serde_json::from_str(d["body"].as_str()?).ok())
+        .expect("the ministry's copy of the unbooked boarding");
+    let codes: Vec<&str> = flagged["data"]["anomalies"]
+        .as_array()
+        .expect("its anomalies")
+        .iter()
+        .filter_map(|a| a["code"].as_str())
+        .collect();
     assert!(
-        strings(&ack["anomalies"]).contains(&"routing.unresolved_iom_of_destination".to_owned()),
-        "{ack}"
+        codes.contains(&"routing.unresolved_iom_of_destination"),
+        "{flagged}"
     );
     gateway.stop().await;
 }

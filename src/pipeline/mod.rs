@@ -131,7 +131,8 @@ pub struct Ack {
     pub leaf_hash: String,
     /// The log's signed receipt for the entry, in its text form.
     pub receipt: String,
-    /// Who the event is routed to.
+    /// Who the event is routed to, as far as the event alone decides: the IOM mission of the
+    /// destination, which follows the case's booking, is not named.
     pub recipients: Vec<String>,
     /// The codes of the anomalies the gateway found (the event is delivered anyway).
     pub anomalies: Vec<String>,
@@ -636,26 +637,35 @@ impl Gateway {
             .map(CaseFile::journey_ends)
             .unwrap_or_default();
         let (recipients, unresolved) = self.registry.recipients(partner, event, &journey_ends);
-        let mut raised_by_routing: Vec<Value> = unresolved
-            .iter()
-            .map(|role| {
-                json!({
-                    "code": format!("routing.unresolved_{}", role.replace('-', "_")),
-                    "message": format!("no partner is configured as the {role} of this event"),
-                })
+        let unresolved_anomaly = |role: &String| {
+            json!({
+                "code": format!("routing.unresolved_{}", role.replace('-', "_")),
+                "message": format!("no partner is configured as the {role} of this event"),
             })
-            .collect();
+        };
+        let mut raised_by_routing: Vec<Value> = unresolved.iter().map(unresolved_anomaly).collect();
         let out_of_scope = self.registry.out_of_scope(partner, event);
-        if let Some((code, message)) = &out_of_scope {
-            raised_by_routing.push(json!({ "code": code, "message": message }));
-        }
-        // The sender's acknowledgement lists what its message and the routing tables raise
-        // (the mapping's checks, routing, scope), not the case file's sequence checks. The
-        // sequence anomalies are for the event's recipients and the auditors: the event
-        // carries them, and each is audited. In an acknowledgement they would tell any sender whether a case
-        // it has no part in exists, and how far it has gone.
+        let scope_anomaly = out_of_scope
+            .as_ref()
+            .map(|(code, message)| json!({ "code": code, "message": message }));
+        raised_by_routing.extend(scope_anomaly.clone());
+        // The sender's acknowledgement tells what its message alone decides: the anomalies of
+        // the mapping's checks, the routing and the scope, and the recipients, but not the
+        // case file's sequence checks, nor a recipient that the case's booking decides (the IOM
+        // mission of the destination), nor that it cannot be resolved. The event carries every
+        // anomaly to its recipients, and each is audited, as is every recipient. In an
+        // acknowledgement they would tell any sender whether a case it has no part in exists,
+        // how far it has gone, and where it is booked to.
+        let (told_recipients, told_unresolved) =
+            self.registry.recipients_told_to_sender(partner, event);
         let mut told_to_sender = codes_of(listed_anomalies(event));
-        told_to_sender.extend(codes_of(&raised_by_routing));
+        told_to_sender.extend(codes_of(
+            &told_unresolved
+                .iter()
+                .map(unresolved_anomaly)
+                .chain(scope_anomaly)
+                .collect::<Vec<_>>(),
+        ));
         anomalies.append(&mut raised_by_routing);
         if !anomalies.is_empty() {
             let list = event["data"]
@@ -726,7 +736,7 @@ impl Gateway {
             deliveries: Vec::new(),
             case_id: case_id.clone(),
             case_facts,
-            recipients,
+            recipients: told_recipients,
             accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             content: content.digest.clone(),
             content_mapping: content.mapping.clone(),

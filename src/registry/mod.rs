@@ -624,6 +624,30 @@ impl Registry {
         event: &Value,
         journey_ends: &[String],
     ) -> (Vec<String>, Vec<String>) {
+        self.route(sender, event, Some(journey_ends))
+    }
+
+    /// The recipients of an event that its sender is told of, and the routed recipients among
+    /// them that cannot be resolved: those of [`Registry::recipients`] that the event alone
+    /// decides. The IOM mission of the destination follows the case's booking, when one is on
+    /// file: naming it, or saying that it cannot be resolved, would tell any sender whether a
+    /// case it has no part in is booked, and where to.
+    pub fn recipients_told_to_sender(
+        &self,
+        sender: &str,
+        event: &Value,
+    ) -> (Vec<String>, Vec<String>) {
+        self.route(sender, event, None)
+    }
+
+    /// Resolves the recipients; without `journey_ends`, the recipients that the case's file
+    /// decides are left out.
+    fn route(
+        &self,
+        sender: &str,
+        event: &Value,
+        journey_ends: Option<&[String]>,
+    ) -> (Vec<String>, Vec<String>) {
         let name = type_name(event);
         let data = &event["data"];
         let mut found: Vec<String> = Vec::new();
@@ -632,40 +656,12 @@ impl Registry {
             return (found, unresolved);
         };
         for recipient in &entry.recipients {
-            let targets: Vec<String> = match recipient.as_str() {
-                "consulate-of-nationality" => first_text(
-                    data,
-                    &["person.nationality", "holder.nationality", "nationality"],
-                )
-                .and_then(|nationality| {
-                    self.routing
-                        .consulate_by_nationality
-                        .get(&nationality)
-                        .cloned()
-                })
-                .into_iter()
-                .collect(),
-                "iom-morocco" => self.routing.iom_morocco.clone().into_iter().collect(),
-                "iom-of-destination" => self.iom_of_destination(data, journey_ends),
-                "operating-airline" => {
-                    let carriers = carriers(data);
-                    let airlines: Vec<String> = carriers
-                        .iter()
-                        .filter_map(|carrier| self.routing.airline_by_carrier.get(carrier).cloned())
-                        .collect();
-                    // A carrier with no airline in the tables (a connection on an airline that
-                    // is not a partner) is not informed: flagged, though the others are.
-                    if airlines.len() < carriers.len() && !airlines.is_empty() {
-                        unresolved.push(recipient.clone());
-                    }
-                    airlines
+            let targets: Vec<String> = match (recipient.as_str(), journey_ends) {
+                ("iom-of-destination", None) => continue,
+                ("iom-of-destination", Some(journey_ends)) => {
+                    self.iom_of_destination(data, journey_ends)
                 }
-                role => self
-                    .partners
-                    .values()
-                    .filter(|p| p.role == role)
-                    .map(|p| p.id.clone())
-                    .collect(),
+                (role, _) => self.targets_of(role, data, &mut unresolved),
             };
             if targets.is_empty() {
                 unresolved.push(recipient.clone());
@@ -677,6 +673,45 @@ impl Registry {
             }
         }
         (found, unresolved)
+    }
+
+    /// The partners a routed recipient (`role`) of an event with `data` resolves to, apart
+    /// from the IOM mission of the destination. A partial resolution is noted in `unresolved`.
+    fn targets_of(&self, role: &str, data: &Value, unresolved: &mut Vec<String>) -> Vec<String> {
+        match role {
+            "consulate-of-nationality" => first_text(
+                data,
+                &["person.nationality", "holder.nationality", "nationality"],
+            )
+            .and_then(|nationality| {
+                self.routing
+                    .consulate_by_nationality
+                    .get(&nationality)
+                    .cloned()
+            })
+            .into_iter()
+            .collect(),
+            "iom-morocco" => self.routing.iom_morocco.clone().into_iter().collect(),
+            "operating-airline" => {
+                let carriers = carriers(data);
+                let airlines: Vec<String> = carriers
+                    .iter()
+                    .filter_map(|carrier| self.routing.airline_by_carrier.get(carrier).cloned())
+                    .collect();
+                // A carrier with no airline in the tables (a connection on an airline that
+                // is not a partner) is not informed: flagged, though the others are.
+                if airlines.len() < carriers.len() && !airlines.is_empty() {
+                    unresolved.push(role.to_owned());
+                }
+                airlines
+            }
+            role => self
+                .partners
+                .values()
+                .filter(|p| p.role == role)
+                .map(|p| p.id.clone())
+                .collect(),
+        }
     }
 }
 

@@ -183,7 +183,9 @@ pub struct AcceptedRecord {
     /// [`CaseFile`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub case_facts: Vec<String>,
-    /// The recipients the event was routed to.
+    /// The recipients the sender's acknowledgement names: those the event alone routes it to
+    /// (see [`crate::registry::Registry::recipients_told_to_sender`]). The audit entry names
+    /// every recipient.
     pub recipients: Vec<String>,
     /// When it was accepted, RFC 3339.
     pub accepted_at: String,
