@@ -1613,6 +1613,23 @@ async fn a_broker_restart_loses_nothing() {
         references.len(),
         ids.len()
     );
+    // A message held over the rate limit is counted once, however many tries it waits: at
+    // most once a delivery (the broker's restart delivers the held ones again).
+    let limited = gateway
+        .metric(
+            "passerelle_messages_total",
+            &[
+                ("partner", EMBASSY),
+                ("transport", "amqp"),
+                ("outcome", "rate-limited"),
+            ],
+        )
+        .await;
+    assert!(
+        limited >= 1.0 && limited <= 2.0 * references.len() as f64,
+        "{limited} counted rate-limited for {} messages",
+        references.len()
+    );
     gateway.stop().await;
     assert_eq!(
         ready(&inbox, &inbound_queue(EMBASSY)).await,

@@ -721,7 +721,7 @@ pub(crate) fn short_string(text: &str) -> Result<ShortString, AmqpError> {
 
 /// A random number in `0..bound` (`bound` ≥ 1), for jitter. Falls back to the clock when the
 /// system's generator fails: jitter needs no cryptographic quality.
-fn random_below(bound: u64) -> u64 {
+pub(crate) fn random_below(bound: u64) -> u64 {
     let random = getrandom::u64().unwrap_or_else(|_| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -42,7 +42,8 @@
 
 use super::backpressure::Backpressure;
 use super::connection::{
-    AmqpError, AmqpSettings, Backoff, bounded, channel_lost, consumer_channel, short_string,
+    AmqpError, AmqpSettings, Backoff, bounded, channel_lost, consumer_channel, random_below,
+    short_string,
 };
 use super::probe::PERSISTENT;
 use super::topology::{DEAD_LETTER_EXCHANGE, inbound_queue, partner_user};
@@ -390,6 +391,25 @@ pub(crate) struct Ingress {
     instance: String,
 }
 
+/// The longest a message held over its partner's rate limit sleeps between two tries.
+const RATE_WAIT_CEILING: Duration = Duration::from_secs(1);
+
+/// How long a message held over its partner's rate limit sleeps before it tries again, after
+/// `tries` tries (from 1) that found no room: the limiter's `retry_after` (at least 5 ms),
+/// doubled with each such try up to [`RATE_WAIT_CEILING`], drawn between half and all of it.
+/// The messages a queue's consumer holds (up to `prefetch`) wait together: were each to try
+/// again at the next free slot, all but one would be refused again, and a message would take
+/// about `prefetch` tries of the pipeline.
+fn rate_wait(retry_after: Duration, tries: u32) -> Duration {
+    let first = retry_after.max(Duration::from_millis(5));
+    let ceiling = first
+        .saturating_mul(1 << tries.saturating_sub(1).min(16))
+        .min(RATE_WAIT_CEILING.max(first));
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    let half = ms / 2;
+    Duration::from_millis(half + random_below(ms - half + 1))
+}
+
 /// How often a consumer looks at the gate, to cancel itself when it has been closed for
 /// [`Ingress::held_return`] and to consume again once it opens.
 const GATE_LOOK: Duration = Duration::from_millis(250);
@@ -648,6 +668,7 @@ impl Ingress {
         given_back: &mut watch::Receiver<bool>,
     ) -> Settle {
         let mut failures = 0u32;
+        let mut rate_limited = 0u32;
         loop {
             match self.wait_at_gate(stop, given_back).await {
                 AtGate::Open => {}
@@ -666,9 +687,16 @@ impl Ingress {
                     return Settle::DeadLetter(DeadLetter::of(&refusal));
                 }
                 // The limiter paces this partner: the message waits for its turn, unacknowledged,
-                // and it does not count as a delivery attempt.
+                // and it does not count as a delivery attempt. It is counted once as
+                // `rate-limited`, however many tries it waits (the pipeline leaves it to us).
                 Err(Refusal::RateLimited { retry_after, .. }) => {
-                    if !pause(retry_after.max(Duration::from_millis(5)), stop).await {
+                    rate_limited += 1;
+                    if rate_limited == 1 {
+                        self.gateway
+                            .metrics
+                            .message(partner, "amqp", "rate-limited");
+                    }
+                    if !pause(rate_wait(retry_after, rate_limited), stop).await {
                         return Settle::Leave;
                     }
                 }
@@ -794,9 +822,22 @@ impl Ingress {
             }
             return;
         }
+        let outcome = match &confirmed {
+            Err(_) => format!("no confirm within {} s", CONFIRM_TIMEOUT.as_secs()),
+            Ok(Err(error)) => format!("the publish failed: {error}"),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => format!(
+                "returned by the broker ({} {}): no queue is bound to {DEAD_LETTER_EXCHANGE} \
+                 (was passerelle.dead deleted?)",
+                returned.reply_code, returned.reply_text
+            ),
+            Ok(Ok(Confirmation::Nack(_))) => {
+                "refused by the broker (nack): is passerelle.dead full?".to_owned()
+            }
+            Ok(Ok(_)) => "not confirmed".to_owned(),
+        };
         tracing::warn!(
             partner,
-            outcome = ?confirmed.map(|c| c.map(|c| c.is_ack())),
+            outcome,
             "publishing a dead letter failed; rejecting the message to the queue's own dead-lettering"
         );
         if let Err(error) =
@@ -957,6 +998,26 @@ mod tests {
 
     fn header(name: &str, value: AMQPValue) -> (ShortString, AMQPValue) {
         (name.into(), value)
+    }
+
+    /// A message held over the rate limit waits longer at each try that found no room, up to
+    /// a second, so that the messages waiting together do not all try at each free slot.
+    #[test]
+    fn a_rate_limited_message_waits_longer_at_each_try() {
+        let ms = |d: Duration| d.as_millis();
+        for _ in 0..50 {
+            let first = rate_wait(Duration::from_millis(5), 1);
+            assert!((2..=5).contains(&ms(first)), "{first:?}");
+            let fourth = rate_wait(Duration::from_millis(5), 4);
+            assert!((20..=40).contains(&ms(fourth)), "{fourth:?}");
+            let late = rate_wait(Duration::from_millis(5), 30);
+            assert!((500..=1000).contains(&ms(late)), "{late:?}");
+            // Never shorter than half the limiter's own wait, even past the ceiling.
+            let long = rate_wait(Duration::from_secs(3), 1);
+            assert!((1500..=3000).contains(&ms(long)), "{long:?}");
+        }
+        // A zero wait from the limiter still sleeps.
+        assert!(rate_wait(Duration::ZERO, 1) >= Duration::from_millis(2));
     }
 
     fn with_headers(entries: Vec<(ShortString, AMQPValue)>) -> BasicProperties {

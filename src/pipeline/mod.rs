@@ -411,7 +411,13 @@ impl Gateway {
             Ok(Outcome::Duplicate(_)) => self.metrics.message(partner, transport, "duplicate"),
             Ok(Outcome::Ignored { .. }) => self.metrics.message(partner, transport, "ignored"),
             Err(refusal) => {
-                self.metrics.message(partner, transport, refusal.code());
+                // Over AMQP a rate-limited message waits in its queue and is tried again: the
+                // transport counts it once (see `amqp::ingress`), not at each try.
+                let waits = matches!(refusal, Refusal::RateLimited { .. })
+                    && submission.transport == Transport::Amqp;
+                if !waits {
+                    self.metrics.message(partner, transport, refusal.code());
+                }
                 match refusal {
                     // Tallied, and audited in a summary (see `refusal_summaries`). Over AMQP the
                     // message is not refused: it waits in its queue for the limit.
