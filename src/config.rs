@@ -136,9 +136,14 @@ impl TlsSettings {
         files
     }
 
-    /// The gateway's client files (for webhooks): server revocation is not checked.
+    /// The gateway's client files (for webhooks): endpoints' certificates are checked against
+    /// the CA bundle and the CRLs, as partners' are.
     pub fn client_files(&self) -> TlsFiles {
-        TlsFiles::new(&self.ca, &self.client_cert, &self.client_key)
+        let mut files = TlsFiles::new(&self.ca, &self.client_cert, &self.client_key);
+        for crl in &self.crls {
+            files = files.with_crl(crl);
+        }
+        files
     }
 }
 

@@ -149,9 +149,9 @@ fn warn_of_development_settings(config: &Config) {
 
 /// Builds the TLS configurations before anything is created in the data folder, so that a
 /// mistake in the TLS files stops the start at once, naming the settings as well as the file.
-/// Returns the webhook calls' client configuration; the server's is built again by the server,
-/// with its observer of refused certificates.
-fn check_tls_settings(config: &Config) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+/// They are built again, to be used, once the gateway is made: the server's with its observer
+/// of refused certificates, and the webhook calls' over the server's CRLs.
+fn check_tls_settings(config: &Config) -> anyhow::Result<()> {
     crate::tls::check_own_certificate(&config.tls.cert)
         .and_then(|()| crate::tls::server_config(&config.tls.server_files()))
         .context("the HTTPS listener's TLS files (tls.ca, tls.cert, tls.key, tls.crls)")?;
@@ -159,8 +159,9 @@ fn check_tls_settings(config: &Config) -> anyhow::Result<Arc<rustls::ClientConfi
         .and_then(|()| crate::tls::client_config(&config.tls.client_files()))
         .context(
             "the TLS files of the gateway's webhook calls (tls.ca, tls.client_cert, \
-             tls.client_key)",
-        )
+             tls.client_key, tls.crls)",
+        )?;
+    Ok(())
 }
 
 /// Refuses to run with an audit log that does not hold every entry the store knows of: a log
@@ -383,7 +384,7 @@ impl RunningGateway {
         config.validate()?;
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
-        let client_tls = check_tls_settings(config)?;
+        check_tls_settings(config)?;
         let issuers = crate::tls::load_issuers(&config.tls.ca).context("the CA bundle (tls.ca)")?;
         registry
             .check_issuers(&issuers.subjects().collect())
@@ -470,9 +471,20 @@ impl RunningGateway {
         let (stop_workers, stop_rx) = watch::channel(false);
         let mut workers = Vec::new();
 
+        let (server_tls, client_verifier) = crate::server::tls_config(&gateway, config)
+            .context("the HTTPS listener's TLS files (tls.ca, tls.cert, tls.key, tls.crls)")?;
+        let client_tls = crate::tls::endpoint_client_config(
+            &config.tls.client_cert,
+            &config.tls.client_key,
+            client_verifier.clone(),
+        )
+        .context(
+            "the TLS files of the gateway's webhook calls (tls.client_cert, tls.client_key)",
+        )?;
         let webhook = WebhookWorker::new(
             gateway.clone(),
             &client_tls,
+            client_verifier.clone(),
             RetryPolicy::from(&config.delivery),
             Duration::from_secs(config.delivery.timeout_secs.max(1)),
             config.delivery.concurrency,
@@ -501,13 +513,19 @@ impl RunningGateway {
                         config.admin.listen
                     )
                 })?;
-        let server =
-            crate::server::start(gateway.clone(), config, partners_address).with_context(|| {
-                format!(
-                    "starting the HTTPS listener on {} (server.listen)",
-                    config.server.listen
-                )
-            })?;
+        let server = crate::server::start(
+            gateway.clone(),
+            config,
+            partners_address,
+            server_tls,
+            client_verifier,
+        )
+        .with_context(|| {
+            format!(
+                "starting the HTTPS listener on {} (server.listen)",
+                config.server.listen
+            )
+        })?;
         workers.push(tokio::spawn(audit_refusal_summaries(
             gateway.clone(),
             REFUSAL_SUMMARY_INTERVAL,

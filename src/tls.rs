@@ -31,7 +31,7 @@ pub mod issuers;
 
 use issuers::Issuers;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
@@ -373,7 +373,7 @@ pub struct ClientVerifier {
     ca_certs: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
     hints: Vec<DistinguishedName>,
-    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    current: RwLock<Verifiers>,
     /// The modification times of the CRL files when they were last read.
     read_at: Mutex<Vec<Option<SystemTime>>>,
     /// Told of each certificate a handshake refuses.
@@ -474,7 +474,7 @@ impl ClientVerifier {
         Ok(ClientVerifier {
             ca: files.ca.clone(),
             crls: files.crls.clone(),
-            hints: verifier.root_hint_subjects().to_vec(),
+            hints: verifier.clients.root_hint_subjects().to_vec(),
             roots,
             ca_certs,
             provider,
@@ -626,28 +626,52 @@ impl ClientVerifier {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .clients
+            .clone()
+    }
+
+    /// The verifier of webhook endpoints' certificates, with the CRLs in use now.
+    fn endpoints(&self) -> Arc<WebPkiServerVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .endpoints
             .clone()
     }
 }
 
-/// The verifier of the CA bundle and the CRL files, and the CRLs it uses.
+/// The verifiers one set of CRLs makes: of partners' client certificates, and of webhook
+/// endpoints' server certificates (see [`EndpointVerifier`]).
+#[derive(Clone)]
+struct Verifiers {
+    clients: Arc<dyn ClientCertVerifier>,
+    endpoints: Arc<WebPkiServerVerifier>,
+}
+
+/// The verifiers of the CA bundle and the CRL files, and the CRLs they use.
 fn build_client_verifier(
     ca: &Path,
     crl_files: &[PathBuf],
     roots: &Arc<RootCertStore>,
     ca_certs: &[CertificateDer<'_>],
     provider: &Arc<CryptoProvider>,
-) -> Result<(Arc<dyn ClientCertVerifier>, Vec<CrlInUse>), TlsError> {
+) -> Result<(Verifiers, Vec<CrlInUse>), TlsError> {
     let (crls, in_use) = load_checked_crls(ca, ca_certs, crl_files, roots, provider)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+    let refused = |source| TlsError::Verifier {
+        ca: ca.to_path_buf(),
+        source,
+    };
+    let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(crls.clone())
+        .enforce_revocation_expiration()
+        .build()
+        .map_err(refused)?;
+    let endpoints = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
         .build()
-        .map_err(|source| TlsError::Verifier {
-            ca: ca.to_path_buf(),
-            source,
-        })?;
-    Ok((verifier, in_use))
+        .map_err(refused)?;
+    Ok((Verifiers { clients, endpoints }, in_use))
 }
 
 /// The error that says a CRL is past its `nextUpdate`.
@@ -812,9 +836,89 @@ pub trait CertificateRefusalObserver: Send + Sync {
     fn refused(&self, certificate: &CertificateDer<'_>, reason: CertificateRefusal);
 }
 
+/// Verifies the server certificates of webhook endpoints against the CA bundle and the CRLs
+/// that [`ClientVerifier`] holds, the same ones partners' client certificates are checked
+/// against, read again when they change: a webhook server's certificate revoked by its CA is
+/// refused as a partner's would be, and a CRL past its `nextUpdate` refuses its CA's servers.
+///
+/// Written here, rather than taken from rustls, for the same reason as [`ClientVerifier`]:
+/// rustls verifiers are immutable, and this one follows the CRLs read again.
+#[derive(Debug)]
+pub struct EndpointVerifier(Arc<ClientVerifier>);
+
+impl ServerCertVerifier for EndpointVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.endpoints().verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .endpoints()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .endpoints()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.endpoints().supported_verify_schemes()
+    }
+}
+
+/// The client configuration of the gateway's webhook calls: it presents `cert` (with `key`),
+/// and verifies endpoints with [`EndpointVerifier`] over `verifier`'s CA bundle and CRLs.
+/// Same versions, suites and ALPN as [`client_config`].
+pub fn endpoint_client_config(
+    cert: &Path,
+    key: &Path,
+    verifier: Arc<ClientVerifier>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let chain = load_certs(cert)?;
+    let private_key = load_key(key)?;
+    let mut config = ClientConfig::builder_with_provider(verifier.provider.clone())
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(TlsError::Protocol)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(EndpointVerifier(verifier)))
+        .with_client_auth_cert(chain, private_key)
+        .map_err(|source| TlsError::Identity {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Builds a client configuration that presents `files.cert` and verifies the server against
-/// `files.ca`: for the gateway's outgoing calls (webhook delivery), and for tests and load
-/// generators that call the gateway.
+/// `files.ca`: for the AMQP connection, and for tests and load generators that call the
+/// gateway. The webhook calls use [`endpoint_client_config`], whose CRLs follow the server's.
 ///
 /// Same versions, suites and ALPN as [`server_config`]. When `files.crls` is not empty, the
 /// server's chain is checked against them with the same policy as client certificates (unknown

@@ -1980,6 +1980,65 @@ async fn an_endpoint_with_a_certificate_refused_fails_as_tls() {
     assert!(dgsn.received().is_empty(), "no request got through");
 }
 
+/// A webhook endpoint's certificate is checked against the CRLs, read again while the gateway
+/// runs: once its CA revokes it, the next delivery is refused at the handshake (`webhook.tls`),
+/// also over a connection kept alive from before.
+#[actix_web::test]
+async fn an_endpoint_whose_certificate_is_revoked_is_refused() {
+    let crls = tempfile::tempdir().expect("a temporary folder");
+    let crl = crls.path().join("crl.pem");
+    std::fs::write(&crl, pki::dev_crl(30, &["revoked"])).expect("the first CRL");
+    let mut dgsn = Receiver::reserve();
+    dgsn.up();
+    let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
+    let gateway = TestGateway::start(&changes, |config| {
+        config.tls.crls = vec![crl.clone()];
+        config.tls.crl_refresh_secs = 1;
+        config.delivery.max_attempts = 50;
+    })
+    .await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00960"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    delivery_story(&gateway, "CGSN-CASA-2026-00960", "ma.dgsn", "delivered").await;
+
+    // The endpoint presents the development server certificate, which its CA now revokes.
+    std::fs::write(&crl, pki::dev_crl(31, &["revoked", "server"])).expect("the new CRL");
+    wait_for("the CRL read again", WAIT, async || {
+        let reloads = gateway
+            .admin()
+            .metric("passerelle_crl_reloads_total", &[("outcome", "loaded")])
+            .await;
+        (reloads >= 1.0).then_some(())
+    })
+    .await;
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00961"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let story = delivery_story(
+        &gateway,
+        "CGSN-CASA-2026-00961",
+        "ma.dgsn",
+        "delivery_failed",
+    )
+    .await;
+    assert_eq!(
+        story.last().and_then(|(_, reason)| reason.as_deref()),
+        Some("webhook.tls"),
+        "{story:?}"
+    );
+    let received: Vec<String> = dgsn.received().into_iter().map(|r| r.event_id).collect();
+    assert_eq!(
+        received,
+        ["CGSN-CASA-2026-00960"],
+        "nothing got through after the revocation"
+    );
+    gateway.stop().await;
+}
+
 #[actix_web::test]
 async fn a_webhook_down_then_up_gets_each_delivery_exactly_once() {
     // The DGSN's endpoint: its port is chosen, but nothing listens yet.

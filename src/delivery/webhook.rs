@@ -23,8 +23,9 @@ use super::{
 use crate::pipeline::Gateway;
 use crate::registry::Delivery as DeliveryMode;
 use crate::store::{Channel, Delivery};
+use crate::tls::ClientVerifier;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -41,41 +42,78 @@ pub const SOURCE_HEADER: &str = "x-passerelle-source";
 /// this, and at least one.
 const RECIPIENT_SHARE: usize = 4;
 
+/// The HTTP client of the webhook calls.
+fn http_client(tls: &rustls::ClientConfig, timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    // No proxy from the environment (`HTTPS_PROXY` and the like): a recipient's personal
+    // data goes to its endpoint directly, never through a host the registry does not name.
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls(tls.clone())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
 /// Pushes webhook deliveries until shut down.
 pub struct WebhookWorker {
     gateway: Arc<Gateway>,
-    client: reqwest::Client,
+    /// The TLS configuration of the calls (see [`crate::tls::endpoint_client_config`]).
+    tls: rustls::ClientConfig,
+    /// Whose CRLs endpoints are checked against: when it reads them again, the client is made
+    /// anew ([`WebhookWorker::client`]).
+    verifier: Arc<ClientVerifier>,
+    /// The HTTP client, and the generation of the CRLs its connections were checked under.
+    client: Mutex<(u64, reqwest::Client)>,
+    timeout: Duration,
     policy: RetryPolicy,
     concurrency: usize,
 }
 
 impl WebhookWorker {
-    /// A worker calling out with `tls` (the gateway's client certificate, the CA bundle that
-    /// recipients' servers chain to).
+    /// A worker calling out with `tls`, a configuration of
+    /// [`crate::tls::endpoint_client_config`] over `verifier` (the gateway's client
+    /// certificate; the CA bundle and the CRLs that recipients' servers are checked against).
     pub fn new(
         gateway: Arc<Gateway>,
         tls: &rustls::ClientConfig,
+        verifier: Arc<ClientVerifier>,
         policy: RetryPolicy,
         timeout: Duration,
         concurrency: usize,
     ) -> anyhow::Result<Self> {
         let mut tls = tls.clone();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // No proxy from the environment (`HTTPS_PROXY` and the like): a recipient's personal
-        // data goes to its endpoint directly, never through a host the registry does not name.
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .use_preconfigured_tls(tls)
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let client = http_client(&tls, timeout)?;
+        let generation = verifier.generation();
         Ok(WebhookWorker {
             gateway,
-            client,
+            tls,
+            verifier,
+            client: Mutex::new((generation, client)),
+            timeout,
             policy,
             concurrency: concurrency.max(1),
         })
+    }
+
+    /// The HTTP client to call with. Once the CRLs have been read again, it is made anew: the
+    /// connections it keeps alive were checked against the CRLs of their handshakes, and an
+    /// endpoint's certificate revoked since must be checked again on a new connection.
+    fn client(&self) -> reqwest::Client {
+        let generation = self.verifier.generation();
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if client.0 != generation {
+            match http_client(&self.tls, self.timeout) {
+                Ok(fresh) => *client = (generation, fresh),
+                // Kept, and made anew at the next call: a call on a connection kept alive
+                // beats no call at all, and the error is the machine's, not the recipient's.
+                Err(error) => {
+                    tracing::error!(error = %error, "making the webhook client anew after a CRL reload");
+                }
+            }
+        }
+        client.1.clone()
     }
 
     /// Runs until `shutdown` turns true, then finishes the attempts in flight.
@@ -185,7 +223,7 @@ impl WebhookWorker {
             }
         };
         let response = self
-            .client
+            .client()
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, &d.content_type)
             .header(DELIVERY_HEADER, d.id.to_string())

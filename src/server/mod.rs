@@ -288,18 +288,33 @@ fn listen(socket: socket2::Socket) -> std::io::Result<std::net::TcpListener> {
 const LISTEN_BACKLOG: i32 = 2048;
 
 /// Starts the partner-facing HTTPS server on the current runtime.
-pub fn start(
-    gateway: Arc<Gateway>,
+/// The listener's TLS configuration, and its verifier of client certificates, which the
+/// webhook calls share for endpoints' certificates ([`crate::tls::EndpointVerifier`]): one set
+/// of CRLs, read again while the gateway runs. Certificates the handshake refuses are audited in
+/// summaries (see `pipeline::refusal_summaries`).
+pub fn tls_config(
+    gateway: &Gateway,
     config: &Config,
-    address: socket2::Socket,
-) -> anyhow::Result<RunningServer> {
-    // Refused certificates are audited in summaries (see `pipeline::refusal_summaries`).
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<ClientVerifier>)> {
     let observer = Arc::new(RefusedCertificateAudit {
         summaries: gateway.refusal_summaries(),
         metrics: gateway.metrics.clone(),
     });
-    let (tls, client_verifier) =
-        crate::tls::server_config_with_verifier(&config.tls.server_files(), Some(observer))?;
+    Ok(crate::tls::server_config_with_verifier(
+        &config.tls.server_files(),
+        Some(observer),
+    )?)
+}
+
+/// Starts the partners' listener on `address` (reserved by [`reserve_address`]), with the TLS
+/// configuration and verifier of [`tls_config`].
+pub fn start(
+    gateway: Arc<Gateway>,
+    config: &Config,
+    address: socket2::Socket,
+    tls: Arc<rustls::ServerConfig>,
+    client_verifier: Arc<ClientVerifier>,
+) -> anyhow::Result<RunningServer> {
     let tls = (*tls).clone();
     let floor = config.server.floor_mode;
     if floor {
