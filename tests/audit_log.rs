@@ -660,6 +660,64 @@ fn an_offline_trail_checks_the_private_part_it_reads() {
     let (code, stdout) = verify(&behind);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("public/checkpoint is missing"), "{stdout}");
+
+    // The public part rolled back, and its later tiles gone (compacted): the rollback is said,
+    // not the missing file.
+    let compacted = copy("compacted");
+    std::fs::remove_dir_all(compacted.join("public")).unwrap();
+    assert!(
+        Command::new("cp")
+            .args(["-r"])
+            .arg(&public30)
+            .arg(compacted.join("public"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(compacted.join("public/checkpoint"), &cp30).unwrap();
+    let tiles = compacted.join("public/tile");
+    std::fs::remove_dir_all(&tiles).unwrap();
+    let (code, stdout) = verify(&compacted);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("public/checkpoint signs 30 entries, but the log signed 60"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("ok:"), "{stdout}");
+
+    // A private copy behind the public checkpoint (a crash between their writes) is taken when
+    // it signs the beginning of the same history, and refused when it signs another one, which
+    // the same key signing two histories shows.
+    let lagging = copy("lagging");
+    std::fs::write(lagging.join("private/checkpoint"), &cp30).unwrap();
+    let (code, stdout) = verify(&lagging);
+    assert_eq!(code, Some(0), "{stdout}");
+    // The private part given for the log is said to be one.
+    let out = bin()
+        .args(["audit", "verify", "--key", &vkey, "--log"])
+        .arg(lagging.join("private"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is a log's private part"), "{stderr}");
+    let fork_dir = tempfile::tempdir().unwrap();
+    let fork = AuditLog::open(fork_dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&fork, 100..130);
+    fork.close().unwrap();
+    let forked = copy("forked");
+    std::fs::copy(
+        fork_dir.path().join("public/checkpoint"),
+        forked.join("private/checkpoint"),
+    )
+    .unwrap();
+    let (code, stdout) = verify(&forked);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("(size 30) and public/checkpoint (size 60) sign two different histories"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("ok:"), "{stdout}");
 }
 
 /// A case's trail checked for completeness against the public log alone: complete as the log
@@ -1017,6 +1075,17 @@ fn auditor_command_line() {
         stdout.contains("size 40") && stdout.contains("consistent"),
         "{stdout}"
     );
+    // An evidence bundle given for the earlier checkpoint is said to be one.
+    let not_a_note = dir.path().join("a-bundle.json");
+    std::fs::write(&not_a_note, br#"{"format":"passerelle.audit.bundle.v1"}"#).unwrap();
+    let out = bin()
+        .args(["audit", "verify", "--log", d, "--key", &vkey, "--since"])
+        .arg(&not_a_note)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("jq -j .checkpoint"), "{stderr}");
 
     // The signing key given by mistake for the verifier key is named for what it is, and not
     // echoed.
@@ -1097,6 +1166,12 @@ fn auditor_command_line() {
     assert_eq!(again.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("exists already"), "{stderr}");
     assert_eq!(std::fs::read(&bundle).unwrap(), written);
+    // Said before the search: no trail is printed first.
+    assert!(
+        again.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
 
     let out = bin()
         .args([

@@ -231,6 +231,26 @@ pub fn verify_public(
     let cp = Checkpoint::open(&cp_data, verifier, None)
         .map_err(|e| fail(None, "checkpoint", e.to_string()))?;
     let size = cp.size;
+    // An earlier checkpoint larger than this one is said before the tiles are read: those of
+    // a log rolled back may be gone, and a missing file would hide what happened.
+    let since = since
+        .map(|data| {
+            let old = Checkpoint::open(data, verifier, Some(&cp.origin))
+                .map_err(|e| fail(None, "earlier checkpoint", e.to_string()))?;
+            if old.size > size {
+                return Err(fail(
+                    None,
+                    "earlier checkpoint",
+                    format!(
+                        "it signs {} entries, more than the current checkpoint's {size}: the log \
+                         was rolled back (or forked)",
+                        old.size
+                    ),
+                ));
+            }
+            Ok(old)
+        })
+        .transpose()?;
 
     // Level 0: entry bundles against leaf-hash tiles, hashed on every core,
     // in chunks whose results are taken in order (so the first failure
@@ -305,42 +325,46 @@ pub fn verify_public(
         ));
     }
 
-    let since = match since {
-        None => None,
-        Some(data) => {
-            let old = Checkpoint::open(data, verifier, Some(&cp.origin))
-                .map_err(|e| fail(None, "earlier checkpoint", e.to_string()))?;
-            if old.size > size {
-                return Err(fail(
-                    None,
-                    "earlier checkpoint",
-                    "it is larger than the current one: the log was rolled back",
-                ));
-            }
-            if old.size == 0 {
-                if old.root != Hash::empty() {
-                    return Err(fail(None, "earlier checkpoint", "bad empty-tree root"));
-                }
-            } else {
-                let proof = consistency_proof(&reader, old.size, size)
-                    .map_err(|e| fail(None, "tile", e.to_string()))?;
-                verify_consistency(old.size, size, &old.root.0, &cp.root.0, &proof).map_err(
-                    |_| {
-                        fail(
-                            None,
-                            "earlier checkpoint",
-                            "not consistent with the current checkpoint: the log was rewritten",
-                        )
-                    },
-                )?;
-            }
-            Some(old)
-        }
-    };
+    if let Some(old) = &since {
+        consistent(&reader, old, &cp).map_err(|reason| fail(None, "earlier checkpoint", reason))?;
+    }
     Ok(Report {
         checkpoint: cp,
         since,
     })
+}
+
+/// Whether the tree `old` signs is the beginning of the one `current` signs, by a consistency
+/// proof read from the tiles of `current`'s log (`reader`). The error says why not.
+fn consistent(reader: &TileReader, old: &Checkpoint, current: &Checkpoint) -> Result<(), String> {
+    if old.size > current.size {
+        return Err(format!(
+            "it signs {} entries, more than the current checkpoint's {}: the log was rolled back \
+             (or forked)",
+            old.size, current.size
+        ));
+    }
+    if old.size == 0 {
+        return if old.root == Hash::empty() {
+            Ok(())
+        } else {
+            Err("bad empty-tree root".into())
+        };
+    }
+    let proof = consistency_proof(reader, old.size, current.size).map_err(|e| e.to_string())?;
+    verify_consistency(old.size, current.size, &old.root.0, &current.root.0, &proof)
+        .map_err(|_| "not consistent with the current checkpoint: the log was rewritten".to_owned())
+}
+
+/// Checks that `older`, a checkpoint of the same log as `current` (which [`verify_public`] has
+/// verified in `public`), signs the beginning of the same history: a consistency proof from
+/// the public tiles. The error says why not.
+pub fn check_consistent(
+    public: &Path,
+    older: &Checkpoint,
+    current: &Checkpoint,
+) -> Result<(), String> {
+    consistent(&TileReader::new(public, current.size), older, current)
 }
 
 /// Reads the first `checkpoint.size` entries of a copy of the public folder, calling

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use passerelle::audit::bundle::{
     MAX_BUNDLE_LEN, VerifiedBundle, case_entries_missing, trail_with_progress, verify_bundle,
 };
-use passerelle::audit::verify::verify_public;
+use passerelle::audit::verify::{self, verify_public};
 use passerelle::audit::{
     AuditError, AuditLog, Checkpoint, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options,
     Query, Receipt, TlogProof, Transport,
@@ -174,8 +174,8 @@ fn verifier(key: &str) -> anyhow::Result<NoteVerifier> {
     if text.trim_start().starts_with("PRIVATE+KEY+") {
         bail!(
             "the key given is a signing key, which stays with the gateway: give the verifier \
-             key (the line `audit keygen` printed, or `verifier_key` in the log's \
-             private/log.json)"
+             key the operator published (the line `audit keygen` printed, or the gateway \
+             logged when it made the key)"
         );
     }
     NoteVerifier::parse(text.trim()).context("parsing the verifier key")
@@ -240,26 +240,32 @@ fn public_folder(log: &Path) -> PathBuf {
     }
 }
 
-/// What is wrong when a whole log folder's private copy of its checkpoint (`read` from `copy`
-/// before the public one) signs another tree than its public checkpoint `public` (just
-/// verified): more entries, or the same number with another root. A private copy behind the
-/// public one is a normal state (a crash between the two writes), checked by the gateway when
-/// it opens the log.
-fn private_copy_ahead(
-    copy: &Path,
-    read: std::io::Result<Vec<u8>>,
-    verifier: &NoteVerifier,
-    public: &Checkpoint,
-) -> Option<String> {
-    let data = match read {
+/// The log's private copy of its latest checkpoint (`private/checkpoint` of a whole folder),
+/// verified with the log's key: `None` when the folder has none (a copy of `public/` alone).
+fn private_checkpoint(copy: &Path, verifier: &NoteVerifier) -> Result<Option<Checkpoint>, String> {
+    let data = match std::fs::read(copy) {
         Ok(data) => data,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(format!("reading {}: {e}", copy.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {}: {e}", copy.display())),
     };
-    let private = match Checkpoint::open(&data, verifier, Some(&public.origin)) {
-        Ok(private) => private,
-        Err(e) => return Some(format!("{}: {e}", copy.display())),
-    };
+    Checkpoint::open(&data, verifier, None)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", copy.display()))
+}
+
+/// Whether the public checkpoint is behind the log's private copy (`copy`, `private`), or
+/// signs another tree of the same size: said, or `None`. The log writes each checkpoint to
+/// public/, then copies it to private/, so a private copy that signs more is a public part
+/// rolled back (or copied before the private part), which hides entries the log signed.
+fn public_behind(copy: &Path, private: &Checkpoint, public: &Checkpoint) -> Option<String> {
+    if private.origin != public.origin {
+        return Some(format!(
+            "{} is a checkpoint of {}, public/checkpoint of {}: two logs in one folder",
+            copy.display(),
+            private.origin,
+            public.origin
+        ));
+    }
     if private.size > public.size {
         return Some(format!(
             "public/checkpoint signs {} entries, but the log signed {} ({}): the public part \
@@ -292,6 +298,15 @@ fn entries_bar(len: u64) -> indicatif::ProgressBar {
 
 fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCode> {
     let v = verifier(key)?;
+    if log.join("log.json").is_file() && !log.join("tile").is_dir() {
+        let parent = log.parent().unwrap_or(Path::new(".."));
+        bail!(
+            "{} is a log's private part, which holds no tiles: give the log's folder ({}), or a \
+             copy of its public/ folder",
+            log.display(),
+            parent.display()
+        );
+    }
     let public = public_folder(log);
     let private_copy = log.join("private/checkpoint");
     if !public.join("checkpoint").exists() && private_copy.exists() {
@@ -316,9 +331,18 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
     }
     let since = since
         .map(|p| {
-            std::fs::read(p)
+            let note = std::fs::read(p)
                 .map(one_final_newline)
-                .with_context(|| format!("reading {}", p.display()))
+                .with_context(|| format!("reading {}", p.display()))?;
+            if note.trim_ascii_start().starts_with(b"{") {
+                bail!(
+                    "{} is a JSON document (an evidence bundle?), not a checkpoint: give the \
+                     checkpoint it holds (jq -j .checkpoint {} > checkpoint)",
+                    p.display(),
+                    p.display()
+                );
+            }
+            Ok(note)
         })
         .transpose()?;
     // The size only sizes the progress bar; the checkpoint is verified below.
@@ -329,44 +353,73 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
     // The private copy is read before the public checkpoint: the log writes each checkpoint
     // to public/ first, then to private/, so that a running gateway's public checkpoint read
     // after its private copy is never behind it.
-    let private_data = std::fs::read(&private_copy);
+    let private = match private_checkpoint(&private_copy, &v) {
+        Ok(private) => private,
+        Err(failure) => {
+            say!("FAILED: {failure}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // A public part rolled back is said before its tiles are read: some may be gone.
+    if let Some(private) = &private
+        && let Some(failure) = std::fs::read(public.join("checkpoint"))
+            .ok()
+            .and_then(|data| Checkpoint::open(&data, &v, Some(&private.origin)).ok())
+            .and_then(|cp| public_behind(&private_copy, private, &cp))
+    {
+        say!("FAILED: {failure}");
+        return Ok(ExitCode::FAILURE);
+    }
     let bar = entries_bar(size_hint);
     let start = Instant::now();
     let result = verify_public(&public, &v, since.as_deref(), &mut |done| {
         bar.set_position(done)
     });
     bar.finish_and_clear();
-    match result {
-        Ok(report) => {
-            let secs = start.elapsed().as_secs_f64().max(1e-9);
-            let cp = &report.checkpoint;
-            say!("ok: {} size {} root {}", cp.origin, cp.size, cp.root);
-            if let Some(old) = &report.since {
-                say!(
-                    "ok: consistent with the earlier checkpoint of size {}",
-                    old.size
-                );
-            }
-            say!(
-                "hashed {} entries in {:.3} s ({:.0} entries/s)",
-                cp.size,
-                secs,
-                cp.size as f64 / secs
-            );
-            // The log writes each checkpoint to public/, then copies it to private/: in a
-            // whole folder, a private copy that signs more is a public part rolled back (or
-            // copied before the private part), which hides entries the log signed.
-            if let Some(failure) = private_copy_ahead(&private_copy, private_data, &v, cp) {
-                say!("FAILED: {failure}");
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    let report = match result {
+        Ok(report) => report,
         Err(failure) => {
             say!("FAILED: {failure}");
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let cp = &report.checkpoint;
+    // In a whole folder, the private copy must sign the beginning of the same history: two
+    // checkpoints of one key over two histories show that the log told two stories.
+    if let Some(private) = &private {
+        let failure = public_behind(&private_copy, private, cp).or_else(|| {
+            verify::check_consistent(&public, private, cp)
+                .err()
+                .map(|why| {
+                    format!(
+                        "{} (size {}) and public/checkpoint (size {}) sign two different \
+                         histories: {why}",
+                        private_copy.display(),
+                        private.size,
+                        cp.size
+                    )
+                })
+        });
+        if let Some(failure) = failure {
+            say!("FAILED: {failure}");
+            return Ok(ExitCode::FAILURE);
         }
     }
+    say!("ok: {} size {} root {}", cp.origin, cp.size, cp.root);
+    if let Some(old) = &report.since {
+        say!(
+            "ok: consistent with the earlier checkpoint of size {}",
+            old.size
+        );
+    }
+    say!(
+        "hashed {} entries in {:.3} s ({:.0} entries/s)",
+        cp.size,
+        secs,
+        cp.size as f64 / secs
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--flight CARRIER/NUMBER/YYYY-MM-DD`, read by the command line's parser so that a malformed
@@ -388,9 +441,9 @@ fn flight_arg(text: &str) -> Result<Flight, String> {
 
 /// `--partner-ref PARTNER:REFERENCE`, as [`flight_arg`].
 fn partner_ref_arg(text: &str) -> Result<(String, String), String> {
-    let (partner, reference) = text
-        .split_once(':')
-        .ok_or("takes PARTNER:REFERENCE, for example sn.consulat.casablanca:CGS/2026/0420")?;
+    let (partner, reference) = text.split_once(':').ok_or(
+        "takes PARTNER:REFERENCE, for example sn.consulat.casablanca:CGSN-CASA-2026-00417",
+    )?;
     Ok((partner.into(), reference.into()))
 }
 
@@ -483,6 +536,16 @@ pub fn describe(leaf: &Leaf) -> String {
 fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     let q = query(&args)?;
     let pinned = args.key.as_deref().map(verifier).transpose()?;
+    // Said before the search, which can be long: the file is not written over either way.
+    if let Some(path) = &args.bundle
+        && path.exists()
+    {
+        bail!(
+            "{} exists already: a bundle is not written over another; give a new name, or \
+             remove the old file first",
+            path.display()
+        );
+    }
     if !args.log.join("private").is_dir() {
         bail!(
             "{} has no private/ folder: a trail is searched with the log's index key, so it \
