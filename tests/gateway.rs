@@ -2732,6 +2732,7 @@ async fn a_trail_longer_than_one_answer_is_read_in_pages() {
         "after=-1",
         "format=bundle&after=3",
         "format=bundle&limit=5",
+        "format=xml",
     ] {
         auditor
             .get(&format!("/v1/audit/trails?case={case}&{query}"))

@@ -904,7 +904,16 @@ async fn get_trail(
             "give exactly one of case, lpc, pnr, pv or iom_case",
         ));
     };
-    let bundle = query.format.as_deref() == Some("bundle");
+    let bundle = match query.format.as_deref() {
+        None => false,
+        Some("bundle") => true,
+        Some(_) => {
+            return Err(Problem::bad_request(
+                "format takes one value, bundle (for an evidence bundle): leave it out for the \
+                 trail",
+            ));
+        }
+    };
     if bundle && (query.after.is_some() || query.limit.is_some()) {
         return Err(Problem::bad_request(
             "a bundle holds a whole trail: ask for it without after or limit",
