@@ -26,13 +26,9 @@ fn fact(i: u64) -> Fact {
     f
 }
 
-fn run_go(
-    public: &Path,
-    vkey: &str,
-    old: &Path,
-    evidence: &Path,
-    skey: &Path,
-) -> std::process::Output {
+/// Runs the Go verifier on `public` with `vkey` and the `old` checkpoint, and with the
+/// evidence folder and the signer key file of the cross-checks (`rest`), if given.
+fn run_go(public: &Path, vkey: &str, old: &Path, rest: &[&Path]) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/verify.go");
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-build-cache");
     assert!(
@@ -47,8 +43,7 @@ fn run_go(
         .arg(public)
         .arg(vkey)
         .arg(old)
-        .arg(evidence)
-        .arg(skey)
+        .args(rest)
         .env("GO111MODULE", "off")
         .env("GOPATH", GOPATH)
         .env("GOFLAGS", "")
@@ -117,7 +112,18 @@ fn go_sumdb_verifies_checkpoints_tiles_and_proofs() {
     let verifier = log.verifier().clone();
     log.close().unwrap();
 
-    let out = run_go(&public, &vkey, &old, &evidence, &skey_file);
+    // An auditor's check, with the log and a checkpoint kept from before only.
+    let out = run_go(&public, &vkey, &old, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Go verifier failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok consistent with size 300"), "{stdout}");
+    assert!(!stdout.contains("tlog-proof"), "{stdout}");
+
+    let out = run_go(&public, &vkey, &old, &[&evidence, &skey_file]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -147,7 +153,7 @@ fn go_sumdb_verifies_checkpoints_tiles_and_proofs() {
     let mut data = std::fs::read(&tile).unwrap();
     data[100] ^= 1;
     std::fs::write(&tile, &data).unwrap();
-    let out = run_go(&public, &vkey, &old, &evidence, &skey_file);
+    let out = run_go(&public, &vkey, &old, &[&evidence, &skey_file]);
     assert!(
         !out.status.success(),
         "Go accepted a tampered tile:\n{}",
