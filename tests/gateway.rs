@@ -1954,29 +1954,29 @@ fn lpc_issued(reference: &str) -> Vec<u8> {
 /// An endpoint whose certificate the gateway does not accept (here an expired one) fails its
 /// attempts as `webhook.tls`, not as an unreachable endpoint: the operator is sent to the
 /// certificates, not to the network.
+/// The consulate sends LPC `reference`, whose delivery to the DGSN's webhook fails at the TLS
+/// handshake (`webhook.tls`).
+async fn fails_as_tls(gateway: &TestGateway, reference: &str) {
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let story = delivery_story(gateway, reference, "ma.dgsn", "delivery_failed").await;
+    assert_eq!(
+        story.last().and_then(|(_, reason)| reason.as_deref()),
+        Some("webhook.tls"),
+        "{story:?}"
+    );
+}
+
 #[actix_web::test]
 async fn an_endpoint_with_a_certificate_refused_fails_as_tls() {
     let mut dgsn = Receiver::reserve().presenting("expired");
     dgsn.up();
     let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
     let gateway = TestGateway::start(&changes, |c| c.delivery.max_attempts = 50).await;
-    let reply = gateway
-        .client("sn.consulat.casablanca")
-        .send("application/xml", lpc_issued("CGSN-CASA-2026-00418"))
-        .await;
-    assert_eq!(reply.status, 202, "{}", reply.text());
-    let story = delivery_story(
-        &gateway,
-        "CGSN-CASA-2026-00418",
-        "ma.dgsn",
-        "delivery_failed",
-    )
-    .await;
-    assert_eq!(
-        story.last().and_then(|(_, reason)| reason.as_deref()),
-        Some("webhook.tls"),
-        "{story:?}"
-    );
+    fails_as_tls(&gateway, "CGSN-CASA-2026-00418").await;
     assert!(dgsn.received().is_empty(), "no request got through");
 }
 
@@ -2014,22 +2014,7 @@ async fn an_endpoint_whose_certificate_is_revoked_is_refused() {
         (reloads >= 1.0).then_some(())
     })
     .await;
-    let reply = consulate
-        .send("application/xml", lpc_issued("CGSN-CASA-2026-00961"))
-        .await;
-    assert_eq!(reply.status, 202, "{}", reply.text());
-    let story = delivery_story(
-        &gateway,
-        "CGSN-CASA-2026-00961",
-        "ma.dgsn",
-        "delivery_failed",
-    )
-    .await;
-    assert_eq!(
-        story.last().and_then(|(_, reason)| reason.as_deref()),
-        Some("webhook.tls"),
-        "{story:?}"
-    );
+    fails_as_tls(&gateway, "CGSN-CASA-2026-00961").await;
     let received: Vec<String> = dgsn.received().into_iter().map(|r| r.event_id).collect();
     assert_eq!(
         received,
