@@ -170,14 +170,16 @@ impl Query {
     }
 
     /// The one message a partner reference names: the entries whose leaf names exactly that
-    /// sender and id. Its tag, like the others, is of the normalised (upper-cased) value, so it
-    /// also finds the entries of a reference that differs only in case, which is another
-    /// message: searches keep those that name this one. `None` for the other queries.
+    /// sender and id, byte for byte (an id may begin or end with a space, and is compared as
+    /// the sender wrote it). Its tag, like the others, is of the normalised (upper-cased,
+    /// trimmed) value, so it also finds the entries of a reference that differs only in case,
+    /// which is another message: searches keep those that name this one. `None` for the other
+    /// queries.
     pub fn message(&self) -> Option<MessageName> {
         match self {
             Query::PartnerRef(partner, reference) => Some(MessageName {
-                sender: partner.trim().to_owned(),
-                event_id: reference.trim().to_owned(),
+                sender: partner.clone(),
+                event_id: reference.clone(),
             }),
             _ => None,
         }
