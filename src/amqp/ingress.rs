@@ -395,19 +395,21 @@ pub(crate) struct Ingress {
 const RATE_WAIT_CEILING: Duration = Duration::from_secs(1);
 
 /// How long a message held over its partner's rate limit sleeps before it tries again, after
-/// `tries` tries (from 1) that found no room: the limiter's `retry_after` (at least 5 ms),
-/// doubled with each such try up to [`RATE_WAIT_CEILING`], drawn between half and all of it.
-/// The messages a queue's consumer holds (up to `prefetch`) wait together: were each to try
-/// again at the next free slot, all but one would be refused again, and a message would take
-/// about `prefetch` tries of the pipeline.
+/// `tries` tries (from 1) that found no room: a draw between half and all of the limiter's
+/// `retry_after` (at least 5 ms) doubled `tries` times, up to [`RATE_WAIT_CEILING`], and never
+/// less than `retry_after` itself (there is no room before). The messages a queue's consumer
+/// holds (up to `prefetch`) wait together: were each to try again at the next free slot, all
+/// but one would be refused again, and a message would take about `prefetch` tries of the
+/// pipeline.
 fn rate_wait(retry_after: Duration, tries: u32) -> Duration {
     let first = retry_after.max(Duration::from_millis(5));
     let ceiling = first
-        .saturating_mul(1 << tries.saturating_sub(1).min(16))
-        .min(RATE_WAIT_CEILING.max(first));
-    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    let half = ms / 2;
-    Duration::from_millis(half + random_below(ms - half + 1))
+        .saturating_mul(1 << tries.min(16))
+        .min(RATE_WAIT_CEILING)
+        .max(first);
+    let as_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (low, high) = (as_ms(first).max(as_ms(ceiling) / 2), as_ms(ceiling));
+    Duration::from_millis(low + random_below(high - low + 1))
 }
 
 /// How often a consumer looks at the gate, to cancel itself when it has been closed for
@@ -1007,17 +1009,19 @@ mod tests {
         let ms = |d: Duration| d.as_millis();
         for _ in 0..50 {
             let first = rate_wait(Duration::from_millis(5), 1);
-            assert!((2..=5).contains(&ms(first)), "{first:?}");
+            assert!((5..=10).contains(&ms(first)), "{first:?}");
             let fourth = rate_wait(Duration::from_millis(5), 4);
-            assert!((20..=40).contains(&ms(fourth)), "{fourth:?}");
+            assert!((40..=80).contains(&ms(fourth)), "{fourth:?}");
             let late = rate_wait(Duration::from_millis(5), 30);
             assert!((500..=1000).contains(&ms(late)), "{late:?}");
-            // Never shorter than half the limiter's own wait, even past the ceiling.
+            // Never shorter than the limiter's own wait, even past the ceiling.
             let long = rate_wait(Duration::from_secs(3), 1);
-            assert!((1500..=3000).contains(&ms(long)), "{long:?}");
+            assert_eq!(ms(long), 3000);
+            let over = rate_wait(Duration::from_millis(700), 1);
+            assert!((700..=1000).contains(&ms(over)), "{over:?}");
         }
         // A zero wait from the limiter still sleeps.
-        assert!(rate_wait(Duration::ZERO, 1) >= Duration::from_millis(2));
+        assert!(rate_wait(Duration::ZERO, 1) >= Duration::from_millis(5));
     }
 
     fn with_headers(entries: Vec<(ShortString, AMQPValue)>) -> BasicProperties {
