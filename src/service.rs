@@ -387,7 +387,7 @@ impl RunningGateway {
         check_tls_settings(config)?;
         let issuers = crate::tls::load_issuers(&config.tls.ca).context("the CA bundle (tls.ca)")?;
         registry
-            .check_issuers(&issuers.subjects().collect())
+            .check_issuers(&issuers)
             .context("the partner registry's issuers, against the CA bundle (tls.ca)")?;
         warn_of_development_settings(config);
         if let Some(settings) = &config.amqp {

@@ -587,10 +587,11 @@ impl ClientVerifier {
             .map(|_| ())
     }
 
-    /// Whether a connection's chain (end-entity first) leads to the bundle's CA named
-    /// `subject` (see [`issuers`]). Revocation is not checked again here.
-    pub fn issued_by(&self, subject: &str, chain: &[CertificateDer<'_>]) -> bool {
-        self.issuers.issued(subject, chain)
+    /// Whether a connection's chain (end-entity first) leads to a CA of the bundle that
+    /// `issuer` names, by subject name or fingerprint (see [`issuers`]). Revocation is not
+    /// checked again here.
+    pub fn issued_by(&self, issuer: &str, chain: &[CertificateDer<'_>]) -> bool {
+        self.issuers.issued(issuer, chain)
     }
 
     /// The earliest `nextUpdate` of the CRLs in use, in seconds since the epoch; `None` when
@@ -913,6 +914,10 @@ pub fn endpoint_client_config(
             source,
         })?;
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    // No session resumption, as on the server's side: a resumed handshake does not verify the
+    // endpoint's certificate again, so that one revoked since its first call would go on
+    // being accepted.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -1091,7 +1096,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| pem_error(WHAT, path, source))
 }
 
-/// The CAs of the PEM CA bundle at `path`, by subject name (see [`issuers`]).
+/// The CAs of the PEM CA bundle at `path`, by subject name and fingerprint (see [`issuers`]).
 pub fn load_issuers(path: &Path) -> Result<Issuers, TlsError> {
     let (certs, _) = load_ca_bundle(path)?;
     Issuers::new(path, &certs, &crypto_provider())

@@ -1624,7 +1624,7 @@ async fn a_certificate_naming_a_partner_from_another_ca_of_the_bundle_is_refused
         RunningGateway::start(&config).await.err().expect("refused")
     );
     assert!(
-        refused.contains("partner ma.interieur: the CA bundle (tls.ca) holds 2 CAs")
+        refused.contains("partner ma.interieur: the CA bundle (tls.ca) holds 2 CA certificates")
             && refused.contains("issuer"),
         "{refused}"
     );

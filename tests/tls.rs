@@ -52,6 +52,7 @@ struct Accepted {
     version: Option<ProtocolVersion>,
     suite: Option<CipherSuite>,
     alpn: Option<Vec<u8>>,
+    kind: Option<rustls::HandshakeKind>,
 }
 
 /// Both ends of one connection attempt.
@@ -102,6 +103,7 @@ async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Outc
             version: connection.protocol_version(),
             suite: connection.negotiated_cipher_suite().map(|s| s.suite()),
             alpn: connection.alpn_protocol().map(<[u8]>::to_vec),
+            kind: connection.handshake_kind(),
         };
         stream.write_all(b"ok").await?;
         stream.shutdown().await?;
@@ -213,6 +215,61 @@ async fn a_valid_certificate_unknown_to_the_registry_passes_tls_with_its_identit
         accepted.identity.partner_ids().collect::<Vec<_>>(),
         ["unknown.example"]
     );
+}
+
+/// A chain is issued by the CA of the bundle it leads to, through an intermediate of its, and
+/// not by a CA whose name an intermediate of another CA takes.
+#[test]
+fn a_chain_is_issued_by_the_ca_it_leads_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = OtherCa::new("Another institution's CA");
+    let bundle = dir.path().join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
+    let issuers = tls::load_issuers(&bundle).unwrap();
+    let dev_name = "CN=Passerelle development CA, O=Passerelle (development only)";
+    let other_name = "CN=Another institution's CA, O=Passerelle (development only)";
+    let dev_print = tls::fingerprint(&tls::load_certs(&dev_dir().join("ca.pem")).unwrap()[0]);
+    let chain_of = |ca: &OtherCa, folder: &str| {
+        let folder = dir.path().join(folder);
+        std::fs::create_dir(&folder).unwrap();
+        tls::load_certs(&ca.client_files(&folder, "urn:partner:iom.ma").cert).unwrap()
+    };
+    let genuine = chain_of(&OtherCa::intermediate("Partner Issuing CA 1"), "genuine");
+    assert!(issuers.issued(dev_name, &genuine));
+    assert!(issuers.issued(&dev_print, &genuine));
+    assert!(!issuers.issued(other_name, &genuine));
+    let posing = OtherCa::intermediate_under("Passerelle development CA", &other);
+    let forged = chain_of(&posing, "forged");
+    assert!(!issuers.issued(dev_name, &forged));
+    assert!(!issuers.issued(&dev_print, &forged));
+    assert!(issuers.issued(other_name, &forged));
+}
+
+/// The webhook calls never resume a session, even with an endpoint that offers it: a resumed
+/// handshake would not check the endpoint's certificate against the CRLs read since.
+#[tokio::test]
+async fn the_webhook_client_never_resumes_a_session() {
+    let mut resuming = (*dev_server()).clone();
+    resuming.session_storage = rustls::server::ServerSessionMemoryCache::new(64);
+    resuming.send_tls13_tickets = 2;
+    let resuming = Arc::new(resuming);
+    // The server resumes a client that asks to.
+    let client = dev_client("ma.dgsn");
+    handshake(resuming.clone(), client.clone()).await.accepted();
+    let again = handshake(resuming.clone(), client).await.accepted();
+    assert_eq!(again.kind, Some(rustls::HandshakeKind::Resumed));
+    // The webhook client does not ask.
+    let (_, verifier) =
+        tls::server_config_with_verifier(&dev::files(&dev_dir(), dev::SERVER), None).unwrap();
+    let gateway = dev::files(&dev_dir(), dev::GATEWAY_CLIENT);
+    let webhook = tls::endpoint_client_config(&gateway.cert, &gateway.key, verifier).unwrap();
+    for _ in 0..2 {
+        let accepted = handshake(resuming.clone(), webhook.clone())
+            .await
+            .accepted();
+        assert_eq!(accepted.kind, Some(rustls::HandshakeKind::Full));
+    }
 }
 
 /// The other CA takes the development CA's name, so that only its key differs.

@@ -9,6 +9,7 @@
 
 use crate::canonical::{Catalogue, TYPE_PREFIX, type_name};
 use crate::mapping::MappingSet;
+use crate::tls::issuers::Issuers;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,10 +45,11 @@ pub struct PartnerEntry {
     /// Pinned SHA-256 fingerprints (`sha256:<hex>`) of its certificates, if any.
     #[serde(default)]
     pub fingerprints: Vec<String>,
-    /// The subject name of the CA of the bundle (`tls.ca`) that issues its certificates, as
-    /// `passerelle certs identity` prints it (`issuer:`). A certificate naming this partner
-    /// must chain to that CA: another CA of the bundle cannot issue one. Required of every
-    /// entry without `fingerprints` when the bundle holds more than one CA
+    /// The CA of the bundle (`tls.ca`) that issues its certificates: its subject name, as
+    /// `passerelle certs identity` prints it (`issuer:`), or the SHA-256 fingerprint of its
+    /// certificate (`sha256:<hex>`). A certificate naming this partner must chain to that CA:
+    /// another CA of the bundle cannot issue one. Required of every entry without
+    /// `fingerprints` when the bundle holds more than one CA certificate
     /// ([`Registry::check_issuers`]).
     #[serde(default)]
     pub issuer: Option<String>,
@@ -492,39 +494,42 @@ impl Registry {
         Ok(entry)
     }
 
-    /// Checks every entry's `issuer` against the subject names of the CA bundle's CAs: each
-    /// must name one of them. When the bundle holds more than one CA, an entry without pinned
-    /// fingerprints must name its CA: otherwise any CA of the bundle could issue a certificate
-    /// that names its partner, and act as it.
-    pub fn check_issuers(&self, ca_subjects: &BTreeSet<&str>) -> Result<(), RegistryError> {
+    /// Checks every entry's `issuer` against the CA bundle (`issuers`): each must name CAs of
+    /// it, by a subject name that stands for one name, or by a certificate's fingerprint. When
+    /// the bundle holds more than one CA certificate, an entry without pinned fingerprints must
+    /// name its CA: otherwise any of them could issue a certificate that names its partner, and
+    /// act as it.
+    pub fn check_issuers(&self, issuers: &Issuers) -> Result<(), RegistryError> {
+        let cas = issuers.cas();
         let known = || {
-            ca_subjects
-                .iter()
-                .map(|s| format!("{s:?}"))
+            cas.iter()
+                .map(|(name, print)| format!("{name:?} ({print})"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         let mut problems = Vec::new();
         for entry in self.partners.values() {
+            let id = &entry.id;
             match &entry.issuer {
-                Some(issuer) if !ca_subjects.contains(issuer.as_str()) => problems.push(format!(
-                    "partner {}: issuer {issuer:?} is not the subject name of a CA of the bundle \
-                     (tls.ca), whose CAs are {}",
-                    entry.id,
+                Some(issuer) if issuers.ambiguous(issuer) => problems.push(format!(
+                    "partner {id}: issuer {issuer:?} is the printed name of several different \
+                     CA names of the bundle (tls.ca): name its CA by the fingerprint of its \
+                     certificate (issuer = \"sha256:…\"); the bundle's CAs are {}",
                     known()
                 )),
-                None if ca_subjects.len() > 1 && entry.fingerprints.is_empty() => {
-                    problems.push(format!(
-                        "partner {}: the CA bundle (tls.ca) holds {} CAs, so the entry must name \
-                         the one that issues its certificates (issuer = one of {}), or pin them \
-                         (fingerprints): otherwise any of them could issue a certificate that \
-                         acts as {}",
-                        entry.id,
-                        ca_subjects.len(),
-                        known(),
-                        entry.id
-                    ))
-                }
+                Some(issuer) if !issuers.names(issuer) => problems.push(format!(
+                    "partner {id}: issuer {issuer:?} names no CA of the bundle (tls.ca), whose \
+                     CAs are {}",
+                    known()
+                )),
+                None if cas.len() > 1 && entry.fingerprints.is_empty() => problems.push(format!(
+                    "partner {id}: the CA bundle (tls.ca) holds {} CA certificates, so the \
+                         entry must name the CA that issues its certificates (issuer, its name \
+                         or fingerprint: {}), or pin them (fingerprints): otherwise any of them \
+                         could issue a certificate that acts as {id}",
+                    cas.len(),
+                    known()
+                )),
                 _ => {}
             }
         }
@@ -894,42 +899,111 @@ mod tests {
         assert!(is_well_formed_partner_id("audit.igat"));
     }
 
+    /// A self-signed CA certificate named `CN=<name>`, DER.
+    fn ca_named(name: &str) -> rustls::pki_types::CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn issuers_of(cas: &[rustls::pki_types::CertificateDer<'static>]) -> Issuers {
+        Issuers::new(Path::new("bundle.pem"), cas, &crate::tls::crypto_provider()).unwrap()
+    }
+
     #[test]
     fn each_entry_names_its_ca_when_the_bundle_holds_several() {
+        let (a, b) = (ca_named("A"), ca_named("B"));
         let mut registry = load();
         for entry in registry.partners.values_mut() {
             match entry.id.as_str() {
                 "ma.interieur" => {}
                 "iom.ma" => entry.fingerprints = vec![format!("sha256:{}", "0".repeat(64))],
+                "iom.sn" => entry.issuer = Some(crate::tls::fingerprint(&b)),
                 _ => entry.issuer = Some("CN=A".into()),
             }
         }
-        // One CA: no entry need name it.
-        registry.check_issuers(&BTreeSet::from(["CN=A"])).unwrap();
-        // Two: the unpinned entry without an issuer is named, the pinned one is not.
+        // One CA: no entry need name it, but an issuer must name it.
         let Err(RegistryError::Invalid(problems)) =
-            registry.check_issuers(&BTreeSet::from(["CN=A", "CN=B"]))
+            registry.check_issuers(&issuers_of(std::slice::from_ref(&a)))
         else {
+            panic!("a fingerprint of no CA of the bundle was accepted");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("partner iom.sn: issuer \"sha256:"),
+            "{problems:?}"
+        );
+        // Two: the unpinned entry without an issuer is named, the pinned one is not.
+        let both = issuers_of(&[a.clone(), b.clone()]);
+        let Err(RegistryError::Invalid(problems)) = registry.check_issuers(&both) else {
             panic!("two CAs and an entry without its issuer were accepted");
         };
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
-            problems[0].starts_with("partner ma.interieur: the CA bundle (tls.ca) holds 2 CAs"),
+            problems[0].starts_with("partner ma.interieur: the CA bundle (tls.ca) holds 2 CA"),
             "{problems:?}"
         );
         // An issuer that is no CA of the bundle is named, with the bundle's CAs.
         registry.partners.get_mut("ma.interieur").unwrap().issuer = Some("CN=C".into());
-        let Err(RegistryError::Invalid(problems)) =
-            registry.check_issuers(&BTreeSet::from(["CN=A", "CN=B"]))
-        else {
+        let Err(RegistryError::Invalid(problems)) = registry.check_issuers(&both) else {
             panic!("an issuer that is no CA of the bundle was accepted");
         };
-        assert_eq!(
-            problems,
-            [
-                "partner ma.interieur: issuer \"CN=C\" is not the subject name of a CA of the \
-                 bundle (tls.ca), whose CAs are \"CN=A\", \"CN=B\""
-            ]
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "partner ma.interieur: issuer \"CN=C\" names no CA of the bundle (tls.ca), \
+                 whose CAs are \"CN=A\" (sha256:"
+            ),
+            "{problems:?}"
+        );
+        registry.partners.get_mut("ma.interieur").unwrap().issuer = Some("CN=B".into());
+        registry.check_issuers(&both).unwrap();
+        // Two CAs of one name (a CA re-keyed) count as two: each entry names one, by the name
+        // (either key) or by a fingerprint (that one).
+        registry
+            .check_issuers(&issuers_of(&[a, ca_named("B"), b]))
+            .unwrap();
+    }
+
+    /// Two different names that print alike (the printed form does not escape a comma) name
+    /// no issuer: the entry must name its CA by fingerprint.
+    #[test]
+    fn a_printed_name_of_two_different_names_names_no_issuer() {
+        let two_attributes = {
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "Root");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "Y");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().clone()
+        };
+        let one_attribute = ca_named("Root, O=Y");
+        let issuers = issuers_of(&[two_attributes.clone(), one_attribute]);
+        assert!(issuers.ambiguous("CN=Root, O=Y"));
+        assert!(!issuers.names("CN=Root, O=Y"));
+        assert!(issuers.names(&crate::tls::fingerprint(&two_attributes)));
+        let mut registry = load();
+        for entry in registry.partners.values_mut() {
+            entry.issuer = Some(crate::tls::fingerprint(&two_attributes));
+        }
+        registry.check_issuers(&issuers).unwrap();
+        registry.partners.get_mut("ma.interieur").unwrap().issuer = Some("CN=Root, O=Y".into());
+        let Err(RegistryError::Invalid(problems)) = registry.check_issuers(&issuers) else {
+            panic!("an ambiguous name was accepted");
+        };
+        assert!(
+            problems[0].contains("several different CA names"),
+            "{problems:?}"
         );
     }
 

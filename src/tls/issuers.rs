@@ -5,7 +5,7 @@
 //! certificate names: any of those CAs can issue a certificate naming another institution's
 //! partner (`urn:partner:ma.interieur`), or the auditor. A registry entry therefore names the CA
 //! that issues its partner's certificates (its `issuer`), and the certificate must chain to that
-//! CA itself. [`Issuers`] answers that question, by the CAs' subject names.
+//! CA itself. [`Issuers`] answers that question, by the CAs' subject names or fingerprints.
 //!
 //! A chain is checked by building its path again with a verifier that trusts the named CA alone:
 //! the chain may hold intermediates, and one of them could carry the named CA's name while
@@ -20,22 +20,30 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-/// The CAs of a bundle by subject name, each with a verifier that trusts it alone.
+/// The CAs of a bundle, each with a verifier that trusts it alone: by subject name, and by the
+/// SHA-256 fingerprint of its certificate.
 ///
-/// Two certificates of the same name (a CA re-keyed, both keys still in the bundle) are one
-/// issuer: they are the same institution.
+/// Certificates of the same name (a CA re-keyed, both keys still in the bundle) are one issuer
+/// by that name, which accepts any of them; each is one issuer by its fingerprint, which
+/// accepts it alone. A printed name that stands for two different names (the printed form does
+/// not escape their characters, and an unreadable name prints as an error) names no issuer: it
+/// is [`Issuers::ambiguous`], and such CAs are named by fingerprint.
 #[derive(Clone)]
 pub struct Issuers {
-    by_subject: BTreeMap<String, Arc<dyn ClientCertVerifier>>,
+    by_name: BTreeMap<String, Arc<dyn ClientCertVerifier>>,
+    /// Each CA of the bundle: its printed subject name and its fingerprint, in bundle order.
+    cas: Vec<(String, String)>,
+    /// Printed names that stand for more than one name.
+    ambiguous: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Issuers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.by_subject.keys()).finish()
+        f.debug_list().entries(&self.cas).finish()
     }
 }
 
@@ -46,50 +54,91 @@ impl Issuers {
         ca_certs: &[CertificateDer<'static>],
         provider: &Arc<CryptoProvider>,
     ) -> Result<Self, TlsError> {
-        let mut grouped: BTreeMap<String, RootCertStore> = BTreeMap::new();
+        // Printed name -> (the raw names printed so, the certificates).
+        let mut by_printed: BTreeMap<String, (BTreeSet<Vec<u8>>, RootCertStore)> = BTreeMap::new();
+        let mut by_fingerprint: BTreeMap<String, RootCertStore> = BTreeMap::new();
+        let mut cas = Vec::new();
         for (index, cert) in ca_certs.iter().enumerate() {
-            let subject = subject_name(cert).ok_or_else(|| TlsError::UnreadableCa {
+            let (printed, raw) = names_of(cert).ok_or_else(|| TlsError::UnreadableCa {
                 path: ca.to_owned(),
                 index: index + 1,
             })?;
-            grouped
-                .entry(subject)
-                .or_insert_with(RootCertStore::empty)
-                .add(cert.clone())
-                .map_err(|source| TlsError::TrustAnchor {
-                    path: ca.to_owned(),
-                    index: index + 1,
-                    source,
-                })?;
+            let anchor = |roots: &mut RootCertStore| {
+                roots
+                    .add(cert.clone())
+                    .map_err(|source| TlsError::TrustAnchor {
+                        path: ca.to_owned(),
+                        index: index + 1,
+                        source,
+                    })
+            };
+            let group = by_printed
+                .entry(printed.clone())
+                .or_insert_with(|| (BTreeSet::new(), RootCertStore::empty()));
+            group.0.insert(raw);
+            anchor(&mut group.1)?;
+            let print = super::fingerprint(cert);
+            anchor(
+                by_fingerprint
+                    .entry(print.clone())
+                    .or_insert_with(RootCertStore::empty),
+            )?;
+            cas.push((printed, print));
         }
-        let mut by_subject = BTreeMap::new();
-        for (subject, roots) in grouped {
+        let mut ambiguous = BTreeSet::new();
+        let mut by_name = BTreeMap::new();
+        let verifier = |roots: RootCertStore| {
             // No CRLs: without them, rustls's verifier checks the path, the validity period and
             // the purpose, not the revocation, which the handshake checked.
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|source| TlsError::Verifier {
-                        ca: ca.to_owned(),
-                        source,
-                    })?;
-            by_subject.insert(subject, verifier);
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|source| TlsError::Verifier {
+                    ca: ca.to_owned(),
+                    source,
+                })
+        };
+        for (printed, (raw, roots)) in by_printed {
+            if raw.len() > 1 {
+                ambiguous.insert(printed);
+            } else {
+                by_name.insert(printed, verifier(roots)?);
+            }
         }
-        Ok(Issuers { by_subject })
+        for (print, roots) in by_fingerprint {
+            by_name.insert(print, verifier(roots)?);
+        }
+        Ok(Issuers {
+            by_name,
+            cas,
+            ambiguous,
+        })
     }
 
-    /// The subject names of the bundle's CAs, as [`subject_name`] writes them.
-    pub fn subjects(&self) -> impl Iterator<Item = &str> {
-        self.by_subject.keys().map(String::as_str)
+    /// The bundle's CAs: each one's subject name, as [`subject_name`] prints it, and the
+    /// SHA-256 fingerprint of its certificate (`sha256:<hex>`), in bundle order.
+    pub fn cas(&self) -> &[(String, String)] {
+        &self.cas
+    }
+
+    /// Whether `issuer` names CAs of the bundle: a subject name that stands for one name, or
+    /// a fingerprint.
+    pub fn names(&self, issuer: &str) -> bool {
+        self.by_name.contains_key(issuer)
+    }
+
+    /// Whether `issuer` is a printed subject name that stands for several different names
+    /// of the bundle's CAs, so that it names none of them.
+    pub fn ambiguous(&self, issuer: &str) -> bool {
+        self.ambiguous.contains(issuer)
     }
 
     /// Whether `chain` (end-entity first, as the handshake received it) leads to a CA of the
-    /// bundle named `subject`. False for a name the bundle does not hold.
-    pub fn issued(&self, subject: &str, chain: &[CertificateDer<'_>]) -> bool {
+    /// bundle that `issuer` names (see [`Issuers::names`]). False for a name that names none.
+    pub fn issued(&self, issuer: &str, chain: &[CertificateDer<'_>]) -> bool {
         let Some((end_entity, intermediates)) = chain.split_first() else {
             return false;
         };
-        self.by_subject.get(subject).is_some_and(|verifier| {
+        self.by_name.get(issuer).is_some_and(|verifier| {
             verifier
                 .verify_client_cert(end_entity, intermediates, UnixTime::now())
                 .is_ok()
@@ -97,10 +146,22 @@ impl Issuers {
     }
 }
 
-/// A certificate's subject name as people read it (RFC 4514 style, for example
-/// `CN=Passerelle development CA, O=Passerelle (development only)`): the form the registry's
-/// `issuer` takes, and `passerelle certs identity` prints. `None` when the certificate cannot be
-/// parsed.
+/// A certificate's subject name, printed (see [`subject_name`]) and raw (DER).
+fn names_of(cert: &CertificateDer<'_>) -> Option<(String, Vec<u8>)> {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .ok()
+        .map(|(_, parsed)| {
+            (
+                parsed.subject().to_string(),
+                parsed.subject().as_raw().to_vec(),
+            )
+        })
+}
+
+/// A certificate's subject name as people read it, its attributes in the order they are
+/// encoded and without escaping (for example `CN=Passerelle development CA, O=Passerelle
+/// (development only)`): a form the registry's `issuer` takes, and `passerelle certs identity`
+/// prints. `None` when the certificate cannot be parsed.
 pub fn subject_name(cert: &CertificateDer<'_>) -> Option<String> {
     x509_parser::parse_x509_certificate(cert.as_ref())
         .ok()

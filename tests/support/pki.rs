@@ -142,6 +142,18 @@ impl OtherCa {
         }
     }
 
+    /// An intermediate CA named `common_name`, issued by `parent`.
+    pub fn intermediate_under(common_name: &str, parent: &OtherCa) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let params = Self::params(common_name);
+        let cert_pem = params.signed_by(&key, &parent.issuer).unwrap().pem();
+        Self {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+            intermediate: true,
+        }
+    }
+
     fn params(common_name: &str) -> CertificateParams {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
