@@ -150,10 +150,11 @@ fn warn_of_development_settings(config: &Config) {
 /// Builds the TLS configurations before anything is created in the data folder, so that a
 /// mistake in the TLS files stops the start at once, naming the settings as well as the file.
 /// They are built again, to be used, once the gateway is made: the server's with its observer
-/// of refused certificates, and the webhook calls' over the server's CRLs.
-fn check_tls_settings(config: &Config) -> anyhow::Result<()> {
-    crate::tls::check_own_certificate(&config.tls.cert)
-        .and_then(|()| crate::tls::server_config(&config.tls.server_files()))
+/// of refused certificates, and the webhook calls' over the server's CRLs. Returns the server's
+/// verifier, whose CAs the registry's issuers are checked against.
+fn check_tls_settings(config: &Config) -> anyhow::Result<Arc<crate::tls::ClientVerifier>> {
+    let (_, verifier) = crate::tls::check_own_certificate(&config.tls.cert)
+        .and_then(|()| crate::tls::server_config_with_verifier(&config.tls.server_files(), None))
         .context("the HTTPS listener's TLS files (tls.ca, tls.cert, tls.key, tls.crls)")?;
     crate::tls::check_own_certificate(&config.tls.client_cert)
         .and_then(|()| crate::tls::client_config(&config.tls.client_files()))
@@ -161,7 +162,7 @@ fn check_tls_settings(config: &Config) -> anyhow::Result<()> {
             "the TLS files of the gateway's webhook calls (tls.ca, tls.client_cert, \
              tls.client_key, tls.crls)",
         )?;
-    Ok(())
+    Ok(verifier)
 }
 
 /// Refuses to run with an audit log that does not hold every entry the store knows of: a log
@@ -384,10 +385,9 @@ impl RunningGateway {
         config.validate()?;
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
-        check_tls_settings(config)?;
-        let issuers = crate::tls::load_issuers(&config.tls.ca).context("the CA bundle (tls.ca)")?;
+        let checked_tls = check_tls_settings(config)?;
         registry
-            .check_issuers(&issuers)
+            .check_issuers(checked_tls.issuers())
             .context("the partner registry's issuers, against the CA bundle (tls.ca)")?;
         warn_of_development_settings(config);
         if let Some(settings) = &config.amqp {

@@ -587,6 +587,11 @@ impl ClientVerifier {
             .map(|_| ())
     }
 
+    /// The bundle's CAs, by subject name and fingerprint (see [`issuers`]).
+    pub fn issuers(&self) -> &Issuers {
+        &self.issuers
+    }
+
     /// Whether a connection's chain (end-entity first) leads to a CA of the bundle that
     /// `issuer` names, by subject name or fingerprint (see [`issuers`]). Revocation is not
     /// checked again here.
@@ -1096,12 +1101,6 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| pem_error(WHAT, path, source))
 }
 
-/// The CAs of the PEM CA bundle at `path`, by subject name and fingerprint (see [`issuers`]).
-pub fn load_issuers(path: &Path) -> Result<Issuers, TlsError> {
-    let (certs, _) = load_ca_bundle(path)?;
-    Issuers::new(path, &certs, &crypto_provider())
-}
-
 /// Loads a PEM CA bundle into a root store. Fails when the file holds no certificate, or when
 /// one of them is not a usable trust anchor.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -1115,15 +1114,26 @@ fn load_ca_bundle(path: &Path) -> Result<(Vec<CertificateDer<'static>>, RootCert
     let certs: Vec<CertificateDer<'static>> = every_pem_block(WHAT, path, &read(WHAT, path)?)?;
     let mut roots = RootCertStore::empty();
     for (index, cert) in certs.iter().enumerate() {
-        roots
-            .add(cert.clone())
-            .map_err(|source| TlsError::TrustAnchor {
-                path: path.to_owned(),
-                index: index + 1,
-                source,
-            })?;
+        add_anchor(&mut roots, cert, path, index)?;
     }
     Ok((certs, roots))
+}
+
+/// Adds certificate `index` (from 0) of the CA bundle at `path` to `roots`; an error names the
+/// bundle and the certificate's position in it.
+fn add_anchor(
+    roots: &mut RootCertStore,
+    cert: &CertificateDer<'static>,
+    path: &Path,
+    index: usize,
+) -> Result<(), TlsError> {
+    roots
+        .add(cert.clone())
+        .map_err(|source| TlsError::TrustAnchor {
+            path: path.to_owned(),
+            index: index + 1,
+            source,
+        })
 }
 
 /// Loads the CRLs of a file: every `X509 CRL` block of a PEM file, or a single DER CRL. Fails when

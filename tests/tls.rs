@@ -226,7 +226,12 @@ fn a_chain_is_issued_by_the_ca_it_leads_to() {
     let bundle = dir.path().join("bundle.pem");
     let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
     std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
-    let issuers = tls::load_issuers(&bundle).unwrap();
+    let other_crl = dir.path().join("other.crl");
+    std::fs::write(&other_crl, other.crl()).unwrap();
+    let mut files = dev::files(&dev_dir(), dev::SERVER).with_crl(&other_crl);
+    files.ca = bundle;
+    let (_, verifier) = tls::server_config_with_verifier(&files, None).unwrap();
+    let issuers = verifier.issuers();
     let dev_name = "CN=Passerelle development CA, O=Passerelle (development only)";
     let other_name = "CN=Another institution's CA, O=Passerelle (development only)";
     let dev_print = tls::fingerprint(&tls::load_certs(&dev_dir().join("ca.pem")).unwrap()[0]);

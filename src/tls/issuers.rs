@@ -63,15 +63,7 @@ impl Issuers {
                 path: ca.to_owned(),
                 index: index + 1,
             })?;
-            let anchor = |roots: &mut RootCertStore| {
-                roots
-                    .add(cert.clone())
-                    .map_err(|source| TlsError::TrustAnchor {
-                        path: ca.to_owned(),
-                        index: index + 1,
-                        source,
-                    })
-            };
+            let anchor = |roots: &mut RootCertStore| super::add_anchor(roots, cert, ca, index);
             let group = by_printed
                 .entry(printed.clone())
                 .or_insert_with(|| (BTreeSet::new(), RootCertStore::empty()));
@@ -114,7 +106,7 @@ impl Issuers {
         })
     }
 
-    /// The bundle's CAs: each one's subject name, as [`subject_name`] prints it, and the
+    /// The bundle's CAs: each one's subject name, printed as [`issuer_name`] prints names, and the
     /// SHA-256 fingerprint of its certificate (`sha256:<hex>`), in bundle order.
     pub fn cas(&self) -> &[(String, String)] {
         &self.cas
@@ -146,7 +138,7 @@ impl Issuers {
     }
 }
 
-/// A certificate's subject name, printed (see [`subject_name`]) and raw (DER).
+/// A certificate's subject name, printed (as [`issuer_name`] prints names) and raw (DER).
 fn names_of(cert: &CertificateDer<'_>) -> Option<(String, Vec<u8>)> {
     x509_parser::parse_x509_certificate(cert.as_ref())
         .ok()
@@ -158,17 +150,10 @@ fn names_of(cert: &CertificateDer<'_>) -> Option<(String, Vec<u8>)> {
         })
 }
 
-/// A certificate's subject name as people read it, its attributes in the order they are
-/// encoded and without escaping (for example `CN=Passerelle development CA, O=Passerelle
-/// (development only)`): a form the registry's `issuer` takes, and `passerelle certs identity`
-/// prints. `None` when the certificate cannot be parsed.
-pub fn subject_name(cert: &CertificateDer<'_>) -> Option<String> {
-    x509_parser::parse_x509_certificate(cert.as_ref())
-        .ok()
-        .map(|(_, parsed)| parsed.subject().to_string())
-}
-
-/// A certificate's issuer name, in the form of [`subject_name`].
+/// A certificate's issuer name as people read it, its attributes in the order they are encoded
+/// and without escaping (for example `CN=Passerelle development CA, O=Passerelle (development
+/// only)`): a form the registry's `issuer` takes, and `passerelle certs identity` prints.
+/// `None` when the certificate cannot be parsed.
 pub fn issuer_name(cert: &CertificateDer<'_>) -> Option<String> {
     x509_parser::parse_x509_certificate(cert.as_ref())
         .ok()
