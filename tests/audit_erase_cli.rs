@@ -119,10 +119,14 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
     let again = erase_case(&log, &key, "RVA-2026-000005");
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already erased"));
+    // Typed in lower case, it is the same case (written back in capitals, as every message
+    // writes it).
+    let lower = erase_case(&log, &key, "rva-2026-000005");
+    assert!(!lower.status.success());
+    assert!(String::from_utf8_lossy(&lower.stderr).contains("already erased"));
 
-    // A mistyped id erases nothing, says so, and appends nothing: one of no case, one not
-    // written as a case id (the log would find the keys of `rva-…` but not match its entries),
-    // and the gateway's trail of a partner's refusals, which is no case.
+    // A mistyped id erases nothing, says so, and appends nothing: one of no case, ones not
+    // written as a case id, and the gateway's trail of a partner's refusals, which is no case.
     let unknown = erase_case(&log, &key, "RVA-2026-999999");
     assert!(!unknown.status.success());
     let why = String::from_utf8_lossy(&unknown.stderr);
@@ -132,7 +136,7 @@ fn erasing_a_case_keeps_the_log_verifiable_and_cannot_be_repeated() {
     );
     for not_a_case in [
         "RVA-2026-00005",
-        "rva-2026-000006",
+        "RVA_2026-000006",
         " RVA-2026-000006",
         "refused/sn.consulat.casablanca",
     ] {

@@ -1230,7 +1230,8 @@ fn auditor_command_line() {
     assert!(!out.status.success(), "tampering must fail the command");
     assert!(stdout.contains("entry 5"), "{stdout}");
 
-    let key_file = dir.path().join("new.key");
+    // Its folder is made when missing, closed to other users.
+    let key_file = dir.path().join("keys/audit/new.key");
     let out = bin()
         .args([
             "audit",
@@ -1245,6 +1246,11 @@ fn auditor_command_line() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("example.org/x+"));
     assert!(NoteSigner::parse(&std::fs::read_to_string(&key_file).unwrap()).is_ok());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let folder = std::fs::metadata(key_file.parent().unwrap()).unwrap();
+        assert_eq!(folder.permissions().mode() & 0o077, 0);
+    }
     let again = bin()
         .args([
             "audit",

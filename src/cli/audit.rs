@@ -217,6 +217,18 @@ impl AuditCommand {
 fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
     use std::os::unix::fs::OpenOptionsExt;
     let signer = NoteSigner::generate(name).context("generating the key")?;
+    // The key's folder is made if it is missing, closed to other users like the key itself.
+    if let Some(folder) = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(folder)
+            .with_context(|| format!("creating the folder {}", folder.display()))?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -845,13 +857,16 @@ fn existing_log(log: &Path) -> anyhow::Result<()> {
 fn erase(log: &Path, signer: &Path, case: &str) -> anyhow::Result<ExitCode> {
     // The log keeps a case's keys under its id's normal form but commits to the id as the
     // messages wrote it: an id written another way would find the keys and sign an `erased`
-    // entry that the case's other entries do not match. And the gateway's own trails of
-    // refusals (`refused/<partner>`) are no case: erased, they would refuse every later
-    // refusal's entry.
-    if !passerelle::canonical::is_case_id(case) {
+    // entry that the case's other entries do not match. Every message writes a case id in
+    // capitals (the canonical schema's pattern), so an id typed in lower case is written
+    // back in capitals, as `trail` finds it; anything else that is not a case id is refused.
+    // The gateway's own trails of refusals (`refused/<partner>`) are no case: erased, they
+    // would refuse every later refusal's entry.
+    let case = case.to_ascii_uppercase();
+    if !passerelle::canonical::is_case_id(&case) {
         bail!(
-            "{case:?} is not a case id: a case id is RVA-YYYY-NNNNNN, written as the messages \
-             write it (capitals); nothing erased"
+            "{case:?} is not a case id: a case id is RVA-YYYY-NNNNNN (RVA, a dash, the year, a \
+             dash and six digits); nothing erased"
         );
     }
     existing_log(log)?;
@@ -860,7 +875,7 @@ fn erase(log: &Path, signer: &Path, case: &str) -> anyhow::Result<ExitCode> {
     let origin = signer.verifier().name().to_owned();
     let log =
         AuditLog::open(log, signer, &origin, Options::default()).context("opening the log")?;
-    let receipt = match log.erase_case(case) {
+    let receipt = match log.erase_case(&case) {
         Err(AuditError::UnknownCase) => bail!(
             "this log has no case with that id (nothing was ever logged under it): nothing \
              erased; check the id"
