@@ -17,7 +17,7 @@ use std::path::Path;
 
 /// How a partner receives the events addressed to it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "DeliveryEntry")]
 pub enum Delivery {
     /// The partner polls `GET /v1/inbox` and acknowledges each message.
     Inbox,
@@ -28,6 +28,35 @@ pub enum Delivery {
     },
     /// The gateway publishes to the partner's outbound queue.
     Amqp,
+}
+
+/// A `delivery` as written in the registry file. Read through this rather than straight into
+/// [`Delivery`]: serde takes a tagged enum's unit variants without checking their other keys,
+/// so `{ mode = "inbox", url = "…" }`, a webhook mistyped, would be an inbox without a word.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryEntry {
+    mode: String,
+    url: Option<String>,
+}
+
+impl TryFrom<DeliveryEntry> for Delivery {
+    type Error = String;
+
+    fn try_from(entry: DeliveryEntry) -> Result<Self, String> {
+        match (entry.mode.as_str(), entry.url) {
+            ("webhook", Some(url)) => Ok(Delivery::Webhook { url }),
+            ("webhook", None) => Err("a webhook delivery needs its `url`".into()),
+            (mode @ ("inbox" | "amqp"), Some(_)) => Err(format!(
+                "a delivery of mode {mode:?} takes no `url` (only mode \"webhook\" calls one)"
+            )),
+            ("inbox", None) => Ok(Delivery::Inbox),
+            ("amqp", None) => Ok(Delivery::Amqp),
+            (other, _) => Err(format!(
+                "unknown delivery mode {other:?}: the modes are \"inbox\", \"webhook\" and \"amqp\""
+            )),
+        }
+    }
 }
 
 /// One partner's entry, as written in the registry file.
@@ -176,8 +205,8 @@ pub enum RegistryError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccessError {
     /// The certificate names no registered partner.
-    #[error("the client certificate identifies no registered partner")]
-    UnknownIdentity,
+    #[error("the client certificate identifies no registered partner: {0}")]
+    UnknownIdentity(Unidentified),
     /// The certificate matches a partner whose pins it does not satisfy.
     #[error("the client certificate of {0} does not match its pinned fingerprints")]
     PinMismatch(String),
@@ -208,6 +237,55 @@ pub enum AccessError {
         /// The event type.
         event_type: String,
     },
+    /// The sender's role may send this event type, but its registry entry narrows what it
+    /// sends (`sends`) and leaves it out.
+    #[error(
+        "partner {partner} may not send {event_type}: its registry entry's `sends` leaves it \
+         out (its role, {role}, may send it; the gateway's operator can add it)"
+    )]
+    NotInSends {
+        /// The sender.
+        partner: String,
+        /// Its role.
+        role: String,
+        /// The event type.
+        event_type: String,
+    },
+}
+
+/// Why a certificate's URI subject alternative names identify no partner. The names
+/// themselves are not quoted: a refusal's text is logged and audited, and a certificate can
+/// carry anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unidentified {
+    /// It carries no URI name at all (a common name or a DNS name is never read).
+    #[error(
+        "it carries no URI subject alternative name; a partner's certificate carries \
+         urn:partner:<id> (its common name and DNS names are never read)"
+    )]
+    NoUri,
+    /// None of its URI names has the form registry identities take by default.
+    #[error("none of its URI subject alternative names has the form urn:partner:<id>")]
+    NoPartnerUri,
+    /// Its URI names have the form, but no registry entry has them.
+    #[error(
+        "none of its URI subject alternative names is a registered partner's identity: the \
+         gateway's operator registers a partner before it connects"
+    )]
+    Unregistered,
+}
+
+impl Unidentified {
+    /// Why `uri_sans` identify no partner.
+    fn of(uri_sans: &[String]) -> Self {
+        if uri_sans.is_empty() {
+            Unidentified::NoUri
+        } else if uri_sans.iter().any(|uri| uri.starts_with("urn:partner:")) {
+            Unidentified::Unregistered
+        } else {
+            Unidentified::NoPartnerUri
+        }
+    }
 }
 
 /// The validated registry.
@@ -396,10 +474,25 @@ impl Registry {
                 None => by_role,
                 Some(narrowed) => {
                     for name in narrowed.iter().filter(|name| !by_role.contains(*name)) {
-                        problems.push(format!(
-                            "partner {id}: may not be allowed {name}: the catalogue does not allow role {} to send it",
-                            entry.role
-                        ));
+                        let short = name.strip_prefix(TYPE_PREFIX).unwrap_or(name);
+                        problems.push(if short != name && by_role.contains(short) {
+                            format!(
+                                "partner {id}: sends lists {name:?}: write event types without \
+                                 {TYPE_PREFIX:?} (\"{short}\")"
+                            )
+                        } else if catalogue.get(short).is_none() {
+                            format!(
+                                "partner {id}: sends lists {name:?}, which is not an event type of \
+                                 the catalogue (schemas/catalogue.json; written without \
+                                 {TYPE_PREFIX:?})"
+                            )
+                        } else {
+                            format!(
+                                "partner {id}: sends lists {name}, which the catalogue does not \
+                                 allow role {} to send (sends can only narrow what the role may send)",
+                                entry.role
+                            )
+                        });
                     }
                     narrowed.iter().cloned().collect()
                 }
@@ -429,12 +522,11 @@ impl Registry {
         for target in routing.consulate_by_nationality.values() {
             check_target("consulate_by_nationality", target, "consulate");
         }
-        for target in routing
-            .iom_by_destination_country
-            .values()
-            .chain(&routing.iom_morocco)
-        {
-            check_target("iom", target, "iom");
+        for target in routing.iom_by_destination_country.values() {
+            check_target("iom_by_destination_country", target, "iom");
+        }
+        if let Some(target) = &routing.iom_morocco {
+            check_target("iom_morocco", target, "iom");
         }
         for target in routing.airline_by_carrier.values() {
             check_target("airline_by_carrier", target, "airline");
@@ -485,7 +577,7 @@ impl Registry {
             .into_iter()
             .next()
             .and_then(|id| self.partners.get(id))
-            .ok_or(AccessError::UnknownIdentity)?;
+            .ok_or_else(|| AccessError::UnknownIdentity(Unidentified::of(uri_sans)))?;
         if !entry.fingerprints.is_empty()
             && !entry.fingerprints.iter().any(|pin| pin == fingerprint)
         {
@@ -554,6 +646,16 @@ impl Registry {
             .is_some_and(|types| types.contains(name))
         {
             Ok(())
+        } else if self
+            .catalogue
+            .get(name)
+            .is_some_and(|t| t.senders.contains(&role))
+        {
+            Err(AccessError::NotInSends {
+                partner: partner.into(),
+                role,
+                event_type: event_type.into(),
+            })
         } else {
             Err(AccessError::NotAllowed {
                 partner: partner.into(),
@@ -1018,7 +1120,17 @@ mod tests {
             registry
                 .identify(&["urn:partner:nobody".into()], "")
                 .unwrap_err(),
-            AccessError::UnknownIdentity
+            AccessError::UnknownIdentity(Unidentified::Unregistered)
+        );
+        assert_eq!(
+            registry.identify(&[], "").unwrap_err(),
+            AccessError::UnknownIdentity(Unidentified::NoUri)
+        );
+        assert_eq!(
+            registry
+                .identify(&["https://consulat.example".into()], "")
+                .unwrap_err(),
+            AccessError::UnknownIdentity(Unidentified::NoPartnerUri)
         );
         // Two partners in one certificate: neither, whatever the order.
         for sans in [
@@ -1160,6 +1272,85 @@ airport_country = { Dakar = "Senegal" }
         ] {
             assert!(all.contains(needle), "{needle} not in {all}");
         }
+    }
+
+    #[test]
+    fn a_delivery_takes_the_keys_of_its_mode_only() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        for (delivery, why) in [
+            (
+                r#"{ mode = "inbox", url = "https://x.example/hook" }"#,
+                r#"mode "inbox" takes no `url`"#,
+            ),
+            (
+                r#"{ mode = "amqp", url = "https://x.example/hook" }"#,
+                r#"mode "amqp" takes no `url`"#,
+            ),
+            (r#"{ mode = "webhook" }"#, "needs its `url`"),
+            (r#"{ mode = "push" }"#, r#"unknown delivery mode "push""#),
+            (r#"{ mode = "inbox", urll = "x" }"#, "unknown field `urll`"),
+        ] {
+            let text =
+                format!("[[partner]]\nid = \"iom.ma\"\nrole = \"iom\"\ndelivery = {delivery}\n");
+            let error = Registry::parse(&text, &catalogue, &mappings)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(why), "{delivery}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_narrowed_sends_and_the_routing_tables_are_named_in_their_problems() {
+        let text = r#"
+[[partner]]
+id = "sn.consulat.casablanca"
+role = "consulate"
+sends = ["ma.rva.lpc.issued", "lpc.isued", "boarding.confirmed"]
+delivery = { mode = "inbox" }
+
+[routing]
+iom_morocco = "iom.mar"
+iom_by_destination_country = { SEN = "iom.snn" }
+"#;
+        let all = problems_of(text);
+        for needle in [
+            r#"sends lists "ma.rva.lpc.issued": write event types without "ma.rva." ("lpc.issued")"#,
+            r#"sends lists "lpc.isued", which is not an event type of the catalogue"#,
+            "sends lists boarding.confirmed, which the catalogue does not allow role consulate",
+            "routing iom_morocco: iom.mar is not a registered partner",
+            "routing iom_by_destination_country: iom.snn is not a registered partner",
+        ] {
+            assert!(all.contains(needle), "{needle} not in {all}");
+        }
+    }
+
+    #[test]
+    fn a_type_left_out_of_sends_is_refused_as_such() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        let text = std::fs::read_to_string(root.join("config/registry.toml"))
+            .unwrap()
+            .replacen(
+                "id = \"sn.consulat.casablanca\"\n",
+                "id = \"sn.consulat.casablanca\"\nsends = [\"identification.completed\"]\n",
+                1,
+            );
+        let registry = Registry::parse(&text, &catalogue, &mappings).unwrap();
+        let refused = registry
+            .authorise("sn.consulat.casablanca", "ma.rva.lpc.issued")
+            .unwrap_err();
+        assert!(matches!(refused, AccessError::NotInSends { .. }));
+        assert!(
+            refused.to_string().contains("`sends` leaves it out"),
+            "{refused}"
+        );
+        assert!(matches!(
+            registry.authorise("sn.consulat.casablanca", "ma.rva.boarding.confirmed"),
+            Err(AccessError::NotAllowed { .. })
+        ));
     }
 
     #[test]
