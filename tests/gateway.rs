@@ -4145,13 +4145,15 @@ async fn refusals_say_what_to_fix() {
 
     // A partner that does not receive by inbox is told so, rather than polling an inbox that
     // stays empty: the auditor receives nothing, the DGSN receives by webhook here.
-    for (partner, how) in [
-        ("audit.igat", "it receives no messages"),
-        ("ma.dgsn", "posted to its webhook"),
+    // On every page, not the first alone.
+    for (partner, how, page) in [
+        ("audit.igat", "it receives no messages", "/v1/inbox"),
+        ("ma.dgsn", "posted to its webhook", "/v1/inbox"),
+        ("ma.dgsn", "posted to its webhook", "/v1/inbox?after=3"),
     ] {
         let problem = gateway
             .client(partner)
-            .get("/v1/inbox")
+            .get(page)
             .await
             .problem(409, "conflict");
         let detail = problem["detail"].as_str().unwrap();
@@ -4173,6 +4175,31 @@ async fn refusals_say_what_to_fix() {
         .await
         .problem(400, "malformed");
     says(&problem, "after is too large");
+    // A limit is clamped, however large.
+    let page = ministry.get("/v1/inbox?limit=1000000000000000000000").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let auditor = gateway.client("audit.igat");
+    let problem = auditor
+        .get("/v1/audit/trails?case=RVA-2026-004211&after=abc")
+        .await
+        .problem(400, "malformed");
+    says(&problem, "after must be a whole number");
+    let problem = auditor
+        .get("/v1/audit/trails?case=RVA-2026-004211&limit=0")
+        .await
+        .problem(400, "malformed");
+    says(&problem, "limit must be from 1 to 2000");
+    let problem = auditor
+        .get("/v1/audit/trails?case=")
+        .await
+        .problem(400, "malformed");
+    says(&problem, "case is empty");
+    let long_id = "A".repeat(5000);
+    let problem = ministry
+        .get(&format!("/v1/receipts/{long_id}"))
+        .await
+        .problem(404, "not-found");
+    says(&problem, "of that id (5000 bytes long)");
     let problem = ministry
         .post("/v1/inbox/abc/ack")
         .await

@@ -252,11 +252,7 @@ impl SchemaSet {
         {
             return Ok(());
         }
-        let mut violations: Vec<Violation> = self
-            .envelope
-            .iter_errors(event)
-            .map(|e| violation(&e, ""))
-            .collect();
+        let mut violations = first_violations(self.envelope.iter_errors(event), "");
         if !violations.is_empty() {
             return Err(violations);
         }
@@ -266,11 +262,7 @@ impl SchemaSet {
                 message: "not a catalogue type".into(),
             }]);
         };
-        violations.extend(
-            validator
-                .iter_errors(&event["data"])
-                .map(|e| violation(&e, "/data")),
-        );
+        violations = first_violations(validator.iter_errors(&event["data"]), "/data");
         if violations.is_empty() {
             Ok(())
         } else {
@@ -289,6 +281,36 @@ impl SchemaSet {
     }
 }
 
+/// At most this many violations are told of an event: the answer, the log line and the
+/// audited reason stay small whatever the sender sent (an array of half a million wrong items
+/// would otherwise be half a million lines, and hundreds of megabytes to say them).
+pub const MAX_VIOLATIONS: usize = 20;
+
+/// At most this many bytes of one violation's message (one `additionalProperties` violation
+/// names every unexpected member).
+const MAX_VIOLATION_MESSAGE: usize = 400;
+
+/// The first [`MAX_VIOLATIONS`] of `errors`, and, when there are more, a last one that says so.
+/// The errors after those are not computed.
+fn first_violations<'a>(
+    errors: impl Iterator<Item = jsonschema::ValidationError<'a>>,
+    prefix: &str,
+) -> Vec<Violation> {
+    let mut errors = errors.peekable();
+    let mut violations: Vec<Violation> = errors
+        .by_ref()
+        .take(MAX_VIOLATIONS)
+        .map(|e| violation(&e, prefix))
+        .collect();
+    if errors.peek().is_some() {
+        violations.push(Violation {
+            path: prefix.to_owned(),
+            message: format!("and more violations: only the first {MAX_VIOLATIONS} are told"),
+        });
+    }
+    violations
+}
+
 fn violation(error: &jsonschema::ValidationError<'_>, prefix: &str) -> Violation {
     let mut path = format!("{prefix}{}", error.instance_path());
     // A missing member is where the sender must look, not the object that lacks it. (A
@@ -300,10 +322,16 @@ fn violation(error: &jsonschema::ValidationError<'_>, prefix: &str) -> Violation
         path.push('/');
         path.push_str(&name.replace('~', "~0").replace('/', "~1"));
     }
-    Violation {
-        path,
-        message: error.masked().to_string(),
+    let mut message = error.masked().to_string();
+    if message.len() > MAX_VIOLATION_MESSAGE {
+        let mut end = MAX_VIOLATION_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(" … (cut short)");
     }
+    Violation { path, message }
 }
 
 /// Derives the field tree of a schema document, following `$ref` and `allOf`.
@@ -426,6 +454,55 @@ mod tests {
 
     fn schemas() -> SchemaSet {
         SchemaSet::embedded(&Catalogue::embedded().unwrap()).unwrap()
+    }
+
+    /// A canonical event of the fixtures, valid.
+    fn valid_event() -> Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/mappings/fixtures/sn.consulat.casablanca/out/lpc-requested.event.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_event_is_told_its_first_violations_only() {
+        let schemas = schemas();
+        assert_eq!(schemas.validate(&valid_event()), Ok(()));
+        let mut event = valid_event();
+        event["data"]["person"]["given_names"] = json!(vec![0; 500_000]);
+        let violations = schemas.validate(&event).unwrap_err();
+        assert_eq!(
+            violations.len(),
+            MAX_VIOLATIONS + 1,
+            "{:?}",
+            &violations[..3]
+        );
+        assert!(
+            violations[..MAX_VIOLATIONS]
+                .iter()
+                .all(|v| v.path.starts_with("/data/person/given_names")),
+            "{violations:?}"
+        );
+        assert!(
+            violations[MAX_VIOLATIONS]
+                .message
+                .contains("only the first 20")
+        );
+
+        // One violation naming sixty thousand unexpected members is cut short.
+        let mut event = valid_event();
+        for n in 0..60_000 {
+            event["data"]["person"][format!("member{n}")] = json!(1);
+        }
+        let violations = schemas.validate(&event).unwrap_err();
+        let longest = violations.iter().map(|v| v.message.len()).max().unwrap();
+        assert!(longest < 500, "{longest}");
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.message.ends_with("(cut short)"))
+        );
     }
 
     #[test]

@@ -483,7 +483,30 @@ impl PartnerMapping {
                 violations,
             }
         })?;
+        self.check_requester(&event, &mapping.name, "requested_by")?;
         Ok(Decoded::Event(MappedEvent { event, mapping_id }))
+    }
+
+    /// A request's `requested_by` names the partner that asks: the sender itself. Another
+    /// partner's id there would put a request on that partner's name in the consulate's copy
+    /// and in the evidence, and an id of no partner would leave the consulate a request it
+    /// cannot be told of (its mapping names the requester).
+    /// `field` is the field as the sender's errors name it (`data.requested_by` in a
+    /// CloudEvent, `requested_by` in a native message).
+    fn check_requester(&self, event: &Value, kind: &str, field: &str) -> Result<(), DecodeError> {
+        match event["data"].get("requested_by").and_then(Value::as_str) {
+            Some(requester) if requester != self.partner => Err(DecodeError::Field {
+                partner: self.partner.clone(),
+                kind: kind.to_owned(),
+                field: field.to_owned(),
+                message: format!(
+                    "requested_by names the partner that asks, which is the sender: it must be \
+                     {}, not another partner's id",
+                    self.partner
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Accepts a canonical event sent as such: it is validated like any other, its `source`
@@ -561,9 +584,10 @@ impl PartnerMapping {
             .validate(&event)
             .map_err(|violations| DecodeError::Schema {
                 partner: self.partner.clone(),
-                kind,
+                kind: kind.clone(),
                 violations,
             })?;
+        self.check_requester(&event, &kind, "data.requested_by")?;
         Ok(Decoded::Event(MappedEvent { event, mapping_id }))
     }
 

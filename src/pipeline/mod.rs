@@ -1678,6 +1678,14 @@ fn binary_to_structured(
                 "the CloudEvents attribute {name} is given twice"
             )));
         }
+        // In binary mode the body is the data: a header that carries data too would be
+        // overwritten by it without a word.
+        if name == "data" || name == "data_base64" {
+            return Err(Refusal::Malformed(format!(
+                "a binary-mode CloudEvent carries its data in the body, not in a ce-{name} \
+                 header: send the data as the body, or the whole event in structured mode"
+            )));
+        }
         // In binary mode the data's media type is the message's content type; an attribute
         // that says otherwise is a contradiction, not a detail to overwrite.
         if name == "datacontenttype" && !media_essence(value).eq_ignore_ascii_case(essence) {
@@ -1777,6 +1785,15 @@ mod tests {
                 )
             }
             other => panic!("{other:?}"),
+        }
+        // Data in a header is refused, not overwritten by the body.
+        for name in ["data", "DATA", "data_base64"] {
+            let mut with_data = attributes.clone();
+            with_data.push((name.to_owned(), r#"{"x":1}"#.to_owned()));
+            match binary_to_structured(&with_data, "application/json", b"{}") {
+                Err(Refusal::Malformed(why)) => assert!(why.contains("in the body"), "{why}"),
+                other => panic!("{other:?}"),
+            }
         }
         // A key given twice is refused, not read as its last value.
         match binary_to_structured(

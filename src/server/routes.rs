@@ -482,6 +482,11 @@ struct InboxQuery {
 }
 
 /// Reads parameter `name` as a whole number, `None` when it is absent.
+/// Whether `text` is digits alone (and some).
+fn all_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn whole_number<T: std::str::FromStr>(
     value: Option<&str>,
     name: &str,
@@ -490,13 +495,11 @@ fn whole_number<T: std::str::FromStr>(
         .map(|text| {
             text.parse().map_err(|_| {
                 // Digits alone that do not parse are a number too large for the parameter.
-                Problem::bad_request(
-                    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-                        format!("{name} is too large: {text}")
-                    } else {
-                        format!("{name} must be a whole number, not {text:?}")
-                    },
-                )
+                Problem::bad_request(if all_digits(text) {
+                    format!("{name} is too large: {text}")
+                } else {
+                    format!("{name} must be a whole number, not {text:?}")
+                })
             })
         })
         .transpose()
@@ -545,9 +548,11 @@ async fn get_inbox(
 ) -> Result<HttpResponse, Problem> {
     let gateway = gateway(&req)?;
     let after: u64 = whole_number(query.after.as_deref(), "after")?.unwrap_or(0);
-    let limit = whole_number::<usize>(query.limit.as_deref(), "limit")?
-        .unwrap_or(50)
-        .clamp(1, 500);
+    // Clamped to 1..=500, however large: digits too many for a number are the most too.
+    let limit = match whole_number::<usize>(query.limit.as_deref(), "limit") {
+        Err(_) if query.limit.as_deref().is_some_and(all_digits) => 500,
+        parsed => parsed?.unwrap_or(50).clamp(1, 500),
+    };
     // One request at a time per inbox: a delivery is audited `delivered` once.
     let _turn = inbox_turn(gateway, &caller.0.id).await?;
     let page = gateway
@@ -564,7 +569,7 @@ async fn get_inbox(
     let deliveries = page.deliveries;
     // A partner that does not receive by inbox would otherwise poll an inbox that stays empty
     // and never learn why. (Deliveries left from before a change of delivery mode are listed.)
-    if deliveries.is_empty() && after == 0 {
+    if deliveries.is_empty() {
         let elsewhere = match &caller.0.delivery {
             Some(crate::registry::Delivery::Inbox) => None,
             Some(crate::registry::Delivery::Webhook { .. }) => {
@@ -769,7 +774,15 @@ async fn get_receipt(
         .store
         .accepted(&source, &event_id)
         .map_err(|e| Problem::unavailable(e.to_string()))?
-        .ok_or_else(|| Problem::not_found(format!("no accepted event {event_id} from {source}")))?;
+        .ok_or_else(|| {
+            // An id no sender can have used is not echoed.
+            let named = if !crate::audit::leaf::limits::fits_identifier(&event_id) {
+                format!("of that id ({} bytes long)", event_id.len())
+            } else {
+                event_id.to_string()
+            };
+            Problem::not_found(format!("no accepted event {named} from {source}"))
+        })?;
     if !record.confirmed {
         // Only after a failure between its two writes; it is settled by the next attempt of
         // the same message, or at the next start.
@@ -876,10 +889,11 @@ struct TrailQuery {
     iom_case: Option<String>,
     #[serde(default)]
     format: Option<String>,
-    /// The page's entries are those past this log index.
-    after: Option<u64>,
+    /// The page's entries are those past this log index (read by [`whole_number`], which
+    /// names the parameter when it is not one).
+    after: Option<String>,
     /// The most entries of the page (1 to [`MOST_TRAIL_ENTRIES`]).
-    limit: Option<usize>,
+    limit: Option<String>,
 }
 
 async fn get_trail(
@@ -898,12 +912,27 @@ async fn get_trail(
         query.pv.clone().map(Query::Pv),
         query.iom_case.clone().map(Query::IomCase),
     ];
+    for (name, value) in [
+        ("case", &query.case),
+        ("lpc", &query.lpc),
+        ("pnr", &query.pnr),
+        ("pv", &query.pv),
+        ("iom_case", &query.iom_case),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(Problem::bad_request(format!(
+                "{name} is empty: give the value to search for"
+            )));
+        }
+    }
     let mut given = given.into_iter().flatten();
     let (Some(q), None) = (given.next(), given.next()) else {
         return Err(Problem::bad_request(
             "give exactly one of case, lpc, pnr, pv or iom_case",
         ));
     };
+    let after: Option<u64> = whole_number(query.after.as_deref(), "after")?;
+    let limit: Option<usize> = whole_number(query.limit.as_deref(), "limit")?;
     let bundle = match query.format.as_deref() {
         None => false,
         Some("bundle") => true,
@@ -914,12 +943,12 @@ async fn get_trail(
             ));
         }
     };
-    if bundle && (query.after.is_some() || query.limit.is_some()) {
+    if bundle && (after.is_some() || limit.is_some()) {
         return Err(Problem::bad_request(
             "a bundle holds a whole trail: ask for it without after or limit",
         ));
     }
-    let limit = query.limit.unwrap_or(MOST_TRAIL_ENTRIES);
+    let limit = limit.unwrap_or(MOST_TRAIL_ENTRIES);
     if !(1..=MOST_TRAIL_ENTRIES).contains(&limit) {
         return Err(Problem::bad_request(format!(
             "limit must be from 1 to {MOST_TRAIL_ENTRIES}; it is {limit}"
@@ -960,13 +989,13 @@ async fn get_trail(
     } else {
         // A case's trail is its indexed entries: only the page's are copied (and one more, to
         // tell whether another page follows), however long the trail.
-        log.lookup_page(&q, query.after, limit + 1)
+        log.lookup_page(&q, after, limit + 1)
     };
     if whole_trail_at_once && matched.len() > MOST_TRAIL_ENTRIES {
         return Err(too_many(matched.len()));
     }
     // The trail's indices are in the log's order.
-    let (matched, next_after) = trail_page(matched, query.after, limit);
+    let (matched, next_after) = trail_page(matched, after, limit);
     let trail = web::block(move || -> Result<Trail, crate::audit::AuditError> {
         let (covered, pending): (Vec<u64>, Vec<u64>) =
             matched.into_iter().partition(|&i| i < checkpoint.size);
