@@ -106,6 +106,14 @@ async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
         },
     )
     .await;
+    // SIGHUP, which service managers send for a reload, changes nothing and is said.
+    gateway.signal(rustix::process::Signal::HUP);
+    wait_for("the SIGHUP said", Duration::from_secs(10), async || {
+        gateway.stderr().contains("SIGHUP ignored").then_some(())
+    })
+    .await;
+    assert!(gateway.running(), "{}", gateway.stderr());
+    assert_eq!(admin.get("/ready").await.status, 200);
     gateway.terminate();
 
     let text = std::fs::read_to_string(&log).unwrap();

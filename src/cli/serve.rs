@@ -152,6 +152,7 @@ impl ServeArgs {
         };
         config.server.floor_mode = self.measuring_floor;
         actix_web::rt::System::new().block_on(async move {
+            ignore_hangups()?;
             let running = RunningGateway::start(&config)
                 .await
                 .context("starting the gateway")?;
@@ -167,6 +168,24 @@ impl ServeArgs {
             Ok(ExitCode::SUCCESS)
         })
     }
+}
+
+/// Takes SIGHUP for the life of the process, and says in the log that it changes nothing.
+/// Service managers and log rotation send it for a reload; its default would end the gateway
+/// on the spot, without a drain, and cut off the requests in flight.
+fn ignore_hangups() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).context("taking SIGHUP")?;
+    actix_web::rt::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::warn!(
+                "SIGHUP ignored: the gateway has no reload signal; its configuration, registry, \
+                 mappings and TLS files are read at start (restart it after a change), and its \
+                 CRLs are read again when they change (tls.crl_refresh_secs)"
+            );
+        }
+    });
+    Ok(())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -215,6 +215,22 @@ impl ServedGateway {
         assert!(!status.success(), "killed, not exited: {status}");
     }
 
+    /// Sends it `signal`.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid =
+            rustix::process::Pid::from_raw(i32::try_from(self.child.id()).expect("a process id"))
+                .expect("a process id");
+        rustix::process::kill_process(pid, signal).expect("sending a signal");
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("waiting for the gateway")
+            .is_none()
+    }
+
     /// `SIGTERM` (a graceful shutdown), and waits up to 30 s for it to exit; panics if it fails
     /// or does not stop.
     pub fn terminate(&mut self) {
@@ -225,10 +241,7 @@ impl ServedGateway {
     /// `SIGTERM` (a graceful shutdown), and waits up to 30 s for it to exit; returns how it
     /// exited, and panics if it does not stop.
     pub fn stop(&mut self) -> ExitStatus {
-        let pid =
-            rustix::process::Pid::from_raw(i32::try_from(self.child.id()).expect("a process id"))
-                .expect("a process id");
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        self.signal(rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for the gateway") {
