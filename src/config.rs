@@ -311,7 +311,9 @@ impl Config {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let config: Config =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        config.validate()?;
+        config
+            .validate()
+            .with_context(|| format!("checking {}", path.display()))?;
         Ok(config)
     }
 
@@ -362,7 +364,20 @@ impl Config {
         if !(self.audit.checkpoint_interval_secs > 0.0
             && self.audit.checkpoint_interval_secs <= 1.0)
         {
-            bail!("audit.checkpoint_interval_secs must be in (0, 1]");
+            bail!(
+                "audit.checkpoint_interval_secs must be in (0, 1]; it is {}",
+                self.audit.checkpoint_interval_secs
+            );
+        }
+        let (server, admin) = (self.server.listen, self.admin.listen);
+        let overlapping = server.ip() == admin.ip()
+            || server.ip().is_unspecified()
+            || admin.ip().is_unspecified();
+        if server.port() != 0 && server.port() == admin.port() && overlapping {
+            bail!(
+                "server.listen ({server}) and admin.listen ({admin}) take the same address: \
+                 give the admin listener another port"
+            );
         }
         Ok(())
     }
@@ -392,6 +407,29 @@ fn socket_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_two_listeners_need_two_addresses() {
+        for (server, admin) in [
+            ("127.0.0.1:8443", "127.0.0.1:8443"),
+            ("0.0.0.0:8443", "127.0.0.1:8443"),
+            ("[::1]:8443", "[::]:8443"),
+        ] {
+            let text = format!("[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"\n");
+            let config: Config = toml::from_str(&text).unwrap();
+            let refused = config.validate().unwrap_err().to_string();
+            assert!(refused.contains("take the same address"), "{refused}");
+        }
+        for (server, admin) in [
+            ("127.0.0.1:8443", "127.0.0.1:9090"),
+            ("127.0.0.1:8443", "127.0.0.2:8443"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            let text = format!("[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"\n");
+            let config: Config = toml::from_str(&text).unwrap();
+            assert!(config.validate().is_ok(), "{server} {admin}");
+        }
+    }
 
     #[test]
     fn no_settings_file_makes_a_gateway_a_measuring_floor() {

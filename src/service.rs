@@ -147,6 +147,35 @@ fn warn_of_development_settings(config: &Config) {
     }
 }
 
+/// Warns of each private key file that other users may read: the audit log's signing key and
+/// the TLS keys (but the development PKI's). They may lie outside the data folder, where their permissions are the
+/// platform's to set (a secret mounted for a group, say), so they are said, not changed.
+fn warn_of_keys_open_to_others(config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    // The development PKI's keys are public in the project's copy (its own warning says so).
+    let development = |cert: &Path| crate::tls::issued_by_development_ca(cert);
+    let mut keys = vec![(config.signing_key(), "audit.signing_key")];
+    if !development(&config.tls.cert) {
+        keys.push((config.tls.key.clone(), "tls.key"));
+    }
+    if !development(&config.tls.client_cert) {
+        keys.push((config.tls.client_key.clone(), "tls.client_key"));
+    }
+    for (path, setting) in keys {
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                file = %path.display(),
+                setting,
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "a private key file is open to other users: restrict it to the gateway's user \
+                 (chmod 600)"
+            );
+        }
+    }
+}
+
 /// Builds the TLS configurations before anything is created in the data folder, so that a
 /// mistake in the TLS files stops the start at once, naming the settings as well as the file.
 /// They are built again, to be used, once the gateway is made: the server's with its observer
@@ -155,7 +184,7 @@ fn warn_of_development_settings(config: &Config) {
 fn check_tls_settings(config: &Config) -> anyhow::Result<Arc<crate::tls::ClientVerifier>> {
     let (_, verifier) = crate::tls::check_own_certificate(&config.tls.cert)
         .and_then(|()| crate::tls::server_config_with_verifier(&config.tls.server_files(), None))
-        .context("the HTTPS listener's TLS files (tls.ca, tls.cert, tls.key, tls.crls)")?;
+        .context("the HTTPS listener's TLS files ([tls] of the configuration)")?;
     crate::tls::check_own_certificate(&config.tls.client_cert)
         .and_then(|()| crate::tls::client_config(&config.tls.client_files()))
         .context(
@@ -390,6 +419,7 @@ impl RunningGateway {
             .check_issuers(checked_tls.issuers())
             .context("the partner registry's issuers, against the CA bundle (tls.ca)")?;
         warn_of_development_settings(config);
+        warn_of_keys_open_to_others(config);
         if let Some(settings) = &config.amqp {
             crate::amqp::check_settings(settings, &registry).context("the AMQP settings")?;
         }
@@ -472,7 +502,7 @@ impl RunningGateway {
         let mut workers = Vec::new();
 
         let (server_tls, client_verifier) = crate::server::tls_config(&gateway, config)
-            .context("the HTTPS listener's TLS files (tls.ca, tls.cert, tls.key, tls.crls)")?;
+            .context("the HTTPS listener's TLS files ([tls] of the configuration)")?;
         let client_tls = crate::tls::endpoint_client_config(
             &config.tls.client_cert,
             &config.tls.client_key,

@@ -107,7 +107,7 @@ impl TlsFiles {
 #[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read the {what} file {}: {source}", path.display())]
+    #[error("cannot read the {what} file {}{}: {source}", path.display(), working_folder_of(path))]
     Read {
         /// What the file should hold: "CA bundle", "certificate", "private key" or "CRL".
         what: &'static str,
@@ -117,14 +117,14 @@ pub enum TlsError {
         source: io::Error,
     },
     /// A file is not well-formed PEM.
-    #[error("the {what} file {} is not valid PEM: {source}", path.display())]
+    #[error("the {what} file {} is not valid PEM: {detail}", path.display())]
     Pem {
         /// What the file should hold.
         what: &'static str,
         /// The file.
         path: PathBuf,
-        /// The PEM error.
-        source: pem::Error,
+        /// What is wrong with it, in words ([`pem_detail`]).
+        detail: String,
     },
     /// A file holds no item of the expected kind (for example a key where a certificate is due).
     #[error("the {what} file {} holds no {what}", path.display())]
@@ -1256,6 +1256,16 @@ fn signed_by_its_ca(
     }
 }
 
+/// For a relative path, the folder it is read from, said; nothing for an absolute one.
+fn working_folder_of(path: &Path) -> String {
+    match std::env::current_dir() {
+        Ok(here) if path.is_relative() => {
+            format!(" (read from the working folder, {})", here.display())
+        }
+        _ => String::new(),
+    }
+}
+
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         what,
@@ -1273,14 +1283,44 @@ fn pem_error(what: &'static str, path: &Path, source: pem::Error) -> TlsError {
         source => TlsError::Pem {
             what,
             path: path.to_owned(),
-            source,
+            detail: pem_detail(&source),
         },
+    }
+}
+
+/// A PEM error in words: the library's own message prints the marker lines it names as lists
+/// of byte values.
+fn pem_detail(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no end line (-----END {}-----): the file is cut short, or was \
+             pasted in part",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "a line that begins a section is malformed: {:?}",
+            String::from_utf8_lossy(line)
+        ),
+        other => other.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pem_file_cut_short_is_said_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("cut.key");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n").unwrap();
+        let refused = load_key(&key).unwrap_err().to_string();
+        assert!(
+            refused.contains("no end line (-----END PRIVATE KEY-----)")
+                && refused.contains("cut.key"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn the_provider_offers_only_ecdhe_aead_suites() {

@@ -3240,6 +3240,13 @@ async fn a_dead_letter_is_listed_and_redelivered() {
         404
     );
     assert_eq!(admin.post("/deliveries/999999/redeliver").await.status, 404);
+    let not_an_id = admin.post("/deliveries/abc/discard").await;
+    assert_eq!(not_an_id.status, 404);
+    assert!(
+        not_an_id.text().contains("a delivery id is a whole number"),
+        "{}",
+        not_an_id.text()
+    );
     // A change asked with the wrong method is told which one the route takes.
     let wrong_method = admin.get("/deliveries/999999/discard").await;
     assert_eq!(wrong_method.status, 405, "{}", wrong_method.text());

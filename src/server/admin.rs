@@ -80,9 +80,15 @@ pub fn start(
             .app_data(state.clone())
             // A delivery id that is not a number, and a route that does not exist, are answered
             // in the listener's JSON errors too.
-            .app_data(web::PathConfig::default().error_handler(|e, _| {
-                let answer = HttpResponse::NotFound()
-                    .json(serde_json::json!({"error": format!("the path: {e}")}));
+            .app_data(web::PathConfig::default().error_handler(|e, req| {
+                // The one path with a parameter to read: `/deliveries/{id}/…`.
+                let id = req.match_info().get("id").unwrap_or_default();
+                let answer = HttpResponse::NotFound().json(serde_json::json!({
+                    "error": format!(
+                        "no delivery {id:?}: a delivery id is a whole number (the id column of \
+                         `passerelle deliveries dead`)"
+                    )
+                }));
                 actix_web::error::InternalError::from_response(e, answer).into()
             }))
             .default_service(web::to(|| async {
