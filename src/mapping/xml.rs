@@ -155,14 +155,21 @@ impl XmlDocument {
         let mut open: Vec<usize> = Vec::new();
         let mut root_closed = false;
         let mut scopes = Scopes::default();
+        let mut first_event = true;
         loop {
             let position = reader.buffer_position();
             let event = reader.read_event().map_err(|error| XmlError::Malformed {
                 position,
                 message: error.to_string(),
             })?;
+            let malformed = |message: String| XmlError::Malformed { position, message };
+            // quick-xml reads leniently what the checks below refuse: an XML declaration
+            // anywhere, names that are no XML names, `]]>` in text.
+            let is_first = std::mem::replace(&mut first_event, false);
             match event {
                 Event::Start(ref start) | Event::Empty(ref start) => {
+                    check_qualified_name(start.name().0)
+                        .map_err(|why| malformed(format!("an element's name {why}")))?;
                     if root_closed {
                         return Err(XmlError::Structure("content after the root element"));
                     }
@@ -214,6 +221,13 @@ impl XmlDocument {
                 Event::Text(text) => {
                     // Indentation is most of the text events: skip it before normalising.
                     let raw: &str = &text;
+                    if raw.contains("]]>") {
+                        return Err(malformed(
+                            "\"]]>\" in text: it ends a CDATA section, and must be written \
+                             ]]&gt; elsewhere"
+                                .into(),
+                        ));
+                    }
                     if !raw.trim().is_empty()
                         || open.last().is_some_and(|&i| {
                             elements[i].children.is_empty() && !elements[i].text.is_empty()
@@ -246,7 +260,33 @@ impl XmlDocument {
                     append_text(&mut elements, &open, &resolved)?;
                 }
                 Event::DocType(_) => return Err(XmlError::Doctype),
-                Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+                Event::Decl(declaration) => {
+                    if !is_first {
+                        return Err(malformed(
+                            "an XML declaration (<?xml …?>) comes first in the message, before \
+                             anything else, whitespace included, and once"
+                                .into(),
+                        ));
+                    }
+                    let version = declaration
+                        .version()
+                        .map_err(|error| malformed(error.to_string()))?;
+                    if &*version != "1.0" {
+                        return Err(malformed(format!(
+                            "XML version {version:?} is not read: declare version=\"1.0\""
+                        )));
+                    }
+                }
+                Event::PI(instruction) => {
+                    if instruction.target().eq_ignore_ascii_case("xml") {
+                        return Err(malformed(
+                            "a processing instruction named xml is reserved: an XML \
+                             declaration is written <?xml version=\"1.0\"?>, first"
+                                .into(),
+                        ));
+                    }
+                }
+                Event::Comment(_) => {}
                 Event::Eof => break,
             }
         }
@@ -368,6 +408,51 @@ impl Scopes {
     }
 }
 
+/// Whether `name` is an XML qualified name (Namespaces in XML 1.0): a name of XML 1.0's name
+/// characters, with at most one colon, between a prefix and a local part that are both there.
+/// Said why not, as the end of a sentence that begins with what was named.
+fn check_qualified_name(name: &str) -> Result<(), String> {
+    let shown = || name.chars().take(40).collect::<String>();
+    let mut parts = name.split(':');
+    let (first, second, more) = (parts.next(), parts.next(), parts.next());
+    if more.is_some() {
+        return Err(format!("{:?} has more than one colon", shown()));
+    }
+    for part in [first, second].into_iter().flatten() {
+        let mut chars = part.chars();
+        match chars.next() {
+            None => return Err(format!("{:?} has an empty prefix or local part", shown())),
+            Some(c) if !is_name_start(c) => {
+                return Err(format!("{:?} does not begin with a letter or _", shown()));
+            }
+            Some(_) => {}
+        }
+        if let Some(c) = chars.find(|&c| !is_name_start(c) && !is_name_rest(c)) {
+            return Err(format!(
+                "{:?} holds {c:?}, which no XML name holds",
+                shown()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// XML 1.0's `NameStartChar`, but the colon (which namespaces give a meaning).
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// The characters XML 1.0's `NameChar` adds to `NameStartChar`.
+fn is_name_rest(c: char) -> bool {
+    matches!(c,
+        '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
 fn read_attributes(
     reader: &Reader<&[u8]>,
     start: &BytesStart<'_>,
@@ -413,10 +498,25 @@ fn read_attributes(
             message: error.to_string(),
         })?;
         let qualified = attribute.key.0;
+        check_qualified_name(qualified).map_err(|why| XmlError::Malformed {
+            position: reader.buffer_position(),
+            message: format!("an attribute's name {why}"),
+        })?;
         if qualified == "xmlns" || qualified.starts_with("xmlns:") {
             continue;
         }
         let (namespace, local) = scopes.resolve(qualified, false)?;
+        // Two prefixes bound to one namespace make two spellings of one attribute.
+        if attributes.iter().any(|a: &Attribute| {
+            a.name.local == local && a.name.namespace.as_deref() == namespace.as_deref()
+        }) {
+            return Err(XmlError::Malformed {
+                position: reader.buffer_position(),
+                message: format!(
+                    "the attribute {local:?} is given twice (under two prefixes of one namespace)"
+                ),
+            });
+        }
         let value = attribute
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|error| match error {
@@ -543,6 +643,47 @@ mod tests {
             parse(r#"<a xmlns:p=""/>"#),
             Err(XmlError::Structure(_))
         ));
+    }
+
+    #[test]
+    fn what_is_not_well_formed_is_refused() {
+        for (text, why) in [
+            ("<1bad/>", "does not begin with a letter"),
+            ("<a><-b/></a>", "does not begin with a letter"),
+            (
+                "<a x\u{B7}=\"1\" \u{B7}y=\"2\"/>",
+                "does not begin with a letter",
+            ),
+            ("<a:b:c xmlns:a=\"u\"/>", "more than one colon"),
+            ("<a :x=\"1\"/>", "empty prefix"),
+            ("<a>x ]]> y</a>", "]]>"),
+            ("<a/><?xml version=\"1.0\"?>", "comes first"),
+            ("<a><?xml version=\"1.0\"?></a>", "comes first"),
+            (" <?xml version=\"1.0\"?><a/>", "comes first"),
+            ("<?xml version=\"1.1\"?><a/>", "version \"1.1\""),
+            ("<a><?XML x?></a>", "reserved"),
+            (
+                "<a xmlns:p=\"u\" xmlns:q=\"u\" p:x=\"1\" q:x=\"2\"/>",
+                "given twice",
+            ),
+        ] {
+            match parse(text) {
+                Err(XmlError::Malformed { message, .. }) => {
+                    assert!(message.contains(why), "{text}: {message}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // What is well-formed stays so: names of other scripts, a declaration first, the same
+        // local name in two namespaces, `]]>` escaped, `]]` alone.
+        for text in [
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Résumé é-1=\"x\" _a.b=\"y\"/>",
+            "<a xmlns:p=\"u\" xmlns:q=\"v\" p:x=\"1\" q:x=\"2\" x=\"3\"/>",
+            "<a>x ]]&gt; y ]] z</a>",
+            "<a><?app data?></a>",
+        ] {
+            assert!(parse(text).is_ok(), "{text}: {:?}", parse(text));
+        }
     }
 
     #[test]
