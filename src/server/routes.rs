@@ -17,6 +17,7 @@ use super::problem::Problem;
 use crate::audit::bundle::Trail;
 use crate::audit::{Kind, Query, Transport};
 use crate::canonical::partner_source;
+use crate::pipeline::refusal_summaries::RATE_LIMITED;
 use crate::pipeline::shares::SharePermit;
 use crate::pipeline::{Ack, Content, Gateway, Outcome, Refusal, Submission, UNREGISTERED};
 use crate::registry::{AccessError, PartnerEntry};
@@ -182,11 +183,19 @@ async fn refuse_unregistered(
     let refusal = gateway
         .refuse_unregistered(&identity.fingerprint, &body, why)
         .await;
-    tracing::info!(
-        outcome = refusal.code(),
-        certificate = %identity.fingerprint,
-        "message from an unregistered certificate refused"
-    );
+    if refusal.code() == RATE_LIMITED {
+        tracing::debug!(
+            outcome = refusal.code(),
+            certificate = %identity.fingerprint,
+            "message from an unregistered certificate refused"
+        );
+    } else {
+        tracing::info!(
+            outcome = refusal.code(),
+            certificate = %identity.fingerprint,
+            "message from an unregistered certificate refused"
+        );
+    }
     refusal.into()
 }
 
@@ -453,7 +462,13 @@ async fn post_message(
                 })))
             }
             Err(refusal) => {
-                tracing::info!(outcome = refusal.code(), "message refused");
+                // A sender over its rate limit is refused as fast as it sends: its refusals
+                // are counted and audited in summaries, not logged one by one at INFO.
+                if refusal.code() == RATE_LIMITED {
+                    tracing::debug!(outcome = refusal.code(), "message refused");
+                } else {
+                    tracing::info!(outcome = refusal.code(), "message refused");
+                }
                 Err(refusal.into())
             }
         }
