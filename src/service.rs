@@ -421,7 +421,8 @@ impl RunningGateway {
         warn_of_development_settings(config);
         warn_of_keys_open_to_others(config);
         if let Some(settings) = &config.amqp {
-            crate::amqp::check_settings(settings, &registry).context("the AMQP settings")?;
+            crate::amqp::check_settings(settings, &registry)
+                .context("[amqp] of the configuration")?;
         }
         let existing_key = existing_signing_key(config)?;
         // The listeners' addresses are taken before anything is made or changed in the data
@@ -530,7 +531,7 @@ impl RunningGateway {
                 RetryPolicy::from(&config.delivery),
                 readiness.register("amqp"),
             )
-            .context("the AMQP settings")?;
+            .context("[amqp] of the configuration")?;
             workers.push(tokio::spawn(transport.run(stop_rx.clone())));
         }
         // ---- end of the AMQP transport

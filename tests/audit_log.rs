@@ -1263,6 +1263,23 @@ fn auditor_command_line() {
         .output()
         .unwrap();
     assert!(!again.status.success(), "keygen must not overwrite a key");
+    let badly_named = bin()
+        .args([
+            "audit",
+            "keygen",
+            "--name",
+            "bad name",
+            "--out",
+            dir.path().join("other.key").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!badly_named.status.success());
+    assert!(
+        String::from_utf8_lossy(&badly_named.stderr).contains("is not a log name"),
+        "{}",
+        String::from_utf8_lossy(&badly_named.stderr)
+    );
 }
 
 #[test]

@@ -216,6 +216,12 @@ impl AuditCommand {
 
 fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
     use std::os::unix::fs::OpenOptionsExt;
+    if !passerelle::audit::note::is_valid_key_name(name) {
+        bail!(
+            "{name:?} is not a log name: it must be non-empty, with no space and no `+` (for \
+             example audit.passerelle.gov.ma/log-2); it becomes the log's origin"
+        );
+    }
     let signer = NoteSigner::generate(name).context("generating the key")?;
     // The key's folder is made if it is missing, closed to other users like the key itself.
     if let Some(folder) = out
