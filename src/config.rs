@@ -370,9 +370,14 @@ impl Config {
             );
         }
         let (server, admin) = (self.server.listen, self.admin.listen);
+        // A wildcard takes its family's addresses; IPv6's (`[::]`) takes IPv4's too, as a
+        // dual-stack socket does by default.
+        let covers = |wildcard: std::net::IpAddr, other: std::net::IpAddr| {
+            wildcard.is_unspecified() && (wildcard.is_ipv6() || other.is_ipv4())
+        };
         let overlapping = server.ip() == admin.ip()
-            || server.ip().is_unspecified()
-            || admin.ip().is_unspecified();
+            || covers(server.ip(), admin.ip())
+            || covers(admin.ip(), server.ip());
         if server.port() != 0 && server.port() == admin.port() && overlapping {
             bail!(
                 "server.listen ({server}) and admin.listen ({admin}) take the same address: \
@@ -414,6 +419,7 @@ mod tests {
             ("127.0.0.1:8443", "127.0.0.1:8443"),
             ("0.0.0.0:8443", "127.0.0.1:8443"),
             ("[::1]:8443", "[::]:8443"),
+            ("[::]:8443", "127.0.0.1:8443"),
         ] {
             let text = format!("[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"\n");
             let config: Config = toml::from_str(&text).unwrap();
@@ -424,6 +430,7 @@ mod tests {
             ("127.0.0.1:8443", "127.0.0.1:9090"),
             ("127.0.0.1:8443", "127.0.0.2:8443"),
             ("127.0.0.1:0", "127.0.0.1:0"),
+            ("0.0.0.0:8443", "[::1]:8443"),
         ] {
             let text = format!("[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"\n");
             let config: Config = toml::from_str(&text).unwrap();

@@ -184,7 +184,7 @@ fn warn_of_keys_open_to_others(config: &Config) {
 fn check_tls_settings(config: &Config) -> anyhow::Result<Arc<crate::tls::ClientVerifier>> {
     let (_, verifier) = crate::tls::check_own_certificate(&config.tls.cert)
         .and_then(|()| crate::tls::server_config_with_verifier(&config.tls.server_files(), None))
-        .context("the HTTPS listener's TLS files ([tls] of the configuration)")?;
+        .context("the HTTPS listener's TLS files (tls.ca, tls.cert, tls.key, tls.crls)")?;
     crate::tls::check_own_certificate(&config.tls.client_cert)
         .and_then(|()| crate::tls::client_config(&config.tls.client_files()))
         .context(
@@ -503,7 +503,7 @@ impl RunningGateway {
         let mut workers = Vec::new();
 
         let (server_tls, client_verifier) = crate::server::tls_config(&gateway, config)
-            .context("the HTTPS listener's TLS files ([tls] of the configuration)")?;
+            .context("the HTTPS listener's TLS files (tls.ca, tls.cert, tls.key, tls.crls)")?;
         let client_tls = crate::tls::endpoint_client_config(
             &config.tls.client_cert,
             &config.tls.client_key,

@@ -252,6 +252,12 @@ impl SchemaSet {
         {
             return Ok(());
         }
+        // The validator builds every error of a value before it hands out the first, each with
+        // its own path: an event that holds more values than any canonical event does is
+        // refused as such, before it is asked for them.
+        if let Some(excess) = too_many_values(event) {
+            return Err(vec![excess]);
+        }
         let mut violations = first_violations(self.envelope.iter_errors(event), "");
         if !violations.is_empty() {
             return Err(violations);
@@ -290,8 +296,37 @@ pub const MAX_VIOLATIONS: usize = 20;
 /// names every unexpected member).
 const MAX_VIOLATION_MESSAGE: usize = 400;
 
+/// The most JSON values (members, items and scalars, nested ones included) an event may hold
+/// for its violations to be listed: the largest canonical events hold a few hundred.
+pub const MAX_VALUES: usize = 10_000;
+
+/// A violation that says `event` holds more than [`MAX_VALUES`] values, or `None`. The count
+/// stops at the bound.
+fn too_many_values(event: &Value) -> Option<Violation> {
+    let mut seen = 0_usize;
+    let mut pending = vec![event];
+    while let Some(value) = pending.pop() {
+        seen += 1;
+        if seen > MAX_VALUES {
+            return Some(Violation {
+                path: String::new(),
+                message: format!(
+                    "the event holds more than {MAX_VALUES} values, more than any event of the \
+                     canonical model"
+                ),
+            });
+        }
+        match value {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(members) => pending.extend(members.values()),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The first [`MAX_VIOLATIONS`] of `errors`, and, when there are more, a last one that says so.
-/// The errors after those are not computed.
+/// (The validator has built them all by then: [`too_many_values`] bounds how many.)
 fn first_violations<'a>(
     errors: impl Iterator<Item = jsonschema::ValidationError<'a>>,
     prefix: &str,
@@ -470,7 +505,7 @@ mod tests {
         let schemas = schemas();
         assert_eq!(schemas.validate(&valid_event()), Ok(()));
         let mut event = valid_event();
-        event["data"]["person"]["given_names"] = json!(vec![0; 500_000]);
+        event["data"]["person"]["given_names"] = json!(vec![0; 5_000]);
         let violations = schemas.validate(&event).unwrap_err();
         assert_eq!(
             violations.len(),
@@ -490,9 +525,17 @@ mod tests {
                 .contains("only the first 20")
         );
 
-        // One violation naming sixty thousand unexpected members is cut short.
+        // An event of more values than the model's is refused as such, before its violations
+        // are computed.
         let mut event = valid_event();
-        for n in 0..60_000 {
+        event["data"]["person"]["given_names"] = json!(vec![0; 500_000]);
+        let violations = schemas.validate(&event).unwrap_err();
+        assert_eq!(violations.len(), 1);
+        assert!(violations[0].message.contains("more than 10000 values"));
+
+        // One violation naming five thousand unexpected members is cut short.
+        let mut event = valid_event();
+        for n in 0..5_000 {
             event["data"]["person"][format!("member{n}")] = json!(1);
         }
         let violations = schemas.validate(&event).unwrap_err();

@@ -265,7 +265,10 @@ pub enum Unidentified {
     )]
     NoUri,
     /// None of its URI names has the form registry identities take by default.
-    #[error("none of its URI subject alternative names has the form urn:partner:<id>")]
+    #[error(
+        "none of its URI subject alternative names has the form urn:partner:<id> (the identity \
+         of every registry entry that names no other) or is a registered partner's identity"
+    )]
     NoPartnerUri,
     /// Its URI names have the form, but no registry entry has them.
     #[error(

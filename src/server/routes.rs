@@ -583,8 +583,16 @@ async fn get_inbox(
     }
     let deliveries = page.deliveries;
     // A partner that does not receive by inbox would otherwise poll an inbox that stays empty
-    // and never learn why. (Deliveries left from before a change of delivery mode are listed.)
-    if deliveries.is_empty() {
+    // and never learn why, on any page. Deliveries left from before a change of delivery mode
+    // are listed, and the page past the last of them is empty, not refused.
+    let nothing_ever = deliveries.is_empty()
+        && page.unreadable.is_empty()
+        && (after == 0
+            || gateway
+                .store
+                .inbox(&caller.0.id, 0, 1)
+                .is_ok_and(|first| first.deliveries.is_empty() && first.unreadable.is_empty()));
+    if nothing_ever {
         let elsewhere = match &caller.0.delivery {
             Some(crate::registry::Delivery::Inbox) => None,
             Some(crate::registry::Delivery::Webhook { .. }) => {
