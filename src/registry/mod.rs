@@ -596,12 +596,6 @@ impl Registry {
     /// act as it.
     pub fn check_issuers(&self, issuers: &Issuers) -> Result<(), RegistryError> {
         let cas = issuers.cas();
-        let known = || {
-            cas.iter()
-                .map(|(name, print)| format!("{name:?} ({print})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let mut problems = Vec::new();
         for entry in self.partners.values() {
             let id = &entry.id;
@@ -609,30 +603,33 @@ impl Registry {
                 Some(issuer) if issuers.ambiguous(issuer) => problems.push(format!(
                     "partner {id}: issuer {issuer:?} is the printed name of several different \
                      CA names of the bundle (tls.ca): name its CA by the fingerprint of its \
-                     certificate (issuer = \"sha256:…\"); the bundle's CAs are {}",
-                    known()
+                     certificate (issuer = \"sha256:…\")"
                 )),
                 Some(issuer) if !issuers.names(issuer) => problems.push(format!(
-                    "partner {id}: issuer {issuer:?} names no CA of the bundle (tls.ca), whose \
-                     CAs are {}",
-                    known()
+                    "partner {id}: issuer {issuer:?} names no CA of the bundle (tls.ca)"
                 )),
                 None if cas.len() > 1 && entry.fingerprints.is_empty() => problems.push(format!(
                     "partner {id}: the CA bundle (tls.ca) holds {} CA certificates, so the \
-                         entry must name the CA that issues its certificates (issuer, its name \
-                         or fingerprint: {}), or pin them (fingerprints): otherwise any of them \
-                         could issue a certificate that acts as {id}",
-                    cas.len(),
-                    known()
+                     entry must name the CA that issues its certificates (issuer, its name or \
+                     fingerprint), or pin them (fingerprints): otherwise any of them could \
+                     issue a certificate that acts as {id}",
+                    cas.len()
                 )),
                 _ => {}
             }
         }
         if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(RegistryError::Invalid(problems))
+            return Ok(());
         }
+        // The bundle's CAs once, after the entries' problems, rather than in each of them.
+        problems.push(format!(
+            "the CAs of the bundle (tls.ca), as issuer takes them (name, or fingerprint): {}",
+            cas.iter()
+                .map(|(name, print)| format!("{name:?} ({print})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Err(RegistryError::Invalid(problems))
     }
 
     /// Authorises a sender for an event type (`ma.rva.lpc.issued` or `lpc.issued`).
@@ -1038,7 +1035,11 @@ mod tests {
         else {
             panic!("a fingerprint of no CA of the bundle was accepted");
         };
-        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[1].starts_with("the CAs of the bundle (tls.ca), as issuer takes them"),
+            "{problems:?}"
+        );
         assert!(
             problems[0].starts_with("partner iom.sn: issuer \"sha256:"),
             "{problems:?}"
@@ -1048,7 +1049,11 @@ mod tests {
         let Err(RegistryError::Invalid(problems)) = registry.check_issuers(&both) else {
             panic!("two CAs and an entry without its issuer were accepted");
         };
-        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[1].starts_with("the CAs of the bundle (tls.ca), as issuer takes them"),
+            "{problems:?}"
+        );
         assert!(
             problems[0].starts_with("partner ma.interieur: the CA bundle (tls.ca) holds 2 CA"),
             "{problems:?}"
@@ -1058,12 +1063,15 @@ mod tests {
         let Err(RegistryError::Invalid(problems)) = registry.check_issuers(&both) else {
             panic!("an issuer that is no CA of the bundle was accepted");
         };
-        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
-            problems[0].starts_with(
-                "partner ma.interieur: issuer \"CN=C\" names no CA of the bundle (tls.ca), \
-                 whose CAs are \"CN=A\" (sha256:"
-            ),
+            problems[1].starts_with("the CAs of the bundle (tls.ca), as issuer takes them"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0]
+                == "partner ma.interieur: issuer \"CN=C\" names no CA of the bundle (tls.ca)"
+                && problems[1].contains("\"CN=A\" (sha256:"),
             "{problems:?}"
         );
         registry.partners.get_mut("ma.interieur").unwrap().issuer = Some("CN=B".into());
