@@ -569,6 +569,50 @@ fn an_offline_trail_checks_the_private_part_it_reads() {
     std::fs::write(journal(&swapped), &rearranged).unwrap();
     fails(&swapped, "are not those the checkpoint signs");
 
+    // The index edited by someone who can write the journal's checksums: the entries
+    // themselves carry the case's commitment, so a trail left short, or given another case's
+    // entry, fails.
+    let records = |folder: &Path| {
+        let mut all = Vec::new();
+        passerelle::audit::journal::scan(&folder.join("private/journal"), |_, record| {
+            all.push(record);
+            Ok(())
+        })
+        .unwrap();
+        all
+    };
+    let rewrite = |folder: &Path, records: &[passerelle::audit::journal::Record]| {
+        let mut data = Vec::new();
+        for record in records {
+            record.encode_into(&mut data);
+        }
+        std::fs::write(journal(folder), &data).unwrap();
+    };
+    let of_the_case: Vec<u64> = whole.found.iter().map(|f| f.index).collect();
+    let case_tag = query.tag(
+        &passerelle::audit::keys::IndexKey::load(&dir.path().join("private/keys/index.key"))
+            .unwrap(),
+    );
+    let shortened = copy("shortened");
+    let mut edited = records(&shortened);
+    edited[of_the_case[1] as usize]
+        .tags
+        .retain(|tag| *tag != case_tag);
+    rewrite(&shortened, &edited);
+    fails(
+        &shortened,
+        &format!(
+            "leaves out 1 signed entries that carry this case's commitment ({})",
+            of_the_case[1]
+        ),
+    );
+    let mixed = copy("mixed");
+    let mut edited = records(&mixed);
+    let other = (0..60u64).find(|i| !of_the_case.contains(i)).unwrap();
+    edited[other as usize].tags.push(case_tag);
+    rewrite(&mixed, &edited);
+    fails(&mixed, "carry 2 different case commitments");
+
     // Another log's index key in place of this one's: nothing would match.
     let other_key = copy("other-key");
     let elsewhere = tempfile::tempdir().unwrap();
@@ -848,7 +892,12 @@ fn a_case_bundle_is_checked_complete_against_the_public_log() {
     let several = trail(dir.path(), &Query::Flight(flight), Some(log.verifier())).unwrap();
     let several = verify_bundle(&several.to_bundle().unwrap(), None).unwrap();
     let refused = case_entries_missing(&several, &public, &mut |_| {}).unwrap_err();
-    assert!(refused.to_string().contains("5 cases"), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("carry 5 different case commitments"),
+        "{refused}"
+    );
 
     // An empty bundle (a search that found nothing) names no case to check.
     let empty = trail(

@@ -166,6 +166,9 @@ pub fn trail_with_progress(
             .map_err(|e| altered(format!("entry {}", f.index), e))?;
         progress("prove", n as u64 + 1);
     }
+    if let Query::Case(_) = query {
+        check_case_index(&layout.journal, checkpoint.size, &found, progress)?;
+    }
     Ok(Trail {
         checkpoint,
         signed,
@@ -175,6 +178,83 @@ pub fn trail_with_progress(
         public_behind: latest.public_behind,
         private_ahead: latest.private_ahead,
     })
+}
+
+/// Checks the entries the private index gave for a case against the signed entries
+/// themselves. The index's tags are the operator's, and no signature covers them: one altered
+/// to leave entries of the case out, or to file another case's entry under it, would give a
+/// short or mixed trail. But every entry of a case carries the case's commitment in clear:
+/// those found must carry one and the same, and every signed entry that carries it must have
+/// been found. (Trails by anything but a case have no such check: an auditor checks the case's
+/// trail.)
+fn check_case_index(
+    journal_dir: &Path,
+    size: u64,
+    found: &[Found],
+    progress: &mut dyn FnMut(&'static str, u64),
+) -> Result<()> {
+    let commitments: BTreeSet<&str> = found
+        .iter()
+        .filter_map(|f| f.leaf.commitments.as_ref().map(|c| c.case.as_str()))
+        .collect();
+    let case = match commitments.len() {
+        0 => return Ok(()),
+        1 => commitments
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        n => {
+            return Err(AuditError::Corrupt(format!(
+                "the entries the private index gives for this case carry {n} different case \
+                 commitments, where every entry of a case carries the same one: the index was \
+                 altered, or a case key was lost and made anew; the trail cannot be trusted"
+            )));
+        }
+    };
+    let listed: BTreeSet<u64> = found.iter().map(|f| f.index).collect();
+    let mut left_out = Vec::new();
+    let mut undecodable = None;
+    journal::scan(journal_dir, |i, rec| {
+        // The commitment is a string of the leaf's JSON: only the entries that hold it are
+        // decoded.
+        if i < size
+            && !listed.contains(&i)
+            && rec.entry.windows(case.len()).any(|w| w == case.as_bytes())
+        {
+            match Leaf::decode(&rec.entry) {
+                Ok(leaf) if leaf.commitments.as_ref().is_some_and(|c| c.case == case) => {
+                    left_out.push(i)
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    undecodable.get_or_insert((i, error));
+                }
+            }
+        }
+        if i % 4096 == 0 {
+            progress("scan", i);
+        }
+        Ok(())
+    })?;
+    if let Some((index, error)) = undecodable {
+        return Err(AuditError::Corrupt(format!("entry {index}: {error}")));
+    }
+    if !left_out.is_empty() {
+        let shown: Vec<String> = left_out.iter().take(20).map(u64::to_string).collect();
+        return Err(AuditError::Corrupt(format!(
+            "the private index leaves out {} signed entries that carry this case's commitment \
+             ({}{}): it was altered, and the trail cannot be trusted",
+            left_out.len(),
+            shown.join(", "),
+            if left_out.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// The last tree a log folder signed that its public part can prove, and what to say of its
@@ -485,7 +565,10 @@ pub fn case_entries_missing(
         }
         n => {
             return Err(AuditError::Evidence(format!(
-                "the bundle's entries belong to {n} cases: completeness is checked for one case's trail"
+                "the bundle's entries carry {n} different case commitments: completeness is \
+                 checked for one case's trail, and every entry of a case carries the same one \
+                 (a trail by LPC, PNR or another search can hold several cases' entries; a \
+                 case's trail that holds several was altered, or its case key was made anew)"
             )));
         }
     };
