@@ -1376,3 +1376,29 @@ fn journal_segments_rotate_and_reopen() {
     log.sync().unwrap();
     assert_eq!(log.latest_checkpoint().1.size, 130);
 }
+
+/// A case key lost (its record gone from `cases.keys`) while the log holds entries of the case
+/// is not made anew: the case's next entries would carry another commitment, splitting its
+/// trail. The append is refused, saying to restore the file; other cases go on.
+#[test]
+fn a_lost_case_key_is_not_made_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    log.append(&fact(0)).unwrap();
+    log.close().unwrap();
+    let keys = dir.path().join("private/keys/cases.keys");
+    let length = std::fs::metadata(&keys).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&keys).unwrap();
+    file.set_len(length - 128).unwrap();
+    drop(file);
+
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    let refused = log.append(&fact(5)).unwrap_err();
+    assert_eq!(case_id(5), case_id(0));
+    assert!(
+        refused.to_string().contains("has no key for it"),
+        "{refused}"
+    );
+    log.append(&fact(1)).unwrap();
+    log.close().unwrap();
+}

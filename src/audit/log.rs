@@ -648,7 +648,27 @@ impl AuditLog {
             .map(|c| (c, key.tag(TagKind::Case, c)));
         let keys = match &case {
             Some((_, tag)) => {
-                let created = lock(&self.shared.keys)?.get_or_create(tag);
+                // Entries under the case's tag and no key for it: the key was lost (the file
+                // restored from an older copy, or a record removed). A new key would give the
+                // case's next entries another commitment, splitting its trail, and leave its
+                // sealed data unopenable without an `erased` entry: refused until the file is
+                // restored. (The index is read before the key store is locked.)
+                let has_entries = self
+                    .shared
+                    .index
+                    .read()
+                    .is_ok_and(|index| index.get(tag).is_some_and(|found| !found.is_empty()));
+                let mut store = lock(&self.shared.keys)?;
+                if has_entries && matches!(store.get(tag), Err(AuditError::UnknownCase)) {
+                    return Err(AuditError::Corrupt(
+                        "the log holds entries of this case, but private/keys/cases.keys has \
+                         no key for it: the key was lost; restore the file from its backup (a \
+                         new key would split the case's trail)"
+                            .into(),
+                    ));
+                }
+                let created = store.get_or_create(tag);
+                drop(store);
                 // A key the store could not write stops the log, as a failed journal write
                 // does: the disk is full or failing, and readiness must say so. Appends
                 // already queued are still written.
