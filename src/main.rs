@@ -1,5 +1,6 @@
 //! The `passerelle` command line: the gateway, its mapping tools and the auditors' tools.
-#![forbid(unsafe_code)]
+// One `unsafe` block, in `deep_enough_thread_stacks`, says why; none elsewhere.
+#![deny(unsafe_code)]
 
 mod cli;
 
@@ -42,7 +43,32 @@ enum Command {
     Load(cli::load::LoadArgs),
 }
 
+/// The stack size every thread of the process gets unless it asks for its own (the standard
+/// library's `RUST_MIN_STACK`): 64 MiB of address space, of which a thread touches only what it
+/// uses.
+const THREAD_STACK: &str = "67108864";
+
+/// Gives the threads that the process's libraries spawn a stack deep enough for any message
+/// the broker can deliver. The AMQP client parses a message's header tables recursively on a
+/// thread of its own, whose stack size it does not let its caller choose: with the standard
+/// 2 MiB, a header nesting tables some 2,500 deep (17 KB, which the broker takes) overflows it
+/// and aborts the whole gateway, HTTPS included, again at each restart until the broker's
+/// delivery limit gives the message up. RabbitMQ's frames (128 KiB by default) bound the
+/// nesting to about 19,000 levels, which 32 MiB was measured to parse; 64 MiB leaves a margin.
+/// An operator's own `RUST_MIN_STACK` is left as it is.
+#[allow(unsafe_code)]
+fn deep_enough_thread_stacks() {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // SAFETY: `set_var` is unsound only while another thread may read or write the
+        // environment. This runs first in `main`, before anything has started a thread (the
+        // allocator starts none), and the standard library reads the variable at the first
+        // thread it spawns.
+        unsafe { std::env::set_var("RUST_MIN_STACK", THREAD_STACK) };
+    }
+}
+
 fn main() -> ExitCode {
+    deep_enough_thread_stacks();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Mapping(command) => command.run(),

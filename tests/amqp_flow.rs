@@ -30,8 +30,8 @@ mod gateway_support;
 mod rabbit;
 
 use gateway_support::{
-    Admin, Client, RegistryChanges, SmallFs, fixture, fixture_json, fixture_text, metric,
-    test_config, wait_for, write_registry,
+    Admin, Client, RegistryChanges, ServedSetup, SmallFs, fixture, fixture_json, fixture_text,
+    metric, test_config, wait_for, write_registry,
 };
 use lapin::message::Delivery as Message;
 use lapin::options::{
@@ -61,7 +61,7 @@ const GATEWAY_USER: &str = "urn:gateway:passerelle";
 /// The partners with a broker user in these tests.
 const PARTNERS: [&str; 3] = [EMBASSY, "iom.sn", "airline.at"];
 /// The virtual hosts of the tests that share the broker.
-const SHARED_VHOSTS: [&str; 8] = [
+const SHARED_VHOSTS: [&str; 9] = [
     "flow",
     "refusals",
     "backpressure",
@@ -70,6 +70,7 @@ const SHARED_VHOSTS: [&str; 8] = [
     "disk",
     "headers",
     "pace",
+    "nesting",
 ];
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -1416,6 +1417,85 @@ async fn huge_headers() {
     embassy.close(200, "OK".into()).await.expect("close");
     admin.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
+}
+
+/// A header nesting tables thousands deep (some 35 KB, which the broker takes) is parsed by the
+/// AMQP client recursively, on a thread of its own: the gateway binary gives its threads a
+/// stack deep enough for it, so the message is dead-lettered like any malformed one, and the
+/// gateway goes on. (With the standard 2 MiB stack the gateway aborted on it, and again at
+/// each restart.)
+#[actix_web::test]
+async fn a_deeply_nested_header_is_refused_not_a_crash() {
+    tokio::time::timeout(Duration::from_secs(90), deeply_nested_header())
+        .await
+        .expect("the scenario ends within 90 s");
+}
+
+async fn deeply_nested_header() {
+    const VHOST: &str = "nesting";
+    const DEPTH: usize = 5_000;
+    let broker = broker().await;
+    let setup = ServedSetup::new(&RegistryChanges::new());
+    let tls = dev::files(&rabbit::dev_certs_dir(), "gateway-client");
+    let path = |path: &std::path::Path| toml::Value::from(path.display().to_string());
+    let mut text = std::fs::read_to_string(&setup.config).expect("the configuration");
+    text.push_str(&format!(
+        "\n[amqp]\nurl = \"amqps://127.0.0.1:{}/{}\"\nauth = {{ mechanism = \"external\" }}\n\
+         tls = {{ ca = {}, cert = {}, key = {} }}\nconnection_name = \"passerelle-served\"\n\
+         senders = [\"airline.at\"]\n",
+        broker.amqps_port(),
+        vhost_path(VHOST),
+        path(&tls.ca),
+        path(&tls.cert),
+        path(&tls.key),
+    ));
+    std::fs::write(&setup.config, text).expect("the configuration");
+    let mut gateway = setup.start("gateway.log", "info").await;
+
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let mut nested = FieldTable::default();
+    for _ in 0..DEPTH {
+        nested = FieldTable::from(BTreeMap::from([(
+            "a".into(),
+            AMQPValue::FieldTable(nested),
+        )]));
+    }
+    let properties = native(EMBASSY, "nested-headers", "application/xml").with_headers(nested);
+    assert_eq!(
+        publish(&channel, EMBASSY, b"<not-xml", properties).await,
+        Confirmation::Ack(None)
+    );
+    wait_for("the message refused", WAIT, async || {
+        assert!(gateway.running(), "{}", gateway.stderr());
+        gateway
+            .stderr()
+            .contains("AMQP message refused")
+            .then_some(())
+    })
+    .await;
+    let admin = admin_connection(broker, VHOST).await;
+    let admin_channel = admin.create_channel().await.expect("a channel");
+    let ids = BTreeSet::from(["nested-headers".to_owned()]);
+    let dead = take_dead_letters(&admin_channel, &ids).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], "x-passerelle-reason").as_deref(),
+        Some("malformed"),
+        "{}",
+        gateway.stderr()
+    );
+    assert!(gateway.running(), "{}", gateway.stderr());
+    // It still takes messages.
+    let next = "ABJ-RBT-NH-0001".to_owned();
+    send_lpcs(&channel, std::slice::from_ref(&next)).await;
+    wait_for("the next message accepted", WAIT, async || {
+        gateway.stderr().contains("ABJ-RBT-NH-0001").then_some(())
+    })
+    .await;
+    embassy.close(200, "OK".into()).await.expect("close");
+    admin.close(200, "OK".into()).await.expect("close");
+    gateway.terminate();
 }
 
 /// A full disk under the audit log: while the log cannot make a message durable, the

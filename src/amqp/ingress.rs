@@ -173,6 +173,19 @@ pub fn check_sender(partner: &str, user_id: Option<&str>) -> Result<(), DeadLett
 /// headers make it a binary-mode CloudEvent, unless `content_type` is
 /// `application/cloudevents+json` (structured mode, where such headers are ignored).
 pub fn content_of(properties: &BasicProperties) -> Result<Content, DeadLetter> {
+    // A body sent with a content coding (gzip, …) is refused as on HTTPS, not read as if it
+    // were plain: the gateway decodes none.
+    if let Some(coding) = properties
+        .content_encoding()
+        .as_ref()
+        .map(|coding| coding.as_str().trim())
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+    {
+        return Ok(Content::Unreadable(Refusal::UnsupportedMediaType(format!(
+            "the body is sent with content_encoding {coding:?}, which the gateway does not \
+                 decode: send it without a content coding"
+        ))));
+    }
     let content_type = properties
         .content_type()
         .as_ref()
@@ -1125,6 +1138,26 @@ mod tests {
         // Structured mode wins over headers.
         let structured = properties.with_content_type("application/cloudevents+json".into());
         assert!(matches!(content_of(&structured), Ok(Content::Typed(_))));
+    }
+
+    #[test]
+    fn a_content_coding_is_refused_as_on_https() {
+        for coding in ["gzip", "GZIP", "br"] {
+            let properties = BasicProperties::default()
+                .with_content_type("application/xml".into())
+                .with_content_encoding(coding.into());
+            assert!(
+                matches!(
+                    content_of(&properties),
+                    Ok(Content::Unreadable(Refusal::UnsupportedMediaType(_)))
+                ),
+                "{coding}"
+            );
+        }
+        let identity = BasicProperties::default()
+            .with_content_type("application/xml".into())
+            .with_content_encoding("identity".into());
+        assert!(matches!(content_of(&identity), Ok(Content::Typed(_))));
     }
 
     #[test]

@@ -151,22 +151,34 @@ impl ServeArgs {
             None => Config::default(),
         };
         config.server.floor_mode = self.measuring_floor;
-        actix_web::rt::System::new().block_on(async move {
-            ignore_hangups()?;
-            let running = RunningGateway::start(&config)
-                .await
-                .context("starting the gateway")?;
-            tracing::info!(
-                partners = %format!("https://{}", running.addr),
-                admin = %format!("http://{}", running.admin_addr),
-                "serving"
-            );
-            wait_for_signal().await?;
-            tracing::info!("stopping: draining requests in flight");
-            running.shutdown().await?;
-            tracing::info!("stopped");
-            Ok(ExitCode::SUCCESS)
-        })
+        // The gateway runs on a thread of its own, not on the main thread, whose stack the
+        // platform sets (8 MiB, commonly): its tasks read the AMQP messages, whose header
+        // tables nest as deep as a frame allows, and a spawned thread gets the stack that
+        // `main` gives every thread (see `deep_enough_thread_stacks` in main.rs).
+        let gateway = std::thread::Builder::new()
+            .name("gateway".to_owned())
+            .spawn(move || {
+                actix_web::rt::System::new().block_on(async move {
+                    ignore_hangups()?;
+                    let running = RunningGateway::start(&config)
+                        .await
+                        .context("starting the gateway")?;
+                    tracing::info!(
+                        partners = %format!("https://{}", running.addr),
+                        admin = %format!("http://{}", running.admin_addr),
+                        "serving"
+                    );
+                    wait_for_signal().await?;
+                    tracing::info!("stopping: draining requests in flight");
+                    running.shutdown().await?;
+                    tracing::info!("stopped");
+                    Ok(ExitCode::SUCCESS)
+                })
+            })
+            .context("starting the gateway's thread")?;
+        gateway
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 

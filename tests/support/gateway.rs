@@ -179,6 +179,8 @@ impl ServedGateway {
             .arg(config)
             .current_dir(root())
             .env("RUST_LOG", filter)
+            // The binary sets its threads' stack itself (see `src/main.rs`), not the tests'.
+            .env_remove("RUST_MIN_STACK")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
