@@ -181,6 +181,102 @@ fn lint_names_file_line_and_problem() {
 }
 
 #[test]
+fn lint_refuses_list_keys_that_are_one_key_once_folded() {
+    // `PLANIFIE` beside `Planifié` with another value: neither could be read in a message.
+    let text = format!(
+        "{BROKEN}\n[codelists.statuses]\nPLANIFIE = \"planned\"\n\"Planifié\" = \"done\"\n"
+    );
+    let scratch = scratch_with("xx.consulat.test.toml", &text);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    assert!(
+        diagnostics.iter().any(|d| d.message.contains(
+            "code list statuses: keys \"PLANIFIE\" and \"Planifié\" are one key once accents, \
+             case and punctuation are ignored"
+        )),
+        "{diagnostics:#?}"
+    );
+    // An alias that clashes with another, once folded, stops the whole folder.
+    let scratch = scratch_with("xx.consulat.test.toml", BROKEN);
+    let aliases = scratch.path().join("codelists/aliases.toml");
+    let mut text = std::fs::read_to_string(&aliases).unwrap();
+    text = text.replace("[country]\n", "[country]\n\"guinee conakry\" = \"GNB\"\n");
+    std::fs::write(&aliases, text).unwrap();
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    assert!(
+        diagnostics.iter().any(|d| d
+            .message
+            .contains("\"Guinée Conakry\" and \"guinee conakry\"")),
+        "{diagnostics:#?}"
+    );
+}
+
+#[test]
+fn lint_refuses_a_check_that_reads_no_field() {
+    // A check whose side names no field would be skipped on every message, without a word.
+    let senegal = std::fs::read_to_string(mappings_dir().join("sn.consulat.casablanca.toml"))
+        .unwrap()
+        .replacen(
+            r#"right = { from = "$event.data.lpc.number" }"#,
+            r#"right = { from = "$event.data.lpc.numbr" }"#,
+            1,
+        )
+        .replacen(
+            r#"left = { from = "$mrz.surname" }"#,
+            r#"left = { from = "$mrz.surnam" }"#,
+            1,
+        )
+        .replacen(
+            r#""lpc.mrz" = { from = "$mrz.lines", optional = true }"#,
+            r#""lpc.mrz" = { from = "$mrz.lines.0.x", optional = true }"#,
+            1,
+        );
+    let scratch = scratch_with("sn.consulat.casablanca.toml", &senegal);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let messages: Vec<&str> = diagnostics.iter().map(|d| d.message.as_str()).collect();
+    for needle in [
+        "$event.data.lpc.numbr names no field of the event's canonical data",
+        "$mrz.surnam names no field of the decoded document",
+        "$mrz.lines.0.x names no field of the decoded document",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(needle)),
+            "{needle}: {messages:#?}"
+        );
+    }
+    assert_eq!(messages.len(), 3, "{messages:#?}");
+}
+
+#[test]
+fn lint_refuses_paths_and_prefixes_that_would_match_nothing() {
+    let text = BROKEN
+        .replace(
+            "format = \"xml\"\n",
+            "format = \"xml\"\n\n[namespaces]\nm = \"\"\n\"m:x\" = \"urn:x\"\n",
+        )
+        .replace(
+            r#"match = { root = "LP" }"#,
+            r#"match = { root = "LP", fields = { "$event.id" = "x" } }"#,
+        )
+        .replace(r#"{ from = "Num" }"#, r#"{ from = "Num[1]" }"#)
+        .replace(r#"from = "Prenoms""#, r#"from = "Prenoms/text()""#);
+    let scratch = scratch_with("xx.consulat.test.toml", &text);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let messages: Vec<&str> = diagnostics.iter().map(|d| d.message.as_str()).collect();
+    for needle in [
+        "[namespaces]: the namespace of \"m\" is empty",
+        "[namespaces]: \"m:x\" is not a prefix",
+        "$event.id reads a decoded document or the event",
+        "in path \"Num[1]\", \"Num[1]\" is not an XML name",
+        "in path \"Prenoms/text()\", \"text()\" is not an XML name",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(needle)),
+            "{needle}: {messages:#?}"
+        );
+    }
+}
+
+#[test]
 fn lint_reserves_the_kind_name_of_canonical_events() {
     // `<partner>/cloudevents` is the mapping id of canonical events, which the registry's
     // `mappings` name: no kind of a mapping file may take it.
@@ -237,6 +333,20 @@ template = '{"pv": "{{ data.pv_number }}"}'
         "{diagnostics:#?}"
     );
     assert_eq!(diagnostics[0].line, 25);
+    // A template the catalogue routes to the role, refused, is not also said to be missing.
+    let routed = mapping.replace(
+        "{{ data.pv_number }}",
+        "{{ data.pv_number }} {{ data.person.family_name }}",
+    );
+    let scratch = scratch_with("xx.airline.toml", &routed);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    assert_eq!(diagnostics.len(), 2, "{diagnostics:#?}");
+    assert!(
+        diagnostics
+            .iter()
+            .all(|d| d.message.contains("withheld from this recipient's role")),
+        "{diagnostics:#?}"
+    );
 }
 
 fn passerelle(args: &[&str]) -> std::process::Output {
@@ -269,6 +379,73 @@ fn cli_lint_and_test_pass_on_the_shipped_mappings() {
         String::from_utf8_lossy(&test.stderr)
     );
     assert!(String::from_utf8_lossy(&test.stdout).contains("fixtures passed"));
+}
+
+#[test]
+fn a_file_in_the_fixtures_that_is_no_fixture_fails_the_run() {
+    // A fixture renamed by mistake would drop out of the count without a word.
+    let scratch = tempfile::tempdir().unwrap();
+    copy_tree(&mappings_dir(), scratch.path());
+    let senegal = scratch.path().join("fixtures/sn.consulat.casablanca");
+    std::fs::rename(
+        senegal.join("in/lpc-issued.xml"),
+        senegal.join("in/lpc-issued.XML"),
+    )
+    .unwrap();
+    std::fs::write(senegal.join("in/notes.txt"), "to do").unwrap();
+    std::fs::create_dir(senegal.join("inbound")).unwrap();
+    std::fs::write(senegal.join("out/gone.withheld.json"), "[]").unwrap();
+    let set = MappingSet::load(scratch.path()).unwrap();
+    let outcomes = fixtures::run_all(&set, false).unwrap();
+    let failed: Vec<(String, String)> = outcomes
+        .iter()
+        .filter_map(|outcome| {
+            let name = outcome.input.strip_prefix(&senegal).ok()?;
+            Some((name.display().to_string(), outcome.failure.clone()?))
+        })
+        .collect();
+    let said = |file: &str, why: &str| {
+        failed
+            .iter()
+            .any(|(name, message)| name == file && message.contains(why))
+    };
+    assert!(
+        said(
+            "in/lpc-issued.XML",
+            "an inbound message is NAME.xml or NAME.json"
+        ),
+        "{failed:#?}"
+    );
+    assert!(
+        said(
+            "in/lpc-issued.expected.json",
+            "no lpc-issued.xml or lpc-issued.json beside"
+        ),
+        "{failed:#?}"
+    );
+    assert!(said("in/notes.txt", "not a fixture"), "{failed:#?}");
+    assert!(
+        said("inbound", "in its in/ and out/ folders"),
+        "{failed:#?}"
+    );
+    assert!(
+        said("out/gone.withheld.json", "no gone.event.json beside"),
+        "{failed:#?}"
+    );
+    assert_eq!(failed.len(), 5, "{failed:#?}");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 #[test]
@@ -464,6 +641,36 @@ fn a_pnr_naming_two_cases_is_refused_rather_than_booked_to_the_first() {
     // The same case named twice is still one case.
     let data = event_data("airline.at", "in/passenger-boarded-case-remark-twice.json");
     assert_eq!(data["case_id"], "RVA-2026-004211");
+}
+
+#[test]
+fn a_path_of_more_values_than_the_limit_is_refused_not_read_in_part() {
+    // The second case's remark comes after the first thousand values: reading the first
+    // thousand only would book the boarding to the first case without a word.
+    let mut message: serde_json::Value =
+        serde_json::from_slice(&fixture("airline.at", "in/passenger-boarded.json")).unwrap();
+    let mut remarks = vec![serde_json::json!("OSI AT RVA-2026-004211")];
+    remarks.extend((0..999).map(|_| serde_json::json!("SSR WCHR")));
+    remarks.push(serde_json::json!("OSI AT RVA-2026-004212"));
+    message["passenger"]["remarks"] = serde_json::Value::Array(remarks);
+    let set = shipped();
+    let airline = set.partner("airline.at").unwrap();
+    match airline.decode(&serde_json::to_vec(&message).unwrap()) {
+        Err(DecodeError::Field { field, message, .. }) => {
+            assert_eq!(field, "case_id");
+            assert_eq!(message, "passenger/remarks gives more than 1000 values");
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
+    // A thousand values are read whole.
+    message["passenger"]["remarks"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1000);
+    assert!(matches!(
+        airline.decode(&serde_json::to_vec(&message).unwrap()),
+        Ok(Decoded::Event(_))
+    ));
 }
 
 #[test]

@@ -36,7 +36,39 @@ pub enum CodeListError {
 #[derive(Debug, Clone, Default)]
 pub struct CodeList {
     normalised: HashMap<String, String>,
+    /// Folded keys that stand for several values, with those values (sorted): left out of
+    /// look-ups, and named when a message uses one.
+    ambiguous: HashMap<String, Vec<String>>,
     exact: BTreeMap<String, String>,
+}
+
+/// Two keys of a list that fold to one look-up key (3.3 of the mapping guide) with different
+/// values: the first key in the list's order, and the second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoldClash {
+    /// The key met first.
+    pub first: String,
+    /// The key that folds to the same text with another value.
+    pub second: String,
+}
+
+/// The pairs of keys that fold to one look-up key with different values, in the pairs' order.
+pub fn fold_clashes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<FoldClash> {
+    let mut seen: HashMap<String, (&str, &str)> = HashMap::new();
+    let mut clashes = Vec::new();
+    for (key, value) in pairs {
+        match seen.get(&normalise(key)) {
+            Some((first, existing)) if *existing != value => clashes.push(FoldClash {
+                first: (*first).to_owned(),
+                second: key.to_owned(),
+            }),
+            Some(_) => {}
+            None => {
+                seen.insert(normalise(key), (key, value));
+            }
+        }
+    }
+    clashes
 }
 
 impl CodeList {
@@ -44,26 +76,48 @@ impl CodeList {
     /// different values are ambiguous and are left out of normalised lookups.
     pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
         let mut list = Self::default();
-        let mut ambiguous = Vec::new();
         for (key, value) in pairs {
             let normal = normalise(&key);
-            match list.normalised.get(&normal) {
-                Some(existing) if *existing != value => ambiguous.push(normal),
-                _ => {
-                    list.normalised.insert(normal, value.clone());
+            if let Some(values) = list.ambiguous.get_mut(&normal) {
+                if !values.contains(&value) {
+                    values.push(value.clone());
+                    values.sort();
+                }
+            } else {
+                match list.normalised.get(&normal) {
+                    Some(existing) if *existing != value => {
+                        let mut values = vec![existing.clone(), value.clone()];
+                        values.sort();
+                        list.normalised.remove(&normal);
+                        list.ambiguous.insert(normal, values);
+                    }
+                    _ => {
+                        list.normalised.insert(normal, value.clone());
+                    }
                 }
             }
             list.exact.insert(key, value);
         }
-        for key in ambiguous {
-            list.normalised.remove(&key);
-        }
         list
+    }
+
+    /// Adds a key that settles its folded form, whatever the list had for it (an alias).
+    fn settle(&mut self, key: &str, value: &str) {
+        let normal = normalise(key);
+        self.ambiguous.remove(&normal);
+        self.normalised.insert(normal, value.to_owned());
+        self.exact.insert(key.to_owned(), value.to_owned());
     }
 
     /// Looks a partner's spelling up, insensitive to accents, case and punctuation.
     pub fn lookup(&self, key: &str) -> Option<&str> {
         self.normalised.get(&normalise(key)).map(String::as_str)
+    }
+
+    /// The values a spelling may stand for when the list holds it for several (sorted), so
+    /// that a refusal can say why a key that is visibly in the list was not read.
+    pub fn ambiguous_values(&self, key: &str) -> Option<&[String]> {
+        self.ambiguous.get(&normalise(key)).map(Vec::as_slice)
     }
 
     /// Looks an exact key up, as written in the list.
@@ -196,16 +250,46 @@ impl CountryLists {
         }
         let aliases: BTreeMap<String, BTreeMap<String, String>> = toml::from_str(aliases_toml)
             .map_err(|error| CodeListError::Aliases(error.to_string()))?;
+        let codes: std::collections::BTreeSet<&str> =
+            alpha2.iter().map(|(alpha3, _)| alpha3.as_str()).collect();
+        for (table, entries) in &aliases {
+            // An alias is a decision: two that fold to one spelling with different countries,
+            // or one that names no country, would be a decision no one can read back.
+            if let Some(clash) =
+                fold_clashes(entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))).first()
+            {
+                return Err(CodeListError::Aliases(format!(
+                    "[{table}]: {:?} and {:?} are one spelling once accents, case and \
+                     punctuation are ignored, with different values",
+                    clash.first, clash.second
+                )));
+            }
+            let keys_are_codes = table == COUNTRY_DEMONYM_FR_F;
+            for (key, value) in entries {
+                let code = if keys_are_codes { key } else { value };
+                if table == COUNTRY || keys_are_codes {
+                    if !codes.contains(code.as_str()) {
+                        return Err(CodeListError::Aliases(format!(
+                            "[{table}]: {code:?} (of {key:?}) is not an alpha-3 code of \
+                             countries.csv"
+                        )));
+                    }
+                } else {
+                    return Err(CodeListError::Aliases(format!(
+                        "[{table}] is no shared list (only [{COUNTRY}] and \
+                         [\"{COUNTRY_DEMONYM_FR_F}\"])"
+                    )));
+                }
+            }
+        }
         let mut any = CodeList::from_pairs(any);
         for (key, value) in aliases.get(COUNTRY).into_iter().flatten() {
             // Aliases are the programme's own decisions: they override ambiguous names.
-            any.normalised.insert(normalise(key), value.clone());
-            any.exact.insert(key.clone(), value.clone());
+            any.settle(key, value);
         }
         let mut demonyms = CodeList::from_pairs(demonyms);
         for (key, value) in aliases.get(COUNTRY_DEMONYM_FR_F).into_iter().flatten() {
-            demonyms.normalised.insert(normalise(key), value.clone());
-            demonyms.exact.insert(key.clone(), value.clone());
+            demonyms.settle(key, value);
         }
         Ok(Self {
             any_to_alpha3: any,
@@ -278,6 +362,11 @@ mod tests {
             None,
             "ambiguous between the two Congos"
         );
+        assert_eq!(
+            lists.any_to_alpha3.ambiguous_values("congolaise"),
+            Some(&["COD".to_owned(), "COG".to_owned()][..])
+        );
+        assert_eq!(lists.any_to_alpha3.ambiguous_values("congo rdc"), None);
         assert_eq!(lists.any_to_alpha3.lookup("congo rdc"), Some("COD"));
         assert_eq!(lists.alpha3_to_alpha2.get("CIV"), Some("CI"));
         assert_eq!(lists.alpha3_to_demonym_fr_f.get("SEN"), Some("Sénégalaise"));
@@ -292,5 +381,34 @@ mod tests {
         ]);
         assert_eq!(list.reverse("y"), Some("C"));
         assert_eq!(list.reverse("x"), None);
+    }
+
+    #[test]
+    fn aliases_that_clash_once_folded_or_name_no_country_are_refused() {
+        let clash = "[country]\n\"Guinée Conakry\" = \"GIN\"\n\"guinee conakry\" = \"GNB\"\n";
+        let error = CountryLists::build(CSV, clash).unwrap_err().to_string();
+        assert!(
+            error.contains("\"Guinée Conakry\" and \"guinee conakry\""),
+            "{error}"
+        );
+        let unknown = "[country]\n\"Atlante\" = \"ATL\"\n";
+        let error = CountryLists::build(CSV, unknown).unwrap_err().to_string();
+        assert!(
+            error.contains("\"ATL\" (of \"Atlante\") is not an alpha-3 code"),
+            "{error}"
+        );
+        let table = "[countries]\n\"Atlante\" = \"SEN\"\n";
+        let error = CountryLists::build(CSV, table).unwrap_err().to_string();
+        assert!(error.contains("[countries] is no shared list"), "{error}");
+        // The same spelling twice for one country is no clash.
+        let same = "[country]\n\"Congo RDC\" = \"COD\"\n\"congo-rdc\" = \"COD\"\n";
+        assert!(CountryLists::build(CSV, same).is_ok());
+        assert_eq!(
+            fold_clashes([("PLANIFIE", "planned"), ("Planifié", "done"), ("X", "x")]),
+            [FoldClash {
+                first: "PLANIFIE".into(),
+                second: "Planifié".into()
+            }]
+        );
     }
 }

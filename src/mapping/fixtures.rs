@@ -36,6 +36,7 @@ pub fn run_all(set: &MappingSet, bless: bool) -> Result<Vec<FixtureOutcome>, std
         for input in list(&folder.join("out"), |name| name.ends_with(".event.json"))? {
             outcomes.push(run_outbound(partner, &input, bless)?);
         }
+        outcomes.extend(strays(&folder)?);
     }
     if root.is_dir() {
         for entry in std::fs::read_dir(&root)? {
@@ -49,6 +50,88 @@ pub fn run_all(set: &MappingSet, bless: bool) -> Result<Vec<FixtureOutcome>, std
         }
     }
     Ok(outcomes)
+}
+
+/// The files and folders of a partner's fixtures that are no fixture, each as a failure: a
+/// fixture renamed by mistake (`Upper.XML`, `inbound/`), or an expectation left behind by its
+/// input, would otherwise drop out of the count without a word.
+fn strays(folder: &Path) -> Result<Vec<FixtureOutcome>, std::io::Error> {
+    let mut found = Vec::new();
+    if !folder.is_dir() {
+        return Ok(found);
+    }
+    let stray = |path: PathBuf, why: String| FixtureOutcome {
+        input: path,
+        failure: Some(why),
+    };
+    for entry in sorted_entries(folder)? {
+        let name = file_name(&entry);
+        if !(entry.is_dir() && (name == "in" || name == "out")) {
+            found.push(stray(
+                entry,
+                "not a fixture: a partner's fixtures are in its in/ and out/ folders".into(),
+            ));
+        }
+    }
+    let inputs = folder.join("in");
+    if inputs.is_dir() {
+        for entry in sorted_entries(&inputs)? {
+            let name = file_name(&entry);
+            let why = if entry.is_dir() {
+                Some("not a fixture: in/ holds files only".to_owned())
+            } else if let Some(stem) = name.strip_suffix(".expected.json") {
+                (!inputs.join(format!("{stem}.xml")).is_file()
+                    && !inputs.join(format!("{stem}.json")).is_file())
+                .then(|| format!("no {stem}.xml or {stem}.json beside this expectation"))
+            } else if name.contains(".expected.") {
+                Some("not a fixture: an inbound expectation is NAME.expected.json".into())
+            } else {
+                (!(name.ends_with(".xml") || name.ends_with(".json"))).then(|| {
+                    "not a fixture: an inbound message is NAME.xml or NAME.json".to_owned()
+                })
+            };
+            found.extend(why.map(|why| stray(entry, why)));
+        }
+    }
+    let outputs = folder.join("out");
+    if outputs.is_dir() {
+        for entry in sorted_entries(&outputs)? {
+            let name = file_name(&entry);
+            let stem = [".expected.xml", ".expected.json", ".withheld.json"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix));
+            let why = if entry.is_dir() {
+                Some("not a fixture: out/ holds files only".to_owned())
+            } else if name.ends_with(".event.json") {
+                None
+            } else if let Some(stem) = stem {
+                (!outputs.join(format!("{stem}.event.json")).is_file())
+                    .then(|| format!("no {stem}.event.json beside this expectation"))
+            } else {
+                Some(
+                    "not a fixture: out/ holds NAME.event.json, NAME.expected.xml or .json, and \
+                     NAME.withheld.json"
+                        .into(),
+                )
+            };
+            found.extend(why.map(|why| stray(entry, why)));
+        }
+    }
+    Ok(found)
+}
+
+fn sorted_entries(folder: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    let mut entries = std::fs::read_dir(folder)?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn list(folder: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, std::io::Error> {

@@ -8,8 +8,8 @@
 use super::diagnostics::Issue;
 use super::path::XmlPath;
 use super::rule::{
-    CompileScope, EVENT, EvalScope, Native, NativePath, Rule, Shape, Source, as_text, same_names,
-    text_of,
+    CompileScope, DocumentField, EVENT, EvalScope, FieldHolds, Native, NativePath, Rule, RuleError,
+    Shape, Source, as_text, same_names, text_of,
 };
 use super::spec::{CheckSpec, DecodeSpec, Format, IgnoreSpec, InboundSpec, MatchSpec, RuleSpec};
 use super::xml::XmlDocument;
@@ -145,8 +145,9 @@ impl Matcher {
         let values = Self::values_at(native);
         self.fields
             .iter()
-            .find(|(_, path, expected)| {
-                !values(path)
+            .find(|(label, path, expected)| {
+                !values(label, path)
+                    .unwrap_or_default()
                     .iter()
                     .any(|value| Compare::Trimmed.accepts(value, expected))
             })
@@ -177,29 +178,42 @@ impl Matcher {
             if said.iter().any(|s| s.starts_with(&format!("{label} "))) {
                 continue;
             }
-            let found = values(path);
-            said.push(match found.as_slice() {
-                [] => format!("{label} is missing"),
-                [one] => format!("{label} is {}", shown(one)),
-                many => format!(
-                    "{label} is {}",
-                    many.iter().map(shown).collect::<Vec<_>>().join(", ")
-                ),
+            said.push(match values(label, path) {
+                Err(error) => error.message,
+                Ok(found) => match found.as_slice() {
+                    [] => format!("{label} is missing"),
+                    [one] => format!("{label} is {}", shown(one)),
+                    many if many.len() > SHOWN_VALUES => format!(
+                        "{label} is {} and {} more",
+                        many[..SHOWN_VALUES]
+                            .iter()
+                            .map(shown)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        many.len() - SHOWN_VALUES
+                    ),
+                    many => format!(
+                        "{label} is {}",
+                        many.iter().map(shown).collect::<Vec<_>>().join(", ")
+                    ),
+                },
             });
         }
     }
 
-    fn values_at(native: Native<'_>) -> impl Fn(&NativePath) -> Vec<Value> + '_ {
-        move |path: &NativePath| {
+    /// The values of a field the kinds are told apart by; an error when the path gives more
+    /// than a path may (no kind matches such a message).
+    fn values_at(
+        native: Native<'_>,
+    ) -> impl Fn(&str, &NativePath) -> Result<Vec<Value>, RuleError> + '_ {
+        move |label: &str, path: &NativePath| {
             let named = BTreeMap::new();
             let scope = EvalScope {
                 native,
                 named: &named,
                 event_data: None,
             };
-            Source::Native(path.clone())
-                .values(&scope)
-                .unwrap_or_default()
+            Source::Native(path.clone()).values(label, &scope)
         }
     }
 
@@ -212,13 +226,20 @@ impl Matcher {
             }
         }
         let values = Self::values_at(native);
-        self.fields.iter().all(|(_, path, expected)| {
-            values(path)
+        self.fields.iter().all(|(label, path, expected)| {
+            values(label, path)
+                .unwrap_or_default()
                 .iter()
                 .any(|value| compare.accepts(value, expected))
-        }) && self.present.iter().all(|path| !values(path).is_empty())
+        }) && self
+            .present
+            .iter()
+            .all(|path| values("", path).is_ok_and(|found| !found.is_empty()))
     }
 }
+
+/// How many of a field's values a sender is told, when its message matched no kind.
+const SHOWN_VALUES: usize = 5;
 
 /// A value as a sender is told it was read: text quoted, at most 60 characters of it.
 fn shown(value: &Value) -> String {
@@ -236,6 +257,77 @@ fn shown(value: &Value) -> String {
 enum Decoder {
     Bcbp,
     Mrz,
+}
+
+/// The fields of a decoded MRZ (`$mrz.…`), as [`mrz_document`] writes them.
+const MRZ_FIELDS: &[DocumentField] = &[
+    value("format"),
+    value("document_code"),
+    value("issuing_state"),
+    value("surname"),
+    texts("given_names"),
+    value("document_number"),
+    value("nationality"),
+    value("birth_date"),
+    value("birth_date_iso"),
+    value("sex"),
+    value("expiry_date"),
+    value("expiry_date_iso"),
+    value("optional_data"),
+    DocumentField {
+        name: "checks",
+        holds: FieldHolds::Objects(&["field", "valid"]),
+    },
+    value("valid"),
+    texts("lines"),
+];
+
+/// The fields of a decoded boarding pass (`$bcbp.…`), as [`bcbp::BoardingPass`] serialises.
+const BCBP_FIELDS: &[DocumentField] = &[
+    value("legs_count"),
+    value("passenger_name"),
+    value("surname"),
+    value("given_names"),
+    value("electronic_ticket"),
+    DocumentField {
+        name: "legs",
+        holds: FieldHolds::Objects(&[
+            "pnr",
+            "from",
+            "to",
+            "carrier",
+            "flight_number",
+            "day_of_year",
+            "compartment",
+            "seat",
+            "sequence",
+            "passenger_status",
+        ]),
+    },
+];
+
+const fn value(name: &'static str) -> DocumentField {
+    DocumentField {
+        name,
+        holds: FieldHolds::Value,
+    }
+}
+
+const fn texts(name: &'static str) -> DocumentField {
+    DocumentField {
+        name,
+        holds: FieldHolds::Texts,
+    }
+}
+
+impl Decoder {
+    /// The fields of the documents this decoder makes.
+    fn fields(self) -> &'static [DocumentField] {
+        match self {
+            Decoder::Bcbp => BCBP_FIELDS,
+            Decoder::Mrz => MRZ_FIELDS,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -329,7 +421,9 @@ impl IgnoreRule {
             named: &named,
             event_data: None,
         };
-        let values = Source::Native(self.kind.clone()?).values(&scope).ok()?;
+        let values = Source::Native(self.kind.clone()?)
+            .values("kind", &scope)
+            .ok()?;
         values
             .first()
             .and_then(as_text)
@@ -367,7 +461,7 @@ impl InboundMapping {
             };
             match compile_decode(step, &step_scope) {
                 Ok(compiled) => {
-                    decoded_names.push(compiled.name.clone());
+                    decoded_names.push((compiled.name.clone(), compiled.decoder.fields()));
                     decode.push(compiled);
                 }
                 Err(issue) => issues.push(issue),
@@ -447,7 +541,7 @@ impl InboundMapping {
             ));
         }
         let event_scope = CompileScope {
-            allow_event: true,
+            event_data: Some(shape),
             ..scope
         };
         let mut checks = Vec::new();
@@ -521,10 +615,13 @@ impl InboundMapping {
                 named: &named,
                 event_data: None,
             };
-            let values = step.source.values(&scope).map_err(|e| FieldFailure {
-                field: step.name.clone(),
-                message: e.message,
-            })?;
+            let values = step
+                .source
+                .values(&step.label, &scope)
+                .map_err(|e| FieldFailure {
+                    field: step.name.clone(),
+                    message: e.message,
+                })?;
             let texts: Vec<&str> = values
                 .iter()
                 .filter_map(Value::as_str)
@@ -927,5 +1024,50 @@ mod tests {
         let zone = mrz::decode(&lines).unwrap();
         let expected = serde_json::to_value(&zone).unwrap();
         assert_eq!(Value::Object(mrz_document(zone)), expected);
+    }
+
+    /// The field names of a document, and of the first item of each list of objects.
+    fn names_of(document: &Value) -> Vec<String> {
+        let mut names = Vec::new();
+        for (name, value) in document.as_object().unwrap() {
+            names.push(name.clone());
+            if let Some(Value::Object(item)) = value.as_array().and_then(|items| items.first()) {
+                names.extend(item.keys().map(|key| format!("{name}.{key}")));
+            }
+        }
+        names.sort();
+        names
+    }
+
+    fn listed(fields: &[DocumentField]) -> Vec<String> {
+        let mut names = Vec::new();
+        for field in fields {
+            names.push(field.name.to_owned());
+            if let FieldHolds::Objects(items) = field.holds {
+                names.extend(items.iter().map(|item| format!("{}.{item}", field.name)));
+            }
+        }
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_fields_lint_knows_are_those_the_decoders_write() {
+        let step = |decoder| DecodeStep {
+            name: "d".into(),
+            source: Source::Const(Value::Null),
+            label: "d".into(),
+            decoder,
+            optional: false,
+        };
+        let lines = [
+            "PLSENDIOP<<MAMADOU<LAMINE<<<<<<<<<<<<<<<<<<<",
+            "LP04172635SEN9803145M2612029<<<<<<<<<<<<<<<2",
+        ];
+        let (zone, _) = run_decoder(&step(Decoder::Mrz), &lines).unwrap();
+        assert_eq!(names_of(&zone), listed(MRZ_FIELDS));
+        let pass = "M1DIOP/MAMADOU LAMINE EK7Q2XM CMNDSSAT 0505 324Y023C0112 100";
+        let (pass, _) = run_decoder(&step(Decoder::Bcbp), &[pass]).unwrap();
+        assert_eq!(names_of(&pass), listed(BCBP_FIELDS));
     }
 }

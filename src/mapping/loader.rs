@@ -5,13 +5,16 @@
 //! and reporting every problem with its file, line and a clear message. A folder with a single
 //! lint error does not load: the gateway refuses to start on it.
 
-use super::codelist::{COUNTRY, COUNTRY_ALPHA2, COUNTRY_DEMONYM_FR_F, CodeList, CountryLists};
+use super::codelist::{
+    COUNTRY, COUNTRY_ALPHA2, COUNTRY_DEMONYM_FR_F, CodeList, CountryLists, fold_clashes,
+};
 use super::diagnostics::{Diagnostic, Issue};
 use super::inbound::{IgnoreRule, InboundMapping};
 use super::policy::Policy;
 use super::rule::CompileScope;
 use super::spec::{Format, MappingFile};
 use super::template::{Template, TemplateScope};
+use super::xml::is_ncname;
 use super::{DEFAULT_MAX_MESSAGE_BYTES, OutboundMapping, PartnerMapping};
 use crate::canonical::schema::FieldShape;
 use crate::canonical::{Catalogue, SchemaSet};
@@ -47,6 +50,14 @@ impl MappingSet {
             SchemaSet::embedded(&catalogue)
                 .map_err(|e| vec![file_error("schemas", e.to_string())])?,
         );
+        if !dir.is_dir() {
+            return Err(vec![Diagnostic::file(
+                dir,
+                "no such folder: the mappings folder holds the mapping files, codelists/ and \
+                 policies.toml"
+                    .into(),
+            )]);
+        }
         let mut shared = Vec::new();
         for name in SHARED_FILES {
             match std::fs::read(dir.join(name)) {
@@ -295,6 +306,25 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
         .iter()
         .map(|(k, v)| (k.clone(), v.get_ref().clone()))
         .collect();
+    for (prefix, uri) in &spec.namespaces {
+        // A prefix that no path can write, or an empty URI (no element is in it), would
+        // leave the paths that use it matching nothing.
+        if !(prefix.is_empty() || is_ncname(prefix)) || prefix == "xmlns" {
+            issues.push(Issue::at(
+                uri.span(),
+                format!(
+                    "[namespaces]: {prefix:?} is not a prefix (an XML name without a colon, not \
+                     xmlns; \"\" for unprefixed names)"
+                ),
+            ));
+        }
+        if uri.get_ref().trim().is_empty() {
+            issues.push(Issue::at(
+                uri.span(),
+                format!("[namespaces]: the namespace of {prefix:?} is empty"),
+            ));
+        }
+    }
     let mut codelists = context.shared_codelists.clone();
     for (name, list) in &spec.codelists {
         if name.contains('.') || codelists.contains_key(name) {
@@ -303,6 +333,22 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
                 format!("code list name {name:?} is taken or contains a dot"),
             ));
             continue;
+        }
+        // A key that folds to another key's text with another value could never be read: the
+        // look-up ignores accents, case and punctuation (3.3 of the mapping guide).
+        for clash in fold_clashes(
+            list.get_ref()
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        ) {
+            issues.push(Issue::at(
+                list.span(),
+                format!(
+                    "code list {name}: keys {:?} and {:?} are one key once accents, case and \
+                     punctuation are ignored, with different values",
+                    clash.first, clash.second
+                ),
+            ));
         }
         codelists.insert(
             name.clone(),
@@ -314,7 +360,7 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
         namespaces: &namespaces,
         codelists: &codelists,
         decoded: &[],
-        allow_event: false,
+        event_data: None,
     };
     let known_type = |name: &toml::Spanned<String>, issues: &mut Vec<Issue>| {
         let known = context.catalogue.get(name.get_ref()).is_some();
@@ -412,11 +458,13 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
                 .catalogue
                 .get(name)
                 .is_some_and(|entry| entry.recipients.iter().any(|r| recipient_role(r) == role));
-            if routed
-                && !outbound
-                    .iter()
-                    .any(|o: &OutboundMapping| o.event_type == name)
-            {
+            // A template that failed to compile has been reported already: its type is not
+            // said to lack one as well.
+            let declared = spec
+                .outbound
+                .iter()
+                .any(|o| o.get_ref().event_type.get_ref() == name);
+            if routed && !declared {
                 issues.push(Issue::at(
                     spec.role.span(),
                     format!("the catalogue routes {name} to role {role}, but this file has no [[outbound]] for it"),

@@ -87,7 +87,8 @@ pub enum MrzError {
         found: usize,
     },
     /// A character outside `A-Z`, `0-9` and `<`.
-    #[error("line {line}, column {column}: character {found:?} is not allowed in an MRZ")]
+    // The character is not quoted, like the fields' values: it is a letter of the holder's data.
+    #[error("line {line}, column {column}: only A-Z, 0-9 and < are allowed in an MRZ")]
     InvalidChar {
         /// The line.
         line: usize,
@@ -473,6 +474,11 @@ mod tests {
                 column: 7,
                 found: 'i'
             })
+        );
+        let said = decode(&[&lower, LPC1[1]]).unwrap_err().to_string();
+        assert_eq!(
+            said,
+            "line 1, column 7: only A-Z, 0-9 and < are allowed in an MRZ"
         );
         let accent = LPC1[0].replace("DIOP", "DIÖP");
         assert!(matches!(

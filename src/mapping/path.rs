@@ -10,12 +10,19 @@
 //!
 //! A path yields zero, one or several values. Empty strings and JSON `null` count as absent.
 
-use super::xml::{Element, XmlDocument};
+use super::xml::{Element, XmlDocument, is_ncname};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The largest number of values one path may yield, so that a message cannot blow up a list.
+/// A path that gives more is an error ([`TooManyValues`]), never its first thousand values read
+/// as if they were all: a case reference after the thousandth remark must not go unseen.
 pub const MAX_VALUES: usize = 1_000;
+
+/// A path that gives, or passes through, more than [`MAX_VALUES`] values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("gives more than {MAX_VALUES} values")]
+pub struct TooManyValues;
 
 /// Why a path could not be compiled.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,6 +41,18 @@ pub enum PathError {
     /// An attribute step that is not last.
     #[error("in path {0:?}, an attribute (@name) can only be the last step")]
     AttributeNotLast(String),
+    /// A step of an XML path that is not an XML name: a position, a function or a predicate,
+    /// which the path language does not have and would otherwise match nothing.
+    #[error(
+        "in path {path:?}, {step:?} is not an XML name: a path is element names separated by /, \
+         with @ before an attribute (no positions, functions or predicates)"
+    )]
+    NotAName {
+        /// The step.
+        step: String,
+        /// The path.
+        path: String,
+    },
 }
 
 /// One step of an XML path.
@@ -86,6 +105,12 @@ impl XmlPath {
             if local.is_empty() {
                 return Err(PathError::EmptyStep(path.into()));
             }
+            if !is_ncname(local) {
+                return Err(PathError::NotAName {
+                    step: part.into(),
+                    path: path.into(),
+                });
+            }
             let step = XmlStep {
                 namespace,
                 local: local.into(),
@@ -103,22 +128,26 @@ impl XmlPath {
     }
 
     /// The values at this path below the root: element texts (trimmed) or attribute values.
-    pub fn eval<'d>(&self, document: &'d XmlDocument, from: &'d Element) -> Vec<&'d str> {
+    pub fn eval<'d>(
+        &self,
+        document: &'d XmlDocument,
+        from: &'d Element,
+    ) -> Result<Vec<&'d str>, TooManyValues> {
         let mut found = Vec::new();
-        self.each_value(document, from, &mut |text| found.push(text));
-        found
+        self.each_value(document, from, &mut |text| found.push(text))?;
+        Ok(found)
     }
 
     /// Calls `visit` with each value at this path (trimmed, empty ones skipped), in document
-    /// order, without building intermediate lists.
+    /// order, without building intermediate lists; stops at the value past [`MAX_VALUES`].
     pub fn each_value<'d>(
         &self,
         document: &'d XmlDocument,
         from: &'d Element,
         visit: &mut dyn FnMut(&'d str),
-    ) {
+    ) -> Result<(), TooManyValues> {
         let mut count = 0;
-        descend(document, from, &self.steps, &mut |element| {
+        let finished = descend(document, from, &self.steps, &mut |element| {
             let value = match &self.attribute {
                 Some(attribute) => {
                     element.attribute(attribute.namespace.as_deref(), &attribute.local)
@@ -126,21 +155,33 @@ impl XmlPath {
                 None => Some(element.text.as_str()),
             };
             if let Some(value) = value.map(str::trim).filter(|value| !value.is_empty()) {
-                visit(value);
                 count += 1;
+                if count > MAX_VALUES {
+                    return false;
+                }
+                visit(value);
             }
-            count < MAX_VALUES
+            true
         });
+        if finished { Ok(()) } else { Err(TooManyValues) }
     }
 
     /// The elements at this path (for `each`); an attribute step is ignored.
-    pub fn elements<'d>(&self, document: &'d XmlDocument, from: &'d Element) -> Vec<&'d Element> {
+    pub fn elements<'d>(
+        &self,
+        document: &'d XmlDocument,
+        from: &'d Element,
+    ) -> Result<Vec<&'d Element>, TooManyValues> {
         let mut found = Vec::new();
-        descend(document, from, &self.steps, &mut |element| {
+        let finished = descend(document, from, &self.steps, &mut |element| {
             found.push(element);
-            found.len() < MAX_VALUES
+            found.len() <= MAX_VALUES
         });
-        found
+        if finished {
+            Ok(found)
+        } else {
+            Err(TooManyValues)
+        }
     }
 }
 
@@ -197,19 +238,22 @@ impl JsonPath {
     }
 
     /// The values at this path. Arrays met before the last key are walked item by item; an
-    /// array at the end is returned whole as its items.
-    pub fn eval<'v>(&self, value: &'v Value) -> Vec<&'v Value> {
+    /// array at the end is returned whole as its items. Absent values are left out.
+    pub fn eval<'v>(&self, value: &'v Value) -> Result<Vec<&'v Value>, TooManyValues> {
         Self::walk(&self.keys, value)
     }
 
     /// The values at this path inside an object (the event data being built, in checks).
-    pub fn eval_in<'v>(&self, object: &'v serde_json::Map<String, Value>) -> Vec<&'v Value> {
+    pub fn eval_in<'v>(
+        &self,
+        object: &'v serde_json::Map<String, Value>,
+    ) -> Result<Vec<&'v Value>, TooManyValues> {
         match self.keys.split_first() {
-            Some((first, rest)) => object
-                .get(first)
-                .map(|v| Self::walk(rest, v))
-                .unwrap_or_default(),
-            None => Vec::new(),
+            Some((first, rest)) => match object.get(first) {
+                Some(value) => Self::walk(rest, value),
+                None => Ok(Vec::new()),
+            },
+            None => Ok(Vec::new()),
         }
     }
 
@@ -217,29 +261,37 @@ impl JsonPath {
     /// which is not the same as leaving the key out or sending `null`.
     pub fn ends_in_empty_array(&self, value: &Value) -> bool {
         Self::reach(&self.keys, value)
+            .unwrap_or_default()
             .into_iter()
             .any(|found| found.as_array().is_some_and(Vec::is_empty))
     }
 
-    fn walk<'v>(keys: &[String], value: &'v Value) -> Vec<&'v Value> {
-        Self::reach(keys, value)
-            .into_iter()
-            .flat_map(|value| match value {
-                Value::Array(items) => items.iter().take(MAX_VALUES).collect(),
-                other => vec![other],
-            })
-            .filter(|value| !is_absent(value))
-            .collect()
+    fn walk<'v>(keys: &[String], value: &'v Value) -> Result<Vec<&'v Value>, TooManyValues> {
+        let mut found = Vec::new();
+        for reached in Self::reach(keys, value)? {
+            let items = match reached {
+                Value::Array(items) => items.as_slice(),
+                other => std::slice::from_ref(other),
+            };
+            for item in items.iter().filter(|item| !is_absent(item)) {
+                if found.len() == MAX_VALUES {
+                    return Err(TooManyValues);
+                }
+                found.push(item);
+            }
+        }
+        Ok(found)
     }
 
     /// What the path leads to as written, `null`s, blank strings and arrays at the end
     /// included: for telling a sender how a value it must give was missing.
     pub fn reached<'v>(&self, value: &'v Value) -> Vec<&'v Value> {
-        Self::reach(&self.keys, value)
+        Self::reach(&self.keys, value).unwrap_or_default()
     }
 
-    /// The values the keys lead to, arrays at the end left whole.
-    fn reach<'v>(keys: &[String], value: &'v Value) -> Vec<&'v Value> {
+    /// The values the keys lead to, arrays at the end left whole. Each step may reach at most
+    /// [`MAX_VALUES`] values, `null`s included, so that no value is left unread.
+    fn reach<'v>(keys: &[String], value: &'v Value) -> Result<Vec<&'v Value>, TooManyValues> {
         let mut current: Vec<&Value> = vec![value];
         for key in keys {
             let mut next = Vec::new();
@@ -253,13 +305,12 @@ impl JsonPath {
                     _ => {}
                 }
                 if next.len() > MAX_VALUES {
-                    next.truncate(MAX_VALUES);
-                    break;
+                    return Err(TooManyValues);
                 }
             }
             current = next;
         }
-        current
+        Ok(current)
     }
 }
 
@@ -288,17 +339,19 @@ mod tests {
         .unwrap();
         let root = document.root();
         let path = XmlPath::compile("x:B/@n", &namespaces).unwrap();
-        assert_eq!(path.eval(&document, root), ["1", "2"]);
+        assert_eq!(path.eval(&document, root).unwrap(), ["1", "2"]);
         assert_eq!(
             XmlPath::compile("B/@n", &namespaces)
                 .unwrap()
-                .eval(&document, root),
+                .eval(&document, root)
+                .unwrap(),
             ["3"]
         );
         assert_eq!(
             XmlPath::compile("@ref", &namespaces)
                 .unwrap()
-                .eval(&document, root),
+                .eval(&document, root)
+                .unwrap(),
             ["R"]
         );
         assert!(matches!(
@@ -309,22 +362,88 @@ mod tests {
             XmlPath::compile("@a/B", &namespaces),
             Err(PathError::AttributeNotLast(_))
         ));
+        for path in ["x:B[1]", "B/text()", "x:B/0", "B/*", "x:B:C"] {
+            assert!(
+                matches!(
+                    XmlPath::compile(path, &namespaces),
+                    Err(PathError::NotAName { .. })
+                ),
+                "{path}"
+            );
+        }
     }
 
     #[test]
     fn json_paths_walk_arrays() {
         let value = json!({"a": {"b": [{"c": 1}, {"c": 2}, {"d": 3}]}, "n": null, "e": ""});
         let path = JsonPath::compile("a/b/c", '/').unwrap();
-        assert_eq!(path.eval(&value), [&json!(1), &json!(2)]);
+        assert_eq!(path.eval(&value).unwrap(), [&json!(1), &json!(2)]);
         assert_eq!(
-            JsonPath::compile("a/b/1/c", '/').unwrap().eval(&value),
+            JsonPath::compile("a/b/1/c", '/')
+                .unwrap()
+                .eval(&value)
+                .unwrap(),
             [&json!(2)]
         );
-        assert!(JsonPath::compile("n", '/').unwrap().eval(&value).is_empty());
-        assert!(JsonPath::compile("e", '/').unwrap().eval(&value).is_empty());
+        assert!(
+            JsonPath::compile("n", '/')
+                .unwrap()
+                .eval(&value)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            JsonPath::compile("e", '/')
+                .unwrap()
+                .eval(&value)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
-            JsonPath::compile("a.b.2.d", '.').unwrap().eval(&value),
+            JsonPath::compile("a.b.2.d", '.')
+                .unwrap()
+                .eval(&value)
+                .unwrap(),
             [&json!(3)]
         );
+    }
+
+    #[test]
+    fn a_path_of_more_values_than_the_limit_is_an_error_not_its_first_values() {
+        let remarks: Vec<Value> = (0..=MAX_VALUES).map(|n| json!(format!("R{n}"))).collect();
+        let path = JsonPath::compile("remarks", '/').unwrap();
+        let exactly = json!({ "remarks": remarks[..MAX_VALUES] });
+        assert_eq!(path.eval(&exactly).unwrap().len(), MAX_VALUES);
+        let over = json!({ "remarks": remarks });
+        assert_eq!(path.eval(&over), Err(TooManyValues));
+        // Passing through too many places is the same error, nulls counted.
+        let items: Vec<Value> = (0..=MAX_VALUES).map(|_| json!({"r": null})).collect();
+        let through = json!({ "items": items });
+        assert_eq!(
+            JsonPath::compile("items/r", '/').unwrap().eval(&through),
+            Err(TooManyValues)
+        );
+
+        let agents = |count: usize| {
+            let mut xml = String::from("<M>");
+            for n in 0..count {
+                xml.push_str(&format!("<Agent>A{n}</Agent>"));
+            }
+            xml.push_str("</M>");
+            XmlDocument::parse(xml.as_bytes(), XmlLimits::default()).unwrap()
+        };
+        let path = XmlPath::compile("Agent", &BTreeMap::new()).unwrap();
+        let document = agents(MAX_VALUES);
+        assert_eq!(
+            path.eval(&document, document.root()).unwrap().len(),
+            MAX_VALUES
+        );
+        assert_eq!(
+            path.elements(&document, document.root()).unwrap().len(),
+            MAX_VALUES
+        );
+        let document = agents(MAX_VALUES + 1);
+        assert_eq!(path.eval(&document, document.root()), Err(TooManyValues));
+        assert!(path.elements(&document, document.root()).is_err());
     }
 }

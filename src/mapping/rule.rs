@@ -8,10 +8,11 @@
 
 use super::codelist::{CodeList, normalise};
 use super::dates::{DatePattern, DateReadError, is_rfc3339, leading_iso_date};
-use super::path::{JsonPath, PathError, XmlPath, is_absent};
+use super::path::{JsonPath, PathError, TooManyValues, XmlPath, is_absent};
 use super::spec::{Format, RuleSpec};
 use super::xml::{Element, XmlDocument};
 use super::{bcbp, diagnostics::Issue};
+use crate::canonical::schema::{FieldShape, ObjectShape};
 use regex::Regex;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -106,10 +107,109 @@ pub struct CompileScope<'a> {
     pub namespaces: &'a BTreeMap<String, String>,
     /// Every code list the file may use, by name.
     pub codelists: &'a HashMap<String, Arc<CodeList>>,
-    /// The decoded documents declared so far.
-    pub decoded: &'a [String],
-    /// Whether `$event` may be referred to (checks only).
-    pub allow_event: bool,
+    /// The decoded documents declared so far, with the fields each has.
+    pub decoded: &'a [(String, &'static [DocumentField])],
+    /// The shape of the event's data, when `$event` may be referred to (checks only).
+    pub event_data: Option<&'a ObjectShape>,
+}
+
+/// A field of a decoded document (`$mrz.surname`), so that lint can refuse a path that names
+/// none: a check that reads no field would never fire, and never say so.
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentField {
+    /// The field's name.
+    pub name: &'static str,
+    /// What the field holds.
+    pub holds: FieldHolds,
+}
+
+/// What a field of a decoded document holds.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldHolds {
+    /// One value.
+    Value,
+    /// A list of texts (`given_names.0`).
+    Texts,
+    /// A list of objects with these fields (`legs.0.pnr`).
+    Objects(&'static [&'static str]),
+}
+
+/// Checks that a dotted path names a field of a decoded document: `Err` says why not.
+fn check_document_path(name: &str, fields: &[DocumentField], path: &str) -> Result<(), String> {
+    if path == "." {
+        return Ok(());
+    }
+    let parts: Vec<&str> = path.split('.').collect();
+    let no_such = || {
+        let names: Vec<&str> = fields.iter().map(|field| field.name).collect();
+        Err(format!(
+            "${name}.{path} names no field of the decoded document (its fields: {})",
+            names.join(", ")
+        ))
+    };
+    let Some(field) = fields.iter().find(|field| field.name == parts[0]) else {
+        return no_such();
+    };
+    let index = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    let rest = &parts[1..];
+    let known = match field.holds {
+        FieldHolds::Value => rest.is_empty(),
+        FieldHolds::Texts => matches!(rest, [] | [_]) && rest.iter().all(|part| index(part)),
+        FieldHolds::Objects(items) => {
+            let rest = match rest {
+                [first, more @ ..] if index(first) => more,
+                all => all,
+            };
+            match rest {
+                [] => true,
+                [item] => items.contains(item),
+                _ => false,
+            }
+        }
+    };
+    if known { Ok(()) } else { no_such() }
+}
+
+/// Checks that a dotted path names a field of the event's data (list positions allowed):
+/// `Err` says why not.
+fn check_event_data_path(shape: &ObjectShape, path: &str) -> Result<(), String> {
+    let unknown = || {
+        Err(format!(
+            "$event.data.{path} names no field of the event's canonical data"
+        ))
+    };
+    let mut object = shape;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let Some(mut field) = object.properties.get(part) else {
+            return unknown();
+        };
+        loop {
+            match field {
+                FieldShape::List(item) => {
+                    // A position picks an item; without one, every item is read.
+                    if parts
+                        .peek()
+                        .is_some_and(|next| next.bytes().all(|b| b.is_ascii_digit()))
+                    {
+                        parts.next();
+                    }
+                    field = item;
+                }
+                FieldShape::Object(inner) => {
+                    object = inner;
+                    break;
+                }
+                FieldShape::Scalar | FieldShape::Choice(_) => {
+                    if parts.peek().is_some() {
+                        return unknown();
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl CompileScope<'_> {
@@ -119,7 +219,7 @@ impl CompileScope<'_> {
         let reference = text.get_ref();
         if let Some(named) = reference.strip_prefix('$') {
             let (name, path) = named.split_once('.').unwrap_or((named, "."));
-            if name == EVENT && !self.allow_event {
+            if name == EVENT && self.event_data.is_none() {
                 return Err(Issue::at(
                     text.span(),
                     "$event can only be used in checks".into(),
@@ -132,16 +232,21 @@ impl CompileScope<'_> {
                         "checks compare event data: write $event.data.<field>".into(),
                     ));
                 };
-                return Ok(Source::EventData(
-                    JsonPath::compile(data_path, '.').map_err(at)?,
-                ));
+                let compiled = JsonPath::compile(data_path, '.').map_err(at)?;
+                if let Some(shape) = self.event_data {
+                    check_event_data_path(shape, data_path)
+                        .map_err(|why| Issue::at(text.span(), why))?;
+                }
+                return Ok(Source::EventData(compiled));
             }
-            if name != EVENT && !self.decoded.iter().any(|declared| declared == name) {
+            let Some((_, fields)) = self.decoded.iter().find(|(declared, _)| declared == name)
+            else {
                 return Err(Issue::at(
                     text.span(),
                     format!("${name} is not declared in a [[…decode]] table"),
                 ));
-            }
+            };
+            check_document_path(name, fields, path).map_err(|why| Issue::at(text.span(), why))?;
             return Ok(Source::Named(
                 name.into(),
                 JsonPath::compile(path, '.').map_err(at)?,
@@ -153,6 +258,18 @@ impl CompileScope<'_> {
     /// Compiles a native path.
     pub fn native(&self, text: &Spanned<String>) -> Result<NativePath, Issue> {
         let at = |error: PathError| Issue::at(text.span(), error.to_string());
+        if text.get_ref().starts_with('$') {
+            // Matching and ignoring read the message as it came: a `$` path there would be
+            // read as a key of that name, and match nothing.
+            return Err(Issue::at(
+                text.span(),
+                format!(
+                    "{} reads a decoded document or the event, which only rules and checks \
+                     read: here the path is into the message as sent",
+                    text.get_ref()
+                ),
+            ));
+        }
         match self.format {
             Format::Xml => Ok(NativePath::Xml(
                 XmlPath::compile(text.get_ref(), self.namespaces).map_err(at)?,
@@ -373,16 +490,29 @@ fn fail<T>(message: String) -> Result<T, RuleError> {
 }
 
 impl Source {
-    /// The raw values of a source.
-    pub fn values(&self, scope: &EvalScope<'_>) -> Result<Vec<Value>, RuleError> {
+    /// The raw values of a source; `label` names it when its path gives too many.
+    pub fn values(&self, label: &str, scope: &EvalScope<'_>) -> Result<Vec<Value>, RuleError> {
+        let too_many = |error: TooManyValues| RuleError {
+            message: format!("{label} {error}"),
+        };
         Ok(match self {
-            Source::Native(path) => native_values(path, scope.native),
+            Source::Native(path) => native_values(path, scope.native).map_err(too_many)?,
             Source::Named(name, path) => match scope.named.get(name) {
-                Some(document) => path.eval(document).into_iter().cloned().collect(),
+                Some(document) => path
+                    .eval(document)
+                    .map_err(too_many)?
+                    .into_iter()
+                    .cloned()
+                    .collect(),
                 None => Vec::new(),
             },
             Source::EventData(path) => match scope.event_data {
-                Some(data) => path.eval_in(data).into_iter().cloned().collect(),
+                Some(data) => path
+                    .eval_in(data)
+                    .map_err(too_many)?
+                    .into_iter()
+                    .cloned()
+                    .collect(),
                 None => Vec::new(),
             },
             Source::Const(value) => vec![value.clone()],
@@ -390,12 +520,16 @@ impl Source {
                 let items: Vec<Native<'_>> = match (path, scope.native) {
                     (NativePath::Xml(path), Native::Xml(document, element)) => path
                         .elements(document, element)
+                        .map_err(too_many)?
                         .into_iter()
                         .map(|item| Native::Xml(document, item))
                         .collect(),
-                    (NativePath::Json(path), Native::Json(value)) => {
-                        path.eval(value).into_iter().map(Native::Json).collect()
-                    }
+                    (NativePath::Json(path), Native::Json(value)) => path
+                        .eval(value)
+                        .map_err(too_many)?
+                        .into_iter()
+                        .map(Native::Json)
+                        .collect(),
                     _ => Vec::new(),
                 };
                 let mut objects = Vec::with_capacity(items.len());
@@ -448,27 +582,27 @@ fn path_label(path: &NativePath) -> &'static str {
     }
 }
 
-fn native_values(path: &NativePath, native: Native<'_>) -> Vec<Value> {
-    match (path, native) {
+fn native_values(path: &NativePath, native: Native<'_>) -> Result<Vec<Value>, TooManyValues> {
+    Ok(match (path, native) {
         (NativePath::Xml(path), Native::Xml(document, element)) => {
             let mut values = Vec::with_capacity(1);
             path.each_value(document, element, &mut |text| {
                 values.push(Value::String(text.to_owned()))
-            });
+            })?;
             values
         }
         (NativePath::Json(path), Native::Json(value)) => {
-            path.eval(value).into_iter().cloned().collect()
+            path.eval(value)?.into_iter().cloned().collect()
         }
         _ => Vec::new(),
-    }
+    })
 }
 
 impl Rule {
     /// The values after every transform, before `default` and the shape; and whether the
     /// source gave anything at all.
     fn transformed(&self, scope: &EvalScope<'_>) -> Result<(Vec<Value>, bool), RuleError> {
-        let mut values = self.source.values(scope)?;
+        let mut values = self.source.values(&self.label, scope)?;
         values.retain(|value| !is_absent(value));
         let had_source = !values.is_empty();
         if let Some(regex) = &self.regex {
@@ -507,13 +641,23 @@ impl Rule {
                 let text = text_of(value).unwrap_or_default();
                 let code = match list.lookup(&text) {
                     Some(code) => code.to_owned(),
-                    None => {
-                        return fail(format!(
-                            "{:?} from {} is not in code list {name}",
-                            truncate(&text),
-                            self.label
-                        ));
-                    }
+                    None => match list.ambiguous_values(&text) {
+                        Some(codes) => {
+                            return fail(format!(
+                                "{:?} from {} may be any of {} in code list {name}",
+                                truncate(&text),
+                                self.label,
+                                codes.join(", ")
+                            ));
+                        }
+                        None => {
+                            return fail(format!(
+                                "{:?} from {} is not in code list {name}",
+                                truncate(&text),
+                                self.label
+                            ));
+                        }
+                    },
                 };
                 *value = Value::String(code);
             }
@@ -652,7 +796,7 @@ impl Rule {
                 };
                 let day = day.and_then(|day| u16::try_from(day).ok());
                 let reference = reference
-                    .values(scope)?
+                    .values(&format!("the reference date for {}", self.label), scope)?
                     .first()
                     .and_then(as_text)
                     .and_then(|text| leading_iso_date(&text));
@@ -760,13 +904,13 @@ impl Rule {
                 scope
                     .named
                     .get(name)
-                    .map(|d| path.eval(d))
+                    .and_then(|d| path.eval(d).ok())
                     .unwrap_or_default(),
             ),
             (Source::EventData(path), true) => Some(
                 scope
                     .event_data
-                    .map(|d| path.eval_in(d))
+                    .and_then(|d| path.eval_in(d).ok())
                     .unwrap_or_default(),
             ),
             _ => None,
@@ -827,7 +971,7 @@ mod tests {
             namespaces: &namespaces,
             codelists: &codelists,
             decoded: &[],
-            allow_event: false,
+            event_data: None,
         };
         scope.rule(&spec, shape, &|_| Ok(Shape::One)).unwrap()
     }

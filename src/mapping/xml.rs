@@ -68,7 +68,7 @@ pub enum XmlError {
         limit: usize,
     },
     /// The XML is not well-formed.
-    #[error("malformed XML at byte {position}: {message}")]
+    #[error("not well-formed at byte {position}: {message}")]
     Malformed {
         /// Byte offset in the decoded text.
         position: u64,
@@ -421,6 +421,9 @@ fn check_qualified_name(name: &str) -> Result<(), String> {
     for part in [first, second].into_iter().flatten() {
         let mut chars = part.chars();
         match chars.next() {
+            None if name.is_empty() => {
+                return Err("is empty (a < in text must be written &lt;)".to_owned());
+            }
             None => return Err(format!("{:?} has an empty prefix or local part", shown())),
             Some(c) if !is_name_start(c) => {
                 return Err(format!("{:?} does not begin with a letter or _", shown()));
@@ -435,6 +438,13 @@ fn check_qualified_name(name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether `name` is an XML name without a colon (Namespaces in XML 1.0's `NCName`): what a
+/// prefix or a local name is.
+pub fn is_ncname(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(is_name_start) && chars.all(|c| is_name_start(c) || is_name_rest(c))
 }
 
 /// XML 1.0's `NameStartChar`, but the colon (which namespaces give a meaning).
@@ -656,6 +666,10 @@ mod tests {
             ),
             ("<a:b:c xmlns:a=\"u\"/>", "more than one colon"),
             ("<a :x=\"1\"/>", "empty prefix"),
+            (
+                "<Nom>DIOP < FALL</Nom>",
+                "is empty (a < in text must be written &lt;)",
+            ),
             ("<a>x ]]> y</a>", "]]>"),
             ("<a/><?xml version=\"1.0\"?>", "comes first"),
             ("<a><?xml version=\"1.0\"?></a>", "comes first"),
