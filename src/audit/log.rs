@@ -641,6 +641,11 @@ impl AuditLog {
     /// caller's thread.
     fn prepare(&self, fact: &Fact) -> Result<(Record, Hash)> {
         fact.validate()?;
+        // A stopped log writes nothing more, not even a new case's key: each append is
+        // refused as the log's, not as a failed write of its own.
+        if let Some(why) = lock(&self.shared.failure)?.as_ref() {
+            return Err(AuditError::Stopped(why.clone()));
+        }
         let key = &self.shared.index_key;
         let case = fact
             .case_id

@@ -125,10 +125,17 @@ async fn ask(
     request: reqwest::RequestBuilder,
     url: &str,
 ) -> anyhow::Result<(reqwest::StatusCode, String)> {
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("asking {url} (is the gateway running?)"))?;
+    let response = request.send().await.map_err(|error| {
+        let hint = if error.is_connect() {
+            "is the gateway running, with its admin listener at this address?"
+        } else if error.is_timeout() {
+            "no answer within 30 s"
+        } else {
+            // The partner listener, given by mistake, answers plain HTTP with TLS.
+            "what answered is not the gateway's admin listener, which speaks plain HTTP"
+        };
+        anyhow::Error::new(error).context(format!("asking {url} ({hint})"))
+    })?;
     let status = response.status();
     Ok((status, response.text().await?))
 }

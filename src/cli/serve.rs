@@ -160,6 +160,10 @@ impl ServeArgs {
             .spawn(move || {
                 actix_web::rt::System::new().block_on(async move {
                     ignore_hangups()?;
+                    // Taken before the start, so that a TERM or INT during it (a long store
+                    // rewrite after an erasure, say) stops the gateway once it has started,
+                    // with a drain, rather than ending the process mid-start without a word.
+                    let stop = StopSignals::take()?;
                     let running = RunningGateway::start(&config)
                         .await
                         .context("starting the gateway")?;
@@ -168,7 +172,7 @@ impl ServeArgs {
                         admin = %format!("http://{}", running.admin_addr),
                         "serving"
                     );
-                    wait_for_signal().await?;
+                    stop.wait().await;
                     tracing::info!("stopping: draining requests in flight");
                     running.shutdown().await?;
                     tracing::info!("stopped");
@@ -200,15 +204,28 @@ fn ignore_hangups() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, taken from their default (ending the process on the spot).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn take() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("taking SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("taking SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Returns at the first of them, or at once if one came since they were taken.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 #[cfg(test)]

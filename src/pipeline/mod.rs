@@ -1002,7 +1002,14 @@ impl Gateway {
 
     fn append_failed(&self, error: &audit::AuditError) -> Refusal {
         self.metrics.audit_failures.inc();
-        tracing::error!(error = %error, "audit append failed");
+        match error {
+            // The log said its failure once, when it stopped; each message it refuses after
+            // that is not an error line of its own (a full disk would take one a message).
+            audit::AuditError::Stopped(_) => {
+                tracing::debug!(error = %error, "audit append refused: the audit log has stopped");
+            }
+            _ => tracing::error!(error = %error, "audit append failed"),
+        }
         unavailable(&error.to_string())
     }
 
