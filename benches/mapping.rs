@@ -676,7 +676,11 @@ fn breakdown(senegal: &PartnerMapping, baseline: &Baseline<'_>, xml: &[u8], even
     let mapping = senegal
         .inbound()
         .iter()
-        .find(|m| m.matcher.matches(native))
+        .find(|m| {
+            m.matcher
+                .matches(native)
+                .expect("no path of the fixture gives too many values")
+        })
         .expect("a kind matches the fixture");
     let message =
         read_xml(std::str::from_utf8(xml).expect("UTF-8")).expect("the baseline reads the fixture");
@@ -693,7 +697,7 @@ fn breakdown(senegal: &PartnerMapping, baseline: &Baseline<'_>, xml: &[u8], even
             "engine: match + rules + MRZ + checks (InboundMapping::apply)".into(),
             || {
                 let native = Native::Xml(black_box(&document), document.root());
-                black_box(mapping.matcher.matches(native));
+                let _ = black_box(mapping.matcher.matches(native));
                 black_box(mapping.apply(native).unwrap());
             },
         ),

@@ -9,8 +9,8 @@
 mod gateway_support;
 
 use gateway_support::{
-    Admin, Client, Receiver, RegistryChanges, ServedGateway, config_file, fixture_text,
-    mappings_unwritable_for_dgsn, root, wait_for, write_registry,
+    Admin, Client, Receiver, RegistryChanges, ServedGateway, ServedSetup, config_file,
+    fixture_text, mappings_unwritable_for_dgsn, root, wait_for, write_registry,
 };
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -186,4 +186,25 @@ async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
         .filter(|m| m.contains("still referenced"))
         .collect();
     assert!(held.is_empty(), "{held:?}");
+}
+
+/// A SIGTERM while the gateway starts (here: as soon as its first start-up line is written)
+/// stops it once started, with a drain and a clean exit, rather than ending it mid-start.
+#[test]
+fn a_stop_asked_during_the_start_stops_the_gateway_once_started() {
+    let setup = ServedSetup::new(&RegistryChanges::new());
+    let log = setup.dir.path().join("gateway.log");
+    let mut gateway = ServedGateway::spawn(&setup.config, log, "info");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The development CA's warning is written by the start itself, after the signals are
+    // taken and before the listeners serve.
+    while !gateway.stderr().contains("development CA") {
+        assert!(std::time::Instant::now() < deadline, "{}", gateway.stderr());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    gateway.signal(rustix::process::Signal::TERM);
+    let status = gateway.exited(Duration::from_secs(30));
+    let logged = gateway.stderr();
+    assert_eq!(status.code(), Some(0), "{logged}");
+    assert!(logged.contains("\"stopped\""), "{logged}");
 }

@@ -265,7 +265,8 @@ fn lint_refuses_paths_and_prefixes_that_would_match_nothing() {
     for needle in [
         "[namespaces]: the namespace of \"m\" is empty",
         "[namespaces]: \"m:x\" is not a prefix",
-        "$event.id reads a decoded document or the event",
+        "$event.id reads a decoded document or the event: `match`, `[[ignore]]` and `each` read \
+         the message as sent",
         "in path \"Num[1]\", \"Num[1]\" is not an XML name",
         "in path \"Prenoms/text()\", \"text()\" is not an XML name",
     ] {
@@ -274,6 +275,40 @@ fn lint_refuses_paths_and_prefixes_that_would_match_nothing() {
             "{needle}: {messages:#?}"
         );
     }
+}
+
+#[test]
+fn lint_refuses_a_kind_that_can_never_be_chosen() {
+    // Kinds are tried in order: one that an earlier kind always takes is never chosen.
+    let shipped =
+        std::fs::read_to_string(mappings_dir().join("sn.consulat.casablanca.toml")).unwrap();
+    let load = |extra: &str| {
+        let scratch = scratch_with(
+            "sn.consulat.casablanca.toml",
+            &format!("{shipped}\n{extra}"),
+        );
+        let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+        diagnostics
+            .into_iter()
+            .map(|d| d.message)
+            .collect::<Vec<String>>()
+    };
+    let shadowed = load(
+        "[[ignore]]\nname = \"old-lpc\"\nmatch = { root = \"LaissezPasserDelivre\", present = \
+         [\"Ancien\"] }\nreason = \"an older form\"\n",
+    );
+    assert_eq!(
+        shadowed,
+        [
+            "old-lpc can never be chosen: lpc-issued, tried before it, matches every message it \
+          matches"
+        ]
+    );
+    let empty = load(
+        "[[ignore]]\nname = \"nothing\"\nmatch = { root = \"Autre\", fields = { \"@type\" = [] } \
+         }\nreason = \"none\"\n",
+    );
+    assert_eq!(empty, ["@type: an empty list of values matches no message"]);
 }
 
 #[test]
@@ -347,6 +382,37 @@ template = '{"pv": "{{ data.pv_number }}"}'
             .all(|d| d.message.contains("withheld from this recipient's role")),
         "{diagnostics:#?}"
     );
+    // A mistyped placeholder would be written out as it stands, and an object as nothing;
+    // in JSON, an object alone in its string is the value itself.
+    let mistakes = mapping
+        .replace(
+            r#"'{"pnr": "{{ data.pnr }}"}'"#,
+            r#"'{"legs": {"$each": "data.segments", "$item": "{{ item }}"}, "said": {"$each": "data.segments", "$item": "leg {{ item }}"}}'"#,
+        )
+        .replace(
+            r#"'{"pv": "{{ data.pv_number }}"}'"#,
+            r#"'{"pv": "{ { data.pv_number }}"}'"#,
+        );
+    let scratch = scratch_with("xx.airline.toml", &mistakes);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let messages: Vec<&str> = diagnostics.iter().map(|d| d.message.as_str()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("has a }} that closes no {{")),
+        "{messages:#?}"
+    );
+    let objects = messages
+        .iter()
+        .filter(|m| {
+            m.starts_with(
+                "{{ item }}: this is an object, which has no text: name one of its fields",
+            )
+        })
+        .count();
+    assert_eq!(objects, 1, "{messages:#?}");
+    // With the template withheld above.
+    assert_eq!(messages.len(), 3, "{messages:#?}");
 }
 
 fn passerelle(args: &[&str]) -> std::process::Output {
@@ -395,6 +461,7 @@ fn a_file_in_the_fixtures_that_is_no_fixture_fails_the_run() {
     std::fs::write(senegal.join("in/notes.txt"), "to do").unwrap();
     std::fs::create_dir(senegal.join("inbound")).unwrap();
     std::fs::write(senegal.join("out/gone.withheld.json"), "[]").unwrap();
+    std::fs::write(senegal.join("out/.gitkeep"), "").unwrap();
     let set = MappingSet::load(scratch.path()).unwrap();
     let outcomes = fixtures::run_all(&set, false).unwrap();
     let failed: Vec<(String, String)> = outcomes
@@ -662,6 +729,17 @@ fn a_path_of_more_values_than_the_limit_is_refused_not_read_in_part() {
         }
         other => panic!("expected a field error, got {other:?}"),
     }
+    // The same where the kinds are told apart: refused, not taken for no kind (or ignored).
+    let mut kinds = message.clone();
+    kinds["eventType"] =
+        serde_json::Value::Array(vec![serde_json::json!("PASSENGER_BOARDED"); 1001]);
+    match airline.decode(&serde_json::to_vec(&kinds).unwrap()) {
+        Err(DecodeError::Field { field, message, .. }) => {
+            assert_eq!(field, "match");
+            assert_eq!(message, "eventType gives more than 1000 values");
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
     // A thousand values are read whole.
     message["passenger"]["remarks"]
         .as_array_mut()
@@ -671,6 +749,29 @@ fn a_path_of_more_values_than_the_limit_is_refused_not_read_in_part() {
         airline.decode(&serde_json::to_vec(&message).unwrap()),
         Ok(Decoded::Event(_))
     ));
+}
+
+#[test]
+fn a_spelling_of_two_countries_is_said_ambiguous() {
+    let lpc = String::from_utf8(fixture("sn.consulat.casablanca", "in/lpc-issued.xml"))
+        .unwrap()
+        .replace("Sénégalaise", "Congolaise");
+    let set = shipped();
+    match set
+        .partner("sn.consulat.casablanca")
+        .unwrap()
+        .decode(lpc.as_bytes())
+    {
+        Err(DecodeError::Field { field, message, .. }) => {
+            assert_eq!(field, "holder.nationality");
+            assert_eq!(
+                message,
+                "\"Congolaise\" from Titulaire/Nationalite may be any of COD, COG in code list \
+                 country"
+            );
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
 }
 
 #[test]

@@ -639,13 +639,19 @@ impl AuditLog {
     /// Turns a fact into a journal record: validates it, computes the leaf
     /// with its commitments, seals the personal material. Runs on the
     /// caller's thread.
+    /// `Stopped` once the log has failed: it takes no more appends until it is reopened.
+    fn refuse_if_stopped(&self) -> Result<()> {
+        match lock(&self.shared.failure)?.as_ref() {
+            Some(why) => Err(AuditError::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn prepare(&self, fact: &Fact) -> Result<(Record, Hash)> {
         fact.validate()?;
         // A stopped log writes nothing more, not even a new case's key: each append is
         // refused as the log's, not as a failed write of its own.
-        if let Some(why) = lock(&self.shared.failure)?.as_ref() {
-            return Err(AuditError::Stopped(why.clone()));
-        }
+        self.refuse_if_stopped()?;
         let key = &self.shared.index_key;
         let case = fact
             .case_id
@@ -745,9 +751,7 @@ impl AuditLog {
         record: Record,
         leaf: Hash,
     ) -> Result<(Msg, oneshot::Receiver<Result<Committed>>)> {
-        if let Some(why) = lock(&self.shared.failure)?.as_ref() {
-            return Err(AuditError::Stopped(why.clone()));
-        }
+        self.refuse_if_stopped()?;
         if !record.fits() {
             return Err(AuditError::InvalidFact(
                 "the entry and its sealed payloads are larger than a journal record".into(),

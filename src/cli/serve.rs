@@ -163,7 +163,7 @@ impl ServeArgs {
                     // Taken before the start, so that a TERM or INT during it (a long store
                     // rewrite after an erasure, say) stops the gateway once it has started,
                     // with a drain, rather than ending the process mid-start without a word.
-                    let stop = StopSignals::take()?;
+                    let mut stop = StopSignals::take()?;
                     let running = RunningGateway::start(&config)
                         .await
                         .context("starting the gateway")?;
@@ -172,7 +172,11 @@ impl ServeArgs {
                         admin = %format!("http://{}", running.admin_addr),
                         "serving"
                     );
-                    stop.wait().await;
+                    if stop.came_already() {
+                        tracing::info!("a stop was asked while the gateway started");
+                    } else {
+                        stop.wait().await;
+                    }
                     tracing::info!("stopping: draining requests in flight");
                     running.shutdown().await?;
                     tracing::info!("stopped");
@@ -219,7 +223,13 @@ impl StopSignals {
         })
     }
 
-    /// Returns at the first of them, or at once if one came since they were taken.
+    /// Whether one came since they were taken (while the gateway started).
+    fn came_already(&mut self) -> bool {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        self.term.poll_recv(&mut context).is_ready() || self.int.poll_recv(&mut context).is_ready()
+    }
+
+    /// Returns at the first of them.
     async fn wait(mut self) {
         tokio::select! {
             _ = self.term.recv() => {}

@@ -6,7 +6,7 @@
 //! ("Sénégalaise", "SENEGALAISE" and "senegalaise" are one key). It does no I/O of its own
 //! beyond parsing the texts it is given.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use unicode_normalization::UnicodeNormalization;
 
 /// The name of the shared list that reads any spelling of a country into ISO 3166-1 alpha-3.
@@ -250,9 +250,18 @@ impl CountryLists {
         }
         let aliases: BTreeMap<String, BTreeMap<String, String>> = toml::from_str(aliases_toml)
             .map_err(|error| CodeListError::Aliases(error.to_string()))?;
-        let codes: std::collections::BTreeSet<&str> =
-            alpha2.iter().map(|(alpha3, _)| alpha3.as_str()).collect();
+        let codes: BTreeSet<&str> = alpha2.iter().map(|(alpha3, _)| alpha3.as_str()).collect();
         for (table, entries) in &aliases {
+            let keys_are_codes = match table.as_str() {
+                COUNTRY => false,
+                COUNTRY_DEMONYM_FR_F => true,
+                other => {
+                    return Err(CodeListError::Aliases(format!(
+                        "[{other}] is no shared list (only [{COUNTRY}] and \
+                         [\"{COUNTRY_DEMONYM_FR_F}\"])"
+                    )));
+                }
+            };
             // An alias is a decision: two that fold to one spelling with different countries,
             // or one that names no country, would be a decision no one can read back.
             if let Some(clash) =
@@ -264,20 +273,11 @@ impl CountryLists {
                     clash.first, clash.second
                 )));
             }
-            let keys_are_codes = table == COUNTRY_DEMONYM_FR_F;
             for (key, value) in entries {
                 let code = if keys_are_codes { key } else { value };
-                if table == COUNTRY || keys_are_codes {
-                    if !codes.contains(code.as_str()) {
-                        return Err(CodeListError::Aliases(format!(
-                            "[{table}]: {code:?} (of {key:?}) is not an alpha-3 code of \
-                             countries.csv"
-                        )));
-                    }
-                } else {
+                if !codes.contains(code.as_str()) {
                     return Err(CodeListError::Aliases(format!(
-                        "[{table}] is no shared list (only [{COUNTRY}] and \
-                         [\"{COUNTRY_DEMONYM_FR_F}\"])"
+                        "[{table}]: {code:?} (of {key:?}) is not an alpha-3 code of countries.csv"
                     )));
                 }
             }

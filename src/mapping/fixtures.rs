@@ -120,10 +120,12 @@ fn strays(folder: &Path) -> Result<Vec<FixtureOutcome>, std::io::Error> {
     Ok(found)
 }
 
+/// The entries of a folder, sorted, but hidden ones (`.gitkeep`, `.DS_Store`).
 fn sorted_entries(folder: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     let mut entries = std::fs::read_dir(folder)?
         .map(|entry| entry.map(|entry| entry.path()))
         .collect::<Result<Vec<_>, _>>()?;
+    entries.retain(|path| !file_name(path).starts_with('.'));
     entries.sort();
     Ok(entries)
 }

@@ -8,8 +8,8 @@
 use super::diagnostics::Issue;
 use super::path::XmlPath;
 use super::rule::{
-    CompileScope, DocumentField, EVENT, EvalScope, FieldHolds, Native, NativePath, Rule, RuleError,
-    Shape, Source, as_text, same_names, text_of,
+    CompileScope, EVENT, EvalScope, Native, NativePath, Rule, RuleError, Shape, Source, as_text,
+    same_names, text_of,
 };
 use super::spec::{CheckSpec, DecodeSpec, Format, IgnoreSpec, InboundSpec, MatchSpec, RuleSpec};
 use super::xml::XmlDocument;
@@ -18,6 +18,7 @@ use crate::canonical::TYPE_PREFIX;
 use crate::canonical::schema::{FieldShape, ObjectShape, SCHEMA_BASE};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use toml::Spanned;
 
 /// How a message kind is recognised.
@@ -26,7 +27,8 @@ pub struct Matcher {
     root: Option<(Option<String>, String)>,
     /// (the path as written, the path, the values accepted there).
     fields: Vec<(String, NativePath, Vec<String>)>,
-    present: Vec<NativePath>,
+    /// (the path as written, the path).
+    present: Vec<(String, NativePath)>,
 }
 
 /// How a matcher compares a value with the values it accepts.
@@ -99,6 +101,13 @@ impl Matcher {
         let mut fields = Vec::new();
         for (path, value) in &spec.fields {
             let located = Spanned::new(value.span(), path.clone());
+            if value.get_ref().values().is_empty() {
+                issues.push(Issue::at(
+                    value.span(),
+                    format!("{path}: an empty list of values matches no message"),
+                ));
+                continue;
+            }
             match scope.native(&located) {
                 Ok(compiled) => fields.push((path.clone(), compiled, value.get_ref().values())),
                 Err(issue) => issues.push(issue),
@@ -107,7 +116,7 @@ impl Matcher {
         let mut present = Vec::new();
         for path in &spec.present {
             match scope.native(path) {
-                Ok(compiled) => present.push(compiled),
+                Ok(compiled) => present.push((path.get_ref().clone(), compiled)),
                 Err(issue) => issues.push(issue),
             }
         }
@@ -128,9 +137,28 @@ impl Matcher {
         }
     }
 
+    /// True when every message that `later` matches, this matcher matches too: a kind tried
+    /// after this one with such a matcher could never be chosen. Paths are compared as written,
+    /// so two spellings of one path are taken for two paths (the check errs on the side of
+    /// saying nothing).
+    pub fn matches_all_of(&self, later: &Matcher) -> bool {
+        let root = self.root.is_none() || self.root == later.root;
+        let fields = self.fields.iter().all(|(label, _, accepted)| {
+            later.fields.iter().any(|(other, _, values)| {
+                other == label && values.iter().all(|value| accepted.contains(value))
+            })
+        });
+        let present = self.present.iter().all(|(label, _)| {
+            later.present.iter().any(|(other, _)| other == label)
+                || later.fields.iter().any(|(other, _, _)| other == label)
+        });
+        root && fields && present
+    }
+
     /// True when the message is of this kind. Values are compared without their surrounding
-    /// white space, and case matters.
-    pub fn matches(&self, native: Native<'_>) -> bool {
+    /// white space, and case matters. An error when a path it looks at gives more values than a
+    /// path may.
+    pub fn matches(&self, native: Native<'_>) -> Result<bool, RuleError> {
         self.test(native, Compare::Trimmed)
     }
 
@@ -139,7 +167,9 @@ impl Matcher {
     /// accepted there. Such a message is refused rather than ignored, so that a partner's
     /// `passenger_boarded` is not taken for an event outside the programme.
     pub fn near_miss(&self, native: Native<'_>) -> Option<(&str, &[String])> {
-        if self.test(native, Compare::Trimmed) || !self.test(native, Compare::AnyCase) {
+        if self.test(native, Compare::Trimmed).unwrap_or(true)
+            || !self.test(native, Compare::AnyCase).unwrap_or(false)
+        {
             return None;
         }
         let values = Self::values_at(native);
@@ -217,24 +247,32 @@ impl Matcher {
         }
     }
 
-    fn test(&self, native: Native<'_>, compare: Compare) -> bool {
+    /// Whether the message is of this kind; an error when a path it looks at gives more
+    /// values than a path may (the message is refused rather than taken for no kind, and
+    /// perhaps ignored).
+    fn test(&self, native: Native<'_>, compare: Compare) -> Result<bool, RuleError> {
         if let Some((namespace, local)) = &self.root {
             match native {
                 Native::Xml(document, _)
                     if document.root().name.is(namespace.as_deref(), local) => {}
-                _ => return false,
+                _ => return Ok(false),
             }
         }
         let values = Self::values_at(native);
-        self.fields.iter().all(|(label, path, expected)| {
-            values(label, path)
-                .unwrap_or_default()
+        for (label, path, expected) in &self.fields {
+            if !values(label, path)?
                 .iter()
                 .any(|value| compare.accepts(value, expected))
-        }) && self
-            .present
-            .iter()
-            .all(|path| values("", path).is_ok_and(|found| !found.is_empty()))
+            {
+                return Ok(false);
+            }
+        }
+        for (label, path) in &self.present {
+            if values(label, path)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -259,73 +297,90 @@ enum Decoder {
     Mrz,
 }
 
-/// The fields of a decoded MRZ (`$mrz.…`), as [`mrz_document`] writes them.
-const MRZ_FIELDS: &[DocumentField] = &[
-    value("format"),
-    value("document_code"),
-    value("issuing_state"),
-    value("surname"),
-    texts("given_names"),
-    value("document_number"),
-    value("nationality"),
-    value("birth_date"),
-    value("birth_date_iso"),
-    value("sex"),
-    value("expiry_date"),
-    value("expiry_date_iso"),
-    value("optional_data"),
-    DocumentField {
-        name: "checks",
-        holds: FieldHolds::Objects(&["field", "valid"]),
-    },
-    value("valid"),
-    texts("lines"),
-];
+/// The shape of a decoded MRZ (`$mrz.…`), as [`mrz_document`] writes it.
+static MRZ_SHAPE: LazyLock<ObjectShape> = LazyLock::new(|| {
+    document_shape(vec![
+        ("format", FieldShape::Scalar),
+        ("document_code", FieldShape::Scalar),
+        ("issuing_state", FieldShape::Scalar),
+        ("surname", FieldShape::Scalar),
+        ("given_names", texts()),
+        ("document_number", FieldShape::Scalar),
+        ("nationality", FieldShape::Scalar),
+        ("birth_date", FieldShape::Scalar),
+        ("birth_date_iso", FieldShape::Scalar),
+        ("sex", FieldShape::Scalar),
+        ("expiry_date", FieldShape::Scalar),
+        ("expiry_date_iso", FieldShape::Scalar),
+        ("optional_data", FieldShape::Scalar),
+        ("checks", objects(&["field", "valid"])),
+        ("valid", FieldShape::Scalar),
+        ("lines", texts()),
+    ])
+});
 
-/// The fields of a decoded boarding pass (`$bcbp.…`), as [`bcbp::BoardingPass`] serialises.
-const BCBP_FIELDS: &[DocumentField] = &[
-    value("legs_count"),
-    value("passenger_name"),
-    value("surname"),
-    value("given_names"),
-    value("electronic_ticket"),
-    DocumentField {
-        name: "legs",
-        holds: FieldHolds::Objects(&[
-            "pnr",
-            "from",
-            "to",
-            "carrier",
-            "flight_number",
-            "day_of_year",
-            "compartment",
-            "seat",
-            "sequence",
-            "passenger_status",
-        ]),
-    },
-];
+/// The shape of a decoded boarding pass (`$bcbp.…`), as [`bcbp::BoardingPass`] serialises.
+static BCBP_SHAPE: LazyLock<ObjectShape> = LazyLock::new(|| {
+    document_shape(vec![
+        ("legs_count", FieldShape::Scalar),
+        ("passenger_name", FieldShape::Scalar),
+        ("surname", FieldShape::Scalar),
+        ("given_names", FieldShape::Scalar),
+        ("electronic_ticket", FieldShape::Scalar),
+        (
+            "legs",
+            objects(&[
+                "pnr",
+                "from",
+                "to",
+                "carrier",
+                "flight_number",
+                "day_of_year",
+                "compartment",
+                "seat",
+                "sequence",
+                "passenger_status",
+            ]),
+        ),
+    ])
+});
 
-const fn value(name: &'static str) -> DocumentField {
-    DocumentField {
-        name,
-        holds: FieldHolds::Value,
+fn document_shape(fields: Vec<(&str, FieldShape)>) -> ObjectShape {
+    ObjectShape {
+        properties: fields
+            .into_iter()
+            .map(|(name, shape)| (name.to_owned(), shape))
+            .collect(),
+        required: Default::default(),
     }
 }
 
-const fn texts(name: &'static str) -> DocumentField {
-    DocumentField {
-        name,
-        holds: FieldHolds::Texts,
-    }
+fn texts() -> FieldShape {
+    FieldShape::List(Box::new(FieldShape::Scalar))
+}
+
+fn objects(names: &[&str]) -> FieldShape {
+    let fields = names
+        .iter()
+        .map(|name| (*name, FieldShape::Scalar))
+        .collect();
+    FieldShape::List(Box::new(FieldShape::Object(document_shape(fields))))
 }
 
 impl Decoder {
-    /// The fields of the documents this decoder makes.
-    fn fields(self) -> &'static [DocumentField] {
+    /// The decoder's name, as mappings write it and anomaly codes begin.
+    fn name(self) -> &'static str {
         match self {
-            Decoder::Bcbp => BCBP_FIELDS,
-            Decoder::Mrz => MRZ_FIELDS,
+            Decoder::Bcbp => "bcbp",
+            Decoder::Mrz => "mrz",
+        }
+    }
+
+    /// The shape of the documents this decoder makes.
+    fn shape(self) -> &'static ObjectShape {
+        match self {
+            Decoder::Bcbp => &BCBP_SHAPE,
+            Decoder::Mrz => &MRZ_SHAPE,
         }
     }
 }
@@ -461,7 +516,7 @@ impl InboundMapping {
             };
             match compile_decode(step, &step_scope) {
                 Ok(compiled) => {
-                    decoded_names.push((compiled.name.clone(), compiled.decoder.fields()));
+                    decoded_names.push((compiled.name.clone(), compiled.decoder.shape()));
                     decode.push(compiled);
                 }
                 Err(issue) => issues.push(issue),
@@ -615,13 +670,25 @@ impl InboundMapping {
                 named: &named,
                 event_data: None,
             };
-            let values = step
-                .source
-                .values(&step.label, &scope)
-                .map_err(|e| FieldFailure {
-                    field: step.name.clone(),
-                    message: e.message,
-                })?;
+            let values = match step.source.values(&step.label, &scope) {
+                Ok(values) => values,
+                // A document in more pieces than a path may give cannot be read: like any
+                // unreadable document, an anomaly, not a refusal.
+                Err(error) if error.over_limit => {
+                    anomalies.push(json!({
+                        "code": format!("{}.unreadable", step.decoder.name()),
+                        "message": error.message,
+                        "path": step.label,
+                    }));
+                    continue;
+                }
+                Err(error) => {
+                    return Err(FieldFailure {
+                        field: format!("${}", step.name),
+                        message: error.message,
+                    });
+                }
+            };
             let texts: Vec<&str> = values
                 .iter()
                 .filter_map(Value::as_str)
@@ -681,8 +748,14 @@ impl InboundMapping {
                 event_data: Some(&data),
             };
             for check in &self.checks {
-                let left = check.left.check_values(&scope);
-                let right = check.right.check_values(&scope);
+                let compared = |rule: &Rule| {
+                    rule.check_values(&scope).map_err(|e| FieldFailure {
+                        field: check.anomaly.clone(),
+                        message: e.message,
+                    })
+                };
+                let left = compared(&check.left)?;
+                let right = compared(&check.right)?;
                 if !left.is_empty() && !right.is_empty() {
                     let agree = if check.by_name {
                         same_names(&left, &right)
@@ -1026,29 +1099,21 @@ mod tests {
         assert_eq!(Value::Object(mrz_document(zone)), expected);
     }
 
-    /// The field names of a document, and of the first item of each list of objects.
-    fn names_of(document: &Value) -> Vec<String> {
-        let mut names = Vec::new();
-        for (name, value) in document.as_object().unwrap() {
-            names.push(name.clone());
-            if let Some(Value::Object(item)) = value.as_array().and_then(|items| items.first()) {
-                names.extend(item.keys().map(|key| format!("{name}.{key}")));
+    /// The shape of a decoded document as it is: each list's shape is its first item's.
+    fn shape_of(value: &Value) -> FieldShape {
+        match value {
+            Value::Object(map) => FieldShape::Object(ObjectShape {
+                properties: map
+                    .iter()
+                    .map(|(name, value)| (name.clone(), shape_of(value)))
+                    .collect(),
+                required: Default::default(),
+            }),
+            Value::Array(items) => {
+                FieldShape::List(Box::new(items.first().map_or(FieldShape::Scalar, shape_of)))
             }
+            _ => FieldShape::Scalar,
         }
-        names.sort();
-        names
-    }
-
-    fn listed(fields: &[DocumentField]) -> Vec<String> {
-        let mut names = Vec::new();
-        for field in fields {
-            names.push(field.name.to_owned());
-            if let FieldHolds::Objects(items) = field.holds {
-                names.extend(items.iter().map(|item| format!("{}.{item}", field.name)));
-            }
-        }
-        names.sort();
-        names
     }
 
     #[test]
@@ -1065,9 +1130,9 @@ mod tests {
             "LP04172635SEN9803145M2612029<<<<<<<<<<<<<<<2",
         ];
         let (zone, _) = run_decoder(&step(Decoder::Mrz), &lines).unwrap();
-        assert_eq!(names_of(&zone), listed(MRZ_FIELDS));
+        assert_eq!(shape_of(&zone), FieldShape::Object(MRZ_SHAPE.clone()));
         let pass = "M1DIOP/MAMADOU LAMINE EK7Q2XM CMNDSSAT 0505 324Y023C0112 100";
         let (pass, _) = run_decoder(&step(Decoder::Bcbp), &[pass]).unwrap();
-        assert_eq!(names_of(&pass), listed(BCBP_FIELDS));
+        assert_eq!(shape_of(&pass), FieldShape::Object(BCBP_SHAPE.clone()));
     }
 }

@@ -9,6 +9,7 @@ use super::codelist::{
     COUNTRY, COUNTRY_ALPHA2, COUNTRY_DEMONYM_FR_F, CodeList, CountryLists, fold_clashes,
 };
 use super::diagnostics::{Diagnostic, Issue};
+use super::inbound::Matcher;
 use super::inbound::{IgnoreRule, InboundMapping};
 use super::policy::Policy;
 use super::rule::CompileScope;
@@ -409,6 +410,36 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
         match IgnoreRule::compile(entry, &scope) {
             Ok(compiled) => ignore.push(compiled),
             Err(mut found) => issues.append(&mut found),
+        }
+    }
+    // Kinds are tried in order, the inbound ones first: one that an earlier one always takes
+    // would never be chosen. (Checked once every kind has compiled, so that each is paired
+    // with its own table.)
+    if inbound.len() == spec.inbound.len() && ignore.len() == spec.ignore.len() {
+        let tried: Vec<(&str, &Matcher, std::ops::Range<usize>)> = inbound
+            .iter()
+            .zip(&spec.inbound)
+            .map(|(kind, entry)| (kind.name.as_str(), &kind.matcher, entry.span()))
+            .chain(
+                ignore
+                    .iter()
+                    .zip(&spec.ignore)
+                    .map(|(kind, entry)| (kind.name.as_str(), &kind.matcher, entry.span())),
+            )
+            .collect();
+        for (at, (name, matcher, span)) in tried.iter().enumerate() {
+            if let Some((earlier, _, _)) = tried[..at]
+                .iter()
+                .find(|(_, before, _)| before.matches_all_of(matcher))
+            {
+                issues.push(Issue::at(
+                    span.clone(),
+                    format!(
+                        "{name} can never be chosen: {earlier}, tried before it, matches every \
+                         message it matches"
+                    ),
+                ));
+            }
         }
     }
     let mut outbound = Vec::new();

@@ -387,11 +387,26 @@ impl PartnerMapping {
             });
         }
         let native = message.view();
-        let Some(mapping) = self
-            .inbound
-            .iter()
-            .find(|mapping| mapping.matcher.matches(native))
-        else {
+        // A path the kinds look at that gives more values than a path may refuses the message,
+        // rather than let it match no kind (and perhaps be ignored).
+        let over_limit = |kind: &str, error: rule::RuleError| DecodeError::Field {
+            partner: partner(),
+            kind: kind.to_owned(),
+            field: "match".to_owned(),
+            message: error.message,
+        };
+        let mut chosen = None;
+        for mapping in &self.inbound {
+            if mapping
+                .matcher
+                .matches(native)
+                .map_err(|error| over_limit(&mapping.name, error))?
+            {
+                chosen = Some(mapping);
+                break;
+            }
+        }
+        let Some(mapping) = chosen else {
             // A value that names a kind but for its case is a mistake to report, not a message
             // to ignore: an airline's `passenger_boarded` is boarding evidence.
             if let Some((mapping, path, expected)) = self.inbound.iter().find_map(|mapping| {
@@ -413,7 +428,18 @@ impl PartnerMapping {
                     ),
                 });
             }
-            if let Some(rule) = self.ignore.iter().find(|rule| rule.matcher.matches(native)) {
+            let mut ignored = None;
+            for rule in &self.ignore {
+                if rule
+                    .matcher
+                    .matches(native)
+                    .map_err(|error| over_limit(&rule.name, error))?
+                {
+                    ignored = Some(rule);
+                    break;
+                }
+            }
+            if let Some(rule) = ignored {
                 return Ok(Decoded::Ignored {
                     mapping_id: require_in_force(self.mapping_id(&rule.name))?,
                     mapping_hash: self.hash.clone(),

@@ -107,87 +107,26 @@ pub struct CompileScope<'a> {
     pub namespaces: &'a BTreeMap<String, String>,
     /// Every code list the file may use, by name.
     pub codelists: &'a HashMap<String, Arc<CodeList>>,
-    /// The decoded documents declared so far, with the fields each has.
-    pub decoded: &'a [(String, &'static [DocumentField])],
+    /// The decoded documents declared so far, with the shape of each.
+    pub decoded: &'a [(String, &'static ObjectShape)],
     /// The shape of the event's data, when `$event` may be referred to (checks only).
     pub event_data: Option<&'a ObjectShape>,
 }
 
-/// A field of a decoded document (`$mrz.surname`), so that lint can refuse a path that names
-/// none: a check that reads no field would never fire, and never say so.
-#[derive(Debug, Clone, Copy)]
-pub struct DocumentField {
-    /// The field's name.
-    pub name: &'static str,
-    /// What the field holds.
-    pub holds: FieldHolds,
-}
-
-/// What a field of a decoded document holds.
-#[derive(Debug, Clone, Copy)]
-pub enum FieldHolds {
-    /// One value.
-    Value,
-    /// A list of texts (`given_names.0`).
-    Texts,
-    /// A list of objects with these fields (`legs.0.pnr`).
-    Objects(&'static [&'static str]),
-}
-
-/// Checks that a dotted path names a field of a decoded document: `Err` says why not.
-fn check_document_path(name: &str, fields: &[DocumentField], path: &str) -> Result<(), String> {
-    if path == "." {
-        return Ok(());
-    }
-    let parts: Vec<&str> = path.split('.').collect();
-    let no_such = || {
-        let names: Vec<&str> = fields.iter().map(|field| field.name).collect();
-        Err(format!(
-            "${name}.{path} names no field of the decoded document (its fields: {})",
-            names.join(", ")
-        ))
-    };
-    let Some(field) = fields.iter().find(|field| field.name == parts[0]) else {
-        return no_such();
-    };
-    let index = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
-    let rest = &parts[1..];
-    let known = match field.holds {
-        FieldHolds::Value => rest.is_empty(),
-        FieldHolds::Texts => matches!(rest, [] | [_]) && rest.iter().all(|part| index(part)),
-        FieldHolds::Objects(items) => {
-            let rest = match rest {
-                [first, more @ ..] if index(first) => more,
-                all => all,
-            };
-            match rest {
-                [] => true,
-                [item] => items.contains(item),
-                _ => false,
-            }
-        }
-    };
-    if known { Ok(()) } else { no_such() }
-}
-
-/// Checks that a dotted path names a field of the event's data (list positions allowed):
-/// `Err` says why not.
-fn check_event_data_path(shape: &ObjectShape, path: &str) -> Result<(), String> {
-    let unknown = || {
-        Err(format!(
-            "$event.data.{path} names no field of the event's canonical data"
-        ))
-    };
+/// Whether a dotted path names a field of `shape`: objects by key, lists by position or,
+/// without one, item by item (as paths read them). Lint refuses a path that names none, in
+/// the event's data or a decoded document: a check that reads nothing would never fire, and
+/// never say so.
+fn names_a_field(shape: &ObjectShape, path: &str) -> bool {
     let mut object = shape;
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
         let Some(mut field) = object.properties.get(part) else {
-            return unknown();
+            return false;
         };
         loop {
             match field {
                 FieldShape::List(item) => {
-                    // A position picks an item; without one, every item is read.
                     if parts
                         .peek()
                         .is_some_and(|next| next.bytes().all(|b| b.is_ascii_digit()))
@@ -200,16 +139,11 @@ fn check_event_data_path(shape: &ObjectShape, path: &str) -> Result<(), String> 
                     object = inner;
                     break;
                 }
-                FieldShape::Scalar | FieldShape::Choice(_) => {
-                    if parts.peek().is_some() {
-                        return unknown();
-                    }
-                    return Ok(());
-                }
+                FieldShape::Scalar | FieldShape::Choice(_) => return parts.peek().is_none(),
             }
         }
     }
-    Ok(())
+    true
 }
 
 impl CompileScope<'_> {
@@ -233,20 +167,35 @@ impl CompileScope<'_> {
                     ));
                 };
                 let compiled = JsonPath::compile(data_path, '.').map_err(at)?;
-                if let Some(shape) = self.event_data {
-                    check_event_data_path(shape, data_path)
-                        .map_err(|why| Issue::at(text.span(), why))?;
+                if let Some(shape) = self.event_data
+                    && !names_a_field(shape, data_path)
+                {
+                    return Err(Issue::at(
+                        text.span(),
+                        format!(
+                            "$event.data.{data_path} names no field of the event's canonical data"
+                        ),
+                    ));
                 }
                 return Ok(Source::EventData(compiled));
             }
-            let Some((_, fields)) = self.decoded.iter().find(|(declared, _)| declared == name)
+            let Some((_, shape)) = self.decoded.iter().find(|(declared, _)| declared == name)
             else {
                 return Err(Issue::at(
                     text.span(),
                     format!("${name} is not declared in a [[…decode]] table"),
                 ));
             };
-            check_document_path(name, fields, path).map_err(|why| Issue::at(text.span(), why))?;
+            if path != "." && !names_a_field(shape, path) {
+                let fields: Vec<&str> = shape.properties.keys().map(String::as_str).collect();
+                return Err(Issue::at(
+                    text.span(),
+                    format!(
+                        "${name}.{path} names no field of the decoded document (its fields: {})",
+                        fields.join(", ")
+                    ),
+                ));
+            }
             return Ok(Source::Named(
                 name.into(),
                 JsonPath::compile(path, '.').map_err(at)?,
@@ -264,8 +213,8 @@ impl CompileScope<'_> {
             return Err(Issue::at(
                 text.span(),
                 format!(
-                    "{} reads a decoded document or the event, which only rules and checks \
-                     read: here the path is into the message as sent",
+                    "{} reads a decoded document or the event: `match`, `[[ignore]]` and `each` \
+                     read the message as sent",
                     text.get_ref()
                 ),
             ));
@@ -483,10 +432,16 @@ pub struct EvalScope<'a> {
 pub struct RuleError {
     /// What went wrong.
     pub message: String,
+    /// Whether a path gave more values than a path may ([`TooManyValues`]): a message to
+    /// refuse, where checks skip a side whose other failures leave it without values.
+    pub over_limit: bool,
 }
 
 fn fail<T>(message: String) -> Result<T, RuleError> {
-    Err(RuleError { message })
+    Err(RuleError {
+        message,
+        over_limit: false,
+    })
 }
 
 impl Source {
@@ -494,6 +449,7 @@ impl Source {
     pub fn values(&self, label: &str, scope: &EvalScope<'_>) -> Result<Vec<Value>, RuleError> {
         let too_many = |error: TooManyValues| RuleError {
             message: format!("{label} {error}"),
+            over_limit: true,
         };
         Ok(match self {
             Source::Native(path) => native_values(path, scope.native).map_err(too_many)?,
@@ -549,6 +505,7 @@ impl Source {
                                 path_label(path),
                                 e.message
                             ),
+                            over_limit: e.over_limit,
                         })? {
                             object.insert(name.clone(), value);
                         }
@@ -832,6 +789,7 @@ impl Rule {
         };
         converted.ok_or_else(|| RuleError {
             message: format!("{} cannot be read as the expected type", self.label),
+            over_limit: false,
         })
     }
 }
@@ -889,8 +847,12 @@ fn truncate(text: &str) -> String {
 impl Rule {
     /// The values a check compares: borrowed from the decoded document or the event when the
     /// rule has no transform (the common case), computed otherwise. Empty when absent or when
-    /// the rule fails: a check with a side missing is skipped.
-    pub fn check_values<'s>(&self, scope: &EvalScope<'s>) -> Vec<Cow<'s, Value>> {
+    /// the rule fails: a check with a side missing is skipped. A path that gives more values
+    /// than a path may is an error: the message is refused, not its check skipped.
+    pub fn check_values<'s>(
+        &self,
+        scope: &EvalScope<'s>,
+    ) -> Result<Vec<Cow<'s, Value>>, RuleError> {
         let plain = self.regex.is_none()
             && self.case.is_none()
             && self.split.is_none()
@@ -899,32 +861,29 @@ impl Rule {
             && self.date.is_none()
             && !self.datetime
             && self.convert.is_none();
+        let over_limit = |error: TooManyValues| RuleError {
+            message: format!("{} {error}", self.label),
+            over_limit: true,
+        };
         let borrowed = match (&self.source, plain) {
-            (Source::Named(name, path), true) => Some(
-                scope
-                    .named
-                    .get(name)
-                    .and_then(|d| path.eval(d).ok())
-                    .unwrap_or_default(),
-            ),
-            (Source::EventData(path), true) => Some(
-                scope
-                    .event_data
-                    .and_then(|d| path.eval_in(d).ok())
-                    .unwrap_or_default(),
-            ),
+            (Source::Named(name, path), true) => Some(match scope.named.get(name) {
+                Some(document) => path.eval(document).map_err(over_limit)?,
+                None => Vec::new(),
+            }),
+            (Source::EventData(path), true) => Some(match scope.event_data {
+                Some(data) => path.eval_in(data).map_err(over_limit)?,
+                None => Vec::new(),
+            }),
             _ => None,
         };
-        match borrowed {
+        Ok(match borrowed {
             Some(values) => values.into_iter().map(Cow::Borrowed).collect(),
-            None => self
-                .transformed(scope)
-                .map(|(values, _)| values)
-                .unwrap_or_default()
-                .into_iter()
-                .map(Cow::Owned)
-                .collect(),
-        }
+            None => match self.transformed(scope) {
+                Ok((values, _)) => values.into_iter().map(Cow::Owned).collect(),
+                Err(error) if error.over_limit => return Err(error),
+                Err(_) => Vec::new(),
+            },
+        })
     }
 }
 
@@ -1155,5 +1114,28 @@ mod tests {
         ));
         assert!(same_name(&json!("Thiès"), &json!("THIES")));
         assert!(!same_name(&json!("DIOP"), &json!("DIOPE")));
+    }
+
+    #[test]
+    fn a_check_side_over_the_limit_is_an_error_and_a_failing_one_is_skipped() {
+        let named = BTreeMap::new();
+        let scope = |message: &'static Value| EvalScope {
+            native: Native::Json(message),
+            named: &named,
+            event_data: None,
+        };
+        static MANY: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+            || json!({ "r": (0..=crate::mapping::path::MAX_VALUES).map(|n| n.to_string()).collect::<Vec<_>>() }),
+        );
+        static UNKNOWN: std::sync::LazyLock<Value> =
+            std::sync::LazyLock::new(|| json!({ "r": "XYZ" }));
+        let plain = compile(r#"{ from = "r" }"#, Shape::List);
+        let error = plain.check_values(&scope(&MANY)).unwrap_err();
+        assert!(error.over_limit);
+        assert_eq!(error.message, "r gives more than 1000 values");
+        let coded = compile(r#"{ from = "r", codelist = "reasons" }"#, Shape::List);
+        assert!(coded.check_values(&scope(&MANY)).unwrap_err().over_limit);
+        // A side whose look-up fails has no values: its check is skipped.
+        assert!(coded.check_values(&scope(&UNKNOWN)).unwrap().is_empty());
     }
 }

@@ -290,11 +290,13 @@ fn split_filters(text: &str) -> Vec<String> {
     pieces.into_iter().map(|p| p.trim().to_owned()).collect()
 }
 
-/// Compiles text with placeholders.
+/// Compiles text with placeholders. With `alone_keeps_type` (JSON), a text that is one
+/// placeholder alone stands for the value itself, which may be an object.
 fn compile_text(
     text: &str,
     scope: &TemplateScope<'_>,
     item: ItemShape<'_>,
+    alone_keeps_type: bool,
 ) -> Result<Text, String> {
     let mut parts = Vec::new();
     let mut rest = text;
@@ -306,13 +308,53 @@ fn compile_text(
         let end = after
             .find("}}")
             .ok_or_else(|| format!("unclosed placeholder in {text:?}"))?;
-        parts.push(Part::Expr(compile_expr(after[..end].trim(), scope, item)?));
+        let expr = compile_expr(after[..end].trim(), scope, item)?;
+        let alone = start == 0 && after[end + 2..].is_empty() && parts.is_empty();
+        if expr.filters.is_empty()
+            && !(alone && alone_keeps_type)
+            && let Some(FieldShape::Object(_)) = shape_of(&expr, scope, item)
+        {
+            // An object has no text: it would be written as nothing.
+            return Err(format!(
+                "{{{{ {} }}}}: this is an object, which has no text: name one of its fields",
+                expr.text
+            ));
+        }
+        parts.push(Part::Expr(expr));
         rest = &after[end + 2..];
     }
     if !rest.is_empty() {
         parts.push(Part::Literal(rest.to_owned()));
     }
+    // A placeholder mistyped (`{ { data.case_id }}`) would be written out as it stands.
+    if parts
+        .iter()
+        .any(|part| matches!(part, Part::Literal(literal) if literal.contains("}}")))
+    {
+        return Err(format!(
+            "{text:?} has a }}}} that closes no {{{{ (a placeholder is written {{{{ path }}}})"
+        ));
+    }
     Ok(Text(parts))
+}
+
+/// The shape of what an expression names, when the schema says.
+fn shape_of<'s>(
+    expr: &Expr,
+    scope: &'s TemplateScope<'_>,
+    item: ItemShape<'s>,
+) -> Option<&'s FieldShape> {
+    let dotted = expr.text.split('|').next().unwrap_or_default().trim();
+    match (
+        dotted.strip_prefix("data."),
+        dotted.strip_prefix("item."),
+        item,
+    ) {
+        (Some(path), _, _) => scope.data.find(path),
+        (None, Some(path), Some(FieldShape::Object(object))) => object.find(path),
+        (None, None, item) if dotted == "item" => item,
+        _ => None,
+    }
 }
 
 fn item_shape_of<'s>(
@@ -320,17 +362,12 @@ fn item_shape_of<'s>(
     scope: &'s TemplateScope<'_>,
     item: ItemShape<'s>,
 ) -> Result<&'s FieldShape, String> {
-    let dotted = expr.text.split('|').next().unwrap_or_default().trim();
-    let shape = match dotted.strip_prefix("data.") {
-        Some(path) => scope.data.find(path),
-        None => match (dotted.strip_prefix("item."), item) {
-            (Some(path), Some(FieldShape::Object(object))) => object.find(path),
-            _ => None,
-        },
-    };
-    match shape {
+    match shape_of(expr, scope, item) {
         Some(FieldShape::List(item)) => Ok(item),
-        _ => Err(format!("{dotted} is not a list, so it cannot be repeated")),
+        _ => Err(format!(
+            "{} is not a list, so it cannot be repeated",
+            expr.text.split('|').next().unwrap_or_default().trim()
+        )),
     }
 }
 
@@ -376,7 +413,7 @@ fn compile_xml(source: &str, scope: &TemplateScope<'_>) -> Result<XmlNode, Strin
                         None if key == "xmlns:tpl" => {}
                         None => node
                             .attributes
-                            .push((key.to_owned(), compile_text(&value, scope, item)?)),
+                            .push((key.to_owned(), compile_text(&value, scope, item, false)?)),
                     }
                 }
                 if matches!(event, Event::Start(_)) {
@@ -401,6 +438,7 @@ fn compile_xml(source: &str, scope: &TemplateScope<'_>) -> Result<XmlNode, Strin
                         content.trim(),
                         scope,
                         *item,
+                        false,
                     )?));
                 }
             }
@@ -444,8 +482,8 @@ fn compile_json(
     item: ItemShape<'_>,
 ) -> Result<JsonNode, String> {
     Ok(match value {
-        Value::String(text) if text.contains("{{") => {
-            let compiled = compile_text(text, scope, item)?;
+        Value::String(text) if text.contains("{{") || text.contains("}}") => {
+            let compiled = compile_text(text, scope, item, true)?;
             match compiled.0.as_slice() {
                 [Part::Expr(expr)] => JsonNode::Expr(expr.clone()),
                 _ => JsonNode::Text(compiled),
