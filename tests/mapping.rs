@@ -309,6 +309,11 @@ fn lint_refuses_a_kind_that_can_never_be_chosen() {
          }\nreason = \"none\"\n",
     );
     assert_eq!(empty, ["@type: an empty list of values matches no message"]);
+    let number = load(
+        "[[ignore]]\nname = \"number\"\nmatch = { root = \"Autre\", fields = { \"@type\" = 5 } \
+         }\nreason = \"none\"\n",
+    );
+    assert_eq!(number, ["a value to match is a text, or a list of texts"]);
 }
 
 #[test]

@@ -198,7 +198,10 @@ impl MappingCommand {
 fn load(dir: &Path) -> Option<MappingSet> {
     match MappingSet::load(dir) {
         Ok(set) => Some(set),
-        Err(diagnostics) => {
+        Err(mut diagnostics) => {
+            // In the order of the files and their lines, as an author reads them.
+            diagnostics
+                .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
             for diagnostic in &diagnostics {
                 eprintln!("{diagnostic}");
             }

@@ -72,7 +72,7 @@ pub struct MatchSpec {
 
 /// One accepted value, or several.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a value to match is a text, or a list of texts")]
 pub enum OneOrMany {
     /// One value.
     One(String),
