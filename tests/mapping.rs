@@ -392,7 +392,7 @@ template = '{"pv": "{{ data.pv_number }}"}'
     let mistakes = mapping
         .replace(
             r#"'{"pnr": "{{ data.pnr }}"}'"#,
-            r#"'{"legs": {"$each": "data.segments", "$item": "{{ item }}"}, "said": {"$each": "data.segments", "$item": "leg {{ item }}"}}'"#,
+            r#"'{"legs": {"$each": "data.segments", "$item": "{{ item }}"}, "raw": "{\"a\":{\"b\":1}}", "said": {"$each": "data.segments", "$item": "leg {{ item }}"}}'"#,
         )
         .replace(
             r#"'{"pv": "{{ data.pv_number }}"}'"#,
@@ -404,7 +404,7 @@ template = '{"pv": "{{ data.pv_number }}"}'
     assert!(
         messages
             .iter()
-            .any(|m| m.contains("has a }} that closes no {{")),
+            .any(|m| m.contains("has a { { with a space between")),
         "{messages:#?}"
     );
     let objects = messages
@@ -467,6 +467,8 @@ fn a_file_in_the_fixtures_that_is_no_fixture_fails_the_run() {
     std::fs::create_dir(senegal.join("inbound")).unwrap();
     std::fs::write(senegal.join("out/gone.withheld.json"), "[]").unwrap();
     std::fs::write(senegal.join("out/.gitkeep"), "").unwrap();
+    std::fs::write(scratch.path().join("fixtures/.DS_Store"), "").unwrap();
+    std::fs::write(senegal.join("in/._lpc-issued.xml"), "").unwrap();
     let set = MappingSet::load(scratch.path()).unwrap();
     let outcomes = fixtures::run_all(&set, false).unwrap();
     let failed: Vec<(String, String)> = outcomes
@@ -505,6 +507,14 @@ fn a_file_in_the_fixtures_that_is_no_fixture_fails_the_run() {
         "{failed:#?}"
     );
     assert_eq!(failed.len(), 5, "{failed:#?}");
+    // Hidden files are no fixtures and no failures.
+    assert!(
+        outcomes.iter().all(|outcome| {
+            let inside = outcome.input.strip_prefix(scratch.path()).unwrap();
+            !inside.to_string_lossy().contains("/.")
+        }),
+        "{outcomes:#?}"
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -754,6 +764,34 @@ fn a_path_of_more_values_than_the_limit_is_refused_not_read_in_part() {
         airline.decode(&serde_json::to_vec(&message).unwrap()),
         Ok(Decoded::Event(_))
     ));
+}
+
+#[test]
+fn a_zone_in_more_lines_than_a_path_gives_is_unreadable_not_refused() {
+    let line = "      <Ligne><![CDATA[LP04172635SEN9803145M2612029<<<<<<<<<<<<<<<2]]></Ligne>\n";
+    let lpc = String::from_utf8(fixture("sn.consulat.casablanca", "in/lpc-issued.xml"))
+        .unwrap()
+        .replace(line, &line.repeat(1000));
+    let set = shipped();
+    match set
+        .partner("sn.consulat.casablanca")
+        .unwrap()
+        .decode(lpc.as_bytes())
+    {
+        Ok(Decoded::Event(mapped)) => {
+            let data = &mapped.event["data"];
+            assert_eq!(
+                data["anomalies"],
+                serde_json::json!([{
+                    "code": "mrz.unreadable",
+                    "message": "Document/ZLA/Ligne gives more than 1000 values",
+                    "path": "Document/ZLA/Ligne"
+                }])
+            );
+            assert!(data["lpc"].get("mrz").is_none(), "{data}");
+        }
+        other => panic!("expected an event, got {other:?}"),
+    }
 }
 
 #[test]

@@ -636,9 +636,6 @@ impl AuditLog {
         }
     }
 
-    /// Turns a fact into a journal record: validates it, computes the leaf
-    /// with its commitments, seals the personal material. Runs on the
-    /// caller's thread.
     /// `Stopped` once the log has failed: it takes no more appends until it is reopened.
     fn refuse_if_stopped(&self) -> Result<()> {
         match lock(&self.shared.failure)?.as_ref() {
@@ -647,6 +644,9 @@ impl AuditLog {
         }
     }
 
+    /// Turns a fact into a journal record: validates it, computes the leaf
+    /// with its commitments, seals the personal material. Runs on the
+    /// caller's thread.
     fn prepare(&self, fact: &Fact) -> Result<(Record, Hash)> {
         fact.validate()?;
         // A stopped log writes nothing more, not even a new case's key: each append is

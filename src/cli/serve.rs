@@ -172,6 +172,8 @@ impl ServeArgs {
                         admin = %format!("http://{}", running.admin_addr),
                         "serving"
                     );
+                    // Lets the signal streams take what came during the start's last steps.
+                    actix_web::rt::task::yield_now().await;
                     if stop.came_already() {
                         tracing::info!("a stop was asked while the gateway started");
                     } else {

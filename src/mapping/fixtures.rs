@@ -39,8 +39,8 @@ pub fn run_all(set: &MappingSet, bless: bool) -> Result<Vec<FixtureOutcome>, std
         outcomes.extend(strays(&folder)?);
     }
     if root.is_dir() {
-        for entry in std::fs::read_dir(&root)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
+        for entry in sorted_entries(&root)? {
+            let name = file_name(&entry);
             if set.partner(&name).is_none() {
                 outcomes.push(FixtureOutcome {
                     input: root.join(&name),
@@ -143,7 +143,11 @@ fn list(folder: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, std:
     let mut files: Vec<PathBuf> = std::fs::read_dir(folder)?
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|name| !name.starts_with('.') && keep(name))
+        })
         .filter(|path| path.extension().is_some_and(|e| e == "xml" || e == "json"))
         .collect();
     files.sort();

@@ -166,22 +166,20 @@ impl Matcher {
     /// the mapping writes it) of the first value that differs only in case, and the values
     /// accepted there. Such a message is refused rather than ignored, so that a partner's
     /// `passenger_boarded` is not taken for an event outside the programme.
-    pub fn near_miss(&self, native: Native<'_>) -> Option<(&str, &[String])> {
-        if self.test(native, Compare::Trimmed).unwrap_or(true)
-            || !self.test(native, Compare::AnyCase).unwrap_or(false)
-        {
-            return None;
+    pub fn near_miss(&self, native: Native<'_>) -> Result<Option<(&str, &[String])>, RuleError> {
+        if self.test(native, Compare::Trimmed)? || !self.test(native, Compare::AnyCase)? {
+            return Ok(None);
         }
         let values = Self::values_at(native);
-        self.fields
-            .iter()
-            .find(|(label, path, expected)| {
-                !values(label, path)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|value| Compare::Trimmed.accepts(value, expected))
-            })
-            .map(|(label, _, expected)| (label.as_str(), expected.as_slice()))
+        for (label, path, expected) in &self.fields {
+            if !values(label, path)?
+                .iter()
+                .any(|value| Compare::Trimmed.accepts(value, expected))
+            {
+                return Ok(Some((label.as_str(), expected.as_slice())));
+            }
+        }
+        Ok(None)
     }
 
     /// What the message has where this kind looks: its root element (XML), and the values of

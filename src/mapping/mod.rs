@@ -409,10 +409,18 @@ impl PartnerMapping {
         let Some(mapping) = chosen else {
             // A value that names a kind but for its case is a mistake to report, not a message
             // to ignore: an airline's `passenger_boarded` is boarding evidence.
-            if let Some((mapping, path, expected)) = self.inbound.iter().find_map(|mapping| {
-                let (path, expected) = mapping.matcher.near_miss(native)?;
-                Some((mapping, path, expected))
-            }) {
+            let mut near = None;
+            for mapping in &self.inbound {
+                if let Some((path, expected)) = mapping
+                    .matcher
+                    .near_miss(native)
+                    .map_err(|error| over_limit(&mapping.name, error))?
+                {
+                    near = Some((mapping, path, expected));
+                    break;
+                }
+            }
+            if let Some((mapping, path, expected)) = near {
                 let expected = expected
                     .iter()
                     .map(|value| format!("{value:?}"))

@@ -326,16 +326,26 @@ fn compile_text(
     if !rest.is_empty() {
         parts.push(Part::Literal(rest.to_owned()));
     }
-    // A placeholder mistyped (`{ { data.case_id }}`) would be written out as it stands.
+    // A placeholder mistyped (`{ { data.case_id }}`) would be written out as it stands. Other
+    // braces are the template's own text (JSON written inside XML, say).
     if parts
         .iter()
-        .any(|part| matches!(part, Part::Literal(literal) if literal.contains("}}")))
+        .any(|part| matches!(part, Part::Literal(literal) if has_split_braces(literal)))
     {
         return Err(format!(
-            "{text:?} has a }}}} that closes no {{{{ (a placeholder is written {{{{ path }}}})"
+            "{text:?} has a {{ {{ with a space between: a placeholder is written {{{{ path }}}}"
         ));
     }
     Ok(Text(parts))
+}
+
+/// Whether `text` holds `{` and `{` with only white space between them: a placeholder's
+/// opening split by mistake, which no JSON or XML text holds.
+fn has_split_braces(text: &str) -> bool {
+    text.split('{')
+        .skip(1)
+        .zip(text.split('{').skip(2))
+        .any(|(between, _)| !between.is_empty() && between.trim().is_empty())
 }
 
 /// The shape of what an expression names, when the schema says.
@@ -482,7 +492,7 @@ fn compile_json(
     item: ItemShape<'_>,
 ) -> Result<JsonNode, String> {
     Ok(match value {
-        Value::String(text) if text.contains("{{") || text.contains("}}") => {
+        Value::String(text) if text.contains("{{") || has_split_braces(text) => {
             let compiled = compile_text(text, scope, item, true)?;
             match compiled.0.as_slice() {
                 [Part::Expr(expr)] => JsonNode::Expr(expr.clone()),
