@@ -57,15 +57,12 @@ pub fn fold_clashes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
     let mut seen: HashMap<String, (&str, &str)> = HashMap::new();
     let mut clashes = Vec::new();
     for (key, value) in pairs {
-        match seen.get(&normalise(key)) {
-            Some((first, existing)) if *existing != value => clashes.push(FoldClash {
-                first: (*first).to_owned(),
+        let (first, existing) = *seen.entry(normalise(key)).or_insert((key, value));
+        if existing != value {
+            clashes.push(FoldClash {
+                first: first.to_owned(),
                 second: key.to_owned(),
-            }),
-            Some(_) => {}
-            None => {
-                seen.insert(normalise(key), (key, value));
-            }
+            });
         }
     }
     clashes

@@ -140,17 +140,10 @@ fn list(folder: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, std:
     if !folder.is_dir() {
         return Ok(Vec::new());
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|name| !name.starts_with('.') && keep(name))
-        })
-        .filter(|path| path.extension().is_some_and(|e| e == "xml" || e == "json"))
-        .collect();
-    files.sort();
+    let mut files = sorted_entries(folder)?;
+    files.retain(|path| {
+        keep(&file_name(path)) && path.extension().is_some_and(|e| e == "xml" || e == "json")
+    });
     Ok(files)
 }
 

@@ -437,6 +437,16 @@ pub struct RuleError {
     pub over_limit: bool,
 }
 
+impl RuleError {
+    /// The error of a path, named by `label`, that gives more values than a path may.
+    fn over_limit(label: &str, error: TooManyValues) -> Self {
+        RuleError {
+            message: format!("{label} {error}"),
+            over_limit: true,
+        }
+    }
+}
+
 fn fail<T>(message: String) -> Result<T, RuleError> {
     Err(RuleError {
         message,
@@ -447,10 +457,7 @@ fn fail<T>(message: String) -> Result<T, RuleError> {
 impl Source {
     /// The raw values of a source; `label` names it when its path gives too many.
     pub fn values(&self, label: &str, scope: &EvalScope<'_>) -> Result<Vec<Value>, RuleError> {
-        let too_many = |error: TooManyValues| RuleError {
-            message: format!("{label} {error}"),
-            over_limit: true,
-        };
+        let too_many = |error| RuleError::over_limit(label, error);
         Ok(match self {
             Source::Native(path) => native_values(path, scope.native).map_err(too_many)?,
             Source::Named(name, path) => match scope.named.get(name) {
@@ -861,10 +868,7 @@ impl Rule {
             && self.date.is_none()
             && !self.datetime
             && self.convert.is_none();
-        let over_limit = |error: TooManyValues| RuleError {
-            message: format!("{} {error}", self.label),
-            over_limit: true,
-        };
+        let over_limit = |error| RuleError::over_limit(&self.label, error);
         let borrowed = match (&self.source, plain) {
             (Source::Named(name, path), true) => Some(match scope.named.get(name) {
                 Some(document) => path.eval(document).map_err(over_limit)?,
