@@ -2822,10 +2822,11 @@ async fn a_certificate_revoked_while_connected_is_refused_on_its_open_connection
     gateway.stop().await;
 }
 
-/// A delivery acknowledged without ever being listed (its id known otherwise) was received all
-/// the same: the trail says `delivered`, then `acknowledged`.
+/// A delivery never listed cannot have been processed: its acknowledgement (an id taken for
+/// another's, such as the same id at another instance) is refused, and nothing is audited. Once
+/// listed, it is acknowledged: the trail says `delivered`, then `acknowledged`.
 #[actix_web::test]
-async fn an_inbox_delivery_acknowledged_unread_is_audited_delivered_first() {
+async fn an_inbox_delivery_never_listed_cannot_be_acknowledged() {
     let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
     let consulate = gateway.client("sn.consulat.casablanca");
     let reference = "CGSN-CASA-2026-00971";
@@ -2846,6 +2847,23 @@ async fn an_inbox_delivery_acknowledged_unread_is_audited_delivered_first() {
     })
     .await;
     let ministry = gateway.client("ma.interieur");
+    let unread = ministry.post(&format!("/v1/inbox/{id}/ack")).await;
+    assert_eq!(unread.status, 409, "{}", unread.text());
+    says(&unread.json(), "has not been listed to you yet");
+    let still = gateway.running.gateway.store.delivery(id).unwrap().unwrap();
+    assert_eq!(still.state, DeliveryState::Pending);
+    assert!(!still.body.is_empty(), "its body is kept");
+    let listed = ministry.get("/v1/inbox").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert!(
+        listed.json()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id),
+        "{}",
+        listed.text()
+    );
     let ack = ministry.post(&format!("/v1/inbox/{id}/ack")).await;
     assert_eq!(ack.status, 200, "{}", ack.text());
     let story = delivery_story(&gateway, reference, "ma.interieur", "acknowledged").await;
@@ -3284,7 +3302,7 @@ async fn a_dead_letter_is_listed_and_redelivered() {
     assert!(redelivered.status.success(), "{redelivered:?}");
     assert_eq!(
         String::from_utf8(redelivered.stdout).unwrap(),
-        format!("delivery {id}: back in line\n")
+        format!("delivery {id}: back in line (webhook)\n")
     );
     wait_for("the redelivery", WAIT, async || {
         (!dgsn.accepted().is_empty()).then_some(())
@@ -3332,6 +3350,74 @@ async fn a_dead_letter_is_listed_and_redelivered() {
     let ready = admin.get("/ready").await;
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["ready"], true);
+    gateway.stop().await;
+}
+
+/// A webhook recipient moved to the inbox in the registry: what died on its old endpoint
+/// (`webhook.no-endpoint` for what still waited) is redelivered to its inbox, the mode it has
+/// now, not dead-lettered again on the webhook.
+#[actix_web::test]
+async fn a_dead_letter_is_redelivered_on_the_recipients_delivery_mode_now() {
+    let dgsn = Receiver::start();
+    dgsn.answer(Answer::Fail {
+        status: 500,
+        retry_after: None,
+    });
+    let reference = "CGSN-CASA-2026-00418";
+    let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
+    let gateway = TestGateway::start(&changes, |c| c.delivery.max_attempts = 1).await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let admin = gateway.admin();
+    let id = wait_for("a dead letter", WAIT, async || {
+        let list = admin.get("/dead-letters").await.json();
+        list.as_array()?.first()?["id"].as_u64()
+    })
+    .await;
+
+    // The same data folder, the registry now giving the border police an inbox.
+    let dir = gateway.dir;
+    gateway.running.shutdown().await.expect("a clean shutdown");
+    let registry = write_registry(dir.path(), &RegistryChanges::new().inbox("ma.dgsn"));
+    let config = test_config(&dir.path().join("data"), &registry);
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the gateway starts again");
+    let gateway = TestGateway { running, dir };
+    let admin = gateway.admin();
+    let back = admin.post(&format!("/deliveries/{id}/redeliver")).await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    assert_eq!(
+        back.json(),
+        json!({"id": id, "state": "pending", "channel": "inbox"})
+    );
+    let record = gateway.running.gateway.store.delivery(id).unwrap().unwrap();
+    assert_eq!(record.channel, Channel::Inbox);
+    assert_eq!(record.state, DeliveryState::Pending);
+
+    let police = gateway.client("ma.dgsn");
+    let inbox = police.get("/v1/inbox").await;
+    assert_eq!(inbox.status, 200, "{}", inbox.text());
+    let messages = inbox.json()["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["id"], id);
+    assert_eq!(messages[0]["event_id"], reference);
+    let ack = police.post(&format!("/v1/inbox/{id}/ack")).await;
+    assert_eq!(ack.status, 200, "{}", ack.text());
+    let story = delivery_story(&gateway, reference, "ma.dgsn", "acknowledged").await;
+    let kinds: Vec<&str> = story.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["dead_lettered", "redelivered", "delivered", "acknowledged"]
+    );
+    assert_eq!(
+        dgsn.received().len(),
+        1,
+        "the old endpoint is not called again"
+    );
     gateway.stop().await;
 }
 

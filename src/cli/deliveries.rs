@@ -55,8 +55,9 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put dead letters back in line: each is tried again at once (or reappears in its
-    /// recipient's inbox), with its attempt count at zero. Fix the cause first.
+    /// Put dead letters back in line, on the delivery mode the registry gives each recipient
+    /// now: each is tried again at once (or appears in its recipient's inbox), with its
+    /// attempt count at zero. Fix the cause first.
     Redeliver {
         #[command(flatten)]
         admin: AdminArgs,
@@ -77,7 +78,7 @@ pub enum DeliveriesCommand {
 }
 
 /// An operator's change to dead letters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
     Redeliver,
     Discard,
@@ -243,7 +244,16 @@ async fn change(base: &str, ids: &[u64], what: Change) -> anyhow::Result<ExitCod
             }
         };
         if status.is_success() {
-            println!("delivery {id}: {}", what.done());
+            // The channel it waits on: a redelivery takes the recipient's delivery mode now.
+            let channel = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|answer| answer["channel"].as_str().map(str::to_owned));
+            match channel {
+                Some(channel) if what == Change::Redeliver => {
+                    println!("delivery {id}: {} ({channel})", what.done());
+                }
+                _ => println!("delivery {id}: {}", what.done()),
+            }
         } else {
             failed += 1;
             eprintln!(

@@ -372,18 +372,42 @@ pub enum DeadLetterError {
     Audit(String),
 }
 
-/// Puts dead letter `id` back in line at an operator's request, due now. Like an attempt, it
-/// is audited first (`redelivered`, reason `operator`) and then recorded, so that the evidence
-/// is never behind the state; the attempts that follow are audited as usual. Operators'
-/// changes are made one at a time, so that two requests for the same dead letter log one
-/// entry.
+/// Puts dead letter `id` back in line at an operator's request, due now, on the channel of
+/// its recipient's delivery mode as the registry gives it now: a webhook recipient moved to
+/// the inbox finds the messages that died while its endpoint was gone in its inbox. Like an
+/// attempt, it is audited first (`redelivered`, reason `operator`, with the transport it goes
+/// out on) and then recorded, so that the evidence is never behind the state; the attempts
+/// that follow are audited as usual. Operators' changes are made one at a time, so that two
+/// requests for the same dead letter log one entry.
 pub async fn redeliver(gateway: &Gateway, id: u64) -> Result<Delivery, DeadLetterError> {
     let _one_at_a_time = gateway.dead_letter_changes.lock().await;
-    let dead = gateway.store.redeliverable(id)?;
+    let mut dead = gateway.store.redeliverable(id)?;
+    let accepted_on = dead.channel;
+    // A recipient the registry gives no delivery mode (or no longer holds) keeps the channel
+    // its message was accepted under, where it dies again with the reason why.
+    dead.channel = gateway.channel_of(&dead.recipient).unwrap_or(accepted_on);
     audit_operator_change(gateway, &dead, Kind::Redelivered).await?;
-    let back = gateway.store.update(id, DeliveryUpdate::Redeliver).await?;
+    let back = gateway
+        .store
+        .update(
+            id,
+            DeliveryUpdate::Redeliver {
+                channel: dead.channel,
+            },
+        )
+        .await?;
     gateway.outbox_changed.notify_waiters();
-    tracing::info!(delivery = back.id, recipient = %back.recipient, "dead letter put back in line");
+    if back.channel == accepted_on {
+        tracing::info!(delivery = back.id, recipient = %back.recipient, "dead letter put back in line");
+    } else {
+        tracing::info!(
+            delivery = back.id,
+            recipient = %back.recipient,
+            from = accepted_on.name(),
+            to = back.channel.name(),
+            "dead letter put back in line on its recipient's delivery mode now"
+        );
+    }
     Ok(back)
 }
 
@@ -492,11 +516,15 @@ pub fn due_in(d: Duration) -> u64 {
 
 /// Reads a `Retry-After` value: seconds, or an HTTP date in any of the three forms RFC 9110
 /// makes a recipient accept (IMF-fixdate, RFC 850, asctime). A date in the past asks for no
-/// wait.
+/// wait; seconds too many for a number ask for the longest wait (the policy caps it).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(
+            value
+                .parse::<u64>()
+                .map_or(Duration::MAX, Duration::from_secs),
+        );
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -577,5 +605,22 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-5"), None);
+        assert_eq!(parse_retry_after("+5"), None);
+    }
+
+    #[test]
+    fn a_retry_after_too_long_for_a_number_asks_for_the_longest_wait() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(60),
+        };
+        let asked = parse_retry_after("99999999999999999999999");
+        assert_eq!(asked, Some(Duration::MAX));
+        assert_eq!(
+            policy.next(1, asked),
+            Next::RetryAfter(Duration::from_secs(60))
+        );
     }
 }

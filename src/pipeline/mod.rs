@@ -373,6 +373,13 @@ impl Gateway {
         std::mem::replace(&mut self.store, store)
     }
 
+    /// The channel `recipient`'s deliveries go out on, from its delivery mode in the registry:
+    /// `None` when the registry gives it none (an auditor, or a partner it no longer holds).
+    pub fn channel_of(&self, recipient: &str) -> Option<Channel> {
+        let mode = self.registry.partner(recipient)?.delivery.as_ref()?;
+        Some(channel_of(Some(mode)))
+    }
+
     /// Takes one message from `key`'s rate limit (a partner id, or [`UNREGISTERED`]).
     pub(crate) fn check_rate(&self, key: &str) -> Result<(), Refusal> {
         let Err(not_until) = self.rate.check_key(&key.to_owned()) else {

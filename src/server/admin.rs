@@ -287,7 +287,11 @@ fn dead_letter_changed(
     changed: Result<crate::store::Delivery, DeadLetterError>,
 ) -> HttpResponse {
     match changed {
-        Ok(d) => HttpResponse::Ok().json(serde_json::json!({"id": d.id, "state": d.state})),
+        Ok(d) => HttpResponse::Ok().json(serde_json::json!({
+            "id": d.id,
+            "state": d.state,
+            "channel": d.channel.name(),
+        })),
         Err(DeadLetterError::Store(StoreError::NotFound(what))) => HttpResponse::NotFound()
             .json(serde_json::json!({"error": format!("no such {what}: {id}")})),
         Err(DeadLetterError::Store(refused @ StoreError::Refused(_))) => {

@@ -712,49 +712,32 @@ async fn ack(
                 "delivery {id} is not in your inbox"
             )));
         }
-        DeliveryState::Pending | DeliveryState::Delivered => {
-            // Acknowledged without ever being listed (its id guessed or known otherwise): it
-            // was received all the same, and the evidence says so first, with the body it was
-            // given, as a first fetch does.
-            if delivery.state == DeliveryState::Pending {
-                let whole = gateway
-                    .store
-                    .delivery(id)
-                    .map_err(|e| Problem::unavailable(e.to_string()))?
-                    .ok_or_else(not_yours)?;
-                record_inbox_step(gateway, &whole, InboxStep::Delivered).await?;
-            }
-            record_inbox_step(gateway, &delivery, InboxStep::Acknowledged).await?;
+        // Never listed: the caller cannot have processed it. An id taken for another (ids are
+        // an instance's own, and the same id names another message at another instance) must
+        // not make a message nobody read leave the inbox, acknowledged.
+        DeliveryState::Pending => {
+            return Err(Problem::new(
+                actix_web::http::StatusCode::CONFLICT,
+                "conflict",
+                "The delivery was never listed",
+                format!(
+                    "delivery {id} has not been listed to you yet: read your inbox (GET \
+                     /v1/inbox) and acknowledge what it lists, once processed"
+                ),
+            ));
+        }
+        DeliveryState::Delivered => {
+            record_acknowledgement(gateway, &delivery).await?;
         }
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({"id": id, "state": "acknowledged"})))
 }
 
-/// A step of an inbox delivery that its acknowledgement records.
-#[derive(Debug, Clone, Copy)]
-enum InboxStep {
-    Delivered,
-    Acknowledged,
-}
-
-/// Records a step of an inbox delivery in its acknowledgement (`delivered`, when it was never
-/// listed, then `acknowledged`): audited first, as every delivery step, then changed in the
-/// store, and counted.
-async fn record_inbox_step(
-    gateway: &Gateway,
-    delivery: &Delivery,
-    step: InboxStep,
-) -> Result<(), Problem> {
-    let (kind, update, label) = match step {
-        InboxStep::Delivered => (Kind::Delivered, DeliveryUpdate::Delivered, "delivered"),
-        InboxStep::Acknowledged => (
-            Kind::Acknowledged,
-            DeliveryUpdate::Acknowledged,
-            "acknowledged",
-        ),
-    };
+/// Records the acknowledgement of an inbox delivery: audited first, as every delivery step,
+/// then changed in the store, and counted.
+async fn record_acknowledgement(gateway: &Gateway, delivery: &Delivery) -> Result<(), Problem> {
     gateway
-        .audit_delivery(delivery, kind, None)
+        .audit_delivery(delivery, Kind::Acknowledged, None)
         .await
         .map_err(|_| {
             Problem::unavailable(
@@ -764,12 +747,12 @@ async fn record_inbox_step(
         })?;
     gateway
         .store
-        .update(delivery.id, update)
+        .update(delivery.id, DeliveryUpdate::Acknowledged)
         .await
         .map_err(|e| Problem::unavailable(e.to_string()))?;
     gateway
         .metrics
-        .delivery(&delivery.recipient, Channel::Inbox.name(), label);
+        .delivery(&delivery.recipient, Channel::Inbox.name(), "acknowledged");
     Ok(())
 }
 

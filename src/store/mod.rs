@@ -421,8 +421,13 @@ pub enum DeliveryUpdate {
         /// Why, a short code.
         error: String,
     },
-    /// Put a dead letter back in line, due now.
-    Redeliver,
+    /// Put a dead letter back in line, due now, on `channel`: the recipient's delivery mode
+    /// as the registry gives it now, which may not be the one its message was accepted under
+    /// (its body, written through the recipient's mapping, is the same on every channel).
+    Redeliver {
+        /// The channel it waits on from now.
+        channel: Channel,
+    },
     /// Give a dead letter up for good, at an operator's request: out of the dead letters,
     /// its body deleted ([`DeliveryState::Discarded`]). Refused while its `dead_lettered`
     /// entry is owed (see [`Store::owed_audits`]), so that the log says it died first.
@@ -2617,9 +2622,10 @@ fn update_delivery(
             d.due_ms = due_ms;
             t.enqueue(&Release::of(&d))?;
         }
-        DeliveryUpdate::Redeliver => {
+        DeliveryUpdate::Redeliver { channel } => {
             check_redeliverable(&d)?;
             t.dead.remove(id).map_err(db_error)?;
+            d.channel = channel;
             d.state = DeliveryState::Pending;
             d.attempts = 0;
             d.due_ms = now_ms();
@@ -2654,7 +2660,7 @@ fn applies(d: &Delivery, update: &DeliveryUpdate) -> bool {
         DeliveryUpdate::Dead { .. } => waiting || fetched,
         DeliveryUpdate::Acknowledged => d.channel == Channel::Inbox && (waiting || fetched),
         DeliveryUpdate::Erased => waiting || fetched || d.state == DeliveryState::Dead,
-        DeliveryUpdate::Redeliver
+        DeliveryUpdate::Redeliver { .. }
         | DeliveryUpdate::Discard
         | DeliveryUpdate::Postpone { .. }
         | DeliveryUpdate::DeadLetterAudited => true,
@@ -3754,7 +3760,10 @@ pub(super) mod tests {
             store.redeliverable(made[0].id + 1),
             Err(StoreError::NotFound(_))
         ));
-        match store.update(made[0].id, DeliveryUpdate::Redeliver).await {
+        let back_on = DeliveryUpdate::Redeliver {
+            channel: Channel::Webhook,
+        };
+        match store.update(made[0].id, back_on).await {
             Err(StoreError::Refused(why)) => assert!(why.contains("no body"), "{why}"),
             other => panic!("redelivered: {other:?}"),
         }
