@@ -489,6 +489,16 @@ impl RunningGateway {
                 "deliveries of erased cases withdrawn: dead letters without their bodies"
             );
         }
+        let buried = crate::delivery::bury_stray_inbox_deliveries(&gateway)
+            .await
+            .context("dead-lettering the inbox deliveries of partners without an inbox")?;
+        if buried > 0 {
+            tracing::warn!(
+                buried,
+                "inbox deliveries of partners the registry no longer gives an inbox: dead \
+                 letters, to redeliver by their recipients' delivery modes or discard"
+            );
+        }
         let forgotten = crate::delivery::forget_erased_case_ids(&gateway)
             .context("taking the ids of erased cases off the store's records")?;
         if forgotten > 0 {

@@ -94,6 +94,19 @@ impl TestGateway {
     async fn stop(self) {
         self.running.shutdown().await.expect("a clean shutdown");
     }
+
+    /// Stops the gateway and starts it again on the same data, with the sample registry
+    /// changed by `changes` (and the default settings).
+    async fn restart(self, changes: &RegistryChanges) -> TestGateway {
+        let dir = self.dir;
+        self.running.shutdown().await.expect("a clean shutdown");
+        let registry = write_registry(dir.path(), changes);
+        let config = test_config(&dir.path().join("data"), &registry);
+        let running = RunningGateway::start(&config)
+            .await
+            .expect("the gateway starts again");
+        TestGateway { running, dir }
+    }
 }
 
 /// Checks an acknowledgement: `status`, the event, and a receipt that verifies with the log's
@@ -3378,15 +3391,10 @@ async fn a_dead_letter_is_redelivered_on_the_recipients_delivery_mode_now() {
     })
     .await;
 
-    // The same data folder, the registry now giving the border police an inbox.
-    let dir = gateway.dir;
-    gateway.running.shutdown().await.expect("a clean shutdown");
-    let registry = write_registry(dir.path(), &RegistryChanges::new().inbox("ma.dgsn"));
-    let config = test_config(&dir.path().join("data"), &registry);
-    let running = RunningGateway::start(&config)
-        .await
-        .expect("the gateway starts again");
-    let gateway = TestGateway { running, dir };
+    // The same data, the registry now giving the border police an inbox.
+    let gateway = gateway
+        .restart(&RegistryChanges::new().inbox("ma.dgsn"))
+        .await;
     let admin = gateway.admin();
     let back = admin.post(&format!("/deliveries/{id}/redeliver")).await;
     assert_eq!(back.status, 200, "{}", back.text());
@@ -3418,6 +3426,71 @@ async fn a_dead_letter_is_redelivered_on_the_recipients_delivery_mode_now() {
         1,
         "the old endpoint is not called again"
     );
+    gateway.stop().await;
+}
+
+/// An inbox recipient given another delivery mode: what waits in its inbox, listed or not, is
+/// dead-lettered at the start (`inbox.not-an-inbox-recipient`), no longer listed to it, and
+/// goes out by its new mode once redelivered.
+#[actix_web::test]
+async fn an_inbox_left_by_a_change_of_delivery_mode_becomes_dead_letters() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let listed = "CGSN-CASA-2026-00421";
+    let unlisted = "CGSN-CASA-2026-00422";
+    let reply = consulate.send("application/xml", lpc_issued(listed)).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let ministry = gateway.client("ma.interieur");
+    let seen = ministry.inbox(50).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let reply = consulate
+        .send("application/xml", lpc_issued(unlisted))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+
+    let receiver = Receiver::start();
+    let changes = RegistryChanges::new().webhook("ma.interieur", &receiver.url("/rva"));
+    let gateway = gateway.restart(&changes).await;
+    let ministry = gateway.client("ma.interieur");
+    let refused = ministry.get("/v1/inbox").await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    says(&refused.json(), "its messages are posted to its webhook");
+    let admin = gateway.admin();
+    let dead = admin.get("/dead-letters").await.json();
+    let dead: Vec<&Value> = dead
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["recipient"] == "ma.interieur")
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for letter in &dead {
+        assert_eq!(letter["channel"], "inbox");
+        assert_eq!(letter["last_error"], "inbox.not-an-inbox-recipient");
+        let id = letter["id"].as_u64().unwrap();
+        let back = admin.post(&format!("/deliveries/{id}/redeliver")).await;
+        assert_eq!(back.status, 200, "{}", back.text());
+        assert_eq!(back.json()["channel"], "webhook");
+    }
+    let posted = wait_for("the two redeliveries", WAIT, async || {
+        let accepted = receiver.accepted();
+        (accepted.len() == 2).then_some(accepted)
+    })
+    .await;
+    let mut events: Vec<&str> = posted.iter().map(|r| r.event_id.as_str()).collect();
+    events.sort_unstable();
+    assert_eq!(events, [listed, unlisted]);
+    for (reference, before) in [(listed, &["delivered"][..]), (unlisted, &[][..])] {
+        let story = delivery_story(&gateway, reference, "ma.interieur", "delivered").await;
+        let kinds: Vec<&str> = story.iter().map(|(kind, _)| kind.as_str()).collect();
+        let after = ["dead_lettered", "redelivered", "delivered"];
+        assert_eq!(kinds, [before, &after[..]].concat(), "{reference}");
+        let reason = story.iter().find(|(kind, _)| kind == "dead_lettered");
+        assert_eq!(
+            reason.and_then(|(_, r)| r.as_deref()),
+            Some("inbox.not-an-inbox-recipient")
+        );
+    }
     gateway.stop().await;
 }
 

@@ -11,7 +11,7 @@ pub mod webhook;
 use crate::audit::Kind;
 use crate::config::DeliverySettings;
 use crate::pipeline::Gateway;
-use crate::store::{DEAD_LETTER_PAGE, Delivery, DeliveryUpdate, StoreError};
+use crate::store::{Channel, DEAD_LETTER_PAGE, Delivery, DeliveryUpdate, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -281,6 +281,73 @@ pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
         );
     }
     Ok(withdrawn)
+}
+
+/// The error code of an inbox delivery dead-lettered at start because the registry no longer
+/// gives its recipient an inbox: redelivering it sends it by the recipient's mode now.
+pub const NOT_AN_INBOX_RECIPIENT: &str = "inbox.not-an-inbox-recipient";
+
+/// Dead-letters the inbox deliveries still waiting (listed or not, not acknowledged) for a
+/// partner that the registry no longer gives an inbox ([`NOT_AN_INBOX_RECIPIENT`]), as the
+/// push workers do with what waits on a webhook or an AMQP queue the recipient no longer has.
+/// A delivery goes out only by its recipient's mode of now: an operator redelivers these
+/// dead letters (by that mode) or discards them, and so can withdraw what waited in an inbox
+/// after a change of need-to-know. Each is audited first (`dead_lettered`), then recorded.
+/// Runs at start, before anything is served; a recipient the registry no longer holds at all
+/// is passed over (it cannot connect, and nothing of it can be delivered by another mode).
+pub async fn bury_stray_inbox_deliveries(gateway: &Gateway) -> anyhow::Result<usize> {
+    let mut buried = 0;
+    let moved: Vec<String> = gateway
+        .registry
+        .partners()
+        .filter(|p| gateway.channel_of(&p.id) != Some(Channel::Inbox))
+        .map(|p| p.id.clone())
+        .collect();
+    for recipient in moved {
+        let mut after = 0;
+        loop {
+            let page = gateway.store.inbox(&recipient, after, DEAD_LETTER_PAGE)?;
+            for (delivery, why) in &page.unreadable {
+                tracing::error!(
+                    delivery,
+                    error = %why,
+                    "an inbox delivery's record cannot be read back; it stays in the inbox of \
+                     a partner that no longer has one"
+                );
+            }
+            let Some(last) = page.last_seen else { break };
+            after = last;
+            for delivery in page.deliveries {
+                gateway
+                    .audit_delivery(
+                        &delivery,
+                        Kind::DeadLettered,
+                        Some(NOT_AN_INBOX_RECIPIENT.into()),
+                    )
+                    .await
+                    .map_err(|refusal| {
+                        anyhow::anyhow!(
+                            "auditing an inbox delivery dead-lettered for its recipient's new \
+                             delivery mode: {refusal}"
+                        )
+                    })?;
+                let dead = gateway
+                    .store
+                    .update(
+                        delivery.id,
+                        DeliveryUpdate::Dead {
+                            error: NOT_AN_INBOX_RECIPIENT.into(),
+                        },
+                    )
+                    .await?;
+                gateway
+                    .metrics
+                    .delivery(&dead.recipient, Channel::Inbox.name(), "dead");
+                buried += 1;
+            }
+        }
+    }
+    Ok(buried)
 }
 
 /// Records a push attempt: audits it first (so that the evidence is never behind the

@@ -568,6 +568,31 @@ async fn get_inbox(
         Err(_) if query.limit.as_deref().is_some_and(all_digits) => 500,
         parsed => parsed?.unwrap_or(50).clamp(1, 500),
     };
+    // A partner that does not receive by inbox would otherwise poll an inbox that stays empty
+    // and never learn why. What waited in its inbox when its delivery mode changed was
+    // dead-lettered at the start (`inbox.not-an-inbox-recipient`), for an operator to
+    // redeliver by its mode of now.
+    let elsewhere = match &caller.0.delivery {
+        Some(crate::registry::Delivery::Inbox) => None,
+        Some(crate::registry::Delivery::Webhook { .. }) => {
+            Some("its messages are posted to its webhook")
+        }
+        Some(crate::registry::Delivery::Amqp) => {
+            Some("its messages are published to its AMQP queue")
+        }
+        None => Some("it receives no messages"),
+    };
+    if let Some(elsewhere) = elsewhere {
+        return Err(Problem::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "conflict",
+            "The caller receives no messages by inbox",
+            format!(
+                "partner {} has no inbox: {elsewhere} (its delivery mode in the registry)",
+                caller.0.id
+            ),
+        ));
+    }
     // One request at a time per inbox: a delivery is audited `delivered` once.
     let _turn = inbox_turn(gateway, &caller.0.id).await?;
     let page = gateway
@@ -582,39 +607,6 @@ async fn get_inbox(
         );
     }
     let deliveries = page.deliveries;
-    // A partner that does not receive by inbox would otherwise poll an inbox that stays empty
-    // and never learn why, on any page. Deliveries left from before a change of delivery mode
-    // are listed, and the page past the last of them is empty, not refused.
-    let nothing_ever = deliveries.is_empty()
-        && page.unreadable.is_empty()
-        && (after == 0
-            || gateway
-                .store
-                .inbox(&caller.0.id, 0, 1)
-                .is_ok_and(|first| first.deliveries.is_empty() && first.unreadable.is_empty()));
-    if nothing_ever {
-        let elsewhere = match &caller.0.delivery {
-            Some(crate::registry::Delivery::Inbox) => None,
-            Some(crate::registry::Delivery::Webhook { .. }) => {
-                Some("its messages are posted to its webhook")
-            }
-            Some(crate::registry::Delivery::Amqp) => {
-                Some("its messages are published to its AMQP queue")
-            }
-            None => Some("it receives no messages"),
-        };
-        if let Some(elsewhere) = elsewhere {
-            return Err(Problem::new(
-                actix_web::http::StatusCode::CONFLICT,
-                "conflict",
-                "The caller receives no messages by inbox",
-                format!(
-                    "partner {} has no inbox: {elsewhere} (its delivery mode in the registry)",
-                    caller.0.id
-                ),
-            ));
-        }
-    }
     // The first fetch is the delivery: audit it, then record it (so that the evidence is never
     // behind the state: a failure in between audits it again at the next fetch). The page's
     // entries are appended together (up to `AUDITS_AT_ONCE` at a time), and share the log's
