@@ -127,6 +127,25 @@ fn create_signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     Ok(signer)
 }
 
+/// Refuses a partner CA bundle that trusts the development CA when the gateway's own
+/// certificate is not a development one: that CA's key is public in the project's copy, so
+/// anyone could make a certificate for any partner, an auditor among them. It happens when a
+/// `[tls]` section sets `cert` and `key` and leaves `ca` to its default. The development set-up
+/// (both from `passerelle certs dev`) is only warned of.
+fn refuse_development_trust(config: &Config) -> anyhow::Result<()> {
+    if crate::tls::bundle_holds_development_ca(&config.tls.ca)
+        && !crate::tls::issued_by_development_ca(&config.tls.cert)
+    {
+        anyhow::bail!(
+            "tls.ca ({}) trusts the development CA of `passerelle certs dev`, whose private key \
+             is public, while tls.cert is not a development certificate: set tls.ca (and \
+             tls.crls) to the partners' CA bundle",
+            config.tls.ca.display()
+        );
+    }
+    Ok(())
+}
+
 /// Warns of settings that are for development only: a server certificate issued by the
 /// development CA (whose keys are public in the project's copy), and an admin listener, which
 /// has no authentication, on an address other than loopback.
@@ -414,6 +433,7 @@ impl RunningGateway {
         config.validate()?;
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
+        refuse_development_trust(config)?;
         let checked_tls = check_tls_settings(config)?;
         registry
             .check_issuers(checked_tls.issuers())
@@ -776,5 +796,35 @@ async fn refresh_crls(
             .crl_reloads
             .get_or_create(&crate::metrics::OutcomeLabels { outcome })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_development_ca_is_trusted_only_beside_a_development_certificate() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let own = rcgen::generate_simple_self_signed(vec!["gateway.example".into()]).unwrap();
+        let production = dir.path().join("server.pem");
+        std::fs::write(&production, own.cert.pem()).unwrap();
+        let mut config = Config::default();
+        // A `[tls]` section that set the certificate and left the bundle to its default.
+        config.tls.ca = root.join("certs/dev/ca.pem");
+        config.tls.cert.clone_from(&production);
+        let refused = refuse_development_trust(&config).unwrap_err().to_string();
+        assert!(
+            refused.contains("trusts the development CA") && refused.contains("tls.ca"),
+            "{refused}"
+        );
+        // The development set-up, both from `passerelle certs dev`.
+        config.tls.cert = root.join("certs/dev/server.pem");
+        assert!(refuse_development_trust(&config).is_ok());
+        // A bundle of other CAs.
+        config.tls.ca.clone_from(&production);
+        config.tls.cert = production;
+        assert!(refuse_development_trust(&config).is_ok());
     }
 }

@@ -374,8 +374,8 @@ pub struct ClientVerifier {
     provider: Arc<CryptoProvider>,
     hints: Vec<DistinguishedName>,
     current: RwLock<Verifiers>,
-    /// The modification times of the CRL files when they were last read.
-    read_at: Mutex<Vec<Option<SystemTime>>>,
+    /// The digests of the CRL files' contents when they were last read.
+    read_at: Mutex<Vec<Option<[u8; 32]>>>,
     /// Told of each certificate a handshake refuses.
     observer: Option<Arc<dyn CertificateRefusalObserver>>,
     /// How many times the CRLs were read again: a connection verified under an earlier
@@ -385,6 +385,9 @@ pub struct ClientVerifier {
     reloaded_at_ms: AtomicU64,
     /// The CRLs in use: each one's issuer, file and `nextUpdate`.
     in_use: RwLock<Vec<CrlInUse>>,
+    /// The earliest `nextUpdate` of the CRLs in use, in seconds since the epoch (`u64::MAX`
+    /// when none has one): from then on, a connection verified before is verified again.
+    stale_from: AtomicU64,
     /// The last failed reload reported, so that the same failure is reported once while the
     /// files are tried again at each call.
     last_failure: Mutex<Option<String>>,
@@ -411,6 +414,14 @@ impl CrlInUse {
     }
 }
 
+/// The earliest `nextUpdate` of `crls`, in seconds since the epoch; `u64::MAX` for none.
+fn earliest_next_update(crls: &[CrlInUse]) -> u64 {
+    crls.iter()
+        .filter_map(|crl| crl.next_update)
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
 impl std::fmt::Debug for ClientVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientVerifier")
@@ -427,10 +438,18 @@ fn epoch_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+/// The SHA-256 digest of each file's contents (`None` for one that cannot be read): a change
+/// is told by what a file holds, not by its modification time, which a copy that keeps the
+/// old time, or two writes within the file system's time granularity, would leave unchanged.
+fn contents_digests(paths: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
+    use sha2::{Digest, Sha256};
     paths
         .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .map(|p| {
+            std::fs::read(p)
+                .ok()
+                .map(|bytes| Sha256::digest(bytes).into())
+        })
         .collect()
 }
 
@@ -468,7 +487,7 @@ impl ClientVerifier {
         }
         let issuers = Issuers::new(&files.ca, &ca_certs, &provider)?;
         let roots = Arc::new(roots);
-        let read_at = modified(&files.crls);
+        let read_at = contents_digests(&files.crls);
         let (verifier, in_use) =
             build_client_verifier(&files.ca, &files.crls, &roots, &ca_certs, &provider)?;
         Ok(ClientVerifier {
@@ -483,6 +502,7 @@ impl ClientVerifier {
             observer,
             generation: AtomicU64::new(0),
             reloaded_at_ms: AtomicU64::new(0),
+            stale_from: AtomicU64::new(earliest_next_update(&in_use)),
             in_use: RwLock::new(in_use),
             last_failure: Mutex::new(None),
             issuers,
@@ -506,7 +526,7 @@ impl ClientVerifier {
     /// stale: the other CAs' new CRLs are taken all the same. A refused change is tried again
     /// at each call, and reported once (`Ok(false)` while it fails the same way).
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = modified(&self.crls);
+        let now = contents_digests(&self.crls);
         let mut read_at = self.read_at.lock().unwrap_or_else(|p| p.into_inner());
         if *read_at == now {
             return Ok(false);
@@ -536,6 +556,8 @@ impl ClientVerifier {
         };
         *last_failure = None;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        self.stale_from
+            .store(earliest_next_update(&in_use), Ordering::Release);
         *self.in_use.write().unwrap_or_else(|p| p.into_inner()) = in_use;
         self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::Release);
@@ -571,6 +593,13 @@ impl ClientVerifier {
     /// How many times the CRLs were read again since start.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// When the first of the CRLs in use goes stale (its `nextUpdate`), in seconds since the
+    /// epoch; `u64::MAX` when none has a `nextUpdate`. A chain verified before then is
+    /// verified again after: past it, that CRL's CA's certificates are refused.
+    pub fn stale_from(&self) -> u64 {
+        self.stale_from.load(Ordering::Acquire)
     }
 
     /// Verifies a connection's certificate chain (end-entity first, as the handshake received
@@ -987,6 +1016,22 @@ pub fn check_own_certificate(path: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// Whether the CA bundle at `path` holds the development CA of `passerelle certs dev` (a
+/// certificate whose subject is [`dev::DEV_CA_NAME`]). `false` when it cannot be read (the
+/// configuration's own checks refuse it then).
+pub fn bundle_holds_development_ca(path: &Path) -> bool {
+    let Ok(bundle) = load_certs(path) else {
+        return false;
+    };
+    bundle.iter().any(|cert| {
+        x509_parser::parse_x509_certificate(cert.as_ref()).is_ok_and(|(_, cert)| {
+            cert.subject()
+                .iter_common_name()
+                .any(|name| name.as_str().is_ok_and(|name| name == dev::DEV_CA_NAME))
+        })
+    })
+}
+
 /// Whether the first certificate in `path` was issued by the development CA of
 /// `passerelle certs dev` ([`dev::DEV_CA_NAME`]). `false` when it cannot be read (the
 /// configuration's own checks refuse it then).
@@ -1002,6 +1047,20 @@ pub fn issued_by_development_ca(path: &Path) -> bool {
                 .iter_common_name()
                 .any(|name| name.as_str().is_ok_and(|name| name == dev::DEV_CA_NAME))
         })
+}
+
+/// The end of a chain's validity, in seconds since the epoch: the earliest `notAfter` of its
+/// certificates (an intermediate may expire before the end-entity certificate). `i64::MIN`
+/// when one cannot be read (a chain the handshake verified can be).
+pub fn chain_not_after(chain: &[CertificateDer<'_>]) -> i64 {
+    chain
+        .iter()
+        .map(|cert| {
+            x509_parser::parse_x509_certificate(cert.as_ref())
+                .map_or(i64::MIN, |(_, cert)| cert.validity().not_after.timestamp())
+        })
+        .min()
+        .unwrap_or(i64::MIN)
 }
 
 /// The identity read from a peer's end-entity certificate.
@@ -1308,6 +1367,28 @@ fn pem_detail(error: &pem::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_is_valid_until_its_first_certificate_expires() {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, date_time_ymd,
+        };
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.not_after = date_time_ymd(2028, 1, 1);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let mut leaf = CertificateParams::default();
+        leaf.not_after = date_time_ymd(2030, 1, 1);
+        let leaf = leaf.signed_by(&KeyPair::generate().unwrap(), &ca).unwrap();
+        let chain = [leaf.der().clone(), ca.der().clone()];
+        let ca_ends = date_time_ymd(2028, 1, 1).unix_timestamp();
+        assert_eq!(chain_not_after(&chain), ca_ends);
+        assert_eq!(
+            chain_not_after(&chain[..1]),
+            date_time_ymd(2030, 1, 1).unix_timestamp()
+        );
+        assert_eq!(chain_not_after(&[]), i64::MIN);
+    }
 
     #[test]
     fn a_pem_file_cut_short_is_said_in_words() {

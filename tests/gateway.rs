@@ -2776,6 +2776,55 @@ async fn an_inbox_read_and_acknowledged_twice_at_once_is_audited_once() {
     gateway.stop().await;
 }
 
+/// A CRL that goes stale while a connection is kept alive: past its `nextUpdate` no
+/// certificate of its CA has a known status, and the connection's next request is refused, as a
+/// new handshake would be.
+#[actix_web::test]
+async fn a_crl_gone_stale_while_connected_refuses_the_open_connection() {
+    let crls = tempfile::tempdir().expect("a temporary folder");
+    let crl = crls.path().join("crl.pem");
+    // Whole seconds, as a CRL says its times.
+    let stale_at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(3))
+        .replace_nanosecond(0)
+        .expect("a whole second");
+    std::fs::write(&crl, pki::dev_crl_until(12, &["revoked"], stale_at)).expect("the CRL");
+    let gateway = TestGateway::start(&RegistryChanges::new(), |config| {
+        config.tls.crls = vec![crl.clone()];
+    })
+    .await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00990"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let mut attempt = 0;
+    let refused = wait_for(
+        "the consulate refused on its connection",
+        WAIT,
+        async || {
+            attempt += 1;
+            let reference = format!("CGSN-CASA-2026-{:05}", 990 + attempt);
+            let reply = consulate
+                .send("application/xml", lpc_issued(&reference))
+                .await;
+            (reply.status != 202).then_some(reply)
+        },
+    )
+    .await;
+    assert!(
+        time::OffsetDateTime::now_utc() >= stale_at,
+        "refused before the CRL went stale"
+    );
+    let problem = refused.problem(403, "forbidden");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no longer valid")),
+        "{problem}"
+    );
+    gateway.stop().await;
+}
+
 /// A certificate revoked while its connection is kept alive: once the gateway has read the new
 /// CRL, that connection's next requests are refused (with an answer, which shows the connection
 /// was kept: a new one would be refused at the handshake).
@@ -3248,6 +3297,16 @@ async fn a_dead_letter_is_listed_and_redelivered() {
     assert_eq!(dgsn.received().len(), 2, "max_attempts = 2");
     assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 1.0);
 
+    // Nor read the dead letters under a name of its own that resolves to this host (DNS
+    // rebinding): the loopback listener answers loopback names only.
+    let rebound = admin
+        .get_for_host("/dead-letters", "rebound.example:9090")
+        .await;
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
+    for host in ["localhost:9090", "127.0.0.1", "[::1]:9090", "LOCALHOST"] {
+        let local = admin.get_for_host("/dead-letters", host).await;
+        assert_eq!(local.status, 200, "{host}: {}", local.text());
+    }
     // A web page in a browser on the operator's machine cannot redeliver it: the listener
     // takes no changes from pages.
     refused_from_a_web_page(&admin, &format!("/deliveries/{id}/redeliver")).await;
@@ -3464,6 +3523,12 @@ async fn an_inbox_left_by_a_change_of_delivery_mode_becomes_dead_letters() {
         .filter(|d| d["recipient"] == "ma.interieur")
         .collect();
     assert_eq!(dead.len(), 2, "{dead:?}");
+    let store = &gateway.running.gateway.store;
+    let waiting = store.waiting().unwrap();
+    assert!(
+        waiting.iter().all(|d| d.recipient != "ma.interieur"),
+        "{waiting:?}"
+    );
     for letter in &dead {
         assert_eq!(letter["channel"], "inbox");
         assert_eq!(letter["last_error"], "inbox.not-an-inbox-recipient");
@@ -3472,6 +3537,13 @@ async fn an_inbox_left_by_a_change_of_delivery_mode_becomes_dead_letters() {
         assert_eq!(back.status, 200, "{}", back.text());
         assert_eq!(back.json()["channel"], "webhook");
     }
+    // Nothing is left in the inbox index for the ministry.
+    assert!(
+        !store
+            .inbox_recipients()
+            .unwrap()
+            .contains(&"ma.interieur".to_owned())
+    );
     let posted = wait_for("the two redeliveries", WAIT, async || {
         let accepted = receiver.accepted();
         (accepted.len() == 2).then_some(accepted)
@@ -3491,6 +3563,67 @@ async fn an_inbox_left_by_a_change_of_delivery_mode_becomes_dead_letters() {
             Some("inbox.not-an-inbox-recipient")
         );
     }
+    gateway.stop().await;
+}
+
+/// Recipients taken out of the registry: what waited in an inbox becomes a dead letter at the
+/// start, as what waited on a webhook does at its next attempt; neither can be redelivered
+/// (there is no mode to redeliver by), and both can be discarded.
+#[actix_web::test]
+async fn the_deliveries_of_a_partner_taken_out_of_the_registry_can_only_be_discarded() {
+    let dgsn = Receiver::start();
+    dgsn.answer(Answer::Fail {
+        status: 503,
+        retry_after: Some(3600),
+    });
+    let reference = "CGSN-CASA-2026-00423";
+    let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
+    let gateway = TestGateway::start(&changes, |_| {}).await;
+    let consulate = gateway.client("sn.consulat.casablanca");
+    let reply = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait_for("the border police's first attempt", WAIT, async || {
+        (!dgsn.received().is_empty()).then_some(())
+    })
+    .await;
+
+    let gone = RegistryChanges::new()
+        .remove("ma.interieur")
+        .remove("ma.dgsn");
+    let gateway = gateway.restart(&gone).await;
+    let admin = gateway.admin();
+    let dead = wait_for("both dead letters", WAIT, async || {
+        let list = admin.get("/dead-letters").await.json();
+        let list: Vec<Value> = list
+            .as_array()?
+            .iter()
+            .filter(|d| d["event_id"] == reference)
+            .cloned()
+            .collect();
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    for letter in &dead {
+        let expected = if letter["recipient"] == "ma.interieur" {
+            "inbox.not-an-inbox-recipient"
+        } else {
+            "webhook.no-endpoint"
+        };
+        assert_eq!(letter["last_error"], expected, "{letter}");
+        let id = letter["id"].as_u64().unwrap();
+        let refused = admin.post(&format!("/deliveries/{id}/redeliver")).await;
+        assert_eq!(refused.status, 409, "{}", refused.text());
+        assert!(
+            refused.text().contains("no delivery mode"),
+            "{}",
+            refused.text()
+        );
+        let discarded = admin.post(&format!("/deliveries/{id}/discard")).await;
+        assert_eq!(discarded.status, 200, "{}", discarded.text());
+    }
+    assert_eq!(admin.metric("passerelle_outbox_dead", &[]).await, 0.0);
     gateway.stop().await;
 }
 

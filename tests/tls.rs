@@ -973,8 +973,16 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
         .accepted();
     assert!(!verifier.reload_if_changed().unwrap(), "nothing changed");
 
-    // IOM Morocco's certificate is revoked by the CA's next CRL.
+    // IOM Morocco's certificate is revoked by the CA's next CRL, written with the old file's
+    // modification time kept (a copy that keeps times): what the file holds tells the change.
+    let before = std::fs::metadata(&crl).unwrap().modified().unwrap();
     std::fs::write(&crl, dev_crl(11, &[dev::REVOKED, "iom.ma"])).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&crl)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
     assert!(verifier.reload_if_changed().unwrap());
     only_iom_ma_is_revoked(&server).await;
 

@@ -288,21 +288,17 @@ pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
 pub const NOT_AN_INBOX_RECIPIENT: &str = "inbox.not-an-inbox-recipient";
 
 /// Dead-letters the inbox deliveries still waiting (listed or not, not acknowledged) for a
-/// partner that the registry no longer gives an inbox ([`NOT_AN_INBOX_RECIPIENT`]), as the
-/// push workers do with what waits on a webhook or an AMQP queue the recipient no longer has.
-/// A delivery goes out only by its recipient's mode of now: an operator redelivers these
-/// dead letters (by that mode) or discards them, and so can withdraw what waited in an inbox
-/// after a change of need-to-know. Each is audited first (`dead_lettered`), then recorded.
-/// Runs at start, before anything is served; a recipient the registry no longer holds at all
-/// is passed over (it cannot connect, and nothing of it can be delivered by another mode).
+/// recipient that the registry no longer gives an inbox ([`NOT_AN_INBOX_RECIPIENT`]): one
+/// given another delivery mode, an auditor, or a partner it no longer holds. The push workers
+/// do the same with what waits on a webhook or an AMQP queue the recipient no longer has. A
+/// delivery goes out only by its recipient's mode of now: an operator redelivers these dead
+/// letters (by that mode) or discards them, and so can withdraw what waited in an inbox after
+/// a change of need-to-know. Each is audited first (`dead_lettered`), then recorded. Runs at
+/// start, before anything is served.
 pub async fn bury_stray_inbox_deliveries(gateway: &Gateway) -> anyhow::Result<usize> {
     let mut buried = 0;
-    let moved: Vec<String> = gateway
-        .registry
-        .partners()
-        .filter(|p| gateway.channel_of(&p.id) != Some(Channel::Inbox))
-        .map(|p| p.id.clone())
-        .collect();
+    let mut moved = gateway.store.inbox_recipients()?;
+    moved.retain(|recipient| gateway.channel_of(recipient) != Some(Channel::Inbox));
     for recipient in moved {
         let mut after = 0;
         loop {
@@ -441,7 +437,8 @@ pub enum DeadLetterError {
 
 /// Puts dead letter `id` back in line at an operator's request, due now, on the channel of
 /// its recipient's delivery mode as the registry gives it now: a webhook recipient moved to
-/// the inbox finds the messages that died while its endpoint was gone in its inbox. Like an
+/// the inbox finds the messages that died while its endpoint was gone in its inbox. Refused
+/// for a recipient the registry gives no delivery mode (or no longer holds). Like an
 /// attempt, it is audited first (`redelivered`, reason `operator`, with the transport it goes
 /// out on) and then recorded, so that the evidence is never behind the state; the attempts
 /// that follow are audited as usual. Operators' changes are made one at a time, so that two
@@ -450,9 +447,13 @@ pub async fn redeliver(gateway: &Gateway, id: u64) -> Result<Delivery, DeadLette
     let _one_at_a_time = gateway.dead_letter_changes.lock().await;
     let mut dead = gateway.store.redeliverable(id)?;
     let accepted_on = dead.channel;
-    // A recipient the registry gives no delivery mode (or no longer holds) keeps the channel
-    // its message was accepted under, where it dies again with the reason why.
-    dead.channel = gateway.channel_of(&dead.recipient).unwrap_or(accepted_on);
+    dead.channel = gateway.channel_of(&dead.recipient).ok_or_else(|| {
+        StoreError::Refused(format!(
+            "delivery {id} cannot be redelivered: the registry gives {} no delivery mode (or \
+             no longer holds it); discard it, or give the recipient one and restart",
+            dead.recipient
+        ))
+    })?;
     audit_operator_change(gateway, &dead, Kind::Redelivered).await?;
     let back = gateway
         .store

@@ -361,7 +361,7 @@ impl Registry {
         })?;
         let parsed: RegistryFile = toml::from_str(&text).map_err(|error| RegistryError::File {
             file,
-            message: error.to_string(),
+            message: unquoted(&text, &error),
         })?;
         Ok(parsed.partners.into_iter().map(|p| p.id).collect())
     }
@@ -374,7 +374,7 @@ impl Registry {
     ) -> Result<Self, RegistryError> {
         let parsed: RegistryFile = toml::from_str(text).map_err(|error| RegistryError::File {
             file: "registry".into(),
-            message: error.to_string(),
+            message: unquoted(text, &error),
         })?;
         let mut problems = Vec::new();
         let mut partners = BTreeMap::new();
@@ -914,6 +914,19 @@ fn carriers(data: &Value) -> Vec<String> {
     found
 }
 
+/// A TOML error in the registry, said by its line and column without the line itself: the
+/// `toml` crate quotes the line, and a webhook URL on it may carry a token or a password.
+fn unquoted(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(at) = error.span().map(|span| span.start.min(text.len())) else {
+        return message.to_owned();
+    };
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 /// Why a webhook URL cannot be called, if it cannot: it must parse, be `https://`, and name a
 /// host. (A URL that does not would fail every attempt, each one retried as if the endpoint
 /// were down, until the delivery is dead-lettered an hour later.)
@@ -1311,6 +1324,10 @@ airport_country = { Dakar = "Senegal" }
             (r#"{ mode = "webhook" }"#, "needs its `url`"),
             (r#"{ mode = "push" }"#, r#"unknown delivery mode "push""#),
             (r#"{ mode = "inbox", urll = "x" }"#, "unknown field `urll`"),
+            (
+                r#"{ mode = "inbox", url = "https://u:pw-s3cret@x.example/hook?token=t0ken" }"#,
+                r#"line 4, column 12: a delivery of mode "inbox" takes no `url`"#,
+            ),
         ] {
             let text =
                 format!("[[partner]]\nid = \"iom.ma\"\nrole = \"iom\"\ndelivery = {delivery}\n");
@@ -1318,6 +1335,10 @@ airport_country = { Dakar = "Senegal" }
                 .unwrap_err()
                 .to_string();
             assert!(error.contains(why), "{delivery}: {error}");
+            // The line is not quoted: a URL on it may carry a password or a token.
+            for secret in ["s3cret", "t0ken", "x.example"] {
+                assert!(!error.contains(secret), "{delivery}: {error}");
+            }
         }
     }
 

@@ -64,6 +64,9 @@ impl Readiness {
 struct AdminState {
     gateway: Arc<Gateway>,
     readiness: Readiness,
+    /// Whether the listener is on a loopback address: it then answers only requests for a
+    /// loopback name ([`refuse_other_host_names`]).
+    loopback: bool,
 }
 
 /// Starts the admin listener on the current runtime; returns its address and handle.
@@ -72,12 +75,17 @@ pub fn start(
     readiness: Readiness,
     address: socket2::Socket,
 ) -> anyhow::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
-    let state = web::Data::new(AdminState { gateway, readiness });
     let listener = super::listen(address)?;
     let addr = listener.local_addr()?;
+    let state = web::Data::new(AdminState {
+        gateway,
+        readiness,
+        loopback: addr.ip().is_loopback(),
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(refuse_other_host_names))
             // A delivery id that is not a number, and a route that does not exist, are answered
             // in the listener's JSON errors too.
             .app_data(web::PathConfig::default().error_handler(|e, req| {
@@ -265,6 +273,57 @@ async fn change_dead_letter(
     dead_letter_changed(id, changed)
 }
 
+/// Refuses, on a loopback listener, a request for a host name that is not a loopback one
+/// (`Host` other than `localhost`, `127.0.0.1`, `[::1]`, with any port). A web page in a
+/// browser on this host can reach the listener under a name of its own that resolves to
+/// 127.0.0.1 (DNS rebinding), and read its answers as its own origin's: the dead letters
+/// (event ids, recipients) and the metrics. Such a request names the page's host. A request
+/// without `Host` (HTTP/1.0, which no browser sends) is answered.
+async fn refuse_other_host_names(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    let loopback = req
+        .app_data::<web::Data<AdminState>>()
+        .is_some_and(|state| state.loopback);
+    let host = req.headers().get(actix_web::http::header::HOST);
+    if loopback && host.is_some_and(|host| !names_loopback(host.as_bytes())) {
+        let answer = HttpResponse::Forbidden().json(serde_json::json!({
+            "error": "the admin listener is on loopback and answers requests for localhost, \
+                      127.0.0.1 or [::1] only (the Host header names another host)"
+        }));
+        return Ok(req.into_response(answer).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(|answer| answer.map_into_left_body())
+}
+
+/// Whether a `Host` header names a loopback host: `localhost`, or a loopback IPv4 or IPv6
+/// address, with or without a port.
+fn names_loopback(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let name = if let Some(bracketed) = host.strip_prefix('[') {
+        // `[::1]` or `[::1]:9090`.
+        match bracketed.split_once(']') {
+            Some((address, rest)) if rest.is_empty() || rest.starts_with(':') => address,
+            _ => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.eq_ignore_ascii_case("localhost.")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The listener has no credentials of its own (it is on loopback, for the operators of this
 /// host). A browser on this host would still send it a page's form or `fetch`, with the page's
 /// `Origin`: a change asked that way is refused, so that no web page can redeliver or discard
@@ -299,6 +358,38 @@ fn dead_letter_changed(
         }
         Err(e) => {
             HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": e.to_string()}))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_loopback;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:9090",
+            "LocalHost.",
+            "127.0.0.1",
+            "127.0.0.2:9090",
+            "[::1]",
+            "[::1]:9090",
+        ] {
+            assert!(names_loopback(host.as_bytes()), "{host}");
+        }
+        for host in [
+            "rebound.example",
+            "rebound.example:9090",
+            "localhost.rebound.example",
+            "10.0.0.1:9090",
+            "[::2]:9090",
+            "[::1]x",
+            "::1",
+            "",
+        ] {
+            assert!(!names_loopback(host.as_bytes()), "{host}");
         }
     }
 }

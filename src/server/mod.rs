@@ -43,23 +43,35 @@ pub struct VerifiedPeer {
     /// The generation of the CRLs the chain was last verified under
     /// ([`ClientVerifier::generation`]).
     checked: Arc<AtomicU64>,
+    /// When it was last verified, in seconds since the epoch.
+    checked_at: Arc<AtomicU64>,
+    /// The end of the chain's validity ([`crate::tls::chain_not_after`]).
+    valid_until: i64,
     /// Whether the chain leads to the CA its partner's entry names (`issuer`), once asked.
     issued: Arc<OnceLock<bool>>,
 }
 
 impl VerifiedPeer {
     /// Whether the certificate is still valid: verified again when the CRLs were read again
-    /// since it was last verified, or once it has expired. A connection outlives the handshake
-    /// that checked it, so that a certificate revoked (or expired) since would otherwise go on
-    /// being accepted on a connection kept alive.
+    /// since it was last verified, when one of them went stale since (its `nextUpdate`
+    /// passed), or once a certificate of the chain has expired. A connection outlives the
+    /// handshake that checked it, so that a certificate revoked (or expired, or whose status
+    /// is no longer known) since would otherwise go on being accepted on a connection kept
+    /// alive.
     pub fn still_valid(&self, verifier: &ClientVerifier) -> Result<(), rustls::Error> {
         let generation = verifier.generation();
-        let expired = Utc::now().timestamp() >= self.identity.not_after;
-        if !expired && self.checked.load(Ordering::Acquire) == generation {
+        let now = Utc::now().timestamp();
+        let now_secs = u64::try_from(now).unwrap_or(0);
+        let expired = now >= self.valid_until;
+        let stale_from = verifier.stale_from();
+        let gone_stale =
+            now_secs >= stale_from && self.checked_at.load(Ordering::Acquire) < stale_from;
+        if !expired && !gone_stale && self.checked.load(Ordering::Acquire) == generation {
             return Ok(());
         }
         verifier.recheck(&self.chain)?;
         self.checked.store(generation, Ordering::Release);
+        self.checked_at.store(now_secs, Ordering::Release);
         Ok(())
     }
 
@@ -163,10 +175,13 @@ fn on_connect(
         .and_then(|tls| tls.get_ref().1.peer_certificates())
         .and_then(|certs| {
             let identity = peer_identity(certs).ok()?;
+            let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
             Some(VerifiedPeer {
                 identity,
+                valid_until: crate::tls::chain_not_after(certs),
                 chain: Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()),
                 checked: Arc::new(AtomicU64::new(generation)),
+                checked_at: Arc::new(AtomicU64::new(now)),
                 issued: Arc::new(OnceLock::new()),
             })
         });

@@ -1072,6 +1072,32 @@ impl Store {
         read_delivery(&deliveries, None, id)
     }
 
+    /// The recipients with deliveries in their inbox (listed or not, not acknowledged), in
+    /// order, whether or not the registry still gives them an inbox.
+    pub fn inbox_recipients(&self) -> Result<Vec<String>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let inbox = r.open_table(INBOX).map_err(db_error)?;
+        let mut recipients: Vec<String> = Vec::new();
+        loop {
+            // From past the last recipient found: one look a recipient, however full its inbox.
+            let next = match recipients.last() {
+                None => inbox.first().map_err(db_error)?,
+                Some(last) => inbox
+                    .range::<(&str, u64)>((
+                        std::ops::Bound::Excluded((last.as_str(), u64::MAX)),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .map_err(db_error)?
+                    .next()
+                    .transpose()
+                    .map_err(db_error)?,
+            };
+            let Some((key, _)) = next else { break };
+            recipients.push(key.value().0.to_owned());
+        }
+        Ok(recipients)
+    }
+
     /// Up to `limit` deliveries waiting in a recipient's inbox, oldest first, starting after
     /// delivery id `after`, with their bodies: no more than [`INBOX_PAGE_BYTES`] of bodies,
     /// unless the first alone is larger. A delivery whose record cannot be read is passed over

@@ -302,6 +302,8 @@ pub struct RegistryChanges {
     pub mappings: Vec<(String, Vec<String>)>,
     /// The CA every partner's entry names as the issuer of its certificates.
     pub issuer: Option<String>,
+    /// Partners taken out of the registry.
+    pub removed: Vec<String>,
 }
 
 impl RegistryChanges {
@@ -331,6 +333,12 @@ impl RegistryChanges {
         self
     }
 
+    /// `partner` is taken out of the registry.
+    pub fn remove(mut self, partner: &str) -> Self {
+        self.removed.push(partner.to_owned());
+        self
+    }
+
     /// Every partner's certificates are issued by the CA of the bundle named `subject`.
     pub fn issuer_of_all(mut self, subject: &str) -> Self {
         self.issuer = Some(subject.to_owned());
@@ -356,6 +364,14 @@ pub fn write_registry(dir: &Path, changes: &RegistryChanges) -> PathBuf {
         .and_then(toml::Value::as_array_mut)
         .expect("[[partner]] entries");
     let mut seen = Vec::new();
+    partners.retain(|partner| {
+        let id = partner.get("id").and_then(toml::Value::as_str);
+        let removed = id.is_some_and(|id| changes.removed.iter().any(|r| r == id));
+        if let (true, Some(id)) = (removed, id) {
+            seen.push(id.to_owned());
+        }
+        !removed
+    });
     for partner in partners.iter_mut() {
         let entry = partner.as_table_mut().expect("a partner table");
         let id = entry["id"].as_str().expect("an id").to_owned();
@@ -390,6 +406,7 @@ pub fn write_registry(dir: &Path, changes: &RegistryChanges) -> PathBuf {
         .chain(&changes.inbox)
         .chain(changes.sends.iter().map(|(p, _)| p))
         .chain(changes.mappings.iter().map(|(p, _)| p))
+        .chain(&changes.removed)
     {
         assert!(seen.contains(id), "no partner {id} in the sample registry");
     }
@@ -781,6 +798,18 @@ impl Admin {
     /// POSTs to a path.
     pub async fn post(&self, path: &str) -> Reply {
         self.post_from(path, None).await
+    }
+
+    /// GETs a path with `Host: host`, as a web page whose name resolves to this host would.
+    pub async fn get_for_host(&self, path: &str, host: &str) -> Reply {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("admin GET {path}: {e:?}"));
+        read(response).await
     }
 
     /// POSTs to a path as a web page at `origin` would (its browser adds `Origin`).

@@ -34,13 +34,25 @@ pub fn serial_of(name: &str) -> SerialNumber {
 pub fn dev_crl(number: u8, revoked: &[&str]) -> String {
     let ca_key =
         KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
-    crl_signed_with(ca_key, number, revoked)
+    crl_signed_with(ca_key, number, revoked, date_time_ymd(2099, 1, 1))
+}
+
+/// A CRL of the development CA, as [`dev_crl`], current until `next_update` only.
+pub fn dev_crl_until(number: u8, revoked: &[&str], next_update: time::OffsetDateTime) -> String {
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dev_dir().join("ca.key")).unwrap()).unwrap();
+    crl_signed_with(ca_key, number, revoked, next_update)
 }
 
 /// A CRL in the development CA's name, as [`dev_crl`], but signed with another key: the CRL of
 /// another CA of the same name.
 pub fn impostor_crl(number: u8, revoked: &[&str]) -> String {
-    crl_signed_with(KeyPair::generate().unwrap(), number, revoked)
+    crl_signed_with(
+        KeyPair::generate().unwrap(),
+        number,
+        revoked,
+        date_time_ymd(2099, 1, 1),
+    )
 }
 
 /// A CRL of another CA, named `name`, that the development bundle does not hold (an
@@ -73,12 +85,17 @@ pub fn empty_crl_of(issuer: &Issuer<'_, KeyPair>) -> rcgen::CertificateRevocatio
     .unwrap()
 }
 
-fn crl_signed_with(ca_key: KeyPair, number: u8, revoked: &[&str]) -> String {
+fn crl_signed_with(
+    ca_key: KeyPair,
+    number: u8,
+    revoked: &[&str],
+    next_update: time::OffsetDateTime,
+) -> String {
     let ca_pem = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
     CertificateRevocationListParams {
         this_update: date_time_ymd(2021, 1, 1),
-        next_update: date_time_ymd(2099, 1, 1),
+        next_update,
         crl_number: SerialNumber::from_slice(&[number]),
         issuing_distribution_point: None,
         revoked_certs: revoked
