@@ -309,8 +309,14 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: Config =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        // Said without the line it is on: `[amqp] auth` may hold a password.
+        let config: Config = toml::from_str(&text).map_err(|error| {
+            anyhow::anyhow!(
+                "parsing {}: {}",
+                path.display(),
+                crate::error_text::toml_error_unquoted(&text, &error)
+            )
+        })?;
         config
             .validate()
             .with_context(|| format!("checking {}", path.display()))?;

@@ -20,9 +20,64 @@ pub fn each_cause_once(texts: impl IntoIterator<Item = String>) -> String {
     line
 }
 
+/// A TOML file's error, said by its line and column, without what the file holds there: the
+/// `toml` crate quotes the line, and serde quotes a string of the wrong type, where a webhook
+/// URL or a password may stand. `text` is the file's text.
+pub fn toml_error_unquoted(text: &str, error: &toml::de::Error) -> String {
+    let message = without_quoted_strings(error.message().trim_end());
+    let Some(at) = error.span().map(|span| span.start.min(text.len())) else {
+        return message;
+    };
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+/// `message` with each string value serde quotes (`string "…"`, escaped as Rust's `Debug`
+/// writes it) said as `a string`.
+fn without_quoted_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut said = String::new();
+    let mut rest = message;
+    while let Some(start) = rest.find(QUOTED) {
+        said.push_str(&rest[..start]);
+        said.push_str("a string");
+        let value = &rest[start + QUOTED.len()..];
+        let mut escaped = false;
+        let end = value.char_indices().find_map(|(i, c)| {
+            let closes = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes.then_some(i + 1)
+        });
+        rest = end.map_or("", |end| &value[end..]);
+    }
+    said.push_str(rest);
+    said
+}
+
 #[cfg(test)]
 mod tests {
-    use super::each_cause_once;
+    use super::{each_cause_once, toml_error_unquoted};
+
+    #[test]
+    fn a_toml_error_says_where_without_what_the_file_holds() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)] // read by serde only
+        struct Entry {
+            delivery: std::collections::BTreeMap<String, String>,
+        }
+        let text = "\n# a comment\ndelivery = \"https://u:pw@x.example/?t=\\\"tok\\\"\"\n";
+        let error = toml::from_str::<Entry>(text).unwrap_err();
+        let said = toml_error_unquoted(text, &error);
+        assert!(
+            said.starts_with("line 3, column 12: invalid type: a string"),
+            "{said}"
+        );
+        for secret in ["pw", "x.example", "tok"] {
+            assert!(!said.contains(secret), "{said}");
+        }
+    }
 
     #[test]
     fn a_cause_already_said_is_not_said_again() {

@@ -385,9 +385,9 @@ pub struct ClientVerifier {
     reloaded_at_ms: AtomicU64,
     /// The CRLs in use: each one's issuer, file and `nextUpdate`.
     in_use: RwLock<Vec<CrlInUse>>,
-    /// The earliest `nextUpdate` of the CRLs in use, in seconds since the epoch (`u64::MAX`
-    /// when none has one): from then on, a connection verified before is verified again.
-    stale_from: AtomicU64,
+    /// When the CRLs in use go stale: a connection verified before one of them did is
+    /// verified again.
+    stale_marks: StaleMarks,
     /// The last failed reload reported, so that the same failure is reported once while the
     /// files are tried again at each call.
     last_failure: Mutex<Option<String>>,
@@ -414,12 +414,55 @@ impl CrlInUse {
     }
 }
 
-/// The earliest `nextUpdate` of `crls`, in seconds since the epoch; `u64::MAX` for none.
-fn earliest_next_update(crls: &[CrlInUse]) -> u64 {
-    crls.iter()
-        .filter_map(|crl| crl.next_update)
-        .min()
-        .unwrap_or(u64::MAX)
+/// When the CRLs in use go stale (their `nextUpdate`s), told on every request for the cost of
+/// an atomic load or two: the latest `nextUpdate` already passed, and the next one to come,
+/// looked up again only once that one has come.
+#[derive(Debug)]
+struct StaleMarks {
+    /// Every `nextUpdate` of the CRLs in use, in seconds since the epoch, sorted.
+    next_updates: Mutex<Vec<u64>>,
+    /// The latest of them at or before the last look (0: none).
+    passed: AtomicU64,
+    /// The first of them after the last look (`u64::MAX`: none).
+    coming: AtomicU64,
+}
+
+impl StaleMarks {
+    fn new(crls: &[CrlInUse]) -> StaleMarks {
+        let marks = StaleMarks {
+            next_updates: Mutex::new(Vec::new()),
+            passed: AtomicU64::new(0),
+            coming: AtomicU64::new(0),
+        };
+        marks.replace(crls);
+        marks
+    }
+
+    /// Takes the `nextUpdate`s of a new set of CRLs.
+    fn replace(&self, crls: &[CrlInUse]) {
+        let mut next_updates = self.next_updates.lock().unwrap_or_else(|p| p.into_inner());
+        *next_updates = crls.iter().filter_map(|crl| crl.next_update).collect();
+        next_updates.sort_unstable();
+        self.look(&next_updates, UnixTime::now().as_secs());
+    }
+
+    fn look(&self, next_updates: &[u64], now: u64) {
+        let split = next_updates.partition_point(|at| *at <= now);
+        let passed = split.checked_sub(1).map_or(0, |last| next_updates[last]);
+        let coming = next_updates.get(split).copied().unwrap_or(u64::MAX);
+        // `passed` first: a reader that sees the new `coming` sees it too.
+        self.passed.store(passed, Ordering::Release);
+        self.coming.store(coming, Ordering::Release);
+    }
+
+    /// The latest `nextUpdate` at or before `now`, in seconds since the epoch (0: none).
+    fn passed(&self, now: u64) -> u64 {
+        if now >= self.coming.load(Ordering::Acquire) {
+            let next_updates = self.next_updates.lock().unwrap_or_else(|p| p.into_inner());
+            self.look(&next_updates, now);
+        }
+        self.passed.load(Ordering::Acquire)
+    }
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -502,7 +545,7 @@ impl ClientVerifier {
             observer,
             generation: AtomicU64::new(0),
             reloaded_at_ms: AtomicU64::new(0),
-            stale_from: AtomicU64::new(earliest_next_update(&in_use)),
+            stale_marks: StaleMarks::new(&in_use),
             in_use: RwLock::new(in_use),
             last_failure: Mutex::new(None),
             issuers,
@@ -556,8 +599,7 @@ impl ClientVerifier {
         };
         *last_failure = None;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
-        self.stale_from
-            .store(earliest_next_update(&in_use), Ordering::Release);
+        self.stale_marks.replace(&in_use);
         *self.in_use.write().unwrap_or_else(|p| p.into_inner()) = in_use;
         self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::Release);
@@ -595,11 +637,12 @@ impl ClientVerifier {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// When the first of the CRLs in use goes stale (its `nextUpdate`), in seconds since the
-    /// epoch; `u64::MAX` when none has a `nextUpdate`. A chain verified before then is
-    /// verified again after: past it, that CRL's CA's certificates are refused.
-    pub fn stale_from(&self) -> u64 {
-        self.stale_from.load(Ordering::Acquire)
+    /// The latest `nextUpdate` of the CRLs in use at or before `now` (seconds since the
+    /// epoch), 0 when none has passed: a chain last verified before it is verified again,
+    /// since past it that CRL's CA's certificates are refused. A CRL stale already does not
+    /// hide another's going stale later.
+    pub fn stale_since(&self, now: u64) -> u64 {
+        self.stale_marks.passed(now)
     }
 
     /// Verifies a connection's certificate chain (end-entity first, as the handshake received
@@ -1049,18 +1092,26 @@ pub fn issued_by_development_ca(path: &Path) -> bool {
         })
 }
 
-/// The end of a chain's validity, in seconds since the epoch: the earliest `notAfter` of its
-/// certificates (an intermediate may expire before the end-entity certificate). `i64::MIN`
-/// when one cannot be read (a chain the handshake verified can be).
-pub fn chain_not_after(chain: &[CertificateDer<'_>]) -> i64 {
+/// The `notAfter` of each certificate of a chain that can be read, in seconds since the
+/// epoch: an intermediate may expire before the end-entity certificate.
+pub fn chain_not_afters(chain: &[CertificateDer<'_>]) -> Vec<i64> {
     chain
         .iter()
-        .map(|cert| {
-            x509_parser::parse_x509_certificate(cert.as_ref())
-                .map_or(i64::MIN, |(_, cert)| cert.validity().not_after.timestamp())
-        })
+        .filter_map(|cert| x509_parser::parse_x509_certificate(cert.as_ref()).ok())
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+        .collect()
+}
+
+/// The first of `not_afters` after `now`: when a chain verified at `now` is to be verified
+/// again. A certificate already expired then (one a client sent beside the path it was
+/// verified by, say) is not waited for; `i64::MAX` when none is to come.
+pub fn next_expiry(not_afters: &[i64], now: i64) -> i64 {
+    not_afters
+        .iter()
+        .copied()
+        .filter(|at| *at > now)
         .min()
-        .unwrap_or(i64::MIN)
+        .unwrap_or(i64::MAX)
 }
 
 /// The identity read from a peer's end-entity certificate.
@@ -1369,7 +1420,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_chain_is_valid_until_its_first_certificate_expires() {
+    fn a_chain_is_verified_again_when_its_next_certificate_expires() {
         use rcgen::{
             BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, date_time_ymd,
         };
@@ -1382,12 +1433,15 @@ mod tests {
         let leaf = leaf.signed_by(&KeyPair::generate().unwrap(), &ca).unwrap();
         let chain = [leaf.der().clone(), ca.der().clone()];
         let ca_ends = date_time_ymd(2028, 1, 1).unix_timestamp();
-        assert_eq!(chain_not_after(&chain), ca_ends);
-        assert_eq!(
-            chain_not_after(&chain[..1]),
-            date_time_ymd(2030, 1, 1).unix_timestamp()
-        );
-        assert_eq!(chain_not_after(&[]), i64::MIN);
+        let leaf_ends = date_time_ymd(2030, 1, 1).unix_timestamp();
+        let not_afters = chain_not_afters(&chain);
+        assert_eq!(not_afters, [leaf_ends, ca_ends]);
+        let now = date_time_ymd(2027, 1, 1).unix_timestamp();
+        assert_eq!(next_expiry(&not_afters, now), ca_ends);
+        // Past the CA's end (a certificate sent beside the path verified), the leaf's.
+        assert_eq!(next_expiry(&not_afters, ca_ends), leaf_ends);
+        assert_eq!(next_expiry(&not_afters, leaf_ends), i64::MAX);
+        assert!(chain_not_afters(&[CertificateDer::from(vec![1, 2, 3])]).is_empty());
     }
 
     #[test]

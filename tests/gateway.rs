@@ -2778,18 +2778,28 @@ async fn an_inbox_read_and_acknowledged_twice_at_once_is_audited_once() {
 
 /// A CRL that goes stale while a connection is kept alive: past its `nextUpdate` no
 /// certificate of its CA has a known status, and the connection's next request is refused, as a
-/// new handshake would be.
+/// new handshake would be. Another CA's CRL, stale since before the start, does not hide it.
 #[actix_web::test]
 async fn a_crl_gone_stale_while_connected_refuses_the_open_connection() {
-    let crls = tempfile::tempdir().expect("a temporary folder");
-    let crl = crls.path().join("crl.pem");
-    // Whole seconds, as a CRL says its times.
-    let stale_at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(3))
+    let pki_dir = tempfile::tempdir().expect("a temporary folder");
+    let other = pki::OtherCa::new("Another institution's CA");
+    let bundle = pki_dir.path().join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).expect("the dev CA");
+    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).expect("the bundle");
+    let other_crl = pki_dir.path().join("other.crl");
+    let long_ago = rcgen::date_time_ymd(2021, 2, 1);
+    std::fs::write(&other_crl, other.crl_until(long_ago)).expect("the other CA's stale CRL");
+    let crl = pki_dir.path().join("crl.pem");
+    // Whole seconds, as a CRL says its times; long enough for the start and a first message.
+    let stale_at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(8))
         .replace_nanosecond(0)
         .expect("a whole second");
     std::fs::write(&crl, pki::dev_crl_until(12, &["revoked"], stale_at)).expect("the CRL");
-    let gateway = TestGateway::start(&RegistryChanges::new(), |config| {
-        config.tls.crls = vec![crl.clone()];
+    let dev_ca_name = "CN=Passerelle development CA, O=Passerelle (development only)";
+    let changes = RegistryChanges::new().issuer_of_all(dev_ca_name);
+    let gateway = TestGateway::start(&changes, |config| {
+        config.tls.ca = bundle.clone();
+        config.tls.crls = vec![crl.clone(), other_crl.clone()];
     })
     .await;
     let consulate = gateway.client("sn.consulat.casablanca");

@@ -361,7 +361,7 @@ impl Registry {
         })?;
         let parsed: RegistryFile = toml::from_str(&text).map_err(|error| RegistryError::File {
             file,
-            message: unquoted(&text, &error),
+            message: crate::error_text::toml_error_unquoted(&text, &error),
         })?;
         Ok(parsed.partners.into_iter().map(|p| p.id).collect())
     }
@@ -374,7 +374,7 @@ impl Registry {
     ) -> Result<Self, RegistryError> {
         let parsed: RegistryFile = toml::from_str(text).map_err(|error| RegistryError::File {
             file: "registry".into(),
-            message: unquoted(text, &error),
+            message: crate::error_text::toml_error_unquoted(text, &error),
         })?;
         let mut problems = Vec::new();
         let mut partners = BTreeMap::new();
@@ -914,19 +914,6 @@ fn carriers(data: &Value) -> Vec<String> {
     found
 }
 
-/// A TOML error in the registry, said by its line and column without the line itself: the
-/// `toml` crate quotes the line, and a webhook URL on it may carry a token or a password.
-fn unquoted(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().trim_end();
-    let Some(at) = error.span().map(|span| span.start.min(text.len())) else {
-        return message.to_owned();
-    };
-    let before = text.get(..at).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    format!("line {line}, column {column}: {message}")
-}
-
 /// Why a webhook URL cannot be called, if it cannot: it must parse, be `https://`, and name a
 /// host. (A URL that does not would fail every attempt, each one retried as if the endpoint
 /// were down, until the delivery is dead-lettered an hour later.)
@@ -1327,6 +1314,10 @@ airport_country = { Dakar = "Senegal" }
             (
                 r#"{ mode = "inbox", url = "https://u:pw-s3cret@x.example/hook?token=t0ken" }"#,
                 r#"line 4, column 12: a delivery of mode "inbox" takes no `url`"#,
+            ),
+            (
+                r#""https://u:pw-s3cret@x.example/hook?token=t0ken""#,
+                "line 4, column 12: invalid type: a string, expected",
             ),
         ] {
             let text =

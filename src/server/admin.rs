@@ -80,7 +80,7 @@ pub fn start(
     let state = web::Data::new(AdminState {
         gateway,
         readiness,
-        loopback: addr.ip().is_loopback(),
+        loopback: addr.ip().to_canonical().is_loopback(),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -321,7 +321,7 @@ fn names_loopback(host: &[u8]) -> bool {
         || name.eq_ignore_ascii_case("localhost.")
         || name
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// The listener has no credentials of its own (it is on loopback, for the operators of this
@@ -376,6 +376,7 @@ mod tests {
             "127.0.0.2:9090",
             "[::1]",
             "[::1]:9090",
+            "[::ffff:127.0.0.1]:9090",
         ] {
             assert!(names_loopback(host.as_bytes()), "{host}");
         }

@@ -24,7 +24,7 @@ use rustls::pki_types::CertificateDer;
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -45,8 +45,10 @@ pub struct VerifiedPeer {
     checked: Arc<AtomicU64>,
     /// When it was last verified, in seconds since the epoch.
     checked_at: Arc<AtomicU64>,
-    /// The end of the chain's validity ([`crate::tls::chain_not_after`]).
-    valid_until: i64,
+    /// The `notAfter` of each certificate of the chain ([`crate::tls::chain_not_afters`]).
+    not_afters: Arc<[i64]>,
+    /// When the next of them comes, after the last verification ([`crate::tls::next_expiry`]).
+    valid_until: Arc<AtomicI64>,
     /// Whether the chain leads to the CA its partner's entry names (`issuer`), once asked.
     issued: Arc<OnceLock<bool>>,
 }
@@ -62,16 +64,18 @@ impl VerifiedPeer {
         let generation = verifier.generation();
         let now = Utc::now().timestamp();
         let now_secs = u64::try_from(now).unwrap_or(0);
-        let expired = now >= self.valid_until;
-        let stale_from = verifier.stale_from();
-        let gone_stale =
-            now_secs >= stale_from && self.checked_at.load(Ordering::Acquire) < stale_from;
+        let expired = now >= self.valid_until.load(Ordering::Acquire);
+        let gone_stale = self.checked_at.load(Ordering::Acquire) < verifier.stale_since(now_secs);
         if !expired && !gone_stale && self.checked.load(Ordering::Acquire) == generation {
             return Ok(());
         }
         verifier.recheck(&self.chain)?;
         self.checked.store(generation, Ordering::Release);
         self.checked_at.store(now_secs, Ordering::Release);
+        self.valid_until.store(
+            crate::tls::next_expiry(&self.not_afters, now),
+            Ordering::Release,
+        );
         Ok(())
     }
 
@@ -175,13 +179,18 @@ fn on_connect(
         .and_then(|tls| tls.get_ref().1.peer_certificates())
         .and_then(|certs| {
             let identity = peer_identity(certs).ok()?;
-            let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+            let now = Utc::now().timestamp();
+            let not_afters: Arc<[i64]> = crate::tls::chain_not_afters(certs).into();
+            // The handshake verified the chain a moment ago, with the CRLs in use then: taken
+            // as verified a span earlier, so that a CRL gone stale meanwhile is not missed.
+            let verified_at = now.saturating_sub(HANDSHAKE_SPAN.as_secs().cast_signed());
             Some(VerifiedPeer {
                 identity,
-                valid_until: crate::tls::chain_not_after(certs),
+                valid_until: Arc::new(AtomicI64::new(crate::tls::next_expiry(&not_afters, now))),
+                not_afters,
                 chain: Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()),
                 checked: Arc::new(AtomicU64::new(generation)),
-                checked_at: Arc::new(AtomicU64::new(now)),
+                checked_at: Arc::new(AtomicU64::new(u64::try_from(verified_at).unwrap_or(0))),
                 issued: Arc::new(OnceLock::new()),
             })
         });

@@ -192,6 +192,22 @@ impl OtherCa {
         empty_crl_of(&self.issuer).der().to_vec()
     }
 
+    /// This CA's CRL, revoking nothing, current until `next_update` only.
+    pub fn crl_until(&self, next_update: time::OffsetDateTime) -> Vec<u8> {
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2021, 1, 1),
+            next_update,
+            crl_number: SerialNumber::from_slice(&[2]),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
+
     /// Issues a client certificate for `uri` and writes it (followed by this CA's certificate,
     /// for an intermediate), its key and the dev CA bundle (to trust the gateway) into `dir`.
     pub fn client_files(&self, dir: &Path, uri: &str) -> TlsFiles {
