@@ -34,21 +34,35 @@ pub fn toml_error_unquoted(text: &str, error: &toml::de::Error) -> String {
     format!("line {line}, column {column}: {message}")
 }
 
-/// `message` with each string value serde quotes (`string "…"`, escaped as Rust's `Debug`
-/// writes it) said as `a string`.
+/// `message` with each value serde quotes said by its kind only: `string "…"` (escaped as
+/// Rust's `Debug` writes it) as `a string`, and `integer `…``, `floating point `…``, `boolean
+/// `…`` and `character `…`` likewise. Field and variant names, also between backticks, stay.
 fn without_quoted_strings(message: &str) -> String {
-    const QUOTED: &str = "string \"";
+    const VALUES: [(&str, char, &str); 5] = [
+        ("string \"", '"', "a string"),
+        ("integer `", '`', "an integer"),
+        ("floating point `", '`', "a number"),
+        ("boolean `", '`', "a boolean"),
+        ("character `", '`', "a character"),
+    ];
     let mut said = String::new();
     let mut rest = message;
-    while let Some(start) = rest.find(QUOTED) {
+    loop {
+        let first = VALUES
+            .iter()
+            .filter_map(|value| rest.find(value.0).map(|at| (at, value)))
+            .min_by_key(|(at, _)| *at);
+        let Some((start, (opening, closing, kind))) = first else {
+            break;
+        };
         said.push_str(&rest[..start]);
-        said.push_str("a string");
-        let value = &rest[start + QUOTED.len()..];
+        said.push_str(kind);
+        let value = &rest[start + opening.len()..];
         let mut escaped = false;
         let end = value.char_indices().find_map(|(i, c)| {
-            let closes = c == '"' && !escaped;
-            escaped = c == '\\' && !escaped;
-            closes.then_some(i + 1)
+            let closes = c == *closing && !escaped;
+            escaped = *closing == '"' && c == '\\' && !escaped;
+            closes.then_some(i + c.len_utf8())
         });
         rest = end.map_or("", |end| &value[end..]);
     }
@@ -77,6 +91,32 @@ mod tests {
         for secret in ["pw", "x.example", "tok"] {
             assert!(!said.contains(secret), "{said}");
         }
+
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)] // read by serde only
+        struct Auth {
+            password: String,
+        }
+        for (text, kind) in [
+            ("password = 12345678\n", "an integer"),
+            ("password = 1234.5\n", "a number"),
+            ("password = true\n", "a boolean"),
+        ] {
+            let error = toml::from_str::<Auth>(text).unwrap_err();
+            let said = toml_error_unquoted(text, &error);
+            assert!(said.contains(&format!("invalid type: {kind}")), "{said}");
+            for secret in ["12345678", "1234.5", "true"] {
+                assert!(!said.contains(secret), "{said}");
+            }
+        }
+        // Field names stay.
+        let error = toml::from_str::<Auth>("passwrd = \"x\"\n").unwrap_err();
+        let said = toml_error_unquoted("passwrd = \"x\"\n", &error);
+        assert!(
+            said.contains("unknown field `passwrd`, expected `password`"),
+            "{said}"
+        );
     }
 
     #[test]

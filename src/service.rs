@@ -157,7 +157,7 @@ fn warn_of_development_settings(config: &Config) {
              and tests only, never in production"
         );
     }
-    if !config.admin.listen.ip().is_loopback() {
+    if !config.admin.listen.ip().to_canonical().is_loopback() {
         tracing::warn!(
             listen = %config.admin.listen,
             "admin.listen is not a loopback address: the admin listener has no authentication; \

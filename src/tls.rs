@@ -1092,26 +1092,33 @@ pub fn issued_by_development_ca(path: &Path) -> bool {
         })
 }
 
-/// The `notAfter` of each certificate of a chain that can be read, in seconds since the
-/// epoch: an intermediate may expire before the end-entity certificate.
+/// The `notAfter` of each certificate of a chain, in seconds since the epoch (an intermediate
+/// may expire before the end-entity certificate); `i64::MIN` for one that cannot be read.
 pub fn chain_not_afters(chain: &[CertificateDer<'_>]) -> Vec<i64> {
     chain
         .iter()
-        .filter_map(|cert| x509_parser::parse_x509_certificate(cert.as_ref()).ok())
-        .map(|(_, cert)| cert.validity().not_after.timestamp())
+        .map(|cert| {
+            x509_parser::parse_x509_certificate(cert.as_ref())
+                .map_or(i64::MIN, |(_, cert)| cert.validity().not_after.timestamp())
+        })
         .collect()
 }
 
-/// The first of `not_afters` after `now`: when a chain verified at `now` is to be verified
-/// again. A certificate already expired then (one a client sent beside the path it was
-/// verified by, say) is not waited for; `i64::MAX` when none is to come.
+/// When a chain verified at `now` is to be verified again for the end of a certificate's
+/// validity: the first second past the first `notAfter` still to come (a certificate is valid
+/// through its `notAfter` second). A certificate already expired at `now` (one a client sent
+/// beside the path it was verified by, say) is not waited for; `i64::MAX` when none is to
+/// come, and `now` (at every request) when a certificate could not be read.
 pub fn next_expiry(not_afters: &[i64], now: i64) -> i64 {
+    if not_afters.contains(&i64::MIN) {
+        return now;
+    }
     not_afters
         .iter()
         .copied()
-        .filter(|at| *at > now)
+        .filter(|at| *at >= now)
         .min()
-        .unwrap_or(i64::MAX)
+        .map_or(i64::MAX, |at| at.saturating_add(1))
 }
 
 /// The identity read from a peer's end-entity certificate.
@@ -1437,11 +1444,16 @@ mod tests {
         let not_afters = chain_not_afters(&chain);
         assert_eq!(not_afters, [leaf_ends, ca_ends]);
         let now = date_time_ymd(2027, 1, 1).unix_timestamp();
-        assert_eq!(next_expiry(&not_afters, now), ca_ends);
+        // Verified again the second after the CA's last one: it is valid through that second.
+        assert_eq!(next_expiry(&not_afters, now), ca_ends + 1);
+        assert_eq!(next_expiry(&not_afters, ca_ends), ca_ends + 1);
         // Past the CA's end (a certificate sent beside the path verified), the leaf's.
-        assert_eq!(next_expiry(&not_afters, ca_ends), leaf_ends);
-        assert_eq!(next_expiry(&not_afters, leaf_ends), i64::MAX);
-        assert!(chain_not_afters(&[CertificateDer::from(vec![1, 2, 3])]).is_empty());
+        assert_eq!(next_expiry(&not_afters, ca_ends + 1), leaf_ends + 1);
+        assert_eq!(next_expiry(&not_afters, leaf_ends + 1), i64::MAX);
+        // A certificate that cannot be read: verified again at every request.
+        let unreadable = chain_not_afters(&[CertificateDer::from(vec![1, 2, 3])]);
+        assert_eq!(unreadable, [i64::MIN]);
+        assert_eq!(next_expiry(&unreadable, now), now);
     }
 
     #[test]

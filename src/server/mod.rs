@@ -186,7 +186,10 @@ fn on_connect(
             let verified_at = now.saturating_sub(HANDSHAKE_SPAN.as_secs().cast_signed());
             Some(VerifiedPeer {
                 identity,
-                valid_until: Arc::new(AtomicI64::new(crate::tls::next_expiry(&not_afters, now))),
+                valid_until: Arc::new(AtomicI64::new(crate::tls::next_expiry(
+                    &not_afters,
+                    verified_at,
+                ))),
                 not_afters,
                 chain: Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()),
                 checked: Arc::new(AtomicU64::new(generation)),
