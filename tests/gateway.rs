@@ -2807,13 +2807,25 @@ async fn a_crl_gone_stale_while_connected_refuses_the_open_connection() {
         .send("application/xml", lpc_issued("CGSN-CASA-2026-00990"))
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
+    refused_on_its_connection(&consulate, 990).await;
+    assert!(
+        time::OffsetDateTime::now_utc() >= stale_at,
+        "refused before the CRL went stale"
+    );
+    gateway.stop().await;
+}
+
+/// Sends the consulate's messages (references from `CGSN-CASA-2026-<first + 1>` on) on its
+/// kept-alive connection until one is refused, and checks that the refusal is the `403` of a
+/// certificate no longer valid.
+async fn refused_on_its_connection(consulate: &Client, first: u32) {
     let mut attempt = 0;
     let refused = wait_for(
         "the consulate refused on its connection",
         WAIT,
         async || {
             attempt += 1;
-            let reference = format!("CGSN-CASA-2026-{:05}", 990 + attempt);
+            let reference = format!("CGSN-CASA-2026-{:05}", first + attempt);
             let reply = consulate
                 .send("application/xml", lpc_issued(&reference))
                 .await;
@@ -2821,10 +2833,6 @@ async fn a_crl_gone_stale_while_connected_refuses_the_open_connection() {
         },
     )
     .await;
-    assert!(
-        time::OffsetDateTime::now_utc() >= stale_at,
-        "refused before the CRL went stale"
-    );
     let problem = refused.problem(403, "forbidden");
     assert!(
         problem["detail"]
@@ -2832,7 +2840,6 @@ async fn a_crl_gone_stale_while_connected_refuses_the_open_connection() {
             .is_some_and(|d| d.contains("no longer valid")),
         "{problem}"
     );
-    gateway.stop().await;
 }
 
 /// A certificate revoked while its connection is kept alive: once the gateway has read the new
@@ -2865,27 +2872,7 @@ async fn a_certificate_revoked_while_connected_is_refused_on_its_open_connection
         pki::dev_crl(11, &["revoked", "sn.consulat.casablanca"]),
     )
     .expect("the CRL that revokes the consulate");
-    let mut attempt = 0;
-    let refused = wait_for(
-        "the consulate refused on its connection",
-        WAIT,
-        async || {
-            attempt += 1;
-            let reference = format!("CGSN-CASA-2026-{:05}", 981 + attempt);
-            let reply = consulate
-                .send("application/xml", lpc_issued(&reference))
-                .await;
-            (reply.status != 202).then_some(reply)
-        },
-    )
-    .await;
-    let problem = refused.problem(403, "forbidden");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("no longer valid")),
-        "{problem}"
-    );
+    refused_on_its_connection(&consulate, 981).await;
     let inbox = consulate.get("/v1/inbox").await;
     assert_eq!(inbox.status, 403, "{}", inbox.text());
     // The others go on.
