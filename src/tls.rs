@@ -1067,12 +1067,15 @@ pub fn bundle_holds_development_ca(path: &Path) -> bool {
         return false;
     };
     bundle.iter().any(|cert| {
-        x509_parser::parse_x509_certificate(cert.as_ref()).is_ok_and(|(_, cert)| {
-            cert.subject()
-                .iter_common_name()
-                .any(|name| name.as_str().is_ok_and(|name| name == dev::DEV_CA_NAME))
-        })
+        x509_parser::parse_x509_certificate(cert.as_ref())
+            .is_ok_and(|(_, cert)| names_development_ca(cert.subject()))
     })
+}
+
+/// Whether a certificate name's common name is the development CA's ([`dev::DEV_CA_NAME`]).
+fn names_development_ca(name: &x509_parser::x509::X509Name<'_>) -> bool {
+    name.iter_common_name()
+        .any(|name| name.as_str().is_ok_and(|name| name == dev::DEV_CA_NAME))
 }
 
 /// Whether the first certificate in `path` was issued by the development CA of
@@ -1085,11 +1088,7 @@ pub fn issued_by_development_ca(path: &Path) -> bool {
     chain
         .first()
         .and_then(|cert| x509_parser::parse_x509_certificate(cert.as_ref()).ok())
-        .is_some_and(|(_, cert)| {
-            cert.issuer()
-                .iter_common_name()
-                .any(|name| name.as_str().is_ok_and(|name| name == dev::DEV_CA_NAME))
-        })
+        .is_some_and(|(_, cert)| names_development_ca(cert.issuer()))
 }
 
 /// The `notAfter` of each certificate of a chain, in seconds since the epoch (an intermediate
@@ -1132,8 +1131,6 @@ pub struct PeerIdentity {
     pub uris: Vec<String>,
     /// The SHA-256 fingerprint of the DER certificate, `sha256:` then 64 lower-case hex digits.
     pub fingerprint: String,
-    /// The end of the certificate's validity, in seconds since the epoch.
-    pub not_after: i64,
 }
 
 impl PeerIdentity {
@@ -1173,7 +1170,6 @@ pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<PeerIdentity, TlsEr
     Ok(PeerIdentity {
         uris,
         fingerprint: fingerprint(end_entity),
-        not_after: parsed.validity().not_after.timestamp(),
     })
 }
 
@@ -1512,7 +1508,6 @@ mod tests {
                 "https://example.org/urn:partner:x".to_owned(),
             ],
             fingerprint: format!("{FINGERPRINT_PREFIX}{}", "0".repeat(64)),
-            not_after: 0,
         };
         assert_eq!(identity.partner_ids().collect::<Vec<_>>(), ["iom.sn"]);
     }

@@ -335,8 +335,8 @@ impl Gateway {
                     MESSAGE_OUTCOMES.iter().chain(&Refusal::CODES),
                 );
             }
-            if partner.delivery.is_some() {
-                let channel = channel_of(partner.delivery.as_ref());
+            if let Some(mode) = &partner.delivery {
+                let channel = channel_of(mode);
                 let outcomes: &[&str] = if channel == Channel::Inbox {
                     &["delivered", "acknowledged"]
                 } else {
@@ -377,7 +377,7 @@ impl Gateway {
     /// `None` when the registry gives it none (an auditor, or a partner it no longer holds).
     pub fn channel_of(&self, recipient: &str) -> Option<Channel> {
         let mode = self.registry.partner(recipient)?.delivery.as_ref()?;
-        Some(channel_of(Some(mode)))
+        Some(channel_of(mode))
     }
 
     /// Takes one message from `key`'s rate limit (a partner id, or [`UNREGISTERED`]).
@@ -922,11 +922,8 @@ impl Gateway {
         recipients
             .iter()
             .map(|recipient| {
-                let channel = channel_of(
-                    self.registry
-                        .partner(recipient)
-                        .and_then(|p| p.delivery.as_ref()),
-                );
+                // A recipient without a delivery mode keeps its deliveries in an inbox.
+                let channel = self.channel_of(recipient).unwrap_or(Channel::Inbox);
                 let mapping = self.mappings.partner(recipient);
                 let written = match mapping.map(|m| m.encode(event)) {
                     Some(Ok(encoded))
@@ -1512,13 +1509,12 @@ fn mapping_ref(event: &Value) -> Option<MappingRef> {
     })
 }
 
-/// The channel of a recipient's deliveries, from its registry entry's delivery mode (the inbox
-/// when it names none).
-fn channel_of(delivery: Option<&DeliveryMode>) -> Channel {
-    match delivery {
-        Some(DeliveryMode::Webhook { .. }) => Channel::Webhook,
-        Some(DeliveryMode::Amqp) => Channel::Amqp,
-        Some(DeliveryMode::Inbox) | None => Channel::Inbox,
+/// The channel of a delivery mode's deliveries.
+fn channel_of(mode: &DeliveryMode) -> Channel {
+    match mode {
+        DeliveryMode::Webhook { .. } => Channel::Webhook,
+        DeliveryMode::Amqp => Channel::Amqp,
+        DeliveryMode::Inbox => Channel::Inbox,
     }
 }
 
