@@ -94,6 +94,7 @@ fn record(writer: u64, n: u64, recipients: &[NewDelivery]) -> AcceptedRecord {
         // What the pipeline keeps: a SHA-256, hex.
         content: "0".repeat(64),
         content_mapping: format!("sha256:{}", "0".repeat(64)),
+        anomalies: Vec::new(),
     }
 }
 

@@ -271,8 +271,12 @@ pub struct DeliverySettings {
     /// First retry delay, milliseconds; doubled at each attempt, drawn between half of it and
     /// all of it. Default 500.
     pub initial_backoff_ms: u64,
-    /// Longest retry delay, seconds (also caps `Retry-After`). Default 300.
+    /// Longest retry delay, seconds. Default 300.
     pub max_backoff_secs: u64,
+    /// Longest wait a recipient's `Retry-After` is honoured for, seconds (never less than
+    /// `max_backoff_secs`). Default 86400, a day: a recipient that says when it will be back
+    /// is not tried before, and its attempts are not spent in that time.
+    pub max_retry_after_secs: u64,
     /// Timeout of one webhook call, seconds. Default 10.
     pub timeout_secs: u64,
     /// Webhook calls in flight at once; one recipient has at most a quarter of them (at
@@ -286,6 +290,7 @@ impl Default for DeliverySettings {
             max_attempts: 24,
             initial_backoff_ms: 500,
             max_backoff_secs: 300,
+            max_retry_after_secs: 86_400,
             timeout_secs: 10,
             concurrency: 16,
         }
@@ -301,6 +306,11 @@ impl DeliverySettings {
     /// The longest retry delay.
     pub fn max_backoff(&self) -> Duration {
         Duration::from_secs(self.max_backoff_secs.max(1))
+    }
+
+    /// The longest wait a recipient's `Retry-After` is honoured for.
+    pub fn max_retry_after(&self) -> Duration {
+        Duration::from_secs(self.max_retry_after_secs).max(self.max_backoff())
     }
 }
 

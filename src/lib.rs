@@ -9,6 +9,7 @@ pub mod canonical; // the canonical model: CloudEvents envelope, catalogue, sche
 pub mod config; // the gateway's configuration file and its defaults
 pub mod cpu; // CPU time of a process, for the load generator and the benchmarks
 pub mod delivery; // push delivery from the outbox: retries, dead letters, webhooks
+pub mod durable_folders; // folder syncs, so that new and renamed files survive a crash
 pub mod error_text; // an error and its causes in one line, each said once
 pub mod loopback; // free loopback ports for the servers tests and the load generator start
 pub mod mapping; // the mapping language: native formats to canonical events and back

@@ -108,7 +108,8 @@ fn create_signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     let signer = NoteSigner::generate(&config.audit.origin)
         .map_err(|e| anyhow!("generating the signing key: {e}"))?;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        crate::durable_folders::create_folders(parent)
+            .with_context(|| format!("creating the folder {}", parent.display()))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -119,6 +120,10 @@ fn create_signing_key(config: &Config) -> anyhow::Result<NoteSigner> {
     f.write_all(signer.to_signer_key().as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
+    // The key's name too: a key lost in a crash right after the log's first entries would
+    // leave a log that cannot grow.
+    crate::durable_folders::sync_parent(&path)
+        .with_context(|| format!("syncing the folder of {}", path.display()))?;
     tracing::info!(
         key = %path.display(),
         verifier = %signer.verifier().to_verifier_key(),
@@ -467,6 +472,15 @@ impl RunningGateway {
                 .context("opening the audit log")?;
         let store = Store::open(&config.paths.store()).context("opening the store")?;
         log_not_behind_store(&log, &store)?;
+        if store.created_now() && log.entries_at_open() > 0 {
+            tracing::warn!(
+                entries = log.entries_at_open(),
+                store = %config.paths.store().display(),
+                "a new store was made beside an audit log that holds entries: the deliveries, \
+                 duplicate detection and receipts of the messages logged before are not in it \
+                 (was the store lost, or moved?)"
+            );
+        }
         let metrics = Arc::new(Metrics::new());
         let mut gateway = Arc::new(Gateway::new(
             catalogue,
@@ -509,14 +523,17 @@ impl RunningGateway {
                 "deliveries of erased cases withdrawn: dead letters without their bodies"
             );
         }
-        let buried = crate::delivery::bury_stray_inbox_deliveries(&gateway)
+        let buried = crate::delivery::bury_stray_deliveries(&gateway)
             .await
-            .context("dead-lettering the inbox deliveries of partners without an inbox")?;
+            .context(
+                "dead-lettering the deliveries waiting on a channel their recipient no longer has",
+            )?;
         if buried > 0 {
             tracing::warn!(
                 buried,
-                "inbox deliveries of partners the registry no longer gives an inbox: dead \
-                 letters, to redeliver by their recipients' delivery modes or discard"
+                "deliveries waiting on a channel the registry no longer gives their recipient \
+                 (an inbox, a webhook, an AMQP queue): dead letters, to redeliver by their \
+                 recipients' delivery modes or discard"
             );
         }
         let forgotten = crate::delivery::forget_erased_case_ids(&gateway)

@@ -1393,6 +1393,11 @@ fn a_lost_case_key_is_not_made_anew() {
     drop(file);
 
     let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    assert!(log.case_key_lost(&case_id(0)));
+    assert!(
+        !log.case_key_lost(&case_id(1)),
+        "a case with no entries yet"
+    );
     let refused = log.append(&fact(5)).unwrap_err();
     assert_eq!(case_id(5), case_id(0));
     assert!(

@@ -2983,6 +2983,7 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
         accepted_at: "2026-11-20T10:00:00.000Z".into(),
         content: String::new(),
         content_mapping: String::new(),
+        anomalies: Vec::new(),
     };
     let store = &gateway.running.gateway.store;
     store
@@ -3062,6 +3063,87 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
         .expect("the record");
     assert!(record.confirmed);
     assert_eq!(record.log_index, standing.index);
+
+    // A record that knows its own entry's leaf, while the acceptance that stands is another
+    // attempt's (a crash lost that attempt's record, and then this attempt's entry): it is
+    // withdrawn rather than confirmed against evidence of another body, and the message is
+    // accepted anew.
+    let reference = "CGSN-CASA-2026-00953";
+    let acceptance = |case_id: Option<&str>| {
+        let mut fact = Fact::new(Kind::Accepted, chrono::Utc::now());
+        fact.sender = Some("sn.consulat.casablanca".into());
+        fact.recipients = vec!["ma.interieur".into()];
+        fact.transport = Some(Transport::Rest);
+        fact.event_type = Some("ma.rva.lpc.issued".into());
+        fact.event_id = Some(reference.into());
+        fact.case_id = case_id.map(str::to_owned);
+        fact.identifiers.partner_refs = vec![("sn.consulat.casablanca".into(), reference.into())];
+        fact
+    };
+    let other_attempt = log.append_async(&acceptance(None)).await.unwrap();
+    let mut own = AcceptedRecord {
+        event_id: reference.into(),
+        leaf_hash: "ab".repeat(32),
+        ..left.clone()
+    };
+    own.deliveries = Vec::new();
+    store
+        .record_accepted(&mut own, Vec::new())
+        .await
+        .expect("recorded");
+    let reply = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_ne!(reply.json()["log_index"], other_attempt.index);
+
+    // A record whose acceptance is logged and its anomaly is not (a crash, or a failing
+    // log, between the two): the anomaly entry is written before the message is confirmed.
+    let reference = "CGSN-CASA-2026-00954";
+    let case = "RVA-2026-004211";
+    let mut accepted = acceptance(Some(case));
+    accepted.event_id = Some(reference.into());
+    accepted.identifiers.partner_refs = vec![("sn.consulat.casablanca".into(), reference.into())];
+    let logged = log.append_async(&accepted).await.unwrap();
+    let mut owing = AcceptedRecord {
+        event_id: reference.into(),
+        case_id: Some(case.into()),
+        leaf_hash: hex::encode(logged.leaf_hash.0),
+        anomalies: vec!["sequence.missing_lpc_requested".into()],
+        ..left.clone()
+    };
+    owing.deliveries = Vec::new();
+    store
+        .record_accepted(&mut owing, Vec::new())
+        .await
+        .expect("recorded");
+    let anomalies_of = async || {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || {
+            // A checkpoint over every durable entry, so that the search reads them all.
+            log.sync().unwrap();
+            log.search(&Query::Case(case.into()))
+                .unwrap()
+                .into_iter()
+                .filter(|f| {
+                    f.leaf.kind == Kind::Anomaly && f.leaf.event_id.as_deref() == Some(reference)
+                })
+                .map(|f| (f.index, f.leaf.reason.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(anomalies_of().await.is_empty());
+    let reply = consulate
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["log_index"], logged.index);
+    let written = anomalies_of().await;
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(written[0].0 > logged.index);
+    assert_eq!(written[0].1, "sequence.missing_lpc_requested");
     gateway.stop().await;
 }
 
@@ -3162,6 +3244,7 @@ async fn a_dead_letter_whose_entry_is_owed_is_logged_at_the_next_start() {
         accepted_at: "2026-11-30T05:00:00.000Z".into(),
         content: String::new(),
         content_mapping: String::new(),
+        anomalies: Vec::new(),
     };
     let dead = NewDelivery {
         recipient: "ma.dgsn".into(),
@@ -3563,9 +3646,75 @@ async fn an_inbox_left_by_a_change_of_delivery_mode_becomes_dead_letters() {
     gateway.stop().await;
 }
 
-/// Recipients taken out of the registry: what waited in an inbox becomes a dead letter at the
-/// start, as what waited on a webhook does at its next attempt; neither can be redelivered
-/// (there is no mode to redeliver by), and both can be discarded.
+/// A case whose key the audit log's key file lost (restored from an older copy): the log
+/// records the other cases and refuses this one's entries, so its deliveries, which could not
+/// be audited, stay in line, unsent: the webhook is not called again and again, and the inbox
+/// is read without them rather than refused whole.
+#[actix_web::test]
+async fn a_delivery_whose_case_cannot_be_recorded_stays_in_line_unsent() {
+    let dgsn = Receiver::start();
+    dgsn.answer(Answer::Fail {
+        status: 500,
+        retry_after: None,
+    });
+    let reference = "CGSN-CASA-2026-00424";
+    let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
+    let gateway = TestGateway::start(&changes, |_| {}).await;
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", lpc_issued(reference))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait_for("the border police's first attempt", WAIT, async || {
+        (!dgsn.received().is_empty()).then_some(())
+    })
+    .await;
+    let TestGateway { running, dir } = gateway;
+    running.shutdown().await.expect("a clean shutdown");
+    let calls = dgsn.received().len();
+    // The key file as it was before the case's key was written: its last 128-byte record.
+    let keys = dir.path().join("data/audit-log/private/keys/cases.keys");
+    let length = std::fs::metadata(&keys).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&keys).unwrap();
+    file.set_len(length - 128).unwrap();
+    drop(file);
+    dgsn.answer(Answer::Accept);
+    let registry = write_registry(dir.path(), &changes);
+    let config = test_config(&dir.path().join("data"), &registry);
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the gateway starts again");
+    let gateway = TestGateway { running, dir };
+    assert!(gateway.running.gateway.log.case_key_lost("RVA-2026-004211"));
+
+    let inbox = gateway.client("ma.interieur").get("/v1/inbox").await;
+    assert_eq!(inbox.status, 200, "{}", inbox.text());
+    assert_eq!(inbox.json()["messages"], serde_json::json!([]));
+    // The webhook delivery was due at once (the test backs off a second at most).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(dgsn.received().len(), calls, "called again");
+    let waiting = gateway.running.gateway.store.waiting().unwrap();
+    let states: Vec<(&str, DeliveryState)> = waiting
+        .iter()
+        .filter(|d| d.event_id == reference)
+        .map(|d| (d.recipient.as_str(), d.state))
+        .collect();
+    for recipient in ["ma.interieur", "ma.dgsn"] {
+        assert!(states.iter().any(|(r, _)| *r == recipient), "{states:?}");
+    }
+    assert!(
+        states
+            .iter()
+            .all(|(_, state)| *state == DeliveryState::Pending),
+        "{states:?}"
+    );
+    gateway.stop().await;
+}
+
+/// Recipients taken out of the registry: what waited in an inbox, and what waited out a
+/// webhook's back-off (an hour, as the endpoint asked), become dead letters at the start,
+/// before anything is tried; neither can be redelivered (there is no mode to redeliver by),
+/// and both can be discarded.
 #[actix_web::test]
 async fn the_deliveries_of_a_partner_taken_out_of_the_registry_can_only_be_discarded() {
     let dgsn = Receiver::start();

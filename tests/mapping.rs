@@ -1033,3 +1033,53 @@ fn an_event_type_is_read_without_surrounding_space_and_never_ignored_for_its_cas
         "{checked_in:?}"
     );
 }
+
+#[test]
+fn the_envelope_a_transport_adds_does_not_count_against_the_size_limit() {
+    let set = shipped();
+    let ministry = set.partner("ma.interieur").unwrap();
+    let mut event = fixture("ma.interieur", "in/identification-requested.json");
+    let limit = passerelle::mapping::DEFAULT_MAX_MESSAGE_BYTES;
+    event.resize(limit + 100, b' ');
+    assert!(matches!(
+        ministry.decode_in_force(&event, 0, &|_| true),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    // The same bytes, of which 100 are a binary-mode event's attributes: within the limit.
+    assert!(matches!(
+        ministry.decode_in_force(&event, 100, &|_| true),
+        Ok(Decoded::Event(_))
+    ));
+}
+
+#[test]
+fn a_canonical_event_is_one_object_and_its_member_names_are_quoted_cut_short() {
+    let set = shipped();
+    let ministry = set.partner("ma.interieur").unwrap();
+    for not_one_event in ["[]", "\"text\"", "[{}]"] {
+        match ministry.decode(not_one_event.as_bytes()) {
+            Err(DecodeError::Malformed { message, .. }) => {
+                assert!(message.contains("one JSON object"), "{message}")
+            }
+            other => panic!("{not_one_event}: {other:?}"),
+        }
+    }
+    // A member name is the sender's text: a long one with a control character is named
+    // cut short, escaped, and not copied whole into the answer.
+    let event =
+        String::from_utf8(fixture("ma.interieur", "in/identification-requested.json")).unwrap();
+    let name = format!("\u{202e}{}", "k".repeat(300_000));
+    let broken = event.replacen(
+        "\"data\": {",
+        &format!("\"data\": {{\"{name}\": {{\"x\": \"\\u0001\"}},"),
+        1,
+    );
+    assert_ne!(broken, event);
+    match ministry.decode(broken.as_bytes()) {
+        Err(DecodeError::Field { field, message, .. }) => {
+            assert_eq!(field, format!("data.\\u{{202e}}{}….x", "k".repeat(39)));
+            assert!(message.len() < 300, "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

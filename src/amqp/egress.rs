@@ -406,13 +406,23 @@ impl Egress {
             {
                 // The broker takes every recipient's messages alike: no recipient's share is
                 // bounded here (a recipient without a queue answers at once).
-                let due =
-                    self.gateway
-                        .store
-                        .due_for(StoreChannel::Amqp, now, &skip, room, &turn, |_| usize::MAX);
-                match due {
-                    Ok(look) => {
+                let due = delivery::look_at_line(
+                    &self.gateway,
+                    StoreChannel::Amqp,
+                    now,
+                    skip,
+                    room,
+                    turn.clone(),
+                    |_| usize::MAX,
+                );
+                match due.await {
+                    Ok(mut look) => {
                         held.set_aside_unreadable(&look.unreadable, StoreChannel::Amqp.name());
+                        held.set_aside_unrecordable(
+                            &mut look.taken,
+                            &self.gateway,
+                            StoreChannel::Amqp.name(),
+                        );
                         if let Some(last) = look.last {
                             turn = last;
                         }
@@ -420,7 +430,8 @@ impl Egress {
                         for delivery in look.taken {
                             in_flight.insert(delivery.id);
                             if !self.is_amqp_recipient(&delivery.recipient) {
-                                let attempt = Attempt::Dead("amqp.not-an-amqp-recipient".into());
+                                let attempt =
+                                    Attempt::Dead(crate::delivery::NOT_AN_AMQP_RECIPIENT.into());
                                 recording
                                     .spawn(delivery.id, self.clone().record(delivery, attempt));
                                 continue;

@@ -48,7 +48,10 @@ use super::connection::{
 use super::probe::PERSISTENT;
 use super::topology::{DEAD_LETTER_EXCHANGE, inbound_queue, partner_user};
 use crate::audit::{Fact, Kind, Personal, Transport};
-use crate::pipeline::{Content, Gateway, Outcome, Refusal, Submission};
+use crate::pipeline::{
+    Content, Gateway, MAX_CLOUDEVENT_ATTRIBUTE_BYTES, MAX_CLOUDEVENT_ATTRIBUTES, Outcome, Refusal,
+    Submission,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -103,10 +106,6 @@ pub const USER_ID_MISMATCH: &str = "user-id-mismatch";
 
 /// The longest [`DETAIL_HEADER`], in bytes.
 const MAX_DETAIL_BYTES: usize = 1024;
-/// The most `cloudEvents_*` headers a message may carry.
-const MAX_ATTRIBUTES: usize = 64;
-/// The longest value of a `cloudEvents_*` header, in bytes.
-const MAX_ATTRIBUTE_BYTES: usize = 4096;
 /// How many times a message the gateway could not make durable is tried again in place
 /// before it is returned to its queue.
 const IN_PLACE_ATTEMPTS: u32 = 3;
@@ -200,9 +199,9 @@ pub fn content_of(properties: &BasicProperties) -> Result<Content, DeadLetter> {
         let Some(attribute) = cloudevents_attribute(name.as_str()) else {
             continue;
         };
-        if attributes.len() == MAX_ATTRIBUTES {
+        if attributes.len() == MAX_CLOUDEVENT_ATTRIBUTES {
             return Err(DeadLetter::malformed(format!(
-                "more than {MAX_ATTRIBUTES} cloudEvents_* headers"
+                "more than {MAX_CLOUDEVENT_ATTRIBUTES} cloudEvents_* headers"
             )));
         }
         let text = header_text(value).ok_or_else(|| {
@@ -210,9 +209,9 @@ pub fn content_of(properties: &BasicProperties) -> Result<Content, DeadLetter> {
                 "the header {name} is not a UTF-8 string, a timestamp, a boolean or an integer"
             ))
         })?;
-        if text.len() > MAX_ATTRIBUTE_BYTES {
+        if text.len() > MAX_CLOUDEVENT_ATTRIBUTE_BYTES {
             return Err(DeadLetter::malformed(format!(
-                "the header {name} is longer than {MAX_ATTRIBUTE_BYTES} bytes"
+                "the header {name} is longer than {MAX_CLOUDEVENT_ATTRIBUTE_BYTES} bytes"
             )));
         }
         attributes.push((attribute.to_owned(), text));
@@ -1172,13 +1171,13 @@ mod tests {
             AMQPValue::FieldTable(FieldTable::default()),
         )]);
         assert_eq!(content_of(&properties).unwrap_err().code, "malformed");
-        let long = "x".repeat(MAX_ATTRIBUTE_BYTES + 1);
+        let long = "x".repeat(MAX_CLOUDEVENT_ATTRIBUTE_BYTES + 1);
         let properties = with_headers(vec![header(
             "cloudEvents_id",
             AMQPValue::LongString(long.into()),
         )]);
         assert_eq!(content_of(&properties).unwrap_err().code, "malformed");
-        let many = (0..=MAX_ATTRIBUTES)
+        let many = (0..=MAX_CLOUDEVENT_ATTRIBUTES)
             .map(|i| {
                 header(
                     &format!("cloudEvents_x{i}"),

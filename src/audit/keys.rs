@@ -118,9 +118,7 @@ pub fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Syncs a folder so that renames and new files in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| AuditError::io(dir, e))
+    crate::durable_folders::sync_folder(dir).map_err(|e| AuditError::io(dir, e))
 }
 
 /// The sync of keys written to the key file (see [`KeyStore::unsynced`]).

@@ -263,6 +263,11 @@ pub struct QueuedAppend {
 }
 
 impl QueuedAppend {
+    /// The RFC 6962 leaf hash the entry will have, known before it is durable.
+    pub fn leaf_hash(&self) -> Hash {
+        self.leaf
+    }
+
     /// Waits until the entry is durable, and returns its signed receipt.
     pub async fn durable(self) -> Result<Receipt> {
         receipt_for(self.leaf, self.rx.await.map_err(|_| AuditError::Closed)?)
@@ -392,7 +397,7 @@ impl AuditLog {
         }
         let layout = Layout::new(dir);
         for d in [&layout.public, &layout.journal, &layout.keys] {
-            std::fs::create_dir_all(d).map_err(|e| AuditError::io(d, e))?;
+            crate::durable_folders::create_folders(d).map_err(|e| AuditError::io(d, e))?;
         }
         let writer_lock = lock_for_writing(&layout)?;
         let meta = Meta {
@@ -647,6 +652,25 @@ impl AuditLog {
     /// Turns a fact into a journal record: validates it, computes the leaf
     /// with its commitments, seals the personal material. Runs on the
     /// caller's thread.
+    /// Whether the index holds entries under `tag` (read before the key store is locked).
+    fn has_entries_under(&self, tag: &Tag) -> bool {
+        self.shared
+            .index
+            .read()
+            .is_ok_and(|index| index.get(tag).is_some_and(|found| !found.is_empty()))
+    }
+
+    /// Whether entries of `case_id` are refused because its key was lost from
+    /// `private/keys/cases.keys` (the log holds entries of the case and the file no key for
+    /// it): nothing about the case can be recorded until the file is restored, while the log
+    /// records the other cases. A caller that must record what it does (a delivery) asks first.
+    pub fn case_key_lost(&self, case_id: &str) -> bool {
+        let tag = self.shared.index_key.tag(TagKind::Case, case_id);
+        self.has_entries_under(&tag)
+            && lock(&self.shared.keys)
+                .is_ok_and(|store| matches!(store.get(&tag), Err(AuditError::UnknownCase)))
+    }
+
     fn prepare(&self, fact: &Fact) -> Result<(Record, Hash)> {
         fact.validate()?;
         // A stopped log writes nothing more, not even a new case's key: each append is
@@ -663,12 +687,8 @@ impl AuditLog {
                 // restored from an older copy, or a record removed). A new key would give the
                 // case's next entries another commitment, splitting its trail, and leave its
                 // sealed data unopenable without an `erased` entry: refused until the file is
-                // restored. (The index is read before the key store is locked.)
-                let has_entries = self
-                    .shared
-                    .index
-                    .read()
-                    .is_ok_and(|index| index.get(tag).is_some_and(|found| !found.is_empty()));
+                // restored.
+                let has_entries = self.has_entries_under(tag);
                 let mut store = lock(&self.shared.keys)?;
                 if has_entries && matches!(store.get(tag), Err(AuditError::UnknownCase)) {
                     return Err(AuditError::Corrupt(

@@ -228,11 +228,7 @@ fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty() && !p.exists())
     {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(folder)
+        passerelle::durable_folders::create_folders(folder)
             .with_context(|| format!("creating the folder {}", folder.display()))?;
     }
     let mut f = std::fs::OpenOptions::new()
@@ -244,6 +240,8 @@ fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
     f.write_all(signer.to_signer_key().as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
+    passerelle::durable_folders::sync_parent(out)
+        .with_context(|| format!("syncing the folder of {}", out.display()))?;
     say!("{}", signer.verifier().to_verifier_key());
     Ok(ExitCode::SUCCESS)
 }

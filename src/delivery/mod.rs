@@ -11,7 +11,7 @@ pub mod webhook;
 use crate::audit::Kind;
 use crate::config::DeliverySettings;
 use crate::pipeline::Gateway;
-use crate::store::{Channel, DEAD_LETTER_PAGE, Delivery, DeliveryUpdate, StoreError};
+use crate::store::{Channel, DEAD_LETTER_PAGE, Delivery, DeliveryUpdate, DueLook, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -53,6 +53,34 @@ pub fn can_record(gateway: &Gateway) -> bool {
     gateway.store.is_open() && gateway.log.is_healthy()
 }
 
+/// A push worker's look at its line (see [`crate::store::Store::due_for`]), read off the
+/// async threads: it reads the bodies it takes, from disk when they are not cached, and the
+/// thread it would otherwise hold drives the calls under way.
+pub async fn look_at_line(
+    gateway: &Gateway,
+    channel: Channel,
+    now_ms: u64,
+    skip: HashSet<u64>,
+    room: usize,
+    turn: String,
+    allowance: impl FnMut(&str) -> usize + Send + 'static,
+) -> Result<DueLook, StoreError> {
+    let store = gateway.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.due_for(channel, now_ms, &skip, room, &turn, allowance)
+    })
+    .await
+    .map_err(|e| StoreError::Database(format!("the look at the outbox ended: {e}")))?
+}
+
+/// Whether the audit log refuses to record anything of `delivery`'s case, its key lost.
+pub fn case_key_lost(gateway: &Gateway, delivery: &Delivery) -> bool {
+    delivery
+        .case_id
+        .as_deref()
+        .is_some_and(|case| gateway.log.case_key_lost(case))
+}
+
 /// The deliveries a push worker holds back because their last attempt could not be recorded
 /// (see [`record_attempt`]), each until [`HOLD_BACK`] has passed, so that a recipient does not
 /// get the same delivery in a tight loop.
@@ -73,6 +101,33 @@ impl HeldBack {
             tracing::error!(delivery = id, channel, error = %why, "a due delivery cannot be read back from the store; it stays in line, unsent, and the others go on");
             self.0.insert(*id, Instant::now() + UNREADABLE_HOLD);
         }
+    }
+
+    /// Sets aside, out of `taken`, the due deliveries whose attempt the audit log would refuse
+    /// to record while it records others: their case's key was lost (see
+    /// [`crate::audit::AuditLog::case_key_lost`]). Each is reported, stays in line, unsent (an
+    /// attempt that cannot be recorded would be made again and again), and is looked at again
+    /// every [`UNREADABLE_HOLD`] until the key file is restored.
+    pub fn set_aside_unrecordable(
+        &mut self,
+        taken: &mut Vec<Delivery>,
+        gateway: &Gateway,
+        channel: &'static str,
+    ) {
+        taken.retain(|delivery| {
+            if !case_key_lost(gateway, delivery) {
+                return true;
+            }
+            tracing::error!(
+                delivery = delivery.id,
+                channel,
+                "a due delivery's case has entries in the audit log but no key in its key file \
+                 (private/keys/cases.keys, restored from an older copy?): its attempt could not \
+                 be recorded, so it stays in line, unsent, until the file is restored"
+            );
+            self.0.insert(delivery.id, Instant::now() + UNREADABLE_HOLD);
+            false
+        });
     }
 
     /// Takes `id` out of flight once the task attempting it has ended: `recorded` is whether
@@ -286,16 +341,24 @@ pub async fn withdraw_erased(gateway: &Gateway) -> anyhow::Result<usize> {
 /// The error code of an inbox delivery dead-lettered at start because the registry no longer
 /// gives its recipient an inbox: redelivering it sends it by the recipient's mode now.
 pub const NOT_AN_INBOX_RECIPIENT: &str = "inbox.not-an-inbox-recipient";
+/// The error code of a webhook delivery whose recipient the registry no longer gives a
+/// webhook (dead-lettered at start, or by the webhook worker).
+pub const NO_WEBHOOK_ENDPOINT: &str = "webhook.no-endpoint";
+/// The error code of an AMQP delivery whose recipient the registry no longer gives AMQP
+/// delivery (dead-lettered at start, or by the AMQP publisher).
+pub const NOT_AN_AMQP_RECIPIENT: &str = "amqp.not-an-amqp-recipient";
 
-/// Dead-letters the inbox deliveries still waiting (listed or not, not acknowledged) for a
-/// recipient that the registry no longer gives an inbox ([`NOT_AN_INBOX_RECIPIENT`]): one
-/// given another delivery mode, an auditor, or a partner it no longer holds. The push workers
-/// do the same with what waits on a webhook or an AMQP queue the recipient no longer has. A
-/// delivery goes out only by its recipient's mode of now: an operator redelivers these dead
-/// letters (by that mode) or discards them, and so can withdraw what waited in an inbox after
-/// a change of need-to-know. Each is audited first (`dead_lettered`), then recorded. Runs at
-/// start, before anything is served.
-pub async fn bury_stray_inbox_deliveries(gateway: &Gateway) -> anyhow::Result<usize> {
+/// Dead-letters the deliveries still waiting on a channel that the registry no longer gives
+/// their recipient: an inbox (listed or not, not acknowledged; [`NOT_AN_INBOX_RECIPIENT`]), a
+/// webhook ([`NO_WEBHOOK_ENDPOINT`]) or an AMQP queue ([`NOT_AN_AMQP_RECIPIENT`]), whether the
+/// recipient was given another delivery mode, none (an auditor), or was taken out of the
+/// registry. A delivery goes out only by its recipient's mode of now: an operator redelivers
+/// these dead letters (by that mode) or discards them, and so can withdraw what waited after a
+/// change of need-to-know, before any of it goes out (the push workers, which would find the
+/// same at each delivery's due time, have not started: a webhook delivery waiting out its
+/// back-off would otherwise go out if the mode were changed back before it came due). Each is
+/// audited first (`dead_lettered`), then recorded. Runs at start, before anything is served.
+pub async fn bury_stray_deliveries(gateway: &Gateway) -> anyhow::Result<usize> {
     let mut buried = 0;
     let mut moved = gateway.store.inbox_recipients()?;
     moved.retain(|recipient| gateway.channel_of(recipient) != Some(Channel::Inbox));
@@ -314,36 +377,46 @@ pub async fn bury_stray_inbox_deliveries(gateway: &Gateway) -> anyhow::Result<us
             let Some(last) = page.last_seen else { break };
             after = last;
             for delivery in page.deliveries {
-                gateway
-                    .audit_delivery(
-                        &delivery,
-                        Kind::DeadLettered,
-                        Some(NOT_AN_INBOX_RECIPIENT.into()),
-                    )
-                    .await
-                    .map_err(|refusal| {
-                        anyhow::anyhow!(
-                            "auditing an inbox delivery dead-lettered for its recipient's new \
-                             delivery mode: {refusal}"
-                        )
-                    })?;
-                let dead = gateway
-                    .store
-                    .update(
-                        delivery.id,
-                        DeliveryUpdate::Dead {
-                            error: NOT_AN_INBOX_RECIPIENT.into(),
-                        },
-                    )
-                    .await?;
-                gateway
-                    .metrics
-                    .delivery(&dead.recipient, Channel::Inbox.name(), "dead");
+                bury(gateway, &delivery, NOT_AN_INBOX_RECIPIENT).await?;
+                buried += 1;
+            }
+        }
+    }
+    for (channel, code) in [
+        (Channel::Webhook, NO_WEBHOOK_ENDPOINT),
+        (Channel::Amqp, NOT_AN_AMQP_RECIPIENT),
+    ] {
+        let mut moved = gateway.store.push_recipients(channel)?;
+        moved.retain(|recipient| gateway.channel_of(recipient) != Some(channel));
+        for recipient in moved {
+            for delivery in gateway.store.waiting_on(channel, &recipient)? {
+                bury(gateway, &delivery, code).await?;
                 buried += 1;
             }
         }
     }
     Ok(buried)
+}
+
+/// Dead-letters one waiting delivery at start, for `code`: audited, then recorded.
+async fn bury(gateway: &Gateway, delivery: &Delivery, code: &str) -> anyhow::Result<()> {
+    gateway
+        .audit_delivery(delivery, Kind::DeadLettered, Some(code.into()))
+        .await
+        .map_err(|refusal| {
+            anyhow::anyhow!(
+                "auditing a delivery dead-lettered for its recipient's new delivery mode: \
+                 {refusal}"
+            )
+        })?;
+    let dead = gateway
+        .store
+        .update(delivery.id, DeliveryUpdate::Dead { error: code.into() })
+        .await?;
+    gateway
+        .metrics
+        .delivery(&dead.recipient, delivery.channel.name(), "dead");
+    Ok(())
 }
 
 /// Records a push attempt: audits it first (so that the evidence is never behind the
@@ -517,6 +590,8 @@ pub struct RetryPolicy {
     pub initial: Duration,
     /// The longest delay.
     pub max: Duration,
+    /// The longest wait a recipient's `Retry-After` is honoured for.
+    pub max_asked: Duration,
 }
 
 impl From<&DeliverySettings> for RetryPolicy {
@@ -525,6 +600,7 @@ impl From<&DeliverySettings> for RetryPolicy {
             max_attempts: s.max_attempts,
             initial: s.initial_backoff(),
             max: s.max_backoff(),
+            max_asked: s.max_retry_after(),
         }
     }
 }
@@ -540,7 +616,7 @@ pub enum Next {
 
 impl RetryPolicy {
     /// The decision after attempt number `attempts` (1 for the first) failed. `asked` is the
-    /// recipient's `Retry-After`, honoured up to the policy's longest delay. It never shortens
+    /// recipient's `Retry-After`, honoured up to [`RetryPolicy::max_asked`]. It never shortens
     /// the backoff: a `Retry-After: 0`, or a date already past (a clock a little behind), would
     /// otherwise spend every attempt within seconds and dead-letter the delivery.
     pub fn next(&self, attempts: u32, asked: Option<Duration>) -> Next {
@@ -549,7 +625,7 @@ impl RetryPolicy {
         }
         let backoff = self.backoff(attempts);
         Next::RetryAfter(match asked {
-            Some(wait) => wait.min(self.max).max(backoff),
+            Some(wait) => wait.min(self.max_asked).max(backoff),
             None => backoff,
         })
     }
@@ -611,6 +687,7 @@ mod tests {
             max_attempts: 5,
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
+            max_asked: Duration::from_secs(1),
         };
         for attempt in 1..5 {
             let Next::RetryAfter(wait) = policy.next(attempt, None) else {
@@ -636,6 +713,7 @@ mod tests {
             max_attempts: 24,
             initial: Duration::from_millis(400),
             max: Duration::from_secs(5),
+            max_asked: Duration::from_secs(5),
         };
         for attempt in 1..10 {
             let floor = Duration::from_millis((400u64 << (attempt - 1)).min(5000) / 2);
@@ -683,12 +761,22 @@ mod tests {
             max_attempts: 5,
             initial: Duration::from_millis(100),
             max: Duration::from_secs(60),
+            max_asked: Duration::from_secs(600),
         };
         let asked = parse_retry_after("99999999999999999999999");
         assert_eq!(asked, Some(Duration::MAX));
         assert_eq!(
             policy.next(1, asked),
-            Next::RetryAfter(Duration::from_secs(60))
+            Next::RetryAfter(Duration::from_secs(600))
+        );
+        // A wait longer than the longest backoff, asked for, is honoured whole.
+        assert_eq!(
+            policy.next(1, Some(Duration::from_secs(3600))),
+            Next::RetryAfter(Duration::from_secs(600))
+        );
+        assert_eq!(
+            policy.next(1, Some(Duration::from_secs(300))),
+            Next::RetryAfter(Duration::from_secs(300))
         );
     }
 }

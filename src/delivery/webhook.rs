@@ -17,8 +17,8 @@
 //! whose endpoint hangs, or that has a backlog, leaves the other calls to the others.
 
 use super::{
-    Attempt, HeldBack, KeyedTasks, RetryPolicy, can_record, due_in, listen, parse_retry_after,
-    record_attempt,
+    Attempt, HeldBack, KeyedTasks, RetryPolicy, can_record, due_in, listen, look_at_line,
+    parse_retry_after, record_attempt,
 };
 use crate::pipeline::Gateway;
 use crate::registry::Delivery as DeliveryMode;
@@ -144,20 +144,30 @@ impl WebhookWorker {
             let room = this.concurrency.saturating_sub(in_flight.len());
             let mut next_ms = None;
             if room > 0 && recordable {
-                let allowance = |recipient: &str| {
-                    let busy = recipient_of.values().filter(|r| *r == recipient).count();
-                    per_recipient.saturating_sub(busy)
+                let mut busy: HashMap<String, usize> = HashMap::new();
+                for recipient in recipient_of.values() {
+                    *busy.entry(recipient.clone()).or_default() += 1;
+                }
+                let allowance = move |recipient: &str| {
+                    per_recipient.saturating_sub(busy.get(recipient).copied().unwrap_or(0))
                 };
-                match this.gateway.store.due_for(
+                let look = look_at_line(
+                    &this.gateway,
                     Channel::Webhook,
                     now,
-                    &skip,
+                    skip,
                     room,
-                    &turn,
+                    turn.clone(),
                     allowance,
-                ) {
-                    Ok(look) => {
+                );
+                match look.await {
+                    Ok(mut look) => {
                         held.set_aside_unreadable(&look.unreadable, Channel::Webhook.name());
+                        held.set_aside_unrecordable(
+                            &mut look.taken,
+                            &this.gateway,
+                            Channel::Webhook.name(),
+                        );
                         if let Some(last) = look.last {
                             turn = last;
                         }
@@ -218,7 +228,7 @@ impl WebhookWorker {
             Some(DeliveryMode::Webhook { url }) => url.clone(),
             _ => {
                 return Attempt::Dead {
-                    code: "webhook.no-endpoint".into(),
+                    code: super::NO_WEBHOOK_ENDPOINT.into(),
                 };
             }
         };

@@ -151,9 +151,18 @@ pub fn leading_iso_date(text: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(text.get(..10)?, "%Y-%m-%d").ok()
 }
 
-/// True when the text is an RFC 3339 date-time.
+/// True when the text is an RFC 3339 date-time in the form the canonical schema takes: `T`
+/// and `Z` in upper case, no space for the `T`, at most nine decimals of a second. RFC 3339
+/// allows the others too, but a value is kept as written, and the schema would refuse it
+/// later under the canonical field's name rather than the sender's.
 pub fn is_rfc3339(text: &str) -> bool {
-    chrono::DateTime::parse_from_rfc3339(text).is_ok()
+    let decimals = text.split_once('.').map_or(0, |(_, rest)| {
+        rest.bytes().take_while(u8::is_ascii_digit).count()
+    });
+    text.get(10..11) == Some("T")
+        && !text.contains(['t', 'z'])
+        && decimals <= 9
+        && chrono::DateTime::parse_from_rfc3339(text).is_ok()
 }
 
 #[cfg(test)]
@@ -212,5 +221,15 @@ mod tests {
         assert_eq!(leading_iso_date("2026-11"), None);
         assert!(is_rfc3339("2026-11-20T09:41:12+01:00"));
         assert!(!is_rfc3339("2026-11-20 09:41"));
+        assert!(is_rfc3339("2026-11-20T09:41:12.123456789Z"));
+        // RFC 3339 forms the canonical schema does not take.
+        for other in [
+            "2026-11-20t09:41:12Z",
+            "2026-11-20T09:41:12z",
+            "2026-11-20 09:41:12Z",
+            "2026-11-20T09:41:12.1234567891Z",
+        ] {
+            assert!(!is_rfc3339(other), "{other}");
+        }
     }
 }

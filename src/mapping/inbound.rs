@@ -190,12 +190,13 @@ impl Matcher {
             && let Native::Xml(document, _) = native
         {
             let name = &document.root().name;
+            let local = shown_name(&name.local);
             let root = match &name.namespace {
                 Some(namespace) => format!(
-                    "the root element is {} in namespace {namespace}",
-                    name.local
+                    "the root element is {local} in namespace {}",
+                    shown_name(namespace)
                 ),
-                None => format!("the root element is {} (in no namespace)", name.local),
+                None => format!("the root element is {local} (in no namespace)"),
             };
             if !said.contains(&root) {
                 said.push(root);
@@ -277,14 +278,41 @@ impl Matcher {
 /// How many of a field's values a sender is told, when its message matched no kind.
 const SHOWN_VALUES: usize = 5;
 
-/// A value as a sender is told it was read: text quoted, at most 60 characters of it.
+/// How many characters of a value a sender is told, when its message matched no kind.
+const SHOWN_CHARACTERS: usize = 60;
+
+/// A value as a sender is told it was read: text quoted, at most 60 characters of it. An
+/// object or a list is named by its shape only: it may hold anything the sender wrote
+/// (names, document numbers), and the answer must not quote it back.
 fn shown(value: &Value) -> String {
-    match value {
-        Value::String(text) if text.chars().count() > 60 => {
-            format!("{:?}…", text.chars().take(60).collect::<String>())
-        }
-        Value::String(text) => format!("{text:?}"),
+    let text = match value {
+        Value::Object(_) => return "an object".to_owned(),
+        Value::Array(_) => return "a list".to_owned(),
+        Value::String(text) => text.clone(),
         other => other.to_string(),
+    };
+    if value.is_string() {
+        let cut = text.chars().count() > SHOWN_CHARACTERS;
+        let kept: String = text.chars().take(SHOWN_CHARACTERS).collect();
+        if cut {
+            format!("{kept:?}…")
+        } else {
+            format!("{kept:?}")
+        }
+    } else {
+        shown_name(&text)
+    }
+}
+
+/// A name or number as a sender is told it: at most 60 characters of it.
+fn shown_name(text: &str) -> String {
+    if text.chars().count() > SHOWN_CHARACTERS {
+        format!(
+            "{}…",
+            text.chars().take(SHOWN_CHARACTERS).collect::<String>()
+        )
+    } else {
+        text.to_owned()
     }
 }
 
@@ -1085,6 +1113,20 @@ impl NativeMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sender_is_told_the_shape_of_an_object_or_a_list_and_at_most_60_characters() {
+        let passenger = serde_json::json!({"surname": "DIOP", "passport": "A01234567"});
+        assert_eq!(shown(&passenger), "an object");
+        assert_eq!(shown(&serde_json::json!([passenger])), "a list");
+        assert_eq!(shown(&serde_json::json!("BOARDED")), "\"BOARDED\"");
+        assert_eq!(
+            shown(&serde_json::json!("x".repeat(61))),
+            format!("{:?}…", "x".repeat(60))
+        );
+        assert_eq!(shown(&serde_json::json!(12)), "12");
+        assert_eq!(shown_name(&"n".repeat(70)), format!("{}…", "n".repeat(60)));
+    }
 
     #[test]
     fn the_mrz_document_has_the_decoders_own_fields() {

@@ -51,7 +51,9 @@ fn describe(path: &[Step], key: &str) -> String {
     steps.join("/")
 }
 
-fn quoted(key: &str) -> String {
+/// A member name as an error quotes it: at most 40 characters, escaped (`\u{202e}`), with `…`
+/// when cut.
+pub(crate) fn quoted(key: &str) -> String {
     let mut shown: String = key
         .chars()
         .take(MOST_QUOTED)

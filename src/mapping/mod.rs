@@ -310,15 +310,20 @@ impl PartnerMapping {
 
     /// Decodes a native message into a validated canonical event.
     pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
-        self.decode_in_force(bytes, &|_| true)
+        self.decode_in_force(bytes, 0, &|_| true)
     }
 
     /// Decodes a native message into a validated canonical event, provided that the mapping
     /// of its kind is in force (`in_force` is asked with the mapping id as soon as the kind
     /// is recognised, before any field is read): otherwise [`DecodeError::NotInForce`].
+    ///
+    /// `envelope_bytes` of `bytes` are not the sender's message but what the transport added
+    /// to it (a binary-mode CloudEvent's attributes, made members of the structured event):
+    /// they do not count against the size limit.
     pub fn decode_in_force(
         &self,
         bytes: &[u8],
+        envelope_bytes: usize,
         in_force: &dyn Fn(&str) -> bool,
     ) -> Result<Decoded, DecodeError> {
         let partner = || self.partner.clone();
@@ -332,7 +337,7 @@ impl PartnerMapping {
                 })
             }
         };
-        if bytes.len() > self.max_message_bytes {
+        if bytes.len().saturating_sub(envelope_bytes) > self.max_message_bytes {
             return Err(DecodeError::TooLarge {
                 partner: partner(),
                 limit: self.max_message_bytes,
@@ -553,13 +558,27 @@ impl PartnerMapping {
             field: field.into(),
             message,
         };
+        // As a native JSON message, a CloudEvent is one object: a list (a batch) or a lone
+        // value is no event.
+        if !event.is_object() {
+            return Err(DecodeError::Malformed {
+                partner: self.partner.clone(),
+                format: "JSON",
+                message: "a CloudEvent is one JSON object; send each event on its own".into(),
+            });
+        }
         if let Some(found) = text::find_refused(&event) {
-            let path = found.path.join(".");
-            let path = if path.is_empty() { "/".into() } else { path };
+            // The member names are the sender's text: each is quoted cut short and escaped.
+            let path = found
+                .path
+                .iter()
+                .map(|step| json::quoted(step))
+                .collect::<Vec<_>>()
+                .join(".");
             return Err(field(&path, refused_message(&path, &found)));
         }
         let Some(object) = event.as_object_mut() else {
-            return Err(field("/", "a CloudEvent is a JSON object".into()));
+            unreachable!("checked to be an object above");
         };
         for gateway_set in ["mappingid", "mappinghash", "withheld"] {
             if object.contains_key(gateway_set) {

@@ -634,7 +634,11 @@ impl Rule {
         if self.datetime {
             for value in &values {
                 if !text_of(value).is_some_and(|text| is_rfc3339(&text)) {
-                    return fail(format!("{} is not an RFC 3339 date-time", self.label));
+                    return fail(format!(
+                        "{} is not an RFC 3339 date-time in the form 2026-11-20T09:41:12Z \
+                         (upper-case T and Z, or an offset such as +01:00)",
+                        self.label
+                    ));
                 }
             }
         }

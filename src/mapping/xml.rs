@@ -50,7 +50,8 @@ pub enum XmlError {
     /// A DOCTYPE (and so possibly entity declarations) was present.
     #[error("DOCTYPE and entity declarations are refused")]
     Doctype,
-    /// An entity other than the five predefined ones was referenced.
+    /// An entity other than the five predefined ones was referenced (its name as an error
+    /// quotes a name: cut short and escaped).
     #[error("undefined entity reference &{0};")]
     UndefinedEntity(String),
     /// An element or attribute used a prefix with no namespace declaration in scope.
@@ -248,7 +249,9 @@ impl XmlDocument {
                             let name = reference.xml10_content();
                             quick_xml::escape::resolve_predefined_entity(&name)
                                 .map(str::to_owned)
-                                .ok_or_else(|| XmlError::UndefinedEntity(name.into_owned()))?
+                                .ok_or_else(|| {
+                                    XmlError::UndefinedEntity(super::json::quoted(&name))
+                                })?
                         }
                         Err(error) => {
                             return Err(XmlError::Malformed {
@@ -533,7 +536,7 @@ fn read_attributes(
                 quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(
                     _,
                     name,
-                )) => XmlError::UndefinedEntity(name),
+                )) => XmlError::UndefinedEntity(super::json::quoted(&name)),
                 other => XmlError::Malformed {
                     position: reader.buffer_position(),
                     message: other.to_string(),
@@ -739,6 +742,12 @@ mod tests {
         assert_eq!(
             parse(r#"<a b="&x;"/>"#).unwrap_err(),
             XmlError::UndefinedEntity("x".into())
+        );
+        // The name is the sender's text: it is quoted cut short.
+        let long = format!("<a>&{};</a>", "n".repeat(100));
+        assert_eq!(
+            parse(&long).unwrap_err(),
+            XmlError::UndefinedEntity(format!("{}…", "n".repeat(40)))
         );
     }
 

@@ -486,8 +486,11 @@ impl Gateway {
         // A kind whose mapping the registry does not put in force is refused before any of
         // its fields is read.
         let in_force = |mapping_id: &str| self.registry.mapping_in_force(partner, mapping_id);
+        // In binary mode the body is the event's data: the attributes that the structured
+        // form adds (bounded in `binary_to_structured`) do not count against the size limit.
+        let envelope_bytes = bytes.len().saturating_sub(submission.body.len());
         let decoded = mapping
-            .decode_in_force(bytes, &in_force)
+            .decode_in_force(bytes, envelope_bytes, &in_force)
             .map_err(refusal_of)?;
         let (mut event, kind) = match decoded {
             Decoded::Event(mapped) => {
@@ -725,18 +728,7 @@ impl Gateway {
                 path: None,
             });
         }
-        let anomaly_facts: Vec<Fact> = anomaly_codes
-            .iter()
-            .map(|code| {
-                let mut fact = Fact::new(Kind::Anomaly, Utc::now());
-                fact.sender = Some(partner.to_owned());
-                fact.event_type = Some(event_type.to_owned());
-                fact.event_id = Some(event_id.to_owned());
-                fact.case_id = case_id.clone();
-                fact.reason = Some(reason_code(code));
-                fact
-            })
-            .collect();
+        let anomaly_reasons: Vec<String> = anomaly_codes.iter().map(|c| reason_code(c)).collect();
         let mut record = AcceptedRecord {
             event_id: event_id.to_owned(),
             source: source.to_owned(),
@@ -753,7 +745,13 @@ impl Gateway {
             accepted_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             content: content.digest.clone(),
             content_mapping: content.mapping.clone(),
+            anomalies: anomaly_reasons,
         };
+        let anomaly_facts: Vec<Fact> = record
+            .anomalies
+            .iter()
+            .map(|reason| anomaly_fact(&record, reason))
+            .collect();
 
         // The audit entry and the store record are written at once, each synced to disk; the
         // deliveries are held until both are known to be durable. See `settle_unconfirmed`
@@ -761,6 +759,7 @@ impl Gateway {
         // The record is queued with no wait after the acceptance entry is: a request dropped
         // in between would leave that entry with no record to settle it against.
         let logged = self.queue_append(&accepted).await?;
+        record.leaf_hash = hex::encode(logged.leaf_hash().0);
         let recorded = self.store.queue_accepted(&mut record, deliveries);
         let mut anomalies_queued = Vec::with_capacity(anomaly_facts.len());
         for fact in &anomaly_facts {
@@ -783,12 +782,20 @@ impl Gateway {
             recorded,
         );
         let made = match (logged, recorded) {
+            (Ok(_), Ok(Recorded::New(_))) if anomalies_logged.iter().any(Result::is_err) => {
+                // The acceptance is logged, and an anomaly it owes is not: the record stays
+                // held, and no `2xx` goes out before the evidence is whole. The sender's next
+                // attempt, or the next start, settles it: the anomaly entries the log lacks
+                // are written, then the message is confirmed.
+                tracing::error!(
+                    "an anomaly entry was not logged; the message is settled at its next \
+                     attempt or the next start"
+                );
+                return Err(unavailable(
+                    "the message's anomaly entries could not be logged",
+                ));
+            }
             (Ok(receipt), Ok(Recorded::New(made))) => {
-                if let Some(Err(refusal)) = anomalies_logged.into_iter().find(Result::is_err) {
-                    // The acceptance is logged; the message stands even though an anomaly
-                    // entry could not be written.
-                    tracing::error!(error = %refusal, "an anomaly entry was not logged");
-                }
                 let entry = LogEntry {
                     log_index: receipt.index,
                     leaf_hash: hex::encode(receipt.leaf_hash.0),
@@ -1470,11 +1477,21 @@ fn settle(
             _ => {}
         }
     }
-    let Some(found) = standing.pop() else {
+    let leaf = standing
+        .last()
+        .map(|found| audit::merkle::leaf_hash(&found.entry));
+    // A record that knows its entry's leaf is confirmed against that entry only: the latest
+    // acceptance that stands may be another attempt's (one whose record a crash lost), which
+    // commits to another body.
+    let Some((found, leaf)) = standing
+        .pop()
+        .zip(leaf)
+        .filter(|(_, leaf)| record.leaf_hash.is_empty() || record.leaf_hash == hex::encode(leaf.0))
+    else {
         store.abandon_blocking(record)?;
         return Ok(None);
     };
-    let leaf = audit::merkle::leaf_hash(&found.entry);
+    log_owed_anomalies(log, record, found.index)?;
     let receipt = log.reissue_receipt(found.index, leaf)?;
     let confirmed = store.confirm_blocking(
         record,
@@ -1485,6 +1502,51 @@ fn settle(
         },
     )?;
     Ok(Some(confirmed))
+}
+
+/// The `anomaly` entry of reason `reason` that the acceptance of `record`'s message is logged
+/// with.
+fn anomaly_fact(record: &AcceptedRecord, reason: &str) -> Fact {
+    let mut fact = Fact::new(Kind::Anomaly, Utc::now());
+    fact.sender = Some(record.sender.clone());
+    fact.event_type = Some(record.event_type.clone());
+    fact.event_id = Some(record.event_id.clone());
+    fact.case_id = record.case_id.clone();
+    fact.reason = Some(reason.to_owned());
+    fact
+}
+
+/// Writes the `anomaly` entries that `record`'s acceptance (the entry at `accepted`) owes
+/// and the log does not hold after it: a crash, or a failing log, can fall between the two
+/// writes. Blocking.
+fn log_owed_anomalies(log: &AuditLog, record: &AcceptedRecord, accepted: u64) -> audit::Result<()> {
+    let Some(case_id) = record
+        .case_id
+        .as_ref()
+        .filter(|_| !record.anomalies.is_empty())
+    else {
+        return Ok(());
+    };
+    let mut logged: Vec<String> = log
+        .search(&audit::Query::Case(case_id.clone()))?
+        .into_iter()
+        .filter(|f| {
+            f.index > accepted
+                && f.leaf.kind == Kind::Anomaly
+                && f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
+                && f.leaf.sender.as_deref() == Some(record.sender.as_str())
+        })
+        .filter_map(|f| f.leaf.reason)
+        .collect();
+    for reason in &record.anomalies {
+        // Each reason once: an entry the log holds accounts for one owed.
+        if let Some(at) = logged.iter().position(|r| r == reason) {
+            logged.swap_remove(at);
+            continue;
+        }
+        log.append(&anomaly_fact(record, reason))?;
+    }
+    Ok(())
 }
 
 fn transport_name(t: Transport) -> &'static str {
@@ -1658,19 +1720,30 @@ fn check_media_type(format: Format, media: &str) -> Result<(), Refusal> {
     }))
 }
 
+/// The most CloudEvents attributes a binary-mode event may carry (`ce-*` headers over HTTPS,
+/// `cloudEvents_*` headers over AMQP).
+pub const MAX_CLOUDEVENT_ATTRIBUTES: usize = 64;
+/// The longest value of a binary-mode CloudEvents attribute, in bytes (once decoded).
+pub const MAX_CLOUDEVENT_ATTRIBUTE_BYTES: usize = 4096;
+
 /// Builds the structured form of a binary-mode CloudEvent (CloudEvents HTTP and AMQP
 /// bindings): the attributes become members, the body becomes `data`.
+///
+/// The size limit is the body's, checked before; the attributes, which the structured form
+/// adds to it, are bounded here in number and length.
 fn binary_to_structured(
     attributes: &[(String, String)],
     content_type: &str,
     body: &[u8],
 ) -> Result<Vec<u8>, Refusal> {
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    if !essence.eq_ignore_ascii_case("application/json") {
+    // Media types are case-insensitive (RFC 9110, 8.3.1): the event carries the lower-case
+    // essence, the one form the schema takes.
+    let essence = media_essence(content_type);
+    if essence != "application/json" {
         let given = if essence.is_empty() {
             "an untyped body (no content type)"
         } else {
-            essence
+            essence.as_str()
         };
         return Err(Refusal::UnsupportedMediaType(format!(
             "a binary-mode CloudEvent carries application/json data, not {given}"
@@ -1678,11 +1751,24 @@ fn binary_to_structured(
     }
     // Read as every JSON message is, refusing a key given twice (which would otherwise keep
     // its last value without a word).
+    if attributes.len() > MAX_CLOUDEVENT_ATTRIBUTES {
+        return Err(Refusal::Malformed(format!(
+            "a binary-mode CloudEvent carries at most {MAX_CLOUDEVENT_ATTRIBUTES} attributes, \
+             not {}",
+            attributes.len()
+        )));
+    }
     let data: Value = crate::mapping::json::from_slice(body)
         .map_err(|e| Refusal::Malformed(format!("the CloudEvent's data is not JSON: {e}")))?;
     let mut event = serde_json::Map::new();
     for (name, value) in attributes {
         let name = name.to_ascii_lowercase();
+        if value.len() > MAX_CLOUDEVENT_ATTRIBUTE_BYTES {
+            return Err(Refusal::Malformed(format!(
+                "the CloudEvents attribute {name} is longer than \
+                 {MAX_CLOUDEVENT_ATTRIBUTE_BYTES} bytes"
+            )));
+        }
         if event.contains_key(&name) {
             return Err(Refusal::Malformed(format!(
                 "the CloudEvents attribute {name} is given twice"
@@ -1698,7 +1784,7 @@ fn binary_to_structured(
         }
         // In binary mode the data's media type is the message's content type; an attribute
         // that says otherwise is a contradiction, not a detail to overwrite.
-        if name == "datacontenttype" && !media_essence(value).eq_ignore_ascii_case(essence) {
+        if name == "datacontenttype" && media_essence(value) != essence {
             return Err(Refusal::Malformed(format!(
                 "the datacontenttype attribute says {}, but the data is sent as {essence}: in \
                  binary mode the content type is the data's media type",
@@ -1707,7 +1793,7 @@ fn binary_to_structured(
         }
         event.insert(name, Value::String(value.clone()));
     }
-    event.insert("datacontenttype".into(), Value::String(essence.to_owned()));
+    event.insert("datacontenttype".into(), Value::String(essence));
     event.insert("data".into(), data);
     Ok(serde_json::to_vec(&Value::Object(event)).unwrap_or_default())
 }
@@ -1783,6 +1869,29 @@ mod tests {
         assert_eq!(event["id"], "X-1");
         assert_eq!(event["data"]["a"], 1);
         assert_eq!(event["datacontenttype"], "application/json");
+        // Media types are case-insensitive: the event carries the form the schema takes.
+        let mut typed = attributes.clone();
+        typed.push(("datacontenttype".to_owned(), "application/JSON".to_owned()));
+        let bytes = binary_to_structured(&typed, "Application/Json", b"{}").unwrap();
+        let event: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(event["datacontenttype"], "application/json");
+        // The attributes are bounded in number and length.
+        let mut long = attributes.clone();
+        long.push((
+            "subject".to_owned(),
+            "x".repeat(MAX_CLOUDEVENT_ATTRIBUTE_BYTES + 1),
+        ));
+        match binary_to_structured(&long, "application/json", b"{}") {
+            Err(Refusal::Malformed(why)) => assert!(why.contains("subject is longer"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let many: Vec<_> = (0..=MAX_CLOUDEVENT_ATTRIBUTES)
+            .map(|n| (format!("x{n}"), String::new()))
+            .collect();
+        match binary_to_structured(&many, "application/json", b"{}") {
+            Err(Refusal::Malformed(why)) => assert!(why.contains("at most 64"), "{why}"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             binary_to_structured(&attributes, "text/plain", b"x"),
             Err(Refusal::UnsupportedMediaType(_))

@@ -254,11 +254,10 @@ async fn read_body(
         .await
         .ok_or_else(|| no_turn(gateway, "request bodies are being read"))?;
     let read = async {
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(declared_length(req).unwrap_or(0).min(limit + 1));
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| Problem::bad_request(body_error(&e)))?;
-            let room = (limit + 1).saturating_sub(body.len());
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            append_within(&mut body, &chunk, limit);
             if body.len() > limit {
                 break;
             }
@@ -286,13 +285,56 @@ fn body_error(error: &actix_web::error::PayloadError) -> String {
     }
 }
 
-/// Whether the request announces (`Content-Length`) a body longer than `limit` bytes.
-fn declared_over_limit(req: &HttpRequest, limit: usize) -> bool {
+/// Refuses a path or query string whose percent-escapes are not UTF-8 (`%C9`, a Latin-1 `É`).
+/// The HTTP library reads such escapes as U+FFFD: a receipt or a trail would be looked up
+/// for a value that was never sent, and found empty.
+fn readable_uri(req: &HttpRequest) -> Result<(), Problem> {
+    let readable = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .is_ok()
+    };
+    for (part, text) in [
+        ("path", req.uri().path()),
+        ("query string", req.query_string()),
+    ] {
+        if !readable(text) {
+            return Err(Problem::bad_request(format!(
+                "the {part} is not percent-encoded UTF-8: send each character outside \
+                 ASCII as the %XX escapes of its UTF-8 bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Appends to `body` what of `chunk` fits in `limit + 1` bytes (one byte past the limit tells
+/// a body over it). The buffer grows as a `Vec` does, by doubling, but never past `limit + 1`
+/// bytes: a body over the limit holds no more memory than the limit while its refusal is
+/// made durable.
+fn append_within(body: &mut Vec<u8>, chunk: &[u8], limit: usize) {
+    let most = limit.saturating_add(1);
+    let taken = &chunk[..chunk.len().min(most.saturating_sub(body.len()))];
+    let needed = body.len() + taken.len();
+    if needed > body.capacity() {
+        let grown = needed.max(body.capacity().saturating_mul(2)).min(most);
+        body.reserve_exact(grown - body.len());
+    }
+    body.extend_from_slice(taken);
+}
+
+/// The body's length as the request's `Content-Length` announces it.
+fn declared_length(req: &HttpRequest) -> Option<usize> {
     req.headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok())
-        .is_some_and(|declared| declared > limit as u64)
+        .map(|declared| usize::try_from(declared).unwrap_or(usize::MAX))
+}
+
+/// Whether the request announces (`Content-Length`) a body longer than `limit` bytes.
+fn declared_over_limit(req: &HttpRequest, limit: usize) -> bool {
+    declared_length(req).is_some_and(|declared| declared > limit)
 }
 
 /// How to read a request's body. A body sent with a content coding (`Content-Encoding: gzip`)
@@ -595,9 +637,11 @@ async fn get_inbox(
     }
     // One request at a time per inbox: a delivery is audited `delivered` once.
     let _turn = inbox_turn(gateway, &caller.0.id).await?;
-    let page = gateway
-        .store
-        .inbox(&caller.0.id, after, limit)
+    // Off the HTTP worker: a page reads up to 8 MiB of bodies, from disk when not cached.
+    let (store, recipient) = (gateway.store.clone(), caller.0.id.clone());
+    let page = web::block(move || store.inbox(&recipient, after, limit))
+        .await
+        .map_err(|e| Problem::unavailable(e.to_string()))?
         .map_err(|e| Problem::unavailable(e.to_string()))?;
     for (delivery, why) in &page.unreadable {
         tracing::error!(
@@ -606,7 +650,21 @@ async fn get_inbox(
             "an inbox delivery's record cannot be read back; passed over, the others are listed"
         );
     }
-    let deliveries = page.deliveries;
+    // A delivery not listed before whose case the audit log cannot record (its key lost) is
+    // left out, unsent: its first fetch, the delivery, could not be audited. The others are
+    // listed; it is listed once the key file is restored.
+    let (deliveries, unrecordable): (Vec<Delivery>, Vec<Delivery>) =
+        page.deliveries.into_iter().partition(|d| {
+            d.state != DeliveryState::Pending || !crate::delivery::case_key_lost(gateway, d)
+        });
+    for delivery in &unrecordable {
+        tracing::error!(
+            delivery = delivery.id,
+            "an inbox delivery's case has entries in the audit log but no key in its key file \
+             (private/keys/cases.keys, restored from an older copy?): its delivery could not be \
+             recorded, so it is left out of the inbox until the file is restored"
+        );
+    }
     // The first fetch is the delivery: audit it, then record it (so that the evidence is never
     // behind the state: a failure in between audits it again at the next fetch). The page's
     // entries are appended together (up to `AUDITS_AT_ONCE` at a time), and share the log's
@@ -759,6 +817,7 @@ async fn get_receipt(
     event_id: web::Path<String>,
     query: web::Query<ReceiptQuery>,
 ) -> Result<HttpResponse, Problem> {
+    readable_uri(&req)?;
     let gateway = gateway(&req)?;
     let own = partner_source(&caller.0.id);
     let source = match &query.source {
@@ -902,6 +961,7 @@ async fn get_trail(
     if !is_auditor(&caller) {
         return Err(Problem::forbidden("only auditors read trails"));
     }
+    readable_uri(&req)?;
     let gateway = gateway(&req)?;
     let given = [
         query.case.clone().map(Query::Case),
@@ -1057,4 +1117,45 @@ fn trail_page(indices: Vec<u64>, after: Option<u64>, limit: usize) -> (Vec<u64>,
         None
     };
     (page, next_after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_or_query_string_that_is_not_utf8_is_refused() {
+        let request = |uri: &str| actix_web::test::TestRequest::with_uri(uri).to_http_request();
+        assert!(readable_uri(&request("/v1/audit/trails?pv=DGSN%2FSE%2F7741%C3%89")).is_ok());
+        assert!(readable_uri(&request("/v1/receipts/MI-1?source=urn%3Apartner%3Ax")).is_ok());
+        for unreadable in [
+            "/v1/audit/trails?pv=DGSN%2FSE%2F7741%C9",
+            "/v1/audit/trails?case=%FF",
+            "/v1/receipts/%FE%FF",
+        ] {
+            let problem = readable_uri(&request(unreadable)).unwrap_err();
+            assert_eq!(problem.status, 400, "{unreadable}");
+        }
+    }
+
+    #[test]
+    fn a_body_over_the_limit_holds_no_more_than_the_limit_and_a_byte() {
+        let limit = 1000;
+        let mut body = Vec::new();
+        for _ in 0..7 {
+            append_within(&mut body, &[b'x'; 300], limit);
+        }
+        assert_eq!(body.len(), limit + 1);
+        assert_eq!(body.capacity(), limit + 1);
+        // Within the limit, it grows by doubling (a few copies a body, not one a chunk).
+        let mut small = Vec::new();
+        let mut grown = 0;
+        for _ in 0..100 {
+            let before = small.capacity();
+            append_within(&mut small, &[b'x'; 8], limit);
+            grown += usize::from(small.capacity() != before);
+        }
+        assert_eq!(small.len(), 800);
+        assert!(grown <= 8, "{grown} reallocations");
+    }
 }

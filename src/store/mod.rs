@@ -169,7 +169,9 @@ pub struct AcceptedRecord {
     pub confirmed: bool,
     /// The audit log entry of the acceptance.
     pub log_index: u64,
-    /// Its RFC 6962 leaf hash, hex.
+    /// Its RFC 6962 leaf hash, hex: known before the entry is durable, so that an
+    /// unconfirmed record is settled against its own attempt's entry and no other. Empty in
+    /// unconfirmed records written before it was kept.
     pub leaf_hash: String,
     /// The signed receipt, in its text form.
     pub receipt: String,
@@ -200,6 +202,11 @@ pub struct AcceptedRecord {
     /// its mapping may say the same in other words, and is not compared.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub content_mapping: String,
+    /// The reason codes of the `anomaly` entries its acceptance is logged with (they follow
+    /// the `accepted` entry): a settlement writes those the log does not hold before it
+    /// confirms the message, so that no message is confirmed without its anomalies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<String>,
 }
 
 impl AcceptedRecord {
@@ -543,6 +550,8 @@ pub struct Store {
     db: Arc<Database>,
     /// The file it was opened from.
     path: std::path::PathBuf,
+    /// Whether [`Store::open`] created the file.
+    created: bool,
     tx: Option<WriteQueue<Write>>,
     writer: Option<JoinHandle<()>>,
     pending_deliveries: Arc<AtomicU64>,
@@ -649,8 +658,9 @@ impl Store {
     /// Opens (or creates) the store in file `path`.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(db_error)?;
+            crate::durable_folders::create_folders(parent).map_err(db_error)?;
         }
+        let created = !path.exists();
         // A small page cache: the working set is the recent outbox, and memory is bounded.
         let db = Arc::new(
             redb::Builder::new()
@@ -691,6 +701,11 @@ impl Store {
             w.commit().map_err(db_error)?;
             (next, pending)
         };
+        // A new file's name is durable once its folder is synced: a store lost in a crash
+        // would take every message answered since with it.
+        if created {
+            crate::durable_folders::sync_parent(path).map_err(db_error)?;
+        }
         let pending_deliveries = Arc::new(AtomicU64::new(pending));
         let confirming = Confirming::default();
         let queued_facts = QueuedFacts::default();
@@ -721,6 +736,7 @@ impl Store {
         Ok(Store {
             db,
             path: path.to_owned(),
+            created,
             tx: Some(tx),
             writer: Some(writer),
             pending_deliveries,
@@ -734,6 +750,11 @@ impl Store {
             #[cfg(test)]
             fail_next_group,
         })
+    }
+
+    /// Whether [`Store::open`] created the store's file, rather than opening one there.
+    pub fn created_now(&self) -> bool {
+        self.created
     }
 
     /// Notified (`notify_waiters`) each time a commit has put push deliveries in line: the
@@ -1230,6 +1251,38 @@ impl Store {
     fn next_due(&self, channel: Channel) -> Result<Option<u64>> {
         let look = self.due_for(channel, 0, &HashSet::new(), usize::MAX, "", |_| usize::MAX)?;
         Ok(look.next_ms)
+    }
+
+    /// The recipients with push deliveries waiting on `channel` (due now or later), in order.
+    pub fn push_recipients(&self, channel: Channel) -> Result<Vec<String>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let due = r.open_table(DUE).map_err(db_error)?;
+        let mut recipients = Vec::new();
+        let mut from = String::new();
+        // One look a recipient, however long its line.
+        while let Some(recipient) = first_recipient_from(&due, channel.due_code(), &from)? {
+            from = format!("{recipient}\0");
+            recipients.push(recipient);
+        }
+        Ok(recipients)
+    }
+
+    /// Every push delivery waiting on `channel` for `recipient`, due now or later, without
+    /// its body.
+    pub fn waiting_on(&self, channel: Channel, recipient: &str) -> Result<Vec<Delivery>> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let due = r.open_table(DUE).map_err(db_error)?;
+        let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
+        let code = channel.due_code();
+        let mut found = Vec::new();
+        for item in due
+            .range((code, recipient, 0, 0)..=(code, recipient, u64::MAX, u64::MAX))
+            .map_err(db_error)?
+        {
+            let (_, _, _, id) = item.map_err(db_error)?.0.value();
+            found.extend(read_listed(&deliveries, id)?);
+        }
+        Ok(found)
     }
 
     /// Every delivery waiting to go out, in an inbox or due to be pushed (without bodies).
@@ -2831,6 +2884,7 @@ pub(super) mod tests {
             accepted_at: now_rfc3339(),
             content: String::new(),
             content_mapping: String::new(),
+            anomalies: Vec::new(),
         }
     }
 
@@ -2874,6 +2928,18 @@ pub(super) mod tests {
         };
         store.confirm_later(&record, entry, &made).unwrap();
         made
+    }
+
+    #[test]
+    fn a_store_says_whether_it_was_made_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/store.redb");
+        let store = Store::open(&path).unwrap();
+        assert!(store.created_now());
+        store.close().unwrap();
+        let store = Store::open(&path).unwrap();
+        assert!(!store.created_now());
+        store.close().unwrap();
     }
 
     #[tokio::test]

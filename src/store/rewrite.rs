@@ -226,13 +226,10 @@ const ROWS_A_TRANSACTION: u64 = 20_000;
 
 /// Syncs the folder of `path`, so that the rename that put the new file there is durable.
 fn sync_folder(path: &Path) -> Result<()> {
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(folder)
-        .and_then(|f| f.sync_all())
-        .map_err(|error| db_error(format!("{}: {error}", folder.display())))
+    crate::durable_folders::sync_parent(path).map_err(|error| {
+        let folder = path.parent().unwrap_or(Path::new("."));
+        db_error(format!("{}: {error}", folder.display()))
+    })
 }
 
 #[cfg(test)]
