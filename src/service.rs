@@ -257,7 +257,7 @@ fn log_not_behind_store(log: &AuditLog, store: &Store) -> anyhow::Result<()> {
 /// closed to others also in a copy of the folder, or where the data folder itself cannot be
 /// closed. Those already in it and open to others are closed too.
 fn private_folder(data: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     keep_new_files_private();
     if data.exists() && !data.is_dir() {
         anyhow::bail!(
@@ -265,10 +265,9 @@ fn private_folder(data: &Path) -> anyhow::Result<()> {
             data.display()
         );
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data)
+    // Made durably: the store, the log and the key are synced in it, and would be lost with
+    // its own name.
+    crate::durable_folders::create_folders(data)
         .with_context(|| format!("creating the data folder {}", data.display()))?;
     let mode = std::fs::metadata(data)
         .with_context(|| format!("reading the data folder {}", data.display()))?

@@ -3105,6 +3105,26 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
     accepted.event_id = Some(reference.into());
     accepted.identifiers.partner_refs = vec![("sn.consulat.casablanca".into(), reference.into())];
     let logged = log.append_async(&accepted).await.unwrap();
+    // A later attempt of the message, voided, with an anomaly entry of its own: that entry
+    // does not stand, and is not the one the first acceptance owes.
+    let mut later = acceptance(Some(case));
+    later.event_id = accepted.event_id.clone();
+    later.identifiers = accepted.identifiers.clone();
+    log.append_async(&later).await.unwrap();
+    let mut its_anomaly = Fact::new(Kind::Anomaly, chrono::Utc::now());
+    its_anomaly.sender = Some("sn.consulat.casablanca".into());
+    its_anomaly.event_type = Some("ma.rva.lpc.issued".into());
+    its_anomaly.event_id = Some(reference.into());
+    its_anomaly.case_id = Some(case.into());
+    its_anomaly.reason = Some("sequence.missing_lpc_requested".into());
+    log.append_async(&its_anomaly).await.unwrap();
+    let mut void = Fact::new(Kind::Rejected, chrono::Utc::now());
+    void.sender = Some("sn.consulat.casablanca".into());
+    void.event_type = Some("ma.rva.lpc.issued".into());
+    void.event_id = Some(reference.into());
+    void.reason = Some("duplicate".into());
+    void.identifiers = accepted.identifiers.clone();
+    let voided = log.append_async(&void).await.unwrap();
     let mut owing = AcceptedRecord {
         event_id: reference.into(),
         case_id: Some(case.into()),
@@ -3134,16 +3154,16 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
         .await
         .unwrap()
     };
-    assert!(anomalies_of().await.is_empty());
+    assert_eq!(anomalies_of().await.len(), 1, "the voided attempt's");
     let reply = consulate
         .send("application/xml", lpc_issued(reference))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["log_index"], logged.index);
     let written = anomalies_of().await;
-    assert_eq!(written.len(), 1, "{written:?}");
-    assert!(written[0].0 > logged.index);
-    assert_eq!(written[0].1, "sequence.missing_lpc_requested");
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert!(written[1].0 > voided.index);
+    assert_eq!(written[1].1, "sequence.missing_lpc_requested");
     gateway.stop().await;
 }
 
@@ -3669,9 +3689,61 @@ async fn a_delivery_whose_case_cannot_be_recorded_stays_in_line_unsent() {
         (!dgsn.received().is_empty()).then_some(())
     })
     .await;
+    // A message of the case left held, its acceptance logged and its anomaly owed (a crash
+    // between the two): once the key is lost it cannot be settled, and it must not stop the
+    // start.
+    let source = reply.json()["source"].as_str().unwrap().to_owned();
+    let held_reference = "CGSN-CASA-2026-00426";
+    let mut accepted = Fact::new(Kind::Accepted, chrono::Utc::now());
+    accepted.sender = Some("sn.consulat.casablanca".into());
+    accepted.recipients = vec!["ma.interieur".into()];
+    accepted.transport = Some(Transport::Rest);
+    accepted.event_type = Some("ma.rva.lpc.issued".into());
+    accepted.event_id = Some(held_reference.into());
+    accepted.case_id = Some(CASE.into());
+    accepted.identifiers.partner_refs =
+        vec![("sn.consulat.casablanca".into(), held_reference.into())];
+    let logged = gateway
+        .running
+        .gateway
+        .log
+        .append_async(&accepted)
+        .await
+        .unwrap();
+    let mut held = AcceptedRecord {
+        event_id: held_reference.into(),
+        source: source.clone(),
+        sender: "sn.consulat.casablanca".into(),
+        event_type: "ma.rva.lpc.issued".into(),
+        confirmed: false,
+        log_index: 0,
+        leaf_hash: hex::encode(logged.leaf_hash.0),
+        receipt: String::new(),
+        deliveries: Vec::new(),
+        case_id: Some(CASE.into()),
+        case_facts: Vec::new(),
+        recipients: Vec::new(),
+        accepted_at: "2026-11-20T10:00:00.000Z".into(),
+        content: String::new(),
+        content_mapping: String::new(),
+        anomalies: vec!["sequence.missing_lpc_requested".into()],
+    };
+    gateway
+        .running
+        .gateway
+        .store
+        .record_accepted(&mut held, Vec::new())
+        .await
+        .expect("recorded");
     let TestGateway { running, dir } = gateway;
     running.shutdown().await.expect("a clean shutdown");
-    let calls = dgsn.received().len();
+    let calls_for = |reference: &str| {
+        dgsn.received()
+            .iter()
+            .filter(|r| r.event_id == reference)
+            .count()
+    };
+    let calls = calls_for(reference);
     // The key file as it was before the case's key was written: its last 128-byte record.
     let keys = dir.path().join("data/audit-log/private/keys/cases.keys");
     let length = std::fs::metadata(&keys).unwrap().len();
@@ -3686,13 +3758,42 @@ async fn a_delivery_whose_case_cannot_be_recorded_stays_in_line_unsent() {
         .expect("the gateway starts again");
     let gateway = TestGateway { running, dir };
     assert!(gateway.running.gateway.log.case_key_lost("RVA-2026-004211"));
+    let still_held = gateway
+        .running
+        .gateway
+        .store
+        .accepted(&source, held_reference)
+        .unwrap()
+        .expect("the held record");
+    assert!(!still_held.confirmed, "left held");
 
     let inbox = gateway.client("ma.interieur").get("/v1/inbox").await;
     assert_eq!(inbox.status, 200, "{}", inbox.text());
     assert_eq!(inbox.json()["messages"], serde_json::json!([]));
+    // Another case goes on, and its delivery is listed even in a page of one: the one left
+    // out takes no place in the page.
+    let other = String::from_utf8(lpc_issued("CGSN-CASA-2026-00425"))
+        .unwrap()
+        .replace(CASE, OTHER_CASE);
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", other.into_bytes())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let listed = wait_for("the other case's delivery", WAIT, async || {
+        let inbox = gateway
+            .client("ma.interieur")
+            .get("/v1/inbox?limit=1")
+            .await;
+        let messages = inbox.json()["messages"].as_array()?.clone();
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["event_id"], "CGSN-CASA-2026-00425");
     // The webhook delivery was due at once (the test backs off a second at most).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(dgsn.received().len(), calls, "called again");
+    assert_eq!(calls_for(reference), calls, "called again");
     let waiting = gateway.running.gateway.store.waiting().unwrap();
     let states: Vec<(&str, DeliveryState)> = waiting
         .iter()
@@ -3739,6 +3840,7 @@ async fn the_deliveries_of_a_partner_taken_out_of_the_registry_can_only_be_disca
         .remove("ma.interieur")
         .remove("ma.dgsn");
     let gateway = gateway.restart(&gone).await;
+    let calls = dgsn.received().len();
     let admin = gateway.admin();
     let dead = wait_for("both dead letters", WAIT, async || {
         let list = admin.get("/dead-letters").await.json();
@@ -3751,6 +3853,7 @@ async fn the_deliveries_of_a_partner_taken_out_of_the_registry_can_only_be_disca
         (list.len() == 2).then_some(list)
     })
     .await;
+    assert_eq!(dgsn.received().len(), calls, "tried after the restart");
     for letter in &dead {
         let expected = if letter["recipient"] == "ma.interieur" {
             "inbox.not-an-inbox-recipient"

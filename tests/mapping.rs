@@ -1042,12 +1042,13 @@ fn the_envelope_a_transport_adds_does_not_count_against_the_size_limit() {
     let limit = passerelle::mapping::DEFAULT_MAX_MESSAGE_BYTES;
     event.resize(limit + 100, b' ');
     assert!(matches!(
-        ministry.decode_in_force(&event, 0, &|_| true),
+        ministry.decode_in_force(&event, event.len(), &|_| true),
         Err(DecodeError::TooLarge { .. })
     ));
-    // The same bytes, of which 100 are a binary-mode event's attributes: within the limit.
+    // The same bytes, of which 100 are a binary-mode event's attributes: the body the sender
+    // sent is within the limit.
     assert!(matches!(
-        ministry.decode_in_force(&event, 100, &|_| true),
+        ministry.decode_in_force(&event, limit, &|_| true),
         Ok(Decoded::Event(_))
     ));
 }

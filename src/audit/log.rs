@@ -649,9 +649,6 @@ impl AuditLog {
         }
     }
 
-    /// Turns a fact into a journal record: validates it, computes the leaf
-    /// with its commitments, seals the personal material. Runs on the
-    /// caller's thread.
     /// Whether the index holds entries under `tag` (read before the key store is locked).
     fn has_entries_under(&self, tag: &Tag) -> bool {
         self.shared
@@ -671,6 +668,9 @@ impl AuditLog {
                 .is_ok_and(|store| matches!(store.get(&tag), Err(AuditError::UnknownCase)))
     }
 
+    /// Turns a fact into a journal record: validates it, computes the leaf
+    /// with its commitments, seals the personal material. Runs on the
+    /// caller's thread.
     fn prepare(&self, fact: &Fact) -> Result<(Record, Hash)> {
         fact.validate()?;
         // A stopped log writes nothing more, not even a new case's key: each append is

@@ -377,8 +377,7 @@ pub async fn bury_stray_deliveries(gateway: &Gateway) -> anyhow::Result<usize> {
             let Some(last) = page.last_seen else { break };
             after = last;
             for delivery in page.deliveries {
-                bury(gateway, &delivery, NOT_AN_INBOX_RECIPIENT).await?;
-                buried += 1;
+                buried += usize::from(bury(gateway, &delivery, NOT_AN_INBOX_RECIPIENT).await?);
             }
         }
     }
@@ -390,16 +389,27 @@ pub async fn bury_stray_deliveries(gateway: &Gateway) -> anyhow::Result<usize> {
         moved.retain(|recipient| gateway.channel_of(recipient) != Some(channel));
         for recipient in moved {
             for delivery in gateway.store.waiting_on(channel, &recipient)? {
-                bury(gateway, &delivery, code).await?;
-                buried += 1;
+                buried += usize::from(bury(gateway, &delivery, code).await?);
             }
         }
     }
     Ok(buried)
 }
 
-/// Dead-letters one waiting delivery at start, for `code`: audited, then recorded.
-async fn bury(gateway: &Gateway, delivery: &Delivery, code: &str) -> anyhow::Result<()> {
+/// Dead-letters one waiting delivery at start, for `code`: audited, then recorded. One whose
+/// case the audit log cannot record (its key lost) is left waiting, reported, and `false`:
+/// one case's lost key does not stop the start.
+async fn bury(gateway: &Gateway, delivery: &Delivery, code: &str) -> anyhow::Result<bool> {
+    if case_key_lost(gateway, delivery) {
+        tracing::error!(
+            delivery = delivery.id,
+            channel = delivery.channel.name(),
+            "a delivery waiting on a channel its recipient no longer has is left in line: its \
+             case has entries in the audit log but no key in its key file \
+             (private/keys/cases.keys), so its dead-lettering could not be recorded"
+        );
+        return Ok(false);
+    }
     gateway
         .audit_delivery(delivery, Kind::DeadLettered, Some(code.into()))
         .await
@@ -416,7 +426,7 @@ async fn bury(gateway: &Gateway, delivery: &Delivery, code: &str) -> anyhow::Res
     gateway
         .metrics
         .delivery(&dead.recipient, delivery.channel.name(), "dead");
-    Ok(())
+    Ok(true)
 }
 
 /// Records a push attempt: audits it first (so that the evidence is never behind the

@@ -304,16 +304,18 @@ fn shown(value: &Value) -> String {
     }
 }
 
-/// A name or number as a sender is told it: at most 60 characters of it.
+/// A name or number as a sender is told it: at most 60 characters of it, with what cannot be
+/// printed (controls, bidirectional overrides) escaped.
 fn shown_name(text: &str) -> String {
+    let mut shown: String = text
+        .chars()
+        .take(SHOWN_CHARACTERS)
+        .flat_map(char::escape_debug)
+        .collect();
     if text.chars().count() > SHOWN_CHARACTERS {
-        format!(
-            "{}…",
-            text.chars().take(SHOWN_CHARACTERS).collect::<String>()
-        )
-    } else {
-        text.to_owned()
+        shown.push('…');
     }
+    shown
 }
 
 /// An embedded document decoder.
@@ -1126,6 +1128,7 @@ mod tests {
         );
         assert_eq!(shown(&serde_json::json!(12)), "12");
         assert_eq!(shown_name(&"n".repeat(70)), format!("{}…", "n".repeat(60)));
+        assert_eq!(shown_name("urn:x\u{202e}y"), "urn:x\\u{202e}y");
     }
 
     #[test]

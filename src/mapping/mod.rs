@@ -308,22 +308,27 @@ impl PartnerMapping {
         ids.into_iter().collect()
     }
 
+    /// The largest message this partner's mapping reads, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     /// Decodes a native message into a validated canonical event.
     pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
-        self.decode_in_force(bytes, 0, &|_| true)
+        self.decode_in_force(bytes, bytes.len(), &|_| true)
     }
 
     /// Decodes a native message into a validated canonical event, provided that the mapping
     /// of its kind is in force (`in_force` is asked with the mapping id as soon as the kind
     /// is recognised, before any field is read): otherwise [`DecodeError::NotInForce`].
     ///
-    /// `envelope_bytes` of `bytes` are not the sender's message but what the transport added
-    /// to it (a binary-mode CloudEvent's attributes, made members of the structured event):
-    /// they do not count against the size limit.
+    /// `message_len` is the size of the sender's message, checked against the size limit:
+    /// `bytes.len()`, but for a binary-mode CloudEvent, whose structured form (`bytes`) adds
+    /// its attributes to the body the sender sent, the body's length.
     pub fn decode_in_force(
         &self,
         bytes: &[u8],
-        envelope_bytes: usize,
+        message_len: usize,
         in_force: &dyn Fn(&str) -> bool,
     ) -> Result<Decoded, DecodeError> {
         let partner = || self.partner.clone();
@@ -337,7 +342,7 @@ impl PartnerMapping {
                 })
             }
         };
-        if bytes.len().saturating_sub(envelope_bytes) > self.max_message_bytes {
+        if message_len > self.max_message_bytes {
             return Err(DecodeError::TooLarge {
                 partner: partner(),
                 limit: self.max_message_bytes,

@@ -478,6 +478,12 @@ impl Gateway {
                         media_types(mapping.format).join(" or ")
                     )));
                 }
+                // The body is the sender's message: bounded before it is read.
+                if submission.body.len() > mapping.max_message_bytes() {
+                    return Err(Refusal::TooLarge {
+                        limit: mapping.max_message_bytes(),
+                    });
+                }
                 structured = binary_to_structured(attributes, content_type, submission.body)?;
                 &structured
             }
@@ -488,9 +494,8 @@ impl Gateway {
         let in_force = |mapping_id: &str| self.registry.mapping_in_force(partner, mapping_id);
         // In binary mode the body is the event's data: the attributes that the structured
         // form adds (bounded in `binary_to_structured`) do not count against the size limit.
-        let envelope_bytes = bytes.len().saturating_sub(submission.body.len());
         let decoded = mapping
-            .decode_in_force(bytes, envelope_bytes, &in_force)
+            .decode_in_force(bytes, submission.body.len(), &in_force)
             .map_err(refusal_of)?;
         let (mut event, kind) = match decoded {
             Decoded::Event(mapped) => {
@@ -784,12 +789,12 @@ impl Gateway {
         let made = match (logged, recorded) {
             (Ok(_), Ok(Recorded::New(_))) if anomalies_logged.iter().any(Result::is_err) => {
                 // The acceptance is logged, and an anomaly it owes is not: the record stays
-                // held, and no `2xx` goes out before the evidence is whole. The sender's next
-                // attempt, or the next start, settles it: the anomaly entries the log lacks
-                // are written, then the message is confirmed.
+                // held, and no `2xx` goes out before the evidence is whole. An append fails
+                // once the log has stopped, and a stopped log takes no appends until the
+                // gateway restarts: the next start settles it (the anomaly entries the log
+                // lacks are written, then the message is confirmed).
                 tracing::error!(
-                    "an anomaly entry was not logged; the message is settled at its next \
-                     attempt or the next start"
+                    "an anomaly entry was not logged; the message is settled at the next start"
                 );
                 return Err(unavailable(
                     "the message's anomaly entries could not be logged",
@@ -879,8 +884,15 @@ impl Gateway {
             // The dead letters of a confirmed message are audited next, with those owed from
             // before ([`Gateway::audit_owed_dead_letters`]).
             match settle(&self.log, &self.store, &record)? {
-                Some(_) => confirmed += 1,
-                None => withdrawn += 1,
+                Settled::Confirmed(_) => confirmed += 1,
+                Settled::Withdrawn => withdrawn += 1,
+                // One case's lost key does not stop the others: the message stays held, its
+                // sender answered 503 until the key file is restored.
+                Settled::Held(why) => tracing::error!(
+                    event_id = %record.event_id,
+                    partner = %record.sender,
+                    "an accepted message is left unconfirmed: {why}"
+                ),
             }
         }
         Ok((confirmed, withdrawn))
@@ -912,6 +924,16 @@ impl Gateway {
             tracing::error!(error = %e, "an unconfirmed message could not be settled");
             unavailable("an earlier attempt of this message is not settled yet")
         })?;
+        let settled = match settled {
+            Settled::Confirmed(record) => Some(*record),
+            Settled::Withdrawn => None,
+            Settled::Held(why) => {
+                tracing::error!("an accepted message is left unconfirmed: {why}");
+                return Err(unavailable(
+                    "an earlier attempt of this message is not settled yet",
+                ));
+            }
+        };
         if let Some(record) = &settled {
             self.outbox_changed.notify_waiters();
             for dead in self.dead_letters_of(record) {
@@ -1453,22 +1475,24 @@ fn still_shared(part: &str, sound: bool) -> anyhow::Result<()> {
 /// Settles one message left between its store record and its audit entry, against the log
 /// (which must have a checkpoint covering its durable entries): confirmed with a receipt
 /// issued again when the log holds its `accepted` entry, withdrawn otherwise. Blocking.
-fn settle(
-    log: &AuditLog,
-    store: &Store,
-    record: &AcceptedRecord,
-) -> anyhow::Result<Option<AcceptedRecord>> {
+fn settle(log: &AuditLog, store: &Store, record: &AcceptedRecord) -> anyhow::Result<Settled> {
     let query = audit::Query::PartnerRef(record.sender.clone(), record.event_id.clone());
     let mut found = log.search(&query)?;
     found.sort_by_key(|f| f.index);
+    found.retain(|f| {
+        f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
+            && f.leaf.sender.as_deref() == Some(record.sender.as_str())
+    });
+    let acceptances: Vec<u64> = found
+        .iter()
+        .filter(|f| f.leaf.kind == Kind::Accepted)
+        .map(|f| f.index)
+        .collect();
     // The acceptances of this message that still stand: a `rejected` entry with reason
     // `duplicate` or `store-unavailable` voids the acceptance just before it. The latest that
     // stands is this record's.
     let mut standing = Vec::new();
-    for f in found.into_iter().filter(|f| {
-        f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
-            && f.leaf.sender.as_deref() == Some(record.sender.as_str())
-    }) {
+    for f in found {
         match (f.leaf.kind, f.leaf.reason.as_deref()) {
             (Kind::Accepted, _) => standing.push(f),
             (Kind::Rejected, Some("duplicate" | "store-unavailable")) => {
@@ -1489,9 +1513,16 @@ fn settle(
         .filter(|(_, leaf)| record.leaf_hash.is_empty() || record.leaf_hash == hex::encode(leaf.0))
     else {
         store.abandon_blocking(record)?;
-        return Ok(None);
+        return Ok(Settled::Withdrawn);
     };
-    log_owed_anomalies(log, record, found.index)?;
+    // Its anomaly entries lie between it and the message's next acceptance, if any.
+    let next = acceptances.into_iter().find(|index| *index > found.index);
+    if !log_owed_anomalies(log, record, found.index..next.unwrap_or(u64::MAX))? {
+        return Ok(Settled::Held(
+            "its case's key is lost from the audit log's key file (private/keys/cases.keys): \
+             its anomaly entries cannot be written until the file is restored",
+        ));
+    }
     let receipt = log.reissue_receipt(found.index, leaf)?;
     let confirmed = store.confirm_blocking(
         record,
@@ -1501,7 +1532,17 @@ fn settle(
             receipt: receipt.to_text(),
         },
     )?;
-    Ok(Some(confirmed))
+    Ok(Settled::Confirmed(Box::new(confirmed)))
+}
+
+/// How a held record was settled (see [`Gateway::settle_unconfirmed`]).
+enum Settled {
+    /// Confirmed against its acceptance in the log: the record as it now stands.
+    Confirmed(Box<AcceptedRecord>),
+    /// Withdrawn: the log holds no acceptance of its own.
+    Withdrawn,
+    /// Left held: its acceptance stands, and what it owes the log cannot be written now.
+    Held(&'static str),
 }
 
 /// The `anomaly` entry of reason `reason` that the acceptance of `record`'s message is logged
@@ -1516,22 +1557,35 @@ fn anomaly_fact(record: &AcceptedRecord, reason: &str) -> Fact {
     fact
 }
 
-/// Writes the `anomaly` entries that `record`'s acceptance (the entry at `accepted`) owes
-/// and the log does not hold after it: a crash, or a failing log, can fall between the two
-/// writes. Blocking.
-fn log_owed_anomalies(log: &AuditLog, record: &AcceptedRecord, accepted: u64) -> audit::Result<()> {
+/// Writes the `anomaly` entries that `record`'s acceptance owes and the log does not hold in
+/// `after` (from the acceptance's entry to the message's next acceptance, whose anomalies are
+/// its own): a crash, or a failing log, can fall between the two writes. `false` when they
+/// cannot be written now: the case's key was lost. Nothing is owed once the case is erased
+/// (its `erased` entry stands for it). Blocking.
+fn log_owed_anomalies(
+    log: &AuditLog,
+    record: &AcceptedRecord,
+    after: std::ops::Range<u64>,
+) -> audit::Result<bool> {
     let Some(case_id) = record
         .case_id
         .as_ref()
         .filter(|_| !record.anomalies.is_empty())
     else {
-        return Ok(());
+        return Ok(true);
     };
+    if log.is_case_erased(case_id)? {
+        return Ok(true);
+    }
+    if log.case_key_lost(case_id) {
+        return Ok(false);
+    }
     let mut logged: Vec<String> = log
         .search(&audit::Query::Case(case_id.clone()))?
         .into_iter()
         .filter(|f| {
-            f.index > accepted
+            f.index > after.start
+                && f.index < after.end
                 && f.leaf.kind == Kind::Anomaly
                 && f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
                 && f.leaf.sender.as_deref() == Some(record.sender.as_str())
@@ -1546,7 +1600,7 @@ fn log_owed_anomalies(log: &AuditLog, record: &AcceptedRecord, accepted: u64) ->
         }
         log.append(&anomaly_fact(record, reason))?;
     }
-    Ok(())
+    Ok(true)
 }
 
 fn transport_name(t: Transport) -> &'static str {
@@ -1763,22 +1817,24 @@ fn binary_to_structured(
     let mut event = serde_json::Map::new();
     for (name, value) in attributes {
         let name = name.to_ascii_lowercase();
+        // The attribute's name as a refusal quotes it: over AMQP it is any header name.
+        let named = crate::mapping::json::quoted(&name);
         if value.len() > MAX_CLOUDEVENT_ATTRIBUTE_BYTES {
             return Err(Refusal::Malformed(format!(
-                "the CloudEvents attribute {name} is longer than \
+                "the CloudEvents attribute {named} is longer than \
                  {MAX_CLOUDEVENT_ATTRIBUTE_BYTES} bytes"
             )));
         }
         if event.contains_key(&name) {
             return Err(Refusal::Malformed(format!(
-                "the CloudEvents attribute {name} is given twice"
+                "the CloudEvents attribute {named} is given twice"
             )));
         }
         // In binary mode the body is the data: a header that carries data too would be
         // overwritten by it without a word.
         if name == "data" || name == "data_base64" {
             return Err(Refusal::Malformed(format!(
-                "a binary-mode CloudEvent carries its data in the body, not in a ce-{name} \
+                "a binary-mode CloudEvent carries its data in the body, not in a ce-{named} \
                  header: send the data as the body, or the whole event in structured mode"
             )));
         }

@@ -637,12 +637,26 @@ async fn get_inbox(
     }
     // One request at a time per inbox: a delivery is audited `delivered` once.
     let _turn = inbox_turn(gateway, &caller.0.id).await?;
-    // Off the HTTP worker: a page reads up to 8 MiB of bodies, from disk when not cached.
-    let (store, recipient) = (gateway.store.clone(), caller.0.id.clone());
-    let page = web::block(move || store.inbox(&recipient, after, limit))
-        .await
-        .map_err(|e| Problem::unavailable(e.to_string()))?
-        .map_err(|e| Problem::unavailable(e.to_string()))?;
+    // Off the HTTP worker: a page reads up to 8 MiB of bodies, from disk when not cached. A
+    // delivery not listed before whose case the audit log cannot record (its key lost) is
+    // left out, unsent, without taking a place in the page: its first fetch, the delivery,
+    // could not be audited. It is listed once the key file is restored.
+    let (store, log, recipient) = (
+        gateway.store.clone(),
+        gateway.log.clone(),
+        caller.0.id.clone(),
+    );
+    let page = web::block(move || {
+        store.inbox_leaving_out(&recipient, after, limit, |d| {
+            d.state == DeliveryState::Pending
+                && d.case_id
+                    .as_deref()
+                    .is_some_and(|case| log.case_key_lost(case))
+        })
+    })
+    .await
+    .map_err(|e| Problem::unavailable(e.to_string()))?
+    .map_err(|e| Problem::unavailable(e.to_string()))?;
     for (delivery, why) in &page.unreadable {
         tracing::error!(
             delivery,
@@ -650,21 +664,15 @@ async fn get_inbox(
             "an inbox delivery's record cannot be read back; passed over, the others are listed"
         );
     }
-    // A delivery not listed before whose case the audit log cannot record (its key lost) is
-    // left out, unsent: its first fetch, the delivery, could not be audited. The others are
-    // listed; it is listed once the key file is restored.
-    let (deliveries, unrecordable): (Vec<Delivery>, Vec<Delivery>) =
-        page.deliveries.into_iter().partition(|d| {
-            d.state != DeliveryState::Pending || !crate::delivery::case_key_lost(gateway, d)
-        });
-    for delivery in &unrecordable {
+    for delivery in &page.left_out {
         tracing::error!(
-            delivery = delivery.id,
+            delivery,
             "an inbox delivery's case has entries in the audit log but no key in its key file \
              (private/keys/cases.keys, restored from an older copy?): its delivery could not be \
              recorded, so it is left out of the inbox until the file is restored"
         );
     }
+    let deliveries = page.deliveries;
     // The first fetch is the delivery: audit it, then record it (so that the evidence is never
     // behind the state: a failure in between audits it again at the next fetch). The page's
     // entries are appended together (up to `AUDITS_AT_ONCE` at a time), and share the log's

@@ -347,6 +347,9 @@ pub struct InboxPage {
     /// Deliveries whose records cannot be read back (damaged), with why: passed over, so that
     /// one does not stop the inbox, and left in it, for the caller to report.
     pub unreadable: Vec<(u64, String)>,
+    /// Deliveries the caller asked to leave out (see [`Store::inbox_leaving_out`]): passed
+    /// over without counting against the page, and left in the inbox.
+    pub left_out: Vec<u64>,
 }
 
 /// What a push worker should attempt, and when to look again (see [`Store::due_for`]).
@@ -1124,6 +1127,19 @@ impl Store {
     /// unless the first alone is larger. A delivery whose record cannot be read is passed over
     /// and named in [`InboxPage::unreadable`].
     pub fn inbox(&self, recipient: &str, after: u64, limit: usize) -> Result<InboxPage> {
+        self.inbox_leaving_out(recipient, after, limit, |_| false)
+    }
+
+    /// [`Store::inbox`], passing over the deliveries for which `leave_out` is true (named in
+    /// [`InboxPage::left_out`]): they count neither against `limit` nor against the bodies'
+    /// budget, so that however many there are, the page lists the others.
+    pub fn inbox_leaving_out(
+        &self,
+        recipient: &str,
+        after: u64,
+        limit: usize,
+        leave_out: impl Fn(&Delivery) -> bool,
+    ) -> Result<InboxPage> {
         let r = self.db.begin_read().map_err(db_error)?;
         let inbox = r.open_table(INBOX).map_err(db_error)?;
         let deliveries = r.open_table(DELIVERIES).map_err(db_error)?;
@@ -1140,6 +1156,7 @@ impl Store {
             }
             let id = item.map_err(db_error)?.0.value().1;
             match read_delivery(&deliveries, Some(&bodies), id) {
+                Ok(Some(d)) if leave_out(&d) => page.left_out.push(id),
                 Ok(Some(d)) => {
                     bytes = bytes.saturating_add(d.body.len());
                     if bytes > INBOX_PAGE_BYTES && !page.deliveries.is_empty() {
