@@ -465,7 +465,9 @@ async fn the_return_of_case_rva_2026_004211() {
     );
     // The fields need-to-know withholds from each recipient's role, named alike in every
     // delivery to it whatever the event held: the vulnerable returnee's request to her embassy
-    // names what the other's to his consulate names (the other roles are refused nothing).
+    // names what the other's to his consulate names. IOM's missions are refused other
+    // organisations' internal notes only; the ministry nothing.
+    const IOM: &[&str] = &["data.observations"];
     const CONSULAR: &[&str] = &["data.*.biometrics", "data.medical", "data.vulnerabilities"];
     const BORDER_POLICE: &[&str] = &[
         "data.*.biometrics",
@@ -485,15 +487,21 @@ async fn the_return_of_case_rva_2026_004211() {
         ("ci.ambassade.rabat", CONSULAR),
         ("sn.consulat.casablanca", CONSULAR),
         ("ma.dgsn", BORDER_POLICE),
+        ("iom.ma", IOM),
+        ("iom.sn", IOM),
     ]);
     // The canonical recipients' outbound fixtures are the canonical event itself.
     assert_eq!(
         fixture_json("ma.interieur", "out/boarding-confirmed.expected.json"),
         steps[7].event
     );
+    // IOM's gets the event with what its role never receives named (other organisations'
+    // internal notes: none in a boarding).
+    let mut for_iom = steps[7].event.clone();
+    for_iom["withheld"] = json!("data.observations");
     assert_eq!(
         fixture_json("iom.sn", "out/boarding-confirmed.expected.json"),
-        steps[7].event
+        for_iom
     );
 
     // An auditor reads the case's trail all along, while the log grows: every answer must be
@@ -571,22 +579,31 @@ async fn the_return_of_case_rva_2026_004211() {
             deliveries.insert((recipient, step.id()), step);
         }
     }
-    let expect_body = |recipient: &str, event_id: &str, body: &[u8]| {
-        let step = deliveries[&(recipient, event_id)];
-        match native_out.get(&(recipient, event_id)) {
-            Some(expect) => expect.check(recipient, event_id, body),
-            None => {
-                // A canonical recipient: the canonical event, nothing withheld, so no
-                // `withheld` attribute.
-                Expect::Json(step.event.clone()).check(recipient, event_id, body);
-            }
-        }
-    };
     let expect_withheld = |recipient: &str, _event_id: &str| -> Vec<String> {
         withheld
             .get(recipient)
             .map(|w| w.iter().map(|s| (*s).to_owned()).collect())
             .unwrap_or_default()
+    };
+    let expect_body = |recipient: &str, event_id: &str, body: &[u8]| {
+        let step = deliveries[&(recipient, event_id)];
+        match native_out.get(&(recipient, event_id)) {
+            Some(expect) => expect.check(recipient, event_id, body),
+            None => {
+                // A canonical recipient: the canonical event without what its role is
+                // refused, named in the `withheld` attribute when there is any (IOM's
+                // missions: other organisations' notes, none in this case's events).
+                let mut event = step.event.clone();
+                let refused = expect_withheld(recipient, event_id);
+                if !refused.is_empty() {
+                    if let Some(data) = event["data"].as_object_mut() {
+                        data.remove("observations");
+                    }
+                    event["withheld"] = json!(refused.join(","));
+                }
+                Expect::Json(event).check(recipient, event_id, body);
+            }
+        }
     };
 
     // ---------------------------------------------------------------- webhooks (DGSN, airline)
