@@ -70,6 +70,20 @@ fn without_quoted_strings(message: &str) -> String {
     said
 }
 
+/// A sender's text as an error quotes it back: at most `most` characters, with what cannot be
+/// printed (controls, bidirectional overrides) escaped (`\u{202e}`), and `…` when cut.
+pub fn quoted_cut(text: &str, most: usize) -> String {
+    let mut shown: String = text
+        .chars()
+        .take(most)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().count() > most {
+        shown.push('…');
+    }
+    shown
+}
+
 #[cfg(test)]
 mod tests {
     use super::{each_cause_once, toml_error_unquoted};

@@ -3007,6 +3007,17 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
         .record_accepted(&mut left, Vec::new())
         .await
         .expect("recorded");
+    // Records a message held (unconfirmed), with no deliveries.
+    let hold = async |record: AcceptedRecord| {
+        let mut record = AcceptedRecord {
+            deliveries: Vec::new(),
+            ..record
+        };
+        store
+            .record_accepted(&mut record, Vec::new())
+            .await
+            .expect("recorded");
+    };
     let unsettled = consulate.get("/v1/receipts/CGSN-CASA-2026-00951").await;
     assert_eq!(unsettled.status, 503, "{}", unsettled.text());
     let reply = consulate
@@ -3054,15 +3065,11 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
     log.append_async(&void).await.unwrap();
     let standing = log.append_async(&acceptance()).await.unwrap();
     assert!(standing.index > voided.index);
-    let mut lost = AcceptedRecord {
+    hold(AcceptedRecord {
         event_id: reference.into(),
         ..left.clone()
-    };
-    lost.deliveries = Vec::new();
-    store
-        .record_accepted(&mut lost, Vec::new())
-        .await
-        .expect("recorded");
+    })
+    .await;
     let reply = consulate
         .send("application/xml", lpc_issued(reference))
         .await;
@@ -3098,16 +3105,12 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
         fact
     };
     let other_attempt = log.append_async(&acceptance(None)).await.unwrap();
-    let mut own = AcceptedRecord {
+    hold(AcceptedRecord {
         event_id: reference.into(),
         leaf_hash: "ab".repeat(32),
         ..left.clone()
-    };
-    own.deliveries = Vec::new();
-    store
-        .record_accepted(&mut own, Vec::new())
-        .await
-        .expect("recorded");
+    })
+    .await;
     let reply = consulate
         .send("application/xml", lpc_issued(reference))
         .await;
@@ -3142,18 +3145,14 @@ async fn duplicates_sent_at_once_get_the_original_receipt() {
     void.reason = Some("duplicate".into());
     void.identifiers = accepted.identifiers.clone();
     let voided = log.append_async(&void).await.unwrap();
-    let mut owing = AcceptedRecord {
+    hold(AcceptedRecord {
         event_id: reference.into(),
         case_id: Some(case.into()),
         leaf_hash: hex::encode(logged.leaf_hash.0),
         anomalies: vec!["sequence.missing_lpc_requested".into()],
         ..left.clone()
-    };
-    owing.deliveries = Vec::new();
-    store
-        .record_accepted(&mut owing, Vec::new())
-        .await
-        .expect("recorded");
+    })
+    .await;
     let anomalies_of = async || {
         let log = log.clone();
         tokio::task::spawn_blocking(move || {

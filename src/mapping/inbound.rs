@@ -307,15 +307,7 @@ fn shown(value: &Value) -> String {
 /// A name or number as a sender is told it: at most 60 characters of it, with what cannot be
 /// printed (controls, bidirectional overrides) escaped.
 fn shown_name(text: &str) -> String {
-    let mut shown: String = text
-        .chars()
-        .take(SHOWN_CHARACTERS)
-        .flat_map(char::escape_debug)
-        .collect();
-    if text.chars().count() > SHOWN_CHARACTERS {
-        shown.push('…');
-    }
-    shown
+    crate::error_text::quoted_cut(text, SHOWN_CHARACTERS)
 }
 
 /// An embedded document decoder.

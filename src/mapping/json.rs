@@ -54,15 +54,7 @@ fn describe(path: &[Step], key: &str) -> String {
 /// A member name as an error quotes it: at most 40 characters, escaped (`\u{202e}`), with `…`
 /// when cut.
 pub(crate) fn quoted(key: &str) -> String {
-    let mut shown: String = key
-        .chars()
-        .take(MOST_QUOTED)
-        .flat_map(char::escape_default)
-        .collect();
-    if key.chars().count() > MOST_QUOTED {
-        shown.push('…');
-    }
-    shown
+    crate::error_text::quoted_cut(key, MOST_QUOTED)
 }
 
 impl<'de> DeserializeSeed<'de> for Strict<'_> {
