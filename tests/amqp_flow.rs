@@ -815,6 +815,7 @@ async fn the_cote_divoire_flow_end_to_end() {
         "subject",
         "time",
         "dataschema",
+        "withheld",
     ] {
         assert_eq!(
             header(message, &format!("cloudEvents_{attribute}")),

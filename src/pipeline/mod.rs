@@ -1483,20 +1483,20 @@ fn settle(log: &AuditLog, store: &Store, record: &AcceptedRecord) -> anyhow::Res
         f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
             && f.leaf.sender.as_deref() == Some(record.sender.as_str())
     });
-    let acceptances: Vec<u64> = found
-        .iter()
-        .filter(|f| f.leaf.kind == Kind::Accepted)
-        .map(|f| f.index)
-        .collect();
     // The acceptances of this message that still stand: a `rejected` entry with reason
     // `duplicate` or `store-unavailable` voids the acceptance just before it. The latest that
     // stands is this record's.
     let mut standing = Vec::new();
+    // Each voided acceptance, from its entry to the entry that voids it: the anomaly entries
+    // logged in between are that attempt's.
+    let mut voided = Vec::new();
     for f in found {
         match (f.leaf.kind, f.leaf.reason.as_deref()) {
             (Kind::Accepted, _) => standing.push(f),
             (Kind::Rejected, Some("duplicate" | "store-unavailable")) => {
-                standing.pop();
+                if let Some(acceptance) = standing.pop() {
+                    voided.push(acceptance.index..=f.index);
+                }
             }
             _ => {}
         }
@@ -1515,9 +1515,11 @@ fn settle(log: &AuditLog, store: &Store, record: &AcceptedRecord) -> anyhow::Res
         store.abandon_blocking(record)?;
         return Ok(Settled::Withdrawn);
     };
-    // Its anomaly entries lie between it and the message's next acceptance, if any.
-    let next = acceptances.into_iter().find(|index| *index > found.index);
-    if !log_owed_anomalies(log, record, found.index..next.unwrap_or(u64::MAX))? {
+    // Its anomaly entries follow it, outside the spans of the later attempts voided since
+    // (the latest that stands is this one: every later acceptance was voided). One written by
+    // an earlier settling can follow those spans.
+    voided.retain(|span| *span.start() > found.index);
+    if !log_owed_anomalies(log, record, found.index, &voided)? {
         return Ok(Settled::Held(
             "its case's key is lost from the audit log's key file (private/keys/cases.keys): \
              its anomaly entries cannot be written until the file is restored",
@@ -1557,15 +1559,16 @@ fn anomaly_fact(record: &AcceptedRecord, reason: &str) -> Fact {
     fact
 }
 
-/// Writes the `anomaly` entries that `record`'s acceptance owes and the log does not hold in
-/// `after` (from the acceptance's entry to the message's next acceptance, whose anomalies are
-/// its own): a crash, or a failing log, can fall between the two writes. `false` when they
-/// cannot be written now: the case's key was lost. Nothing is owed once the case is erased
-/// (its `erased` entry stands for it). Blocking.
+/// Writes the `anomaly` entries that `record`'s acceptance (the entry at `accepted`) owes and
+/// the log does not hold after it, outside the spans of later attempts voided since (`voided`:
+/// the anomaly entries there are theirs): a crash, or a failing log, can fall between the two
+/// writes. `false` when some are owed and cannot be written now: the case's key was lost.
+/// Nothing is owed once the case is erased (its `erased` entry stands for it). Blocking.
 fn log_owed_anomalies(
     log: &AuditLog,
     record: &AcceptedRecord,
-    after: std::ops::Range<u64>,
+    accepted: u64,
+    voided: &[std::ops::RangeInclusive<u64>],
 ) -> audit::Result<bool> {
     let Some(case_id) = record
         .case_id
@@ -1577,27 +1580,32 @@ fn log_owed_anomalies(
     if log.is_case_erased(case_id)? {
         return Ok(true);
     }
-    if log.case_key_lost(case_id) {
-        return Ok(false);
-    }
     let mut logged: Vec<String> = log
         .search(&audit::Query::Case(case_id.clone()))?
         .into_iter()
         .filter(|f| {
-            f.index > after.start
-                && f.index < after.end
+            f.index > accepted
+                && !voided.iter().any(|span| span.contains(&f.index))
                 && f.leaf.kind == Kind::Anomaly
                 && f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
                 && f.leaf.sender.as_deref() == Some(record.sender.as_str())
         })
         .filter_map(|f| f.leaf.reason)
         .collect();
+    let mut owed = Vec::new();
     for reason in &record.anomalies {
         // Each reason once: an entry the log holds accounts for one owed.
-        if let Some(at) = logged.iter().position(|r| r == reason) {
-            logged.swap_remove(at);
-            continue;
+        match logged.iter().position(|r| r == reason) {
+            Some(at) => {
+                logged.swap_remove(at);
+            }
+            None => owed.push(reason),
         }
+    }
+    if !owed.is_empty() && log.case_key_lost(case_id) {
+        return Ok(false);
+    }
+    for reason in owed {
         log.append(&anomaly_fact(record, reason))?;
     }
     Ok(true)
@@ -1842,9 +1850,10 @@ fn binary_to_structured(
         // that says otherwise is a contradiction, not a detail to overwrite.
         if name == "datacontenttype" && media_essence(value) != essence {
             return Err(Refusal::Malformed(format!(
-                "the datacontenttype attribute says {}, but the data is sent as {essence}: in \
+                "the datacontenttype attribute says {}, but the data is sent as {}: in \
                  binary mode the content type is the data's media type",
-                media_essence(value)
+                crate::error_text::quoted_cut(&media_essence(value), 60),
+                crate::error_text::quoted_cut(&essence, 60)
             )));
         }
         event.insert(name, Value::String(value.clone()));

@@ -664,12 +664,14 @@ async fn get_inbox(
             "an inbox delivery's record cannot be read back; passed over, the others are listed"
         );
     }
-    for delivery in &page.left_out {
+    if let (Some(first), Some(last)) = (page.left_out.first(), page.left_out.last()) {
         tracing::error!(
-            delivery,
-            "an inbox delivery's case has entries in the audit log but no key in its key file \
-             (private/keys/cases.keys, restored from an older copy?): its delivery could not be \
-             recorded, so it is left out of the inbox until the file is restored"
+            left_out = page.left_out.len(),
+            first,
+            last,
+            "inbox deliveries whose case has entries in the audit log but no key in its key \
+             file (private/keys/cases.keys, restored from an older copy?): their delivery \
+             could not be recorded, so they are left out of the inbox until the file is restored"
         );
     }
     let deliveries = page.deliveries;

@@ -1155,8 +1155,17 @@ impl Store {
                 break;
             }
             let id = item.map_err(db_error)?.0.value().1;
+            // Decided on the record alone: the body of one left out is not read.
+            let left_out = match read_delivery(&deliveries, None, id) {
+                Ok(Some(d)) => leave_out(&d),
+                _ => false,
+            };
+            if left_out {
+                page.left_out.push(id);
+                page.last_seen = Some(id);
+                continue;
+            }
             match read_delivery(&deliveries, Some(&bodies), id) {
-                Ok(Some(d)) if leave_out(&d) => page.left_out.push(id),
                 Ok(Some(d)) => {
                     bytes = bytes.saturating_add(d.body.len());
                     if bytes > INBOX_PAGE_BYTES && !page.deliveries.is_empty() {
