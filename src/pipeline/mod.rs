@@ -1581,16 +1581,15 @@ fn log_owed_anomalies(
         return Ok(true);
     }
     let mut logged: Vec<String> = log
-        .search(&audit::Query::Case(case_id.clone()))?
+        .leaves_after(&audit::Query::Case(case_id.clone()), accepted)?
         .into_iter()
-        .filter(|f| {
-            f.index > accepted
-                && !voided.iter().any(|span| span.contains(&f.index))
-                && f.leaf.kind == Kind::Anomaly
-                && f.leaf.event_id.as_deref() == Some(record.event_id.as_str())
-                && f.leaf.sender.as_deref() == Some(record.sender.as_str())
+        .filter(|(index, leaf)| {
+            !voided.iter().any(|span| span.contains(index))
+                && leaf.kind == Kind::Anomaly
+                && leaf.event_id.as_deref() == Some(record.event_id.as_str())
+                && leaf.sender.as_deref() == Some(record.sender.as_str())
         })
-        .filter_map(|f| f.leaf.reason)
+        .filter_map(|(_, leaf)| leaf.reason)
         .collect();
     let mut owed = Vec::new();
     for reason in &record.anomalies {
