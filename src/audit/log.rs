@@ -891,25 +891,16 @@ impl AuditLog {
     /// query, a case's thousands among them.
     pub fn leaves_after(&self, query: &Query, after: u64) -> Result<Vec<(u64, Leaf)>> {
         let (_, cp) = self.latest_checkpoint();
-        let public = &self.shared.layout.public;
-        let mut bundles: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
-        let mut leaves = Vec::new();
-        for index in self
+        let indices: Vec<u64> = self
             .lookup(query)
             .into_iter()
             .filter(|&i| i > after && i < cp.size)
-        {
-            let n = index / TILE_WIDTH;
-            if let std::collections::hash_map::Entry::Vacant(v) = bundles.entry(n) {
-                v.insert(read_bundle(public, cp.size, n)?);
-            }
-            let entry = bundles
-                .get(&n)
-                .and_then(|e| e.get((index % TILE_WIDTH) as usize))
-                .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))?;
-            leaves.push((index, Leaf::decode(entry)?));
-        }
-        Ok(leaves)
+            .collect();
+        read_entries(&self.shared.layout.public, cp.size, &indices)?
+            .into_iter()
+            .zip(indices)
+            .map(|(entry, index)| Ok((index, Leaf::decode(&entry)?)))
+            .collect()
     }
 
     /// The entries matching a query that the latest checkpoint covers, each
@@ -1152,18 +1143,11 @@ pub fn read_signed_checkpoint(
 /// against the checkpoint of `size` (whose signed text is `signed`).
 pub fn evidence(public: &Path, signed: &str, size: u64, indices: &[u64]) -> Result<Vec<Found>> {
     let reader = TileReader::new(public, size);
-    let mut bundles: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
     let mut out = Vec::new();
-    for &index in indices {
-        let b = index / TILE_WIDTH;
-        if let std::collections::hash_map::Entry::Vacant(v) = bundles.entry(b) {
-            v.insert(read_bundle(public, size, b)?);
-        }
-        let entry = bundles
-            .get(&b)
-            .and_then(|e| e.get((index % TILE_WIDTH) as usize))
-            .cloned()
-            .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))?;
+    for (entry, &index) in read_entries(public, size, indices)?
+        .into_iter()
+        .zip(indices)
+    {
         let leaf = Leaf::decode(&entry)?;
         let path = inclusion_proof(&reader, index, size)?;
         out.push(Found {
@@ -1178,6 +1162,26 @@ pub fn evidence(public: &Path, signed: &str, size: u64, indices: &[u64]) -> Resu
         });
     }
     Ok(out)
+}
+
+/// Reads the entries at `indices` of the tree of `size` entries from the public entry
+/// bundles, each bundle once, in the order of `indices`.
+fn read_entries(public: &Path, size: u64, indices: &[u64]) -> Result<Vec<Vec<u8>>> {
+    let mut bundles: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+    let mut entries = Vec::with_capacity(indices.len());
+    for &index in indices {
+        let n = index / TILE_WIDTH;
+        if let std::collections::hash_map::Entry::Vacant(v) = bundles.entry(n) {
+            v.insert(read_bundle(public, size, n)?);
+        }
+        let entry = bundles
+            .get(&n)
+            .and_then(|e| e.get((index % TILE_WIDTH) as usize))
+            .cloned()
+            .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))?;
+        entries.push(entry);
+    }
+    Ok(entries)
 }
 
 /// Reads entry bundle `n` of the tree of `size` entries (falling back to the

@@ -8,7 +8,7 @@
 
 pub mod webhook;
 
-use crate::audit::Kind;
+use crate::audit::{AuditLog, Kind};
 use crate::config::DeliverySettings;
 use crate::pipeline::Gateway;
 use crate::store::{Channel, DEAD_LETTER_PAGE, Delivery, DeliveryUpdate, DueLook, StoreError};
@@ -73,12 +73,12 @@ pub async fn look_at_line(
     .map_err(|e| StoreError::Database(format!("the look at the outbox ended: {e}")))?
 }
 
-/// Whether the audit log refuses to record anything of `delivery`'s case, its key lost.
-pub fn case_key_lost(gateway: &Gateway, delivery: &Delivery) -> bool {
+/// Whether `log` refuses to record anything of `delivery`'s case, its key lost.
+pub fn case_key_lost(log: &AuditLog, delivery: &Delivery) -> bool {
     delivery
         .case_id
         .as_deref()
-        .is_some_and(|case| gateway.log.case_key_lost(case))
+        .is_some_and(|case| log.case_key_lost(case))
 }
 
 /// The deliveries a push worker holds back because their last attempt could not be recorded
@@ -115,7 +115,7 @@ impl HeldBack {
         channel: &'static str,
     ) {
         taken.retain(|delivery| {
-            if !case_key_lost(gateway, delivery) {
+            if !case_key_lost(&gateway.log, delivery) {
                 return true;
             }
             tracing::error!(
@@ -400,7 +400,7 @@ pub async fn bury_stray_deliveries(gateway: &Gateway) -> anyhow::Result<usize> {
 /// case the audit log cannot record (its key lost) is left waiting, reported, and `false`:
 /// one case's lost key does not stop the start.
 async fn bury(gateway: &Gateway, delivery: &Delivery, code: &str) -> anyhow::Result<bool> {
-    if case_key_lost(gateway, delivery) {
+    if case_key_lost(&gateway.log, delivery) {
         tracing::error!(
             delivery = delivery.id,
             channel = delivery.channel.name(),

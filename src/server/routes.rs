@@ -648,10 +648,7 @@ async fn get_inbox(
     );
     let page = web::block(move || {
         store.inbox_leaving_out(&recipient, after, limit, |d| {
-            d.state == DeliveryState::Pending
-                && d.case_id
-                    .as_deref()
-                    .is_some_and(|case| log.case_key_lost(case))
+            d.state == DeliveryState::Pending && crate::delivery::case_key_lost(&log, d)
         })
     })
     .await
