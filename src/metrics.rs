@@ -239,11 +239,82 @@ impl Metrics {
             .inc();
     }
 
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the Prometheus text format, each counter's and gauge's series in the
+    /// order of their labels, the same at every scrape.
     pub fn render(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        series_in_label_order(&text)
+    }
+}
+
+/// Sorts the series of each counter and gauge family by their labels.
+///
+/// The encoder writes a family's series in the order of its hash map, which changes from one
+/// scrape to the next. A histogram's lines keep their order: its buckets must stay in the
+/// order of their bounds.
+fn series_in_label_order(text: &str) -> String {
+    let mut sorted = String::with_capacity(text.len());
+    let mut series: Vec<&str> = Vec::new();
+    let mut sortable = false;
+    fn flush(series: &mut Vec<&str>, sortable: bool, sorted: &mut String) {
+        if sortable {
+            series.sort_unstable();
+        }
+        for line in series.drain(..) {
+            sorted.push_str(line);
+            sorted.push('\n');
+        }
+    }
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut series, sortable, &mut sorted);
+            if let Some(kind) = line.strip_prefix("# TYPE ") {
+                sortable = kind.ends_with(" counter") || kind.ends_with(" gauge");
+            }
+            sorted.push_str(line);
+            sorted.push('\n');
+        } else {
+            series.push(line);
+        }
+    }
+    flush(&mut series, sortable, &mut sorted);
+    sorted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_lists_its_series_in_the_same_order_at_every_scrape() {
+        let metrics = Metrics::new();
+        for recipient in ["iom.sn", "airline.at", "ma.interieur", "iom.ma", "ma.dgsn"] {
+            metrics.delivery(recipient, "webhook", "delivered");
+            metrics.delivery(recipient, "inbox", "acknowledged");
+        }
+        metrics.ingest_seconds.observe(0.002);
+        let text = metrics.render();
+
+        let deliveries: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("passerelle_deliveries_total{"))
+            .collect();
+        assert_eq!(deliveries.len(), 10);
+        let mut in_order = deliveries.clone();
+        in_order.sort_unstable();
+        assert_eq!(deliveries, in_order);
+
+        let bounds: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("passerelle_ingest_seconds_bucket{"))
+            .collect();
+        assert_eq!(
+            bounds.first().map(|l| l.contains("le=\"0.0005\"")),
+            Some(true)
+        );
+        assert_eq!(bounds.last().map(|l| l.contains("le=\"+Inf\"")), Some(true));
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

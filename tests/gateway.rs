@@ -3889,12 +3889,14 @@ async fn the_deliveries_of_a_partner_taken_out_of_the_registry_can_only_be_disca
     .await;
     assert_eq!(dgsn.received().len(), calls, "tried after the restart");
     for letter in &dead {
-        let expected = if letter["recipient"] == "ma.interieur" {
-            "inbox.not-an-inbox-recipient"
+        // The webhook's one call is counted; finding that there is no endpoint is no attempt.
+        let (expected, attempts) = if letter["recipient"] == "ma.interieur" {
+            ("inbox.not-an-inbox-recipient", 0)
         } else {
-            "webhook.no-endpoint"
+            ("webhook.no-endpoint", 1)
         };
         assert_eq!(letter["last_error"], expected, "{letter}");
+        assert_eq!(letter["attempts"], attempts, "{letter}");
         let id = letter["id"].as_u64().unwrap();
         let refused = admin.post(&format!("/deliveries/{id}/redeliver")).await;
         assert_eq!(refused.status, 409, "{}", refused.text());

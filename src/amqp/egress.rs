@@ -179,7 +179,8 @@ fn is_json(media: &str) -> bool {
 enum Attempt {
     Delivered,
     Retry(String),
-    Dead(String),
+    /// The recipient is not an AMQP recipient: nothing was published.
+    Unsendable(String),
 }
 
 /// What the broker's answer to a publish on `channel` says. A confirm cannot come once the
@@ -430,8 +431,9 @@ impl Egress {
                         for delivery in look.taken {
                             in_flight.insert(delivery.id);
                             if !self.is_amqp_recipient(&delivery.recipient) {
-                                let attempt =
-                                    Attempt::Dead(crate::delivery::NOT_AN_AMQP_RECIPIENT.into());
+                                let attempt = Attempt::Unsendable(
+                                    crate::delivery::NOT_AN_AMQP_RECIPIENT.into(),
+                                );
                                 recording
                                     .spawn(delivery.id, self.clone().record(delivery, attempt));
                                 continue;
@@ -592,7 +594,7 @@ impl Egress {
         let attempt = match attempt {
             Attempt::Delivered => delivery::Attempt::Delivered,
             Attempt::Retry(code) => delivery::Attempt::Retry { code, asked: None },
-            Attempt::Dead(code) => delivery::Attempt::Dead { code },
+            Attempt::Unsendable(code) => delivery::Attempt::Unsendable { code },
         };
         record_attempt(
             &self.gateway,

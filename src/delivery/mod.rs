@@ -37,6 +37,12 @@ pub enum Attempt {
         /// Why, a short code.
         code: String,
     },
+    /// Nothing was sent: the recipient has no endpoint on the delivery's channel. Dead-letter
+    /// it without counting an attempt.
+    Unsendable {
+        /// Why, a short code.
+        code: String,
+    },
 }
 
 /// How long a delivery whose attempt could not be recorded waits before it is tried again.
@@ -421,7 +427,13 @@ async fn bury(gateway: &Gateway, delivery: &Delivery, code: &str) -> anyhow::Res
         })?;
     let dead = gateway
         .store
-        .update(delivery.id, DeliveryUpdate::Dead { error: code.into() })
+        .update(
+            delivery.id,
+            DeliveryUpdate::Dead {
+                error: code.into(),
+                attempted: false,
+            },
+        )
         .await?;
     gateway
         .metrics
@@ -462,6 +474,7 @@ pub async fn record_attempt(
             Next::GiveUp => (
                 DeliveryUpdate::Dead {
                     error: code.clone(),
+                    attempted: true,
                 },
                 Kind::DeadLettered,
                 Some(code),
@@ -471,6 +484,16 @@ pub async fn record_attempt(
         Attempt::Dead { code } => (
             DeliveryUpdate::Dead {
                 error: code.clone(),
+                attempted: true,
+            },
+            Kind::DeadLettered,
+            Some(code),
+            "dead",
+        ),
+        Attempt::Unsendable { code } => (
+            DeliveryUpdate::Dead {
+                error: code.clone(),
+                attempted: false,
             },
             Kind::DeadLettered,
             Some(code),

@@ -227,7 +227,7 @@ impl WebhookWorker {
         {
             Some(DeliveryMode::Webhook { url }) => url.clone(),
             _ => {
-                return Attempt::Dead {
+                return Attempt::Unsendable {
                     code: super::NO_WEBHOOK_ENDPOINT.into(),
                 };
             }

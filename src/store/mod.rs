@@ -430,6 +430,10 @@ pub enum DeliveryUpdate {
     Dead {
         /// Why, a short code.
         error: String,
+        /// Whether an attempt to send it ended here (counted in `attempts`), rather than a
+        /// finding that it cannot be sent at all (its recipient has no endpoint on its
+        /// channel).
+        attempted: bool,
     },
     /// Put a dead letter back in line, due now, on `channel`: the recipient's delivery mode
     /// as the registry gives it now, which may not be the one its message was accepted under
@@ -2705,8 +2709,8 @@ fn update_delivery(
             d.state = DeliveryState::Pending;
             t.enqueue(&Release::of(&d))?;
         }
-        DeliveryUpdate::Dead { error } => {
-            if d.channel != Channel::Inbox {
+        DeliveryUpdate::Dead { error, attempted } => {
+            if attempted {
                 d.attempts += 1;
             }
             bury(t, c, &mut d, waiting, error)?;
@@ -3212,6 +3216,7 @@ pub(super) mod tests {
         };
         let bury = || DeliveryUpdate::Dead {
             error: "webhook.gone".into(),
+            attempted: true,
         };
         store
             .update(delivered, DeliveryUpdate::Delivered)
@@ -3390,6 +3395,7 @@ pub(super) mod tests {
         // A dead letter keeps its body, to be put back in line.
         let dead = DeliveryUpdate::Dead {
             error: "http-410".into(),
+            attempted: true,
         };
         let dead = store.update(gone, dead).await.unwrap();
         assert!(dead.holds_body());
@@ -3999,6 +4005,7 @@ pub(super) mod tests {
             .unwrap();
         let dead = DeliveryUpdate::Dead {
             error: "webhook.gone".into(),
+            attempted: true,
         };
         store.update(pushed, dead).await.unwrap();
         assert_eq!(store.dead_letter_count().unwrap(), 2);
