@@ -2,7 +2,7 @@
 //! reopening, search, trails and bundles, privacy of the public files,
 //! erasure, tamper detection, and the auditor's command line.
 
-use passerelle::audit::bundle::{case_entries_missing, trail, verify_bundle};
+use passerelle::audit::bundle::{CaseBinding, case_entries_missing, trail, verify_bundle};
 use passerelle::audit::log::read_bundle;
 use passerelle::audit::merkle::leaf_hash;
 use passerelle::audit::verify::verify_public;
@@ -611,7 +611,34 @@ fn an_offline_trail_checks_the_private_part_it_reads() {
     let other = (0..60u64).find(|i| !of_the_case.contains(i)).unwrap();
     edited[other as usize].tags.push(case_tag);
     rewrite(&mixed, &edited);
-    fails(&mixed, "carry 2 different case commitments");
+    fails(
+        &mixed,
+        &format!("gives entry {other} for this case, but it carries another case's commitment"),
+    );
+    // Every entry of the case taken out of the index: the case's key says what its entries
+    // carry, so the trail is not read as empty.
+    let hidden = copy("hidden");
+    let mut edited = records(&hidden);
+    for &index in &of_the_case {
+        edited[index as usize].tags.retain(|tag| *tag != case_tag);
+    }
+    rewrite(&hidden, &edited);
+    fails(
+        &hidden,
+        &format!(
+            "leaves out {} signed entries that carry this case's commitment",
+            of_the_case.len()
+        ),
+    );
+    // And filed under another case's entry instead: not read as this case's trail.
+    let swapped = copy("swapped-case");
+    let mut edited = records(&swapped);
+    for &index in &of_the_case {
+        edited[index as usize].tags.retain(|tag| *tag != case_tag);
+    }
+    edited[other as usize].tags.push(case_tag);
+    rewrite(&swapped, &edited);
+    fails(&swapped, "carries another case's commitment");
 
     // Another log's index key in place of this one's: nothing would match.
     let other_key = copy("other-key");
@@ -1012,6 +1039,28 @@ fn erasure_keeps_the_log_verifiable_and_makes_the_case_unreadable() {
         .filter(|r| r[32..].iter().all(|&b| b == 0))
         .count();
     assert_eq!(zeroed, 1, "exactly the erased case's record is zeroed");
+    let verifier = log.verifier().clone();
+    log.close().unwrap();
+
+    // Offline, the erased case's trail is still whole, but only tied to one case, not to its
+    // id; another case's is tied to its id by its key.
+    let erased = trail(dir.path(), &Query::Case(victim.clone()), Some(&verifier)).unwrap();
+    assert_eq!(erased.found.len(), before.len() + 1);
+    assert_eq!(erased.case_binding, Some(CaseBinding::Erased));
+    let other = trail(dir.path(), &Query::Case(case_id(2)), Some(&verifier)).unwrap();
+    assert!(!other.found.is_empty());
+    assert_eq!(other.case_binding, Some(CaseBinding::Bound));
+    // Searched in small letters, as an auditor may type it: the same case.
+    let typed = trail(
+        dir.path(),
+        &Query::Case(case_id(2).to_ascii_lowercase()),
+        Some(&verifier),
+    )
+    .unwrap();
+    assert_eq!(typed.found.len(), other.found.len());
+    let unknown = trail(dir.path(), &Query::Case("RVA-NONE".into()), Some(&verifier)).unwrap();
+    assert!(unknown.found.is_empty());
+    assert_eq!(unknown.case_binding, None);
 }
 
 /// Flips one bit at `pos` of `path`, runs `check`, and flips it back.

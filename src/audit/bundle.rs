@@ -8,9 +8,10 @@
 
 use super::checkpoint::Checkpoint;
 use super::error::{AuditError, Result};
+use super::files::{MAX_CHECKPOINT, read_at_most};
 use super::journal;
-use super::keys::IndexKey;
-use super::leaf::Leaf;
+use super::keys::{IndexKey, KeyStore, TagKind, normalise};
+use super::leaf::{Leaf, Purpose, commit};
 use super::log::{Found, Layout, MessageName, Meta, Query, evidence, read_signed_checkpoint};
 use super::merkle::{RunningRoot, consistency_proof, leaf_hash, root_from, verify_consistency};
 use super::note::NoteVerifier;
@@ -47,6 +48,20 @@ pub struct Trail {
     /// The size `private/checkpoint` signs, when it signs more than the public part has the
     /// tiles for (the proofs are then against `public/checkpoint`).
     pub private_ahead: Option<u64>,
+    /// For a case's trail, how its entries were tied to the case id searched for; `None` for
+    /// other trails, and for a case the log holds no key and no entries for.
+    pub case_binding: Option<CaseBinding>,
+}
+
+/// How a case's trail is tied to the case id searched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseBinding {
+    /// Every entry found carries the commitment that the case's key gives its id, and every
+    /// signed entry that carries it was found.
+    Bound,
+    /// The case was erased, and its key with it: the entries found are of one and the same
+    /// case, and all of that case's, but nothing ties that case to the id searched for.
+    Erased,
 }
 
 /// Searches a copy of a log folder. The checkpoint is checked with `verifier`
@@ -166,9 +181,19 @@ pub fn trail_with_progress(
             .map_err(|e| altered(format!("entry {}", f.index), e))?;
         progress("prove", n as u64 + 1);
     }
-    if let Query::Case(_) = query {
-        check_case_index(&layout.journal, checkpoint.size, &found, progress)?;
-    }
+    let case_binding = match query {
+        Query::Case(case) => {
+            let case_key = case_key(&layout.keys.join("cases.keys"), &key, case)?;
+            check_case_index(
+                &layout.journal,
+                checkpoint.size,
+                &found,
+                &case_key,
+                progress,
+            )?
+        }
+        _ => None,
+    };
     Ok(Trail {
         checkpoint,
         signed,
@@ -177,39 +202,106 @@ pub fn trail_with_progress(
         pending,
         public_behind: latest.public_behind,
         private_ahead: latest.private_ahead,
+        case_binding,
     })
 }
 
+/// What the key store holds for a case searched for.
+enum CaseKey {
+    /// Its key: the commitments its entries can carry. An entry commits to the case id as
+    /// its message wrote it, and the search finds it by the id trimmed and in capitals: the
+    /// id as searched, trimmed, in capitals and in small letters.
+    Live(BTreeSet<String>),
+    /// It was erased.
+    Erased,
+    /// None.
+    Unknown,
+}
+
+/// Reads the key of the case `case` from the key store at `path`.
+fn case_key(path: &Path, index_key: &IndexKey, case: &str) -> Result<CaseKey> {
+    let store = KeyStore::open(path, false)?;
+    match store.get(&index_key.tag(TagKind::Case, case)) {
+        Ok(keys) => {
+            let trimmed = case.trim();
+            let spellings = [
+                trimmed.to_owned(),
+                normalise(case),
+                trimmed.to_ascii_lowercase(),
+            ];
+            Ok(CaseKey::Live(
+                spellings
+                    .iter()
+                    .map(|id| commit(&keys.commit, Purpose::Case, id.as_bytes()))
+                    .collect(),
+            ))
+        }
+        Err(AuditError::CaseErased) => Ok(CaseKey::Erased),
+        Err(AuditError::UnknownCase) => Ok(CaseKey::Unknown),
+        Err(e) => Err(e),
+    }
+}
+
 /// Checks the entries the private index gave for a case against the signed entries
-/// themselves. The index's tags are the operator's, and no signature covers them: one altered
-/// to leave entries of the case out, or to file another case's entry under it, would give a
-/// short or mixed trail. But every entry of a case carries the case's commitment in clear:
-/// those found must carry one and the same, and every signed entry that carries it must have
-/// been found. (Trails by anything but a case have no such check: an auditor checks the case's
-/// trail.)
+/// themselves and the case's key. The index's tags are the operator's, and no signature covers
+/// them: one altered to leave entries of the case out, or to file another case's entries under
+/// it, would give a short, mixed or swapped trail. But every entry of a case carries the case's
+/// commitment in clear, which its key computes from the case id: those found must carry that
+/// one, and every signed entry that carries it must have been found, even when the index gives
+/// none. An erased case has no key left: its entries must carry one and the same commitment,
+/// and every entry that carries it must have been found. (Trails by anything but a case have
+/// no such check: an auditor checks the case's trail.)
 fn check_case_index(
     journal_dir: &Path,
     size: u64,
     found: &[Found],
+    case_key: &CaseKey,
     progress: &mut dyn FnMut(&'static str, u64),
-) -> Result<()> {
+) -> Result<Option<CaseBinding>> {
     let commitments: BTreeSet<&str> = found
         .iter()
         .filter_map(|f| f.leaf.commitments.as_ref().map(|c| c.case.as_str()))
         .collect();
-    let case = match commitments.len() {
-        0 => return Ok(()),
-        1 => commitments
-            .into_iter()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        n => {
-            return Err(AuditError::Corrupt(format!(
-                "the entries the private index gives for this case carry {n} different case \
-                 commitments, where every entry of a case carries the same one: the index was \
-                 altered, or a case key was lost and made anew; the trail cannot be trusted"
-            )));
+    let (case, binding): (BTreeSet<String>, CaseBinding) = match case_key {
+        CaseKey::Live(expected) => {
+            if let Some(other) = found.iter().find(|f| {
+                f.leaf
+                    .commitments
+                    .as_ref()
+                    .is_some_and(|c| !expected.contains(&c.case))
+            }) {
+                return Err(AuditError::Corrupt(format!(
+                    "the private index gives entry {} for this case, but it carries another \
+                     case's commitment than the one the case's key gives its id: the index was \
+                     altered, or the case's key was lost and made anew; the trail cannot be \
+                     trusted",
+                    other.index
+                )));
+            }
+            (expected.clone(), CaseBinding::Bound)
+        }
+        CaseKey::Erased => match commitments.len() {
+            0 => return Ok(Some(CaseBinding::Erased)),
+            1 => (
+                commitments.iter().map(|c| (*c).to_owned()).collect(),
+                CaseBinding::Erased,
+            ),
+            n => {
+                return Err(AuditError::Corrupt(format!(
+                    "the entries the private index gives for this erased case carry {n} \
+                     different case commitments, where every entry of a case carries the same \
+                     one: the index was altered; the trail cannot be trusted"
+                )));
+            }
+        },
+        CaseKey::Unknown if found.is_empty() => return Ok(None),
+        CaseKey::Unknown => {
+            return Err(AuditError::Corrupt(
+                "the private index gives entries for this case, but private/keys/cases.keys \
+                 holds no key for it: the key was lost, or the index altered; the entries cannot \
+                 be tied to the case id, and the trail cannot be trusted"
+                    .into(),
+            ));
         }
     };
     let listed: BTreeSet<u64> = found.iter().map(|f| f.index).collect();
@@ -220,10 +312,19 @@ fn check_case_index(
         // decoded.
         if i < size
             && !listed.contains(&i)
-            && rec.entry.windows(case.len()).any(|w| w == case.as_bytes())
+            && case.iter().any(|commitment| {
+                rec.entry
+                    .windows(commitment.len())
+                    .any(|w| w == commitment.as_bytes())
+            })
         {
             match Leaf::decode(&rec.entry) {
-                Ok(leaf) if leaf.commitments.as_ref().is_some_and(|c| c.case == case) => {
+                Ok(leaf)
+                    if leaf
+                        .commitments
+                        .as_ref()
+                        .is_some_and(|c| case.contains(&c.case)) =>
+                {
                     left_out.push(i)
                 }
                 Ok(_) => {}
@@ -254,7 +355,7 @@ fn check_case_index(
             }
         )));
     }
-    Ok(())
+    Ok(Some(binding))
 }
 
 /// The last tree a log folder signed that its public part can prove, and what to say of its
@@ -623,12 +724,12 @@ fn copy_covers_bundle(public: &Path, bundle: &VerifiedBundle) -> Result<()> {
     let private = public
         .parent()
         .map(|folder| folder.join("private/checkpoint"))
-        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|path| read_at_most(&path, MAX_CHECKPOINT).ok())
         .and_then(|signed| {
             Checkpoint::open(&signed, &bundle.verifier, Some(&bundle.checkpoint.origin)).ok()
         });
     let path = public.join("checkpoint");
-    let signed = match std::fs::read(&path) {
+    let signed = match read_at_most(&path, MAX_CHECKPOINT) {
         Ok(signed) => signed,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(AuditError::Evidence(format!(

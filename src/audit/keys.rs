@@ -65,7 +65,7 @@ pub fn normalise(value: &str) -> String {
 impl IndexKey {
     /// Loads the index key from `path`, or creates it (durably) if absent.
     pub fn load_or_create(path: &Path) -> Result<Self> {
-        match std::fs::read_to_string(path) {
+        match super::files::read_text_at_most(path, super::files::MAX_SMALL_FILE) {
             Ok(text) => {
                 let bytes = Zeroizing::new(
                     hex::decode(text.trim())

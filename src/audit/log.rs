@@ -121,7 +121,8 @@ pub struct Meta {
 impl Meta {
     /// Reads `private/log.json`.
     pub fn load(path: &Path) -> Result<Meta> {
-        let data = std::fs::read(path).map_err(|e| AuditError::io(path, e))?;
+        let data = super::files::read_at_most(path, super::files::MAX_SMALL_FILE)
+            .map_err(|e| AuditError::io(path, e))?;
         serde_json::from_slice(&data)
             .map_err(|e| AuditError::Corrupt(format!("{}: {e}", path.display())))
     }
@@ -1121,7 +1122,7 @@ pub fn read_signed_checkpoint(
     verifier: &NoteVerifier,
     origin: &str,
 ) -> Result<Option<(Checkpoint, String)>> {
-    match std::fs::read(path) {
+    match super::files::read_at_most(path, super::files::MAX_CHECKPOINT) {
         Ok(data) => {
             let checkpoint = Checkpoint::open(&data, verifier, Some(origin)).map_err(|source| {
                 AuditError::CheckpointFile {
@@ -1188,7 +1189,12 @@ fn read_entries(public: &Path, size: u64, indices: &[u64]) -> Result<Vec<Vec<u8>
 /// full bundle when an old partial one was removed).
 pub fn read_bundle(public: &Path, size: u64, n: u64) -> Result<Vec<Vec<u8>>> {
     let w = tile_width(size, 0, n);
-    let try_read = |width: u64| std::fs::read(public.join(entries_path(n, width)));
+    let try_read = |width: u64| {
+        super::files::read_at_most(
+            &public.join(entries_path(n, width)),
+            super::files::MAX_ENTRY_BUNDLE,
+        )
+    };
     let data = match try_read(w) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && w < TILE_WIDTH => {

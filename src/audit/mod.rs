@@ -18,6 +18,7 @@
 pub mod bundle;
 pub mod checkpoint;
 pub mod error;
+pub mod files;
 pub mod journal;
 pub mod keys;
 pub mod leaf;

@@ -6,6 +6,7 @@
 //! `log` does), and it must not trust what it reads: callers that need
 //! assurance verify roots against a signed checkpoint.
 
+use super::files::{MAX_TILE, read_at_most};
 use super::merkle::{Hash, HashSource, ProofError, root_of};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -187,13 +188,13 @@ impl TileReader {
             )));
         }
         let rel = tile_path(level, index, width);
-        let data = match std::fs::read(self.root.join(&rel)) {
+        let data = match read_at_most(&self.root.join(&rel), MAX_TILE) {
             Ok(d) => d,
             // A partial tile is removed once the full tile exists; the
             // full tile starts with the same hashes.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && width < TILE_WIDTH => {
                 let full = tile_path(level, index, TILE_WIDTH);
-                let mut d = std::fs::read(self.root.join(&full))
+                let mut d = read_at_most(&self.root.join(&full), MAX_TILE)
                     .map_err(|e| ProofError::Source(format!("{rel}: {e}")))?;
                 d.truncate(width as usize * Hash::LEN);
                 d

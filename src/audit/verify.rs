@@ -58,9 +58,8 @@ pub struct Report {
     pub since: Option<Checkpoint>,
 }
 
-/// The largest public file: a full entry bundle (256 entries of at most 65,535 bytes, each
-/// with its 2-byte length). Tiles and checkpoints are much smaller.
-const MAX_PUBLIC_FILE: u64 = 256 * (2 + 65_535);
+/// The largest public file: a full entry bundle. Tiles and checkpoints are much smaller.
+const MAX_PUBLIC_FILE: u64 = super::files::MAX_ENTRY_BUNDLE;
 
 /// Reads a public file, refusing one larger than any the log writes: the folder may come from
 /// anywhere, and a huge file (or a link to an endless one) must not exhaust memory.

@@ -8,8 +8,10 @@
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use passerelle::audit::bundle::{
-    MAX_BUNDLE_LEN, VerifiedBundle, case_entries_missing, trail_with_progress, verify_bundle,
+    CaseBinding, MAX_BUNDLE_LEN, VerifiedBundle, case_entries_missing, trail_with_progress,
+    verify_bundle,
 };
+use passerelle::audit::files::{MAX_CHECKPOINT, MAX_SMALL_FILE, read_at_most, read_text_at_most};
 use passerelle::audit::verify::{self, verify_public};
 use passerelle::audit::{
     AuditError, AuditLog, Checkpoint, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options,
@@ -153,7 +155,8 @@ pub struct TrailArgs {
 
 fn verifier(key: &str) -> anyhow::Result<NoteVerifier> {
     let text = if Path::new(key).is_file() {
-        std::fs::read_to_string(key).with_context(|| format!("reading {key}"))?
+        read_text_at_most(Path::new(key), MAX_SMALL_FILE)
+            .with_context(|| format!("reading {key}"))?
     } else {
         key.to_owned()
     };
@@ -259,7 +262,7 @@ fn public_folder(log: &Path) -> PathBuf {
 /// The log's private copy of its latest checkpoint (`private/checkpoint` of a whole folder),
 /// verified with the log's key: `None` when the folder has none (a copy of `public/` alone).
 fn private_checkpoint(copy: &Path, verifier: &NoteVerifier) -> Result<Option<Checkpoint>, String> {
-    let data = match std::fs::read(copy) {
+    let data = match read_at_most(copy, MAX_CHECKPOINT) {
         Ok(data) => data,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", copy.display())),
@@ -347,7 +350,7 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
     }
     let since = since
         .map(|p| {
-            let note = std::fs::read(p)
+            let note = read_at_most(p, MAX_CHECKPOINT)
                 .map(one_final_newline)
                 .with_context(|| format!("reading {}", p.display()))?;
             if note.trim_ascii_start().starts_with(b"{") {
@@ -362,7 +365,7 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
         })
         .transpose()?;
     // The size only sizes the progress bar; the checkpoint is verified below.
-    let size_hint = std::fs::read_to_string(public.join("checkpoint"))
+    let size_hint = read_text_at_most(&public.join("checkpoint"), MAX_CHECKPOINT)
         .ok()
         .and_then(|t| t.lines().nth(1).and_then(|l| l.parse().ok()))
         .unwrap_or(0);
@@ -378,7 +381,7 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
     };
     // A public part rolled back is said before its tiles are read: some may be gone.
     if let Some(private) = &private
-        && let Some(failure) = std::fs::read(public.join("checkpoint"))
+        && let Some(failure) = read_at_most(&public.join("checkpoint"), MAX_CHECKPOINT)
             .ok()
             .and_then(|data| Checkpoint::open(&data, &v, Some(&private.origin)).ok())
             .and_then(|cp| public_behind(&private_copy, private, &cp))
@@ -435,6 +438,23 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
         secs,
         cp.size as f64 / secs
     );
+    // What this command did not look at, said so that an `ok` is not read as more than it is.
+    if report.since.is_none() {
+        say!(
+            "not checked: that the log only grew since a checkpoint verified before (give --since \
+             with one you kept: a log rolled back, or forked, verifies as a smaller log)"
+        );
+    }
+    say!(
+        "not checked: files written for entries beyond size {} (no checkpoint signs them yet)",
+        cp.size
+    );
+    if private.is_some() {
+        say!(
+            "not checked: the private part's journal and index (`audit trail` checks what it \
+             reads of them)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -639,6 +659,19 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     }
     if t.found.is_empty() && t.pending.is_empty() {
         say!("no entries");
+    }
+    if !matches!(q, Query::Case(_)) {
+        say!(
+            "not checked: that the index gives every entry it should (only a case's trail is \
+             checked for that: read the case's trail)"
+        );
+    }
+    if t.case_binding == Some(CaseBinding::Erased) {
+        say!(
+            "not checked: that these entries are of the case searched for: it was erased, and \
+             its key with it (they are checked to be of one and the same case, and all of its \
+             entries)"
+        );
     }
     if let Some(path) = &args.bundle {
         // A bundle is evidence: one already there (an earlier trail's) is not written over.

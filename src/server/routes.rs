@@ -1075,6 +1075,9 @@ async fn get_trail(
             // The running log restored its public checkpoint when it opened.
             public_behind: None,
             private_ahead: None,
+            // The running log's index is its own, built from the journal it wrote: the
+            // offline trail is where an auditor ties a case's entries to its id.
+            case_binding: None,
         })
     })
     .await
