@@ -81,12 +81,31 @@ pub fn init_logging_from(default: &str) {
     let _ = tracing_subscriber::registry()
         .with(json_logs(filter, std::io::stderr))
         .try_init();
+    log_panics_without_their_message();
     // Unset is the default; set but unusable is a mistake to say, not to pass over.
     if let Some(error) = refused
         && std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty())
     {
         tracing::warn!(error = %error, default, "RUST_LOG cannot be read; logging at the default level");
     }
+}
+
+/// Logs a panic as one JSON line, with where it happened and not what its message says: a
+/// panic's message is written by whatever code panicked, a library's among them, and may quote
+/// the data it was given (the default hook prints it on standard error as it is).
+fn log_panics_without_their_message() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(
+            location,
+            thread = thread.name().unwrap_or("unnamed"),
+            "a thread panicked (its message is not logged: it may quote a message's data)"
+        );
+    }));
 }
 
 /// Libraries whose events can carry a message's contents, and the most verbose level at which

@@ -230,7 +230,7 @@ impl<K, T: Send + 'static> KeyedTasks<K, T> {
         let (id, output) = match done {
             Ok((id, output)) => (id, Some(output)),
             Err(error) => {
-                tracing::error!(error = %error, "a delivery task failed");
+                tracing::error!(panicked = error.is_panic(), "a delivery task failed");
                 (error.id(), None)
             }
         };
