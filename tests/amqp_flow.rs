@@ -5,7 +5,7 @@
 //! - [`the_cote_divoire_flow_end_to_end`]: the embassy's XML over AMQP reaches the ministry's
 //!   inbox; the ministry's LPC request reaches the embassy's queue in its XML dialect, without
 //!   the person's vulnerabilities; a redelivered message is processed once; the airline's
-//!   irregular-operations feed reaches IOM Senegal's queue as a binary-mode CloudEvent.
+//!   irregular-operations feed reaches IOM Senegal's queue as a structured-mode CloudEvent.
 //! - [`refusals_are_dead_lettered_and_failed_publishes_retried`]: bad XML, an unknown message
 //!   kind, a missing `user_id` and another partner's `user_id` are dead-lettered with reason
 //!   headers and audited; a delivery nacked by a full queue, or returned for want of a queue, is
@@ -594,7 +594,7 @@ fn check_demande(message: &Message) {
 /// (a) The Côte d'Ivoire flow: the embassy publishes its XML with its certificate; the ministry
 /// finds the canonical events in its inbox; the ministry's LPC request reaches the embassy's
 /// queue in its dialect; a message published twice is processed once; the airline's AMQP feed
-/// reaches IOM Senegal in binary mode.
+/// reaches IOM Senegal as a structured-mode CloudEvent, as its registry entry asks.
 #[actix_web::test]
 async fn the_cote_divoire_flow_end_to_end() {
     let broker = broker().await;
@@ -770,7 +770,7 @@ async fn the_cote_divoire_flow_end_to_end() {
     assert_eq!(delivered[0].transport, Some(Transport::Amqp));
 
     // The airline's departure control publishes a boarding over AMQP (irregular operations):
-    // IOM Senegal gets the canonical event in binary mode.
+    // IOM Senegal gets the canonical event.
     let airline = partner_connection(broker, "flow", "airline.at").await;
     let airline_channel = amqp::publisher_channel(&airline).await.expect("a channel");
     send(
@@ -793,30 +793,23 @@ async fn the_cote_divoire_flow_end_to_end() {
     .await;
     assert_eq!(got.len(), 1);
     let message = &got[0];
+    // IOM Senegal's registry entry asks for structured mode: the whole event is the body.
     let expected = fixture_json("iom.sn", "out/boarding-confirmed.expected.json");
-    let data: Value = serde_json::from_slice(&message.data).expect("the event's data as the body");
-    assert_eq!(
-        without_anomalies(json!({"data": data}))["data"],
-        expected["data"]
-    );
+    let event: Value = serde_json::from_slice(&message.data).expect("the whole event as the body");
+    assert_eq!(without_anomalies(event), expected);
     assert_eq!(
         message
             .properties
             .content_type()
             .as_ref()
             .map(|c| c.as_str()),
-        Some("application/json")
+        Some("application/cloudevents+json")
     );
-    for attribute in [
-        "specversion",
-        "id",
-        "source",
-        "type",
-        "subject",
-        "time",
-        "dataschema",
-        "withheld",
-    ] {
+    assert_eq!(
+        message.properties.message_id().as_ref().map(|m| m.as_str()),
+        Some("AT-DCS-20261120-0505-000112")
+    );
+    for attribute in ["specversion", "id", "source", "type"] {
         assert_eq!(
             header(message, &format!("cloudEvents_{attribute}")),
             expected[attribute].as_str().map(str::to_owned),

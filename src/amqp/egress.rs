@@ -27,9 +27,12 @@
 //!   message it already has. The delivery id, which is local to one instance's store, travels
 //!   as the header [`DELIVERY_HEADER`], for support.
 //! - For a recipient that reads the canonical model (its body is a structured-mode CloudEvent,
-//!   `application/cloudevents+json`), the event goes in **binary mode**, as the AMQP binding of
-//!   CloudEvents describes it: the event's `data` is the body, `content_type` is its
-//!   `datacontenttype`, and every other attribute is a `cloudEvents_<attr>` header.
+//!   `application/cloudevents+json`), the event goes in **binary mode** by default, as the AMQP
+//!   binding of CloudEvents describes it: the event's `data` is the body, `content_type` is its
+//!   `datacontenttype`, and every other attribute is a `cloudEvents_<attr>` header. A recipient
+//!   whose registry entry says `cloudevents = "structured"` gets it in **structured mode**: the
+//!   whole event is the body, `content_type` is `application/cloudevents+json`, and the headers
+//!   are those of a native message below.
 //! - For a recipient with its own format, the body is its native message (`content_type` as its
 //!   mapping writes it), and the headers `cloudEvents_specversion`, `cloudEvents_id`,
 //!   `cloudEvents_source` and `cloudEvents_type` identify the event it carries.
@@ -45,7 +48,7 @@ use super::topology::{OUTBOUND_EXCHANGE, Topology};
 use crate::delivery::{self, KeyedTasks, RetryPolicy, due_in, record_attempt};
 use crate::pipeline::Gateway;
 use crate::pipeline::media_essence;
-use crate::registry::Delivery as DeliveryMode;
+use crate::registry::{CloudEventsMode, Delivery as DeliveryMode};
 use crate::store::{Channel as StoreChannel, Delivery};
 use base64::Engine;
 use lapin::message::BasicReturnMessage;
@@ -74,10 +77,14 @@ const NO_ROUTE: &str = "amqp.no-route";
 /// The failure code of a publish the broker did not confirm within [`CONFIRM_TIMEOUT`].
 const CONFIRM_TIMED_OUT: &str = "amqp.confirm-timeout";
 
-/// The body and the properties of the AMQP message that carries `delivery`, published at
-/// `now` (seconds since the epoch, the `timestamp` property). See the
+/// The body and the properties of the AMQP message that carries `delivery`, a canonical event
+/// in `mode`, published at `now` (seconds since the epoch, the `timestamp` property). See the
 /// [module documentation](self).
-pub fn outbound_message(delivery: &Delivery, now: u64) -> (Vec<u8>, BasicProperties) {
+pub fn outbound_message(
+    delivery: &Delivery,
+    mode: CloudEventsMode,
+    now: u64,
+) -> (Vec<u8>, BasicProperties) {
     let mut headers: BTreeMap<ShortString, AMQPValue> = BTreeMap::new();
     let mut put = |name: String, value: &str| {
         if let Ok(name) = ShortString::try_new(name) {
@@ -85,9 +92,10 @@ pub fn outbound_message(delivery: &Delivery, now: u64) -> (Vec<u8>, BasicPropert
         }
     };
     put(DELIVERY_HEADER.to_owned(), &delivery.id.to_string());
-    let binary = is_structured_cloudevent(&delivery.content_type)
-        .then(|| binary_mode(&delivery.body))
-        .flatten();
+    let binary = (mode == CloudEventsMode::Binary
+        && is_structured_cloudevent(&delivery.content_type))
+    .then(|| binary_mode(&delivery.body))
+    .flatten();
     let (body, content_type) = match binary {
         Some(event) => {
             for (name, value) in &event.attributes {
@@ -561,7 +569,20 @@ impl Egress {
             .registry
             .partner(recipient)
             .and_then(|partner| partner.delivery.as_ref())
-            == Some(&DeliveryMode::Amqp)
+            .is_some_and(DeliveryMode::is_amqp)
+    }
+
+    /// How the registry has a recipient's canonical events put in a message.
+    fn cloudevents_mode(&self, recipient: &str) -> CloudEventsMode {
+        match self
+            .gateway
+            .registry
+            .partner(recipient)
+            .and_then(|partner| partner.delivery.as_ref())
+        {
+            Some(DeliveryMode::Amqp { cloudevents }) => *cloudevents,
+            _ => CloudEventsMode::default(),
+        }
     }
 
     /// Sends one delivery; the confirm comes later.
@@ -571,7 +592,8 @@ impl Egress {
         delivery: &Delivery,
     ) -> Result<PublisherConfirm, super::AmqpError> {
         let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-        let (body, properties) = outbound_message(delivery, now);
+        let mode = self.cloudevents_mode(&delivery.recipient);
+        let (body, properties) = outbound_message(delivery, mode, now);
         let publish = channel.basic_publish(
             OUTBOUND_EXCHANGE.into(),
             short_string(&delivery.recipient)?,
@@ -667,7 +689,7 @@ mod tests {
             "application/cloudevents+json",
             serde_json::to_vec(&event).unwrap(),
         );
-        let (body, properties) = outbound_message(&d, 1_794_000_000);
+        let (body, properties) = outbound_message(&d, CloudEventsMode::Binary, 1_794_000_000);
         let data: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(data, event["data"]);
         assert_eq!(
@@ -694,10 +716,48 @@ mod tests {
     }
 
     #[test]
+    fn a_recipient_that_reads_structured_mode_gets_the_whole_event() {
+        let event = json!({
+            "specversion": "1.0",
+            "id": "AT-DCS-20261120-0505-000112",
+            "source": "urn:partner:airline.at",
+            "type": "ma.rva.boarding.confirmed",
+            "subject": "RVA-2026-004211",
+            "datacontenttype": "application/json",
+            "data": {"case_id": "RVA-2026-004211", "seat": "23C"}
+        });
+        let body = serde_json::to_vec(&event).unwrap();
+        let d = delivery("application/cloudevents+json", body.clone());
+        let (sent, properties) = outbound_message(&d, CloudEventsMode::Structured, 0);
+        assert_eq!(sent, body);
+        assert_eq!(
+            properties.content_type().as_ref().unwrap().as_str(),
+            "application/cloudevents+json"
+        );
+        assert_eq!(
+            properties.message_id().as_ref().unwrap().as_str(),
+            d.event_id
+        );
+        // The event's identity, as for a native message, and no other attribute: the body
+        // holds them.
+        let headers = headers(&properties);
+        assert_eq!(headers.len(), 5, "{headers:?}");
+        assert_eq!(headers["cloudEvents_id"], d.event_id);
+        assert!(!headers.contains_key("cloudEvents_subject"));
+
+        // A native message is sent as it is in either mode.
+        let xml = b"<ci:Demande xmlns:ci=\"urn:ci:diplomatie:consulaire:2\"/>".to_vec();
+        let native = delivery("application/xml", xml.clone());
+        for mode in [CloudEventsMode::Binary, CloudEventsMode::Structured] {
+            assert_eq!(outbound_message(&native, mode, 0).0, xml);
+        }
+    }
+
+    #[test]
     fn native_recipients_get_their_body_and_the_event_identity() {
         let xml = b"<ci:Demande xmlns:ci=\"urn:ci:diplomatie:consulaire:2\"/>".to_vec();
         let d = delivery("application/xml", xml.clone());
-        let (body, properties) = outbound_message(&d, 0);
+        let (body, properties) = outbound_message(&d, CloudEventsMode::Binary, 0);
         assert_eq!(body, xml);
         assert_eq!(
             properties.content_type().as_ref().unwrap().as_str(),
@@ -721,7 +781,7 @@ mod tests {
         assert_eq!(parts.attributes, [("id".to_owned(), "x".to_owned())]);
         // Not JSON: sent as it is.
         let d = delivery("application/cloudevents+json", b"not json".to_vec());
-        let (body, properties) = outbound_message(&d, 0);
+        let (body, properties) = outbound_message(&d, CloudEventsMode::Binary, 0);
         assert_eq!(body, b"not json");
         assert_eq!(
             properties.content_type().as_ref().unwrap().as_str(),

@@ -183,7 +183,7 @@ impl Topology {
         Self::new(
             registry
                 .partners()
-                .filter(|partner| partner.delivery == Some(Delivery::Amqp))
+                .filter(|partner| partner.delivery.as_ref().is_some_and(Delivery::is_amqp))
                 .map(|partner| partner.id.clone()),
         )
     }

@@ -92,7 +92,7 @@ pub fn check_settings(settings: &AmqpSettings, registry: &Registry) -> Result<To
     }
     let receivers = registry
         .partners()
-        .filter(|partner| partner.delivery == Some(DeliveryMode::Amqp))
+        .filter(|partner| partner.delivery.as_ref().is_some_and(DeliveryMode::is_amqp))
         .map(|partner| partner.id.clone());
     Topology::new(receivers.chain(settings.senders.iter().cloned()))
 }

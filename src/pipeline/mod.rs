@@ -1636,7 +1636,7 @@ fn mapping_ref(event: &Value) -> Option<MappingRef> {
 fn channel_of(mode: &DeliveryMode) -> Channel {
     match mode {
         DeliveryMode::Webhook { .. } => Channel::Webhook,
-        DeliveryMode::Amqp => Channel::Amqp,
+        DeliveryMode::Amqp { .. } => Channel::Amqp,
         DeliveryMode::Inbox => Channel::Inbox,
     }
 }

@@ -27,7 +27,29 @@ pub enum Delivery {
         url: String,
     },
     /// The gateway publishes to the partner's outbound queue.
-    Amqp,
+    Amqp {
+        /// How a canonical event is put in a message.
+        cloudevents: CloudEventsMode,
+    },
+}
+
+impl Delivery {
+    /// Whether the partner receives by AMQP.
+    pub fn is_amqp(&self) -> bool {
+        matches!(self, Delivery::Amqp { .. })
+    }
+}
+
+/// How a canonical event is put in an AMQP message, in the terms of the CloudEvents AMQP
+/// binding. A native message is sent as it is either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CloudEventsMode {
+    /// The event's data is the body, its attributes `cloudEvents_*` headers (the default).
+    #[default]
+    Binary,
+    /// The whole event is the body, as JSON (`application/cloudevents+json`), for a partner
+    /// that reads the event as one document.
+    Structured,
 }
 
 /// A `delivery` as written in the registry file. Read through this rather than straight into
@@ -38,12 +60,30 @@ pub enum Delivery {
 struct DeliveryEntry {
     mode: String,
     url: Option<String>,
+    cloudevents: Option<String>,
 }
 
 impl TryFrom<DeliveryEntry> for Delivery {
     type Error = String;
 
     fn try_from(entry: DeliveryEntry) -> Result<Self, String> {
+        let cloudevents = match (entry.mode.as_str(), entry.cloudevents.as_deref()) {
+            ("amqp", None | Some("binary")) => CloudEventsMode::Binary,
+            ("amqp", Some("structured")) => CloudEventsMode::Structured,
+            ("amqp", Some(other)) => {
+                return Err(format!(
+                    "unknown `cloudevents` {other:?}: it is \"binary\" (the default) or \
+                     \"structured\""
+                ));
+            }
+            (mode, Some(_)) => {
+                return Err(format!(
+                    "a delivery of mode {mode:?} takes no `cloudevents` (only mode \"amqp\" \
+                     chooses how an event is put in a message)"
+                ));
+            }
+            (_, None) => CloudEventsMode::Binary,
+        };
         match (entry.mode.as_str(), entry.url) {
             ("webhook", Some(url)) => Ok(Delivery::Webhook { url }),
             ("webhook", None) => Err("a webhook delivery needs its `url`".into()),
@@ -51,7 +91,7 @@ impl TryFrom<DeliveryEntry> for Delivery {
                 "a delivery of mode {mode:?} takes no `url` (only mode \"webhook\" calls one)"
             )),
             ("inbox", None) => Ok(Delivery::Inbox),
-            ("amqp", None) => Ok(Delivery::Amqp),
+            ("amqp", None) => Ok(Delivery::Amqp { cloudevents }),
             (other, _) => Err(format!(
                 "unknown delivery mode {other:?}: the modes are \"inbox\", \"webhook\" and \"amqp\""
             )),
@@ -955,6 +995,13 @@ mod tests {
         ] {
             assert!(registry.partner(id).is_some(), "{id}");
         }
+        // IOM Senegal's specification: it reads each canonical event as one JSON document.
+        assert_eq!(
+            registry.partner("iom.sn").unwrap().delivery,
+            Some(Delivery::Amqp {
+                cloudevents: CloudEventsMode::Structured
+            })
+        );
     }
 
     #[test]
@@ -1309,6 +1356,14 @@ airport_country = { Dakar = "Senegal" }
                 r#"mode "amqp" takes no `url`"#,
             ),
             (r#"{ mode = "webhook" }"#, "needs its `url`"),
+            (
+                r#"{ mode = "inbox", cloudevents = "structured" }"#,
+                r#"mode "inbox" takes no `cloudevents`"#,
+            ),
+            (
+                r#"{ mode = "amqp", cloudevents = "json" }"#,
+                r#"unknown `cloudevents` "json""#,
+            ),
             (r#"{ mode = "push" }"#, r#"unknown delivery mode "push""#),
             (r#"{ mode = "inbox", urll = "x" }"#, "unknown field `urll`"),
             (

@@ -619,7 +619,7 @@ async fn get_inbox(
         Some(crate::registry::Delivery::Webhook { .. }) => {
             Some("its messages are posted to its webhook")
         }
-        Some(crate::registry::Delivery::Amqp) => {
+        Some(crate::registry::Delivery::Amqp { .. }) => {
             Some("its messages are published to its AMQP queue")
         }
         None => Some("it receives no messages"),
