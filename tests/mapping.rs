@@ -1084,3 +1084,26 @@ fn a_canonical_event_is_one_object_and_its_member_names_are_quoted_cut_short() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_consulate_is_never_written_a_sex_its_form_does_not_have() {
+    let set = shipped();
+    for (consulate, event) in [
+        ("sn.consulat.casablanca", "out/lpc-requested.event.json"),
+        (
+            "ci.ambassade.rabat",
+            "out/lpc-requested-vulnerable.event.json",
+        ),
+    ] {
+        let mut event: serde_json::Value =
+            serde_json::from_slice(&fixture(consulate, event)).unwrap();
+        event["data"]["person"]["sex"] = "X".into();
+        match set.partner(consulate).unwrap().encode(&event) {
+            Err(error) => assert!(error.to_string().contains("sexes"), "{consulate}: {error}"),
+            Ok(encoded) => panic!(
+                "{consulate} was written {}",
+                String::from_utf8_lossy(&encoded.body)
+            ),
+        }
+    }
+}
