@@ -269,6 +269,45 @@ fn files_beyond_the_signed_tree_do_not_fail_verification() {
     );
 }
 
+/// A copy of `public/` taken while the log grew can hold a checkpoint older than its tiles:
+/// the partial files that checkpoint names were removed once the full ones were written. The
+/// full files begin with the same hashes and entries, and the copy verifies.
+#[test]
+fn a_checkpoint_whose_partial_tiles_were_replaced_by_full_ones_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log, 0..10);
+    log.sync().unwrap();
+    let public = dir.path().join("public");
+    let signed_at_10 = std::fs::read(public.join("checkpoint")).unwrap();
+    append_many(&log, 10..300);
+    log.close().unwrap();
+    for gone in ["tile/0/000.p/10", "tile/entries/000.p/10"] {
+        if public.join(gone).exists() {
+            std::fs::remove_file(public.join(gone)).unwrap();
+        }
+    }
+    assert!(public.join("tile/0/000").exists());
+    let mirror = tempfile::tempdir().unwrap();
+    let copy = mirror.path().join("public");
+    let status = std::process::Command::new("cp")
+        .args(["-r", public.to_str().unwrap(), copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(copy.join("checkpoint"), &signed_at_10).unwrap();
+    let report = verify_public(&copy, signer().verifier(), None, &mut |_| {}).unwrap();
+    assert_eq!(report.checkpoint.size, 10);
+
+    // The first ten entries of the full bundle are still checked against the signed tree.
+    let bundle = copy.join("tile/entries/000");
+    let mut data = std::fs::read(&bundle).unwrap();
+    data[5] ^= 1;
+    std::fs::write(&bundle, &data).unwrap();
+    let failure = verify_public(&copy, signer().verifier(), None, &mut |_| {}).unwrap_err();
+    assert!(failure.to_string().contains("entry 0"), "{failure}");
+}
+
 /// A partial entry bundle found damaged or missing at open is put back from the journal,
 /// before it can be frozen into the full bundle.
 #[test]

@@ -81,6 +81,19 @@ fn read(public: &Path, rel: &str, index: Option<u64>) -> Result<Vec<u8>, Failure
     Ok(data)
 }
 
+/// The file that holds the first `width` hashes (or entries) of a tile: its partial file
+/// `partial`, or, when that one is gone and the full file `full` is there, the full one, whose
+/// first `width` are the same (the log removes a partial file once the full one is written,
+/// and a copy taken while the log grew can hold a checkpoint older than its tiles). Says
+/// whether it is the full one.
+fn current_file(public: &Path, partial: String, full: String, width: u64) -> (String, bool) {
+    if width < TILE_WIDTH && !public.join(&partial).exists() && public.join(&full).exists() {
+        (full, true)
+    } else {
+        (partial, false)
+    }
+}
+
 /// Older partial versions of a tile (`<path>.p/<w>`) still on disk; each must
 /// be a prefix of the current tile.
 fn stale_partials(public: &Path, base: &str) -> Vec<(u64, String)> {
@@ -105,20 +118,40 @@ fn check_tile(
     expected: &[Hash],
     first_entry: impl Fn(u64) -> u64,
 ) -> Result<(), Failure> {
-    let mut files = vec![(width, tile_path(level, n, width))];
+    let (current, of_full) = current_file(
+        public,
+        tile_path(level, n, width),
+        tile_path(level, n, TILE_WIDTH),
+        width,
+    );
+    let mut files = vec![(width, current)];
     files.extend(
         stale_partials(public, &format!("tile/{level}/{}", encode_index(n)))
             .into_iter()
             .filter(|(w, _)| *w != width),
     );
-    for (w, rel) in files {
+    for (i, (w, rel)) in files.into_iter().enumerate() {
         if w > width {
             // Written for entries that no checkpoint signs yet (tiles are written before the
             // checkpoint that covers them: a crash between the two, or a copy taken between
             // them, leaves such files). Nothing vouches for them, so nothing is checked.
             continue;
         }
-        let data = read(public, &rel, Some(first_entry(0)))?;
+        let mut data = read(public, &rel, Some(first_entry(0)))?;
+        if i == 0 && of_full {
+            if data.len() as u64 != TILE_WIDTH * 32 {
+                return Err(fail(
+                    Some(first_entry((data.len() as u64 / 32).min(w))),
+                    &rel,
+                    format!(
+                        "tile has {} bytes, expected {} (cut short, or grown)",
+                        data.len(),
+                        TILE_WIDTH * 32
+                    ),
+                ));
+            }
+            data.truncate(w as usize * 32);
+        }
         let got: Vec<Hash> = data
             .chunks_exact(Hash::LEN)
             .filter_map(Hash::from_slice)
@@ -158,7 +191,9 @@ fn check_tile(
 fn check_bundle(public: &Path, size: u64, k: u64) -> Result<Option<Hash>, Failure> {
     let base = k * TILE_WIDTH;
     let w = tile_width(size, 0, k);
-    let mut files = vec![(w, entries_path(k, w))];
+    let (current, of_full) =
+        current_file(public, entries_path(k, w), entries_path(k, TILE_WIDTH), w);
+    let mut files = vec![(w, current)];
     files.extend(
         stale_partials(public, &format!("tile/entries/{}", encode_index(k)))
             .into_iter()
@@ -166,14 +201,19 @@ fn check_bundle(public: &Path, size: u64, k: u64) -> Result<Option<Hash>, Failur
     );
     let mut leaves: Vec<Hash> = Vec::new();
     let mut malformed = None;
-    for (fw, rel) in files {
+    for (i, (fw, rel)) in files.into_iter().enumerate() {
         if fw > w {
             // Beyond the signed tree, as for tiles above.
             continue;
         }
         let data = read(public, &rel, Some(base))?;
-        let (entries, complete) = parse_bundle_prefix(&data);
-        let hashes: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+        let (entries, mut complete) = parse_bundle_prefix(&data);
+        let mut hashes: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+        if i == 0 && of_full && hashes.len() as u64 >= w {
+            // The full bundle's first entries are those of the partial one it replaced.
+            hashes.truncate(w as usize);
+            complete = true;
+        }
         if fw == w {
             // Damage is reported at the first entry whose hash differs
             // from the tile, which the tile comparison below finds.
