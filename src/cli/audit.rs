@@ -12,6 +12,7 @@ use passerelle::audit::bundle::{
     verify_bundle,
 };
 use passerelle::audit::files::{MAX_CHECKPOINT, MAX_SMALL_FILE, read_at_most, read_text_at_most};
+use passerelle::audit::proof::{PROOF_HEADER, RECEIPT_HEADER};
 use passerelle::audit::verify::{self, verify_public};
 use passerelle::audit::{
     AuditError, AuditLog, Checkpoint, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options,
@@ -353,6 +354,22 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
             let note = read_at_most(p, MAX_CHECKPOINT)
                 .map(one_final_newline)
                 .with_context(|| format!("reading {}", p.display()))?;
+            let first_line = note.split(|&b| b == b'\n').next().unwrap_or_default();
+            if first_line == PROOF_HEADER.as_bytes() {
+                bail!(
+                    "{} is an inclusion proof, not a checkpoint: give the checkpoint it holds, \
+                     the part after its blank line (sed '1,/^$/d' {} > checkpoint)",
+                    p.display(),
+                    p.display()
+                );
+            }
+            if first_line == RECEIPT_HEADER.as_bytes() {
+                bail!(
+                    "{} is a receipt, not a checkpoint: a receipt holds none; give the \
+                     checkpoint of its proof (GET /v1/receipts/…, the part after its blank line)",
+                    p.display()
+                );
+            }
             if note.trim_ascii_start().starts_with(b"{") {
                 bail!(
                     "{} is a JSON document (an evidence bundle?), not a checkpoint: give the \
