@@ -269,6 +269,54 @@ fn files_beyond_the_signed_tree_do_not_fail_verification() {
     );
 }
 
+/// An entry of no case filed under a case in the private index is refused: every entry of a
+/// case carries its commitment.
+#[test]
+fn a_case_trail_refuses_an_entry_of_no_case_filed_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log, 0..10);
+    let mut caseless = fact(10);
+    caseless.case_id = None;
+    caseless.personal = Default::default();
+    log.append(&caseless).unwrap();
+    let verifier = log.verifier().clone();
+    log.close().unwrap();
+    let query = Query::Case(case_id(3));
+    assert_eq!(
+        trail(dir.path(), &query, Some(&verifier))
+            .unwrap()
+            .found
+            .len(),
+        2
+    );
+
+    let key = passerelle::audit::keys::IndexKey::load(&dir.path().join("private/keys/index.key"))
+        .unwrap();
+    let journal_dir = dir.path().join("private/journal");
+    let mut records = Vec::new();
+    passerelle::audit::journal::scan(&journal_dir, |_, record| {
+        records.push(record);
+        Ok(())
+    })
+    .unwrap();
+    records[10].tags.push(query.tag(&key));
+    let mut data = Vec::new();
+    for record in &records {
+        record.encode_into(&mut data);
+    }
+    std::fs::write(journal_dir.join("00000000000000000000.journal"), &data).unwrap();
+    let refused = trail(dir.path(), &query, Some(&verifier))
+        .map(|t| t.found.len())
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("gives entry 10 for this case, but it carries no case commitment"),
+        "{refused}"
+    );
+}
+
 /// A copy of `public/` taken while the log grew can hold a checkpoint older than its tiles:
 /// the partial files that checkpoint names were removed once the full ones were written. The
 /// full files begin with the same hashes and entries, and the copy verifies.
@@ -1100,6 +1148,34 @@ fn erasure_keeps_the_log_verifiable_and_makes_the_case_unreadable() {
     let unknown = trail(dir.path(), &Query::Case("RVA-NONE".into()), Some(&verifier)).unwrap();
     assert!(unknown.found.is_empty());
     assert_eq!(unknown.case_binding, None);
+
+    // The erased case's tags taken out of the index: its zeroed key record says it was logged,
+    // and its trail, with no `erased` entry, is refused rather than read as empty.
+    let victim_tag = Query::Case(victim.clone()).tag(
+        &passerelle::audit::keys::IndexKey::load(&dir.path().join("private/keys/index.key"))
+            .unwrap(),
+    );
+    let journal = std::fs::read_dir(dir.path().join("private/journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "journal"))
+        .unwrap();
+    let mut records = Vec::new();
+    passerelle::audit::journal::scan(&dir.path().join("private/journal"), |_, record| {
+        records.push(record);
+        Ok(())
+    })
+    .unwrap();
+    let mut data = Vec::new();
+    for mut record in records {
+        record.tags.retain(|tag| *tag != victim_tag);
+        record.encode_into(&mut data);
+    }
+    std::fs::write(&journal, &data).unwrap();
+    let hidden = trail(dir.path(), &Query::Case(victim), Some(&verifier))
+        .map(|t| t.found.len())
+        .unwrap_err();
+    assert!(hidden.to_string().contains("no `erased` entry"), "{hidden}");
 }
 
 /// Flips one bit at `pos` of `path`, runs `check`, and flips it back.

@@ -11,7 +11,7 @@ use super::error::{AuditError, Result};
 use super::files::{MAX_CHECKPOINT, read_at_most};
 use super::journal;
 use super::keys::{IndexKey, KeyStore, TagKind, normalise};
-use super::leaf::{Leaf, Purpose, commit};
+use super::leaf::{Kind, Leaf, Purpose, commit};
 use super::log::{Found, Layout, MessageName, Meta, Query, evidence, read_signed_checkpoint};
 use super::merkle::{RunningRoot, consistency_proof, leaf_hash, root_from, verify_consistency};
 use super::note::NoteVerifier;
@@ -188,6 +188,7 @@ pub fn trail_with_progress(
                 &layout.journal,
                 checkpoint.size,
                 &found,
+                !pending.is_empty(),
                 &case_key,
                 progress,
             )?
@@ -255,9 +256,19 @@ fn check_case_index(
     journal_dir: &Path,
     size: u64,
     found: &[Found],
+    pending: bool,
     case_key: &CaseKey,
     progress: &mut dyn FnMut(&'static str, u64),
 ) -> Result<Option<CaseBinding>> {
+    // Every entry the log writes under a case's tag carries the case's commitment.
+    if let Some(bare) = found.iter().find(|f| f.leaf.commitments.is_none()) {
+        return Err(AuditError::Corrupt(format!(
+            "the private index gives entry {} for this case, but it carries no case \
+             commitment, as every entry of a case does: the index was altered; the trail cannot \
+             be trusted",
+            bare.index
+        )));
+    }
     let commitments: BTreeSet<&str> = found
         .iter()
         .filter_map(|f| f.leaf.commitments.as_ref().map(|c| c.case.as_str()))
@@ -279,6 +290,16 @@ fn check_case_index(
                 )));
             }
             (expected.clone(), CaseBinding::Bound)
+        }
+        // The key store keeps an erased case's record, zeroed: the case was logged, and its
+        // trail ends with its `erased` entry (unless that one is not yet signed).
+        CaseKey::Erased if !pending && !found.iter().any(|f| f.leaf.kind == Kind::Erased) => {
+            return Err(AuditError::Corrupt(
+                "the key store says this case was erased, but the private index gives no \
+                 `erased` entry for it: the index was altered (to hide the case, or to give \
+                 another case's entries for it); the trail cannot be trusted"
+                    .into(),
+            ));
         }
         CaseKey::Erased => match commitments.len() {
             0 => return Ok(Some(CaseBinding::Erased)),

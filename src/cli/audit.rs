@@ -351,9 +351,14 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
     }
     let since = since
         .map(|p| {
-            let note = read_at_most(p, MAX_CHECKPOINT)
-                .map(one_final_newline)
+            // What the file is, said from its beginning (a bundle is larger than a checkpoint);
+            // no more than a checkpoint's largest size and a byte is read.
+            let mut note = Vec::new();
+            std::fs::File::open(p)
+                .and_then(|file| file.take(MAX_CHECKPOINT + 1).read_to_end(&mut note))
                 .with_context(|| format!("reading {}", p.display()))?;
+            let whole = note.len() as u64 <= MAX_CHECKPOINT;
+            let note = one_final_newline(note);
             let first_line = note.split(|&b| b == b'\n').next().unwrap_or_default();
             if first_line == PROOF_HEADER.as_bytes() {
                 bail!(
@@ -375,6 +380,12 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
                     "{} is a JSON document (an evidence bundle?), not a checkpoint: give the \
                      checkpoint it holds (jq -j .checkpoint {} > checkpoint)",
                     p.display(),
+                    p.display()
+                );
+            }
+            if !whole {
+                bail!(
+                    "{} is larger than any checkpoint ({MAX_CHECKPOINT} bytes)",
                     p.display()
                 );
             }
