@@ -2,7 +2,9 @@
 //!
 //! Many errors already end with their cause's text (`cannot read the file x: No such file or
 //! directory`), and the cause then comes again as the error's source. Said once here, for the
-//! command line's errors and for the causes of failed webhook calls in the log.
+//! command line's errors and for the causes of failed webhook calls in the log. A sender's text
+//! quoted in an answer is cut short and escaped ([`quoted_cut`]), and a failed task is said
+//! without its panic's message ([`task_failure`]).
 
 /// Joins the texts of an error and its causes with `: `, leaving out a text that the line so
 /// far already ends with.
@@ -82,6 +84,17 @@ pub fn quoted_cut(text: &str, most: usize) -> String {
         shown.push('…');
     }
     shown
+}
+
+/// What became of a task that did not end with a value, said without its panic's message: that
+/// message is written by whatever code panicked, a library's among them, and may quote the
+/// data it was given, which no log may hold.
+pub fn task_failure(error: &tokio::task::JoinError) -> &'static str {
+    if error.is_panic() {
+        "the task panicked"
+    } else {
+        "the task was cancelled"
+    }
 }
 
 #[cfg(test)]

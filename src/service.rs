@@ -667,7 +667,10 @@ impl RunningGateway {
             Ok(Err(error)) => {
                 tracing::error!(%error, "the audit log could not sign its last checkpoint");
             }
-            Err(error) => tracing::error!(%error, "signing the audit log's last checkpoint"),
+            Err(error) => tracing::error!(
+                error = crate::error_text::task_failure(&error),
+                "signing the audit log's last checkpoint"
+            ),
         }
         // The last references go with the server's workers; wait for them briefly.
         for _ in 0..100 {

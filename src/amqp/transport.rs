@@ -316,7 +316,10 @@ impl AmqpTransport {
                         first_error.get_or_insert(why);
                     }
                     Err(join) => {
-                        first_error.get_or_insert(format!("an AMQP task failed: {join}"));
+                        first_error.get_or_insert(format!(
+                            "an AMQP task failed: {}",
+                            crate::error_text::task_failure(&join)
+                        ));
                     }
                 }
             }

@@ -76,7 +76,12 @@ pub async fn look_at_line(
         store.due_for(channel, now_ms, &skip, room, &turn, allowance)
     })
     .await
-    .map_err(|e| StoreError::Database(format!("the look at the outbox ended: {e}")))?
+    .map_err(|e| {
+        StoreError::Database(format!(
+            "the look at the outbox ended: {}",
+            crate::error_text::task_failure(&e)
+        ))
+    })?
 }
 
 /// Whether `log` refuses to record anything of `delivery`'s case, its key lost.
@@ -230,7 +235,10 @@ impl<K, T: Send + 'static> KeyedTasks<K, T> {
         let (id, output) = match done {
             Ok((id, output)) => (id, Some(output)),
             Err(error) => {
-                tracing::error!(panicked = error.is_panic(), "a delivery task failed");
+                tracing::error!(
+                    error = crate::error_text::task_failure(&error),
+                    "a delivery task failed"
+                );
                 (error.id(), None)
             }
         };

@@ -919,7 +919,7 @@ impl Gateway {
             settle(&log, &store, &record)
         })
         .await
-        .map_err(|e| unavailable(&e.to_string()))?
+        .map_err(|e| unavailable(crate::error_text::task_failure(&e)))?
         .map_err(|e| {
             tracing::error!(error = %e, "an unconfirmed message could not be settled");
             unavailable("an earlier attempt of this message is not settled yet")

@@ -490,7 +490,10 @@ async fn post_message(
         let outcome = actix_web::rt::spawn(ingest.in_current_span())
             .await
             .map_err(|e| {
-                tracing::error!(panicked = e.is_panic(), "the pipeline failed on a message");
+                tracing::error!(
+                    error = crate::error_text::task_failure(&e),
+                    "the pipeline failed on a message"
+                );
                 Problem::unavailable("the message could not be processed; send it again")
             })?;
         match outcome {
