@@ -672,9 +672,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn canonical_recipients_get_binary_mode() {
-        let event = json!({
+    /// A canonical event, as a recipient of the canonical model is written it.
+    fn boarding_event() -> Value {
+        json!({
             "specversion": "1.0",
             "id": "AT-DCS-20261120-0505-000112",
             "source": "urn:partner:airline.at",
@@ -684,7 +684,12 @@ mod tests {
             "datacontenttype": "application/json",
             "withheld": "data.vulnerabilities",
             "data": {"case_id": "RVA-2026-004211", "seat": "23C"}
-        });
+        })
+    }
+
+    #[test]
+    fn canonical_recipients_get_binary_mode() {
+        let event = boarding_event();
         let d = delivery(
             "application/cloudevents+json",
             serde_json::to_vec(&event).unwrap(),
@@ -717,16 +722,7 @@ mod tests {
 
     #[test]
     fn a_recipient_that_reads_structured_mode_gets_the_whole_event() {
-        let event = json!({
-            "specversion": "1.0",
-            "id": "AT-DCS-20261120-0505-000112",
-            "source": "urn:partner:airline.at",
-            "type": "ma.rva.boarding.confirmed",
-            "subject": "RVA-2026-004211",
-            "datacontenttype": "application/json",
-            "data": {"case_id": "RVA-2026-004211", "seat": "23C"}
-        });
-        let body = serde_json::to_vec(&event).unwrap();
+        let body = serde_json::to_vec(&boarding_event()).unwrap();
         let d = delivery("application/cloudevents+json", body.clone());
         let (sent, properties) = outbound_message(&d, CloudEventsMode::Structured, 0);
         assert_eq!(sent, body);

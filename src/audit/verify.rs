@@ -138,35 +138,26 @@ fn check_tile(
             continue;
         }
         let mut data = read(public, &rel, Some(first_entry(0)))?;
-        if i == 0 && of_full {
-            if data.len() as u64 != TILE_WIDTH * 32 {
-                return Err(fail(
-                    Some(first_entry((data.len() as u64 / 32).min(w))),
-                    &rel,
-                    format!(
-                        "tile has {} bytes, expected {} (cut short, or grown)",
-                        data.len(),
-                        TILE_WIDTH * 32
-                    ),
-                ));
-            }
-            data.truncate(w as usize * 32);
-        }
-        let got: Vec<Hash> = data
-            .chunks_exact(Hash::LEN)
-            .filter_map(Hash::from_slice)
-            .collect();
-        if data.len() as u64 != w * 32 {
+        // The full file standing for the partial one holds a whole tile, of which the first
+        // `w` hashes are checked.
+        let stands_in = i == 0 && of_full;
+        let file_width = if stands_in { TILE_WIDTH } else { w };
+        if data.len() as u64 != file_width * 32 {
             return Err(fail(
                 Some(first_entry((data.len() as u64 / 32).min(w))),
                 &rel,
                 format!(
                     "tile has {} bytes, expected {} (cut short, or grown)",
                     data.len(),
-                    w * 32
+                    file_width * 32
                 ),
             ));
         }
+        data.truncate(w as usize * 32);
+        let got: Vec<Hash> = data
+            .chunks_exact(Hash::LEN)
+            .filter_map(Hash::from_slice)
+            .collect();
         let want = expected.get(..w as usize).unwrap_or(expected);
         if let Some(j) = (0..w as usize).find(|&j| got.get(j) != want.get(j)) {
             let below = if level == 0 {
