@@ -710,6 +710,40 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
         dir.join("data/audit-log").display()
     );
 
+    // 4. The receipt the consulate got for its laissez-passer, and its inclusion proof, as an
+    // auditor reads them, to check that the entry the gateway acknowledged is in the log.
+    let (sender, event_id) = ("sn.consulat.casablanca", "CGSN-CASA-2026-00417");
+    let answer: serde_json::Value = auditor
+        .get(format!(
+            "{base}/v1/receipts/{event_id}?source=urn:partner:{sender}"
+        ))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let (Some(receipt), Some(proof)) = (answer["receipt"].as_str(), answer["proof"].as_str())
+    else {
+        bail!("the receipt of {event_id} came without its receipt or its proof: {answer}");
+    };
+    let receipt_path = dir.join(format!("receipt-{event_id}.txt"));
+    let proof_path = dir.join(format!("proof-{event_id}.txt"));
+    std::fs::write(&receipt_path, receipt)?;
+    std::fs::write(&proof_path, proof)?;
+    println!(
+        "\n4. The receipt of the laissez-passer {event_id} (log index {}), and its inclusion \
+         proof: {} and {}",
+        answer["log_index"],
+        receipt_path.display(),
+        proof_path.display()
+    );
+    println!(
+        "   Check them yourself:\n   passerelle audit verify-receipt {} --key '{}' --proof {}",
+        receipt_path.display(),
+        verifier.to_verifier_key(),
+        proof_path.display()
+    );
+
     gateway.shutdown().await?;
     dgsn.stop(true).await;
     airline.stop(true).await;
