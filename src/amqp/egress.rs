@@ -438,15 +438,15 @@ impl Egress {
                         next_ms = look.next_ms;
                         for delivery in look.taken {
                             in_flight.insert(delivery.id);
-                            if !self.is_amqp_recipient(&delivery.recipient) {
+                            let Some(mode) = self.cloudevents_mode(&delivery.recipient) else {
                                 let attempt = Attempt::Unsendable(
                                     crate::delivery::NOT_AN_AMQP_RECIPIENT.into(),
                                 );
                                 recording
                                     .spawn(delivery.id, self.clone().record(delivery, attempt));
                                 continue;
-                            }
-                            match self.publish(&channel, &delivery).await {
+                            };
+                            match self.publish(&channel, &delivery, mode).await {
                                 Ok(confirm) => {
                                     let number = confirms.published(delivery.id);
                                     let to_replace = to_replace.clone();
@@ -564,24 +564,17 @@ impl Egress {
         (self.in_flight / 2).max(1)
     }
 
-    fn is_amqp_recipient(&self, recipient: &str) -> bool {
-        self.gateway
-            .registry
-            .partner(recipient)
-            .and_then(|partner| partner.delivery.as_ref())
-            .is_some_and(DeliveryMode::is_amqp)
-    }
-
-    /// How the registry has a recipient's canonical events put in a message.
-    fn cloudevents_mode(&self, recipient: &str) -> CloudEventsMode {
+    /// How the registry has an AMQP recipient's canonical events put in a message; `None`
+    /// when the registry does not give the recipient AMQP delivery (any more).
+    fn cloudevents_mode(&self, recipient: &str) -> Option<CloudEventsMode> {
         match self
             .gateway
             .registry
             .partner(recipient)
             .and_then(|partner| partner.delivery.as_ref())
         {
-            Some(DeliveryMode::Amqp { cloudevents }) => *cloudevents,
-            _ => CloudEventsMode::default(),
+            Some(DeliveryMode::Amqp { cloudevents }) => Some(*cloudevents),
+            _ => None,
         }
     }
 
@@ -590,9 +583,9 @@ impl Egress {
         &self,
         channel: &Channel,
         delivery: &Delivery,
+        mode: CloudEventsMode,
     ) -> Result<PublisherConfirm, super::AmqpError> {
         let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-        let mode = self.cloudevents_mode(&delivery.recipient);
         let (body, properties) = outbound_message(delivery, mode, now);
         let publish = channel.basic_publish(
             OUTBOUND_EXCHANGE.into(),

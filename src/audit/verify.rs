@@ -64,21 +64,15 @@ const MAX_PUBLIC_FILE: u64 = super::files::MAX_ENTRY_BUNDLE;
 /// Reads a public file, refusing one larger than any the log writes: the folder may come from
 /// anywhere, and a huge file (or a link to an endless one) must not exhaust memory.
 fn read(public: &Path, rel: &str, index: Option<u64>) -> Result<Vec<u8>, Failure> {
-    use std::io::Read;
-    let cannot = |e: std::io::Error| fail(index, rel, format!("cannot read: {e}"));
-    let file = std::fs::File::open(public.join(rel)).map_err(cannot)?;
-    let mut data = Vec::new();
-    file.take(MAX_PUBLIC_FILE + 1)
-        .read_to_end(&mut data)
-        .map_err(cannot)?;
-    if data.len() as u64 > MAX_PUBLIC_FILE {
-        return Err(fail(
-            index,
-            rel,
-            format!("larger than any file of the log ({MAX_PUBLIC_FILE} bytes)"),
-        ));
-    }
-    Ok(data)
+    super::files::read_at_most(&public.join(rel), MAX_PUBLIC_FILE).map_err(|e| {
+        // `read_at_most` says a file too large as invalid data; a read says nothing else so.
+        let why = if e.kind() == std::io::ErrorKind::InvalidData {
+            format!("larger than any file of the log ({MAX_PUBLIC_FILE} bytes)")
+        } else {
+            format!("cannot read: {e}")
+        };
+        fail(index, rel, why)
+    })
 }
 
 /// The file that holds the first `width` hashes (or entries) of a tile: its partial file
