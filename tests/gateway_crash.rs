@@ -1,14 +1,18 @@
 //! `kill -9` under load: the gateway binary (`passerelle serve`) is killed while a dozen
 //! clients are sending, then started again on the same configuration and data. Every message
 //! that was answered `2xx` before the kill must be in the audit log (its receipt is served, with
-//! an inclusion proof that verifies offline once a checkpoint covers it) and in its recipient's
-//! inbox. Messages in flight at the kill may or may not have been accepted; none may appear
-//! twice.
+//! an inclusion proof that verifies offline once a checkpoint covers it) and delivered to each of
+//! its three recipients: once to each inbox (the ministry's and IOM Morocco's), and at least once
+//! to the DGSN's webhook, which may see again only the few pushes that were under way at the
+//! kill (a webhook drops repeats by event id). Messages in flight at the kill may or may not have
+//! been accepted; none may appear twice in an inbox.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
 
-use gateway_support::{Client, ORIGIN, RegistryChanges, ServedSetup, fixture_text, wait_for};
+use gateway_support::{
+    Client, ORIGIN, Receiver, RegistryChanges, ServedSetup, fixture_text, wait_for,
+};
 use passerelle::audit::merkle::{Hash, verify_inclusion};
 use passerelle::audit::{Checkpoint, NoteSigner, NoteVerifier, Receipt, TlogProof};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -39,7 +43,8 @@ struct Outcomes {
     accepted: Mutex<BTreeMap<String, Acked>>,
     /// Requests that got no answer (in flight at the kill).
     lost: AtomicUsize,
-    /// Answers other than `2xx` (there must be none).
+    /// Answers other than `2xx`, and requests that got no answer before the kill (there must be
+    /// none).
     other: Mutex<Vec<String>>,
 }
 
@@ -73,12 +78,18 @@ async fn sender(n: usize, gateway: SocketAddr, stop: Arc<AtomicBool>, out: Arc<O
                 reply.status,
                 reply.text()
             )),
+            // `stop` is set before the kill: an error seen before it is the gateway's own
+            // failure, not the kill's.
+            Err(e) if !stop.load(Ordering::SeqCst) => {
+                out.other
+                    .lock()
+                    .expect("outcomes")
+                    .push(format!("no answer before the kill: {e}"));
+                return;
+            }
             Err(_) => {
                 out.lost.fetch_add(1, Ordering::SeqCst);
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                return;
             }
         }
     }
@@ -152,8 +163,10 @@ async fn check_receipt(
 
 async fn scenario() {
     let started = Instant::now();
-    // The DGSN (a recipient of LPC notices) polls its inbox here, so that no webhook is tried.
-    let setup = ServedSetup::new(&RegistryChanges::new().inbox("ma.dgsn"));
+    // The three recipients of a laissez-passer: the ministry and IOM Morocco read their inboxes,
+    // the DGSN is pushed to its webhook.
+    let dgsn = Receiver::start_on_own_thread();
+    let setup = ServedSetup::new(&RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices")));
     let (addr, data) = (setup.addr, &setup.data);
     let mut gateway = setup.start("first.log", "warn").await;
 
@@ -175,7 +188,7 @@ async fn scenario() {
     let other = out.other.lock().unwrap().clone();
     assert!(
         other.is_empty(),
-        "answers other than 202 before the kill: {other:?}"
+        "answers other than 202, or none, before the kill: {other:?}"
     );
     assert!(
         accepted.len() >= 20,
@@ -241,37 +254,89 @@ async fn scenario() {
     }
     let receipts_checked = restarted.elapsed();
 
-    // Every 2xx'd message is in the ministry's inbox, once.
-    let ministry = Client::new("ma.interieur", addr);
-    let messages = ministry.inbox(500).await;
+    // Every 2xx'd message is in each inbox, once.
+    let mut inbox_messages = 0;
+    for partner in ["ma.interieur", "iom.ma"] {
+        inbox_messages += check_inbox(partner, addr, &accepted, lost).await;
+    }
+
+    // Every 2xx'd message reaches the DGSN's webhook; only pushes under way at the kill (at most
+    // `delivery.concurrency`, 16) may come again.
+    let pushed = |dgsn: &Receiver| -> BTreeMap<String, usize> {
+        let mut pushed = BTreeMap::new();
+        for r in dgsn.accepted() {
+            *pushed.entry(r.event_id).or_insert(0) += 1;
+        }
+        pushed
+    };
+    wait_for(
+        "every acknowledged message pushed to the DGSN",
+        Duration::from_secs(20),
+        async || {
+            let pushed = pushed(&dgsn);
+            accepted
+                .keys()
+                .all(|r| pushed.contains_key(r))
+                .then_some(())
+        },
+    )
+    .await;
+    let pushed = pushed(&dgsn);
+    let repeated = pushed.values().map(|n| n - 1).sum::<usize>();
+    assert!(
+        repeated <= 16,
+        "{repeated} pushes repeated after the restart: more than were under way at the kill"
+    );
+    assert!(
+        pushed.len() <= accepted.len() + lost,
+        "more events pushed ({}) than messages sent ({} + {lost})",
+        pushed.len(),
+        accepted.len()
+    );
+    eprintln!(
+        "after the restart: {} receipts checked ({reissued} issued again) in \
+         {receipts_checked:?}, {inbox_messages} inbox messages read, {} events pushed \
+         ({repeated} again); {:?} in all",
+        accepted.len(),
+        pushed.len(),
+        started.elapsed()
+    );
+    drop(gateway);
+}
+
+/// Checks that every acknowledged message is in `partner`'s inbox once, and that the inbox
+/// holds no more than was sent; returns how many messages it holds.
+async fn check_inbox(
+    partner: &str,
+    gateway: SocketAddr,
+    accepted: &BTreeMap<String, Acked>,
+    lost: usize,
+) -> usize {
+    let messages = Client::new(partner, gateway).inbox(500).await;
     let mut in_inbox = BTreeSet::new();
     for m in &messages {
         let id = m["event_id"].as_str().expect("an event id").to_owned();
         assert_eq!(m["event_type"], "ma.rva.lpc.issued");
-        assert!(in_inbox.insert(id.clone()), "{id} delivered twice");
+        assert!(
+            in_inbox.insert(id.clone()),
+            "{id} delivered twice to {partner}"
+        );
     }
     let missing: Vec<&String> = accepted.keys().filter(|r| !in_inbox.contains(*r)).collect();
     assert!(
         missing.is_empty(),
-        "{} of {} acknowledged messages are missing from the ministry's inbox: {:?}",
+        "{} of {} acknowledged messages are missing from {partner}'s inbox: {:?}",
         missing.len(),
         accepted.len(),
         &missing[..missing.len().min(10)]
     );
     assert!(
         in_inbox.len() <= accepted.len() + lost,
-        "more deliveries ({}) than messages sent ({} + {lost})",
+        "more deliveries to {partner} ({}) than messages sent ({} + {lost})",
         in_inbox.len(),
         accepted.len()
     );
-    eprintln!(
-        "after the restart: {} receipts checked ({reissued} issued again) in \
-         {receipts_checked:?}, {} inbox messages read; {:?} in all",
-        accepted.len(),
-        messages.len(),
-        started.elapsed()
-    );
-    drop(gateway);
+    messages.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

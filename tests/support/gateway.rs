@@ -210,11 +210,23 @@ impl ServedGateway {
         }
     }
 
-    /// `kill -9`, and reap it.
+    /// `kill -9`, and reap it; panics unless the gateway was still running and died of that signal (a
+    /// gateway that had already exited of itself would otherwise pass for one killed).
     pub fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            self.running(),
+            "the gateway exited before the kill:\n{}",
+            self.stderr()
+        );
+        self.signal(rustix::process::Signal::KILL);
         let status = self.child.wait().expect("reaping the gateway");
-        assert!(!status.success(), "killed, not exited: {status}");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "killed, not exited: {status}:\n{}",
+            self.stderr()
+        );
     }
 
     /// Sends it `signal`.
@@ -1029,6 +1041,25 @@ impl Receiver {
     pub fn start() -> Receiver {
         let mut receiver = Receiver::reserve();
         receiver.up();
+        receiver
+    }
+
+    /// A receiver that listens and accepts on an actix system of its own thread, for a test
+    /// that runs on a plain tokio runtime. It cannot be taken down ([`Receiver::down`] and
+    /// [`Receiver::up`] need the receiver's own system); it stops with the test's process.
+    pub fn start_on_own_thread() -> Receiver {
+        let (sender, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                sender
+                    .send(Receiver::start())
+                    .expect("the test waits for its receiver");
+                std::future::pending::<()>().await;
+            });
+        });
+        let mut receiver = started.recv().expect("the receiver's thread started it");
+        // Its server runs on the other thread's system: forget its handle.
+        receiver.server = None;
         receiver
     }
 
