@@ -1417,7 +1417,8 @@ async fn huge_headers() {
 /// AMQP client recursively, on a thread of its own: the gateway binary gives its threads a
 /// stack deep enough for it, so the message is dead-lettered like any malformed one, and the
 /// gateway goes on. (With the standard 2 MiB stack the gateway aborted on it, and again at
-/// each restart.)
+/// each restart.) The gateway logs at `trace`: none of the laissez-passer's personal data may
+/// appear in its log.
 #[actix_web::test]
 async fn a_deeply_nested_header_is_refused_not_a_crash() {
     tokio::time::timeout(Duration::from_secs(90), deeply_nested_header())
@@ -1444,7 +1445,7 @@ async fn deeply_nested_header() {
         path(&tls.key),
     ));
     std::fs::write(&setup.config, text).expect("the configuration");
-    let mut gateway = setup.start("gateway.log", "info").await;
+    let mut gateway = setup.start("gateway.log", "trace").await;
 
     let embassy = partner_connection(broker, VHOST, EMBASSY).await;
     let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
@@ -1490,6 +1491,24 @@ async fn deeply_nested_header() {
     embassy.close(200, "OK".into()).await.expect("close");
     admin.close(200, "OK".into()).await.expect("close");
     gateway.terminate();
+    // Nothing the laissez-passer says of its holder is logged, even at `trace`.
+    let log = gateway.stderr();
+    for personal in [
+        "KOUASSI",
+        "Aya",
+        "PRISCA",
+        "1999-07-21",
+        "CI2655120",
+        "PLCIV",
+        "9907216",
+    ] {
+        let found: Vec<&str> = log.lines().filter(|l| l.contains(personal)).collect();
+        assert!(
+            found.is_empty(),
+            "{personal} is logged:\n{}",
+            found.join("\n")
+        );
+    }
 }
 
 /// A full disk under the audit log: while the log cannot make a message durable, the

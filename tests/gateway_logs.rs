@@ -1,9 +1,11 @@
-//! The gateway's logs: the `passerelle serve` binary, at `RUST_LOG=debug`, is taken through an
+//! The gateway's logs: the `passerelle serve` binary, at `RUST_LOG=trace`, is taken through an
 //! acceptance, a duplicate, refusals (a value outside a code list, a DOCTYPE, an unregistered
 //! certificate), a recipient it cannot write for and a webhook that is down, then stopped
-//! gracefully (closing what it holds itself). Every line must be JSON; each message's lines
-//! carry its span (partner, transport, event id and type); and no personal value of the
-//! messages may appear anywhere.
+//! gracefully (closing what it holds itself). IOM Morocco's JSON (a vulnerable beneficiary, and
+//! a refused copy) and the airline's boarding notice whose barcode disagrees with its fields (an
+//! anomaly) take the JSON decoders' and the BCBP checks' paths too. Every line must be JSON;
+//! each message's lines carry its span (partner, transport, event id and type); and no personal
+//! value of the messages may appear anywhere.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
@@ -16,9 +18,19 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// What the consulate's laissez-passer says of its holder, and what a refused copy adds: none
-/// of it may be logged.
+/// What the messages say of the people they are about, and what the refused copies add: none of
+/// it may be logged.
 const PERSONAL: &[&str] = &[
+    // IOM Morocco's vulnerable beneficiary, and the vulnerability itself.
+    "KOUASSI",
+    "Aya",
+    "Prisca",
+    "1999-07-21",
+    "\"VOT\"",
+    "victim",
+    // The airline's passenger, as the barcode writes her name.
+    "MAMADOU LAMINE",
+    // The consulate's laissez-passer holder.
     "DIOP",
     "Mamadou",
     "MAMADOU",
@@ -64,7 +76,7 @@ async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
     .unwrap();
     let admin = Admin::new(SocketAddr::from(([127, 0, 0, 1], admin_port)));
     let log = dir.path().join("gateway.log");
-    let mut gateway = ServedGateway::spawn(&config, log.clone(), "debug");
+    let mut gateway = ServedGateway::spawn(&config, log.clone(), "trace");
     gateway.ready(&admin).await;
 
     let addr = SocketAddr::from(([127, 0, 0, 1], https));
@@ -93,6 +105,34 @@ async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
     assert_eq!(refused.status, 400, "{}", refused.text());
     let unknown = Client::new("unknown", addr);
     assert_eq!(unknown.send("application/xml", lpc).await.status, 403);
+    let iom_morocco = Client::new("iom.ma", addr);
+    let vulnerable = fixture_text("iom.ma", "in/case-registered-vulnerable.json");
+    let accepted = iom_morocco
+        .send("application/json", vulnerable.clone())
+        .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let refused = iom_morocco
+        .send(
+            "application/json",
+            vulnerable
+                .replace("IOM-MA-2026-10-30-91d0b4", "IOM-MA-2026-10-30-91d0b5")
+                .replace("\"female\"", "\"Atlantide\""),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let airline = Client::new("airline.at", addr);
+    let boarded = airline
+        .send(
+            "application/json",
+            fixture_text("airline.at", "in/passenger-boarded-bcbp-disagrees.json"),
+        )
+        .await;
+    assert_eq!(boarded.status, 202, "{}", boarded.text());
+    assert!(
+        boarded.text().contains("bcbp."),
+        "the barcode's disagreement is an anomaly: {}",
+        boarded.text()
+    );
     wait_for(
         "two attempts at IOM Morocco's endpoint",
         Duration::from_secs(10),
