@@ -518,10 +518,11 @@ async fn unroutable_mandatory_messages_are_returned() {
     connection.close(200, "OK".into()).await.expect("close");
 }
 
-/// The raw publish-with-confirm rate to a quorum queue (the benchmark's baseline), and the queue
-/// is empty afterwards.
+/// The raw publish-with-confirm probe (the AMQP benchmark's baseline) finds in its quorum queue
+/// every message the broker confirmed, and leaves the queue empty; a probe of a queue that does
+/// not exist fails rather than measuring messages that went nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn measures_the_raw_publish_confirm_rate() {
+async fn the_raw_publish_confirm_probe_counts_only_messages_the_queue_held() {
     const QUEUE: &str = "passerelle.test.probe";
     let broker = broker().await;
     let connection = admin_connection(broker, "test-probe").await;
@@ -534,7 +535,7 @@ async fn measures_the_raw_publish_confirm_rate() {
         .await
         .expect("measure");
     eprintln!("[rabbit] raw publish-confirm rate: {rate:.0} msg/s (1 KiB, 64 in flight)");
-    assert!(rate > 0.0);
+    assert!(rate.is_finite() && rate > 0.0, "{rate}");
     let queue = channel
         .queue_declare(
             QUEUE.into(),
@@ -547,6 +548,15 @@ async fn measures_the_raw_publish_confirm_rate() {
         .await
         .expect("passive declaration");
     assert_eq!(queue.message_count(), 0, "the probe purges its queue");
+    // Messages to a queue that does not exist are confirmed by the broker and dropped.
+    let lost = connection.create_channel().await.expect("open a channel");
+    let error = amqp::publish_confirm_rate(&lost, "passerelle.test.nowhere", &payload, 10, 4)
+        .await
+        .expect_err("a probe of no queue");
+    assert!(
+        error.to_string().contains("NOT_FOUND"),
+        "the probe of no queue fails at its purge: {error}"
+    );
     connection.close(200, "OK".into()).await.expect("close");
 }
 

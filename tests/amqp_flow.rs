@@ -1215,10 +1215,18 @@ async fn a_full_outbox_pauses_consumption() {
     // Two messages fill the outbox; the rest wait.
     let (embassy, channel, references) = gateway.fill_the_outbox(broker, VHOST, "BP", COUNT).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let taken = references.iter().filter(|r| gateway.accepted(r)).count();
+    let taken_count = || references.iter().filter(|r| gateway.accepted(r)).count();
+    let taken = taken_count();
     assert!(
         taken < COUNT,
         "the gateway kept consuming with a full outbox"
+    );
+    // Paused, not slow: nothing more is taken while the outbox stays full.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        taken_count(),
+        taken,
+        "the gateway took more messages with a full outbox"
     );
     assert!(gateway.running.gateway.store.pending_deliveries() >= 6);
     // The others wait in the queue (the consumer holds one, unprocessed).
@@ -1582,13 +1590,13 @@ async fn a_full_disk_holds_messages_rather_than_dead_lettering_them() {
         references.iter().all(|r| gateway.accepted(r)).then_some(())
     })
     .await;
-    let deliveries = gateway.deliveries();
     wait_for(
         "the message sent as the disk filled accepted",
         WAIT,
         async || gateway.accepted(&trigger).then_some(()),
     )
     .await;
+    let deliveries = gateway.deliveries();
     for reference in references.iter().chain([&first, &trigger]) {
         let made = deliveries
             .iter()

@@ -2233,12 +2233,13 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
     use tokio::io::AsyncReadExt;
     let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
         c.limits.bodies_in_flight = 1;
-        c.limits.body_read_secs = 1;
+        c.limits.body_read_secs = 2;
     })
     .await;
     let mut slow = stalled_body(&gateway, "sn.consulat.casablanca").await;
-    // The slow body has the only turn; the next message waits for it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The slow body has the only turn (its headers are read within the half second); the next
+    // message waits for it, a second and a half.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let reply = gateway
         .client("sn.consulat.casablanca")
@@ -2246,7 +2247,7 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
+        started.elapsed() >= Duration::from_secs(1),
         "accepted after {:?}, before the slow body's time was up",
         started.elapsed()
     );
@@ -2257,7 +2258,7 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
         .ok();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    assert!(answer.contains("did not arrive within 2 s"), "{answer}");
     gateway.stop().await;
 }
 
@@ -2426,7 +2427,8 @@ async fn a_partners_stalled_bodies_leave_room_for_the_others() {
     for _ in 0..2 {
         stalled.push(stalled_body(&gateway, "ma.dgsn").await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Their headers are read, and one of them holds its partner's turn, within the half second.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let reply = gateway
         .client("sn.consulat.casablanca")
@@ -2449,16 +2451,16 @@ async fn a_partners_stalled_bodies_leave_room_for_the_others() {
 async fn a_partners_messages_in_the_gateway_are_bounded() {
     let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
         c.limits.messages_in_flight = 4;
-        c.limits.body_read_secs = 1;
+        c.limits.body_read_secs = 2;
     })
     .await;
     let partner = "sn.consulat.casablanca";
-    // A partner holds half of the places.
+    // A partner holds half of the places (taken within the half second).
     let stalled = [
         stalled_body(&gateway, partner).await,
         stalled_body(&gateway, partner).await,
     ];
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let reply = gateway
         .client(partner)
@@ -2466,7 +2468,7 @@ async fn a_partners_messages_in_the_gateway_are_bounded() {
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
+        started.elapsed() >= Duration::from_secs(1),
         "accepted after {:?}, while the partner's places were all taken",
         started.elapsed()
     );
@@ -2808,7 +2810,7 @@ async fn a_crl_gone_stale_while_connected_refuses_the_open_connection() {
     std::fs::write(&other_crl, other.crl_until(long_ago)).expect("the other CA's stale CRL");
     let crl = pki_dir.path().join("crl.pem");
     // Whole seconds, as a CRL says its times; long enough for the start and a first message.
-    let stale_at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(8))
+    let stale_at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(12))
         .replace_nanosecond(0)
         .expect("a whole second");
     std::fs::write(&crl, pki::dev_crl_until(12, &["revoked"], stale_at)).expect("the CRL");
@@ -3356,7 +3358,7 @@ async fn a_dead_letter_whose_entry_is_owed_is_logged_at_the_next_start() {
 
 #[actix_web::test]
 async fn a_recipient_whose_endpoint_hangs_leaves_room_for_the_others() {
-    // The DGSN's endpoint takes connections and never answers: each call runs into the 5 s
+    // The DGSN's endpoint takes connections and never answers: each call runs into the 30 s
     // timeout. The ministry's answers at once. Four calls in flight at most, one a recipient.
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
     let hanging_url = format!(
@@ -3367,7 +3369,11 @@ async fn a_recipient_whose_endpoint_hangs_leaves_room_for_the_others() {
     let changes = RegistryChanges::new()
         .webhook("ma.dgsn", &hanging_url)
         .webhook("ma.interieur", &ministry.url("/notices"));
-    let gateway = TestGateway::start(&changes, |c| c.delivery.concurrency = 4).await;
+    let gateway = TestGateway::start(&changes, |c| {
+        c.delivery.concurrency = 4;
+        c.delivery.timeout_secs = 30;
+    })
+    .await;
     let consulate = gateway.client("sn.consulat.casablanca");
     let sent = Instant::now();
     for n in 0..6 {
@@ -3383,12 +3389,12 @@ async fn a_recipient_whose_endpoint_hangs_leaves_room_for_the_others() {
     // notices would wait for their timeouts.
     wait_for(
         "the ministry's six notices",
-        Duration::from_secs(4),
+        Duration::from_secs(20),
         async || (ministry.accepted().len() == 6).then_some(()),
     )
     .await;
     assert!(
-        sent.elapsed() < Duration::from_secs(4),
+        sent.elapsed() < Duration::from_secs(20),
         "{:?}",
         sent.elapsed()
     );

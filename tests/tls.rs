@@ -365,8 +365,9 @@ async fn a_stale_crl_refuses_every_client() {
     );
     refused_for_a_stale_crl(handshake(server, dev_client("iom.ma")).await.refused());
 
-    // Current for three more seconds.
-    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    // Current for six more seconds (five and a fraction: a CRL says its times in whole
+    // seconds), long enough for a configuration and a handshake on a busy machine.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(6);
     std::fs::write(&crl, dev_crl_until(soon)).unwrap();
     let (server, verifier) = tls::server_config_with_verifier(&server_files, None).unwrap();
     assert_eq!(
@@ -377,7 +378,7 @@ async fn a_stale_crl_refuses_every_client() {
     handshake(server.clone(), dev_client("iom.ma"))
         .await
         .accepted();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     refused_for_a_stale_crl(handshake(server, dev_client("iom.ma")).await.refused());
 }
 

@@ -476,6 +476,17 @@ pub enum AmqpError {
     /// The broker negatively acknowledged a published message, or confirms were not enabled.
     #[error("the broker did not confirm a message published to {0}")]
     NotConfirmed(String),
+    /// The broker confirmed messages that its queue then did not hold (the throughput probe
+    /// counts them when it purges the queue).
+    #[error("the broker confirmed {confirmed} messages published to {queue}, but it held {held}")]
+    ConfirmedNotHeld {
+        /// The queue.
+        queue: String,
+        /// How many were published and confirmed.
+        confirmed: usize,
+        /// How many the queue held.
+        held: usize,
+    },
     /// An operation on an open connection or channel failed.
     #[error("AMQP operation failed: {0}")]
     Broker(#[from] lapin::Error),

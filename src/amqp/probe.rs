@@ -31,11 +31,13 @@ pub async fn declare_probe_queue(channel: &Channel, queue: &str) -> Result<(), A
 ///
 /// The clock runs from the first publish to the last confirm. Publisher confirms are enabled on
 /// the channel (harmless if they already are). Afterwards the queue is purged, outside the
-/// measurement. A `count` of zero measures nothing and returns 0.
+/// measurement, and the purge must find every message: a rate of messages confirmed but not
+/// kept would be no baseline. A `count` of zero measures nothing and returns 0.
 ///
 /// `queue` should be a quorum queue ([`declare_probe_queue`]) with no consumer, and `channel`
 /// should carry nothing else meanwhile. Fails with [`AmqpError::NotConfirmed`] when the broker
-/// negatively acknowledges a message.
+/// negatively acknowledges a message, and with [`AmqpError::ConfirmedNotHeld`] when the queue
+/// held fewer messages than were confirmed (a queue that does not exist fails its purge).
 pub async fn publish_confirm_rate(
     channel: &Channel,
     queue: &str,
@@ -75,9 +77,17 @@ pub async fn publish_confirm_rate(
         check(confirm, queue).await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    channel
+    let held = channel
         .queue_purge(routing_key, QueuePurgeOptions::default())
         .await?;
+    let held = usize::try_from(held).unwrap_or(usize::MAX);
+    if held < count {
+        return Err(AmqpError::ConfirmedNotHeld {
+            queue: queue.to_owned(),
+            confirmed: count,
+            held,
+        });
+    }
     // A message count is far below 2^52: the conversion is exact.
     Ok(count as f64 / elapsed.max(f64::MIN_POSITIVE))
 }
