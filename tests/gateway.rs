@@ -2259,6 +2259,94 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("did not arrive within 2 s"), "{answer}");
+    // It is refused like any message that cannot be read: counted, and audited with a
+    // commitment to what came of it.
+    let labels = [
+        ("partner", "sn.consulat.casablanca"),
+        ("transport", "rest"),
+        ("outcome", "malformed"),
+    ];
+    assert_eq!(
+        gateway
+            .admin()
+            .metric("passerelle_messages_total", &labels)
+            .await,
+        1.0
+    );
+    refused_entries(&gateway, "sn.consulat.casablanca", "malformed", 1).await;
+    gateway.stop().await;
+}
+
+/// Waits for `count` `rejected` audit entries of `sender`'s messages for `reason`.
+async fn refused_entries(gateway: &TestGateway, sender: &str, reason: &str, count: usize) {
+    wait_for("the refusals' audit entries", WAIT, async || {
+        let found = gateway
+            .running
+            .gateway
+            .log
+            .search(&Query::Case(format!("refused/{sender}")))
+            .expect("the log is searchable")
+            .into_iter()
+            .filter(|found| {
+                found.leaf.kind == Kind::Rejected && found.leaf.reason.as_deref() == Some(reason)
+            })
+            .count();
+        (found == count).then_some(())
+    })
+    .await;
+}
+
+/// A message whose turn to have its body read does not come within twice the body time limit
+/// is answered `503` with `Retry-After`, and counted `unavailable` (not audited: nothing of it
+/// was read). Here its partner's only turn is held by three stalled bodies in a row, a second
+/// each.
+#[actix_web::test]
+async fn a_message_whose_turn_does_not_come_is_answered_503_and_counted() {
+    use tokio::io::AsyncReadExt;
+    let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
+        c.limits.bodies_in_flight = 2;
+        c.limits.body_read_secs = 1;
+    })
+    .await;
+    let partner = "sn.consulat.casablanca";
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(stalled_body(&gateway, partner).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = gateway
+        .client(partner)
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00979"))
+        .await;
+    let problem = reply.problem(503, "unavailable");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("this one's turn did not come within 2 s")),
+        "{problem}"
+    );
+    assert!(reply.header("retry-after").is_some(), "{problem}");
+    for mut slow in stalled {
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, slow.read_to_end(&mut answer))
+            .await
+            .expect("the slow client is answered")
+            .ok();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    let admin = gateway.admin();
+    let count = async |outcome: &str| {
+        let labels = [
+            ("partner", partner),
+            ("transport", "rest"),
+            ("outcome", outcome),
+        ];
+        admin.metric("passerelle_messages_total", &labels).await
+    };
+    assert_eq!(count("unavailable").await, 1.0);
+    assert_eq!(count("malformed").await, 3.0);
+    refused_entries(&gateway, partner, "malformed", 3).await;
     gateway.stop().await;
 }
 

@@ -1287,15 +1287,28 @@ impl Gateway {
     /// know one eighth between them, so that one client sending its bodies slowly (or many
     /// such connections) cannot stop every other partner's messages. The wait is bounded by
     /// twice [`Limits::body_read_secs`]; `None` when it ran out (or the gateway is stopping).
+    /// A wait that runs out is counted as a REST message of `sender`'s refused `unavailable`
+    /// (it is not audited: nothing of the message was read).
     pub async fn body_permit(&self, sender: &str) -> Option<SharePermit> {
-        self.bodies.acquire(sender, self.permit_wait()).await
+        let permit = self.bodies.acquire(sender, self.permit_wait()).await;
+        self.count_no_turn(sender, permit.is_none());
+        permit
     }
 
     /// Waits for a permit to bring one REST message of `sender`'s into the gateway, to be held
     /// until it is answered and its processing is over (see [`Limits::messages_in_flight`]).
-    /// Shared and bounded in time like [`Gateway::body_permit`].
+    /// Shared, bounded in time and counted like [`Gateway::body_permit`].
     pub async fn message_permit(&self, sender: &str) -> Option<SharePermit> {
-        self.messages.acquire(sender, self.permit_wait()).await
+        let permit = self.messages.acquire(sender, self.permit_wait()).await;
+        self.count_no_turn(sender, permit.is_none());
+        permit
+    }
+
+    fn count_no_turn(&self, sender: &str, refused: bool) {
+        if refused {
+            self.metrics
+                .message(sender, transport_name(Transport::Rest), "unavailable");
+        }
     }
 
     /// How long a request waits for a permit before it is answered `503`.

@@ -174,10 +174,13 @@ async fn refuse_unregistered(
         Ok(place) => place,
         Err(busy) => return busy,
     };
-    // A body announced over the limit is not waited for: the refusal commits to no bytes.
+    // A body announced over the limit is not waited for: the refusal commits to no bytes. One
+    // that could not be read is refused for its certificate all the same, committing to what
+    // came of it.
     let body = match read_body(req, gateway, UNREGISTERED, payload).await {
-        Ok(body) => body.unwrap_or_default(),
-        Err(unreadable) => return unreadable,
+        Ok(Body::Read(body) | Body::Unreadable { read: body, .. }) => body,
+        Ok(Body::AnnouncedOverLimit) => Vec::new(),
+        Err(busy) => return busy,
     };
     let why = problem.detail.clone();
     let refusal = gateway
@@ -220,54 +223,72 @@ async fn message_permit(gateway: &Gateway, sender: &str) -> Result<SharePermit, 
 }
 
 /// The answer to a request whose turn (for a place, for its body to be read) did not come
-/// within [`Gateway::permit_wait`]: `too many <what>`.
+/// within [`Gateway::permit_wait`]: `too many <what>`. The gateway counted it (`unavailable`);
+/// it is logged here like the pipeline's refusals, inside the message's span.
 fn no_turn(gateway: &Gateway, what: &str) -> Problem {
+    tracing::info!(outcome = "unavailable", what, "message refused: its turn did not come");
     Problem::unavailable(format!(
         "too many {what}; this one's turn did not come within {} s, send it again",
         gateway.permit_wait().as_secs()
     ))
 }
 
+/// A request's body, as [`read_body`] found it.
+enum Body {
+    /// Read whole, or up to one byte past the size limit.
+    Read(Vec<u8>),
+    /// The request's `Content-Length` announces a body over the limit: it is neither waited
+    /// for nor given a turn, and its refusal commits to no bytes.
+    AnnouncedOverLimit,
+    /// The body did not arrive in time, or its connection or transfer coding failed: refused
+    /// `400` by the pipeline (counted and audited like any message that cannot be read),
+    /// committing to what came of it.
+    Unreadable {
+        /// What came of it.
+        read: Vec<u8>,
+        /// Why, in the sender's terms.
+        why: String,
+    },
+}
+
 /// Reads the body, up to one byte past the size limit: a larger body is refused by the
 /// pipeline (and audited) without being read to its end. Bodies are read a bounded number at
 /// a time, each within a time limit (see [`crate::pipeline::Limits`]), so that clients
 /// sending slowly cannot make the gateway hold more than that many bodies; one that does not
-/// arrive in time is answered `400`. `sender` (a partner id, or [`UNREGISTERED`]) reads within
-/// its share of them; a request that waits for its turn longer than twice the time limit is
-/// answered `503`.
-///
-/// `None` when the request's `Content-Length` announces a body over the limit: it is neither
-/// waited for nor given a turn, and the refusal commits to no bytes.
+/// arrive in time is [`Body::Unreadable`]. `sender` (a partner id, or [`UNREGISTERED`]) reads
+/// within its share of them; a request that waits for its turn longer than twice the time
+/// limit is answered `503`.
 async fn read_body(
     req: &HttpRequest,
     gateway: &Gateway,
     sender: &str,
     mut payload: web::Payload,
-) -> Result<Option<Vec<u8>>, Problem> {
+) -> Result<Body, Problem> {
     let limits = gateway.limits();
     let (limit, seconds) = (limits.max_body_bytes, limits.body_read_secs);
     if declared_over_limit(req, limit) {
-        return Ok(None);
+        return Ok(Body::AnnouncedOverLimit);
     }
     let _permit = gateway
         .body_permit(sender)
         .await
         .ok_or_else(|| no_turn(gateway, "request bodies are being read"))?;
+    let mut body = Vec::with_capacity(declared_length(req).unwrap_or(0).min(limit + 1));
     let read = async {
-        let mut body = Vec::with_capacity(declared_length(req).unwrap_or(0).min(limit + 1));
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| Problem::bad_request(body_error(&e)))?;
-            append_within(&mut body, &chunk, limit);
+            append_within(&mut body, &chunk.map_err(|e| body_error(&e))?, limit);
             if body.len() > limit {
                 break;
             }
         }
-        Ok(body)
+        Ok(())
     };
-    tokio::time::timeout(Duration::from_secs(seconds.max(1)), read)
-        .await
-        .map_err(|_| Problem::bad_request(format!("the body did not arrive within {seconds} s")))?
-        .map(Some)
+    let why = match tokio::time::timeout(Duration::from_secs(seconds.max(1)), read).await {
+        Ok(Ok(())) => return Ok(Body::Read(body)),
+        Ok(Err(why)) => why,
+        Err(_) => format!("the body did not arrive within {seconds} s"),
+    };
+    Ok(Body::Unreadable { read: body, why })
 }
 
 /// What was wrong with a body that could not be read, in the sender's terms.
@@ -463,11 +484,12 @@ async fn post_message(
         // audits the refusal, like any other, committing to the bytes read (none, in the first
         // case).
         let (body, content) = match read_body(&req, &gateway, &caller.0.id, payload).await? {
-            Some(body) => (body, content_of(&req)),
-            None => {
+            Body::Read(body) => (body, content_of(&req)),
+            Body::AnnouncedOverLimit => {
                 let limit = gateway.limits().max_body_bytes;
                 (Vec::new(), Content::Unreadable(Refusal::TooLarge { limit }))
             }
+            Body::Unreadable { read, why } => (read, Content::Unreadable(Refusal::Malformed(why))),
         };
         let partner = caller.0.id.clone();
         let ingest = {
