@@ -28,7 +28,7 @@ pub struct DeliveryLabels {
     pub recipient: String,
     /// `inbox`, `webhook` or `amqp`.
     pub channel: &'static str,
-    /// `delivered`, `acknowledged`, `retry` or `dead`.
+    /// `delivered`, `acknowledged`, `retry`, `dead` or `discarded`.
     pub outcome: &'static str,
 }
 

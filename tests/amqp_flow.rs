@@ -1473,7 +1473,7 @@ async fn deeply_nested_header() {
         assert!(gateway.running(), "{}", gateway.stderr());
         gateway
             .stderr()
-            .contains("AMQP message refused")
+            .contains("message refused; dead-lettering it")
             .then_some(())
     })
     .await;

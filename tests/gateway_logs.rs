@@ -133,6 +133,16 @@ async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
         "the barcode's disagreement is an anomaly: {}",
         boarded.text()
     );
+    // The ministry reads its inbox and acknowledges the laissez-passer.
+    let ministry = Client::new("ma.interieur", addr);
+    let inbox = ministry.inbox(100).await;
+    let lpc_delivery = inbox
+        .iter()
+        .find(|m| m["event_id"] == "CGSN-CASA-2026-00417")
+        .expect("the laissez-passer in the ministry's inbox");
+    ministry
+        .ack(lpc_delivery["id"].as_u64().expect("an id"))
+        .await;
     wait_for(
         "two attempts at IOM Morocco's endpoint",
         Duration::from_secs(10),
@@ -211,6 +221,31 @@ async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
             .as_str()
             .is_some_and(|e| e.starts_with("webhook.")),
         "{attempt}"
+    );
+    // Each inbox step is a line, naming the message by its source, id and type.
+    for outcome in ["delivered", "acknowledged"] {
+        let step = lines
+            .iter()
+            .find(|l| {
+                message(l) == "delivery attempt"
+                    && l["fields"]["channel"] == "inbox"
+                    && l["fields"]["outcome"] == outcome
+                    && l["fields"]["event_id"] == "CGSN-CASA-2026-00417"
+            })
+            .unwrap_or_else(|| panic!("the inbox delivery {outcome} is logged"));
+        assert_eq!(step["fields"]["recipient"], "ma.interieur");
+        assert_eq!(
+            step["fields"]["source"],
+            "urn:partner:sn.consulat.casablanca"
+        );
+        assert_eq!(step["fields"]["event_type"], "ma.rva.lpc.issued");
+    }
+    // A refusal names the field at fault (its name, not its value).
+    assert!(
+        lines.iter().any(|l| message(l) == "message refused"
+            && l["fields"]["outcome"] == "unprocessable"
+            && l["fields"]["path"] == "holder.nationality"),
+        "the refusal names its field"
     );
     for refusal in ["unprocessable", "malformed", "forbidden"] {
         assert!(

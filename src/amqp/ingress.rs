@@ -130,11 +130,7 @@ impl DeadLetter {
         DeadLetter {
             code: refusal.code(),
             detail: refusal.to_string(),
-            path: match refusal {
-                Refusal::Unprocessable { path, .. } => path.clone(),
-                Refusal::CaseErased => Some("/subject".into()),
-                _ => None,
-            },
+            path: refusal.path().map(str::to_owned),
         }
     }
 
@@ -766,11 +762,13 @@ impl Ingress {
                 }
             }
             Settle::DeadLetter(why) => {
-                tracing::warn!(
+                // As a REST refusal is logged: the sender's fault, an INFO line.
+                tracing::info!(
                     partner,
                     message_id = %message_id,
-                    reason = why.code,
-                    "AMQP message refused; dead-lettering it"
+                    outcome = why.code,
+                    path = why.path.as_deref(),
+                    "message refused; dead-lettering it"
                 );
                 self.dead_letter(partner, delivery, &why).await;
             }

@@ -443,10 +443,45 @@ async fn bury(gateway: &Gateway, delivery: &Delivery, code: &str) -> anyhow::Res
             },
         )
         .await?;
-    gateway
-        .metrics
-        .delivery(&dead.recipient, delivery.channel.name(), "dead");
+    delivery_step(&gateway.metrics, &dead, "dead");
     Ok(true)
+}
+
+/// Counts one step of a delivery (`delivered`, `acknowledged`, `retry`, `dead`, `discarded`)
+/// and logs it, together, once the store holds it (`delivery` as it now stands). The line
+/// names the delivery's message by its source and event id (the pair that names a message:
+/// two senders may use the same reference) and its type. A dead letter is a WARN line (an
+/// operator must act); every other step an INFO line, `delivery attempt` for the channel's
+/// own steps.
+pub fn delivery_step(
+    metrics: &crate::metrics::Metrics,
+    delivery: &Delivery,
+    outcome: &'static str,
+) {
+    let d = delivery;
+    let channel = d.channel.name();
+    metrics.delivery(&d.recipient, channel, outcome);
+    // The record keeps the last failure's code; a step that is no failure had none.
+    let error = match outcome {
+        "retry" | "dead" => d.last_error.as_deref().unwrap_or_default(),
+        _ => "",
+    };
+    match outcome {
+        "dead" => tracing::warn!(
+            delivery = d.id, channel, recipient = %d.recipient, source = %d.source,
+            event_id = %d.event_id, event_type = %d.event_type, outcome, error,
+            attempts = d.attempts, "delivery dead-lettered"
+        ),
+        "discarded" => tracing::info!(
+            delivery = d.id, channel, recipient = %d.recipient, source = %d.source,
+            event_id = %d.event_id, event_type = %d.event_type, outcome, "dead letter discarded"
+        ),
+        _ => tracing::info!(
+            delivery = d.id, channel, recipient = %d.recipient, source = %d.source,
+            event_id = %d.event_id, event_type = %d.event_type, outcome, error,
+            attempts = d.attempts, "delivery attempt"
+        ),
+    }
 }
 
 /// Records a push attempt: audits it first (so that the evidence is never behind the
@@ -518,16 +553,9 @@ pub async fn record_attempt(
     }
     match gateway.store.update(delivery.id, update).await {
         Ok(d) => {
-            gateway.metrics.delivery(&d.recipient, channel, label);
-            if label == "dead" {
-                // Given up: an operator must act (`deliveries dead`, then a redelivery).
-                tracing::warn!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = d.last_error.as_deref().unwrap_or_default(), attempts = d.attempts, "delivery dead-lettered");
-            } else if label == "delivered" {
-                // The record keeps the last failure's code; this attempt had none.
-                tracing::info!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, attempts = d.attempts, "delivery attempt");
-            } else {
-                tracing::info!(delivery = d.id, channel, recipient = %d.recipient, event_id = %d.event_id, outcome = label, error = d.last_error.as_deref().unwrap_or_default(), attempts = d.attempts, "delivery attempt");
-            }
+            // A dead letter is a WARN line: an operator must act (`deliveries dead`, then a
+            // redelivery).
+            delivery_step(&gateway.metrics, &d, label);
             Some(d)
         }
         Err(error) => {
@@ -603,10 +631,7 @@ pub async fn discard(gateway: &Gateway, id: u64) -> Result<Delivery, DeadLetterE
     let dead = gateway.store.discardable(id)?;
     audit_operator_change(gateway, &dead, Kind::Discarded).await?;
     let gone = gateway.store.update(id, DeliveryUpdate::Discard).await?;
-    gateway
-        .metrics
-        .delivery(&gone.recipient, gone.channel.name(), "discarded");
-    tracing::info!(delivery = gone.id, recipient = %gone.recipient, "dead letter discarded");
+    delivery_step(&gateway.metrics, &gone, "discarded");
     Ok(gone)
 }
 

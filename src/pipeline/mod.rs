@@ -231,6 +231,17 @@ impl Refusal {
         }
     }
 
+    /// Where in the message the refusal lies, when it is known: a canonical field (dotted,
+    /// below `data`), a JSON Pointer, or `/subject` for a case erased. A field's name, never
+    /// its value: the transports may log it.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Refusal::Unprocessable { path, .. } => path.as_deref(),
+            Refusal::CaseErased => Some("/subject"),
+            _ => None,
+        }
+    }
+
     /// Whether the same message may succeed later (rate limit, durability), so that a
     /// transport should ask for it again rather than dead-letter it.
     pub fn is_transient(&self) -> bool {

@@ -131,8 +131,9 @@ impl From<Refusal> for Problem {
                 "Unsupported media type",
                 detail,
             ),
-            Refusal::Unprocessable { path, .. } => unprocessable(detail, path),
-            Refusal::CaseErased => unprocessable(detail, Some("/subject".into())),
+            Refusal::Unprocessable { .. } | Refusal::CaseErased => {
+                unprocessable(detail, refusal.path().map(str::to_owned))
+            }
             Refusal::RateLimited { retry_after, .. } => {
                 let mut p = Problem::new(
                     StatusCode::TOO_MANY_REQUESTS,

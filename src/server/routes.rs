@@ -226,7 +226,11 @@ async fn message_permit(gateway: &Gateway, sender: &str) -> Result<SharePermit, 
 /// within [`Gateway::permit_wait`]: `too many <what>`. The gateway counted it (`unavailable`);
 /// it is logged here like the pipeline's refusals, inside the message's span.
 fn no_turn(gateway: &Gateway, what: &str) -> Problem {
-    tracing::info!(outcome = "unavailable", what, "message refused: its turn did not come");
+    tracing::info!(
+        outcome = "unavailable",
+        what,
+        "message refused: its turn did not come"
+    );
     Problem::unavailable(format!(
         "too many {what}; this one's turn did not come within {} s, send it again",
         gateway.permit_wait().as_secs()
@@ -534,7 +538,11 @@ async fn post_message(
                 if refusal.code() == RATE_LIMITED {
                     tracing::debug!(outcome = refusal.code(), "message refused");
                 } else {
-                    tracing::info!(outcome = refusal.code(), "message refused");
+                    tracing::info!(
+                        outcome = refusal.code(),
+                        path = refusal.path(),
+                        "message refused"
+                    );
                 }
                 Err(refusal.into())
             }
@@ -732,11 +740,9 @@ async fn get_inbox(
             .map(|d| gateway.store.update(d.id, DeliveryUpdate::Delivered)),
     )
     .await;
-    for (d, recorded) in to_record.iter().zip(recorded) {
-        recorded.map_err(|e| Problem::unavailable(e.to_string()))?;
-        gateway
-            .metrics
-            .delivery(&d.recipient, Channel::Inbox.name(), "delivered");
+    for recorded in recorded {
+        let delivered = recorded.map_err(|e| Problem::unavailable(e.to_string()))?;
+        crate::delivery::delivery_step(&gateway.metrics, &delivered, "delivered");
     }
     if failure.is_some() {
         // The audit log could not record the delivery (its error is logged where it failed).
@@ -827,14 +833,12 @@ async fn record_acknowledgement(gateway: &Gateway, delivery: &Delivery) -> Resul
                  again",
             )
         })?;
-    gateway
+    let acknowledged = gateway
         .store
         .update(delivery.id, DeliveryUpdate::Acknowledged)
         .await
         .map_err(|e| Problem::unavailable(e.to_string()))?;
-    gateway
-        .metrics
-        .delivery(&delivery.recipient, Channel::Inbox.name(), "acknowledged");
+    crate::delivery::delivery_step(&gateway.metrics, &acknowledged, "acknowledged");
     Ok(())
 }
 
