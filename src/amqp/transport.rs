@@ -32,7 +32,7 @@ use super::backpressure::Backpressure;
 use super::connection::{AmqpError, AmqpSettings, connect_with_backoff, publisher_channel};
 use super::egress::Egress;
 use super::ingress::Ingress;
-use super::topology::Topology;
+use super::topology::{Topology, partner_user};
 use crate::delivery::RetryPolicy;
 use crate::pipeline::Gateway;
 use crate::registry::{Delivery as DeliveryMode, Registry};
@@ -90,11 +90,31 @@ pub fn check_settings(settings: &AmqpSettings, registry: &Registry) -> Result<To
             )));
         }
     }
-    let receivers = registry
+    let receivers: Vec<String> = registry
         .partners()
         .filter(|partner| partner.delivery.as_ref().is_some_and(DeliveryMode::is_amqp))
-        .map(|partner| partner.id.clone());
-    Topology::new(receivers.chain(settings.senders.iter().cloned()))
+        .map(|partner| partner.id.clone())
+        .collect();
+    // The broker names a partner by the first URI name of its certificate, and the gateway
+    // knows its AMQP partners by `urn:partner:<id>` (their queues' permissions, the `user_id`
+    // of their messages): an entry that gives its partner another identity could neither
+    // publish nor read there.
+    for id in receivers.iter().chain(&settings.senders) {
+        let identity = registry.partner(id).map(|p| p.identity());
+        if let Some(identity) = identity.filter(|identity| *identity != partner_user(id)) {
+            return Err(AmqpError::Settings(format!(
+                "partner {id} sends or receives over AMQP, where its broker user (the first URI \
+                 name of its certificate) must be {}; its registry entry gives it the identity \
+                 {identity}: give it that one, or have it use HTTPS",
+                partner_user(id)
+            )));
+        }
+    }
+    Topology::new(
+        receivers
+            .into_iter()
+            .chain(settings.senders.iter().cloned()),
+    )
 }
 
 impl AmqpTransport {
@@ -400,6 +420,47 @@ async fn sleep_or_shutdown(wait: Duration, shutdown: &mut watch::Receiver<bool>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical::Catalogue;
+    use crate::mapping::MappingSet;
+    use std::path::Path;
+
+    /// The sample registry, with `change` made to its text.
+    fn registry(change: impl FnOnce(String) -> String) -> Registry {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        let text = std::fs::read_to_string(root.join("config/registry.toml")).unwrap();
+        Registry::parse(&change(text), &catalogue, &mappings).unwrap()
+    }
+
+    #[test]
+    fn an_amqp_partner_must_be_known_by_its_broker_user() {
+        let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/dev");
+        let settings = AmqpSettings {
+            senders: vec!["airline.at".into()],
+            tls: Some(crate::tls::dev::files(&dev, "gateway-client")),
+            ..AmqpSettings::default()
+        };
+        check_settings(&settings, &registry(|text| text)).unwrap();
+        // A sender over AMQP (the airline), and a recipient (the embassy), given another
+        // identity.
+        for (partner, after) in [
+            ("airline.at", "id = \"airline.at\"\n"),
+            ("ci.ambassade.rabat", "id = \"ci.ambassade.rabat\"\n"),
+        ] {
+            let registry = registry(|text| {
+                text.replacen(after, &format!("{after}identity = \"urn:x:other\"\n"), 1)
+            });
+            assert_eq!(registry.partner(partner).unwrap().identity(), "urn:x:other");
+            let error = check_settings(&settings, &registry).unwrap_err();
+            assert!(
+                error.to_string().contains(&format!(
+                    "partner {partner} sends or receives over AMQP, where its broker user"
+                )) && error.to_string().contains("urn:x:other"),
+                "{error}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_setup_step_that_never_ends_fails_with_its_name() {
