@@ -496,34 +496,78 @@ mod tests {
         }
     }
 
+    /// A tree of the leaves `contents` (each hashed as a leaf).
+    fn tree_of(contents: &[Vec<u8>]) -> (MemoryTree, Vec<Hash>) {
+        let mut t = MemoryTree::new();
+        let leaves: Vec<Hash> = contents.iter().map(|c| leaf_hash(c)).collect();
+        for leaf in &leaves {
+            t.push(*leaf);
+        }
+        (t, leaves)
+    }
+
+    /// `hash` with one bit flipped, chosen by `seed`.
+    fn flipped(hash: &Hash, seed: u64) -> Hash {
+        let mut bad = *hash;
+        bad.0[(seed % 32) as usize] ^= 1 << ((seed / 32) % 8);
+        bad
+    }
+
     proptest! {
         #[test]
-        fn inclusion_round_trips(n in 1u64..300, seed in any::<u64>()) {
-            let (t, leaves) = tree(n);
+        fn inclusion_round_trips(
+            contents in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..300),
+            seed in any::<u64>(),
+        ) {
+            let (t, leaves) = tree_of(&contents);
+            let n = leaves.len() as u64;
             let i = seed % n;
+            let leaf = &leaves[i as usize];
             let root = t.root(n).unwrap();
             let proof = inclusion_proof(&t, i, n).unwrap();
-            prop_assert!(verify_inclusion(i, n, &leaves[i as usize], &proof, &root).is_ok());
+            prop_assert!(verify_inclusion(i, n, leaf, &proof, &root).is_ok());
             // The wrong leaf, index or root never verifies.
-            let other = leaf_hash(b"other");
-            prop_assert!(verify_inclusion(i, n, &other, &proof, &root).is_err());
-            if n > 1 {
+            prop_assert!(verify_inclusion(i, n, &flipped(leaf, seed), &proof, &root).is_err());
+            prop_assert!(verify_inclusion(i, n, leaf, &proof, &flipped(&root, seed)).is_err());
+            if n > 1 && leaves[((i + 1) % n) as usize] != *leaf {
                 let j = (i + 1) % n;
-                prop_assert!(verify_inclusion(j, n, &leaves[i as usize], &proof, &root).is_err());
+                prop_assert!(verify_inclusion(j, n, leaf, &proof, &root).is_err());
             }
+            // Nor does a proof with any one of its hashes changed, or one hash short or more.
+            if !proof.is_empty() {
+                let k = (seed % proof.len() as u64) as usize;
+                let mut bad = proof.clone();
+                bad[k] = flipped(&bad[k], seed / 7);
+                prop_assert!(verify_inclusion(i, n, leaf, &bad, &root).is_err());
+                prop_assert!(verify_inclusion(i, n, leaf, &proof[1..], &root).is_err());
+            }
+            let mut longer = proof.clone();
+            longer.push(root);
+            prop_assert!(verify_inclusion(i, n, leaf, &longer, &root).is_err());
         }
 
         #[test]
-        fn consistency_round_trips(n in 1u64..300, seed in any::<u64>()) {
-            let (t, _) = tree(n);
+        fn consistency_round_trips(
+            contents in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..300),
+            seed in any::<u64>(),
+        ) {
+            let (t, leaves) = tree_of(&contents);
+            let n = leaves.len() as u64;
             let m = seed % n + 1;
             let proof = consistency_proof(&t, m, n).unwrap();
             let (r1, r2) = (t.root(m).unwrap(), t.root(n).unwrap());
             prop_assert!(verify_consistency(m, n, &r1.0, &r2.0, &proof).is_ok());
-            if m < n {
-                prop_assert!(verify_consistency(m, n, &r2.0, &r2.0, &proof).is_err());
+            // The wrong old or new root never verifies, nor a proof with one hash changed.
+            prop_assert!(
+                verify_consistency(m, n, &flipped(&r1, seed).0, &r2.0, &proof).is_err()
+            );
+            prop_assert!(
+                verify_consistency(m, n, &r1.0, &flipped(&r2, seed).0, &proof).is_err()
+            );
+            if !proof.is_empty() {
+                let k = (seed % proof.len() as u64) as usize;
                 let mut bad = proof.clone();
-                bad[0].0[0] ^= 1;
+                bad[k] = flipped(&bad[k], seed / 7);
                 prop_assert!(verify_consistency(m, n, &r1.0, &r2.0, &bad).is_err());
             }
         }
