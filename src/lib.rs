@@ -3,7 +3,7 @@
 //! The crate is organised along the path a message takes. Each module owns one thing:
 #![forbid(unsafe_code)]
 
-pub mod amqp; // the AMQP transport: broker connection, queue topology, publish-confirm probe
+pub mod amqp; // the AMQP transport: connection, topology, ingress, confirmed egress
 pub mod audit; // the signed, tamper-evident audit log (C2SP tlog-tiles)
 pub mod canonical; // the canonical model: CloudEvents envelope, catalogue, schemas, JCS
 pub mod config; // the gateway's configuration file and its defaults

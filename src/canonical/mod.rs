@@ -9,7 +9,7 @@ pub mod jcs;
 pub mod schema;
 pub mod text;
 
-pub use catalogue::{Catalogue, TYPE_PREFIX, type_name};
+pub use catalogue::{Catalogue, CatalogueError, RoutedRecipient, TYPE_PREFIX, type_name};
 pub use schema::{SchemaSet, Violation};
 
 /// Whether `id` is a programme case id as the canonical schema writes it, `RVA-YYYY-NNNNNN`

@@ -1,8 +1,9 @@
 //! Date notations of the mapping language.
 //!
-//! This module owns the date patterns partners use (`dd/mm/yyyy`, `yyyy-mm-dd`, `yymmdd`, …),
-//! read into and written from ISO 8601 calendar dates, and the BCBP day of year resolved
-//! against a reference date. Canonical dates are always ISO 8601 (`yyyy-mm-dd`).
+//! This module owns the date patterns partners use (`dd/mm/yyyy`, `yyyy-mm-dd`, …), read into
+//! and written from ISO 8601 calendar dates. Canonical dates are always ISO 8601
+//! (`yyyy-mm-dd`). It refuses two-digit years: the MRZ's `YYMMDD` and the BCBP's day of year
+//! are read by their own modules (`mrz`, `bcbp`), which know what each date may be.
 
 use chrono::NaiveDate;
 

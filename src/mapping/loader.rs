@@ -255,16 +255,6 @@ fn fields_at<'s>(shape: &'s FieldShape, steps: &[String]) -> Vec<&'s FieldShape>
     }
 }
 
-/// The role a catalogue recipient stands for (`consulate-of-nationality` is a consulate).
-fn recipient_role(recipient: &str) -> &str {
-    match recipient {
-        "consulate-of-nationality" => "consulate",
-        "iom-morocco" | "iom-of-destination" => "iom",
-        "operating-airline" => "airline",
-        other => other,
-    }
-}
-
 struct FileContext<'a> {
     catalogue: &'a Catalogue,
     schemas: &'a Arc<SchemaSet>,
@@ -485,10 +475,12 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
     if !spec.outbound.is_empty() {
         // A partner that receives its own format needs a template for every type routed to it.
         for name in context.catalogue.names() {
-            let routed = context
-                .catalogue
-                .get(name)
-                .is_some_and(|entry| entry.recipients.iter().any(|r| recipient_role(r) == role));
+            let routed = context.catalogue.get(name).is_some_and(|entry| {
+                entry
+                    .recipients
+                    .iter()
+                    .any(|r| context.catalogue.recipient_role(r) == role)
+            });
             // A template that failed to compile has been reported already: its type is not
             // said to lack one as well.
             let declared = spec

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The fact that a case has a passport on file.
-pub const PASSPORT: &str = "passport";
+pub const PASSPORT: &str = crate::canonical::catalogue::PASSPORT_FACT;
 
 /// The prefix of the fact that a booking of the case ends at an airport: `journey-end:<IATA>`,
 /// from the last segment of a `travel.booked`. A boarding names only the leg boarded, so

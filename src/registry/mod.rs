@@ -4,10 +4,12 @@
 //! This module owns reading and validating the registry file (see `config/registry.toml`),
 //! matching a verified client certificate to a partner, authorising an event type for a
 //! sender, and resolving an event's recipients from the catalogue and the routing tables.
-//! Routing is data: no partner, country or carrier is named in this code. It does no network
-//! I/O and never reads a message body to decide who the sender is.
+//! Routing is data: no partner, country, carrier, event type or event field is named in this
+//! code; the catalogue says which table each routed recipient reads and which fields give its
+//! key, and the registry file holds the tables (this code names only the file's own tables).
+//! It does no network I/O and never reads a message body to decide who the sender is.
 
-use crate::canonical::{Catalogue, TYPE_PREFIX, type_name};
+use crate::canonical::{Catalogue, RoutedRecipient, TYPE_PREFIX, type_name};
 use crate::mapping::MappingSet;
 use crate::tls::issuers::Issuers;
 use serde::Deserialize;
@@ -170,6 +172,45 @@ pub struct Routing {
 }
 
 impl Routing {
+    /// A table of partners by key, by its name in the registry file (`consulate_by_nationality`,
+    /// `iom_by_destination_country`, `airline_by_carrier`), or of codes (`airport_country`).
+    pub fn table(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        match name {
+            "consulate_by_nationality" => Some(&self.consulate_by_nationality),
+            "iom_by_destination_country" => Some(&self.iom_by_destination_country),
+            "airport_country" => Some(&self.airport_country),
+            "airline_by_carrier" => Some(&self.airline_by_carrier),
+            _ => None,
+        }
+    }
+
+    /// A setting that names one partner, by its name in the registry file (`iom_morocco`):
+    /// `None` when there is no such setting, `Some(None)` when it is not set.
+    pub fn single(&self, name: &str) -> Option<Option<&String>> {
+        match name {
+            "iom_morocco" => Some(self.iom_morocco.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// The partners that a routed recipient of an event names, with the keys it read:
+    /// each key found in `keys` looked up in the recipient's table (through its `through`
+    /// table first). A key with no entry names nobody.
+    fn lookup(&self, routed: &RoutedRecipient, keys: &[String]) -> Vec<Option<String>> {
+        let Some(table) = self.table(&routed.table) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .map(|key| {
+                let key = match &routed.through {
+                    Some(through) => self.table(through)?.get(key)?,
+                    None => key,
+                };
+                table.get(key).cloned()
+            })
+            .collect()
+    }
+
     /// The codes of the tables that are not in the form events carry them, each a problem: an
     /// entry keyed `sen`, `Senegal` or `dss` would load, never match, and leave every event it
     /// was meant for unrouted.
@@ -363,16 +404,6 @@ pub fn is_well_formed_partner_id(id: &str) -> bool {
         })
 }
 
-/// The roles the gateway knows.
-pub const ROLES: [&str; 6] = [
-    "ministry",
-    "consulate",
-    "border-police",
-    "airline",
-    "iom",
-    "auditor",
-];
-
 impl Registry {
     /// Reads and validates a registry file against the catalogue and the loaded mappings.
     pub fn load(
@@ -438,11 +469,11 @@ impl Registry {
                     "partner {id}: the id is reserved for certificates the TLS handshake refuses"
                 ));
             }
-            if !ROLES.contains(&entry.role.as_str()) {
+            if !catalogue.roles().any(|role| role == entry.role) {
                 problems.push(format!(
                     "partner {id}: unknown role {:?} (roles: {})",
                     entry.role,
-                    ROLES.join(", ")
+                    catalogue.roles().collect::<Vec<_>>().join(", ")
                 ));
             }
             if entry.role != "auditor" {
@@ -563,21 +594,38 @@ impl Registry {
             )),
             Some(_) => {}
         };
-        for target in routing.consulate_by_nationality.values() {
-            check_target("consulate_by_nationality", target, "consulate");
+        // Each routed recipient of the catalogue names partners of its role through a table
+        // of this file: the table must exist, and name partners of that role.
+        let mut catalogue_problems = Vec::new();
+        for (name, routed) in catalogue.routed_recipients() {
+            let table = &routed.table;
+            match (routing.table(table), routing.single(table)) {
+                (Some(entries), _) if !routed.keys.is_empty() => {
+                    for target in entries.values() {
+                        check_target(table, target, &routed.role);
+                    }
+                }
+                (_, Some(Some(target))) if routed.keys.is_empty() => {
+                    check_target(table, target, &routed.role);
+                }
+                (_, Some(None)) if routed.keys.is_empty() => {
+                    catalogue_problems.push(format!("routing: {table} is not set"));
+                }
+                _ => catalogue_problems.push(format!(
+                    "the catalogue's routed recipient {name} reads routing table {table}, which \
+                     this registry has not (or not of that shape)"
+                )),
+            }
+            if let Some(through) = &routed.through
+                && routing.table(through).is_none()
+            {
+                catalogue_problems.push(format!(
+                    "the catalogue's routed recipient {name} goes through routing table \
+                     {through}, which this registry has not"
+                ));
+            }
         }
-        for target in routing.iom_by_destination_country.values() {
-            check_target("iom_by_destination_country", target, "iom");
-        }
-        if let Some(target) = &routing.iom_morocco {
-            check_target("iom_morocco", target, "iom");
-        }
-        for target in routing.airline_by_carrier.values() {
-            check_target("airline_by_carrier", target, "airline");
-        }
-        if routing.iom_morocco.is_none() {
-            problems.push("routing: iom_morocco is not set".into());
-        }
+        problems.extend(catalogue_problems);
         problems.extend(routing.malformed_codes());
         if !problems.is_empty() {
             return Err(RegistryError::Invalid(problems));
@@ -715,49 +763,38 @@ impl Registry {
     }
 
     /// Whether `sender` speaks outside its scope in `event`, with the anomaly code and its
-    /// message: a consulate issuing a laissez-passer to a holder whose nationality the routing
-    /// tables give another consulate (or none), an airline reporting a boarding on flights of
-    /// carriers the tables give another airline (or none). Such an event is accepted and
-    /// delivered, flagged, and does not count on its case's file (a consulate's typing error
-    /// in a case id must not put an LPC on another person's case).
+    /// message: the catalogue names, for some types, a routed recipient that the sender must be
+    /// (a consulate issuing a laissez-passer to a holder whose nationality the routing tables
+    /// give another consulate, or none; an airline reporting a boarding on flights of carriers
+    /// the tables give another airline, or none). An event that gives no key for it is in
+    /// scope. Such an event is accepted and delivered, flagged, and does not count on its
+    /// case's file (a consulate's typing error in a case id must not put an LPC on another
+    /// person's case).
     pub fn out_of_scope(&self, sender: &str, event: &Value) -> Option<(String, String)> {
-        let name = type_name(event);
-        let data = &event["data"];
-        match name {
-            "lpc.issued" => {
-                let nationality = first_text(data, &["holder.nationality"])?;
-                let consulate = self.routing.consulate_by_nationality.get(&nationality);
-                (consulate.map(String::as_str) != Some(sender)).then(|| {
-                    (
-                        "scope.not_the_consulate_of_nationality".to_owned(),
-                        format!(
-                            "the routing tables give nationality {nationality} {}, not the sender",
-                            consulate.map_or("no consulate".to_owned(), |c| format!("to {c}"))
-                        ),
-                    )
-                })
-            }
-            "boarding.confirmed" | "boarding.failed" => {
-                let carriers = carriers(data);
-                let ours = carriers.iter().any(|carrier| {
-                    self.routing
-                        .airline_by_carrier
-                        .get(carrier)
-                        .map(String::as_str)
-                        == Some(sender)
-                });
-                (!carriers.is_empty() && !ours).then(|| {
-                    (
-                        "scope.not_the_operating_airline".to_owned(),
-                        format!(
-                            "the routing tables do not give carrier {} to the sender",
-                            carriers.join(", ")
-                        ),
-                    )
-                })
-            }
-            _ => None,
+        let scope = self.catalogue.get(type_name(event))?.scope.as_deref()?;
+        let routed = self.catalogue.routed(scope)?;
+        let keys = routed.keys_of(&event["data"]);
+        if keys.is_empty() {
+            return None;
         }
+        let targets = self.routing.lookup(routed, &keys);
+        if targets.iter().flatten().any(|target| target == sender) {
+            return None;
+        }
+        let named: Vec<&str> = targets.iter().flatten().map(String::as_str).collect();
+        Some((
+            format!("scope.not_the_{}", scope.replace('-', "_")),
+            format!(
+                "the routing tables give {} {} {}, not the sender",
+                routed.table,
+                keys.join(", "),
+                if named.is_empty() {
+                    "to no partner".to_owned()
+                } else {
+                    format!("to {}", named.join(", "))
+                }
+            ),
+        ))
     }
 
     /// The recipients of an event, resolved from the catalogue and the routing tables, in
@@ -804,12 +841,22 @@ impl Registry {
             return (found, unresolved);
         };
         for recipient in &entry.recipients {
-            let targets: Vec<String> = match (recipient.as_str(), journey_ends) {
-                ("iom-of-destination", None) => continue,
-                ("iom-of-destination", Some(journey_ends)) => {
-                    self.iom_of_destination(data, journey_ends)
-                }
-                (role, _) => self.targets_of(role, data, &mut unresolved),
+            let targets = match self.catalogue.routed(recipient) {
+                // Decided by the case's file, which the sender is not told of.
+                Some(routed) if routed.journey_end && journey_ends.is_none() => continue,
+                Some(routed) => self.targets_of_routed(
+                    recipient,
+                    routed,
+                    data,
+                    journey_ends.unwrap_or_default(),
+                    &mut unresolved,
+                ),
+                None => self
+                    .partners
+                    .values()
+                    .filter(|p| p.role == *recipient)
+                    .map(|p| p.id.clone())
+                    .collect(),
             };
             if targets.is_empty() {
                 unresolved.push(recipient.clone());
@@ -823,76 +870,63 @@ impl Registry {
         (found, unresolved)
     }
 
-    /// The partners a routed recipient (`role`) of an event with `data` resolves to, apart
-    /// from the IOM mission of the destination. A partial resolution is noted in `unresolved`.
-    fn targets_of(&self, role: &str, data: &Value, unresolved: &mut Vec<String>) -> Vec<String> {
-        match role {
-            "consulate-of-nationality" => first_text(
-                data,
-                &["person.nationality", "holder.nationality", "nationality"],
-            )
-            .and_then(|nationality| {
-                self.routing
-                    .consulate_by_nationality
-                    .get(&nationality)
-                    .cloned()
-            })
-            .into_iter()
-            .collect(),
-            "iom-morocco" => self.routing.iom_morocco.clone().into_iter().collect(),
-            "operating-airline" => {
-                let carriers = carriers(data);
-                let airlines: Vec<String> = carriers
-                    .iter()
-                    .filter_map(|carrier| self.routing.airline_by_carrier.get(carrier).cloned())
-                    .collect();
-                // A carrier with no airline in the tables (a connection on an airline that
-                // is not a partner) is not informed: flagged, though the others are.
-                if airlines.len() < carriers.len() && !airlines.is_empty() {
-                    unresolved.push(role.to_owned());
-                }
-                airlines
-            }
-            role => self
-                .partners
-                .values()
-                .filter(|p| p.role == role)
-                .map(|p| p.id.clone())
-                .collect(),
-        }
-    }
-}
-
-impl Registry {
-    /// The IOM mission of the country the person travels to.
+    /// The partners a routed recipient (`name`, `routed`) of an event with `data` resolves to.
     ///
-    /// That is the country of the airport where the case's booking ends (`journey_ends`),
-    /// when one is on file: a boarding names only the leg boarded, and the first leg of a
-    /// connecting journey lands in another country, whose mission must not learn of the
-    /// person. Without a booking on file, it is the event's own destination. Journey ends that
-    /// lead to different missions, or to none (a booking changed to another destination),
-    /// resolve to none, and the event is flagged unresolved rather than sent to a mission that
-    /// may not need it.
-    fn iom_of_destination(&self, data: &Value, journey_ends: &[String]) -> Vec<String> {
-        let airports = if journey_ends.is_empty() {
-            first_text(data, &["flight.destination", "airport"])
+    /// - A recipient whose table names one partner (IOM Morocco) is that partner.
+    /// - With `every` (the operating airline), each key found names its partner; a key that
+    ///   names none (a connection on an airline that is not a partner) is not informed, and
+    ///   the resolution is noted as partial in `unresolved`, though the others are informed.
+    /// - With `journey_end` (the IOM mission of the destination), the ends of the journeys
+    ///   booked on the case's file (`journey_ends`), when there are some, stand for the event's
+    ///   own key: a boarding names only the leg boarded, and the first leg of a connecting
+    ///   journey lands in another country, whose mission must not learn of the person. Keys
+    ///   that lead to different partners, or to none (a booking changed to another
+    ///   destination), resolve to none, and the event is flagged unresolved rather than sent to
+    ///   a partner that may not need it.
+    /// - Otherwise the first key found names its partner.
+    fn targets_of_routed(
+        &self,
+        name: &str,
+        routed: &RoutedRecipient,
+        data: &Value,
+        journey_ends: &[String],
+        unresolved: &mut Vec<String>,
+    ) -> Vec<String> {
+        if routed.keys.is_empty() {
+            return self
+                .routing
+                .single(&routed.table)
+                .flatten()
+                .cloned()
                 .into_iter()
-                .collect()
-        } else {
+                .collect();
+        }
+        let keys = if routed.journey_end && !journey_ends.is_empty() {
             journey_ends.to_vec()
+        } else {
+            routed.keys_of(data)
         };
-        let missions: Vec<Option<&String>> = airports
-            .iter()
-            .map(|airport| {
-                self.routing
-                    .airport_country
-                    .get(airport)
-                    .and_then(|country| self.routing.iom_by_destination_country.get(country))
-            })
-            .collect();
-        match missions.split_first() {
-            Some((Some(first), rest)) if rest.iter().all(|m| *m == Some(*first)) => {
-                vec![(*first).clone()]
+        let targets = self.routing.lookup(routed, &keys);
+        if routed.every {
+            let named: Vec<String> =
+                targets
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .fold(Vec::new(), |mut named, target| {
+                        if !named.contains(&target) {
+                            named.push(target);
+                        }
+                        named
+                    });
+            if !named.is_empty() && targets.iter().any(Option::is_none) {
+                unresolved.push(name.to_owned());
+            }
+            return named;
+        }
+        match targets.split_first() {
+            Some((Some(first), rest)) if rest.iter().all(|t| t.as_ref() == Some(first)) => {
+                vec![first.clone()]
             }
             _ => Vec::new(),
         }
@@ -924,34 +958,6 @@ fn warn_of_unwritable(mapping: &crate::mapping::PartnerMapping, listed: &[String
             );
         }
     }
-}
-
-/// The first text found at one of several dotted paths.
-fn first_text(data: &Value, paths: &[&str]) -> Option<String> {
-    paths.iter().find_map(|path| {
-        path.split('.')
-            .try_fold(data, |value, key| value.get(key))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    })
-}
-
-/// The carriers an event names: its flight, its booking's flight, or its segments.
-fn carriers(data: &Value) -> Vec<String> {
-    let mut found: Vec<String> = Vec::new();
-    let mut add = |value: Option<&Value>| {
-        if let Some(carrier) = value.and_then(Value::as_str)
-            && !found.iter().any(|c| c == carrier)
-        {
-            found.push(carrier.to_owned());
-        }
-    };
-    add(data.pointer("/flight/carrier"));
-    add(data.pointer("/booking/flight/carrier"));
-    for segment in data["segments"].as_array().into_iter().flatten() {
-        add(segment.get("carrier"));
-    }
-    found
 }
 
 /// Why a webhook URL cannot be called, if it cannot: it must parse, be `https://`, and name a

@@ -863,19 +863,31 @@ async fn get_receipt(
         Some(s) => s.clone(),
         None => own,
     };
-    let record = gateway
-        .store
-        .accepted(&source, &event_id)
-        .map_err(|e| Problem::unavailable(e.to_string()))?
-        .ok_or_else(|| {
-            // An id no sender can have used is not echoed.
-            let named = if !crate::audit::leaf::limits::fits_identifier(&event_id) {
-                format!("of that id ({} bytes long)", event_id.len())
-            } else {
-                event_id.to_string()
-            };
-            Problem::not_found(format!("no accepted event {named} from {source}"))
-        })?;
+    // The store's record and the log's tiles are read from files, off the HTTP worker.
+    let (store, log) = (gateway.store.clone(), gateway.log.clone());
+    let (looked_up, id) = (source.clone(), event_id.to_string());
+    let (record, proof) = web::block(move || {
+        let record = store.accepted(&looked_up, &id).map_err(|e| e.to_string())?;
+        let proof = match &record {
+            Some(record) if record.confirmed => {
+                log.inclusion(record.log_index).map_err(|e| e.to_string())?
+            }
+            _ => None,
+        };
+        Ok::<_, String>((record, proof))
+    })
+    .await
+    .map_err(|e| Problem::unavailable(e.to_string()))?
+    .map_err(Problem::unavailable)?;
+    let record = record.ok_or_else(|| {
+        // An id no sender can have used is not echoed.
+        let named = if !crate::audit::leaf::limits::fits_identifier(&event_id) {
+            format!("of that id ({} bytes long)", event_id.len())
+        } else {
+            event_id.to_string()
+        };
+        Problem::not_found(format!("no accepted event {named} from {source}"))
+    })?;
     if !record.confirmed {
         // Only after a failure between its two writes; it is settled by the next attempt of
         // the same message, or at the next start.
@@ -883,10 +895,6 @@ async fn get_receipt(
             "the acceptance of event {event_id} is not settled yet"
         )));
     }
-    let proof = gateway
-        .log
-        .inclusion(record.log_index)
-        .map_err(|e| Problem::unavailable(e.to_string()))?;
     let mut response = HttpResponse::Ok();
     if proof.is_none() {
         response.insert_header(("Retry-After", "1"));
