@@ -105,6 +105,14 @@ async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
     assert_eq!(refused.status, 400, "{}", refused.text());
     let unknown = Client::new("unknown", addr);
     assert_eq!(unknown.send("application/xml", lpc).await.status, 403);
+    // A revoked certificate is refused at the handshake: no answer.
+    let revoked = Client::new("revoked", addr);
+    assert!(
+        revoked
+            .try_send("application/xml", "<x/>".to_owned())
+            .await
+            .is_err()
+    );
     let iom_morocco = Client::new("iom.ma", addr);
     let vulnerable = fixture_text("iom.ma", "in/case-registered-vulnerable.json");
     let accepted = iom_morocco
@@ -246,6 +254,20 @@ async fn the_logs_are_json_carry_a_span_per_message_and_no_personal_data() {
             && l["fields"]["outcome"] == "unprocessable"
             && l["fields"]["path"] == "holder.nationality"),
         "the refusal names its field"
+    );
+    // The refused certificate is named, once its summary is audited (at the stop, here).
+    let handshake = lines
+        .iter()
+        .find(|l| message(l) == "client certificates refused at the TLS handshake")
+        .expect("the refused certificate is logged");
+    assert_eq!(handshake["level"], "WARN");
+    assert_eq!(handshake["fields"]["reason"], "certificate-revoked");
+    assert_eq!(handshake["fields"]["count"], 1);
+    assert!(
+        handshake["fields"]["certificates"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("sha256:") && c.len() == 71),
+        "{handshake}"
     );
     for refusal in ["unprocessable", "malformed", "forbidden"] {
         assert!(

@@ -1368,6 +1368,7 @@ impl Gateway {
                     .restore(std::iter::once(tally).chain(tallies).collect());
                 return Err(failure);
             }
+            log_summary(&tally);
             audited += tally.count;
         }
         Ok(audited)
@@ -1632,6 +1633,39 @@ fn log_owed_anomalies(
         log.append(&anomaly_fact(record, reason))?;
     }
     Ok(true)
+}
+
+/// Logs a summary of refusals once audited: who, why and how many. For certificates the TLS
+/// handshake refused, it names the first few (by their SHA-256 fingerprints, as `passerelle
+/// certs identity` prints them), so that an operator can tell whose certificate expired or was
+/// revoked.
+fn log_summary(tally: &refusal_summaries::Tally) {
+    if tally.sender == UNVERIFIED {
+        const NAMED: usize = 3;
+        let mut certificates: Vec<String> = Vec::new();
+        for digest in &tally.digests {
+            let fingerprint = format!("{}{}", crate::tls::FINGERPRINT_PREFIX, hex::encode(digest));
+            if !certificates.contains(&fingerprint) {
+                certificates.push(fingerprint);
+            }
+            if certificates.len() == NAMED {
+                break;
+            }
+        }
+        tracing::warn!(
+            reason = tally.reason,
+            count = tally.count,
+            certificates = certificates.join(", "),
+            "client certificates refused at the TLS handshake"
+        );
+    } else {
+        tracing::info!(
+            sender = %tally.sender,
+            reason = tally.reason,
+            count = tally.count,
+            "refusals summarised"
+        );
+    }
 }
 
 fn transport_name(t: Transport) -> &'static str {
