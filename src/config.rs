@@ -28,7 +28,7 @@ pub struct Config {
     /// The audit log.
     pub audit: AuditSettings,
     /// Limits per sender.
-    pub limits: LimitSettings,
+    pub limits: Limits,
     /// Push delivery (webhooks).
     pub delivery: DeliverySettings,
     /// The AMQP transport; absent means no AMQP.
@@ -204,59 +204,6 @@ impl Default for AuditSettings {
             signing_key: None,
             create_key: true,
             checkpoint_interval_secs: 0.5,
-        }
-    }
-}
-
-/// Limits per sender.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitSettings {
-    /// Largest message body, bytes. Default 1 MiB, which is also the mappings' own limit: a
-    /// larger value lets bigger bodies through the transport, but the mappings still refuse
-    /// messages over 1 MiB.
-    pub max_body_bytes: usize,
-    /// Sustained messages a second per partner. Default 200.
-    pub rate_per_second: u32,
-    /// Burst above the sustained rate. Default 400.
-    pub burst: u32,
-    /// Seconds during which client certificates refused at the TLS handshake are tallied before
-    /// their summary is audited. Default 60.
-    pub refused_certificate_summary_secs: u64,
-    /// Request bodies read at once, over every connection. Default 64.
-    pub bodies_in_flight: usize,
-    /// Seconds a request body may take to arrive. Default 30.
-    pub body_read_secs: u64,
-    /// REST messages in the gateway at once, over every connection. Default 128.
-    pub messages_in_flight: usize,
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        let l = Limits::default();
-        LimitSettings {
-            max_body_bytes: l.max_body_bytes,
-            rate_per_second: l.rate_per_second,
-            burst: l.burst,
-            refused_certificate_summary_secs: l.refused_certificate_summary_secs,
-            bodies_in_flight: l.bodies_in_flight,
-            body_read_secs: l.body_read_secs,
-            messages_in_flight: l.messages_in_flight,
-        }
-    }
-}
-
-impl LimitSettings {
-    /// The pipeline's limits.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_body_bytes: self.max_body_bytes,
-            rate_per_second: self.rate_per_second,
-            burst: self.burst,
-            refused_certificate_summary_secs: self.refused_certificate_summary_secs,
-            bodies_in_flight: self.bodies_in_flight,
-            body_read_secs: self.body_read_secs,
-            messages_in_flight: self.messages_in_flight,
         }
     }
 }

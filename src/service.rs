@@ -488,7 +488,7 @@ impl RunningGateway {
             Arc::new(log),
             Arc::new(store),
             metrics,
-            config.limits.limits(),
+            config.limits.clone(),
         ));
         // Settle what a crash left between the store and the log, before serving.
         let settler = gateway.clone();

@@ -39,10 +39,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Limits applied to every sender.
-#[derive(Debug, Clone)]
+/// Limits applied to every sender: the configuration's `[limits]` (every setting has a
+/// default).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// The largest message body accepted, in bytes.
+    /// The largest message body accepted, in bytes. Default 1 MiB, which is also the mappings'
+    /// own limit: a larger value lets bigger bodies through the transport, but the mappings
+    /// still refuse messages over 1 MiB.
     pub max_body_bytes: usize,
     /// Messages a second each partner may send, sustained.
     pub rate_per_second: u32,
