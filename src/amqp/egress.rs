@@ -425,18 +425,11 @@ impl Egress {
                     |_| usize::MAX,
                 );
                 match due.await {
-                    Ok(mut look) => {
-                        held.set_aside_unreadable(&look.unreadable, StoreChannel::Amqp.name());
-                        held.set_aside_unrecordable(
-                            &mut look.taken,
-                            &self.gateway,
-                            StoreChannel::Amqp.name(),
-                        );
-                        if let Some(last) = look.last {
-                            turn = last;
-                        }
-                        next_ms = look.next_ms;
-                        for delivery in look.taken {
+                    Ok(look) => {
+                        let taken;
+                        (taken, next_ms) =
+                            held.sort_look(look, &self.gateway, StoreChannel::Amqp, &mut turn);
+                        for delivery in taken {
                             in_flight.insert(delivery.id);
                             let Some(mode) = self.cloudevents_mode(&delivery.recipient) else {
                                 let attempt = Attempt::Unsendable(

@@ -141,6 +141,24 @@ impl HeldBack {
         });
     }
 
+    /// What a worker attempts of its look at `channel`'s line: the deliveries taken, once the
+    /// unreadable and the unrecordable are set aside (each reported), and when the next
+    /// delivery falls due. `turn` moves on to the recipient the look ended with.
+    pub fn sort_look(
+        &mut self,
+        mut look: DueLook,
+        gateway: &Gateway,
+        channel: Channel,
+        turn: &mut String,
+    ) -> (Vec<Delivery>, Option<u64>) {
+        self.set_aside_unreadable(&look.unreadable, channel.name());
+        self.set_aside_unrecordable(&mut look.taken, gateway, channel.name());
+        if let Some(last) = look.last {
+            *turn = last;
+        }
+        (look.taken, look.next_ms)
+    }
+
     /// Takes `id` out of flight once the task attempting it has ended: `recorded` is whether
     /// its attempt is on record (`None` when the task failed). One not on record may have
     /// reached the recipient or not, so it is held back before it is attempted again.

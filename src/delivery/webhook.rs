@@ -161,23 +161,16 @@ impl WebhookWorker {
                     allowance,
                 );
                 match look.await {
-                    Ok(mut look) => {
-                        held.set_aside_unreadable(&look.unreadable, Channel::Webhook.name());
-                        held.set_aside_unrecordable(
-                            &mut look.taken,
-                            &this.gateway,
-                            Channel::Webhook.name(),
-                        );
-                        if let Some(last) = look.last {
-                            turn = last;
-                        }
-                        for d in look.taken {
+                    Ok(look) => {
+                        let taken;
+                        (taken, next_ms) =
+                            held.sort_look(look, &this.gateway, Channel::Webhook, &mut turn);
+                        for d in taken {
                             in_flight.insert(d.id);
                             recipient_of.insert(d.id, d.recipient.clone());
                             let worker = this.clone();
                             attempts.spawn(d.id, async move { worker.attempt(d).await });
                         }
-                        next_ms = look.next_ms;
                     }
                     Err(e) => tracing::error!(error = %e, "reading the outbox"),
                 }
