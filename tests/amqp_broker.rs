@@ -557,6 +557,42 @@ async fn the_raw_publish_confirm_probe_counts_only_messages_the_queue_held() {
         error.to_string().contains("NOT_FOUND"),
         "the probe of no queue fails at its purge: {error}"
     );
+    // A queue that keeps two messages and drops the older ones confirms them all: the probe
+    // finds fewer than it published, and says so rather than measure them.
+    let short = connection.create_channel().await.expect("open a channel");
+    let arguments = FieldTable::from(std::collections::BTreeMap::from([
+        (
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        ),
+        ("x-max-length".into(), AMQPValue::LongLongInt(2)),
+        (
+            "x-overflow".into(),
+            AMQPValue::LongString("drop-head".into()),
+        ),
+    ]));
+    short
+        .queue_declare(
+            "passerelle.test.probe-short".into(),
+            QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await
+        .expect("declaring a queue of two messages");
+    let error = amqp::publish_confirm_rate(&short, "passerelle.test.probe-short", &payload, 10, 4)
+        .await
+        .expect_err("a probe of a queue that drops messages");
+    assert!(
+        matches!(
+            error,
+            AmqpError::ConfirmedNotHeld {
+                confirmed: 10,
+                held: 2,
+                ..
+            }
+        ),
+        "{error}"
+    );
     connection.close(200, "OK".into()).await.expect("close");
 }
 

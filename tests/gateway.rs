@@ -2277,6 +2277,45 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
     gateway.stop().await;
 }
 
+/// A body whose client closes its connection before sending it whole (no TLS close_notify:
+/// the TCP connection simply ends) is refused all the same once the gateway sees it end or its
+/// time runs out: counted and audited, committing to the bytes that came.
+#[actix_web::test]
+async fn a_body_cut_short_by_its_client_is_refused_and_audited() {
+    use tokio::io::AsyncWriteExt;
+    let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
+        c.limits.body_read_secs = 2;
+    })
+    .await;
+    let partner = "sn.consulat.casablanca";
+    let mut cut = connection_of(gateway.running.addr, partner).await;
+    cut.write_all(
+        b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
+          Content-Length: 1000\r\n\r\n<LaissezPasserDelivre>",
+    )
+    .await
+    .unwrap();
+    cut.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The TCP connection ends without a TLS close_notify.
+    let (tcp, _) = cut.into_inner();
+    drop(tcp);
+    refused_entries(&gateway, partner, "malformed", 1).await;
+    let labels = [
+        ("partner", partner),
+        ("transport", "rest"),
+        ("outcome", "malformed"),
+    ];
+    assert_eq!(
+        gateway
+            .admin()
+            .metric("passerelle_messages_total", &labels)
+            .await,
+        1.0
+    );
+    gateway.stop().await;
+}
+
 /// Waits for `count` `rejected` audit entries of `sender`'s messages for `reason`.
 async fn refused_entries(gateway: &TestGateway, sender: &str, reason: &str, count: usize) {
     wait_for("the refusals' audit entries", WAIT, async || {
@@ -2298,17 +2337,20 @@ async fn refused_entries(gateway: &TestGateway, sender: &str, reason: &str, coun
 
 /// A message whose turn to have its body read does not come within twice the body time limit
 /// is answered `503` with `Retry-After`, and counted `unavailable` (not audited: nothing of it
-/// was read). Here its partner's only turn is held by three stalled bodies in a row, a second
-/// each.
+/// was read). Here its partner's only turn is held by three stalled bodies in a row, two
+/// seconds each.
 #[actix_web::test]
 async fn a_message_whose_turn_does_not_come_is_answered_503_and_counted() {
     use tokio::io::AsyncReadExt;
     let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
         c.limits.bodies_in_flight = 2;
-        c.limits.body_read_secs = 1;
+        c.limits.body_read_secs = 2;
     })
     .await;
     let partner = "sn.consulat.casablanca";
+    // Each holds the turn two seconds in its turn (0-2, 2-4, 4-6 s): the message sent after
+    // them, within two seconds of the first, waits for a turn until its four are up, before
+    // the third is done.
     let mut stalled = Vec::new();
     for _ in 0..3 {
         stalled.push(stalled_body(&gateway, partner).await);
@@ -2322,7 +2364,7 @@ async fn a_message_whose_turn_does_not_come_is_answered_503_and_counted() {
     assert!(
         problem["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("this one's turn did not come within 2 s")),
+            .is_some_and(|d| d.contains("this one's turn did not come within 4 s")),
         "{problem}"
     );
     assert!(reply.header("retry-after").is_some(), "{problem}");

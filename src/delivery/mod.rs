@@ -479,16 +479,18 @@ pub fn delivery_step(
     let d = delivery;
     let channel = d.channel.name();
     metrics.delivery(&d.recipient, channel, outcome);
-    // The record keeps the last failure's code; a step that is no failure had none.
-    let error = match outcome {
-        "retry" | "dead" => d.last_error.as_deref().unwrap_or_default(),
-        _ => "",
-    };
+    // The record keeps the last failure's code: a step that is no failure is logged without.
+    let error = d.last_error.as_deref().unwrap_or_default();
     match outcome {
         "dead" => tracing::warn!(
             delivery = d.id, channel, recipient = %d.recipient, source = %d.source,
             event_id = %d.event_id, event_type = %d.event_type, outcome, error,
             attempts = d.attempts, "delivery dead-lettered"
+        ),
+        "retry" => tracing::info!(
+            delivery = d.id, channel, recipient = %d.recipient, source = %d.source,
+            event_id = %d.event_id, event_type = %d.event_type, outcome, error,
+            attempts = d.attempts, "delivery attempt"
         ),
         "discarded" => tracing::info!(
             delivery = d.id, channel, recipient = %d.recipient, source = %d.source,
@@ -496,7 +498,7 @@ pub fn delivery_step(
         ),
         _ => tracing::info!(
             delivery = d.id, channel, recipient = %d.recipient, source = %d.source,
-            event_id = %d.event_id, event_type = %d.event_type, outcome, error,
+            event_id = %d.event_id, event_type = %d.event_type, outcome,
             attempts = d.attempts, "delivery attempt"
         ),
     }

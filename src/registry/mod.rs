@@ -802,7 +802,7 @@ impl Registry {
     /// recipient that cannot be resolved (no table entry) is reported in the second list.
     ///
     /// `journey_ends` are the airports where the case's bookings end, from its case's file
-    /// (see [`Registry::iom_of_destination`]); empty when none is on file.
+    /// (see the catalogue's `journey_end`); empty when none is on file.
     pub fn recipients(
         &self,
         sender: &str,
@@ -1008,6 +1008,67 @@ mod tests {
                 cloudevents: CloudEventsMode::Structured
             })
         );
+    }
+
+    #[test]
+    fn whose_word_an_event_is_follows_the_catalogues_scope() {
+        let registry = load();
+        let boarding = |carrier: &str| json!({"type": "ma.rva.boarding.confirmed", "data": {"flight": {"carrier": carrier}}});
+        assert_eq!(registry.out_of_scope("airline.at", &boarding("AT")), None);
+        let (code, message) = registry
+            .out_of_scope("airline.at", &boarding("AF"))
+            .expect("another carrier's boarding");
+        assert_eq!(code, "scope.not_the_operating_airline");
+        assert!(message.contains("AF to no partner"), "{message}");
+        let issued = |nationality: &str| json!({"type": "ma.rva.lpc.issued", "data": {"holder": {"nationality": nationality}}});
+        assert_eq!(
+            registry.out_of_scope("sn.consulat.casablanca", &issued("SEN")),
+            None
+        );
+        let (code, message) = registry
+            .out_of_scope("ci.ambassade.rabat", &issued("SEN"))
+            .expect("another consulate's national");
+        assert_eq!(code, "scope.not_the_consulate_of_nationality");
+        assert!(message.contains("to sn.consulat.casablanca"), "{message}");
+        // No key, no scope to be out of; and a type without a scope has none.
+        let unnamed = json!({"type": "ma.rva.lpc.issued", "data": {"holder": {}}});
+        assert_eq!(registry.out_of_scope("ci.ambassade.rabat", &unnamed), None);
+        let booked = json!({"type": "ma.rva.travel.booked", "data": {"flight": {"carrier": "AF"}}});
+        assert_eq!(registry.out_of_scope("iom.ma", &booked), None);
+    }
+
+    #[test]
+    fn a_routing_table_the_catalogue_reads_must_be_the_registrys() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let text = std::fs::read_to_string(root.join("schemas/catalogue.toml")).unwrap();
+        let catalogue = Catalogue::parse(
+            &text
+                .replace(
+                    "through = \"airport_country\"",
+                    "through = \"airport_city\"",
+                )
+                .replace(
+                    "table = \"airline_by_carrier\"",
+                    "table = \"airline_by_operator\"",
+                ),
+        )
+        .unwrap();
+        let registry = std::fs::read_to_string(root.join("config/registry.toml")).unwrap();
+        let Err(RegistryError::Invalid(problems)) =
+            Registry::parse(&registry, &catalogue, &mappings)
+        else {
+            panic!("a registry without the catalogue's tables is refused");
+        };
+        for expected in [
+            "operating-airline reads routing table airline_by_operator, which this registry has not",
+            "iom-of-destination goes through routing table airport_city, which this registry has not",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected}: {problems:?}"
+            );
+        }
     }
 
     #[test]

@@ -154,9 +154,11 @@ fn identify(req: &HttpRequest) -> Result<Caller, Problem> {
 /// Answers a message whose connection identifies no partner. A certificate that the partner
 /// CA signed but the registry does not know is a refused message like any other, and is
 /// audited (under its fingerprint) before the answer; a connection without a verified
-/// certificate never gets this far (the TLS handshake refuses it). When such certificates
-/// already have their share of the messages in the gateway, the answer is `503`, unaudited,
-/// like a body that never arrives: no message was read.
+/// certificate never gets this far (the TLS handshake refuses it). A body that does not arrive
+/// whole is refused for the certificate all the same, committing to what came of it (but a
+/// client that closes its connection first leaves no record: this answer is not read to its
+/// end without it). When such certificates already have their share of the messages in the
+/// gateway, the answer is `503`, counted and unaudited: no message was read.
 async fn refuse_unregistered(
     req: &HttpRequest,
     gateway: &Gateway,
@@ -482,38 +484,43 @@ async fn post_message(
         // below): the messages waiting for a slow disk are bounded in number, and so is the
         // memory their bodies hold.
         let place = message_permit(&gateway, &caller.0.id).await?;
-        // A body whose declared length is over the limit is refused from its headers, without
-        // waiting for it or taking a turn to read it; otherwise at most one byte past the limit
-        // is read, whatever the declared length. Either way the pipeline refuses it (`413`) and
-        // audits the refusal, like any other, committing to the bytes read (none, in the first
-        // case).
-        let (body, content) = match read_body(&req, &gateway, &caller.0.id, payload).await? {
-            Body::Read(body) => (body, content_of(&req)),
-            Body::AnnouncedOverLimit => {
-                let limit = gateway.limits().max_body_bytes;
-                (Vec::new(), Content::Unreadable(Refusal::TooLarge { limit }))
-            }
-            Body::Unreadable { read, why } => (read, Content::Unreadable(Refusal::Malformed(why))),
-        };
-        let partner = caller.0.id.clone();
-        let ingest = {
-            let gateway = gateway.clone();
+        let message = {
+            let (gateway, req, partner) = (gateway.clone(), req.clone(), caller.0.id.clone());
             async move {
                 let _place = place;
-                gateway
+                // A body whose declared length is over the limit is refused from its headers,
+                // without waiting for it or taking a turn to read it; otherwise at most one byte
+                // past the limit is read, whatever the declared length. Either way the pipeline
+                // refuses it (`413`) and audits the refusal, like any other, committing to the
+                // bytes read (none, in the first case). So it does a body that does not arrive
+                // whole (`400`), committing to what came of it.
+                let (body, content) = match read_body(&req, &gateway, &partner, payload).await? {
+                    Body::Read(body) => (body, content_of(&req)),
+                    Body::AnnouncedOverLimit => {
+                        let limit = gateway.limits().max_body_bytes;
+                        (Vec::new(), Content::Unreadable(Refusal::TooLarge { limit }))
+                    }
+                    Body::Unreadable { read, why } => {
+                        (read, Content::Unreadable(Refusal::Malformed(why)))
+                    }
+                };
+                let outcome = gateway
                     .ingest(Submission {
                         partner: &partner,
                         transport: Transport::Rest,
                         body: &body,
                         content,
                     })
-                    .await
+                    .await;
+                respond(outcome)
             }
         };
-        // The pipeline runs to its end even when the client goes away: once its two writes are
-        // under way, the message must be confirmed or withdrawn, and hold its turn until then,
-        // so that the client's retry waits for it and gets its receipt.
-        let outcome = actix_web::rt::spawn(ingest.in_current_span())
+        // The message is read, processed and logged to its end even when the client goes away
+        // (the server then drops this handler, not the task): a body cut short is refused and
+        // audited, and once its two writes are under way, the message must be confirmed or
+        // withdrawn, and hold its turn until then, so that the client's retry waits for it and
+        // gets its receipt.
+        actix_web::rt::spawn(message.in_current_span())
             .await
             .map_err(|e| {
                 tracing::error!(
@@ -521,35 +528,39 @@ async fn post_message(
                     "the pipeline failed on a message"
                 );
                 Problem::unavailable("the message could not be processed; send it again")
-            })?;
-        match outcome {
-            Ok(Outcome::Accepted(ack)) => Ok(answer(StatusCode::ACCEPTED, &ack)),
-            Ok(Outcome::Duplicate(ack)) => Ok(answer(StatusCode::OK, &ack)),
-            Ok(Outcome::Ignored { reason }) => {
-                tracing::info!(outcome = "ignored", "message ignored");
-                Ok(HttpResponse::Ok().json(serde_json::json!({
-                    "status": "ignored",
-                    "reason": reason,
-                })))
-            }
-            Err(refusal) => {
-                // A sender over its rate limit is refused as fast as it sends: its refusals
-                // are counted and audited in summaries, not logged one by one at INFO.
-                if refusal.code() == RATE_LIMITED {
-                    tracing::debug!(outcome = refusal.code(), "message refused");
-                } else {
-                    tracing::info!(
-                        outcome = refusal.code(),
-                        path = refusal.path(),
-                        "message refused"
-                    );
-                }
-                Err(refusal.into())
-            }
-        }
+            })?
     }
     .instrument(span)
     .await
+}
+
+/// The answer to a message the pipeline processed, and its log line, in the message's span.
+fn respond(outcome: Result<Outcome, Refusal>) -> Result<HttpResponse, Problem> {
+    match outcome {
+        Ok(Outcome::Accepted(ack)) => Ok(answer(StatusCode::ACCEPTED, &ack)),
+        Ok(Outcome::Duplicate(ack)) => Ok(answer(StatusCode::OK, &ack)),
+        Ok(Outcome::Ignored { reason }) => {
+            tracing::info!(outcome = "ignored", "message ignored");
+            Ok(HttpResponse::Ok().json(serde_json::json!({
+                "status": "ignored",
+                "reason": reason,
+            })))
+        }
+        Err(refusal) => {
+            // A sender over its rate limit is refused as fast as it sends: its refusals are
+            // counted and audited in summaries, not logged one by one at INFO.
+            if refusal.code() == RATE_LIMITED {
+                tracing::debug!(outcome = refusal.code(), "message refused");
+            } else {
+                tracing::info!(
+                    outcome = refusal.code(),
+                    path = refusal.path(),
+                    "message refused"
+                );
+            }
+            Err(refusal.into())
+        }
+    }
 }
 
 fn answer(status: StatusCode, ack: &Ack) -> HttpResponse {
