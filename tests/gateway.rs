@@ -2261,20 +2261,23 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
     assert!(answer.contains("did not arrive within 2 s"), "{answer}");
     // It is refused like any message that cannot be read: counted, and audited with a
     // commitment to what came of it.
-    let labels = [
-        ("partner", "sn.consulat.casablanca"),
-        ("transport", "rest"),
-        ("outcome", "malformed"),
-    ];
-    assert_eq!(
-        gateway
-            .admin()
-            .metric("passerelle_messages_total", &labels)
-            .await,
-        1.0
-    );
+    let counted = messages_counted(&gateway, "sn.consulat.casablanca", "malformed").await;
+    assert_eq!(counted, 1.0);
     refused_entries(&gateway, "sn.consulat.casablanca", "malformed", 1).await;
     gateway.stop().await;
+}
+
+/// `passerelle_messages_total` of `partner`'s REST messages with `outcome`.
+async fn messages_counted(gateway: &TestGateway, partner: &str, outcome: &str) -> f64 {
+    let labels = [
+        ("partner", partner),
+        ("transport", "rest"),
+        ("outcome", outcome),
+    ];
+    gateway
+        .admin()
+        .metric("passerelle_messages_total", &labels)
+        .await
 }
 
 /// A body whose client closes its connection before sending it whole (no TLS close_notify:
@@ -2282,37 +2285,18 @@ async fn a_body_that_does_not_arrive_is_answered_400_and_lets_the_next_in() {
 /// time runs out: counted and audited, committing to the bytes that came.
 #[actix_web::test]
 async fn a_body_cut_short_by_its_client_is_refused_and_audited() {
-    use tokio::io::AsyncWriteExt;
     let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
         c.limits.body_read_secs = 2;
     })
     .await;
     let partner = "sn.consulat.casablanca";
-    let mut cut = connection_of(gateway.running.addr, partner).await;
-    cut.write_all(
-        b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n\
-          Content-Length: 1000\r\n\r\n<LaissezPasserDelivre>",
-    )
-    .await
-    .unwrap();
-    cut.flush().await.unwrap();
+    let cut = stalled_body(&gateway, partner).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The TCP connection ends without a TLS close_notify.
     let (tcp, _) = cut.into_inner();
     drop(tcp);
     refused_entries(&gateway, partner, "malformed", 1).await;
-    let labels = [
-        ("partner", partner),
-        ("transport", "rest"),
-        ("outcome", "malformed"),
-    ];
-    assert_eq!(
-        gateway
-            .admin()
-            .metric("passerelle_messages_total", &labels)
-            .await,
-        1.0
-    );
+    assert_eq!(messages_counted(&gateway, partner, "malformed").await, 1.0);
     gateway.stop().await;
 }
 
@@ -2377,17 +2361,11 @@ async fn a_message_whose_turn_does_not_come_is_answered_503_and_counted() {
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     }
-    let admin = gateway.admin();
-    let count = async |outcome: &str| {
-        let labels = [
-            ("partner", partner),
-            ("transport", "rest"),
-            ("outcome", outcome),
-        ];
-        admin.metric("passerelle_messages_total", &labels).await
-    };
-    assert_eq!(count("unavailable").await, 1.0);
-    assert_eq!(count("malformed").await, 3.0);
+    assert_eq!(
+        messages_counted(&gateway, partner, "unavailable").await,
+        1.0
+    );
+    assert_eq!(messages_counted(&gateway, partner, "malformed").await, 3.0);
     refused_entries(&gateway, partner, "malformed", 3).await;
     gateway.stop().await;
 }
