@@ -2282,7 +2282,8 @@ async fn messages_counted(gateway: &TestGateway, partner: &str, outcome: &str) -
 
 /// A body whose client closes its connection before sending it whole (no TLS close_notify:
 /// the TCP connection simply ends) is refused all the same once the gateway sees it end or its
-/// time runs out: counted and audited, committing to the bytes that came.
+/// time runs out: counted and audited, committing to the bytes that came; from a certificate
+/// the registry does not know, refused for its certificate.
 #[actix_web::test]
 async fn a_body_cut_short_by_its_client_is_refused_and_audited() {
     let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
@@ -2297,6 +2298,11 @@ async fn a_body_cut_short_by_its_client_is_refused_and_audited() {
     drop(tcp);
     refused_entries(&gateway, partner, "malformed", 1).await;
     assert_eq!(messages_counted(&gateway, partner, "malformed").await, 1.0);
+    // So is a certificate's that the registry does not know: refused for its certificate.
+    let cut = stalled_body(&gateway, "unknown").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(cut.into_inner().0);
+    refused_entries(&gateway, "unregistered", "forbidden", 1).await;
     gateway.stop().await;
 }
 
@@ -4286,10 +4292,14 @@ async fn redelivery_refused_by_cli(admin_url: &str, id: &str, status: u16) {
 }
 
 /// Checks that the admin listener refuses a change asked by a web page (`POST path` with an
-/// `Origin`).
+/// `Origin`), and so it does with an id that is not one (a page is told nothing of ids).
 async fn refused_from_a_web_page(admin: &Admin, path: &str) {
     let from_a_page = admin.post_from(path, Some("http://example.org")).await;
     assert_eq!(from_a_page.status, 403, "{}", from_a_page.text());
+    let no_id = admin
+        .post_from("/deliveries/abc/redeliver", Some("null"))
+        .await;
+    assert_eq!(no_id.status, 403, "{}", no_id.text());
 }
 
 /// Runs `passerelle deliveries <change> <id>` against the admin listener at `admin_url`.

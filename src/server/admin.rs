@@ -89,14 +89,17 @@ pub fn start(
             // A delivery id that is not a number, and a route that does not exist, are answered
             // in the listener's JSON errors too.
             .app_data(web::PathConfig::default().error_handler(|e, req| {
-                // The one path with a parameter to read: `/deliveries/{id}/…`.
+                // The one path with a parameter to read: `/deliveries/{id}/…`. A change asked by
+                // a web page is refused as such, whatever its id.
                 let id = req.match_info().get("id").unwrap_or_default();
-                let answer = HttpResponse::NotFound().json(serde_json::json!({
-                    "error": format!(
-                        "no delivery {id:?}: a delivery id is a whole number (the id column of \
-                         `passerelle deliveries dead`)"
-                    )
-                }));
+                let answer = refuse_web_pages(req).unwrap_or_else(|| {
+                    HttpResponse::NotFound().json(serde_json::json!({
+                        "error": format!(
+                            "no delivery {id:?}: a delivery id is a whole number (the id column \
+                             of `passerelle deliveries dead`)"
+                        )
+                    }))
+                });
                 actix_web::error::InternalError::from_response(e, answer).into()
             }))
             .default_service(web::to(|| async {

@@ -155,13 +155,13 @@ fn identify(req: &HttpRequest) -> Result<Caller, Problem> {
 /// CA signed but the registry does not know is a refused message like any other, and is
 /// audited (under its fingerprint) before the answer; a connection without a verified
 /// certificate never gets this far (the TLS handshake refuses it). A body that does not arrive
-/// whole is refused for the certificate all the same, committing to what came of it (but a
-/// client that closes its connection first leaves no record: this answer is not read to its
-/// end without it). When such certificates already have their share of the messages in the
-/// gateway, the answer is `503`, counted and unaudited: no message was read.
+/// whole is refused for the certificate all the same, committing to what came of it; it is
+/// read in a task of its own, as a partner's is, so that a client closing its connection
+/// mid-body does not end it. When such certificates already have their share of the messages
+/// in the gateway, the answer is `503`, counted and unaudited: no message was read.
 async fn refuse_unregistered(
-    req: &HttpRequest,
-    gateway: &Gateway,
+    req: HttpRequest,
+    gateway: web::Data<Gateway>,
     payload: web::Payload,
     problem: Problem,
 ) -> Problem {
@@ -172,36 +172,44 @@ async fn refuse_unregistered(
     else {
         return problem;
     };
-    let _place = match message_permit(gateway, UNREGISTERED).await {
+    let place = match message_permit(&gateway, UNREGISTERED).await {
         Ok(place) => place,
         Err(busy) => return busy,
     };
-    // A body announced over the limit is not waited for: the refusal commits to no bytes. One
-    // that could not be read is refused for its certificate all the same, committing to what
-    // came of it.
-    let body = match read_body(req, gateway, UNREGISTERED, payload).await {
-        Ok(Body::Read(body) | Body::Unreadable { read: body, .. }) => body,
-        Ok(Body::AnnouncedOverLimit) => Vec::new(),
-        Err(busy) => return busy,
+    let refuse = async move {
+        let _place = place;
+        // A body announced over the limit is not waited for: the refusal commits to no bytes.
+        let body = match read_body(&req, &gateway, UNREGISTERED, payload).await {
+            Ok(Body::Read(body) | Body::Unreadable { read: body, .. }) => body,
+            Ok(Body::AnnouncedOverLimit) => Vec::new(),
+            Err(busy) => return busy,
+        };
+        let why = problem.detail.clone();
+        let refusal = gateway
+            .refuse_unregistered(&identity.fingerprint, &body, why)
+            .await;
+        if refusal.code() == RATE_LIMITED {
+            tracing::debug!(
+                outcome = refusal.code(),
+                certificate = %identity.fingerprint,
+                "message from an unregistered certificate refused"
+            );
+        } else {
+            tracing::info!(
+                outcome = refusal.code(),
+                certificate = %identity.fingerprint,
+                "message from an unregistered certificate refused"
+            );
+        }
+        refusal.into()
     };
-    let why = problem.detail.clone();
-    let refusal = gateway
-        .refuse_unregistered(&identity.fingerprint, &body, why)
-        .await;
-    if refusal.code() == RATE_LIMITED {
-        tracing::debug!(
-            outcome = refusal.code(),
-            certificate = %identity.fingerprint,
-            "message from an unregistered certificate refused"
+    actix_web::rt::spawn(refuse).await.unwrap_or_else(|e| {
+        tracing::error!(
+            error = crate::error_text::task_failure(&e),
+            "refusing a message from an unregistered certificate failed"
         );
-    } else {
-        tracing::info!(
-            outcome = refusal.code(),
-            certificate = %identity.fingerprint,
-            "message from an unregistered certificate refused"
-        );
-    }
-    refusal.into()
+        Problem::unavailable("the message could not be processed; send it again")
+    })
 }
 
 fn gateway(req: &HttpRequest) -> Result<&Gateway, Problem> {
@@ -469,7 +477,9 @@ async fn post_message(
         .ok_or_else(|| Problem::unavailable("the gateway is not configured"))?;
     let caller = match caller {
         Ok(caller) => caller,
-        Err(problem) => return Err(refuse_unregistered(&req, &gateway, payload, problem).await),
+        Err(problem) => {
+            return Err(refuse_unregistered(req, gateway, payload, problem).await);
+        }
     };
     let span = tracing::info_span!(
         "message",
