@@ -2510,6 +2510,23 @@ async fn a_certificate_holds_a_bounded_number_of_connections() {
         answer.contains("server.connections_per_certificate"),
         "{answer}"
     );
+    // A message sent on such a connection is counted as one whose turn did not come (the
+    // inbox's request was not a message).
+    {
+        use tokio::io::AsyncReadExt;
+        let mut fourth = stalled_body(&gateway, "ma.dgsn").await;
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, fourth.read_to_end(&mut answer))
+            .await
+            .expect("answered at once")
+            .ok();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    }
+    assert_eq!(
+        messages_counted(&gateway, "ma.dgsn", "unavailable").await,
+        1.0
+    );
     // Another partner's certificate has places of its own.
     let mut other = connection_of(gateway.running.addr, "ma.interieur").await;
     assert!(inbox_on(&mut other).await.starts_with("HTTP/1.1 "));

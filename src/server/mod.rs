@@ -215,7 +215,9 @@ fn on_connect(
 
 /// Answers every request of a connection set up over its certificate's limit `503`, with
 /// `Connection: close`, before any route reads it: the client is told to use the connections
-/// it has. Not audited, like the other `503`s of a full share: no message was read.
+/// it has. Not audited, like the other `503`s of a full share: no message was read. A message
+/// (`POST /v1/messages`) so refused is counted `unavailable` for the partner its certificate
+/// names (`unregistered` for none), as one whose turn did not come.
 async fn refuse_over_limit(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
@@ -229,6 +231,24 @@ async fn refuse_over_limit(
         limit = most,
         "a request refused: its connection is one more than its client certificate may hold"
     );
+    if req.method() == actix_web::http::Method::POST
+        && req.path() == "/v1/messages"
+        && let Some(gateway) = req.app_data::<web::Data<Gateway>>()
+    {
+        let identity = req
+            .conn_data::<ConnectionIdentity>()
+            .and_then(|c| c.0.as_ref())
+            .map(|peer| &peer.identity);
+        let sender = identity
+            .and_then(|identity| {
+                gateway
+                    .registry
+                    .identify(&identity.uris, &identity.fingerprint)
+                    .ok()
+            })
+            .map_or(crate::pipeline::UNREGISTERED, |entry| entry.id.as_str());
+        gateway.metrics.message(sender, "rest", "unavailable");
+    }
     let problem = problem::Problem::unavailable(format!(
         "this client certificate already holds {most} connections, the most it may \
          (server.connections_per_certificate): send on those it has (they are kept alive)"
