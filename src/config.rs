@@ -29,7 +29,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// Limits per sender.
     pub limits: Limits,
-    /// Push delivery (webhooks).
+    /// Push delivery: the retries of webhook calls and AMQP publishes, and the webhook calls'
+    /// time limit and concurrency.
     pub delivery: DeliverySettings,
     /// The AMQP transport; absent means no AMQP.
     pub amqp: Option<crate::amqp::AmqpSettings>,
@@ -102,7 +103,7 @@ pub struct TlsSettings {
     /// CRLs covering every CA of the bundle. Required: a client certificate whose status is
     /// unknown is refused.
     pub crls: Vec<PathBuf>,
-    /// The gateway's client certificate, for webhooks and AMQP.
+    /// The gateway's client certificate, for its webhook calls (AMQP has its own, `amqp.tls`).
     pub client_cert: PathBuf,
     /// Its private key.
     pub client_key: PathBuf,

@@ -437,8 +437,10 @@ impl RunningGateway {
         config.validate()?;
         let (catalogue, mappings, registry) =
             load_definitions(&config.paths.mappings, &config.paths.registry)?;
-        refuse_development_trust(config)?;
+        // The files first: a file that cannot be read is named as such, not taken for a
+        // certificate that is not a development one.
         let checked_tls = check_tls_settings(config)?;
+        refuse_development_trust(config)?;
         registry
             .check_issuers(checked_tls.issuers())
             .context("the partner registry's issuers, against the CA bundle (tls.ca)")?;

@@ -4356,6 +4356,20 @@ async fn a_tls_file_that_cannot_be_used_stops_the_start_naming_the_setting() {
     );
     assert!(!data.exists(), "nothing is made in the data folder");
 
+    // A server certificate that cannot be read is named as such (not taken for one that the
+    // development CA did not issue, beside the development CA's bundle).
+    let mut config = test_config(&data, &registry);
+    config.tls.cert = dir.path().join("missing-server.pem");
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("a missing server certificate is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("tls.cert") && error.contains("missing-server.pem"),
+        "{error}"
+    );
+    assert!(!error.contains("trusts the development CA"), "{error}");
+
     let mut config = test_config(&data, &registry);
     config.tls.client_cert = gateway_support::dev_dir().join("expired.pem");
     config.tls.client_key = gateway_support::dev_dir().join("expired.key");

@@ -558,7 +558,7 @@ impl Registry {
                         } else if catalogue.get(short).is_none() {
                             format!(
                                 "partner {id}: sends lists {name:?}, which is not an event type of \
-                                 the catalogue (schemas/catalogue.json; written without \
+                                 the catalogue (schemas/catalogue.toml; written without \
                                  {TYPE_PREFIX:?})"
                             )
                         } else {
