@@ -305,4 +305,50 @@ mod tests {
         assert_eq!(root_from(&old, 255).unwrap(), tree.root(255).unwrap());
         assert!(dir.path().join("tile/2/000.p/1").exists());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(16))]
+
+        /// The tiles a log publishes, read back at its last checkpoint, give the same root and
+        /// the same inclusion and consistency proofs as the whole tree in memory, whatever the
+        /// sizes it was published at (partial tiles, full ones, and tiles of upper levels).
+        #[test]
+        fn the_published_tiles_prove_what_the_tree_proves(
+            mut sizes in proptest::collection::vec(1u64..1200, 1..4),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            use crate::audit::merkle::{consistency_proof, inclusion_proof};
+            sizes.sort_unstable();
+            sizes.dedup();
+            let dir = tempfile::tempdir().unwrap();
+            let signer = NoteSigner::generate("t").unwrap();
+            let mut edge = Edge::default();
+            let mut tree = MemoryTree::new();
+            let mut last = Checkpoint { origin: "t".into(), size: 0, root: Hash::empty() };
+            for &n in &sizes {
+                while edge.size() < n {
+                    let entry = (edge.size() ^ seed).to_be_bytes().to_vec();
+                    let hash = leaf_hash(&entry);
+                    tree.push(hash);
+                    edge.push(entry, hash);
+                }
+                last = publish(dir.path(), &mut edge, &signer, "t", &last, None).unwrap().0;
+            }
+            let n = last.size;
+            let reader = crate::audit::tiles::TileReader::new(dir.path(), n);
+            proptest::prop_assert_eq!(root_from(&reader, n).unwrap(), tree.root(n).unwrap());
+            for index in [0, seed % n, n - 1] {
+                proptest::prop_assert_eq!(
+                    inclusion_proof(&reader, index, n).unwrap(),
+                    inclusion_proof(&tree, index, n).unwrap()
+                );
+            }
+            for &m in &sizes {
+                proptest::prop_assert_eq!(
+                    consistency_proof(&reader, m, n).unwrap(),
+                    consistency_proof(&tree, m, n).unwrap()
+                );
+            }
+        }
+    }
 }
