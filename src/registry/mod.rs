@@ -908,17 +908,8 @@ impl Registry {
         };
         let targets = self.routing.lookup(routed, &keys);
         if routed.every {
-            let named: Vec<String> =
-                targets
-                    .iter()
-                    .flatten()
-                    .cloned()
-                    .fold(Vec::new(), |mut named, target| {
-                        if !named.contains(&target) {
-                            named.push(target);
-                        }
-                        named
-                    });
+            // Repeats (two legs on one airline) are left to `route`, which adds each once.
+            let named: Vec<String> = targets.iter().flatten().cloned().collect();
             if !named.is_empty() && targets.iter().any(Option::is_none) {
                 unresolved.push(name.to_owned());
             }
