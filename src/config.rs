@@ -5,6 +5,7 @@
 //! registry and its data under `var/passerelle`. `config/passerelle.toml` is the documented
 //! sample; `docs/operations.md` is the reference.
 
+use crate::error_text;
 use crate::pipeline::Limits;
 use crate::tls::TlsFiles;
 use anyhow::{Context, bail};
@@ -267,18 +268,29 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        // Said without the line it is on: `[amqp] auth` may hold a password.
-        let config: Config = toml::from_str(&text).map_err(|error| {
-            anyhow::anyhow!(
-                "parsing {}: {}",
-                path.display(),
-                crate::error_text::toml_error_unquoted(&text, &error)
-            )
-        })?;
+        let config = Config::parse(&text)
+            .map_err(|problem| anyhow::anyhow!("parsing {}: {problem}", path.display()))?;
         config
             .validate()
             .with_context(|| format!("checking {}", path.display()))?;
         Ok(config)
+    }
+
+    /// Reads a configuration's text. A refusal names the setting at fault (`limits.burst`) and
+    /// its line, without quoting the line or the value: `[amqp] auth` may hold a password.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|error| error_text::toml_error_unquoted(text, &error))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let setting = error.path().to_string();
+            let problem = error_text::toml_error_unquoted(text, error.inner());
+            // The path is `.` when no setting is at fault.
+            if setting == "." {
+                problem
+            } else {
+                format!("{setting}: {problem}")
+            }
+        })
     }
 
     /// Checks what serde cannot.
@@ -433,6 +445,46 @@ mod tests {
             let refused = toml::from_str::<Config>(text).unwrap_err().to_string();
             assert!(refused.contains(words), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_naming_its_setting_and_not_its_value() {
+        for (text, opening, kind) in [
+            (
+                "[limits]\nburst = -1\n",
+                "limits.burst: line 2",
+                "an integer",
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:8443\"\n\n[amqp]\nprefetch = \"s3cret\"\n",
+                "amqp.prefetch: line 5",
+                "a string",
+            ),
+            (
+                "[amqp.backoff]\ninitial_ms = true\n",
+                "amqp.backoff.initial_ms: line 2",
+                "a boolean",
+            ),
+        ] {
+            let refused = Config::parse(text).unwrap_err();
+            assert!(refused.starts_with(opening), "{refused}");
+            assert!(refused.contains(kind), "{refused}");
+            assert!(
+                !refused.contains("s3cret") && !refused.contains("-1"),
+                "{refused}"
+            );
+        }
+        // A document that is not TOML has no setting to name: its line is said.
+        assert!(
+            Config::parse("[limits\n")
+                .unwrap_err()
+                .starts_with("line 1")
+        );
+        let unknown = Config::parse("[limit]\nburst = 1\n").unwrap_err();
+        assert!(
+            unknown.starts_with("limit: line 1") && unknown.contains("unknown field `limit`"),
+            "{unknown}"
+        );
     }
 
     #[test]
