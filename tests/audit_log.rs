@@ -829,6 +829,23 @@ fn an_offline_trail_checks_the_private_part_it_reads() {
     let (code, stdout) = verify(&behind);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("public/checkpoint is missing"), "{stdout}");
+    // Both checkpoints gone: the tiles are there, but nothing says what the log signed.
+    std::fs::remove_file(behind.join("private/checkpoint")).unwrap();
+    for folder in [behind.clone(), behind.join("public")] {
+        let out = bin()
+            .args(["audit", "verify", "--log"])
+            .arg(&folder)
+            .arg("--key")
+            .arg(&vkey)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("holds a log's tiles but no signed checkpoint"),
+            "{stderr}"
+        );
+    }
 
     // The public part rolled back, and its later tiles gone (compacted): the rollback is said,
     // not the missing file.
@@ -1256,6 +1273,65 @@ fn every_flipped_byte_is_caught_and_the_index_named() {
     assert!(checked >= 60, "only {checked} flips were tried");
 }
 
+/// A file that grew past what the checkpoint covers names the last entry it covers, never one
+/// past the log's end; a hash of an upper tile says which entries it stands for.
+#[test]
+fn a_grown_file_names_the_last_entry_it_covers_and_an_upper_hash_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    append_many(&log, 0..600);
+    log.sync().unwrap();
+    let public = log.layout().public.clone();
+    let verifier = log.verifier().clone();
+    log.close().unwrap();
+    verify_public(&public, &verifier, None, &mut |_| {}).unwrap();
+
+    let with_bytes_added = |rel: &str, added: &[u8]| {
+        let path = public.join(rel);
+        let before = std::fs::read(&path).unwrap();
+        let mut grown = before.clone();
+        grown.extend_from_slice(added);
+        std::fs::write(&path, &grown).unwrap();
+        let failure = verify_public(&public, &verifier, None, &mut |_| {}).unwrap_err();
+        std::fs::write(&path, &before).unwrap();
+        failure
+    };
+    // The last tile and the last bundle, of entries 512 to 599.
+    let grown_tile = with_bytes_added("tile/0/002.p/88", &[7; 32]);
+    assert_eq!(grown_tile.index, Some(599), "{grown_tile}");
+    assert!(
+        grown_tile.reason.contains("after this entry"),
+        "{grown_tile}"
+    );
+    let grown_bundle = with_bytes_added("tile/entries/002.p/88", &[0, 3, b'a', b'b', b'c']);
+    assert_eq!(grown_bundle.index, Some(599), "{grown_bundle}");
+    assert!(
+        grown_bundle
+            .reason
+            .contains("holds 89 entries, expected 88"),
+        "{grown_bundle}"
+    );
+    // A tile cut short names the first entry it lost.
+    let path = public.join("tile/0/002.p/88");
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &whole[..whole.len() - 40]).unwrap();
+    let cut = verify_public(&public, &verifier, None, &mut |_| {}).unwrap_err();
+    std::fs::write(&path, &whole).unwrap();
+    assert_eq!(cut.index, Some(512 + 86), "{cut}");
+    assert!(cut.reason.contains("cut short at this entry"), "{cut}");
+
+    // The second hash of the level-1 tile stands for entries 256 to 511.
+    let upper = with_flip(&public.join("tile/1/000.p/2"), 40, || {
+        verify_public(&public, &verifier, None, &mut |_| {}).unwrap_err()
+    });
+    assert_eq!(upper.index, Some(256), "{upper}");
+    assert!(
+        upper.reason.contains("the one over entries 256 to 511"),
+        "{upper}"
+    );
+    verify_public(&public, &verifier, None, &mut |_| {}).unwrap();
+}
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_passerelle"))
 }
@@ -1431,6 +1507,47 @@ fn auditor_command_line() {
         stdout.contains("complete: the log holds 8 entries of the case up to size 40"),
         "{stdout}"
     );
+    // A gateway's data folder given for its log: each command names the log below it.
+    let data = tempfile::tempdir().unwrap();
+    let below = data.path().join("audit-log");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(dir.path())
+            .arg(&below)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let hint = format!("(the log of that data folder is {})", below.display());
+    let complete_in = bin()
+        .args([
+            "audit",
+            "verify-bundle",
+            bundle.to_str().unwrap(),
+            "--key",
+            &vkey,
+        ])
+        .arg("--complete-in")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&complete_in.stdout);
+    assert_eq!(complete_in.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAILED: ") && stdout.contains(&hint),
+        "{stdout}"
+    );
+    let trail = bin()
+        .args(["audit", "trail", "--log"])
+        .arg(data.path())
+        .arg("--case")
+        .arg(case_id(1))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&trail.stderr);
+    assert_eq!(trail.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&hint), "{stderr}");
 
     let tile = dir.path().join("public/tile/0/000.p/40");
     let out = with_flip(&tile, 5 * 32 + 7, || {

@@ -137,11 +137,22 @@ fn check_tile(
         let stands_in = i == 0 && of_full;
         let file_width = if stands_in { TILE_WIDTH } else { w };
         if data.len() as u64 != file_width * 32 {
+            let held = data.len() as u64 / 32;
+            // A tile cut short names the first entry it lost; one that does not end where it
+            // should names the last entry it covers, not one past it (which may not exist).
+            let (at, how) = if held < w {
+                (first_entry(held), "cut short at this entry")
+            } else {
+                (
+                    first_entry(w).saturating_sub(1),
+                    "it does not end where it should, after this entry, the last it covers",
+                )
+            };
             return Err(fail(
-                Some(first_entry((data.len() as u64 / 32).min(w))),
+                Some(at),
                 &rel,
                 format!(
-                    "tile has {} bytes, expected {} (cut short, or grown)",
+                    "tile has {} bytes, expected {}: {how}",
                     data.len(),
                     file_width * 32
                 ),
@@ -161,9 +172,12 @@ fn check_tile(
                     entries_path(n, width)
                 )
             } else {
-                "a hash in this tile differs from the root of the tile below it: one of the two \
-                 was changed"
-                    .to_owned()
+                format!(
+                    "a hash in this tile, the one over entries {} to {}, differs from the root \
+                     of the tile below it: one of the two was changed",
+                    first_entry(j as u64),
+                    first_entry(j as u64 + 1) - 1
+                )
             };
             return Err(fail(Some(first_entry(j as u64)), &rel, below));
         }
@@ -206,9 +220,13 @@ fn check_bundle(public: &Path, size: u64, k: u64) -> Result<Option<Hash>, Failur
                 malformed = Some((base + hashes.len() as u64, rel.clone()));
             } else if hashes.len() as u64 > w {
                 return Err(fail(
-                    Some(base + w),
+                    Some((base + w).saturating_sub(1)),
                     &rel,
-                    format!("bundle holds {} entries, expected {w}", hashes.len()),
+                    format!(
+                        "bundle holds {} entries, expected {w}: entries follow this one, the \
+                         last it covers",
+                        hashes.len()
+                    ),
                 ));
             }
             leaves = hashes;

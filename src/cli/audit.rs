@@ -338,6 +338,19 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
         );
         return Ok(ExitCode::FAILURE);
     }
+    let has_tiles = [log.join("tile"), log.join("public/tile")]
+        .iter()
+        .any(|tiles| tiles.is_dir());
+    if !public.join("checkpoint").exists() && has_tiles {
+        // Tiles without any signed checkpoint: nothing says which of them the log vouches
+        // for, so nothing can be checked.
+        bail!(
+            "{} holds a log's tiles but no signed checkpoint (neither public/checkpoint nor \
+             private/checkpoint): nothing says what the log signed, so nothing can be checked; \
+             restore the checkpoint from a copy",
+            log.display()
+        );
+    }
     if !public.join("checkpoint").exists() {
         // Not a log that failed its check: no log at all where the command looked.
         let hint = nested_log_hint(log, |nested| {
@@ -611,9 +624,11 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if !args.log.join("private").is_dir() {
+        let hint = nested_log_hint(&args.log, |nested| nested.join("private").is_dir());
         bail!(
             "{} has no private/ folder: a trail is searched with the log's index key, so it \
-             needs a copy of the whole log folder (public/ and private/), not of public/ alone",
+             needs a copy of the whole log folder (public/ and private/), not of public/ alone\
+             {hint}",
             args.log.display()
         );
     }
@@ -766,7 +781,7 @@ fn check_bundle(
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                Some(log) => check_case_complete(&b, &public_folder(log)),
+                Some(log) => check_case_complete(&b, log),
             }
         }
         Err(e) => {
@@ -862,9 +877,12 @@ fn check_receipt(file: &Path, key: &str, proof: Option<&Path>) -> anyhow::Result
 }
 
 /// Checks that a verified case bundle leaves out none of the case's entries in `public`.
-fn check_case_complete(bundle: &VerifiedBundle, public: &Path) -> anyhow::Result<ExitCode> {
+/// Checks that the log at `log` (a whole log folder or a copy of its public part) holds no
+/// entry of the bundle's case that the bundle leaves out.
+fn check_case_complete(bundle: &VerifiedBundle, log: &Path) -> anyhow::Result<ExitCode> {
+    let public = public_folder(log);
     let bar = entries_bar(bundle.checkpoint.size);
-    let found = case_entries_missing(bundle, public, &mut |done| bar.set_position(done));
+    let found = case_entries_missing(bundle, &public, &mut |done| bar.set_position(done));
     bar.finish_and_clear();
     match found {
         Ok(found) if found.missing.is_empty() => {
@@ -887,7 +905,11 @@ fn check_case_complete(bundle: &VerifiedBundle, public: &Path) -> anyhow::Result
             Ok(ExitCode::FAILURE)
         }
         Err(e) => {
-            say!("FAILED: {e}");
+            // A gateway's data folder given for its log: the log below it is named.
+            let hint = nested_log_hint(log, |nested| {
+                public_folder(nested).join("checkpoint").exists()
+            });
+            say!("FAILED: {e}{hint}");
             Ok(ExitCode::FAILURE)
         }
     }
