@@ -247,6 +247,41 @@ fn lint_refuses_a_check_that_reads_no_field() {
 }
 
 #[test]
+fn lint_refuses_a_truncation_outside_a_name_comparison_and_one_that_reads_no_field() {
+    let senegal = std::fs::read_to_string(mappings_dir().join("sn.consulat.casablanca.toml"))
+        .unwrap()
+        .replacen(
+            r#"right = { from = "$event.data.lpc.number" }"#,
+            r#"right = { from = "$event.data.lpc.number" }
+truncated = { from = "$mrz.names_truncated" }"#,
+            1,
+        )
+        .replacen(
+            r#"truncated = { from = "$mrz.names_truncated" }"#,
+            r#"truncated = { from = "$mrz.names_truncatd" }"#,
+            2,
+        )
+        .replacen(
+            r#"truncated = { from = "$mrz.names_truncatd" }"#,
+            r#"truncated = { from = "$mrz.names_truncated" }"#,
+            1,
+        );
+    let scratch = scratch_with("sn.consulat.casablanca.toml", &senegal);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let messages: Vec<&str> = diagnostics.iter().map(|d| d.message.as_str()).collect();
+    for needle in [
+        "`truncated` applies to names: it needs compare = \"name\"",
+        "$mrz.names_truncatd names no field of the decoded document",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(needle)),
+            "{needle}: {messages:#?}"
+        );
+    }
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+}
+
+#[test]
 fn lint_refuses_paths_and_prefixes_that_would_match_nothing() {
     let text = BROKEN
         .replace(

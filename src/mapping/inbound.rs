@@ -9,7 +9,7 @@ use super::diagnostics::Issue;
 use super::path::XmlPath;
 use super::rule::{
     CompileScope, EVENT, EvalScope, Native, NativePath, Rule, RuleError, Shape, Source, as_text,
-    same_names, text_of,
+    names_cut_from, same_names, text_of,
 };
 use super::spec::{CheckSpec, DecodeSpec, Format, IgnoreSpec, InboundSpec, MatchSpec, RuleSpec};
 use super::xml::XmlDocument;
@@ -325,6 +325,7 @@ static MRZ_SHAPE: LazyLock<ObjectShape> = LazyLock::new(|| {
         ("issuing_state", FieldShape::Scalar),
         ("surname", FieldShape::Scalar),
         ("given_names", texts()),
+        ("names_truncated", FieldShape::Scalar),
         ("document_number", FieldShape::Scalar),
         ("nationality", FieldShape::Scalar),
         ("birth_date", FieldShape::Scalar),
@@ -421,6 +422,9 @@ struct Check {
     left: Rule,
     right: Rule,
     by_name: bool,
+    /// With `by_name`: when this rule gives `true`, the left side may be the right side cut
+    /// short ([`names_cut_from`]).
+    truncated: Option<Rule>,
     /// Where the anomaly points: the event field compared (a JSON Pointer) when a side reads
     /// the event, else the first side's reference.
     path: String,
@@ -779,6 +783,13 @@ impl InboundMapping {
                 if !left.is_empty() && !right.is_empty() {
                     let agree = if check.by_name {
                         same_names(&left, &right)
+                            || (check
+                                .truncated
+                                .as_ref()
+                                .map(compared)
+                                .transpose()?
+                                .is_some_and(|cut| matches!(cut.as_slice(), [v] if v.as_ref() == &Value::Bool(true)))
+                                && names_cut_from(&left, &right))
                     } else {
                         left == right
                     };
@@ -985,6 +996,16 @@ fn compile_check(spec: &Spanned<CheckSpec>, scope: &CompileScope<'_>) -> Result<
     };
     let left = side(&body.left)?;
     let right = side(&body.right)?;
+    let truncated = match &body.truncated {
+        None => None,
+        Some(rule) if by_name => Some(side(rule.get_ref())?),
+        Some(rule) => {
+            return Err(vec![Issue::at(
+                rule.span(),
+                "`truncated` applies to names: it needs compare = \"name\"".into(),
+            )]);
+        }
+    };
     let event_prefix = format!("${EVENT}.");
     let path = [&left.label, &right.label]
         .into_iter()
@@ -997,6 +1018,7 @@ fn compile_check(spec: &Spanned<CheckSpec>, scope: &CompileScope<'_>) -> Result<
         left,
         right,
         by_name,
+        truncated,
         path,
     })
 }
@@ -1072,6 +1094,10 @@ fn mrz_document(zone: mrz::Mrz) -> Map<String, Value> {
         (
             "given_names".to_owned(),
             zone.given_names.into_iter().map(Value::String).collect(),
+        ),
+        (
+            "names_truncated".to_owned(),
+            Value::Bool(zone.names_truncated),
         ),
         ("document_number".to_owned(), text(zone.document_number)),
         ("nationality".to_owned(), text(zone.nationality)),

@@ -33,6 +33,11 @@ pub struct Mrz {
     pub surname: String,
     /// Secondary identifier, split into its components.
     pub given_names: Vec<String>,
+    /// Whether the name field is filled to its last position with a letter: the names may
+    /// have been cut to fit it (ICAO 9303 truncates long names, and then ends the field with a
+    /// letter), so [`Self::surname`] and [`Self::given_names`] may be the beginnings of the
+    /// holder's names. A name that fits the field exactly reads the same way.
+    pub names_truncated: bool,
     /// Document number, including the overflow of long TD1 numbers.
     pub document_number: String,
     /// Nationality, e.g. `SEN`, `D`.
@@ -280,6 +285,7 @@ fn build(f: Fields<'_>) -> Result<Mrz, MrzError> {
         issuing_state: fill(f.issuing_state).to_owned(),
         surname: words(primary).collect::<Vec<_>>().join(" "),
         given_names: words(secondary).map(str::to_owned).collect(),
+        names_truncated: f.names.ends_with(|c: char| c.is_ascii_alphabetic()),
         document_number: f.document_number,
         nationality: fill(f.nationality).to_owned(),
         birth_date: f.birth.0.to_owned(),

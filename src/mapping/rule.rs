@@ -905,6 +905,29 @@ pub fn same_names(left: &[Cow<'_, Value>], right: &[Cow<'_, Value>]) -> bool {
     flat(left) == flat(right)
 }
 
+/// Whether `cut` can be `whole` cut to fit a field, as ICAO 9303 shortens the names of a
+/// machine-readable zone: each of its words begins `whole`'s word at the same place (a word
+/// may be cut to its first letters, down to an initial), and `whole`'s last words may be
+/// missing. Words are split at spaces and hyphens, as an MRZ writes both as `<`; apostrophes,
+/// which it drops, join their word.
+pub fn names_cut_from(cut: &[Cow<'_, Value>], whole: &[Cow<'_, Value>]) -> bool {
+    let words = |values: &[Cow<'_, Value>]| -> Vec<String> {
+        let text: Vec<String> = values.iter().map(|value| flat_name(value)).collect();
+        normalise(&text.join(" ").replace(['\'', '\u{2019}'], ""))
+            .split(' ')
+            .filter(|word| !word.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let (cut, whole) = (words(cut), words(whole));
+    !cut.is_empty()
+        && cut.len() <= whole.len()
+        && cut
+            .iter()
+            .zip(&whole)
+            .all(|(part, word)| word.starts_with(part.as_str()))
+}
+
 /// A name's letters and digits, upper case and without accents, with nothing between them.
 ///
 /// A machine-readable zone (ICAO 9303) drops a name's apostrophes (`N'DIAYE` is `NDIAYE`) and
@@ -1161,5 +1184,37 @@ mod tests {
         assert!(coded.check_values(&scope(&MANY)).unwrap_err().over_limit);
         // A side whose look-up fails has no values: its check is skipped.
         assert!(coded.check_values(&scope(&UNKNOWN)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_name_cut_to_fit_a_field_is_the_beginning_of_each_word() {
+        let names = |words: &[&str]| -> Vec<Cow<'static, Value>> {
+            words.iter().map(|w| Cow::Owned(json!(w))).collect()
+        };
+        let whole = names(&["Mouhamadou", "Bamba", "Abdou-Lahat"]);
+        for cut in [
+            &["MOUHAMADOU", "BAMBA", "ABDOU", "LAH"][..],
+            &["MOUHAMADOU", "BAMBA", "A"],
+            &["MOUHAMADOU", "B"],
+            &["M", "B", "A", "L"],
+            &["MOUHAM"],
+        ] {
+            assert!(names_cut_from(&names(cut), &whole), "{cut:?}");
+        }
+        for cut in [
+            &["MOUHAMADOU", "BAMBA", "ABDOU", "LAHAT", "SECK"][..],
+            &["BAMBA"],
+            &["MOUHAMADOU", "BAMBU"],
+            &["MOUHAMADOUX"],
+            &[],
+        ] {
+            assert!(!names_cut_from(&names(cut), &whole), "{cut:?}");
+        }
+        // The MRZ drops apostrophes: N'Diaye is one word there.
+        assert!(names_cut_from(&names(&["NDIA"]), &names(&["N'Diaye"])));
+        assert!(names_cut_from(
+            &names(&["NDEYE", "KH"]),
+            &names(&["Ndèye Khady"])
+        ));
     }
 }

@@ -200,6 +200,10 @@ pub struct CheckSpec {
     /// `exact` (the default) or `name` (accents, case and punctuation ignored).
     #[serde(default)]
     pub compare: Option<Spanned<String>>,
+    /// With `compare = "name"`: a rule whose value, when `true`, says the left side may have
+    /// been cut to fit a field (an MRZ's names, `$mrz.names_truncated`).
+    #[serde(default)]
+    pub truncated: Option<Spanned<RuleSpec>>,
 }
 
 /// A message kind that is recognised and deliberately not used.
