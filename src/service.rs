@@ -1,10 +1,11 @@
-//! A running gateway: the parts started in order from a [`Config`], and stopped in the reverse
-//! order.
+//! A running gateway: the parts started in order from a [`Config`], and stopped in the order
+//! that lets each finish what the others handed it.
 //!
 //! This module owns the life cycle: load and lint the mappings and the registry, open the
-//! audit log and the store, start the admin listener, the delivery workers, the AMQP
-//! transport and the partner-facing server; on shutdown, stop accepting, drain the requests in
-//! flight, stop the workers, then close the store and flush the log (a final checkpoint).
+//! audit log and the store, start the webhook worker, the AMQP transport, the admin listener
+//! and the partner-facing server; on shutdown, stop accepting and drain the requests in
+//! flight, stop the workers, stop the admin listener, then close the store and flush the log
+//! (a final checkpoint).
 //! `passerelle serve`, `passerelle demo` and the integration tests all start a gateway here.
 
 use crate::audit::{AuditLog, NoteSigner, Options};

@@ -103,3 +103,44 @@ fn the_demo_plays_the_case_over_https_and_amqp_and_its_evidence_verifies() {
         "{receipt}"
     );
 }
+
+/// Without RabbitMQ, the demo still plays the case: the AMQP partners send over HTTPS and
+/// read an inbox, as it says.
+#[test]
+fn without_rabbitmq_the_demo_moves_the_amqp_partners_to_https() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    for folder in ["mappings", "demo", "config", "certs"] {
+        std::os::unix::fs::symlink(root.join(folder), dir.path().join(folder))
+            .expect("linking a project folder");
+    }
+    // A folder without RabbitMQ's programs: the demo finds no broker.
+    let no_broker = tempfile::tempdir().expect("a temporary folder");
+    let output = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .arg("demo")
+        .env("PASSERELLE_RABBITMQ_BIN", no_broker.path())
+        .current_dir(dir.path())
+        .output()
+        .expect("running passerelle");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("use REST instead"), "{stdout}");
+    let accepted_https = stdout.lines().filter(|l| l.contains(" -> 202 (")).count();
+    assert_eq!(accepted_https, 12, "{stdout}");
+    assert!(
+        stdout.contains(
+            "iom.sn                   inbox: 1 message(s) (application/cloudevents+json), \
+             acknowledged"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("entries for the case, every one verified against the signed checkpoint"),
+        "{stdout}"
+    );
+}

@@ -15,7 +15,7 @@
 //! | unreadable `cloudEvents_*` headers | dead-lettered, reason `malformed` |
 //! | refused for good by the pipeline (mapping, schema, authorisation, media type, size) | dead-lettered, reason [`Refusal::code`] |
 //! | over the sender's rate limit | held (unacknowledged) and tried again after the limiter's delay |
-//! | the gateway could not make it durable ([`Refusal::Unavailable`]) | tried again in place with backoff, then `basic.nack` with requeue |
+//! | the gateway could not make it durable ([`Refusal::Unavailable`]) | tried three times in all (`IN_PLACE_ATTEMPTS`), in place, with backoff, then returned with `basic.reject` and requeue |
 //!
 //! **Dead letters carry their reason.** The gateway publishes the original bytes and
 //! properties (with publisher confirms) to the dead-letter exchange `passerelle.dlx`, routing

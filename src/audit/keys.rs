@@ -7,9 +7,9 @@
 //!
 //! `cases.keys` is a sequence of fixed 128-byte records:
 //! `tag (32) || commitment key (32) || data key (32) || SHA-256 of the first 96 bytes (32)`.
-//! The tag is `HMAC-SHA-256(index key, "case" || 0x00 || case id)`, so the
-//! file never names a case. Erasure overwrites the last 96 bytes of the
-//! record with zeros in place and syncs the file.
+//! The tag is `HMAC-SHA-256(index key, 0x01 || 0x00 || case id)` (the [`TagKind::Case`]
+//! byte, then the id normalised as [`IndexKey::tag`] does), so the file never names a case.
+//! Erasure overwrites the last 96 bytes of the record with zeros in place and syncs the file.
 
 use super::error::{AuditError, Result};
 use chacha20poly1305::aead::{Aead, Payload};

@@ -2,8 +2,8 @@
 //! and a [`HashSource`] that reads hashes from tiles on disk.
 //!
 //! This module owns the mapping between tree coordinates and files in the
-//! public folder. It reads tiles but must not write them (the writer in
-//! `log` does), and it must not trust what it reads: callers that need
+//! public folder. It reads tiles but must not write them (the publisher in
+//! `publish` does), and it must not trust what it reads: callers that need
 //! assurance verify roots against a signed checkpoint.
 
 use super::files::{MAX_TILE, read_at_most};

@@ -205,7 +205,10 @@ fn demo_registry(
                 );
             }
             if amqp_fallback && delivery.get("mode").and_then(toml::Value::as_str) == Some("amqp") {
+                // An inbox serves canonical events in structured mode, always: it takes no
+                // `cloudevents` choice.
                 delivery.insert("mode".into(), toml::Value::String("inbox".into()));
+                delivery.remove("cloudevents");
                 moved.push(id);
             }
         }

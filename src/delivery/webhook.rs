@@ -3,8 +3,9 @@
 //!
 //! A delivery counts as delivered only on a `2xx`. `410 Gone` dead-letters it at once; `408`,
 //! `425`, `429`, `5xx` and network failures are retried under the [`RetryPolicy`], honouring
-//! `Retry-After`; any other `4xx` is a refusal that retrying cannot mend, and dead-letters it
-//! for an operator to look at and redeliver. Each attempt is audited before the store records
+//! `Retry-After`; any other status (another `4xx`, or a `3xx`: redirects are not followed) is
+//! an answer that retrying cannot mend, and dead-letters it for an operator to look at and
+//! redeliver. Each attempt is audited before the store records
 //! its outcome, so that the evidence is never behind the state. A crash between a recipient's
 //! `2xx` and that record makes the delivery go out again after the restart: recipients drop
 //! such repeats by the event's source and id (`X-Passerelle-Source`, `X-Passerelle-Event-Id`),

@@ -7,9 +7,10 @@
 //! the [`Refusal`] into their own kind of answer. They must not decide anything a message
 //! means.
 //!
-//! The order that makes a message durable is: the audit log's `accepted` entry first, then
-//! the store's record of the message with its deliveries, both synced to disk; only then is
-//! the sender told `accepted`. A message whose audit entry or store record failed gets a
+//! What makes a message durable is two writes, queued together and each synced to disk: the
+//! audit log's `accepted` entry, and the store's record of the message with its deliveries
+//! (each recipient's body already encoded); only once both are durable is the sender told
+//! `accepted`. A message whose audit entry or store record failed gets a
 //! "try again later" answer, and nothing that was not made durable is ever acknowledged.
 
 pub mod facts;
