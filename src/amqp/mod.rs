@@ -9,7 +9,7 @@
 //! | [`transport`] | the worker: (re)connect, declare, run a session of consumers and publisher, readiness |
 //! | [`ingress`] | inbound messages: sender check, submission to the pipeline, ack, dead letters with reasons |
 //! | [`egress`] | deliveries: the AMQP message of a delivery, publish with confirms, retries, audit |
-//! | [`confirms`] | the publisher confirms of one channel: which publish each confirm or return settles |
+//! | `confirms` | the publisher confirms of one channel: which publish each confirm or return settles |
 //! | [`backpressure`] | when the consumers pause (connection blocked, outbox full, the store or the audit log unable to make a message durable) |
 //! | [`probe`] | the broker's raw publish-confirm rate, the benchmark's baseline |
 //! | [`broker`] | a private RabbitMQ node on loopback, for the tests, the benchmark and the demo |
