@@ -46,7 +46,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// HTTP worker threads. Default: the number of CPUs.
     pub workers: Option<usize>,
-    /// How long a graceful shutdown waits for requests in flight, in seconds. Default 30.
+    /// How long a graceful shutdown waits for the messages whose client went away, and then
+    /// for requests in flight, in seconds (each). Default 30.
     pub shutdown_timeout_secs: u64,
     /// Idle keep-alive time of a connection, in seconds. Default 75.
     pub keep_alive_secs: u64,

@@ -39,9 +39,11 @@ pub struct RunningGateway {
     /// Readiness of the optional components.
     pub readiness: Readiness,
     server: crate::server::RunningServer,
-    admin: actix_web::dev::ServerHandle,
+    admin: crate::server::admin::RunningAdmin,
     stop_workers: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    /// `server.shutdown_timeout_secs`.
+    shutdown_timeout: std::time::Duration,
 }
 
 /// Reads the signing key, if it is there, before anything is made in the data folder: a key
@@ -585,14 +587,13 @@ impl RunningGateway {
         }
         // ---- end of the AMQP transport
 
-        let (admin_addr, admin) =
-            crate::server::admin::start(gateway.clone(), readiness.clone(), admin_address)
-                .with_context(|| {
-                    format!(
-                        "starting the admin listener on {} (admin.listen)",
-                        config.admin.listen
-                    )
-                })?;
+        let admin = crate::server::admin::start(gateway.clone(), readiness.clone(), admin_address)
+            .with_context(|| {
+                format!(
+                    "starting the admin listener on {} (admin.listen)",
+                    config.admin.listen
+                )
+            })?;
         let server = crate::server::start(
             gateway.clone(),
             config,
@@ -624,33 +625,34 @@ impl RunningGateway {
         )));
         tracing::info!(
             https = %server.addr,
-            admin = %admin_addr,
+            admin = %admin.addr,
             partners = gateway.registry.partners().count(),
             "gateway started"
         );
         Ok(RunningGateway {
             addr: server.addr,
-            admin_addr,
+            admin_addr: admin.addr,
             gateway,
             readiness,
             server,
             admin,
             stop_workers,
             workers,
+            shutdown_timeout: std::time::Duration::from_secs(config.server.shutdown_timeout_secs),
         })
     }
 
-    /// Stops gracefully: stop accepting and drain the requests in flight, stop the workers
-    /// (attempts in flight finish), then close the store and flush the audit log.
+    /// Stops gracefully: let the messages whose client went away finish, stop accepting and
+    /// drain the requests in flight, stop the workers (attempts in flight finish), then close
+    /// the store and flush the audit log.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.readiness.set_draining();
-        self.server.handle.stop(true).await;
-        let _ = self.server.task.await;
+        self.server.stop(self.shutdown_timeout).await;
         let _ = self.stop_workers.send(true);
         for w in self.workers {
             let _ = w.await;
         }
-        self.admin.stop(true).await;
+        self.admin.stop(self.shutdown_timeout).await;
         let mut gateway = self.gateway;
         // The worker audited the summarised refusals as it stopped; those it could not are
         // tried once more, and reported by the close if they fail again.

@@ -2306,6 +2306,42 @@ async fn a_body_cut_short_by_its_client_is_refused_and_audited() {
     gateway.stop().await;
 }
 
+/// A message whose client went away is still processed to its end when the gateway stops:
+/// the shutdown waits for it, rather than letting an HTTP worker with no connection left stop
+/// and drop it. Here the client of a body waiting for its turn to be read (the only turn is
+/// held by a stalled body on the other worker) goes away; its refusal, made once the turn
+/// comes, is in the log the restarted gateway reads.
+#[actix_web::test]
+async fn a_stop_waits_for_the_message_of_a_client_that_went_away() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
+        c.limits.bodies_in_flight = 1;
+        c.limits.body_read_secs = 2;
+        c.server.shutdown_timeout_secs = 5;
+    })
+    .await;
+    let partner = "sn.consulat.casablanca";
+    // Two connections, one on each of the two workers: the first holds the turn, the second
+    // waits for it.
+    let holding = stalled_body(&gateway, partner).await;
+    let waiting = stalled_body(&gateway, partner).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(waiting.into_inner().0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gateway = gateway.restart(&RegistryChanges::new()).await;
+    drop(holding);
+    let refused = gateway
+        .running
+        .gateway
+        .log
+        .search(&Query::Case(format!("refused/{partner}")))
+        .expect("the log is searchable")
+        .into_iter()
+        .filter(|found| found.leaf.reason.as_deref() == Some("malformed"))
+        .count();
+    assert_eq!(refused, 2, "both bodies' refusals are in the log");
+    gateway.stop().await;
+}
+
 /// Waits for `count` `rejected` audit entries of `sender`'s messages for `reason`.
 async fn refused_entries(gateway: &TestGateway, sender: &str, reason: &str, count: usize) {
     wait_for("the refusals' audit entries", WAIT, async || {
@@ -3898,11 +3934,23 @@ async fn a_delivery_whose_case_cannot_be_recorded_stays_in_line_unsent() {
         content_mapping: String::new(),
         anomalies: vec!["sequence.missing_lpc_requested".into()],
     };
+    // With a delivery created dead, whose `dead_lettered` entry is owed and, once the key is
+    // lost, cannot be written: it stays owed, and does not stop the start either.
+    let unwritable = NewDelivery {
+        recipient: "iom.ma".into(),
+        channel: Channel::Inbox,
+        body: Vec::new(),
+        content_type: String::new(),
+        mapping_id: String::new(),
+        mapping_hash: String::new(),
+        withheld: Vec::new(),
+        unwritable: Some("encode-failed".into()),
+    };
     gateway
         .running
         .gateway
         .store
-        .record_accepted(&mut held, Vec::new())
+        .record_accepted(&mut held, vec![unwritable])
         .await
         .expect("recorded");
     let TestGateway { running, dir } = gateway;
@@ -3928,6 +3976,11 @@ async fn a_delivery_whose_case_cannot_be_recorded_stays_in_line_unsent() {
         .expect("the gateway starts again");
     let gateway = TestGateway { running, dir };
     assert!(gateway.running.gateway.log.case_key_lost("RVA-2026-004211"));
+    let owed = gateway.running.gateway.store.owed_audits().unwrap();
+    assert!(
+        owed.iter().any(|d| d.event_id == held_reference),
+        "the dead letter's entry stays owed"
+    );
     let still_held = gateway
         .running
         .gateway

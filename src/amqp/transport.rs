@@ -348,7 +348,16 @@ impl AmqpTransport {
         let first_error = match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
             Ok(first_error) => first_error,
             Err(_) => {
-                tracing::warn!("the AMQP session's tasks did not finish in time; abandoning them");
+                // Left to finish rather than aborted: a message in the pipeline, or a confirmed
+                // delivery being recorded, cut at an await would leave its writes half made (a
+                // leaf without its record, a delivery confirmed by the broker but still due,
+                // published again). Their channel is gone, so what they settle with the broker
+                // fails, and the broker delivers those messages again.
+                tasks.detach_all();
+                tracing::warn!(
+                    "the AMQP session's tasks did not finish in time; they are left to finish \
+                     on their own"
+                );
                 Some("the session's tasks did not finish in time".to_owned())
             }
         };

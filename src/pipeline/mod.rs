@@ -1156,13 +1156,27 @@ impl Gateway {
     /// owed: the append after their message's confirmation failed, or a crash came first (or
     /// the crash settled by [`Gateway::settle_unconfirmed`], which runs before). Returns how
     /// many. A delivery of an erased case is audited without its case. A delivery may be
-    /// audited twice, when a crash came between its entry and the store's record of it.
+    /// audited twice, when a crash came between its entry and the store's record of it. One
+    /// whose case's key was lost stays owed, reported, and does not stop the others.
     pub async fn audit_owed_dead_letters(&self) -> anyhow::Result<usize> {
         let owed = self.store.owed_audits()?;
+        let mut audited = 0;
         for dead in &owed {
+            if crate::delivery::case_key_lost(&self.log, dead) {
+                tracing::error!(
+                    delivery = dead.id,
+                    event_id = %dead.event_id,
+                    recipient = %dead.recipient,
+                    "a dead letter's audit entry is owed and cannot be written: its case has \
+                     entries in the audit log but no key in its key file, \
+                     private/keys/cases.keys; it stays owed until the key file is restored"
+                );
+                continue;
+            }
             self.audit_owed(dead).await?;
+            audited += 1;
         }
-        Ok(owed.len())
+        Ok(audited)
     }
 
     /// The audit fact of a delivery event.

@@ -10,6 +10,7 @@
 //! | `POST /deliveries/{id}/redeliver` | put a dead letter back in line |
 //! | `POST /deliveries/{id}/discard` | give a dead letter up for good |
 
+use super::outliving::OutlivingTasks;
 use crate::delivery::{self, DeadLetterError};
 use crate::pipeline::Gateway;
 use crate::store::{DEAD_LETTER_PAGE, StoreError};
@@ -17,6 +18,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// A named component and whether it is up.
 type Component = (String, Arc<AtomicBool>);
@@ -64,22 +66,59 @@ impl Readiness {
 struct AdminState {
     gateway: Arc<Gateway>,
     readiness: Readiness,
+    /// The operators' changes whose request went away, which the stop waits for.
+    outliving: Arc<OutlivingTasks>,
     /// Whether the listener is on a loopback address: it then answers only requests for a
     /// loopback name ([`refuse_other_host_names`]).
     loopback: bool,
 }
 
-/// Starts the admin listener on the current runtime; returns its address and handle.
+/// A running admin listener.
+pub struct RunningAdmin {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    outliving: Arc<OutlivingTasks>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningAdmin {
+    /// Stops it: first lets an operator's change whose request went away finish (its audit
+    /// entry and its record are made together), for at most `bound`, then stops gracefully.
+    pub async fn stop(self, bound: Duration) {
+        let left = self.outliving.finished(bound).await;
+        if left > 0 {
+            tracing::warn!(
+                changes = left,
+                "operators' changes to dead letters were still being made when the stop's time \
+                 was up; they are dropped"
+            );
+        }
+        self.handle.stop(true).await;
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the admin listener failed"),
+            Err(error) => tracing::error!(
+                error = crate::error_text::task_failure(&error),
+                "the admin listener failed"
+            ),
+        }
+    }
+}
+
+/// Starts the admin listener on the current runtime.
 pub fn start(
     gateway: Arc<Gateway>,
     readiness: Readiness,
     address: socket2::Socket,
-) -> anyhow::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
+) -> anyhow::Result<RunningAdmin> {
     let listener = super::listen(address)?;
     let addr = listener.local_addr()?;
+    let outliving = Arc::new(OutlivingTasks::default());
     let state = web::Data::new(AdminState {
         gateway,
         readiness,
+        outliving: outliving.clone(),
         loopback: addr.ip().to_canonical().is_loopback(),
     });
     let server = HttpServer::new(move || {
@@ -120,8 +159,12 @@ pub fn start(
     .listen(listener)?
     .run();
     let handle = server.handle();
-    tokio::spawn(server);
-    Ok((addr, handle))
+    Ok(RunningAdmin {
+        addr,
+        handle,
+        outliving,
+        task: tokio::spawn(server),
+    })
 }
 
 /// A resource with its route: any other method is answered `405`, in the listener's JSON
@@ -268,12 +311,28 @@ async fn change_dead_letter(
     if let Some(refused) = refuse_web_pages(&req) {
         return refused;
     }
-    let changed = if change == "redeliver" {
-        delivery::redeliver(&state.gateway, id).await
-    } else {
-        delivery::discard(&state.gateway, id).await
+    // Made in a task of its own, to its end even when the operator's client goes away: its
+    // audit entry is written first, and the store's record must follow it.
+    let gateway = state.gateway.clone();
+    let made = async move {
+        if change == "redeliver" {
+            delivery::redeliver(&gateway, id).await
+        } else {
+            delivery::discard(&gateway, id).await
+        }
     };
-    dead_letter_changed(id, changed)
+    match state.outliving.run(made).await {
+        Ok(changed) => dead_letter_changed(id, changed),
+        Err(error) => {
+            tracing::error!(
+                error = crate::error_text::task_failure(&error),
+                delivery = id,
+                "an operator's change to a dead letter failed"
+            );
+            HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({"error": "the change failed; ask again"}))
+        }
+    }
 }
 
 /// Refuses, on a loopback listener, a request for a host name that is not a loopback one

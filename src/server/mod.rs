@@ -6,6 +6,7 @@
 //! message means is the pipeline's business.
 
 pub mod admin;
+pub mod outliving;
 pub mod problem;
 pub mod routes;
 
@@ -295,6 +296,9 @@ pub struct RunningServer {
     pub client_verifier: Arc<crate::tls::ClientVerifier>,
     /// Stops it.
     pub handle: ServerHandle,
+    /// The tasks of messages whose client went away, which must finish before the HTTP
+    /// workers stop (see [`RunningServer::stop`]).
+    pub outliving: Arc<outliving::OutlivingTasks>,
     /// Resolves when it has stopped.
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -375,6 +379,8 @@ pub fn start(
     let floor_body_limit = config.limits.max_body_bytes.saturating_add(1);
     let data = web::Data::from(gateway);
     let verifier = web::Data::from(client_verifier.clone());
+    let outliving = Arc::new(outliving::OutlivingTasks::default());
+    let outliving_data = web::Data::from(outliving.clone());
     let connect_verifier = client_verifier.clone();
     let connection_counts = Arc::new(ConnectionCounts {
         per_certificate: Mutex::new(HashMap::new()),
@@ -387,6 +393,7 @@ pub fn start(
             .wrap(actix_web::middleware::from_fn(refuse_over_limit))
             .app_data(data.clone())
             .app_data(verifier.clone())
+            .app_data(outliving_data.clone())
             .app_data(web::PayloadConfig::new(if floor {
                 floor_body_limit
             } else {
@@ -430,8 +437,29 @@ pub fn start(
         addr,
         client_verifier,
         handle,
+        outliving,
         task: tokio::spawn(server),
     })
+}
+
+impl RunningServer {
+    /// Stops gracefully, within about twice `bound`: first the messages whose client went
+    /// away are let finish (their HTTP worker, with no connection left, would stop at once and
+    /// drop them), then the server stops taking connections and drains the requests in
+    /// flight (actix's graceful stop, bounded by `server.shutdown_timeout_secs`).
+    pub async fn stop(self, bound: Duration) {
+        let left = self.outliving.finished(bound).await;
+        if left > 0 {
+            tracing::warn!(
+                messages = left,
+                "messages whose client went away were still being processed when the stop's \
+                 time was up; they are dropped (an acceptance under way is settled at the next \
+                 start)"
+            );
+        }
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! [`ROUTES`], and `tests/gateway.rs` checks that the router serves every route of [`ROUTES`].
 
 use super::ConnectionIdentity;
+use super::outliving::OutlivingTasks;
 use super::problem::Problem;
 use crate::audit::bundle::Trail;
 use crate::audit::{Kind, Query, Transport};
@@ -30,6 +31,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::future::{Ready, ready};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -172,6 +174,9 @@ async fn refuse_unregistered(
     else {
         return problem;
     };
+    let Some(tasks) = outliving_tasks(&req) else {
+        return Problem::unavailable("the gateway is not configured");
+    };
     let place = match message_permit(&gateway, UNREGISTERED).await {
         Ok(place) => place,
         Err(busy) => return busy,
@@ -203,13 +208,19 @@ async fn refuse_unregistered(
         }
         refusal.into()
     };
-    actix_web::rt::spawn(refuse).await.unwrap_or_else(|e| {
+    tasks.run(refuse).await.unwrap_or_else(|e| {
         tracing::error!(
             error = crate::error_text::task_failure(&e),
             "refusing a message from an unregistered certificate failed"
         );
         Problem::unavailable("the message could not be processed; send it again")
     })
+}
+
+/// The tasks of requests that outlive their client, which the shutdown waits for.
+fn outliving_tasks(req: &HttpRequest) -> Option<Arc<OutlivingTasks>> {
+    req.app_data::<web::Data<OutlivingTasks>>()
+        .map(|tasks| tasks.clone().into_inner())
 }
 
 fn gateway(req: &HttpRequest) -> Result<&Gateway, Problem> {
@@ -530,15 +541,15 @@ async fn post_message(
         // audited, and once its two writes are under way, the message must be confirmed or
         // withdrawn, and hold its turn until then, so that the client's retry waits for it and
         // gets its receipt.
-        actix_web::rt::spawn(message.in_current_span())
-            .await
-            .map_err(|e| {
-                tracing::error!(
-                    error = crate::error_text::task_failure(&e),
-                    "the pipeline failed on a message"
-                );
-                Problem::unavailable("the message could not be processed; send it again")
-            })?
+        let tasks = outliving_tasks(&req)
+            .ok_or_else(|| Problem::unavailable("the gateway is not configured"))?;
+        tasks.run(message.in_current_span()).await.map_err(|e| {
+            tracing::error!(
+                error = crate::error_text::task_failure(&e),
+                "the pipeline failed on a message"
+            );
+            Problem::unavailable("the message could not be processed; send it again")
+        })?
     }
     .instrument(span)
     .await
