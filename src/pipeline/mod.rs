@@ -915,11 +915,14 @@ impl Gateway {
     }
 
     /// The deliveries of an accepted message that were dead letters from the start (the
-    /// gateway could not write them): their `dead_lettered` entries follow the confirmation.
+    /// gateway could not write them) and are still owed their `dead_lettered` entries, which
+    /// follow the confirmation: one an earlier settlement of the message audited is not
+    /// audited again.
     fn dead_letters_of(&self, record: &AcceptedRecord) -> Vec<Delivery> {
         record
             .deliveries
             .iter()
+            .filter(|id| self.store.dead_letter_audit_owed(**id).unwrap_or(true))
             .filter_map(|id| self.store.delivery_metadata(*id).ok().flatten())
             .filter(|d| d.state == DeliveryState::Dead)
             .collect()

@@ -1382,6 +1382,13 @@ impl Store {
         self.listed(OWED, 0, usize::MAX)
     }
 
+    /// Whether delivery `id`, created dead, is still owed its `dead_lettered` audit entry.
+    pub fn dead_letter_audit_owed(&self, id: u64) -> Result<bool> {
+        let r = self.db.begin_read().map_err(db_error)?;
+        let owed = r.open_table(OWED).map_err(db_error)?;
+        Ok(owed.get(id).map_err(db_error)?.is_some())
+    }
+
     /// How many deliveries are dead letters, without reading them (the metrics' gauge).
     pub fn dead_letter_count(&self) -> Result<u64> {
         let r = self.db.begin_read().map_err(db_error)?;
