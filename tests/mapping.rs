@@ -253,17 +253,12 @@ fn lint_refuses_a_truncation_outside_a_name_comparison_and_one_that_reads_no_fie
         .replacen(
             r#"right = { from = "$event.data.lpc.number" }"#,
             r#"right = { from = "$event.data.lpc.number" }
-truncated = { from = "$mrz.names_truncated" }"#,
+truncated = { from = "$mrz.surname_truncated" }"#,
             1,
         )
         .replacen(
-            r#"truncated = { from = "$mrz.names_truncated" }"#,
-            r#"truncated = { from = "$mrz.names_truncatd" }"#,
-            2,
-        )
-        .replacen(
-            r#"truncated = { from = "$mrz.names_truncatd" }"#,
-            r#"truncated = { from = "$mrz.names_truncated" }"#,
+            r#"truncated = { from = "$mrz.given_names_truncated" }"#,
+            r#"truncated = { from = "$mrz.given_names_truncatd" }"#,
             1,
         );
     let scratch = scratch_with("sn.consulat.casablanca.toml", &senegal);
@@ -271,7 +266,7 @@ truncated = { from = "$mrz.names_truncated" }"#,
     let messages: Vec<&str> = diagnostics.iter().map(|d| d.message.as_str()).collect();
     for needle in [
         "`truncated` applies to names: it needs compare = \"name\"",
-        "$mrz.names_truncatd names no field of the decoded document",
+        "$mrz.given_names_truncatd names no field of the decoded document",
     ] {
         assert!(
             messages.iter().any(|m| m.starts_with(needle)),

@@ -33,11 +33,15 @@ pub struct Mrz {
     pub surname: String,
     /// Secondary identifier, split into its components.
     pub given_names: Vec<String>,
-    /// Whether the name field is filled to its last position with a letter: the names may
-    /// have been cut to fit it (ICAO 9303 truncates long names, and then ends the field with a
-    /// letter), so [`Self::surname`] and [`Self::given_names`] may be the beginnings of the
-    /// holder's names. A name that fits the field exactly reads the same way.
-    pub names_truncated: bool,
+    /// Whether [`Self::given_names`] may be the beginnings of the holder's given names: the
+    /// name field is filled to its last position with a letter and holds given names. ICAO
+    /// 9303 cuts the given names first when the names do not fit, and then ends the field
+    /// with a letter; names that fit the field exactly read the same way.
+    pub given_names_truncated: bool,
+    /// Whether [`Self::surname`] may be the beginning of the holder's surname: the field is
+    /// full and holds no given name longer than an initial. ICAO 9303 cuts the surname only
+    /// once the given names are cut down to initials, or left out.
+    pub surname_truncated: bool,
     /// Document number, including the overflow of long TD1 numbers.
     pub document_number: String,
     /// Nationality, e.g. `SEN`, `D`.
@@ -279,13 +283,16 @@ fn build(f: Fields<'_>) -> Result<Mrz, MrzError> {
         }
     };
     let (primary, secondary) = f.names.split_once("<<").unwrap_or((f.names, ""));
+    // A field that ends with a letter is full: the names may have been cut to fit it.
+    let full = f.names.ends_with(|c: char| c.is_ascii_alphabetic());
     Ok(Mrz {
         format: f.format,
         document_code: fill(f.document_code).to_owned(),
         issuing_state: fill(f.issuing_state).to_owned(),
         surname: words(primary).collect::<Vec<_>>().join(" "),
         given_names: words(secondary).map(str::to_owned).collect(),
-        names_truncated: f.names.ends_with(|c: char| c.is_ascii_alphabetic()),
+        given_names_truncated: full && words(secondary).next().is_some(),
+        surname_truncated: full && words(secondary).all(|name| name.len() <= 1),
         document_number: f.document_number,
         nationality: fill(f.nationality).to_owned(),
         birth_date: f.birth.0.to_owned(),

@@ -201,7 +201,8 @@ pub struct CheckSpec {
     #[serde(default)]
     pub compare: Option<Spanned<String>>,
     /// With `compare = "name"`: a rule whose value, when `true`, says the left side may have
-    /// been cut to fit a field (an MRZ's names, `$mrz.names_truncated`).
+    /// been cut to fit a field (an MRZ's names: `$mrz.surname_truncated`,
+    /// `$mrz.given_names_truncated`).
     #[serde(default)]
     pub truncated: Option<Spanned<RuleSpec>>,
 }
