@@ -652,15 +652,16 @@ impl RunningGateway {
         for w in self.workers {
             let _ = w.await;
         }
-        self.admin.stop(self.shutdown_timeout).await;
+        self.admin.stop().await;
         let mut gateway = self.gateway;
         // The worker audited the summarised refusals as it stopped; those it could not are
         // tried once more, and reported by the close if they fail again.
         if let Err(error) = gateway.audit_refusal_summaries(Summaries::All).await {
             tracing::error!(%error, "the last summarised refusals could not be audited");
         }
-        // Nothing is appended from here on: the checkpoint that covers every entry is the
-        // log's last, and the store notes it (see `note_signed_log_size`).
+        // Nothing is appended from here on (but by AMQP tasks left to finish after the
+        // transport's drain, which the exit cuts, as a crash would): the checkpoint that covers
+        // every entry is the log's last, and the store notes it (see `note_signed_log_size`).
         let log = gateway.log.clone();
         match tokio::task::spawn_blocking(move || log.sync()).await {
             Ok(Ok(())) => {

@@ -839,11 +839,12 @@ fn an_offline_trail_checks_the_private_part_it_reads() {
             .arg(&vkey)
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
         assert!(
-            stderr.contains("holds a log's tiles but no signed checkpoint"),
-            "{stderr}"
+            stdout.starts_with("FAILED: ")
+                && stdout.contains("holds a log's tiles but no signed checkpoint"),
+            "{stdout}"
         );
     }
 
@@ -1311,6 +1312,14 @@ fn a_grown_file_names_the_last_entry_it_covers_and_an_upper_hash_its_entries() {
             .contains("holds 89 entries, expected 88"),
         "{grown_bundle}"
     );
+    // A stale partial file of no hashes that holds some names the tile's first entry.
+    let empty = public.join("tile/0/001.p/0");
+    std::fs::create_dir_all(empty.parent().unwrap()).unwrap();
+    std::fs::write(&empty, [0; 32]).unwrap();
+    let not_empty = verify_public(&public, &verifier, None, &mut |_| {}).unwrap_err();
+    std::fs::remove_file(&empty).unwrap();
+    assert_eq!(not_empty.index, Some(256), "{not_empty}");
+    assert!(not_empty.reason.contains("it should be empty"), "{not_empty}");
     // A tile cut short names the first entry it lost.
     let path = public.join("tile/0/002.p/88");
     let whole = std::fs::read(&path).unwrap();

@@ -2324,7 +2324,8 @@ async fn a_stop_waits_for_the_message_of_a_client_that_went_away() {
     // waits for it.
     let holding = stalled_body(&gateway, partner).await;
     let waiting = stalled_body(&gateway, partner).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both heads read: the second request waits for its turn.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     drop(waiting.into_inner().0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let gateway = gateway.restart(&RegistryChanges::new()).await;

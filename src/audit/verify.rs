@@ -142,6 +142,9 @@ fn check_tile(
             // should names the last entry it covers, not one past it (which may not exist).
             let (at, how) = if held < w {
                 (first_entry(held), "cut short at this entry")
+            } else if w == 0 {
+                // A partial file of no hashes (the log writes none): it covers no entry.
+                (first_entry(0), "it should be empty")
             } else {
                 (
                     first_entry(w).saturating_sub(1),

@@ -342,14 +342,15 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
         .iter()
         .any(|tiles| tiles.is_dir());
     if !public.join("checkpoint").exists() && has_tiles {
-        // Tiles without any signed checkpoint: nothing says which of them the log vouches
-        // for, so nothing can be checked.
-        bail!(
-            "{} holds a log's tiles but no signed checkpoint (neither public/checkpoint nor \
-             private/checkpoint): nothing says what the log signed, so nothing can be checked; \
-             restore the checkpoint from a copy",
+        // Tiles without any signed checkpoint: a log that lost its checkpoints, whose tiles
+        // nothing vouches for (a failed check, as any file the log lost).
+        say!(
+            "FAILED: {} holds a log's tiles but no signed checkpoint (neither public/checkpoint \
+             nor private/checkpoint): nothing says what the log signed, so nothing can be \
+             checked; restore the checkpoint from a copy",
             log.display()
         );
+        return Ok(ExitCode::FAILURE);
     }
     if !public.join("checkpoint").exists() {
         // Not a log that failed its check: no log at all where the command looked.

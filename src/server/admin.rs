@@ -73,6 +73,10 @@ struct AdminState {
     loopback: bool,
 }
 
+/// How long each step of the admin listener's stop may take, in seconds: its requests are an
+/// operator's, short, and the stop's budget is the partner listener's (operations.md).
+pub const ADMIN_STOP_SECS: u64 = 5;
+
 /// A running admin listener.
 pub struct RunningAdmin {
     /// The address it listens on.
@@ -84,9 +88,14 @@ pub struct RunningAdmin {
 
 impl RunningAdmin {
     /// Stops it: first lets an operator's change whose request went away finish (its audit
-    /// entry and its record are made together), for at most `bound`, then stops gracefully.
-    pub async fn stop(self, bound: Duration) {
-        let left = self.outliving.finished(bound).await;
+    /// entry and its record are made together), then stops gracefully; each step takes at
+    /// most [`ADMIN_STOP_SECS`].
+    pub async fn stop(self) {
+        self.handle.pause().await;
+        let left = self
+            .outliving
+            .finished(Duration::from_secs(ADMIN_STOP_SECS))
+            .await;
         if left > 0 {
             tracing::warn!(
                 changes = left,
@@ -155,6 +164,7 @@ pub fn start(
             ))
     })
     .workers(1)
+    .shutdown_timeout(ADMIN_STOP_SECS)
     .disable_signals()
     .listen(listener)?
     .run();

@@ -443,11 +443,13 @@ pub fn start(
 }
 
 impl RunningServer {
-    /// Stops gracefully, within about twice `bound`: first the messages whose client went
-    /// away are let finish (their HTTP worker, with no connection left, would stop at once and
-    /// drop them), then the server stops taking connections and drains the requests in
-    /// flight (actix's graceful stop, bounded by `server.shutdown_timeout_secs`).
+    /// Stops gracefully, within about twice `bound`: it stops taking connections, lets the
+    /// messages whose client went away finish (their HTTP worker, with no connection left,
+    /// would stop at once and drop them), then drains the requests in flight (actix's
+    /// graceful stop, bounded by `server.shutdown_timeout_secs`). A client that goes away
+    /// during that drain still has its message dropped with its worker.
     pub async fn stop(self, bound: Duration) {
+        self.handle.pause().await;
         let left = self.outliving.finished(bound).await;
         if left > 0 {
             tracing::warn!(
