@@ -1319,7 +1319,10 @@ fn a_grown_file_names_the_last_entry_it_covers_and_an_upper_hash_its_entries() {
     let not_empty = verify_public(&public, &verifier, None, &mut |_| {}).unwrap_err();
     std::fs::remove_file(&empty).unwrap();
     assert_eq!(not_empty.index, Some(256), "{not_empty}");
-    assert!(not_empty.reason.contains("it should be empty"), "{not_empty}");
+    assert!(
+        not_empty.reason.contains("it should be empty"),
+        "{not_empty}"
+    );
     // A tile cut short names the first entry it lost.
     let path = public.join("tile/0/002.p/88");
     let whole = std::fs::read(&path).unwrap();

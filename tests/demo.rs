@@ -43,14 +43,21 @@ fn printed_command<'a>(output: &'a str, starting: &str) -> Vec<&'a str> {
         .collect()
 }
 
-#[test]
-fn the_demo_plays_the_case_over_https_and_amqp_and_its_evidence_verifies() {
+/// A folder of its own holding (links to) the project's `mappings/`, `demo/`, `config/` and
+/// `certs/`, as a user's checkout does.
+fn project_folder() -> tempfile::TempDir {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("a temporary folder");
     for folder in ["mappings", "demo", "config", "certs"] {
         std::os::unix::fs::symlink(root.join(folder), dir.path().join(folder))
             .expect("linking a project folder");
     }
+    dir
+}
+
+#[test]
+fn the_demo_plays_the_case_over_https_and_amqp_and_its_evidence_verifies() {
+    let dir = project_folder();
     let output = run(dir.path(), &["demo"]);
     assert!(
         output.contains("RabbitMQ is up"),
@@ -108,12 +115,7 @@ fn the_demo_plays_the_case_over_https_and_amqp_and_its_evidence_verifies() {
 /// read an inbox, as it says.
 #[test]
 fn without_rabbitmq_the_demo_moves_the_amqp_partners_to_https() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    for folder in ["mappings", "demo", "config", "certs"] {
-        std::os::unix::fs::symlink(root.join(folder), dir.path().join(folder))
-            .expect("linking a project folder");
-    }
+    let dir = project_folder();
     // A folder without RabbitMQ's programs: the demo finds no broker.
     let no_broker = tempfile::tempdir().expect("a temporary folder");
     let output = Command::new(env!("CARGO_BIN_EXE_passerelle"))

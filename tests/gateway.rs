@@ -3469,16 +3469,7 @@ async fn a_dead_letter_whose_entry_is_owed_is_logged_at_the_next_start() {
         content_mapping: String::new(),
         anomalies: Vec::new(),
     };
-    let dead = NewDelivery {
-        recipient: "ma.dgsn".into(),
-        channel: Channel::Inbox,
-        body: Vec::new(),
-        content_type: String::new(),
-        mapping_id: String::new(),
-        mapping_hash: String::new(),
-        withheld: Vec::new(),
-        unwritable: Some("encode-failed".into()),
-    };
+    let dead = created_dead("ma.dgsn");
     let Recorded::New(made) = store
         .record_accepted(&mut record, vec![dead])
         .await
@@ -3873,6 +3864,21 @@ async fn an_inbox_left_by_a_change_of_delivery_mode_becomes_dead_letters() {
     gateway.stop().await;
 }
 
+/// A delivery for `recipient` that the gateway could not write (`encode-failed`): recorded
+/// dead, its `dead_lettered` entry owed.
+fn created_dead(recipient: &str) -> NewDelivery {
+    NewDelivery {
+        recipient: recipient.into(),
+        channel: Channel::Inbox,
+        body: Vec::new(),
+        content_type: String::new(),
+        mapping_id: String::new(),
+        mapping_hash: String::new(),
+        withheld: Vec::new(),
+        unwritable: Some("encode-failed".into()),
+    }
+}
+
 /// A case whose key the audit log's key file lost (restored from an older copy): the log
 /// records the other cases and refuses this one's entries, so its deliveries, which could not
 /// be audited, stay in line, unsent: the webhook is not called again and again, and the inbox
@@ -3937,16 +3943,7 @@ async fn a_delivery_whose_case_cannot_be_recorded_stays_in_line_unsent() {
     };
     // With a delivery created dead, whose `dead_lettered` entry is owed and, once the key is
     // lost, cannot be written: it stays owed, and does not stop the start either.
-    let unwritable = NewDelivery {
-        recipient: "iom.ma".into(),
-        channel: Channel::Inbox,
-        body: Vec::new(),
-        content_type: String::new(),
-        mapping_id: String::new(),
-        mapping_hash: String::new(),
-        withheld: Vec::new(),
-        unwritable: Some("encode-failed".into()),
-    };
+    let unwritable = created_dead("iom.ma");
     gateway
         .running
         .gateway
