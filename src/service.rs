@@ -642,9 +642,9 @@ impl RunningGateway {
         })
     }
 
-    /// Stops gracefully: let the messages whose client went away finish, stop accepting and
-    /// drain the requests in flight, stop the workers (attempts in flight finish), then close
-    /// the store and flush the audit log.
+    /// Stops gracefully: stop accepting, let the messages whose client went away finish,
+    /// drain the requests in flight, stop the workers (attempts in flight finish), stop the
+    /// admin listener, then close the store and flush the audit log.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.readiness.set_draining();
         self.server.stop(self.shutdown_timeout).await;

@@ -39,8 +39,10 @@ pub struct Mrz {
     /// with a letter; names that fit the field exactly read the same way.
     pub given_names_truncated: bool,
     /// Whether [`Self::surname`] may be the beginning of the holder's surname: the field is
-    /// full and holds no given name longer than an initial. ICAO 9303 cuts the surname only
-    /// once the given names are cut down to initials, or left out.
+    /// full, and either its given names are initials or absent, or the surname fills half of
+    /// it or more. ICAO 9303 leaves the way of cutting to the issuing State, whose examples
+    /// cut a long surname while keeping given names; a short surname before whole given names
+    /// (`BA<<MOUHAMADOU<…`) was not cut.
     pub surname_truncated: bool,
     /// Document number, including the overflow of long TD1 numbers.
     pub document_number: String,
@@ -292,7 +294,8 @@ fn build(f: Fields<'_>) -> Result<Mrz, MrzError> {
         surname: words(primary).collect::<Vec<_>>().join(" "),
         given_names: words(secondary).map(str::to_owned).collect(),
         given_names_truncated: full && words(secondary).next().is_some(),
-        surname_truncated: full && words(secondary).all(|name| name.len() <= 1),
+        surname_truncated: full
+            && (words(secondary).all(|name| name.len() <= 1) || primary.len() * 2 >= f.names.len()),
         document_number: f.document_number,
         nationality: fill(f.nationality).to_owned(),
         birth_date: f.birth.0.to_owned(),
