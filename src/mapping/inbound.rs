@@ -783,14 +783,13 @@ impl InboundMapping {
                 let right = compared(&check.right)?;
                 if !left.is_empty() && !right.is_empty() {
                     let agree = if check.by_name {
+                        // A side that may be cut short is tried as such only when the whole
+                        // names differ.
                         same_names(&left, &right)
-                            || (check
-                                .truncated
-                                .as_ref()
-                                .map(compared)
-                                .transpose()?
-                                .is_some_and(|cut| matches!(cut.as_slice(), [v] if v.as_ref() == &Value::Bool(true)))
-                                && names_cut_from(&left, &right))
+                            || (match &check.truncated {
+                                Some(rule) => is_true(&compared(rule)?),
+                                None => false,
+                            } && names_cut_from(&left, &right))
                     } else {
                         left == right
                     };
@@ -1022,6 +1021,11 @@ fn compile_check(spec: &Spanned<CheckSpec>, scope: &CompileScope<'_>) -> Result<
         truncated,
         path,
     })
+}
+
+/// Whether a rule's values are the one value `true`.
+fn is_true(values: &[std::borrow::Cow<'_, Value>]) -> bool {
+    matches!(values, [value] if **value == Value::Bool(true))
 }
 
 /// Runs a decoder; a document that cannot be read becomes an anomaly, not a failure.
