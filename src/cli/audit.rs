@@ -260,6 +260,11 @@ fn public_folder(log: &Path) -> PathBuf {
     }
 }
 
+/// Whether `log` (a log folder, or a copy of its public part) has a public checkpoint.
+fn has_public_checkpoint(log: &Path) -> bool {
+    public_folder(log).join("checkpoint").exists()
+}
+
 /// The log's private copy of its latest checkpoint (`private/checkpoint` of a whole folder),
 /// verified with the log's key: `None` when the folder has none (a copy of `public/` alone).
 fn private_checkpoint(copy: &Path, verifier: &NoteVerifier) -> Result<Option<Checkpoint>, String> {
@@ -338,25 +343,23 @@ fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCod
         );
         return Ok(ExitCode::FAILURE);
     }
-    let has_tiles = [log.join("tile"), log.join("public/tile")]
-        .iter()
-        .any(|tiles| tiles.is_dir());
-    if !public.join("checkpoint").exists() && has_tiles {
-        // Tiles without any signed checkpoint: a log that lost its checkpoints, whose tiles
-        // nothing vouches for (a failed check, as any file the log lost).
-        say!(
-            "FAILED: {} holds a log's tiles but no signed checkpoint (neither public/checkpoint \
-             nor private/checkpoint): nothing says what the log signed, so nothing can be \
-             checked; restore the checkpoint from a copy",
-            log.display()
-        );
-        return Ok(ExitCode::FAILURE);
-    }
-    if !public.join("checkpoint").exists() {
+    if !has_public_checkpoint(log) {
+        if [log.join("tile"), log.join("public/tile")]
+            .iter()
+            .any(|tiles| tiles.is_dir())
+        {
+            // Tiles without any signed checkpoint: a log that lost its checkpoints, whose
+            // tiles nothing vouches for (a failed check, as any file the log lost).
+            say!(
+                "FAILED: {} holds a log's tiles but no signed checkpoint (neither \
+                 public/checkpoint nor private/checkpoint): nothing says what the log signed, \
+                 so nothing can be checked; restore the checkpoint from a copy",
+                log.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
         // Not a log that failed its check: no log at all where the command looked.
-        let hint = nested_log_hint(log, |nested| {
-            public_folder(nested).join("checkpoint").exists()
-        });
+        let hint = nested_log_hint(log, has_public_checkpoint);
         bail!(
             "{} holds no log: give a log folder, or a copy of its public/ folder, with a \
              checkpoint file{hint}",
@@ -907,9 +910,7 @@ fn check_case_complete(bundle: &VerifiedBundle, log: &Path) -> anyhow::Result<Ex
         }
         Err(e) => {
             // A gateway's data folder given for its log: the log below it is named.
-            let hint = nested_log_hint(log, |nested| {
-                public_folder(nested).join("checkpoint").exists()
-            });
+            let hint = nested_log_hint(log, has_public_checkpoint);
             say!("FAILED: {e}{hint}");
             Ok(ExitCode::FAILURE)
         }

@@ -91,10 +91,9 @@ impl RunningAdmin {
     /// entry and its record are made together), then stops gracefully; each step takes at
     /// most [`ADMIN_STOP_SECS`].
     pub async fn stop(self) {
-        self.handle.pause().await;
         let left = self
             .outliving
-            .finished(Duration::from_secs(ADMIN_STOP_SECS))
+            .stop_server(&self.handle, Duration::from_secs(ADMIN_STOP_SECS))
             .await;
         if left > 0 {
             tracing::warn!(
@@ -103,7 +102,6 @@ impl RunningAdmin {
                  was up; they are dropped"
             );
         }
-        self.handle.stop(true).await;
         match self.task.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "the admin listener failed"),

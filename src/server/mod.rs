@@ -443,14 +443,11 @@ pub fn start(
 }
 
 impl RunningServer {
-    /// Stops gracefully, within about twice `bound`: it stops taking connections, lets the
-    /// messages whose client went away finish (their HTTP worker, with no connection left,
-    /// would stop at once and drop them), then drains the requests in flight (actix's
-    /// graceful stop, bounded by `server.shutdown_timeout_secs`). A client that goes away
-    /// during that drain still has its message dropped with its worker.
+    /// Stops gracefully, within about twice `bound` (see [`outliving::OutlivingTasks::stop_server`]):
+    /// the messages whose client went away are let finish, then the requests in flight are
+    /// drained (bounded by `server.shutdown_timeout_secs`).
     pub async fn stop(self, bound: Duration) {
-        self.handle.pause().await;
-        let left = self.outliving.finished(bound).await;
+        let left = self.outliving.stop_server(&self.handle, bound).await;
         if left > 0 {
             tracing::warn!(
                 messages = left,
@@ -459,7 +456,6 @@ impl RunningServer {
                  start)"
             );
         }
-        self.handle.stop(true).await;
         let _ = self.task.await;
     }
 }

@@ -76,6 +76,23 @@ impl OutlivingTasks {
         let _ = tokio::time::timeout(bound, running.wait_for(|n| *n == 0)).await;
         self.running()
     }
+
+    /// Stops the server whose requests run their work here: it stops taking connections, lets
+    /// the tasks whose request is gone finish for at most `bound` (their HTTP worker, with no
+    /// connection left, would stop at once and drop them), then drains the requests in flight
+    /// (actix's graceful stop, bounded by the server's own shutdown timeout). A client that
+    /// goes away during that drain still has its work dropped with its worker. Says how many
+    /// tasks were still running when `bound` was up.
+    pub async fn stop_server(
+        &self,
+        server: &actix_web::dev::ServerHandle,
+        bound: Duration,
+    ) -> usize {
+        server.pause().await;
+        let left = self.finished(bound).await;
+        server.stop(true).await;
+        left
+    }
 }
 
 /// Held by the request while it waits for its task: dropped before the task is over, it

@@ -174,8 +174,9 @@ async fn refuse_unregistered(
     else {
         return problem;
     };
-    let Some(tasks) = outliving_tasks(&req) else {
-        return Problem::unavailable("the gateway is not configured");
+    let tasks = match outliving_tasks(&req) {
+        Ok(tasks) => tasks,
+        Err(unconfigured) => return unconfigured,
     };
     let place = match message_permit(&gateway, UNREGISTERED).await {
         Ok(place) => place,
@@ -218,9 +219,10 @@ async fn refuse_unregistered(
 }
 
 /// The tasks of requests that outlive their client, which the shutdown waits for.
-fn outliving_tasks(req: &HttpRequest) -> Option<Arc<OutlivingTasks>> {
+fn outliving_tasks(req: &HttpRequest) -> Result<Arc<OutlivingTasks>, Problem> {
     req.app_data::<web::Data<OutlivingTasks>>()
         .map(|tasks| tasks.clone().into_inner())
+        .ok_or_else(|| Problem::unavailable("the gateway is not configured"))
 }
 
 fn gateway(req: &HttpRequest) -> Result<&Gateway, Problem> {
@@ -541,8 +543,7 @@ async fn post_message(
         // audited, and once its two writes are under way, the message must be confirmed or
         // withdrawn, and hold its turn until then, so that the client's retry waits for it and
         // gets its receipt.
-        let tasks = outliving_tasks(&req)
-            .ok_or_else(|| Problem::unavailable("the gateway is not configured"))?;
+        let tasks = outliving_tasks(&req)?;
         tasks.run(message.in_current_span()).await.map_err(|e| {
             tracing::error!(
                 error = crate::error_text::task_failure(&e),
