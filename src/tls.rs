@@ -7,8 +7,9 @@
 //!   AEAD ciphers only: AES-GCM and ChaCha20-Poly1305. The list is spelled out here rather than
 //!   taken from the provider's defaults, so that a library upgrade cannot widen it.
 //! - **Client authentication.** Every client presents a certificate that chains to the partner CA
-//!   bundle, is within its validity period, has the client-authentication purpose, and is not
-//!   revoked by any configured CRL. There is no anonymous access.
+//!   bundle, is within its validity period, names the client-authentication purpose in its
+//!   extended key usage (and allows digital signatures in its key usage, if it has one), and is
+//!   not revoked by any configured CRL. There is no anonymous access.
 //! - **Revocation.** Every certificate in the chain, apart from the trust anchor itself, is
 //!   checked. A certificate whose status no configured CRL can tell is refused, and so is one
 //!   checked against a CRL whose `nextUpdate` has passed: a missing or stale CRL shows up as a
@@ -183,6 +184,21 @@ pub enum TlsError {
         issuer: String,
         /// When the CRL stopped being current (its `nextUpdate`), RFC 3339.
         next_update: String,
+    },
+    /// A CRL read again is older than the CRL of its CA in use: taking it could take back
+    /// revocations.
+    #[error(
+        "the CRL file {} cannot be used: the CRL of {issuer} is older than the one in use \
+         ({reason}); an older CRL could accept again certificates revoked since",
+        path.display()
+    )]
+    CrlOlder {
+        /// The CRL file.
+        path: PathBuf,
+        /// The CA that issued the CRL.
+        issuer: String,
+        /// How it is older: its number, or its `thisUpdate`.
+        reason: String,
     },
     /// A CA of the bundle has no CRL among the CRL files signed by its key: every certificate it
     /// issued would be refused, its revocation status unknown.
@@ -406,12 +422,63 @@ struct CrlInUse {
     path: PathBuf,
     /// Its `nextUpdate`, in seconds since the epoch; `None` when it has none.
     next_update: Option<u64>,
+    /// Its `thisUpdate`, in seconds since the epoch.
+    this_update: i64,
+    /// Its CRL number, big-endian without leading zeros; `None` when it has none.
+    number: Option<Vec<u8>>,
+    /// The key identifier of the key that signed it (its authority key identifier), to tell
+    /// apart the CRLs of a CA re-keyed under the same name; `None` when it does not say.
+    signer: Option<Vec<u8>>,
 }
 
 impl CrlInUse {
     fn stale_at(&self, now: u64) -> bool {
         self.next_update.is_some_and(|next| next <= now)
     }
+
+    /// Whether `other` is a CRL of the same CA and key: the same issuer name and, when both
+    /// say it, the same signing key.
+    fn same_series(&self, other: &CrlInUse) -> bool {
+        self.issuer == other.issuer
+            && match (&self.signer, &other.signer) {
+                (Some(mine), Some(theirs)) => mine == theirs,
+                _ => true,
+            }
+    }
+
+    /// Why this CRL is older than `other`, a CRL of the same series, if it is: a lower CRL
+    /// number (RFC 5280's order of a CA's CRLs) when both have one, else an earlier
+    /// `thisUpdate`.
+    fn older_than(&self, other: &CrlInUse) -> Option<String> {
+        if let (Some(mine), Some(theirs)) = (&self.number, &other.number) {
+            // Big-endian without leading zeros: the shorter is the smaller.
+            return ((mine.len(), mine) < (theirs.len(), theirs)).then(|| {
+                format!(
+                    "its CRL number {} is below the number {} of the CRL in use",
+                    hex::encode(mine),
+                    hex::encode(theirs)
+                )
+            });
+        }
+        (self.this_update < other.this_update).then(|| {
+            format!(
+                "it was issued on {}, before the CRL in use ({})",
+                rfc3339(self.this_update),
+                rfc3339(other.this_update)
+            )
+        })
+    }
+}
+
+/// A time in seconds since the epoch, as RFC 3339 (the number itself if it is out of range).
+fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|time| {
+            time.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
 }
 
 /// When the CRLs in use go stale (their `nextUpdate`s), told on every request for the cost of
@@ -564,8 +631,9 @@ impl ClientVerifier {
     ///
     /// A change is refused, and the CRLs in use stay, when a CRL cannot be read or parsed, is
     /// in the name of a CA of the bundle without its signature, leaves a CA of the bundle
-    /// without a CRL, or would replace a CA's current CRL by one past its `nextUpdate` (which
-    /// would refuse every certificate of that CA). A CRL that was stale already may stay
+    /// without a CRL, would replace a CA's current CRL by one past its `nextUpdate` (which
+    /// would refuse every certificate of that CA), or by an older CRL of the same CA and key
+    /// (a lower CRL number, or without numbers an earlier `thisUpdate`). A CRL that was stale already may stay
     /// stale: the other CAs' new CRLs are taken all the same. A refused change is tried again
     /// at each call, and reported once (`Ok(false)` while it fails the same way).
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
@@ -583,6 +651,7 @@ impl ClientVerifier {
         )
         .and_then(|(verifier, in_use)| {
             self.refuse_newly_stale(&in_use)?;
+            self.refuse_older(&in_use)?;
             Ok((verifier, in_use))
         });
         let mut last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -619,6 +688,29 @@ impl ClientVerifier {
         for crl in new.iter().filter(|crl| crl.stale_at(now)) {
             if current(&in_use, &crl.issuer) && !current(new, &crl.issuer) {
                 return Err(crl_expired(crl));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a new set of CRLs that would put an older CRL of a CA (and key) in place of the
+    /// one in use: an older CRL may lack revocations made since, so taking it would accept
+    /// again certificates already revoked. CRLs are often fetched over plain HTTP, and an old
+    /// one stays signed and may still be within its `nextUpdate`.
+    fn refuse_older(&self, new: &[CrlInUse]) -> Result<(), TlsError> {
+        let in_use = self.in_use.read().unwrap_or_else(|p| p.into_inner());
+        for old in in_use.iter() {
+            let series: Vec<&CrlInUse> = new.iter().filter(|crl| crl.same_series(old)).collect();
+            // Refused only when every new CRL of the series is older: a file may hold an older
+            // CRL beside the current one.
+            let reasons: Option<Vec<String>> =
+                series.iter().map(|crl| crl.older_than(old)).collect();
+            if let (Some(reasons), Some(first)) = (reasons, series.first()) {
+                return Err(TlsError::CrlOlder {
+                    path: first.path.clone(),
+                    issuer: first.issuer_name.clone(),
+                    reason: reasons.into_iter().next().unwrap_or_default(),
+                });
             }
         }
         Ok(())
@@ -758,14 +850,7 @@ fn crl_expired(crl: &CrlInUse) -> TlsError {
     TlsError::CrlExpired {
         path: crl.path.clone(),
         issuer: crl.issuer_name.clone(),
-        next_update: i64::try_from(next_update)
-            .ok()
-            .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
-            .and_then(|time| {
-                time.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| next_update.to_string()),
+        next_update: i64::try_from(next_update).map_or_else(|_| next_update.to_string(), rfc3339),
     }
 }
 
@@ -790,6 +875,15 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.current()
             .verify_client_cert(end_entity, intermediates, now)
+            .and_then(|verified| {
+                if made_for_client_authentication(end_entity) {
+                    Ok(verified)
+                } else {
+                    Err(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::InvalidPurpose,
+                    ))
+                }
+            })
             .inspect_err(|error| self.report(end_entity, CertificateRefusal::from(error)))
     }
 
@@ -818,6 +912,25 @@ impl ClientCertVerifier for ClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.current().supported_verify_schemes()
     }
+}
+
+/// Whether a client certificate says it is made for TLS client authentication: an extended key
+/// usage that names `clientAuth`, and, if it has a key usage, one that allows digital
+/// signatures (with which the client proves it holds the key). rustls's verifier takes a
+/// certificate without any extended key usage as good for every purpose, and does not read
+/// the key usage; a partner's certificate must say what it is for (RFC 5280, 4.2.1.3 and
+/// 4.2.1.12), so that a certificate issued for something else cannot open a session.
+fn made_for_client_authentication(end_entity: &CertificateDer<'_>) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) else {
+        return false;
+    };
+    let client_auth = matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.client_auth);
+    let signs = match cert.key_usage() {
+        Ok(Some(usage)) => usage.value.digital_signature(),
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    client_auth && signs
 }
 
 /// Why a handshake refused a client certificate, as the audit trail names it.
@@ -1288,6 +1401,14 @@ fn load_checked_crls(
             })?;
             // Read again here: `signed_by_its_ca` has refused a CRL it cannot read.
             if let Ok((_, parsed)) = x509_parser::parse_x509_crl(crl.as_ref()) {
+                let signer = parsed.extensions().iter().find_map(|extension| {
+                    match extension.parsed_extension() {
+                        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                            aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+                        }
+                        _ => None,
+                    }
+                });
                 in_use.push(CrlInUse {
                     issuer: parsed.issuer().as_raw().to_vec(),
                     issuer_name: parsed.issuer().to_string(),
@@ -1295,6 +1416,9 @@ fn load_checked_crls(
                     next_update: parsed
                         .next_update()
                         .map(|time| u64::try_from(time.timestamp()).unwrap_or(0)),
+                    this_update: parsed.last_update().timestamp(),
+                    number: parsed.crl_number().map(|number| number.to_bytes_be()),
+                    signer,
                 });
             }
         }
@@ -1450,6 +1574,34 @@ mod tests {
         let unreadable = chain_not_afters(&[CertificateDer::from(vec![1, 2, 3])]);
         assert_eq!(unreadable, [i64::MIN]);
         assert_eq!(next_expiry(&unreadable, now), now);
+    }
+
+    #[test]
+    fn a_crl_is_older_by_its_number_or_else_by_its_issue_date() {
+        let crl = |number: Option<u8>, this_update: i64, signer: Option<u8>| CrlInUse {
+            issuer: b"CA".to_vec(),
+            issuer_name: "CN=CA".into(),
+            path: PathBuf::from("ca.crl"),
+            next_update: None,
+            this_update,
+            number: number.map(|n| vec![n]),
+            signer: signer.map(|s| vec![s]),
+        };
+        let in_use = crl(Some(7), 2_000, Some(1));
+        // The number decides when both have one, whatever the dates say.
+        assert!(crl(Some(6), 3_000, Some(1)).older_than(&in_use).is_some());
+        assert!(crl(Some(7), 1_000, Some(1)).older_than(&in_use).is_none());
+        assert!(crl(Some(8), 1_000, Some(1)).older_than(&in_use).is_none());
+        // A longer number is the larger one.
+        let mut long = crl(None, 0, Some(1));
+        long.number = Some(vec![1, 0]);
+        assert!(long.older_than(&in_use).is_none());
+        // Without numbers, the issue date.
+        assert!(crl(None, 1_999, Some(1)).older_than(&in_use).is_some());
+        assert!(crl(None, 2_000, Some(1)).older_than(&in_use).is_none());
+        // Another key of a CA of the same name is another series; an unsaid key is the same.
+        assert!(!crl(Some(1), 0, Some(2)).same_series(&in_use));
+        assert!(crl(Some(1), 0, None).same_series(&in_use));
     }
 
     #[test]

@@ -953,6 +953,77 @@ async fn refused_certificates_are_reported_with_their_reason() {
     );
 }
 
+/// A client certificate of the development CA for `urn:partner:iom.ma`, with the given
+/// purposes, written into `dir` with its key; the client configuration that presents it.
+fn dev_client_with_purposes(
+    dir: &Path,
+    file: &str,
+    extended: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    usages: Vec<rcgen::KeyUsagePurpose>,
+) -> (Arc<ClientConfig>, Vec<u8>) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI("urn:partner:iom.ma".try_into().unwrap())];
+    params.extended_key_usages = extended;
+    params.key_usages = usages;
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = date_time_ymd(2100, 1, 1);
+    let cert = params.signed_by(&key, &dev_ca_issuer()).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let files = tls::TlsFiles::new(dev_dir().join("ca.pem"), cert_path, key_path);
+    (tls::client_config(&files).unwrap(), cert.der().to_vec())
+}
+
+/// A client certificate must say that it is for client authentication: one without an extended
+/// key usage (which rustls's verifier alone takes as good for every purpose), or whose key
+/// usage does not allow signatures, is refused at the handshake as of the wrong purpose.
+#[tokio::test]
+async fn a_certificate_that_does_not_say_it_is_for_client_authentication_is_refused() {
+    use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
+    let reported = Arc::new(Reported::default());
+    let (server, _) = tls::server_config_with_verifier(
+        &dev::files(&dev_dir(), dev::SERVER),
+        Some(reported.clone()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (no_purpose, no_purpose_der) = dev_client_with_purposes(dir.path(), "none", vec![], vec![]);
+    let (no_signature, no_signature_der) = dev_client_with_purposes(
+        dir.path(),
+        "encipher",
+        vec![Eku::ClientAuth],
+        vec![Ku::KeyEncipherment],
+    );
+    for client in [no_purpose, no_signature] {
+        let error = handshake(server.clone(), client).await.refused();
+        assert!(
+            matches!(
+                error,
+                Error::InvalidCertificate(CertificateError::InvalidPurpose)
+            ),
+            "{error:?}"
+        );
+    }
+    // Both said, or the extended key usage alone: accepted.
+    for (file, usages) in [("both", vec![Ku::DigitalSignature]), ("eku", vec![])] {
+        let (client, _) = dev_client_with_purposes(dir.path(), file, vec![Eku::ClientAuth], usages);
+        handshake(server.clone(), client).await.accepted();
+    }
+    use tls::CertificateRefusal::InvalidPurpose;
+    assert_eq!(
+        *reported.0.lock().unwrap(),
+        [
+            (no_purpose_der, InvalidPurpose),
+            (no_signature_der, InvalidPurpose)
+        ]
+    );
+}
+
 fn is_revoked(error: &Error) -> bool {
     matches!(error, Error::InvalidCertificate(CertificateError::Revoked))
 }
@@ -985,6 +1056,19 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
         .set_modified(before)
         .unwrap();
     assert!(verifier.reload_if_changed().unwrap());
+    only_iom_ma_is_revoked(&server).await;
+
+    // So is an older CRL of the CA (a lower CRL number), still signed and current, which would
+    // accept IOM Morocco's certificate again.
+    std::fs::write(&crl, dev_crl(9, &[dev::REVOKED])).unwrap();
+    let error = verifier.reload_if_changed().unwrap_err();
+    assert!(matches!(error, TlsError::CrlOlder { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("CRL number 09 is below the number 0b"),
+        "{error}"
+    );
     only_iom_ma_is_revoked(&server).await;
 
     // A damaged file is reported, and the CRL read last stays in use.
