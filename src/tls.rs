@@ -1034,8 +1034,22 @@ pub trait CertificateRefusalObserver: Send + Sync {
 ///
 /// Written here, rather than taken from rustls, for the same reason as [`ClientVerifier`]:
 /// rustls verifiers are immutable, and this one follows the CRLs read again.
+///
+/// For a recipient bound to its CA (the registry's `issuer`), the endpoint's certificate must
+/// also lead to that CA ([`Issuers::issued_server`]): any CA of the bundle can issue a
+/// certificate for any host, and one that did so for a partner's endpoint, with the network
+/// path to it redirected, would receive that partner's deliveries.
 #[derive(Debug)]
-pub struct EndpointVerifier(Arc<ClientVerifier>);
+pub struct EndpointVerifier {
+    verifier: Arc<ClientVerifier>,
+    /// The CA the recipient is bound to, by name or fingerprint; `None`: any CA of the bundle.
+    issuer: Option<String>,
+}
+
+/// A webhook endpoint's certificate that does not lead to the CA its recipient is bound to.
+#[derive(Debug, thiserror::Error)]
+#[error("the endpoint's certificate was not issued by the recipient's CA ({0})")]
+struct NotIssuedByRecipientsCa(String);
 
 impl ServerCertVerifier for EndpointVerifier {
     fn verify_server_cert(
@@ -1046,13 +1060,30 @@ impl ServerCertVerifier for EndpointVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0.endpoints().verify_server_cert(
+        let verified = self.verifier.endpoints().verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        )
+        )?;
+        match &self.issuer {
+            Some(issuer)
+                if !self.verifier.issuers.issued_server(
+                    issuer,
+                    end_entity,
+                    intermediates,
+                    server_name,
+                ) =>
+            {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                        NotIssuedByRecipientsCa(issuer.clone()),
+                    ))),
+                ))
+            }
+            _ => Ok(verified),
+        }
     }
 
     fn verify_tls12_signature(
@@ -1061,7 +1092,7 @@ impl ServerCertVerifier for EndpointVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.verifier
             .endpoints()
             .verify_tls12_signature(message, cert, dss)
     }
@@ -1072,13 +1103,13 @@ impl ServerCertVerifier for EndpointVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.verifier
             .endpoints()
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.endpoints().supported_verify_schemes()
+        self.verifier.endpoints().supported_verify_schemes()
     }
 }
 
@@ -1096,7 +1127,10 @@ pub fn endpoint_client_config(
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(TlsError::Protocol)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(EndpointVerifier(verifier)))
+        .with_custom_certificate_verifier(Arc::new(EndpointVerifier {
+            verifier,
+            issuer: None,
+        }))
         .with_client_auth_cert(chain, private_key)
         .map_err(|source| TlsError::Identity {
             cert: cert.to_owned(),
@@ -1109,6 +1143,23 @@ pub fn endpoint_client_config(
     // being accepted.
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// The configuration of [`endpoint_client_config`] (`config`, over `verifier`) for the endpoints
+/// of a recipient bound to the CA that `issuer` names: their certificates must lead to it.
+pub fn endpoint_client_config_bound_to(
+    config: &ClientConfig,
+    verifier: Arc<ClientVerifier>,
+    issuer: &str,
+) -> ClientConfig {
+    let mut config = config.clone();
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(EndpointVerifier {
+            verifier,
+            issuer: Some(issuer.to_owned()),
+        }));
+    config
 }
 
 /// Builds a client configuration that presents `files.cert` and verifies the server against

@@ -2000,6 +2000,44 @@ async fn fails_as_tls(gateway: &TestGateway, reference: &str) {
     );
 }
 
+/// With the CAs of two institutions in the bundle, a recipient bound to its CA (its entry's
+/// `issuer`) is called only at an endpoint whose certificate that CA issued: another CA of the
+/// bundle could otherwise issue one for its host and, with the network path redirected, receive
+/// its deliveries. The same endpoint with a certificate of the recipient's CA gets them.
+#[actix_web::test]
+async fn a_bound_recipients_endpoint_must_present_a_certificate_of_its_ca() {
+    let pki_dir = tempfile::tempdir().expect("a temporary folder");
+    let other = pki::OtherCa::new("Another institution's CA");
+    let bundle = pki_dir.path().join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).expect("the dev CA");
+    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).expect("the bundle");
+    let other_crl = pki_dir.path().join("other.crl");
+    std::fs::write(&other_crl, other.crl()).expect("the other CA's CRL");
+    let mut dgsn = Receiver::reserve().presenting_files(other.server_files(pki_dir.path()));
+    dgsn.up();
+    let dev_ca_name = "CN=Passerelle development CA, O=Passerelle (development only)";
+    let changes = RegistryChanges::new()
+        .issuer_of_all(dev_ca_name)
+        .webhook("ma.dgsn", &dgsn.url("/notices"));
+    let gateway = TestGateway::start(&changes, |config| {
+        config.tls.ca = bundle.clone();
+        config.tls.crls.push(other_crl.clone());
+        config.delivery.max_attempts = 50;
+    })
+    .await;
+    fails_as_tls(&gateway, "CGSN-CASA-2026-00992").await;
+    assert!(dgsn.received().is_empty(), "no request got through");
+
+    // The endpoint now presents a certificate of the development CA: the delivery arrives.
+    dgsn.down().await;
+    let mut dgsn = dgsn.presenting("server");
+    dgsn.up();
+    delivery_story(&gateway, "CGSN-CASA-2026-00992", "ma.dgsn", "delivered").await;
+    let received: Vec<String> = dgsn.received().into_iter().map(|r| r.event_id).collect();
+    assert_eq!(received, ["CGSN-CASA-2026-00992"]);
+    gateway.stop().await;
+}
+
 #[actix_web::test]
 async fn an_endpoint_with_a_certificate_refused_fails_as_tls() {
     let mut dgsn = Receiver::reserve().presenting("expired");

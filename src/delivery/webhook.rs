@@ -64,8 +64,9 @@ pub struct WebhookWorker {
     /// Whose CRLs endpoints are checked against: when it reads them again, the client is made
     /// anew ([`WebhookWorker::client`]).
     verifier: Arc<ClientVerifier>,
-    /// The HTTP client, and the generation of the CRLs its connections were checked under.
-    client: Mutex<(u64, reqwest::Client)>,
+    /// The HTTP clients, by the CA their endpoints must lead to (`None`: any CA of the
+    /// bundle), and the generation of the CRLs their connections were checked under.
+    clients: Mutex<(u64, HashMap<Option<String>, reqwest::Client>)>,
     timeout: Duration,
     policy: RetryPolicy,
     concurrency: usize,
@@ -91,30 +92,60 @@ impl WebhookWorker {
             gateway,
             tls,
             verifier,
-            client: Mutex::new((generation, client)),
+            clients: Mutex::new((generation, HashMap::from([(None, client)]))),
             timeout,
             policy,
             concurrency: concurrency.max(1),
         })
     }
 
-    /// The HTTP client to call with. Once the CRLs have been read again, it is made anew: the
-    /// connections it keeps alive were checked against the CRLs of their handshakes, and an
-    /// endpoint's certificate revoked since must be checked again on a new connection.
-    fn client(&self) -> reqwest::Client {
+    /// The HTTP client to call a recipient bound to `issuer` with (the registry's `issuer`,
+    /// whose endpoints' certificates must lead to that CA; `None`: any CA of the bundle). Once
+    /// the CRLs have been read again, the clients are made anew: the connections they keep
+    /// alive were checked against the CRLs of their handshakes, and an endpoint's certificate
+    /// revoked since must be checked again on a new connection.
+    fn client(&self, issuer: Option<&str>) -> reqwest::Result<reqwest::Client> {
         let generation = self.verifier.generation();
-        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        if client.0 != generation {
-            match http_client(&self.tls, self.timeout) {
-                Ok(fresh) => *client = (generation, fresh),
-                // Kept, and made anew at the next call: a call on a connection kept alive
-                // beats no call at all, and the error is the machine's, not the recipient's.
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.0 != generation {
+            // The old ones are kept until the new ones are made: a call on a connection kept
+            // alive beats no call at all, and an error would be the machine's, not the
+            // recipient's.
+            let fresh: reqwest::Result<HashMap<_, _>> = clients
+                .1
+                .keys()
+                .map(|issuer| Ok((issuer.clone(), self.make_client(issuer.as_deref())?)))
+                .collect();
+            match fresh {
+                Ok(fresh) => *clients = (generation, fresh),
                 Err(error) => {
-                    tracing::error!(error = %error, "making the webhook client anew after a CRL reload");
+                    tracing::error!(error = %error, "making the webhook clients anew after a CRL reload");
                 }
             }
         }
-        client.1.clone()
+        let key = issuer.map(str::to_owned);
+        if let Some(client) = clients.1.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = self.make_client(issuer)?;
+        clients.1.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// A new HTTP client for the endpoints of recipients bound to `issuer` (see
+    /// [`WebhookWorker::client`]).
+    fn make_client(&self, issuer: Option<&str>) -> reqwest::Result<reqwest::Client> {
+        match issuer {
+            None => http_client(&self.tls, self.timeout),
+            Some(issuer) => http_client(
+                &crate::tls::endpoint_client_config_bound_to(
+                    &self.tls,
+                    self.verifier.clone(),
+                    issuer,
+                ),
+                self.timeout,
+            ),
+        }
     }
 
     /// Runs until `shutdown` turns true, then finishes the attempts in flight.
@@ -213,12 +244,8 @@ impl WebhookWorker {
     }
 
     async fn call(&self, d: &Delivery) -> Attempt {
-        let url = match self
-            .gateway
-            .registry
-            .partner(&d.recipient)
-            .and_then(|p| p.delivery.as_ref())
-        {
+        let partner = self.gateway.registry.partner(&d.recipient);
+        let url = match partner.and_then(|p| p.delivery.as_ref()) {
             Some(DeliveryMode::Webhook { url }) => url.clone(),
             _ => {
                 return Attempt::Unsendable {
@@ -226,8 +253,19 @@ impl WebhookWorker {
                 };
             }
         };
-        let response = self
-            .client()
+        let client = match self.client(partner.and_then(|p| p.issuer.as_deref())) {
+            Ok(client) => client,
+            Err(error) => {
+                // The machine's fault (the TLS library could not be set up), not the
+                // recipient's: tried again later.
+                tracing::error!(delivery = d.id, recipient = %d.recipient, error = %error, "making a webhook client");
+                return Attempt::Retry {
+                    code: "webhook.transport".into(),
+                    asked: None,
+                };
+            }
+        };
+        let response = client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, &d.content_type)
             .header(DELIVERY_HEADER, d.id.to_string())

@@ -119,7 +119,8 @@ pub struct PartnerEntry {
     /// The CA of the bundle (`tls.ca`) that issues its certificates: its subject name, as
     /// `passerelle certs identity` prints it (`issuer:`), or the SHA-256 fingerprint of its
     /// certificate (`sha256:<hex>`). A certificate naming this partner must chain to that CA:
-    /// another CA of the bundle cannot issue one. Required of every entry without
+    /// another CA of the bundle cannot issue one; so must its webhook endpoint's certificate,
+    /// if it has one. Required of every entry without
     /// `fingerprints` when the bundle holds more than one CA certificate
     /// ([`Registry::check_issuers`]).
     #[serde(default)]

@@ -10,14 +10,18 @@
 //! A chain is checked by building its path again with a verifier that trusts the named CA alone:
 //! the chain may hold intermediates, and one of them could carry the named CA's name while
 //! another CA signed it. Revocation, expiry and the certificate's purpose are the handshake's
-//! checks ([`super::ClientVerifier`]); this module does not repeat the revocation check.
+//! checks ([`super::ClientVerifier`]); this module does not repeat the revocation check. The
+//! same question is asked of a bound partner's webhook endpoint ([`Issuers::issued_server`]):
+//! another CA of the bundle cannot issue a certificate for its host and receive its deliveries.
 //!
 //! It must not decide which CA a partner's entry names: that is the registry's.
 
 use super::TlsError;
 use rustls::RootCertStore;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,11 +38,19 @@ use std::sync::Arc;
 /// is [`Issuers::ambiguous`], and such CAs are named by fingerprint.
 #[derive(Clone)]
 pub struct Issuers {
-    by_name: BTreeMap<String, Arc<dyn ClientCertVerifier>>,
+    by_name: BTreeMap<String, IssuerVerifiers>,
     /// Each CA of the bundle: its printed subject name and its fingerprint, in bundle order.
     cas: Vec<(String, String)>,
     /// Printed names that stand for more than one name.
     ambiguous: BTreeSet<String>,
+}
+
+/// The verifiers that trust one issuer alone: of client certificates (a partner's) and of
+/// server certificates (a partner's webhook endpoint's).
+#[derive(Clone)]
+struct IssuerVerifiers {
+    clients: Arc<dyn ClientCertVerifier>,
+    servers: Arc<WebPkiServerVerifier>,
 }
 
 impl std::fmt::Debug for Issuers {
@@ -80,14 +92,24 @@ impl Issuers {
         let mut ambiguous = BTreeSet::new();
         let mut by_name = BTreeMap::new();
         let verifier = |roots: RootCertStore| {
-            // No CRLs: without them, rustls's verifier checks the path, the validity period and
+            let roots = Arc::new(roots);
+            let refused = |source| TlsError::Verifier {
+                ca: ca.to_owned(),
+                source,
+            };
+            // No CRLs: without them, rustls's verifiers check the path, the validity period and
             // the purpose, not the revocation, which the handshake checked.
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            Ok(IssuerVerifiers {
+                clients: WebPkiClientVerifier::builder_with_provider(
+                    roots.clone(),
+                    provider.clone(),
+                )
                 .build()
-                .map_err(|source| TlsError::Verifier {
-                    ca: ca.to_owned(),
-                    source,
-                })
+                .map_err(refused)?,
+                servers: WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(refused)?,
+            })
         };
         for (printed, (raw, roots)) in by_printed {
             if raw.len() > 1 {
@@ -130,9 +152,28 @@ impl Issuers {
         let Some((end_entity, intermediates)) = chain.split_first() else {
             return false;
         };
-        self.by_name.get(issuer).is_some_and(|verifier| {
-            verifier
+        self.by_name.get(issuer).is_some_and(|verifiers| {
+            verifiers
+                .clients
                 .verify_client_cert(end_entity, intermediates, UnixTime::now())
+                .is_ok()
+        })
+    }
+
+    /// Whether a server's certificate (`end_entity`, with the `intermediates` it sent) for
+    /// `server_name` leads to a CA of the bundle that `issuer` names: a webhook endpoint of a
+    /// partner bound to its CA. False for a name that names none.
+    pub fn issued_server(
+        &self,
+        issuer: &str,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+    ) -> bool {
+        self.by_name.get(issuer).is_some_and(|verifiers| {
+            verifiers
+                .servers
+                .verify_server_cert(end_entity, intermediates, server_name, &[], UnixTime::now())
                 .is_ok()
         })
     }

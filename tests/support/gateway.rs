@@ -1016,8 +1016,9 @@ async fn receive(
 pub struct Receiver {
     /// Its port, kept while it is down.
     pub port: u16,
-    /// The development certificate it presents (`server` unless [`Receiver::presenting`]).
-    certificate: String,
+    /// Its TLS files: the development server certificate unless [`Receiver::presenting`] or
+    /// [`Receiver::presenting_files`] said otherwise.
+    files: tls::TlsFiles,
     state: web::Data<Mutex<ReceiverState>>,
     server: Option<ServerHandle>,
 }
@@ -1027,7 +1028,7 @@ impl Receiver {
     pub fn reserve() -> Receiver {
         Receiver {
             port: free_port(),
-            certificate: dev::SERVER.to_owned(),
+            files: dev::files(&dev_dir(), dev::SERVER),
             state: web::Data::new(Mutex::new(ReceiverState {
                 answer: Answer::Accept,
                 script: VecDeque::new(),
@@ -1066,7 +1067,13 @@ impl Receiver {
     /// The receiver presents development certificate `name` (for example `expired`) instead
     /// of the server certificate, once up.
     pub fn presenting(mut self, name: &str) -> Receiver {
-        self.certificate = name.to_owned();
+        self.files = dev::files(&dev_dir(), name);
+        self
+    }
+
+    /// The receiver serves with `files` (a certificate of another CA, say) once up.
+    pub fn presenting_files(mut self, files: tls::TlsFiles) -> Receiver {
+        self.files = files;
         self
     }
 
@@ -1078,8 +1085,7 @@ impl Receiver {
     /// Starts listening on its port (on the current actix system).
     pub fn up(&mut self) {
         assert!(self.server.is_none(), "the receiver is already up");
-        let tls =
-            tls::server_config(&dev::files(&dev_dir(), &self.certificate)).expect("server TLS");
+        let tls = tls::server_config(&self.files).expect("server TLS");
         // The port was released by `reserve` or `down`; bind it again, waiting for the
         // previous listener to be gone.
         let deadline = Instant::now() + Duration::from_secs(5);

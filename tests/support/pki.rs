@@ -208,6 +208,31 @@ impl OtherCa {
         .to_vec()
     }
 
+    /// Issues a server certificate for `localhost` and writes it (followed by this CA's
+    /// certificate, for an intermediate) and its key into `dir`, with the development CA bundle
+    /// and CRL, which verify the clients it serves (the gateway's webhook calls).
+    pub fn server_files(&self, dir: &Path) -> TlsFiles {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2100, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let chain = if self.intermediate {
+            format!("{}{}", cert.pem(), self.cert_pem)
+        } else {
+            cert.pem()
+        };
+        std::fs::write(dir.join("other-server.pem"), chain).unwrap();
+        std::fs::write(dir.join("other-server.key"), key.serialize_pem()).unwrap();
+        TlsFiles::new(
+            dev_dir().join("ca.pem"),
+            dir.join("other-server.pem"),
+            dir.join("other-server.key"),
+        )
+        .with_crl(dev_dir().join("crl.pem"))
+    }
+
     /// Issues a client certificate for `uri` and writes it (followed by this CA's certificate,
     /// for an intermediate), its key and the dev CA bundle (to trust the gateway) into `dir`.
     pub fn client_files(&self, dir: &Path, uri: &str) -> TlsFiles {
