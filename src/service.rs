@@ -155,9 +155,19 @@ fn refuse_development_trust(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Warns of settings that are for development only: a server certificate issued by the
-/// development CA (whose keys are public in the project's copy), and an admin listener, which
-/// has no authentication, on an address other than loopback.
+/// development CA (whose keys are public in the project's copy), an admin listener, which
+/// has no authentication, on an address other than loopback, and a broker reached without TLS
+/// beyond loopback.
 fn warn_of_development_settings(config: &Config) {
+    if let Some(endpoint) = config.amqp.as_ref().and_then(|amqp| amqp.endpoint().ok())
+        && endpoint.in_the_clear_beyond_loopback()
+    {
+        tracing::warn!(
+            broker = %endpoint,
+            "amqp.url is amqp:// (no TLS) to a host other than loopback: partners' messages and \
+             the password cross the network in the clear; use amqps:// with SASL EXTERNAL"
+        );
+    }
     if crate::tls::issued_by_development_ca(&config.tls.cert) {
         tracing::warn!(
             cert = %config.tls.cert.display(),

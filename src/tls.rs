@@ -1196,6 +1196,9 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
             source,
         })?;
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    // No session resumption, as for webhook calls: a reconnection to the broker verifies its
+    // certificate again.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

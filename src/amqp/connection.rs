@@ -311,6 +311,18 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Whether the connection goes without TLS (`amqp://`) to a host that is not this machine's
+    /// loopback: the partners' messages, and the PLAIN password, would cross a network in the
+    /// clear.
+    pub fn in_the_clear_beyond_loopback(&self) -> bool {
+        let loopback = self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback());
+        !self.tls && !loopback
+    }
+
     /// Parses `amqp[s]://host[:port][/vhost]`. Credentials, query strings and fragments are
     /// refused.
     ///
@@ -777,6 +789,18 @@ mod tests {
                 .vhost,
             "gateway"
         );
+    }
+
+    #[test]
+    fn plain_amqp_beyond_loopback_is_told() {
+        let beyond = |url: &str| Endpoint::parse(url).unwrap().in_the_clear_beyond_loopback();
+        assert!(beyond("amqp://broker.example/%2f"));
+        assert!(beyond("amqp://10.0.0.5/%2f"));
+        assert!(!beyond("amqp://localhost/%2f"));
+        assert!(!beyond("amqp://127.0.0.1:5672/%2f"));
+        assert!(!beyond("amqp://[::1]/%2f"));
+        assert!(!beyond("amqp://[::ffff:127.0.0.1]/%2f"));
+        assert!(!beyond("amqps://broker.example/%2f"));
     }
 
     #[test]
