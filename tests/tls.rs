@@ -251,29 +251,32 @@ fn a_chain_is_issued_by_the_ca_it_leads_to() {
     assert!(issuers.issued(other_name, &forged));
 }
 
-/// The webhook calls never resume a session, even with an endpoint that offers it: a resumed
-/// handshake would not check the endpoint's certificate against the CRLs read since.
+/// The webhook calls and the broker connection never resume a session, even with a server
+/// that offers it: a resumed handshake would not check the server's certificate against the
+/// CRLs read since.
 #[tokio::test]
-async fn the_webhook_client_never_resumes_a_session() {
+async fn the_gateways_clients_never_resume_a_session() {
     let mut resuming = (*dev_server()).clone();
     resuming.session_storage = rustls::server::ServerSessionMemoryCache::new(64);
     resuming.send_tls13_tickets = 2;
     let resuming = Arc::new(resuming);
     // The server resumes a client that asks to.
-    let client = dev_client("ma.dgsn");
-    handshake(resuming.clone(), client.clone()).await.accepted();
-    let again = handshake(resuming.clone(), client).await.accepted();
+    let mut asking = (*dev_client("ma.dgsn")).clone();
+    asking.resumption = rustls::client::Resumption::in_memory_sessions(64);
+    let asking = Arc::new(asking);
+    handshake(resuming.clone(), asking.clone()).await.accepted();
+    let again = handshake(resuming.clone(), asking).await.accepted();
     assert_eq!(again.kind, Some(rustls::HandshakeKind::Resumed));
-    // The webhook client does not ask.
+    // The webhook client does not ask, nor does the broker's (`client_config`).
     let (_, verifier) =
         tls::server_config_with_verifier(&dev::files(&dev_dir(), dev::SERVER), None).unwrap();
     let gateway = dev::files(&dev_dir(), dev::GATEWAY_CLIENT);
     let webhook = tls::endpoint_client_config(&gateway.cert, &gateway.key, verifier).unwrap();
-    for _ in 0..2 {
-        let accepted = handshake(resuming.clone(), webhook.clone())
-            .await
-            .accepted();
-        assert_eq!(accepted.kind, Some(rustls::HandshakeKind::Full));
+    for client in [webhook, dev_client("ma.dgsn")] {
+        for _ in 0..2 {
+            let accepted = handshake(resuming.clone(), client.clone()).await.accepted();
+            assert_eq!(accepted.kind, Some(rustls::HandshakeKind::Full));
+        }
     }
 }
 
