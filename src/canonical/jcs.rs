@@ -18,6 +18,37 @@ pub fn to_vec(value: &Value) -> Vec<u8> {
     serde_json_canonicalizer::to_vec(value).unwrap_or_default()
 }
 
+/// The canonical form of `object` with one more member, `key` (which it must not have), set
+/// to `value`, made from `canonical`, the canonical form of `object`, when the new member sorts
+/// after every member of the object, so that it goes last; `None` otherwise (or when `object`
+/// is no object). It spares serialising a whole event again to add one member at its end.
+pub fn with_last_member(
+    canonical: &[u8],
+    object: &Value,
+    key: &str,
+    value: &Value,
+) -> Option<Vec<u8>> {
+    let members = object.as_object()?;
+    // RFC 8785 orders members by their names' UTF-16 code units.
+    let goes_last = members
+        .keys()
+        .all(|name| name.encode_utf16().lt(key.encode_utf16()));
+    let body = canonical.strip_suffix(b"}")?;
+    if !goes_last || !body.starts_with(b"{") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(canonical.len() + key.len() + 64);
+    out.extend_from_slice(body);
+    if !members.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(&to_vec(&Value::String(key.to_owned())));
+    out.push(b':');
+    out.extend_from_slice(&to_vec(value));
+    out.push(b'}');
+    Some(out)
+}
+
 /// Serialises a value as RFC 8785 canonical JSON text.
 pub fn to_string(value: &Value) -> String {
     String::from_utf8(to_vec(value)).unwrap_or_default()
@@ -64,6 +95,30 @@ mod tests {
         let big = json!([18446744073709551615u64]);
         assert!(!super::is_plain(&big));
         assert_eq!(super::to_string(&big), "[18446744073709552000]");
+    }
+
+    #[test]
+    fn a_last_member_is_added_as_a_whole_serialisation_would() {
+        use super::{to_vec, with_last_member};
+        let value = json!("data.observations");
+        for object in [
+            json!({"data": {"b": 1, "a": [1.5, "é"]}, "type": "t", "id": "x"}),
+            json!({}),
+        ] {
+            let canonical = to_vec(&object);
+            let mut whole = object.clone();
+            whole["withheld"] = value.clone();
+            assert_eq!(
+                with_last_member(&canonical, &object, "withheld", &value),
+                Some(to_vec(&whole))
+            );
+        }
+        // A member that would not go last is not added so.
+        let object = json!({"zeta": 1});
+        assert_eq!(
+            with_last_member(&to_vec(&object), &object, "withheld", &value),
+            None
+        );
     }
 
     #[test]

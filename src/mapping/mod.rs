@@ -31,6 +31,7 @@ use crate::canonical::{SchemaSet, Violation, jcs, text, type_name};
 use inbound::{IgnoreRule, InboundMapping, NativeMessage};
 use policy::Policy;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -653,15 +654,49 @@ impl PartnerMapping {
     /// outbound template for the type, canonical JSON if it receives canonical events, after
     /// removing every field its role must not see.
     pub fn encode(&self, event: &Value) -> Result<Encoded, EncodeError> {
-        let mut filtered = event.clone();
-        let withheld = self.policy.apply(&self.role, &mut filtered);
+        self.encode_with_canonical(event, &jcs::to_vec(event))
+    }
+
+    /// As [`PartnerMapping::encode`], given the event's canonical form `canonical`
+    /// ([`jcs::to_vec`]), which a recipient of canonical events gets as it is when its role
+    /// withholds nothing the event holds: for a caller that has it already.
+    pub fn encode_with_canonical(
+        &self,
+        event: &Value,
+        canonical: &[u8],
+    ) -> Result<Encoded, EncodeError> {
+        let withheld = self.policy.withheld_from(&self.role);
+        // Most events hold nothing a recipient's role withholds: they are written from the
+        // event itself, without the copy the policy would change.
+        let filtered = if self.policy.changes(&self.role, event) {
+            let mut filtered = event.clone();
+            self.policy.apply(&self.role, &mut filtered);
+            Cow::Owned(filtered)
+        } else {
+            Cow::Borrowed(event)
+        };
         if self.receives_canonical() {
-            if !withheld.is_empty() {
-                // The event itself says what its recipient did not get (names, never values).
-                filtered["withheld"] = Value::String(withheld.join(","));
-            }
+            // The event itself says what its recipient did not get (names, never values).
+            let said = (!withheld.is_empty()).then(|| Value::String(withheld.join(",")));
+            let body = match (filtered, said) {
+                (Cow::Borrowed(_), None) => canonical.to_vec(),
+                (Cow::Borrowed(event), Some(said)) => jcs::with_last_member(
+                    canonical, event, "withheld", &said,
+                )
+                .unwrap_or_else(|| {
+                    let mut whole = event.clone();
+                    whole["withheld"] = said;
+                    jcs::to_vec(&whole)
+                }),
+                (Cow::Owned(mut filtered), said) => {
+                    if let Some(said) = said {
+                        filtered["withheld"] = said;
+                    }
+                    jcs::to_vec(&filtered)
+                }
+            };
             return Ok(Encoded {
-                body: jcs::to_vec(&filtered),
+                body,
                 content_type: "application/cloudevents+json",
                 withheld,
                 mapping_id: self.mapping_id(CANONICAL_KIND),

@@ -720,8 +720,8 @@ impl Gateway {
             .map(|file| file.not_firm(CaseFile::facts_of(event)))
             .unwrap_or_default();
 
-        let deliveries = self.write_for_recipients(event, &recipients);
         let canonical = jcs::to_vec(event);
+        let deliveries = self.write_for_recipients(event, &canonical, &recipients);
         let (documents, identifiers) = facts::identifiers(event, partner);
         let mapping = mapping_ref(event);
 
@@ -966,14 +966,19 @@ impl Gateway {
     /// policy. A recipient the gateway cannot write for (its mapping fails, or the registry
     /// does not put that mapping in force for it) still gets a delivery record, already
     /// dead-lettered by the delivery workers, so that nothing disappears unnoticed.
-    fn write_for_recipients(&self, event: &Value, recipients: &[String]) -> Vec<NewDelivery> {
+    fn write_for_recipients(
+        &self,
+        event: &Value,
+        canonical: &[u8],
+        recipients: &[String],
+    ) -> Vec<NewDelivery> {
         recipients
             .iter()
             .map(|recipient| {
                 // A recipient without a delivery mode keeps its deliveries in an inbox.
                 let channel = self.channel_of(recipient).unwrap_or(Channel::Inbox);
                 let mapping = self.mappings.partner(recipient);
-                let written = match mapping.map(|m| m.encode(event)) {
+                let written = match mapping.map(|m| m.encode_with_canonical(event, canonical)) {
                     Some(Ok(encoded))
                         if !self
                             .registry
