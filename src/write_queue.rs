@@ -58,6 +58,13 @@ pub fn write_queue<T>(capacity: usize) -> (WriteQueue<T>, WriteQueueReceiver<T>)
 impl<T> WriteQueue<T> {
     /// Queues `item`, waiting (without blocking the thread) while the queue is full.
     pub async fn send(&self, mut item: T) -> Result<(), Closed> {
+        // Most sends find room: they queue without registering as waiters (a lock taken and
+        // released on the notifier).
+        match self.tx.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(back)) => item = back,
+            Err(TrySendError::Disconnected(_)) => return Err(Closed),
+        }
         loop {
             // Registered before the attempt, so that room made between a full attempt and
             // the wait still wakes this sender.

@@ -61,7 +61,8 @@ const GATEWAY_USER: &str = "urn:gateway:passerelle";
 /// The partners with a broker user in these tests.
 const PARTNERS: [&str; 3] = [EMBASSY, "iom.sn", "airline.at"];
 /// The virtual hosts of the tests that share the broker.
-const SHARED_VHOSTS: [&str; 9] = [
+const SHARED_VHOSTS: [&str; 10] = [
+    "erased",
     "flow",
     "refusals",
     "backpressure",
@@ -838,6 +839,73 @@ async fn the_cote_divoire_flow_end_to_end() {
     for connection in [embassy, airline, iom] {
         connection.close(200, "OK".into()).await.expect("close");
     }
+}
+
+/// A message of a case erased (`passerelle audit erase`) is refused for good, and its dead
+/// letter keeps nothing of it: the gateway keeps an erased case's personal data nowhere, the
+/// broker's dead-letter queue included.
+#[actix_web::test]
+async fn a_message_of_an_erased_case_is_dead_lettered_without_its_contents() {
+    const VHOST: &str = "erased";
+    let broker = broker().await;
+    let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |_| {}).await;
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let channel = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let first = "ABJ-RBT-ER-0001".to_owned();
+    send_lpcs(&channel, std::slice::from_ref(&first)).await;
+    wait_for("the first acceptance", WAIT, async || {
+        gateway.accepted(&first).then_some(())
+    })
+    .await;
+    let dir = gateway.stop().await;
+    let data = dir.path().join("data");
+    let erase = std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["audit", "erase", "--log"])
+        .arg(data.join("audit-log"))
+        .arg("--signer")
+        .arg(data.join("audit-signing.key"))
+        .args(["--case", "RVA-2026-004305"])
+        .output()
+        .expect("running passerelle audit erase");
+    assert!(
+        erase.status.success(),
+        "{}",
+        String::from_utf8_lossy(&erase.stderr)
+    );
+
+    // A later message of the case, with a header of its own, is refused for good: its dead
+    // letter says why, and carries neither the message nor the sender's headers.
+    let gateway = TestGateway::start_in(broker, VHOST, gateway_support::ORIGIN, dir, |_| {}).await;
+    let late = "ABJ-RBT-ER-0002";
+    let properties =
+        native(EMBASSY, late, "application/xml").with_headers(FieldTable::from(BTreeMap::from([
+            ("x-trace".into(), AMQPValue::LongString("t-9".into())),
+        ])));
+    assert_eq!(
+        publish(&channel, EMBASSY, &lpc_issued(late), properties).await,
+        Confirmation::Ack(None)
+    );
+    let admin = admin_connection(broker, VHOST).await;
+    let admin_channel = admin.create_channel().await.expect("a channel");
+    let dead = take_dead_letters(&admin_channel, &BTreeSet::from([late.to_owned()])).await;
+    assert_eq!(dead.len(), 1, "one dead letter");
+    assert!(dead[0].data.is_empty(), "the dead letter kept the message");
+    assert_eq!(
+        header(&dead[0], "x-passerelle-reason").as_deref(),
+        Some("unprocessable")
+    );
+    assert!(
+        header(&dead[0], "x-passerelle-detail").is_some_and(|d| d.contains("erased")),
+        "{:?}",
+        header(&dead[0], "x-passerelle-detail")
+    );
+    assert_eq!(
+        header(&dead[0], "x-trace"),
+        None,
+        "the sender's headers were kept"
+    );
+    assert!(!gateway.accepted(late));
+    gateway.stop().await;
 }
 
 /// (b) Refused messages are dead-lettered with their reason, and audited; failed publishes

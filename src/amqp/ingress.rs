@@ -122,6 +122,10 @@ pub struct DeadLetter {
     pub detail: String,
     /// Where, when known ([`PATH_HEADER`]).
     pub path: Option<String>,
+    /// Whether the dead letter carries the message (its body and its own headers): not for a
+    /// message of an erased case, whose personal data the gateway keeps nowhere, the broker's
+    /// dead-letter queue included.
+    pub keeps_message: bool,
 }
 
 impl DeadLetter {
@@ -131,6 +135,7 @@ impl DeadLetter {
             code: refusal.code(),
             detail: refusal.to_string(),
             path: refusal.path().map(str::to_owned),
+            keeps_message: *refusal != Refusal::CaseErased,
         }
     }
 
@@ -151,6 +156,7 @@ pub fn check_sender(partner: &str, user_id: Option<&str>) -> Result<(), DeadLett
                 "the message has no user_id property: a message in the queue of {partner} must carry user_id {expected}"
             ),
             path: None,
+            keeps_message: true,
         }),
         Some(user) if user == expected => Ok(()),
         Some(user) => Err(DeadLetter {
@@ -159,6 +165,7 @@ pub fn check_sender(partner: &str, user_id: Option<&str>) -> Result<(), DeadLett
                 "the message was published by broker user {user} into the queue of {partner}, whose user is {expected}"
             ),
             path: None,
+            keeps_message: true,
         }),
     }
 }
@@ -296,7 +303,12 @@ pub fn dead_letter_properties(
     let mut headers: BTreeMap<ShortString, AMQPValue> = BTreeMap::new();
     let mut room = MAX_COPIED_HEADERS_BYTES;
     let mut dropped = 0usize;
-    for (name, value) in original.headers().iter().flat_map(|table| table.inner()) {
+    let copied = original
+        .headers()
+        .iter()
+        .filter(|_| why.keeps_message)
+        .flat_map(|table| table.inner());
+    for (name, value) in copied {
         if name.as_str().starts_with(HEADER_PREFIX) {
             continue;
         }
@@ -815,7 +827,11 @@ impl Ingress {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &delivery.data,
+                    if why.keeps_message {
+                        &delivery.data
+                    } else {
+                        &[]
+                    },
                     properties,
                 )
                 .await?;
@@ -847,6 +863,19 @@ impl Ingress {
             }
             Ok(Ok(_)) => "not confirmed".to_owned(),
         };
+        if !why.keeps_message {
+            // The queue's own dead-lettering would keep the message whole: acknowledged
+            // instead. Its refusal is audited; the partner is told nothing more over AMQP.
+            tracing::warn!(
+                partner,
+                outcome,
+                "publishing the dead letter of a message of an erased case failed; acknowledging the message"
+            );
+            if let Err(error) = bounded(delivery.acker.ack(BasicAckOptions::default())).await {
+                tracing::warn!(partner, error = %error, "could not acknowledge a refused AMQP message; it will come back");
+            }
+            return;
+        }
         tracing::warn!(
             partner,
             outcome,
@@ -1204,6 +1233,7 @@ mod tests {
             code: "malformed",
             detail: "é".repeat(MAX_DETAIL_BYTES),
             path: None,
+            keeps_message: true,
         };
         let now = DateTime::<Utc>::from_timestamp(1_794_000_000, 0).unwrap();
         let dead = dead_letter_properties(
@@ -1262,6 +1292,7 @@ mod tests {
             code: "malformed",
             detail: "no".into(),
             path: None,
+            keeps_message: true,
         };
         let now = DateTime::<Utc>::from_timestamp(1_794_000_000, 0).unwrap();
         let dead = dead_letter_properties(&original, "ci.ambassade.rabat", &why, "i", now);
@@ -1311,6 +1342,16 @@ mod tests {
         });
         assert_eq!(why.code, "unprocessable");
         assert_eq!(why.path.as_deref(), Some("data.case_id"));
+        assert!(why.keeps_message);
+        // A message of an erased case: its dead letter keeps neither it nor its headers.
+        let erased = DeadLetter::of(&Refusal::CaseErased);
+        assert!(!erased.keeps_message);
+        let original = with_headers(vec![header("x-trace", AMQPValue::LongString("t-1".into()))]);
+        let now = DateTime::<Utc>::from_timestamp(1_794_000_000, 0).unwrap();
+        let dead = dead_letter_properties(&original, "ci.ambassade.rabat", &erased, "i", now);
+        let headers = dead.headers().clone().unwrap();
+        assert!(!headers.inner().contains_key("x-trace"));
+        assert!(headers.inner().contains_key(REASON_HEADER));
         assert_eq!(truncate("abc", 2), "ab");
         assert_eq!(truncate("éé", 3), "é");
     }
