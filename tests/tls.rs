@@ -730,6 +730,19 @@ fn every_uri_is_read_in_order() {
 async fn a_generated_pki_works_and_is_new_each_time() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pki");
+    // A temporary file an earlier run left, readable by others: the key is not written
+    // through it with its permissions.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("ca.key.tmp"), "left over").unwrap();
+        std::fs::set_permissions(
+            out.join("ca.key.tmp"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
     let pki = dev::generate_dev_pki(&out, &["iom.sn", "ma.dgsn"]).unwrap();
     let names: Vec<&str> = pki.certificates.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(

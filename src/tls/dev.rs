@@ -383,8 +383,14 @@ impl Pending {
         let mut temporary = self.path.clone().into_os_string();
         temporary.push(".tmp");
         let temporary = PathBuf::from(temporary);
+        // A temporary file left by an earlier run is removed first: opened again, it would
+        // keep its old permissions, which the mode below does not change.
+        match std::fs::remove_file(&temporary) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(error(e)),
+            _ => {}
+        }
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         if self.secret {
             use std::os::unix::fs::OpenOptionsExt;
