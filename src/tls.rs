@@ -429,6 +429,9 @@ struct CrlInUse {
     /// The key identifier of the key that signed it (its authority key identifier), to tell
     /// apart the CRLs of a CA re-keyed under the same name; `None` when it does not say.
     signer: Option<Vec<u8>>,
+    /// Its issuing distribution point (DER), for a CA that partitions its CRLs (RFC 5280
+    /// numbers a CA's CRLs per scope); `None` for a CRL of the CA's whole scope.
+    scope: Option<Vec<u8>>,
 }
 
 impl CrlInUse {
@@ -436,10 +439,11 @@ impl CrlInUse {
         self.next_update.is_some_and(|next| next <= now)
     }
 
-    /// Whether `other` is a CRL of the same CA and key: the same issuer name and, when both
-    /// say it, the same signing key.
+    /// Whether `other` is a CRL of the same series: the same issuer name, the same scope
+    /// (issuing distribution point) and, when both say it, the same signing key.
     fn same_series(&self, other: &CrlInUse) -> bool {
         self.issuer == other.issuer
+            && self.scope == other.scope
             && match (&self.signer, &other.signer) {
                 (Some(mine), Some(theirs)) => mine == theirs,
                 _ => true,
@@ -697,20 +701,22 @@ impl ClientVerifier {
     /// one in use: an older CRL may lack revocations made since, so taking it would accept
     /// again certificates already revoked. CRLs are often fetched over plain HTTP, and an old
     /// one stays signed and may still be within its `nextUpdate`.
+    ///
+    /// The new set holds the newest CRL of each series only ([`newest_of_each_series`]), so
+    /// that an older CRL put beside the current one, which the verifier might consult first,
+    /// counts for nothing. The check holds while the gateway runs: at start, the files are
+    /// taken as they are.
     fn refuse_older(&self, new: &[CrlInUse]) -> Result<(), TlsError> {
         let in_use = self.in_use.read().unwrap_or_else(|p| p.into_inner());
         for old in in_use.iter() {
-            let series: Vec<&CrlInUse> = new.iter().filter(|crl| crl.same_series(old)).collect();
-            // Refused only when every new CRL of the series is older: a file may hold an older
-            // CRL beside the current one.
-            let reasons: Option<Vec<String>> =
-                series.iter().map(|crl| crl.older_than(old)).collect();
-            if let (Some(reasons), Some(first)) = (reasons, series.first()) {
-                return Err(TlsError::CrlOlder {
-                    path: first.path.clone(),
-                    issuer: first.issuer_name.clone(),
-                    reason: reasons.into_iter().next().unwrap_or_default(),
-                });
+            for crl in new.iter().filter(|crl| crl.same_series(old)) {
+                if let Some(reason) = crl.older_than(old) {
+                    return Err(TlsError::CrlOlder {
+                        path: crl.path.clone(),
+                        issuer: crl.issuer_name.clone(),
+                        reason,
+                    });
+                }
             }
         }
         Ok(())
@@ -1074,6 +1080,7 @@ impl ServerCertVerifier for EndpointVerifier {
                     end_entity,
                     intermediates,
                     server_name,
+                    now,
                 ) =>
             {
                 Err(rustls::Error::InvalidCertificate(
@@ -1196,8 +1203,10 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
             source,
         })?;
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
-    // No session resumption, as for webhook calls: a reconnection to the broker verifies its
-    // certificate again.
+    // No session resumption, as for webhook calls: a caller that keeps this configuration
+    // across connections (the command line's HTTPS client, say) verifies the server's
+    // certificate again at each one. (The broker's connections are each given a configuration
+    // of their own, which could not resume anyway.)
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
@@ -1463,6 +1472,14 @@ fn load_checked_crls(
                         _ => None,
                     }
                 });
+                let scope = parsed
+                    .extensions()
+                    .iter()
+                    .find(|extension| {
+                        extension.oid
+                            == x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT
+                    })
+                    .map(|extension| extension.value.to_vec());
                 in_use.push(CrlInUse {
                     issuer: parsed.issuer().as_raw().to_vec(),
                     issuer_name: parsed.issuer().to_string(),
@@ -1473,6 +1490,7 @@ fn load_checked_crls(
                     this_update: parsed.last_update().timestamp(),
                     number: parsed.crl_number().map(|number| number.to_bytes_be()),
                     signer,
+                    scope,
                 });
             }
         }
@@ -1485,6 +1503,7 @@ fn load_checked_crls(
             })?;
         all.extend(crls);
     }
+    let (all, in_use) = newest_of_each_series(all, in_use);
     // Covered by a CRL that the CA signed, not only one in its name: a CA re-keyed under the
     // same name is another CA, and the verifier refuses its certificates against a CRL that
     // its key did not sign.
@@ -1506,6 +1525,30 @@ fn load_checked_crls(
         }
     }
     Ok((all, in_use))
+}
+
+/// Keeps, of the CRLs read (`crls`, each described by the entry of `described` at its place),
+/// the newest of each series ([`CrlInUse::same_series`]), and drops the older ones: the
+/// verifier consults the first CRL of a CA that it finds, so that an older CRL put before the
+/// current one (a file with both) would take back revocations made since.
+fn newest_of_each_series(
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    described: Vec<CrlInUse>,
+) -> (Vec<CertificateRevocationListDer<'static>>, Vec<CrlInUse>) {
+    let superseded: Vec<bool> = described
+        .iter()
+        .map(|crl| {
+            described
+                .iter()
+                .any(|other| other.same_series(crl) && crl.older_than(other).is_some())
+        })
+        .collect();
+    crls.into_iter()
+        .zip(described)
+        .zip(superseded)
+        .filter(|(_, superseded)| !superseded)
+        .map(|(kept, _)| kept)
+        .unzip()
 }
 
 /// Checks that a CRL in the name of a CA of the bundle is signed by it. rustls's verifier
@@ -1640,6 +1683,7 @@ mod tests {
             this_update,
             number: number.map(|n| vec![n]),
             signer: signer.map(|s| vec![s]),
+            scope: None,
         };
         let in_use = crl(Some(7), 2_000, Some(1));
         // The number decides when both have one, whatever the dates say.
@@ -1647,6 +1691,10 @@ mod tests {
         assert!(crl(Some(7), 1_000, Some(1)).older_than(&in_use).is_none());
         assert!(crl(Some(8), 1_000, Some(1)).older_than(&in_use).is_none());
         // A longer number is the larger one.
+        // Another scope (issuing distribution point) of the same CA is another series.
+        let mut partition = crl(Some(1), 0, Some(1));
+        partition.scope = Some(vec![0x30, 0x00]);
+        assert!(!partition.same_series(&in_use));
         let mut long = crl(None, 0, Some(1));
         long.number = Some(vec![1, 0]);
         assert!(long.older_than(&in_use).is_none());

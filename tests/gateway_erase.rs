@@ -13,7 +13,6 @@ use gateway_support::{
 use passerelle::audit::{Kind, Leaf, journal};
 use passerelle::store::{Delivery, DeliveryState, Store};
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 
 /// The case of the consulate's sample, erased by the test.
@@ -114,19 +113,7 @@ async fn deliveries_of_an_erased_case_are_withdrawn_at_the_next_start() {
         assert_eq!(d.holds_body(), !completed, "{d:?}");
     }
 
-    let erase = Command::new(env!("CARGO_BIN_EXE_passerelle"))
-        .args(["audit", "erase", "--log"])
-        .arg(data.join("audit-log"))
-        .arg("--signer")
-        .arg(data.join("audit-signing.key"))
-        .args(["--case", ERASED])
-        .output()
-        .expect("running passerelle audit erase");
-    assert!(
-        erase.status.success(),
-        "{}",
-        String::from_utf8_lossy(&erase.stderr)
-    );
+    gateway_support::erase_case(data, ERASED);
 
     let mut gateway = setup.start("second.log", "info").await;
     // The erased case's notice is gone from the inbox; the other case's stays.

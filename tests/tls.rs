@@ -1086,6 +1086,23 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
         "{error}"
     );
     only_iom_ma_is_revoked(&server).await;
+    // An older CRL put beside the current one, before it or after it, counts for nothing: the
+    // verifier, which consults the first CRL of a CA it finds, is given the newest only.
+    for (first, second) in [(9, 11), (11, 9)] {
+        let both = |number: u8| {
+            if number == 11 {
+                dev_crl(11, &[dev::REVOKED, "iom.ma"])
+            } else {
+                dev_crl(number, &[dev::REVOKED])
+            }
+        };
+        std::fs::write(&crl, format!("{}{}", both(first), both(second))).unwrap();
+        assert!(
+            verifier.reload_if_changed().unwrap(),
+            "{first} then {second}"
+        );
+        only_iom_ma_is_revoked(&server).await;
+    }
 
     // A damaged file is reported, and the CRL read last stays in use.
     std::fs::write(

@@ -345,6 +345,10 @@ pub fn dead_letter_properties(
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_headers(headers);
+    if !why.keeps_message {
+        // Nothing of the sender's: its message id, correlation id or type may name the case.
+        return properties;
+    }
     if let Some(value) = original.content_type() {
         properties = properties.with_content_type(value.clone());
     }
@@ -1348,7 +1352,14 @@ mod tests {
         assert!(!erased.keeps_message);
         let original = with_headers(vec![header("x-trace", AMQPValue::LongString("t-1".into()))]);
         let now = DateTime::<Utc>::from_timestamp(1_794_000_000, 0).unwrap();
+        let original = original
+            .with_message_id("ABJ-RBT-2026-0902".into())
+            .with_correlation_id("c-1".into())
+            .with_content_type("application/xml".into());
         let dead = dead_letter_properties(&original, "ci.ambassade.rabat", &erased, "i", now);
+        assert_eq!(dead.message_id(), &None);
+        assert_eq!(dead.correlation_id(), &None);
+        assert_eq!(dead.content_type(), &None);
         let headers = dead.headers().clone().unwrap();
         assert!(!headers.inner().contains_key("x-trace"));
         assert!(headers.inner().contains_key(REASON_HEADER));

@@ -113,11 +113,26 @@ mod tests {
                 Some(to_vec(&whole))
             );
         }
-        // A member that would not go last is not added so.
-        let object = json!({"zeta": 1});
+        // A member that would not go last is not added so: after an ASCII key, a non-ASCII
+        // one, or one beyond U+FFFF (compared by UTF-16 code units).
+        for object in [
+            json!({"zeta": 1}),
+            json!({"wöx": 1}),
+            json!({"w\u{1F600}": 1}),
+        ] {
+            assert_eq!(
+                with_last_member(&to_vec(&object), &object, "withheld", &value),
+                None,
+                "{object}"
+            );
+        }
+        // A key that begins the new one sorts before it.
+        let object = json!({"with": 1});
+        let mut whole = object.clone();
+        whole["withheld"] = value.clone();
         assert_eq!(
             with_last_member(&to_vec(&object), &object, "withheld", &value),
-            None
+            Some(to_vec(&whole))
         );
     }
 

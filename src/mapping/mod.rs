@@ -654,12 +654,19 @@ impl PartnerMapping {
     /// outbound template for the type, canonical JSON if it receives canonical events, after
     /// removing every field its role must not see.
     pub fn encode(&self, event: &Value) -> Result<Encoded, EncodeError> {
-        self.encode_with_canonical(event, &jcs::to_vec(event))
+        // Only a recipient of canonical events reads the canonical form.
+        let canonical = if self.receives_canonical() {
+            jcs::to_vec(event)
+        } else {
+            Vec::new()
+        };
+        self.encode_with_canonical(event, &canonical)
     }
 
     /// As [`PartnerMapping::encode`], given the event's canonical form `canonical`
     /// ([`jcs::to_vec`]), which a recipient of canonical events gets as it is when its role
-    /// withholds nothing the event holds: for a caller that has it already.
+    /// withholds nothing the event holds: for a caller that has it already. A recipient with
+    /// templates does not read it.
     pub fn encode_with_canonical(
         &self,
         event: &Value,
@@ -676,6 +683,7 @@ impl PartnerMapping {
             Cow::Borrowed(event)
         };
         if self.receives_canonical() {
+            debug_assert_eq!(canonical, jcs::to_vec(event), "the event's canonical form");
             // The event itself says what its recipient did not get (names, never values).
             let said = (!withheld.is_empty()).then(|| Value::String(withheld.join(",")));
             let body = match (filtered, said) {

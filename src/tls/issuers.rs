@@ -161,19 +161,20 @@ impl Issuers {
     }
 
     /// Whether a server's certificate (`end_entity`, with the `intermediates` it sent) for
-    /// `server_name` leads to a CA of the bundle that `issuer` names: a webhook endpoint of a
-    /// partner bound to its CA. False for a name that names none.
+    /// `server_name` leads, at `now`, to a CA of the bundle that `issuer` names: a webhook
+    /// endpoint of a partner bound to its CA. False for a name that names none.
     pub fn issued_server(
         &self,
         issuer: &str,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
+        now: UnixTime,
     ) -> bool {
         self.by_name.get(issuer).is_some_and(|verifiers| {
             verifiers
                 .servers
-                .verify_server_cert(end_entity, intermediates, server_name, &[], UnixTime::now())
+                .verify_server_cert(end_entity, intermediates, server_name, &[], now)
                 .is_ok()
         })
     }

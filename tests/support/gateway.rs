@@ -1348,3 +1348,22 @@ impl Drop for SmallFs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// Runs `passerelle audit erase` on the audit log of the data folder `data` (the gateway
+/// stopped), with the signing key the test configuration puts there, for case `case`; panics
+/// with its error output if it fails.
+pub fn erase_case(data: &Path, case: &str) {
+    let erase = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["audit", "erase", "--log"])
+        .arg(data.join("audit-log"))
+        .arg("--signer")
+        .arg(data.join("audit-signing.key"))
+        .args(["--case", case])
+        .output()
+        .expect("running passerelle audit erase");
+    assert!(
+        erase.status.success(),
+        "{}",
+        String::from_utf8_lossy(&erase.stderr)
+    );
+}

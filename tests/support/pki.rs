@@ -208,13 +208,10 @@ impl OtherCa {
         .to_vec()
     }
 
-    /// Issues a server certificate for `localhost` and writes it (followed by this CA's
-    /// certificate, for an intermediate) and its key into `dir`, with the development CA bundle
-    /// and CRL, which verify the clients it serves (the gateway's webhook calls).
-    pub fn server_files(&self, dir: &Path) -> TlsFiles {
+    /// Issues a certificate with `params` and writes it (followed by this CA's certificate, for
+    /// an intermediate) and its key into `dir`, as `<file>.pem` and `<file>.key`.
+    fn issue(&self, dir: &Path, file: &str, mut params: CertificateParams) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = date_time_ymd(2020, 1, 1);
         params.not_after = date_time_ymd(2100, 1, 1);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -223,37 +220,32 @@ impl OtherCa {
         } else {
             cert.pem()
         };
-        std::fs::write(dir.join("other-server.pem"), chain).unwrap();
-        std::fs::write(dir.join("other-server.key"), key.serialize_pem()).unwrap();
-        TlsFiles::new(
-            dev_dir().join("ca.pem"),
-            dir.join("other-server.pem"),
-            dir.join("other-server.key"),
-        )
-        .with_crl(dev_dir().join("crl.pem"))
+        let (cert_path, key_path) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_path, chain).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
     }
 
-    /// Issues a client certificate for `uri` and writes it (followed by this CA's certificate,
-    /// for an intermediate), its key and the dev CA bundle (to trust the gateway) into `dir`.
+    /// Issues a server certificate for `localhost` into `dir` (see [`OtherCa::issue`]), with the
+    /// development CA bundle and CRL, which verify the clients it serves (the gateway's webhook
+    /// calls).
+    pub fn server_files(&self, dir: &Path) -> TlsFiles {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let (cert, key) = self.issue(dir, "other-server", params);
+        TlsFiles::new(dev_dir().join("ca.pem"), cert, key).with_crl(dev_dir().join("crl.pem"))
+    }
+
+    /// Issues a client certificate for `uri` into `dir` (see [`OtherCa::issue`]), with the dev
+    /// CA bundle (to trust the gateway).
     pub fn client_files(&self, dir: &Path, uri: &str) -> TlsFiles {
-        let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = date_time_ymd(2020, 1, 1);
-        params.not_after = date_time_ymd(2100, 1, 1);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let chain = if self.intermediate {
-            format!("{}{}", cert.pem(), self.cert_pem)
-        } else {
-            cert.pem()
-        };
-        std::fs::write(dir.join("other.pem"), chain).unwrap();
-        std::fs::write(dir.join("other.key"), key.serialize_pem()).unwrap();
-        TlsFiles::new(
-            dev_dir().join("ca.pem"),
-            dir.join("other.pem"),
-            dir.join("other.key"),
-        )
+        let (cert, key) = self.issue(dir, "other", params);
+        TlsFiles::new(dev_dir().join("ca.pem"), cert, key)
     }
 }
