@@ -1627,19 +1627,45 @@ async fn refusals_are_answered_with_problems_and_audited() {
     gateway.stop().await;
 }
 
+/// A CA bundle of the development CA and another institution's CA, with the other CA's CRL,
+/// in a folder of their own.
+struct TwoCas {
+    pki_dir: tempfile::TempDir,
+    other: pki::OtherCa,
+    bundle: std::path::PathBuf,
+    other_crl: std::path::PathBuf,
+}
+
+impl TwoCas {
+    fn new() -> TwoCas {
+        let pki_dir = tempfile::tempdir().expect("a temporary folder");
+        let other = pki::OtherCa::new("Another institution's CA");
+        let bundle = pki_dir.path().join("bundle.pem");
+        let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).expect("the dev CA");
+        std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).expect("the bundle");
+        let other_crl = pki_dir.path().join("other.crl");
+        std::fs::write(&other_crl, other.crl()).expect("the other CA's CRL");
+        TwoCas {
+            pki_dir,
+            other,
+            bundle,
+            other_crl,
+        }
+    }
+}
+
 /// With the CAs of two institutions in the bundle, each entry names the CA that issues its
 /// partner's certificates. A certificate that another CA of the bundle issued in the ministry's
 /// name, or the auditor's, is refused (its message audited under its fingerprint), and the
 /// ministry's own goes on. Without the entries' issuers, such a bundle stops the start.
 #[actix_web::test]
 async fn a_certificate_naming_a_partner_from_another_ca_of_the_bundle_is_refused() {
-    let pki_dir = tempfile::tempdir().expect("a temporary folder");
-    let other = pki::OtherCa::new("Another institution's CA");
-    let bundle = pki_dir.path().join("bundle.pem");
-    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).expect("the dev CA");
-    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).expect("the bundle");
-    let other_crl = pki_dir.path().join("other.crl");
-    std::fs::write(&other_crl, other.crl()).expect("the other CA's CRL");
+    let TwoCas {
+        pki_dir,
+        other,
+        bundle,
+        other_crl,
+    } = TwoCas::new();
     let two_cas = |config: &mut Config| {
         config.tls.ca = bundle.clone();
         config.tls.crls.push(other_crl.clone());
@@ -2006,13 +2032,12 @@ async fn fails_as_tls(gateway: &TestGateway, reference: &str) {
 /// its deliveries. The same endpoint with a certificate of the recipient's CA gets them.
 #[actix_web::test]
 async fn a_bound_recipients_endpoint_must_present_a_certificate_of_its_ca() {
-    let pki_dir = tempfile::tempdir().expect("a temporary folder");
-    let other = pki::OtherCa::new("Another institution's CA");
-    let bundle = pki_dir.path().join("bundle.pem");
-    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).expect("the dev CA");
-    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).expect("the bundle");
-    let other_crl = pki_dir.path().join("other.crl");
-    std::fs::write(&other_crl, other.crl()).expect("the other CA's CRL");
+    let TwoCas {
+        pki_dir,
+        other,
+        bundle,
+        other_crl,
+    } = TwoCas::new();
     let mut dgsn = Receiver::reserve().presenting_files(other.server_files(pki_dir.path()));
     dgsn.up();
     let dev_ca_name = "CN=Passerelle development CA, O=Passerelle (development only)";
@@ -3006,12 +3031,12 @@ async fn an_inbox_read_and_acknowledged_twice_at_once_is_audited_once() {
 /// new handshake would be. Another CA's CRL, stale since before the start, does not hide it.
 #[actix_web::test]
 async fn a_crl_gone_stale_while_connected_refuses_the_open_connection() {
-    let pki_dir = tempfile::tempdir().expect("a temporary folder");
-    let other = pki::OtherCa::new("Another institution's CA");
-    let bundle = pki_dir.path().join("bundle.pem");
-    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).expect("the dev CA");
-    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).expect("the bundle");
-    let other_crl = pki_dir.path().join("other.crl");
+    let TwoCas {
+        pki_dir,
+        other,
+        bundle,
+        other_crl,
+    } = TwoCas::new();
     let long_ago = rcgen::date_time_ymd(2021, 2, 1);
     std::fs::write(&other_crl, other.crl_until(long_ago)).expect("the other CA's stale CRL");
     let crl = pki_dir.path().join("crl.pem");

@@ -913,16 +913,22 @@ fn client_with_wrong_key(name: &str) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
-/// Each refused certificate is reported with its reason; accepted ones, and handshakes with no
-/// certificate, are not.
-#[tokio::test]
-async fn refused_certificates_are_reported_with_their_reason() {
+/// The development server, whose verifier reports the certificates it refuses.
+fn reporting_dev_server() -> (Arc<ServerConfig>, Arc<Reported>) {
     let reported = Arc::new(Reported::default());
     let (server, _) = tls::server_config_with_verifier(
         &dev::files(&dev_dir(), dev::SERVER),
         Some(reported.clone()),
     )
     .unwrap();
+    (server, reported)
+}
+
+/// Each refused certificate is reported with its reason; accepted ones, and handshakes with no
+/// certificate, are not.
+#[tokio::test]
+async fn refused_certificates_are_reported_with_their_reason() {
+    let (server, reported) = reporting_dev_server();
     let dir = tempfile::tempdir().unwrap();
     let other_ca = OtherCa::new("Another CA");
     let other_files = other_ca.client_files(dir.path(), "urn:partner:ma.interieur");
@@ -1001,12 +1007,7 @@ fn dev_client_with_purposes(
 #[tokio::test]
 async fn a_certificate_that_does_not_say_it_is_for_client_authentication_is_refused() {
     use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
-    let reported = Arc::new(Reported::default());
-    let (server, _) = tls::server_config_with_verifier(
-        &dev::files(&dev_dir(), dev::SERVER),
-        Some(reported.clone()),
-    )
-    .unwrap();
+    let (server, reported) = reporting_dev_server();
     let dir = tempfile::tempdir().unwrap();
     let (no_purpose, no_purpose_der) = dev_client_with_purposes(dir.path(), "none", vec![], vec![]);
     let (no_signature, no_signature_der) = dev_client_with_purposes(
