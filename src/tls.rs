@@ -24,7 +24,9 @@
 //! It must not decide who a partner is, nor what a partner may do: matching `urn:partner:<id>`
 //! and fingerprint pins against the registry, and roles, belong to the registry. It never takes an
 //! identity from a request body, opens no socket and writes no log: the certificates a handshake
-//! refuses are reported to an observer ([`server_config_with_verifier`]), which audits them.
+//! refuses are reported to an observer ([`server_config_with_verifier`]), which audits them. The
+//! one file it writes is the record of the newest CRL used of each series, where the caller
+//! asks for one ([`TlsFiles::crl_marks`]), so that a restart does not take an older CRL back.
 //! [`dev`] generates the development PKI, which is for development and tests only.
 
 pub mod dev;
@@ -79,6 +81,9 @@ pub struct TlsFiles {
     /// The revocation lists of the CAs in `ca`. Required on a server; optional on a client, where
     /// the peer's chain is checked against them when there are some.
     pub crls: Vec<PathBuf>,
+    /// On a server, where to keep the newest CRL used of each series, so that an older one is
+    /// refused at the next start as on a reload ([`ClientVerifier`]); `None`: not kept.
+    pub crl_marks: Option<PathBuf>,
 }
 
 impl TlsFiles {
@@ -89,7 +94,15 @@ impl TlsFiles {
             cert: cert.into(),
             key: key.into(),
             crls: Vec::new(),
+            crl_marks: None,
         }
+    }
+
+    /// Keeps the newest CRL used of each series in `path` (see [`TlsFiles::crl_marks`]).
+    #[must_use]
+    pub fn with_crl_marks(mut self, path: impl Into<PathBuf>) -> Self {
+        self.crl_marks = Some(path.into());
+        self
     }
 
     /// Adds a CRL file.
@@ -185,10 +198,10 @@ pub enum TlsError {
         /// When the CRL stopped being current (its `nextUpdate`), RFC 3339.
         next_update: String,
     },
-    /// A CRL read again is older than the CRL of its CA in use: taking it could take back
+    /// A CRL is older than a CRL of its CA already used: taking it could take back
     /// revocations.
     #[error(
-        "the CRL file {} cannot be used: the CRL of {issuer} is older than the one in use \
+        "the CRL file {} cannot be used: the CRL of {issuer} is older than one already used \
          ({reason}); an older CRL could accept again certificates revoked since",
         path.display()
     )]
@@ -198,6 +211,21 @@ pub enum TlsError {
         /// The CA that issued the CRL.
         issuer: String,
         /// How it is older: its number, or its `thisUpdate`.
+        reason: String,
+    },
+    /// The record of the CRLs used before cannot be read or written.
+    #[error(
+        "the record of the CRLs used before, {}, cannot be {doing}: {reason}; it lets the start \
+         refuse a CRL older than one already used (once the CRL files are checked, delete it to \
+         start a new record)",
+        path.display()
+    )]
+    CrlMarks {
+        /// The record's file.
+        path: PathBuf,
+        /// "read" or "written".
+        doing: &'static str,
+        /// What went wrong.
         reason: String,
     },
     /// A CA of the bundle has no CRL among the CRL files signed by its key: every certificate it
@@ -409,6 +437,11 @@ pub struct ClientVerifier {
     last_failure: Mutex<Option<String>>,
     /// The bundle's CAs by name, to tell which one issued a chain.
     issuers: Issuers,
+    /// The newest CRL used of each series since start, and before it when kept in
+    /// `crl_marks`: a reload, and the next start, refuse an older one.
+    used: Mutex<Vec<CrlInUse>>,
+    /// Where the CRLs used are kept across starts ([`TlsFiles::crl_marks`]).
+    crl_marks: Option<PathBuf>,
 }
 
 /// One CRL of the set in use: whose it is, where it was read, and until when it is current.
@@ -458,7 +491,7 @@ impl CrlInUse {
             // Big-endian without leading zeros: the shorter is the smaller.
             return ((mine.len(), mine) < (theirs.len(), theirs)).then(|| {
                 format!(
-                    "its CRL number {} is below the number {} of the CRL in use",
+                    "its CRL number {} is below the number {} of a CRL already used",
                     hex::encode(mine),
                     hex::encode(theirs)
                 )
@@ -466,7 +499,7 @@ impl CrlInUse {
         }
         (self.this_update < other.this_update).then(|| {
             format!(
-                "it was issued on {}, before the CRL in use ({})",
+                "it was issued on {}, before a CRL already used ({})",
                 rfc3339(self.this_update),
                 rfc3339(other.this_update)
             )
@@ -604,6 +637,16 @@ impl ClientVerifier {
         let read_at = contents_digests(&files.crls);
         let (verifier, in_use) =
             build_client_verifier(&files.ca, &files.crls, &roots, &ca_certs, &provider)?;
+        let used = match &files.crl_marks {
+            Some(marks) => {
+                let before = read_crl_marks(marks)?;
+                refuse_older_than(&before, &in_use)?;
+                let used = used_after(&before, &in_use);
+                write_crl_marks(marks, &used)?;
+                used
+            }
+            None => in_use.clone(),
+        };
         Ok(ClientVerifier {
             ca: files.ca.clone(),
             crls: files.crls.clone(),
@@ -620,6 +663,8 @@ impl ClientVerifier {
             in_use: RwLock::new(in_use),
             last_failure: Mutex::new(None),
             issuers,
+            used: Mutex::new(used),
+            crl_marks: files.crl_marks.clone(),
         })
     }
 
@@ -655,7 +700,7 @@ impl ClientVerifier {
         )
         .and_then(|(verifier, in_use)| {
             self.refuse_newly_stale(&in_use)?;
-            self.refuse_older(&in_use)?;
+            self.take_as_used(&in_use)?;
             Ok((verifier, in_use))
         });
         let mut last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -697,28 +742,24 @@ impl ClientVerifier {
         Ok(())
     }
 
-    /// Refuses a new set of CRLs that would put an older CRL of a CA (and key) in place of the
-    /// one in use: an older CRL may lack revocations made since, so taking it would accept
-    /// again certificates already revoked. CRLs are often fetched over plain HTTP, and an old
-    /// one stays signed and may still be within its `nextUpdate`.
+    /// Refuses a new set of CRLs that would put an older CRL of a series (CA, key and scope) in
+    /// place of one used before: an older CRL may lack revocations made since, so taking it
+    /// would accept again certificates already revoked. CRLs are often fetched over plain
+    /// HTTP, and an old one stays signed and may still be within its `nextUpdate`. Otherwise
+    /// takes the set as the newest used, and keeps that in the record of CRLs used, if there is
+    /// one (a failure to write it refuses the set).
     ///
     /// The new set holds the newest CRL of each series only ([`newest_of_each_series`]), so
     /// that an older CRL put beside the current one, which the verifier might consult first,
-    /// counts for nothing. The check holds while the gateway runs: at start, the files are
-    /// taken as they are.
-    fn refuse_older(&self, new: &[CrlInUse]) -> Result<(), TlsError> {
-        let in_use = self.in_use.read().unwrap_or_else(|p| p.into_inner());
-        for old in in_use.iter() {
-            for crl in new.iter().filter(|crl| crl.same_series(old)) {
-                if let Some(reason) = crl.older_than(old) {
-                    return Err(TlsError::CrlOlder {
-                        path: crl.path.clone(),
-                        issuer: crl.issuer_name.clone(),
-                        reason,
-                    });
-                }
-            }
+    /// counts for nothing.
+    fn take_as_used(&self, new: &[CrlInUse]) -> Result<(), TlsError> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        refuse_older_than(&used, new)?;
+        let after = used_after(&used, new);
+        if let Some(marks) = &self.crl_marks {
+            write_crl_marks(marks, &after)?;
         }
+        *used = after;
         Ok(())
     }
 
@@ -1525,6 +1566,113 @@ fn load_checked_crls(
         }
     }
     Ok((all, in_use))
+}
+
+/// One series' newest CRL as the record of CRLs used keeps it (see [`TlsFiles::crl_marks`]):
+/// what tells its series and its age, the binary values in hex.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CrlMark {
+    issuer: String,
+    issuer_name: String,
+    signer: Option<String>,
+    scope: Option<String>,
+    number: Option<String>,
+    this_update: i64,
+}
+
+/// Reads the record of CRLs used kept in `path`: none when the file does not exist.
+fn read_crl_marks(path: &Path) -> Result<Vec<CrlInUse>, TlsError> {
+    let refused = |reason: String| TlsError::CrlMarks {
+        path: path.to_owned(),
+        doing: "read",
+        reason,
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(refused(error.to_string())),
+    };
+    let marks: Vec<CrlMark> =
+        serde_json::from_slice(&bytes).map_err(|error| refused(error.to_string()))?;
+    let unhex = |text: &str| hex::decode(text).map_err(|error| refused(error.to_string()));
+    let unhex_some = |text: &Option<String>| text.as_deref().map(unhex).transpose();
+    marks
+        .iter()
+        .map(|mark| {
+            Ok(CrlInUse {
+                issuer: unhex(&mark.issuer)?,
+                issuer_name: mark.issuer_name.clone(),
+                path: path.to_owned(),
+                next_update: None,
+                this_update: mark.this_update,
+                number: unhex_some(&mark.number)?,
+                signer: unhex_some(&mark.signer)?,
+                scope: unhex_some(&mark.scope)?,
+            })
+        })
+        .collect()
+}
+
+/// Writes `used` as the record of CRLs used in `path`, durably: a temporary file beside it,
+/// synced, renamed over it, and the folder synced.
+fn write_crl_marks(path: &Path, used: &[CrlInUse]) -> Result<(), TlsError> {
+    let refused = |reason: String| TlsError::CrlMarks {
+        path: path.to_owned(),
+        doing: "written",
+        reason,
+    };
+    let marks: Vec<CrlMark> = used
+        .iter()
+        .map(|crl| CrlMark {
+            issuer: hex::encode(&crl.issuer),
+            issuer_name: crl.issuer_name.clone(),
+            signer: crl.signer.as_ref().map(hex::encode),
+            scope: crl.scope.as_ref().map(hex::encode),
+            number: crl.number.as_ref().map(hex::encode),
+            this_update: crl.this_update,
+        })
+        .collect();
+    let text = serde_json::to_vec_pretty(&marks).map_err(|error| refused(error.to_string()))?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let written = (|| {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        crate::durable_folders::sync_parent(path)
+    })();
+    written.map_err(|error| refused(error.to_string()))
+}
+
+/// Refuses `new`, a set of CRLs holding the newest of each series, when one of them is older
+/// than a CRL of its series in `used` (the CRLs used before).
+fn refuse_older_than(used: &[CrlInUse], new: &[CrlInUse]) -> Result<(), TlsError> {
+    for old in used {
+        for crl in new.iter().filter(|crl| crl.same_series(old)) {
+            if let Some(reason) = crl.older_than(old) {
+                return Err(TlsError::CrlOlder {
+                    path: crl.path.clone(),
+                    issuer: crl.issuer_name.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The CRLs used, once `new` is taken: `new`, and those of `used` whose series `new` lacks.
+fn used_after(used: &[CrlInUse], new: &[CrlInUse]) -> Vec<CrlInUse> {
+    let mut after: Vec<CrlInUse> = new.to_vec();
+    after.extend(
+        used.iter()
+            .filter(|old| !new.iter().any(|crl| crl.same_series(old)))
+            .cloned(),
+    );
+    after
 }
 
 /// Keeps, of the CRLs read (`crls`, each described by the entry of `described` at its place),

@@ -1147,6 +1147,49 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
     only_iom_ma_is_revoked(&server).await;
 }
 
+/// The newest CRL used of each series is kept across starts (in the data folder, for the
+/// gateway): the next start refuses an older CRL as a reload does, and says how to start a new
+/// record when the record itself is damaged.
+#[tokio::test]
+async fn an_older_crl_is_refused_at_the_next_start_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let crl = dir.path().join("partners.crl");
+    let marks = dir.path().join("crl-marks.json");
+    let mut files = dev::files(&dev_dir(), dev::SERVER).with_crl_marks(&marks);
+    files.crls = vec![crl.clone()];
+    std::fs::write(&crl, dev_crl(11, &[dev::REVOKED, "iom.ma"])).unwrap();
+    let (_, verifier) = tls::server_config_with_verifier(&files, None).unwrap();
+    assert!(marks.is_file(), "the record was not written");
+    // A reload to a newer CRL is kept too.
+    std::fs::write(&crl, dev_crl(12, &[dev::REVOKED, "iom.ma"])).unwrap();
+    assert!(verifier.reload_if_changed().unwrap());
+    drop(verifier);
+
+    for older in [9, 11] {
+        std::fs::write(&crl, dev_crl(older, &[dev::REVOKED])).unwrap();
+        let error = tls::server_config(&files).unwrap_err();
+        assert!(
+            matches!(error, TlsError::CrlOlder { .. }),
+            "{older}: {error}"
+        );
+    }
+    std::fs::write(&crl, dev_crl(12, &[dev::REVOKED, "iom.ma"])).unwrap();
+    let server = tls::server_config(&files).unwrap();
+    only_iom_ma_is_revoked(&server).await;
+    // Without a record, the files are taken as they are.
+    std::fs::write(&crl, dev_crl(9, &[dev::REVOKED])).unwrap();
+    let mut unrecorded = files.clone();
+    unrecorded.crl_marks = None;
+    tls::server_config(&unrecorded).unwrap();
+
+    std::fs::write(&marks, "not a record").unwrap();
+    let error = tls::server_config(&files).unwrap_err().to_string();
+    assert!(
+        error.contains("cannot be read") && error.contains("delete it"),
+        "{error}"
+    );
+}
+
 /// IOM Morocco's handshake is refused as revoked; the ministry's is accepted.
 async fn only_iom_ma_is_revoked(server: &Arc<ServerConfig>) {
     let error = handshake(server.clone(), dev_client("iom.ma"))

@@ -223,6 +223,7 @@ where
         cert: files.cert,
         key: files.key,
         crls: files.crls,
+        crl_marks: None,
     }))
 }
 

@@ -338,7 +338,9 @@ fn listen(socket: socket2::Socket) -> std::io::Result<std::net::TcpListener> {
 /// The listeners' queue of connections not yet accepted (actix-web's default).
 const LISTEN_BACKLOG: i32 = 2048;
 
-/// Starts the partner-facing HTTPS server on the current runtime.
+/// The file of the data folder that keeps the newest CRL used of each series.
+pub const CRL_MARKS_FILE: &str = "crl-marks.json";
+
 /// The listener's TLS configuration, and its verifier of client certificates, which the
 /// webhook calls share for endpoints' certificates ([`crate::tls::EndpointVerifier`]): one set
 /// of CRLs, read again while the gateway runs. Certificates the handshake refuses are audited in
@@ -351,8 +353,14 @@ pub fn tls_config(
         summaries: gateway.refusal_summaries(),
         metrics: gateway.metrics.clone(),
     });
+    // The newest CRL used of each series is kept in the data folder, so that the next start
+    // refuses an older one as a reload does.
+    let files = config
+        .tls
+        .server_files()
+        .with_crl_marks(config.paths.data.join(CRL_MARKS_FILE));
     Ok(crate::tls::server_config_with_verifier(
-        &config.tls.server_files(),
+        &files,
         Some(observer),
     )?)
 }
