@@ -672,15 +672,14 @@ impl PartnerMapping {
         event: &Value,
         canonical: &[u8],
     ) -> Result<Encoded, EncodeError> {
-        let withheld = self.policy.withheld_from(&self.role);
         // Most events hold nothing a recipient's role withholds: they are written from the
         // event itself, without the copy the policy would change.
-        let filtered = if self.policy.changes(&self.role, event) {
+        let (filtered, withheld) = if self.policy.changes(&self.role, event) {
             let mut filtered = event.clone();
-            self.policy.apply(&self.role, &mut filtered);
-            Cow::Owned(filtered)
+            let withheld = self.policy.apply(&self.role, &mut filtered);
+            (Cow::Owned(filtered), withheld)
         } else {
-            Cow::Borrowed(event)
+            (Cow::Borrowed(event), self.policy.withheld_from(&self.role))
         };
         if self.receives_canonical() {
             debug_assert_eq!(canonical, jcs::to_vec(event), "the event's canonical form");
