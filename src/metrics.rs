@@ -54,8 +54,9 @@ pub struct Metrics {
     /// `passerelle_crl_next_update_timestamp_seconds`: the earliest `nextUpdate` of the CRLs in
     /// use, in seconds since the epoch (0 when none of them has one).
     pub crl_next_update: Gauge,
-    /// `passerelle_crl_reloads_total`: CRL files read again after they changed, by outcome
-    /// (`loaded`, or `failed` while the previous CRLs stay in use).
+    /// `passerelle_crl_reloads_total`: reloads of the CRL files after they changed, by outcome:
+    /// `loaded` when changed files were taken, `failed` when one was refused (the CRLs taken
+    /// from it before stay in use); one reload may count both.
     pub crl_reloads: Family<OutcomeLabels, Counter>,
     /// `passerelle_tls_refused_certificates_total`: client certificates that the TLS handshake
     /// refused, by reason (`certificate-revoked`, `certificate-expired`, ...).

@@ -782,8 +782,9 @@ async fn note_signed_log_size(
 }
 
 /// Reads the CRL files again whenever they change, until told to stop, so that a CRL a CA
-/// publishes before the current one expires is taken without a restart. A file that cannot be
-/// used is reported (log and metric) and the CRLs in use stay.
+/// publishes before the current one expires is taken without a restart. A changed file that
+/// cannot be used is reported (log and metric) and the CRLs taken from it before stay; the
+/// other files' changes are taken.
 async fn refresh_crls(
     verifier: Arc<crate::tls::ClientVerifier>,
     metrics: Arc<Metrics>,
@@ -812,26 +813,38 @@ async fn refresh_crls(
             _ = stop.changed() => return,
         }
         let v = verifier.clone();
-        let outcome = match tokio::task::spawn_blocking(move || v.reload_if_changed()).await {
-            Ok(Ok(false)) => continue,
-            Ok(Ok(true)) => {
-                tracing::info!(files = verifier.crl_files().len(), "CRLs read again");
-                "loaded"
-            }
-            Ok(Err(error)) => {
-                tracing::error!(%error, "a changed CRL could not be used; the previous CRLs stay in use");
-                "failed"
-            }
+        let reload = match tokio::task::spawn_blocking(move || v.reload_if_changed()).await {
+            Ok(reload) => reload,
             Err(error) => {
                 tracing::error!(%error, "the CRL refresh failed");
-                "failed"
+                count_crl_reload(&metrics, "failed");
+                continue;
             }
         };
-        metrics
-            .crl_reloads
-            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
-            .inc();
+        for file in &reload.taken {
+            tracing::info!(file = %file.display(), "a changed CRL file is in use");
+        }
+        for error in &reload.refused {
+            tracing::error!(
+                %error,
+                "a changed CRL file could not be used; the CRLs taken from it before stay in use"
+            );
+        }
+        if !reload.taken.is_empty() {
+            count_crl_reload(&metrics, "loaded");
+        }
+        if !reload.refused.is_empty() {
+            count_crl_reload(&metrics, "failed");
+        }
     }
+}
+
+/// Counts one reload of the CRL files with its outcome, `loaded` or `failed`.
+fn count_crl_reload(metrics: &Metrics, outcome: &'static str) {
+    metrics
+        .crl_reloads
+        .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+        .inc();
 }
 
 #[cfg(test)]

@@ -29,9 +29,12 @@
 //! asks for one ([`TlsFiles::crl_marks`]), so that a restart does not take an older CRL back.
 //! [`dev`] generates the development PKI, which is for development and tests only.
 
+mod crls;
 pub mod dev;
 pub mod issuers;
 
+pub use crls::load_crls;
+use crls::{CrlFile, CrlInUse, StaleMarks};
 use issuers::Issuers;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -403,8 +406,9 @@ pub fn server_config_with_verifier(
 ///
 /// CAs publish a new CRL before the current one's `nextUpdate`, and an expired CRL refuses
 /// every client, so a long-running gateway must take new CRLs without a restart.
-/// [`ClientVerifier::reload_if_changed`] rebuilds the verifier when a CRL file changed; each
-/// handshake uses the verifier current when it starts. The CA bundle is read once: a new CA
+/// [`ClientVerifier::reload_if_changed`] rebuilds the verifier when CRL files changed, taking
+/// or refusing each changed file on its own; each handshake uses the verifier current when it
+/// starts. The CA bundle is read once: a new CA
 /// needs a restart (the CA names the server sends as hints are fixed at start).
 ///
 /// Written here, rather than taken from rustls, because rustls verifiers are immutable: this
@@ -418,8 +422,9 @@ pub struct ClientVerifier {
     provider: Arc<CryptoProvider>,
     hints: Vec<DistinguishedName>,
     current: RwLock<Verifiers>,
-    /// The digests of the CRL files' contents when they were last read.
-    read_at: Mutex<Vec<Option<[u8; 32]>>>,
+    /// The CRL files as last taken, with what they held: a file whose contents differ is read
+    /// again.
+    files: Mutex<Vec<CrlFile>>,
     /// Told of each certificate a handshake refuses.
     observer: Option<Arc<dyn CertificateRefusalObserver>>,
     /// How many times the CRLs were read again: a connection verified under an earlier
@@ -444,129 +449,14 @@ pub struct ClientVerifier {
     crl_marks: Option<PathBuf>,
 }
 
-/// One CRL of the set in use: whose it is, where it was read, and until when it is current.
-#[derive(Debug, Clone)]
-struct CrlInUse {
-    /// The issuer's name (DER).
-    issuer: Vec<u8>,
-    /// The issuer's name, for people.
-    issuer_name: String,
-    /// The file it was read from.
-    path: PathBuf,
-    /// Its `nextUpdate`, in seconds since the epoch; `None` when it has none.
-    next_update: Option<u64>,
-    /// Its `thisUpdate`, in seconds since the epoch.
-    this_update: i64,
-    /// Its CRL number, big-endian without leading zeros; `None` when it has none.
-    number: Option<Vec<u8>>,
-    /// The key identifier of the key that signed it (its authority key identifier), to tell
-    /// apart the CRLs of a CA re-keyed under the same name; `None` when it does not say.
-    signer: Option<Vec<u8>>,
-    /// Its issuing distribution point (DER), for a CA that partitions its CRLs (RFC 5280
-    /// numbers a CA's CRLs per scope); `None` for a CRL of the CA's whole scope.
-    scope: Option<Vec<u8>>,
-}
-
-impl CrlInUse {
-    fn stale_at(&self, now: u64) -> bool {
-        self.next_update.is_some_and(|next| next <= now)
-    }
-
-    /// Whether `other` is a CRL of the same series: the same issuer name, the same scope
-    /// (issuing distribution point) and, when both say it, the same signing key.
-    fn same_series(&self, other: &CrlInUse) -> bool {
-        self.issuer == other.issuer
-            && self.scope == other.scope
-            && match (&self.signer, &other.signer) {
-                (Some(mine), Some(theirs)) => mine == theirs,
-                _ => true,
-            }
-    }
-
-    /// Why this CRL is older than `other`, a CRL of the same series, if it is: a lower CRL
-    /// number (RFC 5280's order of a CA's CRLs) when both have one, else an earlier
-    /// `thisUpdate`.
-    fn older_than(&self, other: &CrlInUse) -> Option<String> {
-        if let (Some(mine), Some(theirs)) = (&self.number, &other.number) {
-            // Big-endian without leading zeros: the shorter is the smaller.
-            return ((mine.len(), mine) < (theirs.len(), theirs)).then(|| {
-                format!(
-                    "its CRL number {} is below the number {} of a CRL already used",
-                    hex::encode(mine),
-                    hex::encode(theirs)
-                )
-            });
-        }
-        (self.this_update < other.this_update).then(|| {
-            format!(
-                "it was issued on {}, before a CRL already used ({})",
-                rfc3339(self.this_update),
-                rfc3339(other.this_update)
-            )
-        })
-    }
-}
-
-/// A time in seconds since the epoch, as RFC 3339 (the number itself if it is out of range).
-fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|time| {
-            time.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| secs.to_string())
-}
-
-/// When the CRLs in use go stale (their `nextUpdate`s), told on every request for the cost of
-/// an atomic load or two: the latest `nextUpdate` already passed, and the next one to come,
-/// looked up again only once that one has come.
-#[derive(Debug)]
-struct StaleMarks {
-    /// Every `nextUpdate` of the CRLs in use, in seconds since the epoch, sorted.
-    next_updates: Mutex<Vec<u64>>,
-    /// The latest of them at or before the last look (0: none).
-    passed: AtomicU64,
-    /// The first of them after the last look (`u64::MAX`: none).
-    coming: AtomicU64,
-}
-
-impl StaleMarks {
-    fn new(crls: &[CrlInUse]) -> StaleMarks {
-        let marks = StaleMarks {
-            next_updates: Mutex::new(Vec::new()),
-            passed: AtomicU64::new(0),
-            coming: AtomicU64::new(0),
-        };
-        marks.replace(crls);
-        marks
-    }
-
-    /// Takes the `nextUpdate`s of a new set of CRLs.
-    fn replace(&self, crls: &[CrlInUse]) {
-        let mut next_updates = self.next_updates.lock().unwrap_or_else(|p| p.into_inner());
-        *next_updates = crls.iter().filter_map(|crl| crl.next_update).collect();
-        next_updates.sort_unstable();
-        self.look(&next_updates, UnixTime::now().as_secs());
-    }
-
-    fn look(&self, next_updates: &[u64], now: u64) {
-        let split = next_updates.partition_point(|at| *at <= now);
-        let passed = split.checked_sub(1).map_or(0, |last| next_updates[last]);
-        let coming = next_updates.get(split).copied().unwrap_or(u64::MAX);
-        // `passed` first: a reader that sees the new `coming` sees it too.
-        self.passed.store(passed, Ordering::Release);
-        self.coming.store(coming, Ordering::Release);
-    }
-
-    /// The latest `nextUpdate` at or before `now`, in seconds since the epoch (0: none).
-    fn passed(&self, now: u64) -> u64 {
-        if now >= self.coming.load(Ordering::Acquire) {
-            let next_updates = self.next_updates.lock().unwrap_or_else(|p| p.into_inner());
-            self.look(&next_updates, now);
-        }
-        self.passed.load(Ordering::Acquire)
-    }
+/// What [`ClientVerifier::reload_if_changed`] did.
+#[derive(Debug, Default)]
+pub struct CrlReload {
+    /// The changed CRL files whose CRLs are in use from now on.
+    pub taken: Vec<PathBuf>,
+    /// Why the other changed files were refused: their CRLs taken before stay in use. Each
+    /// refusal is said once while it lasts (empty while the same files fail the same way).
+    pub refused: Vec<TlsError>,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -583,21 +473,6 @@ fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The SHA-256 digest of each file's contents (`None` for one that cannot be read): a change
-/// is told by what a file holds, not by its modification time, which a copy that keeps the
-/// old time, or two writes within the file system's time granularity, would leave unchanged.
-fn contents_digests(paths: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
-    use sha2::{Digest, Sha256};
-    paths
-        .iter()
-        .map(|p| {
-            std::fs::read(p)
-                .ok()
-                .map(|bytes| Sha256::digest(bytes).into())
-        })
-        .collect()
 }
 
 impl ClientVerifier {
@@ -634,15 +509,21 @@ impl ClientVerifier {
         }
         let issuers = Issuers::new(&files.ca, &ca_certs, &provider)?;
         let roots = Arc::new(roots);
-        let read_at = contents_digests(&files.crls);
-        let (verifier, in_use) =
-            build_client_verifier(&files.ca, &files.crls, &roots, &ca_certs, &provider)?;
+        let bundle = crls::Bundle {
+            path: &files.ca,
+            cas: &ca_certs,
+            roots: &roots,
+            provider: &provider,
+        };
+        let (crl_files, set) = crls::load_checked_crls(&bundle, &files.crls)?;
+        let verifier = build_verifiers(&files.ca, set.crls, &roots, &provider)?;
+        let in_use = set.in_use;
         let used = match &files.crl_marks {
             Some(marks) => {
-                let before = read_crl_marks(marks)?;
-                refuse_older_than(&before, &in_use)?;
-                let used = used_after(&before, &in_use);
-                write_crl_marks(marks, &used)?;
+                let before = crls::read_crl_marks(marks)?;
+                crls::refuse_older_than(&before, &in_use)?;
+                let used = crls::used_after(&before, &in_use);
+                crls::write_crl_marks(marks, &used)?;
                 used
             }
             None => in_use.clone(),
@@ -655,7 +536,7 @@ impl ClientVerifier {
             ca_certs,
             provider,
             current: RwLock::new(verifier),
-            read_at: Mutex::new(read_at),
+            files: Mutex::new(crl_files),
             observer,
             generation: AtomicU64::new(0),
             reloaded_at_ms: AtomicU64::new(0),
@@ -675,89 +556,86 @@ impl ClientVerifier {
         }
     }
 
-    /// Reads the CRL files again if any changed since they were last read, and uses them for
-    /// the handshakes that start from then on. Returns whether it did.
+    /// Reads again the CRL files whose contents changed since they were last taken, and uses
+    /// the changes it can take for the handshakes that start from then on.
     ///
-    /// A change is refused, and the CRLs in use stay, when a CRL cannot be read or parsed, is
-    /// in the name of a CA of the bundle without its signature, leaves a CA of the bundle
+    /// Each changed file is taken or refused on its own, so that one CA's bad or replayed CRL
+    /// does not hold back the revocations in the other CAs' new CRLs. A changed file is
+    /// refused, and its CRLs taken before stay, when it cannot be read or parsed, holds a CRL
+    /// in the name of a CA of the bundle without its signature, would leave a CA of the bundle
     /// without a CRL, would replace a CA's current CRL by one past its `nextUpdate` (which
-    /// would refuse every certificate of that CA), or by an older CRL of the same CA and key
-    /// (a lower CRL number, or without numbers an earlier `thisUpdate`). A CRL that was stale already may stay
-    /// stale: the other CAs' new CRLs are taken all the same. A refused change is tried again
-    /// at each call, and reported once (`Ok(false)` while it fails the same way).
-    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = contents_digests(&self.crls);
-        let mut read_at = self.read_at.lock().unwrap_or_else(|p| p.into_inner());
-        if *read_at == now {
-            return Ok(false);
-        }
-        let built = build_client_verifier(
-            &self.ca,
-            &self.crls,
-            &self.roots,
-            &self.ca_certs,
-            &self.provider,
-        )
-        .and_then(|(verifier, in_use)| {
-            self.refuse_newly_stale(&in_use)?;
-            self.take_as_used(&in_use)?;
-            Ok((verifier, in_use))
-        });
-        let mut last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
-        let (verifier, in_use) = match built {
-            Ok(built) => built,
-            Err(error) => {
-                let said = error.to_string();
-                if last_failure.as_deref() == Some(said.as_str()) {
-                    return Ok(false);
+    /// would refuse every certificate of that CA), or by an older CRL of the same series (CA,
+    /// key and scope: a lower CRL number, or without numbers an earlier `thisUpdate`). A CRL
+    /// that was stale already may stay stale. A refused file is tried again at each call; its
+    /// refusal is said once while it fails the same way.
+    pub fn reload_if_changed(&self) -> CrlReload {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let in_use = self
+            .in_use
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let bundle = crls::Bundle {
+            path: &self.ca,
+            cas: &self.ca_certs,
+            roots: &self.roots,
+            provider: &self.provider,
+        };
+        let Some(chosen) =
+            crls::choose_changes(&bundle, &files, &in_use, &used, UnixTime::now().as_secs())
+        else {
+            return CrlReload::default();
+        };
+        let mut refused = chosen.refused;
+        let mut taken = Vec::new();
+        if let Some(set) = chosen.set {
+            let built = build_verifiers(&self.ca, set.crls, &self.roots, &self.provider).and_then(
+                |verifiers| {
+                    self.take_as_used(&set.in_use)?;
+                    Ok(verifiers)
+                },
+            );
+            match built {
+                Ok(verifiers) => {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifiers;
+                    self.stale_marks.replace(&set.in_use);
+                    *self.in_use.write().unwrap_or_else(|p| p.into_inner()) = set.in_use;
+                    self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
+                    self.generation.fetch_add(1, Ordering::Release);
+                    *files = chosen.files;
+                    taken = chosen.taken;
                 }
-                *last_failure = Some(said);
-                return Err(error);
-            }
-        };
-        *last_failure = None;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
-        self.stale_marks.replace(&in_use);
-        *self.in_use.write().unwrap_or_else(|p| p.into_inner()) = in_use;
-        self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
-        self.generation.fetch_add(1, Ordering::Release);
-        *read_at = now;
-        Ok(true)
-    }
-
-    /// Refuses a new set of CRLs in which a CA whose CRL in use is current has only stale
-    /// ones.
-    fn refuse_newly_stale(&self, new: &[CrlInUse]) -> Result<(), TlsError> {
-        let now = UnixTime::now().as_secs();
-        let in_use = self.in_use.read().unwrap_or_else(|p| p.into_inner());
-        let current = |set: &[CrlInUse], issuer: &[u8]| {
-            set.iter()
-                .any(|crl| crl.issuer == issuer && !crl.stale_at(now))
-        };
-        for crl in new.iter().filter(|crl| crl.stale_at(now)) {
-            if current(&in_use, &crl.issuer) && !current(new, &crl.issuer) {
-                return Err(crl_expired(crl));
+                Err(error) => refused.push(error),
             }
         }
-        Ok(())
+        let mut last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.is_empty() {
+            *last_failure = None;
+        } else {
+            let said = refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n");
+            if last_failure.as_deref() == Some(said.as_str()) {
+                refused.clear();
+            } else {
+                *last_failure = Some(said);
+            }
+        }
+        CrlReload { taken, refused }
     }
 
-    /// Refuses a new set of CRLs that would put an older CRL of a series (CA, key and scope) in
-    /// place of one used before: an older CRL may lack revocations made since, so taking it
-    /// would accept again certificates already revoked. CRLs are often fetched over plain
-    /// HTTP, and an old one stays signed and may still be within its `nextUpdate`. Otherwise
-    /// takes the set as the newest used, and keeps that in the record of CRLs used, if there is
-    /// one (a failure to write it refuses the set).
-    ///
-    /// The new set holds the newest CRL of each series only ([`newest_of_each_series`]), so
-    /// that an older CRL put beside the current one, which the verifier might consult first,
-    /// counts for nothing.
+    /// Takes a new set of CRLs as the newest used, and keeps that in the record of CRLs used,
+    /// if there is one (a failure to write it refuses the set). The set was checked against
+    /// the CRLs used before, when it was chosen.
     fn take_as_used(&self, new: &[CrlInUse]) -> Result<(), TlsError> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        refuse_older_than(&used, new)?;
-        let after = used_after(&used, new);
+        crls::refuse_older_than(&used, new)?;
+        let after = crls::used_after(&used, new);
         if let Some(marks) = &self.crl_marks {
-            write_crl_marks(marks, &after)?;
+            crls::write_crl_marks(marks, &after)?;
         }
         *used = after;
         Ok(())
@@ -817,7 +695,7 @@ impl ClientVerifier {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter_map(|crl| crl.next_update)
+            .filter_map(CrlInUse::next_update)
             .min()
     }
 
@@ -830,7 +708,7 @@ impl ClientVerifier {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|crl| crl.stale_at(now))
-            .map(|crl| crl_expired(crl).to_string())
+            .map(|crl| crls::crl_expired(crl).to_string())
             .collect()
     }
 
@@ -865,15 +743,13 @@ struct Verifiers {
     endpoints: Arc<WebPkiServerVerifier>,
 }
 
-/// The verifiers of the CA bundle and the CRL files, and the CRLs they use.
-fn build_client_verifier(
+/// The verifiers of the CA bundle with a set of CRLs.
+fn build_verifiers(
     ca: &Path,
-    crl_files: &[PathBuf],
+    crls: Vec<CertificateRevocationListDer<'static>>,
     roots: &Arc<RootCertStore>,
-    ca_certs: &[CertificateDer<'_>],
     provider: &Arc<CryptoProvider>,
-) -> Result<(Verifiers, Vec<CrlInUse>), TlsError> {
-    let (crls, in_use) = load_checked_crls(ca, ca_certs, crl_files, roots, provider)?;
+) -> Result<Verifiers, TlsError> {
     let refused = |source| TlsError::Verifier {
         ca: ca.to_path_buf(),
         source,
@@ -888,17 +764,7 @@ fn build_client_verifier(
         .enforce_revocation_expiration()
         .build()
         .map_err(refused)?;
-    Ok((Verifiers { clients, endpoints }, in_use))
-}
-
-/// The error that says a CRL is past its `nextUpdate`.
-fn crl_expired(crl: &CrlInUse) -> TlsError {
-    let next_update = crl.next_update.unwrap_or_default();
-    TlsError::CrlExpired {
-        path: crl.path.clone(),
-        issuer: crl.issuer_name.clone(),
-        next_update: i64::try_from(next_update).map_or_else(|_| next_update.to_string(), rfc3339),
-    }
+    Ok(Verifiers { clients, endpoints })
 }
 
 impl ClientCertVerifier for ClientVerifier {
@@ -1222,7 +1088,18 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crypto_provider();
     let (ca_certs, roots) = load_ca_bundle(&files.ca)?;
     let roots = Arc::new(roots);
-    let (crls, _) = load_checked_crls(&files.ca, &ca_certs, &files.crls, &roots, &provider)?;
+    let crls = if files.crls.is_empty() {
+        // No revocation checking at all (see above).
+        Vec::new()
+    } else {
+        let bundle = crls::Bundle {
+            path: &files.ca,
+            cas: &ca_certs,
+            roots: &roots,
+            provider: &provider,
+        };
+        crls::load_checked_crls(&bundle, &files.crls)?.1.crls
+    };
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
@@ -1466,278 +1343,6 @@ fn add_anchor(
         })
 }
 
-/// Loads the CRLs of a file: every `X509 CRL` block of a PEM file, or a single DER CRL. Fails when
-/// a PEM file holds no CRL. The CRLs are parsed, and their signatures checked, only when a
-/// verifier is built from them.
-pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    const WHAT: &str = "CRL";
-    let bytes = read(WHAT, path)?;
-    if !bytes.starts_with(b"-----BEGIN") && bytes.first() == Some(&0x30) {
-        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
-    }
-    every_pem_block(WHAT, path, &bytes)
-}
-
-/// Loads every CRL file, checks that each CRL in the name of a CA of the bundle (`cas`) is
-/// signed by it, checks each file on its own with a throwaway verifier, so that a bad CRL is
-/// reported with its file name, and checks that every CA of the bundle (`ca`) has a CRL. Any of
-/// these taken wrong would refuse every certificate of a CA: refused here instead, at start, or
-/// while the CRLs in use stay. Returns the CRLs, and what each is (see [`CrlInUse`]).
-fn load_checked_crls(
-    ca: &Path,
-    cas: &[CertificateDer<'_>],
-    paths: &[PathBuf],
-    roots: &Arc<RootCertStore>,
-    provider: &Arc<CryptoProvider>,
-) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<CrlInUse>), TlsError> {
-    if paths.is_empty() {
-        // No revocation checking at all (see `client_config`).
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let mut all = Vec::new();
-    let mut in_use = Vec::new();
-    for path in paths {
-        let crls = load_crls(path)?;
-        for crl in &crls {
-            signed_by_its_ca(crl, cas).map_err(|reason| TlsError::CrlIssuer {
-                path: path.clone(),
-                reason,
-            })?;
-            // Read again here: `signed_by_its_ca` has refused a CRL it cannot read.
-            if let Ok((_, parsed)) = x509_parser::parse_x509_crl(crl.as_ref()) {
-                let signer = parsed.extensions().iter().find_map(|extension| {
-                    match extension.parsed_extension() {
-                        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                            aki.key_identifier.as_ref().map(|id| id.0.to_vec())
-                        }
-                        _ => None,
-                    }
-                });
-                let scope = parsed
-                    .extensions()
-                    .iter()
-                    .find(|extension| {
-                        extension.oid
-                            == x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT
-                    })
-                    .map(|extension| extension.value.to_vec());
-                in_use.push(CrlInUse {
-                    issuer: parsed.issuer().as_raw().to_vec(),
-                    issuer_name: parsed.issuer().to_string(),
-                    path: path.clone(),
-                    next_update: parsed
-                        .next_update()
-                        .map(|time| u64::try_from(time.timestamp()).unwrap_or(0)),
-                    this_update: parsed.last_update().timestamp(),
-                    number: parsed.crl_number().map(|number| number.to_bytes_be()),
-                    signer,
-                    scope,
-                });
-            }
-        }
-        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .with_crls(crls.iter().cloned())
-            .build()
-            .map_err(|source| TlsError::Crl {
-                path: path.clone(),
-                source,
-            })?;
-        all.extend(crls);
-    }
-    let (all, in_use) = newest_of_each_series(all, in_use);
-    // Covered by a CRL that the CA signed, not only one in its name: a CA re-keyed under the
-    // same name is another CA, and the verifier refuses its certificates against a CRL that
-    // its key did not sign.
-    for cert in cas {
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-            continue;
-        };
-        let signed_by_it = |crl: &CertificateRevocationListDer<'_>| {
-            x509_parser::parse_x509_crl(crl.as_ref()).is_ok_and(|(_, crl)| {
-                crl.issuer().as_raw() == cert.subject().as_raw()
-                    && crl.verify_signature(cert.public_key()).is_ok()
-            })
-        };
-        if !all.iter().any(signed_by_it) {
-            return Err(TlsError::CaWithoutCrl {
-                ca: ca.to_path_buf(),
-                ca_name: cert.subject().to_string(),
-            });
-        }
-    }
-    Ok((all, in_use))
-}
-
-/// One series' newest CRL as the record of CRLs used keeps it (see [`TlsFiles::crl_marks`]):
-/// what tells its series and its age, the binary values in hex.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct CrlMark {
-    issuer: String,
-    issuer_name: String,
-    signer: Option<String>,
-    scope: Option<String>,
-    number: Option<String>,
-    this_update: i64,
-}
-
-/// Reads the record of CRLs used kept in `path`: none when the file does not exist.
-fn read_crl_marks(path: &Path) -> Result<Vec<CrlInUse>, TlsError> {
-    let refused = |reason: String| TlsError::CrlMarks {
-        path: path.to_owned(),
-        doing: "read",
-        reason,
-    };
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(refused(error.to_string())),
-    };
-    let marks: Vec<CrlMark> =
-        serde_json::from_slice(&bytes).map_err(|error| refused(error.to_string()))?;
-    let unhex = |text: &str| hex::decode(text).map_err(|error| refused(error.to_string()));
-    let unhex_some = |text: &Option<String>| text.as_deref().map(unhex).transpose();
-    marks
-        .iter()
-        .map(|mark| {
-            Ok(CrlInUse {
-                issuer: unhex(&mark.issuer)?,
-                issuer_name: mark.issuer_name.clone(),
-                path: path.to_owned(),
-                next_update: None,
-                this_update: mark.this_update,
-                number: unhex_some(&mark.number)?,
-                signer: unhex_some(&mark.signer)?,
-                scope: unhex_some(&mark.scope)?,
-            })
-        })
-        .collect()
-}
-
-/// Writes `used` as the record of CRLs used in `path`, durably: a temporary file beside it,
-/// synced, renamed over it, and the folder synced.
-fn write_crl_marks(path: &Path, used: &[CrlInUse]) -> Result<(), TlsError> {
-    let refused = |reason: String| TlsError::CrlMarks {
-        path: path.to_owned(),
-        doing: "written",
-        reason,
-    };
-    let marks: Vec<CrlMark> = used
-        .iter()
-        .map(|crl| CrlMark {
-            issuer: hex::encode(&crl.issuer),
-            issuer_name: crl.issuer_name.clone(),
-            signer: crl.signer.as_ref().map(hex::encode),
-            scope: crl.scope.as_ref().map(hex::encode),
-            number: crl.number.as_ref().map(hex::encode),
-            this_update: crl.this_update,
-        })
-        .collect();
-    let text = serde_json::to_vec_pretty(&marks).map_err(|error| refused(error.to_string()))?;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let written = (|| {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)?;
-        crate::durable_folders::sync_parent(path)
-    })();
-    written.map_err(|error| refused(error.to_string()))
-}
-
-/// Refuses `new`, a set of CRLs holding the newest of each series, when one of them is older
-/// than a CRL of its series in `used` (the CRLs used before).
-fn refuse_older_than(used: &[CrlInUse], new: &[CrlInUse]) -> Result<(), TlsError> {
-    for old in used {
-        for crl in new.iter().filter(|crl| crl.same_series(old)) {
-            if let Some(reason) = crl.older_than(old) {
-                return Err(TlsError::CrlOlder {
-                    path: crl.path.clone(),
-                    issuer: crl.issuer_name.clone(),
-                    reason,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The CRLs used, once `new` is taken: `new`, and those of `used` whose series `new` lacks.
-fn used_after(used: &[CrlInUse], new: &[CrlInUse]) -> Vec<CrlInUse> {
-    let mut after: Vec<CrlInUse> = new.to_vec();
-    after.extend(
-        used.iter()
-            .filter(|old| !new.iter().any(|crl| crl.same_series(old)))
-            .cloned(),
-    );
-    after
-}
-
-/// Keeps, of the CRLs read (`crls`, each described by the entry of `described` at its place),
-/// the newest of each series ([`CrlInUse::same_series`]), and drops the older ones: the
-/// verifier consults the first CRL of a CA that it finds, so that an older CRL put before the
-/// current one (a file with both) would take back revocations made since.
-fn newest_of_each_series(
-    crls: Vec<CertificateRevocationListDer<'static>>,
-    described: Vec<CrlInUse>,
-) -> (Vec<CertificateRevocationListDer<'static>>, Vec<CrlInUse>) {
-    let superseded: Vec<bool> = described
-        .iter()
-        .map(|crl| {
-            described
-                .iter()
-                .any(|other| other.same_series(crl) && crl.older_than(other).is_some())
-        })
-        .collect();
-    crls.into_iter()
-        .zip(described)
-        .zip(superseded)
-        .filter(|(_, superseded)| !superseded)
-        .map(|(kept, _)| kept)
-        .unzip()
-}
-
-/// Checks that a CRL in the name of a CA of the bundle is signed by it. rustls's verifier
-/// checks a CRL's signature only when it consults the CRL for a certificate: a CRL of another
-/// CA of the same name (a CA re-created, a file copied from the wrong environment) would be
-/// taken at load, and then fail every handshake of the CA's certificates. Refused here instead,
-/// the CRLs in use stay.
-///
-/// A CRL whose issuer is no CA of the bundle is let through: it is an intermediate CA's (sent
-/// by clients in their chains, not kept in the bundle), which the verifier checks against the
-/// intermediate when a chain goes through it.
-fn signed_by_its_ca(
-    crl: &CertificateRevocationListDer<'_>,
-    cas: &[CertificateDer<'_>],
-) -> Result<(), String> {
-    let (_, crl) = x509_parser::parse_x509_crl(crl.as_ref())
-        .map_err(|error| format!("it is not a CRL that can be read: {error}"))?;
-    let mut named = false;
-    for ca in cas {
-        let Ok((_, ca)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
-            continue;
-        };
-        if ca.subject().as_raw() != crl.issuer().as_raw() {
-            continue;
-        }
-        named = true;
-        if crl.verify_signature(ca.public_key()).is_ok() {
-            return Ok(());
-        }
-    }
-    if named {
-        Err(format!(
-            "it names {} as its issuer, but that CA of the bundle did not sign it (a CRL of \
-             another CA of the same name?)",
-            crl.issuer()
-        ))
-    } else {
-        Ok(())
-    }
-}
-
 /// For a relative path, the folder it is read from, said; nothing for an absolute one.
 fn working_folder_of(path: &Path) -> String {
     match std::env::current_dir() {
@@ -1819,39 +1424,6 @@ mod tests {
         let unreadable = chain_not_afters(&[CertificateDer::from(vec![1, 2, 3])]);
         assert_eq!(unreadable, [i64::MIN]);
         assert_eq!(next_expiry(&unreadable, now), now);
-    }
-
-    #[test]
-    fn a_crl_is_older_by_its_number_or_else_by_its_issue_date() {
-        let crl = |number: Option<u8>, this_update: i64, signer: Option<u8>| CrlInUse {
-            issuer: b"CA".to_vec(),
-            issuer_name: "CN=CA".into(),
-            path: PathBuf::from("ca.crl"),
-            next_update: None,
-            this_update,
-            number: number.map(|n| vec![n]),
-            signer: signer.map(|s| vec![s]),
-            scope: None,
-        };
-        let in_use = crl(Some(7), 2_000, Some(1));
-        // The number decides when both have one, whatever the dates say.
-        assert!(crl(Some(6), 3_000, Some(1)).older_than(&in_use).is_some());
-        assert!(crl(Some(7), 1_000, Some(1)).older_than(&in_use).is_none());
-        assert!(crl(Some(8), 1_000, Some(1)).older_than(&in_use).is_none());
-        // A longer number is the larger one.
-        // Another scope (issuing distribution point) of the same CA is another series.
-        let mut partition = crl(Some(1), 0, Some(1));
-        partition.scope = Some(vec![0x30, 0x00]);
-        assert!(!partition.same_series(&in_use));
-        let mut long = crl(None, 0, Some(1));
-        long.number = Some(vec![1, 0]);
-        assert!(long.older_than(&in_use).is_none());
-        // Without numbers, the issue date.
-        assert!(crl(None, 1_999, Some(1)).older_than(&in_use).is_some());
-        assert!(crl(None, 2_000, Some(1)).older_than(&in_use).is_none());
-        // Another key of a CA of the same name is another series; an unsaid key is the same.
-        assert!(!crl(Some(1), 0, Some(2)).same_series(&in_use));
-        assert!(crl(Some(1), 0, None).same_series(&in_use));
     }
 
     #[test]

@@ -439,8 +439,70 @@ async fn a_stale_crl_of_one_ca_does_not_hold_back_another_cas_new_crl() {
         .accepted();
 
     std::fs::write(&ours, dev_crl(21, &[dev::REVOKED, "iom.ma"])).unwrap();
-    assert!(verifier.reload_if_changed().unwrap());
+    assert!(taken(verifier.reload_if_changed()));
     only_iom_ma_is_revoked(&server).await;
+}
+
+/// One CA's changed CRL file that is refused (here an older CRL, as a replay over plain HTTP
+/// would give) does not hold back another CA's new CRL of the same reload: each changed file is
+/// taken or refused on its own.
+#[tokio::test]
+async fn a_refused_crl_file_does_not_hold_back_another_cas_new_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = OtherCa::new("Another partner CA");
+    let bundle = dir.path().join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
+    let others = dir.path().join("other.crl");
+    // The other CA's CRL number 2, current until 2099.
+    std::fs::write(&others, other.crl_until(date_time_ymd(2099, 1, 1))).unwrap();
+    let ours = dir.path().join("dev.crl");
+    std::fs::write(&ours, dev_crl(20, &[dev::REVOKED])).unwrap();
+    let mut files = dev::files(&dev_dir(), dev::SERVER);
+    files.ca = bundle;
+    files.crls = vec![ours.clone(), others.clone()];
+    let (server, verifier) = tls::server_config_with_verifier(&files, None).unwrap();
+    handshake(server.clone(), dev_client("iom.ma"))
+        .await
+        .accepted();
+
+    // At once: the other CA's file is replaced by its CRL number 1, and the development CA's
+    // by a CRL that revokes IOM Morocco.
+    std::fs::write(&others, other.crl()).unwrap();
+    std::fs::write(&ours, dev_crl(21, &[dev::REVOKED, "iom.ma"])).unwrap();
+    let reload = verifier.reload_if_changed();
+    assert_eq!(reload.taken, [ours]);
+    assert_eq!(reload.refused.len(), 1, "{:?}", reload.refused);
+    let refused = reload.refused[0].to_string();
+    assert!(
+        matches!(reload.refused[0], TlsError::CrlOlder { .. }) && refused.contains("other.crl"),
+        "{refused}"
+    );
+    only_iom_ma_is_revoked(&server).await;
+    // The refused file is tried again at each reload, and said once while it fails so.
+    let reload = verifier.reload_if_changed();
+    assert!(
+        reload.taken.is_empty() && reload.refused.is_empty(),
+        "{reload:?}"
+    );
+    // Its CA's current CRL back: taken, without a word.
+    std::fs::write(&others, other.crl_until(date_time_ymd(2099, 1, 1))).unwrap();
+    assert_eq!(verifier.reload_if_changed().taken, [others]);
+    only_iom_ma_is_revoked(&server).await;
+}
+
+/// Whether a reload took changed CRL files, which it must have done without refusing any.
+fn taken(reload: tls::CrlReload) -> bool {
+    assert!(reload.refused.is_empty(), "{:?}", reload.refused);
+    !reload.taken.is_empty()
+}
+
+/// The one refusal of a reload that took nothing.
+fn refused_only(reload: tls::CrlReload) -> TlsError {
+    assert!(reload.taken.is_empty(), "{:?}", reload.taken);
+    let mut refused = reload.refused;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    refused.remove(0)
 }
 
 /// Every CA of the bundle must have a CRL: without one, every certificate it issued would be
@@ -1060,7 +1122,7 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
     handshake(server.clone(), dev_client("iom.ma"))
         .await
         .accepted();
-    assert!(!verifier.reload_if_changed().unwrap(), "nothing changed");
+    assert!(!taken(verifier.reload_if_changed()), "nothing changed");
 
     // IOM Morocco's certificate is revoked by the CA's next CRL, written with the old file's
     // modification time kept (a copy that keeps times): what the file holds tells the change.
@@ -1072,13 +1134,13 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
         .unwrap()
         .set_modified(before)
         .unwrap();
-    assert!(verifier.reload_if_changed().unwrap());
+    assert!(taken(verifier.reload_if_changed()));
     only_iom_ma_is_revoked(&server).await;
 
     // So is an older CRL of the CA (a lower CRL number), still signed and current, which would
     // accept IOM Morocco's certificate again.
     std::fs::write(&crl, dev_crl(9, &[dev::REVOKED])).unwrap();
-    let error = verifier.reload_if_changed().unwrap_err();
+    let error = refused_only(verifier.reload_if_changed());
     assert!(matches!(error, TlsError::CrlOlder { .. }), "{error}");
     assert!(
         error
@@ -1098,10 +1160,7 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
             }
         };
         std::fs::write(&crl, format!("{}{}", both(first), both(second))).unwrap();
-        assert!(
-            verifier.reload_if_changed().unwrap(),
-            "{first} then {second}"
-        );
+        assert!(taken(verifier.reload_if_changed()), "{first} then {second}");
         only_iom_ma_is_revoked(&server).await;
     }
 
@@ -1111,13 +1170,13 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
         "-----BEGIN X509 CRL-----\nnot a CRL\n-----END X509 CRL-----\n",
     )
     .unwrap();
-    assert!(verifier.reload_if_changed().is_err());
+    refused_only(verifier.reload_if_changed());
     only_iom_ma_is_revoked(&server).await;
 
     // So is a CRL in the CA's name that the CA did not sign (another CA of the same name): taken,
     // it would refuse every certificate of the CA.
     std::fs::write(&crl, impostor_crl(12, &[dev::REVOKED])).unwrap();
-    let error = verifier.reload_if_changed().unwrap_err();
+    let error = refused_only(verifier.reload_if_changed());
     assert!(error.to_string().contains("did not sign it"), "{error}");
     only_iom_ma_is_revoked(&server).await;
     // And at start.
@@ -1127,13 +1186,13 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
     // So is a CRL past its nextUpdate, which would refuse every certificate of the CA; a
     // failed change is reported once, not at every check until the file changes again.
     std::fs::write(&crl, dev_crl_until(date_time_ymd(2021, 2, 1))).unwrap();
-    let error = verifier.reload_if_changed().unwrap_err();
+    let error = refused_only(verifier.reload_if_changed());
     assert!(matches!(error, TlsError::CrlExpired { .. }), "{error}");
-    assert!(!verifier.reload_if_changed().unwrap(), "reported once");
+    assert!(!taken(verifier.reload_if_changed()), "reported once");
     only_iom_ma_is_revoked(&server).await;
     // So is a set of files that leaves a CA of the bundle without a CRL.
     std::fs::write(&crl, crl_of_another_ca("Partner Issuing CA 1")).unwrap();
-    let error = verifier.reload_if_changed().unwrap_err();
+    let error = refused_only(verifier.reload_if_changed());
     assert!(matches!(error, TlsError::CaWithoutCrl { .. }), "{error}");
     only_iom_ma_is_revoked(&server).await;
 
@@ -1162,7 +1221,7 @@ async fn an_older_crl_is_refused_at_the_next_start_too() {
     assert!(marks.is_file(), "the record was not written");
     // A reload to a newer CRL is kept too.
     std::fs::write(&crl, dev_crl(12, &[dev::REVOKED, "iom.ma"])).unwrap();
-    assert!(verifier.reload_if_changed().unwrap());
+    assert!(taken(verifier.reload_if_changed()));
     drop(verifier);
 
     for older in [9, 11] {
