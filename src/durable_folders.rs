@@ -1,9 +1,47 @@
 //! Folders whose new entries survive a crash. A file's own sync makes its bytes durable, not
 //! its name: the name lives in the folder, which needs a sync of its own. This module owns
-//! those syncs; it does not write files.
+//! those syncs, and the one way the gateway replaces a small file whole ([`replace_file`]).
 
-use std::io;
-use std::path::Path;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Who may read a file that [`replace_file`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// Its owner only (mode 0600): keys, records of the gateway's own.
+    Owner,
+    /// Whoever the process's umask lets read it (mode 0666 less the umask): files published
+    /// for others to read, such as the audit log's public checkpoint.
+    AsTheUmaskSays,
+}
+
+/// Replaces the contents of `path` by `data`, atomically and durably: written to a temporary
+/// file beside it (its name and `.tmp`), synced, renamed over `path`, and the folder synced. A
+/// crash leaves either the old contents or the new, never a part.
+///
+/// A temporary file left by a crash is removed first: opened again, it would keep its old
+/// permissions, which `readers` would not change.
+pub fn replace_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    match std::fs::remove_file(&temporary) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    if readers == Readers::Owner {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    sync_parent(path)
+}
 
 /// Syncs a folder, so that the files and folders created or renamed in it are durable. An
 /// empty path is the working folder.
@@ -63,5 +101,25 @@ mod tests {
         sync_parent(&deep).unwrap();
         sync_folder(Path::new("")).unwrap();
         assert!(sync_folder(&root.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_file_replaced_whole_is_closed_to_others_even_through_a_leftover_temporary_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("key");
+        // A temporary file a crash left behind, readable by everyone.
+        let leftover = root.path().join("key.tmp");
+        std::fs::write(&leftover, "old").unwrap();
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).unwrap();
+        replace_file(&path, b"secret", Readers::Owner).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        assert!(!leftover.exists());
+        // Replaced again, for everyone the umask lets read it.
+        replace_file(&path, b"public", Readers::AsTheUmaskSays).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"public");
+        assert!(replace_file(&root.path().join("missing/key"), b"x", Readers::Owner).is_err());
     }
 }

@@ -20,6 +20,7 @@
 
 use super::error::{AuditError, Result};
 use super::keys::{Sealed, Tag, sync_dir};
+use crate::durable_folders::Readers;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -358,7 +359,7 @@ fn keep_cut_bytes(file: &File, path: &Path, len: u64) -> Result<()> {
         })
         .find(|candidate| !candidate.exists())
         .unwrap_or_else(|| path.with_file_name(format!("{base}.cut-at-{len}.last")));
-    super::keys::write_durably(&kept, &removed)?;
+    super::keys::write_durably(&kept, &removed, Readers::Owner)?;
     tracing::warn!(
         segment = %path.display(),
         offset = len,

@@ -12,13 +12,14 @@
 //! Erasure overwrites the last 96 bytes of the record with zeros in place and syncs the file.
 
 use super::error::{AuditError, Result};
+use crate::durable_folders::Readers;
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use hmac::Mac;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
@@ -80,7 +81,7 @@ impl IndexKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = Zeroizing::new([0u8; 32]);
                 getrandom::fill(key.as_mut()).map_err(|_| AuditError::Crypto("no randomness"))?;
-                write_durably(path, hex::encode(key.as_ref()).as_bytes())?;
+                write_durably(path, hex::encode(key.as_ref()).as_bytes(), Readers::Owner)?;
                 Ok(IndexKey(key))
             }
             Err(e) => Err(AuditError::io(path, e)),
@@ -105,15 +106,10 @@ impl IndexKey {
     }
 }
 
-/// Writes a small file durably: temporary file, sync, rename, sync of the folder.
-pub fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| AuditError::io(&tmp, e))?;
-    f.write_all(data).map_err(|e| AuditError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| AuditError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| AuditError::io(path, e))?;
-    sync_dir(dir)
+/// Writes a small file whole, durably, for `readers` (see
+/// [`crate::durable_folders::replace_file`]).
+pub fn write_durably(path: &Path, data: &[u8], readers: Readers) -> Result<()> {
+    crate::durable_folders::replace_file(path, data, readers).map_err(|e| AuditError::io(path, e))
 }
 
 /// Syncs a folder so that renames and new files in it are durable.

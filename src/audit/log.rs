@@ -19,6 +19,7 @@ use super::note::{NoteSigner, NoteVerifier};
 use super::proof::{Receipt, TlogProof};
 use super::publish::{Edge, publish};
 use super::tiles::{TILE_WIDTH, TileReader, entries_path, parse_bundle, tile_width};
+use crate::durable_folders::Readers;
 use crate::write_queue::{WriteQueue, WriteQueueReceiver, write_queue};
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -420,7 +421,7 @@ impl AuditLog {
             Err(AuditError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 let json = serde_json::to_vec_pretty(&meta)
                     .map_err(|e| AuditError::Corrupt(e.to_string()))?;
-                write_durably(&layout.meta, &json)?;
+                write_durably(&layout.meta, &json, Readers::Owner)?;
             }
             Err(e) => return Err(e),
         }
@@ -476,7 +477,7 @@ impl AuditLog {
         if !signed.is_empty()
             && std::fs::read(&public_path).ok().as_deref() != Some(signed.as_bytes())
         {
-            write_durably(&public_path, signed.as_bytes())?;
+            write_durably(&public_path, signed.as_bytes(), Readers::AsTheUmaskSays)?;
         }
         let mut edge = Edge::load(&layout.public, last.size)?;
         if edge.root()? != last.root {

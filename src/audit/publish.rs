@@ -15,6 +15,7 @@ use super::tiles::{
     TILE_HEIGHT, TILE_WIDTH, encode_bundle, entries_path, parse_bundle, parse_tile, tile_path,
     tile_width,
 };
+use crate::durable_folders::Readers;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -110,7 +111,11 @@ impl Edge {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
         }
-        write_durably(&path, &encode_bundle(entries.iter().map(Vec::as_slice)))?;
+        write_durably(
+            &path,
+            &encode_bundle(entries.iter().map(Vec::as_slice)),
+            Readers::AsTheUmaskSays,
+        )?;
         self.bundle = entries;
         Ok(())
     }
@@ -253,9 +258,13 @@ pub fn publish(
         ));
     }
     let signed = cp.sign(signer)?;
-    write_durably(&public.join("checkpoint"), signed.as_bytes())?;
+    write_durably(
+        &public.join("checkpoint"),
+        signed.as_bytes(),
+        Readers::AsTheUmaskSays,
+    )?;
     if let Some(copy) = private_copy {
-        write_durably(copy, signed.as_bytes())?;
+        write_durably(copy, signed.as_bytes(), Readers::Owner)?;
     }
     // Partial versions of tiles that are now full are no longer needed.
     for (rel, _) in edge.pending.drain(..) {

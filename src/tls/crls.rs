@@ -6,6 +6,7 @@
 //! swaps its verifiers when a reload takes a change.
 
 use super::{TlsError, every_pem_block, read};
+use crate::durable_folders::Readers;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
@@ -538,8 +539,7 @@ pub(super) fn read_crl_marks(path: &Path) -> Result<Vec<CrlInUse>, TlsError> {
         .collect()
 }
 
-/// Writes `used` as the record of CRLs used in `path`, durably: a temporary file beside it,
-/// synced, renamed over it, and the folder synced.
+/// Writes `used` as the record of CRLs used in `path`, whole and durably.
 pub(super) fn write_crl_marks(path: &Path, used: &[CrlInUse]) -> Result<(), TlsError> {
     let refused = |reason: String| TlsError::CrlMarks {
         path: path.to_owned(),
@@ -558,18 +558,8 @@ pub(super) fn write_crl_marks(path: &Path, used: &[CrlInUse]) -> Result<(), TlsE
         })
         .collect();
     let text = serde_json::to_vec_pretty(&marks).map_err(|error| refused(error.to_string()))?;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let written = (|| {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)?;
-        crate::durable_folders::sync_parent(path)
-    })();
-    written.map_err(|error| refused(error.to_string()))
+    crate::durable_folders::replace_file(path, &text, Readers::Owner)
+        .map_err(|error| refused(error.to_string()))
 }
 
 /// Refuses `new`, a set of CRLs holding the newest of each series, when one of them is older

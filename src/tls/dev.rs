@@ -6,13 +6,14 @@
 //! certificates: every key it writes is meant to be committed, and so is public.
 
 use super::{PARTNER_URI_PREFIX, TlsFiles, fingerprint};
+use crate::durable_folders::{Readers, replace_file};
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams,
     SanType, SerialNumber, date_time_ymd,
 };
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime, Time};
@@ -373,34 +374,20 @@ struct Pending {
 }
 
 impl Pending {
-    /// Writes the file through a temporary file in the same folder, then renames it into place.
-    /// Key files are readable by their owner only.
+    /// Writes the file whole (see [`crate::durable_folders::replace_file`]). Key files are
+    /// readable by their owner only.
     fn write(&self) -> Result<(), DevPkiError> {
-        let error = |source| DevPkiError::Write {
-            path: self.path.clone(),
-            source,
+        let readers = if self.secret {
+            Readers::Owner
+        } else {
+            Readers::AsTheUmaskSays
         };
-        let mut temporary = self.path.clone().into_os_string();
-        temporary.push(".tmp");
-        let temporary = PathBuf::from(temporary);
-        // A temporary file left by an earlier run is removed first: opened again, it would
-        // keep its old permissions, which the mode below does not change.
-        match std::fs::remove_file(&temporary) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(error(e)),
-            _ => {}
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        if self.secret {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&temporary).map_err(error)?;
-        file.write_all(self.contents.as_bytes()).map_err(error)?;
-        file.sync_all().map_err(error)?;
-        drop(file);
-        std::fs::rename(&temporary, &self.path).map_err(error)
+        replace_file(&self.path, self.contents.as_bytes(), readers).map_err(|source| {
+            DevPkiError::Write {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 }
 
