@@ -48,7 +48,7 @@ pub const DEFAULT_HELD_RETURN_SECS: u64 = 600;
 /// In a settings file: `auth = { mechanism = "external" }` (the default) or
 /// `auth = { mechanism = "plain", user = "…", password = "…" }`.
 #[derive(Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(tag = "mechanism", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "AuthSetting")]
 pub enum AmqpAuth {
     /// SASL EXTERNAL: the broker takes the user from the client certificate of the TLS
     /// connection. Needs an `amqps://` URL and [`AmqpSettings::tls`].
@@ -62,6 +62,46 @@ pub enum AmqpAuth {
         /// Its password. Never printed: `Debug` shows `"<redacted>"`.
         password: String,
     },
+}
+
+/// `auth` as a settings file writes it, before its keys are checked against its mechanism.
+///
+/// Read through this rather than as an internally tagged enum, which would take
+/// `{ mechanism = "external", password = "…" }` without a word (serde does not refuse unknown
+/// keys beside a variant without fields) and would name no key at fault.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSetting {
+    mechanism: Mechanism,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+/// The SASL mechanisms the gateway offers the broker.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mechanism {
+    External,
+    Plain,
+}
+
+impl TryFrom<AuthSetting> for AmqpAuth {
+    type Error = &'static str;
+
+    fn try_from(setting: AuthSetting) -> Result<Self, Self::Error> {
+        match (setting.mechanism, setting.user, setting.password) {
+            (Mechanism::External, None, None) => Ok(AmqpAuth::External),
+            (Mechanism::External, ..) => Err(
+                "mechanism \"external\" takes no `user` or `password`: the broker reads the user \
+                 from the gateway's client certificate",
+            ),
+            (Mechanism::Plain, Some(user), Some(password)) => {
+                Ok(AmqpAuth::Plain { user, password })
+            }
+            (Mechanism::Plain, None, _) => Err("mechanism \"plain\" needs a `user`"),
+            (Mechanism::Plain, _, None) => Err("mechanism \"plain\" needs a `password`"),
+        }
+    }
 }
 
 impl fmt::Debug for AmqpAuth {
@@ -842,6 +882,55 @@ mod tests {
             password: "hunter2".into(),
         };
         assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn an_auth_setting_takes_the_keys_of_its_mechanism_only() {
+        // As a configuration error is said: by line and column, without the file's text.
+        let read = |auth: &str| {
+            let text = format!("url = \"amqps://broker/%2f\"\nauth = {auth}");
+            toml::from_str::<AmqpSettings>(&text)
+                .map(|settings| settings.auth)
+                .map_err(|error| crate::error_text::toml_error_unquoted(&text, &error))
+        };
+        assert_eq!(
+            read(r#"{ mechanism = "external" }"#),
+            Ok(AmqpAuth::External)
+        );
+        assert_eq!(
+            read(r#"{ mechanism = "plain", user = "u", password = "p" }"#),
+            Ok(AmqpAuth::Plain {
+                user: "u".into(),
+                password: "p".into()
+            })
+        );
+        for (auth, said) in [
+            (
+                r#"{ mechanism = "external", password = "hunter2" }"#,
+                "takes no `user` or `password`",
+            ),
+            (
+                r#"{ mechanism = "plain", password = "hunter2" }"#,
+                "needs a `user`",
+            ),
+            (
+                r#"{ mechanism = "plain", user = "u" }"#,
+                "needs a `password`",
+            ),
+            (
+                r#"{ mechanism = "plain", user = "u", pasword = "hunter2" }"#,
+                "unknown field `pasword`",
+            ),
+            (
+                r#"{ mechanism = "kerberos" }"#,
+                "unknown variant `kerberos`",
+            ),
+            (r#"{ user = "u" }"#, "missing field `mechanism`"),
+        ] {
+            let refused = read(auth).unwrap_err();
+            assert!(refused.contains(said), "{auth}: {refused}");
+            assert!(!refused.contains("hunter2"), "{auth}: {refused}");
+        }
     }
 
     #[test]
