@@ -2029,7 +2029,8 @@ async fn fails_as_tls(gateway: &TestGateway, reference: &str) {
 /// With the CAs of two institutions in the bundle, a recipient bound to its CA (its entry's
 /// `issuer`) is called only at an endpoint whose certificate that CA issued: another CA of the
 /// bundle could otherwise issue one for its host and, with the network path redirected, receive
-/// its deliveries. The same endpoint with a certificate of the recipient's CA gets them.
+/// its deliveries. The same endpoint with a certificate of the recipient's CA gets them. The
+/// CA is named by its subject or by its fingerprint.
 #[actix_web::test]
 async fn a_bound_recipients_endpoint_must_present_a_certificate_of_its_ca() {
     let TwoCas {
@@ -2038,29 +2039,44 @@ async fn a_bound_recipients_endpoint_must_present_a_certificate_of_its_ca() {
         bundle,
         other_crl,
     } = TwoCas::new();
-    let mut dgsn = Receiver::reserve().presenting_files(other.server_files(pki_dir.path()));
-    dgsn.up();
-    let dev_ca_name = "CN=Passerelle development CA, O=Passerelle (development only)";
-    let changes = RegistryChanges::new()
-        .issuer_of_all(dev_ca_name)
-        .webhook("ma.dgsn", &dgsn.url("/notices"));
-    let gateway = TestGateway::start(&changes, |config| {
-        config.tls.ca = bundle.clone();
-        config.tls.crls.push(other_crl.clone());
-        config.delivery.max_attempts = 50;
-    })
-    .await;
-    fails_as_tls(&gateway, "CGSN-CASA-2026-00992").await;
-    assert!(dgsn.received().is_empty(), "no request got through");
+    let dev_ca = passerelle::tls::load_certs(&dev_dir().join("ca.pem")).expect("the CA");
+    let issuers = [
+        (
+            "CN=Passerelle development CA, O=Passerelle (development only)".to_owned(),
+            "CGSN-CASA-2026-00992",
+        ),
+        (
+            passerelle::tls::fingerprint(&dev_ca[0]),
+            "CGSN-CASA-2026-00993",
+        ),
+    ];
+    for (issuer, reference) in issuers {
+        let mut dgsn = Receiver::reserve().presenting_files(other.server_files(pki_dir.path()));
+        dgsn.up();
+        let changes = RegistryChanges::new()
+            .issuer_of_all(&issuer)
+            .webhook("ma.dgsn", &dgsn.url("/notices"));
+        let gateway = TestGateway::start(&changes, |config| {
+            config.tls.ca = bundle.clone();
+            config.tls.crls.push(other_crl.clone());
+            config.delivery.max_attempts = 50;
+        })
+        .await;
+        fails_as_tls(&gateway, reference).await;
+        assert!(
+            dgsn.received().is_empty(),
+            "{issuer}: no request got through"
+        );
 
-    // The endpoint now presents a certificate of the development CA: the delivery arrives.
-    dgsn.down().await;
-    let mut dgsn = dgsn.presenting("server");
-    dgsn.up();
-    delivery_story(&gateway, "CGSN-CASA-2026-00992", "ma.dgsn", "delivered").await;
-    let received: Vec<String> = dgsn.received().into_iter().map(|r| r.event_id).collect();
-    assert_eq!(received, ["CGSN-CASA-2026-00992"]);
-    gateway.stop().await;
+        // The endpoint now presents a certificate of the development CA: the delivery arrives.
+        dgsn.down().await;
+        let mut dgsn = dgsn.presenting("server");
+        dgsn.up();
+        delivery_story(&gateway, reference, "ma.dgsn", "delivered").await;
+        let received: Vec<String> = dgsn.received().into_iter().map(|r| r.event_id).collect();
+        assert_eq!(received, [reference], "{issuer}");
+        gateway.stop().await;
+    }
 }
 
 #[actix_web::test]

@@ -351,9 +351,10 @@ impl RegistryChanges {
         self
     }
 
-    /// Every partner's certificates are issued by the CA of the bundle named `subject`.
-    pub fn issuer_of_all(mut self, subject: &str) -> Self {
-        self.issuer = Some(subject.to_owned());
+    /// Every partner's certificates are issued by the CA of the bundle named `issuer`, by its
+    /// subject or its fingerprint.
+    pub fn issuer_of_all(mut self, issuer: &str) -> Self {
+        self.issuer = Some(issuer.to_owned());
         self
     }
 
