@@ -32,6 +32,7 @@
 mod crls;
 pub mod dev;
 pub mod issuers;
+mod verifiers;
 
 pub use crls::load_crls;
 use crls::{CrlFile, CrlInUse, StaleMarks};
@@ -40,9 +41,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::NoServerSessionStorage;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
     ServerConfig, SignatureScheme, SupportedProtocolVersion,
@@ -53,6 +54,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
+use verifiers::{AnchorGroups, Verifiers};
 use x509_parser::extensions::GeneralName;
 
 /// The protocol versions the gateway speaks, most preferred first: TLS 1.3, then TLS 1.2.
@@ -421,7 +423,9 @@ pub struct ClientVerifier {
     ca_certs: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
     hints: Vec<DistinguishedName>,
-    current: RwLock<Verifiers>,
+    /// The bundle's CAs, in groups that share no name (see [`verifiers`]).
+    anchors: AnchorGroups,
+    current: RwLock<Arc<Verifiers>>,
     /// The CRL files as last taken, with what they held: a file whose contents differ is read
     /// again.
     files: Mutex<Vec<CrlFile>>,
@@ -516,7 +520,8 @@ impl ClientVerifier {
             provider: &provider,
         };
         let (crl_files, set) = crls::load_checked_crls(&bundle, &files.crls)?;
-        let verifier = build_verifiers(&files.ca, set.crls, &roots, &provider)?;
+        let anchors = AnchorGroups::new(&files.ca, &ca_certs)?;
+        let verifier = anchors.verifiers(&set.crls, &provider)?;
         let in_use = set.in_use;
         let used = match &files.crl_marks {
             Some(marks) => {
@@ -531,11 +536,12 @@ impl ClientVerifier {
         Ok(ClientVerifier {
             ca: files.ca.clone(),
             crls: files.crls.clone(),
-            hints: verifier.clients.root_hint_subjects().to_vec(),
+            hints: roots.subjects(),
             roots,
             ca_certs,
             provider,
-            current: RwLock::new(verifier),
+            anchors,
+            current: RwLock::new(Arc::new(verifier)),
             files: Mutex::new(crl_files),
             observer,
             generation: AtomicU64::new(0),
@@ -590,15 +596,16 @@ impl ClientVerifier {
         let mut refused = chosen.refused;
         let mut taken = Vec::new();
         if let Some(set) = chosen.set {
-            let built = build_verifiers(&self.ca, set.crls, &self.roots, &self.provider).and_then(
-                |verifiers| {
+            let built = self
+                .anchors
+                .verifiers(&set.crls, &self.provider)
+                .and_then(|verifiers| {
                     self.take_as_used(&set.in_use)?;
                     Ok(verifiers)
-                },
-            );
+                });
             match built {
                 Ok(verifiers) => {
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifiers;
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(verifiers);
                     self.stale_marks.replace(&set.in_use);
                     *self.in_use.write().unwrap_or_else(|p| p.into_inner()) = set.in_use;
                     self.reloaded_at_ms.store(epoch_ms(), Ordering::Release);
@@ -717,54 +724,13 @@ impl ClientVerifier {
         &self.crls
     }
 
-    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+    /// The verifiers of client and webhook endpoints' certificates, with the CRLs in use now.
+    fn current(&self) -> Arc<Verifiers> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clients
             .clone()
     }
-
-    /// The verifier of webhook endpoints' certificates, with the CRLs in use now.
-    fn endpoints(&self) -> Arc<WebPkiServerVerifier> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .endpoints
-            .clone()
-    }
-}
-
-/// The verifiers one set of CRLs makes: of partners' client certificates, and of webhook
-/// endpoints' server certificates (see [`EndpointVerifier`]).
-#[derive(Clone)]
-struct Verifiers {
-    clients: Arc<dyn ClientCertVerifier>,
-    endpoints: Arc<WebPkiServerVerifier>,
-}
-
-/// The verifiers of the CA bundle with a set of CRLs.
-fn build_verifiers(
-    ca: &Path,
-    crls: Vec<CertificateRevocationListDer<'static>>,
-    roots: &Arc<RootCertStore>,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Verifiers, TlsError> {
-    let refused = |source| TlsError::Verifier {
-        ca: ca.to_path_buf(),
-        source,
-    };
-    let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .with_crls(crls.clone())
-        .enforce_revocation_expiration()
-        .build()
-        .map_err(refused)?;
-    let endpoints = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .with_crls(crls)
-        .enforce_revocation_expiration()
-        .build()
-        .map_err(refused)?;
-    Ok(Verifiers { clients, endpoints })
 }
 
 impl ClientCertVerifier for ClientVerifier {
@@ -807,6 +773,7 @@ impl ClientCertVerifier for ClientVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.current()
+            .clients()
             .verify_tls12_signature(message, cert, dss)
             .inspect_err(|_| self.report(cert, CertificateRefusal::KeyNotProved))
     }
@@ -818,12 +785,13 @@ impl ClientCertVerifier for ClientVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.current()
+            .clients()
             .verify_tls13_signature(message, cert, dss)
             .inspect_err(|_| self.report(cert, CertificateRefusal::KeyNotProved))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current().supported_verify_schemes()
+        self.current().clients().supported_verify_schemes()
     }
 }
 
@@ -973,7 +941,7 @@ impl ServerCertVerifier for EndpointVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.verifier.endpoints().verify_server_cert(
+        let verified = self.verifier.current().verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -1007,6 +975,7 @@ impl ServerCertVerifier for EndpointVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.verifier
+            .current()
             .endpoints()
             .verify_tls12_signature(message, cert, dss)
     }
@@ -1018,12 +987,16 @@ impl ServerCertVerifier for EndpointVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.verifier
+            .current()
             .endpoints()
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.verifier.endpoints().supported_verify_schemes()
+        self.verifier
+            .current()
+            .endpoints()
+            .supported_verify_schemes()
     }
 }
 

@@ -544,6 +544,62 @@ fn a_ca_of_the_bundle_without_a_crl_is_refused_at_start() {
     tls::server_config(&files).expect("each key has its CRL");
 }
 
+/// The certificates of both keys of a CA re-keyed under the same name are accepted, each
+/// checked against its own key's CRL.
+#[tokio::test]
+async fn both_keys_of_a_re_keyed_ca_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (OtherCa::new("Re-keyed CA"), OtherCa::new("Re-keyed CA"));
+    let bundle = dir.path().join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    std::fs::write(&bundle, format!("{dev_ca}{}{}", old.cert_pem, new.cert_pem)).unwrap();
+    let (old_crl, new_crl) = (dir.path().join("old.crl"), dir.path().join("new.crl"));
+    std::fs::write(&old_crl, old.crl()).unwrap();
+    std::fs::write(&new_crl, new.crl()).unwrap();
+    let mut files = dev::files(&dev_dir(), dev::SERVER);
+    files.ca = bundle;
+    files.crls = vec![dev_dir().join("crl.pem"), old_crl, new_crl];
+    let server = tls::server_config(&files).unwrap();
+    let mut clients = Vec::new();
+    for (ca, folder) in [(&old, "old"), (&new, "new")] {
+        let folder = dir.path().join(folder);
+        std::fs::create_dir(&folder).unwrap();
+        let client_files = ca.client_files(&folder, "urn:partner:iom.ma");
+        let client = tls::client_config(&client_files).unwrap();
+        handshake(server.clone(), client.clone()).await.accepted();
+        clients.push((client, client_files.cert));
+    }
+
+    // The new key's next CRL revokes the certificate it issued; the old key's stays good.
+    let serial = {
+        let der = tls::load_certs(&clients[1].1).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(der[0].as_ref()).unwrap();
+        cert.raw_serial().to_vec()
+    };
+    let revoking = CertificateRevocationListParams {
+        this_update: date_time_ymd(2021, 1, 2),
+        next_update: date_time_ymd(2099, 1, 1),
+        crl_number: SerialNumber::from_slice(&[2]),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: date_time_ymd(2021, 1, 2),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&new.issuer)
+    .unwrap();
+    std::fs::write(&files.crls[2], revoking.der()).unwrap();
+    let server = tls::server_config(&files).unwrap();
+    handshake(server.clone(), clients[0].0.clone())
+        .await
+        .accepted();
+    let error = handshake(server, clients[1].0.clone()).await.refused();
+    assert!(is_revoked(&error), "{error:?}");
+}
+
 #[tokio::test]
 async fn a_tls_1_2_only_client_is_accepted_with_an_ecdhe_aead_suite() {
     let files = dev::files(&dev_dir(), "ma.dgsn");
