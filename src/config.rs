@@ -53,6 +53,10 @@ pub struct ServerSettings {
     pub keep_alive_secs: u64,
     /// Connections one client certificate may hold open at once. Default 64.
     pub connections_per_certificate: usize,
+    /// How long a connection's answers may wait unread by its client (or unacknowledged by
+    /// the network) before the connection is closed, in seconds (the socket's
+    /// `TCP_USER_TIMEOUT`). Default 30.
+    pub stalled_write_secs: u64,
     /// Answer every `POST /v1/messages` with `202` without processing: the measuring floor of
     /// `passerelle load`, set only by its hidden `serve --measuring-floor` flag, never by a
     /// settings file (a gateway that acknowledges what it does not keep must not be one
@@ -69,6 +73,7 @@ impl Default for ServerSettings {
             shutdown_timeout_secs: 30,
             keep_alive_secs: 75,
             connections_per_certificate: 64,
+            stalled_write_secs: 30,
             floor_mode: false,
         }
     }
@@ -331,6 +336,7 @@ impl Config {
                 self.server.connections_per_certificate as u64,
             ),
             ("tls.crl_refresh_secs", self.tls.crl_refresh_secs),
+            ("server.stalled_write_secs", self.server.stalled_write_secs),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             bail!("{key} is 0: it must be positive");

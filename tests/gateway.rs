@@ -2602,6 +2602,56 @@ async fn inbox_on(
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A client that pipelines requests and never reads their answers holds its connection, and
+/// the answers buffered for it, only until `server.stalled_write_secs` has passed: then the
+/// connection is closed, and the answers not yet sent are dropped. (The HTTP library buffers
+/// the answers of every request pipelined, and its keep-alive timer runs on idle connections
+/// only.)
+#[actix_web::test]
+async fn a_connection_whose_answers_are_not_read_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers of about 300 bytes each: more than the kernel's buffers of both sides hold.
+    const REQUESTS: usize = 50_000;
+    let gateway = TestGateway::start(&RegistryChanges::new(), |c| {
+        c.server.stalled_write_secs = 1;
+    })
+    .await;
+    let connection = connection_of(gateway.running.addr, "sn.consulat.casablanca").await;
+    let (mut reader, mut writer) = tokio::io::split(connection);
+    let writing = tokio::spawn(async move {
+        let request = b"GET /v1/no-such-resource HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        for _ in 0..REQUESTS {
+            if writer.write_all(request).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.flush().await;
+        // Kept open: the client does not close its side.
+        tokio::time::sleep(WAIT * 2).await;
+    });
+    // Nothing read for a while.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut answers = Vec::new();
+    let ended = tokio::time::timeout(WAIT, async {
+        let mut buffer = vec![0u8; 1 << 16];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answers.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    writing.abort();
+    let answered = answers.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
+    assert!(
+        ended.is_ok(),
+        "the connection is still open ({answered} answers read)"
+    );
+    assert!(answered < REQUESTS, "{answered} answers");
+    gateway.stop().await;
+}
+
 /// A client certificate holds at most `server.connections_per_certificate` connections: a
 /// further one is answered `503` and closed, a place given back (a connection closed) is taken
 /// again, and another certificate's connections are not counted against it.

@@ -163,10 +163,22 @@ const HANDSHAKE_SPAN: Duration = Duration::from_secs(60);
 fn on_connect(
     verifier: &ClientVerifier,
     counts: &Arc<ConnectionCounts>,
+    stalled_write: Duration,
     connection: &dyn Any,
     extensions: &mut Extensions,
 ) {
     type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    let tls = connection.downcast_ref::<Tls>();
+    // The HTTP library buffers the answers of every request a client pipelines, however many,
+    // and bounds neither that buffer nor how long a client may leave it unread (its keep-alive
+    // timer runs only on an idle connection). The kernel closes a connection whose data has
+    // waited unacknowledged, or unsent behind a closed window, this long.
+    if let Some(tls) = tls
+        && let Err(error) =
+            socket2::SockRef::from(tls.get_ref().0).set_tcp_user_timeout(Some(stalled_write))
+    {
+        tracing::warn!(%error, "the time limit of a stalled connection could not be set");
+    }
     // The generation first: a reload it counts has its time already set (see
     // `ClientVerifier::reload_if_changed`).
     let generation = verifier.generation();
@@ -175,8 +187,7 @@ fn on_connect(
     } else {
         generation
     };
-    let peer = connection
-        .downcast_ref::<Tls>()
+    let peer = tls
         .and_then(|tls| tls.get_ref().1.peer_certificates())
         .and_then(|certs| {
             let identity = peer_identity(certs).ok()?;
@@ -390,6 +401,7 @@ pub fn start(
     let outliving = Arc::new(outliving::OutlivingTasks::default());
     let outliving_data = web::Data::from(outliving.clone());
     let connect_verifier = client_verifier.clone();
+    let stalled_write = Duration::from_secs(config.server.stalled_write_secs);
     let connection_counts = Arc::new(ConnectionCounts {
         per_certificate: Mutex::new(HashMap::new()),
         most: config.server.connections_per_certificate.max(1),
@@ -429,6 +441,7 @@ pub fn start(
         on_connect(
             &connect_verifier,
             &connection_counts,
+            stalled_write,
             connection,
             extensions,
         )
