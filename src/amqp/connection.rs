@@ -560,6 +560,33 @@ impl AmqpError {
     }
 }
 
+/// The socket of one connection attempt, shut down when the attempt is given up (a time limit,
+/// or the gateway's stop, drops it before it succeeds).
+///
+/// lapin starts the connection's I/O thread as soon as the transport is made, and that thread
+/// holds the socket until the broker closes it: an attempt dropped while a broker that took the
+/// TCP connection has not answered left a thread and a socket behind, at each attempt. The
+/// socket is shut down from here instead (a duplicate of it), which ends the thread.
+#[derive(Default)]
+struct AttemptSocket {
+    socket: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+}
+
+impl AttemptSocket {
+    /// The attempt made a connection, which keeps its socket.
+    fn succeeded(&self) {
+        self.socket.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+impl Drop for AttemptSocket {
+    fn drop(&mut self) {
+        if let Some(socket) = self.socket.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 /// Connects to the broker once, with the time limit of the settings.
 ///
 /// Over `amqps://` the TLS configuration is [`crate::tls::client_config`] with the settings' TLS
@@ -622,19 +649,27 @@ pub async fn connect(settings: &AmqpSettings) -> Result<Connection, AmqpError> {
     let runtime = lapin::runtime::default_runtime()?;
     let timeout = Duration::from_secs(settings.connect_timeout_secs);
     let host = endpoint.host.clone();
+    let attempt = AttemptSocket::default();
+    let socket_of_attempt = attempt.socket.clone();
     let open = Connection::connector(
         uri,
         runtime,
         move |uri: AMQPUri, runtime| {
             let connector = connector.clone();
             let host = host.clone();
+            let socket_of_attempt = socket_of_attempt.clone();
             async move {
                 let transport = async {
                     let addresses: Vec<SocketAddr> =
                         tokio::net::lookup_host((host.as_str(), uri.authority.port))
                             .await?
                             .collect();
-                    let stream = AsyncTcpStream::connect(&runtime, addresses).await?;
+                    let stream: AsyncTcpStream<async_compat::Compat<tokio::net::TcpStream>> =
+                        AsyncTcpStream::connect(&runtime, addresses).await?;
+                    if let AsyncTcpStream::Plain(plain) = &stream {
+                        let socket = socket2::SockRef::from(plain.get_ref()).try_clone()?;
+                        *socket_of_attempt.lock().unwrap_or_else(|p| p.into_inner()) = Some(socket);
+                    }
                     match &connector {
                         Some(connector) => stream.into_rustls(connector, &host).await,
                         None => Ok(stream),
@@ -653,7 +688,10 @@ pub async fn connect(settings: &AmqpSettings) -> Result<Connection, AmqpError> {
         properties,
     );
     match tokio::time::timeout(timeout, open).await {
-        Ok(Ok(connection)) => Ok(connection),
+        Ok(Ok(connection)) => {
+            attempt.succeeded();
+            Ok(connection)
+        }
         Ok(Err(source)) => Err(AmqpError::Connect {
             endpoint: endpoint.to_string(),
             source,
@@ -1016,6 +1054,40 @@ mod tests {
         }
         .validate()
         .unwrap();
+    }
+
+    /// An attempt given up on a broker that took the TCP connection and never answers leaves
+    /// no connection behind (lapin's I/O thread held it, and a thread, until the broker closed
+    /// it).
+    #[tokio::test]
+    async fn an_attempt_given_up_closes_its_connection() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let settings = AmqpSettings {
+            auth: AmqpAuth::Plain {
+                user: "u".into(),
+                password: "p".into(),
+            },
+            connect_timeout_secs: 1,
+            ..AmqpSettings::new(format!("amqp://127.0.0.1:{port}/%2f"))
+        };
+        let attempt = tokio::spawn(async move { connect(&settings).await });
+        let (mut silent_broker, _) = listener.accept().await.unwrap();
+        let result = attempt.await.unwrap();
+        assert!(
+            matches!(result, Err(AmqpError::Timeout { .. })),
+            "{result:?}"
+        );
+        // The broker's side reads the protocol header, then the end of the connection.
+        let mut received = Vec::new();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(5),
+            silent_broker.read_to_end(&mut received),
+        )
+        .await;
+        assert!(ended.is_ok(), "the attempt's connection is still open");
+        assert!(received.starts_with(b"AMQP"), "{received:?}");
     }
 
     #[tokio::test]
