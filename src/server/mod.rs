@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The identity read from a connection's verified client certificate.
 #[derive(Debug, Clone)]
@@ -98,6 +98,29 @@ impl VerifiedPeer {
 struct ConnectionCounts {
     per_certificate: Mutex<HashMap<String, usize>>,
     most: usize,
+    /// The log lines of the requests refused over the limit, at most one a second.
+    refusal_lines: Arc<LineThrottle>,
+}
+
+/// Lets a kind of log line through at most once a second, and counts the ones held back: a
+/// client that opens connection after connection beyond its limit would otherwise write one
+/// WARN line for each.
+#[derive(Debug, Default)]
+struct LineThrottle(Mutex<(Option<Instant>, u64)>);
+
+impl LineThrottle {
+    /// Whether a line may be written at `now`, and if so how many were held back since the
+    /// last one.
+    fn may_write_at(&self, now: Instant) -> Option<u64> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, held_back) = &mut *state;
+        if last.is_some_and(|last| now.duration_since(last) < Duration::from_secs(1)) {
+            *held_back += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(held_back))
+    }
 }
 
 impl ConnectionCounts {
@@ -149,6 +172,8 @@ impl Drop for ConnectionSlot {
 struct OverConnectionLimit {
     /// The most connections a certificate may hold.
     most: usize,
+    /// The log lines of such refusals.
+    lines: Arc<LineThrottle>,
     /// The certificate's SHA-256 fingerprint, for the operators.
     fingerprint: String,
 }
@@ -217,6 +242,7 @@ fn on_connect(
             None => {
                 extensions.insert(OverConnectionLimit {
                     most: counts.most,
+                    lines: counts.refusal_lines.clone(),
                     fingerprint: peer.identity.fingerprint.clone(),
                 });
             }
@@ -238,11 +264,16 @@ async fn refuse_over_limit(
         return next.call(req).await.map(|r| r.map_into_boxed_body());
     };
     let most = over.most;
-    tracing::warn!(
-        certificate = %over.fingerprint,
-        limit = most,
-        "a request refused: its connection is one more than its client certificate may hold"
-    );
+    if let Some(held_back) = over.lines.may_write_at(Instant::now()) {
+        tracing::warn!(
+            certificate = %over.fingerprint,
+            limit = most,
+            lines_held_back = held_back,
+            "a request refused: its connection is one more than its client certificate may hold \
+             (one such line a second at most; lines_held_back counts those of any certificate \
+             not written since the last)"
+        );
+    }
     if req.method() == actix_web::http::Method::POST
         && req.path() == "/v1/messages"
         && let Some(gateway) = req.app_data::<web::Data<Gateway>>()
@@ -405,6 +436,7 @@ pub fn start(
     let connection_counts = Arc::new(ConnectionCounts {
         per_certificate: Mutex::new(HashMap::new()),
         most: config.server.connections_per_certificate.max(1),
+        refusal_lines: Arc::default(),
     });
     let listener = listen(address)?;
     let addr = listener.local_addr()?;
@@ -484,6 +516,27 @@ impl RunningServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttled_line_is_written_once_a_second_and_says_how_many_were_held_back() {
+        let throttle = LineThrottle::default();
+        let start = Instant::now();
+        assert_eq!(throttle.may_write_at(start), Some(0));
+        for ms in [1, 500, 999] {
+            assert_eq!(
+                throttle.may_write_at(start + Duration::from_millis(ms)),
+                None
+            );
+        }
+        assert_eq!(
+            throttle.may_write_at(start + Duration::from_secs(1)),
+            Some(3)
+        );
+        assert_eq!(
+            throttle.may_write_at(start + Duration::from_secs(5)),
+            Some(0)
+        );
+    }
 
     /// A reserved address is the gateway's, but refuses connections until it is listened on.
     #[test]
