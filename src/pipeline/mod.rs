@@ -1267,8 +1267,9 @@ impl Gateway {
         if let Err(limited) = self.check_rate(UNREGISTERED) {
             self.metrics
                 .message(UNREGISTERED, transport, limited.code());
-            self.refusal_summaries.record(
+            self.refusal_summaries.record_for_certificate(
                 fingerprint,
+                UNREGISTERED,
                 refusal_summaries::RATE_LIMITED,
                 Transport::Rest,
                 body,

@@ -13,9 +13,11 @@
 //!
 //! - **Rate-limited messages** are tallied under their sender (a partner id, or for a
 //!   certificate the registry does not know its fingerprint) with reason `rate-limited`, and
-//!   each refusal's digest is the SHA-256 of the refused body (of the bytes received). The
-//!   certificates the registry does not know are those the partner CA issued for others: a
-//!   bounded set.
+//!   each refusal's digest is the SHA-256 of the refused body (of the bytes received). At most
+//!   [`MAX_CERTIFICATE_TALLIES`] certificates the registry does not know have tallies of their
+//!   own at once; the others' refusals are tallied together (see
+//!   [`RefusalSummaries::record_for_certificate`]), so that whoever can have the partner CA
+//!   issue many certificates cannot make one summary of each.
 //! - **Refused certificates** are tallied under [`super::UNVERIFIED`] with the handshake's
 //!   reason (`certificate-revoked`, `certificate-expired`, ... see
 //!   [`crate::tls::CertificateRefusal`]), and each refusal's digest is the SHA-256 of the
@@ -31,7 +33,8 @@
 //! stands for, without the gateway keeping any of them. Memory is bounded whatever a client
 //! does and however long the log is unavailable: each sender and reason has one tally, which
 //! keeps the digests of its first [`MAX_DIGESTS`] refusals (so that the commitment stays
-//! within a fact's payload bound) and only counts the others; the reasons are a fixed set.
+//! within a fact's payload bound) and only counts the others; the reasons are a fixed set, and
+//! the senders the registry's partners and [`MAX_CERTIFICATE_TALLIES`] certificates.
 
 use crate::audit::leaf::{Fact, Kind, Personal, Transport, limits};
 use chrono::{DateTime, Utc};
@@ -42,6 +45,9 @@ use std::sync::Mutex;
 /// The most refusals whose digests one summary commits to: they fill a fact's largest
 /// payload. A summary that stands for more counts them all and commits to these first ones.
 pub const MAX_DIGESTS: usize = limits::PAYLOAD_LEN / 32;
+
+/// The most certificates the registry does not know that have tallies of their own at once.
+pub const MAX_CERTIFICATE_TALLIES: usize = 16;
 
 /// The reason code of a message refused for its sender's rate limit.
 pub const RATE_LIMITED: &str = "rate-limited";
@@ -125,21 +131,32 @@ impl RefusalSummaries {
     ) {
         // Hashed before the lock is taken: refused bodies may be up to the size limit.
         let digest: [u8; 32] = Sha256::digest(refused).into();
+        tally_in(&mut self.tallies(), sender, reason, transport, digest, now);
+    }
+
+    /// Tallies one refusal of a certificate the registry does not know (by its `fingerprint`),
+    /// as [`RefusalSummaries::record`] does, under its fingerprint while fewer than
+    /// [`MAX_CERTIFICATE_TALLIES`] such certificates have tallies, and else under `shared`,
+    /// the sender all such certificates stand for.
+    pub fn record_for_certificate(
+        &self,
+        fingerprint: &str,
+        shared: &str,
+        reason: &'static str,
+        transport: Transport,
+        refused: &[u8],
+        now: DateTime<Utc>,
+    ) {
+        let digest: [u8; 32] = Sha256::digest(refused).into();
         let mut tallies = self.tallies();
-        let tally = tallies
-            .entry((sender.to_owned(), reason, transport))
-            .or_insert_with(|| Tally {
-                sender: sender.to_owned(),
-                reason,
-                transport,
-                since: now,
-                count: 0,
-                digests: Vec::new(),
-            });
-        tally.count += 1;
-        if tally.digests.len() < MAX_DIGESTS {
-            tally.digests.push(digest);
-        }
+        let own = tallies.contains_key(&(fingerprint.to_owned(), reason, transport))
+            || tallies
+                .keys()
+                .filter(|(sender, ..)| sender.starts_with(crate::tls::FINGERPRINT_PREFIX))
+                .count()
+                < MAX_CERTIFICATE_TALLIES;
+        let sender = if own { fingerprint } else { shared };
+        tally_in(&mut tallies, sender, reason, transport, digest, now);
     }
 
     /// Takes every tally, oldest first, leaving none behind.
@@ -181,6 +198,32 @@ impl RefusalSummaries {
     }
 }
 
+/// Adds one refusal, whose digest is `digest`, to the tally of `sender`, `reason` and
+/// `transport` in `tallies`.
+fn tally_in(
+    tallies: &mut HashMap<Key, Tally>,
+    sender: &str,
+    reason: &'static str,
+    transport: Transport,
+    digest: [u8; 32],
+    now: DateTime<Utc>,
+) {
+    let tally = tallies
+        .entry((sender.to_owned(), reason, transport))
+        .or_insert_with(|| Tally {
+            sender: sender.to_owned(),
+            reason,
+            transport,
+            since: now,
+            count: 0,
+            digests: Vec::new(),
+        });
+    tally.count += 1;
+    if tally.digests.len() < MAX_DIGESTS {
+        tally.digests.push(digest);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +234,49 @@ mod tests {
 
     fn digest(body: &[u8]) -> [u8; 32] {
         Sha256::digest(body).into()
+    }
+
+    #[test]
+    fn a_bounded_number_of_unknown_certificates_have_tallies_of_their_own() {
+        let refusals = RefusalSummaries::default();
+        let certificates = MAX_CERTIFICATE_TALLIES + 4;
+        for n in 0..certificates {
+            // Each twice: a certificate with a tally keeps it.
+            for _ in 0..2 {
+                refusals.record_for_certificate(
+                    &format!("sha256:{n:064x}"),
+                    "unregistered",
+                    RATE_LIMITED,
+                    Transport::Rest,
+                    b"body",
+                    at(1),
+                );
+            }
+        }
+        let tallies = refusals.take();
+        assert_eq!(tallies.len(), MAX_CERTIFICATE_TALLIES + 1);
+        let shared: Vec<&Tally> = tallies
+            .iter()
+            .filter(|tally| tally.sender == "unregistered")
+            .collect();
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0].count, 8);
+        assert!(
+            tallies
+                .iter()
+                .filter(|tally| tally.sender != "unregistered")
+                .all(|tally| tally.count == 2)
+        );
+        // Once audited, the next certificates have tallies of their own again.
+        refusals.record_for_certificate(
+            "sha256:ff",
+            "unregistered",
+            RATE_LIMITED,
+            Transport::Rest,
+            b"body",
+            at(2),
+        );
+        assert_eq!(refusals.take()[0].sender, "sha256:ff");
     }
 
     #[test]
