@@ -431,6 +431,10 @@ pub fn start(
     let verifier = web::Data::from(client_verifier.clone());
     let outliving = Arc::new(outliving::OutlivingTasks::default());
     let outliving_data = web::Data::from(outliving.clone());
+    let trail_reads = web::Data::new(routes::TrailReads::new(
+        routes::TRAIL_READS_AT_ONCE,
+        routes::TRAIL_READ_WAIT,
+    ));
     let connect_verifier = client_verifier.clone();
     let stalled_write = Duration::from_secs(config.server.stalled_write_secs);
     let connection_counts = Arc::new(ConnectionCounts {
@@ -446,6 +450,7 @@ pub fn start(
             .app_data(data.clone())
             .app_data(verifier.clone())
             .app_data(outliving_data.clone())
+            .app_data(trail_reads.clone())
             .app_data(web::PayloadConfig::new(if floor {
                 floor_body_limit
             } else {

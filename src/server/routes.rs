@@ -1014,6 +1014,47 @@ async fn get_log_file(
 /// the log.
 const MOST_TRAIL_ENTRIES: usize = 2000;
 
+/// Trail reads (pages or bundles) under way at once: each reads, proves and writes out up to
+/// [`MOST_TRAIL_ENTRIES`] entries on a blocking thread, which goes on to its end when its
+/// client goes away.
+pub(super) const TRAIL_READS_AT_ONCE: usize = 2;
+
+/// How long a trail read waits for its turn before it is answered `503`.
+pub(super) const TRAIL_READ_WAIT: Duration = Duration::from_secs(30);
+
+/// The turns of trail reads: at most a few at once, so that auditors asking many trails
+/// together (or leaving before their answers) cannot fill the blocking threads and the
+/// memory with them.
+pub(super) struct TrailReads {
+    turns: Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+}
+
+impl TrailReads {
+    /// `at_once` reads at a time, each waiting at most `wait` for its turn.
+    pub(super) fn new(at_once: usize, wait: Duration) -> Self {
+        TrailReads {
+            turns: Arc::new(tokio::sync::Semaphore::new(at_once)),
+            wait,
+        }
+    }
+
+    /// A turn to read a trail, held until every clone of it is dropped (handed to each
+    /// blocking task of the read, so that a read whose client left still holds it); `503`
+    /// when none comes in time.
+    async fn turn(&self) -> Result<Arc<tokio::sync::OwnedSemaphorePermit>, Problem> {
+        match tokio::time::timeout(self.wait, self.turns.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Arc::new(permit)),
+            _ => {
+                let mut problem =
+                    Problem::unavailable("other trails are being read: ask again in a few seconds");
+                problem.retry_after = Some(5);
+                Err(problem)
+            }
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct TrailQuery {
     case: Option<String>,
@@ -1091,6 +1132,11 @@ async fn get_trail(
     }
     // Only a trail read in pages may be longer than one answer.
     let whole_trail_at_once = bundle || q.widens();
+    let turn = req
+        .app_data::<web::Data<TrailReads>>()
+        .ok_or_else(|| Problem::unavailable("the gateway is not configured"))?
+        .turn()
+        .await?;
     let log = gateway.log.clone();
     // One checkpoint for the whole answer, taken before the search: `log.search` would take
     // the latest again, and a checkpoint signed in between would give proofs against another
@@ -1117,10 +1163,14 @@ async fn get_trail(
     let matched = if whole_trail_at_once {
         let log = log.clone();
         let size = checkpoint.size;
-        web::block(move || log.trail_indices(&q, size))
-            .await
-            .map_err(|e| Problem::unavailable(e.to_string()))?
-            .map_err(|e| Problem::unavailable(e.to_string()))?
+        let turn = turn.clone();
+        web::block(move || {
+            let _turn = turn;
+            log.trail_indices(&q, size)
+        })
+        .await
+        .map_err(|e| Problem::unavailable(e.to_string()))?
+        .map_err(|e| Problem::unavailable(e.to_string()))?
     } else {
         // A case's trail is its indexed entries: only the page's are copied (and one more, to
         // tell whether another page follows), however long the trail.
@@ -1132,6 +1182,7 @@ async fn get_trail(
     // The trail's indices are in the log's order.
     let (matched, next_after) = trail_page(matched, after, limit);
     let trail = web::block(move || -> Result<Trail, crate::audit::AuditError> {
+        let _turn = turn;
         let (covered, pending): (Vec<u64>, Vec<u64>) =
             matched.into_iter().partition(|&i| i < checkpoint.size);
         let found =
@@ -1202,6 +1253,24 @@ fn trail_page(indices: Vec<u64>, after: Option<u64>, limit: usize) -> (Vec<u64>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn trail_reads_take_turns_held_until_their_last_task_ends() {
+        let reads = TrailReads::new(2, Duration::from_millis(50));
+        let first = reads.turn().await.unwrap();
+        let second = reads.turn().await.unwrap();
+        let refused = reads.turn().await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.retry_after, Some(5));
+        // A turn handed to a blocking task is held until the task ends, though its request
+        // is gone.
+        let handed = first.clone();
+        drop(first);
+        assert!(reads.turn().await.is_err());
+        drop(handed);
+        let third = reads.turn().await.unwrap();
+        drop((second, third));
+    }
 
     #[test]
     fn a_path_or_query_string_that_is_not_utf8_is_refused() {
