@@ -61,8 +61,9 @@ const GATEWAY_USER: &str = "urn:gateway:passerelle";
 /// The partners with a broker user in these tests.
 const PARTNERS: [&str; 3] = [EMBASSY, "iom.sn", "airline.at"];
 /// The virtual hosts of the tests that share the broker.
-const SHARED_VHOSTS: [&str; 10] = [
+const SHARED_VHOSTS: [&str; 11] = [
     "erased",
+    "isolation",
     "flow",
     "refusals",
     "backpressure",
@@ -1263,6 +1264,58 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
 
 /// (e) Backpressure: with the outbox over its bound, the gateway stops taking messages, which
 /// wait in their queue; once the deliveries are acknowledged, it takes them all.
+/// One partner's queues that the broker refuses, its inbound queue that the gateway may no
+/// longer read (a permission taken away) and its outbound queue declared by hand with other
+/// arguments, stop neither the transport nor the other partners: the embassy's messages are
+/// accepted, and none is dead-lettered.
+#[actix_web::test]
+async fn one_partners_refused_queues_hold_back_no_other() {
+    const VHOST: &str = "isolation";
+    let broker = broker().await;
+    let admin = admin_connection(broker, VHOST).await;
+    let channel = admin.create_channel().await.expect("a channel");
+    channel
+        .queue_declare(
+            outbound_queue("iom.sn").as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("a classic queue declared by hand");
+    blocking(move || {
+        broker.rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            VHOST,
+            "--",
+            GATEWAY_USER,
+            ".*",
+            ".*",
+            "^(?!passerelle\\.in\\.iom\\.sn$).*",
+        ])
+    })
+    .await;
+    let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |_| {}).await;
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let publishing = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let references: Vec<String> = (0..5).map(|i| format!("ABJ-RBT-ISO-{i:04}")).collect();
+    send_lpcs(&publishing, &references).await;
+    wait_for("every message accepted", WAIT, async || {
+        references.iter().all(|r| gateway.accepted(r)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        ready(&channel, DEAD_LETTER_QUEUE).await,
+        0,
+        "none dead-lettered"
+    );
+    embassy.close(200, "OK".into()).await.expect("close");
+    gateway.stop().await;
+}
+
 #[actix_web::test]
 async fn a_full_outbox_pauses_consumption() {
     const VHOST: &str = "backpressure";

@@ -815,6 +815,13 @@ pub(crate) async fn channel_lost(channel: &Channel) {
     }
 }
 
+/// Lets go of a channel the broker closed by refusing a call on it, once the broker's close is
+/// taken in (at most a few seconds): dropped while lapin still holds it open, it would be
+/// closed from this side too, and the two closes crossing end the whole connection.
+pub(crate) async fn let_go_of_refused(channel: Channel) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), channel_lost(&channel)).await;
+}
+
 /// A short string for lapin, or a topology error when longer than 255 bytes.
 pub(crate) fn short_string(text: &str) -> Result<ShortString, AmqpError> {
     ShortString::try_new(text)

@@ -312,17 +312,19 @@ impl Egress {
     /// again only at the next reconnection, and each delivery to it would spend its attempts
     /// meanwhile. Idempotent; a failure is logged, and tried again after the next miss.
     async fn redeclare(&self, connection: &Connection) {
-        let declared = bounded(async {
-            let channel = publisher_channel(connection).await?;
-            let declared = self.topology.declare(&channel).await;
-            let _ = channel.close(200, "OK".into()).await;
-            declared
-        })
-        .await;
-        match declared {
-            Ok(()) => tracing::warn!(
-                "a delivery found no queue for its recipient; the exchanges and queues are declared again"
-            ),
+        match bounded(self.topology.declare_each(connection)).await {
+            Ok(refused) => {
+                tracing::warn!(
+                    "a delivery found no queue for its recipient; the exchanges and queues are declared again"
+                );
+                for (partner, error) in refused {
+                    tracing::error!(
+                        partner = %partner,
+                        error = %error,
+                        "the broker refused the partner's queues when they were declared again"
+                    );
+                }
+            }
             Err(error) => tracing::error!(
                 %error,
                 "a delivery found no queue for its recipient, and declaring the queues again failed"

@@ -42,8 +42,8 @@
 
 use super::backpressure::Backpressure;
 use super::connection::{
-    AmqpError, AmqpSettings, Backoff, bounded, channel_lost, consumer_channel, random_below,
-    short_string,
+    AmqpError, AmqpSettings, Backoff, bounded, channel_lost, consumer_channel, let_go_of_refused,
+    random_below, short_string,
 };
 use super::probe::PERSISTENT;
 use super::topology::{DEAD_LETTER_EXCHANGE, inbound_queue, partner_user};
@@ -470,29 +470,19 @@ impl Ingress {
         }
     }
 
-    /// Opens a channel with the settings' prefetch and, when `consume_now` (intake is not
-    /// paused), starts consuming `partner`'s inbound queue on it, with manual
-    /// acknowledgements. A session that starts while intake is paused takes nothing: its
-    /// consumer starts once intake resumes ([`Ingress::consume`]), so that a reconnection
-    /// during a long pause does not take messages only to give them back.
-    pub(crate) async fn open(
-        connection: &Connection,
-        settings: &AmqpSettings,
-        partner: &str,
-        consume_now: bool,
-    ) -> Result<(Channel, Option<Consumer>), AmqpError> {
-        let channel = consumer_channel(connection, settings).await?;
-        let consumer = if consume_now {
-            Some(start_consuming(&channel, partner).await?)
-        } else {
-            None
-        };
-        Ok((channel, consumer))
-    }
-
-    /// Takes `partner`'s messages from `consumer` until `stop` turns true (then cancels the
-    /// consumer and finishes the messages in hand) or the consumer fails (then turns `stop` true
-    /// for the whole session and returns why).
+    /// Takes `partner`'s messages, on a channel of `connection` with the settings' prefetch
+    /// and manual acknowledgements, until `stop` turns true (then cancels the consumer and
+    /// finishes the messages in hand) or the consumer fails (then turns `stop` true for the
+    /// whole session and returns why).
+    ///
+    /// The consumer starts once the gate is open, not before: a session that starts while
+    /// intake is paused takes nothing, so that a reconnection during a long pause does not take
+    /// messages only to give them back. A queue that cannot be consumed (the broker refuses
+    /// it: a permission taken away, a queue gone) is said at ERROR and tried again, with the
+    /// transport's backoff, on a new channel, while the other partners' queues are consumed:
+    /// ending the session for it would give back, at each try, the messages the others' consumers
+    /// hold, each time counting towards their delivery limit, until the broker dead-letters
+    /// them unread.
     ///
     /// While the gate is closed, the messages in hand wait at it, unacknowledged. Once it has
     /// been closed for [`Ingress::held_return`], the consumer is cancelled, so that the broker
@@ -503,12 +493,19 @@ impl Ingress {
     pub(crate) async fn consume(
         self: Arc<Self>,
         partner: String,
-        channel: Channel,
-        mut consumer: Option<Consumer>,
+        connection: Arc<Connection>,
+        settings: Arc<AmqpSettings>,
         stop_session: Arc<watch::Sender<bool>>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let queue = inbound_queue(&partner);
+        let mut channel: Option<Channel> = None;
+        let mut consumer: Option<Consumer> = None;
+        // Whether the queue was consumed in this session before: its start again is said.
+        let mut consumed_before = false;
+        // The tries of a queue the broker will not let be consumed, and when the next is due.
+        let mut refused_tries: u32 = 0;
+        let mut next_try: Option<std::time::Instant> = None;
         let mut handling: JoinSet<()> = JoinSet::new();
         // `None` while intake is paused: not started yet (see `Ingress::open`), or cancelled
         // for a closed gate and ended.
@@ -520,7 +517,9 @@ impl Ingress {
         gate_look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             if *stop.borrow_and_update() {
-                if let Some(consumer) = consumer.as_ref().filter(|_| !cancelling) {
+                if let (Some(consumer), Some(channel)) =
+                    (consumer.as_ref().filter(|_| !cancelling), channel.as_ref())
+                {
                     let _ = bounded(
                         channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
                     )
@@ -586,14 +585,38 @@ impl Ingress {
                 _ = gate_look.tick() => {
                     if self.gate.is_open() {
                         closed_since = None;
-                        if consumer.is_none() {
-                            match bounded(start_consuming(&channel, &partner)).await {
-                                Ok(again) => {
-                                    consumer = Some(again);
+                        let due = next_try.is_none_or(|at| std::time::Instant::now() >= at);
+                        if consumer.is_none() && due {
+                            match bounded(start_consuming(&connection, &settings, &mut channel, &partner)).await {
+                                Ok(started) => {
+                                    consumer = Some(started);
                                     give_back.send_replace(false);
-                                    tracing::info!(partner = %partner, "intake resumed: consuming the partner's queue again");
+                                    if refused_tries > 0 {
+                                        tracing::info!(partner = %partner, queue = %queue, "the partner's queue is consumed again");
+                                    } else if consumed_before {
+                                        tracing::info!(partner = %partner, "intake resumed: consuming the partner's queue again");
+                                    }
+                                    consumed_before = true;
+                                    refused_tries = 0;
+                                    next_try = None;
                                 }
-                                Err(error) => break Err(format!("consuming {queue} again: {error}")),
+                                Err(error) => {
+                                    refused_tries = refused_tries.saturating_add(1);
+                                    let wait = self.backoff.delay(refused_tries);
+                                    next_try = Some(std::time::Instant::now() + wait);
+                                    // Its channel is closed by the broker's refusal: a new one
+                                    // for the next try.
+                                    if let Some(refused) = channel.take() {
+                                        let_go_of_refused(refused).await;
+                                    }
+                                    tracing::error!(
+                                        partner = %partner,
+                                        queue = %queue,
+                                        error = %error,
+                                        retry_secs = wait.as_secs(),
+                                        "the partner's queue cannot be consumed: its messages wait in it, and the other partners' queues are consumed"
+                                    );
+                                }
                             }
                         }
                     } else {
@@ -602,11 +625,12 @@ impl Ingress {
                         // included, until its alarm clears: the messages stay held meanwhile
                         // (its own `consumer_timeout` hands them back should the alarm last).
                         if let Some(held) = consumer.as_ref().filter(|_| !cancelling)
+                            && let Some(held_on) = channel.as_ref()
                             && since.elapsed() >= self.held_return
                             && !self.gate.is_blocked()
                         {
                             if let Err(error) = bounded(
-                                channel.basic_cancel(held.tag(), BasicCancelOptions::default()),
+                                held_on.basic_cancel(held.tag(), BasicCancelOptions::default()),
                             )
                             .await
                             {
@@ -772,7 +796,9 @@ impl Ingress {
                         message_id = %message_id,
                         event_id,
                         status,
-                        error = %failed.err().unwrap_or_default(),
+                        error = %failed.err().unwrap_or_else(|| {
+                            "the delivery was settled already, or its channel was lost".to_owned()
+                        }),
                         "could not acknowledge a processed AMQP message; it will come back as a duplicate"
                     ),
                 }
@@ -996,7 +1022,18 @@ async fn return_unprocessed(acker: &lapin::Acker) -> bool {
 }
 
 /// Starts consuming `partner`'s inbound queue on `channel`, with manual acknowledgements.
-async fn start_consuming(channel: &Channel, partner: &str) -> Result<Consumer, AmqpError> {
+/// Starts consuming `partner`'s inbound queue on `channel`, opened first on `connection` (with
+/// the settings' prefetch) when there is none.
+async fn start_consuming(
+    connection: &Connection,
+    settings: &AmqpSettings,
+    channel: &mut Option<Channel>,
+    partner: &str,
+) -> Result<Consumer, AmqpError> {
+    let channel = match channel {
+        Some(channel) => channel,
+        None => channel.insert(consumer_channel(connection, settings).await?),
+    };
     Ok(channel
         .basic_consume(
             short_string(&inbound_queue(partner))?,

@@ -44,11 +44,11 @@
 //! existing queue with different arguments fails with `PRECONDITION_FAILED`: changing the limits of
 //! an existing queue means deleting it or using a broker policy.
 
-use super::connection::{AmqpError, short_string};
+use super::connection::{AmqpError, let_go_of_refused, short_string};
 use crate::registry::{Delivery, Registry};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use std::collections::BTreeSet;
 
 /// The exchange partners publish to (direct; routing key = the sender's partner id).
@@ -252,6 +252,48 @@ impl Topology {
     /// A failure (for example `PRECONDITION_FAILED` for a queue that exists with other arguments,
     /// or `ACCESS_REFUSED`) closes the channel; use a fresh one to go on.
     pub async fn declare(&self, channel: &Channel) -> Result<(), AmqpError> {
+        self.declare_shared(channel).await?;
+        for partner in &self.partners {
+            self.declare_partner(channel, partner).await?;
+        }
+        Ok(())
+    }
+
+    /// Declares what all partners share as [`Topology::declare`] does (a failure is returned),
+    /// then each partner's queues and bindings on a channel of `connection` of their own: a
+    /// partner's queue the broker refuses (one that exists with other arguments, say) is
+    /// returned with why, and the other partners' are declared all the same, so that one queue
+    /// an operator changed does not stop the transport for every partner.
+    pub async fn declare_each(
+        &self,
+        connection: &Connection,
+    ) -> Result<Vec<(String, AmqpError)>, AmqpError> {
+        let channel = connection.create_channel().await?;
+        self.declare_shared(&channel).await?;
+        let mut refused = Vec::new();
+        let mut channel = Some(channel);
+        for partner in &self.partners {
+            let on = match channel.take() {
+                Some(channel) => channel,
+                None => connection.create_channel().await?,
+            };
+            match self.declare_partner(&on, partner).await {
+                Ok(()) => channel = Some(on),
+                // The refusal closed the channel: the next partner gets a new one.
+                Err(error) => {
+                    refused.push((partner.clone(), error));
+                    let_go_of_refused(on).await;
+                }
+            }
+        }
+        if let Some(channel) = channel {
+            let _ = channel.close(200, "OK".into()).await;
+        }
+        Ok(refused)
+    }
+
+    /// Declares the dead-letter exchange and queue, and the inbound and outbound exchanges.
+    async fn declare_shared(&self, channel: &Channel) -> Result<(), AmqpError> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -290,30 +332,33 @@ impl Topology {
                 )
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Declares `partner`'s inbound and outbound queues, and binds them.
+    async fn declare_partner(&self, channel: &Channel, partner: &str) -> Result<(), AmqpError> {
         let arguments = self.work_queue_arguments();
-        for partner in &self.partners {
-            for (queue, exchange) in [
-                (inbound_queue(partner), INBOUND_EXCHANGE),
-                (outbound_queue(partner), OUTBOUND_EXCHANGE),
-            ] {
-                let queue = short_string(&queue)?;
-                channel
-                    .queue_declare(
-                        queue.clone(),
-                        QueueDeclareOptions::durable(),
-                        arguments.clone(),
-                    )
-                    .await?;
-                channel
-                    .queue_bind(
-                        queue,
-                        exchange.into(),
-                        short_string(partner)?,
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
+        for (queue, exchange) in [
+            (inbound_queue(partner), INBOUND_EXCHANGE),
+            (outbound_queue(partner), OUTBOUND_EXCHANGE),
+        ] {
+            let queue = short_string(&queue)?;
+            channel
+                .queue_declare(
+                    queue.clone(),
+                    QueueDeclareOptions::durable(),
+                    arguments.clone(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    queue,
+                    exchange.into(),
+                    short_string(partner)?,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
         }
         Ok(())
     }

@@ -214,7 +214,7 @@ impl AmqpTransport {
                     tracing::warn!(broker = %endpoint, reason = %why, "the AMQP session was lost; reconnecting");
                 }
                 Err(error) => {
-                    tracing::warn!(broker = %endpoint, error = %error, "the AMQP session could not start; reconnecting");
+                    tracing::error!(broker = %endpoint, error = %error, "the AMQP session could not start; reconnecting");
                 }
             }
             failures = if started.elapsed() >= STABLE_SESSION {
@@ -250,42 +250,37 @@ impl AmqpTransport {
         // and a larger topology does not shorten the time each step gets. Shutdown cuts it short.
         let limit = Duration::from_secs(self.settings.connect_timeout_secs.max(1));
         let setup = async {
-            let declaring = within(limit, "opening a channel", async {
-                Ok(connection.create_channel().await?)
-            })
-            .await?;
-            within(
+            let refused = within(
                 limit,
                 "declaring the topology",
-                self.topology.declare(&declaring),
+                self.topology.declare_each(connection),
             )
             .await?;
-            let _ = tokio::time::timeout(limit, declaring.close(200, "OK".into())).await;
+            for (partner, error) in refused {
+                tracing::error!(
+                    partner = %partner,
+                    error = %error,
+                    "the broker refused the partner's queues (one declared by hand with other \
+                     arguments?): its messages are neither consumed nor delivered until they are \
+                     mended; the other partners' are"
+                );
+            }
             let dead_letters = within(
                 limit,
                 "opening the dead-letter channel",
                 publisher_channel(connection),
             )
             .await?;
-            let mut consumers = Vec::new();
-            for partner in self.topology.partners() {
-                let (channel, consumer) = within(
-                    limit,
-                    "opening a consumer",
-                    Ingress::open(connection, &self.settings, partner, self.gate.is_open()),
-                )
-                .await?;
-                consumers.push((partner.to_owned(), channel, consumer));
-            }
-            Ok::<_, AmqpError>((dead_letters, consumers))
+            Ok::<_, AmqpError>(dead_letters)
         };
-        let (dead_letters, consumers) = tokio::select! {
+        let dead_letters = tokio::select! {
             setup = setup => setup?,
             () = wait_for_shutdown(shutdown) => return Ok(SessionEnd::Shutdown),
         };
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
+        let dead_letter_channel = dead_letters.clone();
         let ingress = Arc::new(Ingress::new(
             self.gateway.clone(),
             self.gate.clone(),
@@ -294,11 +289,14 @@ impl AmqpTransport {
             Duration::from_secs(self.settings.held_return_secs),
         ));
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
-        for (partner, channel, consumer) in consumers {
+        // Each partner's consumer starts in its own task, once the setup is done: a consumer
+        // started during the setup would hold messages unread were a later step to fail.
+        let settings = Arc::new(self.settings.clone());
+        for partner in self.topology.partners() {
             tasks.spawn(ingress.clone().consume(
-                partner,
-                channel,
-                consumer,
+                partner.to_owned(),
+                connection.clone(),
+                settings.clone(),
                 stop_tx.clone(),
                 stop_rx.clone(),
             ));
@@ -310,6 +308,7 @@ impl AmqpTransport {
         );
         tasks.spawn(watch_connection(
             events,
+            dead_letter_channel,
             self.gate.clone(),
             stop_tx.clone(),
             stop_rx.clone(),
@@ -370,9 +369,13 @@ impl AmqpTransport {
 }
 
 /// Follows the connection's events: blocked and unblocked go to the gate; an error ends the
-/// session.
+/// session, but for a broker's refusal that closed one channel only (a soft error) while the
+/// dead-letter channel, which no task watches, stays open: the channel's own task meets it (a
+/// consumer, the publisher) and decides, so that one partner's queue the broker refuses does
+/// not end the session for all.
 async fn watch_connection(
     events: impl Stream<Item = Event> + Send + 'static,
+    dead_letters: lapin::Channel,
     gate: Arc<Backpressure>,
     stop_session: Arc<watch::Sender<bool>>,
     mut stop: watch::Receiver<bool>,
@@ -383,6 +386,11 @@ async fn watch_connection(
             event = events.next() => match event {
                 Some(Event::ConnectionBlocked(reason)) => gate.set_blocked(Some(&reason)),
                 Some(Event::ConnectionUnblocked) => gate.set_blocked(None),
+                Some(Event::Error(error))
+                    if closed_one_channel(&error) && dead_letters.status().connected() =>
+                {
+                    tracing::debug!(%error, "the broker closed a channel");
+                }
                 Some(Event::Error(error)) => {
                     stop_session.send_replace(true);
                     return Err(format!("connection error: {error}"));
@@ -396,6 +404,16 @@ async fn watch_connection(
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
         }
     }
+}
+
+/// Whether `error` is the broker's refusal of a call on one channel, which closes that channel
+/// only (an AMQP soft error).
+fn closed_one_channel(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(refusal)
+            if matches!(refusal.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+    )
 }
 
 /// Runs `step` of a session's setup within `limit`.
