@@ -61,9 +61,10 @@ const GATEWAY_USER: &str = "urn:gateway:passerelle";
 /// The partners with a broker user in these tests.
 const PARTNERS: [&str; 3] = [EMBASSY, "iom.sn", "airline.at"];
 /// The virtual hosts of the tests that share the broker.
-const SHARED_VHOSTS: [&str; 11] = [
+const SHARED_VHOSTS: [&str; 12] = [
     "erased",
     "isolation",
+    "redeclare",
     "flow",
     "refusals",
     "backpressure",
@@ -1312,6 +1313,54 @@ async fn one_partners_refused_queues_hold_back_no_other() {
         0,
         "none dead-lettered"
     );
+    embassy.close(200, "OK".into()).await.expect("close");
+    gateway.stop().await;
+}
+
+/// `passerelle.inbound` deleted by hand while the gateway stays connected is declared again
+/// within a few seconds (partners' publishes are refused meanwhile), and the embassy's next
+/// message goes through.
+#[actix_web::test]
+async fn a_shared_exchange_deleted_by_hand_is_declared_again() {
+    const VHOST: &str = "redeclare";
+    let broker = broker().await;
+    let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |_| {}).await;
+    let admin = admin_connection(broker, VHOST).await;
+    admin
+        .create_channel()
+        .await
+        .expect("a channel")
+        .exchange_delete(
+            INBOUND_EXCHANGE.into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .expect("the exchange deleted");
+    wait_for("the exchange declared again", WAIT, async || {
+        // A passive declaration of a missing exchange closes its channel: a new one each time.
+        let channel = admin.create_channel().await.ok()?;
+        channel
+            .exchange_declare(
+                INBOUND_EXCHANGE.into(),
+                lapin::ExchangeKind::Direct,
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    let embassy = partner_connection(broker, VHOST, EMBASSY).await;
+    let publishing = amqp::publisher_channel(&embassy).await.expect("a channel");
+    let references = vec!["ABJ-RBT-RDC-0001".to_owned()];
+    send_lpcs(&publishing, &references).await;
+    wait_for("the message accepted", WAIT, async || {
+        gateway.accepted(&references[0]).then_some(())
+    })
+    .await;
     embassy.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
 }

@@ -292,6 +292,51 @@ impl Topology {
         Ok(refused)
     }
 
+    /// Whether the exchanges and the dead-letter queue that all partners share are all on the
+    /// broker, looked up passively on a channel of `connection` of its own (a missing one
+    /// closes it).
+    pub async fn shared_present(&self, connection: &Connection) -> Result<bool, AmqpError> {
+        let channel = connection.create_channel().await?;
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let mut present = true;
+        for (exchange, kind) in [
+            (DEAD_LETTER_EXCHANGE, ExchangeKind::Topic),
+            (INBOUND_EXCHANGE, ExchangeKind::Direct),
+            (OUTBOUND_EXCHANGE, ExchangeKind::Direct),
+        ] {
+            if channel
+                .exchange_declare(exchange.into(), kind, passive, FieldTable::default())
+                .await
+                .is_err()
+            {
+                present = false;
+                break;
+            }
+        }
+        if present {
+            present = channel
+                .queue_declare(
+                    DEAD_LETTER_QUEUE.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok();
+        }
+        if present {
+            let _ = channel.close(200, "OK".into()).await;
+        } else {
+            let_go_of_refused(channel).await;
+        }
+        Ok(present)
+    }
+
     /// Declares the dead-letter exchange and queue, and the inbound and outbound exchanges.
     async fn declare_shared(&self, channel: &Channel) -> Result<(), AmqpError> {
         let durable = ExchangeDeclareOptions {

@@ -306,6 +306,12 @@ impl AmqpTransport {
                 .clone()
                 .run(connection.clone(), stop_tx.clone(), stop_rx.clone()),
         );
+        tasks.spawn(keep_shared_topology(
+            connection.clone(),
+            self.topology.clone(),
+            self.gate.clone(),
+            stop_rx.clone(),
+        ));
         tasks.spawn(watch_connection(
             events,
             dead_letter_channel,
@@ -402,6 +408,59 @@ async fn watch_connection(
                 }
             },
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
+}
+
+/// How often a session looks for the exchanges and the dead-letter queue all partners share.
+const SHARED_TOPOLOGY_LOOK: Duration = Duration::from_secs(10);
+
+/// Looks for the exchanges and the dead-letter queue that all partners share every
+/// [`SHARED_TOPOLOGY_LOOK`], and declares the topology again when one is missing (deleted by
+/// hand): nothing else would notice a deleted `passerelle.inbound`, whose partners' publishes
+/// the broker refuses meanwhile, nor a deleted `passerelle.dead`, which holds refused messages
+/// in their queues. Not while the broker blocks the connection (it would read nothing of it).
+/// Its failures end nothing: the connection's own are seen by the session.
+async fn keep_shared_topology(
+    connection: Arc<Connection>,
+    topology: Topology,
+    gate: Arc<Backpressure>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SHARED_TOPOLOGY_LOOK) => {}
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        }
+        if gate.is_blocked() {
+            continue;
+        }
+        let looked = tokio::time::timeout(SHARED_TOPOLOGY_LOOK, async {
+            if topology.shared_present(&connection).await? {
+                return Ok(None);
+            }
+            topology.declare_each(&connection).await.map(Some)
+        })
+        .await;
+        match looked {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(refused))) => {
+                tracing::warn!(
+                    "an exchange or the dead-letter queue all partners share was missing on the \
+                     broker (deleted by hand?); the topology is declared again"
+                );
+                for (partner, error) in refused {
+                    tracing::error!(
+                        partner = %partner,
+                        error = %error,
+                        "the broker refused the partner's queues when they were declared again"
+                    );
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "looking for the shared exchanges on the broker failed");
+            }
+            Err(_) => {}
         }
     }
 }
