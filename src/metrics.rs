@@ -51,6 +51,15 @@ pub struct Metrics {
     pub audit_failures: Counter,
     /// `passerelle_audit_log_size`: entries covered by the latest checkpoint.
     pub audit_log_size: Gauge,
+    /// `passerelle_amqp_connected`: 1 while the AMQP transport's session runs (connected, its
+    /// topology declared), else 0.
+    pub amqp_connected: Gauge,
+    /// `passerelle_amqp_blocked`: 1 while the broker blocks the gateway's connection (a memory
+    /// or disk alarm), else 0.
+    pub amqp_blocked: Gauge,
+    /// `passerelle_amqp_refused_queues`: partners whose inbound queue the broker will not let
+    /// the gateway consume now (their messages wait in it).
+    pub amqp_refused_queues: Gauge,
     /// `passerelle_crl_next_update_timestamp_seconds`: the earliest `nextUpdate` of the CRLs in
     /// use, in seconds since the epoch (0 when none of them has one).
     pub crl_next_update: Gauge,
@@ -150,6 +159,24 @@ impl Metrics {
             "CRL files read again after they changed, by outcome",
             crl_reloads.clone(),
         );
+        let amqp_connected = Gauge::default();
+        registry.register(
+            "amqp_connected",
+            "1 while the AMQP transport's session runs, else 0",
+            amqp_connected.clone(),
+        );
+        let amqp_blocked = Gauge::default();
+        registry.register(
+            "amqp_blocked",
+            "1 while the broker blocks the gateway's AMQP connection, else 0",
+            amqp_blocked.clone(),
+        );
+        let amqp_refused_queues = Gauge::default();
+        registry.register(
+            "amqp_refused_queues",
+            "Partners whose inbound queue the broker will not let the gateway consume now",
+            amqp_refused_queues.clone(),
+        );
         let crl_next_update = Gauge::default();
         registry.register(
             "crl_next_update_timestamp_seconds",
@@ -168,6 +195,9 @@ impl Metrics {
             tls_refused_certificates.clone(),
         );
         Metrics {
+            amqp_connected,
+            amqp_blocked,
+            amqp_refused_queues,
             crl_next_update,
             crl_reloads,
             tls_refused_certificates,

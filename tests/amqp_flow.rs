@@ -1313,6 +1313,11 @@ async fn one_partners_refused_queues_hold_back_no_other() {
         0,
         "none dead-lettered"
     );
+    assert_eq!(gateway.metric("passerelle_amqp_connected", &[]).await, 1.0);
+    assert_eq!(
+        gateway.metric("passerelle_amqp_refused_queues", &[]).await,
+        1.0
+    );
     embassy.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
 }
@@ -2080,6 +2085,7 @@ async fn a_broker_alarm_holds_deliveries_until_it_clears() {
         let held = gateway.delivery(EMBASSY, id);
         assert_eq!(held.state, DeliveryState::Pending, "{held:?}");
     }
+    assert_eq!(gateway.metric("passerelle_amqp_blocked", &[]).await, 1.0);
 
     // The alarm clears: every request reaches the embassy, none is counted a failed attempt, and
     // nothing is dead-lettered.

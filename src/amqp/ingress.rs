@@ -592,6 +592,7 @@ impl Ingress {
                                     consumer = Some(started);
                                     give_back.send_replace(false);
                                     if refused_tries > 0 {
+                                        self.gateway.metrics.amqp_refused_queues.dec();
                                         tracing::info!(partner = %partner, queue = %queue, "the partner's queue is consumed again");
                                     } else if consumed_before {
                                         tracing::info!(partner = %partner, "intake resumed: consuming the partner's queue again");
@@ -601,6 +602,9 @@ impl Ingress {
                                     next_try = None;
                                 }
                                 Err(error) => {
+                                    if refused_tries == 0 {
+                                        self.gateway.metrics.amqp_refused_queues.inc();
+                                    }
                                     refused_tries = refused_tries.saturating_add(1);
                                     let wait = self.backoff.delay(refused_tries);
                                     next_try = Some(std::time::Instant::now() + wait);
@@ -648,6 +652,9 @@ impl Ingress {
                 }
             }
         };
+        if refused_tries > 0 {
+            self.gateway.metrics.amqp_refused_queues.dec();
+        }
         if result.is_err() {
             stop_session.send_replace(true);
         }

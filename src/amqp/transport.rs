@@ -206,7 +206,7 @@ impl AmqpTransport {
             let connection = Arc::new(connection);
             let started = Instant::now();
             let end = self.session(&connection, &mut shutdown).await;
-            self.ready.store(false, Ordering::Relaxed);
+            self.set_ready(false);
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "OK".into())).await;
             match end {
                 Ok(SessionEnd::Shutdown) => break,
@@ -226,8 +226,17 @@ impl AmqpTransport {
                 break;
             }
         }
-        self.ready.store(false, Ordering::Relaxed);
+        self.set_ready(false);
         tracing::info!(broker = %endpoint, "the AMQP transport stopped");
+    }
+
+    /// Says whether a session runs: to `/ready` and to `passerelle_amqp_connected`.
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.gateway.metrics.amqp_connected.set(i64::from(ready));
+        if !ready {
+            self.gateway.metrics.amqp_blocked.set(0);
+        }
     }
 
     /// One session on `connection`: declare, consume, publish, until shutdown or a failure.
@@ -240,10 +249,12 @@ impl AmqpTransport {
         self.gate.reset();
         // A `connection.blocked` that came before the listener above was taken is not among its
         // events; the connection's status has it.
-        if connection.status().blocked() {
+        let blocked = connection.status().blocked();
+        if blocked {
             self.gate
                 .set_blocked(Some("blocked before the session started"));
         }
+        self.gateway.metrics.amqp_blocked.set(i64::from(blocked));
         // A broker that accepted the connection can still leave a declaration or a consumer
         // unanswered (while it is starting or stopping, or under a partition): each step of the
         // setup gets the connection's time limit, so that readiness never waits on one forever,
@@ -315,11 +326,12 @@ impl AmqpTransport {
         tasks.spawn(watch_connection(
             events,
             dead_letter_channel,
+            self.gateway.metrics.clone(),
             self.gate.clone(),
             stop_tx.clone(),
             stop_rx.clone(),
         ));
-        self.ready.store(true, Ordering::Relaxed);
+        self.set_ready(true);
         tracing::info!(
             queues = self.topology.partners().count(),
             "the AMQP transport is consuming and publishing"
@@ -330,7 +342,7 @@ impl AmqpTransport {
             () = wait_for_shutdown(shutdown) => true,
             _ = stopped.wait_for(|stop| *stop) => false,
         };
-        self.ready.store(false, Ordering::Relaxed);
+        self.set_ready(false);
         stop_tx.send_replace(true);
         let drain = async {
             let mut first_error = None;
@@ -382,6 +394,7 @@ impl AmqpTransport {
 async fn watch_connection(
     events: impl Stream<Item = Event> + Send + 'static,
     dead_letters: lapin::Channel,
+    metrics: Arc<crate::metrics::Metrics>,
     gate: Arc<Backpressure>,
     stop_session: Arc<watch::Sender<bool>>,
     mut stop: watch::Receiver<bool>,
@@ -390,8 +403,14 @@ async fn watch_connection(
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(Event::ConnectionBlocked(reason)) => gate.set_blocked(Some(&reason)),
-                Some(Event::ConnectionUnblocked) => gate.set_blocked(None),
+                Some(Event::ConnectionBlocked(reason)) => {
+                    gate.set_blocked(Some(&reason));
+                    metrics.amqp_blocked.set(1);
+                }
+                Some(Event::ConnectionUnblocked) => {
+                    gate.set_blocked(None);
+                    metrics.amqp_blocked.set(0);
+                }
                 Some(Event::Error(error))
                     if closed_one_channel(&error) && dead_letters.status().connected() =>
                 {
