@@ -60,6 +60,9 @@ pub struct Metrics {
     /// `passerelle_amqp_refused_queues`: partners whose inbound queue the broker will not let
     /// the gateway consume now (their messages wait in it).
     pub amqp_refused_queues: Gauge,
+    /// `passerelle_amqp_refused_declarations`: partners whose queues the broker refused at the
+    /// last declaration of the topology (a queue re-created by hand with other arguments, say).
+    pub amqp_refused_declarations: Gauge,
     /// `passerelle_crl_next_update_timestamp_seconds`: the earliest `nextUpdate` of the CRLs in
     /// use, in seconds since the epoch (0 when none of them has one).
     pub crl_next_update: Gauge,
@@ -177,6 +180,12 @@ impl Metrics {
             "Partners whose inbound queue the broker will not let the gateway consume now",
             amqp_refused_queues.clone(),
         );
+        let amqp_refused_declarations = Gauge::default();
+        registry.register(
+            "amqp_refused_declarations",
+            "Partners whose queues the broker refused at the last declaration of the topology",
+            amqp_refused_declarations.clone(),
+        );
         let crl_next_update = Gauge::default();
         registry.register(
             "crl_next_update_timestamp_seconds",
@@ -198,6 +207,7 @@ impl Metrics {
             amqp_connected,
             amqp_blocked,
             amqp_refused_queues,
+            amqp_refused_declarations,
             crl_next_update,
             crl_reloads,
             tls_refused_certificates,

@@ -233,6 +233,20 @@ pub enum TlsError {
         /// What went wrong.
         reason: String,
     },
+    /// A changed CRL file would leave a CA of the bundle without a CRL signed by its key: the
+    /// change is refused, and the CRLs taken from the file before stay.
+    #[error(
+        "the CRL file {} cannot be used: with it, no CRL file holds a CRL signed by {ca_name}, a \
+         CA of the bundle, whose certificates would all be refused; the CRLs taken from it \
+         before stay in use (put that CA's CRL back in it, or in another file)",
+        path.display()
+    )]
+    CrlWithdrawn {
+        /// The CRL file.
+        path: PathBuf,
+        /// The CA left without a CRL.
+        ca_name: String,
+    },
     /// A CA of the bundle has no CRL among the CRL files signed by its key: every certificate it
     /// issued would be refused, its revocation status unknown.
     #[error(

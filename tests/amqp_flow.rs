@@ -1263,8 +1263,6 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
     }
 }
 
-/// (e) Backpressure: with the outbox over its bound, the gateway stops taking messages, which
-/// wait in their queue; once the deliveries are acknowledged, it takes them all.
 /// One partner's queues that the broker refuses, its inbound queue that the gateway may no
 /// longer read (a permission taken away) and its outbound queue declared by hand with other
 /// arguments, stop neither the transport nor the other partners: the embassy's messages are
@@ -1316,6 +1314,12 @@ async fn one_partners_refused_queues_hold_back_no_other() {
     assert_eq!(gateway.metric("passerelle_amqp_connected", &[]).await, 1.0);
     assert_eq!(
         gateway.metric("passerelle_amqp_refused_queues", &[]).await,
+        1.0
+    );
+    assert_eq!(
+        gateway
+            .metric("passerelle_amqp_refused_declarations", &[])
+            .await,
         1.0
     );
     embassy.close(200, "OK".into()).await.expect("close");
@@ -1370,6 +1374,8 @@ async fn a_shared_exchange_deleted_by_hand_is_declared_again() {
     gateway.stop().await;
 }
 
+/// (e) Backpressure: with the outbox over its bound, the gateway stops taking messages, which
+/// wait in their queue; once the deliveries are acknowledged, it takes them all.
 #[actix_web::test]
 async fn a_full_outbox_pauses_consumption() {
     const VHOST: &str = "backpressure";

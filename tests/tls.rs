@@ -592,12 +592,40 @@ async fn both_keys_of_a_re_keyed_ca_are_accepted() {
     .signed_by(&new.issuer)
     .unwrap();
     std::fs::write(&files.crls[2], revoking.der()).unwrap();
-    let server = tls::server_config(&files).unwrap();
+    let (server, verifier) = tls::server_config_with_verifier(&files, None).unwrap();
     handshake(server.clone(), clients[0].0.clone())
         .await
         .accepted();
     let error = handshake(server, clients[1].0.clone()).await.refused();
     assert!(is_revoked(&error), "{error:?}");
+
+    // In one reload, the old key's next CRL and an older CRL of the new key's series: the
+    // first is taken, the second refused alone (the two keys share a name, not a series).
+    let numbered = |ca: &OtherCa, number: u8| {
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2021, 1, 3),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from_slice(&[number]),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.issuer)
+        .unwrap()
+        .der()
+        .to_vec()
+    };
+    std::fs::write(&files.crls[1], numbered(&old, 3)).unwrap();
+    std::fs::write(&files.crls[2], numbered(&new, 1)).unwrap();
+    let reload = verifier.reload_if_changed();
+    assert_eq!(reload.taken, [files.crls[1].clone()]);
+    assert_eq!(reload.refused.len(), 1, "{:?}", reload.refused);
+    assert!(
+        matches!(reload.refused[0], TlsError::CrlOlder { .. })
+            && reload.refused[0].to_string().contains("new.crl"),
+        "{}",
+        reload.refused[0]
+    );
 }
 
 #[tokio::test]
@@ -1249,7 +1277,8 @@ async fn a_new_crl_is_taken_while_the_server_runs() {
     // So is a set of files that leaves a CA of the bundle without a CRL.
     std::fs::write(&crl, crl_of_another_ca("Partner Issuing CA 1")).unwrap();
     let error = refused_only(verifier.reload_if_changed());
-    assert!(matches!(error, TlsError::CaWithoutCrl { .. }), "{error}");
+    assert!(matches!(error, TlsError::CrlWithdrawn { .. }), "{error}");
+    assert!(error.to_string().contains("partners.crl"), "{error}");
     only_iom_ma_is_revoked(&server).await;
 
     // A CRL of a CA that is not in the bundle (an intermediate's, checked against the

@@ -317,13 +317,7 @@ impl Egress {
                 tracing::warn!(
                     "a delivery found no queue for its recipient; the exchanges and queues are declared again"
                 );
-                for (partner, error) in refused {
-                    tracing::error!(
-                        partner = %partner,
-                        error = %error,
-                        "the broker refused the partner's queues when they were declared again"
-                    );
-                }
+                super::transport::report_refused_declarations(&self.gateway.metrics, refused);
             }
             Err(error) => tracing::error!(
                 %error,
@@ -379,6 +373,12 @@ impl Egress {
                 self.redeclare(&connection).await;
                 declared_at = Some(std::time::Instant::now());
             }
+            // A channel the broker closed (a refusal on it: an exchange deleted by hand, say)
+            // while the connection stays: replaced like one that nacked, once what was in
+            // flight on it is settled (as lost), rather than published on and failed.
+            if !channel.status().connected() {
+                to_replace.store(true, Ordering::Relaxed);
+            }
             if in_flight.is_empty() && to_replace.swap(false, Ordering::Relaxed) {
                 let _ = bounded(channel.close(200, "OK".into())).await;
                 channel = match bounded(publisher_channel(&connection)).await {
@@ -390,7 +390,8 @@ impl Egress {
                     }
                 };
                 tracing::debug!(
-                    "AMQP publisher channel replaced after a nack or an unanswered confirm"
+                    "AMQP publisher channel replaced after a nack, an unanswered confirm or its \
+                     closing by the broker"
                 );
             }
             let changed = self.gateway.outbox_changed.clone();

@@ -478,7 +478,7 @@ impl Ingress {
     /// The consumer starts once the gate is open, not before: a session that starts while
     /// intake is paused takes nothing, so that a reconnection during a long pause does not take
     /// messages only to give them back. A queue that cannot be consumed (the broker refuses
-    /// it: a permission taken away, a queue gone) is said at ERROR and tried again, with the
+    /// it: a permission taken away) is said at ERROR and tried again, with the
     /// transport's backoff, on a new channel, while the other partners' queues are consumed:
     /// ending the session for it would give back, at each try, the messages the others' consumers
     /// hold, each time counting towards their delivery limit, until the broker dead-letters

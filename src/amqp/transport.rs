@@ -267,15 +267,7 @@ impl AmqpTransport {
                 self.topology.declare_each(connection),
             )
             .await?;
-            for (partner, error) in refused {
-                tracing::error!(
-                    partner = %partner,
-                    error = %error,
-                    "the broker refused the partner's queues (one declared by hand with other \
-                     arguments?): its messages are neither consumed nor delivered until they are \
-                     mended; the other partners' are"
-                );
-            }
+            report_refused_declarations(&self.gateway.metrics, refused);
             let dead_letters = within(
                 limit,
                 "opening the dead-letter channel",
@@ -319,6 +311,7 @@ impl AmqpTransport {
         );
         tasks.spawn(keep_shared_topology(
             connection.clone(),
+            self.gateway.metrics.clone(),
             self.topology.clone(),
             self.gate.clone(),
             stop_rx.clone(),
@@ -431,6 +424,27 @@ async fn watch_connection(
     }
 }
 
+/// Says each partner's queues the broker refused to declare (an ERROR line each), and how many
+/// in `passerelle_amqp_refused_declarations`.
+pub(crate) fn report_refused_declarations(
+    metrics: &crate::metrics::Metrics,
+    refused: Vec<(String, AmqpError)>,
+) {
+    metrics
+        .amqp_refused_declarations
+        .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
+    for (partner, error) in refused {
+        tracing::error!(
+            partner = %partner,
+            error = %error,
+            "the broker refused to declare the partner's queues (one re-created by hand with \
+             other arguments, or a permission taken away?): what the refused queue carries waits \
+             (its messages unconsumed, or its deliveries unrouted) until it is mended; the other \
+             partners' queues are served"
+        );
+    }
+}
+
 /// How often a session looks for the exchanges and the dead-letter queue all partners share.
 const SHARED_TOPOLOGY_LOOK: Duration = Duration::from_secs(10);
 
@@ -442,6 +456,7 @@ const SHARED_TOPOLOGY_LOOK: Duration = Duration::from_secs(10);
 /// Its failures end nothing: the connection's own are seen by the session.
 async fn keep_shared_topology(
     connection: Arc<Connection>,
+    metrics: Arc<crate::metrics::Metrics>,
     topology: Topology,
     gate: Arc<Backpressure>,
     mut stop: watch::Receiver<bool>,
@@ -468,13 +483,7 @@ async fn keep_shared_topology(
                     "an exchange or the dead-letter queue all partners share was missing on the \
                      broker (deleted by hand?); the topology is declared again"
                 );
-                for (partner, error) in refused {
-                    tracing::error!(
-                        partner = %partner,
-                        error = %error,
-                        "the broker refused the partner's queues when they were declared again"
-                    );
-                }
+                report_refused_declarations(&metrics, refused);
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "looking for the shared exchanges on the broker failed");

@@ -1014,7 +1014,7 @@ async fn get_log_file(
 /// the log.
 const MOST_TRAIL_ENTRIES: usize = 2000;
 
-/// Trail reads (pages or bundles) under way at once: each reads, proves and writes out up to
+/// Trail reads (pages or bundles) under way at once: each reads and proves up to
 /// [`MOST_TRAIL_ENTRIES`] entries on a blocking thread, which goes on to its end when its
 /// client goes away.
 pub(super) const TRAIL_READS_AT_ONCE: usize = 2;

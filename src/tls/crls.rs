@@ -239,6 +239,8 @@ pub(super) struct Bundle<'a> {
 struct Refused {
     error: TlsError,
     ca: Vec<u8>,
+    /// The file of the CRL at fault, when one CRL is (an older or a stale one).
+    file: Option<PathBuf>,
 }
 
 /// One CRL file as it was taken: what it held, its CRLs, and what each of them is.
@@ -355,6 +357,7 @@ fn newest_covering_every_ca(
                     ca_name: cert.subject().to_string(),
                 },
                 ca: cert.subject().as_raw().to_vec(),
+                file: None,
             }));
         }
     }
@@ -434,25 +437,44 @@ pub(super) fn choose_changes(
             }
             Err(refused_set) => refused_set,
         };
-        // Back to what was taken before: the changed files that hold, or held, a CRL of the CA
-        // at fault, or every changed file when none does.
-        let at_fault: Vec<usize> = (0..files.len())
+        // Back to what was taken before: the changed file of the CRL at fault; else the changed
+        // files that hold, or held, a CRL in the name of the CA at fault (a CA of the bundle
+        // left without a CRL); else every changed file.
+        let of_file: Vec<usize> = (0..files.len())
+            .filter(|index| {
+                changed[*index] && Some(&files[*index].path) == refused_set.file.as_ref()
+            })
+            .collect();
+        let of_ca: Vec<usize> = (0..files.len())
             .filter(|index| {
                 changed[*index]
                     && (files[*index].holds_crl_of(&refused_set.ca)
                         || before[*index].holds_crl_of(&refused_set.ca))
             })
             .collect();
-        let at_fault = if at_fault.is_empty() {
-            (0..files.len()).filter(|index| changed[*index]).collect()
+        let at_fault = if !of_file.is_empty() {
+            of_file
+        } else if !of_ca.is_empty() {
+            of_ca
         } else {
-            at_fault
+            (0..files.len()).filter(|index| changed[*index]).collect()
         };
+        match refused_set.error {
+            // Said of each file it is laid at, which the error alone does not name.
+            TlsError::CaWithoutCrl { ca_name, .. } => {
+                for index in &at_fault {
+                    refused.push(TlsError::CrlWithdrawn {
+                        path: files[*index].path.clone(),
+                        ca_name: ca_name.clone(),
+                    });
+                }
+            }
+            error => refused.push(error),
+        }
         for index in at_fault {
             files[index] = before[index].clone();
             changed[index] = false;
         }
-        refused.push(refused_set.error);
     }
     Some(Chosen {
         files,
@@ -482,6 +504,7 @@ fn problem_with(
             return Err(Box::new(Refused {
                 error: crl_expired(crl),
                 ca: crl.issuer.clone(),
+                file: Some(crl.path.clone()),
             }));
         }
     }
@@ -489,6 +512,7 @@ fn problem_with(
         return Err(Box::new(Refused {
             error: crl.older_error(reason),
             ca: crl.issuer.clone(),
+            file: Some(crl.path.clone()),
         }));
     }
     Ok(set)

@@ -200,7 +200,8 @@ impl Verifiers {
 
 /// The first acceptance among the answers of several groups' verifiers, asked in turn; when
 /// none accepts, the refusal that says most: one that is not merely a chain that does not
-/// lead to the group's CAs (unknown issuer, or a signature that is not their keys').
+/// lead to the group's CAs (unknown issuer, or a signature that is not their keys', or made
+/// with an algorithm their keys do not have).
 fn first_accepted<T>(
     answers: impl Iterator<Item = Result<T, rustls::Error>>,
 ) -> Result<T, rustls::Error> {
@@ -208,7 +209,10 @@ fn first_accepted<T>(
         matches!(
             error,
             rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer | CertificateError::BadSignature
+                CertificateError::UnknownIssuer
+                    | CertificateError::BadSignature
+                    | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+                    | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. }
             )
         )
     };
@@ -229,4 +233,43 @@ fn first_accepted<T>(
     Err(refusal.unwrap_or(rustls::Error::InvalidCertificate(
         CertificateError::UnknownIssuer,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_kept_is_the_one_of_the_group_the_chain_leads_to() {
+        let refused =
+            |error: CertificateError| Err::<(), _>(rustls::Error::InvalidCertificate(error));
+        let other_algorithm = CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext {
+            signature_algorithm_id: vec![1],
+            public_key_algorithm_id: vec![2],
+        };
+        // A group of another key of the same name (another algorithm, or the same one), then
+        // the group of the CA that issued the chain, which says why it refuses it.
+        for first in [other_algorithm, CertificateError::BadSignature] {
+            let answers = [
+                refused(CertificateError::UnknownIssuer),
+                refused(first),
+                refused(CertificateError::Revoked),
+            ];
+            assert_eq!(
+                first_accepted(answers.into_iter()),
+                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+            );
+        }
+        // An acceptance wins; the first telling refusal is kept before a later one.
+        let accepted = [refused(CertificateError::Revoked), Ok(())];
+        assert_eq!(first_accepted(accepted.into_iter()), Ok(()));
+        let two = [
+            refused(CertificateError::Revoked),
+            refused(CertificateError::Expired),
+        ];
+        assert_eq!(
+            first_accepted(two.into_iter()),
+            Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+        );
+    }
 }
