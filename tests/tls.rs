@@ -406,15 +406,21 @@ fn a_leaf_in_the_ca_bundle_and_an_expired_server_certificate_are_refused() {
     tls::check_own_certificate(&dev_dir().join("server.pem")).unwrap();
 }
 
+/// A CA made on the fly, and a bundle in `dir` of the development CA and it.
+fn another_ca_beside_the_development_one(dir: &Path) -> (OtherCa, PathBuf) {
+    let other = OtherCa::new("Another partner CA");
+    let bundle = dir.join("bundle.pem");
+    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
+    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
+    (other, bundle)
+}
+
 /// One CA's CRL that is stale already does not stop the other CAs' new CRLs from being taken:
 /// a revocation by another CA applies at the next reload.
 #[tokio::test]
 async fn a_stale_crl_of_one_ca_does_not_hold_back_another_cas_new_crl() {
     let dir = tempfile::tempdir().unwrap();
-    let other = OtherCa::new("Another partner CA");
-    let bundle = dir.path().join("bundle.pem");
-    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
-    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
+    let (other, bundle) = another_ca_beside_the_development_one(dir.path());
     let others = dir.path().join("other.crl");
     let stale = CertificateRevocationListParams {
         this_update: date_time_ymd(2021, 1, 1),
@@ -449,10 +455,7 @@ async fn a_stale_crl_of_one_ca_does_not_hold_back_another_cas_new_crl() {
 #[tokio::test]
 async fn a_refused_crl_file_does_not_hold_back_another_cas_new_crl() {
     let dir = tempfile::tempdir().unwrap();
-    let other = OtherCa::new("Another partner CA");
-    let bundle = dir.path().join("bundle.pem");
-    let dev_ca = std::fs::read_to_string(dev_dir().join("ca.pem")).unwrap();
-    std::fs::write(&bundle, format!("{dev_ca}{}", other.cert_pem)).unwrap();
+    let (other, bundle) = another_ca_beside_the_development_one(dir.path());
     let others = dir.path().join("other.crl");
     // The other CA's CRL number 2, current until 2099.
     std::fs::write(&others, other.crl_until(date_time_ymd(2099, 1, 1))).unwrap();
