@@ -1652,6 +1652,13 @@ impl TwoCas {
             other_crl,
         }
     }
+
+    /// Has `config` trust both CAs: the bundle of the two, and the other CA's CRL beside the
+    /// CRLs it has.
+    fn trusted_by(&self, config: &mut Config) {
+        config.tls.ca = self.bundle.clone();
+        config.tls.crls.push(self.other_crl.clone());
+    }
 }
 
 /// With the CAs of two institutions in the bundle, each entry names the CA that issues its
@@ -1660,16 +1667,8 @@ impl TwoCas {
 /// ministry's own goes on. Without the entries' issuers, such a bundle stops the start.
 #[actix_web::test]
 async fn a_certificate_naming_a_partner_from_another_ca_of_the_bundle_is_refused() {
-    let TwoCas {
-        pki_dir,
-        other,
-        bundle,
-        other_crl,
-    } = TwoCas::new();
-    let two_cas = |config: &mut Config| {
-        config.tls.ca = bundle.clone();
-        config.tls.crls.push(other_crl.clone());
-    };
+    let cas = TwoCas::new();
+    let two_cas = |config: &mut Config| cas.trusted_by(config);
 
     let unbound = tempfile::tempdir().expect("a temporary folder");
     let registry = write_registry(unbound.path(), &RegistryChanges::new());
@@ -1691,9 +1690,11 @@ async fn a_certificate_naming_a_partner_from_another_ca_of_the_bundle_is_refused
         TestGateway::start(&RegistryChanges::new().issuer_of_all(dev_ca_name), two_cas).await;
     let verifier = gateway.verifier();
     let impostor_of = |partner: &str| {
-        let dir = pki_dir.path().join(partner);
+        let dir = cas.pki_dir.path().join(partner);
         std::fs::create_dir(&dir).expect("a folder");
-        let files = other.client_files(&dir, &format!("urn:partner:{partner}"));
+        let files = cas
+            .other
+            .client_files(&dir, &format!("urn:partner:{partner}"));
         let tls = passerelle::tls::client_config(&files).expect("the impostor's TLS");
         let certs = passerelle::tls::load_certs(&files.cert).expect("its certificate");
         let fingerprint = passerelle::tls::fingerprint(&certs[0]);
@@ -2033,12 +2034,7 @@ async fn fails_as_tls(gateway: &TestGateway, reference: &str) {
 /// CA is named by its subject or by its fingerprint.
 #[actix_web::test]
 async fn a_bound_recipients_endpoint_must_present_a_certificate_of_its_ca() {
-    let TwoCas {
-        pki_dir,
-        other,
-        bundle,
-        other_crl,
-    } = TwoCas::new();
+    let cas = TwoCas::new();
     let dev_ca = passerelle::tls::load_certs(&dev_dir().join("ca.pem")).expect("the CA");
     let issuers = [
         (
@@ -2051,14 +2047,14 @@ async fn a_bound_recipients_endpoint_must_present_a_certificate_of_its_ca() {
         ),
     ];
     for (issuer, reference) in issuers {
-        let mut dgsn = Receiver::reserve().presenting_files(other.server_files(pki_dir.path()));
+        let mut dgsn =
+            Receiver::reserve().presenting_files(cas.other.server_files(cas.pki_dir.path()));
         dgsn.up();
         let changes = RegistryChanges::new()
             .issuer_of_all(&issuer)
             .webhook("ma.dgsn", &dgsn.url("/notices"));
         let gateway = TestGateway::start(&changes, |config| {
-            config.tls.ca = bundle.clone();
-            config.tls.crls.push(other_crl.clone());
+            cas.trusted_by(config);
             config.delivery.max_attempts = 50;
         })
         .await;
@@ -3097,15 +3093,11 @@ async fn an_inbox_read_and_acknowledged_twice_at_once_is_audited_once() {
 /// new handshake would be. Another CA's CRL, stale since before the start, does not hide it.
 #[actix_web::test]
 async fn a_crl_gone_stale_while_connected_refuses_the_open_connection() {
-    let TwoCas {
-        pki_dir,
-        other,
-        bundle,
-        other_crl,
-    } = TwoCas::new();
+    let cas = TwoCas::new();
     let long_ago = rcgen::date_time_ymd(2021, 2, 1);
-    std::fs::write(&other_crl, other.crl_until(long_ago)).expect("the other CA's stale CRL");
-    let crl = pki_dir.path().join("crl.pem");
+    std::fs::write(&cas.other_crl, cas.other.crl_until(long_ago))
+        .expect("the other CA's stale CRL");
+    let crl = cas.pki_dir.path().join("crl.pem");
     // Whole seconds, as a CRL says its times; long enough for the start and a first message.
     let stale_at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(12))
         .replace_nanosecond(0)
@@ -3114,8 +3106,8 @@ async fn a_crl_gone_stale_while_connected_refuses_the_open_connection() {
     let dev_ca_name = "CN=Passerelle development CA, O=Passerelle (development only)";
     let changes = RegistryChanges::new().issuer_of_all(dev_ca_name);
     let gateway = TestGateway::start(&changes, |config| {
-        config.tls.ca = bundle.clone();
-        config.tls.crls = vec![crl.clone(), other_crl.clone()];
+        config.tls.crls = vec![crl.clone()];
+        cas.trusted_by(config);
     })
     .await;
     let consulate = gateway.client("sn.consulat.casablanca");
