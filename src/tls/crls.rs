@@ -322,9 +322,9 @@ pub(super) fn load_checked_crls(
 }
 
 /// The set of CRLs the verifiers use of `files`: the newest CRL of each series (see
-/// [`newest_of_each_series`]), checked to cover every CA of the bundle with a CRL that the CA signed, not only one in its name: a CA re-keyed under the same name is
-/// another CA, and the verifier refuses its certificates against a CRL that its key did not
-/// sign. A CA left uncovered is refused with its name (DER), since it would have every
+/// [`newest_of_each_series`]), checked to cover every CA of the bundle with a CRL that the CA
+/// signed, not only one in its name: a CA re-keyed under the same name is another CA, and the
+/// verifier refuses its certificates against a CRL that its key did not sign. A CA left uncovered is refused with its name (DER), since it would have every
 /// certificate it issued refused.
 fn newest_covering_every_ca(
     bundle: &Bundle<'_>,
@@ -649,7 +649,7 @@ fn newest_of_each_series(
 /// A CRL whose issuer is no CA of the bundle is let through: it is an intermediate CA's (sent
 /// by clients in their chains, not kept in the bundle), which the verifier checks against the
 /// intermediate when a chain goes through it.
-fn signed_by_its_ca(
+pub(super) fn signed_by_its_ca(
     crl: &CertificateRevocationListDer<'_>,
     cas: &[CertificateDer<'_>],
 ) -> Result<(), String> {

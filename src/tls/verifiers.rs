@@ -10,6 +10,7 @@
 //! certificate is accepted when one group's verifier accepts it. A bundle whose CAs all have
 //! different names is one group, verified as rustls verifies it.
 
+use super::crls::signed_by_its_ca;
 use super::{TlsError, add_anchor};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerified;
@@ -119,21 +120,9 @@ impl AnchorGroup {
         &self,
         crls: &[CertificateRevocationListDer<'static>],
     ) -> Vec<CertificateRevocationListDer<'static>> {
-        let cas: Vec<_> = self
-            .cas
-            .iter()
-            .filter_map(|ca| x509_parser::parse_x509_certificate(ca.as_ref()).ok())
-            .map(|(_, ca)| ca)
-            .collect();
+        // The group holds one CA of each name: a CRL in its name is kept when that CA signed it.
         crls.iter()
-            .filter(|crl| {
-                let Ok((_, crl)) = x509_parser::parse_x509_crl(crl.as_ref()) else {
-                    return true;
-                };
-                cas.iter()
-                    .find(|ca| ca.subject().as_raw() == crl.issuer().as_raw())
-                    .is_none_or(|ca| crl.verify_signature(ca.public_key()).is_ok())
-            })
+            .filter(|crl| signed_by_its_ca(crl, &self.cas).is_ok())
             .cloned()
             .collect()
     }
