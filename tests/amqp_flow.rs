@@ -1266,7 +1266,8 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
 /// One partner's queues that the broker refuses, its inbound queue that the gateway may no
 /// longer read (a permission taken away) and its outbound queue declared by hand with other
 /// arguments, stop neither the transport nor the other partners: the embassy's messages are
-/// accepted, and none is dead-lettered.
+/// accepted, and none is dead-lettered. Once mended by hand, both are taken up again while the
+/// connection stays.
 #[actix_web::test]
 async fn one_partners_refused_queues_hold_back_no_other() {
     const VHOST: &str = "isolation";
@@ -1322,6 +1323,76 @@ async fn one_partners_refused_queues_hold_back_no_other() {
             .await,
         1.0
     );
+
+    // Mended by hand, both are taken up within a few seconds, with no reconnection: the queue
+    // declared by hand is deleted (and declared again by the gateway), the permission given back
+    // (and the queue read).
+    channel
+        .queue_delete(
+            outbound_queue("iom.sn").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("the queue declared by hand deleted");
+    blocking(move || {
+        broker.rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            VHOST,
+            "--",
+            GATEWAY_USER,
+            ".*",
+            ".*",
+            ".*",
+        ])
+    })
+    .await;
+    wait_for("both refusals mended", WAIT, async || {
+        let declarations = gateway
+            .metric("passerelle_amqp_refused_declarations", &[])
+            .await;
+        let queues = gateway.metric("passerelle_amqp_refused_queues", &[]).await;
+        (declarations == 0.0 && queues == 0.0).then_some(())
+    })
+    .await;
+    // A passive declaration of a missing queue closes its channel: one of its own each.
+    let declared_again = admin
+        .create_channel()
+        .await
+        .expect("a channel")
+        .queue_declare(
+            outbound_queue("iom.sn").as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(
+        declared_again.is_ok(),
+        "the deleted queue was not declared again: {declared_again:?}"
+    );
+    let read = admin
+        .create_channel()
+        .await
+        .expect("a channel")
+        .queue_declare(
+            inbound_queue("iom.sn").as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the inbound queue");
+    assert_eq!(
+        read.consumer_count(),
+        1,
+        "the gateway reads the queue again"
+    );
+    assert_eq!(gateway.metric("passerelle_amqp_connected", &[]).await, 1.0);
     embassy.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
 }

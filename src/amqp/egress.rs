@@ -317,7 +317,7 @@ impl Egress {
                 tracing::warn!(
                     "a delivery found no queue for its recipient; the exchanges and queues are declared again"
                 );
-                super::transport::report_refused_declarations(&self.gateway.metrics, refused);
+                super::transport::report_refused_declarations(&self.gateway.metrics, refused, &[]);
             }
             Err(error) => tracing::error!(
                 %error,

@@ -267,16 +267,16 @@ impl AmqpTransport {
                 self.topology.declare_each(connection),
             )
             .await?;
-            report_refused_declarations(&self.gateway.metrics, refused);
+            let refused = report_refused_declarations(&self.gateway.metrics, refused, &[]);
             let dead_letters = within(
                 limit,
                 "opening the dead-letter channel",
                 publisher_channel(connection),
             )
             .await?;
-            Ok::<_, AmqpError>(dead_letters)
+            Ok::<_, AmqpError>((dead_letters, refused))
         };
-        let dead_letters = tokio::select! {
+        let (dead_letters, refused) = tokio::select! {
             setup = setup => setup?,
             () = wait_for_shutdown(shutdown) => return Ok(SessionEnd::Shutdown),
         };
@@ -309,11 +309,12 @@ impl AmqpTransport {
                 .clone()
                 .run(connection.clone(), stop_tx.clone(), stop_rx.clone()),
         );
-        tasks.spawn(keep_shared_topology(
+        tasks.spawn(keep_topology(
             connection.clone(),
             self.gateway.metrics.clone(),
             self.topology.clone(),
             self.gate.clone(),
+            refused,
             stop_rx.clone(),
         ));
         tasks.spawn(watch_connection(
@@ -424,69 +425,94 @@ async fn watch_connection(
     }
 }
 
-/// Says each partner's queues the broker refused to declare (an ERROR line each), and how many
-/// in `passerelle_amqp_refused_declarations`.
+/// Says which partners' queues the broker refused to declare and how many
+/// (`passerelle_amqp_refused_declarations`), and returns their ids. A partner refused now but
+/// not among `before` (the ids this returned at the last declaration) gets an ERROR line, one
+/// among `before` but no longer refused an INFO line, and one refused at both declarations
+/// nothing more: the refusal is said once, not at every look.
 pub(crate) fn report_refused_declarations(
     metrics: &crate::metrics::Metrics,
     refused: Vec<(String, AmqpError)>,
-) {
+    before: &[String],
+) -> Vec<String> {
     metrics
         .amqp_refused_declarations
         .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
-    for (partner, error) in refused {
-        tracing::error!(
-            partner = %partner,
-            error = %error,
-            "the broker refused to declare the partner's queues (one re-created by hand with \
-             other arguments, or a permission taken away?): what the refused queue carries waits \
-             (its messages unconsumed, or its deliveries unrouted) until it is mended; the other \
-             partners' queues are served"
-        );
+    for partner in before {
+        if !refused.iter().any(|(now, _)| now == partner) {
+            tracing::info!(
+                partner = %partner,
+                "the partner's queues the broker refused before are declared now"
+            );
+        }
     }
+    let mut ids = Vec::with_capacity(refused.len());
+    for (partner, error) in refused {
+        if !before.contains(&partner) {
+            tracing::error!(
+                partner = %partner,
+                error = %error,
+                "the broker refused to declare the partner's queues (one re-created by hand with \
+                 other arguments, or a permission taken away?): what the refused queue carries \
+                 waits (its messages unconsumed, or its deliveries unrouted) until it is mended; \
+                 the declaration is tried again every 10 s; the other partners' queues are served"
+            );
+        }
+        ids.push(partner);
+    }
+    ids
 }
 
-/// How often a session looks for the exchanges and the dead-letter queue all partners share.
-const SHARED_TOPOLOGY_LOOK: Duration = Duration::from_secs(10);
+/// How often a session looks for the exchanges and the dead-letter queue all partners share,
+/// and tries again the partners' queues the broker refused.
+const TOPOLOGY_LOOK: Duration = Duration::from_secs(10);
 
-/// Looks for the exchanges and the dead-letter queue that all partners share every
-/// [`SHARED_TOPOLOGY_LOOK`], and declares the topology again when one is missing (deleted by
-/// hand): nothing else would notice a deleted `passerelle.inbound`, whose partners' publishes
-/// the broker refuses meanwhile, nor a deleted `passerelle.dead`, which holds refused messages
-/// in their queues. Not while the broker blocks the connection (it would read nothing of it).
-/// Its failures end nothing: the connection's own are seen by the session.
-async fn keep_shared_topology(
+/// Keeps the topology declared while the session lasts. Every [`TOPOLOGY_LOOK`] it declares
+/// the topology again when the broker refused a partner's queues at the last declaration (so
+/// that a queue mended by hand is declared and read without waiting for a reconnection), or when
+/// an exchange or the dead-letter queue that all partners share is missing (deleted by hand):
+/// nothing else would notice a deleted `passerelle.inbound`, whose partners' publishes the
+/// broker refuses meanwhile, nor a deleted `passerelle.dead`, which holds refused messages in
+/// their queues. Not while the broker blocks the connection (it would read nothing of it). Its
+/// failures end nothing: the connection's own are seen by the session.
+async fn keep_topology(
     connection: Arc<Connection>,
     metrics: Arc<crate::metrics::Metrics>,
     topology: Topology,
     gate: Arc<Backpressure>,
+    mut refused: Vec<String>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(SHARED_TOPOLOGY_LOOK) => {}
+            () = tokio::time::sleep(TOPOLOGY_LOOK) => {}
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
         }
         if gate.is_blocked() {
             continue;
         }
-        let looked = tokio::time::timeout(SHARED_TOPOLOGY_LOOK, async {
-            if topology.shared_present(&connection).await? {
+        let looked = tokio::time::timeout(TOPOLOGY_LOOK, async {
+            let shared_present = topology.shared_present(&connection).await?;
+            if shared_present && refused.is_empty() {
                 return Ok(None);
             }
-            topology.declare_each(&connection).await.map(Some)
+            let now_refused = topology.declare_each(&connection).await?;
+            Ok::<_, AmqpError>(Some((shared_present, now_refused)))
         })
         .await;
         match looked {
             Ok(Ok(None)) => {}
-            Ok(Ok(Some(refused))) => {
-                tracing::warn!(
-                    "an exchange or the dead-letter queue all partners share was missing on the \
-                     broker (deleted by hand?); the topology is declared again"
-                );
-                report_refused_declarations(&metrics, refused);
+            Ok(Ok(Some((shared_present, now_refused)))) => {
+                if !shared_present {
+                    tracing::warn!(
+                        "an exchange or the dead-letter queue all partners share was missing on \
+                         the broker (deleted by hand?); the topology is declared again"
+                    );
+                }
+                refused = report_refused_declarations(&metrics, now_refused, &refused);
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, "looking for the shared exchanges on the broker failed");
+                tracing::warn!(%error, "looking at the topology on the broker failed");
             }
             Err(_) => {}
         }
