@@ -54,6 +54,9 @@ pub struct Metrics {
     /// `passerelle_amqp_connected`: 1 while the AMQP transport's session runs (connected, its
     /// topology declared), else 0.
     pub amqp_connected: Gauge,
+    /// `passerelle_amqp_sessions_total`: AMQP sessions started (a connection with its topology
+    /// declared); more than one means the transport reconnected.
+    pub amqp_sessions: Counter,
     /// `passerelle_amqp_blocked`: 1 while the broker blocks the gateway's connection (a memory
     /// or disk alarm), else 0.
     pub amqp_blocked: Gauge,
@@ -168,6 +171,12 @@ impl Metrics {
             "1 while the AMQP transport's session runs, else 0",
             amqp_connected.clone(),
         );
+        let amqp_sessions = Counter::default();
+        registry.register(
+            "amqp_sessions",
+            "AMQP sessions started (a connection with its topology declared); more than one means reconnections",
+            amqp_sessions.clone(),
+        );
         let amqp_blocked = Gauge::default();
         registry.register(
             "amqp_blocked",
@@ -205,6 +214,7 @@ impl Metrics {
         );
         Metrics {
             amqp_connected,
+            amqp_sessions,
             amqp_blocked,
             amqp_refused_queues,
             amqp_refused_declarations,

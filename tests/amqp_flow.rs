@@ -1399,9 +1399,10 @@ async fn one_partners_refused_queues_hold_back_no_other() {
 
 /// `passerelle.inbound` deleted by hand while the gateway stays connected is declared again
 /// within a few seconds (partners' publishes are refused meanwhile), and the embassy's next
-/// message goes through.
+/// message goes through; so is the embassy's inbound queue deleted while consumed, which the
+/// gateway consumes again within the same session.
 #[actix_web::test]
-async fn a_shared_exchange_deleted_by_hand_is_declared_again() {
+async fn a_shared_exchange_or_queue_deleted_by_hand_is_declared_again() {
     const VHOST: &str = "redeclare";
     let broker = broker().await;
     let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |_| {}).await;
@@ -1441,6 +1442,50 @@ async fn a_shared_exchange_deleted_by_hand_is_declared_again() {
         gateway.accepted(&references[0]).then_some(())
     })
     .await;
+
+    // The embassy's inbound queue deleted while consumed: the broker cancels the consumer, and
+    // the queue is declared and consumed again, with no reconnection.
+    admin
+        .create_channel()
+        .await
+        .expect("a channel")
+        .queue_delete(
+            inbound_queue(EMBASSY).as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("the inbound queue deleted");
+    wait_for("the inbound queue consumed again", WAIT, async || {
+        let channel = admin.create_channel().await.ok()?;
+        let queue = channel
+            .queue_declare(
+                inbound_queue(EMBASSY).as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        (queue.consumer_count() == 1).then_some(())
+    })
+    .await;
+    let references = vec!["ABJ-RBT-RDC-0002".to_owned()];
+    send_lpcs(&publishing, &references).await;
+    wait_for("the next message accepted", WAIT, async || {
+        gateway.accepted(&references[0]).then_some(())
+    })
+    .await;
+    assert_eq!(
+        gateway.metric("passerelle_amqp_sessions_total", &[]).await,
+        1.0,
+        "the session went on"
+    );
+    assert_eq!(
+        gateway.metric("passerelle_amqp_refused_queues", &[]).await,
+        0.0
+    );
     embassy.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
 }

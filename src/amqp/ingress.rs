@@ -64,6 +64,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -413,6 +414,9 @@ pub(crate) struct Ingress {
     held_return: Duration,
     /// The gateway instance, for [`INSTANCE_HEADER`]: its audit log's origin.
     instance: String,
+    /// The partners' inbound queues the broker will not let be consumed now, or whose consumer
+    /// it cancelled (as in `passerelle_amqp_refused_queues`, which counts every session's).
+    unconsumed: AtomicUsize,
 }
 
 /// The longest a message held over its partner's rate limit sleeps between two tries.
@@ -467,7 +471,28 @@ impl Ingress {
             backoff,
             held_return,
             instance,
+            unconsumed: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether a partner's inbound queue is not consumed now for the broker's sake (refused, or
+    /// its consumer cancelled): the topology is then declared again, should the queue be gone.
+    pub(crate) fn has_unconsumed_queues(&self) -> bool {
+        self.unconsumed.load(Ordering::Relaxed) > 0
+    }
+
+    /// Counts a partner's queue that the broker no longer lets be consumed (once, until
+    /// [`Self::count_consumed_again`]).
+    fn count_unconsumed(&self) {
+        self.unconsumed.fetch_add(1, Ordering::Relaxed);
+        self.gateway.metrics.amqp_refused_queues.inc();
+    }
+
+    /// Counts a queue counted by [`Self::count_unconsumed`] as consumed again, or as done with
+    /// when its consumer's task ends with the session.
+    fn count_consumed_again(&self) {
+        self.unconsumed.fetch_sub(1, Ordering::Relaxed);
+        self.gateway.metrics.amqp_refused_queues.dec();
     }
 
     /// Takes `partner`'s messages, on a channel of `connection` with the settings' prefetch
@@ -482,7 +507,9 @@ impl Ingress {
     /// transport's backoff, on a new channel, while the other partners' queues are consumed:
     /// ending the session for it would give back, at each try, the messages the others' consumers
     /// hold, each time counting towards their delivery limit, until the broker dead-letters
-    /// them unread.
+    /// them unread. So is a queue whose consumer the broker cancels while the connection stays
+    /// (the queue deleted by hand): said at WARN, declared again by the session within about
+    /// 10 s, and consumed again.
     ///
     /// While the gate is closed, the messages in hand wait at it, unacknowledged. Once it has
     /// been closed for [`Ingress::held_return`], the consumer is cancelled, so that the broker
@@ -579,6 +606,26 @@ impl Ingress {
                             "intake paused this long: the messages held from this partner's queue are returned to it until intake resumes"
                         );
                     }
+                    // Cancelled by the broker (its queue deleted, say) while the connection
+                    // stays: consumed again once it can be, as a refused queue is, while the
+                    // other partners' queues are consumed; the topology is declared again
+                    // meanwhile (see `keep_topology`). The messages in hand finish on the
+                    // channel, which is kept for the next try.
+                    None if connection.status().connected() => {
+                        consumer = None;
+                        if refused_tries == 0 {
+                            self.count_unconsumed();
+                        }
+                        refused_tries = refused_tries.saturating_add(1);
+                        let wait = self.backoff.delay(refused_tries);
+                        next_try = Some(std::time::Instant::now() + wait);
+                        tracing::warn!(
+                            partner = %partner,
+                            queue = %queue,
+                            retry_secs = wait.as_secs(),
+                            "the broker cancelled the consumer of the partner's queue (the queue deleted?): it is declared again and consumed once it is there; the other partners' queues are consumed"
+                        );
+                    }
                     None => break Err(format!("the consumer of {queue} was cancelled")),
                 },
                 Some(_) = handling.join_next(), if !handling.is_empty() => {}
@@ -592,7 +639,7 @@ impl Ingress {
                                     consumer = Some(started);
                                     give_back.send_replace(false);
                                     if refused_tries > 0 {
-                                        self.gateway.metrics.amqp_refused_queues.dec();
+                                        self.count_consumed_again();
                                         tracing::info!(partner = %partner, queue = %queue, "the partner's queue is consumed again");
                                     } else if consumed_before {
                                         tracing::info!(partner = %partner, "intake resumed: consuming the partner's queue again");
@@ -603,7 +650,7 @@ impl Ingress {
                                 }
                                 Err(error) => {
                                     if refused_tries == 0 {
-                                        self.gateway.metrics.amqp_refused_queues.inc();
+                                        self.count_unconsumed();
                                     }
                                     refused_tries = refused_tries.saturating_add(1);
                                     let wait = self.backoff.delay(refused_tries);
@@ -653,7 +700,7 @@ impl Ingress {
             }
         };
         if refused_tries > 0 {
-            self.gateway.metrics.amqp_refused_queues.dec();
+            self.count_consumed_again();
         }
         if result.is_err() {
             stop_session.send_replace(true);

@@ -314,6 +314,7 @@ impl AmqpTransport {
             self.gateway.metrics.clone(),
             self.topology.clone(),
             self.gate.clone(),
+            ingress.clone(),
             refused,
             stop_rx.clone(),
         ));
@@ -326,6 +327,7 @@ impl AmqpTransport {
             stop_rx.clone(),
         ));
         self.set_ready(true);
+        self.gateway.metrics.amqp_sessions.inc();
         tracing::info!(
             queues = self.topology.partners().count(),
             "the AMQP transport is consuming and publishing"
@@ -469,7 +471,9 @@ const TOPOLOGY_LOOK: Duration = Duration::from_secs(10);
 
 /// Keeps the topology declared while the session lasts. Every [`TOPOLOGY_LOOK`] it declares
 /// the topology again when the broker refused a partner's queues at the last declaration (so
-/// that a queue mended by hand is declared and read without waiting for a reconnection), or when
+/// that a queue mended by hand is declared and read without waiting for a reconnection), when a
+/// partner's inbound queue is not consumed (its consumer cancelled by the broker because the
+/// queue was deleted, say: the consumer's next try finds it declared again), or when
 /// an exchange or the dead-letter queue that all partners share is missing (deleted by hand):
 /// nothing else would notice a deleted `passerelle.inbound`, whose partners' publishes the
 /// broker refuses meanwhile, nor a deleted `passerelle.dead`, which holds refused messages in
@@ -480,6 +484,7 @@ async fn keep_topology(
     metrics: Arc<crate::metrics::Metrics>,
     topology: Topology,
     gate: Arc<Backpressure>,
+    ingress: Arc<Ingress>,
     mut refused: Vec<String>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -493,7 +498,7 @@ async fn keep_topology(
         }
         let looked = tokio::time::timeout(TOPOLOGY_LOOK, async {
             let shared_present = topology.shared_present(&connection).await?;
-            if shared_present && refused.is_empty() {
+            if shared_present && refused.is_empty() && !ingress.has_unconsumed_queues() {
                 return Ok(None);
             }
             let now_refused = topology.declare_each(&connection).await?;
