@@ -17,6 +17,7 @@
 //! wait in their quorum queues, replicated and on disk. This module does not consume, publish
 //! or acknowledge anything itself.
 
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct Backpressure {
     high: u64,
     low: u64,
     blocked: AtomicBool,
+    /// `passerelle_amqp_blocked`, which follows `blocked`.
+    blocked_gauge: Gauge,
     over: AtomicBool,
     down: AtomicBool,
 }
@@ -51,12 +54,15 @@ impl std::fmt::Debug for Backpressure {
 impl Backpressure {
     /// A gate that closes when `depth()` (the outbox's depth) reaches `max` (at least 1), and
     /// opens again below nine tenths of it; it is also closed while `durable()` (whether the
-    /// store and the log can make a message durable) is false.
+    /// store and the log can make a message durable) is false. `blocked_gauge` is set to 1
+    /// while the broker blocks the connection, else 0.
     pub fn new(
         depth: impl Fn() -> u64 + Send + Sync + 'static,
         max: u64,
         durable: impl Fn() -> bool + Send + Sync + 'static,
+        blocked_gauge: Gauge,
     ) -> Arc<Self> {
+        blocked_gauge.set(0);
         let high = max.max(1);
         let low = (high - high / 10).max(1);
         Arc::new(Backpressure {
@@ -65,6 +71,7 @@ impl Backpressure {
             high,
             low,
             blocked: AtomicBool::new(false),
+            blocked_gauge,
             over: AtomicBool::new(false),
             down: AtomicBool::new(false),
         })
@@ -90,6 +97,7 @@ impl Backpressure {
     /// Records that the broker blocked (`Some(reason)`) or unblocked (`None`) the connection.
     pub fn set_blocked(&self, reason: Option<&str>) {
         let blocked = reason.is_some();
+        self.blocked_gauge.set(i64::from(blocked));
         if self.blocked.swap(blocked, Ordering::Relaxed) != blocked {
             match reason {
                 Some(reason) => tracing::warn!(
@@ -158,9 +166,11 @@ impl Backpressure {
         }
     }
 
-    /// Clears the blocked state (a new connection starts unblocked).
+    /// Clears the blocked state (a new connection starts unblocked, and a connection ended
+    /// blocks nothing).
     pub fn reset(&self) {
         self.blocked.store(false, Ordering::Relaxed);
+        self.blocked_gauge.set(0);
     }
 }
 
@@ -173,7 +183,12 @@ mod tests {
     fn closes_at_the_bound_and_opens_below_nine_tenths() {
         let depth = Arc::new(AtomicU64::new(0));
         let reader = depth.clone();
-        let gate = Backpressure::new(move || reader.load(Ordering::Relaxed), 100, || true);
+        let gate = Backpressure::new(
+            move || reader.load(Ordering::Relaxed),
+            100,
+            || true,
+            Gauge::default(),
+        );
         assert!(gate.is_open());
         depth.store(99, Ordering::Relaxed);
         assert!(gate.is_open());
@@ -193,7 +208,12 @@ mod tests {
     fn closes_while_nothing_can_be_made_durable() {
         let sound = Arc::new(AtomicBool::new(true));
         let reader = sound.clone();
-        let gate = Backpressure::new(|| 0, 100, move || reader.load(Ordering::Relaxed));
+        let gate = Backpressure::new(
+            || 0,
+            100,
+            move || reader.load(Ordering::Relaxed),
+            Gauge::default(),
+        );
         assert!(gate.is_open());
         sound.store(false, Ordering::Relaxed);
         assert!(!gate.is_open());
@@ -204,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_gate_gives_way_to_shutdown() {
-        let gate = Backpressure::new(|| 10, 1, || true);
+        let gate = Backpressure::new(|| 10, 1, || true, Gauge::default());
         let (stop_tx, mut stop) = watch::channel(false);
         let waiter = tokio::spawn(async move { gate.wait_open(&mut stop).await });
         tokio::time::sleep(Duration::from_millis(120)).await;

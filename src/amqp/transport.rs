@@ -148,6 +148,7 @@ impl AmqpTransport {
             move || store.pending_deliveries(),
             settings.max_outbox,
             move || crate::delivery::can_record(&sound),
+            gateway.metrics.amqp_blocked.clone(),
         );
         let egress = Arc::new(Egress::new(
             gateway.clone(),
@@ -207,6 +208,8 @@ impl AmqpTransport {
             let started = Instant::now();
             let end = self.session(&connection, &mut shutdown).await;
             self.set_ready(false);
+            // A connection that ended is blocked no more (and `passerelle_amqp_blocked` says so).
+            self.gate.reset();
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "OK".into())).await;
             match end {
                 Ok(SessionEnd::Shutdown) => break,
@@ -234,9 +237,6 @@ impl AmqpTransport {
     fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
         self.gateway.metrics.amqp_connected.set(i64::from(ready));
-        if !ready {
-            self.gateway.metrics.amqp_blocked.set(0);
-        }
     }
 
     /// One session on `connection`: declare, consume, publish, until shutdown or a failure.
@@ -254,7 +254,6 @@ impl AmqpTransport {
             self.gate
                 .set_blocked(Some("blocked before the session started"));
         }
-        self.gateway.metrics.amqp_blocked.set(i64::from(blocked));
         // A broker that accepted the connection can still leave a declaration or a consumer
         // unanswered (while it is starting or stopping, or under a partition): each step of the
         // setup gets the connection's time limit, so that readiness never waits on one forever,
@@ -321,7 +320,6 @@ impl AmqpTransport {
         tasks.spawn(watch_connection(
             events,
             dead_letter_channel,
-            self.gateway.metrics.clone(),
             self.gate.clone(),
             stop_tx.clone(),
             stop_rx.clone(),
@@ -390,7 +388,6 @@ impl AmqpTransport {
 async fn watch_connection(
     events: impl Stream<Item = Event> + Send + 'static,
     dead_letters: lapin::Channel,
-    metrics: Arc<crate::metrics::Metrics>,
     gate: Arc<Backpressure>,
     stop_session: Arc<watch::Sender<bool>>,
     mut stop: watch::Receiver<bool>,
@@ -401,11 +398,9 @@ async fn watch_connection(
             event = events.next() => match event {
                 Some(Event::ConnectionBlocked(reason)) => {
                     gate.set_blocked(Some(&reason));
-                    metrics.amqp_blocked.set(1);
                 }
                 Some(Event::ConnectionUnblocked) => {
                     gate.set_blocked(None);
-                    metrics.amqp_blocked.set(0);
                 }
                 Some(Event::Error(error))
                     if closed_one_channel(&error) && dead_letters.status().connected() =>
