@@ -1,11 +1,12 @@
 //! Folders whose new entries survive a crash. A file's own sync makes its bytes durable, not
 //! its name: the name lives in the folder, which needs a sync of its own. This module owns
-//! those syncs, and the one way the gateway replaces a small file whole ([`replace_file`]).
+//! those syncs, and the one way the gateway writes a small file whole: over the old one
+//! ([`replace_file`]) or where there was none ([`create_file`]).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-/// Who may read a file that [`replace_file`] writes.
+/// Who may read a file that [`replace_file`] or [`create_file`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readers {
     /// Its owner only (mode 0600): keys, records of the gateway's own.
@@ -17,11 +18,37 @@ pub enum Readers {
 
 /// Replaces the contents of `path` by `data`, atomically and durably: written to a temporary
 /// file beside it (its name and `.tmp`), synced, renamed over `path`, and the folder synced. A
-/// crash leaves either the old contents or the new, never a part.
+/// crash leaves either the old contents or the new, never a part; a failure leaves the old
+/// contents, and no temporary file.
+pub fn replace_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<()> {
+    stage_file(path, data, readers)?.replace()
+}
+
+/// Creates `path` with `data`, whole and durably, or fails with
+/// [`io::ErrorKind::AlreadyExists`] when it is there: written and synced beside it as
+/// [`replace_file`] does, then linked to its name, which fails rather than write over another
+/// file. A failure (a full disk, say) leaves neither `path` nor a part of it: a key or a
+/// bundle cut short would stand in the way of the next try, and be taken for a whole one.
+pub fn create_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<()> {
+    stage_file(path, data, readers)?.create()
+}
+
+/// A file's new contents, written whole and synced beside it, not yet in its place: put there
+/// with [`Staged::replace`] or [`Staged::create`]. Dropped before, it is removed. Staging
+/// several files first, and then putting each in place, leaves them all as they were when
+/// writing one fails.
+#[derive(Debug)]
+pub struct Staged {
+    temporary: PathBuf,
+    path: PathBuf,
+    in_place: bool,
+}
+
+/// Writes `data` to a temporary file beside `path` (its name and `.tmp`) and syncs it.
 ///
 /// A temporary file left by a crash is removed first: opened again, it would keep its old
 /// permissions, which `readers` would not change.
-pub fn replace_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<()> {
+pub fn stage_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<Staged> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
@@ -36,11 +63,41 @@ pub fn replace_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<()
         options.mode(0o600);
     }
     let mut file = options.open(&temporary)?;
+    // From here on, the temporary file is removed should anything fail.
+    let staged = Staged {
+        temporary,
+        path: path.to_owned(),
+        in_place: false,
+    };
     file.write_all(data)?;
     file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)?;
-    sync_parent(path)
+    Ok(staged)
+}
+
+impl Staged {
+    /// Renames the new contents over the file (made if missing) and syncs its folder.
+    pub fn replace(mut self) -> io::Result<()> {
+        std::fs::rename(&self.temporary, &self.path)?;
+        self.in_place = true;
+        sync_parent(&self.path)
+    }
+
+    /// Links the new contents to the file's name, failing with
+    /// [`io::ErrorKind::AlreadyExists`] when a file has it, then syncs its folder.
+    pub fn create(mut self) -> io::Result<()> {
+        std::fs::hard_link(&self.temporary, &self.path)?;
+        self.in_place = true;
+        std::fs::remove_file(&self.temporary)?;
+        sync_parent(&self.path)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.in_place {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
 }
 
 /// Syncs a folder, so that the files and folders created or renamed in it are durable. An
@@ -121,5 +178,32 @@ mod tests {
         replace_file(&path, b"public", Readers::AsTheUmaskSays).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"public");
         assert!(replace_file(&root.path().join("missing/key"), b"x", Readers::Owner).is_err());
+    }
+
+    #[test]
+    fn a_file_created_whole_writes_over_nothing_and_leaves_nothing_when_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("bundle.json");
+        create_file(&path, b"first", Readers::AsTheUmaskSays).unwrap();
+        let refused = create_file(&path, b"second", Readers::AsTheUmaskSays).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["bundle.json"], "no temporary file left");
+    }
+
+    #[test]
+    fn staged_files_dropped_before_their_place_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("ca.pem");
+        std::fs::write(&path, "old").unwrap();
+        let staged = stage_file(&path, b"new", Readers::AsTheUmaskSays).unwrap();
+        assert!(root.path().join("ca.pem.tmp").exists());
+        drop(staged);
+        assert!(!root.path().join("ca.pem.tmp").exists());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
     }
 }

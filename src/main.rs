@@ -79,13 +79,23 @@ fn main() -> ExitCode {
         Command::Demo(args) => args.run(),
         Command::Load(args) => args.run(),
     };
-    match outcome {
+    let code = match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!(
                 "error: {}",
                 each_cause_once(error.chain().map(ToString::to_string))
             );
+            ExitCode::FAILURE
+        }
+    };
+    match cli::output::failure() {
+        None => code,
+        // The reader stopped reading (`| head`): what it did not read it did not want, and
+        // saying so would only add noise; the status still says the output was cut short.
+        Some(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
+        Some(error) => {
+            eprintln!("error: writing standard output: {error}; the output is incomplete");
             ExitCode::FAILURE
         }
     }

@@ -18,18 +18,11 @@ use passerelle::audit::{
     AuditError, AuditLog, Checkpoint, Fact, Flight, Kind, Leaf, NoteSigner, NoteVerifier, Options,
     Query, Receipt, TlogProof, Transport,
 };
-use std::io::{Read, Write};
+use passerelle::durable_folders::{Readers, create_file};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-/// Prints a line on standard output. Output cut short by the reader (as
-/// with `| head`) is not an error worth a panic; the exit status still tells.
-macro_rules! say {
-    ($($t:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($t)*);
-    }};
-}
 
 /// Auditor commands.
 #[derive(Debug, Subcommand)]
@@ -219,7 +212,6 @@ impl AuditCommand {
 }
 
 fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
-    use std::os::unix::fs::OpenOptionsExt;
     if !passerelle::audit::note::is_valid_key_name(name) {
         bail!(
             "{name:?} is not a log name: it must be non-empty, with no space and no `+` (for \
@@ -235,18 +227,32 @@ fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
         passerelle::durable_folders::create_folders(folder)
             .with_context(|| format!("creating the folder {}", folder.display()))?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(out)
-        .with_context(|| format!("creating {}", out.display()))?;
-    f.write_all(signer.to_signer_key().as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    passerelle::durable_folders::sync_parent(out)
-        .with_context(|| format!("syncing the folder of {}", out.display()))?;
+    // Kept in a buffer that is wiped when dropped, as the key itself is.
+    let mut key = signer.to_signer_key();
+    key.push('\n');
+    match create_file(out, key.as_bytes(), Readers::Owner) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} exists already: a key is not written over another; give a new name, or remove \
+             the old file first",
+            out.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("writing the key to {}", out.display())),
+    }
     say!("{}", signer.verifier().to_verifier_key());
+    if super::output::has_failed() {
+        // The verifier key is printed here only: a key kept without it could not be checked
+        // against (and a second try would be refused for the file being there).
+        std::fs::remove_file(out)
+            .and_then(|()| passerelle::durable_folders::sync_parent(out))
+            .with_context(|| format!("removing {}", out.display()))?;
+        eprintln!(
+            "error: the verifier key could not be printed, so {} is removed again: run the \
+             command again",
+            out.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -723,22 +729,15 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.bundle {
         // A bundle is evidence: one already there (an earlier trail's) is not written over.
         let bundle = t.to_bundle()?;
-        let mut file = match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-        {
-            Ok(file) => file,
+        match create_file(path, &bundle, Readers::AsTheUmaskSays) {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
                 "{} exists already: a bundle is not written over another; give a new name, or \
                  remove the old file first",
                 path.display()
             ),
             Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
-        };
-        file.write_all(&bundle)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", path.display()))?;
+        }
         say!(
             "bundle written to {} ({})",
             path.display(),
@@ -976,7 +975,7 @@ fn erase(log: &Path, signer: &Path, case: &str) -> anyhow::Result<ExitCode> {
     };
     log.close().context("closing the log")?;
     // The case id is not printed: the receipt's index is what the operator records.
-    println!(
+    say!(
         "erased: its keys are destroyed; erasure recorded at index {}",
         receipt.index
     );
@@ -997,12 +996,11 @@ fn stress(
         ..Options::default()
     };
     let log = AuditLog::open(log, signer, &origin, options).context("opening the log")?;
-    let stdout = std::sync::Mutex::new(std::io::stdout());
     let threads = threads.max(1);
     std::thread::scope(|s| -> anyhow::Result<()> {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (log, stdout) = (&log, &stdout);
+                let log = &log;
                 s.spawn(move || -> anyhow::Result<()> {
                     let mut i = t;
                     while i < count {
@@ -1014,11 +1012,7 @@ fn stress(
                         fact.case_id = Some(format!("RVA-2026-{:06}", i % 37));
                         fact.personal.native = Some(format!("native {i}").into_bytes());
                         let r = log.append(&fact)?;
-                        let mut out = stdout
-                            .lock()
-                            .map_err(|_| anyhow::anyhow!("stdout poisoned"))?;
-                        writeln!(out, "ack {} stress-{i}", r.index)?;
-                        out.flush()?;
+                        say!("ack {} stress-{i}", r.index);
                         i += threads;
                     }
                     Ok(())

@@ -63,9 +63,9 @@ impl CertsCommand {
                     } else {
                         cert.names.as_str()
                     };
-                    println!("{:<24} {:<40} {}", cert.name, names, cert.fingerprint);
+                    say!("{:<24} {:<40} {}", cert.name, names, cert.fingerprint);
                 }
-                println!(
+                say!(
                     "wrote {} certificates, their keys and {} into {}",
                     pki.certificates.len(),
                     pki.crl
@@ -82,17 +82,17 @@ impl CertsCommand {
                 let identity = tls::peer_identity(&certs)
                     .with_context(|| format!("reading {}", file.display()))?;
                 if identity.uris.is_empty() {
-                    println!("uri: (none: the gateway cannot identify this certificate's holder)");
+                    say!("uri: (none: the gateway cannot identify this certificate's holder)");
                 }
                 for uri in &identity.uris {
-                    println!("uri: {uri}");
+                    say!("uri: {uri}");
                 }
-                println!("fingerprint: {}", identity.fingerprint);
+                say!("fingerprint: {}", identity.fingerprint);
                 // The CA the file's chain leads to (the last certificate's issuer, above any
                 // intermediate the file holds), in the form the registry's `issuer` takes (see
                 // `tls::issuers`).
                 if let Some(issuer) = certs.last().and_then(tls::issuers::issuer_name) {
-                    println!("issuer: {issuer}");
+                    say!("issuer: {issuer}");
                 }
                 Ok(ExitCode::SUCCESS)
             }

@@ -198,20 +198,25 @@ async fn all_dead_letters(base: &str) -> anyhow::Result<Vec<Value>> {
 async fn dead(base: &str, json: bool) -> anyhow::Result<ExitCode> {
     let list = all_dead_letters(base).await?;
     if json {
-        println!("{}", Value::Array(list));
+        say!("{}", Value::Array(list));
         return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
-        println!("no dead letters");
+        say!("no dead letters");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:>8}  {:<22} {:<8} {:>8}  {:<26} {:<24} event",
-        "id", "recipient", "channel", "attempts", "last error", "created"
+        "id",
+        "recipient",
+        "channel",
+        "attempts",
+        "last error",
+        "created"
     );
     for d in &list {
         let text = |key: &str| d[key].as_str().unwrap_or("-").to_owned();
-        println!(
+        say!(
             "{:>8}  {:<22} {:<8} {:>8}  {:<26} {:<24} {} {}",
             // As text: a JSON value's Display ignores the width.
             d["id"].to_string(),
@@ -224,7 +229,7 @@ async fn dead(base: &str, json: bool) -> anyhow::Result<ExitCode> {
             text("event_id"),
         );
     }
-    println!("{} dead letter(s)", list.len());
+    say!("{} dead letter(s)", list.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -250,9 +255,9 @@ async fn change(base: &str, ids: &[u64], what: Change) -> anyhow::Result<ExitCod
                 .and_then(|answer| answer["channel"].as_str().map(str::to_owned));
             match channel {
                 Some(channel) if what == Change::Redeliver => {
-                    println!("delivery {id}: {} ({channel})", what.done());
+                    say!("delivery {id}: {} ({channel})", what.done());
                 }
-                _ => println!("delivery {id}: {}", what.done()),
+                _ => say!("delivery {id}: {}", what.done()),
             }
         } else {
             failed += 1;

@@ -224,7 +224,7 @@ async fn start_broker() -> Option<Broker> {
     if !broker::is_installed() {
         return None;
     }
-    println!("Starting a private RabbitMQ broker on loopback for the AMQP partners...");
+    say!("Starting a private RabbitMQ broker on loopback for the AMQP partners...");
     let started = tokio::task::spawn_blocking(|| {
         let broker = Broker::try_start()?;
         define_users(&broker)?;
@@ -233,7 +233,7 @@ async fn start_broker() -> Option<Broker> {
     .await;
     match started {
         Ok(Ok(broker)) => {
-            println!(
+            say!(
                 "RabbitMQ is up (amqps://127.0.0.1:{}), in {:.1} s.\n",
                 broker.amqps_port(),
                 broker.start_time().as_secs_f64()
@@ -241,7 +241,7 @@ async fn start_broker() -> Option<Broker> {
             Some(broker)
         }
         Ok(Err(why)) => {
-            println!("RabbitMQ did not start: {}", why.trim());
+            say!("RabbitMQ did not start: {}", why.trim());
             None
         }
         Err(_) => None,
@@ -462,7 +462,7 @@ impl DemoArgs {
 
 async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    println!("Passerelle demo: the return of case {CASE}\n");
+    say!("Passerelle demo: the return of case {CASE}\n");
 
     let received: Inbox = Arc::default();
     let (dgsn_port, dgsn) = start_webhook_endpoint("ma.dgsn", received.clone())?;
@@ -477,7 +477,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
         broker.is_none(),
     )?;
     if !moved.is_empty() {
-        println!(
+        say!(
             "RabbitMQ is not available here (Debian package rabbitmq-server): the AMQP partners \
              ({}) use REST instead.\n",
             moved.join(", ")
@@ -511,7 +511,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
         wait_until_ready(&gateway).await?;
     }
     let base = format!("https://localhost:{}", gateway.addr.port());
-    println!(
+    say!(
         "gateway: https://{} (mutual TLS, development PKI), admin http://{}, data in {}\n",
         gateway.addr,
         gateway.admin_addr,
@@ -519,7 +519,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     );
 
     // 1. Every partner sends its part of the story.
-    println!("1. The partners send their messages");
+    say!("1. The partners send their messages");
     for (n, step) in STEPS.iter().enumerate() {
         let body = std::fs::read(step.file).with_context(|| format!("reading {}", step.file))?;
         if let Some(broker) = broker
@@ -527,7 +527,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
             .filter(|_| amqp_partners.contains(&step.partner))
         {
             let ack = send_over_amqp(broker, &gateway, step, &body).await?;
-            println!(
+            say!(
                 "   {:>2}. {:<24} {} -> published on AMQP, accepted ({}), logged at index {}",
                 n + 1,
                 step.partner,
@@ -535,7 +535,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
                 ack.event_type,
                 ack.log_index
             );
-            println!("        routed to: {}", ack.recipients.join(", "));
+            say!("        routed to: {}", ack.recipients.join(", "));
             continue;
         }
         let response = super::partner_client(step.partner)?
@@ -566,7 +566,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
             .flatten()
             .filter_map(|r| r.as_str())
             .collect();
-        println!(
+        say!(
             "   {:>2}. {:<24} {} -> {} ({}), logged at index {}{}",
             n + 1,
             step.partner,
@@ -580,11 +580,11 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
                 format!(", anomalies: {}", anomalies.join(", "))
             }
         );
-        println!("        routed to: {}", recipients.join(", "));
+        say!("        routed to: {}", recipients.join(", "));
     }
 
     // 2. Every recipient gets its messages, in its own format.
-    println!("\n2. The recipients receive them, each in its own format");
+    say!("\n2. The recipients receive them, each in its own format");
     let mut inbox_partners = vec!["ma.interieur", "sn.consulat.casablanca", "iom.ma"];
     inbox_partners.extend(moved.iter().map(String::as_str));
     for partner in &inbox_partners {
@@ -616,7 +616,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
             .flat_map(|m| m["withheld"].as_array().cloned().unwrap_or_default())
             .filter_map(|w| w.as_str().map(str::to_owned))
             .collect();
-        println!(
+        say!(
             "   {:<24} inbox: {} message(s) ({}), acknowledged{}",
             partner,
             messages.len(),
@@ -639,7 +639,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|(content_type, kind)| format!("{content_type} {kind}"))
                 .collect();
-            println!(
+            say!(
                 "   {:<24} AMQP queue {}: {} message(s) ({})",
                 partner,
                 outbound_queue(partner),
@@ -660,7 +660,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|r| format!("{} {}", r.content_type, message_kind(&r.body)))
             .collect();
-        println!(
+        say!(
             "   {:<24} webhook: {} message(s) pushed ({})",
             recipient,
             mine.len(),
@@ -669,11 +669,11 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     }
     let left = gateway.gateway.store.pending_deliveries();
     if left > 0 {
-        println!("   {left} deliveries are still waiting");
+        say!("   {left} deliveries are still waiting");
     }
 
     // 3. The auditor reads the case's trail and verifies it offline.
-    println!("\n3. The auditor reads the trail of case {CASE}");
+    say!("\n3. The auditor reads the trail of case {CASE}");
     let log = gateway.gateway.log.clone();
     let verifier = log.verifier().clone();
     tokio::task::spawn_blocking(move || log.sync()).await??;
@@ -688,24 +688,24 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     let bundle_path = dir.join(format!("evidence-{CASE}.json"));
     std::fs::write(&bundle_path, &bundle)?;
     let verified = verify_bundle(&bundle, Some(&verifier)).context("verifying the bundle")?;
-    println!(
+    say!(
         "   checkpoint: {} entries, signed by {}",
         verified.checkpoint.size,
         verifier.to_verifier_key()
     );
     for (index, leaf) in &verified.entries {
-        println!(
+        say!(
             "   {index:>5}  {}  {}  [inclusion proof and signature verified]",
             leaf.time,
             super::audit::describe(leaf)
         );
     }
-    println!(
+    say!(
         "\n   {} entries for the case, every one verified against the signed checkpoint.",
         verified.entries.len()
     );
-    println!("   Evidence bundle: {}", bundle_path.display());
-    println!(
+    say!("   Evidence bundle: {}", bundle_path.display());
+    say!(
         "   Check it yourself, with that none of the case's entries is left out:\n   \
          passerelle audit verify-bundle {} --key '{}' --complete-in {}",
         bundle_path.display(),
@@ -733,14 +733,14 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     let proof_path = dir.join(format!("proof-{event_id}.txt"));
     std::fs::write(&receipt_path, receipt)?;
     std::fs::write(&proof_path, proof)?;
-    println!(
+    say!(
         "\n4. The receipt of the laissez-passer {event_id} (log index {}), and its inclusion \
          proof: {} and {}",
         answer["log_index"],
         receipt_path.display(),
         proof_path.display()
     );
-    println!(
+    say!(
         "   Check them yourself:\n   passerelle audit verify-receipt {} --key '{}' --proof {}",
         receipt_path.display(),
         verifier.to_verifier_key(),
@@ -753,7 +753,7 @@ async fn play(dir: PathBuf) -> anyhow::Result<ExitCode> {
     if let Some(mut broker) = broker {
         tokio::task::spawn_blocking(move || broker.stop()).await?;
     }
-    println!(
+    say!(
         "\nThe demo took {:.1} s. Run it again at will: it starts from an empty {}.",
         started.elapsed().as_secs_f64(),
         dir.display()

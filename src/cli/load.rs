@@ -331,10 +331,10 @@ fn report(name: &str, runs: &[RunResult]) -> Summary {
     let errors: u64 = runs.iter().map(|r| r.errors).sum();
     let gateway_cpu = median(runs.iter().map(|r| r.gateway_cpu_us).collect());
     let generator_cpu = median(runs.iter().map(|r| r.generator_cpu_us).collect());
-    println!(
+    say!(
         "{name:<14} {rate:>10.0} msg/s   p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   peak RSS {rss:>6.1} MB   errors {errors}"
     );
-    println!(
+    say!(
         "{:<14} CPU per message: gateway {gateway_cpu:.0} µs, load generator {generator_cpu:.0} µs",
         ""
     );
@@ -353,7 +353,7 @@ fn report(name: &str, runs: &[RunResult]) -> Summary {
             format!("{part} {used:.0}")
         })
         .collect();
-    println!("{:<14} gateway threads (µs): {}", "", by_part.join(", "));
+    say!("{:<14} gateway threads (µs): {}", "", by_part.join(", "));
     Summary {
         rate,
         p99_ms: p99,
@@ -379,7 +379,7 @@ impl LoadArgs {
             .build()?;
         let mut full = Vec::new();
         let mut floor = Vec::new();
-        println!(
+        say!(
             "{} clients, {} s per run, {} rounds, message {}",
             self.clients,
             self.seconds,
@@ -389,7 +389,7 @@ impl LoadArgs {
         for round in 0..self.rounds {
             if !self.skip_floor {
                 let r = run_once(&runtime, true, &self, &template, round)?;
-                println!(
+                say!(
                     "round {round} floor: {:.0} msg/s, p99 {:.2} ms",
                     r.rate,
                     r.p99.as_secs_f64() * 1e3
@@ -397,7 +397,7 @@ impl LoadArgs {
                 floor.push(r);
             }
             let r = run_once(&runtime, false, &self, &template, round)?;
-            println!(
+            say!(
                 "round {round} full:  {:.0} msg/s, p99 {:.2} ms, peak RSS {:.1} MB",
                 r.rate,
                 r.p99.as_secs_f64() * 1e3,
@@ -405,13 +405,13 @@ impl LoadArgs {
             );
             full.push(r);
         }
-        println!("\nmedians over {} rounds:", self.rounds);
+        say!("\nmedians over {} rounds:", self.rounds);
         let floor = (!floor.is_empty()).then(|| report("floor", &floor));
         let full = report("full pipeline", &full);
-        println!("\ntargets:");
+        say!("\ntargets:");
         if let Some(floor) = floor {
             let ratio = full.rate / floor.rate.max(1.0);
-            println!(
+            say!(
                 "  full pipeline at {:.0} % of the floor or more: {:.1} %, {}",
                 TARGET_RATIO * 100.0,
                 ratio * 100.0,
@@ -421,18 +421,18 @@ impl LoadArgs {
             // per message to the gateway once the generator has taken its share.
             let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
             let budget = cores * 1e6 / (TARGET_RATIO * floor.rate).max(1.0) - full.generator_cpu_us;
-            println!(
+            say!(
                 "    on {cores} cores, that rate leaves about {budget:.0} µs of gateway CPU per \
                  message; the full pipeline uses {:.0} µs",
                 full.gateway_cpu_us
             );
         }
-        println!(
+        say!(
             "  p99 under {TARGET_P99_MS} ms: {:.2} ms, {}",
             full.p99_ms,
             verdict(full.p99_ms < TARGET_P99_MS)
         );
-        println!(
+        say!(
             "  peak RSS under {TARGET_RSS_MB} MB: {:.1} MB, {}",
             full.rss_mb,
             verdict(full.rss_mb < TARGET_RSS_MB)

@@ -3,7 +3,6 @@
 use anyhow::Context;
 use clap::{ArgGroup, Subcommand};
 use passerelle::mapping::{Decoded, MappingSet, fixtures, pretty_json};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -60,12 +59,12 @@ impl MappingCommand {
                 let partners = set.partners().count();
                 let inbound: usize = set.partners().map(|p| p.inbound().len()).sum();
                 let outbound: usize = set.partners().map(|p| p.outbound().len()).sum();
-                println!(
+                say!(
                     "{partners} partners, {inbound} inbound and {outbound} outbound message kinds: no problem found"
                 );
                 if ids {
                     for partner in set.partners() {
-                        println!("{}: {}", partner.partner, partner.mapping_ids().join(" "));
+                        say!("{}: {}", partner.partner, partner.mapping_ids().join(" "));
                     }
                 }
                 Ok(ExitCode::SUCCESS)
@@ -91,7 +90,7 @@ impl MappingCommand {
                     return Ok(ExitCode::FAILURE);
                 }
                 let verb = if bless { "written" } else { "passed" };
-                println!(
+                say!(
                     "{} of {} fixtures {verb}",
                     outcomes.len() - failed.len(),
                     outcomes.len()
@@ -122,7 +121,6 @@ impl MappingCommand {
                     );
                     return Ok(ExitCode::FAILURE);
                 };
-                let mut stdout = std::io::stdout().lock();
                 if from.is_some() {
                     match partner.decode(&bytes) {
                         Ok(Decoded::Event(mapped)) => {
@@ -131,9 +129,9 @@ impl MappingCommand {
                             } else {
                                 mapped.to_canonical_json()
                             };
-                            stdout.write_all(&body)?;
+                            super::output::write(&body);
                             if !pretty {
-                                writeln!(stdout)?;
+                                super::output::write(b"\n");
                             }
                         }
                         Ok(Decoded::Ignored {
@@ -143,7 +141,7 @@ impl MappingCommand {
                             ..
                         }) => {
                             let outcome = serde_json::json!({"ignored": {"mapping": mapping_id, "kind": kind, "reason": reason}});
-                            stdout.write_all(pretty_json(&outcome).as_bytes())?;
+                            super::output::write(pretty_json(&outcome).as_bytes());
                         }
                         Err(error) => {
                             eprintln!("error: {error}");
@@ -168,9 +166,9 @@ impl MappingCommand {
                     }
                     match partner.encode(&event) {
                         Ok(encoded) => {
-                            stdout.write_all(&encoded.body)?;
+                            super::output::write(&encoded.body);
                             if encoded.content_type != "application/xml" {
-                                writeln!(stdout)?;
+                                super::output::write(b"\n");
                             }
                             eprintln!(
                                 "mapping {}; withheld: {}",

@@ -1,11 +1,20 @@
 //! Subcommands of the `passerelle` binary. Each file owns one subcommand family.
 
+/// Writes a line on standard output, as `println!` does, through [`output`]: a failed write
+/// neither panics nor passes unseen.
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::cli::output::line(format_args!($($t)*))
+    };
+}
+
 pub mod audit;
 pub mod certs;
 pub mod deliveries;
 pub mod demo;
 pub mod load;
 pub mod mapping;
+pub mod output;
 pub mod serve;
 
 /// An HTTPS client presenting the development certificate of `partner` (`certs/dev/`), for the

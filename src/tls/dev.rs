@@ -6,7 +6,7 @@
 //! certificates: every key it writes is meant to be committed, and so is public.
 
 use super::{PARTNER_URI_PREFIX, TlsFiles, fingerprint};
-use crate::durable_folders::{Readers, replace_file};
+use crate::durable_folders::{Readers, Staged, stage_file};
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
@@ -266,8 +266,18 @@ pub fn generate_dev_pki(out: &Path, partners: &[&str]) -> Result<DevPki, DevPkiE
         path: out.to_owned(),
         source,
     })?;
-    for file in &pending {
-        file.write()?;
+    // Every file is written and synced beside its place before any is put there: a failure
+    // (a full disk, a file that cannot be replaced) leaves the folder's PKI as it was, rather
+    // than new certificates beside an old CA's CRL.
+    let staged = pending
+        .iter()
+        .map(Pending::stage)
+        .collect::<Result<Vec<_>, _>>()?;
+    for (file, staged) in pending.iter().zip(staged) {
+        staged.replace().map_err(|source| DevPkiError::Write {
+            path: file.path.clone(),
+            source,
+        })?;
     }
     Ok(DevPki {
         certificates,
@@ -374,15 +384,15 @@ struct Pending {
 }
 
 impl Pending {
-    /// Writes the file whole (see [`crate::durable_folders::replace_file`]). Key files are
-    /// readable by their owner only.
-    fn write(&self) -> Result<(), DevPkiError> {
+    /// Writes the file whole beside its place (see [`crate::durable_folders::stage_file`]).
+    /// Key files are readable by their owner only.
+    fn stage(&self) -> Result<Staged, DevPkiError> {
         let readers = if self.secret {
             Readers::Owner
         } else {
             Readers::AsTheUmaskSays
         };
-        replace_file(&self.path, self.contents.as_bytes(), readers).map_err(|source| {
+        stage_file(&self.path, self.contents.as_bytes(), readers).map_err(|source| {
             DevPkiError::Write {
                 path: self.path.clone(),
                 source,
