@@ -38,9 +38,12 @@ pub fn toml_error_unquoted(text: &str, error: &toml::de::Error) -> String {
 
 /// `message` with each value serde quotes said by its kind only: `string "…"` (escaped as
 /// Rust's `Debug` writes it) as `a string`, and `integer `…``, `floating point `…``, `boolean
-/// `…`` and `character `…`` likewise. Field and variant names, also between backticks, stay.
+/// `…`` and `character `…`` likewise; `unknown variant `…`` (a string that is none of an
+/// enumeration's names) as `an unknown value`. Field names and the names expected, also
+/// between backticks, stay.
 fn without_quoted_strings(message: &str) -> String {
-    const VALUES: [(&str, char, &str); 5] = [
+    const VALUES: [(&str, char, &str); 6] = [
+        ("unknown variant `", '`', "an unknown value"),
         ("string \"", '"', "a string"),
         ("integer `", '`', "an integer"),
         ("floating point `", '`', "a number"),

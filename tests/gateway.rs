@@ -4600,7 +4600,10 @@ async fn a_tls_file_that_cannot_be_used_stops_the_start_naming_the_setting() {
     .unwrap();
     type AuditChange = fn(&mut passerelle::config::AuditSettings, &std::path::Path);
     let cases: [(AuditChange, &str); 3] = [
-        (|audit, _| audit.origin = String::new(), "audit.origin \"\""),
+        (
+            |audit, _| audit.origin = String::new(),
+            "audit.origin is not a log name",
+        ),
         (
             |audit, key| {
                 audit.origin = "audit.example.ma/log-3".into();

@@ -968,7 +968,7 @@ mod tests {
             ),
             (
                 r#"{ mechanism = "kerberos" }"#,
-                "unknown variant `kerberos`",
+                "an unknown value, expected `external` or `plain`",
             ),
             (r#"{ user = "u" }"#, "missing field `mechanism`"),
         ] {

@@ -72,11 +72,11 @@ impl TryFrom<DeliveryEntry> for Delivery {
         let cloudevents = match (entry.mode.as_str(), entry.cloudevents.as_deref()) {
             ("amqp", None | Some("binary")) => CloudEventsMode::Binary,
             ("amqp", Some("structured")) => CloudEventsMode::Structured,
-            ("amqp", Some(other)) => {
-                return Err(format!(
-                    "unknown `cloudevents` {other:?}: it is \"binary\" (the default) or \
-                     \"structured\""
-                ));
+            ("amqp", Some(_)) => {
+                return Err(
+                    "unknown `cloudevents`: it is \"binary\" (the default) or \"structured\""
+                        .to_owned(),
+                );
             }
             (mode, Some(_)) => {
                 return Err(format!(
@@ -94,9 +94,10 @@ impl TryFrom<DeliveryEntry> for Delivery {
             )),
             ("inbox", None) => Ok(Delivery::Inbox),
             ("amqp", None) => Ok(Delivery::Amqp { cloudevents }),
-            (other, _) => Err(format!(
-                "unknown delivery mode {other:?}: the modes are \"inbox\", \"webhook\" and \"amqp\""
-            )),
+            _ => Err(
+                "unknown delivery `mode`: the modes are \"inbox\", \"webhook\" and \"amqp\""
+                    .to_owned(),
+            ),
         }
     }
 }
@@ -518,13 +519,22 @@ impl Registry {
                     "partner {id}: an auditor sends and receives no events"
                 ));
             }
+            if let Some(identity) = &entry.identity
+                && !is_uri(identity)
+            {
+                // Not quoted, as no value of the file is.
+                problems.push(format!(
+                    "partner {id}: identity is not a URI (such as urn:partner:{id}): it is the \
+                     URI subject alternative name its certificates carry"
+                ));
+            }
             if let Some(Delivery::Webhook { url }) = &entry.delivery
                 && let Err(why) = check_webhook_url(url)
             {
                 // Not quoted: a URL may carry a token or a password in its user part or query.
                 problems.push(format!("partner {id}: its webhook URL {why}"));
             }
-            for pin in &entry.fingerprints {
+            for (number, pin) in entry.fingerprints.iter().enumerate() {
                 let valid = pin.strip_prefix("sha256:").is_some_and(|hex| {
                     hex.len() == 64
                         && hex
@@ -533,7 +543,8 @@ impl Registry {
                 });
                 if !valid {
                     problems.push(format!(
-                        "partner {id}: fingerprint {pin:?} is not sha256:<64 lower-case hex>"
+                        "partner {id}: fingerprints, number {}, is not sha256:<64 lower-case hex>",
+                        number + 1
                     ));
                 }
             }
@@ -691,12 +702,12 @@ impl Registry {
             let id = &entry.id;
             match &entry.issuer {
                 Some(issuer) if issuers.ambiguous(issuer) => problems.push(format!(
-                    "partner {id}: issuer {issuer:?} is the printed name of several different \
+                    "partner {id}: its issuer is the printed name of several different \
                      CA names of the bundle (tls.ca): name its CA by the fingerprint of its \
                      certificate (issuer = \"sha256:…\")"
                 )),
                 Some(issuer) if !issuers.names(issuer) => problems.push(format!(
-                    "partner {id}: issuer {issuer:?} names no CA of the bundle (tls.ca)"
+                    "partner {id}: its issuer names no CA of the bundle (tls.ca)"
                 )),
                 None if cas.len() > 1 && entry.fingerprints.is_empty() => problems.push(format!(
                     "partner {id}: the CA bundle (tls.ca) holds {} CA certificates, so the \
@@ -955,6 +966,12 @@ fn warn_of_unwritable(mapping: &crate::mapping::PartnerMapping, listed: &[String
 /// Why a webhook URL cannot be called, if it cannot: it must parse, be `https://`, and name a
 /// host. (A URL that does not would fail every attempt, each one retried as if the endpoint
 /// were down, until the delivery is dead-lettered an hour later.)
+/// Whether `text` is an absolute URI, as a certificate's URI subject alternative name is: a
+/// scheme, then the rest, with no space or control character.
+fn is_uri(text: &str) -> bool {
+    !text.chars().any(|c| c.is_whitespace() || c.is_control()) && reqwest::Url::parse(text).is_ok()
+}
+
 fn check_webhook_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
     if parsed.scheme() != "https" {
@@ -1108,6 +1125,41 @@ mod tests {
         assert!(is_well_formed_partner_id("audit.igat"));
     }
 
+    #[test]
+    fn an_identity_must_be_a_uri() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mappings = MappingSet::load(&root.join("mappings")).unwrap();
+        let catalogue = Catalogue::embedded().unwrap();
+        let with = |identity: &str| {
+            let text = format!(
+                "[[partner]]\nid = \"audit.igat\"\nrole = \"auditor\"\nidentity = \"{identity}\"\n"
+            );
+            Registry::parse(&text, &catalogue, &mappings)
+        };
+        for identity in ["", "DIOP Awa", "partner", "urn:partner: x"] {
+            match with(identity) {
+                Err(RegistryError::Invalid(problems)) => assert!(
+                    problems.iter().any(|p| p
+                        == "partner audit.igat: identity is not a URI (such as \
+                            urn:partner:audit.igat): it is the URI subject alternative name its \
+                            certificates carry"),
+                    "{identity:?}: {problems:?}"
+                ),
+                other => panic!("{identity:?} accepted: {other:?}"),
+            }
+        }
+        // The entry is taken (the registry of one auditor still lacks its routing tables).
+        for identity in ["urn:partner:audit.igat", "https://igat.example/auditor"] {
+            match with(identity) {
+                Err(RegistryError::Invalid(problems)) => assert!(
+                    !problems.iter().any(|p| p.contains("identity")),
+                    "{identity}: {problems:?}"
+                ),
+                other => panic!("{identity}: {other:?}"),
+            }
+        }
+    }
+
     /// A self-signed CA certificate named `CN=<name>`, DER.
     fn ca_named(name: &str) -> rustls::pki_types::CertificateDer<'static> {
         let mut params = rcgen::CertificateParams::default();
@@ -1148,7 +1200,7 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems[0].starts_with("partner iom.sn: issuer \"sha256:"),
+            problems[0].starts_with("partner iom.sn: its issuer names no CA of the bundle"),
             "{problems:?}"
         );
         // Two: the unpinned entry without an issuer is named, the pinned one is not.
@@ -1176,8 +1228,7 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems[0]
-                == "partner ma.interieur: issuer \"CN=C\" names no CA of the bundle (tls.ca)"
+            problems[0] == "partner ma.interieur: its issuer names no CA of the bundle (tls.ca)"
                 && problems[1].contains("\"CN=A\" (sha256:"),
             "{problems:?}"
         );
@@ -1421,9 +1472,12 @@ airport_country = { Dakar = "Senegal" }
             ),
             (
                 r#"{ mode = "amqp", cloudevents = "json" }"#,
-                r#"unknown `cloudevents` "json""#,
+                "unknown `cloudevents`: it is",
             ),
-            (r#"{ mode = "push" }"#, r#"unknown delivery mode "push""#),
+            (
+                r#"{ mode = "push" }"#,
+                "unknown delivery `mode`: the modes are",
+            ),
             (r#"{ mode = "inbox", urll = "x" }"#, "unknown field `urll`"),
             (
                 r#"{ mode = "inbox", url = "https://u:pw-s3cret@x.example/hook?token=t0ken" }"#,
