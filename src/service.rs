@@ -483,8 +483,15 @@ impl RunningGateway {
         let log =
             tokio::task::spawn_blocking(move || AuditLog::open(&log_dir, signer, &origin, options))
                 .await?
-                .context("opening the audit log")?;
-        let store = Store::open(&config.paths.store()).context("opening the store")?;
+                .with_context(|| {
+                    format!(
+                        "opening the audit log {}",
+                        config.paths.audit_log().display()
+                    )
+                })?;
+        let store_path = config.paths.store();
+        let store = Store::open(&store_path)
+            .with_context(|| format!("opening the store {}", store_path.display()))?;
         log_not_behind_store(&log, &store)?;
         if store.created_now() && log.entries_at_open() > 0 {
             tracing::warn!(

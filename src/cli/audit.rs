@@ -535,7 +535,29 @@ fn partner_ref_arg(text: &str) -> Result<(String, String), String> {
 }
 
 fn query(args: &TrailArgs) -> anyhow::Result<Query> {
+    // A value that no entry can carry finds nothing: said, rather than `no entries`, which
+    // would read as a verdict on the log.
+    for (option, value) in [
+        ("--case", &args.case),
+        ("--lpc", &args.lpc),
+        ("--pnr", &args.pnr),
+        ("--pv", &args.pv),
+        ("--iom-case", &args.iom_case),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            bail!("{option} is empty: give the value to search for");
+        }
+    }
     if let Some(c) = &args.case {
+        let refusals = c
+            .strip_prefix("refused/")
+            .is_some_and(|sender| !sender.is_empty());
+        if !refusals && !passerelle::canonical::is_case_id(&c.to_ascii_uppercase()) {
+            bail!(
+                "--case takes a case id, RVA-YYYY-NNNNNN (RVA, a dash, the year, a dash and six \
+                 digits), or a sender's trail of refusals, refused/<sender>"
+            );
+        }
         return Ok(Query::Case(c.clone()));
     }
     if let Some(l) = &args.lpc {

@@ -22,15 +22,15 @@ use std::time::{Duration, Instant};
 /// Arguments of `passerelle load`.
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// Concurrent clients, each on its own keep-alive connection.
-    #[arg(long, default_value_t = 64)]
-    pub clients: usize,
-    /// Seconds of measurement per run (after one second of warm-up).
-    #[arg(long, default_value_t = 5)]
+    /// Concurrent clients, each on its own keep-alive connection (1 to 1024).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub clients: u16,
+    /// Seconds of measurement per run, after one second of warm-up (1 to 3600).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub seconds: u64,
-    /// Rounds; each runs the floor and the full pipeline once.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    /// Rounds; each runs the floor and the full pipeline once (1 to 100).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub rounds: u16,
     /// Only the full pipeline, without the floor.
     #[arg(long)]
     pub skip_floor: bool,
@@ -180,7 +180,7 @@ async fn drive(
     clients: usize,
     seconds: u64,
     template: Arc<String>,
-    round: usize,
+    round: u16,
 ) -> anyhow::Result<Driven> {
     let url = format!("https://localhost:{https}/v1/messages");
     let measuring = Arc::new(AtomicBool::new(false));
@@ -270,7 +270,7 @@ fn run_once(
     floor: bool,
     args: &LoadArgs,
     template: &Arc<String>,
-    round: usize,
+    round: u16,
 ) -> anyhow::Result<RunResult> {
     let gateway = start_gateway(floor)?;
     let pid = gateway.child.id();
@@ -282,7 +282,7 @@ fn run_once(
         drive(
             https,
             pid,
-            args.clients,
+            usize::from(args.clients),
             args.seconds,
             template.clone(),
             round,

@@ -73,7 +73,11 @@ impl MappingCommand {
                 let Some(set) = load(&mappings) else {
                     return Ok(ExitCode::FAILURE);
                 };
-                let outcomes = fixtures::run_all(&set, bless).context("reading the fixtures")?;
+                let outcomes = fixtures::run_all(&set, bless).context(if bless {
+                    "blessing the fixtures (those written before this error hold what the mappings give now)"
+                } else {
+                    "running the fixtures"
+                })?;
                 let failed: Vec<_> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
                 for outcome in &failed {
                     eprintln!(

@@ -120,11 +120,32 @@ fn strays(folder: &Path) -> Result<Vec<FixtureOutcome>, std::io::Error> {
     Ok(found)
 }
 
+/// An I/O error that names what was being done, and to which file or folder.
+fn at(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    let path = path.to_owned();
+    move |error| std::io::Error::new(error.kind(), format!("{doing} {}: {error}", path.display()))
+}
+
+/// Writes an expectation whole (see [`crate::durable_folders::replace_file`]): a write cut
+/// short would leave a fixture that fails for a reason of its own.
+fn write_whole(path: &Path, text: &str) -> Result<(), std::io::Error> {
+    crate::durable_folders::replace_file(
+        path,
+        text.as_bytes(),
+        crate::durable_folders::Readers::AsTheUmaskSays,
+    )
+    .map_err(at("writing", path))
+}
+
 /// The entries of a folder, sorted, but hidden ones (`.gitkeep`, `.DS_Store`).
 fn sorted_entries(folder: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
-    let mut entries = std::fs::read_dir(folder)?
-        .map(|entry| entry.map(|entry| entry.path()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut entries = std::fs::read_dir(folder)
+        .and_then(|entries| {
+            entries
+                .map(|entry| entry.map(|entry| entry.path()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(at("reading", folder))?;
     entries.retain(|path| !file_name(path).starts_with('.'));
     entries.sort();
     Ok(entries)
@@ -183,7 +204,7 @@ fn run_inbound(
     input: &Path,
     bless: bool,
 ) -> Result<FixtureOutcome, std::io::Error> {
-    let bytes = std::fs::read(input)?;
+    let bytes = std::fs::read(input).map_err(at("reading", input))?;
     let extension = input
         .extension()
         .and_then(|e| e.to_str())
@@ -199,7 +220,7 @@ fn run_inbound(
     }
     let actual_text = pretty_json(&actual);
     if bless {
-        std::fs::write(&expected_path, &actual_text)?;
+        write_whole(&expected_path, &actual_text)?;
         return Ok(FixtureOutcome {
             input: input.into(),
             failure: None,
@@ -230,10 +251,11 @@ fn run_outbound(
             failure: Some(message),
         })
     };
-    let event: Value = match serde_json::from_slice(&std::fs::read(input)?) {
-        Ok(event) => event,
-        Err(error) => return failed(format!("not JSON: {error}")),
-    };
+    let event: Value =
+        match serde_json::from_slice(&std::fs::read(input).map_err(at("reading", input))?) {
+            Ok(event) => event,
+            Err(error) => return failed(format!("not JSON: {error}")),
+        };
     let base = stem(input, ".event.json");
     let withheld_path = with_suffix(&base, ".withheld.json");
     let encoded = match partner.encode(&event) {
@@ -255,8 +277,8 @@ fn run_outbound(
     };
     let withheld_text = pretty_json(&json!(encoded.withheld));
     if bless {
-        std::fs::write(&expected_path, &actual_text)?;
-        std::fs::write(&withheld_path, &withheld_text)?;
+        write_whole(&expected_path, &actual_text)?;
+        write_whole(&withheld_path, &withheld_text)?;
         return Ok(FixtureOutcome {
             input: input.into(),
             failure: None,

@@ -406,6 +406,28 @@ pub fn is_well_formed_partner_id(id: &str) -> bool {
         })
 }
 
+/// Reads a registry file's text, without checking it. A refusal names the key at fault
+/// (`partner[3].delivery.url`) and its line, without quoting the line or the value: a webhook
+/// URL may carry a token.
+fn read_registry_file(text: &str) -> Result<RegistryFile, RegistryError> {
+    let refused = |message| RegistryError::File {
+        file: "registry".into(),
+        message,
+    };
+    let deserializer = toml::Deserializer::parse(text)
+        .map_err(|error| refused(crate::error_text::toml_error_unquoted(text, &error)))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let key = error.path().to_string();
+        let problem = crate::error_text::toml_error_unquoted(text, error.inner());
+        // The path is `.` when no key is at fault.
+        refused(if key == "." {
+            problem
+        } else {
+            format!("{key}: {problem}")
+        })
+    })
+}
+
 impl Registry {
     /// Reads and validates a registry file against the catalogue and the loaded mappings.
     pub fn load(
@@ -416,11 +438,14 @@ impl Registry {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|error| RegistryError::File {
             file: file.clone(),
-            message: error.to_string(),
+            message: format!("the partner registry cannot be read: {error}"),
         })?;
         Self::parse(&text, catalogue, mappings).map_err(|error| match error {
             RegistryError::File { message, .. } => RegistryError::File { file, message },
-            other => other,
+            RegistryError::Invalid(problems) => RegistryError::File {
+                file,
+                message: RegistryError::Invalid(problems).to_string(),
+            },
         })
     }
 
@@ -432,9 +457,9 @@ impl Registry {
             file: file.clone(),
             message: error.to_string(),
         })?;
-        let parsed: RegistryFile = toml::from_str(&text).map_err(|error| RegistryError::File {
-            file,
-            message: crate::error_text::toml_error_unquoted(&text, &error),
+        let parsed = read_registry_file(&text).map_err(|error| match error {
+            RegistryError::File { message, .. } => RegistryError::File { file, message },
+            other => other,
         })?;
         Ok(parsed.partners.into_iter().map(|p| p.id).collect())
     }
@@ -445,10 +470,7 @@ impl Registry {
         catalogue: &Catalogue,
         mappings: &MappingSet,
     ) -> Result<Self, RegistryError> {
-        let parsed: RegistryFile = toml::from_str(text).map_err(|error| RegistryError::File {
-            file: "registry".into(),
-            message: crate::error_text::toml_error_unquoted(text, &error),
-        })?;
+        let parsed = read_registry_file(text)?;
         let mut problems = Vec::new();
         let mut partners = BTreeMap::new();
         let mut by_identity = BTreeMap::new();
