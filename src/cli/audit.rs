@@ -199,14 +199,23 @@ impl AuditCommand {
             AuditCommand::VerifyReceipt { file, key, proof } => {
                 check_receipt(&file, &key, proof.as_deref())
             }
-            AuditCommand::Erase { log, signer, case } => erase(&log, &signer, &case),
+            AuditCommand::Erase { log, signer, case } => {
+                // What opening the log for writing finds and mends (a damaged public file put
+                // back from the journal, say) is said on standard error, as the gateway logs
+                // it: a repair that went unsaid would hide the sign of damage.
+                super::serve::init_logging_from("warn");
+                erase(&log, &signer, &case)
+            }
             AuditCommand::StressAppend {
                 log,
                 signer,
                 count,
                 threads,
                 interval_ms,
-            } => stress(&log, &signer, count, threads, interval_ms),
+            } => {
+                super::serve::init_logging_from("warn");
+                stress(&log, &signer, count, threads, interval_ms)
+            }
         }
     }
 }
