@@ -338,6 +338,7 @@ fn entries_bar(len: u64) -> indicatif::ProgressBar {
 
 fn verify(log: &Path, key: &str, since: Option<&Path>) -> anyhow::Result<ExitCode> {
     let v = verifier(key)?;
+    readable_folder(log)?;
     if log.join("log.json").is_file() && !log.join("tile").is_dir() {
         let parent = log.parent().unwrap_or(Path::new(".."));
         bail!(
@@ -664,6 +665,7 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
+    readable_folder(&args.log)?;
     if !args.log.join("private").is_dir() {
         let hint = nested_log_hint(&args.log, |nested| nested.join("private").is_dir());
         bail!(
@@ -914,6 +916,7 @@ fn check_receipt(file: &Path, key: &str, proof: Option<&Path>) -> anyhow::Result
 /// Checks that the log at `log` (a whole log folder or a copy of its public part) holds no
 /// entry of the bundle's case that the bundle leaves out.
 fn check_case_complete(bundle: &VerifiedBundle, log: &Path) -> anyhow::Result<ExitCode> {
+    readable_folder(log)?;
     let public = public_folder(log);
     let bar = entries_bar(bundle.checkpoint.size);
     let found = case_entries_missing(bundle, &public, &mut |done| bar.set_position(done));
@@ -960,7 +963,22 @@ fn nested_log_hint(folder: &Path, has_log: impl Fn(&Path) -> bool) -> String {
 
 /// Refuses a folder that holds no log: opening it for writing would start a new, empty log
 /// there, signed with the real key, and the command would then report on the wrong log.
+/// Refuses a log folder this process may not read, before a look for its files finds none
+/// and calls it no log: a copy closed to the auditor's user is not a missing or partial one.
+fn readable_folder(log: &Path) -> anyhow::Result<()> {
+    for folder in [log.to_owned(), log.join("public"), log.join("private")] {
+        match std::fs::read_dir(&folder) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                bail!("{} cannot be read: {e}", folder.display())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn existing_log(log: &Path) -> anyhow::Result<()> {
+    readable_folder(log)?;
     let has_log = |folder: &Path| folder.join("private/log.json").is_file();
     if has_log(log) {
         return Ok(());
