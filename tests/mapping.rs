@@ -651,6 +651,46 @@ reason = { const = "other" }
 }
 
 #[test]
+fn lint_locates_a_broken_shared_file_at_its_line() {
+    let scratch = scratch_with(
+        "policies.toml",
+        "[roles.consulate]\nwithhold = []\n\n[roles.iom]\nwithhold = \"observations\"\n",
+    );
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    assert!(
+        diagnostics.iter().any(|d| d.file.ends_with("policies.toml")
+            && (d.line, d.column) == (5, 12)
+            && d.message.contains("expected a sequence")),
+        "{diagnostics:#?}"
+    );
+    let shipped_policies = std::fs::read_to_string(mappings_dir().join("policies.toml")).unwrap();
+    let scratch = scratch_with("policies.toml", &shipped_policies);
+    let aliases = scratch.path().join("codelists/aliases.toml");
+    let text = std::fs::read_to_string(&aliases).unwrap();
+    std::fs::write(&aliases, format!("{text}[country\n")).unwrap();
+    let lines = text.lines().count();
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    assert!(
+        diagnostics
+            .iter()
+            .any(|d| d.file.ends_with("codelists/aliases.toml") && d.line == lines + 1),
+        "{diagnostics:#?}"
+    );
+    let scratch = scratch_with("policies.toml", &shipped_policies);
+    let countries = scratch.path().join("codelists/countries.csv");
+    let text = std::fs::read_to_string(&countries).unwrap();
+    std::fs::write(&countries, format!("{text}not,a,country\n")).unwrap();
+    let lines = text.lines().count();
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    assert!(
+        diagnostics
+            .iter()
+            .any(|d| d.file.ends_with("codelists/countries.csv") && d.line == lines + 1),
+        "{diagnostics:#?}"
+    );
+}
+
+#[test]
 fn lint_refuses_a_policy_pattern_that_names_no_field() {
     let scratch = scratch_with(
         "policies.toml",

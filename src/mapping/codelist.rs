@@ -27,7 +27,15 @@ pub enum CodeListError {
         /// What is wrong.
         message: String,
     },
-    /// The aliases file is malformed.
+    /// The aliases file is not TOML of the expected shape.
+    #[error("aliases.toml: {message}")]
+    AliasesSyntax {
+        /// What is wrong, without the line the TOML library would quote.
+        message: String,
+        /// Where in the file's text, when the TOML library says.
+        span: Option<std::ops::Range<usize>>,
+    },
+    /// The aliases file says what cannot be.
     #[error("aliases.toml: {0}")]
     Aliases(String),
 }
@@ -246,7 +254,10 @@ impl CountryLists {
             demonyms.push((cca3.clone(), dem_f.clone()));
         }
         let aliases: BTreeMap<String, BTreeMap<String, String>> = toml::from_str(aliases_toml)
-            .map_err(|error| CodeListError::Aliases(error.to_string()))?;
+            .map_err(|error: toml::de::Error| CodeListError::AliasesSyntax {
+                message: error.message().trim_end().to_owned(),
+                span: error.span(),
+            })?;
         let codes: BTreeSet<&str> = alpha2.iter().map(|(alpha3, _)| alpha3.as_str()).collect();
         for (table, entries) in &aliases {
             let keys_are_codes = match table.as_str() {

@@ -6,12 +6,13 @@
 //! lint error does not load: the gateway refuses to start on it.
 
 use super::codelist::{
-    COUNTRY, COUNTRY_ALPHA2, COUNTRY_DEMONYM_FR_F, CodeList, CountryLists, fold_clashes,
+    COUNTRY, COUNTRY_ALPHA2, COUNTRY_DEMONYM_FR_F, CodeList, CodeListError, CountryLists,
+    fold_clashes,
 };
 use super::diagnostics::{Diagnostic, Issue};
 use super::inbound::Matcher;
 use super::inbound::{IgnoreRule, InboundMapping};
-use super::policy::Policy;
+use super::policy::{Policy, PolicyError};
 use super::rule::CompileScope;
 use super::spec::{Format, MappingFile};
 use super::template::{Template, TemplateScope};
@@ -73,12 +74,41 @@ impl MappingSet {
             return Err(diagnostics);
         }
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        let countries = CountryLists::build(&text(&shared[0]), &text(&shared[1]))
-            .map_err(|e| vec![file_error("codelists", e.to_string())])?;
-        let policy = Arc::new(
-            Policy::parse(&text(&shared[2]))
-                .map_err(|e| vec![file_error("policies.toml", e.to_string())])?,
-        );
+        let countries = CountryLists::build(&text(&shared[0]), &text(&shared[1])).map_err(|e| {
+            vec![match e {
+                CodeListError::Csv { line, message } => Diagnostic {
+                    file: dir.join(SHARED_FILES[0]),
+                    line,
+                    column: 1,
+                    message,
+                },
+                CodeListError::AliasesSyntax {
+                    message,
+                    span: Some(span),
+                } => Diagnostic::locate(
+                    &dir.join(SHARED_FILES[1]),
+                    &text(&shared[1]),
+                    &Issue::at(span, message),
+                ),
+                CodeListError::AliasesSyntax { message, .. } | CodeListError::Aliases(message) => {
+                    file_error(SHARED_FILES[1], message)
+                }
+            }]
+        })?;
+        let policy_text = text(&shared[2]);
+        let policy = Arc::new(Policy::parse(&policy_text).map_err(|e| {
+            vec![match e {
+                PolicyError::Parse {
+                    message,
+                    span: Some(span),
+                } => Diagnostic::locate(
+                    &dir.join("policies.toml"),
+                    &policy_text,
+                    &Issue::at(span, message),
+                ),
+                other => file_error("policies.toml", other.to_string()),
+            }]
+        })?);
         let policy_issues = lint_policy(&policy, &catalogue, &schemas);
         if !policy_issues.is_empty() {
             return Err(policy_issues

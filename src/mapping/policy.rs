@@ -17,8 +17,13 @@ use std::collections::BTreeMap;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The file is not valid TOML of the expected shape.
-    #[error("{0}")]
-    Parse(String),
+    #[error("{message}")]
+    Parse {
+        /// What is wrong, without the line the TOML library would quote.
+        message: String,
+        /// Where in the text, when the TOML library says.
+        span: Option<std::ops::Range<usize>>,
+    },
     /// A pattern is malformed, or longer than one delivery's audit entry can name.
     #[error(
         "role {role}: pattern {pattern:?} must be dotted field names (a-z, 0-9, _) or `*`, of at \
@@ -106,7 +111,10 @@ impl Policy {
     /// Parses `policies.toml`.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile =
-            toml::from_str(text).map_err(|error| PolicyError::Parse(error.to_string()))?;
+            toml::from_str(text).map_err(|error: toml::de::Error| PolicyError::Parse {
+                message: error.message().trim_end().to_owned(),
+                span: error.span(),
+            })?;
         let mut roles = BTreeMap::new();
         for (role, spec) in file.roles {
             let mut patterns = Vec::new();
