@@ -146,7 +146,7 @@ pub enum TlsError {
         detail: String,
     },
     /// A file holds no item of the expected kind (for example a key where a certificate is due).
-    #[error("the {what} file {} holds no {what}", path.display())]
+    #[error("the {what} file {} holds no {what} in PEM form (-----BEGIN …-----; a DER file is not read)", path.display())]
     Empty {
         /// What the file should hold.
         what: &'static str,
@@ -325,7 +325,7 @@ pub enum TlsError {
     #[error("the peer presented no certificate")]
     NoPeerCertificate,
     /// The peer's end-entity certificate cannot be parsed.
-    #[error("the peer's certificate cannot be parsed: {0}")]
+    #[error("the end-entity certificate cannot be parsed as X.509: {0}")]
     PeerCertificate(String),
 }
 

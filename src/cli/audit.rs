@@ -847,10 +847,19 @@ fn check_receipt(file: &Path, key: &str, proof: Option<&Path>) -> anyhow::Result
         String::from_utf8(one_final_newline(bytes))
             .with_context(|| format!("{} is not text", path.display()))
     };
-    let receipt = match Receipt::verify(&read(file)?, &v) {
+    let receipt_text = read(file)?;
+    let receipt = match Receipt::verify(&receipt_text, &v) {
         Ok(receipt) => receipt,
         Err(e) => {
-            say!("FAILED: receipt: {e}");
+            // The gateway's JSON answer holds the receipt in its `receipt` field: a file of
+            // the whole answer is a common slip, worth a hint.
+            let hint = if receipt_text.trim_start().starts_with('{') {
+                " (this file is JSON: save the answer's receipt field alone, as `jq -r .receipt` \
+                 writes it)"
+            } else {
+                ""
+            };
+            say!("FAILED: receipt: {e}{hint}");
             return Ok(ExitCode::FAILURE);
         }
     };

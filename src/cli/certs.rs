@@ -1,7 +1,7 @@
 //! `passerelle certs …`: the development PKI, and the identity the gateway reads from a
 //! certificate.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Subcommand;
 use passerelle::registry::Registry;
 use passerelle::tls::{self, dev};
@@ -54,6 +54,12 @@ impl CertsCommand {
                     })?,
                 };
                 let partners: Vec<&str> = partners.iter().map(String::as_str).collect();
+                if out.exists() && !out.is_dir() {
+                    bail!(
+                        "{} is not a folder: --out names the folder to write into",
+                        out.display()
+                    );
+                }
                 let pki = dev::generate_dev_pki(&out, &partners).with_context(|| {
                     format!("generating the development PKI in {}", out.display())
                 })?;

@@ -55,9 +55,15 @@ impl MappingSet {
         if !dir.is_dir() {
             return Err(vec![Diagnostic::file(
                 dir,
-                "no such folder: the mappings folder holds the mapping files, codelists/ and \
-                 policies.toml"
-                    .into(),
+                format!(
+                    "{}: the mappings folder holds the mapping files, codelists/ and \
+                     policies.toml",
+                    if dir.exists() {
+                        "not a folder"
+                    } else {
+                        "no such folder"
+                    }
+                ),
             )]);
         }
         let mut shared = Vec::new();
