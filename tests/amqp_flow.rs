@@ -332,8 +332,8 @@ fn header(message: &Message, name: &str) -> Option<String> {
     }
 }
 
-/// The number of messages ready in a queue (not counting those a consumer holds).
-async fn ready(channel: &Channel, queue: &str) -> u32 {
+/// A queue as the broker has it, looked up passively on `channel` (a missing queue closes it).
+async fn passive_declaration(channel: &Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
     channel
         .queue_declare(
             queue.into(),
@@ -343,6 +343,17 @@ async fn ready(channel: &Channel, queue: &str) -> u32 {
             },
             FieldTable::default(),
         )
+        .await
+}
+
+/// A queue as the broker has it, looked up on a channel of its own.
+async fn look_up_queue(connection: &Connection, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    passive_declaration(&connection.create_channel().await?, queue).await
+}
+
+/// The number of messages ready in a queue (not counting those a consumer holds).
+async fn ready(channel: &Channel, queue: &str) -> u32 {
+    passive_declaration(channel, queue)
         .await
         .unwrap_or_else(|error| panic!("passive declaration of {queue}: {error}"))
         .message_count()
@@ -1285,19 +1296,21 @@ async fn one_partners_refused_queues_hold_back_no_other() {
         )
         .await
         .expect("a classic queue declared by hand");
-    blocking(move || {
-        broker.rabbitmqctl(&[
-            "set_permissions",
-            "-p",
-            VHOST,
-            "--",
-            GATEWAY_USER,
-            ".*",
-            ".*",
-            "^(?!passerelle\\.in\\.iom\\.sn$).*",
-        ])
-    })
-    .await;
+    let gateway_reads = move |queues: &'static str| {
+        blocking(move || {
+            broker.rabbitmqctl(&[
+                "set_permissions",
+                "-p",
+                VHOST,
+                "--",
+                GATEWAY_USER,
+                ".*",
+                ".*",
+                queues,
+            ])
+        })
+    };
+    gateway_reads("^(?!passerelle\\.in\\.iom\\.sn$).*").await;
     let gateway = TestGateway::start(broker, VHOST, gateway_support::ORIGIN, |_| {}).await;
     let embassy = partner_connection(broker, VHOST, EMBASSY).await;
     let publishing = amqp::publisher_channel(&embassy).await.expect("a channel");
@@ -1334,19 +1347,7 @@ async fn one_partners_refused_queues_hold_back_no_other() {
         )
         .await
         .expect("the queue declared by hand deleted");
-    blocking(move || {
-        broker.rabbitmqctl(&[
-            "set_permissions",
-            "-p",
-            VHOST,
-            "--",
-            GATEWAY_USER,
-            ".*",
-            ".*",
-            ".*",
-        ])
-    })
-    .await;
+    gateway_reads(".*").await;
     wait_for("both refusals mended", WAIT, async || {
         let declarations = gateway
             .metric("passerelle_amqp_refused_declarations", &[])
@@ -1355,36 +1356,12 @@ async fn one_partners_refused_queues_hold_back_no_other() {
         (declarations == 0.0 && queues == 0.0).then_some(())
     })
     .await;
-    // A passive declaration of a missing queue closes its channel: one of its own each.
-    let declared_again = admin
-        .create_channel()
-        .await
-        .expect("a channel")
-        .queue_declare(
-            outbound_queue("iom.sn").as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
+    let declared_again = look_up_queue(&admin, &outbound_queue("iom.sn")).await;
     assert!(
         declared_again.is_ok(),
         "the deleted queue was not declared again: {declared_again:?}"
     );
-    let read = admin
-        .create_channel()
-        .await
-        .expect("a channel")
-        .queue_declare(
-            inbound_queue("iom.sn").as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let read = look_up_queue(&admin, &inbound_queue("iom.sn"))
         .await
         .expect("the inbound queue");
     assert_eq!(
@@ -1456,18 +1433,7 @@ async fn a_shared_exchange_or_queue_deleted_by_hand_is_declared_again() {
         .await
         .expect("the inbound queue deleted");
     wait_for("the inbound queue consumed again", WAIT, async || {
-        let channel = admin.create_channel().await.ok()?;
-        let queue = channel
-            .queue_declare(
-                inbound_queue(EMBASSY).as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
+        let queue = look_up_queue(&admin, &inbound_queue(EMBASSY)).await.ok()?;
         (queue.consumer_count() == 1).then_some(())
     })
     .await;
