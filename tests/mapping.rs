@@ -691,6 +691,44 @@ fn lint_locates_a_broken_shared_file_at_its_line() {
 }
 
 #[test]
+fn lint_locates_a_template_problem_at_its_line_in_the_template() {
+    let shipped = std::fs::read_to_string(mappings_dir().join("ma.dgsn.toml")).unwrap();
+    let line_of = |needle: &str| {
+        shipped
+            .lines()
+            .position(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle} in ma.dgsn.toml"))
+            + 1
+    };
+    // An unknown field, on the line of the element that names it.
+    let broken = shipped.replacen("{{ data.case_id }}", "{{ data.case_idd }}", 1);
+    let scratch = scratch_with("ma.dgsn.toml", &broken);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let unknown = diagnostics
+        .iter()
+        .find(|d| d.message.contains("case_idd is not a field"))
+        .unwrap_or_else(|| panic!("{diagnostics:#?}"));
+    assert_eq!(unknown.line, line_of("{{ data.case_id }}"), "{unknown}");
+    // An element left open, where the XML breaks: at the root's end tag.
+    let broken = shipped.replacen(
+        "poste=\"{{ data.lpc.issuing_post }}\"/>",
+        "poste=\"{{ data.lpc.issuing_post }}\">",
+        1,
+    );
+    let scratch = scratch_with("ma.dgsn.toml", &broken);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let malformed = diagnostics
+        .iter()
+        .find(|d| d.message.contains("the XML template is malformed"))
+        .unwrap_or_else(|| panic!("{diagnostics:#?}"));
+    assert_eq!(
+        malformed.line,
+        line_of("</AvisLaissezPasser>"),
+        "{malformed}"
+    );
+}
+
+#[test]
 fn lint_refuses_a_policy_pattern_that_names_no_field() {
     let scratch = scratch_with(
         "policies.toml",

@@ -299,6 +299,25 @@ struct FileContext<'a> {
     shared_codelists: &'a HashMap<String, Arc<CodeList>>,
 }
 
+/// Where a string value's text starts in the file, when the file holds it verbatim: a literal
+/// string (`'…'`, or `'''…'''`, whose first line end is not part of it). A basic string (`"…"`)
+/// may hold escapes, so a place inside its value is not a place in the file.
+fn verbatim_start(text: &str, span: std::ops::Range<usize>) -> Option<usize> {
+    let raw = text.get(span.clone())?;
+    if let Some(rest) = raw.strip_prefix("'''") {
+        let newline = if rest.starts_with("\r\n") {
+            2
+        } else {
+            usize::from(rest.starts_with('\n'))
+        };
+        Some(span.start + 3 + newline)
+    } else if raw.starts_with('\'') {
+        Some(span.start + 1)
+    } else {
+        None
+    }
+}
+
 fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, Vec<Diagnostic>> {
     let bytes = std::fs::read(file)
         .map_err(|e| vec![Diagnostic::file(file, format!("cannot read: {e}"))])?;
@@ -495,9 +514,11 @@ fn load_file(file: &Path, context: &FileContext<'_>) -> Result<PartnerMapping, V
             codelists: &codelists,
             withheld: &withheld,
         };
+        let span = body.template.span();
         match Template::compile(
             body.template.get_ref(),
-            body.template.span().start,
+            span.start,
+            verbatim_start(&text, span),
             &template_scope,
         ) {
             Ok(template) => outbound.push(OutboundMapping {

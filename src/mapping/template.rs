@@ -119,23 +119,35 @@ pub struct TemplateScope<'a> {
 type ItemShape<'a> = Option<&'a FieldShape>;
 
 impl Template {
-    /// Compiles a template: XML when it starts with `<`, JSON otherwise.
+    /// Compiles a template: XML when it starts with `<`, JSON otherwise. A problem is located
+    /// at `offset` (where the template's value starts in its file), or, when the file's text
+    /// holds `source` verbatim from `verbatim_at` on (a literal string), near the problem
+    /// inside it.
     pub fn compile(
         source: &str,
         offset: usize,
+        verbatim_at: Option<usize>,
         scope: &TemplateScope<'_>,
     ) -> Result<Self, Vec<Issue>> {
-        let issue = |message: String| vec![Issue::at(offset..offset + 1, message)];
+        let issue = |message: String, inside: Option<usize>| {
+            let at = match (verbatim_at, inside) {
+                (Some(start), Some(inside)) => start + inside.min(source.len()),
+                _ => offset,
+            };
+            vec![Issue::at(at..at + 1, message)]
+        };
         if source.trim_start().starts_with('<') {
             compile_xml(source, scope)
                 .map(|root| Template(Body::Xml(root)))
-                .map_err(issue)
+                .map_err(|(message, at)| issue(message, Some(at)))
         } else {
-            let value: Value = serde_json::from_str(source)
-                .map_err(|error| issue(format!("the JSON template is not JSON: {error}")))?;
+            let value: Value = serde_json::from_str(source).map_err(|error| {
+                let at = byte_of_line(source, error.line()) + error.column().saturating_sub(1);
+                issue(format!("the JSON template is not JSON: {error}"), Some(at))
+            })?;
             compile_json(&value, scope, None)
                 .map(|root| Template(Body::Json(root)))
-                .map_err(issue)
+                .map_err(|message| issue(message, None))
         }
     }
 
@@ -381,8 +393,29 @@ fn item_shape_of<'s>(
     }
 }
 
-fn compile_xml(source: &str, scope: &TemplateScope<'_>) -> Result<XmlNode, String> {
+/// The byte at which 1-based `line` of `text` starts (its end when it has fewer lines).
+fn byte_of_line(text: &str, line: usize) -> usize {
+    text.split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum()
+}
+
+/// Compiles an XML template; a problem comes with the byte of `source` where the reader had
+/// got to (the end of the element or text at fault, or where the XML broke).
+fn compile_xml(source: &str, scope: &TemplateScope<'_>) -> Result<XmlNode, (String, usize)> {
     let mut reader = Reader::from_str(source);
+    let compiled = compile_xml_events(&mut reader, scope);
+    compiled.map_err(|message| {
+        let at = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+        (message, at)
+    })
+}
+
+fn compile_xml_events(
+    reader: &mut Reader<&[u8]>,
+    scope: &TemplateScope<'_>,
+) -> Result<XmlNode, String> {
     reader.config_mut().check_end_names = true;
     let mut stack: Vec<(XmlNode, Option<&FieldShape>)> = Vec::new();
     let mut root = None;
