@@ -11,6 +11,7 @@ pub mod cpu; // CPU time of a process, for the load generator and the benchmarks
 pub mod delivery; // push delivery from the outbox: retries, dead letters, webhooks
 pub mod durable_folders; // folder syncs, so that new and renamed files survive a crash
 pub mod error_text; // an error and its causes in one line, each said once
+mod line_throttle; // log lines written at most once a second, with a count of those held back
 pub mod loopback; // free loopback ports for the servers tests and the load generator start
 pub mod mapping; // the mapping language: native formats to canonical events and back
 pub mod metrics; // the Prometheus metrics

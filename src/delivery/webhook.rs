@@ -70,6 +70,10 @@ pub struct WebhookWorker {
     timeout: Duration,
     policy: RetryPolicy,
     concurrency: usize,
+    /// The WARN lines of failed calls, at most one a second for each recipient: an endpoint
+    /// down while hundreds of deliveries wait for it would otherwise write a line for each
+    /// attempt (each is audited, and counted in `passerelle_deliveries_total`).
+    failure_lines: crate::line_throttle::LineThrottles,
 }
 
 impl WebhookWorker {
@@ -96,6 +100,7 @@ impl WebhookWorker {
             timeout,
             policy,
             concurrency: concurrency.max(1),
+            failure_lines: crate::line_throttle::LineThrottles::default(),
         })
     }
 
@@ -290,13 +295,20 @@ impl WebhookWorker {
                 // The code is what the store and the audit log keep; the operator needs the
                 // cause too (a refused connection, a name that does not resolve, a certificate
                 // the CA bundle does not trust). It names the endpoint, never the message.
-                tracing::warn!(
-                    delivery = d.id,
-                    recipient = %d.recipient,
-                    code,
-                    cause = %error_chain(&e),
-                    "a webhook call failed"
-                );
+                if let Some(held_back) = self
+                    .failure_lines
+                    .may_write_at(&d.recipient, std::time::Instant::now())
+                {
+                    tracing::warn!(
+                        delivery = d.id,
+                        recipient = %d.recipient,
+                        code,
+                        cause = %error_chain(&e),
+                        lines_held_back = held_back,
+                        "a webhook call failed (one such line a second for each recipient at \
+                         most; lines_held_back counts the recipient's not written since the last)"
+                    );
+                }
                 return Attempt::Retry {
                     code: code.into(),
                     asked: None,

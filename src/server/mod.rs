@@ -99,28 +99,7 @@ struct ConnectionCounts {
     per_certificate: Mutex<HashMap<String, usize>>,
     most: usize,
     /// The log lines of the requests refused over the limit, at most one a second.
-    refusal_lines: Arc<LineThrottle>,
-}
-
-/// Lets a kind of log line through at most once a second, and counts the ones held back: a
-/// client that opens connection after connection beyond its limit would otherwise write one
-/// WARN line for each.
-#[derive(Debug, Default)]
-struct LineThrottle(Mutex<(Option<Instant>, u64)>);
-
-impl LineThrottle {
-    /// Whether a line may be written at `now`, and if so how many were held back since the
-    /// last one.
-    fn may_write_at(&self, now: Instant) -> Option<u64> {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, held_back) = &mut *state;
-        if last.is_some_and(|last| now.duration_since(last) < Duration::from_secs(1)) {
-            *held_back += 1;
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(held_back))
-    }
+    refusal_lines: Arc<crate::line_throttle::LineThrottle>,
 }
 
 impl ConnectionCounts {
@@ -173,7 +152,7 @@ struct OverConnectionLimit {
     /// The most connections a certificate may hold.
     most: usize,
     /// The log lines of such refusals.
-    lines: Arc<LineThrottle>,
+    lines: Arc<crate::line_throttle::LineThrottle>,
     /// The certificate's SHA-256 fingerprint, for the operators.
     fingerprint: String,
 }
@@ -522,28 +501,7 @@ impl RunningServer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_throttled_line_is_written_once_a_second_and_says_how_many_were_held_back() {
-        let throttle = LineThrottle::default();
-        let start = Instant::now();
-        assert_eq!(throttle.may_write_at(start), Some(0));
-        for ms in [1, 500, 999] {
-            assert_eq!(
-                throttle.may_write_at(start + Duration::from_millis(ms)),
-                None
-            );
-        }
-        assert_eq!(
-            throttle.may_write_at(start + Duration::from_secs(1)),
-            Some(3)
-        );
-        assert_eq!(
-            throttle.may_write_at(start + Duration::from_secs(5)),
-            Some(0)
-        );
-    }
-
-    /// A reserved address is the gateway's, but refuses connections until it is listened on.
+        /// A reserved address is the gateway's, but refuses connections until it is listened on.
     #[test]
     fn a_reserved_address_refuses_connections_until_listened_on() {
         let reserved = reserve_address("127.0.0.1:0".parse().unwrap(), "server.listen").unwrap();
