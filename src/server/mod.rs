@@ -501,7 +501,7 @@ impl RunningServer {
 mod tests {
     use super::*;
 
-        /// A reserved address is the gateway's, but refuses connections until it is listened on.
+    /// A reserved address is the gateway's, but refuses connections until it is listened on.
     #[test]
     fn a_reserved_address_refuses_connections_until_listened_on() {
         let reserved = reserve_address("127.0.0.1:0".parse().unwrap(), "server.listen").unwrap();
