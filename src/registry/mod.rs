@@ -417,7 +417,7 @@ fn read_registry_file(text: &str) -> Result<RegistryFile, RegistryError> {
     let deserializer = toml::Deserializer::parse(text)
         .map_err(|error| refused(crate::error_text::toml_error_unquoted(text, &error)))?;
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let key = error.path().to_string();
+        let key = named_entry(text, &error.path().to_string());
         let problem = crate::error_text::toml_error_unquoted(text, error.inner());
         // The path is `.` when no key is at fault.
         refused(if key == "." {
@@ -426,6 +426,28 @@ fn read_registry_file(text: &str) -> Result<RegistryFile, RegistryError> {
             format!("{key}: {problem}")
         })
     })
+}
+
+/// A key path as serde gives it (`partner[3].delivery.url`, counting entries from 0), with the
+/// partner entry named by its id when it has one (`partner ma.dgsn: delivery.url`).
+fn named_entry(text: &str, key: &str) -> String {
+    let Some((index, rest)) = key
+        .strip_prefix("partner[")
+        .and_then(|rest| rest.split_once(']'))
+    else {
+        return key.to_owned();
+    };
+    let id = index.parse::<usize>().ok().and_then(|index| {
+        let table: toml::Table = toml::from_str(text).ok()?;
+        let entry = table.get("partner")?.as_array()?.get(index)?;
+        entry.get("id")?.as_str().map(str::to_owned)
+    });
+    match id {
+        Some(id) if is_well_formed_partner_id(&id) => {
+            format!("partner {id}: {}", rest.trim_start_matches('.'))
+        }
+        _ => key.to_owned(),
+    }
 }
 
 impl Registry {
@@ -1145,6 +1167,20 @@ mod tests {
         }
         assert!(is_well_formed_partner_id("sn.consulat.casablanca"));
         assert!(is_well_formed_partner_id("audit.igat"));
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_named_with_its_partner() {
+        let text = "[[partner]]\nid = \"ma.dgsn\"\nrole = \"border-police\"\n\
+                    delivery = { mode = \"webhook\", url = 42 }\n";
+        let Err(RegistryError::File { message, .. }) = read_registry_file(text) else {
+            panic!("a URL of the wrong type was taken");
+        };
+        assert_eq!(
+            message,
+            "partner ma.dgsn: delivery.url: line 4, column 38: invalid type: an integer, \
+             expected a string"
+        );
     }
 
     #[test]
