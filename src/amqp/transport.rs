@@ -62,7 +62,8 @@ enum SessionEnd {
 /// The AMQP transport: run it with [`AmqpTransport::run`] as a worker of the gateway.
 pub struct AmqpTransport {
     gateway: Arc<Gateway>,
-    settings: AmqpSettings,
+    /// Shared with each session's consumers.
+    settings: Arc<AmqpSettings>,
     topology: Topology,
     ready: Arc<AtomicBool>,
     gate: Arc<Backpressure>,
@@ -160,7 +161,7 @@ impl AmqpTransport {
         ready.store(false, Ordering::Relaxed);
         Ok(AmqpTransport {
             gateway,
-            settings,
+            settings: Arc::new(settings),
             topology,
             ready,
             gate,
@@ -293,12 +294,11 @@ impl AmqpTransport {
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
         // Each partner's consumer starts in its own task, once the setup is done: a consumer
         // started during the setup would hold messages unread were a later step to fail.
-        let settings = Arc::new(self.settings.clone());
         for partner in self.topology.partners() {
             tasks.spawn(ingress.clone().consume(
                 partner.to_owned(),
                 connection.clone(),
-                settings.clone(),
+                self.settings.clone(),
                 stop_tx.clone(),
                 stop_rx.clone(),
             ));
