@@ -1369,7 +1369,11 @@ async fn one_partners_refused_queues_hold_back_no_other() {
         1,
         "the gateway reads the queue again"
     );
-    assert_eq!(gateway.metric("passerelle_amqp_connected", &[]).await, 1.0);
+    assert_eq!(
+        gateway.metric("passerelle_amqp_sessions_total", &[]).await,
+        1.0,
+        "mended with no reconnection"
+    );
     embassy.close(200, "OK".into()).await.expect("close");
     gateway.stop().await;
 }
@@ -1432,10 +1436,16 @@ async fn a_shared_exchange_or_queue_deleted_by_hand_is_declared_again() {
         )
         .await
         .expect("the inbound queue deleted");
-    wait_for("the inbound queue consumed again", WAIT, async || {
-        let queue = look_up_queue(&admin, &inbound_queue(EMBASSY)).await.ok()?;
-        (queue.consumer_count() == 1).then_some(())
-    })
+    // At once: the topology is declared when the consumer is cancelled, and the queue consumed
+    // again a second later.
+    wait_for(
+        "the inbound queue consumed again",
+        Duration::from_secs(5),
+        async || {
+            let queue = look_up_queue(&admin, &inbound_queue(EMBASSY)).await.ok()?;
+            (queue.consumer_count() == 1).then_some(())
+        },
+    )
     .await;
     let references = vec!["ABJ-RBT-RDC-0002".to_owned()];
     send_lpcs(&publishing, &references).await;

@@ -43,6 +43,7 @@
 use super::backpressure::Backpressure;
 use super::confirms::{Answer, Confirms, Outcome, Returned};
 use super::connection::{bounded, channel_lost, publisher_channel, short_string};
+use super::declarations::Declarations;
 use super::probe::PERSISTENT;
 use super::topology::{OUTBOUND_EXCHANGE, Topology};
 use crate::delivery::{self, KeyedTasks, RetryPolicy, due_in, record_attempt};
@@ -282,6 +283,8 @@ pub(crate) struct Egress {
     topology: Topology,
     /// Set when a delivery to an AMQP recipient found no queue (`amqp.no-route`).
     no_route: AtomicBool,
+    /// What the last declaration of the topology refused (recorded here too).
+    declarations: Arc<Declarations>,
 }
 
 /// How long after declaring the topology again egress waits before it may do so again.
@@ -296,6 +299,7 @@ impl Egress {
         in_flight: usize,
         gate: Arc<Backpressure>,
         topology: Topology,
+        declarations: Arc<Declarations>,
     ) -> Egress {
         Egress {
             gateway,
@@ -304,6 +308,7 @@ impl Egress {
             gate,
             topology,
             no_route: AtomicBool::new(false),
+            declarations,
         }
     }
 
@@ -317,7 +322,7 @@ impl Egress {
                 tracing::warn!(
                     "a delivery found no queue for its recipient; the exchanges and queues are declared again"
                 );
-                super::transport::report_refused_declarations(&self.gateway.metrics, refused, &[]);
+                self.declarations.record(refused);
             }
             Err(error) => tracing::error!(
                 %error,

@@ -45,6 +45,7 @@ use super::connection::{
     AmqpError, AmqpSettings, Backoff, bounded, channel_lost, consumer_channel, let_go_of_refused,
     random_below, short_string,
 };
+use super::declarations::Declarations;
 use super::probe::PERSISTENT;
 use super::topology::{DEAD_LETTER_EXCHANGE, inbound_queue, partner_user};
 use crate::audit::{Fact, Kind, Personal, Transport};
@@ -417,6 +418,8 @@ pub(crate) struct Ingress {
     /// The partners' inbound queues the broker will not let be consumed now, or whose consumer
     /// it cancelled (as in `passerelle_amqp_refused_queues`, which counts every session's).
     unconsumed: AtomicUsize,
+    /// Asked to declare the topology at once when the broker cancels a consumer.
+    declarations: Arc<Declarations>,
 }
 
 /// The longest a message held over its partner's rate limit sleeps between two tries.
@@ -440,6 +443,10 @@ fn rate_wait(retry_after: Duration, tries: u32) -> Duration {
     Duration::from_millis(low + random_below(high - low + 1))
 }
 
+/// How long after the broker cancelled a consumer it is started again: time for the topology,
+/// declared at once, to put a deleted queue back.
+const AFTER_CANCEL: Duration = Duration::from_secs(1);
+
 /// How often a consumer looks at the gate, to cancel itself when it has been closed for
 /// [`Ingress::held_return`] and to consume again once it opens.
 const GATE_LOOK: Duration = Duration::from_millis(250);
@@ -462,6 +469,7 @@ impl Ingress {
         dead_letters: Channel,
         backoff: Backoff,
         held_return: Duration,
+        declarations: Arc<Declarations>,
     ) -> Ingress {
         let instance = gateway.log.origin().to_owned();
         Ingress {
@@ -472,6 +480,7 @@ impl Ingress {
             held_return,
             instance,
             unconsumed: AtomicUsize::new(0),
+            declarations,
         }
     }
 
@@ -508,8 +517,8 @@ impl Ingress {
     /// ending the session for it would give back, at each try, the messages the others' consumers
     /// hold, each time counting towards their delivery limit, until the broker dead-letters
     /// them unread. So is a queue whose consumer the broker cancels while the connection stays
-    /// (the queue deleted by hand): said at WARN, declared again by the session within about
-    /// 10 s, and consumed again.
+    /// (the queue deleted by hand): said at WARN, the topology declared again at once, and the
+    /// queue consumed again a second later.
     ///
     /// While the gate is closed, the messages in hand wait at it, unacknowledged. Once it has
     /// been closed for [`Ingress::held_return`], the consumer is cancelled, so that the broker
@@ -606,24 +615,24 @@ impl Ingress {
                             "intake paused this long: the messages held from this partner's queue are returned to it until intake resumes"
                         );
                     }
-                    // Cancelled by the broker (its queue deleted, say) while the connection
-                    // stays: consumed again once it can be, as a refused queue is, while the
-                    // other partners' queues are consumed; the topology is declared again
-                    // meanwhile (see `keep_topology`). The messages in hand finish on the
-                    // channel, which is kept for the next try.
+                    // Cancelled by the broker while the connection stays (its queue deleted, or
+                    // a consumer timeout of the broker's): consumed again once it can be, as a
+                    // refused queue is, while the other partners' queues are consumed. The
+                    // topology is declared at once (a deleted queue is put back), and the next
+                    // try comes a second later, on the same channel, where the messages in hand
+                    // finish.
                     None if connection.status().connected() => {
                         consumer = None;
                         if refused_tries == 0 {
                             self.count_unconsumed();
                         }
                         refused_tries = refused_tries.saturating_add(1);
-                        let wait = self.backoff.delay(refused_tries);
-                        next_try = Some(std::time::Instant::now() + wait);
+                        self.declarations.want_now();
+                        next_try = Some(std::time::Instant::now() + AFTER_CANCEL);
                         tracing::warn!(
                             partner = %partner,
                             queue = %queue,
-                            retry_secs = wait.as_secs(),
-                            "the broker cancelled the consumer of the partner's queue (the queue deleted?): it is declared again and consumed once it is there; the other partners' queues are consumed"
+                            "the broker cancelled the consumer of the partner's queue (the queue deleted, or a consumer timeout?): the topology is declared again and the queue consumed again; the other partners' queues are consumed"
                         );
                     }
                     None => break Err(format!("the consumer of {queue} was cancelled")),

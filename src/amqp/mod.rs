@@ -7,6 +7,7 @@
 //! | [`connection`] | settings, TLS, SASL, connecting with backoff, consumer and publisher channels |
 //! | [`topology`] | the names and arguments of the exchanges and queues, partners' broker users and permissions |
 //! | [`transport`] | the worker: (re)connect, declare, run a session of consumers and publisher, readiness |
+//! | `declarations` | the topology kept declared during a session: refused queues tried again, deleted ones put back |
 //! | [`ingress`] | inbound messages: sender check, submission to the pipeline, ack, dead letters with reasons |
 //! | [`egress`] | deliveries: the AMQP message of a delivery, publish with confirms, retries, audit |
 //! | `confirms` | the publisher confirms of one channel: which publish each confirm or return settles |
@@ -54,6 +55,7 @@ pub mod backpressure;
 pub mod broker;
 mod confirms;
 pub mod connection;
+mod declarations;
 pub mod egress;
 pub mod ingress;
 pub mod probe;

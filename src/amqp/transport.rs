@@ -17,8 +17,10 @@
 //! true from then until the session ends.
 //!
 //! A session ends when the connection reports an error (a broker restart closes it with
-//! `CONNECTION_FORCED`; a dead peer is found by heartbeats), when a consumer is cancelled by the
-//! broker (its queue was deleted) or a channel fails, or at shutdown. The messages being
+//! `CONNECTION_FORCED`; a dead peer is found by heartbeats), when a channel fails but for a
+//! broker's refusal that closed one channel only, or at shutdown. A consumer the broker cancels
+//! (its queue deleted) ends nothing: its queue is declared again and consumed again (see
+//! [`declarations`](super::declarations)). The messages being
 //! processed then finish (their acknowledgements fail with the channel, and the broker delivers
 //! them again, to be answered `duplicate`), the deliveries awaiting a confirm are recorded as
 //! failed attempts, and the transport connects again. Nothing is lost: an inbound message is
@@ -30,6 +32,7 @@
 
 use super::backpressure::Backpressure;
 use super::connection::{AmqpError, AmqpSettings, connect_with_backoff, publisher_channel};
+use super::declarations::{Declarations, keep_topology};
 use super::egress::Egress;
 use super::ingress::Ingress;
 use super::topology::{Topology, partner_user};
@@ -68,6 +71,8 @@ pub struct AmqpTransport {
     ready: Arc<AtomicBool>,
     gate: Arc<Backpressure>,
     egress: Arc<Egress>,
+    /// What the last declaration of the topology refused, shared with the publisher.
+    declarations: Arc<Declarations>,
 }
 
 impl std::fmt::Debug for AmqpTransport {
@@ -151,12 +156,14 @@ impl AmqpTransport {
             move || crate::delivery::can_record(&sound),
             gateway.metrics.amqp_blocked.clone(),
         );
+        let declarations = Declarations::new(gateway.metrics.clone());
         let egress = Arc::new(Egress::new(
             gateway.clone(),
             policy,
             settings.publish_in_flight,
             gate.clone(),
             topology.clone(),
+            declarations.clone(),
         ));
         ready.store(false, Ordering::Relaxed);
         Ok(AmqpTransport {
@@ -166,6 +173,7 @@ impl AmqpTransport {
             ready,
             gate,
             egress,
+            declarations,
         })
     }
 
@@ -267,16 +275,16 @@ impl AmqpTransport {
                 self.topology.declare_each(connection),
             )
             .await?;
-            let refused = report_refused_declarations(&self.gateway.metrics, refused, &[]);
+            self.declarations.record(refused);
             let dead_letters = within(
                 limit,
                 "opening the dead-letter channel",
                 publisher_channel(connection),
             )
             .await?;
-            Ok::<_, AmqpError>((dead_letters, refused))
+            Ok::<_, AmqpError>(dead_letters)
         };
-        let (dead_letters, refused) = tokio::select! {
+        let dead_letters = tokio::select! {
             setup = setup => setup?,
             () = wait_for_shutdown(shutdown) => return Ok(SessionEnd::Shutdown),
         };
@@ -290,6 +298,7 @@ impl AmqpTransport {
             dead_letters,
             self.settings.backoff,
             Duration::from_secs(self.settings.held_return_secs),
+            self.declarations.clone(),
         ));
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
         // Each partner's consumer starts in its own task, once the setup is done: a consumer
@@ -310,11 +319,10 @@ impl AmqpTransport {
         );
         tasks.spawn(keep_topology(
             connection.clone(),
-            self.gateway.metrics.clone(),
+            self.declarations.clone(),
             self.topology.clone(),
             self.gate.clone(),
             ingress.clone(),
-            refused,
             stop_rx.clone(),
         ));
         tasks.spawn(watch_connection(
@@ -418,103 +426,6 @@ async fn watch_connection(
                 }
             },
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
-        }
-    }
-}
-
-/// Says which partners' queues the broker refused to declare and how many
-/// (`passerelle_amqp_refused_declarations`), and returns their ids. A partner refused now but
-/// not among `before` (the ids this returned at the last declaration) gets an ERROR line, one
-/// among `before` but no longer refused an INFO line, and one refused at both declarations
-/// nothing more: the refusal is said once, not at every look.
-pub(crate) fn report_refused_declarations(
-    metrics: &crate::metrics::Metrics,
-    refused: Vec<(String, AmqpError)>,
-    before: &[String],
-) -> Vec<String> {
-    metrics
-        .amqp_refused_declarations
-        .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
-    for partner in before {
-        if !refused.iter().any(|(now, _)| now == partner) {
-            tracing::info!(
-                partner = %partner,
-                "the partner's queues the broker refused before are declared now"
-            );
-        }
-    }
-    let mut ids = Vec::with_capacity(refused.len());
-    for (partner, error) in refused {
-        if !before.contains(&partner) {
-            tracing::error!(
-                partner = %partner,
-                error = %error,
-                "the broker refused to declare the partner's queues (one re-created by hand with \
-                 other arguments, or a permission taken away?): what the refused queue carries \
-                 waits (its messages unconsumed, or its deliveries unrouted) until it is mended; \
-                 the declaration is tried again every 10 s; the other partners' queues are served"
-            );
-        }
-        ids.push(partner);
-    }
-    ids
-}
-
-/// How often a session looks for the exchanges and the dead-letter queue all partners share,
-/// and tries again the partners' queues the broker refused.
-const TOPOLOGY_LOOK: Duration = Duration::from_secs(10);
-
-/// Keeps the topology declared while the session lasts. Every [`TOPOLOGY_LOOK`] it declares
-/// the topology again when the broker refused a partner's queues at the last declaration (so
-/// that a queue mended by hand is declared and read without waiting for a reconnection), when a
-/// partner's inbound queue is not consumed (its consumer cancelled by the broker because the
-/// queue was deleted, say: the consumer's next try finds it declared again), or when
-/// an exchange or the dead-letter queue that all partners share is missing (deleted by hand):
-/// nothing else would notice a deleted `passerelle.inbound`, whose partners' publishes the
-/// broker refuses meanwhile, nor a deleted `passerelle.dead`, which holds refused messages in
-/// their queues. Not while the broker blocks the connection (it would read nothing of it). Its
-/// failures end nothing: the connection's own are seen by the session.
-async fn keep_topology(
-    connection: Arc<Connection>,
-    metrics: Arc<crate::metrics::Metrics>,
-    topology: Topology,
-    gate: Arc<Backpressure>,
-    ingress: Arc<Ingress>,
-    mut refused: Vec<String>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(TOPOLOGY_LOOK) => {}
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
-        }
-        if gate.is_blocked() {
-            continue;
-        }
-        let looked = tokio::time::timeout(TOPOLOGY_LOOK, async {
-            let shared_present = topology.shared_present(&connection).await?;
-            if shared_present && refused.is_empty() && !ingress.has_unconsumed_queues() {
-                return Ok(None);
-            }
-            let now_refused = topology.declare_each(&connection).await?;
-            Ok::<_, AmqpError>(Some((shared_present, now_refused)))
-        })
-        .await;
-        match looked {
-            Ok(Ok(None)) => {}
-            Ok(Ok(Some((shared_present, now_refused)))) => {
-                if !shared_present {
-                    tracing::warn!(
-                        "an exchange or the dead-letter queue all partners share was missing on \
-                         the broker (deleted by hand?); the topology is declared again"
-                    );
-                }
-                refused = report_refused_declarations(&metrics, now_refused, &refused);
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "looking at the topology on the broker failed");
-            }
-            Err(_) => {}
         }
     }
 }
