@@ -5,6 +5,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Who may read a file that [`replace_file`] or [`create_file`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +30,19 @@ pub fn replace_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<()
 /// [`replace_file`] does, then linked to its name, which fails rather than write over another
 /// file. A failure (a full disk, say) leaves neither `path` nor a part of it: a key or a
 /// bundle cut short would stand in the way of the next try, and be taken for a whole one.
+///
+/// The temporary file has a name of its own (the process's id and a count): `path` is the
+/// caller's choice, and a file beside it of the usual temporary name may be someone else's, or
+/// another run's writing to the same path.
 pub fn create_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<()> {
-    stage_file(path, data, readers)?.create()
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    ));
+    write_beside(path, PathBuf::from(temporary), data, readers)?.create()
 }
 
 /// A file's new contents, written whole and synced beside it, not yet in its place: put there
@@ -56,6 +68,16 @@ pub fn stage_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<Stag
         Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
         _ => {}
     }
+    write_beside(path, temporary, data, readers)
+}
+
+/// Writes `data` to `temporary` (a new file beside `path`) and syncs it.
+fn write_beside(
+    path: &Path,
+    temporary: PathBuf,
+    data: &[u8],
+    readers: Readers,
+) -> io::Result<Staged> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     if readers == Readers::Owner {
@@ -84,11 +106,19 @@ impl Staged {
 
     /// Links the new contents to the file's name, failing with
     /// [`io::ErrorKind::AlreadyExists`] when a file has it, then syncs its folder.
+    ///
+    /// Should anything fail once it is linked (removing the temporary name, syncing the
+    /// folder), the file is taken away again: a failure leaves nothing.
     pub fn create(mut self) -> io::Result<()> {
         std::fs::hard_link(&self.temporary, &self.path)?;
-        self.in_place = true;
-        std::fs::remove_file(&self.temporary)?;
-        sync_parent(&self.path)
+        let settled = std::fs::remove_file(&self.temporary).and_then(|()| sync_parent(&self.path));
+        match settled {
+            Ok(()) => self.in_place = true,
+            Err(_) => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+        settled
     }
 }
 
@@ -193,6 +223,16 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, ["bundle.json"], "no temporary file left");
+        // Someone's file of the usual temporary name is left alone.
+        let theirs = root.path().join("other.json.tmp");
+        std::fs::write(&theirs, "notes").unwrap();
+        create_file(
+            &root.path().join("other.json"),
+            b"bundle",
+            Readers::AsTheUmaskSays,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&theirs).unwrap(), b"notes");
     }
 
     #[test]

@@ -63,11 +63,23 @@ fn without_quoted_strings(message: &str) -> String {
         said.push_str(&rest[..start]);
         said.push_str(kind);
         let value = &rest[start + opening.len()..];
+        // serde does not escape a backtick inside a variant's value: it ends where serde's own
+        // words resume (the last "`, expected" or "`, there are"), not at its first backtick.
+        let words_resume = (opening.starts_with("unknown variant"))
+            .then(|| {
+                ["`, expected", "`, there are"]
+                    .iter()
+                    .filter_map(|words| value.rfind(words))
+                    .max()
+            })
+            .flatten();
         let mut escaped = false;
-        let end = value.char_indices().find_map(|(i, c)| {
-            let closes = c == *closing && !escaped;
-            escaped = *closing == '"' && c == '\\' && !escaped;
-            closes.then_some(i + c.len_utf8())
+        let end = words_resume.map(|at| at + 1).or_else(|| {
+            value.char_indices().find_map(|(i, c)| {
+                let closes = c == *closing && !escaped;
+                escaped = *closing == '"' && c == '\\' && !escaped;
+                closes.then_some(i + c.len_utf8())
+            })
         });
         rest = end.map_or("", |end| &value[end..]);
     }
@@ -147,6 +159,26 @@ mod tests {
             said.contains("unknown field `passwrd`, expected `password`"),
             "{said}"
         );
+        // A value that is none of an enumeration's names is left out, backticks and all.
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)] // read by serde only
+        enum Mechanism {
+            #[serde(rename = "plain")]
+            Plain,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)] // read by serde only
+        struct Chosen {
+            mechanism: Mechanism,
+        }
+        let text = "mechanism = \"hun`ter2`s\"\n";
+        let error = toml::from_str::<Chosen>(text).unwrap_err();
+        let said = toml_error_unquoted(text, &error);
+        assert!(
+            said.contains("an unknown value, expected `plain`"),
+            "{said}"
+        );
+        assert!(!said.contains("ter2"), "{said}");
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub enum TlsError {
         detail: String,
     },
     /// A file holds no item of the expected kind (for example a key where a certificate is due).
-    #[error("the {what} file {} holds no {what} in PEM form (-----BEGIN …-----; a DER file is not read)", path.display())]
+    #[error("the {what} file {} holds no {what} in PEM form (a DER file, or PEM blocks of another kind, are not read)", path.display())]
     Empty {
         /// What the file should hold.
         what: &'static str,

@@ -559,10 +559,12 @@ fn query(args: &TrailArgs) -> anyhow::Result<Query> {
         }
     }
     if let Some(c) = &args.case {
-        let refusals = c
-            .strip_prefix("refused/")
+        // Judged as the index keeps it: trimmed and in capitals.
+        let normal = c.trim().to_ascii_uppercase();
+        let refusals = normal
+            .strip_prefix("REFUSED/")
             .is_some_and(|sender| !sender.is_empty());
-        if !refusals && !passerelle::canonical::is_case_id(&c.to_ascii_uppercase()) {
+        if !refusals && !passerelle::canonical::is_case_id(&normal) {
             bail!(
                 "--case takes a case id, RVA-YYYY-NNNNNN (RVA, a dash, the year, a dash and six \
                  digits), or a sender's trail of refusals, refused/<sender>"
@@ -970,12 +972,15 @@ fn nested_log_hint(folder: &Path, has_log: impl Fn(&Path) -> bool) -> String {
     }
 }
 
-/// Refuses a folder that holds no log: opening it for writing would start a new, empty log
-/// there, signed with the real key, and the command would then report on the wrong log.
 /// Refuses a log folder this process may not read, before a look for its files finds none
 /// and calls it no log: a copy closed to the auditor's user is not a missing or partial one.
 fn readable_folder(log: &Path) -> anyhow::Result<()> {
-    for folder in [log.to_owned(), log.join("public"), log.join("private")] {
+    for folder in [
+        log.to_owned(),
+        log.join("public"),
+        log.join("private"),
+        log.join("private/keys"),
+    ] {
         match std::fs::read_dir(&folder) {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 bail!("{} cannot be read: {e}", folder.display())
@@ -986,6 +991,8 @@ fn readable_folder(log: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a folder that holds no log: opening it for writing would start a new, empty log
+/// there, signed with the real key, and the command would then report on the wrong log.
 fn existing_log(log: &Path) -> anyhow::Result<()> {
     readable_folder(log)?;
     let has_log = |folder: &Path| folder.join("private/log.json").is_file();

@@ -1007,15 +1007,15 @@ fn warn_of_unwritable(mapping: &crate::mapping::PartnerMapping, listed: &[String
     }
 }
 
-/// Why a webhook URL cannot be called, if it cannot: it must parse, be `https://`, and name a
-/// host. (A URL that does not would fail every attempt, each one retried as if the endpoint
-/// were down, until the delivery is dead-lettered an hour later.)
 /// Whether `text` is an absolute URI, as a certificate's URI subject alternative name is: a
 /// scheme, then the rest, with no space or control character.
 fn is_uri(text: &str) -> bool {
     !text.chars().any(|c| c.is_whitespace() || c.is_control()) && reqwest::Url::parse(text).is_ok()
 }
 
+/// Why a webhook URL cannot be called, if it cannot: it must parse, be `https://`, and name a
+/// host. (A URL that does not would fail every attempt, each one retried as if the endpoint
+/// were down, until the delivery is dead-lettered an hour later.)
 fn check_webhook_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
     if parsed.scheme() != "https" {

@@ -266,9 +266,19 @@ pub fn generate_dev_pki(out: &Path, partners: &[&str]) -> Result<DevPki, DevPkiE
         path: out.to_owned(),
         source,
     })?;
-    // Every file is written and synced beside its place before any is put there: a failure
-    // (a full disk, a file that cannot be replaced) leaves the folder's PKI as it was, rather
-    // than new certificates beside an old CA's CRL.
+    // Every file is written and synced beside its place, and every place checked, before any
+    // is put there: a failure (a full disk, a folder where a file goes) leaves the folder's PKI
+    // as it was, rather than new certificates beside an old CA's CRL. What the system refuses
+    // only at the rename (an immutable file) is still met midway, and named.
+    if let Some(taken) = pending.iter().find(|file| file.path.is_dir()) {
+        return Err(DevPkiError::Write {
+            path: taken.path.clone(),
+            source: io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "a folder is in the file's place",
+            ),
+        });
+    }
     let staged = pending
         .iter()
         .map(Pending::stage)
