@@ -726,6 +726,21 @@ fn lint_locates_a_template_problem_at_its_line_in_the_template() {
         line_of("</AvisLaissezPasser>"),
         "{malformed}"
     );
+    // An unknown field in a JSON template, on the line that names it.
+    let shipped = std::fs::read_to_string(mappings_dir().join("airline.at.toml")).unwrap();
+    let line = shipped
+        .lines()
+        .position(|line| line.contains("\"pnr\": \"{{ data.pnr }}\""))
+        .expect("the booking notice's PNR")
+        + 1;
+    let broken = shipped.replacen("{{ data.pnr }}", "{{ data.pnrr }}", 1);
+    let scratch = scratch_with("airline.at.toml", &broken);
+    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let unknown = diagnostics
+        .iter()
+        .find(|d| d.message.contains("pnrr is not a field"))
+        .unwrap_or_else(|| panic!("{diagnostics:#?}"));
+    assert_eq!(unknown.line, line, "{unknown}");
 }
 
 #[test]
@@ -742,6 +757,7 @@ fn lint_refuses_a_policy_pattern_that_names_no_field() {
     let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
     assert!(
         diagnostics.iter().any(|d| d.file.ends_with("policies.toml")
+            && (d.line, d.column) == (2, 13)
             && d.message.contains("\"vulnerabilites\" is not a field")),
         "{diagnostics:#?}"
     );

@@ -97,7 +97,7 @@ impl MappingSet {
                     &Issue::at(span, message),
                 ),
                 CodeListError::AliasesSyntax { message, .. } | CodeListError::Aliases(message) => {
-                    file_error(SHARED_FILES[1], message)
+                    at_quoted(&dir.join(SHARED_FILES[1]), &text(&shared[1]), message)
                 }
             }]
         })?;
@@ -112,14 +112,14 @@ impl MappingSet {
                     &policy_text,
                     &Issue::at(span, message),
                 ),
-                other => file_error("policies.toml", other.to_string()),
+                other => at_quoted(&dir.join("policies.toml"), &policy_text, other.to_string()),
             }]
         })?);
         let policy_issues = lint_policy(&policy, &catalogue, &schemas);
         if !policy_issues.is_empty() {
             return Err(policy_issues
                 .into_iter()
-                .map(|m| file_error("policies.toml", m))
+                .map(|m| at_quoted(&dir.join("policies.toml"), &policy_text, m))
                 .collect());
         }
         let mut shared_codelists: HashMap<String, Arc<CodeList>> = HashMap::new();
@@ -297,6 +297,27 @@ struct FileContext<'a> {
     policy: &'a Arc<Policy>,
     shared: &'a [Vec<u8>],
     shared_codelists: &'a HashMap<String, Arc<CodeList>>,
+}
+
+/// A problem of meaning in a shared file (a pattern that names no field, an alias of an unknown
+/// code), located at the first place the file writes the first string `message` quotes
+/// (`"vulnerabilites"`), within the role's table when the message names a role (`role
+/// consulate: …` in `[roles.consulate]`); at the file's start when it writes none.
+fn at_quoted(file: &Path, text: &str, message: String) -> Diagnostic {
+    let quoted = message.find('"').and_then(|open| {
+        let close = message[open + 1..].find('"')? + open + 1;
+        Some(&message[open..=close])
+    });
+    let from = message
+        .strip_prefix("role ")
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(role, _)| text.find(&format!("[roles.{role}]")))
+        .unwrap_or(0);
+    let found = quoted.and_then(|quoted| Some((from + text[from..].find(quoted)?, quoted.len())));
+    match found {
+        Some((at, len)) => Diagnostic::locate(file, text, &Issue::at(at..at + len, message)),
+        None => Diagnostic::file(file, message),
+    }
 }
 
 /// Where a string value's text starts in the file, when the file holds it verbatim: a literal

@@ -147,7 +147,10 @@ impl Template {
             })?;
             compile_json(&value, scope, None)
                 .map(|root| Template(Body::Json(root)))
-                .map_err(|message| issue(message, None))
+                .map_err(|message| {
+                    let at = placeholder_in(source, &message);
+                    issue(message, at)
+                })
         }
     }
 
@@ -391,6 +394,14 @@ fn item_shape_of<'s>(
             expr.text.split('|').next().unwrap_or_default().trim()
         )),
     }
+}
+
+/// Where in `source` the placeholder that `message` begins with is written (`{{ data.x }}: …`),
+/// when it begins with one: the JSON value a problem is found in is parsed, no longer text.
+fn placeholder_in(source: &str, message: &str) -> Option<usize> {
+    let end = message.find("}}")? + 2;
+    let placeholder = message.get(..end).filter(|p| p.starts_with("{{"))?;
+    source.find(placeholder)
 }
 
 /// The byte at which 1-based `line` of `text` starts (its end when it has fewer lines).
