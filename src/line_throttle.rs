@@ -13,45 +13,58 @@ use std::time::{Duration, Instant};
 /// The least time between two lines of one kind.
 const SPACING: Duration = Duration::from_secs(1);
 
+/// When one kind of line was last written, and how many were held back since.
+#[derive(Debug, Default)]
+struct Spacing {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl Spacing {
+    /// Whether a line may be written at `now`, and if so how many were held back since the
+    /// last one.
+    fn may_write_at(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < SPACING)
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
 /// Lets one kind of log line through at most once a second, and counts the ones held back.
 #[derive(Debug, Default)]
-pub(crate) struct LineThrottle(Mutex<(Option<Instant>, u64)>);
+pub(crate) struct LineThrottle(Mutex<Spacing>);
 
 impl LineThrottle {
     /// Whether a line may be written at `now`, and if so how many were held back since the
     /// last one.
     pub(crate) fn may_write_at(&self, now: Instant) -> Option<u64> {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, held_back) = &mut *state;
-        if last.is_some_and(|last| now.duration_since(last) < SPACING) {
-            *held_back += 1;
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(held_back))
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .may_write_at(now)
     }
 }
 
 /// A [`LineThrottle`] for each of a few keys (a recipient, say): one key's lines do not hold
 /// back another's. The keys are the caller's to bound (the registry's partners).
 #[derive(Debug, Default)]
-pub(crate) struct LineThrottles(Mutex<HashMap<String, (Option<Instant>, u64)>>);
+pub(crate) struct LineThrottles(Mutex<HashMap<String, Spacing>>);
 
 impl LineThrottles {
     /// Whether a line of `key`'s may be written at `now`, and if so how many of its lines were
     /// held back since its last one.
     pub(crate) fn may_write_at(&self, key: &str, now: Instant) -> Option<u64> {
         let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, held_back) = match lines.get_mut(key) {
-            Some(state) => state,
-            None => lines.entry(key.to_owned()).or_default(),
-        };
-        if last.is_some_and(|last| now.duration_since(last) < SPACING) {
-            *held_back += 1;
-            return None;
+        match lines.get_mut(key) {
+            Some(spacing) => spacing.may_write_at(now),
+            None => lines.entry(key.to_owned()).or_default().may_write_at(now),
         }
-        *last = Some(now);
-        Some(std::mem::take(held_back))
     }
 }
 
