@@ -19,7 +19,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ErrorKind};
 use passerelle::amqp::{
     self, AmqpAuth, AmqpError, AmqpSettings, DEAD_LETTER_QUEUE, INBOUND_EXCHANGE,
-    OUTBOUND_EXCHANGE, Topology, inbound_queue, outbound_queue, partner_permissions, partner_user,
+    OUTBOUND_EXCHANGE, Topology, inbound_queue, look_up_queue, outbound_queue, partner_permissions,
+    partner_user,
 };
 use passerelle::tls::dev;
 use rabbit::Broker;
@@ -284,15 +285,7 @@ async fn topology_is_idempotent_and_dead_letters() {
 
     // A passive declaration finds each queue.
     for name in [inbound_queue(PARTNER), outbound_queue(PARTNER)] {
-        channel
-            .queue_declare(
-                name.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        look_up_queue(&channel, &name)
             .await
             .unwrap_or_else(|error| panic!("passive declaration of {name}: {error}"));
     }
@@ -452,15 +445,7 @@ async fn the_broker_enforces_user_id() {
     assert!(!channel.status().connected(), "the channel is closed");
 
     // Nothing arrived: the inbound queue is empty.
-    let queue = admin_channel
-        .queue_declare(
-            inbound_queue(PARTNER).as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let queue = look_up_queue(&admin_channel, &inbound_queue(PARTNER))
         .await
         .expect("passive declaration");
     assert_eq!(queue.message_count(), 0);
@@ -536,15 +521,7 @@ async fn the_raw_publish_confirm_probe_counts_only_messages_the_queue_held() {
         .expect("measure");
     eprintln!("[rabbit] raw publish-confirm rate: {rate:.0} msg/s (1 KiB, 64 in flight)");
     assert!(rate.is_finite() && rate > 0.0, "{rate}");
-    let queue = channel
-        .queue_declare(
-            QUEUE.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let queue = look_up_queue(&channel, QUEUE)
         .await
         .expect("passive declaration");
     assert_eq!(queue.message_count(), 0, "the probe purges its queue");

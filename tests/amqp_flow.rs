@@ -41,7 +41,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use passerelle::amqp::{
     self, AmqpAuth, AmqpSettings, Backoff, DEAD_LETTER_QUEUE, INBOUND_EXCHANGE, inbound_queue,
-    outbound_queue, partner_permissions, partner_user,
+    look_up_queue, outbound_queue, partner_permissions, partner_user,
 };
 use passerelle::audit::{Kind, Leaf, Query, Receipt, TlogProof, Transport, journal};
 use passerelle::config::Config;
@@ -332,28 +332,17 @@ fn header(message: &Message, name: &str) -> Option<String> {
     }
 }
 
-/// A queue as the broker has it, looked up passively on `channel` (a missing queue closes it).
-async fn passive_declaration(channel: &Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-}
-
 /// A queue as the broker has it, looked up on a channel of its own.
-async fn look_up_queue(connection: &Connection, queue: &str) -> Result<lapin::Queue, lapin::Error> {
-    passive_declaration(&connection.create_channel().await?, queue).await
+async fn look_up_queue_alone(
+    connection: &Connection,
+    queue: &str,
+) -> Result<lapin::Queue, lapin::Error> {
+    look_up_queue(&connection.create_channel().await?, queue).await
 }
 
 /// The number of messages ready in a queue (not counting those a consumer holds).
 async fn ready(channel: &Channel, queue: &str) -> u32 {
-    passive_declaration(channel, queue)
+    look_up_queue(channel, queue)
         .await
         .unwrap_or_else(|error| panic!("passive declaration of {queue}: {error}"))
         .message_count()
@@ -1231,18 +1220,7 @@ async fn refusals_are_dead_lettered_and_failed_publishes_retried() {
         .post_as_ministry(&lpc_request("MI-DMF-2026-800002"))
         .await;
     wait_for("the queue declared again", WAIT, async || {
-        let probe = admin.create_channel().await.ok()?;
-        let found = probe
-            .queue_declare(
-                out.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .is_ok();
+        let found = look_up_queue_alone(&admin, &out).await.is_ok();
         found.then_some(())
     })
     .await;
@@ -1356,12 +1334,12 @@ async fn one_partners_refused_queues_hold_back_no_other() {
         (declarations == 0.0 && queues == 0.0).then_some(())
     })
     .await;
-    let declared_again = look_up_queue(&admin, &outbound_queue("iom.sn")).await;
+    let declared_again = look_up_queue_alone(&admin, &outbound_queue("iom.sn")).await;
     assert!(
         declared_again.is_ok(),
         "the deleted queue was not declared again: {declared_again:?}"
     );
-    let read = look_up_queue(&admin, &inbound_queue("iom.sn"))
+    let read = look_up_queue_alone(&admin, &inbound_queue("iom.sn"))
         .await
         .expect("the inbound queue");
     assert_eq!(
@@ -1442,7 +1420,9 @@ async fn a_shared_exchange_or_queue_deleted_by_hand_is_declared_again() {
         "the inbound queue consumed again",
         Duration::from_secs(5),
         async || {
-            let queue = look_up_queue(&admin, &inbound_queue(EMBASSY)).await.ok()?;
+            let queue = look_up_queue_alone(&admin, &inbound_queue(EMBASSY))
+                .await
+                .ok()?;
             (queue.consumer_count() == 1).then_some(())
         },
     )

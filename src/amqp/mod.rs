@@ -72,6 +72,7 @@ pub use ingress::{DeadLetter, check_sender, content_of, dead_letter_properties};
 pub use probe::{declare_probe_queue, publish_confirm_rate};
 pub use topology::{
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, INBOUND_EXCHANGE, OUTBOUND_EXCHANGE, Permissions,
-    QueueLimits, Topology, inbound_queue, outbound_queue, partner_permissions, partner_user,
+    QueueLimits, Topology, inbound_queue, look_up_queue, outbound_queue, partner_permissions,
+    partner_user,
 };
 pub use transport::{AmqpTransport, check_settings};

@@ -51,6 +51,21 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ExchangeKind};
 use std::collections::BTreeSet;
 
+/// A queue as the broker has it (its message and consumer counts), looked up passively on
+/// `channel`: a missing queue is an error, which closes the channel.
+pub async fn look_up_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// The exchange partners publish to (direct; routing key = the sender's partner id).
 pub const INBOUND_EXCHANGE: &str = "passerelle.inbound";
 /// The exchange the gateway publishes deliveries to (direct; routing key = the recipient's id).
@@ -317,17 +332,7 @@ impl Topology {
             }
         }
         if present {
-            present = channel
-                .queue_declare(
-                    DEAD_LETTER_QUEUE.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .is_ok();
+            present = look_up_queue(&channel, DEAD_LETTER_QUEUE).await.is_ok();
         }
         if present {
             let _ = channel.close(200, "OK".into()).await;
