@@ -1,7 +1,7 @@
 //! The shipped mappings against their fixtures, lint on broken mappings, the need-to-know
 //! policy, and the `passerelle mapping` command line.
 
-use passerelle::mapping::{DecodeError, Decoded, MappingSet, fixtures};
+use passerelle::mapping::{DecodeError, Decoded, Diagnostic, MappingSet, fixtures};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -650,13 +650,42 @@ reason = { const = "other" }
     shipped().schemas().validate(&delivered).unwrap();
 }
 
+/// The problems loading `scratch` finds (it must fail).
+fn load_refused(scratch: &tempfile::TempDir) -> Vec<Diagnostic> {
+    MappingSet::load(scratch.path()).unwrap_err()
+}
+
+/// The first problem whose message holds `needle`.
+fn problem_about<'a>(diagnostics: &'a [Diagnostic], needle: &str) -> &'a Diagnostic {
+    diagnostics
+        .iter()
+        .find(|d| d.message.contains(needle))
+        .unwrap_or_else(|| panic!("nothing about {needle:?} in {diagnostics:#?}"))
+}
+
+/// The 1-based line of `text` that first holds `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|line| line.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?}"))
+        + 1
+}
+
+/// Writes `line` at the end of `file` of `scratch`; returns its line number.
+fn add_line(scratch: &tempfile::TempDir, file: &str, line: &str) -> usize {
+    let path = scratch.path().join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}{line}\n")).unwrap();
+    text.lines().count() + 1
+}
+
 #[test]
 fn lint_locates_a_broken_shared_file_at_its_line() {
     let scratch = scratch_with(
         "policies.toml",
         "[roles.consulate]\nwithhold = []\n\n[roles.iom]\nwithhold = \"observations\"\n",
     );
-    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
+    let diagnostics = load_refused(&scratch);
     assert!(
         diagnostics.iter().any(|d| d.file.ends_with("policies.toml")
             && (d.line, d.column) == (5, 12)
@@ -664,83 +693,57 @@ fn lint_locates_a_broken_shared_file_at_its_line() {
         "{diagnostics:#?}"
     );
     let shipped_policies = std::fs::read_to_string(mappings_dir().join("policies.toml")).unwrap();
-    let scratch = scratch_with("policies.toml", &shipped_policies);
-    let aliases = scratch.path().join("codelists/aliases.toml");
-    let text = std::fs::read_to_string(&aliases).unwrap();
-    std::fs::write(&aliases, format!("{text}[country\n")).unwrap();
-    let lines = text.lines().count();
-    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
-    assert!(
-        diagnostics
-            .iter()
-            .any(|d| d.file.ends_with("codelists/aliases.toml") && d.line == lines + 1),
-        "{diagnostics:#?}"
-    );
-    let scratch = scratch_with("policies.toml", &shipped_policies);
-    let countries = scratch.path().join("codelists/countries.csv");
-    let text = std::fs::read_to_string(&countries).unwrap();
-    std::fs::write(&countries, format!("{text}not,a,country\n")).unwrap();
-    let lines = text.lines().count();
-    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
-    assert!(
-        diagnostics
-            .iter()
-            .any(|d| d.file.ends_with("codelists/countries.csv") && d.line == lines + 1),
-        "{diagnostics:#?}"
-    );
+    for (file, line) in [
+        ("codelists/aliases.toml", "[country"),
+        ("codelists/countries.csv", "not,a,country"),
+    ] {
+        let scratch = scratch_with("policies.toml", &shipped_policies);
+        let at = add_line(&scratch, file, line);
+        let diagnostics = load_refused(&scratch);
+        assert!(
+            diagnostics
+                .iter()
+                .any(|d| d.file.ends_with(file) && d.line == at),
+            "{diagnostics:#?}"
+        );
+    }
 }
 
 #[test]
 fn lint_locates_a_template_problem_at_its_line_in_the_template() {
     let shipped = std::fs::read_to_string(mappings_dir().join("ma.dgsn.toml")).unwrap();
-    let line_of = |needle: &str| {
-        shipped
-            .lines()
-            .position(|line| line.contains(needle))
-            .unwrap_or_else(|| panic!("no {needle} in ma.dgsn.toml"))
-            + 1
-    };
     // An unknown field, on the line of the element that names it.
     let broken = shipped.replacen("{{ data.case_id }}", "{{ data.case_idd }}", 1);
-    let scratch = scratch_with("ma.dgsn.toml", &broken);
-    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
-    let unknown = diagnostics
-        .iter()
-        .find(|d| d.message.contains("case_idd is not a field"))
-        .unwrap_or_else(|| panic!("{diagnostics:#?}"));
-    assert_eq!(unknown.line, line_of("{{ data.case_id }}"), "{unknown}");
+    let diagnostics = load_refused(&scratch_with("ma.dgsn.toml", &broken));
+    let unknown = problem_about(&diagnostics, "case_idd is not a field");
+    assert_eq!(
+        unknown.line,
+        line_of(&shipped, "{{ data.case_id }}"),
+        "{unknown}"
+    );
     // An element left open, where the XML breaks: at the root's end tag.
     let broken = shipped.replacen(
         "poste=\"{{ data.lpc.issuing_post }}\"/>",
         "poste=\"{{ data.lpc.issuing_post }}\">",
         1,
     );
-    let scratch = scratch_with("ma.dgsn.toml", &broken);
-    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
-    let malformed = diagnostics
-        .iter()
-        .find(|d| d.message.contains("the XML template is malformed"))
-        .unwrap_or_else(|| panic!("{diagnostics:#?}"));
+    let diagnostics = load_refused(&scratch_with("ma.dgsn.toml", &broken));
+    let malformed = problem_about(&diagnostics, "the XML template is malformed");
     assert_eq!(
         malformed.line,
-        line_of("</AvisLaissezPasser>"),
+        line_of(&shipped, "</AvisLaissezPasser>"),
         "{malformed}"
     );
     // An unknown field in a JSON template, on the line that names it.
     let shipped = std::fs::read_to_string(mappings_dir().join("airline.at.toml")).unwrap();
-    let line = shipped
-        .lines()
-        .position(|line| line.contains("\"pnr\": \"{{ data.pnr }}\""))
-        .expect("the booking notice's PNR")
-        + 1;
     let broken = shipped.replacen("{{ data.pnr }}", "{{ data.pnrr }}", 1);
-    let scratch = scratch_with("airline.at.toml", &broken);
-    let diagnostics = MappingSet::load(scratch.path()).unwrap_err();
-    let unknown = diagnostics
-        .iter()
-        .find(|d| d.message.contains("pnrr is not a field"))
-        .unwrap_or_else(|| panic!("{diagnostics:#?}"));
-    assert_eq!(unknown.line, line, "{unknown}");
+    let diagnostics = load_refused(&scratch_with("airline.at.toml", &broken));
+    let unknown = problem_about(&diagnostics, "pnrr is not a field");
+    assert_eq!(
+        unknown.line,
+        line_of(&shipped, "\"pnr\": \"{{ data.pnr }}\""),
+        "{unknown}"
+    );
 }
 
 #[test]
