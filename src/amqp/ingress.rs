@@ -536,6 +536,8 @@ impl Ingress {
     ) -> Result<(), String> {
         let queue = inbound_queue(&partner);
         let mut channel: Option<Channel> = None;
+        // `None` until the gate first opens, while intake is paused (cancelled for a closed gate
+        // and ended), and while the broker refuses the queue or has cancelled its consumer.
         let mut consumer: Option<Consumer> = None;
         // Whether the queue was consumed in this session before: its start again is said.
         let mut consumed_before = false;
@@ -543,8 +545,6 @@ impl Ingress {
         let mut refused_tries: u32 = 0;
         let mut next_try: Option<std::time::Instant> = None;
         let mut handling: JoinSet<()> = JoinSet::new();
-        // `None` while intake is paused: not started yet (see `Ingress::open`), or cancelled
-        // for a closed gate and ended.
         // Whether the consumer was cancelled for a closed gate and has not ended yet.
         let mut cancelling = false;
         let mut closed_since: Option<std::time::Instant> = None;

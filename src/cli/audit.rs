@@ -239,15 +239,7 @@ fn keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
     // Kept in a buffer that is wiped when dropped, as the key itself is.
     let mut key = signer.to_signer_key();
     key.push('\n');
-    match create_file(out, key.as_bytes(), Readers::Owner) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
-            "{} exists already: a key is not written over another; give a new name, or remove \
-             the old file first",
-            out.display()
-        ),
-        Err(e) => return Err(e).with_context(|| format!("writing the key to {}", out.display())),
-    }
+    write_new_file(out, key.as_bytes(), Readers::Owner, "key")?;
     say!("{}", signer.verifier().to_verifier_key());
     if super::output::has_failed() {
         // The verifier key is printed here only: a key kept without it could not be checked
@@ -661,11 +653,7 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.bundle
         && path.exists()
     {
-        bail!(
-            "{} exists already: a bundle is not written over another; give a new name, or \
-             remove the old file first",
-            path.display()
-        );
+        return Err(exists_already(path, "bundle"));
     }
     readable_folder(&args.log)?;
     if !args.log.join("private").is_dir() {
@@ -764,15 +752,7 @@ fn print_trail(args: TrailArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.bundle {
         // A bundle is evidence: one already there (an earlier trail's) is not written over.
         let bundle = t.to_bundle()?;
-        match create_file(path, &bundle, Readers::AsTheUmaskSays) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
-                "{} exists already: a bundle is not written over another; give a new name, or \
-                 remove the old file first",
-                path.display()
-            ),
-            Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
-        }
+        write_new_file(path, &bundle, Readers::AsTheUmaskSays, "bundle")?;
         say!(
             "bundle written to {} ({})",
             path.display(),
@@ -970,6 +950,26 @@ fn nested_log_hint(folder: &Path, has_log: impl Fn(&Path) -> bool) -> String {
     } else {
         String::new()
     }
+}
+
+/// Writes `data` to `path`, whole or not at all, and never over a file already there (see
+/// [`create_file`]): a key or a bundle is evidence another may rely on. `what` names it in the
+/// refusal.
+fn write_new_file(path: &Path, data: &[u8], readers: Readers, what: &str) -> anyhow::Result<()> {
+    match create_file(path, data, readers) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists_already(path, what)),
+        Err(e) => Err(e).with_context(|| format!("writing the {what} to {}", path.display())),
+    }
+}
+
+/// The refusal to write a `what` over `path`.
+fn exists_already(path: &Path, what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} exists already: a {what} is not written over another; give a new name, or remove \
+         the old file first",
+        path.display()
+    )
 }
 
 /// Refuses a log folder this process may not read, before a look for its files finds none
