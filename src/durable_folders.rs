@@ -36,13 +36,22 @@ pub fn replace_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<()
 /// another run's writing to the same path.
 pub fn create_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<()> {
     static COUNT: AtomicU64 = AtomicU64::new(0);
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(format!(
-        ".{}-{}.tmp",
-        std::process::id(),
-        COUNT.fetch_add(1, Ordering::Relaxed)
-    ));
-    write_beside(path, PathBuf::from(temporary), data, readers)?.create()
+    let temporary = beside(
+        path,
+        &format!(
+            ".{}-{}.tmp",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ),
+    );
+    write_beside(path, temporary, data, readers)?.create()
+}
+
+/// `path` with `suffix` added to its name: a file beside it.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// A file's new contents, written whole and synced beside it, not yet in its place: put there
@@ -61,9 +70,7 @@ pub struct Staged {
 /// A temporary file left by a crash is removed first: opened again, it would keep its old
 /// permissions, which `readers` would not change.
 pub fn stage_file(path: &Path, data: &[u8], readers: Readers) -> io::Result<Staged> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
+    let temporary = beside(path, ".tmp");
     match std::fs::remove_file(&temporary) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
         _ => {}
