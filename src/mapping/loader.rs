@@ -80,7 +80,9 @@ impl MappingSet {
             return Err(diagnostics);
         }
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        let countries = CountryLists::build(&text(&shared[0]), &text(&shared[1])).map_err(|e| {
+        let aliases_text = text(&shared[1]);
+        let countries = CountryLists::build(&text(&shared[0]), &aliases_text).map_err(|e| {
+            let aliases = dir.join(SHARED_FILES[1]);
             vec![match e {
                 CodeListError::Csv { line, message } => Diagnostic {
                     file: dir.join(SHARED_FILES[0]),
@@ -88,38 +90,27 @@ impl MappingSet {
                     column: 1,
                     message,
                 },
-                CodeListError::AliasesSyntax {
-                    message,
-                    span: Some(span),
-                } => Diagnostic::locate(
-                    &dir.join(SHARED_FILES[1]),
-                    &text(&shared[1]),
-                    &Issue::at(span, message),
-                ),
-                CodeListError::AliasesSyntax { message, .. } | CodeListError::Aliases(message) => {
-                    at_quoted(&dir.join(SHARED_FILES[1]), &text(&shared[1]), message)
+                CodeListError::AliasesSyntax { message, span } => {
+                    located(&aliases, &aliases_text, message, span)
                 }
+                CodeListError::Aliases(message) => located(&aliases, &aliases_text, message, None),
             }]
         })?;
+        let policy_file = dir.join("policies.toml");
         let policy_text = text(&shared[2]);
         let policy = Arc::new(Policy::parse(&policy_text).map_err(|e| {
             vec![match e {
-                PolicyError::Parse {
-                    message,
-                    span: Some(span),
-                } => Diagnostic::locate(
-                    &dir.join("policies.toml"),
-                    &policy_text,
-                    &Issue::at(span, message),
-                ),
-                other => at_quoted(&dir.join("policies.toml"), &policy_text, other.to_string()),
+                PolicyError::Parse { message, span } => {
+                    located(&policy_file, &policy_text, message, span)
+                }
+                other => located(&policy_file, &policy_text, other.to_string(), None),
             }]
         })?);
         let policy_issues = lint_policy(&policy, &catalogue, &schemas);
         if !policy_issues.is_empty() {
             return Err(policy_issues
                 .into_iter()
-                .map(|m| at_quoted(&dir.join("policies.toml"), &policy_text, m))
+                .map(|m| located(&policy_file, &policy_text, m, None))
                 .collect());
         }
         let mut shared_codelists: HashMap<String, Arc<CodeList>> = HashMap::new();
@@ -299,11 +290,20 @@ struct FileContext<'a> {
     shared_codelists: &'a HashMap<String, Arc<CodeList>>,
 }
 
-/// A problem of meaning in a shared file (a pattern that names no field, an alias of an unknown
-/// code), located at the first place the file writes the first string `message` quotes
+/// A problem in a shared file, located at `span` when the TOML library gave one (a syntax or
+/// type error); otherwise, a problem of meaning (a pattern that names no field, an alias of an
+/// unknown code), at the first place the file writes the first string `message` quotes
 /// (`"vulnerabilites"`), within the role's table when the message names a role (`role
 /// consulate: …` in `[roles.consulate]`); at the file's start when it writes none.
-fn at_quoted(file: &Path, text: &str, message: String) -> Diagnostic {
+fn located(
+    file: &Path,
+    text: &str,
+    message: String,
+    span: Option<std::ops::Range<usize>>,
+) -> Diagnostic {
+    if let Some(span) = span {
+        return Diagnostic::locate(file, text, &Issue::at(span, message));
+    }
     let quoted = message.find('"').and_then(|open| {
         let close = message[open + 1..].find('"')? + open + 1;
         Some(&message[open..=close])
