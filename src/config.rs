@@ -285,18 +285,7 @@ impl Config {
     /// Reads a configuration's text. A refusal names the setting at fault (`limits.burst`) and
     /// its line, without quoting the line or the value: `[amqp] auth` may hold a password.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|error| error_text::toml_error_unquoted(text, &error))?;
-        serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            let setting = error.path().to_string();
-            let problem = error_text::toml_error_unquoted(text, error.inner());
-            // The path is `.` when no setting is at fault.
-            if setting == "." {
-                problem
-            } else {
-                format!("{setting}: {problem}")
-            }
-        })
+        error_text::from_toml(text).map_err(|refusal| refusal.to_string())
     }
 
     /// Checks what serde cannot.

@@ -22,6 +22,43 @@ pub fn each_cause_once(texts: impl IntoIterator<Item = String>) -> String {
     line
 }
 
+/// Why a TOML text could not be read into the type asked for: the key at fault, when there is
+/// one (`limits.burst`, `partner[3].delivery.url`), and the problem, by line and column and
+/// without the value (see [`toml_error_unquoted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TomlRefusal {
+    /// The key's path, as serde gives it (entries of an array counted from 0).
+    pub key: Option<String>,
+    /// What is wrong, and where.
+    pub problem: String,
+}
+
+impl std::fmt::Display for TomlRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{key}: {}", self.problem),
+            None => f.write_str(&self.problem),
+        }
+    }
+}
+
+/// Reads a TOML text into `T`; a refusal names the key at fault (see [`TomlRefusal`]), never
+/// the value: a settings file may hold a password, a registry a webhook URL with a token.
+pub fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlRefusal> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|error| TomlRefusal {
+        key: None,
+        problem: toml_error_unquoted(text, &error),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let key = error.path().to_string();
+        TomlRefusal {
+            // The path is `.` when no key is at fault.
+            key: (key != ".").then_some(key),
+            problem: toml_error_unquoted(text, error.inner()),
+        }
+    })
+}
+
 /// A TOML file's error, said by its line and column, without what the file holds there: the
 /// `toml` crate quotes the line, and serde quotes a string of the wrong type, where a webhook
 /// URL or a password may stand. `text` is the file's text.

@@ -410,21 +410,12 @@ pub fn is_well_formed_partner_id(id: &str) -> bool {
 /// (`partner[3].delivery.url`) and its line, without quoting the line or the value: a webhook
 /// URL may carry a token.
 fn read_registry_file(text: &str) -> Result<RegistryFile, RegistryError> {
-    let refused = |message| RegistryError::File {
+    crate::error_text::from_toml(text).map_err(|refusal| RegistryError::File {
         file: "registry".into(),
-        message,
-    };
-    let deserializer = toml::Deserializer::parse(text)
-        .map_err(|error| refused(crate::error_text::toml_error_unquoted(text, &error)))?;
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let key = named_entry(text, &error.path().to_string());
-        let problem = crate::error_text::toml_error_unquoted(text, error.inner());
-        // The path is `.` when no key is at fault.
-        refused(if key == "." {
-            problem
-        } else {
-            format!("{key}: {problem}")
-        })
+        message: match refusal.key {
+            Some(key) => format!("{}: {}", named_entry(text, &key), refusal.problem),
+            None => refusal.problem,
+        },
     })
 }
 
