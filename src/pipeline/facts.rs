@@ -3,7 +3,8 @@
 //!
 //! This module owns reading those out of an event's data. It reads field names the canonical
 //! schemas define (`pnr`, `pv_number`, `iom_case_number`, `flight`, the `number` of an `lpc`,
-//! a `travel_document` or the items of `travel_documents`, and `ticket_number`) wherever they
+//! a `travel_document` or the items of `travel_documents` (searched as an LPC's when its `type`
+//! is `lpc`), and `ticket_number`) wherever they
 //! appear, so that a new event type that uses them is indexed without a change here. A test
 //! checks that every document number the schemas define is under one of these names.
 
@@ -49,6 +50,9 @@ pub fn identifiers(event: &Value, sender: &str) -> (Vec<String>, Identifiers) {
 /// person travels on (an `lpc`'s number is read with the identifiers, above).
 const DOCUMENT_OBJECTS: &[&str] = &["travel_document", "travel_documents"];
 
+/// The `type` of a travel document that is a consular laissez-passer.
+const LPC_DOCUMENT: &str = "lpc";
+
 /// The members that are document numbers themselves (an e-ticket).
 const DOCUMENT_NUMBERS: &[&str] = &["ticket_number"];
 
@@ -68,6 +72,12 @@ fn walk(value: &Value, key: Option<&str>, documents: &mut Vec<String>, ids: &mut
                 && let Some(n) = map.get("number").and_then(Value::as_str)
             {
                 documents.push(n.to_owned());
+                // A laissez-passer the person travels on (a PV's, a border stamp's) is searched
+                // by its number as the consulate's `lpc` is, so that its trail runs from the
+                // issue to the exit.
+                if map.get("type").and_then(Value::as_str) == Some(LPC_DOCUMENT) {
+                    ids.lpc.push(n.to_owned());
+                }
             }
             for (k, v) in map {
                 if DOCUMENT_NUMBERS.contains(&k.as_str())
@@ -140,8 +150,25 @@ mod tests {
                 "ticket_number": "147-2400012345"
             }
         });
-        let (documents, _) = identifiers(&event, "airline.at");
+        let (documents, ids) = identifiers(&event, "airline.at");
         assert_eq!(documents, ["147-2400012345", "A00998877"]);
+        assert!(ids.lpc.is_empty(), "a passport is no laissez-passer");
+    }
+
+    /// A PV or a border stamp on a laissez-passer is found by the LPC's number, as the
+    /// consulate's issue is.
+    #[test]
+    fn a_laissez_passer_travelled_on_is_searched_by_its_number() {
+        let pv = json!({"data": {
+            "pv_number": "DGSN/SE/CASA/2026/7741",
+            "travel_document": {"type": "lpc", "number": "LP0417263"}
+        }});
+        let (documents, ids) = identifiers(&pv, "ma.dgsn");
+        assert_eq!(documents, ["LP0417263"]);
+        assert_eq!(ids.lpc, ["LP0417263"]);
+        let registered = json!({"data": {"travel_documents": [
+            {"type": "passport", "number": "A1"}, {"type": "lpc", "number": "LP2"}]}});
+        assert_eq!(identifiers(&registered, "iom.ma").1.lpc, ["LP2"]);
     }
 
     /// Every document number the canonical schemas define is found: each member whose schema
