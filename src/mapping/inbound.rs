@@ -8,8 +8,8 @@
 use super::diagnostics::Issue;
 use super::path::XmlPath;
 use super::rule::{
-    CompileScope, EVENT, EvalScope, Native, NativePath, Rule, RuleError, Shape, Source, as_text,
-    names_cut_from, same_names, text_of,
+    CheckSide, CompileScope, EVENT, EvalScope, Native, NativePath, Rule, RuleError, Shape, Source,
+    as_text, names_cut_from, same_names, text_of,
 };
 use super::spec::{CheckSpec, DecodeSpec, Format, IgnoreSpec, InboundSpec, MatchSpec, RuleSpec};
 use super::xml::XmlDocument;
@@ -781,25 +781,44 @@ impl InboundMapping {
                 };
                 let left = compared(&check.left)?;
                 let right = compared(&check.right)?;
-                if !left.is_empty() && !right.is_empty() {
-                    let agree = if check.by_name {
+                let (left_values, right_values) = (left.values(), right.values());
+                let unreadable =
+                    matches!(left, CheckSide::Unreadable) || matches!(right, CheckSide::Unreadable);
+                // A side absent skips the check; a side unreadable beside a value (or beside
+                // another unreadable side) cannot agree with it.
+                let agree = if !left_values.is_empty() && !right_values.is_empty() {
+                    Some(if check.by_name {
                         // A side that may be cut short is tried as such only when the whole
                         // names differ.
-                        same_names(&left, &right)
+                        same_names(left_values, right_values)
                             || (match &check.truncated {
-                                Some(rule) => is_true(&compared(rule)?),
+                                Some(rule) => is_true(compared(rule)?.values()),
                                 None => false,
-                            } && names_cut_from(&left, &right))
+                            } && names_cut_from(left_values, right_values))
                     } else {
-                        left == right
+                        left_values == right_values
+                    })
+                } else if unreadable && (!left_values.is_empty() || !right_values.is_empty())
+                    || matches!(
+                        (&left, &right),
+                        (CheckSide::Unreadable, CheckSide::Unreadable)
+                    )
+                {
+                    Some(false)
+                } else {
+                    None
+                };
+                if agree == Some(false) {
+                    let message = if unreadable {
+                        format!("{}: a value compared could not be read", check.message)
+                    } else {
+                        check.message.clone()
                     };
-                    if !agree {
-                        anomalies.push(json!({
-                            "code": check.anomaly,
-                            "message": check.message,
-                            "path": check.path,
-                        }));
-                    }
+                    anomalies.push(json!({
+                        "code": check.anomaly,
+                        "message": message,
+                        "path": check.path,
+                    }));
                 }
             }
         }
@@ -1054,15 +1073,30 @@ fn run_decoder(step: &DecodeStep, texts: &[&str]) -> Result<(Value, Vec<Value>),
                 .filter(|check| !check.valid)
                 .map(|check| check.field)
                 .collect();
-            let anomalies = if failed.is_empty() {
-                Vec::new()
-            } else {
-                vec![json!({
+            let mut anomalies = Vec::new();
+            if !failed.is_empty() {
+                anomalies.push(json!({
                     "code": "mrz.check_digit",
                     "message": format!("MRZ check digits do not verify: {}", failed.join(", ")),
                     "path": step.label,
-                })]
-            };
+                }));
+            }
+            // Digits that are no calendar date (`980231`) leave `birth_date_iso` or
+            // `expiry_date_iso` empty, which would skip the checks that compare them.
+            let not_dates: Vec<&str> = [
+                ("birth_date", zone.birth_date_iso.is_none()),
+                ("expiry_date", zone.expiry_date_iso.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(field, missing)| missing.then_some(field))
+            .collect();
+            if !not_dates.is_empty() {
+                anomalies.push(json!({
+                    "code": "mrz.invalid_date",
+                    "message": format!("MRZ dates that are not calendar dates: {}", not_dates.join(", ")),
+                    "path": step.label,
+                }));
+            }
             let mut document = mrz_document(zone);
             // The lines as read, so that a mapping copies an MRZ only once it has decoded.
             document.insert(

@@ -855,15 +855,34 @@ fn truncate(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
+/// One side of an `[[inbound.check]]`: the values it compares, or the fact that a value was
+/// there and its rule could not read it.
+#[derive(Debug)]
+pub enum CheckSide<'s> {
+    /// The side's values: none when it is absent, and a check with a side absent is skipped.
+    Values(Vec<Cow<'s, Value>>),
+    /// A value is there but the side's rule failed on it (a day of the year that no year near
+    /// the reference has, a code that no list knows): it cannot be said to agree with the
+    /// other side, so the check is not skipped.
+    Unreadable,
+}
+
+impl CheckSide<'_> {
+    /// The side's values; none when it is absent or unreadable.
+    pub fn values(&self) -> &[Cow<'_, Value>] {
+        match self {
+            CheckSide::Values(values) => values,
+            CheckSide::Unreadable => &[],
+        }
+    }
+}
+
 impl Rule {
     /// The values a check compares: borrowed from the decoded document or the event when the
-    /// rule has no transform (the common case), computed otherwise. Empty when absent or when
-    /// the rule fails: a check with a side missing is skipped. A path that gives more values
-    /// than a path may is an error: the message is refused, not its check skipped.
-    pub fn check_values<'s>(
-        &self,
-        scope: &EvalScope<'s>,
-    ) -> Result<Vec<Cow<'s, Value>>, RuleError> {
+    /// rule has no transform (the common case), computed otherwise. Unreadable when a value is
+    /// there and the rule fails on it. A path that gives more values than a path may is an
+    /// error: the message is refused, not its check decided.
+    pub fn check_values<'s>(&self, scope: &EvalScope<'s>) -> Result<CheckSide<'s>, RuleError> {
         let plain = self.regex.is_none()
             && self.case.is_none()
             && self.split.is_none()
@@ -885,11 +904,11 @@ impl Rule {
             _ => None,
         };
         Ok(match borrowed {
-            Some(values) => values.into_iter().map(Cow::Borrowed).collect(),
+            Some(values) => CheckSide::Values(values.into_iter().map(Cow::Borrowed).collect()),
             None => match self.transformed(scope) {
-                Ok((values, _)) => values.into_iter().map(Cow::Owned).collect(),
+                Ok((values, _)) => CheckSide::Values(values.into_iter().map(Cow::Owned).collect()),
                 Err(error) if error.over_limit => return Err(error),
-                Err(_) => Vec::new(),
+                Err(_) => CheckSide::Unreadable,
             },
         })
     }
@@ -1164,7 +1183,7 @@ mod tests {
     }
 
     #[test]
-    fn a_check_side_over_the_limit_is_an_error_and_a_failing_one_is_skipped() {
+    fn a_check_side_over_the_limit_is_an_error_and_a_failing_one_is_unreadable() {
         let named = BTreeMap::new();
         let scope = |message: &'static Value| EvalScope {
             native: Native::Json(message),
@@ -1182,8 +1201,20 @@ mod tests {
         assert_eq!(error.message, "r gives more than 1000 values");
         let coded = compile(r#"{ from = "r", codelist = "reasons" }"#, Shape::List);
         assert!(coded.check_values(&scope(&MANY)).unwrap_err().over_limit);
-        // A side whose look-up fails has no values: its check is skipped.
-        assert!(coded.check_values(&scope(&UNKNOWN)).unwrap().is_empty());
+        // A side whose look-up fails is unreadable: its check cannot agree. An absent one
+        // has no values: its check is skipped.
+        assert!(matches!(
+            coded.check_values(&scope(&UNKNOWN)).unwrap(),
+            CheckSide::Unreadable
+        ));
+        static ABSENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| json!({}));
+        assert!(
+            coded
+                .check_values(&scope(&ABSENT))
+                .unwrap()
+                .values()
+                .is_empty()
+        );
     }
 
     #[test]
