@@ -295,6 +295,20 @@ impl CountryLists {
             // Aliases are the programme's own decisions: they override ambiguous names.
             any.settle(key, value);
         }
+        // What the gateway writes, it reads back: a demonym the aliases settle for a country
+        // reads as that country, and one that reads as another is refused.
+        for (code, demonym) in aliases.get(COUNTRY_DEMONYM_FR_F).into_iter().flatten() {
+            match any.lookup(demonym) {
+                Some(read) if read != code => {
+                    return Err(CodeListError::Aliases(format!(
+                        "[\"{COUNTRY_DEMONYM_FR_F}\"]: {demonym:?} is written for {code} \
+                         but reads as {read}"
+                    )));
+                }
+                Some(_) => {}
+                None => any.settle(demonym, code),
+            }
+        }
         let mut demonyms = CodeList::from_pairs(demonyms);
         for (key, value) in aliases.get(COUNTRY_DEMONYM_FR_F).into_iter().flatten() {
             demonyms.settle(key, value);
@@ -378,6 +392,42 @@ mod tests {
         assert_eq!(lists.any_to_alpha3.lookup("congo rdc"), Some("COD"));
         assert_eq!(lists.alpha3_to_alpha2.get("CIV"), Some("CI"));
         assert_eq!(lists.alpha3_to_demonym_fr_f.get("SEN"), Some("Sénégalaise"));
+    }
+
+    /// A demonym written for one of two countries that share it reads back as that country.
+    #[test]
+    fn a_demonym_written_reads_back_as_its_country() {
+        let written = "[\"country.demonym_fr_f\"]\n\"COD\" = \"Congolaise (RDC)\"\n";
+        let lists = CountryLists::build(CSV, written).unwrap();
+        assert_eq!(lists.any_to_alpha3.lookup("Congolaise (RDC)"), Some("COD"));
+        assert_eq!(lists.any_to_alpha3.lookup("congolaise rdc"), Some("COD"));
+        let misread = "[country]\n\"Congolaise RDC\" = \"COG\"\n\
+            [\"country.demonym_fr_f\"]\n\"COD\" = \"Congolaise (RDC)\"\n";
+        let error = CountryLists::build(CSV, misread).unwrap_err().to_string();
+        assert!(
+            error.contains("\"Congolaise (RDC)\" is written for COD but reads as COG"),
+            "{error}"
+        );
+    }
+
+    /// Over the project's own lists: every country's demonym, as written to the consulates,
+    /// reads back as that country.
+    #[test]
+    fn every_demonym_the_gateway_writes_reads_back() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/codelists");
+        let csv = std::fs::read_to_string(dir.join("countries.csv")).unwrap();
+        let aliases = std::fs::read_to_string(dir.join("aliases.toml")).unwrap();
+        let lists = CountryLists::build(&csv, &aliases).unwrap();
+        let mut misread = Vec::new();
+        for (code, demonym) in &lists.alpha3_to_demonym_fr_f.exact {
+            if !demonym.is_empty() && lists.any_to_alpha3.lookup(demonym) != Some(code.as_str()) {
+                misread.push(format!(
+                    "{code}: {demonym:?} reads as {:?}",
+                    lists.any_to_alpha3.lookup(demonym)
+                ));
+            }
+        }
+        assert!(misread.is_empty(), "{misread:#?}");
     }
 
     #[test]
