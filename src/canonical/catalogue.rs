@@ -39,6 +39,11 @@ pub struct EventType {
     /// on the case's file (an event type seen, or [`PASSPORT_FACT`]).
     #[serde(default)]
     pub requires: Vec<Vec<String>>,
+    /// Facts that must not be on the case's file yet: the type itself for a step that happens
+    /// once (a second laissez-passer), another for a step that contradicts it (an LPC issued
+    /// after one was refused). An event that finds one is flagged, not refused.
+    #[serde(default)]
+    pub excludes: Vec<String>,
     /// A routed recipient that the sender must be for this event (the consulate of the
     /// holder's nationality issues its laissez-passer): an event whose sender it is not is
     /// flagged `scope.not_the_<routed recipient>`.
@@ -194,6 +199,11 @@ impl Catalogue {
                     }
                 }
             }
+            for fact in &entry.excludes {
+                if fact != PASSPORT_FACT && !self.types.contains_key(fact) {
+                    problems.push(format!("types.{name}: excludes {fact}, no type or fact"));
+                }
+            }
             if let Some(scope) = &entry.scope {
                 match self.routed.get(scope) {
                     Some(routed) if !routed.keys.is_empty() => {}
@@ -274,6 +284,11 @@ mod tests {
                 "scope = \"operating-airline\"",
                 "scope = \"iom-morocco\"",
                 1,
+            )
+            .replacen(
+                "excludes = [\"lpc.issued\"]",
+                "excludes = [\"lpc.lost\"]",
+                1,
             );
         let Err(CatalogueError::Invalid(problems)) = Catalogue::parse(&text) else {
             panic!("the changed catalogue is refused");
@@ -284,6 +299,7 @@ mod tests {
             "a required phase names no fact",
             "requires visa, no type or fact",
             "scope iom-morocco is no routed recipient with keys",
+            "excludes lpc.lost, no type or fact",
         ] {
             assert!(
                 problems.iter().any(|p| p.contains(expected)),

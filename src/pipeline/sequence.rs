@@ -41,7 +41,8 @@ pub struct CaseFile {
 }
 
 impl CaseFile {
-    /// The anomalies an event raises against this file, one per unmet requirement.
+    /// The anomalies an event raises against this file: one per unmet requirement, then one
+    /// per fact on file that it excludes.
     pub fn check(&self, catalogue: &Catalogue, event: &Value) -> Vec<Value> {
         let name = type_name(event);
         let Some(entry) = catalogue.get(name) else {
@@ -53,7 +54,7 @@ impl CaseFile {
         let on_file = |fact: &String| {
             self.facts.contains(fact) || (shows_passport && fact.as_str() == PASSPORT)
         };
-        entry
+        let missing = entry
             .requires
             .iter()
             .filter(|alternatives| !alternatives.iter().any(on_file))
@@ -65,8 +66,26 @@ impl CaseFile {
                         alternatives.join(" or ")
                     ),
                 })
-            })
-            .collect()
+            });
+        let excluded = entry
+            .excludes
+            .iter()
+            .filter(|fact| self.facts.contains(*fact))
+            .map(|fact| {
+                let written = fact.replace('.', "_");
+                if fact == name {
+                    json!({
+                        "code": format!("sequence.repeated_{written}"),
+                        "message": format!("{name} arrived when the case already had one on file"),
+                    })
+                } else {
+                    json!({
+                        "code": format!("sequence.after_{written}"),
+                        "message": format!("{name} arrived when the case had {fact} on file"),
+                    })
+                }
+            });
+        missing.chain(excluded).collect()
     }
 
     /// The facts an event puts on its case's file: its type, `passport` when it carries one (a
@@ -206,6 +225,40 @@ mod tests {
             file.check(&catalogue, &event("boarding.confirmed"))
                 .is_empty()
         );
+    }
+
+    /// A second laissez-passer, and one issued after a refusal, are flagged; a booking
+    /// changed is not.
+    #[test]
+    fn a_step_repeated_or_contradicted_is_flagged() {
+        let catalogue = Catalogue::embedded().unwrap();
+        let codes = |file: &CaseFile, name: &str| -> Vec<String> {
+            file.check(&catalogue, &event(name))
+                .iter()
+                .filter_map(|a| a["code"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let mut file = CaseFile::default();
+        for name in ["case.registered", "lpc.requested", "travel.booked"] {
+            file.record(name, &CaseFile::facts_of(&event(name)));
+        }
+        assert!(codes(&file, "lpc.issued").is_empty());
+        assert!(
+            codes(&file, "travel.booked").is_empty(),
+            "a booking changed"
+        );
+        let mut refused = file.clone();
+        file.record("issued", &CaseFile::facts_of(&event("lpc.issued")));
+        assert_eq!(codes(&file, "lpc.issued"), ["sequence.repeated_lpc_issued"]);
+        assert_eq!(codes(&file, "lpc.refused"), ["sequence.after_lpc_issued"]);
+        refused.record("refused", &CaseFile::facts_of(&event("lpc.refused")));
+        assert_eq!(
+            codes(&refused, "lpc.issued"),
+            ["sequence.after_lpc_refused"]
+        );
+        // A withdrawn message no longer stands for its fact.
+        file.withdraw("issued");
+        assert!(codes(&file, "lpc.issued").is_empty());
     }
 
     #[test]
