@@ -422,6 +422,24 @@ fn a_log_with_entries_does_not_open_without_its_keys() {
         assert!(!path.exists(), "{name} was made anew");
         std::fs::write(&path, kept).unwrap();
     }
+    // Another index key in place of the log's own: refused, not used to index new entries
+    // that no search with the log's own key would find.
+    let path = dir.path().join("private/keys/index.key");
+    let kept = std::fs::read(&path).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    AuditLog::open(elsewhere.path(), signer(), ORIGIN, options())
+        .unwrap()
+        .close()
+        .unwrap();
+    std::fs::copy(elsewhere.path().join("private/keys/index.key"), &path).unwrap();
+    match AuditLog::open(dir.path(), signer(), ORIGIN, options()) {
+        Err(error @ AuditError::OtherIndexKey { .. }) => assert!(
+            error.to_string().contains("restore the log's own key"),
+            "{error}"
+        ),
+        other => panic!("opened with another index key: {:?}", other.map(|_| ())),
+    }
+    std::fs::write(&path, kept).unwrap();
     let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
     assert_eq!(log.latest_checkpoint().1.size, 5);
     log.close().unwrap();
@@ -1101,6 +1119,8 @@ fn erasure_keeps_the_log_verifiable_and_makes_the_case_unreadable() {
             .all(|(_, o)| o.case_id == victim && o.native.is_some())
     );
     let before: Vec<_> = log.lookup(&Query::Case(victim.clone()));
+    let keys_path = dir.path().join("private/keys/cases.keys");
+    let keys_before_erasure = std::fs::read(&keys_path).unwrap();
 
     let receipt = log.erase_case(&victim).unwrap();
     assert!(matches!(
@@ -1118,6 +1138,31 @@ fn erasure_keeps_the_log_verifiable_and_makes_the_case_unreadable() {
     );
     log.sync().unwrap();
     verify_public(&log.layout().public, log.verifier(), None, &mut |_| {}).unwrap();
+
+    // The key file restored from a copy older than the erasure: the log's `erased` entry
+    // destroys the case's keys again when it opens.
+    log.close().unwrap();
+    std::fs::write(&keys_path, &keys_before_erasure).unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    assert!(log.is_case_erased(&victim).unwrap());
+    assert!(matches!(
+        log.open_case(&victim),
+        Err(AuditError::CaseErased)
+    ));
+    assert!(matches!(log.append(&fact(1)), Err(AuditError::CaseErased)));
+    assert_eq!(log.open_case(&case_id(2)).unwrap().len(), 4);
+    assert_ne!(std::fs::read(&keys_path).unwrap(), keys_before_erasure);
+
+    // The key file emptied: refused, as a missing one is.
+    log.close().unwrap();
+    let kept = std::fs::read(&keys_path).unwrap();
+    std::fs::write(&keys_path, b"").unwrap();
+    match AuditLog::open(dir.path(), signer(), ORIGIN, options()) {
+        Err(AuditError::Corrupt(why)) => assert!(why.contains("holds no key"), "{why}"),
+        other => panic!("opened with an empty key file: {:?}", other.map(|_| ())),
+    }
+    std::fs::write(&keys_path, kept).unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
 
     // The trail ends with the erasure leaf, which carries the case's commitment.
     let found = log.search(&Query::Case(victim.clone())).unwrap();
@@ -1677,6 +1722,9 @@ fn journal_segments_rotate_and_reopen() {
 fn a_lost_case_key_is_not_made_anew() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    // Another case's key first, so that the file is not left empty (refused whole, as a
+    // missing file is).
+    log.append(&fact(2)).unwrap();
     log.append(&fact(0)).unwrap();
     log.close().unwrap();
     let keys = dir.path().join("private/keys/cases.keys");

@@ -487,9 +487,9 @@ fn latest_signed(layout: &Layout, verifier: &NoteVerifier, origin: &str) -> Resu
 /// versions: a key under which none of the first entries naming a message carries its tag
 /// is another key. A key under which any does is this log's.
 #[derive(Debug, Default)]
-struct KeyCheck {
+pub(super) struct KeyCheck {
     /// Entries naming a message checked so far.
-    naming: u64,
+    pub(super) naming: u64,
     /// Whether one of them carried its tag.
     matched: bool,
 }
@@ -498,7 +498,7 @@ impl KeyCheck {
     /// Enough entries to tell: early versions tagged every acceptance.
     const ENOUGH: u64 = 256;
 
-    fn check(&mut self, record: &journal::Record, key: &IndexKey) {
+    pub(super) fn check(&mut self, record: &journal::Record, key: &IndexKey) {
         if self.matched || self.naming >= Self::ENOUGH {
             return;
         }
@@ -508,7 +508,7 @@ impl KeyCheck {
         }
     }
 
-    fn wrong_key(&self) -> bool {
+    pub(super) fn wrong_key(&self) -> bool {
         self.naming > 0 && !self.matched
     }
 }

@@ -372,6 +372,16 @@ impl KeyStore {
         Ok(())
     }
 
+    /// Whether the file holds no record at all, not even an erased case's.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Whether the file holds live keys for the case of `tag`.
+    pub fn is_live(&self, tag: &Tag) -> bool {
+        matches!(self.slots.get(tag), Some(Slot::Live { .. }))
+    }
+
     /// Destroys a case's keys: the record's key bytes are overwritten with
     /// zeros in place and the file is synced. Later calls for the case fail
     /// with [`AuditError::CaseErased`].

@@ -215,6 +215,10 @@ pub struct MessageName {
     pub event_id: String,
 }
 
+/// The bytes of an `erased` leaf's kind, looked for before a leaf is decoded in the journal's
+/// replay, which reads every entry.
+const ERASED_KIND: &[u8] = b"\"erased\"";
+
 impl MessageName {
     /// The message an entry's bytes name, read without decoding the rest of the leaf (the
     /// journal's replay reads every entry).
@@ -495,7 +499,26 @@ impl AuditLog {
         let restore_from = edge.bundle_to_restore();
         let mut restored = Vec::new();
         let mut unsigned = Vec::new();
+        // A wrong index key (replaced, damaged) would index the entries written from now on
+        // under tags no search with the log's own key finds: refused, as the audit tools do.
+        let mut key_check = super::bundle::KeyCheck::default();
+        // Whether any entry holds a payload sealed under a case's keys, and the cases the log
+        // erased: checked against the key file below.
+        let mut sealed_entries = false;
+        let mut erased_cases = Vec::new();
         let scan = journal::scan(&layout.journal, |i, rec| {
+            key_check.check(&rec, &index_key);
+            sealed_entries |= rec.sealed.is_some();
+            if let [case_tag] = rec.tags[..]
+                && rec.sealed.is_none()
+                && rec
+                    .entry
+                    .windows(ERASED_KIND.len())
+                    .any(|w| w == ERASED_KIND)
+                && Leaf::decode(&rec.entry).is_ok_and(|leaf| leaf.kind == Kind::Erased)
+            {
+                erased_cases.push(case_tag);
+            }
             for t in &rec.tags {
                 index.entry(*t).or_default().push(i);
             }
@@ -519,6 +542,12 @@ impl AuditLog {
                 scan.next, last.size
             )));
         }
+        if key_check.wrong_key() {
+            return Err(AuditError::OtherIndexKey {
+                path: layout.keys.join("index.key"),
+                checked: key_check.naming,
+            });
+        }
         if let Some(from) = restore_from {
             tracing::warn!(
                 first_entry = from,
@@ -531,6 +560,30 @@ impl AuditLog {
             edge.push(entry, h);
         }
         keys.cut_damaged_tail(|tag| index.contains_key(tag))?;
+        if sealed_entries && keys.is_empty() {
+            return Err(AuditError::Corrupt(format!(
+                "{} holds no key, and the log holds payloads sealed under case keys: restore \
+                 it (a backup of private/keys) before opening the log",
+                layout.keys.join("cases.keys").display()
+            )));
+        }
+        // The log's `erased` entries are the erasures' record: a key file restored from a copy
+        // older than one of them holds that case's keys again, which would open its sealed
+        // payloads and take new personal data for it. They are destroyed again.
+        let mut erased_again = 0;
+        for case_tag in &erased_cases {
+            if keys.is_live(case_tag) {
+                keys.erase(case_tag)?;
+                erased_again += 1;
+            }
+        }
+        if erased_again > 0 {
+            tracing::warn!(
+                cases = erased_again,
+                "the case key file held the keys of cases the log records as erased (a copy \
+                 older than their erasure?); destroyed again"
+            );
+        }
         let writer = JournalWriter::open(&layout.journal, &scan, options.segment_bytes)?;
         let last_size = last.size;
 
