@@ -667,7 +667,9 @@ impl Store {
         if let Some(parent) = path.parent() {
             crate::durable_folders::create_folders(parent).map_err(db_error)?;
         }
-        let created = !path.exists();
+        // An empty file (emptied, or a copy cut short) is made into a new store as a missing
+        // one is, and said to be new, so that the start warns of it beside a log with entries.
+        let created = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
         // A small page cache: the working set is the recent outbox, and memory is bounded.
         let db = Arc::new(
             redb::Builder::new()
@@ -2976,6 +2978,11 @@ pub(super) mod tests {
         store.close().unwrap();
         let store = Store::open(&path).unwrap();
         assert!(!store.created_now());
+        store.close().unwrap();
+        // An emptied file is a new store too.
+        std::fs::write(&path, b"").unwrap();
+        let store = Store::open(&path).unwrap();
+        assert!(store.created_now());
         store.close().unwrap();
     }
 
