@@ -165,6 +165,11 @@ pub struct PathSettings {
     pub mappings: PathBuf,
     /// The data folder: `store.redb` and `audit-log/`. Default `var/passerelle`.
     pub data: PathBuf,
+    /// Go on with a store older than the audit log, once: set only by `serve
+    /// --accept-older-store`, never by a settings file (the start refuses such a store
+    /// otherwise, see `service::store_not_behind_log`).
+    #[serde(skip)]
+    pub accept_older_store: bool,
 }
 
 impl Default for PathSettings {
@@ -173,6 +178,7 @@ impl Default for PathSettings {
             registry: "config/registry.toml".into(),
             mappings: "mappings".into(),
             data: "var/passerelle".into(),
+            accept_older_store: false,
         }
     }
 }

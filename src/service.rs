@@ -261,6 +261,70 @@ fn log_not_behind_store(log: &AuditLog, store: &Store) -> anyhow::Result<()> {
     )
 }
 
+/// The file, in the audit log's private folder, where the gateway notes the log's signed size
+/// that the store has noted (see [`note_signed_log_size`]) once the store's note is durable: a
+/// store whose own mark is below it is older than the log.
+fn store_mark_path(log: &AuditLog) -> std::path::PathBuf {
+    log.layout().root.join("private/store-mark")
+}
+
+/// The store's mark that the log last noted; 0 when it never did.
+fn store_mark_noted(log: &AuditLog) -> anyhow::Result<u64> {
+    let path = store_mark_path(log);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().with_context(|| {
+            format!(
+                "{} is not a number: restore it with the log, or remove it",
+                path.display()
+            )
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Notes, durably, beside the log, that the store has noted `mark` (the store's note is
+/// durable first, so the log's note is never ahead of the store it describes).
+fn note_store_mark(log: &AuditLog, mark: u64) -> anyhow::Result<()> {
+    let path = store_mark_path(log);
+    crate::durable_folders::replace_file(
+        &path,
+        mark.to_string().as_bytes(),
+        crate::durable_folders::Readers::Owner,
+    )
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Refuses to run with a store older than the audit log (the log kept, the store restored
+/// from an older copy): the messages the log accepted since are unknown to it, so a resend
+/// would be accepted twice; the deliveries completed since would go out again; and delivery
+/// ids would be handed out again, which recipients have already seen. A new store (none was
+/// there) is the start's warning instead. `accept` (`serve --accept-older-store`) goes on
+/// with it, says so, and notes the store's mark so that the next start does not refuse.
+fn store_not_behind_log(log: &AuditLog, store: &Store, accept: bool) -> anyhow::Result<()> {
+    if store.created_now() {
+        return Ok(());
+    }
+    let noted = store_mark_noted(log)?;
+    let mark = store
+        .signed_log_size()
+        .context("reading the store's mark of the log's signed size")?;
+    if mark >= noted {
+        return Ok(());
+    }
+    if !accept {
+        anyhow::bail!(
+            "the store is older than the audit log (restored from an older copy?): it last              noted a checkpoint of {mark} entries, and the log records that it had noted one of              {noted}. Messages accepted since would be accepted again, deliveries completed since              would go out again, and delivery ids would be handed out again. Restore the store              and the log from the same backup; if no copy of the store as recent as the log              remains, start once with `serve --accept-older-store` (see Backup and restore in              the operations guide)"
+        );
+    }
+    tracing::error!(
+        store_noted = mark,
+        log_noted = noted,
+        "going on with a store older than the audit log (--accept-older-store): messages accepted          since its copy may be accepted again, deliveries completed since go out again and          delivery ids are handed out again; reconcile with the partners from the log's trails"
+    );
+    note_store_mark(log, mark)
+}
+
 /// Creates the data folder, or checks the one there: it holds personal data (the store's
 /// messages and deliveries, the audit log's case keys), so only the gateway's user may enter it.
 /// A folder others may read or enter is closed to them (mode 0700), and the log says so.
@@ -493,6 +557,7 @@ impl RunningGateway {
         let store = Store::open(&store_path)
             .with_context(|| format!("opening the store {}", store_path.display()))?;
         log_not_behind_store(&log, &store)?;
+        store_not_behind_log(&log, &store, config.paths.accept_older_store)?;
         if store.created_now() && log.entries_at_open() > 0 {
             tracing::warn!(
                 entries = log.entries_at_open(),
@@ -683,8 +748,18 @@ impl RunningGateway {
         match tokio::task::spawn_blocking(move || log.sync()).await {
             Ok(Ok(())) => {
                 let size = gateway.log.latest_checkpoint().1.size;
-                if let Err(error) = gateway.store.note_signed_log_size(size).await {
-                    tracing::error!(%error, "the store could not note the audit log's last signed size");
+                match gateway.store.note_signed_log_size(size).await {
+                    Ok(()) => {
+                        if let Err(error) = note_store_mark(&gateway.log, size) {
+                            tracing::error!(
+                                error = format!("{error:#}"),
+                                "the audit log's note of the store's mark could not be written"
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the store could not note the audit log's last signed size");
+                    }
                 }
             }
             Ok(Err(error)) => {
@@ -773,7 +848,17 @@ async fn note_signed_log_size(
         }
         let size = gateway.log.latest_checkpoint().1.size;
         if size > noted {
-            match gateway.store.note_signed_log_size(size).await {
+            let noted_both = match gateway.store.note_signed_log_size(size).await {
+                Ok(()) => {
+                    let log = gateway.log.clone();
+                    match tokio::task::spawn_blocking(move || note_store_mark(&log, size)).await {
+                        Ok(result) => result.map_err(|error| format!("{error:#}")),
+                        Err(error) => Err(crate::error_text::task_failure(&error).to_owned()),
+                    }
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            match noted_both {
                 Ok(()) => {
                     noted = size;
                     failing = false;

@@ -4792,6 +4792,57 @@ async fn a_log_older_than_the_store_is_refused_at_start() {
     drop(dir);
 }
 
+/// A store restored from an older copy than the audit log is refused at start: the log's
+/// note of the store's mark is ahead of the store's own. `--accept-older-store` goes on with it
+/// once, and the start after needs it no more.
+#[actix_web::test]
+async fn a_store_older_than_the_log_is_refused_at_start() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let data = gateway.dir.path().join("data");
+    let registry = gateway.dir.path().join("registry.toml");
+    let mut config = test_config(&data, &registry);
+    let older_store = gateway.dir.path().join("older-store.redb");
+    let reply = gateway
+        .client("sn.consulat.casablanca")
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00992"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let TestGateway { running, dir } = gateway;
+    running.shutdown().await.expect("a clean shutdown");
+    std::fs::copy(data.join("store.redb"), &older_store).unwrap();
+
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the gateway starts");
+    let reply = Client::new("sn.consulat.casablanca", running.addr)
+        .send("application/xml", lpc_issued("CGSN-CASA-2026-00993"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    running.shutdown().await.expect("a clean shutdown");
+    std::fs::copy(&older_store, data.join("store.redb")).unwrap();
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("a store older than the log is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("the store is older than the audit log")
+            && error.contains("--accept-older-store"),
+        "{error}"
+    );
+
+    config.paths.accept_older_store = true;
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("the older store is taken when the operator says so");
+    running.shutdown().await.expect("a clean shutdown");
+    config.paths.accept_older_store = false;
+    let running = RunningGateway::start(&config)
+        .await
+        .expect("and needs saying once");
+    running.shutdown().await.expect("a clean shutdown");
+    drop(dir);
+}
+
 /// The data folder holds personal data: a new one is made for the gateway's user alone, and one
 /// open to other users is closed to them at start. So is every file and folder the gateway
 /// makes in it (the case keys, the index key, the journals, the store), so that a copy of it,

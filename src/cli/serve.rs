@@ -17,6 +17,11 @@ pub struct ServeArgs {
     /// measuring floor of `passerelle load`, which starts the gateway with it. Never otherwise.
     #[arg(long, hide = true)]
     pub measuring_floor: bool,
+    /// Go on with a store older than the audit log (restored from an older copy than the
+    /// log), which the start refuses otherwise: what the store learnt since the copy is lost
+    /// (see Backup and restore in the operations guide). Needed once.
+    #[arg(long)]
+    pub accept_older_store: bool,
 }
 
 /// Structured JSON logs on standard error, filtered by `RUST_LOG` (default [`DEFAULT_LOG`]),
@@ -170,6 +175,7 @@ impl ServeArgs {
             None => Config::default(),
         };
         config.server.floor_mode = self.measuring_floor;
+        config.paths.accept_older_store = self.accept_older_store;
         // The gateway runs on a thread of its own, not on the main thread, whose stack the
         // platform sets (8 MiB, commonly): its tasks read the AMQP messages, whose header
         // tables nest as deep as a frame allows, and a spawned thread gets the stack that
