@@ -440,9 +440,21 @@ fn a_log_with_entries_does_not_open_without_its_keys() {
         other => panic!("opened with another index key: {:?}", other.map(|_| ())),
     }
     std::fs::write(&path, kept).unwrap();
+
+    // `log.json` lost and another key offered: the checkpoints refuse it, and the folder is
+    // not left naming that key as its own.
+    let meta = dir.path().join("private/log.json");
+    std::fs::remove_file(&meta).unwrap();
+    let other_signer = NoteSigner::from_seed(ORIGIN, &[7; 32]).unwrap();
+    assert!(AuditLog::open(dir.path(), other_signer, ORIGIN, options()).is_err());
+    assert!(
+        !meta.exists(),
+        "log.json written for a key that was refused"
+    );
     let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
     assert_eq!(log.latest_checkpoint().1.size, 5);
     log.close().unwrap();
+    assert!(meta.exists());
 }
 
 #[test]

@@ -411,6 +411,10 @@ impl AuditLog {
             origin: origin.to_owned(),
             verifier_key: signer.verifier().to_verifier_key(),
         };
+        // A missing `log.json` is written once the checkpoints found are known to be this
+        // key's: a start refused for another key's checkpoints must not leave the folder
+        // naming that key as its own.
+        let mut meta_missing = false;
         match Meta::load(&layout.meta) {
             Ok(found) if found == meta => {}
             Ok(found) => {
@@ -423,9 +427,7 @@ impl AuditLog {
                 });
             }
             Err(AuditError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                let json = serde_json::to_vec_pretty(&meta)
-                    .map_err(|e| AuditError::Corrupt(e.to_string()))?;
-                write_durably(&layout.meta, &json, Readers::Owner)?;
+                meta_missing = true;
             }
             Err(e) => return Err(e),
         }
@@ -441,6 +443,11 @@ impl AuditLog {
             (Some(a), Some(b)) => (Some(a), Some(b)),
             (a, b) => (None, a.or(b)),
         };
+        if meta_missing {
+            let json =
+                serde_json::to_vec_pretty(&meta).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+            write_durably(&layout.meta, &json, Readers::Owner)?;
+        }
         let (last, signed) = newer.unwrap_or_else(|| {
             let empty = Checkpoint {
                 origin: origin.to_owned(),
