@@ -261,6 +261,28 @@ fn log_not_behind_store(log: &AuditLog, store: &Store) -> anyhow::Result<()> {
     )
 }
 
+/// How far behind the audit log's last entry the clock may be at start: a step of the clock
+/// by its time service is well within it; a clock set back, or a machine whose clock was never
+/// set, is not.
+const CLOCK_BEHIND_LOG_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+/// Refuses to start with a clock behind the audit log's last entry: every entry and receipt
+/// says when it was made, and "when" is part of the evidence; entries that go back in time
+/// would tell a false order.
+fn clock_not_behind_log(
+    last_entry: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    match last_entry {
+        Some(last) if now + CLOCK_BEHIND_LOG_TOLERANCE < last => anyhow::bail!(
+            "the clock ({}) is behind the audit log's last entry ({}): every entry and receipt              says when it was made, and they would go back in time. Set the clock right (is its              time service running?)",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The file, in the audit log's private folder, where the gateway notes the log's signed size
 /// that the store has noted (see [`note_signed_log_size`]) once the store's note is durable: a
 /// store whose own mark is below it is older than the log.
@@ -556,6 +578,7 @@ impl RunningGateway {
         let store_path = config.paths.store();
         let store = Store::open(&store_path)
             .with_context(|| format!("opening the store {}", store_path.display()))?;
+        clock_not_behind_log(log.last_entry_time(), chrono::Utc::now())?;
         log_not_behind_store(&log, &store)?;
         store_not_behind_log(&log, &store, config.paths.accept_older_store)?;
         if store.created_now() && log.entries_at_open() > 0 {
@@ -942,6 +965,26 @@ fn count_crl_reload(metrics: &Metrics, outcome: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_behind_the_logs_last_entry_is_refused() {
+        let last = chrono::DateTime::parse_from_rfc3339("2026-12-02T16:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert!(clock_not_behind_log(None, last).is_ok(), "an empty log");
+        assert!(clock_not_behind_log(Some(last), last + chrono::TimeDelta::hours(1)).is_ok());
+        assert!(
+            clock_not_behind_log(Some(last), last - chrono::TimeDelta::seconds(30)).is_ok(),
+            "a small step back of the clock"
+        );
+        let error = clock_not_behind_log(Some(last), last - chrono::TimeDelta::days(2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("the clock (2026-11-30T16:00:00Z) is behind the audit log's last entry (2026-12-02T16:00:00Z)"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn the_development_ca_is_trusted_only_beside_a_development_certificate() {

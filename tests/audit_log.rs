@@ -453,6 +453,9 @@ fn a_log_with_entries_does_not_open_without_its_keys() {
     );
     let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
     assert_eq!(log.latest_checkpoint().1.size, 5);
+    // The time of the last entry, for the start's check of the clock.
+    let last = log.last_entry_time().expect("a log with entries");
+    assert!(last <= chrono::Utc::now(), "{last}");
     log.close().unwrap();
     assert!(meta.exists());
 }

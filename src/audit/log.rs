@@ -347,6 +347,8 @@ pub struct AuditLog {
     _writer_lock: std::fs::File,
     /// How many entries the journal held when the log was opened.
     entries_at_open: u64,
+    /// The time its last entry then gave, if it held any.
+    last_entry_time: Option<chrono::DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -513,7 +515,9 @@ impl AuditLog {
         // erased: checked against the key file below.
         let mut sealed_entries = false;
         let mut erased_cases = Vec::new();
+        let mut last_entry = Vec::new();
         let scan = journal::scan(&layout.journal, |i, rec| {
+            last_entry.clone_from(&rec.entry);
             key_check.check(&rec, &index_key);
             sealed_entries |= rec.sealed.is_some();
             if let [case_tag] = rec.tags[..]
@@ -633,6 +637,11 @@ impl AuditLog {
             threads,
             _writer_lock: writer_lock,
             entries_at_open: next,
+            last_entry_time: Leaf::decode(&last_entry).ok().and_then(|leaf| {
+                chrono::DateTime::parse_from_rfc3339(&leaf.time)
+                    .ok()
+                    .map(|time| time.with_timezone(&Utc))
+            }),
         };
         if log.latest_checkpoint().0.is_empty() || scan.next > last_size {
             log.sync()?;
@@ -644,6 +653,12 @@ impl AuditLog {
     /// first append.
     pub fn entries_at_open(&self) -> u64 {
         self.entries_at_open
+    }
+
+    /// The gateway time of the last entry the log held when it was opened; `None` for an
+    /// empty log.
+    pub fn last_entry_time(&self) -> Option<chrono::DateTime<Utc>> {
+        self.last_entry_time
     }
 
     /// The log's origin.
