@@ -5038,6 +5038,29 @@ async fn refusals_say_what_to_fix() {
         .await
         .problem(415, "unsupported-media-type");
     says(&problem, "Content-Encoding gzip");
+    // A second media type, or a CloudEvents attribute given twice, is not chosen between.
+    let problem = consulate
+        .send_with_headers(
+            "application/xml",
+            &[("content-type", "application/json")],
+            lpc_issued("CGSN-CASA-2026-00419"),
+        )
+        .await
+        .problem(400, "malformed");
+    says(&problem, "more than one content-type header");
+    let problem = ministry
+        .send_with_headers(
+            "application/json",
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-type", "ma.rva.case.registered"),
+                ("ce-type", "ma.rva.lpc.requested"),
+            ],
+            b"{}".to_vec(),
+        )
+        .await
+        .problem(400, "malformed");
+    says(&problem, "more than one ce-type header");
     // A field that breaks the schema is named by the path of the sender's message it was read
     // from.
     let long_number = String::from_utf8(lpc_issued("CGSN-CASA-2026-00420"))
@@ -5062,17 +5085,18 @@ async fn refusals_say_what_to_fix() {
         "{problem}"
     );
 
-    // Every refused message is audited, with its reason, in its sender's refusal trail: four
-    // malformed and six unprocessable from the ministry; two of an unsupported type and two
-    // unprocessable from the consulate.
+    // Every refused message is audited, with its reason, in its sender's refusal trail: five
+    // malformed and six unprocessable from the ministry; one malformed, two of an unsupported
+    // type and two unprocessable from the consulate.
     for (partner, expected) in [
         (
             "ma.interieur",
-            [vec!["malformed"; 4], vec!["unprocessable"; 6]].concat(),
+            [vec!["malformed"; 5], vec!["unprocessable"; 6]].concat(),
         ),
         (
             "sn.consulat.casablanca",
             vec![
+                "malformed",
                 "unprocessable",
                 "unprocessable",
                 "unsupported-media-type",
@@ -5101,7 +5125,7 @@ async fn refusals_say_what_to_fix() {
     outcomes_counted(
         &admin,
         &[
-            ("malformed", 4.0),
+            ("malformed", 6.0),
             ("unprocessable", 8.0),
             ("unsupported-media-type", 2.0),
         ],

@@ -392,6 +392,18 @@ fn declared_over_limit(req: &HttpRequest, limit: usize) -> bool {
 fn content_of(req: &HttpRequest) -> Content {
     let content_type = header(req, "content-type").unwrap_or_default();
     let unreadable = |why: String| Content::Unreadable(Refusal::Malformed(why));
+    // A field that holds one value, sent twice, would be read as whichever came first: two
+    // media types, or two values of one CloudEvents attribute, are refused rather than chosen
+    // between.
+    let repeated = req.headers().keys().find(|name| {
+        (*name == actix_web::http::header::CONTENT_TYPE || name.as_str().starts_with("ce-"))
+            && req.headers().get_all(*name).nth(1).is_some()
+    });
+    if let Some(name) = repeated {
+        return unreadable(format!(
+            "the request has more than one {name} header: send it once"
+        ));
+    }
     // Every Content-Encoding header, each a list of codings.
     let codings = req.headers().get_all("content-encoding").flat_map(|value| {
         String::from_utf8_lossy(value.as_bytes())
