@@ -576,8 +576,20 @@ impl RunningGateway {
                     )
                 })?;
         let store_path = config.paths.store();
-        let store = Store::open(&store_path)
-            .with_context(|| format!("opening the store {}", store_path.display()))?;
+        // The database library stops with a panic on some damaged pages rather than an error:
+        // the start says which file, and what to do, as for any other damage.
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Store::open(&store_path)))
+                .unwrap_or_else(|_| {
+                    Err(crate::store::StoreError::Database(
+                        "the database library stopped on a damaged page: restore the store from a \
+                 backup taken with the audit log (see Backup and restore in the operations \
+                 guide)"
+                            .into(),
+                    ))
+                });
+        let store =
+            opened.with_context(|| format!("opening the store {}", store_path.display()))?;
         clock_not_behind_log(log.last_entry_time(), chrono::Utc::now())?;
         log_not_behind_store(&log, &store)?;
         store_not_behind_log(&log, &store, config.paths.accept_older_store)?;

@@ -4792,6 +4792,44 @@ async fn a_log_older_than_the_store_is_refused_at_start() {
     drop(dir);
 }
 
+/// A store file damaged in its middle is refused at start, naming it: whether the database
+/// library returns an error or stops with a panic on the damaged pages.
+#[actix_web::test]
+async fn a_damaged_store_is_refused_naming_it() {
+    let gateway = TestGateway::start(&RegistryChanges::new(), |_| {}).await;
+    let data = gateway.dir.path().join("data");
+    let registry = gateway.dir.path().join("registry.toml");
+    let config = test_config(&data, &registry);
+    for n in 0..20 {
+        let reply = gateway
+            .client("sn.consulat.casablanca")
+            .send(
+                "application/xml",
+                lpc_issued(&format!("CGSN-CASA-2026-01{n:03}")),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+    }
+    let TestGateway { running, dir } = gateway;
+    running.shutdown().await.expect("a clean shutdown");
+    let path = data.join("store.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let third = bytes.len() / 3;
+    for byte in &mut bytes[third..2 * third] {
+        *byte ^= 0xa5;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let Err(error) = RunningGateway::start(&config).await else {
+        panic!("a damaged store is refused");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains(&format!("opening the store {}", path.display())),
+        "{error}"
+    );
+    drop(dir);
+}
+
 /// A store restored from an older copy than the audit log is refused at start: the log's
 /// note of the store's mark is ahead of the store's own. `--accept-older-store` goes on with it
 /// once, and the start after needs it no more.
