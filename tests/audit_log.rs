@@ -228,11 +228,19 @@ fn a_lost_or_rolled_back_public_checkpoint_never_shrinks_the_log() {
     );
     log.close().unwrap();
 
-    // Removed: the same.
+    // Removed, or damaged: the same.
     std::fs::remove_file(&cp_path).unwrap();
     let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
     assert_eq!(log.latest_checkpoint().1.size, 100);
     log.close().unwrap();
+    let mut damaged = cp100.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x01;
+    std::fs::write(&cp_path, &damaged).unwrap();
+    let log = AuditLog::open(dir.path(), signer(), ORIGIN, options()).unwrap();
+    assert_eq!(log.latest_checkpoint().1.size, 100);
+    log.close().unwrap();
+    assert_eq!(std::fs::read(&cp_path).unwrap(), cp100);
     verify_public(
         &dir.path().join("public"),
         signer().verifier(),

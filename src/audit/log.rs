@@ -438,8 +438,13 @@ impl AuditLog {
         // private copy (the public file may have been removed or replaced by
         // an older one). The other must be consistent with it.
         let read_cp = |path: &Path| read_signed_checkpoint(path, signer.verifier(), origin);
-        let public_cp = read_cp(&layout.public.join("checkpoint"))?;
         let private_cp = read_cp(&layout.last_checkpoint)?;
+        // A public checkpoint that cannot be read (damaged, or another key's) is put back from
+        // the private copy below, when there is one.
+        let public_cp = match read_cp(&layout.public.join("checkpoint")) {
+            Err(AuditError::CheckpointFile { .. }) if private_cp.is_some() => None,
+            read => read?,
+        };
         let (mut older, newer) = match (public_cp, private_cp) {
             (Some(a), Some(b)) if a.0.size >= b.0.size => (Some(b), Some(a)),
             (Some(a), Some(b)) => (Some(a), Some(b)),
@@ -490,6 +495,11 @@ impl AuditLog {
         if !signed.is_empty()
             && std::fs::read(&public_path).ok().as_deref() != Some(signed.as_bytes())
         {
+            tracing::warn!(
+                size = last.size,
+                "the public checkpoint was missing, damaged or older than the private copy; put \
+                 back from the private copy"
+            );
             write_durably(&public_path, signed.as_bytes(), Readers::AsTheUmaskSays)?;
         }
         let mut edge = Edge::load(&layout.public, last.size)?;
