@@ -559,8 +559,10 @@ impl AuditLog {
         })?;
         if scan.next < last.size {
             return Err(AuditError::Corrupt(format!(
-                "the journal holds {} entries but size {} was signed",
-                scan.next, last.size
+                "the journal holds {} entries but size {} was signed: private/journal is damaged \
+                 or older than the signed checkpoint (its records from entry {} on do not read \
+                 back); restore the whole log folder from one backup",
+                scan.next, last.size, scan.next
             )));
         }
         if key_check.wrong_key() {

@@ -752,6 +752,15 @@ impl Rule {
                     None => Err(DateReadError::NotInPattern(pattern.source().to_owned())),
                 };
                 match read {
+                    Ok(date) if !PLAUSIBLE_YEARS.contains(&chrono::Datelike::year(&date)) => {
+                        fail(format!(
+                            "{} is a date in the year {}, outside {} to {}: a typing error?",
+                            self.label,
+                            chrono::Datelike::year(&date),
+                            PLAUSIBLE_YEARS.start(),
+                            PLAUSIBLE_YEARS.end()
+                        ))
+                    }
                     Ok(date) => Ok(date.to_string()),
                     Err(why) => fail(format!("{} {why}", self.label)),
                 }
@@ -849,6 +858,11 @@ fn apply_case(case: Case, text: &str) -> String {
         }
     }
 }
+
+/// The years a date a partner writes may fall in: a birth, a document's validity, a flight.
+/// A year outside them (`14/03/0000`, `2206` for `2026`) is a typing error, refused rather
+/// than carried into the canonical event as if it were a date.
+const PLAUSIBLE_YEARS: std::ops::RangeInclusive<i32> = 1900..=2099;
 
 /// Code values may be quoted in errors, but never at length.
 fn truncate(text: &str) -> String {
