@@ -4014,6 +4014,17 @@ async fn a_delivery_whose_case_cannot_be_recorded_stays_in_line_unsent() {
     let reference = "CGSN-CASA-2026-00424";
     let changes = RegistryChanges::new().webhook("ma.dgsn", &dgsn.url("/notices"));
     let gateway = TestGateway::start(&changes, |_| {}).await;
+    // Another case's key first, so that losing this case's key leaves the key file not empty
+    // (an emptied file is refused whole at start, as a missing one is).
+    let mut other_case = Fact::new(Kind::Anomaly, chrono::Utc::now());
+    other_case.case_id = Some("RVA-2026-000001".into());
+    gateway
+        .running
+        .gateway
+        .log
+        .append_async(&other_case)
+        .await
+        .unwrap();
     let reply = gateway
         .client("sn.consulat.casablanca")
         .send("application/xml", lpc_issued(reference))
