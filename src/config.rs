@@ -209,6 +209,10 @@ pub struct AuditSettings {
     pub create_key: bool,
     /// Seconds between checkpoints while the log grows. Default 0.5.
     pub checkpoint_interval_secs: f64,
+    /// Start although the clock is behind the log's last entry: set only by `serve
+    /// --accept-clock-behind-log`, never by a settings file.
+    #[serde(skip)]
+    pub accept_clock_behind_log: bool,
 }
 
 impl Default for AuditSettings {
@@ -218,6 +222,7 @@ impl Default for AuditSettings {
             signing_key: None,
             create_key: true,
             checkpoint_interval_secs: 0.5,
+            accept_clock_behind_log: false,
         }
     }
 }

@@ -269,13 +269,26 @@ const CLOCK_BEHIND_LOG_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::minutes
 /// Refuses to start with a clock behind the audit log's last entry: every entry and receipt
 /// says when it was made, and "when" is part of the evidence; entries that go back in time
 /// would tell a false order.
+/// `accept` (`serve --accept-clock-behind-log`) goes on, and says so: for a log whose last
+/// entries were dated by a clock that ran ahead, the clock being right now.
 fn clock_not_behind_log(
     last_entry: Option<chrono::DateTime<chrono::Utc>>,
     now: chrono::DateTime<chrono::Utc>,
+    accept: bool,
 ) -> anyhow::Result<()> {
     match last_entry {
+        Some(last) if now + CLOCK_BEHIND_LOG_TOLERANCE < last && accept => {
+            tracing::error!(
+                clock = %now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                last_entry = %last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "going on with a clock behind the audit log's last entry \
+                 (--accept-clock-behind-log): the entries from now on are dated before it"
+            );
+            Ok(())
+        }
         Some(last) if now + CLOCK_BEHIND_LOG_TOLERANCE < last => anyhow::bail!(
-            "the clock ({}) is behind the audit log's last entry ({}): every entry and receipt              says when it was made, and they would go back in time. Set the clock right (is its              time service running?)",
+            "the clock ({}) is behind the audit log's last entry ({}): every entry and receipt says when it was made, and they would go back in time. Set the clock right (is its time service running?). If the clock is right and the log's last entries were dated by \
+             a clock that ran ahead, start with `serve --accept-clock-behind-log`",
             now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
@@ -325,7 +338,10 @@ fn note_store_mark(log: &AuditLog, mark: u64) -> anyhow::Result<()> {
 /// with it, says so, and notes the store's mark so that the next start does not refuse.
 fn store_not_behind_log(log: &AuditLog, store: &Store, accept: bool) -> anyhow::Result<()> {
     if store.created_now() {
-        return Ok(());
+        // A new store (the old one lost) is the start's warning; its mark, none yet, is noted
+        // at once, so that a crash before its first note does not leave the log's note of the
+        // old store to refuse it at the next start.
+        return note_store_mark(log, 0);
     }
     let noted = store_mark_noted(log)?;
     let mark = store
@@ -336,13 +352,13 @@ fn store_not_behind_log(log: &AuditLog, store: &Store, accept: bool) -> anyhow::
     }
     if !accept {
         anyhow::bail!(
-            "the store is older than the audit log (restored from an older copy?): it last              noted a checkpoint of {mark} entries, and the log records that it had noted one of              {noted}. Messages accepted since would be accepted again, deliveries completed since              would go out again, and delivery ids would be handed out again. Restore the store              and the log from the same backup; if no copy of the store as recent as the log              remains, start once with `serve --accept-older-store` (see Backup and restore in              the operations guide)"
+            "the store is older than the audit log (restored from an older copy?): it last noted a checkpoint of {mark} entries, and the log records that it had noted one of {noted}. Messages accepted since would be accepted again, deliveries completed since would go out again, and delivery ids would be handed out again. Restore the store and the log from the same backup; if no copy of the store as recent as the log remains, start once with `serve --accept-older-store` (see Backup and restore in the operations guide)"
         );
     }
     tracing::error!(
         store_noted = mark,
         log_noted = noted,
-        "going on with a store older than the audit log (--accept-older-store): messages accepted          since its copy may be accepted again, deliveries completed since go out again and          delivery ids are handed out again; reconcile with the partners from the log's trails"
+        "going on with a store older than the audit log (--accept-older-store): messages accepted since its copy may be accepted again, deliveries completed since go out again and delivery ids are handed out again; reconcile with the partners from the log's trails"
     );
     note_store_mark(log, mark)
 }
@@ -590,7 +606,11 @@ impl RunningGateway {
                 });
         let store =
             opened.with_context(|| format!("opening the store {}", store_path.display()))?;
-        clock_not_behind_log(log.last_entry_time(), chrono::Utc::now())?;
+        clock_not_behind_log(
+            log.last_entry_time(),
+            chrono::Utc::now(),
+            config.audit.accept_clock_behind_log,
+        )?;
         log_not_behind_store(&log, &store)?;
         store_not_behind_log(&log, &store, config.paths.accept_older_store)?;
         if store.created_now() && log.entries_at_open() > 0 {
@@ -983,15 +1003,26 @@ mod tests {
         let last = chrono::DateTime::parse_from_rfc3339("2026-12-02T16:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);
-        assert!(clock_not_behind_log(None, last).is_ok(), "an empty log");
-        assert!(clock_not_behind_log(Some(last), last + chrono::TimeDelta::hours(1)).is_ok());
         assert!(
-            clock_not_behind_log(Some(last), last - chrono::TimeDelta::seconds(30)).is_ok(),
+            clock_not_behind_log(None, last, false).is_ok(),
+            "an empty log"
+        );
+        assert!(
+            clock_not_behind_log(Some(last), last + chrono::TimeDelta::hours(1), false).is_ok()
+        );
+        assert!(
+            clock_not_behind_log(Some(last), last - chrono::TimeDelta::seconds(30), false).is_ok(),
             "a small step back of the clock"
         );
-        let error = clock_not_behind_log(Some(last), last - chrono::TimeDelta::days(2))
+        let behind = last - chrono::TimeDelta::days(2);
+        assert!(
+            clock_not_behind_log(Some(last), behind, true).is_ok(),
+            "the operator says the clock is right"
+        );
+        let error = clock_not_behind_log(Some(last), behind, false)
             .unwrap_err()
             .to_string();
+        assert!(!error.contains("  "), "{error}");
         assert!(
             error.contains("the clock (2026-11-30T16:00:00Z) is behind the audit log's last entry (2026-12-02T16:00:00Z)"),
             "{error}"

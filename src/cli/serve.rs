@@ -22,6 +22,11 @@ pub struct ServeArgs {
     /// (see Backup and restore in the operations guide). Needed once.
     #[arg(long)]
     pub accept_older_store: bool,
+    /// Start although the clock is behind the audit log's last entry, which the start refuses
+    /// otherwise: for a log whose last entries were dated by a clock that ran ahead, once the
+    /// clock is right.
+    #[arg(long)]
+    pub accept_clock_behind_log: bool,
 }
 
 /// Structured JSON logs on standard error, filtered by `RUST_LOG` (default [`DEFAULT_LOG`]),
@@ -176,6 +181,7 @@ impl ServeArgs {
         };
         config.server.floor_mode = self.measuring_floor;
         config.paths.accept_older_store = self.accept_older_store;
+        config.audit.accept_clock_behind_log = self.accept_clock_behind_log;
         // The gateway runs on a thread of its own, not on the main thread, whose stack the
         // platform sets (8 MiB, commonly): its tasks read the AMQP messages, whose header
         // tables nest as deep as a frame allows, and a spawned thread gets the stack that
