@@ -40,8 +40,8 @@ pub struct EventType {
     #[serde(default)]
     pub requires: Vec<Vec<String>>,
     /// Facts that must not be on the case's file yet: the type itself for a step that happens
-    /// once (a second laissez-passer), another for a step that contradicts it (an LPC issued
-    /// after one was refused). An event that finds one is flagged, not refused.
+    /// once (a second arrival), another for a step that contradicts it. An event that finds one
+    /// is flagged, not refused.
     #[serde(default)]
     pub excludes: Vec<String>,
     /// A routed recipient that the sender must be for this event (the consulate of the
@@ -286,8 +286,8 @@ mod tests {
                 1,
             )
             .replacen(
-                "excludes = [\"lpc.issued\"]",
-                "excludes = [\"lpc.lost\"]",
+                "excludes = [\"arrival.confirmed\"]",
+                "excludes = [\"arrival.lost\"]",
                 1,
             );
         let Err(CatalogueError::Invalid(problems)) = Catalogue::parse(&text) else {
@@ -299,7 +299,7 @@ mod tests {
             "a required phase names no fact",
             "requires visa, no type or fact",
             "scope iom-morocco is no routed recipient with keys",
-            "excludes lpc.lost, no type or fact",
+            "excludes arrival.lost, no type or fact",
         ] {
             assert!(
                 problems.iter().any(|p| p.contains(expected)),
